@@ -1,0 +1,302 @@
+import type { BatchWrite, LedgerEntry, OutboxRow, OutcomeRow, StoredSku } from "../ledger/index.ts";
+import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
+import type { Command, LocationId, Sku } from "./command.ts";
+import { decide, evolve } from "./decider.ts";
+import type { Bucket, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
+import { emptyLocation, initialSkuState, locationAvailable } from "./state.ts";
+
+/** A live SKU actor's memory: its rules state and the head of its ledger chain. */
+export interface ActorState {
+  readonly state: SkuState;
+  /** Ledger sequence of the SKU's last entry (0: none yet). */
+  readonly seq: number;
+  readonly lastHash: string;
+  /** Bumped by every applied command, including those without legs (set_policy). */
+  readonly version: number;
+}
+
+/** One command taken from the stream, with the stream sequence of the message that carried it. */
+export interface IncomingCommand {
+  readonly command: Command;
+  readonly streamSeq: number;
+}
+
+export interface ChannelView {
+  readonly name: string;
+  readonly locations: ReadonlyArray<string>;
+  readonly buffer: number;
+}
+
+/** The NATS names a batch needs for its outbox rows. */
+export interface OutboxNames {
+  eventSubject(type: string): string;
+  availabilitySubject(channel: string, sku: string): string;
+  availabilityKey(channel: string, sku: string): string;
+}
+
+export interface PlanInput {
+  readonly partition: number;
+  readonly epoch: number;
+  readonly lastSeq: number;
+  readonly recordedAt: Date;
+  readonly commands: ReadonlyArray<IncomingCommand>;
+  /** Every SKU of `commands`, activated. */
+  readonly actors: ReadonlyMap<string, ActorState>;
+  readonly channels: ReadonlyArray<ChannelView>;
+  readonly names: OutboxNames;
+}
+
+export interface Plan {
+  readonly write: BatchWrite;
+  /** The actors after the batch: to be kept only once the batch has committed. */
+  readonly actors: ReadonlyMap<string, ActorState>;
+  readonly applied: number;
+  readonly rejected: number;
+}
+
+const BUCKET_FIELD: Record<Bucket, "onHand" | "reserved" | "inTransit" | "damaged"> = {
+  on_hand: "onHand",
+  reserved: "reserved",
+  in_transit: "inTransit",
+  damaged: "damaged",
+};
+
+const NOTIFICATIONS = new Set<SkuEvent["type"]>(["low_stock", "out_of_stock", "back_in_stock", "negative_stock"]);
+
+/** Rebuilds an actor from its stored rows (activation). */
+export function actorFromStored(sku: string, stored: StoredSku | undefined): ActorState {
+  const base = initialSkuState(sku as Sku);
+  if (!stored) return { state: base, seq: 0, lastHash: GENESIS_HASH, version: 0 };
+  const locations: Record<string, LocationState> = {};
+  const at = (loc: string): LocationState => locations[loc] ?? emptyLocation;
+  for (const l of stored.locations)
+    locations[l.location] = {
+      ...at(l.location),
+      safetyStock: l.safetyStock,
+      reorderPoint: l.reorderPoint,
+      status: l.status as StockStatus,
+    };
+  for (const b of stored.balances) {
+    const field = BUCKET_FIELD[b.bucket as Bucket];
+    if (field) locations[b.location] = { ...at(b.location), [field]: b.qty };
+  }
+  const transfers: Record<string, TransferState> = {};
+  for (const t of stored.transfers)
+    transfers[t.transferId] = {
+      from: t.from as LocationId,
+      to: t.to as LocationId,
+      shipped: t.shipped,
+      received: t.received,
+    };
+  return {
+    state: { ...base, locations, transfers },
+    seq: stored.head?.seq ?? 0,
+    lastHash: stored.head?.lastHash ?? GENESIS_HASH,
+    version: stored.head?.version ?? 0,
+  };
+}
+
+/**
+ * Decides every command of a batch in stream order against its SKU's actor and turns the outcome
+ * into the rows of one ledger transaction. Pure: no I/O, the clock comes in as `recordedAt`.
+ */
+export function planBatch(input: PlanInput): Plan {
+  const actors = new Map(input.actors);
+  const entries: Array<LedgerEntry> = [];
+  const outcomes: Array<OutcomeRow> = [];
+  const outbox: Array<OutboxRow> = [];
+  const touched = new Map<string, Set<string>>(); // sku → locations touched
+  const transfersTouched = new Map<string, Set<string>>(); // sku → transfer ids touched
+  let applied = 0;
+  let rejected = 0;
+
+  for (const { command, streamSeq } of input.commands) {
+    const actor = actors.get(command.sku);
+    if (!actor) throw new Error(`planBatch: SKU ${command.sku} was not activated`);
+    const decision = decide(actor.state, command);
+    if (!decision.ok) {
+      rejected++;
+      outcomes.push({
+        commandId: command.id,
+        streamSeq,
+        sku: command.sku,
+        type: command.type,
+        status: "rejected",
+        reason: decision.rejection.reason,
+        detail: decision.rejection,
+      });
+      outbox.push({
+        kind: "event",
+        subject: input.names.eventSubject("command_rejected"),
+        kvKey: null,
+        payload: {
+          type: "command_rejected",
+          commandId: command.id,
+          commandType: command.type,
+          sku: command.sku,
+          location: command.location,
+          reason: decision.rejection.reason,
+          message: decision.rejection.message,
+          source: command.source,
+          occurredAt: command.occurredAt,
+        },
+      });
+      continue;
+    }
+    applied++;
+    let { state, seq, lastHash } = actor;
+    let leg = 0;
+    const occurredAt = new Date(command.occurredAt);
+    for (const event of decision.events) {
+      state = evolve(state, event);
+      markTouched(touched, command.sku, event.location);
+      if (event.type === "stock_moved") {
+        leg++;
+        seq++;
+        const loc = state.locations[event.location] ?? emptyLocation;
+        const body = {
+          commandId: command.id,
+          leg,
+          sku: command.sku,
+          location: event.location,
+          bucket: event.bucket,
+          delta: event.delta,
+          balanceAfter: loc[BUCKET_FIELD[event.bucket]],
+          movement: event.movement,
+          sourceSystem: command.source.system,
+          sourceRef: command.source.ref,
+          occurredAt,
+          recordedAt: input.recordedAt,
+          skuSeq: seq,
+        };
+        const hash = entryHash(lastHash, body);
+        entries.push({ ...body, prevHash: lastHash, hash });
+        lastHash = hash;
+      } else if (event.type === "transfer_shipped" || event.type === "transfer_received") {
+        markTouched(transfersTouched, command.sku, event.transferId);
+        if (event.type === "transfer_shipped") markTouched(touched, command.sku, event.to);
+      } else if (NOTIFICATIONS.has(event.type)) {
+        outbox.push({
+          kind: "event",
+          subject: input.names.eventSubject(event.type),
+          kvKey: null,
+          payload: { ...event, commandId: command.id, occurredAt: command.occurredAt, seq },
+        });
+      }
+    }
+    outcomes.push({
+      commandId: command.id,
+      streamSeq,
+      sku: command.sku,
+      type: command.type,
+      status: "applied",
+      reason: null,
+      detail: leg > 0 ? { legs: leg } : null,
+    });
+    actors.set(command.sku, { state, seq, lastHash, version: actor.version + 1 });
+  }
+
+  const balances: Array<BatchWrite["balances"][number]> = [];
+  const skuLocations: Array<BatchWrite["skuLocations"][number]> = [];
+  const heads: Array<BatchWrite["heads"][number]> = [];
+  for (const [sku, locations] of touched) {
+    const actor = actors.get(sku)!;
+    heads.push({ sku, seq: actor.seq, lastHash: actor.lastHash, version: actor.version });
+    for (const location of locations) {
+      const l = actor.state.locations[location] ?? emptyLocation;
+      for (const bucket of Object.keys(BUCKET_FIELD) as Array<Bucket>)
+        balances.push({ sku, location, bucket, qty: l[BUCKET_FIELD[bucket]] });
+      skuLocations.push({ sku, location, safetyStock: l.safetyStock, reorderPoint: l.reorderPoint, status: l.status });
+    }
+    for (const channel of input.channels) {
+      if (!channel.locations.some((loc) => locations.has(loc))) continue;
+      const view = channelAvailability(actor, channel, input.recordedAt);
+      outbox.push({
+        kind: "availability",
+        subject: input.names.availabilitySubject(channel.name, sku),
+        kvKey: input.names.availabilityKey(channel.name, sku),
+        payload: view,
+      });
+    }
+  }
+  const transfers: Array<BatchWrite["transfers"][number]> = [];
+  const settledTransfers: Array<BatchWrite["settledTransfers"][number]> = [];
+  for (const [sku, ids] of transfersTouched) {
+    const state = actors.get(sku)!.state;
+    for (const transferId of ids) {
+      const t = state.transfers[transferId];
+      if (t) transfers.push({ sku, transferId, from: t.from, to: t.to, shipped: t.shipped, received: t.received });
+      else settledTransfers.push({ sku, transferId });
+    }
+  }
+
+  const lastSeq = input.commands.reduce((m, c) => Math.max(m, c.streamSeq), input.lastSeq);
+  return {
+    write: {
+      partition: input.partition,
+      epoch: input.epoch,
+      lastSeq,
+      recordedAt: input.recordedAt,
+      entries,
+      balances,
+      heads,
+      skuLocations,
+      transfers,
+      settledTransfers,
+      outcomes,
+      outbox,
+    },
+    actors,
+    applied,
+    rejected,
+  };
+}
+
+/** What one channel may sell of a SKU: the sum over its locations, each clamped at 0, less the buffer. */
+export interface Availability {
+  readonly channel: string;
+  readonly sku: string;
+  readonly available: number;
+  readonly onHand: number;
+  readonly reserved: number;
+  readonly status: "in_stock" | "low" | "out";
+  /** The SKU's ledger sequence: a reader drops a projection older than one it has. */
+  readonly seq: number;
+  /** Bumped by every applied command of the SKU (policies change availability without a ledger leg). */
+  readonly version: number;
+  readonly updatedAt: string;
+}
+
+export function channelAvailability(actor: ActorState, channel: ChannelView, at: Date): Availability {
+  let sellable = 0;
+  let onHand = 0;
+  let reserved = 0;
+  let reorderPoints = 0;
+  for (const location of channel.locations) {
+    const l = actor.state.locations[location];
+    if (!l) continue;
+    sellable += Math.max(0, locationAvailable(l));
+    onHand += l.onHand;
+    reserved += l.reserved;
+    reorderPoints += l.reorderPoint;
+  }
+  const available = Math.max(0, sellable - channel.buffer);
+  const status = available <= 0 ? "out" : available <= reorderPoints ? "low" : "in_stock";
+  return {
+    channel: channel.name,
+    sku: actor.state.sku,
+    available,
+    onHand,
+    reserved,
+    status,
+    seq: actor.seq,
+    version: actor.version,
+    updatedAt: at.toISOString(),
+  };
+}
+
+function markTouched(map: Map<string, Set<string>>, key: string, value: string): void {
+  let set = map.get(key);
+  if (!set) map.set(key, (set = new Set()));
+  set.add(value);
+}

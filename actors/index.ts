@@ -1,0 +1,23 @@
+/** The per-SKU rules, the actor registry, partition consumers and leases. */
+export {
+  COMMAND_TYPES,
+  Command,
+  CommandId,
+  InvalidCommand,
+  LocationId,
+  Sku,
+  decodeCommand,
+} from "./command.ts";
+export type { CommandType } from "./command.ts";
+export { decide, evolve } from "./decider.ts";
+export type { Decision, Rejection } from "./decider.ts";
+export type { Bucket, LocationState, SkuEvent, SkuState, StockStatus } from "./state.ts";
+export { initialSkuState, locationAvailable } from "./state.ts";
+export { channelAvailability, planBatch } from "./batch.ts";
+export type { ActorState, Availability, ChannelView } from "./batch.ts";
+export { decodeEnvelope, encodeEnvelope, envelopeMsgId } from "./envelope.ts";
+export { LeaseStore } from "./leases.ts";
+export type { HeldLease, LeaseValue } from "./leases.ts";
+export { Worker } from "./worker.ts";
+export type { WorkerOptions } from "./worker.ts";
+export type { WorkerMetrics } from "./partitionRunner.ts";

@@ -1,0 +1,79 @@
+import type { KV } from "@nats-io/kv";
+
+/** The value stored under a lease key. */
+export interface LeaseValue {
+  readonly owner: string;
+  /** The fencing epoch the owner writes under (0 until the takeover has been recorded in Postgres). */
+  readonly epoch: number;
+}
+
+export interface HeldLease {
+  readonly key: string;
+  readonly epoch: number;
+  revision: number;
+}
+
+const encode = (v: LeaseValue) => new TextEncoder().encode(JSON.stringify(v));
+
+/**
+ * Leases in a NATS KV bucket whose TTL expires any lease not renewed in time. Every write is a
+ * compare-and-set on the key's revision, so exactly one owner wins a free key and a renewal fails
+ * once someone else holds it. The epoch itself is kept by Postgres (`claimPartition`), so it only
+ * ever increases even after the KV entry has expired.
+ */
+export class LeaseStore {
+  constructor(
+    readonly kv: KV,
+    readonly owner: string,
+  ) {}
+
+  /** Who holds `key`, or null when it is free (absent, deleted or expired). */
+  async holder(key: string): Promise<LeaseValue | null> {
+    const e = await this.kv.get(key);
+    if (!e || e.operation !== "PUT" || e.length === 0) return null;
+    return e.json<LeaseValue>();
+  }
+
+  /** Takes `key` if it is free; null when someone else got it first. */
+  async tryAcquire(key: string): Promise<HeldLease | null> {
+    if ((await this.holder(key)) !== null) return null;
+    try {
+      const revision = await this.kv.create(key, encode({ owner: this.owner, epoch: 0 }));
+      return { key, epoch: 0, revision };
+    } catch {
+      return null; // lost the race: the key exists
+    }
+  }
+
+  /** Records the fencing epoch in the lease (after Postgres assigned it). */
+  async setEpoch(lease: HeldLease, epoch: number): Promise<HeldLease> {
+    const revision = await this.kv.update(lease.key, encode({ owner: this.owner, epoch }), lease.revision);
+    return { key: lease.key, epoch, revision };
+  }
+
+  /** Renews the TTL; throws when the lease is no longer ours (expired and taken, or deleted). */
+  async renew(lease: HeldLease): Promise<void> {
+    lease.revision = await this.kv.update(lease.key, encode({ owner: this.owner, epoch: lease.epoch }), lease.revision);
+  }
+
+  /** Gives the lease up at once so another worker can take it without waiting for the TTL. */
+  async release(lease: HeldLease): Promise<void> {
+    try {
+      await this.kv.delete(lease.key, { previousSeq: lease.revision });
+    } catch {
+      // Not ours any more: nothing to release.
+    }
+  }
+
+  /** Announces a live member (for fair shares): a key that expires with the bucket TTL unless re-put. */
+  async heartbeat(key: string): Promise<void> {
+    await this.kv.put(key, encode({ owner: this.owner, epoch: 0 }));
+  }
+
+  /** How many live members announce themselves under `prefix`. */
+  async countLive(prefix: string): Promise<number> {
+    let n = 0;
+    for await (const _ of await this.kv.keys(`${prefix}.>`)) n++;
+    return n;
+  }
+}

@@ -1,0 +1,280 @@
+import { createHash } from "node:crypto";
+import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
+import type { Sql } from "postgres";
+import type { Logger } from "pino";
+import { LeaseLost, commitBatch, knownCommandIds, readCheckpoint } from "../ledger/index.ts";
+import type { NatsHandles } from "../src/nats.ts";
+import type { Topology } from "../src/topology.ts";
+import { isTransientDbError } from "../src/db.ts";
+import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
+import { decodeCommand } from "./command.ts";
+import { decodeEnvelope } from "./envelope.ts";
+import type { ActorRegistry } from "./registry.ts";
+import { deadLetter, type DeadLetter } from "../src/deadLetters.ts";
+
+const nanos = (ms: number): number => ms * 1_000_000;
+
+export interface RunnerDeps {
+  readonly sql: Sql;
+  readonly nats: NatsHandles;
+  readonly topology: Topology;
+  readonly channels: ReadonlyArray<ChannelView>;
+  readonly registry: ActorRegistry;
+  readonly log: Logger;
+  readonly batchMax: number;
+  readonly metrics: WorkerMetrics;
+  /** Called when the partition's lease turned out to be lost at commit time. */
+  readonly onLeaseLost: (partition: number) => void;
+}
+
+/** Counters a worker exposes (and tests read). */
+export interface WorkerMetrics {
+  batches: number;
+  applied: number;
+  rejected: number;
+  skippedCheckpoint: number;
+  skippedDuplicate: number;
+  deadLettered: number;
+  leaseLost: number;
+  retries: number;
+}
+
+export const newWorkerMetrics = (): WorkerMetrics => ({
+  batches: 0,
+  applied: 0,
+  rejected: 0,
+  skippedCheckpoint: 0,
+  skippedDuplicate: 0,
+  deadLettered: 0,
+  leaseLost: 0,
+  retries: 0,
+});
+
+/**
+ * Applies one partition's messages in stream order while this worker holds its lease at `epoch`.
+ * Messages are gathered into batches (whatever has arrived, up to `batchMax`); each batch is one
+ * Postgres transaction fenced by the epoch, and is acknowledged to JetStream only after it commits.
+ * On a transient failure the runner backs off and resumes from the checkpoint in Postgres.
+ */
+export class PartitionRunner {
+  #stopped = false;
+  #lastSeq = 0;
+  #queue: Array<JsMsg> = [];
+  #wake: (() => void) | null = null;
+  #messages: ConsumerMessages | null = null;
+  #generation = 0;
+  readonly done: Promise<void>;
+
+  constructor(
+    readonly partition: number,
+    readonly epoch: number,
+    readonly deps: RunnerDeps,
+  ) {
+    this.done = this.#run();
+  }
+
+  /** Stops after the batch in flight (if any); resolves when the runner has stopped. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#messages?.stop();
+    this.#wake?.();
+    await this.done;
+  }
+
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  async #run(): Promise<void> {
+    const { log } = this.deps;
+    let attempt = 0;
+    while (!this.#stopped) {
+      try {
+        await this.#subscribe();
+        attempt = 0;
+        await this.#drain();
+      } catch (error) {
+        this.#unsubscribe();
+        this.deps.registry.evict((sku) => this.deps.topology.partitionOf(sku) === this.partition);
+        if (error instanceof LeaseLost) {
+          this.deps.metrics.leaseLost++;
+          log.warn({ partition: this.partition, epoch: this.epoch }, "lease lost: another worker took the partition over; stopping");
+          this.#stopped = true;
+          this.deps.onLeaseLost(this.partition);
+          break;
+        }
+        if (this.#stopped) break;
+        attempt++;
+        this.deps.metrics.retries++;
+        const delay = Math.min(10_000, 100 * 2 ** Math.min(attempt, 7)) * (0.5 + Math.random());
+        log[isTransientDbError(error) ? "warn" : "error"](
+          { partition: this.partition, err: error, attempt, delayMs: Math.round(delay) },
+          "partition apply failed; resuming from the checkpoint after a backoff",
+        );
+        await this.#sleep(delay);
+      }
+    }
+    this.#unsubscribe();
+  }
+
+  /** (Re)creates this partition's consumer, starting right after the checkpoint. */
+  async #subscribe(): Promise<void> {
+    const { sql, nats, topology } = this.deps;
+    this.#lastSeq = await readCheckpoint(sql, this.partition, this.epoch);
+    this.#queue = [];
+    const stream = topology.commandsStream;
+    const prefix = `p${this.partition}_`;
+    const name = `${prefix}${this.epoch}_${++this.#generation}`;
+    for await (const info of nats.jsm.consumers.list(stream)) {
+      if (info.name.startsWith(prefix)) await nats.jsm.consumers.delete(stream, info.name).catch(() => {});
+    }
+    await nats.jsm.consumers.add(stream, {
+      durable_name: name,
+      filter_subject: topology.commandSubject(this.partition),
+      ack_policy: AckPolicy.All,
+      ...(this.#lastSeq > 0
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.#lastSeq + 1 }
+        : { deliver_policy: DeliverPolicy.All }),
+      ack_wait: nanos(120_000),
+      max_ack_pending: 4000,
+      inactive_threshold: nanos(600_000),
+    });
+    const consumer = await nats.js.consumers.get(stream, name);
+    const generation = this.#generation;
+    this.#messages = await consumer.consume({
+      max_messages: 1000,
+      callback: (m) => {
+        if (generation !== this.#generation) return;
+        this.#queue.push(m);
+        this.#wake?.();
+      },
+    });
+    void this.#messages.closed().then((err) => {
+      if (err && generation === this.#generation && !this.#stopped) {
+        this.deps.log.warn({ partition: this.partition, err }, "consumer closed with an error");
+        this.#failure = err;
+        this.#wake?.();
+      }
+    });
+  }
+
+  #failure: unknown = null;
+
+  #unsubscribe(): void {
+    this.#generation++;
+    this.#messages?.stop();
+    this.#messages = null;
+    this.#queue = [];
+  }
+
+  async #drain(): Promise<void> {
+    while (!this.#stopped) {
+      if (this.#failure) {
+        const f = this.#failure;
+        this.#failure = null;
+        throw f;
+      }
+      if (this.#queue.length === 0) {
+        await new Promise<void>((resolve) => {
+          this.#wake = resolve;
+        });
+        this.#wake = null;
+        continue;
+      }
+      const batch = this.#queue.splice(0, this.deps.batchMax);
+      await this.#apply(batch);
+      if (this.#stopped && this.#queue.length === 0) break;
+    }
+  }
+
+  /** Decodes, deduplicates, decides and commits one batch; acknowledges it after the commit. */
+  async #apply(messages: ReadonlyArray<JsMsg>): Promise<void> {
+    const { sql, topology, metrics } = this.deps;
+    const fresh = messages.filter((m) => m.seq > this.#lastSeq);
+    metrics.skippedCheckpoint += messages.length - fresh.length;
+    if (fresh.length === 0) {
+      messages[messages.length - 1]?.ack();
+      return;
+    }
+    const incoming: Array<IncomingCommand> = [];
+    const dead: Array<DeadLetter> = [];
+    for (const m of fresh) {
+      const envelope = decodeEnvelope(m.data);
+      if (!envelope.ok) {
+        dead.push(deadLetter("commands", envelope.reason, m.data, { stream_seq: m.seq, subject: m.subject }));
+        continue;
+      }
+      envelope.commands.forEach((raw, index) => {
+        const decoded = decodeCommand(raw);
+        if (decoded._tag === "Left") {
+          dead.push(deadLetter("commands", decoded.left.message, raw, { stream_seq: m.seq, index }));
+          return;
+        }
+        const command = decoded.right;
+        if (topology.partitionOf(command.sku) !== this.partition) {
+          dead.push(
+            deadLetter("commands", `sku: ${command.sku} belongs to partition ${topology.partitionOf(command.sku)}, not ${this.partition}`, raw, {
+              stream_seq: m.seq,
+              index,
+            }),
+          );
+          return;
+        }
+        incoming.push({ command, streamSeq: m.seq });
+      });
+    }
+    const known = await knownCommandIds(
+      sql,
+      incoming.map((c) => c.command.id),
+    );
+    const seen = new Set<string>();
+    const todo = incoming.filter(({ command }) => {
+      if (known.has(command.id) || seen.has(command.id)) return false;
+      seen.add(command.id);
+      return true;
+    });
+    metrics.skippedDuplicate += incoming.length - todo.length;
+    const actors = await this.deps.registry.activate(sql, new Set(todo.map((c) => c.command.sku)));
+    const plan = planBatch({
+      partition: this.partition,
+      epoch: this.epoch,
+      lastSeq: this.#lastSeq,
+      recordedAt: new Date(),
+      commands: todo,
+      actors,
+      channels: this.deps.channels,
+      names: topology,
+    });
+    const lastSeq = fresh[fresh.length - 1]!.seq;
+    if (dead.length > 0) await this.#publishDead(dead);
+    await commitBatch(sql, { ...plan.write, lastSeq: Math.max(plan.write.lastSeq, lastSeq) });
+    this.#lastSeq = lastSeq;
+    this.deps.registry.commit(plan.actors);
+    metrics.batches++;
+    metrics.applied += plan.applied;
+    metrics.rejected += plan.rejected;
+    metrics.deadLettered += dead.length;
+    messages[messages.length - 1]!.ack();
+  }
+
+  async #publishDead(dead: ReadonlyArray<DeadLetter>): Promise<void> {
+    const { nats, topology } = this.deps;
+    await Promise.all(
+      dead.map((d) =>
+        nats.js.publish(topology.dlqSubject(d.origin), JSON.stringify(d), {
+          msgID: `dlq:${d.origin}:${createHash("sha256").update(JSON.stringify(d.context)).update(d.reason).digest("hex").slice(0, 32)}`,
+        }),
+      ),
+    );
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.#wake = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+}

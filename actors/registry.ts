@@ -1,0 +1,62 @@
+import type { Sql } from "postgres";
+import { loadSkus } from "../ledger/index.ts";
+import { actorFromStored, type ActorState } from "./batch.ts";
+
+/**
+ * The live SKU actors of one worker: activated on demand from the ledger tables, passivated
+ * least-recently-used first beyond `capacity`, so memory stays flat however large the catalog.
+ * Only committed state is ever stored here.
+ */
+export class ActorRegistry {
+  readonly #actors = new Map<string, ActorState>();
+  activations = 0;
+  passivations = 0;
+
+  constructor(readonly capacity: number) {}
+
+  get size(): number {
+    return this.#actors.size;
+  }
+
+  /** The actors of `skus`, loading the ones not in memory with one round of queries. */
+  async activate(sql: Sql, skus: Iterable<string>): Promise<Map<string, ActorState>> {
+    const out = new Map<string, ActorState>();
+    const missing: Array<string> = [];
+    for (const sku of skus) {
+      const actor = this.#actors.get(sku);
+      if (actor) {
+        // Refresh recency: Map iteration order is insertion order.
+        this.#actors.delete(sku);
+        this.#actors.set(sku, actor);
+        out.set(sku, actor);
+      } else missing.push(sku);
+    }
+    if (missing.length > 0) {
+      const stored = await loadSkus(sql, missing);
+      for (const sku of missing) {
+        const actor = actorFromStored(sku, stored.get(sku));
+        out.set(sku, actor);
+        this.activations++;
+      }
+    }
+    return out;
+  }
+
+  /** Keeps the post-commit state of these actors and passivates the least recently used beyond capacity. */
+  commit(actors: ReadonlyMap<string, ActorState>): void {
+    for (const [sku, actor] of actors) {
+      this.#actors.delete(sku);
+      this.#actors.set(sku, actor);
+    }
+    while (this.#actors.size > this.capacity) {
+      const oldest = this.#actors.keys().next().value as string;
+      this.#actors.delete(oldest);
+      this.passivations++;
+    }
+  }
+
+  /** Forgets every actor for which `predicate` holds (a partition lost, or a batch whose commit is in doubt). */
+  evict(predicate: (sku: string) => boolean): void {
+    for (const sku of [...this.#actors.keys()]) if (predicate(sku)) this.#actors.delete(sku);
+  }
+}

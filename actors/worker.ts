@@ -1,0 +1,156 @@
+import { hostname } from "node:os";
+import { randomBytes } from "node:crypto";
+import type { Sql } from "postgres";
+import type { Logger } from "pino";
+import { claimPartition } from "../ledger/index.ts";
+import type { NatsHandles } from "../src/nats.ts";
+import type { Topology } from "../src/topology.ts";
+import type { ChannelView } from "./batch.ts";
+import { LeaseStore, type HeldLease } from "./leases.ts";
+import { PartitionRunner, newWorkerMetrics, type WorkerMetrics } from "./partitionRunner.ts";
+import { ActorRegistry } from "./registry.ts";
+
+export interface WorkerOptions {
+  readonly sql: Sql;
+  readonly nats: NatsHandles;
+  readonly topology: Topology;
+  readonly channels: ReadonlyArray<ChannelView>;
+  readonly log: Logger;
+  readonly leaseTtlMs: number;
+  /** Most commands per ledger transaction (default 2000). */
+  readonly batchMax?: number;
+  /** Most live SKU actors kept in memory (default 100,000). */
+  readonly maxActors?: number;
+  /** Unique per process; defaults to host-pid-random. */
+  readonly workerId?: string;
+}
+
+interface Held {
+  lease: HeldLease;
+  runner: PartitionRunner;
+}
+
+/**
+ * A ledger worker: holds a fair share of the partitions through leases, runs one PartitionRunner
+ * per held partition, renews its leases on a heartbeat and gives them up on stop.
+ */
+export class Worker {
+  readonly id: string;
+  readonly metrics: WorkerMetrics = newWorkerMetrics();
+  readonly registry: ActorRegistry;
+  readonly #leases: LeaseStore;
+  readonly #held = new Map<number, Held>();
+  #timer: NodeJS.Timeout | null = null;
+  #tick: Promise<void> = Promise.resolve();
+  #stopped = false;
+
+  constructor(readonly opts: WorkerOptions) {
+    this.id = (opts.workerId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`).replace(/[^A-Za-z0-9_-]/g, "_");
+    this.registry = new ActorRegistry(opts.maxActors ?? 100_000);
+    this.#leases = new LeaseStore(opts.nats.leases, this.id);
+  }
+
+  /** Partitions this worker holds now. */
+  held(): ReadonlyArray<number> {
+    return [...this.#held.keys()].sort((a, b) => a - b);
+  }
+
+  start(): void {
+    const interval = Math.max(200, Math.floor(this.opts.leaseTtlMs / 3));
+    const loop = () => {
+      this.#tick = this.#heartbeat().catch((err) => this.opts.log.error({ err }, "lease heartbeat failed"));
+      void this.#tick.then(() => {
+        if (!this.#stopped) this.#timer = setTimeout(loop, interval);
+      });
+    };
+    loop();
+  }
+
+  /** Stops every runner after its batch in flight, then releases the leases so others take over at once. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    await this.#tick;
+    await Promise.all([...this.#held.values()].map(async (h) => {
+      await h.runner.stop();
+      await this.#leases.release(h.lease);
+    }));
+    this.#held.clear();
+    await this.opts.nats.leases.delete(this.#memberKey()).catch(() => {});
+  }
+
+  #memberKey(): string {
+    return `worker.${this.id}`;
+  }
+
+  async #heartbeat(): Promise<void> {
+    const { topology, log } = this.opts;
+    await this.#leases.heartbeat(this.#memberKey());
+    for (const [partition, h] of this.#held) {
+      if (h.runner.stopped) {
+        this.#held.delete(partition);
+        continue;
+      }
+      try {
+        await this.#leases.renew(h.lease);
+      } catch (err) {
+        log.warn({ partition, err }, "lease renewal failed: the lease expired or was taken; stopping the partition");
+        this.#held.delete(partition);
+        await h.runner.stop();
+      }
+    }
+    if (this.#stopped) return;
+    const members = Math.max(1, await this.#leases.countLive("worker"));
+    const share = Math.ceil(topology.partitions / members);
+    // Start the scan at a per-worker offset so concurrent workers do not all race for partition 0.
+    const offset = hashOf(this.id) % topology.partitions;
+    for (let i = 0; i < topology.partitions && this.#held.size < share && !this.#stopped; i++) {
+      const partition = (offset + i) % topology.partitions;
+      if (this.#held.has(partition)) continue;
+      await this.#tryTake(partition);
+    }
+    // Above a fair share (another worker joined): hand the surplus back.
+    while (this.#held.size > share && !this.#stopped) {
+      const [partition, h] = [...this.#held.entries()].pop()!;
+      this.#held.delete(partition);
+      await h.runner.stop();
+      await this.#leases.release(h.lease);
+      log.info({ partition }, "released a partition to rebalance");
+    }
+  }
+
+  async #tryTake(partition: number): Promise<void> {
+    const { sql, log } = this.opts;
+    const lease = await this.#leases.tryAcquire(`partition.${partition}`);
+    if (!lease) return;
+    try {
+      const { epoch } = await claimPartition(sql, partition);
+      const held = await this.#leases.setEpoch(lease, epoch);
+      const runner = new PartitionRunner(partition, epoch, {
+        sql,
+        nats: this.opts.nats,
+        topology: this.opts.topology,
+        channels: this.opts.channels,
+        registry: this.registry,
+        log: log.child({ partition }),
+        batchMax: this.opts.batchMax ?? 2000,
+        metrics: this.metrics,
+        onLeaseLost: (p) => {
+          const h = this.#held.get(p);
+          if (h?.runner === runner) this.#held.delete(p);
+        },
+      });
+      this.#held.set(partition, { lease: held, runner });
+      log.info({ partition, epoch }, "partition acquired");
+    } catch (err) {
+      log.warn({ partition, err }, "could not take the partition over; releasing the lease");
+      await this.#leases.release(lease);
+    }
+  }
+}
+
+function hashOf(s: string): number {
+  let h = 0;
+  for (let i = 0; i < s.length; i++) h = (Math.imul(h, 31) + s.charCodeAt(i)) >>> 0;
+  return h;
+}

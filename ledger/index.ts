@@ -1,0 +1,27 @@
+/** The ledger store: append, idempotency, balances, hash chain, verification. */
+export { GENESIS_HASH, canonicalEntry, entryHash } from "./hash.ts";
+export type { HashedEntry } from "./hash.ts";
+export {
+  LeaseLost,
+  OUTBOX_CHANNEL,
+  claimPartition,
+  commitBatch,
+  knownCommandIds,
+  loadSkus,
+  readCheckpoint,
+} from "./store.ts";
+export type {
+  BalanceRow,
+  BatchWrite,
+  LedgerEntry,
+  OutboxRow,
+  OutcomeRow,
+  SkuHeadRow,
+  SkuLocationRow,
+  StoredSku,
+  TransferRow,
+} from "./store.ts";
+export { verifyLedger } from "./verify.ts";
+export type { VerifyProblem, VerifyReport } from "./verify.ts";
+export { EnvironmentMismatch, MigrationError, assertEnvironment, instanceId, migrate } from "./migrate.ts";
+export type { MigrateResult } from "./migrate.ts";

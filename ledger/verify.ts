@@ -1,0 +1,166 @@
+import type { Sql } from "postgres";
+import { GENESIS_HASH, entryHash } from "./hash.ts";
+
+export interface VerifyProblem {
+  readonly sku: string;
+  readonly entryId: number | null;
+  readonly commandId: string | null;
+  readonly message: string;
+}
+
+export interface VerifyReport {
+  readonly ok: boolean;
+  readonly entries: number;
+  readonly skus: number;
+  readonly balances: number;
+  /** The first problem found, in (sku, sequence) order. */
+  readonly problem: VerifyProblem | null;
+}
+
+interface EntryRow {
+  entry_id: number;
+  command_id: string;
+  leg: number;
+  sku: string;
+  location: string;
+  bucket: string;
+  delta: number;
+  balance_after: number;
+  movement: string;
+  source_system: string;
+  source_ref: string;
+  occurred_at: Date;
+  recorded_at: Date;
+  sku_seq: number;
+  prev_hash: string;
+  hash: string;
+}
+
+/**
+ * Recomputes every SKU's hash chain and every balance from the entries (streamed with a cursor, so
+ * memory stays flat), and compares them with `balances` and `sku_heads`.
+ */
+export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: number) => void } = {}): Promise<VerifyReport> {
+  let entries = 0;
+  let skus = 0;
+  let problem: VerifyProblem | null = null;
+  let sku: string | null = null;
+  let prevHash = GENESIS_HASH;
+  let expectedSeq = 1;
+  let sums = new Map<string, number>();
+  const heads = new Map<string, { seq: number; hash: string }>();
+
+  const allSums = new Map<string, Map<string, number>>();
+  const finishSku = () => {
+    if (sku !== null) {
+      heads.set(sku, { seq: expectedSeq - 1, hash: prevHash });
+      allSums.set(sku, sums);
+    }
+  };
+
+  const cursor = sql<Array<EntryRow>>`
+    select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system,
+           source_ref, occurred_at, recorded_at, sku_seq, prev_hash, hash
+      from ledger_entries order by sku, sku_seq`.cursor(2000);
+  outer: for await (const rows of cursor) {
+    for (const r of rows) {
+      entries++;
+      if (r.sku !== sku) {
+        finishSku();
+        sku = r.sku;
+        skus++;
+        prevHash = GENESIS_HASH;
+        expectedSeq = 1;
+        sums = new Map();
+      }
+      const at = (message: string): VerifyProblem => ({ sku: r.sku, entryId: r.entry_id, commandId: r.command_id, message });
+      const key = `${r.location}\u0000${r.bucket}`;
+      const running = (sums.get(key) ?? 0) + r.delta;
+      sums.set(key, running);
+      if (r.sku_seq !== expectedSeq) problem = at(`sequence ${r.sku_seq} where ${expectedSeq} was expected (entry missing or reordered)`);
+      else if (r.prev_hash !== prevHash) problem = at(`prev_hash does not match the hash of sequence ${expectedSeq - 1}`);
+      else if (running !== r.balance_after)
+        problem = at(`balance_after ${r.balance_after} but the entries sum to ${running} (${r.location}/${r.bucket})`);
+      else {
+        const recomputed = entryHash(prevHash, {
+          commandId: r.command_id,
+          leg: r.leg,
+          sku: r.sku,
+          location: r.location,
+          bucket: r.bucket,
+          delta: r.delta,
+          balanceAfter: r.balance_after,
+          movement: r.movement,
+          sourceSystem: r.source_system,
+          sourceRef: r.source_ref,
+          occurredAt: r.occurred_at,
+          recordedAt: r.recorded_at,
+          skuSeq: r.sku_seq,
+        });
+        if (recomputed !== r.hash) problem = at("hash does not match its contents (entry altered)");
+      }
+      if (problem) break outer;
+      prevHash = r.hash;
+      expectedSeq++;
+      if (entries % 100_000 === 0) opts.onProgress?.(entries);
+    }
+  }
+  if (problem) return { ok: false, entries, skus, balances: 0, problem };
+  finishSku();
+
+  let balanceRows = 0;
+  const seen = new Set<string>();
+  const balanceCursor = sql<Array<{ sku: string; location: string; bucket: string; qty: number }>>`
+    select sku, location, bucket, qty from balances order by sku, location, bucket`.cursor(5000);
+  outer2: for await (const rows of balanceCursor) {
+    for (const b of rows) {
+      balanceRows++;
+      const key = `${b.location}\u0000${b.bucket}`;
+      seen.add(`${b.sku}\u0000${key}`);
+      const expected = allSums.get(b.sku)?.get(key) ?? 0;
+      if (expected !== b.qty) {
+        problem = {
+          sku: b.sku,
+          entryId: null,
+          commandId: null,
+          message: `balance ${b.location}/${b.bucket} is ${b.qty} but its entries sum to ${expected}`,
+        };
+        break outer2;
+      }
+    }
+  }
+  if (!problem) {
+    for (const [s, m] of allSums) {
+      for (const [key, total] of m) {
+        if (total !== 0 && !seen.has(`${s}\u0000${key}`)) {
+          const [location, bucket] = key.split("\u0000");
+          problem = { sku: s, entryId: null, commandId: null, message: `entries sum to ${total} for ${location}/${bucket} but there is no balance row` };
+          break;
+        }
+      }
+      if (problem) break;
+    }
+  }
+  if (!problem) {
+    const storedHeads = await sql<Array<{ sku: string; seq: number; last_hash: string }>>`
+      select sku, seq, last_hash from sku_heads where seq > 0 order by sku`;
+    for (const h of storedHeads) {
+      const computed = heads.get(h.sku);
+      if (!computed || computed.seq !== h.seq || computed.hash !== h.last_hash) {
+        problem = {
+          sku: h.sku,
+          entryId: null,
+          commandId: null,
+          message: `head says sequence ${h.seq} but the chain ends at ${computed?.seq ?? 0} (entries missing or head altered)`,
+        };
+        break;
+      }
+    }
+    if (!problem && storedHeads.length !== heads.size) {
+      const stored = new Set(storedHeads.map((h) => h.sku));
+      const missing = [...heads.keys()].find((s) => !stored.has(s));
+      if (missing) problem = { sku: missing, entryId: null, commandId: null, message: "entries exist but the SKU has no head" };
+    }
+  }
+  return { ok: problem === null, entries, skus, balances: balanceRows, problem };
+}

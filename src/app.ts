@@ -1,0 +1,113 @@
+import { Cause, Effect, Exit, Scope } from "effect";
+import { UnknownException } from "effect/Cause";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { Worker, type ChannelView } from "../actors/index.ts";
+import { assertEnvironment, instanceId } from "../ledger/index.ts";
+import type { Settings } from "./config.ts";
+import { requireDatabaseUrl } from "./config.ts";
+import type { TallyConfig } from "./configFile.ts";
+import { connectPostgres, type Sql } from "./db.ts";
+import { createLogger, type Logger } from "./log.ts";
+import { connectNats, ensureTopology, type NatsHandles } from "./nats.ts";
+import { OutboxRelay } from "./relay.ts";
+import { topology, type Topology } from "./topology.ts";
+
+export type Role = "worker" | "relay";
+export const ROLES: ReadonlyArray<Role> = ["worker", "relay"];
+
+/** What a running Tally process holds; everything is released when its scope closes. */
+export interface Running {
+  readonly settings: Settings;
+  readonly topology: Topology;
+  readonly sql: Sql;
+  readonly nats: NatsHandles;
+  readonly log: Logger;
+  readonly worker: Worker | null;
+  readonly relay: OutboxRelay | null;
+}
+
+export const channelViews = (config: TallyConfig): ReadonlyArray<ChannelView> =>
+  Object.entries(config.channels).map(([name, c]) => ({ name, locations: c.locations, buffer: c.buffer }));
+
+/** A Postgres pool, ended on release. */
+export const postgresResource = (url: string, application: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => connectPostgres(url, { application })),
+    (sql) => Effect.promise(() => sql.end({ timeout: 5 })),
+  );
+
+/** A NATS connection, drained on release. */
+export const natsResource = (url: string, name: string) =>
+  Effect.acquireRelease(
+    Effect.tryPromise(() => connectNats(url, name)),
+    (nc: NatsConnection) => Effect.promise(() => nc.drain().catch(() => nc.close())),
+  );
+
+/**
+ * Acquires the connections and starts the requested roles inside the current scope: closing the
+ * scope stops the roles (finishing batches in flight, releasing leases) and then the connections.
+ */
+export const startRoles = (settings: Settings, config: TallyConfig, roles: ReadonlyArray<Role>, log: Logger) =>
+  Effect.gen(function* () {
+    const url = requireDatabaseUrl(settings);
+    const t = topology(settings.env, settings.partitions);
+    const sql = yield* postgresResource(url, `tally-${roles.join("+")}`);
+    yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
+    const nc = yield* natsResource(settings.natsUrl, `tally-${settings.env}-${roles.join("+")}`);
+    const nats = yield* Effect.tryPromise(() =>
+      ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
+    );
+    const worker = roles.includes("worker")
+      ? yield* Effect.acquireRelease(
+          Effect.sync(() => {
+            const w = new Worker({
+              sql,
+              nats,
+              topology: t,
+              channels: channelViews(config),
+              log: log.child({ role: "worker" }),
+              leaseTtlMs: settings.leaseTtlMs,
+            });
+            w.start();
+            return w;
+          }),
+          (w) => Effect.promise(() => w.stop()),
+        )
+      : null;
+    const relay = roles.includes("relay")
+      ? yield* Effect.acquireRelease(
+          Effect.tryPromise(async () =>
+            new OutboxRelay({
+              sql,
+              nats,
+              log: log.child({ role: "relay" }),
+              instanceId: await instanceId(sql),
+              leaseTtlMs: settings.leaseTtlMs,
+              owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+            }),
+          ),
+          (r) => Effect.promise(() => r.stop()),
+        )
+      : null;
+    return { settings, topology: t, sql, nats, log, worker, relay } satisfies Running;
+  });
+
+/** Promise-style handle on `startRoles` for callers outside Effect (tests, the dev stack). */
+export async function startTally(
+  settings: Settings,
+  config: TallyConfig,
+  roles: ReadonlyArray<Role>,
+  log: Logger = createLogger("tally"),
+): Promise<Running & { close(): Promise<void> }> {
+  const scope = Effect.runSync(Scope.make());
+  const exit = await Effect.runPromiseExit(Scope.extend(startRoles(settings, config, roles, log), scope));
+  if (Exit.isSuccess(exit)) return { ...exit.value, close: () => Effect.runPromise(Scope.close(scope, Exit.void)) };
+  await Effect.runPromise(Scope.close(scope, Exit.void));
+  throw squash(exit.cause);
+}
+
+/** The original error of a failed Effect (unwrapping Effect's UnknownException around rejected promises). */
+export function squash(cause: Cause.Cause<unknown>): unknown {
+  const e = Cause.squash(cause);
+  return e instanceof UnknownException ? e.error : e;
+}

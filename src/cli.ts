@@ -1,0 +1,195 @@
+import { createReadStream } from "node:fs";
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import { Effect, Exit, Fiber } from "effect";
+import { migrate, verifyLedger } from "../ledger/index.ts";
+import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./app.ts";
+import { loadSettings, requireDatabaseUrl, type Settings } from "./config.ts";
+import { loadTallyConfig } from "./configFile.ts";
+import { connectPostgres } from "./db.ts";
+import { createLogger } from "./log.ts";
+import { ensureTopology } from "./nats.ts";
+import { submit } from "./submit.ts";
+import { topology } from "./topology.ts";
+import { assertEnvironment } from "../ledger/index.ts";
+
+const USAGE = `tally — real-time inventory ledger
+
+usage:
+  tally migrate                          apply pending migrations; record TALLY_ENV in the database
+  tally start [--roles worker,relay]     run roles until SIGINT/SIGTERM (default: worker,relay)
+  tally submit <file.ndjson|-> [--wait] [--timeout <seconds>]
+                                         publish canonical commands (one JSON per line)
+  tally ledger verify                    recompute every hash chain and balance
+
+settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_URL,
+  TALLY_PARTITIONS (default 16), TALLY_DUPLICATE_WINDOW_SECONDS (default 7200),
+  TALLY_LEASE_TTL_MS (default 10000), TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL
+`;
+
+/** An error for the user: printed as one line, exit code 1 (or `code`). */
+class UsageError extends Error {
+  override readonly name = "UsageError";
+  constructor(
+    message: string,
+    readonly code = 1,
+  ) {
+    super(message);
+  }
+}
+
+async function main(argv: ReadonlyArray<string>): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "migrate":
+      return cmdMigrate(loadSettings());
+    case "start":
+      return cmdStart(loadSettings(), rest);
+    case "submit":
+      return cmdSubmit(loadSettings(), rest);
+    case "ledger": {
+      const [sub] = rest;
+      if (sub === "verify") return cmdVerify(loadSettings());
+      throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify)`);
+    }
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(USAGE);
+      return 0;
+    default:
+      throw new UsageError(`unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+  }
+}
+
+async function cmdMigrate(settings: Settings): Promise<number> {
+  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-migrate" });
+  try {
+    const result = await migrate(sql, settings.env);
+    process.stdout.write(
+      result.applied.length === 0
+        ? `migrate: up to date (environment ${result.environment})\n`
+        : `migrate: applied ${result.applied.join(", ")} (environment ${result.environment})\n`,
+    );
+    return 0;
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
+  const { values } = parseArgs({ args: [...args], options: { roles: { type: "string", default: "worker,relay" } } });
+  const roles = values.roles!.split(",").map((r) => r.trim()).filter(Boolean);
+  for (const r of roles)
+    if (!ROLES.includes(r as Role)) throw new UsageError(`--roles: unknown role ${JSON.stringify(r)} (expected ${ROLES.join(", ")})`);
+  const config = await loadTallyConfig(settings.configFile);
+  const log = createLogger("tally");
+  const program = Effect.scoped(
+    Effect.gen(function* () {
+      yield* startRoles(settings, config, roles as Array<Role>, log);
+      log.info({ env: settings.env, roles }, "tally started");
+      yield* Effect.never;
+    }),
+  );
+  const fiber = Effect.runFork(program);
+  const stop = (signal: string) => {
+    log.info({ signal }, "shutting down");
+    void Effect.runPromise(Fiber.interrupt(fiber));
+  };
+  process.once("SIGINT", () => stop("SIGINT"));
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  const exit = await Effect.runPromise(Fiber.await(fiber));
+  if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) throw squash(exit.cause);
+  return 0;
+}
+
+async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: { wait: { type: "boolean", default: false }, timeout: { type: "string", default: "120" } },
+  });
+  const file = positionals[0];
+  if (file === undefined) throw new UsageError("submit: give a file of commands (one JSON per line), or - for standard input");
+  const timeout = Number(values.timeout);
+  if (!Number.isFinite(timeout) || timeout <= 0) throw new UsageError(`--timeout: expected seconds > 0, got ${values.timeout}`);
+  const t = topology(settings.env, settings.partitions);
+  const report = await Effect.runPromise(
+    Effect.scoped(
+      Effect.gen(function* () {
+        const sql = settings.databaseUrl ? yield* postgresResource(settings.databaseUrl, "tally-submit") : undefined;
+        if (sql) yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
+        if (values.wait && !sql) throw new UsageError("submit --wait needs TALLY_DATABASE_URL to read outcomes");
+        const nc = yield* natsResource(settings.natsUrl, "tally-submit");
+        const nats = yield* Effect.tryPromise(() =>
+          ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
+        );
+        const input = file === "-" ? process.stdin : createReadStream(file);
+        const lines = createInterface({ input, crlfDelay: Infinity });
+        return yield* Effect.tryPromise(() =>
+          submit(lines, {
+            js: nats.js,
+            topology: t,
+            ...(sql ? { sql } : {}),
+            wait: values.wait!,
+            timeoutMs: timeout * 1000,
+            onInvalid: (line, message) => process.stderr.write(`line ${line}: ${message} (dead-lettered)\n`),
+          }),
+        );
+      }),
+    ),
+  ).catch((e) => {
+    throw unwrapFiberFailure(e);
+  });
+  const parts = [`published ${report.published}`, `duplicate ${report.duplicate}`, `invalid ${report.invalid}`];
+  if (values.wait) {
+    parts.unshift(`accepted ${report.accepted}`, `rejected ${report.rejected}`);
+    if (report.pending > 0) parts.push(`pending ${report.pending}`);
+  }
+  process.stdout.write(`${parts.join("  ")}\n`);
+  for (const [reason, n] of Object.entries(report.rejectedByReason)) process.stdout.write(`  rejected ${reason}: ${n}\n`);
+  if (report.pending > 0) {
+    process.stderr.write(`submit: ${report.pending} commands had no outcome after ${timeout}s (is a worker running?)\n`);
+    return 1;
+  }
+  return report.invalid > 0 ? 2 : 0;
+}
+
+async function cmdVerify(settings: Settings): Promise<number> {
+  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-verify" });
+  try {
+    await assertEnvironment(sql, settings.env);
+    const report = await verifyLedger(sql);
+    if (report.ok) {
+      process.stdout.write(`ledger verify: ok — ${report.entries} entries, ${report.skus} SKUs, ${report.balances} balances\n`);
+      return 0;
+    }
+    const p = report.problem!;
+    process.stdout.write(
+      `ledger verify: FAILED at SKU ${p.sku}${p.entryId !== null ? ` entry ${p.entryId} (command ${p.commandId})` : ""}: ${p.message}\n`,
+    );
+    return 1;
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+/** Effect.runPromise rejects with a FiberFailure; show the user the error inside it. */
+function unwrapFiberFailure(e: unknown): unknown {
+  const cause = (e as { [k: symbol]: unknown })[Symbol.for("effect/Runtime/FiberFailure/Cause")];
+  return cause ? squash(cause as Parameters<typeof squash>[0]) : e;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    const e = error as Error;
+    const known = ["SettingsError", "ConfigFileError", "EnvironmentMismatch", "MigrationError", "UsageError"];
+    if (known.includes(e?.name)) process.stderr.write(`tally: ${e.message}\n`);
+    else process.stderr.write(`tally: ${e?.stack ?? String(error)}\n`);
+    process.exitCode = e instanceof UsageError ? e.code : 1;
+  },
+);

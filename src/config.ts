@@ -1,0 +1,112 @@
+import { Config, ConfigError, ConfigProvider, Effect, Either, Option } from "effect";
+
+/** Process settings, decoded from environment variables once at start. */
+export interface Settings {
+  /** `TALLY_ENV`: names every stream, subject, bucket, slot and publication. */
+  readonly env: string;
+  readonly databaseUrl: string | undefined;
+  readonly natsUrl: string;
+  readonly partitions: number;
+  readonly duplicateWindowMs: number;
+  readonly leaseTtlMs: number;
+  readonly httpPort: number;
+  readonly configFile: string;
+}
+
+/** A setting that could not be decoded: the message names it. */
+export class SettingsError extends Error {
+  override readonly name = "SettingsError";
+}
+
+const envName = Config.string("TALLY_ENV").pipe(
+  Config.withDefault("dev"),
+  Config.validate({
+    message: "TALLY_ENV: expected lowercase letters, digits and _ (e.g. dev, prod_eu)",
+    validation: (s) => /^[a-z0-9_]+$/.test(s) && s.length <= 40,
+  }),
+);
+
+const url = (name: string, schemes: ReadonlyArray<string>) =>
+  Config.string(name).pipe(
+    Config.validate({
+      message: `${name}: expected a URL starting with ${schemes.join(" or ")}`,
+      validation: (s) => schemes.some((p) => s.startsWith(p)),
+    }),
+  );
+
+const intIn = (name: string, min: number, max: number, fallback: number) =>
+  Config.integer(name).pipe(
+    Config.withDefault(fallback),
+    Config.validate({
+      message: `${name}: expected an integer from ${min} to ${max}`,
+      validation: (n) => n >= min && n <= max,
+    }),
+  );
+
+const settingsConfig = Config.all({
+  env: envName,
+  databaseUrl: Config.option(url("TALLY_DATABASE_URL", ["postgres://", "postgresql://"])),
+  natsUrl: url("TALLY_NATS_URL", ["nats://", "tls://", "ws://", "wss://"]).pipe(
+    Config.withDefault("nats://127.0.0.1:4222"),
+  ),
+  partitions: intIn("TALLY_PARTITIONS", 1, 1024, 16),
+  duplicateWindowSeconds: intIn("TALLY_DUPLICATE_WINDOW_SECONDS", 1, 7 * 24 * 3600, 2 * 3600),
+  leaseTtlMs: intIn("TALLY_LEASE_TTL_MS", 1000, 600_000, 10_000),
+  httpPort: intIn("TALLY_HTTP_PORT", 0, 65535, 8080),
+  configFile: Config.string("TALLY_CONFIG").pipe(Config.withDefault("tally.config.ts")),
+});
+
+/** Decodes the settings from `env` (default `process.env`); throws a SettingsError naming the bad setting. */
+export function loadSettings(env: Record<string, string | undefined> = process.env): Settings {
+  const map = new Map<string, string>();
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && v !== "") map.set(k, v);
+  const result = Effect.runSync(
+    Effect.either(settingsConfig).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(map))),
+  );
+  if (Either.isLeft(result)) throw new SettingsError(formatConfigError(result.left));
+  const s = result.right;
+  return {
+    env: s.env,
+    databaseUrl: Option.getOrUndefined(s.databaseUrl),
+    natsUrl: s.natsUrl,
+    partitions: s.partitions,
+    duplicateWindowMs: s.duplicateWindowSeconds * 1000,
+    leaseTtlMs: s.leaseTtlMs,
+    httpPort: s.httpPort,
+    configFile: s.configFile,
+  };
+}
+
+/** `TALLY_DATABASE_URL`, or a SettingsError saying it is needed. */
+export function requireDatabaseUrl(settings: Settings): string {
+  if (settings.databaseUrl === undefined)
+    throw new SettingsError("TALLY_DATABASE_URL: is not set (e.g. postgres://user@host:5432/tally)");
+  return settings.databaseUrl;
+}
+
+function formatConfigError(error: ConfigError.ConfigError): string {
+  const lines: Array<string> = [];
+  const walk = (e: ConfigError.ConfigError): void => {
+    switch (e._op) {
+      case "And":
+      case "Or":
+        walk(e.left);
+        walk(e.right);
+        return;
+      case "InvalidData":
+      case "MissingData":
+      case "SourceUnavailable":
+      case "Unsupported":
+        // Config.validate messages already name their setting; decode errors carry it in the path.
+        const name = e.path.join(".");
+        lines.push(name === "" || e.message.startsWith(`${name}:`) ? e.message : `${name}: ${e.message}`);
+        return;
+      default: {
+        const never: never = e;
+        lines.push(String(never));
+      }
+    }
+  };
+  walk(error);
+  return `invalid settings: ${lines.join("; ")}`;
+}

@@ -1,0 +1,88 @@
+import type { JetStreamClient } from "@nats-io/jetstream";
+import type { Command } from "../actors/index.ts";
+import { encodeEnvelope, envelopeMsgId } from "../actors/index.ts";
+import type { Topology } from "./topology.ts";
+
+export interface PublishResult {
+  /** JetStream messages (envelopes) acknowledged. */
+  readonly messages: number;
+  /** Commands in envelopes the stream reported as duplicates (same Nats-Msg-Id in its window). */
+  readonly duplicates: number;
+}
+
+export interface PublishOptions {
+  /** Most commands per envelope (default 500). */
+  readonly envelopeSize?: number;
+  /** Attempts per envelope before giving up (default 8), with exponential backoff and jitter. */
+  readonly attempts?: number;
+}
+
+/** Envelopes stay well below NATS's default 1 MiB max payload. */
+const MAX_ENVELOPE_BYTES = 512 * 1024;
+
+/**
+ * Publishes canonical commands to the commands stream: grouped per partition into envelopes, in
+ * order, each awaited until JetStream's PubAck. Partitions go in parallel; within one partition
+ * envelopes go one after the other so a retried envelope can never overtake a later one.
+ */
+export async function publishCommands(
+  js: JetStreamClient,
+  topology: Topology,
+  commands: ReadonlyArray<Command>,
+  opts: PublishOptions = {},
+): Promise<PublishResult> {
+  const size = opts.envelopeSize ?? 500;
+  const byPartition = new Map<number, Array<Command>>();
+  for (const c of commands) {
+    const p = topology.partitionOf(c.sku);
+    let list = byPartition.get(p);
+    if (!list) byPartition.set(p, (list = []));
+    list.push(c);
+  }
+  let messages = 0;
+  let duplicates = 0;
+  await Promise.all(
+    [...byPartition].map(async ([partition, list]) => {
+      for (const chunk of envelopes(list, size)) {
+        const ack = await publishWithRetry(js, topology.commandSubject(partition), chunk, opts.attempts ?? 8);
+        messages++;
+        if (ack.duplicate) duplicates += chunk.length;
+      }
+    }),
+  );
+  return { messages, duplicates };
+}
+
+function* envelopes(list: ReadonlyArray<Command>, size: number): Generator<ReadonlyArray<Command>> {
+  let chunk: Array<Command> = [];
+  let bytes = 0;
+  for (const c of list) {
+    const b = JSON.stringify(c).length;
+    if (chunk.length > 0 && (chunk.length >= size || bytes + b > MAX_ENVELOPE_BYTES)) {
+      yield chunk;
+      chunk = [];
+      bytes = 0;
+    }
+    chunk.push(c);
+    bytes += b;
+  }
+  if (chunk.length > 0) yield chunk;
+}
+
+async function publishWithRetry(
+  js: JetStreamClient,
+  subject: string,
+  chunk: ReadonlyArray<Command>,
+  attempts: number,
+) {
+  const body = encodeEnvelope(chunk);
+  const msgID = envelopeMsgId(chunk.map((c) => c.id));
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await js.publish(subject, body, { msgID, timeout: 10_000 });
+    } catch (error) {
+      if (attempt >= attempts) throw error;
+      await new Promise((r) => setTimeout(r, Math.min(5_000, 100 * 2 ** attempt) * (0.5 + Math.random())));
+    }
+  }
+}

@@ -1,0 +1,15 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    // One real Postgres and one real nats-server for the whole run (CONVENTIONS §9).
+    globalSetup: ['test/support/globalSetup.ts'],
+    include: ['test/**/*.test.ts', 'actors/**/*.test.ts', 'ledger/**/*.test.ts', 'cdc/**/*.test.ts', 'src/**/*.test.ts'],
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
+    pool: 'forks',
+    // Two cores: at most two test files at once.
+    maxWorkers: 2,
+    reporters: ['default', './test/support/summaryReporter.ts'],
+  },
+});
