@@ -1,0 +1,115 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { connectPostgres, type Sql } from "../../src/db.ts";
+import { connectNats, ensureTopology, type NatsHandles } from "../../src/nats.ts";
+import { loadSettings, type Settings } from "../../src/config.ts";
+import { migrate } from "../../ledger/index.ts";
+import { topology, type Topology } from "../../src/topology.ts";
+import { startTally, type Role } from "../../src/app.ts";
+import { createLogger } from "../../src/log.ts";
+import type { TallyConfig } from "../../src/configFile.ts";
+import type { TestContext } from "./context.ts";
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const BIN = path.join(ROOT, "bin/tally.js");
+
+/** The channels the integration tests use. */
+export const TEST_CHANNELS: TallyConfig = {
+  channels: {
+    web: { locations: ["DC1", "S01"], buffer: 2 },
+    store_s01: { locations: ["S01"], buffer: 0 },
+  },
+};
+
+export interface TestEnvOptions {
+  readonly partitions?: number;
+  readonly leaseTtlMs?: number;
+}
+
+/** The environment variables a Tally process of this test file runs with. */
+export function tallyEnv(ctx: TestContext, opts: TestEnvOptions = {}): Record<string, string> {
+  return {
+    TALLY_ENV: ctx.env,
+    TALLY_DATABASE_URL: ctx.databaseUrl,
+    TALLY_NATS_URL: ctx.natsUrl,
+    TALLY_PARTITIONS: String(opts.partitions ?? 4),
+    TALLY_LEASE_TTL_MS: String(opts.leaseTtlMs ?? 2000),
+    TALLY_LOG_LEVEL: process.env.TALLY_LOG_LEVEL ?? "warn",
+  };
+}
+
+export function testSettings(ctx: TestContext, opts: TestEnvOptions = {}): Settings {
+  return loadSettings(tallyEnv(ctx, opts));
+}
+
+/** Connections for a test to inspect and drive one environment, migrated and with its NATS topology. */
+export interface Harness {
+  readonly settings: Settings;
+  readonly topology: Topology;
+  readonly sql: Sql;
+  readonly nats: NatsHandles;
+  close(): Promise<void>;
+}
+
+export async function harness(ctx: TestContext, opts: TestEnvOptions = {}): Promise<Harness> {
+  const settings = testSettings(ctx, opts);
+  const sql = connectPostgres(ctx.databaseUrl, { max: 4, application: "test" });
+  await migrate(sql, ctx.env);
+  const nc = await connectNats(ctx.natsUrl, "test");
+  const t = topology(settings.env, settings.partitions);
+  const nats = await ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs });
+  return {
+    settings,
+    topology: t,
+    sql,
+    nats,
+    close: async () => {
+      await nc.close();
+      await sql.end({ timeout: 5 });
+    },
+  };
+}
+
+/** Tally roles running in this process. */
+export function startInProcess(ctx: TestContext, roles: ReadonlyArray<Role>, opts: TestEnvOptions = {}, config = TEST_CHANNELS) {
+  return startTally(testSettings(ctx, opts), config, roles, createLogger("test-tally", process.env.TALLY_LOG_LEVEL ?? "warn"));
+}
+
+/** A `tally` CLI child process. */
+export function spawnTally(args: ReadonlyArray<string>, env: Record<string, string>): ChildProcess & { output: () => string } {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let out = "";
+  child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
+  return Object.assign(child, { output: () => out });
+}
+
+/** Runs the CLI to completion: exit code and combined output. */
+export async function runTally(
+  args: ReadonlyArray<string>,
+  env: Record<string, string>,
+  stdin?: string,
+): Promise<{ code: number | null; output: string; stdout: string }> {
+  const child = spawnTally(args, env);
+  let stdout = "";
+  child.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
+  if (stdin !== undefined) child.stdin!.end(stdin);
+  else child.stdin!.end();
+  const code = await new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
+  return { code, output: child.output(), stdout };
+}
+
+/** Polls `check` until it returns true (or throws after `timeoutMs`, with `what` in the message). */
+export async function eventually(what: string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
