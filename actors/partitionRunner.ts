@@ -98,7 +98,7 @@ export class PartitionRunner {
         this.deps.registry.evict((sku) => this.deps.topology.partitionOf(sku) === this.partition);
         if (error instanceof LeaseLost) {
           this.deps.metrics.leaseLost++;
-          log.warn({ partition: this.partition, epoch: this.epoch }, "lease lost: another worker took the partition over; stopping");
+          log.warn({ epoch: this.epoch }, "lease lost: another worker took the partition over; stopping");
           this.#stopped = true;
           this.deps.onLeaseLost(this.partition);
           break;
@@ -108,7 +108,7 @@ export class PartitionRunner {
         this.deps.metrics.retries++;
         const delay = Math.min(10_000, 100 * 2 ** Math.min(attempt, 7)) * (0.5 + Math.random());
         log[isTransientDbError(error) ? "warn" : "error"](
-          { partition: this.partition, err: error, attempt, delayMs: Math.round(delay) },
+          { err: error, attempt, delayMs: Math.round(delay) },
           "partition apply failed; resuming from the checkpoint after a backoff",
         );
         await this.#sleep(delay);
@@ -151,7 +151,7 @@ export class PartitionRunner {
     });
     void this.#messages.closed().then((err) => {
       if (err && generation === this.#generation && !this.#stopped) {
-        this.deps.log.warn({ partition: this.partition, err }, "consumer closed with an error");
+        this.deps.log.warn({ err }, "consumer closed with an error");
         this.#failure = err;
         this.#wake?.();
       }

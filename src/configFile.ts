@@ -34,7 +34,7 @@ export class ConfigFileError extends Error {
 
 /** Validates a config object; throws a ConfigFileError naming every bad field. */
 export function decodeTallyConfig(input: unknown, origin = "tally.config.ts"): TallyConfig {
-  const result = Schema.decodeUnknownEither(TallyConfig, { errors: "all" })(input);
+  const result = Schema.decodeUnknownEither(TallyConfig, { errors: "all", onExcessProperty: "error" })(input);
   if (Either.isRight(result)) return result.right;
   const issues = ParseResult.ArrayFormatter.formatErrorSync(result.left).map(
     (i) => `${i.path.join(".") || "(root)"}: ${i.message}`,
