@@ -1,0 +1,117 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import postgres from "postgres";
+import { decodeCommand, type Command } from "../actors/index.ts";
+import { verifyLedger } from "../ledger/index.ts";
+import { publishCommands } from "../src/publisher.ts";
+import type { TestContext } from "./support/context.ts";
+import { startNats, type NatsServer } from "./support/nats.ts";
+import { startPostgres, type PostgresServer } from "./support/postgres.ts";
+import { eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
+import { expectationOf, generateCommands, type RawCommand } from "./support/workload.ts";
+
+// This file owns its servers: it kills them.
+let pg: PostgresServer;
+let nats: NatsServer;
+const OPTS = { partitions: 4, leaseTtlMs: 1500 };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+beforeAll(async () => {
+  [pg, nats] = await Promise.all([startPostgres(), startNats()]);
+});
+afterAll(async () => {
+  await Promise.allSettled([pg?.destroy(), nats?.destroy()]);
+});
+
+async function freshContext(name: string): Promise<TestContext> {
+  const admin = postgres(pg.url(), { max: 1, onnotice: () => {} });
+  await admin.unsafe(`create database ${name}`);
+  await admin.end();
+  return { env: name, databaseUrl: pg.url(name), natsUrl: nats.url, adminUrl: pg.url() };
+}
+
+const decoded = (raw: ReadonlyArray<RawCommand>): Array<Command> =>
+  raw.map((c) => {
+    const d = decodeCommand(c);
+    if (d._tag === "Left") throw d.left;
+    return d.right;
+  });
+
+async function expectExact(h: Harness, raw: ReadonlyArray<RawCommand>): Promise<void> {
+  const expected = expectationOf(raw);
+  const outcomes = await h.sql<Array<{ command_id: string; status: string; reason: string | null }>>`
+    select command_id, status, reason from command_outcomes`;
+  expect(new Set(outcomes.filter((o) => o.status === "applied").map((o) => o.command_id))).toEqual(expected.applied);
+  expect(new Map(outcomes.filter((o) => o.status === "rejected").map((o) => [o.command_id, o.reason]))).toEqual(expected.rejected);
+  const [{ entries }] = await h.sql<[{ entries: number }]>`select count(*)::int as entries from ledger_entries`;
+  expect(entries).toBe(expected.entries);
+  const balances = await h.sql<Array<{ sku: string; location: string; bucket: string; qty: number }>>`
+    select sku, location, bucket, qty from balances`;
+  const actual = new Map(balances.map((b) => [`${b.sku}|${b.location}|${b.bucket}`, b.qty]));
+  for (const [key, l] of expected.locations)
+    for (const bucket of ["on_hand", "reserved", "in_transit", "damaged"] as const)
+      expect(actual.get(`${key}|${bucket}`) ?? 0, `${key} ${bucket}`).toBe(l[bucket]);
+  expect((await verifyLedger(h.sql)).problem).toBeNull();
+}
+
+/** Publishes `commands` in paced rounds, calling `fault` once, a third of the way through. */
+async function streamWithFault(h: Harness, commands: ReadonlyArray<Command>, fault: () => Promise<void>): Promise<void> {
+  const rounds = 15;
+  const per = Math.ceil(commands.length / rounds);
+  for (let r = 0; r < rounds; r++) {
+    if (r === 5) await fault();
+    await publishCommands(h.nats.js, h.topology, commands.slice(r * per, (r + 1) * per), { envelopeSize: 20 });
+    await sleep(100);
+  }
+}
+
+const outcomeCount = async (h: Harness) =>
+  (await h.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`)[0].n;
+
+describe("outages", () => {
+  it("Postgres killed (-9) and restarted mid-stream: workers retry from the checkpoint; the ledger is exact", async () => {
+    const ctx = await freshContext("outage_pg");
+    const h = await harness(ctx, OPTS);
+    const tally = await startInProcess(ctx, ["worker", "relay"], OPTS);
+    try {
+      const raw = generateCommands(3000, 100, 21, "pg");
+      const commands = decoded(raw);
+      await streamWithFault(h, commands, async () => {
+        await eventually("some progress before the crash", async () => (await outcomeCount(h)) > 0);
+        await pg.kill();
+        await sleep(1500); // the worker fails and backs off meanwhile
+        await pg.start();
+      });
+      await eventually("every command to have an outcome", async () => (await outcomeCount(h)) === commands.length, 120_000);
+      expect(tally.worker!.metrics.retries).toBeGreaterThan(0);
+      await expectExact(h, raw);
+    } finally {
+      await tally.close();
+      await h.close();
+    }
+  });
+
+  it("nats-server killed (-9) and restarted mid-stream: publishers and workers recover; the ledger is exact", async () => {
+    const ctx = await freshContext("outage_nats");
+    const h = await harness(ctx, OPTS);
+    const tally = await startInProcess(ctx, ["worker", "relay"], OPTS);
+    try {
+      const raw = generateCommands(3000, 100, 22, "nt");
+      const commands = decoded(raw);
+      await streamWithFault(h, commands, async () => {
+        await eventually("some progress before the crash", async () => (await outcomeCount(h)) > 0);
+        await nats.kill();
+        await sleep(1000);
+        await nats.start();
+      });
+      await eventually("every command to have an outcome", async () => (await outcomeCount(h)) === commands.length, 120_000);
+      await expectExact(h, raw);
+      await eventually("the outbox to drain after the outage", async () => {
+        const [{ n }] = await h.sql<[{ n: number }]>`select count(*)::int as n from outbox`;
+        return n === 0;
+      });
+    } finally {
+      await tally.close();
+      await h.close();
+    }
+  });
+});
