@@ -67,6 +67,8 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
               channels: channelViews(config),
               log: log.child({ role: "worker" }),
               leaseTtlMs: settings.leaseTtlMs,
+              maxActors: settings.maxActors,
+              batchMax: settings.batchMax,
             });
             w.start();
             return w;

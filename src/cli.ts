@@ -7,6 +7,7 @@ import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } 
 import { loadSettings, requireDatabaseUrl, type Settings } from "./config.ts";
 import { loadTallyConfig } from "./configFile.ts";
 import { connectPostgres } from "./db.ts";
+import { devMain } from "./dev.ts";
 import { createLogger } from "./log.ts";
 import { ensureTopology } from "./nats.ts";
 import { submit } from "./submit.ts";
@@ -16,6 +17,7 @@ import { assertEnvironment } from "../ledger/index.ts";
 const USAGE = `tally — real-time inventory ledger
 
 usage:
+  tally dev [--fresh] [--dir .tally]     local Postgres + nats-server under .tally, migrated, worker + relay running
   tally migrate                          apply pending migrations; record TALLY_ENV in the database
   tally start [--roles worker,relay]     run roles until SIGINT/SIGTERM (default: worker,relay)
   tally submit <file.ndjson|-> [--wait] [--timeout <seconds>]
@@ -24,7 +26,8 @@ usage:
 
 settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_URL,
   TALLY_PARTITIONS (default 16), TALLY_DUPLICATE_WINDOW_SECONDS (default 7200),
-  TALLY_LEASE_TTL_MS (default 10000), TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL
+  TALLY_LEASE_TTL_MS (default 10000), TALLY_MAX_ACTORS (default 100000), TALLY_BATCH_MAX (default 2000),
+  TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL
 `;
 
 /** An error for the user: printed as one line, exit code 1 (or `code`). */
@@ -41,6 +44,8 @@ class UsageError extends Error {
 async function main(argv: ReadonlyArray<string>): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
+    case "dev":
+      return devMain(rest);
     case "migrate":
       return cmdMigrate(loadSettings());
     case "start":

@@ -11,6 +11,10 @@ export interface Settings {
   readonly leaseTtlMs: number;
   readonly httpPort: number;
   readonly configFile: string;
+  /** Most live SKU actors a worker keeps in memory before passivating the least recently used. */
+  readonly maxActors: number;
+  /** Most commands applied in one ledger transaction. */
+  readonly batchMax: number;
 }
 
 /** A setting that could not be decoded: the message names it. */
@@ -54,6 +58,8 @@ const settingsConfig = Config.all({
   leaseTtlMs: intIn("TALLY_LEASE_TTL_MS", 1000, 600_000, 10_000),
   httpPort: intIn("TALLY_HTTP_PORT", 0, 65535, 8080),
   configFile: Config.string("TALLY_CONFIG").pipe(Config.withDefault("tally.config.ts")),
+  maxActors: intIn("TALLY_MAX_ACTORS", 10, 100_000_000, 100_000),
+  batchMax: intIn("TALLY_BATCH_MAX", 1, 100_000, 2000),
 });
 
 /** Decodes the settings from `env` (default `process.env`); throws a SettingsError naming the bad setting. */
@@ -74,6 +80,8 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     leaseTtlMs: s.leaseTtlMs,
     httpPort: s.httpPort,
     configFile: s.configFile,
+    maxActors: s.maxActors,
+    batchMax: s.batchMax,
   };
 }
 

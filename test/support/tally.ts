@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { connectPostgres, type Sql } from "../../src/db.ts";
@@ -25,6 +26,7 @@ export const TEST_CHANNELS: TallyConfig = {
 export interface TestEnvOptions {
   readonly partitions?: number;
   readonly leaseTtlMs?: number;
+  readonly maxActors?: number;
 }
 
 /** The environment variables a Tally process of this test file runs with. */
@@ -35,6 +37,7 @@ export function tallyEnv(ctx: TestContext, opts: TestEnvOptions = {}): Record<st
     TALLY_NATS_URL: ctx.natsUrl,
     TALLY_PARTITIONS: String(opts.partitions ?? 4),
     TALLY_LEASE_TTL_MS: String(opts.leaseTtlMs ?? 2000),
+    ...(opts.maxActors !== undefined ? { TALLY_MAX_ACTORS: String(opts.maxActors) } : {}),
     TALLY_LOG_LEVEL: process.env.TALLY_LOG_LEVEL ?? "warn",
   };
 }
@@ -112,4 +115,31 @@ export async function eventually(what: string, check: () => Promise<boolean>, ti
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** Every message currently stored in `stream` on `subject` (a filter; wildcards allowed), oldest first. */
+export async function readStream(
+  h: Harness,
+  stream: string,
+  subject: string,
+): Promise<Array<{ subject: string; seq: number; data: unknown; msgId: string | undefined }>> {
+  // A plain ephemeral consumer: nats-server 2.9 has no filter_subjects (which ordered consumers use).
+  const info = await h.nats.jsm.consumers.add(stream, {
+    filter_subject: subject,
+    ack_policy: AckPolicy.None,
+    deliver_policy: DeliverPolicy.All,
+    inactive_threshold: 30_000_000_000,
+  });
+  const consumer = await h.nats.js.consumers.get(stream, info.name);
+  const out: Array<{ subject: string; seq: number; data: unknown; msgId: string | undefined }> = [];
+  for (;;) {
+    const batch = await consumer.fetch({ max_messages: 500, expires: 1000 });
+    let n = 0;
+    for await (const m of batch) {
+      n++;
+      out.push({ subject: m.subject, seq: m.seq, data: m.json(), msgId: m.headers?.get("Nats-Msg-Id") });
+    }
+    if (n === 0) break;
+  }
+  return out;
 }
