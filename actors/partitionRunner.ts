@@ -13,6 +13,8 @@ import type { ActorRegistry } from "./registry.ts";
 import { deadLetter, type DeadLetter } from "../src/deadLetters.ts";
 
 const nanos = (ms: number): number => ms * 1_000_000;
+/** Failed attempts in a row after which a stuck partition raises an alert event. */
+const ALERT_AFTER_ATTEMPTS = 5;
 
 export interface RunnerDeps {
   readonly sql: Sql;
@@ -111,6 +113,8 @@ export class PartitionRunner {
           { err: error, attempt, delayMs: Math.round(delay) },
           "partition apply failed; resuming from the checkpoint after a backoff",
         );
+        // The partition never skips ahead: it keeps retrying, and says so loudly while it is stuck.
+        if (attempt === ALERT_AFTER_ATTEMPTS || (attempt > ALERT_AFTER_ATTEMPTS && attempt % 20 === 0)) void this.#alert(error, attempt);
         await this.#sleep(delay);
       }
     }
@@ -255,6 +259,25 @@ export class PartitionRunner {
     metrics.rejected += plan.rejected;
     metrics.deadLettered += dead.length;
     messages[messages.length - 1]!.ack();
+  }
+
+  async #alert(error: unknown, attempt: number): Promise<void> {
+    const { nats, topology, log } = this.deps;
+    const payload = {
+      type: "alert",
+      kind: "partition_stuck",
+      partition: this.partition,
+      attempt,
+      error: String((error as Error)?.message ?? error),
+      at: new Date().toISOString(),
+    };
+    log.error(payload, "partition is not advancing");
+    // Core NATS, not JetStream: the alert must go out even when JetStream is what is failing.
+    try {
+      nats.nc.publish(topology.eventSubject("alert"), JSON.stringify(payload));
+    } catch {
+      // Disconnected: the log line above is the alert.
+    }
   }
 
   async #publishDead(dead: ReadonlyArray<DeadLetter>): Promise<void> {

@@ -114,4 +114,29 @@ describe("outages", () => {
       await h.close();
     }
   });
+
+  it("a partition that cannot advance raises an alert and never skips ahead", async () => {
+    const ctx = await freshContext("outage_alert");
+    const h = await harness(ctx, OPTS);
+    const tally = await startInProcess(ctx, ["worker"], OPTS);
+    const alerts: Array<{ kind: string; partition: number }> = [];
+    const sub = h.nats.nc.subscribe(h.topology.eventSubject("alert"), {
+      callback: (_err, m) => alerts.push(m.json()),
+    });
+    try {
+      const raw = generateCommands(400, 40, 23, "al");
+      await eventually("the worker to hold its partitions", async () => tally.worker!.held().length === OPTS.partitions);
+      await pg.kill();
+      await publishCommands(h.nats.js, h.topology, decoded(raw));
+      await eventually("an alert", async () => alerts.length > 0, 60_000);
+      expect(alerts[0]).toMatchObject({ kind: "partition_stuck" });
+      await pg.start();
+      await eventually("every command to have an outcome", async () => (await outcomeCount(h)) === raw.length, 120_000);
+      await expectExact(h, raw);
+    } finally {
+      sub.unsubscribe();
+      await tally.close();
+      await h.close();
+    }
+  });
 });
