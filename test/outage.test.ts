@@ -121,7 +121,9 @@ describe("outages", () => {
     const tally = await startInProcess(ctx, ["worker"], OPTS);
     const alerts: Array<{ kind: string; partition: number }> = [];
     const sub = h.nats.nc.subscribe(h.topology.eventSubject("alert"), {
-      callback: (_err, m) => alerts.push(m.json()),
+      callback: (_err, m) => {
+        alerts.push(m.json());
+      },
     });
     try {
       const raw = generateCommands(400, 40, 23, "al");
