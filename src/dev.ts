@@ -1,0 +1,310 @@
+import { mkdir, rm } from "node:fs/promises";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { migrate } from "../ledger/index.ts";
+import { startTally, type Role } from "./app.ts";
+import { loadSettings, type Settings } from "./config.ts";
+import { loadTallyConfig } from "./configFile.ts";
+import { connectPostgres } from "./db.ts";
+import {
+  findNatsServer,
+  findPostgresBin,
+  preferredPort,
+  serversUsing,
+  startNats,
+  startPostgres,
+  type NatsServer,
+  type PostgresServer,
+} from "./devStack/index.ts";
+import { createLogger, type Logger } from "./log.ts";
+
+/** Ports `tally dev` prefers for its own servers (a free one is used when taken). */
+export const DEV_POSTGRES_PORT = 54329;
+export const DEV_NATS_PORT = 42229;
+/** The database `tally dev` creates in its own Postgres. */
+export const DEV_DATABASE = "tally";
+const DEV_ROLES: ReadonlyArray<Role> = ["worker", "relay"];
+
+export const DEV_USAGE = "usage: tally dev [--fresh] [--dir .tally]";
+
+/** Options for {@link runDev} and {@link startDevStack}. */
+export interface DevOptions {
+  /** Data folder: `<dir>/postgres` and `<dir>/nats` (kept between runs) and their logs. */
+  readonly dir: string;
+  /** Delete `dir` before starting. */
+  readonly fresh: boolean;
+  /** Where settings and the `TALLY_DATABASE_URL` / `TALLY_NATS_URL` overrides come from (default `process.env`). */
+  readonly env?: Record<string, string | undefined>;
+  /** Banner and `stopped` line (default stdout). */
+  readonly stdout?: NodeJS.WritableStream;
+  /** Error lines (default stderr). */
+  readonly stderr?: NodeJS.WritableStream;
+  readonly log?: Logger;
+  /** Stop when this aborts; default: on SIGINT, SIGTERM or SIGHUP (a second one exits at once). */
+  readonly signal?: AbortSignal;
+}
+
+/** A running dev stack: the URLs it serves and how to stop it. */
+export interface DevStack {
+  readonly settings: Settings;
+  readonly databaseUrl: string;
+  readonly natsUrl: string;
+  /** Set when `tally dev` started the server (undefined when a URL came from the environment). */
+  readonly postgres: PostgresServer | undefined;
+  readonly nats: NatsServer | undefined;
+  /** Closes the Tally roles, then stops the servers it started; their data is kept. */
+  stop(): Promise<void>;
+}
+
+/** A failure `tally dev` reports as one line (no stack). */
+export class DevError extends Error {
+  override readonly name = "DevError";
+}
+
+/** Stop was requested while the stack was still starting. */
+class DevStopped extends Error {
+  override readonly name = "DevStopped";
+}
+
+/**
+ * `tally dev`: starts (or reuses, via the URLs) Postgres and nats-server, migrates, runs the worker
+ * and relay roles in this process, prints a banner, and on SIGINT/SIGTERM stops everything it started.
+ * Returns the exit code; expected failures are printed as one `tally dev: …` line.
+ */
+export async function runDev(opts: DevOptions): Promise<number> {
+  const stdout = opts.stdout ?? process.stdout;
+  const stderr = opts.stderr ?? process.stderr;
+  const signals = opts.signal === undefined ? stopOnSignals(stderr) : undefined;
+  const signal = opts.signal ?? signals!.signal;
+  try {
+    let stack: DevStack;
+    try {
+      stack = await startDevStack(opts, signal);
+    } catch (error) {
+      if (error instanceof DevStopped || signal.aborted) {
+        stdout.write("tally dev: stopped\n");
+        return 0;
+      }
+      const line = describeFailure(error);
+      if (line === undefined) throw error;
+      stderr.write(`tally dev: ${line}\n`);
+      return 1;
+    }
+    stdout.write(banner(stack, opts.dir));
+    await new Promise<void>((resolve) => {
+      if (signal.aborted) resolve();
+      else signal.addEventListener("abort", () => resolve(), { once: true });
+    });
+    await stack.stop();
+    stdout.write("tally dev: stopped\n");
+    return 0;
+  } finally {
+    signals?.dispose();
+  }
+}
+
+/** `tally dev [--fresh] [--dir .tally]`. */
+export async function devMain(args: ReadonlyArray<string>): Promise<number> {
+  let values: { dir?: string; fresh?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args: [...args],
+      options: { dir: { type: "string", default: ".tally" }, fresh: { type: "boolean", default: false } },
+    }));
+  } catch (error) {
+    process.stderr.write(`tally dev: ${(error as Error).message}\n${DEV_USAGE}\n`);
+    return 1;
+  }
+  if (values.dir === undefined || values.dir === "") {
+    process.stderr.write(`tally dev: --dir needs a folder\n${DEV_USAGE}\n`);
+    return 1;
+  }
+  return runDev({ dir: values.dir, fresh: values.fresh === true });
+}
+
+/**
+ * Starts the dev stack and resolves once the roles run. On failure, or when `signal` aborts before
+ * it is up, stops whatever it had started and rejects.
+ */
+export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Promise<DevStack> {
+  const env = opts.env ?? process.env;
+  const dir = path.resolve(opts.dir);
+  const externalDb = nonEmpty(env["TALLY_DATABASE_URL"]);
+  const externalNats = nonEmpty(env["TALLY_NATS_URL"]);
+
+  // Everything that can be checked without starting anything, first.
+  const early = loadSettings({ ...env, TALLY_NATS_URL: externalNats ?? "nats://127.0.0.1:4222" });
+  const config = await loadTallyConfig(early.configFile);
+  if (externalDb === undefined) {
+    findPostgresBin("initdb");
+    findPostgresBin("postgres");
+  }
+  if (externalNats === undefined) findNatsServer();
+
+  const stops: Array<() => Promise<void>> = [];
+  // Last started, first stopped; every step runs even if an earlier one failed.
+  const stopAll = async (): Promise<void> => {
+    let failure: unknown;
+    for (const stop of stops.splice(0).reverse()) {
+      try {
+        await stop();
+      } catch (error) {
+        failure ??= error;
+      }
+    }
+    if (failure !== undefined) throw failure;
+  };
+  const checkpoint = (): void => {
+    if (signal?.aborted) throw new DevStopped("stopped while starting");
+  };
+
+  try {
+    let postgres: PostgresServer | undefined;
+    let nats: NatsServer | undefined;
+    if (externalDb === undefined || externalNats === undefined) {
+      const leftovers = serversUsing(dir);
+      if (leftovers.length > 0) {
+        const pids = leftovers.map((p) => p.pid).join(" ");
+        throw new DevError(
+          `${opts.dir} is in use by ${leftovers.map((p) => `${p.command} (pid ${p.pid})`).join(", ")} — another tally dev, or left over from one that was killed; stop it (kill ${pids}) and try again`,
+        );
+      }
+      if (opts.fresh) await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+    }
+
+    // Postgres first: it refuses a data folder another postmaster holds, so it guards the folder.
+    if (externalDb === undefined) {
+      postgres = await startPostgres({
+        dataDir: path.join(dir, "postgres"),
+        port: await preferredPort(DEV_POSTGRES_PORT),
+        logPath: path.join(dir, "postgres.log"),
+        // The data is kept between runs, so unlike the test servers it must survive an OS crash.
+        settings: { fsync: "on", full_page_writes: "on" },
+      });
+      stops.push(postgres.stop);
+      checkpoint();
+      await createDatabaseIfMissing(postgres.url(), DEV_DATABASE);
+    }
+    checkpoint();
+    if (externalNats === undefined) {
+      nats = await startNats({
+        dataDir: path.join(dir, "nats"),
+        port: await preferredPort(DEV_NATS_PORT),
+        logPath: path.join(dir, "nats.log"),
+      });
+      stops.push(nats.stop);
+    }
+    checkpoint();
+
+    const databaseUrl = externalDb ?? postgres!.url(DEV_DATABASE);
+    const natsUrl = externalNats ?? nats!.url;
+    const settings = loadSettings({ ...env, TALLY_DATABASE_URL: databaseUrl, TALLY_NATS_URL: natsUrl });
+    const sql = connectPostgres(databaseUrl, { max: 1, application: "tally-dev-migrate" });
+    try {
+      await migrate(sql, settings.env);
+    } finally {
+      await sql.end({ timeout: 5 });
+    }
+    checkpoint();
+
+    const log = opts.log ?? createLogger("tally", env["TALLY_LOG_LEVEL"] ?? "info");
+    const running = await startTally(settings, config, DEV_ROLES, log);
+    stops.push(() => running.close());
+    checkpoint();
+
+    let stopping: Promise<void> | undefined;
+    return { settings, databaseUrl, natsUrl, postgres, nats, stop: () => (stopping ??= stopAll()) };
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}
+
+async function createDatabaseIfMissing(adminUrl: string, database: string): Promise<void> {
+  const sql = connectPostgres(adminUrl, { max: 1, application: "tally-dev" });
+  try {
+    const [row] = await sql<Array<{ exists: boolean }>>`
+      select exists (select 1 from pg_database where datname = ${database}) as exists`;
+    if (row?.exists !== true) await sql.unsafe(`create database "${database.replaceAll('"', '""')}"`);
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value === "" ? undefined : value;
+}
+
+/** The lines printed once the stack is up. */
+function banner(stack: DevStack, dir: string): string {
+  const shown = dir.replace(/\/+$/, "");
+  const taken = (server: { port: number }, preferred: number) =>
+    server.port === preferred ? "" : `, port ${preferred} was taken`;
+  const pgWhere = stack.postgres
+    ? `(data ${shown}/postgres, log ${shown}/postgres.log${taken(stack.postgres, DEV_POSTGRES_PORT)})`
+    : "(from TALLY_DATABASE_URL)";
+  const natsWhere = stack.nats
+    ? `(store ${shown}/nats, log ${shown}/nats.log${taken(stack.nats, DEV_NATS_PORT)})`
+    : "(from TALLY_NATS_URL)";
+  const kept = stack.postgres || stack.nats ? `; the data stays in ${shown} (--fresh starts over)` : "";
+  return [
+    `tally dev: running — env ${stack.settings.env}, roles ${DEV_ROLES.join(" + ")}`,
+    `  postgres  ${stack.databaseUrl}  ${pgWhere}`,
+    `  nats      ${stack.natsUrl}  ${natsWhere}`,
+    `try, in another shell:`,
+    `  export TALLY_ENV=${stack.settings.env} TALLY_DATABASE_URL=${stack.databaseUrl} TALLY_NATS_URL=${stack.natsUrl}`,
+    `  npx tally submit examples/commands.ndjson --wait`,
+    `Ctrl-C stops${kept}.`,
+    "",
+  ].join("\n");
+}
+
+/** The one line to print for an expected failure, or undefined for a bug (printed with its stack). */
+export function describeFailure(error: unknown): string | undefined {
+  const e = error as { name?: string; message?: string; code?: string } | undefined;
+  switch (e?.name) {
+    case "NatsServerNotFound":
+      return "nats-server not found — install it (Debian: apt-get install nats-server)";
+    case "PostgresBinaryNotFound":
+      return "Postgres server binaries (initdb, postgres) not found — install them (Debian: apt-get install postgresql)";
+    case "EnvironmentMismatch":
+      return `${e.message} (tally dev --fresh starts over with an empty database)`;
+    case "DevError":
+    case "SettingsError":
+    case "ConfigFileError":
+    case "MigrationError":
+    case "ServerStartError":
+    case "PostgresUserNotFound":
+    case "PostgresDataDirUnreachable":
+      return e.message;
+  }
+  const code = String(e?.code ?? "");
+  if (["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ETIMEDOUT", "CONNECT_TIMEOUT"].includes(code))
+    return `cannot connect: ${e?.message ?? code}`;
+  return undefined;
+}
+
+/**
+ * An AbortSignal that fires on the first SIGINT, SIGTERM or SIGHUP. A second signal exits at once;
+ * the 'exit' handler of the server harness then SIGKILLs the servers.
+ */
+function stopOnSignals(stderr: NodeJS.WritableStream): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const onSignal = (name: NodeJS.Signals): void => {
+    if (!controller.signal.aborted) {
+      controller.abort(name);
+      return;
+    }
+    stderr.write(`tally dev: ${name} again, killing the servers\n`);
+    process.exit(130);
+  };
+  const names: ReadonlyArray<NodeJS.Signals> = ["SIGINT", "SIGTERM", "SIGHUP"];
+  for (const name of names) process.on(name, onSignal);
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      for (const name of names) process.off(name, onSignal);
+    },
+  };
+}

@@ -1,0 +1,208 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { Either } from "effect";
+import { afterEach, describe, expect, it } from "vitest";
+import { decodeCommand } from "../actors/index.ts";
+import { describeFailure } from "../src/dev.ts";
+import { BIN, ROOT, runTally } from "./support/tally.ts";
+
+const EXAMPLES = path.join(ROOT, "examples/commands.ndjson");
+
+/** The environment of a `tally dev` child: no server URLs, so it starts its own. */
+function devEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, TALLY_ENV: "dev", TALLY_LOG_LEVEL: "warn" };
+  delete env["TALLY_DATABASE_URL"];
+  delete env["TALLY_NATS_URL"];
+  return env;
+}
+
+interface DevProcess {
+  readonly child: ChildProcess;
+  readonly databaseUrl: string;
+  readonly natsUrl: string;
+  stdout(): string;
+  output(): string;
+}
+
+const started: Array<ChildProcess> = [];
+
+/** Spawns `tally dev --dir <dir> …` and resolves once its banner is printed. */
+async function startDev(dir: string, ...args: Array<string>): Promise<DevProcess> {
+  const child = spawn(process.execPath, [BIN, "dev", "--dir", dir, ...args], {
+    cwd: ROOT,
+    env: devEnv(),
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  started.push(child);
+  let stdout = "";
+  let output = "";
+  child.stdout!.on("data", (d: Buffer) => {
+    stdout += d.toString();
+    output += d.toString();
+  });
+  child.stderr!.on("data", (d: Buffer) => (output += d.toString()));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no banner after 40 s:\n${output}`)), 40_000);
+    const onData = () => {
+      if (!stdout.includes("Ctrl-C stops")) return;
+      clearTimeout(timer);
+      child.stdout!.off("data", onData);
+      child.off("exit", onExit);
+      resolve();
+    };
+    const onExit = (code: number | null) => {
+      clearTimeout(timer);
+      reject(new Error(`tally dev exited (${code}) before its banner:\n${output}`));
+    };
+    child.stdout!.on("data", onData);
+    child.once("exit", onExit);
+  });
+  const databaseUrl = /^ {2}postgres {2}(postgres:\/\/\S+)/m.exec(stdout)?.[1];
+  const natsUrl = /^ {2}nats {6}(nats:\/\/\S+)/m.exec(stdout)?.[1];
+  if (databaseUrl === undefined || natsUrl === undefined) throw new Error(`no URLs in the banner:\n${stdout}`);
+  return { child, databaseUrl, natsUrl, stdout: () => stdout, output: () => output };
+}
+
+/** SIGINTs `tally dev` and returns its exit code; fails if it takes more than 20 s. */
+async function stopDev(dev: DevProcess): Promise<number | null> {
+  if (dev.child.exitCode !== null) return dev.child.exitCode;
+  const exited = new Promise<number | null>((resolve) => dev.child.once("exit", (code) => resolve(code)));
+  dev.child.kill("SIGINT");
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), 20_000)));
+  const result = await Promise.race([exited, timeout]);
+  clearTimeout(timer);
+  if (result === "timeout") throw new Error(`tally dev did not exit within 20 s of SIGINT:\n${dev.output()}`);
+  return result;
+}
+
+/** Live postgres / nats-server processes whose command line mentions `dir`. */
+function serversMentioning(dir: string): Array<string> {
+  const found: Array<string> = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    let argv: Array<string>;
+    let state: string | undefined;
+    try {
+      argv = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0");
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      state = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0];
+    } catch {
+      continue;
+    }
+    const name = path.basename(argv[0] ?? "");
+    if ((name === "postgres" || name === "nats-server") && state !== "Z" && argv.some((a) => a.includes(dir)))
+      found.push(`${entry} ${argv.join(" ")}`);
+  }
+  return found;
+}
+
+function tallyEnvFor(dev: DevProcess): Record<string, string> {
+  return { TALLY_ENV: "dev", TALLY_DATABASE_URL: dev.databaseUrl, TALLY_NATS_URL: dev.natsUrl, TALLY_LOG_LEVEL: "warn" };
+}
+
+async function ledgerEntries(dev: DevProcess): Promise<number> {
+  const verify = await runTally(["ledger", "verify"], tallyEnvFor(dev));
+  expect(verify.code, verify.output).toBe(0);
+  const entries = /ledger verify: ok — (\d+) entries/.exec(verify.stdout)?.[1];
+  expect(entries, verify.output).toBeDefined();
+  return Number(entries);
+}
+
+/** A scratch folder the `postgres` user can reach (mkdtemp makes it 0700, and we run as root). */
+async function scratchDir(): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), "tally-dev-test-"));
+  await chmod(dir, 0o755);
+  return dir;
+}
+
+afterEach(async () => {
+  // A failed test must not leave servers behind: SIGINT what still runs, then SIGKILL.
+  for (const child of started.splice(0)) {
+    if (child.exitCode !== null || child.signalCode !== null) continue;
+    const exited = new Promise((resolve) => child.once("exit", resolve));
+    child.kill("SIGINT");
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 20_000))]);
+    if (child.exitCode === null) child.kill("SIGKILL");
+  }
+});
+
+describe("examples/commands.ndjson", () => {
+  it("holds valid canonical commands for the demo locations", () => {
+    const lines = readFileSync(EXAMPLES, "utf8").split("\n").filter((l) => l.trim() !== "");
+    expect(lines.length).toBeGreaterThanOrEqual(12);
+    const types = new Set<string>();
+    for (const [i, line] of lines.entries()) {
+      const decoded = decodeCommand(JSON.parse(line));
+      if (Either.isLeft(decoded)) throw new Error(`line ${i + 1}: ${decoded.left.message}`);
+      types.add(decoded.right.type);
+      expect(["DC1", "S01", "S02"]).toContain(decoded.right.location);
+    }
+    for (const type of ["receive", "sell", "reserve", "fulfill", "transfer_out", "transfer_in", "set_policy", "count", "return"])
+      expect(types).toContain(type);
+  });
+});
+
+describe("tally dev", () => {
+  it("runs the demo, stops on SIGINT leaving no server behind, and keeps the data for the next run", async () => {
+    const root = await scratchDir();
+    const dir = path.join(root, ".tally");
+    try {
+      const first = await startDev(dir);
+      expect(first.databaseUrl).toMatch(/^postgres:\/\/postgres@127\.0\.0\.1:\d+\/tally$/);
+      expect(first.natsUrl).toMatch(/^nats:\/\/127\.0\.0\.1:\d+$/);
+      expect(first.stdout()).toContain("npx tally submit examples/commands.ndjson --wait");
+
+      const submitted = await runTally(["submit", EXAMPLES, "--wait", "--timeout", "30"], tallyEnvFor(first));
+      expect(submitted.code, submitted.output).toBe(0);
+      expect(submitted.stdout).toContain("accepted 15  rejected 1  published 16  duplicate 0  invalid 0");
+      expect(submitted.stdout).toContain("rejected insufficient_stock: 1");
+      const entries = await ledgerEntries(first);
+      expect(entries).toBeGreaterThan(0);
+
+      expect(await stopDev(first)).toBe(0);
+      expect(first.stdout()).toMatch(/tally dev: stopped\n$/);
+      expect(serversMentioning(root)).toEqual([]);
+      expect(existsSync(path.join(dir, "postgres", "PG_VERSION"))).toBe(true);
+
+      const second = await startDev(dir);
+      expect(await ledgerEntries(second)).toBe(entries);
+      expect(await stopDev(second)).toBe(0);
+      expect(serversMentioning(root)).toEqual([]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it("--fresh wipes the data folder first", async () => {
+    const root = await scratchDir();
+    const dir = path.join(root, ".tally");
+    try {
+      // Not a cluster: without --fresh, initdb would refuse this non-empty folder.
+      await mkdir(path.join(dir, "postgres"), { recursive: true });
+      await writeFile(path.join(dir, "postgres", "left-over"), "x");
+      await writeFile(path.join(dir, "marker"), "from an earlier run");
+
+      const dev = await startDev(dir, "--fresh");
+      expect(existsSync(path.join(dir, "marker"))).toBe(false);
+      expect(existsSync(path.join(dir, "postgres", "left-over"))).toBe(false);
+      expect(await ledgerEntries(dev)).toBe(0);
+      expect(await stopDev(dev)).toBe(0);
+      expect(serversMentioning(root)).toEqual([]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it("names the package to install when a server binary is missing", () => {
+    const missing = (name: string) => Object.assign(new Error("not found"), { name });
+    expect(describeFailure(missing("NatsServerNotFound"))).toBe(
+      "nats-server not found — install it (Debian: apt-get install nats-server)",
+    );
+    expect(describeFailure(missing("PostgresBinaryNotFound"))).toContain("apt-get install postgresql");
+    expect(describeFailure(new TypeError("a bug"))).toBeUndefined();
+  });
+});
