@@ -3,6 +3,7 @@ import { UnknownException } from "effect/Cause";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Worker, type ChannelView } from "../actors/index.ts";
 import { assertEnvironment, instanceId } from "../ledger/index.ts";
+import { SourceReader, configuredSources } from "../cdc/index.ts";
 import type { Settings } from "./config.ts";
 import { requireDatabaseUrl } from "./config.ts";
 import type { TallyConfig } from "./configFile.ts";
@@ -12,8 +13,8 @@ import { connectNats, ensureTopology, type NatsHandles } from "./nats.ts";
 import { OutboxRelay } from "./relay.ts";
 import { topology, type Topology } from "./topology.ts";
 
-export type Role = "worker" | "relay";
-export const ROLES: ReadonlyArray<Role> = ["worker", "relay"];
+export type Role = "worker" | "relay" | "cdc";
+export const ROLES: ReadonlyArray<Role> = ["worker", "relay", "cdc"];
 
 /** What a running Tally process holds; everything is released when its scope closes. */
 export interface Running {
@@ -24,6 +25,8 @@ export interface Running {
   readonly log: Logger;
   readonly worker: Worker | null;
   readonly relay: OutboxRelay | null;
+  /** One CDC reader per configured source whose URL is set. */
+  readonly readers: ReadonlyArray<SourceReader>;
 }
 
 export const channelViews = (config: TallyConfig): ReadonlyArray<ChannelView> =>
@@ -91,7 +94,29 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
           (r) => Effect.promise(() => r.stop()),
         )
       : null;
-    return { settings, topology: t, sql, nats, log, worker, relay } satisfies Running;
+    const readers: Array<SourceReader> = [];
+    if (roles.includes("cdc")) {
+      const sources = configuredSources(config, settings.env);
+      if (sources.length === 0) log.warn("cdc role: no source has its TALLY_SOURCE_<NAME>_URL set; nothing to capture");
+      for (const source of sources)
+        readers.push(
+          yield* Effect.acquireRelease(
+            Effect.sync(
+              () =>
+                new SourceReader({
+                  source,
+                  sql,
+                  js: nats.js,
+                  nc: nats.nc,
+                  topology: t,
+                  log: log.child({ role: "cdc", source: source.name }),
+                }),
+            ),
+            (r) => Effect.promise(() => r.stop()),
+          ),
+        );
+    }
+    return { settings, topology: t, sql, nats, log, worker, relay, readers } satisfies Running;
   });
 
 /** Promise-style handle on `startRoles` for callers outside Effect (tests, the dev stack). */

@@ -19,7 +19,7 @@ const USAGE = `tally — real-time inventory ledger
 usage:
   tally dev [--fresh] [--dir .tally]     local Postgres + nats-server under .tally, migrated, worker + relay running
   tally migrate                          apply pending migrations; record TALLY_ENV in the database
-  tally start [--roles worker,relay]     run roles until SIGINT/SIGTERM (default: worker,relay)
+  tally start [--roles worker,relay,cdc] run roles until SIGINT/SIGTERM (default: worker,relay,cdc)
   tally submit <file.ndjson|-> [--wait] [--timeout <seconds>]
                                          publish canonical commands (one JSON per line)
   tally ledger verify                    recompute every hash chain and balance
@@ -57,6 +57,8 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
       if (sub === "verify") return cmdVerify(loadSettings());
       throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify)`);
     }
+    case "source":
+      return cmdSource(loadSettings(), rest);
     case undefined:
     case "help":
     case "--help":
@@ -84,7 +86,7 @@ async function cmdMigrate(settings: Settings): Promise<number> {
 }
 
 async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
-  const { values } = parseArgs({ args: [...args], options: { roles: { type: "string", default: "worker,relay" } } });
+  const { values } = parseArgs({ args: [...args], options: { roles: { type: "string", default: "worker,relay,cdc" } } });
   const roles = values.roles!.split(",").map((r) => r.trim()).filter(Boolean);
   for (const r of roles)
     if (!ROLES.includes(r as Role)) throw new UsageError(`--roles: unknown role ${JSON.stringify(r)} (expected ${ROLES.join(", ")})`);
@@ -177,6 +179,89 @@ async function cmdVerify(settings: Settings): Promise<number> {
     return 1;
   } finally {
     await sql.end({ timeout: 5 });
+  }
+}
+
+/** `tally source check|enable|status|drop <name>`: the database admin's view of a CDC source. */
+async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
+  const admin = await import("../cdc/admin.ts");
+  const { findSource, configuredSources, sourceUrlSetting } = await import("../cdc/sources.ts");
+  const help = `usage:
+  tally source check <name>               pass/fail table of what CDC needs, with the SQL that fixes each failure
+  tally source enable <name> [--print-sql] create the publication and slot (or print the SQL for a DBA)
+  tally source status [<name>] [--json]   slot, confirmed LSN, lag bytes/seconds, heartbeat, snapshot, counters
+  tally source drop <name>                drop the slot and publication (stop the cdc role first)
+the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY_DATABASE_URL when set`;
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: { "print-sql": { type: "boolean", default: false }, json: { type: "boolean", default: false } },
+  });
+  const [sub, name] = positionals;
+  if (sub !== "check" && sub !== "enable" && sub !== "status" && sub !== "drop")
+    throw new UsageError(`source: unknown subcommand ${JSON.stringify(sub ?? "")}\n${help}`);
+  if (name === undefined && sub !== "status") throw new UsageError(`source ${sub}: give a source name\n${help}`);
+  const config = await loadTallyConfig(settings.configFile);
+  if (sub === "enable" && values["print-sql"]) {
+    // Printing needs no connection: a DBA may run it where the source URL is not set.
+    const env = { ...process.env, [sourceUrlSetting(name!)]: process.env[sourceUrlSetting(name!)] || "postgres://unset" };
+    const source = findSource(config, name!, settings.env, env);
+    process.stdout.write(
+      `-- Enable CDC for source ${source.name}, as a superuser or the tables' owner, in this order (publication before slot).\n` +
+        `-- If the publication exists already: ALTER PUBLICATION ${admin.quoteIdent(source.publication)} SET TABLE … instead.\n` +
+        `${admin.enableSql(source).join("\n")}\n`,
+    );
+    return 0;
+  }
+  const sources = name !== undefined ? [findSource(config, name, settings.env)] : configuredSources(config, settings.env);
+  const ledger = settings.databaseUrl && sub !== "check" && sub !== "enable" ? connectPostgres(settings.databaseUrl, { max: 1, application: "tally-source" }) : null;
+  try {
+    if (ledger) await assertEnvironment(ledger, settings.env);
+    const statuses = [];
+    let failed = false;
+    for (const source of sources) {
+      const sql = connectPostgres(source.url, { max: 1, application: `tally-source-${sub}` });
+      try {
+        if (sub === "check") {
+          const results = await admin.checkSource(sql, source);
+          failed ||= results.some((r) => !r.ok);
+          process.stdout.write(`source ${source.name} (${source.urlSetting}):\n${admin.formatChecks(results)}`);
+        } else if (sub === "enable") {
+          const r = await admin.enableSource(sql, source);
+          process.stdout.write(
+            `source ${source.name}: publication ${source.publication} ${r.publication}, slot ${source.slot} ${r.slot}\n` +
+              r.statements.map((s) => `  ${s}\n`).join("") +
+              "the cdc role takes the initial snapshot on first start (it recreates the slot with an exported snapshot)\n",
+          );
+        } else if (sub === "status") statuses.push(await admin.sourceStatus(sql, ledger, source));
+        else {
+          const r = await admin.dropSource(sql, source, ledger);
+          process.stdout.write(
+            `source ${source.name}: slot ${source.slot} ${r.slotDropped ? "dropped" : "already gone"}` +
+              (r.terminatedPid !== null ? ` (terminated walsender ${r.terminatedPid})` : "") +
+              `, publication ${source.publication} ${r.publicationDropped ? "dropped" : "already gone"}` +
+              (ledger ? `, ledger state ${r.ledgerRowDeleted ? "deleted" : "already gone"}` : "") +
+              "\n",
+          );
+        }
+      } catch (error) {
+        const e = error as Error & { code?: unknown };
+        if (e.name === "SourceAdminError" || typeof e.code === "string")
+          throw new UsageError(`source ${sub} ${source.name} (${source.urlSetting}): ${e.message}`);
+        throw error;
+      } finally {
+        await sql.end({ timeout: 5 });
+      }
+    }
+    if (sub === "status") {
+      if (values.json) process.stdout.write(`${JSON.stringify(statuses, null, 2)}\n`);
+      else if (statuses.length === 0) process.stdout.write("no source has its URL set (TALLY_SOURCE_<NAME>_URL)\n");
+      else process.stdout.write(admin.formatStatuses(statuses));
+    }
+    if (failed) process.stderr.write(`source check: failed — apply the fixes above and run it again\n`);
+    return failed ? 1 : 0;
+  } finally {
+    await ledger?.end({ timeout: 5 });
   }
 }
 

@@ -1,6 +1,7 @@
 import { pathToFileURL } from "node:url";
 import path from "node:path";
 import { Either, ParseResult, Schema } from "effect";
+import type { SnapshotTable, TableMapping } from "../cdc/mapping.ts";
 
 const Name = Schema.String.pipe(
   Schema.pattern(/^[a-z0-9_-]+$/, { message: () => "expected lowercase letters, digits, _ and -" }),
@@ -18,9 +19,44 @@ export const ChannelConfig = Schema.Struct({
 });
 export type ChannelConfig = typeof ChannelConfig.Type;
 
+const Fn = <F extends (...args: never[]) => unknown>(what: string) =>
+  Schema.declare((u: unknown): u is F => typeof u === "function", { message: () => `expected ${what} (a function)` });
+
+const TableName = Schema.String.pipe(
+  Schema.pattern(/^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$/, { message: () => "expected schema.table (lowercase)" }),
+);
+
+/** How one captured table maps to commands. */
+export const TableConfig = Schema.Struct({
+  map: Fn<TableMapping>("a table mapping"),
+  /** `full`: the mapping reads old values on update/delete, so the table needs REPLICA IDENTITY FULL. */
+  oldRow: Schema.optionalWith(Schema.Literal("key", "full"), { default: () => "key" as const }),
+});
+export type TableConfig = typeof TableConfig.Type;
+
+/** A Postgres database Tally captures by logical replication. Its URL is `TALLY_SOURCE_<NAME>_URL`. */
+export const SourceConfig = Schema.Struct({
+  /** Default `tally_<env>_<source>`. */
+  publication: Schema.optional(Schema.String.pipe(Schema.pattern(/^[a-z_][a-z0-9_]*$/))),
+  /** Default `tally_<env>_<source>`. */
+  slot: Schema.optional(Schema.String.pipe(Schema.pattern(/^[a-z0-9_]+$/))),
+  tables: Schema.Record({ key: TableName, value: TableConfig }),
+  /** Opening-balance tables read inside the slot's exported snapshot on first start. */
+  snapshot: Schema.optionalWith(
+    Schema.Array(Schema.Struct({ table: TableName, key: Schema.NonEmptyArray(Schema.String), map: Fn<SnapshotTable["map"]>("a snapshot row mapping") })),
+    { default: () => [] },
+  ),
+  /** Seconds between heartbeats written to an idle source (pg_logical_emit_message), default 10. */
+  heartbeatSeconds: Schema.optionalWith(Schema.Number.pipe(Schema.positive()), { default: () => 10 }),
+  /** Replication lag (bytes) above which an alert event is raised, default 64 MiB. */
+  lagAlertBytes: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => 64 * 1024 * 1024 }),
+});
+export type SourceConfig = typeof SourceConfig.Type;
+
 /** The typed contents of `tally.config.ts`. */
 export const TallyConfig = Schema.Struct({
   channels: Schema.Record({ key: Name, value: ChannelConfig }),
+  sources: Schema.optionalWith(Schema.Record({ key: Name, value: SourceConfig }), { default: () => ({}) }),
 });
 export type TallyConfig = typeof TallyConfig.Type;
 export type TallyConfigInput = typeof TallyConfig.Encoded;

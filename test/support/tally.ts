@@ -21,6 +21,7 @@ export const TEST_CHANNELS: TallyConfig = {
     web: { locations: ["DC1", "S01"], buffer: 2 },
     store_s01: { locations: ["S01"], buffer: 0 },
   },
+  sources: {},
 };
 
 export interface TestEnvOptions {

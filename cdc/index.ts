@@ -1,0 +1,23 @@
+/** Postgres sources: mapping API, crosswalk, streaming reader, snapshot, admin. */
+export { MappingError, RowView } from "./mapping.ts";
+export type {
+  Change,
+  ColumnValue,
+  ItemDefinition,
+  ItemRef,
+  MappedCommand,
+  MappingResult,
+  RawRow,
+  SnapshotTable,
+  TableMapping,
+} from "./mapping.ts";
+export { Crosswalk, scaleExact } from "./crosswalk.ts";
+export type { Resolution, ResolveContext } from "./crosswalk.ts";
+export { changeFrom, mapChange, mapWith } from "./mapper.ts";
+export type { ChangePayload, MapOutcome } from "./mapper.ts";
+export { SourceReader, HEARTBEAT_PREFIX, deadLetterMsgId } from "./reader.ts";
+export type { ReaderMetrics, ReaderOptions } from "./reader.ts";
+export { runSnapshot, snapshotNeeded } from "./snapshot.ts";
+export { configuredSources, findSource, resolveSource, sourceUrlSetting } from "./sources.ts";
+export type { ResolvedSource } from "./sources.ts";
+export { formatLsn, parseLsn } from "./lsn.ts";

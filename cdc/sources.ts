@@ -1,0 +1,60 @@
+import type { SnapshotTable } from "./mapping.ts";
+import type { SourceConfig, TableConfig, TallyConfig } from "../src/configFile.ts";
+import { SettingsError } from "../src/config.ts";
+
+/** A source from `tally.config.ts` with its connection and defaults resolved. */
+export interface ResolvedSource {
+  readonly name: string;
+  /** `TALLY_SOURCE_<NAME>_URL` */
+  readonly url: string;
+  readonly urlSetting: string;
+  readonly publication: string;
+  readonly slot: string;
+  readonly tables: Readonly<Record<string, TableConfig>>;
+  readonly snapshot: ReadonlyArray<SnapshotTable>;
+  readonly heartbeatMs: number;
+  readonly lagAlertBytes: number;
+}
+
+export const sourceUrlSetting = (name: string) => `TALLY_SOURCE_${name.toUpperCase().replace(/-/g, "_")}_URL`;
+
+export function resolveSource(
+  name: string,
+  config: SourceConfig,
+  env: string,
+  processEnv: Record<string, string | undefined> = process.env,
+): ResolvedSource {
+  const urlSetting = sourceUrlSetting(name);
+  const url = processEnv[urlSetting];
+  if (!url) throw new SettingsError(`${urlSetting}: is not set (the connection URL of source ${name})`);
+  if (!/^postgres(ql)?:\/\//.test(url)) throw new SettingsError(`${urlSetting}: expected a URL starting with postgres:// or postgresql://`);
+  const fallback = `tally_${env}_${name.replace(/-/g, "_")}`;
+  return {
+    name,
+    url,
+    urlSetting,
+    publication: config.publication ?? fallback,
+    slot: config.slot ?? fallback,
+    tables: config.tables,
+    snapshot: config.snapshot,
+    heartbeatMs: config.heartbeatSeconds * 1000,
+    lagAlertBytes: config.lagAlertBytes,
+  };
+}
+
+/** The named source, resolved; a SettingsError names what is missing. */
+export function findSource(config: TallyConfig, name: string, env: string, processEnv = process.env): ResolvedSource {
+  const source = config.sources[name];
+  if (!source)
+    throw new SettingsError(
+      `source ${JSON.stringify(name)} is not declared in tally.config.ts (declared: ${Object.keys(config.sources).join(", ") || "none"})`,
+    );
+  return resolveSource(name, source, env, processEnv);
+}
+
+/** Every declared source whose URL is set (sources without a URL are skipped by `start`). */
+export function configuredSources(config: TallyConfig, env: string, processEnv = process.env): Array<ResolvedSource> {
+  return Object.entries(config.sources)
+    .filter(([name]) => Boolean(processEnv[sourceUrlSetting(name)]))
+    .map(([name, s]) => resolveSource(name, s, env, processEnv));
+}
