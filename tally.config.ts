@@ -1,4 +1,5 @@
 import { defineConfig } from "./src/configFile.ts";
+import { erpSource, shopSource } from "./cdc/demo/mappings.ts";
 
 // The demo retailer: one distribution centre and two stores.
 export default defineConfig({
@@ -9,4 +10,6 @@ export default defineConfig({
     store_s01: { locations: ["S01"] },
     store_s02: { locations: ["S02"] },
   },
+  // The demo ERP and shop (cdc/demo/*.sql), captured when TALLY_SOURCE_ERP_URL / TALLY_SOURCE_SHOP_URL are set.
+  sources: { erp: erpSource, shop: shopSource },
 });

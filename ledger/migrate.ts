@@ -54,6 +54,12 @@ export async function migrate(sql: Sql, env: string, dir = MIGRATIONS_DIR): Prom
   try {
     await conn`select pg_advisory_lock(${MIGRATE_LOCK})`;
     try {
+      // A database of another environment is refused before anything is applied to it.
+      const [meta] = await conn<Array<{ ok: boolean }>>`select to_regclass('tally_meta') is not null as ok`;
+      if (meta?.ok) {
+        const [row] = await conn<Array<{ value: string }>>`select value from tally_meta where key = 'environment'`;
+        if (row && row.value !== env) await assertEnvironment(conn, env);
+      }
       await conn`
         create table if not exists tally_migrations (
           id integer primary key,

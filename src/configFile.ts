@@ -1,6 +1,7 @@
 import { pathToFileURL } from "node:url";
 import path from "node:path";
 import { Either, ParseResult, Schema } from "effect";
+import { tsImport } from "tsx/esm/api";
 import type { SnapshotTable, TableMapping } from "../cdc/mapping.ts";
 
 const Name = Schema.String.pipe(
@@ -83,9 +84,14 @@ export async function loadTallyConfig(file: string): Promise<TallyConfig> {
   const abs = path.resolve(file);
   let mod: { default?: unknown };
   try {
-    mod = (await import(pathToFileURL(abs).href)) as { default?: unknown };
+    // tsImport loads the file as an ES module wherever it lives (a plain import of a .ts file outside a
+    // "type": "module" package would go through require(esm) and fail).
+    mod = (await tsImport(pathToFileURL(abs).href, import.meta.url)) as { default?: unknown };
   } catch (cause) {
     throw new ConfigFileError(`${file}: cannot be loaded: ${(cause as Error).message}`, { cause });
   }
-  return decodeTallyConfig(mod.default, file);
+  // Outside a "type": "module" package the file is compiled as CommonJS: its default export is wrapped once more.
+  let value = mod.default;
+  if (value && typeof value === "object" && "__esModule" in value && "default" in value) value = (value as { default: unknown }).default;
+  return decodeTallyConfig(value, file);
 }

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
-import { MappingError, type Change, type RowView } from "../cdc/index.ts";
+import { MappingError, type Change, type ItemDefinition, type RowView } from "../cdc/index.ts";
 import type { TallyConfig } from "../src/configFile.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, readStream, startInProcess, type Harness } from "./support/tally.ts";
@@ -16,11 +16,11 @@ const SOURCE_SQL = `
   create publication tally_src for table items, receipts, stock;
 `;
 
-const itemFrom = (row: RowView) => ({
+const itemFrom = (row: RowView): ItemDefinition => ({
   sku: row.text("sku"),
   kind: row.text("kind") as "stock" | "non_inventory",
   baseUnit: "EA",
-  units: row.optionalText("case_qty") ? { CASE: row.int("case_qty") } : {},
+  units: row.optionalText("case_qty") ? { CASE: row.int("case_qty") } : ({} as Record<string, number>),
   identifiers: [{ system: "item_no", id: row.text("item_no") }],
 });
 

@@ -1,0 +1,114 @@
+import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
+import type { Sql } from "postgres";
+import { decodeCommand, type Command } from "../actors/index.ts";
+import { Crosswalk, changeFrom, mapChange, mapWith, RowView, type ChangePayload, type ResolvedSource } from "../cdc/index.ts";
+import type { DeadLetter } from "./deadLetters.ts";
+import type { NatsHandles } from "./nats.ts";
+import { publishCommands } from "./publisher.ts";
+import type { Topology } from "./topology.ts";
+
+/** A dead letter as stored: its stream sequence is its id. */
+export interface StoredDeadLetter extends DeadLetter {
+  readonly id: number;
+  readonly subject: string;
+}
+
+/** Every dead letter (optionally of one origin), oldest first. */
+export async function listDeadLetters(nats: NatsHandles, topology: Topology, origin?: string): Promise<Array<StoredDeadLetter>> {
+  const info = await nats.jsm.consumers.add(topology.dlqStream, {
+    filter_subject: topology.dlqSubject(origin ?? ">"),
+    ack_policy: AckPolicy.None,
+    deliver_policy: DeliverPolicy.All,
+    inactive_threshold: 30_000_000_000,
+  });
+  const pending = info.num_pending;
+  const out: Array<StoredDeadLetter> = [];
+  if (pending === 0) return out;
+  const consumer = await nats.js.consumers.get(topology.dlqStream, info.name);
+  while (out.length < pending) {
+    const batch = await consumer.fetch({ max_messages: Math.min(1000, pending - out.length), expires: 2000 });
+    let n = 0;
+    for await (const m of batch) {
+      n++;
+      out.push({ ...(m.json<DeadLetter>()), id: m.seq, subject: m.subject });
+    }
+    if (n === 0) break;
+  }
+  await nats.jsm.consumers.delete(topology.dlqStream, info.name).catch(() => {});
+  return out;
+}
+
+export async function getDeadLetter(nats: NatsHandles, topology: Topology, id: number): Promise<StoredDeadLetter | null> {
+  const m = await nats.jsm.streams.getMessage(topology.dlqStream, { seq: id }).catch(() => null);
+  if (!m) return null;
+  return { ...(m.json<DeadLetter>()), id: m.seq, subject: m.subject };
+}
+
+export type ReplayResult =
+  | { readonly id: number; readonly ok: true; readonly commands: number }
+  | { readonly id: number; readonly ok: false; readonly reason: string };
+
+export interface ReplayDeps {
+  readonly sql: Sql;
+  readonly nats: NatsHandles;
+  readonly topology: Topology;
+  /** Configured CDC sources, by name: their letters are mapped again with the current crosswalk. */
+  readonly sources: ReadonlyMap<string, ResolvedSource>;
+}
+
+/**
+ * Replays a dead letter: a CDC change is mapped again (so a crosswalk fixed since then now
+ * resolves it), a command is decoded again; on success its commands are published (same
+ * deterministic ids, so a replay is applied once) and the letter is removed. On failure the
+ * letter stays, and the new reason is returned.
+ */
+export async function replayDeadLetter(deps: ReplayDeps, letter: StoredDeadLetter, crosswalk?: Crosswalk): Promise<ReplayResult> {
+  const commands = await commandsOf(deps, letter, crosswalk);
+  if ("reason" in commands) return { id: letter.id, ok: false, reason: commands.reason };
+  if (commands.list.length > 0) await publishCommands(deps.nats.js, deps.topology, commands.list);
+  await deps.nats.jsm.streams.deleteMessage(deps.topology.dlqStream, letter.id);
+  return { id: letter.id, ok: true, commands: commands.list.length };
+}
+
+/** Removes a dead letter for good. */
+export async function discardDeadLetter(nats: NatsHandles, topology: Topology, id: number): Promise<boolean> {
+  return nats.jsm.streams.deleteMessage(topology.dlqStream, id).catch(() => false);
+}
+
+async function commandsOf(
+  deps: ReplayDeps,
+  letter: StoredDeadLetter,
+  cached?: Crosswalk,
+): Promise<{ list: ReadonlyArray<Command> } | { reason: string }> {
+  const source = deps.sources.get(letter.origin);
+  if (source) {
+    const crosswalk = cached ?? (await Crosswalk.load(deps.sql));
+    const payload = letter.payload as Omit<ChangePayload, "op"> & { op: ChangePayload["op"] | "snapshot" };
+    const context = letter.context as { key?: string; lsn?: string };
+    const outcome =
+      payload.op === "snapshot"
+        ? (() => {
+            const table = source.snapshot.find((t) => t.table === payload.table);
+            return mapWith(
+              source.name,
+              crosswalk,
+              `${source.name}:snapshot:${context.lsn}:${payload.table}:${context.key}`,
+              `${payload.table}:${context.key}`,
+              letter.at,
+              context.lsn,
+              () => {
+                if (!table) throw new Error(`${payload.table} is no longer a snapshot table of ${source.name}`);
+                return table.map(new RowView(payload.table, "new", payload.new ?? {}));
+              },
+            );
+          })()
+        : mapChange(source.name, source.tables, crosswalk, changeFrom(source.name, payload as ChangePayload));
+    if (outcome.error) return { reason: outcome.error.message };
+    if (outcome.items.length > 0 || outcome.removedItems.length > 0)
+      await Crosswalk.persist(deps.sql, source.name, outcome.items, outcome.removedItems);
+    return { list: outcome.commands };
+  }
+  const decoded = decodeCommand(letter.payload);
+  if (decoded._tag === "Left") return { reason: decoded.left.message };
+  return { list: [decoded.right] };
+}
