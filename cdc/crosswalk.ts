@@ -1,6 +1,9 @@
 import type { Sql } from "postgres";
 import { decodeCommand, type Command } from "../actors/index.ts";
-import { MappingError, type ItemDefinition, type MappedCommand } from "./mapping.ts";
+import { MappingError, UnknownItem, type ItemDefinition, type ItemRef, type MappedCommand } from "./mapping.ts";
+
+/** NOTIFY channel: a SKU's definition changed (payload: the SKU). */
+export const ITEMS_CHANNEL = "tally_items";
 
 interface StoredItem {
   readonly sku: string;
@@ -117,7 +120,37 @@ export class Crosswalk {
             on conflict (system, identifier) do update set sku = excluded.sku, uom = excluded.uom`;
       }
       if (removed.length > 0) await tx`delete from items where sku = any(${tx.array(removed as Array<string>)}::text[])`;
+      for (const sku of [...defs.map((d) => d.sku), ...removed]) await tx`select pg_notify(${ITEMS_CHANNEL}, ${sku})`;
     });
+  }
+
+  /** Reloads these SKUs from the database (another process or source changed them). */
+  async refresh(sql: Sql, skus: ReadonlyArray<string>): Promise<void> {
+    if (skus.length === 0) return;
+    const list = sql.array(skus as Array<string>);
+    const items = await sql<Array<{ sku: string; kind: StoredItem["kind"]; base_unit: string; units: Record<string, number>; components: Array<{ sku: string; qty: number }> }>>`
+      select sku, kind, base_unit, units, components from items where sku = any(${list}::text[])`;
+    const ids = await sql<Array<{ system: string; identifier: string; sku: string; uom: string | null }>>`
+      select system, identifier, sku, uom from item_identifiers where sku = any(${list}::text[])`;
+    for (const sku of skus) {
+      this.#forget(sku);
+      this.#items.delete(sku);
+    }
+    for (const i of items) {
+      this.#items.set(i.sku, { sku: i.sku, kind: i.kind, baseUnit: i.base_unit, units: i.units, components: i.components });
+      this.#index(i.sku, "sku", i.sku, null);
+    }
+    for (const r of ids) this.#index(r.sku, r.system, r.identifier, r.uom);
+  }
+
+  /** Looks an identifier up in the database (a miss in memory may be an item defined a moment ago elsewhere). */
+  async refreshIdentifier(sql: Sql, ref: ItemRef): Promise<boolean> {
+    const [row] = ref.system === "sku"
+      ? await sql<Array<{ sku: string }>>`select sku from items where sku = ${ref.id}`
+      : await sql<Array<{ sku: string }>>`select sku from item_identifiers where system = ${ref.system} and identifier = ${ref.id}`;
+    if (!row) return false;
+    await this.refresh(sql, [row.sku]);
+    return true;
   }
 
   /** The SKU an identifier names, or undefined. */
@@ -133,7 +166,7 @@ export class Crosswalk {
    */
   resolve(m: MappedCommand, ctx: ResolveContext): Resolution {
     const found = this.lookup(m.item.system, m.item.id);
-    if (!found) throw new MappingError(`item.${m.item.system}`, `unknown item ${JSON.stringify(m.item.id)} (not in the crosswalk)`, "unknown_item");
+    if (!found) throw new UnknownItem(m.item);
     const item = this.#items.get(found.sku);
     if (!item) throw new MappingError(`item.${m.item.system}`, `item ${JSON.stringify(m.item.id)} names SKU ${found.sku}, which is not defined`, "unknown_item");
     if (item.kind === "non_inventory") return { kind: "skipped", reason: "non_inventory", sku: item.sku };

@@ -21,6 +21,13 @@ export class MappingError extends Error {
   }
 }
 
+/** The crosswalk has no such identifier (yet): it may have been defined by another source a moment ago. */
+export class UnknownItem extends MappingError {
+  constructor(readonly item: ItemRef) {
+    super(`item.${item.system}`, `unknown item ${JSON.stringify(item.id)} (not in the crosswalk)`, "unknown_item");
+  }
+}
+
 /** Typed, deliberate access to one row's columns; every accessor names the column when it fails. */
 export class RowView {
   constructor(

@@ -9,10 +9,10 @@ import { connectPostgres } from "../src/db.ts";
 import { deadLetter, type DeadLetter } from "../src/deadLetters.ts";
 import { publishCommands } from "../src/publisher.ts";
 import type { Topology } from "../src/topology.ts";
-import { Crosswalk } from "./crosswalk.ts";
+import { Crosswalk, ITEMS_CHANNEL } from "./crosswalk.ts";
 import { parseLsn, formatLsn } from "./lsn.ts";
 import { changeFrom, mapChange, type ChangePayload } from "./mapper.ts";
-import type { RawRow } from "./mapping.ts";
+import { UnknownItem, type RawRow } from "./mapping.ts";
 import { keepValuesAsText, toText } from "./pgText.ts";
 import { runSnapshot, snapshotNeeded } from "./snapshot.ts";
 import type { ResolvedSource } from "./sources.ts";
@@ -157,13 +157,27 @@ export class SourceReader {
       insert into cdc_sources (source, slot, publication) values (${source.name}, ${source.slot}, ${source.publication})
       on conflict (source) do update set slot = excluded.slot, publication = excluded.publication`;
     this.#crosswalk = await Crosswalk.load(sql);
+    const crosswalk = this.#crosswalk;
+    // Item definitions from other sources and processes: reload the SKU when it changes.
+    const listener = await sql
+      .listen(ITEMS_CHANNEL, (sku) => void crosswalk.refresh(sql, [sku]).catch(() => {}))
+      .catch(() => null);
+    try {
+      await this.#stream();
+    } finally {
+      await listener?.unlisten().catch(() => {});
+    }
+  }
+
+  async #stream(): Promise<void> {
+    const { sql, source, log } = this.opts;
     if (await snapshotNeeded(sql, this.#sourceSql!, source)) {
       const result = await runSnapshot({
         source,
         ledger: sql,
         js: this.opts.js,
         topology: this.opts.topology,
-        crosswalk: this.#crosswalk,
+        crosswalk: this.#crosswalk!,
         log,
         onDeadLetter: (d) => this.#countDead(d),
       });
@@ -275,10 +289,13 @@ export class SourceReader {
     let skipped = 0;
     for (const change of tx.changes) {
       this.metrics.changesByTable[change.table] = (this.metrics.changesByTable[change.table] ?? 0) + 1;
-      const outcome =
+      const map = () =>
         change.new === null && change.old === null
           ? { commands: [], items: [], removedItems: [], skipped: 0, error: truncateError(change.table) }
           : mapChange(source.name, source.tables, crosswalk, changeFrom(source.name, change));
+      let outcome = map();
+      // An item another source (the ERP) defined a moment ago may not have reached this reader yet.
+      if (outcome.error instanceof UnknownItem && (await crosswalk.refreshIdentifier(sql, outcome.error.item))) outcome = map();
       if (outcome.error) {
         dead.push(
           deadLetter(source.name, outcome.error.message, change, {

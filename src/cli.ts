@@ -23,6 +23,9 @@ usage:
   tally submit <file.ndjson|-> [--wait] [--timeout <seconds>]
                                          publish canonical commands (one JSON per line)
   tally ledger verify                    recompute every hash chain and balance
+  tally dlq list [--origin <o>] [--json] dead letters (CDC sources, submit, commands)
+  tally dlq replay <id…|--all>           map / decode again and publish; removes the letter on success
+  tally dlq discard <id…|--all>          remove dead letters for good
 
 settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_URL,
   TALLY_PARTITIONS (default 16), TALLY_DUPLICATE_WINDOW_SECONDS (default 7200),
@@ -57,6 +60,8 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
       if (sub === "verify") return cmdVerify(loadSettings());
       throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify)`);
     }
+    case "dlq":
+      return cmdDlq(loadSettings(), rest);
     case "source":
       return cmdSource(loadSettings(), rest);
     case undefined:
@@ -163,6 +168,69 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
   return report.invalid > 0 ? 2 : 0;
 }
 
+/** `tally dlq list|replay|discard`: dead letters of every origin (CDC sources, submit, commands, POS). */
+async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: { origin: { type: "string" }, all: { type: "boolean", default: false }, json: { type: "boolean", default: false } },
+  });
+  const [sub, ...ids] = positionals;
+  if (sub !== "list" && sub !== "replay" && sub !== "discard")
+    throw new UsageError(`dlq: expected list, replay <id…|--all> or discard <id…|--all>, got ${JSON.stringify(sub ?? "")}`);
+  const dlq = await import("./dlq.ts");
+  const { configuredSources } = await import("../cdc/index.ts");
+  const config = await loadTallyConfig(settings.configFile);
+  const t = topology(settings.env, settings.partitions);
+  return Effect.runPromise(
+    Effect.scoped(
+      Effect.gen(function* () {
+        const sql = yield* postgresResource(requireDatabaseUrl(settings), "tally-dlq");
+        yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
+        const nc = yield* natsResource(settings.natsUrl, "tally-dlq");
+        const nats = yield* Effect.tryPromise(() =>
+          ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
+        );
+        return yield* Effect.tryPromise(async () => {
+          const letters = await dlq.listDeadLetters(nats, t, values.origin);
+          if (sub === "list") {
+            if (values.json) process.stdout.write(`${JSON.stringify(letters, null, 2)}\n`);
+            else {
+              for (const l of letters) process.stdout.write(`${l.id}\t${l.at}\t${l.origin}\t${l.reason}\n`);
+              process.stdout.write(`${letters.length} dead letters\n`);
+            }
+            return 0;
+          }
+          const wanted = values.all ? letters : letters.filter((l) => ids.includes(String(l.id)));
+          const missing = values.all ? [] : ids.filter((id) => !letters.some((l) => String(l.id) === id));
+          for (const id of missing) process.stderr.write(`dlq: no dead letter ${id}\n`);
+          if (wanted.length === 0 && missing.length === 0) throw new UsageError(`dlq ${sub}: give dead letter ids or --all`);
+          let failed = missing.length;
+          if (sub === "discard") {
+            for (const l of wanted) {
+              await dlq.discardDeadLetter(nats, t, l.id);
+              process.stdout.write(`${l.id}\tdiscarded\t${l.reason}\n`);
+            }
+            return failed > 0 ? 1 : 0;
+          }
+          const sources = new Map(configuredSources(config, settings.env).map((s) => [s.name, s] as const));
+          for (const l of wanted) {
+            const r = await dlq.replayDeadLetter({ sql, nats, topology: t, sources }, l);
+            if (r.ok) process.stdout.write(`${l.id}\treplayed\t${r.commands} commands\n`);
+            else {
+              failed++;
+              process.stdout.write(`${l.id}\tstill failing\t${r.reason}\n`);
+            }
+          }
+          return failed > 0 ? 1 : 0;
+        });
+      }),
+    ),
+  ).catch((e) => {
+    throw unwrapFiberFailure(e);
+  });
+}
+
 async function cmdVerify(settings: Settings): Promise<number> {
   const sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-verify" });
   try {
@@ -199,7 +267,7 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
   });
   const [sub, name] = positionals;
   if (sub !== "check" && sub !== "enable" && sub !== "status" && sub !== "drop")
-    throw new UsageError(`source: unknown subcommand ${JSON.stringify(sub ?? "")}\n${help}`);
+    throw new UsageError(`source: ${sub === undefined ? "give a subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}\n${help}`);
   if (name === undefined && sub !== "status") throw new UsageError(`source ${sub}: give a source name\n${help}`);
   const config = await loadTallyConfig(settings.configFile);
   if (sub === "enable" && values["print-sql"]) {
