@@ -121,6 +121,11 @@ export class SourceReader {
     return this.opts.source.name;
   }
 
+  /** True while the replication stream is open (after any snapshot). */
+  get streaming(): boolean {
+    return this.#connected;
+  }
+
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#wake?.();

@@ -14,6 +14,8 @@ beforeAll(async () => {
   h = await harness(ctx);
   demo = await demoSources(ctx);
   tally = await startInProcess(ctx, ["worker", "relay", "cdc"], {}, demo.config);
+  // Rows written before a source's slot exists are only seen through its snapshot tables.
+  await eventually("both sources streaming", async () => tally.readers.length === 2 && tally.readers.every((r) => r.streaming));
 });
 afterAll(async () => {
   await tally?.close();
