@@ -12,7 +12,7 @@ import type { Topology } from "../src/topology.ts";
 import { Crosswalk, ITEMS_CHANNEL } from "./crosswalk.ts";
 import { parseLsn, formatLsn } from "./lsn.ts";
 import { changeFrom, mapChange, type ChangePayload } from "./mapper.ts";
-import { UnknownItem, type RawRow } from "./mapping.ts";
+import { MappingError, UnknownItem, type RawRow } from "./mapping.ts";
 import { keepValuesAsText, toText } from "./pgText.ts";
 import { runSnapshot, snapshotNeeded } from "./snapshot.ts";
 import type { ResolvedSource } from "./sources.ts";
@@ -206,7 +206,8 @@ export class SourceReader {
       service.on("heartbeat", (lsn: string, _ts: number, shouldRespond: boolean) => this.#onKeepalive(lsn, shouldRespond));
       this.#wake = () => resolve();
     });
-    const statusTimer = setInterval(() => this.#sendStatus(), 10_000);
+    // Ask for a reply: the server answers with a keepalive carrying its position, which advances an idle slot.
+    const statusTimer = setInterval(() => this.#sendStatus(true), source.statusMs);
     const heartbeatTimer = setInterval(() => void this.#writeHeartbeat(), source.heartbeatMs);
     const lagTimer = setInterval(() => void this.#checkLag(), Math.max(1000, source.heartbeatMs));
     this.#timers = [statusTimer, heartbeatTimer, lagTimer];
@@ -297,7 +298,9 @@ export class SourceReader {
       const map = () =>
         change.new === null && change.old === null
           ? { commands: [], items: [], removedItems: [], skipped: 0, error: truncateError(change.table) }
-          : mapChange(source.name, source.tables, crosswalk, changeFrom(source.name, change));
+          : change.op !== "insert" && change.old === null && source.tables[change.table]?.oldRow === "full"
+            ? { commands: [], items: [], removedItems: [], skipped: 0, error: oldRowMissing(change.table, change.op) }
+            : mapChange(source.name, source.tables, crosswalk, changeFrom(source.name, change));
       let outcome = map();
       // An item another source (the ERP) defined a moment ago may not have reached this reader yet.
       if (outcome.error instanceof UnknownItem && (await crosswalk.refreshIdentifier(sql, outcome.error.item))) outcome = map();
@@ -462,11 +465,17 @@ function pgTime(t: unknown): string {
   return new Date(Number(micros / 1000n)).toISOString();
 }
 
-function truncateError(table: string) {
-  return {
-    message: `op: TRUNCATE of ${table} removes rows without stock movements; post counts or adjustments instead`,
-    reason: "truncate",
-  } as unknown as import("./mapping.ts").MappingError;
+function truncateError(table: string): MappingError {
+  return new MappingError("op", `TRUNCATE of ${table} removes rows without stock movements; post counts or adjustments instead`, "truncate");
+}
+
+/** The mapping reads old values, but Postgres sent none: the table lacks REPLICA IDENTITY FULL. */
+function oldRowMissing(table: string, op: string): MappingError {
+  return new MappingError(
+    "old",
+    `${op} of ${table} arrived without its old row; the mapping needs it: ALTER TABLE ${table} REPLICA IDENTITY FULL (see tally source check)`,
+    "old_row_missing",
+  );
 }
 
 export function deadLetterMsgId(d: DeadLetter): string {

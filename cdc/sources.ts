@@ -13,6 +13,7 @@ export interface ResolvedSource {
   readonly tables: Readonly<Record<string, TableConfig>>;
   readonly snapshot: ReadonlyArray<SnapshotTable>;
   readonly heartbeatMs: number;
+  readonly statusMs: number;
   readonly lagAlertBytes: number;
 }
 
@@ -38,6 +39,7 @@ export function resolveSource(
     tables: config.tables,
     snapshot: config.snapshot,
     heartbeatMs: config.heartbeatSeconds * 1000,
+    statusMs: config.statusSeconds * 1000,
     lagAlertBytes: config.lagAlertBytes,
   };
 }

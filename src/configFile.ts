@@ -49,6 +49,8 @@ export const SourceConfig = Schema.Struct({
   ),
   /** Seconds between heartbeats written to an idle source (pg_logical_emit_message), default 10. */
   heartbeatSeconds: Schema.optionalWith(Schema.Number.pipe(Schema.positive()), { default: () => 10 }),
+  /** Seconds between standby status updates; each asks the server for a keepalive so an idle slot advances. Default 10. */
+  statusSeconds: Schema.optionalWith(Schema.Number.pipe(Schema.positive()), { default: () => 10 }),
   /** Replication lag (bytes) above which an alert event is raised, default 64 MiB. */
   lagAlertBytes: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => 64 * 1024 * 1024 }),
 });

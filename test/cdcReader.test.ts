@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
 import { MappingError, type Change, type ItemDefinition, type RowView } from "../cdc/index.ts";
-import type { TallyConfig } from "../src/configFile.ts";
+import { decodeTallyConfig, type TallyConfig } from "../src/configFile.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, readStream, startInProcess, type Harness } from "./support/tally.ts";
 
@@ -24,12 +24,11 @@ const itemFrom = (row: RowView): ItemDefinition => ({
   identifiers: [{ system: "item_no", id: row.text("item_no") }],
 });
 
-const config: TallyConfig = {
+const config: TallyConfig = decodeTallyConfig({
   channels: { web: { locations: ["DC1"], buffer: 0 } },
   sources: {
     src: {
       publication: "tally_src",
-      slot: undefined,
       heartbeatSeconds: 1,
       lagAlertBytes: 64 * 1024 * 1024,
       tables: {
@@ -68,7 +67,7 @@ const config: TallyConfig = {
       ],
     },
   },
-};
+});
 
 let ctx: TestContext;
 let h: Harness;
