@@ -56,21 +56,63 @@ export class Worker {
   }
 
   start(): void {
-    const interval = Math.max(200, Math.floor(this.opts.leaseTtlMs / 3));
+    // Renewals run on their own short timer, so a slow acquisition round (or a busy event loop
+    // elsewhere) does not let held leases expire; acquisition and rebalancing run less often.
+    const renewEvery = Math.max(200, Math.floor(this.opts.leaseTtlMs / 4));
+    const renewLoop = () => {
+      this.#renewing = this.#renewAll().catch((err) => this.opts.log.error({ err }, "lease renewal round failed"));
+      void this.#renewing.then(() => {
+        if (!this.#stopped) this.#renewTimer = setTimeout(renewLoop, renewEvery);
+      });
+    };
     const loop = () => {
       this.#tick = this.#heartbeat().catch((err) => this.opts.log.error({ err }, "lease heartbeat failed"));
       void this.#tick.then(() => {
-        if (!this.#stopped) this.#timer = setTimeout(loop, interval);
+        if (!this.#stopped) this.#timer = setTimeout(loop, Math.max(200, Math.floor(this.opts.leaseTtlMs / 2)));
       });
     };
     loop();
+    this.#renewTimer = setTimeout(renewLoop, renewEvery);
+  }
+
+  #renewTimer: NodeJS.Timeout | null = null;
+  #renewing: Promise<void> = Promise.resolve();
+
+  /** Renews every held lease at once. A lease that merely expired (nobody took it) is re-created under the same epoch. */
+  async #renewAll(): Promise<void> {
+    const { log } = this.opts;
+    await Promise.all(
+      [...this.#held].map(async ([partition, h]) => {
+        if (h.runner.stopped) {
+          if (this.#held.get(partition) === h) this.#held.delete(partition);
+          return;
+        }
+        try {
+          await this.#leases.renew(h.lease);
+        } catch (err) {
+          // Expired but free: take it back. The epoch in Postgres is unchanged unless someone took
+          // the partition over meanwhile, and then this runner's next commit is fenced anyway.
+          const again = await this.#leases.tryAcquire(h.lease.key).catch(() => null);
+          if (again) {
+            h.lease = await this.#leases.setEpoch(again, h.lease.epoch);
+            log.warn({ partition }, "lease had expired unclaimed (busy process?); re-created it");
+            return;
+          }
+          log.warn({ partition, err }, "lease renewal failed: the lease was taken over; stopping the partition");
+          if (this.#held.get(partition) === h) this.#held.delete(partition);
+          await h.runner.stop();
+        }
+      }),
+    );
   }
 
   /** Stops every runner after its batch in flight, then releases the leases so others take over at once. */
   async stop(): Promise<void> {
     this.#stopped = true;
     if (this.#timer) clearTimeout(this.#timer);
+    if (this.#renewTimer) clearTimeout(this.#renewTimer);
     await this.#tick;
+    await this.#renewing;
     await Promise.all([...this.#held.values()].map(async (h) => {
       await h.runner.stop();
       await this.#leases.release(h.lease);
@@ -86,19 +128,6 @@ export class Worker {
   async #heartbeat(): Promise<void> {
     const { topology, log } = this.opts;
     await this.#leases.heartbeat(this.#memberKey());
-    for (const [partition, h] of this.#held) {
-      if (h.runner.stopped) {
-        this.#held.delete(partition);
-        continue;
-      }
-      try {
-        await this.#leases.renew(h.lease);
-      } catch (err) {
-        log.warn({ partition, err }, "lease renewal failed: the lease expired or was taken; stopping the partition");
-        this.#held.delete(partition);
-        await h.runner.stop();
-      }
-    }
     if (this.#stopped) return;
     const members = Math.max(1, await this.#leases.countLive("worker"));
     const share = Math.ceil(topology.partitions / members);

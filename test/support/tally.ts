@@ -37,7 +37,7 @@ export function tallyEnv(ctx: TestContext, opts: TestEnvOptions = {}): Record<st
     TALLY_DATABASE_URL: ctx.databaseUrl,
     TALLY_NATS_URL: ctx.natsUrl,
     TALLY_PARTITIONS: String(opts.partitions ?? 4),
-    TALLY_LEASE_TTL_MS: String(opts.leaseTtlMs ?? 2000),
+    TALLY_LEASE_TTL_MS: String(opts.leaseTtlMs ?? 5000),
     ...(opts.maxActors !== undefined ? { TALLY_MAX_ACTORS: String(opts.maxActors) } : {}),
     TALLY_LOG_LEVEL: process.env.TALLY_LOG_LEVEL ?? "warn",
   };
