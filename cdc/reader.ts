@@ -14,7 +14,7 @@ import { parseLsn, formatLsn } from "./lsn.ts";
 import { changeFrom, mapChange, type ChangePayload } from "./mapper.ts";
 import { MappingError, UnknownItem, type RawRow } from "./mapping.ts";
 import { keepValuesAsText, toText } from "./pgText.ts";
-import { runSnapshot, snapshotNeeded } from "./snapshot.ts";
+import { createExportedSlot, readSnapshot, runSnapshot, snapshotNeeded } from "./snapshot.ts";
 import type { ResolvedSource } from "./sources.ts";
 
 export const HEARTBEAT_PREFIX = "tally_heartbeat";
@@ -56,6 +56,14 @@ interface ReadyTransaction {
   readonly changes: number;
   readonly skipped: number;
   readonly heartbeat: string | null;
+  /** Runs once this entry is published (a re-snapshot records itself done). */
+  readonly onFlushed?: () => Promise<void>;
+}
+
+/** A re-snapshot in progress: transactions committed at or after `lsn` wait until its commands are ready. */
+interface Resnapshot {
+  readonly lsn: string;
+  readonly ready: Promise<ReadyTransaction>;
 }
 
 interface OpenTransaction {
@@ -110,6 +118,7 @@ export class SourceReader {
   #timers: Array<NodeJS.Timeout> = [];
   #wake: (() => void) | null = null;
   #connected = false;
+  #resnapshot: Resnapshot | null = null;
   readonly done: Promise<void>;
 
   constructor(readonly opts: ReaderOptions) {
@@ -193,6 +202,7 @@ export class SourceReader {
     this.#ready = [];
     this.#pendingCommands = 0;
     this.#failure = null;
+    this.#resnapshot = null;
 
     const service = new LogicalReplicationService(
       { connectionString: source.url, application_name: `tally-cdc-${source.name}` },
@@ -209,7 +219,10 @@ export class SourceReader {
     // Ask for a reply: the server answers with a keepalive carrying its position, which advances an idle slot.
     const statusTimer = setInterval(() => this.#sendStatus(true), source.statusMs);
     const heartbeatTimer = setInterval(() => void this.#writeHeartbeat(), source.heartbeatMs);
-    const lagTimer = setInterval(() => void this.#checkLag(), Math.max(1000, source.heartbeatMs));
+    const lagTimer = setInterval(() => {
+      void this.#checkLag();
+      void this.#checkResnapshotRequest();
+    }, Math.max(1000, Math.min(source.heartbeatMs, source.statusMs)));
     this.#timers = [statusTimer, heartbeatTimer, lagTimer];
     try {
       const [{ confirmed }] = await this.#sourceSql!<[{ confirmed: string | null }]>`
@@ -237,6 +250,7 @@ export class SourceReader {
     if (this.#failure) throw this.#failure;
     switch (msg.tag) {
       case "begin":
+        if (this.#resnapshot && msg.commitLsn && parseLsn(msg.commitLsn) >= parseLsn(this.#resnapshot.lsn)) await this.#placeResnapshot();
         this.#open = { commitLsn: msg.commitLsn ?? "0/0", commitTime: pgTime(msg.commitTime), changes: [], heartbeat: null };
         return;
       case "insert":
@@ -359,6 +373,7 @@ export class SourceReader {
         return;
       }
       this.#pendingCommands -= commands.length + dead.length;
+      for (const t of batch) await t.onFlushed?.().catch((err) => this.opts.log.warn({ err }, "post-publish step failed"));
       const last = batch[batch.length - 1]!;
       this.metrics.transactions += batch.length;
       this.metrics.changes += batch.reduce((n, t) => n + t.changes, 0);
@@ -410,8 +425,89 @@ export class SourceReader {
    */
   #onKeepalive(lsn: string, shouldRespond: boolean): void {
     const idle = this.#open === null && this.#ready.length === 0 && this.#flushing === null && !libraryBusy(this.#service);
-    if (idle && parseLsn(lsn) > parseLsn(this.metrics.confirmedLsn)) this.#confirm(lsn);
+    if (idle && this.#resnapshot && parseLsn(lsn) >= parseLsn(this.#resnapshot.lsn)) {
+      // The stream has passed the re-snapshot's position with nothing in between: place it now.
+      void this.#placeResnapshot().catch((err) => this.#fail(err));
+      return;
+    }
+    if (idle && !this.#resnapshot && parseLsn(lsn) > parseLsn(this.metrics.confirmedLsn)) this.#confirm(lsn);
     else if (shouldRespond) this.#sendStatus();
+  }
+
+  #fail(error: unknown): void {
+    this.#failure = error;
+    this.#wake?.();
+  }
+
+  /**
+   * `tally source resnapshot`: snapshot again without stopping the stream. A TEMPORARY slot with an
+   * exported snapshot fixes a consistent point S; its tables are read in that snapshot; transactions
+   * committed before S keep flowing, those at or after S wait, and the snapshot's commands are
+   * placed exactly between them. Nothing is missed or doubled, and the permanent slot is untouched.
+   */
+  async #checkResnapshotRequest(): Promise<void> {
+    if (this.#resnapshot || !this.#connected) return;
+    const { sql, source, log } = this.opts;
+    const [row] = await sql<[{ requested: boolean } | undefined]>`
+      select resnapshot_requested_at is not null as requested from cdc_sources where source = ${source.name}`.catch(() => [undefined]);
+    if (!row?.requested || this.#resnapshot) return;
+    const exported = await createExportedSlot(source.url, `${source.slot}_resnapshot`, { temporary: true });
+    log.info({ consistentPoint: exported.consistentPoint }, "re-snapshot: reading tables");
+    const commands: Array<Command> = [];
+    const ready = readSnapshot(
+      {
+        source,
+        ledger: sql,
+        js: this.opts.js,
+        topology: this.opts.topology,
+        crosswalk: this.#crosswalk!,
+        log,
+        onDeadLetter: (d) => this.#countDead(d),
+        sink: async (c) => void commands.push(...c),
+      },
+      exported.snapshotName,
+      exported.consistentPoint,
+    )
+      .then(async (result): Promise<ReadyTransaction> => {
+        log.info({ ...result }, "re-snapshot: read; placing it at its position in the stream");
+        return {
+          endLsn: exported.consistentPoint,
+          commands,
+          deadLetters: [],
+          commitTime: new Date().toISOString(),
+          changes: 0,
+          skipped: 0,
+          heartbeat: null,
+          onFlushed: async () => {
+            this.metrics.snapshots++;
+            this.metrics.snapshotRows += result.rows;
+            await sql`
+              update cdc_sources
+                 set snapshot_lsn = ${exported.consistentPoint}, snapshot_done_at = now(), snapshot_rows = ${result.rows},
+                     resnapshot_requested_at = null, updated_at = now()
+               where source = ${source.name}`;
+            log.info({ consistentPoint: exported.consistentPoint }, "re-snapshot: done");
+          },
+        };
+      })
+      .finally(() => exported.close());
+    ready.catch((err) => {
+      log.error({ err }, "re-snapshot failed");
+      this.#fail(err);
+    });
+    this.#resnapshot = { lsn: exported.consistentPoint, ready };
+  }
+
+  /** Queues the re-snapshot's commands (waiting for its read to finish) before anything committed after its position. */
+  async #placeResnapshot(): Promise<void> {
+    const r = this.#resnapshot;
+    if (!r) return;
+    const entry = await r.ready;
+    if (this.#resnapshot !== r) return;
+    this.#resnapshot = null;
+    this.#ready.push(entry);
+    this.#pendingCommands += entry.commands.length;
+    this.#kickFlush();
   }
 
   /** A transactional message on an idle source, so its slot keeps moving even when nothing else happens. */

@@ -22,6 +22,34 @@ export interface SnapshotOptions {
   readonly onDeadLetter?: (d: DeadLetter) => void;
   /** Progress per table: rows read of total. */
   readonly onProgress?: (table: string, read: number, total: number) => void;
+  /** Where the snapshot's commands go (default: published at once). A re-snapshot holds them back until the stream reaches the consistent point. */
+  readonly sink?: (commands: ReadonlyArray<Command>) => Promise<void>;
+}
+
+/**
+ * A replication connection that created `slot` with an exported snapshot. The snapshot stays
+ * usable while this connection is open and idle; `close()` ends it (a TEMPORARY slot goes too).
+ */
+export async function createExportedSlot(
+  url: string,
+  slot: string,
+  opts: { temporary?: boolean } = {},
+): Promise<{ consistentPoint: string; snapshotName: string; close: () => Promise<void> }> {
+  const repl = new pg.Client({ connectionString: url, replication: "database" } as pg.ClientConfig);
+  await repl.connect();
+  try {
+    const created = await repl.query(
+      `CREATE_REPLICATION_SLOT ${quoteIdent(slot)}${opts.temporary ? " TEMPORARY" : ""} LOGICAL pgoutput EXPORT_SNAPSHOT`,
+    );
+    return {
+      consistentPoint: created.rows[0].consistent_point,
+      snapshotName: created.rows[0].snapshot_name,
+      close: () => repl.end().catch(() => {}),
+    };
+  } catch (error) {
+    await repl.end().catch(() => {});
+    throw error;
+  }
 }
 
 export interface SnapshotResult {
@@ -90,9 +118,10 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
   let commandsOut = 0;
   let deadOut = 0;
   let pending: Array<Command> = [];
+  const sink = opts.sink ?? (async (commands: ReadonlyArray<Command>) => void (await publishCommands(js, topology, commands)));
   const flush = async () => {
     if (pending.length === 0) return;
-    await publishCommands(js, topology, pending);
+    await sink(pending);
     commandsOut += pending.length;
     pending = [];
   };

@@ -259,13 +259,24 @@ async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promi
   tally source enable <name> [--print-sql] create the publication and slot (or print the SQL for a DBA)
   tally source status [<name>] [--json]   slot, confirmed LSN, lag bytes/seconds, heartbeat, snapshot, counters
   tally source drop <name>                drop the slot and publication (stop the cdc role first)
+  tally source resnapshot <name> [--no-wait] [--timeout <s>]
+                                          snapshot again while streaming on (the running cdc role does it)
 the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY_DATABASE_URL when set`;
   const { values, positionals } = parseArgs({
     args: [...args],
     allowPositionals: true,
-    options: { "print-sql": { type: "boolean", default: false }, json: { type: "boolean", default: false } },
+    options: {
+      "print-sql": { type: "boolean", default: false },
+      json: { type: "boolean", default: false },
+      "no-wait": { type: "boolean", default: false },
+      timeout: { type: "string", default: "600" },
+    },
   });
   const [sub, name] = positionals;
+  if (sub === "resnapshot") {
+    if (name === undefined) throw new UsageError(`source resnapshot: give a source name\n${help}`);
+    return sourceResnapshot(settings, name, !values["no-wait"], Number(values.timeout) * 1000);
+  }
   if (sub !== "check" && sub !== "enable" && sub !== "status" && sub !== "drop")
     throw new UsageError(`source: ${sub === undefined ? "give a subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}\n${help}`);
   if (name === undefined && sub !== "status") throw new UsageError(`source ${sub}: give a source name\n${help}`);
@@ -330,6 +341,38 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
     return failed ? 1 : 0;
   } finally {
     await ledger?.end({ timeout: 5 });
+  }
+}
+
+/**
+ * Asks the running cdc role to snapshot the source again (a request row in the ledger database), and
+ * by default waits until it is done: the new counts are placed at the snapshot's position in the stream.
+ */
+async function sourceResnapshot(settings: Settings, name: string, wait: boolean, timeoutMs: number): Promise<number> {
+  const config = await loadTallyConfig(settings.configFile);
+  if (!config.sources[name]) throw new UsageError(`source ${JSON.stringify(name)} is not declared in ${settings.configFile}`);
+  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-source" });
+  try {
+    await assertEnvironment(sql, settings.env);
+    const [row] = await sql<[{ requested: Date } | undefined]>`
+      update cdc_sources set resnapshot_requested_at = now() where source = ${name} returning resnapshot_requested_at as requested`;
+    if (!row) throw new UsageError(`source ${name} has never been started by the cdc role: its first start takes the snapshot`);
+    process.stdout.write(`source ${name}: re-snapshot requested\n`);
+    if (!wait) return 0;
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const [state] = await sql<[{ pending: boolean; rows: number; lsn: string | null }]>`
+        select resnapshot_requested_at is not null as pending, snapshot_rows as rows, snapshot_lsn as lsn from cdc_sources where source = ${name}`;
+      if (state && !state.pending) {
+        process.stdout.write(`source ${name}: re-snapshot done at ${state.lsn} (${state.rows} rows)\n`);
+        return 0;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    process.stderr.write(`source ${name}: re-snapshot not done after ${timeoutMs / 1000}s (is the cdc role running?)\n`);
+    return 1;
+  } finally {
+    await sql.end({ timeout: 5 });
   }
 }
 

@@ -4,7 +4,7 @@ import type { Change, ItemDefinition, RowView } from "../cdc/index.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { decodeTallyConfig } from "../src/configFile.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
+import { eventually, harness, runTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
 import { rng } from "./support/workload.ts";
 
 /**
@@ -124,6 +124,56 @@ describe("the initial snapshot", () => {
         const have = new Map(rows.map((r) => [`${r.sku}|${r.location}`, r.qty]));
         // A count of 0 on an empty location writes no leg, hence no balance row.
         return [...want].every(([key, qty]) => (have.get(key) ?? 0) === qty) && rows.every((r) => want.has(`${r.sku}|${r.location}`));
+      }, 120_000);
+      expect((await verifyLedger(h.sql)).problem).toBeNull();
+    } finally {
+      writing = false;
+      await writer;
+      await tally.close();
+    }
+  });
+
+  it("`tally source resnapshot` snapshots again while receipts keep committing, placing the counts exactly at its position", async () => {
+    const tally = await startInProcess(ctx, ["worker", "relay", "cdc"], {}, config);
+    const pick = rng(7);
+    let writing = true;
+    const writer = (async () => {
+      while (writing) {
+        const i = 1 + Math.floor(pick() * ITEMS);
+        const loc = `L${String(Math.floor(pick() * LOCATIONS)).padStart(3, "0")}`;
+        const q = 1 + Math.floor(pick() * 5);
+        await source.begin(async (tx) => {
+          await tx`insert into receipts (item_no, location, qty) values (${`I${i}`}, ${loc}, ${q})`;
+          await tx`update stock set qty = qty + ${q} where item_no = ${`I${i}`} and location = ${loc}`;
+        });
+      }
+    })();
+    try {
+      await eventually("streaming", async () => tally.readers[0]?.streaming === true);
+      const [{ before }] = await h.sql<[{ before: string }]>`select snapshot_lsn as before from cdc_sources where source = 'erp'`;
+      const result = await runTally(["source", "resnapshot", "erp", "--timeout", "120"], tallyEnv(ctx));
+      expect(result.output).toContain("re-snapshot done");
+      expect(result.code).toBe(0);
+      writing = false;
+      await writer;
+      const [{ after }] = await h.sql<[{ after: string }]>`select snapshot_lsn as after from cdc_sources where source = 'erp'`;
+      expect(after).not.toBe(before);
+      const [{ counts }] = await h.sql<[{ counts: number }]>`
+        select count(*)::int as counts from command_outcomes where command_id like ${`erp:snapshot:${after}:public.stock:%`}`;
+      await eventually("the new counts applied", async () => {
+        const [{ n }] = await h.sql<[{ n: number }]>`
+          select count(*)::int as n from command_outcomes where command_id like ${`erp:snapshot:${after}:public.stock:%`}`;
+        return n === ITEMS * LOCATIONS;
+      });
+      expect(counts).toBeGreaterThan(0);
+      const expected = await source<Array<{ sku: string; location: string; qty: number }>>`
+        select 'SKU-' || substr(item_no, 2) as sku, location, qty from stock`;
+      const want = new Map(expected.map((r) => [`${r.sku}|${r.location}`, r.qty]));
+      await eventually("on hand to equal the source's stock table everywhere", async () => {
+        const rows = await h.sql<Array<{ sku: string; location: string; qty: number }>>`
+          select sku, location, qty from balances where bucket = 'on_hand'`;
+        const have = new Map(rows.map((r) => [`${r.sku}|${r.location}`, r.qty]));
+        return [...want].every(([key, qty]) => (have.get(key) ?? 0) === qty);
       }, 120_000);
       expect((await verifyLedger(h.sql)).problem).toBeNull();
     } finally {
