@@ -17,20 +17,30 @@ import { assertEnvironment } from "../ledger/index.ts";
 const USAGE = `tally — real-time inventory ledger
 
 usage:
-  tally dev [--fresh] [--dir .tally]     local Postgres + nats-server under .tally, migrated, worker + relay running
   tally migrate                          apply pending migrations; record TALLY_ENV in the database
-  tally start [--roles worker,relay,cdc] run roles until SIGINT/SIGTERM (default: worker,relay,cdc)
+  tally start [--roles worker,relay,cdc,api]
+                                         run roles until SIGINT/SIGTERM (default: worker,relay,cdc)
   tally submit <file.ndjson|-> [--wait] [--timeout <seconds>]
                                          publish canonical commands (one JSON per line)
   tally ledger verify                    recompute every hash chain and balance
+  tally ledger export [--from <t>] [--to <t>] [--format csv|ndjson] [--out <file>]
+                                         stream entries recorded in [from, to), with a closing summary
+  tally token new <id> --scopes <s,…> [--channel <c>]
+                                         a fresh API token, and the hashed entry to configure for it
   tally dlq list [--origin <o>] [--json] dead letters (CDC sources, submit, commands)
+  tally source check|enable|status|drop|resnapshot <name>
+                                         CDC sources (see tally source)
+  tally demo init                        reference ERP + shop schemas and data in TALLY_SOURCE_{ERP,SHOP}_URL
+  tally dev [--fresh] [--dir .tally]     local Postgres + nats-server, demo ERP and shop, every role
   tally dlq replay <id…|--all>           map / decode again and publish; removes the letter on success
   tally dlq discard <id…|--all>          remove dead letters for good
 
 settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_URL,
   TALLY_PARTITIONS (default 16), TALLY_DUPLICATE_WINDOW_SECONDS (default 7200),
   TALLY_LEASE_TTL_MS (default 10000), TALLY_MAX_ACTORS (default 100000), TALLY_BATCH_MAX (default 2000),
-  TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL
+  TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL, TALLY_HTTP_HOST (default 0.0.0.0),
+  TALLY_HTTP_PORT (default 8080), TALLY_API_TOKENS / TALLY_API_TOKENS_FILE (hashed tokens, JSON),
+  TALLY_API_RATE_LIMIT (write requests per minute per token, default 600)
 `;
 
 /** An error for the user: printed as one line, exit code 1 (or `code`). */
@@ -58,10 +68,18 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
     case "ledger": {
       const [sub] = rest;
       if (sub === "verify") return cmdVerify(loadSettings());
-      throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify)`);
+      if (sub === "export") return cmdExport(loadSettings(), rest.slice(1));
+      throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify or export)`);
     }
+    case "token":
+      return cmdToken(rest);
     case "dlq":
       return cmdDlq(loadSettings(), rest);
+    case "demo": {
+      const [sub] = rest;
+      if (sub !== "init") throw new UsageError(`demo: unknown subcommand ${JSON.stringify(sub ?? "")} (expected init)`);
+      return cmdDemoInit(loadSettings());
+    }
     case "source":
       return cmdSource(loadSettings(), rest);
     case undefined:
@@ -168,6 +186,19 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
   return report.invalid > 0 ? 2 : 0;
 }
 
+/** `tally demo init`: the reference ERP and shop schemas, seed data and CDC enabled, in TALLY_SOURCE_{ERP,SHOP}_URL. */
+async function cmdDemoInit(settings: Settings): Promise<number> {
+  const { demoInit } = await import("../cdc/demo/init.ts");
+  const erp = process.env.TALLY_SOURCE_ERP_URL;
+  const shop = process.env.TALLY_SOURCE_SHOP_URL;
+  if (!erp || !shop)
+    throw new UsageError("demo init: set TALLY_SOURCE_ERP_URL and TALLY_SOURCE_SHOP_URL to the (existing, empty) databases to create the demo ERP and shop in");
+  const config = await loadTallyConfig(settings.configFile);
+  const seeded = await demoInit(config, settings.env, erp, shop);
+  process.stdout.write(`demo init: ERP and shop schemas ready, CDC enabled; seeded ${JSON.stringify(seeded)}\n`);
+  return 0;
+}
+
 /** `tally dlq list|replay|discard`: dead letters of every origin (CDC sources, submit, commands, POS). */
 async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -229,6 +260,87 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
   ).catch((e) => {
     throw unwrapFiberFailure(e);
   });
+}
+
+/** `tally ledger export`: the same stream as GET /v1/ledger/export, to a file or standard output. */
+async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: { from: { type: "string" }, to: { type: "string" }, format: { type: "string", default: "csv" }, out: { type: "string" } },
+  });
+  const format = values.format;
+  if (format !== "csv" && format !== "ndjson") throw new UsageError(`--format: expected csv or ndjson, got ${JSON.stringify(format)}`);
+  const when = (name: string, v: string | undefined) => {
+    if (v === undefined) return undefined;
+    const d = new Date(v);
+    if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v)) throw new UsageError(`--${name}: expected an ISO-8601 date or date-time, got ${JSON.stringify(v)}`);
+    return d;
+  };
+  const range = { from: when("from", values.from), to: when("to", values.to) };
+  const { exportLedger } = await import("./http/ledgerExport.ts");
+  const { createWriteStream } = await import("node:fs");
+  const { pipeline } = await import("node:stream/promises");
+  const { Readable } = await import("node:stream");
+  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-export" });
+  try {
+    await assertEnvironment(sql, settings.env);
+    const [{ total }] = await sql<[{ total: number }]>`
+      select count(*)::float8 as total from ledger_entries
+       where true ${range.from ? sql`and recorded_at >= ${range.from}` : sql``} ${range.to ? sql`and recorded_at < ${range.to}` : sql``}`;
+    // A progress bar on a terminal (stderr), never mixed into the export itself.
+    const tty = process.stderr.isTTY === true;
+    let last = 0;
+    const progress = (done: number) => {
+      if (!tty || Date.now() - last < 100) return;
+      last = Date.now();
+      const pct = total > 0 ? Math.min(1, done / total) : 1;
+      const width = 30;
+      process.stderr.write(`\r[${"#".repeat(Math.round(pct * width)).padEnd(width, ".")}] ${(pct * 100).toFixed(1)}%  ${done}/${total} entries`);
+    };
+    const out = values.out ? createWriteStream(values.out) : process.stdout;
+    const gen = exportLedger(sql, format, range, (s) => progress(s.count));
+    let summary: { count: number; lastHash: string | null } | null = null;
+    const source = Readable.from(
+      (async function* () {
+        for (;;) {
+          const step = await gen.next();
+          if (step.done) {
+            summary = step.value;
+            return;
+          }
+          yield step.value;
+        }
+      })(),
+    );
+    await pipeline(source, out, { end: values.out !== undefined });
+    if (tty) process.stderr.write("\n");
+    if (values.out) process.stderr.write(`ledger export: ${summary!.count} entries to ${values.out} (last hash ${summary!.lastHash ?? "-"})\n`);
+    return 0;
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+/** `tally token new`: prints a fresh token once (give it to the client) and the entry to configure (only its hash). */
+async function cmdToken(args: ReadonlyArray<string>): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: { scopes: { type: "string" }, channel: { type: "string" } },
+  });
+  const [sub, id] = positionals;
+  if (sub !== "new" || !id) throw new UsageError("token: expected `tally token new <id> --scopes <s,…> [--channel <c>]`");
+  const { SCOPES, decodeTokens, newToken } = await import("./http/auth.ts");
+  const scopes = (values.scopes ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  if (scopes.length === 0) throw new UsageError(`--scopes: give one or more of ${SCOPES.join(", ")}`);
+  const { token, entry } = newToken(id, scopes as Array<(typeof SCOPES)[number]>, values.channel);
+  try {
+    decodeTokens(JSON.stringify([entry]), "--scopes");
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  process.stdout.write(`token (give it to the client; it is not stored anywhere):\n  ${token}\nentry for TALLY_API_TOKENS / TALLY_API_TOKENS_FILE:\n  ${JSON.stringify(entry)}\n`);
+  return 0;
 }
 
 async function cmdVerify(settings: Settings): Promise<number> {
@@ -388,7 +500,7 @@ main(process.argv.slice(2)).then(
   },
   (error: unknown) => {
     const e = error as Error;
-    const known = ["SettingsError", "ConfigFileError", "EnvironmentMismatch", "MigrationError", "UsageError"];
+    const known = ["SettingsError", "ConfigFileError", "EnvironmentMismatch", "MigrationError", "UsageError", "TokenConfigError"];
     if (known.includes(e?.name)) process.stderr.write(`tally: ${e.message}\n`);
     else process.stderr.write(`tally: ${e?.stack ?? String(error)}\n`);
     process.exitCode = e instanceof UsageError ? e.code : 1;

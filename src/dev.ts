@@ -3,6 +3,8 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { migrate } from "../ledger/index.ts";
 import { startTally, type Role } from "./app.ts";
+import { sourceUrlSetting } from "../cdc/index.ts";
+import { demoInit } from "../cdc/demo/init.ts";
 import { loadSettings, type Settings } from "./config.ts";
 import { loadTallyConfig } from "./configFile.ts";
 import { connectPostgres } from "./db.ts";
@@ -23,7 +25,7 @@ export const DEV_POSTGRES_PORT = 54329;
 export const DEV_NATS_PORT = 42229;
 /** The database `tally dev` creates in its own Postgres. */
 export const DEV_DATABASE = "tally";
-const DEV_ROLES: ReadonlyArray<Role> = ["worker", "relay"];
+const DEV_ROLES: ReadonlyArray<Role> = ["worker", "relay", "cdc"];
 
 export const DEV_USAGE = "usage: tally dev [--fresh] [--dir .tally]";
 
@@ -49,6 +51,8 @@ export interface DevStack {
   readonly settings: Settings;
   readonly databaseUrl: string;
   readonly natsUrl: string;
+  /** TALLY_SOURCE_ERP_URL / TALLY_SOURCE_SHOP_URL of the demo sources (empty when CDC has no sources). */
+  readonly sourceUrls: Readonly<Record<string, string>>;
   /** Set when `tally dev` started the server (undefined when a URL came from the environment). */
   readonly postgres: PostgresServer | undefined;
   readonly nats: NatsServer | undefined;
@@ -208,13 +212,30 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
     }
     checkpoint();
 
+    // The demo ERP and shop: databases of the embedded Postgres unless TALLY_SOURCE_*_URL name others.
+    const sourceUrls: Record<string, string> = {};
+    for (const name of ["erp", "shop"] as const) {
+      const setting = sourceUrlSetting(name);
+      const given = nonEmpty(env[setting]);
+      if (given) sourceUrls[setting] = given;
+      else if (postgres) {
+        await createDatabaseIfMissing(postgres.url(), `demo_${name}`);
+        sourceUrls[setting] = postgres.url(`demo_${name}`);
+      }
+    }
+    if (sourceUrls.TALLY_SOURCE_ERP_URL && sourceUrls.TALLY_SOURCE_SHOP_URL && config.sources.erp && config.sources.shop) {
+      Object.assign(process.env, sourceUrls);
+      await demoInit(config, settings.env, sourceUrls.TALLY_SOURCE_ERP_URL, sourceUrls.TALLY_SOURCE_SHOP_URL);
+    }
+    checkpoint();
+
     const log = opts.log ?? createLogger("tally", env["TALLY_LOG_LEVEL"] ?? "info");
     const running = await startTally(settings, config, DEV_ROLES, log);
     stops.push(() => running.close());
     checkpoint();
 
     let stopping: Promise<void> | undefined;
-    return { settings, databaseUrl, natsUrl, postgres, nats, stop: () => (stopping ??= stopAll()) };
+    return { settings, databaseUrl, natsUrl, sourceUrls, postgres, nats, stop: () => (stopping ??= stopAll()) };
   } catch (error) {
     await stopAll();
     throw error;
@@ -255,6 +276,12 @@ function banner(stack: DevStack, dir: string): string {
     `try, in another shell:`,
     `  export TALLY_ENV=${stack.settings.env} TALLY_DATABASE_URL=${stack.databaseUrl} TALLY_NATS_URL=${stack.natsUrl}`,
     `  npx tally submit examples/commands.ndjson --wait`,
+    ...(stack.sourceUrls.TALLY_SOURCE_ERP_URL
+      ? [
+          `demo ERP and shop (captured by CDC): psql ${stack.sourceUrls.TALLY_SOURCE_ERP_URL} / ${stack.sourceUrls.TALLY_SOURCE_SHOP_URL}`,
+          `  e.g. insert into goods_receipts (item_no, location, qty, uom) values ('100001', 'DC1', 2, 'CASE');`,
+        ]
+      : []),
     `Ctrl-C stops${kept}.`,
     "",
   ].join("\n");

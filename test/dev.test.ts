@@ -4,8 +4,10 @@ import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Either } from "effect";
+import postgres from "postgres";
 import { afterEach, describe, expect, it } from "vitest";
 import { decodeCommand } from "../actors/index.ts";
+import { DEMO_STOCK } from "../cdc/demo/seed.ts";
 import { describeFailure } from "../src/dev.ts";
 import { BIN, ROOT, runTally } from "./support/tally.ts";
 
@@ -177,7 +179,7 @@ describe("tally dev", () => {
     }
   });
 
-  it("--fresh wipes the data folder first", async () => {
+  it("--fresh wipes the data folder first; the demo ERP's opening stock and a new receipt arrive through CDC", async () => {
     const root = await scratchDir();
     const dir = path.join(root, ".tally");
     try {
@@ -189,7 +191,29 @@ describe("tally dev", () => {
       const dev = await startDev(dir, "--fresh");
       expect(existsSync(path.join(dir, "marker"))).toBe(false);
       expect(existsSync(path.join(dir, "postgres", "left-over"))).toBe(false);
-      expect(await ledgerEntries(dev)).toBe(0);
+      // Only the demo ERP's opening balances (its CDC snapshot): nothing from an earlier run.
+      const opening = DEMO_STOCK.filter((s) => s.baseQty !== 0).length;
+      let entries = await ledgerEntries(dev);
+      for (let i = 0; i < 40 && entries < opening; i++) {
+        await new Promise((r) => setTimeout(r, 500));
+        entries = await ledgerEntries(dev);
+      }
+      expect(entries).toBe(opening);
+
+      // A change made in the demo ERP reaches the ledger through CDC.
+      const erpUrl = /captured by CDC\): psql (\S+) \//.exec(dev.stdout())?.[1];
+      expect(erpUrl, dev.stdout()).toBeDefined();
+      const erp = postgres(erpUrl!, { max: 1, onnotice: () => {} });
+      try {
+        await erp`insert into goods_receipts (item_no, location, qty, uom) values ('100001', 'DC1', 2, 'CASE')`;
+      } finally {
+        await erp.end();
+      }
+      for (let i = 0; i < 40 && entries === opening; i++) {
+        await new Promise((r) => setTimeout(r, 500));
+        entries = await ledgerEntries(dev);
+      }
+      expect(entries).toBe(opening + 1);
       expect(await stopDev(dev)).toBe(0);
       expect(serversMentioning(root)).toEqual([]);
     } finally {
