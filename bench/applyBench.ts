@@ -1,0 +1,155 @@
+/**
+ * The apply-path benchmark: Tally's end-to-end command rate (publish → applied in the ledger) next to
+ * the raw limits of this machine measured in the same run — batched inserts of ledger-shaped rows
+ * into Postgres, and JetStream publishes of command envelopes — so results read as ratios, not as
+ * absolute times on a noisy machine.
+ *
+ *   npm run bench -- [--commands 100000] [--skus 10000] [--partitions 8]
+ */
+import { mkdir, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import postgres from "postgres";
+import { decodeCommand, encodeEnvelope, envelopeMsgId, type Command } from "../actors/index.ts";
+import { migrate } from "../ledger/index.ts";
+import { startTally } from "../src/app.ts";
+import { loadSettings } from "../src/config.ts";
+import { connectPostgres } from "../src/db.ts";
+import { startNats, startPostgres } from "../src/devStack/index.ts";
+import { createLogger } from "../src/log.ts";
+import { connectNats, ensureTopology } from "../src/nats.ts";
+import { publishCommands } from "../src/publisher.ts";
+import { topology } from "../src/topology.ts";
+
+const { values } = parseArgs({
+  options: {
+    commands: { type: "string", default: "100000" },
+    skus: { type: "string", default: "10000" },
+    partitions: { type: "string", default: "8" },
+  },
+});
+const N = Number(values.commands);
+const SKUS = Number(values.skus);
+const PARTITIONS = Number(values.partitions);
+
+function makeCommands(n: number, prefix: string): Array<Command> {
+  const out: Array<Command> = [];
+  for (let i = 0; i < n; i++) {
+    const d = decodeCommand({
+      id: `${prefix}:${i}`,
+      type: i % 3 === 0 ? "receive" : i % 3 === 1 ? "sell" : "reserve",
+      sku: `B-${i % SKUS}`,
+      location: i % 2 ? "DC1" : "S01",
+      qty: 1 + (i % 3),
+      source: { system: "bench", ref: `r${i}` },
+      occurredAt: "2026-11-26T10:00:00Z",
+    });
+    if (d._tag === "Left") throw d.left;
+    out.push(d.right);
+  }
+  return out;
+}
+
+const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
+
+async function main(): Promise<void> {
+  process.stderr.write(`bench: starting Postgres and nats-server…\n`);
+  const [pg, nats] = await Promise.all([startPostgres(), startNats()]);
+  const results: Record<string, number> = {};
+  try {
+    const admin = postgres(pg.url(), { max: 1, onnotice: () => {} });
+    await admin.unsafe("create database bench");
+    await admin.end();
+    const url = pg.url("bench");
+    const sql = connectPostgres(url, { max: 4 });
+    await migrate(sql, "bench");
+
+    // Limit 1: batched inserts of ledger-shaped rows (the same unnest statement shape the ledger uses).
+    await sql`create table raw_entries (like ledger_entries including defaults including identity)`;
+    const rows = 200_000;
+    const batch = 2000;
+    let t = performance.now();
+    for (let i = 0; i < rows; i += batch) {
+      const ids = Array.from({ length: batch }, (_, k) => `raw:${i + k}`);
+      await sql`
+        insert into raw_entries (command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system, source_ref,
+                                 occurred_at, recorded_at, sku_seq, prev_hash, hash)
+        select c, 1, 'B-' || (n % ${SKUS}), 'DC1', 'on_hand', 1, n, 'receive', 'bench', c, now(), now(), n, repeat('0', 64), md5(c) || md5(c)
+          from unnest(${sql.array(ids)}::text[]) with ordinality as t(c, n)`;
+    }
+    results.rawInsertRowsPerSec = rate(rows, performance.now() - t);
+
+    // Limit 2: JetStream publishes of 500-command envelopes, awaited in 8 parallel lanes.
+    const t2 = topology("bench", PARTITIONS);
+    const nc = await connectNats(nats.url, "bench");
+    const handles = await ensureTopology(nc, t2, { duplicateWindowMs: 120_000, leaseTtlMs: 10_000 });
+    const probe = makeCommands(N, "probe");
+    await handles.jsm.streams.add({ name: "RAW", subjects: ["raw.>"] });
+    t = performance.now();
+    const lanes = 8;
+    await Promise.all(
+      Array.from({ length: lanes }, async (_, lane) => {
+        for (let i = lane * 500; i < probe.length; i += lanes * 500) {
+          const chunk = probe.slice(i, i + 500);
+          await handles.js.publish(`raw.${lane}`, encodeEnvelope(chunk), { msgID: envelopeMsgId(chunk.map((c) => c.id)) });
+        }
+      }),
+    );
+    results.rawPublishCommandsPerSec = rate(probe.length, performance.now() - t);
+
+    // Tally: publish N commands through the normal path and wait until every one has an outcome.
+    const settings = loadSettings({
+      TALLY_ENV: "bench",
+      TALLY_DATABASE_URL: url,
+      TALLY_NATS_URL: nats.url,
+      TALLY_PARTITIONS: String(PARTITIONS),
+      TALLY_LEASE_TTL_MS: "10000",
+    });
+    const tally = await startTally(
+      settings,
+      { channels: { web: { locations: ["DC1", "S01"], buffer: 0 } }, sources: {} },
+      ["worker", "relay"],
+      createLogger("bench", "warn"),
+    );
+    const commands = makeCommands(N, "cmd");
+    t = performance.now();
+    await publishCommands(handles.js, t2, commands);
+    const published = performance.now() - t;
+    for (;;) {
+      const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
+      if (n >= N) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const applied = performance.now() - t;
+    results.tallyPublishCommandsPerSec = rate(N, published);
+    results.tallyEndToEndCommandsPerSec = rate(N, applied);
+    const [{ entries }] = await sql<[{ entries: number }]>`select count(*)::int as entries from ledger_entries`;
+    results.tallyEntriesPerSec = rate(entries, applied);
+    results.batches = tally.worker!.metrics.batches;
+    results.meanBatch = Math.round(N / Math.max(1, tally.worker!.metrics.batches));
+    await tally.close();
+    await nc.close();
+    await sql.end();
+  } finally {
+    await Promise.allSettled([pg.destroy(), nats.destroy()]);
+  }
+
+  const lines = [
+    ["measure", "per second", "ratio"],
+    ["raw ledger-shaped inserts (limit)", String(results.rawInsertRowsPerSec), "1.00"],
+    ["raw JetStream envelope publish (limit)", String(results.rawPublishCommandsPerSec), "1.00"],
+    ["Tally publish (commands)", String(results.tallyPublishCommandsPerSec), (results.tallyPublishCommandsPerSec! / results.rawPublishCommandsPerSec!).toFixed(2) + " of publish limit"],
+    ["Tally end to end (commands applied)", String(results.tallyEndToEndCommandsPerSec), (results.tallyEndToEndCommandsPerSec! / results.rawPublishCommandsPerSec!).toFixed(2) + " of publish limit"],
+    ["Tally ledger entries written", String(results.tallyEntriesPerSec), (results.tallyEntriesPerSec! / results.rawInsertRowsPerSec!).toFixed(2) + " of insert limit"],
+  ];
+  const width = lines[0]!.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
+  for (const l of lines) process.stdout.write(`${l.map((cell, c) => cell.padEnd(width[c]!)).join("  ")}\n`);
+  process.stdout.write(`(${N} commands over ${SKUS} SKUs, ${PARTITIONS} partitions, mean batch ${results.meanBatch})\n`);
+  const dir = path.resolve("bench/results");
+  await mkdir(dir, { recursive: true });
+  const file = path.join(dir, `${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
+  await writeFile(file, JSON.stringify({ at: new Date().toISOString(), commands: N, skus: SKUS, partitions: PARTITIONS, results }, null, 2));
+  process.stdout.write(`wrote ${file}\n`);
+}
+
+await main();
