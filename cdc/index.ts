@@ -15,7 +15,7 @@ export { Crosswalk, scaleExact } from "./crosswalk.ts";
 export type { Resolution, ResolveContext } from "./crosswalk.ts";
 export { changeFrom, mapChange, mapWith } from "./mapper.ts";
 export type { ChangePayload, MapOutcome } from "./mapper.ts";
-export { SourceReader, HEARTBEAT_PREFIX, deadLetterMsgId } from "./reader.ts";
+export { SourceReader, HEARTBEAT_PREFIX } from "./reader.ts";
 export type { ReaderMetrics, ReaderOptions } from "./reader.ts";
 export { runSnapshot, snapshotNeeded } from "./snapshot.ts";
 export { configuredSources, findSource, resolveSource, sourceUrlSetting } from "./sources.ts";

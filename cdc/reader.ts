@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { LogicalReplicationService, PgoutputPlugin, type Pgoutput } from "pg-logical-replication";
@@ -6,7 +5,7 @@ import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import type { Command } from "../actors/index.ts";
 import { connectPostgres } from "../src/db.ts";
-import { deadLetter, type DeadLetter } from "../src/deadLetters.ts";
+import { deadLetter, deadLetterMsgId, type DeadLetter } from "../src/deadLetters.ts";
 import { publishCommands } from "../src/publisher.ts";
 import type { Topology } from "../src/topology.ts";
 import { Crosswalk, ITEMS_CHANNEL } from "./crosswalk.ts";
@@ -14,7 +13,7 @@ import { parseLsn, formatLsn } from "./lsn.ts";
 import { changeFrom, mapChange, type ChangePayload } from "./mapper.ts";
 import { MappingError, UnknownItem, type RawRow } from "./mapping.ts";
 import { keepValuesAsText, toText } from "./pgText.ts";
-import { createExportedSlot, readSnapshot, runSnapshot, snapshotNeeded } from "./snapshot.ts";
+import { createExportedSlot, readSnapshot, runSnapshot, snapshotNeeded, type SnapshotOptions } from "./snapshot.ts";
 import type { ResolvedSource } from "./sources.ts";
 
 export const HEARTBEAT_PREFIX = "tally_heartbeat";
@@ -186,15 +185,7 @@ export class SourceReader {
   async #stream(): Promise<void> {
     const { sql, source, log } = this.opts;
     if (await snapshotNeeded(sql, this.#sourceSql!, source)) {
-      const result = await runSnapshot({
-        source,
-        ledger: sql,
-        js: this.opts.js,
-        topology: this.opts.topology,
-        crosswalk: this.#crosswalk!,
-        log,
-        onDeadLetter: (d) => this.#countDead(d),
-      });
+      const result = await runSnapshot(this.#snapshotOptions());
       this.metrics.snapshots++;
       this.metrics.snapshotRows += result.rows;
     }
@@ -434,6 +425,18 @@ export class SourceReader {
     else if (shouldRespond) this.#sendStatus();
   }
 
+  #snapshotOptions(): SnapshotOptions {
+    return {
+      source: this.opts.source,
+      ledger: this.opts.sql,
+      js: this.opts.js,
+      topology: this.opts.topology,
+      crosswalk: this.#crosswalk!,
+      log: this.opts.log,
+      onDeadLetter: (d) => this.#countDead(d),
+    };
+  }
+
   #fail(error: unknown): void {
     this.#failure = error;
     this.#wake?.();
@@ -455,16 +458,7 @@ export class SourceReader {
     log.info({ consistentPoint: exported.consistentPoint }, "re-snapshot: reading tables");
     const commands: Array<Command> = [];
     const ready = readSnapshot(
-      {
-        source,
-        ledger: sql,
-        js: this.opts.js,
-        topology: this.opts.topology,
-        crosswalk: this.#crosswalk!,
-        log,
-        onDeadLetter: (d) => this.#countDead(d),
-        sink: async (c) => void commands.push(...c),
-      },
+      { ...this.#snapshotOptions(), sink: async (c) => void commands.push(...c) },
       exported.snapshotName,
       exported.consistentPoint,
     )
@@ -572,8 +566,4 @@ function oldRowMissing(table: string, op: string): MappingError {
     `${op} of ${table} arrived without its old row; the mapping needs it: ALTER TABLE ${table} REPLICA IDENTITY FULL (see tally source check)`,
     "old_row_missing",
   );
-}
-
-export function deadLetterMsgId(d: DeadLetter): string {
-  return `dlq:${d.origin}:${createHash("sha256").update(JSON.stringify(d.context)).update(d.reason).digest("hex").slice(0, 32)}`;
 }

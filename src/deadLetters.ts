@@ -1,3 +1,5 @@
+import { createHash } from "node:crypto";
+
 /** A payload that could not be applied, with the reason, kept in the dead-letter stream. */
 export interface DeadLetter {
   /** Where it came from: `commands`, `submit`, `pos`, a CDC source name… (the DLQ subject's last token). */
@@ -28,4 +30,9 @@ export function deadLetter(
     }
   }
   return { origin, reason, payload: body, context, at: at.toISOString() };
+}
+
+/** A dead letter's Nats-Msg-Id: from where it was found and why, so re-finding it after a crash is a duplicate. */
+export function deadLetterMsgId(d: DeadLetter): string {
+  return `dlq:${d.origin}:${createHash("sha256").update(JSON.stringify(d.context)).update(d.reason).digest("hex").slice(0, 32)}`;
 }
