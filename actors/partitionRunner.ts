@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import { LeaseLost, commitBatch, knownCommandIds, readCheckpoint } from "../ledger/index.ts";
+import { LeaseLost, commitBatch, knownCommandIds, readCheckpoint, type OutcomeRow } from "../ledger/index.ts";
 import type { NatsHandles } from "../src/nats.ts";
 import type { Topology } from "../src/topology.ts";
 import { isTransientDbError } from "../src/db.ts";
@@ -194,6 +194,7 @@ export class PartitionRunner {
   /** Decodes, deduplicates, decides and commits one batch; acknowledges it after the commit. */
   async #apply(messages: ReadonlyArray<JsMsg>): Promise<void> {
     const { sql, topology, metrics } = this.deps;
+    const startedAt = performance.now();
     const fresh = messages.filter((m) => m.seq > this.#lastSeq);
     metrics.skippedCheckpoint += messages.length - fresh.length;
     if (fresh.length === 0) {
@@ -259,6 +260,26 @@ export class PartitionRunner {
     metrics.rejected += plan.rejected;
     metrics.deadLettered += dead.length;
     messages[messages.length - 1]!.ack();
+    this.#publishOutcomes(plan.write.outcomes, todo, performance.now() - startedAt);
+  }
+
+  /**
+   * Core NATS, best effort, after the commit: API processes answer reservations from these without
+   * polling `command_outcomes` (which stays the truth they fall back to) and count them in metrics.
+   */
+  #publishOutcomes(outcomes: ReadonlyArray<OutcomeRow>, todo: ReadonlyArray<IncomingCommand>, applyMs: number): void {
+    const source = new Map<string, string>(todo.map(({ command }) => [command.id, command.source.system]));
+    const subject = `tally.${this.deps.topology.env}.outcomes`;
+    for (let i = 0; i < outcomes.length || i === 0; i += 1000) {
+      const chunk = outcomes.slice(i, i + 1000).map((o) => ({
+        id: o.commandId, status: o.status, reason: o.reason, detail: o.detail, type: o.type, sku: o.sku, source: source.get(o.commandId),
+      }));
+      try {
+        this.deps.nats.nc.publish(subject, JSON.stringify({ partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk }));
+      } catch {
+        // Disconnected: listeners read command_outcomes instead.
+      }
+    }
   }
 
   async #alert(error: unknown, attempt: number): Promise<void> {

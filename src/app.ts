@@ -1,6 +1,7 @@
 import { Cause, Effect, Exit, Scope } from "effect";
 import { UnknownException } from "effect/Cause";
 import type { NatsConnection } from "@nats-io/transport-node";
+import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../actors/index.ts";
 import { assertEnvironment, instanceId } from "../ledger/index.ts";
 import { SourceReader, configuredSources } from "../cdc/index.ts";
@@ -13,8 +14,8 @@ import { connectNats, ensureTopology, type NatsHandles } from "./nats.ts";
 import { OutboxRelay } from "./relay.ts";
 import { topology, type Topology } from "./topology.ts";
 
-export type Role = "worker" | "relay" | "cdc";
-export const ROLES: ReadonlyArray<Role> = ["worker", "relay", "cdc"];
+export type Role = "worker" | "relay" | "cdc" | "api";
+export const ROLES: ReadonlyArray<Role> = ["worker", "relay", "cdc", "api"];
 
 /** What a running Tally process holds; everything is released when its scope closes. */
 export interface Running {
@@ -27,6 +28,8 @@ export interface Running {
   readonly relay: OutboxRelay | null;
   /** One CDC reader per configured source whose URL is set. */
   readonly readers: ReadonlyArray<SourceReader>;
+  /** The HTTP API (role `api`), listening on TALLY_HTTP_HOST:TALLY_HTTP_PORT. */
+  readonly api: FastifyInstance | null;
 }
 
 export const channelViews = (config: TallyConfig): ReadonlyArray<ChannelView> =>
@@ -116,7 +119,25 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
           ),
         );
     }
-    return { settings, topology: t, sql, nats, log, worker, relay, readers } satisfies Running;
+    const api = roles.includes("api")
+      ? yield* Effect.acquireRelease(
+          Effect.tryPromise(async () => {
+            // Loaded only by processes that serve HTTP.
+            const { buildApp } = await import("./http/app.ts");
+            const { loadTokens } = await import("./http/auth.ts");
+            const app = await buildApp({ settings, config, topology: t, sql, nats, log, tokens: await loadTokens(settings), worker, readers });
+            try {
+              await app.listen({ port: settings.httpPort, host: settings.httpHost });
+            } catch (error) {
+              await app.close();
+              throw error;
+            }
+            return app;
+          }),
+          (app) => Effect.promise(() => app.close()),
+        )
+      : null;
+    return { settings, topology: t, sql, nats, log, worker, relay, readers, api } satisfies Running;
   });
 
 /** Promise-style handle on `startRoles` for callers outside Effect (tests, the dev stack). */

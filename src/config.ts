@@ -15,6 +15,14 @@ export interface Settings {
   readonly maxActors: number;
   /** Most commands applied in one ledger transaction. */
   readonly batchMax: number;
+  /** `TALLY_HTTP_HOST`: the address the api role listens on (default 0.0.0.0). */
+  readonly httpHost: string;
+  /** `TALLY_API_TOKENS`: inline JSON list of hashed API tokens (see src/http/auth.ts). */
+  readonly apiTokens: string | undefined;
+  /** `TALLY_API_TOKENS_FILE`: a JSON file with the same list. */
+  readonly apiTokensFile: string | undefined;
+  /** `TALLY_API_RATE_LIMIT`: write requests per minute per API token (default 600). */
+  readonly apiRateLimit: number;
 }
 
 /** A setting that could not be decoded: the message names it. */
@@ -60,6 +68,10 @@ const settingsConfig = Config.all({
   configFile: Config.string("TALLY_CONFIG").pipe(Config.withDefault("tally.config.ts")),
   maxActors: intIn("TALLY_MAX_ACTORS", 10, 100_000_000, 100_000),
   batchMax: intIn("TALLY_BATCH_MAX", 1, 100_000, 2000),
+  httpHost: Config.string("TALLY_HTTP_HOST").pipe(Config.withDefault("0.0.0.0")),
+  apiTokens: Config.option(Config.string("TALLY_API_TOKENS")),
+  apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
+  apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, 600),
 });
 
 /** Decodes the settings from `env` (default `process.env`); throws a SettingsError naming the bad setting. */
@@ -82,6 +94,10 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     configFile: s.configFile,
     maxActors: s.maxActors,
     batchMax: s.batchMax,
+    httpHost: s.httpHost,
+    apiTokens: Option.getOrUndefined(s.apiTokens),
+    apiTokensFile: Option.getOrUndefined(s.apiTokensFile),
+    apiRateLimit: s.apiRateLimit,
   };
 }
 

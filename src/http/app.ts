@@ -1,0 +1,238 @@
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from "fastify";
+import rateLimit from "@fastify/rate-limit";
+import swagger from "@fastify/swagger";
+import swaggerUi from "@fastify/swagger-ui";
+import type { Sql } from "postgres";
+import type { Logger } from "pino";
+import type { Worker } from "../../actors/index.ts";
+import type { SourceReader } from "../../cdc/index.ts";
+import type { Settings } from "../config.ts";
+import type { TallyConfig } from "../configFile.ts";
+import type { NatsHandles } from "../nats.ts";
+import type { Topology } from "../topology.ts";
+import { PosIngest } from "../ingest/posIngest.ts";
+import { PosSubscriber } from "../ingest/posSubscriber.ts";
+import { bearerToken, may, TokenVerifier, type ApiToken, type Principal, type Scope } from "./auth.ts";
+import { ApiError, ErrorSchema } from "./errors.ts";
+import { ApiMetrics } from "./metrics.ts";
+import { OutcomeWaiter } from "./outcomes.ts";
+import { Reservations } from "./reservations.ts";
+import { availabilityRoutes } from "./routes/availability.ts";
+import { healthRoutes } from "./routes/health.ts";
+import { ledgerRoutes } from "./routes/ledger.ts";
+import { operatorRoutes } from "./routes/operators.ts";
+import { posRoutes } from "./routes/pos.ts";
+import { reservationRoutes } from "./routes/reservations.ts";
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** The caller, set by the auth hook on every route that declares a scope. */
+    principal: Principal | null;
+  }
+  interface FastifyContextConfig {
+    /** The scope a route needs; routes without one are public (health, metrics, docs). */
+    scope?: Scope;
+  }
+}
+
+/** Knobs tests and operators may turn; the defaults suit production. */
+export interface ApiOptions {
+  /** Write requests per minute per token (default settings.apiRateLimit). */
+  readonly rateLimitPerMinute?: number;
+  /** How long a reservation waits for the actors' decision before answering 503 (default 10 s). */
+  readonly decisionTimeoutMs?: number;
+  /** How often the sweeper looks for expired holds (default 1 s). */
+  readonly sweepIntervalMs?: number;
+  /** Start the reservation sweeper and the NATS POS subscription (default true). */
+  readonly background?: boolean;
+  /** Request body limit in bytes (default 256 KiB; POS batches 4 MiB). */
+  readonly bodyLimit?: number;
+  readonly posBodyLimit?: number;
+}
+
+/** Everything the API needs; `buildApp` acquires nothing else but its own subscriptions and timers. */
+export interface ApiDeps {
+  readonly settings: Settings;
+  readonly config: TallyConfig;
+  readonly topology: Topology;
+  readonly sql: Sql;
+  readonly nats: NatsHandles;
+  readonly log: Logger;
+  readonly tokens: ReadonlyArray<ApiToken>;
+  /** This process's worker and CDC readers, if it runs them (readiness, metrics). */
+  readonly worker?: Worker | null;
+  readonly readers?: ReadonlyArray<SourceReader>;
+  readonly options?: ApiOptions;
+}
+
+/** What the route plugins share. */
+export interface ApiContext extends ApiDeps {
+  readonly metrics: ApiMetrics;
+  readonly outcomes: OutcomeWaiter;
+  readonly pos: PosIngest;
+  readonly reservations: Reservations;
+  readonly opts: Required<ApiOptions>;
+  /** The channel a request may see: the token's, or the one asked for; throws 400/403. */
+  channelFor(req: FastifyRequest, asked: string | undefined): string;
+  /** Locations a request may see (its token's channel's), or null for all. */
+  locationsFor(req: FastifyRequest): ReadonlySet<string> | null;
+  /** Closers of open event streams: ended when the app closes, so shutdown never waits on a client. */
+  readonly streams: Set<() => void>;
+}
+
+/**
+ * Builds the HTTP API (fastify plugins, JSON schemas on every route, OpenAPI at /docs) without
+ * listening; `app.close()` stops its subscriptions and timers. Tests call `app.inject()`.
+ */
+export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
+  const opts: Required<ApiOptions> = {
+    rateLimitPerMinute: deps.options?.rateLimitPerMinute ?? deps.settings.apiRateLimit,
+    decisionTimeoutMs: deps.options?.decisionTimeoutMs ?? 10_000,
+    sweepIntervalMs: deps.options?.sweepIntervalMs ?? 1000,
+    background: deps.options?.background ?? true,
+    bodyLimit: deps.options?.bodyLimit ?? 256 * 1024,
+    posBodyLimit: deps.options?.posBodyLimit ?? 4 * 1024 * 1024,
+  };
+  const log = deps.log.child({ role: "api" });
+  const app = Fastify({
+    loggerInstance: log as unknown as FastifyBaseLogger,
+    bodyLimit: opts.bodyLimit,
+    ajv: { customOptions: { allErrors: true, coerceTypes: "array", removeAdditional: false } },
+    return503OnClosing: true,
+  });
+  const verifier = new TokenVerifier(deps.tokens);
+  if (verifier.size === 0) log.warn("no API tokens configured (TALLY_API_TOKENS / TALLY_API_TOKENS_FILE): every authenticated route answers 401");
+
+  const metrics = new ApiMetrics(deps);
+  const outcomes = new OutcomeWaiter(deps.sql, deps.nats.nc, deps.topology.env, (b) => metrics.observeBatch(b));
+  outcomes.start();
+  const pos = new PosIngest({
+    sql: deps.sql,
+    nats: deps.nats,
+    topology: deps.topology,
+    log,
+    onCommands: (cs) => {
+      for (const c of cs) metrics.commandsIn.inc({ type: c.type, source: c.source.system });
+    },
+    onTransaction: (outcome, via) => metrics.posTransactions.inc({ outcome, via }),
+  });
+  await pos.start();
+  const channels = deps.config.channels;
+  const reservations = new Reservations({ sql: deps.sql, nats: deps.nats, topology: deps.topology, log, outcomes, metrics, channels, decisionTimeoutMs: opts.decisionTimeoutMs });
+  const posSubscriber = opts.background ? new PosSubscriber({ nc: deps.nats.nc, topology: deps.topology, ingest: pos, log }) : null;
+  posSubscriber?.start();
+  if (opts.background) reservations.startSweeper(opts.sweepIntervalMs);
+  app.addHook("onClose", async () => {
+    await posSubscriber?.stop();
+    await reservations.stop();
+    await outcomes.stop();
+    await pos.stop();
+  });
+
+  const ctx: ApiContext = {
+    ...deps,
+    metrics,
+    outcomes,
+    pos,
+    reservations,
+    opts,
+    streams: new Set(),
+    channelFor(req, asked) {
+      const p = req.principal;
+      const channel = asked ?? p?.channel ?? undefined;
+      if (channel === undefined) throw new ApiError(400, "invalid_request", "querystring.channel: is missing (name a channel)");
+      if (p?.channel && p.channel !== channel) throw new ApiError(403, "forbidden", `this token may only see channel ${p.channel}`);
+      if (!Object.hasOwn(channels, channel)) throw new ApiError(404, "unknown_channel", `no channel ${JSON.stringify(channel)} (configured: ${Object.keys(channels).join(", ")})`);
+      return channel;
+    },
+    locationsFor(req) {
+      const c = req.principal?.channel;
+      if (!c) return null;
+      return new Set(channels[c]?.locations ?? []);
+    },
+  };
+
+  app.addHook("preClose", async () => {
+    for (const close of ctx.streams) close();
+  });
+  app.decorateRequest("principal", null);
+  app.addSchema(ErrorSchema);
+  app.setErrorHandler((error: FastifyError, req, reply) => {
+    if (error instanceof ApiError) return reply.code(error.status).send({ error: error.code, message: error.message, ...error.extra });
+    if (error.validation) {
+      const issues = error.validation.map((v) => {
+        const missing = (v.params as { missingProperty?: string }).missingProperty;
+        const path = [error.validationContext, ...v.instancePath.split("/").filter(Boolean), ...(missing ? [missing] : [])]
+          .join(".")
+          .replace(/\.(\d+)(?=\.|$)/g, "[$1]");
+        return { path, message: missing ? "is missing" : (v.message ?? "is invalid") };
+      });
+      return reply.code(400).send({ error: "invalid_request", message: issues.map((i) => `${i.path}: ${i.message}`).join("; "), issues });
+    }
+    const status = error.statusCode ?? 500;
+    if (status === 429) return reply.code(429).send({ error: "rate_limited", message: error.message });
+    if (status === 413) return reply.code(413).send({ error: "payload_too_large", message: error.message });
+    if (status === 415) return reply.code(415).send({ error: "unsupported_media_type", message: error.message });
+    if (status >= 400 && status < 500) return reply.code(status).send({ error: "invalid_request", message: error.message });
+    req.log.error({ err: error, url: req.url }, "request failed");
+    return reply.code(503).header("retry-after", "1").send({ error: "unavailable", message: "a dependency failed; retry shortly" });
+  });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: "not_found", message: `no route ${req.method} ${req.url.split("?")[0]}` }));
+
+  app.addHook("onRequest", async (req, reply) => {
+    const scope = req.routeOptions.config?.scope;
+    if (!scope) return;
+    const token = bearerToken(req.headers.authorization);
+    if (token === null)
+      return reply
+        .code(401)
+        .header("www-authenticate", 'Bearer realm="tally"')
+        .send({ error: "unauthorized", message: "missing bearer token (Authorization: Bearer <token>)" });
+    const principal = verifier.verify(token);
+    if (!principal)
+      return reply
+        .code(401)
+        .header("www-authenticate", 'Bearer realm="tally", error="invalid_token"')
+        .send({ error: "unauthorized", message: "unknown or revoked token" });
+    if (!may(principal, scope)) return reply.code(403).send({ error: "forbidden", message: `this token lacks scope ${scope}` });
+    req.principal = principal;
+  });
+  app.addHook("onResponse", async (req, reply) => {
+    metrics.httpDuration.observe(
+      { method: req.method, route: req.routeOptions.url ?? "unknown", status: String(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    );
+  });
+
+  await app.register(rateLimit, {
+    global: false,
+    hook: "preHandler",
+    max: opts.rateLimitPerMinute,
+    timeWindow: 60_000,
+    keyGenerator: (req) => req.principal?.id ?? req.ip,
+    errorResponseBuilder: (_req, context) => {
+      const e = new Error(`rate limit of ${context.max} write requests per ${context.after} exceeded for this token`) as Error & { statusCode: number };
+      e.statusCode = 429;
+      return e;
+    },
+  });
+  await app.register(swagger, {
+    openapi: {
+      openapi: "3.0.3",
+      info: { title: "Tally", description: "Real-time inventory ledger: POS in, availability and reservations out", version: "0.1.0" },
+      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: "/docs" });
+  await app.register(healthRoutes, { ctx });
+  await app.register(posRoutes, { ctx });
+  await app.register(availabilityRoutes, { ctx });
+  await app.register(reservationRoutes, { ctx });
+  await app.register(ledgerRoutes, { ctx });
+  await app.register(operatorRoutes, { ctx });
+  await app.ready();
+  return app;
+}
+
+export type { ApiToken, Principal, Scope };

@@ -1,0 +1,39 @@
+/** An expected failure of a request: its HTTP status, a machine-readable code and a sentence. */
+export class ApiError extends Error {
+  override readonly name = "ApiError";
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly extra: Readonly<Record<string, unknown>> = {},
+  ) {
+    super(message);
+  }
+}
+
+export const badRequest = (message: string, issues?: ReadonlyArray<{ path: string; message: string }>) =>
+  new ApiError(400, "invalid_request", message, issues ? { issues } : {});
+export const notFound = (code: string, message: string) => new ApiError(404, code, message);
+export const forbidden = (message: string) => new ApiError(403, "forbidden", message);
+export const conflict = (code: string, message: string, extra: Readonly<Record<string, unknown>> = {}) => new ApiError(409, code, message, extra);
+
+/** The body of every error reply. */
+export const ErrorSchema = {
+  $id: "Error",
+  type: "object",
+  required: ["error", "message"],
+  properties: {
+    error: { type: "string", description: "machine-readable code: invalid_request, unauthorized, forbidden, not_found, insufficient_stock …" },
+    message: { type: "string" },
+    issues: {
+      type: "array",
+      items: { type: "object", required: ["path", "message"], properties: { path: { type: "string" }, message: { type: "string" } } },
+    },
+  },
+  additionalProperties: true,
+} as const;
+
+export const errorRef = { $ref: "Error#" } as const;
+
+/** Error replies a route may give, for its response schema. */
+export const errors = (...statuses: ReadonlyArray<number>) => Object.fromEntries(statuses.map((s) => [s, errorRef]));

@@ -1,0 +1,137 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { Worker } from "../../actors/index.ts";
+import type { SourceReader } from "../../cdc/index.ts";
+import type { NatsHandles } from "../nats.ts";
+import type { Topology } from "../topology.ts";
+import type { OutcomeBatch } from "./outcomes.ts";
+
+export interface MetricsDeps {
+  readonly nats: NatsHandles;
+  readonly topology: Topology;
+  readonly worker?: Worker | null;
+  readonly readers?: ReadonlyArray<SourceReader>;
+}
+
+/**
+ * The API process's Prometheus metrics (one registry per app, so several apps in one process never
+ * collide). Command outcomes are counted from the workers' outcome messages, so every API process
+ * sees the whole cluster's applied/rejected counts and batch histograms; gauges are read at scrape.
+ */
+export class ApiMetrics {
+  readonly registry = new Registry();
+  readonly commandsIn: Counter<"type" | "source">;
+  readonly commandsApplied: Counter<"type" | "source">;
+  readonly commandsRejected: Counter<"type" | "source" | "reason">;
+  readonly batchSize: Histogram;
+  readonly applyLatency: Histogram;
+  readonly reservations: Counter<"outcome">;
+  readonly reservationLatency: Histogram<"outcome">;
+  readonly posTransactions: Counter<"outcome" | "via">;
+  readonly httpDuration: Histogram<"method" | "route" | "status">;
+
+  constructor(deps: MetricsDeps) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: "tally_process_" });
+    this.commandsIn = new Counter({ name: "tally_commands_in_total", help: "Commands this API process published, by type and source", labelNames: ["type", "source"], registers });
+    this.commandsApplied = new Counter({ name: "tally_commands_applied_total", help: "Commands applied by the workers, by type and source", labelNames: ["type", "source"], registers });
+    this.commandsRejected = new Counter({
+      name: "tally_commands_rejected_total",
+      help: "Commands the SKU actors rejected, by type, source and reason",
+      labelNames: ["type", "source", "reason"],
+      registers,
+    });
+    this.batchSize = new Histogram({
+      name: "tally_apply_batch_size",
+      help: "Commands decided per ledger transaction",
+      buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000],
+      registers,
+    });
+    this.applyLatency = new Histogram({
+      name: "tally_apply_batch_seconds",
+      help: "Time to decide and commit one batch (decode to commit)",
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.reservations = new Counter({ name: "tally_reservations_total", help: "Reservation requests and transitions, by outcome", labelNames: ["outcome"], registers });
+    this.reservationLatency = new Histogram({
+      name: "tally_reservation_decision_seconds",
+      help: "Time from a reservation request to the actors' decision",
+      labelNames: ["outcome"],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.posTransactions = new Counter({ name: "tally_pos_transactions_total", help: "POS transactions received, by outcome and transport", labelNames: ["outcome", "via"], registers });
+    this.httpDuration = new Histogram({
+      name: "tally_http_request_seconds",
+      help: "HTTP request duration by route and status",
+      labelNames: ["method", "route", "status"],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+      registers,
+    });
+    new Gauge({
+      name: "tally_dlq_messages",
+      help: "Dead letters waiting in the dead-letter stream",
+      registers,
+      async collect() {
+        const info = await deps.nats.jsm.streams.info(deps.topology.dlqStream).catch(() => null);
+        if (info) this.set(info.state.messages);
+      },
+    });
+    new Gauge({
+      name: "tally_leases_held",
+      help: "Partition leases held by this process's worker",
+      registers,
+      collect() {
+        this.set(deps.worker?.held().length ?? 0);
+      },
+    });
+    const worker = deps.worker;
+    if (worker) {
+      const workerCounter = (name: string, help: string, read: () => number) =>
+        new Gauge({
+          name,
+          help,
+          registers,
+          collect() {
+            this.set(read());
+          },
+        });
+      workerCounter("tally_worker_batches", "Batches committed by this process's worker", () => worker.metrics.batches);
+      workerCounter("tally_worker_dead_lettered", "Undecodable commands dead-lettered by this process's worker", () => worker.metrics.deadLettered);
+      workerCounter("tally_worker_duplicates_skipped", "Commands skipped as already applied", () => worker.metrics.skippedDuplicate);
+      workerCounter("tally_worker_retries", "Batch retries after a failure", () => worker.metrics.retries);
+    }
+    const readers = deps.readers ?? [];
+    new Gauge({
+      name: "tally_cdc_slot_lag_bytes",
+      help: "WAL the source's replication slot holds back, per CDC source read by this process",
+      labelNames: ["source"],
+      registers,
+      collect() {
+        for (const r of readers) if (r.metrics.lagBytes !== null) this.set({ source: r.name }, r.metrics.lagBytes);
+      },
+    });
+    new Gauge({
+      name: "tally_cdc_changes",
+      help: "Source changes read, per CDC source read by this process",
+      labelNames: ["source"],
+      registers,
+      collect() {
+        for (const r of readers) this.set({ source: r.name }, r.metrics.changes);
+      },
+    });
+  }
+
+  /** Counts a worker's outcome message. */
+  observeBatch(batch: OutcomeBatch): void {
+    if (batch.part === 0) {
+      this.batchSize.observe(batch.size);
+      this.applyLatency.observe(batch.applyMs / 1000);
+    }
+    for (const o of batch.outcomes) {
+      const source = o.source ?? "unknown";
+      if (o.status === "applied") this.commandsApplied.inc({ type: o.type, source });
+      else this.commandsRejected.inc({ type: o.type, source, reason: o.reason ?? "unknown" });
+    }
+  }
+}

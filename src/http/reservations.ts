@@ -1,0 +1,437 @@
+/**
+ * Checkout holds. A reservation is a row (the durable record, its expiry the durable timer) and one
+ * `reserve` command per line, decided by the SKU's actor (the single writer), so two carts racing
+ * for the last unit cannot both win. A cart succeeds or fails whole: when any line is refused, the
+ * lines already held are released. Every command id is deterministic from the reservation
+ * (`res:<id>:<line>:<attempt>`, `res:<id>:<line>:release|fulfill`), so a retry, a second process
+ * or the sweeper after a restart can re-drive it without doing anything twice.
+ */
+import { randomUUID } from "node:crypto";
+import type { Sql } from "postgres";
+import type { Logger } from "pino";
+import { decodeCommand, type Command } from "../../actors/index.ts";
+import type { ChannelConfig } from "../configFile.ts";
+import type { NatsHandles } from "../nats.ts";
+import { publishCommands } from "../publisher.ts";
+import type { Topology } from "../topology.ts";
+import { payloadHash } from "../ingest/posTransaction.ts";
+import { ApiError } from "./errors.ts";
+import type { ApiMetrics } from "./metrics.ts";
+import type { OutcomeWaiter } from "./outcomes.ts";
+
+export type ReservationStatus = "pending" | "held" | "committed" | "fulfilled" | "released" | "expired" | "rejected";
+type LineState = "pending" | "held" | "rejected" | "released" | "fulfilled";
+
+export interface ReservationDeps {
+  readonly sql: Sql;
+  readonly nats: NatsHandles;
+  readonly topology: Topology;
+  readonly log: Logger;
+  readonly outcomes: OutcomeWaiter;
+  readonly metrics: ApiMetrics;
+  readonly channels: Readonly<Record<string, ChannelConfig>>;
+  readonly decisionTimeoutMs: number;
+}
+
+/** A line as asked for (bundles already expanded into their components). */
+export interface LineRequest {
+  readonly sku: string;
+  readonly qty: number;
+  readonly location: string | null;
+}
+
+export interface CreateRequest {
+  readonly principal: string;
+  readonly idempotencyKey: string;
+  /** What the client sent, hashed: the same key with another body is refused. */
+  readonly body: unknown;
+  readonly channel: string | null;
+  readonly lines: ReadonlyArray<LineRequest>;
+  readonly ttlSeconds: number;
+}
+
+/** An HTTP answer: status and body. */
+export interface Answer {
+  readonly status: number;
+  readonly body: Record<string, unknown>;
+}
+
+interface Row {
+  id: string;
+  principal: string;
+  request_hash: string;
+  channel: string | null;
+  status: ReservationStatus;
+  ttl_seconds: number;
+  expires_at: Date | null;
+  response_status: number | null;
+  response_body: Record<string, unknown> | null;
+  created_at: Date;
+}
+
+interface LineRow {
+  reservation_id: string;
+  line: number;
+  sku: string;
+  qty: number;
+  fixed_location: string | null;
+  location: string | null;
+  command_id: string | null;
+  tried: Array<string>;
+  state: LineState;
+  available: number | null;
+}
+
+const CLAIM_SLACK_MS = 5_000;
+
+export class Reservations {
+  #timer: NodeJS.Timeout | null = null;
+  #sweeping: Promise<void> = Promise.resolve();
+  #stopped = false;
+
+  constructor(readonly deps: ReservationDeps) {}
+
+  /** Creates (or, for a known Idempotency-Key, answers again) a reservation. */
+  async create(req: CreateRequest): Promise<Answer & { replayed: boolean }> {
+    const { sql } = this.deps;
+    const hash = payloadHash(req.body);
+    const id = `r_${randomUUID().replaceAll("-", "")}`;
+    const claimMs = this.deps.decisionTimeoutMs + CLAIM_SLACK_MS;
+    const started = performance.now();
+    const inserted = await sql.begin(async (tx) => {
+      const [row] = await tx<Array<{ id: string }>>`
+        insert into reservations (id, principal, idempotency_key, request_hash, channel, status, ttl_seconds, claimed_until)
+        values (${id}, ${req.principal}, ${req.idempotencyKey}, ${hash}, ${req.channel}, 'pending', ${req.ttlSeconds},
+                now() + ${claimMs} * interval '1 millisecond')
+        on conflict (principal, idempotency_key) do nothing
+        returning id`;
+      if (!row) return false;
+      await tx`
+        insert into reservation_lines (reservation_id, line, sku, qty, fixed_location, state)
+        select ${id}, l, s, q, f, 'pending' from unnest(
+          ${tx.array(req.lines.map((_, i) => i + 1))}::int[],
+          ${tx.array(req.lines.map((l) => l.sku))}::text[],
+          ${tx.array(req.lines.map((l) => l.qty))}::bigint[],
+          ${tx.array(req.lines.map((l) => l.location) as Array<string>)}::text[]) as t(l, s, q, f)`;
+      return true;
+    });
+    if (inserted) {
+      const answer = await this.#drive(id, this.deps.decisionTimeoutMs);
+      this.deps.metrics.reservationLatency.observe({ outcome: outcomeOf(answer) }, (performance.now() - started) / 1000);
+      this.deps.metrics.reservations.inc({ outcome: outcomeOf(answer) });
+      return { ...answer, replayed: false };
+    }
+    // A retry with the same Idempotency-Key.
+    const deadline = Date.now() + this.deps.decisionTimeoutMs;
+    for (;;) {
+      const [row] = await sql<Array<Row & { claimable: boolean }>>`
+        select *, (claimed_until is null or claimed_until < now()) as claimable
+          from reservations where principal = ${req.principal} and idempotency_key = ${req.idempotencyKey}`;
+      if (!row) throw new Error("reservation vanished");
+      if (row.request_hash !== hash)
+        throw new ApiError(422, "idempotency_conflict", `Idempotency-Key ${JSON.stringify(req.idempotencyKey)} was used for a different request`, { id: row.id });
+      if (row.status !== "pending" && row.response_status !== null) {
+        this.deps.metrics.reservations.inc({ outcome: "replayed" });
+        return { status: row.response_status, body: row.response_body!, replayed: true };
+      }
+      if (row.claimable && (await this.#claim(row.id, claimMs))) {
+        const answer = await this.#drive(row.id, Math.max(1000, deadline - Date.now()));
+        return { ...answer, replayed: true };
+      }
+      if (Date.now() > deadline) throw new ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still being decided; retry shortly", { id: row.id });
+      await sleep(50);
+    }
+  }
+
+  async #claim(id: string, ms: number): Promise<boolean> {
+    const rows = await this.deps.sql`
+      update reservations set claimed_until = now() + ${ms} * interval '1 millisecond'
+       where id = ${id} and status = 'pending' and (claimed_until is null or claimed_until < now())`;
+    return rows.count === 1;
+  }
+
+  /** The reservation as the API shows it, or null. */
+  async get(id: string): Promise<{ row: Row; body: Record<string, unknown> } | null> {
+    const [row] = await this.deps.sql<Array<Row>>`select * from reservations where id = ${id}`;
+    if (!row) return null;
+    const lines = await this.#lines(this.deps.sql, id);
+    return { row, body: view(row, lines) };
+  }
+
+  async #lines(sql: Sql, id: string): Promise<Array<LineRow>> {
+    return sql<Array<LineRow>>`select * from reservation_lines where reservation_id = ${id} order by line`;
+  }
+
+  /**
+   * Decides a pending reservation: each line's reserve command goes to its SKU's actor (a channel
+   * line tries the channel's locations, best first); then all held → `held`, any refused → the
+   * others released and `rejected`. Returns 503 (leaving it pending) when the actors did not answer
+   * in time; a retry or the sweeper picks it up again.
+   */
+  async #drive(id: string, timeoutMs: number): Promise<Answer> {
+    const { sql, log } = this.deps;
+    const [row] = await sql<Array<Row>>`select * from reservations where id = ${id}`;
+    const lines = await this.#lines(sql, id);
+    const deadline = Date.now() + timeoutMs;
+    const states = await Promise.all(lines.map((l) => (l.state === "pending" ? this.#driveLine(row!, l, deadline) : l.state)));
+    const fresh = await this.#lines(sql, id);
+    // A line still undecided may yet be applied: nothing is final (nor released) until every line is decided.
+    if (states.some((s) => s === "rejected") && !states.includes("undecided")) {
+      await this.#settle(id, fresh.filter((l) => l.state === "held"), "release", "released");
+      const final = await this.#lines(sql, id);
+      const refused = final.filter((l) => l.state === "rejected");
+      const body = {
+        error: "insufficient_stock",
+        message: refused.map((l) => `cannot reserve ${l.qty} of ${l.sku}${l.location ? ` at ${l.location}` : ""}: only ${l.available ?? 0} available`).join("; "),
+        id,
+        ...(refused.length === 1 ? { available: refused[0]!.available ?? 0 } : {}),
+        lines: final.map((l) => ({ line: l.line, sku: l.sku, qty: l.qty, location: l.location, state: l.state, available: l.available })),
+      };
+      await this.#finish(id, "rejected", 409, body, null);
+      log.info({ reservationId: id, commandIds: refused.map((l) => l.command_id) }, "reservation refused: insufficient stock");
+      return { status: 409, body };
+    }
+    if (states.every((s) => s === "held")) {
+      const [done] = await sql<Array<{ expires_at: Date }>>`
+        update reservations set status = 'held', expires_at = now() + ${row!.ttl_seconds} * interval '1 second', updated_at = now(), claimed_until = null
+         where id = ${id} and status = 'pending' returning expires_at`;
+      const body = view({ ...row!, status: "held", expires_at: done?.expires_at ?? null }, fresh);
+      await sql`update reservations set response_status = 201, response_body = ${sql.json(body as never)} where id = ${id}`;
+      log.info({ reservationId: id, commandIds: fresh.map((l) => l.command_id) }, "reservation held");
+      return { status: 201, body };
+    }
+    await sql`update reservations set claimed_until = null where id = ${id} and status = 'pending'`;
+    return {
+      status: 503,
+      body: { error: "decision_pending", message: "the stock actors have not decided yet; retry with the same Idempotency-Key", id },
+    };
+  }
+
+  async #driveLine(row: Row, line: LineRow, deadline: number): Promise<LineState | "undecided"> {
+    const { sql, outcomes } = this.deps;
+    let l = line;
+    for (;;) {
+      if (l.command_id === null) {
+        const pick = await this.#pickLocation(row, l);
+        const attempt = l.tried.length + 1;
+        const commandId = `res:${row.id}:${l.line}:${attempt}`;
+        const [updated] = await sql<Array<LineRow>>`
+          update reservation_lines set location = ${pick.location}, command_id = ${commandId}, tried = array_append(tried, ${pick.location}::text)
+           where reservation_id = ${row.id} and line = ${l.line} and command_id is null returning *`;
+        if (!updated) return "undecided"; // someone else is driving it
+        l = updated;
+      }
+      const commandId = l.command_id!;
+      let outcome = (await outcomes.known([commandId])).get(commandId);
+      if (!outcome) {
+        const waiting = outcomes.wait([commandId], Math.max(0, deadline - Date.now()));
+        try {
+          await this.#publish([this.#command("reserve", row.id, l, commandId)]);
+        } catch (error) {
+          waiting.cancel();
+          await waiting.done;
+          throw error;
+        }
+        outcome = (await waiting.done).get(commandId);
+      }
+      if (!outcome) return "undecided";
+      if (outcome.status === "applied") {
+        await sql`update reservation_lines set state = 'held' where reservation_id = ${row.id} and line = ${l.line} and state = 'pending'`;
+        return "held";
+      }
+      const available = (outcome.detail as { available?: number } | null)?.available ?? 0;
+      if (outcome.reason === "insufficient_stock" && l.fixed_location === null && row.channel !== null) {
+        const next = await this.#pickLocation(row, l);
+        if (next.enough && !l.tried.includes(next.location) && Date.now() < deadline) {
+          const [updated] = await sql<Array<LineRow>>`
+            update reservation_lines set command_id = null where reservation_id = ${row.id} and line = ${l.line} and command_id = ${commandId} returning *`;
+          if (!updated) return "undecided";
+          l = updated;
+          continue;
+        }
+      }
+      await sql`update reservation_lines set state = 'rejected', available = ${available} where reservation_id = ${row.id} and line = ${l.line}`;
+      return "rejected";
+    }
+  }
+
+  /** The line's location: the one asked for, else the channel's location with the most available not yet tried. */
+  async #pickLocation(row: Row, l: LineRow): Promise<{ location: string; enough: boolean }> {
+    if (l.fixed_location !== null) return { location: l.fixed_location, enough: true };
+    const channel = this.deps.channels[row.channel!]!;
+    const rows = await this.deps.sql<Array<{ location: string; available: number }>>`
+      select loc as location,
+             coalesce((select sum(case bucket when 'on_hand' then qty when 'reserved' then -qty else 0 end) from balances b
+                        where b.sku = ${l.sku} and b.location = loc), 0)
+             - coalesce((select safety_stock from sku_locations s where s.sku = ${l.sku} and s.location = loc), 0) as available
+        from unnest(${this.deps.sql.array([...channel.locations])}::text[]) with ordinality as t(loc, n)
+       order by 2 desc, n`;
+    const open = rows.filter((r) => !l.tried.includes(r.location));
+    const best = open[0] ?? rows[0]!;
+    return { location: best.location, enough: best.available >= l.qty };
+  }
+
+  #command(type: "reserve" | "release" | "fulfill", reservationId: string, l: LineRow, id: string): Command {
+    const decoded = decodeCommand({
+      id,
+      type,
+      sku: l.sku,
+      location: l.location,
+      qty: l.qty,
+      reservationId,
+      source: { system: "api", ref: `reservation:${reservationId}` },
+      occurredAt: new Date().toISOString(),
+    });
+    if (decoded._tag === "Left") throw new Error(`reservation ${reservationId} line ${l.line}: ${decoded.left.message}`);
+    return decoded.right;
+  }
+
+  async #publish(commands: ReadonlyArray<Command>): Promise<void> {
+    if (commands.length === 0) return;
+    await publishCommands(this.deps.nats.js, this.deps.topology, commands);
+    for (const c of commands) this.deps.metrics.commandsIn.inc({ type: c.type, source: c.source.system });
+  }
+
+  /** Publishes release/fulfill for these held lines (PubAck: durable), then marks them. */
+  async #settle(id: string, lines: ReadonlyArray<LineRow>, type: "release" | "fulfill", state: LineState, sql: Sql = this.deps.sql): Promise<void> {
+    if (lines.length === 0) return;
+    const commands = lines.map((l) => this.#command(type, id, l, `res:${id}:${l.line}:${type}`));
+    await this.#publish(commands);
+    this.deps.log.info({ reservationId: id, commandIds: commands.map((c) => c.id) }, `reservation lines ${type}d`);
+    await sql`
+      update reservation_lines set state = ${state}
+       where reservation_id = ${id} and line = any(${sql.array(lines.map((l) => l.line))}::int[])`;
+  }
+
+  async #finish(id: string, status: ReservationStatus, code: number, body: Record<string, unknown>, expiresAt: Date | null): Promise<void> {
+    await this.deps.sql`
+      update reservations set status = ${status}, response_status = ${code}, response_body = ${this.deps.sql.json(body as never)},
+             expires_at = ${expiresAt}, claimed_until = null, updated_at = now()
+       where id = ${id}`;
+  }
+
+  /** Order placed: the hold stays until fulfilled or released, and no longer expires. */
+  async commit(id: string, may: (row: Row) => void): Promise<Answer> {
+    const { sql } = this.deps;
+    const found = await this.get(id);
+    if (!found) throw new ApiError(404, "not_found", `no reservation ${id}`);
+    may(found.row);
+    const [row] = await sql<Array<Row>>`
+      update reservations set status = 'committed', updated_at = now()
+       where id = ${id} and status = 'held' and expires_at > now() returning *`;
+    if (row) {
+      this.deps.metrics.reservations.inc({ outcome: "committed" });
+      return { status: 200, body: view(row, await this.#lines(sql, id)) };
+    }
+    const now = await this.get(id);
+    if (now!.row.status === "committed") return { status: 200, body: now!.body };
+    throw this.#stateError(now!.row, "commit");
+  }
+
+  /** Releases a held or committed reservation (idempotent for one already released, expired or refused). */
+  async release(id: string, may: (row: Row) => void): Promise<Answer> {
+    return this.#close(id, may, "release", "released", "released");
+  }
+
+  /** Ships a held or committed reservation: `fulfill` per line (reserved − qty, on hand − qty). */
+  async fulfill(id: string, may: (row: Row) => void): Promise<Answer> {
+    return this.#close(id, may, "fulfill", "fulfilled", "fulfilled");
+  }
+
+  async #close(id: string, may: (row: Row) => void, type: "release" | "fulfill", lineState: LineState, status: "released" | "fulfilled"): Promise<Answer> {
+    const found = await this.get(id);
+    if (!found) throw new ApiError(404, "not_found", `no reservation ${id}`);
+    may(found.row);
+    const outcome = await this.deps.sql.begin(async (tx) => {
+      const [row] = await tx<Array<Row>>`select * from reservations where id = ${id} for update`;
+      if (row!.status === "held" || row!.status === "committed") {
+        const lines = await this.#lines(tx as unknown as Sql, id);
+        await this.#settle(id, lines.filter((l) => l.state === "held"), type, lineState, tx as unknown as Sql);
+        await tx`update reservations set status = ${status}, updated_at = now() where id = ${id}`;
+        return "done" as const;
+      }
+      return row!;
+    });
+    if (outcome !== "done") {
+      const idempotent = type === "release" ? ["released", "expired", "rejected"] : ["fulfilled"];
+      if (!idempotent.includes(outcome.status)) throw this.#stateError(outcome, type);
+    } else this.deps.metrics.reservations.inc({ outcome: status });
+    const now = await this.get(id);
+    return { status: 200, body: now!.body };
+  }
+
+  #stateError(row: Row, action: string): ApiError {
+    if (row.status === "held") return new ApiError(409, "reservation_expired", `reservation ${row.id} has expired (release pending)`);
+    if (row.status === "pending") return new ApiError(409, "reservation_pending", `reservation ${row.id} is still being decided`);
+    return new ApiError(409, `reservation_${row.status}`, `cannot ${action} reservation ${row.id}: it is ${row.status}`);
+  }
+
+  /** Releases holds whose time has passed, and finishes reservations a dead process left pending. */
+  startSweeper(intervalMs: number): void {
+    const loop = () => {
+      if (this.#stopped) return;
+      this.#sweeping = this.sweep()
+        .catch((err) => this.deps.log.warn({ err }, "reservation sweep failed; retrying"))
+        .then(() => {
+          if (!this.#stopped) this.#timer = setTimeout(loop, intervalMs);
+        });
+    };
+    this.#timer = setTimeout(loop, 0);
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    await this.#sweeping;
+  }
+
+  /** One sweep: expire due holds (deterministic release ids, safe to run in several processes), re-drive stale pending ones. */
+  async sweep(): Promise<{ expired: number; redriven: number }> {
+    const { sql } = this.deps;
+    let expired = 0;
+    for (;;) {
+      const n = await sql.begin(async (tx) => {
+        const due = await tx<Array<{ id: string }>>`
+          select id from reservations where status = 'held' and expires_at <= now()
+           order by expires_at limit 50 for update skip locked`;
+        for (const { id } of due) {
+          const lines = await this.#lines(tx as unknown as Sql, id);
+          await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released", tx as unknown as Sql);
+          await tx`update reservations set status = 'expired', updated_at = now() where id = ${id}`;
+          this.deps.metrics.reservations.inc({ outcome: "expired" });
+        }
+        return due.length;
+      });
+      expired += n;
+      if (n < 50 || this.#stopped) break;
+    }
+    let redriven = 0;
+    const stale = await sql<Array<{ id: string }>>`
+      select id from reservations where status = 'pending' and (claimed_until is null or claimed_until < now())
+       order by created_at limit 20`;
+    for (const { id } of stale) {
+      if (this.#stopped) break;
+      if (!(await this.#claim(id, this.deps.decisionTimeoutMs + CLAIM_SLACK_MS))) continue;
+      await this.#drive(id, Math.min(2000, this.deps.decisionTimeoutMs));
+      redriven++;
+    }
+    return { expired, redriven };
+  }
+}
+
+function view(row: Row, lines: ReadonlyArray<LineRow>): Record<string, unknown> {
+  return {
+    id: row.id,
+    status: row.status,
+    channel: row.channel,
+    expiresAt: row.status === "held" && row.expires_at ? row.expires_at.toISOString() : null,
+    createdAt: row.created_at.toISOString(),
+    lines: lines.map((l) => ({ line: l.line, sku: l.sku, qty: l.qty, location: l.location, state: l.state })),
+  };
+}
+
+function outcomeOf(a: Answer): string {
+  return a.status === 201 ? "held" : a.status === 409 ? "insufficient_stock" : "timeout";
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -1,0 +1,162 @@
+import { Readable } from "node:stream";
+import type { FastifyInstance } from "fastify";
+import type { ApiContext } from "../app.ts";
+import { ApiError, errors } from "../errors.ts";
+import { exportLedger } from "../ledgerExport.ts";
+
+const Entry = {
+  type: "object",
+  properties: {
+    entryId: { type: "integer" },
+    commandId: { type: "string" },
+    leg: { type: "integer" },
+    sku: { type: "string" },
+    location: { type: "string" },
+    bucket: { type: "string" },
+    delta: { type: "integer" },
+    balanceAfter: { type: "integer" },
+    movement: { type: "string" },
+    sourceSystem: { type: "string" },
+    sourceRef: { type: "string" },
+    occurredAt: { type: "string", format: "date-time" },
+    recordedAt: { type: "string", format: "date-time" },
+    skuSeq: { type: "integer" },
+    prevHash: { type: "string" },
+    hash: { type: "string" },
+  },
+} as const;
+
+const MOVEMENTS = ["receive", "sell", "return", "return_damaged", "reserve", "release", "fulfill", "adjust", "count_variance", "transfer_out", "transfer_in"];
+
+interface EntriesQuery {
+  sku?: string;
+  location?: string;
+  from?: string;
+  to?: string;
+  type?: string;
+  cursor?: string;
+  limit: number;
+}
+
+const date = (name: string, v: string | undefined): Date | undefined => {
+  if (v === undefined) return undefined;
+  const d = new Date(v);
+  if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v))
+    throw new ApiError(400, "invalid_request", `querystring.${name}: expected an ISO-8601 date or date-time, got ${JSON.stringify(v.slice(0, 40))}`, {
+      issues: [{ path: `querystring.${name}`, message: "expected an ISO-8601 date or date-time" }],
+    });
+  return d;
+};
+
+/** Ledger entries for finance: paged (keyset on entry id) and a streamed export. */
+export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
+  const config = { scope: "ledger:read" as const };
+
+  app.get<{ Querystring: EntriesQuery }>(
+    "/v1/ledger/entries",
+    {
+      config,
+      schema: {
+        tags: ["ledger"],
+        summary: "Ledger entries in entry order, paged: pass nextCursor as cursor for the next page",
+        querystring: {
+          type: "object",
+          properties: {
+            sku: { type: "string", maxLength: 200 },
+            location: { type: "string", maxLength: 200 },
+            from: { type: "string", description: "recorded at or after (ISO-8601)" },
+            to: { type: "string", description: "recorded before (ISO-8601)" },
+            type: { type: "string", enum: MOVEMENTS, description: "the movement" },
+            cursor: { type: "string", pattern: "^[0-9]{1,18}$", description: "opaque: the nextCursor of the previous page" },
+            limit: { type: "integer", minimum: 1, maximum: 1000, default: 100 },
+          },
+        },
+        response: {
+          200: {
+            type: "object",
+            required: ["entries", "nextCursor"],
+            properties: { entries: { type: "array", items: Entry }, nextCursor: { type: ["string", "null"] } },
+          },
+          ...errors(400, 401, 403),
+        },
+      },
+    },
+    async (req) => {
+      const q = req.query;
+      const from = date("from", q.from);
+      const to = date("to", q.to);
+      const only = ctx.locationsFor(req);
+      if (only && q.location !== undefined && !only.has(q.location))
+        throw new ApiError(403, "forbidden", `this token may only read the locations of channel ${req.principal!.channel}`);
+      const { sql } = ctx;
+      const after = q.cursor !== undefined ? Number(q.cursor) : 0;
+      const rows = await sql<
+        Array<{ entry_id: number; command_id: string; leg: number; sku: string; location: string; bucket: string; delta: number; balance_after: number; movement: string; source_system: string; source_ref: string; occurred_at: Date; recorded_at: Date; sku_seq: number; prev_hash: string; hash: string }>
+      >`
+        select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system, source_ref,
+               occurred_at, recorded_at, sku_seq, prev_hash, hash
+          from ledger_entries
+         where entry_id > ${after}
+           ${q.sku !== undefined ? sql`and sku = ${q.sku}` : sql``}
+           ${q.location !== undefined ? sql`and location = ${q.location}` : sql``}
+           ${only ? sql`and location = any(${sql.array([...only])}::text[])` : sql``}
+           ${q.type !== undefined ? sql`and movement = ${q.type}` : sql``}
+           ${from ? sql`and recorded_at >= ${from}` : sql``}
+           ${to ? sql`and recorded_at < ${to}` : sql``}
+         order by entry_id
+         limit ${q.limit + 1}`;
+      const page = rows.slice(0, q.limit);
+      return {
+        entries: page.map((r) => ({
+          entryId: r.entry_id,
+          commandId: r.command_id,
+          leg: r.leg,
+          sku: r.sku,
+          location: r.location,
+          bucket: r.bucket,
+          delta: r.delta,
+          balanceAfter: r.balance_after,
+          movement: r.movement,
+          sourceSystem: r.source_system,
+          sourceRef: r.source_ref,
+          occurredAt: r.occurred_at.toISOString(),
+          recordedAt: r.recorded_at.toISOString(),
+          skuSeq: r.sku_seq,
+          prevHash: r.prev_hash,
+          hash: r.hash,
+        })),
+        nextCursor: rows.length > q.limit ? String(page[page.length - 1]!.entry_id) : null,
+      };
+    },
+  );
+
+  app.get<{ Querystring: { from?: string; to?: string; format: "csv" | "ndjson" } }>(
+    "/v1/ledger/export",
+    {
+      config,
+      schema: {
+        tags: ["ledger"],
+        summary: "Every entry recorded in [from, to), streamed, with a closing summary (count, sum of deltas per bucket, last hash)",
+        description:
+          "CSV: a header row, one row per entry, then a line `# summary {json}`. NDJSON: one entry per line, then `{\"summary\": {…}}`. " +
+          "A channel-scoped token cannot export (the export is the whole ledger).",
+        querystring: {
+          type: "object",
+          properties: { from: { type: "string" }, to: { type: "string" }, format: { type: "string", enum: ["csv", "ndjson"], default: "csv" } },
+        },
+        response: { 200: { type: "string", description: "text/csv or application/x-ndjson" }, ...errors(400, 401, 403) },
+      },
+    },
+    async (req, reply) => {
+      if (req.principal?.channel) throw new ApiError(403, "forbidden", "a channel-scoped token cannot export the whole ledger");
+      const from = date("from", req.query.from);
+      const to = date("to", req.query.to);
+      const { format } = req.query;
+      reply.header("content-type", format === "csv" ? "text/csv; charset=utf-8" : "application/x-ndjson");
+      reply.header("content-disposition", `attachment; filename="ledger-${(from ?? new Date(0)).toISOString().slice(0, 10)}.${format === "csv" ? "csv" : "ndjson"}"`);
+      const stream = Readable.from(exportLedger(ctx.sql, format, { from, to }), { objectMode: false, highWaterMark: 1 });
+      req.raw.on("close", () => stream.destroy());
+      return reply.send(stream);
+    },
+  );
+}

@@ -1,0 +1,130 @@
+import type { FastifyInstance } from "fastify";
+import { Crosswalk, configuredSources, type ResolvedSource } from "../../../cdc/index.ts";
+import { sourceStatus } from "../../../cdc/admin.ts";
+import { connectPostgres } from "../../db.ts";
+import { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "../../dlq.ts";
+import type { ApiContext } from "../app.ts";
+import { ApiError, errors } from "../errors.ts";
+
+const Letter = {
+  type: "object",
+  properties: {
+    id: { type: "integer", description: "its sequence in the dead-letter stream" },
+    origin: { type: "string", description: "pos, commands, submit, or a CDC source" },
+    reason: { type: "string" },
+    payload: {},
+    context: { type: "object", additionalProperties: true },
+    at: { type: "string", format: "date-time" },
+  },
+} as const;
+
+const IdParams = { type: "object", required: ["id"], properties: { id: { type: "integer", minimum: 1 } } } as const;
+
+/** Dead letters (list, replay, discard) and CDC sources; the `admin` scope. */
+export async function operatorRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
+  const read = { scope: "admin" as const };
+  const write = { scope: "admin" as const, rateLimit: { max: ctx.opts.rateLimitPerMinute, timeWindow: 60_000 } };
+
+  app.get<{ Querystring: { origin?: string; limit: number } }>(
+    "/v1/dlq",
+    {
+      config: read,
+      schema: {
+        tags: ["operators"],
+        summary: "Dead letters, oldest first",
+        querystring: {
+          type: "object",
+          properties: { origin: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" }, limit: { type: "integer", minimum: 1, maximum: 10_000, default: 1000 } },
+        },
+        response: { 200: { type: "object", properties: { total: { type: "integer" }, letters: { type: "array", items: Letter } } }, ...errors(400, 401, 403) },
+      },
+    },
+    async (req) => {
+      const letters = await listDeadLetters(ctx.nats, ctx.topology, req.query.origin);
+      return { total: letters.length, letters: letters.slice(0, req.query.limit) };
+    },
+  );
+
+  app.post<{ Params: { id: number } }>(
+    "/v1/dlq/:id/replay",
+    {
+      config: write,
+      schema: {
+        tags: ["operators"],
+        summary: "Map or decode a dead letter again and publish it; removes it on success",
+        params: IdParams,
+        response: {
+          200: { type: "object", properties: { id: { type: "integer" }, ok: { type: "boolean" }, commands: { type: "integer" } } },
+          ...errors(401, 403, 404, 409, 429),
+        },
+      },
+    },
+    async (req) => {
+      const letter = await getDeadLetter(ctx.nats, ctx.topology, req.params.id);
+      if (!letter) throw new ApiError(404, "not_found", `no dead letter ${req.params.id}`);
+      if (letter.origin === "pos") {
+        const r = await ctx.pos.replay(letter);
+        if (!r.ok) throw new ApiError(409, "replay_failed", r.reason, { id: letter.id });
+        await ctx.nats.jsm.streams.deleteMessage(ctx.topology.dlqStream, letter.id);
+        req.log.info({ dlqId: letter.id, origin: letter.origin }, "dead letter replayed");
+        return { id: letter.id, ok: true, commands: r.commands };
+      }
+      const sources = new Map<string, ResolvedSource>(configuredSources(ctx.config, ctx.topology.env).map((s) => [s.name, s]));
+      const r = await replayDeadLetter({ sql: ctx.sql, nats: ctx.nats, topology: ctx.topology, sources }, letter, await Crosswalk.load(ctx.sql));
+      if (!r.ok) throw new ApiError(409, "replay_failed", r.reason, { id: letter.id });
+      req.log.info({ dlqId: letter.id, origin: letter.origin }, "dead letter replayed");
+      return r;
+    },
+  );
+
+  app.delete<{ Params: { id: number } }>(
+    "/v1/dlq/:id",
+    {
+      config: write,
+      schema: {
+        tags: ["operators"],
+        summary: "Discard a dead letter for good",
+        params: IdParams,
+        response: { 200: { type: "object", properties: { id: { type: "integer" }, discarded: { type: "boolean" } } }, ...errors(401, 403, 404, 429) },
+      },
+    },
+    async (req) => {
+      const letter = await getDeadLetter(ctx.nats, ctx.topology, req.params.id);
+      if (!letter) throw new ApiError(404, "not_found", `no dead letter ${req.params.id}`);
+      await discardDeadLetter(ctx.nats, ctx.topology, letter.id);
+      req.log.info({ dlqId: letter.id, origin: letter.origin, reason: letter.reason }, "dead letter discarded");
+      return { id: letter.id, discarded: true };
+    },
+  );
+
+  app.get(
+    "/v1/sources",
+    {
+      config: read,
+      schema: {
+        tags: ["operators"],
+        summary: "Per CDC source whose URL is set: slot, lag, last event, snapshot, counters",
+        response: { 200: { type: "object", properties: { sources: { type: "array", items: { type: "object", additionalProperties: true } } } }, ...errors(401, 403) },
+      },
+    },
+    async () => {
+      const sources = configuredSources(ctx.config, ctx.topology.env);
+      const reading = new Map((ctx.readers ?? []).map((r) => [r.name, r]));
+      const out = await Promise.all(
+        sources.map(async (source) => {
+          const sql = connectPostgres(source.url, { max: 1, application: "tally-api-sources" });
+          try {
+            const status = await sourceStatus(sql, ctx.sql, source);
+            const reader = reading.get(source.name);
+            return { ...status, reader: reader ? { streaming: reader.streaming, metrics: reader.metrics } : null };
+          } catch (error) {
+            return { source: source.name, error: (error as Error).message };
+          } finally {
+            await sql.end({ timeout: 5 });
+          }
+        }),
+      );
+      return { sources: out };
+    },
+  );
+}

@@ -1,0 +1,145 @@
+import type { FastifyInstance } from "fastify";
+import { InvalidBatch } from "../../ingest/posIngest.ts";
+import { MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/posTransaction.ts";
+import type { ApiContext } from "../app.ts";
+import { errors } from "../errors.ts";
+
+const Issue = { type: "object", required: ["path", "message"], properties: { path: { type: "string" }, message: { type: "string" } } } as const;
+
+/** The POS transaction format (documentation: the route decodes bodies itself, to name every bad field and dead-letter it). */
+const PosLineSchema = {
+  type: "object",
+  required: ["type"],
+  properties: {
+    line: { type: "integer", minimum: 1, description: "line number on the receipt (default: position, 1-based)" },
+    type: { type: "string", enum: ["sale", "return", "void"] },
+    barcode: { type: "string" },
+    plu: { type: "string" },
+    sku: { type: "string" },
+    qty: { type: "integer", minimum: 1, description: "a count, in the unit the identifier implies (a case barcode: cases)" },
+    weight: {
+      type: "object",
+      required: ["value", "unit"],
+      properties: { value: { anyOf: [{ type: "string" }, { type: "number" }], description: 'exact decimal, e.g. "1.25"' }, unit: { type: "string", description: "e.g. kg, g" } },
+    },
+    restockable: { type: "boolean", description: "returns only; false sends the goods to damaged (default true)" },
+    voids: { type: "integer", minimum: 1, description: "void lines: the earlier line they cancel (whole, or qty of it)" },
+  },
+} as const;
+
+const PosBatchSchema = {
+  type: "object",
+  required: ["transactions"],
+  properties: {
+    transactions: {
+      type: "array",
+      minItems: 1,
+      maxItems: MAX_TRANSACTIONS,
+      items: {
+        type: "object",
+        required: ["store", "terminal", "id", "occurredAt", "lines"],
+        properties: {
+          store: { type: "string", description: "the store's location id" },
+          terminal: { type: "string" },
+          id: { type: "string", description: "the POS transaction id: idempotent per store + terminal + id" },
+          occurredAt: { type: "string", format: "date-time" },
+          lines: { type: "array", minItems: 1, maxItems: MAX_LINES, items: PosLineSchema },
+        },
+      },
+    },
+  },
+} as const;
+
+const TransactionResult = {
+  type: "object",
+  required: ["index", "status"],
+  properties: {
+    index: { type: "integer" },
+    status: { type: "string", enum: ["accepted", "rejected"] },
+    store: { type: "string" },
+    terminal: { type: "string" },
+    id: { type: "string" },
+    lines: {
+      type: "array",
+      items: {
+        type: "object",
+        properties: {
+          line: { type: "integer" },
+          commands: { type: "array", items: { type: "string" } },
+          voided: { type: "integer" },
+          skipped: { type: "string", enum: ["non_inventory", "voided"] },
+        },
+      },
+    },
+    reason: { type: "string", description: "invalid_transaction, unknown_item, idempotency_conflict" },
+    errors: { type: "array", items: Issue },
+  },
+} as const;
+
+const BatchResult = {
+  type: "object",
+  required: ["accepted", "rejected", "results"],
+  properties: {
+    accepted: { type: "integer" },
+    rejected: { type: "integer" },
+    results: { type: "array", items: TransactionResult },
+    error: { type: "string" },
+    message: { type: "string" },
+    errors: { type: "array", items: Issue },
+  },
+} as const;
+
+/** `POST /v1/pos/transactions`: a batch of POS transactions. */
+export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
+  // Bodies are decoded by the ingest (each bad field named, every rejection dead-lettered), so the raw text
+  // comes through: even a body that is not JSON is kept in the dead-letter stream.
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "string", bodyLimit: ctx.opts.posBodyLimit }, (_req, body, done) => done(null, body));
+
+  app.post<{ Body: string }>(
+    "/v1/pos/transactions",
+    {
+      config: { scope: "pos:write", rateLimit: { max: ctx.opts.rateLimitPerMinute, timeWindow: 60_000 } },
+      bodyLimit: ctx.opts.posBodyLimit,
+      // The schema documents the format; validation is the ingest's own (see above).
+      validatorCompiler: () => (value) => ({ value }),
+      schema: {
+        tags: ["pos"],
+        summary: "Ingest a batch of POS transactions (idempotent per store + terminal + transaction id)",
+        description:
+          "Replies after JetStream has acknowledged every command. Each transaction is accepted or rejected whole; a rejected " +
+          "one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 400 when none was.",
+        body: PosBatchSchema,
+        response: { 200: BatchResult, 400: BatchResult, ...errors(401, 403, 413, 415, 429, 503) },
+      },
+    },
+    async (req, reply) => {
+      const text = typeof req.body === "string" ? req.body : "";
+      const by = req.principal!.id;
+      let payload: unknown;
+      try {
+        payload = JSON.parse(text);
+      } catch (e) {
+        const err = await ctx.pos.rejectUnparsable(text, (e as Error).message, { via: "http", by });
+        return reply.code(400).send({ accepted: 0, rejected: 1, results: [], error: "invalid_request", message: err.message, errors: err.issues });
+      }
+      const stores = ctx.locationsFor(req);
+      if (stores) {
+        const list = (payload as { transactions?: unknown })?.transactions;
+        const foreign = Array.isArray(list)
+          ? list.map((t) => (t as { store?: unknown })?.store).filter((s): s is string => typeof s === "string" && !stores.has(s))
+          : [];
+        if (foreign.length > 0)
+          return reply.code(403).send({ error: "forbidden", message: `this token may only post for the stores of channel ${req.principal!.channel} (not ${[...new Set(foreign)].join(", ")})` });
+      }
+      try {
+        const result = await ctx.pos.ingest(payload, { via: "http", by, stores });
+        return reply.code(result.accepted > 0 ? 200 : 400).send(result);
+      } catch (error) {
+        if (error instanceof InvalidBatch)
+          return reply.code(400).send({ accepted: 0, rejected: 1, results: [], error: "invalid_request", message: error.message, errors: error.issues });
+        throw error;
+      }
+    },
+  );
+}

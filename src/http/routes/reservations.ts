@@ -1,0 +1,198 @@
+import type { FastifyInstance, FastifyRequest } from "fastify";
+import { MappingError } from "../../../cdc/index.ts";
+import type { ApiContext } from "../app.ts";
+import { ApiError, errors } from "../errors.ts";
+import type { LineRequest } from "../reservations.ts";
+
+const SKU = "^[A-Za-z0-9_\\-.:]{1,200}$";
+const LOCATION = "^[A-Za-z0-9_.:-]{1,200}$";
+const MAX_LINES = 100;
+const Qty = { type: "integer", minimum: 1, maximum: 1_000_000_000 } as const;
+
+const Line = {
+  type: "object",
+  required: ["sku", "qty"],
+  additionalProperties: false,
+  properties: { sku: { type: "string", pattern: SKU }, qty: Qty, location: { type: "string", pattern: LOCATION } },
+} as const;
+
+const CreateBody = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    sku: { type: "string", pattern: SKU, description: "a one-line reservation (or give lines)" },
+    qty: Qty,
+    lines: { type: "array", minItems: 1, maxItems: MAX_LINES, items: Line, description: "a cart: held all together or not at all" },
+    location: { type: "string", pattern: LOCATION, description: "hold at this location (default for every line)" },
+    channel: { type: "string", description: "or: pick, per line, the channel's location that can hold it (default: the token's channel)" },
+    ttlSeconds: { type: "integer", minimum: 1, maximum: 7 * 24 * 3600, default: 900 },
+  },
+} as const;
+
+const ReservationView = {
+  type: "object",
+  required: ["id", "status"],
+  properties: {
+    id: { type: "string" },
+    status: { type: "string", enum: ["pending", "held", "committed", "fulfilled", "released", "expired", "rejected"] },
+    channel: { type: ["string", "null"] },
+    expiresAt: { type: ["string", "null"], format: "date-time" },
+    createdAt: { type: "string", format: "date-time" },
+    lines: {
+      type: "array",
+      items: {
+        type: "object",
+        properties: { line: { type: "integer" }, sku: { type: "string" }, qty: { type: "integer" }, location: { type: ["string", "null"] }, state: { type: "string" } },
+      },
+    },
+  },
+} as const;
+
+const Insufficient = {
+  type: "object",
+  required: ["error", "message"],
+  properties: {
+    error: { type: "string", description: "insufficient_stock, or reservation_<status> for a state that forbids the action" },
+    message: { type: "string" },
+    id: { type: "string" },
+    available: { type: "integer", description: "one-line reservations: what could have been held" },
+    lines: {
+      type: "array",
+      items: {
+        type: "object",
+        properties: {
+          line: { type: "integer" },
+          sku: { type: "string" },
+          qty: { type: "integer" },
+          location: { type: ["string", "null"] },
+          state: { type: "string" },
+          available: { type: ["integer", "null"] },
+        },
+      },
+    },
+  },
+} as const;
+
+const IdParams = { type: "object", required: ["id"], properties: { id: { type: "string", pattern: "^r_[0-9a-f]{32}$" } } } as const;
+
+interface CreateBodyT {
+  sku?: string;
+  qty?: number;
+  lines?: Array<{ sku: string; qty: number; location?: string }>;
+  location?: string;
+  channel?: string;
+  ttlSeconds: number;
+}
+
+/** Checkout holds: create (Idempotency-Key), read, commit, fulfill, release. */
+export async function reservationRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
+  const write = { scope: "reservations:write" as const, rateLimit: { max: ctx.opts.rateLimitPerMinute, timeWindow: 60_000 } };
+  const channels = ctx.config.channels;
+
+  /** A channel token touches only its channel's reservations. */
+  const mayTouch = (req: FastifyRequest) => (row: { channel: string | null; id: string; lines?: unknown }) => {
+    const c = req.principal?.channel;
+    if (c && row.channel !== c) throw new ApiError(403, "forbidden", `reservation ${row.id} is not of channel ${c}`);
+  };
+
+  app.post<{ Body: CreateBodyT; Headers: { "idempotency-key": string } }>(
+    "/v1/reservations",
+    {
+      config: write,
+      schema: {
+        tags: ["reservations"],
+        summary: "Hold stock for a checkout (all lines or none), decided by each SKU's actor",
+        headers: {
+          type: "object",
+          required: ["idempotency-key"],
+          properties: { "idempotency-key": { type: "string", minLength: 1, maxLength: 200, pattern: "^[\\x21-\\x7E]+$" } },
+        },
+        body: CreateBody,
+        response: { 201: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 413, 422, 429, 503) },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body;
+      if ((b.lines === undefined) === (b.sku === undefined))
+        throw new ApiError(400, "invalid_request", "body: expected either sku and qty, or lines", { issues: [{ path: "body", message: "expected either sku and qty, or lines" }] });
+      if (b.sku !== undefined && b.qty === undefined)
+        throw new ApiError(400, "invalid_request", "body.qty: is missing", { issues: [{ path: "body.qty", message: "is missing" }] });
+      if (b.lines !== undefined && b.qty !== undefined)
+        throw new ApiError(400, "invalid_request", "body.qty: give qty per line", { issues: [{ path: "body.qty", message: "give qty per line" }] });
+      const principal = req.principal!;
+      let channel = b.channel ?? principal.channel ?? null;
+      if (channel !== null) {
+        if (principal.channel && principal.channel !== channel) throw new ApiError(403, "forbidden", `this token may only reserve in channel ${principal.channel}`);
+        if (!Object.hasOwn(channels, channel)) throw new ApiError(404, "unknown_channel", `no channel ${JSON.stringify(channel)}`);
+      }
+      const asked = b.lines ?? [{ sku: b.sku!, qty: b.qty!, ...(b.location ? { location: b.location } : {}) }];
+      const lines: Array<LineRequest> = [];
+      const crosswalk = await ctx.pos.crosswalk();
+      for (const [i, l] of asked.entries()) {
+        const location = l.location ?? b.location ?? null;
+        const path = b.lines ? `body.lines[${i}]` : "body";
+        if (location === null && channel === null)
+          throw new ApiError(400, "invalid_request", `${path}.location: is missing (give a location or a channel)`, { issues: [{ path: `${path}.location`, message: "is missing (give a location or a channel)" }] });
+        if (location !== null && channel !== null && !channels[channel]!.locations.includes(location)) {
+          if (principal.channel) throw new ApiError(403, "forbidden", `${path}.location: ${location} does not feed channel ${channel}`);
+          throw new ApiError(400, "invalid_request", `${path}.location: ${location} does not feed channel ${channel}`, { issues: [{ path: `${path}.location`, message: `does not feed channel ${channel}` }] });
+        }
+        // A bundle is held as its components (all together, like any cart).
+        let parts: Array<{ sku: string; qty: number }> = [{ sku: l.sku, qty: l.qty }];
+        try {
+          const r = crosswalk.resolve(
+            { type: "reserve", item: { system: "sku", id: l.sku }, location: location ?? "ANY", qty: l.qty },
+            { source: "api", id: "res:resolve", ref: "reservation", occurredAt: new Date().toISOString() },
+          );
+          if (r.kind === "skipped") throw new ApiError(400, "invalid_request", `${path}.sku: ${l.sku} is not an inventory item`, { issues: [{ path: `${path}.sku`, message: "is not an inventory item" }] });
+          parts = r.commands.map((c) => ({ sku: c.sku, qty: (c as { qty: number }).qty }));
+        } catch (error) {
+          if (!(error instanceof MappingError)) throw error;
+          // Not in the crosswalk: the SKU as given.
+        }
+        for (const p of parts) lines.push({ sku: p.sku, qty: p.qty, location });
+      }
+      if (lines.length > MAX_LINES) throw new ApiError(400, "invalid_request", `body.lines: at most ${MAX_LINES} lines (bundles expanded), got ${lines.length}`);
+      const answer = await ctx.reservations.create({
+        principal: principal.id,
+        idempotencyKey: req.headers["idempotency-key"],
+        body: { ...b, channel },
+        channel,
+        lines,
+        ttlSeconds: b.ttlSeconds,
+      });
+      if (answer.replayed) reply.header("idempotent-replayed", "true");
+      if (answer.status === 503) reply.header("retry-after", "1");
+      return reply.code(answer.status).send(answer.body);
+    },
+  );
+
+  app.get<{ Params: { id: string } }>(
+    "/v1/reservations/:id",
+    {
+      config: { scope: "reservations:write" },
+      schema: { tags: ["reservations"], summary: "A reservation and its lines", params: IdParams, response: { 200: ReservationView, ...errors(400, 401, 403, 404) } },
+    },
+    async (req) => {
+      const found = await ctx.reservations.get(req.params.id);
+      if (!found) throw new ApiError(404, "not_found", `no reservation ${req.params.id}`);
+      mayTouch(req)(found.row);
+      return found.body;
+    },
+  );
+
+  const action = (path: string, summary: string, run: (id: string, may: ReturnType<typeof mayTouch>) => Promise<{ status: number; body: unknown }>, method: "POST" | "DELETE" = "POST") =>
+    app.route<{ Params: { id: string } }>({
+      method,
+      url: path,
+      config: write,
+      schema: { tags: ["reservations"], summary, params: IdParams, response: { 200: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 429) } },
+      handler: async (req, reply) => {
+        const a = await run(req.params.id, mayTouch(req));
+        return reply.code(a.status).send(a.body);
+      },
+    });
+  action("/v1/reservations/:id/commit", "Order placed: keep the hold (no expiry) until fulfilled or released", (id, may) => ctx.reservations.commit(id, may));
+  action("/v1/reservations/:id/fulfill", "Shipped: fulfill every line (reserved and on hand go down)", (id, may) => ctx.reservations.fulfill(id, may));
+  action("/v1/reservations/:id", "Release the hold (cancel); idempotent", (id, may) => ctx.reservations.release(id, may), "DELETE");
+}

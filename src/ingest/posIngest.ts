@@ -1,0 +1,400 @@
+/**
+ * POS ingest: a batch of POS transactions → validated, mapped through the item crosswalk to
+ * canonical commands with ids `pos:<store>:<terminal>:<txn>:<line>`, published (PubAck) and recorded
+ * in `pos_transactions`, so a resend gets the same result and publishes nothing. A transaction with
+ * any bad field is rejected whole, names each bad field, and is dead-lettered with its payload.
+ */
+import { createHash } from "node:crypto";
+import type { Sql } from "postgres";
+import type { Logger } from "pino";
+import { Either } from "effect";
+import type { Command } from "../../actors/index.ts";
+import { Crosswalk, MappingError } from "../../cdc/index.ts";
+import { ITEMS_CHANNEL } from "../../cdc/crosswalk.ts";
+import { deadLetter, type DeadLetter } from "../deadLetters.ts";
+import type { NatsHandles } from "../nats.ts";
+import { publishCommands } from "../publisher.ts";
+import type { Topology } from "../topology.ts";
+import {
+  MAX_TRANSACTIONS,
+  decodePosTransaction,
+  payloadHash,
+  transactionKey,
+  type Issue,
+  type PosLine,
+  type PosTransaction,
+} from "./posTransaction.ts";
+
+/** What happened to one line of an accepted transaction. */
+export interface LineResult {
+  readonly line: number;
+  /** The commands it became (a bundle: one per component; none when voided or not stocked). */
+  readonly commands: ReadonlyArray<string>;
+  readonly voided?: number;
+  readonly skipped?: "non_inventory" | "voided";
+}
+
+export type TransactionResult =
+  | {
+      readonly status: "accepted";
+      readonly store: string;
+      readonly terminal: string;
+      readonly id: string;
+      readonly lines: ReadonlyArray<LineResult>;
+    }
+  | {
+      readonly status: "rejected";
+      readonly store?: string;
+      readonly terminal?: string;
+      readonly id?: string;
+      readonly reason: string;
+      readonly errors: ReadonlyArray<Issue>;
+    };
+
+/** The reply to a batch: per transaction (in order, with its index), and counts. */
+export interface BatchResult {
+  readonly accepted: number;
+  readonly rejected: number;
+  readonly results: ReadonlyArray<TransactionResult & { readonly index: number }>;
+  /** Set when the batch as a whole is unusable or every transaction was rejected. */
+  readonly error?: "invalid_request" | "invalid_transactions";
+  readonly message?: string;
+  readonly errors?: ReadonlyArray<Issue>;
+}
+
+export interface IngestContext {
+  /** `http` or `nats`. */
+  readonly via: string;
+  /** The API token (HTTP) or subject (NATS) it came by, for the dead letter's context. */
+  readonly by: string;
+  /** Stores the sender may post for (a channel-scoped token); null: any. */
+  readonly stores?: ReadonlySet<string> | null;
+  /** NATS only: the store the subject names; every transaction must be of it. */
+  readonly subjectStore?: string;
+  /** False when replaying a dead letter: a failed replay leaves the letter as it is (default true). */
+  readonly deadLetter?: boolean;
+}
+
+export interface PosIngestDeps {
+  readonly sql: Sql;
+  readonly nats: NatsHandles;
+  readonly topology: Topology;
+  readonly log: Logger;
+  readonly onCommands?: (commands: ReadonlyArray<Command>) => void;
+  readonly onTransaction?: (outcome: "accepted" | "duplicate" | "rejected", via: string) => void;
+}
+
+const DLQ_ORIGIN = "pos";
+
+/** The batch is not a batch (not JSON, not an object with a `transactions` array …). */
+export class InvalidBatch extends Error {
+  override readonly name = "InvalidBatch";
+  constructor(readonly issues: ReadonlyArray<Issue>) {
+    super(issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join("; "));
+  }
+}
+
+/** POS transactions → commands; shared by the HTTP route and the NATS subject. */
+export class PosIngest {
+  #crosswalk: Crosswalk | null = null;
+  #loading: Promise<Crosswalk> | null = null;
+  #unlisten: (() => Promise<void>) | null = null;
+
+  constructor(readonly deps: PosIngestDeps) {}
+
+  /** Loads the crosswalk and follows item changes other processes make. */
+  async start(): Promise<void> {
+    await this.#crosswalkNow();
+    try {
+      const l = await this.deps.sql.listen(ITEMS_CHANNEL, (sku) => void this.#crosswalk?.refresh(this.deps.sql, [sku]).catch(() => {}));
+      this.#unlisten = l.unlisten;
+    } catch (err) {
+      this.deps.log.warn({ err }, "crosswalk LISTEN failed: items are refreshed on a miss only");
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.#unlisten?.().catch(() => {});
+  }
+
+  /** The item crosswalk, loaded once and kept current. */
+  crosswalk(): Promise<Crosswalk> {
+    return this.#crosswalkNow();
+  }
+
+  async #crosswalkNow(): Promise<Crosswalk> {
+    if (this.#crosswalk) return this.#crosswalk;
+    this.#loading ??= Crosswalk.load(this.deps.sql).then((c) => (this.#crosswalk = c));
+    try {
+      return await this.#loading;
+    } finally {
+      this.#loading = null;
+    }
+  }
+
+  /**
+   * Ingests a raw batch (`{transactions: [...]}`; over NATS a single transaction is accepted too).
+   * Throws InvalidBatch (after dead-lettering the payload) when it is not a batch at all.
+   */
+  async ingest(payload: unknown, ctx: IngestContext): Promise<BatchResult> {
+    const list = await this.#transactionsOf(payload, ctx);
+    const crosswalk = await this.#crosswalkNow();
+    const results: Array<TransactionResult & { index: number }> = new Array(list.length);
+    const decoded = list.map((raw) => ({ raw, hash: payloadHash(raw), result: decodePosTransaction(raw) }));
+
+    // Already recorded (a resend): the stored result, or a conflict when the content differs.
+    const keys = decoded.flatMap((d) => (Either.isRight(d.result) ? [d.result.right] : []));
+    const stored = await this.#stored(keys);
+    const firstInBatch = new Map<string, number>();
+    const fresh: Array<{ index: number; t: PosTransaction; hash: string; commands: Array<Command>; lines: Array<LineResult> }> = [];
+    const rejected: Array<{ index: number; raw: unknown; result: Extract<TransactionResult, { status: "rejected" }> }> = [];
+    const reject = (index: number, raw: unknown, reason: string, errors: ReadonlyArray<Issue>, t?: { store: string; terminal: string; id: string }) => {
+      const result = { status: "rejected" as const, ...(t ? { store: t.store, terminal: t.terminal, id: t.id } : idsOf(raw)), reason, errors };
+      rejected.push({ index, raw, result });
+      results[index] = { ...result, index };
+    };
+    const duplicates: Array<{ index: number; of: number }> = [];
+
+    for (const [index, d] of decoded.entries()) {
+      if (Either.isLeft(d.result)) {
+        reject(index, d.raw, "invalid_transaction", d.result.left.map((i) => ({ path: prefix(index, i.path), message: i.message })));
+        continue;
+      }
+      const t = d.result.right;
+      if (ctx.subjectStore !== undefined && t.store !== ctx.subjectStore) {
+        reject(index, d.raw, "invalid_transaction", [{ path: prefix(index, "store"), message: `expected ${ctx.subjectStore} (the store the subject names), got ${JSON.stringify(t.store)}` }], t);
+        continue;
+      }
+      const key = transactionKey(t);
+      const prior = stored.get(key);
+      if (prior) {
+        if (prior.hash === d.hash) {
+          results[index] = { ...prior.result, index };
+          this.deps.onTransaction?.("duplicate", ctx.via);
+        } else reject(index, d.raw, "idempotency_conflict", [{ path: prefix(index, "id"), message: `transaction ${key} was already recorded with different content` }], t);
+        continue;
+      }
+      const first = firstInBatch.get(key);
+      if (first !== undefined) {
+        if (decoded[first]!.hash === d.hash) duplicates.push({ index, of: first });
+        else reject(index, d.raw, "idempotency_conflict", [{ path: prefix(index, "id"), message: `transaction ${key} appears earlier in this batch with different content` }], t);
+        continue;
+      }
+      firstInBatch.set(key, index);
+      const mapped = await this.#map(crosswalk, t, index);
+      if ("errors" in mapped) reject(index, d.raw, mapped.reason, mapped.errors, t);
+      else fresh.push({ index, t, hash: d.hash, ...mapped });
+    }
+
+    // Dead letters first: once the caller hears "rejected", the payload is kept.
+    if (rejected.length > 0) await this.#deadLetter(rejected, ctx);
+    const commands = fresh.flatMap((f) => f.commands);
+    if (commands.length > 0) {
+      await publishCommands(this.deps.nats.js, this.deps.topology, commands);
+      this.deps.onCommands?.(commands);
+    }
+    for (const f of fresh) {
+      const result: TransactionResult = { status: "accepted", store: f.t.store, terminal: f.t.terminal, id: f.t.id, lines: f.lines };
+      results[f.index] = { ...result, index: f.index };
+      this.deps.onTransaction?.("accepted", ctx.via);
+      this.deps.log.info(
+        { pos: transactionKey(f.t), commandIds: f.commands.map((c) => c.id), via: ctx.via },
+        "POS transaction accepted",
+      );
+    }
+    if (fresh.length > 0) await this.#record(fresh.map((f) => ({ t: f.t, hash: f.hash, result: stripIndex(results[f.index]!) })));
+    for (const dup of duplicates) {
+      results[dup.index] = { ...stripIndex(results[dup.of]!), index: dup.index };
+      this.deps.onTransaction?.("duplicate", ctx.via);
+    }
+    for (const r of rejected) this.deps.onTransaction?.("rejected", ctx.via);
+
+    const accepted = results.filter((r) => r.status === "accepted").length;
+    const out: BatchResult = { accepted, rejected: results.length - accepted, results };
+    if (accepted === 0)
+      return {
+        ...out,
+        error: "invalid_transactions",
+        message: `every transaction was rejected: ${rejected.flatMap((r) => r.result.errors.map((e) => `${e.path}: ${e.message}`)).slice(0, 5).join("; ")}`,
+      };
+    return out;
+  }
+
+  /** Replays a dead-lettered POS transaction: ingested again (the crosswalk may know its items now). */
+  async replay(letter: DeadLetter): Promise<{ ok: true; commands: number } | { ok: false; reason: string }> {
+    const ctx = letter.context as { by?: string };
+    const p = letter.payload;
+    const batch = typeof p === "object" && p !== null && !Array.isArray(p) && "transactions" in p ? p : { transactions: [p] };
+    let result: BatchResult;
+    try {
+      result = await this.ingest(batch, { via: "replay", by: ctx.by ?? "replay", deadLetter: false });
+    } catch (error) {
+      if (error instanceof InvalidBatch) return { ok: false, reason: error.message };
+      throw error;
+    }
+    const bad = result.results.flatMap((r) => (r.status === "rejected" ? r.errors.map((e) => `${e.path}: ${e.message}`) : []));
+    if (bad.length > 0) return { ok: false, reason: bad.join("; ") };
+    return { ok: true, commands: result.results.reduce((n, r) => n + (r.status === "accepted" ? r.lines.reduce((m, l) => m + l.commands.length, 0) : 0), 0) };
+  }
+
+  async #transactionsOf(payload: unknown, ctx: IngestContext): Promise<ReadonlyArray<unknown>> {
+    let issue: Issue | null = null;
+    let list: ReadonlyArray<unknown> | null = null;
+    if (typeof payload !== "object" || payload === null || Array.isArray(payload))
+      issue = { path: "", message: `expected an object with a transactions array, got ${payload === null ? "null" : Array.isArray(payload) ? "an array" : typeof payload}` };
+    else if ("transactions" in payload) {
+      const t = (payload as { transactions: unknown }).transactions;
+      if (!Array.isArray(t)) issue = { path: "transactions", message: "expected an array of transactions" };
+      else if (t.length === 0) issue = { path: "transactions", message: "expected at least one transaction" };
+      else if (t.length > MAX_TRANSACTIONS) issue = { path: "transactions", message: `expected at most ${MAX_TRANSACTIONS} transactions, got ${t.length}` };
+      else list = t;
+    } else if (ctx.via === "nats") list = [payload];
+    else issue = { path: "transactions", message: "is missing" };
+    if (list) return list;
+    const issues = [issue!];
+    if (!isNoDlq(ctx)) await this.#deadLetter([{ index: -1, raw: payload, result: { status: "rejected", reason: "invalid_request", errors: issues } }], ctx);
+    this.deps.onTransaction?.("rejected", ctx.via);
+    throw new InvalidBatch(issues);
+  }
+
+  /** Dead-letters a payload that is not JSON at all. */
+  async rejectUnparsable(text: string, message: string, ctx: IngestContext): Promise<InvalidBatch> {
+    const issues = [{ path: "", message: `not valid JSON: ${message}` }];
+    await this.#deadLetter([{ index: -1, raw: text, result: { status: "rejected", reason: "invalid_json", errors: issues } }], ctx);
+    this.deps.onTransaction?.("rejected", ctx.via);
+    return new InvalidBatch(issues);
+  }
+
+  async #stored(ts: ReadonlyArray<PosTransaction>): Promise<Map<string, { hash: string; result: TransactionResult }>> {
+    const out = new Map<string, { hash: string; result: TransactionResult }>();
+    if (ts.length === 0) return out;
+    const { sql } = this.deps;
+    const rows = await sql<Array<{ store: string; terminal: string; transaction_id: string; payload_hash: string; result: TransactionResult }>>`
+      select p.store, p.terminal, p.transaction_id, p.payload_hash, p.result
+        from pos_transactions p
+        join unnest(${sql.array(ts.map((t) => t.store))}::text[], ${sql.array(ts.map((t) => t.terminal))}::text[], ${sql.array(ts.map((t) => t.id))}::text[])
+             as k(store, terminal, transaction_id)
+          on p.store = k.store and p.terminal = k.terminal and p.transaction_id = k.transaction_id`;
+    for (const r of rows) out.set(transactionKey({ store: r.store, terminal: r.terminal, id: r.transaction_id }), { hash: r.payload_hash, result: r.result });
+    return out;
+  }
+
+  async #record(rows: ReadonlyArray<{ t: PosTransaction; hash: string; result: TransactionResult }>): Promise<void> {
+    const { sql } = this.deps;
+    await sql`
+      insert into pos_transactions (store, terminal, transaction_id, payload_hash, result)
+      select * from unnest(
+        ${sql.array(rows.map((r) => r.t.store))}::text[],
+        ${sql.array(rows.map((r) => r.t.terminal))}::text[],
+        ${sql.array(rows.map((r) => r.t.id))}::text[],
+        ${sql.array(rows.map((r) => r.hash))}::text[],
+        ${sql.array(rows.map((r) => JSON.stringify(r.result)))}::jsonb[])
+      on conflict do nothing`;
+  }
+
+  /** A transaction's commands, or the issues (each naming its field) that reject it. */
+  async #map(
+    crosswalk: Crosswalk,
+    t: PosTransaction,
+    index: number,
+  ): Promise<{ commands: Array<Command>; lines: Array<LineResult> } | { reason: string; errors: Array<Issue> }> {
+    const commands: Array<Command> = [];
+    const lines: Array<LineResult> = [];
+    const errors: Array<Issue> = [];
+    let reason = "invalid_transaction";
+    for (const l of t.lines) {
+      if (l.fullyVoided) {
+        lines.push({ line: l.line, commands: [], voided: l.voided, skipped: "voided" });
+        continue;
+      }
+      let resolved = this.#resolve(crosswalk, t, l);
+      if ("error" in resolved && resolved.error.reason === "unknown_item" && (await crosswalk.refreshIdentifier(this.deps.sql, l.item)))
+        resolved = this.#resolve(crosswalk, t, l);
+      if ("error" in resolved) {
+        const e = resolved.error;
+        if (e.reason === "unknown_item") reason = "unknown_item";
+        errors.push({ path: prefix(index, fieldOf(l, e.field)), message: e.problem });
+        continue;
+      }
+      if (resolved.kind === "skipped") {
+        lines.push({ line: l.line, commands: [], skipped: "non_inventory", ...(l.voided ? { voided: l.voided } : {}) });
+        continue;
+      }
+      commands.push(...resolved.commands);
+      lines.push({ line: l.line, commands: resolved.commands.map((c) => c.id), ...(l.voided ? { voided: l.voided } : {}) });
+    }
+    return errors.length > 0 ? { reason, errors } : { commands, lines };
+  }
+
+  #resolve(crosswalk: Crosswalk, t: PosTransaction, l: PosLine) {
+    try {
+      return crosswalk.resolve(
+        {
+          type: l.type === "sale" ? "sell" : "return",
+          item: l.item,
+          location: t.store,
+          qty: l.qty,
+          ...(l.unit !== null ? { uom: l.unit } : {}),
+          id: `pos:${t.store}:${t.terminal}:${t.id}:${l.line}`,
+          ref: transactionKey(t),
+          occurredAt: t.occurredAt,
+          ...(l.type === "return" ? { fields: { restockable: l.restockable } } : {}),
+        },
+        { source: "pos", id: `pos:${transactionKey(t)}:${l.line}`, ref: transactionKey(t), occurredAt: t.occurredAt },
+      );
+    } catch (error) {
+      if (error instanceof MappingError) return { error };
+      throw error;
+    }
+  }
+
+  async #deadLetter(
+    rejected: ReadonlyArray<{ index: number; raw: unknown; result: Extract<TransactionResult, { status: "rejected" }> }>,
+    ctx: IngestContext,
+  ): Promise<void> {
+    if (isNoDlq(ctx)) return;
+    const { nats, topology, log } = this.deps;
+    await Promise.all(
+      rejected.map(async (r) => {
+        const reason = r.result.errors.map((e) => `${e.path ? `${e.path}: ` : ""}${e.message}`).join("; ");
+        const key = r.result.store !== undefined ? transactionKey(r.result as { store: string; terminal: string; id: string }) : null;
+        // Relative paths in the stored reason: a replay sees the transaction alone.
+        const letter = deadLetter(DLQ_ORIGIN, reason, r.raw, {
+          via: ctx.via,
+          by: ctx.by,
+          reason: r.result.reason,
+          ...(key ? { transaction: key } : {}),
+          ...(r.index >= 0 ? { index: r.index } : {}),
+        });
+        const msgID = `dlq:pos:${createHash("sha256").update(typeof r.raw === "string" ? r.raw : payloadHash(r.raw)).update(reason).digest("hex").slice(0, 32)}`;
+        await nats.js.publish(topology.dlqSubject(DLQ_ORIGIN), JSON.stringify(letter), { msgID });
+        log.warn({ pos: key, reason, via: ctx.via }, "POS transaction rejected (dead-lettered)");
+      }),
+    );
+  }
+}
+
+const isNoDlq = (ctx: IngestContext): boolean => ctx.deadLetter === false;
+
+const prefix = (index: number, path: string): string => `transactions[${index}]${path === "" ? "" : path.startsWith("[") ? path : `.${path}`}`;
+
+/** The POS field a crosswalk error is about. */
+function fieldOf(l: PosLine, field: string): string {
+  const at = `lines[${l.index}]`;
+  if (field.startsWith("item.")) return `${at}.${l.item.system}`;
+  if (field === "uom") return l.unit !== null ? `${at}.weight.unit` : `${at}.${l.item.system}`;
+  if (field === "qty") return l.unit !== null ? `${at}.weight.value` : `${at}.qty`;
+  return at;
+}
+
+function idsOf(raw: unknown): { store?: string; terminal?: string; id?: string } {
+  if (typeof raw !== "object" || raw === null) return {};
+  const r = raw as Record<string, unknown>;
+  const pick = (k: string) => (typeof r[k] === "string" && (r[k] as string).length <= 64 ? { [k]: r[k] as string } : {});
+  return { ...pick("store"), ...pick("terminal"), ...pick("id") };
+}
+
+function stripIndex(r: TransactionResult & { index: number }): TransactionResult {
+  const { index: _index, ...rest } = r;
+  return rest as TransactionResult;
+}

@@ -1,0 +1,252 @@
+/**
+ * The POS transaction format and its decoding. A payload is decoded at the edge into a trusted
+ * `PosTransaction`, or into a list of issues that each name the field (`lines[1].qty: …`), relative
+ * to the transaction; the caller prefixes its position in the batch (`transactions[0].`).
+ */
+import { createHash } from "node:crypto";
+import { Either, ParseResult, Schema } from "effect";
+
+/** Most transactions in one batch, and lines in one transaction. */
+export const MAX_TRANSACTIONS = 1000;
+export const MAX_LINES = 500;
+/** Largest count or weight value a POS line may carry (in its unit). */
+export const MAX_LINE_QTY = 1_000_000;
+
+/** One problem with a payload: a field path (`lines[1].qty`) and what was wrong. */
+export interface Issue {
+  readonly path: string;
+  readonly message: string;
+}
+
+const show = (value: unknown): string => {
+  if (typeof value === "string") return value.length > 40 ? `${JSON.stringify(value.slice(0, 30))}… (${value.length} characters)` : JSON.stringify(value);
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  if (typeof value === "object") return "an object";
+  return String(value);
+};
+
+const expected = (what: string) => ({
+  message: (issue: ParseResult.ParseIssue) => ({ message: `expected ${what}, got ${show(issue.actual)}`, override: true }),
+});
+
+const token = (what: string, pattern: RegExp, max: number) =>
+  Schema.String.pipe(Schema.filter((s) => s.length > 0 && s.length <= max && pattern.test(s), expected(`${what}`)));
+
+/** A store is a location id, and a NATS subject token (`tally.<env>.pos.<store>`): no dots. */
+const StoreId = token("a store id (1 to 64 letters, digits, _ -)", /^[A-Za-z0-9_-]+$/, 64);
+/** Terminal and transaction ids become part of command ids `pos:<store>:<terminal>:<txn>:<line>`: no colons. */
+const PosId = (what: string) => token(`a ${what} (1 to 64 letters, digits, _ - .)`, /^[A-Za-z0-9_.-]+$/, 64);
+const Identifier = (what: string) => token(`a ${what} (1 to 64 printable characters, no spaces)`, /^[\x21-\x7E]+$/, 64);
+
+const ISO = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-](\d{2}):?(\d{2}))$/i;
+const isIsoWithZone = (s: string): boolean => {
+  const m = ISO.exec(s);
+  if (!m) return false;
+  const [y, mo, d, h, mi, se, oh, om] = m.slice(1).map((p) => Number(p ?? 0)) as [number, number, number, number, number, number, number, number];
+  const days = new Date(Date.UTC(y, mo, 0)).getUTCDate();
+  return mo >= 1 && mo <= 12 && d >= 1 && d <= days && h <= 23 && mi <= 59 && se <= 59 && oh <= 23 && om <= 59;
+};
+const OccurredAt = Schema.String.pipe(Schema.filter(isIsoWithZone, expected("an ISO-8601 date-time with a zone, like 2026-11-26T10:00:00Z")));
+
+const Count = Schema.Number.pipe(
+  Schema.filter((n) => Number.isSafeInteger(n) && n >= 1 && n <= MAX_LINE_QTY, expected(`a whole count from 1 to ${MAX_LINE_QTY}`)),
+);
+const LineNo = Schema.Number.pipe(Schema.filter((n) => Number.isSafeInteger(n) && n >= 1 && n <= 100_000, expected("a line number from 1 to 100000")));
+const DECIMAL = /^\d{1,9}(\.\d{1,9})?$/;
+/** A weight: a positive exact decimal, as a string ("1.250") or a JSON number (1.25). */
+const WeightValue = Schema.Union(Schema.String, Schema.Number).pipe(
+  Schema.filter((v) => {
+    const text = typeof v === "number" ? (Number.isFinite(v) ? String(v) : "") : v;
+    return DECIMAL.test(text) && Number(text) > 0 && Number(text) <= MAX_LINE_QTY;
+  }, expected(`a positive decimal weight up to ${MAX_LINE_QTY} (like "1.25")`)),
+);
+const Unit = token("a unit (like kg or g)", /^[A-Za-z0-9_]+$/, 16);
+const Bool = Schema.Boolean.annotations(expected("true or false"));
+
+const PosLineSchema = Schema.Struct({
+  /** The line number on the receipt; default its position (1-based). */
+  line: Schema.optional(LineNo),
+  type: Schema.Literal("sale", "return", "void").annotations(expected('"sale", "return" or "void"')),
+  barcode: Schema.optional(Identifier("barcode")),
+  plu: Schema.optional(Identifier("PLU")),
+  sku: Schema.optional(Identifier("SKU")),
+  qty: Schema.optional(Count),
+  weight: Schema.optional(Schema.Struct({ value: WeightValue, unit: Unit })),
+  /** Returns only: false sends the goods to `damaged` (default true). */
+  restockable: Schema.optional(Bool),
+  /** Voids only: the line number this void cancels (all of it, or `qty` of it). */
+  voids: Schema.optional(LineNo),
+});
+
+const PosTransactionSchema = Schema.Struct({
+  store: StoreId,
+  terminal: PosId("terminal id"),
+  id: PosId("transaction id"),
+  occurredAt: OccurredAt,
+  lines: Schema.Array(PosLineSchema),
+});
+
+type RawLine = typeof PosLineSchema.Type;
+
+/** An item as a POS names it, in the crosswalk's namespaces. */
+export interface PosItem {
+  readonly system: "barcode" | "plu" | "sku";
+  readonly id: string;
+}
+
+/** A sale or return line, after voids: what it sells or takes back, in its own unit. */
+export interface PosLine {
+  readonly line: number;
+  readonly type: "sale" | "return";
+  readonly item: PosItem;
+  /** A count (in the unit the identifier implies) or a weight value (decimal text) in `unit`. */
+  readonly qty: number | string;
+  readonly unit: string | null;
+  readonly restockable: boolean;
+  /** How much of `qty` voids cancelled (a weight line is voided whole). */
+  readonly voided: number;
+  /** True when nothing of the line is left. */
+  readonly fullyVoided: boolean;
+  /** The index in the payload's `lines`, for error paths. */
+  readonly index: number;
+}
+
+/** A decoded, consistent POS transaction. */
+export interface PosTransaction {
+  readonly store: string;
+  readonly terminal: string;
+  readonly id: string;
+  readonly occurredAt: string;
+  /** Sale and return lines, with their voids applied. */
+  readonly lines: ReadonlyArray<PosLine>;
+  /** Void lines by line number → the line they void. */
+  readonly voids: ReadonlyArray<{ readonly line: number; readonly voids: number }>;
+}
+
+const pathOf = (path: ReadonlyArray<PropertyKey>): string =>
+  path.map((p, i) => (typeof p === "number" ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`)).join("");
+
+/** The transaction's key: POS idempotency is per store, terminal and transaction id. */
+export const transactionKey = (t: { store: string; terminal: string; id: string }): string => `${t.store}:${t.terminal}:${t.id}`;
+
+/** A stable hash of a payload (keys sorted), to tell a resend from different content under the same key. */
+export function payloadHash(value: unknown): string {
+  return createHash("sha256").update(stableJson(value)).digest("hex");
+}
+
+function stableJson(value: unknown): string {
+  if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
+  if (Array.isArray(value)) return `[${value.map(stableJson).join(",")}]`;
+  const keys = Object.keys(value as object).filter((k) => (value as Record<string, unknown>)[k] !== undefined).sort();
+  return `{${keys.map((k) => `${JSON.stringify(k)}:${stableJson((value as Record<string, unknown>)[k])}`).join(",")}}`;
+}
+
+/** Decodes one transaction; every issue names its field relative to the transaction. */
+export function decodePosTransaction(input: unknown): Either.Either<PosTransaction, ReadonlyArray<Issue>> {
+  if (typeof input !== "object" || input === null || Array.isArray(input))
+    return Either.left([{ path: "", message: `expected a transaction object, got ${show(input)}` }]);
+  const structural = Schema.decodeUnknownEither(PosTransactionSchema, { errors: "all" })(input);
+  const issues: Array<Issue> = [];
+  if (Either.isLeft(structural)) {
+    const seen = new Set<string>();
+    for (const i of ParseResult.ArrayFormatter.formatErrorSync(structural.left)) {
+      const path = pathOf(i.path);
+      if (seen.has(path)) continue;
+      seen.add(path);
+      issues.push({ path, message: i.message === "is missing" ? "is missing" : i.message });
+    }
+    return Either.left(issues);
+  }
+  const t = structural.right;
+  if (t.lines.length === 0) issues.push({ path: "lines", message: "expected at least one line" });
+  if (t.lines.length > MAX_LINES) issues.push({ path: "lines", message: `expected at most ${MAX_LINES} lines, got ${t.lines.length}` });
+  if (issues.length > 0) return Either.left(issues);
+
+  const byNumber = new Map<number, { raw: RawLine; index: number }>();
+  t.lines.forEach((raw, index) => {
+    const n = raw.line ?? index + 1;
+    if (byNumber.has(n)) issues.push({ path: `lines[${index}].line`, message: `line number ${n} appears twice` });
+    else byNumber.set(n, { raw, index });
+  });
+
+  const items: Array<{ line: number; index: number; type: "sale" | "return"; item: PosItem; qty: number | string; unit: string | null; restockable: boolean; countable: boolean }> = [];
+  const voided = new Map<number, number>(); // line number → count voided
+  const wholeVoid = new Set<number>();
+  const voids: Array<{ line: number; voids: number }> = [];
+  t.lines.forEach((raw, index) => {
+    const at = (field: string) => `lines[${index}]${field ? `.${field}` : ""}`;
+    const n = raw.line ?? index + 1;
+    const ids = (["barcode", "plu", "sku"] as const).filter((k) => raw[k] !== undefined);
+    if (raw.type === "void") {
+      if (raw.voids === undefined) {
+        issues.push({ path: at("voids"), message: "is missing (the line number this void cancels)" });
+        return;
+      }
+      if (raw.restockable !== undefined) issues.push({ path: at("restockable"), message: "only a return line may say whether it is restockable" });
+      if (raw.weight !== undefined) issues.push({ path: at("weight"), message: "a void cancels a weighed line whole: give no weight" });
+      const target = byNumber.get(raw.voids);
+      if (!target || target.raw.type === "void" || target.index >= index) {
+        issues.push({ path: at("voids"), message: `expected the number of an earlier sale or return line, got ${raw.voids}` });
+        return;
+      }
+      for (const k of ids)
+        if (target.raw[k] !== raw[k]) issues.push({ path: at(k), message: `does not match line ${raw.voids}'s item` });
+      if (target.raw.weight !== undefined) {
+        if (raw.qty !== undefined) issues.push({ path: at("qty"), message: "a void cancels a weighed line whole: give no qty" });
+        if (wholeVoid.has(raw.voids)) issues.push({ path: at("voids"), message: `line ${raw.voids} is already voided` });
+        wholeVoid.add(raw.voids);
+      } else {
+        const total = target.raw.qty ?? 0;
+        const already = voided.get(raw.voids) ?? 0;
+        const take = raw.qty ?? total - already;
+        if (take <= 0 || already + take > total)
+          issues.push({ path: at(raw.qty !== undefined ? "qty" : "voids"), message: `voids ${take} but line ${raw.voids} has only ${total - already} left` });
+        else voided.set(raw.voids, already + take);
+      }
+      voids.push({ line: n, voids: raw.voids });
+      return;
+    }
+    if (raw.voids !== undefined) issues.push({ path: at("voids"), message: "only a void line cancels another line" });
+    if (ids.length !== 1)
+      issues.push({ path: ids.length === 0 ? at("") : at(ids[1]!), message: "expected exactly one of barcode, plu, sku" });
+    if ((raw.qty === undefined) === (raw.weight === undefined))
+      issues.push({ path: raw.qty === undefined ? at("") : at("weight"), message: "expected exactly one of qty (a count) or weight" });
+    if (raw.type === "sale" && raw.restockable !== undefined)
+      issues.push({ path: at("restockable"), message: "only a return line may say whether it is restockable" });
+    if (ids.length !== 1 || (raw.qty === undefined) === (raw.weight === undefined)) return;
+    const system = ids[0]!;
+    items.push({
+      line: n,
+      index,
+      type: raw.type,
+      item: { system, id: raw[system]! },
+      qty: raw.qty ?? (typeof raw.weight!.value === "number" ? String(raw.weight!.value) : raw.weight!.value),
+      unit: raw.weight?.unit ?? null,
+      restockable: raw.restockable ?? true,
+      countable: raw.qty !== undefined,
+    });
+  });
+  if (issues.length > 0) return Either.left(issues);
+  return Either.right({
+    store: t.store,
+    terminal: t.terminal,
+    id: t.id,
+    occurredAt: t.occurredAt,
+    lines: items.map((l) => {
+      const v = l.countable ? (voided.get(l.line) ?? 0) : wholeVoid.has(l.line) ? 1 : 0;
+      return {
+        line: l.line,
+        index: l.index,
+        type: l.type,
+        item: l.item,
+        qty: l.countable ? (l.qty as number) - v : l.qty,
+        unit: l.unit,
+        restockable: l.restockable,
+        voided: v,
+        fullyVoided: l.countable ? (l.qty as number) - v === 0 : wholeVoid.has(l.line),
+      };
+    }),
+    voids,
+  });
+}

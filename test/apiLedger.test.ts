@@ -1,0 +1,171 @@
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { decodeCommand, type Command } from "../actors/index.ts";
+import { verifyLedger } from "../ledger/index.ts";
+import { parseExportSummary, EXPORT_COLUMNS } from "../src/http/ledgerExport.ts";
+import { publishCommands } from "../src/publisher.ts";
+import { testContext, type TestContext } from "./support/context.ts";
+import { runTally, tallyEnv } from "./support/tally.ts";
+import { settle, startApi, type ApiFixture } from "./apiSupport.ts";
+
+let ctx: TestContext;
+let api: ApiFixture;
+let dir: string;
+let ids: Array<string>;
+let between: string;
+
+beforeAll(async () => {
+  ctx = await testContext();
+  api = await startApi(ctx);
+  dir = await mkdtemp(path.join(tmpdir(), "tally-ledger-"));
+  const cmds = (offset: number): Array<Command> =>
+    Array.from({ length: 20 }, (_, i) => {
+      const d = decodeCommand({
+        id: `led:${offset + i}`,
+        type: i % 4 === 3 ? "sell" : "receive",
+        sku: `L-${i % 3}`,
+        location: i % 2 ? "S01" : "DC1",
+        qty: 1 + (i % 5),
+        source: { system: "erp", ref: `gr,"${i}"` }, // a comma and quotes, for the CSV
+        occurredAt: "2026-11-26T10:00:00Z",
+      });
+      if (d._tag === "Left") throw d.left;
+      return d.right;
+    });
+  const first = cmds(0);
+  await publishCommands(api.h.nats.js, api.h.topology, first);
+  await settle(api.h, first.map((c) => c.id));
+  await new Promise((r) => setTimeout(r, 20));
+  between = new Date().toISOString();
+  await new Promise((r) => setTimeout(r, 20));
+  const second = cmds(20);
+  await publishCommands(api.h.nats.js, api.h.topology, second);
+  await settle(api.h, second.map((c) => c.id));
+  ids = [...first, ...second].map((c) => c.id);
+});
+afterAll(async () => {
+  await api?.close();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+type Entry = { entryId: number; commandId: string; sku: string; location: string; movement: string; recordedAt: string; delta: number };
+
+async function allPages(query: string, limit: number, as: "ledger" | "storeLedger" = "ledger"): Promise<{ entries: Array<Entry>; pages: number }> {
+  const entries: Array<Entry> = [];
+  let cursor: string | null = null;
+  let pages = 0;
+  do {
+    const r = await api.call({ method: "GET", url: `/v1/ledger/entries?limit=${limit}${query}${cursor ? `&cursor=${cursor}` : ""}`, as });
+    expect(r.statusCode).toBe(200);
+    const body = r.json() as { entries: Array<Entry>; nextCursor: string | null };
+    entries.push(...body.entries);
+    cursor = body.nextCursor;
+    pages++;
+  } while (cursor !== null);
+  return { entries, pages };
+}
+
+describe("GET /v1/ledger/entries", () => {
+  it("pages through every entry in entry order, each exactly once", async () => {
+    const { entries, pages } = await allPages("", 7);
+    expect(entries).toHaveLength(40);
+    expect(pages).toBe(6);
+    const order = entries.map((e) => e.entryId);
+    expect([...order].sort((a, b) => a - b)).toEqual(order);
+    expect(new Set(order).size).toBe(40);
+    expect(new Set(entries.map((e) => e.commandId))).toEqual(new Set(ids));
+    expect(entries[0]).toMatchObject({ leg: 1, bucket: "on_hand", sourceSystem: "erp", skuSeq: 1, prevHash: "0".repeat(64) });
+  });
+
+  it("filters by SKU, location, movement and time", async () => {
+    const sku = await allPages("&sku=L-1", 4);
+    expect(sku.entries.length).toBeGreaterThan(0);
+    expect(sku.entries.every((e) => e.sku === "L-1")).toBe(true);
+    const loc = await allPages("&location=S01&type=sell", 100);
+    expect(loc.entries.every((e) => e.location === "S01" && e.movement === "sell")).toBe(true);
+    expect(loc.entries).toHaveLength(10);
+    const late = await allPages(`&from=${encodeURIComponent(between)}`, 100);
+    expect(late.entries.map((e) => e.commandId).sort()).toEqual(ids.slice(20).sort());
+    const early = await allPages(`&to=${encodeURIComponent(between)}`, 100);
+    expect(early.entries).toHaveLength(20);
+  });
+
+  it("shows a channel token its channel's locations only (403 for another location)", async () => {
+    const store = await allPages("", 100, "storeLedger");
+    expect(store.entries).toHaveLength(20);
+    expect(store.entries.every((e) => e.location === "S01")).toBe(true);
+    expect((await api.call({ method: "GET", url: "/v1/ledger/entries?location=DC1", as: "storeLedger" })).statusCode).toBe(403);
+  });
+
+  it("answers 400 for a bad cursor, limit, type or date", async () => {
+    for (const q of ["cursor=abc", "limit=0", "limit=5000", "type=steal", "from=yesterday"]) {
+      const r = await api.call({ method: "GET", url: `/v1/ledger/entries?${q}`, as: "ledger" });
+      expect(r.statusCode, q).toBe(400);
+      expect(r.json().error).toBe("invalid_request");
+    }
+  });
+});
+
+describe("GET /v1/ledger/export", () => {
+  it("streams CSV with a header row and a summary that matches verify", async () => {
+    const r = await api.call({ method: "GET", url: "/v1/ledger/export?format=csv", as: "ledger" });
+    expect(r.statusCode).toBe(200);
+    expect(r.headers["content-type"]).toMatch(/text\/csv/);
+    const lines = r.body.trimEnd().split("\n");
+    expect(lines[0]).toBe(EXPORT_COLUMNS.join(","));
+    expect(lines).toHaveLength(42);
+    expect(lines[1]).toMatch(/,"gr,""\d+""",/);
+    const summary = parseExportSummary(lines.at(-1)!)!;
+    const report = await verifyLedger(api.sql);
+    expect(report.ok).toBe(true);
+    expect(summary.count).toBe(report.entries);
+    const sums = await api.sql<Array<{ bucket: string; total: number }>>`select bucket, sum(qty)::float8 as total from balances group by bucket`;
+    for (const s of sums) expect(summary.deltas[s.bucket]).toBe(s.total);
+    const [last] = await api.sql<Array<{ hash: string }>>`select hash from ledger_entries order by entry_id desc limit 1`;
+    expect(summary.lastHash).toBe(last!.hash);
+  });
+
+  it("streams NDJSON over a range, ending with the summary", async () => {
+    const r = await api.call({ method: "GET", url: `/v1/ledger/export?format=ndjson&from=${encodeURIComponent(between)}`, as: "ledger" });
+    const lines = r.body.trimEnd().split("\n").map((l) => JSON.parse(l));
+    expect(lines).toHaveLength(21);
+    expect(lines.at(-1).summary).toMatchObject({ count: 20, from: between });
+    expect(lines[0]).toHaveProperty("hash");
+  });
+
+  it("answers 400 for a bad format or date, 403 for a channel token", async () => {
+    expect((await api.call({ method: "GET", url: "/v1/ledger/export?format=xlsx", as: "ledger" })).statusCode).toBe(400);
+    expect((await api.call({ method: "GET", url: "/v1/ledger/export?to=soon", as: "ledger" })).statusCode).toBe(400);
+    expect((await api.call({ method: "GET", url: "/v1/ledger/export", as: "storeLedger" })).statusCode).toBe(403);
+  });
+
+  it("does the same from the CLI: tally ledger export --format --out", async () => {
+    const out = path.join(dir, "ledger.ndjson");
+    const r = await runTally(["ledger", "export", "--format", "ndjson", "--out", out, "--to", between], tallyEnv(ctx));
+    expect(r.output).toContain("ledger export: 20 entries");
+    expect(r.code).toBe(0);
+    const lines = (await readFile(out, "utf8")).trimEnd().split("\n");
+    expect(lines).toHaveLength(21);
+    expect(JSON.parse(lines.at(-1)!).summary.count).toBe(20);
+    const csv = await runTally(["ledger", "export"], tallyEnv(ctx));
+    expect(csv.stdout.split("\n")[0]).toBe(EXPORT_COLUMNS.join(","));
+    expect(parseExportSummary(csv.stdout.trimEnd().split("\n").at(-1)!)!.count).toBe(40);
+    const bad = await runTally(["ledger", "export", "--format", "xml"], tallyEnv(ctx));
+    expect(bad.code).toBe(1);
+    expect(bad.output).toContain("--format: expected csv or ndjson");
+  });
+});
+
+describe("tally token new", () => {
+  it("prints a token and the hashed entry to configure", async () => {
+    const r = await runTally(["token", "new", "checkout", "--scopes", "reservations:write", "--channel", "web"], tallyEnv(ctx));
+    expect(r.code).toBe(0);
+    const entry = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+    expect(entry).toMatchObject({ id: "checkout", scopes: ["reservations:write"], channel: "web" });
+    expect(entry.sha256).toMatch(/^[0-9a-f]{64}$/);
+    const bad = await runTally(["token", "new", "x", "--scopes", "root"], tallyEnv(ctx));
+    expect(bad.code).toBe(1);
+  });
+});
