@@ -1,5 +1,5 @@
 /** Postgres sources: mapping API, crosswalk, streaming reader, snapshot, admin. */
-export { MappingError, RowView } from "./mapping.ts";
+export { MappingError, RowView, UnknownItem } from "./mapping.ts";
 export type {
   Change,
   ColumnValue,
@@ -11,7 +11,7 @@ export type {
   SnapshotTable,
   TableMapping,
 } from "./mapping.ts";
-export { Crosswalk, scaleExact } from "./crosswalk.ts";
+export { Crosswalk, ITEMS_CHANNEL, scaleExact } from "./crosswalk.ts";
 export type { Resolution, ResolveContext } from "./crosswalk.ts";
 export { changeFrom, mapChange, mapWith } from "./mapper.ts";
 export type { ChangePayload, MapOutcome } from "./mapper.ts";

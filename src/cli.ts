@@ -245,8 +245,10 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
             return failed > 0 ? 1 : 0;
           }
           const sources = new Map(configuredSources(config, settings.env).map((s) => [s.name, s] as const));
+          const { PosIngest } = await import("./ingest/posIngest.ts");
+          const pos = new PosIngest({ sql, nats, topology: t, log: createLogger("tally-dlq", "warn") });
           for (const l of wanted) {
-            const r = await dlq.replayDeadLetter({ sql, nats, topology: t, sources }, l);
+            const r = await dlq.replayDeadLetter({ sql, nats, topology: t, sources, pos }, l);
             if (r.ok) process.stdout.write(`${l.id}\treplayed\t${r.commands} commands\n`);
             else {
               failed++;

@@ -54,6 +54,8 @@ export interface ReplayDeps {
   readonly topology: Topology;
   /** Configured CDC sources, by name: their letters are mapped again with the current crosswalk. */
   readonly sources: ReadonlyMap<string, ResolvedSource>;
+  /** POS letters (origin `pos`) are whole transactions: the POS ingest validates and maps them again. */
+  readonly pos?: { replay(letter: DeadLetter): Promise<{ ok: true; commands: number } | { ok: false; reason: string }> };
 }
 
 /**
@@ -63,6 +65,13 @@ export interface ReplayDeps {
  * letter stays, and the new reason is returned.
  */
 export async function replayDeadLetter(deps: ReplayDeps, letter: StoredDeadLetter, crosswalk?: Crosswalk): Promise<ReplayResult> {
+  if (letter.origin === "pos") {
+    if (!deps.pos) return { id: letter.id, ok: false, reason: "replaying a POS transaction needs the POS ingest" };
+    const r = await deps.pos.replay(letter);
+    if (!r.ok) return { id: letter.id, ok: false, reason: r.reason };
+    await deps.nats.jsm.streams.deleteMessage(deps.topology.dlqStream, letter.id);
+    return { id: letter.id, ok: true, commands: r.commands };
+  }
   const commands = await commandsOf(deps, letter, crosswalk);
   if ("reason" in commands) return { id: letter.id, ok: false, reason: commands.reason };
   if (commands.list.length > 0) await publishCommands(deps.nats.js, deps.topology, commands.list);

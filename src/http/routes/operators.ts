@@ -62,15 +62,12 @@ export async function operatorRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCo
     async (req) => {
       const letter = await getDeadLetter(ctx.nats, ctx.topology, req.params.id);
       if (!letter) throw new ApiError(404, "not_found", `no dead letter ${req.params.id}`);
-      if (letter.origin === "pos") {
-        const r = await ctx.pos.replay(letter);
-        if (!r.ok) throw new ApiError(409, "replay_failed", r.reason, { id: letter.id });
-        await ctx.nats.jsm.streams.deleteMessage(ctx.topology.dlqStream, letter.id);
-        req.log.info({ dlqId: letter.id, origin: letter.origin }, "dead letter replayed");
-        return { id: letter.id, ok: true, commands: r.commands };
-      }
       const sources = new Map<string, ResolvedSource>(configuredSources(ctx.config, ctx.topology.env).map((s) => [s.name, s]));
-      const r = await replayDeadLetter({ sql: ctx.sql, nats: ctx.nats, topology: ctx.topology, sources }, letter, await Crosswalk.load(ctx.sql));
+      const r = await replayDeadLetter(
+        { sql: ctx.sql, nats: ctx.nats, topology: ctx.topology, sources, pos: ctx.pos },
+        letter,
+        letter.origin === "pos" ? undefined : await Crosswalk.load(ctx.sql),
+      );
       if (!r.ok) throw new ApiError(409, "replay_failed", r.reason, { id: letter.id });
       req.log.info({ dlqId: letter.id, origin: letter.origin }, "dead letter replayed");
       return r;
