@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
 import { MappingError, type Change, type ItemDefinition, type RowView } from "../cdc/index.ts";
 import { decodeTallyConfig, type TallyConfig } from "../src/configFile.ts";
+import { ApiMetrics } from "../src/http/metrics.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, readStream, startInProcess, type Harness } from "./support/tally.ts";
 
@@ -30,7 +31,9 @@ const config: TallyConfig = decodeTallyConfig({
     src: {
       publication: "tally_src",
       heartbeatSeconds: 1,
-      lagAlertBytes: 64 * 1024 * 1024,
+      statusSeconds: 5,
+      // Any lag at all raises the alert: the test below waits for one.
+      lagAlertBytes: 1,
       tables: {
         "public.items": {
           oldRow: "full",
@@ -165,5 +168,28 @@ describe("the CDC reader", () => {
     await source`insert into receipts (item_no, location, qty) values ('I-2', 'DC1', 1)`;
     await eventually("the slot to advance", async () => (await slot()) !== before);
     expect(reader.metrics.confirmedLsn).not.toBe("0/0");
+  });
+
+  it("exposes per-table event counts, dead letters by reason and slot lag as metrics, and raises a lag alert", async () => {
+    const alerts: Array<{ kind: string; source: string; lagBytes: number }> = [];
+    const sub = h.nats.nc.subscribe(h.topology.eventSubject("alert"), {
+      callback: (_e, m) => {
+        alerts.push(m.json());
+      },
+    });
+    try {
+      await eventually("a cdc_lag alert", async () => {
+        await source`insert into receipts (item_no, location, qty) values ('I-2', 'DC1', 1)`;
+        return alerts.some((a) => a.kind === "cdc_lag" && a.source === "src" && a.lagBytes > 1);
+      }, 30_000);
+    } finally {
+      sub.unsubscribe();
+    }
+    const metrics = new ApiMetrics({ nats: h.nats, topology: h.topology, readers: tally.readers });
+    const text = await metrics.registry.metrics();
+    expect(text).toMatch(/tally_cdc_changes\{source="src",table="public\.receipts"\} [1-9]\d*/);
+    expect(text).toMatch(/tally_cdc_dead_letters\{source="src",reason="unknown_item"\} [1-9]/);
+    expect(text).toMatch(/tally_cdc_skipped_non_inventory\{source="src"\} [1-9]/);
+    expect(text).toMatch(/tally_cdc_slot_lag_bytes\{source="src"\} \d+/);
   });
 });

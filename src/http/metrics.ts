@@ -113,11 +113,31 @@ export class ApiMetrics {
     });
     new Gauge({
       name: "tally_cdc_changes",
-      help: "Source changes read, per CDC source read by this process",
+      help: "Source changes read (a running total: rate() gives events per second), per CDC source and table",
+      labelNames: ["source", "table"],
+      registers,
+      collect() {
+        for (const r of readers)
+          for (const [table, n] of Object.entries(r.metrics.changesByTable)) this.set({ source: r.name, table }, n);
+      },
+    });
+    new Gauge({
+      name: "tally_cdc_dead_letters",
+      help: "Changes dead-lettered (running total), per CDC source and reason",
+      labelNames: ["source", "reason"],
+      registers,
+      collect() {
+        for (const r of readers)
+          for (const [reason, n] of Object.entries(r.metrics.deadLettersByReason)) this.set({ source: r.name, reason }, n);
+      },
+    });
+    new Gauge({
+      name: "tally_cdc_skipped_non_inventory",
+      help: "Non-inventory lines skipped (running total), per CDC source",
       labelNames: ["source"],
       registers,
       collect() {
-        for (const r of readers) this.set({ source: r.name }, r.metrics.changes);
+        for (const r of readers) this.set({ source: r.name }, r.metrics.skipped);
       },
     });
   }
