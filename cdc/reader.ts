@@ -117,6 +117,8 @@ export class SourceReader {
   #timers: Array<NodeJS.Timeout> = [];
   #wake: (() => void) | null = null;
   #connected = false;
+  /** The server accepted START_REPLICATION in this session. */
+  #started = false;
   #resnapshot: Resnapshot | null = null;
   readonly done: Promise<void>;
 
@@ -146,12 +148,14 @@ export class SourceReader {
     this.#sourceSql = connectPostgres(source.url, { max: 2, application: `tally-cdc-${source.name}` });
     try {
       while (!this.#stopped) {
+        this.#started = false;
         try {
           await this.#session();
           attempt = 0;
         } catch (error) {
           if (this.#stopped) break;
-          attempt++;
+          // A session that really streamed was healthy: its loss starts the backoff over.
+          attempt = this.#started ? 1 : attempt + 1;
           this.metrics.reconnects++;
           const delay = Math.min(15_000, 200 * 2 ** Math.min(attempt, 7)) * (0.5 + Math.random());
           log.warn({ err: error, attempt, delayMs: Math.round(delay) }, "replication session ended; reconnecting after a backoff");
@@ -203,6 +207,10 @@ export class SourceReader {
     const plugin = new PgoutputPlugin({ protoVersion: 1, publicationNames: [source.publication], messages: true });
     const ended = new Promise<void>((resolve, reject) => {
       service.on("error", (err: Error) => reject(err));
+      service.on("start", () => {
+        this.#started = true;
+        this.#connected = true;
+      });
       service.on("data", (lsn: string, msg: Pgoutput.Message) => this.#onMessage(lsn, msg));
       service.on("heartbeat", (lsn: string, _ts: number, shouldRespond: boolean) => this.#onKeepalive(lsn, shouldRespond));
       this.#wake = () => resolve();
@@ -220,7 +228,6 @@ export class SourceReader {
         select confirmed_flush_lsn::text as confirmed from pg_replication_slots where slot_name = ${source.slot}`;
       if (confirmed) this.metrics.confirmedLsn = confirmed;
       log.info({ slot: source.slot, from: confirmed }, "replication streaming");
-      this.#connected = true;
       // Start at 0/0: the server resumes from the slot's confirmed position.
       const streaming = service.subscribe(plugin, source.slot);
       await Promise.race([streaming.then(() => Promise.reject(new Error("replication stream ended"))), ended]);
