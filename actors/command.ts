@@ -139,12 +139,25 @@ export const ReturnCommand = Schema.Struct({
 });
 export type ReturnCommand = typeof ReturnCommand.Type;
 
-/** Checkout hold: reserved + qty, only when available ≥ qty. */
+/**
+ * The sales channel a hold is made for: the SKU's actor also checks what that channel may sell
+ * (its locations' available, each clamped at 0, less its buffer), so a channel never holds units
+ * it does not show.
+ */
+export const ReserveScope = Schema.Struct({
+  channel: NonEmptyString,
+  locations: Schema.NonEmptyArray(LocationId),
+  buffer: NonNegativeInt,
+});
+export type ReserveScope = typeof ReserveScope.Type;
+
+/** Checkout hold: reserved + qty, only when available ≥ qty (and, with a scope, the channel's available ≥ qty). */
 export const ReserveCommand = Schema.Struct({
   type: Schema.Literal("reserve"),
   ...common,
   qty: PositiveInt,
   reservationId: OptionalReservationId,
+  scope: Schema.optional(ReserveScope),
 });
 export type ReserveCommand = typeof ReserveCommand.Type;
 

@@ -217,6 +217,34 @@ describe("reserve", () => {
       .when(reserve(1))
       .thenRejected("insufficient_stock", { available: 0 });
   });
+
+  describe("for a channel (scoped)", () => {
+    const web = { channel: "web", locations: [L1, L2], buffer: 3 };
+    const scoped = (qty: number, location: string = L1) => command("reserve", { qty, location, scope: web });
+
+    it("holds what the channel shows: its locations' available, each clamped at 0, less its buffer", () => {
+      // L1 6 and L2 −2 (oversold: counts as 0, not −2): the channel shows 6 − 3 = 3.
+      const prior = extend(stocked(6), receive(1, L2), sell(3, L2));
+      given(...prior)
+        .when(scoped(3))
+        .then([moved(L1, "reserved", 3, "reserve")]);
+      const rejection = given(...prior)
+        .when(scoped(4))
+        .thenRejected("insufficient_stock", { available: 3, channelAvailable: 3 });
+      expect(rejection?.message).toBe("cannot reserve 4 of SKU-1 for channel web: only 3 available to it");
+      // Unscoped, the location alone decides: the buffer is the channel's, not the location's.
+      given(...prior)
+        .when(reserve(4))
+        .then([moved(L1, "reserved", 4, "reserve")]);
+    });
+
+    it("still needs the units at the location it holds them in", () => {
+      const rejection = given(...extend(stocked(2), receive(8, L2)))
+        .when(scoped(3))
+        .thenRejected("insufficient_stock", { available: 2, channelAvailable: 7 });
+      expect(rejection?.message).toBe("cannot reserve 3 of SKU-1 at L1: only 2 available");
+    });
+  });
 });
 
 describe("release", () => {

@@ -31,6 +31,8 @@ export interface Rejection {
   readonly message: string;
   /** For `insufficient_stock`: what could have been reserved (clamped at 0). */
   readonly available?: number;
+  /** For `insufficient_stock` of a scoped reserve: what the channel may sell in all its locations. */
+  readonly channelAvailable?: number;
   /** For `exceeds_reserved`: what is reserved at the location. */
   readonly reserved?: number;
 }
@@ -77,12 +79,26 @@ const legsFor = (state: SkuState, command: Command): Decision => {
           : leg(location, "damaged", command.qty, "return_damaged"),
       ]);
     case "reserve": {
-      const available = locationAvailable(here);
-      if (available < command.qty) {
+      const available = Math.max(0, locationAvailable(here));
+      const scope = command.scope;
+      if (scope) {
+        const channelAvailable = Math.max(0, scope.locations.reduce((n, at) => n + Math.max(0, locationAvailable(locationOf(state, at))), 0) - scope.buffer);
+        if (channelAvailable < command.qty || available < command.qty) {
+          return reject({
+            reason: "insufficient_stock",
+            message:
+              channelAvailable < command.qty
+                ? `cannot reserve ${command.qty} of ${sku} for channel ${scope.channel}: only ${channelAvailable} available to it`
+                : `cannot reserve ${command.qty} of ${sku} at ${location}: only ${available} available`,
+            available: Math.min(available, channelAvailable),
+            channelAvailable,
+          });
+        }
+      } else if (available < command.qty) {
         return reject({
           reason: "insufficient_stock",
-          message: `cannot reserve ${command.qty} of ${sku} at ${location}: only ${Math.max(0, available)} available`,
-          available: Math.max(0, available),
+          message: `cannot reserve ${command.qty} of ${sku} at ${location}: only ${available} available`,
+          available,
         });
       }
       return accept([leg(location, "reserved", command.qty, "reserve")]);

@@ -8,7 +8,7 @@ export {
   Sku,
   decodeCommand,
 } from "./command.ts";
-export type { CommandType } from "./command.ts";
+export type { CommandType, ReserveScope } from "./command.ts";
 export { decide, evolve } from "./decider.ts";
 export type { Decision, Rejection } from "./decider.ts";
 export type { Bucket, LocationState, SkuEvent, SkuState, StockStatus } from "./state.ts";

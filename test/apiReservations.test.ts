@@ -127,6 +127,23 @@ describe("POST /v1/reservations", () => {
     expect(none.statusCode).toBe(409);
   });
 
+  it("never lets a channel hold units its buffer keeps back: the hold is checked against what the channel shows", async () => {
+    // web = DC1 + S01, buffer 2: 3 units at DC1 show as 1 on the web.
+    await receive("CH-2", "DC1", 3);
+    await eventually("web availability", async () => (await api.call({ method: "GET", url: "/v1/availability/CH-2?channel=web", as: "reader" })).json().available === 1);
+    const tooMany = await reserve({ sku: "CH-2", qty: 2, channel: "web" });
+    expect(tooMany.statusCode).toBe(409);
+    expect(tooMany.json()).toMatchObject({ error: "insufficient_stock", available: 1 });
+    expect(await balance(api.sql, "CH-2", "DC1", "reserved")).toBe(0);
+    const one = await reserve({ sku: "CH-2", qty: 1, channel: "web" });
+    expect(one.statusCode).toBe(201);
+    expect(await reserve({ sku: "CH-2", qty: 1, channel: "web" }).then((r) => r.statusCode)).toBe(409);
+    // The buffer is the web's: the store's own channel and a location hold still see the units.
+    const direct = await reserve({ sku: "CH-2", qty: 2, location: "DC1" });
+    expect(direct.statusCode).toBe(201);
+    expect(await balance(api.sql, "CH-2", "DC1", "reserved")).toBe(3);
+  });
+
   it("answers 400 for a missing Idempotency-Key, a bad body, or neither location nor channel", async () => {
     const noKey = await reserve({ sku: "R-1", qty: 1, location: "DC1" }, "reserver", null);
     expect(noKey.statusCode).toBe(400);
@@ -149,7 +166,8 @@ describe("POST /v1/reservations", () => {
     expect((await reserve({ sku: "R-1", qty: 1, channel: "web" }, "storeReserver")).statusCode).toBe(403);
     expect((await reserve({ sku: "R-1", qty: 1, location: "DC1" }, "storeReserver")).statusCode).toBe(403);
     expect((await reserve({ sku: "R-1", qty: 1, location: "DC1" }, "reader")).statusCode).toBe(403);
-    const mine = await reserve({ sku: "CH-1", qty: 1, channel: "web" }, "webReserver");
+    await receive("CH-3", "S01", 5);
+    const mine = await reserve({ sku: "CH-3", qty: 1, channel: "web" }, "webReserver");
     expect(mine.statusCode).toBe(201);
     const other = await api.call({ method: "POST", url: `/v1/reservations/${mine.json().id}/commit`, as: "storeReserver" });
     expect(other.statusCode).toBe(403);

@@ -9,7 +9,7 @@
 import { randomUUID } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import { decodeCommand, type Command } from "../../actors/index.ts";
+import { decodeCommand, type Command, type ReserveScope } from "../../actors/index.ts";
 import type { ChannelConfig } from "../configFile.ts";
 import type { NatsHandles } from "../nats.ts";
 import { publishCommands } from "../publisher.ts";
@@ -226,7 +226,7 @@ export class Reservations {
       if (!outcome) {
         const waiting = outcomes.wait([commandId], Math.max(0, deadline - Date.now()));
         try {
-          await this.#publish([this.#command("reserve", row.id, l, commandId)]);
+          await this.#publish([this.#command("reserve", row.id, l, commandId, this.#scope(row))]);
         } catch (error) {
           waiting.cancel();
           await waiting.done;
@@ -239,8 +239,11 @@ export class Reservations {
         await sql`update reservation_lines set state = 'held' where reservation_id = ${row.id} and line = ${l.line} and state = 'pending'`;
         return "held";
       }
-      const available = (outcome.detail as { available?: number } | null)?.available ?? 0;
-      if (outcome.reason === "insufficient_stock" && l.fixed_location === null && row.channel !== null) {
+      const detail = outcome.detail as { available?: number; channelAvailable?: number } | null;
+      const available = detail?.available ?? 0;
+      // Another location may have it, unless the channel as a whole does not.
+      const channelShort = detail?.channelAvailable !== undefined && detail.channelAvailable < l.qty;
+      if (outcome.reason === "insufficient_stock" && l.fixed_location === null && row.channel !== null && !channelShort) {
         const next = await this.#pickLocation(row, l);
         if (next.enough && !l.tried.includes(next.location) && Date.now() < deadline) {
           const [updated] = await sql<Array<LineRow>>`
@@ -271,8 +274,15 @@ export class Reservations {
     return { location: best.location, enough: best.available >= l.qty };
   }
 
-  #command(type: "reserve" | "release" | "fulfill", reservationId: string, l: LineRow, id: string): Command {
+  /** A channel's hold is checked against what the channel may sell (its buffer held back). */
+  #scope(row: Row): ReserveScope | undefined {
+    const channel = row.channel === null ? undefined : this.deps.channels[row.channel];
+    return channel ? { channel: row.channel!, locations: channel.locations as ReserveScope["locations"], buffer: channel.buffer } : undefined;
+  }
+
+  #command(type: "reserve" | "release" | "fulfill", reservationId: string, l: LineRow, id: string, scope?: ReserveScope): Command {
     const decoded = decodeCommand({
+      ...(scope ? { scope } : {}),
       id,
       type,
       sku: l.sku,
