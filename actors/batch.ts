@@ -107,6 +107,7 @@ export function planBatch(input: PlanInput): Plan {
   const outbox: Array<OutboxRow> = [];
   const touched = new Map<string, Set<string>>(); // sku → locations touched
   const transfersTouched = new Map<string, Set<string>>(); // sku → transfer ids touched
+  const origins = new Map<string, { at: number; source: string }>(); // sku → its oldest applied command's source time
   let applied = 0;
   let rejected = 0;
 
@@ -147,6 +148,8 @@ export function planBatch(input: PlanInput): Plan {
     let { state, seq, lastHash } = actor;
     let leg = 0;
     const occurredAt = new Date(command.occurredAt);
+    const origin = origins.get(command.sku);
+    if (!origin || occurredAt.getTime() < origin.at) origins.set(command.sku, { at: occurredAt.getTime(), source: command.source.system });
     for (const event of decision.events) {
       state = evolve(state, event);
       markTouched(touched, command.sku, event.location);
@@ -211,11 +214,13 @@ export function planBatch(input: PlanInput): Plan {
     for (const channel of input.channels) {
       if (!channel.locations.some((loc) => locations.has(loc))) continue;
       const view = channelAvailability(actor, channel, input.recordedAt);
+      const origin = origins.get(sku);
       outbox.push({
         kind: "availability",
         subject: input.names.availabilitySubject(channel.name, sku),
         kvKey: input.names.availabilityKey(channel.name, sku),
         payload: view,
+        ...(origin ? { sourceAt: new Date(origin.at), source: origin.source } : {}),
       });
     }
   }

@@ -48,6 +48,10 @@ export interface OutboxRow {
   readonly subject: string;
   readonly kvKey: string | null;
   readonly payload: unknown;
+  /** For availability: when the oldest command behind it happened at its source (for end-to-end latency). */
+  readonly sourceAt?: Date;
+  /** …and which system that command came from. */
+  readonly source?: string;
 }
 
 /** Everything one batch of one partition writes, in one transaction. */
@@ -206,12 +210,14 @@ async function insertOutcomes(sql: Sql, partition: number, rows: ReadonlyArray<O
 
 async function insertOutbox(sql: Sql, rows: ReadonlyArray<OutboxRow>): Promise<void> {
   await sql`
-    insert into outbox (kind, subject, kv_key, payload)
+    insert into outbox (kind, subject, kv_key, payload, source_at, source)
     select * from unnest(
       ${sql.array(rows.map((r) => r.kind))}::text[],
       ${sql.array(rows.map((r) => r.subject))}::text[],
       ${sql.array(rows.map((r) => r.kvKey))}::text[],
-      ${sql.array(rows.map((r) => JSON.stringify(r.payload)))}::jsonb[]
+      ${sql.array(rows.map((r) => JSON.stringify(r.payload)))}::jsonb[],
+      ${sql.array(rows.map((r) => r.sourceAt?.toISOString() ?? null))}::timestamptz[],
+      ${sql.array(rows.map((r) => r.source ?? null))}::text[]
     )`;
 }
 

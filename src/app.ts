@@ -90,6 +90,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
               nats,
               log: log.child({ role: "relay" }),
               instanceId: await instanceId(sql),
+              env: settings.env,
               leaseTtlMs: settings.leaseTtlMs,
               owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
             }),

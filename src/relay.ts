@@ -14,6 +14,8 @@ export interface RelayOptions {
   readonly owner: string;
   /** Rows per round (default 1000). */
   readonly batch?: number;
+  /** Environment name: latency reports go to `tally.<env>.relay`. */
+  readonly env?: string;
 }
 
 interface OutboxRecord {
@@ -22,7 +24,22 @@ interface OutboxRecord {
   subject: string;
   kv_key: string | null;
   payload: unknown;
+  source_at: Date | null;
+  source: string | null;
 }
+
+/**
+ * What the relay publishes on `tally.<env>.relay` after each round (core NATS, best effort): the
+ * end-to-end latency of every availability change it published, from the source time of the oldest
+ * command behind it to NATS having it, grouped by source system.
+ */
+export interface RelayRound {
+  readonly published: number;
+  /** Milliseconds, per source system. */
+  readonly latencyMs: Readonly<Record<string, ReadonlyArray<number>>>;
+}
+
+export const relaySubject = (env: string): string => `tally.${env}.relay`;
 
 /**
  * Publishes committed outbox rows to NATS and deletes them once NATS has them. One relay is active
@@ -31,6 +48,8 @@ interface OutboxRecord {
  */
 export class OutboxRelay {
   published = 0;
+  /** End-to-end latency of the last availability change published (ms), or null. */
+  lastLatencyMs: number | null = null;
   #stopped = false;
   #wake: (() => void) | null = null;
   #lease: HeldLease | null = null;
@@ -101,7 +120,7 @@ export class OutboxRelay {
   async #round(): Promise<number> {
     const { sql, nats, instanceId } = this.opts;
     const rows = await sql<Array<OutboxRecord>>`
-      select id, kind, subject, kv_key, payload from outbox order by id limit ${this.opts.batch ?? 1000}`;
+      select id, kind, subject, kv_key, payload, source_at, source from outbox order by id limit ${this.opts.batch ?? 1000}`;
     if (rows.length === 0) return 0;
     // The last projection per key wins; earlier ones of the same page are superseded.
     const latestKv = new Map<string, OutboxRecord>();
@@ -110,9 +129,29 @@ export class OutboxRelay {
       ...rows.map((r) => nats.js.publish(r.subject, JSON.stringify(r.payload), { msgID: `${instanceId}:${r.id}` })),
       ...[...latestKv.values()].map((r) => nats.availability.put(r.kv_key!, JSON.stringify(r.payload))),
     ]);
+    const publishedAt = Date.now();
     await sql`delete from outbox where id = any(${sql.array(rows.map((r) => r.id))}::bigint[])`;
     this.published += rows.length;
+    this.#report(rows, publishedAt);
     return rows.length;
+  }
+
+  /** Source time → published, per availability change, for the metrics of every API process. */
+  #report(rows: ReadonlyArray<OutboxRecord>, publishedAt: number): void {
+    const latencyMs: Record<string, Array<number>> = {};
+    for (const r of rows) {
+      if (r.kind !== "availability" || r.source_at === null) continue;
+      const ms = Math.max(0, publishedAt - r.source_at.getTime());
+      (latencyMs[r.source ?? "unknown"] ??= []).push(ms);
+      this.lastLatencyMs = ms;
+    }
+    if (this.opts.env === undefined) return;
+    const round: RelayRound = { published: rows.length, latencyMs };
+    try {
+      this.opts.nats.nc.publish(relaySubject(this.opts.env), JSON.stringify(round));
+    } catch {
+      // Best effort: metrics only.
+    }
   }
 
   #sleep(ms: number): Promise<void> {

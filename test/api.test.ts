@@ -5,7 +5,10 @@ import { createLogger } from "../src/log.ts";
 import { decodeTokens, newToken, sha256Hex, TokenVerifier } from "../src/http/auth.ts";
 import { TEST_CHANNELS, tallyEnv } from "./support/tally.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { deadLetters, startApi, TOKENS, type ApiFixture } from "./apiSupport.ts";
+import { deadLetters, settle, startApi, TOKENS, type ApiFixture } from "./apiSupport.ts";
+import { decodeCommand } from "../actors/index.ts";
+import { publishCommands } from "../src/publisher.ts";
+import { eventually } from "./support/tally.ts";
 
 let ctx: TestContext;
 let api: ApiFixture;
@@ -98,6 +101,29 @@ describe("health, readiness, metrics, docs", () => {
     expect(r.headers["content-type"]).toMatch(/text\/plain/);
     for (const name of ["tally_commands_applied_total", "tally_apply_batch_size", "tally_apply_batch_seconds", "tally_reservations_total", "tally_dlq_messages", "tally_leases_held", "tally_cdc_slot_lag_bytes"])
       expect(r.body).toContain(name);
+  });
+
+  it("measures end-to-end latency, source time to availability published, per source system", async () => {
+    const metric = async () => (await api.call({ method: "GET", url: "/metrics" })).body;
+    const sample = (body: string, name: string) => Number(new RegExp(`^${name}\\{source="e2e-test"\\} (\\S+)$`, "m").exec(body)?.[1] ?? 0);
+    // A change that happened at its source 10 seconds ago, and one just now.
+    const at = [new Date(Date.now() - 10_000), new Date()];
+    const commands = at.map((t, i) => {
+      const d = decodeCommand({ id: `e2e:${i}`, type: "receive", sku: `E2E-${i}`, location: "DC1", qty: 5, source: { system: "e2e-test", ref: `r${i}` }, occurredAt: t.toISOString() });
+      if (d._tag === "Left") throw d.left;
+      return d.right;
+    });
+    await publishCommands(api.h.nats.js, api.h.topology, commands);
+    await settle(api.h, commands.map((c) => c.id));
+    // DC1 feeds the web channel only: one availability change per command.
+    await eventually("the relay's report", async () => sample(await metric(), "tally_end_to_end_seconds_count") >= 2);
+    const body = await metric();
+    const sum = sample(body, "tally_end_to_end_seconds_sum");
+    expect(sum).toBeGreaterThanOrEqual(10);
+    expect(sum).toBeLessThan(10 + 60);
+    // The fresh change lands in a small bucket, the old one does not.
+    expect(Number(new RegExp(`^tally_end_to_end_seconds_bucket\\{le="5",source="e2e-test"\\} (\\S+)$`, "m").exec(body)?.[1])).toBe(1);
+    expect(Number(new RegExp(`^tally_end_to_end_seconds_bucket\\{le="\\+Inf",source="e2e-test"\\} (\\S+)$`, "m").exec(body)?.[1])).toBe(2);
   });
 
   it("serves the OpenAPI document at /docs/json, with a schema for every route", async () => {

@@ -104,6 +104,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   if (verifier.size === 0) log.warn("no API tokens configured (TALLY_API_TOKENS / TALLY_API_TOKENS_FILE): every authenticated route answers 401");
 
   const metrics = new ApiMetrics(deps);
+  metrics.start();
   const outcomes = new OutcomeWaiter(deps.sql, deps.nats.nc, deps.topology.env, (b) => metrics.observeBatch(b));
   outcomes.start();
   const pos = new PosIngest({
@@ -126,6 +127,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     await posSubscriber?.stop();
     await reservations.stop();
     await outcomes.stop();
+    metrics.stop();
     await pos.stop();
   });
 

@@ -4,6 +4,8 @@ import type { SourceReader } from "../../cdc/index.ts";
 import type { NatsHandles } from "../nats.ts";
 import type { Topology } from "../topology.ts";
 import type { OutcomeBatch } from "./outcomes.ts";
+import { relaySubject, type RelayRound } from "../relay.ts";
+import type { Subscription } from "@nats-io/transport-node";
 
 export interface MetricsDeps {
   readonly nats: NatsHandles;
@@ -28,8 +30,10 @@ export class ApiMetrics {
   readonly reservationLatency: Histogram<"outcome">;
   readonly posTransactions: Counter<"outcome" | "via">;
   readonly httpDuration: Histogram<"method" | "route" | "status">;
+  readonly endToEnd: Histogram<"source">;
+  #relaySub: Subscription | null = null;
 
-  constructor(deps: MetricsDeps) {
+  constructor(readonly deps: MetricsDeps) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: "tally_process_" });
     this.commandsIn = new Counter({ name: "tally_commands_in_total", help: "Commands this API process published, by type and source", labelNames: ["type", "source"], registers });
@@ -66,6 +70,13 @@ export class ApiMetrics {
       help: "HTTP request duration by route and status",
       labelNames: ["method", "route", "status"],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+      registers,
+    });
+    this.endToEnd = new Histogram({
+      name: "tally_end_to_end_seconds",
+      help: "Source time of a change (commit time at the source database, POS transaction time, API request) to its availability published on NATS, by source system",
+      labelNames: ["source"],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
       registers,
     });
     new Gauge({
@@ -140,6 +151,33 @@ export class ApiMetrics {
         for (const r of readers) this.set({ source: r.name }, r.metrics.skipped);
       },
     });
+  }
+
+  /** Listens for the relay's latency reports (whichever process holds the relay lease). */
+  start(): void {
+    this.#relaySub = this.deps.nats.nc.subscribe(relaySubject(this.deps.topology.env), {
+      callback: (err, msg) => {
+        if (err) return;
+        try {
+          this.observeRelay(msg.json<RelayRound>());
+        } catch {
+          // not a relay report
+        }
+      },
+    });
+  }
+
+  stop(): void {
+    this.#relaySub?.unsubscribe();
+    this.#relaySub = null;
+  }
+
+  observeRelay(round: RelayRound): void {
+    if (!round || typeof round.latencyMs !== "object" || round.latencyMs === null) return;
+    for (const [source, list] of Object.entries(round.latencyMs)) {
+      if (!Array.isArray(list)) continue;
+      for (const ms of list) if (typeof ms === "number" && Number.isFinite(ms)) this.endToEnd.observe({ source }, ms / 1000);
+    }
   }
 
   /** Counts a worker's outcome message. */
