@@ -12,6 +12,7 @@ import { connectPostgres, type Sql } from "./db.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "./nats.ts";
 import { OutboxRelay } from "./relay.ts";
+import { WebhookDispatcher, webhookTargets } from "./webhooks.ts";
 import { topology, type Topology } from "./topology.ts";
 
 export type Role = "worker" | "relay" | "cdc" | "api";
@@ -26,6 +27,8 @@ export interface Running {
   readonly log: Logger;
   readonly worker: Worker | null;
   readonly relay: OutboxRelay | null;
+  /** One sender per channel with a webhook (role `relay`). */
+  readonly webhooks: ReadonlyArray<WebhookDispatcher>;
   /** One CDC reader per configured source whose URL is set. */
   readonly readers: ReadonlyArray<SourceReader>;
   /** The HTTP API (role `api`), listening on TALLY_HTTP_HOST:TALLY_HTTP_PORT. */
@@ -98,6 +101,26 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
           (r) => Effect.promise(() => r.stop()),
         )
       : null;
+    const webhooks: Array<WebhookDispatcher> = [];
+    if (roles.includes("relay")) {
+      for (const target of yield* Effect.try(() => webhookTargets(config)))
+        webhooks.push(
+          yield* Effect.acquireRelease(
+            Effect.sync(
+              () =>
+                new WebhookDispatcher({
+                  target,
+                  nats,
+                  topology: t,
+                  log: log.child({ role: "relay", channel: target.channel }),
+                  owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+                  leaseTtlMs: settings.leaseTtlMs,
+                }),
+            ),
+            (w) => Effect.promise(() => w.stop()),
+          ),
+        );
+    }
     const readers: Array<SourceReader> = [];
     if (roles.includes("cdc")) {
       const sources = configuredSources(config, settings.env);
@@ -126,7 +149,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
             // Loaded only by processes that serve HTTP.
             const { buildApp } = await import("./http/app.ts");
             const { loadTokens } = await import("./http/auth.ts");
-            const app = await buildApp({ settings, config, topology: t, sql, nats, log, tokens: await loadTokens(settings), worker, readers });
+            const app = await buildApp({ settings, config, topology: t, sql, nats, log, tokens: await loadTokens(settings), worker, readers, webhooks });
             try {
               await app.listen({ port: settings.httpPort, host: settings.httpHost });
             } catch (error) {
@@ -138,7 +161,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
           (app) => Effect.promise(() => app.close()),
         )
       : null;
-    return { settings, topology: t, sql, nats, log, worker, relay, readers, api } satisfies Running;
+    return { settings, topology: t, sql, nats, log, worker, relay, webhooks, readers, api } satisfies Running;
   });
 
 /** Promise-style handle on `startRoles` for callers outside Effect (tests, the dev stack). */

@@ -12,6 +12,7 @@ import { createLogger } from "./log.ts";
 import { ensureTopology } from "./nats.ts";
 import { submit } from "./submit.ts";
 import { topology } from "./topology.ts";
+import { usableWebhookTargets } from "./webhooks.ts";
 import { assertEnvironment } from "../ledger/index.ts";
 
 const USAGE = `tally — real-time inventory ledger
@@ -248,7 +249,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
           const { PosIngest } = await import("./ingest/posIngest.ts");
           const pos = new PosIngest({ sql, nats, topology: t, log: createLogger("tally-dlq", "warn") });
           for (const l of wanted) {
-            const r = await dlq.replayDeadLetter({ sql, nats, topology: t, sources, pos }, l);
+            const r = await dlq.replayDeadLetter({ sql, nats, topology: t, sources, pos, webhooks: usableWebhookTargets(config) }, l);
             if (r.ok) process.stdout.write(`${l.id}\treplayed\t${r.commands} commands\n`);
             else {
               failed++;

@@ -11,12 +11,45 @@ const Location = Schema.String.pipe(
   Schema.pattern(/^[A-Za-z0-9_.:-]+$/, { message: () => "expected a location id (letters, digits, _ . : -)" }),
 );
 
+const positiveInt = (fallback: number) => Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => fallback });
+
+/**
+ * Where a channel's availability changes are POSTed (batched, HMAC-signed, retried, dead-lettered
+ * when the retries run out). The signing secret comes from the environment: `TALLY_WEBHOOK_<CHANNEL>_SECRET`
+ * unless `secretEnv` names another variable.
+ */
+export const WebhookConfig = Schema.Struct({
+  url: Schema.String.pipe(
+    Schema.filter((u) => {
+      try {
+        return ["http:", "https:"].includes(new URL(u).protocol);
+      } catch {
+        return false;
+      }
+    }, { message: () => "expected an http:// or https:// URL" }),
+  ),
+  secretEnv: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Z_][A-Z0-9_]*$/, { message: () => "expected an environment variable name" }))),
+  /** Changes per POST, default 100 (the latest per SKU). */
+  batchSize: positiveInt(100),
+  /** How long the first change of a batch waits for others, default 200 ms. */
+  lingerMs: Schema.optionalWith(Schema.Int.pipe(Schema.nonNegative()), { default: () => 200 }),
+  /** Per request, default 5000 ms. */
+  timeoutMs: positiveInt(5000),
+  /** Attempts before the batch is dead-lettered, default 10. */
+  maxAttempts: positiveInt(10),
+  /** First retry delay, doubled per attempt with jitter, default 500 ms, capped at maxBackoffMs (default 60 s). */
+  backoffMs: positiveInt(500),
+  maxBackoffMs: positiveInt(60_000),
+});
+export type WebhookConfig = typeof WebhookConfig.Type;
+
 /** A sales channel: which locations' stock it may sell, and how much to hold back. */
 export const ChannelConfig = Schema.Struct({
   /** Locations whose available stock feeds this channel. */
   locations: Schema.NonEmptyArray(Location),
   /** Units held back from this channel's availability (a safety buffer), default 0. */
   buffer: Schema.optionalWith(Schema.Int.pipe(Schema.nonNegative()), { default: () => 0 }),
+  webhook: Schema.optional(WebhookConfig),
 });
 export type ChannelConfig = typeof ChannelConfig.Type;
 

@@ -6,6 +6,7 @@ import type { DeadLetter } from "./deadLetters.ts";
 import type { NatsHandles } from "./nats.ts";
 import { publishCommands } from "./publisher.ts";
 import type { Topology } from "./topology.ts";
+import { resendCurrent, WEBHOOK_ORIGIN, type WebhookTarget } from "./webhooks.ts";
 
 /** A dead letter as stored: its stream sequence is its id. */
 export interface StoredDeadLetter extends DeadLetter {
@@ -56,6 +57,8 @@ export interface ReplayDeps {
   readonly sources: ReadonlyMap<string, ResolvedSource>;
   /** POS letters (origin `pos`) are whole transactions: the POS ingest validates and maps them again. */
   readonly pos?: { replay(letter: DeadLetter): Promise<{ ok: true; commands: number } | { ok: false; reason: string }> };
+  /** Webhook letters (origin `webhook`) re-send the channel's current availability of their SKUs. */
+  readonly webhooks?: ReadonlyArray<WebhookTarget>;
 }
 
 /**
@@ -71,6 +74,12 @@ export async function replayDeadLetter(deps: ReplayDeps, letter: StoredDeadLette
     if (!r.ok) return { id: letter.id, ok: false, reason: r.reason };
     await deps.nats.jsm.streams.deleteMessage(deps.topology.dlqStream, letter.id);
     return { id: letter.id, ok: true, commands: r.commands };
+  }
+  if (letter.origin === WEBHOOK_ORIGIN) {
+    const r = await resendCurrent(deps.webhooks ?? [], deps.nats, deps.topology, letter);
+    if ("reason" in r) return { id: letter.id, ok: false, reason: r.reason };
+    await deps.nats.jsm.streams.deleteMessage(deps.topology.dlqStream, letter.id);
+    return { id: letter.id, ok: true, commands: 0 };
   }
   const commands = await commandsOf(deps, letter, crosswalk);
   if ("reason" in commands) return { id: letter.id, ok: false, reason: commands.reason };

@@ -16,6 +16,7 @@ import { bearerToken, may, TokenVerifier, type ApiToken, type Principal, type Sc
 import { ApiError, ErrorSchema } from "./errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "./outcomes.ts";
+import type { WebhookDispatcher } from "../webhooks.ts";
 import { Reservations } from "./reservations.ts";
 import { availabilityRoutes } from "./routes/availability.ts";
 import { healthRoutes } from "./routes/health.ts";
@@ -62,6 +63,8 @@ export interface ApiDeps {
   /** This process's worker and CDC readers, if it runs them (readiness, metrics). */
   readonly worker?: Worker | null;
   readonly readers?: ReadonlyArray<SourceReader>;
+  /** This process's webhook senders, if it runs the relay role (metrics). */
+  readonly webhooks?: ReadonlyArray<WebhookDispatcher>;
   readonly options?: ApiOptions;
 }
 

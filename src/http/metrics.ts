@@ -6,12 +6,14 @@ import type { Topology } from "../topology.ts";
 import type { OutcomeBatch } from "./outcomes.ts";
 import { relaySubject, type RelayRound } from "../relay.ts";
 import type { Subscription } from "@nats-io/transport-node";
+import type { WebhookDispatcher } from "../webhooks.ts";
 
 export interface MetricsDeps {
   readonly nats: NatsHandles;
   readonly topology: Topology;
   readonly worker?: Worker | null;
   readonly readers?: ReadonlyArray<SourceReader>;
+  readonly webhooks?: ReadonlyArray<WebhookDispatcher>;
 }
 
 /**
@@ -112,6 +114,22 @@ export class ApiMetrics {
       workerCounter("tally_worker_duplicates_skipped", "Commands skipped as already applied", () => worker.metrics.skippedDuplicate);
       workerCounter("tally_worker_retries", "Batch retries after a failure", () => worker.metrics.retries);
     }
+    const webhooks = deps.webhooks ?? [];
+    new Gauge({
+      name: "tally_webhook_events",
+      help: "Webhook activity of this process's senders (running totals), per channel: deliveries, items, failed_attempts, dead_lettered",
+      labelNames: ["channel", "kind"],
+      registers,
+      collect() {
+        for (const w of webhooks) {
+          const m = w.metrics;
+          this.set({ channel: w.channel, kind: "deliveries" }, m.deliveries);
+          this.set({ channel: w.channel, kind: "items" }, m.items);
+          this.set({ channel: w.channel, kind: "failed_attempts" }, m.failedAttempts);
+          this.set({ channel: w.channel, kind: "dead_lettered" }, m.deadLettered);
+        }
+      },
+    });
     const readers = deps.readers ?? [];
     new Gauge({
       name: "tally_cdc_slot_lag_bytes",

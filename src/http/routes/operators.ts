@@ -1,3 +1,4 @@
+import { usableWebhookTargets } from "../../webhooks.ts";
 import type { FastifyInstance } from "fastify";
 import { Crosswalk, configuredSources, type ResolvedSource } from "../../../cdc/index.ts";
 import { sourceStatus } from "../../../cdc/admin.ts";
@@ -64,7 +65,7 @@ export async function operatorRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCo
       if (!letter) throw new ApiError(404, "not_found", `no dead letter ${req.params.id}`);
       const sources = new Map<string, ResolvedSource>(configuredSources(ctx.config, ctx.topology.env).map((s) => [s.name, s]));
       const r = await replayDeadLetter(
-        { sql: ctx.sql, nats: ctx.nats, topology: ctx.topology, sources, pos: ctx.pos },
+        { sql: ctx.sql, nats: ctx.nats, topology: ctx.topology, sources, pos: ctx.pos, webhooks: usableWebhookTargets(ctx.config) },
         letter,
         letter.origin === "pos" ? undefined : await Crosswalk.load(ctx.sql),
       );

@@ -1,0 +1,363 @@
+/**
+ * Webhook channels: a channel that declares a URL gets its availability changes POSTed to it,
+ * batched, signed with HMAC-SHA256, retried with exponential backoff and jitter, and dead-lettered
+ * when the retries run out. Each channel has its own durable consumer on the availability stream,
+ * its own lease (one sender per channel, so batches leave in order) and its own loop: a channel
+ * whose endpoint is down never holds up another.
+ */
+import { createHmac, timingSafeEqual } from "node:crypto";
+import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
+import { nanos } from "@nats-io/transport-node";
+import type { Logger } from "pino";
+import { LeaseStore, type HeldLease } from "../actors/index.ts";
+import type { Availability } from "../actors/batch.ts";
+import { ConfigFileError, type TallyConfig } from "./configFile.ts";
+import { deadLetter, deadLetterMsgId, type DeadLetter } from "./deadLetters.ts";
+import type { NatsHandles } from "./nats.ts";
+import type { Topology } from "./topology.ts";
+
+/** The dead-letter origin of undeliverable webhook batches. */
+export const WEBHOOK_ORIGIN = "webhook";
+export const SIGNATURE_HEADER = "tally-signature";
+export const DELIVERY_HEADER = "tally-delivery";
+
+/** A channel's webhook, resolved: its secret read from the environment. */
+export interface WebhookTarget {
+  readonly channel: string;
+  readonly url: string;
+  readonly secret: string;
+  readonly batchSize: number;
+  /** How long the first change of a batch may wait for others to join it. */
+  readonly lingerMs: number;
+  readonly timeoutMs: number;
+  readonly maxAttempts: number;
+  readonly backoffMs: number;
+  readonly maxBackoffMs: number;
+}
+
+/** The environment variable holding a channel's webhook secret, unless the config names another. */
+export const webhookSecretVar = (channel: string): string => `TALLY_WEBHOOK_${channel.toUpperCase().replace(/-/g, "_")}_SECRET`;
+
+/** Every channel with a webhook; throws naming the variable when a secret is missing or short. */
+export function webhookTargets(config: TallyConfig, env: Readonly<Record<string, string | undefined>> = process.env): Array<WebhookTarget> {
+  const out: Array<WebhookTarget> = [];
+  for (const [channel, c] of Object.entries(config.channels)) {
+    const w = c.webhook;
+    if (!w) continue;
+    const variable = w.secretEnv ?? webhookSecretVar(channel);
+    const secret = env[variable];
+    if (!secret) throw new ConfigFileError(`channels.${channel}.webhook: ${variable} must hold the signing secret (at least 16 characters)`);
+    if (secret.length < 16) throw new ConfigFileError(`${variable}: expected a signing secret of at least 16 characters`);
+    const { secretEnv: _, ...settings } = w;
+    out.push({ channel, secret, ...settings });
+  }
+  return out;
+}
+
+/** The channels whose webhook can be used here (secret set); for replays, which must not fail on another channel's secret. */
+export function usableWebhookTargets(config: TallyConfig, env: Readonly<Record<string, string | undefined>> = process.env): Array<WebhookTarget> {
+  return Object.entries(config.channels).flatMap(([name, c]) => {
+    try {
+      return webhookTargets({ ...config, channels: { [name]: c } }, env);
+    } catch {
+      return [];
+    }
+  });
+}
+
+/** `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`. */
+export function signWebhook(secret: string, body: string, at: Date = new Date()): string {
+  const t = Math.floor(at.getTime() / 1000);
+  return `t=${t},v1=${createHmac("sha256", secret).update(`${t}.${body}`).digest("hex")}`;
+}
+
+/** What a receiver does: checks the signature (constant time) and that it is recent. */
+export function verifyWebhook(secret: string, header: string | undefined, body: string, toleranceSeconds = 300, now: Date = new Date()): boolean {
+  if (!header) return false;
+  const parts = Object.fromEntries(header.split(",").map((p) => p.split("=", 2) as [string, string]));
+  const t = Number(parts.t);
+  if (!Number.isInteger(t) || Math.abs(now.getTime() / 1000 - t) > toleranceSeconds || typeof parts.v1 !== "string") return false;
+  const expected = Buffer.from(createHmac("sha256", secret).update(`${t}.${body}`).digest("hex"));
+  const got = Buffer.from(parts.v1);
+  return got.length === expected.length && timingSafeEqual(got, expected);
+}
+
+/** The JSON body of one delivery. */
+export interface WebhookBody {
+  readonly channel: string;
+  readonly deliveryId: string;
+  /** The latest availability of each SKU that changed, oldest change first. */
+  readonly items: ReadonlyArray<Availability>;
+}
+
+/** One POST; resolves with an error text when it did not get a 2xx in time. */
+export async function postWebhook(target: WebhookTarget, body: WebhookBody): Promise<string | null> {
+  const text = JSON.stringify(body);
+  try {
+    const res = await fetch(target.url, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        "user-agent": "tally-webhooks",
+        [SIGNATURE_HEADER]: signWebhook(target.secret, text),
+        [DELIVERY_HEADER]: body.deliveryId,
+      },
+      body: text,
+      signal: AbortSignal.timeout(target.timeoutMs),
+    });
+    await res.arrayBuffer().catch(() => undefined);
+    return res.ok ? null : `HTTP ${res.status}`;
+  } catch (error) {
+    const e = error as Error & { cause?: { code?: string } };
+    return e.name === "TimeoutError" ? `no answer within ${target.timeoutMs} ms` : (e.cause?.code ?? e.message);
+  }
+}
+
+/** Exponential backoff with jitter: base·2^(attempt−1), capped, times a random factor in [0.5, 1.5). */
+export const backoffDelay = (attempt: number, baseMs: number, maxMs: number): number =>
+  Math.min(maxMs, baseMs * 2 ** Math.min(attempt - 1, 30)) * (0.5 + Math.random());
+
+export interface DispatcherOptions {
+  readonly target: WebhookTarget;
+  readonly nats: NatsHandles;
+  readonly topology: Topology;
+  readonly log: Logger;
+  readonly owner: string;
+  readonly leaseTtlMs: number;
+}
+
+export interface WebhookMetrics {
+  deliveries: number;
+  items: number;
+  failedAttempts: number;
+  deadLettered: number;
+  lastError: string | null;
+}
+
+/** Sends one channel's availability changes to its webhook. */
+export class WebhookDispatcher {
+  readonly metrics: WebhookMetrics = { deliveries: 0, items: 0, failedAttempts: 0, deadLettered: 0, lastError: null };
+  readonly done: Promise<void>;
+  #stopped = false;
+  #wake: (() => void) | null = null;
+  #queue: Array<JsMsg> = [];
+  #messages: ConsumerMessages | null = null;
+  #lease: HeldLease | null = null;
+  #leases: LeaseStore;
+  #lastRenew = 0;
+  /** Highest stream sequence taken into a batch: redeliveries of it are skipped. */
+  #taken = 0;
+  /** Highest stream sequence acknowledged (delivered or dead-lettered). */
+  #acked = 0;
+
+  constructor(readonly opts: DispatcherOptions) {
+    this.#leases = new LeaseStore(opts.nats.leases, opts.owner);
+    this.done = this.#run();
+  }
+
+  get channel(): string {
+    return this.opts.target.channel;
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#wake?.();
+    await this.done;
+    if (this.#lease) await this.#leases.release(this.#lease);
+  }
+
+  async #run(): Promise<void> {
+    const { log, leaseTtlMs } = this.opts;
+    let attempt = 0;
+    while (!this.#stopped) {
+      try {
+        if (!this.#lease) {
+          this.#lease = await this.#leases.tryAcquire(`webhook.${this.channel}`);
+          if (!this.#lease) {
+            await this.#sleep(leaseTtlMs / 3);
+            continue;
+          }
+          this.#lastRenew = Date.now();
+          await this.#subscribe();
+          log.info({ channel: this.channel, url: this.opts.target.url }, "webhook sender lease acquired");
+        }
+        await this.#keepLease();
+        const batch = await this.#nextBatch();
+        attempt = 0;
+        if (batch.length > 0) await this.#deliver(batch);
+      } catch (error) {
+        if (this.#stopped) break;
+        attempt++;
+        log.warn({ err: error, channel: this.channel, attempt }, "webhook sender failed; starting over after a backoff");
+        this.#unsubscribe();
+        if (this.#lease) await this.#leases.release(this.#lease);
+        this.#lease = null;
+        await this.#sleep(backoffDelay(attempt, 200, 10_000));
+      }
+    }
+    this.#unsubscribe();
+  }
+
+  async #keepLease(): Promise<void> {
+    if (this.#lease && Date.now() - this.#lastRenew > this.opts.leaseTtlMs / 3) {
+      await this.#leases.renew(this.#lease);
+      this.#lastRenew = Date.now();
+    }
+  }
+
+  /**
+   * A fresh consumer resuming after the old one's acknowledged floor (a new lease holder must not
+   * wait for the old holder's unacknowledged messages to time out). The first time, it starts with
+   * the last change of every SKU of the channel, so the receiver starts complete.
+   */
+  async #subscribe(): Promise<void> {
+    const { nats, topology } = this.opts;
+    const stream = topology.availabilityStream;
+    const prefix = `webhook_${this.channel.replace(/[^A-Za-z0-9_-]/g, "_")}_`;
+    let floor = 0;
+    let generation = 0;
+    for await (const info of nats.jsm.consumers.list(stream)) {
+      if (!info.name.startsWith(prefix)) continue;
+      floor = Math.max(floor, info.ack_floor.stream_seq);
+      generation = Math.max(generation, Number(info.name.slice(prefix.length)) || 0);
+      await nats.jsm.consumers.delete(stream, info.name).catch(() => {});
+    }
+    floor = Math.max(floor, this.#acked);
+    this.#taken = floor;
+    const name = `${prefix}${generation + 1}`;
+    await nats.jsm.consumers.add(stream, {
+      durable_name: name,
+      filter_subject: `tally.${topology.env}.availability.${this.channel}.>`,
+      ack_policy: AckPolicy.All,
+      ...(floor > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: floor + 1 } : { deliver_policy: DeliverPolicy.LastPerSubject }),
+      ack_wait: nanos(300_000),
+      max_ack_pending: 10_000,
+      inactive_threshold: nanos(7 * 24 * 3600_000),
+    });
+    const consumer = await nats.js.consumers.get(stream, name);
+    this.#queue = [];
+    this.#messages = await consumer.consume({
+      max_messages: Math.max(100, this.opts.target.batchSize * 2),
+      callback: (m) => {
+        this.#queue.push(m);
+        this.#wake?.();
+      },
+    });
+  }
+
+  #unsubscribe(): void {
+    this.#messages?.stop();
+    this.#messages = null;
+    this.#queue = [];
+  }
+
+  /** Waits for a change, then up to `lingerMs` for more (or a full batch). */
+  async #nextBatch(): Promise<Array<JsMsg>> {
+    const { target, leaseTtlMs } = this.opts;
+    const fresh = () => {
+      this.#queue = this.#queue.filter((m) => m.seq > this.#taken);
+      return this.#queue.length;
+    };
+    if (fresh() === 0) await this.#sleep(leaseTtlMs / 3);
+    if (fresh() === 0) return [];
+    const deadline = Date.now() + target.lingerMs;
+    while (fresh() < target.batchSize && Date.now() < deadline && !this.#stopped) await this.#sleep(deadline - Date.now());
+    const batch = this.#queue.splice(0, target.batchSize);
+    if (batch.length > 0) this.#taken = batch[batch.length - 1]!.seq;
+    return batch;
+  }
+
+  /** POSTs one batch until it is accepted or the attempts run out (then dead-letters it); acknowledges it either way. */
+  async #deliver(batch: ReadonlyArray<JsMsg>): Promise<void> {
+    const { target, log } = this.opts;
+    const latest = new Map<string, { item: Availability; seq: number }>();
+    const undecodable: Array<DeadLetter> = [];
+    for (const m of batch) {
+      try {
+        const item = m.json<Availability>();
+        latest.delete(item.sku); // re-inserted: the map keeps the order of each SKU's latest change
+        latest.set(item.sku, { item, seq: m.seq });
+      } catch (error) {
+        undecodable.push(deadLetter(WEBHOOK_ORIGIN, `availability message is not JSON: ${(error as Error).message}`, m.data, { channel: target.channel, stream_seq: m.seq }));
+      }
+    }
+    const first = batch[0]!.seq;
+    const last = batch[batch.length - 1]!.seq;
+    const body: WebhookBody = { channel: target.channel, deliveryId: `${target.channel}-${first}-${last}`, items: [...latest.values()].map((v) => v.item) };
+    let error: string | null = null;
+    for (let attempt = 1; body.items.length > 0; attempt++) {
+      error = await postWebhook(target, body);
+      if (error === null) {
+        this.metrics.deliveries++;
+        this.metrics.items += body.items.length;
+        break;
+      }
+      this.metrics.failedAttempts++;
+      this.metrics.lastError = error;
+      if (attempt >= target.maxAttempts || this.#stopped) break;
+      const delay = backoffDelay(attempt, target.backoffMs, target.maxBackoffMs);
+      log.warn({ channel: target.channel, url: target.url, deliveryId: body.deliveryId, attempt, error, delayMs: Math.round(delay) }, "webhook delivery failed; retrying");
+      await this.#sleepWhileLeased(delay);
+    }
+    // Shutting down mid-retry: leave the batch unacknowledged; the next holder sends it again.
+    if (error !== null && this.#stopped) return;
+    const letters = [...undecodable];
+    if (error !== null) {
+      letters.push(
+        deadLetter(WEBHOOK_ORIGIN, `webhook ${target.channel}: POST ${target.url} failed ${target.maxAttempts} times, last: ${error}`, body, {
+          channel: target.channel,
+          deliveryId: body.deliveryId,
+          first_seq: first,
+          last_seq: last,
+        }),
+      );
+      log.error({ channel: target.channel, deliveryId: body.deliveryId, error, skus: body.items.length }, "webhook batch dead-lettered after its last attempt");
+    }
+    for (const d of letters) await this.opts.nats.js.publish(this.opts.topology.dlqSubject(d.origin), JSON.stringify(d), { msgID: deadLetterMsgId(d) });
+    this.metrics.deadLettered += letters.length;
+    batch[batch.length - 1]!.ack();
+    this.#acked = last;
+  }
+
+  /** Sleeps through a retry backoff, keeping the lease alive. */
+  async #sleepWhileLeased(ms: number): Promise<void> {
+    const until = Date.now() + ms;
+    while (!this.#stopped && Date.now() < until) {
+      await this.#sleep(Math.min(until - Date.now(), this.opts.leaseTtlMs / 3));
+      await this.#keepLease();
+    }
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, Math.max(0, ms));
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.#wake = () => {
+        this.#wake = null;
+        done();
+      };
+    });
+  }
+}
+
+/**
+ * Replays a dead-lettered webhook batch: sends the channel's *current* availability of the SKUs it
+ * held (never the stale values), once. Null when delivered, else why not.
+ */
+export async function resendCurrent(targets: ReadonlyArray<WebhookTarget>, nats: NatsHandles, topology: Topology, letter: DeadLetter & { readonly id: number }): Promise<{ items: number } | { reason: string }> {
+  const channel = (letter.context as { channel?: unknown }).channel;
+  const target = targets.find((t) => t.channel === channel);
+  if (!target) return { reason: `channel ${String(channel)} has no webhook here (is its ${webhookSecretVar(String(channel))} set?)` };
+  const skus = ((letter.payload as Partial<WebhookBody> | null)?.items ?? []).map((i) => i?.sku).filter((s): s is string => typeof s === "string");
+  const items: Array<Availability> = [];
+  for (const sku of new Set(skus)) {
+    const e = await nats.availability.get(topology.availabilityKey(target.channel, sku));
+    if (e && e.operation === "PUT" && e.length > 0) items.push(e.json<Availability>());
+  }
+  if (items.length === 0) return { items: 0 };
+  const error = await postWebhook(target, { channel: target.channel, deliveryId: `${target.channel}-replay-${letter.id}`, items });
+  return error === null ? { items: items.length } : { reason: `POST ${target.url}: ${error}` };
+}
