@@ -120,6 +120,7 @@ export class SourceReader {
   /** The server accepted START_REPLICATION in this session. */
   #started = false;
   #resnapshot: Resnapshot | null = null;
+  #checkingResnapshot = false;
   readonly done: Promise<void>;
 
   constructor(readonly opts: ReaderOptions) {
@@ -220,7 +221,7 @@ export class SourceReader {
     const heartbeatTimer = setInterval(() => void this.#writeHeartbeat(), source.heartbeatMs);
     const lagTimer = setInterval(() => {
       void this.#checkLag();
-      void this.#checkResnapshotRequest();
+      void this.#checkResnapshotOnce();
     }, Math.max(1000, Math.min(source.heartbeatMs, source.statusMs)));
     this.#timers = [statusTimer, heartbeatTimer, lagTimer];
     try {
@@ -455,6 +456,19 @@ export class SourceReader {
    * committed before S keep flowing, those at or after S wait, and the snapshot's commands are
    * placed exactly between them. Nothing is missed or doubled, and the permanent slot is untouched.
    */
+  /** One check at a time (a slow slot creation must not overlap the next tick's); a failure is retried next tick. */
+  async #checkResnapshotOnce(): Promise<void> {
+    if (this.#checkingResnapshot) return;
+    this.#checkingResnapshot = true;
+    try {
+      await this.#checkResnapshotRequest();
+    } catch (err) {
+      this.opts.log.warn({ err }, "re-snapshot could not start; trying again");
+    } finally {
+      this.#checkingResnapshot = false;
+    }
+  }
+
   async #checkResnapshotRequest(): Promise<void> {
     if (this.#resnapshot || !this.#connected) return;
     const { sql, source, log } = this.opts;

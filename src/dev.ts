@@ -1,10 +1,11 @@
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { migrate } from "../ledger/index.ts";
 import { startTally, type Role } from "./app.ts";
 import { sourceUrlSetting } from "../cdc/index.ts";
 import { demoInit } from "../cdc/demo/init.ts";
+import { DemoSimulator } from "../cdc/demo/simulator.ts";
 import { loadSettings, type Settings } from "./config.ts";
 import { loadTallyConfig } from "./configFile.ts";
 import { connectPostgres } from "./db.ts";
@@ -19,15 +20,18 @@ import {
   type PostgresServer,
 } from "./devStack/index.ts";
 import { createLogger, type Logger } from "./log.ts";
+import { newToken, sha256Hex, type ApiToken } from "./http/auth.ts";
 
 /** Ports `tally dev` prefers for its own servers (a free one is used when taken). */
 export const DEV_POSTGRES_PORT = 54329;
 export const DEV_NATS_PORT = 42229;
 /** The database `tally dev` creates in its own Postgres. */
 export const DEV_DATABASE = "tally";
-const DEV_ROLES: ReadonlyArray<Role> = ["worker", "relay", "cdc"];
+const DEV_ROLES: ReadonlyArray<Role> = ["worker", "relay", "cdc", "api"];
+/** The API port `tally dev` prefers (a free one is used when taken) unless TALLY_HTTP_PORT is set. */
+export const DEV_HTTP_PORT = 8080;
 
-export const DEV_USAGE = "usage: tally dev [--fresh] [--dir .tally]";
+export const DEV_USAGE = "usage: tally dev [--fresh] [--dir .tally] [--no-demo] [--rate <events/s>] [--skus <n>]";
 
 /** Options for {@link runDev} and {@link startDevStack}. */
 export interface DevOptions {
@@ -44,11 +48,22 @@ export interface DevOptions {
   readonly log?: Logger;
   /** Stop when this aborts; default: on SIGINT, SIGTERM or SIGHUP (a second one exits at once). */
   readonly signal?: AbortSignal;
+  /** Run the demo traffic simulator (default true when the demo sources run). */
+  readonly demo?: boolean;
+  /** Simulator events per second (default 20) and catalog size (default 2000). */
+  readonly rate?: number;
+  readonly skus?: number;
 }
 
 /** A running dev stack: the URLs it serves and how to stop it. */
 export interface DevStack {
   readonly settings: Settings;
+  /** Where the API listens, e.g. http://127.0.0.1:8080. */
+  readonly apiUrl: string;
+  /** An admin token for this dev stack (kept in `<dir>/dev-token`), or null when tokens come from the environment. */
+  readonly devToken: string | null;
+  /** The demo traffic simulator, when it runs. */
+  readonly simulator: DemoSimulator | null;
   readonly databaseUrl: string;
   readonly natsUrl: string;
   /** TALLY_SOURCE_ERP_URL / TALLY_SOURCE_SHOP_URL of the demo sources (empty when CDC has no sources). */
@@ -109,11 +124,18 @@ export async function runDev(opts: DevOptions): Promise<number> {
 
 /** `tally dev [--fresh] [--dir .tally]`. */
 export async function devMain(args: ReadonlyArray<string>): Promise<number> {
-  let values: { dir?: string; fresh?: boolean };
+  let values: { dir?: string; fresh?: boolean; demo?: boolean; "no-demo"?: boolean; rate?: string; skus?: string };
   try {
     ({ values } = parseArgs({
       args: [...args],
-      options: { dir: { type: "string", default: ".tally" }, fresh: { type: "boolean", default: false } },
+      options: {
+        dir: { type: "string", default: ".tally" },
+        fresh: { type: "boolean", default: false },
+        demo: { type: "boolean" },
+        "no-demo": { type: "boolean" },
+        rate: { type: "string" },
+        skus: { type: "string" },
+      },
     }));
   } catch (error) {
     process.stderr.write(`tally dev: ${(error as Error).message}\n${DEV_USAGE}\n`);
@@ -123,7 +145,25 @@ export async function devMain(args: ReadonlyArray<string>): Promise<number> {
     process.stderr.write(`tally dev: --dir needs a folder\n${DEV_USAGE}\n`);
     return 1;
   }
-  return runDev({ dir: values.dir, fresh: values.fresh === true });
+  const positive = (name: string, text: string | undefined): number | undefined | Error => {
+    if (text === undefined) return undefined;
+    const n = Number(text);
+    return Number.isFinite(n) && n > 0 ? n : new Error(`--${name}: expected a positive number, got ${JSON.stringify(text)}`);
+  };
+  const rate = positive("rate", values.rate);
+  const skus = positive("skus", values.skus);
+  for (const v of [rate, skus])
+    if (v instanceof Error) {
+      process.stderr.write(`tally dev: ${v.message}\n${DEV_USAGE}\n`);
+      return 1;
+    }
+  return runDev({
+    dir: values.dir,
+    fresh: values.fresh === true,
+    demo: values["no-demo"] !== true,
+    ...(rate !== undefined ? { rate: rate as number } : {}),
+    ...(skus !== undefined ? { skus: Math.floor(skus as number) } : {}),
+  });
 }
 
 /**
@@ -203,7 +243,17 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
 
     const databaseUrl = externalDb ?? postgres!.url(DEV_DATABASE);
     const natsUrl = externalNats ?? nats!.url;
-    const settings = loadSettings({ ...env, TALLY_DATABASE_URL: databaseUrl, TALLY_NATS_URL: natsUrl });
+    // The API: on 127.0.0.1 (not every interface) and, unless tokens are configured, one admin token kept in the data folder.
+    const tokensGiven = nonEmpty(env["TALLY_API_TOKENS"]) !== undefined || nonEmpty(env["TALLY_API_TOKENS_FILE"]) !== undefined;
+    const devToken = tokensGiven ? null : await loadDevToken(dir);
+    const settings = loadSettings({
+      ...env,
+      TALLY_DATABASE_URL: databaseUrl,
+      TALLY_NATS_URL: natsUrl,
+      TALLY_HTTP_HOST: nonEmpty(env["TALLY_HTTP_HOST"]) ?? "127.0.0.1",
+      TALLY_HTTP_PORT: nonEmpty(env["TALLY_HTTP_PORT"]) ?? String(await preferredPort(DEV_HTTP_PORT)),
+      ...(devToken ? { TALLY_API_TOKENS: JSON.stringify([devToken.entry]) } : {}),
+    });
     const sql = connectPostgres(databaseUrl, { max: 1, application: "tally-dev-migrate" });
     try {
       await migrate(sql, settings.env);
@@ -234,12 +284,56 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
     stops.push(() => running.close());
     checkpoint();
 
+    const address = running.api?.server.address();
+    const port = address && typeof address === "object" ? address.port : settings.httpPort;
+    const host = settings.httpHost === "0.0.0.0" || settings.httpHost === "::" ? "127.0.0.1" : settings.httpHost;
+    const apiUrl = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+
+    let simulator: DemoSimulator | null = null;
+    const demoRuns = Boolean(sourceUrls.TALLY_SOURCE_ERP_URL && sourceUrls.TALLY_SOURCE_SHOP_URL && config.sources.erp && config.sources.shop);
+    if ((opts.demo ?? true) && demoRuns && devToken) {
+      const erp = connectPostgres(sourceUrls.TALLY_SOURCE_ERP_URL!, { max: 2, application: "tally-demo-simulator" });
+      const shop = connectPostgres(sourceUrls.TALLY_SOURCE_SHOP_URL!, { max: 2, application: "tally-demo-simulator" });
+      stops.push(async () => {
+        await erp.end({ timeout: 5 });
+        await shop.end({ timeout: 5 });
+      });
+      simulator = new DemoSimulator({
+        erp,
+        shop,
+        ledger: running.sql,
+        availability: running.nats.availability,
+        apiUrl,
+        token: devToken.token,
+        log: log.child({ role: "demo" }),
+        rate: opts.rate ?? 20,
+        skus: opts.skus ?? 2000,
+      });
+      const sim = simulator;
+      stops.push(() => sim.stop());
+    }
+
     let stopping: Promise<void> | undefined;
-    return { settings, databaseUrl, natsUrl, sourceUrls, postgres, nats, stop: () => (stopping ??= stopAll()) };
+    return { settings, apiUrl, devToken: devToken?.token ?? null, simulator, databaseUrl, natsUrl, sourceUrls, postgres, nats, stop: () => (stopping ??= stopAll()) };
   } catch (error) {
     await stopAll();
     throw error;
   }
+}
+
+/** The dev stack's admin token: created once in `<dir>/dev-token` (mode 0600) and kept between runs. */
+async function loadDevToken(dir: string): Promise<{ token: string; entry: ApiToken }> {
+  const file = path.join(dir, "dev-token");
+  await mkdir(dir, { recursive: true });
+  try {
+    const token = (await readFile(file, "utf8")).trim();
+    if (/^tly_[A-Za-z0-9_-]{20,}$/.test(token)) return { token, entry: { id: "dev", sha256: sha256Hex(token), scopes: ["admin"] } };
+  } catch {
+    // none yet
+  }
+  const { token, entry } = newToken("dev", ["admin"]);
+  await writeFile(file, `${token}\n`, { mode: 0o600 });
+  return { token, entry };
 }
 
 async function createDatabaseIfMissing(adminUrl: string, database: string): Promise<void> {
@@ -270,9 +364,16 @@ function banner(stack: DevStack, dir: string): string {
     : "(from TALLY_NATS_URL)";
   const kept = stack.postgres || stack.nats ? `; the data stays in ${shown} (--fresh starts over)` : "";
   return [
-    `tally dev: running — env ${stack.settings.env}, roles ${DEV_ROLES.join(" + ")}`,
+    `tally dev: running — env ${stack.settings.env}, roles ${DEV_ROLES.join(" + ")}${stack.simulator ? `, demo traffic ${stack.simulator.opts.rate ?? 20}/s over ${stack.simulator.opts.skus ?? 2000} SKUs (--no-demo: none)` : ""}`,
     `  postgres  ${stack.databaseUrl}  ${pgWhere}`,
     `  nats      ${stack.natsUrl}  ${natsWhere}`,
+    `  api       ${stack.apiUrl}  (OpenAPI at ${stack.apiUrl}/docs)`,
+    ...(stack.devToken
+      ? [
+          `  dashboard ${stack.apiUrl}/#token=${stack.devToken}`,
+          `  token     ${stack.devToken}  (admin; kept in ${shown}/dev-token)`,
+        ]
+      : [`  dashboard ${stack.apiUrl}/  (sign in with one of your TALLY_API_TOKENS)`]),
     `try, in another shell:`,
     `  export TALLY_ENV=${stack.settings.env} TALLY_DATABASE_URL=${stack.databaseUrl} TALLY_NATS_URL=${stack.natsUrl}`,
     `  npx tally submit examples/commands.ndjson --wait`,

@@ -25,6 +25,8 @@ interface DevProcess {
   readonly child: ChildProcess;
   readonly databaseUrl: string;
   readonly natsUrl: string;
+  readonly apiUrl: string;
+  readonly token: string;
   stdout(): string;
   output(): string;
 }
@@ -64,8 +66,10 @@ async function startDev(dir: string, ...args: Array<string>): Promise<DevProcess
   });
   const databaseUrl = /^ {2}postgres {2}(postgres:\/\/\S+)/m.exec(stdout)?.[1];
   const natsUrl = /^ {2}nats {6}(nats:\/\/\S+)/m.exec(stdout)?.[1];
-  if (databaseUrl === undefined || natsUrl === undefined) throw new Error(`no URLs in the banner:\n${stdout}`);
-  return { child, databaseUrl, natsUrl, stdout: () => stdout, output: () => output };
+  const apiUrl = /^ {2}api {7}(http:\/\/\S+)/m.exec(stdout)?.[1];
+  const token = /^ {2}token {5}(tly_\S+)/m.exec(stdout)?.[1];
+  if (databaseUrl === undefined || natsUrl === undefined || apiUrl === undefined || token === undefined) throw new Error(`no URLs in the banner:\n${stdout}`);
+  return { child, databaseUrl, natsUrl, apiUrl, token, stdout: () => stdout, output: () => output };
 }
 
 /** SIGINTs `tally dev` and returns its exit code; fails if it takes more than 20 s. */
@@ -153,7 +157,7 @@ describe("tally dev", () => {
     const root = await scratchDir();
     const dir = path.join(root, ".tally");
     try {
-      const first = await startDev(dir);
+      const first = await startDev(dir, "--no-demo");
       expect(first.databaseUrl).toMatch(/^postgres:\/\/postgres@127\.0\.0\.1:\d+\/tally$/);
       expect(first.natsUrl).toMatch(/^nats:\/\/127\.0\.0\.1:\d+$/);
       expect(first.stdout()).toContain("npx tally submit examples/commands.ndjson --wait");
@@ -170,7 +174,7 @@ describe("tally dev", () => {
       expect(serversMentioning(root)).toEqual([]);
       expect(existsSync(path.join(dir, "postgres", "PG_VERSION"))).toBe(true);
 
-      const second = await startDev(dir);
+      const second = await startDev(dir, "--no-demo");
       expect(await ledgerEntries(second)).toBe(entries);
       expect(await stopDev(second)).toBe(0);
       expect(serversMentioning(root)).toEqual([]);
@@ -188,7 +192,20 @@ describe("tally dev", () => {
       await writeFile(path.join(dir, "postgres", "left-over"), "x");
       await writeFile(path.join(dir, "marker"), "from an earlier run");
 
-      const dev = await startDev(dir, "--fresh");
+      const dev = await startDev(dir, "--fresh", "--no-demo");
+      // The API runs too, on 127.0.0.1, with the admin token kept in the data folder.
+      expect(dev.apiUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      expect(readFileSync(path.join(dir, "dev-token"), "utf8").trim()).toBe(dev.token);
+      const api = (url: string) => fetch(`${dev.apiUrl}${url}`, { headers: { authorization: `Bearer ${dev.token}` } });
+      let ready: Response | undefined;
+      for (let i = 0; i < 40; i++) {
+        ready = await api("/readyz");
+        if (ready.status === 200) break;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      expect(ready!.status).toBe(200);
+      expect(await ready!.json()).toMatchObject({ ready: true, checks: { postgres: { ok: true }, nats: { ok: true }, leases: { ok: true } } });
+      expect((await fetch(`${dev.apiUrl}/v1/availability/SKU-0001?channel=web`)).status).toBe(401);
       expect(existsSync(path.join(dir, "marker"))).toBe(false);
       expect(existsSync(path.join(dir, "postgres", "left-over"))).toBe(false);
       // Only the demo ERP's opening balances (its CDC snapshot): nothing from an earlier run.
@@ -214,6 +231,10 @@ describe("tally dev", () => {
         entries = await ledgerEntries(dev);
       }
       expect(entries).toBe(opening + 1);
+      // …and its availability is served by the API: 2 CASE of 12 more on hand at DC1.
+      const openingDc1 = DEMO_STOCK.find((st) => st.sku === "SKU-0001" && st.location === "DC1")!.baseQty;
+      const stock = (await (await api("/v1/stock/SKU-0001")).json()) as { locations: Array<{ location: string; onHand: number }> };
+      expect(stock.locations.find((l) => l.location === "DC1")?.onHand).toBe(openingDc1 + 24);
       expect(await stopDev(dev)).toBe(0);
       expect(serversMentioning(root)).toEqual([]);
     } finally {

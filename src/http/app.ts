@@ -102,6 +102,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     bodyLimit: opts.bodyLimit,
     ajv: { customOptions: { allErrors: true, coerceTypes: "array", removeAdditional: false } },
     return503OnClosing: true,
+    // One line per request at debug (errors at warn/error), not two at info: a busy POS feed would drown the log.
+    disableRequestLogging: true,
   });
   const verifier = new TokenVerifier(deps.tokens);
   if (verifier.size === 0) log.warn("no API tokens configured (TALLY_API_TOKENS / TALLY_API_TOKENS_FILE): every authenticated route answers 401");
@@ -207,6 +209,9 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       { method: req.method, route: req.routeOptions.url ?? "unknown", status: String(reply.statusCode) },
       reply.elapsedTime / 1000,
     );
+    const line = { method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10, token: req.principal?.id };
+    if (reply.statusCode >= 500) req.log.error(line, "request failed");
+    else req.log.debug(line, "request");
   });
 
   await app.register(rateLimit, {
