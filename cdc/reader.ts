@@ -215,6 +215,8 @@ export class SourceReader {
       service.on("data", (lsn: string, msg: Pgoutput.Message) => this.#onMessage(lsn, msg));
       service.on("heartbeat", (lsn: string, _ts: number, shouldRespond: boolean) => this.#onKeepalive(lsn, shouldRespond));
       this.#wake = () => resolve();
+      // Stopped while the session was starting (a snapshot, the slot query): end it at once.
+      if (this.#stopped) resolve();
     });
     // Ask for a reply: the server answers with a keepalive carrying its position, which advances an idle slot.
     const statusTimer = setInterval(() => this.#sendStatus(true), source.statusMs);

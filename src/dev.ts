@@ -12,6 +12,7 @@ import { connectPostgres } from "./db.ts";
 import {
   findNatsServer,
   findPostgresBin,
+  freePort,
   preferredPort,
   serversUsing,
   startNats,
@@ -219,24 +220,24 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
 
     // Postgres first: it refuses a data folder another postmaster holds, so it guards the folder.
     if (externalDb === undefined) {
-      postgres = await startPostgres({
+      postgres = await onPreferredPort(DEV_POSTGRES_PORT, (port) => startPostgres({
         dataDir: path.join(dir, "postgres"),
-        port: await preferredPort(DEV_POSTGRES_PORT),
+        port,
         logPath: path.join(dir, "postgres.log"),
         // The data is kept between runs, so unlike the test servers it must survive an OS crash.
         settings: { fsync: "on", full_page_writes: "on" },
-      });
+      }));
       stops.push(postgres.stop);
       checkpoint();
       await createDatabaseIfMissing(postgres.url(), DEV_DATABASE);
     }
     checkpoint();
     if (externalNats === undefined) {
-      nats = await startNats({
+      nats = await onPreferredPort(DEV_NATS_PORT, (port) => startNats({
         dataDir: path.join(dir, "nats"),
-        port: await preferredPort(DEV_NATS_PORT),
+        port,
         logPath: path.join(dir, "nats.log"),
-      });
+      }));
       stops.push(nats.stop);
     }
     checkpoint();
@@ -246,14 +247,17 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
     // The API: on 127.0.0.1 (not every interface) and, unless tokens are configured, one admin token kept in the data folder.
     const tokensGiven = nonEmpty(env["TALLY_API_TOKENS"]) !== undefined || nonEmpty(env["TALLY_API_TOKENS_FILE"]) !== undefined;
     const devToken = tokensGiven ? null : await loadDevToken(dir);
-    const settings = loadSettings({
-      ...env,
-      TALLY_DATABASE_URL: databaseUrl,
-      TALLY_NATS_URL: natsUrl,
-      TALLY_HTTP_HOST: nonEmpty(env["TALLY_HTTP_HOST"]) ?? "127.0.0.1",
-      TALLY_HTTP_PORT: nonEmpty(env["TALLY_HTTP_PORT"]) ?? String(await preferredPort(DEV_HTTP_PORT)),
-      ...(devToken ? { TALLY_API_TOKENS: JSON.stringify([devToken.entry]) } : {}),
-    });
+    const settingsOn = (httpPort: number | undefined) =>
+      loadSettings({
+        ...env,
+        TALLY_DATABASE_URL: databaseUrl,
+        TALLY_NATS_URL: natsUrl,
+        TALLY_HTTP_HOST: nonEmpty(env["TALLY_HTTP_HOST"]) ?? "127.0.0.1",
+        ...(httpPort !== undefined ? { TALLY_HTTP_PORT: String(httpPort) } : {}),
+        ...(devToken ? { TALLY_API_TOKENS: JSON.stringify([devToken.entry]) } : {}),
+      });
+    const httpPortGiven = nonEmpty(env["TALLY_HTTP_PORT"]) !== undefined;
+    let settings = settingsOn(httpPortGiven ? undefined : DEV_HTTP_PORT);
     const sql = connectPostgres(databaseUrl, { max: 1, application: "tally-dev-migrate" });
     try {
       await migrate(sql, settings.env);
@@ -280,7 +284,9 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
     checkpoint();
 
     const log = opts.log ?? createLogger("tally", env["TALLY_LOG_LEVEL"] ?? "info");
-    const running = await startTally(settings, config, DEV_ROLES, log);
+    const running = httpPortGiven
+      ? await startTally(settings, config, DEV_ROLES, log)
+      : await onPreferredPort(DEV_HTTP_PORT, (port) => startTally((settings = settingsOn(port)), config, DEV_ROLES, log));
     stops.push(() => running.close());
     checkpoint();
 
@@ -318,6 +324,23 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
   } catch (error) {
     await stopAll();
     throw error;
+  }
+}
+
+/**
+ * Starts a server on the preferred port when it is free, else on any free one; and when another
+ * process takes the port between the check and the bind (two `tally dev` at once), tries again.
+ */
+async function onPreferredPort<T>(preferred: number, start: (port: number) => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    const port = attempt === 0 ? await preferredPort(preferred) : await freePort();
+    try {
+      return await start(port);
+    } catch (error) {
+      const text = `${(error as Error)?.message ?? ""} ${(error as { code?: string })?.code ?? ""}`;
+      if (attempt < 3 && /address already in use|EADDRINUSE/i.test(text)) continue;
+      throw error;
+    }
   }
 }
 

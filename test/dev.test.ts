@@ -1,7 +1,5 @@
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Either } from "effect";
 import postgres from "postgres";
@@ -9,102 +7,10 @@ import { afterEach, describe, expect, it } from "vitest";
 import { decodeCommand } from "../actors/index.ts";
 import { DEMO_STOCK } from "../cdc/demo/seed.ts";
 import { describeFailure } from "../src/dev.ts";
-import { BIN, ROOT, runTally } from "./support/tally.ts";
+import { ROOT, runTally } from "./support/tally.ts";
+import { scratchDir, serversMentioning, startDev, stopDev, stopStartedDevs, type DevProcess } from "./support/dev.ts";
 
 const EXAMPLES = path.join(ROOT, "examples/commands.ndjson");
-
-/** The environment of a `tally dev` child: no server URLs, so it starts its own. */
-function devEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, TALLY_ENV: "dev", TALLY_LOG_LEVEL: "warn" };
-  delete env["TALLY_DATABASE_URL"];
-  delete env["TALLY_NATS_URL"];
-  return env;
-}
-
-interface DevProcess {
-  readonly child: ChildProcess;
-  readonly databaseUrl: string;
-  readonly natsUrl: string;
-  readonly apiUrl: string;
-  readonly token: string;
-  stdout(): string;
-  output(): string;
-}
-
-const started: Array<ChildProcess> = [];
-
-/** Spawns `tally dev --dir <dir> …` and resolves once its banner is printed. */
-async function startDev(dir: string, ...args: Array<string>): Promise<DevProcess> {
-  const child = spawn(process.execPath, [BIN, "dev", "--dir", dir, ...args], {
-    cwd: ROOT,
-    env: devEnv(),
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  started.push(child);
-  let stdout = "";
-  let output = "";
-  child.stdout!.on("data", (d: Buffer) => {
-    stdout += d.toString();
-    output += d.toString();
-  });
-  child.stderr!.on("data", (d: Buffer) => (output += d.toString()));
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no banner after 40 s:\n${output}`)), 40_000);
-    const onData = () => {
-      if (!stdout.includes("Ctrl-C stops")) return;
-      clearTimeout(timer);
-      child.stdout!.off("data", onData);
-      child.off("exit", onExit);
-      resolve();
-    };
-    const onExit = (code: number | null) => {
-      clearTimeout(timer);
-      reject(new Error(`tally dev exited (${code}) before its banner:\n${output}`));
-    };
-    child.stdout!.on("data", onData);
-    child.once("exit", onExit);
-  });
-  const databaseUrl = /^ {2}postgres {2}(postgres:\/\/\S+)/m.exec(stdout)?.[1];
-  const natsUrl = /^ {2}nats {6}(nats:\/\/\S+)/m.exec(stdout)?.[1];
-  const apiUrl = /^ {2}api {7}(http:\/\/\S+)/m.exec(stdout)?.[1];
-  const token = /^ {2}token {5}(tly_\S+)/m.exec(stdout)?.[1];
-  if (databaseUrl === undefined || natsUrl === undefined || apiUrl === undefined || token === undefined) throw new Error(`no URLs in the banner:\n${stdout}`);
-  return { child, databaseUrl, natsUrl, apiUrl, token, stdout: () => stdout, output: () => output };
-}
-
-/** SIGINTs `tally dev` and returns its exit code; fails if it takes more than 20 s. */
-async function stopDev(dev: DevProcess): Promise<number | null> {
-  if (dev.child.exitCode !== null) return dev.child.exitCode;
-  const exited = new Promise<number | null>((resolve) => dev.child.once("exit", (code) => resolve(code)));
-  dev.child.kill("SIGINT");
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), 20_000)));
-  const result = await Promise.race([exited, timeout]);
-  clearTimeout(timer);
-  if (result === "timeout") throw new Error(`tally dev did not exit within 20 s of SIGINT:\n${dev.output()}`);
-  return result;
-}
-
-/** Live postgres / nats-server processes whose command line mentions `dir`. */
-function serversMentioning(dir: string): Array<string> {
-  const found: Array<string> = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    let argv: Array<string>;
-    let state: string | undefined;
-    try {
-      argv = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0");
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      state = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0];
-    } catch {
-      continue;
-    }
-    const name = path.basename(argv[0] ?? "");
-    if ((name === "postgres" || name === "nats-server") && state !== "Z" && argv.some((a) => a.includes(dir)))
-      found.push(`${entry} ${argv.join(" ")}`);
-  }
-  return found;
-}
 
 function tallyEnvFor(dev: DevProcess): Record<string, string> {
   return { TALLY_ENV: "dev", TALLY_DATABASE_URL: dev.databaseUrl, TALLY_NATS_URL: dev.natsUrl, TALLY_LOG_LEVEL: "warn" };
@@ -118,23 +24,7 @@ async function ledgerEntries(dev: DevProcess): Promise<number> {
   return Number(entries);
 }
 
-/** A scratch folder the `postgres` user can reach (mkdtemp makes it 0700, and we run as root). */
-async function scratchDir(): Promise<string> {
-  const dir = await mkdtemp(path.join(tmpdir(), "tally-dev-test-"));
-  await chmod(dir, 0o755);
-  return dir;
-}
-
-afterEach(async () => {
-  // A failed test must not leave servers behind: SIGINT what still runs, then SIGKILL.
-  for (const child of started.splice(0)) {
-    if (child.exitCode !== null || child.signalCode !== null) continue;
-    const exited = new Promise((resolve) => child.once("exit", resolve));
-    child.kill("SIGINT");
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 20_000))]);
-    if (child.exitCode === null) child.kill("SIGKILL");
-  }
-});
+afterEach(stopStartedDevs);
 
 describe("examples/commands.ndjson", () => {
   it("holds valid canonical commands for the demo locations", () => {

@@ -56,10 +56,11 @@ export function findNatsServer(): string {
   throw error;
 }
 
-/** Rejects until the server accepts a connection and its JetStream API answers. */
-async function probe(url: string): Promise<void> {
+/** Rejects until this server (by name: not another that won a race for the port) accepts a connection and its JetStream API answers. */
+async function probe(url: string, name: string): Promise<void> {
   const nc = await connect({ servers: url, reconnect: false, timeout: 2_000 });
   try {
+    if (nc.info?.server_name !== name) throw new Error(`port answered by nats-server ${nc.info?.server_name}, not ${name}`);
     // jetstreamManager() asks for account info, which fails until JetStream is up.
     await jetstreamManager(nc, { timeout: 2_000 });
   } finally {
@@ -84,14 +85,15 @@ export async function startNats(opts: StartNatsOptions = {}): Promise<NatsServer
     await mkdir(storeDir, { recursive: true });
     const port = opts.port ?? (await freePort());
     const url = `nats://127.0.0.1:${port}`;
+    const serverName = `tally-${process.pid}-${port}-${Math.random().toString(36).slice(2, 8)}`;
     const server = new ServerProcess({
       name: `nats-server on port ${port}`,
       command: findNatsServer(),
-      args: ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", storeDir],
+      args: ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", storeDir, "-n", serverName],
       cwd: root,
       logPath: opts.logPath ?? join(root, "nats-server.log"),
       stopSignal: "SIGINT",
-      probe: () => probe(url),
+      probe: () => probe(url, serverName),
     });
     await server.start();
 

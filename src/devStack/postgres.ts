@@ -203,11 +203,15 @@ function releaseSharedMemory(dataDir: string): void {
   }
 }
 
-/** One `select 1` over a fresh connection; rejects until the server accepts queries. */
-async function probe(url: string): Promise<void> {
+/**
+ * One query over a fresh connection; rejects until the server accepts queries, and while the port
+ * answers for another server's data folder (two starts raced for one port: ours will fail to bind).
+ */
+async function probe(url: string, dataDir: string): Promise<void> {
   const sql = postgres(url, { max: 1, connect_timeout: 2, idle_timeout: 1, onnotice: () => {} });
   try {
-    await sql`select 1`;
+    const [row] = await sql<Array<{ dir: string }>>`select current_setting('data_directory') as dir`;
+    if (row?.dir !== dataDir) throw new Error(`port answered by the server of ${row?.dir}, not ${dataDir}`);
   } finally {
     await sql.end({ timeout: 0 });
   }
@@ -257,7 +261,7 @@ function serverFor(
     logPath,
     ...(user === undefined ? {} : { uid: user.uid, gid: user.gid }),
     stopSignal: "SIGINT",
-    probe: () => probe(url()),
+    probe: () => probe(url(), dataDir),
   });
   return { server, url };
 }

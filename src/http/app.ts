@@ -1,4 +1,4 @@
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from "fastify";
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from "fastify";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
@@ -22,6 +22,7 @@ import { availabilityRoutes } from "./routes/availability.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { ledgerRoutes } from "./routes/ledger.ts";
 import { operatorRoutes } from "./routes/operators.ts";
+import { DashboardHub, dashboardRoutes } from "./dashboard.ts";
 import { posRoutes } from "./routes/pos.ts";
 import { reservationRoutes } from "./routes/reservations.ts";
 
@@ -103,7 +104,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     ajv: { customOptions: { allErrors: true, coerceTypes: "array", removeAdditional: false } },
     return503OnClosing: true,
     // One line per request at debug (errors at warn/error), not two at info: a busy POS feed would drown the log.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
   });
   const verifier = new TokenVerifier(deps.tokens);
   if (verifier.size === 0) log.warn("no API tokens configured (TALLY_API_TOKENS / TALLY_API_TOKENS_FILE): every authenticated route answers 401");
@@ -241,6 +242,10 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(reservationRoutes, { ctx });
   await app.register(ledgerRoutes, { ctx });
   await app.register(operatorRoutes, { ctx });
+  const hub = new DashboardHub(ctx);
+  hub.start();
+  app.addHook("onClose", async () => hub.stop());
+  await app.register(dashboardRoutes, { ctx, hub });
   await app.ready();
   return app;
 }
