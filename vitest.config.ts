@@ -4,7 +4,7 @@ export default defineConfig({
   test: {
     // One real Postgres and one real nats-server for the whole run (CONVENTIONS §9).
     globalSetup: ['test/support/globalSetup.ts'],
-    include: ['test/**/*.test.ts', 'actors/**/*.test.ts', 'ledger/**/*.test.ts', 'cdc/**/*.test.ts', 'src/**/*.test.ts'],
+    include: ['test/**/*.test.ts', 'actors/**/*.test.ts', 'ledger/**/*.test.ts', 'cdc/**/*.test.ts', 'src/**/*.test.ts', 'bench/**/*.test.ts'],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     pool: 'forks',

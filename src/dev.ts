@@ -253,6 +253,8 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
         TALLY_DATABASE_URL: databaseUrl,
         TALLY_NATS_URL: natsUrl,
         TALLY_HTTP_HOST: nonEmpty(env["TALLY_HTTP_HOST"]) ?? "127.0.0.1",
+        // The demo simulator posts POS batches ten times a second with the dev token.
+        TALLY_API_RATE_LIMIT: nonEmpty(env["TALLY_API_RATE_LIMIT"]) ?? "60000",
         ...(httpPort !== undefined ? { TALLY_HTTP_PORT: String(httpPort) } : {}),
         ...(devToken ? { TALLY_API_TOKENS: JSON.stringify([devToken.entry]) } : {}),
       });

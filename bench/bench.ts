@@ -1,0 +1,553 @@
+/**
+ * `npm run bench -- --scenario steady --duration 30`: drives the real pipeline — the demo ERP and
+ * shop databases captured by CDC, POS transactions and reservations over HTTP, NATS, the workers,
+ * the ledger and the relay, all in this process on this machine — and measures, in the same run,
+ * the machine's physical limits so Tally's figures read as ratios.
+ *
+ * Reports sustained commands/s end to end, source time → availability published p50/p95/p99 per
+ * source, reservation round trip p50/p99, CDC lag, CPU and RSS per process, and correctness at the
+ * end (every source event's commands applied exactly once, `ledger verify`); writes
+ * `bench/results/<timestamp>.json` and `.html` (charts, no network needed to view).
+ *
+ * Scenarios: `steady` (a retailer's mix at --rate events/s), `flash-sale` (web orders on a few hot
+ * SKUs with little stock, plus a polling-sync baseline: oversold units per 10,000 orders for a
+ * channel that refreshes every 60 s / 900 s), `catalog-1m` (receipts spread over a million SKUs,
+ * RSS sampled: memory must stay flat).
+ */
+import { readdirSync, readFileSync } from "node:fs";
+import { mkdir, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import postgres from "postgres";
+import { decodeCommand, type Command } from "../actors/index.ts";
+import { erpSource, shopSource } from "../cdc/demo/mappings.ts";
+import { applyDemoSchemas, seedDemo } from "../cdc/demo/seed.ts";
+import { onboardCatalog, simItem, storeIds, Zipf } from "../cdc/demo/simulator.ts";
+import { enableSource } from "../cdc/admin.ts";
+import { findSource } from "../cdc/sources.ts";
+import { migrate, verifyLedger } from "../ledger/index.ts";
+import { startTally } from "../src/app.ts";
+import { loadSettings } from "../src/config.ts";
+import { decodeTallyConfig } from "../src/configFile.ts";
+import { connectPostgres, type Sql } from "../src/db.ts";
+import { freePort, startNats, startPostgres } from "../src/devStack/index.ts";
+import { newToken } from "../src/http/auth.ts";
+import { outcomesSubject, type OutcomeBatch } from "../src/http/outcomes.ts";
+import { createLogger } from "../src/log.ts";
+import { connectNats, ensureTopology } from "../src/nats.ts";
+import { publishCommands } from "../src/publisher.ts";
+import { relaySubject, type RelayRound } from "../src/relay.ts";
+import { topology } from "../src/topology.ts";
+import { measureDecoding, measureInsert, measureNats, type Limits } from "./limits.ts";
+import { renderReport } from "./report.ts";
+import { pollingBaseline, type OrderEvent, type StockEvent } from "./polling.ts";
+
+type Scenario = "steady" | "flash-sale" | "catalog-1m";
+const { values } = parseArgs({
+  options: {
+    scenario: { type: "string", default: "steady" },
+    rate: { type: "string" },
+    duration: { type: "string", default: "30" },
+    skus: { type: "string" },
+    stores: { type: "string", default: "10" },
+    "reservation-rate": { type: "string", default: "50" },
+    partitions: { type: "string", default: "8" },
+    out: { type: "string", default: "bench/results" },
+  },
+});
+const scenario = values.scenario as Scenario;
+if (!["steady", "flash-sale", "catalog-1m"].includes(scenario)) throw new Error(`--scenario: expected steady, flash-sale or catalog-1m, got ${scenario}`);
+const num = (name: string, v: string | undefined, fallback: number) => {
+  const n = v === undefined ? fallback : Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name}: expected a positive number, got ${v}`);
+  return n;
+};
+const DURATION_S = num("duration", values.duration, 30);
+const RATE = num("rate", values.rate, scenario === "steady" ? 500 : scenario === "flash-sale" ? 300 : 5000);
+const SKUS = Math.floor(num("skus", values.skus, scenario === "catalog-1m" ? 1_000_000 : 2000));
+const STORES = Math.floor(num("stores", values.stores, 10));
+const RES_RATE = num("reservation-rate", values["reservation-rate"], 50);
+const PARTITIONS = Math.floor(num("partitions", values.partitions, 8));
+const HOT = 20;
+
+const percentile = (sorted: ReadonlyArray<number>, q: number): number | null =>
+  sorted.length === 0 ? null : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+const sortNum = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b);
+const randInt = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi - lo + 1));
+const round = (n: number | null, d = 1) => (n === null ? null : Math.round(n * 10 ** d) / 10 ** d);
+
+/** CPU seconds and RSS of a process, from /proc. */
+function procStat(pid: number): { cpu: number; rss: number } | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(f[11]) + Number(f[12]);
+    const rssPages = Number(f[21]);
+    return { cpu: ticks / 100, rss: rssPages * 4096 };
+  } catch {
+    return null;
+  }
+}
+
+function childrenOf(pid: number): Array<number> {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** One line on a terminal (rewritten), else a line every 5 s. */
+function progress(text: string, done: number, total: number): void {
+  const width = 24;
+  const filled = Math.round((Math.min(done, total) / total) * width);
+  const bar = `[${"#".repeat(filled)}${"-".repeat(width - filled)}]`;
+  if (process.stderr.isTTY) process.stderr.write(`\r${bar} ${text}`.padEnd(100));
+  else if (Math.floor(done) % 5 === 0) process.stderr.write(`${bar} ${text}\n`);
+}
+
+async function main(): Promise<void> {
+  const log = createLogger("bench", process.env.TALLY_LOG_LEVEL ?? "error");
+  process.stderr.write(`bench: ${scenario}, ${RATE} events/s for ${DURATION_S} s over ${SKUS.toLocaleString("en")} SKUs — starting Postgres and nats-server…\n`);
+  const [pg, natsServer] = await Promise.all([startPostgres({ settings: { max_connections: "200", max_wal_senders: "20", max_replication_slots: "20" } }), startNats()]);
+  const admin = postgres(pg.url(), { max: 1, onnotice: () => {} });
+  for (const db of ["bench", "bench_erp", "bench_shop"]) await admin.unsafe(`create database ${db}`);
+  await admin.end();
+  const env = "bench";
+  const urls = { TALLY_SOURCE_ERP_URL: pg.url("bench_erp"), TALLY_SOURCE_SHOP_URL: pg.url("bench_shop") };
+  const sql = connectPostgres(pg.url("bench"), { max: 4, application: "bench" });
+  const erp = connectPostgres(urls.TALLY_SOURCE_ERP_URL, { max: 4, application: "bench-load" });
+  const shop = connectPostgres(urls.TALLY_SOURCE_SHOP_URL, { max: 4, application: "bench-load" });
+  const nc = await connectNats(natsServer.url, "bench");
+  const t = topology(env, PARTITIONS);
+  const stores = storeIds(STORES);
+  const config = decodeTallyConfig({
+    channels: { web: { locations: ["DC1"], buffer: 0 }, ...Object.fromEntries(stores.map((s) => [`store_${s.toLowerCase()}`, { locations: [s] }])) },
+    sources: { erp: erpSource, shop: shopSource },
+  });
+  let tally: Awaited<ReturnType<typeof startTally>> | null = null;
+  const report: Record<string, unknown> = { at: new Date().toISOString(), scenario, rate: RATE, durationS: DURATION_S, skus: SKUS, stores: STORES, reservationRate: RES_RATE, partitions: PARTITIONS, cores: (await import("node:os")).cpus().length };
+  try {
+    await migrate(sql, env);
+    const nats = await ensureTopology(nc, t, { duplicateWindowMs: 600_000, leaseTtlMs: 10_000 });
+
+    // --- The machine's limits, first (nothing else running). ---
+    process.stderr.write("bench: measuring this machine's limits (inserts, JetStream publish/consume, logical decoding)…\n");
+    const insertRowsPerSec = await measureInsert(sql);
+    const { publish, consume } = await measureNats(nats);
+    const decodeChangesPerSec = await measureDecoding(erp, urls.TALLY_SOURCE_ERP_URL);
+    const limits: Limits = { insertRowsPerSec, publishCommandsPerSec: publish, consumeCommandsPerSec: consume, decodeChangesPerSec };
+    report.limits = limits;
+
+    // --- The demo retailer: schemas, catalog, CDC enabled; Tally with every role. ---
+    await applyDemoSchemas(erp, shop);
+    await seedDemo(erp, shop);
+    Object.assign(process.env, urls);
+    await enableSource(erp, findSource(config, "erp", env, urls));
+    await enableSource(shop, findSource(config, "shop", env, urls));
+    const { token, entry } = newToken("bench", ["admin"]);
+    const port = await freePort();
+    const settings = loadSettings({
+      TALLY_ENV: env,
+      TALLY_DATABASE_URL: pg.url("bench"),
+      TALLY_NATS_URL: natsServer.url,
+      TALLY_PARTITIONS: String(PARTITIONS),
+      TALLY_LEASE_TTL_MS: "10000",
+      TALLY_HTTP_HOST: "127.0.0.1",
+      TALLY_HTTP_PORT: String(port),
+      TALLY_API_TOKENS: JSON.stringify([entry]),
+      TALLY_API_RATE_LIMIT: "1000000",
+    });
+    tally = await startTally(settings, config, ["worker", "relay", "cdc", "api"], log);
+    const api = `http://127.0.0.1:${port}`;
+
+    // Live measurements: outcomes per second, end-to-end latency per source.
+    const appliedPerSecond = new Map<number, number>();
+    const latencies = new Map<string, Array<number>>();
+    let applied = 0;
+    const subs = [
+      nc.subscribe(outcomesSubject(env), {
+        callback: (_e, m) => {
+          const b = m.json<OutcomeBatch>();
+          const sec = Math.floor(Date.now() / 1000);
+          appliedPerSecond.set(sec, (appliedPerSecond.get(sec) ?? 0) + b.outcomes.length);
+          applied += b.outcomes.length;
+        },
+      }),
+      nc.subscribe(relaySubject(env), {
+        callback: (_e, m) => {
+          if (!measuring) return;
+          for (const [source, list] of Object.entries(m.json<RelayRound>().latencyMs)) {
+            const kept = latencies.get(source) ?? [];
+            kept.push(...list);
+            latencies.set(source, kept);
+          }
+        },
+      }),
+    ];
+    let measuring = false;
+
+    // Catalog onboarding (through CDC) and, for flash-sale, little stock on a few hot SKUs.
+    const catalog = scenario === "catalog-1m" ? 0 : SKUS;
+    if (catalog > 0) {
+      process.stderr.write(`bench: onboarding ${catalog.toLocaleString("en")} items into the ERP (through CDC)…\n`);
+      await onboardCatalog(erp, catalog, STORES);
+    }
+    const expectedOpening = async () => {
+      const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
+      return n;
+    };
+    /** Until CDC has confirmed everything written so far in the ERP, the outbox is empty and no outcome arrives for 2 s. */
+    const quiet = async (what: string) => {
+      const [{ target }] = await erp<[{ target: string }]>`select pg_current_wal_lsn()::text as target`;
+      for (let last = -1, still = 0; still < 2; ) {
+        await sleep(1000);
+        const n = await expectedOpening();
+        const [{ caught }] = await erp<[{ caught: boolean }]>`
+          select coalesce(bool_and(confirmed_flush_lsn >= ${target}::pg_lsn), true) as caught from pg_replication_slots where slot_name = ${`tally_${env}_erp`}`;
+        const [{ outbox }] = await sql<[{ outbox: number }]>`select count(*)::int as outbox from outbox`;
+        still = caught && outbox === 0 && n === last ? still + 1 : 0;
+        last = n;
+        progress(`${what}: ${n.toLocaleString("en")} commands applied`, 0, 1);
+      }
+      if (process.stderr.isTTY) process.stderr.write("\n");
+    };
+    await quiet("onboarding");
+    if (scenario === "flash-sale") {
+      // The hot SKUs: stock at DC1 reset to 30 each by a count in the ERP.
+      await erp`insert into stock_counts (item_no, location, counted_qty) select i, 'DC1', 30 from unnest(${erp.array(Array.from({ length: HOT }, (_, i) => simItem(i).itemNo))}::text[]) as t(i)`;
+      await quiet("stock counts");
+    }
+    const before = await expectedOpening();
+
+    // --- The load. ---
+    const zipf = new Zipf(scenario === "flash-sale" ? HOT : Math.max(1, catalog || SKUS));
+    const expected = { erp: 0, pos: 0, shop: 0, api: 0, bench: 0 };
+    const offeredPerSecond = new Map<number, number>();
+    const reservationRtt: Array<number> = [];
+    const reservationOutcomes: Record<string, number> = {};
+    const orders: Array<OrderEvent> = [];
+    const pending: Array<{ orderId: string; lines: number; due: number }> = [];
+    let seq = 0;
+    let failures = 0;
+    const run = Math.random().toString(36).slice(2, 8);
+    const natsProcess = natsPid(natsServer.storeDir);
+    const pidStart = { node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null };
+    const rss: Array<{ t: number; node: number; pg: number; nats: number }> = [];
+    const started = Date.now();
+    measuring = true;
+    const until = started + DURATION_S * 1000;
+    let owed = 0;
+    const inflight = new Set<Promise<unknown>>();
+    const track = (p: Promise<unknown>) => {
+      const q = p.catch(() => void failures++).finally(() => inflight.delete(q));
+      inflight.add(q);
+    };
+    let resOwed = 0;
+    let lastSample = 0;
+    while (Date.now() < until) {
+      const tick = Date.now();
+      owed += RATE / 10;
+      const events = Math.floor(owed);
+      owed -= events;
+      const sec = Math.floor(tick / 1000);
+      const receipts: Array<{ item: string; location: string; qty: number }> = [];
+      const pos: Array<Record<string, unknown>> = [];
+      const carts: Array<Array<{ shopSku: string; sku: string; qty: number }>> = [];
+      const direct: Array<Command> = [];
+      for (let e = 0; e < events; e++) {
+        if (scenario === "catalog-1m") {
+          const i = Math.floor(Math.random() * SKUS);
+          const d = decodeCommand({ id: `b:${run}:${++seq}`, type: "receive", sku: `M-${i}`, location: "DC1", qty: 1, source: { system: "bench", ref: String(seq) }, occurredAt: new Date().toISOString() });
+          if (d._tag === "Right") direct.push(d.right);
+          continue;
+        }
+        const r = Math.random();
+        if (scenario === "flash-sale" ? r < 0.9 : r < 0.3) {
+          const item = simItem(zipf.sample());
+          carts.push([{ shopSku: item.shopSku, sku: item.sku, qty: 1 }]);
+        } else if (scenario === "flash-sale" || r < 0.75) {
+          const store = stores[randInt(0, stores.length - 1)]!;
+          const lines = Array.from({ length: randInt(1, 3) }, () => ({ type: "sale", barcode: simItem(zipf.sample()).barcode, qty: 1 }));
+          pos.push({ store, terminal: `T${randInt(1, 8)}`, id: `b-${run}-${++seq}`, occurredAt: new Date().toISOString(), lines });
+        } else {
+          receipts.push({ item: simItem(zipf.sample()).itemNo, location: Math.random() < 0.3 ? "DC1" : stores[randInt(0, stores.length - 1)]!, qty: randInt(5, 40) });
+        }
+      }
+      let offered = 0;
+      if (direct.length > 0) {
+        expected.bench += direct.length;
+        offered += direct.length;
+        track(publishCommands(nats.js, t, direct));
+      }
+      if (receipts.length > 0) {
+        expected.erp += receipts.length;
+        offered += receipts.length;
+        track(erp`insert into goods_receipts (item_no, location, qty, uom)
+                  select i, l, q, 'EA' from unnest(${erp.array(receipts.map((x) => x.item))}::text[], ${erp.array(receipts.map((x) => x.location))}::text[],
+                                                   ${erp.array(receipts.map((x) => x.qty))}::int[]) as t(i, l, q)`);
+      }
+      if (pos.length > 0) {
+        const lines = pos.reduce((n, x) => n + (x.lines as Array<unknown>).length, 0);
+        expected.pos += lines;
+        offered += lines;
+        track(
+          fetch(`${api}/v1/pos/transactions`, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${token}` }, body: JSON.stringify({ transactions: pos }) }).then(async (res) => {
+            await res.arrayBuffer();
+            if (res.status >= 300) throw new Error(`POS ${res.status}`);
+          }),
+        );
+      }
+      if (carts.length > 0) {
+        const placed = carts.map((cart) => ({ orderId: `B-${run}-${++seq}`, cart }));
+        const lines = carts.reduce((n, c) => n + c.length, 0);
+        expected.shop += lines;
+        offered += lines;
+        const now = Date.now();
+        for (const p of placed) {
+          for (const l of p.cart) orders.push({ at: now, sku: l.sku, qty: l.qty });
+          pending.push({ orderId: p.orderId, lines: p.cart.length, due: now + randInt(1000, 4000) });
+        }
+        track(
+          shop.begin(async (tx) => {
+            await tx`insert into orders (order_id, channel) select unnest(${tx.array(placed.map((p) => p.orderId))}::text[]), 'web'`;
+            const rows = placed.flatMap((p) => p.cart.map((l, i) => ({ o: p.orderId, n: i + 1, s: l.shopSku, q: l.qty })));
+            await tx`insert into order_lines (order_id, line_no, shop_sku, location, qty)
+                     select o, n, s, 'DC1', q from unnest(${tx.array(rows.map((r) => r.o))}::text[], ${tx.array(rows.map((r) => r.n))}::int[],
+                                                          ${tx.array(rows.map((r) => r.s))}::text[], ${tx.array(rows.map((r) => r.q))}::int[]) as t(o, n, s, q)`;
+          }),
+        );
+      }
+      // Orders placed a few seconds ago ship (80%) or are cancelled.
+      const due = pending.filter((p) => p.due <= tick);
+      if (due.length > 0) {
+        pending.splice(0, pending.length, ...pending.filter((p) => p.due > tick));
+        const ship = due.filter(() => Math.random() < 0.8);
+        const cancel = due.filter((p) => !ship.includes(p));
+        // Only a placed line whose reserve was applied moves stock; the mapping emits fulfill/release for every placed line either way.
+        expected.shop += due.reduce((n, p) => n + p.lines, 0);
+        offered += due.reduce((n, p) => n + p.lines, 0);
+        if (ship.length > 0) track(shop`update order_lines set status = 'shipped' where order_id = any(${shop.array(ship.map((p) => p.orderId))}::text[]) and status = 'placed'`);
+        if (cancel.length > 0) track(shop`update order_lines set status = 'cancelled' where order_id = any(${shop.array(cancel.map((p) => p.orderId))}::text[]) and status = 'placed'`);
+      }
+      // Reservations over HTTP, each timed (a checkout's hold).
+      if (scenario !== "catalog-1m") {
+        resOwed += RES_RATE / 10;
+        const n = Math.floor(resOwed);
+        resOwed -= n;
+        for (let k = 0; k < n; k++) {
+          const sku = simItem(zipf.sample()).sku;
+          const key = `bench-${run}-${++seq}`;
+          expected.api++;
+          offered++;
+          const t0 = performance.now();
+          track(
+            fetch(`${api}/v1/reservations`, {
+              method: "POST",
+              headers: { "content-type": "application/json", authorization: `Bearer ${token}`, "idempotency-key": key },
+              body: JSON.stringify({ sku, qty: 1, location: "DC1", ttlSeconds: 3600 }),
+            }).then(async (res) => {
+              await res.arrayBuffer();
+              reservationRtt.push(performance.now() - t0);
+              const outcome = res.status === 201 ? "held" : res.status === 409 ? "insufficient_stock" : `http_${res.status}`;
+              reservationOutcomes[outcome] = (reservationOutcomes[outcome] ?? 0) + 1;
+            }),
+          );
+        }
+      }
+      offeredPerSecond.set(sec, (offeredPerSecond.get(sec) ?? 0) + offered);
+      if (tick - lastSample >= 1000) {
+        lastSample = tick;
+        const pgRss = pgPids(pg.dataDir).reduce((n, p) => n + (procStat(p)?.rss ?? 0), 0);
+        rss.push({ t: Math.round((tick - started) / 1000), node: procStat(process.pid)?.rss ?? 0, pg: pgRss, nats: natsProcess ? (procStat(natsProcess)?.rss ?? 0) : 0 });
+        const total = Object.values(expected).reduce((a, b) => a + b, 0);
+        progress(`${Math.round((tick - started) / 1000)}/${DURATION_S} s  offered ${total.toLocaleString("en")}  applied ${(applied - 0).toLocaleString("en")}  in flight ${inflight.size}`, (tick - started) / 1000, DURATION_S);
+      }
+      await sleep(Math.max(0, 100 - (Date.now() - tick)));
+    }
+    await Promise.allSettled([...inflight]);
+    const loadEnded = Date.now();
+    if (process.stderr.isTTY) process.stderr.write("\n");
+    process.stderr.write("bench: load done; waiting for the pipeline to drain…\n");
+    const wanted = Object.values(expected).reduce((a, b) => a + b, 0);
+    let drainedAt = Date.now();
+    for (let last = -1; ; ) {
+      const n = (await expectedOpening()) - before;
+      const [{ outbox }] = await sql<[{ outbox: number }]>`select count(*)::int as outbox from outbox`;
+      if (n >= wanted && outbox === 0) break;
+      if (n !== last) drainedAt = Date.now();
+      else if (Date.now() - drainedAt > 60_000) break;
+      last = n;
+      progress(`draining: ${n.toLocaleString("en")} / ${wanted.toLocaleString("en")} applied`, n, wanted);
+      await sleep(500);
+    }
+    measuring = false;
+    const finished = Date.now();
+    if (process.stderr.isTTY) process.stderr.write("\n");
+    const pidEnd = { node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null };
+    const sumCpu = (xs: Array<{ cpu: number } | null>) => xs.reduce((n, x) => n + (x?.cpu ?? 0), 0);
+    const wall = (finished - started) / 1000;
+    report.cpu = {
+      wallSeconds: round(wall),
+      node: round(((pidEnd.node?.cpu ?? 0) - (pidStart.node?.cpu ?? 0)) / wall, 2),
+      postgres: round((sumCpu(pidEnd.pg) - sumCpu(pidStart.pg)) / wall, 2),
+      natsServer: round(((pidEnd.nats?.cpu ?? 0) - (pidStart.nats?.cpu ?? 0)) / wall, 2),
+      unit: "cores (CPU seconds per wall second)",
+    };
+    report.rss = rss;
+
+    // --- Correctness. ---
+    const bySource = await sql<Array<{ source: string; status: string; n: number }>>`
+      select split_part(command_id, ':', 1) as source, status, count(*)::int as n from command_outcomes group by 1, 2 order by 1, 2`;
+    const [{ outcomes }] = await sql<[{ outcomes: number }]>`select count(*)::int as outcomes from command_outcomes`;
+    const [{ dup }] = await sql<[{ dup: number }]>`select count(*)::int as dup from (select command_id, leg from ledger_entries group by 1, 2 having count(*) > 1) d`;
+    const verify = await verifyLedger(sql);
+    const [{ dlq }] = [{ dlq: (await nats.jsm.streams.info(t.dlqStream)).state.messages }];
+    report.correctness = {
+      expectedCommands: expected,
+      expectedTotal: wanted,
+      appliedOrRejected: outcomes - before,
+      allAccountedFor: outcomes - before === wanted,
+      duplicateLegs: dup,
+      verify: verify.problem === null ? "ok" : verify.problem,
+      deadLetters: dlq,
+      bySource,
+      loadFailures: failures,
+    };
+
+    // --- Throughput, latency. ---
+    const firstSec = Math.floor(started / 1000);
+    const timeline = Array.from({ length: Math.ceil((finished - started) / 1000) + 1 }, (_, i) => ({
+      t: i,
+      offered: offeredPerSecond.get(firstSec + i) ?? 0,
+      applied: appliedPerSecond.get(firstSec + i) ?? 0,
+    }));
+    const appliedInRun = outcomes - before;
+    const sustained = Math.round(appliedInRun / ((finished - started) / 1000));
+    const offeredRate = Math.round(wanted / ((loadEnded - started) / 1000));
+    const latency = Object.fromEntries(
+      [...latencies].map(([source, xs]) => {
+        const s = sortNum(xs);
+        return [source, { samples: s.length, p50: percentile(s, 0.5), p95: percentile(s, 0.95), p99: percentile(s, 0.99) }];
+      }),
+    );
+    const rtt = sortNum(reservationRtt);
+    report.throughput = { offeredCommandsPerSec: offeredRate, sustainedCommandsPerSec: sustained, drainSeconds: round((finished - loadEnded) / 1000), timeline };
+    report.latencyMs = latency;
+    report.reservations = { count: rtt.length, p50: round(percentile(rtt, 0.5)), p99: round(percentile(rtt, 0.99)), outcomes: reservationOutcomes };
+    report.cdcLag = tally.readers.map((r) => ({ source: r.name, lagBytes: r.metrics.lagBytes, changes: r.metrics.changes }));
+    report.ratios = {
+      endToEndVsPublish: round(sustained / limits.publishCommandsPerSec, 3),
+      endToEndVsConsume: round(sustained / limits.consumeCommandsPerSec, 3),
+      endToEndVsInsert: round(sustained / limits.insertRowsPerSec, 3),
+      cdcVsDecoding: round(((expected.erp + expected.shop) / ((loadEnded - started) / 1000)) / limits.decodeChangesPerSec, 3),
+    };
+    report.targets = {
+      sustained25k: { target: 25_000, measured: sustained, met: sustained >= 25_000 },
+      p99SourceToAvailability100ms: { target: 100, measured: Math.max(...Object.values(latency).map((l) => l.p99 ?? 0)), met: Object.values(latency).every((l) => (l.p99 ?? Infinity) <= 100) },
+      reservationP99_15ms: { target: 15, measured: round(percentile(rtt, 0.99)), met: (percentile(rtt, 0.99) ?? Infinity) <= 15 },
+    };
+    if (scenario === "flash-sale" || scenario === "steady") {
+      const stock = await stockTimeline(sql, orders.length > 0 ? Math.min(...orders.map((o) => o.at)) : started);
+      const tallyP99 = latency.shop?.p99 ?? latency.erp?.p99 ?? 0;
+      report.pollingBaseline = pollingBaseline(orders, stock, [{ name: "Tally", lagMs: tallyP99 }, { name: "poll 60 s", periodMs: 60_000 }, { name: "poll 900 s", periodMs: 900_000 }]);
+    }
+    report.bottleneck = await bottleneck(report);
+
+    for (const s of subs) s.unsubscribe();
+  } finally {
+    await tally?.close().catch(() => {});
+    await nc.close().catch(() => {});
+    await Promise.allSettled([sql.end(), erp.end(), shop.end()]);
+    await Promise.allSettled([pg.destroy(), natsServer.destroy()]);
+  }
+
+  printTable(report);
+  const dir = path.resolve(values.out!);
+  await mkdir(dir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  const json = path.join(dir, `${stamp}.json`);
+  const html = path.join(dir, `${stamp}.html`);
+  await writeFile(json, JSON.stringify(report, null, 2));
+  await writeFile(html, renderReport(report));
+  process.stdout.write(`wrote ${json}\n      ${html}\n`);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** The postmaster (first line of postmaster.pid) and its children (backends, walsenders, workers). */
+function pgPids(dataDir: string): Array<number> {
+  try {
+    const postmaster = Number(readFileSync(path.join(dataDir, "postmaster.pid"), "utf8").split("\n")[0]);
+    return [postmaster, ...childrenOf(postmaster)];
+  } catch {
+    return [];
+  }
+}
+
+/** The nats-server whose command line names this store folder. */
+function natsPid(storeDir: string): number | undefined {
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const argv = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0");
+      if (path.basename(argv[0] ?? "") === "nats-server" && argv.includes(storeDir)) return Number(entry);
+    } catch {
+      // gone
+    }
+  }
+  return undefined;
+}
+
+/** Available-to-promise at DC1 over time for the ordered SKUs, from the ledger (on hand − reserved). */
+async function stockTimeline(sql: Sql, from: number): Promise<Array<StockEvent>> {
+  const rows = await sql<Array<{ sku: string; at: Date; delta: number; bucket: string }>>`
+    select sku, recorded_at as at, delta, bucket from ledger_entries
+     where location = 'DC1' and bucket in ('on_hand', 'reserved') and source_system <> 'shop'
+     order by recorded_at, sku, sku_seq`;
+  void from;
+  return rows.map((r) => ({ at: r.at.getTime(), sku: r.sku, delta: r.bucket === "on_hand" ? r.delta : -r.delta }));
+}
+
+/** Where the time goes, in a sentence for the report. */
+async function bottleneck(report: Record<string, unknown>): Promise<string> {
+  const cpu = report.cpu as { node: number; postgres: number; natsServer: number };
+  const busiest = Object.entries({ "Node (Tally + load generator)": cpu.node, Postgres: cpu.postgres, "nats-server": cpu.natsServer }).sort((a, b) => b[1] - a[1])[0]!;
+  const tp = report.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number };
+  const keptUp = tp.sustainedCommandsPerSec >= tp.offeredCommandsPerSec * 0.95;
+  return keptUp
+    ? `Tally kept up with the offered load (${tp.offeredCommandsPerSec}/s); the busiest process was ${busiest[0]} at ${busiest[1]} cores. Raise --rate to find the ceiling.`
+    : `Tally fell behind the offered load (${tp.sustainedCommandsPerSec}/s of ${tp.offeredCommandsPerSec}/s); the busiest process was ${busiest[0]} at ${busiest[1]} of ${(report.cores as number) ?? 2} cores — the worker's per-batch ledger transaction (one round trip per statement) is the stage to profile (npm run bench:apply profiles it alone).`;
+}
+
+function printTable(report: Record<string, unknown>): void {
+  const limits = report.limits as Limits;
+  const tp = report.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number; drainSeconds: number };
+  const lat = report.latencyMs as Record<string, { p50: number | null; p95: number | null; p99: number | null; samples: number }>;
+  const res = report.reservations as { count: number; p50: number | null; p99: number | null };
+  const cpu = report.cpu as { node: number; postgres: number; natsServer: number };
+  const c = report.correctness as { allAccountedFor: boolean; duplicateLegs: number; verify: string; expectedTotal: number; appliedOrRejected: number };
+  const ratio = (x: number, y: number) => (y > 0 ? (x / y).toFixed(3) : "–");
+  const rows: Array<[string, string, string]> = [
+    ["measure", "value", "ratio to the limit"],
+    ["limit: ledger-shaped inserts (rows/s)", String(limits.insertRowsPerSec), "1"],
+    ["limit: JetStream publish (commands/s, envelopes)", String(limits.publishCommandsPerSec), "1"],
+    ["limit: JetStream consume (commands/s)", String(limits.consumeCommandsPerSec), "1"],
+    ["limit: logical decoding into Node (changes/s)", String(limits.decodeChangesPerSec), "1"],
+    ["offered load (commands/s)", String(tp.offeredCommandsPerSec), ""],
+    ["Tally sustained end to end (commands/s)", String(tp.sustainedCommandsPerSec), `${ratio(tp.sustainedCommandsPerSec, limits.publishCommandsPerSec)} of publish, ${ratio(tp.sustainedCommandsPerSec, limits.insertRowsPerSec)} of insert`],
+    ...Object.entries(lat).map(([s, l]): [string, string, string] => [`source → availability published, ${s} (ms)`, `p50 ${l.p50} p95 ${l.p95} p99 ${l.p99}`, `${l.samples} samples`]),
+    ["reservation round trip (ms)", `p50 ${res.p50} p99 ${res.p99}`, `${res.count} requests`],
+    ["CPU (cores): node / postgres / nats-server", `${cpu.node} / ${cpu.postgres} / ${cpu.natsServer}`, ""],
+    ["correctness", `${c.appliedOrRejected}/${c.expectedTotal} decided, ${c.duplicateLegs} duplicate legs, verify ${c.verify}`, c.allAccountedFor && c.duplicateLegs === 0 && c.verify === "ok" ? "PASS" : "FAIL"],
+  ];
+  const pb = report.pollingBaseline as Array<{ name: string; oversoldPer10k: number }> | undefined;
+  if (pb) rows.push(["oversold units per 10,000 orders", pb.map((p) => `${p.name} ${p.oversoldPer10k}`).join(", "), ""]);
+  const w = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows) process.stdout.write(`${r.map((x, i) => x.padEnd(w[i]!)).join("  ")}\n`);
+  process.stdout.write(`${report.bottleneck as string}\n`);
+}
+
+await main();

@@ -1,0 +1,117 @@
+/** The bench's HTML report: tables and inline SVG charts, one self-contained file (no network). */
+
+type Json = Record<string, unknown>;
+
+const esc = (s: unknown) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]!);
+const COLORS = ["#38bdf8", "#22c55e", "#f59e0b", "#ef4444", "#a78bfa"];
+
+function lineChart(title: string, xs: ReadonlyArray<number>, series: ReadonlyArray<{ name: string; ys: ReadonlyArray<number> }>, unit: string): string {
+  const W = 640;
+  const H = 240;
+  const pad = { l: 64, r: 16, t: 28, b: 32 };
+  const maxY = Math.max(1, ...series.flatMap((s) => s.ys)) * 1.1;
+  const maxX = Math.max(1, ...xs);
+  const x = (v: number) => pad.l + (v / maxX) * (W - pad.l - pad.r);
+  const y = (v: number) => H - pad.b - (v / maxY) * (H - pad.t - pad.b);
+  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => f * maxY);
+  const grid = ticks
+    .map((v) => `<line x1="${pad.l}" x2="${W - pad.r}" y1="${y(v)}" y2="${y(v)}" stroke="#1e2a44"/><text x="${pad.l - 6}" y="${y(v) + 4}" text-anchor="end">${Math.round(v).toLocaleString("en")}</text>`)
+    .join("");
+  const lines = series
+    .map((s, i) => `<polyline fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="2" points="${s.ys.map((v, k) => `${x(xs[k]!).toFixed(1)},${y(v).toFixed(1)}`).join(" ")}"/>`)
+    .join("");
+  const legend = series.map((s, i) => `<tspan fill="${COLORS[i % COLORS.length]}">■ ${esc(s.name)}</tspan>`).join("  ");
+  return `<svg viewBox="0 0 ${W} ${H}" class="chart"><text x="${pad.l}" y="16" class="title">${esc(title)}</text><text x="${W - pad.r}" y="16" text-anchor="end">${legend}</text>${grid}
+    <text x="${(W + pad.l) / 2}" y="${H - 6}" text-anchor="middle">seconds (${esc(unit)})</text>${lines}</svg>`;
+}
+
+function barChart(title: string, groups: ReadonlyArray<{ label: string; bars: ReadonlyArray<{ name: string; value: number }> }>, unit: string, limit?: number): string {
+  const W = 640;
+  const rowH = 22;
+  const bars = groups.flatMap((g) => g.bars);
+  const H = 40 + groups.length * (bars.length / Math.max(1, groups.length)) * rowH + groups.length * 10;
+  const pad = { l: 200, r: 90 };
+  const max = Math.max(1, limit ?? 0, ...bars.map((b) => b.value));
+  let yPos = 30;
+  const body = groups
+    .map((g) => {
+      const out = g.bars
+        .map((b, i) => {
+          const w = (b.value / max) * (W - pad.l - pad.r);
+          const row = `<text x="${pad.l - 8}" y="${yPos + 14}" text-anchor="end">${i === 0 ? esc(g.label) + " " : ""}${esc(b.name)}</text>
+            <rect x="${pad.l}" y="${yPos + 3}" width="${Math.max(1, w).toFixed(1)}" height="${rowH - 6}" fill="${COLORS[i % COLORS.length]}"/>
+            <text x="${pad.l + w + 6}" y="${yPos + 14}">${b.value.toLocaleString("en")} ${esc(unit)}</text>`;
+          yPos += rowH;
+          return row;
+        })
+        .join("");
+      yPos += 10;
+      return out;
+    })
+    .join("");
+  const limitLine = limit !== undefined ? `<line x1="${pad.l + (limit / max) * (W - pad.l - pad.r)}" x2="${pad.l + (limit / max) * (W - pad.l - pad.r)}" y1="24" y2="${H}" stroke="#ef4444" stroke-dasharray="4 3"/><text x="${pad.l + (limit / max) * (W - pad.l - pad.r)}" y="22" text-anchor="middle" fill="#ef4444">target ${limit}</text>` : "";
+  return `<svg viewBox="0 0 ${W} ${H}" class="chart"><text x="8" y="16" class="title">${esc(title)}</text>${body}${limitLine}</svg>`;
+}
+
+function table(rows: ReadonlyArray<ReadonlyArray<unknown>>): string {
+  const [head, ...body] = rows;
+  return `<table><thead><tr>${head!.map((h) => `<th>${esc(h)}</th>`).join("")}</tr></thead><tbody>${body.map((r) => `<tr>${r.map((c) => `<td>${esc(c)}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
+}
+
+export function renderReport(r: Json): string {
+  const limits = r.limits as Record<string, number>;
+  const tp = r.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number; drainSeconds: number; timeline: Array<{ t: number; offered: number; applied: number }> };
+  const lat = r.latencyMs as Record<string, { samples: number; p50: number | null; p95: number | null; p99: number | null }>;
+  const res = r.reservations as { count: number; p50: number | null; p99: number | null; outcomes: Record<string, number> };
+  const cpu = r.cpu as Record<string, unknown>;
+  const rss = (r.rss as Array<{ t: number; node: number; pg: number; nats: number }>) ?? [];
+  const c = r.correctness as Record<string, unknown>;
+  const targets = r.targets as Record<string, { target: number; measured: number | null; met: boolean }>;
+  const baseline = r.pollingBaseline as Array<{ name: string; orders: number; accepted: number; oversoldUnits: number; oversoldPer10k: number }> | undefined;
+  const pass = c.allAccountedFor === true && c.duplicateLegs === 0 && c.verify === "ok";
+  const mib = (b: number) => Math.round(b / 1048576);
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Tally bench — ${esc(r.scenario)} ${esc(r.at)}</title>
+<style>
+body{margin:0;padding:24px;background:#0f172a;color:#e2e8f0;font:14px/1.45 system-ui,sans-serif;max-width:1360px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:15px;color:#94a3b8;text-transform:uppercase;letter-spacing:1px;margin:28px 0 8px}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:16px}.card{background:#111c33;border:1px solid #1e2a44;border-radius:8px;padding:12px}
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}th,td{padding:4px 8px;border-bottom:1px solid #1e2a44;text-align:left}th{color:#94a3b8;font-weight:500}
+svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-size:13px;fill:#e2e8f0;font-weight:600}
+.pass{color:#22c55e;font-weight:700}.fail{color:#ef4444;font-weight:700}.muted{color:#94a3b8}
+</style></head><body>
+<h1>Tally bench — ${esc(r.scenario)}</h1>
+<div class="muted">${esc(r.at)} · ${esc(r.rate)} events/s offered for ${esc(r.durationS)} s · ${Number(r.skus).toLocaleString("en")} SKUs · ${esc(r.stores)} stores · ${esc(r.partitions)} partitions · ${esc(r.cores)} cores, everything on the same machine</div>
+<h2>Headline</h2>
+<div class="grid">
+<div class="card">${table([
+    ["measure", "value", "ratio"],
+    ["Tally sustained end to end", `${tp.sustainedCommandsPerSec.toLocaleString("en")} commands/s`, `${(tp.sustainedCommandsPerSec / limits.publishCommandsPerSec!).toFixed(3)} of JetStream publish`],
+    ["offered load", `${tp.offeredCommandsPerSec.toLocaleString("en")} commands/s`, ""],
+    ["drain after the load", `${tp.drainSeconds} s`, ""],
+    ...Object.entries(lat).map(([s, l]) => [`source → availability published (${s})`, `p50 ${l.p50} · p95 ${l.p95} · p99 ${l.p99} ms`, `${l.samples} samples`]),
+    ["reservation round trip", `p50 ${res.p50} · p99 ${res.p99} ms`, `${res.count} requests ${JSON.stringify(res.outcomes)}`],
+    ["CPU", `node ${cpu.node} · postgres ${cpu.postgres} · nats-server ${cpu.natsServer}`, String(cpu.unit)],
+    ["correctness", `${c.appliedOrRejected}/${c.expectedTotal} commands decided · ${c.duplicateLegs} duplicate legs · verify ${c.verify} · ${c.deadLetters} dead letters`, pass ? "PASS" : "FAIL"],
+  ])}</div>
+<div class="card">${table([["target (this 2-core machine)", "target", "measured", ""], ...Object.entries(targets).map(([k, v]) => [k, v.target, v.measured, v.met ? "met" : "not met"])])}
+<p class="muted">${esc(r.bottleneck)}</p></div>
+</div>
+<h2>Charts</h2>
+<div class="grid">
+<div class="card">${lineChart("Throughput over time", tp.timeline.map((p) => p.t), [{ name: "offered", ys: tp.timeline.map((p) => p.offered) }, { name: "applied", ys: tp.timeline.map((p) => p.applied) }], "commands per second")}</div>
+<div class="card">${barChart("Source → availability published", Object.entries(lat).map(([s, l]) => ({ label: s, bars: [{ name: "p50", value: l.p50 ?? 0 }, { name: "p95", value: l.p95 ?? 0 }, { name: "p99", value: l.p99 ?? 0 }] })), "ms", 100)}</div>
+<div class="card">${barChart("Tally vs this machine's limits", [{ label: "", bars: [
+    { name: "Tally end to end", value: tp.sustainedCommandsPerSec },
+    { name: "ledger inserts (rows)", value: limits.insertRowsPerSec! },
+    { name: "JetStream publish", value: limits.publishCommandsPerSec! },
+    { name: "JetStream consume", value: limits.consumeCommandsPerSec! },
+    { name: "logical decoding", value: limits.decodeChangesPerSec! },
+  ] }], "/s", 25_000)}</div>
+<div class="card">${lineChart("Resident memory", rss.map((p) => p.t), [{ name: "node", ys: rss.map((p) => mib(p.node)) }, { name: "postgres", ys: rss.map((p) => mib(p.pg)) }, { name: "nats-server", ys: rss.map((p) => mib(p.nats)) }], "MiB")}</div>
+</div>
+${baseline ? `<h2>Polling-sync baseline</h2><div class="card">${table([["channel", "orders", "accepted", "oversold units", "oversold per 10,000 orders"], ...baseline.map((b) => [b.name, b.orders, b.accepted, b.oversoldUnits, b.oversoldPer10k])])}
+<p class="muted">The bench's web orders replayed against a channel that sees other channels' stock changes only as of its last poll (every 60 s, every 900 s) versus Tally's view (changes published a measured p99 after they happen; Tally's own reservations are decided by the SKU's actor, so the real pipeline cannot oversell them at all).</p></div>` : ""}
+<h2>Limits measured in this run</h2><div class="card">${table([["limit", "per second"], ...Object.entries(limits).map(([k, v]) => [k, v.toLocaleString("en")])])}</div>
+<h2>Commands by source</h2><div class="card">${table([["source", "status", "commands"], ...((c.bySource as Array<{ source: string; status: string; n: number }>) ?? []).map((b) => [b.source, b.status, b.n])])}</div>
+</body></html>`;
+}
