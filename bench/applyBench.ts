@@ -112,6 +112,8 @@ async function main(): Promise<void> {
       createLogger("bench", "warn"),
     );
     const commands = makeCommands(N, "cmd");
+    // Measure the apply path, not start-up: wait until the worker holds every partition.
+    while (tally.worker!.held().length < PARTITIONS) await new Promise((r) => setTimeout(r, 50));
     t = performance.now();
     await publishCommands(handles.js, t2, commands);
     const published = performance.now() - t;
