@@ -91,6 +91,8 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
     ...Object.entries(lat).map(([s, l]) => [`source → availability published (${s})`, `p50 ${l.p50} · p95 ${l.p95} · p99 ${l.p99} ms`, `${l.samples} samples`]),
     ["reservation round trip", `p50 ${res.p50} · p99 ${res.p99} ms`, `${res.count} requests ${JSON.stringify(res.outcomes)}`],
     ["CPU", `node ${cpu.node} · postgres ${cpu.postgres} · nats-server ${cpu.natsServer}`, String(cpu.unit)],
+    ["node RSS, middle → end", `${(r.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(r.memory as { nodeRssEndMiB: number }).nodeRssEndMiB} MiB`, `live actors capped at ${(r.memory as { maxActors: number }).maxActors}`],
+    ["worker batches", `${(r.worker as { batches: number }).batches} · mean ${(r.worker as { meanBatch: number }).meanBatch} commands in ${(r.worker as { meanApplyMs: number }).meanApplyMs} ms`, `busy ${(r.worker as { busyFractionPerPartition: number }).busyFractionPerPartition} per partition`],
     ["correctness", `${c.appliedOrRejected}/${c.expectedTotal} commands decided · ${c.duplicateLegs} duplicate legs · verify ${c.verify} · ${c.deadLetters} dead letters`, pass ? "PASS" : "FAIL"],
   ])}</div>
 <div class="card">${table([["target (this 2-core machine)", "target", "measured", ""], ...Object.entries(targets).map(([k, v]) => [k, v.target, v.measured, v.met ? "met" : "not met"])])}
