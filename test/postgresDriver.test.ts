@@ -17,7 +17,8 @@ describe("postgres.js, as patched", () => {
   // transaction stayed open on a connection the pool handed to unrelated queries.
   it("reserves the connection whenever BEGIN is written, even at a full pipeline", async () => {
     const app = `tally-test-begin-${process.pid}`;
-    const sql = postgres(ctx.databaseUrl, { max: 2, max_pipeline: 0, onnotice: () => {}, connection: { application_name: app } });
+    // max_pipeline (undeclared in the typings): 0 makes every query fill the pipeline, as backpressure does under load.
+    const sql = postgres(ctx.databaseUrl, { max: 2, onnotice: () => {}, connection: { application_name: app }, ...({ max_pipeline: 0 } as object) });
     try {
       const results = await Promise.all(Array.from({ length: 20 }, (_, i) => sql.begin(async (tx) => (await tx`select ${i}::int as n`)[0]!.n)));
       expect(results).toEqual(Array.from({ length: 20 }, (_, i) => i));
