@@ -543,7 +543,9 @@ async function bottleneck(report: Record<string, unknown>): Promise<string> {
   const w = report.worker as { meanBatch: number; meanApplyMs: number; busyFractionPerPartition: number };
   const keptUp = tp.sustainedCommandsPerSec >= tp.offeredCommandsPerSec * 0.95;
   const cpuBound = used >= cores * 0.85;
-  const stage = cpuBound
+  const stage = cpu.node >= 0.9
+    ? `the Node process is at ${cpu.node} cores — one thread, its event loop saturated (Tally's roles and the load generator share it; ${used} of ${cores} cores in all), so every stage waits for the loop (worker: mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms). Run the roles in separate processes (tally start --roles worker, …) and trim the per-command work (schema decode, hashing, allocation: GC)`
+    : cpuBound
     ? `the machine is CPU-bound (${used} of ${cores} cores; ${busiest[0]} ${busiest[1]})`
     : w.busyFractionPerPartition > 0.5
       ? `the workers are busy ${Math.round(w.busyFractionPerPartition * 100)}% of the time per partition (mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms): the apply path is the stage`
