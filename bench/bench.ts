@@ -43,6 +43,8 @@ import { renderReport } from "./report.ts";
 import { pollingBaseline, type OrderEvent, type StockEvent } from "./polling.ts";
 
 type Scenario = "steady" | "flash-sale" | "catalog-1m";
+/** A bad option: one line, no stack (the CLI prints a UsageError's message alone). */
+const usage = (message: string) => Object.assign(new Error(message), { name: "UsageError" });
 const { values } = parseArgs({
   options: {
     scenario: { type: "string", default: "steady" },
@@ -57,10 +59,10 @@ const { values } = parseArgs({
   },
 });
 const scenario = values.scenario as Scenario;
-if (!["steady", "flash-sale", "catalog-1m"].includes(scenario)) throw new Error(`--scenario: expected steady, flash-sale or catalog-1m, got ${scenario}`);
+if (!["steady", "flash-sale", "catalog-1m"].includes(scenario)) throw usage(`--scenario: expected steady, flash-sale or catalog-1m, got ${scenario}`);
 const num = (name: string, v: string | undefined, fallback: number) => {
   const n = v === undefined ? fallback : Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name}: expected a positive number, got ${v}`);
+  if (!Number.isFinite(n) || n <= 0) throw usage(`--${name}: expected a positive number, got ${v}`);
   return n;
 };
 const DURATION_S = num("duration", values.duration, 30);

@@ -32,7 +32,11 @@ usage:
   tally source check|enable|status|drop|resnapshot <name>
                                          CDC sources (see tally source)
   tally demo init                        reference ERP + shop schemas and data in TALLY_SOURCE_{ERP,SHOP}_URL
-  tally dev [--fresh] [--dir .tally]     local Postgres + nats-server, demo ERP and shop, every role
+  tally dev [--fresh] [--dir .tally] [--no-demo] [--rate n] [--skus n]
+                                         local Postgres + nats-server, demo ERP and shop, every role,
+                                         demo traffic and the dashboard
+  tally bench [--scenario steady|flash-sale|catalog-1m] [--duration s] [--rate n]
+                                         the load benchmark (own servers; JSON + HTML report in bench/results)
   tally dlq replay <id…|--all>           map / decode again and publish; removes the letter on success
   tally dlq discard <id…|--all>          remove dead letters for good
 
@@ -83,6 +87,11 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
     }
     case "source":
       return cmdSource(loadSettings(), rest);
+    case "bench":
+      // The load benchmark (bench/bench.ts) reads its options from the command line when imported.
+      process.argv.splice(2, process.argv.length - 2, ...rest);
+      await import("../bench/bench.ts");
+      return 0;
     case undefined:
     case "help":
     case "--help":
