@@ -174,7 +174,8 @@ describe("loadTallyConfig", () => {
     const config = await loadTallyConfig(path.join(ROOT, "tally.config.ts"));
     expect(config.channels.web).toEqual({ locations: ["DC1", "S01"], buffer: 2 });
     expect(config.channels.store_s01).toEqual({ locations: ["S01"], buffer: 0 });
-    expect(Object.keys(config.channels).sort()).toEqual(["store_s01", "store_s02", "web"]);
+    // The web and one channel per store of the demo retailer (S01 … S10).
+    expect(Object.keys(config.channels).sort()).toEqual(["web", ...Array.from({ length: 10 }, (_, i) => `store_s${String(i + 1).padStart(2, "0")}`)].sort());
   });
 
   it("names a file that cannot be loaded", async () => {
