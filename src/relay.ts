@@ -23,7 +23,8 @@ interface OutboxRecord {
   kind: "availability" | "event";
   subject: string;
   kv_key: string | null;
-  payload: unknown;
+  /** The JSON text as stored (not parsed: the relay only forwards it). */
+  payload: string;
   source_at: Date | null;
   source: string | null;
 }
@@ -120,14 +121,14 @@ export class OutboxRelay {
   async #round(): Promise<number> {
     const { sql, nats, instanceId } = this.opts;
     const rows = await sql<Array<OutboxRecord>>`
-      select id, kind, subject, kv_key, payload, source_at, source from outbox order by id limit ${this.opts.batch ?? 1000}`;
+      select id, kind, subject, kv_key, payload::text as payload, source_at, source from outbox order by id limit ${this.opts.batch ?? 1000}`;
     if (rows.length === 0) return 0;
     // The last projection per key wins; earlier ones of the same page are superseded.
     const latestKv = new Map<string, OutboxRecord>();
     for (const r of rows) if (r.kind === "availability" && r.kv_key) latestKv.set(r.kv_key, r);
     await Promise.all([
-      ...rows.map((r) => nats.js.publish(r.subject, JSON.stringify(r.payload), { msgID: `${instanceId}:${r.id}` })),
-      ...[...latestKv.values()].map((r) => nats.availability.put(r.kv_key!, JSON.stringify(r.payload))),
+      ...rows.map((r) => nats.js.publish(r.subject, r.payload, { msgID: `${instanceId}:${r.id}` })),
+      ...[...latestKv.values()].map((r) => nats.availability.put(r.kv_key!, r.payload)),
     ]);
     const publishedAt = Date.now();
     await sql`delete from outbox where id = any(${sql.array(rows.map((r) => r.id))}::bigint[])`;

@@ -243,7 +243,6 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(ledgerRoutes, { ctx });
   await app.register(operatorRoutes, { ctx });
   const hub = new DashboardHub(ctx);
-  hub.start();
   app.addHook("onClose", async () => hub.stop());
   await app.register(dashboardRoutes, { ctx, hub });
   await app.ready();

@@ -68,7 +68,9 @@ export class DashboardHub {
 
   constructor(readonly ctx: ApiContext) {}
 
+  /** Listens only while a dashboard is open: an API process nobody watches pays nothing for it. */
   start(): void {
+    if (this.#subs.length > 0) return;
     const { nc } = this.ctx.nats;
     const env = this.ctx.topology.env;
     const availPrefix = `tally.${env}.availability.`;
@@ -120,13 +122,22 @@ export class DashboardHub {
   stop(): void {
     for (const s of this.#subs.splice(0)) s.unsubscribe();
     if (this.#flushTimer) clearInterval(this.#flushTimer);
+    this.#flushTimer = null;
     this.#listeners.clear();
   }
 
-  /** Called every 250 ms with the SKUs whose availability changed. */
+  /** Called every 250 ms with the SKUs whose availability changed; the first listener starts the hub, the last one stops it. */
   listen(fn: (changed: ReadonlySet<string>) => void): () => void {
     this.#listeners.add(fn);
-    return () => this.#listeners.delete(fn);
+    this.start();
+    return () => {
+      this.#listeners.delete(fn);
+      if (this.#listeners.size === 0) {
+        for (const s of this.#subs.splice(0)) s.unsubscribe();
+        if (this.#flushTimer) clearInterval(this.#flushTimer);
+        this.#flushTimer = null;
+      }
+    };
   }
 
   #flush(): void {
