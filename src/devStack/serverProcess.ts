@@ -20,6 +20,8 @@ export interface ServerProcessOptions {
   /** Run the process as this user/group (needed for Postgres when we are root). */
   readonly uid?: number;
   readonly gid?: number;
+  /** Extra environment variables for the process. */
+  readonly env?: Readonly<Record<string, string>>;
   /** Signal for a graceful shutdown. */
   readonly stopSignal: NodeJS.Signals;
   /** Resolves when the server accepts work; rejects while it does not (yet). */
@@ -193,6 +195,7 @@ export class ServerProcess {
         stdio: ["ignore", logFd, logFd],
         ...(uid === undefined ? {} : { uid }),
         ...(gid === undefined ? {} : { gid }),
+        ...(this.options.env ? { env: { ...process.env, ...this.options.env } } : {}),
       });
     } finally {
       closeSync(logFd); // the child holds its own copy
