@@ -98,23 +98,24 @@ export class Reservations {
     const id = `r_${randomUUID().replaceAll("-", "")}`;
     const claimMs = this.deps.decisionTimeoutMs + CLAIM_SLACK_MS;
     const started = performance.now();
-    const inserted = await sql.begin(async (tx) => {
-      const [row] = await tx<Array<{ id: string }>>`
+    // One statement (atomic without a transaction): the reservation and its lines, or nothing when the key exists.
+    const [{ inserted }] = await sql<[{ inserted: number }]>`
+      with r as (
         insert into reservations (id, principal, idempotency_key, request_hash, channel, status, ttl_seconds, claimed_until)
         values (${id}, ${req.principal}, ${req.idempotencyKey}, ${hash}, ${req.channel}, 'pending', ${req.ttlSeconds},
                 now() + ${claimMs} * interval '1 millisecond')
         on conflict (principal, idempotency_key) do nothing
-        returning id`;
-      if (!row) return false;
-      await tx`
+        returning id
+      ), l as (
         insert into reservation_lines (reservation_id, line, sku, qty, fixed_location, state)
-        select ${id}, l, s, q, f, 'pending' from unnest(
-          ${tx.array(req.lines.map((_, i) => i + 1))}::int[],
-          ${tx.array(req.lines.map((l) => l.sku))}::text[],
-          ${tx.array(req.lines.map((l) => l.qty))}::bigint[],
-          ${tx.array(req.lines.map((l) => l.location) as Array<string>)}::text[]) as t(l, s, q, f)`;
-      return true;
-    });
+        select r.id, t.l, t.s, t.q, t.f, 'pending' from r cross join unnest(
+          ${sql.array(req.lines.map((_, i) => i + 1))}::int[],
+          ${sql.array(req.lines.map((l) => l.sku))}::text[],
+          ${sql.array(req.lines.map((l) => l.qty))}::bigint[],
+          ${sql.array(req.lines.map((l) => l.location) as Array<string>)}::text[]) as t(l, s, q, f)
+        returning 1
+      )
+      select (select count(*) from r)::int as inserted`;
     if (inserted) {
       const answer = await this.#drive(id, this.deps.decisionTimeoutMs);
       this.deps.metrics.reservationLatency.observe({ outcome: outcomeOf(answer) }, (performance.now() - started) / 1000);
@@ -170,8 +171,7 @@ export class Reservations {
    */
   async #drive(id: string, timeoutMs: number): Promise<Answer> {
     const { sql, log } = this.deps;
-    const [row] = await sql<Array<Row>>`select * from reservations where id = ${id}`;
-    const lines = await this.#lines(sql, id);
+    const [[row], lines] = await Promise.all([sql<Array<Row>>`select * from reservations where id = ${id}`, this.#lines(sql, id)]);
     const deadline = Date.now() + timeoutMs;
     const states = await Promise.all(lines.map((l) => (l.state === "pending" ? this.#driveLine(row!, l, deadline) : l.state)));
     const fresh = await this.#lines(sql, id);
@@ -211,6 +211,8 @@ export class Reservations {
     const { sql, outcomes } = this.deps;
     let l = line;
     for (;;) {
+      // A command id assigned just now cannot have an outcome yet: no need to look it up.
+      let assignedNow = false;
       if (l.command_id === null) {
         const pick = await this.#pickLocation(row, l);
         const attempt = l.tried.length + 1;
@@ -220,9 +222,10 @@ export class Reservations {
            where reservation_id = ${row.id} and line = ${l.line} and command_id is null returning *`;
         if (!updated) return "undecided"; // someone else is driving it
         l = updated;
+        assignedNow = true;
       }
       const commandId = l.command_id!;
-      let outcome = (await outcomes.known([commandId])).get(commandId);
+      let outcome = assignedNow ? undefined : (await outcomes.known([commandId])).get(commandId);
       if (!outcome) {
         const waiting = outcomes.wait([commandId], Math.max(0, deadline - Date.now()));
         try {
