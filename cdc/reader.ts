@@ -477,7 +477,15 @@ export class SourceReader {
     const [row] = await sql<[{ requested: boolean } | undefined]>`
       select resnapshot_requested_at is not null as requested from cdc_sources where source = ${source.name}`.catch(() => [undefined]);
     if (!row?.requested || this.#resnapshot) return;
-    const exported = await createExportedSlot(source.url, `${source.slot}_resnapshot`, { temporary: true });
+    // Creating a slot waits until every transaction running on the server (any database) has ended:
+    // say which ones while it waits, so an operator can see what holds a re-snapshot back.
+    const waiting = setInterval(() => void this.#reportBlockers(), 10_000);
+    let exported: Awaited<ReturnType<typeof createExportedSlot>>;
+    try {
+      exported = await createExportedSlot(source.url, `${source.slot}_resnapshot`, { temporary: true });
+    } finally {
+      clearInterval(waiting);
+    }
     log.info({ consistentPoint: exported.consistentPoint }, "re-snapshot: reading tables");
     const commands: Array<Command> = [];
     const ready = readSnapshot(
@@ -513,6 +521,16 @@ export class SourceReader {
       this.#fail(err);
     });
     this.#resnapshot = { lsn: exported.consistentPoint, ready };
+  }
+
+  /** The oldest transactions on the source server, which a new slot waits for. */
+  async #reportBlockers(): Promise<void> {
+    const rows = await this.#sourceSql!<Array<{ pid: number; datname: string | null; state: string | null; age: string; query: string }>>`
+      select pid, datname, state, (now() - xact_start)::text as age, left(query, 120) as query
+        from pg_stat_activity
+       where backend_xid is not null and pid <> pg_backend_pid()
+       order by xact_start limit 5`.catch(() => []);
+    this.opts.log.warn({ transactions: rows }, "re-snapshot: still waiting for the source's running transactions to end before the slot can be created");
   }
 
   /** Queues the re-snapshot's commands (waiting for its read to finish) before anything committed after its position. */

@@ -53,15 +53,23 @@ async function expectExact(h: Harness, raw: ReadonlyArray<RawCommand>): Promise<
   expect((await verifyLedger(h.sql)).problem).toBeNull();
 }
 
-/** Publishes `commands` in paced rounds, calling `fault` once, a third of the way through. */
-async function streamWithFault(h: Harness, commands: ReadonlyArray<Command>, fault: () => Promise<void>): Promise<void> {
+/**
+ * Publishes `commands` in paced rounds, calling `fault` once, a third of the way through. With
+ * `during`, publishing goes on while the fault lasts, so the workers have work when it hits.
+ */
+async function streamWithFault(h: Harness, commands: ReadonlyArray<Command>, fault: () => Promise<void>, during = false): Promise<void> {
   const rounds = 15;
   const per = Math.ceil(commands.length / rounds);
+  let faulting: Promise<void> | null = null;
   for (let r = 0; r < rounds; r++) {
-    if (r === 5) await fault();
+    if (r === 5) {
+      faulting = fault();
+      if (!during) await faulting;
+    }
     await publishCommands(h.nats.js, h.topology, commands.slice(r * per, (r + 1) * per), { envelopeSize: 20 });
     await sleep(100);
   }
+  await faulting;
 }
 
 const outcomeCount = async (h: Harness) =>
@@ -75,12 +83,17 @@ describe("outages", () => {
     try {
       const raw = generateCommands(3000, 100, 21, "pg");
       const commands = decoded(raw);
-      await streamWithFault(h, commands, async () => {
-        await eventually("some progress before the crash", async () => (await outcomeCount(h)) > 0);
-        await pg.kill();
-        await sleep(1500); // the worker fails and backs off meanwhile
-        await pg.start();
-      });
+      await streamWithFault(
+        h,
+        commands,
+        async () => {
+          await eventually("some progress before the crash", async () => (await outcomeCount(h)) > 0);
+          await pg.kill();
+          await sleep(1500); // commands keep arriving: the worker fails and backs off meanwhile
+          await pg.start();
+        },
+        true,
+      );
       await eventually("every command to have an outcome", async () => (await outcomeCount(h)) === commands.length, 120_000);
       expect(tally.worker!.metrics.retries).toBeGreaterThan(0);
       await expectExact(h, raw);
