@@ -206,14 +206,25 @@ export class SourceReader {
     );
     this.#service = service;
     const plugin = new PgoutputPlugin({ protoVersion: 1, publicationNames: [source.publication], messages: true });
+    let live = true;
     const ended = new Promise<void>((resolve, reject) => {
       service.on("error", (err: Error) => reject(err));
-      service.on("start", () => {
+      // Streaming from the server's START_REPLICATION answer on — or from the first message, which
+      // proves it too, should that event ever be missed.
+      const streaming = () => {
+        if (!live) return; // a late event of a session being torn down
         this.#started = true;
         this.#connected = true;
+      };
+      service.on("start", streaming);
+      service.on("data", (lsn: string, msg: Pgoutput.Message) => {
+        if (!this.#connected) streaming();
+        return this.#onMessage(lsn, msg);
       });
-      service.on("data", (lsn: string, msg: Pgoutput.Message) => this.#onMessage(lsn, msg));
-      service.on("heartbeat", (lsn: string, _ts: number, shouldRespond: boolean) => this.#onKeepalive(lsn, shouldRespond));
+      service.on("heartbeat", (lsn: string, _ts: number, shouldRespond: boolean) => {
+        if (!this.#connected) streaming();
+        this.#onKeepalive(lsn, shouldRespond);
+      });
       this.#wake = () => resolve();
       // Stopped while the session was starting (a snapshot, the slot query): end it at once.
       if (this.#stopped) resolve();
@@ -235,6 +246,7 @@ export class SourceReader {
       const streaming = service.subscribe(plugin, source.slot);
       await Promise.race([streaming.then(() => Promise.reject(new Error("replication stream ended"))), ended]);
     } finally {
+      live = false;
       this.#connected = false;
       for (const t of this.#timers) clearInterval(t);
       this.#timers = [];
