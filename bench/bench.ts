@@ -15,7 +15,9 @@
  * RSS sampled: memory must stay flat).
  */
 import { readdirSync, readFileSync } from "node:fs";
+import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
@@ -55,6 +57,7 @@ const { values } = parseArgs({
     "reservation-rate": { type: "string", default: "50" },
     partitions: { type: "string", default: "8" },
     "max-actors": { type: "string" },
+    "worker-processes": { type: "string", default: "0" },
     out: { type: "string", default: "bench/results" },
   },
 });
@@ -73,6 +76,9 @@ const RES_RATE = num("reservation-rate", values["reservation-rate"], 50);
 const PARTITIONS = Math.floor(num("partitions", values.partitions, 8));
 const HOT = 20;
 /** Live actors kept per worker (the LRU cap): catalog-1m uses 20,000 so the plateau shows within a short run. */
+/** 0: the worker runs in this process with the other roles; n: in n `tally start --roles worker` processes. */
+const WORKER_PROCESSES = Math.floor(Number(values["worker-processes"]));
+if (!Number.isInteger(WORKER_PROCESSES) || WORKER_PROCESSES < 0) throw usage(`--worker-processes: expected 0 or more, got ${values["worker-processes"]}`);
 const MAX_ACTORS = Math.floor(num("max-actors", values["max-actors"], scenario === "catalog-1m" ? 20_000 : 100_000));
 
 const percentile = (sorted: ReadonlyArray<number>, q: number): number | null =>
@@ -131,6 +137,7 @@ async function main(): Promise<void> {
     sources: { erp: erpSource, shop: shopSource },
   });
   let tally: Awaited<ReturnType<typeof startTally>> | null = null;
+  const workers: Array<ChildProcess> = [];
   const report: Record<string, unknown> = { at: new Date().toISOString(), scenario, rate: RATE, durationS: DURATION_S, skus: SKUS, stores: STORES, reservationRate: RES_RATE, partitions: PARTITIONS, cores: (await import("node:os")).cpus().length };
   try {
     await migrate(sql, env);
@@ -164,7 +171,19 @@ async function main(): Promise<void> {
       TALLY_API_RATE_LIMIT: "1000000",
       TALLY_MAX_ACTORS: String(MAX_ACTORS),
     });
-    tally = await startTally(settings, config, ["worker", "relay", "cdc", "api"], log);
+    if (WORKER_PROCESSES > 0) {
+      // The same channels as this process, for the worker processes' availability projections.
+      const configFile = path.join(tmpdir(), `tally-bench-${process.pid}.config.json.ts`);
+      await writeFile(configFile, `export default ${JSON.stringify({ channels: Object.fromEntries(Object.entries(config.channels).map(([n, c]) => [n, { locations: c.locations, buffer: c.buffer }])) })};\n`);
+      for (let i = 0; i < WORKER_PROCESSES; i++)
+        workers.push(
+          spawn(process.execPath, [path.resolve("bin/tally.js"), "start", "--roles", "worker"], {
+            env: { ...process.env, TALLY_ENV: env, TALLY_DATABASE_URL: pg.url("bench"), TALLY_NATS_URL: natsServer.url, TALLY_PARTITIONS: String(PARTITIONS), TALLY_LEASE_TTL_MS: "10000", TALLY_MAX_ACTORS: String(MAX_ACTORS), TALLY_CONFIG: configFile, TALLY_LOG_LEVEL: "error" },
+            stdio: ["ignore", "ignore", "inherit"],
+          }),
+        );
+    }
+    tally = await startTally(settings, config, WORKER_PROCESSES > 0 ? ["relay", "cdc", "api"] : ["worker", "relay", "cdc", "api"], log);
     const api = `http://127.0.0.1:${port}`;
 
     // Live measurements: outcomes per second, end-to-end latency per source.
@@ -244,7 +263,7 @@ async function main(): Promise<void> {
     let failures = 0;
     const run = Math.random().toString(36).slice(2, 8);
     const natsProcess = natsPid(natsServer.storeDir);
-    const pidStart = { node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null };
+    const pidStart = { node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null, workers: workers.map((w) => procStat(w.pid!)) };
     const rss: Array<{ t: number; node: number; pg: number; nats: number }> = [];
     const started = Date.now();
     measuring = true;
@@ -397,7 +416,7 @@ async function main(): Promise<void> {
     measuring = false;
     const finished = Date.now();
     if (process.stderr.isTTY) process.stderr.write("\n");
-    const pidEnd = { node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null };
+    const pidEnd = { node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null, workers: workers.map((w) => procStat(w.pid!)) };
     const sumCpu = (xs: Array<{ cpu: number } | null>) => xs.reduce((n, x) => n + (x?.cpu ?? 0), 0);
     const wall = (finished - started) / 1000;
     report.cpu = {
@@ -405,6 +424,7 @@ async function main(): Promise<void> {
       node: round(((pidEnd.node?.cpu ?? 0) - (pidStart.node?.cpu ?? 0)) / wall, 2),
       postgres: round((sumCpu(pidEnd.pg) - sumCpu(pidStart.pg)) / wall, 2),
       natsServer: round(((pidEnd.nats?.cpu ?? 0) - (pidStart.nats?.cpu ?? 0)) / wall, 2),
+      workerProcesses: round((sumCpu(pidEnd.workers) - sumCpu(pidStart.workers)) / wall, 2),
       unit: "cores (CPU seconds per wall second)",
     };
     report.rss = rss;
@@ -475,13 +495,15 @@ async function main(): Promise<void> {
       meanBatch: round(batches.commands / Math.max(1, batches.count)),
       meanApplyMs: round(batches.applyMs / Math.max(1, batches.count)),
       busyFractionPerPartition: round(batches.applyMs / ((finished - started) * PARTITIONS), 3),
-      stageMsPerBatch: Object.fromEntries(Object.entries(tally.worker!.metrics.stageMs).map(([k, v]) => [k, round(v / Math.max(1, tally!.worker!.metrics.batches), 2)])),
+      ...(tally.worker ? { stageMsPerBatch: Object.fromEntries(Object.entries(tally.worker.metrics.stageMs).map(([k, v]) => [k, round(v / Math.max(1, tally!.worker!.metrics.batches), 2)])) } : {}),
+      processes: WORKER_PROCESSES,
     };
     report.bottleneck = await bottleneck(report);
 
     for (const s of subs) s.unsubscribe();
   } finally {
     await tally?.close().catch(() => {});
+    await Promise.all(workers.map((w) => new Promise<void>((resolve) => (w.exitCode !== null ? resolve() : (w.once("exit", () => resolve()), w.kill("SIGTERM"))))));
     await nc.close().catch(() => {});
     await Promise.allSettled([sql.end(), erp.end(), shop.end()]);
     await Promise.allSettled([pg.destroy(), natsServer.destroy()]);
@@ -540,7 +562,7 @@ async function stockTimeline(sql: Sql, from: number): Promise<Array<StockEvent>>
 async function bottleneck(report: Record<string, unknown>): Promise<string> {
   const cpu = report.cpu as { node: number; postgres: number; natsServer: number };
   const busiest = Object.entries({ "Node (Tally + load generator)": cpu.node, Postgres: cpu.postgres, "nats-server": cpu.natsServer }).sort((a, b) => b[1] - a[1])[0]!;
-  const used = Math.round((cpu.node + cpu.postgres + cpu.natsServer) * 100) / 100;
+  const used = Math.round((cpu.node + cpu.postgres + cpu.natsServer + ((cpu as { workerProcesses?: number }).workerProcesses ?? 0)) * 100) / 100;
   const cores = (report.cores as number) ?? 2;
   const tp = report.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number };
   const w = report.worker as { meanBatch: number; meanApplyMs: number; busyFractionPerPartition: number };
@@ -576,7 +598,7 @@ function printTable(report: Record<string, unknown>): void {
     ["Tally sustained end to end (commands/s)", String(tp.sustainedCommandsPerSec), `${ratio(tp.sustainedCommandsPerSec, limits.publishCommandsPerSec)} of publish, ${ratio(tp.sustainedCommandsPerSec, limits.insertRowsPerSec)} of insert`],
     ...Object.entries(lat).map(([s, l]): [string, string, string] => [`source → availability published, ${s} (ms)`, `p50 ${l.p50} p95 ${l.p95} p99 ${l.p99}`, `${l.samples} samples`]),
     ["reservation round trip (ms)", `p50 ${res.p50} p99 ${res.p99}`, `${res.count} requests`],
-    ["CPU (cores): node / postgres / nats-server", `${cpu.node} / ${cpu.postgres} / ${cpu.natsServer}`, ""],
+    ["CPU (cores): node / postgres / nats-server", `${cpu.node} / ${cpu.postgres} / ${cpu.natsServer}`, (report.cpu as { workerProcesses: number }).workerProcesses > 0 ? `+ worker processes ${(report.cpu as { workerProcesses: number }).workerProcesses}` : ""],
     ["node RSS, middle → end of the run (MiB)", `${(report.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(report.memory as { nodeRssEndMiB: number }).nodeRssEndMiB}`, `live actors capped at ${(report.memory as { maxActors: number }).maxActors}`],
     ["correctness", `${c.appliedOrRejected}/${c.expectedTotal} decided, ${c.duplicateLegs} duplicate legs, verify ${c.verify}`, c.allAccountedFor && c.duplicateLegs === 0 && c.verify === "ok" ? "PASS" : "FAIL"],
   ];
