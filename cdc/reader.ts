@@ -121,6 +121,8 @@ export class SourceReader {
   #started = false;
   #resnapshot: Resnapshot | null = null;
   #checkingResnapshot = false;
+  /** The highest commit LSN of a transaction this session has begun to take in. */
+  #lastBegun = 0n;
   readonly done: Promise<void>;
 
   constructor(readonly opts: ReaderOptions) {
@@ -196,6 +198,7 @@ export class SourceReader {
     }
     this.#open = null;
     this.#ready = [];
+    this.#lastBegun = 0n;
     this.#pendingCommands = 0;
     this.#failure = null;
     this.#resnapshot = null;
@@ -263,6 +266,7 @@ export class SourceReader {
     if (this.#failure) throw this.#failure;
     switch (msg.tag) {
       case "begin":
+        if (msg.commitLsn && parseLsn(msg.commitLsn) > this.#lastBegun) this.#lastBegun = parseLsn(msg.commitLsn);
         if (this.#resnapshot && msg.commitLsn && parseLsn(msg.commitLsn) >= parseLsn(this.#resnapshot.lsn)) await this.#placeResnapshot();
         this.#open = { commitLsn: msg.commitLsn ?? "0/0", commitTime: pgTime(msg.commitTime), changes: [], heartbeat: null };
         return;
@@ -497,6 +501,14 @@ export class SourceReader {
       exported = await createExportedSlot(source.url, `${source.slot}_resnapshot`, { temporary: true });
     } finally {
       clearInterval(waiting);
+    }
+    // The stream may already have taken in a transaction committed at or after the new slot's
+    // position (it kept flowing while the slot was created): the counts can then no longer be put
+    // before it. Give this slot up and try again at the next tick (the request stays).
+    if (this.#lastBegun >= parseLsn(exported.consistentPoint)) {
+      log.info({ consistentPoint: exported.consistentPoint }, "re-snapshot: the stream is already past the new slot's position; trying again");
+      await exported.close();
+      return;
     }
     log.info({ consistentPoint: exported.consistentPoint }, "re-snapshot: reading tables");
     const commands: Array<Command> = [];
