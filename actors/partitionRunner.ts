@@ -6,6 +6,7 @@ import { LeaseLost, commitBatch, knownCommandIds, readCheckpoint, type OutcomeRo
 import type { NatsHandles } from "../src/nats.ts";
 import type { Topology } from "../src/topology.ts";
 import { isTransientDbError } from "../src/db.ts";
+import { backoffDelay } from "../src/backoff.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
 import { decodeCommand } from "./command.ts";
 import { decodeEnvelope } from "./envelope.ts";
@@ -111,7 +112,7 @@ export class PartitionRunner {
         if (this.#stopped) break;
         attempt++;
         this.deps.metrics.retries++;
-        const delay = Math.min(10_000, 100 * 2 ** Math.min(attempt, 7)) * (0.5 + Math.random());
+        const delay = backoffDelay(attempt, 200, 10_000);
         log[isTransientDbError(error) ? "warn" : "error"](
           { err: error, attempt, delayMs: Math.round(delay) },
           "partition apply failed; resuming from the checkpoint after a backoff",

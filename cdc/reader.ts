@@ -5,6 +5,7 @@ import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import type { Command } from "../actors/index.ts";
 import { connectPostgres } from "../src/db.ts";
+import { backoffDelay } from "../src/backoff.ts";
 import { deadLetter, deadLetterMsgId, type DeadLetter } from "../src/deadLetters.ts";
 import { publishCommands } from "../src/publisher.ts";
 import type { Topology } from "../src/topology.ts";
@@ -160,7 +161,7 @@ export class SourceReader {
           // A session that really streamed was healthy: its loss starts the backoff over.
           attempt = this.#started ? 1 : attempt + 1;
           this.metrics.reconnects++;
-          const delay = Math.min(15_000, 200 * 2 ** Math.min(attempt, 7)) * (0.5 + Math.random());
+          const delay = backoffDelay(attempt, 400, 15_000);
           log.warn({ err: error, attempt, delayMs: Math.round(delay) }, "replication session ended; reconnecting after a backoff");
           await this.#sleep(delay);
         }

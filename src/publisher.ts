@@ -1,6 +1,7 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Command } from "../actors/index.ts";
 import { encodeEnvelope, envelopeMsgId } from "../actors/index.ts";
+import { backoffDelay } from "./backoff.ts";
 import type { Topology } from "./topology.ts";
 
 export interface PublishResult {
@@ -82,7 +83,7 @@ async function publishWithRetry(
       return await js.publish(subject, body, { msgID, timeout: 10_000 });
     } catch (error) {
       if (attempt >= attempts) throw error;
-      await new Promise((r) => setTimeout(r, Math.min(5_000, 100 * 2 ** attempt) * (0.5 + Math.random())));
+      await new Promise((r) => setTimeout(r, backoffDelay(attempt, 200, 5_000)));
     }
   }
 }

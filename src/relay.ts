@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import { OUTBOX_CHANNEL } from "../ledger/index.ts";
 import { LeaseStore, type HeldLease } from "../actors/index.ts";
 import type { NatsHandles } from "./nats.ts";
+import { backoffDelay } from "./backoff.ts";
 
 export interface RelayOptions {
   readonly sql: Sql;
@@ -112,7 +113,7 @@ export class OutboxRelay {
             this.#lease = null;
           }
         }
-        await this.#sleep(Math.min(10_000, 100 * 2 ** Math.min(attempt, 7)) * (0.5 + Math.random()));
+        await this.#sleep(backoffDelay(attempt, 200, 10_000));
       }
     }
   }

@@ -15,6 +15,7 @@ import { ConfigFileError, type TallyConfig } from "./configFile.ts";
 import { deadLetter, deadLetterMsgId, type DeadLetter } from "./deadLetters.ts";
 import type { NatsHandles } from "./nats.ts";
 import type { Topology } from "./topology.ts";
+import { backoffDelay } from "./backoff.ts";
 
 /** The dead-letter origin of undeliverable webhook batches. */
 export const WEBHOOK_ORIGIN = "webhook";
@@ -113,9 +114,6 @@ export async function postWebhook(target: WebhookTarget, body: WebhookBody): Pro
   }
 }
 
-/** Exponential backoff with jitter: base·2^(attempt−1), capped, times a random factor in [0.5, 1.5). */
-export const backoffDelay = (attempt: number, baseMs: number, maxMs: number): number =>
-  Math.min(maxMs, baseMs * 2 ** Math.min(attempt - 1, 30)) * (0.5 + Math.random());
 
 export interface DispatcherOptions {
   readonly target: WebhookTarget;
