@@ -69,74 +69,49 @@ export class DashboardHub {
   constructor(readonly ctx: ApiContext) {}
 
   /** Listens only while a dashboard is open: an API process nobody watches pays nothing for it. */
-  start(): void {
+  #start(): void {
     if (this.#subs.length > 0) return;
     const { nc } = this.ctx.nats;
     const env = this.ctx.topology.env;
-    const availPrefix = `tally.${env}.availability.`;
+    // Core-NATS JSON messages; anything that does not parse is not for the dashboard.
+    const on = <T>(subject: string, handle: (value: T) => void): Subscription =>
+      nc.subscribe(subject, {
+        callback: (err, msg) => {
+          if (err) return;
+          try {
+            handle(msg.json<T>());
+          } catch {
+            // not a message of ours
+          }
+        },
+      });
     this.#subs.push(
-      nc.subscribe(`${availPrefix}>`, {
-        callback: (err, msg) => {
-          if (err) return;
-          try {
-            this.#onAvailability(msg.json<Availability>());
-          } catch {
-            // not an availability projection
-          }
-        },
-      }),
-      nc.subscribe(`tally.${env}.events.>`, {
-        callback: (err, msg) => {
-          if (err) return;
-          try {
-            this.#onEvent(msg.json<Record<string, unknown>>());
-          } catch {
-            // ignore
-          }
-        },
-      }),
-      nc.subscribe(outcomesSubject(env), {
-        callback: (err, msg) => {
-          if (err) return;
-          try {
-            this.#onOutcomes(msg.json<OutcomeBatch>());
-          } catch {
-            // ignore
-          }
-        },
-      }),
-      nc.subscribe(relaySubject(env), {
-        callback: (err, msg) => {
-          if (err) return;
-          try {
-            this.#onRelay(msg.json<RelayRound>());
-          } catch {
-            // ignore
-          }
-        },
-      }),
+      on<Availability>(`tally.${env}.availability.>`, (a) => this.#onAvailability(a)),
+      on<Record<string, unknown>>(`tally.${env}.events.>`, (e) => this.#onEvent(e)),
+      on<OutcomeBatch>(outcomesSubject(env), (b) => this.#onOutcomes(b)),
+      on<RelayRound>(relaySubject(env), (r) => this.#onRelay(r)),
     );
     this.#flushTimer = setInterval(() => this.#flush(), 250);
   }
 
-  stop(): void {
+  #quiet(): void {
     for (const s of this.#subs.splice(0)) s.unsubscribe();
     if (this.#flushTimer) clearInterval(this.#flushTimer);
     this.#flushTimer = null;
+  }
+
+  stop(): void {
+    this.#quiet();
     this.#listeners.clear();
   }
 
   /** Called every 250 ms with the SKUs whose availability changed; the first listener starts the hub, the last one stops it. */
   listen(fn: (changed: ReadonlySet<string>) => void): () => void {
     this.#listeners.add(fn);
-    this.start();
+    this.#start();
     return () => {
       this.#listeners.delete(fn);
-      if (this.#listeners.size === 0) {
-        for (const s of this.#subs.splice(0)) s.unsubscribe();
-        if (this.#flushTimer) clearInterval(this.#flushTimer);
-        this.#flushTimer = null;
-      }
+      if (this.#listeners.size === 0) this.#quiet();
     };
   }
 
