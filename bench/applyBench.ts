@@ -10,7 +10,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
-import { decodeCommand, encodeEnvelope, envelopeMsgId, type Command } from "../actors/index.ts";
+import { decodeCommand, type Command } from "../actors/index.ts";
 import { migrate } from "../ledger/index.ts";
 import { startTally } from "../src/app.ts";
 import { loadSettings } from "../src/config.ts";
@@ -20,6 +20,7 @@ import { createLogger } from "../src/log.ts";
 import { connectNats, ensureTopology } from "../src/nats.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { topology } from "../src/topology.ts";
+import { measureInsert, measureNats } from "./limits.ts";
 
 const { values } = parseArgs({
   options: {
@@ -64,38 +65,12 @@ async function main(): Promise<void> {
     const sql = connectPostgres(url, { max: 4 });
     await migrate(sql, "bench");
 
-    // Limit 1: batched inserts of ledger-shaped rows (the same unnest statement shape the ledger uses).
-    await sql`create table raw_entries (like ledger_entries including defaults including identity)`;
-    const rows = 200_000;
-    const batch = 2000;
-    let t = performance.now();
-    for (let i = 0; i < rows; i += batch) {
-      const ids = Array.from({ length: batch }, (_, k) => `raw:${i + k}`);
-      await sql`
-        insert into raw_entries (command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system, source_ref,
-                                 occurred_at, recorded_at, sku_seq, prev_hash, hash)
-        select c, 1, 'B-' || (n % ${SKUS}), 'DC1', 'on_hand', 1, n, 'receive', 'bench', c, now(), now(), n, repeat('0', 64), md5(c) || md5(c)
-          from unnest(${sql.array(ids)}::text[]) with ordinality as t(c, n)`;
-    }
-    results.rawInsertRowsPerSec = rate(rows, performance.now() - t);
-
-    // Limit 2: JetStream publishes of 500-command envelopes, awaited in 8 parallel lanes.
+    // The limits, measured as `npm run bench` measures them (bench/limits.ts).
+    results.rawInsertRowsPerSec = await measureInsert(sql);
     const t2 = topology("bench", PARTITIONS);
     const nc = await connectNats(nats.url, "bench");
     const handles = await ensureTopology(nc, t2, { duplicateWindowMs: 120_000, leaseTtlMs: 10_000 });
-    const probe = makeCommands(N, "probe");
-    await handles.jsm.streams.add({ name: "RAW", subjects: ["raw.>"] });
-    t = performance.now();
-    const lanes = 8;
-    await Promise.all(
-      Array.from({ length: lanes }, async (_, lane) => {
-        for (let i = lane * 500; i < probe.length; i += lanes * 500) {
-          const chunk = probe.slice(i, i + 500);
-          await handles.js.publish(`raw.${lane}`, encodeEnvelope(chunk), { msgID: envelopeMsgId(chunk.map((c) => c.id)) });
-        }
-      }),
-    );
-    results.rawPublishCommandsPerSec = rate(probe.length, performance.now() - t);
+    results.rawPublishCommandsPerSec = (await measureNats(handles, N)).publish;
 
     // Tally: publish N commands through the normal path and wait until every one has an outcome.
     const settings = loadSettings({
@@ -114,7 +89,7 @@ async function main(): Promise<void> {
     const commands = makeCommands(N, "cmd");
     // Measure the apply path, not start-up: wait until the worker holds every partition.
     while (tally.worker!.held().length < PARTITIONS) await new Promise((r) => setTimeout(r, 50));
-    t = performance.now();
+    let t = performance.now();
     await publishCommands(handles.js, t2, commands);
     const published = performance.now() - t;
     for (;;) {
