@@ -1,10 +1,9 @@
 import { existsSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import path from "node:path";
-import postgres from "postgres";
 import { chromium, type Browser } from "playwright-core";
 import { afterEach, describe, expect, it } from "vitest";
-import { scratchDir, serversMentioning, startDev, stopDev, stopStartedDevs } from "./support/dev.ts";
+import { demoReceipt, scratchDir, serversMentioning, startDev, stopDev, stopStartedDevs } from "./support/dev.ts";
 
 /** Debian's `chromium` (installed by .ci/run), or TALLY_CHROMIUM. */
 function chromiumPath(): string {
@@ -51,14 +50,7 @@ describe("the live dashboard", () => {
 
       // A goods receipt in the demo ERP: 7 more of SKU-0005 at DC1 show up in the web column.
       const before = Number((await cell.textContent())!.replace(/,/g, ""));
-      const erpUrl = /captured by CDC\): psql (\S+) \//.exec(dev.stdout())?.[1];
-      expect(erpUrl, dev.stdout()).toBeDefined();
-      const erp = postgres(erpUrl!, { max: 1, onnotice: () => {} });
-      try {
-        await erp`insert into goods_receipts (item_no, location, qty, uom) values ('100005', 'DC1', 7, 'EA')`;
-      } finally {
-        await erp.end();
-      }
+      await demoReceipt(dev, "100005", 7, "EA");
       await expect.poll(async () => Number((await cell.textContent())?.replace(/,/g, "")), { timeout: 30_000 }).toBe(before + 7);
       await page.screenshot({ path: path.join(root, "dashboard.png") });
       expect(errors).toEqual([]);

@@ -2,13 +2,12 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Either } from "effect";
-import postgres from "postgres";
 import { afterEach, describe, expect, it } from "vitest";
 import { decodeCommand } from "../actors/index.ts";
 import { DEMO_STOCK } from "../cdc/demo/seed.ts";
 import { describeFailure } from "../src/dev.ts";
 import { ROOT, runTally } from "./support/tally.ts";
-import { scratchDir, serversMentioning, startDev, stopDev, stopStartedDevs, type DevProcess } from "./support/dev.ts";
+import { demoReceipt, scratchDir, serversMentioning, startDev, stopDev, stopStartedDevs, type DevProcess } from "./support/dev.ts";
 
 const EXAMPLES = path.join(ROOT, "examples/commands.ndjson");
 
@@ -108,14 +107,7 @@ describe("tally dev", () => {
       expect(entries).toBe(opening);
 
       // A change made in the demo ERP reaches the ledger through CDC.
-      const erpUrl = /captured by CDC\): psql (\S+) \//.exec(dev.stdout())?.[1];
-      expect(erpUrl, dev.stdout()).toBeDefined();
-      const erp = postgres(erpUrl!, { max: 1, onnotice: () => {} });
-      try {
-        await erp`insert into goods_receipts (item_no, location, qty, uom) values ('100001', 'DC1', 2, 'CASE')`;
-      } finally {
-        await erp.end();
-      }
+      await demoReceipt(dev, "100001", 2, "CASE");
       for (let i = 0; i < 40 && entries === opening; i++) {
         await new Promise((r) => setTimeout(r, 500));
         entries = await ledgerEntries(dev);

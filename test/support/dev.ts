@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { chmod, mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import postgres from "postgres";
 import { BIN, ROOT } from "./tally.ts";
 
 /** The environment of a `tally dev` child: no server URLs, so it starts its own. */
@@ -114,5 +115,17 @@ export async function stopStartedDevs(): Promise<void> {
     child.kill("SIGINT");
     await Promise.race([exited, new Promise((r) => setTimeout(r, 20_000))]);
     if (child.exitCode === null) child.kill("SIGKILL");
+  }
+}
+
+/** Writes a goods receipt into the demo ERP of a running `tally dev` (its URL is in the banner). */
+export async function demoReceipt(dev: DevProcess, itemNo: string, qty: number, uom: "EA" | "CASE" | "KG"): Promise<void> {
+  const erpUrl = /captured by CDC\): psql (\S+) \//.exec(dev.stdout())?.[1];
+  if (erpUrl === undefined) throw new Error(`no demo ERP URL in the banner:\n${dev.stdout()}`);
+  const erp = postgres(erpUrl, { max: 1, onnotice: () => {} });
+  try {
+    await erp`insert into goods_receipts (item_no, location, qty, uom) values (${itemNo}, 'DC1', ${qty}, ${uom})`;
+  } finally {
+    await erp.end();
   }
 }
