@@ -224,7 +224,7 @@ async function main(): Promise<void> {
       process.stderr.write(`bench: onboarding ${catalog.toLocaleString("en")} items into the ERP (through CDC)…\n`);
       await onboardCatalog(erp, catalog, STORES);
     }
-    const expectedOpening = async () => {
+    const outcomesSoFar = async () => {
       const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
       return n;
     };
@@ -233,7 +233,7 @@ async function main(): Promise<void> {
       const [{ target }] = await erp<[{ target: string }]>`select pg_current_wal_lsn()::text as target`;
       for (let last = -1, still = 0; still < 2; ) {
         await sleep(1000);
-        const n = await expectedOpening();
+        const n = await outcomesSoFar();
         const [{ caught }] = await erp<[{ caught: boolean }]>`
           select coalesce(bool_and(confirmed_flush_lsn >= ${target}::pg_lsn), true) as caught from pg_replication_slots where slot_name = ${`tally_${env}_erp`}`;
         const [{ outbox }] = await sql<[{ outbox: number }]>`select count(*)::int as outbox from outbox`;
@@ -249,7 +249,7 @@ async function main(): Promise<void> {
       await erp`insert into stock_counts (item_no, location, counted_qty) select i, 'DC1', 30 from unnest(${erp.array(Array.from({ length: HOT }, (_, i) => simItem(i).itemNo))}::text[]) as t(i)`;
       await quiet("stock counts");
     }
-    const before = await expectedOpening();
+    const before = await outcomesSoFar();
 
     // --- The load. ---
     const zipf = new Zipf(scenario === "flash-sale" ? HOT : Math.max(1, catalog || SKUS));
@@ -404,7 +404,7 @@ async function main(): Promise<void> {
     const wanted = Object.values(expected).reduce((a, b) => a + b, 0);
     let drainedAt = Date.now();
     for (let last = -1; ; ) {
-      const n = (await expectedOpening()) - before;
+      const n = (await outcomesSoFar()) - before;
       const [{ outbox }] = await sql<[{ outbox: number }]>`select count(*)::int as outbox from outbox`;
       if (n >= wanted && outbox === 0) break;
       if (n !== last) drainedAt = Date.now();
