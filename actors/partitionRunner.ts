@@ -12,6 +12,7 @@ import { decodeCommand } from "./command.ts";
 import { decodeEnvelope } from "./envelope.ts";
 import type { ActorRegistry } from "./registry.ts";
 import { deadLetter, type DeadLetter } from "../src/deadLetters.ts";
+import { DeliveryGap, DeliveryOrder } from "../src/deliveryOrder.ts";
 
 const nanos = (ms: number): number => ms * 1_000_000;
 /** Failed attempts in a row after which a stuck partition raises an alert event. */
@@ -40,6 +41,8 @@ export interface WorkerMetrics {
   deadLettered: number;
   leaseLost: number;
   retries: number;
+  /** Times a consumer skipped deliveries (lost in transit) and the partition read again from its checkpoint. */
+  deliveryGaps: number;
   /** Milliseconds spent per stage of the apply path, summed over batches (where the time goes). */
   stageMs: { decode: number; dedupe: number; activate: number; plan: number; commit: number };
 }
@@ -53,6 +56,7 @@ export const newWorkerMetrics = (): WorkerMetrics => ({
   deadLettered: 0,
   leaseLost: 0,
   retries: 0,
+  deliveryGaps: 0,
   stageMs: { decode: 0, dedupe: 0, activate: 0, plan: 0, commit: 0 },
 });
 
@@ -110,10 +114,12 @@ export class PartitionRunner {
           break;
         }
         if (this.#stopped) break;
+        // A delivery gap: nothing was acknowledged past it, and the new consumer starts at the checkpoint.
+        if (error instanceof DeliveryGap) this.deps.metrics.deliveryGaps++;
         attempt++;
         this.deps.metrics.retries++;
         const delay = backoffDelay(attempt, 200, 10_000);
-        log[isTransientDbError(error) ? "warn" : "error"](
+        log[isTransientDbError(error) || error instanceof DeliveryGap ? "warn" : "error"](
           { err: error, attempt, delayMs: Math.round(delay) },
           "partition apply failed; resuming from the checkpoint after a backoff",
         );
@@ -149,10 +155,18 @@ export class PartitionRunner {
     });
     const consumer = await nats.js.consumers.get(stream, name);
     const generation = this.#generation;
+    const order = new DeliveryOrder();
     this.#messages = await consumer.consume({
       max_messages: 1000,
       callback: (m) => {
-        if (generation !== this.#generation) return;
+        if (generation !== this.#generation || this.#failure) return;
+        // A skipped delivery must stop the partition before it acknowledges (AckPolicy.All) past it.
+        const gap = order.next(m);
+        if (gap) {
+          this.#failure = gap;
+          this.#wake?.();
+          return;
+        }
         this.#queue.push(m);
         this.#wake?.();
       },
@@ -170,6 +184,7 @@ export class PartitionRunner {
 
   #unsubscribe(): void {
     this.#generation++;
+    this.#failure = null;
     this.#messages?.stop();
     this.#messages = null;
     this.#queue = [];

@@ -442,7 +442,9 @@ export class SourceReader {
    * may advance to it: an idle source does not pin WAL.
    */
   #onKeepalive(lsn: string, shouldRespond: boolean): void {
-    const idle = this.#open === null && this.#ready.length === 0 && this.#flushing === null && !libraryBusy(this.#service);
+    // A failed publish took its batch out of #ready: until the session ends nothing may be confirmed.
+    const idle =
+      this.#failure === null && this.#open === null && this.#ready.length === 0 && this.#flushing === null && !libraryBusy(this.#service);
     if (idle && this.#resnapshot && parseLsn(lsn) >= parseLsn(this.#resnapshot.lsn)) {
       // The stream has passed the re-snapshot's position with nothing in between: place it now.
       void this.#placeResnapshot().catch((err) => this.#fail(err));

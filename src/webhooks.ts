@@ -16,6 +16,7 @@ import { deadLetter, deadLetterMsgId, type DeadLetter } from "./deadLetters.ts";
 import type { NatsHandles } from "./nats.ts";
 import type { Topology } from "./topology.ts";
 import { backoffDelay } from "./backoff.ts";
+import { DeliveryOrder, type DeliveryGap } from "./deliveryOrder.ts";
 
 /** The dead-letter origin of undeliverable webhook batches. */
 export const WEBHOOK_ORIGIN = "webhook";
@@ -147,6 +148,10 @@ export class WebhookDispatcher {
   #taken = 0;
   /** Highest stream sequence acknowledged (delivered or dead-lettered). */
   #acked = 0;
+  /** Deliveries the consumer skipped: the sender starts over from what it acknowledged. */
+  #gap: DeliveryGap | null = null;
+  /** Bumped per consumer: a stopped consumer's late messages are ignored. */
+  #generation = 0;
 
   constructor(readonly opts: DispatcherOptions) {
     this.#leases = new LeaseStore(opts.nats.leases, opts.owner);
@@ -234,16 +239,24 @@ export class WebhookDispatcher {
     });
     const consumer = await nats.js.consumers.get(stream, name);
     this.#queue = [];
+    this.#gap = null;
+    const order = new DeliveryOrder();
+    const current = ++this.#generation;
     this.#messages = await consumer.consume({
       max_messages: Math.max(100, this.opts.target.batchSize * 2),
       callback: (m) => {
-        this.#queue.push(m);
+        if (current !== this.#generation || this.#gap) return;
+        // Skipped deliveries: stop before a batch past them acknowledges them too (AckPolicy.All).
+        this.#gap = order.next(m);
+        if (!this.#gap) this.#queue.push(m);
         this.#wake?.();
       },
     });
   }
 
   #unsubscribe(): void {
+    this.#generation++;
+    this.#gap = null;
     this.#messages?.stop();
     this.#messages = null;
     this.#queue = [];
@@ -253,6 +266,7 @@ export class WebhookDispatcher {
   async #nextBatch(): Promise<Array<JsMsg>> {
     const { target, leaseTtlMs } = this.opts;
     const fresh = () => {
+      if (this.#gap) throw this.#gap;
       this.#queue = this.#queue.filter((m) => m.seq > this.#taken);
       return this.#queue.length;
     };

@@ -151,6 +151,41 @@ describe("GET /v1/availability/stream (SSE)", () => {
     expect(Number(after[0]!.id)).toBeGreaterThan(ids.at(-1)!);
   });
 
+  it("ends a stream whose consumer skipped deliveries (lost in transit), so the client resumes after its last event without a gap", async () => {
+    const res = await fetch(`${base}/v1/availability/stream?channel=web&skus=SSE-GAP`, { headers: auth("webReader") });
+    const reading = readEvents(res, 40, 30_000); // returns early when the server ends the stream
+    await new Promise((r) => setTimeout(r, 200));
+    const { jsm, js } = api.h.nats;
+    const stream = api.h.topology.availabilityStream;
+    let name = "";
+    for await (const info of jsm.consumers.list(stream)) if (info.config.filter_subject === `tally.${api.h.topology.env}.availability.web.>`) name = info.name;
+    const consumer = await js.consumers.get(stream, name);
+    // Another client pulls from the stream's consumer: to the server those are delivered, exactly
+    // like messages lost with a dropped connection.
+    let stolen = 0;
+    const until = Date.now() + 20_000;
+    const thief = (async () => {
+      while (stolen < 3 && Date.now() < until) {
+        try {
+          for await (const _ of await consumer.fetch({ max_messages: 1, expires: 1000 })) stolen++;
+        } catch (error) {
+          if (await jsm.consumers.info(stream, name).then(() => true, () => false)) throw error;
+          return; // the stream ended and its consumer went with it
+        }
+      }
+    })();
+    for (let i = 1; i <= 40; i++) await apply([cmd("receive", "SSE-GAP", "DC1", { qty: 1 })]);
+    await thief;
+    const first = await reading;
+    expect(stolen).toBeGreaterThan(0);
+    const onHand = (e: { data: string }) => (JSON.parse(e.data) as { onHand: number }).onHand;
+    expect(first.length, "the stream ended at the gap").toBeLessThan(40);
+    expect(first.map(onHand)).toEqual(first.map((_, i) => i + 1));
+    const resumed = await fetch(`${base}/v1/availability/stream?channel=web&skus=SSE-GAP`, { headers: { ...auth("webReader"), "last-event-id": String(first.at(-1)?.id ?? 0) } });
+    const rest = await readEvents(resumed, 40 - first.length);
+    expect(rest.map(onHand)).toEqual(rest.map((_, i) => first.length + i + 1));
+  });
+
   it("answers 401/403/404 before streaming", async () => {
     expect((await fetch(`${base}/v1/availability/stream?channel=web`)).status).toBe(401);
     expect((await fetch(`${base}/v1/availability/stream?channel=web`, { headers: auth("storeReader") })).status).toBe(403);

@@ -202,4 +202,43 @@ describe("webhook channels", () => {
       await tally.close();
     }
   }, 60_000);
+
+  it("a sender whose consumer skipped deliveries (lost in transit) starts over from what it acknowledged: every SKU's change arrives", async () => {
+    const tally = await startInProcess(ctx, ["worker", "relay"], { leaseTtlMs: 3000 }, configFor());
+    try {
+      await publishCommands(h.nats.js, h.topology, [receive("WH-G0", 1)]);
+      await eventually("the sender to run", async () => receiver.accepted("/ok").get("WH-G0")?.available === 1, 20_000);
+      let name = "";
+      for await (const info of h.nats.jsm.consumers.list(h.topology.availabilityStream)) if (info.name.startsWith("webhook_hook_ok_")) name = info.name;
+      const consumer = await h.nats.js.consumers.get(h.topology.availabilityStream, name);
+      // Another client pulls from the sender's consumer and never acknowledges: to the server those
+      // are delivered, exactly like messages lost with a dropped connection.
+      let stolen = 0;
+      const until = Date.now() + 15_000;
+      const thief = (async () => {
+        while (stolen < 10 && Date.now() < until) {
+          try {
+            for await (const _ of await consumer.fetch({ max_messages: 2, expires: 1000 })) stolen++;
+          } catch (error) {
+            // Only the end of that consumer (the sender replaced it) ends the theft.
+            if (await h.nats.jsm.consumers.info(h.topology.availabilityStream, name).then(() => true, () => false)) throw error;
+            return;
+          }
+        }
+      })();
+      const skus = Array.from({ length: 300 }, (_, i) => `WH-G${i + 1}`);
+      for (let i = 0; i < skus.length; i += 10) {
+        await publishCommands(h.nats.js, h.topology, skus.slice(i, i + 10).map((sku) => receive(sku, 7)));
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await thief;
+      expect(stolen, "availability messages the other client took").toBeGreaterThan(0);
+      await eventually("every SKU's change at the receiver", async () => {
+        const a = receiver.accepted("/ok");
+        return skus.every((sku) => a.get(sku)?.available === 7);
+      }, 30_000);
+    } finally {
+      await tally.close();
+    }
+  }, 90_000);
 });

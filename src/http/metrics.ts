@@ -113,6 +113,11 @@ export class ApiMetrics {
       workerCounter("tally_worker_dead_lettered", "Undecodable commands dead-lettered by this process's worker", () => worker.metrics.deadLettered);
       workerCounter("tally_worker_duplicates_skipped", "Commands skipped as already applied", () => worker.metrics.skippedDuplicate);
       workerCounter("tally_worker_retries", "Batch retries after a failure", () => worker.metrics.retries);
+      workerCounter(
+        "tally_worker_delivery_gaps",
+        "Times a partition's consumer skipped deliveries (lost in transit) and the partition re-read from its checkpoint",
+        () => worker.metrics.deliveryGaps,
+      );
     }
     const webhooks = deps.webhooks ?? [];
     new Gauge({

@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
+import { DeliveryOrder } from "../../deliveryOrder.ts";
 import type { ApiContext } from "../app.ts";
 import { ApiError, errors } from "../errors.ts";
 
@@ -289,8 +290,16 @@ async function streamAvailability(
   res.on("error", close);
   void (async () => {
     try {
+      const order = new DeliveryOrder();
       for await (const m of messages) {
         if (closed) break;
+        const gap = order.next(m);
+        if (gap) {
+          // Deliveries lost in transit: end the stream; the client reconnects with Last-Event-ID
+          // (the last event it got) and the missing changes come again.
+          req.log.warn({ err: gap }, "availability stream skipped deliveries; closing it so the client resumes");
+          break;
+        }
         const sku = m.subject.slice(prefix.length);
         if (only && !only.has(sku)) continue;
         const ok = res.write(`id: ${m.seq}\nevent: availability\ndata: ${new TextDecoder().decode(m.data)}\n\n`);
