@@ -39,9 +39,9 @@ export const channelViews = (config: TallyConfig): ReadonlyArray<ChannelView> =>
   Object.entries(config.channels).map(([name, c]) => ({ name, locations: c.locations, buffer: c.buffer }));
 
 /** A Postgres pool, ended on release. */
-export const postgresResource = (url: string, application: string) =>
+export const postgresResource = (url: string, application: string, max?: number) =>
   Effect.acquireRelease(
-    Effect.sync(() => connectPostgres(url, { application })),
+    Effect.sync(() => connectPostgres(url, { application, ...(max !== undefined ? { max } : {}) })),
     (sql) => Effect.promise(() => sql.end({ timeout: 5 })),
   );
 
@@ -66,11 +66,16 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     const nats = yield* Effect.tryPromise(() =>
       ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
     );
+    // The worker (the ledger's single writer) and the API (as many requests at once as clients send)
+    // each get a pool of their own: a burst of requests queued on a shared pool would hold back the
+    // very commits every one of them is waiting for.
+    const workerSql = roles.includes("worker") ? yield* postgresResource(url, "tally-worker", Math.min(settings.partitions, 16) + 2) : sql;
+    const apiSql = roles.includes("api") ? yield* postgresResource(url, "tally-api") : sql;
     const worker = roles.includes("worker")
       ? yield* Effect.acquireRelease(
           Effect.sync(() => {
             const w = new Worker({
-              sql,
+              sql: workerSql,
               nats,
               topology: t,
               channels: channelViews(config),
@@ -149,7 +154,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
             // Loaded only by processes that serve HTTP.
             const { buildApp } = await import("./http/app.ts");
             const { loadTokens } = await import("./http/auth.ts");
-            const app = await buildApp({ settings, config, topology: t, sql, nats, log, tokens: await loadTokens(settings), worker, readers, webhooks });
+            const app = await buildApp({ settings, config, topology: t, sql: apiSql, nats, log, tokens: await loadTokens(settings), worker, readers, webhooks });
             try {
               await app.listen({ port: settings.httpPort, host: settings.httpHost });
             } catch (error) {
