@@ -27,14 +27,29 @@ interface Waiting {
   resolve(): void;
 }
 
+/** Outcomes normally come by NATS within this; ids still waiting after it are looked up in the database. */
+const GRACE_MS = 300;
+/** How often the database is asked, in one statement, for every id past its grace. */
+const POLL_MS = 250;
+/** Most ids per lookup statement. */
+const POLL_CHUNK = 5000;
+
+type OutcomeRowText = { command_id: string; status: "applied" | "rejected"; reason: string | null; detail: unknown };
+
 /**
  * Waits for the outcomes of commands this process published: from the workers' core-NATS outcome
- * messages when they arrive, else from `command_outcomes` (polled with backoff), which is the truth.
+ * messages when they arrive, else from `command_outcomes`, which is the truth. One poller looks up
+ * every id still waiting past a short grace in a single statement per round, so a backlog of
+ * waiting requests costs the database one query per round, not one per request.
  * Register (call `wait`) before publishing, so an outcome cannot slip past.
  */
 export class OutcomeWaiter {
   readonly #waiting = new Map<string, Set<Waiting>>();
+  /** When each waited-for id was first registered. */
+  readonly #since = new Map<string, number>();
   #sub: Subscription | null = null;
+  #poller: NodeJS.Timeout | null = null;
+  #polling = false;
 
   constructor(
     readonly sql: Sql,
@@ -59,13 +74,17 @@ export class OutcomeWaiter {
         for (const o of batch.outcomes) this.#settle(o);
       },
     });
+    this.#poller = setInterval(() => void this.#poll(), POLL_MS);
   }
 
   async stop(): Promise<void> {
     this.#sub?.unsubscribe();
     this.#sub = null;
+    if (this.#poller) clearInterval(this.#poller);
+    this.#poller = null;
     for (const set of this.#waiting.values()) for (const w of set) w.resolve();
     this.#waiting.clear();
+    this.#since.clear();
   }
 
   #settle(o: Outcome): void {
@@ -77,6 +96,29 @@ export class OutcomeWaiter {
     }
   }
 
+  /** One round of the fallback: every id waiting past its grace, looked up together. */
+  async #poll(): Promise<void> {
+    if (this.#polling || this.#since.size === 0) return;
+    this.#polling = true;
+    try {
+      const before = Date.now() - GRACE_MS;
+      const due = [...this.#since].filter(([, at]) => at <= before).map(([id]) => id);
+      for (let i = 0; i < due.length; i += POLL_CHUNK) {
+        for (const r of await this.#lookup(due.slice(i, i + POLL_CHUNK)))
+          this.#settle({ id: r.command_id, status: r.status, reason: r.reason, detail: r.detail });
+      }
+    } catch {
+      // The database is unavailable: the next round asks again; waiters time out meanwhile.
+    } finally {
+      this.#polling = false;
+    }
+  }
+
+  #lookup(ids: ReadonlyArray<string>): Promise<Array<OutcomeRowText>> {
+    return this.sql<Array<OutcomeRowText>>`
+      select command_id, status, reason, detail from command_outcomes where command_id = any(${this.sql.array([...ids])}::text[])`;
+  }
+
   /**
    * Starts waiting for `ids`; the returned promise resolves with every outcome known by `timeoutMs`
    * (fewer than asked when it timed out).
@@ -86,35 +128,34 @@ export class OutcomeWaiter {
     let resolve!: () => void;
     const settled = new Promise<void>((r) => (resolve = r));
     const w: Waiting = { ids: new Set(ids), found, resolve };
+    const now = Date.now();
     for (const id of w.ids) {
       let set = this.#waiting.get(id);
       if (!set) this.#waiting.set(id, (set = new Set()));
       set.add(w);
+      if (!this.#since.has(id)) this.#since.set(id, now);
     }
     const cleanup = () => {
       for (const id of w.ids) {
         const set = this.#waiting.get(id);
         set?.delete(w);
-        if (set?.size === 0) this.#waiting.delete(id);
+        if (set?.size === 0) {
+          this.#waiting.delete(id);
+          this.#since.delete(id);
+        }
       }
     };
+    let cancelled = false;
     const done = (async () => {
       if (w.ids.size === 0) return found;
-      const deadline = Date.now() + timeoutMs;
-      // The first look is delayed a little: most outcomes arrive by NATS well before it.
-      let delay = 100;
-      let stopped = false;
-      void settled.then(() => (stopped = true));
-      while (!stopped) {
-        const wake = new Promise<void>((r) => setTimeout(r, Math.max(0, Math.min(delay, deadline - Date.now()))));
-        await Promise.race([settled, wake]);
-        if (stopped || found.size === w.ids.size) break;
-        const missing = [...w.ids].filter((id) => !found.has(id));
-        const rows = await this.sql<Array<{ command_id: string; status: "applied" | "rejected"; reason: string | null; detail: unknown }>>`
-          select command_id, status, reason, detail from command_outcomes where command_id = any(${this.sql.array(missing)}::text[])`;
+      let timer: NodeJS.Timeout | undefined;
+      const expired = new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, timeoutMs))));
+      await Promise.race([settled, expired]);
+      clearTimeout(timer);
+      // Timed out (not cancelled): one last look at the truth before answering without it.
+      if (!cancelled && found.size < w.ids.size) {
+        const rows = await this.#lookup([...w.ids].filter((id) => !found.has(id))).catch(() => []);
         for (const r of rows) this.#settle({ id: r.command_id, status: r.status, reason: r.reason, detail: r.detail });
-        if (found.size === w.ids.size || Date.now() >= deadline) break;
-        delay = Math.min(1000, delay * 2);
       }
       cleanup();
       return found;
@@ -122,6 +163,7 @@ export class OutcomeWaiter {
     return {
       done,
       cancel: () => {
+        cancelled = true;
         resolve();
       },
     };
@@ -131,8 +173,7 @@ export class OutcomeWaiter {
   async known(ids: ReadonlyArray<string>): Promise<Map<string, Outcome>> {
     const out = new Map<string, Outcome>();
     if (ids.length === 0) return out;
-    const rows = await this.sql<Array<{ command_id: string; status: "applied" | "rejected"; reason: string | null; detail: unknown }>>`
-      select command_id, status, reason, detail from command_outcomes where command_id = any(${this.sql.array([...ids])}::text[])`;
+    const rows = await this.#lookup(ids);
     for (const r of rows) out.set(r.command_id, { id: r.command_id, status: r.status, reason: r.reason, detail: r.detail });
     return out;
   }
