@@ -98,26 +98,44 @@ export class Reservations {
     const id = `r_${randomUUID().replaceAll("-", "")}`;
     const claimMs = this.deps.decisionTimeoutMs + CLAIM_SLACK_MS;
     const started = performance.now();
-    // One statement (atomic without a transaction): the reservation and its lines, or nothing when the key exists.
-    const [{ inserted }] = await sql<[{ inserted: number }]>`
+    // One statement (atomic without a transaction): the reservation and its lines, or nothing when the
+    // key exists. A line at a fixed location gets its first command id at once (what #driveLine would
+    // assign), so the decision needs no further write before its command goes out.
+    const fixed = req.lines.map((l, i) => (l.location !== null ? `res:${id}:${i + 1}:1` : null));
+    const inserted = await sql<Array<LineRow & { reservation_created_at: Date }>>`
       with r as (
         insert into reservations (id, principal, idempotency_key, request_hash, channel, status, ttl_seconds, claimed_until)
         values (${id}, ${req.principal}, ${req.idempotencyKey}, ${hash}, ${req.channel}, 'pending', ${req.ttlSeconds},
                 now() + ${claimMs} * interval '1 millisecond')
         on conflict (principal, idempotency_key) do nothing
-        returning id
+        returning id, created_at
       ), l as (
-        insert into reservation_lines (reservation_id, line, sku, qty, fixed_location, state)
-        select r.id, t.l, t.s, t.q, t.f, 'pending' from r cross join unnest(
+        insert into reservation_lines (reservation_id, line, sku, qty, fixed_location, location, command_id, tried, state)
+        select r.id, t.l, t.s, t.q, t.f, t.f, t.c, case when t.f is null then '{}'::text[] else array[t.f] end, 'pending'
+          from r cross join unnest(
           ${sql.array(req.lines.map((_, i) => i + 1))}::int[],
           ${sql.array(req.lines.map((l) => l.sku))}::text[],
           ${sql.array(req.lines.map((l) => l.qty))}::bigint[],
-          ${sql.array(req.lines.map((l) => l.location) as Array<string>)}::text[]) as t(l, s, q, f)
-        returning 1
+          ${sql.array(req.lines.map((l) => l.location) as Array<string>)}::text[],
+          ${sql.array(fixed as Array<string>)}::text[]) as t(l, s, q, f, c)
+        returning *
       )
-      select (select count(*) from r)::int as inserted`;
-    if (inserted) {
-      const answer = await this.#drive(id, this.deps.decisionTimeoutMs);
+      select l.*, r.created_at as reservation_created_at from l cross join r order by l.line`;
+    if (inserted.length > 0) {
+      const row: Row = {
+        id,
+        principal: req.principal,
+        request_hash: hash,
+        channel: req.channel,
+        status: "pending",
+        ttl_seconds: req.ttlSeconds,
+        expires_at: null,
+        response_status: null,
+        response_body: null,
+        created_at: inserted[0]!.reservation_created_at,
+      };
+      const lines = inserted.map(({ reservation_created_at: _, ...l }) => l);
+      const answer = await this.#drive(id, this.deps.decisionTimeoutMs, { row, lines });
       this.deps.metrics.reservationLatency.observe({ outcome: outcomeOf(answer) }, (performance.now() - started) / 1000);
       this.deps.metrics.reservations.inc({ outcome: outcomeOf(answer) });
       return { ...answer, replayed: false };
@@ -169,15 +187,49 @@ export class Reservations {
    * others released and `rejected`. Returns 503 (leaving it pending) when the actors did not answer
    * in time; a retry or the sweeper picks it up again.
    */
-  async #drive(id: string, timeoutMs: number): Promise<Answer> {
+  async #drive(id: string, timeoutMs: number, created?: { row: Row; lines: ReadonlyArray<LineRow> }): Promise<Answer> {
     const { sql, log } = this.deps;
-    const [[row], lines] = await Promise.all([sql<Array<Row>>`select * from reservations where id = ${id}`, this.#lines(sql, id)]);
+    // Created just now: the rows are known, and no command of theirs can have an outcome yet.
+    const [[row], lines] = created
+      ? [[created.row], created.lines]
+      : await Promise.all([sql<Array<Row>>`select * from reservations where id = ${id}`, this.#lines(sql, id)]);
     const deadline = Date.now() + timeoutMs;
-    const states = await Promise.all(lines.map((l) => (l.state === "pending" ? this.#driveLine(row!, l, deadline) : l.state)));
-    const fresh = await this.#lines(sql, id);
+    const decided = await Promise.all(
+      lines.map((l) => (l.state === "pending" ? this.#driveLine(row!, l, deadline, created !== undefined) : { state: l.state, line: l })),
+    );
+    const states = decided.map((d) => d.state);
+    if (states.every((s) => s === "held")) {
+      // The lines and the reservation in one statement; the answer is stored with it.
+      const held = decided.map((d) => ({ ...d.line, state: "held" as const }));
+      const body = view({ ...row!, status: "held", expires_at: null }, held);
+      const [done] = await sql<Array<{ expires_at: Date }>>`
+        with l as (
+          update reservation_lines set state = 'held'
+           where reservation_id = ${id} and line = any(${sql.array(held.map((l) => l.line))}::int[]) and state = 'pending'
+        )
+        update reservations
+           set status = 'held', expires_at = now() + ttl_seconds * interval '1 second', updated_at = now(), claimed_until = null,
+               response_status = 201,
+               response_body = jsonb_set(${sql.json(body as never)}::jsonb, '{expiresAt}',
+                 to_jsonb(to_char((now() + ttl_seconds * interval '1 second') at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
+         where id = ${id} and status = 'pending'
+         returning expires_at`;
+      if (!done) {
+        // Decided meanwhile by another driver (a retry, the sweeper): its stored answer stands.
+        const [r] = await sql<Array<Row>>`select * from reservations where id = ${id}`;
+        if (r?.response_status != null) return { status: r.response_status, body: r.response_body! };
+      }
+      log.info({ reservationId: id, commandIds: held.map((l) => l.command_id) }, "reservation held");
+      return { status: 201, body: { ...body, expiresAt: done?.expires_at.toISOString() ?? null } };
+    }
+    const heldLines = decided.filter((d) => d.state === "held").map((d) => d.line);
+    if (heldLines.length > 0)
+      await sql`
+        update reservation_lines set state = 'held'
+         where reservation_id = ${id} and line = any(${sql.array(heldLines.map((l) => l.line))}::int[]) and state = 'pending'`;
     // A line still undecided may yet be applied: nothing is final (nor released) until every line is decided.
     if (states.some((s) => s === "rejected") && !states.includes("undecided")) {
-      await this.#settle(id, fresh.filter((l) => l.state === "held"), "release", "released");
+      await this.#settle(id, heldLines, "release", "released");
       const final = await this.#lines(sql, id);
       const refused = final.filter((l) => l.state === "rejected");
       const body = {
@@ -191,15 +243,6 @@ export class Reservations {
       log.info({ reservationId: id, commandIds: refused.map((l) => l.command_id) }, "reservation refused: insufficient stock");
       return { status: 409, body };
     }
-    if (states.every((s) => s === "held")) {
-      const [done] = await sql<Array<{ expires_at: Date }>>`
-        update reservations set status = 'held', expires_at = now() + ${row!.ttl_seconds} * interval '1 second', updated_at = now(), claimed_until = null
-         where id = ${id} and status = 'pending' returning expires_at`;
-      const body = view({ ...row!, status: "held", expires_at: done?.expires_at ?? null }, fresh);
-      await sql`update reservations set response_status = 201, response_body = ${sql.json(body as never)} where id = ${id}`;
-      log.info({ reservationId: id, commandIds: fresh.map((l) => l.command_id) }, "reservation held");
-      return { status: 201, body };
-    }
     await sql`update reservations set claimed_until = null where id = ${id} and status = 'pending'`;
     return {
       status: 503,
@@ -207,12 +250,16 @@ export class Reservations {
     };
   }
 
-  async #driveLine(row: Row, line: LineRow, deadline: number): Promise<LineState | "undecided"> {
+  /**
+   * Decides one line: its reserve command out, its outcome back. A hold is not written here (the
+   * caller writes the lines with the reservation); a refusal is.
+   */
+  async #driveLine(row: Row, line: LineRow, deadline: number, created: boolean): Promise<{ state: LineState | "undecided"; line: LineRow }> {
     const { sql, outcomes } = this.deps;
     let l = line;
     for (;;) {
       // A command id assigned just now cannot have an outcome yet: no need to look it up.
-      let assignedNow = false;
+      let assignedNow = created && l.command_id !== null;
       if (l.command_id === null) {
         const pick = await this.#pickLocation(row, l);
         const attempt = l.tried.length + 1;
@@ -220,7 +267,7 @@ export class Reservations {
         const [updated] = await sql<Array<LineRow>>`
           update reservation_lines set location = ${pick.location}, command_id = ${commandId}, tried = array_append(tried, ${pick.location}::text)
            where reservation_id = ${row.id} and line = ${l.line} and command_id is null returning *`;
-        if (!updated) return "undecided"; // someone else is driving it
+        if (!updated) return { state: "undecided", line: l }; // someone else is driving it
         l = updated;
         assignedNow = true;
       }
@@ -237,11 +284,8 @@ export class Reservations {
         }
         outcome = (await waiting.done).get(commandId);
       }
-      if (!outcome) return "undecided";
-      if (outcome.status === "applied") {
-        await sql`update reservation_lines set state = 'held' where reservation_id = ${row.id} and line = ${l.line} and state = 'pending'`;
-        return "held";
-      }
+      if (!outcome) return { state: "undecided", line: l };
+      if (outcome.status === "applied") return { state: "held", line: l };
       const detail = outcome.detail as { available?: number; channelAvailable?: number } | null;
       const available = detail?.available ?? 0;
       // Another location may have it, unless the channel as a whole does not.
@@ -251,13 +295,13 @@ export class Reservations {
         if (next.enough && !l.tried.includes(next.location) && Date.now() < deadline) {
           const [updated] = await sql<Array<LineRow>>`
             update reservation_lines set command_id = null where reservation_id = ${row.id} and line = ${l.line} and command_id = ${commandId} returning *`;
-          if (!updated) return "undecided";
+          if (!updated) return { state: "undecided", line: l };
           l = updated;
           continue;
         }
       }
       await sql`update reservation_lines set state = 'rejected', available = ${available} where reservation_id = ${row.id} and line = ${l.line}`;
-      return "rejected";
+      return { state: "rejected", line: { ...l, state: "rejected", available } };
     }
   }
 
