@@ -124,6 +124,8 @@ export class SourceReader {
   #checkingResnapshot = false;
   /** The highest commit LSN of a transaction this session has begun to take in. */
   #lastBegun = 0n;
+  /** When a keepalive last advanced the idle slot. */
+  #idleAdvancedAt = 0;
   readonly done: Promise<void>;
 
   constructor(readonly opts: ReaderOptions) {
@@ -450,8 +452,14 @@ export class SourceReader {
       void this.#placeResnapshot().catch((err) => this.#fail(err));
       return;
     }
-    if (idle && !this.#resnapshot && parseLsn(lsn) > parseLsn(this.metrics.confirmedLsn)) this.#confirm(lsn);
-    else if (shouldRespond) this.#sendStatus();
+    // Advancing an idle slot only keeps WAL from piling up: once a second is plenty. (A server busy
+    // with other databases sends a keepalive for nearly every transaction the slot skips, and a
+    // status update for each cost the reader several percent of its CPU.)
+    const advance = idle && !this.#resnapshot && parseLsn(lsn) > parseLsn(this.metrics.confirmedLsn);
+    if (advance && (shouldRespond || Date.now() - this.#idleAdvancedAt >= Math.min(1000, this.opts.source.statusMs))) {
+      this.#idleAdvancedAt = Date.now();
+      this.#confirm(lsn);
+    } else if (shouldRespond) this.#sendStatus();
   }
 
   #snapshotOptions(): SnapshotOptions {
