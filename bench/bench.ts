@@ -21,6 +21,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
+import { Agent, request } from "undici";
 import { decodeCommand, type Command } from "../actors/index.ts";
 import { erpSource, shopSource } from "../cdc/demo/mappings.ts";
 import { applyDemoSchemas, seedDemo } from "../cdc/demo/seed.ts";
@@ -58,6 +59,7 @@ const { values } = parseArgs({
     partitions: { type: "string", default: "8" },
     "max-actors": { type: "string" },
     "worker-processes": { type: "string", default: "0" },
+    connections: { type: "string", default: "64" },
     out: { type: "string", default: "bench/results" },
   },
 });
@@ -79,6 +81,8 @@ const HOT = 20;
 /** 0: the worker runs in this process with the other roles; n: in n `tally start --roles worker` processes. */
 const WORKER_PROCESSES = Math.floor(Number(values["worker-processes"]));
 if (!Number.isInteger(WORKER_PROCESSES) || WORKER_PROCESSES < 0) throw usage(`--worker-processes: expected 0 or more, got ${values["worker-processes"]}`);
+/** Keep-alive connections the load's HTTP clients (checkouts, POS) share, as a shop's backend would. */
+const CONNECTIONS = Math.floor(num("connections", values.connections, 64));
 const MAX_ACTORS = Math.floor(num("max-actors", values["max-actors"], scenario === "catalog-1m" ? 20_000 : 100_000));
 
 const percentile = (sorted: ReadonlyArray<number>, q: number): number | null =>
@@ -137,6 +141,7 @@ async function main(): Promise<void> {
     sources: { erp: erpSource, shop: shopSource },
   });
   let tally: Awaited<ReturnType<typeof startTally>> | null = null;
+  let loadClient: Agent | null = null;
   const workers: Array<ChildProcess> = [];
   const report: Record<string, unknown> = { at: new Date().toISOString(), scenario, rate: RATE, durationS: DURATION_S, skus: SKUS, stores: STORES, reservationRate: RES_RATE, partitions: PARTITIONS, cores: (await import("node:os")).cpus().length };
   try {
@@ -185,6 +190,10 @@ async function main(): Promise<void> {
     }
     tally = await startTally(settings, config, WORKER_PROCESSES > 0 ? ["relay", "cdc", "api"] : ["worker", "relay", "cdc", "api"], log);
     const api = `http://127.0.0.1:${port}`;
+    // A bounded set of keep-alive connections: opening one per request would overflow the listen
+    // queue and time the kernel's SYN retries (1, 3, 7, … s), not Tally.
+    const http = new Agent({ connections: CONNECTIONS, keepAliveTimeout: 30_000 });
+    loadClient = http;
 
     // Live measurements: outcomes per second, end-to-end latency per source.
     const appliedPerSecond = new Map<number, number>();
@@ -274,6 +283,24 @@ async function main(): Promise<void> {
       const q = p.catch(() => void failures++).finally(() => inflight.delete(q));
       inflight.add(q);
     };
+    /** One checkout's hold over HTTP, timed. */
+    const reserve = (sku: string, key: string): Promise<void> => {
+      const t0 = performance.now();
+      return request(`${api}/v1/reservations`, {
+        dispatcher: http,
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}`, "idempotency-key": key },
+        body: JSON.stringify({ sku, qty: 1, location: "DC1", ttlSeconds: 3600 }),
+      }).then(async (res) => {
+        await res.body.dump();
+        reservationRtt.push(performance.now() - t0);
+        const status = res.statusCode;
+        const outcome = status === 201 ? "held" : status === 409 ? "insufficient_stock" : `http_${status}`;
+        // Its reserve command was published (and will be decided) unless the request failed before.
+        if (status === 201 || status === 409 || status === 503) expected.api++;
+        reservationOutcomes[outcome] = (reservationOutcomes[outcome] ?? 0) + 1;
+      });
+    };
     let resOwed = 0;
     let lastSample = 0;
     while (Date.now() < until) {
@@ -320,12 +347,17 @@ async function main(): Promise<void> {
       }
       if (pos.length > 0) {
         const lines = pos.reduce((n, x) => n + (x.lines as Array<unknown>).length, 0);
-        expected.pos += lines;
         offered += lines;
         track(
-          fetch(`${api}/v1/pos/transactions`, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${token}` }, body: JSON.stringify({ transactions: pos }) }).then(async (res) => {
-            await res.arrayBuffer();
-            if (res.status >= 300) throw new Error(`POS ${res.status}`);
+          request(`${api}/v1/pos/transactions`, {
+            dispatcher: http,
+            method: "POST",
+            headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+            body: JSON.stringify({ transactions: pos }),
+          }).then(async (res) => {
+            await res.body.dump();
+            if (res.statusCode >= 300) throw new Error(`POS ${res.statusCode}`);
+            expected.pos += lines; // accepted: its lines will be decided
           }),
         );
       }
@@ -370,21 +402,9 @@ async function main(): Promise<void> {
           const sku = simItem(zipf.sample()).sku;
           const key = `bench-${run}-${++seq}`;
           offered++;
-          const t0 = performance.now();
-          track(
-            fetch(`${api}/v1/reservations`, {
-              method: "POST",
-              headers: { "content-type": "application/json", authorization: `Bearer ${token}`, "idempotency-key": key },
-              body: JSON.stringify({ sku, qty: 1, location: "DC1", ttlSeconds: 3600 }),
-            }).then(async (res) => {
-              await res.arrayBuffer();
-              reservationRtt.push(performance.now() - t0);
-              const outcome = res.status === 201 ? "held" : res.status === 409 ? "insufficient_stock" : `http_${res.status}`;
-              // Its reserve command was published (and will be decided) unless the request failed before.
-              if (res.status === 201 || res.status === 409 || res.status === 503) expected.api++;
-              reservationOutcomes[outcome] = (reservationOutcomes[outcome] ?? 0) + 1;
-            }),
-          );
+          // Checkouts arrive spread over the tick, not as one burst every 100 ms (which would time
+          // the queue the burst itself makes).
+          track(sleep((100 * k) / n).then(() => reserve(sku, key)));
         }
       }
       offeredPerSecond.set(sec, (offeredPerSecond.get(sec) ?? 0) + offered);
@@ -502,6 +522,7 @@ async function main(): Promise<void> {
 
     for (const s of subs) s.unsubscribe();
   } finally {
+    await loadClient?.close().catch(() => {});
     await tally?.close().catch(() => {});
     await Promise.all(workers.map((w) => new Promise<void>((resolve) => (w.exitCode !== null ? resolve() : (w.once("exit", () => resolve()), w.kill("SIGTERM"))))));
     await nc.close().catch(() => {});
