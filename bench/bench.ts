@@ -43,6 +43,7 @@ import { relaySubject, type RelayRound } from "../src/relay.ts";
 import { topology } from "../src/topology.ts";
 import { measureDecoding, measureInsert, measureNats, type Limits } from "./limits.ts";
 import { renderReport } from "./report.ts";
+import { startProfile, type ProfileSummary } from "./profile.ts";
 import { pollingBaseline, type OrderEvent, type StockEvent } from "./polling.ts";
 
 type Scenario = "steady" | "flash-sale" | "catalog-1m";
@@ -60,6 +61,7 @@ const { values } = parseArgs({
     "max-actors": { type: "string" },
     "worker-processes": { type: "string", default: "0" },
     connections: { type: "string", default: "64" },
+    "no-profile": { type: "boolean", default: false },
     out: { type: "string", default: "bench/results" },
   },
 });
@@ -274,6 +276,8 @@ async function main(): Promise<void> {
     const natsProcess = natsPid(natsServer.storeDir);
     const pidStart = { node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null, workers: workers.map((w) => procStat(w.pid!)) };
     const rss: Array<{ t: number; node: number; pg: number; nats: number }> = [];
+    // Where this process's CPU goes during the load (the roles running here; worker processes aside).
+    const stopProfile = values["no-profile"] ? null : await startProfile();
     const started = Date.now();
     measuring = true;
     const until = started + DURATION_S * 1000;
@@ -417,8 +421,13 @@ async function main(): Promise<void> {
       }
       await sleep(Math.max(0, 100 - (Date.now() - tick)));
     }
+    // The offered rate is over the load's own window: requests still queued after it count against Tally.
+    const loopEnded = Date.now();
+    const loadWindowS = (loopEnded - started) / 1000;
+    const offeredInWindow = [...offeredPerSecond.values()].reduce((a, b) => a + b, 0);
     await Promise.allSettled([...inflight]);
     const loadEnded = Date.now();
+    const profile: ProfileSummary | null = stopProfile ? await stopProfile() : null;
     if (process.stderr.isTTY) process.stderr.write("\n");
     process.stderr.write("bench: load done; waiting for the pipeline to drain…\n");
     const wanted = Object.values(expected).reduce((a, b) => a + b, 0);
@@ -481,7 +490,7 @@ async function main(): Promise<void> {
     }));
     const appliedInRun = outcomes - before;
     const sustained = Math.round(appliedInRun / ((finished - started) / 1000));
-    const offeredRate = Math.round(wanted / ((loadEnded - started) / 1000));
+    const offeredRate = Math.round(offeredInWindow / loadWindowS);
     const latency = Object.fromEntries(
       [...latencies].map(([source, xs]) => {
         const s = sortNum(xs);
@@ -489,8 +498,9 @@ async function main(): Promise<void> {
       }),
     );
     const rtt = sortNum(reservationRtt);
-    report.throughput = { offeredCommandsPerSec: offeredRate, sustainedCommandsPerSec: sustained, drainSeconds: round((finished - loadEnded) / 1000), timeline };
+    report.throughput = { offeredCommandsPerSec: offeredRate, sustainedCommandsPerSec: sustained, drainSeconds: round((finished - loopEnded) / 1000), timeline };
     report.latencyMs = latency;
+    if (profile) report.profile = profile;
     report.reservations = { count: rtt.length, p50: round(percentile(rtt, 0.5)), p99: round(percentile(rtt, 0.99)), outcomes: reservationOutcomes };
     report.cdcLag = tally.readers.map((r) => ({ source: r.name, lagBytes: r.metrics.lagBytes, changes: r.metrics.changes }));
     report.ratios = {
@@ -596,9 +606,16 @@ async function bottleneck(report: Record<string, unknown>): Promise<string> {
     : w.busyFractionPerPartition > 0.5
       ? `the workers are busy ${Math.round(w.busyFractionPerPartition * 100)}% of the time per partition (mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms): the apply path is the stage`
       : `the workers are idle ${Math.round((1 - w.busyFractionPerPartition) * 100)}% of the time (mean batch ${w.meanBatch} in ${w.meanApplyMs} ms) and the CPU is at ${used} of ${cores} cores: latency is spent waiting (batch cadence, round trips), not computing`;
+  const profile = report.profile as ProfileSummary | undefined;
+  const profiled = profile
+    ? ` Profile of the Node process over the load (busy ${Math.round((1 - profile.idle) * 100)}% of samples): ${profile.stages
+        .slice(0, 4)
+        .map((s) => `${s.stage} ${Math.round(s.share * 100)}%`)
+        .join(", ")}; hottest function ${profile.hottest[0]?.fn ?? "–"} (${Math.round((profile.hottest[0]?.share ?? 0) * 100)}%).`
+    : "";
   return keptUp
-    ? `Tally kept up with the offered load (${tp.offeredCommandsPerSec} commands/s); ${stage}. Raise --rate to find the ceiling.`
-    : `Tally fell behind the offered load (${tp.sustainedCommandsPerSec} of ${tp.offeredCommandsPerSec} commands/s): ${stage}.`;
+    ? `Tally kept up with the offered load (${tp.offeredCommandsPerSec} commands/s); ${stage}. Raise --rate to find the ceiling.${profiled}`
+    : `Tally fell behind the offered load (${tp.sustainedCommandsPerSec} of ${tp.offeredCommandsPerSec} commands/s): ${stage}.${profiled}`;
 }
 
 function printTable(report: Record<string, unknown>): void {

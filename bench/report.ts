@@ -1,4 +1,5 @@
 /** The bench's HTML report: tables and inline SVG charts, one self-contained file (no network). */
+import type { ProfileSummary } from "./profile.ts";
 
 type Json = Record<string, unknown>;
 
@@ -113,7 +114,20 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
 </div>
 ${baseline ? `<h2>Polling-sync baseline</h2><div class="card">${table([["channel", "orders", "accepted", "oversold units", "oversold per 10,000 orders"], ...baseline.map((b) => [b.name, b.orders, b.accepted, b.oversoldUnits, b.oversoldPer10k])])}
 <p class="muted">The bench's web orders replayed against a channel that sees other channels' stock changes only as of its last poll (every 60 s, every 900 s) versus Tally's view (changes published a measured p99 after they happen; Tally's own reservations are decided by the SKU's actor, so the real pipeline cannot oversell them at all).</p></div>` : ""}
+${profileSection(r.profile as ProfileSummary | undefined)}
 <h2>Limits measured in this run</h2><div class="card">${table([["limit", "per second"], ...Object.entries(limits).map(([k, v]) => [k, v.toLocaleString("en")])])}</div>
 <h2>Commands by source</h2><div class="card">${table([["source", "status", "commands"], ...((c.bySource as Array<{ source: string; status: string; n: number }>) ?? []).map((b) => [b.source, b.status, b.n])])}</div>
 </body></html>`;
+}
+
+/** Where the Node process's CPU went during the load, by stage and by function. */
+function profileSection(p: ProfileSummary | undefined): string {
+  if (!p) return "";
+  const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+  return `<h2>CPU profile of the Node process during the load</h2>
+<div class="grid">
+<div class="card">${barChart("Busy samples by stage", [{ label: "", bars: p.stages.slice(0, 8).map((s) => ({ name: s.stage.replace(/ \(.*\)$/, ""), value: Math.round(s.share * 1000) / 10 })) }], "%")}
+<p class="muted">${p.samples.toLocaleString("en")} samples (1 ms); idle ${pct(p.idle)}. Each sample counts for the stage of the nearest frame that belongs to one.</p></div>
+<div class="card">${table([["function (self time)", "share of busy samples"], ...p.hottest.map((h) => [h.fn, pct(h.share)])])}</div>
+</div>`;
 }
