@@ -93,6 +93,16 @@ const sortNum = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b);
 const randInt = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi - lo + 1));
 const round = (n: number | null, d = 1) => (n === null ? null : Math.round(n * 10 ** d) / 10 ** d);
 
+/** A process's proportional set size in bytes (its share of pages it shares with others), from /proc. */
+function procPss(pid: number): number | null {
+  try {
+    const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
 /** CPU seconds and RSS of a process, from /proc. */
 function procStat(pid: number): { cpu: number; rss: number } | null {
   try {
@@ -414,7 +424,8 @@ async function main(): Promise<void> {
       offeredPerSecond.set(sec, (offeredPerSecond.get(sec) ?? 0) + offered);
       if (tick - lastSample >= 1000) {
         lastSample = tick;
-        const pgRss = pgPids(pg.dataDir).reduce((n, p) => n + (procStat(p)?.rss ?? 0), 0);
+        // Postgres as a whole: proportional set size, so shared buffers count once, not once per backend.
+        const pgRss = pgPids(pg.dataDir).reduce((n, p) => n + (procPss(p) ?? procStat(p)?.rss ?? 0), 0);
         rss.push({ t: Math.round((tick - started) / 1000), node: procStat(process.pid)?.rss ?? 0, pg: pgRss, nats: natsProcess ? (procStat(natsProcess)?.rss ?? 0) : 0 });
         const total = Object.values(expected).reduce((a, b) => a + b, 0);
         progress(`${Math.round((tick - started) / 1000)}/${DURATION_S} s  offered ${total.toLocaleString("en")}  applied ${(applied - 0).toLocaleString("en")}  in flight ${inflight.size}`, (tick - started) / 1000, DURATION_S);

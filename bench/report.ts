@@ -110,7 +110,7 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
     { name: "JetStream consume", value: limits.consumeCommandsPerSec! },
     { name: "logical decoding", value: limits.decodeChangesPerSec! },
   ] }], "/s", 25_000)}</div>
-<div class="card">${lineChart("Resident memory", rss.map((p) => p.t), [{ name: "node", ys: rss.map((p) => mib(p.node)) }, { name: "postgres", ys: rss.map((p) => mib(p.pg)) }, { name: "nats-server", ys: rss.map((p) => mib(p.nats)) }], "MiB")}</div>
+<div class="card">${lineChart("Resident memory (Postgres: PSS over its processes)", rss.map((p) => p.t), [{ name: "node", ys: rss.map((p) => mib(p.node)) }, { name: "postgres", ys: rss.map((p) => mib(p.pg)) }, { name: "nats-server", ys: rss.map((p) => mib(p.nats)) }], "MiB")}</div>
 </div>
 ${baseline ? `<h2>Polling-sync baseline</h2><div class="card">${table([["channel", "orders", "accepted", "oversold units", "oversold per 10,000 orders"], ...baseline.map((b) => [b.name, b.orders, b.accepted, b.oversoldUnits, b.oversoldPer10k])])}
 <p class="muted">The bench's web orders replayed against a channel that sees other channels' stock changes only as of its last poll (every 60 s, every 900 s) versus Tally's view (changes published a measured p99 after they happen; Tally's own reservations are decided by the SKU's actor, so the real pipeline cannot oversell them at all).</p></div>` : ""}
