@@ -17,6 +17,14 @@ import { DeliveryGap, DeliveryOrder } from "../src/deliveryOrder.ts";
 const nanos = (ms: number): number => ms * 1_000_000;
 /** Failed attempts in a row after which a stuck partition raises an alert event. */
 const ALERT_AFTER_ATTEMPTS = 5;
+/** After a duplicate, this many batches look already-decided command ids up before deciding. */
+const LOOKUP_RUN = 50;
+
+/** The commit failed on a command id that already has an outcome (or ledger legs): a duplicate. */
+function isDuplicateOutcome(error: unknown): boolean {
+  const e = error as { code?: string; constraint_name?: string } | null;
+  return e?.code === "23505" && (e.constraint_name === "command_outcomes_pkey" || e.constraint_name === "ledger_entries_command_leg");
+}
 
 export interface RunnerDeps {
   readonly sql: Sql;
@@ -41,6 +49,8 @@ export interface WorkerMetrics {
   deadLettered: number;
   leaseLost: number;
   retries: number;
+  /** Batches whose optimistic commit met a command decided before, decided again with the lookup. */
+  duplicateRetries: number;
   /** Times a consumer skipped deliveries (lost in transit) and the partition read again from its checkpoint. */
   deliveryGaps: number;
   /** Milliseconds spent per stage of the apply path, summed over batches (where the time goes). */
@@ -56,6 +66,7 @@ export const newWorkerMetrics = (): WorkerMetrics => ({
   deadLettered: 0,
   leaseLost: 0,
   retries: 0,
+  duplicateRetries: 0,
   deliveryGaps: 0,
   stageMs: { decode: 0, dedupe: 0, activate: 0, plan: 0, commit: 0 },
 });
@@ -249,19 +260,46 @@ export class PartitionRunner {
     }
     const decodedAt = performance.now();
     metrics.stageMs.decode += decodedAt - startedAt;
-    const known = await knownCommandIds(
-      sql,
-      incoming.map((c) => c.command.id),
-    );
+    // Optimistic: most batches hold no command decided before, so the lookup is skipped and the
+    // commit's unique keys (an outcome per command id) catch a duplicate, writing nothing; the batch
+    // is then decided again with the lookup, as are the next few (duplicates come in runs: a
+    // re-sent transaction, a replay after a restart).
+    if (dead.length > 0) await this.#publishDead(dead);
+    const optimistic = this.#lookupsAhead === 0;
+    if (!optimistic) this.#lookupsAhead--;
+    const lookup = () => knownCommandIds(sql, incoming.map((c) => c.command.id));
+    const decide = async (known: ReadonlySet<string> | null) => this.#decideAndCommit(messages, fresh, incoming, dead, known, startedAt, decodedAt);
+    try {
+      await decide(optimistic ? null : await lookup());
+    } catch (error) {
+      if (!optimistic || !isDuplicateOutcome(error)) throw error;
+      metrics.duplicateRetries++;
+      this.#lookupsAhead = LOOKUP_RUN;
+      await decide(await lookup());
+    }
+  }
+
+  /** Batches still to decide with the lookup of already-decided command ids (after a duplicate). */
+  #lookupsAhead = 0;
+
+  async #decideAndCommit(
+    messages: ReadonlyArray<JsMsg>,
+    fresh: ReadonlyArray<JsMsg>,
+    incoming: ReadonlyArray<IncomingCommand>,
+    dead: ReadonlyArray<DeadLetter>,
+    known: ReadonlySet<string> | null,
+    startedAt: number,
+    decodedAt: number,
+  ): Promise<void> {
+    const { sql, topology, metrics } = this.deps;
     const dedupedAt = performance.now();
     metrics.stageMs.dedupe += dedupedAt - decodedAt;
     const seen = new Set<string>();
     const todo = incoming.filter(({ command }) => {
-      if (known.has(command.id) || seen.has(command.id)) return false;
+      if (known?.has(command.id) || seen.has(command.id)) return false;
       seen.add(command.id);
       return true;
     });
-    metrics.skippedDuplicate += incoming.length - todo.length;
     const actors = await this.deps.registry.activate(sql, new Set(todo.map((c) => c.command.sku)));
     const activatedAt = performance.now();
     metrics.stageMs.activate += activatedAt - dedupedAt;
@@ -278,11 +316,11 @@ export class PartitionRunner {
     const lastSeq = fresh[fresh.length - 1]!.seq;
     const plannedAt = performance.now();
     metrics.stageMs.plan += plannedAt - activatedAt;
-    if (dead.length > 0) await this.#publishDead(dead);
     await commitBatch(sql, { ...plan.write, lastSeq: Math.max(plan.write.lastSeq, lastSeq) });
     metrics.stageMs.commit += performance.now() - plannedAt;
     this.#lastSeq = lastSeq;
     this.deps.registry.commit(plan.actors);
+    metrics.skippedDuplicate += incoming.length - todo.length;
     metrics.batches++;
     metrics.applied += plan.applied;
     metrics.rejected += plan.rejected;

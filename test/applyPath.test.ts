@@ -133,5 +133,8 @@ describe("the streaming apply path", () => {
     expect(report.problem).toBeNull();
     expect(report.entries).toBe(expected.entries);
     expect(tally.worker!.metrics.skippedDuplicate).toBe(republishedWithNewId);
+    // Batches are decided optimistically (no lookup); a duplicate fails the commit on its outcome's
+    // key, writing nothing, and the batch is decided again with the lookup.
+    expect(tally.worker!.metrics.duplicateRetries).toBeGreaterThanOrEqual(1);
   });
 });

@@ -114,6 +114,11 @@ export class ApiMetrics {
       workerCounter("tally_worker_duplicates_skipped", "Commands skipped as already applied", () => worker.metrics.skippedDuplicate);
       workerCounter("tally_worker_retries", "Batch retries after a failure", () => worker.metrics.retries);
       workerCounter(
+        "tally_worker_duplicate_retries",
+        "Batches decided again with the lookup of decided command ids after their optimistic commit met a duplicate",
+        () => worker.metrics.duplicateRetries,
+      );
+      workerCounter(
         "tally_worker_delivery_gaps",
         "Times a partition's consumer skipped deliveries (lost in transit) and the partition re-read from its checkpoint",
         () => worker.metrics.deliveryGaps,
