@@ -84,6 +84,8 @@ export class PartitionRunner {
   #wake: (() => void) | null = null;
   #messages: ConsumerMessages | null = null;
   #generation = 0;
+  /** Batches still to decide with the lookup of already-decided command ids (after a duplicate). */
+  #lookupsAhead = 0;
   readonly done: Promise<void>;
 
   constructor(
@@ -278,9 +280,6 @@ export class PartitionRunner {
       await decide(await lookup());
     }
   }
-
-  /** Batches still to decide with the lookup of already-decided command ids (after a duplicate). */
-  #lookupsAhead = 0;
 
   async #decideAndCommit(
     messages: ReadonlyArray<JsMsg>,

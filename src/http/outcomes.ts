@@ -34,8 +34,6 @@ const POLL_MS = 250;
 /** Most ids per lookup statement. */
 const POLL_CHUNK = 5000;
 
-type OutcomeRowText = { command_id: string; status: "applied" | "rejected"; reason: string | null; detail: unknown };
-
 /**
  * Waits for the outcomes of commands this process published: from the workers' core-NATS outcome
  * messages when they arrive, else from `command_outcomes`, which is the truth. One poller looks up
@@ -104,8 +102,7 @@ export class OutcomeWaiter {
       const before = Date.now() - GRACE_MS;
       const due = [...this.#since].filter(([, at]) => at <= before).map(([id]) => id);
       for (let i = 0; i < due.length; i += POLL_CHUNK) {
-        for (const r of await this.#lookup(due.slice(i, i + POLL_CHUNK)))
-          this.#settle({ id: r.command_id, status: r.status, reason: r.reason, detail: r.detail });
+        for (const o of await this.#lookup(due.slice(i, i + POLL_CHUNK))) this.#settle(o);
       }
     } catch {
       // The database is unavailable: the next round asks again; waiters time out meanwhile.
@@ -114,9 +111,10 @@ export class OutcomeWaiter {
     }
   }
 
-  #lookup(ids: ReadonlyArray<string>): Promise<Array<OutcomeRowText>> {
-    return this.sql<Array<OutcomeRowText>>`
-      select command_id, status, reason, detail from command_outcomes where command_id = any(${this.sql.array([...ids])}::text[])`;
+  /** The recorded outcomes of `ids`, from `command_outcomes`. */
+  #lookup(ids: ReadonlyArray<string>): Promise<Array<Outcome>> {
+    return this.sql<Array<Outcome>>`
+      select command_id as id, status, reason, detail from command_outcomes where command_id = any(${this.sql.array([...ids])}::text[])`;
   }
 
   /**
@@ -154,8 +152,7 @@ export class OutcomeWaiter {
       clearTimeout(timer);
       // Timed out (not cancelled): one last look at the truth before answering without it.
       if (!cancelled && found.size < w.ids.size) {
-        const rows = await this.#lookup([...w.ids].filter((id) => !found.has(id))).catch(() => []);
-        for (const r of rows) this.#settle({ id: r.command_id, status: r.status, reason: r.reason, detail: r.detail });
+        for (const o of await this.#lookup([...w.ids].filter((id) => !found.has(id))).catch(() => [])) this.#settle(o);
       }
       cleanup();
       return found;
@@ -173,8 +170,7 @@ export class OutcomeWaiter {
   async known(ids: ReadonlyArray<string>): Promise<Map<string, Outcome>> {
     const out = new Map<string, Outcome>();
     if (ids.length === 0) return out;
-    const rows = await this.#lookup(ids);
-    for (const r of rows) out.set(r.command_id, { id: r.command_id, status: r.status, reason: r.reason, detail: r.detail });
+    for (const o of await this.#lookup(ids)) out.set(o.id, o);
     return out;
   }
 }

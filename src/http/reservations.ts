@@ -84,6 +84,9 @@ interface LineRow {
 
 const CLAIM_SLACK_MS = 5_000;
 
+/** The id of a line's reserve command, per attempt (a channel line may try several locations). */
+const reserveCommandId = (reservationId: string, line: number, attempt: number): string => `res:${reservationId}:${line}:${attempt}`;
+
 export class Reservations {
   #timer: NodeJS.Timeout | null = null;
   #sweeping: Promise<void> = Promise.resolve();
@@ -101,7 +104,7 @@ export class Reservations {
     // One statement (atomic without a transaction): the reservation and its lines, or nothing when the
     // key exists. A line at a fixed location gets its first command id at once (what #driveLine would
     // assign), so the decision needs no further write before its command goes out.
-    const fixed = req.lines.map((l, i) => (l.location !== null ? `res:${id}:${i + 1}:1` : null));
+    const fixed = req.lines.map((l, i) => (l.location !== null ? reserveCommandId(id, i + 1, 1) : null));
     const inserted = await sql<Array<LineRow & { reservation_created_at: Date }>>`
       with r as (
         insert into reservations (id, principal, idempotency_key, request_hash, channel, status, ttl_seconds, claimed_until)
@@ -263,7 +266,7 @@ export class Reservations {
       if (l.command_id === null) {
         const pick = await this.#pickLocation(row, l);
         const attempt = l.tried.length + 1;
-        const commandId = `res:${row.id}:${l.line}:${attempt}`;
+        const commandId = reserveCommandId(row.id, l.line, attempt);
         const [updated] = await sql<Array<LineRow>>`
           update reservation_lines set location = ${pick.location}, command_id = ${commandId}, tried = array_append(tried, ${pick.location}::text)
            where reservation_id = ${row.id} and line = ${l.line} and command_id is null returning *`;
