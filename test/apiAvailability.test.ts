@@ -4,6 +4,7 @@ import { decodeCommand, type Command } from "../actors/index.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { auth, settle, startApi, type ApiFixture } from "./apiSupport.ts";
+import { stealDeliveries } from "./support/tally.ts";
 
 let ctx: TestContext;
 let api: ApiFixture;
@@ -155,27 +156,16 @@ describe("GET /v1/availability/stream (SSE)", () => {
     const res = await fetch(`${base}/v1/availability/stream?channel=web&skus=SSE-GAP`, { headers: auth("webReader") });
     const reading = readEvents(res, 40, 30_000); // returns early when the server ends the stream
     await new Promise((r) => setTimeout(r, 200));
-    const { jsm, js } = api.h.nats;
+    const { jsm } = api.h.nats;
     const stream = api.h.topology.availabilityStream;
     let name = "";
     for await (const info of jsm.consumers.list(stream)) if (info.config.filter_subject === `tally.${api.h.topology.env}.availability.web.>`) name = info.name;
-    const consumer = await js.consumers.get(stream, name);
     // Another client pulls from the stream's consumer: to the server those are delivered, exactly
     // like messages lost with a dropped connection.
-    let stolen = 0;
     const until = Date.now() + 20_000;
-    const thief = (async () => {
-      while (stolen < 3 && Date.now() < until) {
-        try {
-          for await (const _ of await consumer.fetch({ max_messages: 1, expires: 1000 })) stolen++;
-        } catch (error) {
-          if (await jsm.consumers.info(stream, name).then(() => true, () => false)) throw error;
-          return; // the stream ended and its consumer went with it
-        }
-      }
-    })();
+    const thief = stealDeliveries(api.h.nats, stream, name, { max: 3, batch: 1, more: () => Date.now() < until });
     for (let i = 1; i <= 40; i++) await apply([cmd("receive", "SSE-GAP", "DC1", { qty: 1 })]);
-    await thief;
+    const stolen = await thief;
     const first = await reading;
     expect(stolen).toBeGreaterThan(0);
     const onHand = (e: { data: string }) => (JSON.parse(e.data) as { onHand: number }).onHand;

@@ -1,9 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { JsMsg } from "@nats-io/jetstream";
-import { decodeCommand, type Command } from "../actors/index.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
+import { decodedCommands, eventually, harness, stealDeliveries, startInProcess, type Harness } from "./support/tally.ts";
 import { generateCommands } from "./support/workload.ts";
 
 // Deliveries a consumer counts as made but the worker never got (a connection or a nats-server lost
@@ -22,13 +20,6 @@ afterAll(async () => {
   await h?.close();
 });
 
-const decoded = (raw: ReadonlyArray<unknown>): Array<Command> =>
-  raw.map((c) => {
-    const d = decodeCommand(c);
-    if (d._tag === "Left") throw d.left;
-    return d.right;
-  });
-
 const outcomes = async (ids: ReadonlyArray<string>) => {
   const [{ n, distinct }] = await h.sql<[{ n: number; distinct: number }]>`
     select count(*)::int as n, count(distinct command_id)::int as distinct
@@ -40,36 +31,23 @@ describe("deliveries lost in transit", () => {
   it("a partition whose consumer skipped deliveries re-reads from its checkpoint and applies every command once", async () => {
     const tally = await startInProcess(ctx, ["worker"], { partitions: 1 });
     try {
-      const warmup = decoded(generateCommands(50, 10, 11, "gap-warm"));
+      const warmup = decodedCommands(generateCommands(50, 10, 11, "gap-warm"));
       await publishCommands(h.nats.js, h.topology, warmup);
       await eventually("the worker to apply the warm-up", async () => (await outcomes(warmup.map((c) => c.id))).n === warmup.length);
 
       let consumerName = "";
       for await (const info of h.nats.jsm.consumers.list(h.topology.commandsStream)) if (info.name.startsWith("p0_")) consumerName = info.name;
       expect(consumerName).not.toBe("");
-      const consumer = await h.nats.js.consumers.get(h.topology.commandsStream, consumerName);
 
       // The thief keeps a pull open on the worker's consumer while one-command envelopes arrive.
-      const stolen: Array<JsMsg> = [];
       let publishing = true;
-      const thief = (async () => {
-        while (publishing && stolen.length < 20) {
-          try {
-            const batch = await consumer.fetch({ max_messages: 2, expires: 1000 });
-            for await (const m of batch) stolen.push(m); // never acknowledged
-          } catch (error) {
-            // Only the end of that consumer (the worker replaced it, re-reading from its checkpoint) ends the theft.
-            if (await h.nats.jsm.consumers.info(h.topology.commandsStream, consumerName).then(() => true, () => false)) throw error;
-            return;
-          }
-        }
-      })();
-      const commands = decoded(generateCommands(600, 30, 12, "gap"));
+      const thief = stealDeliveries(h.nats, h.topology.commandsStream, consumerName, { max: 20, batch: 2, more: () => publishing });
+      const commands = decodedCommands(generateCommands(600, 30, 12, "gap"));
       for (let i = 0; i < commands.length; i += 50) await publishCommands(h.nats.js, h.topology, commands.slice(i, i + 50), { envelopeSize: 1 });
       publishing = false;
-      await thief;
+      const stolen = await thief;
 
-      expect(stolen.length, "messages the other client took from the worker's consumer").toBeGreaterThan(0);
+      expect(stolen, "messages the other client took from the worker's consumer").toBeGreaterThan(0);
       await eventually("every command to be applied or rejected", async () => (await outcomes(commands.map((c) => c.id))).n === commands.length, 30_000);
       const { n, distinct } = await outcomes(commands.map((c) => c.id));
       expect(distinct).toBe(n);

@@ -1,9 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeCommand, type Command } from "../actors/index.ts";
 import { LeaseLost, claimPartition, commitBatch, verifyLedger } from "../ledger/index.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
+import { decodedCommands, eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
 import { generateCommands } from "./support/workload.ts";
 
 let ctx: TestContext;
@@ -16,13 +15,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await h?.close();
 });
-
-const decoded = (raw: ReadonlyArray<unknown>): Array<Command> =>
-  raw.map((c) => {
-    const d = decodeCommand(c);
-    if (d._tag === "Left") throw d.left;
-    return d.right;
-  });
 
 const outcomeCount = async (ids: ReadonlyArray<string>) => {
   const [{ n }] = await h.sql<[{ n: number }]>`
@@ -64,7 +56,7 @@ describe("fencing", () => {
     // A long TTL: worker A renews only every 20 s, so it still believes it holds the lease when it tries to commit.
     const a = await startInProcess(ctx, ["worker"], { partitions: 1, leaseTtlMs: 60_000 });
     try {
-      const firstBatch = decoded(generateCommands(200, 20, 3, "a"));
+      const firstBatch = decodedCommands(generateCommands(200, 20, 3, "a"));
       await publishCommands(h.nats.js, h.topology, firstBatch);
       await eventually("worker A to apply the first batch", async () => (await outcomeCount(firstBatch.map((c) => c.id))) === 200);
       expect(a.worker!.held()).toEqual([0]);
@@ -74,7 +66,7 @@ describe("fencing", () => {
       await h.nats.leases.create("partition.0", JSON.stringify({ owner: "worker-b", epoch: 0 }));
       await claimPartition(h.sql, 0);
 
-      const secondBatch = decoded(generateCommands(200, 20, 4, "b"));
+      const secondBatch = decodedCommands(generateCommands(200, 20, 4, "b"));
       await publishCommands(h.nats.js, h.topology, secondBatch);
       await eventually("worker A to be fenced", async () => a.worker!.metrics.leaseLost === 1);
       expect(a.worker!.held()).toEqual([]);

@@ -1,12 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
-import { decodeCommand, type Command } from "../actors/index.ts";
+import type { Command } from "../actors/index.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { publishCommands } from "../src/publisher.ts";
 import type { TestContext } from "./support/context.ts";
 import { startNats, type NatsServer } from "./support/nats.ts";
 import { startPostgres, type PostgresServer } from "./support/postgres.ts";
-import { eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
+import { decodedCommands, eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
 import { expectationOf, generateCommands, type RawCommand } from "./support/workload.ts";
 
 // This file owns its servers: it kills them.
@@ -28,13 +28,6 @@ async function freshContext(name: string): Promise<TestContext> {
   await admin.end();
   return { env: name, databaseUrl: pg.url(name), natsUrl: nats.url, adminUrl: pg.url() };
 }
-
-const decoded = (raw: ReadonlyArray<RawCommand>): Array<Command> =>
-  raw.map((c) => {
-    const d = decodeCommand(c);
-    if (d._tag === "Left") throw d.left;
-    return d.right;
-  });
 
 async function expectExact(h: Harness, raw: ReadonlyArray<RawCommand>): Promise<void> {
   const expected = expectationOf(raw);
@@ -82,7 +75,7 @@ describe("outages", () => {
     const tally = await startInProcess(ctx, ["worker", "relay"], OPTS);
     try {
       const raw = generateCommands(3000, 100, 21, "pg");
-      const commands = decoded(raw);
+      const commands = decodedCommands(raw);
       await streamWithFault(
         h,
         commands,
@@ -109,7 +102,7 @@ describe("outages", () => {
     const tally = await startInProcess(ctx, ["worker", "relay"], OPTS);
     try {
       const raw = generateCommands(3000, 100, 22, "nt");
-      const commands = decoded(raw);
+      const commands = decodedCommands(raw);
       await streamWithFault(h, commands, async () => {
         await eventually("some progress before the crash", async () => (await outcomeCount(h)) > 0);
         await nats.kill();
@@ -142,7 +135,7 @@ describe("outages", () => {
       const raw = generateCommands(400, 40, 23, "al");
       await eventually("the worker to hold its partitions", async () => tally.worker!.held().length === OPTS.partitions);
       await pg.kill();
-      await publishCommands(h.nats.js, h.topology, decoded(raw));
+      await publishCommands(h.nats.js, h.topology, decodedCommands(raw));
       await eventually("an alert", async () => alerts.length > 0, 60_000);
       expect(alerts[0]).toMatchObject({ kind: "partition_stuck" });
       await pg.start();

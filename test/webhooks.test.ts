@@ -7,7 +7,7 @@ import { listDeadLetters, replayDeadLetter } from "../src/dlq.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { DELIVERY_HEADER, SIGNATURE_HEADER, signWebhook, usableWebhookTargets, verifyWebhook, webhookTargets, type WebhookBody } from "../src/webhooks.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
+import { eventually, harness, startInProcess, stealDeliveries, type Harness } from "./support/tally.ts";
 import { settle } from "./apiSupport.ts";
 
 /** An answer that never comes. */
@@ -210,28 +210,16 @@ describe("webhook channels", () => {
       await eventually("the sender to run", async () => receiver.accepted("/ok").get("WH-G0")?.available === 1, 20_000);
       let name = "";
       for await (const info of h.nats.jsm.consumers.list(h.topology.availabilityStream)) if (info.name.startsWith("webhook_hook_ok_")) name = info.name;
-      const consumer = await h.nats.js.consumers.get(h.topology.availabilityStream, name);
       // Another client pulls from the sender's consumer and never acknowledges: to the server those
       // are delivered, exactly like messages lost with a dropped connection.
-      let stolen = 0;
       const until = Date.now() + 15_000;
-      const thief = (async () => {
-        while (stolen < 10 && Date.now() < until) {
-          try {
-            for await (const _ of await consumer.fetch({ max_messages: 2, expires: 1000 })) stolen++;
-          } catch (error) {
-            // Only the end of that consumer (the sender replaced it) ends the theft.
-            if (await h.nats.jsm.consumers.info(h.topology.availabilityStream, name).then(() => true, () => false)) throw error;
-            return;
-          }
-        }
-      })();
+      const thief = stealDeliveries(h.nats, h.topology.availabilityStream, name, { max: 10, batch: 2, more: () => Date.now() < until });
       const skus = Array.from({ length: 300 }, (_, i) => `WH-G${i + 1}`);
       for (let i = 0; i < skus.length; i += 10) {
         await publishCommands(h.nats.js, h.topology, skus.slice(i, i + 10).map((sku) => receive(sku, 7)));
         await new Promise((r) => setTimeout(r, 20));
       }
-      await thief;
+      const stolen = await thief;
       expect(stolen, "availability messages the other client took").toBeGreaterThan(0);
       await eventually("every SKU's change at the receiver", async () => {
         const a = receiver.accepted("/ok");

@@ -6,6 +6,7 @@ import { connectPostgres, type Sql } from "../../src/db.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "../../src/nats.ts";
 import { loadSettings, type Settings } from "../../src/config.ts";
 import { migrate } from "../../ledger/index.ts";
+import { decodeCommand, type Command } from "../../actors/index.ts";
 import { topology, type Topology } from "../../src/topology.ts";
 import { startTally, type Role } from "../../src/app.ts";
 import { createLogger } from "../../src/log.ts";
@@ -143,4 +144,38 @@ export async function readStream(
     if (n === 0) break;
   }
   return out;
+}
+
+/** Raw commands through the canonical decoder; a test's own commands must decode. */
+export const decodedCommands = (raw: ReadonlyArray<unknown>): Array<Command> =>
+  raw.map((c) => {
+    const d = decodeCommand(c);
+    if (d._tag === "Left") throw d.left;
+    return d.right;
+  });
+
+/**
+ * Pulls from another client's consumer `name` on `stream` and never acknowledges: to the server
+ * those messages are delivered, exactly like deliveries lost with a dropped connection. Takes up to
+ * `max` messages, `batch` per pull, while `more()` holds; stops early when the consumer is gone (its
+ * owner replaced it). Resolves with the number taken.
+ */
+export async function stealDeliveries(
+  nats: NatsHandles,
+  stream: string,
+  name: string,
+  opts: { max: number; batch: number; more: () => boolean },
+): Promise<number> {
+  const consumer = await nats.js.consumers.get(stream, name);
+  let stolen = 0;
+  while (stolen < opts.max && opts.more()) {
+    try {
+      for await (const _ of await consumer.fetch({ max_messages: opts.batch, expires: 1000 })) stolen++;
+    } catch (error) {
+      // Only the end of that consumer ends the theft; anything else is the test's own fault.
+      if (await nats.jsm.consumers.info(stream, name).then(() => true, () => false)) throw error;
+      break;
+    }
+  }
+  return stolen;
 }
