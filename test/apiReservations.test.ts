@@ -217,13 +217,47 @@ describe("commit, fulfill, release", () => {
     const { id } = (await reserve({ sku: "EXP-1", qty: 5, location: "DC1", ttlSeconds: 1 })).json();
     expect(await balance(api.sql, "EXP-1", "DC1", "reserved")).toBe(5);
     await settle(api.h, []);
+    // The ledger and the reservation record are written by different parts (worker, sweeper) in no set
+    // order: wait for both.
     await eventually("the hold to expire", async () => (await balance(api.sql, "EXP-1", "DC1", "reserved")) === 0, 20_000);
+    await eventually("the reservation's lines to be released", async () => {
+      const got = await api.call({ method: "GET", url: `/v1/reservations/${id}`, as: "reserver" });
+      return got.json().lines[0].state === "released";
+    });
     const got = await api.call({ method: "GET", url: `/v1/reservations/${id}`, as: "reserver" });
     expect(got.json()).toMatchObject({ status: "expired", expiresAt: null, lines: [{ state: "released" }] });
     const [o] = await api.sql<Array<{ status: string }>>`select status from command_outcomes where command_id = ${`res:${id}:1:release`}`;
     expect(o?.status).toBe("applied");
     const commit = await api.call({ method: "POST", url: `/v1/reservations/${id}/commit`, as: "reserver" });
     expect(commit.json()).toMatchObject({ error: "reservation_expired" });
+  });
+  it("shows a hold past its TTL as expired before the sweeper has released it, and refuses to commit it", async () => {
+    await receive("EXP-2", "DC1", 5);
+    const { id } = (await reserve({ sku: "EXP-2", qty: 2, location: "DC1", ttlSeconds: 1 })).json();
+    // Hold the reservation's row lock: the sweeper skips locked rows, so it cannot release this one yet.
+    let unlock!: () => void;
+    const locked = new Promise<void>((r) => (unlock = r));
+    let isLocked!: () => void;
+    const lockTaken = new Promise<void>((r) => (isLocked = r));
+    const tx = api.sql.begin(async (t) => {
+      await t`select id from reservations where id = ${id} for update`;
+      isLocked();
+      await locked;
+    });
+    try {
+      await lockTaken;
+      await new Promise((r) => setTimeout(r, 1_200));
+      const got = await api.call({ method: "GET", url: `/v1/reservations/${id}`, as: "reserver" });
+      expect(got.json()).toMatchObject({ status: "expired", expiresAt: null, lines: [{ state: "held" }] });
+      expect(await balance(api.sql, "EXP-2", "DC1", "reserved")).toBe(2);
+      const commit = await api.call({ method: "POST", url: `/v1/reservations/${id}/commit`, as: "reserver" });
+      expect(commit.statusCode).toBe(409);
+      expect(commit.json()).toMatchObject({ error: "reservation_expired" });
+    } finally {
+      unlock();
+      await tx;
+    }
+    await eventually("the sweeper to release it", async () => (await balance(api.sql, "EXP-2", "DC1", "reserved")) === 0, 20_000);
   });
 });
 

@@ -480,11 +480,14 @@ export class Reservations {
 }
 
 function view(row: Row, lines: ReadonlyArray<LineRow>): Record<string, unknown> {
+  // A hold past its TTL is expired from that moment (commit already refuses it), even before the
+  // sweeper has released its lines; the lines keep their real state until it has.
+  const lapsed = row.status === "held" && row.expires_at !== null && row.expires_at.getTime() <= Date.now();
   return {
     id: row.id,
-    status: row.status,
+    status: lapsed ? "expired" : row.status,
     channel: row.channel,
-    expiresAt: row.status === "held" && row.expires_at ? row.expires_at.toISOString() : null,
+    expiresAt: row.status === "held" && row.expires_at && !lapsed ? row.expires_at.toISOString() : null,
     createdAt: row.created_at.toISOString(),
     lines: lines.map((l) => ({ line: l.line, sku: l.sku, qty: l.qty, location: l.location, state: l.state })),
   };
