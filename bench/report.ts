@@ -9,7 +9,7 @@ const COLORS = ["#38bdf8", "#22c55e", "#f59e0b", "#ef4444", "#a78bfa"];
 function lineChart(title: string, xs: ReadonlyArray<number>, series: ReadonlyArray<{ name: string; ys: ReadonlyArray<number> }>, unit: string): string {
   const W = 640;
   const H = 240;
-  const pad = { l: 64, r: 16, t: 28, b: 32 };
+  const pad = { l: 64, r: 16, t: 46, b: 32 };
   const maxY = Math.max(1, ...series.flatMap((s) => s.ys)) * 1.1;
   const maxX = Math.max(1, ...xs);
   const x = (v: number) => pad.l + (v / maxX) * (W - pad.l - pad.r);
@@ -22,18 +22,20 @@ function lineChart(title: string, xs: ReadonlyArray<number>, series: ReadonlyArr
     .map((s, i) => `<polyline fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="2" points="${s.ys.map((v, k) => `${x(xs[k]!).toFixed(1)},${y(v).toFixed(1)}`).join(" ")}"/>`)
     .join("");
   const legend = series.map((s, i) => `<tspan fill="${COLORS[i % COLORS.length]}">■ ${esc(s.name)}</tspan>`).join("  ");
-  return `<svg viewBox="0 0 ${W} ${H}" class="chart"><text x="${pad.l}" y="16" class="title">${esc(title)}</text><text x="${W - pad.r}" y="16" text-anchor="end">${legend}</text>${grid}
-    <text x="${(W + pad.l) / 2}" y="${H - 6}" text-anchor="middle">seconds (${esc(unit)})</text>${lines}</svg>`;
+  // Title on the first line; the y unit and the legend on the second, so a long title never runs into the legend.
+  return `<svg viewBox="0 0 ${W} ${H}" class="chart"><text x="8" y="16" class="title">${esc(title)}</text><text x="8" y="34">${esc(unit)}</text><text x="${W - pad.r}" y="34" text-anchor="end">${legend}</text>${grid}
+    <text x="${(W + pad.l) / 2}" y="${H - 6}" text-anchor="middle">seconds into the load</text>${lines}</svg>`;
 }
 
 function barChart(title: string, groups: ReadonlyArray<{ label: string; bars: ReadonlyArray<{ name: string; value: number }> }>, unit: string, limit?: number): string {
   const W = 640;
   const rowH = 22;
   const bars = groups.flatMap((g) => g.bars);
-  const H = 40 + groups.length * (bars.length / Math.max(1, groups.length)) * rowH + groups.length * 10;
+  const top = limit !== undefined ? 40 : 30; // room under the title for the target's label
+  const H = top + 10 + groups.length * (bars.length / Math.max(1, groups.length)) * rowH + groups.length * 10;
   const pad = { l: 200, r: 90 };
   const max = Math.max(1, limit ?? 0, ...bars.map((b) => b.value));
-  let yPos = 30;
+  let yPos = top;
   const body = groups
     .map((g) => {
       const out = g.bars
@@ -50,7 +52,7 @@ function barChart(title: string, groups: ReadonlyArray<{ label: string; bars: Re
       return out;
     })
     .join("");
-  const limitLine = limit !== undefined ? `<line x1="${pad.l + (limit / max) * (W - pad.l - pad.r)}" x2="${pad.l + (limit / max) * (W - pad.l - pad.r)}" y1="24" y2="${H}" stroke="#ef4444" stroke-dasharray="4 3"/><text x="${pad.l + (limit / max) * (W - pad.l - pad.r)}" y="22" text-anchor="middle" fill="#ef4444">target ${limit}</text>` : "";
+  const limitLine = limit !== undefined ? `<line x1="${pad.l + (limit / max) * (W - pad.l - pad.r)}" x2="${pad.l + (limit / max) * (W - pad.l - pad.r)}" y1="${top - 4}" y2="${H}" stroke="#ef4444" stroke-dasharray="4 3"/><text x="${pad.l + (limit / max) * (W - pad.l - pad.r)}" y="${top - 8}" text-anchor="middle" fill="#ef4444">target ${limit.toLocaleString("en")}</text>` : "";
   return `<svg viewBox="0 0 ${W} ${H}" class="chart"><text x="8" y="16" class="title">${esc(title)}</text>${body}${limitLine}</svg>`;
 }
 
