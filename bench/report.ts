@@ -93,7 +93,7 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
     ["drain after the load", `${tp.drainSeconds} s`, ""],
     ...Object.entries(lat).map(([s, l]) => [`source → availability published (${s})`, `p50 ${l.p50} · p95 ${l.p95} · p99 ${l.p99} ms`, `${l.samples} samples`]),
     ["reservation round trip", `p50 ${res.p50} · p99 ${res.p99} ms`, `${res.count} requests ${JSON.stringify(res.outcomes)}`],
-    ["CPU", `node ${cpu.node} · postgres ${cpu.postgres} · nats-server ${cpu.natsServer}`, String(cpu.unit)],
+    ["CPU", `node ${cpu.node} · postgres: ledger ${cpu.postgres}, sources ${cpu.sourcePostgres ?? "–"} · nats-server ${cpu.natsServer}${Number(cpu.workerProcesses) > 0 ? ` · worker processes ${cpu.workerProcesses}` : ""}`, String(cpu.unit)],
     ["node RSS, middle → end", `${(r.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(r.memory as { nodeRssEndMiB: number }).nodeRssEndMiB} MiB`, `live actors capped at ${(r.memory as { maxActors: number }).maxActors}`],
     ["worker batches", `${(r.worker as { batches: number }).batches} · mean ${(r.worker as { meanBatch: number }).meanBatch} commands in ${(r.worker as { meanApplyMs: number }).meanApplyMs} ms`, `busy ${(r.worker as { busyFractionPerPartition: number }).busyFractionPerPartition} per partition`],
     ["correctness", `${c.appliedOrRejected}/${c.expectedTotal} commands decided · ${c.duplicateLegs} duplicate legs · verify ${c.verify} · ${c.deadLetters} dead letters`, pass ? "PASS" : "FAIL"],
@@ -112,7 +112,7 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
     { name: "JetStream consume", value: limits.consumeCommandsPerSec! },
     { name: "logical decoding", value: limits.decodeChangesPerSec! },
   ] }], "/s", 25_000)}</div>
-<div class="card">${lineChart("Resident memory (Postgres: PSS over its processes)", rss.map((p) => p.t), [{ name: "node", ys: rss.map((p) => mib(p.node)) }, { name: "postgres", ys: rss.map((p) => mib(p.pg)) }, { name: "nats-server", ys: rss.map((p) => mib(p.nats)) }], "MiB")}</div>
+<div class="card">${lineChart("Resident memory (Postgres ledger server: PSS over its processes)", rss.map((p) => p.t), [{ name: "node", ys: rss.map((p) => mib(p.node)) }, { name: "postgres", ys: rss.map((p) => mib(p.pg)) }, { name: "nats-server", ys: rss.map((p) => mib(p.nats)) }], "MiB")}</div>
 </div>
 ${baseline ? `<h2>Polling-sync baseline</h2><div class="card">${table([["channel", "orders", "accepted", "oversold units", "oversold per 10,000 orders"], ...baseline.map((b) => [b.name, b.orders, b.accepted, b.oversoldUnits, b.oversoldPer10k])])}
 <p class="muted">The bench's web orders replayed against a channel that sees other channels' stock changes only as of its last poll (every 60 s, every 900 s) versus Tally's view (changes published a measured p99 after they happen; Tally's own reservations are decided by the SKU's actor, so the real pipeline cannot oversell them at all).</p></div>` : ""}
