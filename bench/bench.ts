@@ -116,6 +116,19 @@ function procStat(pid: number): { cpu: number; rss: number } | null {
   }
 }
 
+/**
+ * The scheduler's account of one thread (/proc/<pid>/task/<tid>/schedstat): nanoseconds on a CPU,
+ * nanoseconds runnable but waiting for one (the run queue), and timeslices.
+ */
+function schedStat(pid: number, tid = pid): { runNs: number; waitNs: number; slices: number } | null {
+  try {
+    const [run, wait, slices] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").trim().split(" ").map(Number);
+    return { runNs: run!, waitNs: wait!, slices: slices! };
+  } catch {
+    return null;
+  }
+}
+
 function childrenOf(pid: number): Array<number> {
   try {
     return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
@@ -294,6 +307,7 @@ async function main(): Promise<void> {
     // Where this process's CPU goes during the load (the roles running here; worker processes aside).
     const stopProfile = values["no-profile"] ? null : await startProfile();
     const started = Date.now();
+    const schedStart = schedStat(process.pid);
     measuring = true;
     const until = started + DURATION_S * 1000;
     let owed = 0;
@@ -463,10 +477,21 @@ async function main(): Promise<void> {
     }
     measuring = false;
     const finished = Date.now();
+    const schedEnd = schedStat(process.pid);
     if (process.stderr.isTTY) process.stderr.write("\n");
     const pidEnd = { node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), srcPg: pgPids(srcPg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null, workers: workers.map((w) => procStat(w.pid!)) };
     const sumCpu = (xs: Array<{ cpu: number } | null>) => xs.reduce((n, x) => n + (x?.cpu ?? 0), 0);
     const wall = (finished - started) / 1000;
+    // The main thread's time on a CPU vs waiting for one: with every process on two cores, a socket
+    // write wakes its peer (Postgres, nats-server), which can take the core from the writer.
+    if (schedStart && schedEnd) {
+      const wallNs = wall * 1e9;
+      report.mainThread = {
+        onCpu: round((schedEnd.runNs - schedStart.runNs) / wallNs, 3),
+        waitingForCpu: round((schedEnd.waitNs - schedStart.waitNs) / wallNs, 3),
+        timeslicesPerSec: Math.round((schedEnd.slices - schedStart.slices) / wall),
+      };
+    }
     report.cpu = {
       wallSeconds: round(wall),
       node: round(((pidEnd.node?.cpu ?? 0) - (pidStart.node?.cpu ?? 0)) / wall, 2),
@@ -626,16 +651,21 @@ async function bottleneck(report: Record<string, unknown>): Promise<string> {
     : w.busyFractionPerPartition > 0.5
       ? `the workers are busy ${Math.round(w.busyFractionPerPartition * 100)}% of the time per partition (mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms): the apply path is the stage`
       : `the workers are idle ${Math.round((1 - w.busyFractionPerPartition) * 100)}% of the time (mean batch ${w.meanBatch} in ${w.meanApplyMs} ms) and the CPU is at ${used} of ${cores} cores: latency is spent waiting (batch cadence, round trips), not computing`;
+  const mt = report.mainThread as { onCpu: number; waitingForCpu: number; timeslicesPerSec: number } | undefined;
+  const contended =
+    mt && mt.waitingForCpu >= 0.1
+      ? ` The Node main thread waited for a CPU ${Math.round(mt.waitingForCpu * 100)}% of the load and ran ${Math.round(mt.onCpu * 100)}% (run queue, ${mt.timeslicesPerSec} timeslices/s): the cores are contended, so latency is mostly queueing for them.`
+      : "";
   const profile = report.profile as ProfileSummary | undefined;
   const profiled = profile
     ? ` Profile of the Node process over the load (busy ${Math.round((1 - profile.idle) * 100)}% of samples): ${profile.stages
         .slice(0, 4)
         .map((s) => `${s.stage} ${Math.round(s.share * 100)}%`)
-        .join(", ")}; hottest function ${profile.hottest[0]?.fn ?? "–"} (${Math.round((profile.hottest[0]?.share ?? 0) * 100)}%).`
+        .join(", ")}; hottest function ${profile.hottest[0]?.fn ?? "–"} (${Math.round((profile.hottest[0]?.share ?? 0) * 100)}%). V8's sampler counts wall time: a thread waiting for a CPU is counted in the function it was in.`
     : "";
   return keptUp
-    ? `Tally kept up with the offered load (${tp.offeredCommandsPerSec} commands/s); ${stage}. Raise --rate to find the ceiling.${profiled}`
-    : `Tally fell behind the offered load (${tp.sustainedCommandsPerSec} of ${tp.offeredCommandsPerSec} commands/s): ${stage}.${profiled}`;
+    ? `Tally kept up with the offered load (${tp.offeredCommandsPerSec} commands/s); ${stage}. Raise --rate to find the ceiling.${contended}${profiled}`
+    : `Tally fell behind the offered load (${tp.sustainedCommandsPerSec} of ${tp.offeredCommandsPerSec} commands/s): ${stage}.${contended}${profiled}`;
 }
 
 function printTable(report: Record<string, unknown>): void {
@@ -645,6 +675,7 @@ function printTable(report: Record<string, unknown>): void {
   const res = report.reservations as { count: number; p50: number | null; p99: number | null };
   const cpu = report.cpu as { node: number; postgres: number; sourcePostgres: number; natsServer: number; workerProcesses: number };
   const c = report.correctness as { allAccountedFor: boolean; duplicateLegs: number; verify: string; expectedTotal: number; appliedOrRejected: number };
+  const mt = report.mainThread as { onCpu: number; waitingForCpu: number; timeslicesPerSec: number } | undefined;
   const ratio = (x: number, y: number) => (y > 0 ? (x / y).toFixed(3) : "–");
   const rows: Array<[string, string, string]> = [
     ["measure", "value", "ratio to the limit"],
@@ -656,6 +687,7 @@ function printTable(report: Record<string, unknown>): void {
     ["Tally sustained end to end (commands/s)", String(tp.sustainedCommandsPerSec), `${ratio(tp.sustainedCommandsPerSec, limits.publishCommandsPerSec)} of publish, ${ratio(tp.sustainedCommandsPerSec, limits.insertRowsPerSec)} of insert`],
     ...Object.entries(lat).map(([s, l]): [string, string, string] => [`source → availability published, ${s} (ms)`, `p50 ${l.p50} p95 ${l.p95} p99 ${l.p99}`, `${l.samples} samples`]),
     ["reservation round trip (ms)", `p50 ${res.p50} p99 ${res.p99}`, `${res.count} requests`],
+    ...(mt ? [["node main thread: on a CPU / waiting for one",  `${Math.round(mt.onCpu * 100)}% / ${Math.round(mt.waitingForCpu * 100)}% of the load`, `${mt.timeslicesPerSec} timeslices/s`] as [string, string, string]] : []),
     ["CPU (cores): node / postgres ledger, sources / nats", `${cpu.node} / ${cpu.postgres}, ${cpu.sourcePostgres} / ${cpu.natsServer}`, cpu.workerProcesses > 0 ? `+ worker processes ${cpu.workerProcesses}` : ""],
     ["node RSS, middle → end of the run (MiB)", `${(report.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(report.memory as { nodeRssEndMiB: number }).nodeRssEndMiB}`, `live actors capped at ${(report.memory as { maxActors: number }).maxActors}`],
     ["correctness", `${c.appliedOrRejected}/${c.expectedTotal} decided, ${c.duplicateLegs} duplicate legs, verify ${c.verify}`, c.allAccountedFor && c.duplicateLegs === 0 && c.verify === "ok" ? "PASS" : "FAIL"],

@@ -1,8 +1,10 @@
 /**
  * A CPU profile of this process over the load window (V8's sampling profiler through the
  * inspector, 1 ms samples), summarised by stage: each sample goes to the stage of the nearest
- * frame, from the running function outwards, that belongs to one — so a socket write issued by the
- * Postgres driver counts for the driver, a schema check in the worker for the worker.
+ * frame, from the running function outwards, that belongs to one — so a query built by the
+ * Postgres driver counts for the driver, a schema check in the worker for the worker. Native socket
+ * writes are a stage of their own: V8 samples wall time, and a write that wakes its peer on a busy
+ * machine often waits for the core to come back (see the bench's main-thread run-queue figure).
  */
 import { Session } from "node:inspector/promises";
 
@@ -35,7 +37,7 @@ export interface ProfileSummary {
 
 /** Stages by where a frame's code lives; the first match wins. */
 const STAGES: ReadonlyArray<[RegExp, string]> = [
-  [/node_modules\/postgres\//, "Postgres driver (queries, results, socket writes)"],
+  [/node_modules\/postgres\//, "Postgres driver (queries, results)"],
   [/node_modules\/(pg|pg-logical-replication|pg-protocol)\/|\/cdc\//, "CDC (replication stream, mapping)"],
   [/node_modules\/@nats-io\//, "NATS client (publish, consume)"],
   [/node_modules\/undici\/|\/bench\//, "load generator (this benchmark)"],
@@ -46,6 +48,8 @@ const STAGES: ReadonlyArray<[RegExp, string]> = [
   [/\/src\/relay\.ts|\/src\/webhooks\.ts/, "outbox relay"],
   [/node_modules\/(pino|prom-client)\//, "logs and metrics"],
 ];
+
+const SOCKET_WRITES = new Set(["writeBuffer", "writev", "writeUtf8String", "writeLatin1String", "writeAsciiString", "writeUcs2String"]);
 
 export async function startProfile(): Promise<() => Promise<ProfileSummary>> {
   const session = new Session();
@@ -72,6 +76,9 @@ export function summarise(profile: Profile): ProfileSummary {
     const name = n.callFrame.functionName;
     let s: string | undefined;
     if (name === "(garbage collector)") s = "garbage collection";
+    // Native socket writes: the system call is cheap (~10 µs), but the write wakes its peer, which
+    // may take the core, and V8 keeps sampling (wall time) while this thread waits to get it back.
+    else if (n.callFrame.url === "" && SOCKET_WRITES.has(name)) s = "socket writes (incl. waiting for a CPU after waking the peer)";
     else if (name === "(program)") s = "V8 and Node internals";
     else s = STAGES.find(([re]) => re.test(n.callFrame.url))?.[1];
     if (!s) {

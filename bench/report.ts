@@ -61,6 +61,8 @@ function table(rows: ReadonlyArray<ReadonlyArray<unknown>>): string {
   return `<table><thead><tr>${head!.map((h) => `<th>${esc(h)}</th>`).join("")}</tr></thead><tbody>${body.map((r) => `<tr>${r.map((c) => `<td>${esc(c)}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
 }
 
+const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+
 export function renderReport(r: Json): string {
   const limits = r.limits as Record<string, number>;
   const tp = r.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number; drainSeconds: number; timeline: Array<{ t: number; offered: number; applied: number }> };
@@ -93,6 +95,7 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
     ["drain after the load", `${tp.drainSeconds} s`, ""],
     ...Object.entries(lat).map(([s, l]) => [`source → availability published (${s})`, `p50 ${l.p50} · p95 ${l.p95} · p99 ${l.p99} ms`, `${l.samples} samples`]),
     ["reservation round trip", `p50 ${res.p50} · p99 ${res.p99} ms`, `${res.count} requests ${JSON.stringify(res.outcomes)}`],
+    ...(r.mainThread ? [["node main thread", `on a CPU ${pct((r.mainThread as { onCpu: number }).onCpu)} · waiting for one ${pct((r.mainThread as { waitingForCpu: number }).waitingForCpu)} of the load`, `${(r.mainThread as { timeslicesPerSec: number }).timeslicesPerSec} timeslices/s (run queue, /proc schedstat)`]] : []),
     ["CPU", `node ${cpu.node} · postgres: ledger ${cpu.postgres}, sources ${cpu.sourcePostgres ?? "–"} · nats-server ${cpu.natsServer}${Number(cpu.workerProcesses) > 0 ? ` · worker processes ${cpu.workerProcesses}` : ""}`, String(cpu.unit)],
     ["node RSS, middle → end", `${(r.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(r.memory as { nodeRssEndMiB: number }).nodeRssEndMiB} MiB`, `live actors capped at ${(r.memory as { maxActors: number }).maxActors}`],
     ["worker batches", `${(r.worker as { batches: number }).batches} · mean ${(r.worker as { meanBatch: number }).meanBatch} commands in ${(r.worker as { meanApplyMs: number }).meanApplyMs} ms`, `busy ${(r.worker as { busyFractionPerPartition: number }).busyFractionPerPartition} per partition`],
@@ -125,11 +128,10 @@ ${profileSection(r.profile as ProfileSummary | undefined)}
 /** Where the Node process's CPU went during the load, by stage and by function. */
 function profileSection(p: ProfileSummary | undefined): string {
   if (!p) return "";
-  const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   return `<h2>CPU profile of the Node process during the load</h2>
 <div class="grid">
 <div class="card">${barChart("Busy samples by stage", [{ label: "", bars: p.stages.slice(0, 8).map((s) => ({ name: s.stage.replace(/ \(.*\)$/, ""), value: Math.round(s.share * 1000) / 10 })) }], "%")}
-<p class="muted">${p.samples.toLocaleString("en")} samples (1 ms); idle ${pct(p.idle)}. Each sample counts for the stage of the nearest frame that belongs to one.</p></div>
+<p class="muted">${p.samples.toLocaleString("en")} samples (1 ms); idle ${pct(p.idle)}. Each sample counts for the stage of the nearest frame that belongs to one. V8 samples wall time: a thread that waits for a CPU is counted in the function it was in — mostly a socket write, which wakes its peer (see the main thread's run-queue share above).</p></div>
 <div class="card">${table([["function (self time)", "share of busy samples"], ...p.hottest.map((h) => [h.fn, pct(h.share)])])}</div>
 </div>`;
 }
