@@ -11,6 +11,7 @@ import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
 import { decodeCommand } from "./command.ts";
 import { decodeEnvelope } from "./envelope.ts";
 import type { ActorRegistry } from "./registry.ts";
+import type { ApplyGate } from "./applyGate.ts";
 import { deadLetter, type DeadLetter } from "../src/deadLetters.ts";
 import { DeliveryGap, DeliveryOrder } from "../src/deliveryOrder.ts";
 
@@ -34,6 +35,8 @@ export interface RunnerDeps {
   readonly registry: ActorRegistry;
   readonly log: Logger;
   readonly batchMax: number;
+  /** Shared by the worker's partitions: how many decide and commit at once. */
+  readonly gate: ApplyGate;
   readonly metrics: WorkerMetrics;
   /** Called when the partition's lease turned out to be lost at commit time. */
   readonly onLeaseLost: (partition: number) => void;
@@ -54,7 +57,8 @@ export interface WorkerMetrics {
   /** Times a consumer skipped deliveries (lost in transit) and the partition read again from its checkpoint. */
   deliveryGaps: number;
   /** Milliseconds spent per stage of the apply path, summed over batches (where the time goes). */
-  stageMs: { decode: number; dedupe: number; activate: number; plan: number; commit: number };
+  /** Milliseconds per stage, summed over batches; `gate` is the wait for an apply permit. */
+  stageMs: { gate: number; decode: number; dedupe: number; activate: number; plan: number; commit: number };
 }
 
 export const newWorkerMetrics = (): WorkerMetrics => ({
@@ -68,7 +72,7 @@ export const newWorkerMetrics = (): WorkerMetrics => ({
   retries: 0,
   duplicateRetries: 0,
   deliveryGaps: 0,
-  stageMs: { decode: 0, dedupe: 0, activate: 0, plan: 0, commit: 0 },
+  stageMs: { gate: 0, decode: 0, dedupe: 0, activate: 0, plan: 0, commit: 0 },
 });
 
 /**
@@ -217,8 +221,18 @@ export class PartitionRunner {
         this.#wake = null;
         continue;
       }
-      const batch = this.#queue.splice(0, this.deps.batchMax);
-      await this.#apply(batch);
+      // Wait for a permit first: what arrives meanwhile joins this batch.
+      const waitFrom = performance.now();
+      const release = await this.deps.gate.acquire();
+      this.deps.metrics.stageMs.gate += performance.now() - waitFrom;
+      try {
+        if (this.#failure) continue;
+        const batch = this.#queue.splice(0, this.deps.batchMax);
+        if (batch.length === 0) continue;
+        await this.#apply(batch);
+      } finally {
+        release();
+      }
       if (this.#stopped && this.#queue.length === 0) break;
     }
   }

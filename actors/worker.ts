@@ -1,4 +1,4 @@
-import { hostname } from "node:os";
+import { availableParallelism, hostname } from "node:os";
 import { randomBytes } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
@@ -9,6 +9,7 @@ import type { ChannelView } from "./batch.ts";
 import { LeaseStore, type HeldLease } from "./leases.ts";
 import { PartitionRunner, newWorkerMetrics, type WorkerMetrics } from "./partitionRunner.ts";
 import { ActorRegistry } from "./registry.ts";
+import { ApplyGate } from "./applyGate.ts";
 
 export interface WorkerOptions {
   readonly sql: Sql;
@@ -21,6 +22,8 @@ export interface WorkerOptions {
   readonly batchMax?: number;
   /** Most live SKU actors kept in memory (default 100,000). */
   readonly maxActors?: number;
+  /** How many held partitions decide and commit at once (default: the machine's CPU count). */
+  readonly applyConcurrency?: number;
   /** Unique per process; defaults to host-pid-random. */
   readonly workerId?: string;
 }
@@ -39,6 +42,8 @@ export class Worker {
   readonly metrics: WorkerMetrics = newWorkerMetrics();
   readonly registry: ActorRegistry;
   readonly #leases: LeaseStore;
+  /** Shared by the held partitions: how many decide and commit at once. */
+  readonly gate: ApplyGate;
   readonly #held = new Map<number, Held>();
   #timer: NodeJS.Timeout | null = null;
   #tick: Promise<void> = Promise.resolve();
@@ -48,6 +53,7 @@ export class Worker {
     this.id = (opts.workerId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`).replace(/[^A-Za-z0-9_-]/g, "_");
     this.registry = new ActorRegistry(opts.maxActors ?? 100_000);
     this.#leases = new LeaseStore(opts.nats.leases, this.id);
+    this.gate = new ApplyGate(opts.applyConcurrency ?? availableParallelism());
   }
 
   /** Partitions this worker holds now. */
@@ -163,6 +169,7 @@ export class Worker {
         registry: this.registry,
         log: log.child({ partition }),
         batchMax: this.opts.batchMax ?? 2000,
+        gate: this.gate,
         metrics: this.metrics,
         onLeaseLost: (p) => {
           const h = this.#held.get(p);

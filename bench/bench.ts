@@ -17,7 +17,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
@@ -565,11 +565,16 @@ async function main(): Promise<void> {
       const tallyP99 = latency.shop?.p99 ?? latency.erp?.p99 ?? 0;
       report.pollingBaseline = pollingBaseline(orders, stock, [{ name: "Tally", lagMs: tallyP99 }, { name: "poll 60 s", periodMs: 60_000 }, { name: "poll 900 s", periodMs: 900_000 }]);
     }
+    const permits = Math.min(PARTITIONS, tally.worker ? tally.worker.gate.permits : WORKER_PROCESSES * availableParallelism());
     report.worker = {
       batches: batches.count,
       meanBatch: round(batches.commands / Math.max(1, batches.count)),
       meanApplyMs: round(batches.applyMs / Math.max(1, batches.count)),
       busyFractionPerPartition: round(batches.applyMs / ((finished - started) * PARTITIONS), 3),
+      // Partitions apply behind a per-process gate (TALLY_APPLY_CONCURRENCY, default the CPU count):
+      // how busy those permits were says more than how busy each partition was.
+      applyPermits: permits,
+      busyFractionOfPermits: round(batches.applyMs / ((finished - started) * permits), 3),
       ...(tally.worker ? { stageMsPerBatch: Object.fromEntries(Object.entries(tally.worker.metrics.stageMs).map(([k, v]) => [k, round(v / Math.max(1, tally!.worker!.metrics.batches), 2)])) } : {}),
       processes: WORKER_PROCESSES,
     };
@@ -641,16 +646,17 @@ async function bottleneck(report: Record<string, unknown>): Promise<string> {
   const used = Math.round((cpu.node + cpu.postgres + cpu.sourcePostgres + cpu.natsServer + cpu.workerProcesses) * 100) / 100;
   const cores = (report.cores as number) ?? 2;
   const tp = report.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number };
-  const w = report.worker as { meanBatch: number; meanApplyMs: number; busyFractionPerPartition: number };
+  const w = report.worker as { meanBatch: number; meanApplyMs: number; applyPermits: number; busyFractionOfPermits: number; stageMsPerBatch?: { gate: number } };
+  const gateWait = w.stageMsPerBatch && w.stageMsPerBatch.gate >= 1 ? `; a partition waited ${Math.round(w.stageMsPerBatch.gate)} ms per batch for a permit, set by TALLY_APPLY_CONCURRENCY` : "";
   const keptUp = tp.sustainedCommandsPerSec >= tp.offeredCommandsPerSec * 0.95;
   const cpuBound = used >= cores * 0.85;
   const stage = cpu.node >= 0.9
     ? `the Node process is at ${cpu.node} cores — one thread, its event loop saturated (Tally's roles and the load generator share it; ${used} of ${cores} cores in all), so every stage waits for the loop (worker: mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms). Run the roles in separate processes (tally start --roles worker, …) and trim the per-command work (schema decode, hashing, allocation: GC)`
     : cpuBound
     ? `the machine is CPU-bound (${used} of ${cores} cores; ${busiest[0]} ${busiest[1]})`
-    : w.busyFractionPerPartition > 0.5
-      ? `the workers are busy ${Math.round(w.busyFractionPerPartition * 100)}% of the time per partition (mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms): the apply path is the stage`
-      : `the workers are idle ${Math.round((1 - w.busyFractionPerPartition) * 100)}% of the time (mean batch ${w.meanBatch} in ${w.meanApplyMs} ms) and the CPU is at ${used} of ${cores} cores: latency is spent waiting (batch cadence, round trips), not computing`;
+    : w.busyFractionOfPermits > 0.5
+      ? `the workers' ${w.applyPermits} apply permits are busy ${Math.round(w.busyFractionOfPermits * 100)}% of the time (mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms${gateWait}): the apply path is the stage`
+      : `the workers' ${w.applyPermits} apply permits are idle ${Math.round((1 - w.busyFractionOfPermits) * 100)}% of the time (mean batch ${w.meanBatch} in ${w.meanApplyMs} ms${gateWait}) and the CPU is at ${used} of ${cores} cores: latency is spent waiting (batch cadence, round trips), not computing`;
   const mt = report.mainThread as { onCpu: number; waitingForCpu: number; timeslicesPerSec: number } | undefined;
   const contended =
     mt && mt.waitingForCpu >= 0.1

@@ -83,6 +83,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
               leaseTtlMs: settings.leaseTtlMs,
               maxActors: settings.maxActors,
               batchMax: settings.batchMax,
+              applyConcurrency: settings.applyConcurrency,
             });
             w.start();
             return w;

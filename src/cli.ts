@@ -43,6 +43,7 @@ usage:
 settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_URL,
   TALLY_PARTITIONS (default 16), TALLY_DUPLICATE_WINDOW_SECONDS (default 7200),
   TALLY_LEASE_TTL_MS (default 10000), TALLY_MAX_ACTORS (default 100000), TALLY_BATCH_MAX (default 2000),
+  TALLY_APPLY_CONCURRENCY (partitions applying at once per worker, default the CPU count),
   TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL, TALLY_HTTP_HOST (default 0.0.0.0),
   TALLY_HTTP_PORT (default 8080), TALLY_API_TOKENS / TALLY_API_TOKENS_FILE (hashed tokens, JSON),
   TALLY_API_RATE_LIMIT (write requests per minute per token, default 600)

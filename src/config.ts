@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { Config, ConfigError, ConfigProvider, Effect, Either, Option } from "effect";
 
 /** Process settings, decoded from environment variables once at start. */
@@ -15,6 +16,8 @@ export interface Settings {
   readonly maxActors: number;
   /** Most commands applied in one ledger transaction. */
   readonly batchMax: number;
+  /** `TALLY_APPLY_CONCURRENCY`: how many of a worker's partitions decide and commit at once (default: CPU count). */
+  readonly applyConcurrency: number;
   /** `TALLY_HTTP_HOST`: the address the api role listens on (default 0.0.0.0). */
   readonly httpHost: string;
   /** `TALLY_API_TOKENS`: inline JSON list of hashed API tokens (see src/http/auth.ts). */
@@ -68,6 +71,7 @@ const settingsConfig = Config.all({
   configFile: Config.string("TALLY_CONFIG").pipe(Config.withDefault("tally.config.ts")),
   maxActors: intIn("TALLY_MAX_ACTORS", 10, 100_000_000, 100_000),
   batchMax: intIn("TALLY_BATCH_MAX", 1, 100_000, 2000),
+  applyConcurrency: intIn("TALLY_APPLY_CONCURRENCY", 1, 1024, availableParallelism()),
   httpHost: Config.string("TALLY_HTTP_HOST").pipe(Config.withDefault("0.0.0.0")),
   apiTokens: Config.option(Config.string("TALLY_API_TOKENS")),
   apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
@@ -94,6 +98,7 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     configFile: s.configFile,
     maxActors: s.maxActors,
     batchMax: s.batchMax,
+    applyConcurrency: s.applyConcurrency,
     httpHost: s.httpHost,
     apiTokens: Option.getOrUndefined(s.apiTokens),
     apiTokensFile: Option.getOrUndefined(s.apiTokensFile),

@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -63,6 +64,7 @@ describe("loadSettings", () => {
         TALLY_LEASE_TTL_MS: "1000",
         TALLY_HTTP_PORT: "0",
         TALLY_CONFIG: "/etc/tally/config.ts",
+        TALLY_APPLY_CONCURRENCY: "3",
       }),
     ).toMatchObject({
       env: "prod_eu",
@@ -73,7 +75,12 @@ describe("loadSettings", () => {
       leaseTtlMs: 1000,
       httpPort: 0,
       configFile: "/etc/tally/config.ts",
+      applyConcurrency: 3,
     });
+  });
+
+  it("lets as many partitions apply at once as there are cores, unless told otherwise", () => {
+    expect(loadSettings({}).applyConcurrency).toBe(availableParallelism());
   });
 
   it.each([
@@ -89,6 +96,7 @@ describe("loadSettings", () => {
     ["TALLY_LEASE_TTL_MS", "5"],
     ["TALLY_DUPLICATE_WINDOW_SECONDS", "0"],
     ["TALLY_HTTP_PORT", "65536"],
+    ["TALLY_APPLY_CONCURRENCY", "0"],
   ])("rejects %s=%s with a SettingsError naming it", (name, value) => {
     const error = thrown(() => loadSettings({ [name]: value }));
     expect(error).toBeInstanceOf(SettingsError);

@@ -45,8 +45,8 @@ describe("partition leases", () => {
     }
   });
 
-  it("passivates actors beyond the configured bound and still applies exactly", async () => {
-    const tally = await startInProcess(ctx, ["worker"], { ...OPTS, maxActors: 20 });
+  it("passivates actors beyond the configured bound and still applies exactly; one partition applies at a time with TALLY_APPLY_CONCURRENCY=1", async () => {
+    const tally = await startInProcess(ctx, ["worker"], { ...OPTS, maxActors: 20, applyConcurrency: 1 });
     try {
       const raw = generateCommands(3000, 300, 77, "lru");
       const commands: Array<Command> = raw.map((c) => {
@@ -61,6 +61,10 @@ describe("partition leases", () => {
           select count(*)::int as n from command_outcomes where command_id = any(${h.sql.array(ids)}::text[])`;
         return n === ids.length;
       });
+      // Every partition had work, yet never two applying at once.
+      expect(tally.worker!.held().length).toBeGreaterThan(1);
+      expect(tally.worker!.gate.permits).toBe(1);
+      expect(tally.worker!.gate.maxInUse).toBe(1);
       const registry = tally.worker!.registry;
       expect(registry.size).toBeLessThanOrEqual(20);
       expect(registry.passivations).toBeGreaterThan(100);

@@ -29,6 +29,7 @@ export interface TestEnvOptions {
   readonly partitions?: number;
   readonly leaseTtlMs?: number;
   readonly maxActors?: number;
+  readonly applyConcurrency?: number;
 }
 
 /** The environment variables a Tally process of this test file runs with. */
@@ -40,6 +41,7 @@ export function tallyEnv(ctx: TestContext, opts: TestEnvOptions = {}): Record<st
     TALLY_PARTITIONS: String(opts.partitions ?? 4),
     TALLY_LEASE_TTL_MS: String(opts.leaseTtlMs ?? 5000),
     ...(opts.maxActors !== undefined ? { TALLY_MAX_ACTORS: String(opts.maxActors) } : {}),
+    ...(opts.applyConcurrency !== undefined ? { TALLY_APPLY_CONCURRENCY: String(opts.applyConcurrency) } : {}),
     TALLY_LOG_LEVEL: process.env.TALLY_LOG_LEVEL ?? "warn",
   };
 }

@@ -1,0 +1,32 @@
+/**
+ * How many of a worker's partitions decide and commit at the same time. A process holding many
+ * partitions on a small machine otherwise commits many small batches at once: each one is a
+ * Postgres statement and a context switch, and they all queue for the same cores. Behind the gate
+ * a partition's messages keep arriving, so its next batch is larger and the ledger sees fewer,
+ * larger commits. Permits are granted in arrival order, so no partition starves.
+ */
+export class ApplyGate {
+  #inUse = 0;
+  readonly #waiting: Array<() => void> = [];
+  /** The most permits ever held at once. */
+  maxInUse = 0;
+
+  constructor(readonly permits: number) {
+    if (!Number.isInteger(permits) || permits < 1) throw new RangeError(`apply concurrency must be a whole number ≥ 1, got ${permits}`);
+  }
+
+  /** Waits for a permit; the returned function gives it back (once). */
+  async acquire(): Promise<() => void> {
+    if (this.#inUse < this.permits) this.#inUse++;
+    else await new Promise<void>((resolve) => this.#waiting.push(resolve)); // handed over with its permit counted
+    this.maxInUse = Math.max(this.maxInUse, this.#inUse);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#inUse--;
+    };
+  }
+}
