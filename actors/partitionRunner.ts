@@ -226,7 +226,7 @@ export class PartitionRunner {
       const release = await this.deps.gate.acquire();
       this.deps.metrics.stageMs.gate += performance.now() - waitFrom;
       try {
-        if (this.#failure) continue;
+        if (this.#failure || this.#stopped) continue; // the loop's checks come first
         const batch = this.#queue.splice(0, this.deps.batchMax);
         if (batch.length === 0) continue;
         await this.#apply(batch);
