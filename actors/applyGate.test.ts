@@ -3,14 +3,21 @@ import { ApplyGate } from "./applyGate.ts";
 
 const tick = () => new Promise((r) => setImmediate(r));
 
+/** A permit, which the gate must grant (no signal given). */
+async function permit(gate: ApplyGate): Promise<() => void> {
+  const release = await gate.acquire();
+  if (!release) throw new Error("no permit");
+  return release;
+}
+
 describe("ApplyGate", () => {
   it("lets at most `permits` holders in, hands permits over in arrival order, and counts a double release once", async () => {
     const gate = new ApplyGate(2);
     const order: Array<string> = [];
-    const a = await gate.acquire();
-    const b = await gate.acquire();
-    const c = gate.acquire().then((r) => (order.push("c"), r));
-    const d = gate.acquire().then((r) => (order.push("d"), r));
+    const a = await permit(gate);
+    const b = await permit(gate);
+    const c = permit(gate).then((r) => (order.push("c"), r));
+    const d = permit(gate).then((r) => (order.push("d"), r));
     await tick();
     expect(order).toEqual([]);
     a();
@@ -24,10 +31,26 @@ describe("ApplyGate", () => {
     releaseD();
     expect(gate.maxInUse).toBe(2);
     // All permits are free again: two holders at once without waiting.
-    const e = await gate.acquire();
-    const f = await gate.acquire();
+    const e = await permit(gate);
+    const f = await permit(gate);
     e();
     f();
+  });
+
+  it("gives up a wait when its signal aborts, holding nothing, and skips that waiter on release", async () => {
+    const gate = new ApplyGate(1);
+    const held = await permit(gate);
+    const stopping = new AbortController();
+    const waiting = gate.acquire(stopping.signal);
+    const next = permit(gate);
+    stopping.abort();
+    expect(await waiting).toBeNull();
+    held(); // goes to the waiter behind the aborted one
+    const release = await next;
+    expect(await gate.acquire(AbortSignal.abort())).toBeNull(); // already aborted: no wait at all
+    release();
+    (await permit(gate))(); // the permit came back: nothing leaked to the aborted waiter
+    expect(gate.maxInUse).toBe(1);
   });
 
   it("refuses a concurrency that is not a whole number of at least 1", () => {

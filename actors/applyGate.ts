@@ -15,10 +15,29 @@ export class ApplyGate {
     if (!Number.isInteger(permits) || permits < 1) throw new RangeError(`apply concurrency must be a whole number ≥ 1, got ${permits}`);
   }
 
-  /** Waits for a permit; the returned function gives it back (once). */
-  async acquire(): Promise<() => void> {
+  /**
+   * Waits for a permit; the returned function gives it back (once). Resolves to null, holding
+   * nothing, if `signal` aborts first (a partition that stops does not wait for the others' batches).
+   */
+  async acquire(signal?: AbortSignal): Promise<(() => void) | null> {
+    if (signal?.aborted) return null;
     if (this.#inUse < this.permits) this.#inUse++;
-    else await new Promise<void>((resolve) => this.#waiting.push(resolve)); // handed over with its permit counted
+    else {
+      const granted = await new Promise<boolean>((resolve) => {
+        const grant = () => {
+          signal?.removeEventListener("abort", abort);
+          resolve(true);
+        };
+        const abort = () => {
+          const at = this.#waiting.indexOf(grant);
+          if (at >= 0) this.#waiting.splice(at, 1);
+          resolve(false);
+        };
+        this.#waiting.push(grant); // handed over with its permit counted
+        signal?.addEventListener("abort", abort, { once: true });
+      });
+      if (!granted) return null;
+    }
     this.maxInUse = Math.max(this.maxInUse, this.#inUse);
     let released = false;
     return () => {

@@ -83,6 +83,7 @@ export const newWorkerMetrics = (): WorkerMetrics => ({
  */
 export class PartitionRunner {
   #stopped = false;
+  readonly #stopping = new AbortController();
   #lastSeq = 0;
   #queue: Array<JsMsg> = [];
   #wake: (() => void) | null = null;
@@ -103,6 +104,7 @@ export class PartitionRunner {
   /** Stops after the batch in flight (if any); resolves when the runner has stopped. */
   async stop(): Promise<void> {
     this.#stopped = true;
+    this.#stopping.abort();
     this.#messages?.stop();
     this.#wake?.();
     await this.done;
@@ -221,15 +223,17 @@ export class PartitionRunner {
         this.#wake = null;
         continue;
       }
-      // Wait for a permit first: what arrives meanwhile joins this batch.
+      // Wait for a permit first: what arrives meanwhile joins this batch. A stop ends the wait.
       const waitFrom = performance.now();
-      const release = await this.deps.gate.acquire();
-      this.deps.metrics.stageMs.gate += performance.now() - waitFrom;
+      const release = await this.deps.gate.acquire(this.#stopping.signal);
+      if (!release) continue;
+      const waited = performance.now() - waitFrom;
       try {
         if (this.#failure || this.#stopped) continue; // the loop's checks come first
         const batch = this.#queue.splice(0, this.deps.batchMax);
         if (batch.length === 0) continue;
-        await this.#apply(batch);
+        // Counted per committed batch, as the other stages are.
+        if (await this.#apply(batch)) this.deps.metrics.stageMs.gate += waited;
       } finally {
         release();
       }
@@ -237,15 +241,15 @@ export class PartitionRunner {
     }
   }
 
-  /** Decodes, deduplicates, decides and commits one batch; acknowledges it after the commit. */
-  async #apply(messages: ReadonlyArray<JsMsg>): Promise<void> {
+  /** Decodes, deduplicates, decides and commits one batch; acknowledges it after the commit. False if nothing was new. */
+  async #apply(messages: ReadonlyArray<JsMsg>): Promise<boolean> {
     const { sql, topology, metrics } = this.deps;
     const startedAt = performance.now();
     const fresh = messages.filter((m) => m.seq > this.#lastSeq);
     metrics.skippedCheckpoint += messages.length - fresh.length;
     if (fresh.length === 0) {
       messages[messages.length - 1]?.ack();
-      return;
+      return false;
     }
     const incoming: Array<IncomingCommand> = [];
     const dead: Array<DeadLetter> = [];
@@ -293,6 +297,7 @@ export class PartitionRunner {
       this.#lookupsAhead = LOOKUP_RUN;
       await decide(await lookup());
     }
+    return true;
   }
 
   async #decideAndCommit(

@@ -17,7 +17,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir, writeFile } from "node:fs/promises";
-import { availableParallelism, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
@@ -205,6 +205,7 @@ async function main(): Promise<void> {
       TALLY_API_TOKENS: JSON.stringify([entry]),
       TALLY_API_RATE_LIMIT: "1000000",
       TALLY_MAX_ACTORS: String(MAX_ACTORS),
+      ...(process.env.TALLY_APPLY_CONCURRENCY ? { TALLY_APPLY_CONCURRENCY: process.env.TALLY_APPLY_CONCURRENCY } : {}),
     });
     if (WORKER_PROCESSES > 0) {
       // The same channels as this process, for the worker processes' availability projections.
@@ -213,7 +214,7 @@ async function main(): Promise<void> {
       for (let i = 0; i < WORKER_PROCESSES; i++)
         workers.push(
           spawn(process.execPath, [path.resolve("bin/tally.js"), "start", "--roles", "worker"], {
-            env: { ...process.env, TALLY_ENV: env, TALLY_DATABASE_URL: pg.url("bench"), TALLY_NATS_URL: natsServer.url, TALLY_PARTITIONS: String(PARTITIONS), TALLY_LEASE_TTL_MS: "10000", TALLY_MAX_ACTORS: String(MAX_ACTORS), TALLY_CONFIG: configFile, TALLY_LOG_LEVEL: "error" },
+            env: { ...process.env, TALLY_ENV: env, TALLY_DATABASE_URL: pg.url("bench"), TALLY_NATS_URL: natsServer.url, TALLY_PARTITIONS: String(PARTITIONS), TALLY_LEASE_TTL_MS: "10000", TALLY_MAX_ACTORS: String(MAX_ACTORS), TALLY_APPLY_CONCURRENCY: String(settings.applyConcurrency), TALLY_CONFIG: configFile, TALLY_LOG_LEVEL: "error" },
             stdio: ["ignore", "ignore", "inherit"],
           }),
         );
@@ -565,7 +566,10 @@ async function main(): Promise<void> {
       const tallyP99 = latency.shop?.p99 ?? latency.erp?.p99 ?? 0;
       report.pollingBaseline = pollingBaseline(orders, stock, [{ name: "Tally", lagMs: tallyP99 }, { name: "poll 60 s", periodMs: 60_000 }, { name: "poll 900 s", periodMs: 900_000 }]);
     }
-    const permits = Math.min(PARTITIONS, tally.worker ? tally.worker.gate.permits : WORKER_PROCESSES * availableParallelism());
+    // Permits that can be in use: per process, its apply concurrency or the partitions it holds (a fair share), if fewer.
+    const permits = tally.worker
+      ? Math.min(PARTITIONS, tally.worker.gate.permits)
+      : Array.from({ length: WORKER_PROCESSES }, (_, i) => Math.min(settings.applyConcurrency, Math.floor(PARTITIONS / WORKER_PROCESSES) + (i < PARTITIONS % WORKER_PROCESSES ? 1 : 0))).reduce((a, b) => a + b, 0);
     report.worker = {
       batches: batches.count,
       meanBatch: round(batches.commands / Math.max(1, batches.count)),
