@@ -8,7 +8,7 @@ import { buildApp, type ApiOptions } from "../src/http/app.ts";
 import { sha256Hex, type ApiToken, type Scope } from "../src/http/auth.ts";
 import { createLogger } from "../src/log.ts";
 import type { TestContext } from "./support/context.ts";
-import { TEST_CHANNELS, eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
+import { TEST_CHANNELS, eventually, harness, outcomeCounts, startInProcess, type Harness } from "./support/tally.ts";
 
 /** Test tokens: name → [scopes, channel?]. The token text is `secret-<name>`. */
 const TOKEN_SPECS: Record<string, [ReadonlyArray<Scope>, string?]> = {
@@ -92,8 +92,7 @@ export async function defineItems(sql: Sql, defs: ReadonlyArray<ItemDefinition>)
 /** Publishes canonical commands through the normal path and waits until they are applied and relayed. */
 export async function settle(h: Harness, ids: ReadonlyArray<string>): Promise<void> {
   await eventually("the commands to be applied and relayed", async () => {
-    const [{ done }] = await h.sql<[{ done: number }]>`
-      select count(*)::int as done from command_outcomes where command_id = any(${h.sql.array([...ids])}::text[])`;
+    const { n: done } = await outcomeCounts(h.sql, ids);
     const [{ pending }] = await h.sql<[{ pending: number }]>`select count(*)::int as pending from outbox`;
     return done === ids.length && pending === 0;
   });

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { publishCommands } from "../src/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { decodedCommands, eventually, harness, stealDeliveries, startInProcess, type Harness } from "./support/tally.ts";
+import { decodedCommands, eventually, harness, outcomeCounts, stealDeliveries, startInProcess, type Harness } from "./support/tally.ts";
 import { generateCommands } from "./support/workload.ts";
 
 // Deliveries a consumer counts as made but the worker never got (a connection or a nats-server lost
@@ -20,12 +20,7 @@ afterAll(async () => {
   await h?.close();
 });
 
-const outcomes = async (ids: ReadonlyArray<string>) => {
-  const [{ n, distinct }] = await h.sql<[{ n: number; distinct: number }]>`
-    select count(*)::int as n, count(distinct command_id)::int as distinct
-      from command_outcomes where command_id = any(${h.sql.array(ids as Array<string>)}::text[])`;
-  return { n, distinct };
-};
+const outcomes = (ids: ReadonlyArray<string>) => outcomeCounts(h.sql, ids);
 
 describe("deliveries lost in transit", () => {
   it("a partition whose consumer skipped deliveries re-reads from its checkpoint and applies every command once", async () => {

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LeaseLost, claimPartition, commitBatch, verifyLedger } from "../ledger/index.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { decodedCommands, eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
+import { decodedCommands, eventually, harness, outcomeCounts, startInProcess, type Harness } from "./support/tally.ts";
 import { generateCommands } from "./support/workload.ts";
 
 let ctx: TestContext;
@@ -16,11 +16,7 @@ afterAll(async () => {
   await h?.close();
 });
 
-const outcomeCount = async (ids: ReadonlyArray<string>) => {
-  const [{ n }] = await h.sql<[{ n: number }]>`
-    select count(*)::int as n from command_outcomes where command_id = any(${h.sql.array(ids as Array<string>)}::text[])`;
-  return n;
-};
+const outcomeCount = async (ids: ReadonlyArray<string>) => (await outcomeCounts(h.sql, ids)).n;
 
 describe("fencing", () => {
   it("refuses a batch committed under an epoch that is no longer current, writing nothing", async () => {

@@ -3,7 +3,7 @@ import { decodeCommand, type Command } from "../actors/index.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
+import { eventually, harness, outcomeCounts, startInProcess, type Harness } from "./support/tally.ts";
 import { expectationOf, generateCommands } from "./support/workload.ts";
 
 let ctx: TestContext;
@@ -56,11 +56,7 @@ describe("partition leases", () => {
       });
       await publishCommands(h.nats.js, h.topology, commands, { envelopeSize: 25 });
       const ids = commands.map((c) => c.id);
-      await eventually("all applied", async () => {
-        const [{ n }] = await h.sql<[{ n: number }]>`
-          select count(*)::int as n from command_outcomes where command_id = any(${h.sql.array(ids)}::text[])`;
-        return n === ids.length;
-      });
+      await eventually("all applied", async () => (await outcomeCounts(h.sql, ids)).n === ids.length);
       // Every partition had work, yet never two applying at once.
       expect(tally.worker!.held().length).toBeGreaterThan(1);
       expect(tally.worker!.gate.permits).toBe(1);

@@ -3,7 +3,7 @@ import { decodeCommand, type Command } from "../actors/index.ts";
 import { instanceId } from "../ledger/index.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { eventually, harness, readStream, startInProcess, type Harness } from "./support/tally.ts";
+import { eventually, harness, outcomeCounts, readStream, startInProcess, type Harness } from "./support/tally.ts";
 
 let ctx: TestContext;
 let h: Harness;
@@ -38,8 +38,7 @@ async function applyAll(commands: ReadonlyArray<Command>): Promise<void> {
   await publishCommands(h.nats.js, h.topology, commands);
   const ids = commands.map((c) => c.id);
   await eventually("the commands to be applied and relayed", async () => {
-    const [{ done }] = await h.sql<[{ done: number }]>`
-      select count(*)::int as done from command_outcomes where command_id = any(${h.sql.array(ids)}::text[])`;
+    const { n: done } = await outcomeCounts(h.sql, ids);
     const [{ pending }] = await h.sql<[{ pending: number }]>`select count(*)::int as pending from outbox`;
     return done === ids.length && pending === 0;
   });

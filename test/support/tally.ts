@@ -148,6 +148,14 @@ export async function readStream(
   return out;
 }
 
+/** How many outcomes the ledger holds for these command ids, and for how many distinct ones (a duplicate shows as n > distinct). */
+export async function outcomeCounts(sql: Sql, ids: ReadonlyArray<string>): Promise<{ n: number; distinct: number }> {
+  const [counts] = await sql<[{ n: number; distinct: number }]>`
+    select count(*)::int as n, count(distinct command_id)::int as distinct
+      from command_outcomes where command_id = any(${sql.array([...ids])}::text[])`;
+  return counts;
+}
+
 /** Raw commands through the canonical decoder; a test's own commands must decode. */
 export const decodedCommands = (raw: ReadonlyArray<unknown>): Array<Command> =>
   raw.map((c) => {
