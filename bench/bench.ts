@@ -117,12 +117,12 @@ function procStat(pid: number): { cpu: number; rss: number } | null {
 }
 
 /**
- * The scheduler's account of one thread (/proc/<pid>/task/<tid>/schedstat): nanoseconds on a CPU,
+ * The scheduler's account of a process's main thread (/proc/<pid>/task/<pid>/schedstat): nanoseconds on a CPU,
  * nanoseconds runnable but waiting for one (the run queue), and timeslices.
  */
-function schedStat(pid: number, tid = pid): { runNs: number; waitNs: number; slices: number } | null {
+function schedStat(pid: number): { runNs: number; waitNs: number; slices: number } | null {
   try {
-    const [run, wait, slices] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").trim().split(" ").map(Number);
+    const [run, wait, slices] = readFileSync(`/proc/${pid}/task/${pid}/schedstat`, "utf8").trim().split(" ").map(Number);
     return { runNs: run!, waitNs: wait!, slices: slices! };
   } catch {
     return null;
@@ -151,8 +151,8 @@ async function main(): Promise<void> {
   process.stderr.write(`bench: ${scenario}, ${RATE} events/s for ${DURATION_S} s over ${SKUS.toLocaleString("en")} SKUs — starting Postgres and nats-server…\n`);
   // The demo ERP and shop live on a server of their own, as a retailer's do: on the ledger's server,
   // their walsenders would read (and throw away) every ledger write too — ~12% more Postgres CPU here.
-  const settings = { max_connections: "200", max_wal_senders: "20", max_replication_slots: "20" };
-  const [pg, srcPg, natsServer] = await Promise.all([startPostgres({ settings }), startPostgres({ settings }), startNats()]);
+  const pgSettings = { max_connections: "200", max_wal_senders: "20", max_replication_slots: "20" };
+  const [pg, srcPg, natsServer] = await Promise.all([startPostgres({ settings: pgSettings }), startPostgres({ settings: pgSettings }), startNats()]);
   for (const [server, dbs] of [[pg, ["bench"]], [srcPg, ["bench_erp", "bench_shop"]]] as const) {
     const admin = postgres(server.url(), { max: 1, onnotice: () => {} });
     for (const db of dbs) await admin.unsafe(`create database ${db}`);
@@ -303,7 +303,9 @@ async function main(): Promise<void> {
     let failures = 0;
     const run = Math.random().toString(36).slice(2, 8);
     const natsProcess = natsPid(natsServer.storeDir);
-    const pidStart = { node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), srcPg: pgPids(srcPg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null, workers: workers.map((w) => procStat(w.pid!)) };
+    // CPU (and RSS) of every process in the run, read at the start and the end of the load.
+    const processStats = () => ({ node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), srcPg: pgPids(srcPg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null, workers: workers.map((w) => procStat(w.pid!)) });
+    const pidStart = processStats();
     const rss: Array<{ t: number; node: number; pg: number; nats: number }> = [];
     // Where this process's CPU goes during the load (the roles running here; worker processes aside).
     const stopProfile = values["no-profile"] ? null : await startProfile();
@@ -448,8 +450,7 @@ async function main(): Promise<void> {
         // Postgres as a whole: proportional set size, so shared buffers count once, not once per
         // backend. Read every 5 s: smaps walks page tables, ~4% of this process's CPU when read every second.
         if (rss.length % 5 === 0) pgPss = pgPids(pg.dataDir).reduce((n, p) => n + (procPss(p) ?? procStat(p)?.rss ?? 0), 0);
-        const pgRss = pgPss;
-        rss.push({ t: Math.round((tick - started) / 1000), node: procStat(process.pid)?.rss ?? 0, pg: pgRss, nats: natsProcess ? (procStat(natsProcess)?.rss ?? 0) : 0 });
+        rss.push({ t: Math.round((tick - started) / 1000), node: procStat(process.pid)?.rss ?? 0, pg: pgPss, nats: natsProcess ? (procStat(natsProcess)?.rss ?? 0) : 0 });
         const total = Object.values(expected).reduce((a, b) => a + b, 0);
         progress(`${Math.round((tick - started) / 1000)}/${DURATION_S} s  offered ${total.toLocaleString("en")}  applied ${(applied - 0).toLocaleString("en")}  in flight ${inflight.size}`, (tick - started) / 1000, DURATION_S);
       }
@@ -480,7 +481,7 @@ async function main(): Promise<void> {
     const finished = Date.now();
     const schedEnd = schedStat(process.pid);
     if (process.stderr.isTTY) process.stderr.write("\n");
-    const pidEnd = { node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), srcPg: pgPids(srcPg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null, workers: workers.map((w) => procStat(w.pid!)) };
+    const pidEnd = processStats();
     const sumCpu = (xs: Array<{ cpu: number } | null>) => xs.reduce((n, x) => n + (x?.cpu ?? 0), 0);
     const wall = (finished - started) / 1000;
     // The main thread's time on a CPU vs waiting for one: with every process on two cores, a socket
@@ -697,7 +698,7 @@ function printTable(report: Record<string, unknown>): void {
     ["Tally sustained end to end (commands/s)", String(tp.sustainedCommandsPerSec), `${ratio(tp.sustainedCommandsPerSec, limits.publishCommandsPerSec)} of publish, ${ratio(tp.sustainedCommandsPerSec, limits.insertRowsPerSec)} of insert`],
     ...Object.entries(lat).map(([s, l]): [string, string, string] => [`source → availability published, ${s} (ms)`, `p50 ${l.p50} p95 ${l.p95} p99 ${l.p99}`, `${l.samples} samples`]),
     ["reservation round trip (ms)", `p50 ${res.p50} p99 ${res.p99}`, `${res.count} requests`],
-    ...(mt ? [["node main thread: on a CPU / waiting for one",  `${Math.round(mt.onCpu * 100)}% / ${Math.round(mt.waitingForCpu * 100)}% of the load`, `${mt.timeslicesPerSec} timeslices/s`] as [string, string, string]] : []),
+    ...(mt ? [["node main thread: on a CPU / waiting for one", `${Math.round(mt.onCpu * 100)}% / ${Math.round(mt.waitingForCpu * 100)}% of the load`, `${mt.timeslicesPerSec} timeslices/s`] as [string, string, string]] : []),
     ["CPU (cores): node / postgres ledger, sources / nats", `${cpu.node} / ${cpu.postgres}, ${cpu.sourcePostgres} / ${cpu.natsServer}`, cpu.workerProcesses > 0 ? `+ worker processes ${cpu.workerProcesses}` : ""],
     ["node RSS, middle → end of the run (MiB)", `${(report.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(report.memory as { nodeRssEndMiB: number }).nodeRssEndMiB}`, `live actors capped at ${(report.memory as { maxActors: number }).maxActors}`],
     ["correctness", `${c.appliedOrRejected}/${c.expectedTotal} decided, ${c.duplicateLegs} duplicate legs, verify ${c.verify}`, c.allAccountedFor && c.duplicateLegs === 0 && c.verify === "ok" ? "PASS" : "FAIL"],
