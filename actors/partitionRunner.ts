@@ -237,7 +237,6 @@ export class PartitionRunner {
       } finally {
         release();
       }
-      if (this.#stopped && this.#queue.length === 0) break;
     }
   }
 
