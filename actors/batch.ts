@@ -1,8 +1,8 @@
-import type { BatchWrite, LedgerEntry, OutboxRow, OutcomeRow, StoredSku } from "../ledger/index.ts";
+import type { BatchWrite, HoldRow, LedgerEntry, OutboxRow, OutcomeRow, StoredSku } from "../ledger/index.ts";
 import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
 import type { Command, LocationId, Sku } from "./command.ts";
 import { decide, evolve } from "./decider.ts";
-import type { Bucket, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
+import type { Bucket, HoldState, HoldStatus, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
 import { emptyLocation, initialSkuState, locationAvailable } from "./state.ts";
 
 /** A live SKU actor's memory: its rules state and the head of its ledger chain. */
@@ -52,6 +52,8 @@ export interface Plan {
   readonly actors: ReadonlyMap<string, ActorState>;
   readonly applied: number;
   readonly rejected: number;
+  /** Reserves refused (each recorded as a `refused` hold and published as `hold_refused`). */
+  readonly holdsRefused: number;
 }
 
 const BUCKET_FIELD: Record<Bucket, "onHand" | "reserved" | "inTransit" | "damaged"> = {
@@ -61,7 +63,14 @@ const BUCKET_FIELD: Record<Bucket, "onHand" | "reserved" | "inTransit" | "damage
   damaged: "damaged",
 };
 
-const NOTIFICATIONS = new Set<SkuEvent["type"]>(["low_stock", "out_of_stock", "back_in_stock", "negative_stock"]);
+const NOTIFICATIONS = new Set<SkuEvent["type"]>([
+  "low_stock",
+  "out_of_stock",
+  "back_in_stock",
+  "negative_stock",
+  "fulfill_unreserved",
+  "hold_refused",
+]);
 
 /** Rebuilds an actor from its stored rows (activation). */
 export function actorFromStored(sku: string, stored: StoredSku | undefined): ActorState {
@@ -80,6 +89,8 @@ export function actorFromStored(sku: string, stored: StoredSku | undefined): Act
     const field = BUCKET_FIELD[b.bucket as Bucket];
     if (field) locations[b.location] = { ...at(b.location), [field]: b.qty };
   }
+  const holds: Record<string, HoldState> = {};
+  for (const h of stored.holds) holds[h.holdId] = holdFromRow(h);
   const transfers: Record<string, TransferState> = {};
   for (const t of stored.transfers)
     transfers[t.transferId] = {
@@ -89,11 +100,46 @@ export function actorFromStored(sku: string, stored: StoredSku | undefined): Act
       received: t.received,
     };
   return {
-    state: { ...base, locations, transfers },
+    state: { ...base, locations, transfers, holds },
     seq: stored.head?.seq ?? 0,
     lastHash: stored.head?.lastHash ?? GENESIS_HASH,
     version: stored.head?.version ?? 0,
   };
+}
+
+const holdFromRow = (h: HoldRow): HoldState => ({
+  location: h.location as LocationId,
+  channel: h.channel,
+  qty: h.qty,
+  open: h.open,
+  status: h.status as HoldStatus,
+  expiresAt: h.expiresAt,
+});
+
+/**
+ * The actor with these stored holds (the closed ones a batch's commands name, loaded for it) added
+ * to the ones it keeps in memory, which win: they may be newer than the rows.
+ */
+export function withStoredHolds(actor: ActorState, rows: ReadonlyArray<HoldRow>): ActorState {
+  if (rows.length === 0) return actor;
+  const holds: Record<string, HoldState> = {};
+  for (const h of rows) holds[h.holdId] = holdFromRow(h);
+  return { ...actor, state: { ...actor.state, holds: { ...holds, ...actor.state.holds } } };
+}
+
+/** The hold ids a command names (a reserve, release or fulfill names one). */
+export const holdIdOf = (command: Command): string | null =>
+  command.type === "reserve" || command.type === "release" || command.type === "fulfill" ? command.reservationId : null;
+
+/** The actor as it is kept between batches: only its open holds (closed ones live in the `holds` table). */
+function withOpenHoldsOnly(actor: ActorState): ActorState {
+  const holds = actor.state.holds;
+  let closed = false;
+  for (const id in holds) if (holds[id]!.status !== "open") closed = true;
+  if (!closed) return actor;
+  const open: Record<string, HoldState> = {};
+  for (const id in holds) if (holds[id]!.status === "open") open[id] = holds[id]!;
+  return { ...actor, state: { ...actor.state, holds: open } };
 }
 
 /**
@@ -107,9 +153,11 @@ export function planBatch(input: PlanInput): Plan {
   const outbox: Array<OutboxRow> = [];
   const touched = new Map<string, Set<string>>(); // sku → locations touched
   const transfersTouched = new Map<string, Set<string>>(); // sku → transfer ids touched
+  const holdsTouched = new Map<string, Set<string>>(); // sku → hold ids opened, refused or reduced
   const origins = new Map<string, { at: number; source: string }>(); // sku → its oldest applied command's source time
   let applied = 0;
   let rejected = 0;
+  let holdsRefused = 0;
 
   for (const { command, streamSeq } of input.commands) {
     const actor = actors.get(command.sku);
@@ -142,6 +190,24 @@ export function planBatch(input: PlanInput): Plan {
           occurredAt: command.occurredAt,
         },
       });
+      // A refused reserve still records its hold (as refused) and tells the order line's system.
+      if (decision.events !== undefined && decision.events.length > 0) {
+        let state = actor.state;
+        for (const event of decision.events) {
+          state = evolve(state, event);
+          if (event.type === "hold_refused") {
+            holdsRefused++;
+            markTouched(holdsTouched, command.sku, event.holdId);
+            outbox.push({
+              kind: "event",
+              subject: input.names.eventSubject(event.type),
+              kvKey: null,
+              payload: { ...event, commandId: command.id, source: command.source, occurredAt: command.occurredAt },
+            });
+          }
+        }
+        actors.set(command.sku, { ...actor, state });
+      }
       continue;
     }
     applied++;
@@ -175,6 +241,8 @@ export function planBatch(input: PlanInput): Plan {
         const hash = entryHash(lastHash, body);
         entries.push({ ...body, prevHash: lastHash, hash });
         lastHash = hash;
+      } else if (event.type === "hold_opened" || event.type === "hold_reduced") {
+        markTouched(holdsTouched, command.sku, event.holdId);
       } else if (event.type === "transfer_shipped" || event.type === "transfer_received") {
         markTouched(transfersTouched, command.sku, event.transferId);
         if (event.type === "transfer_shipped") markTouched(touched, command.sku, event.to);
@@ -183,7 +251,10 @@ export function planBatch(input: PlanInput): Plan {
           kind: "event",
           subject: input.names.eventSubject(event.type),
           kvKey: null,
-          payload: { ...event, commandId: command.id, occurredAt: command.occurredAt, seq },
+          payload:
+            event.type === "fulfill_unreserved"
+              ? { ...event, commandId: command.id, source: command.source, occurredAt: command.occurredAt, seq }
+              : { ...event, commandId: command.id, occurredAt: command.occurredAt, seq },
         });
       }
     }
@@ -235,6 +306,19 @@ export function planBatch(input: PlanInput): Plan {
     }
   }
 
+  const holds: Array<BatchWrite["holds"][number]> = [];
+  for (const [sku, ids] of holdsTouched) {
+    const state = actors.get(sku)!.state;
+    for (const holdId of ids) {
+      const h = state.holds[holdId]!;
+      holds.push({ sku, holdId, location: h.location, channel: h.channel, qty: h.qty, open: h.open, status: h.status, expiresAt: h.expiresAt });
+    }
+  }
+  // Closed holds this batch closed or had loaded are in the `holds` table now: the actor forgets them.
+  const holdSkus = new Set<string>();
+  for (const { command } of input.commands) if (holdIdOf(command) !== null) holdSkus.add(command.sku);
+  for (const sku of holdSkus) actors.set(sku, withOpenHoldsOnly(actors.get(sku)!));
+
   const lastSeq = input.commands.reduce((m, c) => Math.max(m, c.streamSeq), input.lastSeq);
   return {
     write: {
@@ -248,12 +332,14 @@ export function planBatch(input: PlanInput): Plan {
       skuLocations,
       transfers,
       settledTransfers,
+      holds,
       outcomes,
       outbox,
     },
     actors,
     applied,
     rejected,
+    holdsRefused,
   };
 }
 

@@ -38,7 +38,7 @@ describe("decodeCommand accepts", () => {
       sell: { qty: 1 },
       return: { qty: 2, restockable: false },
       reserve: { qty: 3, reservationId: "r-1" },
-      release: { qty: 3 },
+      release: { qty: 3, reservationId: "r-1", expired: true },
       fulfill: { qty: 3, reservationId: "r-1" },
       adjust: { qty: -4, reason: "shrink" },
       count: { qty: 0 },

@@ -120,7 +120,17 @@ const common = {
   occurredAt: OccurredAt,
 } as const;
 
-const OptionalReservationId = Schema.optional(NonEmptyString);
+const HOLD_ID_MAX_LENGTH = 300;
+
+/**
+ * The hold a reserve opens and a release or fulfill acts on: one order line or checkout line
+ * (the shop mapping uses `<source>:<order>:<line>`, the reservations API the reserve command's id).
+ */
+export const HoldId = Schema.String.pipe(
+  Schema.filter((s) => s.length > 0 && s.length <= HOLD_ID_MAX_LENGTH && !/[\x00-\x1f\x7f]/.test(s), {
+    ...expected(`a hold id (1 to ${HOLD_ID_MAX_LENGTH} characters, no control characters)`),
+  }),
+);
 
 /** Goods receipt: on_hand + qty. */
 export const ReceiveCommand = Schema.Struct({ type: Schema.Literal("receive"), ...common, qty: PositiveInt });
@@ -151,31 +161,42 @@ export const ReserveScope = Schema.Struct({
 });
 export type ReserveScope = typeof ReserveScope.Type;
 
-/** Checkout hold: reserved + qty, only when available ≥ qty (and, with a scope, the channel's available ≥ qty). */
+/**
+ * Opens hold `reservationId` for qty: reserved + qty, only when available ≥ qty (and, with a scope,
+ * the channel's available ≥ qty). `expiresAt`: when the hold lapses if nothing closes it first.
+ */
 export const ReserveCommand = Schema.Struct({
   type: Schema.Literal("reserve"),
   ...common,
   qty: PositiveInt,
-  reservationId: OptionalReservationId,
+  reservationId: HoldId,
   scope: Schema.optional(ReserveScope),
+  expiresAt: Schema.optional(OccurredAt),
 });
 export type ReserveCommand = typeof ReserveCommand.Type;
 
-/** Cancel or expiry of a hold: reserved − qty. */
+/**
+ * Cancel or expiry of (part of) hold `reservationId`: reserved − qty, never more than the hold has
+ * open. `expired`: the hold lapsed (it ends `expired` rather than `released`).
+ */
 export const ReleaseCommand = Schema.Struct({
   type: Schema.Literal("release"),
   ...common,
   qty: PositiveInt,
-  reservationId: OptionalReservationId,
+  reservationId: HoldId,
+  expired: Schema.optional(Bool),
 });
 export type ReleaseCommand = typeof ReleaseCommand.Type;
 
-/** Shipment of a reserved order: reserved − qty and on_hand − qty. */
+/**
+ * Shipment of (part of) hold `reservationId`: reserved − qty and on_hand − qty. A fact: what the
+ * hold does not cover still leaves on hand (movement `fulfill_unreserved`).
+ */
 export const FulfillCommand = Schema.Struct({
   type: Schema.Literal("fulfill"),
   ...common,
   qty: PositiveInt,
-  reservationId: OptionalReservationId,
+  reservationId: HoldId,
 });
 export type FulfillCommand = typeof FulfillCommand.Type;
 

@@ -7,6 +7,7 @@ import {
   initialSkuState,
   locationAvailable,
   type Bucket,
+  type HoldStatus,
   type Movement,
   type SkuEvent,
   type SkuState,
@@ -40,7 +41,12 @@ const command = (type: CommandType, fields: Fields = {}): Command => {
 
 const receive = (qty: number, location: string = L1) => command("receive", { qty, location });
 const sell = (qty: number, location: string = L1) => command("sell", { qty, location });
-const reserve = (qty: number, location: string = L1) => command("reserve", { qty, location });
+/** A reserve opening hold `hold` (a fresh one unless named). */
+const reserve = (qty: number, location: string = L1, hold = `h-${commandSeq + 1}`) =>
+  command("reserve", { qty, location, reservationId: hold });
+const release = (hold: string, qty: number, location: string = L1, fields: Fields = {}) =>
+  command("release", { qty, location, reservationId: hold, ...fields });
+const fulfill = (hold: string, qty: number, location: string = L1) => command("fulfill", { qty, location, reservationId: hold });
 const policy = (safetyStock: number, reorderPoint: number, location: string = L1) =>
   command("set_policy", { safetyStock, reorderPoint, location });
 const ship = (transferId: string, qty: number, from: string, to: string) =>
@@ -80,6 +86,24 @@ const backInStock = (location: LocationId, available: number): SkuEvent => ({
   location,
   available,
 });
+const opened = (location: LocationId, holdId: string, qty: number, channel: string | null = null): SkuEvent => ({
+  type: "hold_opened",
+  sku: SKU,
+  location,
+  holdId,
+  qty,
+  channel,
+  expiresAt: null,
+});
+const reduced = (location: LocationId, holdId: string, qty: number, open: number, status: HoldStatus): SkuEvent => ({
+  type: "hold_reduced",
+  sku: SKU,
+  location,
+  holdId,
+  qty,
+  open,
+  status,
+});
 const negativeStock = (location: LocationId, onHand: number): SkuEvent => ({
   type: "negative_stock",
   sku: SKU,
@@ -116,10 +140,7 @@ const given = (...events: ReadonlyArray<SkuEvent>) => ({
     // Frozen: decide must not mutate the state it is given.
     const state = deepFreeze(fold(events));
     const decision: Decision = decide(state, c);
-    const after = (): SkuState => {
-      if (!decision.ok) throw new Error(`rejected: ${decision.rejection.message}`);
-      return fold(decision.events, state);
-    };
+    const after = (): SkuState => fold(decision.events ?? [], state);
     return {
       then: (expected: ReadonlyArray<SkuEvent>) => {
         expect(decision).toEqual({ ok: true, events: expected });
@@ -129,6 +150,8 @@ const given = (...events: ReadonlyArray<SkuEvent>) => ({
         expect(decision).toMatchObject({ ok: false, rejection: { reason, ...details } });
         return decision.ok ? undefined : decision.rejection;
       },
+      /** The state after the decision (a rejection may still record a refused hold). */
+      state: after,
     };
   },
 });
@@ -141,10 +164,26 @@ const stocked = (onHand: number, reorderPoint = 0, safetyStock = 0) =>
   history(policy(safetyStock, reorderPoint), receive(onHand));
 
 describe("receive", () => {
-  it("adds to on hand, and a first receipt brings the location back in stock", () => {
+  it("adds to on hand; a first receipt is not a return to stock: the location leaves `new` silently", () => {
     given()
       .when(receive(10))
+      .then([moved(L1, "on_hand", 10, "receive"), statusChanged(L1, "new", "in_stock")]);
+    // A policy first (as onboarding sends it), then the opening count: still no notification.
+    given(...history(policy(0, 20)))
+      .when(command("count", { qty: 5 }))
+      .then([moved(L1, "on_hand", 5, "count_variance"), statusChanged(L1, "new", "low")]);
+  });
+
+  it("a receipt after the location ran out is back in stock", () => {
+    given(...extend(stocked(2), sell(2)))
+      .when(receive(10))
       .then([moved(L1, "on_hand", 10, "receive"), statusChanged(L1, "out", "in_stock"), backInStock(L1, 10)]);
+  });
+
+  it("overselling a never-stocked location is still raised", () => {
+    given()
+      .when(sell(1))
+      .then([moved(L1, "on_hand", -1, "sell"), statusChanged(L1, "new", "negative"), negativeStock(L1, -1)]);
   });
 
   it("adds silently when the location is already in stock", () => {
@@ -194,22 +233,35 @@ describe("return", () => {
 describe("reserve", () => {
   it("holds stock that is available", () => {
     const { state } = given(...stocked(10))
-      .when(reserve(4))
-      .then([moved(L1, "reserved", 4, "reserve")]);
+      .when(reserve(4, L1, "A"))
+      .then([moved(L1, "reserved", 4, "reserve"), opened(L1, "A", 4)]);
     expect(locationAvailable(state.locations[L1] ?? emptyLocation)).toBe(6);
+    expect(state.holds["A"]).toEqual({ location: L1, channel: null, qty: 4, open: 4, status: "open", expiresAt: null });
   });
 
   it("may take the last available unit", () => {
     given(...stocked(4))
-      .when(reserve(4))
-      .then([moved(L1, "reserved", 4, "reserve"), statusChanged(L1, "in_stock", "out"), outOfStock(L1)]);
+      .when(reserve(4, L1, "A"))
+      .then([moved(L1, "reserved", 4, "reserve"), opened(L1, "A", 4), statusChanged(L1, "in_stock", "out"), outOfStock(L1)]);
   });
 
-  it("is rejected as insufficient_stock beyond on hand − reserved − safety stock", () => {
-    const rejection = given(...extend(stocked(10, 0, 3), reserve(5)))
-      .when(reserve(3))
-      .thenRejected("insufficient_stock", { available: 2 });
+  it("is rejected as insufficient_stock beyond on hand − reserved − safety stock, recording the hold as refused", () => {
+    const outcome = given(...extend(stocked(10, 0, 3), reserve(5)))
+      .when(reserve(3, L1, "B"));
+    const rejection = outcome.thenRejected("insufficient_stock", { available: 2 });
     expect(rejection?.message).toBe("cannot reserve 3 of SKU-1 at L1: only 2 available");
+    const decision = decide(fold(extend(stocked(10, 0, 3), reserve(5))), reserve(3, L1, "B"));
+    expect(decision.events).toEqual([
+      { type: "hold_refused", sku: SKU, location: L1, holdId: "B", qty: 3, channel: null, available: 2, reason: "insufficient_stock" },
+    ]);
+    expect(outcome.state().holds["B"]).toMatchObject({ status: "refused", open: 0, qty: 3 });
+    expect(outcome.state().locations[L1]?.reserved).toBe(5);
+  });
+
+  it("carries the expiry it was given", () => {
+    given(...stocked(10))
+      .when(command("reserve", { qty: 1, reservationId: "A", expiresAt: "2024-05-01T13:00:00Z" }))
+      .then([moved(L1, "reserved", 1, "reserve"), { ...opened(L1, "A", 1), expiresAt: "2024-05-01T13:00:00Z" } as SkuEvent]);
   });
 
   it("reports 0 available, not a negative figure, when oversold", () => {
@@ -220,22 +272,22 @@ describe("reserve", () => {
 
   describe("for a channel (scoped)", () => {
     const web = { channel: "web", locations: [L1, L2], buffer: 3 };
-    const scoped = (qty: number, location: string = L1) => command("reserve", { qty, location, scope: web });
+    const scoped = (qty: number, location: string = L1) => command("reserve", { qty, location, scope: web, reservationId: "W" });
 
     it("holds what the channel shows: its locations' available, each clamped at 0, less its buffer", () => {
       // L1 6 and L2 −2 (oversold: counts as 0, not −2): the channel shows 6 − 3 = 3.
       const prior = extend(stocked(6), receive(1, L2), sell(3, L2));
       given(...prior)
         .when(scoped(3))
-        .then([moved(L1, "reserved", 3, "reserve")]);
+        .then([moved(L1, "reserved", 3, "reserve"), opened(L1, "W", 3, "web")]);
       const rejection = given(...prior)
         .when(scoped(4))
         .thenRejected("insufficient_stock", { available: 3, channelAvailable: 3 });
       expect(rejection?.message).toBe("cannot reserve 4 of SKU-1 for channel web: only 3 available to it");
       // Unscoped, the location alone decides: the buffer is the channel's, not the location's.
       given(...prior)
-        .when(reserve(4))
-        .then([moved(L1, "reserved", 4, "reserve")]);
+        .when(reserve(4, L1, "U"))
+        .then([moved(L1, "reserved", 4, "reserve"), opened(L1, "U", 4)]);
     });
 
     it("still needs the units at the location it holds them in", () => {
@@ -248,32 +300,139 @@ describe("reserve", () => {
 });
 
 describe("release", () => {
-  it("returns held stock", () => {
-    given(...extend(stocked(10), reserve(4)))
-      .when(command("release", { qty: 3, reservationId: "r-1" }))
-      .then([moved(L1, "reserved", -3, "release")]);
+  it("returns units of the hold it names, and closes the hold when it has none left", () => {
+    const prior = extend(stocked(10), reserve(4, L1, "A"));
+    const { state } = given(...prior)
+      .when(release("A", 3))
+      .then([moved(L1, "reserved", -3, "release"), reduced(L1, "A", 3, 1, "open")]);
+    expect(state.holds["A"]).toMatchObject({ open: 1, status: "open" });
+    const closed = given(...extend(prior, release("A", 3)))
+      .when(release("A", 1))
+      .then([moved(L1, "reserved", -1, "release"), reduced(L1, "A", 1, 0, "released")]);
+    expect(closed.state.holds["A"]).toMatchObject({ open: 0, status: "released" });
   });
 
-  it("is rejected as exceeds_reserved beyond what is held", () => {
-    const rejection = given(...extend(stocked(10), reserve(4)))
-      .when(command("release", { qty: 5 }))
-      .thenRejected("exceeds_reserved", { reserved: 4 });
-    expect(rejection?.message).toBe("cannot release 5 of SKU-1 at L1: only 4 reserved");
+  it("never takes more than the hold has open, nor from another hold", () => {
+    const { state } = given(...extend(stocked(10), reserve(4, L1, "A"), reserve(5, L1, "B")))
+      .when(release("A", 9))
+      .then([moved(L1, "reserved", -4, "release"), reduced(L1, "A", 4, 0, "released")]);
+    expect(state.locations[L1]?.reserved).toBe(5);
+    expect(state.holds["B"]).toMatchObject({ open: 5, status: "open" });
+  });
+
+  it("of a hold never opened, refused or at another location is a no-op rejected with the reason", () => {
+    given(...extend(stocked(10), reserve(4, L1, "A")))
+      .when(release("X", 1))
+      .thenRejected("unknown_hold");
+    const refused = given(...stocked(2)).when(reserve(3, L1, "B"));
+    refused.thenRejected("insufficient_stock");
+    const afterRefusal = refused.state();
+    expect(afterRefusal.holds["B"]).toMatchObject({ status: "refused", open: 0, qty: 3 });
+    const decision = decide(afterRefusal, release("B", 3));
+    expect(decision).toMatchObject({ ok: false, rejection: { reason: "unknown_hold", holdStatus: "refused" } });
+    expect(decision.ok ? "" : decision.rejection.message).toBe(
+      "release of hold B of SKU-1 at L1 changes nothing: its reserve was refused, so it holds nothing",
+    );
+    given(...extend(stocked(10), receive(5, L2), reserve(4, L1, "A")))
+      .when(release("A", 4, L2))
+      .thenRejected("hold_elsewhere");
+  });
+
+  it("of a closed hold is a no-op rejected as hold_closed", () => {
+    given(...extend(stocked(10), reserve(4, L1, "A"), fulfill("A", 4)))
+      .when(release("A", 4))
+      .thenRejected("hold_closed", { holdStatus: "fulfilled" });
+  });
+
+  it("an expiry releases all the hold has open and ends it `expired`", () => {
+    given(...extend(stocked(10), reserve(4, L1, "A")))
+      .when(release("A", 1, L1, { expired: true }))
+      .then([moved(L1, "reserved", -4, "release"), reduced(L1, "A", 4, 0, "expired")]);
   });
 });
 
 describe("fulfill", () => {
-  it("takes from reserved and from on hand: two legs", () => {
-    const { state } = given(...extend(stocked(10), reserve(4)))
-      .when(command("fulfill", { qty: 4 }))
-      .then([moved(L1, "reserved", -4, "fulfill"), moved(L1, "on_hand", -4, "fulfill")]);
+  it("takes from its hold's reserved units and from on hand: two legs, and the hold is fulfilled", () => {
+    const { state } = given(...extend(stocked(10), reserve(4, L1, "A")))
+      .when(fulfill("A", 4))
+      .then([moved(L1, "reserved", -4, "fulfill"), moved(L1, "on_hand", -4, "fulfill"), reduced(L1, "A", 4, 0, "fulfilled")]);
     expect(state.locations[L1]).toMatchObject({ onHand: 6, reserved: 0, status: "in_stock" });
   });
 
-  it("is rejected as exceeds_reserved beyond what is held", () => {
+  it("a partial fulfilment leaves the rest of the hold open", () => {
+    const { state } = given(...extend(stocked(10), reserve(4, L1, "A")))
+      .when(fulfill("A", 1))
+      .then([moved(L1, "reserved", -1, "fulfill"), moved(L1, "on_hand", -1, "fulfill"), reduced(L1, "A", 1, 3, "open")]);
+    expect(state.holds["A"]).toMatchObject({ open: 3, status: "open" });
+    expect(state.locations[L1]).toMatchObject({ onHand: 9, reserved: 3 });
+  });
+
+  it("is a fact: with no hold, the goods still leave on hand (fulfill_unreserved), naming the order line", () => {
     given(...stocked(10))
-      .when(command("fulfill", { qty: 1 }))
-      .thenRejected("exceeds_reserved", { reserved: 0 });
+      .when(fulfill("shop:O-9:1", 3))
+      .then([
+        moved(L1, "on_hand", -3, "fulfill_unreserved"),
+        { type: "fulfill_unreserved", sku: SKU, location: L1, holdId: "shop:O-9:1", qty: 3, reason: "unknown_hold" },
+      ]);
+  });
+
+  it("beyond what its hold covers, the rest leaves on hand unreserved", () => {
+    const { state } = given(...extend(stocked(10), reserve(2, L1, "A")))
+      .when(fulfill("A", 5))
+      .then([
+        moved(L1, "reserved", -2, "fulfill"),
+        moved(L1, "on_hand", -2, "fulfill"),
+        reduced(L1, "A", 2, 0, "fulfilled"),
+        moved(L1, "on_hand", -3, "fulfill_unreserved"),
+        { type: "fulfill_unreserved", sku: SKU, location: L1, holdId: "A", qty: 3, reason: "exceeds_hold" },
+      ]);
+    expect(state.locations[L1]).toMatchObject({ onHand: 5, reserved: 0 });
+  });
+
+  it("after the hold was released, ships unreserved and leaves the hold released", () => {
+    const { state } = given(...extend(stocked(10), reserve(2, L1, "A"), release("A", 2)))
+      .when(fulfill("A", 2))
+      .then([
+        moved(L1, "on_hand", -2, "fulfill_unreserved"),
+        { type: "fulfill_unreserved", sku: SKU, location: L1, holdId: "A", qty: 2, reason: "hold_closed" },
+      ]);
+    expect(state.holds["A"]?.status).toBe("released");
+  });
+});
+
+describe("holds: the A/B order lines", () => {
+  it("B's refused hold cannot release A's units; A ships all 5", () => {
+    let events = stocked(5);
+    const step = (c: Command) => {
+      const decision = decide(fold(events), c);
+      events = [...events, ...(decision.events ?? [])];
+      return decision;
+    };
+    expect(step(reserve(5, L1, "A")).ok).toBe(true);
+    expect(step(reserve(3, L1, "B"))).toMatchObject({ ok: false, rejection: { reason: "insufficient_stock" } });
+    expect(step(release("B", 3))).toMatchObject({ ok: false, rejection: { reason: "unknown_hold" } });
+    expect(step(fulfill("A", 5)).ok).toBe(true);
+    const state = fold(events);
+    expect(state.locations[L1]).toMatchObject({ onHand: 0, reserved: 0 });
+    expect(state.holds["A"]).toMatchObject({ status: "fulfilled", open: 0 });
+    expect(state.holds["B"]).toMatchObject({ status: "refused", open: 0 });
+  });
+
+  it("a reserve naming an existing hold is rejected as hold_exists, recording nothing", () => {
+    const prior = extend(stocked(10), reserve(2, L1, "A"));
+    const outcome = given(...prior).when(reserve(1, L1, "A"));
+    outcome.thenRejected("hold_exists", { holdStatus: "open" });
+    expect(outcome.state()).toEqual(fold(prior));
+  });
+
+  it("a release or fulfil naming a hold the ledger never saw draws on the location's legacy hold", () => {
+    const legacy = { type: "hold_opened", sku: SKU, location: L1, holdId: "legacy:L1", qty: 4, channel: null, expiresAt: null } as const;
+    const prior = extend(stocked(10), reserve(4, L1, "x"));
+    // A migrated ledger: the reserved units of before are one open legacy hold.
+    const migrated = fold([legacy], fold(prior));
+    const decision = decide(migrated, release("old-order:1", 3));
+    expect(decision).toMatchObject({ ok: true, events: [moved(L1, "reserved", -3, "release"), reduced(L1, "legacy:L1", 3, 1, "open")] });
+    expect(decide(migrated, release("x", 1))).toMatchObject({ ok: true, events: [moved(L1, "reserved", -1, "release"), reduced(L1, "x", 1, 3, "open")] });
   });
 });
 
@@ -353,7 +512,7 @@ describe("transfers", () => {
         { type: "transfer_shipped", sku: SKU, location: L1, transferId: "T1", from: L1, to: L2, qty: 4 },
       ]);
     expect(state.transfers).toEqual({ T1: { from: L1, to: L2, shipped: 4, received: 0 } });
-    expect(state.locations[L2]).toMatchObject({ onHand: 0, inTransit: 4, status: "out" });
+    expect(state.locations[L2]).toMatchObject({ onHand: 0, inTransit: 4, status: "new" });
   });
 
   it("shipping more on an open transfer adds to it", () => {
@@ -380,8 +539,7 @@ describe("transfers", () => {
         moved(L2, "in_transit", -3, "transfer_in"),
         moved(L2, "on_hand", 3, "transfer_in"),
         { type: "transfer_received", sku: SKU, location: L2, transferId: "T1", qty: 3 },
-        statusChanged(L2, "out", "in_stock"),
-        backInStock(L2, 3),
+        statusChanged(L2, "new", "in_stock"),
       ]);
     expect(state.transfers["T1"]).toEqual({ from: L1, to: L2, shipped: 4, received: 3 });
     expect(state.locations[L2]).toMatchObject({ onHand: 3, inTransit: 1 });
@@ -548,6 +706,10 @@ describe("random command sequences", () => {
     const open = Object.keys(state.transfers);
     const transferId = open.length > 0 && rand() < 0.7 ? pick(open) : `T${int(1, 5)}`;
     const qty = int(1, 12);
+    // Holds: a fresh one, or one already named (open, closed or refused), or one never seen.
+    const named = Object.keys(state.holds);
+    const holdId = named.length > 0 && rand() < 0.8 ? pick(named) : `H${int(1, 1000)}`;
+    const holdLocation = state.holds[holdId]?.location ?? location;
     const type = pick([
       "receive", "sell", "return", "reserve", "reserve", "release", "fulfill",
       "adjust", "count", "transfer_out", "transfer_in", "transfer_in", "set_policy",
@@ -573,6 +735,12 @@ describe("random command sequences", () => {
       }
       case "set_policy":
         return command(type, { location, safetyStock: int(0, 3), reorderPoint: int(0, 15) });
+      case "reserve":
+        return reserve(qty, location, rand() < 0.8 ? `H${int(1, 1000)}` : holdId);
+      case "release":
+        return release(holdId, qty, rand() < 0.9 ? holdLocation : location, rand() < 0.1 ? { expired: true } : {});
+      case "fulfill":
+        return fulfill(holdId, qty, rand() < 0.9 ? holdLocation : location);
       default:
         return command(type, { location, qty });
     }
@@ -593,9 +761,15 @@ describe("random command sequences", () => {
         const context = `run ${run} step ${step}: ${c.type} ${JSON.stringify(c)}`;
         if (!decision.ok) {
           rejected++;
-          if (c.type === "reserve") {
+          if (c.type === "reserve" && decision.rejection.reason === "insufficient_stock") {
             expect(locationAvailable(before.locations[c.location] ?? emptyLocation), context).toBeLessThan(c.qty);
-          }
+            expect(decision.events, context).toHaveLength(1);
+          } else expect(decision.events ?? [], context).toEqual([]);
+          if (c.type === "reserve") expect(before.holds[c.reservationId]?.status === undefined, context).toBe(decision.rejection.reason !== "hold_exists");
+          if (c.type === "release") expect(["unknown_hold", "hold_closed", "hold_elsewhere"], context).toContain(decision.rejection.reason);
+          expect(["sell", "receive", "return", "fulfill", "adjust", "count"], context).not.toContain(c.type);
+          state = (decision.events ?? []).reduce(evolve, before);
+          log.push(...(decision.events ?? []));
           continue;
         }
         accepted++;
@@ -610,7 +784,7 @@ describe("random command sequences", () => {
             if (event.bucket === "reserved") expect(RESERVED_MOVEMENTS, context).toContain(event.movement);
           }
           if (event.type === "status_changed") {
-            expect(view.locations[event.location]?.status ?? "out", context).toBe(event.from);
+            expect(view.locations[event.location]?.status ?? "new", context).toBe(event.from);
           }
           view = evolve(view, event);
         }
@@ -626,12 +800,16 @@ describe("random command sequences", () => {
             .filter((t) => t.to === location)
             .reduce((sum, t) => sum + t.shipped - t.received, 0);
           expect(l.inTransit, where).toBe(inTransit);
+          // reserved is the sum of the location's open holds, always; closed holds hold nothing.
+          const held = Object.values(state.holds).filter((h) => h.location === location && h.status === "open");
+          expect(l.reserved, where).toBe(held.reduce((sum, h) => sum + h.open, 0));
+          for (const h of held) expect(h.open, where).toBeGreaterThan(0);
           const available = locationAvailable(l);
           const expectedStatus: Array<StockStatus> =
             l.onHand < 0
               ? ["negative"]
               : available <= 0
-                ? ["out"]
+                ? ["out", "new"]
                 : available <= l.reorderPoint
                   ? ["low"]
                   : available < l.reorderPoint + hysteresisBand(l.reorderPoint)
@@ -642,6 +820,10 @@ describe("random command sequences", () => {
         for (const t of Object.values(state.transfers)) {
           expect(t.received, context).toBeLessThan(t.shipped);
         }
+        for (const h of Object.values(state.holds)) if (h.status !== "open") expect(h.open, context).toBe(0);
+        // A hold, once closed, stays in the state it ended in.
+        for (const [id, h] of Object.entries(before.holds))
+          if (h.status !== "open") expect(state.holds[id], context).toEqual(h);
       }
       // The whole log, folded from scratch, is the state the decisions were made on.
       expect(fold(log)).toEqual(state);

@@ -6,20 +6,31 @@
  */
 import type { Command, LocationId } from "./command.ts";
 import {
+  legacyHoldId,
   locationAvailable,
   locationOf,
   type Bucket,
+  type HoldState,
+  type HoldStatus,
   type LocationState,
   type Movement,
   type SkuEvent,
   type SkuState,
   type StockMoved,
 } from "./state.ts";
+import { isClosed, nextHoldStatus } from "./holdMachine.ts";
 import { levelsOf, nextStatus } from "./statusMachine.ts";
 
 export type RejectionReason =
   | "insufficient_stock"
-  | "exceeds_reserved"
+  /** A release naming a hold that never held anything (never reserved, or refused). */
+  | "unknown_hold"
+  /** A release naming a hold already released, fulfilled or expired. */
+  | "hold_closed"
+  /** A release naming a hold at another location. */
+  | "hold_elsewhere"
+  /** A reserve naming a hold that already exists. */
+  | "hold_exists"
   | "unknown_transfer"
   | "exceeds_in_transit"
   | "transfer_mismatch"
@@ -33,20 +44,48 @@ export interface Rejection {
   readonly available?: number;
   /** For `insufficient_stock` of a scoped reserve: what the channel may sell in all its locations. */
   readonly channelAvailable?: number;
-  /** For `exceeds_reserved`: what is reserved at the location. */
-  readonly reserved?: number;
+  /** For a rejected release: the hold it named, and the status that hold is in. */
+  readonly holdStatus?: HoldStatus;
 }
 
+/**
+ * A rejection writes no ledger leg; its `events` (only `hold_refused`, for a refused reserve) record
+ * the refused hold and are published.
+ */
 export type Decision =
   | { readonly ok: true; readonly events: ReadonlyArray<SkuEvent> }
-  | { readonly ok: false; readonly rejection: Rejection };
+  | { readonly ok: false; readonly rejection: Rejection; readonly events?: ReadonlyArray<SkuEvent> };
 
 const accept = (events: ReadonlyArray<SkuEvent>): Decision => ({ ok: true, events });
 const reject = (rejection: Rejection): Decision => ({ ok: false, rejection });
 
+/**
+ * The hold a release or fulfill acts on: the one it names; or, when the ledger has never seen that
+ * name, the location's legacy hold (a ledger migrated from before per-line holds keeps its reserved
+ * units there until the orders placed before the migration are shipped or cancelled).
+ */
+const holdNamed = (state: SkuState, holdId: string, location: string): { id: string; hold: HoldState | undefined } => {
+  const hold = state.holds[holdId];
+  if (hold !== undefined) return { id: holdId, hold };
+  const legacyId = legacyHoldId(location);
+  const legacy = state.holds[legacyId];
+  return legacy !== undefined && legacy.status === "open" ? { id: legacyId, hold: legacy } : { id: holdId, hold: undefined };
+};
+
+/** Why a hold cannot give up units, or null when it can. */
+const holdProblem = (hold: HoldState | undefined, location: string): "unknown_hold" | "hold_closed" | "hold_elsewhere" | null => {
+  if (hold === undefined || hold.status === "refused") return "unknown_hold";
+  if (isClosed(hold.status)) return "hold_closed";
+  return hold.location === location ? null : "hold_elsewhere";
+};
+
 const unreachable = (value: never, what: string): never => {
   throw new Error(`unhandled ${what}: ${JSON.stringify(value)}`);
 };
+
+/** Where an open hold is after `by` left it holding `open`. */
+const holdStatusAfter = (by: "release" | "fulfill" | "expire", open: number): HoldStatus =>
+  nextHoldStatus("open", { type: "reduced", by, remaining: open }) as HoldStatus;
 
 /** The events a command causes before status is considered, or why it is refused. */
 const legsFor = (state: SkuState, command: Command): Decision => {
@@ -60,12 +99,6 @@ const legsFor = (state: SkuState, command: Command): Decision => {
     delta,
     movement,
   });
-  const exceedsReserved = (verb: string, qty: number): Decision =>
-    reject({
-      reason: "exceeds_reserved",
-      message: `cannot ${verb} ${qty} of ${sku} at ${location}: only ${here.reserved} reserved`,
-      reserved: here.reserved,
-    });
 
   switch (command.type) {
     case "receive":
@@ -79,12 +112,38 @@ const legsFor = (state: SkuState, command: Command): Decision => {
           : leg(location, "damaged", command.qty, "return_damaged"),
       ]);
     case "reserve": {
+      const holdId = command.reservationId;
+      const existing = state.holds[holdId];
+      if (existing !== undefined) {
+        return reject({
+          reason: "hold_exists",
+          message: `hold ${holdId} of ${sku} already exists (${existing.status}); a reserve opens a new hold`,
+          holdStatus: existing.status,
+        });
+      }
+      const channel = command.scope?.channel ?? null;
+      const refuse = (rejection: Rejection): Decision => ({
+        ok: false,
+        rejection,
+        events: [
+          {
+            type: "hold_refused",
+            sku,
+            location,
+            holdId,
+            qty: command.qty,
+            channel,
+            available: rejection.available ?? 0,
+            reason: rejection.reason,
+          },
+        ],
+      });
       const available = Math.max(0, locationAvailable(here));
       const scope = command.scope;
       if (scope) {
         const channelAvailable = Math.max(0, scope.locations.reduce((n, at) => n + Math.max(0, locationAvailable(locationOf(state, at))), 0) - scope.buffer);
         if (channelAvailable < command.qty || available < command.qty) {
-          return reject({
+          return refuse({
             reason: "insufficient_stock",
             message:
               channelAvailable < command.qty
@@ -95,23 +154,70 @@ const legsFor = (state: SkuState, command: Command): Decision => {
           });
         }
       } else if (available < command.qty) {
-        return reject({
+        return refuse({
           reason: "insufficient_stock",
           message: `cannot reserve ${command.qty} of ${sku} at ${location}: only ${available} available`,
           available,
         });
       }
-      return accept([leg(location, "reserved", command.qty, "reserve")]);
-    }
-    case "release":
-      if (command.qty > here.reserved) return exceedsReserved("release", command.qty);
-      return accept([leg(location, "reserved", -command.qty, "release")]);
-    case "fulfill":
-      if (command.qty > here.reserved) return exceedsReserved("fulfill", command.qty);
       return accept([
-        leg(location, "reserved", -command.qty, "fulfill"),
-        leg(location, "on_hand", -command.qty, "fulfill"),
+        leg(location, "reserved", command.qty, "reserve"),
+        { type: "hold_opened", sku, location, holdId, qty: command.qty, channel, expiresAt: command.expiresAt ?? null },
       ]);
+    }
+    case "release": {
+      const { id, hold } = holdNamed(state, command.reservationId, location);
+      const problem = holdProblem(hold, location);
+      if (problem !== null || hold === undefined) {
+        const what =
+          problem === "hold_closed"
+            ? `it is already ${hold!.status}`
+            : problem === "hold_elsewhere"
+              ? `it holds units at ${hold!.location}`
+              : hold?.status === "refused"
+                ? "its reserve was refused, so it holds nothing"
+                : "no reserve opened it";
+        return reject({
+          reason: problem ?? "unknown_hold",
+          message: `release of hold ${command.reservationId} of ${sku} at ${location} changes nothing: ${what}`,
+          ...(hold ? { holdStatus: hold.status } : {}),
+        });
+      }
+      const by = command.expired === true ? "expire" : "release";
+      const taken = by === "expire" ? hold.open : Math.min(command.qty, hold.open);
+      const open = hold.open - taken;
+      return accept([
+        leg(location, "reserved", -taken, "release"),
+        { type: "hold_reduced", sku, location, holdId: id, qty: taken, open, status: holdStatusAfter(by, open) },
+      ]);
+    }
+    case "fulfill": {
+      // A shipment is a fact: what the hold covers comes out of it, the rest leaves on hand regardless.
+      const { id, hold } = holdNamed(state, command.reservationId, location);
+      const problem = holdProblem(hold, location);
+      const covered = problem === null && hold !== undefined ? Math.min(command.qty, hold.open) : 0;
+      const uncovered = command.qty - covered;
+      const events: Array<SkuEvent> = [];
+      if (covered > 0) {
+        const open = hold!.open - covered;
+        events.push(
+          leg(location, "reserved", -covered, "fulfill"),
+          leg(location, "on_hand", -covered, "fulfill"),
+          { type: "hold_reduced", sku, location, holdId: id, qty: covered, open, status: holdStatusAfter("fulfill", open) },
+        );
+      }
+      if (uncovered > 0) {
+        events.push(leg(location, "on_hand", -uncovered, "fulfill_unreserved"), {
+          type: "fulfill_unreserved",
+          sku,
+          location,
+          holdId: command.reservationId,
+          qty: uncovered,
+          reason: problem ?? "exceeds_hold",
+        });
+      }
+      return accept(events);
+    }
     case "adjust":
       return accept([leg(location, "on_hand", command.qty, "adjust")]);
     case "count": {
@@ -230,6 +336,11 @@ const withLocation = (state: SkuState, location: LocationId, change: (l: Locatio
   locations: { ...state.locations, [location]: change(locationOf(state, location)) },
 });
 
+const withHold = (state: SkuState, holdId: string, hold: HoldState): SkuState => ({
+  ...state,
+  holds: { ...state.holds, [holdId]: hold },
+});
+
 /** Folds one event into the state, returning new objects. Notifications leave the state as is. */
 export function evolve(state: SkuState, event: SkuEvent): SkuState {
   switch (event.type) {
@@ -268,10 +379,33 @@ export function evolve(state: SkuState, event: SkuEvent): SkuState {
         transfers: received >= open.shipped ? others : { ...others, [event.transferId]: { ...open, received } },
       };
     }
+    case "hold_opened":
+      return withHold(state, event.holdId, {
+        location: event.location,
+        channel: event.channel,
+        qty: event.qty,
+        open: event.qty,
+        status: "open",
+        expiresAt: event.expiresAt,
+      });
+    case "hold_refused":
+      return withHold(state, event.holdId, {
+        location: event.location,
+        channel: event.channel,
+        qty: event.qty,
+        open: 0,
+        status: "refused",
+        expiresAt: null,
+      });
+    case "hold_reduced": {
+      const hold = state.holds[event.holdId];
+      return hold === undefined ? state : withHold(state, event.holdId, { ...hold, open: event.open, status: event.status });
+    }
     case "low_stock":
     case "out_of_stock":
     case "back_in_stock":
     case "negative_stock":
+    case "fulfill_unreserved":
       return state;
     default:
       return unreachable(event, "event type");

@@ -47,6 +47,8 @@ export interface WorkerMetrics {
   batches: number;
   applied: number;
   rejected: number;
+  /** Reserves refused for want of stock (published as `hold_refused`). */
+  holdsRefused: number;
   skippedCheckpoint: number;
   skippedDuplicate: number;
   deadLettered: number;
@@ -65,6 +67,7 @@ export const newWorkerMetrics = (): WorkerMetrics => ({
   batches: 0,
   applied: 0,
   rejected: 0,
+  holdsRefused: 0,
   skippedCheckpoint: 0,
   skippedDuplicate: 0,
   deadLettered: 0,
@@ -317,7 +320,7 @@ export class PartitionRunner {
       seen.add(command.id);
       return true;
     });
-    const actors = await this.deps.registry.activate(sql, new Set(todo.map((c) => c.command.sku)));
+    const actors = await this.deps.registry.activateFor(sql, todo.map((c) => c.command));
     const activatedAt = performance.now();
     metrics.stageMs.activate += activatedAt - dedupedAt;
     const plan = planBatch({
@@ -341,6 +344,7 @@ export class PartitionRunner {
     metrics.batches++;
     metrics.applied += plan.applied;
     metrics.rejected += plan.rejected;
+    metrics.holdsRefused += plan.holdsRefused;
     metrics.deadLettered += dead.length;
     messages[messages.length - 1]!.ack();
     this.#publishOutcomes(plan.write.outcomes, todo, performance.now() - startedAt);

@@ -1,6 +1,7 @@
 import type { Sql } from "postgres";
-import { loadSkus } from "../ledger/index.ts";
-import { actorFromStored, type ActorState } from "./batch.ts";
+import { loadHolds, loadSkus } from "../ledger/index.ts";
+import { actorFromStored, holdIdOf, withStoredHolds, type ActorState } from "./batch.ts";
+import type { Command } from "./command.ts";
 
 /**
  * The live SKU actors of one worker: activated on demand from the ledger tables, passivated
@@ -40,6 +41,35 @@ export class ActorRegistry {
       }
     }
     return out;
+  }
+
+  /**
+   * The actors of these commands' SKUs, each with the holds the commands name: a live actor keeps
+   * only its open holds, so a hold it does not have is looked up (closed, refused, or never seen),
+   * in the same round of queries as the activation of the SKUs not in memory.
+   */
+  async activateFor(sql: Sql, commands: ReadonlyArray<Command>): Promise<Map<string, ActorState>> {
+    const skus = new Set<string>();
+    const named: Array<{ sku: string; holdId: string }> = [];
+    const seen = new Set<string>();
+    for (const command of commands) {
+      skus.add(command.sku);
+      const holdId = holdIdOf(command);
+      if (holdId === null) continue;
+      const key = `${command.sku}\u0000${holdId}`;
+      if (seen.has(key) || this.#actors.get(command.sku)?.state.holds[holdId] !== undefined) continue;
+      seen.add(key);
+      named.push({ sku: command.sku, holdId });
+    }
+    const [actors, holds] = await Promise.all([this.activate(sql, skus), loadHolds(sql, named)]);
+    const bySku = new Map<string, Array<(typeof holds)[number]>>();
+    for (const h of holds) {
+      let list = bySku.get(h.sku);
+      if (!list) bySku.set(h.sku, (list = []));
+      list.push(h);
+    }
+    for (const [sku, rows] of bySku) actors.set(sku, withStoredHolds(actors.get(sku)!, rows));
+    return actors;
   }
 
   /** Keeps the post-commit state of these actors and passivates the least recently used beyond capacity. */

@@ -7,8 +7,11 @@ import type { LocationId, Sku } from "./command.ts";
 /** A ledger bucket at one location. */
 export type Bucket = "on_hand" | "reserved" | "in_transit" | "damaged";
 
-/** Sellability of one (SKU, location), driven by the status machine. */
-export type StockStatus = "in_stock" | "low" | "out" | "negative";
+/**
+ * Sellability of one (SKU, location), driven by the status machine. `new`: it never had anything
+ * to promise (its first stock is not a return to stock, so it raises no `back_in_stock`).
+ */
+export type StockStatus = "new" | "in_stock" | "low" | "out" | "negative";
 
 /** Balances and policy of one SKU at one location. */
 export interface LocationState {
@@ -30,6 +33,29 @@ export interface TransferState {
   readonly received: number;
 }
 
+/** Where a hold is in its life: `open` until it ends in exactly one of the other four. */
+export type HoldStatus = "open" | "released" | "fulfilled" | "expired" | "refused";
+
+/**
+ * One hold (an order line or checkout line) on units of the SKU at one location. The location's
+ * `reserved` is always the sum of `open` over its open holds.
+ */
+export interface HoldState {
+  readonly location: LocationId;
+  /** The channel the hold was made for, when the reserve named one. */
+  readonly channel: string | null;
+  /** What the reserve asked for. */
+  readonly qty: number;
+  /** What the hold still holds (0 once it is closed or refused). */
+  readonly open: number;
+  readonly status: HoldStatus;
+  /** When the hold lapses if nothing closes it first (ISO-8601), or null. */
+  readonly expiresAt: string | null;
+}
+
+/** The hold id of the one hold per SKU and location a ledger from before per-line holds migrated its reserved units to. */
+export const legacyHoldId = (location: LocationId | string): string => `legacy:${location}`;
+
 /** Everything the per-SKU rules need to decide a command. */
 export interface SkuState {
   readonly sku: Sku;
@@ -37,9 +63,14 @@ export interface SkuState {
   readonly locations: Readonly<Record<string, LocationState>>;
   /** Open transfers, keyed by transfer id; settled ones are removed. */
   readonly transfers: Readonly<Record<string, TransferState>>;
+  /**
+   * Holds keyed by hold id: every open one, and the closed ones a batch loaded or closed (a live
+   * actor keeps only its open holds between batches; closed ones are looked up when named).
+   */
+  readonly holds: Readonly<Record<string, HoldState>>;
 }
 
-/** A location never seen before: all zeros, and nothing to sell. */
+/** A location never seen before: all zeros, and nothing to sell yet. */
 export const emptyLocation: LocationState = {
   onHand: 0,
   reserved: 0,
@@ -47,10 +78,10 @@ export const emptyLocation: LocationState = {
   damaged: 0,
   safetyStock: 0,
   reorderPoint: 0,
-  status: "out",
+  status: "new",
 };
 
-export const initialSkuState = (sku: Sku): SkuState => ({ sku, locations: {}, transfers: {} });
+export const initialSkuState = (sku: Sku): SkuState => ({ sku, locations: {}, transfers: {}, holds: {} });
 
 /** The location's state, or `emptyLocation` when it has none yet. */
 export const locationOf = (state: SkuState, location: LocationId): LocationState =>
@@ -68,6 +99,8 @@ export type Movement =
   | "reserve"
   | "release"
   | "fulfill"
+  /** Goods shipped for an order line whose hold did not cover them: on hand only. */
+  | "fulfill_unreserved"
   | "adjust"
   | "count_variance"
   | "transfer_out"
@@ -111,6 +144,58 @@ export interface TransferReceived {
   readonly qty: number;
 }
 
+/** A reserve granted: hold `holdId` opens with `qty` (its reserved leg is a separate `stock_moved`). */
+export interface HoldOpened {
+  readonly type: "hold_opened";
+  readonly sku: Sku;
+  readonly location: LocationId;
+  readonly holdId: string;
+  readonly qty: number;
+  readonly channel: string | null;
+  readonly expiresAt: string | null;
+}
+
+/**
+ * A reserve refused (nothing written to the buckets): the hold is recorded as `refused`, and the
+ * event is published so the system that placed the order line can backorder or cancel it.
+ */
+export interface HoldRefused {
+  readonly type: "hold_refused";
+  readonly sku: Sku;
+  readonly location: LocationId;
+  readonly holdId: string;
+  readonly qty: number;
+  readonly channel: string | null;
+  /** What could have been held (clamped at 0). */
+  readonly available: number;
+  readonly reason: string;
+}
+
+/** A release or fulfill took `qty` from hold `holdId`; `open` is what it still holds, `status` where it is now. */
+export interface HoldReduced {
+  readonly type: "hold_reduced";
+  readonly sku: Sku;
+  readonly location: LocationId;
+  readonly holdId: string;
+  readonly qty: number;
+  readonly open: number;
+  readonly status: HoldStatus;
+}
+
+/**
+ * Goods shipped that no open hold covered (the hold was missing, closed, at another location or
+ * too small): recorded anyway, as `fulfill_unreserved`, and published naming the order line.
+ */
+export interface FulfillUnreserved {
+  readonly type: "fulfill_unreserved";
+  readonly sku: Sku;
+  readonly location: LocationId;
+  readonly holdId: string;
+  readonly qty: number;
+  /** Why the hold did not cover it: `unknown_hold`, `hold_closed`, `hold_elsewhere` or `exceeds_hold`. */
+  readonly reason: string;
+}
+
 export interface StatusChanged {
   readonly type: "status_changed";
   readonly sku: Sku;
@@ -151,9 +236,19 @@ export interface NegativeStock {
 }
 
 /** Published to channels; `evolve` ignores them. */
-export type StockNotification = LowStock | OutOfStock | BackInStock | NegativeStock;
+export type StockNotification = LowStock | OutOfStock | BackInStock | NegativeStock | FulfillUnreserved;
+
+/** A change to one hold (`hold_refused` is also published). */
+export type HoldEvent = HoldOpened | HoldRefused | HoldReduced;
 
 /** Everything `decide` can emit for a SKU. */
-export type SkuEvent = StockMoved | PolicySet | TransferShipped | TransferReceived | StatusChanged | StockNotification;
+export type SkuEvent =
+  | StockMoved
+  | PolicySet
+  | TransferShipped
+  | TransferReceived
+  | StatusChanged
+  | HoldEvent
+  | StockNotification;
 
 export type SkuEventType = SkuEvent["type"];

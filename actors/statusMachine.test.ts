@@ -28,17 +28,31 @@ describe("hysteresisBand", () => {
 });
 
 describe("statusMachine", () => {
-  it("starts out of stock", () => {
+  it("starts new: never stocked", () => {
     const [snapshot, actions] = initialTransition(statusMachine);
-    expect(snapshot.value).toBe("out");
+    expect(snapshot.value).toBe("new");
     expect(actions).toEqual([]);
   });
 
   it("is driven through xstate's pure transition()", () => {
     const [snapshot] = initialTransition(statusMachine);
-    const [next, actions] = transition(statusMachine, snapshot, { type: "levels", ...plain(5) });
+    const [first, silent] = transition(statusMachine, snapshot, { type: "levels", ...plain(5) });
+    expect(first.value).toBe("low");
+    expect(silent).toEqual([]);
+    const [out] = transition(statusMachine, first, { type: "levels", ...plain(0) });
+    const [next, actions] = transition(statusMachine, out, { type: "levels", ...plain(5) });
     expect(next.value).toBe("low");
     expect(actions.map((a) => a.type === "notify" && a.params.kind)).toEqual(["back_in_stock", "low_stock"]);
+  });
+
+  it("a location's first stock is not back in stock: new → in_stock or low notifies nothing", () => {
+    expect(nextStatus("new", plain(0))).toEqual({ status: "new", notifications: [] });
+    expect(nextStatus("new", plain(50))).toEqual({ status: "in_stock", notifications: [] });
+    expect(nextStatus("new", plain(3))).toEqual({ status: "low", notifications: [] });
+    expect(nextStatus("new", { onHand: -1, available: -1, reorderPoint: 0 })).toEqual({
+      status: "negative",
+      notifications: [{ type: "negative_stock", onHand: -1 }],
+    });
   });
 });
 

@@ -4,7 +4,9 @@
  * through xstate's pure `transition()`, and reads the target state and the
  * `notify` actions it would run. Notifications fire once per crossing, never
  * per sale, and `low → in_stock` needs the reorder point plus a hysteresis band
- * so a SKU hovering around its reorder point does not flap.
+ * so a SKU hovering around its reorder point does not flap. A location starts `new`: its first
+ * stock (onboarding, a snapshot's opening count, a first receipt) is not a crossing back into
+ * stock and notifies nothing; only an oversell of a never-stocked location is raised.
  */
 import { setup, transition } from "xstate";
 import { locationAvailable, type LocationState, type StockStatus } from "./state.ts";
@@ -63,8 +65,19 @@ export const statusMachine = setup({
   },
 }).createMachine({
   id: "stockStatus",
-  initial: "out",
+  initial: "new",
   states: {
+    new: {
+      description: "never had anything to promise: its first stock is not back in stock",
+      on: {
+        levels: [
+          { guard: "isNegative", target: "negative", actions: notify("negative_stock") },
+          { guard: "isOut" },
+          { guard: "isLow", target: "low" },
+          { target: "in_stock" },
+        ],
+      },
+    },
     in_stock: {
       description: "available above the reorder point",
       on: {

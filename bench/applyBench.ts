@@ -42,6 +42,7 @@ function makeCommands(n: number, prefix: string): Array<Command> {
       sku: `B-${i % SKUS}`,
       location: i % 2 ? "DC1" : "S01",
       qty: 1 + (i % 3),
+      ...(i % 3 === 2 ? { reservationId: `${prefix}:h${i}` } : {}),
       source: { system: "bench", ref: `r${i}` },
       occurredAt: "2026-11-26T10:00:00Z",
     });

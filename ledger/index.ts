@@ -7,12 +7,14 @@ export {
   claimPartition,
   commitBatch,
   knownCommandIds,
+  loadHolds,
   loadSkus,
   readCheckpoint,
 } from "./store.ts";
 export type {
   BalanceRow,
   BatchWrite,
+  HoldRow,
   LedgerEntry,
   OutboxRow,
   OutcomeRow,

@@ -34,6 +34,17 @@ export interface TransferRow {
   readonly shipped: number;
   readonly received: number;
 }
+/** One hold (order line or checkout line) as stored: its status and what it still holds. */
+export interface HoldRow {
+  readonly sku: string;
+  readonly holdId: string;
+  readonly location: string;
+  readonly channel: string | null;
+  readonly qty: number;
+  readonly open: number;
+  readonly status: string;
+  readonly expiresAt: string | null;
+}
 export interface OutcomeRow {
   readonly commandId: string;
   readonly streamSeq: number;
@@ -67,6 +78,8 @@ export interface BatchWrite {
   readonly skuLocations: ReadonlyArray<SkuLocationRow>;
   readonly transfers: ReadonlyArray<TransferRow>;
   readonly settledTransfers: ReadonlyArray<{ readonly sku: string; readonly transferId: string }>;
+  /** Holds opened, refused or reduced: their state after the batch. */
+  readonly holds: ReadonlyArray<HoldRow>;
   readonly outcomes: ReadonlyArray<OutcomeRow>;
   readonly outbox: ReadonlyArray<OutboxRow>;
 }
@@ -101,6 +114,7 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
   const sl = b.skuLocations;
   const tr = b.transfers;
   const st = b.settledTransfers;
+  const ho = b.holds;
   const o = b.outcomes;
   const ob = b.outbox;
   const [{ fenced }] = await sql<[{ fenced: number; notified: number }]>`
@@ -174,6 +188,20 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
       delete from transfers t
        using unnest(${col(st, (r) => r.sku)}::text[], ${col(st, (r) => r.transferId)}::text[]) as d(s, i)
        where t.sku = d.s and t.transfer_id = d.i and exists (select from fence)
+    ), holds_ as (
+      insert into holds (sku, hold_id, location, channel, qty, open_qty, status, expires_at, updated_at)
+      select s, i, l, c, q, oq, stt, ea, ${b.recordedAt} from unnest(
+        ${col(ho, (r) => r.sku)}::text[],
+        ${col(ho, (r) => r.holdId)}::text[],
+        ${col(ho, (r) => r.location)}::text[],
+        ${col(ho, (r) => r.channel)}::text[],
+        ${col(ho, (r) => r.qty)}::bigint[],
+        ${col(ho, (r) => r.open)}::bigint[],
+        ${col(ho, (r) => r.status)}::text[],
+        ${col(ho, (r) => r.expiresAt)}::timestamptz[]
+      ) as t(s, i, l, c, q, oq, stt, ea) where exists (select from fence)
+      on conflict (sku, hold_id) do update
+        set open_qty = excluded.open_qty, status = excluded.status, updated_at = excluded.updated_at
     ), outcomes as (
       insert into command_outcomes (command_id, partition, stream_seq, sku, type, status, reason, detail, recorded_at)
       select c, ${b.partition}, q, s, ty, stt, r, d, ${b.recordedAt} from unnest(
@@ -237,15 +265,52 @@ export interface StoredSku {
   readonly balances: ReadonlyArray<BalanceRow>;
   readonly locations: ReadonlyArray<SkuLocationRow>;
   readonly transfers: ReadonlyArray<TransferRow>;
+  /** The SKU's open holds (closed ones are loaded only when a command names them: `loadHolds`). */
+  readonly holds: ReadonlyArray<HoldRow>;
 }
 
-/** Loads the stored state of many SKUs in four queries. */
+interface HoldDbRow {
+  sku: string;
+  hold_id: string;
+  location: string;
+  channel: string | null;
+  qty: number;
+  open_qty: number;
+  status: string;
+  expires_at: Date | null;
+}
+
+const holdOf = (h: HoldDbRow): HoldRow => ({
+  sku: h.sku,
+  holdId: h.hold_id,
+  location: h.location,
+  channel: h.channel,
+  qty: h.qty,
+  open: h.open_qty,
+  status: h.status,
+  expiresAt: h.expires_at === null ? null : h.expires_at.toISOString(),
+});
+
+/** The stored holds among these (SKU, hold id) pairs, whatever their status. */
+export async function loadHolds(sql: Sql, named: ReadonlyArray<{ readonly sku: string; readonly holdId: string }>): Promise<Array<HoldRow>> {
+  if (named.length === 0) return [];
+  const rows = await sql<Array<HoldDbRow>>`
+    select h.sku, h.hold_id, h.location, h.channel, h.qty, h.open_qty, h.status, h.expires_at
+      from unnest(${sql.array(named.map((n) => n.sku))}::text[], ${sql.array(named.map((n) => n.holdId))}::text[]) as t(s, i)
+      join holds h on h.sku = t.s and h.hold_id = t.i`;
+  return rows.map(holdOf);
+}
+
+/** Loads the stored state of many SKUs in five queries. */
 export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<Map<string, StoredSku>> {
-  const out = new Map<string, { head: SkuHeadRow | undefined; balances: Array<BalanceRow>; locations: Array<SkuLocationRow>; transfers: Array<TransferRow> }>();
-  for (const sku of skus) out.set(sku, { head: undefined, balances: [], locations: [], transfers: [] });
+  const out = new Map<
+    string,
+    { head: SkuHeadRow | undefined; balances: Array<BalanceRow>; locations: Array<SkuLocationRow>; transfers: Array<TransferRow>; holds: Array<HoldRow> }
+  >();
+  for (const sku of skus) out.set(sku, { head: undefined, balances: [], locations: [], transfers: [], holds: [] });
   if (skus.length === 0) return out;
   const list = sql.array(skus as Array<string>);
-  const [heads, balances, locations, transfers] = await Promise.all([
+  const [heads, balances, locations, transfers, holds] = await Promise.all([
     sql<Array<{ sku: string; seq: number; last_hash: string; version: number }>>`
       select sku, seq, last_hash, version from sku_heads where sku = any(${list}::text[])`,
     sql<Array<BalanceRow>>`select sku, location, bucket, qty from balances where sku = any(${list}::text[])`,
@@ -253,7 +318,11 @@ export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<M
       select sku, location, safety_stock, reorder_point, status from sku_locations where sku = any(${list}::text[])`,
     sql<Array<{ sku: string; transfer_id: string; from_location: string; to_location: string; shipped: number; received: number }>>`
       select sku, transfer_id, from_location, to_location, shipped, received from transfers where sku = any(${list}::text[])`,
+    sql<Array<HoldDbRow>>`
+      select sku, hold_id, location, channel, qty, open_qty, status, expires_at
+        from holds where sku = any(${list}::text[]) and status = 'open'`,
   ]);
+  for (const h of holds) out.get(h.sku)!.holds.push(holdOf(h));
   for (const h of heads) out.get(h.sku)!.head = { sku: h.sku, seq: h.seq, lastHash: h.last_hash, version: h.version };
   for (const b of balances) out.get(b.sku)!.balances.push({ sku: b.sku, location: b.location, bucket: b.bucket, qty: b.qty });
   for (const l of locations)

@@ -1,5 +1,6 @@
 import type { Sql } from "postgres";
 import { GENESIS_HASH, entryHash } from "./hash.ts";
+import { verifyHolds } from "./verifyHolds.ts";
 
 export interface VerifyProblem {
   readonly sku: string;
@@ -162,5 +163,6 @@ export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: numb
       if (missing) problem = { sku: missing, entryId: null, commandId: null, message: "entries exist but the SKU has no head" };
     }
   }
+  if (!problem) problem = await verifyHolds(sql);
   return { ok: problem === null, entries, skus, balances: balanceRows, problem };
 }

@@ -36,7 +36,7 @@ describe("GET /v1/availability", () => {
     await apply([
       cmd("receive", "AV-1", "DC1", { qty: 10 }),
       cmd("receive", "AV-1", "S01", { qty: 5 }),
-      cmd("reserve", "AV-1", "S01", { qty: 1 }),
+      cmd("reserve", "AV-1", "S01", { qty: 1, reservationId: "AV-1:1" }),
       cmd("set_policy", "AV-1", "S01", { safetyStock: 1, reorderPoint: 2 }),
       cmd("receive", "AV-2", "DC1", { qty: 3 }),
       cmd("receive", "AV-DC", "DC9", { qty: 3 }),

@@ -35,6 +35,7 @@ describe("fencing", () => {
       skuLocations: [],
       transfers: [],
       settledTransfers: [],
+      holds: [],
       outcomes: [{ commandId: "fenced-1", streamSeq: 999_999, sku: "FENCED", type: "receive", status: "applied" as const, reason: null, detail: null }],
       outbox: [],
     };

@@ -204,7 +204,7 @@ describe("the ledger", () => {
     command("L:a1", "receive", "SKU-A", "DC1", 10),
     command("L:a2", "sell", "SKU-A", "DC1", 2),
     command("L:a3", "receive", "SKU-A", "S01", 5),
-    command("L:a4", "reserve", "SKU-A", "DC1", 3),
+    command("L:a4", "reserve", "SKU-A", "DC1", 3, { reservationId: "L:a4" }),
     command("L:b1", "receive", "SKU-B", "S01", 7),
     command("L:b2", "adjust", "SKU-B", "S01", -1, { reason: "shrink" }),
   ];

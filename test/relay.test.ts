@@ -49,7 +49,7 @@ describe("the outbox relay", () => {
     const sku = "EVT-1";
     await applyAll([
       cmd("set_policy", sku, { safetyStock: 0, reorderPoint: 5 }),
-      cmd("receive", sku, { qty: 20 }),
+      cmd("receive", sku, { qty: 20 }), // its first stock: not a return to stock, so no back_in_stock
       ...Array.from({ length: 20 }, () => cmd("sell", sku, { qty: 1 })), // 20 → 0: crosses low once, out once
       cmd("sell", sku, { qty: 2 }), // → −2: negative
       cmd("sell", sku, { qty: 1 }), // still negative: nothing new
@@ -59,8 +59,8 @@ describe("the outbox relay", () => {
       (e) => (e.data as { sku: string }).sku === sku,
     );
     const types = events.map((e) => e.subject.split(".").pop());
-    expect(types).toEqual(["back_in_stock", "low_stock", "out_of_stock", "negative_stock", "back_in_stock"]);
-    const low = events[1]!.data as { replenishment_requested: { reorderPoint: number; shortfall: number } };
+    expect(types).toEqual(["low_stock", "out_of_stock", "negative_stock", "back_in_stock"]);
+    const low = events[0]!.data as { replenishment_requested: { reorderPoint: number; shortfall: number } };
     expect(low.replenishment_requested.reorderPoint).toBe(5);
     expect(low.replenishment_requested.shortfall).toBeGreaterThanOrEqual(0);
     const instance = await instanceId(h.sql);
@@ -69,7 +69,7 @@ describe("the outbox relay", () => {
   });
 
   it("publishes rejections as command_rejected events", async () => {
-    await applyAll([cmd("reserve", "EVT-2", { qty: 3 })]);
+    await applyAll([cmd("reserve", "EVT-2", { qty: 3, reservationId: "EVT-2:1" })]);
     const rejected = await readStream(h, h.topology.eventsStream, h.topology.eventSubject("command_rejected"));
     expect(rejected.map((e) => e.data)).toContainEqual(
       expect.objectContaining({ sku: "EVT-2", reason: "insufficient_stock", commandType: "reserve" }),
@@ -79,7 +79,7 @@ describe("the outbox relay", () => {
   it("publishes availability per channel to KV and to availability subjects, with the SKU's ledger sequence", async () => {
     const sku = "AV-1";
     await applyAll([cmd("receive", sku, { qty: 10 })]);
-    await applyAll([cmd("reserve", sku, { qty: 3 })]);
+    await applyAll([cmd("reserve", sku, { qty: 3, reservationId: "AV-1:1" })]);
     const web = (await h.nats.availability.get(`web.${sku}`))!.json<Record<string, unknown>>();
     // web = DC1 + S01, buffer 2: 10 − 3 − 2
     expect(web).toMatchObject({ channel: "web", sku, available: 5, onHand: 10, reserved: 3, status: "in_stock", seq: 2 });
@@ -91,7 +91,7 @@ describe("the outbox relay", () => {
 
   it("coalesces a batch's changes of one SKU into one projection per channel", async () => {
     const sku = "AV-2";
-    await applyAll([cmd("receive", sku, { qty: 10 }), cmd("reserve", sku, { qty: 3 }), cmd("release", sku, { qty: 1 })]);
+    await applyAll([cmd("receive", sku, { qty: 10 }), cmd("reserve", sku, { qty: 3, reservationId: "AV-2:1" }), cmd("release", sku, { qty: 1, reservationId: "AV-2:1" })]);
     const updates = await readStream(h, h.topology.availabilityStream, h.topology.availabilitySubject("web", sku));
     expect(updates.length).toBeLessThanOrEqual(3);
     expect(updates.at(-1)!.data).toMatchObject({ seq: 3, reserved: 2, available: 6 });

@@ -64,8 +64,8 @@ async function submitDeadLetters(): Promise<Array<{ subject: string; letter: Rec
 // Stock for S-1 at DC1: 10 received, 4 reserved, so a hold of 20 must be refused.
 const first = [
   command("s:r1", "receive", "S-1", "DC1", 10),
-  command("s:h1", "reserve", "S-1", "DC1", 4),
-  command("s:h2", "reserve", "S-1", "DC1", 20),
+  command("s:h1", "reserve", "S-1", "DC1", 4, { reservationId: "s:h1" }),
+  command("s:h2", "reserve", "S-1", "DC1", 20, { reservationId: "s:h2" }),
   command("s:s1", "sell", "S-1", "DC1", 1),
   command("s:r2", "receive", "S-2", "S01", 3),
 ];
@@ -169,9 +169,9 @@ describe("tally submit <file>", () => {
       file,
       ndjson([
         command("f:r1", "receive", "S-5", "S01", 6),
-        command("f:h1", "reserve", "S-5", "S01", 2),
-        command("f:h2", "reserve", "S-5", "S01", 10),
-        command("f:x1", "release", "S-5", "S01", 1),
+        command("f:h1", "reserve", "S-5", "S01", 2, { reservationId: "f:h1" }),
+        command("f:h2", "reserve", "S-5", "S01", 10, { reservationId: "f:h2" }),
+        command("f:x1", "release", "S-5", "S01", 1, { reservationId: "f:h1" }),
       ]),
     );
     const r = await submit([file, "--wait"]);

@@ -449,7 +449,7 @@ describe("shop order lines", () => {
         qty: 3,
         ref: "order_lines:WEB-1001:2",
         occurredAt: T0_ISO,
-        fields: { reservationId: "WEB-1001:2" },
+        fields: { reservationId: "shop:WEB-1001:2" },
       },
     ]);
   });
@@ -464,11 +464,11 @@ describe("shop order lines", () => {
         qty: 3,
         ref: "order_lines:WEB-1001:2",
         occurredAt: T1_ISO,
-        fields: { reservationId: "WEB-1001:2" },
+        fields: { reservationId: "shop:WEB-1001:2" },
       },
     ]);
     expect(commandsOf(shopOrderLines(shop("order_lines", "update", { old: placed, new: at("shipped") })))).toMatchObject([
-      { type: "fulfill", id: "shop:order:WEB-1001:2:fulfill", qty: 3, fields: { reservationId: "WEB-1001:2" } },
+      { type: "fulfill", id: "shop:order:WEB-1001:2:fulfill", qty: 3, fields: { reservationId: "shop:WEB-1001:2" } },
     ]);
   });
 
@@ -587,7 +587,7 @@ describe("resolved through the crosswalk", () => {
     const fix = erpItems(erp("items", "update", { old: ITEM_ROWS.juice, new: { ...ITEM_ROWS.juice, shop_sku: "W-NEW" } })) as MappingResult;
     cw.apply(fix.items ?? [], fix.removeItems ?? []);
     const r = resolveOne(cw, line, shopOrderLines);
-    expect(r.kind === "commands" && r.commands[0]).toMatchObject({ id: "shop:order:WEB-8:1:reserve", sku: "SKU-0003", qty: 1, reservationId: "WEB-8:1" });
+    expect(r.kind === "commands" && r.commands[0]).toMatchObject({ id: "shop:order:WEB-8:1:reserve", sku: "SKU-0003", qty: 1, reservationId: "shop:WEB-8:1" });
     // The old shop code is no longer the juice.
     expect(cw.lookup("shop_sku", "W-0003")).toBeUndefined();
   });

@@ -356,14 +356,17 @@ function orderLineCommand(type: "reserve" | "release" | "fulfill", source: strin
     qty: row.int("qty"),
     ref: `order_lines:${order}:${line}`,
     ...(occurredAt !== undefined ? { occurredAt } : {}),
-    fields: { reservationId: `${order}:${line}` },
+    fields: { reservationId: `${source}:${order}:${line}` },
   };
 }
 
 /**
  * Order lines: inserted `placed` → reserve; `placed → cancelled` → release; `placed → shipped` →
  * fulfill; a deleted placed line → release. Returns arrive through `returns`, so `→ returned` and
- * every other transition has no stock effect. Ids are `<source>:order:<order>:<line>:<type>`.
+ * every other transition has no stock effect. Ids are `<source>:order:<order>:<line>:<type>`; each
+ * names the order line's hold, `<source>:<order>:<line>`. A line whose reserve was refused (the
+ * `hold_refused` event tells the shop) still ships or cancels: its release is a rejected no-op and
+ * its shipment is recorded as goods leaving on hand (`fulfill_unreserved`).
  */
 export const shopOrderLines: TableMapping = (c) => {
   if (c.op === "delete") {

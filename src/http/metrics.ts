@@ -112,6 +112,7 @@ export class ApiMetrics {
       workerCounter("tally_worker_batches", "Batches committed by this process's worker", () => worker.metrics.batches);
       workerCounter("tally_worker_dead_lettered", "Undecodable commands dead-lettered by this process's worker", () => worker.metrics.deadLettered);
       workerCounter("tally_worker_duplicates_skipped", "Commands skipped as already applied", () => worker.metrics.skippedDuplicate);
+      workerCounter("tally_worker_holds_refused", "Reserves this process's worker refused for want of stock (each published as hold_refused)", () => worker.metrics.holdsRefused);
       workerCounter("tally_worker_retries", "Batch retries after a failure", () => worker.metrics.retries);
       workerCounter(
         "tally_worker_duplicate_retries",

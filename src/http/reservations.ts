@@ -4,7 +4,9 @@
  * for the last unit cannot both win. A cart succeeds or fails whole: when any line is refused, the
  * lines already held are released. Every command id is deterministic from the reservation
  * (`res:<id>:<line>:<attempt>`, `res:<id>:<line>:release|fulfill`), so a retry, a second process
- * or the sweeper after a restart can re-drive it without doing anything twice.
+ * or the sweeper after a restart can re-drive it without doing anything twice. Each attempt is its
+ * own hold in the ledger, named by its reserve command's id (a channel line refused at one location
+ * and tried at another leaves a refused hold behind); release and fulfil name the held attempt.
  */
 import { randomUUID } from "node:crypto";
 import type { Sql } from "postgres";
@@ -279,7 +281,7 @@ export class Reservations {
       if (!outcome) {
         const waiting = outcomes.wait([commandId], Math.max(0, deadline - Date.now()));
         try {
-          await this.#publish([this.#command("reserve", row.id, l, commandId, this.#scope(row))]);
+          await this.#publish([this.#command("reserve", row.id, l, commandId, { scope: this.#scope(row) })]);
         } catch (error) {
           waiting.cancel();
           await waiting.done;
@@ -330,15 +332,23 @@ export class Reservations {
     return channel ? { channel: row.channel!, locations: channel.locations as ReserveScope["locations"], buffer: channel.buffer } : undefined;
   }
 
-  #command(type: "reserve" | "release" | "fulfill", reservationId: string, l: LineRow, id: string, scope?: ReserveScope): Command {
+  /** A line's command; its hold is the line's current attempt, named by that attempt's reserve command id. */
+  #command(
+    type: "reserve" | "release" | "fulfill",
+    reservationId: string,
+    l: LineRow,
+    id: string,
+    opts: { readonly scope?: ReserveScope | undefined; readonly expired?: boolean } = {},
+  ): Command {
     const decoded = decodeCommand({
-      ...(scope ? { scope } : {}),
+      ...(opts.scope ? { scope: opts.scope } : {}),
+      ...(opts.expired ? { expired: true } : {}),
       id,
       type,
       sku: l.sku,
       location: l.location,
       qty: l.qty,
-      reservationId,
+      reservationId: l.command_id,
       source: { system: "api", ref: `reservation:${reservationId}` },
       occurredAt: new Date().toISOString(),
     });
@@ -352,10 +362,17 @@ export class Reservations {
     for (const c of commands) this.deps.metrics.commandsIn.inc({ type: c.type, source: c.source.system });
   }
 
-  /** Publishes release/fulfill for these held lines (PubAck: durable), then marks them. */
-  async #settle(id: string, lines: ReadonlyArray<LineRow>, type: "release" | "fulfill", state: LineState, sql: Sql = this.deps.sql): Promise<void> {
+  /** Publishes release/fulfill for these held lines (PubAck: durable), then marks them; `expired`: their holds lapsed. */
+  async #settle(
+    id: string,
+    lines: ReadonlyArray<LineRow>,
+    type: "release" | "fulfill",
+    state: LineState,
+    sql: Sql = this.deps.sql,
+    expired = false,
+  ): Promise<void> {
     if (lines.length === 0) return;
-    const commands = lines.map((l) => this.#command(type, id, l, `res:${id}:${l.line}:${type}`));
+    const commands = lines.map((l) => this.#command(type, id, l, `res:${id}:${l.line}:${type}`, { expired }));
     await this.#publish(commands);
     this.deps.log.info({ reservationId: id, commandIds: commands.map((c) => c.id) }, `reservation lines ${type}d`);
     await sql`
@@ -456,7 +473,7 @@ export class Reservations {
            order by expires_at limit 50 for update skip locked`;
         for (const { id } of due) {
           const lines = await this.#lines(tx as unknown as Sql, id);
-          await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released", tx as unknown as Sql);
+          await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released", tx as unknown as Sql, true);
           await tx`update reservations set status = 'expired', updated_at = now() where id = ${id}`;
           this.deps.metrics.reservations.inc({ outcome: "expired" });
         }

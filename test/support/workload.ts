@@ -35,6 +35,12 @@ export function generateCommands(count: number, skus: number, seed = 1, prefix =
   const int = (lo: number, hi: number) => lo + Math.floor(r() * (hi - lo + 1));
   const out: Array<RawCommand> = [];
   const openTransfers: Array<{ id: string; sku: string; from: string; to: string; qty: number }> = [];
+  const holds: Array<{ id: string; sku: string; location: string }> = [];
+  // A release or fulfil names a hold reserved before (mostly at its own location), or now and then one never reserved.
+  const holdFor = (sku: string, location: string, i: number) => {
+    const h = holds.length > 0 && r() < 0.9 ? holds[Math.floor(r() * holds.length)]! : { id: `${prefix}:h-none-${i}`, sku, location };
+    return { sku: h.sku, location: r() < 0.95 ? h.location : location, reservationId: h.id };
+  };
   const base = Date.parse("2026-11-26T08:00:00Z");
   for (let i = 0; i < count; i++) {
     const sku = `SKU-${int(0, skus - 1)}`;
@@ -50,9 +56,11 @@ export function generateCommands(count: number, skus: number, seed = 1, prefix =
     let c: RawCommand;
     if (roll < 0.22) c = { ...common, type: "receive", qty: int(1, 40) };
     else if (roll < 0.42) c = { ...common, type: "sell", qty: int(1, 6) };
-    else if (roll < 0.6) c = { ...common, type: "reserve", qty: int(1, 12) };
-    else if (roll < 0.67) c = { ...common, type: "release", qty: int(1, 6) };
-    else if (roll < 0.74) c = { ...common, type: "fulfill", qty: int(1, 6) };
+    else if (roll < 0.6) {
+      c = { ...common, type: "reserve", qty: int(1, 12), reservationId: `${prefix}:h${i}` };
+      holds.push({ id: `${prefix}:h${i}`, sku, location });
+    } else if (roll < 0.67) c = { ...common, type: "release", qty: int(1, 6), ...holdFor(sku, location, i) };
+    else if (roll < 0.74) c = { ...common, type: "fulfill", qty: int(1, 6), ...holdFor(sku, location, i) };
     else if (roll < 0.78) c = { ...common, type: "return", qty: int(1, 3), restockable: r() < 0.7 };
     else if (roll < 0.82) c = { ...common, type: "adjust", qty: pick([-3, -2, -1, 1, 2, 5]), reason: pick(["shrink", "damage", "found"]) };
     else if (roll < 0.85) c = { ...common, type: "count", qty: int(0, 50) };
@@ -93,6 +101,14 @@ export interface Expectation {
   readonly entriesBySku: Map<string, number>;
   /** `${sku}|${location}` pairs changed by an applied command (their availability is published). */
   readonly touched: Set<string>;
+  /** Holds keyed `${sku}|${holdId}`: where, what is still open, and the status. */
+  readonly holds: Map<string, ModelHold>;
+}
+
+export interface ModelHold {
+  location: string;
+  open: number;
+  status: "open" | "released" | "fulfilled" | "expired" | "refused";
 }
 
 /** Applies unique commands in order, as DESIGN.md's table says, and counts the legs each writes. */
@@ -103,6 +119,7 @@ export function expectationOf(commands: ReadonlyArray<RawCommand>): Expectation 
   const rejected = new Map<string, string>();
   const entriesBySku = new Map<string, number>();
   const touched = new Set<string>();
+  const holds = new Map<string, ModelHold>();
   let entries = 0;
   const seen = new Set<string>();
   const at = (sku: string, loc: string): ModelLocation => {
@@ -132,28 +149,52 @@ export function expectationOf(commands: ReadonlyArray<RawCommand>): Expectation 
         else l.on_hand += q;
         legs = 1;
         break;
-      case "reserve":
-        if (l.on_hand - l.reserved - l.safetyStock < q) reject = "insufficient_stock";
-        else {
+      // A hold is one order line: a reserve opens it (or records it refused); a release or fulfil acts
+      // on it alone and never beyond what it has open; a fulfil is a fact, so what the hold does not
+      // cover still leaves on hand (a third leg).
+      case "reserve": {
+        const key = `${c.sku}|${c.reservationId as string}`;
+        if (holds.has(key)) reject = "hold_exists";
+        else if (l.on_hand - l.reserved - l.safetyStock < q) {
+          reject = "insufficient_stock";
+          holds.set(key, { location: c.location, open: 0, status: "refused" });
+        } else {
           l.reserved += q;
+          holds.set(key, { location: c.location, open: q, status: "open" });
           legs = 1;
         }
         break;
-      case "release":
-        if (q > l.reserved) reject = "exceeds_reserved";
+      }
+      case "release": {
+        const h = holds.get(`${c.sku}|${c.reservationId as string}`);
+        if (!h || h.status === "refused") reject = "unknown_hold";
+        else if (h.status !== "open") reject = "hold_closed";
+        else if (h.location !== c.location) reject = "hold_elsewhere";
         else {
-          l.reserved -= q;
+          const taken = c.expired === true ? h.open : Math.min(q, h.open);
+          l.reserved -= taken;
+          h.open -= taken;
+          if (h.open === 0) h.status = c.expired === true ? "expired" : "released";
           legs = 1;
         }
         break;
-      case "fulfill":
-        if (q > l.reserved) reject = "exceeds_reserved";
-        else {
-          l.reserved -= q;
-          l.on_hand -= q;
-          legs = 2;
+      }
+      case "fulfill": {
+        const h = holds.get(`${c.sku}|${c.reservationId as string}`);
+        const covered = h && h.status === "open" && h.location === c.location ? Math.min(q, h.open) : 0;
+        if (covered > 0) {
+          l.reserved -= covered;
+          l.on_hand -= covered;
+          h!.open -= covered;
+          if (h!.open === 0) h!.status = "fulfilled";
+          legs += 2;
+        }
+        if (q > covered) {
+          l.on_hand -= q - covered;
+          legs += 1;
         }
         break;
+      }
       case "adjust":
         l.on_hand += q;
         legs = 1;
@@ -206,7 +247,7 @@ export function expectationOf(commands: ReadonlyArray<RawCommand>): Expectation 
       entriesBySku.set(c.sku, (entriesBySku.get(c.sku) ?? 0) + legs);
     }
   }
-  return { locations, applied, rejected, entries, entriesBySku, touched };
+  return { locations, applied, rejected, entries, entriesBySku, touched, holds };
 }
 
 /** What a channel may sell: per location max(0, on_hand − reserved − safety), summed, less the buffer. */

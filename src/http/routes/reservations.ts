@@ -141,7 +141,7 @@ export async function reservationRoutes(app: FastifyInstance, { ctx }: { ctx: Ap
         let parts: Array<{ sku: string; qty: number }> = [{ sku: l.sku, qty: l.qty }];
         try {
           const r = crosswalk.resolve(
-            { type: "reserve", item: { system: "sku", id: l.sku }, location: location ?? "ANY", qty: l.qty },
+            { type: "reserve", item: { system: "sku", id: l.sku }, location: location ?? "ANY", qty: l.qty, fields: { reservationId: "res:resolve" } },
             { source: "api", id: "res:resolve", ref: "reservation", occurredAt: new Date().toISOString() },
           );
           if (r.kind === "skipped") throw new ApiError(400, "invalid_request", `${path}.sku: ${l.sku} is not an inventory item`, { issues: [{ path: `${path}.sku`, message: "is not an inventory item" }] });
