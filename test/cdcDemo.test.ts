@@ -43,6 +43,19 @@ describe("CDC from the demo ERP and shop, end to end", () => {
     expect(n).toBe(23);
   });
 
+  it("onboarding does not flood channels: the snapshot's opening stock raises no back_in_stock", async () => {
+    await eventually("the outbox to drain", async () => {
+      const [{ pending }] = await h.sql<[{ pending: number }]>`select count(*)::int as pending from outbox`;
+      return pending === 0;
+    });
+    const events = await readStream(h, h.topology.eventsStream, h.topology.eventSubject(">"));
+    expect(events.filter((e) => e.subject.endsWith(".back_in_stock"))).toEqual([]);
+    // The locations did come into stock (a crossing recorded, not announced).
+    const [{ stocked }] = await h.sql<[{ stocked: number }]>`
+      select count(*)::int as stocked from sku_locations where status in ('in_stock', 'low')`;
+    expect(stocked).toBeGreaterThan(10);
+  });
+
   it("maps ERP receipts with units (3 CASE of 12 = 36 EA; 1.25 KG = 1250 g), adjustments and counts", async () => {
     const before = await bucket("SKU-0001", "DC1");
     const bananas = await bucket("SKU-BANANAS", "S01");
@@ -137,6 +150,36 @@ describe("CDC from the demo ERP and shop, end to end", () => {
     await demo.erp`insert into goods_receipts (item_no, location, qty, uom) values ('100009', 'S01', 2, 'CASE')`;
     const before = opening("SKU-0009", "S01");
     await eventually("48 more", async () => (await bucket("SKU-0009", "S01")) === before + 48);
+  });
+
+  it("holds each shop order line apart: B's refused line cannot release A's units, A ships all 5 (the A/B scenario)", async () => {
+    await demo.erp`
+      insert into items (item_no, sku, description, kind, base_uom, shop_sku) values ('100088', 'SKU-AB', 'A/B item', 'stock', 'EA', 'W-AB')`;
+    await demo.erp`insert into goods_receipts (item_no, location, qty) values ('100088', 'DC1', 5)`;
+    await eventually("5 on hand", async () => (await bucket("SKU-AB", "DC1")) === 5);
+    const outcome = async (id: string) =>
+      (await h.sql<Array<{ status: string; reason: string | null }>>`select status, reason from command_outcomes where command_id = ${id}`)[0];
+    await demo.shop`insert into orders (order_id) values ('AB-A'), ('AB-B')`;
+    await demo.shop`insert into order_lines (order_id, line_no, shop_sku, location, qty) values ('AB-A', 1, 'W-AB', 'DC1', 5)`;
+    await eventually("A's hold", async () => (await bucket("SKU-AB", "DC1", "reserved")) === 5);
+    await demo.shop`insert into order_lines (order_id, line_no, shop_sku, location, qty) values ('AB-B', 1, 'W-AB', 'DC1', 3)`;
+    await eventually("B refused", async () => (await outcome("shop:order:AB-B:1:reserve"))?.reason === "insufficient_stock");
+    await demo.shop`update order_lines set status = 'cancelled' where order_id = 'AB-B'`;
+    await eventually("B's release rejected", async () => (await outcome("shop:order:AB-B:1:release"))?.reason === "unknown_hold");
+    await demo.shop`update order_lines set status = 'shipped' where order_id = 'AB-A'`;
+    await eventually("A shipped", async () => (await outcome("shop:order:AB-A:1:fulfill"))?.status === "applied");
+    expect(await bucket("SKU-AB", "DC1")).toBe(0);
+    expect(await bucket("SKU-AB", "DC1", "reserved")).toBe(0);
+    const holds = await h.sql<Array<{ hold_id: string; status: string }>>`select hold_id, status from holds where sku = 'SKU-AB' order by hold_id`;
+    expect(holds).toEqual([
+      { hold_id: "shop:AB-A:1", status: "fulfilled" },
+      { hold_id: "shop:AB-B:1", status: "refused" },
+    ]);
+    // The shop hears of the line it could not hold.
+    await eventually("hold_refused for B's line", async () => {
+      const events = await readStream(h, h.topology.eventsStream, h.topology.eventSubject("hold_refused"));
+      return events.some((e) => (e.data as { holdId: string }).holdId === "shop:AB-B:1");
+    });
   });
 
   it("dead-letters a quantity that is not whole in base units (1.5 EA)", async () => {
