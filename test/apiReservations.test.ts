@@ -228,6 +228,10 @@ describe("commit, fulfill, release", () => {
     expect(got.json()).toMatchObject({ status: "expired", expiresAt: null, lines: [{ state: "released" }] });
     const [o] = await api.sql<Array<{ status: string }>>`select status from command_outcomes where command_id = ${`res:${id}:1:release`}`;
     expect(o?.status).toBe("applied");
+    // The line's hold (named by its reserve command) ends in exactly one terminal state: expired.
+    const holds = await api.sql<Array<{ hold_id: string; status: string; open_qty: number }>>`
+      select hold_id, status, open_qty from holds where sku = 'EXP-1'`;
+    expect(holds.map((x) => ({ ...x, open_qty: Number(x.open_qty) }))).toEqual([{ hold_id: `res:${id}:1:1`, status: "expired", open_qty: 0 }]);
     const commit = await api.call({ method: "POST", url: `/v1/reservations/${id}/commit`, as: "reserver" });
     expect(commit.json()).toMatchObject({ error: "reservation_expired" });
   });

@@ -289,3 +289,30 @@ describe("the hold model", () => {
     expect((await verifyLedger(h.sql)).ok).toBe(true);
   }, 240_000);
 });
+
+describe("holds with an expiry of their own", () => {
+  it("lapse once past their time: the sweep releases them and they end expired, once", async () => {
+    const { expireDueHolds } = await import("../src/holdExpiry.ts");
+    const sku = "EX-1";
+    const past = new Date(Date.now() - 60_000).toISOString();
+    const future = new Date(Date.now() + 3_600_000).toISOString();
+    await apply([
+      command("receive", sku, 10),
+      command("reserve", sku, 3, { reservationId: "shop:E-1:1", expiresAt: past }),
+      command("reserve", sku, 2, { reservationId: "shop:E-2:1", expiresAt: future }),
+      reserve(sku, "shop:E-3:1", 1),
+    ]);
+    const first = await expireDueHolds(h.sql, h.nats.js, h.topology);
+    expect(first.failed).toEqual([]);
+    expect(first.published).toBeGreaterThanOrEqual(1);
+    await eventually("the hold to lapse", async () => (await hold(sku, "shop:E-1:1"))?.status === "expired");
+    expect(await hold(sku, "shop:E-1:1")).toEqual({ status: "expired", open: 0, qty: 3 });
+    expect(await hold(sku, "shop:E-2:1")).toEqual({ status: "open", open: 2, qty: 2 });
+    expect(await buckets(sku)).toMatchObject({ on_hand: 10, reserved: 3 });
+    // Nothing is due any more; a later shipment of the lapsed line leaves on hand unreserved.
+    const again = await expireDueHolds(h.sql, h.nats.js, h.topology);
+    expect(again.published).toBe(0);
+    const [{ n }] = await h.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes where command_id like 'hold-expiry:%' and sku = ${sku}`;
+    expect(n).toBe(1);
+  });
+});

@@ -14,6 +14,7 @@ import type { Logger } from "pino";
 import { decodeCommand, type Command, type ReserveScope } from "../../actors/index.ts";
 import type { ChannelConfig } from "../configFile.ts";
 import type { NatsHandles } from "../nats.ts";
+import { expireDueHolds } from "../holdExpiry.ts";
 import { publishCommands } from "../publisher.ts";
 import type { Topology } from "../topology.ts";
 import { payloadHash } from "../ingest/posTransaction.ts";
@@ -482,6 +483,9 @@ export class Reservations {
       expired += n;
       if (n < 50 || this.#stopped) break;
     }
+    // Holds with an expiry of their own (from a CDC mapping) lapse here too.
+    const holds = await expireDueHolds(sql, this.deps.nats.js, this.deps.topology);
+    for (const f of holds.failed) this.deps.log.warn({ sku: f.sku, holdId: f.holdId, reason: f.message }, "cannot expire hold: it stays open");
     let redriven = 0;
     const stale = await sql<Array<{ id: string }>>`
       select id from reservations where status = 'pending' and (claimed_until is null or claimed_until < now())
