@@ -3,7 +3,7 @@ import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
 import type { Command, LocationId, Sku } from "./command.ts";
 import { decide, evolve } from "./decider.ts";
 import type { Bucket, HoldState, HoldStatus, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
-import { emptyLocation, initialSkuState, locationAvailable } from "./state.ts";
+import { atLeastZero, emptyLocation, initialSkuState, locationAvailable } from "./state.ts";
 
 /** A live SKU actor's memory: its rules state and the head of its ledger chain. */
 export interface ActorState {
@@ -87,7 +87,7 @@ export function actorFromStored(sku: string, stored: StoredSku | undefined): Act
     };
   for (const b of stored.balances) {
     const field = BUCKET_FIELD[b.bucket as Bucket];
-    if (field) locations[b.location] = { ...at(b.location), [field]: b.qty };
+    if (field) locations[b.location] = { ...at(b.location), [field]: BigInt(b.qty) };
   }
   const holds: Record<string, HoldState> = {};
   for (const h of stored.holds) holds[h.holdId] = holdFromRow(h);
@@ -343,13 +343,16 @@ export function planBatch(input: PlanInput): Plan {
   };
 }
 
-/** What one channel may sell of a SKU: the sum over its locations, each clamped at 0, less the buffer. */
+/**
+ * What one channel may sell of a SKU: the sum over its locations, each clamped at 0, less the buffer.
+ * Quantities are exact (bigint); as JSON they are numbers, or decimal strings past 2^53 (`quantityJson`).
+ */
 export interface Availability {
   readonly channel: string;
   readonly sku: string;
-  readonly available: number;
-  readonly onHand: number;
-  readonly reserved: number;
+  readonly available: bigint;
+  readonly onHand: bigint;
+  readonly reserved: bigint;
   readonly status: "in_stock" | "low" | "out";
   /** The SKU's ledger sequence: a reader drops a projection older than one it has. */
   readonly seq: number;
@@ -358,21 +361,28 @@ export interface Availability {
   readonly updatedAt: string;
 }
 
+/** An availability as it travels (KV, subjects, SSE, webhooks): each quantity a number, or a decimal string past 2^53. */
+export type AvailabilityJson = Omit<Availability, "available" | "onHand" | "reserved"> & {
+  readonly available: number | string;
+  readonly onHand: number | string;
+  readonly reserved: number | string;
+};
+
 export function channelAvailability(actor: ActorState, channel: ChannelView, at: Date): Availability {
-  let sellable = 0;
-  let onHand = 0;
-  let reserved = 0;
+  let sellable = 0n;
+  let onHand = 0n;
+  let reserved = 0n;
   let reorderPoints = 0;
   for (const location of channel.locations) {
     const l = actor.state.locations[location];
     if (!l) continue;
-    sellable += Math.max(0, locationAvailable(l));
+    sellable += atLeastZero(locationAvailable(l));
     onHand += l.onHand;
     reserved += l.reserved;
     reorderPoints += l.reorderPoint;
   }
-  const available = Math.max(0, sellable - channel.buffer);
-  const status = available <= 0 ? "out" : available <= reorderPoints ? "low" : "in_stock";
+  const available = atLeastZero(sellable - BigInt(channel.buffer));
+  const status = available <= 0n ? "out" : available <= reorderPoints ? "low" : "in_stock";
   return {
     channel: channel.name,
     sku: actor.state.sku,

@@ -61,7 +61,7 @@ const moved = (location: LocationId, bucket: Bucket, delta: number, movement: Mo
   sku: SKU,
   location,
   bucket,
-  delta,
+  delta: BigInt(delta),
   movement,
 });
 const statusChanged = (location: LocationId, from: StockStatus, to: StockStatus): SkuEvent => ({
@@ -75,16 +75,16 @@ const lowStock = (location: LocationId, available: number, reorderPoint: number)
   type: "low_stock",
   sku: SKU,
   location,
-  available,
+  available: BigInt(available),
   reorderPoint,
-  replenishment_requested: { reorderPoint, shortfall: Math.max(1, reorderPoint - available) },
+  replenishment_requested: { reorderPoint, shortfall: BigInt(Math.max(1, reorderPoint - available)) },
 });
 const outOfStock = (location: LocationId): SkuEvent => ({ type: "out_of_stock", sku: SKU, location });
 const backInStock = (location: LocationId, available: number): SkuEvent => ({
   type: "back_in_stock",
   sku: SKU,
   location,
-  available,
+  available: BigInt(available),
 });
 const opened = (location: LocationId, holdId: string, qty: number, channel: string | null = null): SkuEvent => ({
   type: "hold_opened",
@@ -108,7 +108,7 @@ const negativeStock = (location: LocationId, onHand: number): SkuEvent => ({
   type: "negative_stock",
   sku: SKU,
   location,
-  onHand,
+  onHand: BigInt(onHand),
 });
 
 // ---- given / when / then ----
@@ -190,7 +190,7 @@ describe("receive", () => {
     const { state } = given(...stocked(10))
       .when(receive(5))
       .then([moved(L1, "on_hand", 5, "receive")]);
-    expect(state.locations[L1]).toMatchObject({ onHand: 15, status: "in_stock" });
+    expect(state.locations[L1]).toMatchObject({ onHand: 15n, status: "in_stock" });
   });
 });
 
@@ -205,7 +205,7 @@ describe("sell", () => {
     const { state } = given(...stocked(2))
       .when(sell(5))
       .then([moved(L1, "on_hand", -5, "sell"), statusChanged(L1, "in_stock", "negative"), negativeStock(L1, -3)]);
-    expect(state.locations[L1]?.onHand).toBe(-3);
+    expect(state.locations[L1]?.onHand).toBe(-3n);
   });
 
   it("selling to exactly zero is out of stock", () => {
@@ -226,7 +226,7 @@ describe("return", () => {
     const { state } = given(...stocked(10))
       .when(command("return", { qty: 2, restockable: false }))
       .then([moved(L1, "damaged", 2, "return_damaged")]);
-    expect(state.locations[L1]).toMatchObject({ onHand: 10, damaged: 2 });
+    expect(state.locations[L1]).toMatchObject({ onHand: 10n, damaged: 2n });
   });
 });
 
@@ -235,7 +235,7 @@ describe("reserve", () => {
     const { state } = given(...stocked(10))
       .when(reserve(4, L1, "A"))
       .then([moved(L1, "reserved", 4, "reserve"), opened(L1, "A", 4)]);
-    expect(locationAvailable(state.locations[L1] ?? emptyLocation)).toBe(6);
+    expect(locationAvailable(state.locations[L1] ?? emptyLocation)).toBe(6n);
     expect(state.holds["A"]).toEqual({ location: L1, channel: null, qty: 4, open: 4, status: "open", expiresAt: null });
   });
 
@@ -248,14 +248,14 @@ describe("reserve", () => {
   it("is rejected as insufficient_stock beyond on hand − reserved − safety stock, recording the hold as refused", () => {
     const outcome = given(...extend(stocked(10, 0, 3), reserve(5)))
       .when(reserve(3, L1, "B"));
-    const rejection = outcome.thenRejected("insufficient_stock", { available: 2 });
+    const rejection = outcome.thenRejected("insufficient_stock", { available: 2n });
     expect(rejection?.message).toBe("cannot reserve 3 of SKU-1 at L1: only 2 available");
     const decision = decide(fold(extend(stocked(10, 0, 3), reserve(5))), reserve(3, L1, "B"));
     expect(decision.events).toEqual([
-      { type: "hold_refused", sku: SKU, location: L1, holdId: "B", qty: 3, channel: null, available: 2, reason: "insufficient_stock" },
+      { type: "hold_refused", sku: SKU, location: L1, holdId: "B", qty: 3, channel: null, available: 2n, reason: "insufficient_stock" },
     ]);
     expect(outcome.state().holds["B"]).toMatchObject({ status: "refused", open: 0, qty: 3 });
-    expect(outcome.state().locations[L1]?.reserved).toBe(5);
+    expect(outcome.state().locations[L1]?.reserved).toBe(5n);
   });
 
   it("carries the expiry it was given", () => {
@@ -267,7 +267,7 @@ describe("reserve", () => {
   it("reports 0 available, not a negative figure, when oversold", () => {
     given(...extend(stocked(1), sell(4)))
       .when(reserve(1))
-      .thenRejected("insufficient_stock", { available: 0 });
+      .thenRejected("insufficient_stock", { available: 0n });
   });
 
   describe("for a channel (scoped)", () => {
@@ -282,7 +282,7 @@ describe("reserve", () => {
         .then([moved(L1, "reserved", 3, "reserve"), opened(L1, "W", 3, "web")]);
       const rejection = given(...prior)
         .when(scoped(4))
-        .thenRejected("insufficient_stock", { available: 3, channelAvailable: 3 });
+        .thenRejected("insufficient_stock", { available: 3n, channelAvailable: 3n });
       expect(rejection?.message).toBe("cannot reserve 4 of SKU-1 for channel web: only 3 available to it");
       // Unscoped, the location alone decides: the buffer is the channel's, not the location's.
       given(...prior)
@@ -293,7 +293,7 @@ describe("reserve", () => {
     it("still needs the units at the location it holds them in", () => {
       const rejection = given(...extend(stocked(2), receive(8, L2)))
         .when(scoped(3))
-        .thenRejected("insufficient_stock", { available: 2, channelAvailable: 7 });
+        .thenRejected("insufficient_stock", { available: 2n, channelAvailable: 7n });
       expect(rejection?.message).toBe("cannot reserve 3 of SKU-1 at L1: only 2 available");
     });
   });
@@ -316,7 +316,7 @@ describe("release", () => {
     const { state } = given(...extend(stocked(10), reserve(4, L1, "A"), reserve(5, L1, "B")))
       .when(release("A", 9))
       .then([moved(L1, "reserved", -4, "release"), reduced(L1, "A", 4, 0, "released")]);
-    expect(state.locations[L1]?.reserved).toBe(5);
+    expect(state.locations[L1]?.reserved).toBe(5n);
     expect(state.holds["B"]).toMatchObject({ open: 5, status: "open" });
   });
 
@@ -356,7 +356,7 @@ describe("fulfill", () => {
     const { state } = given(...extend(stocked(10), reserve(4, L1, "A")))
       .when(fulfill("A", 4))
       .then([moved(L1, "reserved", -4, "fulfill"), moved(L1, "on_hand", -4, "fulfill"), reduced(L1, "A", 4, 0, "fulfilled")]);
-    expect(state.locations[L1]).toMatchObject({ onHand: 6, reserved: 0, status: "in_stock" });
+    expect(state.locations[L1]).toMatchObject({ onHand: 6n, reserved: 0n, status: "in_stock" });
   });
 
   it("a partial fulfilment leaves the rest of the hold open", () => {
@@ -364,7 +364,7 @@ describe("fulfill", () => {
       .when(fulfill("A", 1))
       .then([moved(L1, "reserved", -1, "fulfill"), moved(L1, "on_hand", -1, "fulfill"), reduced(L1, "A", 1, 3, "open")]);
     expect(state.holds["A"]).toMatchObject({ open: 3, status: "open" });
-    expect(state.locations[L1]).toMatchObject({ onHand: 9, reserved: 3 });
+    expect(state.locations[L1]).toMatchObject({ onHand: 9n, reserved: 3n });
   });
 
   it("is a fact: with no hold, the goods still leave on hand (fulfill_unreserved), naming the order line", () => {
@@ -386,7 +386,7 @@ describe("fulfill", () => {
         moved(L1, "on_hand", -3, "fulfill_unreserved"),
         { type: "fulfill_unreserved", sku: SKU, location: L1, holdId: "A", qty: 3, reason: "exceeds_hold" },
       ]);
-    expect(state.locations[L1]).toMatchObject({ onHand: 5, reserved: 0 });
+    expect(state.locations[L1]).toMatchObject({ onHand: 5n, reserved: 0n });
   });
 
   it("after the hold was released, ships unreserved and leaves the hold released", () => {
@@ -413,7 +413,7 @@ describe("holds: the A/B order lines", () => {
     expect(step(release("B", 3))).toMatchObject({ ok: false, rejection: { reason: "unknown_hold" } });
     expect(step(fulfill("A", 5)).ok).toBe(true);
     const state = fold(events);
-    expect(state.locations[L1]).toMatchObject({ onHand: 0, reserved: 0 });
+    expect(state.locations[L1]).toMatchObject({ onHand: 0n, reserved: 0n });
     expect(state.holds["A"]).toMatchObject({ status: "fulfilled", open: 0 });
     expect(state.holds["B"]).toMatchObject({ status: "refused", open: 0 });
   });
@@ -512,7 +512,7 @@ describe("transfers", () => {
         { type: "transfer_shipped", sku: SKU, location: L1, transferId: "T1", from: L1, to: L2, qty: 4 },
       ]);
     expect(state.transfers).toEqual({ T1: { from: L1, to: L2, shipped: 4, received: 0 } });
-    expect(state.locations[L2]).toMatchObject({ onHand: 0, inTransit: 4, status: "new" });
+    expect(state.locations[L2]).toMatchObject({ onHand: 0n, inTransit: 4n, status: "new" });
   });
 
   it("shipping more on an open transfer adds to it", () => {
@@ -542,7 +542,7 @@ describe("transfers", () => {
         statusChanged(L2, "new", "in_stock"),
       ]);
     expect(state.transfers["T1"]).toEqual({ from: L1, to: L2, shipped: 4, received: 3 });
-    expect(state.locations[L2]).toMatchObject({ onHand: 3, inTransit: 1 });
+    expect(state.locations[L2]).toMatchObject({ onHand: 3n, inTransit: 1n });
   });
 
   it("the receipt that settles the transfer removes it", () => {
@@ -554,8 +554,8 @@ describe("transfers", () => {
         { type: "transfer_received", sku: SKU, location: L2, transferId: "T1", qty: 1 },
       ]);
     expect(state.transfers).toEqual({});
-    expect(state.locations[L2]).toMatchObject({ onHand: 4, inTransit: 0 });
-    expect(state.locations[L1]).toMatchObject({ onHand: 6 });
+    expect(state.locations[L2]).toMatchObject({ onHand: 4n, inTransit: 0n });
+    expect(state.locations[L1]).toMatchObject({ onHand: 6n });
   });
 
   it("receiving more than is still in transit is exceeds_in_transit", () => {
@@ -674,7 +674,7 @@ describe("purity", () => {
     if (!decision.ok) throw new Error("rejected");
     const next = fold(decision.events, state);
     expect(next).not.toBe(state);
-    expect(state.locations[L1]?.onHand).toBe(10);
+    expect(state.locations[L1]?.onHand).toBe(10n);
     expect(state.transfers).toEqual({});
   });
 
@@ -799,10 +799,10 @@ describe("random command sequences", () => {
           const inTransit = Object.values(state.transfers)
             .filter((t) => t.to === location)
             .reduce((sum, t) => sum + t.shipped - t.received, 0);
-          expect(l.inTransit, where).toBe(inTransit);
+          expect(l.inTransit, where).toBe(BigInt(inTransit));
           // reserved is the sum of the location's open holds, always; closed holds hold nothing.
           const held = Object.values(state.holds).filter((h) => h.location === location && h.status === "open");
-          expect(l.reserved, where).toBe(held.reduce((sum, h) => sum + h.open, 0));
+          expect(l.reserved, where).toBe(BigInt(held.reduce((sum, h) => sum + h.open, 0)));
           for (const h of held) expect(h.open, where).toBeGreaterThan(0);
           const available = locationAvailable(l);
           const expectedStatus: Array<StockStatus> =
@@ -828,15 +828,15 @@ describe("random command sequences", () => {
       // The whole log, folded from scratch, is the state the decisions were made on.
       expect(fold(log)).toEqual(state);
       // Every bucket is the sum of its legs.
-      const sums = new Map<string, number>();
+      const sums = new Map<string, bigint>();
       for (const e of log) {
-        if (e.type === "stock_moved") sums.set(`${e.location}/${e.bucket}`, (sums.get(`${e.location}/${e.bucket}`) ?? 0) + e.delta);
+        if (e.type === "stock_moved") sums.set(`${e.location}/${e.bucket}`, (sums.get(`${e.location}/${e.bucket}`) ?? 0n) + e.delta);
       }
       for (const [location, l] of Object.entries(state.locations)) {
-        expect(sums.get(`${location}/on_hand`) ?? 0).toBe(l.onHand);
-        expect(sums.get(`${location}/reserved`) ?? 0).toBe(l.reserved);
-        expect(sums.get(`${location}/in_transit`) ?? 0).toBe(l.inTransit);
-        expect(sums.get(`${location}/damaged`) ?? 0).toBe(l.damaged);
+        expect(sums.get(`${location}/on_hand`) ?? 0n).toBe(l.onHand);
+        expect(sums.get(`${location}/reserved`) ?? 0n).toBe(l.reserved);
+        expect(sums.get(`${location}/in_transit`) ?? 0n).toBe(l.inTransit);
+        expect(sums.get(`${location}/damaged`) ?? 0n).toBe(l.damaged);
       }
     }
     // The generator exercises both paths.

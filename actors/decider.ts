@@ -6,6 +6,7 @@
  */
 import type { Command, LocationId } from "./command.ts";
 import {
+  atLeastZero,
   legacyHoldId,
   locationAvailable,
   locationOf,
@@ -41,9 +42,9 @@ export interface Rejection {
   readonly reason: RejectionReason;
   readonly message: string;
   /** For `insufficient_stock`: what could have been reserved (clamped at 0). */
-  readonly available?: number;
+  readonly available?: bigint;
   /** For `insufficient_stock` of a scoped reserve: what the channel may sell in all its locations. */
-  readonly channelAvailable?: number;
+  readonly channelAvailable?: bigint;
   /** For a rejected release: the hold it named, and the status that hold is in. */
   readonly holdStatus?: HoldStatus;
 }
@@ -91,12 +92,12 @@ const holdStatusAfter = (by: "release" | "fulfill" | "expire", open: number): Ho
 const legsFor = (state: SkuState, command: Command): Decision => {
   const { sku, location } = command;
   const here = locationOf(state, location);
-  const leg = (at: LocationId, bucket: Bucket, delta: number, movement: Movement): StockMoved => ({
+  const leg = (at: LocationId, bucket: Bucket, delta: number | bigint, movement: Movement): StockMoved => ({
     type: "stock_moved",
     sku,
     location: at,
     bucket,
-    delta,
+    delta: BigInt(delta),
     movement,
   });
 
@@ -133,15 +134,16 @@ const legsFor = (state: SkuState, command: Command): Decision => {
             holdId,
             qty: command.qty,
             channel,
-            available: rejection.available ?? 0,
+            available: rejection.available ?? 0n,
             reason: rejection.reason,
           },
         ],
       });
-      const available = Math.max(0, locationAvailable(here));
+      const available = atLeastZero(locationAvailable(here));
       const scope = command.scope;
       if (scope) {
-        const channelAvailable = Math.max(0, scope.locations.reduce((n, at) => n + Math.max(0, locationAvailable(locationOf(state, at))), 0) - scope.buffer);
+        const sellable = scope.locations.reduce((n, at) => n + atLeastZero(locationAvailable(locationOf(state, at))), 0n);
+        const channelAvailable = atLeastZero(sellable - BigInt(scope.buffer));
         if (channelAvailable < command.qty || available < command.qty) {
           return refuse({
             reason: "insufficient_stock",
@@ -149,7 +151,7 @@ const legsFor = (state: SkuState, command: Command): Decision => {
               channelAvailable < command.qty
                 ? `cannot reserve ${command.qty} of ${sku} for channel ${scope.channel}: only ${channelAvailable} available to it`
                 : `cannot reserve ${command.qty} of ${sku} at ${location}: only ${available} available`,
-            available: Math.min(available, channelAvailable),
+            available: available < channelAvailable ? available : channelAvailable,
             channelAvailable,
           });
         }
@@ -221,8 +223,8 @@ const legsFor = (state: SkuState, command: Command): Decision => {
     case "adjust":
       return accept([leg(location, "on_hand", command.qty, "adjust")]);
     case "count": {
-      const variance = command.qty - here.onHand;
-      return accept(variance === 0 ? [] : [leg(location, "on_hand", variance, "count_variance")]);
+      const variance = BigInt(command.qty) - here.onHand;
+      return accept(variance === 0n ? [] : [leg(location, "on_hand", variance, "count_variance")]);
     }
     case "transfer_out": {
       const open = state.transfers[command.transferId];

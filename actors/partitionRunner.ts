@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import { LeaseLost, commitBatch, knownCommandIds, readCheckpoint, type OutcomeRow } from "../ledger/index.ts";
+import { LeaseLost, commitBatch, knownCommandIds, quantityJson, readCheckpoint, type OutcomeRow } from "../ledger/index.ts";
 import type { NatsHandles } from "../src/nats.ts";
 import type { Topology } from "../src/topology.ts";
 import { isTransientDbError } from "../src/db.ts";
@@ -362,7 +362,7 @@ export class PartitionRunner {
         id: o.commandId, status: o.status, reason: o.reason, detail: o.detail, type: o.type, sku: o.sku, source: source.get(o.commandId),
       }));
       try {
-        this.deps.nats.nc.publish(subject, JSON.stringify({ partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk }));
+        this.deps.nats.nc.publish(subject, JSON.stringify({ partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk }, quantityJson));
       } catch {
         // Disconnected: listeners read command_outcomes instead.
       }

@@ -13,13 +13,16 @@ export type Bucket = "on_hand" | "reserved" | "in_transit" | "damaged";
  */
 export type StockStatus = "new" | "in_stock" | "low" | "out" | "negative";
 
-/** Balances and policy of one SKU at one location. */
+/**
+ * Balances and policy of one SKU at one location. Balances are `bigint`: one command's quantity is
+ * at most 1e12, but a balance is a running sum and may pass 2^53, where a `number` would round.
+ */
 export interface LocationState {
-  readonly onHand: number;
-  readonly reserved: number;
+  readonly onHand: bigint;
+  readonly reserved: bigint;
   /** Stock shipped to this location and not yet received here. */
-  readonly inTransit: number;
-  readonly damaged: number;
+  readonly inTransit: bigint;
+  readonly damaged: bigint;
   readonly safetyStock: number;
   readonly reorderPoint: number;
   readonly status: StockStatus;
@@ -72,10 +75,10 @@ export interface SkuState {
 
 /** A location never seen before: all zeros, and nothing to sell yet. */
 export const emptyLocation: LocationState = {
-  onHand: 0,
-  reserved: 0,
-  inTransit: 0,
-  damaged: 0,
+  onHand: 0n,
+  reserved: 0n,
+  inTransit: 0n,
+  damaged: 0n,
   safetyStock: 0,
   reorderPoint: 0,
   status: "new",
@@ -88,7 +91,10 @@ export const locationOf = (state: SkuState, location: LocationId): LocationState
   state.locations[location] ?? emptyLocation;
 
 /** What may still be promised: on_hand − reserved − safety stock. May be negative; channels clamp at 0. */
-export const locationAvailable = (l: LocationState): number => l.onHand - l.reserved - l.safetyStock;
+export const locationAvailable = (l: LocationState): bigint => l.onHand - l.reserved - BigInt(l.safetyStock);
+
+/** The larger of `n` and 0. */
+export const atLeastZero = (n: bigint): bigint => (n > 0n ? n : 0n);
 
 /** The kind of business movement a ledger leg records. */
 export type Movement =
@@ -112,7 +118,8 @@ export interface StockMoved {
   readonly sku: Sku;
   readonly location: LocationId;
   readonly bucket: Bucket;
-  readonly delta: number;
+  /** A count's variance is counted − on hand, so a leg is as wide as a balance. */
+  readonly delta: bigint;
   readonly movement: Movement;
 }
 
@@ -167,7 +174,7 @@ export interface HoldRefused {
   readonly qty: number;
   readonly channel: string | null;
   /** What could have been held (clamped at 0). */
-  readonly available: number;
+  readonly available: bigint;
   readonly reason: string;
 }
 
@@ -209,9 +216,9 @@ export interface LowStock {
   readonly type: "low_stock";
   readonly sku: Sku;
   readonly location: LocationId;
-  readonly available: number;
+  readonly available: bigint;
   readonly reorderPoint: number;
-  readonly replenishment_requested: { readonly reorderPoint: number; readonly shortfall: number };
+  readonly replenishment_requested: { readonly reorderPoint: number; readonly shortfall: bigint };
 }
 
 export interface OutOfStock {
@@ -224,7 +231,7 @@ export interface BackInStock {
   readonly type: "back_in_stock";
   readonly sku: Sku;
   readonly location: LocationId;
-  readonly available: number;
+  readonly available: bigint;
 }
 
 /** More was sold than was on hand (oversold). */
@@ -232,7 +239,7 @@ export interface NegativeStock {
   readonly type: "negative_stock";
   readonly sku: Sku;
   readonly location: LocationId;
-  readonly onHand: number;
+  readonly onHand: bigint;
 }
 
 /** Published to channels; `evolve` ignores them. */

@@ -4,7 +4,13 @@ import type { StockStatus } from "./state.ts";
 import { hysteresisBand, nextStatus, statusMachine, type StockLevels } from "./statusMachine.ts";
 
 /** Levels with no reservations or safety stock: available = on hand. */
-const plain = (onHand: number, reorderPoint = 10): StockLevels => ({ onHand, available: onHand, reorderPoint });
+const plain = (onHand: number, reorderPoint = 10): StockLevels => ({ onHand: BigInt(onHand), available: BigInt(onHand), reorderPoint });
+/** Levels from plain numbers. */
+const levels = (onHand: number, available: number, reorderPoint: number): StockLevels => ({
+  onHand: BigInt(onHand),
+  available: BigInt(available),
+  reorderPoint,
+});
 
 /** Feeds levels one after another, as successive commands would. */
 const walk = (start: StockStatus, steps: ReadonlyArray<StockLevels>) => {
@@ -49,9 +55,9 @@ describe("statusMachine", () => {
     expect(nextStatus("new", plain(0))).toEqual({ status: "new", notifications: [] });
     expect(nextStatus("new", plain(50))).toEqual({ status: "in_stock", notifications: [] });
     expect(nextStatus("new", plain(3))).toEqual({ status: "low", notifications: [] });
-    expect(nextStatus("new", { onHand: -1, available: -1, reorderPoint: 0 })).toEqual({
+    expect(nextStatus("new", levels(-1, -1, 0))).toEqual({
       status: "negative",
-      notifications: [{ type: "negative_stock", onHand: -1 }],
+      notifications: [{ type: "negative_stock", onHand: -1n }],
     });
   });
 });
@@ -70,9 +76,9 @@ describe("nextStatus", () => {
       notifications: [
         {
           type: "low_stock",
-          available: 7,
+          available: 7n,
           reorderPoint: 10,
-          replenishment_requested: { reorderPoint: 10, shortfall: 3 },
+          replenishment_requested: { reorderPoint: 10, shortfall: 3n },
         },
       ],
     });
@@ -80,7 +86,7 @@ describe("nextStatus", () => {
 
   it("asks for at least one unit when available sits exactly on the reorder point", () => {
     const [notification] = nextStatus("in_stock", plain(10)).notifications;
-    expect(notification).toMatchObject({ type: "low_stock", replenishment_requested: { shortfall: 1 } });
+    expect(notification).toMatchObject({ type: "low_stock", replenishment_requested: { shortfall: 1n } });
   });
 
   it("in_stock or low → out raises out_of_stock", () => {
@@ -89,14 +95,14 @@ describe("nextStatus", () => {
   });
 
   it("counts reservations and safety stock: on hand but nothing available is out", () => {
-    expect(nextStatus("in_stock", { onHand: 5, available: -1, reorderPoint: 0 }).status).toBe("out");
+    expect(nextStatus("in_stock", levels(5, -1, 0)).status).toBe("out");
   });
 
   it("anything → negative raises negative_stock with the on-hand figure", () => {
     for (const from of ["in_stock", "low", "out"] as const) {
       expect(nextStatus(from, plain(-2))).toEqual({
         status: "negative",
-        notifications: [{ type: "negative_stock", onHand: -2 }],
+        notifications: [{ type: "negative_stock", onHand: -2n }],
       });
     }
   });
@@ -104,18 +110,18 @@ describe("nextStatus", () => {
   it("out → in_stock raises back_in_stock; out → low raises back_in_stock and low_stock", () => {
     expect(nextStatus("out", plain(20))).toEqual({
       status: "in_stock",
-      notifications: [{ type: "back_in_stock", available: 20 }],
+      notifications: [{ type: "back_in_stock", available: 20n }],
     });
     expect(nextStatus("out", plain(3)).notifications.map((n) => n.type)).toEqual(["back_in_stock", "low_stock"]);
   });
 
   it("negative is left only once on hand is back to zero or more", () => {
-    expect(nextStatus("negative", { onHand: -1, available: -1, reorderPoint: 0 }).status).toBe("negative");
+    expect(nextStatus("negative", levels(-1, -1, 0)).status).toBe("negative");
     expect(nextStatus("negative", plain(0))).toEqual({ status: "out", notifications: [{ type: "out_of_stock" }] });
     expect(nextStatus("negative", plain(4)).notifications.map((n) => n.type)).toEqual(["back_in_stock", "low_stock"]);
     expect(nextStatus("negative", plain(40))).toEqual({
       status: "in_stock",
-      notifications: [{ type: "back_in_stock", available: 40 }],
+      notifications: [{ type: "back_in_stock", available: 40n }],
     });
   });
 

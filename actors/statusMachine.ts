@@ -13,9 +13,9 @@ import { locationAvailable, type LocationState, type StockStatus } from "./state
 
 /** The inputs of the status decision for one location. */
 export interface StockLevels {
-  readonly onHand: number;
+  readonly onHand: bigint;
   /** `locationAvailable`: on_hand − reserved − safety stock. */
-  readonly available: number;
+  readonly available: bigint;
   readonly reorderPoint: number;
 }
 
@@ -30,13 +30,13 @@ export type NotificationKind = "low_stock" | "out_of_stock" | "back_in_stock" | 
 export type StatusNotification =
   | {
       readonly type: "low_stock";
-      readonly available: number;
+      readonly available: bigint;
       readonly reorderPoint: number;
-      readonly replenishment_requested: { readonly reorderPoint: number; readonly shortfall: number };
+      readonly replenishment_requested: { readonly reorderPoint: number; readonly shortfall: bigint };
     }
   | { readonly type: "out_of_stock" }
-  | { readonly type: "back_in_stock"; readonly available: number }
-  | { readonly type: "negative_stock"; readonly onHand: number };
+  | { readonly type: "back_in_stock"; readonly available: bigint }
+  | { readonly type: "negative_stock"; readonly onHand: bigint };
 
 /** How far above the reorder point available must climb to leave `low`: max(1, ⌈10% of it⌉). */
 export const hysteresisBand = (reorderPoint: number): number => Math.max(1, Math.ceil(reorderPoint * 0.1));
@@ -47,6 +47,8 @@ export const levelsOf = (l: LocationState): StockLevels => ({
   reorderPoint: l.reorderPoint,
 });
 
+const atLeastOne = (n: bigint): bigint => (n > 1n ? n : 1n);
+
 const notify = (kind: NotificationKind) => ({ type: "notify", params: { kind } }) as const;
 
 export const statusMachine = setup({
@@ -54,8 +56,8 @@ export const statusMachine = setup({
     events: {} as LevelsEvent,
   },
   guards: {
-    isNegative: ({ event }) => event.onHand < 0,
-    isOut: ({ event }) => event.available <= 0,
+    isNegative: ({ event }) => event.onHand < 0n,
+    isOut: ({ event }) => event.available <= 0n,
     isLow: ({ event }) => event.available <= event.reorderPoint,
     isBelowBand: ({ event }) => event.available < event.reorderPoint + hysteresisBand(event.reorderPoint),
   },
@@ -133,7 +135,7 @@ const notification = (kind: NotificationKind, levels: StockLevels): StatusNotifi
         reorderPoint: levels.reorderPoint,
         replenishment_requested: {
           reorderPoint: levels.reorderPoint,
-          shortfall: Math.max(1, levels.reorderPoint - levels.available),
+          shortfall: atLeastOne(BigInt(levels.reorderPoint) - levels.available),
         },
       };
     case "out_of_stock":

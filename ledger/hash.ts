@@ -10,8 +10,9 @@ export interface HashedEntry {
   readonly sku: string;
   readonly location: string;
   readonly bucket: string;
-  readonly delta: number;
-  readonly balanceAfter: number;
+  /** A bigint, or a number (as read back within the safe range): both hash alike. */
+  readonly delta: bigint | number;
+  readonly balanceAfter: bigint | number;
   readonly movement: string;
   readonly sourceSystem: string;
   readonly sourceRef: string;
@@ -20,23 +21,25 @@ export interface HashedEntry {
   readonly skuSeq: number;
 }
 
-/** A fixed-order JSON array: the canonical byte form of an entry. */
+/**
+ * A fixed-order JSON array: the canonical byte form of an entry. Integers are written as their
+ * decimal digits, which is exactly what `JSON.stringify` wrote for them when they were numbers, so
+ * every chain hashed before quantities became bigints still verifies; past 2^53 the digits are the
+ * exact value (a JSON number, not a string).
+ */
 export function canonicalEntry(e: HashedEntry): string {
-  return JSON.stringify([
-    e.commandId,
-    e.leg,
-    e.sku,
-    e.location,
-    e.bucket,
-    e.delta,
-    e.balanceAfter,
-    e.movement,
-    e.sourceSystem,
-    e.sourceRef,
-    e.occurredAt.toISOString(),
-    e.recordedAt.toISOString(),
-    e.skuSeq,
-  ]);
+  const text = JSON.stringify;
+  return (
+    `[${text(e.commandId)},${integer(e.leg)},${text(e.sku)},${text(e.location)},${text(e.bucket)},` +
+    `${integer(e.delta)},${integer(e.balanceAfter)},${text(e.movement)},${text(e.sourceSystem)},${text(e.sourceRef)},` +
+    `${text(e.occurredAt.toISOString())},${text(e.recordedAt.toISOString())},${integer(e.skuSeq)}]`
+  );
+}
+
+/** An integer's digits, as JSON writes a number (and, unlike a double, exact past 2^53). */
+function integer(n: bigint | number): string {
+  if (typeof n === "number" && !Number.isSafeInteger(n)) throw new RangeError(`${n} is not an exact integer`);
+  return String(n);
 }
 
 /** hash = sha256(prev_hash ‖ canonical entry), hex. */

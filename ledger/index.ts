@@ -9,6 +9,7 @@ export {
   knownCommandIds,
   loadHolds,
   loadSkus,
+  quantityJson,
   readCheckpoint,
 } from "./store.ts";
 export type {

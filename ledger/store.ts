@@ -7,11 +7,12 @@ export interface LedgerEntry extends HashedEntry {
   readonly hash: string;
 }
 
+/** `qty` is exact: a bigint when written; read back as a number within ±(2^53 − 1), else a bigint. */
 export interface BalanceRow {
   readonly sku: string;
   readonly location: string;
   readonly bucket: string;
-  readonly qty: number;
+  readonly qty: bigint | number;
 }
 export interface SkuHeadRow {
   readonly sku: string;
@@ -84,6 +85,19 @@ export interface BatchWrite {
   readonly outbox: ReadonlyArray<OutboxRow>;
 }
 
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/**
+ * A `JSON.stringify` replacer for quantities: a bigint within ±(2^53 − 1) is written as a number,
+ * one beyond as a decimal string. JSON readers (JavaScript's among them) parse every number as a
+ * double, so a larger number would arrive rounded; a string arrives exact, and a reader that sees a
+ * string where it expects a number knows to parse it as a big integer.
+ */
+export function quantityJson(_key: string, value: unknown): unknown {
+  if (typeof value !== "bigint") return value;
+  return value <= MAX_SAFE && value >= -MAX_SAFE ? Number(value) : value.toString();
+}
+
 /** The partition's lease epoch moved on: another worker took it over, this one must stop writing. */
 export class LeaseLost extends Error {
   override readonly name = "LeaseLost";
@@ -132,8 +146,8 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
         ${col(e, (r) => r.sku)}::text[],
         ${col(e, (r) => r.location)}::text[],
         ${col(e, (r) => r.bucket)}::text[],
-        ${col(e, (r) => r.delta)}::bigint[],
-        ${col(e, (r) => r.balanceAfter)}::bigint[],
+        ${col(e, (r) => String(r.delta))}::bigint[],
+        ${col(e, (r) => String(r.balanceAfter))}::bigint[],
         ${col(e, (r) => r.movement)}::text[],
         ${col(e, (r) => r.sourceSystem)}::text[],
         ${col(e, (r) => r.sourceRef)}::text[],
@@ -149,7 +163,7 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
         ${col(bal, (r) => r.sku)}::text[],
         ${col(bal, (r) => r.location)}::text[],
         ${col(bal, (r) => r.bucket)}::text[],
-        ${col(bal, (r) => r.qty)}::bigint[]
+        ${col(bal, (r) => String(r.qty))}::bigint[]
       ) as t(s, l, bu, q) where exists (select from fence)
       on conflict (sku, location, bucket) do update set qty = excluded.qty, updated_at = excluded.updated_at
     ), heads as (
@@ -211,7 +225,7 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
         ${col(o, (r) => r.type)}::text[],
         ${col(o, (r) => r.status)}::text[],
         ${col(o, (r) => r.reason)}::text[],
-        ${col(o, (r) => (r.detail === null || r.detail === undefined ? null : JSON.stringify(r.detail)))}::jsonb[]
+        ${col(o, (r) => (r.detail === null || r.detail === undefined ? null : JSON.stringify(r.detail, quantityJson)))}::jsonb[]
       ) as t(c, q, s, ty, stt, r, d) where exists (select from fence)
     ), outbox_ as (
       insert into outbox (kind, subject, kv_key, payload, source_at, source)
@@ -219,7 +233,7 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
         ${col(ob, (r) => r.kind)}::text[],
         ${col(ob, (r) => r.subject)}::text[],
         ${col(ob, (r) => r.kvKey)}::text[],
-        ${col(ob, (r) => JSON.stringify(r.payload))}::jsonb[],
+        ${col(ob, (r) => JSON.stringify(r.payload, quantityJson))}::jsonb[],
         ${col(ob, (r) => r.sourceAt?.toISOString() ?? null)}::timestamptz[],
         ${col(ob, (r) => r.source ?? null)}::text[]
       ) as u where exists (select from fence)

@@ -25,8 +25,8 @@ interface EntryRow {
   sku: string;
   location: string;
   bucket: string;
-  delta: number;
-  balance_after: number;
+  delta: number | bigint;
+  balance_after: number | bigint;
   movement: string;
   source_system: string;
   source_ref: string;
@@ -48,10 +48,10 @@ export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: numb
   let sku: string | null = null;
   let prevHash = GENESIS_HASH;
   let expectedSeq = 1;
-  let sums = new Map<string, number>();
+  let sums = new Map<string, bigint>();
   const heads = new Map<string, { seq: number; hash: string }>();
 
-  const allSums = new Map<string, Map<string, number>>();
+  const allSums = new Map<string, Map<string, bigint>>();
   const finishSku = () => {
     if (sku !== null) {
       heads.set(sku, { seq: expectedSeq - 1, hash: prevHash });
@@ -76,11 +76,12 @@ export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: numb
       }
       const at = (message: string): VerifyProblem => ({ sku: r.sku, entryId: r.entry_id, commandId: r.command_id, message });
       const key = `${r.location}\u0000${r.bucket}`;
-      const running = (sums.get(key) ?? 0) + r.delta;
+      // Exact: a balance may pass 2^53 (the driver returns such values as bigints).
+      const running = (sums.get(key) ?? 0n) + BigInt(r.delta);
       sums.set(key, running);
       if (r.sku_seq !== expectedSeq) problem = at(`sequence ${r.sku_seq} where ${expectedSeq} was expected (entry missing or reordered)`);
       else if (r.prev_hash !== prevHash) problem = at(`prev_hash does not match the hash of sequence ${expectedSeq - 1}`);
-      else if (running !== r.balance_after)
+      else if (running !== BigInt(r.balance_after))
         problem = at(`balance_after ${r.balance_after} but the entries sum to ${running} (${r.location}/${r.bucket})`);
       else {
         const recomputed = entryHash(prevHash, {
@@ -111,15 +112,15 @@ export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: numb
 
   let balanceRows = 0;
   const seen = new Set<string>();
-  const balanceCursor = sql<Array<{ sku: string; location: string; bucket: string; qty: number }>>`
+  const balanceCursor = sql<Array<{ sku: string; location: string; bucket: string; qty: number | bigint }>>`
     select sku, location, bucket, qty from balances order by sku, location, bucket`.cursor(5000);
   outer2: for await (const rows of balanceCursor) {
     for (const b of rows) {
       balanceRows++;
       const key = `${b.location}\u0000${b.bucket}`;
       seen.add(`${b.sku}\u0000${key}`);
-      const expected = allSums.get(b.sku)?.get(key) ?? 0;
-      if (expected !== b.qty) {
+      const expected = allSums.get(b.sku)?.get(key) ?? 0n;
+      if (expected !== BigInt(b.qty)) {
         problem = {
           sku: b.sku,
           entryId: null,
@@ -133,7 +134,7 @@ export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: numb
   if (!problem) {
     for (const [s, m] of allSums) {
       for (const [key, total] of m) {
-        if (total !== 0 && !seen.has(`${s}\u0000${key}`)) {
+        if (total !== 0n && !seen.has(`${s}\u0000${key}`)) {
           const [location, bucket] = key.split("\u0000");
           problem = { sku: s, entryId: null, commandId: null, message: `entries sum to ${total} for ${location}/${bucket} but there is no balance row` };
           break;

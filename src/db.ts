@@ -4,8 +4,10 @@ import type { Sql } from "postgres";
 export type { Sql };
 
 /**
- * Opens a postgres.js pool. int8 columns come back as numbers: every quantity and sequence
- * Tally stores stays far below 2^53 (quantities are capped at 1e12 by the command schema).
+ * Opens a postgres.js pool. int8 columns come back as numbers within ±(2^53 − 1) (sequences, ids,
+ * counts and nearly every quantity) and as bigints beyond, never rounded: a balance is a running
+ * sum of quantities of up to 1e12 each and may pass 2^53. Code that reads balances or ledger
+ * quantities takes `number | bigint` (or converts with `BigInt`).
  */
 export function connectPostgres(url: string, opts: { max?: number; application?: string } = {}): Sql {
   return postgres(url, {
@@ -17,10 +19,16 @@ export function connectPostgres(url: string, opts: { max?: number; application?:
         to: 20,
         from: [20],
         serialize: (x: number | bigint | string) => String(x),
-        parse: (x: string) => Number(x),
+        parse: parseInt8,
       },
     },
   });
+}
+
+/** An int8 as a number when that is exact, else as a bigint. */
+export function parseInt8(text: string): number | bigint {
+  const n = Number(text);
+  return Number.isSafeInteger(n) ? n : BigInt(text);
 }
 
 /** SQLSTATEs and socket errors worth retrying: the database is restarting, unreachable or asked us to retry. */

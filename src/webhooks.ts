@@ -10,7 +10,7 @@ import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@na
 import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { LeaseStore, type HeldLease } from "../actors/index.ts";
-import type { Availability } from "../actors/batch.ts";
+import type { AvailabilityJson as Availability } from "../actors/batch.ts";
 import { ConfigFileError, type TallyConfig } from "./configFile.ts";
 import { deadLetter, deadLetterMsgId, type DeadLetter } from "./deadLetters.ts";
 import type { NatsHandles } from "./nats.ts";

@@ -47,7 +47,7 @@ class Receiver {
       if (status === HANG || status >= 300) return;
       for (const item of r.body.items) {
         const prev = out.get(item.sku);
-        if (!prev || prev.version < item.version) out.set(item.sku, { available: item.available, version: item.version });
+        if (!prev || prev.version < item.version) out.set(item.sku, { available: Number(item.available), version: item.version });
       }
     });
     return out;

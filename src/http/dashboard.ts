@@ -8,7 +8,7 @@
 import { readFile } from "node:fs/promises";
 import type { Subscription } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
-import type { Availability } from "../../actors/batch.ts";
+import type { AvailabilityJson as Availability } from "../../actors/batch.ts";
 import { relaySubject, type RelayRound } from "../relay.ts";
 import type { ApiContext } from "./app.ts";
 import { outcomesSubject, type OutcomeBatch } from "./outcomes.ts";
@@ -135,7 +135,8 @@ export class DashboardHub {
     if (prev && prev.version > a.version) return;
     t.score = t.score * 0.5 ** ((now - t.at) / ACTIVITY_HALF_LIFE_MS) + 1;
     t.at = now;
-    t.cells.set(a.channel, { available: a.available, status: a.status, version: a.version });
+    // On the wire a quantity past 2^53 is a decimal string; the dashboard only displays it.
+    t.cells.set(a.channel, { available: Number(a.available), status: a.status, version: a.version });
     this.#changed.add(a.sku);
   }
 
@@ -203,7 +204,7 @@ export class DashboardHub {
         const e = await this.ctx.nats.availability.get(this.ctx.topology.availabilityKey(channel, sku)).catch(() => null);
         if (e && e.operation === "PUT" && e.length > 0) {
           const a = e.json<Availability>();
-          t.cells.set(channel, { available: a.available, status: a.status, version: a.version });
+          t.cells.set(channel, { available: Number(a.available), status: a.status, version: a.version });
         }
       }
       this.#tracked.set(sku, t);

@@ -13,9 +13,12 @@ const Availability = {
   properties: {
     channel: { type: "string" },
     sku: { type: "string" },
-    available: { type: "integer", description: "what the channel may sell: its locations' available (clamped at 0) less its buffer" },
-    onHand: { type: "integer" },
-    reserved: { type: "integer" },
+    available: {
+      type: ["integer", "string"],
+      description: "what the channel may sell: its locations' available (clamped at 0) less its buffer. Quantities past 2^53 are decimal strings",
+    },
+    onHand: { type: ["integer", "string"] },
+    reserved: { type: ["integer", "string"] },
     status: { type: "string", enum: ["in_stock", "low", "out"] },
     seq: { type: "integer", description: "the SKU's ledger sequence: drop a projection older than one you have" },
     version: { type: "integer" },
@@ -137,11 +140,11 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
                   type: "object",
                   properties: {
                     location: { type: "string" },
-                    onHand: { type: "integer" },
-                    reserved: { type: "integer" },
-                    inTransit: { type: "integer" },
-                    damaged: { type: "integer" },
-                    available: { type: "integer", description: "on hand − reserved − safety stock (may be negative)" },
+                    onHand: { type: ["integer", "string"], description: "past 2^53, a decimal string (as every quantity)" },
+                    reserved: { type: ["integer", "string"] },
+                    inTransit: { type: ["integer", "string"] },
+                    damaged: { type: ["integer", "string"] },
+                    available: { type: ["integer", "string"], description: "on hand − reserved − safety stock (may be negative)" },
                     safetyStock: { type: "integer" },
                     reorderPoint: { type: "integer" },
                     status: { type: "string" },
@@ -201,9 +204,23 @@ function parseSkus(text: string): Array<string> {
   return skus;
 }
 
+/** A quantity as JSON carries it: a number, or a decimal string past 2^53 (the driver reads those as bigints). */
+const quantity = (q: number | bigint): number | string => (typeof q === "bigint" ? q.toString() : q);
+
 async function stockRows(ctx: ApiContext, sku: string) {
   const rows = await ctx.sql<
-    Array<{ location: string; on_hand: number; reserved: number; in_transit: number; damaged: number; safety_stock: number; reorder_point: number; status: string | null; updated_at: Date | null }>
+    Array<{
+      location: string;
+      on_hand: number | bigint;
+      reserved: number | bigint;
+      in_transit: number | bigint;
+      damaged: number | bigint;
+      available: number | bigint;
+      safety_stock: number;
+      reorder_point: number;
+      status: string | null;
+      updated_at: Date | null;
+    }>
   >`
     with b as (
       select location,
@@ -216,16 +233,17 @@ async function stockRows(ctx: ApiContext, sku: string) {
     select coalesce(b.location, l.location) as location,
            coalesce(b.on_hand, 0)::bigint as on_hand, coalesce(b.reserved, 0)::bigint as reserved,
            coalesce(b.in_transit, 0)::bigint as in_transit, coalesce(b.damaged, 0)::bigint as damaged,
+           coalesce(b.on_hand, 0)::bigint - coalesce(b.reserved, 0)::bigint - coalesce(l.safety_stock, 0) as available,
            coalesce(l.safety_stock, 0) as safety_stock, coalesce(l.reorder_point, 0) as reorder_point, l.status, b.updated_at
       from b full join (select * from sku_locations where sku = ${sku}) l on l.location = b.location
      order by 1`;
   return rows.map((r) => ({
     location: r.location,
-    onHand: r.on_hand,
-    reserved: r.reserved,
-    inTransit: r.in_transit,
-    damaged: r.damaged,
-    available: r.on_hand - r.reserved - r.safety_stock,
+    onHand: quantity(r.on_hand),
+    reserved: quantity(r.reserved),
+    inTransit: quantity(r.in_transit),
+    damaged: quantity(r.damaged),
+    available: quantity(r.available),
     safetyStock: r.safety_stock,
     reorderPoint: r.reorder_point,
     status: r.status ?? "out",
