@@ -1,4 +1,5 @@
 import type { Sql } from "postgres";
+import { quantityJson } from "../../ledger/index.ts";
 
 /** The columns of an exported ledger entry, in order (the CSV header). */
 export const EXPORT_COLUMNS = [
@@ -30,7 +31,8 @@ export interface ExportRange {
 /** What finance checks an export against: how many entries, the sum of deltas per bucket, the last hash. */
 export interface ExportSummary {
   readonly count: number;
-  readonly deltas: Record<string, number>;
+  /** Exact: a number, or a decimal string past 2^53 (as every quantity in JSON). */
+  readonly deltas: Record<string, number | string>;
   readonly firstEntryId: number | null;
   readonly lastEntryId: number | null;
   readonly lastHash: string | null;
@@ -45,8 +47,8 @@ interface EntryRow {
   sku: string;
   location: string;
   bucket: string;
-  delta: number;
-  balance_after: number;
+  delta: number | bigint;
+  balance_after: number | bigint;
   movement: string;
   source_system: string;
   source_ref: string;
@@ -63,24 +65,27 @@ const csvCell = (v: unknown): string => {
 };
 
 const jsonRow = (r: EntryRow) =>
-  JSON.stringify({
-    entryId: r.entry_id,
-    commandId: r.command_id,
-    leg: r.leg,
-    sku: r.sku,
-    location: r.location,
-    bucket: r.bucket,
-    delta: r.delta,
-    balanceAfter: r.balance_after,
-    movement: r.movement,
-    sourceSystem: r.source_system,
-    sourceRef: r.source_ref,
-    occurredAt: r.occurred_at.toISOString(),
-    recordedAt: r.recorded_at.toISOString(),
-    skuSeq: r.sku_seq,
-    prevHash: r.prev_hash,
-    hash: r.hash,
-  });
+  JSON.stringify(
+    {
+      entryId: r.entry_id,
+      commandId: r.command_id,
+      leg: r.leg,
+      sku: r.sku,
+      location: r.location,
+      bucket: r.bucket,
+      delta: r.delta,
+      balanceAfter: r.balance_after,
+      movement: r.movement,
+      sourceSystem: r.source_system,
+      sourceRef: r.source_ref,
+      occurredAt: r.occurred_at.toISOString(),
+      recordedAt: r.recorded_at.toISOString(),
+      skuSeq: r.sku_seq,
+      prevHash: r.prev_hash,
+      hash: r.hash,
+    },
+    quantityJson,
+  );
 
 /**
  * Streams every ledger entry recorded in the range, in entry order, as CSV (header row, then one row
@@ -95,13 +100,14 @@ export async function* exportLedger(
   onProgress?: (summary: ExportSummary) => void,
 ): AsyncGenerator<string, ExportSummary> {
   let count = 0;
-  const deltas: Record<string, number> = { on_hand: 0, reserved: 0, in_transit: 0, damaged: 0 };
+  // Summed exactly: over a whole ledger a bucket's deltas may pass 2^53.
+  const deltas: Record<string, bigint> = { on_hand: 0n, reserved: 0n, in_transit: 0n, damaged: 0n };
   let firstEntryId: number | null = null;
   let lastEntryId: number | null = null;
   let lastHash: string | null = null;
   const summary = (): ExportSummary => ({
     count,
-    deltas: { ...deltas },
+    deltas: Object.fromEntries(Object.entries(deltas).map(([bucket, sum]) => [bucket, quantityJson(bucket, sum) as number | string])),
     firstEntryId,
     lastEntryId,
     lastHash,
@@ -121,7 +127,7 @@ export async function* exportLedger(
     let chunk = "";
     for (const r of rows) {
       count++;
-      deltas[r.bucket] = (deltas[r.bucket] ?? 0) + r.delta;
+      deltas[r.bucket] = (deltas[r.bucket] ?? 0n) + BigInt(r.delta);
       firstEntryId ??= r.entry_id;
       lastEntryId = r.entry_id;
       lastHash = r.hash;
