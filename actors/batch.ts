@@ -72,7 +72,7 @@ const NOTIFICATIONS = new Set<SkuEvent["type"]>([
   "hold_refused",
 ]);
 
-/** Rebuilds an actor from its stored rows (activation). */
+/** Rebuilds an actor from its stored rows (activation); its open holds are added with `withStoredHolds`. */
 export function actorFromStored(sku: string, stored: StoredSku | undefined): ActorState {
   const base = initialSkuState(sku as Sku);
   if (!stored) return { state: base, seq: 0, lastHash: GENESIS_HASH, version: 0 };
@@ -89,8 +89,6 @@ export function actorFromStored(sku: string, stored: StoredSku | undefined): Act
     const field = BUCKET_FIELD[b.bucket as Bucket];
     if (field) locations[b.location] = { ...at(b.location), [field]: BigInt(b.qty) };
   }
-  const holds: Record<string, HoldState> = {};
-  for (const h of stored.holds) holds[h.holdId] = holdFromRow(h);
   const transfers: Record<string, TransferState> = {};
   for (const t of stored.transfers)
     transfers[t.transferId] = {
@@ -100,7 +98,7 @@ export function actorFromStored(sku: string, stored: StoredSku | undefined): Act
       received: t.received,
     };
   return {
-    state: { ...base, locations, transfers, holds },
+    state: { ...base, locations, transfers },
     seq: stored.head?.seq ?? 0,
     lastHash: stored.head?.lastHash ?? GENESIS_HASH,
     version: stored.head?.version ?? 0,

@@ -1,5 +1,5 @@
 import type { Sql } from "postgres";
-import { loadHolds, loadSkus } from "../ledger/index.ts";
+import { loadHolds, loadSkus, type HoldRow, type StoredSku } from "../ledger/index.ts";
 import { actorFromStored, holdIdOf, withStoredHolds, type ActorState } from "./batch.ts";
 import type { Command } from "./command.ts";
 
@@ -19,41 +19,31 @@ export class ActorRegistry {
     return this.#actors.size;
   }
 
-  /** The actors of `skus`, loading the ones not in memory with one round of queries. */
-  async activate(sql: Sql, skus: Iterable<string>): Promise<Map<string, ActorState>> {
-    const out = new Map<string, ActorState>();
-    const missing: Array<string> = [];
-    for (const sku of skus) {
-      const actor = this.#actors.get(sku);
-      if (actor) {
-        // Refresh recency: Map iteration order is insertion order.
-        this.#actors.delete(sku);
-        this.#actors.set(sku, actor);
-        out.set(sku, actor);
-      } else missing.push(sku);
-    }
-    if (missing.length > 0) {
-      const stored = await loadSkus(sql, missing);
-      for (const sku of missing) {
-        const actor = actorFromStored(sku, stored.get(sku));
-        out.set(sku, actor);
-        this.activations++;
-      }
-    }
-    return out;
-  }
-
   /**
-   * The actors of these commands' SKUs, each with the holds the commands name: a live actor keeps
-   * only its open holds, so a hold it does not have is looked up (closed, refused, or never seen),
-   * in the same round of queries as the activation of the SKUs not in memory.
+   * The actors of these commands' SKUs, each with the holds the commands name, loading the ones not
+   * in memory (and their open holds) with one round of queries. A live actor keeps only its open
+   * holds, so a named hold it does not have (closed, refused, or never seen) is looked up in the
+   * same round.
    */
   async activateFor(sql: Sql, commands: ReadonlyArray<Command>): Promise<Map<string, ActorState>> {
-    const skus = new Set<string>();
+    const out = new Map<string, ActorState>();
+    const missing: Array<string> = [];
+    const missingSet = new Set<string>();
     const named: Array<{ sku: string; holdId: string }> = [];
     const seen = new Set<string>();
     for (const command of commands) {
-      skus.add(command.sku);
+      if (!out.has(command.sku) && !missingSet.has(command.sku)) {
+        const actor = this.#actors.get(command.sku);
+        if (actor) {
+          // Refresh recency: Map iteration order is insertion order.
+          this.#actors.delete(command.sku);
+          this.#actors.set(command.sku, actor);
+          out.set(command.sku, actor);
+        } else {
+          missing.push(command.sku);
+          missingSet.add(command.sku);
+        }
+      }
       const holdId = holdIdOf(command);
       if (holdId === null) continue;
       const key = `${command.sku}\u0000${holdId}`;
@@ -61,15 +51,22 @@ export class ActorRegistry {
       seen.add(key);
       named.push({ sku: command.sku, holdId });
     }
-    const [actors, holds] = await Promise.all([this.activate(sql, skus), loadHolds(sql, named)]);
-    const bySku = new Map<string, Array<(typeof holds)[number]>>();
+    const [stored, holds] = await Promise.all([
+      missing.length > 0 ? loadSkus(sql, missing) : Promise.resolve(new Map<string, StoredSku>()),
+      loadHolds(sql, missing, named),
+    ]);
+    for (const sku of missing) {
+      out.set(sku, actorFromStored(sku, stored.get(sku)));
+      this.activations++;
+    }
+    const bySku = new Map<string, Array<HoldRow>>();
     for (const h of holds) {
       let list = bySku.get(h.sku);
       if (!list) bySku.set(h.sku, (list = []));
       list.push(h);
     }
-    for (const [sku, rows] of bySku) actors.set(sku, withStoredHolds(actors.get(sku)!, rows));
-    return actors;
+    for (const [sku, rows] of bySku) out.set(sku, withStoredHolds(out.get(sku)!, rows));
+    return out;
   }
 
   /** Keeps the post-commit state of these actors and passivates the least recently used beyond capacity. */

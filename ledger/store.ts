@@ -279,8 +279,6 @@ export interface StoredSku {
   readonly balances: ReadonlyArray<BalanceRow>;
   readonly locations: ReadonlyArray<SkuLocationRow>;
   readonly transfers: ReadonlyArray<TransferRow>;
-  /** The SKU's open holds (closed ones are loaded only when a command names them: `loadHolds`). */
-  readonly holds: ReadonlyArray<HoldRow>;
 }
 
 interface HoldDbRow {
@@ -305,26 +303,33 @@ const holdOf = (h: HoldDbRow): HoldRow => ({
   expiresAt: h.expires_at === null ? null : h.expires_at.toISOString(),
 });
 
-/** The stored holds among these (SKU, hold id) pairs, whatever their status. */
-export async function loadHolds(sql: Sql, named: ReadonlyArray<{ readonly sku: string; readonly holdId: string }>): Promise<Array<HoldRow>> {
-  if (named.length === 0) return [];
+/**
+ * In one query: the open holds of `openOf` (SKUs being activated) and the stored holds among the
+ * `named` (SKU, hold id) pairs, whatever their status (a live actor keeps only its open holds).
+ */
+export async function loadHolds(
+  sql: Sql,
+  openOf: ReadonlyArray<string>,
+  named: ReadonlyArray<{ readonly sku: string; readonly holdId: string }>,
+): Promise<Array<HoldRow>> {
+  if (openOf.length === 0 && named.length === 0) return [];
   const rows = await sql<Array<HoldDbRow>>`
+    select sku, hold_id, location, channel, qty, open_qty, status, expires_at
+      from holds where sku = any(${sql.array(openOf as Array<string>)}::text[]) and status = 'open'
+    union
     select h.sku, h.hold_id, h.location, h.channel, h.qty, h.open_qty, h.status, h.expires_at
       from unnest(${sql.array(named.map((n) => n.sku))}::text[], ${sql.array(named.map((n) => n.holdId))}::text[]) as t(s, i)
       join holds h on h.sku = t.s and h.hold_id = t.i`;
   return rows.map(holdOf);
 }
 
-/** Loads the stored state of many SKUs in five queries. */
+/** Loads the stored state of many SKUs in four queries (their holds: `loadHolds`). */
 export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<Map<string, StoredSku>> {
-  const out = new Map<
-    string,
-    { head: SkuHeadRow | undefined; balances: Array<BalanceRow>; locations: Array<SkuLocationRow>; transfers: Array<TransferRow>; holds: Array<HoldRow> }
-  >();
-  for (const sku of skus) out.set(sku, { head: undefined, balances: [], locations: [], transfers: [], holds: [] });
+  const out = new Map<string, { head: SkuHeadRow | undefined; balances: Array<BalanceRow>; locations: Array<SkuLocationRow>; transfers: Array<TransferRow> }>();
+  for (const sku of skus) out.set(sku, { head: undefined, balances: [], locations: [], transfers: [] });
   if (skus.length === 0) return out;
   const list = sql.array(skus as Array<string>);
-  const [heads, balances, locations, transfers, holds] = await Promise.all([
+  const [heads, balances, locations, transfers] = await Promise.all([
     sql<Array<{ sku: string; seq: number; last_hash: string; version: number }>>`
       select sku, seq, last_hash, version from sku_heads where sku = any(${list}::text[])`,
     sql<Array<BalanceRow>>`select sku, location, bucket, qty from balances where sku = any(${list}::text[])`,
@@ -332,11 +337,7 @@ export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<M
       select sku, location, safety_stock, reorder_point, status from sku_locations where sku = any(${list}::text[])`,
     sql<Array<{ sku: string; transfer_id: string; from_location: string; to_location: string; shipped: number; received: number }>>`
       select sku, transfer_id, from_location, to_location, shipped, received from transfers where sku = any(${list}::text[])`,
-    sql<Array<HoldDbRow>>`
-      select sku, hold_id, location, channel, qty, open_qty, status, expires_at
-        from holds where sku = any(${list}::text[]) and status = 'open'`,
   ]);
-  for (const h of holds) out.get(h.sku)!.holds.push(holdOf(h));
   for (const h of heads) out.get(h.sku)!.head = { sku: h.sku, seq: h.seq, lastHash: h.last_hash, version: h.version };
   for (const b of balances) out.get(b.sku)!.balances.push({ sku: b.sku, location: b.location, bucket: b.bucket, qty: b.qty });
   for (const l of locations)
