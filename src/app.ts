@@ -5,7 +5,7 @@ import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../actors/index.ts";
 import { assertEnvironment, instanceId } from "../ledger/index.ts";
 import { SourceReader, configuredSources } from "../cdc/index.ts";
-import type { Settings } from "./config.ts";
+import type { NatsAccess, Settings } from "./config.ts";
 import { requireDatabaseUrl } from "./config.ts";
 import type { TallyConfig } from "./configFile.ts";
 import { connectPostgres, type Sql } from "./db.ts";
@@ -46,9 +46,9 @@ export const postgresResource = (url: string, application: string, max?: number)
   );
 
 /** A NATS connection, drained on release. */
-export const natsResource = (url: string, name: string) =>
+export const natsResource = (url: string, name: string, access: NatsAccess = {}) =>
   Effect.acquireRelease(
-    Effect.tryPromise(() => connectNats(url, name)),
+    Effect.tryPromise(() => connectNats(url, name, access)),
     (nc: NatsConnection) => Effect.promise(() => nc.drain().catch(() => nc.close())),
   );
 
@@ -62,7 +62,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     const t = topology(settings.env, settings.partitions);
     const sql = yield* postgresResource(url, `tally-${roles.join("+")}`);
     yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
-    const nc = yield* natsResource(settings.natsUrl, `tally-${settings.env}-${roles.join("+")}`);
+    const nc = yield* natsResource(settings.natsUrl, `tally-${settings.env}-${roles.join("+")}`, settings.natsAccess);
     const nats = yield* Effect.tryPromise(() =>
       ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
     );

@@ -162,7 +162,7 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
         const sql = settings.databaseUrl ? yield* postgresResource(settings.databaseUrl, "tally-submit") : undefined;
         if (sql) yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
         if (values.wait && !sql) throw new UsageError("submit --wait needs TALLY_DATABASE_URL to read outcomes");
-        const nc = yield* natsResource(settings.natsUrl, "tally-submit");
+        const nc = yield* natsResource(settings.natsUrl, "tally-submit", settings.natsAccess);
         const nats = yield* Effect.tryPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
         );
@@ -229,7 +229,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
       Effect.gen(function* () {
         const sql = yield* postgresResource(requireDatabaseUrl(settings), "tally-dlq");
         yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
-        const nc = yield* natsResource(settings.natsUrl, "tally-dlq");
+        const nc = yield* natsResource(settings.natsUrl, "tally-dlq", settings.natsAccess);
         const nats = yield* Effect.tryPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
         );
