@@ -28,8 +28,6 @@ export interface Settings {
   readonly apiRateLimit: number;
   /** How this process proves who it is to NATS and checks the server (`TALLY_NATS_*`). */
   readonly natsAccess: NatsAccess;
-  /** `TALLY_DATABASE_CA_FILE`: CA certificate(s) the ledger database's server certificate must chain to. */
-  readonly databaseCaFile: string | undefined;
 }
 
 /**
@@ -110,7 +108,6 @@ const settingsConfig = Config.all({
   natsCaFile: Config.option(Config.string("TALLY_NATS_CA_FILE")),
   natsCertFile: Config.option(Config.string("TALLY_NATS_CERT_FILE")),
   natsKeyFile: Config.option(Config.string("TALLY_NATS_KEY_FILE")),
-  databaseCaFile: Config.option(Config.string("TALLY_DATABASE_CA_FILE")),
 });
 
 /** Decodes the settings from `env` (default `process.env`); throws a SettingsError naming the bad setting. */
@@ -139,7 +136,6 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     apiTokensFile: Option.getOrUndefined(s.apiTokensFile),
     apiRateLimit: s.apiRateLimit,
     natsAccess: natsAccess(s),
-    databaseCaFile: Option.getOrUndefined(s.databaseCaFile),
   };
 }
 

@@ -43,6 +43,8 @@ export interface StartNatsOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** Credentials and TLS options the readiness probe connects with (a server with users refuses anonymous probes). */
   readonly probeOptions?: Partial<ConnectionOptions>;
+  /** Default true; false starts a server without JetStream (an operator-mode server whose account has none, say). */
+  readonly jetStream?: boolean;
 }
 
 /**
@@ -66,12 +68,12 @@ export function findNatsServer(): string {
 }
 
 /** Rejects until this server (by name: not another that won a race for the port) accepts a connection and its JetStream API answers. */
-async function probe(url: string, name: string, options: Partial<ConnectionOptions> = {}): Promise<void> {
+async function probe(url: string, name: string, options: Partial<ConnectionOptions> = {}, jetStream = true): Promise<void> {
   const nc = await connect({ ...options, servers: url, reconnect: false, timeout: 2_000 });
   try {
     if (nc.info?.server_name !== name) throw new Error(`port answered by nats-server ${nc.info?.server_name}, not ${name}`);
     // jetstreamManager() asks for account info, which fails until JetStream is up.
-    await jetstreamManager(nc, { timeout: 2_000 });
+    if (jetStream) await jetstreamManager(nc, { timeout: 2_000 });
   } finally {
     await nc.close();
   }
@@ -100,13 +102,14 @@ export async function startNats(opts: StartNatsOptions = {}): Promise<NatsServer
       command: findNatsServer(),
       args: [
         ...(opts.configFile !== undefined ? ["-c", opts.configFile] : []),
-        ...["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", storeDir, "-n", serverName],
+        ...(opts.jetStream === false ? [] : ["-js", "-sd", storeDir]),
+        ...["-a", "127.0.0.1", "-p", String(port), "-n", serverName],
       ],
       ...(opts.env !== undefined ? { env: opts.env } : {}),
       cwd: root,
       logPath: opts.logPath ?? join(root, "nats-server.log"),
       stopSignal: "SIGINT",
-      probe: () => probe(url, serverName, opts.probeOptions),
+      probe: () => probe(url, serverName, opts.probeOptions, opts.jetStream !== false),
     });
     await server.start();
 
