@@ -12,6 +12,7 @@ import { connectPostgres, type Sql } from "./db.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "./nats.ts";
 import { OutboxRelay } from "./relay.ts";
+import { AnchorPublisher } from "./anchors.ts";
 import { WebhookDispatcher, webhookTargets } from "./webhooks.ts";
 import { topology, type Topology } from "./topology.ts";
 
@@ -27,6 +28,8 @@ export interface Running {
   readonly log: Logger;
   readonly worker: Worker | null;
   readonly relay: OutboxRelay | null;
+  /** Publishes hash-chain heads to the anchors stream (role `relay`). */
+  readonly anchors: AnchorPublisher | null;
   /** One sender per channel with a webhook (role `relay`). */
   readonly webhooks: ReadonlyArray<WebhookDispatcher>;
   /** One CDC reader per configured source whose URL is set. */
@@ -107,6 +110,12 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
           (r) => Effect.promise(() => r.stop()),
         )
       : null;
+    const anchors = roles.includes("relay")
+      ? yield* Effect.acquireRelease(
+          Effect.sync(() => new AnchorPublisher({ sql, nats, topology: t, log: log.child({ role: "relay" }), intervalMs: settings.anchorIntervalMs })),
+          (a) => Effect.promise(() => a.stop()),
+        )
+      : null;
     const webhooks: Array<WebhookDispatcher> = [];
     if (roles.includes("relay")) {
       for (const target of yield* Effect.try(() => webhookTargets(config)))
@@ -167,7 +176,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
           (app) => Effect.promise(() => app.close()),
         )
       : null;
-    return { settings, topology: t, sql, nats, log, worker, relay, webhooks, readers, api } satisfies Running;
+    return { settings, topology: t, sql, nats, log, worker, relay, anchors, webhooks, readers, api } satisfies Running;
   });
 
 /** Promise-style handle on `startRoles` for callers outside Effect (tests, the dev stack). */

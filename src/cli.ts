@@ -2,11 +2,12 @@ import { createReadStream } from "node:fs";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { Effect, Exit, Fiber } from "effect";
-import { migrate, verifyLedger } from "../ledger/index.ts";
+import { chainHeads, checkAnchors, migrate, runtimeGrants, verifyLedger, type Anchor } from "../ledger/index.ts";
+import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "./anchors.ts";
 import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./app.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "./config.ts";
 import { loadTallyConfig } from "./configFile.ts";
-import { connectPostgres } from "./db.ts";
+import { connectPostgres, type Sql } from "./db.ts";
 import { devMain } from "./dev.ts";
 import { createLogger } from "./log.ts";
 import { ensureTopology } from "./nats.ts";
@@ -18,12 +19,18 @@ import { assertEnvironment } from "../ledger/index.ts";
 const USAGE = `tally — real-time inventory ledger
 
 usage:
-  tally migrate                          apply pending migrations; record TALLY_ENV in the database
+  tally migrate [--runtime-role <role>]  apply pending migrations; record TALLY_ENV in the database; grant
+                                         the runtime privileges (append-only ledger) to <role>
+  tally migrate --print-grants [--runtime-role <role>]
+                                         print those GRANT statements for a DBA (default role tally_runtime)
   tally start [--roles worker,relay,cdc,api]
                                          run roles until SIGINT/SIGTERM (default: worker,relay,cdc)
   tally submit <file.ndjson|-> [--wait] [--timeout <seconds>]
                                          publish canonical commands (one JSON per line)
-  tally ledger verify                    recompute every hash chain and balance
+  tally ledger verify [--anchors] [--anchors-file <f>]
+                                         recompute every hash chain and balance; with --anchors, compare
+                                         them with the heads published to NATS (or kept in files)
+  tally ledger anchor [--file <f>]       publish every SKU's chain head now (or append them to a file)
   tally ledger export [--from <t>] [--to <t>] [--format csv|ndjson] [--out <file>]
                                          stream entries recorded in [from, to), with a closing summary
   tally token new <id> --scopes <s,…> [--channel <c>]
@@ -66,16 +73,17 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
     case "dev":
       return devMain(rest);
     case "migrate":
-      return cmdMigrate(loadSettings());
+      return cmdMigrate(rest);
     case "start":
       return cmdStart(loadSettings(), rest);
     case "submit":
       return cmdSubmit(loadSettings(), rest);
     case "ledger": {
       const [sub] = rest;
-      if (sub === "verify") return cmdVerify(loadSettings());
+      if (sub === "verify") return cmdVerify(loadSettings(), rest.slice(1));
       if (sub === "export") return cmdExport(loadSettings(), rest.slice(1));
-      throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify or export)`);
+      if (sub === "anchor") return cmdAnchor(loadSettings(), rest.slice(1));
+      throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify, export or anchor)`);
     }
     case "token":
       return cmdToken(rest);
@@ -104,7 +112,23 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
   }
 }
 
-async function cmdMigrate(settings: Settings): Promise<number> {
+async function cmdMigrate(args: ReadonlyArray<string>): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: { "print-grants": { type: "boolean", default: false }, "runtime-role": { type: "string" } },
+  });
+  if (values["print-grants"]) {
+    // Printing needs no connection: a DBA runs it anywhere, and the statements as the owner.
+    const role = values["runtime-role"] ?? "tally_runtime";
+    process.stdout.write(
+      `-- Run as the owner of Tally's tables (the role that runs tally migrate), after every migration.\n` +
+        `-- ${role} may read and write Tally's working tables but only read and append to ledger_entries:\n` +
+        `-- no UPDATE, DELETE or TRUNCATE there, and as it owns nothing, no ALTER or DROP of the trigger.\n` +
+        `${runtimeGrants(role).join("\n")}\n`,
+    );
+    return 0;
+  }
+  const settings = loadSettings();
   const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-migrate" });
   try {
     const result = await migrate(sql, settings.env);
@@ -113,6 +137,13 @@ async function cmdMigrate(settings: Settings): Promise<number> {
         ? `migrate: up to date (environment ${result.environment})\n`
         : `migrate: applied ${result.applied.join(", ")} (environment ${result.environment})\n`,
     );
+    const role = values["runtime-role"];
+    if (role !== undefined) {
+      await sql.begin(async (tx) => {
+        for (const statement of runtimeGrants(role)) await tx.unsafe(statement);
+      });
+      process.stdout.write(`migrate: granted the runtime privileges to ${role}\n`);
+    }
     return 0;
   } finally {
     await sql.end({ timeout: 5 });
@@ -356,24 +387,91 @@ async function cmdToken(args: ReadonlyArray<string>): Promise<number> {
   return 0;
 }
 
-async function cmdVerify(settings: Settings): Promise<number> {
+async function cmdVerify(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: { anchors: { type: "boolean", default: false }, "anchors-file": { type: "string", multiple: true } },
+  });
   const sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-verify" });
   try {
     await assertEnvironment(sql, settings.env);
     const report = await verifyLedger(sql);
-    if (report.ok) {
-      process.stdout.write(`ledger verify: ok — ${report.entries} entries, ${report.skus} SKUs, ${report.balances} balances\n`);
-      return 0;
+    if (!report.ok) {
+      const p = report.problem!;
+      process.stdout.write(
+        `ledger verify: FAILED at SKU ${p.sku}${p.entryId !== null ? ` entry ${p.entryId} (command ${p.commandId})` : ""}: ${p.message}\n`,
+      );
+      return 1;
     }
-    const p = report.problem!;
-    process.stdout.write(
-      `ledger verify: FAILED at SKU ${p.sku}${p.entryId !== null ? ` entry ${p.entryId} (command ${p.commandId})` : ""}: ${p.message}\n`,
-    );
-    return 1;
+    process.stdout.write(`ledger verify: ok — ${report.entries} entries, ${report.skus} SKUs, ${report.balances} balances\n`);
+    if (!values.anchors && values["anchors-file"] === undefined) return 0;
+    return await verifyAnchors(settings, sql, values.anchors!, values["anchors-file"] ?? []);
   } finally {
     await sql.end({ timeout: 5 });
   }
 }
+
+/** `--anchors`, `--anchors-file`: the chain against the heads published outside the database. */
+async function verifyAnchors(settings: Settings, sql: Sql, fromNats: boolean, files: ReadonlyArray<string>): Promise<number> {
+  const anchors: Array<Anchor> = [];
+  for (const f of files) anchors.push(...(await readAnchorFile(f)));
+  if (fromNats)
+    anchors.push(
+      ...(await Effect.runPromise(
+        Effect.scoped(
+          Effect.gen(function* () {
+            const nats = yield* natsTopology(settings, "tally-verify");
+            return yield* Effect.tryPromise(() => readNatsAnchors(nats, nats.topology));
+          }),
+        ),
+      )),
+    );
+  const report = await checkAnchors(sql, anchors);
+  if (report.ok) {
+    process.stdout.write(`ledger verify --anchors: ok — ${report.anchors} anchors of ${report.skus} SKUs match the ledger\n`);
+    return 0;
+  }
+  for (const p of report.problems) process.stdout.write(`ledger verify --anchors: FAILED at SKU ${p.sku}: ${p.message}\n`);
+  return 1;
+}
+
+/** `tally ledger anchor [--file <f>]`: every SKU's chain head now, to the anchors stream or appended to a file. */
+async function cmdAnchor(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
+  const { values } = parseArgs({ args: [...args], options: { file: { type: "string" } } });
+  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-anchor" });
+  try {
+    await assertEnvironment(sql, settings.env);
+    const { heads } = await chainHeads(sql);
+    if (values.file !== undefined) {
+      await appendAnchorFile(values.file, heads);
+      process.stdout.write(`ledger anchor: ${heads.length} SKU heads appended to ${values.file}\n`);
+      return 0;
+    }
+    const messages = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const nats = yield* natsTopology(settings, "tally-anchor");
+          return yield* Effect.tryPromise(() => publishAnchors(nats, nats.topology, heads));
+        }),
+      ),
+    );
+    process.stdout.write(`ledger anchor: ${heads.length} SKU heads published in ${messages} messages\n`);
+    return 0;
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+/** A NATS connection with the environment's topology, for the span of an Effect scope. */
+const natsTopology = (settings: Settings, name: string) =>
+  Effect.gen(function* () {
+    const t = topology(settings.env, settings.partitions);
+    const nc = yield* natsResource(settings.natsUrl, name, settings.natsAccess);
+    const nats = yield* Effect.tryPromise(() =>
+      ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
+    );
+    return { ...nats, topology: t };
+  });
 
 /** `tally source check|enable|status|drop <name>`: the database admin's view of a CDC source. */
 async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promise<number> {

@@ -26,6 +26,8 @@ export interface Settings {
   readonly apiTokensFile: string | undefined;
   /** `TALLY_API_RATE_LIMIT`: write requests per minute per API token (default 600). */
   readonly apiRateLimit: number;
+  /** `TALLY_ANCHOR_INTERVAL_MS`: how often the relay role publishes the hash-chain heads that changed (default 60000). */
+  readonly anchorIntervalMs: number;
   /** How this process proves who it is to NATS and checks the server (`TALLY_NATS_*`). */
   readonly natsAccess: NatsAccess;
 }
@@ -100,6 +102,7 @@ const settingsConfig = Config.all({
   apiTokens: Config.option(Config.string("TALLY_API_TOKENS")),
   apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
   apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, 600),
+  anchorIntervalMs: intIn("TALLY_ANCHOR_INTERVAL_MS", 100, 24 * 3600 * 1000, 60_000),
   natsUser: Config.option(Config.string("TALLY_NATS_USER")),
   natsPassword: Config.option(Config.string("TALLY_NATS_PASSWORD")),
   natsToken: Config.option(Config.string("TALLY_NATS_TOKEN")),
@@ -135,6 +138,7 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     apiTokens: Option.getOrUndefined(s.apiTokens),
     apiTokensFile: Option.getOrUndefined(s.apiTokensFile),
     apiRateLimit: s.apiRateLimit,
+    anchorIntervalMs: s.anchorIntervalMs,
     natsAccess: natsAccess(s),
   };
 }

@@ -134,6 +134,17 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
     duplicate_window: nanos(opts.duplicateWindowMs),
     max_age: nanos(DAY_MS),
   });
+  await ensureStream(jsm, {
+    name: t.anchorsStream,
+    subjects: [t.anchorsSubject],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    duplicate_window: nanos(opts.duplicateWindowMs),
+    max_age: 0,
+    // The chain's external witness: no client may delete or purge it through the JetStream API.
+    deny_delete: true,
+    deny_purge: true,
+  });
   const kvm = new Kvm(js);
   const leases = await kvm.create(t.leasesBucket, { history: 1, ttl: opts.leaseTtlMs, storage: StorageType.File });
   const availability = await kvm.create(t.availabilityBucket, { history: 1, storage: StorageType.File });
