@@ -479,7 +479,9 @@ async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promi
   const { findSource, configuredSources, sourceUrlSetting } = await import("../cdc/sources.ts");
   const help = `usage:
   tally source check <name>               pass/fail table of what CDC needs, with the SQL that fixes each failure
-  tally source enable <name> [--print-sql] create the publication and slot (or print the SQL for a DBA)
+  tally source enable <name> [--print-sql [--role <r>]]
+                                          create the publication and slot (or print the SQL for a DBA,
+                                          with a least-privilege replication role <r> for the cdc role)
   tally source status [<name>] [--json]   slot, confirmed LSN, lag bytes/seconds, heartbeat, snapshot, counters
   tally source drop <name>                drop the slot and publication (stop the cdc role first)
   tally source resnapshot <name> [--no-wait] [--timeout <s>]
@@ -490,6 +492,7 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
     allowPositionals: true,
     options: {
       "print-sql": { type: "boolean", default: false },
+      role: { type: "string" },
       json: { type: "boolean", default: false },
       "no-wait": { type: "boolean", default: false },
       timeout: { type: "string", default: "600" },
@@ -511,7 +514,11 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
     process.stdout.write(
       `-- Enable CDC for source ${source.name}, as a superuser or the tables' owner, in this order (publication before slot).\n` +
         `-- If the publication exists already: ALTER PUBLICATION ${admin.quoteIdent(source.publication)} SET TABLE … instead.\n` +
-        `${admin.enableSql(source).join("\n")}\n`,
+        `${admin.enableSql(source).join("\n")}\n` +
+        (values.role !== undefined
+          ? `-- The role the cdc role connects as (${sourceUrlSetting(source.name)}): REPLICATION and SELECT on the captured tables only.\n` +
+            `${admin.replicationRoleSql(source, values.role).join("\n")}\n`
+          : ""),
     );
     return 0;
   }
