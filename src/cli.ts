@@ -11,6 +11,7 @@ import { connectPostgres, type Sql } from "./db.ts";
 import { devMain } from "./dev.ts";
 import { createLogger } from "./log.ts";
 import { ensureTopology } from "./nats.ts";
+import { maskSecrets } from "./redact.ts";
 import { submit } from "./submit.ts";
 import { topology } from "./topology.ts";
 import { usableWebhookTargets } from "./webhooks.ts";
@@ -563,9 +564,9 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
       }
     }
     if (sub === "status") {
-      if (values.json) process.stdout.write(`${JSON.stringify(statuses, null, 2)}\n`);
+      if (values.json) process.stdout.write(maskSecrets(`${JSON.stringify(statuses, null, 2)}\n`));
       else if (statuses.length === 0) process.stdout.write("no source has its URL set (TALLY_SOURCE_<NAME>_URL)\n");
-      else process.stdout.write(admin.formatStatuses(statuses));
+      else process.stdout.write(maskSecrets(admin.formatStatuses(statuses)));
     }
     if (failed) process.stderr.write(`source check: failed — apply the fixes above and run it again\n`);
     return failed ? 1 : 0;
@@ -618,9 +619,9 @@ main(process.argv.slice(2)).then(
   },
   (error: unknown) => {
     const e = error as Error;
-    const known = ["SettingsError", "ConfigFileError", "EnvironmentMismatch", "MigrationError", "UsageError", "TokenConfigError"];
-    if (known.includes(e?.name)) process.stderr.write(`tally: ${e.message}\n`);
-    else process.stderr.write(`tally: ${e?.stack ?? String(error)}\n`);
+    const known = ["SettingsError", "ConfigFileError", "EnvironmentMismatch", "MigrationError", "UsageError", "TokenConfigError", "DatabaseTlsError"];
+    if (known.includes(e?.name)) process.stderr.write(`tally: ${maskSecrets(e.message)}\n`);
+    else process.stderr.write(`tally: ${maskSecrets(e?.stack ?? String(error))}\n`);
     process.exitCode = e instanceof UsageError ? e.code : 1;
   },
 );
