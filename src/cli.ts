@@ -54,7 +54,11 @@ settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_
   TALLY_APPLY_CONCURRENCY (partitions applying at once per worker, default the CPU count),
   TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL, TALLY_HTTP_HOST (default 0.0.0.0),
   TALLY_HTTP_PORT (default 8080), TALLY_API_TOKENS / TALLY_API_TOKENS_FILE (hashed tokens, JSON),
-  TALLY_API_RATE_LIMIT (write requests per minute per token, default 600)
+  TALLY_API_RATE_LIMIT (write requests per minute per token, default 600),
+  NATS credentials: TALLY_NATS_USER + TALLY_NATS_PASSWORD (or nats://user:pass@host), TALLY_NATS_TOKEN,
+  TALLY_NATS_NKEY_SEED_FILE or TALLY_NATS_CREDS_FILE; NATS TLS: TALLY_NATS_CA_FILE, TALLY_NATS_CERT_FILE +
+  TALLY_NATS_KEY_FILE; database TLS in the URL (?sslmode=verify-full&sslrootcert=<ca file>);
+  TALLY_ANCHOR_INTERVAL_MS (chain heads published by the relay, default 60000)
 `;
 
 /** An error for the user: printed as one line, exit code 1 (or `code`). */
