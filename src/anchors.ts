@@ -8,6 +8,9 @@ import { backoffDelay } from "./backoff.ts";
 import type { NatsHandles } from "./nats.ts";
 import type { Topology } from "./topology.ts";
 
+/** How far before the previous round's read each round looks again for changed heads. */
+const LOOK_BACK_MS = 60_000;
+
 /** Heads per anchor message: well under NATS's default 1 MB payload limit. */
 const HEADS_PER_MESSAGE = 2000;
 
@@ -115,8 +118,9 @@ export class AnchorPublisher {
   async round(): Promise<number> {
     const { heads, readAt } = await chainHeads(this.opts.sql, this.#since);
     if (heads.length > 0) await publishAnchors(this.opts.nats, this.opts.topology, heads);
-    // Heads read at readAt include every commit before it; a commit racing the read is taken next round.
-    this.#since = new Date(readAt.getTime() - 5_000);
+    // A head's updated_at is its worker's clock when the batch began, not the commit time: a batch
+    // that committed late (or on a skewed clock) is caught by looking a minute back each round.
+    this.#since = new Date(readAt.getTime() - LOOK_BACK_MS);
     return heads.length;
   }
 
