@@ -1,4 +1,4 @@
-import { jetstream } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { readFile } from "node:fs/promises";
@@ -159,6 +159,16 @@ describe("NATS with the shipped per-role configuration (deploy/nats/tally.conf)"
     await expect(leases.get("partition.0")).rejects.toThrow(/permission/i);
     await expect(jetstream(reader).publish(`$KV.tally_${ctx.env}_leases.partition.0`, "{}")).rejects.toThrow(/permission/i);
 
+    // A push consumer on the availability bucket delivering into a command subject: the server lets
+    // the reader create it, but its deliveries never enter the commands stream.
+    const admin = await connectAs("admin");
+    const commandsBefore = (await jetstreamManager(admin).then((m) => m.streams.info(t.commandsStream))).state.messages;
+    await (await jetstreamManager(reader, { checkAPI: false })).consumers.add(`KV_tally_${ctx.env}_availability`, {
+      deliver_subject: t.commandSubject(t.partitionOf("SKU-0004")),
+      ack_policy: AckPolicy.None,
+      deliver_policy: DeliverPolicy.All,
+    });
+
     // A real command published after the forged one, by the CDC user, to the same partition: once
     // the worker has applied it, everything before it in that partition has an outcome.
     const cdc = await connectAs("cdc");
@@ -166,6 +176,7 @@ describe("NATS with the shipped per-role configuration (deploy/nats/tally.conf)"
     await publishCommands(jetstream(cdc), t, [legit]);
     await eventually("the legitimate command to be applied", async () => (await outcome(legit.id)) === "applied");
     expect(await outcome(forged.id)).toBeUndefined();
+    expect((await jetstreamManager(admin).then((m) => m.streams.info(t.commandsStream))).state.messages).toBe(commandsBefore + 1);
     const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from ledger_entries where command_id = ${forged.id}`;
     expect(n).toBe(0);
     await eventually("the relay to publish the legitimate receipt", async () => (await kv.get("web.SKU-0004"))!.string() !== real);
