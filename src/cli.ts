@@ -2,11 +2,11 @@ import { createReadStream } from "node:fs";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { Effect, Exit, Fiber } from "effect";
-import { migrate, verifyLedger } from "../ledger/index.ts";
+import { migrate, verifyLedger, type VerifyReport } from "../ledger/index.ts";
 import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./app.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "./config.ts";
 import { loadTallyConfig } from "./configFile.ts";
-import { connectPostgres } from "./db.ts";
+import { connectPostgres, type Sql } from "./db.ts";
 import { devMain } from "./dev.ts";
 import { createLogger } from "./log.ts";
 import { ensureTopology } from "./nats.ts";
@@ -23,7 +23,8 @@ usage:
                                          run roles until SIGINT/SIGTERM (default: worker,relay,cdc)
   tally submit <file.ndjson|-> [--wait] [--timeout <seconds>]
                                          publish canonical commands (one JSON per line)
-  tally ledger verify                    recompute every hash chain and balance
+  tally ledger verify                    recompute every hash chain and balance in one snapshot
+                                         (exit 0 ok, 1 mismatch found, 2 usage or connection error)
   tally ledger export [--from <t>] [--to <t>] [--format csv|ndjson] [--out <file>]
                                          stream entries recorded in [from, to), with a closing summary
   tally token new <id> --scopes <s,…> [--channel <c>]
@@ -73,7 +74,7 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
       return cmdSubmit(loadSettings(), rest);
     case "ledger": {
       const [sub] = rest;
-      if (sub === "verify") return cmdVerify(loadSettings());
+      if (sub === "verify") return cmdVerify(rest.slice(1));
       if (sub === "export") return cmdExport(loadSettings(), rest.slice(1));
       throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify or export)`);
     }
@@ -356,23 +357,36 @@ async function cmdToken(args: ReadonlyArray<string>): Promise<number> {
   return 0;
 }
 
-async function cmdVerify(settings: Settings): Promise<number> {
-  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-verify" });
+/**
+ * `tally ledger verify`: exit 0 when the ledger is sound, 1 when a mismatch is found, 2 when it could
+ * not be checked (bad usage or settings, no connection): a script must be able to tell "tampered"
+ * from "could not look".
+ */
+async function cmdVerify(args: ReadonlyArray<string>): Promise<number> {
+  let sql: Sql | null = null;
+  let report: VerifyReport;
   try {
+    if (args.length > 0) throw new UsageError(`ledger verify: unexpected argument ${JSON.stringify(args[0])}`);
+    const settings = loadSettings();
+    sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-verify" });
     await assertEnvironment(sql, settings.env);
-    const report = await verifyLedger(sql);
-    if (report.ok) {
-      process.stdout.write(`ledger verify: ok — ${report.entries} entries, ${report.skus} SKUs, ${report.balances} balances\n`);
-      return 0;
-    }
-    const p = report.problem!;
-    process.stdout.write(
-      `ledger verify: FAILED at SKU ${p.sku}${p.entryId !== null ? ` entry ${p.entryId} (command ${p.commandId})` : ""}: ${p.message}\n`,
-    );
-    return 1;
+    report = await verifyLedger(sql);
+  } catch (error) {
+    const e = error as Error;
+    process.stderr.write(`tally: ledger verify could not check the ledger: ${e?.message ?? String(error)}\n`);
+    return 2;
   } finally {
-    await sql.end({ timeout: 5 });
+    await sql?.end({ timeout: 5 });
   }
+  if (report.ok) {
+    process.stdout.write(`ledger verify: ok — ${report.entries} entries, ${report.skus} SKUs, ${report.balances} balances\n`);
+    return 0;
+  }
+  const p = report.problem!;
+  process.stdout.write(
+    `ledger verify: FAILED at SKU ${p.sku}${p.entryId !== null ? ` entry ${p.entryId} (command ${p.commandId})` : ""}: ${p.message}\n`,
+  );
+  return 1;
 }
 
 /** `tally source check|enable|status|drop <name>`: the database admin's view of a CDC source. */
