@@ -25,8 +25,10 @@ usage:
                                          publish canonical commands (one JSON per line)
   tally ledger verify                    recompute every hash chain and balance in one snapshot
                                          (exit 0 ok, 1 mismatch found, 2 usage or connection error)
-  tally ledger export [--from <t>] [--to <t>] [--format csv|ndjson] [--out <file>]
-                                         stream entries recorded in [from, to), with a closing summary
+  tally ledger export [--cursor <c>] [--from <t>] [--to <t>] [--format csv|ndjson] [--out <file>]
+                                         stream the entries committed after the cursor (RFC 4180 CSV or
+                                         NDJSON); the summary, with the next cursor, as one JSON line on
+                                         stderr and in <file>.summary.json
   tally token new <id> --scopes <s,…> [--channel <c>]
                                          a fresh API token, and the hashed entry to configure for it
   tally dlq list [--origin <o>] [--json] dead letters (CDC sources, submit, commands)
@@ -276,11 +278,21 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
   });
 }
 
-/** `tally ledger export`: the same stream as GET /v1/ledger/export, to a file or standard output. */
+/**
+ * `tally ledger export`: the same stream as GET /v1/ledger/export, to a file or standard output.
+ * The summary never goes into the file: beside it as `<file>.summary.json` with --out, and always as
+ * one JSON line on stderr (which is also where the cursor for the next increment is).
+ */
 async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
   const { values } = parseArgs({
     args: [...args],
-    options: { from: { type: "string" }, to: { type: "string" }, format: { type: "string", default: "csv" }, out: { type: "string" } },
+    options: {
+      cursor: { type: "string" },
+      from: { type: "string" },
+      to: { type: "string" },
+      format: { type: "string", default: "csv" },
+      out: { type: "string" },
+    },
   });
   const format = values.format;
   if (format !== "csv" && format !== "ndjson") throw new UsageError(`--format: expected csv or ndjson, got ${JSON.stringify(format)}`);
@@ -290,19 +302,26 @@ async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promi
     if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v)) throw new UsageError(`--${name}: expected an ISO-8601 date or date-time, got ${JSON.stringify(v)}`);
     return d;
   };
-  const range = { from: when("from", values.from), to: when("to", values.to) };
-  const { exportLedger } = await import("./http/ledgerExport.ts");
+  const { EXPORT_CURSOR_PATTERN, openExport } = await import("./http/ledgerExport.ts");
+  if (values.cursor !== undefined && !EXPORT_CURSOR_PATTERN.test(values.cursor))
+    throw new UsageError(`--cursor: expected the nextCursor of a previous export (digits), got ${JSON.stringify(values.cursor)}`);
+  const range = { cursor: values.cursor, from: when("from", values.from), to: when("to", values.to) };
   const { createWriteStream } = await import("node:fs");
+  const { writeFile } = await import("node:fs/promises");
   const { pipeline } = await import("node:stream/promises");
   const { Readable } = await import("node:stream");
-  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-export" });
+  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-export" });
   try {
     await assertEnvironment(sql, settings.env);
-    const [{ total }] = await sql<[{ total: number }]>`
-      select count(*)::float8 as total from ledger_entries
-       where true ${range.from ? sql`and recorded_at >= ${range.from}` : sql``} ${range.to ? sql`and recorded_at < ${range.to}` : sql``}`;
     // A progress bar on a terminal (stderr), never mixed into the export itself.
     const tty = process.stderr.isTTY === true;
+    const total = tty
+      ? (
+          await sql<[{ total: number }]>`
+            select count(*)::float8 as total from ledger_entries
+             where true ${range.from ? sql`and recorded_at >= ${range.from}` : sql``} ${range.to ? sql`and recorded_at < ${range.to}` : sql``}`
+        )[0].total
+      : 0;
     let last = 0;
     const progress = (done: number) => {
       if (!tty || Date.now() - last < 100) return;
@@ -312,23 +331,22 @@ async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promi
       process.stderr.write(`\r[${"#".repeat(Math.round(pct * width)).padEnd(width, ".")}] ${(pct * 100).toFixed(1)}%  ${done}/${total} entries`);
     };
     const out = values.out ? createWriteStream(values.out) : process.stdout;
-    const gen = exportLedger(sql, format, range, (s) => progress(s.count));
-    let summary: { count: number; lastHash: string | null } | null = null;
+    const exp = await openExport(sql, format, range, (s) => progress(s.count));
+    let summary: unknown = null;
     const source = Readable.from(
       (async function* () {
-        for (;;) {
-          const step = await gen.next();
-          if (step.done) {
-            summary = step.value;
-            return;
-          }
-          yield step.value;
-        }
+        summary = yield* exp.chunks;
       })(),
     );
-    await pipeline(source, out, { end: values.out !== undefined });
+    try {
+      await pipeline(source, out, { end: values.out !== undefined });
+    } finally {
+      await exp.close();
+    }
     if (tty) process.stderr.write("\n");
-    if (values.out) process.stderr.write(`ledger export: ${summary!.count} entries to ${values.out} (last hash ${summary!.lastHash ?? "-"})\n`);
+    const json = JSON.stringify(summary);
+    if (values.out) await writeFile(`${values.out}.summary.json`, `${json}\n`);
+    process.stderr.write(`${json}\n`);
     return 0;
   } finally {
     await sql.end({ timeout: 5 });
