@@ -71,89 +71,97 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     // very commits every one of them is waiting for.
     const workerSql = roles.includes("worker") ? yield* postgresResource(url, "tally-worker", Math.min(settings.partitions, 16) + 2) : sql;
     const apiSql = roles.includes("api") ? yield* postgresResource(url, "tally-api") : sql;
-    const worker = roles.includes("worker")
-      ? yield* Effect.acquireRelease(
-          Effect.sync(() => {
-            const w = new Worker({
-              sql: workerSql,
-              nats,
-              topology: t,
-              channels: channelViews(config),
-              log: log.child({ role: "worker" }),
-              leaseTtlMs: settings.leaseTtlMs,
-              maxActors: settings.maxActors,
-              batchMax: settings.batchMax,
-              applyConcurrency: settings.applyConcurrency,
-            });
-            w.start();
-            return w;
-          }),
-          (w) => Effect.promise(() => w.stop()),
-        )
-      : null;
-    const relay = roles.includes("relay")
-      ? yield* Effect.acquireRelease(
-          Effect.tryPromise(async () =>
-            new OutboxRelay({
-              sql,
-              nats,
-              log: log.child({ role: "relay" }),
-              instanceId: await instanceId(sql),
-              env: settings.env,
-              leaseTtlMs: settings.leaseTtlMs,
-              owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
-            }),
-          ),
-          (r) => Effect.promise(() => r.stop()),
-        )
-      : null;
-    const webhooks: Array<WebhookDispatcher> = [];
-    if (roles.includes("relay")) {
-      for (const target of yield* Effect.try(() => webhookTargets(config)))
-        webhooks.push(
-          yield* Effect.acquireRelease(
-            Effect.sync(
-              () =>
-                new WebhookDispatcher({
-                  target,
+    // The roles stop side by side when the scope closes (after the API has drained, before the
+    // connections close): one waiting on a dependency that is down does not hold up the others'
+    // flush, and the whole stop fits the shutdown bound more easily.
+    const { worker, relay, webhooks, readers } = yield* Effect.parallelFinalizers(
+      Effect.gen(function* () {
+        const worker = roles.includes("worker")
+          ? yield* Effect.acquireRelease(
+              Effect.sync(() => {
+                const w = new Worker({
+                  sql: workerSql,
                   nats,
                   topology: t,
-                  log: log.child({ role: "relay", channel: target.channel }),
-                  owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+                  channels: channelViews(config),
+                  log: log.child({ role: "worker" }),
                   leaseTtlMs: settings.leaseTtlMs,
-                }),
-            ),
-            (w) => Effect.promise(() => w.stop()),
-          ),
-        );
-    }
-    const readers: Array<SourceReader> = [];
-    if (roles.includes("cdc")) {
-      const sources = configuredSources(config, settings.env);
-      if (sources.length === 0) log.warn("cdc role: no source has its TALLY_SOURCE_<NAME>_URL set; nothing to capture");
-      for (const source of sources)
-        readers.push(
-          yield* Effect.acquireRelease(
-            Effect.sync(
-              () =>
-                new SourceReader({
-                  source,
+                  maxActors: settings.maxActors,
+                  batchMax: settings.batchMax,
+                  applyConcurrency: settings.applyConcurrency,
+                });
+                w.start();
+                return w;
+              }),
+              (w) => Effect.promise(() => w.stop()),
+            )
+          : null;
+        const relay = roles.includes("relay")
+          ? yield* Effect.acquireRelease(
+              Effect.tryPromise(async () =>
+                new OutboxRelay({
                   sql,
-                  js: nats.js,
-                  nc: nats.nc,
-                  topology: t,
-                  log: log.child({ role: "cdc", source: source.name }),
+                  nats,
+                  log: log.child({ role: "relay" }),
+                  instanceId: await instanceId(sql),
+                  env: settings.env,
+                  leaseTtlMs: settings.leaseTtlMs,
+                  owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
                 }),
-            ),
-            (r) => Effect.promise(() => r.stop()),
-          ),
-        );
-    }
+              ),
+              (r) => Effect.promise(() => r.stop()),
+            )
+          : null;
+        const webhooks: Array<WebhookDispatcher> = [];
+        if (roles.includes("relay")) {
+          for (const target of yield* Effect.try(() => webhookTargets(config)))
+            webhooks.push(
+              yield* Effect.acquireRelease(
+                Effect.sync(
+                  () =>
+                    new WebhookDispatcher({
+                      target,
+                      nats,
+                      topology: t,
+                      log: log.child({ role: "relay", channel: target.channel }),
+                      owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+                      leaseTtlMs: settings.leaseTtlMs,
+                    }),
+                ),
+                (w) => Effect.promise(() => w.stop()),
+              ),
+            );
+        }
+        const readers: Array<SourceReader> = [];
+        if (roles.includes("cdc")) {
+          const sources = configuredSources(config, settings.env);
+          if (sources.length === 0) log.warn("cdc role: no source has its TALLY_SOURCE_<NAME>_URL set; nothing to capture");
+          for (const source of sources)
+            readers.push(
+              yield* Effect.acquireRelease(
+                Effect.sync(
+                  () =>
+                    new SourceReader({
+                      source,
+                      sql,
+                      js: nats.js,
+                      nc: nats.nc,
+                      topology: t,
+                      log: log.child({ role: "cdc", source: source.name }),
+                    }),
+                ),
+                (r) => Effect.promise(() => r.stop()),
+              ),
+            );
+        }
+        return { worker, relay, webhooks, readers };
+      }),
+    );
     const api = roles.includes("api")
       ? yield* Effect.acquireRelease(
           Effect.tryPromise(async () => {
             // Loaded only by processes that serve HTTP.
-            const { buildApp } = await import("./http/app.ts");
+            const { buildApp, drainApp } = await import("./http/app.ts");
             const { loadTokens } = await import("./http/auth.ts");
             const app = await buildApp({ settings, config, topology: t, sql: apiSql, nats, log, tokens: await loadTokens(settings), worker, readers, webhooks });
             try {
@@ -162,12 +170,13 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
               await app.close();
               throw error;
             }
-            return app;
+            return { app, drainApp };
           }),
-          (app) => Effect.promise(() => app.close()),
+          // Drain first (requests in flight are answered, new ones get 503 + Retry-After), then close.
+          ({ app, drainApp }) => Effect.promise(() => drainApp(app).then(() => app.close())),
         )
       : null;
-    return { settings, topology: t, sql, nats, log, worker, relay, webhooks, readers, api } satisfies Running;
+    return { settings, topology: t, sql, nats, log, worker, relay, webhooks, readers, api: api?.app ?? null } satisfies Running;
   });
 
 /** Promise-style handle on `startRoles` for callers outside Effect (tests, the dev stack). */

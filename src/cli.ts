@@ -49,7 +49,8 @@ settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_
   TALLY_APPLY_CONCURRENCY (partitions applying at once per worker, default the CPU count),
   TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL, TALLY_HTTP_HOST (default 0.0.0.0),
   TALLY_HTTP_PORT (default 8080), TALLY_API_TOKENS / TALLY_API_TOKENS_FILE (hashed tokens, JSON),
-  TALLY_API_RATE_LIMIT (write requests per minute per token, default 600)
+  TALLY_API_RATE_LIMIT (write requests per minute per token, default 600),
+  TALLY_SHUTDOWN_TIMEOUT_MS (longest stop after SIGTERM/SIGINT, default 10000)
 `;
 
 /** An error for the user: printed as one line, exit code 1 (or `code`). */
@@ -137,14 +138,34 @@ async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promis
     }),
   );
   const fiber = Effect.runFork(program);
+  const boundMs = settings.shutdownTimeoutMs;
+  let stopping = false;
+  // The stop is bounded whatever the dependencies do: closing the scope finishes the batches in
+  // flight, drains HTTP and releases leases when it can; with nats-server or Postgres down those
+  // steps may wait on retries. Nothing is left half-written by exiting: a ledger batch is one
+  // transaction, CDC acknowledges a source position and the API answers 2xx only after JetStream's
+  // PubAck, and the outbox keeps what the relay has not published.
   const stop = (signal: string) => {
-    log.info({ signal }, "shutting down");
+    if (stopping) {
+      log.warn({ signal }, "second signal: exiting now");
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal, boundMs }, "shutting down");
+    setTimeout(() => {
+      log.error({ boundMs }, "shutdown did not finish within TALLY_SHUTDOWN_TIMEOUT_MS (a dependency is down?); exiting now");
+      process.exit(1);
+    }, boundMs).unref();
     void Effect.runPromise(Fiber.interrupt(fiber));
   };
-  process.once("SIGINT", () => stop("SIGINT"));
-  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGTERM", () => stop("SIGTERM"));
   const exit = await Effect.runPromise(Fiber.await(fiber));
   if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) throw squash(exit.cause);
+  log.info("stopped");
+  // Everything is released; a client library's stray timer (a reconnect to a dead server) must not
+  // keep the process alive.
+  setTimeout(() => process.exit(process.exitCode ?? 0), 0).unref();
   return 0;
 }
 
@@ -391,7 +412,8 @@ async function cmdVerify(args: ReadonlyArray<string>): Promise<number> {
     report = await verifyLedger(sql);
   } catch (error) {
     const e = error as Error;
-    process.stderr.write(`tally: ledger verify could not check the ledger: ${e?.message ?? String(error)}\n`);
+    const known = ["SettingsError", "EnvironmentMismatch", "UsageError"].includes(e?.name);
+    process.stderr.write(`tally: ${known ? "" : "ledger verify could not check the ledger: "}${e?.message ?? String(error)}\n`);
     return 2;
   } finally {
     await sql?.end({ timeout: 5 });

@@ -26,6 +26,8 @@ export interface Settings {
   readonly apiTokensFile: string | undefined;
   /** `TALLY_API_RATE_LIMIT`: write requests per minute per API token (default 600). */
   readonly apiRateLimit: number;
+  /** `TALLY_SHUTDOWN_TIMEOUT_MS`: how long `tally start` may take to stop after SIGTERM/SIGINT (default 10 000). */
+  readonly shutdownTimeoutMs: number;
 }
 
 /** A setting that could not be decoded: the message names it. */
@@ -76,6 +78,7 @@ const settingsConfig = Config.all({
   apiTokens: Config.option(Config.string("TALLY_API_TOKENS")),
   apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
   apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, 600),
+  shutdownTimeoutMs: intIn("TALLY_SHUTDOWN_TIMEOUT_MS", 100, 600_000, 10_000),
 });
 
 /** Decodes the settings from `env` (default `process.env`); throws a SettingsError naming the bad setting. */
@@ -103,6 +106,7 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     apiTokens: Option.getOrUndefined(s.apiTokens),
     apiTokensFile: Option.getOrUndefined(s.apiTokensFile),
     apiRateLimit: s.apiRateLimit,
+    shutdownTimeoutMs: s.shutdownTimeoutMs,
   };
 }
 

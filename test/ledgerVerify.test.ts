@@ -94,10 +94,13 @@ describe("tally ledger verify under continuous writes", () => {
     }
   });
 
-  it("exits 2 when it cannot look: no database, or a bad argument", async () => {
+  it("exits 2 when it cannot look: no database, a bad setting, or a bad argument", async () => {
     const unreachable = await runTally(["ledger", "verify"], { ...tallyEnv(ctx), TALLY_DATABASE_URL: "postgres://nobody@127.0.0.1:1/none" });
     expect(unreachable.output).toMatch(/could not check the ledger/);
     expect(unreachable.code).toBe(2);
+    const settings = await runTally(["ledger", "verify"], { ...tallyEnv(ctx), TALLY_DATABASE_URL: "" });
+    expect(settings.output.trim()).toMatch(/^tally: TALLY_DATABASE_URL: is not set/);
+    expect(settings.code).toBe(2);
     const usage = await runTally(["ledger", "verify", "--everything"], tallyEnv(ctx));
     expect(usage.output).toMatch(/unexpected argument/);
     expect(usage.code).toBe(2);
