@@ -1,4 +1,4 @@
-import { Cause, Effect, Exit, Scope } from "effect";
+import { Cause, Effect, ExecutionStrategy, Exit, Scope } from "effect";
 import { UnknownException } from "effect/Cause";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
@@ -74,89 +74,85 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     // The roles stop side by side when the scope closes (after the API has drained, before the
     // connections close): one waiting on a dependency that is down does not hold up the others'
     // flush, and the whole stop fits the shutdown bound more easily.
-    const { worker, relay, webhooks, readers } = yield* Effect.parallelFinalizers(
-      Effect.gen(function* () {
-        const worker = roles.includes("worker")
-          ? yield* Effect.acquireRelease(
-              Effect.sync(() => {
-                const w = new Worker({
-                  sql: workerSql,
+    const rolesScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.parallel);
+    const worker = roles.includes("worker")
+      ? yield* Effect.acquireRelease(
+          Effect.sync(() => {
+            const w = new Worker({
+              sql: workerSql,
+              nats,
+              topology: t,
+              channels: channelViews(config),
+              log: log.child({ role: "worker" }),
+              leaseTtlMs: settings.leaseTtlMs,
+              maxActors: settings.maxActors,
+              batchMax: settings.batchMax,
+              applyConcurrency: settings.applyConcurrency,
+            });
+            w.start();
+            return w;
+          }),
+          (w) => Effect.promise(() => w.stop()),
+        ).pipe(Scope.extend(rolesScope))
+      : null;
+    const relay = roles.includes("relay")
+      ? yield* Effect.acquireRelease(
+          Effect.tryPromise(async () =>
+            new OutboxRelay({
+              sql,
+              nats,
+              log: log.child({ role: "relay" }),
+              instanceId: await instanceId(sql),
+              env: settings.env,
+              leaseTtlMs: settings.leaseTtlMs,
+              owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+            }),
+          ),
+          (r) => Effect.promise(() => r.stop()),
+        ).pipe(Scope.extend(rolesScope))
+      : null;
+    const webhooks: Array<WebhookDispatcher> = [];
+    if (roles.includes("relay")) {
+      for (const target of yield* Effect.try(() => webhookTargets(config)))
+        webhooks.push(
+          yield* Effect.acquireRelease(
+            Effect.sync(
+              () =>
+                new WebhookDispatcher({
+                  target,
                   nats,
                   topology: t,
-                  channels: channelViews(config),
-                  log: log.child({ role: "worker" }),
+                  log: log.child({ role: "relay", channel: target.channel }),
+                  owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
                   leaseTtlMs: settings.leaseTtlMs,
-                  maxActors: settings.maxActors,
-                  batchMax: settings.batchMax,
-                  applyConcurrency: settings.applyConcurrency,
-                });
-                w.start();
-                return w;
-              }),
-              (w) => Effect.promise(() => w.stop()),
-            )
-          : null;
-        const relay = roles.includes("relay")
-          ? yield* Effect.acquireRelease(
-              Effect.tryPromise(async () =>
-                new OutboxRelay({
-                  sql,
-                  nats,
-                  log: log.child({ role: "relay" }),
-                  instanceId: await instanceId(sql),
-                  env: settings.env,
-                  leaseTtlMs: settings.leaseTtlMs,
-                  owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
                 }),
-              ),
-              (r) => Effect.promise(() => r.stop()),
-            )
-          : null;
-        const webhooks: Array<WebhookDispatcher> = [];
-        if (roles.includes("relay")) {
-          for (const target of yield* Effect.try(() => webhookTargets(config)))
-            webhooks.push(
-              yield* Effect.acquireRelease(
-                Effect.sync(
-                  () =>
-                    new WebhookDispatcher({
-                      target,
-                      nats,
-                      topology: t,
-                      log: log.child({ role: "relay", channel: target.channel }),
-                      owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
-                      leaseTtlMs: settings.leaseTtlMs,
-                    }),
-                ),
-                (w) => Effect.promise(() => w.stop()),
-              ),
-            );
-        }
-        const readers: Array<SourceReader> = [];
-        if (roles.includes("cdc")) {
-          const sources = configuredSources(config, settings.env);
-          if (sources.length === 0) log.warn("cdc role: no source has its TALLY_SOURCE_<NAME>_URL set; nothing to capture");
-          for (const source of sources)
-            readers.push(
-              yield* Effect.acquireRelease(
-                Effect.sync(
-                  () =>
-                    new SourceReader({
-                      source,
-                      sql,
-                      js: nats.js,
-                      nc: nats.nc,
-                      topology: t,
-                      log: log.child({ role: "cdc", source: source.name }),
-                    }),
-                ),
-                (r) => Effect.promise(() => r.stop()),
-              ),
-            );
-        }
-        return { worker, relay, webhooks, readers };
-      }),
-    );
+            ),
+            (w) => Effect.promise(() => w.stop()),
+          ).pipe(Scope.extend(rolesScope)),
+        );
+    }
+    const readers: Array<SourceReader> = [];
+    if (roles.includes("cdc")) {
+      const sources = configuredSources(config, settings.env);
+      if (sources.length === 0) log.warn("cdc role: no source has its TALLY_SOURCE_<NAME>_URL set; nothing to capture");
+      for (const source of sources)
+        readers.push(
+          yield* Effect.acquireRelease(
+            Effect.sync(
+              () =>
+                new SourceReader({
+                  source,
+                  sql,
+                  js: nats.js,
+                  nc: nats.nc,
+                  topology: t,
+                  log: log.child({ role: "cdc", source: source.name }),
+                }),
+            ),
+            (r) => Effect.promise(() => r.stop()),
+          ).pipe(Scope.extend(rolesScope)),
+        );
+    }
     const api = roles.includes("api")
       ? yield* Effect.acquireRelease(
           Effect.tryPromise(async () => {
