@@ -114,7 +114,7 @@ describe("decodeCommand rejects, naming the field", () => {
   it("a missing type, along with the other common-field problems", () => {
     expect(failure({ ...base, sku: "a b" }).issues).toEqual([
       { path: "type", message: "is missing" },
-      { path: "sku", message: 'expected a SKU (letters, digits, _ - .), got "a b"' },
+      { path: "sku", message: 'expected a SKU (letters, digits, _ - . *), got "a b"' },
     ]);
   });
 
@@ -130,23 +130,23 @@ describe("decodeCommand rejects, naming the field", () => {
 
   it("a SKU or location with spaces, control characters or too long", () => {
     expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a b" })).toBe(
-      'sku: expected a SKU (letters, digits, _ - .), got "a b"',
+      'sku: expected a SKU (letters, digits, _ - . *), got "a b"',
     );
     expect(messageOf({ ...base, type: "sell", qty: 1, sku: "" })).toBe(
-      'sku: expected a SKU (letters, digits, _ - .), got ""',
+      'sku: expected a SKU (letters, digits, _ - . *), got ""',
     );
     expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a".repeat(201) })).toBe(
       'sku: expected a SKU of at most 200 characters, got "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"… (201 characters)',
     );
     expect(messageOf({ ...base, type: "sell", qty: 1, location: "store\n1" })).toBe(
-      'location: expected a location id (letters, digits, _ - .), got "store\\n1"',
+      'location: expected a location id (letters, digits, _ - . *), got "store\\n1"',
     );
     expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a#b" })).toBe(
-      'sku: expected a SKU (letters, digits, _ - .), got "a#b"',
+      'sku: expected a SKU (letters, digits, _ - . *), got "a#b"',
     );
     // `:` would be an invalid NATS KV key (`<channel>.<sku>`): refused at the edge, not in the relay.
     expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a:b" })).toBe(
-      'sku: expected a SKU (letters, digits, _ - .), got "a:b"',
+      'sku: expected a SKU (letters, digits, _ - . *), got "a:b"',
     );
   });
 

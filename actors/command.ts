@@ -10,8 +10,11 @@ export const MAX_QTY = 1_000_000_000_000;
 
 const SKU_MAX_LENGTH = 200;
 const COMMAND_ID_MAX_LENGTH = 300;
-/** NATS KV keys allow `[-/_=.A-Za-z0-9]`; `:` or `/` would break KV keys or subjects, so neither is allowed. */
-const ID_PATTERN = /^[A-Za-z0-9_\-.]+$/;
+/**
+ * SKUs and locations: letters, digits, `_ - . *`. NATS subjects and KV keys carry them encoded
+ * (src/topology.ts `encodeToken`), so `.` and `*` are safe there; `:` and `/` are left out here.
+ */
+const ID_PATTERN = /^[A-Za-z0-9_\-.*]+$/;
 const COMMAND_ID_PATTERN = /^[\x21-\x7E]+$/;
 
 /** Renders an offending input value for an error message, briefly. */
@@ -41,7 +44,7 @@ const idString = (what: string) =>
       ...expected((actual) =>
         typeof actual === "string" && actual.length > SKU_MAX_LENGTH
           ? `${what} of at most ${SKU_MAX_LENGTH} characters`
-          : `${what} (letters, digits, _ - .)`,
+          : `${what} (letters, digits, _ - . *)`,
       ),
     }),
   );

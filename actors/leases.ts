@@ -13,6 +13,22 @@ export interface HeldLease {
   revision: number;
 }
 
+/** Longest a lease release waits for NATS (see `release`). */
+const RELEASE_WAIT_MS = 1000;
+
+/** Waits for `work` at most `ms`; its failure is ignored (best effort: a release that cannot reach NATS). */
+async function atMost(ms: number, work: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([work, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+  } catch {
+    // Not ours any more, or NATS unreachable: the TTL frees the key.
+  } finally {
+    clearTimeout(timer);
+  }
+  work.catch(() => {}); // a late failure is not an unhandled rejection
+}
+
 const encode = (v: LeaseValue) => new TextEncoder().encode(JSON.stringify(v));
 
 /**
@@ -56,13 +72,18 @@ export class LeaseStore {
     lease.revision = await this.kv.update(lease.key, encode({ owner: this.owner, epoch: lease.epoch }), lease.revision);
   }
 
-  /** Gives the lease up at once so another worker can take it without waiting for the TTL. */
+  /**
+   * Gives the lease up at once so another worker can take it without waiting for the TTL. Waits at
+   * most RELEASE_WAIT_MS: with nats-server unreachable the delete would wait for its request timeout,
+   * holding up a shutdown for nothing (the TTL frees the key anyway).
+   */
   async release(lease: HeldLease): Promise<void> {
-    try {
-      await this.kv.delete(lease.key, { previousSeq: lease.revision });
-    } catch {
-      // Not ours any more: nothing to release.
-    }
+    await atMost(RELEASE_WAIT_MS, this.kv.delete(lease.key, { previousSeq: lease.revision }));
+  }
+
+  /** Removes a member key (see `heartbeat`) on the way out, waiting at most RELEASE_WAIT_MS like `release`. */
+  async leave(key: string): Promise<void> {
+    await atMost(RELEASE_WAIT_MS, this.kv.delete(key));
   }
 
   /** Announces a live member (for fair shares): a key that expires with the bucket TTL unless re-put. */

@@ -356,7 +356,7 @@ export class PartitionRunner {
    */
   #publishOutcomes(outcomes: ReadonlyArray<OutcomeRow>, todo: ReadonlyArray<IncomingCommand>, applyMs: number): void {
     const source = new Map<string, string>(todo.map(({ command }) => [command.id, command.source.system]));
-    const subject = `tally.${this.deps.topology.env}.outcomes`;
+    const subject = this.deps.topology.outcomesSubject;
     for (let i = 0; i < outcomes.length || i === 0; i += 1000) {
       const chunk = outcomes.slice(i, i + 1000).map((o) => ({
         id: o.commandId, status: o.status, reason: o.reason, detail: o.detail, type: o.type, sku: o.sku, source: source.get(o.commandId),

@@ -96,6 +96,9 @@ export class Worker {
         try {
           await this.#leases.renew(h.lease);
         } catch (err) {
+          // Stopping: the runners stop and the leases go anyway; taking one back would only wait on
+          // NATS again (it may be down: that is often why the renewal failed).
+          if (this.#stopped) return;
           // Expired but free: take it back. The epoch in Postgres is unchanged unless someone took
           // the partition over meanwhile, and then this runner's next commit is fenced anyway.
           const again = await this.#leases.tryAcquire(h.lease.key).catch(() => null);
@@ -124,7 +127,7 @@ export class Worker {
       await this.#leases.release(h.lease);
     }));
     this.#held.clear();
-    await this.opts.nats.leases.delete(this.#memberKey()).catch(() => {});
+    await this.#leases.leave(this.#memberKey());
   }
 
   #memberKey(): string {

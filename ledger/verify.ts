@@ -1,4 +1,4 @@
-import type { Sql } from "postgres";
+import type { Sql, TransactionSql } from "postgres";
 import { GENESIS_HASH, entryHash } from "./hash.ts";
 import { verifyHolds } from "./verifyHolds.ts";
 
@@ -37,11 +37,22 @@ interface EntryRow {
   hash: string;
 }
 
+/** What verify reads in: one transaction, so every statement sees the same snapshot. */
+export const VERIFY_ISOLATION = "isolation level repeatable read read only";
+
 /**
  * Recomputes every SKU's hash chain and every balance from the entries (streamed with a cursor, so
- * memory stays flat), and compares them with `balances` and `sku_heads`.
+ * memory stays flat), and compares them with `balances` and `sku_heads` — all read in one
+ * REPEATABLE READ snapshot. Entries and balances are read by separate statements; under READ
+ * COMMITTED a batch committing between them made a healthy ledger look broken (a balance ahead of
+ * the entries already read).
  */
 export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: number) => void } = {}): Promise<VerifyReport> {
+  return sql.begin(VERIFY_ISOLATION, (tx) => verifySnapshot(tx, opts));
+}
+
+/** The checks themselves, on a connection whose transaction holds one snapshot. */
+async function verifySnapshot(sql: TransactionSql, opts: { onProgress?: (entries: number) => void }): Promise<VerifyReport> {
   let entries = 0;
   let skus = 0;
   let problem: VerifyProblem | null = null;

@@ -1,4 +1,4 @@
-import { Cause, Effect, Exit, Scope } from "effect";
+import { Cause, Effect, ExecutionStrategy, Exit, Scope } from "effect";
 import { UnknownException } from "effect/Cause";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
@@ -74,6 +74,10 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     // very commits every one of them is waiting for.
     const workerSql = roles.includes("worker") ? yield* postgresResource(url, "tally-worker", Math.min(settings.partitions, 16) + 2) : sql;
     const apiSql = roles.includes("api") ? yield* postgresResource(url, "tally-api") : sql;
+    // The roles stop side by side when the scope closes (after the API has drained, before the
+    // connections close): one waiting on a dependency that is down does not hold up the others'
+    // flush, and the whole stop fits the shutdown bound more easily.
+    const rolesScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.parallel);
     const worker = roles.includes("worker")
       ? yield* Effect.acquireRelease(
           Effect.sync(() => {
@@ -92,7 +96,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
             return w;
           }),
           (w) => Effect.promise(() => w.stop()),
-        )
+        ).pipe(Scope.extend(rolesScope))
       : null;
     const relay = roles.includes("relay")
       ? yield* Effect.acquireRelease(
@@ -108,7 +112,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
             }),
           ),
           (r) => Effect.promise(() => r.stop()),
-        )
+        ).pipe(Scope.extend(rolesScope))
       : null;
     const anchors = roles.includes("relay")
       ? yield* Effect.acquireRelease(
@@ -133,7 +137,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
                 }),
             ),
             (w) => Effect.promise(() => w.stop()),
-          ),
+          ).pipe(Scope.extend(rolesScope)),
         );
     }
     const readers: Array<SourceReader> = [];
@@ -155,14 +159,14 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
                 }),
             ),
             (r) => Effect.promise(() => r.stop()),
-          ),
+          ).pipe(Scope.extend(rolesScope)),
         );
     }
     const api = roles.includes("api")
       ? yield* Effect.acquireRelease(
           Effect.tryPromise(async () => {
             // Loaded only by processes that serve HTTP.
-            const { buildApp } = await import("./http/app.ts");
+            const { buildApp, drainApp } = await import("./http/app.ts");
             const { loadTokens } = await import("./http/auth.ts");
             const app = await buildApp({ settings, config, topology: t, sql: apiSql, nats, log, tokens: await loadTokens(settings), worker, readers, webhooks });
             try {
@@ -171,12 +175,13 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
               await app.close();
               throw error;
             }
-            return app;
+            return { app, drainApp };
           }),
-          (app) => Effect.promise(() => app.close()),
+          // Drain first (requests in flight are answered, new ones get 503 + Retry-After), then close.
+          ({ app, drainApp }) => Effect.promise(() => drainApp(app).then(() => app.close())),
         )
       : null;
-    return { settings, topology: t, sql, nats, log, worker, relay, anchors, webhooks, readers, api } satisfies Running;
+    return { settings, topology: t, sql, nats, log, worker, relay, anchors, webhooks, readers, api: api?.app ?? null } satisfies Running;
   });
 
 /** Promise-style handle on `startRoles` for callers outside Effect (tests, the dev stack). */

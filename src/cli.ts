@@ -29,11 +29,15 @@ usage:
   tally submit <file.ndjson|-> [--wait] [--timeout <seconds>]
                                          publish canonical commands (one JSON per line)
   tally ledger verify [--anchors] [--anchors-file <f>]
-                                         recompute every hash chain and balance; with --anchors, compare
-                                         them with the heads published to NATS (or kept in files)
+                                         recompute every hash chain and balance in one snapshot; with
+                                         --anchors, compare them with the heads published to NATS (or
+                                         kept in files). Exit 0 ok, 1 mismatch found, 2 usage or
+                                         connection error
   tally ledger anchor [--file <f>]       publish every SKU's chain head now (or append them to a file)
-  tally ledger export [--from <t>] [--to <t>] [--format csv|ndjson] [--out <file>]
-                                         stream entries recorded in [from, to), with a closing summary
+  tally ledger export [--cursor <c>] [--from <t>] [--to <t>] [--format csv|ndjson] [--out <file>]
+                                         stream the entries committed after the cursor (RFC 4180 CSV or
+                                         NDJSON); the summary, with the next cursor, as one JSON line on
+                                         stderr and in <file>.summary.json
   tally token new <id> --scopes <s,…> [--channel <c>]
                                          a fresh API token, and the hashed entry to configure for it
   tally dlq list [--origin <o>] [--json] dead letters (CDC sources, submit, commands)
@@ -55,6 +59,7 @@ settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_
   TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL, TALLY_HTTP_HOST (default 0.0.0.0),
   TALLY_HTTP_PORT (default 8080), TALLY_API_TOKENS / TALLY_API_TOKENS_FILE (hashed tokens, JSON),
   TALLY_API_RATE_LIMIT (write requests per minute per token, default 600),
+  TALLY_SHUTDOWN_TIMEOUT_MS (longest stop after SIGTERM/SIGINT, default 10000),
   NATS credentials: TALLY_NATS_USER + TALLY_NATS_PASSWORD (or nats://user:pass@host), TALLY_NATS_TOKEN,
   TALLY_NATS_NKEY_SEED_FILE or TALLY_NATS_CREDS_FILE; NATS TLS: TALLY_NATS_CA_FILE, TALLY_NATS_CERT_FILE +
   TALLY_NATS_KEY_FILE; database TLS in the URL (?sslmode=verify-full&sslrootcert=<ca file>);
@@ -85,7 +90,7 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
       return cmdSubmit(loadSettings(), rest);
     case "ledger": {
       const [sub] = rest;
-      if (sub === "verify") return cmdVerify(loadSettings(), rest.slice(1));
+      if (sub === "verify") return cmdVerify(rest.slice(1));
       if (sub === "export") return cmdExport(loadSettings(), rest.slice(1));
       if (sub === "anchor") return cmdAnchor(loadSettings(), rest.slice(1));
       throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify, export or anchor)`);
@@ -170,14 +175,34 @@ async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promis
     }),
   );
   const fiber = Effect.runFork(program);
+  const boundMs = settings.shutdownTimeoutMs;
+  let stopping = false;
+  // The stop is bounded whatever the dependencies do: closing the scope finishes the batches in
+  // flight, drains HTTP and releases leases when it can; with nats-server or Postgres down those
+  // steps may wait on retries. Nothing is left half-written by exiting: a ledger batch is one
+  // transaction, CDC acknowledges a source position and the API answers 2xx only after JetStream's
+  // PubAck, and the outbox keeps what the relay has not published.
   const stop = (signal: string) => {
-    log.info({ signal }, "shutting down");
+    if (stopping) {
+      log.warn({ signal }, "second signal: exiting now");
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal, boundMs }, "shutting down");
+    setTimeout(() => {
+      log.error({ boundMs }, "shutdown did not finish within TALLY_SHUTDOWN_TIMEOUT_MS (a dependency is down?); exiting now");
+      process.exit(1);
+    }, boundMs).unref();
     void Effect.runPromise(Fiber.interrupt(fiber));
   };
-  process.once("SIGINT", () => stop("SIGINT"));
-  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGTERM", () => stop("SIGTERM"));
   const exit = await Effect.runPromise(Fiber.await(fiber));
   if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) throw squash(exit.cause);
+  log.info("stopped");
+  // Everything is released; a client library's stray timer (a reconnect to a dead server) must not
+  // keep the process alive.
+  setTimeout(() => process.exit(process.exitCode ?? 0), 0).unref();
   return 0;
 }
 
@@ -311,11 +336,21 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
   });
 }
 
-/** `tally ledger export`: the same stream as GET /v1/ledger/export, to a file or standard output. */
+/**
+ * `tally ledger export`: the same stream as GET /v1/ledger/export, to a file or standard output.
+ * The summary never goes into the file: beside it as `<file>.summary.json` with --out, and always as
+ * one JSON line on stderr (which is also where the cursor for the next increment is).
+ */
 async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
   const { values } = parseArgs({
     args: [...args],
-    options: { from: { type: "string" }, to: { type: "string" }, format: { type: "string", default: "csv" }, out: { type: "string" } },
+    options: {
+      cursor: { type: "string" },
+      from: { type: "string" },
+      to: { type: "string" },
+      format: { type: "string", default: "csv" },
+      out: { type: "string" },
+    },
   });
   const format = values.format;
   if (format !== "csv" && format !== "ndjson") throw new UsageError(`--format: expected csv or ndjson, got ${JSON.stringify(format)}`);
@@ -325,19 +360,26 @@ async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promi
     if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v)) throw new UsageError(`--${name}: expected an ISO-8601 date or date-time, got ${JSON.stringify(v)}`);
     return d;
   };
-  const range = { from: when("from", values.from), to: when("to", values.to) };
-  const { exportLedger } = await import("./http/ledgerExport.ts");
+  const { EXPORT_CURSOR_PATTERN, openExport } = await import("./http/ledgerExport.ts");
+  if (values.cursor !== undefined && !EXPORT_CURSOR_PATTERN.test(values.cursor))
+    throw new UsageError(`--cursor: expected the nextCursor of a previous export (digits), got ${JSON.stringify(values.cursor)}`);
+  const range = { cursor: values.cursor, from: when("from", values.from), to: when("to", values.to) };
   const { createWriteStream } = await import("node:fs");
+  const { writeFile } = await import("node:fs/promises");
   const { pipeline } = await import("node:stream/promises");
   const { Readable } = await import("node:stream");
-  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-export" });
+  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-export" });
   try {
     await assertEnvironment(sql, settings.env);
-    const [{ total }] = await sql<[{ total: number }]>`
-      select count(*)::float8 as total from ledger_entries
-       where true ${range.from ? sql`and recorded_at >= ${range.from}` : sql``} ${range.to ? sql`and recorded_at < ${range.to}` : sql``}`;
     // A progress bar on a terminal (stderr), never mixed into the export itself.
     const tty = process.stderr.isTTY === true;
+    const total = tty
+      ? (
+          await sql<[{ total: number }]>`
+            select count(*)::float8 as total from ledger_entries
+             where true ${range.from ? sql`and recorded_at >= ${range.from}` : sql``} ${range.to ? sql`and recorded_at < ${range.to}` : sql``}`
+        )[0].total
+      : 0;
     let last = 0;
     const progress = (done: number) => {
       if (!tty || Date.now() - last < 100) return;
@@ -347,23 +389,22 @@ async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promi
       process.stderr.write(`\r[${"#".repeat(Math.round(pct * width)).padEnd(width, ".")}] ${(pct * 100).toFixed(1)}%  ${done}/${total} entries`);
     };
     const out = values.out ? createWriteStream(values.out) : process.stdout;
-    const gen = exportLedger(sql, format, range, (s) => progress(s.count));
-    let summary: { count: number; lastHash: string | null } | null = null;
+    const exp = await openExport(sql, format, range, (s) => progress(s.count));
+    let summary: unknown = null;
     const source = Readable.from(
       (async function* () {
-        for (;;) {
-          const step = await gen.next();
-          if (step.done) {
-            summary = step.value;
-            return;
-          }
-          yield step.value;
-        }
+        summary = yield* exp.chunks;
       })(),
     );
-    await pipeline(source, out, { end: values.out !== undefined });
+    try {
+      await pipeline(source, out, { end: values.out !== undefined });
+    } finally {
+      await exp.close();
+    }
     if (tty) process.stderr.write("\n");
-    if (values.out) process.stderr.write(`ledger export: ${summary!.count} entries to ${values.out} (last hash ${summary!.lastHash ?? "-"})\n`);
+    const json = JSON.stringify(summary);
+    if (values.out) await writeFile(`${values.out}.summary.json`, `${json}\n`);
+    process.stderr.write(`${json}\n`);
     return 0;
   } finally {
     await sql.end({ timeout: 5 });
@@ -392,13 +433,26 @@ async function cmdToken(args: ReadonlyArray<string>): Promise<number> {
   return 0;
 }
 
-async function cmdVerify(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
-  const { values } = parseArgs({
-    args: [...args],
-    options: { anchors: { type: "boolean", default: false }, "anchors-file": { type: "string", multiple: true } },
-  });
-  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-verify" });
+/**
+ * `tally ledger verify`: exit 0 when the ledger (and, with --anchors, its anchors) is sound, 1 when a
+ * mismatch is found, 2 when it could not be checked (bad usage or settings, no connection): a script
+ * must be able to tell "tampered" from "could not look".
+ */
+async function cmdVerify(args: ReadonlyArray<string>): Promise<number> {
+  let sql: Sql | null = null;
   try {
+    const { values } = (() => {
+      try {
+        return parseArgs({
+          args: [...args],
+          options: { anchors: { type: "boolean", default: false }, "anchors-file": { type: "string", multiple: true } },
+        });
+      } catch (error) {
+        throw new UsageError(`ledger verify: ${(error as Error).message}`);
+      }
+    })();
+    const settings = loadSettings();
+    sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-verify" });
     await assertEnvironment(sql, settings.env);
     const report = await verifyLedger(sql);
     if (!report.ok) {
@@ -411,8 +465,13 @@ async function cmdVerify(settings: Settings, args: ReadonlyArray<string>): Promi
     process.stdout.write(`ledger verify: ok — ${report.entries} entries, ${report.skus} SKUs, ${report.balances} balances\n`);
     if (!values.anchors && values["anchors-file"] === undefined) return 0;
     return await verifyAnchors(settings, sql, values.anchors!, values["anchors-file"] ?? []);
+  } catch (error) {
+    const e = error as Error;
+    const known = ["SettingsError", "EnvironmentMismatch", "UsageError"].includes(e?.name);
+    process.stderr.write(`tally: ${known ? "" : "ledger verify could not check the ledger: "}${e?.message ?? String(error)}\n`);
+    return 2;
   } finally {
-    await sql.end({ timeout: 5 });
+    await sql?.end({ timeout: 5 });
   }
 }
 

@@ -26,6 +26,8 @@ export interface Settings {
   readonly apiTokensFile: string | undefined;
   /** `TALLY_API_RATE_LIMIT`: write requests per minute per API token (default 600). */
   readonly apiRateLimit: number;
+  /** `TALLY_SHUTDOWN_TIMEOUT_MS`: how long `tally start` may take to stop after SIGTERM/SIGINT (default 10 000). */
+  readonly shutdownTimeoutMs: number;
   /** `TALLY_ANCHOR_INTERVAL_MS`: how often the relay role publishes the hash-chain heads that changed (default 60000). */
   readonly anchorIntervalMs: number;
   /** How this process proves who it is to NATS and checks the server (`TALLY_NATS_*`). */
@@ -102,6 +104,7 @@ const settingsConfig = Config.all({
   apiTokens: Config.option(Config.string("TALLY_API_TOKENS")),
   apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
   apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, 600),
+  shutdownTimeoutMs: intIn("TALLY_SHUTDOWN_TIMEOUT_MS", 100, 600_000, 10_000),
   anchorIntervalMs: intIn("TALLY_ANCHOR_INTERVAL_MS", 100, 24 * 3600 * 1000, 60_000),
   natsUser: Config.option(Config.string("TALLY_NATS_USER")),
   natsPassword: Config.option(Config.string("TALLY_NATS_PASSWORD")),
@@ -138,6 +141,7 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     apiTokens: Option.getOrUndefined(s.apiTokens),
     apiTokensFile: Option.getOrUndefined(s.apiTokensFile),
     apiRateLimit: s.apiRateLimit,
+    shutdownTimeoutMs: s.shutdownTimeoutMs,
     anchorIntervalMs: s.anchorIntervalMs,
     natsAccess: natsAccess(s),
   };

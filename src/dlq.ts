@@ -17,7 +17,7 @@ export interface StoredDeadLetter extends DeadLetter {
 /** Every dead letter (optionally of one origin), oldest first. */
 export async function listDeadLetters(nats: NatsHandles, topology: Topology, origin?: string): Promise<Array<StoredDeadLetter>> {
   const info = await nats.jsm.consumers.add(topology.dlqStream, {
-    filter_subject: topology.dlqSubject(origin ?? ">"),
+    filter_subject: origin === undefined ? topology.dlqSubjects : topology.dlqSubject(origin),
     ack_policy: AckPolicy.None,
     deliver_policy: DeliverPolicy.All,
     inactive_threshold: 30_000_000_000,

@@ -112,7 +112,7 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
   });
   await ensureStream(jsm, {
     name: t.dlqStream,
-    subjects: [t.dlqSubject(">")],
+    subjects: [t.dlqSubjects],
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     duplicate_window: nanos(opts.duplicateWindowMs),
@@ -120,7 +120,7 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
   });
   await ensureStream(jsm, {
     name: t.eventsStream,
-    subjects: [t.eventSubject(">")],
+    subjects: [t.eventSubjects],
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     duplicate_window: nanos(opts.duplicateWindowMs),
@@ -128,7 +128,7 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
   });
   await ensureStream(jsm, {
     name: t.availabilityStream,
-    subjects: [`tally.${t.env}.availability.>`],
+    subjects: [t.availabilitySubjects()],
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     duplicate_window: nanos(opts.duplicateWindowMs),

@@ -41,7 +41,8 @@ export interface RelayRound {
   readonly latencyMs: Readonly<Record<string, ReadonlyArray<number>>>;
 }
 
-export const relaySubject = (env: string): string => `tally.${env}.relay`;
+export { relaySubject } from "./topology.ts";
+import { relaySubject } from "./topology.ts";
 
 /**
  * Publishes committed outbox rows to NATS and deletes them once NATS has them. One relay is active

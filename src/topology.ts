@@ -14,14 +14,74 @@ export interface Topology {
   commandSubject(partition: number): string;
   readonly commandSubjects: string;
   dlqSubject(origin: string): string;
+  /** Every dead-letter subject (the DLQ stream's subjects, a filter for all origins). */
+  readonly dlqSubjects: string;
   eventSubject(type: string): string;
+  /** Every event subject. */
+  readonly eventSubjects: string;
   availabilitySubject(channel: string, sku: string): string;
+  /** Every availability subject: of all channels, or of one channel (one token per SKU: `.*`). */
+  availabilitySubjects(channel?: string): string;
   availabilityKey(channel: string, sku: string): string;
+  /** The SKU of an availability subject of `channel` (null: the subject is not one of that channel's). */
+  skuOfAvailabilitySubject(channel: string, subject: string): string | null;
+  /** The subject a POS terminal publishes to for `store` (default: a filter for every store). */
+  posSubject(store?: string): string;
+  /** The store of a POS subject (null: not a POS subject). */
+  storeOfPosSubject(subject: string): string | null;
+  /** Core NATS: what a worker reports after each committed batch, and the relay after each round. */
+  readonly outcomesSubject: string;
+  readonly relaySubject: string;
   partitionOf(sku: string): number;
 }
 
+/**
+ * Makes any string one NATS subject token and a valid KV key part: `[A-Za-z0-9_-]` stay as they are;
+ * every other character — `.`, `*`, `>`, space, `/`, `:`, `=`, non-ASCII … — becomes `=XX` per
+ * UTF-8 byte (upper-case hex). `AUD.IT.1` → `AUD=2EIT=2E1`, `Bröd 1kg` → `Br=C3=B6d=201kg`.
+ * Reversible (`decodeToken`) and one-to-one, so a channel developer can build a subject or key for a
+ * SKU, and read the SKU back from one. The empty string is `=`, which no other token encodes to.
+ */
+export function encodeToken(value: string): string {
+  if (value === "") return "=";
+  if (PLAIN.test(value)) return value;
+  let out = "";
+  for (const ch of value) {
+    if (PLAIN_CHAR.test(ch)) out += ch;
+    else for (const byte of Buffer.from(ch, "utf8")) out += `=${byte.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out;
+}
+
+/** The inverse of `encodeToken`; null for a string it never produces. */
+export function decodeToken(token: string): string | null {
+  if (token === "=") return "";
+  if (PLAIN.test(token)) return token;
+  if (!/^(?:[A-Za-z0-9_-]|=[0-9A-F]{2})+$/.test(token)) return null;
+  const bytes: Array<number> = [];
+  for (let i = 0; i < token.length; ) {
+    if (token[i] === "=") {
+      bytes.push(Number.parseInt(token.slice(i + 1, i + 3), 16));
+      i += 3;
+    } else bytes.push(token.charCodeAt(i++));
+  }
+  const text = Buffer.from(bytes).toString("utf8");
+  return encodeToken(text) === token ? text : null;
+}
+
+const PLAIN = /^[A-Za-z0-9_-]+$/;
+const PLAIN_CHAR = /^[A-Za-z0-9_-]$/;
+
+/** Core NATS: a worker's outcomes after each committed batch (also `Topology.outcomesSubject`). */
+export const outcomesSubject = (env: string): string => `tally.${env}.outcomes`;
+/** Core NATS: the relay's latency report after each round (also `Topology.relaySubject`). */
+export const relaySubject = (env: string): string => `tally.${env}.relay`;
+
 export function topology(env: string, partitions: number): Topology {
   const upper = env.toUpperCase();
+  const t = encodeToken;
+  const availabilityPrefix = (channel: string) => `tally.${env}.availability.${t(channel)}.`;
+  const posPrefix = `tally.${env}.pos.`;
   return {
     env,
     partitions,
@@ -35,10 +95,21 @@ export function topology(env: string, partitions: number): Topology {
     availabilityBucket: `tally_${env}_availability`,
     commandSubject: (p) => `tally.${env}.cmd.${p}`,
     commandSubjects: `tally.${env}.cmd.*`,
-    dlqSubject: (origin) => `tally.${env}.dlq.${origin}`,
-    eventSubject: (type) => `tally.${env}.events.${type}`,
-    availabilitySubject: (channel, sku) => `tally.${env}.availability.${channel}.${sku}`,
-    availabilityKey: (channel, sku) => `${channel}.${sku}`,
+    dlqSubject: (origin) => `tally.${env}.dlq.${t(origin)}`,
+    dlqSubjects: `tally.${env}.dlq.>`,
+    eventSubject: (type) => `tally.${env}.events.${t(type)}`,
+    eventSubjects: `tally.${env}.events.>`,
+    availabilitySubject: (channel, sku) => `${availabilityPrefix(channel)}${t(sku)}`,
+    availabilitySubjects: (channel) => (channel === undefined ? `tally.${env}.availability.>` : `${availabilityPrefix(channel)}*`),
+    availabilityKey: (channel, sku) => `${t(channel)}.${t(sku)}`,
+    skuOfAvailabilitySubject: (channel, subject) => {
+      const prefix = availabilityPrefix(channel);
+      return subject.startsWith(prefix) ? decodeToken(subject.slice(prefix.length)) : null;
+    },
+    posSubject: (store) => `${posPrefix}${store === undefined ? "*" : t(store)}`,
+    storeOfPosSubject: (subject) => (subject.startsWith(posPrefix) ? decodeToken(subject.slice(posPrefix.length)) : null),
+    outcomesSubject: outcomesSubject(env),
+    relaySubject: relaySubject(env),
     partitionOf: (sku) => partitionOf(sku, partitions),
   };
 }

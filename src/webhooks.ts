@@ -230,7 +230,7 @@ export class WebhookDispatcher {
     const name = `${prefix}${generation + 1}`;
     await nats.jsm.consumers.add(stream, {
       durable_name: name,
-      filter_subject: `tally.${topology.env}.availability.${this.channel}.>`,
+      filter_subject: topology.availabilitySubjects(this.channel),
       ack_policy: AckPolicy.All,
       ...(floor > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: floor + 1 } : { deliver_policy: DeliverPolicy.LastPerSubject }),
       ack_wait: nanos(300_000),

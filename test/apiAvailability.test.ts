@@ -159,7 +159,7 @@ describe("GET /v1/availability/stream (SSE)", () => {
     const { jsm } = api.h.nats;
     const stream = api.h.topology.availabilityStream;
     let name = "";
-    for await (const info of jsm.consumers.list(stream)) if (info.config.filter_subject === `tally.${api.h.topology.env}.availability.web.>`) name = info.name;
+    for await (const info of jsm.consumers.list(stream)) if (info.config.filter_subject === api.h.topology.availabilitySubjects("web")) name = info.name;
     // Another client pulls from the stream's consumer: to the server those are delivered, exactly
     // like messages lost with a dropped connection.
     const until = Date.now() + 20_000;

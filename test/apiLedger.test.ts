@@ -4,7 +4,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../actors/index.ts";
 import { verifyLedger } from "../ledger/index.ts";
-import { parseExportSummary, EXPORT_COLUMNS } from "../src/http/ledgerExport.ts";
+import { EXPORT_COLUMNS, EXPORT_CURSOR_HEADER, EXPORT_SUMMARY_TRAILER, type ExportSummary } from "../src/http/ledgerExport.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { runTally, tallyEnv } from "./support/tally.ts";
@@ -109,49 +109,72 @@ describe("GET /v1/ledger/entries", () => {
 });
 
 describe("GET /v1/ledger/export", () => {
-  it("streams CSV with a header row and a summary that matches verify", async () => {
+  const summaryOf = (r: { trailers: Record<string, string> }): ExportSummary => JSON.parse(r.trailers[EXPORT_SUMMARY_TRAILER]!) as ExportSummary;
+
+  it("streams RFC 4180 CSV (header, rows, nothing else), the summary in a trailer that matches verify", async () => {
     const r = await api.call({ method: "GET", url: "/v1/ledger/export?format=csv", as: "ledger" });
     expect(r.statusCode).toBe(200);
     expect(r.headers["content-type"]).toMatch(/text\/csv/);
-    const lines = r.body.trimEnd().split("\n");
+    expect(r.body.endsWith("\r\n")).toBe(true);
+    const lines = r.body.slice(0, -2).split("\r\n");
     expect(lines[0]).toBe(EXPORT_COLUMNS.join(","));
-    expect(lines).toHaveLength(42);
+    expect(lines).toHaveLength(41);
     expect(lines[1]).toMatch(/,"gr,""\d+""",/);
-    const summary = parseExportSummary(lines.at(-1)!)!;
+    expect(r.body).not.toContain("summary");
+    const summary = summaryOf(r);
     const report = await verifyLedger(api.sql);
     expect(report.ok).toBe(true);
     expect(summary.count).toBe(report.entries);
+    // No item master defines these SKUs: their unit is "" (and so is the CSV cell).
     const sums = await api.sql<Array<{ bucket: string; total: number }>>`select bucket, sum(qty)::float8 as total from balances group by bucket`;
-    for (const s of sums) expect(summary.deltas[s.bucket]).toBe(s.total);
+    for (const s of sums) expect(summary.sums[""]![s.bucket]).toBe(s.total);
     const [last] = await api.sql<Array<{ hash: string }>>`select hash from ledger_entries order by entry_id desc limit 1`;
     expect(summary.lastHash).toBe(last!.hash);
+    expect(r.headers[EXPORT_CURSOR_HEADER]).toBe(summary.nextCursor);
   });
 
-  it("streams NDJSON over a range, ending with the summary", async () => {
+  it("streams NDJSON over a range, one entry per line and nothing else", async () => {
     const r = await api.call({ method: "GET", url: `/v1/ledger/export?format=ndjson&from=${encodeURIComponent(between)}`, as: "ledger" });
-    const lines = r.body.trimEnd().split("\n").map((l) => JSON.parse(l));
-    expect(lines).toHaveLength(21);
-    expect(lines.at(-1).summary).toMatchObject({ count: 20, from: between });
+    expect(r.body.endsWith("}\n")).toBe(true);
+    const lines = r.body.slice(0, -1).split("\n").map((l) => JSON.parse(l));
+    expect(lines).toHaveLength(20);
     expect(lines[0]).toHaveProperty("hash");
+    expect(lines[0]).toHaveProperty("unit", "");
+    expect(summaryOf(r)).toMatchObject({ count: 20, from: between });
   });
 
-  it("answers 400 for a bad format or date, 403 for a channel token", async () => {
+  it("resumes from the cursor: nothing new, nothing repeated", async () => {
+    const first = await api.call({ method: "GET", url: "/v1/ledger/export?format=ndjson", as: "ledger" });
+    const cursor = first.headers[EXPORT_CURSOR_HEADER] as string;
+    const again = await api.call({ method: "GET", url: `/v1/ledger/export?format=ndjson&cursor=${cursor}`, as: "ledger" });
+    expect(again.statusCode).toBe(200);
+    expect(again.body).toBe("");
+    expect(summaryOf(again)).toMatchObject({ count: 0, cursor });
+  });
+
+  it("answers 400 for a bad format, date or cursor, 403 for a channel token", async () => {
     expect((await api.call({ method: "GET", url: "/v1/ledger/export?format=xlsx", as: "ledger" })).statusCode).toBe(400);
     expect((await api.call({ method: "GET", url: "/v1/ledger/export?to=soon", as: "ledger" })).statusCode).toBe(400);
+    expect((await api.call({ method: "GET", url: "/v1/ledger/export?cursor=-1", as: "ledger" })).statusCode).toBe(400);
     expect((await api.call({ method: "GET", url: "/v1/ledger/export", as: "storeLedger" })).statusCode).toBe(403);
   });
 
-  it("does the same from the CLI: tally ledger export --format --out", async () => {
+  it("does the same from the CLI: tally ledger export --format --out, the summary beside the file and on stderr", async () => {
     const out = path.join(dir, "ledger.ndjson");
     const r = await runTally(["ledger", "export", "--format", "ndjson", "--out", out, "--to", between], tallyEnv(ctx));
-    expect(r.output).toContain("ledger export: 20 entries");
     expect(r.code).toBe(0);
-    const lines = (await readFile(out, "utf8")).trimEnd().split("\n");
-    expect(lines).toHaveLength(21);
-    expect(JSON.parse(lines.at(-1)!).summary.count).toBe(20);
+    const lines = (await readFile(out, "utf8")).slice(0, -1).split("\n");
+    expect(lines).toHaveLength(20);
+    const summary = JSON.parse(await readFile(`${out}.summary.json`, "utf8")) as ExportSummary;
+    expect(summary.count).toBe(20);
+    expect(r.output).toContain(JSON.stringify(summary));
     const csv = await runTally(["ledger", "export"], tallyEnv(ctx));
-    expect(csv.stdout.split("\n")[0]).toBe(EXPORT_COLUMNS.join(","));
-    expect(parseExportSummary(csv.stdout.trimEnd().split("\n").at(-1)!)!.count).toBe(40);
+    expect(csv.stdout.split("\r\n")[0]).toBe(EXPORT_COLUMNS.join(","));
+    expect(csv.stdout.split("\r\n")).toHaveLength(42); // header, 40 rows, the empty string after the last CRLF
+    const stderrSummary = JSON.parse(csv.output.replace(csv.stdout, "").trim()) as ExportSummary;
+    expect(stderrSummary.count).toBe(40);
+    const resumed = await runTally(["ledger", "export", "--cursor", stderrSummary.nextCursor], tallyEnv(ctx));
+    expect(resumed.stdout).toBe(`${EXPORT_COLUMNS.join(",")}\r\n`);
     const bad = await runTally(["ledger", "export", "--format", "xml"], tallyEnv(ctx));
     expect(bad.code).toBe(1);
     expect(bad.output).toContain("--format: expected csv or ndjson");

@@ -117,7 +117,7 @@ describe("loadSettings", () => {
     });
 
     it("a bad setting exits 1 with one line naming it, no stack trace", async () => {
-      const r = await runTally(["ledger", "verify"], { ...tallyEnv(ctx), TALLY_PARTITIONS: "abc" });
+      const r = await runTally(["migrate"], { ...tallyEnv(ctx), TALLY_PARTITIONS: "abc" });
       expect(r.code).toBe(1);
       const lines = r.output.trim().split("\n");
       expect(lines).toHaveLength(1);
@@ -127,7 +127,7 @@ describe("loadSettings", () => {
 
     it("a missing TALLY_DATABASE_URL is named", async () => {
       const env: Record<string, string> = { ...tallyEnv(ctx), TALLY_DATABASE_URL: "" };
-      const r = await runTally(["ledger", "verify"], env);
+      const r = await runTally(["migrate"], env);
       expect(r.code).toBe(1);
       expect(r.output.trim()).toMatch(/^tally: TALLY_DATABASE_URL: is not set/);
     });

@@ -55,7 +55,7 @@ describe("the outbox relay", () => {
       cmd("sell", sku, { qty: 1 }), // still negative: nothing new
       cmd("receive", sku, { qty: 30 }), // back in stock
     ]);
-    const events = (await readStream(h, h.topology.eventsStream, h.topology.eventSubject(">"))).filter(
+    const events = (await readStream(h, h.topology.eventsStream, h.topology.eventSubjects)).filter(
       (e) => (e.data as { sku: string }).sku === sku,
     );
     const types = events.map((e) => e.subject.split(".").pop());

@@ -102,10 +102,13 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     loggerInstance: log as unknown as FastifyBaseLogger,
     bodyLimit: opts.bodyLimit,
     ajv: { customOptions: { allErrors: true, coerceTypes: "array", removeAdditional: false } },
-    return503OnClosing: true,
+    // Closing is preceded by a drain (drainApp) that answers new requests 503 with Retry-After itself.
+    return503OnClosing: false,
     // One line per request at debug (errors at warn/error), not two at info: a busy POS feed would drown the log.
     logController: new LogController({ disableRequestLogging: true }),
   });
+  const streams = new Set<() => void>();
+  installDrain(app, streams);
   const verifier = new TokenVerifier(deps.tokens);
   if (verifier.size === 0) log.warn("no API tokens configured (TALLY_API_TOKENS / TALLY_API_TOKENS_FILE): every authenticated route answers 401");
 
@@ -144,7 +147,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     pos,
     reservations,
     opts,
-    streams: new Set(),
+    streams,
     channelFor(req, asked) {
       const p = req.principal;
       const channel = asked ?? p?.channel ?? undefined;
@@ -250,3 +253,50 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
 }
 
 export type { ApiToken, Principal, Scope };
+
+/** How long a client is asked to wait before retrying a request refused by a draining instance. */
+const DRAIN_RETRY_AFTER_SECONDS = 1;
+const drains = new WeakMap<FastifyInstance, () => Promise<void>>();
+
+/**
+ * Counts the requests in flight, and once `drainApp` is called answers every new request 503 with
+ * `Retry-After` and `Connection: close` (the listener stays open meanwhile, so a load balancer sees
+ * 503s, not refused connections). Registered first, so a draining instance answers even before auth.
+ */
+function installDrain(app: FastifyInstance, streams: Set<() => void>): void {
+  let draining = false;
+  let inFlight = 0;
+  let idle: (() => void) | null = null;
+  app.addHook("onRequest", async (req, reply) => {
+    if (draining)
+      return reply
+        .code(503)
+        .header("retry-after", String(DRAIN_RETRY_AFTER_SECONDS))
+        .header("connection", "close")
+        .type("application/json; charset=utf-8")
+        // Serialized here: the route's own 503 schema (e.g. readiness) would strip these fields.
+        .send(JSON.stringify({ error: "shutting_down", message: "this instance is shutting down; retry shortly (another instance will answer)" }));
+    inFlight++;
+    // 'close' comes once per response, finished or aborted.
+    reply.raw.once("close", () => {
+      inFlight--;
+      if (inFlight === 0) idle?.();
+    });
+  });
+  drains.set(app, async () => {
+    draining = true;
+    for (const close of streams) close();
+    if (inFlight === 0) return;
+    await new Promise<void>((resolve) => (idle = resolve));
+  });
+}
+
+/**
+ * The first half of a graceful stop: from now on new requests get 503 + Retry-After; resolves when
+ * the requests in flight have been answered (event streams are ended first). `app.close()` then
+ * closes the listener. The caller bounds the wait (TALLY_SHUTDOWN_TIMEOUT_MS for `tally start`).
+ */
+export async function drainApp(app: FastifyInstance): Promise<void> {
+  await drains.get(app)?.();
+}
+

@@ -9,9 +9,9 @@ import { readFile } from "node:fs/promises";
 import type { Subscription } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import type { AvailabilityJson as Availability } from "../../actors/batch.ts";
-import { relaySubject, type RelayRound } from "../relay.ts";
+import type { RelayRound } from "../relay.ts";
 import type { ApiContext } from "./app.ts";
-import { outcomesSubject, type OutcomeBatch } from "./outcomes.ts";
+import type { OutcomeBatch } from "./outcomes.ts";
 
 const BUSIEST = 15;
 const MAX_TRACKED = 5000;
@@ -72,7 +72,7 @@ export class DashboardHub {
   #start(): void {
     if (this.#subs.length > 0) return;
     const { nc } = this.ctx.nats;
-    const env = this.ctx.topology.env;
+    const { topology } = this.ctx;
     // Core-NATS JSON messages; anything that does not parse is not for the dashboard.
     const on = <T>(subject: string, handle: (value: T) => void): Subscription =>
       nc.subscribe(subject, {
@@ -86,10 +86,10 @@ export class DashboardHub {
         },
       });
     this.#subs.push(
-      on<Availability>(`tally.${env}.availability.>`, (a) => this.#onAvailability(a)),
-      on<Record<string, unknown>>(`tally.${env}.events.>`, (e) => this.#onEvent(e)),
-      on<OutcomeBatch>(outcomesSubject(env), (b) => this.#onOutcomes(b)),
-      on<RelayRound>(relaySubject(env), (r) => this.#onRelay(r)),
+      on<Availability>(topology.availabilitySubjects(), (a) => this.#onAvailability(a)),
+      on<Record<string, unknown>>(topology.eventSubjects, (e) => this.#onEvent(e)),
+      on<OutcomeBatch>(topology.outcomesSubject, (b) => this.#onOutcomes(b)),
+      on<RelayRound>(topology.relaySubject, (r) => this.#onRelay(r)),
     );
     this.#flushTimer = setInterval(() => this.#flush(), 250);
   }

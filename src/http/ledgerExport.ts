@@ -1,4 +1,4 @@
-import type { Sql } from "postgres";
+import type { ReservedSql, Sql } from "postgres";
 import { quantityJson } from "../../ledger/index.ts";
 
 /** The columns of an exported ledger entry, in order (the CSV header). */
@@ -11,6 +11,7 @@ export const EXPORT_COLUMNS = [
   "bucket",
   "delta",
   "balance_after",
+  "unit",
   "movement",
   "source_system",
   "source_ref",
@@ -22,22 +23,39 @@ export const EXPORT_COLUMNS = [
 ] as const;
 
 export interface ExportRange {
-  /** recorded_at ≥ from (inclusive); default: the beginning. */
+  /** Resume after a previous export: its `nextCursor`. Absent: from the first entry. */
+  readonly cursor?: string | undefined;
+  /** recorded_at ≥ from (inclusive); default: the beginning. A filter only: see `cursor` for increments. */
   readonly from?: Date | undefined;
   /** recorded_at < to (exclusive); default: now and beyond. */
   readonly to?: Date | undefined;
 }
 
-/** What finance checks an export against: how many entries, the sum of deltas per bucket, the last hash. */
+/** The response header that carries the next cursor, and the trailer that carries the summary. */
+export const EXPORT_CURSOR_HEADER = "tally-export-cursor";
+export const EXPORT_SUMMARY_TRAILER = "tally-export-summary";
+
+/** A resume cursor: a transaction id (xid8) in decimal (19 digits at most: always below 2^64). */
+export const EXPORT_CURSOR_PATTERN = /^[0-9]{1,19}$/;
+
+/**
+ * What finance checks an export against: how many entries, the sum of deltas per unit and bucket
+ * (`sums.EA.on_hand`; unit "" for a SKU no item master defines), the last hash, and the cursor to
+ * resume from.
+ */
 export interface ExportSummary {
   readonly count: number;
   /** Exact: a number, or a decimal string past 2^53 (as every quantity in JSON). */
-  readonly deltas: Record<string, number | string>;
+  readonly sums: Record<string, Record<string, number | string>>;
   readonly firstEntryId: number | null;
   readonly lastEntryId: number | null;
   readonly lastHash: string | null;
   readonly from: string | null;
   readonly to: string | null;
+  /** The cursor this export resumed from (null: from the first entry). */
+  readonly cursor: string | null;
+  /** Pass as `cursor` to get exactly the entries committed after this export's. */
+  readonly nextCursor: string;
 }
 
 interface EntryRow {
@@ -49,6 +67,7 @@ interface EntryRow {
   bucket: string;
   delta: number | bigint;
   balance_after: number | bigint;
+  unit: string;
   movement: string;
   source_system: string;
   source_ref: string;
@@ -59,96 +78,142 @@ interface EntryRow {
   hash: string;
 }
 
+/** RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled; records end in CRLF. */
 const csvCell = (v: unknown): string => {
   const s = v instanceof Date ? v.toISOString() : String(v);
   return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
 };
+const CRLF = "\r\n";
 
 const jsonRow = (r: EntryRow) =>
-  JSON.stringify(
-    {
-      entryId: r.entry_id,
-      commandId: r.command_id,
-      leg: r.leg,
-      sku: r.sku,
-      location: r.location,
-      bucket: r.bucket,
-      delta: r.delta,
-      balanceAfter: r.balance_after,
-      movement: r.movement,
-      sourceSystem: r.source_system,
-      sourceRef: r.source_ref,
-      occurredAt: r.occurred_at.toISOString(),
-      recordedAt: r.recorded_at.toISOString(),
-      skuSeq: r.sku_seq,
-      prevHash: r.prev_hash,
-      hash: r.hash,
-    },
-    quantityJson,
-  );
+  JSON.stringify({
+    entryId: r.entry_id,
+    commandId: r.command_id,
+    leg: r.leg,
+    sku: r.sku,
+    location: r.location,
+    bucket: r.bucket,
+    delta: r.delta,
+    balanceAfter: r.balance_after,
+    unit: r.unit,
+    movement: r.movement,
+    sourceSystem: r.source_system,
+    sourceRef: r.source_ref,
+    occurredAt: r.occurred_at.toISOString(),
+    recordedAt: r.recorded_at.toISOString(),
+    skuSeq: r.sku_seq,
+    prevHash: r.prev_hash,
+    hash: r.hash,
+  }, quantityJson);
+
+/** An export opened on its snapshot: the cursor is known before the first row is sent. */
+export interface LedgerExport {
+  /** The cursor the next export resumes from (known up front, e.g. for a response header). */
+  readonly nextCursor: string;
+  /** The file, a chunk at a time; its return value is the summary. Ends the snapshot when done. */
+  readonly chunks: AsyncGenerator<string, ExportSummary>;
+  /** Ends the snapshot and frees its connection (idempotent; also done when `chunks` finishes). */
+  close(): Promise<void>;
+}
 
 /**
- * Streams every ledger entry recorded in the range, in entry order, as CSV (header row, then one row
- * per entry, then a `# summary {…}` line) or NDJSON (one entry per line, then `{"summary": {…}}`).
+ * Opens an export of the entries committed after `range.cursor` (all, without one) and before this
+ * export's horizon, in entry order: CSV (RFC 4180: one header row, one row per entry, nothing else)
+ * or NDJSON (one entry per line). The summary is not part of the file: it is the generator's return
+ * value (HTTP sends it as a trailer, the CLI beside the file and on stderr).
+ *
+ * One REPEATABLE READ snapshot on a connection of its own: the horizon is that snapshot's xmin. Every
+ * transaction below it has ended, so the entries with `txid` below it are all visible and no more can
+ * appear; entries of transactions still open, or committed with an id at or above the horizon, are
+ * left for the next export (cursor = this horizon). A worker's batch is one statement, one
+ * transaction, so a batch is never split across two exports. A transaction held open anywhere on
+ * the server holds the horizon back: later entries wait for it, none are lost.
+ *
  * Rows come through a server-side cursor, a batch at a time, and the next batch is read only when
  * the consumer has taken the last one, so memory stays flat however large the ledger.
  */
-export async function* exportLedger(
-  sql: Sql,
+export async function openExport(sql: Sql, format: "csv" | "ndjson", range: ExportRange = {}, onProgress?: (summary: ExportSummary) => void): Promise<LedgerExport> {
+  const conn = await sql.reserve();
+  let open = true;
+  const close = async () => {
+    if (!open) return;
+    open = false;
+    try {
+      await conn`rollback`;
+    } catch {
+      // The connection is gone; releasing it below is all there is left to do.
+    } finally {
+      conn.release();
+    }
+  };
+  let nextCursor: string;
+  try {
+    await conn`begin isolation level repeatable read read only`;
+    const [{ horizon }] = await conn<[{ horizon: string }]>`select pg_snapshot_xmin(pg_current_snapshot())::text as horizon`;
+    nextCursor = horizon;
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  return { nextCursor, chunks: exportRows(conn, format, range, nextCursor, close, onProgress), close };
+}
+
+async function* exportRows(
+  conn: ReservedSql,
   format: "csv" | "ndjson",
-  range: ExportRange = {},
+  range: ExportRange,
+  horizon: string,
+  close: () => Promise<void>,
   onProgress?: (summary: ExportSummary) => void,
 ): AsyncGenerator<string, ExportSummary> {
   let count = 0;
   // Summed exactly: over a whole ledger a bucket's deltas may pass 2^53.
-  const deltas: Record<string, bigint> = { on_hand: 0n, reserved: 0n, in_transit: 0n, damaged: 0n };
+  const sums: Record<string, Record<string, bigint>> = {};
   let firstEntryId: number | null = null;
   let lastEntryId: number | null = null;
   let lastHash: string | null = null;
   const summary = (): ExportSummary => ({
     count,
-    deltas: Object.fromEntries(Object.entries(deltas).map(([bucket, sum]) => [bucket, quantityJson(bucket, sum) as number | string])),
+    sums: Object.fromEntries(
+      Object.entries(sums).map(([u, b]) => [u, Object.fromEntries(Object.entries(b).map(([bucket, sum]) => [bucket, quantityJson(bucket, sum) as number | string]))]),
+    ),
     firstEntryId,
     lastEntryId,
     lastHash,
     from: range.from?.toISOString() ?? null,
     to: range.to?.toISOString() ?? null,
+    cursor: range.cursor ?? null,
+    nextCursor: horizon,
   });
-  if (format === "csv") yield `${EXPORT_COLUMNS.join(",")}\n`;
-  const cursor = sql<Array<EntryRow>>`
-    select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system, source_ref,
-           occurred_at, recorded_at, sku_seq, prev_hash, hash
-      from ledger_entries
-     where true
-       ${range.from ? sql`and recorded_at >= ${range.from}` : sql``}
-       ${range.to ? sql`and recorded_at < ${range.to}` : sql``}
-     order by entry_id`.cursor(2000);
-  for await (const rows of cursor) {
-    let chunk = "";
-    for (const r of rows) {
-      count++;
-      deltas[r.bucket] = (deltas[r.bucket] ?? 0n) + BigInt(r.delta);
-      firstEntryId ??= r.entry_id;
-      lastEntryId = r.entry_id;
-      lastHash = r.hash;
-      chunk += format === "csv" ? `${EXPORT_COLUMNS.map((c) => csvCell(r[c])).join(",")}\n` : `${jsonRow(r)}\n`;
-    }
-    yield chunk;
-    onProgress?.(summary());
-  }
-  const s = summary();
-  yield format === "csv" ? `# summary ${JSON.stringify(s)}\n` : `${JSON.stringify({ summary: s })}\n`;
-  return s;
-}
-
-/** Parses the summary line an export ends with (CSV or NDJSON). */
-export function parseExportSummary(lastLine: string): ExportSummary | null {
-  const line = lastLine.trim();
   try {
-    if (line.startsWith("# summary ")) return JSON.parse(line.slice("# summary ".length)) as ExportSummary;
-    const o = JSON.parse(line) as { summary?: ExportSummary };
-    return o.summary ?? null;
-  } catch {
-    return null;
+    if (format === "csv") yield `${EXPORT_COLUMNS.join(",")}${CRLF}`;
+    const cursor = conn<Array<EntryRow>>`
+      select e.entry_id, e.command_id, e.leg, e.sku, e.location, e.bucket, e.delta, e.balance_after,
+             coalesce(i.base_unit, '') as unit, e.movement, e.source_system, e.source_ref,
+             e.occurred_at, e.recorded_at, e.sku_seq, e.prev_hash, e.hash
+        from ledger_entries e
+        left join items i on i.sku = e.sku
+       where (e.txid is null or e.txid < ${horizon}::xid8)
+         ${range.cursor !== undefined ? conn`and e.txid >= ${range.cursor}::xid8` : conn``}
+         ${range.from ? conn`and e.recorded_at >= ${range.from}` : conn``}
+         ${range.to ? conn`and e.recorded_at < ${range.to}` : conn``}
+       order by e.entry_id`.cursor(2000);
+    for await (const rows of cursor) {
+      let chunk = "";
+      for (const r of rows) {
+        count++;
+        const unit = (sums[r.unit] ??= { on_hand: 0n, reserved: 0n, in_transit: 0n, damaged: 0n });
+        unit[r.bucket] = (unit[r.bucket] ?? 0n) + BigInt(r.delta);
+        firstEntryId ??= r.entry_id;
+        lastEntryId = r.entry_id;
+        lastHash = r.hash;
+        chunk += format === "csv" ? `${EXPORT_COLUMNS.map((c) => csvCell(r[c])).join(",")}${CRLF}` : `${jsonRow(r)}\n`;
+      }
+      yield chunk;
+      onProgress?.(summary());
+    }
+    return summary();
+  } finally {
+    await close();
   }
 }

@@ -4,7 +4,7 @@ import type { SourceReader } from "../../cdc/index.ts";
 import type { NatsHandles } from "../nats.ts";
 import type { Topology } from "../topology.ts";
 import type { OutcomeBatch } from "./outcomes.ts";
-import { relaySubject, type RelayRound } from "../relay.ts";
+import type { RelayRound } from "../relay.ts";
 import type { Subscription } from "@nats-io/transport-node";
 import type { WebhookDispatcher } from "../webhooks.ts";
 
@@ -184,7 +184,7 @@ export class ApiMetrics {
 
   /** Listens for the relay's latency reports (whichever process holds the relay lease). */
   start(): void {
-    this.#relaySub = this.deps.nats.nc.subscribe(relaySubject(this.deps.topology.env), {
+    this.#relaySub = this.deps.nats.nc.subscribe(this.deps.topology.relaySubject, {
       callback: (err, msg) => {
         if (err) return;
         try {

@@ -19,7 +19,8 @@ export interface OutcomeBatch {
   readonly outcomes: ReadonlyArray<Outcome & { readonly type: string; readonly sku: string; readonly source?: string }>;
 }
 
-export const outcomesSubject = (env: string): string => `tally.${env}.outcomes`;
+export { outcomesSubject } from "../topology.ts";
+import { outcomesSubject } from "../topology.ts";
 
 interface Waiting {
   readonly ids: Set<string>;

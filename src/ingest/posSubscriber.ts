@@ -18,12 +18,8 @@ export class PosSubscriber {
 
   constructor(readonly deps: { nc: NatsConnection; topology: Topology; ingest: PosIngest; log: Logger }) {}
 
-  static subject(env: string, store = "*"): string {
-    return `tally.${env}.pos.${store}`;
-  }
-
   start(): void {
-    const sub = this.deps.nc.subscribe(PosSubscriber.subject(this.deps.topology.env), { queue: `tally_${this.deps.topology.env}_pos` });
+    const sub = this.deps.nc.subscribe(this.deps.topology.posSubject(), { queue: `tally_${this.deps.topology.env}_pos` });
     this.#sub = sub;
     this.#loop = (async () => {
       for await (const msg of sub) {
@@ -43,7 +39,7 @@ export class PosSubscriber {
   }
 
   async #handle(msg: Msg): Promise<void> {
-    const store = msg.subject.split(".").pop()!;
+    const store = this.deps.topology.storeOfPosSubject(msg.subject) ?? msg.subject;
     const ctx = { via: "nats", by: msg.subject, subjectStore: store } as const;
     const text = msg.string();
     let body: unknown;

@@ -4,7 +4,7 @@ import { DeliveryOrder } from "../../deliveryOrder.ts";
 import type { ApiContext } from "../app.ts";
 import { ApiError, errors } from "../errors.ts";
 
-const SKU = "^[A-Za-z0-9_\\-.:]{1,200}$";
+const SKU = "^[A-Za-z0-9_\\-.:*]{1,200}$";
 const MAX_SKUS = 1000;
 
 const Availability = {
@@ -265,7 +265,6 @@ async function streamAvailability(
   const { jsm, js } = ctx.nats;
   const stream = ctx.topology.availabilityStream;
   const info = await jsm.streams.info(stream);
-  const prefix = `tally.${ctx.topology.env}.availability.${channel}.`;
   const start: Partial<ConsumerConfig> =
     after === undefined
       ? { deliver_policy: DeliverPolicy.New }
@@ -274,7 +273,7 @@ async function streamAvailability(
         : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 };
   // A plain ephemeral consumer (no ack): nats-server 2.9 has no multi-filter ordered consumers.
   const ci = await jsm.consumers.add(stream, {
-    filter_subject: `${prefix}>`,
+    filter_subject: ctx.topology.availabilitySubjects(channel),
     ack_policy: AckPolicy.None,
     inactive_threshold: 60_000_000_000,
     ...start,
@@ -318,8 +317,8 @@ async function streamAvailability(
           req.log.warn({ err: gap }, "availability stream skipped deliveries; closing it so the client resumes");
           break;
         }
-        const sku = m.subject.slice(prefix.length);
-        if (only && !only.has(sku)) continue;
+        const sku = ctx.topology.skuOfAvailabilitySubject(channel, m.subject);
+        if (only && (sku === null || !only.has(sku))) continue;
         const ok = res.write(`id: ${m.seq}\nevent: availability\ndata: ${new TextDecoder().decode(m.data)}\n\n`);
         if (!ok) await new Promise<void>((r) => res.once("drain", r));
       }

@@ -2,7 +2,7 @@ import { Readable } from "node:stream";
 import type { FastifyInstance } from "fastify";
 import type { ApiContext } from "../app.ts";
 import { ApiError, errors } from "../errors.ts";
-import { exportLedger } from "../ledgerExport.ts";
+import { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, openExport, type ExportSummary } from "../ledgerExport.ts";
 
 const Entry = {
   type: "object",
@@ -130,19 +130,28 @@ export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
     },
   );
 
-  app.get<{ Querystring: { from?: string; to?: string; format: "csv" | "ndjson" } }>(
+  app.get<{ Querystring: { cursor?: string; from?: string; to?: string; format: "csv" | "ndjson" } }>(
     "/v1/ledger/export",
     {
       config,
       schema: {
         tags: ["ledger"],
-        summary: "Every entry recorded in [from, to), streamed, with a closing summary (count, sum of deltas per bucket, last hash)",
+        summary: "Every committed entry after `cursor` (all, without one), streamed; the next cursor in a header, the summary in a trailer",
         description:
-          "CSV: a header row, one row per entry, then a line `# summary {json}`. NDJSON: one entry per line, then `{\"summary\": {…}}`. " +
+          "CSV (RFC 4180: one header row, one row per entry, CRLF) or NDJSON (one entry per line). Every row carries its unit " +
+          "(the item's base unit; empty for a SKU no item master defines). The `Tally-Export-Cursor` response header is the cursor " +
+          "to pass next time: pulled one after the other, exports contain every committed entry exactly once, however many writers. " +
+          "The summary (count, sums of deltas per unit and bucket, last hash, cursors) comes as the HTTP trailer " +
+          "`Tally-Export-Summary` (JSON), after the last row. `from`/`to` filter on recorded_at (a report, not an increment). " +
           "A channel-scoped token cannot export (the export is the whole ledger).",
         querystring: {
           type: "object",
-          properties: { from: { type: "string" }, to: { type: "string" }, format: { type: "string", enum: ["csv", "ndjson"], default: "csv" } },
+          properties: {
+            cursor: { type: "string", pattern: EXPORT_CURSOR_PATTERN.source, description: "the Tally-Export-Cursor of the previous export" },
+            from: { type: "string" },
+            to: { type: "string" },
+            format: { type: "string", enum: ["csv", "ndjson"], default: "csv" },
+          },
         },
         response: { 200: { type: "string", description: "text/csv or application/x-ndjson" }, ...errors(400, 401, 403) },
       },
@@ -151,11 +160,24 @@ export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
       if (req.principal?.channel) throw new ApiError(403, "forbidden", "a channel-scoped token cannot export the whole ledger");
       const from = date("from", req.query.from);
       const to = date("to", req.query.to);
-      const { format } = req.query;
+      const { format, cursor } = req.query;
+      const exp = await openExport(ctx.sql, format, { cursor, from, to });
+      let summary: ExportSummary | null = null;
+      const stream = Readable.from(
+        (async function* () {
+          summary = yield* exp.chunks;
+        })(),
+        { objectMode: false, highWaterMark: 1 },
+      );
+      // The client went away (or the response ended): stop reading and end the snapshot.
+      reply.raw.on("close", () => {
+        stream.destroy();
+        void exp.close();
+      });
       reply.header("content-type", format === "csv" ? "text/csv; charset=utf-8" : "application/x-ndjson");
-      reply.header("content-disposition", `attachment; filename="ledger-${(from ?? new Date(0)).toISOString().slice(0, 10)}.${format === "csv" ? "csv" : "ndjson"}"`);
-      const stream = Readable.from(exportLedger(ctx.sql, format, { from, to }), { objectMode: false, highWaterMark: 1 });
-      req.raw.on("close", () => stream.destroy());
+      reply.header("content-disposition", `attachment; filename="ledger-${cursor ?? "0"}-${exp.nextCursor}.${format === "csv" ? "csv" : "ndjson"}"`);
+      reply.header(EXPORT_CURSOR_HEADER, exp.nextCursor);
+      reply.trailer(EXPORT_SUMMARY_TRAILER, async () => JSON.stringify(summary));
       return reply.send(stream);
     },
   );
