@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
 import { pino } from "pino";
 import { enableSource, formatStatuses, sourceStatus, type SourceStatus } from "../cdc/admin.ts";
-import { findSource, type Change, type ItemDefinition, type RowView } from "../cdc/index.ts";
+import { findSource, parseLsn, type Change, type ItemDefinition, type RowView } from "../cdc/index.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { startTally } from "../src/app.ts";
 import { decodeTallyConfig } from "../src/configFile.ts";
@@ -159,26 +159,31 @@ describe("the first snapshot", () => {
       await blocker`rollback`;
       blocker.release();
     }
-    await eventually("the snapshot done", async () => (await status()).snapshot.state === "done", 60_000);
+    // A slot waits for every transaction on the server, other test files' too: give it time.
+    await eventually("the snapshot done", async () => (await status()).snapshot.state === "done", 150_000);
     expect((await status()).snapshot.waitingFor).toBeNull();
     await eventually("opening stock in the ledger", ledgerMatchesSource);
-  });
+  }, 240_000);
 });
 
 describe("a replication slot lost behind Tally's back", () => {
   it("mid-stream: the source halts with an alert naming the gap, no slot is created silently, and `tally source resnapshot` is the way on", async () => {
     await receive("I1", 1);
     await eventually("a receipt streamed", ledgerMatchesSource);
-    const [{ bound }] = await h.sql<[{ bound: string }]>`select slot_bound_lsn as bound from cdc_sources where source = 'erp'`;
+    const bound = async () => (await h.sql<[{ bound: string }]>`select slot_bound_lsn as bound from cdc_sources where source = 'erp'`)[0].bound;
+    const boundBefore = await bound();
 
     await dropSlotBehindTallysBack();
     await receive("I2", 7); // committed while there is no slot: no reader will ever see it
     await eventually("the slot-lost alert", async () => (await alerts()).some((a) => a.kind === "cdc_slot_lost"), 30_000);
     const alert = (await alerts()).find((a) => a.kind === "cdc_slot_lost")!;
     expect(alert).toMatchObject({ type: "alert", source: "erp", slot: slotName(), action: "tally source resnapshot erp" });
-    expect(alert.lastConfirmedLsn, "the gap starts at the last LSN confirmed to the slot").toBe(bound);
+    // The gap starts at the last LSN confirmed to the slot (heartbeats may have moved it on since boundBefore).
+    const last = await bound();
+    expect(alert.lastConfirmedLsn).toBe(last);
+    expect(parseLsn(last) >= parseLsn(boundBefore)).toBe(true);
     expect(typeof alert.lastConfirmedAt).toBe("string");
-    expect(String(alert.message)).toContain(`changes committed after ${bound}`);
+    expect(String(alert.message)).toContain(`changes committed after ${last}`);
     expect(reader().metrics.halted).toBe("slot_lost");
 
     // Halted, not re-created: no slot, nothing streams, the gap's receipt is not in the ledger.
@@ -187,11 +192,11 @@ describe("a replication slot lost behind Tally's back", () => {
     expect(reader().streaming).toBe(false);
     expect(await onHand("SKU-L2")).toBe(20);
     const s = await status();
-    expect(s.halted).toMatchObject({ reason: "slot_lost", lastConfirmedLsn: bound });
+    expect(s.halted).toMatchObject({ reason: "slot_lost", lastConfirmedLsn: last });
     expect(formatStatuses([s])).toMatch(/halted .*HALTED since .*slot_lost.*run tally source resnapshot erp/);
 
     // The operator chooses: a new slot and a snapshot of the source's tables.
-    const result = await runTally(["source", "resnapshot", "erp", "--timeout", "120"], tallyEnv(ctx));
+    const result = await runTally(["source", "resnapshot", "erp", "--timeout", "150"], tallyEnv(ctx));
     expect(result.output).toContain("source erp is halted (slot_lost)");
     expect(result.output).toContain("re-snapshot done");
     expect(result.code).toBe(0);
@@ -202,11 +207,11 @@ describe("a replication slot lost behind Tally's back", () => {
     await receive("I3", 2);
     await eventually("later receipts flow", ledgerMatchesSource);
     expect((await verifyLedger(h.sql)).problem).toBeNull();
-  }, 120_000);
+  }, 240_000);
 
   it("while Tally was stopped, and created again by `tally source enable`: the new slot is not streamed from — the source halts until a re-snapshot", async () => {
     await stop();
-    await source`select pg_drop_replication_slot(${slotName()})`;
+    await dropSlotBehindTallysBack(); // the stopped reader's walsender may still be exiting
     await receive("I4", 5); // lost: no slot
     await enableSource(source, resolved()); // a new slot of the same name
     await receive("I4", 3); // after the new slot: the stream would carry it, but not the 5 before
@@ -223,11 +228,11 @@ describe("a replication slot lost behind Tally's back", () => {
     expect(await onHand("SKU-L4")).toBe(40); // neither receipt: not streamed from a slot with a gap before it
     expect((await status()).halted?.reason).toBe("slot_replaced");
 
-    const result = await runTally(["source", "resnapshot", "erp", "--timeout", "120"], tallyEnv(ctx));
+    const result = await runTally(["source", "resnapshot", "erp", "--timeout", "150"], tallyEnv(ctx));
     expect(result.output).toContain("re-snapshot done");
     await eventually("the ledger equals the source after the re-snapshot", ledgerMatchesSource);
     expect(await onHand("SKU-L4")).toBe(48);
-  }, 120_000);
+  }, 240_000);
 
   it("a restart with Tally's own slot streams on without a snapshot (the slot is recognised, not replaced)", async () => {
     const snapshots = async () => (await h.sql<[{ lsn: string }]>`select snapshot_lsn as lsn from cdc_sources where source = 'erp'`)[0].lsn;
