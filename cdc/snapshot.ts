@@ -41,6 +41,7 @@ export interface RunningTransaction {
 /**
  * The oldest transactions on the source server that hold a transaction id, prepared ones included:
  * creating a logical slot waits until every one of them has ended (on any database of the server).
+ * A role without `pg_read_all_stats` sees only its own sessions' transactions.
  */
 export async function runningTransactions(sourceSql: Sql): Promise<Array<RunningTransaction>> {
   return sourceSql<Array<RunningTransaction>>`
@@ -143,7 +144,9 @@ export async function runSnapshot(opts: SnapshotOptions): Promise<SnapshotResult
       ? reportSlotWait(opts.sourceSql, async (waitingFor, waitedMs) => {
           log.warn(
             { slot: source.slot, waitedSeconds: Math.round(waitedMs / 1000), waitingFor },
-            "snapshot: creating the slot waits for these transactions on the source server to end",
+            waitingFor.length > 0
+              ? "snapshot: creating the slot waits for these transactions on the source server to end"
+              : "snapshot: creating the slot waits for transactions on the source server to end (none visible to this role: grant it pg_read_all_stats to see them)",
           );
           await ledger`
             update cdc_sources set snapshot_waiting_for = ${ledger.json({ since: new Date(Date.now() - waitedMs).toISOString(), transactions: waitingFor } as never)}
