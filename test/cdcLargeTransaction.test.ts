@@ -5,14 +5,17 @@ import { decodeEnvelope } from "../actors/index.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { demoSources, type DemoSources } from "./support/cdc.ts";
 import { startNats, type NatsServer } from "./support/nats.ts";
+import { startPostgres, type PostgresServer } from "./support/postgres.ts";
 import { eventually, harness, spawnTally, tallyEnv, type Harness } from "./support/tally.ts";
 
 /**
  * One source transaction of 1,000,000 goods receipts, captured by `tally start --roles cdc` in a
  * child process whose resident memory is read from /proc while it streams. The reader must publish
  * such a transaction to JetStream in bounded chunks as it arrives (memory flat), yet confirm its
- * commit LSN to Postgres only once every chunk is acknowledged. The commands stream lives on a
- * nats-server of this file's own, deleted afterwards with its ~300 MB of messages.
+ * commit LSN to Postgres only once every chunk is acknowledged. The source databases live on a
+ * Postgres of this file's own (every slot on a server reads all of its WAL: the shared server's other
+ * readers need not wade through ~300 MB of receipts), and the commands stream on a nats-server of
+ * its own, both deleted afterwards.
  */
 const ROWS = Number(process.env.TALLY_TEST_LARGE_TX_ROWS ?? 1_000_000);
 /**
@@ -23,20 +26,21 @@ const ROWS = Number(process.env.TALLY_TEST_LARGE_TX_ROWS ?? 1_000_000);
 const HEAP_CAP_MIB = 192;
 
 let nats: NatsServer;
+let sourcePg: PostgresServer;
 let ctx: TestContext;
 let h: Harness;
 let demo: DemoSources;
 
 beforeAll(async () => {
-  nats = await startNats();
+  [nats, sourcePg] = await Promise.all([startNats(), startPostgres()]);
   ctx = { ...(await testContext()), natsUrl: nats.url };
   h = await harness(ctx);
-  demo = await demoSources(ctx);
+  demo = await demoSources(ctx, { adminUrl: sourcePg.url() });
 });
 afterAll(async () => {
   await demo?.close();
   await h?.close();
-  await nats?.destroy();
+  await Promise.allSettled([nats?.destroy(), sourcePg?.destroy()]);
 });
 
 /** Resident and peak resident memory of a process, in MiB (Linux /proc). */
