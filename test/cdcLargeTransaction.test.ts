@@ -226,7 +226,7 @@ describe("a large source transaction", () => {
       const foreign = await countForeignCommands(seq, `erp:${commitLsn}:`);
       console.log(
         `interrupted large transaction: ${partial.distinct} of ${rows} commands published before the kill; ` +
-          `after the restart ${all.distinct} distinct, ${all.repeated} re-sent under the same ids`,
+          `after the restart ${all.distinct} distinct, ${all.repeated} stored twice (re-sent envelopes that JetStream did not drop as duplicates: the worker skips them by id)`,
       );
       expect(all.distinct).toBe(rows);
       // The re-sent transaction used the same ids: nothing of it under any other id.
