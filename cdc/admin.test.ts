@@ -342,7 +342,7 @@ export default defineConfig({
     expect(dropped.stdout).toContain(`slot tally_${ctx.env}_shop dropped, publication tally_${ctx.env}_shop dropped`);
     const again = await runTally(["source", "drop", "shop"], cliEnv(ctx.databaseUrl));
     expect(again.stdout).toContain("already gone");
-  });
+  }, 240_000); // seven CLI processes, each loading TypeScript: ~60 s alone, twice that under a full run's load
 
   it("names an undeclared source and a missing URL", async () => {
     const unknown = await runTally(["source", "check", "erp"], cliEnv(ctx.databaseUrl));

@@ -9,7 +9,9 @@
  * pgoutput looks the publication up as of each decoded change, so a slot older than its
  * publication fails with "publication does not exist"). A slot made by `enable` has no exported
  * snapshot; the CDC reader, finding a slot with no snapshot recorded in the ledger's `cdc_sources`,
- * drops it and recreates it with EXPORT_SNAPSHOT to read the opening balances. `enable` still
+ * drops it and recreates it with EXPORT_SNAPSHOT to read the opening balances. A slot `enable`
+ * creates after the reader had already captured the source (its old slot was lost) is not taken
+ * for Tally's: the reader halts the source with an alert until `tally source resnapshot`. `enable` still
  * creates the slot so that WAL is retained from the moment the admin enabled the source, and so a
  * role allowed to create slots only through the DBA can have them made up front. `drop` removes
  * both, so a decommissioned source cannot pile up WAL.
@@ -531,7 +533,8 @@ export type SnapshotState = "done" | "in_progress" | "not_started" | "unknown";
 /** One source's replication state: the slot on the source, the reader's progress from the ledger. */
 export interface SourceStatus {
   readonly source: string;
-  readonly publication: { readonly name: string; readonly exists: boolean; readonly tables: ReadonlyArray<string> };
+  /** `missing`: captured tables the publication lacks, whose changes are not captured (`enable` repairs it). */
+  readonly publication: { readonly name: string; readonly exists: boolean; readonly tables: ReadonlyArray<string>; readonly missing: ReadonlyArray<string> };
   readonly slot: {
     readonly name: string;
     readonly exists: boolean;
@@ -552,7 +555,25 @@ export interface SourceStatus {
   readonly lagSeconds: number | null;
   readonly lastEventAt: Date | null;
   readonly lastHeartbeatAt: Date | null;
-  readonly snapshot: { readonly state: SnapshotState; readonly lsn: string | null; readonly doneAt: Date | null; readonly rows: number | null };
+  readonly snapshot: {
+    readonly state: SnapshotState;
+    readonly lsn: string | null;
+    readonly doneAt: Date | null;
+    readonly rows: number | null;
+    /** While the snapshot's slot creation waits for transactions running on the source server: which, since when. */
+    readonly waitingFor: { readonly since: string; readonly transactions: ReadonlyArray<{ readonly pid: number | null; readonly ageSeconds: number; readonly query: string }> } | null;
+  };
+  /**
+   * Set while the CDC reader has stopped capturing the source because its slot was lost, replaced
+   * or invalidated: changes after `lastConfirmedLsn` may be missing. `tally source resnapshot` is the way on.
+   */
+  readonly halted: {
+    readonly reason: string;
+    readonly since: Date;
+    readonly message: string;
+    readonly lastConfirmedLsn: string | null;
+    readonly lastConfirmedAt: string | null;
+  } | null;
   /** The reader's confirmed LSN as recorded in the ledger. */
   readonly ledgerConfirmedLsn: string | null;
   readonly counters: { readonly changes: number; readonly commands: number; readonly skipped: number; readonly deadLetters: number } | null;
@@ -571,6 +592,10 @@ interface LedgerRow {
   skipped: number;
   dead_letters: number;
   idle_seconds: number | null;
+  snapshot_waiting_for: SourceStatus["snapshot"]["waitingFor"];
+  halted_at: Date | null;
+  halted_reason: string | null;
+  halted_detail: { message: string; lastConfirmedLsn: string | null; lastConfirmedAt: string | null } | null;
 }
 
 /** The reader's row for this source, or undefined (none yet, or a ledger not migrated to CDC). */
@@ -580,7 +605,7 @@ async function readLedgerRow(ledger: Sql, source: ResolvedSource): Promise<Ledge
       select slot, snapshot_lsn, snapshot_done_at, snapshot_rows::float8 as snapshot_rows, confirmed_lsn,
              last_event_at, last_heartbeat_at,
              changes::float8 as changes, commands::float8 as commands, skipped::float8 as skipped,
-             dead_letters::float8 as dead_letters,
+             dead_letters::float8 as dead_letters, snapshot_waiting_for, halted_at, halted_reason, halted_detail,
              extract(epoch from now() - greatest(last_event_at, last_heartbeat_at))::float8 as idle_seconds
         from cdc_sources
        where source = ${source.name}`;
@@ -604,10 +629,15 @@ export async function sourceStatus(sourceSql: Sql, ledgerSql: Sql | null, source
   const lagSeconds =
     lagBytes === null ? null : lagBytes <= 0 ? 0 : row?.idle_seconds !== undefined && row.idle_seconds !== null ? Math.max(0, row.idle_seconds) : null;
   const snapshotState: SnapshotState =
-    ledgerSql === null ? "unknown" : !row ? "not_started" : row.snapshot_done_at ? "done" : row.snapshot_lsn ? "in_progress" : "not_started";
+    ledgerSql === null ? "unknown" : !row ? "not_started" : row.snapshot_done_at ? "done" : row.snapshot_lsn || row.snapshot_waiting_for ? "in_progress" : "not_started";
   return {
     source: source.name,
-    publication: { name: source.publication, exists: publication !== undefined, tables: publication?.tables ?? [] },
+    publication: {
+      name: source.publication,
+      exists: publication !== undefined,
+      tables: publication?.tables ?? [],
+      missing: tableKeys(source).filter((k) => !(publication?.tables ?? []).includes(k)),
+    },
     slot: {
       name: source.slot,
       exists: slot !== undefined,
@@ -627,7 +657,18 @@ export async function sourceStatus(sourceSql: Sql, ledgerSql: Sql | null, source
       lsn: row?.snapshot_lsn ?? null,
       doneAt: row?.snapshot_done_at ?? null,
       rows: row ? row.snapshot_rows : null,
+      waitingFor: row?.snapshot_done_at ? null : (row?.snapshot_waiting_for ?? null),
     },
+    halted:
+      row?.halted_at && row.halted_reason
+        ? {
+            reason: row.halted_reason,
+            since: row.halted_at,
+            message: row.halted_detail?.message ?? row.halted_reason,
+            lastConfirmedLsn: row.halted_detail?.lastConfirmedLsn ?? null,
+            lastConfirmedAt: row.halted_detail?.lastConfirmedAt ?? null,
+          }
+        : null,
     ledgerConfirmedLsn: row?.confirmed_lsn ?? null,
     counters: row ? { changes: row.changes, commands: row.commands, skipped: row.skipped, deadLetters: row.dead_letters } : null,
   };
@@ -718,14 +759,31 @@ export function formatChecks(results: ReadonlyArray<CheckResult>): string {
 
 const ago = (d: Date | null) => (d === null ? "-" : `${Math.max(0, Math.round((Date.now() - d.getTime()) / 1000))}s ago`);
 
+/** What needs an operator: a halted source, tables missing from the publication, a snapshot waiting. */
+function attention(s: SourceStatus): string {
+  const out: Array<string> = [];
+  if (s.halted)
+    out.push(
+      `HALTED since ${s.halted.since.toISOString()} (${s.halted.reason}): changes after ${s.halted.lastConfirmedLsn ?? "the last confirmed position"} may be missing; ` +
+        `run tally source resnapshot ${s.source}`,
+    );
+  if (s.publication.missing.length > 0)
+    out.push(`publication lacks ${s.publication.missing.join(", ")} (not captured): run tally source enable ${s.source}`);
+  if (s.snapshot.waitingFor)
+    out.push(
+      `snapshot waits for ${s.snapshot.waitingFor.transactions.map((t) => `${t.pid === null ? "a prepared transaction" : `pid ${t.pid}`} (${Math.round(t.ageSeconds)}s)`).join(", ") || "running transactions"}`,
+    );
+  return out.join("; ");
+}
+
 /** `tally source status`'s table, one row per source. */
 export function formatStatuses(statuses: ReadonlyArray<SourceStatus>): string {
   return formatTable(
-    ["source", "slot", "state", "confirmed lsn", "lag bytes", "lag s", "wal", "last heartbeat", "snapshot", "changes", "commands", "dead letters"],
+    ["source", "slot", "state", "confirmed lsn", "lag bytes", "lag s", "wal", "last heartbeat", "snapshot", "changes", "commands", "dead letters", "attention"],
     statuses.map((s) => [
       s.source,
       s.slot.name,
-      !s.slot.exists ? "missing" : s.slot.active ? "active" : "idle",
+      s.halted ? "halted" : !s.slot.exists ? "missing" : s.slot.active ? "active" : "idle",
       s.slot.confirmedFlushLsn ?? "-",
       s.lagBytes === null ? "-" : String(s.lagBytes),
       s.lagSeconds === null ? "-" : s.lagSeconds.toFixed(1),
@@ -735,6 +793,7 @@ export function formatStatuses(statuses: ReadonlyArray<SourceStatus>): string {
       s.counters ? String(s.counters.changes) : "-",
       s.counters ? String(s.counters.commands) : "-",
       s.counters ? String(s.counters.deadLetters) : "-",
+      attention(s),
     ]),
   );
 }

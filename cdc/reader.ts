@@ -14,10 +14,21 @@ import { parseLsn, formatLsn } from "./lsn.ts";
 import { changeFrom, mapChange, type ChangePayload } from "./mapper.ts";
 import { MappingError, UnknownItem, type RawRow } from "./mapping.ts";
 import { keepValuesAsText, toText } from "./pgText.ts";
-import { createExportedSlot, readSnapshot, runSnapshot, snapshotNeeded, type SnapshotOptions } from "./snapshot.ts";
+import { judgeSlot, type HaltReason, type RecordedSlot, type ServerSlot, type SlotGap, type SlotVerdict } from "./slotIdentity.ts";
+import { createExportedSlot, readSnapshot, reportSlotWait, runSnapshot, type SnapshotOptions } from "./snapshot.ts";
 import type { ResolvedSource } from "./sources.ts";
 
 export const HEARTBEAT_PREFIX = "tally_heartbeat";
+
+/**
+ * Changes of one source transaction mapped and queued for JetStream at a time: a transaction of a
+ * million rows goes out in chunks as it arrives, so the reader's memory does not grow with it.
+ */
+const CHUNK_CHANGES = 1000;
+/** How often an alert that still holds (a halted source, an incomplete publication) is raised again. */
+const ALERT_REPEAT_MS = 5 * 60_000;
+/** How often the reader checks that every captured table is still in its publication. */
+const PUBLICATION_CHECK_MS = 5_000;
 
 export interface ReaderOptions {
   readonly source: ResolvedSource;
@@ -45,11 +56,20 @@ export interface ReaderMetrics {
   confirmedLsn: string;
   lastHeartbeatAt: string | null;
   lagBytes: number | null;
+  /** Set while the source is halted: its slot was lost or replaced, and an operator must choose (`tally source resnapshot`). */
+  halted: HaltReason | null;
+  /** Captured tables the publication lacks (their changes are not captured until `tally source enable` repairs it). */
+  publicationMissing: Array<string>;
 }
 
-/** One committed source transaction, mapped, waiting to be published. */
+/**
+ * Part of a committed source transaction, mapped, waiting to be published: the whole transaction,
+ * or one chunk of a large one. Only a transaction's last part carries its end LSN, which may be
+ * confirmed once it and every part before it are published.
+ */
 interface ReadyTransaction {
-  readonly endLsn: string;
+  /** Null: more of this transaction follows. */
+  readonly endLsn: string | null;
   readonly commands: ReadonlyArray<Command>;
   readonly deadLetters: ReadonlyArray<DeadLetter>;
   readonly commitTime: string;
@@ -66,11 +86,22 @@ interface Resnapshot {
   readonly ready: Promise<ReadyTransaction>;
 }
 
+/** The transaction being received: its changes since the last chunk was queued. */
 interface OpenTransaction {
   readonly commitLsn: string;
   readonly commitTime: string;
-  readonly changes: Array<ChangePayload>;
+  changes: Array<ChangePayload>;
+  /** Changes received so far: the next change's index (command ids are `<source>:<commit lsn>:<index>`). */
+  count: number;
   heartbeat: string | null;
+}
+
+/** Counters published but not yet written to `cdc_sources`. */
+interface Progress {
+  changes: number;
+  commands: number;
+  skipped: number;
+  deadLetters: number;
 }
 
 type ReplicationService = LogicalReplicationService;
@@ -85,10 +116,15 @@ function libraryBusy(service: LogicalReplicationService | null): boolean {
  * Streams one source database's captured tables from its permanent logical replication slot
  * (pgoutput), maps each committed transaction to canonical commands, publishes them to the
  * commands stream, and only then confirms the transaction's end LSN to Postgres with its own
- * standby status updates (the library's automatic acknowledgement and keepalive timer are off).
- * On the first start it takes the initial snapshot. Reconnects with backoff; Postgres resumes
- * from the slot's confirmed position, and deterministic command ids make any re-sent
- * transaction a duplicate.
+ * standby status updates (the library's automatic acknowledgement and keepalive timer are off),
+ * each recorded in the ledger first (the slot's bound, see slotIdentity.ts). A large transaction
+ * is published in chunks as it arrives, its end LSN confirmed only after the last chunk. On the
+ * first start it takes the initial snapshot. Before each session it checks that the slot is its
+ * own: a slot that is gone or was created anew means changes were lost, so the source halts with
+ * an alert until an operator runs `tally source resnapshot` (never a silent new slot). It alerts
+ * too when a captured table leaves the publication or is re-created. Reconnects with backoff;
+ * Postgres resumes from the slot's confirmed position, and deterministic command ids make any
+ * re-sent transaction a duplicate.
  */
 export class SourceReader {
   readonly metrics: ReaderMetrics = {
@@ -105,6 +141,8 @@ export class SourceReader {
     confirmedLsn: "0/0",
     lastHeartbeatAt: null,
     lagBytes: null,
+    halted: null,
+    publicationMissing: [],
   };
   #stopped = false;
   #service: ReplicationService | null = null;
@@ -126,6 +164,14 @@ export class SourceReader {
   #lastBegun = 0n;
   /** When a keepalive last advanced the idle slot. */
   #idleAdvancedAt = 0;
+  /** An idle advance is being recorded and confirmed. */
+  #advancing = false;
+  #unrecorded: Progress = { changes: 0, commands: 0, skipped: 0, deadLetters: 0 };
+  /** The relation id last seen per captured table, as recorded in `cdc_sources.relation_ids`. */
+  #relationIds = new Map<string, number>();
+  #publicationCheckedAt = 0;
+  #publicationAlertAt = 0;
+  #haltAlertAt = 0;
   readonly done: Promise<void>;
 
   constructor(readonly opts: ReaderOptions) {
@@ -173,12 +219,14 @@ export class SourceReader {
     }
   }
 
-  /** One replication session: snapshot if needed, then stream until an error or stop. */
+  /** One replication session: snapshot if needed (or halt), then stream until an error or stop. */
   async #session(): Promise<void> {
-    const { sql, source, log } = this.opts;
-    await sql`
+    const { sql, source } = this.opts;
+    const [row] = await sql<[{ relationIds: Record<string, number> }]>`
       insert into cdc_sources (source, slot, publication) values (${source.name}, ${source.slot}, ${source.publication})
-      on conflict (source) do update set slot = excluded.slot, publication = excluded.publication`;
+      on conflict (source) do update set slot = excluded.slot, publication = excluded.publication
+      returning relation_ids as "relationIds"`;
+    this.#relationIds = new Map(Object.entries(row.relationIds ?? {}));
     this.#crosswalk = await Crosswalk.load(sql);
     const crosswalk = this.#crosswalk;
     // Item definitions from other sources and processes: reload the SKU when it changes.
@@ -186,19 +234,93 @@ export class SourceReader {
       .listen(ITEMS_CHANNEL, (sku) => void crosswalk.refresh(sql, [sku]).catch(() => {}))
       .catch(() => null);
     try {
-      await this.#stream();
+      if (await this.#prepareSlot()) await this.#stream();
     } finally {
       await listener?.unlisten().catch(() => {});
     }
   }
 
-  async #stream(): Promise<void> {
-    const { sql, source, log } = this.opts;
-    if (await snapshotNeeded(sql, this.#sourceSql!, source)) {
-      const result = await runSnapshot(this.#snapshotOptions());
-      this.metrics.snapshots++;
-      this.metrics.snapshotRows += result.rows;
+  /**
+   * Makes sure the slot is this reader's before streaming from it: takes the first snapshot, adopts
+   * the slot of a row from before the bound was tracked, or halts the source when its slot is gone
+   * or not the one it confirmed to, until an operator asks for a re-snapshot (which then runs here,
+   * with a new slot). False when stopped meanwhile.
+   */
+  async #prepareSlot(): Promise<boolean> {
+    const verdict = await this.#judgeSlot();
+    if (verdict.kind === "stream") {
+      if (verdict.adopt) await this.#recordBound(verdict.adopt);
+      this.metrics.halted = null;
+      return true;
     }
+    if (verdict.kind === "halt" && !(await this.#waitWhileHalted(verdict.reason, verdict.gap))) return false;
+    const result = await runSnapshot(this.#snapshotOptions());
+    this.metrics.snapshots++;
+    this.metrics.snapshotRows += result.rows;
+    this.metrics.halted = null;
+    return true;
+  }
+
+  async #judgeSlot(): Promise<SlotVerdict> {
+    const { sql, source } = this.opts;
+    const [row] = await sql<
+      Array<{ done: boolean; boundLsn: string | null; boundAt: Date | null; haltedAt: Date | null; reason: HaltReason | null; detail: SlotGap | null }>
+    >`
+      select snapshot_done_at is not null as done, slot_bound_lsn as "boundLsn", slot_bound_at as "boundAt",
+             halted_at as "haltedAt", halted_reason as reason, halted_detail as detail
+        from cdc_sources where source = ${source.name}`;
+    const recorded: RecordedSlot = {
+      snapshotDone: row?.done ?? false,
+      boundLsn: row?.boundLsn ?? null,
+      boundAt: row?.boundAt ?? null,
+      halted: row?.haltedAt && row.reason && row.detail ? { reason: row.reason, at: row.haltedAt, detail: row.detail } : null,
+    };
+    const [slot] = await this.#sourceSql!<Array<ServerSlot>>`
+      select s.database, s.plugin, s.confirmed_flush_lsn::text as "confirmedFlushLsn", to_jsonb(s) ->> 'wal_status' as "walStatus"
+        from pg_replication_slots s where s.slot_name = ${source.slot}`;
+    const [{ database }] = await this.#sourceSql!<[{ database: string }]>`select current_database() as database`;
+    return judgeSlot(source.slot, database, recorded, slot);
+  }
+
+  /**
+   * A halted source: records it, raises the alert (again every few minutes), and waits for an
+   * operator's `tally source resnapshot` made after the halt. True when one came, false when stopped.
+   */
+  async #waitWhileHalted(reason: HaltReason, gap: SlotGap): Promise<boolean> {
+    const { sql, source, log } = this.opts;
+    // The first detection keeps its time and gap: a restart must not move them.
+    const [row] = await sql<[{ haltedAt: Date; reason: HaltReason; detail: SlotGap }]>`
+      update cdc_sources
+         set halted_at = coalesce(halted_at, now()), halted_reason = coalesce(halted_reason, ${reason}),
+             halted_detail = coalesce(halted_detail, ${sql.json(gap as never)}), updated_at = now()
+       where source = ${source.name}
+   returning halted_at as "haltedAt", halted_reason as reason, halted_detail as detail`;
+    this.metrics.halted = row.reason;
+    const raise = () => {
+      this.#haltAlertAt = Date.now();
+      this.#alert(
+        `cdc_${row.reason}`,
+        { ...row.detail, haltedAt: row.haltedAt.toISOString(), action: `tally source resnapshot ${source.name}` },
+        `CDC stopped for source ${source.name}: ${row.detail.message}. Nothing more is captured from it until an operator runs ` +
+          `\`tally source resnapshot ${source.name}\` (a new slot and a full snapshot of its tables)`,
+      );
+    };
+    raise();
+    while (!this.#stopped) {
+      const [state] = await sql<[{ chosen: boolean } | undefined]>`
+        select coalesce(resnapshot_requested_at > halted_at, false) as chosen from cdc_sources where source = ${source.name}`;
+      if (state?.chosen) {
+        log.warn({ slot: source.slot }, "re-snapshot requested for the halted source: creating a new slot and snapshotting its tables");
+        return true;
+      }
+      if (Date.now() - this.#haltAlertAt >= ALERT_REPEAT_MS) raise();
+      await this.#sleep(1000);
+    }
+    return false;
+  }
+
+  async #stream(): Promise<void> {
+    const { source, log } = this.opts;
     this.#open = null;
     this.#ready = [];
     this.#lastBegun = 0n;
@@ -241,6 +363,7 @@ export class SourceReader {
     const lagTimer = setInterval(() => {
       void this.#checkLag();
       void this.#checkResnapshotOnce();
+      void this.#checkPublication();
     }, Math.max(1000, Math.min(source.heartbeatMs, source.statusMs)));
     this.#timers = [statusTimer, heartbeatTimer, lagTimer];
     try {
@@ -248,6 +371,8 @@ export class SourceReader {
         select confirmed_flush_lsn::text as confirmed from pg_replication_slots where slot_name = ${source.slot}`;
       if (confirmed) this.metrics.confirmedLsn = confirmed;
       log.info({ slot: source.slot, from: confirmed }, "replication streaming");
+      this.#publicationCheckedAt = 0;
+      void this.#checkPublication();
       // Start at 0/0: the server resumes from the slot's confirmed position.
       const streaming = service.subscribe(plugin, source.slot);
       await Promise.race([streaming.then(() => Promise.reject(new Error("replication stream ended"))), ended]);
@@ -271,7 +396,7 @@ export class SourceReader {
       case "begin":
         if (msg.commitLsn && parseLsn(msg.commitLsn) > this.#lastBegun) this.#lastBegun = parseLsn(msg.commitLsn);
         if (this.#resnapshot && msg.commitLsn && parseLsn(msg.commitLsn) >= parseLsn(this.#resnapshot.lsn)) await this.#placeResnapshot();
-        this.#open = { commitLsn: msg.commitLsn ?? "0/0", commitTime: pgTime(msg.commitTime), changes: [], heartbeat: null };
+        this.#open = { commitLsn: msg.commitLsn ?? "0/0", commitTime: pgTime(msg.commitTime), changes: [], count: 0, heartbeat: null };
         return;
       case "insert":
       case "update":
@@ -281,7 +406,8 @@ export class SourceReader {
         const table = `${msg.relation.schema}.${msg.relation.name}`;
         const newRow = msg.tag === "delete" ? null : textRow(msg.new);
         const oldRow = msg.tag === "insert" ? null : textRow(msg.old ?? msg.key);
-        tx.changes.push({ table, op: msg.tag, new: newRow, old: oldRow, commitLsn: tx.commitLsn, index: tx.changes.length, commitTime: tx.commitTime });
+        tx.changes.push({ table, op: msg.tag, new: newRow, old: oldRow, commitLsn: tx.commitLsn, index: tx.count++, commitTime: tx.commitTime });
+        if (tx.changes.length >= CHUNK_CHANGES) await this.#queue(tx, null);
         return;
       }
       case "truncate": {
@@ -294,9 +420,10 @@ export class SourceReader {
             new: null,
             old: null,
             commitLsn: tx.commitLsn,
-            index: tx.changes.length,
+            index: tx.count++,
             commitTime: tx.commitTime,
           });
+        if (tx.changes.length >= CHUNK_CHANGES) await this.#queue(tx, null);
         return;
       }
       case "message":
@@ -306,10 +433,12 @@ export class SourceReader {
         const tx = this.#open;
         this.#open = null;
         if (!tx) return;
-        await this.#commit(tx, msg.commitEndLsn ?? tx.commitLsn);
+        await this.#queue(tx, msg.commitEndLsn ?? tx.commitLsn);
         return;
       }
       case "relation":
+        await this.#onRelation(msg);
+        return;
       case "type":
       case "origin":
         return;
@@ -320,14 +449,20 @@ export class SourceReader {
     }
   }
 
-  /** Maps a committed transaction and queues it for publishing; waits when too much is pending. */
-  async #commit(tx: OpenTransaction, endLsn: string): Promise<void> {
+  /**
+   * Maps the transaction's changes received since its last chunk and queues them for publishing;
+   * waits when too much is pending. `endLsn` is set at the commit (the last part), null for a
+   * chunk of a transaction still arriving.
+   */
+  async #queue(tx: OpenTransaction, endLsn: string | null): Promise<void> {
     const { source, sql } = this.opts;
     const crosswalk = this.#crosswalk!;
     const commands: Array<Command> = [];
     const dead: Array<DeadLetter> = [];
     let skipped = 0;
-    for (const change of tx.changes) {
+    const changes = tx.changes;
+    tx.changes = [];
+    for (const change of changes) {
       this.metrics.changesByTable[change.table] = (this.metrics.changesByTable[change.table] ?? 0) + 1;
       const map = () =>
         change.new === null && change.old === null
@@ -356,7 +491,15 @@ export class SourceReader {
       commands.push(...outcome.commands);
       skipped += outcome.skipped;
     }
-    this.#ready.push({ endLsn, commands, deadLetters: dead, commitTime: tx.commitTime, changes: tx.changes.length, skipped, heartbeat: tx.heartbeat });
+    this.#ready.push({
+      endLsn,
+      commands,
+      deadLetters: dead,
+      commitTime: tx.commitTime,
+      changes: changes.length,
+      skipped,
+      heartbeat: endLsn === null ? null : tx.heartbeat,
+    });
     this.#pendingCommands += commands.length + dead.length;
     this.#kickFlush();
     if (this.#pendingCommands >= (this.opts.maxPending ?? 5000)) await this.#flushing;
@@ -371,9 +514,12 @@ export class SourceReader {
     });
   }
 
-  /** Publishes every ready transaction in commit order, then confirms the last one's end LSN. */
+  /**
+   * Publishes every ready transaction (or part) in commit order, then records and confirms the end
+   * LSN of the last complete one: a large transaction's end LSN only after its last chunk.
+   */
   async #flushLoop(): Promise<void> {
-    const { source, sql, js, topology } = this.opts;
+    const { js, topology } = this.opts;
     while (this.#ready.length > 0 && !this.#failure) {
       const batch = this.#ready.splice(0, this.#ready.length);
       const commands = batch.flatMap((t) => t.commands);
@@ -394,27 +540,66 @@ export class SourceReader {
       }
       this.#pendingCommands -= commands.length + dead.length;
       for (const t of batch) await t.onFlushed?.().catch((err) => this.opts.log.warn({ err }, "post-publish step failed"));
-      const last = batch[batch.length - 1]!;
-      this.metrics.transactions += batch.length;
-      this.metrics.changes += batch.reduce((n, t) => n + t.changes, 0);
+      const complete = batch.filter((t) => t.endLsn !== null);
+      const changes = batch.reduce((n, t) => n + t.changes, 0);
+      const skipped = batch.reduce((n, t) => n + t.skipped, 0);
+      this.metrics.transactions += complete.length;
+      this.metrics.changes += changes;
       this.metrics.commands += commands.length;
-      this.metrics.skipped += batch.reduce((n, t) => n + t.skipped, 0);
+      this.metrics.skipped += skipped;
       for (const d of dead) this.#countDead(d);
-      const heartbeat = batch.map((t) => t.heartbeat).filter((h): h is string => h !== null).pop() ?? null;
+      this.#unrecorded.changes += changes;
+      this.#unrecorded.commands += commands.length;
+      this.#unrecorded.skipped += skipped;
+      this.#unrecorded.deadLetters += dead.length;
+      const heartbeat = complete.map((t) => t.heartbeat).filter((h): h is string => h !== null).pop() ?? null;
       if (heartbeat) this.metrics.lastHeartbeatAt = heartbeat;
-      this.#confirm(last.endLsn);
+      const last = complete[complete.length - 1];
+      if (last) await this.#recordAndConfirm(last.endLsn!, last.commitTime, heartbeat);
+    }
+  }
+
+  /**
+   * Records `lsn` as the slot's bound (with the progress counters), then confirms it to Postgres.
+   * The order matters: the slot may never be confirmed past what the ledger knows, or a restart
+   * would take Tally's own slot for a new one. If the ledger cannot be written, nothing is confirmed
+   * (the next transaction tries again).
+   */
+  async #recordAndConfirm(lsn: string, lastEventAt: string | null, heartbeat: string | null): Promise<void> {
+    const { sql, source, log } = this.opts;
+    const p = { ...this.#unrecorded };
+    try {
       await sql`
         update cdc_sources
-           set confirmed_lsn = ${this.metrics.confirmedLsn},
-               last_event_at = ${last.commitTime},
+           set confirmed_lsn = ${lsn},
+               slot_bound_lsn = greatest(coalesce(slot_bound_lsn, '0/0')::pg_lsn, ${lsn}::pg_lsn)::text,
+               slot_bound_at = now(),
+               last_event_at = coalesce(${lastEventAt}::timestamptz, last_event_at),
                last_heartbeat_at = coalesce(${heartbeat}::timestamptz, last_heartbeat_at),
-               changes = changes + ${batch.reduce((n, t) => n + t.changes, 0)},
-               commands = commands + ${commands.length},
-               skipped = skipped + ${batch.reduce((n, t) => n + t.skipped, 0)},
-               dead_letters = dead_letters + ${dead.length},
+               changes = changes + ${p.changes},
+               commands = commands + ${p.commands},
+               skipped = skipped + ${p.skipped},
+               dead_letters = dead_letters + ${p.deadLetters},
                updated_at = now()
-         where source = ${source.name}`.catch((err) => this.opts.log.warn({ err }, "could not record CDC progress"));
+         where source = ${source.name}`;
+    } catch (err) {
+      log.warn({ err, lsn }, "could not record CDC progress; the slot is confirmed once it is recorded");
+      return;
     }
+    this.#unrecorded.changes -= p.changes;
+    this.#unrecorded.commands -= p.commands;
+    this.#unrecorded.skipped -= p.skipped;
+    this.#unrecorded.deadLetters -= p.deadLetters;
+    this.#confirm(lsn);
+  }
+
+  /** Records the bound alone (a slot adopted from a row that did not track it yet). */
+  async #recordBound(lsn: string): Promise<void> {
+    const { sql, source } = this.opts;
+    await sql`
+      update cdc_sources
+         set slot_bound_lsn = greatest(coalesce(slot_bound_lsn, '0/0')::pg_lsn, ${lsn}::pg_lsn)::text, slot_bound_at = now(), updated_at = now()
+       where source = ${source.name}`;
   }
 
   #countDead(d: DeadLetter): void {
@@ -455,11 +640,13 @@ export class SourceReader {
     // Advancing an idle slot only keeps WAL from piling up: once a second is plenty. (A server busy
     // with other databases sends a keepalive for nearly every transaction the slot skips, and a
     // status update for each cost the reader several percent of its CPU.)
-    const advance = idle && !this.#resnapshot && parseLsn(lsn) > parseLsn(this.metrics.confirmedLsn);
+    const advance = idle && !this.#resnapshot && !this.#advancing && parseLsn(lsn) > parseLsn(this.metrics.confirmedLsn);
+    if (shouldRespond) this.#sendStatus();
     if (advance && (shouldRespond || Date.now() - this.#idleAdvancedAt >= Math.min(1000, this.opts.source.statusMs))) {
       this.#idleAdvancedAt = Date.now();
-      this.#confirm(lsn);
-    } else if (shouldRespond) this.#sendStatus();
+      this.#advancing = true;
+      void this.#recordAndConfirm(lsn, null, null).finally(() => (this.#advancing = false));
+    }
   }
 
   #snapshotOptions(): SnapshotOptions {
@@ -471,6 +658,7 @@ export class SourceReader {
       crosswalk: this.#crosswalk!,
       log: this.opts.log,
       onDeadLetter: (d) => this.#countDead(d),
+      sourceSql: this.#sourceSql!,
     };
   }
 
@@ -506,12 +694,20 @@ export class SourceReader {
     if (!row?.requested || this.#resnapshot) return;
     // Creating a slot waits until every transaction running on the server (any database) has ended:
     // say which ones while it waits, so an operator can see what holds a re-snapshot back.
-    const waiting = setInterval(() => void this.#reportBlockers(), 10_000);
+    const stopReports = reportSlotWait(
+      this.#sourceSql!,
+      (waitingFor, waitedMs) =>
+        log.warn(
+          { waitedSeconds: Math.round(waitedMs / 1000), waitingFor },
+          "re-snapshot: still waiting for the source's running transactions to end before the slot can be created",
+        ),
+      { firstMs: 10_000 },
+    );
     let exported: Awaited<ReturnType<typeof createExportedSlot>>;
     try {
       exported = await createExportedSlot(source.url, `${source.slot}_resnapshot`, { temporary: true });
     } finally {
-      clearInterval(waiting);
+      stopReports();
     }
     // The stream may already have taken in a transaction committed at or after the new slot's
     // position (it kept flowing while the slot was created): the counts can then no longer be put
@@ -558,16 +754,6 @@ export class SourceReader {
     this.#resnapshot = { lsn: exported.consistentPoint, ready };
   }
 
-  /** The oldest transactions on the source server, which a new slot waits for. */
-  async #reportBlockers(): Promise<void> {
-    const rows = await this.#sourceSql!<Array<{ pid: number; datname: string | null; state: string | null; age: string; query: string }>>`
-      select pid, datname, state, (now() - xact_start)::text as age, left(query, 120) as query
-        from pg_stat_activity
-       where backend_xid is not null and pid <> pg_backend_pid()
-       order by xact_start limit 5`.catch(() => []);
-    this.opts.log.warn({ transactions: rows }, "re-snapshot: still waiting for the source's running transactions to end before the slot can be created");
-  }
-
   /** Queues the re-snapshot's commands (waiting for its read to finish) before anything committed after its position. */
   async #placeResnapshot(): Promise<void> {
     const r = this.#resnapshot;
@@ -590,20 +776,91 @@ export class SourceReader {
   }
 
   async #checkLag(): Promise<void> {
-    const { source, nc, topology, log } = this.opts;
+    const { source, log } = this.opts;
     try {
       const [row] = await this.#sourceSql!<[{ lag: string | null } | undefined]>`
         select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint::text as lag
           from pg_replication_slots where slot_name = ${source.slot}`;
       const lag = row?.lag === null || row?.lag === undefined ? null : Number(row.lag);
       this.metrics.lagBytes = lag;
-      if (lag !== null && lag > source.lagAlertBytes) {
-        const alert = { type: "alert", kind: "cdc_lag", source: source.name, slot: source.slot, lagBytes: lag, thresholdBytes: source.lagAlertBytes, at: new Date().toISOString() };
-        log.warn(alert, "replication lag above the alert threshold");
-        nc.publish(topology.eventSubject("alert"), JSON.stringify(alert));
-      }
+      if (lag !== null && lag > source.lagAlertBytes)
+        this.#alert("cdc_lag", { lagBytes: lag, thresholdBytes: source.lagAlertBytes }, "replication lag above the alert threshold", "warn");
     } catch (err) {
       log.debug({ err }, "lag check failed");
+    }
+  }
+
+  /**
+   * A captured table missing from the publication (dropped and created again, or removed by hand)
+   * sends no changes at all, and nothing else would say so: alert, naming the tables and the fix.
+   */
+  async #checkPublication(): Promise<void> {
+    if (Date.now() - this.#publicationCheckedAt < PUBLICATION_CHECK_MS) return;
+    this.#publicationCheckedAt = Date.now();
+    const { source, log } = this.opts;
+    let row: { exists: boolean; tables: Array<string> } | undefined;
+    try {
+      [row] = await this.#sourceSql!<Array<{ exists: boolean; tables: Array<string> }>>`
+        select exists (select 1 from pg_publication where pubname = ${source.publication}) as exists,
+               array(select schemaname || '.' || tablename from pg_publication_tables where pubname = ${source.publication}) as tables`;
+    } catch (err) {
+      log.debug({ err }, "publication check failed");
+      return;
+    }
+    const published = new Set(row!.tables);
+    const missing = Object.keys(source.tables).filter((t) => !published.has(t)).sort();
+    const changed = missing.join(",") !== this.metrics.publicationMissing.join(",");
+    this.metrics.publicationMissing = missing;
+    if (missing.length === 0) {
+      if (changed) log.info({ publication: source.publication }, "every captured table is in the publication again");
+      return;
+    }
+    if (!changed && Date.now() - this.#publicationAlertAt < ALERT_REPEAT_MS) return;
+    this.#publicationAlertAt = Date.now();
+    this.#alert(
+      "cdc_publication_incomplete",
+      { publication: source.publication, publicationExists: row!.exists, tables: missing, action: `tally source enable ${source.name}` },
+      `${row!.exists ? `publication ${source.publication} lacks captured tables` : `publication ${source.publication} does not exist`} ` +
+        `(${missing.join(", ")}): their changes are not captured. \`tally source enable ${source.name}\` repairs it; ` +
+        `changes made before then are not captured, so check those tables (or \`tally source resnapshot ${source.name}\`)`,
+    );
+  }
+
+  /**
+   * A Relation message names a table's relation id. A captured table seen before under another id
+   * was dropped and created again: rows it held are gone without delete events, and changes made
+   * while it was out of the publication were never sent.
+   */
+  async #onRelation(rel: Pgoutput.MessageRelation): Promise<void> {
+    const { sql, source, log } = this.opts;
+    const table = `${rel.schema}.${rel.name}`;
+    if (!(table in source.tables)) return;
+    const known = this.#relationIds.get(table);
+    if (known === rel.relationOid) return;
+    this.#relationIds.set(table, rel.relationOid);
+    await sql`
+      update cdc_sources set relation_ids = relation_ids || ${sql.json({ [table]: rel.relationOid })} where source = ${source.name}`.catch((err) =>
+      log.warn({ err }, "could not record a table's relation id"),
+    );
+    if (known === undefined) return;
+    this.#alert(
+      "cdc_table_recreated",
+      { table, previousRelationId: known, relationId: rel.relationOid, action: `tally source resnapshot ${source.name}` },
+      `captured table ${table} was dropped and created again (relation id ${known} → ${rel.relationOid}): its old rows went without ` +
+        `delete events, and changes made while it was out of the publication were not captured; check its stock (or \`tally source resnapshot ${source.name}\`)`,
+    );
+  }
+
+  /** An alert: logged, and published on core NATS `tally.<env>.events.alert` (the events stream keeps it). */
+  #alert(kind: string, fields: Record<string, unknown>, message: string, level: "warn" | "error" = "error"): void {
+    const { source, nc, topology, log } = this.opts;
+    const alert = { type: "alert", kind, source: source.name, slot: source.slot, ...fields, message, at: new Date().toISOString() };
+    log[level](alert, message);
+    try {
+      // Core NATS, not JetStream: the alert must go out even when JetStream is what is failing.
+      nc.publish(topology.eventSubject("alert"), JSON.stringify(alert));
+    } catch {
+      // Disconnected: the log line is the alert.
     }
   }
 

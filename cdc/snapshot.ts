@@ -24,6 +24,62 @@ export interface SnapshotOptions {
   readonly onProgress?: (table: string, read: number, total: number) => void;
   /** Where the snapshot's commands go (default: published at once). A re-snapshot holds them back until the stream reaches the consistent point. */
   readonly sink?: (commands: ReadonlyArray<Command>) => Promise<void>;
+  /** A plain connection to the source, to say which transactions a slot's creation waits for. */
+  readonly sourceSql?: Sql;
+}
+
+/** A transaction running on the source server, which a new slot waits for before it is consistent. */
+export interface RunningTransaction {
+  /** Null for a prepared transaction (it belongs to no backend). */
+  readonly pid: number | null;
+  readonly database: string | null;
+  readonly state: string | null;
+  readonly ageSeconds: number;
+  readonly query: string;
+}
+
+/**
+ * The oldest transactions on the source server that hold a transaction id, prepared ones included:
+ * creating a logical slot waits until every one of them has ended (on any database of the server).
+ * A role without `pg_read_all_stats` sees only its own sessions' transactions.
+ */
+export async function runningTransactions(sourceSql: Sql): Promise<Array<RunningTransaction>> {
+  return sourceSql<Array<RunningTransaction>>`
+    select pid, database, state, "ageSeconds", query from (
+      select pid, datname as database, state, extract(epoch from now() - xact_start)::float8 as "ageSeconds", left(query, 120) as query
+        from pg_stat_activity
+       where backend_xid is not null and pid <> pg_backend_pid()
+      union all
+      select null, database, 'prepared', extract(epoch from now() - prepared)::float8, 'PREPARE TRANSACTION ' || quote_literal(gid)
+        from pg_prepared_xacts
+    ) t
+    order by "ageSeconds" desc limit 5`;
+}
+
+/**
+ * While a slot is being created, reports every `everyMs` (the first time after `firstMs`) which
+ * transactions it is waiting for; a slot on a busy server can wait for minutes, and without this
+ * nothing would say why. Returns the function that stops the reports.
+ */
+export function reportSlotWait(
+  sourceSql: Sql,
+  report: (waitingFor: ReadonlyArray<RunningTransaction>, waitedMs: number) => Promise<void> | void,
+  opts: { firstMs?: number; everyMs?: number } = {},
+): () => void {
+  const started = Date.now();
+  let stopped = false;
+  let timer: NodeJS.Timeout;
+  const tick = async () => {
+    const rows = await runningTransactions(sourceSql).catch(() => null);
+    if (stopped) return;
+    if (rows) await Promise.resolve(report(rows, Date.now() - started)).catch(() => {});
+    if (!stopped) timer = setTimeout(() => void tick(), opts.everyMs ?? 10_000);
+  };
+  timer = setTimeout(() => void tick(), opts.firstMs ?? 2_000);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
 }
 
 /**
@@ -59,15 +115,6 @@ export interface SnapshotResult {
   readonly deadLetters: number;
 }
 
-/** True when the source has no completed snapshot recorded, or its slot is gone. */
-export async function snapshotNeeded(ledger: Sql, sourceSql: Sql, source: ResolvedSource): Promise<boolean> {
-  const [state] = await ledger<[{ done: boolean } | undefined]>`
-    select snapshot_done_at is not null as done from cdc_sources where source = ${source.name}`;
-  if (!state?.done) return true;
-  const slots = await sourceSql`select 1 from pg_replication_slots where slot_name = ${source.slot}`;
-  return slots.length === 0;
-}
-
 const quoteIdent = (s: string) => `"${s.replace(/"/g, '""')}"`;
 const quoteTable = (t: string) => t.split(".").map(quoteIdent).join(".");
 
@@ -78,7 +125,9 @@ const quoteTable = (t: string) => t.split(".").map(quoteIdent).join(".");
  * then records the snapshot done. Streaming then starts at the consistent point, so every change
  * is either in the snapshot or in the stream, never both and never neither. An interrupted
  * snapshot is redone from scratch with a new slot (its commands are absolute `count`s and item
- * definitions, so applying part of an older one first is harmless).
+ * definitions, so applying part of an older one first is harmless). The new slot's consistent point
+ * is recorded as its bound (see slotIdentity.ts), and a halted source is no longer halted: this is
+ * the operator's chosen way out.
  */
 export async function runSnapshot(opts: SnapshotOptions): Promise<SnapshotResult> {
   const { source, ledger, log } = opts;
@@ -90,17 +139,43 @@ export async function runSnapshot(opts: SnapshotOptions): Promise<SnapshotResult
       if (existing.rows[0].active_pid) throw new Error(`slot ${source.slot} is in use by backend ${existing.rows[0].active_pid}; is another CDC reader running?`);
       await repl.query(`DROP_REPLICATION_SLOT ${quoteIdent(source.slot)}`);
     }
-    const created = await repl.query(`CREATE_REPLICATION_SLOT ${quoteIdent(source.slot)} LOGICAL pgoutput EXPORT_SNAPSHOT`);
+    // Creating the slot waits for every transaction running on the server: say which, while it does.
+    const stopReports = opts.sourceSql
+      ? reportSlotWait(opts.sourceSql, async (waitingFor, waitedMs) => {
+          log.warn(
+            { slot: source.slot, waitedSeconds: Math.round(waitedMs / 1000), waitingFor },
+            waitingFor.length > 0
+              ? "snapshot: creating the slot waits for these transactions on the source server to end"
+              : "snapshot: creating the slot waits for transactions on the source server to end (none visible to this role: grant it pg_read_all_stats to see them)",
+          );
+          await ledger`
+            update cdc_sources set snapshot_waiting_for = ${ledger.json({ since: new Date(Date.now() - waitedMs).toISOString(), transactions: waitingFor } as never)}
+             where source = ${source.name}`;
+        })
+      : () => {};
+    let created: pg.QueryResult;
+    try {
+      created = await repl.query(`CREATE_REPLICATION_SLOT ${quoteIdent(source.slot)} LOGICAL pgoutput EXPORT_SNAPSHOT`);
+    } catch (error) {
+      await ledger`update cdc_sources set snapshot_waiting_for = null where source = ${source.name}`.catch(() => {});
+      throw error;
+    } finally {
+      stopReports();
+    }
     const consistentPoint: string = created.rows[0].consistent_point;
     const snapshotName: string = created.rows[0].snapshot_name;
     await ledger`
-      update cdc_sources set snapshot_lsn = ${consistentPoint}, snapshot_done_at = null, updated_at = now()
+      update cdc_sources
+         set snapshot_lsn = ${consistentPoint}, snapshot_done_at = null, snapshot_waiting_for = null,
+             slot_bound_lsn = ${consistentPoint}, slot_bound_at = now(),
+             halted_at = null, halted_reason = null, halted_detail = null, updated_at = now()
        where source = ${source.name}`;
     log.info({ slot: source.slot, consistentPoint }, "snapshot: slot created; reading tables");
     const result = await readSnapshot(opts, snapshotName, consistentPoint);
     await ledger`
       update cdc_sources
-         set snapshot_done_at = now(), snapshot_rows = ${result.rows}, confirmed_lsn = ${consistentPoint}, updated_at = now()
+         set snapshot_done_at = now(), snapshot_rows = ${result.rows}, confirmed_lsn = ${consistentPoint},
+             resnapshot_requested_at = null, updated_at = now()
        where source = ${source.name}`;
     log.info({ ...result }, "snapshot: done");
     return result;

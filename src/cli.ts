@@ -549,7 +549,8 @@ async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promi
   tally source status [<name>] [--json]   slot, confirmed LSN, lag bytes/seconds, heartbeat, snapshot, counters
   tally source drop <name>                drop the slot and publication (stop the cdc role first)
   tally source resnapshot <name> [--no-wait] [--timeout <s>]
-                                          snapshot again while streaming on (the running cdc role does it)
+                                          snapshot again while streaming on (the running cdc role does it);
+                                          for a source halted because its slot was lost: a new slot and a full snapshot
 the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY_DATABASE_URL when set`;
   const { values, positionals } = parseArgs({
     args: [...args],
@@ -604,7 +605,10 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
           process.stdout.write(
             `source ${source.name}: publication ${source.publication} ${r.publication}, slot ${source.slot} ${r.slot}\n` +
               r.statements.map((s) => `  ${s}\n`).join("") +
-              "the cdc role takes the initial snapshot on first start (it recreates the slot with an exported snapshot)\n",
+              "the cdc role takes the initial snapshot on first start (it recreates the slot with an exported snapshot)\n" +
+              (r.slot === "created"
+                ? "if the cdc role had captured this source before, this new slot missed what changed while there was none: the cdc role halts the source and alerts until you run tally source resnapshot\n"
+                : ""),
           );
         } else if (sub === "status") statuses.push(await admin.sourceStatus(sql, ledger, source));
         else {
@@ -648,9 +652,17 @@ async function sourceResnapshot(settings: Settings, name: string, wait: boolean,
   const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-source" });
   try {
     await assertEnvironment(sql, settings.env);
-    const [row] = await sql<[{ requested: Date } | undefined]>`
-      update cdc_sources set resnapshot_requested_at = now() where source = ${name} returning resnapshot_requested_at as requested`;
+    const [row] = await sql<[{ requested: Date; haltedReason: string | null; detail: { message?: string } | null } | undefined]>`
+      update cdc_sources set resnapshot_requested_at = now() where source = ${name}
+      returning resnapshot_requested_at as requested, halted_reason as "haltedReason", halted_detail as detail`;
     if (!row) throw new UsageError(`source ${name} has never been started by the cdc role: its first start takes the snapshot`);
+    if (row.haltedReason)
+      // The operator's choice for a source whose slot was lost: say what it does and does not do.
+      process.stdout.write(
+        `source ${name} is halted (${row.haltedReason}): ${row.detail?.message ?? ""}\n` +
+          `re-snapshot: the cdc role creates a new slot and reads the source's tables; their counts set on-hand as the source has it now, ` +
+          `and what moved in the gap is not replayed movement by movement\n`,
+      );
     process.stdout.write(`source ${name}: re-snapshot requested\n`);
     if (!wait) return 0;
     const deadline = Date.now() + timeoutMs;

@@ -180,6 +180,24 @@ export class ApiMetrics {
         for (const r of readers) this.set({ source: r.name }, r.metrics.skipped);
       },
     });
+    new Gauge({
+      name: "tally_cdc_source_halted",
+      help: "1 while a CDC source is halted because its replication slot was lost or replaced (tally source resnapshot), else 0",
+      labelNames: ["source"],
+      registers,
+      collect() {
+        for (const r of readers) this.set({ source: r.name }, r.metrics.halted === null ? 0 : 1);
+      },
+    });
+    new Gauge({
+      name: "tally_cdc_publication_missing_tables",
+      help: "Captured tables missing from the CDC source's publication, whose changes are not captured (tally source enable)",
+      labelNames: ["source"],
+      registers,
+      collect() {
+        for (const r of readers) this.set({ source: r.name }, r.metrics.publicationMissing.length);
+      },
+    });
   }
 
   /** Listens for the relay's latency reports (whichever process holds the relay lease). */
