@@ -113,7 +113,8 @@ describe("POST /v1/pos/transactions", () => {
   it("rejects the same transaction id with other content (idempotency_conflict), dead-lettered", async () => {
     await post({ transactions: [txn("3001", [{ type: "sale", barcode: "4000000000017", qty: 1 }])] });
     const r = await post({ transactions: [txn("3001", [{ type: "sale", barcode: "4000000000017", qty: 7 }])] });
-    expect(r.statusCode).toBe(400);
+    expect(r.statusCode).toBe(409);
+    expect(r.json().error).toBe("idempotency_conflict");
     expect(r.json().results[0]).toMatchObject({ status: "rejected", reason: "idempotency_conflict", errors: [{ path: "transactions[0].id" }] });
     const letters = await deadLetters(api.h, "pos");
     expect(letters.some((l) => l.context.reason === "idempotency_conflict" && (l.payload as { id: string }).id === "3001")).toBe(true);

@@ -1,7 +1,8 @@
 /**
  * POS ingest: a batch of POS transactions → validated, mapped through the item crosswalk to
- * canonical commands with ids `pos:<store>:<terminal>:<txn>:<line>`, published (PubAck) and recorded
- * in `pos_transactions`, so a resend gets the same result and publishes nothing. A transaction with
+ * canonical commands with ids `pos:<store>:<terminal>:<txn>:<line>`, claimed in `pos_transactions`
+ * before anything is published (so of two racing posts with other content only the first publishes, all
+ * its lines or none), published (PubAck) and its result recorded, so a resend gets the same result. A transaction with
  * any bad field is rejected whole, names each bad field, and is dead-lettered with its payload.
  */
 import { createHash } from "node:crypto";
@@ -57,7 +58,8 @@ export interface BatchResult {
   readonly rejected: number;
   readonly results: ReadonlyArray<TransactionResult & { readonly index: number }>;
   /** Set when the batch as a whole is unusable or every transaction was rejected. */
-  readonly error?: "invalid_request" | "invalid_transactions";
+  /** `idempotency_conflict` when every one was refused because its id was taken by other content (HTTP 409). */
+  readonly error?: "invalid_request" | "invalid_transactions" | "idempotency_conflict";
   readonly message?: string;
   readonly errors?: ReadonlyArray<Issue>;
 }
@@ -146,7 +148,7 @@ export class PosIngest {
     const keys = decoded.flatMap((d) => (Either.isRight(d.result) ? [d.result.right] : []));
     const stored = await this.#stored(keys);
     const firstInBatch = new Map<string, number>();
-    const fresh: Array<{ index: number; t: PosTransaction; hash: string; commands: Array<Command>; lines: Array<LineResult> }> = [];
+    const fresh: Array<Fresh> = [];
     const rejected: Array<{ index: number; raw: unknown; result: Extract<TransactionResult, { status: "rejected" }> }> = [];
     const reject = (index: number, raw: unknown, reason: string, errors: ReadonlyArray<Issue>, t?: { store: string; terminal: string; id: string }) => {
       const result = { status: "rejected" as const, ...(t ? { store: t.store, terminal: t.terminal, id: t.id } : idsOf(raw)), reason, errors };
@@ -167,13 +169,17 @@ export class PosIngest {
       }
       const key = transactionKey(t);
       const prior = stored.get(key);
-      if (prior) {
-        if (prior.hash === d.hash) {
-          results[index] = { ...prior.result, index };
-          this.deps.onTransaction?.("duplicate", ctx.via);
-        } else reject(index, d.raw, "idempotency_conflict", [{ path: prefix(index, "id"), message: `transaction ${key} was already recorded with different content` }], t);
+      if (prior && prior.hash !== d.hash) {
+        reject(index, d.raw, "idempotency_conflict", [{ path: prefix(index, "id"), message: conflictMessage(key) }], t);
         continue;
       }
+      if (prior?.result) {
+        results[index] = { ...prior.result, index };
+        this.deps.onTransaction?.("duplicate", ctx.via);
+        continue;
+      }
+      // A prior claim with this content and no result yet (in flight elsewhere, or failed before its PubAcks) is
+      // finished here: the same content makes the same commands with the same ids, which the stream drops as repeats.
       const first = firstInBatch.get(key);
       if (first !== undefined) {
         if (decoded[first]!.hash === d.hash) duplicates.push({ index, of: first });
@@ -183,7 +189,30 @@ export class PosIngest {
       firstInBatch.set(key, index);
       const mapped = await this.#map(crosswalk, t, index);
       if ("errors" in mapped) reject(index, d.raw, mapped.reason, mapped.errors, t);
-      else fresh.push({ index, t, hash: d.hash, ...mapped });
+      else fresh.push({ index, raw: d.raw, t, hash: d.hash, claimed: prior !== undefined, ...mapped });
+    }
+
+    // Claim before publishing anything: of two racing posts of one transaction only the first publishes; the
+    // other sees the claim (other content: a conflict; the same: the stored result, or it finishes the job).
+    const lost = await this.#claim(fresh.filter((f) => !f.claimed));
+    if (lost.size > 0) {
+      const now = await this.#stored(fresh.filter((f) => lost.has(transactionKey(f.t))).map((f) => f.t));
+      for (const f of fresh.filter((f) => lost.has(transactionKey(f.t)))) {
+        const key = transactionKey(f.t);
+        const winner = now.get(key);
+        if (winner && winner.hash !== f.hash) reject(f.index, f.raw, "idempotency_conflict", [{ path: prefix(f.index, "id"), message: conflictMessage(key) }], f.t);
+        else if (winner?.result) {
+          results[f.index] = { ...winner.result, index: f.index };
+          this.deps.onTransaction?.("duplicate", ctx.via);
+        } else continue;
+        fresh.splice(fresh.indexOf(f), 1);
+      }
+    }
+    // A copy later in the batch of a transaction that was just refused is refused alike.
+    for (const dup of duplicates.splice(0)) {
+      const of = results[dup.of];
+      if (of?.status === "rejected") reject(dup.index, decoded[dup.index]!.raw, of.reason, of.errors.map((e) => ({ ...e, path: e.path.replace(`transactions[${dup.of}]`, `transactions[${dup.index}]`) })), of as { store: string; terminal: string; id: string });
+      else duplicates.push(dup);
     }
 
     // Dead letters first: once the caller hears "rejected", the payload is kept.
@@ -214,7 +243,7 @@ export class PosIngest {
     if (accepted === 0)
       return {
         ...out,
-        error: "invalid_transactions",
+        error: rejected.every((r) => r.result.reason === "idempotency_conflict") ? "idempotency_conflict" : "invalid_transactions",
         message: `every transaction was rejected: ${rejected.flatMap((r) => r.result.errors.map((e) => `${e.path}: ${e.message}`)).slice(0, 5).join("; ")}`,
       };
     return out;
@@ -265,11 +294,12 @@ export class PosIngest {
     return new InvalidBatch(issues);
   }
 
-  async #stored(ts: ReadonlyArray<PosTransaction>): Promise<Map<string, { hash: string; result: TransactionResult }>> {
-    const out = new Map<string, { hash: string; result: TransactionResult }>();
+  /** Recorded transactions: their payload hash, and their result (null while claimed and not yet acknowledged). */
+  async #stored(ts: ReadonlyArray<PosTransaction>): Promise<Map<string, { hash: string; result: TransactionResult | null }>> {
+    const out = new Map<string, { hash: string; result: TransactionResult | null }>();
     if (ts.length === 0) return out;
     const { sql } = this.deps;
-    const rows = await sql<Array<{ store: string; terminal: string; transaction_id: string; payload_hash: string; result: TransactionResult }>>`
+    const rows = await sql<Array<{ store: string; terminal: string; transaction_id: string; payload_hash: string; result: TransactionResult | null }>>`
       select p.store, p.terminal, p.transaction_id, p.payload_hash, p.result
         from pos_transactions p
         join unnest(${sql.array(ts.map((t) => t.store))}::text[], ${sql.array(ts.map((t) => t.terminal))}::text[], ${sql.array(ts.map((t) => t.id))}::text[])
@@ -279,17 +309,36 @@ export class PosIngest {
     return out;
   }
 
+  /** Claims transactions not yet recorded (result still null); returns the keys another post claimed first. */
+  async #claim(fs: ReadonlyArray<Fresh>): Promise<Set<string>> {
+    if (fs.length === 0) return new Set();
+    const { sql } = this.deps;
+    const won = await sql<Array<{ store: string; terminal: string; transaction_id: string }>>`
+      insert into pos_transactions (store, terminal, transaction_id, payload_hash, result)
+      select store, terminal, transaction_id, payload_hash, null from unnest(
+        ${sql.array(fs.map((f) => f.t.store))}::text[],
+        ${sql.array(fs.map((f) => f.t.terminal))}::text[],
+        ${sql.array(fs.map((f) => f.t.id))}::text[],
+        ${sql.array(fs.map((f) => f.hash))}::text[]) as k(store, terminal, transaction_id, payload_hash)
+      on conflict do nothing
+      returning store, terminal, transaction_id`;
+    const mine = new Set(won.map((r) => transactionKey({ store: r.store, terminal: r.terminal, id: r.transaction_id })));
+    return new Set(fs.map((f) => transactionKey(f.t)).filter((k) => !mine.has(k)));
+  }
+
+  /** Stores the result of claimed transactions once every command was acknowledged. */
   async #record(rows: ReadonlyArray<{ t: PosTransaction; hash: string; result: TransactionResult }>): Promise<void> {
     const { sql } = this.deps;
     await sql`
-      insert into pos_transactions (store, terminal, transaction_id, payload_hash, result)
-      select * from unnest(
-        ${sql.array(rows.map((r) => r.t.store))}::text[],
-        ${sql.array(rows.map((r) => r.t.terminal))}::text[],
-        ${sql.array(rows.map((r) => r.t.id))}::text[],
-        ${sql.array(rows.map((r) => r.hash))}::text[],
-        ${sql.array(rows.map((r) => JSON.stringify(r.result)))}::jsonb[])
-      on conflict do nothing`;
+      update pos_transactions p set result = k.result
+        from unnest(
+          ${sql.array(rows.map((r) => r.t.store))}::text[],
+          ${sql.array(rows.map((r) => r.t.terminal))}::text[],
+          ${sql.array(rows.map((r) => r.t.id))}::text[],
+          ${sql.array(rows.map((r) => r.hash))}::text[],
+          ${sql.array(rows.map((r) => JSON.stringify(r.result)))}::jsonb[]) as k(store, terminal, transaction_id, payload_hash, result)
+       where p.store = k.store and p.terminal = k.terminal and p.transaction_id = k.transaction_id
+         and p.payload_hash = k.payload_hash and p.result is null`;
   }
 
   /** A transaction's commands, or the issues (each naming its field) that reject it. */
@@ -373,6 +422,20 @@ export class PosIngest {
     );
   }
 }
+
+/** A transaction accepted by validation and mapping, on its way to be claimed and published. */
+interface Fresh {
+  readonly index: number;
+  readonly raw: unknown;
+  readonly t: PosTransaction;
+  readonly hash: string;
+  /** Already claimed with this content by an earlier post that did not finish. */
+  readonly claimed: boolean;
+  readonly commands: Array<Command>;
+  readonly lines: Array<LineResult>;
+}
+
+const conflictMessage = (key: string): string => `transaction ${key} was already recorded with different content`;
 
 const isNoDlq = (ctx: IngestContext): boolean => ctx.deadLetter === false;
 

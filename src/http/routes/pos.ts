@@ -108,9 +108,10 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
         summary: "Ingest a batch of POS transactions (idempotent per store + terminal + transaction id)",
         description:
           "Replies after JetStream has acknowledged every command. Each transaction is accepted or rejected whole; a rejected " +
-          "one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 400 when none was.",
+          "one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 409 when " +
+          "every one was refused because its id was already taken by other content, 400 otherwise.",
         body: PosBatchSchema,
-        response: { 200: BatchResult, 400: BatchResult, ...errors(401, 403, 413, 415, 429, 503) },
+        response: { 200: BatchResult, 400: BatchResult, 409: BatchResult, ...errors(401, 403, 413, 415, 429, 503) },
       },
     },
     async (req, reply) => {
@@ -134,7 +135,7 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
       }
       try {
         const result = await ctx.pos.ingest(payload, { via: "http", by, stores });
-        return reply.code(result.accepted > 0 ? 200 : 400).send(result);
+        return reply.code(result.accepted > 0 ? 200 : result.error === "idempotency_conflict" ? 409 : 400).send(result);
       } catch (error) {
         if (error instanceof InvalidBatch)
           return reply.code(400).send({ accepted: 0, rejected: 1, results: [], error: "invalid_request", message: error.message, errors: error.issues });
