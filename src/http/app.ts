@@ -9,6 +9,7 @@ import type { SourceReader } from "../../cdc/index.ts";
 import type { Settings } from "../config.ts";
 import type { TallyConfig } from "../configFile.ts";
 import type { NatsHandles } from "../nats.ts";
+import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../jsonText.ts";
 import type { Topology } from "../topology.ts";
 import { PosIngest } from "../ingest/posIngest.ts";
 import { PosSubscriber } from "../ingest/posSubscriber.ts";
@@ -50,6 +51,8 @@ export interface ApiOptions {
   /** Request body limit in bytes (default 256 KiB; POS batches 4 MiB). */
   readonly bodyLimit?: number;
   readonly posBodyLimit?: number;
+  /** How deep a JSON body may nest (default 32): checked before parsing, deeper is 400. */
+  readonly maxJsonDepth?: number;
 }
 
 /** Everything the API needs; `buildApp` acquires nothing else but its own subscriptions and timers. */
@@ -96,6 +99,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     background: deps.options?.background ?? true,
     bodyLimit: deps.options?.bodyLimit ?? 256 * 1024,
     posBodyLimit: deps.options?.posBodyLimit ?? 4 * 1024 * 1024,
+    maxJsonDepth: deps.options?.maxJsonDepth ?? MAX_JSON_DEPTH,
   };
   const log = deps.log.child({ role: "api" });
   const app = Fastify({
@@ -105,6 +109,17 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     return503OnClosing: true,
     // One line per request at debug (errors at warn/error), not two at info: a busy POS feed would drown the log.
     logController: new LogController({ disableRequestLogging: true }),
+  });
+  // JSON bodies are checked for nesting before they are parsed (a body nested thousands deep parses, but any
+  // recursive walk of it afterwards overflows the stack): too deep is the client's 400, naming the body.
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
+    if (jsonDepthExceeds(body as string, opts.maxJsonDepth)) {
+      const message = `JSON nested deeper than ${opts.maxJsonDepth} levels`;
+      return done(new ApiError(400, "invalid_request", `body: ${message}`, { issues: [{ path: "body", message }] }), undefined);
+    }
+    parseJson(req, body as string, done);
   });
   const verifier = new TokenVerifier(deps.tokens);
   if (verifier.size === 0) log.warn("no API tokens configured (TALLY_API_TOKENS / TALLY_API_TOKENS_FILE): every authenticated route answers 401");
@@ -181,7 +196,15 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     if (status === 429) return reply.code(429).send({ error: "rate_limited", message: error.message });
     if (status === 413) return reply.code(413).send({ error: "payload_too_large", message: error.message });
     if (status === 415) return reply.code(415).send({ error: "unsupported_media_type", message: error.message });
-    if (status >= 400 && status < 500) return reply.code(status).send({ error: "invalid_request", message: error.message });
+    if (status >= 400 && status < 500)
+      return reply.code(status).send({ error: "invalid_request", message: error.code?.startsWith("FST_ERR_CTP_") ? `body: ${error.message}` : error.message });
+    // A value Postgres cannot take (a date out of its range, a number too big: SQLSTATE class 22) came from the
+    // request; the routes validate their fields first, so this is a safety net that still answers the client's 400.
+    const sqlState = (error as { code?: unknown }).code;
+    if (typeof sqlState === "string" && /^22[0-9A-Z]{3}$/.test(sqlState) && (error as { severity?: unknown }).severity !== undefined) {
+      req.log.warn({ err: error, url: req.url }, "request carried a value Postgres refused");
+      return reply.code(400).send({ error: "invalid_request", message: `a value in the request is out of range: ${error.message}` });
+    }
     req.log.error({ err: error, url: req.url }, "request failed");
     return reply.code(503).header("retry-after", "1").send({ error: "unavailable", message: "a dependency failed; retry shortly" });
   });

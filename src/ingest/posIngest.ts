@@ -286,9 +286,9 @@ export class PosIngest {
     throw new InvalidBatch(issues);
   }
 
-  /** Dead-letters a payload that is not JSON at all. */
-  async rejectUnparsable(text: string, message: string, ctx: IngestContext): Promise<InvalidBatch> {
-    const issues = [{ path: "", message: `not valid JSON: ${message}` }];
+  /** Dead-letters a payload that is not JSON at all (or nests too deep to be one); `problem` says which. */
+  async rejectUnparsable(text: string, problem: string, ctx: IngestContext): Promise<InvalidBatch> {
+    const issues = [{ path: "", message: problem }];
     await this.#deadLetter([{ index: -1, raw: text, result: { status: "rejected", reason: "invalid_json", errors: issues } }], ctx);
     this.deps.onTransaction?.("rejected", ctx.via);
     return new InvalidBatch(issues);

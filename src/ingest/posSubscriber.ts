@@ -1,5 +1,6 @@
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
+import { JsonTextError, parseJsonText } from "../jsonText.ts";
 import type { Topology } from "../topology.ts";
 import { InvalidBatch, type PosIngest } from "./posIngest.ts";
 
@@ -50,9 +51,10 @@ export class PosSubscriber {
     try {
       let payload: unknown;
       try {
-        payload = JSON.parse(text);
+        payload = parseJsonText(text);
       } catch (e) {
-        const err = await this.deps.ingest.rejectUnparsable(text, (e as Error).message, ctx);
+        if (!(e instanceof JsonTextError)) throw e;
+        const err = await this.deps.ingest.rejectUnparsable(text, e.problem, ctx);
         body = { accepted: 0, rejected: 1, results: [], error: "invalid_request", message: err.message, errors: err.issues };
       }
       if (body === undefined) body = await this.deps.ingest.ingest(payload, ctx);

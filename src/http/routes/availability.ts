@@ -181,7 +181,7 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
           properties: {
             channel: { type: "string" },
             skus: { type: "string", description: `comma-separated filter, at most ${MAX_SKUS}` },
-            lastEventId: { type: "integer", minimum: 0 },
+            lastEventId: { type: "integer", minimum: 0, maximum: 999_999_999_999_999, description: "as Last-Event-ID: the last event seen" },
           },
         },
         headers: { type: "object", properties: { "last-event-id": { type: "string", pattern: "^[0-9]{1,15}$" } } },

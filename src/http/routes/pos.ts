@@ -1,5 +1,6 @@
 import type { FastifyInstance } from "fastify";
 import { InvalidBatch } from "../../ingest/posIngest.ts";
+import { JsonTextError, parseJsonText } from "../../jsonText.ts";
 import { MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/posTransaction.ts";
 import type { ApiContext } from "../app.ts";
 import { errors } from "../errors.ts";
@@ -119,9 +120,10 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
       const by = req.principal!.id;
       let payload: unknown;
       try {
-        payload = JSON.parse(text);
+        payload = parseJsonText(text, ctx.opts.maxJsonDepth);
       } catch (e) {
-        const err = await ctx.pos.rejectUnparsable(text, (e as Error).message, { via: "http", by });
+        if (!(e instanceof JsonTextError)) throw e;
+        const err = await ctx.pos.rejectUnparsable(text, e.problem, { via: "http", by });
         return reply.code(400).send({ accepted: 0, rejected: 1, results: [], error: "invalid_request", message: err.message, errors: err.issues });
       }
       const stores = ctx.locationsFor(req);
