@@ -11,6 +11,7 @@ import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { decodeCommand, type Command, type ReserveScope } from "../../actors/index.ts";
 import type { ChannelConfig } from "../configFile.ts";
+import { deadLetter, deadLetterMsgId } from "../deadLetters.ts";
 import type { NatsHandles } from "../nats.ts";
 import { publishCommands } from "../publisher.ts";
 import type { Topology } from "../topology.ts";
@@ -342,7 +343,7 @@ export class Reservations {
       source: { system: "api", ref: `reservation:${reservationId}` },
       occurredAt: new Date().toISOString(),
     });
-    if (decoded._tag === "Left") throw new Error(`reservation ${reservationId} line ${l.line}: ${decoded.left.message}`);
+    if (decoded._tag === "Left") throw new UndrivableLine(reservationId, l.line, decoded.left.message);
     return decoded.right;
   }
 
@@ -472,10 +473,44 @@ export class Reservations {
     for (const { id } of stale) {
       if (this.#stopped) break;
       if (!(await this.#claim(id, this.deps.decisionTimeoutMs + CLAIM_SLACK_MS))) continue;
-      await this.#drive(id, Math.min(2000, this.deps.decisionTimeoutMs));
-      redriven++;
+      // One row must not hold up the others: a row no command can be made of is given up (dead-lettered,
+      // answered 400); any other failure leaves it for the next sweep and moves on to the next row.
+      try {
+        await this.#drive(id, Math.min(2000, this.deps.decisionTimeoutMs));
+        redriven++;
+      } catch (error) {
+        if (error instanceof UndrivableLine) await this.#giveUp(id, error);
+        else this.deps.log.warn({ err: error, reservationId: id }, "reservation re-drive failed; the next sweep retries it");
+      }
     }
     return { expired, redriven };
+  }
+
+  /** A pending reservation whose line cannot become a command: its held lines released, it is rejected with a 400 answer and dead-lettered. */
+  async #giveUp(id: string, error: UndrivableLine): Promise<void> {
+    const { sql, nats, topology, log } = this.deps;
+    const [[row], lines] = await Promise.all([sql<Array<Row>>`select * from reservations where id = ${id}`, this.#lines(sql, id)]);
+    const letter = deadLetter(DLQ_ORIGIN, error.message, { reservation: row, lines }, { reservationId: id, line: error.line });
+    await nats.js.publish(topology.dlqSubject(DLQ_ORIGIN), JSON.stringify(letter), { msgID: deadLetterMsgId(letter) });
+    await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released");
+    await sql`update reservation_lines set state = 'rejected' where reservation_id = ${id} and state = 'pending'`;
+    const path = `lines[${error.line - 1}]`;
+    await this.#finish(id, "rejected", 400, { error: "invalid_request", message: `${path}: ${error.problem}`, issues: [{ path, message: error.problem }], id }, null);
+    log.warn({ reservationId: id, reason: error.message }, "reservation cannot be driven: rejected and dead-lettered");
+  }
+}
+
+const DLQ_ORIGIN = "reservations";
+
+/** A reservation line no valid command can be made of (a row written before its fields were checked as strictly). */
+class UndrivableLine extends Error {
+  override readonly name = "UndrivableLine";
+  constructor(
+    readonly reservationId: string,
+    readonly line: number,
+    readonly problem: string,
+  ) {
+    super(`reservation ${reservationId} line ${line}: ${problem}`);
   }
 }
 
