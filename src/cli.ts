@@ -5,7 +5,7 @@ import { Effect, Exit, Fiber } from "effect";
 import { migrate, verifyLedger } from "../ledger/index.ts";
 import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./app.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "./config.ts";
-import { loadTallyConfig } from "./configFile.ts";
+import { knownStores, loadTallyConfig } from "./configFile.ts";
 import { connectPostgres } from "./db.ts";
 import { devMain } from "./dev.ts";
 import { createLogger } from "./log.ts";
@@ -257,7 +257,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
           }
           const sources = new Map(configuredSources(config, settings.env).map((s) => [s.name, s] as const));
           const { PosIngest } = await import("./ingest/posIngest.ts");
-          const pos = new PosIngest({ sql, nats, topology: t, log: createLogger("tally-dlq", "warn") });
+          const pos = new PosIngest({ sql, nats, topology: t, stores: knownStores(config), log: createLogger("tally-dlq", "warn") });
           for (const l of wanted) {
             const r = await dlq.replayDeadLetter({ sql, nats, topology: t, sources, pos, webhooks: usableWebhookTargets(config) }, l);
             if (r.ok) process.stdout.write(`${l.id}\treplayed\t${r.commands} commands\n`);

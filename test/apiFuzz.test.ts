@@ -59,7 +59,7 @@ function validLine(n: number): Record<string, unknown> {
 function transaction(): Record<string, unknown> {
   const lines = Array.from({ length: 1 + R.int(4) }, (_, i) => validLine(i + 1));
   if (R.next() < 0.2 && lines.length > 1) lines.push({ line: lines.length + 1, type: "void", voids: 1 + R.int(lines.length + 1) });
-  return { store: R.pick(["S01", "S02"]), terminal: `T${R.int(3)}`, id: `fz${++txnNo}`, occurredAt: "2026-11-26T10:00:00Z", lines };
+  return { store: R.pick(["S01", "DC1"]), terminal: `T${R.int(3)}`, id: `fz${++txnNo}`, occurredAt: "2026-11-26T10:00:00Z", lines };
 }
 /** Breaks a value in one random place: a field removed, replaced by something odd, or a new one added. */
 function mutate(value: unknown, depth = 0): unknown {

@@ -7,7 +7,7 @@ import type { Logger } from "pino";
 import type { Worker } from "../../actors/index.ts";
 import type { SourceReader } from "../../cdc/index.ts";
 import type { Settings } from "../config.ts";
-import type { TallyConfig } from "../configFile.ts";
+import { knownStores, type TallyConfig } from "../configFile.ts";
 import type { NatsHandles } from "../nats.ts";
 import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../jsonText.ts";
 import type { Topology } from "../topology.ts";
@@ -129,6 +129,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   const outcomes = new OutcomeWaiter(deps.sql, deps.nats.nc, deps.topology.env, (b) => metrics.observeBatch(b));
   outcomes.start();
   const pos = new PosIngest({
+    stores: knownStores(deps.config),
     sql: deps.sql,
     nats: deps.nats,
     topology: deps.topology,

@@ -82,6 +82,8 @@ export interface PosIngestDeps {
   readonly nats: NatsHandles;
   readonly topology: Topology;
   readonly log: Logger;
+  /** The stores of the config (`knownStores`): a transaction for any other store is refused, naming `store`. */
+  readonly stores: ReadonlySet<string>;
   readonly onCommands?: (commands: ReadonlyArray<Command>) => void;
   readonly onTransaction?: (outcome: "accepted" | "duplicate" | "rejected", via: string) => void;
 }
@@ -165,6 +167,10 @@ export class PosIngest {
       const t = d.result.right;
       if (ctx.subjectStore !== undefined && t.store !== ctx.subjectStore) {
         reject(index, d.raw, "invalid_transaction", [{ path: prefix(index, "store"), message: `expected ${ctx.subjectStore} (the store the subject names), got ${JSON.stringify(t.store)}` }], t);
+        continue;
+      }
+      if (!this.deps.stores.has(t.store)) {
+        reject(index, d.raw, "unknown_store", [{ path: prefix(index, "store"), message: `unknown store ${JSON.stringify(t.store)} (not a location of any channel nor in the config's stores)` }], t);
         continue;
       }
       const key = transactionKey(t);

@@ -40,7 +40,7 @@ const PosBatchSchema = {
         type: "object",
         required: ["store", "terminal", "id", "occurredAt", "lines"],
         properties: {
-          store: { type: "string", description: "the store's location id" },
+          store: { type: "string", description: "the store's location id: a location of a configured channel, or in the config's stores" },
           terminal: { type: "string" },
           id: { type: "string", description: "the POS transaction id: idempotent per store + terminal + id" },
           occurredAt: { type: "string", format: "date-time" },
@@ -72,7 +72,7 @@ const TransactionResult = {
         },
       },
     },
-    reason: { type: "string", description: "invalid_transaction, unknown_item, idempotency_conflict" },
+    reason: { type: "string", description: "invalid_transaction, unknown_item, unknown_store, idempotency_conflict" },
     errors: { type: "array", items: Issue },
   },
 } as const;
