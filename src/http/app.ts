@@ -1,4 +1,4 @@
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from "fastify";
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
@@ -14,7 +14,7 @@ import type { Topology } from "../topology.ts";
 import { PosIngest } from "../ingest/posIngest.ts";
 import { PosSubscriber } from "../ingest/posSubscriber.ts";
 import { bearerToken, may, TokenVerifier, type ApiToken, type Principal, type Scope } from "./auth.ts";
-import { ApiError, ErrorSchema } from "./errors.ts";
+import { ApiError, ErrorSchema, errorRef } from "./errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "./outcomes.ts";
 import type { WebhookDispatcher } from "../webhooks.ts";
@@ -109,6 +109,23 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     return503OnClosing: true,
     // One line per request at debug (errors at warn/error), not two at info: a busy POS feed would drown the log.
     logController: new LogController({ disableRequestLogging: true }),
+    // The router's own refusals (a path parameter over maxParamLength, a malformed URL) in the error format, as 400s.
+    frameworkErrors: (error, _req, reply) =>
+      (reply as unknown as FastifyReply).code(400).send({ error: "invalid_request", message: `params: ${error.message}`, issues: [{ path: "params", message: error.message }] }),
+  });
+  // Every route documents the errors the app's own machinery may give it (validation, auth, body parsing, rate
+  // limits, a dependency down), so the OpenAPI document lists every status a client can get.
+  app.addHook("onRoute", (route) => {
+    const schema = route.schema as ({ hide?: boolean; response?: Record<string, unknown> } & Record<string, unknown>) | undefined;
+    if (!schema || schema.hide) return;
+    const response = (schema.response ??= {});
+    const add = (status: number) => (response[status] ??= errorRef);
+    const scoped = route.config?.scope !== undefined;
+    const withBody = ["POST", "PUT", "PATCH", "DELETE"].includes(String(route.method));
+    if (scoped || withBody || schema.params || schema.querystring || schema.headers) add(400);
+    if (scoped) [401, 403, 503].forEach(add);
+    if (withBody) [413, 415].forEach(add);
+    if ((route.config as { rateLimit?: unknown } | undefined)?.rateLimit) add(429);
   });
   // JSON bodies are checked for nesting before they are parsed (a body nested thousands deep parses, but any
   // recursive walk of it afterwards overflows the stack): too deep is the client's 400, naming the body.

@@ -139,7 +139,7 @@ export class Reservations {
         created_at: inserted[0]!.reservation_created_at,
       };
       const lines = inserted.map(({ reservation_created_at: _, ...l }) => l);
-      const answer = await this.#drive(id, this.deps.decisionTimeoutMs, { row, lines });
+      const answer = await this.#driveOrGiveUp(id, this.deps.decisionTimeoutMs, { row, lines });
       this.deps.metrics.reservationLatency.observe({ outcome: outcomeOf(answer) }, (performance.now() - started) / 1000);
       this.deps.metrics.reservations.inc({ outcome: outcomeOf(answer) });
       return { ...answer, replayed: false };
@@ -158,7 +158,7 @@ export class Reservations {
         return { status: row.response_status, body: row.response_body!, replayed: true };
       }
       if (row.claimable && (await this.#claim(row.id, claimMs))) {
-        const answer = await this.#drive(row.id, Math.max(1000, deadline - Date.now()));
+        const answer = await this.#driveOrGiveUp(row.id, Math.max(1000, deadline - Date.now()));
         return { ...answer, replayed: true };
       }
       if (Date.now() > deadline) throw new ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still being decided; retry shortly", { id: row.id });
@@ -476,18 +476,27 @@ export class Reservations {
       // One row must not hold up the others: a row no command can be made of is given up (dead-lettered,
       // answered 400); any other failure leaves it for the next sweep and moves on to the next row.
       try {
-        await this.#drive(id, Math.min(2000, this.deps.decisionTimeoutMs));
+        await this.#driveOrGiveUp(id, Math.min(2000, this.deps.decisionTimeoutMs));
         redriven++;
       } catch (error) {
-        if (error instanceof UndrivableLine) await this.#giveUp(id, error);
-        else this.deps.log.warn({ err: error, reservationId: id }, "reservation re-drive failed; the next sweep retries it");
+        this.deps.log.warn({ err: error, reservationId: id }, "reservation re-drive failed; the next sweep retries it");
       }
     }
     return { expired, redriven };
   }
 
+  /** #drive, except that a reservation no command can be made of is given up: its stored 400 answer. */
+  async #driveOrGiveUp(id: string, timeoutMs: number, created?: { row: Row; lines: ReadonlyArray<LineRow> }): Promise<Answer> {
+    try {
+      return await this.#drive(id, timeoutMs, created);
+    } catch (error) {
+      if (!(error instanceof UndrivableLine)) throw error;
+      return await this.#giveUp(id, error);
+    }
+  }
+
   /** A pending reservation whose line cannot become a command: its held lines released, it is rejected with a 400 answer and dead-lettered. */
-  async #giveUp(id: string, error: UndrivableLine): Promise<void> {
+  async #giveUp(id: string, error: UndrivableLine): Promise<Answer> {
     const { sql, nats, topology, log } = this.deps;
     const [[row], lines] = await Promise.all([sql<Array<Row>>`select * from reservations where id = ${id}`, this.#lines(sql, id)]);
     const letter = deadLetter(DLQ_ORIGIN, error.message, { reservation: row, lines }, { reservationId: id, line: error.line });
@@ -495,8 +504,10 @@ export class Reservations {
     await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released");
     await sql`update reservation_lines set state = 'rejected' where reservation_id = ${id} and state = 'pending'`;
     const path = `lines[${error.line - 1}]`;
-    await this.#finish(id, "rejected", 400, { error: "invalid_request", message: `${path}: ${error.problem}`, issues: [{ path, message: error.problem }], id }, null);
+    const body = { error: "invalid_request", message: `${path}: ${error.problem}`, issues: [{ path, message: error.problem }], id };
+    await this.#finish(id, "rejected", 400, body, null);
     log.warn({ reservationId: id, reason: error.message }, "reservation cannot be driven: rejected and dead-lettered");
+    return { status: 400, body };
   }
 }
 
@@ -529,7 +540,7 @@ function view(row: Row, lines: ReadonlyArray<LineRow>): Record<string, unknown> 
 }
 
 function outcomeOf(a: Answer): string {
-  return a.status === 201 ? "held" : a.status === 409 ? "insufficient_stock" : "timeout";
+  return a.status === 201 ? "held" : a.status === 409 ? "insufficient_stock" : a.status === 400 ? "invalid" : "timeout";
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

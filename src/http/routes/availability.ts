@@ -185,7 +185,7 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
           },
         },
         headers: { type: "object", properties: { "last-event-id": { type: "string", pattern: "^[0-9]{1,15}$" } } },
-        response: { 200: { type: "string", description: "text/event-stream" }, ...errors(400, 401, 403, 404) },
+        response: { 200: { description: "server-sent events", content: { "text/event-stream": { schema: { type: "string" } } } }, ...errors(400, 401, 403, 404) },
       },
     },
     async (req, reply) => streamAvailability(ctx, req, reply),

@@ -145,7 +145,10 @@ export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
           type: "object",
           properties: { from: { type: "string" }, to: { type: "string" }, format: { type: "string", enum: ["csv", "ndjson"], default: "csv" } },
         },
-        response: { 200: { type: "string", description: "text/csv or application/x-ndjson" }, ...errors(400, 401, 403) },
+        response: {
+          200: { description: "the entries, then the summary", content: { "text/csv": { schema: { type: "string" } }, "application/x-ndjson": { schema: { type: "string" } } } },
+          ...errors(400, 401, 403),
+        },
       },
     },
     async (req, reply) => {
