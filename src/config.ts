@@ -26,6 +26,11 @@ export interface Settings {
   readonly apiTokensFile: string | undefined;
   /** `TALLY_API_RATE_LIMIT`: write requests per minute per API token (default 600). */
   readonly apiRateLimit: number;
+  /**
+   * `TALLY_REQUEST_TIMEOUT_MS`: how long a request may wait on Postgres or NATS before it is answered
+   * 503 with Retry-After (default 2000); a reservation waits this long on top of its decision.
+   */
+  readonly requestTimeoutMs: number;
 }
 
 /** A setting that could not be decoded: the message names it. */
@@ -76,6 +81,7 @@ const settingsConfig = Config.all({
   apiTokens: Config.option(Config.string("TALLY_API_TOKENS")),
   apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
   apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, 600),
+  requestTimeoutMs: intIn("TALLY_REQUEST_TIMEOUT_MS", 100, 600_000, 2000),
 });
 
 /** Decodes the settings from `env` (default `process.env`); throws a SettingsError naming the bad setting. */
@@ -103,6 +109,7 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     apiTokens: Option.getOrUndefined(s.apiTokens),
     apiTokensFile: Option.getOrUndefined(s.apiTokensFile),
     apiRateLimit: s.apiRateLimit,
+    requestTimeoutMs: s.requestTimeoutMs,
   };
 }
 

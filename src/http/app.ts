@@ -53,6 +53,8 @@ export interface ApiOptions {
   readonly posBodyLimit?: number;
   /** How deep a JSON body may nest (default 32): checked before parsing, deeper is 400. */
   readonly maxJsonDepth?: number;
+  /** How long a request may wait on Postgres or NATS before it is answered 503 + Retry-After (default settings.requestTimeoutMs). */
+  readonly requestTimeoutMs?: number;
 }
 
 /** Everything the API needs; `buildApp` acquires nothing else but its own subscriptions and timers. */
@@ -100,6 +102,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     bodyLimit: deps.options?.bodyLimit ?? 256 * 1024,
     posBodyLimit: deps.options?.posBodyLimit ?? 4 * 1024 * 1024,
     maxJsonDepth: deps.options?.maxJsonDepth ?? MAX_JSON_DEPTH,
+    requestTimeoutMs: deps.options?.requestTimeoutMs ?? deps.settings.requestTimeoutMs,
   };
   const log = deps.log.child({ role: "api" });
   const app = Fastify({
@@ -158,7 +161,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   });
   await pos.start();
   const channels = deps.config.channels;
-  const reservations = new Reservations({ sql: deps.sql, nats: deps.nats, topology: deps.topology, log, outcomes, metrics, channels, decisionTimeoutMs: opts.decisionTimeoutMs });
+  const reservations = new Reservations({ sql: deps.sql, nats: deps.nats, topology: deps.topology, log, outcomes, metrics, channels, decisionTimeoutMs: opts.decisionTimeoutMs, requestTimeoutMs: opts.requestTimeoutMs });
   const posSubscriber = opts.background ? new PosSubscriber({ nc: deps.nats.nc, topology: deps.topology, ingest: pos, log }) : null;
   posSubscriber?.start();
   if (opts.background) reservations.startSweeper(opts.sweepIntervalMs);
@@ -224,7 +227,10 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       return reply.code(400).send({ error: "invalid_request", message: `a value in the request is out of range: ${error.message}` });
     }
     req.log.error({ err: error, url: req.url }, "request failed");
-    return reply.code(503).header("retry-after", "1").send({ error: "unavailable", message: "a dependency failed; retry shortly" });
+    return reply
+      .code(503)
+      .header("retry-after", String(Math.max(1, Math.ceil(opts.requestTimeoutMs / 1000))))
+      .send({ error: "unavailable", message: "a dependency failed; retry shortly" });
   });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: "not_found", message: `no route ${req.method} ${req.url.split("?")[0]}` }));
 
@@ -245,6 +251,24 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
         .send({ error: "unauthorized", message: "unknown or revoked token" });
     if (!may(principal, scope)) return reply.code(403).send({ error: "forbidden", message: `this token lacks scope ${scope}` });
     req.principal = principal;
+  });
+  // A request that waits on a dependency for longer than its budget is answered 503 + Retry-After (the
+  // publishes also stop at that deadline); a reservation's budget adds its decision time. An event stream or
+  // export has answered once its headers are out, so the guard leaves it alone from then on.
+  app.addHook("onRequest", async (req, reply) => {
+    if (!req.routeOptions.config?.scope) return;
+    const budget = opts.requestTimeoutMs + (req.routeOptions.url?.startsWith("/v1/reservations") ? opts.decisionTimeoutMs : 0);
+    const timer = setTimeout(() => {
+      if (reply.sent || reply.raw.headersSent) return;
+      req.log.warn({ url: req.url, ms: budget }, "request timed out waiting on a dependency");
+      void reply
+        .code(503)
+        .header("retry-after", String(Math.max(1, Math.ceil(opts.requestTimeoutMs / 1000))))
+        .send({ error: "unavailable", message: `no answer from a dependency within ${budget} ms; retry shortly` });
+    }, budget);
+    timer.unref();
+    reply.raw.once("close", () => clearTimeout(timer));
+    reply.raw.once("finish", () => clearTimeout(timer));
   });
   app.addHook("onResponse", async (req, reply) => {
     metrics.httpDuration.observe(

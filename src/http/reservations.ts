@@ -32,6 +32,8 @@ export interface ReservationDeps {
   readonly metrics: ApiMetrics;
   readonly channels: Readonly<Record<string, ChannelConfig>>;
   readonly decisionTimeoutMs: number;
+  /** How long one publish may wait for its PubAck before the request fails (NATS down, JetStream full). */
+  readonly requestTimeoutMs: number;
 }
 
 /** A line as asked for (bundles already expanded into their components). */
@@ -349,7 +351,7 @@ export class Reservations {
 
   async #publish(commands: ReadonlyArray<Command>): Promise<void> {
     if (commands.length === 0) return;
-    await publishCommands(this.deps.nats.js, this.deps.topology, commands);
+    await publishCommands(this.deps.nats.js, this.deps.topology, commands, { deadline: Date.now() + this.deps.requestTimeoutMs });
     for (const c of commands) this.deps.metrics.commandsIn.inc({ type: c.type, source: c.source.system });
   }
 

@@ -75,6 +75,8 @@ export interface IngestContext {
   readonly subjectStore?: string;
   /** False when replaying a dead letter: a failed replay leaves the letter as it is (default true). */
   readonly deadLetter?: boolean;
+  /** Epoch ms by which the commands must be acknowledged, else the ingest fails (PublishDeadlineExceeded); default none. */
+  readonly deadline?: number;
 }
 
 export interface PosIngestDeps {
@@ -225,7 +227,7 @@ export class PosIngest {
     if (rejected.length > 0) await this.#deadLetter(rejected, ctx);
     const commands = fresh.flatMap((f) => f.commands);
     if (commands.length > 0) {
-      await publishCommands(this.deps.nats.js, this.deps.topology, commands);
+      await publishCommands(this.deps.nats.js, this.deps.topology, commands, ctx.deadline !== undefined ? { deadline: ctx.deadline } : {});
       this.deps.onCommands?.(commands);
     }
     for (const f of fresh) {

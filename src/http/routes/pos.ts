@@ -136,7 +136,7 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
           return reply.code(403).send({ error: "forbidden", message: `this token may only post for the stores of channel ${req.principal!.channel} (not ${[...new Set(foreign)].join(", ")})` });
       }
       try {
-        const result = await ctx.pos.ingest(payload, { via: "http", by, stores });
+        const result = await ctx.pos.ingest(payload, { via: "http", by, stores, deadline: Date.now() + ctx.opts.requestTimeoutMs });
         return reply.code(result.accepted > 0 ? 200 : result.error === "idempotency_conflict" ? 409 : 400).send(result);
       } catch (error) {
         if (error instanceof InvalidBatch)
