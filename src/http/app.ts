@@ -48,7 +48,7 @@ export interface ApiOptions {
   readonly sweepIntervalMs?: number;
   /** Start the reservation sweeper and the NATS POS subscription (default true). */
   readonly background?: boolean;
-  /** Request body limit in bytes (default 256 KiB; POS batches 4 MiB). */
+  /** Request body limit in bytes (default 256 KiB; POS batches 1 MiB), enforced while the body arrives, before parsing. */
   readonly bodyLimit?: number;
   readonly posBodyLimit?: number;
   /** How deep a JSON body may nest (default 32): checked before parsing, deeper is 400. */
@@ -100,7 +100,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     sweepIntervalMs: deps.options?.sweepIntervalMs ?? 1000,
     background: deps.options?.background ?? true,
     bodyLimit: deps.options?.bodyLimit ?? 256 * 1024,
-    posBodyLimit: deps.options?.posBodyLimit ?? 4 * 1024 * 1024,
+    posBodyLimit: deps.options?.posBodyLimit ?? 1024 * 1024,
     maxJsonDepth: deps.options?.maxJsonDepth ?? MAX_JSON_DEPTH,
     requestTimeoutMs: deps.options?.requestTimeoutMs ?? deps.settings.requestTimeoutMs,
   };

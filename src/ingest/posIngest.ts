@@ -14,9 +14,11 @@ import { Crosswalk, MappingError } from "../../cdc/index.ts";
 import { ITEMS_CHANNEL } from "../../cdc/crosswalk.ts";
 import { deadLetter, type DeadLetter } from "../deadLetters.ts";
 import type { NatsHandles } from "../nats.ts";
+import { pauser } from "../cooperative.ts";
 import { publishCommands } from "../publisher.ts";
 import type { Topology } from "../topology.ts";
 import {
+  MAX_BATCH_LINES,
   MAX_TRANSACTIONS,
   decodePosTransaction,
   payloadHash,
@@ -146,7 +148,13 @@ export class PosIngest {
     const list = await this.#transactionsOf(payload, ctx);
     const crosswalk = await this.#crosswalkNow();
     const results: Array<TransactionResult & { index: number }> = new Array(list.length);
-    const decoded = list.map((raw) => ({ raw, hash: payloadHash(raw), result: decodePosTransaction(raw) }));
+    // A batch may hold 100,000 lines: the work yields to the event loop every few milliseconds.
+    const pause = pauser();
+    const decoded: Array<{ raw: unknown; hash: string; result: ReturnType<typeof decodePosTransaction> }> = [];
+    for (const raw of list) {
+      await pause();
+      decoded.push({ raw, hash: payloadHash(raw), result: decodePosTransaction(raw) });
+    }
 
     // Already recorded (a resend): the stored result, or a conflict when the content differs.
     const keys = decoded.flatMap((d) => (Either.isRight(d.result) ? [d.result.right] : []));
@@ -162,6 +170,7 @@ export class PosIngest {
     const duplicates: Array<{ index: number; of: number }> = [];
 
     for (const [index, d] of decoded.entries()) {
+      await pause();
       if (Either.isLeft(d.result)) {
         reject(index, d.raw, "invalid_transaction", d.result.left.map((i) => ({ path: prefix(index, i.path), message: i.message })));
         continue;
@@ -231,6 +240,7 @@ export class PosIngest {
       this.deps.onCommands?.(commands);
     }
     for (const f of fresh) {
+      await pause();
       const result: TransactionResult = { status: "accepted", store: f.t.store, terminal: f.t.terminal, id: f.t.id, lines: f.lines };
       results[f.index] = { ...result, index: f.index };
       this.deps.onTransaction?.("accepted", ctx.via);
@@ -284,6 +294,8 @@ export class PosIngest {
       if (!Array.isArray(t)) issue = { path: "transactions", message: "expected an array of transactions" };
       else if (t.length === 0) issue = { path: "transactions", message: "expected at least one transaction" };
       else if (t.length > MAX_TRANSACTIONS) issue = { path: "transactions", message: `expected at most ${MAX_TRANSACTIONS} transactions, got ${t.length}` };
+      else if (linesIn(t) > MAX_BATCH_LINES)
+        issue = { path: "transactions", message: `expected at most ${MAX_BATCH_LINES} lines in one batch, got ${linesIn(t)} (split the batch)` };
       else list = t;
     } else if (ctx.via === "nats") list = [payload];
     else issue = { path: "transactions", message: "is missing" };
@@ -444,6 +456,10 @@ interface Fresh {
 }
 
 const conflictMessage = (key: string): string => `transaction ${key} was already recorded with different content`;
+
+/** Lines over all transactions of a batch (before decoding: what is not an array counts nothing). */
+const linesIn = (ts: ReadonlyArray<unknown>): number =>
+  ts.reduce<number>((n, t) => n + (typeof t === "object" && t !== null && Array.isArray((t as { lines?: unknown }).lines) ? (t as { lines: Array<unknown> }).lines.length : 0), 0);
 
 const isNoDlq = (ctx: IngestContext): boolean => ctx.deadLetter === false;
 

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from "fastify";
 import { InvalidBatch } from "../../ingest/posIngest.ts";
 import { JsonTextError, parseJsonText } from "../../jsonText.ts";
-import { MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/posTransaction.ts";
+import { MAX_BATCH_LINES, MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/posTransaction.ts";
 import type { ApiContext } from "../app.ts";
 import { errors } from "../errors.ts";
 
@@ -110,7 +110,8 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
         description:
           "Replies after JetStream has acknowledged every command. Each transaction is accepted or rejected whole; a rejected " +
           "one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 409 when " +
-          "every one was refused because its id was already taken by other content, 400 otherwise.",
+          "every one was refused because its id was already taken by other content, 400 otherwise. A body may be at most 1 MiB " +
+          `(413 beyond), nest at most 32 deep, and hold at most ${MAX_BATCH_LINES} lines over all its transactions.`,
         body: PosBatchSchema,
         response: { 200: BatchResult, 400: BatchResult, 409: BatchResult, ...errors(401, 403, 413, 415, 429, 503) },
       },
