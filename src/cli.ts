@@ -6,6 +6,7 @@ import { migrate, verifyLedger } from "../ledger/index.ts";
 import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./app.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "./config.ts";
 import { knownStores, loadTallyConfig } from "./configFile.ts";
+import { workerProcess } from "./workerProcess.ts";
 import { connectPostgres } from "./db.ts";
 import { devMain } from "./dev.ts";
 import { createLogger } from "./log.ts";
@@ -126,11 +127,15 @@ async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promis
     if (!ROLES.includes(r as Role)) throw new UsageError(`--roles: unknown role ${JSON.stringify(r)} (expected ${ROLES.join(", ")})`);
   const config = await loadTallyConfig(settings.configFile);
   const log = createLogger("tally");
+  // The API and the worker never share an event loop (unless TALLY_WORKER_PROCESS=inline): the worker runs in a child process.
+  const separate = roles.includes("api") && roles.includes("worker") && settings.workerProcess === "separate";
+  const here = separate ? roles.filter((r) => r !== "worker") : roles;
   const program = Effect.scoped(
     Effect.gen(function* () {
-      yield* startRoles(settings, config, roles as Array<Role>, log);
-      log.info({ env: settings.env, roles }, "tally started");
-      yield* Effect.never;
+      const child = separate ? yield* workerProcess(log) : null;
+      yield* startRoles(settings, config, here as Array<Role>, log);
+      log.info({ env: settings.env, roles, ...(child ? { workerPid: child.pid } : {}) }, "tally started");
+      yield* child ? child.exited : Effect.never;
     }),
   );
   const fiber = Effect.runFork(program);

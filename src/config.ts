@@ -31,6 +31,11 @@ export interface Settings {
    * 503 with Retry-After (default 2000); a reservation waits this long on top of its decision.
    */
   readonly requestTimeoutMs: number;
+  /**
+   * `TALLY_WORKER_PROCESS`: `separate` (default) runs the worker role of `tally start --roles …,api,worker` in a
+   * child process, so request bodies never hold the loop that renews its leases; `inline` keeps one process.
+   */
+  readonly workerProcess: "separate" | "inline";
 }
 
 /** A setting that could not be decoded: the message names it. */
@@ -82,6 +87,7 @@ const settingsConfig = Config.all({
   apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
   apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, 600),
   requestTimeoutMs: intIn("TALLY_REQUEST_TIMEOUT_MS", 100, 600_000, 2000),
+  workerProcess: Config.literal("separate", "inline")("TALLY_WORKER_PROCESS").pipe(Config.withDefault("separate" as const)),
 });
 
 /** Decodes the settings from `env` (default `process.env`); throws a SettingsError naming the bad setting. */
@@ -110,6 +116,7 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     apiTokensFile: Option.getOrUndefined(s.apiTokensFile),
     apiRateLimit: s.apiRateLimit,
     requestTimeoutMs: s.requestTimeoutMs,
+    workerProcess: s.workerProcess,
   };
 }
 
