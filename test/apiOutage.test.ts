@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { TestContext } from "./support/context.ts";
 import { startNats, type NatsServer } from "./support/nats.ts";
 import { startPostgres, type PostgresServer } from "./support/postgres.ts";
+import { PosSubscriber } from "../src/ingest/posSubscriber.ts";
 import { eventually } from "./support/tally.ts";
 import { auth, defineItems, startApi, type ApiFixture } from "./apiSupport.ts";
 
@@ -25,7 +26,7 @@ beforeAll(async () => {
   await admin.unsafe("create database api_outage");
   await admin.end();
   const ctx: TestContext = { env: "apioutage", databaseUrl: pg.url("api_outage"), natsUrl: nats.url, adminUrl: pg.url() };
-  api = await startApi(ctx, { requestTimeoutMs: REQUEST_TIMEOUT_MS, decisionTimeoutMs: 1000, background: false }, []);
+  api = await startApi(ctx, { requestTimeoutMs: REQUEST_TIMEOUT_MS, decisionTimeoutMs: 1000 }, []);
   await defineItems(api.sql, [{ sku: "OUT-A", kind: "stock", baseUnit: "EA", identifiers: [{ system: "barcode", id: "7000000000016" }] }]);
   await api.app.listen({ port: 0, host: "127.0.0.1" });
   base = `http://127.0.0.1:${(api.app.server.address() as AddressInfo).port}`;
@@ -73,6 +74,9 @@ describe("requests while a dependency is down fail fast with 503 + Retry-After",
       const pos = await call("POST", "/v1/pos/transactions", sale("out-2"));
       expect(pos.status).toBe(503);
       expect(Number(pos.retryAfter)).toBeGreaterThanOrEqual(1);
+      // Over the NATS POS subject the reply says so just as soon (the terminal resends).
+      const reply = await api.h.nats.nc.request(PosSubscriber.subject(api.h.topology.env, "S01"), JSON.stringify(sale("out-2n")), { timeout: CLIENT_GIVES_UP_MS });
+      expect(reply.json()).toMatchObject({ error: "unavailable" });
     } finally {
       await api.h.nats.jsm.streams.update(stream, { max_msgs: config.max_msgs, discard: config.discard });
     }

@@ -17,7 +17,7 @@ export class PosSubscriber {
   #running = new Set<Promise<void>>();
   #loop: Promise<void> | null = null;
 
-  constructor(readonly deps: { nc: NatsConnection; topology: Topology; ingest: PosIngest; log: Logger }) {}
+  constructor(readonly deps: { nc: NatsConnection; topology: Topology; ingest: PosIngest; log: Logger; /** How long a message may wait for its PubAcks (default none). */ requestTimeoutMs?: number }) {}
 
   static subject(env: string, store = "*"): string {
     return `tally.${env}.pos.${store}`;
@@ -45,7 +45,12 @@ export class PosSubscriber {
 
   async #handle(msg: Msg): Promise<void> {
     const store = msg.subject.split(".").pop()!;
-    const ctx = { via: "nats", by: msg.subject, subjectStore: store } as const;
+    const ctx = {
+      via: "nats",
+      by: msg.subject,
+      subjectStore: store,
+      ...(this.deps.requestTimeoutMs !== undefined ? { deadline: Date.now() + this.deps.requestTimeoutMs } : {}),
+    } as const;
     const text = msg.string();
     let body: unknown;
     try {
