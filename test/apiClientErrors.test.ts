@@ -48,4 +48,15 @@ describe("client errors are 4xx naming the field", () => {
     const h = await api.call({ method: "GET", url: "/v1/availability/stream?channel=web", as: "reader", headers: { "last-event-id": "100000000000000000000" } });
     expectClientError(h, 400, /last-event-id/);
   });
+
+  it("a body that is not JSON, of another media type, or over the limit names body or content-type", async () => {
+    const bad = await api.call({ method: "POST", url: "/v1/reservations", as: "reserver", headers: { "content-type": "application/json", "idempotency-key": "nj" }, payload: "{nope" });
+    expectClientError(bad, 400, /^body: /);
+    const xml = await api.call({ method: "POST", url: "/v1/reservations", as: "reserver", headers: { "content-type": "application/xml", "idempotency-key": "x" }, payload: "<r/>" });
+    expectClientError(xml, 415, /^headers\.content-type: /);
+    const big = await api.call({ method: "POST", url: "/v1/reservations", as: "reserver", headers: { "content-type": "application/json", "idempotency-key": "b" }, payload: JSON.stringify({ sku: "x".repeat(300 * 1024) }) });
+    expectClientError(big, 413, /^body: /);
+    const bigPos = await api.call({ method: "POST", url: "/v1/pos/transactions", as: "pos", headers: { "content-type": "application/json" }, payload: JSON.stringify({ transactions: ["x".repeat(1024 * 1024)] }) });
+    expectClientError(bigPos, 413, /^body: /);
+  });
 });

@@ -215,8 +215,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     }
     const status = error.statusCode ?? 500;
     if (status === 429) return reply.code(429).send({ error: "rate_limited", message: error.message });
-    if (status === 413) return reply.code(413).send({ error: "payload_too_large", message: error.message });
-    if (status === 415) return reply.code(415).send({ error: "unsupported_media_type", message: error.message });
+    if (status === 413) return reply.code(413).send({ error: "payload_too_large", message: `body: ${error.message}` });
+    if (status === 415) return reply.code(415).send({ error: "unsupported_media_type", message: `headers.content-type: ${error.message} (send application/json)` });
     if (status >= 400 && status < 500)
       return reply.code(status).send({ error: "invalid_request", message: error.code?.startsWith("FST_ERR_CTP_") ? `body: ${error.message}` : error.message });
     // A value Postgres cannot take (a date out of its range, a number too big: SQLSTATE class 22) came from the
