@@ -6,7 +6,8 @@ import { chainHeads, checkAnchors, migrate, runtimeGrants, verifyLedger, type An
 import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "./anchors.ts";
 import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./app.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "./config.ts";
-import { loadTallyConfig } from "./configFile.ts";
+import { knownStores, loadTallyConfig } from "./configFile.ts";
+import { workerProcess } from "./workerProcess.ts";
 import { connectPostgres, type Sql } from "./db.ts";
 import { devMain } from "./dev.ts";
 import { createLogger } from "./log.ts";
@@ -167,11 +168,15 @@ async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promis
     if (!ROLES.includes(r as Role)) throw new UsageError(`--roles: unknown role ${JSON.stringify(r)} (expected ${ROLES.join(", ")})`);
   const config = await loadTallyConfig(settings.configFile);
   const log = createLogger("tally");
+  // The API and the worker never share an event loop (unless TALLY_WORKER_PROCESS=inline): the worker runs in a child process.
+  const separate = roles.includes("api") && roles.includes("worker") && settings.workerProcess === "separate";
+  const here = separate ? roles.filter((r) => r !== "worker") : roles;
   const program = Effect.scoped(
     Effect.gen(function* () {
-      yield* startRoles(settings, config, roles as Array<Role>, log);
-      log.info({ env: settings.env, roles }, "tally started");
-      yield* Effect.never;
+      const child = separate ? yield* workerProcess(log) : null;
+      yield* startRoles(settings, config, here as Array<Role>, log);
+      log.info({ env: settings.env, roles, ...(child ? { workerPid: child.pid } : {}) }, "tally started");
+      yield* child ? child.exited : Effect.never;
     }),
   );
   const fiber = Effect.runFork(program);
@@ -318,7 +323,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
           }
           const sources = new Map(configuredSources(config, settings.env).map((s) => [s.name, s] as const));
           const { PosIngest } = await import("./ingest/posIngest.ts");
-          const pos = new PosIngest({ sql, nats, topology: t, log: createLogger("tally-dlq", "warn") });
+          const pos = new PosIngest({ sql, nats, topology: t, stores: knownStores(config), log: createLogger("tally-dlq", "warn") });
           for (const l of wanted) {
             const r = await dlq.replayDeadLetter({ sql, nats, topology: t, sources, pos, webhooks: usableWebhookTargets(config) }, l);
             if (r.ok) process.stdout.write(`${l.id}\treplayed\t${r.commands} commands\n`);

@@ -28,6 +28,16 @@ export interface Settings {
   readonly apiRateLimit: number;
   /** `TALLY_SHUTDOWN_TIMEOUT_MS`: how long `tally start` may take to stop after SIGTERM/SIGINT (default 10 000). */
   readonly shutdownTimeoutMs: number;
+  /**
+   * `TALLY_REQUEST_TIMEOUT_MS`: how long a request may wait on Postgres or NATS before it is answered
+   * 503 with Retry-After (default 2000); a reservation waits this long on top of its decision.
+   */
+  readonly requestTimeoutMs: number;
+  /**
+   * `TALLY_WORKER_PROCESS`: `separate` (default) runs the worker role of `tally start --roles …,api,worker` in a
+   * child process, so request bodies never hold the loop that renews its leases; `inline` keeps one process.
+   */
+  readonly workerProcess: "separate" | "inline";
   /** `TALLY_ANCHOR_INTERVAL_MS`: how often the relay role publishes the hash-chain heads that changed (default 60000). */
   readonly anchorIntervalMs: number;
   /** How this process proves who it is to NATS and checks the server (`TALLY_NATS_*`). */
@@ -105,6 +115,8 @@ const settingsConfig = Config.all({
   apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
   apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, 600),
   shutdownTimeoutMs: intIn("TALLY_SHUTDOWN_TIMEOUT_MS", 100, 600_000, 10_000),
+  requestTimeoutMs: intIn("TALLY_REQUEST_TIMEOUT_MS", 100, 600_000, 2000),
+  workerProcess: Config.literal("separate", "inline")("TALLY_WORKER_PROCESS").pipe(Config.withDefault("separate" as const)),
   anchorIntervalMs: intIn("TALLY_ANCHOR_INTERVAL_MS", 100, 24 * 3600 * 1000, 60_000),
   natsUser: Config.option(Config.string("TALLY_NATS_USER")),
   natsPassword: Config.option(Config.string("TALLY_NATS_PASSWORD")),
@@ -142,6 +154,8 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     apiTokensFile: Option.getOrUndefined(s.apiTokensFile),
     apiRateLimit: s.apiRateLimit,
     shutdownTimeoutMs: s.shutdownTimeoutMs,
+    requestTimeoutMs: s.requestTimeoutMs,
+    workerProcess: s.workerProcess,
     anchorIntervalMs: s.anchorIntervalMs,
     natsAccess: natsAccess(s),
   };

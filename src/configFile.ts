@@ -92,10 +92,17 @@ export type SourceConfig = typeof SourceConfig.Type;
 /** The typed contents of `tally.config.ts`. */
 export const TallyConfig = Schema.Struct({
   channels: Schema.Record({ key: Name, value: ChannelConfig }),
+  /** Store locations no channel sells from; every channel's locations are known stores too. POS posts for any other store are refused. */
+  stores: Schema.optional(Schema.Array(Location)),
   sources: Schema.optionalWith(Schema.Record({ key: Name, value: SourceConfig }), { default: () => ({}) }),
 });
 export type TallyConfig = typeof TallyConfig.Type;
 export type TallyConfigInput = typeof TallyConfig.Encoded;
+
+/** The locations POS may post for: every channel's locations and the listed stores. */
+export function knownStores(config: Pick<TallyConfig, "channels" | "stores">): ReadonlySet<string> {
+  return new Set([...Object.values(config.channels).flatMap((c) => c.locations), ...(config.stores ?? [])]);
+}
 
 /** Identity helper that gives `tally.config.ts` its types. */
 export const defineConfig = (config: TallyConfigInput): TallyConfigInput => config;

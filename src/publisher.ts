@@ -16,6 +16,16 @@ export interface PublishOptions {
   readonly envelopeSize?: number;
   /** Attempts per envelope before giving up (default 8), with exponential backoff and jitter. */
   readonly attempts?: number;
+  /**
+   * Epoch ms after which no attempt starts and none waits longer: a request with a caller waiting fails
+   * fast (NATS down, JetStream full) instead of retrying for tens of seconds. Default: no deadline.
+   */
+  readonly deadline?: number;
+}
+
+/** A publish gave up at its deadline; `cause` is the last attempt's error. */
+export class PublishDeadlineExceeded extends Error {
+  override readonly name = "PublishDeadlineExceeded";
 }
 
 /** Envelopes stay well below NATS's default 1 MiB max payload. */
@@ -45,7 +55,7 @@ export async function publishCommands(
   await Promise.all(
     [...byPartition].map(async ([partition, list]) => {
       for (const chunk of envelopes(list, size)) {
-        const ack = await publishWithRetry(js, topology.commandSubject(partition), chunk, opts.attempts ?? 8);
+        const ack = await publishWithRetry(js, topology.commandSubject(partition), chunk, opts.attempts ?? 8, opts.deadline ?? Infinity);
         messages++;
         if (ack.duplicate) duplicates += chunk.length;
       }
@@ -75,15 +85,20 @@ async function publishWithRetry(
   subject: string,
   chunk: ReadonlyArray<Command>,
   attempts: number,
+  deadline: number,
 ) {
   const body = encodeEnvelope(chunk);
   const msgID = envelopeMsgId(chunk.map((c) => c.id));
   for (let attempt = 1; ; attempt++) {
+    const left = deadline - Date.now();
     try {
-      return await js.publish(subject, body, { msgID, timeout: 10_000 });
+      if (left <= 0) throw new PublishDeadlineExceeded(`no PubAck for ${subject} before the deadline`);
+      return await js.publish(subject, body, { msgID, timeout: Math.min(10_000, Math.max(1, Math.round(left))) });
     } catch (error) {
+      if (error instanceof PublishDeadlineExceeded) throw error;
       if (attempt >= attempts) throw error;
-      await new Promise((r) => setTimeout(r, backoffDelay(attempt, 200, 5_000)));
+      if (deadline - Date.now() <= 0) throw new PublishDeadlineExceeded(`no PubAck for ${subject} before the deadline: ${(error as Error).message}`, { cause: error });
+      await new Promise((r) => setTimeout(r, Math.min(backoffDelay(attempt, 200, 5_000), Math.max(0, deadline - Date.now()))));
     }
   }
 }

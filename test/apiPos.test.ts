@@ -113,7 +113,8 @@ describe("POST /v1/pos/transactions", () => {
   it("rejects the same transaction id with other content (idempotency_conflict), dead-lettered", async () => {
     await post({ transactions: [txn("3001", [{ type: "sale", barcode: "4000000000017", qty: 1 }])] });
     const r = await post({ transactions: [txn("3001", [{ type: "sale", barcode: "4000000000017", qty: 7 }])] });
-    expect(r.statusCode).toBe(400);
+    expect(r.statusCode).toBe(409);
+    expect(r.json().error).toBe("idempotency_conflict");
     expect(r.json().results[0]).toMatchObject({ status: "rejected", reason: "idempotency_conflict", errors: [{ path: "transactions[0].id" }] });
     const letters = await deadLetters(api.h, "pos");
     expect(letters.some((l) => l.context.reason === "idempotency_conflict" && (l.payload as { id: string }).id === "3001")).toBe(true);
@@ -191,6 +192,26 @@ describe("POST /v1/pos/transactions", () => {
     expect(r.statusCode).toBe(403);
     const ok = await post({ transactions: [txn("7002", [{ type: "sale", sku: "SKU-A", qty: 1 }])] }, "posS01");
     expect(ok.statusCode).toBe(200);
+  });
+
+  it("refuses a store the config does not know, even to a token without a channel (400 naming store), dead-lettered, nothing written", async () => {
+    const entries = await ledgerCount();
+    const r = await post({ transactions: [txn("9901", [{ type: "sale", barcode: "4000000000017", qty: 1 }], { store: "S99" })] });
+    expect(r.statusCode).toBe(400);
+    expect(r.json().results[0]).toMatchObject({ status: "rejected", reason: "unknown_store", errors: [{ path: "transactions[0].store", message: expect.stringContaining("S99") }] });
+    const nats = await api.h.nats.nc.request(`tally.${ctx.env}.pos.S99`, JSON.stringify(txn("9902", [{ type: "sale", barcode: "4000000000017", qty: 1 }], { store: "S99" })), { timeout: 10_000 });
+    expect(nats.json()).toMatchObject({ accepted: 0, results: [{ status: "rejected", reason: "unknown_store", errors: [{ path: "transactions[0].store" }] }] });
+    // A known store without a channel token still posts (DC1 is a location of channel web).
+    const dc = await post({ transactions: [txn("9903", [{ type: "sale", barcode: "4000000000017", qty: 1 }], { store: "DC1" })] });
+    expect(dc.statusCode).toBe(200);
+    await settle(api.h, ["pos:DC1:T1:9903:1"]);
+    expect(await ledgerCount()).toBe(entries + 1);
+    const [{ n }] = await api.sql<[{ n: number }]>`select count(*)::int as n from ledger_entries where location = 'S99'`;
+    expect(n).toBe(0);
+    await eventually("both to be dead-lettered", async () => {
+      const letters = await deadLetters(api.h, "pos");
+      return ["9901", "9902"].every((id) => letters.some((l) => l.context.reason === "unknown_store" && (l.payload as { id?: string }).id === id));
+    });
   });
 
   it("answers 415 for a body that is not JSON by content type", async () => {

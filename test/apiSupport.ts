@@ -8,7 +8,7 @@ import { buildApp, type ApiOptions } from "../src/http/app.ts";
 import { sha256Hex, type ApiToken, type Scope } from "../src/http/auth.ts";
 import { createLogger } from "../src/log.ts";
 import type { TestContext } from "./support/context.ts";
-import { TEST_CHANNELS, eventually, harness, outcomeCounts, startInProcess, type Harness } from "./support/tally.ts";
+import { TEST_CHANNELS, eventually, harness, outcomeCounts, startInProcess, type Harness, type TestEnvOptions } from "./support/tally.ts";
 
 /** Test tokens: name → [scopes, channel?]. The token text is `secret-<name>`. */
 const TOKEN_SPECS: Record<string, [ReadonlyArray<Scope>, string?]> = {
@@ -47,9 +47,14 @@ export interface ApiFixture {
   close(): Promise<void>;
 }
 
-export async function startApi(ctx: TestContext, options: ApiOptions = {}, roles: ReadonlyArray<"worker" | "relay"> = ["worker", "relay"]): Promise<ApiFixture> {
-  const h = await harness(ctx);
-  const tally = roles.length > 0 ? await startInProcess(ctx, roles) : null;
+export async function startApi(
+  ctx: TestContext,
+  options: ApiOptions = {},
+  roles: ReadonlyArray<"worker" | "relay"> = ["worker", "relay"],
+  env: TestEnvOptions = {},
+): Promise<ApiFixture> {
+  const h = await harness(ctx, env);
+  const tally = roles.length > 0 ? await startInProcess(ctx, roles, env) : null;
   const sql = connectPostgres(ctx.databaseUrl, { max: 10, application: "test-api" });
   const log = createLogger("test-api", process.env.TALLY_LOG_LEVEL ?? "warn");
   const make = (o: ApiOptions) =>

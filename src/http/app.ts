@@ -1,4 +1,4 @@
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from "fastify";
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
@@ -7,13 +7,14 @@ import type { Logger } from "pino";
 import type { Worker } from "../../actors/index.ts";
 import type { SourceReader } from "../../cdc/index.ts";
 import type { Settings } from "../config.ts";
-import type { TallyConfig } from "../configFile.ts";
+import { knownStores, type TallyConfig } from "../configFile.ts";
 import type { NatsHandles } from "../nats.ts";
+import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../jsonText.ts";
 import type { Topology } from "../topology.ts";
 import { PosIngest } from "../ingest/posIngest.ts";
 import { PosSubscriber } from "../ingest/posSubscriber.ts";
 import { bearerToken, may, TokenVerifier, type ApiToken, type Principal, type Scope } from "./auth.ts";
-import { ApiError, ErrorSchema } from "./errors.ts";
+import { ApiError, ErrorSchema, errorRef } from "./errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "./outcomes.ts";
 import type { WebhookDispatcher } from "../webhooks.ts";
@@ -47,9 +48,13 @@ export interface ApiOptions {
   readonly sweepIntervalMs?: number;
   /** Start the reservation sweeper and the NATS POS subscription (default true). */
   readonly background?: boolean;
-  /** Request body limit in bytes (default 256 KiB; POS batches 4 MiB). */
+  /** Request body limit in bytes (default 256 KiB; POS batches 1 MiB), enforced while the body arrives, before parsing. */
   readonly bodyLimit?: number;
   readonly posBodyLimit?: number;
+  /** How deep a JSON body may nest (default 32): checked before parsing, deeper is 400. */
+  readonly maxJsonDepth?: number;
+  /** How long a request may wait on Postgres or NATS before it is answered 503 + Retry-After (default settings.requestTimeoutMs). */
+  readonly requestTimeoutMs?: number;
 }
 
 /** Everything the API needs; `buildApp` acquires nothing else but its own subscriptions and timers. */
@@ -95,7 +100,9 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     sweepIntervalMs: deps.options?.sweepIntervalMs ?? 1000,
     background: deps.options?.background ?? true,
     bodyLimit: deps.options?.bodyLimit ?? 256 * 1024,
-    posBodyLimit: deps.options?.posBodyLimit ?? 4 * 1024 * 1024,
+    posBodyLimit: deps.options?.posBodyLimit ?? 1024 * 1024,
+    maxJsonDepth: deps.options?.maxJsonDepth ?? MAX_JSON_DEPTH,
+    requestTimeoutMs: deps.options?.requestTimeoutMs ?? deps.settings.requestTimeoutMs,
   };
   const log = deps.log.child({ role: "api" });
   const app = Fastify({
@@ -106,6 +113,34 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     return503OnClosing: false,
     // One line per request at debug (errors at warn/error), not two at info: a busy POS feed would drown the log.
     logController: new LogController({ disableRequestLogging: true }),
+    // The router's own refusals (a path parameter over maxParamLength, a malformed URL) in the error format, as 400s.
+    frameworkErrors: (error, _req, reply) =>
+      (reply as unknown as FastifyReply).code(400).send({ error: "invalid_request", message: `params: ${error.message}`, issues: [{ path: "params", message: error.message }] }),
+  });
+  // Every route documents the errors the app's own machinery may give it (validation, auth, body parsing, rate
+  // limits, a dependency down), so the OpenAPI document lists every status a client can get.
+  app.addHook("onRoute", (route) => {
+    const schema = route.schema as ({ hide?: boolean; response?: Record<string, unknown> } & Record<string, unknown>) | undefined;
+    if (!schema || schema.hide) return;
+    const response = (schema.response ??= {});
+    const add = (status: number) => (response[status] ??= errorRef);
+    const scoped = route.config?.scope !== undefined;
+    const withBody = ["POST", "PUT", "PATCH", "DELETE"].includes(String(route.method));
+    if (scoped || withBody || schema.params || schema.querystring || schema.headers) add(400);
+    if (scoped) [401, 403, 503].forEach(add);
+    if (withBody) [413, 415].forEach(add);
+    if ((route.config as { rateLimit?: unknown } | undefined)?.rateLimit) add(429);
+  });
+  // JSON bodies are checked for nesting before they are parsed (a body nested thousands deep parses, but any
+  // recursive walk of it afterwards overflows the stack): too deep is the client's 400, naming the body.
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
+    if (jsonDepthExceeds(body as string, opts.maxJsonDepth)) {
+      const message = `JSON nested deeper than ${opts.maxJsonDepth} levels`;
+      return done(new ApiError(400, "invalid_request", `body: ${message}`, { issues: [{ path: "body", message }] }), undefined);
+    }
+    parseJson(req, body as string, done);
   });
   const streams = new Set<() => void>();
   installDrain(app, streams);
@@ -117,6 +152,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   const outcomes = new OutcomeWaiter(deps.sql, deps.nats.nc, deps.topology.env, (b) => metrics.observeBatch(b));
   outcomes.start();
   const pos = new PosIngest({
+    stores: knownStores(deps.config),
     sql: deps.sql,
     nats: deps.nats,
     topology: deps.topology,
@@ -128,8 +164,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   });
   await pos.start();
   const channels = deps.config.channels;
-  const reservations = new Reservations({ sql: deps.sql, nats: deps.nats, topology: deps.topology, log, outcomes, metrics, channels, decisionTimeoutMs: opts.decisionTimeoutMs });
-  const posSubscriber = opts.background ? new PosSubscriber({ nc: deps.nats.nc, topology: deps.topology, ingest: pos, log }) : null;
+  const reservations = new Reservations({ sql: deps.sql, nats: deps.nats, topology: deps.topology, log, outcomes, metrics, channels, decisionTimeoutMs: opts.decisionTimeoutMs, requestTimeoutMs: opts.requestTimeoutMs });
+  const posSubscriber = opts.background ? new PosSubscriber({ nc: deps.nats.nc, topology: deps.topology, ingest: pos, log, requestTimeoutMs: opts.requestTimeoutMs }) : null;
   posSubscriber?.start();
   if (opts.background) reservations.startSweeper(opts.sweepIntervalMs);
   app.addHook("onClose", async () => {
@@ -182,11 +218,22 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     }
     const status = error.statusCode ?? 500;
     if (status === 429) return reply.code(429).send({ error: "rate_limited", message: error.message });
-    if (status === 413) return reply.code(413).send({ error: "payload_too_large", message: error.message });
-    if (status === 415) return reply.code(415).send({ error: "unsupported_media_type", message: error.message });
-    if (status >= 400 && status < 500) return reply.code(status).send({ error: "invalid_request", message: error.message });
+    if (status === 413) return reply.code(413).send({ error: "payload_too_large", message: `body: ${error.message}` });
+    if (status === 415) return reply.code(415).send({ error: "unsupported_media_type", message: `headers.content-type: ${error.message} (send application/json)` });
+    if (status >= 400 && status < 500)
+      return reply.code(status).send({ error: "invalid_request", message: error.code?.startsWith("FST_ERR_CTP_") ? `body: ${error.message}` : error.message });
+    // A value Postgres cannot take (a date out of its range, a number too big: SQLSTATE class 22) came from the
+    // request; the routes validate their fields first, so this is a safety net that still answers the client's 400.
+    const sqlState = (error as { code?: unknown }).code;
+    if (typeof sqlState === "string" && /^22[0-9A-Z]{3}$/.test(sqlState) && (error as { severity?: unknown }).severity !== undefined) {
+      req.log.warn({ err: error, url: req.url }, "request carried a value Postgres refused");
+      return reply.code(400).send({ error: "invalid_request", message: `a value in the request is out of range: ${error.message}` });
+    }
     req.log.error({ err: error, url: req.url }, "request failed");
-    return reply.code(503).header("retry-after", "1").send({ error: "unavailable", message: "a dependency failed; retry shortly" });
+    return reply
+      .code(503)
+      .header("retry-after", String(Math.max(1, Math.ceil(opts.requestTimeoutMs / 1000))))
+      .send({ error: "unavailable", message: "a dependency failed; retry shortly" });
   });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: "not_found", message: `no route ${req.method} ${req.url.split("?")[0]}` }));
 
@@ -207,6 +254,24 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
         .send({ error: "unauthorized", message: "unknown or revoked token" });
     if (!may(principal, scope)) return reply.code(403).send({ error: "forbidden", message: `this token lacks scope ${scope}` });
     req.principal = principal;
+  });
+  // A request that waits on a dependency for longer than its budget is answered 503 + Retry-After (the
+  // publishes also stop at that deadline); a reservation's budget adds its decision time. An event stream or
+  // export has answered once its headers are out, so the guard leaves it alone from then on.
+  app.addHook("onRequest", async (req, reply) => {
+    if (!req.routeOptions.config?.scope) return;
+    const budget = opts.requestTimeoutMs + (req.routeOptions.url?.startsWith("/v1/reservations") ? opts.decisionTimeoutMs : 0);
+    const timer = setTimeout(() => {
+      if (reply.sent || reply.raw.headersSent) return;
+      req.log.warn({ url: req.url, ms: budget }, "request timed out waiting on a dependency");
+      void reply
+        .code(503)
+        .header("retry-after", String(Math.max(1, Math.ceil(opts.requestTimeoutMs / 1000))))
+        .send({ error: "unavailable", message: `no answer from a dependency within ${budget} ms; retry shortly` });
+    }, budget);
+    timer.unref();
+    reply.raw.once("close", () => clearTimeout(timer));
+    reply.raw.once("finish", () => clearTimeout(timer));
   });
   app.addHook("onResponse", async (req, reply) => {
     metrics.httpDuration.observe(

@@ -287,7 +287,7 @@ export async function dashboardRoutes(app: FastifyInstance, { ctx, hub }: { ctx:
         tags: ["operators"],
         summary: "The dashboard's live feed (server-sent events): `summary` every second, `cells` as availability changes",
         querystring: { type: "object", properties: { pin: { type: "string", pattern: SKU_LIST.source, description: `SKUs always shown (at most ${MAX_PINNED})` } } },
-        response: { 200: { type: "string", description: "text/event-stream" } },
+        response: { 200: { description: "server-sent events", content: { "text/event-stream": { schema: { type: "string" } } } } },
       },
     },
     async (req, reply) => {

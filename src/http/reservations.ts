@@ -13,6 +13,7 @@ import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { decodeCommand, type Command, type ReserveScope } from "../../actors/index.ts";
 import type { ChannelConfig } from "../configFile.ts";
+import { deadLetter, deadLetterMsgId } from "../deadLetters.ts";
 import type { NatsHandles } from "../nats.ts";
 import { expireDueHolds } from "../holdExpiry.ts";
 import { publishCommands } from "../publisher.ts";
@@ -34,6 +35,8 @@ export interface ReservationDeps {
   readonly metrics: ApiMetrics;
   readonly channels: Readonly<Record<string, ChannelConfig>>;
   readonly decisionTimeoutMs: number;
+  /** How long one publish may wait for its PubAck before the request fails (NATS down, JetStream full). */
+  readonly requestTimeoutMs: number;
 }
 
 /** A line as asked for (bundles already expanded into their components). */
@@ -141,7 +144,7 @@ export class Reservations {
         created_at: inserted[0]!.reservation_created_at,
       };
       const lines = inserted.map(({ reservation_created_at: _, ...l }) => l);
-      const answer = await this.#drive(id, this.deps.decisionTimeoutMs, { row, lines });
+      const answer = await this.#driveOrGiveUp(id, this.deps.decisionTimeoutMs, { row, lines });
       this.deps.metrics.reservationLatency.observe({ outcome: outcomeOf(answer) }, (performance.now() - started) / 1000);
       this.deps.metrics.reservations.inc({ outcome: outcomeOf(answer) });
       return { ...answer, replayed: false };
@@ -160,7 +163,7 @@ export class Reservations {
         return { status: row.response_status, body: row.response_body!, replayed: true };
       }
       if (row.claimable && (await this.#claim(row.id, claimMs))) {
-        const answer = await this.#drive(row.id, Math.max(1000, deadline - Date.now()));
+        const answer = await this.#driveOrGiveUp(row.id, Math.max(1000, deadline - Date.now()));
         return { ...answer, replayed: true };
       }
       if (Date.now() > deadline) throw new ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still being decided; retry shortly", { id: row.id });
@@ -353,13 +356,13 @@ export class Reservations {
       source: { system: "api", ref: `reservation:${reservationId}` },
       occurredAt: new Date().toISOString(),
     });
-    if (decoded._tag === "Left") throw new Error(`reservation ${reservationId} line ${l.line}: ${decoded.left.message}`);
+    if (decoded._tag === "Left") throw new UndrivableLine(reservationId, l.line, decoded.left.message);
     return decoded.right;
   }
 
   async #publish(commands: ReadonlyArray<Command>): Promise<void> {
     if (commands.length === 0) return;
-    await publishCommands(this.deps.nats.js, this.deps.topology, commands);
+    await publishCommands(this.deps.nats.js, this.deps.topology, commands, { deadline: Date.now() + this.deps.requestTimeoutMs });
     for (const c of commands) this.deps.metrics.commandsIn.inc({ type: c.type, source: c.source.system });
   }
 
@@ -493,10 +496,55 @@ export class Reservations {
     for (const { id } of stale) {
       if (this.#stopped) break;
       if (!(await this.#claim(id, this.deps.decisionTimeoutMs + CLAIM_SLACK_MS))) continue;
-      await this.#drive(id, Math.min(2000, this.deps.decisionTimeoutMs));
-      redriven++;
+      // One row must not hold up the others: a row no command can be made of is given up (dead-lettered,
+      // answered 400); any other failure leaves it for the next sweep and moves on to the next row.
+      try {
+        await this.#driveOrGiveUp(id, Math.min(2000, this.deps.decisionTimeoutMs));
+        redriven++;
+      } catch (error) {
+        this.deps.log.warn({ err: error, reservationId: id }, "reservation re-drive failed; the next sweep retries it");
+      }
     }
     return { expired, redriven };
+  }
+
+  /** #drive, except that a reservation no command can be made of is given up: its stored 400 answer. */
+  async #driveOrGiveUp(id: string, timeoutMs: number, created?: { row: Row; lines: ReadonlyArray<LineRow> }): Promise<Answer> {
+    try {
+      return await this.#drive(id, timeoutMs, created);
+    } catch (error) {
+      if (!(error instanceof UndrivableLine)) throw error;
+      return await this.#giveUp(id, error);
+    }
+  }
+
+  /** A pending reservation whose line cannot become a command: its held lines released, it is rejected with a 400 answer and dead-lettered. */
+  async #giveUp(id: string, error: UndrivableLine): Promise<Answer> {
+    const { sql, nats, topology, log } = this.deps;
+    const [[row], lines] = await Promise.all([sql<Array<Row>>`select * from reservations where id = ${id}`, this.#lines(sql, id)]);
+    const letter = deadLetter(DLQ_ORIGIN, error.message, { reservation: row, lines }, { reservationId: id, line: error.line });
+    await nats.js.publish(topology.dlqSubject(DLQ_ORIGIN), JSON.stringify(letter), { msgID: deadLetterMsgId(letter) });
+    await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released");
+    await sql`update reservation_lines set state = 'rejected' where reservation_id = ${id} and state = 'pending'`;
+    const path = `lines[${error.line - 1}]`;
+    const body = { error: "invalid_request", message: `${path}: ${error.problem}`, issues: [{ path, message: error.problem }], id };
+    await this.#finish(id, "rejected", 400, body, null);
+    log.warn({ reservationId: id, reason: error.message }, "reservation cannot be driven: rejected and dead-lettered");
+    return { status: 400, body };
+  }
+}
+
+const DLQ_ORIGIN = "reservations";
+
+/** A reservation line no valid command can be made of (a row written before its fields were checked as strictly). */
+class UndrivableLine extends Error {
+  override readonly name = "UndrivableLine";
+  constructor(
+    readonly reservationId: string,
+    readonly line: number,
+    readonly problem: string,
+  ) {
+    super(`reservation ${reservationId} line ${line}: ${problem}`);
   }
 }
 
@@ -515,7 +563,7 @@ function view(row: Row, lines: ReadonlyArray<LineRow>): Record<string, unknown> 
 }
 
 function outcomeOf(a: Answer): string {
-  return a.status === 201 ? "held" : a.status === 409 ? "insufficient_stock" : "timeout";
+  return a.status === 201 ? "held" : a.status === 409 ? "insufficient_stock" : a.status === 400 ? "invalid" : "timeout";
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

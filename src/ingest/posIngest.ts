@@ -1,7 +1,8 @@
 /**
  * POS ingest: a batch of POS transactions → validated, mapped through the item crosswalk to
- * canonical commands with ids `pos:<store>:<terminal>:<txn>:<line>`, published (PubAck) and recorded
- * in `pos_transactions`, so a resend gets the same result and publishes nothing. A transaction with
+ * canonical commands with ids `pos:<store>:<terminal>:<txn>:<line>`, claimed in `pos_transactions`
+ * before anything is published (so of two racing posts with other content only the first publishes, all
+ * its lines or none), published (PubAck) and its result recorded, so a resend gets the same result. A transaction with
  * any bad field is rejected whole, names each bad field, and is dead-lettered with its payload.
  */
 import { createHash } from "node:crypto";
@@ -13,9 +14,11 @@ import { Crosswalk, MappingError } from "../../cdc/index.ts";
 import { ITEMS_CHANNEL } from "../../cdc/crosswalk.ts";
 import { deadLetter, type DeadLetter } from "../deadLetters.ts";
 import type { NatsHandles } from "../nats.ts";
+import { pauser } from "../cooperative.ts";
 import { publishCommands } from "../publisher.ts";
 import type { Topology } from "../topology.ts";
 import {
+  MAX_BATCH_LINES,
   MAX_TRANSACTIONS,
   decodePosTransaction,
   payloadHash,
@@ -57,7 +60,8 @@ export interface BatchResult {
   readonly rejected: number;
   readonly results: ReadonlyArray<TransactionResult & { readonly index: number }>;
   /** Set when the batch as a whole is unusable or every transaction was rejected. */
-  readonly error?: "invalid_request" | "invalid_transactions";
+  /** `idempotency_conflict` when every one was refused because its id was taken by other content (HTTP 409). */
+  readonly error?: "invalid_request" | "invalid_transactions" | "idempotency_conflict";
   readonly message?: string;
   readonly errors?: ReadonlyArray<Issue>;
 }
@@ -73,6 +77,8 @@ export interface IngestContext {
   readonly subjectStore?: string;
   /** False when replaying a dead letter: a failed replay leaves the letter as it is (default true). */
   readonly deadLetter?: boolean;
+  /** Epoch ms by which the commands must be acknowledged, else the ingest fails (PublishDeadlineExceeded); default none. */
+  readonly deadline?: number;
 }
 
 export interface PosIngestDeps {
@@ -80,6 +86,8 @@ export interface PosIngestDeps {
   readonly nats: NatsHandles;
   readonly topology: Topology;
   readonly log: Logger;
+  /** The stores of the config (`knownStores`): a transaction for any other store is refused, naming `store`. */
+  readonly stores: ReadonlySet<string>;
   readonly onCommands?: (commands: ReadonlyArray<Command>) => void;
   readonly onTransaction?: (outcome: "accepted" | "duplicate" | "rejected", via: string) => void;
 }
@@ -140,13 +148,19 @@ export class PosIngest {
     const list = await this.#transactionsOf(payload, ctx);
     const crosswalk = await this.#crosswalkNow();
     const results: Array<TransactionResult & { index: number }> = new Array(list.length);
-    const decoded = list.map((raw) => ({ raw, hash: payloadHash(raw), result: decodePosTransaction(raw) }));
+    // A batch may hold 100,000 lines: the work yields to the event loop every few milliseconds.
+    const pause = pauser();
+    const decoded: Array<{ raw: unknown; hash: string; result: ReturnType<typeof decodePosTransaction> }> = [];
+    for (const raw of list) {
+      await pause();
+      decoded.push({ raw, hash: payloadHash(raw), result: decodePosTransaction(raw) });
+    }
 
     // Already recorded (a resend): the stored result, or a conflict when the content differs.
     const keys = decoded.flatMap((d) => (Either.isRight(d.result) ? [d.result.right] : []));
     const stored = await this.#stored(keys);
     const firstInBatch = new Map<string, number>();
-    const fresh: Array<{ index: number; t: PosTransaction; hash: string; commands: Array<Command>; lines: Array<LineResult> }> = [];
+    const fresh: Array<Fresh> = [];
     const rejected: Array<{ index: number; raw: unknown; result: Extract<TransactionResult, { status: "rejected" }> }> = [];
     const reject = (index: number, raw: unknown, reason: string, errors: ReadonlyArray<Issue>, t?: { store: string; terminal: string; id: string }) => {
       const result = { status: "rejected" as const, ...(t ? { store: t.store, terminal: t.terminal, id: t.id } : idsOf(raw)), reason, errors };
@@ -156,6 +170,7 @@ export class PosIngest {
     const duplicates: Array<{ index: number; of: number }> = [];
 
     for (const [index, d] of decoded.entries()) {
+      await pause();
       if (Either.isLeft(d.result)) {
         reject(index, d.raw, "invalid_transaction", d.result.left.map((i) => ({ path: prefix(index, i.path), message: i.message })));
         continue;
@@ -165,15 +180,23 @@ export class PosIngest {
         reject(index, d.raw, "invalid_transaction", [{ path: prefix(index, "store"), message: `expected ${ctx.subjectStore} (the store the subject names), got ${JSON.stringify(t.store)}` }], t);
         continue;
       }
-      const key = transactionKey(t);
-      const prior = stored.get(key);
-      if (prior) {
-        if (prior.hash === d.hash) {
-          results[index] = { ...prior.result, index };
-          this.deps.onTransaction?.("duplicate", ctx.via);
-        } else reject(index, d.raw, "idempotency_conflict", [{ path: prefix(index, "id"), message: `transaction ${key} was already recorded with different content` }], t);
+      if (!this.deps.stores.has(t.store)) {
+        reject(index, d.raw, "unknown_store", [{ path: prefix(index, "store"), message: `unknown store ${JSON.stringify(t.store)} (not a location of any channel nor in the config's stores)` }], t);
         continue;
       }
+      const key = transactionKey(t);
+      const prior = stored.get(key);
+      if (prior && prior.hash !== d.hash) {
+        reject(index, d.raw, "idempotency_conflict", [{ path: prefix(index, "id"), message: conflictMessage(key) }], t);
+        continue;
+      }
+      if (prior?.result) {
+        results[index] = { ...prior.result, index };
+        this.deps.onTransaction?.("duplicate", ctx.via);
+        continue;
+      }
+      // A prior claim with this content and no result yet (in flight elsewhere, or failed before its PubAcks) is
+      // finished here: the same content makes the same commands with the same ids, which the stream drops as repeats.
       const first = firstInBatch.get(key);
       if (first !== undefined) {
         if (decoded[first]!.hash === d.hash) duplicates.push({ index, of: first });
@@ -183,17 +206,41 @@ export class PosIngest {
       firstInBatch.set(key, index);
       const mapped = await this.#map(crosswalk, t, index);
       if ("errors" in mapped) reject(index, d.raw, mapped.reason, mapped.errors, t);
-      else fresh.push({ index, t, hash: d.hash, ...mapped });
+      else fresh.push({ index, raw: d.raw, t, hash: d.hash, claimed: prior !== undefined, ...mapped });
+    }
+
+    // Claim before publishing anything: of two racing posts of one transaction only the first publishes; the
+    // other sees the claim (other content: a conflict; the same: the stored result, or it finishes the job).
+    const lost = await this.#claim(fresh.filter((f) => !f.claimed));
+    if (lost.size > 0) {
+      const now = await this.#stored(fresh.filter((f) => lost.has(transactionKey(f.t))).map((f) => f.t));
+      for (const f of fresh.filter((f) => lost.has(transactionKey(f.t)))) {
+        const key = transactionKey(f.t);
+        const winner = now.get(key);
+        if (winner && winner.hash !== f.hash) reject(f.index, f.raw, "idempotency_conflict", [{ path: prefix(f.index, "id"), message: conflictMessage(key) }], f.t);
+        else if (winner?.result) {
+          results[f.index] = { ...winner.result, index: f.index };
+          this.deps.onTransaction?.("duplicate", ctx.via);
+        } else continue;
+        fresh.splice(fresh.indexOf(f), 1);
+      }
+    }
+    // A copy later in the batch of a transaction that was just refused is refused alike.
+    for (const dup of duplicates.splice(0)) {
+      const of = results[dup.of];
+      if (of?.status === "rejected") reject(dup.index, decoded[dup.index]!.raw, of.reason, of.errors.map((e) => ({ ...e, path: e.path.replace(`transactions[${dup.of}]`, `transactions[${dup.index}]`) })), of as { store: string; terminal: string; id: string });
+      else duplicates.push(dup);
     }
 
     // Dead letters first: once the caller hears "rejected", the payload is kept.
     if (rejected.length > 0) await this.#deadLetter(rejected, ctx);
     const commands = fresh.flatMap((f) => f.commands);
     if (commands.length > 0) {
-      await publishCommands(this.deps.nats.js, this.deps.topology, commands);
+      await publishCommands(this.deps.nats.js, this.deps.topology, commands, ctx.deadline !== undefined ? { deadline: ctx.deadline } : {});
       this.deps.onCommands?.(commands);
     }
     for (const f of fresh) {
+      await pause();
       const result: TransactionResult = { status: "accepted", store: f.t.store, terminal: f.t.terminal, id: f.t.id, lines: f.lines };
       results[f.index] = { ...result, index: f.index };
       this.deps.onTransaction?.("accepted", ctx.via);
@@ -214,7 +261,7 @@ export class PosIngest {
     if (accepted === 0)
       return {
         ...out,
-        error: "invalid_transactions",
+        error: rejected.every((r) => r.result.reason === "idempotency_conflict") ? "idempotency_conflict" : "invalid_transactions",
         message: `every transaction was rejected: ${rejected.flatMap((r) => r.result.errors.map((e) => `${e.path}: ${e.message}`)).slice(0, 5).join("; ")}`,
       };
     return out;
@@ -247,6 +294,8 @@ export class PosIngest {
       if (!Array.isArray(t)) issue = { path: "transactions", message: "expected an array of transactions" };
       else if (t.length === 0) issue = { path: "transactions", message: "expected at least one transaction" };
       else if (t.length > MAX_TRANSACTIONS) issue = { path: "transactions", message: `expected at most ${MAX_TRANSACTIONS} transactions, got ${t.length}` };
+      else if (linesIn(t) > MAX_BATCH_LINES)
+        issue = { path: "transactions", message: `expected at most ${MAX_BATCH_LINES} lines in one batch, got ${linesIn(t)} (split the batch)` };
       else list = t;
     } else if (ctx.via === "nats") list = [payload];
     else issue = { path: "transactions", message: "is missing" };
@@ -257,19 +306,20 @@ export class PosIngest {
     throw new InvalidBatch(issues);
   }
 
-  /** Dead-letters a payload that is not JSON at all. */
-  async rejectUnparsable(text: string, message: string, ctx: IngestContext): Promise<InvalidBatch> {
-    const issues = [{ path: "", message: `not valid JSON: ${message}` }];
+  /** Dead-letters a payload that is not JSON at all (or nests too deep to be one); `problem` says which. */
+  async rejectUnparsable(text: string, problem: string, ctx: IngestContext): Promise<InvalidBatch> {
+    const issues = [{ path: "", message: problem }];
     await this.#deadLetter([{ index: -1, raw: text, result: { status: "rejected", reason: "invalid_json", errors: issues } }], ctx);
     this.deps.onTransaction?.("rejected", ctx.via);
     return new InvalidBatch(issues);
   }
 
-  async #stored(ts: ReadonlyArray<PosTransaction>): Promise<Map<string, { hash: string; result: TransactionResult }>> {
-    const out = new Map<string, { hash: string; result: TransactionResult }>();
+  /** Recorded transactions: their payload hash, and their result (null while claimed and not yet acknowledged). */
+  async #stored(ts: ReadonlyArray<PosTransaction>): Promise<Map<string, { hash: string; result: TransactionResult | null }>> {
+    const out = new Map<string, { hash: string; result: TransactionResult | null }>();
     if (ts.length === 0) return out;
     const { sql } = this.deps;
-    const rows = await sql<Array<{ store: string; terminal: string; transaction_id: string; payload_hash: string; result: TransactionResult }>>`
+    const rows = await sql<Array<{ store: string; terminal: string; transaction_id: string; payload_hash: string; result: TransactionResult | null }>>`
       select p.store, p.terminal, p.transaction_id, p.payload_hash, p.result
         from pos_transactions p
         join unnest(${sql.array(ts.map((t) => t.store))}::text[], ${sql.array(ts.map((t) => t.terminal))}::text[], ${sql.array(ts.map((t) => t.id))}::text[])
@@ -279,17 +329,36 @@ export class PosIngest {
     return out;
   }
 
+  /** Claims transactions not yet recorded (result still null); returns the keys another post claimed first. */
+  async #claim(fs: ReadonlyArray<Fresh>): Promise<Set<string>> {
+    if (fs.length === 0) return new Set();
+    const { sql } = this.deps;
+    const won = await sql<Array<{ store: string; terminal: string; transaction_id: string }>>`
+      insert into pos_transactions (store, terminal, transaction_id, payload_hash, result)
+      select store, terminal, transaction_id, payload_hash, null from unnest(
+        ${sql.array(fs.map((f) => f.t.store))}::text[],
+        ${sql.array(fs.map((f) => f.t.terminal))}::text[],
+        ${sql.array(fs.map((f) => f.t.id))}::text[],
+        ${sql.array(fs.map((f) => f.hash))}::text[]) as k(store, terminal, transaction_id, payload_hash)
+      on conflict do nothing
+      returning store, terminal, transaction_id`;
+    const mine = new Set(won.map((r) => transactionKey({ store: r.store, terminal: r.terminal, id: r.transaction_id })));
+    return new Set(fs.map((f) => transactionKey(f.t)).filter((k) => !mine.has(k)));
+  }
+
+  /** Stores the result of claimed transactions once every command was acknowledged. */
   async #record(rows: ReadonlyArray<{ t: PosTransaction; hash: string; result: TransactionResult }>): Promise<void> {
     const { sql } = this.deps;
     await sql`
-      insert into pos_transactions (store, terminal, transaction_id, payload_hash, result)
-      select * from unnest(
-        ${sql.array(rows.map((r) => r.t.store))}::text[],
-        ${sql.array(rows.map((r) => r.t.terminal))}::text[],
-        ${sql.array(rows.map((r) => r.t.id))}::text[],
-        ${sql.array(rows.map((r) => r.hash))}::text[],
-        ${sql.array(rows.map((r) => JSON.stringify(r.result)))}::jsonb[])
-      on conflict do nothing`;
+      update pos_transactions p set result = k.result
+        from unnest(
+          ${sql.array(rows.map((r) => r.t.store))}::text[],
+          ${sql.array(rows.map((r) => r.t.terminal))}::text[],
+          ${sql.array(rows.map((r) => r.t.id))}::text[],
+          ${sql.array(rows.map((r) => r.hash))}::text[],
+          ${sql.array(rows.map((r) => JSON.stringify(r.result)))}::jsonb[]) as k(store, terminal, transaction_id, payload_hash, result)
+       where p.store = k.store and p.terminal = k.terminal and p.transaction_id = k.transaction_id
+         and p.payload_hash = k.payload_hash and p.result is null`;
   }
 
   /** A transaction's commands, or the issues (each naming its field) that reject it. */
@@ -373,6 +442,24 @@ export class PosIngest {
     );
   }
 }
+
+/** A transaction accepted by validation and mapping, on its way to be claimed and published. */
+interface Fresh {
+  readonly index: number;
+  readonly raw: unknown;
+  readonly t: PosTransaction;
+  readonly hash: string;
+  /** Already claimed with this content by an earlier post that did not finish. */
+  readonly claimed: boolean;
+  readonly commands: Array<Command>;
+  readonly lines: Array<LineResult>;
+}
+
+const conflictMessage = (key: string): string => `transaction ${key} was already recorded with different content`;
+
+/** Lines over all transactions of a batch (before decoding: what is not an array counts nothing). */
+const linesIn = (ts: ReadonlyArray<unknown>): number =>
+  ts.reduce<number>((n, t) => n + (typeof t === "object" && t !== null && Array.isArray((t as { lines?: unknown }).lines) ? (t as { lines: Array<unknown> }).lines.length : 0), 0);
 
 const isNoDlq = (ctx: IngestContext): boolean => ctx.deadLetter === false;
 

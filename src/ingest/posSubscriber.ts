@@ -1,5 +1,6 @@
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
+import { JsonTextError, parseJsonText } from "../jsonText.ts";
 import type { Topology } from "../topology.ts";
 import { InvalidBatch, type PosIngest } from "./posIngest.ts";
 
@@ -16,7 +17,7 @@ export class PosSubscriber {
   #running = new Set<Promise<void>>();
   #loop: Promise<void> | null = null;
 
-  constructor(readonly deps: { nc: NatsConnection; topology: Topology; ingest: PosIngest; log: Logger }) {}
+  constructor(readonly deps: { nc: NatsConnection; topology: Topology; ingest: PosIngest; log: Logger; /** How long a message may wait for its PubAcks (default none). */ requestTimeoutMs?: number }) {}
 
   start(): void {
     const sub = this.deps.nc.subscribe(this.deps.topology.posSubject(), { queue: `tally_${this.deps.topology.env}_pos` });
@@ -40,15 +41,21 @@ export class PosSubscriber {
 
   async #handle(msg: Msg): Promise<void> {
     const store = this.deps.topology.storeOfPosSubject(msg.subject) ?? msg.subject;
-    const ctx = { via: "nats", by: msg.subject, subjectStore: store } as const;
+    const ctx = {
+      via: "nats",
+      by: msg.subject,
+      subjectStore: store,
+      ...(this.deps.requestTimeoutMs !== undefined ? { deadline: Date.now() + this.deps.requestTimeoutMs } : {}),
+    } as const;
     const text = msg.string();
     let body: unknown;
     try {
       let payload: unknown;
       try {
-        payload = JSON.parse(text);
+        payload = parseJsonText(text);
       } catch (e) {
-        const err = await this.deps.ingest.rejectUnparsable(text, (e as Error).message, ctx);
+        if (!(e instanceof JsonTextError)) throw e;
+        const err = await this.deps.ingest.rejectUnparsable(text, e.problem, ctx);
         body = { accepted: 0, rejected: 1, results: [], error: "invalid_request", message: err.message, errors: err.issues };
       }
       if (body === undefined) body = await this.deps.ingest.ingest(payload, ctx);

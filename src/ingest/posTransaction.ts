@@ -9,6 +9,8 @@ import { Either, ParseResult, Schema } from "effect";
 /** Most transactions in one batch, and lines in one transaction. */
 export const MAX_TRANSACTIONS = 1000;
 export const MAX_LINES = 500;
+/** Most lines in one batch, over all its transactions: bounds the work one request makes (split bigger batches). */
+export const MAX_BATCH_LINES = 10_000;
 /** Largest count or weight value a POS line may carry (in its unit). */
 export const MAX_LINE_QTY = 1_000_000;
 

@@ -184,11 +184,11 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
           properties: {
             channel: { type: "string" },
             skus: { type: "string", description: `comma-separated filter, at most ${MAX_SKUS}` },
-            lastEventId: { type: "integer", minimum: 0 },
+            lastEventId: { type: "integer", minimum: 0, maximum: 999_999_999_999_999, description: "as Last-Event-ID: the last event seen" },
           },
         },
         headers: { type: "object", properties: { "last-event-id": { type: "string", pattern: "^[0-9]{1,15}$" } } },
-        response: { 200: { type: "string", description: "text/event-stream" }, ...errors(400, 401, 403, 404) },
+        response: { 200: { description: "server-sent events", content: { "text/event-stream": { schema: { type: "string" } } } }, ...errors(400, 401, 403, 404) },
       },
     },
     async (req, reply) => streamAvailability(ctx, req, reply),

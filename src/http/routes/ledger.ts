@@ -41,9 +41,10 @@ interface EntriesQuery {
 const date = (name: string, v: string | undefined): Date | undefined => {
   if (v === undefined) return undefined;
   const d = new Date(v);
-  if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v))
-    throw new ApiError(400, "invalid_request", `querystring.${name}: expected an ISO-8601 date or date-time, got ${JSON.stringify(v.slice(0, 40))}`, {
-      issues: [{ path: `querystring.${name}`, message: "expected an ISO-8601 date or date-time" }],
+  // Years 0001–9999 only: Postgres has no year 0, and a bound outside that range means nothing to a ledger.
+  if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v) || d.getUTCFullYear() < 1 || d.getUTCFullYear() > 9999)
+    throw new ApiError(400, "invalid_request", `querystring.${name}: expected an ISO-8601 date or date-time in the years 0001 to 9999, got ${JSON.stringify(v.slice(0, 40))}`, {
+      issues: [{ path: `querystring.${name}`, message: "expected an ISO-8601 date or date-time in the years 0001 to 9999" }],
     });
   return d;
 };
@@ -153,7 +154,10 @@ export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
             format: { type: "string", enum: ["csv", "ndjson"], default: "csv" },
           },
         },
-        response: { 200: { type: "string", description: "text/csv or application/x-ndjson" }, ...errors(400, 401, 403) },
+        response: {
+          200: { description: "the entries, then the summary", content: { "text/csv": { schema: { type: "string" } }, "application/x-ndjson": { schema: { type: "string" } } } },
+          ...errors(400, 401, 403),
+        },
       },
     },
     async (req, reply) => {

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from "fastify";
 import { InvalidBatch } from "../../ingest/posIngest.ts";
-import { MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/posTransaction.ts";
+import { JsonTextError, parseJsonText } from "../../jsonText.ts";
+import { MAX_BATCH_LINES, MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/posTransaction.ts";
 import type { ApiContext } from "../app.ts";
 import { errors } from "../errors.ts";
 
@@ -39,7 +40,7 @@ const PosBatchSchema = {
         type: "object",
         required: ["store", "terminal", "id", "occurredAt", "lines"],
         properties: {
-          store: { type: "string", description: "the store's location id" },
+          store: { type: "string", description: "the store's location id: a location of a configured channel, or in the config's stores" },
           terminal: { type: "string" },
           id: { type: "string", description: "the POS transaction id: idempotent per store + terminal + id" },
           occurredAt: { type: "string", format: "date-time" },
@@ -71,7 +72,7 @@ const TransactionResult = {
         },
       },
     },
-    reason: { type: "string", description: "invalid_transaction, unknown_item, idempotency_conflict" },
+    reason: { type: "string", description: "invalid_transaction, unknown_item, unknown_store, idempotency_conflict" },
     errors: { type: "array", items: Issue },
   },
 } as const;
@@ -108,9 +109,11 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
         summary: "Ingest a batch of POS transactions (idempotent per store + terminal + transaction id)",
         description:
           "Replies after JetStream has acknowledged every command. Each transaction is accepted or rejected whole; a rejected " +
-          "one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 400 when none was.",
+          "one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 409 when " +
+          "every one was refused because its id was already taken by other content, 400 otherwise. A body may be at most 1 MiB " +
+          `(413 beyond), nest at most 32 deep, and hold at most ${MAX_BATCH_LINES} lines over all its transactions.`,
         body: PosBatchSchema,
-        response: { 200: BatchResult, 400: BatchResult, ...errors(401, 403, 413, 415, 429, 503) },
+        response: { 200: BatchResult, 400: BatchResult, 409: BatchResult, ...errors(401, 403, 413, 415, 429, 503) },
       },
     },
     async (req, reply) => {
@@ -118,9 +121,10 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
       const by = req.principal!.id;
       let payload: unknown;
       try {
-        payload = JSON.parse(text);
+        payload = parseJsonText(text, ctx.opts.maxJsonDepth);
       } catch (e) {
-        const err = await ctx.pos.rejectUnparsable(text, (e as Error).message, { via: "http", by });
+        if (!(e instanceof JsonTextError)) throw e;
+        const err = await ctx.pos.rejectUnparsable(text, e.problem, { via: "http", by });
         return reply.code(400).send({ accepted: 0, rejected: 1, results: [], error: "invalid_request", message: err.message, errors: err.issues });
       }
       const stores = ctx.locationsFor(req);
@@ -133,8 +137,8 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
           return reply.code(403).send({ error: "forbidden", message: `this token may only post for the stores of channel ${req.principal!.channel} (not ${[...new Set(foreign)].join(", ")})` });
       }
       try {
-        const result = await ctx.pos.ingest(payload, { via: "http", by, stores });
-        return reply.code(result.accepted > 0 ? 200 : 400).send(result);
+        const result = await ctx.pos.ingest(payload, { via: "http", by, stores, deadline: Date.now() + ctx.opts.requestTimeoutMs });
+        return reply.code(result.accepted > 0 ? 200 : result.error === "idempotency_conflict" ? 409 : 400).send(result);
       } catch (error) {
         if (error instanceof InvalidBatch)
           return reply.code(400).send({ accepted: 0, rejected: 1, results: [], error: "invalid_request", message: error.message, errors: error.issues });

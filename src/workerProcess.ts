@@ -1,0 +1,60 @@
+/**
+ * The worker role in a child process of its own (`tally start --roles worker`), for a process that also
+ * serves the API: a flood of large request bodies then cannot hold the event loop that renews the
+ * worker's partition leases. The child reads the same environment (settings and config file) as the
+ * parent; its logs go to the parent's stdout/stderr. Closing the scope stops it (SIGTERM: it finishes its
+ * batches and releases its leases); if it dies on its own the parent's program fails, so that whatever
+ * supervises the parent restarts both.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Effect } from "effect";
+import type { Logger } from "./log.ts";
+
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../bin/tally.js");
+/** How long a stopping worker may take to finish its batches before it is killed. */
+const STOP_GRACE_MS = 30_000;
+
+/** The worker child died while the parent was not stopping it. */
+export class WorkerProcessExited extends Error {
+  override readonly name = "WorkerProcessExited";
+}
+
+/** Starts the worker child for the life of the scope; the effect it returns fails if the child exits unasked. */
+export const workerProcess = (log: Logger) =>
+  Effect.gen(function* () {
+    let stopping = false;
+    const { child, exit } = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const c = spawn(process.execPath, [BIN, "start", "--roles", "worker"], { env: process.env, stdio: ["ignore", "inherit", "inherit"] });
+        // Listened for at once: the child may die before the parent's own roles have started.
+        const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => c.once("exit", (code, signal) => resolve({ code, signal })));
+        return { child: c, exit };
+      }),
+      ({ child: c }) =>
+        Effect.promise(async () => {
+          stopping = true;
+          await stopChild(c);
+        }),
+    );
+    log.info({ pid: child.pid }, "worker role started in its own process");
+    /** Fails when the child exits while the scope is open. */
+    const exited = Effect.promise(() => exit).pipe(
+      Effect.flatMap(({ code, signal }) => {
+        if (stopping) return Effect.never;
+        log.error({ pid: child.pid, code, signal }, "the worker process exited; stopping this process");
+        return Effect.fail(new WorkerProcessExited(`the worker process exited (code ${code}, signal ${signal})`));
+      }),
+    );
+    return { pid: child.pid!, exited };
+  });
+
+async function stopChild(c: ChildProcess): Promise<void> {
+  if (c.exitCode !== null || c.signalCode !== null) return;
+  const gone = new Promise<void>((resolve) => c.once("exit", () => resolve()));
+  c.kill("SIGTERM");
+  const timer = setTimeout(() => c.kill("SIGKILL"), STOP_GRACE_MS);
+  await gone;
+  clearTimeout(timer);
+}
