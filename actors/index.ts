@@ -3,10 +3,17 @@ export {
   COMMAND_TYPES,
   Command,
   CommandId,
+  EARLIEST_OCCURRED_AT,
+  LATEST_OCCURRED_AT,
+  ID_JSON_PATTERN,
+  ID_MAX_LENGTH,
   InvalidCommand,
   LocationId,
   Sku,
   decodeCommand,
+  isId,
+  isIsoDateTimeWithZone,
+  isStorableDateTime,
 } from "./command.ts";
 export type { CommandType, ReserveScope } from "./command.ts";
 export { decide, evolve } from "./decider.ts";
