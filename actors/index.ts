@@ -27,4 +27,4 @@ export { LeaseStore } from "./leases.ts";
 export type { HeldLease, LeaseValue } from "./leases.ts";
 export { Worker } from "./worker.ts";
 export type { WorkerOptions } from "./worker.ts";
-export type { WorkerMetrics } from "./partitionRunner.ts";
+export type { PartitionStatus, WorkerMetrics } from "./partitionRunner.ts";

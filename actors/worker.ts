@@ -7,7 +7,7 @@ import type { NatsHandles } from "../src/nats.ts";
 import type { Topology } from "../src/topology.ts";
 import type { ChannelView } from "./batch.ts";
 import { LeaseStore, type HeldLease } from "./leases.ts";
-import { PartitionRunner, newWorkerMetrics, type WorkerMetrics } from "./partitionRunner.ts";
+import { PartitionRunner, newWorkerMetrics, type PartitionStatus, type WorkerMetrics } from "./partitionRunner.ts";
 import { ActorRegistry } from "./registry.ts";
 import { ApplyGate } from "./applyGate.ts";
 
@@ -26,6 +26,8 @@ export interface WorkerOptions {
   readonly applyConcurrency?: number;
   /** Unique per process; defaults to host-pid-random. */
   readonly workerId?: string;
+  /** Re-creates the NATS streams and buckets (after the store was lost); without it a missing stream is an error. */
+  readonly restoreTopology?: () => Promise<void>;
 }
 
 interface Held {
@@ -59,6 +61,16 @@ export class Worker {
   /** Partitions this worker holds now. */
   held(): ReadonlyArray<number> {
     return [...this.#held.keys()].sort((a, b) => a - b);
+  }
+
+  /** How each held partition is doing (checkpoint, failed attempts in a row, stuck), lowest first. */
+  statuses(): ReadonlyArray<PartitionStatus> {
+    return [...this.#held.values()].map((h) => h.runner.status()).sort((a, b) => a.partition - b.partition);
+  }
+
+  /** How many partitions some worker (this one or another) holds a live lease on. */
+  async partitionsHeld(): Promise<number> {
+    return this.#leases.countLive("partition");
   }
 
   start(): void {
@@ -171,6 +183,7 @@ export class Worker {
         batchMax: this.opts.batchMax ?? 2000,
         gate: this.gate,
         metrics: this.metrics,
+        ...(this.opts.restoreTopology ? { restoreTopology: this.opts.restoreTopology } : {}),
         onLeaseLost: (p) => {
           const h = this.#held.get(p);
           if (h?.runner === runner) this.#held.delete(p);

@@ -21,6 +21,16 @@ export type {
   StoredSku,
   TransferRow,
 } from "./store.ts";
+export {
+  clearStuck,
+  ensureStreamIdentity,
+  listStuck,
+  markSkipsDone,
+  pendingSkips,
+  recordStuck,
+  requestSkip,
+} from "./partitionHealth.ts";
+export type { StreamIdentityCheck, StuckPartition } from "./partitionHealth.ts";
 export { verifyLedger } from "./verify.ts";
 export type { VerifyProblem, VerifyReport } from "./verify.ts";
 export { EnvironmentMismatch, MigrationError, assertEnvironment, instanceId, migrate } from "./migrate.ts";

@@ -45,3 +45,26 @@ export function isTransientDbError(error: unknown): boolean {
     code === "CONNECT_TIMEOUT"
   );
 }
+
+/** The constraints a command decided before trips: a duplicate, not a fault of the data. */
+const DUPLICATE_CONSTRAINTS = new Set(["command_outcomes_pkey", "ledger_entries_command_leg"]);
+
+/**
+ * A failure no retry can cure, caused by the data written: a data exception (SQLSTATE class 22:
+ * a date out of range, a NUL in text, a number too large), an integrity violation (class 23) other
+ * than the duplicate of a command decided before, or a program limit (54: a row too large for its
+ * index). The rows must change, not the timing.
+ */
+export function isPermanentDataError(error: unknown): boolean {
+  const e = error as { code?: string; constraint_name?: string } | undefined;
+  const code = typeof e?.code === "string" ? e.code : "";
+  if (code.startsWith("22") || code.startsWith("54")) return true;
+  return code.startsWith("23") && !DUPLICATE_CONSTRAINTS.has(e?.constraint_name ?? "");
+}
+
+/** An error's message with its SQLSTATE, for a dead letter or an alert. */
+export function describeError(error: unknown): string {
+  const e = error as { message?: string; code?: string } | undefined;
+  const message = e?.message ?? String(error);
+  return typeof e?.code === "string" && /^[0-9A-Z]{5}$/.test(e.code) ? `${message} (SQLSTATE ${e.code})` : message;
+}
