@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { claimPartition } from "../ledger/index.ts";
-import type { NatsHandles } from "../src/nats.ts";
+import { isNotFound, type NatsHandles } from "../src/nats.ts";
 import type { Topology } from "../src/topology.ts";
 import type { ChannelView } from "./batch.ts";
 import { LeaseStore, type HeldLease } from "./leases.ts";
@@ -84,7 +84,10 @@ export class Worker {
       });
     };
     const loop = () => {
-      this.#tick = this.#heartbeat().catch((err) => this.opts.log.error({ err }, "lease heartbeat failed"));
+      this.#tick = this.#heartbeat().catch(async (err) => {
+        this.opts.log.error({ err }, "lease heartbeat failed");
+        await this.#restoreIfLost();
+      });
       void this.#tick.then(() => {
         if (!this.#stopped) this.#timer = setTimeout(loop, Math.max(200, Math.floor(this.opts.leaseTtlMs / 2)));
       });
@@ -137,6 +140,22 @@ export class Worker {
     }));
     this.#held.clear();
     await this.opts.nats.leases.delete(this.#memberKey()).catch(() => {});
+  }
+
+  /**
+   * A NATS store that was wiped (or a server replaced without its store) leaves no streams and no
+   * buckets: heartbeats and every runner then fail. Re-creates them, so the partitions can be
+   * taken again and their runners find (and reset to) the new commands stream.
+   */
+  async #restoreIfLost(): Promise<void> {
+    const { nats, topology, log, restoreTopology } = this.opts;
+    if (!restoreTopology || this.#stopped) return;
+    const missing = await Promise.all(
+      [topology.commandsStream, `KV_${topology.leasesBucket}`].map((name) => nats.jsm.streams.info(name).then(() => false, (e: unknown) => isNotFound(e))),
+    );
+    if (!missing.some(Boolean)) return;
+    log.error("NATS streams or buckets are missing (was the store lost?); re-creating the topology");
+    await restoreTopology().catch((err: unknown) => log.error({ err }, "could not re-create the NATS topology"));
   }
 
   #memberKey(): string {
