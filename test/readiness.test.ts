@@ -1,0 +1,102 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DiscardPolicy } from "@nats-io/jetstream";
+import { encodeEnvelope } from "../actors/index.ts";
+import { ensureTopology } from "../src/nats.ts";
+import { testContext } from "./support/context.ts";
+import { eventually } from "./support/tally.ts";
+import { startApi, type ApiFixture } from "./apiSupport.ts";
+
+// /readyz must say what is wrong: no partition held, a stuck partition, the commands stream gone or full.
+let withWorker: ApiFixture;
+let apiOnly: ApiFixture;
+
+beforeAll(async () => {
+  [withWorker, apiOnly] = await Promise.all([
+    testContext().then((ctx) => startApi(ctx, {}, ["worker"])),
+    testContext().then((ctx) => startApi(ctx, {}, [])),
+  ]);
+}, 60_000);
+afterAll(async () => {
+  await Promise.allSettled([withWorker?.close(), apiOnly?.close()]);
+});
+
+type Readiness = { ready: boolean; checks: Record<string, { ok: boolean; detail?: string; [k: string]: unknown }> };
+const readyz = async (api: ApiFixture): Promise<{ status: number; body: Readiness }> => {
+  const r = await api.call({ method: "GET", url: "/readyz" });
+  return { status: r.statusCode, body: r.json() };
+};
+const until = (api: ApiFixture, what: string, check: (r: { status: number; body: Readiness }) => boolean) =>
+  eventually(what, async () => check(await readyz(api)), 60_000);
+
+describe("/readyz for the worker role", () => {
+  it("is ready when every partition is held and none is stuck", async () => {
+    await until(withWorker, "ready", (r) => r.status === 200);
+    const { body } = await readyz(withWorker);
+    expect(body.checks.leases).toMatchObject({ ok: true, held: 4, heldByAnyWorker: 4 });
+    expect(body.checks.stuck).toMatchObject({ ok: true });
+    expect(body.checks.jetstream).toMatchObject({ ok: true });
+  });
+
+  it("is not ready while a partition is stuck, naming it and its error; ready again once it advances", async () => {
+    const { sql, h } = withWorker;
+    await sql.unsafe(`
+      create function test_refuse() returns trigger language plpgsql as $$
+      begin raise exception 'refused by the readiness test'; end $$;
+      create trigger test_refuse before insert on ledger_entries for each row execute function test_refuse();`);
+    try {
+      const command = { id: "ready:stuck:1", type: "receive", sku: "READY-SKU", location: "S01", qty: 1, source: { system: "erp", ref: "r" }, occurredAt: "2026-11-26T10:00:00Z" };
+      const partition = h.topology.partitionOf(command.sku);
+      await h.nats.js.publish(h.topology.commandSubject(partition), encodeEnvelope([command]), { msgID: command.id });
+      await until(withWorker, "not ready with the partition stuck", (r) => r.status === 503 && r.body.checks.stuck?.ok === false);
+      const { body } = await readyz(withWorker);
+      expect(body.ready).toBe(false);
+      expect(body.checks.stuck!.partitions).toBe(String(partition));
+      expect(body.checks.stuck!.detail).toMatch(new RegExp(`^partition ${partition} stuck at message \\d+ after \\d+ attempts: refused by the readiness test \\(SQLSTATE P0001\\)`));
+      expect(body.checks.leases).toMatchObject({ ok: false });
+      expect(body.checks.leases!.detail).toContain(`stuck here: ${partition}`);
+    } finally {
+      await sql.unsafe(`drop trigger test_refuse on ledger_entries; drop function test_refuse();`);
+    }
+    await until(withWorker, "ready again", (r) => r.status === 200);
+  }, 120_000);
+
+  it("is not ready when no worker holds the partitions (0 of 4)", async () => {
+    await withWorker.tally!.worker!.stop();
+    await until(withWorker, "not ready without leases", (r) => r.status === 503);
+    const { body } = await readyz(withWorker);
+    expect(body.checks.leases).toMatchObject({ ok: false, held: 0, heldByAnyWorker: 0 });
+    expect(body.checks.leases!.detail).toBe("0 of 4 partitions held by this worker, 0 by some worker");
+  });
+});
+
+describe("/readyz for every role: JetStream", () => {
+  it("is not ready while the commands stream is missing (a wiped store), ready once it exists again", async () => {
+    const { h } = apiOnly;
+    await until(apiOnly, "ready", (r) => r.status === 200);
+    await h.nats.jsm.streams.delete(h.topology.commandsStream);
+    const { status, body } = await readyz(apiOnly);
+    expect(status).toBe(503);
+    expect(body.checks.jetstream).toEqual({ ok: false, detail: `the commands stream ${h.topology.commandsStream} is missing (was the NATS store lost?)` });
+    await ensureTopology(h.nats.nc, h.topology, { duplicateWindowMs: h.settings.duplicateWindowMs, leaseTtlMs: h.settings.leaseTtlMs });
+    expect((await readyz(apiOnly)).status).toBe(200);
+  });
+
+  it("is not ready when the commands stream is full", async () => {
+    const { h } = apiOnly;
+    const info = await h.nats.jsm.streams.info(h.topology.commandsStream);
+    await h.nats.jsm.streams.update(h.topology.commandsStream, { ...info.config, max_bytes: 4096, discard: DiscardPolicy.New });
+    try {
+      expect((await readyz(apiOnly)).status).toBe(200);
+      for (let i = 0; ; i++) {
+        const ok = await h.nats.js.publish(h.topology.commandSubject(0), "x".repeat(500), { msgID: `fill-${i}` }).then(() => true, () => false);
+        if (!ok) break; // refused: full
+      }
+      const { status, body } = await readyz(apiOnly);
+      expect(status).toBe(503);
+      expect(body.checks.jetstream!.detail).toMatch(/^the commands stream is full: \d+ of 4096 bytes$/);
+    } finally {
+      await h.nats.jsm.streams.delete(h.topology.commandsStream);
+      await ensureTopology(h.nats.nc, h.topology, { duplicateWindowMs: h.settings.duplicateWindowMs, leaseTtlMs: h.settings.leaseTtlMs });
+    }
+  });
+});
