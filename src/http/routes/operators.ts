@@ -16,6 +16,11 @@ const Letter = {
     payload: {},
     context: { type: "object", additionalProperties: true },
     at: { type: "string", format: "date-time" },
+    payloadStored: {
+      type: "object",
+      description: "set when the payload was too large for NATS: it is kept in Postgres (payload is then null; a replay reads it back)",
+      properties: { in: { type: "string" }, table: { type: "string" }, key: { type: "string" }, bytes: { type: "integer" }, json: { type: "boolean" } },
+    },
   },
 } as const;
 
