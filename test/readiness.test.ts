@@ -37,7 +37,7 @@ describe("/readyz for the worker role", () => {
     expect(body.checks.jetstream).toMatchObject({ ok: true });
   });
 
-  it("is not ready while a partition is stuck, naming it and its error; ready again once it advances", async () => {
+  it("is not ready while a partition is stuck, naming it and its error; ready again once an operator skips the message (GET /v1/partitions/stuck, POST /v1/partitions/:p/skip)", async () => {
     const { sql, h } = withWorker;
     await sql.unsafe(`
       create function test_refuse() returns trigger language plpgsql as $$
@@ -54,10 +54,23 @@ describe("/readyz for the worker role", () => {
       expect(body.checks.stuck!.detail).toMatch(new RegExp(`^partition ${partition} stuck at message \\d+ after \\d+ attempts: refused by the readiness test \\(SQLSTATE P0001\\)`));
       expect(body.checks.leases).toMatchObject({ ok: false });
       expect(body.checks.leases!.detail).toContain(`stuck here: ${partition}`);
+
+      // An operator sees it over HTTP too, and skips the message: the partition advances, ready again.
+      const stuck = await withWorker.call({ method: "GET", url: "/v1/partitions/stuck", as: "admin" });
+      expect(stuck.statusCode).toBe(200);
+      const [row] = stuck.json().stuck;
+      expect(row).toMatchObject({ partition, attempts: expect.any(Number), error: expect.stringContaining("refused by the readiness test") });
+      const notStuck = await withWorker.call({ method: "POST", url: `/v1/partitions/${(partition + 1) % 4}/skip`, as: "admin", payload: {} });
+      expect(notStuck.statusCode).toBe(409);
+      const skip = await withWorker.call({ method: "POST", url: `/v1/partitions/${partition}/skip`, as: "admin", payload: {} });
+      expect(skip.statusCode).toBe(202);
+      expect(skip.json()).toEqual({ partition, seq: row.streamSeq, requested: true });
+      await until(withWorker, "ready again", (r) => r.status === 200);
+      const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from command_outcomes where command_id = ${command.id}`;
+      expect(n).toBe(0);
     } finally {
       await sql.unsafe(`drop trigger test_refuse on ledger_entries; drop function test_refuse();`);
     }
-    await until(withWorker, "ready again", (r) => r.status === 200);
   }, 120_000);
 
   it("is not ready when no worker holds the partitions (0 of 4)", async () => {
