@@ -30,6 +30,11 @@ import { DeliveryGap, DeliveryOrder } from "../src/deliveryOrder.ts";
 const nanos = (ms: number): number => ms * 1_000_000;
 /** Failed attempts in a row after which a stuck partition raises an alert event. */
 const ALERT_AFTER_ATTEMPTS = 5;
+/**
+ * A subscription that stayed up this long without a batch to apply was caught up: a failure after it
+ * (a consumer lost in a NATS blip) starts a new count of attempts rather than adding to an old one.
+ */
+const IDLE_RESET_MS = 30_000;
 /** After a duplicate, this many batches look already-decided command ids up before deciding. */
 const LOOKUP_RUN = 50;
 
@@ -133,6 +138,8 @@ export class PartitionRunner {
   #attempt = 0;
   #lastError: unknown = null;
   #reportedStuck = false;
+  #subscribedAt = 0;
+  #triedSinceSubscribe = false;
   /** Messages an operator asked to skip (stream sequence → who asked), read at each (re)subscribe. */
   #skips = new Map<number, string>();
   readonly done: Promise<void>;
@@ -187,6 +194,7 @@ export class PartitionRunner {
         if (this.#stopped) break;
         // A delivery gap: nothing was acknowledged past it, and the new consumer starts at the checkpoint.
         if (error instanceof DeliveryGap) this.deps.metrics.deliveryGaps++;
+        if (!this.#triedSinceSubscribe && this.#subscribedAt > 0 && performance.now() - this.#subscribedAt > IDLE_RESET_MS) this.#attempt = 0;
         const attempt = ++this.#attempt;
         this.#lastError = error;
         this.deps.metrics.retries++;
@@ -213,6 +221,8 @@ export class PartitionRunner {
     this.#lastSeq = await readCheckpoint(sql, this.partition, this.epoch);
     this.#skips = await pendingSkips(sql, this.partition, this.#lastSeq);
     this.#queue = [];
+    this.#subscribedAt = 0;
+    this.#triedSinceSubscribe = false;
     const prefix = `p${this.partition}_`;
     const name = `${prefix}${this.epoch}_${++this.#generation}`;
     for await (const info of nats.jsm.consumers.list(stream)) {
@@ -232,6 +242,7 @@ export class PartitionRunner {
     // The stream replaced between the check and the consumer: start over rather than read it from an old checkpoint.
     if ((await nats.jsm.streams.info(stream)).created !== identity) throw new Error(`${stream} was re-created while subscribing`);
     const consumer = await nats.js.consumers.get(stream, name);
+    this.#subscribedAt = performance.now();
     const generation = this.#generation;
     const order = new DeliveryOrder();
     this.#messages = await consumer.consume({
@@ -340,6 +351,7 @@ export class PartitionRunner {
   async #apply(messages: ReadonlyArray<JsMsg>): Promise<boolean> {
     const { sql, topology, metrics } = this.deps;
     const startedAt = performance.now();
+    this.#triedSinceSubscribe = true;
     const fresh = messages.filter((m) => m.seq > this.#lastSeq);
     metrics.skippedCheckpoint += messages.length - fresh.length;
     if (fresh.length === 0) {
