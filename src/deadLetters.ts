@@ -61,6 +61,10 @@ export interface DeadLetterSink {
   readonly topology: Topology;
 }
 
+/** A reason listing every issue of a huge payload can be huge too: the letter keeps its start. */
+const REASON_MAX = 64 * 1024;
+const clip = (reason: string): string => (reason.length > REASON_MAX ? `${reason.slice(0, REASON_MAX)}… (${reason.length} characters)` : reason);
+
 /** Room left in a NATS message for the headers (Nats-Msg-Id) and the letter without its payload. */
 const HEADROOM_BYTES = 8 * 1024;
 
@@ -87,7 +91,7 @@ export async function publishDeadLetter(sink: DeadLetterSink, letter: DeadLetter
     ...letter,
     payload: null,
     payloadStored: ref,
-    reason: `${letter.reason} (payload of ${bytes.length} bytes too large for NATS: kept in Postgres, dead_letter_payloads key ${msgID})`,
+    reason: `${clip(letter.reason)} (payload of ${bytes.length} bytes too large for NATS: kept in Postgres, dead_letter_payloads key ${msgID})`,
   };
   await sink.js.publish(sink.topology.dlqSubject(letter.origin), JSON.stringify(stored), { msgID });
 }
