@@ -18,6 +18,23 @@ export interface PublishOptions {
   readonly attempts?: number;
 }
 
+/**
+ * What this process's command publishes last met: `/readyz` reports a JetStream store that refuses
+ * them (full: the server's store, the account's, or the stream's limits), which no stream or account
+ * figure shows when the server's own storage is what ran out.
+ */
+export const publishHealth: { lastSuccessAt: number; lastRefusal: { readonly at: number; readonly message: string } | null } = {
+  lastSuccessAt: 0,
+  lastRefusal: null,
+};
+
+/** JetStream refused the message for want of room (insufficient resources, a stream or account limit). */
+export function isStoreFull(error: unknown): boolean {
+  const e = error as { message?: string; api_error?: { err_code?: number } } | null;
+  const code = e?.api_error?.err_code;
+  return code === 10047 || /insufficient (resources|storage)|maximum (bytes|messages) exceeded|storage limit/i.test(e?.message ?? "");
+}
+
 /** Envelopes stay well below NATS's default 1 MiB max payload. */
 const MAX_ENVELOPE_BYTES = 512 * 1024;
 
@@ -80,8 +97,11 @@ async function publishWithRetry(
   const msgID = envelopeMsgId(chunk.map((c) => c.id));
   for (let attempt = 1; ; attempt++) {
     try {
-      return await js.publish(subject, body, { msgID, timeout: 10_000 });
+      const ack = await js.publish(subject, body, { msgID, timeout: 10_000 });
+      publishHealth.lastSuccessAt = Date.now();
+      return ack;
     } catch (error) {
+      if (isStoreFull(error)) publishHealth.lastRefusal = { at: Date.now(), message: (error as Error).message };
       if (attempt >= attempts) throw error;
       await new Promise((r) => setTimeout(r, backoffDelay(attempt, 200, 5_000)));
     }

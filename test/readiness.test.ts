@@ -1,7 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DiscardPolicy } from "@nats-io/jetstream";
 import { encodeEnvelope } from "../actors/index.ts";
+import type { Command } from "../actors/index.ts";
 import { ensureTopology } from "../src/nats.ts";
+import { publishCommands } from "../src/publisher.ts";
 import { testContext } from "./support/context.ts";
 import { eventually } from "./support/tally.ts";
 import { startApi, type ApiFixture } from "./apiSupport.ts";
@@ -111,5 +113,24 @@ describe("/readyz for every role: JetStream", () => {
       await h.nats.jsm.streams.delete(h.topology.commandsStream);
       await ensureTopology(h.nats.nc, h.topology, { duplicateWindowMs: h.settings.duplicateWindowMs, leaseTtlMs: h.settings.leaseTtlMs });
     }
+  });
+
+  it("is not ready after JetStream refused a command publish for want of room (as when the server's own store is full), until one succeeds", async () => {
+    const { h } = apiOnly;
+    const command = (i: number) => ({
+      id: `ready:full:${i}`, type: "receive", sku: "FULL-SKU", location: "S01", qty: 1, source: { system: "erp", ref: "r" }, occurredAt: "2026-11-26T10:00:00Z",
+    }) as unknown as Command;
+    await publishCommands(h.nats.js, h.topology, [command(1)]);
+    expect((await readyz(apiOnly)).status).toBe(200);
+    const info = await h.nats.jsm.streams.info(h.topology.commandsStream);
+    // A message limit, which no byte figure shows: the refusal itself is what readiness must notice.
+    await h.nats.jsm.streams.update(h.topology.commandsStream, { ...info.config, max_msgs: info.state.messages, discard: DiscardPolicy.New });
+    await expect(publishCommands(h.nats.js, h.topology, [command(2)], { attempts: 1 })).rejects.toThrow(/maximum messages exceeded/i);
+    const { status, body } = await readyz(apiOnly);
+    expect(status).toBe(503);
+    expect(body.checks.jetstream!.detail).toMatch(/^JetStream refused a command publish \d+ s ago for want of room: .*maximum messages exceeded/i);
+    await h.nats.jsm.streams.update(h.topology.commandsStream, { ...info.config, max_msgs: -1 });
+    await publishCommands(h.nats.js, h.topology, [command(3)]);
+    expect((await readyz(apiOnly)).status).toBe(200);
   });
 });

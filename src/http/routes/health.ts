@@ -1,6 +1,7 @@
 import type { FastifyInstance } from "fastify";
 import { listStuck } from "../../../ledger/index.ts";
 import { isNotFound } from "../../nats.ts";
+import { publishHealth } from "../../publisher.ts";
 import type { ApiContext } from "../app.ts";
 
 const Check = { type: "object", properties: { ok: { type: "boolean" }, detail: { type: "string" } }, additionalProperties: true } as const;
@@ -124,6 +125,9 @@ export async function readiness(ctx: ApiContext): Promise<{ ready: boolean; chec
   return { ready: Object.values(checks).every((c) => c.ok), checks };
 }
 
+/** A refused publish counts until a later one succeeds, or this long has passed without another. */
+const REFUSAL_MEMORY_MS = 60_000;
+
 /** Less room left than 2% of the limit (at least 1 KiB): the next publishes are refused, or old commands dropped. */
 const nearlyFull = (used: number, limit: number): boolean => limit - used < Math.max(limit * 0.02, 1024);
 
@@ -141,5 +145,8 @@ async function jetstreamCheck(ctx: ApiContext): Promise<Check> {
   const maxBytes = info.config.max_bytes ?? -1;
   if (maxBytes > 0 && nearlyFull(info.state.bytes, maxBytes))
     return { ok: false, detail: `the commands stream is full: ${info.state.bytes} of ${maxBytes} bytes`, messages: info.state.messages };
+  const refusal = publishHealth.lastRefusal;
+  if (refusal && refusal.at > publishHealth.lastSuccessAt && Date.now() - refusal.at < REFUSAL_MEMORY_MS)
+    return { ok: false, detail: `JetStream refused a command publish ${Math.round((Date.now() - refusal.at) / 1000)} s ago for want of room: ${refusal.message}`, messages: info.state.messages };
   return { ok: true, messages: info.state.messages, created: info.created };
 }
