@@ -4,8 +4,11 @@ import { encodeEnvelope } from "../actors/index.ts";
 import type { Command } from "../actors/index.ts";
 import { ensureTopology } from "../src/nats.ts";
 import { publishCommands } from "../src/publisher.ts";
+import { buildApp } from "../src/http/app.ts";
+import { createLogger } from "../src/log.ts";
 import { testContext } from "./support/context.ts";
-import { eventually } from "./support/tally.ts";
+import { demoSources } from "./support/cdc.ts";
+import { eventually, harness, startInProcess } from "./support/tally.ts";
 import { startApi, type ApiFixture } from "./apiSupport.ts";
 
 // /readyz must say what is wrong: no partition held, a stuck partition, the commands stream gone or full.
@@ -133,4 +136,30 @@ describe("/readyz for every role: JetStream", () => {
     await publishCommands(h.nats.js, h.topology, [command(3)]);
     expect((await readyz(apiOnly)).status).toBe(200);
   });
+});
+
+describe("/readyz for the cdc role", () => {
+  it("is not ready while a source's replication stream is not open, naming the source", async () => {
+    const ctx = await testContext();
+    const h = await harness(ctx);
+    const demo = await demoSources(ctx);
+    // The shop's database cannot be reached: its reader never streams; the ERP's does.
+    const shopUrl = process.env.TALLY_SOURCE_SHOP_URL;
+    process.env.TALLY_SOURCE_SHOP_URL = "postgres://postgres@127.0.0.1:1/unreachable";
+    const tally = await startInProcess(ctx, ["cdc"], {}, demo.config);
+    process.env.TALLY_SOURCE_SHOP_URL = shopUrl;
+    const app = await buildApp({ settings: h.settings, config: demo.config, topology: h.topology, sql: h.sql, nats: h.nats, log: createLogger("test-api", "silent"), tokens: [], readers: tally.readers, options: { background: false } });
+    try {
+      await eventually("the ERP source to stream", async () => tally.readers.find((r) => r.name === "erp")?.streaming === true, 60_000);
+      const r = await app.inject({ method: "GET", url: "/readyz" });
+      expect(r.statusCode).toBe(503);
+      expect(r.json().checks.cdc).toEqual({ ok: false, detail: "not streaming (snapshotting, reconnecting or stopped): shop" });
+      expect(r.json().checks.leases).toBeUndefined();
+    } finally {
+      await app.close();
+      await tally.close();
+      await demo.close();
+      await h.close();
+    }
+  }, 120_000);
 });
