@@ -137,7 +137,8 @@ export class PartitionRunner {
    */
   #attempt = 0;
   #lastError: unknown = null;
-  #reportedStuck = false;
+  /** True from the start: a row another worker left (stuck, then the partition moved here) is cleared by the first commit. */
+  #reportedStuck = true;
   #subscribedAt = 0;
   #triedSinceSubscribe = false;
   /** Messages an operator asked to skip (stream sequence → who asked), read at each (re)subscribe. */
@@ -432,8 +433,10 @@ export class PartitionRunner {
     this.#lastError = null;
     if (this.#reportedStuck) {
       this.#reportedStuck = false;
-      void clearStuck(this.deps.sql, this.partition).catch(() => (this.#reportedStuck = true));
-      this.deps.log.info("partition advancing again");
+      void clearStuck(this.deps.sql, this.partition).then(
+        (was) => was && this.deps.log.warn("partition advancing again"),
+        () => (this.#reportedStuck = true),
+      );
     }
   }
 

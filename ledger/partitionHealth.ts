@@ -22,9 +22,10 @@ export async function recordStuck(sql: Sql, s: Omit<StuckPartition, "since" | "u
           since = case when stuck_partitions.stream_seq = excluded.stream_seq then stuck_partitions.since else now() end`;
 }
 
-/** The partition advanced: it is no longer stuck. */
-export async function clearStuck(sql: Sql, partition: number): Promise<void> {
-  await sql`delete from stuck_partitions where partition = ${partition}`;
+/** The partition advanced: it is no longer stuck. True when it had been recorded stuck. */
+export async function clearStuck(sql: Sql, partition: number): Promise<boolean> {
+  const rows = await sql`delete from stuck_partitions where partition = ${partition} returning 1`;
+  return rows.length > 0;
 }
 
 /** Every stuck partition, lowest first. */

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodeEnvelope } from "../actors/index.ts";
-import { listStuck } from "../ledger/index.ts";
+import { listStuck, recordStuck } from "../ledger/index.ts";
 import { listDeadLetters } from "../src/dlq.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
@@ -144,4 +144,20 @@ describe("a partition stuck for a reason that is not the data", () => {
       await h.sql.unsafe(`drop trigger if exists test_refuse on ledger_entries; drop function if exists test_refuse();`);
     }
   }, 180_000);
+});
+
+describe("a stuck record another worker left", () => {
+  it("is cleared by the first batch the partition's new holder commits", async () => {
+    // As a worker that died while the partition was stuck would leave it.
+    await recordStuck(h.sql, { partition: 0, streamSeq: 1, attempts: 9, error: "left by a dead worker" });
+    const tally = await startInProcess(ctx, ["worker"], OPTS);
+    try {
+      const next = [receipt("after-handover")];
+      await publishRaw(next);
+      await eventually("the command to apply", () => applied(next.map((c) => c.id)), 30_000);
+      await eventually("the stale stuck record to clear", async () => (await listStuck(h.sql)).length === 0, 10_000);
+    } finally {
+      await tally.close();
+    }
+  }, 60_000);
 });
