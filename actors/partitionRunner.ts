@@ -70,6 +70,8 @@ export interface PartitionStatus {
   readonly attempts: number;
   /** True once the failures in a row reached the alert threshold. */
   readonly stuck: boolean;
+  /** While failing: the stream sequence of the message it fails on. */
+  readonly stuckAt: number | null;
   readonly lastError: string | null;
 }
 
@@ -141,6 +143,11 @@ export class PartitionRunner {
   #reportedStuck = true;
   #subscribedAt = 0;
   #triedSinceSubscribe = false;
+  /**
+   * The first message of the batch being applied (stream sequences interleave across partitions, so
+   * it is not the checkpoint + 1): after a failure, the message the partition is stuck at.
+   */
+  #applyingSeq: number | null = null;
   /** Messages an operator asked to skip (stream sequence → who asked), read at each (re)subscribe. */
   #skips = new Map<number, string>();
   readonly done: Promise<void>;
@@ -172,6 +179,7 @@ export class PartitionRunner {
       checkpoint: this.#lastSeq,
       attempts: this.#attempt,
       stuck: this.#attempt >= ALERT_AFTER_ATTEMPTS,
+      stuckAt: this.#attempt > 0 ? this.#stuckSeq() : null,
       lastError: this.#lastError === null ? null : describeError(this.#lastError),
     };
   }
@@ -354,6 +362,7 @@ export class PartitionRunner {
     const startedAt = performance.now();
     this.#triedSinceSubscribe = true;
     const fresh = messages.filter((m) => m.seq > this.#lastSeq);
+    this.#applyingSeq = fresh[0]?.seq ?? this.#applyingSeq;
     metrics.skippedCheckpoint += messages.length - fresh.length;
     if (fresh.length === 0) {
       messages[messages.length - 1]?.ack();
@@ -427,9 +436,15 @@ export class PartitionRunner {
     return true;
   }
 
+  /** The message the partition fails on: the first of the last batch tried, or (failing before any) the checkpoint + 1. */
+  #stuckSeq(): number {
+    return this.#applyingSeq ?? this.#lastSeq + 1;
+  }
+
   /** A batch committed: the partition advances, so it is no longer stuck. */
   #progressed(): void {
     this.#attempt = 0;
+    this.#applyingSeq = null;
     this.#lastError = null;
     if (this.#reportedStuck) {
       this.#reportedStuck = false;
@@ -587,7 +602,7 @@ export class PartitionRunner {
       type: "alert",
       kind: "partition_stuck",
       partition: this.partition,
-      streamSeq: this.#lastSeq + 1,
+      streamSeq: this.#stuckSeq(),
       attempt,
       error: describeError(error),
       at: new Date().toISOString(),
@@ -609,7 +624,7 @@ export class PartitionRunner {
   /** Records in Postgres that the partition is stuck (for readiness and `tally dlq list --stuck`), best effort. */
   async #reportStuck(error: unknown, attempts: number): Promise<void> {
     try {
-      await recordStuck(this.deps.sql, { partition: this.partition, streamSeq: this.#lastSeq + 1, attempts, error: describeError(error) });
+      await recordStuck(this.deps.sql, { partition: this.partition, streamSeq: this.#stuckSeq(), attempts, error: describeError(error) });
       this.#reportedStuck = true;
     } catch {
       // Postgres is what fails: readiness sees that directly.

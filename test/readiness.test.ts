@@ -51,12 +51,15 @@ describe("/readyz for the worker role", () => {
     try {
       const command = { id: "ready:stuck:1", type: "receive", sku: "READY-SKU", location: "S01", qty: 1, source: { system: "erp", ref: "r" }, occurredAt: "2026-11-26T10:00:00Z" };
       const partition = h.topology.partitionOf(command.sku);
-      await h.nats.js.publish(h.topology.commandSubject(partition), encodeEnvelope([command]), { msgID: command.id });
+      // Messages of another partition first: stream sequences interleave, so the stuck message is not the checkpoint + 1.
+      const other = (partition + 1) % 4;
+      for (let i = 0; i < 3; i++) await h.nats.js.publish(h.topology.commandSubject(other), encodeEnvelope([]), { msgID: `ready:other:${i}` });
+      const { seq } = await h.nats.js.publish(h.topology.commandSubject(partition), encodeEnvelope([command]), { msgID: command.id });
       await until(withWorker, "not ready with the partition stuck", (r) => r.status === 503 && r.body.checks.stuck?.ok === false);
       const { body } = await readyz(withWorker);
       expect(body.ready).toBe(false);
       expect(body.checks.stuck!.partitions).toBe(String(partition));
-      expect(body.checks.stuck!.detail).toMatch(new RegExp(`^partition ${partition} stuck at message \\d+ after \\d+ attempts: refused by the readiness test \\(SQLSTATE P0001\\)`));
+      expect(body.checks.stuck!.detail).toMatch(new RegExp(`^partition ${partition} stuck at message ${seq} after \\d+ attempts: refused by the readiness test \\(SQLSTATE P0001\\)`));
       expect(body.checks.leases).toMatchObject({ ok: false });
       expect(body.checks.leases!.detail).toContain(`stuck here: ${partition}`);
 
@@ -64,8 +67,8 @@ describe("/readyz for the worker role", () => {
       const stuck = await withWorker.call({ method: "GET", url: "/v1/partitions/stuck", as: "admin" });
       expect(stuck.statusCode).toBe(200);
       const [row] = stuck.json().stuck;
-      expect(row).toMatchObject({ partition, attempts: expect.any(Number), error: expect.stringContaining("refused by the readiness test") });
-      const notStuck = await withWorker.call({ method: "POST", url: `/v1/partitions/${(partition + 1) % 4}/skip`, as: "admin", payload: {} });
+      expect(row).toMatchObject({ partition, streamSeq: seq, attempts: expect.any(Number), error: expect.stringContaining("refused by the readiness test") });
+      const notStuck = await withWorker.call({ method: "POST", url: `/v1/partitions/${other}/skip`, as: "admin", payload: {} });
       expect(notStuck.statusCode).toBe(409);
       const skip = await withWorker.call({ method: "POST", url: `/v1/partitions/${partition}/skip`, as: "admin", payload: {} });
       expect(skip.statusCode).toBe(202);
