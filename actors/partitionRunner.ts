@@ -256,6 +256,9 @@ export class PartitionRunner {
     const order = new DeliveryOrder();
     this.#messages = await consumer.consume({
       max_messages: 1000,
+      // A consumer or stream that vanished (a wiped NATS store) ends the subscription, so the runner
+      // re-subscribes and checks the stream, instead of waiting for the old consumer to come back.
+      abort_on_missing_resource: true,
       callback: (m) => {
         if (generation !== this.#generation || this.#failure) return;
         // A skipped delivery must stop the partition before it acknowledges (AckPolicy.All) past it.

@@ -205,7 +205,11 @@ export class Worker {
         ...(this.opts.restoreTopology ? { restoreTopology: this.opts.restoreTopology } : {}),
         onLeaseLost: (p) => {
           const h = this.#held.get(p);
-          if (h?.runner === runner) this.#held.delete(p);
+          if (h?.runner !== runner) return;
+          this.#held.delete(p);
+          // Fenced by a newer epoch: if the lease key is still the one this worker wrote, give it up at
+          // once (a commands-stream reset fences every runner), so the partition is taken again now.
+          void this.#leases.release(h.lease);
         },
       });
       this.#held.set(partition, { lease: held, runner });

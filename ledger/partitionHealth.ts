@@ -73,7 +73,8 @@ export type StreamIdentityCheck =
  * (`lastSeq`), which only a different stream explains. When the stream is not the recorded one (it
  * was re-created: a wiped or lost store), every checkpoint is reset to 0 in the same transaction,
  * and the reset is recorded: the new stream's sequences restart at 1, and reading from a checkpoint
- * of the old stream would skip the commands it holds. Commands applied before are not applied twice:
+ * of the old stream would skip the commands it holds. Every lease epoch is bumped with it, so every
+ * runner stops (LeaseLost) and its partition is taken again from the reset checkpoint. Commands applied before are not applied twice:
  * their ids have outcomes, which the worker checks. Row-locked, so concurrent workers agree.
  */
 export async function ensureStreamIdentity(sql: Sql, stream: string, created: string, lastSeq: number): Promise<StreamIdentityCheck> {
@@ -89,7 +90,9 @@ export async function ensureStreamIdentity(sql: Sql, stream: string, created: st
       return { kind: "adopted" } as const;
     }
     const before = Object.fromEntries(checkpoints.map((c) => [String(c.partition), c.last_seq]));
-    await tx`update partition_checkpoints set last_seq = 0, updated_at = now() where last_seq > 0`;
+    // The epochs move on too: a runner still applying messages it took from the old stream is fenced
+    // out (LeaseLost) instead of moving a checkpoint back past the new stream's sequences.
+    await tx`update partition_checkpoints set last_seq = 0, lease_epoch = lease_epoch + 1, updated_at = now()`;
     await tx`delete from stuck_partitions`;
     await tx`update partition_skips set done_at = now() where done_at is null`;
     await tx`
