@@ -2,7 +2,7 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    // One real Postgres and one real nats-server for the whole run (CONVENTIONS §9).
+    // One real Postgres and one real nats-server for the whole run (tests talk to real servers, never mocks).
     globalSetup: ['test/support/globalSetup.ts'],
     include: ['test/**/*.test.ts', 'actors/**/*.test.ts', 'ledger/**/*.test.ts', 'cdc/**/*.test.ts', 'src/**/*.test.ts', 'bench/**/*.test.ts'],
     testTimeout: 120_000,

@@ -68,6 +68,9 @@ async function currentDatabase(sql: Sql): Promise<string> {
 }
 
 const tableKeys = (source: ResolvedSource) => Object.keys(source.tables).sort();
+/** Tables the initial snapshot reads that are not captured (e.g. a stock-on-hand table). */
+const snapshotOnlyKeys = (source: ResolvedSource) =>
+  [...new Set(source.snapshot.map((t) => t.table))].filter((k) => !Object.hasOwn(source.tables, k)).sort();
 
 // ---------------------------------------------------------------------------------------------
 // check
@@ -224,6 +227,23 @@ function keepSizeMb(value: string): number {
 const RESTART = "then restart Postgres";
 
 /**
+ * The least-privilege role the cdc role may connect to a source as: LOGIN and REPLICATION (to
+ * create and stream its slot), USAGE on the captured tables' schemas and SELECT on those tables
+ * and on the tables only the initial snapshot reads — nothing else. The publication is created by the tables'
+ * owner (`tally source enable`, or its `--print-sql` for a DBA). Set the password with `\password`.
+ */
+export function replicationRoleSql(source: ResolvedSource, role: string): string[] {
+  const r = quoteIdent(role);
+  const keys = [...new Set([...tableKeys(source), ...snapshotOnlyKeys(source)])];
+  const schemas = [...new Set(keys.map((k) => k.slice(0, k.indexOf("."))))];
+  return [
+    `CREATE ROLE ${r} WITH LOGIN REPLICATION;`,
+    ...schemas.map((schema) => `GRANT USAGE ON SCHEMA ${quoteIdent(schema)} TO ${r};`),
+    ...keys.map((k) => `GRANT SELECT ON ${qualifiedName(k)} TO ${r};`),
+  ];
+}
+
+/**
  * Checks that the source can be captured: logical WAL, a free slot and WAL sender, the role's
  * REPLICATION right, SELECT on every captured table, a usable replica identity on each (FULL where
  * the mapping reads old rows), and a bound on the WAL a stuck slot may hold. Each failure names
@@ -308,6 +328,22 @@ export async function checkSource(sql: Sql, source: ResolvedSource): Promise<Che
     } else pass(`select ${t.key}`, `${server.role} may SELECT`);
 
     results.push(replicaIdentity(t, name, config.oldRow));
+  }
+
+  // Tables only the snapshot reads: SELECT is all they need (they are not published).
+  const snapshotKeys = snapshotOnlyKeys(source);
+  for (const t of snapshotKeys.length === 0 ? [] : await readTables(sql, snapshotKeys)) {
+    if (t.relkind === null) fail(`snapshot ${t.key}`, "does not exist", `create the table, or remove ${t.key} from the source's snapshot in tally.config.ts`);
+    else if (!t.schema_usage || !t.can_select)
+      fail(
+        `snapshot ${t.key}`,
+        `${server.role} cannot read it (the initial snapshot does)`,
+        [
+          ...(t.schema_usage ? [] : [`GRANT USAGE ON SCHEMA ${quoteIdent(t.key.slice(0, t.key.indexOf(".")))} TO ${quoteIdent(server.role)};`]),
+          ...(t.can_select ? [] : [`GRANT SELECT ON ${qualifiedName(t.key)} TO ${quoteIdent(server.role)};`]),
+        ].join(" "),
+      );
+    else pass(`snapshot ${t.key}`, `${server.role} may SELECT`);
   }
 
   const keep = server.max_slot_wal_keep_size;

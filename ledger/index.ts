@@ -32,6 +32,9 @@ export {
 } from "./partitionHealth.ts";
 export type { StreamIdentityCheck, StuckPartition } from "./partitionHealth.ts";
 export { verifyLedger } from "./verify.ts";
+export { chainHeads, checkAnchors } from "./anchors.ts";
+export { APPEND_ONLY_TABLES, READ_ONLY_TABLES, RoleNameError, runtimeGrants } from "./grants.ts";
+export type { Anchor, AnchorProblem, AnchorReport } from "./anchors.ts";
 export type { VerifyProblem, VerifyReport } from "./verify.ts";
 export { EnvironmentMismatch, MigrationError, assertEnvironment, instanceId, migrate } from "./migrate.ts";
 export type { MigrateResult } from "./migrate.ts";

@@ -5,13 +5,14 @@ import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../actors/index.ts";
 import { assertEnvironment, instanceId } from "../ledger/index.ts";
 import { SourceReader, configuredSources } from "../cdc/index.ts";
-import type { Settings } from "./config.ts";
+import type { NatsAccess, Settings } from "./config.ts";
 import { requireDatabaseUrl } from "./config.ts";
 import type { TallyConfig } from "./configFile.ts";
 import { connectPostgres, type Sql } from "./db.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "./nats.ts";
 import { OutboxRelay } from "./relay.ts";
+import { AnchorPublisher } from "./anchors.ts";
 import { WebhookDispatcher, webhookTargets } from "./webhooks.ts";
 import { topology, type Topology } from "./topology.ts";
 
@@ -27,6 +28,8 @@ export interface Running {
   readonly log: Logger;
   readonly worker: Worker | null;
   readonly relay: OutboxRelay | null;
+  /** Publishes hash-chain heads to the anchors stream (role `relay`). */
+  readonly anchors: AnchorPublisher | null;
   /** One sender per channel with a webhook (role `relay`). */
   readonly webhooks: ReadonlyArray<WebhookDispatcher>;
   /** One CDC reader per configured source whose URL is set. */
@@ -46,9 +49,9 @@ export const postgresResource = (url: string, application: string, max?: number)
   );
 
 /** A NATS connection, drained on release. */
-export const natsResource = (url: string, name: string) =>
+export const natsResource = (url: string, name: string, access: NatsAccess = {}) =>
   Effect.acquireRelease(
-    Effect.tryPromise(() => connectNats(url, name)),
+    Effect.tryPromise(() => connectNats(url, name, access)),
     (nc: NatsConnection) => Effect.promise(() => nc.drain().catch(() => nc.close())),
   );
 
@@ -62,7 +65,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     const t = topology(settings.env, settings.partitions);
     const sql = yield* postgresResource(url, `tally-${roles.join("+")}`);
     yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
-    const nc = yield* natsResource(settings.natsUrl, `tally-${settings.env}-${roles.join("+")}`);
+    const nc = yield* natsResource(settings.natsUrl, `tally-${settings.env}-${roles.join("+")}`, settings.natsAccess);
     const nats = yield* Effect.tryPromise(() =>
       ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
     );
@@ -108,6 +111,12 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
             }),
           ),
           (r) => Effect.promise(() => r.stop()),
+        )
+      : null;
+    const anchors = roles.includes("relay")
+      ? yield* Effect.acquireRelease(
+          Effect.sync(() => new AnchorPublisher({ sql, nats, topology: t, log: log.child({ role: "relay" }), intervalMs: settings.anchorIntervalMs })),
+          (a) => Effect.promise(() => a.stop()),
         )
       : null;
     const webhooks: Array<WebhookDispatcher> = [];
@@ -170,7 +179,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
           (app) => Effect.promise(() => app.close()),
         )
       : null;
-    return { settings, topology: t, sql, nats, log, worker, relay, webhooks, readers, api } satisfies Running;
+    return { settings, topology: t, sql, nats, log, worker, relay, anchors, webhooks, readers, api } satisfies Running;
   });
 
 /** Promise-style handle on `startRoles` for callers outside Effect (tests, the dev stack). */

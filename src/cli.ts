@@ -2,14 +2,16 @@ import { createReadStream } from "node:fs";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { Effect, Exit, Fiber } from "effect";
-import { migrate, verifyLedger } from "../ledger/index.ts";
+import { chainHeads, checkAnchors, migrate, runtimeGrants, verifyLedger, type Anchor } from "../ledger/index.ts";
+import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "./anchors.ts";
 import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./app.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "./config.ts";
 import { loadTallyConfig } from "./configFile.ts";
-import { connectPostgres } from "./db.ts";
+import { connectPostgres, type Sql } from "./db.ts";
 import { devMain } from "./dev.ts";
 import { createLogger } from "./log.ts";
 import { ensureTopology } from "./nats.ts";
+import { maskSecrets } from "./redact.ts";
 import { submit } from "./submit.ts";
 import { topology } from "./topology.ts";
 import { usableWebhookTargets } from "./webhooks.ts";
@@ -18,12 +20,18 @@ import { assertEnvironment } from "../ledger/index.ts";
 const USAGE = `tally — real-time inventory ledger
 
 usage:
-  tally migrate                          apply pending migrations; record TALLY_ENV in the database
+  tally migrate [--runtime-role <role>]  apply pending migrations; record TALLY_ENV in the database; grant
+                                         the runtime privileges (append-only ledger) to <role>
+  tally migrate --print-grants [--runtime-role <role>]
+                                         print those GRANT statements for a DBA (default role tally_runtime)
   tally start [--roles worker,relay,cdc,api]
                                          run roles until SIGINT/SIGTERM (default: worker,relay,cdc)
   tally submit <file.ndjson|-> [--wait] [--timeout <seconds>]
                                          publish canonical commands (one JSON per line)
-  tally ledger verify                    recompute every hash chain and balance
+  tally ledger verify [--anchors] [--anchors-file <f>]
+                                         recompute every hash chain and balance; with --anchors, compare
+                                         them with the heads published to NATS (or kept in files)
+  tally ledger anchor [--file <f>]       publish every SKU's chain head now (or append them to a file)
   tally ledger export [--from <t>] [--to <t>] [--format csv|ndjson] [--out <file>]
                                          stream entries recorded in [from, to), with a closing summary
   tally token new <id> --scopes <s,…> [--channel <c>]
@@ -49,7 +57,11 @@ settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_
   TALLY_APPLY_CONCURRENCY (partitions applying at once per worker, default the CPU count),
   TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL, TALLY_HTTP_HOST (default 0.0.0.0),
   TALLY_HTTP_PORT (default 8080), TALLY_API_TOKENS / TALLY_API_TOKENS_FILE (hashed tokens, JSON),
-  TALLY_API_RATE_LIMIT (write requests per minute per token, default 600)
+  TALLY_API_RATE_LIMIT (write requests per minute per token, default 600),
+  NATS credentials: TALLY_NATS_USER + TALLY_NATS_PASSWORD (or nats://user:pass@host), TALLY_NATS_TOKEN,
+  TALLY_NATS_NKEY_SEED_FILE or TALLY_NATS_CREDS_FILE; NATS TLS: TALLY_NATS_CA_FILE, TALLY_NATS_CERT_FILE +
+  TALLY_NATS_KEY_FILE; database TLS in the URL (?sslmode=verify-full&sslrootcert=<ca file>);
+  TALLY_ANCHOR_INTERVAL_MS (chain heads published by the relay, default 60000)
 `;
 
 /** An error for the user: printed as one line, exit code 1 (or `code`). */
@@ -69,16 +81,17 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
     case "dev":
       return devMain(rest);
     case "migrate":
-      return cmdMigrate(loadSettings());
+      return cmdMigrate(rest);
     case "start":
       return cmdStart(loadSettings(), rest);
     case "submit":
       return cmdSubmit(loadSettings(), rest);
     case "ledger": {
       const [sub] = rest;
-      if (sub === "verify") return cmdVerify(loadSettings());
+      if (sub === "verify") return cmdVerify(loadSettings(), rest.slice(1));
       if (sub === "export") return cmdExport(loadSettings(), rest.slice(1));
-      throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify or export)`);
+      if (sub === "anchor") return cmdAnchor(loadSettings(), rest.slice(1));
+      throw new UsageError(`ledger: unknown subcommand ${JSON.stringify(sub ?? "")} (expected verify, export or anchor)`);
     }
     case "token":
       return cmdToken(rest);
@@ -107,7 +120,23 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
   }
 }
 
-async function cmdMigrate(settings: Settings): Promise<number> {
+async function cmdMigrate(args: ReadonlyArray<string>): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: { "print-grants": { type: "boolean", default: false }, "runtime-role": { type: "string" } },
+  });
+  if (values["print-grants"]) {
+    // Printing needs no connection: a DBA runs it anywhere, and the statements as the owner.
+    const role = values["runtime-role"] ?? "tally_runtime";
+    process.stdout.write(
+      `-- Run as the owner of Tally's tables (the role that runs tally migrate), after every migration.\n` +
+        `-- ${role} may read and write Tally's working tables but only read and append to ledger_entries:\n` +
+        `-- no UPDATE, DELETE or TRUNCATE there, and as it owns nothing, no ALTER or DROP of the trigger.\n` +
+        `${runtimeGrants(role).join("\n")}\n`,
+    );
+    return 0;
+  }
+  const settings = loadSettings();
   const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-migrate" });
   try {
     const result = await migrate(sql, settings.env);
@@ -116,6 +145,13 @@ async function cmdMigrate(settings: Settings): Promise<number> {
         ? `migrate: up to date (environment ${result.environment})\n`
         : `migrate: applied ${result.applied.join(", ")} (environment ${result.environment})\n`,
     );
+    const role = values["runtime-role"];
+    if (role !== undefined) {
+      await sql.begin(async (tx) => {
+        for (const statement of runtimeGrants(role)) await tx.unsafe(statement);
+      });
+      process.stdout.write(`migrate: granted the runtime privileges to ${role}\n`);
+    }
     return 0;
   } finally {
     await sql.end({ timeout: 5 });
@@ -165,7 +201,7 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
         const sql = settings.databaseUrl ? yield* postgresResource(settings.databaseUrl, "tally-submit") : undefined;
         if (sql) yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
         if (values.wait && !sql) throw new UsageError("submit --wait needs TALLY_DATABASE_URL to read outcomes");
-        const nc = yield* natsResource(settings.natsUrl, "tally-submit");
+        const nc = yield* natsResource(settings.natsUrl, "tally-submit", settings.natsAccess);
         const nats = yield* Effect.tryPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
         );
@@ -239,7 +275,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
       Effect.gen(function* () {
         const sql = yield* postgresResource(requireDatabaseUrl(settings), "tally-dlq");
         yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
-        const nc = yield* natsResource(settings.natsUrl, "tally-dlq");
+        const nc = yield* natsResource(settings.natsUrl, "tally-dlq", settings.natsAccess);
         const nats = yield* Effect.tryPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
         );
@@ -432,24 +468,91 @@ async function cmdToken(args: ReadonlyArray<string>): Promise<number> {
   return 0;
 }
 
-async function cmdVerify(settings: Settings): Promise<number> {
+async function cmdVerify(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: { anchors: { type: "boolean", default: false }, "anchors-file": { type: "string", multiple: true } },
+  });
   const sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-verify" });
   try {
     await assertEnvironment(sql, settings.env);
     const report = await verifyLedger(sql);
-    if (report.ok) {
-      process.stdout.write(`ledger verify: ok — ${report.entries} entries, ${report.skus} SKUs, ${report.balances} balances\n`);
-      return 0;
+    if (!report.ok) {
+      const p = report.problem!;
+      process.stdout.write(
+        `ledger verify: FAILED at SKU ${p.sku}${p.entryId !== null ? ` entry ${p.entryId} (command ${p.commandId})` : ""}: ${p.message}\n`,
+      );
+      return 1;
     }
-    const p = report.problem!;
-    process.stdout.write(
-      `ledger verify: FAILED at SKU ${p.sku}${p.entryId !== null ? ` entry ${p.entryId} (command ${p.commandId})` : ""}: ${p.message}\n`,
-    );
-    return 1;
+    process.stdout.write(`ledger verify: ok — ${report.entries} entries, ${report.skus} SKUs, ${report.balances} balances\n`);
+    if (!values.anchors && values["anchors-file"] === undefined) return 0;
+    return await verifyAnchors(settings, sql, values.anchors!, values["anchors-file"] ?? []);
   } finally {
     await sql.end({ timeout: 5 });
   }
 }
+
+/** `--anchors`, `--anchors-file`: the chain against the heads published outside the database. */
+async function verifyAnchors(settings: Settings, sql: Sql, fromNats: boolean, files: ReadonlyArray<string>): Promise<number> {
+  const anchors: Array<Anchor> = [];
+  for (const f of files) anchors.push(...(await readAnchorFile(f)));
+  if (fromNats)
+    anchors.push(
+      ...(await Effect.runPromise(
+        Effect.scoped(
+          Effect.gen(function* () {
+            const nats = yield* natsTopology(settings, "tally-verify");
+            return yield* Effect.tryPromise(() => readNatsAnchors(nats, nats.topology));
+          }),
+        ),
+      )),
+    );
+  const report = await checkAnchors(sql, anchors);
+  if (report.ok) {
+    process.stdout.write(`ledger verify --anchors: ok — ${report.anchors} anchors of ${report.skus} SKUs match the ledger\n`);
+    return 0;
+  }
+  for (const p of report.problems) process.stdout.write(`ledger verify --anchors: FAILED at SKU ${p.sku}: ${p.message}\n`);
+  return 1;
+}
+
+/** `tally ledger anchor [--file <f>]`: every SKU's chain head now, to the anchors stream or appended to a file. */
+async function cmdAnchor(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
+  const { values } = parseArgs({ args: [...args], options: { file: { type: "string" } } });
+  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-anchor" });
+  try {
+    await assertEnvironment(sql, settings.env);
+    const { heads } = await chainHeads(sql);
+    if (values.file !== undefined) {
+      await appendAnchorFile(values.file, heads);
+      process.stdout.write(`ledger anchor: ${heads.length} SKU heads appended to ${values.file}\n`);
+      return 0;
+    }
+    const messages = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const nats = yield* natsTopology(settings, "tally-anchor");
+          return yield* Effect.tryPromise(() => publishAnchors(nats, nats.topology, heads));
+        }),
+      ),
+    );
+    process.stdout.write(`ledger anchor: ${heads.length} SKU heads published in ${messages} messages\n`);
+    return 0;
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+/** A NATS connection with the environment's topology, for the span of an Effect scope. */
+const natsTopology = (settings: Settings, name: string) =>
+  Effect.gen(function* () {
+    const t = topology(settings.env, settings.partitions);
+    const nc = yield* natsResource(settings.natsUrl, name, settings.natsAccess);
+    const nats = yield* Effect.tryPromise(() =>
+      ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
+    );
+    return { ...nats, topology: t };
+  });
 
 /** `tally source check|enable|status|drop <name>`: the database admin's view of a CDC source. */
 async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
@@ -457,7 +560,9 @@ async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promi
   const { findSource, configuredSources, sourceUrlSetting } = await import("../cdc/sources.ts");
   const help = `usage:
   tally source check <name>               pass/fail table of what CDC needs, with the SQL that fixes each failure
-  tally source enable <name> [--print-sql] create the publication and slot (or print the SQL for a DBA)
+  tally source enable <name> [--print-sql [--role <r>]]
+                                          create the publication and slot (or print the SQL for a DBA,
+                                          with a least-privilege replication role <r> for the cdc role)
   tally source status [<name>] [--json]   slot, confirmed LSN, lag bytes/seconds, heartbeat, snapshot, counters
   tally source drop <name>                drop the slot and publication (stop the cdc role first)
   tally source resnapshot <name> [--no-wait] [--timeout <s>]
@@ -468,6 +573,7 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
     allowPositionals: true,
     options: {
       "print-sql": { type: "boolean", default: false },
+      role: { type: "string" },
       json: { type: "boolean", default: false },
       "no-wait": { type: "boolean", default: false },
       timeout: { type: "string", default: "600" },
@@ -489,7 +595,11 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
     process.stdout.write(
       `-- Enable CDC for source ${source.name}, as a superuser or the tables' owner, in this order (publication before slot).\n` +
         `-- If the publication exists already: ALTER PUBLICATION ${admin.quoteIdent(source.publication)} SET TABLE … instead.\n` +
-        `${admin.enableSql(source).join("\n")}\n`,
+        `${admin.enableSql(source).join("\n")}\n` +
+        (values.role !== undefined
+          ? `-- The role the cdc role connects as (${sourceUrlSetting(source.name)}): REPLICATION and SELECT on the captured tables only.\n` +
+            `${admin.replicationRoleSql(source, values.role).join("\n")}\n`
+          : ""),
     );
     return 0;
   }
@@ -534,9 +644,9 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
       }
     }
     if (sub === "status") {
-      if (values.json) process.stdout.write(`${JSON.stringify(statuses, null, 2)}\n`);
+      if (values.json) process.stdout.write(maskSecrets(`${JSON.stringify(statuses, null, 2)}\n`));
       else if (statuses.length === 0) process.stdout.write("no source has its URL set (TALLY_SOURCE_<NAME>_URL)\n");
-      else process.stdout.write(admin.formatStatuses(statuses));
+      else process.stdout.write(maskSecrets(admin.formatStatuses(statuses)));
     }
     if (failed) process.stderr.write(`source check: failed — apply the fixes above and run it again\n`);
     return failed ? 1 : 0;
@@ -589,9 +699,9 @@ main(process.argv.slice(2)).then(
   },
   (error: unknown) => {
     const e = error as Error;
-    const known = ["SettingsError", "ConfigFileError", "EnvironmentMismatch", "MigrationError", "UsageError", "TokenConfigError"];
-    if (known.includes(e?.name)) process.stderr.write(`tally: ${e.message}\n`);
-    else process.stderr.write(`tally: ${e?.stack ?? String(error)}\n`);
+    const known = ["SettingsError", "ConfigFileError", "EnvironmentMismatch", "MigrationError", "UsageError", "TokenConfigError", "DatabaseTlsError"];
+    if (known.includes(e?.name)) process.stderr.write(`tally: ${maskSecrets(e.message)}\n`);
+    else process.stderr.write(`tally: ${maskSecrets(e?.stack ?? String(error))}\n`);
     process.exitCode = e instanceof UsageError ? e.code : 1;
   },
 );

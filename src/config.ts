@@ -26,6 +26,32 @@ export interface Settings {
   readonly apiTokensFile: string | undefined;
   /** `TALLY_API_RATE_LIMIT`: write requests per minute per API token (default 600). */
   readonly apiRateLimit: number;
+  /** `TALLY_ANCHOR_INTERVAL_MS`: how often the relay role publishes the hash-chain heads that changed (default 60000). */
+  readonly anchorIntervalMs: number;
+  /** How this process proves who it is to NATS and checks the server (`TALLY_NATS_*`). */
+  readonly natsAccess: NatsAccess;
+}
+
+/**
+ * NATS credentials and TLS files. At most one way to authenticate is set (user and password, a
+ * token, an NKey seed file or a `.creds` file); user and password may also come from the URL.
+ */
+export interface NatsAccess {
+  /** `TALLY_NATS_USER` (or the user in `nats://user:pass@host`). */
+  readonly user?: string;
+  /** `TALLY_NATS_PASSWORD` (or the password in the URL). */
+  readonly password?: string;
+  /** `TALLY_NATS_TOKEN`. */
+  readonly token?: string;
+  /** `TALLY_NATS_NKEY_SEED_FILE`: a file holding an NKey user seed (`SU…`). */
+  readonly nkeySeedFile?: string;
+  /** `TALLY_NATS_CREDS_FILE`: a `.creds` file (user JWT and seed) for servers in operator (JWT) mode. */
+  readonly credsFile?: string;
+  /** `TALLY_NATS_CA_FILE`: CA certificate(s) the server's certificate must chain to; setting it requires TLS. */
+  readonly caFile?: string;
+  /** `TALLY_NATS_CERT_FILE` and `TALLY_NATS_KEY_FILE`: a client certificate, for servers that verify clients. */
+  readonly certFile?: string;
+  readonly keyFile?: string;
 }
 
 /** A setting that could not be decoded: the message names it. */
@@ -76,6 +102,15 @@ const settingsConfig = Config.all({
   apiTokens: Config.option(Config.string("TALLY_API_TOKENS")),
   apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
   apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, 600),
+  anchorIntervalMs: intIn("TALLY_ANCHOR_INTERVAL_MS", 100, 24 * 3600 * 1000, 60_000),
+  natsUser: Config.option(Config.string("TALLY_NATS_USER")),
+  natsPassword: Config.option(Config.string("TALLY_NATS_PASSWORD")),
+  natsToken: Config.option(Config.string("TALLY_NATS_TOKEN")),
+  natsNkeySeedFile: Config.option(Config.string("TALLY_NATS_NKEY_SEED_FILE")),
+  natsCredsFile: Config.option(Config.string("TALLY_NATS_CREDS_FILE")),
+  natsCaFile: Config.option(Config.string("TALLY_NATS_CA_FILE")),
+  natsCertFile: Config.option(Config.string("TALLY_NATS_CERT_FILE")),
+  natsKeyFile: Config.option(Config.string("TALLY_NATS_KEY_FILE")),
 });
 
 /** Decodes the settings from `env` (default `process.env`); throws a SettingsError naming the bad setting. */
@@ -103,7 +138,54 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     apiTokens: Option.getOrUndefined(s.apiTokens),
     apiTokensFile: Option.getOrUndefined(s.apiTokensFile),
     apiRateLimit: s.apiRateLimit,
+    anchorIntervalMs: s.anchorIntervalMs,
+    natsAccess: natsAccess(s),
   };
+}
+
+type Decoded = Config.Config.Success<typeof settingsConfig>;
+
+/** The NATS credentials of the settings and the URL, refusing two ways to authenticate at once. */
+function natsAccess(s: Decoded): NatsAccess {
+  const fromUrl = urlCredentials(s.natsUrl);
+  const user = Option.getOrUndefined(s.natsUser) ?? fromUrl.user;
+  const password = Option.getOrUndefined(s.natsPassword) ?? fromUrl.password;
+  const token = Option.getOrUndefined(s.natsToken) ?? fromUrl.token;
+  const nkeySeedFile = Option.getOrUndefined(s.natsNkeySeedFile);
+  const credsFile = Option.getOrUndefined(s.natsCredsFile);
+  const ways = [
+    user !== undefined ? "TALLY_NATS_USER" : undefined,
+    token !== undefined ? "TALLY_NATS_TOKEN" : undefined,
+    nkeySeedFile !== undefined ? "TALLY_NATS_NKEY_SEED_FILE" : undefined,
+    credsFile !== undefined ? "TALLY_NATS_CREDS_FILE" : undefined,
+  ].filter((w) => w !== undefined);
+  if (ways.length > 1) throw new SettingsError(`invalid settings: ${ways.join(", ")}: set one way to authenticate to NATS, not ${ways.length}`);
+  if (password !== undefined && user === undefined) throw new SettingsError("invalid settings: TALLY_NATS_PASSWORD: is set without TALLY_NATS_USER");
+  const certFile = Option.getOrUndefined(s.natsCertFile);
+  const keyFile = Option.getOrUndefined(s.natsKeyFile);
+  if ((certFile === undefined) !== (keyFile === undefined))
+    throw new SettingsError("invalid settings: TALLY_NATS_CERT_FILE, TALLY_NATS_KEY_FILE: set both or neither");
+  const entries = { user, password, token, nkeySeedFile, credsFile, caFile: Option.getOrUndefined(s.natsCaFile), certFile, keyFile };
+  return Object.fromEntries(Object.entries(entries).filter(([, v]) => v !== undefined)) as NatsAccess;
+}
+
+/**
+ * The credentials in the first of the comma-separated NATS URLs that has them: `user:pass@`, or a
+ * token alone (`nats://token@host`, as other NATS clients read it).
+ */
+export function urlCredentials(urls: string): { user?: string; password?: string; token?: string } {
+  for (const u of urls.split(",")) {
+    const m = /^[a-z]+:\/\/([^@/]*)@/i.exec(u.trim());
+    if (m === null) continue;
+    const [user, ...rest] = m[1]!.split(":");
+    if (rest.length === 0) return user ? { token: decodeURIComponent(user) } : {};
+    const password = rest.join(":");
+    return {
+      ...(user ? { user: decodeURIComponent(user) } : {}),
+      password: decodeURIComponent(password),
+    };
+  }
+  return {};
 }
 
 /** `TALLY_DATABASE_URL`, or a SettingsError saying it is needed. */

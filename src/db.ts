@@ -1,3 +1,6 @@
+import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
+import { checkServerIdentity, type ConnectionOptions as TlsOptions } from "node:tls";
 import postgres from "postgres";
 import type { Sql } from "postgres";
 
@@ -8,7 +11,9 @@ export type { Sql };
  * Tally stores stays far below 2^53 (quantities are capped at 1e12 by the command schema).
  */
 export function connectPostgres(url: string, opts: { max?: number; application?: string } = {}): Sql {
-  return postgres(url, {
+  const { url: plain, ssl } = postgresTls(url);
+  return postgres(plain, {
+    ...(ssl !== undefined ? { ssl } : {}),
     max: opts.max ?? 10,
     onnotice: () => {},
     connection: { application_name: opts.application ?? "tally" },
@@ -67,4 +72,66 @@ export function describeError(error: unknown): string {
   const e = error as { message?: string; code?: string } | undefined;
   const message = e?.message ?? String(error);
   return typeof e?.code === "string" && /^[0-9A-Z]{5}$/.test(e.code) ? `${message} (SQLSTATE ${e.code})` : message;
+}
+
+/** A Postgres URL's TLS parameters could not be used (a certificate file cannot be read, an unknown sslmode). */
+export class DatabaseTlsError extends Error {
+  override readonly name = "DatabaseTlsError";
+}
+
+const SSL_PARAMS = ["sslmode", "sslrootcert", "sslcert", "sslkey"] as const;
+
+/**
+ * Reads libpq's TLS parameters from a Postgres URL — `sslmode` (disable, allow, prefer, require,
+ * verify-ca, verify-full), `sslrootcert` (the CA file), `sslcert`/`sslkey` (a client certificate) —
+ * and turns them into the postgres.js `ssl` option, leaving the URL without them (postgres.js would
+ * otherwise send the file names to the server as settings). As in libpq, `require` with a
+ * `sslrootcert` verifies the chain like `verify-ca`.
+ */
+export function postgresTls(url: string): { url: string; ssl: boolean | "prefer" | "require" | TlsOptions | undefined } {
+  if (!/[?&]ssl(mode|rootcert|cert|key)=/.test(url)) return { url, ssl: undefined };
+  const parsed = new URL(url);
+  const param = (k: (typeof SSL_PARAMS)[number]) => parsed.searchParams.get(k) ?? undefined;
+  const mode = param("sslmode") ?? (param("sslrootcert") !== undefined ? "verify-full" : "prefer");
+  const rootcert = param("sslrootcert");
+  const cert = param("sslcert");
+  const key = param("sslkey");
+  for (const k of SSL_PARAMS) parsed.searchParams.delete(k);
+  const read = (what: string, file: string) => {
+    try {
+      return readFileSync(file, "utf8");
+    } catch (error) {
+      throw new DatabaseTlsError(`database URL ${what}: cannot read ${file} (${(error as Error).message})`, { cause: error });
+    }
+  };
+  const files: TlsOptions = {
+    ...(rootcert !== undefined && rootcert !== "system" ? { ca: read("sslrootcert", rootcert) } : {}),
+    ...(cert !== undefined ? { cert: read("sslcert", cert) } : {}),
+    ...(key !== undefined ? { key: read("sslkey", key) } : {}),
+  };
+  const host = parsed.hostname.replace(/^\[|\]$/g, "");
+  const verifyChain: TlsOptions = { ...files, rejectUnauthorized: true };
+  let ssl: boolean | "prefer" | "require" | TlsOptions;
+  switch (mode) {
+    case "disable":
+      ssl = false;
+      break;
+    case "allow":
+    case "prefer":
+      ssl = Object.keys(files).length > 0 && files.ca === undefined ? { ...files, rejectUnauthorized: false } : "prefer";
+      break;
+    case "require":
+      ssl = files.ca !== undefined ? { ...verifyChain, checkServerIdentity: () => undefined } : cert !== undefined ? { ...files, rejectUnauthorized: false } : "require";
+      break;
+    case "verify-ca":
+      ssl = { ...verifyChain, checkServerIdentity: () => undefined };
+      break;
+    case "verify-full":
+      // The URL's host name (or IP address) must be in the certificate's subjectAltName.
+      ssl = { ...verifyChain, ...(isIP(host) === 0 ? { servername: host } : {}), checkServerIdentity: (_: string, c) => checkServerIdentity(host, c) };
+      break;
+    default:
+      throw new DatabaseTlsError(`database URL sslmode: expected disable, allow, prefer, require, verify-ca or verify-full, not ${JSON.stringify(mode)}`);
+  }
+  return { url: parsed.toString(), ssl };
 }

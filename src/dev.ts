@@ -22,6 +22,7 @@ import {
 } from "./devStack/index.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { newToken, sha256Hex, type ApiToken } from "./http/auth.ts";
+import { maskSecrets } from "./redact.ts";
 
 /** Ports `tally dev` prefers for its own servers (a free one is used when taken). */
 export const DEV_POSTGRES_PORT = 54329;
@@ -107,7 +108,7 @@ export async function runDev(opts: DevOptions): Promise<number> {
       }
       const line = describeFailure(error);
       if (line === undefined) throw error;
-      stderr.write(`tally dev: ${line}\n`);
+      stderr.write(`tally dev: ${maskSecrets(line)}\n`);
       return 1;
     }
     stdout.write(banner(stack, opts.dir));
@@ -139,7 +140,7 @@ export async function devMain(args: ReadonlyArray<string>): Promise<number> {
       },
     }));
   } catch (error) {
-    process.stderr.write(`tally dev: ${(error as Error).message}\n${DEV_USAGE}\n`);
+    process.stderr.write(`tally dev: ${maskSecrets((error as Error).message)}\n${DEV_USAGE}\n`);
     return 1;
   }
   if (values.dir === undefined || values.dir === "") {
@@ -377,21 +378,25 @@ function nonEmpty(value: string | undefined): string | undefined {
 }
 
 /** The lines printed once the stack is up. */
-function banner(stack: DevStack, dir: string): string {
+/** What `tally dev` prints once running; passwords in URLs are masked (the dev token is shown: printing it is the point). */
+export function banner(stack: Pick<DevStack, "settings" | "simulator" | "postgres" | "nats" | "databaseUrl" | "natsUrl" | "apiUrl" | "devToken" | "sourceUrls">, dir: string): string {
   const shown = dir.replace(/\/+$/, "");
   const taken = (server: { port: number }, preferred: number) =>
     server.port === preferred ? "" : `, port ${preferred} was taken`;
   const pgWhere = stack.postgres
     ? `(data ${shown}/postgres, log ${shown}/postgres.log${taken(stack.postgres, DEV_POSTGRES_PORT)})`
     : "(from TALLY_DATABASE_URL)";
+  // The servers tally dev starts listen on loopback only and take no credentials (trust, no NATS users).
+  const open = stack.postgres || stack.nats ? "no authentication, loopback only: for development, not production" : "";
   const natsWhere = stack.nats
     ? `(store ${shown}/nats, log ${shown}/nats.log${taken(stack.nats, DEV_NATS_PORT)})`
     : "(from TALLY_NATS_URL)";
   const kept = stack.postgres || stack.nats ? `; the data stays in ${shown} (--fresh starts over)` : "";
   return [
     `tally dev: running — env ${stack.settings.env}, roles ${DEV_ROLES.join(" + ")}${stack.simulator ? `, demo traffic ${stack.simulator.opts.rate ?? 20}/s over ${stack.simulator.opts.skus ?? 2000} SKUs (--no-demo: none)` : ""}`,
-    `  postgres  ${stack.databaseUrl}  ${pgWhere}`,
-    `  nats      ${stack.natsUrl}  ${natsWhere}`,
+    `  postgres  ${maskSecrets(stack.databaseUrl)}  ${pgWhere}`,
+    `  nats      ${maskSecrets(stack.natsUrl)}  ${natsWhere}`,
+    ...(open ? [`  (${stack.postgres && stack.nats ? "both" : stack.postgres ? "postgres" : "nats"}: ${open})`] : []),
     `  api       ${stack.apiUrl}  (OpenAPI at ${stack.apiUrl}/docs)`,
     ...(stack.devToken
       ? [
@@ -400,11 +405,11 @@ function banner(stack: DevStack, dir: string): string {
         ]
       : [`  dashboard ${stack.apiUrl}/  (sign in with one of your TALLY_API_TOKENS)`]),
     `try, in another shell:`,
-    `  export TALLY_ENV=${stack.settings.env} TALLY_DATABASE_URL=${stack.databaseUrl} TALLY_NATS_URL=${stack.natsUrl}`,
+    `  export TALLY_ENV=${stack.settings.env} TALLY_DATABASE_URL=${maskSecrets(stack.databaseUrl)} TALLY_NATS_URL=${maskSecrets(stack.natsUrl)}`,
     `  npx tally submit examples/commands.ndjson --wait`,
     ...(stack.sourceUrls.TALLY_SOURCE_ERP_URL
       ? [
-          `demo ERP and shop (captured by CDC): psql ${stack.sourceUrls.TALLY_SOURCE_ERP_URL} / ${stack.sourceUrls.TALLY_SOURCE_SHOP_URL}`,
+          `demo ERP and shop (captured by CDC): psql ${maskSecrets(stack.sourceUrls.TALLY_SOURCE_ERP_URL)} / ${maskSecrets(stack.sourceUrls.TALLY_SOURCE_SHOP_URL ?? "")}`,
           `  e.g. insert into goods_receipts (item_no, location, qty, uom) values ('100001', 'DC1', 2, 'CASE');`,
         ]
       : []),

@@ -1,4 +1,11 @@
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { readFileSync } from "node:fs";
+import {
+  connect,
+  credsAuthenticator,
+  nkeyAuthenticator,
+  type ConnectionOptions,
+  type NatsConnection,
+} from "@nats-io/transport-node";
 import {
   jetstream,
   jetstreamManager,
@@ -10,22 +17,71 @@ import {
   DiscardPolicy,
 } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
+import { SettingsError, urlCredentials, type NatsAccess } from "./config.ts";
 import type { Topology } from "./topology.ts";
 
 const nanos = (ms: number): number => ms * 1_000_000;
 const DAY_MS = 24 * 3600 * 1000;
 
-/** Connects to NATS with reconnects forever (callers see outages as failed publishes, not a dead client). */
-export async function connectNats(url: string, name = "tally"): Promise<NatsConnection> {
+/**
+ * Connects to NATS with reconnects forever (callers see outages as failed publishes, not a dead
+ * client), authenticating as `access` says (or as the URL's `user:pass@`).
+ */
+export async function connectNats(url: string, name = "tally", access: NatsAccess = {}): Promise<NatsConnection> {
   return connect({
-    servers: url.split(","),
+    servers: url.split(",").map(withoutCredentials),
     name,
     // nats.js spends about half of each publish building async stack traces; measured +60% publish rate without.
     noAsyncTraces: true,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     pingInterval: 5_000,
+    ...natsConnectOptions(url, access),
   });
+}
+
+/** The nats.js options for one way to authenticate and for TLS; files are read now, so a missing one fails at start. */
+export function natsConnectOptions(url: string, access: NatsAccess): Partial<ConnectionOptions> {
+  const fromUrl = urlCredentials(url);
+  const user = access.user ?? fromUrl.user;
+  const pass = access.password ?? fromUrl.password;
+  const token = access.token ?? fromUrl.token;
+  const auth: Partial<ConnectionOptions> =
+    access.credsFile !== undefined
+      ? { authenticator: credsAuthenticator(readSetting("TALLY_NATS_CREDS_FILE", access.credsFile)) }
+      : access.nkeySeedFile !== undefined
+        ? { authenticator: nkeyAuthenticator(new TextEncoder().encode(readSetting("TALLY_NATS_NKEY_SEED_FILE", access.nkeySeedFile).toString("utf8").trim())) }
+        : user !== undefined
+          ? { user, ...(pass !== undefined ? { pass } : {}) }
+          : token !== undefined
+            ? { token }
+            : {};
+  const tls =
+    access.caFile !== undefined || access.certFile !== undefined
+      ? {
+          tls: {
+            ...(access.caFile !== undefined ? { ca: readSetting("TALLY_NATS_CA_FILE", access.caFile).toString("utf8") } : {}),
+            ...(access.certFile !== undefined ? { cert: readSetting("TALLY_NATS_CERT_FILE", access.certFile).toString("utf8") } : {}),
+            ...(access.keyFile !== undefined ? { key: readSetting("TALLY_NATS_KEY_FILE", access.keyFile).toString("utf8") } : {}),
+          },
+        }
+      : url.split(",").some((u) => u.trim().startsWith("tls://"))
+        ? { tls: {} }
+        : {};
+  return { ...auth, ...tls };
+}
+
+/** `nats://user:pass@host:4222` → `nats://host:4222`: nats.js ignores URL credentials, and they must not reach its logs. */
+function withoutCredentials(url: string): string {
+  return url.trim().replace(/^([a-z]+:\/\/)[^@/]*@/i, "$1");
+}
+
+function readSetting(setting: string, file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (error) {
+    throw new SettingsError(`${setting}: cannot read ${file} (${(error as Error).message})`, { cause: error });
+  }
 }
 
 export interface NatsHandles {
@@ -77,6 +133,17 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
     retention: RetentionPolicy.Limits,
     duplicate_window: nanos(opts.duplicateWindowMs),
     max_age: nanos(DAY_MS),
+  });
+  await ensureStream(jsm, {
+    name: t.anchorsStream,
+    subjects: [t.anchorsSubject],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    duplicate_window: nanos(opts.duplicateWindowMs),
+    max_age: 0,
+    // The chain's external witness: no client may delete or purge it through the JetStream API.
+    deny_delete: true,
+    deny_purge: true,
   });
   const kvm = new Kvm(js);
   const leases = await kvm.create(t.leasesBucket, { history: 1, ttl: opts.leaseTtlMs, storage: StorageType.File });

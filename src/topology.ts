@@ -6,6 +6,9 @@ export interface Topology {
   readonly dlqStream: string;
   readonly eventsStream: string;
   readonly availabilityStream: string;
+  /** Hash-chain heads published outside the database (`tally.<env>.anchors`), never deleted. */
+  readonly anchorsStream: string;
+  readonly anchorsSubject: string;
   readonly leasesBucket: string;
   readonly availabilityBucket: string;
   commandSubject(partition: number): string;
@@ -26,6 +29,8 @@ export function topology(env: string, partitions: number): Topology {
     dlqStream: `TALLY_${upper}_DLQ`,
     eventsStream: `TALLY_${upper}_EVENTS`,
     availabilityStream: `TALLY_${upper}_AVAILABILITY`,
+    anchorsStream: `TALLY_${upper}_ANCHORS`,
+    anchorsSubject: `tally.${env}.anchors`,
     leasesBucket: `tally_${env}_leases`,
     availabilityBucket: `tally_${env}_availability`,
     commandSubject: (p) => `tally.${env}.cmd.${p}`,

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { delimiter, join, resolve } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
+import { connect, type ConnectionOptions } from "@nats-io/transport-node";
 import { freePort } from "./ports.ts";
 import { cleanupOnExit, ServerProcess } from "./serverProcess.ts";
 
@@ -34,6 +34,17 @@ export interface StartNatsOptions {
   readonly port?: number;
   /** Server log file (appended to); default `nats-server.log` in the temp folder or the store folder. */
   readonly logPath?: string;
+  /**
+   * A server configuration file (`-c`), e.g. one with users and permissions. The port, address,
+   * store folder and server name given on the command line override its own.
+   */
+  readonly configFile?: string;
+  /** Environment variables for the server process (a configuration file may refer to them as `$NAME`). */
+  readonly env?: Readonly<Record<string, string>>;
+  /** Credentials and TLS options the readiness probe connects with (a server with users refuses anonymous probes). */
+  readonly probeOptions?: Partial<ConnectionOptions>;
+  /** Default true; false starts a server without JetStream (an operator-mode server whose account has none, say). */
+  readonly jetStream?: boolean;
 }
 
 /**
@@ -57,12 +68,12 @@ export function findNatsServer(): string {
 }
 
 /** Rejects until this server (by name: not another that won a race for the port) accepts a connection and its JetStream API answers. */
-async function probe(url: string, name: string): Promise<void> {
-  const nc = await connect({ servers: url, reconnect: false, timeout: 2_000 });
+async function probe(url: string, name: string, options: Partial<ConnectionOptions> = {}, jetStream = true): Promise<void> {
+  const nc = await connect({ ...options, servers: url, reconnect: false, timeout: 2_000 });
   try {
     if (nc.info?.server_name !== name) throw new Error(`port answered by nats-server ${nc.info?.server_name}, not ${name}`);
     // jetstreamManager() asks for account info, which fails until JetStream is up.
-    await jetstreamManager(nc, { timeout: 2_000 });
+    if (jetStream) await jetstreamManager(nc, { timeout: 2_000 });
   } finally {
     await nc.close();
   }
@@ -89,11 +100,16 @@ export async function startNats(opts: StartNatsOptions = {}): Promise<NatsServer
     const server = new ServerProcess({
       name: `nats-server on port ${port}`,
       command: findNatsServer(),
-      args: ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", storeDir, "-n", serverName],
+      args: [
+        ...(opts.configFile !== undefined ? ["-c", opts.configFile] : []),
+        ...(opts.jetStream === false ? [] : ["-js", "-sd", storeDir]),
+        ...["-a", "127.0.0.1", "-p", String(port), "-n", serverName],
+      ],
+      ...(opts.env !== undefined ? { env: opts.env } : {}),
       cwd: root,
       logPath: opts.logPath ?? join(root, "nats-server.log"),
       stopSignal: "SIGINT",
-      probe: () => probe(url, serverName),
+      probe: () => probe(url, serverName, opts.probeOptions, opts.jetStream !== false),
     });
     await server.start();
 

@@ -1,0 +1,36 @@
+import { describe, expect, it } from "vitest";
+import { loadSettings, SettingsError } from "../src/config.ts";
+import { natsConnectOptions } from "../src/nats.ts";
+
+describe("NATS credential settings", () => {
+  it("take user and password from the URL, percent-decoded, and keep them out of the server list", () => {
+    const s = loadSettings({ TALLY_NATS_URL: "nats://tally_api:p%40ss:word@nats1:4222,nats://nats2:4222" });
+    expect(s.natsAccess).toEqual({ user: "tally_api", password: "p@ss:word" });
+    expect(natsConnectOptions(s.natsUrl, s.natsAccess)).toEqual({ user: "tally_api", pass: "p@ss:word" });
+  });
+
+  it("read a URL with a user alone as a token, as other NATS clients do", () => {
+    expect(loadSettings({ TALLY_NATS_URL: "nats://s3cret@nats:4222" }).natsAccess).toEqual({ token: "s3cret" });
+  });
+
+  it("let the settings win over the URL", () => {
+    const s = loadSettings({ TALLY_NATS_URL: "nats://a:b@nats:4222", TALLY_NATS_USER: "c", TALLY_NATS_PASSWORD: "d" });
+    expect(s.natsAccess).toEqual({ user: "c", password: "d" });
+  });
+
+  it("refuse two ways to authenticate, a password without a user, half a client certificate, naming the settings", () => {
+    expect(() => loadSettings({ TALLY_NATS_TOKEN: "t", TALLY_NATS_CREDS_FILE: "/x.creds" })).toThrow(/TALLY_NATS_TOKEN, TALLY_NATS_CREDS_FILE: set one way/);
+    expect(() => loadSettings({ TALLY_NATS_PASSWORD: "p" })).toThrow(SettingsError);
+    expect(() => loadSettings({ TALLY_NATS_CERT_FILE: "/c.pem" })).toThrow(/TALLY_NATS_CERT_FILE, TALLY_NATS_KEY_FILE/);
+  });
+
+  it("fail at start, naming the setting, when a credentials or CA file cannot be read", () => {
+    expect(() => natsConnectOptions("nats://h:4222", { credsFile: "/nonexistent/tally.creds" })).toThrow(/TALLY_NATS_CREDS_FILE: cannot read \/nonexistent\/tally.creds/);
+    expect(() => natsConnectOptions("nats://h:4222", { caFile: "/nonexistent/ca.crt" })).toThrow(/TALLY_NATS_CA_FILE/);
+  });
+
+  it("require TLS for tls:// URLs even without a CA file", () => {
+    expect(natsConnectOptions("tls://nats:4222", {})).toEqual({ tls: {} });
+    expect(natsConnectOptions("nats://nats:4222", {})).toEqual({});
+  });
+});

@@ -1,0 +1,68 @@
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startNats, type NatsServer } from "./nats.ts";
+import { ROOT } from "./tally.ts";
+
+/** The users of the shipped NATS configuration (deploy/nats/tally.conf). */
+export const NATS_USERS = ["api", "cdc", "worker", "relay", "reader", "pos", "admin"] as const;
+export type NatsUser = (typeof NATS_USERS)[number];
+
+/** A nats-server running the shipped per-role configuration for one environment. */
+export interface SecuredNats {
+  readonly server: NatsServer;
+  /** The folder holding the filled-in copy of the configuration (and whatever a test adds). */
+  readonly dir: string;
+  /** The server's log: permission violations are logged there, naming the user. */
+  readonly logPath: string;
+  /** `tally_<user>` and its password. */
+  credentials(user: NatsUser): { user: string; password: string };
+  /** TALLY_NATS_URL / USER / PASSWORD for a Tally process connecting as `user`. */
+  env(user: NatsUser): Record<string, string>;
+  close(): Promise<void>;
+}
+
+/**
+ * The shipped `deploy/nats/tally.conf`, copied to a temp folder with its environment (`prod`)
+ * replaced by `env`, random passwords in the server's environment, and the port and store folder
+ * of {@link startNats}; `extra` is appended (a `tls {}` block, say). The readiness probe connects
+ * as the admin user.
+ */
+export async function startSecuredNats(
+  env: string,
+  opts: { extra?: string; probeTls?: { ca: string } } = {},
+): Promise<SecuredNats> {
+  const dir = await mkdtemp(join(tmpdir(), "tally-secured-nats-"));
+  const shipped = await readFile(join(ROOT, "deploy/nats/tally.conf"), "utf8");
+  const filled = shipped
+    .replaceAll("tally.prod.", `tally.${env}.`)
+    .replaceAll("tally_prod_", `tally_${env}_`)
+    .replaceAll("TALLY_PROD_", `TALLY_${env.toUpperCase()}_`)
+    // startNats gives the store folder on the command line (`-sd`), which may not be given twice.
+    .replace(/\n\s*store_dir: .*/, "");
+  const configFile = join(dir, "tally.conf");
+  await writeFile(configFile, `${filled}\n${opts.extra ?? ""}\n`);
+  const passwords = Object.fromEntries(NATS_USERS.map((u) => [u, `p${randomBytes(12).toString("hex")}`])) as Record<NatsUser, string>;
+  const serverEnv = Object.fromEntries(NATS_USERS.map((u) => [`TALLY_NATS_${u.toUpperCase()}_PASSWORD`, passwords[u]]));
+  const logPath = join(dir, "nats-server.log");
+  const server = await startNats({
+    configFile,
+    logPath,
+    env: serverEnv,
+    probeOptions: { user: "tally_admin", pass: passwords.admin, ...(opts.probeTls ? { tls: { ca: opts.probeTls.ca } } : {}) },
+  });
+  const credentials = (u: NatsUser) => ({ user: `tally_${u}`, password: passwords[u] });
+  return {
+    server,
+    dir,
+    logPath,
+    credentials,
+    env: (u) => ({ TALLY_NATS_URL: server.url, TALLY_NATS_USER: credentials(u).user, TALLY_NATS_PASSWORD: credentials(u).password }),
+    close: async () => {
+      await server.destroy();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
