@@ -31,7 +31,8 @@ export function connectPostgres(url: string, opts: { max?: number; application?:
 /** SQLSTATEs and socket errors worth retrying: the database is restarting, unreachable or asked us to retry. */
 export function isTransientDbError(error: unknown): boolean {
   const e = error as { code?: string; errno?: string } | undefined;
-  const code = e?.code ?? "";
+  // NATS errors carry numeric codes: a string is what the checks below compare.
+  const code = String(e?.code ?? "");
   return (
     code === "40001" || // serialization_failure
     code === "40P01" || // deadlock_detected
