@@ -5,6 +5,8 @@ import {
   InvalidCommand,
   decodeCommand,
   encodeCommand,
+  ID_JSON_PATTERN,
+  isId,
   isIsoDateTimeWithZone,
   type Command,
 } from "./command.ts";
@@ -218,6 +220,44 @@ describe("decodeCommand rejects, naming the field", () => {
         "qty: expected a positive integer, got 1.5",
       ].join("; "),
     );
+  });
+});
+
+describe("decodeCommand refuses what Postgres cannot store, naming the field", () => {
+  it("a date-time in year 0 (Postgres has no year 0) or outside 1900 to 9999", () => {
+    expect(messageOf({ ...base, type: "sell", qty: 1, occurredAt: "0000-01-01T00:00:00Z" })).toBe(
+      'occurredAt: expected a date-time from 1900-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, got "0000-01-01T00:00:00Z"',
+    );
+    expect(messageOf({ ...base, type: "sell", qty: 1, occurredAt: "1899-12-31T23:59:59Z" })).toMatch(/^occurredAt: expected a date-time from/);
+    // A zone offset can carry 9999-12-31 past the last storable instant.
+    expect(messageOf({ ...base, type: "sell", qty: 1, occurredAt: "9999-12-31T23:00:00-05:00" })).toMatch(/^occurredAt: /);
+    expect(decoded({ ...base, type: "sell", qty: 1, occurredAt: "1900-01-01T00:00:00Z" }).occurredAt).toBe("1900-01-01T00:00:00Z");
+    expect(decoded({ ...base, type: "sell", qty: 1, occurredAt: "9999-12-31T23:59:59Z" }).occurredAt).toBe("9999-12-31T23:59:59Z");
+  });
+
+  it("NUL characters and unpaired surrogates in text (text and jsonb refuse NUL)", () => {
+    expect(messageOf({ ...base, type: "sell", qty: 1, source: { system: "pos", ref: "a\u0000b" } })).toBe(
+      'source.ref: expected text without NUL characters or unpaired surrogates, got "a\\u0000b"',
+    );
+    expect(messageOf({ ...base, type: "adjust", qty: 1, reason: "x\ud800" })).toMatch(/^reason: expected text without NUL/);
+  });
+
+  it("text longer than its bound (a transfer id is a key: it must fit an index entry)", () => {
+    expect(messageOf({ ...base, type: "transfer_in", qty: 1, transferId: "t".repeat(201), from: "dc-1" })).toMatch(
+      /^transferId: expected a string of at most 200 characters, got "t{30,}/,
+    );
+    expect(messageOf({ ...base, type: "sell", qty: 1, source: { system: "pos", ref: "r".repeat(1001) } })).toMatch(
+      /^source\.ref: expected a string of at most 1000 characters/,
+    );
+    expect(messageOf({ ...base, type: "reserve", qty: 1, reservationId: "r".repeat(201) })).toMatch(/^reservationId: /);
+  });
+
+  it("a SKU or location with a colon (one id grammar: commands, config and routes)", () => {
+    expect(messageOf({ ...base, type: "sell", qty: 1, sku: "A:B" })).toBe('sku: expected a SKU (letters, digits, _ - .), got "A:B"');
+    expect(isId("A:B")).toBe(false);
+    expect(new RegExp(ID_JSON_PATTERN).test("A:B")).toBe(false);
+    expect(new RegExp(ID_JSON_PATTERN).test("A-b_9.x")).toBe(true);
+    expect(new RegExp(ID_JSON_PATTERN).test("x".repeat(201))).toBe(false);
   });
 });
 

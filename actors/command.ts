@@ -8,13 +8,22 @@ import { Either, ParseResult, Schema } from "effect";
 /** Largest quantity magnitude accepted, in base units. */
 export const MAX_QTY = 1_000_000_000_000;
 
-const SKU_MAX_LENGTH = 200;
+/** Longest SKU or location id. */
+export const ID_MAX_LENGTH = 200;
+const SKU_MAX_LENGTH = ID_MAX_LENGTH;
 const COMMAND_ID_MAX_LENGTH = 300;
 /**
- * SKUs and locations: letters, digits, `_ - . *`. NATS subjects and KV keys carry them encoded
- * (src/topology.ts `encodeToken`), so `.` and `*` are safe there; `:` and `/` are left out here.
+/**
+ * The one grammar of SKUs and location ids, wherever they appear (commands, the config file, HTTP
+ * routes): letters, digits, `_`, `-`, `.` and `*`. NATS subjects and KV keys carry them encoded
+ * (src/topology.ts `encodeToken`), so `.` and `*` are safe there; `:` and `/` are left out everywhere
+ * an id is accepted (command ids and hold ids join ids with `:`).
  */
-const ID_PATTERN = /^[A-Za-z0-9_\-.*]+$/;
+export const ID_PATTERN = /^[A-Za-z0-9_\-.*]+$/;
+/** The same grammar with its length, as a JSON-schema `pattern` for HTTP routes. */
+export const ID_JSON_PATTERN = `^[A-Za-z0-9_\\-.*]{1,${ID_MAX_LENGTH}}$`;
+/** True when `s` is a valid SKU or location id. */
+export const isId = (s: string): boolean => s.length > 0 && s.length <= ID_MAX_LENGTH && ID_PATTERN.test(s);
 const COMMAND_ID_PATTERN = /^[\x21-\x7E]+$/;
 
 /** Renders an offending input value for an error message, briefly. */
@@ -81,8 +90,32 @@ const PositiveInt = integer("a positive integer", (n) => n >= 1);
 const NonNegativeInt = integer("a non-negative integer", (n) => n >= 0);
 const NonZeroInt = integer("a non-zero integer", (n) => n !== 0);
 
-const NonEmptyString = Schema.String.pipe(Schema.filter((s) => s.length > 0, expected("a non-empty string")));
-const AnyString = Schema.String.annotations(expected("a string"));
+/**
+ * Text Postgres can store: `text` and `jsonb` refuse NUL, and a lone UTF-16 surrogate would be
+ * stored as U+FFFD (so the row would no longer match its hash). Lengths are bounded so a row
+ * stays well inside an index entry and a message inside NATS's payload limit.
+ */
+const UNSTORABLE_TEXT = /[\u0000]|\p{Cs}/u;
+const isStorableText = (s: string, min: number, max: number): boolean => s.length >= min && s.length <= max && !UNSTORABLE_TEXT.test(s);
+const text = (min: number, max: number) =>
+  Schema.String.pipe(
+    Schema.filter((s) => isStorableText(s, min, max), {
+      ...expected((actual) =>
+        typeof actual !== "string"
+          ? min > 0 ? "a non-empty string" : "a string"
+          : UNSTORABLE_TEXT.test(actual)
+            ? "text without NUL characters or unpaired surrogates"
+            : actual.length > max
+              ? `a string of at most ${max} characters`
+              : "a non-empty string",
+      ),
+    }),
+  );
+/** Longest free-text field (a source reference, an adjustment reason). */
+export const TEXT_MAX_LENGTH = 1000;
+const NonEmptyString = text(1, TEXT_MAX_LENGTH);
+const AnyString = text(0, TEXT_MAX_LENGTH);
+const ShortName = text(1, ID_MAX_LENGTH);
 const Bool = Schema.Boolean.annotations(expected("true or false"));
 
 const DAYS_IN_MONTH = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31] as const;
@@ -103,15 +136,34 @@ export const isIsoDateTimeWithZone = (s: string): boolean => {
   return day >= 1 && day <= maxDay && hour <= 23 && minute <= 59 && second <= 59 && offH <= 23 && offM <= 59;
 };
 
+/** Earliest and latest instants a command may carry (Postgres has no year 0; JS and Postgres agree in this range). */
+export const EARLIEST_OCCURRED_AT = "1900-01-01T00:00:00Z";
+export const LATEST_OCCURRED_AT = "9999-12-31T23:59:59.999Z";
+const EARLIEST_MS = Date.parse(EARLIEST_OCCURRED_AT);
+const LATEST_MS = Date.parse(LATEST_OCCURRED_AT);
+
+/** An ISO-8601 date-time with a zone whose instant lies in the storable range (1900 to 9999, UTC). */
+export const isStorableDateTime = (s: string): boolean => {
+  if (!isIsoDateTimeWithZone(s)) return false;
+  const ms = Date.parse(s);
+  return Number.isFinite(ms) && ms >= EARLIEST_MS && ms <= LATEST_MS;
+};
+
 const OccurredAt = Schema.String.pipe(
-  Schema.filter(isIsoDateTimeWithZone, expected("an ISO-8601 date-time with a zone, like 2024-05-01T12:00:00Z")),
+  Schema.filter(isStorableDateTime, {
+    ...expected((actual) =>
+      typeof actual === "string" && isIsoDateTimeWithZone(actual)
+        ? `a date-time from ${EARLIEST_OCCURRED_AT} to ${LATEST_OCCURRED_AT}`
+        : "an ISO-8601 date-time with a zone, like 2024-05-01T12:00:00Z",
+    ),
+  }),
 );
 
 /** Where a command came from: the source system, its own reference, and the WAL position for CDC. */
 export const CommandSource = Schema.Struct({
-  system: NonEmptyString,
+  system: ShortName,
   ref: AnyString,
-  lsn: Schema.optional(AnyString),
+  lsn: Schema.optional(text(0, 64)),
 });
 export type CommandSource = typeof CommandSource.Type;
 
@@ -158,7 +210,7 @@ export type ReturnCommand = typeof ReturnCommand.Type;
  * it does not show.
  */
 export const ReserveScope = Schema.Struct({
-  channel: NonEmptyString,
+  channel: ShortName,
   locations: Schema.NonEmptyArray(LocationId),
   buffer: NonNegativeInt,
 });
@@ -221,7 +273,7 @@ export const TransferOutCommand = Schema.Struct({
   type: Schema.Literal("transfer_out"),
   ...common,
   qty: PositiveInt,
-  transferId: NonEmptyString,
+  transferId: ShortName,
   to: LocationId,
 }).pipe(
   Schema.filter((c) =>
@@ -235,7 +287,7 @@ export const TransferInCommand = Schema.Struct({
   type: Schema.Literal("transfer_in"),
   ...common,
   qty: PositiveInt,
-  transferId: NonEmptyString,
+  transferId: ShortName,
   from: LocationId,
 });
 export type TransferInCommand = typeof TransferInCommand.Type;

@@ -3,10 +3,17 @@ export {
   COMMAND_TYPES,
   Command,
   CommandId,
+  EARLIEST_OCCURRED_AT,
+  LATEST_OCCURRED_AT,
+  ID_JSON_PATTERN,
+  ID_MAX_LENGTH,
   InvalidCommand,
   LocationId,
   Sku,
   decodeCommand,
+  isId,
+  isIsoDateTimeWithZone,
+  isStorableDateTime,
 } from "./command.ts";
 export type { CommandType, ReserveScope } from "./command.ts";
 export { decide, evolve } from "./decider.ts";
@@ -20,4 +27,4 @@ export { LeaseStore } from "./leases.ts";
 export type { HeldLease, LeaseValue } from "./leases.ts";
 export { Worker } from "./worker.ts";
 export type { WorkerOptions } from "./worker.ts";
-export type { WorkerMetrics } from "./partitionRunner.ts";
+export type { PartitionStatus, WorkerMetrics } from "./partitionRunner.ts";

@@ -2,22 +2,40 @@ import { createHash } from "node:crypto";
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import { LeaseLost, commitBatch, knownCommandIds, quantityJson, readCheckpoint, type OutcomeRow } from "../ledger/index.ts";
+import {
+  LeaseLost,
+  clearStuck,
+  commitBatch,
+  ensureStreamIdentity,
+  knownCommandIds,
+  quantityJson,
+  markSkipsDone,
+  pendingSkips,
+  readCheckpoint,
+  recordStuck,
+  type OutcomeRow,
+} from "../ledger/index.ts";
+import { isNotFound } from "../src/nats.ts";
 import type { NatsHandles } from "../src/nats.ts";
 import type { Topology } from "../src/topology.ts";
-import { isTransientDbError } from "../src/db.ts";
+import { describeError, isPermanentDataError, isTransientDbError } from "../src/db.ts";
 import { backoffDelay } from "../src/backoff.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
-import { decodeCommand } from "./command.ts";
+import { decodeCommand, encodeCommand } from "./command.ts";
 import { decodeEnvelope } from "./envelope.ts";
 import type { ActorRegistry } from "./registry.ts";
 import type { ApplyGate } from "./applyGate.ts";
-import { deadLetter, type DeadLetter } from "../src/deadLetters.ts";
+import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/deadLetters.ts";
 import { DeliveryGap, DeliveryOrder } from "../src/deliveryOrder.ts";
 
 const nanos = (ms: number): number => ms * 1_000_000;
 /** Failed attempts in a row after which a stuck partition raises an alert event. */
 const ALERT_AFTER_ATTEMPTS = 5;
+/**
+ * A subscription that stayed up this long without a batch to apply was caught up: a failure after it
+ * (a consumer lost in a NATS blip) starts a new count of attempts rather than adding to an old one.
+ */
+const IDLE_RESET_MS = 30_000;
 /** After a duplicate, this many batches look already-decided command ids up before deciding. */
 const LOOKUP_RUN = 50;
 
@@ -40,6 +58,22 @@ export interface RunnerDeps {
   readonly metrics: WorkerMetrics;
   /** Called when the partition's lease turned out to be lost at commit time. */
   readonly onLeaseLost: (partition: number) => void;
+  /** Re-creates the streams and buckets when the commands stream is missing (a wiped or lost NATS store). */
+  readonly restoreTopology?: () => Promise<void>;
+}
+
+/** How a partition is doing, for readiness and operators. */
+export interface PartitionStatus {
+  readonly partition: number;
+  /** The last applied stream sequence. */
+  readonly checkpoint: number;
+  /** Failed attempts in a row (0 when the last batch committed). */
+  readonly attempts: number;
+  /** True once the failures in a row reached the alert threshold. */
+  readonly stuck: boolean;
+  /** While failing: the stream sequence of the message it fails on. */
+  readonly stuckAt: number | null;
+  readonly lastError: string | null;
 }
 
 /** Counters a worker exposes (and tests read). */
@@ -52,6 +86,12 @@ export interface WorkerMetrics {
   skippedCheckpoint: number;
   skippedDuplicate: number;
   deadLettered: number;
+  /** Commands the ledger refused to store (a data error), dead-lettered so the partition moves on. */
+  poisoned: number;
+  /** Messages dead-lettered because an operator asked to skip them. */
+  skipped: number;
+  /** Times the commands stream turned out to be a new one and the checkpoints were reset to it. */
+  streamResets: number;
   leaseLost: number;
   retries: number;
   /** Batches whose optimistic commit met a command decided before, decided again with the lookup. */
@@ -71,6 +111,9 @@ export const newWorkerMetrics = (): WorkerMetrics => ({
   skippedCheckpoint: 0,
   skippedDuplicate: 0,
   deadLettered: 0,
+  poisoned: 0,
+  skipped: 0,
+  streamResets: 0,
   leaseLost: 0,
   retries: 0,
   duplicateRetries: 0,
@@ -94,6 +137,23 @@ export class PartitionRunner {
   #generation = 0;
   /** Batches still to decide with the lookup of already-decided command ids (after a duplicate). */
   #lookupsAhead = 0;
+  /**
+   * Failed attempts in a row. Only a committed batch resets it, not a successful re-subscribe, so the
+   * backoff grows and the alert fires for a partition that subscribes fine and then fails every time.
+   */
+  #attempt = 0;
+  #lastError: unknown = null;
+  /** True from the start: a row another worker left (stuck, then the partition moved here) is cleared by the first commit. */
+  #reportedStuck = true;
+  #subscribedAt = 0;
+  #triedSinceSubscribe = false;
+  /**
+   * The first message of the batch being applied (stream sequences interleave across partitions, so
+   * it is not the checkpoint + 1): after a failure, the message the partition is stuck at.
+   */
+  #applyingSeq: number | null = null;
+  /** Messages an operator asked to skip (stream sequence → who asked), read at each (re)subscribe. */
+  #skips = new Map<number, string>();
   readonly done: Promise<void>;
 
   constructor(
@@ -117,13 +177,22 @@ export class PartitionRunner {
     return this.#stopped;
   }
 
+  status(): PartitionStatus {
+    return {
+      partition: this.partition,
+      checkpoint: this.#lastSeq,
+      attempts: this.#attempt,
+      stuck: this.#attempt >= ALERT_AFTER_ATTEMPTS,
+      stuckAt: this.#attempt > 0 ? this.#stuckSeq() : null,
+      lastError: this.#lastError === null ? null : describeError(this.#lastError),
+    };
+  }
+
   async #run(): Promise<void> {
     const { log } = this.deps;
-    let attempt = 0;
     while (!this.#stopped) {
       try {
         await this.#subscribe();
-        attempt = 0;
         await this.#drain();
       } catch (error) {
         this.#unsubscribe();
@@ -138,14 +207,18 @@ export class PartitionRunner {
         if (this.#stopped) break;
         // A delivery gap: nothing was acknowledged past it, and the new consumer starts at the checkpoint.
         if (error instanceof DeliveryGap) this.deps.metrics.deliveryGaps++;
-        attempt++;
+        if (!this.#triedSinceSubscribe && this.#subscribedAt > 0 && performance.now() - this.#subscribedAt > IDLE_RESET_MS) this.#attempt = 0;
+        const attempt = ++this.#attempt;
+        this.#lastError = error;
         this.deps.metrics.retries++;
         const delay = backoffDelay(attempt, 200, 10_000);
         log[isTransientDbError(error) || error instanceof DeliveryGap ? "warn" : "error"](
           { err: error, attempt, delayMs: Math.round(delay) },
           "partition apply failed; resuming from the checkpoint after a backoff",
         );
-        // The partition never skips ahead: it keeps retrying, and says so loudly while it is stuck.
+        // The partition never skips ahead on its own: it keeps retrying (one message per batch, so
+        // the stuck one is known), says so loudly, and waits for an operator's skip (tally dlq skip).
+        if (attempt >= ALERT_AFTER_ATTEMPTS) await this.#reportStuck(error, attempt);
         if (attempt === ALERT_AFTER_ATTEMPTS || (attempt > ALERT_AFTER_ATTEMPTS && attempt % 20 === 0)) void this.#alert(error, attempt);
         await this.#sleep(delay);
       }
@@ -156,9 +229,13 @@ export class PartitionRunner {
   /** (Re)creates this partition's consumer, starting right after the checkpoint. */
   async #subscribe(): Promise<void> {
     const { sql, nats, topology } = this.deps;
-    this.#lastSeq = await readCheckpoint(sql, this.partition, this.epoch);
-    this.#queue = [];
     const stream = topology.commandsStream;
+    const identity = await this.#checkStream();
+    this.#lastSeq = await readCheckpoint(sql, this.partition, this.epoch);
+    this.#skips = await pendingSkips(sql, this.partition, this.#lastSeq);
+    this.#queue = [];
+    this.#subscribedAt = 0;
+    this.#triedSinceSubscribe = false;
     const prefix = `p${this.partition}_`;
     const name = `${prefix}${this.epoch}_${++this.#generation}`;
     for await (const info of nats.jsm.consumers.list(stream)) {
@@ -175,11 +252,17 @@ export class PartitionRunner {
       max_ack_pending: 4000,
       inactive_threshold: nanos(600_000),
     });
+    // The stream replaced between the check and the consumer: start over rather than read it from an old checkpoint.
+    if ((await nats.jsm.streams.info(stream)).created !== identity) throw new Error(`${stream} was re-created while subscribing`);
     const consumer = await nats.js.consumers.get(stream, name);
+    this.#subscribedAt = performance.now();
     const generation = this.#generation;
     const order = new DeliveryOrder();
     this.#messages = await consumer.consume({
       max_messages: 1000,
+      // A consumer or stream that vanished (a wiped NATS store) ends the subscription, so the runner
+      // re-subscribes and checks the stream, instead of waiting for the old consumer to come back.
+      abort_on_missing_resource: true,
       callback: (m) => {
         if (generation !== this.#generation || this.#failure) return;
         // A skipped delivery must stop the partition before it acknowledges (AckPolicy.All) past it.
@@ -203,6 +286,41 @@ export class PartitionRunner {
   }
 
   #failure: unknown = null;
+
+  /**
+   * Compares the commands stream with the one the checkpoints belong to (its creation time, kept in
+   * Postgres). A re-created stream restarts at sequence 1, below the checkpoints: its commands would
+   * be skipped. The checkpoints are then reset to it (see ensureStreamIdentity), loudly. A missing
+   * stream (a wiped store) is re-created first. Returns the stream's creation time.
+   */
+  async #checkStream(): Promise<string> {
+    const { sql, nats, topology, log } = this.deps;
+    const stream = topology.commandsStream;
+    const info = await nats.jsm.streams.info(stream).catch(async (error: unknown) => {
+      if (!isNotFound(error) || !this.deps.restoreTopology) throw error;
+      log.error({ stream }, "the commands stream is missing (was the NATS store lost?); re-creating the topology");
+      await this.deps.restoreTopology();
+      return nats.jsm.streams.info(stream);
+    });
+    const check = await ensureStreamIdentity(sql, stream, info.created, info.state.last_seq);
+    if (check.kind === "reset") {
+      this.deps.metrics.streamResets++;
+      const payload = {
+        type: "alert",
+        kind: "commands_stream_replaced",
+        stream,
+        oldCreated: check.oldCreated,
+        newCreated: info.created,
+        checkpoints: check.checkpoints,
+        detail:
+          "the commands stream is not the one the checkpoints belong to (re-created, or its store was lost): the checkpoints were reset to the new stream; commands already applied are skipped by their ids; commands that were only in the old stream are lost from NATS",
+        at: new Date().toISOString(),
+      };
+      log.error(payload, "commands stream replaced: partition checkpoints reset to the new stream");
+      this.#publishAlert(payload);
+    }
+    return info.created;
+  }
 
   #unsubscribe(): void {
     this.#generation++;
@@ -233,7 +351,9 @@ export class PartitionRunner {
       const waited = performance.now() - waitFrom;
       try {
         if (this.#failure || this.#stopped) continue; // the loop's checks come first
-        const batch = this.#queue.splice(0, this.deps.batchMax);
+        // After a failure, one message per batch until one commits: the failing message is then exactly
+        // the one after the checkpoint (the stuck one operators see), and the others are not held up.
+        const batch = this.#queue.splice(0, this.#attempt > 0 ? 1 : this.deps.batchMax);
         if (batch.length === 0) continue;
         // Counted per committed batch, as the other stages are.
         if (await this.#apply(batch)) this.deps.metrics.stageMs.gate += waited;
@@ -247,7 +367,9 @@ export class PartitionRunner {
   async #apply(messages: ReadonlyArray<JsMsg>): Promise<boolean> {
     const { sql, topology, metrics } = this.deps;
     const startedAt = performance.now();
+    this.#triedSinceSubscribe = true;
     const fresh = messages.filter((m) => m.seq > this.#lastSeq);
+    this.#applyingSeq = fresh[0]?.seq ?? this.#applyingSeq;
     metrics.skippedCheckpoint += messages.length - fresh.length;
     if (fresh.length === 0) {
       messages[messages.length - 1]?.ack();
@@ -256,6 +378,13 @@ export class PartitionRunner {
     const incoming: Array<IncomingCommand> = [];
     const dead: Array<DeadLetter> = [];
     for (const m of fresh) {
+      const skippedBy = this.#skips.get(m.seq);
+      if (skippedBy !== undefined) {
+        const was = this.#lastError === null ? "" : `; it was failing with: ${describeError(this.#lastError)}`;
+        dead.push(deadLetter("commands", `skipped by an operator (${skippedBy})${was}`, m.data, { stream_seq: m.seq, subject: m.subject, skipped: true }));
+        metrics.skipped++;
+        continue;
+      }
       const envelope = decodeEnvelope(m.data);
       if (!envelope.ok) {
         dead.push(deadLetter("commands", envelope.reason, m.data, { stream_seq: m.seq, subject: m.subject }));
@@ -292,14 +421,121 @@ export class PartitionRunner {
     const lookup = () => knownCommandIds(sql, incoming.map((c) => c.command.id));
     const decide = async (known: ReadonlySet<string> | null) => this.#decideAndCommit(messages, fresh, incoming, dead, known, startedAt, decodedAt);
     try {
-      await decide(optimistic ? null : await lookup());
+      try {
+        await decide(optimistic ? null : await lookup());
+      } catch (error) {
+        if (!optimistic || !isDuplicateOutcome(error)) throw error;
+        metrics.duplicateRetries++;
+        this.#lookupsAhead = LOOKUP_RUN;
+        await decide(await lookup());
+      }
     } catch (error) {
-      if (!optimistic || !isDuplicateOutcome(error)) throw error;
-      metrics.duplicateRetries++;
-      this.#lookupsAhead = LOOKUP_RUN;
-      await decide(await lookup());
+      // The ledger cannot store something in this batch. Several messages: retry one at a time (the
+      // retry loop does that after any failure). One message: find the command by committing its
+      // commands one by one; each one refused is dead-lettered with its reason, the others apply.
+      if (!isPermanentDataError(error) || fresh.length > 1) throw error;
+      this.deps.log.warn({ err: error, streamSeq: fresh[0]!.seq }, "the ledger refused a command of this message; isolating it");
+      await this.#applyOneByOne(messages, fresh[0]!, incoming);
+      metrics.deadLettered += dead.length;
     }
+    if (dead.some((d) => d.context.skipped === true)) await markSkipsDone(sql, this.partition, this.#lastSeq).catch(() => {});
+    this.#progressed();
     return true;
+  }
+
+  /** The message the partition fails on: the first of the last batch tried, or (failing before any) the checkpoint + 1. */
+  #stuckSeq(): number {
+    return this.#applyingSeq ?? this.#lastSeq + 1;
+  }
+
+  /** A batch committed: the partition advances, so it is no longer stuck. */
+  #progressed(): void {
+    this.#attempt = 0;
+    this.#applyingSeq = null;
+    this.#lastError = null;
+    if (this.#reportedStuck) {
+      this.#reportedStuck = false;
+      void clearStuck(this.deps.sql, this.partition).then(
+        (was) => was && this.deps.log.warn("partition advancing again"),
+        () => (this.#reportedStuck = true),
+      );
+    }
+  }
+
+  /**
+   * Applies one message's commands one per transaction, the checkpoint held back, so that a command
+   * the ledger refuses (a data error: it can never be stored) is found. Each refused one is
+   * dead-lettered with the database's reason and recorded as rejected (`unstorable`), so whoever
+   * waits for its outcome hears; then the checkpoint moves past the message. Transient failures
+   * still go to the retry loop: what committed is not applied twice (its outcome exists).
+   */
+  async #applyOneByOne(messages: ReadonlyArray<JsMsg>, message: JsMsg, incoming: ReadonlyArray<IncomingCommand>): Promise<void> {
+    const { sql, metrics, registry, topology } = this.deps;
+    registry.evict((sku) => topology.partitionOf(sku) === this.partition);
+    const known = await knownCommandIds(sql, incoming.map((c) => c.command.id));
+    const refused: Array<{ readonly incoming: IncomingCommand; readonly error: unknown }> = [];
+    for (const c of incoming) {
+      if (known.has(c.command.id)) continue;
+      known.add(c.command.id);
+      try {
+        await this.#commitAlone([c], this.#lastSeq, []);
+      } catch (error) {
+        if (!isPermanentDataError(error)) throw error;
+        registry.evict((sku) => sku === c.command.sku);
+        refused.push({ incoming: c, error });
+      }
+    }
+    const letters = refused.map(({ incoming: { command, streamSeq }, error }) =>
+      deadLetter("commands", `the ledger cannot store this command: ${describeError(error)}`, encodeCommand(command), {
+        stream_seq: streamSeq,
+        command_id: command.id,
+        sqlstate: (error as { code?: string }).code ?? null,
+      }),
+    );
+    if (letters.length > 0) await this.#publishDead(letters);
+    const outcomes: Array<OutcomeRow> = refused.map(({ incoming: { command, streamSeq }, error }) => ({
+      commandId: command.id,
+      streamSeq,
+      sku: command.sku,
+      type: command.type,
+      status: "rejected",
+      reason: "unstorable",
+      detail: { reason: "unstorable", message: describeError(error) },
+    }));
+    try {
+      await this.#commitAlone([], message.seq, outcomes);
+    } catch (error) {
+      // Even the rejection cannot be stored: the dead letter is the record; move on without it.
+      if (!isPermanentDataError(error)) throw error;
+      await this.#commitAlone([], message.seq, []);
+    }
+    this.#lastSeq = message.seq;
+    metrics.poisoned += refused.length;
+    metrics.batches++;
+    messages[messages.length - 1]!.ack();
+    this.deps.log.error({ streamSeq: message.seq, refused: letters.map((l) => l.reason) }, "commands the ledger cannot store were dead-lettered");
+  }
+
+  /** Decides and commits `todo` in one transaction, with extra outcome rows, moving the checkpoint to at least `lastSeq`. */
+  async #commitAlone(todo: ReadonlyArray<IncomingCommand>, lastSeq: number, extra: ReadonlyArray<OutcomeRow>): Promise<void> {
+    const { sql, topology, metrics } = this.deps;
+    const actors = await this.deps.registry.activateFor(sql, todo.map((c) => c.command));
+    const plan = planBatch({
+      partition: this.partition,
+      epoch: this.epoch,
+      lastSeq,
+      recordedAt: new Date(),
+      commands: todo,
+      actors,
+      channels: this.deps.channels,
+      names: topology,
+    });
+    const outcomes = [...plan.write.outcomes, ...extra];
+    await commitBatch(sql, { ...plan.write, lastSeq: Math.max(plan.write.lastSeq, lastSeq), outcomes });
+    this.deps.registry.commit(plan.actors);
+    metrics.applied += plan.applied;
+    metrics.rejected += plan.rejected;
+    this.#publishOutcomes(outcomes, todo, 0);
   }
 
   async #decideAndCommit(
@@ -370,33 +606,45 @@ export class PartitionRunner {
   }
 
   async #alert(error: unknown, attempt: number): Promise<void> {
-    const { nats, topology, log } = this.deps;
     const payload = {
       type: "alert",
       kind: "partition_stuck",
       partition: this.partition,
+      streamSeq: this.#stuckSeq(),
       attempt,
-      error: String((error as Error)?.message ?? error),
+      error: describeError(error),
       at: new Date().toISOString(),
     };
-    log.error(payload, "partition is not advancing");
-    // Core NATS, not JetStream: the alert must go out even when JetStream is what is failing.
+    this.deps.log.error(payload, "partition is not advancing");
+    this.#publishAlert(payload);
+  }
+
+  /** Core NATS, not JetStream: an alert must go out even when JetStream is what is failing. */
+  #publishAlert(payload: Readonly<Record<string, unknown>>): void {
+    const { nats, topology } = this.deps;
     try {
       nats.nc.publish(topology.eventSubject("alert"), JSON.stringify(payload));
     } catch {
-      // Disconnected: the log line above is the alert.
+      // Disconnected: the log line is the alert.
+    }
+  }
+
+  /** Records in Postgres that the partition is stuck (for readiness and `tally dlq list --stuck`), best effort. */
+  async #reportStuck(error: unknown, attempts: number): Promise<void> {
+    try {
+      await recordStuck(this.deps.sql, { partition: this.partition, streamSeq: this.#stuckSeq(), attempts, error: describeError(error) });
+      this.#reportedStuck = true;
+    } catch {
+      // Postgres is what fails: readiness sees that directly.
     }
   }
 
   async #publishDead(dead: ReadonlyArray<DeadLetter>): Promise<void> {
-    const { nats, topology } = this.deps;
-    await Promise.all(
-      dead.map((d) =>
-        nats.js.publish(topology.dlqSubject(d.origin), JSON.stringify(d), {
-          msgID: `dlq:${d.origin}:${createHash("sha256").update(JSON.stringify(d.context)).update(d.reason).digest("hex").slice(0, 32)}`,
-        }),
-      ),
-    );
+    const { nats, topology, sql } = this.deps;
+    // The payload is part of the id: after a stream reset, sequences (in the context) repeat.
+    const msgID = (d: DeadLetter) =>
+      `dlq:${d.origin}:${createHash("sha256").update(JSON.stringify(d.context)).update(d.reason).update(JSON.stringify(d.payload) ?? "").digest("hex").slice(0, 32)}`;
+    await Promise.all(dead.map((d) => publishDeadLetter({ js: nats.js, nc: nats.nc, sql, topology }, d, msgID(d))));
   }
 
   #sleep(ms: number): Promise<void> {

@@ -3,11 +3,11 @@ import { randomBytes } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { claimPartition } from "../ledger/index.ts";
-import type { NatsHandles } from "../src/nats.ts";
+import { isNotFound, type NatsHandles } from "../src/nats.ts";
 import type { Topology } from "../src/topology.ts";
 import type { ChannelView } from "./batch.ts";
 import { LeaseStore, type HeldLease } from "./leases.ts";
-import { PartitionRunner, newWorkerMetrics, type WorkerMetrics } from "./partitionRunner.ts";
+import { PartitionRunner, newWorkerMetrics, type PartitionStatus, type WorkerMetrics } from "./partitionRunner.ts";
 import { ActorRegistry } from "./registry.ts";
 import { ApplyGate } from "./applyGate.ts";
 
@@ -26,6 +26,8 @@ export interface WorkerOptions {
   readonly applyConcurrency?: number;
   /** Unique per process; defaults to host-pid-random. */
   readonly workerId?: string;
+  /** Re-creates the NATS streams and buckets (after the store was lost); without it a missing stream is an error. */
+  readonly restoreTopology?: () => Promise<void>;
 }
 
 interface Held {
@@ -61,6 +63,16 @@ export class Worker {
     return [...this.#held.keys()].sort((a, b) => a - b);
   }
 
+  /** How each held partition is doing (checkpoint, failed attempts in a row, stuck), lowest first. */
+  statuses(): ReadonlyArray<PartitionStatus> {
+    return [...this.#held.values()].map((h) => h.runner.status()).sort((a, b) => a.partition - b.partition);
+  }
+
+  /** How many partitions some worker (this one or another) holds a live lease on. */
+  async partitionsHeld(): Promise<number> {
+    return this.#leases.countLive("partition");
+  }
+
   start(): void {
     // Renewals run on their own short timer, so a slow acquisition round (or a busy event loop
     // elsewhere) does not let held leases expire; acquisition and rebalancing run less often.
@@ -72,7 +84,10 @@ export class Worker {
       });
     };
     const loop = () => {
-      this.#tick = this.#heartbeat().catch((err) => this.opts.log.error({ err }, "lease heartbeat failed"));
+      this.#tick = this.#heartbeat().catch(async (err) => {
+        this.opts.log.error({ err }, "lease heartbeat failed");
+        await this.#restoreIfLost();
+      });
       void this.#tick.then(() => {
         if (!this.#stopped) this.#timer = setTimeout(loop, Math.max(200, Math.floor(this.opts.leaseTtlMs / 2)));
       });
@@ -130,6 +145,22 @@ export class Worker {
     await this.#leases.leave(this.#memberKey());
   }
 
+  /**
+   * A NATS store that was wiped (or a server replaced without its store) leaves no streams and no
+   * buckets: heartbeats and every runner then fail. Re-creates them, so the partitions can be
+   * taken again and their runners find (and reset to) the new commands stream.
+   */
+  async #restoreIfLost(): Promise<void> {
+    const { nats, topology, log, restoreTopology } = this.opts;
+    if (!restoreTopology || this.#stopped) return;
+    const missing = await Promise.all(
+      [topology.commandsStream, `KV_${topology.leasesBucket}`].map((name) => nats.jsm.streams.info(name).then(() => false, (e: unknown) => isNotFound(e))),
+    );
+    if (!missing.some(Boolean)) return;
+    log.error("NATS streams or buckets are missing (was the store lost?); re-creating the topology");
+    await restoreTopology().catch((err: unknown) => log.error({ err }, "could not re-create the NATS topology"));
+  }
+
   #memberKey(): string {
     return `worker.${this.id}`;
   }
@@ -174,9 +205,14 @@ export class Worker {
         batchMax: this.opts.batchMax ?? 2000,
         gate: this.gate,
         metrics: this.metrics,
+        ...(this.opts.restoreTopology ? { restoreTopology: this.opts.restoreTopology } : {}),
         onLeaseLost: (p) => {
           const h = this.#held.get(p);
-          if (h?.runner === runner) this.#held.delete(p);
+          if (h?.runner !== runner) return;
+          this.#held.delete(p);
+          // Fenced by a newer epoch: if the lease key is still the one this worker wrote, give it up at
+          // once (a commands-stream reset fences every runner), so the partition is taken again now.
+          void this.#leases.release(h.lease);
         },
       });
       this.#held.set(partition, { lease: held, runner });

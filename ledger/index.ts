@@ -24,6 +24,16 @@ export type {
   StoredSku,
   TransferRow,
 } from "./store.ts";
+export {
+  clearStuck,
+  ensureStreamIdentity,
+  listStuck,
+  markSkipsDone,
+  pendingSkips,
+  recordStuck,
+  requestSkip,
+} from "./partitionHealth.ts";
+export type { StreamIdentityCheck, StuckPartition } from "./partitionHealth.ts";
 export { verifyLedger } from "./verify.ts";
 export { chainHeads, checkAnchors } from "./anchors.ts";
 export { APPEND_ONLY_TABLES, READ_ONLY_TABLES, RoleNameError, runtimeGrants } from "./grants.ts";

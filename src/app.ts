@@ -91,6 +91,9 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
               maxActors: settings.maxActors,
               batchMax: settings.batchMax,
               applyConcurrency: settings.applyConcurrency,
+              restoreTopology: async () => {
+                await ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs });
+              },
             });
             w.start();
             return w;

@@ -42,6 +42,7 @@ usage:
   tally token new <id> --scopes <s,…> [--channel <c>]
                                          a fresh API token, and the hashed entry to configure for it
   tally dlq list [--origin <o>] [--json] dead letters (CDC sources, submit, commands)
+  tally dlq list --stuck [--json]        partitions not advancing: the message each is stuck at, and why
   tally source check|enable|status|drop|resnapshot <name>
                                          CDC sources (see tally source)
   tally demo init                        reference ERP + shop schemas and data in TALLY_SOURCE_{ERP,SHOP}_URL
@@ -52,6 +53,8 @@ usage:
                                          the load benchmark (own servers; JSON + HTML report in bench/results)
   tally dlq replay <id…|--all>           map / decode again and publish; removes the letter on success
   tally dlq discard <id…|--all>          remove dead letters for good
+  tally dlq skip <partition> [--seq <n>] dead-letter the message a stuck partition is stuck at (or
+                                         message n) and let the partition move on; replay it after a fix
 
 settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_URL,
   TALLY_PARTITIONS (default 16), TALLY_DUPLICATE_WINDOW_SECONDS (default 7200),
@@ -281,11 +284,18 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
   const { values, positionals } = parseArgs({
     args: [...args],
     allowPositionals: true,
-    options: { origin: { type: "string" }, all: { type: "boolean", default: false }, json: { type: "boolean", default: false } },
+    options: {
+      origin: { type: "string" },
+      all: { type: "boolean", default: false },
+      json: { type: "boolean", default: false },
+      stuck: { type: "boolean", default: false },
+      seq: { type: "string" },
+    },
   });
   const [sub, ...ids] = positionals;
-  if (sub !== "list" && sub !== "replay" && sub !== "discard")
-    throw new UsageError(`dlq: expected list, replay <id…|--all> or discard <id…|--all>, got ${JSON.stringify(sub ?? "")}`);
+  if (sub !== "list" && sub !== "replay" && sub !== "discard" && sub !== "skip")
+    throw new UsageError(`dlq: expected list, replay <id…|--all>, discard <id…|--all> or skip <partition>, got ${JSON.stringify(sub ?? "")}`);
+  if (sub === "skip" || (sub === "list" && values.stuck)) return cmdStuck(settings, sub, ids, values);
   const dlq = await import("./dlq.ts");
   const { configuredSources } = await import("../cdc/index.ts");
   const config = await loadTallyConfig(settings.configFile);
@@ -334,6 +344,72 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
           }
           return failed > 0 ? 1 : 0;
         });
+      }),
+    ),
+  ).catch((e) => {
+    throw unwrapFiberFailure(e);
+  });
+}
+
+/**
+ * `tally dlq list --stuck` and `tally dlq skip <partition> [--seq n]`: the partitions that are not
+ * advancing (as their workers record them), with the message each is stuck at; and the operator's
+ * way out — the worker holding the partition dead-letters that message (nothing is lost: it can be
+ * replayed after a fix) and moves on.
+ */
+async function cmdStuck(
+  settings: Settings,
+  sub: "list" | "skip",
+  args: ReadonlyArray<string>,
+  values: { json?: boolean; seq?: string | undefined },
+): Promise<number> {
+  const { listStuck, requestSkip } = await import("../ledger/index.ts");
+  const { decodeEnvelope } = await import("../actors/index.ts");
+  const t = topology(settings.env, settings.partitions);
+  return Effect.runPromise(
+    Effect.scoped(
+      Effect.gen(function* () {
+        const sql = yield* postgresResource(requireDatabaseUrl(settings), "tally-dlq");
+        yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
+        const stuck = yield* Effect.tryPromise(() => listStuck(sql));
+        if (sub === "skip") {
+          const [p] = args;
+          const partition = Number(p);
+          if (p === undefined || !Number.isInteger(partition) || partition < 0 || partition >= t.partitions)
+            throw new UsageError(`dlq skip: expected a partition from 0 to ${t.partitions - 1}, got ${JSON.stringify(p ?? "")}`);
+          const row = stuck.find((s) => s.partition === partition);
+          const seq = values.seq !== undefined ? Number(values.seq) : row?.streamSeq;
+          if (seq === undefined) throw new UsageError(`dlq skip: partition ${partition} is not stuck; give --seq <n> to skip a message anyway`);
+          if (!Number.isSafeInteger(seq) || seq < 1) throw new UsageError(`--seq: expected a stream sequence (1 or more), got ${JSON.stringify(values.seq)}`);
+          const by = `${process.env.USER ?? "operator"}@cli`;
+          const fresh = yield* Effect.tryPromise(() => requestSkip(sql, partition, seq, by));
+          process.stdout.write(
+            `partition ${partition}: message ${seq} ${fresh ? "will be" : "was already asked to be"} dead-lettered and skipped by the worker holding it (within its next retry)\n`,
+          );
+          return 0;
+        }
+        const nc = yield* natsResource(settings.natsUrl, "tally-dlq");
+        const nats = yield* Effect.tryPromise(() =>
+          ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
+        );
+        const withMessages = yield* Effect.tryPromise(() =>
+          Promise.all(
+            stuck.map(async (s) => {
+              const m = await nats.jsm.streams.getMessage(t.commandsStream, { seq: s.streamSeq }).catch(() => null);
+              const envelope = m ? decodeEnvelope(m.data) : null;
+              return { ...s, commands: envelope?.ok ? envelope.commands : null, message: m ? null : "not in the stream" };
+            }),
+          ),
+        );
+        if (values.json) process.stdout.write(`${JSON.stringify(withMessages, null, 2)}\n`);
+        else {
+          for (const s of withMessages) {
+            const ids = (s.commands ?? []).map((c) => (c as { id?: unknown }).id).join(",");
+            process.stdout.write(`partition ${s.partition}\tseq ${s.streamSeq}\t${s.attempts} attempts since ${s.since.toISOString()}\t${s.error}\t${ids || s.message || ""}\n`);
+          }
+          process.stdout.write(`${withMessages.length} stuck partitions\n`);
+        }
+        return 0;
       }),
     ),
   ).catch((e) => {

@@ -3,12 +3,14 @@ import path from "node:path";
 import { Either, ParseResult, Schema } from "effect";
 import { tsImport } from "tsx/esm/api";
 import type { SnapshotTable, TableMapping } from "../cdc/mapping.ts";
+import { ID_MAX_LENGTH, isId } from "../actors/index.ts";
 
 const Name = Schema.String.pipe(
   Schema.pattern(/^[a-z0-9_-]+$/, { message: () => "expected lowercase letters, digits, _ and -" }),
 );
+/** The one id grammar of locations, shared with commands and HTTP routes. */
 const Location = Schema.String.pipe(
-  Schema.pattern(/^[A-Za-z0-9_.:-]+$/, { message: () => "expected a location id (letters, digits, _ . : -)" }),
+  Schema.filter(isId, { message: () => `expected a location id (1 to ${ID_MAX_LENGTH} letters, digits, _ . -)` }),
 );
 
 const positiveInt = (fallback: number) => Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => fallback });

@@ -39,7 +39,8 @@ export function parseInt8(text: string): number | bigint {
 /** SQLSTATEs and socket errors worth retrying: the database is restarting, unreachable or asked us to retry. */
 export function isTransientDbError(error: unknown): boolean {
   const e = error as { code?: string; errno?: string } | undefined;
-  const code = e?.code ?? "";
+  // NATS errors carry numeric codes: a string is what the checks below compare.
+  const code = String(e?.code ?? "");
   return (
     code === "40001" || // serialization_failure
     code === "40P01" || // deadlock_detected
@@ -57,6 +58,29 @@ export function isTransientDbError(error: unknown): boolean {
     code === "CONNECTION_DESTROYED" ||
     code === "CONNECT_TIMEOUT"
   );
+}
+
+/** The constraints a command decided before trips: a duplicate, not a fault of the data. */
+const DUPLICATE_CONSTRAINTS = new Set(["command_outcomes_pkey", "ledger_entries_command_leg"]);
+
+/**
+ * A failure no retry can cure, caused by the data written: a data exception (SQLSTATE class 22:
+ * a date out of range, a NUL in text, a number too large), an integrity violation (class 23) other
+ * than the duplicate of a command decided before, or a program limit (54: a row too large for its
+ * index). The rows must change, not the timing.
+ */
+export function isPermanentDataError(error: unknown): boolean {
+  const e = error as { code?: string; constraint_name?: string } | undefined;
+  const code = typeof e?.code === "string" ? e.code : "";
+  if (code.startsWith("22") || code.startsWith("54")) return true;
+  return code.startsWith("23") && !DUPLICATE_CONSTRAINTS.has(e?.constraint_name ?? "");
+}
+
+/** An error's message with its SQLSTATE, for a dead letter or an alert. */
+export function describeError(error: unknown): string {
+  const e = error as { message?: string; code?: string } | undefined;
+  const message = e?.message ?? String(error);
+  return typeof e?.code === "string" && /^[0-9A-Z]{5}$/.test(e.code) ? `${message} (SQLSTATE ${e.code})` : message;
 }
 
 /** A Postgres URL's TLS parameters could not be used (a certificate file cannot be read, an unknown sslmode). */

@@ -1,4 +1,8 @@
 import { createHash } from "node:crypto";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { Sql } from "postgres";
+import type { Topology } from "./topology.ts";
 
 /** A payload that could not be applied, with the reason, kept in the dead-letter stream. */
 export interface DeadLetter {
@@ -11,6 +15,8 @@ export interface DeadLetter {
   /** Where it was found (stream sequence, line number, LSN…). */
   readonly context: Readonly<Record<string, unknown>>;
   readonly at: string;
+  /** Set when the payload was too large for NATS: where it is kept instead (`payload` is then null). */
+  readonly payloadStored?: StoredPayloadRef;
 }
 
 export function deadLetter(
@@ -35,4 +41,67 @@ export function deadLetter(
 /** A dead letter's Nats-Msg-Id: from where it was found and why, so re-finding it after a crash is a duplicate. */
 export function deadLetterMsgId(d: DeadLetter): string {
   return `dlq:${d.origin}:${createHash("sha256").update(JSON.stringify(d.context)).update(d.reason).digest("hex").slice(0, 32)}`;
+}
+
+/** Where a dead letter's payload is kept when the letter itself would be too large for NATS. */
+export interface StoredPayloadRef {
+  readonly in: "postgres";
+  readonly table: "dead_letter_payloads";
+  readonly key: string;
+  readonly bytes: number;
+  /** True when the payload was JSON (it is parsed again when read), false for text. */
+  readonly json: boolean;
+}
+
+/** What publishing a dead letter needs: JetStream, and Postgres for a payload too large for NATS. */
+export interface DeadLetterSink {
+  readonly js: JetStreamClient;
+  readonly nc: NatsConnection;
+  readonly sql: Sql;
+  readonly topology: Topology;
+}
+
+/** A reason listing every issue of a huge payload can be huge too: the letter keeps its start. */
+const REASON_MAX = 64 * 1024;
+const clip = (reason: string): string => (reason.length > REASON_MAX ? `${reason.slice(0, REASON_MAX)}… (${reason.length} characters)` : reason);
+
+/** Room left in a NATS message for the headers (Nats-Msg-Id) and the letter without its payload. */
+const HEADROOM_BYTES = 8 * 1024;
+
+/**
+ * Publishes a dead letter to the dead-letter stream with `msgID` (so re-finding it is a duplicate).
+ * A letter larger than the server's max_payload would be refused, and its payload lost: its payload
+ * is then written to Postgres (`dead_letter_payloads`) and the letter carries `payload: null` and
+ * `payloadStored` naming where it is; `withStoredPayload` puts it back when the letter is replayed.
+ */
+export async function publishDeadLetter(sink: DeadLetterSink, letter: DeadLetter, msgID: string): Promise<void> {
+  const body = JSON.stringify(letter);
+  const limit = sink.nc.info?.max_payload ?? 1024 * 1024;
+  if (Buffer.byteLength(body) <= limit - HEADROOM_BYTES) {
+    await sink.js.publish(sink.topology.dlqSubject(letter.origin), body, { msgID });
+    return;
+  }
+  const json = typeof letter.payload !== "string";
+  const bytes = Buffer.from(json ? JSON.stringify(letter.payload) ?? "null" : (letter.payload as string), "utf8");
+  await sink.sql`
+    insert into dead_letter_payloads (key, origin, payload) values (${msgID}, ${letter.origin}, ${bytes})
+    on conflict (key) do nothing`;
+  const ref: StoredPayloadRef = { in: "postgres", table: "dead_letter_payloads", key: msgID, bytes: bytes.length, json };
+  const stored = {
+    ...letter,
+    payload: null,
+    payloadStored: ref,
+    reason: `${clip(letter.reason)} (payload of ${bytes.length} bytes too large for NATS: kept in Postgres, dead_letter_payloads key ${msgID})`,
+  };
+  await sink.js.publish(sink.topology.dlqSubject(letter.origin), JSON.stringify(stored), { msgID });
+}
+
+/** The letter with its payload read back from Postgres, when it was too large for NATS; else as is. */
+export async function withStoredPayload<L extends DeadLetter & { readonly payloadStored?: StoredPayloadRef }>(sql: Sql, letter: L): Promise<L> {
+  const ref = letter.payloadStored;
+  if (!ref) return letter;
+  const [row] = await sql<Array<{ payload: Buffer }>>`select payload from dead_letter_payloads where key = ${ref.key}`;
+  if (!row) return letter;
+  const text = row.payload.toString("utf8");
+  return { ...letter, payload: ref.json ? JSON.parse(text) : text };
 }

@@ -2,7 +2,7 @@ import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import { decodeCommand, type Command } from "../actors/index.ts";
 import { Crosswalk, changeFrom, mapChange, mapWith, RowView, type ChangePayload, type ResolvedSource } from "../cdc/index.ts";
-import type { DeadLetter } from "./deadLetters.ts";
+import { withStoredPayload, type DeadLetter } from "./deadLetters.ts";
 import type { NatsHandles } from "./nats.ts";
 import { publishCommands } from "./publisher.ts";
 import type { Topology } from "./topology.ts";
@@ -68,6 +68,7 @@ export interface ReplayDeps {
  * letter stays, and the new reason is returned.
  */
 export async function replayDeadLetter(deps: ReplayDeps, letter: StoredDeadLetter, crosswalk?: Crosswalk): Promise<ReplayResult> {
+  letter = await withStoredPayload(deps.sql, letter);
   if (letter.origin === "pos") {
     if (!deps.pos) return { id: letter.id, ok: false, reason: "replaying a POS transaction needs the POS ingest" };
     const r = await deps.pos.replay(letter);
@@ -125,6 +126,17 @@ async function commandsOf(
     if (outcome.items.length > 0 || outcome.removedItems.length > 0)
       await Crosswalk.persist(deps.sql, source.name, outcome.items, outcome.removedItems);
     return { list: outcome.commands };
+  }
+  // A whole stream message (an envelope skipped by an operator): every command in it, or none.
+  const envelope = letter.payload as { v?: unknown; commands?: unknown } | null;
+  if (typeof envelope === "object" && envelope !== null && envelope.v === 1 && Array.isArray(envelope.commands)) {
+    const list: Array<Command> = [];
+    for (const [index, raw] of envelope.commands.entries()) {
+      const decoded = decodeCommand(raw);
+      if (decoded._tag === "Left") return { reason: `commands[${index}]: ${decoded.left.message}` };
+      list.push(decoded.right);
+    }
+    return { list };
   }
   const decoded = decodeCommand(letter.payload);
   if (decoded._tag === "Left") return { reason: decoded.left.message };

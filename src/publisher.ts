@@ -28,6 +28,23 @@ export class PublishDeadlineExceeded extends Error {
   override readonly name = "PublishDeadlineExceeded";
 }
 
+/**
+ * What this process's command publishes last met: `/readyz` reports a JetStream store that refuses
+ * them (full: the server's store, the account's, or the stream's limits), which no stream or account
+ * figure shows when the server's own storage is what ran out.
+ */
+export const publishHealth: { lastSuccessAt: number; lastRefusal: { readonly at: number; readonly message: string } | null } = {
+  lastSuccessAt: 0,
+  lastRefusal: null,
+};
+
+/** JetStream refused the message for want of room (insufficient resources, a stream or account limit). */
+export function isStoreFull(error: unknown): boolean {
+  const e = error as { message?: string; api_error?: { err_code?: number } } | null;
+  const code = e?.api_error?.err_code;
+  return code === 10047 || /insufficient (resources|storage)|maximum (bytes|messages) exceeded|storage limit/i.test(e?.message ?? "");
+}
+
 /** Envelopes stay well below NATS's default 1 MiB max payload. */
 const MAX_ENVELOPE_BYTES = 512 * 1024;
 
@@ -93,9 +110,12 @@ async function publishWithRetry(
     const left = deadline - Date.now();
     try {
       if (left <= 0) throw new PublishDeadlineExceeded(`no PubAck for ${subject} before the deadline`);
-      return await js.publish(subject, body, { msgID, timeout: Math.min(10_000, Math.max(1, Math.round(left))) });
+      const ack = await js.publish(subject, body, { msgID, timeout: Math.min(10_000, Math.max(1, Math.round(left))) });
+      publishHealth.lastSuccessAt = Date.now();
+      return ack;
     } catch (error) {
       if (error instanceof PublishDeadlineExceeded) throw error;
+      if (isStoreFull(error)) publishHealth.lastRefusal = { at: Date.now(), message: (error as Error).message };
       if (attempt >= attempts) throw error;
       if (deadline - Date.now() <= 0) throw new PublishDeadlineExceeded(`no PubAck for ${subject} before the deadline: ${(error as Error).message}`, { cause: error });
       await new Promise((r) => setTimeout(r, Math.min(backoffDelay(attempt, 200, 5_000), Math.max(0, deadline - Date.now()))));

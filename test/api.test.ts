@@ -99,7 +99,7 @@ describe("health, readiness, metrics, docs", () => {
     const r = await api.call({ method: "GET", url: "/metrics" });
     expect(r.statusCode).toBe(200);
     expect(r.headers["content-type"]).toMatch(/text\/plain/);
-    for (const name of ["tally_commands_applied_total", "tally_apply_batch_size", "tally_apply_batch_seconds", "tally_reservations_total", "tally_dlq_messages", "tally_leases_held", "tally_cdc_slot_lag_bytes"])
+    for (const name of ["tally_commands_applied_total", "tally_apply_batch_size", "tally_apply_batch_seconds", "tally_reservations_total", "tally_dlq_messages", "tally_leases_held", "tally_cdc_slot_lag_bytes", "tally_worker_stuck_partitions", "tally_worker_unstorable", "tally_worker_stream_resets"])
       expect(r.body).toContain(name);
   });
 

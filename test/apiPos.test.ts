@@ -166,6 +166,16 @@ describe("POST /v1/pos/transactions", () => {
     expect(letters.some((l) => (l.payload as { transactions?: unknown }).transactions === "all of them")).toBe(true);
   });
 
+  it("refuses a date-time Postgres cannot store (year 0) with 400 naming occurredAt; nothing is published", async () => {
+    const before = await commandMessages();
+    const r = await post({ transactions: [txn("4101", [{ type: "sale", sku: "SKU-A", qty: 1 }], { occurredAt: "0000-01-01T00:00:00Z" })] });
+    expect(r.statusCode).toBe(400);
+    expect(r.json().results[0].errors).toEqual([
+      { path: "transactions[0].occurredAt", message: 'expected a date-time from 1900-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, got "0000-01-01T00:00:00Z"' },
+    ]);
+    expect(await commandMessages()).toBe(before);
+  });
+
   it("rejects an unknown barcode (unknown_item); once the item exists, replaying the dead letter applies it", async () => {
     const r = await post({ transactions: [txn("6001", [{ type: "sale", barcode: "4000000000099", qty: 2 }])] });
     expect(r.statusCode).toBe(400);

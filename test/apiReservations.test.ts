@@ -162,6 +162,19 @@ describe("POST /v1/reservations", () => {
     expect(unknownChannel.statusCode).toBe(404);
   });
 
+  it("answers 400 naming the field for a ':' in a SKU or location (one id grammar with commands), publishing nothing and leaving nothing pending", async () => {
+    const before = await commandCount();
+    const sku = await reserve({ sku: "R:1", qty: 1, location: "DC1" });
+    expect(sku.statusCode).toBe(400);
+    expect(sku.json().issues.map((i: { path: string }) => i.path)).toContain("body.sku");
+    const location = await reserve({ lines: [{ sku: "R-1", qty: 1, location: "DC:1" }] });
+    expect(location.statusCode).toBe(400);
+    expect(location.json().issues.map((i: { path: string }) => i.path)).toContain("body.lines[0].location");
+    expect(await commandCount()).toBe(before);
+    const [{ pending }] = await api.sql<[{ pending: number }]>`select count(*)::int as pending from reservations where status = 'pending'`;
+    expect(pending).toBe(0);
+  });
+
   it("answers 403 for another channel, or a location outside the token's channel", async () => {
     expect((await reserve({ sku: "R-1", qty: 1, channel: "web" }, "storeReserver")).statusCode).toBe(403);
     expect((await reserve({ sku: "R-1", qty: 1, location: "DC1" }, "storeReserver")).statusCode).toBe(403);

@@ -146,6 +146,10 @@ describe("decodeTallyConfig", () => {
     expect(config.channels).toEqual({ web: { locations: ["DC1", "S01"], buffer: 2 }, "store-1": { locations: ["S01"], buffer: 0 } });
   });
 
+  it("rejects a location id outside the one id grammar (':' is not allowed in commands, so not here either)", () => {
+    expect(message({ channels: { web: { locations: ["S:01"] } } })).toMatch(/^my\.config\.ts: channels\.web\.locations\.0\b.*expected a location id \(1 to 200 letters, digits, _ \. -\)/);
+  });
+
   it("rejects a channel with no locations, naming the path", () => {
     expect(message({ channels: { web: { locations: [] } } })).toMatch(/^my\.config\.ts: channels\.web\.locations\b/);
     expect(message({ channels: { web: {} } })).toMatch(/^my\.config\.ts: channels\.web\.locations: is missing/);

@@ -114,6 +114,10 @@ export class ApiMetrics {
       workerCounter("tally_worker_duplicates_skipped", "Commands skipped as already applied", () => worker.metrics.skippedDuplicate);
       workerCounter("tally_worker_holds_refused", "Reserves this process's worker refused for want of stock (each published as hold_refused)", () => worker.metrics.holdsRefused);
       workerCounter("tally_worker_retries", "Batch retries after a failure", () => worker.metrics.retries);
+      workerCounter("tally_worker_unstorable", "Commands the ledger refused to store (a data error), dead-lettered so their partition moved on", () => worker.metrics.poisoned);
+      workerCounter("tally_worker_skipped_by_operator", "Stream messages dead-lettered because an operator skipped them (tally dlq skip)", () => worker.metrics.skipped);
+      workerCounter("tally_worker_stream_resets", "Times the commands stream was a new one and the checkpoints were reset to it", () => worker.metrics.streamResets);
+      workerCounter("tally_worker_stuck_partitions", "Partitions held by this process's worker that are stuck (5 or more failed attempts in a row)", () => worker.statuses().filter((s) => s.stuck).length);
       workerCounter(
         "tally_worker_duplicate_retries",
         "Batches decided again with the lookup of decided command ids after their optimistic commit met a duplicate",

@@ -12,7 +12,7 @@ import { Either } from "effect";
 import type { Command } from "../../actors/index.ts";
 import { Crosswalk, MappingError } from "../../cdc/index.ts";
 import { ITEMS_CHANNEL } from "../../cdc/crosswalk.ts";
-import { deadLetter, type DeadLetter } from "../deadLetters.ts";
+import { deadLetter, publishDeadLetter, type DeadLetter } from "../deadLetters.ts";
 import type { NatsHandles } from "../nats.ts";
 import { pauser } from "../cooperative.ts";
 import { publishCommands } from "../publisher.ts";
@@ -436,7 +436,7 @@ export class PosIngest {
           ...(r.index >= 0 ? { index: r.index } : {}),
         });
         const msgID = `dlq:pos:${createHash("sha256").update(typeof r.raw === "string" ? r.raw : payloadHash(r.raw)).update(reason).digest("hex").slice(0, 32)}`;
-        await nats.js.publish(topology.dlqSubject(DLQ_ORIGIN), JSON.stringify(letter), { msgID });
+        await publishDeadLetter({ js: nats.js, nc: nats.nc, sql: this.deps.sql, topology }, letter, msgID);
         log.warn({ pos: key, reason, via: ctx.via }, "POS transaction rejected (dead-lettered)");
       }),
     );

@@ -5,6 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import { Either, ParseResult, Schema } from "effect";
+import { EARLIEST_OCCURRED_AT, LATEST_OCCURRED_AT, isIsoDateTimeWithZone, isStorableDateTime } from "../../actors/index.ts";
 
 /** Most transactions in one batch, and lines in one transaction. */
 export const MAX_TRANSACTIONS = 1000;
@@ -41,15 +42,17 @@ const StoreId = token("a store id (1 to 64 letters, digits, _ -)", /^[A-Za-z0-9_
 const PosId = (what: string) => token(`a ${what} (1 to 64 letters, digits, _ - .)`, /^[A-Za-z0-9_.-]+$/, 64);
 const Identifier = (what: string) => token(`a ${what} (1 to 64 printable characters, no spaces)`, /^[\x21-\x7E]+$/, 64);
 
-const ISO = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-](\d{2}):?(\d{2}))$/i;
-const isIsoWithZone = (s: string): boolean => {
-  const m = ISO.exec(s);
-  if (!m) return false;
-  const [y, mo, d, h, mi, se, oh, om] = m.slice(1).map((p) => Number(p ?? 0)) as [number, number, number, number, number, number, number, number];
-  const days = new Date(Date.UTC(y, mo, 0)).getUTCDate();
-  return mo >= 1 && mo <= 12 && d >= 1 && d <= days && h <= 23 && mi <= 59 && se <= 59 && oh <= 23 && om <= 59;
-};
-const OccurredAt = Schema.String.pipe(Schema.filter(isIsoWithZone, expected("an ISO-8601 date-time with a zone, like 2026-11-26T10:00:00Z")));
+/** A date-time with a zone whose instant Postgres can store (the same bounds as a command's occurredAt). */
+const OccurredAt = Schema.String.pipe(
+  Schema.filter(isStorableDateTime, {
+    message: (issue) => {
+      const what = typeof issue.actual === "string" && isIsoDateTimeWithZone(issue.actual)
+        ? `a date-time from ${EARLIEST_OCCURRED_AT} to ${LATEST_OCCURRED_AT}`
+        : "an ISO-8601 date-time with a zone, like 2026-11-26T10:00:00Z";
+      return { message: `expected ${what}, got ${show(issue.actual)}`, override: true };
+    },
+  }),
+);
 
 const Count = Schema.Number.pipe(
   Schema.filter((n) => Number.isSafeInteger(n) && n >= 1 && n <= MAX_LINE_QTY, expected(`a whole count from 1 to ${MAX_LINE_QTY}`)),

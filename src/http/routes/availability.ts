@@ -1,10 +1,12 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
 import { DeliveryOrder } from "../../deliveryOrder.ts";
+import { ID_JSON_PATTERN } from "../../../actors/index.ts";
 import type { ApiContext } from "../app.ts";
 import { ApiError, errors } from "../errors.ts";
 
-const SKU = "^[A-Za-z0-9_\\-.:*]{1,200}$";
+/** The one id grammar (see actors/command.ts). */
+const SKU = ID_JSON_PATTERN;
 const MAX_SKUS = 1000;
 
 const Availability = {

@@ -1,9 +1,12 @@
 import type { FastifyInstance } from "fastify";
+import { listStuck } from "../../../ledger/index.ts";
+import { isNotFound } from "../../nats.ts";
+import { publishHealth } from "../../publisher.ts";
 import type { ApiContext } from "../app.ts";
 
 const Check = { type: "object", properties: { ok: { type: "boolean" }, detail: { type: "string" } }, additionalProperties: true } as const;
 
-/** `/healthz` (the process is up), `/readyz` (Postgres, NATS, leases), `/metrics` (Prometheus). No auth. */
+/** `/healthz` (the process is up), `/readyz` (dependencies and the roles this process runs), `/metrics` (Prometheus). No auth. */
 export async function healthRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
   app.get(
     "/healthz",
@@ -23,7 +26,7 @@ export async function healthRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
     {
       schema: {
         tags: ["health"],
-        summary: "Postgres and NATS answer; leases held by this process's worker",
+        summary: "Dependencies answer (Postgres, NATS, JetStream's commands stream); per role: every partition held and none stuck (worker), sources streaming (cdc)",
         security: [],
         response: {
           200: { type: "object", properties: { ready: { type: "boolean" }, checks: { type: "object", additionalProperties: Check } } },
@@ -32,25 +35,7 @@ export async function healthRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
       },
     },
     async (_req, reply) => {
-      const within = <T>(p: Promise<T>, ms: number) =>
-        Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref())]);
-      const checks: Record<string, { ok: boolean; detail?: string; [k: string]: unknown }> = {};
-      await Promise.all([
-        within(ctx.sql`select 1`, 2000).then(
-          () => (checks.postgres = { ok: true }),
-          (e: Error) => (checks.postgres = { ok: false, detail: e.message }),
-        ),
-        (ctx.nats.nc.isClosed() ? Promise.reject(new Error("connection closed")) : within(ctx.nats.nc.rtt(), 2000)).then(
-          (rtt) => (checks.nats = { ok: true, rttMs: rtt }),
-          (e: Error) => (checks.nats = { ok: false, detail: e.message }),
-        ),
-      ]);
-      if (ctx.worker) {
-        const held = ctx.worker.held();
-        // A worker may rightly hold none (more workers than partitions); it is reported, not required.
-        checks.leases = { ok: true, held: held.length, partitions: held.join(","), detail: `${held.length} of ${ctx.topology.partitions} partitions held by this worker` };
-      }
-      const ready = Object.values(checks).every((c) => c.ok);
+      const { ready, checks } = await readiness(ctx);
       return reply.code(ready ? 200 : 503).send({ ready, checks });
     },
   );
@@ -63,4 +48,105 @@ export async function healthRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
       return ctx.metrics.registry.metrics();
     },
   );
+}
+
+type Check = { ok: boolean; detail?: string; [k: string]: unknown };
+
+const CHECK_TIMEOUT_MS = 2000;
+const within = <T>(p: Promise<T>, ms = CHECK_TIMEOUT_MS) =>
+  Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref())]);
+const failed = (e: unknown): Check => ({ ok: false, detail: (e as Error)?.message ?? String(e) });
+
+/**
+ * What `/readyz` checks. Every role: Postgres answers, NATS answers, and JetStream holds the
+ * commands stream (it is missing after a wiped store, and a full store refuses its writes). The
+ * worker role: every partition is held by some worker (a lease is live), and none of the partitions
+ * this worker holds is stuck. The cdc role: every source's replication stream is open. Stuck
+ * partitions (recorded by whichever worker holds them) are listed by every role; they make only a
+ * worker unready — an API that is taken out of rotation does not unstick a partition.
+ */
+export async function readiness(ctx: ApiContext): Promise<{ ready: boolean; checks: Record<string, Check> }> {
+  const checks: Record<string, Check> = {};
+  const { topology, nats, worker, readers } = ctx;
+  await Promise.all([
+    within(ctx.sql`select 1`).then(
+      () => (checks.postgres = { ok: true }),
+      (e: unknown) => (checks.postgres = failed(e)),
+    ),
+    (nats.nc.isClosed() ? Promise.reject(new Error("connection closed")) : within(nats.nc.rtt())).then(
+      (rtt) => (checks.nats = { ok: true, rttMs: rtt }),
+      (e: unknown) => (checks.nats = failed(e)),
+    ),
+    within(jetstreamCheck(ctx)).then(
+      (c) => (checks.jetstream = c),
+      (e: unknown) => (checks.jetstream = failed(e)),
+    ),
+    within(listStuck(ctx.sql)).then(
+      (stuck) =>
+        (checks.stuck = {
+          ok: stuck.length === 0 || !worker,
+          partitions: stuck.map((s) => s.partition).join(","),
+          detail:
+            stuck.length === 0
+              ? "no partition is stuck"
+              : stuck.map((s) => `partition ${s.partition} stuck at message ${s.streamSeq} after ${s.attempts} attempts: ${s.error}`).join("; "),
+        }),
+      (e: unknown) => (checks.stuck = failed(e)),
+    ),
+    ...(worker
+      ? [
+          within(worker.partitionsHeld()).then(
+            (heldAnywhere) => {
+              const held = worker.held();
+              const stuckHere = worker.statuses().filter((s) => s.stuck);
+              checks.leases = {
+                ok: heldAnywhere >= topology.partitions && stuckHere.length === 0,
+                held: held.length,
+                heldByAnyWorker: heldAnywhere,
+                partitions: held.join(","),
+                // A worker may rightly hold none (more workers than partitions); what must hold is that someone holds each.
+                detail:
+                  `${held.length} of ${topology.partitions} partitions held by this worker, ${Math.min(heldAnywhere, topology.partitions)} by some worker` +
+                  (stuckHere.length > 0 ? `; stuck here: ${stuckHere.map((s) => `${s.partition} (${s.attempts} attempts: ${s.lastError})`).join(", ")}` : ""),
+              };
+            },
+            (e: unknown) => (checks.leases = failed(e)),
+          ),
+        ]
+      : []),
+  ]);
+  if (readers && readers.length > 0) {
+    const idle = readers.filter((r) => !r.streaming).map((r) => r.name);
+    checks.cdc = {
+      ok: idle.length === 0,
+      detail: idle.length === 0 ? `${readers.length} sources streaming` : `not streaming (snapshotting, reconnecting or stopped): ${idle.join(", ")}`,
+    };
+  }
+  return { ready: Object.values(checks).every((c) => c.ok), checks };
+}
+
+/** A refused publish counts until a later one succeeds, or this long has passed without another. */
+const REFUSAL_MEMORY_MS = 60_000;
+
+/** Less room left than 2% of the limit (at least 1 KiB): the next publishes are refused, or old commands dropped. */
+const nearlyFull = (used: number, limit: number): boolean => limit - used < Math.max(limit * 0.02, 1024);
+
+/** The commands stream exists, and its store has room (a stream or account limit reached refuses publishes). */
+async function jetstreamCheck(ctx: ApiContext): Promise<Check> {
+  const { nats, topology } = ctx;
+  const info = await nats.jsm.streams.info(topology.commandsStream).catch((e: unknown) => {
+    if (isNotFound(e)) throw new Error(`the commands stream ${topology.commandsStream} is missing (was the NATS store lost?)`);
+    throw e;
+  });
+  const account = await nats.jsm.getAccountInfo();
+  const maxStorage = account.limits?.max_storage ?? -1;
+  if (maxStorage > 0 && nearlyFull(account.storage, maxStorage))
+    return { ok: false, detail: `JetStream storage full: ${account.storage} of ${maxStorage} bytes used`, messages: info.state.messages };
+  const maxBytes = info.config.max_bytes ?? -1;
+  if (maxBytes > 0 && nearlyFull(info.state.bytes, maxBytes))
+    return { ok: false, detail: `the commands stream is full: ${info.state.bytes} of ${maxBytes} bytes`, messages: info.state.messages };
+  const refusal = publishHealth.lastRefusal;
+  if (refusal && refusal.at > publishHealth.lastSuccessAt && Date.now() - refusal.at < REFUSAL_MEMORY_MS)
+    return { ok: false, detail: `JetStream refused a command publish ${Math.round((Date.now() - refusal.at) / 1000)} s ago for want of room: ${refusal.message}`, messages: info.state.messages };
+  return { ok: true, messages: info.state.messages, created: info.created };
 }

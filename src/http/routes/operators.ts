@@ -3,6 +3,7 @@ import type { FastifyInstance } from "fastify";
 import { Crosswalk, configuredSources, type ResolvedSource } from "../../../cdc/index.ts";
 import { sourceStatus } from "../../../cdc/admin.ts";
 import { connectPostgres } from "../../db.ts";
+import { listStuck, requestSkip } from "../../../ledger/index.ts";
 import { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "../../dlq.ts";
 import type { ApiContext } from "../app.ts";
 import { ApiError, errors } from "../errors.ts";
@@ -16,12 +17,17 @@ const Letter = {
     payload: {},
     context: { type: "object", additionalProperties: true },
     at: { type: "string", format: "date-time" },
+    payloadStored: {
+      type: "object",
+      description: "set when the payload was too large for NATS: it is kept in Postgres (payload is then null; a replay reads it back)",
+      properties: { in: { type: "string" }, table: { type: "string" }, key: { type: "string" }, bytes: { type: "integer" }, json: { type: "boolean" } },
+    },
   },
 } as const;
 
 const IdParams = { type: "object", required: ["id"], properties: { id: { type: "integer", minimum: 1 } } } as const;
 
-/** Dead letters (list, replay, discard) and CDC sources; the `admin` scope. */
+/** Dead letters (list, replay, discard), stuck partitions (list, skip) and CDC sources; the `admin` scope. */
 export async function operatorRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
   const read = { scope: "admin" as const };
   const write = { scope: "admin" as const, rateLimit: { max: ctx.opts.rateLimitPerMinute, timeWindow: 60_000 } };
@@ -92,6 +98,65 @@ export async function operatorRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCo
       await discardDeadLetter(ctx.nats, ctx.topology, letter.id);
       req.log.info({ dlqId: letter.id, origin: letter.origin, reason: letter.reason }, "dead letter discarded");
       return { id: letter.id, discarded: true };
+    },
+  );
+
+  app.get(
+    "/v1/partitions/stuck",
+    {
+      config: read,
+      schema: {
+        tags: ["operators"],
+        summary: "Partitions not advancing: the stream message each is stuck at, the failed attempts in a row and the last error",
+        response: {
+          200: {
+            type: "object",
+            properties: {
+              stuck: {
+                type: "array",
+                items: {
+                  type: "object",
+                  properties: {
+                    partition: { type: "integer" },
+                    streamSeq: { type: "integer" },
+                    attempts: { type: "integer" },
+                    error: { type: "string" },
+                    since: { type: "string", format: "date-time" },
+                    updatedAt: { type: "string", format: "date-time" },
+                  },
+                },
+              },
+            },
+          },
+          ...errors(401, 403),
+        },
+      },
+    },
+    async () => ({ stuck: await listStuck(ctx.sql) }),
+  );
+
+  app.post<{ Params: { partition: number }; Body: { seq?: number } | undefined }>(
+    "/v1/partitions/:partition/skip",
+    {
+      config: write,
+      schema: {
+        tags: ["operators"],
+        summary: "Ask the worker holding a stuck partition to dead-letter the message it is stuck at (or `seq`) and move on",
+        params: { type: "object", required: ["partition"], properties: { partition: { type: "integer", minimum: 0, maximum: ctx.topology.partitions - 1 } } },
+        body: { type: "object", properties: { seq: { type: "integer", minimum: 1, maximum: Number.MAX_SAFE_INTEGER } }, additionalProperties: false },
+        response: {
+          202: { type: "object", properties: { partition: { type: "integer" }, seq: { type: "integer" }, requested: { type: "boolean" } } },
+          ...errors(400, 401, 403, 409, 429),
+        },
+      },
+    },
+    async (req, reply) => {
+      const { partition } = req.params;
+      const seq = req.body?.seq ?? (await listStuck(ctx.sql)).find((s) => s.partition === partition)?.streamSeq;
+      if (seq === undefined) throw new ApiError(409, "not_stuck", `partition ${partition} is not stuck; give seq to skip a message anyway`);
+      const requested = await requestSkip(ctx.sql, partition, seq, `${req.principal?.id ?? "admin"}@api`);
+      req.log.warn({ partition, seq }, "operator asked to skip a partition's message");
+      return reply.code(202).send({ partition, seq, requested });
     },
   );
 

@@ -1,11 +1,13 @@
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { MappingError } from "../../../cdc/index.ts";
+import { ID_JSON_PATTERN } from "../../../actors/index.ts";
 import type { ApiContext } from "../app.ts";
 import { ApiError, errors } from "../errors.ts";
 import type { LineRequest } from "../reservations.ts";
 
-const SKU = "^[A-Za-z0-9_\\-.:]{1,200}$";
-const LOCATION = "^[A-Za-z0-9_.:-]{1,200}$";
+/** The one id grammar of SKUs and locations (see actors/command.ts): a colon never reaches a command. */
+const SKU = ID_JSON_PATTERN;
+const LOCATION = ID_JSON_PATTERN;
 const MAX_LINES = 100;
 const Qty = { type: "integer", minimum: 1, maximum: 1_000_000_000 } as const;
 

@@ -1,0 +1,36 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { withStoredPayload } from "../src/deadLetters.ts";
+import { getDeadLetter } from "../src/dlq.ts";
+import { testContext } from "./support/context.ts";
+import { startApi, type ApiFixture } from "./apiSupport.ts";
+
+let api: ApiFixture;
+
+beforeAll(async () => {
+  api = await startApi(await testContext(), {}, []);
+});
+afterAll(async () => {
+  await api?.close();
+});
+
+describe("a dead letter too large for NATS", () => {
+  it("keeps its payload in Postgres and says so (an invalid POS body over 1 MB)", async () => {
+    const maxPayload = api.h.nats.nc.info!.max_payload;
+    const body = JSON.stringify({ transactions: "x".repeat(maxPayload + 100_000) });
+    const r = await api.call({ method: "POST", url: "/v1/pos/transactions", as: "pos", headers: { "content-type": "application/json" }, payload: body });
+    expect(r.statusCode).toBe(400);
+
+    const list = await api.call({ method: "GET", url: "/v1/dlq?origin=pos", as: "admin" });
+    expect(list.statusCode).toBe(200);
+    const letter = list.json().letters.find((l: { payloadStored?: unknown }) => l.payloadStored !== undefined);
+    expect(letter).toMatchObject({
+      origin: "pos",
+      payload: null,
+      payloadStored: { in: "postgres", table: "dead_letter_payloads", bytes: body.length, json: true },
+    });
+    expect(letter.reason).toMatch(/^transactions: expected an array of transactions \(payload of \d+ bytes too large for NATS: kept in Postgres, dead_letter_payloads key dlq:pos:[0-9a-f]+\)$/);
+    // What a replay reads: the payload as it was posted.
+    const stored = await getDeadLetter(api.h.nats, api.h.topology, letter.id);
+    expect(JSON.stringify((await withStoredPayload(api.sql, stored!)).payload)).toBe(body);
+  });
+});
