@@ -13,7 +13,7 @@ import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { decodeCommand, type Command, type ReserveScope } from "../../actors/index.ts";
 import type { ChannelConfig } from "../configFile.ts";
-import { deadLetter, deadLetterMsgId } from "../deadLetters.ts";
+import { deadLetter, deadLetterMsgId, publishDeadLetter } from "../deadLetters.ts";
 import type { NatsHandles } from "../nats.ts";
 import { expireDueHolds } from "../holdExpiry.ts";
 import { publishCommands } from "../publisher.ts";
@@ -523,7 +523,7 @@ export class Reservations {
     const { sql, nats, topology, log } = this.deps;
     const [[row], lines] = await Promise.all([sql<Array<Row>>`select * from reservations where id = ${id}`, this.#lines(sql, id)]);
     const letter = deadLetter(DLQ_ORIGIN, error.message, { reservation: row, lines }, { reservationId: id, line: error.line });
-    await nats.js.publish(topology.dlqSubject(DLQ_ORIGIN), JSON.stringify(letter), { msgID: deadLetterMsgId(letter) });
+    await publishDeadLetter({ js: nats.js, nc: nats.nc, sql, topology }, letter, deadLetterMsgId(letter));
     await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released");
     await sql`update reservation_lines set state = 'rejected' where reservation_id = ${id} and state = 'pending'`;
     const path = `lines[${error.line - 1}]`;
