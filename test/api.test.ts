@@ -90,6 +90,8 @@ describe("auth", () => {
 describe("health, readiness, metrics, docs", () => {
   it("serves /healthz and /readyz without a token", async () => {
     expect((await api.call({ method: "GET", url: "/healthz" })).json()).toEqual({ ok: true });
+    // Ready once the worker holds every partition (it takes them on its first heartbeat).
+    await eventually("the process to be ready", async () => (await api.call({ method: "GET", url: "/readyz" })).statusCode === 200);
     const ready = await api.call({ method: "GET", url: "/readyz" });
     expect(ready.statusCode).toBe(200);
     expect(ready.json()).toMatchObject({ ready: true, checks: { postgres: { ok: true }, nats: { ok: true }, leases: { ok: true } } });
