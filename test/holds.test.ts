@@ -148,7 +148,7 @@ describe("a hold belongs to one order line", () => {
       select movement, delta from ledger_entries where command_id = ${ship.id}`;
     expect({ movement: entry!.movement, delta: Number(entry!.delta) }).toEqual({ movement: "fulfill_unreserved", delta: -4 });
     await eventually("the fulfill_unreserved and negative_stock events", async () => {
-      const events = await readStream(h, h.topology.eventsStream, h.topology.eventSubject(">"));
+      const events = await readStream(h, h.topology.eventsStream, h.topology.eventSubjects);
       const mine = events.filter((e) => (e.data as { sku?: string }).sku === sku);
       return (
         mine.some((e) => e.subject.endsWith(".fulfill_unreserved") && (e.data as { holdId: string }).holdId === "shop:O-77:2") &&
