@@ -6,7 +6,7 @@ import type { Logger } from "pino";
 import type { Command } from "../actors/index.ts";
 import { connectPostgres } from "../src/db.ts";
 import { backoffDelay } from "../src/backoff.ts";
-import { deadLetter, deadLetterMsgId, type DeadLetter } from "../src/deadLetters.ts";
+import { deadLetter, deadLetterMsgId, publishDeadLetter, type DeadLetter } from "../src/deadLetters.ts";
 import { publishCommands } from "../src/publisher.ts";
 import type { Topology } from "../src/topology.ts";
 import { Crosswalk, ITEMS_CHANNEL } from "./crosswalk.ts";
@@ -519,7 +519,7 @@ export class SourceReader {
    * LSN of the last complete one: a large transaction's end LSN only after its last chunk.
    */
   async #flushLoop(): Promise<void> {
-    const { js, topology } = this.opts;
+    const { js, nc, sql, topology } = this.opts;
     while (this.#ready.length > 0 && !this.#failure) {
       const batch = this.#ready.splice(0, this.#ready.length);
       const commands = batch.flatMap((t) => t.commands);
@@ -527,9 +527,8 @@ export class SourceReader {
       try {
         if (dead.length > 0)
           await Promise.all(
-            dead.map((d) =>
-              js.publish(topology.dlqSubject(d.origin), JSON.stringify(d), { msgID: deadLetterMsgId(d) }),
-            ),
+            // A letter too large for NATS (a huge source row) keeps its payload in Postgres.
+            dead.map((d) => publishDeadLetter({ js, nc, sql, topology }, d, deadLetterMsgId(d))),
           );
         if (commands.length > 0) await publishCommands(js, topology, commands);
       } catch (error) {
