@@ -12,6 +12,23 @@ import { startApi, type ApiFixture } from "./apiSupport.ts";
 
 const run = promisify(execFile);
 
+/**
+ * The Python that finance would use: the first of `python3` on PATH and Debian's own interpreter
+ * that has pandas (a pyenv `python3` first on PATH does not see Debian's python3-pandas, which
+ * `.ci/run` installs when neither has it).
+ */
+async function pythonWithPandas(): Promise<string> {
+  for (const candidate of ["python3", "/usr/bin/python3"]) {
+    try {
+      await run(candidate, ["-c", "import pandas"]);
+      return candidate;
+    } catch {
+      // Not this one: try the next.
+    }
+  }
+  throw new Error("no python3 with pandas (install Debian's python3-pandas, as .ci/run does)");
+}
+
 let ctx: TestContext;
 let api: ApiFixture;
 let dir: string;
@@ -144,7 +161,7 @@ print(json.dumps({
     "ndDeltaType": str(nd["delta"].dtype),
 }))
 `;
-    const { stdout } = await run("python3", ["-c", script, csvFile, ndFile]);
+    const { stdout } = await run(await pythonWithPandas(), ["-c", script, csvFile, ndFile]);
     const seen = JSON.parse(stdout) as Record<string, unknown>;
     expect(seen).toMatchObject({
       header: [...EXPORT_COLUMNS],
