@@ -653,6 +653,7 @@ export class SourceReader {
       source: this.opts.source,
       ledger: this.opts.sql,
       js: this.opts.js,
+      nc: this.opts.nc,
       topology: this.opts.topology,
       crosswalk: this.#crosswalk!,
       log: this.opts.log,

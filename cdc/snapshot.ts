@@ -1,10 +1,11 @@
 import pg from "pg";
 import postgres from "postgres";
 import type { JetStreamClient } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import type { Command } from "../actors/index.ts";
-import { deadLetter, type DeadLetter } from "../src/deadLetters.ts";
+import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/deadLetters.ts";
 import { publishCommands } from "../src/publisher.ts";
 import type { Topology } from "../src/topology.ts";
 import { Crosswalk } from "./crosswalk.ts";
@@ -16,6 +17,8 @@ export interface SnapshotOptions {
   readonly source: ResolvedSource;
   readonly ledger: Sql;
   readonly js: JetStreamClient;
+  /** Tells NATS's max_payload, for dead letters too large for it (kept in the ledger database). */
+  readonly nc?: NatsConnection;
   readonly topology: Topology;
   readonly crosswalk: Crosswalk;
   readonly log: Logger;
@@ -237,7 +240,7 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
                 key: keyText,
                 code: outcome.error.reason,
               });
-              await js.publish(topology.dlqSubject(source.name), JSON.stringify(d), { msgID: `dlq:${source.name}:snapshot:${consistentPoint}:${table.table}:${keyText}` });
+              await publishDeadLetter({ js, nc: opts.nc, sql: opts.ledger, topology }, d, `dlq:${source.name}:snapshot:${consistentPoint}:${table.table}:${keyText}`);
               opts.onDeadLetter?.(d);
               deadOut++;
               continue;

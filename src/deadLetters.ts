@@ -56,7 +56,8 @@ export interface StoredPayloadRef {
 /** What publishing a dead letter needs: JetStream, and Postgres for a payload too large for NATS. */
 export interface DeadLetterSink {
   readonly js: JetStreamClient;
-  readonly nc: NatsConnection;
+  /** Tells the server's max_payload (1 MiB assumed without it). */
+  readonly nc?: NatsConnection;
   readonly sql: Sql;
   readonly topology: Topology;
 }
@@ -76,7 +77,7 @@ const HEADROOM_BYTES = 8 * 1024;
  */
 export async function publishDeadLetter(sink: DeadLetterSink, letter: DeadLetter, msgID: string): Promise<void> {
   const body = JSON.stringify(letter);
-  const limit = sink.nc.info?.max_payload ?? 1024 * 1024;
+  const limit = sink.nc?.info?.max_payload ?? 1024 * 1024;
   if (Buffer.byteLength(body) <= limit - HEADROOM_BYTES) {
     await sink.js.publish(sink.topology.dlqSubject(letter.origin), body, { msgID });
     return;
