@@ -355,7 +355,10 @@ describe("fuzzing every operation of the live OpenAPI document (/docs/json)", ()
         seen.add(res.status);
         const what = `${JSON.stringify(req).slice(0, 300)} → ${res.status} ${res.text.slice(0, 200)}`;
         const where = `${valid ? "valid" : "invalid"} ${op.method} ${op.path}`;
-        if (res.status >= 500) problems.push(`5xx ${res.status} on ${where}: ${what}`);
+        // /readyz answering 503 is its documented "not ready" (e.g. a partition between holders on a
+        // loaded machine), not a server error; its body is still checked against the document below.
+        const notReady = op.path === "/readyz" && res.status === 503;
+        if (res.status >= 500 && !notReady) problems.push(`5xx ${res.status} on ${where}: ${what}`);
         const bad = conforms(op, res);
         if (bad) problems.push(`${where}: ${bad}: ${what}`);
       }
