@@ -7,7 +7,7 @@ import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } fro
 import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./app.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "./config.ts";
 import { knownStores, loadTallyConfig } from "./configFile.ts";
-import { workerProcess } from "./workerProcess.ts";
+import { stopWithParent, workerProcess } from "./workerProcess.ts";
 import { connectPostgres, type Sql } from "./db.ts";
 import { devMain } from "./dev.ts";
 import { createLogger } from "./log.ts";
@@ -171,6 +171,7 @@ async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promis
     if (!ROLES.includes(r as Role)) throw new UsageError(`--roles: unknown role ${JSON.stringify(r)} (expected ${ROLES.join(", ")})`);
   const config = await loadTallyConfig(settings.configFile);
   const log = createLogger("tally");
+  stopWithParent();
   // The API and the worker never share an event loop (unless TALLY_WORKER_PROCESS=inline): the worker runs in a child process.
   const separate = roles.includes("api") && roles.includes("worker") && settings.workerProcess === "separate";
   const here = separate ? roles.filter((r) => r !== "worker") : roles;

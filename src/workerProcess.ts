@@ -27,7 +27,8 @@ export const workerProcess = (log: Logger) =>
     let stopping = false;
     const { child, exit } = yield* Effect.acquireRelease(
       Effect.sync(() => {
-        const c = spawn(process.execPath, [BIN, "start", "--roles", "worker"], { env: process.env, stdio: ["ignore", "inherit", "inherit"] });
+        // An IPC channel only so the child sees its parent go (even killed -9): see stopWithParent.
+        const c = spawn(process.execPath, [BIN, "start", "--roles", "worker"], { env: process.env, stdio: ["ignore", "inherit", "inherit", "ipc"] });
         // Listened for at once: the child may die before the parent's own roles have started.
         const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => c.once("exit", (code, signal) => resolve({ code, signal })));
         return { child: c, exit };
@@ -57,4 +58,14 @@ async function stopChild(c: ChildProcess): Promise<void> {
   const timer = setTimeout(() => c.kill("SIGKILL"), STOP_GRACE_MS);
   await gone;
   clearTimeout(timer);
+}
+
+/**
+ * In a worker child: when the parent's IPC channel closes (the parent exited or was killed -9), stop
+ * as on SIGTERM, so an orphaned worker never keeps holding partitions. A no-op without a channel.
+ */
+export function stopWithParent(): void {
+  if (!process.channel) return;
+  process.channel.unref();
+  process.once("disconnect", () => process.kill(process.pid, "SIGTERM"));
 }
