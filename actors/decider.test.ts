@@ -1,6 +1,6 @@
 import { Either } from "effect";
 import { describe, expect, it } from "vitest";
-import { decodeCommand, LocationId, Sku, type Command, type CommandType } from "./command.ts";
+import { decodeCommand, LocationId, Sku, type Command, type CommandType } from "../src/contract/command.ts";
 import { decide, evolve, type Decision, type Rejection, type RejectionReason } from "./decider.ts";
 import {
   emptyLocation,

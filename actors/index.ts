@@ -14,8 +14,8 @@ export {
   isId,
   isIsoDateTimeWithZone,
   isStorableDateTime,
-} from "./command.ts";
-export type { CommandType, ReserveScope } from "./command.ts";
+} from "../src/contract/command.ts";
+export type { CommandType, ReserveScope } from "../src/contract/command.ts";
 export { decide, evolve } from "./decider.ts";
 export type { Decision, Rejection } from "./decider.ts";
 export type { Bucket, LocationState, SkuEvent, SkuState, StockStatus } from "./state.ts";

@@ -21,7 +21,7 @@ import type { Topology } from "../src/topology.ts";
 import { describeError, isPermanentDataError, isTransientDbError } from "../src/db.ts";
 import { backoffDelay } from "../src/backoff.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
-import { decodeCommand, encodeCommand } from "./command.ts";
+import { decodeCommand, encodeCommand } from "../src/contract/command.ts";
 import { decodeEnvelope } from "./envelope.ts";
 import type { ActorRegistry } from "./registry.ts";
 import type { ApplyGate } from "./applyGate.ts";
