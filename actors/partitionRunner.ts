@@ -18,8 +18,8 @@ import {
 import { isNotFound } from "../src/nats.ts";
 import type { NatsHandles } from "../src/nats.ts";
 import type { Topology } from "../src/topology.ts";
-import { describeError, isPermanentDataError, isTransientDbError } from "../src/db.ts";
-import { backoffDelay } from "../src/backoff.ts";
+import { describeError, isPermanentDataError, isTransientDbError } from "../src/platform/db.ts";
+import { backoffDelay } from "../src/platform/backoff.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
 import { decodeCommand, encodeCommand } from "../src/contract/command.ts";
 import { decodeEnvelope } from "./envelope.ts";

@@ -6,7 +6,7 @@
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import { LogicalReplicationService, PgoutputPlugin } from "pg-logical-replication";
 import { decodeCommand, encodeEnvelope, envelopeMsgId, type Command } from "../actors/index.ts";
-import type { Sql } from "../src/db.ts";
+import type { Sql } from "../src/platform/db.ts";
 import type { NatsHandles } from "../src/nats.ts";
 
 export interface Limits {

@@ -6,7 +6,7 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { migrate } from "../ledger/index.ts";
 import { decodeTallyConfig, type TallyConfigInput } from "../src/configFile.ts";
-import { connectPostgres, type Sql } from "../src/db.ts";
+import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { testContext, type TestContext } from "../test/support/context.ts";
 import { startPostgres, type PostgresServer } from "../test/support/postgres.ts";
 import { ROOT, eventually, runTally } from "../test/support/tally.ts";

@@ -4,8 +4,8 @@ import { LogicalReplicationService, PgoutputPlugin, type Pgoutput } from "pg-log
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import type { Command } from "../actors/index.ts";
-import { connectPostgres } from "../src/db.ts";
-import { backoffDelay } from "../src/backoff.ts";
+import { connectPostgres } from "../src/platform/db.ts";
+import { backoffDelay } from "../src/platform/backoff.ts";
 import { deadLetter, deadLetterMsgId, publishDeadLetter, type DeadLetter } from "../src/deadLetters.ts";
 import { publishCommands } from "../src/publisher.ts";
 import type { Topology } from "../src/topology.ts";

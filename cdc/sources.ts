@@ -1,6 +1,6 @@
 import type { SnapshotTable } from "./mapping.ts";
 import type { SourceConfig, TableConfig, TallyConfig } from "../src/configFile.ts";
-import { SettingsError } from "../src/config.ts";
+import { SettingsError } from "../src/platform/settings.ts";
 
 /** A source from `tally.config.ts` with its connection and defaults resolved. */
 export interface ResolvedSource {

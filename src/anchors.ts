@@ -4,7 +4,7 @@ import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import type { Sql } from "postgres";
 import { chainHeads, type Anchor } from "../ledger/index.ts";
-import { backoffDelay } from "./backoff.ts";
+import { backoffDelay } from "./platform/backoff.ts";
 import type { NatsHandles } from "./nats.ts";
 import type { Topology } from "./topology.ts";
 

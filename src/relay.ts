@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import { OUTBOX_CHANNEL } from "../ledger/index.ts";
 import { LeaseStore, type HeldLease } from "../actors/index.ts";
 import type { NatsHandles } from "./nats.ts";
-import { backoffDelay } from "./backoff.ts";
+import { backoffDelay } from "./platform/backoff.ts";
 
 export interface RelayOptions {
   readonly sql: Sql;

@@ -15,7 +15,7 @@ import { ConfigFileError, type TallyConfig } from "./configFile.ts";
 import { deadLetter, deadLetterMsgId, type DeadLetter } from "./deadLetters.ts";
 import type { NatsHandles } from "./nats.ts";
 import type { Topology } from "./topology.ts";
-import { backoffDelay } from "./backoff.ts";
+import { backoffDelay } from "./platform/backoff.ts";
 import { DeliveryOrder, type DeliveryGap } from "./deliveryOrder.ts";
 
 /** The dead-letter origin of undeliverable webhook batches. */

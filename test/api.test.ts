@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTally } from "../src/app.ts";
-import { loadSettings } from "../src/config.ts";
-import { createLogger } from "../src/log.ts";
+import { loadSettings } from "../src/platform/settings.ts";
+import { createLogger } from "../src/platform/log.ts";
 import { decodeTokens, newToken, sha256Hex, TokenVerifier } from "../src/http/auth.ts";
 import { TEST_CHANNELS, tallyEnv } from "./support/tally.ts";
 import { testContext, type TestContext } from "./support/context.ts";

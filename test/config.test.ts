@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SettingsError, loadSettings } from "../src/config.ts";
+import { SettingsError, loadSettings } from "../src/platform/settings.ts";
 import { ConfigFileError, decodeTallyConfig, loadTallyConfig } from "../src/configFile.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { ROOT, runTally, spawnTally, tallyEnv } from "./support/tally.ts";

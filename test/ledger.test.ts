@@ -4,7 +4,7 @@ import path from "node:path";
 import type { TransactionSql } from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MigrationError, migrate } from "../ledger/index.ts";
-import { connectPostgres } from "../src/db.ts";
+import { connectPostgres } from "../src/platform/db.ts";
 import { dropTestDatabase, testContext, type TestContext } from "./support/context.ts";
 import { ROOT, harness, runTally, spawnTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { loadSettings, SettingsError } from "../src/config.ts";
+import { loadSettings, SettingsError } from "../src/platform/settings.ts";
 import { natsConnectOptions } from "../src/nats.ts";
 
 describe("NATS credential settings", () => {

@@ -5,7 +5,7 @@ import type { Command } from "../actors/index.ts";
 import { ensureTopology } from "../src/nats.ts";
 import { publishCommands } from "../src/publisher.ts";
 import { buildApp } from "../src/http/app.ts";
-import { createLogger } from "../src/log.ts";
+import { createLogger } from "../src/platform/log.ts";
 import { testContext } from "./support/context.ts";
 import { demoSources } from "./support/cdc.ts";
 import { eventually, harness, startInProcess } from "./support/tally.ts";

@@ -1,9 +1,9 @@
 import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { loadSettings } from "../src/config.ts";
+import { loadSettings } from "../src/platform/settings.ts";
 import { banner } from "../src/dev.ts";
-import { createLogger } from "../src/log.ts";
-import { maskSecrets } from "../src/redact.ts";
+import { createLogger } from "../src/platform/log.ts";
+import { maskSecrets } from "../src/platform/redact.ts";
 import { runTally } from "./support/tally.ts";
 
 describe("maskSecrets", () => {

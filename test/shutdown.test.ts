@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
 import { verifyLedger } from "../ledger/index.ts";
 import { publishCommands } from "../src/publisher.ts";
-import { connectPostgres } from "../src/db.ts";
+import { connectPostgres } from "../src/platform/db.ts";
 import { freePort } from "../src/devStack/ports.ts";
 import type { TestContext } from "./support/context.ts";
 import { startNats, type NatsServer } from "./support/nats.ts";

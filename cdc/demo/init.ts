@@ -1,7 +1,7 @@
 import { enableSource } from "../admin.ts";
 import { findSource } from "../sources.ts";
 import type { TallyConfig } from "../../src/configFile.ts";
-import { connectPostgres } from "../../src/db.ts";
+import { connectPostgres } from "../../src/platform/db.ts";
 import { applyDemoSchemas, seedDemo, type SeedSummary } from "./seed.ts";
 
 /**

@@ -14,7 +14,7 @@ import { Crosswalk, MappingError } from "../../cdc/index.ts";
 import { ITEMS_CHANNEL } from "../../cdc/crosswalk.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../deadLetters.ts";
 import type { NatsHandles } from "../nats.ts";
-import { pauser } from "../cooperative.ts";
+import { pauser } from "../platform/cooperative.ts";
 import { publishCommands } from "../publisher.ts";
 import type { Topology } from "../topology.ts";
 import {

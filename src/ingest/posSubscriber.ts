@@ -1,6 +1,6 @@
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { JsonTextError, parseJsonText } from "../jsonText.ts";
+import { JsonTextError, parseJsonText } from "../platform/jsonText.ts";
 import type { Topology } from "../topology.ts";
 import { InvalidBatch, type PosIngest } from "./posIngest.ts";
 

@@ -19,7 +19,7 @@
  */
 import type postgres from "postgres";
 import { DEMO_ITEMS, DEMO_LOCATIONS, DEMO_POLICIES, DEMO_STOCK } from "../../cdc/demo/seed.ts";
-import type { Sql } from "../../src/db.ts";
+import type { Sql } from "../../src/platform/db.ts";
 import { rng } from "./workload.ts";
 
 export interface Buckets {

@@ -2,14 +2,14 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { connectPostgres, type Sql } from "../../src/db.ts";
+import { connectPostgres, type Sql } from "../../src/platform/db.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "../../src/nats.ts";
-import { loadSettings, type Settings } from "../../src/config.ts";
+import { loadSettings, type Settings } from "../../src/platform/settings.ts";
 import { migrate } from "../../ledger/index.ts";
 import { decodeCommand, type Command } from "../../actors/index.ts";
 import { topology, type Topology } from "../../src/topology.ts";
 import { startTally, type Role } from "../../src/app.ts";
-import { createLogger } from "../../src/log.ts";
+import { createLogger } from "../../src/platform/log.ts";
 import type { TallyConfig } from "../../src/configFile.ts";
 import type { TestContext } from "./context.ts";
 

@@ -2,7 +2,7 @@ import { usableWebhookTargets } from "../../webhooks.ts";
 import type { FastifyInstance } from "fastify";
 import { Crosswalk, configuredSources, type ResolvedSource } from "../../../cdc/index.ts";
 import { sourceStatus } from "../../../cdc/admin.ts";
-import { connectPostgres } from "../../db.ts";
+import { connectPostgres } from "../../platform/db.ts";
 import { listStuck, requestSkip } from "../../../ledger/index.ts";
 import { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "../../dlq.ts";
 import type { ApiContext } from "../app.ts";

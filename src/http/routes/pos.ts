@@ -1,6 +1,6 @@
 import type { FastifyInstance } from "fastify";
 import { InvalidBatch } from "../../ingest/posIngest.ts";
-import { JsonTextError, parseJsonText } from "../../jsonText.ts";
+import { JsonTextError, parseJsonText } from "../../platform/jsonText.ts";
 import { MAX_BATCH_LINES, MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/posTransaction.ts";
 import type { ApiContext } from "../app.ts";
 import { errors } from "../errors.ts";
