@@ -22,9 +22,9 @@ export type { Bucket, LocationState, SkuEvent, SkuState, StockStatus } from "./s
 export { initialSkuState, locationAvailable } from "./state.ts";
 export { channelAvailability, planBatch } from "./batch.ts";
 export type { ActorState, Availability, ChannelView } from "./batch.ts";
-export { decodeEnvelope, encodeEnvelope, envelopeMsgId } from "./envelope.ts";
-export { LeaseStore } from "./leases.ts";
-export type { HeldLease, LeaseValue } from "./leases.ts";
+export { decodeEnvelope, encodeEnvelope, envelopeMsgId } from "../src/wire/envelope.ts";
+export { LeaseStore } from "../src/wire/leases.ts";
+export type { HeldLease, LeaseValue } from "../src/wire/leases.ts";
 export { Worker } from "./worker.ts";
 export type { WorkerOptions } from "./worker.ts";
 export type { PartitionStatus, WorkerMetrics } from "./partitionRunner.ts";

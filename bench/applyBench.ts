@@ -17,9 +17,9 @@ import { loadSettings } from "../src/platform/settings.ts";
 import { connectPostgres } from "../src/platform/db.ts";
 import { startNats, startPostgres } from "../src/devStack/index.ts";
 import { createLogger } from "../src/platform/log.ts";
-import { connectNats, ensureTopology } from "../src/nats.ts";
-import { publishCommands } from "../src/publisher.ts";
-import { topology } from "../src/topology.ts";
+import { connectNats, ensureTopology } from "../src/wire/nats.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
+import { topology } from "../src/wire/topology.ts";
 import { measureInsert, measureNats } from "./limits.ts";
 
 const { values } = parseArgs({

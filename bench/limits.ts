@@ -7,7 +7,7 @@ import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import { LogicalReplicationService, PgoutputPlugin } from "pg-logical-replication";
 import { decodeCommand, encodeEnvelope, envelopeMsgId, type Command } from "../actors/index.ts";
 import type { Sql } from "../src/platform/db.ts";
-import type { NatsHandles } from "../src/nats.ts";
+import type { NatsHandles } from "../src/wire/nats.ts";
 
 export interface Limits {
   /** Ledger-shaped rows per second, inserted 2,000 per statement. */

@@ -10,11 +10,11 @@ import { requireDatabaseUrl } from "./platform/settings.ts";
 import type { TallyConfig } from "./configFile.ts";
 import { connectPostgres, type Sql } from "./platform/db.ts";
 import { createLogger, type Logger } from "./platform/log.ts";
-import { connectNats, ensureTopology, type NatsHandles } from "./nats.ts";
+import { connectNats, ensureTopology, type NatsHandles } from "./wire/nats.ts";
 import { OutboxRelay } from "./relay.ts";
 import { AnchorPublisher } from "./anchors.ts";
 import { WebhookDispatcher, webhookTargets } from "./webhooks.ts";
-import { topology, type Topology } from "./topology.ts";
+import { topology, type Topology } from "./wire/topology.ts";
 
 export type Role = "worker" | "relay" | "cdc" | "api";
 export const ROLES: ReadonlyArray<Role> = ["worker", "relay", "cdc", "api"];

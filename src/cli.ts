@@ -11,10 +11,10 @@ import { stopWithParent, workerProcess } from "./workerProcess.ts";
 import { connectPostgres, type Sql } from "./platform/db.ts";
 import { devMain } from "./dev.ts";
 import { createLogger } from "./platform/log.ts";
-import { ensureTopology } from "./nats.ts";
+import { ensureTopology } from "./wire/nats.ts";
 import { maskSecrets } from "./platform/redact.ts";
 import { submit } from "./submit.ts";
-import { topology } from "./topology.ts";
+import { topology } from "./wire/topology.ts";
 import { usableWebhookTargets } from "./webhooks.ts";
 import { assertEnvironment } from "../ledger/index.ts";
 

@@ -3,9 +3,9 @@ import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import { decodeCommand, type Command } from "../actors/index.ts";
 import { knownCommandIds } from "../ledger/index.ts";
-import { deadLetter } from "./deadLetters.ts";
-import { publishCommands } from "./publisher.ts";
-import type { Topology } from "./topology.ts";
+import { deadLetter } from "./wire/deadLetters.ts";
+import { publishCommands } from "./wire/publisher.ts";
+import type { Topology } from "./wire/topology.ts";
 
 export interface SubmitOptions {
   readonly js: JetStreamClient;

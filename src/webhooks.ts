@@ -12,11 +12,11 @@ import type { Logger } from "pino";
 import { LeaseStore, type HeldLease } from "../actors/index.ts";
 import type { AvailabilityJson as Availability } from "../actors/batch.ts";
 import { ConfigFileError, type TallyConfig } from "./configFile.ts";
-import { deadLetter, deadLetterMsgId, type DeadLetter } from "./deadLetters.ts";
-import type { NatsHandles } from "./nats.ts";
-import type { Topology } from "./topology.ts";
+import { deadLetter, deadLetterMsgId, type DeadLetter } from "./wire/deadLetters.ts";
+import type { NatsHandles } from "./wire/nats.ts";
+import type { Topology } from "./wire/topology.ts";
 import { backoffDelay } from "./platform/backoff.ts";
-import { DeliveryOrder, type DeliveryGap } from "./deliveryOrder.ts";
+import { DeliveryOrder, type DeliveryGap } from "./wire/deliveryOrder.ts";
 
 /** The dead-letter origin of undeliverable webhook batches. */
 export const WEBHOOK_ORIGIN = "webhook";

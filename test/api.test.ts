@@ -7,7 +7,7 @@ import { TEST_CHANNELS, tallyEnv } from "./support/tally.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { deadLetters, settle, startApi, TOKENS, type ApiFixture } from "./apiSupport.ts";
 import { decodeCommand } from "../actors/index.ts";
-import { publishCommands } from "../src/publisher.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
 import { eventually } from "./support/tally.ts";
 
 let ctx: TestContext;

@@ -1,7 +1,7 @@
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../actors/index.ts";
-import { publishCommands } from "../src/publisher.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { auth, settle, startApi, type ApiFixture } from "./apiSupport.ts";
 import { stealDeliveries } from "./support/tally.ts";

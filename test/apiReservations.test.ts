@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../actors/index.ts";
-import { publishCommands } from "../src/publisher.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, startInProcess } from "./support/tally.ts";
 import { balance, defineItems, settle, startApi, type ApiFixture, type TokenName } from "./apiSupport.ts";

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { canonicalEntry, entryHash, verifyLedger, type HashedEntry } from "../ledger/index.ts";
 import { parseInt8 } from "../src/platform/db.ts";
-import { publishCommands } from "../src/publisher.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { decodedCommands, eventually, harness, outcomeCounts, runTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
 

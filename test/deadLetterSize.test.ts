@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { withStoredPayload } from "../src/deadLetters.ts";
+import { withStoredPayload } from "../src/wire/deadLetters.ts";
 import { getDeadLetter } from "../src/dlq.ts";
 import { testContext } from "./support/context.ts";
 import { startApi, type ApiFixture } from "./apiSupport.ts";

@@ -9,7 +9,7 @@ import { startTally } from "../src/app.ts";
 import { loadSettings } from "../src/platform/settings.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { createLogger } from "../src/platform/log.ts";
-import { publishCommands } from "../src/publisher.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { TEST_CHANNELS, eventually, harness, outcomeCounts, runTally, tallyEnv, type Harness } from "./support/tally.ts";
 

@@ -1,8 +1,8 @@
 import type { AddressInfo } from "node:net";
 import type { Msg } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeToken, encodeToken, topology } from "../src/topology.ts";
-import { publishCommands } from "../src/publisher.ts";
+import { decodeToken, encodeToken, topology } from "../src/wire/topology.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { decodedCommands, eventually } from "./support/tally.ts";
 import { auth, settle, startApi, type ApiFixture } from "./apiSupport.ts";

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { loadSettings, SettingsError } from "../src/platform/settings.ts";
-import { natsConnectOptions } from "../src/nats.ts";
+import { natsConnectOptions } from "../src/wire/nats.ts";
 
 describe("NATS credential settings", () => {
   it("take user and password from the URL, percent-decoded, and keep them out of the server list", () => {

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
 import type { Command } from "../actors/index.ts";
 import { verifyLedger } from "../ledger/index.ts";
-import { publishCommands } from "../src/publisher.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
 import type { TestContext } from "./support/context.ts";
 import { startNats, type NatsServer } from "./support/nats.ts";
 import { startPostgres, type PostgresServer } from "./support/postgres.ts";

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testContext, type TestContext } from "./support/context.ts";
-import { publishCommands } from "../src/publisher.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
 import { decodedCommands, eventually } from "./support/tally.ts";
 import { balance, deadLetters, startApi, type ApiFixture } from "./apiSupport.ts";
 

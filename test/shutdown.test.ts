@@ -2,7 +2,7 @@ import { request, type IncomingMessage } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
 import { verifyLedger } from "../ledger/index.ts";
-import { publishCommands } from "../src/publisher.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
 import { connectPostgres } from "../src/platform/db.ts";
 import { freePort } from "../src/devStack/ports.ts";
 import type { TestContext } from "./support/context.ts";

@@ -1,8 +1,8 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Worker } from "../../actors/index.ts";
 import type { SourceReader } from "../../cdc/index.ts";
-import type { NatsHandles } from "../nats.ts";
-import type { Topology } from "../topology.ts";
+import type { NatsHandles } from "../wire/nats.ts";
+import type { Topology } from "../wire/topology.ts";
 import type { OutcomeBatch } from "./outcomes.ts";
 import type { RelayRound } from "../relay.ts";
 import type { Subscription } from "@nats-io/transport-node";

@@ -12,11 +12,11 @@ import { Either } from "effect";
 import type { Command } from "../../actors/index.ts";
 import { Crosswalk, MappingError } from "../../cdc/index.ts";
 import { ITEMS_CHANNEL } from "../../cdc/crosswalk.ts";
-import { deadLetter, publishDeadLetter, type DeadLetter } from "../deadLetters.ts";
-import type { NatsHandles } from "../nats.ts";
+import { deadLetter, publishDeadLetter, type DeadLetter } from "../wire/deadLetters.ts";
+import type { NatsHandles } from "../wire/nats.ts";
 import { pauser } from "../platform/cooperative.ts";
-import { publishCommands } from "../publisher.ts";
-import type { Topology } from "../topology.ts";
+import { publishCommands } from "../wire/publisher.ts";
+import type { Topology } from "../wire/topology.ts";
 import {
   MAX_BATCH_LINES,
   MAX_TRANSACTIONS,

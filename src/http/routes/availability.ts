@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
-import { DeliveryOrder } from "../../deliveryOrder.ts";
+import { DeliveryOrder } from "../../wire/deliveryOrder.ts";
 import { ID_JSON_PATTERN } from "../../../actors/index.ts";
 import type { ApiContext } from "../app.ts";
 import { ApiError, errors } from "../errors.ts";

@@ -1,7 +1,7 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
-import type { Command } from "../actors/index.ts";
-import { encodeEnvelope, envelopeMsgId } from "../actors/index.ts";
-import { backoffDelay } from "./platform/backoff.ts";
+import type { Command } from "../../actors/index.ts";
+import { encodeEnvelope, envelopeMsgId } from "../../actors/index.ts";
+import { backoffDelay } from "../platform/backoff.ts";
 import type { Topology } from "./topology.ts";
 
 export interface PublishResult {
