@@ -442,7 +442,7 @@ async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promi
     if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v)) throw new UsageError(`--${name}: expected an ISO-8601 date or date-time, got ${JSON.stringify(v)}`);
     return d;
   };
-  const { EXPORT_CURSOR_PATTERN, openExport } = await import("./http/ledgerExport.ts");
+  const { EXPORT_CURSOR_PATTERN, openExport } = await import("../ledger/export.ts");
   if (values.cursor !== undefined && !EXPORT_CURSOR_PATTERN.test(values.cursor))
     throw new UsageError(`--cursor: expected the nextCursor of a previous export (digits), got ${JSON.stringify(values.cursor)}`);
   const range = { cursor: values.cursor, from: when("from", values.from), to: when("to", values.to) };

@@ -6,7 +6,7 @@ import { runInNewContext } from "node:vm";
 import { pipeline } from "node:stream/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GENESIS_HASH, entryHash, verifyLedger } from "../ledger/index.ts";
-import { EXPORT_SUMMARY_TRAILER, type ExportSummary } from "../src/http/ledgerExport.ts";
+import { EXPORT_SUMMARY_TRAILER, type ExportSummary } from "../ledger/export.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { auth, startApi, type ApiFixture } from "./apiSupport.ts";
 

@@ -4,7 +4,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../actors/index.ts";
 import { verifyLedger } from "../ledger/index.ts";
-import { EXPORT_COLUMNS, EXPORT_CURSOR_HEADER, EXPORT_SUMMARY_TRAILER, type ExportSummary } from "../src/http/ledgerExport.ts";
+import { EXPORT_COLUMNS, EXPORT_CURSOR_HEADER, EXPORT_SUMMARY_TRAILER, type ExportSummary } from "../ledger/export.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { runTally, tallyEnv } from "./support/tally.ts";

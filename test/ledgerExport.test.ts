@@ -5,7 +5,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Sql } from "../src/platform/db.ts";
-import { EXPORT_COLUMNS, EXPORT_CURSOR_HEADER, EXPORT_SUMMARY_TRAILER, type ExportSummary } from "../src/http/ledgerExport.ts";
+import { EXPORT_COLUMNS, EXPORT_CURSOR_HEADER, EXPORT_SUMMARY_TRAILER, type ExportSummary } from "../ledger/export.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually } from "./support/tally.ts";
 import { startApi, type ApiFixture } from "./apiSupport.ts";
