@@ -13,7 +13,7 @@ import { devMain } from "./dev.ts";
 import { createLogger } from "./platform/log.ts";
 import { ensureTopology } from "./wire/nats.ts";
 import { maskSecrets } from "./platform/redact.ts";
-import { submit } from "./submit.ts";
+import { submit } from "./ingest/submit.ts";
 import { topology } from "./wire/topology.ts";
 import { usableWebhookTargets } from "./webhooks.ts";
 import { assertEnvironment } from "../ledger/index.ts";

@@ -1,11 +1,11 @@
 import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
-import { decodeCommand, type Command } from "../actors/index.ts";
-import { knownCommandIds } from "../ledger/index.ts";
-import { deadLetter } from "./wire/deadLetters.ts";
-import { publishCommands } from "./wire/publisher.ts";
-import type { Topology } from "./wire/topology.ts";
+import { decodeCommand, type Command } from "../../actors/index.ts";
+import { knownCommandIds } from "../../ledger/index.ts";
+import { deadLetter } from "../wire/deadLetters.ts";
+import { publishCommands } from "../wire/publisher.ts";
+import type { Topology } from "../wire/topology.ts";
 
 export interface SubmitOptions {
   readonly js: JetStreamClient;
