@@ -292,7 +292,7 @@ describe("the hold model", () => {
 
 describe("holds with an expiry of their own", () => {
   it("lapse once past their time: the sweep releases them and they end expired, once", async () => {
-    const { expireDueHolds } = await import("../src/holdExpiry.ts");
+    const { expireDueHolds } = await import("../src/reservations/holdExpiry.ts");
     const sku = "EX-1";
     const past = new Date(Date.now() - 60_000).toISOString();
     const future = new Date(Date.now() + 3_600_000).toISOString();

@@ -18,7 +18,7 @@ import { ApiError, ErrorSchema, errorRef } from "./errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "./outcomes.ts";
 import type { WebhookDispatcher } from "../webhooks.ts";
-import { Reservations } from "./reservations.ts";
+import { Reservations } from "../reservations/service.ts";
 import { availabilityRoutes } from "./routes/availability.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { ledgerRoutes } from "./routes/ledger.ts";

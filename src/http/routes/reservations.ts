@@ -3,7 +3,7 @@ import { MappingError } from "../../../cdc/index.ts";
 import { ID_JSON_PATTERN } from "../../../actors/index.ts";
 import type { ApiContext } from "../app.ts";
 import { ApiError, errors } from "../errors.ts";
-import type { LineRequest } from "../reservations.ts";
+import type { LineRequest } from "../../reservations/service.ts";
 
 /** The one id grammar of SKUs and locations (see actors/command.ts): a colon never reaches a command. */
 const SKU = ID_JSON_PATTERN;

@@ -15,13 +15,13 @@ import { decodeCommand, type Command, type ReserveScope } from "../../actors/ind
 import type { ChannelConfig } from "../configFile.ts";
 import { deadLetter, deadLetterMsgId, publishDeadLetter } from "../wire/deadLetters.ts";
 import type { NatsHandles } from "../wire/nats.ts";
-import { expireDueHolds } from "../holdExpiry.ts";
+import { expireDueHolds } from "./holdExpiry.ts";
 import { publishCommands } from "../wire/publisher.ts";
 import type { Topology } from "../wire/topology.ts";
 import { payloadHash } from "../ingest/posTransaction.ts";
-import { ApiError } from "./errors.ts";
-import type { ApiMetrics } from "./metrics.ts";
-import type { OutcomeWaiter } from "./outcomes.ts";
+import { ApiError } from "../http/errors.ts";
+import type { ApiMetrics } from "../http/metrics.ts";
+import type { OutcomeWaiter } from "../http/outcomes.ts";
 
 export type ReservationStatus = "pending" | "held" | "committed" | "fulfilled" | "released" | "expired" | "rejected";
 type LineState = "pending" | "held" | "rejected" | "released" | "fulfilled";
