@@ -11,9 +11,9 @@ import type { TallyConfig } from "./configFile.ts";
 import { connectPostgres, type Sql } from "./platform/db.ts";
 import { createLogger, type Logger } from "./platform/log.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "./wire/nats.ts";
-import { OutboxRelay } from "./relay.ts";
-import { AnchorPublisher } from "./anchors.ts";
-import { WebhookDispatcher, webhookTargets } from "./webhooks.ts";
+import { OutboxRelay } from "./channels/relay.ts";
+import { AnchorPublisher } from "./channels/anchors.ts";
+import { WebhookDispatcher, webhookTargets } from "./channels/webhooks.ts";
 import { topology, type Topology } from "./wire/topology.ts";
 
 export type Role = "worker" | "relay" | "cdc" | "api";

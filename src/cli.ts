@@ -3,7 +3,7 @@ import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { Effect, Exit, Fiber } from "effect";
 import { chainHeads, checkAnchors, migrate, runtimeGrants, verifyLedger, type Anchor } from "../ledger/index.ts";
-import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "./anchors.ts";
+import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "./channels/anchors.ts";
 import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./app.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "./platform/settings.ts";
 import { knownStores, loadTallyConfig } from "./configFile.ts";
@@ -15,7 +15,7 @@ import { ensureTopology } from "./wire/nats.ts";
 import { maskSecrets } from "./platform/redact.ts";
 import { submit } from "./ingest/submit.ts";
 import { topology } from "./wire/topology.ts";
-import { usableWebhookTargets } from "./webhooks.ts";
+import { usableWebhookTargets } from "./channels/webhooks.ts";
 import { assertEnvironment } from "../ledger/index.ts";
 
 const USAGE = `tally — real-time inventory ledger

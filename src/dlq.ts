@@ -6,7 +6,7 @@ import { withStoredPayload, type DeadLetter } from "./wire/deadLetters.ts";
 import type { NatsHandles } from "./wire/nats.ts";
 import { publishCommands } from "./wire/publisher.ts";
 import type { Topology } from "./wire/topology.ts";
-import { resendCurrent, WEBHOOK_ORIGIN, type WebhookTarget } from "./webhooks.ts";
+import { resendCurrent, WEBHOOK_ORIGIN, type WebhookTarget } from "./channels/webhooks.ts";
 
 /** A dead letter as stored: its stream sequence is its id. */
 export interface StoredDeadLetter extends DeadLetter {

@@ -5,7 +5,7 @@ import { decodeCommand, type Command } from "../actors/index.ts";
 import { decodeTallyConfig } from "../src/configFile.ts";
 import { listDeadLetters, replayDeadLetter } from "../src/dlq.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
-import { DELIVERY_HEADER, SIGNATURE_HEADER, signWebhook, usableWebhookTargets, verifyWebhook, webhookTargets, type WebhookBody } from "../src/webhooks.ts";
+import { DELIVERY_HEADER, SIGNATURE_HEADER, signWebhook, usableWebhookTargets, verifyWebhook, webhookTargets, type WebhookBody } from "../src/channels/webhooks.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, startInProcess, stealDeliveries, type Harness } from "./support/tally.ts";
 import { settle } from "./apiSupport.ts";

@@ -9,9 +9,9 @@ import { readFile } from "node:fs/promises";
 import type { Subscription } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import type { AvailabilityJson as Availability } from "../../actors/batch.ts";
-import type { RelayRound } from "../relay.ts";
+import type { RelayRound } from "../channels/relay.ts";
 import type { ApiContext } from "./app.ts";
-import type { OutcomeBatch } from "./outcomes.ts";
+import type { OutcomeBatch } from "../channels/outcomes.ts";
 
 const BUSIEST = 15;
 const MAX_TRACKED = 5000;

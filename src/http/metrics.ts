@@ -3,10 +3,10 @@ import type { Worker } from "../../actors/index.ts";
 import type { SourceReader } from "../../cdc/index.ts";
 import type { NatsHandles } from "../wire/nats.ts";
 import type { Topology } from "../wire/topology.ts";
-import type { OutcomeBatch } from "./outcomes.ts";
-import type { RelayRound } from "../relay.ts";
+import type { OutcomeBatch } from "../channels/outcomes.ts";
+import type { RelayRound } from "../channels/relay.ts";
 import type { Subscription } from "@nats-io/transport-node";
-import type { WebhookDispatcher } from "../webhooks.ts";
+import type { WebhookDispatcher } from "../channels/webhooks.ts";
 
 export interface MetricsDeps {
   readonly nats: NatsHandles;

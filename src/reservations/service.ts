@@ -21,7 +21,7 @@ import type { Topology } from "../wire/topology.ts";
 import { payloadHash } from "../ingest/posTransaction.ts";
 import { ApiError } from "../http/errors.ts";
 import type { ApiMetrics } from "../http/metrics.ts";
-import type { OutcomeWaiter } from "../http/outcomes.ts";
+import type { OutcomeWaiter } from "../channels/outcomes.ts";
 
 export type ReservationStatus = "pending" | "held" | "committed" | "fulfilled" | "released" | "expired" | "rejected";
 type LineState = "pending" | "held" | "rejected" | "released" | "fulfilled";

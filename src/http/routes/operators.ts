@@ -1,4 +1,4 @@
-import { usableWebhookTargets } from "../../webhooks.ts";
+import { usableWebhookTargets } from "../../channels/webhooks.ts";
 import type { FastifyInstance } from "fastify";
 import { Crosswalk, configuredSources, type ResolvedSource } from "../../../cdc/index.ts";
 import { sourceStatus } from "../../../cdc/admin.ts";
