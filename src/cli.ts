@@ -297,7 +297,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
   if (sub !== "list" && sub !== "replay" && sub !== "discard" && sub !== "skip")
     throw new UsageError(`dlq: expected list, replay <id…|--all>, discard <id…|--all> or skip <partition>, got ${JSON.stringify(sub ?? "")}`);
   if (sub === "skip" || (sub === "list" && values.stuck)) return cmdStuck(settings, sub, ids, values);
-  const dlq = await import("./dlq.ts");
+  const dlq = await import("./operations/deadLetterReplay.ts");
   const { configuredSources } = await import("../cdc/index.ts");
   const config = await loadTallyConfig(settings.configFile);
   const t = topology(settings.env, settings.partitions);

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { withStoredPayload } from "../src/wire/deadLetters.ts";
-import { getDeadLetter } from "../src/dlq.ts";
+import { getDeadLetter } from "../src/operations/deadLetterReplay.ts";
 import { testContext } from "./support/context.ts";
 import { startApi, type ApiFixture } from "./apiSupport.ts";
 

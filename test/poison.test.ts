@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodeEnvelope } from "../actors/index.ts";
 import { listStuck, recordStuck } from "../ledger/index.ts";
-import { listDeadLetters } from "../src/dlq.ts";
+import { listDeadLetters } from "../src/operations/deadLetterReplay.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, outcomeCounts, runTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";

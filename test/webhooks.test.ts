@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../actors/index.ts";
 import { decodeTallyConfig } from "../src/configFile.ts";
-import { listDeadLetters, replayDeadLetter } from "../src/dlq.ts";
+import { listDeadLetters, replayDeadLetter } from "../src/operations/deadLetterReplay.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { DELIVERY_HEADER, SIGNATURE_HEADER, signWebhook, usableWebhookTargets, verifyWebhook, webhookTargets, type WebhookBody } from "../src/channels/webhooks.ts";
 import { testContext, type TestContext } from "./support/context.ts";

@@ -4,7 +4,7 @@ import { Crosswalk, configuredSources, type ResolvedSource } from "../../../cdc/
 import { sourceStatus } from "../../../cdc/admin.ts";
 import { connectPostgres } from "../../platform/db.ts";
 import { listStuck, requestSkip } from "../../../ledger/index.ts";
-import { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "../../dlq.ts";
+import { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "../../operations/deadLetterReplay.ts";
 import type { ApiContext } from "../app.ts";
 import { ApiError, errors } from "../errors.ts";
 
