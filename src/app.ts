@@ -169,7 +169,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
       ? yield* Effect.acquireRelease(
           Effect.tryPromise(async () => {
             // Loaded only by processes that serve HTTP.
-            const { buildApp, drainApp } = await import("./http/app.ts");
+            const { buildApp, drainApp } = await import("./http/server.ts");
             const { loadTokens } = await import("./http/auth.ts");
             const app = await buildApp({ settings, config, topology: t, sql: apiSql, nats, log, tokens: await loadTokens(settings), worker, readers, webhooks });
             try {

@@ -4,7 +4,7 @@ import type { Response as InjectResponse } from "light-my-request";
 import type { ItemDefinition } from "../cdc/index.ts";
 import { Crosswalk } from "../cdc/index.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
-import { buildApp, type ApiOptions } from "../src/http/app.ts";
+import { buildApp, type ApiOptions } from "../src/http/server.ts";
 import { sha256Hex, type ApiToken, type Scope } from "../src/http/auth.ts";
 import { createLogger } from "../src/platform/log.ts";
 import type { TestContext } from "./support/context.ts";

@@ -4,7 +4,7 @@ import { encodeEnvelope } from "../actors/index.ts";
 import type { Command } from "../actors/index.ts";
 import { ensureTopology } from "../src/wire/nats.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
-import { buildApp } from "../src/http/app.ts";
+import { buildApp } from "../src/http/server.ts";
 import { createLogger } from "../src/platform/log.ts";
 import { testContext } from "./support/context.ts";
 import { demoSources } from "./support/cdc.ts";

@@ -10,7 +10,7 @@ import type { Subscription } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import type { AvailabilityJson as Availability } from "../../actors/batch.ts";
 import type { RelayRound } from "../channels/relay.ts";
-import type { ApiContext } from "./app.ts";
+import type { ApiContext } from "./server.ts";
 import type { OutcomeBatch } from "../channels/outcomes.ts";
 
 const BUSIEST = 15;

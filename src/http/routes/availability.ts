@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
 import { DeliveryOrder } from "../../wire/deliveryOrder.ts";
 import { ID_JSON_PATTERN } from "../../../actors/index.ts";
-import type { ApiContext } from "../app.ts";
+import type { ApiContext } from "../server.ts";
 import { ApiError, errors } from "../errors.ts";
 
 /** The one id grammar (see actors/command.ts). */

@@ -5,7 +5,7 @@ import { sourceStatus } from "../../../cdc/admin.ts";
 import { connectPostgres } from "../../platform/db.ts";
 import { listStuck, requestSkip } from "../../../ledger/index.ts";
 import { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "../../operations/deadLetterReplay.ts";
-import type { ApiContext } from "../app.ts";
+import type { ApiContext } from "../server.ts";
 import { ApiError, errors } from "../errors.ts";
 
 const Letter = {

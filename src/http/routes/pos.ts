@@ -2,7 +2,7 @@ import type { FastifyInstance } from "fastify";
 import { InvalidBatch } from "../../ingest/posIngest.ts";
 import { JsonTextError, parseJsonText } from "../../platform/jsonText.ts";
 import { MAX_BATCH_LINES, MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/posTransaction.ts";
-import type { ApiContext } from "../app.ts";
+import type { ApiContext } from "../server.ts";
 import { errors } from "../errors.ts";
 
 const Issue = { type: "object", required: ["path", "message"], properties: { path: { type: "string" }, message: { type: "string" } } } as const;
