@@ -29,11 +29,11 @@ import { onboardCatalog, simItem, storeIds, Zipf } from "../cdc/demo/simulator.t
 import { enableSource } from "../cdc/admin.ts";
 import { findSource } from "../cdc/sources.ts";
 import { migrate, verifyLedger } from "../ledger/index.ts";
-import { startTally } from "../src/app.ts";
+import { startTally } from "../src/app/roles.ts";
 import { loadSettings } from "../src/platform/settings.ts";
-import { decodeTallyConfig } from "../src/configFile.ts";
+import { decodeTallyConfig } from "../src/app/configFile.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
-import { freePort, startNats, startPostgres } from "../src/devStack/index.ts";
+import { freePort, startNats, startPostgres } from "../src/app/devStack/index.ts";
 import { newToken } from "../src/http/auth.ts";
 import { outcomesSubject, type OutcomeBatch } from "../src/channels/outcomes.ts";
 import { createLogger } from "../src/platform/log.ts";

@@ -2,4 +2,4 @@
 // Runs the TypeScript CLI through tsx's loader, so `tally` works right after `npm ci` with no build step.
 import { register } from "tsx/esm/api";
 register();
-await import("../src/cli.ts");
+await import("../src/app/cli.ts");

@@ -1,5 +1,5 @@
 import type { SnapshotTable } from "./mapping.ts";
-import type { SourceConfig, TableConfig, TallyConfig } from "../src/configFile.ts";
+import type { SourceConfig, TableConfig, TallyConfig } from "../src/app/configFile.ts";
 import { SettingsError } from "../src/platform/settings.ts";
 
 /** A source from `tally.config.ts` with its connection and defaults resolved. */

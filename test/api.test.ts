@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTally } from "../src/app.ts";
+import { startTally } from "../src/app/roles.ts";
 import { loadSettings } from "../src/platform/settings.ts";
 import { createLogger } from "../src/platform/log.ts";
 import { decodeTokens, newToken, sha256Hex, TokenVerifier } from "../src/http/auth.ts";

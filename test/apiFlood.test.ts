@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import { Writable } from "node:stream";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTally } from "../src/app.ts";
+import { startTally } from "../src/app/roles.ts";
 import { MAX_BATCH_LINES } from "../src/ingest/posTransaction.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { TEST_CHANNELS, eventually, testSettings } from "./support/tally.ts";

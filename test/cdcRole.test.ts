@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { checkSource, replicationRoleSql } from "../cdc/admin.ts";
 import { findSource } from "../cdc/index.ts";
 import { migrate } from "../ledger/index.ts";
-import { startTally } from "../src/app.ts";
+import { startTally } from "../src/app/roles.ts";
 import { loadSettings } from "../src/platform/settings.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { createLogger } from "../src/platform/log.ts";

@@ -5,7 +5,7 @@ import { Either } from "effect";
 import { afterEach, describe, expect, it } from "vitest";
 import { decodeCommand } from "../actors/index.ts";
 import { DEMO_STOCK } from "../cdc/demo/seed.ts";
-import { describeFailure } from "../src/dev.ts";
+import { describeFailure } from "../src/app/dev.ts";
 import { ROOT, runTally } from "./support/tally.ts";
 import { demoReceipt, scratchDir, serversMentioning, startDev, stopDev, stopStartedDevs, type DevProcess } from "./support/dev.ts";
 

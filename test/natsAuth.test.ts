@@ -5,7 +5,7 @@ import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../actors/index.ts";
 import { migrate } from "../ledger/index.ts";
-import { startTally, type Role } from "../src/app.ts";
+import { startTally, type Role } from "../src/app/roles.ts";
 import { loadSettings } from "../src/platform/settings.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { sha256Hex } from "../src/http/auth.ts";

@@ -1,7 +1,7 @@
 import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
 import { loadSettings } from "../src/platform/settings.ts";
-import { banner } from "../src/dev.ts";
+import { banner } from "../src/app/dev.ts";
 import { createLogger } from "../src/platform/log.ts";
 import { maskSecrets } from "../src/platform/redact.ts";
 import { runTally } from "./support/tally.ts";

@@ -4,7 +4,7 @@ import postgres from "postgres";
 import { verifyLedger } from "../ledger/index.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { connectPostgres } from "../src/platform/db.ts";
-import { freePort } from "../src/devStack/ports.ts";
+import { freePort } from "../src/app/devStack/ports.ts";
 import type { TestContext } from "./support/context.ts";
 import { startNats, type NatsServer } from "./support/nats.ts";
 import { startPostgres, type PostgresServer } from "./support/postgres.ts";

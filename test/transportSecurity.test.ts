@@ -7,7 +7,7 @@ import { nkeys, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadSettings } from "../src/platform/settings.ts";
 import { connectPostgres } from "../src/platform/db.ts";
-import { startPostgres, type PostgresServer } from "../src/devStack/index.ts";
+import { startPostgres, type PostgresServer } from "../src/app/devStack/index.ts";
 import { connectNats } from "../src/wire/nats.ts";
 import { startNats } from "./support/nats.ts";
 import { startSecuredNats } from "./support/securedNats.ts";

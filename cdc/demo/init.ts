@@ -1,6 +1,6 @@
 import { enableSource } from "../admin.ts";
 import { findSource } from "../sources.ts";
-import type { TallyConfig } from "../../src/configFile.ts";
+import type { TallyConfig } from "../../src/app/configFile.ts";
 import { connectPostgres } from "../../src/platform/db.ts";
 import { applyDemoSchemas, seedDemo, type SeedSummary } from "./seed.ts";
 

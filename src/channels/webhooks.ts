@@ -11,7 +11,7 @@ import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { LeaseStore, type HeldLease } from "../../actors/index.ts";
 import type { AvailabilityJson as Availability } from "../../actors/batch.ts";
-import { ConfigFileError, type TallyConfig } from "../configFile.ts";
+import { ConfigFileError, type TallyConfig } from "../app/configFile.ts";
 import { deadLetter, deadLetterMsgId, type DeadLetter } from "../wire/deadLetters.ts";
 import type { NatsHandles } from "../wire/nats.ts";
 import type { Topology } from "../wire/topology.ts";

@@ -7,7 +7,7 @@ import type { Logger } from "pino";
 import type { Worker } from "../../actors/index.ts";
 import type { SourceReader } from "../../cdc/index.ts";
 import type { Settings } from "../platform/settings.ts";
-import { knownStores, type TallyConfig } from "../configFile.ts";
+import { knownStores, type TallyConfig } from "../app/configFile.ts";
 import type { NatsHandles } from "../wire/nats.ts";
 import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../platform/jsonText.ts";
 import type { Topology } from "../wire/topology.ts";

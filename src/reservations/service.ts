@@ -12,7 +12,7 @@ import { randomUUID } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { decodeCommand, type Command, type ReserveScope } from "../../actors/index.ts";
-import type { ChannelConfig } from "../configFile.ts";
+import type { ChannelConfig } from "../app/configFile.ts";
 import { deadLetter, deadLetterMsgId, publishDeadLetter } from "../wire/deadLetters.ts";
 import type { NatsHandles } from "../wire/nats.ts";
 import { expireDueHolds } from "./holdExpiry.ts";

@@ -8,9 +8,9 @@ import { loadSettings, type Settings } from "../../src/platform/settings.ts";
 import { migrate } from "../../ledger/index.ts";
 import { decodeCommand, type Command } from "../../actors/index.ts";
 import { topology, type Topology } from "../../src/wire/topology.ts";
-import { startTally, type Role } from "../../src/app.ts";
+import { startTally, type Role } from "../../src/app/roles.ts";
 import { createLogger } from "../../src/platform/log.ts";
-import type { TallyConfig } from "../../src/configFile.ts";
+import type { TallyConfig } from "../../src/app/configFile.ts";
 import type { TestContext } from "./context.ts";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");

@@ -2,7 +2,7 @@
 export { freePort, isPortFree, preferredPort } from "./ports.ts";
 export { cleanupOnExit, serversUsing, ServerProcess, ServerStartError } from "./serverProcess.ts";
 export type { ServerProcessOptions } from "./serverProcess.ts";
-export { embeddedPostgresRoot, findPostgresBin, startPostgres } from "./postgres.ts";
-export type { PostgresServer, StartPostgresOptions } from "./postgres.ts";
-export { findNatsServer, startNats } from "./nats.ts";
-export type { NatsServer, StartNatsOptions } from "./nats.ts";
+export { embeddedPostgresRoot, findPostgresBin, startPostgres } from "./postgresServer.ts";
+export type { PostgresServer, StartPostgresOptions } from "./postgresServer.ts";
+export { findNatsServer, startNats } from "./natsServer.ts";
+export type { NatsServer, StartNatsOptions } from "./natsServer.ts";
