@@ -23,7 +23,7 @@ import { backoffDelay } from "../src/platform/backoff.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
 import { decodeCommand, encodeCommand } from "../src/contract/command.ts";
 import { decodeEnvelope } from "../src/wire/envelope.ts";
-import type { ActorRegistry } from "./registry.ts";
+import type { ActorRegistry } from "./skuStateCache.ts";
 import type { ApplyGate } from "./applyGate.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/deadLetters.ts";
 import { DeliveryGap, DeliveryOrder } from "../src/wire/deliveryOrder.ts";

@@ -8,7 +8,7 @@ import type { Topology } from "../src/wire/topology.ts";
 import type { ChannelView } from "./batch.ts";
 import { LeaseStore, type HeldLease } from "../src/wire/leases.ts";
 import { PartitionRunner, newWorkerMetrics, type PartitionStatus, type WorkerMetrics } from "./partitionRunner.ts";
-import { ActorRegistry } from "./registry.ts";
+import { ActorRegistry } from "./skuStateCache.ts";
 import { ApplyGate } from "./applyGate.ts";
 
 export interface WorkerOptions {
