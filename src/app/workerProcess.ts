@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import { Effect } from "effect";
 import type { Logger } from "../platform/log.ts";
 
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../bin/tally.js");
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../bin/tally.js");
 /** How long a stopping worker may take to finish its batches before it is killed. */
 const STOP_GRACE_MS = 30_000;
 

@@ -16,7 +16,7 @@ const COMMAND_ID_MAX_LENGTH = 300;
 /**
  * The one grammar of SKUs and location ids, wherever they appear (commands, the config file, HTTP
  * routes): letters, digits, `_`, `-`, `.` and `*`. NATS subjects and KV keys carry them encoded
- * (src/topology.ts `encodeToken`), so `.` and `*` are safe there; `:` and `/` are left out everywhere
+ * (src/wire/topology.ts `encodeToken`), so `.` and `*` are safe there; `:` and `/` are left out everywhere
  * an id is accepted (command ids and hold ids join ids with `:`).
  */
 export const ID_PATTERN = /^[A-Za-z0-9_\-.*]+$/;

@@ -5,7 +5,7 @@ import { ID_JSON_PATTERN } from "../../../actors/index.ts";
 import type { ApiContext } from "../server.ts";
 import { ApiError, errors } from "../errors.ts";
 
-/** The one id grammar (see actors/command.ts). */
+/** The one id grammar (see src/contract/command.ts). */
 const SKU = ID_JSON_PATTERN;
 const MAX_SKUS = 1000;
 

@@ -5,7 +5,7 @@ import type { ApiContext } from "../server.ts";
 import { ApiError, errors } from "../errors.ts";
 import type { LineRequest } from "../../reservations/service.ts";
 
-/** The one id grammar of SKUs and locations (see actors/command.ts): a colon never reaches a command. */
+/** The one id grammar of SKUs and locations (see src/contract/command.ts): a colon never reaches a command. */
 const SKU = ID_JSON_PATTERN;
 const LOCATION = ID_JSON_PATTERN;
 const MAX_LINES = 100;
