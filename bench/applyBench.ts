@@ -10,7 +10,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
-import { decodeCommand, type Command } from "../actors/index.ts";
+import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { migrate } from "../ledger/index.ts";
 import { startTally } from "../src/app/roles.ts";
 import { loadSettings } from "../src/platform/settings.ts";

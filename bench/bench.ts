@@ -22,7 +22,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { Agent, request } from "undici";
-import { decodeCommand, type Command } from "../actors/index.ts";
+import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { erpSource, shopSource } from "../cdc/demo/mappings.ts";
 import { applyDemoSchemas, seedDemo } from "../cdc/demo/seed.ts";
 import { onboardCatalog, simItem, storeIds, Zipf } from "../cdc/demo/simulator.ts";

@@ -5,7 +5,8 @@
  */
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import { LogicalReplicationService, PgoutputPlugin } from "pg-logical-replication";
-import { decodeCommand, encodeEnvelope, envelopeMsgId, type Command } from "../actors/index.ts";
+import { decodeCommand, type Command } from "../src/contract/command.ts";
+import { encodeEnvelope, envelopeMsgId } from "../src/wire/envelope.ts";
 import type { Sql } from "../src/platform/db.ts";
 import type { NatsHandles } from "../src/wire/nats.ts";
 

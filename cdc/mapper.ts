@@ -1,4 +1,4 @@
-import type { Command } from "../actors/index.ts";
+import type { Command } from "../src/contract/command.ts";
 import type { Crosswalk } from "./crosswalk.ts";
 import {
   MappingError,

@@ -3,7 +3,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { LogicalReplicationService, PgoutputPlugin, type Pgoutput } from "pg-logical-replication";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import type { Command } from "../actors/index.ts";
+import type { Command } from "../src/contract/command.ts";
 import { connectPostgres } from "../src/platform/db.ts";
 import { backoffDelay } from "../src/platform/backoff.ts";
 import { deadLetter, deadLetterMsgId, publishDeadLetter, type DeadLetter } from "../src/wire/deadLetters.ts";

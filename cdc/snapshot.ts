@@ -4,7 +4,7 @@ import type { JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import type { Command } from "../actors/index.ts";
+import type { Command } from "../src/contract/command.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/deadLetters.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import type { Topology } from "../src/wire/topology.ts";

@@ -6,7 +6,7 @@ import { decodeTokens, newToken, sha256Hex, TokenVerifier } from "../src/http/au
 import { TEST_CHANNELS, tallyEnv } from "./support/tally.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { deadLetters, settle, startApi, TOKENS, type ApiFixture } from "./apiSupport.ts";
-import { decodeCommand } from "../actors/index.ts";
+import { decodeCommand } from "../src/contract/command.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { eventually } from "./support/tally.ts";
 

@@ -1,6 +1,6 @@
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeCommand, type Command } from "../actors/index.ts";
+import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { auth, settle, startApi, type ApiFixture } from "./apiSupport.ts";

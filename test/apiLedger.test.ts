@@ -2,7 +2,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeCommand, type Command } from "../actors/index.ts";
+import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { EXPORT_COLUMNS, EXPORT_CURSOR_HEADER, EXPORT_SUMMARY_TRAILER, type ExportSummary } from "../ledger/export.ts";
 import { publishCommands } from "../src/wire/publisher.ts";

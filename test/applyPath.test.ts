@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeCommand, encodeEnvelope, envelopeMsgId } from "../actors/index.ts";
+import { decodeCommand } from "../src/contract/command.ts";
+import { encodeEnvelope, envelopeMsgId } from "../src/wire/envelope.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, startInProcess, TEST_CHANNELS, type Harness } from "./support/tally.ts";

@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
-import { decodeEnvelope } from "../actors/index.ts";
+import { decodeEnvelope } from "../src/wire/envelope.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { demoSources, type DemoSources } from "./support/cdc.ts";
 import { startNats, type NatsServer } from "./support/nats.ts";

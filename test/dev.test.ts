@@ -3,7 +3,7 @@ import { mkdir, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Either } from "effect";
 import { afterEach, describe, expect, it } from "vitest";
-import { decodeCommand } from "../actors/index.ts";
+import { decodeCommand } from "../src/contract/command.ts";
 import { DEMO_STOCK } from "../cdc/demo/seed.ts";
 import { describeFailure } from "../src/app/dev.ts";
 import { ROOT, runTally } from "./support/tally.ts";

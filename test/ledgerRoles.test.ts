@@ -2,7 +2,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeCommand, type Command } from "../actors/index.ts";
+import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
 import { readNatsAnchors } from "../src/channels/anchors.ts";
 import { startTally } from "../src/app/roles.ts";

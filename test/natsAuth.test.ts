@@ -3,7 +3,7 @@ import { Kvm, type KV } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeCommand, type Command } from "../actors/index.ts";
+import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { migrate } from "../ledger/index.ts";
 import { startTally, type Role } from "../src/app/roles.ts";
 import { loadSettings } from "../src/platform/settings.ts";

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
-import type { Command } from "../actors/index.ts";
+import type { Command } from "../src/contract/command.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import type { TestContext } from "./support/context.ts";

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { encodeEnvelope } from "../actors/index.ts";
+import { encodeEnvelope } from "../src/wire/envelope.ts";
 import { listStuck, recordStuck } from "../ledger/index.ts";
 import { listDeadLetters } from "../src/operations/deadLetterReplay.ts";
 import { publishCommands } from "../src/wire/publisher.ts";

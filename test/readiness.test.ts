@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DiscardPolicy } from "@nats-io/jetstream";
-import { encodeEnvelope } from "../actors/index.ts";
-import type { Command } from "../actors/index.ts";
+import { encodeEnvelope } from "../src/wire/envelope.ts";
+import type { Command } from "../src/contract/command.ts";
 import { ensureTopology } from "../src/wire/nats.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { buildApp } from "../src/http/server.ts";

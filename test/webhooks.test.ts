@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeCommand, type Command } from "../actors/index.ts";
+import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { decodeTallyConfig } from "../src/app/configFile.ts";
 import { listDeadLetters, replayDeadLetter } from "../src/operations/deadLetterReplay.ts";
 import { publishCommands } from "../src/wire/publisher.ts";

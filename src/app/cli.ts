@@ -365,7 +365,7 @@ async function cmdStuck(
   values: { json?: boolean; seq?: string | undefined },
 ): Promise<number> {
   const { listStuck, requestSkip } = await import("../../ledger/index.ts");
-  const { decodeEnvelope } = await import("../../actors/index.ts");
+  const { decodeEnvelope } = await import("../wire/envelope.ts");
   const t = topology(settings.env, settings.partitions);
   return Effect.runPromise(
     Effect.scoped(

@@ -1,7 +1,7 @@
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { OUTBOX_CHANNEL } from "../../ledger/index.ts";
-import { LeaseStore, type HeldLease } from "../../actors/index.ts";
+import { LeaseStore, type HeldLease } from "../wire/leases.ts";
 import type { NatsHandles } from "../wire/nats.ts";
 import { backoffDelay } from "../platform/backoff.ts";
 

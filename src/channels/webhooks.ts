@@ -9,7 +9,7 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { LeaseStore, type HeldLease } from "../../actors/index.ts";
+import { LeaseStore, type HeldLease } from "../wire/leases.ts";
 import type { AvailabilityJson as Availability } from "../../actors/batch.ts";
 import { ConfigFileError, type TallyConfig } from "../app/configFile.ts";
 import { deadLetter, deadLetterMsgId, type DeadLetter } from "../wire/deadLetters.ts";

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { Either } from "effect";
-import type { Command } from "../../actors/index.ts";
+import type { Command } from "../contract/command.ts";
 import { Crosswalk, MappingError } from "../../cdc/index.ts";
 import { ITEMS_CHANNEL } from "../../cdc/crosswalk.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../wire/deadLetters.ts";

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
-import { decodeCommand, type Command } from "../../actors/index.ts";
+import { decodeCommand, type Command } from "../contract/command.ts";
 import { knownCommandIds } from "../../ledger/index.ts";
 import { deadLetter } from "../wire/deadLetters.ts";
 import { publishCommands } from "../wire/publisher.ts";

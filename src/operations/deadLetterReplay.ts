@@ -1,6 +1,6 @@
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
-import { decodeCommand, type Command } from "../../actors/index.ts";
+import { decodeCommand, type Command } from "../contract/command.ts";
 import { Crosswalk, changeFrom, mapChange, mapWith, RowView, type ChangePayload, type ResolvedSource } from "../../cdc/index.ts";
 import { withStoredPayload, type DeadLetter } from "../wire/deadLetters.ts";
 import type { NatsHandles } from "../wire/nats.ts";

@@ -8,7 +8,7 @@
 import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
-import { decodeCommand, type Command } from "../../actors/index.ts";
+import { decodeCommand, type Command } from "../contract/command.ts";
 import { publishCommands } from "../wire/publisher.ts";
 import type { Topology } from "../wire/topology.ts";
 

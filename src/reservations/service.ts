@@ -11,7 +11,7 @@
 import { randomUUID } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import { decodeCommand, type Command, type ReserveScope } from "../../actors/index.ts";
+import { decodeCommand, type Command, type ReserveScope } from "../contract/command.ts";
 import type { ChannelConfig } from "../app/configFile.ts";
 import { deadLetter, deadLetterMsgId, publishDeadLetter } from "../wire/deadLetters.ts";
 import type { NatsHandles } from "../wire/nats.ts";

@@ -1,6 +1,6 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
-import type { Command } from "../../actors/index.ts";
-import { encodeEnvelope, envelopeMsgId } from "../../actors/index.ts";
+import type { Command } from "../contract/command.ts";
+import { encodeEnvelope, envelopeMsgId } from "./envelope.ts";
 import { backoffDelay } from "../platform/backoff.ts";
 import type { Topology } from "./topology.ts";
 

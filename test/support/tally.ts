@@ -6,7 +6,7 @@ import { connectPostgres, type Sql } from "../../src/platform/db.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "../../src/wire/nats.ts";
 import { loadSettings, type Settings } from "../../src/platform/settings.ts";
 import { migrate } from "../../ledger/index.ts";
-import { decodeCommand, type Command } from "../../actors/index.ts";
+import { decodeCommand, type Command } from "../../src/contract/command.ts";
 import { topology, type Topology } from "../../src/wire/topology.ts";
 import { startTally, type Role } from "../../src/app/roles.ts";
 import { createLogger } from "../../src/platform/log.ts";

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { MappingError } from "../../../cdc/index.ts";
-import { ID_JSON_PATTERN } from "../../../actors/index.ts";
+import { ID_JSON_PATTERN } from "../../contract/command.ts";
 import type { ApiContext } from "../server.ts";
 import { ApiError, errors } from "../errors.ts";
 import type { LineRequest } from "../../reservations/service.ts";
