@@ -1,6 +1,6 @@
 import type { BatchWrite, HoldRow, LedgerEntry, OutboxRow, OutcomeRow, StoredSku } from "../ledger/index.ts";
 import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
-import type { Command, LocationId, Sku } from "../src/contract/command.ts";
+import type { Command, LocationId, Sku } from "../src/contract/index.ts";
 import { decide, evolve } from "./decider.ts";
 import type { Bucket, HoldState, HoldStatus, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
 import { atLeastZero, emptyLocation, initialSkuState, locationAvailable } from "./state.ts";

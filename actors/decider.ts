@@ -4,7 +4,7 @@
  * crossings and notifications) or a rejection; `evolve` folds one event into
  * the state. Both are pure: no I/O, no clock, no randomness, no mutation.
  */
-import type { Command, LocationId } from "../src/contract/command.ts";
+import type { Command, LocationId } from "../src/contract/index.ts";
 import {
   atLeastZero,
   legacyHoldId,

@@ -8,3 +8,4 @@ export type { ActorState, Availability, ChannelView } from "./batch.ts";
 export { Worker } from "./worker.ts";
 export type { WorkerOptions } from "./worker.ts";
 export type { PartitionStatus, WorkerMetrics } from "./partitionRunner.ts";
+export type { AvailabilityJson } from "./batch.ts";

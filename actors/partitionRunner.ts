@@ -15,18 +15,18 @@ import {
   recordStuck,
   type OutcomeRow,
 } from "../ledger/index.ts";
-import { isNotFound } from "../src/wire/nats.ts";
-import type { NatsHandles } from "../src/wire/nats.ts";
-import type { Topology } from "../src/wire/topology.ts";
-import { describeError, isPermanentDataError, isTransientDbError } from "../src/platform/db.ts";
-import { backoffDelay } from "../src/platform/backoff.ts";
+import { isNotFound } from "../src/wire/index.ts";
+import type { NatsHandles } from "../src/wire/index.ts";
+import type { Topology } from "../src/wire/index.ts";
+import { describeError, isPermanentDataError, isTransientDbError } from "../src/platform/index.ts";
+import { backoffDelay } from "../src/platform/index.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
-import { decodeCommand, encodeCommand } from "../src/contract/command.ts";
-import { decodeEnvelope } from "../src/wire/envelope.ts";
+import { decodeCommand, encodeCommand } from "../src/contract/index.ts";
+import { decodeEnvelope } from "../src/wire/index.ts";
 import type { ActorRegistry } from "./skuStateCache.ts";
 import type { ApplyGate } from "./applyGate.ts";
-import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/deadLetters.ts";
-import { DeliveryGap, DeliveryOrder } from "../src/wire/deliveryOrder.ts";
+import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/index.ts";
+import { DeliveryGap, DeliveryOrder } from "../src/wire/index.ts";
 
 const nanos = (ms: number): number => ms * 1_000_000;
 /** Failed attempts in a row after which a stuck partition raises an alert event. */

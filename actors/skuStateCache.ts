@@ -1,7 +1,7 @@
 import type { Sql } from "postgres";
 import { loadHolds, loadSkus, type HoldRow, type StoredSku } from "../ledger/index.ts";
 import { actorFromStored, holdIdOf, withStoredHolds, type ActorState } from "./batch.ts";
-import type { Command } from "../src/contract/command.ts";
+import type { Command } from "../src/contract/index.ts";
 
 /**
  * The live SKU actors of one worker: activated on demand from the ledger tables, passivated

@@ -2,7 +2,7 @@
  * The state of one SKU across its locations, and the events that change it.
  * Pure data: `decider.ts` decides events from commands and folds them with `evolve`.
  */
-import type { LocationId, Sku } from "../src/contract/command.ts";
+import type { LocationId, Sku } from "../src/contract/index.ts";
 
 /** A ledger bucket at one location. */
 export type Bucket = "on_hand" | "reserved" | "in_transit" | "damaged";

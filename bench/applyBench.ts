@@ -10,16 +10,16 @@ import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
-import { decodeCommand, type Command } from "../src/contract/command.ts";
+import { decodeCommand, type Command } from "../src/contract/index.ts";
 import { migrate } from "../ledger/index.ts";
-import { startTally } from "../src/app/roles.ts";
-import { loadSettings } from "../src/platform/settings.ts";
-import { connectPostgres } from "../src/platform/db.ts";
+import { startTally } from "../src/app/index.ts";
+import { loadSettings } from "../src/platform/index.ts";
+import { connectPostgres } from "../src/platform/index.ts";
 import { startNats, startPostgres } from "../src/app/devStack/index.ts";
-import { createLogger } from "../src/platform/log.ts";
-import { connectNats, ensureTopology } from "../src/wire/nats.ts";
-import { publishCommands } from "../src/wire/publisher.ts";
-import { topology } from "../src/wire/topology.ts";
+import { createLogger } from "../src/platform/index.ts";
+import { connectNats, ensureTopology } from "../src/wire/index.ts";
+import { publishCommands } from "../src/wire/index.ts";
+import { topology } from "../src/wire/index.ts";
 import { measureInsert, measureNats } from "./limits.ts";
 
 const { values } = parseArgs({

@@ -5,10 +5,10 @@
  */
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import { LogicalReplicationService, PgoutputPlugin } from "pg-logical-replication";
-import { decodeCommand, type Command } from "../src/contract/command.ts";
-import { encodeEnvelope, envelopeMsgId } from "../src/wire/envelope.ts";
-import type { Sql } from "../src/platform/db.ts";
-import type { NatsHandles } from "../src/wire/nats.ts";
+import { decodeCommand, type Command } from "../src/contract/index.ts";
+import { encodeEnvelope, envelopeMsgId } from "../src/wire/index.ts";
+import type { Sql } from "../src/platform/index.ts";
+import type { NatsHandles } from "../src/wire/index.ts";
 
 export interface Limits {
   /** Ledger-shaped rows per second, inserted 2,000 per statement. */

@@ -1,5 +1,5 @@
 import type { Sql } from "postgres";
-import { decodeCommand, type Command } from "../src/contract/command.ts";
+import { decodeCommand, type Command } from "../src/contract/index.ts";
 import { MappingError, UnknownItem, type ItemDefinition, type ItemRef, type MappedCommand } from "./mapping.ts";
 
 /** NOTIFY channel: a SKU's definition changed (payload: the SKU). */

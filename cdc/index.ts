@@ -23,3 +23,4 @@ export type { HaltReason, SlotGap, SlotVerdict } from "./slotIdentity.ts";
 export { configuredSources, findSource, resolveSource, sourceUrlSetting } from "./sources.ts";
 export type { ResolvedSource } from "./sources.ts";
 export { formatLsn, parseLsn } from "./lsn.ts";
+export { enableSource, sourceStatus } from "./admin.ts";

@@ -1,4 +1,4 @@
-import type { Command } from "../src/contract/command.ts";
+import type { Command } from "../src/contract/index.ts";
 import type { Crosswalk } from "./crosswalk.ts";
 import {
   MappingError,

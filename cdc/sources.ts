@@ -1,6 +1,6 @@
 import type { SnapshotTable } from "./mapping.ts";
-import type { SourceConfig, TableConfig, TallyConfig } from "../src/app/configFile.ts";
-import { SettingsError } from "../src/platform/settings.ts";
+import type { SourceConfig, TableConfig, TallyConfig } from "../src/app/index.ts";
+import { SettingsError } from "../src/platform/index.ts";
 
 /** A source from `tally.config.ts` with its connection and defaults resolved. */
 export interface ResolvedSource {

@@ -41,3 +41,5 @@ export type { Anchor, AnchorProblem, AnchorReport } from "./anchors.ts";
 export type { VerifyProblem, VerifyReport } from "./verify.ts";
 export { EnvironmentMismatch, MigrationError, assertEnvironment, instanceId, migrate } from "./migrate.ts";
 export type { MigrateResult } from "./migrate.ts";
+export { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, openExport } from "./export.ts";
+export type { ExportSummary } from "./export.ts";

@@ -1,7 +1,7 @@
-import { enableSource } from "../admin.ts";
-import { findSource } from "../sources.ts";
-import type { TallyConfig } from "../../src/app/configFile.ts";
-import { connectPostgres } from "../../src/platform/db.ts";
+import { enableSource } from "../index.ts";
+import { findSource } from "../index.ts";
+import type { TallyConfig } from "../../src/app/index.ts";
+import { connectPostgres } from "../../src/platform/index.ts";
 import { applyDemoSchemas, seedDemo, type SeedSummary } from "./seed.ts";
 
 /**

@@ -11,7 +11,7 @@
  * (receipts, adjustments, counts, policies) use the default `<source>:<commit lsn>:<index>`, which
  * is stable across replays of the same slot. Snapshot rows get their ids from the reader.
  */
-import type { SourceConfig } from "../../src/app/configFile.ts";
+import type { SourceConfig } from "../../src/app/index.ts";
 import {
   MappingError,
   RowView,
@@ -21,7 +21,7 @@ import {
   type MappedCommand,
   type MappingResult,
   type TableMapping,
-} from "../mapping.ts";
+} from "../index.ts";
 
 /** What `tally.config.ts` accepts for one source (defaults not yet applied). */
 export type SourceInput = typeof SourceConfig.Encoded;

@@ -5,7 +5,7 @@
  * the ledger they expect.
  */
 import { readFile } from "node:fs/promises";
-import type { Sql } from "../../src/platform/db.ts";
+import type { Sql } from "../../src/platform/index.ts";
 
 export const DEMO_LOCATIONS = ["DC1", "S01", "S02"] as const;
 

@@ -12,7 +12,7 @@
 import { createHash } from "node:crypto";
 import type { Logger } from "pino";
 import type { KV } from "@nats-io/kv";
-import type { Sql } from "../../src/platform/db.ts";
+import type { Sql } from "../../src/platform/index.ts";
 
 export interface SimulatorOptions {
   readonly erp: Sql;

@@ -3,19 +3,19 @@ import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { Effect, Exit, Fiber } from "effect";
 import { chainHeads, checkAnchors, migrate, runtimeGrants, verifyLedger, type Anchor } from "../../ledger/index.ts";
-import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "../channels/anchors.ts";
+import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "../channels/index.ts";
 import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./roles.ts";
-import { loadSettings, requireDatabaseUrl, type Settings } from "../platform/settings.ts";
+import { loadSettings, requireDatabaseUrl, type Settings } from "../platform/index.ts";
 import { knownStores, loadTallyConfig } from "./configFile.ts";
 import { stopWithParent, workerProcess } from "./workerProcess.ts";
-import { connectPostgres, type Sql } from "../platform/db.ts";
+import { connectPostgres, type Sql } from "../platform/index.ts";
 import { devMain } from "./dev.ts";
-import { createLogger } from "../platform/log.ts";
-import { ensureTopology } from "../wire/nats.ts";
-import { maskSecrets } from "../platform/redact.ts";
-import { submit } from "../ingest/submit.ts";
-import { topology } from "../wire/topology.ts";
-import { usableWebhookTargets } from "../channels/webhooks.ts";
+import { createLogger } from "../platform/index.ts";
+import { ensureTopology } from "../wire/index.ts";
+import { maskSecrets } from "../platform/index.ts";
+import { submit } from "../ingest/index.ts";
+import { topology } from "../wire/index.ts";
+import { usableWebhookTargets } from "../channels/index.ts";
 import { assertEnvironment } from "../../ledger/index.ts";
 
 const USAGE = `tally — real-time inventory ledger
@@ -269,7 +269,7 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
 
 /** `tally demo init`: the reference ERP and shop schemas, seed data and CDC enabled, in TALLY_SOURCE_{ERP,SHOP}_URL. */
 async function cmdDemoInit(settings: Settings): Promise<number> {
-  const { demoInit } = await import("../../cdc/demo/init.ts");
+  const { demoInit } = await import("../../cdc/demo/index.ts");
   const erp = process.env.TALLY_SOURCE_ERP_URL;
   const shop = process.env.TALLY_SOURCE_SHOP_URL;
   if (!erp || !shop)
@@ -297,7 +297,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
   if (sub !== "list" && sub !== "replay" && sub !== "discard" && sub !== "skip")
     throw new UsageError(`dlq: expected list, replay <id…|--all>, discard <id…|--all> or skip <partition>, got ${JSON.stringify(sub ?? "")}`);
   if (sub === "skip" || (sub === "list" && values.stuck)) return cmdStuck(settings, sub, ids, values);
-  const dlq = await import("../operations/deadLetterReplay.ts");
+  const dlq = await import("../operations/index.ts");
   const { configuredSources } = await import("../../cdc/index.ts");
   const config = await loadTallyConfig(settings.configFile);
   const t = topology(settings.env, settings.partitions);
@@ -333,7 +333,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
             return failed > 0 ? 1 : 0;
           }
           const sources = new Map(configuredSources(config, settings.env).map((s) => [s.name, s] as const));
-          const { PosIngest } = await import("../ingest/posIngest.ts");
+          const { PosIngest } = await import("../ingest/index.ts");
           const pos = new PosIngest({ sql, nats, topology: t, stores: knownStores(config), log: createLogger("tally-dlq", "warn") });
           for (const l of wanted) {
             const r = await dlq.replayDeadLetter({ sql, nats, topology: t, sources, pos, webhooks: usableWebhookTargets(config) }, l);
@@ -365,7 +365,7 @@ async function cmdStuck(
   values: { json?: boolean; seq?: string | undefined },
 ): Promise<number> {
   const { listStuck, requestSkip } = await import("../../ledger/index.ts");
-  const { decodeEnvelope } = await import("../wire/envelope.ts");
+  const { decodeEnvelope } = await import("../wire/index.ts");
   const t = topology(settings.env, settings.partitions);
   return Effect.runPromise(
     Effect.scoped(
@@ -442,7 +442,7 @@ async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promi
     if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v)) throw new UsageError(`--${name}: expected an ISO-8601 date or date-time, got ${JSON.stringify(v)}`);
     return d;
   };
-  const { EXPORT_CURSOR_PATTERN, openExport } = await import("../../ledger/export.ts");
+  const { EXPORT_CURSOR_PATTERN, openExport } = await import("../../ledger/index.ts");
   if (values.cursor !== undefined && !EXPORT_CURSOR_PATTERN.test(values.cursor))
     throw new UsageError(`--cursor: expected the nextCursor of a previous export (digits), got ${JSON.stringify(values.cursor)}`);
   const range = { cursor: values.cursor, from: when("from", values.from), to: when("to", values.to) };
@@ -502,7 +502,7 @@ async function cmdToken(args: ReadonlyArray<string>): Promise<number> {
   });
   const [sub, id] = positionals;
   if (sub !== "new" || !id) throw new UsageError("token: expected `tally token new <id> --scopes <s,…> [--channel <c>]`");
-  const { SCOPES, decodeTokens, newToken } = await import("../http/auth.ts");
+  const { SCOPES, decodeTokens, newToken } = await import("../http/index.ts");
   const scopes = (values.scopes ?? "").split(",").map((s) => s.trim()).filter(Boolean);
   if (scopes.length === 0) throw new UsageError(`--scopes: give one or more of ${SCOPES.join(", ")}`);
   const { token, entry } = newToken(id, scopes as Array<(typeof SCOPES)[number]>, values.channel);
@@ -622,7 +622,7 @@ const natsTopology = (settings: Settings, name: string) =>
 /** `tally source check|enable|status|drop <name>`: the database admin's view of a CDC source. */
 async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
   const admin = await import("../../cdc/admin.ts");
-  const { findSource, configuredSources, sourceUrlSetting } = await import("../../cdc/sources.ts");
+  const { findSource, configuredSources, sourceUrlSetting } = await import("../../cdc/index.ts");
   const help = `usage:
   tally source check <name>               pass/fail table of what CDC needs, with the SQL that fixes each failure
   tally source enable <name> [--print-sql [--role <r>]]

@@ -2,8 +2,8 @@ import { pathToFileURL } from "node:url";
 import path from "node:path";
 import { Either, ParseResult, Schema } from "effect";
 import { tsImport } from "tsx/esm/api";
-import type { SnapshotTable, TableMapping } from "../../cdc/mapping.ts";
-import { ID_MAX_LENGTH, isId } from "../contract/command.ts";
+import type { SnapshotTable, TableMapping } from "../../cdc/index.ts";
+import { ID_MAX_LENGTH, isId } from "../contract/index.ts";
 
 const Name = Schema.String.pipe(
   Schema.pattern(/^[a-z0-9_-]+$/, { message: () => "expected lowercase letters, digits, _ and -" }),

@@ -4,11 +4,11 @@ import { parseArgs } from "node:util";
 import { migrate } from "../../ledger/index.ts";
 import { startTally, type Role } from "./roles.ts";
 import { sourceUrlSetting } from "../../cdc/index.ts";
-import { demoInit } from "../../cdc/demo/init.ts";
-import { DemoSimulator } from "../../cdc/demo/simulator.ts";
-import { loadSettings, type Settings } from "../platform/settings.ts";
+import { demoInit } from "../../cdc/demo/index.ts";
+import { DemoSimulator } from "../../cdc/demo/index.ts";
+import { loadSettings, type Settings } from "../platform/index.ts";
 import { loadTallyConfig } from "./configFile.ts";
-import { connectPostgres } from "../platform/db.ts";
+import { connectPostgres } from "../platform/index.ts";
 import {
   findNatsServer,
   findPostgresBin,
@@ -20,9 +20,9 @@ import {
   type NatsServer,
   type PostgresServer,
 } from "./devStack/index.ts";
-import { createLogger, type Logger } from "../platform/log.ts";
-import { newToken, sha256Hex, type ApiToken } from "../http/auth.ts";
-import { maskSecrets } from "../platform/redact.ts";
+import { createLogger, type Logger } from "../platform/index.ts";
+import { newToken, sha256Hex, type ApiToken } from "../http/index.ts";
+import { maskSecrets } from "../platform/index.ts";
 
 /** Ports `tally dev` prefers for its own servers (a free one is used when taken). */
 export const DEV_POSTGRES_PORT = 54329;

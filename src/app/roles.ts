@@ -5,16 +5,16 @@ import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
 import { assertEnvironment, instanceId } from "../../ledger/index.ts";
 import { SourceReader, configuredSources } from "../../cdc/index.ts";
-import type { NatsAccess, Settings } from "../platform/settings.ts";
-import { requireDatabaseUrl } from "../platform/settings.ts";
+import type { NatsAccess, Settings } from "../platform/index.ts";
+import { requireDatabaseUrl } from "../platform/index.ts";
 import type { TallyConfig } from "./configFile.ts";
-import { connectPostgres, type Sql } from "../platform/db.ts";
-import { createLogger, type Logger } from "../platform/log.ts";
-import { connectNats, ensureTopology, type NatsHandles } from "../wire/nats.ts";
-import { OutboxRelay } from "../channels/relay.ts";
-import { AnchorPublisher } from "../channels/anchors.ts";
-import { WebhookDispatcher, webhookTargets } from "../channels/webhooks.ts";
-import { topology, type Topology } from "../wire/topology.ts";
+import { connectPostgres, type Sql } from "../platform/index.ts";
+import { createLogger, type Logger } from "../platform/index.ts";
+import { connectNats, ensureTopology, type NatsHandles } from "../wire/index.ts";
+import { OutboxRelay } from "../channels/index.ts";
+import { AnchorPublisher } from "../channels/index.ts";
+import { WebhookDispatcher, webhookTargets } from "../channels/index.ts";
+import { topology, type Topology } from "../wire/index.ts";
 
 export type Role = "worker" | "relay" | "cdc" | "api";
 export const ROLES: ReadonlyArray<Role> = ["worker", "relay", "cdc", "api"];
@@ -169,8 +169,8 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
       ? yield* Effect.acquireRelease(
           Effect.tryPromise(async () => {
             // Loaded only by processes that serve HTTP.
-            const { buildApp, drainApp } = await import("../http/server.ts");
-            const { loadTokens } = await import("../http/auth.ts");
+            const { buildApp, drainApp } = await import("../http/index.ts");
+            const { loadTokens } = await import("../http/index.ts");
             const app = await buildApp({ settings, config, topology: t, sql: apiSql, nats, log, tokens: await loadTokens(settings), worker, readers, webhooks });
             try {
               await app.listen({ port: settings.httpPort, host: settings.httpHost });

@@ -10,7 +10,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Effect } from "effect";
-import type { Logger } from "../platform/log.ts";
+import type { Logger } from "../platform/index.ts";
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../bin/tally.js");
 /** How long a stopping worker may take to finish its batches before it is killed. */

@@ -4,9 +4,9 @@ import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import type { Sql } from "postgres";
 import { chainHeads, type Anchor } from "../../ledger/index.ts";
-import { backoffDelay } from "../platform/backoff.ts";
-import type { NatsHandles } from "../wire/nats.ts";
-import type { Topology } from "../wire/topology.ts";
+import { backoffDelay } from "../platform/index.ts";
+import type { NatsHandles } from "../wire/index.ts";
+import type { Topology } from "../wire/index.ts";
 
 /** How far before the previous round's read each round looks again for changed heads. */
 const LOOK_BACK_MS = 60_000;

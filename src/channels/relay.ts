@@ -1,9 +1,9 @@
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { OUTBOX_CHANNEL } from "../../ledger/index.ts";
-import { LeaseStore, type HeldLease } from "../wire/leases.ts";
-import type { NatsHandles } from "../wire/nats.ts";
-import { backoffDelay } from "../platform/backoff.ts";
+import { LeaseStore, type HeldLease } from "../wire/index.ts";
+import type { NatsHandles } from "../wire/index.ts";
+import { backoffDelay } from "../platform/index.ts";
 
 export interface RelayOptions {
   readonly sql: Sql;
@@ -41,8 +41,8 @@ export interface RelayRound {
   readonly latencyMs: Readonly<Record<string, ReadonlyArray<number>>>;
 }
 
-export { relaySubject } from "../wire/topology.ts";
-import { relaySubject } from "../wire/topology.ts";
+export { relaySubject } from "../wire/index.ts";
+import { relaySubject } from "../wire/index.ts";
 
 /**
  * Publishes committed outbox rows to NATS and deletes them once NATS has them. One relay is active

@@ -9,14 +9,14 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { LeaseStore, type HeldLease } from "../wire/leases.ts";
-import type { AvailabilityJson as Availability } from "../../actors/batch.ts";
-import { ConfigFileError, type TallyConfig } from "../app/configFile.ts";
-import { deadLetter, deadLetterMsgId, type DeadLetter } from "../wire/deadLetters.ts";
-import type { NatsHandles } from "../wire/nats.ts";
-import type { Topology } from "../wire/topology.ts";
-import { backoffDelay } from "../platform/backoff.ts";
-import { DeliveryOrder, type DeliveryGap } from "../wire/deliveryOrder.ts";
+import { LeaseStore, type HeldLease } from "../wire/index.ts";
+import type { AvailabilityJson as Availability } from "../../actors/index.ts";
+import { ConfigFileError, type TallyConfig } from "../app/index.ts";
+import { deadLetter, deadLetterMsgId, type DeadLetter } from "../wire/index.ts";
+import type { NatsHandles } from "../wire/index.ts";
+import type { Topology } from "../wire/index.ts";
+import { backoffDelay } from "../platform/index.ts";
+import { DeliveryOrder, type DeliveryGap } from "../wire/index.ts";
 
 /** The dead-letter origin of undeliverable webhook batches. */
 export const WEBHOOK_ORIGIN = "webhook";

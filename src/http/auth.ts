@@ -1,7 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { Either, ParseResult, Schema } from "effect";
-import type { Settings } from "../platform/settings.ts";
+import type { Settings } from "../platform/index.ts";
 
 /** What a token may do. `admin` implies every other scope. */
 export const SCOPES = ["pos:write", "availability:read", "reservations:write", "ledger:read", "admin"] as const;

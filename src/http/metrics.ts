@@ -1,12 +1,12 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Worker } from "../../actors/index.ts";
 import type { SourceReader } from "../../cdc/index.ts";
-import type { NatsHandles } from "../wire/nats.ts";
-import type { Topology } from "../wire/topology.ts";
-import type { OutcomeBatch } from "../channels/outcomes.ts";
-import type { RelayRound } from "../channels/relay.ts";
+import type { NatsHandles } from "../wire/index.ts";
+import type { Topology } from "../wire/index.ts";
+import type { OutcomeBatch } from "../channels/index.ts";
+import type { RelayRound } from "../channels/index.ts";
 import type { Subscription } from "@nats-io/transport-node";
-import type { WebhookDispatcher } from "../channels/webhooks.ts";
+import type { WebhookDispatcher } from "../channels/index.ts";
 
 export interface MetricsDeps {
   readonly nats: NatsHandles;

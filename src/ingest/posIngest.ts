@@ -9,14 +9,14 @@ import { createHash } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { Either } from "effect";
-import type { Command } from "../contract/command.ts";
+import type { Command } from "../contract/index.ts";
 import { Crosswalk, MappingError } from "../../cdc/index.ts";
-import { ITEMS_CHANNEL } from "../../cdc/crosswalk.ts";
-import { deadLetter, publishDeadLetter, type DeadLetter } from "../wire/deadLetters.ts";
-import type { NatsHandles } from "../wire/nats.ts";
-import { pauser } from "../platform/cooperative.ts";
-import { publishCommands } from "../wire/publisher.ts";
-import type { Topology } from "../wire/topology.ts";
+import { ITEMS_CHANNEL } from "../../cdc/index.ts";
+import { deadLetter, publishDeadLetter, type DeadLetter } from "../wire/index.ts";
+import type { NatsHandles } from "../wire/index.ts";
+import { pauser } from "../platform/index.ts";
+import { publishCommands } from "../wire/index.ts";
+import type { Topology } from "../wire/index.ts";
 import {
   MAX_BATCH_LINES,
   MAX_TRANSACTIONS,

@@ -1,7 +1,7 @@
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { JsonTextError, parseJsonText } from "../platform/jsonText.ts";
-import type { Topology } from "../wire/topology.ts";
+import { JsonTextError, parseJsonText } from "../platform/index.ts";
+import type { Topology } from "../wire/index.ts";
 import { InvalidBatch, type PosIngest } from "./posIngest.ts";
 
 /** Most POS messages handled at once by one process (the rest wait in the subscription). */

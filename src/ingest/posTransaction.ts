@@ -5,7 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import { Either, ParseResult, Schema } from "effect";
-import { EARLIEST_OCCURRED_AT, LATEST_OCCURRED_AT, isIsoDateTimeWithZone, isStorableDateTime } from "../contract/command.ts";
+import { EARLIEST_OCCURRED_AT, LATEST_OCCURRED_AT, isIsoDateTimeWithZone, isStorableDateTime } from "../contract/index.ts";
 
 /** Most transactions in one batch, and lines in one transaction. */
 export const MAX_TRANSACTIONS = 1000;

@@ -1,11 +1,11 @@
 import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
-import { decodeCommand, type Command } from "../contract/command.ts";
+import { decodeCommand, type Command } from "../contract/index.ts";
 import { knownCommandIds } from "../../ledger/index.ts";
-import { deadLetter } from "../wire/deadLetters.ts";
-import { publishCommands } from "../wire/publisher.ts";
-import type { Topology } from "../wire/topology.ts";
+import { deadLetter } from "../wire/index.ts";
+import { publishCommands } from "../wire/index.ts";
+import type { Topology } from "../wire/index.ts";
 
 export interface SubmitOptions {
   readonly js: JetStreamClient;

@@ -1,12 +1,12 @@
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
-import { decodeCommand, type Command } from "../contract/command.ts";
+import { decodeCommand, type Command } from "../contract/index.ts";
 import { Crosswalk, changeFrom, mapChange, mapWith, RowView, type ChangePayload, type ResolvedSource } from "../../cdc/index.ts";
-import { withStoredPayload, type DeadLetter } from "../wire/deadLetters.ts";
-import type { NatsHandles } from "../wire/nats.ts";
-import { publishCommands } from "../wire/publisher.ts";
-import type { Topology } from "../wire/topology.ts";
-import { resendCurrent, WEBHOOK_ORIGIN, type WebhookTarget } from "../channels/webhooks.ts";
+import { withStoredPayload, type DeadLetter } from "../wire/index.ts";
+import type { NatsHandles } from "../wire/index.ts";
+import { publishCommands } from "../wire/index.ts";
+import type { Topology } from "../wire/index.ts";
+import { resendCurrent, WEBHOOK_ORIGIN, type WebhookTarget } from "../channels/index.ts";
 
 /** A dead letter as stored: its stream sequence is its id. */
 export interface StoredDeadLetter extends DeadLetter {

@@ -8,9 +8,9 @@
 import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
-import { decodeCommand, type Command } from "../contract/command.ts";
-import { publishCommands } from "../wire/publisher.ts";
-import type { Topology } from "../wire/topology.ts";
+import { decodeCommand, type Command } from "../contract/index.ts";
+import { publishCommands } from "../wire/index.ts";
+import type { Topology } from "../wire/index.ts";
 
 /** The id of the release that expires a hold: a hash, since a hold id may hold characters a command id may not. */
 export const holdExpiryCommandId = (sku: string, holdId: string): string =>

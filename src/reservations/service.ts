@@ -11,17 +11,17 @@
 import { randomUUID } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import { decodeCommand, type Command, type ReserveScope } from "../contract/command.ts";
-import type { ChannelConfig } from "../app/configFile.ts";
-import { deadLetter, deadLetterMsgId, publishDeadLetter } from "../wire/deadLetters.ts";
-import type { NatsHandles } from "../wire/nats.ts";
+import { decodeCommand, type Command, type ReserveScope } from "../contract/index.ts";
+import type { ChannelConfig } from "../app/index.ts";
+import { deadLetter, deadLetterMsgId, publishDeadLetter } from "../wire/index.ts";
+import type { NatsHandles } from "../wire/index.ts";
 import { expireDueHolds } from "./holdExpiry.ts";
-import { publishCommands } from "../wire/publisher.ts";
-import type { Topology } from "../wire/topology.ts";
-import { payloadHash } from "../ingest/posTransaction.ts";
-import { ApiError } from "../http/errors.ts";
-import type { ApiMetrics } from "../http/metrics.ts";
-import type { OutcomeWaiter } from "../channels/outcomes.ts";
+import { publishCommands } from "../wire/index.ts";
+import type { Topology } from "../wire/index.ts";
+import { payloadHash } from "../ingest/index.ts";
+import { ApiError } from "../http/index.ts";
+import type { ApiMetrics } from "../http/index.ts";
+import type { OutcomeWaiter } from "../channels/index.ts";
 
 export type ReservationStatus = "pending" | "held" | "committed" | "fulfilled" | "released" | "expired" | "rejected";
 type LineState = "pending" | "held" | "rejected" | "released" | "fulfilled";

@@ -17,7 +17,7 @@ import {
   DiscardPolicy,
 } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import { SettingsError, urlCredentials, type NatsAccess } from "../platform/settings.ts";
+import { SettingsError, urlCredentials, type NatsAccess } from "../platform/index.ts";
 import type { Topology } from "./topology.ts";
 
 const nanos = (ms: number): number => ms * 1_000_000;

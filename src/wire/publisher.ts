@@ -1,7 +1,7 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
-import type { Command } from "../contract/command.ts";
+import type { Command } from "../contract/index.ts";
 import { encodeEnvelope, envelopeMsgId } from "./envelope.ts";
-import { backoffDelay } from "../platform/backoff.ts";
+import { backoffDelay } from "../platform/index.ts";
 import type { Topology } from "./topology.ts";
 
 export interface PublishResult {

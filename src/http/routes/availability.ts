@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
-import { DeliveryOrder } from "../../wire/deliveryOrder.ts";
-import { ID_JSON_PATTERN } from "../../contract/command.ts";
+import { DeliveryOrder } from "../../wire/index.ts";
+import { ID_JSON_PATTERN } from "../../contract/index.ts";
 import type { ApiContext } from "../server.ts";
 import { ApiError, errors } from "../errors.ts";
 

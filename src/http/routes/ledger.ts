@@ -2,7 +2,7 @@ import { Readable } from "node:stream";
 import type { FastifyInstance } from "fastify";
 import type { ApiContext } from "../server.ts";
 import { ApiError, errors } from "../errors.ts";
-import { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, openExport, type ExportSummary } from "../../../ledger/export.ts";
+import { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, openExport, type ExportSummary } from "../../../ledger/index.ts";
 
 const Entry = {
   type: "object",

@@ -1,10 +1,10 @@
-import { usableWebhookTargets } from "../../channels/webhooks.ts";
+import { usableWebhookTargets } from "../../channels/index.ts";
 import type { FastifyInstance } from "fastify";
 import { Crosswalk, configuredSources, type ResolvedSource } from "../../../cdc/index.ts";
-import { sourceStatus } from "../../../cdc/admin.ts";
-import { connectPostgres } from "../../platform/db.ts";
+import { sourceStatus } from "../../../cdc/index.ts";
+import { connectPostgres } from "../../platform/index.ts";
 import { listStuck, requestSkip } from "../../../ledger/index.ts";
-import { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "../../operations/deadLetterReplay.ts";
+import { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "../../operations/index.ts";
 import type { ApiContext } from "../server.ts";
 import { ApiError, errors } from "../errors.ts";
 

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from "fastify";
-import { InvalidBatch } from "../../ingest/posIngest.ts";
-import { JsonTextError, parseJsonText } from "../../platform/jsonText.ts";
-import { MAX_BATCH_LINES, MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/posTransaction.ts";
+import { InvalidBatch } from "../../ingest/index.ts";
+import { JsonTextError, parseJsonText } from "../../platform/index.ts";
+import { MAX_BATCH_LINES, MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/index.ts";
 import type { ApiContext } from "../server.ts";
 import { errors } from "../errors.ts";
 

@@ -1,9 +1,9 @@
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { MappingError } from "../../../cdc/index.ts";
-import { ID_JSON_PATTERN } from "../../contract/command.ts";
+import { ID_JSON_PATTERN } from "../../contract/index.ts";
 import type { ApiContext } from "../server.ts";
 import { ApiError, errors } from "../errors.ts";
-import type { LineRequest } from "../../reservations/service.ts";
+import type { LineRequest } from "../../reservations/index.ts";
 
 /** The one id grammar of SKUs and locations (see src/contract/command.ts): a colon never reaches a command. */
 const SKU = ID_JSON_PATTERN;

@@ -1,0 +1,3 @@
+/** The public surface of src/contract/: other folders import only from here. */
+export { EARLIEST_OCCURRED_AT, ID_JSON_PATTERN, ID_MAX_LENGTH, LATEST_OCCURRED_AT, decodeCommand, encodeCommand, isId, isIsoDateTimeWithZone, isStorableDateTime } from "./command.ts";
+export type { Command, CommandType, LocationId, ReserveScope, Sku } from "./command.ts";

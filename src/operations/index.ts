@@ -1,0 +1,2 @@
+/** The public surface of src/operations/: other folders import only from here. */
+export { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "./deadLetterReplay.ts";

@@ -1,0 +1,11 @@
+/** The public surface of src/platform/: other folders import only from here. */
+export { connectPostgres, describeError, isPermanentDataError, isTransientDbError } from "./db.ts";
+export type { Sql } from "./db.ts";
+export { backoffDelay } from "./backoff.ts";
+export { SettingsError, loadSettings, requireDatabaseUrl, urlCredentials } from "./settings.ts";
+export type { NatsAccess, Settings } from "./settings.ts";
+export { createLogger } from "./log.ts";
+export type { Logger } from "./log.ts";
+export { maskSecrets } from "./redact.ts";
+export { JsonTextError, MAX_JSON_DEPTH, jsonDepthExceeds, parseJsonText } from "./jsonText.ts";
+export { pauser } from "./cooperative.ts";
