@@ -1,4 +1,4 @@
-import { defineConfig } from "./src/app/configFile.ts";
+import { defineConfig } from "./src/platform/configFile.ts";
 import { erpSource, shopSource } from "./cdc/demo/mappings.ts";
 
 // The demo retailer: one distribution centre and ten stores (S01 and S02 are seeded with the demo

@@ -31,7 +31,7 @@ import { findSource } from "../cdc/index.ts";
 import { migrate, verifyLedger } from "../ledger/index.ts";
 import { startTally } from "../src/app/index.ts";
 import { loadSettings } from "../src/platform/index.ts";
-import { decodeTallyConfig } from "../src/app/index.ts";
+import { decodeTallyConfig } from "../src/platform/index.ts";
 import { connectPostgres, type Sql } from "../src/platform/index.ts";
 import { freePort, startNats, startPostgres } from "../src/app/devStack/index.ts";
 import { newToken } from "../src/http/index.ts";

@@ -5,7 +5,7 @@ import { LogicalReplicationService, PgoutputPlugin } from "pg-logical-replicatio
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { migrate } from "../ledger/index.ts";
-import { decodeTallyConfig, type TallyConfigInput } from "../src/app/configFile.ts";
+import { decodeTallyConfig, type TallyConfigInput } from "../src/platform/configFile.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { testContext, type TestContext } from "../test/support/context.ts";
 import { startPostgres, type PostgresServer } from "../test/support/postgres.ts";

@@ -1,5 +1,5 @@
 import type { SnapshotTable } from "./mapping.ts";
-import type { SourceConfig, TableConfig, TallyConfig } from "../src/app/index.ts";
+import type { SourceConfig, TableConfig, TallyConfig } from "../src/platform/index.ts";
 import { SettingsError } from "../src/platform/index.ts";
 
 /** A source from `tally.config.ts` with its connection and defaults resolved. */

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
 import { MappingError, type Change, type ItemDefinition, type RowView } from "../cdc/index.ts";
-import { decodeTallyConfig, type TallyConfig } from "../src/app/configFile.ts";
+import { decodeTallyConfig, type TallyConfig } from "../src/platform/configFile.ts";
 import { ApiMetrics } from "../src/http/metrics.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, readStream, startInProcess, type Harness } from "./support/tally.ts";

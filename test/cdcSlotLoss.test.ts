@@ -5,7 +5,7 @@ import { enableSource, formatStatuses, sourceStatus, type SourceStatus } from ".
 import { findSource, parseLsn, type Change, type ItemDefinition, type RowView } from "../cdc/index.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { startTally } from "../src/app/roles.ts";
-import { decodeTallyConfig } from "../src/app/configFile.ts";
+import { decodeTallyConfig } from "../src/platform/configFile.ts";
 import { ApiMetrics } from "../src/http/metrics.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, readStream, runTally, tallyEnv, testSettings, type Harness } from "./support/tally.ts";

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
 import type { Change, ItemDefinition, RowView } from "../cdc/index.ts";
 import { verifyLedger } from "../ledger/index.ts";
-import { decodeTallyConfig } from "../src/app/configFile.ts";
+import { decodeTallyConfig } from "../src/platform/configFile.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, runTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
 import { rng } from "./support/workload.ts";

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SettingsError, loadSettings } from "../src/platform/settings.ts";
-import { ConfigFileError, decodeTallyConfig, loadTallyConfig } from "../src/app/configFile.ts";
+import { ConfigFileError, decodeTallyConfig, loadTallyConfig } from "../src/platform/configFile.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { ROOT, runTally, spawnTally, tallyEnv } from "./support/tally.ts";
 

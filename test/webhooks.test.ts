@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../src/contract/command.ts";
-import { decodeTallyConfig } from "../src/app/configFile.ts";
+import { decodeTallyConfig } from "../src/platform/configFile.ts";
 import { listDeadLetters, replayDeadLetter } from "../src/operations/deadLetterReplay.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { DELIVERY_HEADER, SIGNATURE_HEADER, signWebhook, usableWebhookTargets, verifyWebhook, webhookTargets, type WebhookBody } from "../src/channels/webhooks.ts";

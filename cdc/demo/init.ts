@@ -1,6 +1,6 @@
 import { enableSource } from "../index.ts";
 import { findSource } from "../index.ts";
-import type { TallyConfig } from "../../src/app/index.ts";
+import type { TallyConfig } from "../../src/platform/index.ts";
 import { connectPostgres } from "../../src/platform/index.ts";
 import { applyDemoSchemas, seedDemo, type SeedSummary } from "./seed.ts";
 

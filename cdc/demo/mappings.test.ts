@@ -1,6 +1,6 @@
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeTallyConfig } from "../../src/app/configFile.ts";
+import { decodeTallyConfig } from "../../src/platform/configFile.ts";
 import { testContext, type TestContext } from "../../test/support/context.ts";
 import config from "../../tally.config.ts";
 import { Crosswalk, type ResolveContext } from "../crosswalk.ts";

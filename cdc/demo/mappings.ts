@@ -11,7 +11,7 @@
  * (receipts, adjustments, counts, policies) use the default `<source>:<commit lsn>:<index>`, which
  * is stable across replays of the same slot. Snapshot rows get their ids from the reader.
  */
-import type { SourceConfig } from "../../src/app/index.ts";
+import type { SourceConfig } from "../../src/platform/index.ts";
 import {
   MappingError,
   RowView,

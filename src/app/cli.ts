@@ -6,7 +6,7 @@ import { chainHeads, checkAnchors, migrate, runtimeGrants, verifyLedger, type An
 import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "../channels/index.ts";
 import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./roles.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "../platform/index.ts";
-import { knownStores, loadTallyConfig } from "./configFile.ts";
+import { knownStores, loadTallyConfig } from "../platform/index.ts";
 import { stopWithParent, workerProcess } from "./workerProcess.ts";
 import { connectPostgres, type Sql } from "../platform/index.ts";
 import { devMain } from "./dev.ts";

@@ -7,7 +7,7 @@ import { sourceUrlSetting } from "../../cdc/index.ts";
 import { demoInit } from "../../cdc/demo/index.ts";
 import { DemoSimulator } from "../../cdc/demo/index.ts";
 import { loadSettings, type Settings } from "../platform/index.ts";
-import { loadTallyConfig } from "./configFile.ts";
+import { loadTallyConfig } from "../platform/index.ts";
 import { connectPostgres } from "../platform/index.ts";
 import {
   findNatsServer,

@@ -7,7 +7,7 @@ import { assertEnvironment, instanceId } from "../../ledger/index.ts";
 import { SourceReader, configuredSources } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
-import type { TallyConfig } from "./configFile.ts";
+import type { TallyConfig } from "../platform/index.ts";
 import { connectPostgres, type Sql } from "../platform/index.ts";
 import { createLogger, type Logger } from "../platform/index.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "../wire/index.ts";

@@ -11,7 +11,7 @@ import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { LeaseStore, type HeldLease } from "../wire/index.ts";
 import type { AvailabilityJson as Availability } from "../../actors/index.ts";
-import { ConfigFileError, type TallyConfig } from "../app/index.ts";
+import { ConfigFileError, type TallyConfig } from "../platform/index.ts";
 import { deadLetter, deadLetterMsgId, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";

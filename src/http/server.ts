@@ -7,7 +7,7 @@ import type { Logger } from "pino";
 import type { Worker } from "../../actors/index.ts";
 import type { SourceReader } from "../../cdc/index.ts";
 import type { Settings } from "../platform/index.ts";
-import { knownStores, type TallyConfig } from "../app/index.ts";
+import { knownStores, type TallyConfig } from "../platform/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../platform/index.ts";
 import type { Topology } from "../wire/index.ts";

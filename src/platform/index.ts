@@ -9,3 +9,5 @@ export type { Logger } from "./log.ts";
 export { maskSecrets } from "./redact.ts";
 export { JsonTextError, MAX_JSON_DEPTH, jsonDepthExceeds, parseJsonText } from "./jsonText.ts";
 export { pauser } from "./cooperative.ts";
+export { ConfigFileError, decodeTallyConfig, knownStores, loadTallyConfig } from "./configFile.ts";
+export type { ChannelConfig, SourceConfig, TableConfig, TallyConfig } from "./configFile.ts";

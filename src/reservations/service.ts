@@ -12,7 +12,7 @@ import { randomUUID } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { decodeCommand, type Command, type ReserveScope } from "../contract/index.ts";
-import type { ChannelConfig } from "../app/index.ts";
+import type { ChannelConfig } from "../platform/index.ts";
 import { deadLetter, deadLetterMsgId, publishDeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import { expireDueHolds } from "./holdExpiry.ts";

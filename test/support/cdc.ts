@@ -2,7 +2,7 @@ import postgres from "postgres";
 import { enableSource } from "../../cdc/admin.ts";
 import { findSource } from "../../cdc/index.ts";
 import { applyDemoSchemas, seedDemo } from "../../cdc/demo/seed.ts";
-import { loadTallyConfig, type TallyConfig } from "../../src/app/configFile.ts";
+import { loadTallyConfig, type TallyConfig } from "../../src/platform/configFile.ts";
 import type { TestContext } from "./context.ts";
 import { ROOT } from "./tally.ts";
 

@@ -10,7 +10,7 @@ import { decodeCommand, type Command } from "../../src/contract/command.ts";
 import { topology, type Topology } from "../../src/wire/topology.ts";
 import { startTally, type Role } from "../../src/app/roles.ts";
 import { createLogger } from "../../src/platform/log.ts";
-import type { TallyConfig } from "../../src/app/configFile.ts";
+import type { TallyConfig } from "../../src/platform/configFile.ts";
 import type { TestContext } from "./context.ts";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
