@@ -35,7 +35,7 @@ import { decodeTallyConfig } from "../src/platform/index.ts";
 import { connectPostgres, type Sql } from "../src/platform/index.ts";
 import { freePort, startNats, startPostgres } from "../src/app/devStack/index.ts";
 import { newToken } from "../src/http/index.ts";
-import { outcomesSubject, type OutcomeBatch } from "../src/channels/index.ts";
+import { outcomesSubject, type OutcomeBatch } from "../src/wire/index.ts";
 import { createLogger } from "../src/platform/index.ts";
 import { connectNats, ensureTopology } from "../src/wire/index.ts";
 import { publishCommands } from "../src/wire/index.ts";

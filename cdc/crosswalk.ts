@@ -1,6 +1,6 @@
 import type { Sql } from "postgres";
 import { decodeCommand, type Command } from "../src/contract/index.ts";
-import { MappingError, UnknownItem, type ItemDefinition, type ItemRef, type MappedCommand } from "./mapping.ts";
+import { MappingError, UnknownItem, type ItemDefinition, type ItemRef, type MappedCommand } from "../src/contract/index.ts";
 
 /** NOTIFY channel: a SKU's definition changed (payload: the SKU). */
 export const ITEMS_CHANNEL = "tally_items";

@@ -1,16 +1,4 @@
 /** Postgres sources: mapping API, crosswalk, streaming reader, snapshot, admin. */
-export { MappingError, RowView, UnknownItem } from "./mapping.ts";
-export type {
-  Change,
-  ColumnValue,
-  ItemDefinition,
-  ItemRef,
-  MappedCommand,
-  MappingResult,
-  RawRow,
-  SnapshotTable,
-  TableMapping,
-} from "./mapping.ts";
 export { Crosswalk, ITEMS_CHANNEL, scaleExact } from "./crosswalk.ts";
 export type { Resolution, ResolveContext } from "./crosswalk.ts";
 export { changeFrom, mapChange, mapWith } from "./mapper.ts";
@@ -23,4 +11,14 @@ export type { HaltReason, SlotGap, SlotVerdict } from "./slotIdentity.ts";
 export { configuredSources, findSource, resolveSource, sourceUrlSetting } from "./sources.ts";
 export type { ResolvedSource } from "./sources.ts";
 export { formatLsn, parseLsn } from "./lsn.ts";
-export { enableSource, sourceStatus } from "./admin.ts";
+export {
+  checkSource,
+  dropSource,
+  enableSource,
+  enableSql,
+  formatChecks,
+  formatStatuses,
+  quoteIdent,
+  replicationRoleSql,
+  sourceStatus,
+} from "./admin.ts";

@@ -8,7 +8,7 @@ import {
   type MappedCommand,
   type MappingResult,
   type RawRow,
-} from "./mapping.ts";
+} from "../src/contract/index.ts";
 
 /** A change as carried in a dead letter, so `tally dlq replay` can map it again. */
 export interface ChangePayload {

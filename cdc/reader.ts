@@ -12,7 +12,7 @@ import type { Topology } from "../src/wire/index.ts";
 import { Crosswalk, ITEMS_CHANNEL } from "./crosswalk.ts";
 import { parseLsn, formatLsn } from "./lsn.ts";
 import { changeFrom, mapChange, type ChangePayload } from "./mapper.ts";
-import { MappingError, UnknownItem, type RawRow } from "./mapping.ts";
+import { MappingError, UnknownItem, type RawRow } from "../src/contract/index.ts";
 import { keepValuesAsText, toText } from "./pgText.ts";
 import { judgeSlot, type HaltReason, type RecordedSlot, type ServerSlot, type SlotGap, type SlotVerdict } from "./slotIdentity.ts";
 import { createExportedSlot, readSnapshot, reportSlotWait, runSnapshot, type SnapshotOptions } from "./snapshot.ts";

@@ -10,7 +10,7 @@ import { publishCommands } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import { Crosswalk } from "./crosswalk.ts";
 import { mapWith } from "./mapper.ts";
-import { RowView } from "./mapping.ts";
+import { RowView } from "../src/contract/index.ts";
 import type { ResolvedSource } from "./sources.ts";
 
 export interface SnapshotOptions {

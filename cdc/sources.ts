@@ -1,4 +1,4 @@
-import type { SnapshotTable } from "./mapping.ts";
+import type { SnapshotTable } from "../src/contract/index.ts";
 import type { SourceConfig, TableConfig, TallyConfig } from "../src/platform/index.ts";
 import { SettingsError } from "../src/platform/index.ts";
 

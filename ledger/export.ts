@@ -1,5 +1,5 @@
 import type { ReservedSql, Sql } from "postgres";
-import { quantityJson } from "./index.ts";
+import { quantityJson } from "./store.ts";
 
 /** The columns of an exported ledger entry, in order (the CSV header). */
 export const EXPORT_COLUMNS = [

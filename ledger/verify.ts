@@ -1,13 +1,9 @@
 import type { Sql, TransactionSql } from "postgres";
 import { GENESIS_HASH, entryHash } from "./hash.ts";
 import { verifyHolds } from "./verifyHolds.ts";
+import type { VerifyProblem } from "./verifyProblem.ts";
 
-export interface VerifyProblem {
-  readonly sku: string;
-  readonly entryId: number | null;
-  readonly commandId: string | null;
-  readonly message: string;
-}
+export type { VerifyProblem };
 
 export interface VerifyReport {
   readonly ok: boolean;

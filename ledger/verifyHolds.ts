@@ -1,5 +1,5 @@
 import type { Sql, TransactionSql } from "postgres";
-import type { VerifyProblem } from "./verify.ts";
+import type { VerifyProblem } from "./verifyProblem.ts";
 
 /**
  * Checks the holds against the balances: at every SKU and location, `reserved` is the sum of what

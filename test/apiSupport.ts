@@ -1,7 +1,7 @@
 /** Shared setup of the API tests: a worker + relay in process, and `buildApp` on its own pool. */
 import type { FastifyInstance, InjectOptions } from "fastify";
 import type { Response as InjectResponse } from "light-my-request";
-import type { ItemDefinition } from "../cdc/index.ts";
+import type { ItemDefinition } from "../src/contract/mapping.ts";
 import { Crosswalk } from "../cdc/index.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { buildApp, type ApiOptions } from "../src/http/server.ts";

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
-import { RowView, type Change, type ItemDefinition } from "../cdc/index.ts";
+import { RowView, type Change, type ItemDefinition } from "../src/contract/mapping.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, readStream, startInProcess, type Harness } from "./support/tally.ts";

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
-import { MappingError, type Change, type ItemDefinition, type RowView } from "../cdc/index.ts";
+import { MappingError, type Change, type ItemDefinition, type RowView } from "../src/contract/mapping.ts";
 import { decodeTallyConfig, type TallyConfig } from "../src/platform/configFile.ts";
 import { ApiMetrics } from "../src/http/metrics.ts";
 import { testContext, type TestContext } from "./support/context.ts";

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
-import type { Change, ItemDefinition, RowView } from "../cdc/index.ts";
+import type { Change, ItemDefinition, RowView } from "../src/contract/mapping.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";
 import { testContext, type TestContext } from "./support/context.ts";

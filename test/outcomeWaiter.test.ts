@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { OutcomeWaiter, outcomesSubject } from "../src/channels/outcomes.ts";
+import { OutcomeWaiter, outcomesSubject } from "../src/wire/outcomes.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { harness, type Harness } from "./support/tally.ts";
 

@@ -4,7 +4,7 @@ import { decodeTallyConfig } from "../../src/platform/configFile.ts";
 import { testContext, type TestContext } from "../../test/support/context.ts";
 import config from "../../tally.config.ts";
 import { Crosswalk, type ResolveContext } from "../crosswalk.ts";
-import { MappingError, RowView, type Change, type ItemDefinition, type MappedCommand, type MappingResult, type RawRow } from "../mapping.ts";
+import { MappingError, RowView, type Change, type ItemDefinition, type MappedCommand, type MappingResult, type RawRow } from "../../src/contract/mapping.ts";
 import {
   erpGoodsReceipts,
   erpItemDefinition,

@@ -12,16 +12,7 @@
  * is stable across replays of the same slot. Snapshot rows get their ids from the reader.
  */
 import type { SourceConfig } from "../../src/platform/index.ts";
-import {
-  MappingError,
-  RowView,
-  type Change,
-  type ItemDefinition,
-  type ItemRef,
-  type MappedCommand,
-  type MappingResult,
-  type TableMapping,
-} from "../index.ts";
+import { MappingError, RowView, type Change, type ItemDefinition, type ItemRef, type MappedCommand, type MappingResult, type TableMapping } from "../../src/contract/index.ts";
 
 /** What `tally.config.ts` accepts for one source (defaults not yet applied). */
 export type SourceInput = typeof SourceConfig.Encoded;

@@ -621,7 +621,7 @@ const natsTopology = (settings: Settings, name: string) =>
 
 /** `tally source check|enable|status|drop <name>`: the database admin's view of a CDC source. */
 async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
-  const admin = await import("../../cdc/admin.ts");
+  const admin = await import("../../cdc/index.ts");
   const { findSource, configuredSources, sourceUrlSetting } = await import("../../cdc/index.ts");
   const help = `usage:
   tally source check <name>               pass/fail table of what CDC needs, with the SQL that fixes each failure

@@ -1,6 +1,4 @@
 /** The public surface of src/channels/: other folders import only from here. */
-export { OutcomeWaiter, outcomesSubject } from "./outcomes.ts";
-export type { OutcomeBatch } from "./outcomes.ts";
 export { OutboxRelay, relaySubject } from "./relay.ts";
 export type { RelayRound } from "./relay.ts";
 export { AnchorPublisher, appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "./anchors.ts";

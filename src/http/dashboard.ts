@@ -10,8 +10,8 @@ import type { Subscription } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import type { AvailabilityJson as Availability } from "../../actors/index.ts";
 import type { RelayRound } from "../channels/index.ts";
-import type { ApiContext } from "./server.ts";
-import type { OutcomeBatch } from "../channels/index.ts";
+import type { ApiContext } from "./context.ts";
+import type { OutcomeBatch } from "../wire/index.ts";
 
 const BUSIEST = 15;
 const MAX_TRACKED = 5000;

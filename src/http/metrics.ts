@@ -3,7 +3,7 @@ import type { Worker } from "../../actors/index.ts";
 import type { SourceReader } from "../../cdc/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
-import type { OutcomeBatch } from "../channels/index.ts";
+import type { OutcomeBatch } from "../wire/index.ts";
 import type { RelayRound } from "../channels/index.ts";
 import type { Subscription } from "@nats-io/transport-node";
 import type { WebhookDispatcher } from "../channels/index.ts";

@@ -1,7 +1,8 @@
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import { decodeCommand, type Command } from "../contract/index.ts";
-import { Crosswalk, changeFrom, mapChange, mapWith, RowView, type ChangePayload, type ResolvedSource } from "../../cdc/index.ts";
+import { Crosswalk, changeFrom, mapChange, mapWith, type ChangePayload, type ResolvedSource } from "../../cdc/index.ts";
+import { RowView } from "../contract/index.ts";
 import { withStoredPayload, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import { publishCommands } from "../wire/index.ts";

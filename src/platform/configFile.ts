@@ -2,7 +2,7 @@ import { pathToFileURL } from "node:url";
 import path from "node:path";
 import { Either, ParseResult, Schema } from "effect";
 import { tsImport } from "tsx/esm/api";
-import type { SnapshotTable, TableMapping } from "../../cdc/index.ts";
+import type { SnapshotTable, TableMapping } from "../contract/index.ts";
 import { ID_MAX_LENGTH, isId } from "../contract/index.ts";
 
 const Name = Schema.String.pipe(

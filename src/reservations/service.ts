@@ -21,7 +21,7 @@ import type { Topology } from "../wire/index.ts";
 import { payloadHash } from "../ingest/index.ts";
 import { ApiError } from "../http/index.ts";
 import type { ApiMetrics } from "../http/index.ts";
-import type { OutcomeWaiter } from "../channels/index.ts";
+import type { OutcomeWaiter } from "../wire/index.ts";
 
 export type ReservationStatus = "pending" | "held" | "committed" | "fulfilled" | "released" | "expired" | "rejected";
 type LineState = "pending" | "held" | "rejected" | "released" | "fulfilled";

@@ -10,3 +10,5 @@ export { DeliveryGap, DeliveryOrder } from "./deliveryOrder.ts";
 export { LeaseStore } from "./leases.ts";
 export type { HeldLease } from "./leases.ts";
 export { publishCommands, publishHealth } from "./publisher.ts";
+export { OutcomeWaiter } from "./outcomes.ts";
+export type { OutcomeBatch } from "./outcomes.ts";

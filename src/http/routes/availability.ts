@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
 import { DeliveryOrder } from "../../wire/index.ts";
 import { ID_JSON_PATTERN } from "../../contract/index.ts";
-import type { ApiContext } from "../server.ts";
+import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
 
 /** The one id grammar (see src/contract/command.ts). */

@@ -2,7 +2,7 @@ import type { FastifyInstance } from "fastify";
 import { listStuck } from "../../../ledger/index.ts";
 import { isNotFound } from "../../wire/index.ts";
 import { publishHealth } from "../../wire/index.ts";
-import type { ApiContext } from "../server.ts";
+import type { ApiContext } from "../context.ts";
 
 const Check = { type: "object", properties: { ok: { type: "boolean" }, detail: { type: "string" } }, additionalProperties: true } as const;
 

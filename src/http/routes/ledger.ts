@@ -1,6 +1,6 @@
 import { Readable } from "node:stream";
 import type { FastifyInstance } from "fastify";
-import type { ApiContext } from "../server.ts";
+import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
 import { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, openExport, type ExportSummary } from "../../../ledger/index.ts";
 

@@ -5,7 +5,7 @@ import { sourceStatus } from "../../../cdc/index.ts";
 import { connectPostgres } from "../../platform/index.ts";
 import { listStuck, requestSkip } from "../../../ledger/index.ts";
 import { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "../../operations/index.ts";
-import type { ApiContext } from "../server.ts";
+import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
 
 const Letter = {

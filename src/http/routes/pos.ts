@@ -2,7 +2,7 @@ import type { FastifyInstance } from "fastify";
 import { InvalidBatch } from "../../ingest/index.ts";
 import { JsonTextError, parseJsonText } from "../../platform/index.ts";
 import { MAX_BATCH_LINES, MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/index.ts";
-import type { ApiContext } from "../server.ts";
+import type { ApiContext } from "../context.ts";
 import { errors } from "../errors.ts";
 
 const Issue = { type: "object", required: ["path", "message"], properties: { path: { type: "string" }, message: { type: "string" } } } as const;

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from "fastify";
-import { MappingError } from "../../../cdc/index.ts";
+import { MappingError } from "../../contract/index.ts";
 import { ID_JSON_PATTERN } from "../../contract/index.ts";
-import type { ApiContext } from "../server.ts";
+import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
 import type { LineRequest } from "../../reservations/index.ts";
 

@@ -19,8 +19,8 @@ export interface OutcomeBatch {
   readonly outcomes: ReadonlyArray<Outcome & { readonly type: string; readonly sku: string; readonly source?: string }>;
 }
 
-export { outcomesSubject } from "../wire/index.ts";
-import { outcomesSubject } from "../wire/index.ts";
+export { outcomesSubject } from "./topology.ts";
+import { outcomesSubject } from "./topology.ts";
 
 interface Waiting {
   readonly ids: Set<string>;

@@ -1,4 +1,4 @@
-import type { CommandType } from "../src/contract/index.ts";
+import type { CommandType } from "./command.ts";
 
 /**
  * A column value as pgoutput sent it, in Postgres's text form (numeric stays an exact decimal
