@@ -6,7 +6,7 @@ import type { Bucket, HoldState, HoldStatus, LocationState, SkuEvent, SkuState, 
 import { atLeastZero, emptyLocation, initialSkuState, locationAvailable } from "./state.ts";
 
 /** A live SKU actor's memory: its rules state and the head of its ledger chain. */
-export interface ActorState {
+export interface LiveSku {
   readonly state: SkuState;
   /** Ledger sequence of the SKU's last entry (0: none yet). */
   readonly seq: number;
@@ -41,7 +41,7 @@ export interface PlanInput {
   readonly recordedAt: Date;
   readonly commands: ReadonlyArray<IncomingCommand>;
   /** Every SKU of `commands`, activated. */
-  readonly actors: ReadonlyMap<string, ActorState>;
+  readonly actors: ReadonlyMap<string, LiveSku>;
   readonly channels: ReadonlyArray<ChannelView>;
   readonly names: OutboxNames;
 }
@@ -49,7 +49,7 @@ export interface PlanInput {
 export interface Plan {
   readonly write: BatchWrite;
   /** The actors after the batch: to be kept only once the batch has committed. */
-  readonly actors: ReadonlyMap<string, ActorState>;
+  readonly actors: ReadonlyMap<string, LiveSku>;
   readonly applied: number;
   readonly rejected: number;
   /** Reserves refused (each recorded as a `refused` hold and published as `hold_refused`). */
@@ -73,7 +73,7 @@ const NOTIFICATIONS = new Set<SkuEvent["type"]>([
 ]);
 
 /** Rebuilds an actor from its stored rows (activation); its open holds are added with `withStoredHolds`. */
-export function actorFromStored(sku: string, stored: StoredSku | undefined): ActorState {
+export function actorFromStored(sku: string, stored: StoredSku | undefined): LiveSku {
   const base = initialSkuState(sku as Sku);
   if (!stored) return { state: base, seq: 0, lastHash: GENESIS_HASH, version: 0 };
   const locations: Record<string, LocationState> = {};
@@ -118,7 +118,7 @@ const holdFromRow = (h: HoldRow): HoldState => ({
  * The actor with these stored holds (the closed ones a batch's commands name, loaded for it) added
  * to the ones it keeps in memory, which win: they may be newer than the rows.
  */
-export function withStoredHolds(actor: ActorState, rows: ReadonlyArray<HoldRow>): ActorState {
+export function withStoredHolds(actor: LiveSku, rows: ReadonlyArray<HoldRow>): LiveSku {
   if (rows.length === 0) return actor;
   const holds: Record<string, HoldState> = {};
   for (const h of rows) holds[h.holdId] = holdFromRow(h);
@@ -130,7 +130,7 @@ export const holdIdOf = (command: Command): string | null =>
   command.type === "reserve" || command.type === "release" || command.type === "fulfill" ? command.reservationId : null;
 
 /** The actor as it is kept between batches: only its open holds (closed ones live in the `holds` table). */
-function withOpenHoldsOnly(actor: ActorState): ActorState {
+function withOpenHoldsOnly(actor: LiveSku): LiveSku {
   const holds = actor.state.holds;
   let closed = false;
   for (const id in holds) if (holds[id]!.status !== "open") closed = true;
@@ -366,7 +366,7 @@ export type AvailabilityJson = Omit<Availability, "available" | "onHand" | "rese
   readonly reserved: number | string;
 };
 
-export function channelAvailability(actor: ActorState, channel: ChannelView, at: Date): Availability {
+export function channelAvailability(actor: LiveSku, channel: ChannelView, at: Date): Availability {
   let sellable = 0n;
   let onHand = 0n;
   let reserved = 0n;

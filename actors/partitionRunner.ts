@@ -23,7 +23,7 @@ import { backoffDelay } from "../src/platform/index.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
 import { decodeCommand, encodeCommand } from "../src/contract/index.ts";
 import { decodeEnvelope } from "../src/wire/index.ts";
-import type { ActorRegistry } from "./skuStateCache.ts";
+import type { SkuStateCache } from "./skuStateCache.ts";
 import type { ApplyGate } from "./applyGate.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/index.ts";
 import { DeliveryGap, DeliveryOrder } from "../src/wire/index.ts";
@@ -50,7 +50,7 @@ export interface RunnerDeps {
   readonly nats: NatsHandles;
   readonly topology: Topology;
   readonly channels: ReadonlyArray<ChannelView>;
-  readonly registry: ActorRegistry;
+  readonly skus: SkuStateCache;
   readonly log: Logger;
   readonly batchMax: number;
   /** Shared by the worker's partitions: how many decide and commit at once. */
@@ -196,7 +196,7 @@ export class PartitionRunner {
         await this.#drain();
       } catch (error) {
         this.#unsubscribe();
-        this.deps.registry.evict((sku) => this.deps.topology.partitionOf(sku) === this.partition);
+        this.deps.skus.evict((sku) => this.deps.topology.partitionOf(sku) === this.partition);
         if (error instanceof LeaseLost) {
           this.deps.metrics.leaseLost++;
           log.warn({ epoch: this.epoch }, "lease lost: another worker took the partition over; stopping");
@@ -470,8 +470,8 @@ export class PartitionRunner {
    * still go to the retry loop: what committed is not applied twice (its outcome exists).
    */
   async #applyOneByOne(messages: ReadonlyArray<JsMsg>, message: JsMsg, incoming: ReadonlyArray<IncomingCommand>): Promise<void> {
-    const { sql, metrics, registry, topology } = this.deps;
-    registry.evict((sku) => topology.partitionOf(sku) === this.partition);
+    const { sql, metrics, skus, topology } = this.deps;
+    skus.evict((sku) => topology.partitionOf(sku) === this.partition);
     const known = await knownCommandIds(sql, incoming.map((c) => c.command.id));
     const refused: Array<{ readonly incoming: IncomingCommand; readonly error: unknown }> = [];
     for (const c of incoming) {
@@ -481,7 +481,7 @@ export class PartitionRunner {
         await this.#commitAlone([c], this.#lastSeq, []);
       } catch (error) {
         if (!isPermanentDataError(error)) throw error;
-        registry.evict((sku) => sku === c.command.sku);
+        skus.evict((sku) => sku === c.command.sku);
         refused.push({ incoming: c, error });
       }
     }
@@ -519,7 +519,7 @@ export class PartitionRunner {
   /** Decides and commits `todo` in one transaction, with extra outcome rows, moving the checkpoint to at least `lastSeq`. */
   async #commitAlone(todo: ReadonlyArray<IncomingCommand>, lastSeq: number, extra: ReadonlyArray<OutcomeRow>): Promise<void> {
     const { sql, topology, metrics } = this.deps;
-    const actors = await this.deps.registry.activateFor(sql, todo.map((c) => c.command));
+    const actors = await this.deps.skus.activateFor(sql, todo.map((c) => c.command));
     const plan = planBatch({
       partition: this.partition,
       epoch: this.epoch,
@@ -532,7 +532,7 @@ export class PartitionRunner {
     });
     const outcomes = [...plan.write.outcomes, ...extra];
     await commitBatch(sql, { ...plan.write, lastSeq: Math.max(plan.write.lastSeq, lastSeq), outcomes });
-    this.deps.registry.commit(plan.actors);
+    this.deps.skus.commit(plan.actors);
     metrics.applied += plan.applied;
     metrics.rejected += plan.rejected;
     this.#publishOutcomes(outcomes, todo, 0);
@@ -556,7 +556,7 @@ export class PartitionRunner {
       seen.add(command.id);
       return true;
     });
-    const actors = await this.deps.registry.activateFor(sql, todo.map((c) => c.command));
+    const actors = await this.deps.skus.activateFor(sql, todo.map((c) => c.command));
     const activatedAt = performance.now();
     metrics.stageMs.activate += activatedAt - dedupedAt;
     const plan = planBatch({
@@ -575,7 +575,7 @@ export class PartitionRunner {
     await commitBatch(sql, { ...plan.write, lastSeq: Math.max(plan.write.lastSeq, lastSeq) });
     metrics.stageMs.commit += performance.now() - plannedAt;
     this.#lastSeq = lastSeq;
-    this.deps.registry.commit(plan.actors);
+    this.deps.skus.commit(plan.actors);
     metrics.skippedDuplicate += incoming.length - todo.length;
     metrics.batches++;
     metrics.applied += plan.applied;

@@ -1,6 +1,6 @@
 import type { Sql } from "postgres";
 import { loadHolds, loadSkus, type HoldRow, type StoredSku } from "../ledger/index.ts";
-import { actorFromStored, holdIdOf, withStoredHolds, type ActorState } from "./batch.ts";
+import { actorFromStored, holdIdOf, withStoredHolds, type LiveSku } from "./batch.ts";
 import type { Command } from "../src/contract/index.ts";
 
 /**
@@ -8,8 +8,8 @@ import type { Command } from "../src/contract/index.ts";
  * least-recently-used first beyond `capacity`, so memory stays flat however large the catalog.
  * Only committed state is ever stored here.
  */
-export class ActorRegistry {
-  readonly #actors = new Map<string, ActorState>();
+export class SkuStateCache {
+  readonly #actors = new Map<string, LiveSku>();
   activations = 0;
   passivations = 0;
 
@@ -25,8 +25,8 @@ export class ActorRegistry {
    * holds, so a named hold it does not have (closed, refused, or never seen) is looked up in the
    * same round.
    */
-  async activateFor(sql: Sql, commands: ReadonlyArray<Command>): Promise<Map<string, ActorState>> {
-    const out = new Map<string, ActorState>();
+  async activateFor(sql: Sql, commands: ReadonlyArray<Command>): Promise<Map<string, LiveSku>> {
+    const out = new Map<string, LiveSku>();
     const missing: Array<string> = [];
     const missingSet = new Set<string>();
     const named: Array<{ sku: string; holdId: string }> = [];
@@ -70,7 +70,7 @@ export class ActorRegistry {
   }
 
   /** Keeps the post-commit state of these actors and passivates the least recently used beyond capacity. */
-  commit(actors: ReadonlyMap<string, ActorState>): void {
+  commit(actors: ReadonlyMap<string, LiveSku>): void {
     for (const [sku, actor] of actors) {
       this.#actors.delete(sku);
       this.#actors.set(sku, actor);

@@ -8,7 +8,7 @@ import type { Topology } from "../src/wire/index.ts";
 import type { ChannelView } from "./batch.ts";
 import { LeaseStore, type HeldLease } from "../src/wire/index.ts";
 import { PartitionRunner, newWorkerMetrics, type PartitionStatus, type WorkerMetrics } from "./partitionRunner.ts";
-import { ActorRegistry } from "./skuStateCache.ts";
+import { SkuStateCache } from "./skuStateCache.ts";
 import { ApplyGate } from "./applyGate.ts";
 
 export interface WorkerOptions {
@@ -42,7 +42,7 @@ interface Held {
 export class Worker {
   readonly id: string;
   readonly metrics: WorkerMetrics = newWorkerMetrics();
-  readonly registry: ActorRegistry;
+  readonly skus: SkuStateCache;
   readonly #leases: LeaseStore;
   /** Shared by the held partitions: how many decide and commit at once. */
   readonly gate: ApplyGate;
@@ -53,7 +53,7 @@ export class Worker {
 
   constructor(readonly opts: WorkerOptions) {
     this.id = (opts.workerId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`).replace(/[^A-Za-z0-9_-]/g, "_");
-    this.registry = new ActorRegistry(opts.maxActors ?? 100_000);
+    this.skus = new SkuStateCache(opts.maxActors ?? 100_000);
     this.#leases = new LeaseStore(opts.nats.leases, this.id);
     this.gate = new ApplyGate(opts.applyConcurrency ?? availableParallelism());
   }
@@ -200,7 +200,7 @@ export class Worker {
         nats: this.opts.nats,
         topology: this.opts.topology,
         channels: this.opts.channels,
-        registry: this.registry,
+        skus: this.skus,
         log: log.child({ partition }),
         batchMax: this.opts.batchMax ?? 2000,
         gate: this.gate,

@@ -61,7 +61,7 @@ describe("partition leases", () => {
       expect(tally.worker!.held().length).toBeGreaterThan(1);
       expect(tally.worker!.gate.permits).toBe(1);
       expect(tally.worker!.gate.maxInUse).toBe(1);
-      const registry = tally.worker!.registry;
+      const registry = tally.worker!.skus;
       expect(registry.size).toBeLessThanOrEqual(20);
       expect(registry.passivations).toBeGreaterThan(100);
       expect(registry.activations).toBeGreaterThan(300); // re-activated from the ledger tables after passivation
