@@ -1,7 +1,7 @@
 /**
  * A seeded writer of stock movements into the demo ERP and shop databases (the CDC fault tests'
  * load), and an independent model of what the ledger must hold afterwards. Written from
- * DESIGN.md's command table and the demo mappings' documented behaviour; it shares no code with
+ * the command types as the README describes them and the demo mappings' documented behaviour; it shares no code with
  * cdc/, actors/ or ledger/ (only the DEMO_* seed description).
  *
  * No command the load causes may be rejected, whatever order the two sources' streams interleave

@@ -1,7 +1,7 @@
 /**
  * A seeded generator of mixed canonical commands and an independent reference model of their
  * effect: the integration and fault tests compare the real ledger with this model. It is written
- * from DESIGN.md's table directly, sharing no code with actors/.
+ * from the command semantics as the README describes them, sharing no code with actors/.
  */
 
 export interface RawCommand {
@@ -111,7 +111,7 @@ export interface ModelHold {
   status: "open" | "released" | "fulfilled" | "expired" | "refused";
 }
 
-/** Applies unique commands in order, as DESIGN.md's table says, and counts the legs each writes. */
+/** Applies unique commands in order, as the README's command types say, and counts the legs each writes. */
 export function expectationOf(commands: ReadonlyArray<RawCommand>): Expectation {
   const locations = new Map<string, ModelLocation>();
   const transfers = new Map<string, { sku: string; from: string; to: string; shipped: number; received: number }>();
