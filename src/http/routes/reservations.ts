@@ -3,7 +3,7 @@ import { MappingError } from "../../contract/index.ts";
 import { ID_JSON_PATTERN } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
-import { ReservationError, type Decision, type LineRequest } from "../../reservations/index.ts";
+import { RESERVATION_STATUSES, ReservationError, type Decision, type LineRequest } from "../../reservations/index.ts";
 
 /** The one id grammar of SKUs and locations (see src/contract/command.ts): a colon never reaches a command. */
 const SKU = ID_JSON_PATTERN;
@@ -36,7 +36,7 @@ const ReservationView = {
   required: ["id", "status"],
   properties: {
     id: { type: "string" },
-    status: { type: "string", enum: ["pending", "held", "committed", "fulfilled", "released", "expired", "rejected"] },
+    status: { type: "string", enum: [...RESERVATION_STATUSES] },
     channel: { type: ["string", "null"] },
     expiresAt: { type: ["string", "null"], format: "date-time" },
     createdAt: { type: "string", format: "date-time" },
@@ -128,7 +128,7 @@ const mayTouch = (req: FastifyRequest) => (row: { channel: string | null; id: st
 
 /** Checkout holds: create (Idempotency-Key), read, commit, fulfill, release. */
 export async function reservationRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
-  const write: WriteConfig = { scope: "reservations:write" as const, rateLimit: { max: ctx.opts.rateLimitPerMinute, timeWindow: 60_000 } };
+  const write: WriteConfig = { scope: "reservations:write", rateLimit: { max: ctx.opts.rateLimitPerMinute, timeWindow: 60_000 } };
   createRoute(app, ctx, write);
   readRoute(app, ctx);
   actionRoutes(app, ctx, write);
@@ -155,23 +155,26 @@ function channelOf(ctx: ApiContext, b: CreateBodyT, principal: NonNullable<Fasti
   return channel;
 }
 
+const CreateSchema = {
+  tags: ["reservations"],
+  summary: "Hold stock for a checkout (all lines or none), decided by each SKU's actor",
+  headers: {
+    type: "object",
+    required: ["idempotency-key"],
+    properties: { "idempotency-key": { type: "string", minLength: 1, maxLength: 200, pattern: "^[\\x21-\\x7E]+$" } },
+  },
+  body: CreateBody,
+  response: { 201: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 413, 422, 429, 503) },
+};
+
+/** POST /v1/reservations: the body checked and its lines resolved (bundles expanded), then decided by the service. */
 function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig): void {
   const channels = ctx.config.channels;
   app.post<{ Body: CreateBodyT; Headers: { "idempotency-key": string } }>(
     "/v1/reservations",
     {
       config: write,
-      schema: {
-        tags: ["reservations"],
-        summary: "Hold stock for a checkout (all lines or none), decided by each SKU's actor",
-        headers: {
-          type: "object",
-          required: ["idempotency-key"],
-          properties: { "idempotency-key": { type: "string", minLength: 1, maxLength: 200, pattern: "^[\\x21-\\x7E]+$" } },
-        },
-        body: CreateBody,
-        response: { 201: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 413, 422, 429, 503) },
-      },
+      schema: CreateSchema,
     },
     async (req, reply) => {
       const b = req.body;
