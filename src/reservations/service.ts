@@ -267,7 +267,9 @@ export class Reservations {
   async #hold(row: Row, lines: ReadonlyArray<LineRow>): Promise<Answer> {
     const { sql, log } = this.deps;
     const { id } = row;
-    const { from, to } = move(row.status, "hold");
+    const step = nextStatus(row.status, "hold");
+    if (step.kind !== "move") return this.#decidedElsewhere(id);
+    const { from, to } = step;
     const held = lines.map((l) => ({ ...l, state: "held" as const }));
     const body = view({ ...row, status: to, expires_at: null }, held);
     const [done] = await sql<Array<{ expires_at: Date }>>`
@@ -308,6 +310,13 @@ export class Reservations {
     const answer = await this.#finish(row, "reject", { decision: "insufficient", body });
     log.info({ reservationId: id, commandIds: refused.map((l) => l.command_id) }, "reservation refused: insufficient stock");
     return answer;
+  }
+
+  /** A reservation another driver (a retry, the sweeper) decided while this one was deciding it: its stored answer stands. */
+  async #decidedElsewhere(id: string): Promise<Answer> {
+    const stored = await this.#stored(id);
+    if (!stored) throw new Error(`reservation ${id} was decided elsewhere, but no answer is stored`);
+    return stored;
   }
 
   /** The answer stored with a decided reservation, if any. */
@@ -447,7 +456,9 @@ export class Reservations {
    */
   async #finish(row: Row, event: LifecycleEventType, answer: Answer & { decision: keyof typeof STORED_STATUS }): Promise<Answer> {
     const { sql } = this.deps;
-    const { from, to } = move(row.status, event);
+    const step = nextStatus(row.status, event);
+    if (step.kind !== "move") return this.#decidedElsewhere(row.id);
+    const { from, to } = step;
     const updated = await sql`
       update reservations set status = ${to}, response_status = ${STORED_STATUS[answer.decision]}, response_body = ${sql.json(answer.body as never)},
              expires_at = null, claimed_until = null, updated_at = now()
