@@ -323,4 +323,18 @@ describe("races and restarts", () => {
     }, 20_000);
     expect(await balance(api.sql, "PEND-1", "DC1", "reserved")).toBe(2);
   });
+
+  it("refuses to commit, fulfil or release a reservation still being decided: 409 reservation_pending", async () => {
+    // Claimed by another process for a while yet: the sweeper leaves it alone.
+    const id = `r_${"b".repeat(32)}`;
+    await api.sql`insert into reservations (id, principal, idempotency_key, request_hash, status, ttl_seconds, claimed_until)
+                  values (${id}, 'reserver', 'still-deciding', 'x', 'pending', 600, now() + interval '10 minutes')`;
+    for (const [method, url] of [["POST", `/v1/reservations/${id}/commit`], ["POST", `/v1/reservations/${id}/fulfill`], ["DELETE", `/v1/reservations/${id}`]] as const) {
+      const r = await api.call({ method, url, as: "reserver" });
+      expect(r.statusCode, `${method} ${url}`).toBe(409);
+      expect(r.json()).toEqual({ error: "reservation_pending", message: `reservation ${id} is still being decided` });
+    }
+    const [row] = await api.sql<Array<{ status: string }>>`select status from reservations where id = ${id}`;
+    expect(row?.status).toBe("pending");
+  });
 });

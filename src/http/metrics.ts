@@ -7,6 +7,7 @@ import type { OutcomeBatch } from "../wire/index.ts";
 import type { RelayRound } from "../channels/index.ts";
 import type { Subscription } from "@nats-io/transport-node";
 import type { WebhookDispatcher } from "../channels/index.ts";
+import type { ReservationMetrics } from "../reservations/index.ts";
 
 export interface MetricsDeps {
   readonly nats: NatsHandles;
@@ -229,6 +230,15 @@ export class ApiMetrics {
       if (!Array.isArray(list)) continue;
       for (const ms of list) if (typeof ms === "number" && Number.isFinite(ms)) this.endToEnd.observe({ source }, ms / 1000);
     }
+  }
+
+  /** The reservation service's metrics hooks, on this registry. */
+  forReservations(): ReservationMetrics {
+    return {
+      observeDecision: (outcome, seconds) => this.reservationLatency.observe({ outcome }, seconds),
+      count: (outcome) => this.reservations.inc({ outcome }),
+      commandPublished: (type, source) => this.commandsIn.inc({ type, source }),
+    };
   }
 
   /** Counts a worker's outcome message. */

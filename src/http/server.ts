@@ -116,7 +116,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   });
   await pos.start();
   const channels = deps.config.channels;
-  const reservations = new Reservations({ sql: deps.sql, nats: deps.nats, topology: deps.topology, log, outcomes, metrics, channels, decisionTimeoutMs: opts.decisionTimeoutMs, requestTimeoutMs: opts.requestTimeoutMs });
+  const reservations = new Reservations({ sql: deps.sql, nats: deps.nats, topology: deps.topology, log, outcomes, metrics: metrics.forReservations(), channels, decisionTimeoutMs: opts.decisionTimeoutMs, requestTimeoutMs: opts.requestTimeoutMs });
   const posSubscriber = opts.background ? new PosSubscriber({ nc: deps.nats.nc, topology: deps.topology, ingest: pos, log, requestTimeoutMs: opts.requestTimeoutMs }) : null;
   posSubscriber?.start();
   if (opts.background) reservations.startSweeper(opts.sweepIntervalMs);

@@ -1,3 +1,7 @@
 /** The public surface of src/reservations/: other folders import only from here. */
 export { Reservations } from "./service.ts";
-export type { LineRequest } from "./service.ts";
+export type { Answer, CreateRequest, Decision, LineRequest, ReservationMetrics, ReservationOutcome, ReservationRow } from "./service.ts";
+export { ReservationError } from "./errors.ts";
+export type { ReservationErrorCode, ReservationProblem } from "./errors.ts";
+export { INITIAL_STATUS, RESERVATION_STATUSES, isFinal, movesFrom, nextStatus as nextReservationStatus } from "./lifecycle.ts";
+export type { LifecycleEvent, LifecycleEventType, LifecycleStep, ReservationStatus } from "./lifecycle.ts";

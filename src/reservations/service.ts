@@ -19,11 +19,11 @@ import { expireDueHolds } from "./holdExpiry.ts";
 import { publishCommands } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
 import { payloadHash } from "../ingest/index.ts";
-import { ApiError } from "../http/index.ts";
-import type { ApiMetrics } from "../http/index.ts";
 import type { OutcomeWaiter } from "../wire/index.ts";
+import { ReservationError } from "./errors.ts";
+import { INITIAL_STATUS, movesFrom, nextStatus, type LifecycleEventType, type ReservationStatus } from "./lifecycle.ts";
 
-export type ReservationStatus = "pending" | "held" | "committed" | "fulfilled" | "released" | "expired" | "rejected";
+export type { ReservationStatus } from "./lifecycle.ts";
 type LineState = "pending" | "held" | "rejected" | "released" | "fulfilled";
 
 export interface ReservationDeps {
@@ -32,7 +32,7 @@ export interface ReservationDeps {
   readonly topology: Topology;
   readonly log: Logger;
   readonly outcomes: OutcomeWaiter;
-  readonly metrics: ApiMetrics;
+  readonly metrics: ReservationMetrics;
   readonly channels: Readonly<Record<string, ChannelConfig>>;
   readonly decisionTimeoutMs: number;
   /** How long one publish may wait for its PubAck before the request fails (NATS down, JetStream full). */
@@ -56,13 +56,46 @@ export interface CreateRequest {
   readonly ttlSeconds: number;
 }
 
-/** An HTTP answer: status and body. */
+/** What the service reports to its metrics, by outcome. */
+export type ReservationOutcome = "held" | "insufficient_stock" | "invalid" | "timeout" | "replayed" | "committed" | "released" | "fulfilled" | "expired";
+
+/** The metrics hooks the service needs (the API process implements them with its Prometheus registry). */
+export interface ReservationMetrics {
+  /** A reservation request decided (or given up on) after `seconds`. */
+  observeDecision(outcome: ReservationOutcome, seconds: number): void;
+  /** One more reservation request or transition with this outcome. */
+  count(outcome: ReservationOutcome): void;
+  /** A command this process published. */
+  commandPublished(type: Command["type"], source: string): void;
+}
+
+/**
+ * How a reservation request was decided: every line `held`, a line refused for `insufficient` stock,
+ * an `invalid` line no command could be made of (given up on), or still `undecided` (the actors did
+ * not answer in time; a retry with the same key, or the sweeper, decides it).
+ */
+export type Decision = "held" | "insufficient" | "invalid" | "undecided";
+
+/** A decision and the body that describes it (stored with the reservation, given again on a replay). */
 export interface Answer {
-  readonly status: number;
+  readonly decision: Decision;
   readonly body: Record<string, unknown>;
 }
 
-interface Row {
+/**
+ * The stored answer's `response_status` column holds the HTTP status the first request got (the
+ * schema's encoding of a final decision); these are the only values it holds.
+ */
+const STORED_STATUS = { held: 201, insufficient: 409, invalid: 400 } as const satisfies Record<Exclude<Decision, "undecided">, number>;
+
+const storedAnswer = (status: number, body: Record<string, unknown>): Answer => {
+  const decision = (Object.keys(STORED_STATUS) as Array<keyof typeof STORED_STATUS>).find((d) => STORED_STATUS[d] === status);
+  if (decision === undefined) throw new Error(`reservation answer stored with an unknown status ${status}`);
+  return { decision, body };
+};
+
+/** A reservation as stored (callers see its id and channel; `get` gives its view). */
+export interface ReservationRow {
   id: string;
   principal: string;
   request_hash: string;
@@ -74,6 +107,7 @@ interface Row {
   response_body: Record<string, unknown> | null;
   created_at: Date;
 }
+type Row = ReservationRow;
 
 interface LineRow {
   reservation_id: string;
@@ -102,11 +136,21 @@ export class Reservations {
 
   /** Creates (or, for a known Idempotency-Key, answers again) a reservation. */
   async create(req: CreateRequest): Promise<Answer & { replayed: boolean }> {
-    const { sql } = this.deps;
     const hash = payloadHash(req.body);
     const id = `r_${randomUUID().replaceAll("-", "")}`;
     const claimMs = this.deps.decisionTimeoutMs + CLAIM_SLACK_MS;
     const started = performance.now();
+    const created = await this.#insert(id, req, hash, claimMs);
+    if (created === null) return this.#replay(req, hash, claimMs);
+    const answer = await this.#driveOrGiveUp(id, this.deps.decisionTimeoutMs, created);
+    this.deps.metrics.observeDecision(outcomeOf(answer), (performance.now() - started) / 1000);
+    this.deps.metrics.count(outcomeOf(answer));
+    return { ...answer, replayed: false };
+  }
+
+  /** The new reservation and its lines, or null when the principal already used the idempotency key. */
+  async #insert(id: string, req: CreateRequest, hash: string, claimMs: number): Promise<{ row: Row; lines: ReadonlyArray<LineRow> } | null> {
+    const { sql } = this.deps;
     // One statement (atomic without a transaction): the reservation and its lines, or nothing when the
     // key exists. A line at a fixed location gets its first command id at once (what #driveLine would
     // assign), so the decision needs no further write before its command goes out.
@@ -114,7 +158,7 @@ export class Reservations {
     const inserted = await sql<Array<LineRow & { reservation_created_at: Date }>>`
       with r as (
         insert into reservations (id, principal, idempotency_key, request_hash, channel, status, ttl_seconds, claimed_until)
-        values (${id}, ${req.principal}, ${req.idempotencyKey}, ${hash}, ${req.channel}, 'pending', ${req.ttlSeconds},
+        values (${id}, ${req.principal}, ${req.idempotencyKey}, ${hash}, ${req.channel}, ${INITIAL_STATUS}, ${req.ttlSeconds},
                 now() + ${claimMs} * interval '1 millisecond')
         on conflict (principal, idempotency_key) do nothing
         returning id, created_at
@@ -130,43 +174,40 @@ export class Reservations {
         returning *
       )
       select l.*, r.created_at as reservation_created_at from l cross join r order by l.line`;
-    if (inserted.length > 0) {
-      const row: Row = {
-        id,
-        principal: req.principal,
-        request_hash: hash,
-        channel: req.channel,
-        status: "pending",
-        ttl_seconds: req.ttlSeconds,
-        expires_at: null,
-        response_status: null,
-        response_body: null,
-        created_at: inserted[0]!.reservation_created_at,
-      };
-      const lines = inserted.map(({ reservation_created_at: _, ...l }) => l);
-      const answer = await this.#driveOrGiveUp(id, this.deps.decisionTimeoutMs, { row, lines });
-      this.deps.metrics.reservationLatency.observe({ outcome: outcomeOf(answer) }, (performance.now() - started) / 1000);
-      this.deps.metrics.reservations.inc({ outcome: outcomeOf(answer) });
-      return { ...answer, replayed: false };
-    }
-    // A retry with the same Idempotency-Key.
+    if (inserted.length === 0) return null;
+    const row: Row = {
+      id,
+      principal: req.principal,
+      request_hash: hash,
+      channel: req.channel,
+      status: INITIAL_STATUS,
+      ttl_seconds: req.ttlSeconds,
+      expires_at: null,
+      response_status: null,
+      response_body: null,
+      created_at: inserted[0]!.reservation_created_at,
+    };
+    return { row, lines: inserted.map(({ reservation_created_at: _, ...l }) => l) };
+  }
+
+  /** A retry with the same Idempotency-Key: the stored answer, or the decision taken over once its claim lapsed. */
+  async #replay(req: CreateRequest, hash: string, claimMs: number): Promise<Answer & { replayed: boolean }> {
     const deadline = Date.now() + this.deps.decisionTimeoutMs;
     for (;;) {
-      const [row] = await sql<Array<Row & { claimable: boolean }>>`
+      const [row] = await this.deps.sql<Array<Row & { claimable: boolean }>>`
         select *, (claimed_until is null or claimed_until < now()) as claimable
           from reservations where principal = ${req.principal} and idempotency_key = ${req.idempotencyKey}`;
       if (!row) throw new Error("reservation vanished");
-      if (row.request_hash !== hash)
-        throw new ApiError(422, "idempotency_conflict", `Idempotency-Key ${JSON.stringify(req.idempotencyKey)} was used for a different request`, { id: row.id });
-      if (row.status !== "pending" && row.response_status !== null) {
-        this.deps.metrics.reservations.inc({ outcome: "replayed" });
-        return { status: row.response_status, body: row.response_body!, replayed: true };
+      if (row.request_hash !== hash) throw ReservationError.idempotencyConflict(row.id, req.idempotencyKey);
+      if (row.status !== INITIAL_STATUS && row.response_status !== null) {
+        this.deps.metrics.count("replayed");
+        return { ...storedAnswer(row.response_status, row.response_body!), replayed: true };
       }
       if (row.claimable && (await this.#claim(row.id, claimMs))) {
         const answer = await this.#driveOrGiveUp(row.id, Math.max(1000, deadline - Date.now()));
         return { ...answer, replayed: true };
       }
-      if (Date.now() > deadline) throw new ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still being decided; retry shortly", { id: row.id });
+      if (Date.now() > deadline) throw ReservationError.inProgress(row.id);
       await sleep(50);
     }
   }
@@ -174,7 +215,7 @@ export class Reservations {
   async #claim(id: string, ms: number): Promise<boolean> {
     const rows = await this.deps.sql`
       update reservations set claimed_until = now() + ${ms} * interval '1 millisecond'
-       where id = ${id} and status = 'pending' and (claimed_until is null or claimed_until < now())`;
+       where id = ${id} and status = ${INITIAL_STATUS} and (claimed_until is null or claimed_until < now())`;
     return rows.count === 1;
   }
 
@@ -193,11 +234,11 @@ export class Reservations {
   /**
    * Decides a pending reservation: each line's reserve command goes to its SKU's actor (a channel
    * line tries the channel's locations, best first); then all held → `held`, any refused → the
-   * others released and `rejected`. Returns 503 (leaving it pending) when the actors did not answer
-   * in time; a retry or the sweeper picks it up again.
+   * others released and `rejected`. Answers `undecided` (leaving it pending) when the actors did not
+   * answer in time; a retry or the sweeper picks it up again.
    */
   async #drive(id: string, timeoutMs: number, created?: { row: Row; lines: ReadonlyArray<LineRow> }): Promise<Answer> {
-    const { sql, log } = this.deps;
+    const { sql } = this.deps;
     // Created just now: the rows are known, and no command of theirs can have an outcome yet.
     const [[row], lines] = created
       ? [[created.row], created.lines]
@@ -207,56 +248,81 @@ export class Reservations {
       lines.map((l) => (l.state === "pending" ? this.#driveLine(row!, l, deadline, created !== undefined) : { state: l.state, line: l })),
     );
     const states = decided.map((d) => d.state);
-    if (states.every((s) => s === "held")) {
-      // The lines and the reservation in one statement; the answer is stored with it.
-      const held = decided.map((d) => ({ ...d.line, state: "held" as const }));
-      const body = view({ ...row!, status: "held", expires_at: null }, held);
-      const [done] = await sql<Array<{ expires_at: Date }>>`
-        with l as (
-          update reservation_lines set state = 'held'
-           where reservation_id = ${id} and line = any(${sql.array(held.map((l) => l.line))}::int[]) and state = 'pending'
-        )
-        update reservations
-           set status = 'held', expires_at = now() + ttl_seconds * interval '1 second', updated_at = now(), claimed_until = null,
-               response_status = 201,
-               response_body = jsonb_set(${sql.json(body as never)}::jsonb, '{expiresAt}',
-                 to_jsonb(to_char((now() + ttl_seconds * interval '1 second') at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
-         where id = ${id} and status = 'pending'
-         returning expires_at`;
-      if (!done) {
-        // Decided meanwhile by another driver (a retry, the sweeper): its stored answer stands.
-        const [r] = await sql<Array<Row>>`select * from reservations where id = ${id}`;
-        if (r?.response_status != null) return { status: r.response_status, body: r.response_body! };
-      }
-      log.info({ reservationId: id, commandIds: held.map((l) => l.command_id) }, "reservation held");
-      return { status: 201, body: { ...body, expiresAt: done?.expires_at.toISOString() ?? null } };
-    }
+    if (states.every((s) => s === "held")) return this.#hold(row!, decided.map((d) => d.line));
     const heldLines = decided.filter((d) => d.state === "held").map((d) => d.line);
     if (heldLines.length > 0)
       await sql`
         update reservation_lines set state = 'held'
          where reservation_id = ${id} and line = any(${sql.array(heldLines.map((l) => l.line))}::int[]) and state = 'pending'`;
     // A line still undecided may yet be applied: nothing is final (nor released) until every line is decided.
-    if (states.some((s) => s === "rejected") && !states.includes("undecided")) {
-      await this.#settle(id, heldLines, "release", "released");
-      const final = await this.#lines(sql, id);
-      const refused = final.filter((l) => l.state === "rejected");
-      const body = {
-        error: "insufficient_stock",
-        message: refused.map((l) => `cannot reserve ${l.qty} of ${l.sku}${l.location ? ` at ${l.location}` : ""}: only ${l.available ?? 0} available`).join("; "),
-        id,
-        ...(refused.length === 1 ? { available: refused[0]!.available ?? 0 } : {}),
-        lines: final.map((l) => ({ line: l.line, sku: l.sku, qty: l.qty, location: l.location, state: l.state, available: l.available })),
-      };
-      await this.#finish(id, "rejected", 409, body, null);
-      log.info({ reservationId: id, commandIds: refused.map((l) => l.command_id) }, "reservation refused: insufficient stock");
-      return { status: 409, body };
-    }
-    await sql`update reservations set claimed_until = null where id = ${id} and status = 'pending'`;
+    if (states.some((s) => s === "rejected") && !states.includes("undecided")) return this.#refuse(row!, heldLines);
+    await sql`update reservations set claimed_until = null where id = ${id} and status = ${INITIAL_STATUS}`;
     return {
-      status: 503,
+      decision: "undecided",
       body: { error: "decision_pending", message: "the stock actors have not decided yet; retry with the same Idempotency-Key", id },
     };
+  }
+
+  /** Every line held: the lines and the reservation (`hold`) in one statement, the answer stored with it. */
+  async #hold(row: Row, lines: ReadonlyArray<LineRow>): Promise<Answer> {
+    const { sql, log } = this.deps;
+    const { id } = row;
+    const step = nextStatus(row.status, "hold");
+    if (step.kind !== "move") return this.#decidedElsewhere(id);
+    const { from, to } = step;
+    const held = lines.map((l) => ({ ...l, state: "held" as const }));
+    const body = view({ ...row, status: to, expires_at: null }, held);
+    const [done] = await sql<Array<{ expires_at: Date }>>`
+      with l as (
+        update reservation_lines set state = 'held'
+         where reservation_id = ${id} and line = any(${sql.array(held.map((l) => l.line))}::int[]) and state = 'pending'
+      )
+      update reservations
+         set status = ${to}, expires_at = now() + ttl_seconds * interval '1 second', updated_at = now(), claimed_until = null,
+             response_status = ${STORED_STATUS.held},
+             response_body = jsonb_set(${sql.json(body as never)}::jsonb, '{expiresAt}',
+               to_jsonb(to_char((now() + ttl_seconds * interval '1 second') at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
+       where id = ${id} and status = ${from}
+       returning expires_at`;
+    if (!done) {
+      // Decided meanwhile by another driver (a retry, the sweeper): its stored answer stands.
+      const stored = await this.#stored(id);
+      if (stored) return stored;
+    }
+    log.info({ reservationId: id, commandIds: held.map((l) => l.command_id) }, "reservation held");
+    return { decision: "held", body: { ...body, expiresAt: done?.expires_at.toISOString() ?? null } };
+  }
+
+  /** A line refused: the held ones released, the reservation `reject`ed with the insufficient-stock answer. */
+  async #refuse(row: Row, heldLines: ReadonlyArray<LineRow>): Promise<Answer> {
+    const { sql, log } = this.deps;
+    const { id } = row;
+    await this.#settle(id, heldLines, "release", "released");
+    const final = await this.#lines(sql, id);
+    const refused = final.filter((l) => l.state === "rejected");
+    const body = {
+      error: "insufficient_stock",
+      message: refused.map((l) => `cannot reserve ${l.qty} of ${l.sku}${l.location ? ` at ${l.location}` : ""}: only ${l.available ?? 0} available`).join("; "),
+      id,
+      ...(refused.length === 1 ? { available: refused[0]!.available ?? 0 } : {}),
+      lines: final.map((l) => ({ line: l.line, sku: l.sku, qty: l.qty, location: l.location, state: l.state, available: l.available })),
+    };
+    const answer = await this.#finish(row, "reject", { decision: "insufficient", body });
+    log.info({ reservationId: id, commandIds: refused.map((l) => l.command_id) }, "reservation refused: insufficient stock");
+    return answer;
+  }
+
+  /** A reservation another driver (a retry, the sweeper) decided while this one was deciding it: its stored answer stands. */
+  async #decidedElsewhere(id: string): Promise<Answer> {
+    const stored = await this.#stored(id);
+    if (!stored) throw new Error(`reservation ${id} was decided elsewhere, but no answer is stored`);
+    return stored;
+  }
+
+  /** The answer stored with a decided reservation, if any. */
+  async #stored(id: string): Promise<Answer | null> {
+    const [r] = await this.deps.sql<Array<Row>>`select * from reservations where id = ${id}`;
+    return r?.response_status != null ? storedAnswer(r.response_status, r.response_body!) : null;
   }
 
   /**
@@ -363,7 +429,7 @@ export class Reservations {
   async #publish(commands: ReadonlyArray<Command>): Promise<void> {
     if (commands.length === 0) return;
     await publishCommands(this.deps.nats.js, this.deps.topology, commands, { deadline: Date.now() + this.deps.requestTimeoutMs });
-    for (const c of commands) this.deps.metrics.commandsIn.inc({ type: c.type, source: c.source.system });
+    for (const c of commands) this.deps.metrics.commandPublished(c.type, c.source.system);
   }
 
   /** Publishes release/fulfill for these held lines (PubAck: durable), then marks them; `expired`: their holds lapsed. */
@@ -384,67 +450,73 @@ export class Reservations {
        where reservation_id = ${id} and line = any(${sql.array(lines.map((l) => l.line))}::int[])`;
   }
 
-  async #finish(id: string, status: ReservationStatus, code: number, body: Record<string, unknown>, expiresAt: Date | null): Promise<void> {
-    await this.deps.sql`
-      update reservations set status = ${status}, response_status = ${code}, response_body = ${this.deps.sql.json(body as never)},
-             expires_at = ${expiresAt}, claimed_until = null, updated_at = now()
-       where id = ${id}`;
+  /**
+   * Ends a pending reservation with `event` (per the lifecycle) and stores its final answer. When
+   * another driver decided it meanwhile, that driver's stored answer stands.
+   */
+  async #finish(row: Row, event: LifecycleEventType, answer: Answer & { decision: keyof typeof STORED_STATUS }): Promise<Answer> {
+    const { sql } = this.deps;
+    const step = nextStatus(row.status, event);
+    if (step.kind !== "move") return this.#decidedElsewhere(row.id);
+    const { from, to } = step;
+    const updated = await sql`
+      update reservations set status = ${to}, response_status = ${STORED_STATUS[answer.decision]}, response_body = ${sql.json(answer.body as never)},
+             expires_at = null, claimed_until = null, updated_at = now()
+       where id = ${row.id} and status = ${from}`;
+    if (updated.count === 1) return answer;
+    return (await this.#stored(row.id)) ?? answer;
   }
 
-  /** Order placed: the hold stays until fulfilled or released, and no longer expires. */
-  async commit(id: string, may: (row: Row) => void): Promise<Answer> {
+  /** Order placed: the hold stays until fulfilled or released, and no longer expires. Its view. */
+  async commit(id: string, may: (row: Row) => void): Promise<Record<string, unknown>> {
     const { sql } = this.deps;
     const found = await this.get(id);
-    if (!found) throw new ApiError(404, "not_found", `no reservation ${id}`);
+    if (!found) throw ReservationError.notFound(id);
     may(found.row);
-    const [row] = await sql<Array<Row>>`
-      update reservations set status = 'committed', updated_at = now()
-       where id = ${id} and status = 'held' and expires_at > now() returning *`;
-    if (row) {
-      this.deps.metrics.reservations.inc({ outcome: "committed" });
-      return { status: 200, body: view(row, await this.#lines(sql, id)) };
+    const step = nextStatus(found.row.status, "commit");
+    if (step.kind === "move") {
+      // A hold past its expiry is not committed (the sweeper expires it): the database's clock decides.
+      const [row] = await sql<Array<Row>>`
+        update reservations set status = ${step.to}, updated_at = now()
+         where id = ${id} and status = ${step.from} and expires_at > now() returning *`;
+      if (row) {
+        this.deps.metrics.count("committed");
+        return view(row, await this.#lines(sql, id));
+      }
     }
-    const now = await this.get(id);
-    if (now!.row.status === "committed") return { status: 200, body: now!.body };
-    throw this.#stateError(now!.row, "commit");
+    const now = step.kind === "move" ? (await this.get(id))! : found;
+    if (nextStatus(now.row.status, "commit").kind === "repeat") return now.body;
+    throw ReservationError.wrongStatus(id, now.row.status, "commit");
   }
 
-  /** Releases a held or committed reservation (idempotent for one already released, expired or refused). */
-  async release(id: string, may: (row: Row) => void): Promise<Answer> {
-    return this.#close(id, may, "release", "released", "released");
+  /** Releases a held or committed reservation (idempotent for one already released, expired or refused). Its view. */
+  async release(id: string, may: (row: Row) => void): Promise<Record<string, unknown>> {
+    return this.#close(id, may, "release", "released");
   }
 
-  /** Ships a held or committed reservation: `fulfill` per line (reserved − qty, on hand − qty). */
-  async fulfill(id: string, may: (row: Row) => void): Promise<Answer> {
-    return this.#close(id, may, "fulfill", "fulfilled", "fulfilled");
+  /** Ships a held or committed reservation: `fulfill` per line (reserved − qty, on hand − qty). Its view. */
+  async fulfill(id: string, may: (row: Row) => void): Promise<Record<string, unknown>> {
+    return this.#close(id, may, "fulfill", "fulfilled");
   }
 
-  async #close(id: string, may: (row: Row) => void, type: "release" | "fulfill", lineState: LineState, status: "released" | "fulfilled"): Promise<Answer> {
+  async #close(id: string, may: (row: Row) => void, type: "release" | "fulfill", lineState: LineState): Promise<Record<string, unknown>> {
     const found = await this.get(id);
-    if (!found) throw new ApiError(404, "not_found", `no reservation ${id}`);
+    if (!found) throw ReservationError.notFound(id);
     may(found.row);
-    const outcome = await this.deps.sql.begin(async (tx) => {
+    const step = await this.deps.sql.begin(async (tx) => {
       const [row] = await tx<Array<Row>>`select * from reservations where id = ${id} for update`;
-      if (row!.status === "held" || row!.status === "committed") {
+      const step = nextStatus(row!.status, type);
+      if (step.kind === "move") {
         const lines = await this.#lines(tx as unknown as Sql, id);
         await this.#settle(id, lines.filter((l) => l.state === "held"), type, lineState, tx as unknown as Sql);
-        await tx`update reservations set status = ${status}, updated_at = now() where id = ${id}`;
-        return "done" as const;
+        await tx`update reservations set status = ${step.to}, updated_at = now() where id = ${id} and status = ${step.from}`;
       }
-      return row!;
+      return step;
     });
-    if (outcome !== "done") {
-      const idempotent = type === "release" ? ["released", "expired", "rejected"] : ["fulfilled"];
-      if (!idempotent.includes(outcome.status)) throw this.#stateError(outcome, type);
-    } else this.deps.metrics.reservations.inc({ outcome: status });
+    if (step.kind === "refused") throw ReservationError.wrongStatus(id, step.status, type);
+    if (step.kind === "move") this.deps.metrics.count(step.to as "released" | "fulfilled");
     const now = await this.get(id);
-    return { status: 200, body: now!.body };
-  }
-
-  #stateError(row: Row, action: string): ApiError {
-    if (row.status === "held") return new ApiError(409, "reservation_expired", `reservation ${row.id} has expired (release pending)`);
-    if (row.status === "pending") return new ApiError(409, "reservation_pending", `reservation ${row.id} is still being decided`);
-    return new ApiError(409, `reservation_${row.status}`, `cannot ${action} reservation ${row.id}: it is ${row.status}`);
+    return now!.body;
   }
 
   /** Releases holds whose time has passed, and finishes reservations a dead process left pending. */
@@ -472,14 +544,15 @@ export class Reservations {
     let expired = 0;
     for (;;) {
       const n = await sql.begin(async (tx) => {
-        const due = await tx<Array<{ id: string }>>`
-          select id from reservations where status = 'held' and expires_at <= now()
+        const due = await tx<Array<{ id: string; status: ReservationStatus }>>`
+          select id, status from reservations where status = any(${tx.array([...movesFrom("expire")])}::text[]) and expires_at <= now()
            order by expires_at limit 50 for update skip locked`;
-        for (const { id } of due) {
+        for (const { id, status } of due) {
+          const { from, to } = move(status, "expire");
           const lines = await this.#lines(tx as unknown as Sql, id);
           await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released", tx as unknown as Sql, true);
-          await tx`update reservations set status = 'expired', updated_at = now() where id = ${id}`;
-          this.deps.metrics.reservations.inc({ outcome: "expired" });
+          await tx`update reservations set status = ${to}, updated_at = now() where id = ${id} and status = ${from}`;
+          this.deps.metrics.count("expired");
         }
         return due.length;
       });
@@ -491,7 +564,7 @@ export class Reservations {
     for (const f of holds.failed) this.deps.log.warn({ sku: f.sku, holdId: f.holdId, reason: f.message }, "cannot expire hold: it stays open");
     let redriven = 0;
     const stale = await sql<Array<{ id: string }>>`
-      select id from reservations where status = 'pending' and (claimed_until is null or claimed_until < now())
+      select id from reservations where status = ${INITIAL_STATUS} and (claimed_until is null or claimed_until < now())
        order by created_at limit 20`;
     for (const { id } of stale) {
       if (this.#stopped) break;
@@ -508,7 +581,7 @@ export class Reservations {
     return { expired, redriven };
   }
 
-  /** #drive, except that a reservation no command can be made of is given up: its stored 400 answer. */
+  /** #drive, except that a reservation no command can be made of is given up: its stored `invalid` answer. */
   async #driveOrGiveUp(id: string, timeoutMs: number, created?: { row: Row; lines: ReadonlyArray<LineRow> }): Promise<Answer> {
     try {
       return await this.#drive(id, timeoutMs, created);
@@ -518,7 +591,7 @@ export class Reservations {
     }
   }
 
-  /** A pending reservation whose line cannot become a command: its held lines released, it is rejected with a 400 answer and dead-lettered. */
+  /** A pending reservation whose line cannot become a command: its held lines released, it is rejected (`invalid`) and dead-lettered. */
   async #giveUp(id: string, error: UndrivableLine): Promise<Answer> {
     const { sql, nats, topology, log } = this.deps;
     const [[row], lines] = await Promise.all([sql<Array<Row>>`select * from reservations where id = ${id}`, this.#lines(sql, id)]);
@@ -528,9 +601,9 @@ export class Reservations {
     await sql`update reservation_lines set state = 'rejected' where reservation_id = ${id} and state = 'pending'`;
     const path = `lines[${error.line - 1}]`;
     const body = { error: "invalid_request", message: `${path}: ${error.problem}`, issues: [{ path, message: error.problem }], id };
-    await this.#finish(id, "rejected", 400, body, null);
+    const answer = await this.#finish(row!, "reject", { decision: "invalid", body });
     log.warn({ reservationId: id, reason: error.message }, "reservation cannot be driven: rejected and dead-lettered");
-    return { status: 400, body };
+    return answer;
   }
 }
 
@@ -551,19 +624,26 @@ class UndrivableLine extends Error {
 function view(row: Row, lines: ReadonlyArray<LineRow>): Record<string, unknown> {
   // A hold past its TTL is expired from that moment (commit already refuses it), even before the
   // sweeper has released its lines; the lines keep their real state until it has.
-  const lapsed = row.status === "held" && row.expires_at !== null && row.expires_at.getTime() <= Date.now();
+  const lapse = nextStatus(row.status, "expire");
+  const lapsed = lapse.kind === "move" && row.expires_at !== null && row.expires_at.getTime() <= Date.now();
   return {
     id: row.id,
-    status: lapsed ? "expired" : row.status,
+    status: lapsed ? lapse.to : row.status,
     channel: row.channel,
-    expiresAt: row.status === "held" && row.expires_at && !lapsed ? row.expires_at.toISOString() : null,
+    expiresAt: lapse.kind === "move" && row.expires_at && !lapsed ? row.expires_at.toISOString() : null,
     createdAt: row.created_at.toISOString(),
     lines: lines.map((l) => ({ line: l.line, sku: l.sku, qty: l.qty, location: l.location, state: l.state })),
   };
 }
 
-function outcomeOf(a: Answer): string {
-  return a.status === 201 ? "held" : a.status === 409 ? "insufficient_stock" : a.status === 400 ? "invalid" : "timeout";
+const OUTCOME_OF: Record<Decision, ReservationOutcome> = { held: "held", insufficient: "insufficient_stock", invalid: "invalid", undecided: "timeout" };
+const outcomeOf = (a: Answer): ReservationOutcome => OUTCOME_OF[a.decision];
+
+/** The status change `event` makes from `status`, per the lifecycle; callers ask only where the lifecycle allows one. */
+function move(status: ReservationStatus, event: LifecycleEventType): { readonly from: ReservationStatus; readonly to: ReservationStatus } {
+  const step = nextStatus(status, event);
+  if (step.kind !== "move") throw new Error(`reservation lifecycle: a ${status} reservation cannot ${event}`);
+  return step;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

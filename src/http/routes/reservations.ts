@@ -3,7 +3,7 @@ import { MappingError } from "../../contract/index.ts";
 import { ID_JSON_PATTERN } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
-import type { LineRequest } from "../../reservations/index.ts";
+import { RESERVATION_STATUSES, ReservationError, type Decision, type LineRequest } from "../../reservations/index.ts";
 
 /** The one id grammar of SKUs and locations (see src/contract/command.ts): a colon never reaches a command. */
 const SKU = ID_JSON_PATTERN;
@@ -36,7 +36,7 @@ const ReservationView = {
   required: ["id", "status"],
   properties: {
     id: { type: "string" },
-    status: { type: "string", enum: ["pending", "held", "committed", "fulfilled", "released", "expired", "rejected"] },
+    status: { type: "string", enum: [...RESERVATION_STATUSES] },
     channel: { type: ["string", "null"] },
     expiresAt: { type: ["string", "null"], format: "date-time" },
     createdAt: { type: "string", format: "date-time" },
@@ -86,47 +86,102 @@ interface CreateBodyT {
   ttlSeconds: number;
 }
 
+/** The HTTP status of each decision of a reservation request. */
+const DECISION_STATUS: Readonly<Record<Decision, number>> = { held: 201, insufficient: 409, invalid: 400, undecided: 503 };
+
+/** The HTTP form of what the reservation service refuses. */
+export function reservationHttpError(error: ReservationError): ApiError {
+  const problem = error.problem;
+  switch (problem.code) {
+    case "not_found":
+      return new ApiError(404, "not_found", error.message);
+    case "idempotency_conflict":
+      return new ApiError(422, "idempotency_conflict", error.message, { id: problem.id });
+    case "in_progress":
+      return new ApiError(409, "request_in_progress", error.message, { id: problem.id });
+    case "wrong_status":
+      return new ApiError(409, `reservation_${problem.status}`, error.message);
+    default: {
+      const unreachable: never = problem;
+      throw new Error(`unknown reservation problem ${JSON.stringify(unreachable)}`);
+    }
+  }
+}
+
+/** Runs a call of the reservation service, its domain errors turned into HTTP ones. */
+async function domain<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (error) {
+    if (error instanceof ReservationError) throw reservationHttpError(error);
+    throw error;
+  }
+}
+
+type WriteConfig = { readonly scope: "reservations:write"; readonly rateLimit: { readonly max: number; readonly timeWindow: number } };
+
+/** A channel token touches only its channel's reservations. */
+const mayTouch = (req: FastifyRequest) => (row: { channel: string | null; id: string; lines?: unknown }) => {
+  const c = req.principal?.channel;
+  if (c && row.channel !== c) throw new ApiError(403, "forbidden", `reservation ${row.id} is not of channel ${c}`);
+};
+
 /** Checkout holds: create (Idempotency-Key), read, commit, fulfill, release. */
 export async function reservationRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
-  const write = { scope: "reservations:write" as const, rateLimit: { max: ctx.opts.rateLimitPerMinute, timeWindow: 60_000 } };
+  const write: WriteConfig = { scope: "reservations:write", rateLimit: { max: ctx.opts.rateLimitPerMinute, timeWindow: 60_000 } };
+  createRoute(app, ctx, write);
+  readRoute(app, ctx);
+  actionRoutes(app, ctx, write);
+}
+
+/** A body gives either sku and qty, or lines: the 400 for one that does not. */
+function shapeProblem(b: CreateBodyT): ApiError | null {
+  if ((b.lines === undefined) === (b.sku === undefined))
+    return new ApiError(400, "invalid_request", "body: expected either sku and qty, or lines", { issues: [{ path: "body", message: "expected either sku and qty, or lines" }] });
+  if (b.sku !== undefined && b.qty === undefined)
+    return new ApiError(400, "invalid_request", "body.qty: is missing", { issues: [{ path: "body.qty", message: "is missing" }] });
+  if (b.lines !== undefined && b.qty !== undefined)
+    return new ApiError(400, "invalid_request", "body.qty: give qty per line", { issues: [{ path: "body.qty", message: "give qty per line" }] });
+  return null;
+}
+
+/** The channel a reservation is made in: the one asked for, else the token's; null for none. */
+function channelOf(ctx: ApiContext, b: CreateBodyT, principal: NonNullable<FastifyRequest["principal"]>): string | null {
+  const channel = b.channel ?? principal.channel ?? null;
+  if (channel !== null) {
+    if (principal.channel && principal.channel !== channel) throw new ApiError(403, "forbidden", `this token may only reserve in channel ${principal.channel}`);
+    if (!Object.hasOwn(ctx.config.channels, channel)) throw new ApiError(404, "unknown_channel", `no channel ${JSON.stringify(channel)}`);
+  }
+  return channel;
+}
+
+const CreateSchema = {
+  tags: ["reservations"],
+  summary: "Hold stock for a checkout (all lines or none), decided by each SKU's actor",
+  headers: {
+    type: "object",
+    required: ["idempotency-key"],
+    properties: { "idempotency-key": { type: "string", minLength: 1, maxLength: 200, pattern: "^[\\x21-\\x7E]+$" } },
+  },
+  body: CreateBody,
+  response: { 201: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 413, 422, 429, 503) },
+};
+
+/** POST /v1/reservations: the body checked and its lines resolved (bundles expanded), then decided by the service. */
+function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig): void {
   const channels = ctx.config.channels;
-
-  /** A channel token touches only its channel's reservations. */
-  const mayTouch = (req: FastifyRequest) => (row: { channel: string | null; id: string; lines?: unknown }) => {
-    const c = req.principal?.channel;
-    if (c && row.channel !== c) throw new ApiError(403, "forbidden", `reservation ${row.id} is not of channel ${c}`);
-  };
-
   app.post<{ Body: CreateBodyT; Headers: { "idempotency-key": string } }>(
     "/v1/reservations",
     {
       config: write,
-      schema: {
-        tags: ["reservations"],
-        summary: "Hold stock for a checkout (all lines or none), decided by each SKU's actor",
-        headers: {
-          type: "object",
-          required: ["idempotency-key"],
-          properties: { "idempotency-key": { type: "string", minLength: 1, maxLength: 200, pattern: "^[\\x21-\\x7E]+$" } },
-        },
-        body: CreateBody,
-        response: { 201: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 413, 422, 429, 503) },
-      },
+      schema: CreateSchema,
     },
     async (req, reply) => {
       const b = req.body;
-      if ((b.lines === undefined) === (b.sku === undefined))
-        throw new ApiError(400, "invalid_request", "body: expected either sku and qty, or lines", { issues: [{ path: "body", message: "expected either sku and qty, or lines" }] });
-      if (b.sku !== undefined && b.qty === undefined)
-        throw new ApiError(400, "invalid_request", "body.qty: is missing", { issues: [{ path: "body.qty", message: "is missing" }] });
-      if (b.lines !== undefined && b.qty !== undefined)
-        throw new ApiError(400, "invalid_request", "body.qty: give qty per line", { issues: [{ path: "body.qty", message: "give qty per line" }] });
+      const problem = shapeProblem(b);
+      if (problem) throw problem;
       const principal = req.principal!;
-      let channel = b.channel ?? principal.channel ?? null;
-      if (channel !== null) {
-        if (principal.channel && principal.channel !== channel) throw new ApiError(403, "forbidden", `this token may only reserve in channel ${principal.channel}`);
-        if (!Object.hasOwn(channels, channel)) throw new ApiError(404, "unknown_channel", `no channel ${JSON.stringify(channel)}`);
-      }
+      const channel = channelOf(ctx, b, principal);
       const asked = b.lines ?? [{ sku: b.sku!, qty: b.qty!, ...(b.location ? { location: b.location } : {}) }];
       const lines: Array<LineRequest> = [];
       const crosswalk = await ctx.pos.crosswalk();
@@ -155,20 +210,24 @@ export async function reservationRoutes(app: FastifyInstance, { ctx }: { ctx: Ap
         for (const p of parts) lines.push({ sku: p.sku, qty: p.qty, location });
       }
       if (lines.length > MAX_LINES) throw new ApiError(400, "invalid_request", `body.lines: at most ${MAX_LINES} lines (bundles expanded), got ${lines.length}`);
-      const answer = await ctx.reservations.create({
-        principal: principal.id,
-        idempotencyKey: req.headers["idempotency-key"],
-        body: { ...b, channel },
-        channel,
-        lines,
-        ttlSeconds: b.ttlSeconds,
-      });
+      const answer = await domain(() =>
+        ctx.reservations.create({
+          principal: principal.id,
+          idempotencyKey: req.headers["idempotency-key"],
+          body: { ...b, channel },
+          channel,
+          lines,
+          ttlSeconds: b.ttlSeconds,
+        }),
+      );
       if (answer.replayed) reply.header("idempotent-replayed", "true");
-      if (answer.status === 503) reply.header("retry-after", "1");
-      return reply.code(answer.status).send(answer.body);
+      if (answer.decision === "undecided") reply.header("retry-after", "1");
+      return reply.code(DECISION_STATUS[answer.decision]).send(answer.body);
     },
   );
+}
 
+function readRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Params: { id: string } }>(
     "/v1/reservations/:id",
     {
@@ -182,16 +241,19 @@ export async function reservationRoutes(app: FastifyInstance, { ctx }: { ctx: Ap
       return found.body;
     },
   );
+}
 
-  const action = (path: string, summary: string, run: (id: string, may: ReturnType<typeof mayTouch>) => Promise<{ status: number; body: unknown }>, method: "POST" | "DELETE" = "POST") =>
+/** Commit, fulfil and release: each answers the reservation's view (200), or the lifecycle's refusal. */
+function actionRoutes(app: FastifyInstance, ctx: ApiContext, write: WriteConfig): void {
+  const action = (path: string, summary: string, run: (id: string, may: ReturnType<typeof mayTouch>) => Promise<Record<string, unknown>>, method: "POST" | "DELETE" = "POST") =>
     app.route<{ Params: { id: string } }>({
       method,
       url: path,
       config: write,
       schema: { tags: ["reservations"], summary, params: IdParams, response: { 200: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 429) } },
       handler: async (req, reply) => {
-        const a = await run(req.params.id, mayTouch(req));
-        return reply.code(a.status).send(a.body);
+        const view = await domain(() => run(req.params.id, mayTouch(req)));
+        return reply.code(200).send(view);
       },
     });
   action("/v1/reservations/:id/commit", "Order placed: keep the hold (no expiry) until fulfilled or released", (id, may) => ctx.reservations.commit(id, may));

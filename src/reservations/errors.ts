@@ -1,0 +1,55 @@
+/**
+ * What the reservation service refuses, in its own terms: a tagged error the HTTP routes (or any
+ * other caller) translate. The message is the sentence a client is shown.
+ */
+import type { LifecycleEventType, ReservationStatus } from "./lifecycle.ts";
+
+export type ReservationProblem =
+  /** No reservation with this id. */
+  | { readonly code: "not_found"; readonly id: string }
+  /** The idempotency key was used for another request. */
+  | { readonly code: "idempotency_conflict"; readonly id: string }
+  /** The first request with this idempotency key is still being decided. */
+  | { readonly code: "in_progress"; readonly id: string }
+  /**
+   * The lifecycle refuses `action` from the reservation's status; `status` is what a client sees
+   * (a held reservation past its expiry, not yet swept, is `expired`).
+   */
+  | { readonly code: "wrong_status"; readonly id: string; readonly action: LifecycleEventType; readonly status: ReservationStatus };
+
+export type ReservationErrorCode = ReservationProblem["code"];
+
+export class ReservationError extends Error {
+  override readonly name = "ReservationError";
+  readonly _tag = "ReservationError" as const;
+
+  constructor(
+    readonly problem: ReservationProblem,
+    message: string,
+  ) {
+    super(message);
+  }
+
+  get code(): ReservationErrorCode {
+    return this.problem.code;
+  }
+
+  static notFound(id: string): ReservationError {
+    return new ReservationError({ code: "not_found", id }, `no reservation ${id}`);
+  }
+
+  static idempotencyConflict(id: string, idempotencyKey: string): ReservationError {
+    return new ReservationError({ code: "idempotency_conflict", id }, `Idempotency-Key ${JSON.stringify(idempotencyKey)} was used for a different request`);
+  }
+
+  static inProgress(id: string): ReservationError {
+    return new ReservationError({ code: "in_progress", id }, "a request with this Idempotency-Key is still being decided; retry shortly");
+  }
+
+  /** `action` refused for a reservation that is `status` (a `held` one refuses only because its hold lapsed). */
+  static wrongStatus(id: string, status: ReservationStatus, action: LifecycleEventType): ReservationError {
+    if (status === "held") return new ReservationError({ code: "wrong_status", id, action, status: "expired" }, `reservation ${id} has expired (release pending)`);
+    if (status === "pending") return new ReservationError({ code: "wrong_status", id, action, status }, `reservation ${id} is still being decided`);
+    return new ReservationError({ code: "wrong_status", id, action, status }, `cannot ${action} reservation ${id}: it is ${status}`);
+  }
+}
