@@ -250,7 +250,7 @@ describe("tally source (CLI)", () => {
     configFile = path.join(dir, "tally.config.ts");
     await writeFile(
       configFile,
-      `import { defineConfig } from ${JSON.stringify(path.join(ROOT, "src/app/configFile.ts"))};
+      `import { defineConfig } from ${JSON.stringify(path.join(ROOT, "src/platform/configFile.ts"))};
 export default defineConfig({
   channels: { web: { locations: ["DC1"] } },
   sources: { shop: { tables: { "shop.products": { map: () => [] }, "shop.stock": { map: () => [] } } } },
