@@ -154,7 +154,7 @@ export class Worker {
     const { nats, topology, log, restoreTopology } = this.opts;
     if (!restoreTopology || this.#stopped) return;
     const missing = await Promise.all(
-      [topology.commandsStream, `KV_${topology.leasesBucket}`].map((name) => nats.jsm.streams.info(name).then(() => false, (e: unknown) => isNotFound(e))),
+      [topology.commandsStream, topology.leasesBucketStream].map((name) => nats.jsm.streams.info(name).then(() => false, (e: unknown) => isNotFound(e))),
     );
     if (!missing.some(Boolean)) return;
     log.error("NATS streams or buckets are missing (was the store lost?); re-creating the topology");
@@ -162,14 +162,14 @@ export class Worker {
   }
 
   #memberKey(): string {
-    return `worker.${this.id}`;
+    return this.opts.topology.workerMemberKey(this.id);
   }
 
   async #heartbeat(): Promise<void> {
     const { topology, log } = this.opts;
     await this.#leases.heartbeat(this.#memberKey());
     if (this.#stopped) return;
-    const members = Math.max(1, await this.#leases.countLive("worker"));
+    const members = Math.max(1, await this.#leases.countLive(topology.workerMembers));
     const share = Math.ceil(topology.partitions / members);
     // Start the scan at a per-worker offset so concurrent workers do not all race for partition 0.
     const offset = hashOf(this.id) % topology.partitions;
@@ -190,7 +190,7 @@ export class Worker {
 
   async #tryTake(partition: number): Promise<void> {
     const { sql, log } = this.opts;
-    const lease = await this.#leases.tryAcquire(`partition.${partition}`);
+    const lease = await this.#leases.tryAcquire(this.opts.topology.partitionLeaseKey(partition));
     if (!lease) return;
     try {
       const { epoch } = await claimPartition(sql, partition);

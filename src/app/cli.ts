@@ -241,6 +241,7 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
         return yield* Effect.tryPromise(() =>
           submit(lines, {
             js: nats.js,
+            nc,
             topology: t,
             ...(sql ? { sql } : {}),
             wait: values.wait!,

@@ -8,7 +8,7 @@
 import { readFile } from "node:fs/promises";
 import type { Subscription } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
-import type { AvailabilityJson as Availability } from "../../actors/index.ts";
+import type { AvailabilityJson as Availability } from "../contract/index.ts";
 import type { RelayRound } from "../channels/index.ts";
 import type { ApiContext } from "./context.ts";
 import type { OutcomeBatch } from "../wire/index.ts";
