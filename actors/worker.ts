@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { claimPartition } from "../ledger/index.ts";
+import { DEFAULTS } from "../src/platform/index.ts";
 import { isNotFound, type NatsHandles } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import type { ChannelView } from "./batch.ts";
@@ -18,9 +19,9 @@ export interface WorkerOptions {
   readonly channels: ReadonlyArray<ChannelView>;
   readonly log: Logger;
   readonly leaseTtlMs: number;
-  /** Most commands per ledger transaction (default 2000). */
+  /** Most commands per ledger transaction (default: TALLY_BATCH_MAX's, src/platform/settings.ts DEFAULTS). */
   readonly batchMax?: number;
-  /** Most live SKU actors kept in memory (default 100,000). */
+  /** Most live SKU actors kept in memory (default: TALLY_MAX_ACTORS's). */
   readonly maxActors?: number;
   /** How many held partitions decide and commit at once (default: the machine's CPU count). */
   readonly applyConcurrency?: number;
@@ -53,7 +54,7 @@ export class Worker {
 
   constructor(readonly opts: WorkerOptions) {
     this.id = (opts.workerId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`).replace(/[^A-Za-z0-9_-]/g, "_");
-    this.skus = new SkuStateCache(opts.maxActors ?? 100_000);
+    this.skus = new SkuStateCache(opts.maxActors ?? DEFAULTS.TALLY_MAX_ACTORS);
     this.#leases = new LeaseStore(opts.nats.leases, this.id);
     this.gate = new ApplyGate(opts.applyConcurrency ?? availableParallelism());
   }
@@ -202,7 +203,7 @@ export class Worker {
         channels: this.opts.channels,
         skus: this.skus,
         log: log.child({ partition }),
-        batchMax: this.opts.batchMax ?? 2000,
+        batchMax: this.opts.batchMax ?? DEFAULTS.TALLY_BATCH_MAX,
         gate: this.gate,
         metrics: this.metrics,
         ...(this.opts.restoreTopology ? { restoreTopology: this.opts.restoreTopology } : {}),
