@@ -20,8 +20,11 @@ const COMMAND_ID_MAX_LENGTH = 300;
  * an id is accepted (command ids and hold ids join ids with `:`).
  */
 export const ID_PATTERN = /^[A-Za-z0-9_\-.*]+$/;
+const ID_JSON_ITEM = `[A-Za-z0-9_\\-.*]{1,${ID_MAX_LENGTH}}`;
 /** The same grammar with its length, as a JSON-schema `pattern` for HTTP routes. */
-export const ID_JSON_PATTERN = `^[A-Za-z0-9_\\-.*]{1,${ID_MAX_LENGTH}}$`;
+export const ID_JSON_PATTERN = `^${ID_JSON_ITEM}$`;
+/** A comma-separated list of ids in the same grammar, as a JSON-schema `pattern` (query strings). */
+export const ID_LIST_JSON_PATTERN = `^${ID_JSON_ITEM}(,${ID_JSON_ITEM})*$`;
 /** True when `s` is a valid SKU or location id. */
 export const isId = (s: string): boolean => s.length > 0 && s.length <= ID_MAX_LENGTH && ID_PATTERN.test(s);
 /** The id grammar's characters, as every error message names them. */
