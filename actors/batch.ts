@@ -1,9 +1,10 @@
 import type { BatchWrite, HoldRow, LedgerEntry, OutboxRow, OutcomeRow, StoredSku } from "../ledger/index.ts";
 import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
-import type { Command, LocationId, Sku } from "../src/contract/index.ts";
+import type { Availability, Command, LocationId, Sku } from "../src/contract/index.ts";
+import { locationAvailable } from "../src/contract/index.ts";
 import { decide, evolve } from "./decider.ts";
 import type { Bucket, HoldState, HoldStatus, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
-import { atLeastZero, emptyLocation, initialSkuState, locationAvailable } from "./state.ts";
+import { atLeastZero, emptyLocation, initialSkuState } from "./state.ts";
 
 /** A live SKU actor's memory: its rules state and the head of its ledger chain. */
 export interface LiveSku {
@@ -340,31 +341,6 @@ export function planBatch(input: PlanInput): Plan {
     holdsRefused,
   };
 }
-
-/**
- * What one channel may sell of a SKU: the sum over its locations, each clamped at 0, less the buffer.
- * Quantities are exact (bigint); as JSON they are numbers, or decimal strings past 2^53 (`quantityJson`).
- */
-export interface Availability {
-  readonly channel: string;
-  readonly sku: string;
-  readonly available: bigint;
-  readonly onHand: bigint;
-  readonly reserved: bigint;
-  readonly status: "in_stock" | "low" | "out";
-  /** The SKU's ledger sequence: a reader drops a projection older than one it has. */
-  readonly seq: number;
-  /** Bumped by every applied command of the SKU (policies change availability without a ledger leg). */
-  readonly version: number;
-  readonly updatedAt: string;
-}
-
-/** An availability as it travels (KV, subjects, SSE, webhooks): each quantity a number, or a decimal string past 2^53. */
-export type AvailabilityJson = Omit<Availability, "available" | "onHand" | "reserved"> & {
-  readonly available: number | string;
-  readonly onHand: number | string;
-  readonly reserved: number | string;
-};
 
 export function channelAvailability(actor: LiveSku, channel: ChannelView, at: Date): Availability {
   let sellable = 0n;

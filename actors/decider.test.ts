@@ -1,11 +1,11 @@
 import { Either } from "effect";
 import { describe, expect, it } from "vitest";
 import { decodeCommand, LocationId, Sku, type Command, type CommandType } from "../src/contract/command.ts";
+import { locationAvailable } from "../src/contract/availability.ts";
 import { decide, evolve, type Decision, type Rejection, type RejectionReason } from "./decider.ts";
 import {
   emptyLocation,
   initialSkuState,
-  locationAvailable,
   type Bucket,
   type HoldStatus,
   type Movement,

@@ -5,10 +5,10 @@
  * the state. Both are pure: no I/O, no clock, no randomness, no mutation.
  */
 import type { Command, LocationId } from "../src/contract/index.ts";
+import { locationAvailable } from "../src/contract/index.ts";
 import {
   atLeastZero,
   legacyHoldId,
-  locationAvailable,
   locationOf,
   type Bucket,
   type HoldState,

@@ -2,10 +2,9 @@
 export { decide, evolve } from "./decider.ts";
 export type { Decision, Rejection } from "./decider.ts";
 export type { Bucket, LocationState, SkuEvent, SkuState, StockStatus } from "./state.ts";
-export { initialSkuState, locationAvailable } from "./state.ts";
+export { initialSkuState } from "./state.ts";
 export { channelAvailability, planBatch } from "./batch.ts";
-export type { LiveSku, Availability, ChannelView } from "./batch.ts";
+export type { LiveSku, ChannelView } from "./batch.ts";
 export { Worker } from "./worker.ts";
 export type { WorkerOptions } from "./worker.ts";
 export type { PartitionStatus, WorkerMetrics } from "./partitionRunner.ts";
-export type { AvailabilityJson } from "./batch.ts";

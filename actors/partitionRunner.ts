@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
@@ -236,7 +235,7 @@ export class PartitionRunner {
     this.#queue = [];
     this.#subscribedAt = 0;
     this.#triedSinceSubscribe = false;
-    const prefix = `p${this.partition}_`;
+    const prefix = topology.partitionConsumerPrefix(this.partition);
     const name = `${prefix}${this.epoch}_${++this.#generation}`;
     for await (const info of nats.jsm.consumers.list(stream)) {
       if (info.name.startsWith(prefix)) await nats.jsm.consumers.delete(stream, info.name).catch(() => {});
@@ -642,9 +641,8 @@ export class PartitionRunner {
   async #publishDead(dead: ReadonlyArray<DeadLetter>): Promise<void> {
     const { nats, topology, sql } = this.deps;
     // The payload is part of the id: after a stream reset, sequences (in the context) repeat.
-    const msgID = (d: DeadLetter) =>
-      `dlq:${d.origin}:${createHash("sha256").update(JSON.stringify(d.context)).update(d.reason).update(JSON.stringify(d.payload) ?? "").digest("hex").slice(0, 32)}`;
-    await Promise.all(dead.map((d) => publishDeadLetter({ js: nats.js, nc: nats.nc, sql, topology }, d, msgID(d))));
+    const identity = (d: DeadLetter) => ({ hashOf: [JSON.stringify(d.context), d.reason, JSON.stringify(d.payload) ?? ""] });
+    await Promise.all(dead.map((d) => publishDeadLetter({ js: nats.js, nc: nats.nc, sql, topology }, d, identity(d))));
   }
 
   #sleep(ms: number): Promise<void> {

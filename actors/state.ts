@@ -90,9 +90,6 @@ export const initialSkuState = (sku: Sku): SkuState => ({ sku, locations: {}, tr
 export const locationOf = (state: SkuState, location: LocationId): LocationState =>
   state.locations[location] ?? emptyLocation;
 
-/** What may still be promised: on_hand − reserved − safety stock. May be negative; channels clamp at 0. */
-export const locationAvailable = (l: LocationState): bigint => l.onHand - l.reserved - BigInt(l.safetyStock);
-
 /** The larger of `n` and 0. */
 export const atLeastZero = (n: bigint): bigint => (n > 0n ? n : 0n);
 

@@ -9,7 +9,8 @@
  * stock and notifies nothing; only an oversell of a never-stocked location is raised.
  */
 import { setup, transition } from "xstate";
-import { locationAvailable, type LocationState, type StockStatus } from "./state.ts";
+import { locationAvailable } from "../src/contract/index.ts";
+import type { LocationState, StockStatus } from "./state.ts";
 
 /** The inputs of the status decision for one location. */
 export interface StockLevels {

@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { claimPartition } from "../ledger/index.ts";
+import { DEFAULTS } from "../src/platform/index.ts";
 import { isNotFound, type NatsHandles } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import type { ChannelView } from "./batch.ts";
@@ -18,9 +19,9 @@ export interface WorkerOptions {
   readonly channels: ReadonlyArray<ChannelView>;
   readonly log: Logger;
   readonly leaseTtlMs: number;
-  /** Most commands per ledger transaction (default 2000). */
+  /** Most commands per ledger transaction (default: TALLY_BATCH_MAX's, src/platform/settings.ts DEFAULTS). */
   readonly batchMax?: number;
-  /** Most live SKU actors kept in memory (default 100,000). */
+  /** Most live SKU actors kept in memory (default: TALLY_MAX_ACTORS's). */
   readonly maxActors?: number;
   /** How many held partitions decide and commit at once (default: the machine's CPU count). */
   readonly applyConcurrency?: number;
@@ -53,7 +54,7 @@ export class Worker {
 
   constructor(readonly opts: WorkerOptions) {
     this.id = (opts.workerId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`).replace(/[^A-Za-z0-9_-]/g, "_");
-    this.skus = new SkuStateCache(opts.maxActors ?? 100_000);
+    this.skus = new SkuStateCache(opts.maxActors ?? DEFAULTS.TALLY_MAX_ACTORS);
     this.#leases = new LeaseStore(opts.nats.leases, this.id);
     this.gate = new ApplyGate(opts.applyConcurrency ?? availableParallelism());
   }
@@ -154,7 +155,7 @@ export class Worker {
     const { nats, topology, log, restoreTopology } = this.opts;
     if (!restoreTopology || this.#stopped) return;
     const missing = await Promise.all(
-      [topology.commandsStream, `KV_${topology.leasesBucket}`].map((name) => nats.jsm.streams.info(name).then(() => false, (e: unknown) => isNotFound(e))),
+      [topology.commandsStream, topology.leasesBucketStream].map((name) => nats.jsm.streams.info(name).then(() => false, (e: unknown) => isNotFound(e))),
     );
     if (!missing.some(Boolean)) return;
     log.error("NATS streams or buckets are missing (was the store lost?); re-creating the topology");
@@ -162,14 +163,14 @@ export class Worker {
   }
 
   #memberKey(): string {
-    return `worker.${this.id}`;
+    return this.opts.topology.workerMemberKey(this.id);
   }
 
   async #heartbeat(): Promise<void> {
     const { topology, log } = this.opts;
     await this.#leases.heartbeat(this.#memberKey());
     if (this.#stopped) return;
-    const members = Math.max(1, await this.#leases.countLive("worker"));
+    const members = Math.max(1, await this.#leases.countLive(topology.workerMembers));
     const share = Math.ceil(topology.partitions / members);
     // Start the scan at a per-worker offset so concurrent workers do not all race for partition 0.
     const offset = hashOf(this.id) % topology.partitions;
@@ -190,7 +191,7 @@ export class Worker {
 
   async #tryTake(partition: number): Promise<void> {
     const { sql, log } = this.opts;
-    const lease = await this.#leases.tryAcquire(`partition.${partition}`);
+    const lease = await this.#leases.tryAcquire(this.opts.topology.partitionLeaseKey(partition));
     if (!lease) return;
     try {
       const { epoch } = await claimPartition(sql, partition);
@@ -202,7 +203,7 @@ export class Worker {
         channels: this.opts.channels,
         skus: this.skus,
         log: log.child({ partition }),
-        batchMax: this.opts.batchMax ?? 2000,
+        batchMax: this.opts.batchMax ?? DEFAULTS.TALLY_BATCH_MAX,
         gate: this.gate,
         metrics: this.metrics,
         ...(this.opts.restoreTopology ? { restoreTopology: this.opts.restoreTopology } : {}),

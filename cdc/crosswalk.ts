@@ -1,5 +1,5 @@
 import type { Sql } from "postgres";
-import { decodeCommand, type Command } from "../src/contract/index.ts";
+import { bundleComponentCommandId, decodeCommand, type Command } from "../src/contract/index.ts";
 import { MappingError, UnknownItem, type ItemDefinition, type ItemRef, type MappedCommand } from "../src/contract/index.ts";
 
 /** NOTIFY channel: a SKU's definition changed (payload: the SKU). */
@@ -191,7 +191,7 @@ export class Crosswalk {
       if (item.components.length === 0) throw new MappingError(`item.${m.item.system}`, `bundle ${item.sku} has no components`, "bad_item");
       return {
         kind: "commands",
-        commands: item.components.map((c) => build(c.sku, base === undefined ? undefined : base * c.qty, `${id}#${c.sku}`)),
+        commands: item.components.map((c) => build(c.sku, base === undefined ? undefined : base * c.qty, bundleComponentCommandId(id, c.sku))),
       };
     }
     return { kind: "commands", commands: [build(item.sku, base, id)] };

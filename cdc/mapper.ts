@@ -1,4 +1,5 @@
 import type { Command } from "../src/contract/index.ts";
+import { cdcChangeCommandId, mappedCommandId } from "../src/contract/index.ts";
 import type { Crosswalk } from "./crosswalk.ts";
 import {
   MappingError,
@@ -71,7 +72,7 @@ export function mapWith(
     const commands: Array<Command> = [];
     let skipped = 0;
     mapped.forEach((m, k) => {
-      const id = mapped.length > 1 ? `${defaultId}:${k}` : defaultId;
+      const id = mappedCommandId(defaultId, k, mapped.length);
       const r = crosswalk.resolve(m, { source, id, ref, occurredAt, ...(lsn ? { lsn } : {}) });
       if (r.kind === "skipped") skipped++;
       else commands.push(...r.commands);
@@ -97,7 +98,7 @@ export function mapChange(
   return mapWith(
     source,
     crosswalk,
-    `${source}:${change.commitLsn}:${change.index}`,
+    cdcChangeCommandId(source, change.commitLsn, change.index),
     change.table,
     change.commitTime,
     change.commitLsn,

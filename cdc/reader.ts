@@ -6,7 +6,7 @@ import type { Logger } from "pino";
 import type { Command } from "../src/contract/index.ts";
 import { connectPostgres } from "../src/platform/index.ts";
 import { backoffDelay } from "../src/platform/index.ts";
-import { deadLetter, deadLetterMsgId, publishDeadLetter, type DeadLetter } from "../src/wire/index.ts";
+import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import { Crosswalk, ITEMS_CHANNEL } from "./crosswalk.ts";
@@ -528,7 +528,7 @@ export class SourceReader {
         if (dead.length > 0)
           await Promise.all(
             // A letter too large for NATS (a huge source row) keeps its payload in Postgres.
-            dead.map((d) => publishDeadLetter({ js, nc, sql, topology }, d, deadLetterMsgId(d))),
+            dead.map((d) => publishDeadLetter({ js, nc, sql, topology }, d)),
           );
         if (commands.length > 0) await publishCommands(js, topology, commands);
       } catch (error) {

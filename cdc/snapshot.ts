@@ -10,7 +10,7 @@ import { publishCommands } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import { Crosswalk } from "./crosswalk.ts";
 import { mapWith } from "./mapper.ts";
-import { RowView } from "../src/contract/index.ts";
+import { RowView, snapshotCommandId, snapshotKeyText } from "../src/contract/index.ts";
 import type { ResolvedSource } from "./sources.ts";
 
 export interface SnapshotOptions {
@@ -222,11 +222,11 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
           const removed: Array<string> = [];
           for (const raw of chunk) {
             read++;
-            const keyText = table.key.map((k) => raw[k] ?? "").join("/");
+            const keyText = snapshotKeyText(table.key, raw);
             const outcome = mapWith(
               source.name,
               crosswalk,
-              `${source.name}:snapshot:${consistentPoint}:${table.table}:${keyText}`,
+              snapshotCommandId(source.name, consistentPoint, table.table, keyText),
               `${table.table}:${keyText}`,
               new Date().toISOString(),
               consistentPoint,
@@ -240,7 +240,7 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
                 key: keyText,
                 code: outcome.error.reason,
               });
-              await publishDeadLetter({ js, nc: opts.nc, sql: opts.ledger, topology }, d, `dlq:${source.name}:snapshot:${consistentPoint}:${table.table}:${keyText}`);
+              await publishDeadLetter({ js, nc: opts.nc, sql: opts.ledger, topology }, d, { key: `snapshot:${consistentPoint}:${table.table}:${keyText}` });
               opts.onDeadLetter?.(d);
               deadOut++;
               continue;

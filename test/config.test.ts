@@ -147,7 +147,7 @@ describe("decodeTallyConfig", () => {
   });
 
   it("rejects a location id outside the one id grammar (':' is not allowed in commands, so not here either)", () => {
-    expect(message({ channels: { web: { locations: ["S:01"] } } })).toMatch(/^my\.config\.ts: channels\.web\.locations\.0\b.*expected a location id \(1 to 200 letters, digits, _ \. -\)/);
+    expect(message({ channels: { web: { locations: ["S:01"] } } })).toMatch(/^my\.config\.ts: channels\.web\.locations\.0\b.*expected a location id \(1 to 200 letters, digits, _ - \. \*\)/);
   });
 
   it("rejects a channel with no locations, naming the path", () => {

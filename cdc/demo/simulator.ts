@@ -13,6 +13,7 @@ import { createHash } from "node:crypto";
 import type { Logger } from "pino";
 import type { KV } from "@nats-io/kv";
 import type { Sql } from "../../src/platform/index.ts";
+import { availabilityKey } from "../../src/wire/index.ts";
 
 export interface SimulatorOptions {
   readonly erp: Sql;
@@ -275,7 +276,7 @@ export class DemoSimulator {
       let inStock = true;
       for (const line of cart) {
         const sku = line.shopSku === "W-PICNIC" ? "SKU-0001" : line.shopSku.replace(/^W-/, "SKU-");
-        const e = await this.opts.availability.get(`${channel}.${sku}`).catch(() => null);
+        const e = await this.opts.availability.get(availabilityKey(channel, sku)).catch(() => null);
         const available = e && e.length > 0 ? (e.json<{ available: number }>().available ?? 0) : 0;
         if (available < line.qty * (line.shopSku === "W-PICNIC" ? 2 : 1) + 2) inStock = false;
       }

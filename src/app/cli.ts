@@ -13,6 +13,7 @@ import { devMain } from "./dev.ts";
 import { createLogger } from "../platform/index.ts";
 import { ensureTopology } from "../wire/index.ts";
 import { maskSecrets } from "../platform/index.ts";
+import { COMPUTED_DEFAULTS, DEFAULTS as D } from "../platform/index.ts";
 import { submit } from "../ingest/index.ts";
 import { topology } from "../wire/index.ts";
 import { usableWebhookTargets } from "../channels/index.ts";
@@ -56,18 +57,19 @@ usage:
   tally dlq skip <partition> [--seq <n>] dead-letter the message a stuck partition is stuck at (or
                                          message n) and let the partition move on; replay it after a fix
 
-settings (environment): TALLY_ENV (default dev), TALLY_DATABASE_URL, TALLY_NATS_URL,
-  TALLY_PARTITIONS (default 16), TALLY_DUPLICATE_WINDOW_SECONDS (default 7200),
-  TALLY_LEASE_TTL_MS (default 10000), TALLY_MAX_ACTORS (default 100000), TALLY_BATCH_MAX (default 2000),
-  TALLY_APPLY_CONCURRENCY (partitions applying at once per worker, default the CPU count),
-  TALLY_CONFIG (default tally.config.ts), TALLY_LOG_LEVEL, TALLY_HTTP_HOST (default 0.0.0.0),
-  TALLY_HTTP_PORT (default 8080), TALLY_API_TOKENS / TALLY_API_TOKENS_FILE (hashed tokens, JSON),
-  TALLY_API_RATE_LIMIT (write requests per minute per token, default 600),
-  TALLY_SHUTDOWN_TIMEOUT_MS (longest stop after SIGTERM/SIGINT, default 10000),
+settings (environment): TALLY_ENV (default ${D.TALLY_ENV}), TALLY_DATABASE_URL, TALLY_NATS_URL,
+  TALLY_PARTITIONS (default ${D.TALLY_PARTITIONS}), TALLY_DUPLICATE_WINDOW_SECONDS (default ${D.TALLY_DUPLICATE_WINDOW_SECONDS}),
+  TALLY_LEASE_TTL_MS (default ${D.TALLY_LEASE_TTL_MS}), TALLY_MAX_ACTORS (default ${D.TALLY_MAX_ACTORS}), TALLY_BATCH_MAX (default ${D.TALLY_BATCH_MAX}),
+  TALLY_APPLY_CONCURRENCY (partitions applying at once per worker, default the ${COMPUTED_DEFAULTS.TALLY_APPLY_CONCURRENCY}),
+  TALLY_CONFIG (default ${D.TALLY_CONFIG}), TALLY_LOG_LEVEL, TALLY_HTTP_HOST (default ${D.TALLY_HTTP_HOST}),
+  TALLY_HTTP_PORT (default ${D.TALLY_HTTP_PORT}), TALLY_API_TOKENS / TALLY_API_TOKENS_FILE (hashed tokens, JSON),
+  TALLY_API_RATE_LIMIT (write requests per minute per token, default ${D.TALLY_API_RATE_LIMIT}),
+  TALLY_REQUEST_TIMEOUT_MS (default ${D.TALLY_REQUEST_TIMEOUT_MS}), TALLY_WORKER_PROCESS (default ${D.TALLY_WORKER_PROCESS}),
+  TALLY_SHUTDOWN_TIMEOUT_MS (longest stop after SIGTERM/SIGINT, default ${D.TALLY_SHUTDOWN_TIMEOUT_MS}),
   NATS credentials: TALLY_NATS_USER + TALLY_NATS_PASSWORD (or nats://user:pass@host), TALLY_NATS_TOKEN,
   TALLY_NATS_NKEY_SEED_FILE or TALLY_NATS_CREDS_FILE; NATS TLS: TALLY_NATS_CA_FILE, TALLY_NATS_CERT_FILE +
   TALLY_NATS_KEY_FILE; database TLS in the URL (?sslmode=verify-full&sslrootcert=<ca file>);
-  TALLY_ANCHOR_INTERVAL_MS (chain heads published by the relay, default 60000)
+  TALLY_ANCHOR_INTERVAL_MS (chain heads published by the relay, default ${D.TALLY_ANCHOR_INTERVAL_MS})
 `;
 
 /** An error for the user: printed as one line, exit code 1 (or `code`). */
@@ -241,6 +243,7 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
         return yield* Effect.tryPromise(() =>
           submit(lines, {
             js: nats.js,
+            nc,
             topology: t,
             ...(sql ? { sql } : {}),
             wait: values.wait!,

@@ -133,6 +133,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
                 new WebhookDispatcher({
                   target,
                   nats,
+                  sql,
                   topology: t,
                   log: log.child({ role: "relay", channel: target.channel }),
                   owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,

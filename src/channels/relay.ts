@@ -42,7 +42,7 @@ export interface RelayRound {
 }
 
 export { relaySubject } from "../wire/index.ts";
-import { relaySubject } from "../wire/index.ts";
+import { RELAY_LEASE_KEY, relaySubject } from "../wire/index.ts";
 
 /**
  * Publishes committed outbox rows to NATS and deletes them once NATS has them. One relay is active
@@ -87,7 +87,7 @@ export class OutboxRelay {
       try {
         const now = Date.now();
         if (!this.#lease) {
-          this.#lease = await this.#leases.tryAcquire("relay");
+          this.#lease = await this.#leases.tryAcquire(RELAY_LEASE_KEY);
           if (!this.#lease) {
             await this.#sleep(leaseTtlMs / 3);
             continue;

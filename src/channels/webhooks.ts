@@ -9,10 +9,11 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "pino";
+import type { Sql } from "postgres";
 import { LeaseStore, type HeldLease } from "../wire/index.ts";
-import type { AvailabilityJson as Availability } from "../../actors/index.ts";
+import type { AvailabilityJson as Availability } from "../contract/index.ts";
 import { ConfigFileError, type TallyConfig } from "../platform/index.ts";
-import { deadLetter, deadLetterMsgId, type DeadLetter } from "../wire/index.ts";
+import { deadLetter, publishDeadLetter, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
 import { backoffDelay } from "../platform/index.ts";
@@ -119,6 +120,8 @@ export async function postWebhook(target: WebhookTarget, body: WebhookBody): Pro
 export interface DispatcherOptions {
   readonly target: WebhookTarget;
   readonly nats: NatsHandles;
+  /** Keeps a dead letter's payload too large for NATS. */
+  readonly sql: Sql;
   readonly topology: Topology;
   readonly log: Logger;
   readonly owner: string;
@@ -175,7 +178,7 @@ export class WebhookDispatcher {
     while (!this.#stopped) {
       try {
         if (!this.#lease) {
-          this.#lease = await this.#leases.tryAcquire(`webhook.${this.channel}`);
+          this.#lease = await this.#leases.tryAcquire(this.opts.topology.webhookLeaseKey(this.channel));
           if (!this.#lease) {
             await this.#sleep(leaseTtlMs / 3);
             continue;
@@ -216,7 +219,7 @@ export class WebhookDispatcher {
   async #subscribe(): Promise<void> {
     const { nats, topology } = this.opts;
     const stream = topology.availabilityStream;
-    const prefix = `webhook_${this.channel.replace(/[^A-Za-z0-9_-]/g, "_")}_`;
+    const prefix = topology.webhookConsumerPrefix(this.channel);
     let floor = 0;
     let generation = 0;
     for await (const info of nats.jsm.consumers.list(stream)) {
@@ -325,7 +328,7 @@ export class WebhookDispatcher {
       );
       log.error({ channel: target.channel, deliveryId: body.deliveryId, error, skus: body.items.length }, "webhook batch dead-lettered after its last attempt");
     }
-    for (const d of letters) await this.opts.nats.js.publish(this.opts.topology.dlqSubject(d.origin), JSON.stringify(d), { msgID: deadLetterMsgId(d) });
+    for (const d of letters) await publishDeadLetter({ js: this.opts.nats.js, nc: this.opts.nats.nc, sql: this.opts.sql, topology: this.opts.topology }, d);
     this.metrics.deadLettered += letters.length;
     batch[batch.length - 1]!.ack();
     this.#acked = last;

@@ -6,6 +6,9 @@ import {
   decodeCommand,
   encodeCommand,
   ID_JSON_PATTERN,
+  ID_LIST_JSON_PATTERN,
+  NAME_PATTERN,
+  POS_ID_PATTERN,
   isId,
   isIsoDateTimeWithZone,
   type Command,
@@ -258,6 +261,17 @@ describe("decodeCommand refuses what Postgres cannot store, naming the field", (
     expect(new RegExp(ID_JSON_PATTERN).test("A:B")).toBe(false);
     expect(new RegExp(ID_JSON_PATTERN).test("A-b_9.x")).toBe(true);
     expect(new RegExp(ID_JSON_PATTERN).test("x".repeat(201))).toBe(false);
+  });
+
+  it("lists of ids and the other names use the same definitions", () => {
+    const list = new RegExp(ID_LIST_JSON_PATTERN);
+    expect(list.test("A-1,B.2,C*")).toBe(true);
+    expect(list.test("A-1,B:2")).toBe(false);
+    expect(list.test("A-1,")).toBe(false);
+    expect(NAME_PATTERN.test("web_eu-2")).toBe(true);
+    expect(NAME_PATTERN.test("Web")).toBe(false);
+    expect(POS_ID_PATTERN.test("T-1.a")).toBe(true);
+    expect(POS_ID_PATTERN.test("T:1")).toBe(false);
   });
 });
 

@@ -20,10 +20,27 @@ const COMMAND_ID_MAX_LENGTH = 300;
  * an id is accepted (command ids and hold ids join ids with `:`).
  */
 export const ID_PATTERN = /^[A-Za-z0-9_\-.*]+$/;
+const ID_JSON_ITEM = `[A-Za-z0-9_\\-.*]{1,${ID_MAX_LENGTH}}`;
 /** The same grammar with its length, as a JSON-schema `pattern` for HTTP routes. */
-export const ID_JSON_PATTERN = `^[A-Za-z0-9_\\-.*]{1,${ID_MAX_LENGTH}}$`;
+export const ID_JSON_PATTERN = `^${ID_JSON_ITEM}$`;
+/** A comma-separated list of ids in the same grammar, as a JSON-schema `pattern` (query strings). */
+export const ID_LIST_JSON_PATTERN = `^${ID_JSON_ITEM}(,${ID_JSON_ITEM})*$`;
 /** True when `s` is a valid SKU or location id. */
 export const isId = (s: string): boolean => s.length > 0 && s.length <= ID_MAX_LENGTH && ID_PATTERN.test(s);
+/** The id grammar's characters, as every error message names them. */
+export const ID_CHARACTERS = "letters, digits, _ - . *";
+/**
+ * The grammar of names that are not SKU or location ids: channels and CDC sources (they become
+ * environment variable parts, slot and publication names, dead-letter origins).
+ */
+export const NAME_PATTERN = /^[a-z0-9_-]+$/;
+export const NAME_CHARACTERS = "lowercase letters, digits, _ and -";
+/**
+ * The grammar of a POS terminal or transaction id: they become parts of command ids
+ * `pos:<store>:<terminal>:<txn>:<line>` (src/contract/commandIds.ts), so no colons.
+ */
+export const POS_ID_PATTERN = /^[A-Za-z0-9_.-]+$/;
+export const POS_ID_CHARACTERS = "letters, digits, _ - .";
 const COMMAND_ID_PATTERN = /^[\x21-\x7E]+$/;
 
 /** Renders an offending input value for an error message, briefly. */
@@ -53,7 +70,7 @@ const idString = (what: string) =>
       ...expected((actual) =>
         typeof actual === "string" && actual.length > SKU_MAX_LENGTH
           ? `${what} of at most ${SKU_MAX_LENGTH} characters`
-          : `${what} (letters, digits, _ - . *)`,
+          : `${what} (${ID_CHARACTERS})`,
       ),
     }),
   );

@@ -8,7 +8,7 @@
 import { readFile } from "node:fs/promises";
 import type { Subscription } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
-import type { AvailabilityJson as Availability } from "../../actors/index.ts";
+import { ID_LIST_JSON_PATTERN, type AvailabilityJson as Availability } from "../contract/index.ts";
 import type { RelayRound } from "../channels/index.ts";
 import type { ApiContext } from "./context.ts";
 import type { OutcomeBatch } from "../wire/index.ts";
@@ -266,8 +266,6 @@ export class DashboardHub {
   }
 }
 
-const SKU_LIST = /^[A-Za-z0-9_.-]{1,200}(,[A-Za-z0-9_.-]{1,200})*$/;
-
 /** `/` (the page) and `/v1/dashboard/stream` (its data). */
 export async function dashboardRoutes(app: FastifyInstance, { ctx, hub }: { ctx: ApiContext; hub: DashboardHub }): Promise<void> {
   const page = await readFile(new URL("./dashboard.html", import.meta.url), "utf8");
@@ -286,7 +284,7 @@ export async function dashboardRoutes(app: FastifyInstance, { ctx, hub }: { ctx:
       schema: {
         tags: ["operators"],
         summary: "The dashboard's live feed (server-sent events): `summary` every second, `cells` as availability changes",
-        querystring: { type: "object", properties: { pin: { type: "string", pattern: SKU_LIST.source, description: `SKUs always shown (at most ${MAX_PINNED})` } } },
+        querystring: { type: "object", properties: { pin: { type: "string", pattern: ID_LIST_JSON_PATTERN, description: `SKUs always shown (at most ${MAX_PINNED})` } } },
         response: { 200: { description: "server-sent events", content: { "text/event-stream": { schema: { type: "string" } } } } },
       },
     },

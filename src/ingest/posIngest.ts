@@ -5,13 +5,12 @@
  * its lines or none), published (PubAck) and its result recorded, so a resend gets the same result. A transaction with
  * any bad field is rejected whole, names each bad field, and is dead-lettered with its payload.
  */
-import { createHash } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { Either } from "effect";
 import type { Command } from "../contract/index.ts";
 import { Crosswalk } from "../../cdc/index.ts";
-import { MappingError } from "../contract/index.ts";
+import { MappingError, posLineCommandId } from "../contract/index.ts";
 import { ITEMS_CHANNEL } from "../../cdc/index.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
@@ -405,12 +404,12 @@ export class PosIngest {
           location: t.store,
           qty: l.qty,
           ...(l.unit !== null ? { uom: l.unit } : {}),
-          id: `pos:${t.store}:${t.terminal}:${t.id}:${l.line}`,
+          id: posLineCommandId(t, l.line),
           ref: transactionKey(t),
           occurredAt: t.occurredAt,
           ...(l.type === "return" ? { fields: { restockable: l.restockable } } : {}),
         },
-        { source: "pos", id: `pos:${transactionKey(t)}:${l.line}`, ref: transactionKey(t), occurredAt: t.occurredAt },
+        { source: "pos", id: posLineCommandId(t, l.line), ref: transactionKey(t), occurredAt: t.occurredAt },
       );
     } catch (error) {
       if (error instanceof MappingError) return { error };
@@ -436,8 +435,8 @@ export class PosIngest {
           ...(key ? { transaction: key } : {}),
           ...(r.index >= 0 ? { index: r.index } : {}),
         });
-        const msgID = `dlq:pos:${createHash("sha256").update(typeof r.raw === "string" ? r.raw : payloadHash(r.raw)).update(reason).digest("hex").slice(0, 32)}`;
-        await publishDeadLetter({ js: nats.js, nc: nats.nc, sql: this.deps.sql, topology }, letter, msgID);
+        const identity = { hashOf: [typeof r.raw === "string" ? r.raw : payloadHash(r.raw), reason] };
+        await publishDeadLetter({ js: nats.js, nc: nats.nc, sql: this.deps.sql, topology }, letter, identity);
         log.warn({ pos: key, reason, via: ctx.via }, "POS transaction rejected (dead-lettered)");
       }),
     );

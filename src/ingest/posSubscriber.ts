@@ -20,7 +20,7 @@ export class PosSubscriber {
   constructor(readonly deps: { nc: NatsConnection; topology: Topology; ingest: PosIngest; log: Logger; /** How long a message may wait for its PubAcks (default none). */ requestTimeoutMs?: number }) {}
 
   start(): void {
-    const sub = this.deps.nc.subscribe(this.deps.topology.posSubject(), { queue: `tally_${this.deps.topology.env}_pos` });
+    const sub = this.deps.nc.subscribe(this.deps.topology.posSubject(), { queue: this.deps.topology.posQueue });
     this.#sub = sub;
     this.#loop = (async () => {
       for await (const msg of sub) {

@@ -5,7 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import { Either, ParseResult, Schema } from "effect";
-import { EARLIEST_OCCURRED_AT, LATEST_OCCURRED_AT, isIsoDateTimeWithZone, isStorableDateTime } from "../contract/index.ts";
+import { EARLIEST_OCCURRED_AT, ID_CHARACTERS, ID_PATTERN, LATEST_OCCURRED_AT, POS_ID_CHARACTERS, POS_ID_PATTERN, isIsoDateTimeWithZone, isStorableDateTime } from "../contract/index.ts";
 
 /** Most transactions in one batch, and lines in one transaction. */
 export const MAX_TRANSACTIONS = 1000;
@@ -36,10 +36,14 @@ const expected = (what: string) => ({
 const token = (what: string, pattern: RegExp, max: number) =>
   Schema.String.pipe(Schema.filter((s) => s.length > 0 && s.length <= max && pattern.test(s), expected(`${what}`)));
 
-/** A store is a location id, and a NATS subject token (`tally.<env>.pos.<store>`): no dots. */
-const StoreId = token("a store id (1 to 64 letters, digits, _ -)", /^[A-Za-z0-9_-]+$/, 64);
+/**
+ * A store is a location id (the one grammar, src/contract), of at most 64 characters: it is part of
+ * command ids `pos:<store>:<terminal>:<txn>:<line>`, which have a length limit. Its NATS subject
+ * `tally.<env>.pos.<store>` carries it encoded (Topology.posSubject).
+ */
+const StoreId = token(`a store id (1 to 64 ${ID_CHARACTERS})`, ID_PATTERN, 64);
 /** Terminal and transaction ids become part of command ids `pos:<store>:<terminal>:<txn>:<line>`: no colons. */
-const PosId = (what: string) => token(`a ${what} (1 to 64 letters, digits, _ - .)`, /^[A-Za-z0-9_.-]+$/, 64);
+const PosId = (what: string) => token(`a ${what} (1 to 64 ${POS_ID_CHARACTERS})`, POS_ID_PATTERN, 64);
 const Identifier = (what: string) => token(`a ${what} (1 to 64 printable characters, no spaces)`, /^[\x21-\x7E]+$/, 64);
 
 /** A date-time with a zone whose instant Postgres can store (the same bounds as a command's occurredAt). */

@@ -1,15 +1,17 @@
-import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
 import type { Sql } from "postgres";
 import { decodeCommand, type Command } from "../contract/index.ts";
 import { knownCommandIds } from "../../ledger/index.ts";
-import { deadLetter } from "../wire/index.ts";
+import { deadLetter, publishDeadLetter } from "../wire/index.ts";
 import { publishCommands } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
 
 export interface SubmitOptions {
   readonly js: JetStreamClient;
   readonly topology: Topology;
+  /** Tells NATS's max_payload, for an invalid line too large for it (its payload is kept in Postgres, given `sql`). */
+  readonly nc?: NatsConnection;
   /** Needed for `wait` (outcomes) and to count commands already applied as duplicates. */
   readonly sql?: Sql;
   readonly wait?: boolean;
@@ -85,9 +87,7 @@ export async function submit(lines: AsyncIterable<string>, opts: SubmitOptions):
       const reason = problem ?? "invalid";
       opts.onInvalid?.(lineNo, reason);
       const letter = deadLetter("submit", reason, parsed ?? text, { line: lineNo });
-      await opts.js.publish(opts.topology.dlqSubject("submit"), JSON.stringify(letter), {
-        msgID: `dlq:submit:${createHash("sha256").update(text).digest("hex").slice(0, 32)}`,
-      });
+      await publishDeadLetter({ js: opts.js, nc: opts.nc, sql: opts.sql, topology: opts.topology }, letter, { hashOf: [text] });
       continue;
     }
     if (seen.has(command.id)) {

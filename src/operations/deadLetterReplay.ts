@@ -2,7 +2,7 @@ import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import { decodeCommand, type Command } from "../contract/index.ts";
 import { Crosswalk, changeFrom, mapChange, mapWith, type ChangePayload, type ResolvedSource } from "../../cdc/index.ts";
-import { RowView } from "../contract/index.ts";
+import { RowView, snapshotCommandId } from "../contract/index.ts";
 import { withStoredPayload, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import { publishCommands } from "../wire/index.ts";
@@ -112,7 +112,7 @@ async function commandsOf(
             return mapWith(
               source.name,
               crosswalk,
-              `${source.name}:snapshot:${context.lsn}:${payload.table}:${context.key}`,
+              snapshotCommandId(source.name, `${context.lsn}`, payload.table, `${context.key}`),
               `${payload.table}:${context.key}`,
               letter.at,
               context.lsn,

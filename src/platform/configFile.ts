@@ -3,14 +3,15 @@ import path from "node:path";
 import { Either, ParseResult, Schema } from "effect";
 import { tsImport } from "tsx/esm/api";
 import type { SnapshotTable, TableMapping } from "../contract/index.ts";
-import { ID_MAX_LENGTH, isId } from "../contract/index.ts";
+import { ID_CHARACTERS, ID_MAX_LENGTH, isId, NAME_CHARACTERS, NAME_PATTERN } from "../contract/index.ts";
 
+/** Channel and source names: the one name grammar (src/contract). */
 const Name = Schema.String.pipe(
-  Schema.pattern(/^[a-z0-9_-]+$/, { message: () => "expected lowercase letters, digits, _ and -" }),
+  Schema.pattern(NAME_PATTERN, { message: () => `expected ${NAME_CHARACTERS}` }),
 );
 /** The one id grammar of locations, shared with commands and HTTP routes. */
 const Location = Schema.String.pipe(
-  Schema.filter(isId, { message: () => `expected a location id (1 to ${ID_MAX_LENGTH} letters, digits, _ . -)` }),
+  Schema.filter(isId, { message: () => `expected a location id (1 to ${ID_MAX_LENGTH} ${ID_CHARACTERS})` }),
 );
 
 const positiveInt = (fallback: number) => Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => fallback });

@@ -2,7 +2,7 @@
 export { connectPostgres, describeError, isPermanentDataError, isTransientDbError } from "./db.ts";
 export type { Sql } from "./db.ts";
 export { backoffDelay } from "./backoff.ts";
-export { SettingsError, loadSettings, requireDatabaseUrl, urlCredentials } from "./settings.ts";
+export { COMPUTED_DEFAULTS, DEFAULTS, SettingsError, WITHOUT_DEFAULT, loadSettings, requireDatabaseUrl, urlCredentials } from "./settings.ts";
 export type { NatsAccess, Settings } from "./settings.ts";
 export { createLogger } from "./log.ts";
 export type { Logger } from "./log.ts";

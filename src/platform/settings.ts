@@ -71,8 +71,50 @@ export class SettingsError extends Error {
   override readonly name = "SettingsError";
 }
 
+/**
+ * The one place each setting's default is written, by environment variable. The worker, the CLI's
+ * usage text and README.md's settings table take them from here (test/readmeSettings.test.ts checks the README).
+ */
+export const DEFAULTS = {
+  TALLY_ENV: "dev",
+  TALLY_NATS_URL: "nats://127.0.0.1:4222",
+  TALLY_PARTITIONS: 16,
+  TALLY_DUPLICATE_WINDOW_SECONDS: 2 * 3600,
+  TALLY_LEASE_TTL_MS: 10_000,
+  TALLY_HTTP_PORT: 8080,
+  TALLY_CONFIG: "tally.config.ts",
+  TALLY_MAX_ACTORS: 100_000,
+  TALLY_BATCH_MAX: 2000,
+  TALLY_HTTP_HOST: "0.0.0.0",
+  TALLY_API_RATE_LIMIT: 600,
+  TALLY_SHUTDOWN_TIMEOUT_MS: 10_000,
+  TALLY_REQUEST_TIMEOUT_MS: 2000,
+  TALLY_WORKER_PROCESS: "separate",
+  TALLY_ANCHOR_INTERVAL_MS: 60_000,
+} as const;
+
+/** Defaults computed at start, as the usage text and the README name them. */
+export const COMPUTED_DEFAULTS = {
+  TALLY_APPLY_CONCURRENCY: "CPU count",
+} as const;
+
+/** Settings without a default (optional, or required where used). */
+export const WITHOUT_DEFAULT = [
+  "TALLY_DATABASE_URL",
+  "TALLY_API_TOKENS",
+  "TALLY_API_TOKENS_FILE",
+  "TALLY_NATS_USER",
+  "TALLY_NATS_PASSWORD",
+  "TALLY_NATS_TOKEN",
+  "TALLY_NATS_NKEY_SEED_FILE",
+  "TALLY_NATS_CREDS_FILE",
+  "TALLY_NATS_CA_FILE",
+  "TALLY_NATS_CERT_FILE",
+  "TALLY_NATS_KEY_FILE",
+] as const;
+
 const envName = Config.string("TALLY_ENV").pipe(
-  Config.withDefault("dev"),
+  Config.withDefault(DEFAULTS.TALLY_ENV),
   Config.validate({
     message: "TALLY_ENV: expected lowercase letters, digits and _ (e.g. dev, prod_eu)",
     validation: (s) => /^[a-z0-9_]+$/.test(s) && s.length <= 40,
@@ -100,24 +142,24 @@ const settingsConfig = Config.all({
   env: envName,
   databaseUrl: Config.option(url("TALLY_DATABASE_URL", ["postgres://", "postgresql://"])),
   natsUrl: url("TALLY_NATS_URL", ["nats://", "tls://", "ws://", "wss://"]).pipe(
-    Config.withDefault("nats://127.0.0.1:4222"),
+    Config.withDefault(DEFAULTS.TALLY_NATS_URL),
   ),
-  partitions: intIn("TALLY_PARTITIONS", 1, 1024, 16),
-  duplicateWindowSeconds: intIn("TALLY_DUPLICATE_WINDOW_SECONDS", 1, 7 * 24 * 3600, 2 * 3600),
-  leaseTtlMs: intIn("TALLY_LEASE_TTL_MS", 1000, 600_000, 10_000),
-  httpPort: intIn("TALLY_HTTP_PORT", 0, 65535, 8080),
-  configFile: Config.string("TALLY_CONFIG").pipe(Config.withDefault("tally.config.ts")),
-  maxActors: intIn("TALLY_MAX_ACTORS", 10, 100_000_000, 100_000),
-  batchMax: intIn("TALLY_BATCH_MAX", 1, 100_000, 2000),
+  partitions: intIn("TALLY_PARTITIONS", 1, 1024, DEFAULTS.TALLY_PARTITIONS),
+  duplicateWindowSeconds: intIn("TALLY_DUPLICATE_WINDOW_SECONDS", 1, 7 * 24 * 3600, DEFAULTS.TALLY_DUPLICATE_WINDOW_SECONDS),
+  leaseTtlMs: intIn("TALLY_LEASE_TTL_MS", 1000, 600_000, DEFAULTS.TALLY_LEASE_TTL_MS),
+  httpPort: intIn("TALLY_HTTP_PORT", 0, 65535, DEFAULTS.TALLY_HTTP_PORT),
+  configFile: Config.string("TALLY_CONFIG").pipe(Config.withDefault(DEFAULTS.TALLY_CONFIG)),
+  maxActors: intIn("TALLY_MAX_ACTORS", 10, 100_000_000, DEFAULTS.TALLY_MAX_ACTORS),
+  batchMax: intIn("TALLY_BATCH_MAX", 1, 100_000, DEFAULTS.TALLY_BATCH_MAX),
   applyConcurrency: intIn("TALLY_APPLY_CONCURRENCY", 1, 1024, availableParallelism()),
-  httpHost: Config.string("TALLY_HTTP_HOST").pipe(Config.withDefault("0.0.0.0")),
+  httpHost: Config.string("TALLY_HTTP_HOST").pipe(Config.withDefault(DEFAULTS.TALLY_HTTP_HOST)),
   apiTokens: Config.option(Config.string("TALLY_API_TOKENS")),
   apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
-  apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, 600),
-  shutdownTimeoutMs: intIn("TALLY_SHUTDOWN_TIMEOUT_MS", 100, 600_000, 10_000),
-  requestTimeoutMs: intIn("TALLY_REQUEST_TIMEOUT_MS", 100, 600_000, 2000),
-  workerProcess: Config.literal("separate", "inline")("TALLY_WORKER_PROCESS").pipe(Config.withDefault("separate" as const)),
-  anchorIntervalMs: intIn("TALLY_ANCHOR_INTERVAL_MS", 100, 24 * 3600 * 1000, 60_000),
+  apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, DEFAULTS.TALLY_API_RATE_LIMIT),
+  shutdownTimeoutMs: intIn("TALLY_SHUTDOWN_TIMEOUT_MS", 100, 600_000, DEFAULTS.TALLY_SHUTDOWN_TIMEOUT_MS),
+  requestTimeoutMs: intIn("TALLY_REQUEST_TIMEOUT_MS", 100, 600_000, DEFAULTS.TALLY_REQUEST_TIMEOUT_MS),
+  workerProcess: Config.literal("separate", "inline")("TALLY_WORKER_PROCESS").pipe(Config.withDefault(DEFAULTS.TALLY_WORKER_PROCESS)),
+  anchorIntervalMs: intIn("TALLY_ANCHOR_INTERVAL_MS", 100, 24 * 3600 * 1000, DEFAULTS.TALLY_ANCHOR_INTERVAL_MS),
   natsUser: Config.option(Config.string("TALLY_NATS_USER")),
   natsPassword: Config.option(Config.string("TALLY_NATS_PASSWORD")),
   natsToken: Config.option(Config.string("TALLY_NATS_TOKEN")),

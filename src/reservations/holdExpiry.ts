@@ -5,16 +5,11 @@
  * repeated before the worker applied the first, publish it once (the stream and the ledger both
  * drop a repeat). Reservations made through the API expire with their reservation instead.
  */
-import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
-import { decodeCommand, type Command } from "../contract/index.ts";
+import { decodeCommand, holdExpiryCommandId, type Command } from "../contract/index.ts";
 import { publishCommands } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
-
-/** The id of the release that expires a hold: a hash, since a hold id may hold characters a command id may not. */
-export const holdExpiryCommandId = (sku: string, holdId: string): string =>
-  `hold-expiry:${createHash("sha256").update(sku).update("\u0000").update(holdId).digest("hex").slice(0, 40)}`;
 
 /**
  * Publishes the expiring release of up to `limit` open holds whose `expires_at` has passed: how many,

@@ -11,9 +11,9 @@
 import { randomUUID } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import { decodeCommand, type Command, type ReserveScope } from "../contract/index.ts";
+import { decodeCommand, reserveCommandId, settleCommandId, type Command, type ReserveScope } from "../contract/index.ts";
 import type { ChannelConfig } from "../platform/index.ts";
-import { deadLetter, deadLetterMsgId, publishDeadLetter } from "../wire/index.ts";
+import { deadLetter, publishDeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import { expireDueHolds } from "./holdExpiry.ts";
 import { publishCommands } from "../wire/index.ts";
@@ -123,9 +123,6 @@ interface LineRow {
 }
 
 const CLAIM_SLACK_MS = 5_000;
-
-/** The id of a line's reserve command, per attempt (a channel line may try several locations). */
-const reserveCommandId = (reservationId: string, line: number, attempt: number): string => `res:${reservationId}:${line}:${attempt}`;
 
 export class Reservations {
   #timer: NodeJS.Timeout | null = null;
@@ -442,7 +439,7 @@ export class Reservations {
     expired = false,
   ): Promise<void> {
     if (lines.length === 0) return;
-    const commands = lines.map((l) => this.#command(type, id, l, `res:${id}:${l.line}:${type}`, { expired }));
+    const commands = lines.map((l) => this.#command(type, id, l, settleCommandId(id, l.line, type), { expired }));
     await this.#publish(commands);
     this.deps.log.info({ reservationId: id, commandIds: commands.map((c) => c.id) }, `reservation lines ${type}d`);
     await sql`
@@ -596,7 +593,7 @@ export class Reservations {
     const { sql, nats, topology, log } = this.deps;
     const [[row], lines] = await Promise.all([sql<Array<Row>>`select * from reservations where id = ${id}`, this.#lines(sql, id)]);
     const letter = deadLetter(DLQ_ORIGIN, error.message, { reservation: row, lines }, { reservationId: id, line: error.line });
-    await publishDeadLetter({ js: nats.js, nc: nats.nc, sql, topology }, letter, deadLetterMsgId(letter));
+    await publishDeadLetter({ js: nats.js, nc: nats.nc, sql, topology }, letter);
     await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released");
     await sql`update reservation_lines set state = 'rejected' where reservation_id = ${id} and state = 'pending'`;
     const path = `lines[${error.line - 1}]`;

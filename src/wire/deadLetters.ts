@@ -38,10 +38,27 @@ export function deadLetter(
   return { origin, reason, payload: body, context, at: at.toISOString() };
 }
 
-/** A dead letter's Nats-Msg-Id: from where it was found and why, so re-finding it after a crash is a duplicate. */
-export function deadLetterMsgId(d: DeadLetter): string {
-  return `dlq:${d.origin}:${createHash("sha256").update(JSON.stringify(d.context)).update(d.reason).digest("hex").slice(0, 32)}`;
+/**
+ * What identifies a dead letter within its origin: the strings hashed in order (sha256, its first 32
+ * hex digits), or a readable key used as is.
+ */
+export type DeadLetterIdentity = { readonly hashOf: ReadonlyArray<string> } | { readonly key: string };
+
+/**
+ * The one recipe of a dead letter's Nats-Msg-Id (also the key of a payload kept in Postgres):
+ * `dlq:<origin>:<identity>`. The identity comes from where it was found and why, so re-finding it after
+ * a crash is a duplicate. Without `identity`: the letter's context and reason. Ids already in
+ * JetStream's duplicate window and in `dead_letter_payloads` depend on it: deadLetters.test.ts pins it.
+ */
+export function deadLetterMsgId(origin: string, identity: DeadLetterIdentity): string {
+  if ("key" in identity) return `dlq:${origin}:${identity.key}`;
+  const hash = createHash("sha256");
+  for (const part of identity.hashOf) hash.update(part);
+  return `dlq:${origin}:${hash.digest("hex").slice(0, 32)}`;
 }
+
+/** A letter's default identity: where it was found (its context) and why (its reason). */
+export const foundWhereAndWhy = (d: DeadLetter): DeadLetterIdentity => ({ hashOf: [JSON.stringify(d.context), d.reason] });
 
 /** Where a dead letter's payload is kept when the letter itself would be too large for NATS. */
 export interface StoredPayloadRef {
@@ -58,7 +75,8 @@ export interface DeadLetterSink {
   readonly js: JetStreamClient;
   /** Tells the server's max_payload (1 MiB assumed without it). */
   readonly nc?: NatsConnection;
-  readonly sql: Sql;
+  /** Keeps a payload too large for NATS (without it, such a letter is refused by NATS). */
+  readonly sql?: Sql;
   readonly topology: Topology;
 }
 
@@ -70,15 +88,17 @@ const clip = (reason: string): string => (reason.length > REASON_MAX ? `${reason
 const HEADROOM_BYTES = 8 * 1024;
 
 /**
- * Publishes a dead letter to the dead-letter stream with `msgID` (so re-finding it is a duplicate).
+ * The one way a dead letter is published: to the dead-letter stream with the Nats-Msg-Id of
+ * `identity` (`deadLetterMsgId`; default: the letter's context and reason), so re-finding it is a duplicate.
  * A letter larger than the server's max_payload would be refused, and its payload lost: its payload
  * is then written to Postgres (`dead_letter_payloads`) and the letter carries `payload: null` and
  * `payloadStored` naming where it is; `withStoredPayload` puts it back when the letter is replayed.
  */
-export async function publishDeadLetter(sink: DeadLetterSink, letter: DeadLetter, msgID: string): Promise<void> {
+export async function publishDeadLetter(sink: DeadLetterSink, letter: DeadLetter, identity: DeadLetterIdentity = foundWhereAndWhy(letter)): Promise<void> {
+  const msgID = deadLetterMsgId(letter.origin, identity);
   const body = JSON.stringify(letter);
   const limit = sink.nc?.info?.max_payload ?? 1024 * 1024;
-  if (Buffer.byteLength(body) <= limit - HEADROOM_BYTES) {
+  if (Buffer.byteLength(body) <= limit - HEADROOM_BYTES || !sink.sql) {
     await sink.js.publish(sink.topology.dlqSubject(letter.origin), body, { msgID });
     return;
   }

@@ -1,11 +1,11 @@
 /** The public surface of src/wire/: other folders import only from here. */
 export { connectNats, ensureTopology, isNotFound } from "./nats.ts";
 export type { NatsHandles } from "./nats.ts";
-export { outcomesSubject, relaySubject, topology } from "./topology.ts";
+export { RELAY_LEASE_KEY, availabilityKey, outcomesSubject, relaySubject, topology } from "./topology.ts";
 export type { Topology } from "./topology.ts";
 export { decodeEnvelope, encodeEnvelope, envelopeMsgId } from "./envelope.ts";
 export { deadLetter, deadLetterMsgId, publishDeadLetter, withStoredPayload } from "./deadLetters.ts";
-export type { DeadLetter } from "./deadLetters.ts";
+export type { DeadLetter, DeadLetterIdentity } from "./deadLetters.ts";
 export { DeliveryGap, DeliveryOrder } from "./deliveryOrder.ts";
 export { LeaseStore } from "./leases.ts";
 export type { HeldLease } from "./leases.ts";

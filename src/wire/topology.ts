@@ -10,7 +10,19 @@ export interface Topology {
   readonly anchorsStream: string;
   readonly anchorsSubject: string;
   readonly leasesBucket: string;
+  /** The JetStream stream that backs the leases bucket (`KV_<bucket>`). */
+  readonly leasesBucketStream: string;
   readonly availabilityBucket: string;
+  /** Lease keys (in the leases bucket): a partition's, a worker's membership, the relay's, a webhook sender's. */
+  partitionLeaseKey(partition: number): string;
+  workerMemberKey(workerId: string): string;
+  /** The prefix every worker's membership key has (`workerMemberKey`), to count live workers. */
+  readonly workerMembers: string;
+  readonly relayLeaseKey: string;
+  webhookLeaseKey(channel: string): string;
+  /** Durable consumer names: a partition's (on the commands stream) and a webhook sender's (on the availability stream) start with these. */
+  partitionConsumerPrefix(partition: number): string;
+  webhookConsumerPrefix(channel: string): string;
   commandSubject(partition: number): string;
   readonly commandSubjects: string;
   dlqSubject(origin: string): string;
@@ -29,6 +41,8 @@ export interface Topology {
   posSubject(store?: string): string;
   /** The store of a POS subject (null: not a POS subject). */
   storeOfPosSubject(subject: string): string | null;
+  /** The queue group POS subscribers share (each terminal message is handled once). */
+  readonly posQueue: string;
   /** Core NATS: what a worker reports after each committed batch, and the relay after each round. */
   readonly outcomesSubject: string;
   readonly relaySubject: string;
@@ -74,6 +88,11 @@ const PLAIN_CHAR = /^[A-Za-z0-9_-]$/;
 
 /** Core NATS: a worker's outcomes after each committed batch (also `Topology.outcomesSubject`). */
 export const outcomesSubject = (env: string): string => `tally.${env}.outcomes`;
+/** A channel's availability of a SKU in the availability bucket (also `Topology.availabilityKey`; no environment in it: the bucket has it). */
+export const availabilityKey = (channel: string, sku: string): string => `${encodeToken(channel)}.${encodeToken(sku)}`;
+
+/** The relay's lease key: one relay per environment (also `Topology.relayLeaseKey`). */
+export const RELAY_LEASE_KEY = "relay";
 /** Core NATS: the relay's latency report after each round (also `Topology.relaySubject`). */
 export const relaySubject = (env: string): string => `tally.${env}.relay`;
 
@@ -92,7 +111,15 @@ export function topology(env: string, partitions: number): Topology {
     anchorsStream: `TALLY_${upper}_ANCHORS`,
     anchorsSubject: `tally.${env}.anchors`,
     leasesBucket: `tally_${env}_leases`,
+    leasesBucketStream: `KV_tally_${env}_leases`,
     availabilityBucket: `tally_${env}_availability`,
+    partitionLeaseKey: (p) => `partition.${p}`,
+    workerMemberKey: (id) => `worker.${id}`,
+    workerMembers: "worker",
+    relayLeaseKey: RELAY_LEASE_KEY,
+    webhookLeaseKey: (channel) => `webhook.${channel}`,
+    partitionConsumerPrefix: (p) => `p${p}_`,
+    webhookConsumerPrefix: (channel) => `webhook_${channel.replace(/[^A-Za-z0-9_-]/g, "_")}_`,
     commandSubject: (p) => `tally.${env}.cmd.${p}`,
     commandSubjects: `tally.${env}.cmd.*`,
     dlqSubject: (origin) => `tally.${env}.dlq.${t(origin)}`,
@@ -101,13 +128,14 @@ export function topology(env: string, partitions: number): Topology {
     eventSubjects: `tally.${env}.events.>`,
     availabilitySubject: (channel, sku) => `${availabilityPrefix(channel)}${t(sku)}`,
     availabilitySubjects: (channel) => (channel === undefined ? `tally.${env}.availability.>` : `${availabilityPrefix(channel)}*`),
-    availabilityKey: (channel, sku) => `${t(channel)}.${t(sku)}`,
+    availabilityKey,
     skuOfAvailabilitySubject: (channel, subject) => {
       const prefix = availabilityPrefix(channel);
       return subject.startsWith(prefix) ? decodeToken(subject.slice(prefix.length)) : null;
     },
     posSubject: (store) => `${posPrefix}${store === undefined ? "*" : t(store)}`,
     storeOfPosSubject: (subject) => (subject.startsWith(posPrefix) ? decodeToken(subject.slice(posPrefix.length)) : null),
+    posQueue: `tally_${env}_pos`,
     outcomesSubject: outcomesSubject(env),
     relaySubject: relaySubject(env),
     partitionOf: (sku) => partitionOf(sku, partitions),

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
 import { DeliveryOrder } from "../../wire/index.ts";
-import { ID_JSON_PATTERN } from "../../contract/index.ts";
+import { ID_JSON_PATTERN, locationAvailable } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
 
@@ -208,6 +208,8 @@ function parseSkus(text: string): Array<string> {
 
 /** A quantity as JSON carries it: a number, or a decimal string past 2^53 (the driver reads those as bigints). */
 const quantity = (q: number | bigint): number | string => (typeof q === "bigint" ? q.toString() : q);
+/** An exact quantity as the ledger's int8 parser gives it: a number when that is exact, else a bigint. */
+const int8 = (q: bigint): number | bigint => (q >= BigInt(Number.MIN_SAFE_INTEGER) && q <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(q) : q);
 
 async function stockRows(ctx: ApiContext, sku: string) {
   const rows = await ctx.sql<
@@ -217,7 +219,6 @@ async function stockRows(ctx: ApiContext, sku: string) {
       reserved: number | bigint;
       in_transit: number | bigint;
       damaged: number | bigint;
-      available: number | bigint;
       safety_stock: number;
       reorder_point: number;
       status: string | null;
@@ -235,7 +236,6 @@ async function stockRows(ctx: ApiContext, sku: string) {
     select coalesce(b.location, l.location) as location,
            coalesce(b.on_hand, 0)::bigint as on_hand, coalesce(b.reserved, 0)::bigint as reserved,
            coalesce(b.in_transit, 0)::bigint as in_transit, coalesce(b.damaged, 0)::bigint as damaged,
-           coalesce(b.on_hand, 0)::bigint - coalesce(b.reserved, 0)::bigint - coalesce(l.safety_stock, 0) as available,
            coalesce(l.safety_stock, 0) as safety_stock, coalesce(l.reorder_point, 0) as reorder_point, l.status, b.updated_at
       from b full join (select * from sku_locations where sku = ${sku}) l on l.location = b.location
      order by 1`;
@@ -245,7 +245,7 @@ async function stockRows(ctx: ApiContext, sku: string) {
     reserved: quantity(r.reserved),
     inTransit: quantity(r.in_transit),
     damaged: quantity(r.damaged),
-    available: quantity(r.available),
+    available: quantity(int8(locationAvailable({ onHand: BigInt(r.on_hand), reserved: BigInt(r.reserved), safetyStock: r.safety_stock }))),
     safetyStock: r.safety_stock,
     reorderPoint: r.reorder_point,
     status: r.status ?? "out",

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { MappingError } from "../../contract/index.ts";
-import { ID_JSON_PATTERN } from "../../contract/index.ts";
+import { ID_JSON_PATTERN, RESOLVE_PROBE_COMMAND_ID } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
 import { RESERVATION_STATUSES, ReservationError, type Decision, type LineRequest } from "../../reservations/index.ts";
@@ -198,8 +198,8 @@ function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig):
         let parts: Array<{ sku: string; qty: number }> = [{ sku: l.sku, qty: l.qty }];
         try {
           const r = crosswalk.resolve(
-            { type: "reserve", item: { system: "sku", id: l.sku }, location: location ?? "ANY", qty: l.qty, fields: { reservationId: "res:resolve" } },
-            { source: "api", id: "res:resolve", ref: "reservation", occurredAt: new Date().toISOString() },
+            { type: "reserve", item: { system: "sku", id: l.sku }, location: location ?? "ANY", qty: l.qty, fields: { reservationId: RESOLVE_PROBE_COMMAND_ID } },
+            { source: "api", id: RESOLVE_PROBE_COMMAND_ID, ref: "reservation", occurredAt: new Date().toISOString() },
           );
           if (r.kind === "skipped") throw new ApiError(400, "invalid_request", `${path}.sku: ${l.sku} is not an inventory item`, { issues: [{ path: `${path}.sku`, message: "is not an inventory item" }] });
           parts = r.commands.map((c) => ({ sku: c.sku, qty: (c as { qty: number }).qty }));
