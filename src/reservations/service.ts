@@ -11,7 +11,7 @@
 import { randomUUID } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import { decodeCommand, reserveCommandId, settleCommandId, type Command, type ReserveScope } from "../contract/index.ts";
+import { decodeCommand, locationAvailable, reserveCommandId, settleCommandId, type Command, type ReserveScope } from "../contract/index.ts";
 import type { ChannelConfig } from "../platform/index.ts";
 import { deadLetter, publishDeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
@@ -381,16 +381,20 @@ export class Reservations {
   async #pickLocation(row: Row, l: LineRow): Promise<{ location: string; enough: boolean }> {
     if (l.fixed_location !== null) return { location: l.fixed_location, enough: true };
     const channel = this.deps.channels[row.channel!]!;
-    const rows = await this.deps.sql<Array<{ location: string; available: number }>>`
+    const stock = await this.deps.sql<Array<{ location: string; on_hand: number | bigint; reserved: number | bigint; safety_stock: number | bigint }>>`
       select loc as location,
-             coalesce((select sum(case bucket when 'on_hand' then qty when 'reserved' then -qty else 0 end) from balances b
-                        where b.sku = ${l.sku} and b.location = loc), 0)
-             - coalesce((select safety_stock from sku_locations s where s.sku = ${l.sku} and s.location = loc), 0) as available
+             coalesce((select sum(qty) from balances b where b.sku = ${l.sku} and b.location = loc and b.bucket = 'on_hand'), 0)::int8 as on_hand,
+             coalesce((select sum(qty) from balances b where b.sku = ${l.sku} and b.location = loc and b.bucket = 'reserved'), 0)::int8 as reserved,
+             coalesce((select safety_stock from sku_locations s where s.sku = ${l.sku} and s.location = loc), 0)::int8 as safety_stock
         from unnest(${this.deps.sql.array([...channel.locations])}::text[]) with ordinality as t(loc, n)
-       order by 2 desc, n`;
+       order by n`;
+    // The one availability formula (src/contract), most available first; ties keep the channel's order.
+    const rows = stock
+      .map((r) => ({ location: r.location, available: locationAvailable({ onHand: BigInt(r.on_hand), reserved: BigInt(r.reserved), safetyStock: BigInt(r.safety_stock) }) }))
+      .sort((a, b) => (a.available === b.available ? 0 : a.available > b.available ? -1 : 1));
     const open = rows.filter((r) => !l.tried.includes(r.location));
     const best = open[0] ?? rows[0]!;
-    return { location: best.location, enough: best.available >= l.qty };
+    return { location: best.location, enough: best.available >= BigInt(l.qty) };
   }
 
   /** A channel's hold is checked against what the channel may sell (its buffer held back). */
