@@ -19,7 +19,7 @@ import { isNotFound } from "../src/wire/index.ts";
 import type { NatsHandles } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import { describeError, isPermanentDataError, isTransientDbError } from "../src/platform/index.ts";
-import { backoffDelay } from "../src/platform/index.ts";
+import { LongRunningService, backoffDelay, sleep } from "../src/platform/index.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
 import { decodeCommand, encodeCommand } from "../src/contract/index.ts";
 import { decodeEnvelope } from "../src/wire/index.ts";
@@ -127,9 +127,9 @@ export const newWorkerMetrics = (): WorkerMetrics => ({
  * Postgres transaction fenced by the epoch, and is acknowledged to JetStream only after it commits.
  * On a transient failure the runner backs off and resumes from the checkpoint in Postgres.
  */
-export class PartitionRunner {
+export class PartitionRunner extends LongRunningService {
+  /** Stopping, or stopped on its own (the lease was lost). */
   #stopped = false;
-  readonly #stopping = new AbortController();
   #lastSeq = 0;
   #queue: Array<JsMsg> = [];
   #wake: (() => void) | null = null;
@@ -154,23 +154,20 @@ export class PartitionRunner {
   #applyingSeq: number | null = null;
   /** Messages an operator asked to skip (stream sequence → who asked), read at each (re)subscribe. */
   #skips = new Map<number, string>();
-  readonly done: Promise<void>;
 
   constructor(
     readonly partition: number,
     readonly epoch: number,
     readonly deps: RunnerDeps,
   ) {
-    this.done = this.#run();
+    super();
   }
 
-  /** Stops after the batch in flight (if any); resolves when the runner has stopped. */
-  async stop(): Promise<void> {
+  /** `stop()` stops after the batch in flight (if any); it resolves when the runner has stopped. */
+  protected override onStop(): void {
     this.#stopped = true;
-    this.#stopping.abort();
     this.#messages?.stop();
     this.#wake?.();
-    await this.done;
   }
 
   get stopped(): boolean {
@@ -188,7 +185,7 @@ export class PartitionRunner {
     };
   }
 
-  async #run(): Promise<void> {
+  protected async run(): Promise<void> {
     const { log } = this.deps;
     while (!this.#stopped) {
       try {
@@ -346,7 +343,7 @@ export class PartitionRunner {
       }
       // Wait for a permit first: what arrives meanwhile joins this batch. A stop ends the wait.
       const waitFrom = performance.now();
-      const release = await this.deps.gate.acquire(this.#stopping.signal);
+      const release = await this.deps.gate.acquire(this.signal);
       if (!release) continue;
       const waited = performance.now() - waitFrom;
       try {
@@ -648,12 +645,6 @@ export class PartitionRunner {
   }
 
   #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.#wake = () => {
-        clearTimeout(t);
-        resolve();
-      };
-    });
+    return sleep(ms, this.signal);
   }
 }

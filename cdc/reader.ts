@@ -5,7 +5,7 @@ import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import type { Command } from "../src/contract/index.ts";
 import { connectPostgres } from "../src/platform/index.ts";
-import { backoffDelay } from "../src/platform/index.ts";
+import { LongRunningService, backoffDelay, sleep } from "../src/platform/index.ts";
 import { deadLetter, deadLetterMsgId, publishDeadLetter, type DeadLetter } from "../src/wire/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
@@ -126,7 +126,7 @@ function libraryBusy(service: LogicalReplicationService | null): boolean {
  * Postgres resumes from the slot's confirmed position, and deterministic command ids make any
  * re-sent transaction a duplicate.
  */
-export class SourceReader {
+export class SourceReader extends LongRunningService {
   readonly metrics: ReaderMetrics = {
     transactions: 0,
     changes: 0,
@@ -144,7 +144,6 @@ export class SourceReader {
     halted: null,
     publicationMissing: [],
   };
-  #stopped = false;
   #service: ReplicationService | null = null;
   #sourceSql: Sql | null = null;
   #crosswalk: Crosswalk | null = null;
@@ -172,11 +171,10 @@ export class SourceReader {
   #publicationCheckedAt = 0;
   #publicationAlertAt = 0;
   #haltAlertAt = 0;
-  readonly done: Promise<void>;
 
   constructor(readonly opts: ReaderOptions) {
+    super();
     keepValuesAsText();
-    this.done = this.#run();
   }
 
   get name(): string {
@@ -188,24 +186,23 @@ export class SourceReader {
     return this.#connected;
   }
 
-  async stop(): Promise<void> {
-    this.#stopped = true;
+  /** Wakes the session (a sleep, or the replication stream, which then ends). */
+  protected override onStop(): void {
     this.#wake?.();
-    await this.done;
   }
 
-  async #run(): Promise<void> {
+  protected async run(): Promise<void> {
     const { log, source } = this.opts;
     let attempt = 0;
     this.#sourceSql = connectPostgres(source.url, { max: 2, application: `tally-cdc-${source.name}` });
     try {
-      while (!this.#stopped) {
+      while (!this.stopping) {
         this.#started = false;
         try {
           await this.#session();
           attempt = 0;
         } catch (error) {
-          if (this.#stopped) break;
+          if (this.stopping) break;
           // A session that really streamed was healthy: its loss starts the backoff over.
           attempt = this.#started ? 1 : attempt + 1;
           this.metrics.reconnects++;
@@ -306,7 +303,7 @@ export class SourceReader {
       );
     };
     raise();
-    while (!this.#stopped) {
+    while (!this.stopping) {
       const [state] = await sql<[{ chosen: boolean } | undefined]>`
         select coalesce(resnapshot_requested_at > halted_at, false) as chosen from cdc_sources where source = ${source.name}`;
       if (state?.chosen) {
@@ -355,7 +352,7 @@ export class SourceReader {
       });
       this.#wake = () => resolve();
       // Stopped while the session was starting (a snapshot, the slot query): end it at once.
-      if (this.#stopped) resolve();
+      if (this.stopping) resolve();
     });
     // Ask for a reply: the server answers with a keepalive carrying its position, which advances an idle slot.
     const statusTimer = setInterval(() => this.#sendStatus(true), source.statusMs);
@@ -865,13 +862,7 @@ export class SourceReader {
   }
 
   #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.#wake = () => {
-        clearTimeout(t);
-        resolve();
-      };
-    });
+    return sleep(ms, this.signal);
   }
 }
 

@@ -112,14 +112,14 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
               env: settings.env,
               leaseTtlMs: settings.leaseTtlMs,
               owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
-            }),
+            }).start(),
           ),
           (r) => Effect.promise(() => r.stop()),
         ).pipe(Scope.extend(rolesScope))
       : null;
     const anchors = roles.includes("relay")
       ? yield* Effect.acquireRelease(
-          Effect.sync(() => new AnchorPublisher({ sql, nats, topology: t, log: log.child({ role: "relay" }), intervalMs: settings.anchorIntervalMs })),
+          Effect.sync(() => new AnchorPublisher({ sql, nats, topology: t, log: log.child({ role: "relay" }), intervalMs: settings.anchorIntervalMs }).start()),
           (a) => Effect.promise(() => a.stop()),
         )
       : null;
@@ -137,7 +137,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
                   log: log.child({ role: "relay", channel: target.channel }),
                   owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
                   leaseTtlMs: settings.leaseTtlMs,
-                }),
+                }).start(),
             ),
             (w) => Effect.promise(() => w.stop()),
           ).pipe(Scope.extend(rolesScope)),
@@ -159,7 +159,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
                   nc: nats.nc,
                   topology: t,
                   log: log.child({ role: "cdc", source: source.name }),
-                }),
+                }).start(),
             ),
             (r) => Effect.promise(() => r.stop()),
           ).pipe(Scope.extend(rolesScope)),

@@ -15,7 +15,7 @@ import { ConfigFileError, type TallyConfig } from "../platform/index.ts";
 import { deadLetter, deadLetterMsgId, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
-import { backoffDelay } from "../platform/index.ts";
+import { LongRunningService, Wakeup, backoffDelay, retry } from "../platform/index.ts";
 import { DeliveryOrder, type DeliveryGap } from "../wire/index.ts";
 
 /** The dead-letter origin of undeliverable webhook batches. */
@@ -134,11 +134,9 @@ export interface WebhookMetrics {
 }
 
 /** Sends one channel's availability changes to its webhook. */
-export class WebhookDispatcher {
+export class WebhookDispatcher extends LongRunningService {
   readonly metrics: WebhookMetrics = { deliveries: 0, items: 0, failedAttempts: 0, deadLettered: 0, lastError: null };
-  readonly done: Promise<void>;
-  #stopped = false;
-  #wake: (() => void) | null = null;
+  readonly #wakeup = new Wakeup();
   #queue: Array<JsMsg> = [];
   #messages: ConsumerMessages | null = null;
   #lease: HeldLease | null = null;
@@ -154,51 +152,59 @@ export class WebhookDispatcher {
   #generation = 0;
 
   constructor(readonly opts: DispatcherOptions) {
+    super();
     this.#leases = new LeaseStore(opts.nats.leases, opts.owner);
-    this.done = this.#run();
   }
 
   get channel(): string {
     return this.opts.target.channel;
   }
 
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    this.#wake?.();
-    await this.done;
+  override async stop(): Promise<boolean> {
+    const stopped = await super.stop();
     if (this.#lease) await this.#leases.release(this.#lease);
+    return stopped;
   }
 
-  async #run(): Promise<void> {
-    const { log, leaseTtlMs } = this.opts;
-    let attempt = 0;
-    while (!this.#stopped) {
-      try {
-        if (!this.#lease) {
-          this.#lease = await this.#leases.tryAcquire(`webhook.${this.channel}`);
-          if (!this.#lease) {
-            await this.#sleep(leaseTtlMs / 3);
-            continue;
-          }
-          this.#lastRenew = Date.now();
-          await this.#subscribe();
-          log.info({ channel: this.channel, url: this.opts.target.url }, "webhook sender lease acquired");
-        }
-        await this.#keepLease();
-        const batch = await this.#nextBatch();
-        attempt = 0;
-        if (batch.length > 0) await this.#deliver(batch);
-      } catch (error) {
-        if (this.#stopped) break;
-        attempt++;
-        log.warn({ err: error, channel: this.channel, attempt }, "webhook sender failed; starting over after a backoff");
-        this.#unsubscribe();
-        if (this.#lease) await this.#leases.release(this.#lease);
-        this.#lease = null;
-        await this.#sleep(backoffDelay(attempt, 200, 10_000));
-      }
+  protected override onStop(): void {
+    this.#wakeup.wake();
+  }
+
+  protected async run(signal: AbortSignal): Promise<void> {
+    const { log } = this.opts;
+    while (!signal.aborted) {
+      await retry(() => this.#step(signal), {
+        signal,
+        backoff: (attempt) => backoffDelay(attempt, 200, 10_000),
+        wait: (ms, s) => this.#wakeup.wait(ms, s),
+        onError: async (error, attempt) => {
+          log.warn({ err: error, channel: this.channel, attempt }, "webhook sender failed; starting over after a backoff");
+          this.#unsubscribe();
+          if (this.#lease) await this.#leases.release(this.#lease);
+          this.#lease = null;
+        },
+      });
     }
     this.#unsubscribe();
+  }
+
+  /** Takes the lease (subscribing) when not held, then sends the next batch, if any. */
+  async #step(signal: AbortSignal): Promise<void> {
+    const { log, leaseTtlMs } = this.opts;
+    while (!this.#lease) {
+      this.#lease = await this.#leases.tryAcquire(`webhook.${this.channel}`);
+      if (!this.#lease) {
+        await this.#wakeup.wait(leaseTtlMs / 3, signal);
+        if (signal.aborted) return;
+        continue;
+      }
+      this.#lastRenew = Date.now();
+      await this.#subscribe();
+      log.info({ channel: this.channel, url: this.opts.target.url }, "webhook sender lease acquired");
+    }
+    await this.#keepLease();
+    const batch = await this.#nextBatch();
+    if (batch.length > 0) await this.#deliver(batch);
   }
 
   async #keepLease(): Promise<void> {
@@ -249,7 +255,7 @@ export class WebhookDispatcher {
         // Skipped deliveries: stop before a batch past them acknowledges them too (AckPolicy.All).
         this.#gap = order.next(m);
         if (!this.#gap) this.#queue.push(m);
-        this.#wake?.();
+        this.#wakeup.wake();
       },
     });
   }
@@ -273,7 +279,7 @@ export class WebhookDispatcher {
     if (fresh() === 0) await this.#sleep(leaseTtlMs / 3);
     if (fresh() === 0) return [];
     const deadline = Date.now() + target.lingerMs;
-    while (fresh() < target.batchSize && Date.now() < deadline && !this.#stopped) await this.#sleep(deadline - Date.now());
+    while (fresh() < target.batchSize && Date.now() < deadline && !this.stopping) await this.#sleep(deadline - Date.now());
     const batch = this.#queue.splice(0, target.batchSize);
     if (batch.length > 0) this.#taken = batch[batch.length - 1]!.seq;
     return batch;
@@ -306,13 +312,13 @@ export class WebhookDispatcher {
       }
       this.metrics.failedAttempts++;
       this.metrics.lastError = error;
-      if (attempt >= target.maxAttempts || this.#stopped) break;
+      if (attempt >= target.maxAttempts || this.stopping) break;
       const delay = backoffDelay(attempt, target.backoffMs, target.maxBackoffMs);
       log.warn({ channel: target.channel, url: target.url, deliveryId: body.deliveryId, attempt, error, delayMs: Math.round(delay) }, "webhook delivery failed; retrying");
       await this.#sleepWhileLeased(delay);
     }
     // Shutting down mid-retry: leave the batch unacknowledged; the next holder sends it again.
-    if (error !== null && this.#stopped) return;
+    if (error !== null && this.stopping) return;
     const letters = [...undecodable];
     if (error !== null) {
       letters.push(
@@ -334,24 +340,14 @@ export class WebhookDispatcher {
   /** Sleeps through a retry backoff, keeping the lease alive. */
   async #sleepWhileLeased(ms: number): Promise<void> {
     const until = Date.now() + ms;
-    while (!this.#stopped && Date.now() < until) {
+    while (!this.stopping && Date.now() < until) {
       await this.#sleep(Math.min(until - Date.now(), this.opts.leaseTtlMs / 3));
       await this.#keepLease();
     }
   }
 
   #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(done, Math.max(0, ms));
-      function done() {
-        clearTimeout(t);
-        resolve();
-      }
-      this.#wake = () => {
-        this.#wake = null;
-        done();
-      };
-    });
+    return this.#wakeup.wait(ms, this.signal);
   }
 }
 
