@@ -1,10 +1,10 @@
 import { createReadStream } from "node:fs";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
-import { Effect, Exit, Fiber } from "effect";
+import { Cause, Effect, Exit, Fiber } from "effect";
 import { chainHeads, checkAnchors, migrate, runtimeGrants, verifyLedger, type Anchor } from "../../ledger/index.ts";
 import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "../channels/index.ts";
-import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./roles.ts";
+import { ROLES, type Role, fromPromise, runEffect, startRoles, natsResource, postgresResource } from "./roles.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "../platform/index.ts";
 import { knownStores, loadTallyConfig } from "../platform/index.ts";
 import { stopWithParent, workerProcess } from "./workerProcess.ts";
@@ -207,7 +207,7 @@ async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promis
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGTERM", () => stop("SIGTERM"));
   const exit = await Effect.runPromise(Fiber.await(fiber));
-  if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) throw squash(exit.cause);
+  if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) throw Cause.squash(exit.cause);
   log.info("stopped");
   // Everything is released; a client library's stray timer (a reconnect to a dead server) must not
   // keep the process alive.
@@ -226,19 +226,19 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
   const timeout = Number(values.timeout);
   if (!Number.isFinite(timeout) || timeout <= 0) throw new UsageError(`--timeout: expected seconds > 0, got ${values.timeout}`);
   const t = topology(settings.env, settings.partitions);
-  const report = await Effect.runPromise(
+  const report = await runEffect(
     Effect.scoped(
       Effect.gen(function* () {
         const sql = settings.databaseUrl ? yield* postgresResource(settings.databaseUrl, "tally-submit") : undefined;
-        if (sql) yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
+        if (sql) yield* fromPromise(() => assertEnvironment(sql, settings.env));
         if (values.wait && !sql) throw new UsageError("submit --wait needs TALLY_DATABASE_URL to read outcomes");
         const nc = yield* natsResource(settings.natsUrl, "tally-submit", settings.natsAccess);
-        const nats = yield* Effect.tryPromise(() =>
+        const nats = yield* fromPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
         );
         const input = file === "-" ? process.stdin : createReadStream(file);
         const lines = createInterface({ input, crlfDelay: Infinity });
-        return yield* Effect.tryPromise(() =>
+        return yield* fromPromise(() =>
           submit(lines, {
             js: nats.js,
             topology: t,
@@ -250,9 +250,7 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
         );
       }),
     ),
-  ).catch((e) => {
-    throw unwrapFiberFailure(e);
-  });
+  );
   const parts = [`published ${report.published}`, `duplicate ${report.duplicate}`, `invalid ${report.invalid}`];
   if (values.wait) {
     parts.unshift(`accepted ${report.accepted}`, `rejected ${report.rejected}`);
@@ -301,16 +299,16 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
   const { configuredSources } = await import("../../cdc/index.ts");
   const config = await loadTallyConfig(settings.configFile);
   const t = topology(settings.env, settings.partitions);
-  return Effect.runPromise(
+  return runEffect(
     Effect.scoped(
       Effect.gen(function* () {
         const sql = yield* postgresResource(requireDatabaseUrl(settings), "tally-dlq");
-        yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
+        yield* fromPromise(() => assertEnvironment(sql, settings.env));
         const nc = yield* natsResource(settings.natsUrl, "tally-dlq", settings.natsAccess);
-        const nats = yield* Effect.tryPromise(() =>
+        const nats = yield* fromPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
         );
-        return yield* Effect.tryPromise(async () => {
+        return yield* fromPromise(async () => {
           const letters = await dlq.listDeadLetters(nats, t, values.origin);
           if (sub === "list") {
             if (values.json) process.stdout.write(`${JSON.stringify(letters, null, 2)}\n`);
@@ -347,9 +345,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
         });
       }),
     ),
-  ).catch((e) => {
-    throw unwrapFiberFailure(e);
-  });
+  );
 }
 
 /**
@@ -367,12 +363,12 @@ async function cmdStuck(
   const { listStuck, requestSkip } = await import("../../ledger/index.ts");
   const { decodeEnvelope } = await import("../wire/index.ts");
   const t = topology(settings.env, settings.partitions);
-  return Effect.runPromise(
+  return runEffect(
     Effect.scoped(
       Effect.gen(function* () {
         const sql = yield* postgresResource(requireDatabaseUrl(settings), "tally-dlq");
-        yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
-        const stuck = yield* Effect.tryPromise(() => listStuck(sql));
+        yield* fromPromise(() => assertEnvironment(sql, settings.env));
+        const stuck = yield* fromPromise(() => listStuck(sql));
         if (sub === "skip") {
           const [p] = args;
           const partition = Number(p);
@@ -383,17 +379,17 @@ async function cmdStuck(
           if (seq === undefined) throw new UsageError(`dlq skip: partition ${partition} is not stuck; give --seq <n> to skip a message anyway`);
           if (!Number.isSafeInteger(seq) || seq < 1) throw new UsageError(`--seq: expected a stream sequence (1 or more), got ${JSON.stringify(values.seq)}`);
           const by = `${process.env.USER ?? "operator"}@cli`;
-          const fresh = yield* Effect.tryPromise(() => requestSkip(sql, partition, seq, by));
+          const fresh = yield* fromPromise(() => requestSkip(sql, partition, seq, by));
           process.stdout.write(
             `partition ${partition}: message ${seq} ${fresh ? "will be" : "was already asked to be"} dead-lettered and skipped by the worker holding it (within its next retry)\n`,
           );
           return 0;
         }
         const nc = yield* natsResource(settings.natsUrl, "tally-dlq");
-        const nats = yield* Effect.tryPromise(() =>
+        const nats = yield* fromPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
         );
-        const withMessages = yield* Effect.tryPromise(() =>
+        const withMessages = yield* fromPromise(() =>
           Promise.all(
             stuck.map(async (s) => {
               const m = await nats.jsm.streams.getMessage(t.commandsStream, { seq: s.streamSeq }).catch(() => null);
@@ -413,9 +409,7 @@ async function cmdStuck(
         return 0;
       }),
     ),
-  ).catch((e) => {
-    throw unwrapFiberFailure(e);
-  });
+  );
 }
 
 /**
@@ -563,11 +557,11 @@ async function verifyAnchors(settings: Settings, sql: Sql, fromNats: boolean, fi
   for (const f of files) anchors.push(...(await readAnchorFile(f)));
   if (fromNats)
     anchors.push(
-      ...(await Effect.runPromise(
+      ...(await runEffect(
         Effect.scoped(
           Effect.gen(function* () {
             const nats = yield* natsTopology(settings, "tally-verify");
-            return yield* Effect.tryPromise(() => readNatsAnchors(nats, nats.topology));
+            return yield* fromPromise(() => readNatsAnchors(nats, nats.topology));
           }),
         ),
       )),
@@ -593,11 +587,11 @@ async function cmdAnchor(settings: Settings, args: ReadonlyArray<string>): Promi
       process.stdout.write(`ledger anchor: ${heads.length} SKU heads appended to ${values.file}\n`);
       return 0;
     }
-    const messages = await Effect.runPromise(
+    const messages = await runEffect(
       Effect.scoped(
         Effect.gen(function* () {
           const nats = yield* natsTopology(settings, "tally-anchor");
-          return yield* Effect.tryPromise(() => publishAnchors(nats, nats.topology, heads));
+          return yield* fromPromise(() => publishAnchors(nats, nats.topology, heads));
         }),
       ),
     );
@@ -613,7 +607,7 @@ const natsTopology = (settings: Settings, name: string) =>
   Effect.gen(function* () {
     const t = topology(settings.env, settings.partitions);
     const nc = yield* natsResource(settings.natsUrl, name, settings.natsAccess);
-    const nats = yield* Effect.tryPromise(() =>
+    const nats = yield* fromPromise(() =>
       ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
     );
     return { ...nats, topology: t };
@@ -762,12 +756,6 @@ async function sourceResnapshot(settings: Settings, name: string, wait: boolean,
   } finally {
     await sql.end({ timeout: 5 });
   }
-}
-
-/** Effect.runPromise rejects with a FiberFailure; show the user the error inside it. */
-function unwrapFiberFailure(e: unknown): unknown {
-  const cause = (e as { [k: symbol]: unknown })[Symbol.for("effect/Runtime/FiberFailure/Cause")];
-  return cause ? squash(cause as Parameters<typeof squash>[0]) : e;
 }
 
 main(process.argv.slice(2)).then(

@@ -1,5 +1,4 @@
 import { Cause, Effect, ExecutionStrategy, Exit, Scope } from "effect";
-import { UnknownException } from "effect/Cause";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
@@ -41,6 +40,12 @@ export interface Running {
 export const channelViews = (config: TallyConfig): ReadonlyArray<ChannelView> =>
   Object.entries(config.channels).map(([name, c]) => ({ name, locations: c.locations, buffer: c.buffer }));
 
+/**
+ * A promise as an Effect that fails with the promise's own rejection (not an UnknownException around
+ * it), so that `Cause.squash` of a failed program is the original error.
+ */
+export const fromPromise = <A>(f: () => Promise<A>): Effect.Effect<A, unknown> => Effect.tryPromise({ try: f, catch: (error) => error });
+
 /** A Postgres pool, ended on release. */
 export const postgresResource = (url: string, application: string, max?: number) =>
   Effect.acquireRelease(
@@ -51,7 +56,7 @@ export const postgresResource = (url: string, application: string, max?: number)
 /** A NATS connection, drained on release. */
 export const natsResource = (url: string, name: string, access: NatsAccess = {}) =>
   Effect.acquireRelease(
-    Effect.tryPromise(() => connectNats(url, name, access)),
+    fromPromise(() => connectNats(url, name, access)),
     (nc: NatsConnection) => Effect.promise(() => nc.drain().catch(() => nc.close())),
   );
 
@@ -64,9 +69,9 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     const url = requireDatabaseUrl(settings);
     const t = topology(settings.env, settings.partitions);
     const sql = yield* postgresResource(url, `tally-${roles.join("+")}`);
-    yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
+    yield* fromPromise(() => assertEnvironment(sql, settings.env));
     const nc = yield* natsResource(settings.natsUrl, `tally-${settings.env}-${roles.join("+")}`, settings.natsAccess);
-    const nats = yield* Effect.tryPromise(() =>
+    const nats = yield* fromPromise(() =>
       ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
     );
     // The worker (the ledger's single writer) and the API (as many requests at once as clients send)
@@ -103,7 +108,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
       : null;
     const relay = roles.includes("relay")
       ? yield* Effect.acquireRelease(
-          Effect.tryPromise(async () =>
+          fromPromise(async () =>
             new OutboxRelay({
               sql,
               nats,
@@ -125,7 +130,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
       : null;
     const webhooks: Array<WebhookDispatcher> = [];
     if (roles.includes("relay")) {
-      for (const target of yield* Effect.try(() => webhookTargets(config)))
+      for (const target of yield* Effect.try({ try: () => webhookTargets(config), catch: (error) => error }))
         webhooks.push(
           yield* Effect.acquireRelease(
             Effect.sync(
@@ -167,7 +172,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     }
     const api = roles.includes("api")
       ? yield* Effect.acquireRelease(
-          Effect.tryPromise(async () => {
+          fromPromise(async () => {
             // Loaded only by processes that serve HTTP.
             const { buildApp, drainApp } = await import("../http/index.ts");
             const { loadTokens } = await import("../http/index.ts");
@@ -187,6 +192,13 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     return { settings, topology: t, sql, nats, log, worker, relay, anchors, webhooks, readers, api: api?.app ?? null } satisfies Running;
   });
 
+/** Runs a (scoped) program; rejects with its original error (`Cause.squash`: the first failure, else the first defect). */
+export async function runEffect<A>(program: Effect.Effect<A, unknown>): Promise<A> {
+  const exit = await Effect.runPromiseExit(program);
+  if (Exit.isSuccess(exit)) return exit.value;
+  throw Cause.squash(exit.cause);
+}
+
 /** Promise-style handle on `startRoles` for callers outside Effect (tests, the dev stack). */
 export async function startTally(
   settings: Settings,
@@ -198,11 +210,5 @@ export async function startTally(
   const exit = await Effect.runPromiseExit(Scope.extend(startRoles(settings, config, roles, log), scope));
   if (Exit.isSuccess(exit)) return { ...exit.value, close: () => Effect.runPromise(Scope.close(scope, Exit.void)) };
   await Effect.runPromise(Scope.close(scope, Exit.void));
-  throw squash(exit.cause);
-}
-
-/** The original error of a failed Effect (unwrapping Effect's UnknownException around rejected promises). */
-export function squash(cause: Cause.Cause<unknown>): unknown {
-  const e = Cause.squash(cause);
-  return e instanceof UnknownException ? e.error : e;
+  throw Cause.squash(exit.cause);
 }
