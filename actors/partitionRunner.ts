@@ -236,7 +236,8 @@ export class PartitionRunner extends LongRunningService {
     const prefix = `p${this.partition}_`;
     const name = `${prefix}${this.epoch}_${++this.#generation}`;
     for await (const info of nats.jsm.consumers.list(stream)) {
-      if (info.name.startsWith(prefix)) await nats.jsm.consumers.delete(stream, info.name).catch(() => {});
+      // Best effort: an old consumer left behind expires after its inactive_threshold.
+      if (info.name.startsWith(prefix)) await nats.jsm.consumers.delete(stream, info.name).catch((err: unknown) => this.deps.log.debug({ err, consumer: info.name }, "could not delete an old consumer"));
     }
     await nats.jsm.consumers.add(stream, {
       durable_name: name,
@@ -435,7 +436,8 @@ export class PartitionRunner extends LongRunningService {
       await this.#applyOneByOne(messages, fresh[0]!, incoming);
       metrics.deadLettered += dead.length;
     }
-    if (dead.some((d) => d.context.skipped === true)) await markSkipsDone(sql, this.partition, this.#lastSeq).catch(() => {});
+    // The batch committed; a skip request left pending is marked done by a later batch (or stays listed).
+    if (dead.some((d) => d.context.skipped === true)) await markSkipsDone(sql, this.partition, this.#lastSeq).catch((err: unknown) => this.deps.log.warn({ err }, "could not mark the skip requests done"));
     this.#progressed();
     return true;
   }
@@ -596,8 +598,9 @@ export class PartitionRunner extends LongRunningService {
       }));
       try {
         this.deps.nats.nc.publish(subject, JSON.stringify({ partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk }, quantityJson));
-      } catch {
+      } catch (err) {
         // Disconnected: listeners read command_outcomes instead.
+        this.deps.log.debug({ err }, "outcomes not published (core NATS)");
       }
     }
   }
@@ -631,8 +634,9 @@ export class PartitionRunner extends LongRunningService {
     try {
       await recordStuck(this.deps.sql, { partition: this.partition, streamSeq: this.#stuckSeq(), attempts, error: describeError(error) });
       this.#reportedStuck = true;
-    } catch {
+    } catch (err) {
       // Postgres is what fails: readiness sees that directly.
+      this.deps.log.debug({ err }, "could not record the stuck partition");
     }
   }
 

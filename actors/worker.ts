@@ -116,6 +116,7 @@ export class Worker extends LongRunningService {
           if (this.stopping) return;
           // Expired but free: take it back. The epoch in Postgres is unchanged unless someone took
           // the partition over meanwhile, and then this runner's next commit is fenced anyway.
+          // Not free (or NATS is down): handled as taken over just below, where `err` is logged.
           const again = await this.#leases.tryAcquire(h.lease.key).catch(() => null);
           if (again) {
             h.lease = await this.#leases.setEpoch(again, h.lease.epoch);

@@ -392,6 +392,7 @@ async function cmdStuck(
         const withMessages = yield* fromPromise(() =>
           Promise.all(
             stuck.map(async (s) => {
+              // Not found (or not readable): reported below as "not in the stream".
               const m = await nats.jsm.streams.getMessage(t.commandsStream, { seq: s.streamSeq }).catch(() => null);
               const envelope = m ? decodeEnvelope(m.data) : null;
               return { ...s, commands: envelope?.ok ? envelope.commands : null, message: m ? null : "not in the stream" };

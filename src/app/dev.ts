@@ -23,6 +23,7 @@ import {
 import { createLogger, type Logger } from "../platform/index.ts";
 import { newToken, sha256Hex, type ApiToken } from "../http/index.ts";
 import { maskSecrets } from "../platform/index.ts";
+import { Lifetime } from "../platform/index.ts";
 
 /** Ports `tally dev` prefers for its own servers (a free one is used when taken). */
 export const DEV_POSTGRES_PORT = 54329;
@@ -187,19 +188,8 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
   }
   if (externalNats === undefined) findNatsServer();
 
-  const stops: Array<() => Promise<void>> = [];
   // Last started, first stopped; every step runs even if an earlier one failed.
-  const stopAll = async (): Promise<void> => {
-    let failure: unknown;
-    for (const stop of stops.splice(0).reverse()) {
-      try {
-        await stop();
-      } catch (error) {
-        failure ??= error;
-      }
-    }
-    if (failure !== undefined) throw failure;
-  };
+  const lifetime = new Lifetime(opts.log);
   const checkpoint = (): void => {
     if (signal?.aborted) throw new DevStopped("stopped while starting");
   };
@@ -228,7 +218,7 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
         // The data is kept between runs, so unlike the test servers it must survive an OS crash.
         settings: { fsync: "on", full_page_writes: "on" },
       }));
-      stops.push(postgres.stop);
+      lifetime.defer(postgres.stop);
       checkpoint();
       await createDatabaseIfMissing(postgres.url(), DEV_DATABASE);
     }
@@ -239,7 +229,7 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
         port,
         logPath: path.join(dir, "nats.log"),
       }));
-      stops.push(nats.stop);
+      lifetime.defer(nats.stop);
     }
     checkpoint();
 
@@ -290,7 +280,7 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
     const running = httpPortGiven
       ? await startTally(settings, config, DEV_ROLES, log)
       : await onPreferredPort(DEV_HTTP_PORT, (port) => startTally((settings = settingsOn(port)), config, DEV_ROLES, log));
-    stops.push(() => running.close());
+    lifetime.defer(() => running.close());
     checkpoint();
 
     const address = running.api?.server.address();
@@ -303,7 +293,7 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
     if ((opts.demo ?? true) && demoRuns && devToken) {
       const erp = connectPostgres(sourceUrls.TALLY_SOURCE_ERP_URL!, { max: 2, application: "tally-demo-simulator" });
       const shop = connectPostgres(sourceUrls.TALLY_SOURCE_SHOP_URL!, { max: 2, application: "tally-demo-simulator" });
-      stops.push(async () => {
+      lifetime.defer(async () => {
         await erp.end({ timeout: 5 });
         await shop.end({ timeout: 5 });
       });
@@ -319,13 +309,13 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
         skus: opts.skus ?? 2000,
       });
       const sim = simulator;
-      stops.push(() => sim.stop());
+      lifetime.defer(() => sim.stop());
     }
 
     let stopping: Promise<void> | undefined;
-    return { settings, apiUrl, devToken: devToken?.token ?? null, simulator, databaseUrl, natsUrl, sourceUrls, postgres, nats, stop: () => (stopping ??= stopAll()) };
+    return { settings, apiUrl, devToken: devToken?.token ?? null, simulator, databaseUrl, natsUrl, sourceUrls, postgres, nats, stop: () => (stopping ??= lifetime.close()) };
   } catch (error) {
-    await stopAll();
+    await lifetime.close();
     throw error;
   }
 }
@@ -355,7 +345,7 @@ async function loadDevToken(dir: string): Promise<{ token: string; entry: ApiTok
     const token = (await readFile(file, "utf8")).trim();
     if (/^tly_[A-Za-z0-9_-]{20,}$/.test(token)) return { token, entry: { id: "dev", sha256: sha256Hex(token), scopes: ["admin"] } };
   } catch {
-    // none yet
+    // No token file yet (or unreadable): a new token is written below.
   }
   const { token, entry } = newToken("dev", ["admin"]);
   await writeFile(file, `${token}\n`, { mode: 0o600 });

@@ -57,6 +57,7 @@ export const postgresResource = (url: string, application: string, max?: number)
 export const natsResource = (url: string, name: string, access: NatsAccess = {}) =>
   Effect.acquireRelease(
     fromPromise(() => connectNats(url, name, access)),
+    // A connection that cannot drain (already closed, or the server is gone) is closed instead: nothing is left to flush.
     (nc: NatsConnection) => Effect.promise(() => nc.drain().catch(() => nc.close())),
   );
 

@@ -60,6 +60,7 @@ export async function readNatsAnchors(nats: NatsHandles, topology: Topology): Pr
       pending -= n;
     }
   } finally {
+    // Best effort: the consumer is ephemeral and goes by itself after inactive_threshold.
     await nats.jsm.consumers.delete(topology.anchorsStream, info.name).catch(() => {});
   }
   return out;

@@ -62,6 +62,7 @@ export function usableWebhookTargets(config: TallyConfig, env: Readonly<Record<s
     try {
       return webhookTargets({ ...config, channels: { [name]: c } }, env);
     } catch {
+      // This channel's secret is missing here: its replays report that; the other channels still work.
       return [];
     }
   });
@@ -107,7 +108,7 @@ export async function postWebhook(target: WebhookTarget, body: WebhookBody): Pro
       body: text,
       signal: AbortSignal.timeout(target.timeoutMs),
     });
-    await res.arrayBuffer().catch(() => undefined);
+    await res.arrayBuffer().catch(() => undefined); // read only to free the socket: the status decides
     return res.ok ? null : `HTTP ${res.status}`;
   } catch (error) {
     const e = error as Error & { cause?: { code?: string } };
@@ -229,7 +230,8 @@ export class WebhookDispatcher extends LongRunningService {
       if (!info.name.startsWith(prefix)) continue;
       floor = Math.max(floor, info.ack_floor.stream_seq);
       generation = Math.max(generation, Number(info.name.slice(prefix.length)) || 0);
-      await nats.jsm.consumers.delete(stream, info.name).catch(() => {});
+      // Best effort: an old consumer left behind expires after its inactive_threshold.
+      await nats.jsm.consumers.delete(stream, info.name).catch((err: unknown) => this.opts.log.debug({ err, consumer: info.name }, "could not delete an old webhook consumer"));
     }
     floor = Math.max(floor, this.#acked);
     this.#taken = floor;
