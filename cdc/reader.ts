@@ -212,7 +212,8 @@ export class SourceReader extends LongRunningService {
         }
       }
     } finally {
-      await this.#sourceSql.end({ timeout: 5 }).catch(() => {});
+      // Stopping: a pool that cannot end cleanly is dropped with the process.
+      await this.#sourceSql.end({ timeout: 5 }).catch((err: unknown) => log.debug({ err }, "source pool did not end cleanly"));
     }
   }
 
@@ -227,13 +228,17 @@ export class SourceReader extends LongRunningService {
     this.#crosswalk = await Crosswalk.load(sql);
     const crosswalk = this.#crosswalk;
     // Item definitions from other sources and processes: reload the SKU when it changes.
+    // Without LISTEN (or when a reload fails) a SKU is reloaded on a miss only.
     const listener = await sql
-      .listen(ITEMS_CHANNEL, (sku) => void crosswalk.refresh(sql, [sku]).catch(() => {}))
-      .catch(() => null);
+      .listen(ITEMS_CHANNEL, (sku) => void crosswalk.refresh(sql, [sku]).catch((err: unknown) => this.opts.log.warn({ err, sku }, "crosswalk reload failed")))
+      .catch((err: unknown) => {
+        this.opts.log.warn({ err }, "crosswalk LISTEN failed: items are refreshed on a miss only");
+        return null;
+      });
     try {
       if (await this.#prepareSlot()) await this.#stream();
     } finally {
-      await listener?.unlisten().catch(() => {});
+      await listener?.unlisten().catch((err: unknown) => this.opts.log.debug({ err }, "crosswalk UNLISTEN failed")); // the session is over anyway
     }
   }
 
@@ -380,8 +385,8 @@ export class SourceReader extends LongRunningService {
       this.#timers = [];
       this.#wake = null;
       // Let a publish in flight settle before a new session can re-send the same transactions.
-      await this.#flushing?.catch(() => {});
-      await service.destroy().catch(() => {});
+      await this.#flushing?.catch(() => {}); // its failure was already recorded (#failure) and ended the session
+      await service.destroy().catch((err: unknown) => log.debug({ err }, "replication connection did not close cleanly")); // being replaced anyway
       this.#service = null;
     }
   }
@@ -616,7 +621,8 @@ export class SourceReader extends LongRunningService {
     if (!service || !this.#connected) return;
     const confirmed = parseLsn(this.metrics.confirmedLsn);
     if (confirmed === 0n) return;
-    void service.acknowledge(formatLsn(confirmed - 1n), ping).catch(() => {});
+    // A lost status update is sent again on the next tick (statusMs); the stream's own error ends the session.
+    void service.acknowledge(formatLsn(confirmed - 1n), ping).catch((err: unknown) => this.opts.log.debug({ err }, "status update not sent"));
   }
 
   /**
@@ -687,7 +693,10 @@ export class SourceReader extends LongRunningService {
     if (this.#resnapshot || !this.#connected) return;
     const { sql, source, log } = this.opts;
     const [row] = await sql<[{ requested: boolean } | undefined]>`
-      select resnapshot_requested_at is not null as requested from cdc_sources where source = ${source.name}`.catch(() => [undefined]);
+      select resnapshot_requested_at is not null as requested from cdc_sources where source = ${source.name}`.catch((err: unknown) => {
+      log.debug({ err }, "re-snapshot request check failed; checking again on the next tick");
+      return [undefined];
+    });
     if (!row?.requested || this.#resnapshot) return;
     // Creating a slot waits until every transaction running on the server (any database) has ended:
     // say which ones while it waits, so an operator can see what holds a re-snapshot back.
