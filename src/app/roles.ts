@@ -9,6 +9,7 @@ import { requireDatabaseUrl } from "../platform/index.ts";
 import type { TallyConfig } from "../platform/index.ts";
 import { connectPostgres, type Sql } from "../platform/index.ts";
 import { createLogger, type Logger } from "../platform/index.ts";
+import type { LongRunningService } from "../platform/index.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "../wire/index.ts";
 import { OutboxRelay } from "../channels/index.ts";
 import { AnchorPublisher } from "../channels/index.ts";
@@ -61,6 +62,137 @@ export const natsResource = (url: string, name: string, access: NatsAccess = {})
     (nc: NatsConnection) => Effect.promise(() => nc.drain().catch(() => nc.close())),
   );
 
+/** A long-running service started now and stopped (awaited) when the current scope closes. */
+const serviceResource = <S extends LongRunningService>(make: () => S) =>
+  Effect.acquireRelease(
+    Effect.sync(() => make().start()),
+    (service) => Effect.promise(() => service.stop()),
+  );
+
+/** What every role is started with. */
+interface RoleContext {
+  readonly settings: Settings;
+  readonly config: TallyConfig;
+  readonly log: Logger;
+  readonly topology: Topology;
+  readonly sql: Sql;
+  readonly nc: NatsConnection;
+  readonly nats: NatsHandles;
+  /** The roles stop side by side when it closes. */
+  readonly rolesScope: Scope.CloseableScope;
+}
+
+const ensureTopologyOf = (ctx: RoleContext) => () =>
+  ensureTopology(ctx.nc, ctx.topology, { duplicateWindowMs: ctx.settings.duplicateWindowMs, leaseTtlMs: ctx.settings.leaseTtlMs });
+
+const startWorker = (ctx: RoleContext, workerSql: Sql) =>
+  serviceResource(() => {
+    const { settings, nats, topology: t, config, log } = ctx;
+    return new Worker({
+      sql: workerSql,
+      nats,
+      topology: t,
+      channels: channelViews(config),
+      log: log.child({ role: "worker" }),
+      leaseTtlMs: settings.leaseTtlMs,
+      maxActors: settings.maxActors,
+      batchMax: settings.batchMax,
+      applyConcurrency: settings.applyConcurrency,
+      restoreTopology: async () => {
+        await ensureTopologyOf(ctx)();
+      },
+    });
+  }).pipe(Scope.extend(ctx.rolesScope));
+
+const startRelay = (ctx: RoleContext) =>
+  Effect.gen(function* () {
+    const { settings, sql, nats, log } = ctx;
+    const id = yield* fromPromise(() => instanceId(sql));
+    return yield* serviceResource(
+      () =>
+        new OutboxRelay({
+          sql,
+          nats,
+          log: log.child({ role: "relay" }),
+          instanceId: id,
+          env: settings.env,
+          leaseTtlMs: settings.leaseTtlMs,
+          owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+        }),
+    ).pipe(Scope.extend(ctx.rolesScope));
+  });
+
+const startAnchors = ({ settings, sql, nats, topology: t, log }: RoleContext) =>
+  serviceResource(() => new AnchorPublisher({ sql, nats, topology: t, log: log.child({ role: "relay" }), intervalMs: settings.anchorIntervalMs }));
+
+const startWebhooks = (ctx: RoleContext) =>
+  Effect.gen(function* () {
+    const { settings, config, nats, topology: t, log } = ctx;
+    const webhooks: Array<WebhookDispatcher> = [];
+    for (const target of yield* Effect.try({ try: () => webhookTargets(config), catch: (error) => error }))
+      webhooks.push(
+        yield* serviceResource(
+          () =>
+            new WebhookDispatcher({
+              target,
+              nats,
+              topology: t,
+              log: log.child({ role: "relay", channel: target.channel }),
+              owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+              leaseTtlMs: settings.leaseTtlMs,
+            }),
+        ).pipe(Scope.extend(ctx.rolesScope)),
+      );
+    return webhooks;
+  });
+
+const startReaders = (ctx: RoleContext) =>
+  Effect.gen(function* () {
+    const { settings, config, sql, nats, topology: t, log } = ctx;
+    const readers: Array<SourceReader> = [];
+    const sources = configuredSources(config, settings.env);
+    if (sources.length === 0) log.warn("cdc role: no source has its TALLY_SOURCE_<NAME>_URL set; nothing to capture");
+    for (const source of sources)
+      readers.push(
+        yield* serviceResource(
+          () =>
+            new SourceReader({
+              source,
+              sql,
+              js: nats.js,
+              nc: nats.nc,
+              topology: t,
+              log: log.child({ role: "cdc", source: source.name }),
+            }),
+        ).pipe(Scope.extend(ctx.rolesScope)),
+      );
+    return readers;
+  });
+
+/** The HTTP API, listening; drained, then closed, when the scope closes. */
+const startApi = (
+  { settings, config, topology: t, nats, log }: RoleContext,
+  apiSql: Sql,
+  parts: { worker: Worker | null; readers: ReadonlyArray<SourceReader>; webhooks: ReadonlyArray<WebhookDispatcher> },
+) =>
+  Effect.acquireRelease(
+    fromPromise(async () => {
+      // Loaded only by processes that serve HTTP.
+      const { buildApp, drainApp } = await import("../http/index.ts");
+      const { loadTokens } = await import("../http/index.ts");
+      const app = await buildApp({ settings, config, topology: t, sql: apiSql, nats, log, tokens: await loadTokens(settings), worker: parts.worker, readers: parts.readers, webhooks: parts.webhooks });
+      try {
+        await app.listen({ port: settings.httpPort, host: settings.httpHost });
+      } catch (error) {
+        await app.close();
+        throw error;
+      }
+      return { app, drainApp };
+    }),
+    // Drain first (requests in flight are answered, new ones get 503 + Retry-After), then close.
+    ({ app, drainApp }) => Effect.promise(() => drainApp(app).then(() => app.close())),
+  );
+
 /**
  * Acquires the connections and starts the requested roles inside the current scope: closing the
  * scope stops the roles (finishing batches in flight, releasing leases) and then the connections.
@@ -84,112 +216,13 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     // connections close): one waiting on a dependency that is down does not hold up the others'
     // flush, and the whole stop fits the shutdown bound more easily.
     const rolesScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.parallel);
-    const worker = roles.includes("worker")
-      ? yield* Effect.acquireRelease(
-          Effect.sync(() => {
-            const w = new Worker({
-              sql: workerSql,
-              nats,
-              topology: t,
-              channels: channelViews(config),
-              log: log.child({ role: "worker" }),
-              leaseTtlMs: settings.leaseTtlMs,
-              maxActors: settings.maxActors,
-              batchMax: settings.batchMax,
-              applyConcurrency: settings.applyConcurrency,
-              restoreTopology: async () => {
-                await ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs });
-              },
-            });
-            w.start();
-            return w;
-          }),
-          (w) => Effect.promise(() => w.stop()),
-        ).pipe(Scope.extend(rolesScope))
-      : null;
-    const relay = roles.includes("relay")
-      ? yield* Effect.acquireRelease(
-          fromPromise(async () =>
-            new OutboxRelay({
-              sql,
-              nats,
-              log: log.child({ role: "relay" }),
-              instanceId: await instanceId(sql),
-              env: settings.env,
-              leaseTtlMs: settings.leaseTtlMs,
-              owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
-            }).start(),
-          ),
-          (r) => Effect.promise(() => r.stop()),
-        ).pipe(Scope.extend(rolesScope))
-      : null;
-    const anchors = roles.includes("relay")
-      ? yield* Effect.acquireRelease(
-          Effect.sync(() => new AnchorPublisher({ sql, nats, topology: t, log: log.child({ role: "relay" }), intervalMs: settings.anchorIntervalMs }).start()),
-          (a) => Effect.promise(() => a.stop()),
-        )
-      : null;
-    const webhooks: Array<WebhookDispatcher> = [];
-    if (roles.includes("relay")) {
-      for (const target of yield* Effect.try({ try: () => webhookTargets(config), catch: (error) => error }))
-        webhooks.push(
-          yield* Effect.acquireRelease(
-            Effect.sync(
-              () =>
-                new WebhookDispatcher({
-                  target,
-                  nats,
-                  topology: t,
-                  log: log.child({ role: "relay", channel: target.channel }),
-                  owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
-                  leaseTtlMs: settings.leaseTtlMs,
-                }).start(),
-            ),
-            (w) => Effect.promise(() => w.stop()),
-          ).pipe(Scope.extend(rolesScope)),
-        );
-    }
-    const readers: Array<SourceReader> = [];
-    if (roles.includes("cdc")) {
-      const sources = configuredSources(config, settings.env);
-      if (sources.length === 0) log.warn("cdc role: no source has its TALLY_SOURCE_<NAME>_URL set; nothing to capture");
-      for (const source of sources)
-        readers.push(
-          yield* Effect.acquireRelease(
-            Effect.sync(
-              () =>
-                new SourceReader({
-                  source,
-                  sql,
-                  js: nats.js,
-                  nc: nats.nc,
-                  topology: t,
-                  log: log.child({ role: "cdc", source: source.name }),
-                }).start(),
-            ),
-            (r) => Effect.promise(() => r.stop()),
-          ).pipe(Scope.extend(rolesScope)),
-        );
-    }
-    const api = roles.includes("api")
-      ? yield* Effect.acquireRelease(
-          fromPromise(async () => {
-            // Loaded only by processes that serve HTTP.
-            const { buildApp, drainApp } = await import("../http/index.ts");
-            const { loadTokens } = await import("../http/index.ts");
-            const app = await buildApp({ settings, config, topology: t, sql: apiSql, nats, log, tokens: await loadTokens(settings), worker, readers, webhooks });
-            try {
-              await app.listen({ port: settings.httpPort, host: settings.httpHost });
-            } catch (error) {
-              await app.close();
-              throw error;
-            }
-            return { app, drainApp };
-          }),
-          // Drain first (requests in flight are answered, new ones get 503 + Retry-After), then close.
-          ({ app, drainApp }) => Effect.promise(() => drainApp(app).then(() => app.close())),
-        )
-      : null;
+    const ctx: RoleContext = { settings, config, log, topology: t, sql, nc, nats, rolesScope };
+    const worker = roles.includes("worker") ? yield* startWorker(ctx, workerSql) : null;
+    const relay = roles.includes("relay") ? yield* startRelay(ctx) : null;
+    const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
+    const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];
+    const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
+    const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
     return { settings, topology: t, sql, nats, log, worker, relay, anchors, webhooks, readers, api: api?.app ?? null } satisfies Running;
   });
 
