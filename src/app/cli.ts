@@ -6,6 +6,7 @@ import { chainHeads, checkAnchors, migrate, runtimeGrants, verifyLedger, type An
 import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "../channels/index.ts";
 import { ROLES, type Role, fromPromise, runEffect, startRoles, natsResource, postgresResource } from "./roles.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "../platform/index.ts";
+import type { TallyConfig } from "../platform/index.ts";
 import { knownStores, loadTallyConfig } from "../platform/index.ts";
 import { stopWithParent, workerProcess } from "./workerProcess.ts";
 import { connectPostgres, type Sql } from "../platform/index.ts";
@@ -615,9 +616,61 @@ const natsTopology = (settings: Settings, name: string) =>
   });
 
 /** `tally source check|enable|status|drop <name>`: the database admin's view of a CDC source. */
+type SourceAdmin = typeof import("../../cdc/index.ts");
+type SourceOf = ReturnType<SourceAdmin["findSource"]>;
+type SourceStatus = Awaited<ReturnType<SourceAdmin["sourceStatus"]>>;
+
+/** `tally source enable <name> --print-sql`: printing needs no connection (a DBA may run it where the source URL is not set). */
+function printEnableSql(admin: SourceAdmin, config: TallyConfig, settings: Settings, name: string, role: string | undefined): number {
+  const { findSource, sourceUrlSetting } = admin;
+  const env = { ...process.env, [sourceUrlSetting(name)]: process.env[sourceUrlSetting(name)] || "postgres://unset" };
+  const source = findSource(config, name, settings.env, env);
+  process.stdout.write(
+    `-- Enable CDC for source ${source.name}, as a superuser or the tables' owner, in this order (publication before slot).\n` +
+      `-- If the publication exists already: ALTER PUBLICATION ${admin.quoteIdent(source.publication)} SET TABLE … instead.\n` +
+      `${admin.enableSql(source).join("\n")}\n` +
+      (role !== undefined
+        ? `-- The role the cdc role connects as (${sourceUrlSetting(source.name)}): REPLICATION and SELECT on the captured tables only.\n` +
+          `${admin.replicationRoleSql(source, role).join("\n")}\n`
+        : ""),
+  );
+  return 0;
+}
+
+/** One source's part of `tally source check|enable|status|drop`; true when its check failed. */
+async function sourceStep(admin: SourceAdmin, sub: "check" | "enable" | "status" | "drop", sql: Sql, ledger: Sql | null, source: SourceOf, statuses: Array<SourceStatus>): Promise<boolean> {
+  if (sub === "check") {
+    const results = await admin.checkSource(sql, source);
+    process.stdout.write(`source ${source.name} (${source.urlSetting}):\n${admin.formatChecks(results)}`);
+    return results.some((r) => !r.ok);
+  }
+  if (sub === "enable") {
+    const r = await admin.enableSource(sql, source);
+    process.stdout.write(
+      `source ${source.name}: publication ${source.publication} ${r.publication}, slot ${source.slot} ${r.slot}\n` +
+        r.statements.map((s) => `  ${s}\n`).join("") +
+        "the cdc role takes the initial snapshot on first start (it recreates the slot with an exported snapshot)\n" +
+        (r.slot === "created"
+          ? "if the cdc role had captured this source before, this new slot missed what changed while there was none: the cdc role halts the source and alerts until you run tally source resnapshot\n"
+          : ""),
+    );
+  } else if (sub === "status") statuses.push(await admin.sourceStatus(sql, ledger, source));
+  else {
+    const r = await admin.dropSource(sql, source, ledger);
+    process.stdout.write(
+      `source ${source.name}: slot ${source.slot} ${r.slotDropped ? "dropped" : "already gone"}` +
+        (r.terminatedPid !== null ? ` (terminated walsender ${r.terminatedPid})` : "") +
+        `, publication ${source.publication} ${r.publicationDropped ? "dropped" : "already gone"}` +
+        (ledger ? `, ledger state ${r.ledgerRowDeleted ? "deleted" : "already gone"}` : "") +
+        "\n",
+    );
+  }
+  return false;
+}
+
 async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
   const admin = await import("../../cdc/index.ts");
-  const { findSource, configuredSources, sourceUrlSetting } = await import("../../cdc/index.ts");
+  const { findSource, configuredSources } = await import("../../cdc/index.ts");
   const help = `usage:
   tally source check <name>               pass/fail table of what CDC needs, with the SQL that fixes each failure
   tally source enable <name> [--print-sql [--role <r>]]
@@ -649,55 +702,17 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
     throw new UsageError(`source: ${sub === undefined ? "give a subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}\n${help}`);
   if (name === undefined && sub !== "status") throw new UsageError(`source ${sub}: give a source name\n${help}`);
   const config = await loadTallyConfig(settings.configFile);
-  if (sub === "enable" && values["print-sql"]) {
-    // Printing needs no connection: a DBA may run it where the source URL is not set.
-    const env = { ...process.env, [sourceUrlSetting(name!)]: process.env[sourceUrlSetting(name!)] || "postgres://unset" };
-    const source = findSource(config, name!, settings.env, env);
-    process.stdout.write(
-      `-- Enable CDC for source ${source.name}, as a superuser or the tables' owner, in this order (publication before slot).\n` +
-        `-- If the publication exists already: ALTER PUBLICATION ${admin.quoteIdent(source.publication)} SET TABLE … instead.\n` +
-        `${admin.enableSql(source).join("\n")}\n` +
-        (values.role !== undefined
-          ? `-- The role the cdc role connects as (${sourceUrlSetting(source.name)}): REPLICATION and SELECT on the captured tables only.\n` +
-            `${admin.replicationRoleSql(source, values.role).join("\n")}\n`
-          : ""),
-    );
-    return 0;
-  }
+  if (sub === "enable" && values["print-sql"]) return printEnableSql(admin, config, settings, name!, values.role);
   const sources = name !== undefined ? [findSource(config, name, settings.env)] : configuredSources(config, settings.env);
   const ledger = settings.databaseUrl && sub !== "check" && sub !== "enable" ? connectPostgres(settings.databaseUrl, { max: 1, application: "tally-source" }) : null;
   try {
     if (ledger) await assertEnvironment(ledger, settings.env);
-    const statuses = [];
+    const statuses: Array<SourceStatus> = [];
     let failed = false;
     for (const source of sources) {
       const sql = connectPostgres(source.url, { max: 1, application: `tally-source-${sub}` });
       try {
-        if (sub === "check") {
-          const results = await admin.checkSource(sql, source);
-          failed ||= results.some((r) => !r.ok);
-          process.stdout.write(`source ${source.name} (${source.urlSetting}):\n${admin.formatChecks(results)}`);
-        } else if (sub === "enable") {
-          const r = await admin.enableSource(sql, source);
-          process.stdout.write(
-            `source ${source.name}: publication ${source.publication} ${r.publication}, slot ${source.slot} ${r.slot}\n` +
-              r.statements.map((s) => `  ${s}\n`).join("") +
-              "the cdc role takes the initial snapshot on first start (it recreates the slot with an exported snapshot)\n" +
-              (r.slot === "created"
-                ? "if the cdc role had captured this source before, this new slot missed what changed while there was none: the cdc role halts the source and alerts until you run tally source resnapshot\n"
-                : ""),
-          );
-        } else if (sub === "status") statuses.push(await admin.sourceStatus(sql, ledger, source));
-        else {
-          const r = await admin.dropSource(sql, source, ledger);
-          process.stdout.write(
-            `source ${source.name}: slot ${source.slot} ${r.slotDropped ? "dropped" : "already gone"}` +
-              (r.terminatedPid !== null ? ` (terminated walsender ${r.terminatedPid})` : "") +
-              `, publication ${source.publication} ${r.publicationDropped ? "dropped" : "already gone"}` +
-              (ledger ? `, ledger state ${r.ledgerRowDeleted ? "deleted" : "already gone"}` : "") +
-              "\n",
-          );
-        }
+        failed = (await sourceStep(admin, sub, sql, ledger, source, statuses)) || failed;
       } catch (error) {
         const e = error as Error & { code?: unknown };
         if (e.name === "SourceAdminError" || typeof e.code === "string")
