@@ -361,18 +361,8 @@ export class PartitionRunner extends LongRunningService {
     }
   }
 
-  /** Decodes, deduplicates, decides and commits one batch; acknowledges it after the commit. False if nothing was new. */
-  async #apply(messages: ReadonlyArray<JsMsg>): Promise<boolean> {
-    const { sql, topology, metrics } = this.deps;
-    const startedAt = performance.now();
-    this.#triedSinceSubscribe = true;
-    const fresh = messages.filter((m) => m.seq > this.#lastSeq);
-    this.#applyingSeq = fresh[0]?.seq ?? this.#applyingSeq;
-    metrics.skippedCheckpoint += messages.length - fresh.length;
-    if (fresh.length === 0) {
-      messages[messages.length - 1]?.ack();
-      return false;
-    }
+  /** The commands of fresh messages, and dead letters for what cannot be applied (skipped, undecodable, wrong partition). */
+  #decode(fresh: ReadonlyArray<JsMsg>): { incoming: Array<IncomingCommand>; dead: Array<DeadLetter> } {
     const incoming: Array<IncomingCommand> = [];
     const dead: Array<DeadLetter> = [];
     for (const m of fresh) {
@@ -380,7 +370,7 @@ export class PartitionRunner extends LongRunningService {
       if (skippedBy !== undefined) {
         const was = this.#lastError === null ? "" : `; it was failing with: ${describeError(this.#lastError)}`;
         dead.push(deadLetter("commands", `skipped by an operator (${skippedBy})${was}`, m.data, { stream_seq: m.seq, subject: m.subject, skipped: true }));
-        metrics.skipped++;
+        this.deps.metrics.skipped++;
         continue;
       }
       const envelope = decodeEnvelope(m.data);
@@ -395,9 +385,9 @@ export class PartitionRunner extends LongRunningService {
           return;
         }
         const command = decoded.right;
-        if (topology.partitionOf(command.sku) !== this.partition) {
+        if (this.deps.topology.partitionOf(command.sku) !== this.partition) {
           dead.push(
-            deadLetter("commands", `sku: ${command.sku} belongs to partition ${topology.partitionOf(command.sku)}, not ${this.partition}`, raw, {
+            deadLetter("commands", `sku: ${command.sku} belongs to partition ${this.deps.topology.partitionOf(command.sku)}, not ${this.partition}`, raw, {
               stream_seq: m.seq,
               index,
             }),
@@ -407,6 +397,22 @@ export class PartitionRunner extends LongRunningService {
         incoming.push({ command, streamSeq: m.seq });
       });
     }
+    return { incoming, dead };
+  }
+
+  /** Decodes, deduplicates, decides and commits one batch; acknowledges it after the commit. False if nothing was new. */
+  async #apply(messages: ReadonlyArray<JsMsg>): Promise<boolean> {
+    const { sql, metrics } = this.deps;
+    const startedAt = performance.now();
+    this.#triedSinceSubscribe = true;
+    const fresh = messages.filter((m) => m.seq > this.#lastSeq);
+    this.#applyingSeq = fresh[0]?.seq ?? this.#applyingSeq;
+    metrics.skippedCheckpoint += messages.length - fresh.length;
+    if (fresh.length === 0) {
+      messages[messages.length - 1]?.ack();
+      return false;
+    }
+    const { incoming, dead } = this.#decode(fresh);
     const decodedAt = performance.now();
     metrics.stageMs.decode += decodedAt - startedAt;
     // Optimistic: most batches hold no command decided before, so the lookup is skipped and the
