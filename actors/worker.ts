@@ -216,6 +216,7 @@ export class Worker extends LongRunningService {
       this.#held.set(partition, { lease: held, runner });
       log.info({ partition, epoch }, "partition acquired");
     } catch (err) {
+      // Another worker (or a fence) wins: the lease goes back and the next heartbeat tries again.
       log.warn({ partition, err }, "could not take the partition over; releasing the lease");
       await this.#leases.release(lease);
     }

@@ -584,6 +584,7 @@ export class SourceReader extends LongRunningService {
                updated_at = now()
          where source = ${source.name}`;
     } catch (err) {
+      // Not confirmed until recorded: the slot keeps the changes, so nothing is lost; the next status retries.
       log.warn({ err, lsn }, "could not record CDC progress; the slot is confirmed once it is recorded");
       return;
     }
@@ -683,6 +684,7 @@ export class SourceReader extends LongRunningService {
     try {
       await this.#checkResnapshotRequest();
     } catch (err) {
+      // The request stays pending in cdc_sources: the next tick tries again.
       this.opts.log.warn({ err }, "re-snapshot could not start; trying again");
     } finally {
       this.#checkingResnapshot = false;
@@ -777,6 +779,7 @@ export class SourceReader extends LongRunningService {
     try {
       await this.#sourceSql!`select pg_logical_emit_message(true, ${HEARTBEAT_PREFIX}, now()::text)`;
     } catch (err) {
+      // A heartbeat is a liveness hint: the next one is written on the next tick.
       this.opts.log.debug({ err }, "heartbeat write failed");
     }
   }
@@ -792,6 +795,7 @@ export class SourceReader extends LongRunningService {
       if (lag !== null && lag > source.lagAlertBytes)
         this.#alert("cdc_lag", { lagBytes: lag, thresholdBytes: source.lagAlertBytes }, "replication lag above the alert threshold", "warn");
     } catch (err) {
+      // Lag is a metric: the next tick measures it again.
       log.debug({ err }, "lag check failed");
     }
   }
@@ -810,6 +814,7 @@ export class SourceReader extends LongRunningService {
         select exists (select 1 from pg_publication where pubname = ${source.publication}) as exists,
                array(select schemaname || '.' || tablename from pg_publication_tables where pubname = ${source.publication}) as tables`;
     } catch (err) {
+      // A check, not the stream: the next tick checks again.
       log.debug({ err }, "publication check failed");
       return;
     }

@@ -82,6 +82,7 @@ export class OutboxRelay extends LongRunningService {
       const listener = await sql.listen(OUTBOX_CHANNEL, () => this.#wakeup.wake());
       this.#unlisten = listener.unlisten;
     } catch (err) {
+      // NOTIFY only shortens the wait: without it the relay polls.
       log.warn({ err }, "outbox LISTEN failed; polling only");
     }
     while (!signal.aborted) {

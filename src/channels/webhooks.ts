@@ -111,6 +111,7 @@ export async function postWebhook(target: WebhookTarget, body: WebhookBody): Pro
     await res.arrayBuffer().catch(() => undefined); // read only to free the socket: the status decides
     return res.ok ? null : `HTTP ${res.status}`;
   } catch (error) {
+    // Not thrown: the caller counts, logs and retries a failed POST by its error text.
     const e = error as Error & { cause?: { code?: string } };
     return e.name === "TimeoutError" ? `no answer within ${target.timeoutMs} ms` : (e.cause?.code ?? e.message);
   }
@@ -298,6 +299,7 @@ export class WebhookDispatcher extends LongRunningService {
         latest.delete(item.sku); // re-inserted: the map keeps the order of each SKU's latest change
         latest.set(item.sku, { item, seq: m.seq });
       } catch (error) {
+        // Not JSON: dead-lettered below with the reason, the rest of the batch is delivered.
         undecodable.push(deadLetter(WEBHOOK_ORIGIN, `availability message is not JSON: ${(error as Error).message}`, m.data, { channel: target.channel, stream_seq: m.seq }));
       }
     }
