@@ -12,4 +12,3 @@ export { pauser } from "./cooperative.ts";
 export { ConfigFileError, decodeTallyConfig, knownStores, loadTallyConfig } from "./configFile.ts";
 export type { ChannelConfig, SourceConfig, TableConfig, TallyConfig } from "./configFile.ts";
 export { LongRunningService, Lifetime, Wakeup, retry, sleep } from "./service.ts";
-export type { Releasable, RetryOptions } from "./service.ts";
