@@ -18,7 +18,7 @@ import { isNotFound } from "../src/wire/index.ts";
 import type { NatsHandles } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import { describeError, isPermanentDataError, isTransientDbError } from "../src/platform/index.ts";
-import { backoffDelay } from "../src/platform/index.ts";
+import { LongRunningService, backoffDelay, sleep } from "../src/platform/index.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
 import { decodeCommand, encodeCommand } from "../src/contract/index.ts";
 import { decodeEnvelope } from "../src/wire/index.ts";
@@ -126,9 +126,9 @@ export const newWorkerMetrics = (): WorkerMetrics => ({
  * Postgres transaction fenced by the epoch, and is acknowledged to JetStream only after it commits.
  * On a transient failure the runner backs off and resumes from the checkpoint in Postgres.
  */
-export class PartitionRunner {
+export class PartitionRunner extends LongRunningService {
+  /** Stopping, or stopped on its own (the lease was lost). */
   #stopped = false;
-  readonly #stopping = new AbortController();
   #lastSeq = 0;
   #queue: Array<JsMsg> = [];
   #wake: (() => void) | null = null;
@@ -153,23 +153,20 @@ export class PartitionRunner {
   #applyingSeq: number | null = null;
   /** Messages an operator asked to skip (stream sequence → who asked), read at each (re)subscribe. */
   #skips = new Map<number, string>();
-  readonly done: Promise<void>;
 
   constructor(
     readonly partition: number,
     readonly epoch: number,
     readonly deps: RunnerDeps,
   ) {
-    this.done = this.#run();
+    super();
   }
 
-  /** Stops after the batch in flight (if any); resolves when the runner has stopped. */
-  async stop(): Promise<void> {
+  /** `stop()` stops after the batch in flight (if any); it resolves when the runner has stopped. */
+  protected override onStop(): void {
     this.#stopped = true;
-    this.#stopping.abort();
     this.#messages?.stop();
     this.#wake?.();
-    await this.done;
   }
 
   get stopped(): boolean {
@@ -187,7 +184,7 @@ export class PartitionRunner {
     };
   }
 
-  async #run(): Promise<void> {
+  protected async run(): Promise<void> {
     const { log } = this.deps;
     while (!this.#stopped) {
       try {
@@ -238,7 +235,8 @@ export class PartitionRunner {
     const prefix = topology.partitionConsumerPrefix(this.partition);
     const name = `${prefix}${this.epoch}_${++this.#generation}`;
     for await (const info of nats.jsm.consumers.list(stream)) {
-      if (info.name.startsWith(prefix)) await nats.jsm.consumers.delete(stream, info.name).catch(() => {});
+      // Best effort: an old consumer left behind expires after its inactive_threshold.
+      if (info.name.startsWith(prefix)) await nats.jsm.consumers.delete(stream, info.name).catch((err: unknown) => this.deps.log.debug({ err, consumer: info.name }, "could not delete an old consumer"));
     }
     await nats.jsm.consumers.add(stream, {
       durable_name: name,
@@ -345,7 +343,7 @@ export class PartitionRunner {
       }
       // Wait for a permit first: what arrives meanwhile joins this batch. A stop ends the wait.
       const waitFrom = performance.now();
-      const release = await this.deps.gate.acquire(this.#stopping.signal);
+      const release = await this.deps.gate.acquire(this.signal);
       if (!release) continue;
       const waited = performance.now() - waitFrom;
       try {
@@ -362,18 +360,8 @@ export class PartitionRunner {
     }
   }
 
-  /** Decodes, deduplicates, decides and commits one batch; acknowledges it after the commit. False if nothing was new. */
-  async #apply(messages: ReadonlyArray<JsMsg>): Promise<boolean> {
-    const { sql, topology, metrics } = this.deps;
-    const startedAt = performance.now();
-    this.#triedSinceSubscribe = true;
-    const fresh = messages.filter((m) => m.seq > this.#lastSeq);
-    this.#applyingSeq = fresh[0]?.seq ?? this.#applyingSeq;
-    metrics.skippedCheckpoint += messages.length - fresh.length;
-    if (fresh.length === 0) {
-      messages[messages.length - 1]?.ack();
-      return false;
-    }
+  /** The commands of fresh messages, and dead letters for what cannot be applied (skipped, undecodable, wrong partition). */
+  #decode(fresh: ReadonlyArray<JsMsg>): { incoming: Array<IncomingCommand>; dead: Array<DeadLetter> } {
     const incoming: Array<IncomingCommand> = [];
     const dead: Array<DeadLetter> = [];
     for (const m of fresh) {
@@ -381,7 +369,7 @@ export class PartitionRunner {
       if (skippedBy !== undefined) {
         const was = this.#lastError === null ? "" : `; it was failing with: ${describeError(this.#lastError)}`;
         dead.push(deadLetter("commands", `skipped by an operator (${skippedBy})${was}`, m.data, { stream_seq: m.seq, subject: m.subject, skipped: true }));
-        metrics.skipped++;
+        this.deps.metrics.skipped++;
         continue;
       }
       const envelope = decodeEnvelope(m.data);
@@ -396,9 +384,9 @@ export class PartitionRunner {
           return;
         }
         const command = decoded.right;
-        if (topology.partitionOf(command.sku) !== this.partition) {
+        if (this.deps.topology.partitionOf(command.sku) !== this.partition) {
           dead.push(
-            deadLetter("commands", `sku: ${command.sku} belongs to partition ${topology.partitionOf(command.sku)}, not ${this.partition}`, raw, {
+            deadLetter("commands", `sku: ${command.sku} belongs to partition ${this.deps.topology.partitionOf(command.sku)}, not ${this.partition}`, raw, {
               stream_seq: m.seq,
               index,
             }),
@@ -408,6 +396,22 @@ export class PartitionRunner {
         incoming.push({ command, streamSeq: m.seq });
       });
     }
+    return { incoming, dead };
+  }
+
+  /** Decodes, deduplicates, decides and commits one batch; acknowledges it after the commit. False if nothing was new. */
+  async #apply(messages: ReadonlyArray<JsMsg>): Promise<boolean> {
+    const { sql, metrics } = this.deps;
+    const startedAt = performance.now();
+    this.#triedSinceSubscribe = true;
+    const fresh = messages.filter((m) => m.seq > this.#lastSeq);
+    this.#applyingSeq = fresh[0]?.seq ?? this.#applyingSeq;
+    metrics.skippedCheckpoint += messages.length - fresh.length;
+    if (fresh.length === 0) {
+      messages[messages.length - 1]?.ack();
+      return false;
+    }
+    const { incoming, dead } = this.#decode(fresh);
     const decodedAt = performance.now();
     metrics.stageMs.decode += decodedAt - startedAt;
     // Optimistic: most batches hold no command decided before, so the lookup is skipped and the
@@ -437,7 +441,8 @@ export class PartitionRunner {
       await this.#applyOneByOne(messages, fresh[0]!, incoming);
       metrics.deadLettered += dead.length;
     }
-    if (dead.some((d) => d.context.skipped === true)) await markSkipsDone(sql, this.partition, this.#lastSeq).catch(() => {});
+    // The batch committed; a skip request left pending is marked done by a later batch (or stays listed).
+    if (dead.some((d) => d.context.skipped === true)) await markSkipsDone(sql, this.partition, this.#lastSeq).catch((err: unknown) => this.deps.log.warn({ err }, "could not mark the skip requests done"));
     this.#progressed();
     return true;
   }
@@ -598,8 +603,9 @@ export class PartitionRunner {
       }));
       try {
         this.deps.nats.nc.publish(subject, JSON.stringify({ partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk }, quantityJson));
-      } catch {
+      } catch (err) {
         // Disconnected: listeners read command_outcomes instead.
+        this.deps.log.debug({ err }, "outcomes not published (core NATS)");
       }
     }
   }
@@ -633,8 +639,9 @@ export class PartitionRunner {
     try {
       await recordStuck(this.deps.sql, { partition: this.partition, streamSeq: this.#stuckSeq(), attempts, error: describeError(error) });
       this.#reportedStuck = true;
-    } catch {
+    } catch (err) {
       // Postgres is what fails: readiness sees that directly.
+      this.deps.log.debug({ err }, "could not record the stuck partition");
     }
   }
 
@@ -646,12 +653,6 @@ export class PartitionRunner {
   }
 
   #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.#wake = () => {
-        clearTimeout(t);
-        resolve();
-      };
-    });
+    return sleep(ms, this.signal);
   }
 }

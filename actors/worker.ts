@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { claimPartition } from "../ledger/index.ts";
-import { DEFAULTS } from "../src/platform/index.ts";
+import { DEFAULTS, LongRunningService, sleep } from "../src/platform/index.ts";
 import { isNotFound, type NatsHandles } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import type { ChannelView } from "./batch.ts";
@@ -40,7 +40,7 @@ interface Held {
  * A ledger worker: holds a fair share of the partitions through leases, runs one PartitionRunner
  * per held partition, renews its leases on a heartbeat and gives them up on stop.
  */
-export class Worker {
+export class Worker extends LongRunningService {
   readonly id: string;
   readonly metrics: WorkerMetrics = newWorkerMetrics();
   readonly skus: SkuStateCache;
@@ -48,11 +48,9 @@ export class Worker {
   /** Shared by the held partitions: how many decide and commit at once. */
   readonly gate: ApplyGate;
   readonly #held = new Map<number, Held>();
-  #timer: NodeJS.Timeout | null = null;
-  #tick: Promise<void> = Promise.resolve();
-  #stopped = false;
 
   constructor(readonly opts: WorkerOptions) {
+    super();
     this.id = (opts.workerId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`).replace(/[^A-Za-z0-9_-]/g, "_");
     this.skus = new SkuStateCache(opts.maxActors ?? DEFAULTS.TALLY_MAX_ACTORS);
     this.#leases = new LeaseStore(opts.nats.leases, this.id);
@@ -74,31 +72,32 @@ export class Worker {
     return this.#leases.countLive("partition");
   }
 
-  start(): void {
-    // Renewals run on their own short timer, so a slow acquisition round (or a busy event loop
-    // elsewhere) does not let held leases expire; acquisition and rebalancing run less often.
-    const renewEvery = Math.max(200, Math.floor(this.opts.leaseTtlMs / 4));
-    const renewLoop = () => {
-      this.#renewing = this.#renewAll().catch((err) => this.opts.log.error({ err }, "lease renewal round failed"));
-      void this.#renewing.then(() => {
-        if (!this.#stopped) this.#renewTimer = setTimeout(renewLoop, renewEvery);
-      });
-    };
-    const loop = () => {
-      this.#tick = this.#heartbeat().catch(async (err) => {
+  /**
+   * Renewals run on their own short timer, so a slow acquisition round (or a busy event loop
+   * elsewhere) does not let held leases expire; acquisition and rebalancing run less often.
+   */
+  protected async run(signal: AbortSignal): Promise<void> {
+    await Promise.all([this.#heartbeatLoop(signal), this.#renewLoop(signal)]);
+  }
+
+  async #heartbeatLoop(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      await this.#heartbeat().catch(async (err) => {
         this.opts.log.error({ err }, "lease heartbeat failed");
         await this.#restoreIfLost();
       });
-      void this.#tick.then(() => {
-        if (!this.#stopped) this.#timer = setTimeout(loop, Math.max(200, Math.floor(this.opts.leaseTtlMs / 2)));
-      });
-    };
-    loop();
-    this.#renewTimer = setTimeout(renewLoop, renewEvery);
+      await sleep(Math.max(200, Math.floor(this.opts.leaseTtlMs / 2)), signal);
+    }
   }
 
-  #renewTimer: NodeJS.Timeout | null = null;
-  #renewing: Promise<void> = Promise.resolve();
+  async #renewLoop(signal: AbortSignal): Promise<void> {
+    const renewEvery = Math.max(200, Math.floor(this.opts.leaseTtlMs / 4));
+    for (;;) {
+      await sleep(renewEvery, signal);
+      if (signal.aborted) return;
+      await this.#renewAll().catch((err) => this.opts.log.error({ err }, "lease renewal round failed"));
+    }
+  }
 
   /** Renews every held lease at once. A lease that merely expired (nobody took it) is re-created under the same epoch. */
   async #renewAll(): Promise<void> {
@@ -114,9 +113,10 @@ export class Worker {
         } catch (err) {
           // Stopping: the runners stop and the leases go anyway; taking one back would only wait on
           // NATS again (it may be down: that is often why the renewal failed).
-          if (this.#stopped) return;
+          if (this.stopping) return;
           // Expired but free: take it back. The epoch in Postgres is unchanged unless someone took
           // the partition over meanwhile, and then this runner's next commit is fenced anyway.
+          // Not free (or NATS is down): handled as taken over just below, where `err` is logged.
           const again = await this.#leases.tryAcquire(h.lease.key).catch(() => null);
           if (again) {
             h.lease = await this.#leases.setEpoch(again, h.lease.epoch);
@@ -132,18 +132,15 @@ export class Worker {
   }
 
   /** Stops every runner after its batch in flight, then releases the leases so others take over at once. */
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    if (this.#timer) clearTimeout(this.#timer);
-    if (this.#renewTimer) clearTimeout(this.#renewTimer);
-    await this.#tick;
-    await this.#renewing;
+  override async stop(): Promise<boolean> {
+    await super.stop();
     await Promise.all([...this.#held.values()].map(async (h) => {
       await h.runner.stop();
       await this.#leases.release(h.lease);
     }));
     this.#held.clear();
     await this.#leases.leave(this.#memberKey());
+    return true;
   }
 
   /**
@@ -153,7 +150,7 @@ export class Worker {
    */
   async #restoreIfLost(): Promise<void> {
     const { nats, topology, log, restoreTopology } = this.opts;
-    if (!restoreTopology || this.#stopped) return;
+    if (!restoreTopology || this.stopping) return;
     const missing = await Promise.all(
       [topology.commandsStream, topology.leasesBucketStream].map((name) => nats.jsm.streams.info(name).then(() => false, (e: unknown) => isNotFound(e))),
     );
@@ -169,18 +166,18 @@ export class Worker {
   async #heartbeat(): Promise<void> {
     const { topology, log } = this.opts;
     await this.#leases.heartbeat(this.#memberKey());
-    if (this.#stopped) return;
+    if (this.stopping) return;
     const members = Math.max(1, await this.#leases.countLive(topology.workerMembers));
     const share = Math.ceil(topology.partitions / members);
     // Start the scan at a per-worker offset so concurrent workers do not all race for partition 0.
     const offset = hashOf(this.id) % topology.partitions;
-    for (let i = 0; i < topology.partitions && this.#held.size < share && !this.#stopped; i++) {
+    for (let i = 0; i < topology.partitions && this.#held.size < share && !this.stopping; i++) {
       const partition = (offset + i) % topology.partitions;
       if (this.#held.has(partition)) continue;
       await this.#tryTake(partition);
     }
     // Above a fair share (another worker joined): hand the surplus back.
-    while (this.#held.size > share && !this.#stopped) {
+    while (this.#held.size > share && !this.stopping) {
       const [partition, h] = [...this.#held.entries()].pop()!;
       this.#held.delete(partition);
       await h.runner.stop();
@@ -196,7 +193,7 @@ export class Worker {
     try {
       const { epoch } = await claimPartition(sql, partition);
       const held = await this.#leases.setEpoch(lease, epoch);
-      const runner = new PartitionRunner(partition, epoch, {
+      const runner: PartitionRunner = new PartitionRunner(partition, epoch, {
         sql,
         nats: this.opts.nats,
         topology: this.opts.topology,
@@ -215,10 +212,11 @@ export class Worker {
           // once (a commands-stream reset fences every runner), so the partition is taken again now.
           void this.#leases.release(h.lease);
         },
-      });
+      }).start();
       this.#held.set(partition, { lease: held, runner });
       log.info({ partition, epoch }, "partition acquired");
     } catch (err) {
+      // Another worker (or a fence) wins: the lease goes back and the next heartbeat tries again.
       log.warn({ partition, err }, "could not take the partition over; releasing the lease");
       await this.#leases.release(lease);
     }

@@ -5,7 +5,7 @@ import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import type { Command } from "../src/contract/index.ts";
 import { connectPostgres } from "../src/platform/index.ts";
-import { backoffDelay } from "../src/platform/index.ts";
+import { LongRunningService, backoffDelay, sleep } from "../src/platform/index.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
@@ -126,7 +126,7 @@ function libraryBusy(service: LogicalReplicationService | null): boolean {
  * Postgres resumes from the slot's confirmed position, and deterministic command ids make any
  * re-sent transaction a duplicate.
  */
-export class SourceReader {
+export class SourceReader extends LongRunningService {
   readonly metrics: ReaderMetrics = {
     transactions: 0,
     changes: 0,
@@ -144,7 +144,6 @@ export class SourceReader {
     halted: null,
     publicationMissing: [],
   };
-  #stopped = false;
   #service: ReplicationService | null = null;
   #sourceSql: Sql | null = null;
   #crosswalk: Crosswalk | null = null;
@@ -172,11 +171,10 @@ export class SourceReader {
   #publicationCheckedAt = 0;
   #publicationAlertAt = 0;
   #haltAlertAt = 0;
-  readonly done: Promise<void>;
 
   constructor(readonly opts: ReaderOptions) {
+    super();
     keepValuesAsText();
-    this.done = this.#run();
   }
 
   get name(): string {
@@ -188,24 +186,23 @@ export class SourceReader {
     return this.#connected;
   }
 
-  async stop(): Promise<void> {
-    this.#stopped = true;
+  /** Wakes the session (a sleep, or the replication stream, which then ends). */
+  protected override onStop(): void {
     this.#wake?.();
-    await this.done;
   }
 
-  async #run(): Promise<void> {
+  protected async run(): Promise<void> {
     const { log, source } = this.opts;
     let attempt = 0;
     this.#sourceSql = connectPostgres(source.url, { max: 2, application: `tally-cdc-${source.name}` });
     try {
-      while (!this.#stopped) {
+      while (!this.stopping) {
         this.#started = false;
         try {
           await this.#session();
           attempt = 0;
         } catch (error) {
-          if (this.#stopped) break;
+          if (this.stopping) break;
           // A session that really streamed was healthy: its loss starts the backoff over.
           attempt = this.#started ? 1 : attempt + 1;
           this.metrics.reconnects++;
@@ -215,7 +212,8 @@ export class SourceReader {
         }
       }
     } finally {
-      await this.#sourceSql.end({ timeout: 5 }).catch(() => {});
+      // Stopping: a pool that cannot end cleanly is dropped with the process.
+      await this.#sourceSql.end({ timeout: 5 }).catch((err: unknown) => log.debug({ err }, "source pool did not end cleanly"));
     }
   }
 
@@ -230,13 +228,17 @@ export class SourceReader {
     this.#crosswalk = await Crosswalk.load(sql);
     const crosswalk = this.#crosswalk;
     // Item definitions from other sources and processes: reload the SKU when it changes.
+    // Without LISTEN (or when a reload fails) a SKU is reloaded on a miss only.
     const listener = await sql
-      .listen(ITEMS_CHANNEL, (sku) => void crosswalk.refresh(sql, [sku]).catch(() => {}))
-      .catch(() => null);
+      .listen(ITEMS_CHANNEL, (sku) => void crosswalk.refresh(sql, [sku]).catch((err: unknown) => this.opts.log.warn({ err, sku }, "crosswalk reload failed")))
+      .catch((err: unknown) => {
+        this.opts.log.warn({ err }, "crosswalk LISTEN failed: items are refreshed on a miss only");
+        return null;
+      });
     try {
       if (await this.#prepareSlot()) await this.#stream();
     } finally {
-      await listener?.unlisten().catch(() => {});
+      await listener?.unlisten().catch((err: unknown) => this.opts.log.debug({ err }, "crosswalk UNLISTEN failed")); // the session is over anyway
     }
   }
 
@@ -306,7 +308,7 @@ export class SourceReader {
       );
     };
     raise();
-    while (!this.#stopped) {
+    while (!this.stopping) {
       const [state] = await sql<[{ chosen: boolean } | undefined]>`
         select coalesce(resnapshot_requested_at > halted_at, false) as chosen from cdc_sources where source = ${source.name}`;
       if (state?.chosen) {
@@ -355,7 +357,7 @@ export class SourceReader {
       });
       this.#wake = () => resolve();
       // Stopped while the session was starting (a snapshot, the slot query): end it at once.
-      if (this.#stopped) resolve();
+      if (this.stopping) resolve();
     });
     // Ask for a reply: the server answers with a keepalive carrying its position, which advances an idle slot.
     const statusTimer = setInterval(() => this.#sendStatus(true), source.statusMs);
@@ -383,8 +385,8 @@ export class SourceReader {
       this.#timers = [];
       this.#wake = null;
       // Let a publish in flight settle before a new session can re-send the same transactions.
-      await this.#flushing?.catch(() => {});
-      await service.destroy().catch(() => {});
+      await this.#flushing?.catch(() => {}); // its failure was already recorded (#failure) and ended the session
+      await service.destroy().catch((err: unknown) => log.debug({ err }, "replication connection did not close cleanly")); // being replaced anyway
       this.#service = null;
     }
   }
@@ -582,6 +584,7 @@ export class SourceReader {
                updated_at = now()
          where source = ${source.name}`;
     } catch (err) {
+      // Not confirmed until recorded: the slot keeps the changes, so nothing is lost; the next status retries.
       log.warn({ err, lsn }, "could not record CDC progress; the slot is confirmed once it is recorded");
       return;
     }
@@ -619,7 +622,8 @@ export class SourceReader {
     if (!service || !this.#connected) return;
     const confirmed = parseLsn(this.metrics.confirmedLsn);
     if (confirmed === 0n) return;
-    void service.acknowledge(formatLsn(confirmed - 1n), ping).catch(() => {});
+    // A lost status update is sent again on the next tick (statusMs); the stream's own error ends the session.
+    void service.acknowledge(formatLsn(confirmed - 1n), ping).catch((err: unknown) => this.opts.log.debug({ err }, "status update not sent"));
   }
 
   /**
@@ -680,6 +684,7 @@ export class SourceReader {
     try {
       await this.#checkResnapshotRequest();
     } catch (err) {
+      // The request stays pending in cdc_sources: the next tick tries again.
       this.opts.log.warn({ err }, "re-snapshot could not start; trying again");
     } finally {
       this.#checkingResnapshot = false;
@@ -690,7 +695,10 @@ export class SourceReader {
     if (this.#resnapshot || !this.#connected) return;
     const { sql, source, log } = this.opts;
     const [row] = await sql<[{ requested: boolean } | undefined]>`
-      select resnapshot_requested_at is not null as requested from cdc_sources where source = ${source.name}`.catch(() => [undefined]);
+      select resnapshot_requested_at is not null as requested from cdc_sources where source = ${source.name}`.catch((err: unknown) => {
+      log.debug({ err }, "re-snapshot request check failed; checking again on the next tick");
+      return [undefined];
+    });
     if (!row?.requested || this.#resnapshot) return;
     // Creating a slot waits until every transaction running on the server (any database) has ended:
     // say which ones while it waits, so an operator can see what holds a re-snapshot back.
@@ -771,6 +779,7 @@ export class SourceReader {
     try {
       await this.#sourceSql!`select pg_logical_emit_message(true, ${HEARTBEAT_PREFIX}, now()::text)`;
     } catch (err) {
+      // A heartbeat is a liveness hint: the next one is written on the next tick.
       this.opts.log.debug({ err }, "heartbeat write failed");
     }
   }
@@ -786,6 +795,7 @@ export class SourceReader {
       if (lag !== null && lag > source.lagAlertBytes)
         this.#alert("cdc_lag", { lagBytes: lag, thresholdBytes: source.lagAlertBytes }, "replication lag above the alert threshold", "warn");
     } catch (err) {
+      // Lag is a metric: the next tick measures it again.
       log.debug({ err }, "lag check failed");
     }
   }
@@ -804,6 +814,7 @@ export class SourceReader {
         select exists (select 1 from pg_publication where pubname = ${source.publication}) as exists,
                array(select schemaname || '.' || tablename from pg_publication_tables where pubname = ${source.publication}) as tables`;
     } catch (err) {
+      // A check, not the stream: the next tick checks again.
       log.debug({ err }, "publication check failed");
       return;
     }
@@ -865,13 +876,7 @@ export class SourceReader {
   }
 
   #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.#wake = () => {
-        clearTimeout(t);
-        resolve();
-      };
-    });
+    return sleep(ms, this.signal);
   }
 }
 

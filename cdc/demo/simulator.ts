@@ -192,7 +192,7 @@ export class DemoSimulator {
     const last = simItem((this.opts.skus ?? 2000) - 1).sku;
     const until = Date.now() + 120_000;
     while (!this.#stopped && Date.now() < until) {
-      const [row] = await this.opts.ledger<Array<{ n: number }>>`select count(*)::int as n from items where sku = ${last}`.catch(() => [{ n: 0 }]);
+      const [row] = await this.opts.ledger<Array<{ n: number }>>`select count(*)::int as n from items where sku = ${last}`.catch(() => [{ n: 0 }]); // not there yet: ask again
       if ((row?.n ?? 0) > 0) return;
       await this.#sleep(500);
     }
@@ -276,7 +276,7 @@ export class DemoSimulator {
       let inStock = true;
       for (const line of cart) {
         const sku = line.shopSku === "W-PICNIC" ? "SKU-0001" : line.shopSku.replace(/^W-/, "SKU-");
-        const e = await this.opts.availability.get(availabilityKey(channel, sku)).catch(() => null);
+        const e = await this.opts.availability.get(availabilityKey(channel, sku)).catch(() => null); // unreadable: the demo shop sees none available
         const available = e && e.length > 0 ? (e.json<{ available: number }>().available ?? 0) : 0;
         if (available < line.qty * (line.shopSku === "W-PICNIC" ? 2 : 1) + 2) inStock = false;
       }

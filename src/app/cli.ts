@@ -1,11 +1,12 @@
 import { createReadStream } from "node:fs";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
-import { Effect, Exit, Fiber } from "effect";
+import { Cause, Effect, Exit, Fiber } from "effect";
 import { chainHeads, checkAnchors, migrate, runtimeGrants, verifyLedger, type Anchor } from "../../ledger/index.ts";
 import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "../channels/index.ts";
-import { ROLES, type Role, squash, startRoles, natsResource, postgresResource } from "./roles.ts";
+import { ROLES, type Role, fromPromise, runEffect, startRoles, natsResource, postgresResource } from "./roles.ts";
 import { loadSettings, requireDatabaseUrl, type Settings } from "../platform/index.ts";
+import type { TallyConfig } from "../platform/index.ts";
 import { knownStores, loadTallyConfig } from "../platform/index.ts";
 import { stopWithParent, workerProcess } from "./workerProcess.ts";
 import { connectPostgres, type Sql } from "../platform/index.ts";
@@ -209,7 +210,7 @@ async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promis
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGTERM", () => stop("SIGTERM"));
   const exit = await Effect.runPromise(Fiber.await(fiber));
-  if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) throw squash(exit.cause);
+  if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) throw Cause.squash(exit.cause);
   log.info("stopped");
   // Everything is released; a client library's stray timer (a reconnect to a dead server) must not
   // keep the process alive.
@@ -228,19 +229,19 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
   const timeout = Number(values.timeout);
   if (!Number.isFinite(timeout) || timeout <= 0) throw new UsageError(`--timeout: expected seconds > 0, got ${values.timeout}`);
   const t = topology(settings.env, settings.partitions);
-  const report = await Effect.runPromise(
+  const report = await runEffect(
     Effect.scoped(
       Effect.gen(function* () {
         const sql = settings.databaseUrl ? yield* postgresResource(settings.databaseUrl, "tally-submit") : undefined;
-        if (sql) yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
+        if (sql) yield* fromPromise(() => assertEnvironment(sql, settings.env));
         if (values.wait && !sql) throw new UsageError("submit --wait needs TALLY_DATABASE_URL to read outcomes");
         const nc = yield* natsResource(settings.natsUrl, "tally-submit", settings.natsAccess);
-        const nats = yield* Effect.tryPromise(() =>
+        const nats = yield* fromPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
         );
         const input = file === "-" ? process.stdin : createReadStream(file);
         const lines = createInterface({ input, crlfDelay: Infinity });
-        return yield* Effect.tryPromise(() =>
+        return yield* fromPromise(() =>
           submit(lines, {
             js: nats.js,
             nc,
@@ -253,9 +254,7 @@ async function cmdSubmit(settings: Settings, args: ReadonlyArray<string>): Promi
         );
       }),
     ),
-  ).catch((e) => {
-    throw unwrapFiberFailure(e);
-  });
+  );
   const parts = [`published ${report.published}`, `duplicate ${report.duplicate}`, `invalid ${report.invalid}`];
   if (values.wait) {
     parts.unshift(`accepted ${report.accepted}`, `rejected ${report.rejected}`);
@@ -304,16 +303,16 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
   const { configuredSources } = await import("../../cdc/index.ts");
   const config = await loadTallyConfig(settings.configFile);
   const t = topology(settings.env, settings.partitions);
-  return Effect.runPromise(
+  return runEffect(
     Effect.scoped(
       Effect.gen(function* () {
         const sql = yield* postgresResource(requireDatabaseUrl(settings), "tally-dlq");
-        yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
+        yield* fromPromise(() => assertEnvironment(sql, settings.env));
         const nc = yield* natsResource(settings.natsUrl, "tally-dlq", settings.natsAccess);
-        const nats = yield* Effect.tryPromise(() =>
+        const nats = yield* fromPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
         );
-        return yield* Effect.tryPromise(async () => {
+        return yield* fromPromise(async () => {
           const letters = await dlq.listDeadLetters(nats, t, values.origin);
           if (sub === "list") {
             if (values.json) process.stdout.write(`${JSON.stringify(letters, null, 2)}\n`);
@@ -350,9 +349,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
         });
       }),
     ),
-  ).catch((e) => {
-    throw unwrapFiberFailure(e);
-  });
+  );
 }
 
 /**
@@ -370,12 +367,12 @@ async function cmdStuck(
   const { listStuck, requestSkip } = await import("../../ledger/index.ts");
   const { decodeEnvelope } = await import("../wire/index.ts");
   const t = topology(settings.env, settings.partitions);
-  return Effect.runPromise(
+  return runEffect(
     Effect.scoped(
       Effect.gen(function* () {
         const sql = yield* postgresResource(requireDatabaseUrl(settings), "tally-dlq");
-        yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
-        const stuck = yield* Effect.tryPromise(() => listStuck(sql));
+        yield* fromPromise(() => assertEnvironment(sql, settings.env));
+        const stuck = yield* fromPromise(() => listStuck(sql));
         if (sub === "skip") {
           const [p] = args;
           const partition = Number(p);
@@ -386,19 +383,20 @@ async function cmdStuck(
           if (seq === undefined) throw new UsageError(`dlq skip: partition ${partition} is not stuck; give --seq <n> to skip a message anyway`);
           if (!Number.isSafeInteger(seq) || seq < 1) throw new UsageError(`--seq: expected a stream sequence (1 or more), got ${JSON.stringify(values.seq)}`);
           const by = `${process.env.USER ?? "operator"}@cli`;
-          const fresh = yield* Effect.tryPromise(() => requestSkip(sql, partition, seq, by));
+          const fresh = yield* fromPromise(() => requestSkip(sql, partition, seq, by));
           process.stdout.write(
             `partition ${partition}: message ${seq} ${fresh ? "will be" : "was already asked to be"} dead-lettered and skipped by the worker holding it (within its next retry)\n`,
           );
           return 0;
         }
         const nc = yield* natsResource(settings.natsUrl, "tally-dlq");
-        const nats = yield* Effect.tryPromise(() =>
+        const nats = yield* fromPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
         );
-        const withMessages = yield* Effect.tryPromise(() =>
+        const withMessages = yield* fromPromise(() =>
           Promise.all(
             stuck.map(async (s) => {
+              // Not found (or not readable): reported below as "not in the stream".
               const m = await nats.jsm.streams.getMessage(t.commandsStream, { seq: s.streamSeq }).catch(() => null);
               const envelope = m ? decodeEnvelope(m.data) : null;
               return { ...s, commands: envelope?.ok ? envelope.commands : null, message: m ? null : "not in the stream" };
@@ -416,9 +414,7 @@ async function cmdStuck(
         return 0;
       }),
     ),
-  ).catch((e) => {
-    throw unwrapFiberFailure(e);
-  });
+  );
 }
 
 /**
@@ -566,11 +562,11 @@ async function verifyAnchors(settings: Settings, sql: Sql, fromNats: boolean, fi
   for (const f of files) anchors.push(...(await readAnchorFile(f)));
   if (fromNats)
     anchors.push(
-      ...(await Effect.runPromise(
+      ...(await runEffect(
         Effect.scoped(
           Effect.gen(function* () {
             const nats = yield* natsTopology(settings, "tally-verify");
-            return yield* Effect.tryPromise(() => readNatsAnchors(nats, nats.topology));
+            return yield* fromPromise(() => readNatsAnchors(nats, nats.topology));
           }),
         ),
       )),
@@ -596,11 +592,11 @@ async function cmdAnchor(settings: Settings, args: ReadonlyArray<string>): Promi
       process.stdout.write(`ledger anchor: ${heads.length} SKU heads appended to ${values.file}\n`);
       return 0;
     }
-    const messages = await Effect.runPromise(
+    const messages = await runEffect(
       Effect.scoped(
         Effect.gen(function* () {
           const nats = yield* natsTopology(settings, "tally-anchor");
-          return yield* Effect.tryPromise(() => publishAnchors(nats, nats.topology, heads));
+          return yield* fromPromise(() => publishAnchors(nats, nats.topology, heads));
         }),
       ),
     );
@@ -616,16 +612,68 @@ const natsTopology = (settings: Settings, name: string) =>
   Effect.gen(function* () {
     const t = topology(settings.env, settings.partitions);
     const nc = yield* natsResource(settings.natsUrl, name, settings.natsAccess);
-    const nats = yield* Effect.tryPromise(() =>
+    const nats = yield* fromPromise(() =>
       ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
     );
     return { ...nats, topology: t };
   });
 
 /** `tally source check|enable|status|drop <name>`: the database admin's view of a CDC source. */
+type SourceAdmin = typeof import("../../cdc/index.ts");
+type SourceOf = ReturnType<SourceAdmin["findSource"]>;
+type SourceStatus = Awaited<ReturnType<SourceAdmin["sourceStatus"]>>;
+
+/** `tally source enable <name> --print-sql`: printing needs no connection (a DBA may run it where the source URL is not set). */
+function printEnableSql(admin: SourceAdmin, config: TallyConfig, settings: Settings, name: string, role: string | undefined): number {
+  const { findSource, sourceUrlSetting } = admin;
+  const env = { ...process.env, [sourceUrlSetting(name)]: process.env[sourceUrlSetting(name)] || "postgres://unset" };
+  const source = findSource(config, name, settings.env, env);
+  process.stdout.write(
+    `-- Enable CDC for source ${source.name}, as a superuser or the tables' owner, in this order (publication before slot).\n` +
+      `-- If the publication exists already: ALTER PUBLICATION ${admin.quoteIdent(source.publication)} SET TABLE … instead.\n` +
+      `${admin.enableSql(source).join("\n")}\n` +
+      (role !== undefined
+        ? `-- The role the cdc role connects as (${sourceUrlSetting(source.name)}): REPLICATION and SELECT on the captured tables only.\n` +
+          `${admin.replicationRoleSql(source, role).join("\n")}\n`
+        : ""),
+  );
+  return 0;
+}
+
+/** One source's part of `tally source check|enable|status|drop`; true when its check failed. */
+async function sourceStep(admin: SourceAdmin, sub: "check" | "enable" | "status" | "drop", sql: Sql, ledger: Sql | null, source: SourceOf, statuses: Array<SourceStatus>): Promise<boolean> {
+  if (sub === "check") {
+    const results = await admin.checkSource(sql, source);
+    process.stdout.write(`source ${source.name} (${source.urlSetting}):\n${admin.formatChecks(results)}`);
+    return results.some((r) => !r.ok);
+  }
+  if (sub === "enable") {
+    const r = await admin.enableSource(sql, source);
+    process.stdout.write(
+      `source ${source.name}: publication ${source.publication} ${r.publication}, slot ${source.slot} ${r.slot}\n` +
+        r.statements.map((s) => `  ${s}\n`).join("") +
+        "the cdc role takes the initial snapshot on first start (it recreates the slot with an exported snapshot)\n" +
+        (r.slot === "created"
+          ? "if the cdc role had captured this source before, this new slot missed what changed while there was none: the cdc role halts the source and alerts until you run tally source resnapshot\n"
+          : ""),
+    );
+  } else if (sub === "status") statuses.push(await admin.sourceStatus(sql, ledger, source));
+  else {
+    const r = await admin.dropSource(sql, source, ledger);
+    process.stdout.write(
+      `source ${source.name}: slot ${source.slot} ${r.slotDropped ? "dropped" : "already gone"}` +
+        (r.terminatedPid !== null ? ` (terminated walsender ${r.terminatedPid})` : "") +
+        `, publication ${source.publication} ${r.publicationDropped ? "dropped" : "already gone"}` +
+        (ledger ? `, ledger state ${r.ledgerRowDeleted ? "deleted" : "already gone"}` : "") +
+        "\n",
+    );
+  }
+  return false;
+}
+
 async function cmdSource(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
   const admin = await import("../../cdc/index.ts");
-  const { findSource, configuredSources, sourceUrlSetting } = await import("../../cdc/index.ts");
+  const { findSource, configuredSources } = await import("../../cdc/index.ts");
   const help = `usage:
   tally source check <name>               pass/fail table of what CDC needs, with the SQL that fixes each failure
   tally source enable <name> [--print-sql [--role <r>]]
@@ -657,55 +705,17 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
     throw new UsageError(`source: ${sub === undefined ? "give a subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}\n${help}`);
   if (name === undefined && sub !== "status") throw new UsageError(`source ${sub}: give a source name\n${help}`);
   const config = await loadTallyConfig(settings.configFile);
-  if (sub === "enable" && values["print-sql"]) {
-    // Printing needs no connection: a DBA may run it where the source URL is not set.
-    const env = { ...process.env, [sourceUrlSetting(name!)]: process.env[sourceUrlSetting(name!)] || "postgres://unset" };
-    const source = findSource(config, name!, settings.env, env);
-    process.stdout.write(
-      `-- Enable CDC for source ${source.name}, as a superuser or the tables' owner, in this order (publication before slot).\n` +
-        `-- If the publication exists already: ALTER PUBLICATION ${admin.quoteIdent(source.publication)} SET TABLE … instead.\n` +
-        `${admin.enableSql(source).join("\n")}\n` +
-        (values.role !== undefined
-          ? `-- The role the cdc role connects as (${sourceUrlSetting(source.name)}): REPLICATION and SELECT on the captured tables only.\n` +
-            `${admin.replicationRoleSql(source, values.role).join("\n")}\n`
-          : ""),
-    );
-    return 0;
-  }
+  if (sub === "enable" && values["print-sql"]) return printEnableSql(admin, config, settings, name!, values.role);
   const sources = name !== undefined ? [findSource(config, name, settings.env)] : configuredSources(config, settings.env);
   const ledger = settings.databaseUrl && sub !== "check" && sub !== "enable" ? connectPostgres(settings.databaseUrl, { max: 1, application: "tally-source" }) : null;
   try {
     if (ledger) await assertEnvironment(ledger, settings.env);
-    const statuses = [];
+    const statuses: Array<SourceStatus> = [];
     let failed = false;
     for (const source of sources) {
       const sql = connectPostgres(source.url, { max: 1, application: `tally-source-${sub}` });
       try {
-        if (sub === "check") {
-          const results = await admin.checkSource(sql, source);
-          failed ||= results.some((r) => !r.ok);
-          process.stdout.write(`source ${source.name} (${source.urlSetting}):\n${admin.formatChecks(results)}`);
-        } else if (sub === "enable") {
-          const r = await admin.enableSource(sql, source);
-          process.stdout.write(
-            `source ${source.name}: publication ${source.publication} ${r.publication}, slot ${source.slot} ${r.slot}\n` +
-              r.statements.map((s) => `  ${s}\n`).join("") +
-              "the cdc role takes the initial snapshot on first start (it recreates the slot with an exported snapshot)\n" +
-              (r.slot === "created"
-                ? "if the cdc role had captured this source before, this new slot missed what changed while there was none: the cdc role halts the source and alerts until you run tally source resnapshot\n"
-                : ""),
-          );
-        } else if (sub === "status") statuses.push(await admin.sourceStatus(sql, ledger, source));
-        else {
-          const r = await admin.dropSource(sql, source, ledger);
-          process.stdout.write(
-            `source ${source.name}: slot ${source.slot} ${r.slotDropped ? "dropped" : "already gone"}` +
-              (r.terminatedPid !== null ? ` (terminated walsender ${r.terminatedPid})` : "") +
-              `, publication ${source.publication} ${r.publicationDropped ? "dropped" : "already gone"}` +
-              (ledger ? `, ledger state ${r.ledgerRowDeleted ? "deleted" : "already gone"}` : "") +
-              "\n",
-          );
-        }
+        failed = (await sourceStep(admin, sub, sql, ledger, source, statuses)) || failed;
       } catch (error) {
         const e = error as Error & { code?: unknown };
         if (e.name === "SourceAdminError" || typeof e.code === "string")
@@ -765,12 +775,6 @@ async function sourceResnapshot(settings: Settings, name: string, wait: boolean,
   } finally {
     await sql.end({ timeout: 5 });
   }
-}
-
-/** Effect.runPromise rejects with a FiberFailure; show the user the error inside it. */
-function unwrapFiberFailure(e: unknown): unknown {
-  const cause = (e as { [k: symbol]: unknown })[Symbol.for("effect/Runtime/FiberFailure/Cause")];
-  return cause ? squash(cause as Parameters<typeof squash>[0]) : e;
 }
 
 main(process.argv.slice(2)).then(

@@ -7,7 +7,7 @@ import { sourceUrlSetting } from "../../cdc/index.ts";
 import { demoInit } from "../../cdc/demo/index.ts";
 import { DemoSimulator } from "../../cdc/demo/index.ts";
 import { loadSettings, type Settings } from "../platform/index.ts";
-import { loadTallyConfig } from "../platform/index.ts";
+import { loadTallyConfig, type TallyConfig } from "../platform/index.ts";
 import { connectPostgres } from "../platform/index.ts";
 import {
   findNatsServer,
@@ -23,6 +23,7 @@ import {
 import { createLogger, type Logger } from "../platform/index.ts";
 import { newToken, sha256Hex, type ApiToken } from "../http/index.ts";
 import { maskSecrets } from "../platform/index.ts";
+import { Lifetime } from "../platform/index.ts";
 
 /** Ports `tally dev` prefers for its own servers (a free one is used when taken). */
 export const DEV_POSTGRES_PORT = 54329;
@@ -187,61 +188,14 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
   }
   if (externalNats === undefined) findNatsServer();
 
-  const stops: Array<() => Promise<void>> = [];
   // Last started, first stopped; every step runs even if an earlier one failed.
-  const stopAll = async (): Promise<void> => {
-    let failure: unknown;
-    for (const stop of stops.splice(0).reverse()) {
-      try {
-        await stop();
-      } catch (error) {
-        failure ??= error;
-      }
-    }
-    if (failure !== undefined) throw failure;
-  };
+  const lifetime = new Lifetime(opts.log);
   const checkpoint = (): void => {
     if (signal?.aborted) throw new DevStopped("stopped while starting");
   };
 
   try {
-    let postgres: PostgresServer | undefined;
-    let nats: NatsServer | undefined;
-    if (externalDb === undefined || externalNats === undefined) {
-      const leftovers = serversUsing(dir);
-      if (leftovers.length > 0) {
-        const pids = leftovers.map((p) => p.pid).join(" ");
-        throw new DevError(
-          `${opts.dir} is in use by ${leftovers.map((p) => `${p.command} (pid ${p.pid})`).join(", ")} — another tally dev, or left over from one that was killed; stop it (kill ${pids}) and try again`,
-        );
-      }
-      if (opts.fresh) await rm(dir, { recursive: true, force: true });
-      await mkdir(dir, { recursive: true });
-    }
-
-    // Postgres first: it refuses a data folder another postmaster holds, so it guards the folder.
-    if (externalDb === undefined) {
-      postgres = await onPreferredPort(DEV_POSTGRES_PORT, (port) => startPostgres({
-        dataDir: path.join(dir, "postgres"),
-        port,
-        logPath: path.join(dir, "postgres.log"),
-        // The data is kept between runs, so unlike the test servers it must survive an OS crash.
-        settings: { fsync: "on", full_page_writes: "on" },
-      }));
-      stops.push(postgres.stop);
-      checkpoint();
-      await createDatabaseIfMissing(postgres.url(), DEV_DATABASE);
-    }
-    checkpoint();
-    if (externalNats === undefined) {
-      nats = await onPreferredPort(DEV_NATS_PORT, (port) => startNats({
-        dataDir: path.join(dir, "nats"),
-        port,
-        logPath: path.join(dir, "nats.log"),
-      }));
-      stops.push(nats.stop);
-    }
-    checkpoint();
+    const { postgres, nats } = await startDevServers(opts, dir, { db: externalDb, nats: externalNats }, lifetime, checkpoint);
 
     const databaseUrl = externalDb ?? postgres!.url(DEV_DATABASE);
     const natsUrl = externalNats ?? nats!.url;
@@ -269,28 +223,14 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
     }
     checkpoint();
 
-    // The demo ERP and shop: databases of the embedded Postgres unless TALLY_SOURCE_*_URL name others.
-    const sourceUrls: Record<string, string> = {};
-    for (const name of ["erp", "shop"] as const) {
-      const setting = sourceUrlSetting(name);
-      const given = nonEmpty(env[setting]);
-      if (given) sourceUrls[setting] = given;
-      else if (postgres) {
-        await createDatabaseIfMissing(postgres.url(), `demo_${name}`);
-        sourceUrls[setting] = postgres.url(`demo_${name}`);
-      }
-    }
-    if (sourceUrls.TALLY_SOURCE_ERP_URL && sourceUrls.TALLY_SOURCE_SHOP_URL && config.sources.erp && config.sources.shop) {
-      Object.assign(process.env, sourceUrls);
-      await demoInit(config, settings.env, sourceUrls.TALLY_SOURCE_ERP_URL, sourceUrls.TALLY_SOURCE_SHOP_URL);
-    }
+    const sourceUrls = await prepareDemoSources(env, config, settings.env, postgres);
     checkpoint();
 
     const log = opts.log ?? createLogger("tally", env["TALLY_LOG_LEVEL"] ?? "info");
     const running = httpPortGiven
       ? await startTally(settings, config, DEV_ROLES, log)
       : await onPreferredPort(DEV_HTTP_PORT, (port) => startTally((settings = settingsOn(port)), config, DEV_ROLES, log));
-    stops.push(() => running.close());
+    lifetime.defer(() => running.close());
     checkpoint();
 
     const address = running.api?.server.address();
@@ -298,36 +238,125 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
     const host = settings.httpHost === "0.0.0.0" || settings.httpHost === "::" ? "127.0.0.1" : settings.httpHost;
     const apiUrl = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
 
-    let simulator: DemoSimulator | null = null;
-    const demoRuns = Boolean(sourceUrls.TALLY_SOURCE_ERP_URL && sourceUrls.TALLY_SOURCE_SHOP_URL && config.sources.erp && config.sources.shop);
-    if ((opts.demo ?? true) && demoRuns && devToken) {
-      const erp = connectPostgres(sourceUrls.TALLY_SOURCE_ERP_URL!, { max: 2, application: "tally-demo-simulator" });
-      const shop = connectPostgres(sourceUrls.TALLY_SOURCE_SHOP_URL!, { max: 2, application: "tally-demo-simulator" });
-      stops.push(async () => {
-        await erp.end({ timeout: 5 });
-        await shop.end({ timeout: 5 });
-      });
-      simulator = new DemoSimulator({
-        erp,
-        shop,
-        ledger: running.sql,
-        availability: running.nats.availability,
-        apiUrl,
-        token: devToken.token,
-        log: log.child({ role: "demo" }),
-        rate: opts.rate ?? 20,
-        skus: opts.skus ?? 2000,
-      });
-      const sim = simulator;
-      stops.push(() => sim.stop());
-    }
+    const simulator = startSimulator(opts, config, sourceUrls, devToken, running, apiUrl, log, lifetime);
 
     let stopping: Promise<void> | undefined;
-    return { settings, apiUrl, devToken: devToken?.token ?? null, simulator, databaseUrl, natsUrl, sourceUrls, postgres, nats, stop: () => (stopping ??= stopAll()) };
+    return { settings, apiUrl, devToken: devToken?.token ?? null, simulator, databaseUrl, natsUrl, sourceUrls, postgres, nats, stop: () => (stopping ??= lifetime.close()) };
   } catch (error) {
-    await stopAll();
+    await lifetime.close();
     throw error;
   }
+}
+
+/** The demo simulator (when both demo sources and the dev token are there), stopped by `lifetime`. */
+function startSimulator(
+  opts: DevOptions,
+  config: TallyConfig,
+  sourceUrls: Record<string, string>,
+  devToken: { token: string } | null,
+  running: Awaited<ReturnType<typeof startTally>>,
+  apiUrl: string,
+  log: Logger,
+  lifetime: Lifetime,
+): DemoSimulator | null {
+  let simulator: DemoSimulator | null = null;
+  const demoRuns = Boolean(sourceUrls.TALLY_SOURCE_ERP_URL && sourceUrls.TALLY_SOURCE_SHOP_URL && config.sources.erp && config.sources.shop);
+  if ((opts.demo ?? true) && demoRuns && devToken) {
+    const erp = connectPostgres(sourceUrls.TALLY_SOURCE_ERP_URL!, { max: 2, application: "tally-demo-simulator" });
+    const shop = connectPostgres(sourceUrls.TALLY_SOURCE_SHOP_URL!, { max: 2, application: "tally-demo-simulator" });
+    lifetime.defer(async () => {
+      await erp.end({ timeout: 5 });
+      await shop.end({ timeout: 5 });
+    });
+    simulator = new DemoSimulator({
+      erp,
+      shop,
+      ledger: running.sql,
+      availability: running.nats.availability,
+      apiUrl,
+      token: devToken.token,
+      log: log.child({ role: "demo" }),
+      rate: opts.rate ?? 20,
+      skus: opts.skus ?? 2000,
+    });
+    const sim = simulator;
+    lifetime.defer(() => sim.stop());
+  }
+  return simulator;
+}
+
+/** The embedded Postgres and nats-server (each unless an external URL is given), released by `lifetime`. */
+async function startDevServers(
+  opts: DevOptions,
+  dir: string,
+  external: { readonly db: string | undefined; readonly nats: string | undefined },
+  lifetime: Lifetime,
+  checkpoint: () => void,
+): Promise<{ postgres: PostgresServer | undefined; nats: NatsServer | undefined }> {
+  const externalDb = external.db;
+  const externalNats = external.nats;
+  let postgres: PostgresServer | undefined;
+  let nats: NatsServer | undefined;
+  if (externalDb === undefined || externalNats === undefined) {
+    const leftovers = serversUsing(dir);
+    if (leftovers.length > 0) {
+      const pids = leftovers.map((p) => p.pid).join(" ");
+      throw new DevError(
+        `${opts.dir} is in use by ${leftovers.map((p) => `${p.command} (pid ${p.pid})`).join(", ")} — another tally dev, or left over from one that was killed; stop it (kill ${pids}) and try again`,
+      );
+    }
+    if (opts.fresh) await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { recursive: true });
+  }
+
+  // Postgres first: it refuses a data folder another postmaster holds, so it guards the folder.
+  if (externalDb === undefined) {
+    postgres = await onPreferredPort(DEV_POSTGRES_PORT, (port) => startPostgres({
+      dataDir: path.join(dir, "postgres"),
+      port,
+      logPath: path.join(dir, "postgres.log"),
+      // The data is kept between runs, so unlike the test servers it must survive an OS crash.
+      settings: { fsync: "on", full_page_writes: "on" },
+    }));
+    lifetime.defer(postgres.stop);
+    checkpoint();
+    await createDatabaseIfMissing(postgres.url(), DEV_DATABASE);
+  }
+  checkpoint();
+  if (externalNats === undefined) {
+    nats = await onPreferredPort(DEV_NATS_PORT, (port) => startNats({
+      dataDir: path.join(dir, "nats"),
+      port,
+      logPath: path.join(dir, "nats.log"),
+    }));
+    lifetime.defer(nats.stop);
+  }
+  checkpoint();
+  return { postgres, nats };
+}
+
+/** The demo ERP and shop: databases of the embedded Postgres unless TALLY_SOURCE_*_URL name others; initialised when both are there. */
+async function prepareDemoSources(
+  env: Readonly<Record<string, string | undefined>>,
+  config: TallyConfig,
+  tallyEnv: string,
+  postgres: PostgresServer | undefined,
+): Promise<Record<string, string>> {
+  const sourceUrls: Record<string, string> = {};
+  for (const name of ["erp", "shop"] as const) {
+    const setting = sourceUrlSetting(name);
+    const given = nonEmpty(env[setting]);
+    if (given) sourceUrls[setting] = given;
+    else if (postgres) {
+      await createDatabaseIfMissing(postgres.url(), `demo_${name}`);
+      sourceUrls[setting] = postgres.url(`demo_${name}`);
+    }
+  }
+  if (sourceUrls.TALLY_SOURCE_ERP_URL && sourceUrls.TALLY_SOURCE_SHOP_URL && config.sources.erp && config.sources.shop) {
+    Object.assign(process.env, sourceUrls);
+    await demoInit(config, tallyEnv, sourceUrls.TALLY_SOURCE_ERP_URL, sourceUrls.TALLY_SOURCE_SHOP_URL);
+  }
+  return sourceUrls;
 }
 
 /**
@@ -355,7 +384,7 @@ async function loadDevToken(dir: string): Promise<{ token: string; entry: ApiTok
     const token = (await readFile(file, "utf8")).trim();
     if (/^tly_[A-Za-z0-9_-]{20,}$/.test(token)) return { token, entry: { id: "dev", sha256: sha256Hex(token), scopes: ["admin"] } };
   } catch {
-    // none yet
+    // No token file yet (or unreadable): a new token is written below.
   }
   const { token, entry } = newToken("dev", ["admin"]);
   await writeFile(file, `${token}\n`, { mode: 0o600 });

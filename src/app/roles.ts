@@ -1,5 +1,4 @@
 import { Cause, Effect, ExecutionStrategy, Exit, Scope } from "effect";
-import { UnknownException } from "effect/Cause";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
@@ -10,6 +9,7 @@ import { requireDatabaseUrl } from "../platform/index.ts";
 import type { TallyConfig } from "../platform/index.ts";
 import { connectPostgres, type Sql } from "../platform/index.ts";
 import { createLogger, type Logger } from "../platform/index.ts";
+import type { LongRunningService } from "../platform/index.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "../wire/index.ts";
 import { OutboxRelay } from "../channels/index.ts";
 import { AnchorPublisher } from "../channels/index.ts";
@@ -41,6 +41,12 @@ export interface Running {
 export const channelViews = (config: TallyConfig): ReadonlyArray<ChannelView> =>
   Object.entries(config.channels).map(([name, c]) => ({ name, locations: c.locations, buffer: c.buffer }));
 
+/**
+ * A promise as an Effect that fails with the promise's own rejection (not an UnknownException around
+ * it), so that `Cause.squash` of a failed program is the original error.
+ */
+export const fromPromise = <A>(f: () => Promise<A>): Effect.Effect<A, unknown> => Effect.tryPromise({ try: f, catch: (error) => error });
+
 /** A Postgres pool, ended on release. */
 export const postgresResource = (url: string, application: string, max?: number) =>
   Effect.acquireRelease(
@@ -51,8 +57,141 @@ export const postgresResource = (url: string, application: string, max?: number)
 /** A NATS connection, drained on release. */
 export const natsResource = (url: string, name: string, access: NatsAccess = {}) =>
   Effect.acquireRelease(
-    Effect.tryPromise(() => connectNats(url, name, access)),
+    fromPromise(() => connectNats(url, name, access)),
+    // A connection that cannot drain (already closed, or the server is gone) is closed instead: nothing is left to flush.
     (nc: NatsConnection) => Effect.promise(() => nc.drain().catch(() => nc.close())),
+  );
+
+/** A long-running service started now and stopped (awaited) when the current scope closes. */
+const serviceResource = <S extends LongRunningService>(make: () => S) =>
+  Effect.acquireRelease(
+    Effect.sync(() => make().start()),
+    (service) => Effect.promise(() => service.stop()),
+  );
+
+/** What every role is started with. */
+interface RoleContext {
+  readonly settings: Settings;
+  readonly config: TallyConfig;
+  readonly log: Logger;
+  readonly topology: Topology;
+  readonly sql: Sql;
+  readonly nc: NatsConnection;
+  readonly nats: NatsHandles;
+  /** The roles stop side by side when it closes. */
+  readonly rolesScope: Scope.CloseableScope;
+}
+
+const ensureTopologyOf = (ctx: RoleContext) => () =>
+  ensureTopology(ctx.nc, ctx.topology, { duplicateWindowMs: ctx.settings.duplicateWindowMs, leaseTtlMs: ctx.settings.leaseTtlMs });
+
+const startWorker = (ctx: RoleContext, workerSql: Sql) =>
+  serviceResource(() => {
+    const { settings, nats, topology: t, config, log } = ctx;
+    return new Worker({
+      sql: workerSql,
+      nats,
+      topology: t,
+      channels: channelViews(config),
+      log: log.child({ role: "worker" }),
+      leaseTtlMs: settings.leaseTtlMs,
+      maxActors: settings.maxActors,
+      batchMax: settings.batchMax,
+      applyConcurrency: settings.applyConcurrency,
+      restoreTopology: async () => {
+        await ensureTopologyOf(ctx)();
+      },
+    });
+  }).pipe(Scope.extend(ctx.rolesScope));
+
+const startRelay = (ctx: RoleContext) =>
+  Effect.gen(function* () {
+    const { settings, sql, nats, log } = ctx;
+    const id = yield* fromPromise(() => instanceId(sql));
+    return yield* serviceResource(
+      () =>
+        new OutboxRelay({
+          sql,
+          nats,
+          log: log.child({ role: "relay" }),
+          instanceId: id,
+          env: settings.env,
+          leaseTtlMs: settings.leaseTtlMs,
+          owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+        }),
+    ).pipe(Scope.extend(ctx.rolesScope));
+  });
+
+const startAnchors = ({ settings, sql, nats, topology: t, log }: RoleContext) =>
+  serviceResource(() => new AnchorPublisher({ sql, nats, topology: t, log: log.child({ role: "relay" }), intervalMs: settings.anchorIntervalMs }));
+
+const startWebhooks = (ctx: RoleContext) =>
+  Effect.gen(function* () {
+    const { settings, config, nats, topology: t, log } = ctx;
+    const webhooks: Array<WebhookDispatcher> = [];
+    for (const target of yield* Effect.try({ try: () => webhookTargets(config), catch: (error) => error }))
+      webhooks.push(
+        yield* serviceResource(
+          () =>
+            new WebhookDispatcher({
+              target,
+              nats,
+              sql: ctx.sql,
+              topology: t,
+              log: log.child({ role: "relay", channel: target.channel }),
+              owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+              leaseTtlMs: settings.leaseTtlMs,
+            }),
+        ).pipe(Scope.extend(ctx.rolesScope)),
+      );
+    return webhooks;
+  });
+
+const startReaders = (ctx: RoleContext) =>
+  Effect.gen(function* () {
+    const { settings, config, sql, nats, topology: t, log } = ctx;
+    const readers: Array<SourceReader> = [];
+    const sources = configuredSources(config, settings.env);
+    if (sources.length === 0) log.warn("cdc role: no source has its TALLY_SOURCE_<NAME>_URL set; nothing to capture");
+    for (const source of sources)
+      readers.push(
+        yield* serviceResource(
+          () =>
+            new SourceReader({
+              source,
+              sql,
+              js: nats.js,
+              nc: nats.nc,
+              topology: t,
+              log: log.child({ role: "cdc", source: source.name }),
+            }),
+        ).pipe(Scope.extend(ctx.rolesScope)),
+      );
+    return readers;
+  });
+
+/** The HTTP API, listening; drained, then closed, when the scope closes. */
+const startApi = (
+  { settings, config, topology: t, nats, log }: RoleContext,
+  apiSql: Sql,
+  parts: { worker: Worker | null; readers: ReadonlyArray<SourceReader>; webhooks: ReadonlyArray<WebhookDispatcher> },
+) =>
+  Effect.acquireRelease(
+    fromPromise(async () => {
+      // Loaded only by processes that serve HTTP.
+      const { buildApp, drainApp } = await import("../http/index.ts");
+      const { loadTokens } = await import("../http/index.ts");
+      const app = await buildApp({ settings, config, topology: t, sql: apiSql, nats, log, tokens: await loadTokens(settings), worker: parts.worker, readers: parts.readers, webhooks: parts.webhooks });
+      try {
+        await app.listen({ port: settings.httpPort, host: settings.httpHost });
+      } catch (error) {
+        await app.close();
+        throw error;
+      }
+      return { app, drainApp };
+    }),
+    // Drain first (requests in flight are answered, new ones get 503 + Retry-After), then close.
+    ({ app, drainApp }) => Effect.promise(() => drainApp(app).then(() => app.close())),
   );
 
 /**
@@ -64,9 +203,9 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     const url = requireDatabaseUrl(settings);
     const t = topology(settings.env, settings.partitions);
     const sql = yield* postgresResource(url, `tally-${roles.join("+")}`);
-    yield* Effect.tryPromise(() => assertEnvironment(sql, settings.env));
+    yield* fromPromise(() => assertEnvironment(sql, settings.env));
     const nc = yield* natsResource(settings.natsUrl, `tally-${settings.env}-${roles.join("+")}`, settings.natsAccess);
-    const nats = yield* Effect.tryPromise(() =>
+    const nats = yield* fromPromise(() =>
       ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
     );
     // The worker (the ledger's single writer) and the API (as many requests at once as clients send)
@@ -78,115 +217,22 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     // connections close): one waiting on a dependency that is down does not hold up the others'
     // flush, and the whole stop fits the shutdown bound more easily.
     const rolesScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.parallel);
-    const worker = roles.includes("worker")
-      ? yield* Effect.acquireRelease(
-          Effect.sync(() => {
-            const w = new Worker({
-              sql: workerSql,
-              nats,
-              topology: t,
-              channels: channelViews(config),
-              log: log.child({ role: "worker" }),
-              leaseTtlMs: settings.leaseTtlMs,
-              maxActors: settings.maxActors,
-              batchMax: settings.batchMax,
-              applyConcurrency: settings.applyConcurrency,
-              restoreTopology: async () => {
-                await ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs });
-              },
-            });
-            w.start();
-            return w;
-          }),
-          (w) => Effect.promise(() => w.stop()),
-        ).pipe(Scope.extend(rolesScope))
-      : null;
-    const relay = roles.includes("relay")
-      ? yield* Effect.acquireRelease(
-          Effect.tryPromise(async () =>
-            new OutboxRelay({
-              sql,
-              nats,
-              log: log.child({ role: "relay" }),
-              instanceId: await instanceId(sql),
-              env: settings.env,
-              leaseTtlMs: settings.leaseTtlMs,
-              owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
-            }),
-          ),
-          (r) => Effect.promise(() => r.stop()),
-        ).pipe(Scope.extend(rolesScope))
-      : null;
-    const anchors = roles.includes("relay")
-      ? yield* Effect.acquireRelease(
-          Effect.sync(() => new AnchorPublisher({ sql, nats, topology: t, log: log.child({ role: "relay" }), intervalMs: settings.anchorIntervalMs })),
-          (a) => Effect.promise(() => a.stop()),
-        )
-      : null;
-    const webhooks: Array<WebhookDispatcher> = [];
-    if (roles.includes("relay")) {
-      for (const target of yield* Effect.try(() => webhookTargets(config)))
-        webhooks.push(
-          yield* Effect.acquireRelease(
-            Effect.sync(
-              () =>
-                new WebhookDispatcher({
-                  target,
-                  nats,
-                  sql,
-                  topology: t,
-                  log: log.child({ role: "relay", channel: target.channel }),
-                  owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
-                  leaseTtlMs: settings.leaseTtlMs,
-                }),
-            ),
-            (w) => Effect.promise(() => w.stop()),
-          ).pipe(Scope.extend(rolesScope)),
-        );
-    }
-    const readers: Array<SourceReader> = [];
-    if (roles.includes("cdc")) {
-      const sources = configuredSources(config, settings.env);
-      if (sources.length === 0) log.warn("cdc role: no source has its TALLY_SOURCE_<NAME>_URL set; nothing to capture");
-      for (const source of sources)
-        readers.push(
-          yield* Effect.acquireRelease(
-            Effect.sync(
-              () =>
-                new SourceReader({
-                  source,
-                  sql,
-                  js: nats.js,
-                  nc: nats.nc,
-                  topology: t,
-                  log: log.child({ role: "cdc", source: source.name }),
-                }),
-            ),
-            (r) => Effect.promise(() => r.stop()),
-          ).pipe(Scope.extend(rolesScope)),
-        );
-    }
-    const api = roles.includes("api")
-      ? yield* Effect.acquireRelease(
-          Effect.tryPromise(async () => {
-            // Loaded only by processes that serve HTTP.
-            const { buildApp, drainApp } = await import("../http/index.ts");
-            const { loadTokens } = await import("../http/index.ts");
-            const app = await buildApp({ settings, config, topology: t, sql: apiSql, nats, log, tokens: await loadTokens(settings), worker, readers, webhooks });
-            try {
-              await app.listen({ port: settings.httpPort, host: settings.httpHost });
-            } catch (error) {
-              await app.close();
-              throw error;
-            }
-            return { app, drainApp };
-          }),
-          // Drain first (requests in flight are answered, new ones get 503 + Retry-After), then close.
-          ({ app, drainApp }) => Effect.promise(() => drainApp(app).then(() => app.close())),
-        )
-      : null;
+    const ctx: RoleContext = { settings, config, log, topology: t, sql, nc, nats, rolesScope };
+    const worker = roles.includes("worker") ? yield* startWorker(ctx, workerSql) : null;
+    const relay = roles.includes("relay") ? yield* startRelay(ctx) : null;
+    const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
+    const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];
+    const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
+    const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
     return { settings, topology: t, sql, nats, log, worker, relay, anchors, webhooks, readers, api: api?.app ?? null } satisfies Running;
   });
+
+/** Runs a (scoped) program; rejects with its original error (`Cause.squash`: the first failure, else the first defect). */
+export async function runEffect<A>(program: Effect.Effect<A, unknown>): Promise<A> {
+  const exit = await Effect.runPromiseExit(program);
+  if (Exit.isSuccess(exit)) return exit.value;
+  throw Cause.squash(exit.cause);
+}
 
 /** Promise-style handle on `startRoles` for callers outside Effect (tests, the dev stack). */
 export async function startTally(
@@ -199,11 +245,5 @@ export async function startTally(
   const exit = await Effect.runPromiseExit(Scope.extend(startRoles(settings, config, roles, log), scope));
   if (Exit.isSuccess(exit)) return { ...exit.value, close: () => Effect.runPromise(Scope.close(scope, Exit.void)) };
   await Effect.runPromise(Scope.close(scope, Exit.void));
-  throw squash(exit.cause);
-}
-
-/** The original error of a failed Effect (unwrapping Effect's UnknownException around rejected promises). */
-export function squash(cause: Cause.Cause<unknown>): unknown {
-  const e = Cause.squash(cause);
-  return e instanceof UnknownException ? e.error : e;
+  throw Cause.squash(exit.cause);
 }

@@ -4,7 +4,7 @@ import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import type { Sql } from "postgres";
 import { chainHeads, type Anchor } from "../../ledger/index.ts";
-import { backoffDelay } from "../platform/index.ts";
+import { LongRunningService, backoffDelay, retry, sleep } from "../platform/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
 
@@ -60,6 +60,7 @@ export async function readNatsAnchors(nats: NatsHandles, topology: Topology): Pr
       pending -= n;
     }
   } finally {
+    // Best effort: the consumer is ephemeral and goes by itself after inactive_threshold.
     await nats.jsm.consumers.delete(topology.anchorsStream, info.name).catch(() => {});
   }
   return out;
@@ -98,20 +99,11 @@ export interface AnchorPublisherOptions {
  * heads on its first round). Runs in the relay role. A rewrite of entries older than the last
  * anchor of their SKU is then caught by `tally ledger verify --anchors`.
  */
-export class AnchorPublisher {
-  #stopped = false;
-  #wake: (() => void) | null = null;
+export class AnchorPublisher extends LongRunningService {
   #since: Date | undefined;
-  readonly done: Promise<void>;
 
   constructor(readonly opts: AnchorPublisherOptions) {
-    this.done = this.#run();
-  }
-
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    this.#wake?.();
-    await this.done;
+    super();
   }
 
   /** Publishes the heads changed since the last round; returns how many. */
@@ -124,30 +116,14 @@ export class AnchorPublisher {
     return heads.length;
   }
 
-  async #run(): Promise<void> {
-    let attempt = 0;
-    while (!this.#stopped) {
-      try {
-        await this.round();
-        attempt = 0;
-        await this.#sleep(this.opts.intervalMs);
-      } catch (err) {
-        if (this.#stopped) break;
-        attempt++;
-        this.opts.log.warn({ err, attempt }, "publishing chain anchors failed; retrying after a backoff");
-        await this.#sleep(backoffDelay(attempt, 500, 30_000));
-      }
+  protected async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      await retry(() => this.round(), {
+        signal,
+        backoff: (attempt) => backoffDelay(attempt, 500, 30_000),
+        onError: (err, attempt) => this.opts.log.warn({ err, attempt }, "publishing chain anchors failed; retrying after a backoff"),
+      });
+      await sleep(this.opts.intervalMs, signal);
     }
-  }
-
-  #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(done, ms);
-      function done() {
-        clearTimeout(t);
-        resolve();
-      }
-      this.#wake = done;
-    });
   }
 }

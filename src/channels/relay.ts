@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import { OUTBOX_CHANNEL } from "../../ledger/index.ts";
 import { LeaseStore, type HeldLease } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
-import { backoffDelay } from "../platform/index.ts";
+import { LongRunningService, Wakeup, backoffDelay, retry } from "../platform/index.ts";
 
 export interface RelayOptions {
   readonly sql: Sql;
@@ -49,73 +49,87 @@ import { RELAY_LEASE_KEY, relaySubject } from "../wire/index.ts";
  * per environment (a lease), so projections leave in commit order. Each publish carries
  * `Nats-Msg-Id: <instance>:<outbox id>`, so a crash between publish and delete never duplicates.
  */
-export class OutboxRelay {
+export class OutboxRelay extends LongRunningService {
   published = 0;
   /** End-to-end latency of the last availability change published (ms), or null. */
   lastLatencyMs: number | null = null;
-  #stopped = false;
-  #wake: (() => void) | null = null;
+  readonly #wakeup = new Wakeup();
   #lease: HeldLease | null = null;
   #leases: LeaseStore;
+  #lastRenew = 0;
   #unlisten: (() => Promise<void>) | null = null;
-  readonly done: Promise<void>;
 
   constructor(readonly opts: RelayOptions) {
+    super();
     this.#leases = new LeaseStore(opts.nats.leases, opts.owner);
-    this.done = this.#run();
   }
 
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    this.#wake?.();
-    await this.done;
-    await this.#unlisten?.().catch(() => {});
+  override async stop(): Promise<boolean> {
+    const stopped = await super.stop();
+    // Best effort: the connection closes right after, which ends the LISTEN anyway.
+    await this.#unlisten?.().catch((err: unknown) => this.opts.log.debug({ err }, "outbox UNLISTEN failed"));
     if (this.#lease) await this.#leases.release(this.#lease);
+    return stopped;
   }
 
-  async #run(): Promise<void> {
+  protected override onStop(): void {
+    this.#wakeup.wake();
+  }
+
+  protected async run(signal: AbortSignal): Promise<void> {
     const { sql, log, leaseTtlMs } = this.opts;
     try {
-      const listener = await sql.listen(OUTBOX_CHANNEL, () => this.#wake?.());
+      const listener = await sql.listen(OUTBOX_CHANNEL, () => this.#wakeup.wake());
       this.#unlisten = listener.unlisten;
     } catch (err) {
+      // NOTIFY only shortens the wait: without it the relay polls.
       log.warn({ err }, "outbox LISTEN failed; polling only");
     }
-    let lastRenew = 0;
-    let attempt = 0;
-    while (!this.#stopped) {
-      try {
-        const now = Date.now();
-        if (!this.#lease) {
-          this.#lease = await this.#leases.tryAcquire(RELAY_LEASE_KEY);
-          if (!this.#lease) {
-            await this.#sleep(leaseTtlMs / 3);
-            continue;
-          }
-          lastRenew = now;
-          log.info("outbox relay lease acquired");
-        } else if (now - lastRenew > leaseTtlMs / 3) {
-          await this.#leases.renew(this.#lease);
-          lastRenew = now;
-        }
-        const n = await this.#round();
-        attempt = 0;
-        if (n === 0) await this.#sleep(Math.min(1000, leaseTtlMs / 3));
-      } catch (err) {
-        if (this.#stopped) break;
-        attempt++;
-        log.warn({ err, attempt }, "outbox relay round failed; retrying after a backoff");
-        if (this.#lease) {
-          // Make sure the lease is still ours before the next round.
-          try {
-            await this.#leases.renew(this.#lease);
-            lastRenew = Date.now();
-          } catch {
-            this.#lease = null;
-          }
-        }
-        await this.#sleep(backoffDelay(attempt, 200, 10_000));
+    while (!signal.aborted) {
+      const n = await retry(() => this.#leasedRound(signal), {
+        signal,
+        backoff: (attempt) => backoffDelay(attempt, 200, 10_000),
+        wait: (ms, s) => this.#wakeup.wait(ms, s),
+        onError: async (err, attempt) => {
+          log.warn({ err, attempt }, "outbox relay round failed; retrying after a backoff");
+          await this.#checkLease();
+        },
+      });
+      if (n === 0) await this.#wakeup.wait(Math.min(1000, leaseTtlMs / 3), signal);
+    }
+  }
+
+  /** Waits for the lease (renewing it when due), then runs one round; undefined when stopped meanwhile. */
+  async #leasedRound(signal: AbortSignal): Promise<number | undefined> {
+    const { log, leaseTtlMs } = this.opts;
+    while (!this.#lease) {
+      this.#lease = await this.#leases.tryAcquire(RELAY_LEASE_KEY);
+      if (this.#lease) {
+        this.#lastRenew = Date.now();
+        log.info("outbox relay lease acquired");
+        break;
       }
+      await this.#wakeup.wait(leaseTtlMs / 3, signal);
+      if (signal.aborted) return undefined;
+    }
+    const now = Date.now();
+    if (now - this.#lastRenew > leaseTtlMs / 3) {
+      await this.#leases.renew(this.#lease);
+      this.#lastRenew = now;
+    }
+    return this.#round();
+  }
+
+  /** After a failed round: makes sure the lease is still ours before the next one. */
+  async #checkLease(): Promise<void> {
+    if (!this.#lease) return;
+    try {
+      await this.#leases.renew(this.#lease);
+      this.#lastRenew = Date.now();
+    } catch (err) {
+      // Lost (or NATS is down): the next round acquires it again first.
+      this.opts.log.warn({ err }, "outbox relay lease could not be renewed; acquiring it again");
+      this.#lease = null;
     }
   }
 
@@ -152,18 +166,9 @@ export class OutboxRelay {
     const round: RelayRound = { published: rows.length, latencyMs };
     try {
       this.opts.nats.nc.publish(relaySubject(this.opts.env), JSON.stringify(round));
-    } catch {
-      // Best effort: metrics only.
+    } catch (err) {
+      // Best effort: metrics only (core NATS; disconnected now, the next round reports again).
+      this.opts.log.debug({ err }, "relay latency report not published");
     }
-  }
-
-  #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.#wake = () => {
-        clearTimeout(t);
-        resolve();
-      };
-    });
   }
 }

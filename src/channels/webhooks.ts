@@ -16,7 +16,7 @@ import { ConfigFileError, type TallyConfig } from "../platform/index.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
-import { backoffDelay } from "../platform/index.ts";
+import { LongRunningService, Wakeup, backoffDelay, retry } from "../platform/index.ts";
 import { DeliveryOrder, type DeliveryGap } from "../wire/index.ts";
 
 /** The dead-letter origin of undeliverable webhook batches. */
@@ -63,6 +63,7 @@ export function usableWebhookTargets(config: TallyConfig, env: Readonly<Record<s
     try {
       return webhookTargets({ ...config, channels: { [name]: c } }, env);
     } catch {
+      // This channel's secret is missing here: its replays report that; the other channels still work.
       return [];
     }
   });
@@ -108,9 +109,10 @@ export async function postWebhook(target: WebhookTarget, body: WebhookBody): Pro
       body: text,
       signal: AbortSignal.timeout(target.timeoutMs),
     });
-    await res.arrayBuffer().catch(() => undefined);
+    await res.arrayBuffer().catch(() => undefined); // read only to free the socket: the status decides
     return res.ok ? null : `HTTP ${res.status}`;
   } catch (error) {
+    // Not thrown: the caller counts, logs and retries a failed POST by its error text.
     const e = error as Error & { cause?: { code?: string } };
     return e.name === "TimeoutError" ? `no answer within ${target.timeoutMs} ms` : (e.cause?.code ?? e.message);
   }
@@ -137,11 +139,9 @@ export interface WebhookMetrics {
 }
 
 /** Sends one channel's availability changes to its webhook. */
-export class WebhookDispatcher {
+export class WebhookDispatcher extends LongRunningService {
   readonly metrics: WebhookMetrics = { deliveries: 0, items: 0, failedAttempts: 0, deadLettered: 0, lastError: null };
-  readonly done: Promise<void>;
-  #stopped = false;
-  #wake: (() => void) | null = null;
+  readonly #wakeup = new Wakeup();
   #queue: Array<JsMsg> = [];
   #messages: ConsumerMessages | null = null;
   #lease: HeldLease | null = null;
@@ -157,51 +157,59 @@ export class WebhookDispatcher {
   #generation = 0;
 
   constructor(readonly opts: DispatcherOptions) {
+    super();
     this.#leases = new LeaseStore(opts.nats.leases, opts.owner);
-    this.done = this.#run();
   }
 
   get channel(): string {
     return this.opts.target.channel;
   }
 
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    this.#wake?.();
-    await this.done;
+  override async stop(): Promise<boolean> {
+    const stopped = await super.stop();
     if (this.#lease) await this.#leases.release(this.#lease);
+    return stopped;
   }
 
-  async #run(): Promise<void> {
-    const { log, leaseTtlMs } = this.opts;
-    let attempt = 0;
-    while (!this.#stopped) {
-      try {
-        if (!this.#lease) {
-          this.#lease = await this.#leases.tryAcquire(this.opts.topology.webhookLeaseKey(this.channel));
-          if (!this.#lease) {
-            await this.#sleep(leaseTtlMs / 3);
-            continue;
-          }
-          this.#lastRenew = Date.now();
-          await this.#subscribe();
-          log.info({ channel: this.channel, url: this.opts.target.url }, "webhook sender lease acquired");
-        }
-        await this.#keepLease();
-        const batch = await this.#nextBatch();
-        attempt = 0;
-        if (batch.length > 0) await this.#deliver(batch);
-      } catch (error) {
-        if (this.#stopped) break;
-        attempt++;
-        log.warn({ err: error, channel: this.channel, attempt }, "webhook sender failed; starting over after a backoff");
-        this.#unsubscribe();
-        if (this.#lease) await this.#leases.release(this.#lease);
-        this.#lease = null;
-        await this.#sleep(backoffDelay(attempt, 200, 10_000));
-      }
+  protected override onStop(): void {
+    this.#wakeup.wake();
+  }
+
+  protected async run(signal: AbortSignal): Promise<void> {
+    const { log } = this.opts;
+    while (!signal.aborted) {
+      await retry(() => this.#step(signal), {
+        signal,
+        backoff: (attempt) => backoffDelay(attempt, 200, 10_000),
+        wait: (ms, s) => this.#wakeup.wait(ms, s),
+        onError: async (error, attempt) => {
+          log.warn({ err: error, channel: this.channel, attempt }, "webhook sender failed; starting over after a backoff");
+          this.#unsubscribe();
+          if (this.#lease) await this.#leases.release(this.#lease);
+          this.#lease = null;
+        },
+      });
     }
     this.#unsubscribe();
+  }
+
+  /** Takes the lease (subscribing) when not held, then sends the next batch, if any. */
+  async #step(signal: AbortSignal): Promise<void> {
+    const { log, leaseTtlMs } = this.opts;
+    while (!this.#lease) {
+      this.#lease = await this.#leases.tryAcquire(this.opts.topology.webhookLeaseKey(this.channel));
+      if (!this.#lease) {
+        await this.#wakeup.wait(leaseTtlMs / 3, signal);
+        if (signal.aborted) return;
+        continue;
+      }
+      this.#lastRenew = Date.now();
+      await this.#subscribe();
+      log.info({ channel: this.channel, url: this.opts.target.url }, "webhook sender lease acquired");
+    }
+    await this.#keepLease();
+    const batch = await this.#nextBatch();
+    if (batch.length > 0) await this.#deliver(batch);
   }
 
   async #keepLease(): Promise<void> {
@@ -226,7 +234,8 @@ export class WebhookDispatcher {
       if (!info.name.startsWith(prefix)) continue;
       floor = Math.max(floor, info.ack_floor.stream_seq);
       generation = Math.max(generation, Number(info.name.slice(prefix.length)) || 0);
-      await nats.jsm.consumers.delete(stream, info.name).catch(() => {});
+      // Best effort: an old consumer left behind expires after its inactive_threshold.
+      await nats.jsm.consumers.delete(stream, info.name).catch((err: unknown) => this.opts.log.debug({ err, consumer: info.name }, "could not delete an old webhook consumer"));
     }
     floor = Math.max(floor, this.#acked);
     this.#taken = floor;
@@ -252,7 +261,7 @@ export class WebhookDispatcher {
         // Skipped deliveries: stop before a batch past them acknowledges them too (AckPolicy.All).
         this.#gap = order.next(m);
         if (!this.#gap) this.#queue.push(m);
-        this.#wake?.();
+        this.#wakeup.wake();
       },
     });
   }
@@ -276,7 +285,7 @@ export class WebhookDispatcher {
     if (fresh() === 0) await this.#sleep(leaseTtlMs / 3);
     if (fresh() === 0) return [];
     const deadline = Date.now() + target.lingerMs;
-    while (fresh() < target.batchSize && Date.now() < deadline && !this.#stopped) await this.#sleep(deadline - Date.now());
+    while (fresh() < target.batchSize && Date.now() < deadline && !this.stopping) await this.#sleep(deadline - Date.now());
     const batch = this.#queue.splice(0, target.batchSize);
     if (batch.length > 0) this.#taken = batch[batch.length - 1]!.seq;
     return batch;
@@ -293,6 +302,7 @@ export class WebhookDispatcher {
         latest.delete(item.sku); // re-inserted: the map keeps the order of each SKU's latest change
         latest.set(item.sku, { item, seq: m.seq });
       } catch (error) {
+        // Not JSON: dead-lettered below with the reason, the rest of the batch is delivered.
         undecodable.push(deadLetter(WEBHOOK_ORIGIN, `availability message is not JSON: ${(error as Error).message}`, m.data, { channel: target.channel, stream_seq: m.seq }));
       }
     }
@@ -309,13 +319,13 @@ export class WebhookDispatcher {
       }
       this.metrics.failedAttempts++;
       this.metrics.lastError = error;
-      if (attempt >= target.maxAttempts || this.#stopped) break;
+      if (attempt >= target.maxAttempts || this.stopping) break;
       const delay = backoffDelay(attempt, target.backoffMs, target.maxBackoffMs);
       log.warn({ channel: target.channel, url: target.url, deliveryId: body.deliveryId, attempt, error, delayMs: Math.round(delay) }, "webhook delivery failed; retrying");
       await this.#sleepWhileLeased(delay);
     }
     // Shutting down mid-retry: leave the batch unacknowledged; the next holder sends it again.
-    if (error !== null && this.#stopped) return;
+    if (error !== null && this.stopping) return;
     const letters = [...undecodable];
     if (error !== null) {
       letters.push(
@@ -337,24 +347,14 @@ export class WebhookDispatcher {
   /** Sleeps through a retry backoff, keeping the lease alive. */
   async #sleepWhileLeased(ms: number): Promise<void> {
     const until = Date.now() + ms;
-    while (!this.#stopped && Date.now() < until) {
+    while (!this.stopping && Date.now() < until) {
       await this.#sleep(Math.min(until - Date.now(), this.opts.leaseTtlMs / 3));
       await this.#keepLease();
     }
   }
 
   #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(done, Math.max(0, ms));
-      function done() {
-        clearTimeout(t);
-        resolve();
-      }
-      this.#wake = () => {
-        this.#wake = null;
-        done();
-      };
-    });
+    return this.#wakeup.wait(ms, this.signal);
   }
 }
 

@@ -81,7 +81,7 @@ export class DashboardHub {
           try {
             handle(msg.json<T>());
           } catch {
-            // not a message of ours
+            // Parse fallback: not a message of ours.
           }
         },
       });
@@ -188,7 +188,7 @@ export class DashboardHub {
 
   async #deadLetterCount(): Promise<number | null> {
     if (Date.now() - this.#deadLetters.at > 2000) {
-      const info = await this.ctx.nats.jsm.streams.info(this.ctx.topology.dlqStream).catch(() => null);
+      const info = await this.ctx.nats.jsm.streams.info(this.ctx.topology.dlqStream).catch(() => null); // NATS down: shown as unknown
       this.#deadLetters = { n: info ? info.state.messages : null, at: Date.now() };
     }
     return this.#deadLetters.n;
@@ -201,7 +201,7 @@ export class DashboardHub {
       if (this.#tracked.has(sku)) continue;
       const t: Tracked = { score: 0, at: Date.now(), cells: new Map() };
       for (const channel of channels) {
-        const e = await this.ctx.nats.availability.get(this.ctx.topology.availabilityKey(channel, sku)).catch(() => null);
+        const e = await this.ctx.nats.availability.get(this.ctx.topology.availabilityKey(channel, sku)).catch(() => null); // NATS down: the cell stays empty
         if (e && e.operation === "PUT" && e.length > 0) {
           const a = e.json<Availability>();
           t.cells.set(channel, { available: Number(a.available), status: a.status, version: a.version });
@@ -304,7 +304,7 @@ export async function dashboardRoutes(app: FastifyInstance, { ctx, hub }: { ctx:
         if (!closed) res.write(`event: summary\ndata: ${JSON.stringify(s)}\n\n`);
       };
       await send();
-      const timer = setInterval(() => void send().catch(() => {}), 1000);
+      const timer = setInterval(() => void send().catch(() => {}), 1000); // a lost frame: the next second sends the state again
       const unlisten = hub.listen((changed) => {
         const mine = [...changed].filter((sku) => shown.has(sku));
         if (mine.length > 0 && !closed) res.write(`event: cells\ndata: ${JSON.stringify(hub.cells(mine))}\n\n`);

@@ -87,7 +87,7 @@ export class ApiMetrics {
       help: "Dead letters waiting in the dead-letter stream",
       registers,
       async collect() {
-        const info = await deps.nats.jsm.streams.info(deps.topology.dlqStream).catch(() => null);
+        const info = await deps.nats.jsm.streams.info(deps.topology.dlqStream).catch(() => null); // NATS down: the gauge keeps its last value
         if (info) this.set(info.state.messages);
       },
     });

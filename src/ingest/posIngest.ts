@@ -114,7 +114,7 @@ export class PosIngest {
   async start(): Promise<void> {
     await this.#crosswalkNow();
     try {
-      const l = await this.deps.sql.listen(ITEMS_CHANNEL, (sku) => void this.#crosswalk?.refresh(this.deps.sql, [sku]).catch(() => {}));
+      const l = await this.deps.sql.listen(ITEMS_CHANNEL, (sku) => void this.#crosswalk?.refresh(this.deps.sql, [sku]).catch((err: unknown) => this.deps.log.warn({ err, sku }, "crosswalk reload failed")));
       this.#unlisten = l.unlisten;
     } catch (err) {
       this.deps.log.warn({ err }, "crosswalk LISTEN failed: items are refreshed on a miss only");
@@ -122,7 +122,7 @@ export class PosIngest {
   }
 
   async stop(): Promise<void> {
-    await this.#unlisten?.().catch(() => {});
+    await this.#unlisten?.().catch((err: unknown) => this.deps.log.debug({ err }, "crosswalk UNLISTEN failed")); // the pool closes next anyway
   }
 
   /** The item crosswalk, loaded once and kept current. */

@@ -33,7 +33,7 @@ export class PosSubscriber {
 
   async stop(): Promise<void> {
     if (!this.#sub) return;
-    await this.#sub.drain().catch(() => {});
+    await this.#sub.drain().catch(() => {}); // connection already closed: nothing left to drain
     await this.#loop;
     await Promise.all(this.#running);
     this.#sub = null;

@@ -74,6 +74,7 @@ export async function submit(lines: AsyncIterable<string>, opts: SubmitOptions):
     try {
       parsed = JSON.parse(text);
     } catch {
+      // Parse fallback: the line is dead-lettered with this problem.
       problem = "not valid JSON";
     }
     let command: Command | null = null;

@@ -36,12 +36,12 @@ export async function listDeadLetters(nats: NatsHandles, topology: Topology, ori
     }
     if (n === 0) break;
   }
-  await nats.jsm.consumers.delete(topology.dlqStream, info.name).catch(() => {});
+  await nats.jsm.consumers.delete(topology.dlqStream, info.name).catch(() => {}); // best effort: the ephemeral consumer expires by itself
   return out;
 }
 
 export async function getDeadLetter(nats: NatsHandles, topology: Topology, id: number): Promise<StoredDeadLetter | null> {
-  const m = await nats.jsm.streams.getMessage(topology.dlqStream, { seq: id }).catch(() => null);
+  const m = await nats.jsm.streams.getMessage(topology.dlqStream, { seq: id }).catch(() => null); // no such letter (answered as null: not found)
   if (!m) return null;
   return { ...(m.json<DeadLetter>()), id: m.seq, subject: m.subject };
 }
@@ -92,7 +92,7 @@ export async function replayDeadLetter(deps: ReplayDeps, letter: StoredDeadLette
 
 /** Removes a dead letter for good. */
 export async function discardDeadLetter(nats: NatsHandles, topology: Topology, id: number): Promise<boolean> {
-  return nats.jsm.streams.deleteMessage(topology.dlqStream, id).catch(() => false);
+  return nats.jsm.streams.deleteMessage(topology.dlqStream, id).catch(() => false); // not there (any more): reported as not discarded
 }
 
 async function commandsOf(

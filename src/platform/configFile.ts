@@ -27,7 +27,7 @@ export const WebhookConfig = Schema.Struct({
       try {
         return ["http:", "https:"].includes(new URL(u).protocol);
       } catch {
-        return false;
+        return false; // parse fallback: not a URL at all, reported by the filter's message
       }
     }, { message: () => "expected an http:// or https:// URL" }),
   ),

@@ -11,3 +11,4 @@ export { JsonTextError, MAX_JSON_DEPTH, jsonDepthExceeds, parseJsonText } from "
 export { pauser } from "./cooperative.ts";
 export { ConfigFileError, decodeTallyConfig, knownStores, loadTallyConfig } from "./configFile.ts";
 export type { ChannelConfig, SourceConfig, TableConfig, TallyConfig } from "./configFile.ts";
+export { LongRunningService, Lifetime, Wakeup, retry, sleep } from "./service.ts";

@@ -32,7 +32,7 @@ export function deadLetter(
     try {
       body = JSON.parse(text);
     } catch {
-      body = text;
+      body = text; // parse fallback: not JSON, kept as text
     }
   }
   return { origin, reason, payload: body, context, at: at.toISOString() };

@@ -23,6 +23,7 @@ export function decodeEnvelope(data: Uint8Array): DecodedEnvelope {
   try {
     parsed = JSON.parse(new TextDecoder().decode(data));
   } catch {
+    // Parse fallback: the caller dead-letters the message with this reason.
     return { ok: false, reason: "envelope: not valid JSON" };
   }
   const e = parsed as Partial<Envelope> | null;

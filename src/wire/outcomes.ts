@@ -65,7 +65,7 @@ export class OutcomeWaiter {
         try {
           batch = msg.json<OutcomeBatch>();
         } catch {
-          return;
+          return; // parse fallback: not an outcome batch; the database poll is the truth
         }
         if (!Array.isArray(batch?.outcomes)) return;
         this.onBatch(batch);
@@ -153,6 +153,7 @@ export class OutcomeWaiter {
       clearTimeout(timer);
       // Timed out (not cancelled): one last look at the truth before answering without it.
       if (!cancelled && found.size < w.ids.size) {
+        // Database unavailable: answered with what was found (the waiter's timeout result).
         for (const o of await this.#lookup([...w.ids].filter((id) => !found.has(id))).catch(() => [])) this.#settle(o);
       }
       cleanup();

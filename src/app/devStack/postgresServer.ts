@@ -63,6 +63,7 @@ function isExecutable(path: string): boolean {
     accessSync(path, constants.X_OK);
     return true;
   } catch {
+    // Probe: not executable (or missing) means look elsewhere.
     return false;
   }
 }
@@ -78,6 +79,7 @@ export function embeddedPostgresRoot(): string | undefined {
     const native = join(dirname(dirname(main)), "native");
     return existsSync(join(native, "bin", "postgres")) ? native : undefined;
   } catch {
+    // Probe: the embedded package is not installed; the caller falls back to a system Postgres.
     return undefined;
   }
 }
@@ -204,7 +206,7 @@ async function closedAncestor(path: string, user: PostgresUser): Promise<string 
   const parts = path.split("/").filter(Boolean);
   for (let i = 0; i <= parts.length; i++) {
     const dir = `/${parts.slice(0, i).join("/")}`;
-    const info = await stat(dir).catch(() => undefined);
+    const info = await stat(dir).catch(() => undefined); // probe: missing means no owner to find
     if (info === undefined) return undefined;
     const mode = info.mode;
     const ok = info.uid === user.uid ? mode & 0o100 : info.gid === user.gid ? mode & 0o010 : mode & 0o001;
@@ -253,6 +255,7 @@ function releaseSharedMemory(dataDir: string): void {
   try {
     lockFile = readFileSync(join(dataDir, "postmaster.pid"), "utf8");
   } catch {
+    // Probe: no lock file, so no postmaster left shared memory behind.
     return;
   }
   const shmid = lockFile.split("\n")[6]?.trim().split(/\s+/)[1];

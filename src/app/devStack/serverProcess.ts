@@ -116,6 +116,7 @@ export class ServerProcess {
         await probe();
         return;
       } catch (error) {
+        // Not up yet: probe again until the deadline; the last error is reported then.
         lastError = error;
       }
       if (Date.now() > deadline) {
@@ -232,6 +233,7 @@ function procStat(pid: number): { ppid: number; state: string } | undefined {
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     return { state: fields[0] ?? "?", ppid: Number(fields[1]) };
   } catch {
+    // Probe: the process is gone (or there is no /proc).
     return undefined;
   }
 }
@@ -242,6 +244,7 @@ function descendantsOf(root: number): number[] {
   try {
     entries = readdirSync("/proc");
   } catch {
+    // Probe: no /proc here, so no descendants can be found.
     return [];
   }
   const children = new Map<number, number[]>();
@@ -302,6 +305,7 @@ export function serversUsing(
   try {
     entries = readdirSync("/proc");
   } catch {
+    // Probe: no /proc here, so no servers can be found.
     return [];
   }
   const found: Array<{ pid: number; command: string }> = [];
@@ -311,6 +315,7 @@ export function serversUsing(
     try {
       argv = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0");
     } catch {
+      // The process exited meanwhile: skip it.
       continue;
     }
     const command = (argv[0] ?? "").split("/").pop() ?? "";

@@ -51,7 +51,7 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
     await Promise.all(
       Array.from({ length: Math.min(32, queue.length) }, async () => {
         for (let sku = queue.pop(); sku !== undefined; sku = queue.pop()) {
-          const e = await kv.get(ctx.topology.availabilityKey(channel, sku)).catch(() => null);
+          const e = await kv.get(ctx.topology.availabilityKey(channel, sku)).catch(() => null); // unreadable: answered as unknown, like a missing key
           if (e && e.operation === "PUT" && e.length > 0) out.set(sku, e.json<AvailabilityView>());
         }
       }),
@@ -300,7 +300,7 @@ async function streamAvailability(
     closed = true;
     clearInterval(heartbeat);
     messages.stop();
-    void jsm.consumers.delete(stream, ci.name).catch(() => {});
+    void jsm.consumers.delete(stream, ci.name).catch(() => {}); // best effort: the ephemeral consumer expires by itself
     if (!res.writableEnded) res.end();
     ctx.streams.delete(close);
   };
