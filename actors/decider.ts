@@ -151,6 +151,7 @@ const legsFor = (state: SkuState, command: Command): Decision => {
               channelAvailable < command.qty
                 ? `cannot reserve ${command.qty} of ${sku} for channel ${scope.channel}: only ${channelAvailable} available to it`
                 : `cannot reserve ${command.qty} of ${sku} at ${location}: only ${available} available`,
+            // biome-ignore lint/complexity/useMathMinMax: bigints (Math.min takes numbers only)
             available: available < channelAvailable ? available : channelAvailable,
             channelAvailable,
           });

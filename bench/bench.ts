@@ -589,7 +589,16 @@ async function main(): Promise<void> {
   } finally {
     await loadClient?.close().catch(() => {});
     await tally?.close().catch(() => {});
-    await Promise.all(workers.map((w) => new Promise<void>((resolve) => (w.exitCode !== null ? resolve() : (w.once("exit", () => resolve()), w.kill("SIGTERM"))))));
+    await Promise.all(
+      workers.map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            if (w.exitCode !== null) return resolve();
+            w.once("exit", () => resolve());
+            w.kill("SIGTERM");
+          }),
+      ),
+    );
     await nc.close().catch(() => {});
     await Promise.allSettled([sql.end(), erp.end(), shop.end()]);
     await Promise.allSettled([pg.destroy(), srcPg.destroy(), natsServer.destroy()]);

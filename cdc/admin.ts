@@ -746,7 +746,7 @@ export function formatTable(headers: ReadonlyArray<string>, rows: ReadonlyArray<
       .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
       .join("  ")
       .trimEnd();
-  return [line(headers), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n") + "\n";
+  return `${[line(headers), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n")}\n`;
 }
 
 /** `tally source check`'s table: check, result (PASS/FAIL/WARN/INFO), detail, fix. */

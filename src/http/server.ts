@@ -1,23 +1,15 @@
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
-import type { Sql } from "postgres";
-import type { Logger } from "pino";
-import type { Worker } from "../../actors/index.ts";
-import type { SourceReader } from "../../cdc/index.ts";
-import type { Settings } from "../platform/index.ts";
-import { knownStores, type TallyConfig } from "../platform/index.ts";
-import type { NatsHandles } from "../wire/index.ts";
+import { knownStores } from "../platform/index.ts";
 import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../platform/index.ts";
-import type { Topology } from "../wire/index.ts";
 import { PosIngest } from "../ingest/index.ts";
 import { PosSubscriber } from "../ingest/index.ts";
 import { bearerToken, may, TokenVerifier, type ApiToken, type Principal, type Scope } from "./auth.ts";
 import { ApiError, ErrorSchema, errorRef } from "./errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "../wire/index.ts";
-import type { WebhookDispatcher } from "../channels/index.ts";
 import { Reservations } from "../reservations/index.ts";
 import { availabilityRoutes } from "./routes/availability.ts";
 import { healthRoutes } from "./routes/health.ts";
@@ -284,7 +276,7 @@ function installDrain(app: FastifyInstance, streams: Set<() => void>): void {
   let draining = false;
   let inFlight = 0;
   let idle: (() => void) | null = null;
-  app.addHook("onRequest", async (req, reply) => {
+  app.addHook("onRequest", async (_req, reply) => {
     if (draining)
       return reply
         .code(503)

@@ -255,7 +255,7 @@ export class PosIngest {
       results[dup.index] = { ...stripIndex(results[dup.of]!), index: dup.index };
       this.deps.onTransaction?.("duplicate", ctx.via);
     }
-    for (const r of rejected) this.deps.onTransaction?.("rejected", ctx.via);
+    for (const _r of rejected) this.deps.onTransaction?.("rejected", ctx.via);
 
     const accepted = results.filter((r) => r.status === "accepted").length;
     const out: BatchResult = { accepted, rejected: results.length - accepted, results };
