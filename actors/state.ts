@@ -258,4 +258,3 @@ export type SkuEvent =
   | HoldEvent
   | StockNotification;
 
-export type SkuEventType = SkuEvent["type"];

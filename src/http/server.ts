@@ -20,7 +20,7 @@ import { posRoutes } from "./routes/pos.ts";
 import { reservationRoutes } from "./routes/reservations.ts";
 import type { ApiContext, ApiDeps, ApiOptions } from "./context.ts";
 
-export type { ApiContext, ApiDeps, ApiOptions };
+export type { ApiDeps, ApiOptions };
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -261,7 +261,6 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   return app;
 }
 
-export type { ApiToken, Principal, Scope };
 
 /** How long a client is asked to wait before retrying a request refused by a draining instance. */
 const DRAIN_RETRY_AFTER_SECONDS = 1;
