@@ -51,8 +51,14 @@ const date = (name: string, v: string | undefined): Date | undefined => {
 
 /** Ledger entries for finance: paged (keyset on entry id) and a streamed export. */
 export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
-  const config = { scope: "ledger:read" as const };
+  entriesRoute(app, ctx);
+  exportRoute(app, ctx);
+}
 
+const config = { scope: "ledger:read" as const };
+
+/** GET /v1/ledger/entries: paged entries. */
+function entriesRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: EntriesQuery }>(
     "/v1/ledger/entries",
     {
@@ -130,7 +136,10 @@ export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
       };
     },
   );
+}
 
+/** GET /v1/ledger/export: the streamed incremental export. */
+function exportRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: { cursor?: string; from?: string; to?: string; format: "csv" | "ndjson" } }>(
     "/v1/ledger/export",
     {
@@ -186,3 +195,4 @@ export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
     },
   );
 }
+
