@@ -6,7 +6,7 @@ import { knownStores } from "../platform/index.ts";
 import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../platform/index.ts";
 import { PosIngest } from "../ingest/index.ts";
 import { PosSubscriber } from "../ingest/index.ts";
-import { bearerToken, may, TokenVerifier, type ApiToken, type Principal, type Scope } from "./auth.ts";
+import { bearerToken, may, TokenVerifier, type Principal, type Scope } from "./auth.ts";
 import { ApiError, ErrorSchema, errorRef } from "./errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "../wire/index.ts";
