@@ -2,6 +2,7 @@ import type { Sql, TransactionSql } from "postgres";
 import { GENESIS_HASH, entryHash } from "./hash.ts";
 import { verifyHolds } from "./verifyHolds.ts";
 import type { VerifyProblem } from "./verifyProblem.ts";
+import type { EntryRow } from "./entryRow.ts";
 
 export type { VerifyProblem };
 
@@ -14,24 +15,6 @@ export interface VerifyReport {
   readonly problem: VerifyProblem | null;
 }
 
-interface EntryRow {
-  entry_id: number;
-  command_id: string;
-  leg: number;
-  sku: string;
-  location: string;
-  bucket: string;
-  delta: number | bigint;
-  balance_after: number | bigint;
-  movement: string;
-  source_system: string;
-  source_ref: string;
-  occurred_at: Date;
-  recorded_at: Date;
-  sku_seq: number;
-  prev_hash: string;
-  hash: string;
-}
 
 /** What verify reads in: one transaction, so every statement sees the same snapshot. */
 export const VERIFY_ISOLATION = "isolation level repeatable read read only";

@@ -2,7 +2,7 @@ import { Readable } from "node:stream";
 import type { FastifyInstance } from "fastify";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
-import { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, openExport, type ExportSummary } from "../../../ledger/index.ts";
+import { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, entryJson, openExport, type EntryRow, type ExportSummary } from "../../../ledger/index.ts";
 
 const Entry = {
   type: "object",
@@ -97,9 +97,7 @@ function entriesRoute(app: FastifyInstance, ctx: ApiContext): void {
         throw new ApiError(403, "forbidden", `this token may only read the locations of channel ${req.principal!.channel}`);
       const { sql } = ctx;
       const after = q.cursor !== undefined ? Number(q.cursor) : 0;
-      const rows = await sql<
-        Array<{ entry_id: number; command_id: string; leg: number; sku: string; location: string; bucket: string; delta: number; balance_after: number; movement: string; source_system: string; source_ref: string; occurred_at: Date; recorded_at: Date; sku_seq: number; prev_hash: string; hash: string }>
-      >`
+      const rows = await sql<Array<EntryRow>>`
         select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system, source_ref,
                occurred_at, recorded_at, sku_seq, prev_hash, hash
           from ledger_entries
@@ -114,24 +112,7 @@ function entriesRoute(app: FastifyInstance, ctx: ApiContext): void {
          limit ${q.limit + 1}`;
       const page = rows.slice(0, q.limit);
       return {
-        entries: page.map((r) => ({
-          entryId: r.entry_id,
-          commandId: r.command_id,
-          leg: r.leg,
-          sku: r.sku,
-          location: r.location,
-          bucket: r.bucket,
-          delta: r.delta,
-          balanceAfter: r.balance_after,
-          movement: r.movement,
-          sourceSystem: r.source_system,
-          sourceRef: r.source_ref,
-          occurredAt: r.occurred_at.toISOString(),
-          recordedAt: r.recorded_at.toISOString(),
-          skuSeq: r.sku_seq,
-          prevHash: r.prev_hash,
-          hash: r.hash,
-        })),
+        entries: page.map((r) => entryJson(r)),
         nextCursor: rows.length > q.limit ? String(page[page.length - 1]!.entry_id) : null,
       };
     },
