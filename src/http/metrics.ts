@@ -220,26 +220,24 @@ function registerCdcGauges(readers: ReadonlyArray<SourceReader>, registers: Regi
       },
     });
   perSource("tally_cdc_slot_lag_bytes", "WAL the source's replication slot holds back, per CDC source read by this process", (r) => r.metrics.lagBytes);
-  new Gauge({
-    name: "tally_cdc_changes",
-    help: "Source changes read (a running total: rate() gives events per second), per CDC source and table",
-    labelNames: ["source", "table"],
-    registers,
-    collect() {
-      for (const r of readers)
-        for (const [table, n] of Object.entries(r.metrics.changesByTable)) this.set({ source: r.name, table }, n);
-    },
-  });
-  new Gauge({
-    name: "tally_cdc_dead_letters",
-    help: "Changes dead-lettered (running total), per CDC source and reason",
-    labelNames: ["source", "reason"],
-    registers,
-    collect() {
-      for (const r of readers)
-        for (const [reason, n] of Object.entries(r.metrics.deadLettersByReason)) this.set({ source: r.name, reason }, n);
-    },
-  });
+  /** A gauge per source and key (a table, a reason) of a running total the reader keeps by that key. */
+  const perSourceAnd = (keyLabel: string, name: string, help: string, read: (r: SourceReader) => Readonly<Record<string, number>>) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ["source", keyLabel],
+      registers,
+      collect() {
+        for (const r of readers) for (const [key, n] of Object.entries(read(r))) this.set({ source: r.name, [keyLabel]: key }, n);
+      },
+    });
+  perSourceAnd(
+    "table",
+    "tally_cdc_changes",
+    "Source changes read (a running total: rate() gives events per second), per CDC source and table",
+    (r) => r.metrics.changesByTable,
+  );
+  perSourceAnd("reason", "tally_cdc_dead_letters", "Changes dead-lettered (running total), per CDC source and reason", (r) => r.metrics.deadLettersByReason);
   perSource("tally_cdc_skipped_non_inventory", "Non-inventory lines skipped (running total), per CDC source", (r) => r.metrics.skipped);
   perSource(
     "tally_cdc_source_halted",
