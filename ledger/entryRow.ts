@@ -18,8 +18,8 @@ export interface EntryRow {
   hash: string;
 }
 
-/** An entry as the API and the export show it: camelCase, times as ISO strings; the export adds the item's `unit`. */
-export const entryJson = (r: EntryRow, unit?: string) => ({
+/** An entry as the API shows it: camelCase, times as ISO strings. */
+export const entryJson = (r: EntryRow) => ({
   entryId: r.entry_id,
   commandId: r.command_id,
   leg: r.leg,
@@ -28,7 +28,6 @@ export const entryJson = (r: EntryRow, unit?: string) => ({
   bucket: r.bucket,
   delta: r.delta,
   balanceAfter: r.balance_after,
-  ...(unit !== undefined ? { unit } : {}),
   movement: r.movement,
   sourceSystem: r.source_system,
   sourceRef: r.source_ref,
