@@ -16,8 +16,14 @@ describe("ApplyGate", () => {
     const order: Array<string> = [];
     const a = await permit(gate);
     const b = await permit(gate);
-    const c = permit(gate).then((r) => (order.push("c"), r));
-    const d = permit(gate).then((r) => (order.push("d"), r));
+    const c = permit(gate).then((r) => {
+      order.push("c");
+      return r;
+    });
+    const d = permit(gate).then((r) => {
+      order.push("d");
+      return r;
+    });
     await tick();
     expect(order).toEqual([]);
     a();

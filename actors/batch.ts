@@ -2,7 +2,7 @@ import type { BatchWrite, HoldRow, LedgerEntry, OutboxRow, OutcomeRow, StoredSku
 import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
 import type { Availability, Command, LocationId, Sku } from "../src/contract/index.ts";
 import { locationAvailable } from "../src/contract/index.ts";
-import { decide, evolve } from "./decider.ts";
+import { decide, evolve, type Decision } from "./decider.ts";
 import type { Bucket, HoldState, HoldStatus, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
 import { atLeastZero, emptyLocation, initialSkuState } from "./state.ts";
 
@@ -146,134 +146,191 @@ function withOpenHoldsOnly(actor: LiveSku): LiveSku {
  * into the rows of one ledger transaction. Pure: no I/O, the clock comes in as `recordedAt`.
  */
 export function planBatch(input: PlanInput): Plan {
-  const actors = new Map(input.actors);
-  const entries: Array<LedgerEntry> = [];
-  const outcomes: Array<OutcomeRow> = [];
-  const outbox: Array<OutboxRow> = [];
-  const touched = new Map<string, Set<string>>(); // sku → locations touched
-  const transfersTouched = new Map<string, Set<string>>(); // sku → transfer ids touched
-  const holdsTouched = new Map<string, Set<string>>(); // sku → hold ids opened, refused or reduced
-  const origins = new Map<string, { at: number; source: string }>(); // sku → its oldest applied command's source time
-  let applied = 0;
-  let rejected = 0;
-  let holdsRefused = 0;
-
+  const g: Gathered = {
+    actors: new Map(input.actors),
+    entries: [],
+    outcomes: [],
+    outbox: [],
+    touched: new Map(),
+    transfersTouched: new Map(),
+    holdsTouched: new Map(),
+    origins: new Map(),
+    applied: 0,
+    rejected: 0,
+    holdsRefused: 0,
+  };
   for (const { command, streamSeq } of input.commands) {
-    const actor = actors.get(command.sku);
+    const actor = g.actors.get(command.sku);
     if (!actor) throw new Error(`planBatch: SKU ${command.sku} was not activated`);
     const decision = decide(actor.state, command);
-    if (!decision.ok) {
-      rejected++;
-      outcomes.push({
-        commandId: command.id,
-        streamSeq,
-        sku: command.sku,
-        type: command.type,
-        status: "rejected",
-        reason: decision.rejection.reason,
-        detail: decision.rejection,
-      });
-      outbox.push({
-        kind: "event",
-        subject: input.names.eventSubject("command_rejected"),
-        kvKey: null,
-        payload: {
-          type: "command_rejected",
-          commandId: command.id,
-          commandType: command.type,
-          sku: command.sku,
-          location: command.location,
-          reason: decision.rejection.reason,
-          message: decision.rejection.message,
-          source: command.source,
-          occurredAt: command.occurredAt,
-        },
-      });
-      // A refused reserve still records its hold (as refused) and tells the order line's system.
-      if (decision.events !== undefined && decision.events.length > 0) {
-        let state = actor.state;
-        for (const event of decision.events) {
-          state = evolve(state, event);
-          if (event.type === "hold_refused") {
-            holdsRefused++;
-            markTouched(holdsTouched, command.sku, event.holdId);
-            outbox.push({
-              kind: "event",
-              subject: input.names.eventSubject(event.type),
-              kvKey: null,
-              payload: { ...event, commandId: command.id, source: command.source, occurredAt: command.occurredAt },
-            });
-          }
-        }
-        actors.set(command.sku, { ...actor, state });
-      }
-      continue;
-    }
-    applied++;
-    let { state, seq, lastHash } = actor;
-    let leg = 0;
-    const occurredAt = new Date(command.occurredAt);
-    const origin = origins.get(command.sku);
-    if (!origin || occurredAt.getTime() < origin.at) origins.set(command.sku, { at: occurredAt.getTime(), source: command.source.system });
+    if (decision.ok) applyDecided(g, input, command, streamSeq, actor, decision.events);
+    else recordRejected(g, input, command, streamSeq, actor, decision);
+  }
+  const { balances, skuLocations, heads } = stateRows(g, input);
+  const { transfers, settledTransfers } = transferRows(g);
+  const holds = holdRows(g);
+  forgetClosedHolds(g, input);
+
+  const lastSeq = input.commands.reduce((m, c) => Math.max(m, c.streamSeq), input.lastSeq);
+  return {
+    write: {
+      partition: input.partition,
+      epoch: input.epoch,
+      lastSeq,
+      recordedAt: input.recordedAt,
+      entries: g.entries,
+      balances,
+      heads,
+      skuLocations,
+      transfers,
+      settledTransfers,
+      holds,
+      outcomes: g.outcomes,
+      outbox: g.outbox,
+    },
+    actors: g.actors,
+    applied: g.applied,
+    rejected: g.rejected,
+    holdsRefused: g.holdsRefused,
+  };
+}
+
+/** What planBatch gathers while it decides a batch's commands. */
+interface Gathered {
+  readonly actors: Map<string, LiveSku>;
+  readonly entries: Array<LedgerEntry>;
+  readonly outcomes: Array<OutcomeRow>;
+  readonly outbox: Array<OutboxRow>;
+  /** sku → locations touched */
+  readonly touched: Map<string, Set<string>>;
+  /** sku → transfer ids touched */
+  readonly transfersTouched: Map<string, Set<string>>;
+  /** sku → hold ids opened, refused or reduced */
+  readonly holdsTouched: Map<string, Set<string>>;
+  /** sku → its oldest applied command's source time */
+  readonly origins: Map<string, { at: number; source: string }>;
+  applied: number;
+  rejected: number;
+  holdsRefused: number;
+}
+
+/** A rejected command: its outcome and a command_rejected event; a refused reserve still records its hold (as refused). */
+function recordRejected(g: Gathered, input: PlanInput, command: Command, streamSeq: number, actor: LiveSku, decision: Extract<Decision, { ok: false }>): void {
+  g.rejected++;
+  g.outcomes.push({
+    commandId: command.id,
+    streamSeq,
+    sku: command.sku,
+    type: command.type,
+    status: "rejected",
+    reason: decision.rejection.reason,
+    detail: decision.rejection,
+  });
+  g.outbox.push({
+    kind: "event",
+    subject: input.names.eventSubject("command_rejected"),
+    kvKey: null,
+    payload: {
+      type: "command_rejected",
+      commandId: command.id,
+      commandType: command.type,
+      sku: command.sku,
+      location: command.location,
+      reason: decision.rejection.reason,
+      message: decision.rejection.message,
+      source: command.source,
+      occurredAt: command.occurredAt,
+    },
+  });
+  // A refused reserve still records its hold (as refused) and tells the order line's system.
+  if (decision.events !== undefined && decision.events.length > 0) {
+    let state = actor.state;
     for (const event of decision.events) {
       state = evolve(state, event);
-      markTouched(touched, command.sku, event.location);
-      if (event.type === "stock_moved") {
-        leg++;
-        seq++;
-        const loc = state.locations[event.location] ?? emptyLocation;
-        const body = {
-          commandId: command.id,
-          leg,
-          sku: command.sku,
-          location: event.location,
-          bucket: event.bucket,
-          delta: event.delta,
-          balanceAfter: loc[BUCKET_FIELD[event.bucket]],
-          movement: event.movement,
-          sourceSystem: command.source.system,
-          sourceRef: command.source.ref,
-          occurredAt,
-          recordedAt: input.recordedAt,
-          skuSeq: seq,
-        };
-        const hash = entryHash(lastHash, body);
-        entries.push({ ...body, prevHash: lastHash, hash });
-        lastHash = hash;
-      } else if (event.type === "hold_opened" || event.type === "hold_reduced") {
-        markTouched(holdsTouched, command.sku, event.holdId);
-      } else if (event.type === "transfer_shipped" || event.type === "transfer_received") {
-        markTouched(transfersTouched, command.sku, event.transferId);
-        if (event.type === "transfer_shipped") markTouched(touched, command.sku, event.to);
-      } else if (NOTIFICATIONS.has(event.type)) {
-        outbox.push({
+      if (event.type === "hold_refused") {
+        g.holdsRefused++;
+        markTouched(g.holdsTouched, command.sku, event.holdId);
+        g.outbox.push({
           kind: "event",
           subject: input.names.eventSubject(event.type),
           kvKey: null,
-          payload:
-            event.type === "fulfill_unreserved"
-              ? { ...event, commandId: command.id, source: command.source, occurredAt: command.occurredAt, seq }
-              : { ...event, commandId: command.id, occurredAt: command.occurredAt, seq },
+          payload: { ...event, commandId: command.id, source: command.source, occurredAt: command.occurredAt },
         });
       }
     }
-    outcomes.push({
-      commandId: command.id,
-      streamSeq,
-      sku: command.sku,
-      type: command.type,
-      status: "applied",
-      reason: null,
-      detail: leg > 0 ? { legs: leg } : null,
-    });
-    actors.set(command.sku, { state, seq, lastHash, version: actor.version + 1 });
+    g.actors.set(command.sku, { ...actor, state });
   }
+}
 
+/** An applied command: its events evolve the actor; stock legs become chained ledger entries, notifications outbox rows. */
+function applyDecided(g: Gathered, input: PlanInput, command: Command, streamSeq: number, actor: LiveSku, events: ReadonlyArray<SkuEvent>): void {
+  g.applied++;
+  let { state, seq, lastHash } = actor;
+  let leg = 0;
+  const occurredAt = new Date(command.occurredAt);
+  const origin = g.origins.get(command.sku);
+  if (!origin || occurredAt.getTime() < origin.at) g.origins.set(command.sku, { at: occurredAt.getTime(), source: command.source.system });
+  for (const event of events) {
+    state = evolve(state, event);
+    markTouched(g.touched, command.sku, event.location);
+    if (event.type === "stock_moved") {
+      leg++;
+      seq++;
+      const loc = state.locations[event.location] ?? emptyLocation;
+      const body = {
+        commandId: command.id,
+        leg,
+        sku: command.sku,
+        location: event.location,
+        bucket: event.bucket,
+        delta: event.delta,
+        balanceAfter: loc[BUCKET_FIELD[event.bucket]],
+        movement: event.movement,
+        sourceSystem: command.source.system,
+        sourceRef: command.source.ref,
+        occurredAt,
+        recordedAt: input.recordedAt,
+        skuSeq: seq,
+      };
+      const hash = entryHash(lastHash, body);
+      g.entries.push({ ...body, prevHash: lastHash, hash });
+      lastHash = hash;
+    } else if (event.type === "hold_opened" || event.type === "hold_reduced") {
+      markTouched(g.holdsTouched, command.sku, event.holdId);
+    } else if (event.type === "transfer_shipped" || event.type === "transfer_received") {
+      markTouched(g.transfersTouched, command.sku, event.transferId);
+      if (event.type === "transfer_shipped") markTouched(g.touched, command.sku, event.to);
+    } else if (NOTIFICATIONS.has(event.type)) {
+      g.outbox.push({
+        kind: "event",
+        subject: input.names.eventSubject(event.type),
+        kvKey: null,
+        payload:
+          event.type === "fulfill_unreserved"
+            ? { ...event, commandId: command.id, source: command.source, occurredAt: command.occurredAt, seq }
+            : { ...event, commandId: command.id, occurredAt: command.occurredAt, seq },
+      });
+    }
+}
+g.outcomes.push({
+  commandId: command.id,
+  streamSeq,
+  sku: command.sku,
+  type: command.type,
+  status: "applied",
+  reason: null,
+  detail: leg > 0 ? { legs: leg } : null,
+});
+g.actors.set(command.sku, { state, seq, lastHash, version: actor.version + 1 });
+}
+
+/** Balances, SKU locations and heads of the touched SKUs, and each affected channel's availability (outbox). */
+function stateRows(g: Gathered, input: PlanInput): Pick<BatchWrite, "balances" | "skuLocations" | "heads"> {
   const balances: Array<BatchWrite["balances"][number]> = [];
   const skuLocations: Array<BatchWrite["skuLocations"][number]> = [];
   const heads: Array<BatchWrite["heads"][number]> = [];
-  for (const [sku, locations] of touched) {
-    const actor = actors.get(sku)!;
+  for (const [sku, locations] of g.touched) {
+    const actor = g.actors.get(sku)!;
     heads.push({ sku, seq: actor.seq, lastHash: actor.lastHash, version: actor.version });
     for (const location of locations) {
       const l = actor.state.locations[location] ?? emptyLocation;
@@ -284,8 +341,8 @@ export function planBatch(input: PlanInput): Plan {
     for (const channel of input.channels) {
       if (!channel.locations.some((loc) => locations.has(loc))) continue;
       const view = channelAvailability(actor, channel, input.recordedAt);
-      const origin = origins.get(sku);
-      outbox.push({
+      const origin = g.origins.get(sku);
+      g.outbox.push({
         kind: "availability",
         subject: input.names.availabilitySubject(channel.name, sku),
         kvKey: input.names.availabilityKey(channel.name, sku),
@@ -294,10 +351,15 @@ export function planBatch(input: PlanInput): Plan {
       });
     }
   }
+  return { balances, skuLocations, heads };
+}
+
+/** Open transfers touched by the batch, and those it settled. */
+function transferRows(g: Gathered): Pick<BatchWrite, "transfers" | "settledTransfers"> {
   const transfers: Array<BatchWrite["transfers"][number]> = [];
   const settledTransfers: Array<BatchWrite["settledTransfers"][number]> = [];
-  for (const [sku, ids] of transfersTouched) {
-    const state = actors.get(sku)!.state;
+  for (const [sku, ids] of g.transfersTouched) {
+    const state = g.actors.get(sku)!.state;
     for (const transferId of ids) {
       const t = state.transfers[transferId];
       if (t) transfers.push({ sku, transferId, from: t.from, to: t.to, shipped: t.shipped, received: t.received });
@@ -305,41 +367,28 @@ export function planBatch(input: PlanInput): Plan {
     }
   }
 
+  return { transfers, settledTransfers };
+}
+
+/** Holds opened, refused or reduced by the batch, as they stand after it. */
+function holdRows(g: Gathered): BatchWrite["holds"] {
   const holds: Array<BatchWrite["holds"][number]> = [];
-  for (const [sku, ids] of holdsTouched) {
-    const state = actors.get(sku)!.state;
+  for (const [sku, ids] of g.holdsTouched) {
+    const state = g.actors.get(sku)!.state;
     for (const holdId of ids) {
       const h = state.holds[holdId]!;
       holds.push({ sku, holdId, location: h.location, channel: h.channel, qty: h.qty, open: h.open, status: h.status, expiresAt: h.expiresAt });
     }
   }
-  // Closed holds this batch closed or had loaded are in the `holds` table now: the actor forgets them.
+  return holds;
+}
+
+/** Closed holds this batch closed or had loaded are in the `holds` table now: the actor forgets them. */
+function forgetClosedHolds(g: Gathered, input: PlanInput): void {
   const holdSkus = new Set<string>();
   for (const { command } of input.commands) if (holdIdOf(command) !== null) holdSkus.add(command.sku);
-  for (const sku of holdSkus) actors.set(sku, withOpenHoldsOnly(actors.get(sku)!));
+  for (const sku of holdSkus) g.actors.set(sku, withOpenHoldsOnly(g.actors.get(sku)!));
 
-  const lastSeq = input.commands.reduce((m, c) => Math.max(m, c.streamSeq), input.lastSeq);
-  return {
-    write: {
-      partition: input.partition,
-      epoch: input.epoch,
-      lastSeq,
-      recordedAt: input.recordedAt,
-      entries,
-      balances,
-      heads,
-      skuLocations,
-      transfers,
-      settledTransfers,
-      holds,
-      outcomes,
-      outbox,
-    },
-    actors,
-    applied,
-    rejected,
-    holdsRefused,
-  };
 }
 
 export function channelAvailability(actor: LiveSku, channel: ChannelView, at: Date): Availability {

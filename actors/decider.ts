@@ -88,11 +88,11 @@ const unreachable = (value: never, what: string): never => {
 const holdStatusAfter = (by: "release" | "fulfill" | "expire", open: number): HoldStatus =>
   nextHoldStatus("open", { type: "reduced", by, remaining: open }) as HoldStatus;
 
-/** The events a command causes before status is considered, or why it is refused. */
-const legsFor = (state: SkuState, command: Command): Decision => {
-  const { sku, location } = command;
-  const here = locationOf(state, location);
-  const leg = (at: LocationId, bucket: Bucket, delta: number | bigint, movement: Movement): StockMoved => ({
+/** A stock movement of the SKU: `delta` units into (or out of) `bucket` at `at`. */
+type Leg = (at: LocationId, bucket: Bucket, delta: number | bigint, movement: Movement) => StockMoved;
+const legsOf =
+  (sku: Command["sku"]): Leg =>
+  (at, bucket, delta, movement) => ({
     type: "stock_moved",
     sku,
     location: at,
@@ -100,6 +100,12 @@ const legsFor = (state: SkuState, command: Command): Decision => {
     delta: BigInt(delta),
     movement,
   });
+
+/** The events a command causes before status is considered, or why it is refused. */
+const legsFor = (state: SkuState, command: Command): Decision => {
+  const { sku, location } = command;
+  const here = locationOf(state, location);
+  const leg = legsOf(sku);
 
   switch (command.type) {
     case "receive":
@@ -112,169 +118,22 @@ const legsFor = (state: SkuState, command: Command): Decision => {
           ? leg(location, "on_hand", command.qty, "return")
           : leg(location, "damaged", command.qty, "return_damaged"),
       ]);
-    case "reserve": {
-      const holdId = command.reservationId;
-      const existing = state.holds[holdId];
-      if (existing !== undefined) {
-        return reject({
-          reason: "hold_exists",
-          message: `hold ${holdId} of ${sku} already exists (${existing.status}); a reserve opens a new hold`,
-          holdStatus: existing.status,
-        });
-      }
-      const channel = command.scope?.channel ?? null;
-      const refuse = (rejection: Rejection): Decision => ({
-        ok: false,
-        rejection,
-        events: [
-          {
-            type: "hold_refused",
-            sku,
-            location,
-            holdId,
-            qty: command.qty,
-            channel,
-            available: rejection.available ?? 0n,
-            reason: rejection.reason,
-          },
-        ],
-      });
-      const available = atLeastZero(locationAvailable(here));
-      const scope = command.scope;
-      if (scope) {
-        const sellable = scope.locations.reduce((n, at) => n + atLeastZero(locationAvailable(locationOf(state, at))), 0n);
-        const channelAvailable = atLeastZero(sellable - BigInt(scope.buffer));
-        if (channelAvailable < command.qty || available < command.qty) {
-          return refuse({
-            reason: "insufficient_stock",
-            message:
-              channelAvailable < command.qty
-                ? `cannot reserve ${command.qty} of ${sku} for channel ${scope.channel}: only ${channelAvailable} available to it`
-                : `cannot reserve ${command.qty} of ${sku} at ${location}: only ${available} available`,
-            available: available < channelAvailable ? available : channelAvailable,
-            channelAvailable,
-          });
-        }
-      } else if (available < command.qty) {
-        return refuse({
-          reason: "insufficient_stock",
-          message: `cannot reserve ${command.qty} of ${sku} at ${location}: only ${available} available`,
-          available,
-        });
-      }
-      return accept([
-        leg(location, "reserved", command.qty, "reserve"),
-        { type: "hold_opened", sku, location, holdId, qty: command.qty, channel, expiresAt: command.expiresAt ?? null },
-      ]);
-    }
-    case "release": {
-      const { id, hold } = holdNamed(state, command.reservationId, location);
-      const problem = holdProblem(hold, location);
-      if (problem !== null || hold === undefined) {
-        const what =
-          problem === "hold_closed"
-            ? `it is already ${hold!.status}`
-            : problem === "hold_elsewhere"
-              ? `it holds units at ${hold!.location}`
-              : hold?.status === "refused"
-                ? "its reserve was refused, so it holds nothing"
-                : "no reserve opened it";
-        return reject({
-          reason: problem ?? "unknown_hold",
-          message: `release of hold ${command.reservationId} of ${sku} at ${location} changes nothing: ${what}`,
-          ...(hold ? { holdStatus: hold.status } : {}),
-        });
-      }
-      const by = command.expired === true ? "expire" : "release";
-      const taken = by === "expire" ? hold.open : Math.min(command.qty, hold.open);
-      const open = hold.open - taken;
-      return accept([
-        leg(location, "reserved", -taken, "release"),
-        { type: "hold_reduced", sku, location, holdId: id, qty: taken, open, status: holdStatusAfter(by, open) },
-      ]);
-    }
-    case "fulfill": {
-      // A shipment is a fact: what the hold covers comes out of it, the rest leaves on hand regardless.
-      const { id, hold } = holdNamed(state, command.reservationId, location);
-      const problem = holdProblem(hold, location);
-      const covered = problem === null && hold !== undefined ? Math.min(command.qty, hold.open) : 0;
-      const uncovered = command.qty - covered;
-      const events: Array<SkuEvent> = [];
-      if (covered > 0) {
-        const open = hold!.open - covered;
-        events.push(
-          leg(location, "reserved", -covered, "fulfill"),
-          leg(location, "on_hand", -covered, "fulfill"),
-          { type: "hold_reduced", sku, location, holdId: id, qty: covered, open, status: holdStatusAfter("fulfill", open) },
-        );
-      }
-      if (uncovered > 0) {
-        events.push(leg(location, "on_hand", -uncovered, "fulfill_unreserved"), {
-          type: "fulfill_unreserved",
-          sku,
-          location,
-          holdId: command.reservationId,
-          qty: uncovered,
-          reason: problem ?? "exceeds_hold",
-        });
-      }
-      return accept(events);
-    }
+    case "reserve":
+      return reserveDecision(state, command, leg);
+    case "release":
+      return releaseDecision(state, command, leg);
+    case "fulfill":
+      return fulfillDecision(state, command, leg);
     case "adjust":
       return accept([leg(location, "on_hand", command.qty, "adjust")]);
     case "count": {
       const variance = BigInt(command.qty) - here.onHand;
       return accept(variance === 0n ? [] : [leg(location, "on_hand", variance, "count_variance")]);
     }
-    case "transfer_out": {
-      const open = state.transfers[command.transferId];
-      if (open !== undefined && (open.from !== location || open.to !== command.to)) {
-        return reject({
-          reason: "transfer_mismatch",
-          message: `transfer ${command.transferId} of ${sku} goes ${open.from} → ${open.to}, not ${location} → ${command.to}`,
-        });
-      }
-      return accept([
-        leg(location, "on_hand", -command.qty, "transfer_out"),
-        leg(command.to, "in_transit", command.qty, "transfer_out"),
-        {
-          type: "transfer_shipped",
-          sku,
-          location,
-          transferId: command.transferId,
-          from: location,
-          to: command.to,
-          qty: command.qty,
-        },
-      ]);
-    }
-    case "transfer_in": {
-      const open = state.transfers[command.transferId];
-      if (open === undefined) {
-        return reject({
-          reason: "unknown_transfer",
-          message: `transfer ${command.transferId} of ${sku} is not open (never shipped or already settled)`,
-        });
-      }
-      if (open.from !== command.from || open.to !== location) {
-        return reject({
-          reason: "transfer_mismatch",
-          message: `transfer ${command.transferId} of ${sku} goes ${open.from} → ${open.to}, not ${command.from} → ${location}`,
-        });
-      }
-      const outstanding = open.shipped - open.received;
-      if (command.qty > outstanding) {
-        return reject({
-          reason: "exceeds_in_transit",
-          message: `cannot receive ${command.qty} of transfer ${command.transferId} of ${sku}: only ${outstanding} in transit`,
-        });
-      }
-      return accept([
-        leg(location, "in_transit", -command.qty, "transfer_in"),
-        leg(location, "on_hand", command.qty, "transfer_in"),
-        { type: "transfer_received", sku, location, transferId: command.transferId, qty: command.qty },
-      ]);
-    }
+    case "transfer_out":
+      return transferOutDecision(state, command, leg);
+    case "transfer_in":
+      return transferInDecision(state, command, leg);
     case "set_policy":
       return accept([
         {
@@ -289,6 +148,180 @@ const legsFor = (state: SkuState, command: Command): Decision => {
       return unreachable(command, "command type");
   }
 };
+
+/** A reserve opens a hold when the location (and the channel, for a scoped one) has the units; else it is refused, as an event. */
+function reserveDecision(state: SkuState, command: Extract<Command, { type: "reserve" }>, leg: Leg): Decision {
+  const { sku, location } = command;
+  const here = locationOf(state, location);
+  const holdId = command.reservationId;
+  const existing = state.holds[holdId];
+  if (existing !== undefined) {
+    return reject({
+      reason: "hold_exists",
+      message: `hold ${holdId} of ${sku} already exists (${existing.status}); a reserve opens a new hold`,
+      holdStatus: existing.status,
+    });
+  }
+  const channel = command.scope?.channel ?? null;
+  const refuse = (rejection: Rejection): Decision => ({
+    ok: false,
+    rejection,
+    events: [
+      {
+        type: "hold_refused",
+        sku,
+        location,
+        holdId,
+        qty: command.qty,
+        channel,
+        available: rejection.available ?? 0n,
+        reason: rejection.reason,
+      },
+    ],
+  });
+  const available = atLeastZero(locationAvailable(here));
+  const scope = command.scope;
+  if (scope) {
+    const sellable = scope.locations.reduce((n, at) => n + atLeastZero(locationAvailable(locationOf(state, at))), 0n);
+    const channelAvailable = atLeastZero(sellable - BigInt(scope.buffer));
+    if (channelAvailable < command.qty || available < command.qty) {
+      return refuse({
+        reason: "insufficient_stock",
+        message:
+          channelAvailable < command.qty
+            ? `cannot reserve ${command.qty} of ${sku} for channel ${scope.channel}: only ${channelAvailable} available to it`
+            : `cannot reserve ${command.qty} of ${sku} at ${location}: only ${available} available`,
+        // biome-ignore lint/complexity/useMathMinMax: bigints (Math.min takes numbers only)
+        available: available < channelAvailable ? available : channelAvailable,
+        channelAvailable,
+      });
+    }
+  } else if (available < command.qty) {
+    return refuse({
+      reason: "insufficient_stock",
+      message: `cannot reserve ${command.qty} of ${sku} at ${location}: only ${available} available`,
+      available,
+    });
+  }
+  return accept([
+    leg(location, "reserved", command.qty, "reserve"),
+    { type: "hold_opened", sku, location, holdId, qty: command.qty, channel, expiresAt: command.expiresAt ?? null },
+  ]);
+}
+
+/** A release (or expiry) gives back what an open hold here still holds. */
+function releaseDecision(state: SkuState, command: Extract<Command, { type: "release" }>, leg: Leg): Decision {
+  const { sku, location } = command;
+  const { id, hold } = holdNamed(state, command.reservationId, location);
+  const problem = holdProblem(hold, location);
+  if (problem !== null || hold === undefined) {
+    const what =
+      problem === "hold_closed"
+        ? `it is already ${hold!.status}`
+        : problem === "hold_elsewhere"
+          ? `it holds units at ${hold!.location}`
+          : hold?.status === "refused"
+            ? "its reserve was refused, so it holds nothing"
+            : "no reserve opened it";
+    return reject({
+      reason: problem ?? "unknown_hold",
+      message: `release of hold ${command.reservationId} of ${sku} at ${location} changes nothing: ${what}`,
+      ...(hold ? { holdStatus: hold.status } : {}),
+    });
+  }
+  const by = command.expired === true ? "expire" : "release";
+  const taken = by === "expire" ? hold.open : Math.min(command.qty, hold.open);
+  const open = hold.open - taken;
+  return accept([
+    leg(location, "reserved", -taken, "release"),
+    { type: "hold_reduced", sku, location, holdId: id, qty: taken, open, status: holdStatusAfter(by, open) },
+  ]);
+}
+
+/** A shipment is a fact: what the hold covers comes out of it, the rest leaves on hand regardless. */
+function fulfillDecision(state: SkuState, command: Extract<Command, { type: "fulfill" }>, leg: Leg): Decision {
+  const { sku, location } = command;
+  // A shipment is a fact: what the hold covers comes out of it, the rest leaves on hand regardless.
+  const { id, hold } = holdNamed(state, command.reservationId, location);
+  const problem = holdProblem(hold, location);
+  const covered = problem === null && hold !== undefined ? Math.min(command.qty, hold.open) : 0;
+  const uncovered = command.qty - covered;
+  const events: Array<SkuEvent> = [];
+  if (covered > 0) {
+    const open = hold!.open - covered;
+    events.push(
+      leg(location, "reserved", -covered, "fulfill"),
+      leg(location, "on_hand", -covered, "fulfill"),
+      { type: "hold_reduced", sku, location, holdId: id, qty: covered, open, status: holdStatusAfter("fulfill", open) },
+    );
+  }
+  if (uncovered > 0) {
+    events.push(leg(location, "on_hand", -uncovered, "fulfill_unreserved"), {
+      type: "fulfill_unreserved",
+      sku,
+      location,
+      holdId: command.reservationId,
+      qty: uncovered,
+      reason: problem ?? "exceeds_hold",
+    });
+  }
+  return accept(events);
+}
+
+/** Ships units into transit toward the destination (again under the same transfer id: more of it). */
+function transferOutDecision(state: SkuState, command: Extract<Command, { type: "transfer_out" }>, leg: Leg): Decision {
+  const { sku, location } = command;
+  const open = state.transfers[command.transferId];
+  if (open !== undefined && (open.from !== location || open.to !== command.to)) {
+    return reject({
+      reason: "transfer_mismatch",
+      message: `transfer ${command.transferId} of ${sku} goes ${open.from} → ${open.to}, not ${location} → ${command.to}`,
+    });
+  }
+  return accept([
+    leg(location, "on_hand", -command.qty, "transfer_out"),
+    leg(command.to, "in_transit", command.qty, "transfer_out"),
+    {
+      type: "transfer_shipped",
+      sku,
+      location,
+      transferId: command.transferId,
+      from: location,
+      to: command.to,
+      qty: command.qty,
+    },
+  ]);
+}
+
+/** Receives units of an open transfer, up to what is still in transit. */
+function transferInDecision(state: SkuState, command: Extract<Command, { type: "transfer_in" }>, leg: Leg): Decision {
+  const { sku, location } = command;
+  const open = state.transfers[command.transferId];
+  if (open === undefined) {
+    return reject({
+      reason: "unknown_transfer",
+      message: `transfer ${command.transferId} of ${sku} is not open (never shipped or already settled)`,
+    });
+  }
+  if (open.from !== command.from || open.to !== location) {
+    return reject({
+      reason: "transfer_mismatch",
+      message: `transfer ${command.transferId} of ${sku} goes ${open.from} → ${open.to}, not ${command.from} → ${location}`,
+    });
+  }
+  const outstanding = open.shipped - open.received;
+  if (command.qty > outstanding) {
+    return reject({
+      reason: "exceeds_in_transit",
+      message: `cannot receive ${command.qty} of transfer ${command.transferId} of ${sku}: only ${outstanding} in transit`,
+    });
+  }
+  return accept([
+    leg(location, "in_transit", -command.qty, "transfer_in"),
+    leg(location, "on_hand", command.qty, "transfer_in"),
+    { type: "transfer_received", sku, location, transferId: command.transferId, qty: command.qty },
+  ]);
+}
 
 /** Locations whose balances or policy the events change, in first-touched order. */
 const touchedLocations = (events: ReadonlyArray<SkuEvent>): Array<LocationId> => {

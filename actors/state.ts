@@ -255,4 +255,3 @@ export type SkuEvent =
   | HoldEvent
   | StockNotification;
 
-export type SkuEventType = SkuEvent["type"];

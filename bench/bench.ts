@@ -47,8 +47,13 @@ import { startProfile, type ProfileSummary } from "./profile.ts";
 import { pollingBaseline, type OrderEvent, type StockEvent } from "./polling.ts";
 
 type Scenario = "steady" | "flash-sale" | "catalog-1m";
-/** A bad option: one line, no stack (the CLI prints a UsageError's message alone). */
+/** A bad option: one line, no stack, exit 1 (run directly or by `tally bench`). */
 const usage = (message: string) => Object.assign(new Error(message), { name: "UsageError" });
+process.on("uncaughtException", (e: Error & { code?: unknown }) => {
+  const badOption = e.name === "UsageError" || (typeof e.code === "string" && e.code.startsWith("ERR_PARSE_ARGS_"));
+  process.stderr.write(`bench: ${badOption ? e.message : (e.stack ?? String(e))}\n`);
+  process.exit(1);
+});
 const { values } = parseArgs({
   options: {
     scenario: { type: "string", default: "steady" },
@@ -589,7 +594,16 @@ async function main(): Promise<void> {
   } finally {
     await loadClient?.close().catch(() => {});
     await tally?.close().catch(() => {});
-    await Promise.all(workers.map((w) => new Promise<void>((resolve) => (w.exitCode !== null ? resolve() : (w.once("exit", () => resolve()), w.kill("SIGTERM"))))));
+    await Promise.all(
+      workers.map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            if (w.exitCode !== null) return resolve();
+            w.once("exit", () => resolve());
+            w.kill("SIGTERM");
+          }),
+      ),
+    );
     await nc.close().catch(() => {});
     await Promise.allSettled([sql.end(), erp.end(), shop.end()]);
     await Promise.allSettled([pg.destroy(), srcPg.destroy(), natsServer.destroy()]);

@@ -41,7 +41,7 @@ function barChart(title: string, groups: ReadonlyArray<{ label: string; bars: Re
       const out = g.bars
         .map((b, i) => {
           const w = (b.value / max) * (W - pad.l - pad.r);
-          const row = `<text x="${pad.l - 8}" y="${yPos + 14}" text-anchor="end">${i === 0 ? esc(g.label) + " " : ""}${esc(b.name)}</text>
+          const row = `<text x="${pad.l - 8}" y="${yPos + 14}" text-anchor="end">${i === 0 ? `${esc(g.label)} ` : ""}${esc(b.name)}</text>
             <rect x="${pad.l}" y="${yPos + 3}" width="${Math.max(1, w).toFixed(1)}" height="${rowH - 6}" fill="${COLORS[i % COLORS.length]}"/>
             <text x="${pad.l + w + 6}" y="${yPos + 14}">${b.value.toLocaleString("en")} ${esc(unit)}</text>`;
           yPos += rowH;

@@ -253,17 +253,41 @@ export function replicationRoleSql(source: ResolvedSource, role: string): string
  * `enable` they do not exist yet.
  */
 export async function checkSource(sql: Sql, source: ResolvedSource): Promise<CheckResult[]> {
-  const results: CheckResult[] = [];
-  const pass = (check: string, detail: string) => results.push({ check, ok: true, level: "pass", detail, fix: null });
-  const info = (check: string, detail: string, fix: string | null = null) =>
-    results.push({ check, ok: true, level: "info", detail, fix });
-  const warn = (check: string, detail: string, fix: string) => results.push({ check, ok: true, level: "warn", detail, fix });
-  const fail = (check: string, detail: string, fix: string) => results.push({ check, ok: false, level: "fail", detail, fix });
-
+  const checks = newChecks();
   const server = await readServer(sql);
   const slot = await readSlot(sql, source.slot);
-  const ownSlot = slot !== undefined && slot.database === server.database;
+  checkServer(checks, server, slot, source);
+  const { keys, tables } = await checkTables(checks, sql, source, server);
+  checkWalKeep(checks, server);
+  await checkPublication(checks, sql, source, server, keys, tables);
+  checkSlot(checks, server, slot, source);
+  return checks.results;
+}
 
+/** The check results so far, and one recorder per level. */
+interface Checks {
+  readonly results: CheckResult[];
+  pass(check: string, detail: string): void;
+  info(check: string, detail: string, fix?: string | null): void;
+  warn(check: string, detail: string, fix: string): void;
+  fail(check: string, detail: string, fix: string): void;
+}
+
+function newChecks(): Checks {
+  const results: CheckResult[] = [];
+  return {
+    results,
+    pass: (check, detail) => results.push({ check, ok: true, level: "pass", detail, fix: null }),
+    info: (check, detail, fix = null) => results.push({ check, ok: true, level: "info", detail, fix }),
+    warn: (check, detail, fix) => results.push({ check, ok: true, level: "warn", detail, fix }),
+    fail: (check, detail, fix) => results.push({ check, ok: false, level: "fail", detail, fix }),
+  };
+}
+
+/** Logical WAL, a free slot and WAL sender, and the role's REPLICATION right. */
+function checkServer(checks: Checks, server: ServerRow, slot: SlotRow | undefined, source: ResolvedSource): void {
+  const { pass, fail } = checks;
+  const ownSlot = slot !== undefined && slot.database === server.database;
   if (server.wal_level === "logical") pass("wal_level", "logical");
   else
     fail(
@@ -302,7 +326,12 @@ export async function checkSource(sql: Sql, source: ResolvedSource): Promise<Che
       `${server.role} has neither REPLICATION nor superuser: it cannot create or stream a slot`,
       `ALTER ROLE ${quoteIdent(server.role)} WITH REPLICATION;`,
     );
+}
 
+/** SELECT on every captured table and a usable replica identity on each; SELECT on the snapshot-only tables. */
+async function checkTables(checks: Checks, sql: Sql, source: ResolvedSource, server: ServerRow): Promise<{ keys: string[]; tables: TableRow[] }> {
+  const { pass, fail } = checks;
+  const { results } = checks;
   const keys = tableKeys(source);
   const tables = keys.length === 0 ? [] : await readTables(sql, keys);
   if (keys.length === 0) fail("tables", "the source captures no tables", "add tables to the source in tally.config.ts");
@@ -347,7 +376,12 @@ export async function checkSource(sql: Sql, source: ResolvedSource): Promise<Che
       );
     else pass(`snapshot ${t.key}`, `${server.role} may SELECT`);
   }
+  return { keys, tables };
+}
 
+/** A bound on the WAL a stuck slot may hold. */
+function checkWalKeep(checks: Checks, server: ServerRow): void {
+  const { pass, info, warn } = checks;
   const keep = server.max_slot_wal_keep_size;
   if (keep === null) info("max_slot_wal_keep_size", `not available before Postgres 13 (server ${server.server_version}): watch the slot's lag`);
   else if (keepSizeMb(keep) === -1)
@@ -357,7 +391,11 @@ export async function checkSource(sql: Sql, source: ResolvedSource): Promise<Che
       "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf();",
     );
   else pass("max_slot_wal_keep_size", `${keep}: a slot falling further behind is invalidated (then re-snapshot) instead of filling the disk`);
+}
 
+/** The publication is reported, not judged, before `enable`; after it, it must publish exactly the captured tables. */
+async function checkPublication(checks: Checks, sql: Sql, source: ResolvedSource, server: ServerRow, keys: ReadonlyArray<string>, tables: ReadonlyArray<TableRow>): Promise<void> {
+  const { pass, info, warn, fail } = checks;
   const publication = await readPublication(sql, source.publication);
   if (!publication) {
     const canCreate = server.rolsuper || (server.can_create && tables.every((t) => t.owned !== false));
@@ -386,7 +424,11 @@ export async function checkSource(sql: Sql, source: ResolvedSource): Promise<Che
         `tally source enable ${source.name}`,
       );
   }
+}
 
+/** The slot, if it exists: ours (a pgoutput slot in this database), and not invalidated. */
+function checkSlot(checks: Checks, server: ServerRow, slot: SlotRow | undefined, source: ResolvedSource): void {
+  const { info, fail } = checks;
   if (!slot) info("slot", `${source.slot} does not exist yet`, `tally source enable ${source.name}`);
   else if (slot.database !== server.database || slot.slot_type !== "logical" || slot.plugin !== "pgoutput")
     fail(
@@ -407,8 +449,6 @@ export async function checkSource(sql: Sql, source: ResolvedSource): Promise<Che
         (slot.lag_bytes !== null ? `, ${slot.lag_bytes} bytes behind` : "") +
         (slot.wal_status ? `, wal_status ${slot.wal_status}` : ""),
     );
-
-  return results;
 }
 
 function replicaIdentity(t: TableRow, name: string, oldRow: "key" | "full"): CheckResult {
@@ -746,7 +786,7 @@ export function formatTable(headers: ReadonlyArray<string>, rows: ReadonlyArray<
       .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
       .join("  ")
       .trimEnd();
-  return [line(headers), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n") + "\n";
+  return `${[line(headers), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n")}\n`;
 }
 
 /** `tally source check`'s table: check, result (PASS/FAIL/WARN/INFO), detail, fix. */

@@ -9,4 +9,3 @@ export function formatLsn(value: bigint): string {
   return `${(value >> 32n).toString(16).toUpperCase()}/${(value & 0xffffffffn).toString(16).toUpperCase()}`;
 }
 
-export const maxLsn = (a: string, b: string): string => (parseLsn(a) >= parseLsn(b) ? a : b);

@@ -1,5 +1,6 @@
 import type { ReservedSql, Sql } from "postgres";
 import { quantityJson } from "./store.ts";
+import type { EntryRow } from "./entryRow.ts";
 
 /** The columns of an exported ledger entry, in order (the CSV header). */
 export const EXPORT_COLUMNS = [
@@ -58,24 +59,9 @@ export interface ExportSummary {
   readonly nextCursor: string;
 }
 
-interface EntryRow {
-  entry_id: number;
-  command_id: string;
-  leg: number;
-  sku: string;
-  location: string;
-  bucket: string;
-  delta: number | bigint;
-  balance_after: number | bigint;
+/** An entry with its item's unit, as the export reads it. */
+interface ExportRow extends EntryRow {
   unit: string;
-  movement: string;
-  source_system: string;
-  source_ref: string;
-  occurred_at: Date;
-  recorded_at: Date;
-  sku_seq: number;
-  prev_hash: string;
-  hash: string;
 }
 
 /** RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled; records end in CRLF. */
@@ -85,7 +71,7 @@ const csvCell = (v: unknown): string => {
 };
 const CRLF = "\r\n";
 
-const jsonRow = (r: EntryRow) =>
+const jsonRow = (r: ExportRow) =>
   JSON.stringify({
     entryId: r.entry_id,
     commandId: r.command_id,
@@ -187,7 +173,7 @@ async function* exportRows(
   });
   try {
     if (format === "csv") yield `${EXPORT_COLUMNS.join(",")}${CRLF}`;
-    const cursor = conn<Array<EntryRow>>`
+    const cursor = conn<Array<ExportRow>>`
       select e.entry_id, e.command_id, e.leg, e.sku, e.location, e.bucket, e.delta, e.balance_after,
              coalesce(i.base_unit, '') as unit, e.movement, e.source_system, e.source_ref,
              e.occurred_at, e.recorded_at, e.sku_seq, e.prev_hash, e.hash

@@ -43,3 +43,5 @@ export { EnvironmentMismatch, MigrationError, assertEnvironment, instanceId, mig
 export type { MigrateResult } from "./migrate.ts";
 export { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, openExport } from "./export.ts";
 export type { ExportSummary } from "./export.ts";
+export { entryJson } from "./entryRow.ts";
+export type { EntryRow } from "./entryRow.ts";

@@ -2,6 +2,7 @@ import type { Sql, TransactionSql } from "postgres";
 import { GENESIS_HASH, entryHash } from "./hash.ts";
 import { verifyHolds } from "./verifyHolds.ts";
 import type { VerifyProblem } from "./verifyProblem.ts";
+import type { EntryRow } from "./entryRow.ts";
 
 export type { VerifyProblem };
 
@@ -14,24 +15,6 @@ export interface VerifyReport {
   readonly problem: VerifyProblem | null;
 }
 
-interface EntryRow {
-  entry_id: number;
-  command_id: string;
-  leg: number;
-  sku: string;
-  location: string;
-  bucket: string;
-  delta: number | bigint;
-  balance_after: number | bigint;
-  movement: string;
-  source_system: string;
-  source_ref: string;
-  occurred_at: Date;
-  recorded_at: Date;
-  sku_seq: number;
-  prev_hash: string;
-  hash: string;
-}
 
 /** What verify reads in: one transaction, so every statement sees the same snapshot. */
 export const VERIFY_ISOLATION = "isolation level repeatable read read only";
@@ -49,16 +32,31 @@ export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: numb
 
 /** The checks themselves, on a connection whose transaction holds one snapshot. */
 async function verifySnapshot(sql: TransactionSql, opts: { onProgress?: (entries: number) => void }): Promise<VerifyReport> {
+  const chains = await checkChains(sql, opts);
+  const { entries, skus } = chains;
+  if (chains.problem) return { ok: false, entries, skus, balances: 0, problem: chains.problem };
+  const balances = await checkBalances(sql, chains.sums);
+  const problem = balances.problem ?? missingBalanceRow(chains.sums, balances.seen) ?? (await checkHeads(sql, chains.heads)) ?? (await verifyHolds(sql));
+  return { ok: problem === null, entries, skus, balances: balances.rows, problem };
+}
+
+/** Per SKU, per `location\0bucket`: what its entries sum to. */
+type Sums = Map<string, Map<string, bigint>>;
+type Heads = Map<string, { seq: number; hash: string }>;
+
+/** Walks every SKU's chain in order: sequence, prev_hash, running balance and hash of each entry. */
+async function checkChains(
+  sql: TransactionSql,
+  opts: { onProgress?: (entries: number) => void },
+): Promise<{ entries: number; skus: number; problem: VerifyProblem | null; sums: Sums; heads: Heads }> {
   let entries = 0;
   let skus = 0;
-  let problem: VerifyProblem | null = null;
   let sku: string | null = null;
   let prevHash = GENESIS_HASH;
   let expectedSeq = 1;
   let sums = new Map<string, bigint>();
-  const heads = new Map<string, { seq: number; hash: string }>();
-
-  const allSums = new Map<string, Map<string, bigint>>();
+  const heads: Heads = new Map();
+  const allSums: Sums = new Map();
   const finishSku = () => {
     if (sku !== null) {
       heads.set(sku, { seq: expectedSeq - 1, hash: prevHash });
@@ -70,7 +68,7 @@ async function verifySnapshot(sql: TransactionSql, opts: { onProgress?: (entries
     select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system,
            source_ref, occurred_at, recorded_at, sku_seq, prev_hash, hash
       from ledger_entries order by sku, sku_seq`.cursor(2000);
-  outer: for await (const rows of cursor) {
+  for await (const rows of cursor) {
     for (const r of rows) {
       entries++;
       if (r.sku !== sku) {
@@ -81,96 +79,99 @@ async function verifySnapshot(sql: TransactionSql, opts: { onProgress?: (entries
         expectedSeq = 1;
         sums = new Map();
       }
-      const at = (message: string): VerifyProblem => ({ sku: r.sku, entryId: r.entry_id, commandId: r.command_id, message });
       const key = `${r.location}\u0000${r.bucket}`;
       // Exact: a balance may pass 2^53 (the driver returns such values as bigints).
       const running = (sums.get(key) ?? 0n) + BigInt(r.delta);
       sums.set(key, running);
-      if (r.sku_seq !== expectedSeq) problem = at(`sequence ${r.sku_seq} where ${expectedSeq} was expected (entry missing or reordered)`);
-      else if (r.prev_hash !== prevHash) problem = at(`prev_hash does not match the hash of sequence ${expectedSeq - 1}`);
-      else if (running !== BigInt(r.balance_after))
-        problem = at(`balance_after ${r.balance_after} but the entries sum to ${running} (${r.location}/${r.bucket})`);
-      else {
-        const recomputed = entryHash(prevHash, {
-          commandId: r.command_id,
-          leg: r.leg,
-          sku: r.sku,
-          location: r.location,
-          bucket: r.bucket,
-          delta: r.delta,
-          balanceAfter: r.balance_after,
-          movement: r.movement,
-          sourceSystem: r.source_system,
-          sourceRef: r.source_ref,
-          occurredAt: r.occurred_at,
-          recordedAt: r.recorded_at,
-          skuSeq: r.sku_seq,
-        });
-        if (recomputed !== r.hash) problem = at("hash does not match its contents (entry altered)");
+      const message = entryProblem(r, prevHash, expectedSeq, running);
+      if (message !== null) {
+        return { entries, skus, problem: { sku: r.sku, entryId: r.entry_id, commandId: r.command_id, message }, sums: allSums, heads };
       }
-      if (problem) break outer;
       prevHash = r.hash;
       expectedSeq++;
       if (entries % 100_000 === 0) opts.onProgress?.(entries);
     }
   }
-  if (problem) return { ok: false, entries, skus, balances: 0, problem };
   finishSku();
+  return { entries, skus, problem: null, sums: allSums, heads };
+}
 
-  let balanceRows = 0;
+/** What is wrong with one entry, given the chain before it; null when nothing is. */
+function entryProblem(r: EntryRow, prevHash: string, expectedSeq: number, running: bigint): string | null {
+  if (r.sku_seq !== expectedSeq) return `sequence ${r.sku_seq} where ${expectedSeq} was expected (entry missing or reordered)`;
+  if (r.prev_hash !== prevHash) return `prev_hash does not match the hash of sequence ${expectedSeq - 1}`;
+  if (running !== BigInt(r.balance_after)) return `balance_after ${r.balance_after} but the entries sum to ${running} (${r.location}/${r.bucket})`;
+  const recomputed = entryHash(prevHash, {
+    commandId: r.command_id,
+    leg: r.leg,
+    sku: r.sku,
+    location: r.location,
+    bucket: r.bucket,
+    delta: r.delta,
+    balanceAfter: r.balance_after,
+    movement: r.movement,
+    sourceSystem: r.source_system,
+    sourceRef: r.source_ref,
+    occurredAt: r.occurred_at,
+    recordedAt: r.recorded_at,
+    skuSeq: r.sku_seq,
+  });
+  return recomputed !== r.hash ? "hash does not match its contents (entry altered)" : null;
+}
+
+/** Every balance row against its entries' sum; also which rows exist (`sku\0location\0bucket`). */
+async function checkBalances(sql: TransactionSql, allSums: Sums): Promise<{ rows: number; seen: Set<string>; problem: VerifyProblem | null }> {
+  let rows = 0;
   const seen = new Set<string>();
   const balanceCursor = sql<Array<{ sku: string; location: string; bucket: string; qty: number | bigint }>>`
     select sku, location, bucket, qty from balances order by sku, location, bucket`.cursor(5000);
-  outer2: for await (const rows of balanceCursor) {
-    for (const b of rows) {
-      balanceRows++;
+  for await (const batch of balanceCursor) {
+    for (const b of batch) {
+      rows++;
       const key = `${b.location}\u0000${b.bucket}`;
       seen.add(`${b.sku}\u0000${key}`);
       const expected = allSums.get(b.sku)?.get(key) ?? 0n;
       if (expected !== BigInt(b.qty)) {
-        problem = {
-          sku: b.sku,
-          entryId: null,
-          commandId: null,
-          message: `balance ${b.location}/${b.bucket} is ${b.qty} but its entries sum to ${expected}`,
-        };
-        break outer2;
+        const message = `balance ${b.location}/${b.bucket} is ${b.qty} but its entries sum to ${expected}`;
+        return { rows, seen, problem: { sku: b.sku, entryId: null, commandId: null, message } };
       }
     }
   }
-  if (!problem) {
-    for (const [s, m] of allSums) {
-      for (const [key, total] of m) {
-        if (total !== 0n && !seen.has(`${s}\u0000${key}`)) {
-          const [location, bucket] = key.split("\u0000");
-          problem = { sku: s, entryId: null, commandId: null, message: `entries sum to ${total} for ${location}/${bucket} but there is no balance row` };
-          break;
-        }
-      }
-      if (problem) break;
-    }
-  }
-  if (!problem) {
-    const storedHeads = await sql<Array<{ sku: string; seq: number; last_hash: string }>>`
-      select sku, seq, last_hash from sku_heads where seq > 0 order by sku`;
-    for (const h of storedHeads) {
-      const computed = heads.get(h.sku);
-      if (!computed || computed.seq !== h.seq || computed.hash !== h.last_hash) {
-        problem = {
-          sku: h.sku,
-          entryId: null,
-          commandId: null,
-          message: `head says sequence ${h.seq} but the chain ends at ${computed?.seq ?? 0} (entries missing or head altered)`,
-        };
-        break;
+  return { rows, seen, problem: null };
+}
+
+/** A non-zero sum of entries with no balance row. */
+function missingBalanceRow(allSums: Sums, seen: ReadonlySet<string>): VerifyProblem | null {
+  for (const [s, m] of allSums) {
+    for (const [key, total] of m) {
+      if (total !== 0n && !seen.has(`${s}\u0000${key}`)) {
+        const [location, bucket] = key.split("\u0000");
+        return { sku: s, entryId: null, commandId: null, message: `entries sum to ${total} for ${location}/${bucket} but there is no balance row` };
       }
     }
-    if (!problem && storedHeads.length !== heads.size) {
-      const stored = new Set(storedHeads.map((h) => h.sku));
-      const missing = [...heads.keys()].find((s) => !stored.has(s));
-      if (missing) problem = { sku: missing, entryId: null, commandId: null, message: "entries exist but the SKU has no head" };
+  }
+  return null;
+}
+
+/** `sku_heads` against the chains' ends, both ways. */
+async function checkHeads(sql: TransactionSql, heads: Heads): Promise<VerifyProblem | null> {
+  const storedHeads = await sql<Array<{ sku: string; seq: number; last_hash: string }>>`
+    select sku, seq, last_hash from sku_heads where seq > 0 order by sku`;
+  for (const h of storedHeads) {
+    const computed = heads.get(h.sku);
+    if (!computed || computed.seq !== h.seq || computed.hash !== h.last_hash) {
+      return {
+        sku: h.sku,
+        entryId: null,
+        commandId: null,
+        message: `head says sequence ${h.seq} but the chain ends at ${computed?.seq ?? 0} (entries missing or head altered)`,
+      };
     }
   }
-  if (!problem) problem = await verifyHolds(sql);
-  return { ok: problem === null, entries, skus, balances: balanceRows, problem };
+  if (storedHeads.length !== heads.size) {
+    const stored = new Set(storedHeads.map((h) => h.sku));
+    const missing = [...heads.keys()].find((s) => !stored.has(s));
+    if (missing) return { sku: missing, entryId: null, commandId: null, message: "entries exist but the SKU has no head" };
+  }
+  return null;
 }

@@ -77,7 +77,7 @@ describe("auth", () => {
 
   it("decodes the token list, naming the bad field, and verifies tokens by hash", () => {
     expect(() => decodeTokens('[{"id":"a","sha256":"xyz","scopes":["pos:write"]}]', "TALLY_API_TOKENS")).toThrow(/\[0\]\.sha256: expected the token's SHA-256/);
-    expect(() => decodeTokens('[{"id":"a","sha256":"' + "a".repeat(64) + '","scopes":["root"]}]', "T")).toThrow(/\[0\]\.scopes\[0\]/);
+    expect(() => decodeTokens(`[{"id":"a","sha256":"${"a".repeat(64)}","scopes":["root"]}]`, "T")).toThrow(/\[0\]\.scopes\[0\]/);
     expect(() => decodeTokens("nope", "T")).toThrow(/not valid JSON/);
     const { token, entry } = newToken("checkout", ["reservations:write"], "web");
     expect(entry.sha256).toBe(sha256Hex(token));
@@ -124,8 +124,8 @@ describe("health, readiness, metrics, docs", () => {
     expect(sum).toBeGreaterThanOrEqual(10);
     expect(sum).toBeLessThan(10 + 60);
     // The fresh change lands in a small bucket, the old one does not.
-    expect(Number(new RegExp(`^tally_end_to_end_seconds_bucket\\{le="5",source="e2e-test"\\} (\\S+)$`, "m").exec(body)?.[1])).toBe(1);
-    expect(Number(new RegExp(`^tally_end_to_end_seconds_bucket\\{le="\\+Inf",source="e2e-test"\\} (\\S+)$`, "m").exec(body)?.[1])).toBe(2);
+    expect(Number(/^tally_end_to_end_seconds_bucket\{le="5",source="e2e-test"\} (\S+)$/m.exec(body)?.[1])).toBe(1);
+    expect(Number(/^tally_end_to_end_seconds_bucket\{le="\+Inf",source="e2e-test"\} (\S+)$/m.exec(body)?.[1])).toBe(2);
   });
 
   it("serves the OpenAPI document at /docs/json, with a schema for every route", async () => {

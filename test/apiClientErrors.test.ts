@@ -15,7 +15,7 @@ afterAll(async () => {
 });
 
 const deep = (n: number) => "[".repeat(n) + "]".repeat(n);
-const deepObject = (n: number) => '{"a":'.repeat(n) + "1" + "}".repeat(n);
+const deepObject = (n: number) => `${'{"a":'.repeat(n)}1${"}".repeat(n)}`;
 
 /** Every client error is a 4xx that names the field, never a 503 with Retry-After (which invites endless retries). */
 function expectClientError(r: { statusCode: number; headers: Record<string, unknown>; body: string }, status: number, field: RegExp): void {

@@ -1,6 +1,5 @@
 /** Shared setup of the API tests: a worker + relay in process, and `buildApp` on its own pool. */
-import type { FastifyInstance, InjectOptions } from "fastify";
-import type { Response as InjectResponse } from "light-my-request";
+import type { FastifyInstance, InjectOptions, LightMyRequestResponse as InjectResponse } from "fastify";
 import type { ItemDefinition } from "../src/contract/mapping.ts";
 import { Crosswalk } from "../cdc/index.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
@@ -121,4 +120,3 @@ export async function deadLetters(h: Harness, origin: string): Promise<Array<{ s
   return out;
 }
 
-export const TEST_CHANNEL_CONFIG = TEST_CHANNELS;

@@ -3,7 +3,7 @@ import postgres from "postgres";
 import { pino } from "pino";
 import { enableSource, formatStatuses, sourceStatus, type SourceStatus } from "../cdc/admin.ts";
 import { findSource, parseLsn } from "../cdc/index.ts";
-import { type Change, type ItemDefinition, type RowView } from "../src/contract/mapping.ts";
+import type { Change, ItemDefinition, RowView } from "../src/contract/mapping.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { startTally } from "../src/app/roles.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";

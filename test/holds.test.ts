@@ -49,7 +49,7 @@ const reserve = (sku: string, hold: string, qty: number) => command("reserve", s
 const release = (sku: string, hold: string, qty: number) => command("release", sku, qty, { reservationId: hold });
 const fulfill = (sku: string, hold: string, qty: number) => command("fulfill", sku, qty, { reservationId: hold });
 
-const ndjson = (lines: ReadonlyArray<object>): string => lines.map((l) => JSON.stringify(l)).join("\n") + "\n";
+const ndjson = (lines: ReadonlyArray<object>): string => `${lines.map((l) => JSON.stringify(l)).join("\n")}\n`;
 
 /** Publishes the commands and waits until each has an outcome. */
 async function apply(commands: ReadonlyArray<RawCommand>): Promise<void> {

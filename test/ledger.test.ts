@@ -43,7 +43,7 @@ async function exitWithin(child: ReturnType<typeof spawnTally>, ms: number): Pro
   });
 }
 
-const ndjson = (commands: ReadonlyArray<object>): string => commands.map((c) => JSON.stringify(c)).join("\n") + "\n";
+const ndjson = (commands: ReadonlyArray<object>): string => `${commands.map((c) => JSON.stringify(c)).join("\n")}\n`;
 
 function command(id: string, type: string, sku: string, location: string, qty: number, extra: object = {}) {
   return {

@@ -37,7 +37,11 @@ describe("/readyz for the worker role", () => {
   it("is ready when every partition is held and none is stuck", async () => {
     // The answer that was ready is the one checked (under load a later one may exceed a check's 2 s bound).
     let ready: Readiness | null = null;
-    await until(withWorker, "ready", (r) => (r.status === 200 ? ((ready = r.body), true) : false));
+    await until(withWorker, "ready", (r) => {
+      if (r.status !== 200) return false;
+      ready = r.body;
+      return true;
+    });
     const body = ready! as Readiness;
     expect(body.checks.leases).toMatchObject({ ok: true, held: 4, heldByAnyWorker: 4 });
     expect(body.checks.stuck).toMatchObject({ ok: true });

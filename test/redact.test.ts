@@ -47,7 +47,12 @@ describe("secrets never reach an output", () => {
 
   it("log lines are masked, whatever field the URL is in", async () => {
     let out = "";
-    const sink = new Writable({ write: (chunk, _enc, done) => ((out += chunk.toString()), done()) });
+    const sink = new Writable({
+      write: (chunk, _enc, done) => {
+        out += chunk.toString();
+        done();
+      },
+    });
     const log = createLogger("test", "info", sink);
     log.warn({ url: "https://user:HookPw@hooks.example.com/x?token=HookToken", err: new Error("cannot connect to postgres://a:DbPw@db/x") }, "failed");
     log.flush?.();

@@ -37,7 +37,7 @@ function command(id: string, type: string, sku: string, location: string, qty: n
 }
 
 const ndjson = (lines: ReadonlyArray<object | string>): string =>
-  lines.map((l) => (typeof l === "string" ? l : JSON.stringify(l))).join("\n") + "\n";
+  `${lines.map((l) => (typeof l === "string" ? l : JSON.stringify(l))).join("\n")}\n`;
 
 const submit = (args: ReadonlyArray<string>, stdin?: string) => runTally(["submit", ...args], tallyEnv(ctx), stdin);
 

@@ -131,7 +131,7 @@ describe("NATS authentication other than user and password", () => {
     const folder = await mkdtemp(join(tmpdir(), "tally-nkey-"));
     const user = nkeys.createUser();
     const seedFile = join(folder, "tally.nk");
-    await writeFile(seedFile, new TextDecoder().decode(user.getSeed()) + "\n");
+    await writeFile(seedFile, `${new TextDecoder().decode(user.getSeed())}\n`);
     const configFile = join(folder, "nkey.conf");
     await writeFile(configFile, `authorization { users = [ { nkey: ${user.getPublicKey()} } ] }\n`);
     const nats = await startNats({ configFile, probeOptions: { authenticator: (await import("@nats-io/transport-node")).nkeyAuthenticator(user.getSeed()) } });

@@ -1,4 +1,7 @@
+import { spawn } from "node:child_process";
 import { createReadStream } from "node:fs";
+import { constants as osConstants } from "node:os";
+import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { Cause, Effect, Exit, Fiber } from "effect";
@@ -114,10 +117,7 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
     case "source":
       return cmdSource(loadSettings(), rest);
     case "bench":
-      // The load benchmark (bench/bench.ts) reads its options from the command line when imported.
-      process.argv.splice(2, process.argv.length - 2, ...rest);
-      await import("../../bench/bench.ts");
-      return 0;
+      return cmdBench(rest);
     case undefined:
     case "help":
     case "--help":
@@ -775,6 +775,26 @@ async function sourceResnapshot(settings: Settings, name: string, wait: boolean,
   } finally {
     await sql.end({ timeout: 5 });
   }
+}
+
+/**
+ * `tally bench`: the load benchmark runs as a child process (`node --import tsx bench/bench.ts <args>`), so the
+ * shipped CLI never imports it; its output goes straight to this terminal and its exit code is the CLI's.
+ */
+function cmdBench(args: ReadonlyArray<string>): Promise<number> {
+  const script = fileURLToPath(new URL("../../bench/bench.ts", import.meta.url));
+  const child = spawn(process.execPath, ["--import", import.meta.resolve("tsx"), script, ...args], { stdio: "inherit" });
+  // Ctrl-C reaches the bench too (same process group): let it stop its servers and report, then exit with it.
+  const ignore = () => {};
+  const forward = (signal: NodeJS.Signals) => child.kill(signal);
+  process.on("SIGINT", ignore).on("SIGTERM", forward);
+  return new Promise((resolve, reject) => {
+    child.once("error", reject);
+    child.once("exit", (code, signal) => {
+      process.off("SIGINT", ignore).off("SIGTERM", forward);
+      resolve(code ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0));
+    });
+  });
 }
 
 main(process.argv.slice(2)).then(

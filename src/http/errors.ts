@@ -11,11 +11,6 @@ export class ApiError extends Error {
   }
 }
 
-export const badRequest = (message: string, issues?: ReadonlyArray<{ path: string; message: string }>) =>
-  new ApiError(400, "invalid_request", message, issues ? { issues } : {});
-export const notFound = (code: string, message: string) => new ApiError(404, code, message);
-export const forbidden = (message: string) => new ApiError(403, "forbidden", message);
-export const conflict = (code: string, message: string, extra: Readonly<Record<string, unknown>> = {}) => new ApiError(409, code, message, extra);
 
 /** The body of every error reply. */
 export const ErrorSchema = {

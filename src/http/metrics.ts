@@ -82,127 +82,10 @@ export class ApiMetrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
       registers,
     });
-    new Gauge({
-      name: "tally_dlq_messages",
-      help: "Dead letters waiting in the dead-letter stream",
-      registers,
-      async collect() {
-        const info = await deps.nats.jsm.streams.info(deps.topology.dlqStream).catch(() => null); // NATS down: the gauge keeps its last value
-        if (info) this.set(info.state.messages);
-      },
-    });
-    new Gauge({
-      name: "tally_leases_held",
-      help: "Partition leases held by this process's worker",
-      registers,
-      collect() {
-        this.set(deps.worker?.held().length ?? 0);
-      },
-    });
-    const worker = deps.worker;
-    if (worker) {
-      const workerCounter = (name: string, help: string, read: () => number) =>
-        new Gauge({
-          name,
-          help,
-          registers,
-          collect() {
-            this.set(read());
-          },
-        });
-      workerCounter("tally_worker_batches", "Batches committed by this process's worker", () => worker.metrics.batches);
-      workerCounter("tally_worker_dead_lettered", "Undecodable commands dead-lettered by this process's worker", () => worker.metrics.deadLettered);
-      workerCounter("tally_worker_duplicates_skipped", "Commands skipped as already applied", () => worker.metrics.skippedDuplicate);
-      workerCounter("tally_worker_holds_refused", "Reserves this process's worker refused for want of stock (each published as hold_refused)", () => worker.metrics.holdsRefused);
-      workerCounter("tally_worker_retries", "Batch retries after a failure", () => worker.metrics.retries);
-      workerCounter("tally_worker_unstorable", "Commands the ledger refused to store (a data error), dead-lettered so their partition moved on", () => worker.metrics.poisoned);
-      workerCounter("tally_worker_skipped_by_operator", "Stream messages dead-lettered because an operator skipped them (tally dlq skip)", () => worker.metrics.skipped);
-      workerCounter("tally_worker_stream_resets", "Times the commands stream was a new one and the checkpoints were reset to it", () => worker.metrics.streamResets);
-      workerCounter("tally_worker_stuck_partitions", "Partitions held by this process's worker that are stuck (5 or more failed attempts in a row)", () => worker.statuses().filter((s) => s.stuck).length);
-      workerCounter(
-        "tally_worker_duplicate_retries",
-        "Batches decided again with the lookup of decided command ids after their optimistic commit met a duplicate",
-        () => worker.metrics.duplicateRetries,
-      );
-      workerCounter(
-        "tally_worker_delivery_gaps",
-        "Times a partition's consumer skipped deliveries (lost in transit) and the partition re-read from its checkpoint",
-        () => worker.metrics.deliveryGaps,
-      );
-    }
-    const webhooks = deps.webhooks ?? [];
-    new Gauge({
-      name: "tally_webhook_events",
-      help: "Webhook activity of this process's senders (running totals), per channel: deliveries, items, failed_attempts, dead_lettered",
-      labelNames: ["channel", "kind"],
-      registers,
-      collect() {
-        for (const w of webhooks) {
-          const m = w.metrics;
-          this.set({ channel: w.channel, kind: "deliveries" }, m.deliveries);
-          this.set({ channel: w.channel, kind: "items" }, m.items);
-          this.set({ channel: w.channel, kind: "failed_attempts" }, m.failedAttempts);
-          this.set({ channel: w.channel, kind: "dead_lettered" }, m.deadLettered);
-        }
-      },
-    });
-    const readers = deps.readers ?? [];
-    new Gauge({
-      name: "tally_cdc_slot_lag_bytes",
-      help: "WAL the source's replication slot holds back, per CDC source read by this process",
-      labelNames: ["source"],
-      registers,
-      collect() {
-        for (const r of readers) if (r.metrics.lagBytes !== null) this.set({ source: r.name }, r.metrics.lagBytes);
-      },
-    });
-    new Gauge({
-      name: "tally_cdc_changes",
-      help: "Source changes read (a running total: rate() gives events per second), per CDC source and table",
-      labelNames: ["source", "table"],
-      registers,
-      collect() {
-        for (const r of readers)
-          for (const [table, n] of Object.entries(r.metrics.changesByTable)) this.set({ source: r.name, table }, n);
-      },
-    });
-    new Gauge({
-      name: "tally_cdc_dead_letters",
-      help: "Changes dead-lettered (running total), per CDC source and reason",
-      labelNames: ["source", "reason"],
-      registers,
-      collect() {
-        for (const r of readers)
-          for (const [reason, n] of Object.entries(r.metrics.deadLettersByReason)) this.set({ source: r.name, reason }, n);
-      },
-    });
-    new Gauge({
-      name: "tally_cdc_skipped_non_inventory",
-      help: "Non-inventory lines skipped (running total), per CDC source",
-      labelNames: ["source"],
-      registers,
-      collect() {
-        for (const r of readers) this.set({ source: r.name }, r.metrics.skipped);
-      },
-    });
-    new Gauge({
-      name: "tally_cdc_source_halted",
-      help: "1 while a CDC source is halted because its replication slot was lost or replaced (tally source resnapshot), else 0",
-      labelNames: ["source"],
-      registers,
-      collect() {
-        for (const r of readers) this.set({ source: r.name }, r.metrics.halted === null ? 0 : 1);
-      },
-    });
-    new Gauge({
-      name: "tally_cdc_publication_missing_tables",
-      help: "Captured tables missing from the CDC source's publication, whose changes are not captured (tally source enable)",
-      labelNames: ["source"],
-      registers,
-      collect() {
-        for (const r of readers) this.set({ source: r.name }, r.metrics.publicationMissing.length);
-      },
-    });
+    registerQueueGauges(deps, registers);
+    if (deps.worker) registerWorkerGauges(deps.worker, registers);
+    registerWebhookGauges(deps.webhooks ?? [], registers);
+    registerCdcGauges(deps.readers ?? [], registers);
   }
 
   /** Listens for the relay's latency reports (whichever process holds the relay lease). */
@@ -254,3 +137,127 @@ export class ApiMetrics {
     }
   }
 }
+
+
+type Registers = Array<Registry>;
+
+/** Dead letters waiting, and this process's partition leases. */
+function registerQueueGauges(deps: MetricsDeps, registers: Registers): void {
+  new Gauge({
+    name: "tally_dlq_messages",
+    help: "Dead letters waiting in the dead-letter stream",
+    registers,
+    async collect() {
+      const info = await deps.nats.jsm.streams.info(deps.topology.dlqStream).catch(() => null); // NATS down: the gauge keeps its last value
+      if (info) this.set(info.state.messages);
+    },
+  });
+  new Gauge({
+    name: "tally_leases_held",
+    help: "Partition leases held by this process's worker",
+    registers,
+    collect() {
+      this.set(deps.worker?.held().length ?? 0);
+    },
+  });
+}
+
+/** This process's worker's running totals, read at scrape. */
+function registerWorkerGauges(worker: Worker, registers: Registers): void {
+  const workerCounter = (name: string, help: string, read: () => number) =>
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        this.set(read());
+      },
+    });
+  workerCounter("tally_worker_batches", "Batches committed by this process's worker", () => worker.metrics.batches);
+  workerCounter("tally_worker_dead_lettered", "Undecodable commands dead-lettered by this process's worker", () => worker.metrics.deadLettered);
+  workerCounter("tally_worker_duplicates_skipped", "Commands skipped as already applied", () => worker.metrics.skippedDuplicate);
+  workerCounter("tally_worker_holds_refused", "Reserves this process's worker refused for want of stock (each published as hold_refused)", () => worker.metrics.holdsRefused);
+  workerCounter("tally_worker_retries", "Batch retries after a failure", () => worker.metrics.retries);
+  workerCounter("tally_worker_unstorable", "Commands the ledger refused to store (a data error), dead-lettered so their partition moved on", () => worker.metrics.poisoned);
+  workerCounter("tally_worker_skipped_by_operator", "Stream messages dead-lettered because an operator skipped them (tally dlq skip)", () => worker.metrics.skipped);
+  workerCounter("tally_worker_stream_resets", "Times the commands stream was a new one and the checkpoints were reset to it", () => worker.metrics.streamResets);
+  workerCounter("tally_worker_stuck_partitions", "Partitions held by this process's worker that are stuck (5 or more failed attempts in a row)", () => worker.statuses().filter((s) => s.stuck).length);
+  workerCounter(
+    "tally_worker_duplicate_retries",
+    "Batches decided again with the lookup of decided command ids after their optimistic commit met a duplicate",
+    () => worker.metrics.duplicateRetries,
+  );
+  workerCounter(
+    "tally_worker_delivery_gaps",
+    "Times a partition's consumer skipped deliveries (lost in transit) and the partition re-read from its checkpoint",
+    () => worker.metrics.deliveryGaps,
+  );
+}
+
+/** This process's webhook senders' running totals, per channel. */
+function registerWebhookGauges(webhooks: ReadonlyArray<WebhookDispatcher>, registers: Registers): void {
+  new Gauge({
+    name: "tally_webhook_events",
+    help: "Webhook activity of this process's senders (running totals), per channel: deliveries, items, failed_attempts, dead_lettered",
+    labelNames: ["channel", "kind"],
+    registers,
+    collect() {
+      for (const w of webhooks) {
+        const m = w.metrics;
+        this.set({ channel: w.channel, kind: "deliveries" }, m.deliveries);
+        this.set({ channel: w.channel, kind: "items" }, m.items);
+        this.set({ channel: w.channel, kind: "failed_attempts" }, m.failedAttempts);
+        this.set({ channel: w.channel, kind: "dead_lettered" }, m.deadLettered);
+      }
+    },
+  });
+}
+
+/** The CDC sources this process reads: slot lag, changes, dead letters, skips, halts, publication gaps. */
+function registerCdcGauges(readers: ReadonlyArray<SourceReader>, registers: Registers): void {
+  /** A gauge per source; a source whose reading is null has no sample. */
+  const perSource = (name: string, help: string, read: (r: SourceReader) => number | null) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ["source"],
+      registers,
+      collect() {
+        for (const r of readers) {
+          const value = read(r);
+          if (value !== null) this.set({ source: r.name }, value);
+        }
+      },
+    });
+  perSource("tally_cdc_slot_lag_bytes", "WAL the source's replication slot holds back, per CDC source read by this process", (r) => r.metrics.lagBytes);
+  /** A gauge per source and key (a table, a reason) of a running total the reader keeps by that key. */
+  const perSourceAnd = (keyLabel: string, name: string, help: string, read: (r: SourceReader) => Readonly<Record<string, number>>) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ["source", keyLabel],
+      registers,
+      collect() {
+        for (const r of readers) for (const [key, n] of Object.entries(read(r))) this.set({ source: r.name, [keyLabel]: key }, n);
+      },
+    });
+  perSourceAnd(
+    "table",
+    "tally_cdc_changes",
+    "Source changes read (a running total: rate() gives events per second), per CDC source and table",
+    (r) => r.metrics.changesByTable,
+  );
+  perSourceAnd("reason", "tally_cdc_dead_letters", "Changes dead-lettered (running total), per CDC source and reason", (r) => r.metrics.deadLettersByReason);
+  perSource("tally_cdc_skipped_non_inventory", "Non-inventory lines skipped (running total), per CDC source", (r) => r.metrics.skipped);
+  perSource(
+    "tally_cdc_source_halted",
+    "1 while a CDC source is halted because its replication slot was lost or replaced (tally source resnapshot), else 0",
+    (r) => (r.metrics.halted === null ? 0 : 1),
+  );
+  perSource(
+    "tally_cdc_publication_missing_tables",
+    "Captured tables missing from the CDC source's publication, whose changes are not captured (tally source enable)",
+    (r) => r.metrics.publicationMissing.length,
+  );
+}
+

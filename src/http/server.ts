@@ -1,23 +1,15 @@
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
-import type { Sql } from "postgres";
-import type { Logger } from "pino";
-import type { Worker } from "../../actors/index.ts";
-import type { SourceReader } from "../../cdc/index.ts";
-import type { Settings } from "../platform/index.ts";
-import { knownStores, type TallyConfig } from "../platform/index.ts";
-import type { NatsHandles } from "../wire/index.ts";
+import { knownStores } from "../platform/index.ts";
 import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../platform/index.ts";
-import type { Topology } from "../wire/index.ts";
 import { PosIngest } from "../ingest/index.ts";
 import { PosSubscriber } from "../ingest/index.ts";
-import { bearerToken, may, TokenVerifier, type ApiToken, type Principal, type Scope } from "./auth.ts";
+import { bearerToken, may, TokenVerifier, type Principal, type Scope } from "./auth.ts";
 import { ApiError, ErrorSchema, errorRef } from "./errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "../wire/index.ts";
-import type { WebhookDispatcher } from "../channels/index.ts";
 import { Reservations } from "../reservations/index.ts";
 import { availabilityRoutes } from "./routes/availability.ts";
 import { healthRoutes } from "./routes/health.ts";
@@ -28,7 +20,7 @@ import { posRoutes } from "./routes/pos.ts";
 import { reservationRoutes } from "./routes/reservations.ts";
 import type { ApiContext, ApiDeps, ApiOptions } from "./context.ts";
 
-export type { ApiContext, ApiDeps, ApiOptions };
+export type { ApiDeps, ApiOptions };
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -46,7 +38,34 @@ declare module "fastify" {
  * listening; `app.close()` stops its subscriptions and timers. Tests call `app.inject()`.
  */
 export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
-  const opts: Required<ApiOptions> = {
+  const opts = resolveOptions(deps);
+  const log = deps.log.child({ role: "api" });
+  const app = createFastify(log, opts);
+  documentErrorStatuses(app);
+  limitJsonDepth(app, opts.maxJsonDepth);
+  const streams = new Set<() => void>();
+  installDrain(app, streams);
+  const verifier = new TokenVerifier(deps.tokens);
+  if (verifier.size === 0) log.warn("no API tokens configured (TALLY_API_TOKENS / TALLY_API_TOKENS_FILE): every authenticated route answers 401");
+
+  const ctx = await startContext(app, deps, log, opts, streams);
+  app.addHook("preClose", async () => {
+    for (const close of ctx.streams) close();
+  });
+  app.decorateRequest("principal", null);
+  app.addSchema(ErrorSchema);
+  installErrorHandlers(app, opts);
+  installAuth(app, verifier);
+  installRequestBudget(app, opts);
+  installRequestLog(app, ctx.metrics);
+  await registerPlugins(app, ctx, opts);
+  await app.ready();
+  return app;
+}
+
+/** The options with their defaults filled in. */
+function resolveOptions(deps: ApiDeps): Required<ApiOptions> {
+  return {
     rateLimitPerMinute: deps.options?.rateLimitPerMinute ?? deps.settings.apiRateLimit,
     decisionTimeoutMs: deps.options?.decisionTimeoutMs ?? 10_000,
     sweepIntervalMs: deps.options?.sweepIntervalMs ?? 1000,
@@ -56,8 +75,10 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     maxJsonDepth: deps.options?.maxJsonDepth ?? MAX_JSON_DEPTH,
     requestTimeoutMs: deps.options?.requestTimeoutMs ?? deps.settings.requestTimeoutMs,
   };
-  const log = deps.log.child({ role: "api" });
-  const app = Fastify({
+}
+
+function createFastify(log: ApiDeps["log"], opts: Required<ApiOptions>): FastifyInstance {
+  return Fastify({
     loggerInstance: log as unknown as FastifyBaseLogger,
     bodyLimit: opts.bodyLimit,
     ajv: { customOptions: { allErrors: true, coerceTypes: "array", removeAdditional: false } },
@@ -68,9 +89,14 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     // The router's own refusals (a path parameter over maxParamLength, a malformed URL) in the error format, as 400s.
     frameworkErrors: (error, _req, reply) =>
       (reply as unknown as FastifyReply).code(400).send({ error: "invalid_request", message: `params: ${error.message}`, issues: [{ path: "params", message: error.message }] }),
-  });
-  // Every route documents the errors the app's own machinery may give it (validation, auth, body parsing, rate
-  // limits, a dependency down), so the OpenAPI document lists every status a client can get.
+  }) as unknown as FastifyInstance;
+}
+
+/**
+ * Every route documents the errors the app's own machinery may give it (validation, auth, body parsing, rate
+ * limits, a dependency down), so the OpenAPI document lists every status a client can get.
+ */
+function documentErrorStatuses(app: FastifyInstance): void {
   app.addHook("onRoute", (route) => {
     const schema = route.schema as ({ hide?: boolean; response?: Record<string, unknown> } & Record<string, unknown>) | undefined;
     if (!schema || schema.hide) return;
@@ -83,22 +109,32 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     if (withBody) [413, 415].forEach(add);
     if ((route.config as { rateLimit?: unknown } | undefined)?.rateLimit) add(429);
   });
-  // JSON bodies are checked for nesting before they are parsed (a body nested thousands deep parses, but any
-  // recursive walk of it afterwards overflows the stack): too deep is the client's 400, naming the body.
+}
+
+/**
+ * JSON bodies are checked for nesting before they are parsed (a body nested thousands deep parses, but any
+ * recursive walk of it afterwards overflows the stack): too deep is the client's 400, naming the body.
+ */
+function limitJsonDepth(app: FastifyInstance, maxJsonDepth: number): void {
   const parseJson = app.getDefaultJsonParser("error", "error");
   app.removeContentTypeParser("application/json");
   app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
-    if (jsonDepthExceeds(body as string, opts.maxJsonDepth)) {
-      const message = `JSON nested deeper than ${opts.maxJsonDepth} levels`;
+    if (jsonDepthExceeds(body as string, maxJsonDepth)) {
+      const message = `JSON nested deeper than ${maxJsonDepth} levels`;
       return done(new ApiError(400, "invalid_request", `body: ${message}`, { issues: [{ path: "body", message }] }), undefined);
     }
     parseJson(req, body as string, done);
   });
-  const streams = new Set<() => void>();
-  installDrain(app, streams);
-  const verifier = new TokenVerifier(deps.tokens);
-  if (verifier.size === 0) log.warn("no API tokens configured (TALLY_API_TOKENS / TALLY_API_TOKENS_FILE): every authenticated route answers 401");
+}
 
+/** Starts the services the routes share (metrics, outcome waiter, POS ingest, reservations), stopped when the app closes. */
+async function startContext(
+  app: FastifyInstance,
+  deps: ApiDeps,
+  log: ApiDeps["log"],
+  opts: Required<ApiOptions>,
+  streams: Set<() => void>,
+): Promise<ApiContext> {
   const metrics = new ApiMetrics(deps);
   metrics.start();
   const outcomes = new OutcomeWaiter(deps.sql, deps.nats.nc, deps.topology.env, (b) => metrics.observeBatch(b));
@@ -127,8 +163,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     metrics.stop();
     await pos.stop();
   });
-
-  const ctx: ApiContext = {
+  return {
     ...deps,
     metrics,
     outcomes,
@@ -150,12 +185,10 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       return new Set(channels[c]?.locations ?? []);
     },
   };
+}
 
-  app.addHook("preClose", async () => {
-    for (const close of ctx.streams) close();
-  });
-  app.decorateRequest("principal", null);
-  app.addSchema(ErrorSchema);
+/** Every failure answered in the error format: ours, validation, body parsing, rate limits, Postgres range errors, then 503. */
+function installErrorHandlers(app: FastifyInstance, opts: Required<ApiOptions>): void {
   app.setErrorHandler((error: FastifyError, req, reply) => {
     if (error instanceof ApiError) return reply.code(error.status).send({ error: error.code, message: error.message, ...error.extra });
     if (error.validation) {
@@ -188,7 +221,10 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       .send({ error: "unavailable", message: "a dependency failed; retry shortly" });
   });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: "not_found", message: `no route ${req.method} ${req.url.split("?")[0]}` }));
+}
 
+/** Routes that declare a scope need a bearer token that has it; the caller becomes `req.principal`. */
+function installAuth(app: FastifyInstance, verifier: TokenVerifier): void {
   app.addHook("onRequest", async (req, reply) => {
     const scope = req.routeOptions.config?.scope;
     if (!scope) return;
@@ -207,9 +243,14 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     if (!may(principal, scope)) return reply.code(403).send({ error: "forbidden", message: `this token lacks scope ${scope}` });
     req.principal = principal;
   });
-  // A request that waits on a dependency for longer than its budget is answered 503 + Retry-After (the
-  // publishes also stop at that deadline); a reservation's budget adds its decision time. An event stream or
-  // export has answered once its headers are out, so the guard leaves it alone from then on.
+}
+
+/**
+ * A request that waits on a dependency for longer than its budget is answered 503 + Retry-After (the
+ * publishes also stop at that deadline); a reservation's budget adds its decision time. An event stream or
+ * export has answered once its headers are out, so the guard leaves it alone from then on.
+ */
+function installRequestBudget(app: FastifyInstance, opts: Required<ApiOptions>): void {
   app.addHook("onRequest", async (req, reply) => {
     if (!req.routeOptions.config?.scope) return;
     const budget = opts.requestTimeoutMs + (req.routeOptions.url?.startsWith("/v1/reservations") ? opts.decisionTimeoutMs : 0);
@@ -225,6 +266,10 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     reply.raw.once("close", () => clearTimeout(timer));
     reply.raw.once("finish", () => clearTimeout(timer));
   });
+}
+
+/** The request-duration histogram, and one log line per request (debug; failures at error). */
+function installRequestLog(app: FastifyInstance, metrics: ApiMetrics): void {
   app.addHook("onResponse", async (req, reply) => {
     metrics.httpDuration.observe(
       { method: req.method, route: req.routeOptions.url ?? "unknown", status: String(reply.statusCode) },
@@ -234,7 +279,10 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     if (reply.statusCode >= 500) req.log.error(line, "request failed");
     else req.log.debug(line, "request");
   });
+}
 
+/** Rate limiting, the OpenAPI document and its UI, the routes and the dashboard. */
+async function registerPlugins(app: FastifyInstance, ctx: ApiContext, opts: Required<ApiOptions>): Promise<void> {
   await app.register(rateLimit, {
     global: false,
     hook: "preHandler",
@@ -265,11 +313,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   const hub = new DashboardHub(ctx);
   app.addHook("onClose", async () => hub.stop());
   await app.register(dashboardRoutes, { ctx, hub });
-  await app.ready();
-  return app;
 }
 
-export type { ApiToken, Principal, Scope };
 
 /** How long a client is asked to wait before retrying a request refused by a draining instance. */
 const DRAIN_RETRY_AFTER_SECONDS = 1;
@@ -284,7 +329,7 @@ function installDrain(app: FastifyInstance, streams: Set<() => void>): void {
   let draining = false;
   let inFlight = 0;
   let idle: (() => void) | null = null;
-  app.addHook("onRequest", async (req, reply) => {
+  app.addHook("onRequest", async (_req, reply) => {
     if (draining)
       return reply
         .code(503)

@@ -147,28 +147,33 @@ export class PosIngest {
   async ingest(payload: unknown, ctx: IngestContext): Promise<BatchResult> {
     const list = await this.#transactionsOf(payload, ctx);
     const crosswalk = await this.#crosswalkNow();
-    const results: Array<TransactionResult & { index: number }> = new Array(list.length);
     // A batch may hold 100,000 lines: the work yields to the event loop every few milliseconds.
     const pause = pauser();
-    const decoded: Array<{ raw: unknown; hash: string; result: ReturnType<typeof decodePosTransaction> }> = [];
+    const decoded: Array<Decoded> = [];
     for (const raw of list) {
       await pause();
       decoded.push({ raw, hash: payloadHash(raw), result: decodePosTransaction(raw) });
     }
+    const work = newWork(list.length);
+    await this.#triage(work, decoded, crosswalk, ctx, pause);
+    // Claim before publishing anything: of two racing posts of one transaction only the first publishes; the
+    // other sees the claim (other content: a conflict; the same: the stored result, or it finishes the job).
+    await this.#settleLostClaims(work, ctx);
+    // A copy later in the batch of a transaction that was just refused is refused alike.
+    refuseCopiesOfRefused(work, decoded);
+    await this.#publishAndRecord(work, ctx, pause);
+    return batchResult(work);
+  }
 
-    // Already recorded (a resend): the stored result, or a conflict when the content differs.
+  /**
+   * Sorts each decoded transaction: rejected, a resend of a recorded one, a copy of one earlier in the batch,
+   * or fresh (mapped to commands). Already recorded (a resend): the stored result, or a conflict when the content differs.
+   */
+  async #triage(work: IngestWork, decoded: ReadonlyArray<Decoded>, crosswalk: Crosswalk, ctx: IngestContext, pause: ReturnType<typeof pauser>): Promise<void> {
+    const { results, fresh, duplicates, reject } = work;
     const keys = decoded.flatMap((d) => (Either.isRight(d.result) ? [d.result.right] : []));
     const stored = await this.#stored(keys);
     const firstInBatch = new Map<string, number>();
-    const fresh: Array<Fresh> = [];
-    const rejected: Array<{ index: number; raw: unknown; result: Extract<TransactionResult, { status: "rejected" }> }> = [];
-    const reject = (index: number, raw: unknown, reason: string, errors: ReadonlyArray<Issue>, t?: { store: string; terminal: string; id: string }) => {
-      const result = { status: "rejected" as const, ...(t ? { store: t.store, terminal: t.terminal, id: t.id } : idsOf(raw)), reason, errors };
-      rejected.push({ index, raw, result });
-      results[index] = { ...result, index };
-    };
-    const duplicates: Array<{ index: number; of: number }> = [];
-
     for (const [index, d] of decoded.entries()) {
       await pause();
       if (Either.isLeft(d.result)) {
@@ -208,9 +213,11 @@ export class PosIngest {
       if ("errors" in mapped) reject(index, d.raw, mapped.reason, mapped.errors, t);
       else fresh.push({ index, raw: d.raw, t, hash: d.hash, claimed: prior !== undefined, ...mapped });
     }
+  }
 
-    // Claim before publishing anything: of two racing posts of one transaction only the first publishes; the
-    // other sees the claim (other content: a conflict; the same: the stored result, or it finishes the job).
+  /** Transactions whose claim another post won: a conflict, or that post's result; the rest stay fresh. */
+  async #settleLostClaims(work: IngestWork, ctx: IngestContext): Promise<void> {
+    const { results, fresh, reject } = work;
     const lost = await this.#claim(fresh.filter((f) => !f.claimed));
     if (lost.size > 0) {
       const now = await this.#stored(fresh.filter((f) => lost.has(transactionKey(f.t))).map((f) => f.t));
@@ -225,13 +232,11 @@ export class PosIngest {
         fresh.splice(fresh.indexOf(f), 1);
       }
     }
-    // A copy later in the batch of a transaction that was just refused is refused alike.
-    for (const dup of duplicates.splice(0)) {
-      const of = results[dup.of];
-      if (of?.status === "rejected") reject(dup.index, decoded[dup.index]!.raw, of.reason, of.errors.map((e) => ({ ...e, path: e.path.replace(`transactions[${dup.of}]`, `transactions[${dup.index}]`) })), of as { store: string; terminal: string; id: string });
-      else duplicates.push(dup);
-    }
+  }
 
+  /** Dead-letters the rejected, publishes the fresh transactions' commands, records their results. */
+  async #publishAndRecord(work: IngestWork, ctx: IngestContext, pause: ReturnType<typeof pauser>): Promise<void> {
+    const { results, fresh, rejected, duplicates } = work;
     // Dead letters first: once the caller hears "rejected", the payload is kept.
     if (rejected.length > 0) await this.#deadLetter(rejected, ctx);
     const commands = fresh.flatMap((f) => f.commands);
@@ -254,17 +259,7 @@ export class PosIngest {
       results[dup.index] = { ...stripIndex(results[dup.of]!), index: dup.index };
       this.deps.onTransaction?.("duplicate", ctx.via);
     }
-    for (const r of rejected) this.deps.onTransaction?.("rejected", ctx.via);
-
-    const accepted = results.filter((r) => r.status === "accepted").length;
-    const out: BatchResult = { accepted, rejected: results.length - accepted, results };
-    if (accepted === 0)
-      return {
-        ...out,
-        error: rejected.every((r) => r.result.reason === "idempotency_conflict") ? "idempotency_conflict" : "invalid_transactions",
-        message: `every transaction was rejected: ${rejected.flatMap((r) => r.result.errors.map((e) => `${e.path}: ${e.message}`)).slice(0, 5).join("; ")}`,
-      };
-    return out;
+    for (const _r of rejected) this.deps.onTransaction?.("rejected", ctx.via);
   }
 
   /** Replays a dead-lettered POS transaction: ingested again (the crosswalk may know its items now). */
@@ -453,6 +448,52 @@ interface Fresh {
   readonly claimed: boolean;
   readonly commands: Array<Command>;
   readonly lines: Array<LineResult>;
+}
+
+type Decoded = { raw: unknown; hash: string; result: ReturnType<typeof decodePosTransaction> };
+type Rejected = { index: number; raw: unknown; result: Extract<TransactionResult, { status: "rejected" }> };
+
+/** One batch's state while it is ingested: each transaction's result, and which are fresh, rejected or copies. */
+interface IngestWork {
+  readonly results: Array<TransactionResult & { index: number }>;
+  readonly fresh: Array<Fresh>;
+  readonly rejected: Array<Rejected>;
+  readonly duplicates: Array<{ index: number; of: number }>;
+  readonly reject: (index: number, raw: unknown, reason: string, errors: ReadonlyArray<Issue>, t?: { store: string; terminal: string; id: string }) => void;
+}
+
+function newWork(size: number): IngestWork {
+  const results: IngestWork["results"] = new Array(size);
+  const rejected: Array<Rejected> = [];
+  const reject: IngestWork["reject"] = (index, raw, reason, errors, t) => {
+    const result = { status: "rejected" as const, ...(t ? { store: t.store, terminal: t.terminal, id: t.id } : idsOf(raw)), reason, errors };
+    rejected.push({ index, raw, result });
+    results[index] = { ...result, index };
+  };
+  return { results, fresh: [], rejected, duplicates: [], reject };
+}
+
+/** A copy later in the batch of a transaction that was refused is refused alike; the other copies stay. */
+function refuseCopiesOfRefused(work: IngestWork, decoded: ReadonlyArray<Decoded>): void {
+  const { results, duplicates, reject } = work;
+  for (const dup of duplicates.splice(0)) {
+    const of = results[dup.of];
+    if (of?.status === "rejected") reject(dup.index, decoded[dup.index]!.raw, of.reason, of.errors.map((e) => ({ ...e, path: e.path.replace(`transactions[${dup.of}]`, `transactions[${dup.index}]`) })), of as { store: string; terminal: string; id: string });
+    else duplicates.push(dup);
+  }
+}
+
+function batchResult(work: IngestWork): BatchResult {
+  const { results, rejected } = work;
+  const accepted = results.filter((r) => r.status === "accepted").length;
+  const out: BatchResult = { accepted, rejected: results.length - accepted, results };
+  if (accepted === 0)
+    return {
+      ...out,
+      error: rejected.every((r) => r.result.reason === "idempotency_conflict") ? "idempotency_conflict" : "invalid_transactions",
+      message: `every transaction was rejected: ${rejected.flatMap((r) => r.result.errors.map((e) => `${e.path}: ${e.message}`)).slice(0, 5).join("; ")}`,
+    };
+  return out;
 }
 
 const conflictMessage = (key: string): string => `transaction ${key} was already recorded with different content`;

@@ -42,31 +42,39 @@ interface AvailabilityView {
 
 /** Availability per channel (one SKU, many, a live SSE stream) and stock per location. */
 export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
-  const config = { scope: "availability:read" as const };
+  channelAvailabilityRoutes(app, ctx);
+  stockRoute(app, ctx);
+  streamRoute(app, ctx);
+}
 
-  async function lookup(channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
-    const out = new Map<string, AvailabilityView>();
-    const kv = ctx.nats.availability;
-    const queue = [...new Set(skus)];
-    await Promise.all(
-      Array.from({ length: Math.min(32, queue.length) }, async () => {
-        for (let sku = queue.pop(); sku !== undefined; sku = queue.pop()) {
-          const e = await kv.get(ctx.topology.availabilityKey(channel, sku)).catch(() => null); // unreadable: answered as unknown, like a missing key
-          if (e && e.operation === "PUT" && e.length > 0) out.set(sku, e.json<AvailabilityView>());
-        }
-      }),
-    );
-    // A SKU the ledger knows but that has never had stock in this channel's locations: nothing to sell.
-    const missing = skus.filter((s) => !out.has(s));
-    if (missing.length > 0) {
-      const known = await ctx.sql<Array<{ sku: string; seq: number; version: number }>>`
-        select sku, seq, version from sku_heads where sku = any(${ctx.sql.array(missing)}::text[])`;
-      for (const k of known)
-        out.set(k.sku, { channel, sku: k.sku, available: 0, onHand: 0, reserved: 0, status: "out", seq: k.seq, version: k.version, updatedAt: null });
-    }
-    return out;
+const config = { scope: "availability:read" as const };
+
+/** The channel's availability of the SKUs from the KV bucket; a SKU the ledger knows but no projection has yet shows 0. */
+async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
+  const out = new Map<string, AvailabilityView>();
+  const kv = ctx.nats.availability;
+  const queue = [...new Set(skus)];
+  await Promise.all(
+    Array.from({ length: Math.min(32, queue.length) }, async () => {
+      for (let sku = queue.pop(); sku !== undefined; sku = queue.pop()) {
+        const e = await kv.get(ctx.topology.availabilityKey(channel, sku)).catch(() => null); // unreadable: answered as unknown, like a missing key
+        if (e && e.operation === "PUT" && e.length > 0) out.set(sku, e.json<AvailabilityView>());
+      }
+    }),
+  );
+  // A SKU the ledger knows but that has never had stock in this channel's locations: nothing to sell.
+  const missing = skus.filter((s) => !out.has(s));
+  if (missing.length > 0) {
+    const known = await ctx.sql<Array<{ sku: string; seq: number; version: number }>>`
+      select sku, seq, version from sku_heads where sku = any(${ctx.sql.array(missing)}::text[])`;
+    for (const k of known)
+      out.set(k.sku, { channel, sku: k.sku, available: 0, onHand: 0, reserved: 0, status: "out", seq: k.seq, version: k.version, updatedAt: null });
   }
+  return out;
+}
 
+/** GET /v1/availability/:sku and GET /v1/availability?skus=. */
+function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Params: { sku: string }; Querystring: { channel?: string } }>(
     "/v1/availability/:sku",
     {
@@ -81,7 +89,7 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
     },
     async (req) => {
       const channel = ctx.channelFor(req, req.query.channel);
-      const found = (await lookup(channel, [req.params.sku])).get(req.params.sku);
+      const found = (await lookup(ctx, channel, [req.params.sku])).get(req.params.sku);
       if (!found) throw new ApiError(404, "unknown_sku", `the ledger has never seen SKU ${req.params.sku}`);
       return found;
     },
@@ -116,11 +124,14 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
     async (req) => {
       const channel = ctx.channelFor(req, req.query.channel);
       const skus = parseSkus(req.query.skus);
-      const found = await lookup(channel, skus);
+      const found = await lookup(ctx, channel, skus);
       return { channel, items: skus.flatMap((s) => (found.has(s) ? [found.get(s)!] : [])), unknown: skus.filter((s) => !found.has(s)) };
     },
   );
+}
 
+/** GET /v1/stock/:sku. */
+function stockRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Params: { sku: string } }>(
     "/v1/stock/:sku",
     {
@@ -169,7 +180,10 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
       return { sku, seq: head?.seq ?? 0, locations: rows.filter((r) => !only || only.has(r.location)) };
     },
   );
+}
 
+/** GET /v1/availability/stream. */
+function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: { channel?: string; skus?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>(
     "/v1/availability/stream",
     {
@@ -196,6 +210,7 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
     async (req, reply) => streamAvailability(ctx, req, reply),
   );
 }
+
 
 function parseSkus(text: string): Array<string> {
   const skus = [...new Set(text.split(",").map((s) => s.trim()).filter(Boolean))];

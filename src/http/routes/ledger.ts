@@ -2,7 +2,7 @@ import { Readable } from "node:stream";
 import type { FastifyInstance } from "fastify";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
-import { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, openExport, type ExportSummary } from "../../../ledger/index.ts";
+import { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, entryJson, openExport, type EntryRow, type ExportSummary } from "../../../ledger/index.ts";
 
 const Entry = {
   type: "object",
@@ -51,8 +51,14 @@ const date = (name: string, v: string | undefined): Date | undefined => {
 
 /** Ledger entries for finance: paged (keyset on entry id) and a streamed export. */
 export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
-  const config = { scope: "ledger:read" as const };
+  entriesRoute(app, ctx);
+  exportRoute(app, ctx);
+}
 
+const config = { scope: "ledger:read" as const };
+
+/** GET /v1/ledger/entries: paged entries. */
+function entriesRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: EntriesQuery }>(
     "/v1/ledger/entries",
     {
@@ -91,9 +97,7 @@ export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
         throw new ApiError(403, "forbidden", `this token may only read the locations of channel ${req.principal!.channel}`);
       const { sql } = ctx;
       const after = q.cursor !== undefined ? Number(q.cursor) : 0;
-      const rows = await sql<
-        Array<{ entry_id: number; command_id: string; leg: number; sku: string; location: string; bucket: string; delta: number; balance_after: number; movement: string; source_system: string; source_ref: string; occurred_at: Date; recorded_at: Date; sku_seq: number; prev_hash: string; hash: string }>
-      >`
+      const rows = await sql<Array<EntryRow>>`
         select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system, source_ref,
                occurred_at, recorded_at, sku_seq, prev_hash, hash
           from ledger_entries
@@ -108,29 +112,15 @@ export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
          limit ${q.limit + 1}`;
       const page = rows.slice(0, q.limit);
       return {
-        entries: page.map((r) => ({
-          entryId: r.entry_id,
-          commandId: r.command_id,
-          leg: r.leg,
-          sku: r.sku,
-          location: r.location,
-          bucket: r.bucket,
-          delta: r.delta,
-          balanceAfter: r.balance_after,
-          movement: r.movement,
-          sourceSystem: r.source_system,
-          sourceRef: r.source_ref,
-          occurredAt: r.occurred_at.toISOString(),
-          recordedAt: r.recorded_at.toISOString(),
-          skuSeq: r.sku_seq,
-          prevHash: r.prev_hash,
-          hash: r.hash,
-        })),
+        entries: page.map((r) => entryJson(r)),
         nextCursor: rows.length > q.limit ? String(page[page.length - 1]!.entry_id) : null,
       };
     },
   );
+}
 
+/** GET /v1/ledger/export: the streamed incremental export. */
+function exportRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: { cursor?: string; from?: string; to?: string; format: "csv" | "ndjson" } }>(
     "/v1/ledger/export",
     {
@@ -186,3 +176,4 @@ export async function ledgerRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
     },
   );
 }
+

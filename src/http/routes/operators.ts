@@ -29,9 +29,17 @@ const IdParams = { type: "object", required: ["id"], properties: { id: { type: "
 
 /** Dead letters (list, replay, discard), stuck partitions (list, skip) and CDC sources; the `admin` scope. */
 export async function operatorRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
-  const read = { scope: "admin" as const };
-  const write = { scope: "admin" as const, rateLimit: { max: ctx.opts.rateLimitPerMinute, timeWindow: 60_000 } };
+  deadLetterRoutes(app, ctx);
+  stuckPartitionRoutes(app, ctx);
+  sourceRoutes(app, ctx);
+}
 
+const read = { scope: "admin" as const };
+const writeConfig = (ctx: ApiContext) => ({ scope: "admin" as const, rateLimit: { max: ctx.opts.rateLimitPerMinute, timeWindow: 60_000 } });
+
+/** GET /v1/dlq, POST /v1/dlq/:id/replay, DELETE /v1/dlq/:id. */
+function deadLetterRoutes(app: FastifyInstance, ctx: ApiContext): void {
+  const write = writeConfig(ctx);
   app.get<{ Querystring: { origin?: string; limit: number } }>(
     "/v1/dlq",
     {
@@ -100,7 +108,11 @@ export async function operatorRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCo
       return { id: letter.id, discarded: true };
     },
   );
+}
 
+/** GET /v1/partitions/stuck, POST /v1/partitions/:partition/skip. */
+function stuckPartitionRoutes(app: FastifyInstance, ctx: ApiContext): void {
+  const write = writeConfig(ctx);
   app.get(
     "/v1/partitions/stuck",
     {
@@ -159,7 +171,10 @@ export async function operatorRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCo
       return reply.code(202).send({ partition, seq, requested });
     },
   );
+}
 
+/** GET /v1/sources. */
+function sourceRoutes(app: FastifyInstance, ctx: ApiContext): void {
   app.get(
     "/v1/sources",
     {
@@ -191,3 +206,4 @@ export async function operatorRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCo
     },
   );
 }
+

@@ -1,0 +1,39 @@
+/** A `ledger_entries` row as the driver reads it (quantities past 2^53 come as bigints). */
+export interface EntryRow {
+  entry_id: number;
+  command_id: string;
+  leg: number;
+  sku: string;
+  location: string;
+  bucket: string;
+  delta: number | bigint;
+  balance_after: number | bigint;
+  movement: string;
+  source_system: string;
+  source_ref: string;
+  occurred_at: Date;
+  recorded_at: Date;
+  sku_seq: number;
+  prev_hash: string;
+  hash: string;
+}
+
+/** An entry as the API shows it: camelCase, times as ISO strings. */
+export const entryJson = (r: EntryRow) => ({
+  entryId: r.entry_id,
+  commandId: r.command_id,
+  leg: r.leg,
+  sku: r.sku,
+  location: r.location,
+  bucket: r.bucket,
+  delta: r.delta,
+  balanceAfter: r.balance_after,
+  movement: r.movement,
+  sourceSystem: r.source_system,
+  sourceRef: r.source_ref,
+  occurredAt: r.occurred_at.toISOString(),
+  recordedAt: r.recorded_at.toISOString(),
+  skuSeq: r.sku_seq,
+  prevHash: r.prev_hash,
+  hash: r.hash,
+});
