@@ -370,7 +370,7 @@ export class InvalidCommand extends Schema.TaggedError<InvalidCommand>()("Invali
 }
 
 const isCommandType = (value: unknown): value is CommandType =>
-  typeof value === "string" && Object.prototype.hasOwnProperty.call(MEMBERS, value);
+  typeof value === "string" && Object.hasOwn(MEMBERS, value);
 
 const CommonFields = Schema.Struct(common);
 

@@ -151,111 +151,138 @@ function stableJson(value: unknown): string {
   return `{${keys.map((k) => `${JSON.stringify(k)}:${stableJson((value as Record<string, unknown>)[k])}`).join(",")}}`;
 }
 
+/** A sale or return line as decoded, before its voids are netted off. */
+interface ScannedItem {
+  readonly line: number;
+  readonly index: number;
+  readonly type: "sale" | "return";
+  readonly item: PosItem;
+  readonly qty: number | string;
+  readonly unit: string | null;
+  readonly restockable: boolean;
+  readonly countable: boolean;
+}
+
+/** What one pass over a transaction's lines gathers. */
+interface LineScan {
+  readonly byNumber: Map<number, { raw: RawLine; index: number }>;
+  readonly issues: Array<Issue>;
+  readonly items: Array<ScannedItem>;
+  /** Line number → count voided. */
+  readonly voided: Map<number, number>;
+  /** Weighed lines voided whole. */
+  readonly wholeVoid: Set<number>;
+  readonly voids: Array<{ line: number; voids: number }>;
+}
+
+type Identifier = "barcode" | "plu" | "sku";
+
+/** The schema's issues, one per field path. */
+function structuralIssues(error: ParseResult.ParseError): Array<Issue> {
+  const issues: Array<Issue> = [];
+  const seen = new Set<string>();
+  for (const i of ParseResult.ArrayFormatter.formatErrorSync(error)) {
+    const path = pathOf(i.path);
+    if (seen.has(path)) continue;
+    seen.add(path);
+    issues.push({ path, message: i.message === "is missing" ? "is missing" : i.message });
+  }
+  return issues;
+}
+
+/** A void line: it names an earlier sale or return line with the same item, and voids no more than that line has left. */
+function scanVoid(scan: LineScan, raw: RawLine, index: number, ids: ReadonlyArray<Identifier>): void {
+  const at = (field: string) => `lines[${index}]${field ? `.${field}` : ""}`;
+  if (raw.voids === undefined) {
+    scan.issues.push({ path: at("voids"), message: "is missing (the line number this void cancels)" });
+    return;
+  }
+  if (raw.restockable !== undefined) scan.issues.push({ path: at("restockable"), message: "only a return line may say whether it is restockable" });
+  if (raw.weight !== undefined) scan.issues.push({ path: at("weight"), message: "a void cancels a weighed line whole: give no weight" });
+  const target = scan.byNumber.get(raw.voids);
+  if (!target || target.raw.type === "void" || target.index >= index) {
+    scan.issues.push({ path: at("voids"), message: `expected the number of an earlier sale or return line, got ${raw.voids}` });
+    return;
+  }
+  for (const k of ids) if (target.raw[k] !== raw[k]) scan.issues.push({ path: at(k), message: `does not match line ${raw.voids}'s item` });
+  if (target.raw.weight !== undefined) {
+    if (raw.qty !== undefined) scan.issues.push({ path: at("qty"), message: "a void cancels a weighed line whole: give no qty" });
+    if (scan.wholeVoid.has(raw.voids)) scan.issues.push({ path: at("voids"), message: `line ${raw.voids} is already voided` });
+    scan.wholeVoid.add(raw.voids);
+  } else {
+    const total = target.raw.qty ?? 0;
+    const already = scan.voided.get(raw.voids) ?? 0;
+    const take = raw.qty ?? total - already;
+    if (take <= 0 || already + take > total)
+      scan.issues.push({ path: at(raw.qty !== undefined ? "qty" : "voids"), message: `voids ${take} but line ${raw.voids} has only ${total - already} left` });
+    else scan.voided.set(raw.voids, already + take);
+  }
+  scan.voids.push({ line: raw.line ?? index + 1, voids: raw.voids });
+}
+
+/** A sale or return line: exactly one item identifier, and exactly one of a count or a weight. */
+function scanItem(scan: LineScan, raw: RawLine & { type: "sale" | "return" }, index: number, ids: ReadonlyArray<Identifier>): void {
+  const at = (field: string) => `lines[${index}]${field ? `.${field}` : ""}`;
+  if (raw.voids !== undefined) scan.issues.push({ path: at("voids"), message: "only a void line cancels another line" });
+  if (ids.length !== 1) scan.issues.push({ path: ids.length === 0 ? at("") : at(ids[1]!), message: "expected exactly one of barcode, plu, sku" });
+  if ((raw.qty === undefined) === (raw.weight === undefined))
+    scan.issues.push({ path: raw.qty === undefined ? at("") : at("weight"), message: "expected exactly one of qty (a count) or weight" });
+  if (raw.type === "sale" && raw.restockable !== undefined)
+    scan.issues.push({ path: at("restockable"), message: "only a return line may say whether it is restockable" });
+  if (ids.length !== 1 || (raw.qty === undefined) === (raw.weight === undefined)) return;
+  const system = ids[0]!;
+  scan.items.push({
+    line: raw.line ?? index + 1,
+    index,
+    type: raw.type,
+    item: { system, id: raw[system]! },
+    qty: raw.qty ?? (typeof raw.weight!.value === "number" ? String(raw.weight!.value) : raw.weight!.value),
+    unit: raw.weight?.unit ?? null,
+    restockable: raw.restockable ?? true,
+    countable: raw.qty !== undefined,
+  });
+}
+
+/** The decoded lines, their voids netted off. */
+function nettedLines(scan: LineScan) {
+  return scan.items.map((l) => {
+    const v = l.countable ? (scan.voided.get(l.line) ?? 0) : scan.wholeVoid.has(l.line) ? 1 : 0;
+    return {
+      line: l.line,
+      index: l.index,
+      type: l.type,
+      item: l.item,
+      qty: l.countable ? (l.qty as number) - v : l.qty,
+      unit: l.unit,
+      restockable: l.restockable,
+      voided: v,
+      fullyVoided: l.countable ? (l.qty as number) - v === 0 : scan.wholeVoid.has(l.line),
+    };
+  });
+}
+
 /** Decodes one transaction; every issue names its field relative to the transaction. */
 export function decodePosTransaction(input: unknown): Either.Either<PosTransaction, ReadonlyArray<Issue>> {
   if (typeof input !== "object" || input === null || Array.isArray(input))
     return Either.left([{ path: "", message: `expected a transaction object, got ${show(input)}` }]);
   const structural = Schema.decodeUnknownEither(PosTransactionSchema, { errors: "all" })(input);
-  const issues: Array<Issue> = [];
-  if (Either.isLeft(structural)) {
-    const seen = new Set<string>();
-    for (const i of ParseResult.ArrayFormatter.formatErrorSync(structural.left)) {
-      const path = pathOf(i.path);
-      if (seen.has(path)) continue;
-      seen.add(path);
-      issues.push({ path, message: i.message === "is missing" ? "is missing" : i.message });
-    }
-    return Either.left(issues);
-  }
+  if (Either.isLeft(structural)) return Either.left(structuralIssues(structural.left));
   const t = structural.right;
-  if (t.lines.length === 0) issues.push({ path: "lines", message: "expected at least one line" });
-  if (t.lines.length > MAX_LINES) issues.push({ path: "lines", message: `expected at most ${MAX_LINES} lines, got ${t.lines.length}` });
-  if (issues.length > 0) return Either.left(issues);
+  const scan: LineScan = { byNumber: new Map(), issues: [], items: [], voided: new Map(), wholeVoid: new Set(), voids: [] };
+  if (t.lines.length === 0) scan.issues.push({ path: "lines", message: "expected at least one line" });
+  if (t.lines.length > MAX_LINES) scan.issues.push({ path: "lines", message: `expected at most ${MAX_LINES} lines, got ${t.lines.length}` });
+  if (scan.issues.length > 0) return Either.left(scan.issues);
 
-  const byNumber = new Map<number, { raw: RawLine; index: number }>();
   t.lines.forEach((raw, index) => {
     const n = raw.line ?? index + 1;
-    if (byNumber.has(n)) issues.push({ path: `lines[${index}].line`, message: `line number ${n} appears twice` });
-    else byNumber.set(n, { raw, index });
+    if (scan.byNumber.has(n)) scan.issues.push({ path: `lines[${index}].line`, message: `line number ${n} appears twice` });
+    else scan.byNumber.set(n, { raw, index });
   });
-
-  const items: Array<{ line: number; index: number; type: "sale" | "return"; item: PosItem; qty: number | string; unit: string | null; restockable: boolean; countable: boolean }> = [];
-  const voided = new Map<number, number>(); // line number → count voided
-  const wholeVoid = new Set<number>();
-  const voids: Array<{ line: number; voids: number }> = [];
   t.lines.forEach((raw, index) => {
-    const at = (field: string) => `lines[${index}]${field ? `.${field}` : ""}`;
-    const n = raw.line ?? index + 1;
     const ids = (["barcode", "plu", "sku"] as const).filter((k) => raw[k] !== undefined);
-    if (raw.type === "void") {
-      if (raw.voids === undefined) {
-        issues.push({ path: at("voids"), message: "is missing (the line number this void cancels)" });
-        return;
-      }
-      if (raw.restockable !== undefined) issues.push({ path: at("restockable"), message: "only a return line may say whether it is restockable" });
-      if (raw.weight !== undefined) issues.push({ path: at("weight"), message: "a void cancels a weighed line whole: give no weight" });
-      const target = byNumber.get(raw.voids);
-      if (!target || target.raw.type === "void" || target.index >= index) {
-        issues.push({ path: at("voids"), message: `expected the number of an earlier sale or return line, got ${raw.voids}` });
-        return;
-      }
-      for (const k of ids)
-        if (target.raw[k] !== raw[k]) issues.push({ path: at(k), message: `does not match line ${raw.voids}'s item` });
-      if (target.raw.weight !== undefined) {
-        if (raw.qty !== undefined) issues.push({ path: at("qty"), message: "a void cancels a weighed line whole: give no qty" });
-        if (wholeVoid.has(raw.voids)) issues.push({ path: at("voids"), message: `line ${raw.voids} is already voided` });
-        wholeVoid.add(raw.voids);
-      } else {
-        const total = target.raw.qty ?? 0;
-        const already = voided.get(raw.voids) ?? 0;
-        const take = raw.qty ?? total - already;
-        if (take <= 0 || already + take > total)
-          issues.push({ path: at(raw.qty !== undefined ? "qty" : "voids"), message: `voids ${take} but line ${raw.voids} has only ${total - already} left` });
-        else voided.set(raw.voids, already + take);
-      }
-      voids.push({ line: n, voids: raw.voids });
-      return;
-    }
-    if (raw.voids !== undefined) issues.push({ path: at("voids"), message: "only a void line cancels another line" });
-    if (ids.length !== 1)
-      issues.push({ path: ids.length === 0 ? at("") : at(ids[1]!), message: "expected exactly one of barcode, plu, sku" });
-    if ((raw.qty === undefined) === (raw.weight === undefined))
-      issues.push({ path: raw.qty === undefined ? at("") : at("weight"), message: "expected exactly one of qty (a count) or weight" });
-    if (raw.type === "sale" && raw.restockable !== undefined)
-      issues.push({ path: at("restockable"), message: "only a return line may say whether it is restockable" });
-    if (ids.length !== 1 || (raw.qty === undefined) === (raw.weight === undefined)) return;
-    const system = ids[0]!;
-    items.push({
-      line: n,
-      index,
-      type: raw.type,
-      item: { system, id: raw[system]! },
-      qty: raw.qty ?? (typeof raw.weight!.value === "number" ? String(raw.weight!.value) : raw.weight!.value),
-      unit: raw.weight?.unit ?? null,
-      restockable: raw.restockable ?? true,
-      countable: raw.qty !== undefined,
-    });
+    if (raw.type === "void") scanVoid(scan, raw, index, ids);
+    else scanItem(scan, raw as RawLine & { type: "sale" | "return" }, index, ids);
   });
-  if (issues.length > 0) return Either.left(issues);
-  return Either.right({
-    store: t.store,
-    terminal: t.terminal,
-    id: t.id,
-    occurredAt: t.occurredAt,
-    lines: items.map((l) => {
-      const v = l.countable ? (voided.get(l.line) ?? 0) : wholeVoid.has(l.line) ? 1 : 0;
-      return {
-        line: l.line,
-        index: l.index,
-        type: l.type,
-        item: l.item,
-        qty: l.countable ? (l.qty as number) - v : l.qty,
-        unit: l.unit,
-        restockable: l.restockable,
-        voided: v,
-        fullyVoided: l.countable ? (l.qty as number) - v === 0 : wholeVoid.has(l.line),
-      };
-    }),
-    voids,
-  });
+  if (scan.issues.length > 0) return Either.left(scan.issues);
+  return Either.right({ store: t.store, terminal: t.terminal, id: t.id, occurredAt: t.occurredAt, lines: nettedLines(scan), voids: scan.voids });
 }

@@ -1,5 +1,5 @@
 import { availableParallelism } from "node:os";
-import { Config, ConfigError, ConfigProvider, Effect, Either, Option } from "effect";
+import { Config, type ConfigError, ConfigProvider, Effect, Either, Option } from "effect";
 
 /** Process settings, decoded from environment variables once at start. */
 export interface Settings {
@@ -267,11 +267,12 @@ function formatConfigError(error: ConfigError.ConfigError): string {
       case "InvalidData":
       case "MissingData":
       case "SourceUnavailable":
-      case "Unsupported":
+      case "Unsupported": {
         // Config.validate messages already name their setting; decode errors carry it in the path.
         const name = e.path.join(".");
         lines.push(name === "" || e.message.startsWith(`${name}:`) ? e.message : `${name}: ${e.message}`);
         return;
+      }
       default: {
         const never: never = e;
         lines.push(String(never));

@@ -46,7 +46,7 @@ export class LeaseStore {
   /** Who holds `key`, or null when it is free (absent, deleted or expired). */
   async holder(key: string): Promise<LeaseValue | null> {
     const e = await this.kv.get(key);
-    if (!e || e.operation !== "PUT" || e.length === 0) return null;
+    if (e?.operation !== "PUT" || e.length === 0) return null;
     return e.json<LeaseValue>();
   }
 
