@@ -215,7 +215,14 @@ interface Gathered {
 }
 
 /** A rejected command: its outcome and a command_rejected event; a refused reserve still records its hold (as refused). */
-function recordRejected(g: Gathered, input: PlanInput, command: Command, streamSeq: number, actor: LiveSku, decision: Extract<Decision, { ok: false }>): void {
+function recordRejected(
+  g: Gathered,
+  input: PlanInput,
+  command: Command,
+  streamSeq: number,
+  actor: LiveSku,
+  decision: Extract<Decision, { ok: false }>,
+): void {
   g.rejected++;
   g.outcomes.push({
     commandId: command.id,
@@ -311,17 +318,17 @@ function applyDecided(g: Gathered, input: PlanInput, command: Command, streamSeq
             : { ...event, commandId: command.id, occurredAt: command.occurredAt, seq },
       });
     }
-}
-g.outcomes.push({
-  commandId: command.id,
-  streamSeq,
-  sku: command.sku,
-  type: command.type,
-  status: "applied",
-  reason: null,
-  detail: leg > 0 ? { legs: leg } : null,
-});
-g.actors.set(command.sku, { state, seq, lastHash, version: actor.version + 1 });
+  }
+  g.outcomes.push({
+    commandId: command.id,
+    streamSeq,
+    sku: command.sku,
+    type: command.type,
+    status: "applied",
+    reason: null,
+    detail: leg > 0 ? { legs: leg } : null,
+  });
+  g.actors.set(command.sku, { state, seq, lastHash, version: actor.version + 1 });
 }
 
 /** Balances, SKU locations and heads of the touched SKUs, and each affected channel's availability (outbox). */
@@ -334,8 +341,7 @@ function stateRows(g: Gathered, input: PlanInput): Pick<BatchWrite, "balances" |
     heads.push({ sku, seq: actor.seq, lastHash: actor.lastHash, version: actor.version });
     for (const location of locations) {
       const l = actor.state.locations[location] ?? emptyLocation;
-      for (const bucket of Object.keys(BUCKET_FIELD) as Array<Bucket>)
-        balances.push({ sku, location, bucket, qty: l[BUCKET_FIELD[bucket]] });
+      for (const bucket of Object.keys(BUCKET_FIELD) as Array<Bucket>) balances.push({ sku, location, bucket, qty: l[BUCKET_FIELD[bucket]] });
       skuLocations.push({ sku, location, safetyStock: l.safetyStock, reorderPoint: l.reorderPoint, status: l.status });
     }
     for (const channel of input.channels) {
@@ -388,7 +394,6 @@ function forgetClosedHolds(g: Gathered, input: PlanInput): void {
   const holdSkus = new Set<string>();
   for (const { command } of input.commands) if (holdIdOf(command) !== null) holdSkus.add(command.sku);
   for (const sku of holdSkus) g.actors.set(sku, withOpenHoldsOnly(g.actors.get(sku)!));
-
 }
 
 export function channelAvailability(actor: LiveSku, channel: ChannelView, at: Date): Availability {

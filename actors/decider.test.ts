@@ -42,17 +42,13 @@ const command = (type: CommandType, fields: Fields = {}): Command => {
 const receive = (qty: number, location: string = L1) => command("receive", { qty, location });
 const sell = (qty: number, location: string = L1) => command("sell", { qty, location });
 /** A reserve opening hold `hold` (a fresh one unless named). */
-const reserve = (qty: number, location: string = L1, hold = `h-${commandSeq + 1}`) =>
-  command("reserve", { qty, location, reservationId: hold });
+const reserve = (qty: number, location: string = L1, hold = `h-${commandSeq + 1}`) => command("reserve", { qty, location, reservationId: hold });
 const release = (hold: string, qty: number, location: string = L1, fields: Fields = {}) =>
   command("release", { qty, location, reservationId: hold, ...fields });
 const fulfill = (hold: string, qty: number, location: string = L1) => command("fulfill", { qty, location, reservationId: hold });
-const policy = (safetyStock: number, reorderPoint: number, location: string = L1) =>
-  command("set_policy", { safetyStock, reorderPoint, location });
-const ship = (transferId: string, qty: number, from: string, to: string) =>
-  command("transfer_out", { transferId, qty, location: from, to });
-const arrive = (transferId: string, qty: number, from: string, to: string) =>
-  command("transfer_in", { transferId, qty, from, location: to });
+const policy = (safetyStock: number, reorderPoint: number, location: string = L1) => command("set_policy", { safetyStock, reorderPoint, location });
+const ship = (transferId: string, qty: number, from: string, to: string) => command("transfer_out", { transferId, qty, location: from, to });
+const arrive = (transferId: string, qty: number, from: string, to: string) => command("transfer_in", { transferId, qty, from, location: to });
 
 // ---- events ----
 
@@ -121,8 +117,7 @@ const deepFreeze = <T>(value: T): T => {
   return value;
 };
 
-const fold = (events: ReadonlyArray<SkuEvent>, state: SkuState = initialSkuState(SKU)): SkuState =>
-  events.reduce(evolve, state);
+const fold = (events: ReadonlyArray<SkuEvent>, state: SkuState = initialSkuState(SKU)): SkuState => events.reduce(evolve, state);
 
 /** `prior` followed by the events that accepting `commands` after it produces. */
 const extend = (prior: ReadonlyArray<SkuEvent>, ...commands: ReadonlyArray<Command>): Array<SkuEvent> => {
@@ -160,8 +155,7 @@ const given = (...events: ReadonlyArray<SkuEvent>) => ({
 const history = (...commands: ReadonlyArray<Command>): Array<SkuEvent> => extend([], ...commands);
 
 /** In stock at L1 with `onHand` units and the given policy. */
-const stocked = (onHand: number, reorderPoint = 0, safetyStock = 0) =>
-  history(policy(safetyStock, reorderPoint), receive(onHand));
+const stocked = (onHand: number, reorderPoint = 0, safetyStock = 0) => history(policy(safetyStock, reorderPoint), receive(onHand));
 
 describe("receive", () => {
   it("adds to on hand; a first receipt is not a return to stock: the location leaves `new` silently", () => {
@@ -246,8 +240,7 @@ describe("reserve", () => {
   });
 
   it("is rejected as insufficient_stock beyond on hand − reserved − safety stock, recording the hold as refused", () => {
-    const outcome = given(...extend(stocked(10, 0, 3), reserve(5)))
-      .when(reserve(3, L1, "B"));
+    const outcome = given(...extend(stocked(10, 0, 3), reserve(5))).when(reserve(3, L1, "B"));
     const rejection = outcome.thenRejected("insufficient_stock", { available: 2n });
     expect(rejection?.message).toBe("cannot reserve 3 of SKU-1 at L1: only 2 available");
     const decision = decide(fold(extend(stocked(10, 0, 3), reserve(5))), reserve(3, L1, "B"));
@@ -432,7 +425,10 @@ describe("holds: the A/B order lines", () => {
     const migrated = fold([legacy], fold(prior));
     const decision = decide(migrated, release("old-order:1", 3));
     expect(decision).toMatchObject({ ok: true, events: [moved(L1, "reserved", -3, "release"), reduced(L1, "legacy:L1", 3, 1, "open")] });
-    expect(decide(migrated, release("x", 1))).toMatchObject({ ok: true, events: [moved(L1, "reserved", -1, "release"), reduced(L1, "x", 1, 3, "open")] });
+    expect(decide(migrated, release("x", 1))).toMatchObject({
+      ok: true,
+      events: [moved(L1, "reserved", -1, "release"), reduced(L1, "x", 1, 3, "open")],
+    });
   });
 });
 
@@ -494,11 +490,7 @@ describe("set_policy", () => {
   it("can cause a crossing: safety stock that covers on hand leaves nothing available", () => {
     given(...stocked(5))
       .when(policy(5, 0))
-      .then([
-        { type: "policy_set", sku: SKU, location: L1, safetyStock: 5, reorderPoint: 0 },
-        statusChanged(L1, "in_stock", "out"),
-        outOfStock(L1),
-      ]);
+      .then([{ type: "policy_set", sku: SKU, location: L1, safetyStock: 5, reorderPoint: 0 }, statusChanged(L1, "in_stock", "out"), outOfStock(L1)]);
   });
 });
 
@@ -630,12 +622,7 @@ describe("status crossings", () => {
       .then([moved(L1, "on_hand", 50, "receive"), statusChanged(L1, "out", "in_stock"), backInStock(L1, 50)]);
     given(...out)
       .when(receive(5))
-      .then([
-        moved(L1, "on_hand", 5, "receive"),
-        statusChanged(L1, "out", "low"),
-        backInStock(L1, 5),
-        lowStock(L1, 5, 20),
-      ]);
+      .then([moved(L1, "on_hand", 5, "receive"), statusChanged(L1, "out", "low"), backInStock(L1, 5), lowStock(L1, 5, 20)]);
   });
 
   it("negative and back", () => {
@@ -711,8 +698,19 @@ describe("random command sequences", () => {
     const holdId = named.length > 0 && rand() < 0.8 ? pick(named) : `H${int(1, 1000)}`;
     const holdLocation = state.holds[holdId]?.location ?? location;
     const type = pick([
-      "receive", "sell", "return", "reserve", "reserve", "release", "fulfill",
-      "adjust", "count", "transfer_out", "transfer_in", "transfer_in", "set_policy",
+      "receive",
+      "sell",
+      "return",
+      "reserve",
+      "reserve",
+      "release",
+      "fulfill",
+      "adjust",
+      "count",
+      "transfer_out",
+      "transfer_in",
+      "transfer_in",
+      "set_policy",
     ] as const);
     switch (type) {
       case "return":
@@ -723,9 +721,7 @@ describe("random command sequences", () => {
         return command(type, { location, qty: int(0, 30) });
       case "transfer_out": {
         const t = state.transfers[transferId];
-        return t !== undefined && rand() < 0.8
-          ? ship(transferId, qty, t.from, t.to)
-          : ship(transferId, qty, location, other);
+        return t !== undefined && rand() < 0.8 ? ship(transferId, qty, t.from, t.to) : ship(transferId, qty, location, other);
       }
       case "transfer_in": {
         const t = state.transfers[transferId];
@@ -765,7 +761,8 @@ describe("random command sequences", () => {
             expect(locationAvailable(before.locations[c.location] ?? emptyLocation), context).toBeLessThan(c.qty);
             expect(decision.events, context).toHaveLength(1);
           } else expect(decision.events ?? [], context).toEqual([]);
-          if (c.type === "reserve") expect(before.holds[c.reservationId]?.status === undefined, context).toBe(decision.rejection.reason !== "hold_exists");
+          if (c.type === "reserve")
+            expect(before.holds[c.reservationId]?.status === undefined, context).toBe(decision.rejection.reason !== "hold_exists");
           if (c.type === "release") expect(["unknown_hold", "hold_closed", "hold_elsewhere"], context).toContain(decision.rejection.reason);
           expect(["sell", "receive", "return", "fulfill", "adjust", "count"], context).not.toContain(c.type);
           state = (decision.events ?? []).reduce(evolve, before);
@@ -822,8 +819,7 @@ describe("random command sequences", () => {
         }
         for (const h of Object.values(state.holds)) if (h.status !== "open") expect(h.open, context).toBe(0);
         // A hold, once closed, stays in the state it ended in.
-        for (const [id, h] of Object.entries(before.holds))
-          if (h.status !== "open") expect(state.holds[id], context).toEqual(h);
+        for (const [id, h] of Object.entries(before.holds)) if (h.status !== "open") expect(state.holds[id], context).toEqual(h);
       }
       // The whole log, folded from scratch, is the state the decisions were made on.
       expect(fold(log)).toEqual(state);

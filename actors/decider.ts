@@ -114,9 +114,7 @@ const legsFor = (state: SkuState, command: Command): Decision => {
       return accept([leg(location, "on_hand", -command.qty, "sell")]);
     case "return":
       return accept([
-        command.restockable
-          ? leg(location, "on_hand", command.qty, "return")
-          : leg(location, "damaged", command.qty, "return_damaged"),
+        command.restockable ? leg(location, "on_hand", command.qty, "return") : leg(location, "damaged", command.qty, "return_damaged"),
       ]);
     case "reserve":
       return reserveDecision(state, command, leg);
@@ -249,11 +247,15 @@ function fulfillDecision(state: SkuState, command: Extract<Command, { type: "ful
   const events: Array<SkuEvent> = [];
   if (covered > 0) {
     const open = hold!.open - covered;
-    events.push(
-      leg(location, "reserved", -covered, "fulfill"),
-      leg(location, "on_hand", -covered, "fulfill"),
-      { type: "hold_reduced", sku, location, holdId: id, qty: covered, open, status: holdStatusAfter("fulfill", open) },
-    );
+    events.push(leg(location, "reserved", -covered, "fulfill"), leg(location, "on_hand", -covered, "fulfill"), {
+      type: "hold_reduced",
+      sku,
+      location,
+      holdId: id,
+      qty: covered,
+      open,
+      status: holdStatusAfter("fulfill", open),
+    });
   }
   if (uncovered > 0) {
     events.push(leg(location, "on_hand", -uncovered, "fulfill_unreserved"), {
@@ -398,9 +400,7 @@ export function evolve(state: SkuState, event: SkuEvent): SkuState {
         transfers: {
           ...state.transfers,
           [event.transferId]:
-            open === undefined
-              ? { from: event.from, to: event.to, shipped: event.qty, received: 0 }
-              : { ...open, shipped: open.shipped + event.qty },
+            open === undefined ? { from: event.from, to: event.to, shipped: event.qty, received: 0 } : { ...open, shipped: open.shipped + event.qty },
         },
       };
     }

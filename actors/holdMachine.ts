@@ -14,8 +14,10 @@ export type HoldInput =
   | { readonly type: "refused" }
   | { readonly type: "reduced"; readonly by: "release" | "fulfill" | "expire"; readonly remaining: number };
 
-const emptiedBy = (by: "release" | "fulfill" | "expire") =>
-  ({ event }: { event: HoldInput }) => event.type === "reduced" && event.remaining <= 0 && event.by === by;
+const emptiedBy =
+  (by: "release" | "fulfill" | "expire") =>
+  ({ event }: { event: HoldInput }) =>
+    event.type === "reduced" && event.remaining <= 0 && event.by === by;
 
 export const holdMachine = setup({
   types: { events: {} as HoldInput },

@@ -236,7 +236,10 @@ export class PartitionRunner extends LongRunningService {
     const name = `${prefix}${this.epoch}_${++this.#generation}`;
     for await (const info of nats.jsm.consumers.list(stream)) {
       // Best effort: an old consumer left behind expires after its inactive_threshold.
-      if (info.name.startsWith(prefix)) await nats.jsm.consumers.delete(stream, info.name).catch((err: unknown) => this.deps.log.debug({ err, consumer: info.name }, "could not delete an old consumer"));
+      if (info.name.startsWith(prefix))
+        await nats.jsm.consumers
+          .delete(stream, info.name)
+          .catch((err: unknown) => this.deps.log.debug({ err, consumer: info.name }, "could not delete an old consumer"));
     }
     await nats.jsm.consumers.add(stream, {
       durable_name: name,
@@ -368,7 +371,9 @@ export class PartitionRunner extends LongRunningService {
       const skippedBy = this.#skips.get(m.seq);
       if (skippedBy !== undefined) {
         const was = this.#lastError === null ? "" : `; it was failing with: ${describeError(this.#lastError)}`;
-        dead.push(deadLetter("commands", `skipped by an operator (${skippedBy})${was}`, m.data, { stream_seq: m.seq, subject: m.subject, skipped: true }));
+        dead.push(
+          deadLetter("commands", `skipped by an operator (${skippedBy})${was}`, m.data, { stream_seq: m.seq, subject: m.subject, skipped: true }),
+        );
         this.deps.metrics.skipped++;
         continue;
       }
@@ -386,10 +391,15 @@ export class PartitionRunner extends LongRunningService {
         const command = decoded.right;
         if (this.deps.topology.partitionOf(command.sku) !== this.partition) {
           dead.push(
-            deadLetter("commands", `sku: ${command.sku} belongs to partition ${this.deps.topology.partitionOf(command.sku)}, not ${this.partition}`, raw, {
-              stream_seq: m.seq,
-              index,
-            }),
+            deadLetter(
+              "commands",
+              `sku: ${command.sku} belongs to partition ${this.deps.topology.partitionOf(command.sku)}, not ${this.partition}`,
+              raw,
+              {
+                stream_seq: m.seq,
+                index,
+              },
+            ),
           );
           return;
         }
@@ -421,7 +431,11 @@ export class PartitionRunner extends LongRunningService {
     if (dead.length > 0) await this.#publishDead(dead);
     const optimistic = this.#lookupsAhead === 0;
     if (!optimistic) this.#lookupsAhead--;
-    const lookup = () => knownCommandIds(sql, incoming.map((c) => c.command.id));
+    const lookup = () =>
+      knownCommandIds(
+        sql,
+        incoming.map((c) => c.command.id),
+      );
     const decide = async (known: ReadonlySet<string> | null) => this.#decideAndCommit(messages, fresh, incoming, dead, known, startedAt, decodedAt);
     try {
       try {
@@ -442,7 +456,10 @@ export class PartitionRunner extends LongRunningService {
       metrics.deadLettered += dead.length;
     }
     // The batch committed; a skip request left pending is marked done by a later batch (or stays listed).
-    if (dead.some((d) => d.context.skipped === true)) await markSkipsDone(sql, this.partition, this.#lastSeq).catch((err: unknown) => this.deps.log.warn({ err }, "could not mark the skip requests done"));
+    if (dead.some((d) => d.context.skipped === true))
+      await markSkipsDone(sql, this.partition, this.#lastSeq).catch((err: unknown) =>
+        this.deps.log.warn({ err }, "could not mark the skip requests done"),
+      );
     this.#progressed();
     return true;
   }
@@ -476,7 +493,10 @@ export class PartitionRunner extends LongRunningService {
   async #applyOneByOne(messages: ReadonlyArray<JsMsg>, message: JsMsg, incoming: ReadonlyArray<IncomingCommand>): Promise<void> {
     const { sql, metrics, skus, topology } = this.deps;
     skus.evict((sku) => topology.partitionOf(sku) === this.partition);
-    const known = await knownCommandIds(sql, incoming.map((c) => c.command.id));
+    const known = await knownCommandIds(
+      sql,
+      incoming.map((c) => c.command.id),
+    );
     const refused: Array<{ readonly incoming: IncomingCommand; readonly error: unknown }> = [];
     for (const c of incoming) {
       if (known.has(c.command.id)) continue;
@@ -523,7 +543,10 @@ export class PartitionRunner extends LongRunningService {
   /** Decides and commits `todo` in one transaction, with extra outcome rows, moving the checkpoint to at least `lastSeq`. */
   async #commitAlone(todo: ReadonlyArray<IncomingCommand>, lastSeq: number, extra: ReadonlyArray<OutcomeRow>): Promise<void> {
     const { sql, topology, metrics } = this.deps;
-    const actors = await this.deps.skus.activateFor(sql, todo.map((c) => c.command));
+    const actors = await this.deps.skus.activateFor(
+      sql,
+      todo.map((c) => c.command),
+    );
     const plan = planBatch({
       partition: this.partition,
       epoch: this.epoch,
@@ -560,7 +583,10 @@ export class PartitionRunner extends LongRunningService {
       seen.add(command.id);
       return true;
     });
-    const actors = await this.deps.skus.activateFor(sql, todo.map((c) => c.command));
+    const actors = await this.deps.skus.activateFor(
+      sql,
+      todo.map((c) => c.command),
+    );
     const activatedAt = performance.now();
     metrics.stageMs.activate += activatedAt - dedupedAt;
     const plan = planBatch({
@@ -599,10 +625,19 @@ export class PartitionRunner extends LongRunningService {
     const subject = this.deps.topology.outcomesSubject;
     for (let i = 0; i < outcomes.length || i === 0; i += 1000) {
       const chunk = outcomes.slice(i, i + 1000).map((o) => ({
-        id: o.commandId, status: o.status, reason: o.reason, detail: o.detail, type: o.type, sku: o.sku, source: source.get(o.commandId),
+        id: o.commandId,
+        status: o.status,
+        reason: o.reason,
+        detail: o.detail,
+        type: o.type,
+        sku: o.sku,
+        source: source.get(o.commandId),
       }));
       try {
-        this.deps.nats.nc.publish(subject, JSON.stringify({ partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk }, quantityJson));
+        this.deps.nats.nc.publish(
+          subject,
+          JSON.stringify({ partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk }, quantityJson),
+        );
       } catch (err) {
         // Disconnected: listeners read command_outcomes instead.
         this.deps.log.debug({ err }, "outcomes not published (core NATS)");

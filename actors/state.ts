@@ -87,8 +87,7 @@ export const emptyLocation: LocationState = {
 export const initialSkuState = (sku: Sku): SkuState => ({ sku, locations: {}, transfers: {}, holds: {} });
 
 /** The location's state, or `emptyLocation` when it has none yet. */
-export const locationOf = (state: SkuState, location: LocationId): LocationState =>
-  state.locations[location] ?? emptyLocation;
+export const locationOf = (state: SkuState, location: LocationId): LocationState => state.locations[location] ?? emptyLocation;
 
 /** The larger of `n` and 0. */
 export const atLeastZero = (n: bigint): bigint => (n > 0n ? n : 0n);
@@ -246,12 +245,4 @@ export type StockNotification = LowStock | OutOfStock | BackInStock | NegativeSt
 export type HoldEvent = HoldOpened | HoldRefused | HoldReduced;
 
 /** Everything `decide` can emit for a SKU. */
-export type SkuEvent =
-  | StockMoved
-  | PolicySet
-  | TransferShipped
-  | TransferReceived
-  | StatusChanged
-  | HoldEvent
-  | StockNotification;
-
+export type SkuEvent = StockMoved | PolicySet | TransferShipped | TransferReceived | StatusChanged | HoldEvent | StockNotification;

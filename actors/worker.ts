@@ -134,10 +134,12 @@ export class Worker extends LongRunningService {
   /** Stops every runner after its batch in flight, then releases the leases so others take over at once. */
   override async stop(): Promise<boolean> {
     await super.stop();
-    await Promise.all([...this.#held.values()].map(async (h) => {
-      await h.runner.stop();
-      await this.#leases.release(h.lease);
-    }));
+    await Promise.all(
+      [...this.#held.values()].map(async (h) => {
+        await h.runner.stop();
+        await this.#leases.release(h.lease);
+      }),
+    );
     this.#held.clear();
     await this.#leases.leave(this.#memberKey());
     return true;
@@ -152,7 +154,12 @@ export class Worker extends LongRunningService {
     const { nats, topology, log, restoreTopology } = this.opts;
     if (!restoreTopology || this.stopping) return;
     const missing = await Promise.all(
-      [topology.commandsStream, topology.leasesBucketStream].map((name) => nats.jsm.streams.info(name).then(() => false, (e: unknown) => isNotFound(e))),
+      [topology.commandsStream, topology.leasesBucketStream].map((name) =>
+        nats.jsm.streams.info(name).then(
+          () => false,
+          (e: unknown) => isNotFound(e),
+        ),
+      ),
     );
     if (!missing.some(Boolean)) return;
     log.error("NATS streams or buckets are missing (was the store lost?); re-creating the topology");

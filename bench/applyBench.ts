@@ -116,9 +116,21 @@ async function main(): Promise<void> {
     ["measure", "per second", "ratio"],
     ["raw ledger-shaped inserts (limit)", String(results.rawInsertRowsPerSec), "1.00"],
     ["raw JetStream envelope publish (limit)", String(results.rawPublishCommandsPerSec), "1.00"],
-    ["Tally publish (commands)", String(results.tallyPublishCommandsPerSec), `${(results.tallyPublishCommandsPerSec! / results.rawPublishCommandsPerSec!).toFixed(2)} of publish limit`],
-    ["Tally end to end (commands applied)", String(results.tallyEndToEndCommandsPerSec), `${(results.tallyEndToEndCommandsPerSec! / results.rawPublishCommandsPerSec!).toFixed(2)} of publish limit`],
-    ["Tally ledger entries written", String(results.tallyEntriesPerSec), `${(results.tallyEntriesPerSec! / results.rawInsertRowsPerSec!).toFixed(2)} of insert limit`],
+    [
+      "Tally publish (commands)",
+      String(results.tallyPublishCommandsPerSec),
+      `${(results.tallyPublishCommandsPerSec! / results.rawPublishCommandsPerSec!).toFixed(2)} of publish limit`,
+    ],
+    [
+      "Tally end to end (commands applied)",
+      String(results.tallyEndToEndCommandsPerSec),
+      `${(results.tallyEndToEndCommandsPerSec! / results.rawPublishCommandsPerSec!).toFixed(2)} of publish limit`,
+    ],
+    [
+      "Tally ledger entries written",
+      String(results.tallyEntriesPerSec),
+      `${(results.tallyEntriesPerSec! / results.rawInsertRowsPerSec!).toFixed(2)} of insert limit`,
+    ],
   ];
   const width = lines[0]!.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
   for (const l of lines) process.stdout.write(`${l.map((cell, c) => cell.padEnd(width[c]!)).join("  ")}\n`);

@@ -87,7 +87,8 @@ const HOT = 20;
 /** Live actors kept per worker (the LRU cap): catalog-1m uses 20,000 so the plateau shows within a short run. */
 /** 0: the worker runs in this process with the other roles; n: in n `tally start --roles worker` processes. */
 const WORKER_PROCESSES = Math.floor(Number(values["worker-processes"]));
-if (!Number.isInteger(WORKER_PROCESSES) || WORKER_PROCESSES < 0) throw usage(`--worker-processes: expected 0 or more, got ${values["worker-processes"]}`);
+if (!Number.isInteger(WORKER_PROCESSES) || WORKER_PROCESSES < 0)
+  throw usage(`--worker-processes: expected 0 or more, got ${values["worker-processes"]}`);
 /** Keep-alive connections the load's HTTP clients (checkouts, POS) share, as a shop's backend would. */
 const CONNECTIONS = Math.floor(num("connections", values.connections, 64));
 const MAX_ACTORS = Math.floor(num("max-actors", values["max-actors"], scenario === "catalog-1m" ? 20_000 : 100_000));
@@ -153,12 +154,17 @@ function progress(text: string, done: number, total: number): void {
 
 async function main(): Promise<void> {
   const log = createLogger("bench", process.env.TALLY_LOG_LEVEL ?? "error");
-  process.stderr.write(`bench: ${scenario}, ${RATE} events/s for ${DURATION_S} s over ${SKUS.toLocaleString("en")} SKUs — starting Postgres and nats-server…\n`);
+  process.stderr.write(
+    `bench: ${scenario}, ${RATE} events/s for ${DURATION_S} s over ${SKUS.toLocaleString("en")} SKUs — starting Postgres and nats-server…\n`,
+  );
   // The demo ERP and shop live on a server of their own, as a retailer's do: on the ledger's server,
   // their walsenders would read (and throw away) every ledger write too — ~12% more Postgres CPU here.
   const pgSettings = { max_connections: "200", max_wal_senders: "20", max_replication_slots: "20" };
   const [pg, srcPg, natsServer] = await Promise.all([startPostgres({ settings: pgSettings }), startPostgres({ settings: pgSettings }), startNats()]);
-  for (const [server, dbs] of [[pg, ["bench"]], [srcPg, ["bench_erp", "bench_shop"]]] as const) {
+  for (const [server, dbs] of [
+    [pg, ["bench"]],
+    [srcPg, ["bench_erp", "bench_shop"]],
+  ] as const) {
     const admin = postgres(server.url(), { max: 1, onnotice: () => {} });
     for (const db of dbs) await admin.unsafe(`create database ${db}`);
     await admin.end();
@@ -178,7 +184,17 @@ async function main(): Promise<void> {
   let tally: Awaited<ReturnType<typeof startTally>> | null = null;
   let loadClient: Agent | null = null;
   const workers: Array<ChildProcess> = [];
-  const report: Record<string, unknown> = { at: new Date().toISOString(), scenario, rate: RATE, durationS: DURATION_S, skus: SKUS, stores: STORES, reservationRate: RES_RATE, partitions: PARTITIONS, cores: (await import("node:os")).cpus().length };
+  const report: Record<string, unknown> = {
+    at: new Date().toISOString(),
+    scenario,
+    rate: RATE,
+    durationS: DURATION_S,
+    skus: SKUS,
+    stores: STORES,
+    reservationRate: RES_RATE,
+    partitions: PARTITIONS,
+    cores: (await import("node:os")).cpus().length,
+  };
   try {
     await migrate(sql, env);
     const nats = await ensureTopology(nc, t, { duplicateWindowMs: 600_000, leaseTtlMs: 10_000 });
@@ -215,11 +231,25 @@ async function main(): Promise<void> {
     if (WORKER_PROCESSES > 0) {
       // The same channels as this process, for the worker processes' availability projections.
       const configFile = path.join(tmpdir(), `tally-bench-${process.pid}.config.json.ts`);
-      await writeFile(configFile, `export default ${JSON.stringify({ channels: Object.fromEntries(Object.entries(config.channels).map(([n, c]) => [n, { locations: c.locations, buffer: c.buffer }])) })};\n`);
+      await writeFile(
+        configFile,
+        `export default ${JSON.stringify({ channels: Object.fromEntries(Object.entries(config.channels).map(([n, c]) => [n, { locations: c.locations, buffer: c.buffer }])) })};\n`,
+      );
       for (let i = 0; i < WORKER_PROCESSES; i++)
         workers.push(
           spawn(process.execPath, [path.resolve("bin/tally.js"), "start", "--roles", "worker"], {
-            env: { ...process.env, TALLY_ENV: env, TALLY_DATABASE_URL: pg.url("bench"), TALLY_NATS_URL: natsServer.url, TALLY_PARTITIONS: String(PARTITIONS), TALLY_LEASE_TTL_MS: "10000", TALLY_MAX_ACTORS: String(MAX_ACTORS), TALLY_APPLY_CONCURRENCY: String(settings.applyConcurrency), TALLY_CONFIG: configFile, TALLY_LOG_LEVEL: "error" },
+            env: {
+              ...process.env,
+              TALLY_ENV: env,
+              TALLY_DATABASE_URL: pg.url("bench"),
+              TALLY_NATS_URL: natsServer.url,
+              TALLY_PARTITIONS: String(PARTITIONS),
+              TALLY_LEASE_TTL_MS: "10000",
+              TALLY_MAX_ACTORS: String(MAX_ACTORS),
+              TALLY_APPLY_CONCURRENCY: String(settings.applyConcurrency),
+              TALLY_CONFIG: configFile,
+              TALLY_LOG_LEVEL: "error",
+            },
             stdio: ["ignore", "ignore", "inherit"],
           }),
         );
@@ -309,7 +339,13 @@ async function main(): Promise<void> {
     const run = Math.random().toString(36).slice(2, 8);
     const natsProcess = natsPid(natsServer.storeDir);
     // CPU (and RSS) of every process in the run, read at the start and the end of the load.
-    const processStats = () => ({ node: procStat(process.pid), pg: pgPids(pg.dataDir).map(procStat), srcPg: pgPids(srcPg.dataDir).map(procStat), nats: natsProcess ? procStat(natsProcess) : null, workers: workers.map((w) => procStat(w.pid!)) });
+    const processStats = () => ({
+      node: procStat(process.pid),
+      pg: pgPids(pg.dataDir).map(procStat),
+      srcPg: pgPids(srcPg.dataDir).map(procStat),
+      nats: natsProcess ? procStat(natsProcess) : null,
+      workers: workers.map((w) => procStat(w.pid!)),
+    });
     const pidStart = processStats();
     const rss: Array<{ t: number; node: number; pg: number; nats: number }> = [];
     // Where this process's CPU goes during the load (the roles running here; worker processes aside).
@@ -358,7 +394,15 @@ async function main(): Promise<void> {
       for (let e = 0; e < events; e++) {
         if (scenario === "catalog-1m") {
           const i = Math.floor(Math.random() * SKUS);
-          const d = decodeCommand({ id: `b:${run}:${++seq}`, type: "receive", sku: `M-${i}`, location: "DC1", qty: 1, source: { system: "bench", ref: String(seq) }, occurredAt: new Date().toISOString() });
+          const d = decodeCommand({
+            id: `b:${run}:${++seq}`,
+            type: "receive",
+            sku: `M-${i}`,
+            location: "DC1",
+            qty: 1,
+            source: { system: "bench", ref: String(seq) },
+            occurredAt: new Date().toISOString(),
+          });
           if (d._tag === "Right") direct.push(d.right);
           continue;
         }
@@ -371,7 +415,11 @@ async function main(): Promise<void> {
           const lines = Array.from({ length: randInt(1, 3) }, () => ({ type: "sale", barcode: simItem(zipf.sample()).barcode, qty: 1 }));
           pos.push({ store, terminal: `T${randInt(1, 8)}`, id: `b-${run}-${++seq}`, occurredAt: new Date().toISOString(), lines });
         } else {
-          receipts.push({ item: simItem(zipf.sample()).itemNo, location: Math.random() < 0.3 ? "DC1" : stores[randInt(0, stores.length - 1)]!, qty: randInt(5, 40) });
+          receipts.push({
+            item: simItem(zipf.sample()).itemNo,
+            location: Math.random() < 0.3 ? "DC1" : stores[randInt(0, stores.length - 1)]!,
+            qty: randInt(5, 40),
+          });
         }
       }
       let offered = 0;
@@ -432,8 +480,14 @@ async function main(): Promise<void> {
         // Only a placed line whose reserve was applied moves stock; the mapping emits fulfill/release for every placed line either way.
         expected.shop += due.reduce((n, p) => n + p.lines, 0);
         offered += due.reduce((n, p) => n + p.lines, 0);
-        if (ship.length > 0) track(shop`update order_lines set status = 'shipped' where order_id = any(${shop.array(ship.map((p) => p.orderId))}::text[]) and status = 'placed'`);
-        if (cancel.length > 0) track(shop`update order_lines set status = 'cancelled' where order_id = any(${shop.array(cancel.map((p) => p.orderId))}::text[]) and status = 'placed'`);
+        if (ship.length > 0)
+          track(
+            shop`update order_lines set status = 'shipped' where order_id = any(${shop.array(ship.map((p) => p.orderId))}::text[]) and status = 'placed'`,
+          );
+        if (cancel.length > 0)
+          track(
+            shop`update order_lines set status = 'cancelled' where order_id = any(${shop.array(cancel.map((p) => p.orderId))}::text[]) and status = 'placed'`,
+          );
       }
       // Reservations over HTTP, each timed (a checkout's hold).
       if (scenario !== "catalog-1m") {
@@ -455,9 +509,18 @@ async function main(): Promise<void> {
         // Postgres as a whole: proportional set size, so shared buffers count once, not once per
         // backend. Read every 5 s: smaps walks page tables, ~4% of this process's CPU when read every second.
         if (rss.length % 5 === 0) pgPss = pgPids(pg.dataDir).reduce((n, p) => n + (procPss(p) ?? procStat(p)?.rss ?? 0), 0);
-        rss.push({ t: Math.round((tick - started) / 1000), node: procStat(process.pid)?.rss ?? 0, pg: pgPss, nats: natsProcess ? (procStat(natsProcess)?.rss ?? 0) : 0 });
+        rss.push({
+          t: Math.round((tick - started) / 1000),
+          node: procStat(process.pid)?.rss ?? 0,
+          pg: pgPss,
+          nats: natsProcess ? (procStat(natsProcess)?.rss ?? 0) : 0,
+        });
         const total = Object.values(expected).reduce((a, b) => a + b, 0);
-        progress(`${Math.round((tick - started) / 1000)}/${DURATION_S} s  offered ${total.toLocaleString("en")}  applied ${(applied - 0).toLocaleString("en")}  in flight ${inflight.size}`, (tick - started) / 1000, DURATION_S);
+        progress(
+          `${Math.round((tick - started) / 1000)}/${DURATION_S} s  offered ${total.toLocaleString("en")}  applied ${(applied - 0).toLocaleString("en")}  in flight ${inflight.size}`,
+          (tick - started) / 1000,
+          DURATION_S,
+        );
       }
       await sleep(Math.max(0, 100 - (Date.now() - tick)));
     }
@@ -512,13 +575,20 @@ async function main(): Promise<void> {
     // Flat memory: the node process's RSS over the second half of the run, relative to its middle.
     const mid = rss[Math.floor(rss.length / 2)]?.node ?? 0;
     const last = rss[rss.length - 1]?.node ?? 0;
-    report.memory = { maxActors: MAX_ACTORS, nodeRssMidMiB: Math.round(mid / 1048576), nodeRssEndMiB: Math.round(last / 1048576), secondHalfGrowth: mid > 0 ? round((last - mid) / mid, 3) : null };
+    report.memory = {
+      maxActors: MAX_ACTORS,
+      nodeRssMidMiB: Math.round(mid / 1048576),
+      nodeRssEndMiB: Math.round(last / 1048576),
+      secondHalfGrowth: mid > 0 ? round((last - mid) / mid, 3) : null,
+    };
 
     // --- Correctness. ---
     const bySource = await sql<Array<{ source: string; status: string; n: number }>>`
       select split_part(command_id, ':', 1) as source, status, count(*)::int as n from command_outcomes group by 1, 2 order by 1, 2`;
     const [{ outcomes }] = await sql<[{ outcomes: number }]>`select count(*)::int as outcomes from command_outcomes`;
-    const [{ dup }] = await sql<[{ dup: number }]>`select count(*)::int as dup from (select command_id, leg from ledger_entries group by 1, 2 having count(*) > 1) d`;
+    const [{ dup }] = await sql<
+      [{ dup: number }]
+    >`select count(*)::int as dup from (select command_id, leg from ledger_entries group by 1, 2 having count(*) > 1) d`;
     const verify = await verifyLedger(sql);
     const [{ dlq }] = [{ dlq: (await nats.jsm.streams.info(t.dlqStream)).state.messages }];
     report.correctness = {
@@ -550,7 +620,12 @@ async function main(): Promise<void> {
       }),
     );
     const rtt = sortNum(reservationRtt);
-    report.throughput = { offeredCommandsPerSec: offeredRate, sustainedCommandsPerSec: sustained, drainSeconds: round((finished - loopEnded) / 1000), timeline };
+    report.throughput = {
+      offeredCommandsPerSec: offeredRate,
+      sustainedCommandsPerSec: sustained,
+      drainSeconds: round((finished - loopEnded) / 1000),
+      timeline,
+    };
     report.latencyMs = latency;
     if (profile) report.profile = profile;
     report.reservations = { count: rtt.length, p50: round(percentile(rtt, 0.5)), p99: round(percentile(rtt, 0.99)), outcomes: reservationOutcomes };
@@ -559,23 +634,39 @@ async function main(): Promise<void> {
       endToEndVsPublish: round(sustained / limits.publishCommandsPerSec, 3),
       endToEndVsConsume: round(sustained / limits.consumeCommandsPerSec, 3),
       endToEndVsInsert: round(sustained / limits.insertRowsPerSec, 3),
-      cdcVsDecoding: round(((expected.erp + expected.shop) / ((loadEnded - started) / 1000)) / limits.decodeChangesPerSec, 3),
+      cdcVsDecoding: round((expected.erp + expected.shop) / ((loadEnded - started) / 1000) / limits.decodeChangesPerSec, 3),
     };
     const worstP99 = Math.max(...Object.values(latency).map((l) => l.p99 ?? 0));
     report.targets = {
       "sustained end to end ≥ 25,000 commands/s": { target: 25_000, measured: sustained, at: `offered ${offeredRate}/s`, met: sustained >= 25_000 },
-      "p99 source → availability ≤ 100 ms (at 5,000 commands/s)": { target: 100, measured: worstP99, at: `${offeredRate} commands/s`, met: worstP99 <= 100 && offeredRate >= 5000 },
-      "reservation round trip p99 ≤ 15 ms (at 1,000/s)": { target: 15, measured: round(percentile(rtt, 0.99)), at: `${RES_RATE} reservations/s`, met: (percentile(rtt, 0.99) ?? Infinity) <= 15 && RES_RATE >= 1000 },
+      "p99 source → availability ≤ 100 ms (at 5,000 commands/s)": {
+        target: 100,
+        measured: worstP99,
+        at: `${offeredRate} commands/s`,
+        met: worstP99 <= 100 && offeredRate >= 5000,
+      },
+      "reservation round trip p99 ≤ 15 ms (at 1,000/s)": {
+        target: 15,
+        measured: round(percentile(rtt, 0.99)),
+        at: `${RES_RATE} reservations/s`,
+        met: (percentile(rtt, 0.99) ?? Infinity) <= 15 && RES_RATE >= 1000,
+      },
     };
     if (scenario === "flash-sale" || scenario === "steady") {
       const stock = await stockTimeline(sql, orders.length > 0 ? Math.min(...orders.map((o) => o.at)) : started);
       const tallyP99 = latency.shop?.p99 ?? latency.erp?.p99 ?? 0;
-      report.pollingBaseline = pollingBaseline(orders, stock, [{ name: "Tally", lagMs: tallyP99 }, { name: "poll 60 s", periodMs: 60_000 }, { name: "poll 900 s", periodMs: 900_000 }]);
+      report.pollingBaseline = pollingBaseline(orders, stock, [
+        { name: "Tally", lagMs: tallyP99 },
+        { name: "poll 60 s", periodMs: 60_000 },
+        { name: "poll 900 s", periodMs: 900_000 },
+      ]);
     }
     // Permits that can be in use: per process, its apply concurrency or the partitions it holds (a fair share), if fewer.
     const permits = tally.worker
       ? Math.min(PARTITIONS, tally.worker.gate.permits)
-      : Array.from({ length: WORKER_PROCESSES }, (_, i) => Math.min(settings.applyConcurrency, Math.floor(PARTITIONS / WORKER_PROCESSES) + (i < PARTITIONS % WORKER_PROCESSES ? 1 : 0))).reduce((a, b) => a + b, 0);
+      : Array.from({ length: WORKER_PROCESSES }, (_, i) =>
+          Math.min(settings.applyConcurrency, Math.floor(PARTITIONS / WORKER_PROCESSES) + (i < PARTITIONS % WORKER_PROCESSES ? 1 : 0)),
+        ).reduce((a, b) => a + b, 0);
     report.worker = {
       batches: batches.count,
       meanBatch: round(batches.commands / Math.max(1, batches.count)),
@@ -585,7 +676,13 @@ async function main(): Promise<void> {
       // how busy those permits were says more than how busy each partition was.
       applyPermits: permits,
       busyFractionOfPermits: round(batches.applyMs / ((finished - started) * permits), 3),
-      ...(tally.worker ? { stageMsPerBatch: Object.fromEntries(Object.entries(tally.worker.metrics.stageMs).map(([k, v]) => [k, round(v / Math.max(1, tally!.worker!.metrics.batches), 2)])) } : {}),
+      ...(tally.worker
+        ? {
+            stageMsPerBatch: Object.fromEntries(
+              Object.entries(tally.worker.metrics.stageMs).map(([k, v]) => [k, round(v / Math.max(1, tally!.worker!.metrics.batches), 2)]),
+            ),
+          }
+        : {}),
       processes: WORKER_PROCESSES,
     };
     report.bottleneck = await bottleneck(report);
@@ -661,21 +758,36 @@ async function stockTimeline(sql: Sql, from: number): Promise<Array<StockEvent>>
 /** Where the time goes, in a sentence for the report. */
 async function bottleneck(report: Record<string, unknown>): Promise<string> {
   const cpu = report.cpu as { node: number; postgres: number; sourcePostgres: number; natsServer: number; workerProcesses: number };
-  const busiest = Object.entries({ "Node (Tally + load generator)": cpu.node, "Postgres (ledger)": cpu.postgres, "Postgres (sources)": cpu.sourcePostgres, "nats-server": cpu.natsServer }).sort((a, b) => b[1] - a[1])[0]!;
+  const busiest = Object.entries({
+    "Node (Tally + load generator)": cpu.node,
+    "Postgres (ledger)": cpu.postgres,
+    "Postgres (sources)": cpu.sourcePostgres,
+    "nats-server": cpu.natsServer,
+  }).sort((a, b) => b[1] - a[1])[0]!;
   const used = Math.round((cpu.node + cpu.postgres + cpu.sourcePostgres + cpu.natsServer + cpu.workerProcesses) * 100) / 100;
   const cores = (report.cores as number) ?? 2;
   const tp = report.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number };
-  const w = report.worker as { meanBatch: number; meanApplyMs: number; applyPermits: number; busyFractionOfPermits: number; stageMsPerBatch?: { gate: number } };
-  const gateWait = w.stageMsPerBatch && w.stageMsPerBatch.gate >= 1 ? `; a partition waited ${Math.round(w.stageMsPerBatch.gate)} ms per batch for a permit, set by TALLY_APPLY_CONCURRENCY` : "";
+  const w = report.worker as {
+    meanBatch: number;
+    meanApplyMs: number;
+    applyPermits: number;
+    busyFractionOfPermits: number;
+    stageMsPerBatch?: { gate: number };
+  };
+  const gateWait =
+    w.stageMsPerBatch && w.stageMsPerBatch.gate >= 1
+      ? `; a partition waited ${Math.round(w.stageMsPerBatch.gate)} ms per batch for a permit, set by TALLY_APPLY_CONCURRENCY`
+      : "";
   const keptUp = tp.sustainedCommandsPerSec >= tp.offeredCommandsPerSec * 0.95;
   const cpuBound = used >= cores * 0.85;
-  const stage = cpu.node >= 0.9
-    ? `the Node process is at ${cpu.node} cores — one thread, its event loop saturated (Tally's roles and the load generator share it; ${used} of ${cores} cores in all), so every stage waits for the loop (worker: mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms). Run the roles in separate processes (tally start --roles worker, …) and trim the per-command work (schema decode, hashing, allocation: GC)`
-    : cpuBound
-    ? `the machine is CPU-bound (${used} of ${cores} cores; ${busiest[0]} ${busiest[1]})`
-    : w.busyFractionOfPermits > 0.5
-      ? `the workers' ${w.applyPermits} apply permits are busy ${Math.round(w.busyFractionOfPermits * 100)}% of the time (mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms${gateWait}): the apply path is the stage`
-      : `the workers' ${w.applyPermits} apply permits are idle ${Math.round((1 - w.busyFractionOfPermits) * 100)}% of the time (mean batch ${w.meanBatch} in ${w.meanApplyMs} ms${gateWait}) and the CPU is at ${used} of ${cores} cores: latency is spent waiting (batch cadence, round trips), not computing`;
+  const stage =
+    cpu.node >= 0.9
+      ? `the Node process is at ${cpu.node} cores — one thread, its event loop saturated (Tally's roles and the load generator share it; ${used} of ${cores} cores in all), so every stage waits for the loop (worker: mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms). Run the roles in separate processes (tally start --roles worker, …) and trim the per-command work (schema decode, hashing, allocation: GC)`
+      : cpuBound
+        ? `the machine is CPU-bound (${used} of ${cores} cores; ${busiest[0]} ${busiest[1]})`
+        : w.busyFractionOfPermits > 0.5
+          ? `the workers' ${w.applyPermits} apply permits are busy ${Math.round(w.busyFractionOfPermits * 100)}% of the time (mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms${gateWait}): the apply path is the stage`
+          : `the workers' ${w.applyPermits} apply permits are idle ${Math.round((1 - w.busyFractionOfPermits) * 100)}% of the time (mean batch ${w.meanBatch} in ${w.meanApplyMs} ms${gateWait}) and the CPU is at ${used} of ${cores} cores: latency is spent waiting (batch cadence, round trips), not computing`;
   const mt = report.mainThread as { onCpu: number; waitingForCpu: number; timeslicesPerSec: number } | undefined;
   const contended =
     mt && mt.waitingForCpu >= 0.1
@@ -686,7 +798,9 @@ async function bottleneck(report: Record<string, unknown>): Promise<string> {
     ? ` Profile of the Node process over the load (busy ${Math.round((1 - profile.idle) * 100)}% of samples): ${profile.stages
         .slice(0, 4)
         .map((s) => `${s.stage} ${Math.round(s.share * 100)}%`)
-        .join(", ")}; hottest function ${profile.hottest[0]?.fn ?? "–"} (${Math.round((profile.hottest[0]?.share ?? 0) * 100)}%). V8's sampler counts wall time: a thread waiting for a CPU is counted in the function it was in.`
+        .join(
+          ", ",
+        )}; hottest function ${profile.hottest[0]?.fn ?? "–"} (${Math.round((profile.hottest[0]?.share ?? 0) * 100)}%). V8's sampler counts wall time: a thread waiting for a CPU is counted in the function it was in.`
     : "";
   return keptUp
     ? `Tally kept up with the offered load (${tp.offeredCommandsPerSec} commands/s); ${stage}. Raise --rate to find the ceiling.${contended}${profiled}`
@@ -699,7 +813,13 @@ function printTable(report: Record<string, unknown>): void {
   const lat = report.latencyMs as Record<string, { p50: number | null; p95: number | null; p99: number | null; samples: number }>;
   const res = report.reservations as { count: number; p50: number | null; p99: number | null };
   const cpu = report.cpu as { node: number; postgres: number; sourcePostgres: number; natsServer: number; workerProcesses: number };
-  const c = report.correctness as { allAccountedFor: boolean; duplicateLegs: number; verify: string; expectedTotal: number; appliedOrRejected: number };
+  const c = report.correctness as {
+    allAccountedFor: boolean;
+    duplicateLegs: number;
+    verify: string;
+    expectedTotal: number;
+    appliedOrRejected: number;
+  };
   const mt = report.mainThread as { onCpu: number; waitingForCpu: number; timeslicesPerSec: number } | undefined;
   const ratio = (x: number, y: number) => (y > 0 ? (x / y).toFixed(3) : "–");
   const rows: Array<[string, string, string]> = [
@@ -709,13 +829,41 @@ function printTable(report: Record<string, unknown>): void {
     ["limit: JetStream consume (commands/s)", String(limits.consumeCommandsPerSec), "1"],
     ["limit: logical decoding into Node (changes/s)", String(limits.decodeChangesPerSec), "1"],
     ["offered load (commands/s)", String(tp.offeredCommandsPerSec), ""],
-    ["Tally sustained end to end (commands/s)", String(tp.sustainedCommandsPerSec), `${ratio(tp.sustainedCommandsPerSec, limits.publishCommandsPerSec)} of publish, ${ratio(tp.sustainedCommandsPerSec, limits.insertRowsPerSec)} of insert`],
-    ...Object.entries(lat).map(([s, l]): [string, string, string] => [`source → availability published, ${s} (ms)`, `p50 ${l.p50} p95 ${l.p95} p99 ${l.p99}`, `${l.samples} samples`]),
+    [
+      "Tally sustained end to end (commands/s)",
+      String(tp.sustainedCommandsPerSec),
+      `${ratio(tp.sustainedCommandsPerSec, limits.publishCommandsPerSec)} of publish, ${ratio(tp.sustainedCommandsPerSec, limits.insertRowsPerSec)} of insert`,
+    ],
+    ...Object.entries(lat).map(([s, l]): [string, string, string] => [
+      `source → availability published, ${s} (ms)`,
+      `p50 ${l.p50} p95 ${l.p95} p99 ${l.p99}`,
+      `${l.samples} samples`,
+    ]),
     ["reservation round trip (ms)", `p50 ${res.p50} p99 ${res.p99}`, `${res.count} requests`],
-    ...(mt ? [["node main thread: on a CPU / waiting for one", `${Math.round(mt.onCpu * 100)}% / ${Math.round(mt.waitingForCpu * 100)}% of the load`, `${mt.timeslicesPerSec} timeslices/s`] as [string, string, string]] : []),
-    ["CPU (cores): node / postgres ledger, sources / nats", `${cpu.node} / ${cpu.postgres}, ${cpu.sourcePostgres} / ${cpu.natsServer}`, cpu.workerProcesses > 0 ? `+ worker processes ${cpu.workerProcesses}` : ""],
-    ["node RSS, middle → end of the run (MiB)", `${(report.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(report.memory as { nodeRssEndMiB: number }).nodeRssEndMiB}`, `live actors capped at ${(report.memory as { maxActors: number }).maxActors}`],
-    ["correctness", `${c.appliedOrRejected}/${c.expectedTotal} decided, ${c.duplicateLegs} duplicate legs, verify ${c.verify}`, c.allAccountedFor && c.duplicateLegs === 0 && c.verify === "ok" ? "PASS" : "FAIL"],
+    ...(mt
+      ? [
+          [
+            "node main thread: on a CPU / waiting for one",
+            `${Math.round(mt.onCpu * 100)}% / ${Math.round(mt.waitingForCpu * 100)}% of the load`,
+            `${mt.timeslicesPerSec} timeslices/s`,
+          ] as [string, string, string],
+        ]
+      : []),
+    [
+      "CPU (cores): node / postgres ledger, sources / nats",
+      `${cpu.node} / ${cpu.postgres}, ${cpu.sourcePostgres} / ${cpu.natsServer}`,
+      cpu.workerProcesses > 0 ? `+ worker processes ${cpu.workerProcesses}` : "",
+    ],
+    [
+      "node RSS, middle → end of the run (MiB)",
+      `${(report.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(report.memory as { nodeRssEndMiB: number }).nodeRssEndMiB}`,
+      `live actors capped at ${(report.memory as { maxActors: number }).maxActors}`,
+    ],
+    [
+      "correctness",
+      `${c.appliedOrRejected}/${c.expectedTotal} decided, ${c.duplicateLegs} duplicate legs, verify ${c.verify}`,
+      c.allAccountedFor && c.duplicateLegs === 0 && c.verify === "ok" ? "PASS" : "FAIL",
+    ],
   ];
   const pb = report.pollingBaseline as Array<{ name: string; oversoldPer10k: number }> | undefined;
   if (pb) rows.push(["oversold units per 10,000 orders", pb.map((p) => `${p.name} ${p.oversoldPer10k}`).join(", "), ""]);

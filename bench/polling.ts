@@ -32,7 +32,11 @@ export interface BaselineResult {
   readonly oversoldPer10k: number;
 }
 
-export function pollingBaseline(orders: ReadonlyArray<OrderEvent>, stock: ReadonlyArray<StockEvent>, channels: ReadonlyArray<ChannelModel>): Array<BaselineResult> {
+export function pollingBaseline(
+  orders: ReadonlyArray<OrderEvent>,
+  stock: ReadonlyArray<StockEvent>,
+  channels: ReadonlyArray<ChannelModel>,
+): Array<BaselineResult> {
   const sortedOrders = [...orders].sort((a, b) => a.at - b.at);
   const sortedStock = [...stock].sort((a, b) => a.at - b.at);
   const start = sortedOrders[0]?.at ?? 0;

@@ -1,7 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { summarise } from "./profile.ts";
 
-const frame = (id: number, functionName: string, url: string, children: Array<number> = []) => ({ id, callFrame: { functionName, url, lineNumber: 9 }, children });
+const frame = (id: number, functionName: string, url: string, children: Array<number> = []) => ({
+  id,
+  callFrame: { functionName, url, lineNumber: 9 },
+  children,
+});
 
 describe("bench CPU profile summary", () => {
   it("counts each sample for the stage of its nearest frame that has one, and idle apart", () => {

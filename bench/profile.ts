@@ -41,7 +41,10 @@ const STAGES: ReadonlyArray<[RegExp, string]> = [
   [/node_modules\/(pg|pg-logical-replication|pg-protocol)\/|\/cdc\//, "CDC (replication stream, mapping)"],
   [/node_modules\/@nats-io\//, "NATS client (publish, consume)"],
   [/node_modules\/undici\/|\/bench\//, "load generator (this benchmark)"],
-  [/node_modules\/(fastify|@fastify|find-my-way|avvio|light-my-request|fast-json-stringify|ajv)|node:_http_|\/src\/http\//, "HTTP API (fastify, routes)"],
+  [
+    /node_modules\/(fastify|@fastify|find-my-way|avvio|light-my-request|fast-json-stringify|ajv)|node:_http_|\/src\/http\//,
+    "HTTP API (fastify, routes)",
+  ],
   [/node_modules\/effect\//, "command schema checks (Effect Schema)"],
   [/node_modules\/xstate\//, "SKU actors (xstate)"],
   [/\/actors\/|\/ledger\//, "worker apply (decide, plan, hash)"],
@@ -99,7 +102,9 @@ export function summarise(profile: Profile): ProfileSummary {
     }
     const s = stage(id);
     stages.set(s, (stages.get(s) ?? 0) + 1);
-    const where = n.callFrame.url ? `${n.callFrame.url.replace(/^.*node_modules\//, "").replace(/^file:\/\/.*?\/(actors|src|cdc|ledger|bench)\//, "$1/")}:${n.callFrame.lineNumber + 1}` : "native";
+    const where = n.callFrame.url
+      ? `${n.callFrame.url.replace(/^.*node_modules\//, "").replace(/^file:\/\/.*?\/(actors|src|cdc|ledger|bench)\//, "$1/")}:${n.callFrame.lineNumber + 1}`
+      : "native";
     const fn = `${n.callFrame.functionName || "(anonymous)"} (${where})`;
     self.set(fn, (self.get(fn) ?? 0) + 1);
   }
@@ -109,6 +114,9 @@ export function summarise(profile: Profile): ProfileSummary {
     samples: profile.samples.length,
     idle: Math.round((1000 * idle) / Math.max(1, profile.samples.length)) / 1000,
     stages: [...stages].sort((a, b) => b[1] - a[1]).map(([stage, k]) => ({ stage, share: share(k) })),
-    hottest: [...self].sort((a, b) => b[1] - a[1]).slice(0, 15).map(([fn, k]) => ({ fn, share: share(k) })),
+    hottest: [...self]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 15)
+      .map(([fn, k]) => ({ fn, share: share(k) })),
   };
 }

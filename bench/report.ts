@@ -6,7 +6,12 @@ type Json = Record<string, unknown>;
 const esc = (s: unknown) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]!);
 const COLORS = ["#38bdf8", "#22c55e", "#f59e0b", "#ef4444", "#a78bfa"];
 
-function lineChart(title: string, xs: ReadonlyArray<number>, series: ReadonlyArray<{ name: string; ys: ReadonlyArray<number> }>, unit: string): string {
+function lineChart(
+  title: string,
+  xs: ReadonlyArray<number>,
+  series: ReadonlyArray<{ name: string; ys: ReadonlyArray<number> }>,
+  unit: string,
+): string {
   const W = 640;
   const H = 240;
   const pad = { l: 64, r: 16, t: 46, b: 32 };
@@ -16,10 +21,16 @@ function lineChart(title: string, xs: ReadonlyArray<number>, series: ReadonlyArr
   const y = (v: number) => H - pad.b - (v / maxY) * (H - pad.t - pad.b);
   const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => f * maxY);
   const grid = ticks
-    .map((v) => `<line x1="${pad.l}" x2="${W - pad.r}" y1="${y(v)}" y2="${y(v)}" stroke="#1e2a44"/><text x="${pad.l - 6}" y="${y(v) + 4}" text-anchor="end">${Math.round(v).toLocaleString("en")}</text>`)
+    .map(
+      (v) =>
+        `<line x1="${pad.l}" x2="${W - pad.r}" y1="${y(v)}" y2="${y(v)}" stroke="#1e2a44"/><text x="${pad.l - 6}" y="${y(v) + 4}" text-anchor="end">${Math.round(v).toLocaleString("en")}</text>`,
+    )
     .join("");
   const lines = series
-    .map((s, i) => `<polyline fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="2" points="${s.ys.map((v, k) => `${x(xs[k]!).toFixed(1)},${y(v).toFixed(1)}`).join(" ")}"/>`)
+    .map(
+      (s, i) =>
+        `<polyline fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="2" points="${s.ys.map((v, k) => `${x(xs[k]!).toFixed(1)},${y(v).toFixed(1)}`).join(" ")}"/>`,
+    )
     .join("");
   const legend = series.map((s, i) => `<tspan fill="${COLORS[i % COLORS.length]}">■ ${esc(s.name)}</tspan>`).join("  ");
   // Title on the first line; the y unit and the legend on the second, so a long title never runs into the legend.
@@ -27,7 +38,12 @@ function lineChart(title: string, xs: ReadonlyArray<number>, series: ReadonlyArr
     <text x="${(W + pad.l) / 2}" y="${H - 6}" text-anchor="middle">seconds into the load</text>${lines}</svg>`;
 }
 
-function barChart(title: string, groups: ReadonlyArray<{ label: string; bars: ReadonlyArray<{ name: string; value: number }> }>, unit: string, limit?: number): string {
+function barChart(
+  title: string,
+  groups: ReadonlyArray<{ label: string; bars: ReadonlyArray<{ name: string; value: number }> }>,
+  unit: string,
+  limit?: number,
+): string {
   const W = 640;
   const rowH = 22;
   const bars = groups.flatMap((g) => g.bars);
@@ -52,7 +68,10 @@ function barChart(title: string, groups: ReadonlyArray<{ label: string; bars: Re
       return out;
     })
     .join("");
-  const limitLine = limit !== undefined ? `<line x1="${pad.l + (limit / max) * (W - pad.l - pad.r)}" x2="${pad.l + (limit / max) * (W - pad.l - pad.r)}" y1="${top - 4}" y2="${H}" stroke="#ef4444" stroke-dasharray="4 3"/><text x="${pad.l + (limit / max) * (W - pad.l - pad.r)}" y="${top - 8}" text-anchor="middle" fill="#ef4444">target ${limit.toLocaleString("en")}</text>` : "";
+  const limitLine =
+    limit !== undefined
+      ? `<line x1="${pad.l + (limit / max) * (W - pad.l - pad.r)}" x2="${pad.l + (limit / max) * (W - pad.l - pad.r)}" y1="${top - 4}" y2="${H}" stroke="#ef4444" stroke-dasharray="4 3"/><text x="${pad.l + (limit / max) * (W - pad.l - pad.r)}" y="${top - 8}" text-anchor="middle" fill="#ef4444">target ${limit.toLocaleString("en")}</text>`
+      : "";
   return `<svg viewBox="0 0 ${W} ${H}" class="chart"><text x="8" y="16" class="title">${esc(title)}</text>${body}${limitLine}</svg>`;
 }
 
@@ -65,14 +84,21 @@ const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 
 export function renderReport(r: Json): string {
   const limits = r.limits as Record<string, number>;
-  const tp = r.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number; drainSeconds: number; timeline: Array<{ t: number; offered: number; applied: number }> };
+  const tp = r.throughput as {
+    offeredCommandsPerSec: number;
+    sustainedCommandsPerSec: number;
+    drainSeconds: number;
+    timeline: Array<{ t: number; offered: number; applied: number }>;
+  };
   const lat = r.latencyMs as Record<string, { samples: number; p50: number | null; p95: number | null; p99: number | null }>;
   const res = r.reservations as { count: number; p50: number | null; p99: number | null; outcomes: Record<string, number> };
   const cpu = r.cpu as Record<string, unknown>;
   const rss = (r.rss as Array<{ t: number; node: number; pg: number; nats: number }>) ?? [];
   const c = r.correctness as Record<string, unknown>;
   const targets = r.targets as Record<string, { target: number; measured: number | null; at: string; met: boolean }>;
-  const baseline = r.pollingBaseline as Array<{ name: string; orders: number; accepted: number; oversoldUnits: number; oversoldPer10k: number }> | undefined;
+  const baseline = r.pollingBaseline as
+    | Array<{ name: string; orders: number; accepted: number; oversoldUnits: number; oversoldPer10k: number }>
+    | undefined;
   const pass = c.allAccountedFor === true && c.duplicateLegs === 0 && c.verify === "ok";
   const mib = (b: number) => Math.round(b / 1048576);
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Tally bench — ${esc(r.scenario)} ${esc(r.at)}</title>
@@ -90,35 +116,112 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
 <div class="grid">
 <div class="card">${table([
     ["measure", "value", "ratio"],
-    ["Tally sustained end to end", `${tp.sustainedCommandsPerSec.toLocaleString("en")} commands/s`, `${(tp.sustainedCommandsPerSec / limits.publishCommandsPerSec!).toFixed(3)} of JetStream publish`],
+    [
+      "Tally sustained end to end",
+      `${tp.sustainedCommandsPerSec.toLocaleString("en")} commands/s`,
+      `${(tp.sustainedCommandsPerSec / limits.publishCommandsPerSec!).toFixed(3)} of JetStream publish`,
+    ],
     ["offered load", `${tp.offeredCommandsPerSec.toLocaleString("en")} commands/s`, ""],
     ["drain after the load", `${tp.drainSeconds} s`, ""],
-    ...Object.entries(lat).map(([s, l]) => [`source → availability published (${s})`, `p50 ${l.p50} · p95 ${l.p95} · p99 ${l.p99} ms`, `${l.samples} samples`]),
+    ...Object.entries(lat).map(([s, l]) => [
+      `source → availability published (${s})`,
+      `p50 ${l.p50} · p95 ${l.p95} · p99 ${l.p99} ms`,
+      `${l.samples} samples`,
+    ]),
     ["reservation round trip", `p50 ${res.p50} · p99 ${res.p99} ms`, `${res.count} requests ${JSON.stringify(res.outcomes)}`],
-    ...(r.mainThread ? [["node main thread", `on a CPU ${pct((r.mainThread as { onCpu: number }).onCpu)} · waiting for one ${pct((r.mainThread as { waitingForCpu: number }).waitingForCpu)} of the load`, `${(r.mainThread as { timeslicesPerSec: number }).timeslicesPerSec} timeslices/s (run queue, /proc schedstat)`]] : []),
-    ["CPU", `node ${cpu.node} · postgres: ledger ${cpu.postgres}, sources ${cpu.sourcePostgres ?? "–"} · nats-server ${cpu.natsServer}${Number(cpu.workerProcesses) > 0 ? ` · worker processes ${cpu.workerProcesses}` : ""}`, String(cpu.unit)],
-    ["node RSS, middle → end", `${(r.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(r.memory as { nodeRssEndMiB: number }).nodeRssEndMiB} MiB`, `live actors capped at ${(r.memory as { maxActors: number }).maxActors}`],
-    ["worker batches", `${(r.worker as { batches: number }).batches} · mean ${(r.worker as { meanBatch: number }).meanBatch} commands in ${(r.worker as { meanApplyMs: number }).meanApplyMs} ms`, (r.worker as { applyPermits?: number }).applyPermits !== undefined ? `${(r.worker as { applyPermits: number }).applyPermits} apply permits, busy ${(r.worker as { busyFractionOfPermits: number }).busyFractionOfPermits}` : `busy ${(r.worker as { busyFractionPerPartition: number }).busyFractionPerPartition} per partition`],
-    ["correctness", `${c.appliedOrRejected}/${c.expectedTotal} commands decided · ${c.duplicateLegs} duplicate legs · verify ${c.verify} · ${c.deadLetters} dead letters`, pass ? "PASS" : "FAIL"],
+    ...(r.mainThread
+      ? [
+          [
+            "node main thread",
+            `on a CPU ${pct((r.mainThread as { onCpu: number }).onCpu)} · waiting for one ${pct((r.mainThread as { waitingForCpu: number }).waitingForCpu)} of the load`,
+            `${(r.mainThread as { timeslicesPerSec: number }).timeslicesPerSec} timeslices/s (run queue, /proc schedstat)`,
+          ],
+        ]
+      : []),
+    [
+      "CPU",
+      `node ${cpu.node} · postgres: ledger ${cpu.postgres}, sources ${cpu.sourcePostgres ?? "–"} · nats-server ${cpu.natsServer}${Number(cpu.workerProcesses) > 0 ? ` · worker processes ${cpu.workerProcesses}` : ""}`,
+      String(cpu.unit),
+    ],
+    [
+      "node RSS, middle → end",
+      `${(r.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(r.memory as { nodeRssEndMiB: number }).nodeRssEndMiB} MiB`,
+      `live actors capped at ${(r.memory as { maxActors: number }).maxActors}`,
+    ],
+    [
+      "worker batches",
+      `${(r.worker as { batches: number }).batches} · mean ${(r.worker as { meanBatch: number }).meanBatch} commands in ${(r.worker as { meanApplyMs: number }).meanApplyMs} ms`,
+      (r.worker as { applyPermits?: number }).applyPermits !== undefined
+        ? `${(r.worker as { applyPermits: number }).applyPermits} apply permits, busy ${(r.worker as { busyFractionOfPermits: number }).busyFractionOfPermits}`
+        : `busy ${(r.worker as { busyFractionPerPartition: number }).busyFractionPerPartition} per partition`,
+    ],
+    [
+      "correctness",
+      `${c.appliedOrRejected}/${c.expectedTotal} commands decided · ${c.duplicateLegs} duplicate legs · verify ${c.verify} · ${c.deadLetters} dead letters`,
+      pass ? "PASS" : "FAIL",
+    ],
   ])}</div>
 <div class="card">${table([["target (this 2-core machine)", "measured", "at", ""], ...Object.entries(targets).map(([k, v]) => [k, v.measured, v.at, v.met ? "met" : "not met (or not at the target load)"])])}
 <p class="muted">${esc(r.bottleneck)}</p></div>
 </div>
 <h2>Charts</h2>
 <div class="grid">
-<div class="card">${lineChart("Throughput over time", tp.timeline.map((p) => p.t), [{ name: "offered", ys: tp.timeline.map((p) => p.offered) }, { name: "applied", ys: tp.timeline.map((p) => p.applied) }], "commands per second")}</div>
-<div class="card">${barChart("Source → availability published", Object.entries(lat).map(([s, l]) => ({ label: s, bars: [{ name: "p50", value: l.p50 ?? 0 }, { name: "p95", value: l.p95 ?? 0 }, { name: "p99", value: l.p99 ?? 0 }] })), "ms", 100)}</div>
-<div class="card">${barChart("Tally vs this machine's limits", [{ label: "", bars: [
-    { name: "Tally end to end", value: tp.sustainedCommandsPerSec },
-    { name: "ledger inserts (rows)", value: limits.insertRowsPerSec! },
-    { name: "JetStream publish", value: limits.publishCommandsPerSec! },
-    { name: "JetStream consume", value: limits.consumeCommandsPerSec! },
-    { name: "logical decoding", value: limits.decodeChangesPerSec! },
-  ] }], "/s", 25_000)}</div>
-<div class="card">${lineChart("Resident memory (Postgres ledger server: PSS over its processes)", rss.map((p) => p.t), [{ name: "node", ys: rss.map((p) => mib(p.node)) }, { name: "postgres", ys: rss.map((p) => mib(p.pg)) }, { name: "nats-server", ys: rss.map((p) => mib(p.nats)) }], "MiB")}</div>
+<div class="card">${lineChart(
+    "Throughput over time",
+    tp.timeline.map((p) => p.t),
+    [
+      { name: "offered", ys: tp.timeline.map((p) => p.offered) },
+      { name: "applied", ys: tp.timeline.map((p) => p.applied) },
+    ],
+    "commands per second",
+  )}</div>
+<div class="card">${barChart(
+    "Source → availability published",
+    Object.entries(lat).map(([s, l]) => ({
+      label: s,
+      bars: [
+        { name: "p50", value: l.p50 ?? 0 },
+        { name: "p95", value: l.p95 ?? 0 },
+        { name: "p99", value: l.p99 ?? 0 },
+      ],
+    })),
+    "ms",
+    100,
+  )}</div>
+<div class="card">${barChart(
+    "Tally vs this machine's limits",
+    [
+      {
+        label: "",
+        bars: [
+          { name: "Tally end to end", value: tp.sustainedCommandsPerSec },
+          { name: "ledger inserts (rows)", value: limits.insertRowsPerSec! },
+          { name: "JetStream publish", value: limits.publishCommandsPerSec! },
+          { name: "JetStream consume", value: limits.consumeCommandsPerSec! },
+          { name: "logical decoding", value: limits.decodeChangesPerSec! },
+        ],
+      },
+    ],
+    "/s",
+    25_000,
+  )}</div>
+<div class="card">${lineChart(
+    "Resident memory (Postgres ledger server: PSS over its processes)",
+    rss.map((p) => p.t),
+    [
+      { name: "node", ys: rss.map((p) => mib(p.node)) },
+      { name: "postgres", ys: rss.map((p) => mib(p.pg)) },
+      { name: "nats-server", ys: rss.map((p) => mib(p.nats)) },
+    ],
+    "MiB",
+  )}</div>
 </div>
-${baseline ? `<h2>Polling-sync baseline</h2><div class="card">${table([["channel", "orders", "accepted", "oversold units", "oversold per 10,000 orders"], ...baseline.map((b) => [b.name, b.orders, b.accepted, b.oversoldUnits, b.oversoldPer10k])])}
-<p class="muted">The bench's web orders replayed against a channel that sees other channels' stock changes only as of its last poll (every 60 s, every 900 s) versus Tally's view (changes published a measured p99 after they happen; Tally's own reservations are decided by the SKU's actor, so the real pipeline cannot oversell them at all).</p></div>` : ""}
+${
+  baseline
+    ? `<h2>Polling-sync baseline</h2><div class="card">${table([["channel", "orders", "accepted", "oversold units", "oversold per 10,000 orders"], ...baseline.map((b) => [b.name, b.orders, b.accepted, b.oversoldUnits, b.oversoldPer10k])])}
+<p class="muted">The bench's web orders replayed against a channel that sees other channels' stock changes only as of its last poll (every 60 s, every 900 s) versus Tally's view (changes published a measured p99 after they happen; Tally's own reservations are decided by the SKU's actor, so the real pipeline cannot oversell them at all).</p></div>`
+    : ""
+}
 ${profileSection(r.profile as ProfileSummary | undefined)}
 <h2>Limits measured in this run</h2><div class="card">${table([["limit", "per second"], ...Object.entries(limits).map(([k, v]) => [k, v.toLocaleString("en")])])}</div>
 <h2>Commands by source</h2><div class="card">${table([["source", "status", "commands"], ...((c.bySource as Array<{ source: string; status: string; n: number }>) ?? []).map((b) => [b.source, b.status, b.n])])}</div>

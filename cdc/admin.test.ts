@@ -98,11 +98,12 @@ describe("checkSource", () => {
     // Before `enable`: reported, not failed.
     expect(byCheck(results, "publication")).toMatchObject({ ok: true, level: "info" });
     expect(byCheck(results, "slot")).toMatchObject({ ok: true, level: "info" });
-    expect(results.filter((r) => !r.ok).map((r) => r.check).sort()).toEqual([
-      "replica identity shop.movements",
-      "replica identity shop.order_lines",
-      "replica identity shop.stock",
-    ]);
+    expect(
+      results
+        .filter((r) => !r.ok)
+        .map((r) => r.check)
+        .sort(),
+    ).toEqual(["replica identity shop.movements", "replica identity shop.order_lines", "replica identity shop.stock"]);
     for (const r of results.filter((x) => !x.ok)) expect(r.fix).not.toBeNull();
 
     // Each fix is runnable SQL as given.
@@ -230,7 +231,12 @@ describe("enableSource, sourceStatus, dropSource", () => {
     expect(await sql`select 1 from pg_publication where pubname = ${source.publication}`).toHaveLength(0);
     expect(await sql`select 1 from cdc_sources where source = 'shop'`).toHaveLength(0);
 
-    expect(await dropSource(sql, source, sql)).toEqual({ slotDropped: false, terminatedPid: null, publicationDropped: false, ledgerRowDeleted: false });
+    expect(await dropSource(sql, source, sql)).toEqual({
+      slotDropped: false,
+      terminatedPid: null,
+      publicationDropped: false,
+      ledgerRowDeleted: false,
+    });
     const status = await sourceStatus(sql, sql, source);
     expect(status.slot.exists).toBe(false);
     expect(status.publication.exists).toBe(false);

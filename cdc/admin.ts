@@ -347,7 +347,11 @@ async function checkTables(checks: Checks, sql: Sql, source: ResolvedSource, ser
       continue;
     }
     if (t.relkind !== "r" && t.relkind !== "p") {
-      fail(`table ${t.key}`, `is not a table (relkind ${t.relkind}): views and foreign tables cannot be published`, `capture the underlying table instead of ${t.key} in tally.config.ts`);
+      fail(
+        `table ${t.key}`,
+        `is not a table (relkind ${t.relkind}): views and foreign tables cannot be published`,
+        `capture the underlying table instead of ${t.key} in tally.config.ts`,
+      );
       continue;
     }
     if (!t.schema_usage || !t.can_select) {
@@ -364,7 +368,8 @@ async function checkTables(checks: Checks, sql: Sql, source: ResolvedSource, ser
   // Tables only the snapshot reads: SELECT is all they need (they are not published).
   const snapshotKeys = snapshotOnlyKeys(source);
   for (const t of snapshotKeys.length === 0 ? [] : await readTables(sql, snapshotKeys)) {
-    if (t.relkind === null) fail(`snapshot ${t.key}`, "does not exist", `create the table, or remove ${t.key} from the source's snapshot in tally.config.ts`);
+    if (t.relkind === null)
+      fail(`snapshot ${t.key}`, "does not exist", `create the table, or remove ${t.key} from the source's snapshot in tally.config.ts`);
     else if (!t.schema_usage || !t.can_select)
       fail(
         `snapshot ${t.key}`,
@@ -394,7 +399,14 @@ function checkWalKeep(checks: Checks, server: ServerRow): void {
 }
 
 /** The publication is reported, not judged, before `enable`; after it, it must publish exactly the captured tables. */
-async function checkPublication(checks: Checks, sql: Sql, source: ResolvedSource, server: ServerRow, keys: ReadonlyArray<string>, tables: ReadonlyArray<TableRow>): Promise<void> {
+async function checkPublication(
+  checks: Checks,
+  sql: Sql,
+  source: ResolvedSource,
+  server: ServerRow,
+  keys: ReadonlyArray<string>,
+  tables: ReadonlyArray<TableRow>,
+): Promise<void> {
   const { pass, info, warn, fail } = checks;
   const publication = await readPublication(sql, source.publication);
   if (!publication) {
@@ -405,12 +417,17 @@ async function checkPublication(checks: Checks, sql: Sql, source: ResolvedSource
       `tally source enable ${source.name}${canCreate ? "" : " --print-sql  (for a DBA to run)"}`,
     );
   } else if (publication.puballtables)
-    fail("publication", `${source.publication} is FOR ALL TABLES; Tally needs its own table list`, `DROP PUBLICATION ${quoteIdent(source.publication)}; -- then tally source enable ${source.name}`);
+    fail(
+      "publication",
+      `${source.publication} is FOR ALL TABLES; Tally needs its own table list`,
+      `DROP PUBLICATION ${quoteIdent(source.publication)}; -- then tally source enable ${source.name}`,
+    );
   else {
     const missing = keys.filter((k) => !publication.tables.includes(k));
     const extra = publication.tables.filter((k) => !keys.includes(k));
     const narrow = !(publication.pubinsert && publication.pubupdate && publication.pubdelete);
-    if (missing.length === 0 && extra.length === 0 && !narrow) pass("publication", `${source.publication} publishes the ${keys.length} captured tables`);
+    if (missing.length === 0 && extra.length === 0 && !narrow)
+      pass("publication", `${source.publication} publishes the ${keys.length} captured tables`);
     else
       warn(
         "publication",
@@ -458,7 +475,10 @@ function replicaIdentity(t: TableRow, name: string, oldRow: "key" | "full"): Che
   const bad = (detail: string, fix: string): CheckResult => ({ check, ok: false, level: "fail", detail, fix });
   if (t.relreplident === "f") return ok("FULL: old rows carry every column");
   if (oldRow === "full")
-    return bad("the mapping reads old rows (oldRow: 'full'), so the table needs REPLICA IDENTITY FULL; updates and deletes would lack old values", full);
+    return bad(
+      "the mapping reads old rows (oldRow: 'full'), so the table needs REPLICA IDENTITY FULL; updates and deletes would lack old values",
+      full,
+    );
   // A key is enough: no usable one means deletes arrive with no old row at all.
   const noKey = (detail: string) =>
     bad(
@@ -527,7 +547,9 @@ export async function enableSource(sql: Sql, source: ResolvedSource): Promise<En
     const publication = await readPublication(sql, source.publication);
     const slot = await readSlot(sql, source.slot);
     if (publication?.puballtables)
-      throw new SourceAdminError(`publication ${source.publication} is FOR ALL TABLES: drop it (DROP PUBLICATION ${quoteIdent(source.publication)}) or name another in tally.config.ts`);
+      throw new SourceAdminError(
+        `publication ${source.publication} is FOR ALL TABLES: drop it (DROP PUBLICATION ${quoteIdent(source.publication)}) or name another in tally.config.ts`,
+      );
     if (slot && (slot.database !== database || slot.plugin !== "pgoutput"))
       throw new SourceAdminError(
         `replication slot ${source.slot} exists but is ${slot.plugin ? `a ${slot.plugin} slot` : `a ${slot.slot_type} slot`} in database ${slot.database ?? "(none)"}: drop it there, or name another slot in tally.config.ts`,
@@ -574,7 +596,12 @@ export type SnapshotState = "done" | "in_progress" | "not_started" | "unknown";
 export interface SourceStatus {
   readonly source: string;
   /** `missing`: captured tables the publication lacks, whose changes are not captured (`enable` repairs it). */
-  readonly publication: { readonly name: string; readonly exists: boolean; readonly tables: ReadonlyArray<string>; readonly missing: ReadonlyArray<string> };
+  readonly publication: {
+    readonly name: string;
+    readonly exists: boolean;
+    readonly tables: ReadonlyArray<string>;
+    readonly missing: ReadonlyArray<string>;
+  };
   readonly slot: {
     readonly name: string;
     readonly exists: boolean;
@@ -601,7 +628,10 @@ export interface SourceStatus {
     readonly doneAt: Date | null;
     readonly rows: number | null;
     /** While the snapshot's slot creation waits for transactions running on the source server: which, since when. */
-    readonly waitingFor: { readonly since: string; readonly transactions: ReadonlyArray<{ readonly pid: number | null; readonly ageSeconds: number; readonly query: string }> } | null;
+    readonly waitingFor: {
+      readonly since: string;
+      readonly transactions: ReadonlyArray<{ readonly pid: number | null; readonly ageSeconds: number; readonly query: string }>;
+    } | null;
   };
   /**
    * Set while the CDC reader has stopped capturing the source because its slot was lost, replaced
@@ -667,9 +697,23 @@ export async function sourceStatus(sourceSql: Sql, ledgerSql: Sql | null, source
   const row = ledgerSql ? await readLedgerRow(ledgerSql, source) : undefined;
   const lagBytes = slot?.lag_bytes ?? null;
   const lagSeconds =
-    lagBytes === null ? null : lagBytes <= 0 ? 0 : row?.idle_seconds !== undefined && row.idle_seconds !== null ? Math.max(0, row.idle_seconds) : null;
+    lagBytes === null
+      ? null
+      : lagBytes <= 0
+        ? 0
+        : row?.idle_seconds !== undefined && row.idle_seconds !== null
+          ? Math.max(0, row.idle_seconds)
+          : null;
   const snapshotState: SnapshotState =
-    ledgerSql === null ? "unknown" : !row ? "not_started" : row.snapshot_done_at ? "done" : row.snapshot_lsn || row.snapshot_waiting_for ? "in_progress" : "not_started";
+    ledgerSql === null
+      ? "unknown"
+      : !row
+        ? "not_started"
+        : row.snapshot_done_at
+          ? "done"
+          : row.snapshot_lsn || row.snapshot_waiting_for
+            ? "in_progress"
+            : "not_started";
   return {
     source: source.name,
     publication: {
@@ -745,7 +789,8 @@ export async function dropSource(sql: Sql, source: ResolvedSource, ledgerSql: Sq
       throw new SourceAdminError(`replication slot ${source.slot} belongs to database ${slot.database ?? "(none)"}, not ${database}: not dropped`);
     if (slot.active_pid !== null) {
       const [row] = await sql<Array<{ ok: boolean }>>`select pg_terminate_backend(${slot.active_pid}) as ok`;
-      if (!row?.ok) throw new SourceAdminError(`replication slot ${source.slot} is in use by process ${slot.active_pid}, which could not be terminated`);
+      if (!row?.ok)
+        throw new SourceAdminError(`replication slot ${source.slot} is in use by process ${slot.active_pid}, which could not be terminated`);
       terminatedPid = slot.active_pid;
     }
     try {
@@ -819,7 +864,21 @@ function attention(s: SourceStatus): string {
 /** `tally source status`'s table, one row per source. */
 export function formatStatuses(statuses: ReadonlyArray<SourceStatus>): string {
   return formatTable(
-    ["source", "slot", "state", "confirmed lsn", "lag bytes", "lag s", "wal", "last heartbeat", "snapshot", "changes", "commands", "dead letters", "attention"],
+    [
+      "source",
+      "slot",
+      "state",
+      "confirmed lsn",
+      "lag bytes",
+      "lag s",
+      "wal",
+      "last heartbeat",
+      "snapshot",
+      "changes",
+      "commands",
+      "dead letters",
+      "attention",
+    ],
     statuses.map((s) => [
       s.source,
       s.slot.name,

@@ -54,7 +54,15 @@ export class Crosswalk {
 
   static async load(sql: Sql): Promise<Crosswalk> {
     const cw = new Crosswalk();
-    const items = await sql<Array<{ sku: string; kind: StoredItem["kind"]; base_unit: string; units: Record<string, number>; components: Array<{ sku: string; qty: number }> }>>`
+    const items = await sql<
+      Array<{
+        sku: string;
+        kind: StoredItem["kind"];
+        base_unit: string;
+        units: Record<string, number>;
+        components: Array<{ sku: string; qty: number }>;
+      }>
+    >`
       select sku, kind, base_unit, units, components from items`;
     for (const i of items) {
       cw.#items.set(i.sku, { sku: i.sku, kind: i.kind, baseUnit: i.base_unit, units: i.units, components: i.components });
@@ -128,7 +136,15 @@ export class Crosswalk {
   async refresh(sql: Sql, skus: ReadonlyArray<string>): Promise<void> {
     if (skus.length === 0) return;
     const list = sql.array(skus as Array<string>);
-    const items = await sql<Array<{ sku: string; kind: StoredItem["kind"]; base_unit: string; units: Record<string, number>; components: Array<{ sku: string; qty: number }> }>>`
+    const items = await sql<
+      Array<{
+        sku: string;
+        kind: StoredItem["kind"];
+        base_unit: string;
+        units: Record<string, number>;
+        components: Array<{ sku: string; qty: number }>;
+      }>
+    >`
       select sku, kind, base_unit, units, components from items where sku = any(${list}::text[])`;
     const ids = await sql<Array<{ system: string; identifier: string; sku: string; uom: string | null }>>`
       select system, identifier, sku, uom from item_identifiers where sku = any(${list}::text[])`;
@@ -145,9 +161,10 @@ export class Crosswalk {
 
   /** Looks an identifier up in the database (a miss in memory may be an item defined a moment ago elsewhere). */
   async refreshIdentifier(sql: Sql, ref: ItemRef): Promise<boolean> {
-    const [row] = ref.system === "sku"
-      ? await sql<Array<{ sku: string }>>`select sku from items where sku = ${ref.id}`
-      : await sql<Array<{ sku: string }>>`select sku from item_identifiers where system = ${ref.system} and identifier = ${ref.id}`;
+    const [row] =
+      ref.system === "sku"
+        ? await sql<Array<{ sku: string }>>`select sku from items where sku = ${ref.id}`
+        : await sql<Array<{ sku: string }>>`select sku from item_identifiers where system = ${ref.system} and identifier = ${ref.id}`;
     if (!row) return false;
     await this.refresh(sql, [row.sku]);
     return true;
@@ -168,7 +185,12 @@ export class Crosswalk {
     const found = this.lookup(m.item.system, m.item.id);
     if (!found) throw new UnknownItem(m.item);
     const item = this.#items.get(found.sku);
-    if (!item) throw new MappingError(`item.${m.item.system}`, `item ${JSON.stringify(m.item.id)} names SKU ${found.sku}, which is not defined`, "unknown_item");
+    if (!item)
+      throw new MappingError(
+        `item.${m.item.system}`,
+        `item ${JSON.stringify(m.item.id)} names SKU ${found.sku}, which is not defined`,
+        "unknown_item",
+      );
     if (item.kind === "non_inventory") return { kind: "skipped", reason: "non_inventory", sku: item.sku };
     const id = m.id ?? ctx.id;
     const base = m.qty === undefined ? undefined : this.#toBase(item, m.qty, m.uom ?? found.uom ?? item.baseUnit);
@@ -200,10 +222,13 @@ export class Crosswalk {
   #toBase(item: StoredItem, qty: number | string, uom: string): number {
     const factor = uom === item.baseUnit ? 1 : item.units[uom];
     if (factor === undefined)
-      throw new MappingError("uom", `item ${item.sku} has no unit ${JSON.stringify(uom)} (base unit ${item.baseUnit}, units ${Object.keys(item.units).join(", ") || "none"})`, "unknown_unit");
+      throw new MappingError(
+        "uom",
+        `item ${item.sku} has no unit ${JSON.stringify(uom)} (base unit ${item.baseUnit}, units ${Object.keys(item.units).join(", ") || "none"})`,
+        "unknown_unit",
+      );
     const value = scaleExact(qty, factor);
-    if (value === null)
-      throw new MappingError("qty", `${qty} ${uom} is not a whole number of ${item.baseUnit} (× ${factor})`, "non_integral_qty");
+    if (value === null) throw new MappingError("qty", `${qty} ${uom} is not a whole number of ${item.baseUnit} (× ${factor})`, "non_integral_qty");
     return value;
   }
 }

@@ -8,4 +8,3 @@ export function parseLsn(lsn: string): bigint {
 export function formatLsn(value: bigint): string {
   return `${(value >> 32n).toString(16).toUpperCase()}/${(value & 0xffffffffn).toString(16).toUpperCase()}`;
 }
-

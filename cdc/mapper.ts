@@ -80,9 +80,7 @@ export function mapWith(
     return { commands, items, removedItems, skipped, error: null };
   } catch (error) {
     const e =
-      error instanceof MappingError
-        ? error
-        : new MappingError("mapping", `failed: ${(error as Error)?.message ?? String(error)}`, "mapping_failed");
+      error instanceof MappingError ? error : new MappingError("mapping", `failed: ${(error as Error)?.message ?? String(error)}`, "mapping_failed");
     return { commands: [], items: [], removedItems: [], skipped: 0, error: e };
   }
 }

@@ -230,7 +230,10 @@ export class SourceReader extends LongRunningService {
     // Item definitions from other sources and processes: reload the SKU when it changes.
     // Without LISTEN (or when a reload fails) a SKU is reloaded on a miss only.
     const listener = await sql
-      .listen(ITEMS_CHANNEL, (sku) => void crosswalk.refresh(sql, [sku]).catch((err: unknown) => this.opts.log.warn({ err, sku }, "crosswalk reload failed")))
+      .listen(
+        ITEMS_CHANNEL,
+        (sku) => void crosswalk.refresh(sql, [sku]).catch((err: unknown) => this.opts.log.warn({ err, sku }, "crosswalk reload failed")),
+      )
       .catch((err: unknown) => {
         this.opts.log.warn({ err }, "crosswalk LISTEN failed: items are refreshed on a miss only");
         return null;
@@ -266,7 +269,14 @@ export class SourceReader extends LongRunningService {
   async #judgeSlot(): Promise<SlotVerdict> {
     const { sql, source } = this.opts;
     const [row] = await sql<
-      Array<{ done: boolean; boundLsn: string | null; boundAt: Date | null; haltedAt: Date | null; reason: HaltReason | null; detail: SlotGap | null }>
+      Array<{
+        done: boolean;
+        boundLsn: string | null;
+        boundAt: Date | null;
+        haltedAt: Date | null;
+        reason: HaltReason | null;
+        detail: SlotGap | null;
+      }>
     >`
       select snapshot_done_at is not null as done, slot_bound_lsn as "boundLsn", slot_bound_at as "boundAt",
              halted_at as "haltedAt", halted_reason as reason, halted_detail as detail
@@ -362,11 +372,14 @@ export class SourceReader extends LongRunningService {
     // Ask for a reply: the server answers with a keepalive carrying its position, which advances an idle slot.
     const statusTimer = setInterval(() => this.#sendStatus(true), source.statusMs);
     const heartbeatTimer = setInterval(() => void this.#writeHeartbeat(), source.heartbeatMs);
-    const lagTimer = setInterval(() => {
-      void this.#checkLag();
-      void this.#checkResnapshotOnce();
-      void this.#checkPublication();
-    }, Math.max(1000, Math.min(source.heartbeatMs, source.statusMs)));
+    const lagTimer = setInterval(
+      () => {
+        void this.#checkLag();
+        void this.#checkResnapshotOnce();
+        void this.#checkPublication();
+      },
+      Math.max(1000, Math.min(source.heartbeatMs, source.statusMs)),
+    );
     this.#timers = [statusTimer, heartbeatTimer, lagTimer];
     try {
       const [{ confirmed }] = await this.#sourceSql!<[{ confirmed: string | null }]>`
@@ -488,8 +501,7 @@ export class SourceReader extends LongRunningService {
         continue;
       }
       // The crosswalk must be durable before this transaction's LSN can be confirmed.
-      if (outcome.items.length > 0 || outcome.removedItems.length > 0)
-        await Crosswalk.persist(sql, source.name, outcome.items, outcome.removedItems);
+      if (outcome.items.length > 0 || outcome.removedItems.length > 0) await Crosswalk.persist(sql, source.name, outcome.items, outcome.removedItems);
       commands.push(...outcome.commands);
       skipped += outcome.skipped;
     }
@@ -553,7 +565,11 @@ export class SourceReader extends LongRunningService {
       this.#unrecorded.commands += commands.length;
       this.#unrecorded.skipped += skipped;
       this.#unrecorded.deadLetters += dead.length;
-      const heartbeat = complete.map((t) => t.heartbeat).filter((h): h is string => h !== null).pop() ?? null;
+      const heartbeat =
+        complete
+          .map((t) => t.heartbeat)
+          .filter((h): h is string => h !== null)
+          .pop() ?? null;
       if (heartbeat) this.metrics.lastHeartbeatAt = heartbeat;
       const last = complete[complete.length - 1];
       if (last) await this.#recordAndConfirm(last.endLsn!, last.commitTime, heartbeat);
@@ -633,8 +649,7 @@ export class SourceReader extends LongRunningService {
    */
   #onKeepalive(lsn: string, shouldRespond: boolean): void {
     // A failed publish took its batch out of #ready: until the session ends nothing may be confirmed.
-    const idle =
-      this.#failure === null && this.#open === null && this.#ready.length === 0 && this.#flushing === null && !libraryBusy(this.#service);
+    const idle = this.#failure === null && this.#open === null && this.#ready.length === 0 && this.#flushing === null && !libraryBusy(this.#service);
     if (idle && this.#resnapshot && parseLsn(lsn) >= parseLsn(this.#resnapshot.lsn)) {
       // The stream has passed the re-snapshot's position with nothing in between: place it now.
       void this.#placeResnapshot().catch((err) => this.#fail(err));
@@ -819,7 +834,9 @@ export class SourceReader extends LongRunningService {
       return;
     }
     const published = new Set(row!.tables);
-    const missing = Object.keys(source.tables).filter((t) => !published.has(t)).sort();
+    const missing = Object.keys(source.tables)
+      .filter((t) => !published.has(t))
+      .sort();
     const changed = missing.join(",") !== this.metrics.publicationMissing.join(",");
     this.metrics.publicationMissing = missing;
     if (missing.length === 0) {

@@ -9,7 +9,13 @@ const recorded = (over: Partial<RecordedSlot> = {}): RecordedSlot => ({
   halted: null,
   ...over,
 });
-const slot = (over: Partial<ServerSlot> = {}): ServerSlot => ({ database: DB, plugin: "pgoutput", confirmedFlushLsn: "0/5000", walStatus: "reserved", ...over });
+const slot = (over: Partial<ServerSlot> = {}): ServerSlot => ({
+  database: DB,
+  plugin: "pgoutput",
+  confirmedFlushLsn: "0/5000",
+  walStatus: "reserved",
+  ...over,
+});
 
 describe("judgeSlot: is the slot on the server the one Tally confirmed to?", () => {
   it("streams from its own slot, at or behind the bound (a crash may leave the slot behind what was recorded)", () => {
@@ -19,7 +25,11 @@ describe("judgeSlot: is the slot on the server the one Tally confirmed to?", () 
 
   it("halts on a slot past the bound: created anew, and what was committed in between is missing", () => {
     const v = judgeSlot("s", DB, recorded(), slot({ confirmedFlushLsn: "0/5001" }));
-    expect(v).toMatchObject({ kind: "halt", reason: "slot_replaced", gap: { slot: "s", lastConfirmedLsn: "0/5000", lastConfirmedAt: "2026-11-26T10:00:00.000Z", slotConfirmedLsn: "0/5001" } });
+    expect(v).toMatchObject({
+      kind: "halt",
+      reason: "slot_replaced",
+      gap: { slot: "s", lastConfirmedLsn: "0/5000", lastConfirmedAt: "2026-11-26T10:00:00.000Z", slotConfirmedLsn: "0/5001" },
+    });
     // LSNs compare as numbers, not text.
     expect(judgeSlot("s", DB, recorded({ boundLsn: "0/FFFFFFFF" }), slot({ confirmedFlushLsn: "1/0" })).kind).toBe("halt");
     expect(judgeSlot("s", DB, recorded({ boundLsn: "1/0" }), slot({ confirmedFlushLsn: "0/FFFFFFFF" })).kind).toBe("stream");
@@ -34,7 +44,13 @@ describe("judgeSlot: is the slot on the server the one Tally confirmed to?", () 
 
   it("snapshots on the first start whatever slot exists; stays halted once halted; adopts the slot of a row from before the bound", () => {
     expect(judgeSlot("s", DB, recorded({ snapshotDone: false, boundLsn: null }), slot({ confirmedFlushLsn: "9/0" }))).toEqual({ kind: "snapshot" });
-    const halted = recorded({ halted: { reason: "slot_lost", at: new Date(), detail: { slot: "s", lastConfirmedLsn: "0/1", lastConfirmedAt: null, slotConfirmedLsn: null, message: "gone" } } });
+    const halted = recorded({
+      halted: {
+        reason: "slot_lost",
+        at: new Date(),
+        detail: { slot: "s", lastConfirmedLsn: "0/1", lastConfirmedAt: null, slotConfirmedLsn: null, message: "gone" },
+      },
+    });
     expect(judgeSlot("s", DB, halted, slot())).toMatchObject({ kind: "halt", reason: "slot_lost", gap: { message: "gone" } });
     expect(judgeSlot("s", DB, recorded({ boundLsn: null }), slot({ confirmedFlushLsn: "3/0" }))).toEqual({ kind: "stream", adopt: "3/0" });
   });

@@ -68,18 +68,23 @@ export function judgeSlot(slotName: string, database: string, recorded: Recorded
   const since = recorded.boundLsn
     ? `changes committed after ${recorded.boundLsn}${recorded.boundAt ? ` (confirmed ${recorded.boundAt.toISOString()})` : ""}`
     : "changes committed since the slot was last streamed";
-  if (!slot) return { kind: "halt", reason: "slot_lost", gap: gap(`replication slot ${slotName} is gone: ${since} may never have reached the ledger`) };
+  if (!slot)
+    return { kind: "halt", reason: "slot_lost", gap: gap(`replication slot ${slotName} is gone: ${since} may never have reached the ledger`) };
   if (slot.database !== database || slot.plugin !== "pgoutput")
     return {
       kind: "halt",
       reason: "slot_replaced",
-      gap: gap(`replication slot ${slotName} is now a ${slot.plugin ?? "physical"} slot of database ${slot.database ?? "(none)"}, not Tally's: ${since} may never have reached the ledger`),
+      gap: gap(
+        `replication slot ${slotName} is now a ${slot.plugin ?? "physical"} slot of database ${slot.database ?? "(none)"}, not Tally's: ${since} may never have reached the ledger`,
+      ),
     };
   if (slot.walStatus === "lost")
     return {
       kind: "halt",
       reason: "slot_invalidated",
-      gap: gap(`replication slot ${slotName} was invalidated (its WAL exceeded max_slot_wal_keep_size and was removed): ${since} may never have reached the ledger`),
+      gap: gap(
+        `replication slot ${slotName} was invalidated (its WAL exceeded max_slot_wal_keep_size and was removed): ${since} may never have reached the ledger`,
+      ),
     };
   if (recorded.boundLsn === null) return { kind: "stream", adopt: slot.confirmedFlushLsn };
   if (slot.confirmedFlushLsn === null || parseLsn(slot.confirmedFlushLsn) > parseLsn(recorded.boundLsn))

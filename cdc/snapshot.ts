@@ -139,7 +139,8 @@ export async function runSnapshot(opts: SnapshotOptions): Promise<SnapshotResult
   try {
     const existing = await repl.query(`SELECT active_pid FROM pg_replication_slots WHERE slot_name = '${source.slot}'`);
     if (existing.rows.length > 0) {
-      if (existing.rows[0].active_pid) throw new Error(`slot ${source.slot} is in use by backend ${existing.rows[0].active_pid}; is another CDC reader running?`);
+      if (existing.rows[0].active_pid)
+        throw new Error(`slot ${source.slot} is in use by backend ${existing.rows[0].active_pid}; is another CDC reader running?`);
       await repl.query(`DROP_REPLICATION_SLOT ${quoteIdent(source.slot)}`);
     }
     // Creating the slot waits for every transaction running on the server: say which, while it does.
@@ -216,7 +217,9 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
         const list = columns.map((c) => `${quoteIdent(c.column_name)}::text as ${quoteIdent(c.column_name)}`).join(", ");
         const order = table.key.map(quoteIdent).join(", ");
         let read = 0;
-        const cursor = tx.unsafe<Array<Record<string, string | null>>>(`select ${list} from ${quoteTable(table.table)} order by ${order}`).cursor(1000);
+        const cursor = tx
+          .unsafe<Array<Record<string, string | null>>>(`select ${list} from ${quoteTable(table.table)} order by ${order}`)
+          .cursor(1000);
         for await (const chunk of cursor) {
           const items = [];
           const removed: Array<string> = [];
@@ -233,14 +236,21 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
               () => table.map(new RowView(table.table, "new", raw)),
             );
             if (outcome.error) {
-              const d = deadLetter(source.name, outcome.error.message, { table: table.table, op: "snapshot", new: raw }, {
-                source: source.name,
-                lsn: consistentPoint,
-                table: table.table,
-                key: keyText,
-                code: outcome.error.reason,
+              const d = deadLetter(
+                source.name,
+                outcome.error.message,
+                { table: table.table, op: "snapshot", new: raw },
+                {
+                  source: source.name,
+                  lsn: consistentPoint,
+                  table: table.table,
+                  key: keyText,
+                  code: outcome.error.reason,
+                },
+              );
+              await publishDeadLetter({ js, nc: opts.nc, sql: opts.ledger, topology }, d, {
+                key: `snapshot:${consistentPoint}:${table.table}:${keyText}`,
               });
-              await publishDeadLetter({ js, nc: opts.nc, sql: opts.ledger, topology }, d, { key: `snapshot:${consistentPoint}:${table.table}:${keyText}` });
               opts.onDeadLetter?.(d);
               deadOut++;
               continue;

@@ -64,7 +64,11 @@ export async function checkAnchors(sql: Sql, anchors: Iterable<Anchor>, maxProbl
     for (const a of page) {
       const hash = hashes.get(`${a.sku}\u0000${a.seq}`);
       if (hash === undefined)
-        problems.push({ sku: a.sku, seq: a.seq, message: `sequence ${a.seq} was anchored at ${a.at} but is no longer in the ledger (entries removed)` });
+        problems.push({
+          sku: a.sku,
+          seq: a.seq,
+          message: `sequence ${a.seq} was anchored at ${a.at} but is no longer in the ledger (entries removed)`,
+        });
       else if (hash !== a.hash)
         problems.push({
           sku: a.sku,

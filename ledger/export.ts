@@ -72,25 +72,28 @@ const csvCell = (v: unknown): string => {
 const CRLF = "\r\n";
 
 const jsonRow = (r: ExportRow) =>
-  JSON.stringify({
-    entryId: r.entry_id,
-    commandId: r.command_id,
-    leg: r.leg,
-    sku: r.sku,
-    location: r.location,
-    bucket: r.bucket,
-    delta: r.delta,
-    balanceAfter: r.balance_after,
-    unit: r.unit,
-    movement: r.movement,
-    sourceSystem: r.source_system,
-    sourceRef: r.source_ref,
-    occurredAt: r.occurred_at.toISOString(),
-    recordedAt: r.recorded_at.toISOString(),
-    skuSeq: r.sku_seq,
-    prevHash: r.prev_hash,
-    hash: r.hash,
-  }, quantityJson);
+  JSON.stringify(
+    {
+      entryId: r.entry_id,
+      commandId: r.command_id,
+      leg: r.leg,
+      sku: r.sku,
+      location: r.location,
+      bucket: r.bucket,
+      delta: r.delta,
+      balanceAfter: r.balance_after,
+      unit: r.unit,
+      movement: r.movement,
+      sourceSystem: r.source_system,
+      sourceRef: r.source_ref,
+      occurredAt: r.occurred_at.toISOString(),
+      recordedAt: r.recorded_at.toISOString(),
+      skuSeq: r.sku_seq,
+      prevHash: r.prev_hash,
+      hash: r.hash,
+    },
+    quantityJson,
+  );
 
 /** An export opened on its snapshot: the cursor is known before the first row is sent. */
 export interface LedgerExport {
@@ -118,7 +121,12 @@ export interface LedgerExport {
  * Rows come through a server-side cursor, a batch at a time, and the next batch is read only when
  * the consumer has taken the last one, so memory stays flat however large the ledger.
  */
-export async function openExport(sql: Sql, format: "csv" | "ndjson", range: ExportRange = {}, onProgress?: (summary: ExportSummary) => void): Promise<LedgerExport> {
+export async function openExport(
+  sql: Sql,
+  format: "csv" | "ndjson",
+  range: ExportRange = {},
+  onProgress?: (summary: ExportSummary) => void,
+): Promise<LedgerExport> {
   const conn = await sql.reserve();
   let open = true;
   const close = async () => {
@@ -161,7 +169,10 @@ async function* exportRows(
   const summary = (): ExportSummary => ({
     count,
     sums: Object.fromEntries(
-      Object.entries(sums).map(([u, b]) => [u, Object.fromEntries(Object.entries(b).map(([bucket, sum]) => [bucket, quantityJson(bucket, sum) as number | string]))]),
+      Object.entries(sums).map(([u, b]) => [
+        u,
+        Object.fromEntries(Object.entries(b).map(([bucket, sum]) => [bucket, quantityJson(bucket, sum) as number | string])),
+      ]),
     ),
     firstEntryId,
     lastEntryId,

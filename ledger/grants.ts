@@ -21,7 +21,8 @@ export class RoleNameError extends Error {
  * --runtime-role <role>` does it.
  */
 export function runtimeGrants(role: string, schema = "public"): ReadonlyArray<string> {
-  if (!/^[a-z_][a-z0-9_$]{0,62}$/.test(role)) throw new RoleNameError(`--runtime-role: expected a lowercase role name ([a-z_][a-z0-9_$]*), got ${JSON.stringify(role)}`);
+  if (!/^[a-z_][a-z0-9_$]{0,62}$/.test(role))
+    throw new RoleNameError(`--runtime-role: expected a lowercase role name ([a-z_][a-z0-9_$]*), got ${JSON.stringify(role)}`);
   if (!/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) throw new RoleNameError(`schema: expected a lowercase name, got ${JSON.stringify(schema)}`);
   const r = `"${role}"`;
   return [

@@ -108,16 +108,12 @@ export async function migrate(sql: Sql, env: string, dir = MIGRATIONS_DIR): Prom
 /** Refuses to go on when the database records another environment (or none: not migrated). */
 export async function assertEnvironment(sql: Sql, env: string): Promise<void> {
   const [exists] = await sql<Array<{ ok: boolean }>>`select to_regclass('tally_meta') is not null as ok`;
-  const [row] = exists?.ok
-    ? await sql<Array<{ value: string }>>`select value from tally_meta where key = 'environment'`
-    : [];
+  const [row] = exists?.ok ? await sql<Array<{ value: string }>>`select value from tally_meta where key = 'environment'` : [];
   const recorded = row?.value ?? null;
   if (recorded === null)
     throw new EnvironmentMismatch(`the database has no Tally environment recorded: run \`tally migrate\` with TALLY_ENV=${env} first`);
   if (recorded !== env)
-    throw new EnvironmentMismatch(
-      `TALLY_ENV is "${env}" but this database belongs to environment "${recorded}"; refusing to start`,
-    );
+    throw new EnvironmentMismatch(`TALLY_ENV is "${env}" but this database belongs to environment "${recorded}"; refusing to start`);
 }
 
 /** A random id recorded at first migrate; prefixes outbox message ids so a rebuilt database never reuses one. */

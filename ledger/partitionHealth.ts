@@ -32,7 +32,14 @@ export async function clearStuck(sql: Sql, partition: number): Promise<boolean> 
 export async function listStuck(sql: Sql): Promise<Array<StuckPartition>> {
   const rows = await sql<Array<{ partition: number; stream_seq: number; attempts: number; error: string; since: Date; updated_at: Date }>>`
     select partition, stream_seq, attempts, error, since, updated_at from stuck_partitions order by partition`;
-  return rows.map((r) => ({ partition: r.partition, streamSeq: r.stream_seq, attempts: r.attempts, error: r.error, since: r.since, updatedAt: r.updated_at }));
+  return rows.map((r) => ({
+    partition: r.partition,
+    streamSeq: r.stream_seq,
+    attempts: r.attempts,
+    error: r.error,
+    since: r.since,
+    updatedAt: r.updated_at,
+  }));
 }
 
 /** Asks the worker holding `partition` to dead-letter the message at `streamSeq` and move on. False if already asked. */

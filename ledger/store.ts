@@ -325,7 +325,10 @@ export async function loadHolds(
 
 /** Loads the stored state of many SKUs in four queries (their holds: `loadHolds`). */
 export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<Map<string, StoredSku>> {
-  const out = new Map<string, { head: SkuHeadRow | undefined; balances: Array<BalanceRow>; locations: Array<SkuLocationRow>; transfers: Array<TransferRow> }>();
+  const out = new Map<
+    string,
+    { head: SkuHeadRow | undefined; balances: Array<BalanceRow>; locations: Array<SkuLocationRow>; transfers: Array<TransferRow> }
+  >();
   for (const sku of skus) out.set(sku, { head: undefined, balances: [], locations: [], transfers: [] });
   if (skus.length === 0) return out;
   const list = sql.array(skus as Array<string>);

@@ -15,7 +15,6 @@ export interface VerifyReport {
   readonly problem: VerifyProblem | null;
 }
 
-
 /** What verify reads in: one transaction, so every statement sees the same snapshot. */
 export const VERIFY_ISOLATION = "isolation level repeatable read read only";
 
@@ -36,7 +35,8 @@ async function verifySnapshot(sql: TransactionSql, opts: { onProgress?: (entries
   const { entries, skus } = chains;
   if (chains.problem) return { ok: false, entries, skus, balances: 0, problem: chains.problem };
   const balances = await checkBalances(sql, chains.sums);
-  const problem = balances.problem ?? missingBalanceRow(chains.sums, balances.seen) ?? (await checkHeads(sql, chains.heads)) ?? (await verifyHolds(sql));
+  const problem =
+    balances.problem ?? missingBalanceRow(chains.sums, balances.seen) ?? (await checkHeads(sql, chains.heads)) ?? (await verifyHolds(sql));
   return { ok: problem === null, entries, skus, balances: balances.rows, problem };
 }
 

@@ -76,7 +76,9 @@ describe("auth", () => {
   });
 
   it("decodes the token list, naming the bad field, and verifies tokens by hash", () => {
-    expect(() => decodeTokens('[{"id":"a","sha256":"xyz","scopes":["pos:write"]}]', "TALLY_API_TOKENS")).toThrow(/\[0\]\.sha256: expected the token's SHA-256/);
+    expect(() => decodeTokens('[{"id":"a","sha256":"xyz","scopes":["pos:write"]}]', "TALLY_API_TOKENS")).toThrow(
+      /\[0\]\.sha256: expected the token's SHA-256/,
+    );
     expect(() => decodeTokens(`[{"id":"a","sha256":"${"a".repeat(64)}","scopes":["root"]}]`, "T")).toThrow(/\[0\]\.scopes\[0\]/);
     expect(() => decodeTokens("nope", "T")).toThrow(/not valid JSON/);
     const { token, entry } = newToken("checkout", ["reservations:write"], "web");
@@ -101,7 +103,18 @@ describe("health, readiness, metrics, docs", () => {
     const r = await api.call({ method: "GET", url: "/metrics" });
     expect(r.statusCode).toBe(200);
     expect(r.headers["content-type"]).toMatch(/text\/plain/);
-    for (const name of ["tally_commands_applied_total", "tally_apply_batch_size", "tally_apply_batch_seconds", "tally_reservations_total", "tally_dlq_messages", "tally_leases_held", "tally_cdc_slot_lag_bytes", "tally_worker_stuck_partitions", "tally_worker_unstorable", "tally_worker_stream_resets"])
+    for (const name of [
+      "tally_commands_applied_total",
+      "tally_apply_batch_size",
+      "tally_apply_batch_seconds",
+      "tally_reservations_total",
+      "tally_dlq_messages",
+      "tally_leases_held",
+      "tally_cdc_slot_lag_bytes",
+      "tally_worker_stuck_partitions",
+      "tally_worker_unstorable",
+      "tally_worker_stream_resets",
+    ])
       expect(r.body).toContain(name);
   });
 
@@ -111,12 +124,23 @@ describe("health, readiness, metrics, docs", () => {
     // A change that happened at its source 10 seconds ago, and one just now.
     const at = [new Date(Date.now() - 10_000), new Date()];
     const commands = at.map((t, i) => {
-      const d = decodeCommand({ id: `e2e:${i}`, type: "receive", sku: `E2E-${i}`, location: "DC1", qty: 5, source: { system: "e2e-test", ref: `r${i}` }, occurredAt: t.toISOString() });
+      const d = decodeCommand({
+        id: `e2e:${i}`,
+        type: "receive",
+        sku: `E2E-${i}`,
+        location: "DC1",
+        qty: 5,
+        source: { system: "e2e-test", ref: `r${i}` },
+        occurredAt: t.toISOString(),
+      });
       if (d._tag === "Left") throw d.left;
       return d.right;
     });
     await publishCommands(api.h.nats.js, api.h.topology, commands);
-    await settle(api.h, commands.map((c) => c.id));
+    await settle(
+      api.h,
+      commands.map((c) => c.id),
+    );
     // DC1 feeds the web channel only: one availability change per command.
     await eventually("the relay's report", async () => sample(await metric(), "tally_end_to_end_seconds_count") >= 2);
     const body = await metric();
@@ -133,7 +157,23 @@ describe("health, readiness, metrics, docs", () => {
     expect(r.statusCode).toBe(200);
     const doc = r.json() as { openapi: string; paths: Record<string, Record<string, { responses: Record<string, unknown> }>> };
     expect(doc.openapi).toMatch(/^3\./);
-    for (const path of ["/v1/pos/transactions", "/v1/availability/{sku}", "/v1/availability", "/v1/availability/stream", "/v1/stock/{sku}", "/v1/reservations", "/v1/reservations/{id}/commit", "/v1/ledger/entries", "/v1/ledger/export", "/v1/dlq", "/v1/dlq/{id}/replay", "/v1/sources", "/healthz", "/readyz", "/metrics"])
+    for (const path of [
+      "/v1/pos/transactions",
+      "/v1/availability/{sku}",
+      "/v1/availability",
+      "/v1/availability/stream",
+      "/v1/stock/{sku}",
+      "/v1/reservations",
+      "/v1/reservations/{id}/commit",
+      "/v1/ledger/entries",
+      "/v1/ledger/export",
+      "/v1/dlq",
+      "/v1/dlq/{id}/replay",
+      "/v1/sources",
+      "/healthz",
+      "/readyz",
+      "/metrics",
+    ])
       expect(Object.keys(doc.paths)).toContain(path);
     for (const [path, methods] of Object.entries(doc.paths))
       for (const [method, op] of Object.entries(methods)) expect(Object.keys(op.responses ?? {}), `${method} ${path}`).not.toHaveLength(0);
@@ -149,7 +189,13 @@ describe("health, readiness, metrics, docs", () => {
 
 describe("operators: dead letters and sources", () => {
   it("lists, replays and discards dead letters (admin only)", async () => {
-    await api.call({ method: "POST", url: "/v1/pos/transactions", as: "admin", headers: { "content-type": "application/json" }, payload: '{"transactions":[{"store":"S01"}]}' });
+    await api.call({
+      method: "POST",
+      url: "/v1/pos/transactions",
+      as: "admin",
+      headers: { "content-type": "application/json" },
+      payload: '{"transactions":[{"store":"S01"}]}',
+    });
     const list = await api.call({ method: "GET", url: "/v1/dlq?origin=pos", as: "admin" });
     expect(list.statusCode).toBe(200);
     const letters = list.json().letters as Array<{ id: number; origin: string; reason: string; payload: unknown }>;

@@ -22,13 +22,24 @@ afterAll(async () => {
 
 let n = 0;
 const cmd = (type: string, sku: string, location: string, fields: Record<string, unknown>): Command => {
-  const d = decodeCommand({ id: `av:${++n}`, type, sku, location, source: { system: "erp", ref: `r${n}` }, occurredAt: "2026-11-26T10:00:00Z", ...fields });
+  const d = decodeCommand({
+    id: `av:${++n}`,
+    type,
+    sku,
+    location,
+    source: { system: "erp", ref: `r${n}` },
+    occurredAt: "2026-11-26T10:00:00Z",
+    ...fields,
+  });
   if (d._tag === "Left") throw d.left;
   return d.right;
 };
 async function apply(commands: ReadonlyArray<Command>): Promise<void> {
   await publishCommands(api.h.nats.js, api.h.topology, commands);
-  await settle(api.h, commands.map((c) => c.id));
+  await settle(
+    api.h,
+    commands.map((c) => c.id),
+  );
 }
 
 describe("GET /v1/availability", () => {
@@ -77,7 +88,10 @@ describe("GET /v1/availability", () => {
     const r = await api.call({ method: "GET", url: "/v1/availability?channel=web&skus=AV-1,AV-2,NOPE", as: "webReader" });
     expect(r.statusCode).toBe(200);
     const body = r.json();
-    expect(body.items.map((i: { sku: string; available: number }) => [i.sku, i.available])).toEqual([["AV-1", 11], ["AV-2", 1]]);
+    expect(body.items.map((i: { sku: string; available: number }) => [i.sku, i.available])).toEqual([
+      ["AV-1", 11],
+      ["AV-2", 1],
+    ]);
     expect(body.unknown).toEqual(["NOPE"]);
     const many = Array.from({ length: 1001 }, (_, i) => `S${i}`).join(",");
     const tooMany = await api.call({ method: "GET", url: `/v1/availability?channel=web&skus=${many}`, as: "reader" });
@@ -112,14 +126,24 @@ async function readEvents(res: Response, count: number, timeoutMs = 20_000): Pro
   let buffer = "";
   const deadline = Date.now() + timeoutMs;
   while (events.length < count) {
-    const chunk = await Promise.race([reader.read(), new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`only ${events.length} of ${count} events`)), Math.max(1, deadline - Date.now())))]);
+    const chunk = await Promise.race([
+      reader.read(),
+      new Promise<never>((_, rej) =>
+        setTimeout(() => rej(new Error(`only ${events.length} of ${count} events`)), Math.max(1, deadline - Date.now())),
+      ),
+    ]);
     if (chunk.done) break;
     buffer += decoder.decode(chunk.value, { stream: true });
     let sep: number;
     while ((sep = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, sep);
       buffer = buffer.slice(sep + 2);
-      const fields = Object.fromEntries(block.split("\n").filter((l) => l && !l.startsWith(":")).map((l) => [l.slice(0, l.indexOf(":")), l.slice(l.indexOf(":") + 1).trimStart()]));
+      const fields = Object.fromEntries(
+        block
+          .split("\n")
+          .filter((l) => l && !l.startsWith(":"))
+          .map((l) => [l.slice(0, l.indexOf(":")), l.slice(l.indexOf(":") + 1).trimStart()]),
+      );
       if (fields.data !== undefined) events.push({ id: fields.id ?? null, event: fields.event ?? "message", data: fields.data });
     }
   }
@@ -135,18 +159,27 @@ describe("GET /v1/availability/stream (SSE)", () => {
     expect(res.headers.get("content-type")).toMatch(/text\/event-stream/);
     const firstRead = readEvents(res, 5);
     await new Promise((r) => setTimeout(r, 200)); // the consumer starts at "now"
-    for (let i = 1; i <= 5; i++) await apply([cmd("receive", i % 2 ? "SSE-1" : "SSE-2", "DC1", { qty: i }), cmd("receive", "OTHER-SKU", "DC1", { qty: 1 })]);
+    for (let i = 1; i <= 5; i++)
+      await apply([cmd("receive", i % 2 ? "SSE-1" : "SSE-2", "DC1", { qty: i }), cmd("receive", "OTHER-SKU", "DC1", { qty: 1 })]);
     const first = await firstRead;
     controller.abort();
     expect(first.map((e) => e.event)).toEqual(Array(5).fill("availability"));
     const views = first.map((e) => JSON.parse(e.data) as { sku: string; onHand: number });
-    expect(views.map((v) => [v.sku, v.onHand])).toEqual([["SSE-1", 1], ["SSE-2", 2], ["SSE-1", 4], ["SSE-2", 6], ["SSE-1", 9]]);
+    expect(views.map((v) => [v.sku, v.onHand])).toEqual([
+      ["SSE-1", 1],
+      ["SSE-2", 2],
+      ["SSE-1", 4],
+      ["SSE-2", 6],
+      ["SSE-1", 9],
+    ]);
     const ids = first.map((e) => Number(e.id));
     expect([...ids].sort((a, b) => a - b)).toEqual(ids);
 
     // Changes while disconnected are delivered on resume, after the last id seen, in order.
     for (let i = 6; i <= 8; i++) await apply([cmd("receive", "SSE-2", "DC1", { qty: 1 })]);
-    const resumed = await fetch(`${base}/v1/availability/stream?channel=web&skus=SSE-1,SSE-2`, { headers: { ...auth("webReader"), "last-event-id": String(ids.at(-1)) } });
+    const resumed = await fetch(`${base}/v1/availability/stream?channel=web&skus=SSE-1,SSE-2`, {
+      headers: { ...auth("webReader"), "last-event-id": String(ids.at(-1)) },
+    });
     const after = await readEvents(resumed, 3);
     expect(after.map((e) => (JSON.parse(e.data) as { onHand: number }).onHand)).toEqual([7, 8, 9]);
     expect(Number(after[0]!.id)).toBeGreaterThan(ids.at(-1)!);
@@ -159,7 +192,8 @@ describe("GET /v1/availability/stream (SSE)", () => {
     const { jsm } = api.h.nats;
     const stream = api.h.topology.availabilityStream;
     let name = "";
-    for await (const info of jsm.consumers.list(stream)) if (info.config.filter_subject === api.h.topology.availabilitySubjects("web")) name = info.name;
+    for await (const info of jsm.consumers.list(stream))
+      if (info.config.filter_subject === api.h.topology.availabilitySubjects("web")) name = info.name;
     // Another client pulls from the stream's consumer: to the server those are delivered, exactly
     // like messages lost with a dropped connection.
     const until = Date.now() + 20_000;
@@ -171,7 +205,9 @@ describe("GET /v1/availability/stream (SSE)", () => {
     const onHand = (e: { data: string }) => (JSON.parse(e.data) as { onHand: number }).onHand;
     expect(first.length, "the stream ended at the gap").toBeLessThan(40);
     expect(first.map(onHand)).toEqual(first.map((_, i) => i + 1));
-    const resumed = await fetch(`${base}/v1/availability/stream?channel=web&skus=SSE-GAP`, { headers: { ...auth("webReader"), "last-event-id": String(first.at(-1)?.id ?? 0) } });
+    const resumed = await fetch(`${base}/v1/availability/stream?channel=web&skus=SSE-GAP`, {
+      headers: { ...auth("webReader"), "last-event-id": String(first.at(-1)?.id ?? 0) },
+    });
     const rest = await readEvents(resumed, 40 - first.length);
     expect(rest.map(onHand)).toEqual(rest.map((_, i) => first.length + i + 1));
   });

@@ -111,7 +111,9 @@ describe("GET /v1/ledger/export with 1,000,000 entries", () => {
     clearInterval(sampler);
     const heapGrowthMb = (peakHeap - baseline.heapUsed) / 1024 / 1024;
     const rssGrowthMb = (peakRss - baseline.rss) / 1024 / 1024;
-    console.log(`export: ${(bytes / 1024 / 1024).toFixed(0)} MiB streamed; heap growth ${heapGrowthMb.toFixed(1)} MiB, rss growth ${rssGrowthMb.toFixed(1)} MiB`);
+    console.log(
+      `export: ${(bytes / 1024 / 1024).toFixed(0)} MiB streamed; heap growth ${heapGrowthMb.toFixed(1)} MiB, rss growth ${rssGrowthMb.toFixed(1)} MiB`,
+    );
     expect(bytes).toBeGreaterThan(300 * 1024 * 1024); // what would have been held had it been buffered
     expect(heapGrowthMb).toBeLessThan(100);
     expect(newlines).toBe(SKUS * PER_SKU);

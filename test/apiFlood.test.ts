@@ -51,7 +51,13 @@ function maximalBodies(round: number): Array<{ kind: string; body: string }> {
   const line = { type: "sale", barcode: "8000000000012", qty: 1 };
   const batch = (prefix: string, txns: number, lines: number) =>
     JSON.stringify({
-      transactions: Array.from({ length: txns }, (_, i) => ({ store: "S01", terminal: "F", id: `${prefix}-${round}-${i}`, occurredAt: "2026-11-26T10:00:00Z", lines: Array.from({ length: lines }, () => line) })),
+      transactions: Array.from({ length: txns }, (_, i) => ({
+        store: "S01",
+        terminal: "F",
+        id: `${prefix}-${round}-${i}`,
+        occurredAt: "2026-11-26T10:00:00Z",
+        lines: Array.from({ length: lines }, () => line),
+      })),
     });
   const valid = batch("flood", 100, MAX_BATCH_LINES / 100);
   const invalid = valid.replaceAll('"qty":1', '"qty":-1').replaceAll(`flood-${round}-`, `bad-${round}-`);
@@ -59,7 +65,9 @@ function maximalBodies(round: number): Array<{ kind: string; body: string }> {
   const tooMany = batch("many", Math.floor((POS_BODY_LIMIT - 64) / perTxn), 100);
   const half = Math.floor((POS_BODY_LIMIT - 64) / 2);
   const deep = "[".repeat(half) + "]".repeat(half);
-  const text = JSON.stringify({ transactions: [{ store: "S01", terminal: "F", id: "x".repeat(POS_BODY_LIMIT - 200), occurredAt: "2026-11-26T10:00:00Z", lines: [line] }] });
+  const text = JSON.stringify({
+    transactions: [{ store: "S01", terminal: "F", id: "x".repeat(POS_BODY_LIMIT - 200), occurredAt: "2026-11-26T10:00:00Z", lines: [line] }],
+  });
   // What the POS route took before it had these limits: 4 MiB nested all the way (about 3 s of a blocked loop each).
   const overLimit = "[".repeat(2 * 1024 * 1024) + "]".repeat(2 * 1024 * 1024);
   return [
@@ -94,7 +102,11 @@ describe("a flood of maximal bodies", () => {
       for (const b of bodies) if (b.kind !== "over the limit") expect(b.body.length, b.kind).toBeLessThanOrEqual(POS_BODY_LIMIT);
       const replies = await Promise.all(
         bodies.map(async ({ kind, body }) => {
-          const r = await fetch(`${base}/v1/pos/transactions`, { method: "POST", headers: { ...auth("pos"), "content-type": "application/json" }, body });
+          const r = await fetch(`${base}/v1/pos/transactions`, {
+            method: "POST",
+            headers: { ...auth("pos"), "content-type": "application/json" },
+            body,
+          });
           await r.arrayBuffer();
           return { kind, status: r.status };
         }),
@@ -110,11 +122,18 @@ describe("a flood of maximal bodies", () => {
     );
     expect(statuses.filter((s) => s.kind === "valid").map((s) => s.status)).toEqual(Array(12).fill(200));
     // Refused bodies are 400 even near 1 MiB: a dead letter too large for NATS keeps its payload in Postgres.
-    for (const kind of ["invalid", "too many lines", "deep", "huge string"]) expect(statuses.filter((s) => s.kind === kind).every((s) => s.status === 400), kind).toBe(true);
+    for (const kind of ["invalid", "too many lines", "deep", "huge string"])
+      expect(
+        statuses.filter((s) => s.kind === kind).every((s) => s.status === 400),
+        kind,
+      ).toBe(true);
     expect(statuses.filter((s) => s.kind === "over the limit").every((s) => s.status === 413)).toBe(true);
     expect(healthy).toBeGreaterThan(0);
     // No lease expired or was taken over while the bodies were handled.
-    expect(workerLog.filter((l) => /lease/.test(l.msg)), JSON.stringify(workerLog.slice(0, 5))).toEqual([]);
+    expect(
+      workerLog.filter((l) => /lease/.test(l.msg)),
+      JSON.stringify(workerLog.slice(0, 5)),
+    ).toEqual([]);
     expect(worker.worker!.held()).toEqual(held);
   }, 180_000);
 });

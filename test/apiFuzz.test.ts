@@ -6,7 +6,16 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { payloadHash } from "../src/ingest/posTransaction.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { auth, deadLetters, defineItems, startApi, type ApiFixture } from "./apiSupport.ts";
-import { invalidSample, prng as seeded, resolver, validSample, WEIRD as ODD, type Hints, type JsonSchema, type Rand } from "./support/schemaSamples.ts";
+import {
+  invalidSample,
+  prng as seeded,
+  resolver,
+  validSample,
+  WEIRD as ODD,
+  type Hints,
+  type JsonSchema,
+  type Rand,
+} from "./support/schemaSamples.ts";
 
 let ctx: TestContext;
 let api: ApiFixture;
@@ -15,7 +24,16 @@ beforeAll(async () => {
   ctx = await testContext();
   api = await startApi(ctx, { rateLimitPerMinute: 1_000_000, background: false });
   await defineItems(api.sql, [
-    { sku: "FZ-A", kind: "stock", baseUnit: "EA", units: { CASE: 6 }, identifiers: [{ system: "barcode", id: "111" }, { system: "barcode", id: "112", uom: "CASE" }] },
+    {
+      sku: "FZ-A",
+      kind: "stock",
+      baseUnit: "EA",
+      units: { CASE: 6 },
+      identifiers: [
+        { system: "barcode", id: "111" },
+        { system: "barcode", id: "112", uom: "CASE" },
+      ],
+    },
     { sku: "FZ-W", kind: "stock", baseUnit: "g", units: { kg: 1000 }, identifiers: [{ system: "plu", id: "42" }] },
   ]);
 });
@@ -41,9 +59,36 @@ function prng(seed: number) {
 const SEED = Number(process.env.FUZZ_SEED ?? 20261126);
 const R = prng(SEED);
 const WEIRD: ReadonlyArray<unknown> = [
+  null,
+  true,
+  false,
+  0,
+  -1,
+  1.5,
   // biome-ignore lint/correctness/noPrecisionLoss: 1e309 overflows to Infinity on purpose: the fuzz wants the largest double there is
-  null, true, false, 0, -1, 1.5, 1e309 === Infinity ? 1e308 : 0, -0, "", " ", "0", "1e3", "NaN", "🧀", "a".repeat(300), "S01\u0000", "../../etc",
-  [], [1], {}, { a: 1 }, 2 ** 53, -(2 ** 53), 1e-7, "1.25", "1,25", "2026-02-30T10:00:00Z", "2026-11-26T10:00:00", "2026-11-26T10:00:00Z",
+  1e309 === Infinity ? 1e308 : 0,
+  -0,
+  "",
+  " ",
+  "0",
+  "1e3",
+  "NaN",
+  "🧀",
+  "a".repeat(300),
+  "S01\u0000",
+  "../../etc",
+  [],
+  [1],
+  {},
+  { a: 1 },
+  2 ** 53,
+  -(2 ** 53),
+  1e-7,
+  "1.25",
+  "1,25",
+  "2026-02-30T10:00:00Z",
+  "2026-11-26T10:00:00",
+  "2026-11-26T10:00:00Z",
 ];
 
 let txnNo = 0;
@@ -72,7 +117,8 @@ function mutate(value: unknown, depth = 0): unknown {
   const copy: Record<string, unknown> | Array<unknown> = Array.isArray(value) ? [...value] : { ...(value as Record<string, unknown>) };
   const keys = Object.keys(copy);
   const roll = R.next();
-  if (keys.length === 0 || roll < 0.15) (copy as Record<string, unknown>)[R.pick(["extra", "qty", "weight", "voids", "type", "lines"])] = R.pick(WEIRD);
+  if (keys.length === 0 || roll < 0.15)
+    (copy as Record<string, unknown>)[R.pick(["extra", "qty", "weight", "voids", "type", "lines"])] = R.pick(WEIRD);
   else {
     const k = R.pick(keys);
     if (roll < 0.35) delete (copy as Record<string, unknown>)[k];
@@ -96,7 +142,13 @@ describe("fuzzing POST /v1/pos/transactions", () => {
     let accepted = 0;
     for (let i = 0; i < 2000; i++) {
       const text = body();
-      const r = await api.call({ method: "POST", url: "/v1/pos/transactions", as: "pos", headers: { "content-type": "application/json" }, payload: text });
+      const r = await api.call({
+        method: "POST",
+        url: "/v1/pos/transactions",
+        as: "pos",
+        headers: { "content-type": "application/json" },
+        payload: text,
+      });
       expect(r.statusCode, `request ${i}: ${text.slice(0, 200)} → ${r.body.slice(0, 300)}`).toBeLessThan(500);
       expect([200, 400, 409], text.slice(0, 200)).toContain(r.statusCode);
       const res = r.json() as { results: Array<{ index: number; status: string; reason?: string }>; error?: string };
@@ -121,7 +173,11 @@ describe("fuzzing POST /v1/pos/transactions", () => {
     // What reaches the ledger is what was published to the commands stream.
     const msgs = await api.h.nats.jsm.streams.info(api.h.topology.commandsStream);
     expect(msgs.state.messages).toBeGreaterThan(0);
-    const consumer = await api.h.nats.jsm.consumers.add(api.h.topology.commandsStream, { ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All, inactive_threshold: 30_000_000_000 });
+    const consumer = await api.h.nats.jsm.consumers.add(api.h.topology.commandsStream, {
+      ack_policy: AckPolicy.None,
+      deliver_policy: DeliverPolicy.All,
+      inactive_threshold: 30_000_000_000,
+    });
     const c = await api.h.nats.js.consumers.get(api.h.topology.commandsStream, consumer.name);
     const published = new Set<string>();
     for (;;) {
@@ -224,7 +280,9 @@ describe("fuzzing every operation of the live OpenAPI document (/docs/json)", ()
         out.push({
           method: method.toUpperCase(),
           path,
-          params: (op.parameters ?? []).filter((p) => p.in !== "cookie").map((p) => ({ name: p.name, in: p.in as "path" | "query" | "header", required: p.required ?? false, schema: p.schema })),
+          params: (op.parameters ?? [])
+            .filter((p) => p.in !== "cookie")
+            .map((p) => ({ name: p.name, in: p.in as "path" | "query" | "header", required: p.required ?? false, schema: p.schema })),
           body: op.requestBody?.content?.["application/json"]?.schema ?? null,
           bodyRequired: op.requestBody?.required ?? false,
           responses: op.responses,
@@ -289,10 +347,24 @@ describe("fuzzing every operation of the live OpenAPI document (/docs/json)", ()
     if (op.body) {
       const body = op.body;
       targets.push(() => (req.body = breakValue(req.body, body, r, deref)));
-      targets.push(() => (req.raw = r.pick(["", "{", "nope", "[]", "null", '{"a":', "\u0000", "[".repeat(5000) + "]".repeat(5000), `${'{"a":'.repeat(3000)}1${"}".repeat(3000)}`])));
+      targets.push(
+        () =>
+          (req.raw = r.pick([
+            "",
+            "{",
+            "nope",
+            "[]",
+            "null",
+            '{"a":',
+            "\u0000",
+            "[".repeat(5000) + "]".repeat(5000),
+            `${'{"a":'.repeat(3000)}1${"}".repeat(3000)}`,
+          ])),
+      );
       targets.push(() => (req.contentType = r.pick(["text/plain", "application/xml", "application/x-www-form-urlencoded"])));
     }
-    if (op.method !== "GET" && !op.body) targets.push(() => {
+    if (op.method !== "GET" && !op.body)
+      targets.push(() => {
         req.raw = JSON.stringify({ unexpected: ODD[r.int(ODD.length)] });
         req.contentType = "application/json";
       });
@@ -304,7 +376,7 @@ describe("fuzzing every operation of the live OpenAPI document (/docs/json)", ()
   async function send(op: Operation, req: Request): Promise<{ status: number; contentType: string; text: string }> {
     let url = op.path.replace(/\{(\w+)\}/g, (_, name: string) => encodeURIComponent(String(req.path[name] ?? "")));
     const qs = new URLSearchParams();
-    for (const [k, v] of Object.entries(req.query)) qs.append(k, typeof v === "string" ? v : JSON.stringify(v) ?? "");
+    for (const [k, v] of Object.entries(req.query)) qs.append(k, typeof v === "string" ? v : (JSON.stringify(v) ?? ""));
     if ([...qs].length > 0) url += `?${qs}`;
     const headers: Record<string, string> = { ...auth("admin") };
     for (const [k, v] of Object.entries(req.header)) headers[k] = asHeader(v);
@@ -331,7 +403,8 @@ describe("fuzzing every operation of the live OpenAPI document (/docs/json)", ()
     const content = documented.content;
     if (!content) return res.text === "" ? null : `status ${res.status} is documented without a body, got ${res.contentType}`;
     const media = content[res.contentType];
-    if (!media) return `media type ${res.contentType || "(none)"} is not documented for ${res.status} (documented: ${Object.keys(content).join(", ")})`;
+    if (!media)
+      return `media type ${res.contentType || "(none)"} is not documented for ${res.status} (documented: ${Object.keys(content).join(", ")})`;
     if (res.contentType !== "application/json" || !media.schema) return null;
     let json: unknown;
     try {

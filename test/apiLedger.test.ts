@@ -36,13 +36,19 @@ beforeAll(async () => {
     });
   const first = cmds(0);
   await publishCommands(api.h.nats.js, api.h.topology, first);
-  await settle(api.h, first.map((c) => c.id));
+  await settle(
+    api.h,
+    first.map((c) => c.id),
+  );
   await new Promise((r) => setTimeout(r, 20));
   between = new Date().toISOString();
   await new Promise((r) => setTimeout(r, 20));
   const second = cmds(20);
   await publishCommands(api.h.nats.js, api.h.topology, second);
-  await settle(api.h, second.map((c) => c.id));
+  await settle(
+    api.h,
+    second.map((c) => c.id),
+  );
   ids = [...first, ...second].map((c) => c.id);
 });
 afterAll(async () => {
@@ -136,7 +142,10 @@ describe("GET /v1/ledger/export", () => {
   it("streams NDJSON over a range, one entry per line and nothing else", async () => {
     const r = await api.call({ method: "GET", url: `/v1/ledger/export?format=ndjson&from=${encodeURIComponent(between)}`, as: "ledger" });
     expect(r.body.endsWith("}\n")).toBe(true);
-    const lines = r.body.slice(0, -1).split("\n").map((l) => JSON.parse(l));
+    const lines = r.body
+      .slice(0, -1)
+      .split("\n")
+      .map((l) => JSON.parse(l));
     expect(lines).toHaveLength(20);
     expect(lines[0]).toHaveProperty("hash");
     expect(lines[0]).toHaveProperty("unit", "");

@@ -45,7 +45,11 @@ async function call(method: string, url: string, body?: unknown, headers: Record
   });
   return { status: r.status, retryAfter: r.headers.get("retry-after"), json: (await r.json()) as Record<string, unknown> };
 }
-const sale = (id: string) => ({ transactions: [{ store: "S01", terminal: "T1", id, occurredAt: "2026-11-26T10:00:00Z", lines: [{ type: "sale", barcode: "7000000000016", qty: 1 }] }] });
+const sale = (id: string) => ({
+  transactions: [
+    { store: "S01", terminal: "T1", id, occurredAt: "2026-11-26T10:00:00Z", lines: [{ type: "sale", barcode: "7000000000016", qty: 1 }] },
+  ],
+});
 
 describe("requests while a dependency is down fail fast with 503 + Retry-After", () => {
   it("NATS down: a POS post and a reservation are 503 with Retry-After, not a hang; the same POS post succeeds once NATS is back", async () => {
@@ -61,7 +65,11 @@ describe("requests while a dependency is down fail fast with 503 + Retry-After",
       await nats.start();
     }
     // The claim the failed post left behind is finished by the resend.
-    await eventually("the POS post to succeed after NATS is back", async () => (await call("POST", "/v1/pos/transactions", sale("out-1"))).status === 200, 30_000);
+    await eventually(
+      "the POS post to succeed after NATS is back",
+      async () => (await call("POST", "/v1/pos/transactions", sale("out-1"))).status === 200,
+      30_000,
+    );
   }, 60_000);
 
   it("JetStream refusing every write (the commands stream full): a POS post is 503 with Retry-After, not a 13 s retry loop", async () => {
@@ -101,7 +109,10 @@ describe("requests while a dependency is down fail fast with 503 + Retry-After",
   it("Postgres not answering (its processes stopped, as behind a dead network link): a read is 503 with Retry-After, not a hang", async () => {
     // The postmaster and every backend of this file's own server, frozen with SIGSTOP (and thawed after).
     const postmaster = Number(readFileSync(join(pg.dataDir, "postmaster.pid"), "utf8").split("\n")[0]);
-    const children = execFileSync("ps", ["-o", "pid=", "--ppid", String(postmaster)], { encoding: "utf8" }).split("\n").map(Number).filter((n) => n > 0);
+    const children = execFileSync("ps", ["-o", "pid=", "--ppid", String(postmaster)], { encoding: "utf8" })
+      .split("\n")
+      .map(Number)
+      .filter((n) => n > 0);
     const pids = [postmaster, ...children];
     for (const pid of pids) process.kill(pid, "SIGSTOP");
     try {

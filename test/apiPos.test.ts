@@ -10,11 +10,29 @@ beforeAll(async () => {
   ctx = await testContext();
   api = await startApi(ctx);
   await defineItems(api.sql, [
-    { sku: "SKU-A", kind: "stock", baseUnit: "EA", units: { CASE: 12 }, identifiers: [{ system: "barcode", id: "4000000000017" }, { system: "barcode", id: "4000000000024", uom: "CASE" }] },
+    {
+      sku: "SKU-A",
+      kind: "stock",
+      baseUnit: "EA",
+      units: { CASE: 12 },
+      identifiers: [
+        { system: "barcode", id: "4000000000017" },
+        { system: "barcode", id: "4000000000024", uom: "CASE" },
+      ],
+    },
     { sku: "SKU-B", kind: "stock", baseUnit: "EA", identifiers: [{ system: "barcode", id: "4000000000031" }] },
     { sku: "CHEESE", kind: "stock", baseUnit: "g", units: { kg: 1000 }, identifiers: [{ system: "plu", id: "2101" }] },
     { sku: "GIFT", kind: "non_inventory", baseUnit: "EA", identifiers: [{ system: "barcode", id: "999" }] },
-    { sku: "KIT", kind: "bundle", baseUnit: "EA", components: [{ sku: "SKU-A", qty: 2 }, { sku: "SKU-B", qty: 1 }], identifiers: [{ system: "barcode", id: "777" }] },
+    {
+      sku: "KIT",
+      kind: "bundle",
+      baseUnit: "EA",
+      components: [
+        { sku: "SKU-A", qty: 2 },
+        { sku: "SKU-B", qty: 1 },
+      ],
+      identifiers: [{ system: "barcode", id: "777" }],
+    },
   ]);
   // The app loaded its crosswalk before the items existed: POS lines find them by refresh on miss.
 });
@@ -32,7 +50,13 @@ const txn = (id: string, lines: ReadonlyArray<Record<string, unknown>>, extra: R
   ...extra,
 });
 const post = (body: unknown, as: "pos" | "posS01" = "pos") =>
-  api.call({ method: "POST", url: "/v1/pos/transactions", as, headers: { "content-type": "application/json" }, payload: typeof body === "string" ? body : JSON.stringify(body) });
+  api.call({
+    method: "POST",
+    url: "/v1/pos/transactions",
+    as,
+    headers: { "content-type": "application/json" },
+    payload: typeof body === "string" ? body : JSON.stringify(body),
+  });
 
 async function ledgerCount(): Promise<number> {
   const [r] = await api.sql<Array<{ n: number }>>`select count(*)::int as n from ledger_entries`;
@@ -102,7 +126,9 @@ describe("POST /v1/pos/transactions", () => {
     expect(again.statusCode).toBe(200);
     expect(again.json()).toEqual(first.json());
     // Inside one batch too, and with keys in another order.
-    const reordered = { transactions: [{ lines: batch.transactions[0]!.lines, occurredAt: T0, id: "2001", terminal: "T1", store: "S01" }, batch.transactions[0]] };
+    const reordered = {
+      transactions: [{ lines: batch.transactions[0]!.lines, occurredAt: T0, id: "2001", terminal: "T1", store: "S01" }, batch.transactions[0]],
+    };
     const twice = await post(reordered);
     expect(twice.json().results.map((r: { status: string }) => r.status)).toEqual(["accepted", "accepted"]);
     await new Promise((r) => setTimeout(r, 300));
@@ -127,7 +153,9 @@ describe("POST /v1/pos/transactions", () => {
       { type: "refund", sku: "SKU-A", qty: 1 },
       { type: "sale", plu: "2101", weight: { value: "1.2345", unit: "kg" } },
     ]);
-    const r = await post({ transactions: [txn("4001", [{ type: "sale", sku: "SKU-A", qty: 1 }]), bad, txn("4003", [], { terminal: "T:1", occurredAt: "yesterday" })] });
+    const r = await post({
+      transactions: [txn("4001", [{ type: "sale", sku: "SKU-A", qty: 1 }]), bad, txn("4003", [], { terminal: "T:1", occurredAt: "yesterday" })],
+    });
     expect(r.statusCode).toBe(200);
     const body = r.json();
     expect(body).toMatchObject({ accepted: 1, rejected: 2 });
@@ -135,13 +163,19 @@ describe("POST /v1/pos/transactions", () => {
     const paths = body.results[1].errors.map((e: { path: string }) => e.path);
     expect(paths).toEqual(expect.arrayContaining(["transactions[1].lines[1].qty", "transactions[1].lines[2].type"]));
     expect(body.results[1].errors.find((e: { path: string }) => e.path === "transactions[1].lines[1].qty").message).toMatch(/expected a whole count/);
-    expect(body.results[2].errors.map((e: { path: string }) => e.path)).toEqual(expect.arrayContaining(["transactions[2].terminal", "transactions[2].occurredAt"]));
+    expect(body.results[2].errors.map((e: { path: string }) => e.path)).toEqual(
+      expect.arrayContaining(["transactions[2].terminal", "transactions[2].occurredAt"]),
+    );
     // The weight error is found once the structure is right:
     const weight = await post({ transactions: [txn("4004", [{ type: "sale", plu: "2101", weight: { value: "1.2345", unit: "kg" } }])] });
     expect(weight.statusCode).toBe(400);
-    expect(weight.json().results[0].errors).toEqual([{ path: "transactions[0].lines[0].weight.value", message: expect.stringMatching(/not a whole number of g/) }]);
+    expect(weight.json().results[0].errors).toEqual([
+      { path: "transactions[0].lines[0].weight.value", message: expect.stringMatching(/not a whole number of g/) },
+    ]);
     await settle(api.h, ["pos:S01:T1:4001:1"]);
-    const [{ n }] = await api.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes where command_id like 'pos:S01:T1:4002:%' or command_id like 'pos:S01:T1:4004:%'`;
+    const [{ n }] = await api.sql<
+      [{ n: number }]
+    >`select count(*)::int as n from command_outcomes where command_id like 'pos:S01:T1:4002:%' or command_id like 'pos:S01:T1:4004:%'`;
     expect(n).toBe(0);
     const letters = await deadLetters(api.h, "pos");
     const letter = letters.find((l) => (l.payload as { id?: string }).id === "4002")!;
@@ -171,7 +205,10 @@ describe("POST /v1/pos/transactions", () => {
     const r = await post({ transactions: [txn("4101", [{ type: "sale", sku: "SKU-A", qty: 1 }], { occurredAt: "0000-01-01T00:00:00Z" })] });
     expect(r.statusCode).toBe(400);
     expect(r.json().results[0].errors).toEqual([
-      { path: "transactions[0].occurredAt", message: 'expected a date-time from 1900-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, got "0000-01-01T00:00:00Z"' },
+      {
+        path: "transactions[0].occurredAt",
+        message: 'expected a date-time from 1900-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, got "0000-01-01T00:00:00Z"',
+      },
     ]);
     expect(await commandMessages()).toBe(before);
   });
@@ -207,15 +244,28 @@ describe("POST /v1/pos/transactions", () => {
   it("refuses a store the config does not know, even to a token without a channel (400 naming store), dead-lettered, nothing written", async () => {
     const r = await post({ transactions: [txn("9901", [{ type: "sale", barcode: "4000000000017", qty: 1 }], { store: "S99" })] });
     expect(r.statusCode).toBe(400);
-    expect(r.json().results[0]).toMatchObject({ status: "rejected", reason: "unknown_store", errors: [{ path: "transactions[0].store", message: expect.stringContaining("S99") }] });
-    const nats = await api.h.nats.nc.request(`tally.${ctx.env}.pos.S99`, JSON.stringify(txn("9902", [{ type: "sale", barcode: "4000000000017", qty: 1 }], { store: "S99" })), { timeout: 10_000 });
-    expect(nats.json()).toMatchObject({ accepted: 0, results: [{ status: "rejected", reason: "unknown_store", errors: [{ path: "transactions[0].store" }] }] });
+    expect(r.json().results[0]).toMatchObject({
+      status: "rejected",
+      reason: "unknown_store",
+      errors: [{ path: "transactions[0].store", message: expect.stringContaining("S99") }],
+    });
+    const nats = await api.h.nats.nc.request(
+      `tally.${ctx.env}.pos.S99`,
+      JSON.stringify(txn("9902", [{ type: "sale", barcode: "4000000000017", qty: 1 }], { store: "S99" })),
+      { timeout: 10_000 },
+    );
+    expect(nats.json()).toMatchObject({
+      accepted: 0,
+      results: [{ status: "rejected", reason: "unknown_store", errors: [{ path: "transactions[0].store" }] }],
+    });
     // A known store without a channel token still posts (DC1 is a location of channel web).
     const dc = await post({ transactions: [txn("9903", [{ type: "sale", barcode: "4000000000017", qty: 1 }], { store: "DC1" })] });
     expect(dc.statusCode).toBe(200);
     await settle(api.h, ["pos:DC1:T1:9903:1"]);
     // Counted per command: other tests' commands in this file may still be landing meanwhile.
-    const [{ dcEntries }] = await api.sql<[{ dcEntries: number }]>`select count(*)::int as "dcEntries" from ledger_entries where command_id = 'pos:DC1:T1:9903:1'`;
+    const [{ dcEntries }] = await api.sql<
+      [{ dcEntries: number }]
+    >`select count(*)::int as "dcEntries" from ledger_entries where command_id = 'pos:DC1:T1:9903:1'`;
     expect(dcEntries).toBe(1);
     const [{ n }] = await api.sql<[{ n: number }]>`select count(*)::int as n from ledger_entries where location = 'S99'`;
     expect(n).toBe(0);
@@ -226,7 +276,13 @@ describe("POST /v1/pos/transactions", () => {
   });
 
   it("answers 415 for a body that is not JSON by content type", async () => {
-    const r = await api.call({ method: "POST", url: "/v1/pos/transactions", as: "pos", headers: { "content-type": "application/xml" }, payload: "<txn/>" });
+    const r = await api.call({
+      method: "POST",
+      url: "/v1/pos/transactions",
+      as: "pos",
+      headers: { "content-type": "application/xml" },
+      payload: "<txn/>",
+    });
     expect(r.statusCode).toBe(415);
   });
 });
@@ -252,7 +308,12 @@ describe("POS over NATS (tally.<env>.pos.<store>)", () => {
     expect(await balance(api.sql, "SKU-B", "S01")).toBe(-4);
     await eventually("the NATS rejections to be dead-lettered", async () => {
       const letters = await deadLetters(api.h, "pos");
-      return letters.some((l) => l.context.via === "nats" && l.payload === "}{") && letters.some((l) => l.context.via === "nats" && (l.payload as { store?: string }).store === "S01" && l.context.by === `tally.${ctx.env}.pos.S02`);
+      return (
+        letters.some((l) => l.context.via === "nats" && l.payload === "}{") &&
+        letters.some(
+          (l) => l.context.via === "nats" && (l.payload as { store?: string }).store === "S01" && l.context.by === `tally.${ctx.env}.pos.S02`,
+        )
+      );
     });
   });
 });

@@ -18,7 +18,15 @@ afterAll(async () => {
 
 let n = 0;
 async function receive(sku: string, location: string, qty: number): Promise<void> {
-  const d = decodeCommand({ id: `rr:${++n}`, type: "receive", sku, location, qty, source: { system: "erp", ref: `r${n}` }, occurredAt: "2026-11-26T10:00:00Z" });
+  const d = decodeCommand({
+    id: `rr:${++n}`,
+    type: "receive",
+    sku,
+    location,
+    qty,
+    source: { system: "erp", ref: `r${n}` },
+    occurredAt: "2026-11-26T10:00:00Z",
+  });
   if (d._tag === "Left") throw d.left;
   const c: Command = d.right;
   await publishCommands(api.h.nats.js, api.h.topology, [c]);
@@ -50,7 +58,9 @@ describe("POST /v1/reservations", () => {
     expect(body.id).toMatch(/^r_[0-9a-f]{32}$/);
     expect(new Date(body.expiresAt).getTime()).toBeGreaterThanOrEqual(before + 590_000);
     expect(await balance(api.sql, "R-1", "DC1", "reserved")).toBe(3);
-    const [outcome] = await api.sql<Array<{ status: string; type: string }>>`select status, type from command_outcomes where command_id = ${`res:${body.id}:1:1`}`;
+    const [outcome] = await api.sql<
+      Array<{ status: string; type: string }>
+    >`select status, type from command_outcomes where command_id = ${`res:${body.id}:1:1`}`;
     expect(outcome).toEqual({ status: "applied", type: "reserve" });
     const got = await api.call({ method: "GET", url: `/v1/reservations/${body.id}`, as: "reserver" });
     expect(got.json()).toMatchObject({ id: body.id, status: "held" });
@@ -79,20 +89,37 @@ describe("POST /v1/reservations", () => {
     await receive("R-3", "DC1", 4);
     const r = await reserve({ sku: "R-3", qty: 5, location: "DC1" });
     expect(r.statusCode).toBe(409);
-    expect(r.json()).toMatchObject({ error: "insufficient_stock", available: 4, lines: [{ sku: "R-3", qty: 5, location: "DC1", state: "rejected", available: 4 }] });
+    expect(r.json()).toMatchObject({
+      error: "insufficient_stock",
+      available: 4,
+      lines: [{ sku: "R-3", qty: 5, location: "DC1", state: "rejected", available: 4 }],
+    });
     expect(await balance(api.sql, "R-3", "DC1", "reserved")).toBe(0);
   });
 
   it("holds a cart all or nothing: a refused line releases the lines already held", async () => {
     await receive("CART-A", "DC1", 5);
     await receive("CART-B", "DC1", 1);
-    const r = await reserve({ location: "DC1", lines: [{ sku: "CART-A", qty: 2 }, { sku: "CART-B", qty: 2 }, { sku: "CART-A", qty: 1 }] });
+    const r = await reserve({
+      location: "DC1",
+      lines: [
+        { sku: "CART-A", qty: 2 },
+        { sku: "CART-B", qty: 2 },
+        { sku: "CART-A", qty: 1 },
+      ],
+    });
     expect(r.statusCode).toBe(409);
     const body = r.json();
     expect(body.lines.map((l: { state: string }) => l.state)).toEqual(["released", "rejected", "released"]);
     await settle(api.h, [`res:${body.id}:1:release`, `res:${body.id}:3:release`]);
     expect(await balance(api.sql, "CART-A", "DC1", "reserved")).toBe(0);
-    const ok = await reserve({ location: "DC1", lines: [{ sku: "CART-A", qty: 2 }, { sku: "CART-B", qty: 1 }] });
+    const ok = await reserve({
+      location: "DC1",
+      lines: [
+        { sku: "CART-A", qty: 2 },
+        { sku: "CART-B", qty: 1 },
+      ],
+    });
     expect(ok.statusCode).toBe(201);
     expect(await balance(api.sql, "CART-A", "DC1", "reserved")).toBe(2);
     expect(await balance(api.sql, "CART-B", "DC1", "reserved")).toBe(1);
@@ -100,13 +127,25 @@ describe("POST /v1/reservations", () => {
 
   it("holds a bundle as its components", async () => {
     await defineItems(api.sql, [
-      { sku: "KIT-1", kind: "bundle", baseUnit: "EA", components: [{ sku: "KIT-P1", qty: 2 }, { sku: "KIT-P2", qty: 1 }], identifiers: [] },
+      {
+        sku: "KIT-1",
+        kind: "bundle",
+        baseUnit: "EA",
+        components: [
+          { sku: "KIT-P1", qty: 2 },
+          { sku: "KIT-P2", qty: 1 },
+        ],
+        identifiers: [],
+      },
     ]);
     await receive("KIT-P1", "DC1", 4);
     await receive("KIT-P2", "DC1", 1);
     const r = await reserve({ sku: "KIT-1", qty: 1, location: "DC1" });
     expect(r.statusCode).toBe(201);
-    expect(r.json().lines.map((l: { sku: string; qty: number }) => [l.sku, l.qty])).toEqual([["KIT-P1", 2], ["KIT-P2", 1]]);
+    expect(r.json().lines.map((l: { sku: string; qty: number }) => [l.sku, l.qty])).toEqual([
+      ["KIT-P1", 2],
+      ["KIT-P2", 1],
+    ]);
     const second = await reserve({ sku: "KIT-1", qty: 1, location: "DC1" });
     expect(second.statusCode).toBe(409);
     await settle(api.h, [`res:${second.json().id}:1:release`]);
@@ -130,7 +169,10 @@ describe("POST /v1/reservations", () => {
   it("never lets a channel hold units its buffer keeps back: the hold is checked against what the channel shows", async () => {
     // web = DC1 + S01, buffer 2: 3 units at DC1 show as 1 on the web.
     await receive("CH-2", "DC1", 3);
-    await eventually("web availability", async () => (await api.call({ method: "GET", url: "/v1/availability/CH-2?channel=web", as: "reader" })).json().available === 1);
+    await eventually(
+      "web availability",
+      async () => (await api.call({ method: "GET", url: "/v1/availability/CH-2?channel=web", as: "reader" })).json().available === 1,
+    );
     const tooMany = await reserve({ sku: "CH-2", qty: 2, channel: "web" });
     expect(tooMany.statusCode).toBe(409);
     expect(tooMany.json()).toMatchObject({ error: "insufficient_stock", available: 1 });
@@ -317,10 +359,14 @@ describe("races and restarts", () => {
                   values (${id}, 'reserver', 'dead-process', 'x', 'pending', 600, now() - interval '1 second')`;
     await api.sql`insert into reservation_lines (reservation_id, line, sku, qty, fixed_location, location, command_id, tried, state)
                   values (${id}, 1, 'PEND-1', 2, 'DC1', 'DC1', ${`res:${id}:1:1`}, '{DC1}', 'pending')`;
-    await eventually("the sweeper to decide it", async () => {
-      const [row] = await api.sql<Array<{ status: string }>>`select status from reservations where id = ${id}`;
-      return row?.status === "held";
-    }, 20_000);
+    await eventually(
+      "the sweeper to decide it",
+      async () => {
+        const [row] = await api.sql<Array<{ status: string }>>`select status from reservations where id = ${id}`;
+        return row?.status === "held";
+      },
+      20_000,
+    );
     expect(await balance(api.sql, "PEND-1", "DC1", "reserved")).toBe(2);
   });
 
@@ -329,7 +375,11 @@ describe("races and restarts", () => {
     const id = `r_${"b".repeat(32)}`;
     await api.sql`insert into reservations (id, principal, idempotency_key, request_hash, status, ttl_seconds, claimed_until)
                   values (${id}, 'reserver', 'still-deciding', 'x', 'pending', 600, now() + interval '10 minutes')`;
-    for (const [method, url] of [["POST", `/v1/reservations/${id}/commit`], ["POST", `/v1/reservations/${id}/fulfill`], ["DELETE", `/v1/reservations/${id}`]] as const) {
+    for (const [method, url] of [
+      ["POST", `/v1/reservations/${id}/commit`],
+      ["POST", `/v1/reservations/${id}/fulfill`],
+      ["DELETE", `/v1/reservations/${id}`],
+    ] as const) {
       const r = await api.call({ method, url, as: "reserver" });
       expect(r.statusCode, `${method} ${url}`).toBe(409);
       expect(r.json()).toEqual({ error: "reservation_pending", message: `reservation ${id} is still being decided` });

@@ -73,7 +73,8 @@ export async function startApi(
     sql,
     app: await make(options),
     tally,
-    call: ({ as, headers, ...rest }) => fixture.app.inject({ ...rest, headers: { ...(as ? auth(as) : {}), ...(headers ?? {}) } }) as Promise<InjectResponse>,
+    call: ({ as, headers, ...rest }) =>
+      fixture.app.inject({ ...rest, headers: { ...(as ? auth(as) : {}), ...(headers ?? {}) } }) as Promise<InjectResponse>,
     async restartApp(o = options) {
       await fixture.app.close();
       fixture.app = await make(o);
@@ -109,14 +110,17 @@ export async function balance(sql: Sql, sku: string, location: string, bucket = 
 }
 
 /** Dead letters of one origin, oldest first (read directly from the stream). */
-export async function deadLetters(h: Harness, origin: string): Promise<Array<{ seq: number; reason: string; payload: unknown; context: Record<string, unknown> }>> {
+export async function deadLetters(
+  h: Harness,
+  origin: string,
+): Promise<Array<{ seq: number; reason: string; payload: unknown; context: Record<string, unknown> }>> {
   const state = (await h.nats.jsm.streams.info(h.topology.dlqStream)).state;
   const out = [];
   if (state.messages === 0) return [];
   for (let seq = state.first_seq; seq <= state.last_seq; seq++) {
     const m = await h.nats.jsm.streams.getMessage(h.topology.dlqStream, { seq }).catch(() => null);
-    if (m && m.subject === h.topology.dlqSubject(origin)) out.push({ seq, ...m.json<{ reason: string; payload: unknown; context: Record<string, unknown> }>() });
+    if (m && m.subject === h.topology.dlqSubject(origin))
+      out.push({ seq, ...m.json<{ reason: string; payload: unknown; context: Record<string, unknown> }>() });
   }
   return out;
 }
-

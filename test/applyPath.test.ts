@@ -32,7 +32,12 @@ async function publishEnvelopes(commands: ReadonlyArray<RawCommand>, size: numbe
   for (const [p, list] of byPartition) {
     for (let i = 0; i < list.length; i += size) {
       const chunk = list.slice(i, i + size);
-      const env = { subject: h.topology.commandSubject(p), body: encodeEnvelope(chunk), msgID: envelopeMsgId(chunk.map((c) => c.id)), commands: chunk };
+      const env = {
+        subject: h.topology.commandSubject(p),
+        body: encodeEnvelope(chunk),
+        msgID: envelopeMsgId(chunk.map((c) => c.id)),
+        commands: chunk,
+      };
       const ack = await h.nats.js.publish(env.subject, env.body, { msgID: env.msgID });
       expect(ack.duplicate).toBe(false);
       sent.push(env);
@@ -73,10 +78,14 @@ describe("the streaming apply path", () => {
     expect(republishedWithNewId).toBeGreaterThan(300);
 
     const expected = expectationOf(all);
-    await eventually("every command to have an outcome", async () => {
-      const [{ n }] = await h.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
-      return n === all.length;
-    }, 120_000);
+    await eventually(
+      "every command to have an outcome",
+      async () => {
+        const [{ n }] = await h.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
+        return n === all.length;
+      },
+      120_000,
+    );
     await eventually("the outbox to drain", async () => {
       const [{ n }] = await h.sql<[{ n: number }]>`select count(*)::int as n from outbox`;
       return n === 0;
@@ -121,10 +130,14 @@ describe("the streaming apply path", () => {
         const touched = channel.locations.some((loc) => expected.touched.has(`${sku}|${loc}`));
         if (!touched) continue;
         const want = expectedAvailable(expected, sku, channel.locations, channel.buffer ?? 0);
-        await eventually(`KV ${name}.${sku} = ${want}`, async () => {
-          const e = await h.nats.availability.get(`${name}.${sku}`);
-          return e !== null && e.json<{ available: number }>().available === want;
-        }, 10_000);
+        await eventually(
+          `KV ${name}.${sku} = ${want}`,
+          async () => {
+            const e = await h.nats.availability.get(`${name}.${sku}`);
+            return e !== null && e.json<{ available: number }>().available === want;
+          },
+          10_000,
+        );
         checked++;
       }
     }

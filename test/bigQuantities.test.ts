@@ -21,7 +21,7 @@ describe("the canonical form of an entry (what its hash covers)", () => {
     balanceAfter: -12,
     movement: "receive",
     sourceSystem: "erp",
-    sourceRef: "r \"1\"",
+    sourceRef: 'r "1"',
     occurredAt: new Date("2026-11-26T10:00:00Z"),
     recordedAt: new Date("2026-11-26T10:00:01.5Z"),
     skuSeq: 3,
@@ -29,8 +29,19 @@ describe("the canonical form of an entry (what its hash covers)", () => {
 
   it("is unchanged for quantities within 2^53, whether they are numbers or bigints: existing chains still verify", () => {
     const before = JSON.stringify([
-      entry.commandId, entry.leg, entry.sku, entry.location, entry.bucket, entry.delta, entry.balanceAfter,
-      entry.movement, entry.sourceSystem, entry.sourceRef, entry.occurredAt.toISOString(), entry.recordedAt.toISOString(), entry.skuSeq,
+      entry.commandId,
+      entry.leg,
+      entry.sku,
+      entry.location,
+      entry.bucket,
+      entry.delta,
+      entry.balanceAfter,
+      entry.movement,
+      entry.sourceSystem,
+      entry.sourceRef,
+      entry.occurredAt.toISOString(),
+      entry.recordedAt.toISOString(),
+      entry.skuSeq,
     ]);
     expect(canonicalEntry(entry)).toBe(before);
     expect(canonicalEntry({ ...entry, delta: 5n, balanceAfter: -12n })).toBe(before);

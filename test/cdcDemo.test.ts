@@ -63,11 +63,13 @@ describe("CDC from the demo ERP and shop, end to end", () => {
     await demo.erp`insert into goods_receipts (item_no, location, qty, uom) values ('200001', 'S01', 1.25, 'KG')`;
     await demo.erp`insert into stock_adjustments (item_no, location, qty, reason) values ('100002', 'S02', -2, 'damage')`;
     await demo.erp`insert into stock_counts (item_no, location, counted_qty) values ('100004', 'S01', 33)`;
-    await eventually("ERP movements", async () =>
-      (await bucket("SKU-0001", "DC1")) === before + 36 &&
-      (await bucket("SKU-BANANAS", "S01")) === bananas + 1250 &&
-      (await bucket("SKU-0002", "S02")) === opening("SKU-0002", "S02") - 2 &&
-      (await bucket("SKU-0004", "S01")) === 33,
+    await eventually(
+      "ERP movements",
+      async () =>
+        (await bucket("SKU-0001", "DC1")) === before + 36 &&
+        (await bucket("SKU-BANANAS", "S01")) === bananas + 1250 &&
+        (await bucket("SKU-0002", "S02")) === opening("SKU-0002", "S02") - 2 &&
+        (await bucket("SKU-0004", "S01")) === 33,
     );
   });
 
@@ -79,11 +81,13 @@ describe("CDC from the demo ERP and shop, end to end", () => {
     await demo.shop`
       insert into order_lines (order_id, line_no, shop_sku, location, qty) values
         ('O-1', 1, 'W-0005', 'DC1', 4), ('O-1', 2, 'W-PICNIC', 'DC1', 3), ('O-1', 3, 'W-GIFT-25', 'DC1', 1), ('O-2', 1, 'W-0006', 'DC1', 2)`;
-    await eventually("reservations", async () =>
-      (await bucket("SKU-0005", "DC1", "reserved")) === 4 &&
-      (await bucket("SKU-0001", "DC1", "reserved")) === 6 &&
-      (await bucket("SKU-0003", "DC1", "reserved")) === 3 &&
-      (await bucket("SKU-0006", "DC1", "reserved")) === 2,
+    await eventually(
+      "reservations",
+      async () =>
+        (await bucket("SKU-0005", "DC1", "reserved")) === 4 &&
+        (await bucket("SKU-0001", "DC1", "reserved")) === 6 &&
+        (await bucket("SKU-0003", "DC1", "reserved")) === 3 &&
+        (await bucket("SKU-0006", "DC1", "reserved")) === 2,
     );
     expect(reader.metrics.skipped).toBe(skippedBefore + 1);
     const ids = await h.sql<Array<{ command_id: string }>>`
@@ -92,10 +96,12 @@ describe("CDC from the demo ERP and shop, end to end", () => {
 
     await demo.shop`update order_lines set status = 'shipped' where order_id = 'O-1' and line_no = 2`;
     await demo.shop`update order_lines set status = 'cancelled' where order_id = 'O-2'`;
-    await eventually("fulfil and release", async () =>
-      (await bucket("SKU-0003", "DC1", "reserved")) === 0 &&
-      (await bucket("SKU-0003", "DC1")) === onHand3 - 3 &&
-      (await bucket("SKU-0006", "DC1", "reserved")) === 0,
+    await eventually(
+      "fulfil and release",
+      async () =>
+        (await bucket("SKU-0003", "DC1", "reserved")) === 0 &&
+        (await bucket("SKU-0003", "DC1")) === onHand3 - 3 &&
+        (await bucket("SKU-0006", "DC1", "reserved")) === 0,
     );
   });
 
@@ -107,10 +113,12 @@ describe("CDC from the demo ERP and shop, end to end", () => {
     await eventually("transfer out", async () => (await bucket("SKU-0007", "S02", "in_transit")) === 5);
     expect(await bucket("SKU-0007", "DC1")).toBe(dc - 5);
     await demo.erp`update transfers set status = 'received' where transfer_id = 'TR-1'`;
-    await eventually("transfer in and the return", async () =>
-      (await bucket("SKU-0007", "S02", "in_transit")) === 0 &&
-      (await bucket("SKU-0007", "S02")) === s02 + 5 &&
-      (await bucket("SKU-0005", "DC1", "damaged")) === 1,
+    await eventually(
+      "transfer in and the return",
+      async () =>
+        (await bucket("SKU-0007", "S02", "in_transit")) === 0 &&
+        (await bucket("SKU-0007", "S02")) === s02 + 5 &&
+        (await bucket("SKU-0005", "DC1", "damaged")) === 1,
     );
   });
 
@@ -126,7 +134,10 @@ describe("CDC from the demo ERP and shop, end to end", () => {
       listed = (await runTally(["dlq", "list", "--origin", "shop"], env)).stdout;
       return listed.includes("W-NEW");
     });
-    const id = listed.split("\n").find((l) => l.includes("W-NEW"))!.split("\t")[0]!;
+    const id = listed
+      .split("\n")
+      .find((l) => l.includes("W-NEW"))!
+      .split("\t")[0]!;
     const stillFailing = await runTally(["dlq", "replay", id], env);
     expect(stillFailing.code).toBe(1);
     expect(stillFailing.stdout).toContain("still failing");

@@ -39,7 +39,14 @@ const config = decodeTallyConfig({
       tables: {
         "public.items": {
           map: (c: Change) => ({
-            items: [{ sku: c.new!.text("sku"), kind: "stock", baseUnit: "EA", identifiers: [{ system: "item_no", id: c.new!.text("item_no") }] } satisfies ItemDefinition],
+            items: [
+              {
+                sku: c.new!.text("sku"),
+                kind: "stock",
+                baseUnit: "EA",
+                identifiers: [{ system: "item_no", id: c.new!.text("item_no") }],
+              } satisfies ItemDefinition,
+            ],
           }),
         },
         "public.typed": {
@@ -70,16 +77,16 @@ const config = decodeTallyConfig({
           map: (c: Change) => record(c, { from: c.old!.text("status"), to: c.new!.text("status") }),
         },
         "public.receipts": {
-          map: (c: Change) => [
-            { type: "receive", item: { system: "item_no", id: c.new!.text("item_no") }, location: "DC1", qty: c.new!.int("qty") },
-          ],
+          map: (c: Change) => [{ type: "receive", item: { system: "item_no", id: c.new!.text("item_no") }, location: "DC1", qty: c.new!.int("qty") }],
         },
       },
       snapshot: [
         {
           table: "public.items",
           key: ["item_no"],
-          map: (row: RowView) => ({ items: [{ sku: row.text("sku"), kind: "stock", baseUnit: "EA", identifiers: [{ system: "item_no", id: row.text("item_no") }] }] }),
+          map: (row: RowView) => ({
+            items: [{ sku: row.text("sku"), kind: "stock", baseUnit: "EA", identifiers: [{ system: "item_no", id: row.text("item_no") }] }],
+          }),
         },
       ],
     },
@@ -153,7 +160,9 @@ describe("CDC decoding", () => {
     const letters = await deadLetters();
     expect(letters.some((l) => l.payload.table === "public.notes")).toBe(false);
     // …and one that reads an unsent value gets an error naming the column and why.
-    expect(() => new RowView("public.notes", "new", { body: undefined }).text("body")).toThrow(/new\.body: value not sent by Postgres \(unchanged TOAST/);
+    expect(() => new RowView("public.notes", "new", { body: undefined }).text("body")).toThrow(
+      /new\.body: value not sent by Postgres \(unchanged TOAST/,
+    );
   });
 
   it("dead-letters an update whose mapping needs old values the table does not send (REPLICA IDENTITY DEFAULT)", async () => {

@@ -40,8 +40,7 @@ async function setup(natsUrl?: string): Promise<Setup> {
 const snapshotsDone = async (h: Harness) =>
   (await h.sql<[{ n: number }]>`select count(*)::int as n from cdc_sources where snapshot_done_at is not null`)[0].n === 2;
 /** Source changes the CDC readers have published and recorded in the ledger database. */
-const cdcChanges = async (h: Harness) =>
-  (await h.sql<[{ n: number }]>`select coalesce(sum(changes), 0)::int as n from cdc_sources`)[0].n;
+const cdcChanges = async (h: Harness) => (await h.sql<[{ n: number }]>`select coalesce(sum(changes), 0)::int as n from cdc_sources`)[0].n;
 /** Outcomes of streamed (not snapshot) commands. */
 const streamedOutcomes = async (h: Harness) =>
   (await h.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes where command_id not like '%:snapshot:%'`)[0].n;
@@ -113,18 +112,25 @@ async function expectLedgerMatches(h: Harness, exp: LoadExpectation): Promise<vo
  */
 async function expectSlotsConfirmed(ctx: TestContext, demo: DemoSources): Promise<void> {
   const marks: Array<{ slot: string; lsn: string }> = [];
-  for (const [name, sql] of [["erp", demo.erp], ["shop", demo.shop]] as const) {
+  for (const [name, sql] of [
+    ["erp", demo.erp],
+    ["shop", demo.shop],
+  ] as const) {
     const [{ lsn }] = await sql<[{ lsn: string }]>`select pg_logical_emit_message(true, 'tally_test', 'end')::text as lsn`;
     marks.push({ slot: `tally_${ctx.env}_${name}`, lsn });
   }
-  await eventually("both slots confirmed past the last write", async () => {
-    for (const m of marks) {
-      const [row] = await demo.erp<[{ ok: boolean } | undefined]>`
+  await eventually(
+    "both slots confirmed past the last write",
+    async () => {
+      for (const m of marks) {
+        const [row] = await demo.erp<[{ ok: boolean } | undefined]>`
         select confirmed_flush_lsn >= ${m.lsn}::pg_lsn as ok from pg_replication_slots where slot_name = ${m.slot}`;
-      if (!row?.ok) return false;
-    }
-    return true;
-  }, 30_000);
+        if (!row?.ok) return false;
+      }
+      return true;
+    },
+    30_000,
+  );
 }
 
 /** Transactions the two slots have sent to readers, re-sent ones included (until the server restarts). */
@@ -147,7 +153,11 @@ async function loadWithOutages(
   seed: number,
   outage: () => Promise<void>,
 ): Promise<{ load: DemoLoad; exp: LoadExpectation }> {
-  await eventually("both sources streaming", async () => tally.readers.length === 2 && tally.readers.every((r) => r.streaming) && (await snapshotsDone(h)), 60_000);
+  await eventually(
+    "both sources streaming",
+    async () => tally.readers.length === 2 && tally.readers.every((r) => r.streaming) && (await snapshotsDone(h)),
+    60_000,
+  );
   const CHANGES = 5000;
   const streamed = () => tally.readers.reduce((n, r) => n + r.metrics.changes, 0);
   const outages: Array<Promise<void>> = [];
@@ -239,7 +249,11 @@ describe("CDC faults: nothing lost, nothing doubled", () => {
           progressAtSpawn = await cdcChanges(h);
         }
         // Kill only once this process has streamed something (its own progress, not a predecessor's).
-        const progressed = await eventually("the CDC process to make progress", async () => (await cdcChanges(h)) > progressAtSpawn || !writing || !cdc.alive(), 30_000).then(
+        const progressed = await eventually(
+          "the CDC process to make progress",
+          async () => (await cdcChanges(h)) > progressAtSpawn || !writing || !cdc.alive(),
+          30_000,
+        ).then(
           () => writing && cdc.alive(),
           () => false,
         );
@@ -363,14 +377,19 @@ describe("CDC faults: nothing lost, nothing doubled", () => {
         await sleep(500);
         // The connection drops (the walsender is terminated, as a failover or a network cut would).
         await eventually("the walsender", async () => {
-          const [row] = await demo.erp<[{ pid: number | null } | undefined]>`select active_pid as pid from pg_replication_slots where slot_name = ${slot}`;
+          const [row] = await demo.erp<
+            [{ pid: number | null } | undefined]
+          >`select active_pid as pid from pg_replication_slots where slot_name = ${slot}`;
           return row?.pid != null;
         });
         const lostAt = Date.now();
         await demo.erp`select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = ${slot} and active_pid is not null`;
         // A first backoff (0.2-0.6 s, perhaps a second while the old walsender exits) and the reconnect: well within 5 s, every time.
         await streamedReceipt(5_000).catch((error: unknown) => {
-          throw new Error(`connection loss ${loss}: not streaming again after ${Date.now() - lostAt} ms (${erp.metrics.reconnects} reconnects so far)`, { cause: error });
+          throw new Error(
+            `connection loss ${loss}: not streaming again after ${Date.now() - lostAt} ms (${erp.metrics.reconnects} reconnects so far)`,
+            { cause: error },
+          );
         });
         recoveries.push(Date.now() - lostAt);
       }

@@ -218,10 +218,14 @@ describe("a large source transaction", () => {
       expect(await slotSkips(commitLsn), "the slot confirmed past a transaction not wholly published").toBe(false);
 
       cdc = spawnCdc();
-      await eventually("the slot confirmed past the transaction after the restart", async () => {
-        cdc.assertAlive();
-        return slotConfirmedPast(commitAfter);
-      }, 180_000);
+      await eventually(
+        "the slot confirmed past the transaction after the restart",
+        async () => {
+          cdc.assertAlive();
+          return slotConfirmedPast(commitAfter);
+        },
+        180_000,
+      );
       const all = await countTransactionCommands(seq, `erp:${commitLsn}:`, rows);
       const foreign = await countForeignCommands(seq, `erp:${commitLsn}:`);
       console.log(

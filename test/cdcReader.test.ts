@@ -178,10 +178,14 @@ describe("the CDC reader", () => {
       },
     });
     try {
-      await eventually("a cdc_lag alert", async () => {
-        await source`insert into receipts (item_no, location, qty) values ('I-2', 'DC1', 1)`;
-        return alerts.some((a) => a.kind === "cdc_lag" && a.source === "src" && a.lagBytes > 1);
-      }, 30_000);
+      await eventually(
+        "a cdc_lag alert",
+        async () => {
+          await source`insert into receipts (item_no, location, qty) values ('I-2', 'DC1', 1)`;
+          return alerts.some((a) => a.kind === "cdc_lag" && a.source === "src" && a.lagBytes > 1);
+        },
+        30_000,
+      );
     } finally {
       sub.unsubscribe();
     }

@@ -48,7 +48,8 @@ describe("CDC as a least-privilege replication role (REPLICATION + SELECT on the
     expect(printed.code).toBe(0);
     expect(printed.stdout).toContain("CREATE ROLE tally_cdc WITH LOGIN REPLICATION;");
     const erp = findSource(demo.config, "erp", ctx.env);
-    for (const table of Object.keys(erp.tables)) expect(printed.stdout).toMatch(new RegExp(`GRANT SELECT ON [^;]*${table.split(".")[1]}[^;]*TO tally_cdc;`));
+    for (const table of Object.keys(erp.tables))
+      expect(printed.stdout).toMatch(new RegExp(`GRANT SELECT ON [^;]*${table.split(".")[1]}[^;]*TO tally_cdc;`));
     expect(printed.stdout).not.toMatch(/GRANT (INSERT|UPDATE|DELETE|ALL)/);
   });
 
@@ -57,11 +58,17 @@ describe("CDC as a least-privilege replication role (REPLICATION + SELECT on the
     try {
       const results = await checkSource(sql, findSource(demo.config, "erp", ctx.env));
       expect(results.filter((r) => !r.ok)).toEqual([]);
-      const [me] = await sql<Array<{ rolsuper: boolean; rolreplication: boolean }>>`select rolsuper, rolreplication from pg_roles where rolname = current_user`;
+      const [me] = await sql<
+        Array<{ rolsuper: boolean; rolreplication: boolean }>
+      >`select rolsuper, rolreplication from pg_roles where rolname = current_user`;
       expect(me).toEqual({ rolsuper: false, rolreplication: true });
-      await expect(sql.unsafe("insert into goods_receipts (item_no, location, qty, uom) values ('100001', 'DC1', 1, 'EA')")).rejects.toMatchObject({ code: "42501" });
+      await expect(sql.unsafe("insert into goods_receipts (item_no, location, qty, uom) values ('100001', 'DC1', 1, 'EA')")).rejects.toMatchObject({
+        code: "42501",
+      });
       // A table only the snapshot reads is checked too (the snapshot failed on it, while every check passed).
-      const snapshotOnly = findSource(demo.config, "erp", ctx.env).snapshot.map((t) => t.table).find((t) => !Object.hasOwn(findSource(demo.config, "erp", ctx.env).tables, t))!;
+      const snapshotOnly = findSource(demo.config, "erp", ctx.env)
+        .snapshot.map((t) => t.table)
+        .find((t) => !Object.hasOwn(findSource(demo.config, "erp", ctx.env).tables, t))!;
       await demo.erp.unsafe(`revoke select on ${snapshotOnly} from ${role}`);
       const without = await checkSource(sql, findSource(demo.config, "erp", ctx.env));
       expect(without.filter((r) => !r.ok)).toMatchObject([{ check: `snapshot ${snapshotOnly}`, fix: `GRANT SELECT ON ${snapshotOnly} TO ${role};` }]);
@@ -74,10 +81,17 @@ describe("CDC as a least-privilege replication role (REPLICATION + SELECT on the
   it("the cdc role runs as it: snapshot, then streamed changes reach the ledger", async () => {
     const urls = { TALLY_SOURCE_ERP_URL: asRole(demo.env.TALLY_SOURCE_ERP_URL!), TALLY_SOURCE_SHOP_URL: asRole(demo.env.TALLY_SOURCE_SHOP_URL!) };
     Object.assign(process.env, urls);
-    const tally = await startTally(loadSettings({ ...tallyEnv(ctx), ...urls }), demo.config, ["cdc", "worker"], createLogger("test-cdc-role", process.env.TALLY_LOG_LEVEL ?? "warn"));
+    const tally = await startTally(
+      loadSettings({ ...tallyEnv(ctx), ...urls }),
+      demo.config,
+      ["cdc", "worker"],
+      createLogger("test-cdc-role", process.env.TALLY_LOG_LEVEL ?? "warn"),
+    );
     try {
       const onHand = async () => {
-        const [row] = await ledger<Array<{ qty: number }>>`select qty from balances where sku = 'SKU-0005' and location = 'DC1' and bucket = 'on_hand'`;
+        const [row] = await ledger<
+          Array<{ qty: number }>
+        >`select qty from balances where sku = 'SKU-0005' and location = 'DC1' and bucket = 'on_hand'`;
         return row?.qty;
       };
       await eventually("the snapshot as the replication role", async () => (await onHand()) !== undefined);

@@ -26,7 +26,12 @@ const SOURCE_SQL = `
   insert into stock select 'I' || i, 'DC1', 10 * i from generate_series(1, 5) i;
 `;
 
-const item = (row: RowView): ItemDefinition => ({ sku: row.text("sku"), kind: "stock", baseUnit: "EA", identifiers: [{ system: "item_no", id: row.text("item_no") }] });
+const item = (row: RowView): ItemDefinition => ({
+  sku: row.text("sku"),
+  kind: "stock",
+  baseUnit: "EA",
+  identifiers: [{ system: "item_no", id: row.text("item_no") }],
+});
 
 // Slot and publication take their default names (tally_<env>_erp), as `tally source enable erp` makes them.
 const config = decodeTallyConfig({
@@ -38,7 +43,9 @@ const config = decodeTallyConfig({
       tables: {
         "public.items": { map: (c: Change) => ({ items: [item(c.new!)] }) },
         "public.receipts": {
-          map: (c: Change) => [{ type: "receive", item: { system: "item_no", id: c.new!.text("item_no") }, location: c.new!.text("location"), qty: c.new!.int("qty") }],
+          map: (c: Change) => [
+            { type: "receive", item: { system: "item_no", id: c.new!.text("item_no") }, location: c.new!.text("location"), qty: c.new!.int("qty") },
+          ],
         },
         "public.stock": { map: () => [] },
       },
@@ -47,7 +54,9 @@ const config = decodeTallyConfig({
         {
           table: "public.stock",
           key: ["item_no", "location"],
-          map: (row: RowView) => [{ type: "count", item: { system: "item_no", id: row.text("item_no") }, location: row.text("location"), qty: row.int("qty") }],
+          map: (row: RowView) => [
+            { type: "count", item: { system: "item_no", id: row.text("item_no") }, location: row.text("location"), qty: row.int("qty") },
+          ],
         },
       ],
     },
@@ -146,10 +155,14 @@ describe("the first snapshot", () => {
     const [{ pid }] = await blocker<[{ pid: number }]>`select pg_backend_pid() as pid`;
     try {
       await start();
-      await eventually("the wait reported in cdc_sources", async () => {
-        const s = await status();
-        return s.snapshot.waitingFor?.transactions.some((t) => t.pid === pid) ?? false;
-      }, 30_000);
+      await eventually(
+        "the wait reported in cdc_sources",
+        async () => {
+          const s = await status();
+          return s.snapshot.waitingFor?.transactions.some((t) => t.pid === pid) ?? false;
+        },
+        30_000,
+      );
       const s = await status();
       expect(s.snapshot.state).toBe("in_progress");
       expect(formatStatuses([s])).toContain(`snapshot waits for`);
@@ -259,7 +272,11 @@ describe("a captured table dropped and created again", () => {
     await source.unsafe(`
       drop table receipts;
       create table receipts (id bigserial primary key, item_no text not null, location text not null, qty int not null);`);
-    await eventually("the publication alert", async () => (await alerts()).slice(before).some((a) => a.kind === "cdc_publication_incomplete"), 30_000);
+    await eventually(
+      "the publication alert",
+      async () => (await alerts()).slice(before).some((a) => a.kind === "cdc_publication_incomplete"),
+      30_000,
+    );
     const alert = (await alerts()).slice(before).find((a) => a.kind === "cdc_publication_incomplete")!;
     expect(alert).toMatchObject({ source: "erp", tables: ["public.receipts"], action: "tally source enable erp" });
     expect(reader().metrics.publicationMissing).toEqual(["public.receipts"]);

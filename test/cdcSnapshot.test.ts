@@ -118,13 +118,17 @@ describe("the initial snapshot", () => {
       const expected = await source<Array<{ sku: string; location: string; qty: number }>>`
         select 'SKU-' || substr(item_no, 2) as sku, location, qty from stock`;
       const want = new Map(expected.map((r) => [`${r.sku}|${r.location}`, r.qty]));
-      await eventually("on hand to equal the source's stock table everywhere", async () => {
-        const rows = await h.sql<Array<{ sku: string; location: string; qty: number }>>`
+      await eventually(
+        "on hand to equal the source's stock table everywhere",
+        async () => {
+          const rows = await h.sql<Array<{ sku: string; location: string; qty: number }>>`
           select sku, location, qty from balances where bucket = 'on_hand'`;
-        const have = new Map(rows.map((r) => [`${r.sku}|${r.location}`, r.qty]));
-        // A count of 0 on an empty location writes no leg, hence no balance row.
-        return [...want].every(([key, qty]) => (have.get(key) ?? 0) === qty) && rows.every((r) => want.has(`${r.sku}|${r.location}`));
-      }, 120_000);
+          const have = new Map(rows.map((r) => [`${r.sku}|${r.location}`, r.qty]));
+          // A count of 0 on an empty location writes no leg, hence no balance row.
+          return [...want].every(([key, qty]) => (have.get(key) ?? 0) === qty) && rows.every((r) => want.has(`${r.sku}|${r.location}`));
+        },
+        120_000,
+      );
       expect((await verifyLedger(h.sql)).problem).toBeNull();
     } finally {
       writing = false;
@@ -171,12 +175,16 @@ describe("the initial snapshot", () => {
       const expected = await source<Array<{ sku: string; location: string; qty: number }>>`
         select 'SKU-' || substr(item_no, 2) as sku, location, qty from stock`;
       const want = new Map(expected.map((r) => [`${r.sku}|${r.location}`, r.qty]));
-      await eventually("on hand to equal the source's stock table everywhere", async () => {
-        const rows = await h.sql<Array<{ sku: string; location: string; qty: number }>>`
+      await eventually(
+        "on hand to equal the source's stock table everywhere",
+        async () => {
+          const rows = await h.sql<Array<{ sku: string; location: string; qty: number }>>`
           select sku, location, qty from balances where bucket = 'on_hand'`;
-        const have = new Map(rows.map((r) => [`${r.sku}|${r.location}`, r.qty]));
-        return [...want].every(([key, qty]) => (have.get(key) ?? 0) === qty);
-      }, 120_000);
+          const have = new Map(rows.map((r) => [`${r.sku}|${r.location}`, r.qty]));
+          return [...want].every(([key, qty]) => (have.get(key) ?? 0) === qty);
+        },
+        120_000,
+      );
       expect((await verifyLedger(h.sql)).problem).toBeNull();
     } finally {
       writing = false;

@@ -147,7 +147,9 @@ describe("decodeTallyConfig", () => {
   });
 
   it("rejects a location id outside the one id grammar (':' is not allowed in commands, so not here either)", () => {
-    expect(message({ channels: { web: { locations: ["S:01"] } } })).toMatch(/^my\.config\.ts: channels\.web\.locations\.0\b.*expected a location id \(1 to 200 letters, digits, _ - \. \*\)/);
+    expect(message({ channels: { web: { locations: ["S:01"] } } })).toMatch(
+      /^my\.config\.ts: channels\.web\.locations\.0\b.*expected a location id \(1 to 200 letters, digits, _ - \. \*\)/,
+    );
   });
 
   it("rejects a channel with no locations, naming the path", () => {
@@ -187,7 +189,9 @@ describe("loadTallyConfig", () => {
     expect(config.channels.web).toEqual({ locations: ["DC1", "S01"], buffer: 2 });
     expect(config.channels.store_s01).toEqual({ locations: ["S01"], buffer: 0 });
     // The web and one channel per store of the demo retailer (S01 … S10).
-    expect(Object.keys(config.channels).sort()).toEqual(["web", ...Array.from({ length: 10 }, (_, i) => `store_s${String(i + 1).padStart(2, "0")}`)].sort());
+    expect(Object.keys(config.channels).sort()).toEqual(
+      ["web", ...Array.from({ length: 10 }, (_, i) => `store_s${String(i + 1).padStart(2, "0")}`)].sort(),
+    );
   });
 
   it("names a file that cannot be loaded", async () => {

@@ -74,10 +74,14 @@ describe("crash safety", () => {
     if (!workers[0] || workers[0].exitCode !== null) workers[0] = spawnTally(["start", "--roles", "worker"], env);
 
     try {
-      await eventually("every command to have an outcome", async () => {
-        const [{ n }] = await h.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
-        return n === commands.length;
-      }, 180_000);
+      await eventually(
+        "every command to have an outcome",
+        async () => {
+          const [{ n }] = await h.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
+          return n === commands.length;
+        },
+        180_000,
+      );
       expect(midStreamKills).toBeGreaterThanOrEqual(5); // the kills really landed while applying
 
       const outcomes = await h.sql<Array<{ command_id: string; status: string; reason: string | null }>>`
@@ -103,10 +107,14 @@ describe("crash safety", () => {
         const sku = `SKU-${s}`;
         if (!web.locations.some((loc) => expected.touched.has(`${sku}|${loc}`))) continue;
         const want = expectedAvailable(expected, sku, web.locations, web.buffer ?? 0);
-        await eventually(`KV web.${sku} = ${want}`, async () => {
-          const e = await h.nats.availability.get(`web.${sku}`);
-          return e !== null && e.json<{ available: number }>().available === want;
-        }, 20_000);
+        await eventually(
+          `KV web.${sku} = ${want}`,
+          async () => {
+            const e = await h.nats.availability.get(`web.${sku}`);
+            return e !== null && e.json<{ available: number }>().available === want;
+          },
+          20_000,
+        );
       }
     } finally {
       for (const w of workers) if (w && w.exitCode === null) w.kill("SIGKILL");

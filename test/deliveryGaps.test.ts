@@ -43,7 +43,11 @@ describe("deliveries lost in transit", () => {
       const stolen = await thief;
 
       expect(stolen, "messages the other client took from the worker's consumer").toBeGreaterThan(0);
-      await eventually("every command to be applied or rejected", async () => (await outcomes(commands.map((c) => c.id))).n === commands.length, 30_000);
+      await eventually(
+        "every command to be applied or rejected",
+        async () => (await outcomes(commands.map((c) => c.id))).n === commands.length,
+        30_000,
+      );
       const { n, distinct } = await outcomes(commands.map((c) => c.id));
       expect(distinct).toBe(n);
       expect(tally.worker!.metrics.deliveryGaps).toBeGreaterThanOrEqual(1);

@@ -27,7 +27,9 @@ afterEach(stopStartedDevs);
 
 describe("examples/commands.ndjson", () => {
   it("holds valid canonical commands for the demo locations", () => {
-    const lines = readFileSync(EXAMPLES, "utf8").split("\n").filter((l) => l.trim() !== "");
+    const lines = readFileSync(EXAMPLES, "utf8")
+      .split("\n")
+      .filter((l) => l.trim() !== "");
     expect(lines.length).toBeGreaterThanOrEqual(12);
     const types = new Set<string>();
     for (const [i, line] of lines.entries()) {
@@ -126,9 +128,7 @@ describe("tally dev", () => {
 
   it("names the package to install when a server binary is missing", () => {
     const missing = (name: string) => Object.assign(new Error("not found"), { name });
-    expect(describeFailure(missing("NatsServerNotFound"))).toBe(
-      "nats-server not found — install it (Debian: apt-get install nats-server)",
-    );
+    expect(describeFailure(missing("NatsServerNotFound"))).toBe("nats-server not found — install it (Debian: apt-get install nats-server)");
     expect(describeFailure(missing("PostgresBinaryNotFound"))).toContain("apt-get install postgresql");
     expect(describeFailure(new TypeError("a bug"))).toBeUndefined();
   });

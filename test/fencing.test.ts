@@ -36,7 +36,9 @@ describe("fencing", () => {
       transfers: [],
       settledTransfers: [],
       holds: [],
-      outcomes: [{ commandId: "fenced-1", streamSeq: 999_999, sku: "FENCED", type: "receive", status: "applied" as const, reason: null, detail: null }],
+      outcomes: [
+        { commandId: "fenced-1", streamSeq: 999_999, sku: "FENCED", type: "receive", status: "applied" as const, reason: null, detail: null },
+      ],
       outbox: [],
     };
     await expect(commitBatch(h.sql, write)).rejects.toBeInstanceOf(LeaseLost);

@@ -244,7 +244,9 @@ describe("the hold model", () => {
       for (const c of all.slice(0, i + 150)) {
         if (pick() >= 0.03) continue;
         const [decoded] = decodedCommands([c]);
-        await h.nats.js.publish(h.topology.commandSubject(h.topology.partitionOf(c.sku)), encodeEnvelope([decoded!]), { msgID: `again:${c.id}:${i}` });
+        await h.nats.js.publish(h.topology.commandSubject(h.topology.partitionOf(c.sku)), encodeEnvelope([decoded!]), {
+          msgID: `again:${c.id}:${i}`,
+        });
         duplicates++;
       }
       const ids = chunk.map((c) => c.id);
@@ -312,7 +314,9 @@ describe("holds with an expiry of their own", () => {
     // Nothing is due any more; a later shipment of the lapsed line leaves on hand unreserved.
     const again = await expireDueHolds(h.sql, h.nats.js, h.topology);
     expect(again.published).toBe(0);
-    const [{ n }] = await h.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes where command_id like 'hold-expiry:%' and sku = ${sku}`;
+    const [{ n }] = await h.sql<
+      [{ n: number }]
+    >`select count(*)::int as n from command_outcomes where command_id like 'hold-expiry:%' and sku = ${sku}`;
     expect(n).toBe(1);
   });
 });

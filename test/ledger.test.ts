@@ -298,9 +298,7 @@ describe("the ledger", () => {
       await tamper((tx) => tx.unsafe(`update ledger_entries set ${assignment} where entry_id = $1`, [entry.entry_id]));
       try {
         // The trigger is back on.
-        await expect(h.sql`update ledger_entries set source_ref = 'x' where entry_id = ${entry.entry_id}`).rejects.toThrow(
-          /append-only/,
-        );
+        await expect(h.sql`update ledger_entries set source_ref = 'x' where entry_id = ${entry.entry_id}`).rejects.toThrow(/append-only/);
         const r = await verify();
         expect(r.code).toBe(1);
         expect(r.stdout).toContain(`ledger verify: FAILED at SKU SKU-A entry ${entry.entry_id} (command ${entry.command_id})`);

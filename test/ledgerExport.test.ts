@@ -92,7 +92,13 @@ describe("incremental export with concurrent writers", () => {
     let pulls = 0;
     const pullOnce = async () => {
       const { body, summary } = await pull("ndjson", cursor);
-      const ids = body === "" ? [] : body.slice(0, -1).split("\n").map((l) => (JSON.parse(l) as { entryId: number }).entryId);
+      const ids =
+        body === ""
+          ? []
+          : body
+              .slice(0, -1)
+              .split("\n")
+              .map((l) => (JSON.parse(l) as { entryId: number }).entryId);
       expect(ids).toHaveLength(summary.count);
       seen.push(...ids);
       cursor = summary.nextCursor;
@@ -109,7 +115,7 @@ describe("incremental export with concurrent writers", () => {
     const ledger = (await api.sql<Array<{ entry_id: number }>>`select entry_id from ledger_entries order by entry_id`).map((r) => r.entry_id);
     expect(new Set(seen).size).toBe(seen.length); // no entry twice
     expect([...seen].sort((a, b) => a - b)).toEqual(ledger); // none missing
-    expect(ledger.length).toBe((WRITERS * TXS * 3)); // Σ over t of 1 + ((w + t) mod 5): 40 tx = 8 rounds of 1..5
+    expect(ledger.length).toBe(WRITERS * TXS * 3); // Σ over t of 1 + ((w + t) mod 5): 40 tx = 8 rounds of 1..5
     console.log(`export: ${pulls} pulls for ${ledger.length} entries from ${WRITERS} writers`);
     expect(pulls).toBeGreaterThan(10);
   });
@@ -121,7 +127,7 @@ describe("the export files load in real readers with default settings", () => {
     // A bundle's command id with '#', refs with a comma, quotes, a line break and a leading '#'.
     await api.sql.begin(async (tx) => {
       await insertEntries(tx as unknown as Sql, [
-        { commandId: "pos:S01:1:7#BANANA", sku: "BANANA", seq: 1, delta: 1250, ref: "#1, the \"big\" one" },
+        { commandId: "pos:S01:1:7#BANANA", sku: "BANANA", seq: 1, delta: 1250, ref: '#1, the "big" one' },
         { commandId: "pos:S01:1:7#TIN", sku: "TIN", seq: 1, delta: 3, ref: "two\nlines" },
         { commandId: "erp:gr:9", sku: "BANANA", seq: 2, delta: -250, ref: "# not a comment", location: "S01" },
       ]);

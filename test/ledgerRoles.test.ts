@@ -31,7 +31,15 @@ const asUser = (url: string, user: string) => {
 
 let n = 0;
 const command = (type: string, sku: string, qty: number): Command => {
-  const d = decodeCommand({ id: `roles:${++n}`, type, sku, location: "S01", qty, source: { system: "test", ref: `r${n}` }, occurredAt: "2026-11-30T10:00:00Z" });
+  const d = decodeCommand({
+    id: `roles:${++n}`,
+    type,
+    sku,
+    location: "S01",
+    qty,
+    source: { system: "test", ref: `r${n}` },
+    occurredAt: "2026-11-30T10:00:00Z",
+  });
   if (d._tag === "Left") throw d.left;
   return d.right;
 };
@@ -77,7 +85,16 @@ describe("an owner role that migrates, a runtime role that may only append to th
     try {
       const commands = [command("receive", "ANCHOR-1", 100), sale, command("receive", "ANCHOR-1", 5), command("receive", "ANCHOR-2", 7)];
       await publishCommands(h.nats.js, h.topology, commands);
-      await eventually("the commands to be applied", async () => (await outcomeCounts(h.sql, commands.map((c) => c.id))).n === commands.length);
+      await eventually(
+        "the commands to be applied",
+        async () =>
+          (
+            await outcomeCounts(
+              h.sql,
+              commands.map((c) => c.id),
+            )
+          ).n === commands.length,
+      );
       const [head] = await h.sql<Array<{ seq: number }>>`select seq from sku_heads where sku = 'ANCHOR-1'`;
       await eventually("the head of ANCHOR-1 to be anchored", async () =>
         (await readNatsAnchors(h.nats, h.topology)).some((a) => a.sku === "ANCHOR-1" && a.seq === head!.seq),
@@ -86,7 +103,10 @@ describe("an owner role that migrates, a runtime role that may only append to th
       await tally.close();
     }
     // An anchor file as well, for the operator who keeps one on write-once storage.
-    const anchored = await runTally(["ledger", "anchor", "--file", join(dir, "anchors.ndjson")], { ...tallyEnv(ctx), TALLY_DATABASE_URL: runtimeUrl });
+    const anchored = await runTally(["ledger", "anchor", "--file", join(dir, "anchors.ndjson")], {
+      ...tallyEnv(ctx),
+      TALLY_DATABASE_URL: runtimeUrl,
+    });
     expect(anchored.output).toMatch(/2 SKU heads appended/);
   }, 120_000);
 
@@ -108,7 +128,9 @@ describe("an owner role that migrates, a runtime role that may only append to th
   });
 
   it("`tally migrate --print-grants` prints the statements for a DBA without connecting", async () => {
-    const printed = await runTally(["migrate", "--print-grants", "--runtime-role", "tally_app"], { TALLY_DATABASE_URL: "postgres://nobody@127.0.0.1:1/none" });
+    const printed = await runTally(["migrate", "--print-grants", "--runtime-role", "tally_app"], {
+      TALLY_DATABASE_URL: "postgres://nobody@127.0.0.1:1/none",
+    });
     expect(printed.code).toBe(0);
     expect(printed.stdout).toContain('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "tally_app";');
     expect(printed.stdout).toContain('REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON public.ledger_entries FROM "tally_app";');
@@ -149,7 +171,21 @@ async function rewriteSale(sql: Sql, commandId: string, delta: number): Promise<
     await tx`alter table ledger_entries disable trigger ledger_entries_append_only`;
     const [target] = await tx<Array<{ sku: string }>>`select sku from ledger_entries where command_id = ${commandId}`;
     const rows = await tx<
-      Array<{ entry_id: number; command_id: string; leg: number; sku: string; location: string; bucket: string; delta: number; movement: string; source_system: string; source_ref: string; occurred_at: Date; recorded_at: Date; sku_seq: number }>
+      Array<{
+        entry_id: number;
+        command_id: string;
+        leg: number;
+        sku: string;
+        location: string;
+        bucket: string;
+        delta: number;
+        movement: string;
+        source_system: string;
+        source_ref: string;
+        occurred_at: Date;
+        recorded_at: Date;
+        sku_seq: number;
+      }>
     >`select * from ledger_entries where sku = ${target!.sku} order by sku_seq`;
     let prev = GENESIS_HASH;
     const sums = new Map<string, number>();

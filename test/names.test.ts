@@ -11,7 +11,26 @@ import { auth, settle, startApi, type ApiFixture } from "./apiSupport.ts";
 const KV_KEY = /^[-/_=.A-Za-z0-9]+$/;
 
 describe("encodeToken / decodeToken", () => {
-  const samples = ["AUD.IT.1", "AUD*IT*2", "a>b", ">", "*", "two words", " lead", "Bröd 1kg", "日本", "🍌", "a=b", "=", "=3D", "a/b", "a:b", "tab\there", "PLAIN-1_x", ""];
+  const samples = [
+    "AUD.IT.1",
+    "AUD*IT*2",
+    "a>b",
+    ">",
+    "*",
+    "two words",
+    " lead",
+    "Bröd 1kg",
+    "日本",
+    "🍌",
+    "a=b",
+    "=",
+    "=3D",
+    "a/b",
+    "a:b",
+    "tab\there",
+    "PLAIN-1_x",
+    "",
+  ];
 
   it("makes every value one subject token and a valid KV key part, and reads it back", () => {
     for (const s of samples) {
@@ -70,10 +89,21 @@ describe("SKUs with '.' and '*' end to end", () => {
     await new Promise((r) => setTimeout(r, 200)); // the SSE consumer starts at "now"
 
     const commands = decodedCommands(
-      SKUS.map((sku, i) => ({ id: `names:${i}`, type: "receive", sku, location: "DC1", qty: 10 + i, source: { system: "erp", ref: `r${i}` }, occurredAt: "2026-11-26T10:00:00Z" })),
+      SKUS.map((sku, i) => ({
+        id: `names:${i}`,
+        type: "receive",
+        sku,
+        location: "DC1",
+        qty: 10 + i,
+        source: { system: "erp", ref: `r${i}` },
+        occurredAt: "2026-11-26T10:00:00Z",
+      })),
     );
     await publishCommands(api.h.nats.js, api.h.topology, commands);
-    await settle(api.h, commands.map((c) => c.id));
+    await settle(
+      api.h,
+      commands.map((c) => c.id),
+    );
 
     // Subjects: one message per SKU on web.*, the SKU readable back from its last token.
     await eventually("the watch on web.* to see both SKUs", async () => watched.length >= 2);
@@ -117,7 +147,9 @@ async function readEvents(res: Response, count: number, timeoutMs = 30_000): Pro
   while (events.length < count) {
     const chunk = await Promise.race([
       reader.read(),
-      new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`only ${events.length} of ${count} events`)), Math.max(1, deadline - Date.now()))),
+      new Promise<never>((_, rej) =>
+        setTimeout(() => rej(new Error(`only ${events.length} of ${count} events`)), Math.max(1, deadline - Date.now())),
+      ),
     ]);
     if (chunk.done) break;
     buffer += decoder.decode(chunk.value, { stream: true });
@@ -125,7 +157,12 @@ async function readEvents(res: Response, count: number, timeoutMs = 30_000): Pro
     while ((sep = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, sep);
       buffer = buffer.slice(sep + 2);
-      const fields = Object.fromEntries(block.split("\n").filter((l) => l && !l.startsWith(":")).map((l) => [l.slice(0, l.indexOf(":")), l.slice(l.indexOf(":") + 1).trimStart()]));
+      const fields = Object.fromEntries(
+        block
+          .split("\n")
+          .filter((l) => l && !l.startsWith(":"))
+          .map((l) => [l.slice(0, l.indexOf(":")), l.slice(l.indexOf(":") + 1).trimStart()]),
+      );
       if (fields.event === "availability" && fields.data !== undefined) events.push({ event: fields.event, data: fields.data });
     }
   }

@@ -52,7 +52,15 @@ async function connectAs(user: NatsUser): Promise<NatsConnection> {
 }
 
 const command = (id: string, sku: string, qty: number): Command => {
-  const d = decodeCommand({ id, type: "receive", sku, location: "DC1", qty, source: { system: "test", ref: id }, occurredAt: "2026-11-30T10:00:00Z" });
+  const d = decodeCommand({
+    id,
+    type: "receive",
+    sku,
+    location: "DC1",
+    qty,
+    source: { system: "test", ref: id },
+    occurredAt: "2026-11-30T10:00:00Z",
+  });
   if (d._tag === "Left") throw d.left;
   return d.right;
 };
@@ -125,7 +133,10 @@ describe("NATS with the shipped per-role configuration (deploy/nats/tally.conf)"
     const txn = { store: "S01", terminal: "T1", id: "auth-1", occurredAt: "2026-11-30T10:00:00Z", lines: [{ type: "sale", barcode, qty: 2 }] };
     const reply = await pos.request(`tally.${ctx.env}.pos.S01`, JSON.stringify(txn), { timeout: 15_000 });
     expect(reply.json()).toMatchObject({ accepted: 1 });
-    await eventually("the sale to reach the reader's watch and subscription", async () => seen.includes(before - 2) && published.includes(before - 2));
+    await eventually(
+      "the sale to reach the reader's watch and subscription",
+      async () => seen.includes(before - 2) && published.includes(before - 2),
+    );
 
     // The API (user tally_api) serves the same figure.
     const res = await fetch(`${apiUrl}/v1/availability/SKU-0003?channel=web`, { headers: { authorization: `Bearer ${READER_TOKEN}` } });
@@ -137,9 +148,9 @@ describe("NATS with the shipped per-role configuration (deploy/nats/tally.conf)"
 
   it("refuses a client without credentials, or with a wrong password", async () => {
     await expect(connect({ servers: nats.server.url, reconnect: false, timeout: 5_000 })).rejects.toThrow(/authorization/i);
-    await expect(
-      connect({ servers: nats.server.url, user: "tally_api", pass: "wrong", reconnect: false, timeout: 5_000 }),
-    ).rejects.toThrow(/authorization/i);
+    await expect(connect({ servers: nats.server.url, user: "tally_api", pass: "wrong", reconnect: false, timeout: 5_000 })).rejects.toThrow(
+      /authorization/i,
+    );
   });
 
   it("a channel reader cannot publish a command, post POS or write the availability or lease buckets; its forged receive never reaches the ledger", async () => {

@@ -19,13 +19,17 @@ describe("NATS credential settings", () => {
   });
 
   it("refuse two ways to authenticate, a password without a user, half a client certificate, naming the settings", () => {
-    expect(() => loadSettings({ TALLY_NATS_TOKEN: "t", TALLY_NATS_CREDS_FILE: "/x.creds" })).toThrow(/TALLY_NATS_TOKEN, TALLY_NATS_CREDS_FILE: set one way/);
+    expect(() => loadSettings({ TALLY_NATS_TOKEN: "t", TALLY_NATS_CREDS_FILE: "/x.creds" })).toThrow(
+      /TALLY_NATS_TOKEN, TALLY_NATS_CREDS_FILE: set one way/,
+    );
     expect(() => loadSettings({ TALLY_NATS_PASSWORD: "p" })).toThrow(SettingsError);
     expect(() => loadSettings({ TALLY_NATS_CERT_FILE: "/c.pem" })).toThrow(/TALLY_NATS_CERT_FILE, TALLY_NATS_KEY_FILE/);
   });
 
   it("fail at start, naming the setting, when a credentials or CA file cannot be read", () => {
-    expect(() => natsConnectOptions("nats://h:4222", { credsFile: "/nonexistent/tally.creds" })).toThrow(/TALLY_NATS_CREDS_FILE: cannot read \/nonexistent\/tally.creds/);
+    expect(() => natsConnectOptions("nats://h:4222", { credsFile: "/nonexistent/tally.creds" })).toThrow(
+      /TALLY_NATS_CREDS_FILE: cannot read \/nonexistent\/tally.creds/,
+    );
     expect(() => natsConnectOptions("nats://h:4222", { caFile: "/nonexistent/ca.crt" })).toThrow(/TALLY_NATS_CA_FILE/);
   });
 

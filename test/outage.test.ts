@@ -65,8 +65,7 @@ async function streamWithFault(h: Harness, commands: ReadonlyArray<Command>, fau
   await faulting;
 }
 
-const outcomeCount = async (h: Harness) =>
-  (await h.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`)[0].n;
+const outcomeCount = async (h: Harness) => (await h.sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`)[0].n;
 
 describe("outages", () => {
   it("Postgres killed (-9) and restarted mid-stream: workers retry from the checkpoint; the ledger is exact", async () => {

@@ -33,7 +33,13 @@ describe("OutcomeWaiter", () => {
     const waiting = waiter.wait(["ow:nats"], 30_000);
     h.nats.nc.publish(
       outcomesSubject(h.topology.env),
-      JSON.stringify({ partition: 0, part: 0, size: 1, applyMs: 1, outcomes: [{ id: "ow:nats", status: "applied", reason: null, detail: null, type: "reserve", sku: "OW-1" }] }),
+      JSON.stringify({
+        partition: 0,
+        part: 0,
+        size: 1,
+        applyMs: 1,
+        outcomes: [{ id: "ow:nats", status: "applied", reason: null, detail: null, type: "reserve", sku: "OW-1" }],
+      }),
     );
     const found = await within(waiting.done, 20_000);
     expect(found !== "timeout" && found.get("ow:nats")?.status).toBe("applied");

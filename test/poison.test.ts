@@ -76,7 +76,9 @@ describe("a poison command never blocks the commands behind it", () => {
     try {
       const good = [...before, neighbours[0]!, neighbours[2]!, ...after].map((c) => c.id);
       await eventually("every command but the refused one to apply", () => applied(good), 30_000);
-      const [outcome] = await h.sql<Array<{ status: string; reason: string }>>`select status, reason from command_outcomes where command_id = ${poison.id}`;
+      const [outcome] = await h.sql<
+        Array<{ status: string; reason: string }>
+      >`select status, reason from command_outcomes where command_id = ${poison.id}`;
       expect(outcome).toEqual({ status: "rejected", reason: "unstorable" });
       const [{ entries }] = await h.sql<[{ entries: number }]>`select count(*)::int as entries from ledger_entries where command_id = ${poison.id}`;
       expect(entries).toBe(0);
@@ -114,7 +116,11 @@ describe("a partition stuck for a reason that is not the data", () => {
       expect(alerts.find((a) => a.kind === "partition_stuck")).toMatchObject({ partition: 0, attempt: 5, streamSeq: seq });
       // The attempts went on growing through re-subscribes (they used to restart at 1 each time).
       await eventually("a sixth attempt", async () => (tally.worker!.statuses()[0]?.attempts ?? 0) >= 6, 60_000);
-      expect(tally.worker!.statuses()[0]).toMatchObject({ partition: 0, stuck: true, lastError: expect.stringContaining("refused by the test trigger") });
+      expect(tally.worker!.statuses()[0]).toMatchObject({
+        partition: 0,
+        stuck: true,
+        lastError: expect.stringContaining("refused by the test trigger"),
+      });
       const [row] = await listStuck(h.sql);
       expect(row).toMatchObject({ partition: 0, streamSeq: seq, error: expect.stringContaining("refused by the test trigger (SQLSTATE P0001)") });
       expect(await applied(after.map((c) => c.id))).toBe(false);

@@ -37,7 +37,11 @@ const txn = (id: string, qty: number) => ({
 const commandIds = (id: string) => [`pos:S01:T9:${id}:1`, `pos:S01:T9:${id}:2`];
 
 async function httpPost(body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const r = await fetch(`${base}/v1/pos/transactions`, { method: "POST", headers: { ...auth("pos"), "content-type": "application/json" }, body: JSON.stringify(body) });
+  const r = await fetch(`${base}/v1/pos/transactions`, {
+    method: "POST",
+    headers: { ...auth("pos"), "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
   return { status: r.status, json: (await r.json()) as Record<string, unknown> };
 }
 async function natsPost(body: unknown): Promise<Record<string, unknown>> {
@@ -60,7 +64,11 @@ describe("two racing posts of one POS transaction", () => {
       const [one, two] = await Promise.all([httpPost({ transactions: [txn(id, 1)] }), httpPost({ transactions: [txn(id, 2)] })]);
       expect([one.status, two.status].sort(), `round ${round}: ${JSON.stringify([one.json, two.json])}`).toEqual([200, 409]);
       const loser = one.status === 409 ? one : two;
-      expect(loser.json).toMatchObject({ accepted: 0, error: "idempotency_conflict", results: [{ reason: "idempotency_conflict", errors: [{ path: "transactions[0].id" }] }] });
+      expect(loser.json).toMatchObject({
+        accepted: 0,
+        error: "idempotency_conflict",
+        results: [{ reason: "idempotency_conflict", errors: [{ path: "transactions[0].id" }] }],
+      });
       const winnerQty = one.status === 200 ? 1 : 2;
       expect(await applied(id), `round ${round}`).toEqual([winnerQty, winnerQty]);
     }

@@ -30,4 +30,3 @@ describe("postgres.js, as patched", () => {
     }
   });
 });
-

@@ -55,7 +55,15 @@ describe("/readyz for the worker role", () => {
       begin raise exception 'refused by the readiness test'; end $$;
       create trigger test_refuse before insert on ledger_entries for each row execute function test_refuse();`);
     try {
-      const command = { id: "ready:stuck:1", type: "receive", sku: "READY-SKU", location: "S01", qty: 1, source: { system: "erp", ref: "r" }, occurredAt: "2026-11-26T10:00:00Z" };
+      const command = {
+        id: "ready:stuck:1",
+        type: "receive",
+        sku: "READY-SKU",
+        location: "S01",
+        qty: 1,
+        source: { system: "erp", ref: "r" },
+        occurredAt: "2026-11-26T10:00:00Z",
+      };
       const partition = h.topology.partitionOf(command.sku);
       // Messages of another partition first: stream sequences interleave, so the stuck message is not the checkpoint + 1.
       const other = (partition + 1) % 4;
@@ -65,7 +73,9 @@ describe("/readyz for the worker role", () => {
       const { body } = await readyz(withWorker);
       expect(body.ready).toBe(false);
       expect(body.checks.stuck!.partitions).toBe(String(partition));
-      expect(body.checks.stuck!.detail).toMatch(new RegExp(`^partition ${partition} stuck at message ${seq} after \\d+ attempts: refused by the readiness test \\(SQLSTATE P0001\\)`));
+      expect(body.checks.stuck!.detail).toMatch(
+        new RegExp(`^partition ${partition} stuck at message ${seq} after \\d+ attempts: refused by the readiness test \\(SQLSTATE P0001\\)`),
+      );
       expect(body.checks.leases).toMatchObject({ ok: false });
       expect(body.checks.leases!.detail).toContain(`stuck here: ${partition}`);
 
@@ -73,7 +83,12 @@ describe("/readyz for the worker role", () => {
       const stuck = await withWorker.call({ method: "GET", url: "/v1/partitions/stuck", as: "admin" });
       expect(stuck.statusCode).toBe(200);
       const [row] = stuck.json().stuck;
-      expect(row).toMatchObject({ partition, streamSeq: seq, attempts: expect.any(Number), error: expect.stringContaining("refused by the readiness test") });
+      expect(row).toMatchObject({
+        partition,
+        streamSeq: seq,
+        attempts: expect.any(Number),
+        error: expect.stringContaining("refused by the readiness test"),
+      });
       const notStuck = await withWorker.call({ method: "POST", url: `/v1/partitions/${other}/skip`, as: "admin", payload: {} });
       expect(notStuck.statusCode).toBe(409);
       const skip = await withWorker.call({ method: "POST", url: `/v1/partitions/${partition}/skip`, as: "admin", payload: {} });
@@ -103,7 +118,10 @@ describe("/readyz for every role: JetStream", () => {
     await h.nats.jsm.streams.delete(h.topology.commandsStream);
     const { status, body } = await readyz(apiOnly);
     expect(status).toBe(503);
-    expect(body.checks.jetstream).toEqual({ ok: false, detail: `the commands stream ${h.topology.commandsStream} is missing (was the NATS store lost?)` });
+    expect(body.checks.jetstream).toEqual({
+      ok: false,
+      detail: `the commands stream ${h.topology.commandsStream} is missing (was the NATS store lost?)`,
+    });
     await ensureTopology(h.nats.nc, h.topology, { duplicateWindowMs: h.settings.duplicateWindowMs, leaseTtlMs: h.settings.leaseTtlMs });
     expect((await readyz(apiOnly)).status).toBe(200);
   });
@@ -115,7 +133,10 @@ describe("/readyz for every role: JetStream", () => {
     try {
       expect((await readyz(apiOnly)).status).toBe(200);
       for (let i = 0; ; i++) {
-        const ok = await h.nats.js.publish(h.topology.commandSubject(0), "x".repeat(500), { msgID: `fill-${i}` }).then(() => true, () => false);
+        const ok = await h.nats.js.publish(h.topology.commandSubject(0), "x".repeat(500), { msgID: `fill-${i}` }).then(
+          () => true,
+          () => false,
+        );
         if (!ok) break; // refused: full
       }
       const { status, body } = await readyz(apiOnly);
@@ -129,9 +150,16 @@ describe("/readyz for every role: JetStream", () => {
 
   it("is not ready after JetStream refused a command publish for want of room (as when the server's own store is full), until one succeeds", async () => {
     const { h } = apiOnly;
-    const command = (i: number) => ({
-      id: `ready:full:${i}`, type: "receive", sku: "FULL-SKU", location: "S01", qty: 1, source: { system: "erp", ref: "r" }, occurredAt: "2026-11-26T10:00:00Z",
-    }) as unknown as Command;
+    const command = (i: number) =>
+      ({
+        id: `ready:full:${i}`,
+        type: "receive",
+        sku: "FULL-SKU",
+        location: "S01",
+        qty: 1,
+        source: { system: "erp", ref: "r" },
+        occurredAt: "2026-11-26T10:00:00Z",
+      }) as unknown as Command;
     await publishCommands(h.nats.js, h.topology, [command(1)]);
     expect((await readyz(apiOnly)).status).toBe(200);
     const info = await h.nats.jsm.streams.info(h.topology.commandsStream);
@@ -157,7 +185,17 @@ describe("/readyz for the cdc role", () => {
     process.env.TALLY_SOURCE_SHOP_URL = "postgres://postgres@127.0.0.1:1/unreachable";
     const tally = await startInProcess(ctx, ["cdc"], {}, demo.config);
     process.env.TALLY_SOURCE_SHOP_URL = shopUrl;
-    const app = await buildApp({ settings: h.settings, config: demo.config, topology: h.topology, sql: h.sql, nats: h.nats, log: createLogger("test-api", "silent"), tokens: [], readers: tally.readers, options: { background: false } });
+    const app = await buildApp({
+      settings: h.settings,
+      config: demo.config,
+      topology: h.topology,
+      sql: h.sql,
+      nats: h.nats,
+      log: createLogger("test-api", "silent"),
+      tokens: [],
+      readers: tally.readers,
+      options: { background: false },
+    });
     try {
       await eventually("the ERP source to stream", async () => tally.readers.find((r) => r.name === "erp")?.streaming === true, 60_000);
       const r = await app.inject({ method: "GET", url: "/readyz" });

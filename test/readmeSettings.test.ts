@@ -14,7 +14,10 @@ function readmeTable(): Map<string, string> {
   const rows = new Map<string, string>();
   for (const line of lines.slice(start + 2)) {
     if (!line.startsWith("|")) break;
-    const [names, defaultText] = line.split("|").slice(1, 3).map((c) => c.trim());
+    const [names, defaultText] = line
+      .split("|")
+      .slice(1, 3)
+      .map((c) => c.trim());
     const value = defaultText!.replace(/^`|`$/g, "");
     for (const name of names!.match(/TALLY_[A-Z0-9_]+/g) ?? []) {
       expect(rows.has(name), `${name} appears twice in README.md's settings table`).toBe(false);

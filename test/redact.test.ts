@@ -54,7 +54,10 @@ describe("secrets never reach an output", () => {
       },
     });
     const log = createLogger("test", "info", sink);
-    log.warn({ url: "https://user:HookPw@hooks.example.com/x?token=HookToken", err: new Error("cannot connect to postgres://a:DbPw@db/x") }, "failed");
+    log.warn(
+      { url: "https://user:HookPw@hooks.example.com/x?token=HookToken", err: new Error("cannot connect to postgres://a:DbPw@db/x") },
+      "failed",
+    );
     log.flush?.();
     await new Promise((r) => setImmediate(r));
     expect(out).toContain("failed");
@@ -62,7 +65,9 @@ describe("secrets never reach an output", () => {
   });
 
   it("a CLI error about a database URL names the parameter at fault, without the password", async () => {
-    const r = await runTally(["migrate"], { TALLY_DATABASE_URL: "postgres://tally:CliPw@127.0.0.1:1/tally?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt" });
+    const r = await runTally(["migrate"], {
+      TALLY_DATABASE_URL: "postgres://tally:CliPw@127.0.0.1:1/tally?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt",
+    });
     expect(r.code).not.toBe(0);
     expect(r.output).toMatch(/sslrootcert/);
     expect(r.output).not.toContain("CliPw");

@@ -55,9 +55,7 @@ describe("the outbox relay", () => {
       cmd("sell", sku, { qty: 1 }), // still negative: nothing new
       cmd("receive", sku, { qty: 30 }), // back in stock
     ]);
-    const events = (await readStream(h, h.topology.eventsStream, h.topology.eventSubjects)).filter(
-      (e) => (e.data as { sku: string }).sku === sku,
-    );
+    const events = (await readStream(h, h.topology.eventsStream, h.topology.eventSubjects)).filter((e) => (e.data as { sku: string }).sku === sku);
     const types = events.map((e) => e.subject.split(".").pop());
     expect(types).toEqual(["low_stock", "out_of_stock", "negative_stock", "back_in_stock"]);
     const low = events[0]!.data as { replenishment_requested: { reorderPoint: number; shortfall: number } };
@@ -91,7 +89,11 @@ describe("the outbox relay", () => {
 
   it("coalesces a batch's changes of one SKU into one projection per channel", async () => {
     const sku = "AV-2";
-    await applyAll([cmd("receive", sku, { qty: 10 }), cmd("reserve", sku, { qty: 3, reservationId: "AV-2:1" }), cmd("release", sku, { qty: 1, reservationId: "AV-2:1" })]);
+    await applyAll([
+      cmd("receive", sku, { qty: 10 }),
+      cmd("reserve", sku, { qty: 3, reservationId: "AV-2:1" }),
+      cmd("release", sku, { qty: 1, reservationId: "AV-2:1" }),
+    ]);
     const updates = await readStream(h, h.topology.availabilityStream, h.topology.availabilitySubject("web", sku));
     expect(updates.length).toBeLessThanOrEqual(3);
     expect(updates.at(-1)!.data).toMatchObject({ seq: 3, reserved: 2, available: 6 });

@@ -25,9 +25,21 @@ async function pendingRow(id: string, sku: string, location: string, qty: number
 
 describe("the reservation sweeper", () => {
   it("skips and dead-letters rows it cannot drive, and still finishes a legitimate stale reservation behind them", async () => {
-    await publishCommands(api.h.nats.js, api.h.topology, decodedCommands([
-      { id: "rcv-sweep-ok", type: "receive", sku: "SWEEP-OK", location: "DC1", qty: 5, source: { system: "erp", ref: "t" }, occurredAt: "2026-11-26T10:00:00Z" },
-    ]));
+    await publishCommands(
+      api.h.nats.js,
+      api.h.topology,
+      decodedCommands([
+        {
+          id: "rcv-sweep-ok",
+          type: "receive",
+          sku: "SWEEP-OK",
+          location: "DC1",
+          qty: 5,
+          source: { system: "erp", ref: "t" },
+          occurredAt: "2026-11-26T10:00:00Z",
+        },
+      ]),
+    );
     await eventually("the receipt", async () => (await balance(api.sql, "SWEEP-OK", "DC1")) === 5);
     // Rows written before ids were checked as strictly: a ':' in the SKU makes no valid command. They are older, so first in line.
     const bad = Array.from({ length: 40 }, (_, i) => `r_bad${String(i).padStart(28, "0")}`);
@@ -35,10 +47,14 @@ describe("the reservation sweeper", () => {
     const good = `r_good${"0".repeat(27)}`;
     await pendingRow(good, "SWEEP-OK", "DC1", 2);
 
-    await eventually("the legitimate reservation to be held", async () => {
-      const [row] = await api.sql<Array<{ status: string }>>`select status from reservations where id = ${good}`;
-      return row?.status === "held";
-    }, 30_000);
+    await eventually(
+      "the legitimate reservation to be held",
+      async () => {
+        const [row] = await api.sql<Array<{ status: string }>>`select status from reservations where id = ${good}`;
+        return row?.status === "held";
+      },
+      30_000,
+    );
     expect(await balance(api.sql, "SWEEP-OK", "DC1", "reserved")).toBe(2);
     await eventually("every undrivable row to be rejected", async () => {
       const [r] = await api.sql<[{ n: number }]>`select count(*)::int as n from reservations where id = any(${bad}) and status = 'rejected'`;
@@ -46,7 +62,10 @@ describe("the reservation sweeper", () => {
     });
     const [answer] = await api.sql<Array<{ response_status: number; response_body: { error: string; message: string } }>>`
       select response_status, response_body from reservations where id = ${bad[0]!}`;
-    expect(answer).toMatchObject({ response_status: 400, response_body: { error: "invalid_request", message: expect.stringMatching(/^lines\[0\]: /) } });
+    expect(answer).toMatchObject({
+      response_status: 400,
+      response_body: { error: "invalid_request", message: expect.stringMatching(/^lines\[0\]: /) },
+    });
     const letters = await deadLetters(api.h, "reservations");
     expect(new Set(letters.map((l) => l.context.reservationId))).toEqual(new Set(bad));
     expect(letters[0]!.payload).toMatchObject({ lines: [{ sku: expect.stringMatching(/^BAD:/) }] });

@@ -156,7 +156,12 @@ describe("retry", () => {
     expect(await pending).toBeUndefined();
     const errors: Array<number> = [];
     await expect(
-      retry(() => Promise.reject(new Error("still down")), { signal: new AbortController().signal, backoff: () => 1, maxAttempts: 3, onError: (_e, a) => void errors.push(a) }),
+      retry(() => Promise.reject(new Error("still down")), {
+        signal: new AbortController().signal,
+        backoff: () => 1,
+        maxAttempts: 3,
+        onError: (_e, a) => void errors.push(a),
+      }),
     ).rejects.toThrow("still down");
     expect(errors).toEqual([1, 2]);
   });

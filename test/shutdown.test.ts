@@ -132,7 +132,17 @@ describe("tally start on SIGTERM with a dependency down", () => {
       await publishCommands(
         h.nats.js,
         h.topology,
-        decodedCommands([{ id: "pg-down:1", type: "receive", sku: "SD-1", location: "DC1", qty: 5, source: { system: "erp", ref: "x" }, occurredAt: "2026-11-26T10:00:00Z" }]),
+        decodedCommands([
+          {
+            id: "pg-down:1",
+            type: "receive",
+            sku: "SD-1",
+            location: "DC1",
+            qty: 5,
+            source: { system: "erp", ref: "x" },
+            occurredAt: "2026-11-26T10:00:00Z",
+          },
+        ]),
       );
       await new Promise((r) => setTimeout(r, 1000));
       const code = await terminate(child);
@@ -192,7 +202,13 @@ describe("tally start --roles api on SIGTERM", () => {
     });
     try {
       // A keep-alive connection opened before the signal, used again during the drain.
-      const inFlight = call(port, "POST", "/v1/reservations?channel=web", { sku: "SD-1", location: "DC1", qty: 1 }, { ...auth("reserver"), "idempotency-key": "drain-1" });
+      const inFlight = call(
+        port,
+        "POST",
+        "/v1/reservations?channel=web",
+        { sku: "SD-1", location: "DC1", qty: 1 },
+        { ...auth("reserver"), "idempotency-key": "drain-1" },
+      );
       await eventually("the reservation to be in flight", async () => {
         const [{ n }] = await h.sql<[{ n: number }]>`select count(*)::int as n from reservations`;
         return n === 1;

@@ -36,8 +36,7 @@ function command(id: string, type: string, sku: string, location: string, qty: n
   };
 }
 
-const ndjson = (lines: ReadonlyArray<object | string>): string =>
-  `${lines.map((l) => (typeof l === "string" ? l : JSON.stringify(l))).join("\n")}\n`;
+const ndjson = (lines: ReadonlyArray<object | string>): string => `${lines.map((l) => (typeof l === "string" ? l : JSON.stringify(l))).join("\n")}\n`;
 
 const submit = (args: ReadonlyArray<string>, stdin?: string) => runTally(["submit", ...args], tallyEnv(ctx), stdin);
 
@@ -118,10 +117,7 @@ describe("tally submit - --wait", () => {
   it("dead-letters a line with a fractional qty, names it, exits 2, and applies the rest", async () => {
     const bad = command("s:bad", "receive", "S-4", "DC1", 1.5);
     const lettersBefore = (await submitDeadLetters()).length;
-    const r = await submit(
-      ["-", "--wait"],
-      ndjson([command("s:r3", "receive", "S-3", "DC1", 5), bad, command("s:s3", "sell", "S-3", "DC1", 2)]),
-    );
+    const r = await submit(["-", "--wait"], ndjson([command("s:r3", "receive", "S-3", "DC1", 5), bad, command("s:s3", "sell", "S-3", "DC1", 2)]));
     expect(r.output).toContain("line 2: qty: expected a positive integer, got 1.5");
     expect(r.stdout).toBe("accepted 2  rejected 0  published 2  duplicate 0  invalid 1\n");
     expect(r.code).toBe(2);

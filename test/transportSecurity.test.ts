@@ -77,7 +77,10 @@ describe("Postgres over TLS (sslmode and sslrootcert in the database URL)", () =
     const ok = await runTally(["migrate"], { TALLY_ENV: "tls", TALLY_DATABASE_URL: url });
     expect(ok.output).not.toMatch(/error/i);
     expect(ok.code).toBe(0);
-    const wrong = await runTally(["migrate"], { TALLY_ENV: "tls", TALLY_DATABASE_URL: url.replace(encodeURIComponent(ca.certFile), encodeURIComponent(otherCa.certFile)) });
+    const wrong = await runTally(["migrate"], {
+      TALLY_ENV: "tls",
+      TALLY_DATABASE_URL: url.replace(encodeURIComponent(ca.certFile), encodeURIComponent(otherCa.certFile)),
+    });
     expect(wrong.code).not.toBe(0);
   }, 60_000);
 });
@@ -134,7 +137,10 @@ describe("NATS authentication other than user and password", () => {
     await writeFile(seedFile, `${new TextDecoder().decode(user.getSeed())}\n`);
     const configFile = join(folder, "nkey.conf");
     await writeFile(configFile, `authorization { users = [ { nkey: ${user.getPublicKey()} } ] }\n`);
-    const nats = await startNats({ configFile, probeOptions: { authenticator: (await import("@nats-io/transport-node")).nkeyAuthenticator(user.getSeed()) } });
+    const nats = await startNats({
+      configFile,
+      probeOptions: { authenticator: (await import("@nats-io/transport-node")).nkeyAuthenticator(user.getSeed()) },
+    });
     try {
       const s = loadSettings({ TALLY_NATS_URL: nats.url, TALLY_NATS_NKEY_SEED_FILE: seedFile });
       const nc = await connectNats(s.natsUrl, "test-nkey", s.natsAccess);
@@ -156,12 +162,24 @@ describe("NATS authentication other than user and password", () => {
     const user = nkeys.createUser();
     const now = Math.floor(Date.now() / 1000);
     const operatorJwt = jwt(operator, { sub: operator.getPublicKey(), name: "tally-test", nats: { type: "operator", version: 2 } }, now);
-    const accountJwt = jwt(operator, {
-      sub: account.getPublicKey(),
-      name: "tally",
-      nats: { type: "account", version: 2, limits: { subs: -1, data: -1, payload: -1, imports: -1, exports: -1, wildcards: true, conn: -1, leaf: -1 } },
-    }, now);
-    const userJwt = jwt(account, { sub: user.getPublicKey(), name: "tally_worker", nats: { type: "user", version: 2, pub: {}, sub: {}, subs: -1, data: -1, payload: -1 } }, now);
+    const accountJwt = jwt(
+      operator,
+      {
+        sub: account.getPublicKey(),
+        name: "tally",
+        nats: {
+          type: "account",
+          version: 2,
+          limits: { subs: -1, data: -1, payload: -1, imports: -1, exports: -1, wildcards: true, conn: -1, leaf: -1 },
+        },
+      },
+      now,
+    );
+    const userJwt = jwt(
+      account,
+      { sub: user.getPublicKey(), name: "tally_worker", nats: { type: "user", version: 2, pub: {}, sub: {}, subs: -1, data: -1, payload: -1 } },
+      now,
+    );
     const credsFile = join(folder, "tally.creds");
     await writeFile(
       credsFile,

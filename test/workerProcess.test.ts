@@ -59,18 +59,44 @@ describe("tally start --roles api,worker", () => {
       expect(workers, tally.output()).toHaveLength(1);
       const worker = workers[0]!.pid;
       // The worker role is the child's: it applies what the API accepts.
-      const sale = { transactions: [{ store: "S01", terminal: "T1", id: "wp-1", occurredAt: "2026-11-26T10:00:00Z", lines: [{ type: "sale", barcode: "9000000000018", qty: 2 }] }] };
-      const r = await fetch(`${base}/v1/pos/transactions`, { method: "POST", headers: { ...auth("pos"), "content-type": "application/json" }, body: JSON.stringify(sale) });
+      const sale = {
+        transactions: [
+          {
+            store: "S01",
+            terminal: "T1",
+            id: "wp-1",
+            occurredAt: "2026-11-26T10:00:00Z",
+            lines: [{ type: "sale", barcode: "9000000000018", qty: 2 }],
+          },
+        ],
+      };
+      const r = await fetch(`${base}/v1/pos/transactions`, {
+        method: "POST",
+        headers: { ...auth("pos"), "content-type": "application/json" },
+        body: JSON.stringify(sale),
+      });
       expect(r.status).toBe(200);
       await eventually("the sale to be applied", async () => (await balance(h.sql, "WP-A", "S01")) === -2, 30_000);
       // A flood of large bodies keeps the API's loop busy; the worker's leases are renewed in another process.
       const deep = "[".repeat(512 * 1024) + "]".repeat(512 * 1024);
       const line = { type: "sale", barcode: "9000000000018", qty: 1 };
-      const big = JSON.stringify({ transactions: Array.from({ length: 100 }, (_, i) => ({ store: "S01", terminal: "F", id: `wpf-${i}`, occurredAt: "2026-11-26T10:00:00Z", lines: Array.from({ length: 100 }, () => line) })) });
+      const big = JSON.stringify({
+        transactions: Array.from({ length: 100 }, (_, i) => ({
+          store: "S01",
+          terminal: "F",
+          id: `wpf-${i}`,
+          occurredAt: "2026-11-26T10:00:00Z",
+          lines: Array.from({ length: 100 }, () => line),
+        })),
+      });
       for (let round = 0; round < 3; round++)
         await Promise.all(
           [deep, big, deep, big, deep, big].map(async (body) => {
-            const res = await fetch(`${base}/v1/pos/transactions`, { method: "POST", headers: { ...auth("pos"), "content-type": "application/json" }, body });
+            const res = await fetch(`${base}/v1/pos/transactions`, {
+              method: "POST",
+              headers: { ...auth("pos"), "content-type": "application/json" },
+              body,
+            });
             await res.arrayBuffer();
           }),
         );

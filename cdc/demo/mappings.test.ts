@@ -4,7 +4,15 @@ import { decodeTallyConfig } from "../../src/platform/configFile.ts";
 import { testContext, type TestContext } from "../../test/support/context.ts";
 import config from "../../tally.config.ts";
 import { Crosswalk, type ResolveContext } from "../crosswalk.ts";
-import { MappingError, RowView, type Change, type ItemDefinition, type MappedCommand, type MappingResult, type RawRow } from "../../src/contract/mapping.ts";
+import {
+  MappingError,
+  RowView,
+  type Change,
+  type ItemDefinition,
+  type MappedCommand,
+  type MappingResult,
+  type RawRow,
+} from "../../src/contract/mapping.ts";
 import {
   erpGoodsReceipts,
   erpItemDefinition,
@@ -32,12 +40,7 @@ const T0_ISO = "2026-11-26T10:00:00.123456+01:00";
 const T1 = "2026-11-27 08:30:00+00";
 const T1_ISO = "2026-11-27T08:30:00+00:00";
 
-function change(
-  source: string,
-  table: string,
-  op: Change["op"],
-  rows: { new?: RawRow; old?: RawRow },
-): Change {
+function change(source: string, table: string, op: Change["op"], rows: { new?: RawRow; old?: RawRow }): Change {
   return {
     source,
     op,
@@ -84,7 +87,16 @@ const itemRow = (over: Partial<Record<string, string | null>> = {}): RawRow => (
 const ITEM_ROWS = {
   water: itemRow(),
   juice: itemRow({ item_no: "100003", sku: "SKU-0003", description: "Orange juice", case_qty: null, barcode: "4000000000031", shop_sku: "W-0003" }),
-  bananas: itemRow({ item_no: "200001", sku: "SKU-BANANAS", kind: "variable_weight", base_uom: "KG", case_qty: null, barcode: null, plu: "4011", shop_sku: "W-BANANAS" }),
+  bananas: itemRow({
+    item_no: "200001",
+    sku: "SKU-BANANAS",
+    kind: "variable_weight",
+    base_uom: "KG",
+    case_qty: null,
+    barcode: null,
+    plu: "4011",
+    shop_sku: "W-BANANAS",
+  }),
   picnic: itemRow({
     item_no: "300001",
     sku: "SKU-PICNIC",
@@ -164,7 +176,15 @@ describe("ERP items", () => {
 
   it("defines a bundle with its components, and a non-inventory gift card", () => {
     const bundle = erpItemDefinition(new RowView("public.items", "new", ITEM_ROWS.picnic));
-    expect(bundle).toMatchObject({ sku: "SKU-PICNIC", kind: "bundle", baseUnit: "EA", components: [{ sku: "SKU-0001", qty: 2 }, { sku: "SKU-0003", qty: 1 }] });
+    expect(bundle).toMatchObject({
+      sku: "SKU-PICNIC",
+      kind: "bundle",
+      baseUnit: "EA",
+      components: [
+        { sku: "SKU-0001", qty: 2 },
+        { sku: "SKU-0003", qty: 1 },
+      ],
+    });
     expect(erpItemDefinition(new RowView("public.items", "new", ITEM_ROWS.gift))).toMatchObject({ sku: "SKU-GIFT-25", kind: "non_inventory" });
   });
 
@@ -181,7 +201,10 @@ describe("ERP items", () => {
     const r = erpItems(
       erp("items", "update", { old: ITEM_ROWS.picnic, new: { ...ITEM_ROWS.picnic, description: "Picnic kit", components: undefined } }),
     ) as MappingResult;
-    expect(r.items?.[0]?.components).toEqual([{ sku: "SKU-0001", qty: 2 }, { sku: "SKU-0003", qty: 1 }]);
+    expect(r.items?.[0]?.components).toEqual([
+      { sku: "SKU-0001", qty: 2 },
+      { sku: "SKU-0003", qty: 1 },
+    ]);
   });
 
   it("removes the item on delete (the old row carries the SKU under REPLICA IDENTITY FULL)", () => {
@@ -238,7 +261,9 @@ describe("ERP item_locations", () => {
       location: "S01",
       fields: { safetyStock: 0, reorderPoint: 0 },
     });
-    expect(mappingError(() => erpItemLocations(erp("item_locations", "insert", { new: { ...row, reorder_point: "-" } }))).field).toBe("new.reorder_point");
+    expect(mappingError(() => erpItemLocations(erp("item_locations", "insert", { new: { ...row, reorder_point: "-" } }))).field).toBe(
+      "new.reorder_point",
+    );
   });
 });
 
@@ -335,7 +360,9 @@ describe("ERP adjustments and counts", () => {
       items: [erpItemDefinition(new RowView("public.items", "new", ITEM_ROWS.bananas))],
     });
     expect(
-      erpItemLocationsSnapshot(new RowView("public.item_locations", "new", { item_no: "100001", location: "DC1", safety_stock: "10", reorder_point: "50" })),
+      erpItemLocationsSnapshot(
+        new RowView("public.item_locations", "new", { item_no: "100001", location: "DC1", safety_stock: "10", reorder_point: "50" }),
+      ),
     ).toEqual([
       {
         type: "set_policy",
@@ -427,7 +454,10 @@ describe("ERP transfers", () => {
   });
 
   it("needs the old row to see the old status", () => {
-    expect(mappingError(() => erpTransfers(erp("transfers", "update", { new: received })))).toMatchObject({ field: "old", reason: "missing_old_row" });
+    expect(mappingError(() => erpTransfers(erp("transfers", "update", { new: received })))).toMatchObject({
+      field: "old",
+      reason: "missing_old_row",
+    });
   });
 });
 
@@ -501,7 +531,16 @@ describe("shop order lines", () => {
 });
 
 describe("shop returns", () => {
-  const row = { return_id: "88", order_id: "WEB-1001", line_no: "2", shop_sku: "W-0003", location: "S01", qty: "1", restockable: "f", returned_at: T1 };
+  const row = {
+    return_id: "88",
+    order_id: "WEB-1001",
+    line_no: "2",
+    shop_sku: "W-0003",
+    location: "S01",
+    qty: "1",
+    restockable: "f",
+    returned_at: T1,
+  };
 
   it("maps an insert to return with restockable", () => {
     expect(shopReturns(shop("returns", "insert", { new: row }))).toEqual([
@@ -528,7 +567,9 @@ describe("shop returns", () => {
 
 describe("resolved through the crosswalk", () => {
   const receipt = (over: Record<string, string>) =>
-    erp("goods_receipts", "insert", { new: { receipt_id: "1001", item_no: "100001", location: "DC1", qty: "3", uom: "CASE", received_at: T0, ...over } });
+    erp("goods_receipts", "insert", {
+      new: { receipt_id: "1001", item_no: "100001", location: "DC1", qty: "3", uom: "CASE", received_at: T0, ...over },
+    });
 
   it("turns 3 CASE of 12 into 36 EA", () => {
     expect(resolveOne(crosswalk(), receipt({}), erpGoodsReceipts)).toEqual({
@@ -587,7 +628,12 @@ describe("resolved through the crosswalk", () => {
     const fix = erpItems(erp("items", "update", { old: ITEM_ROWS.juice, new: { ...ITEM_ROWS.juice, shop_sku: "W-NEW" } })) as MappingResult;
     cw.apply(fix.items ?? [], fix.removeItems ?? []);
     const r = resolveOne(cw, line, shopOrderLines);
-    expect(r.kind === "commands" && r.commands[0]).toMatchObject({ id: "shop:order:WEB-8:1:reserve", sku: "SKU-0003", qty: 1, reservationId: "shop:WEB-8:1" });
+    expect(r.kind === "commands" && r.commands[0]).toMatchObject({
+      id: "shop:order:WEB-8:1:reserve",
+      sku: "SKU-0003",
+      qty: 1,
+      reservationId: "shop:WEB-8:1",
+    });
     // The old shop code is no longer the juice.
     expect(cw.lookup("shop_sku", "W-0003")).toBeUndefined();
   });
@@ -603,7 +649,9 @@ describe("resolved through the crosswalk", () => {
         { type: "adjust", sku: "SKU-0003", qty: -2, reason: "damaged" },
       ],
       [
-        erp("stock_counts", "insert", { new: { count_id: "9", item_no: "200001", location: "S02", counted_qty: "12.250", uom: "KG", counted_at: T1 } }),
+        erp("stock_counts", "insert", {
+          new: { count_id: "9", item_no: "200001", location: "S02", counted_qty: "12.250", uom: "KG", counted_at: T1 },
+        }),
         erpStockCounts,
         { type: "count", sku: "SKU-BANANAS", qty: 12250 },
       ],
@@ -614,7 +662,16 @@ describe("resolved through the crosswalk", () => {
       ],
       [
         erp("transfers", "insert", {
-          new: { transfer_id: "TR-1", item_no: "100001", from_location: "DC1", to_location: "S02", qty: "12", status: "shipped", shipped_at: T0, received_at: null },
+          new: {
+            transfer_id: "TR-1",
+            item_no: "100001",
+            from_location: "DC1",
+            to_location: "S02",
+            qty: "12",
+            status: "shipped",
+            shipped_at: T0,
+            received_at: null,
+          },
         }),
         erpTransfers,
         { type: "transfer_out", id: "erp:transfer:TR-1:out", sku: "SKU-0001", qty: 12, transferId: "TR-1", to: "S02" },

@@ -12,7 +12,16 @@
  * is stable across replays of the same slot. Snapshot rows get their ids from the reader.
  */
 import type { SourceConfig } from "../../src/platform/index.ts";
-import { MappingError, RowView, type Change, type ItemDefinition, type ItemRef, type MappedCommand, type MappingResult, type TableMapping } from "../../src/contract/index.ts";
+import {
+  MappingError,
+  RowView,
+  type Change,
+  type ItemDefinition,
+  type ItemRef,
+  type MappedCommand,
+  type MappingResult,
+  type TableMapping,
+} from "../../src/contract/index.ts";
 
 /** What `tally.config.ts` accepts for one source (defaults not yet applied). */
 export type SourceInput = typeof SourceConfig.Encoded;
@@ -135,8 +144,7 @@ export function erpItemDefinition(row: RowView): ItemDefinition {
   const sku = nonEmpty(row, "sku");
   const erpKind = row.text("kind");
   const baseUom = row.text("base_uom");
-  if (baseUom !== "EA" && baseUom !== "KG")
-    throw new MappingError(`${row.which}.base_uom`, `expected EA or KG, got ${JSON.stringify(baseUom)}`);
+  if (baseUom !== "EA" && baseUom !== "KG") throw new MappingError(`${row.which}.base_uom`, `expected EA or KG, got ${JSON.stringify(baseUom)}`);
   if (erpKind === "variable_weight" && baseUom !== "KG")
     throw new MappingError(`${row.which}.base_uom`, `a variable-weight item is measured in KG, got ${JSON.stringify(baseUom)}`);
   let kind: ItemDefinition["kind"];
@@ -160,10 +168,8 @@ export function erpItemDefinition(row: RowView): ItemDefinition {
     units.CASE = caseQty * perBase;
   }
   const components = bundleComponents(row);
-  if (kind === "bundle" && components.length === 0)
-    throw new MappingError(`${row.which}.components`, "a bundle needs at least one component");
-  if (kind !== "bundle" && components.length > 0)
-    throw new MappingError(`${row.which}.components`, `only bundles have components (kind ${erpKind})`);
+  if (kind === "bundle" && components.length === 0) throw new MappingError(`${row.which}.components`, "a bundle needs at least one component");
+  if (kind !== "bundle" && components.length > 0) throw new MappingError(`${row.which}.components`, `only bundles have components (kind ${erpKind})`);
   const identifiers: Array<ItemRef> = [{ system: "erp_item", id: itemNo }];
   for (const [column, system] of [
     ["barcode", "barcode"],
@@ -277,14 +283,12 @@ function transferIn(source: string, row: RowView): MappedCommand {
  * transfer_in at the destination (inserted already `received` → both). Ids are business keys.
  */
 export const erpTransfers: TableMapping = (c) => {
-  if (c.op === "delete")
-    throw new MappingError("op", "transfers are not deleted; book a transfer back instead", "unsupported_change");
+  if (c.op === "delete") throw new MappingError("op", "transfers are not deleted; book a transfer back instead", "unsupported_change");
   const row = newRow(c);
   const status = row.text("status");
   if (status !== "shipped" && status !== "received")
     throw new MappingError("new.status", `expected shipped or received, got ${JSON.stringify(status)}`);
-  if (c.op === "insert")
-    return status === "shipped" ? [transferOut(c.source, row)] : [transferOut(c.source, row), transferIn(c.source, row)];
+  if (c.op === "insert") return status === "shipped" ? [transferOut(c.source, row)] : [transferOut(c.source, row), transferIn(c.source, row)];
   const old = oldRow(c);
   const before = old.text("status");
   requireUnchanged(old, row, ["transfer_id", "item_no", "from_location", "to_location", "qty"], "a transfer");

@@ -152,8 +152,7 @@ export const DEMO_STOCK: ReadonlyArray<DemoStock> = stocked.flatMap((item, i) =>
       const kg = { DC1: "250.000", S01: "18.500", S02: "12.250" }[location];
       return { itemNo: item.itemNo, sku: item.sku, location, qty: kg, uom: "KG", baseQty: Math.round(Number(kg) * 1000) };
     }
-    if (item.caseQty === 12 && location === "DC1")
-      return { itemNo: item.itemNo, sku: item.sku, location, qty: "10", uom: "CASE", baseQty: 120 };
+    if (item.caseQty === 12 && location === "DC1") return { itemNo: item.itemNo, sku: item.sku, location, qty: "10", uom: "CASE", baseQty: 120 };
     const each = location === "DC1" ? 100 + 10 * i : location === "S01" ? 20 + i : 10 + i;
     return { itemNo: item.itemNo, sku: item.sku, location, qty: String(each), uom: "EA", baseQty: each };
   }),
@@ -192,8 +191,20 @@ export interface SeedSummary {
 
 /** Sample web orders (placed, fulfilled from DC1), used when `orders: true`. */
 export const DEMO_ORDERS: ReadonlyArray<{ orderId: string; lines: ReadonlyArray<{ shopSku: string; location: string; qty: number }> }> = [
-  { orderId: "WEB-1001", lines: [{ shopSku: "W-0003", location: "DC1", qty: 2 }, { shopSku: "W-PICNIC", location: "DC1", qty: 1 }] },
-  { orderId: "WEB-1002", lines: [{ shopSku: "W-GIFT-25", location: "DC1", qty: 1 }, { shopSku: "W-0010", location: "S01", qty: 3 }] },
+  {
+    orderId: "WEB-1001",
+    lines: [
+      { shopSku: "W-0003", location: "DC1", qty: 2 },
+      { shopSku: "W-PICNIC", location: "DC1", qty: 1 },
+    ],
+  },
+  {
+    orderId: "WEB-1002",
+    lines: [
+      { shopSku: "W-GIFT-25", location: "DC1", qty: 1 },
+      { shopSku: "W-0010", location: "S01", qty: 3 },
+    ],
+  },
 ];
 
 /**

@@ -134,7 +134,18 @@ interface PendingOrder {
 
 /** Runs the traffic until stopped. */
 export class DemoSimulator {
-  readonly stats: SimulatorStats = { orders: 0, shipped: 0, cancelled: 0, notInStock: 0, posTransactions: 0, posReturns: 0, weightSales: 0, bundles: 0, receipts: 0, errors: 0 };
+  readonly stats: SimulatorStats = {
+    orders: 0,
+    shipped: 0,
+    cancelled: 0,
+    notInStock: 0,
+    posTransactions: 0,
+    posReturns: 0,
+    weightSales: 0,
+    bundles: 0,
+    receipts: 0,
+    errors: 0,
+  };
   readonly done: Promise<void>;
   #stopped = false;
   #wake: (() => void) | null = null;
@@ -316,7 +327,11 @@ export class DemoSimulator {
     const low = await this.opts.ledger<Array<{ sku: string; location: string }>>`
       select sku, location from sku_locations where status in ('low', 'out') and sku like 'SKU-S%' order by random() limit 50`;
     if (low.length === 0) return;
-    const items = low.map((l) => ({ itemNo: String(500000 + Number(l.sku.slice(5))), location: l.location, qty: l.location === "DC1" ? randInt(60, 200) : randInt(10, 30) }));
+    const items = low.map((l) => ({
+      itemNo: String(500000 + Number(l.sku.slice(5))),
+      location: l.location,
+      qty: l.location === "DC1" ? randInt(60, 200) : randInt(10, 30),
+    }));
     await this.opts.erp`
       insert into goods_receipts (item_no, location, qty, uom)
       select i, l, q, 'EA' from unnest(${this.opts.erp.array(items.map((i) => i.itemNo))}::text[],

@@ -169,7 +169,10 @@ async function cmdMigrate(args: ReadonlyArray<string>): Promise<number> {
 
 async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
   const { values } = parseArgs({ args: [...args], options: { roles: { type: "string", default: "worker,relay,cdc" } } });
-  const roles = values.roles!.split(",").map((r) => r.trim()).filter(Boolean);
+  const roles = values
+    .roles!.split(",")
+    .map((r) => r.trim())
+    .filter(Boolean);
   for (const r of roles)
     if (!ROLES.includes(r as Role)) throw new UsageError(`--roles: unknown role ${JSON.stringify(r)} (expected ${ROLES.join(", ")})`);
   const config = await loadTallyConfig(settings.configFile);
@@ -275,7 +278,9 @@ async function cmdDemoInit(settings: Settings): Promise<number> {
   const erp = process.env.TALLY_SOURCE_ERP_URL;
   const shop = process.env.TALLY_SOURCE_SHOP_URL;
   if (!erp || !shop)
-    throw new UsageError("demo init: set TALLY_SOURCE_ERP_URL and TALLY_SOURCE_SHOP_URL to the (existing, empty) databases to create the demo ERP and shop in");
+    throw new UsageError(
+      "demo init: set TALLY_SOURCE_ERP_URL and TALLY_SOURCE_SHOP_URL to the (existing, empty) databases to create the demo ERP and shop in",
+    );
   const config = await loadTallyConfig(settings.configFile);
   const seeded = await demoInit(config, settings.env, erp, shop);
   process.stdout.write(`demo init: ERP and shop schemas ready, CDC enabled; seeded ${JSON.stringify(seeded)}\n`);
@@ -381,7 +386,8 @@ async function cmdStuck(
           const row = stuck.find((s) => s.partition === partition);
           const seq = values.seq !== undefined ? Number(values.seq) : row?.streamSeq;
           if (seq === undefined) throw new UsageError(`dlq skip: partition ${partition} is not stuck; give --seq <n> to skip a message anyway`);
-          if (!Number.isSafeInteger(seq) || seq < 1) throw new UsageError(`--seq: expected a stream sequence (1 or more), got ${JSON.stringify(values.seq)}`);
+          if (!Number.isSafeInteger(seq) || seq < 1)
+            throw new UsageError(`--seq: expected a stream sequence (1 or more), got ${JSON.stringify(values.seq)}`);
           const by = `${process.env.USER ?? "operator"}@cli`;
           const fresh = yield* fromPromise(() => requestSkip(sql, partition, seq, by));
           process.stdout.write(
@@ -407,7 +413,9 @@ async function cmdStuck(
         else {
           for (const s of withMessages) {
             const ids = (s.commands ?? []).map((c) => (c as { id?: unknown }).id).join(",");
-            process.stdout.write(`partition ${s.partition}\tseq ${s.streamSeq}\t${s.attempts} attempts since ${s.since.toISOString()}\t${s.error}\t${ids || s.message || ""}\n`);
+            process.stdout.write(
+              `partition ${s.partition}\tseq ${s.streamSeq}\t${s.attempts} attempts since ${s.since.toISOString()}\t${s.error}\t${ids || s.message || ""}\n`,
+            );
           }
           process.stdout.write(`${withMessages.length} stuck partitions\n`);
         }
@@ -438,7 +446,8 @@ async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promi
   const when = (name: string, v: string | undefined) => {
     if (v === undefined) return undefined;
     const d = new Date(v);
-    if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v)) throw new UsageError(`--${name}: expected an ISO-8601 date or date-time, got ${JSON.stringify(v)}`);
+    if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v))
+      throw new UsageError(`--${name}: expected an ISO-8601 date or date-time, got ${JSON.stringify(v)}`);
     return d;
   };
   const { EXPORT_CURSOR_PATTERN, openExport } = await import("../../ledger/index.ts");
@@ -502,7 +511,10 @@ async function cmdToken(args: ReadonlyArray<string>): Promise<number> {
   const [sub, id] = positionals;
   if (sub !== "new" || !id) throw new UsageError("token: expected `tally token new <id> --scopes <s,…> [--channel <c>]`");
   const { SCOPES, decodeTokens, newToken } = await import("../http/index.ts");
-  const scopes = (values.scopes ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  const scopes = (values.scopes ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (scopes.length === 0) throw new UsageError(`--scopes: give one or more of ${SCOPES.join(", ")}`);
   const { token, entry } = newToken(id, scopes as Array<(typeof SCOPES)[number]>, values.channel);
   try {
@@ -510,7 +522,9 @@ async function cmdToken(args: ReadonlyArray<string>): Promise<number> {
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
-  process.stdout.write(`token (give it to the client; it is not stored anywhere):\n  ${token}\nentry for TALLY_API_TOKENS / TALLY_API_TOKENS_FILE:\n  ${JSON.stringify(entry)}\n`);
+  process.stdout.write(
+    `token (give it to the client; it is not stored anywhere):\n  ${token}\nentry for TALLY_API_TOKENS / TALLY_API_TOKENS_FILE:\n  ${JSON.stringify(entry)}\n`,
+  );
   return 0;
 }
 
@@ -612,9 +626,7 @@ const natsTopology = (settings: Settings, name: string) =>
   Effect.gen(function* () {
     const t = topology(settings.env, settings.partitions);
     const nc = yield* natsResource(settings.natsUrl, name, settings.natsAccess);
-    const nats = yield* fromPromise(() =>
-      ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
-    );
+    const nats = yield* fromPromise(() => ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }));
     return { ...nats, topology: t };
   });
 
@@ -641,7 +653,14 @@ function printEnableSql(admin: SourceAdmin, config: TallyConfig, settings: Setti
 }
 
 /** One source's part of `tally source check|enable|status|drop`; true when its check failed. */
-async function sourceStep(admin: SourceAdmin, sub: "check" | "enable" | "status" | "drop", sql: Sql, ledger: Sql | null, source: SourceOf, statuses: Array<SourceStatus>): Promise<boolean> {
+async function sourceStep(
+  admin: SourceAdmin,
+  sub: "check" | "enable" | "status" | "drop",
+  sql: Sql,
+  ledger: Sql | null,
+  source: SourceOf,
+  statuses: Array<SourceStatus>,
+): Promise<boolean> {
   if (sub === "check") {
     const results = await admin.checkSource(sql, source);
     process.stdout.write(`source ${source.name} (${source.urlSetting}):\n${admin.formatChecks(results)}`);
@@ -707,7 +726,10 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
   const config = await loadTallyConfig(settings.configFile);
   if (sub === "enable" && values["print-sql"]) return printEnableSql(admin, config, settings, name!, values.role);
   const sources = name !== undefined ? [findSource(config, name, settings.env)] : configuredSources(config, settings.env);
-  const ledger = settings.databaseUrl && sub !== "check" && sub !== "enable" ? connectPostgres(settings.databaseUrl, { max: 1, application: "tally-source" }) : null;
+  const ledger =
+    settings.databaseUrl && sub !== "check" && sub !== "enable"
+      ? connectPostgres(settings.databaseUrl, { max: 1, application: "tally-source" })
+      : null;
   try {
     if (ledger) await assertEnvironment(ledger, settings.env);
     const statuses: Array<SourceStatus> = [];

@@ -241,7 +241,18 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
     const simulator = startSimulator(opts, config, sourceUrls, devToken, running, apiUrl, log, lifetime);
 
     let stopping: Promise<void> | undefined;
-    return { settings, apiUrl, devToken: devToken?.token ?? null, simulator, databaseUrl, natsUrl, sourceUrls, postgres, nats, stop: () => (stopping ??= lifetime.close()) };
+    return {
+      settings,
+      apiUrl,
+      devToken: devToken?.token ?? null,
+      simulator,
+      databaseUrl,
+      natsUrl,
+      sourceUrls,
+      postgres,
+      nats,
+      stop: () => (stopping ??= lifetime.close()),
+    };
   } catch (error) {
     await lifetime.close();
     throw error;
@@ -311,24 +322,28 @@ async function startDevServers(
 
   // Postgres first: it refuses a data folder another postmaster holds, so it guards the folder.
   if (externalDb === undefined) {
-    postgres = await onPreferredPort(DEV_POSTGRES_PORT, (port) => startPostgres({
-      dataDir: path.join(dir, "postgres"),
-      port,
-      logPath: path.join(dir, "postgres.log"),
-      // The data is kept between runs, so unlike the test servers it must survive an OS crash.
-      settings: { fsync: "on", full_page_writes: "on" },
-    }));
+    postgres = await onPreferredPort(DEV_POSTGRES_PORT, (port) =>
+      startPostgres({
+        dataDir: path.join(dir, "postgres"),
+        port,
+        logPath: path.join(dir, "postgres.log"),
+        // The data is kept between runs, so unlike the test servers it must survive an OS crash.
+        settings: { fsync: "on", full_page_writes: "on" },
+      }),
+    );
     lifetime.defer(postgres.stop);
     checkpoint();
     await createDatabaseIfMissing(postgres.url(), DEV_DATABASE);
   }
   checkpoint();
   if (externalNats === undefined) {
-    nats = await onPreferredPort(DEV_NATS_PORT, (port) => startNats({
-      dataDir: path.join(dir, "nats"),
-      port,
-      logPath: path.join(dir, "nats.log"),
-    }));
+    nats = await onPreferredPort(DEV_NATS_PORT, (port) =>
+      startNats({
+        dataDir: path.join(dir, "nats"),
+        port,
+        logPath: path.join(dir, "nats.log"),
+      }),
+    );
     lifetime.defer(nats.stop);
   }
   checkpoint();
@@ -408,18 +423,18 @@ function nonEmpty(value: string | undefined): string | undefined {
 
 /** The lines printed once the stack is up. */
 /** What `tally dev` prints once running; passwords in URLs are masked (the dev token is shown: printing it is the point). */
-export function banner(stack: Pick<DevStack, "settings" | "simulator" | "postgres" | "nats" | "databaseUrl" | "natsUrl" | "apiUrl" | "devToken" | "sourceUrls">, dir: string): string {
+export function banner(
+  stack: Pick<DevStack, "settings" | "simulator" | "postgres" | "nats" | "databaseUrl" | "natsUrl" | "apiUrl" | "devToken" | "sourceUrls">,
+  dir: string,
+): string {
   const shown = dir.replace(/\/+$/, "");
-  const taken = (server: { port: number }, preferred: number) =>
-    server.port === preferred ? "" : `, port ${preferred} was taken`;
+  const taken = (server: { port: number }, preferred: number) => (server.port === preferred ? "" : `, port ${preferred} was taken`);
   const pgWhere = stack.postgres
     ? `(data ${shown}/postgres, log ${shown}/postgres.log${taken(stack.postgres, DEV_POSTGRES_PORT)})`
     : "(from TALLY_DATABASE_URL)";
   // The servers tally dev starts listen on loopback only and take no credentials (trust, no NATS users).
   const open = stack.postgres || stack.nats ? "no authentication, loopback only: for development, not production" : "";
-  const natsWhere = stack.nats
-    ? `(store ${shown}/nats, log ${shown}/nats.log${taken(stack.nats, DEV_NATS_PORT)})`
-    : "(from TALLY_NATS_URL)";
+  const natsWhere = stack.nats ? `(store ${shown}/nats, log ${shown}/nats.log${taken(stack.nats, DEV_NATS_PORT)})` : "(from TALLY_NATS_URL)";
   const kept = stack.postgres || stack.nats ? `; the data stays in ${shown} (--fresh starts over)` : "";
   return [
     `tally dev: running — env ${stack.settings.env}, roles ${DEV_ROLES.join(" + ")}${stack.simulator ? `, demo traffic ${stack.simulator.opts.rate ?? 20}/s over ${stack.simulator.opts.skus ?? 2000} SKUs (--no-demo: none)` : ""}`,
@@ -428,10 +443,7 @@ export function banner(stack: Pick<DevStack, "settings" | "simulator" | "postgre
     ...(open ? [`  (${stack.postgres && stack.nats ? "both" : stack.postgres ? "postgres" : "nats"}: ${open})`] : []),
     `  api       ${stack.apiUrl}  (OpenAPI at ${stack.apiUrl}/docs)`,
     ...(stack.devToken
-      ? [
-          `  dashboard ${stack.apiUrl}/#token=${stack.devToken}`,
-          `  token     ${stack.devToken}  (admin; kept in ${shown}/dev-token)`,
-        ]
+      ? [`  dashboard ${stack.apiUrl}/#token=${stack.devToken}`, `  token     ${stack.devToken}  (admin; kept in ${shown}/dev-token)`]
       : [`  dashboard ${stack.apiUrl}/  (sign in with one of your TALLY_API_TOKENS)`]),
     `try, in another shell:`,
     `  export TALLY_ENV=${stack.settings.env} TALLY_DATABASE_URL=${maskSecrets(stack.databaseUrl)} TALLY_NATS_URL=${maskSecrets(stack.natsUrl)}`,
@@ -467,8 +479,7 @@ export function describeFailure(error: unknown): string | undefined {
       return e.message;
   }
   const code = String(e?.code ?? "");
-  if (["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ETIMEDOUT", "CONNECT_TIMEOUT"].includes(code))
-    return `cannot connect: ${e?.message ?? code}`;
+  if (["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ETIMEDOUT", "CONNECT_TIMEOUT"].includes(code)) return `cannot connect: ${e?.message ?? code}`;
   return undefined;
 }
 

@@ -181,7 +181,18 @@ const startApi = (
       // Loaded only by processes that serve HTTP.
       const { buildApp, drainApp } = await import("../http/index.ts");
       const { loadTokens } = await import("../http/index.ts");
-      const app = await buildApp({ settings, config, topology: t, sql: apiSql, nats, log, tokens: await loadTokens(settings), worker: parts.worker, readers: parts.readers, webhooks: parts.webhooks });
+      const app = await buildApp({
+        settings,
+        config,
+        topology: t,
+        sql: apiSql,
+        nats,
+        log,
+        tokens: await loadTokens(settings),
+        worker: parts.worker,
+        readers: parts.readers,
+        webhooks: parts.webhooks,
+      });
       try {
         await app.listen({ port: settings.httpPort, host: settings.httpHost });
       } catch (error) {
@@ -205,9 +216,7 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     const sql = yield* postgresResource(url, `tally-${roles.join("+")}`);
     yield* fromPromise(() => assertEnvironment(sql, settings.env));
     const nc = yield* natsResource(settings.natsUrl, `tally-${settings.env}-${roles.join("+")}`, settings.natsAccess);
-    const nats = yield* fromPromise(() =>
-      ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
-    );
+    const nats = yield* fromPromise(() => ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }));
     // The worker (the ledger's single writer) and the API (as many requests at once as clients send)
     // each get a pool of their own: a burst of requests queued on a shared pool would hold back the
     // very commits every one of them is waiting for.

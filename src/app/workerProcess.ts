@@ -30,7 +30,9 @@ export const workerProcess = (log: Logger) =>
         // An IPC channel only so the child sees its parent go (even killed -9): see stopWithParent.
         const c = spawn(process.execPath, [BIN, "start", "--roles", "worker"], { env: process.env, stdio: ["ignore", "inherit", "inherit", "ipc"] });
         // Listened for at once: the child may die before the parent's own roles have started.
-        const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => c.once("exit", (code, signal) => resolve({ code, signal })));
+        const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+          c.once("exit", (code, signal) => resolve({ code, signal })),
+        );
         return { child: c, exit };
       }),
       ({ child: c }) =>

@@ -118,7 +118,6 @@ export async function postWebhook(target: WebhookTarget, body: WebhookBody): Pro
   }
 }
 
-
 export interface DispatcherOptions {
   readonly target: WebhookTarget;
   readonly nats: NatsHandles;
@@ -235,7 +234,9 @@ export class WebhookDispatcher extends LongRunningService {
       floor = Math.max(floor, info.ack_floor.stream_seq);
       generation = Math.max(generation, Number(info.name.slice(prefix.length)) || 0);
       // Best effort: an old consumer left behind expires after its inactive_threshold.
-      await nats.jsm.consumers.delete(stream, info.name).catch((err: unknown) => this.opts.log.debug({ err, consumer: info.name }, "could not delete an old webhook consumer"));
+      await nats.jsm.consumers
+        .delete(stream, info.name)
+        .catch((err: unknown) => this.opts.log.debug({ err, consumer: info.name }, "could not delete an old webhook consumer"));
     }
     floor = Math.max(floor, this.#acked);
     this.#taken = floor;
@@ -303,12 +304,21 @@ export class WebhookDispatcher extends LongRunningService {
         latest.set(item.sku, { item, seq: m.seq });
       } catch (error) {
         // Not JSON: dead-lettered below with the reason, the rest of the batch is delivered.
-        undecodable.push(deadLetter(WEBHOOK_ORIGIN, `availability message is not JSON: ${(error as Error).message}`, m.data, { channel: target.channel, stream_seq: m.seq }));
+        undecodable.push(
+          deadLetter(WEBHOOK_ORIGIN, `availability message is not JSON: ${(error as Error).message}`, m.data, {
+            channel: target.channel,
+            stream_seq: m.seq,
+          }),
+        );
       }
     }
     const first = batch[0]!.seq;
     const last = batch[batch.length - 1]!.seq;
-    const body: WebhookBody = { channel: target.channel, deliveryId: `${target.channel}-${first}-${last}`, items: [...latest.values()].map((v) => v.item) };
+    const body: WebhookBody = {
+      channel: target.channel,
+      deliveryId: `${target.channel}-${first}-${last}`,
+      items: [...latest.values()].map((v) => v.item),
+    };
     let error: string | null = null;
     for (let attempt = 1; body.items.length > 0; attempt++) {
       error = await postWebhook(target, body);
@@ -321,7 +331,10 @@ export class WebhookDispatcher extends LongRunningService {
       this.metrics.lastError = error;
       if (attempt >= target.maxAttempts || this.stopping) break;
       const delay = backoffDelay(attempt, target.backoffMs, target.maxBackoffMs);
-      log.warn({ channel: target.channel, url: target.url, deliveryId: body.deliveryId, attempt, error, delayMs: Math.round(delay) }, "webhook delivery failed; retrying");
+      log.warn(
+        { channel: target.channel, url: target.url, deliveryId: body.deliveryId, attempt, error, delayMs: Math.round(delay) },
+        "webhook delivery failed; retrying",
+      );
       await this.#sleepWhileLeased(delay);
     }
     // Shutting down mid-retry: leave the batch unacknowledged; the next holder sends it again.
@@ -336,9 +349,13 @@ export class WebhookDispatcher extends LongRunningService {
           last_seq: last,
         }),
       );
-      log.error({ channel: target.channel, deliveryId: body.deliveryId, error, skus: body.items.length }, "webhook batch dead-lettered after its last attempt");
+      log.error(
+        { channel: target.channel, deliveryId: body.deliveryId, error, skus: body.items.length },
+        "webhook batch dead-lettered after its last attempt",
+      );
     }
-    for (const d of letters) await publishDeadLetter({ js: this.opts.nats.js, nc: this.opts.nats.nc, sql: this.opts.sql, topology: this.opts.topology }, d);
+    for (const d of letters)
+      await publishDeadLetter({ js: this.opts.nats.js, nc: this.opts.nats.nc, sql: this.opts.sql, topology: this.opts.topology }, d);
     this.metrics.deadLettered += letters.length;
     batch[batch.length - 1]!.ack();
     this.#acked = last;
@@ -362,7 +379,12 @@ export class WebhookDispatcher extends LongRunningService {
  * Replays a dead-lettered webhook batch: sends the channel's *current* availability of the SKUs it
  * held (never the stale values), once. Null when delivered, else why not.
  */
-export async function resendCurrent(targets: ReadonlyArray<WebhookTarget>, nats: NatsHandles, topology: Topology, letter: DeadLetter & { readonly id: number }): Promise<{ items: number } | { reason: string }> {
+export async function resendCurrent(
+  targets: ReadonlyArray<WebhookTarget>,
+  nats: NatsHandles,
+  topology: Topology,
+  letter: DeadLetter & { readonly id: number },
+): Promise<{ items: number } | { reason: string }> {
   const channel = (letter.context as { channel?: unknown }).channel;
   const target = targets.find((t) => t.channel === channel);
   if (!target) return { reason: `channel ${String(channel)} has no webhook here (is its ${webhookSecretVar(String(channel))} set?)` };

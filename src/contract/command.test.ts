@@ -134,25 +134,17 @@ describe("decodeCommand rejects, naming the field", () => {
   });
 
   it("a SKU or location with spaces, control characters or too long", () => {
-    expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a b" })).toBe(
-      'sku: expected a SKU (letters, digits, _ - . *), got "a b"',
-    );
-    expect(messageOf({ ...base, type: "sell", qty: 1, sku: "" })).toBe(
-      'sku: expected a SKU (letters, digits, _ - . *), got ""',
-    );
+    expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a b" })).toBe('sku: expected a SKU (letters, digits, _ - . *), got "a b"');
+    expect(messageOf({ ...base, type: "sell", qty: 1, sku: "" })).toBe('sku: expected a SKU (letters, digits, _ - . *), got ""');
     expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a".repeat(201) })).toBe(
       'sku: expected a SKU of at most 200 characters, got "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"… (201 characters)',
     );
     expect(messageOf({ ...base, type: "sell", qty: 1, location: "store\n1" })).toBe(
       'location: expected a location id (letters, digits, _ - . *), got "store\\n1"',
     );
-    expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a#b" })).toBe(
-      'sku: expected a SKU (letters, digits, _ - . *), got "a#b"',
-    );
+    expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a#b" })).toBe('sku: expected a SKU (letters, digits, _ - . *), got "a#b"');
     // `:` would be an invalid NATS KV key (`<channel>.<sku>`): refused at the edge, not in the relay.
-    expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a:b" })).toBe(
-      'sku: expected a SKU (letters, digits, _ - . *), got "a:b"',
-    );
+    expect(messageOf({ ...base, type: "sell", qty: 1, sku: "a:b" })).toBe('sku: expected a SKU (letters, digits, _ - . *), got "a:b"');
   });
 
   it("a command id with a space or too long", () => {
@@ -162,14 +154,11 @@ describe("decodeCommand rejects, naming the field", () => {
     expect(failure({ ...base, type: "sell", qty: 1, id: "x".repeat(301) }).issues[0]?.path).toBe("id");
   });
 
-  it.each(["2024-05-01", "2024-05-01T12:00:00", "2024-13-01T00:00:00Z", "2023-02-29T00:00:00Z", "yesterday"])(
-    "an occurredAt of %j",
-    (occurredAt) => {
-      expect(messageOf({ ...base, type: "sell", qty: 1, occurredAt })).toBe(
-        `occurredAt: expected an ISO-8601 date-time with a zone, like 2024-05-01T12:00:00Z, got ${JSON.stringify(occurredAt)}`,
-      );
-    },
-  );
+  it.each(["2024-05-01", "2024-05-01T12:00:00", "2024-13-01T00:00:00Z", "2023-02-29T00:00:00Z", "yesterday"])("an occurredAt of %j", (occurredAt) => {
+    expect(messageOf({ ...base, type: "sell", qty: 1, occurredAt })).toBe(
+      `occurredAt: expected an ISO-8601 date-time with a zone, like 2024-05-01T12:00:00Z, got ${JSON.stringify(occurredAt)}`,
+    );
+  });
 
   it("an adjust of zero or without a reason", () => {
     expect(failure({ ...base, type: "adjust", qty: 0 }).issues).toEqual([
@@ -183,9 +172,7 @@ describe("decodeCommand rejects, naming the field", () => {
   });
 
   it("a non-boolean restockable", () => {
-    expect(messageOf({ ...base, type: "return", qty: 1, restockable: "yes" })).toBe(
-      'restockable: expected true or false, got "yes"',
-    );
+    expect(messageOf({ ...base, type: "return", qty: 1, restockable: "yes" })).toBe('restockable: expected true or false, got "yes"');
   });
 
   it("a transfer to its own origin", () => {

@@ -46,9 +46,7 @@ const COMMAND_ID_PATTERN = /^[\x21-\x7E]+$/;
 /** Renders an offending input value for an error message, briefly. */
 const show = (value: unknown): string => {
   if (typeof value === "string") {
-    return value.length > 60
-      ? `${JSON.stringify(value.slice(0, 40))}… (${value.length} characters)`
-      : JSON.stringify(value);
+    return value.length > 60 ? `${JSON.stringify(value.slice(0, 40))}… (${value.length} characters)` : JSON.stringify(value);
   }
   if (value === null) return "null";
   if (Array.isArray(value)) return "an array";
@@ -119,7 +117,9 @@ const text = (min: number, max: number) =>
     Schema.filter((s) => isStorableText(s, min, max), {
       ...expected((actual) =>
         typeof actual !== "string"
-          ? min > 0 ? "a non-empty string" : "a string"
+          ? min > 0
+            ? "a non-empty string"
+            : "a string"
           : UNSTORABLE_TEXT.test(actual)
             ? "text without NUL characters or unpaired surrogates"
             : actual.length > max
@@ -136,8 +136,7 @@ const ShortName = text(1, ID_MAX_LENGTH);
 const Bool = Schema.Boolean.annotations(expected("true or false"));
 
 const DAYS_IN_MONTH = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31] as const;
-const ISO_DATE_TIME =
-  /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-](\d{2}):?(\d{2}))$/i;
+const ISO_DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-](\d{2}):?(\d{2}))$/i;
 
 const isLeapYear = (y: number) => (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0;
 
@@ -146,7 +145,14 @@ export const isIsoDateTimeWithZone = (s: string): boolean => {
   const m = ISO_DATE_TIME.exec(s);
   if (m === null) return false;
   const [year, month, day, hour, minute, second, offH, offM] = m.slice(1).map((part) => Number(part ?? 0)) as [
-    number, number, number, number, number, number, number, number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
   ];
   if (month < 1 || month > 12) return false;
   const maxDay = month === 2 && !isLeapYear(year) ? 28 : (DAYS_IN_MONTH[month - 1] ?? 0);
@@ -293,9 +299,7 @@ export const TransferOutCommand = Schema.Struct({
   transferId: ShortName,
   to: LocationId,
 }).pipe(
-  Schema.filter((c) =>
-    c.to === c.location ? { path: ["to"], message: `expected a location other than the origin, got ${show(c.to)}` } : undefined,
-  ),
+  Schema.filter((c) => (c.to === c.location ? { path: ["to"], message: `expected a location other than the origin, got ${show(c.to)}` } : undefined)),
 );
 export type TransferOutCommand = typeof TransferOutCommand.Type;
 
@@ -369,8 +373,7 @@ export class InvalidCommand extends Schema.TaggedError<InvalidCommand>()("Invali
   }
 }
 
-const isCommandType = (value: unknown): value is CommandType =>
-  typeof value === "string" && Object.hasOwn(MEMBERS, value);
+const isCommandType = (value: unknown): value is CommandType => typeof value === "string" && Object.hasOwn(MEMBERS, value);
 
 const CommonFields = Schema.Struct(common);
 

@@ -1,5 +1,22 @@
 /** The public surface of src/contract/: other folders import only from here. */
-export { EARLIEST_OCCURRED_AT, ID_CHARACTERS, ID_JSON_PATTERN, ID_LIST_JSON_PATTERN, ID_MAX_LENGTH, ID_PATTERN, LATEST_OCCURRED_AT, NAME_CHARACTERS, NAME_PATTERN, POS_ID_CHARACTERS, POS_ID_PATTERN, decodeCommand, encodeCommand, isId, isIsoDateTimeWithZone, isStorableDateTime } from "./command.ts";
+export {
+  EARLIEST_OCCURRED_AT,
+  ID_CHARACTERS,
+  ID_JSON_PATTERN,
+  ID_LIST_JSON_PATTERN,
+  ID_MAX_LENGTH,
+  ID_PATTERN,
+  LATEST_OCCURRED_AT,
+  NAME_CHARACTERS,
+  NAME_PATTERN,
+  POS_ID_CHARACTERS,
+  POS_ID_PATTERN,
+  decodeCommand,
+  encodeCommand,
+  isId,
+  isIsoDateTimeWithZone,
+  isStorableDateTime,
+} from "./command.ts";
 export type { Command, CommandType, LocationId, ReserveScope, Sku } from "./command.ts";
 export { MappingError, RowView, UnknownItem } from "./mapping.ts";
 export type { Change, ItemDefinition, ItemRef, MappedCommand, MappingResult, RawRow, SnapshotTable } from "./mapping.ts";

@@ -37,8 +37,7 @@ export class RowView {
   ) {}
 
   #value(column: string): string | null {
-    if (!(column in this.raw))
-      throw new MappingError(`${this.which}.${column}`, `no such column in ${this.table}`, "missing_column");
+    if (!(column in this.raw)) throw new MappingError(`${this.which}.${column}`, `no such column in ${this.table}`, "missing_column");
     const v = this.raw[column];
     if (v === undefined)
       throw new MappingError(
@@ -95,10 +94,8 @@ export class RowView {
   timestamp(column: string): string {
     const v = this.text(column);
     const m = /^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d+)?)([+-]\d{2})(?::?(\d{2}))?(?::?(\d{2}))?$/.exec(v);
-    if (!m)
-      throw new MappingError(`${this.which}.${column}`, `expected a timestamp with time zone, got ${JSON.stringify(v)}`);
-    if (m[5] && m[5] !== "00")
-      throw new MappingError(`${this.which}.${column}`, `time zone offsets with seconds are not supported: ${v}`);
+    if (!m) throw new MappingError(`${this.which}.${column}`, `expected a timestamp with time zone, got ${JSON.stringify(v)}`);
+    if (m[5] && m[5] !== "00") throw new MappingError(`${this.which}.${column}`, `time zone offsets with seconds are not supported: ${v}`);
     return `${m[1]}T${m[2]}${m[3]}:${m[4] ?? "00"}`;
   }
 }

@@ -38,7 +38,15 @@ export function decodeTokens(json: string, origin: string): ReadonlyArray<ApiTok
   }
   const result = Schema.decodeUnknownEither(ApiTokens, { errors: "all", onExcessProperty: "error" })(parsed);
   if (Either.isLeft(result)) {
-    const issues = ParseResult.ArrayFormatter.formatErrorSync(result.left).map((i) => `${i.path.map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("").replace(/^\./, "") || "(root)"}: ${i.message}`);
+    const issues = ParseResult.ArrayFormatter.formatErrorSync(result.left).map(
+      (i) =>
+        `${
+          i.path
+            .map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`))
+            .join("")
+            .replace(/^\./, "") || "(root)"
+        }: ${i.message}`,
+    );
     throw new TokenConfigError(`${origin}: ${issues.join("; ")}`);
   }
   const ids = new Set<string>();

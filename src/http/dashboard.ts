@@ -244,7 +244,12 @@ export class DashboardHub {
         p99Ms: quantile(sorted, 0.99),
       };
     });
-    const cdc = (this.ctx.readers ?? []).map((r) => ({ source: r.name, streaming: r.streaming, lagBytes: r.metrics.lagBytes, changes: r.metrics.changes }));
+    const cdc = (this.ctx.readers ?? []).map((r) => ({
+      source: r.name,
+      streaming: r.streaming,
+      lagBytes: r.metrics.lagBytes,
+      changes: r.metrics.changes,
+    }));
     return {
       at: new Date(now).toISOString(),
       channels: Object.keys(this.ctx.config.channels),
@@ -284,7 +289,10 @@ export async function dashboardRoutes(app: FastifyInstance, { ctx, hub }: { ctx:
       schema: {
         tags: ["operators"],
         summary: "The dashboard's live feed (server-sent events): `summary` every second, `cells` as availability changes",
-        querystring: { type: "object", properties: { pin: { type: "string", pattern: ID_LIST_JSON_PATTERN, description: `SKUs always shown (at most ${MAX_PINNED})` } } },
+        querystring: {
+          type: "object",
+          properties: { pin: { type: "string", pattern: ID_LIST_JSON_PATTERN, description: `SKUs always shown (at most ${MAX_PINNED})` } },
+        },
         response: { 200: { description: "server-sent events", content: { "text/event-stream": { schema: { type: "string" } } } } },
       },
     },
@@ -293,7 +301,12 @@ export async function dashboardRoutes(app: FastifyInstance, { ctx, hub }: { ctx:
       await hub.pin(pinned);
       reply.hijack();
       const res = reply.raw;
-      res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache, no-transform", connection: "keep-alive", "x-accel-buffering": "no" });
+      res.writeHead(200, {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache, no-transform",
+        connection: "keep-alive",
+        "x-accel-buffering": "no",
+      });
       res.write("retry: 1000\n\n");
       let shown = new Set<string>();
       let closed = false;

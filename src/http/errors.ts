@@ -11,7 +11,6 @@ export class ApiError extends Error {
   }
 }
 
-
 /** The body of every error reply. */
 export const ErrorSchema = {
   $id: "Error",

@@ -39,8 +39,18 @@ export class ApiMetrics {
   constructor(readonly deps: MetricsDeps) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: "tally_process_" });
-    this.commandsIn = new Counter({ name: "tally_commands_in_total", help: "Commands this API process published, by type and source", labelNames: ["type", "source"], registers });
-    this.commandsApplied = new Counter({ name: "tally_commands_applied_total", help: "Commands applied by the workers, by type and source", labelNames: ["type", "source"], registers });
+    this.commandsIn = new Counter({
+      name: "tally_commands_in_total",
+      help: "Commands this API process published, by type and source",
+      labelNames: ["type", "source"],
+      registers,
+    });
+    this.commandsApplied = new Counter({
+      name: "tally_commands_applied_total",
+      help: "Commands applied by the workers, by type and source",
+      labelNames: ["type", "source"],
+      registers,
+    });
     this.commandsRejected = new Counter({
       name: "tally_commands_rejected_total",
       help: "Commands the SKU actors rejected, by type, source and reason",
@@ -59,7 +69,12 @@ export class ApiMetrics {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
-    this.reservations = new Counter({ name: "tally_reservations_total", help: "Reservation requests and transitions, by outcome", labelNames: ["outcome"], registers });
+    this.reservations = new Counter({
+      name: "tally_reservations_total",
+      help: "Reservation requests and transitions, by outcome",
+      labelNames: ["outcome"],
+      registers,
+    });
     this.reservationLatency = new Histogram({
       name: "tally_reservation_decision_seconds",
       help: "Time from a reservation request to the actors' decision",
@@ -67,7 +82,12 @@ export class ApiMetrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     });
-    this.posTransactions = new Counter({ name: "tally_pos_transactions_total", help: "POS transactions received, by outcome and transport", labelNames: ["outcome", "via"], registers });
+    this.posTransactions = new Counter({
+      name: "tally_pos_transactions_total",
+      help: "POS transactions received, by outcome and transport",
+      labelNames: ["outcome", "via"],
+      registers,
+    });
     this.httpDuration = new Histogram({
       name: "tally_http_request_seconds",
       help: "HTTP request duration by route and status",
@@ -138,7 +158,6 @@ export class ApiMetrics {
   }
 }
 
-
 type Registers = Array<Registry>;
 
 /** Dead letters waiting, and this process's partition leases. */
@@ -176,12 +195,32 @@ function registerWorkerGauges(worker: Worker, registers: Registers): void {
   workerCounter("tally_worker_batches", "Batches committed by this process's worker", () => worker.metrics.batches);
   workerCounter("tally_worker_dead_lettered", "Undecodable commands dead-lettered by this process's worker", () => worker.metrics.deadLettered);
   workerCounter("tally_worker_duplicates_skipped", "Commands skipped as already applied", () => worker.metrics.skippedDuplicate);
-  workerCounter("tally_worker_holds_refused", "Reserves this process's worker refused for want of stock (each published as hold_refused)", () => worker.metrics.holdsRefused);
+  workerCounter(
+    "tally_worker_holds_refused",
+    "Reserves this process's worker refused for want of stock (each published as hold_refused)",
+    () => worker.metrics.holdsRefused,
+  );
   workerCounter("tally_worker_retries", "Batch retries after a failure", () => worker.metrics.retries);
-  workerCounter("tally_worker_unstorable", "Commands the ledger refused to store (a data error), dead-lettered so their partition moved on", () => worker.metrics.poisoned);
-  workerCounter("tally_worker_skipped_by_operator", "Stream messages dead-lettered because an operator skipped them (tally dlq skip)", () => worker.metrics.skipped);
-  workerCounter("tally_worker_stream_resets", "Times the commands stream was a new one and the checkpoints were reset to it", () => worker.metrics.streamResets);
-  workerCounter("tally_worker_stuck_partitions", "Partitions held by this process's worker that are stuck (5 or more failed attempts in a row)", () => worker.statuses().filter((s) => s.stuck).length);
+  workerCounter(
+    "tally_worker_unstorable",
+    "Commands the ledger refused to store (a data error), dead-lettered so their partition moved on",
+    () => worker.metrics.poisoned,
+  );
+  workerCounter(
+    "tally_worker_skipped_by_operator",
+    "Stream messages dead-lettered because an operator skipped them (tally dlq skip)",
+    () => worker.metrics.skipped,
+  );
+  workerCounter(
+    "tally_worker_stream_resets",
+    "Times the commands stream was a new one and the checkpoints were reset to it",
+    () => worker.metrics.streamResets,
+  );
+  workerCounter(
+    "tally_worker_stuck_partitions",
+    "Partitions held by this process's worker that are stuck (5 or more failed attempts in a row)",
+    () => worker.statuses().filter((s) => s.stuck).length,
+  );
   workerCounter(
     "tally_worker_duplicate_retries",
     "Batches decided again with the lookup of decided command ids after their optimistic commit met a duplicate",
@@ -229,7 +268,11 @@ function registerCdcGauges(readers: ReadonlyArray<SourceReader>, registers: Regi
         }
       },
     });
-  perSource("tally_cdc_slot_lag_bytes", "WAL the source's replication slot holds back, per CDC source read by this process", (r) => r.metrics.lagBytes);
+  perSource(
+    "tally_cdc_slot_lag_bytes",
+    "WAL the source's replication slot holds back, per CDC source read by this process",
+    (r) => r.metrics.lagBytes,
+  );
   /** A gauge per source and key (a table, a reason) of a running total the reader keeps by that key. */
   const perSourceAnd = (keyLabel: string, name: string, help: string, read: (r: SourceReader) => Readonly<Record<string, number>>) =>
     new Gauge({
@@ -247,7 +290,12 @@ function registerCdcGauges(readers: ReadonlyArray<SourceReader>, registers: Regi
     "Source changes read (a running total: rate() gives events per second), per CDC source and table",
     (r) => r.metrics.changesByTable,
   );
-  perSourceAnd("reason", "tally_cdc_dead_letters", "Changes dead-lettered (running total), per CDC source and reason", (r) => r.metrics.deadLettersByReason);
+  perSourceAnd(
+    "reason",
+    "tally_cdc_dead_letters",
+    "Changes dead-lettered (running total), per CDC source and reason",
+    (r) => r.metrics.deadLettersByReason,
+  );
   perSource("tally_cdc_skipped_non_inventory", "Non-inventory lines skipped (running total), per CDC source", (r) => r.metrics.skipped);
   perSource(
     "tally_cdc_source_halted",
@@ -260,4 +308,3 @@ function registerCdcGauges(readers: ReadonlyArray<SourceReader>, registers: Regi
     (r) => r.metrics.publicationMissing.length,
   );
 }
-

@@ -88,7 +88,9 @@ function createFastify(log: ApiDeps["log"], opts: Required<ApiOptions>): Fastify
     logController: new LogController({ disableRequestLogging: true }),
     // The router's own refusals (a path parameter over maxParamLength, a malformed URL) in the error format, as 400s.
     frameworkErrors: (error, _req, reply) =>
-      (reply as unknown as FastifyReply).code(400).send({ error: "invalid_request", message: `params: ${error.message}`, issues: [{ path: "params", message: error.message }] }),
+      (reply as unknown as FastifyReply)
+        .code(400)
+        .send({ error: "invalid_request", message: `params: ${error.message}`, issues: [{ path: "params", message: error.message }] }),
   }) as unknown as FastifyInstance;
 }
 
@@ -152,8 +154,20 @@ async function startContext(
   });
   await pos.start();
   const channels = deps.config.channels;
-  const reservations = new Reservations({ sql: deps.sql, nats: deps.nats, topology: deps.topology, log, outcomes, metrics: metrics.forReservations(), channels, decisionTimeoutMs: opts.decisionTimeoutMs, requestTimeoutMs: opts.requestTimeoutMs });
-  const posSubscriber = opts.background ? new PosSubscriber({ nc: deps.nats.nc, topology: deps.topology, ingest: pos, log, requestTimeoutMs: opts.requestTimeoutMs }) : null;
+  const reservations = new Reservations({
+    sql: deps.sql,
+    nats: deps.nats,
+    topology: deps.topology,
+    log,
+    outcomes,
+    metrics: metrics.forReservations(),
+    channels,
+    decisionTimeoutMs: opts.decisionTimeoutMs,
+    requestTimeoutMs: opts.requestTimeoutMs,
+  });
+  const posSubscriber = opts.background
+    ? new PosSubscriber({ nc: deps.nats.nc, topology: deps.topology, ingest: pos, log, requestTimeoutMs: opts.requestTimeoutMs })
+    : null;
   posSubscriber?.start();
   if (opts.background) reservations.startSweeper(opts.sweepIntervalMs);
   app.addHook("onClose", async () => {
@@ -176,7 +190,8 @@ async function startContext(
       const channel = asked ?? p?.channel ?? undefined;
       if (channel === undefined) throw new ApiError(400, "invalid_request", "querystring.channel: is missing (name a channel)");
       if (p?.channel && p.channel !== channel) throw new ApiError(403, "forbidden", `this token may only see channel ${p.channel}`);
-      if (!Object.hasOwn(channels, channel)) throw new ApiError(404, "unknown_channel", `no channel ${JSON.stringify(channel)} (configured: ${Object.keys(channels).join(", ")})`);
+      if (!Object.hasOwn(channels, channel))
+        throw new ApiError(404, "unknown_channel", `no channel ${JSON.stringify(channel)} (configured: ${Object.keys(channels).join(", ")})`);
       return channel;
     },
     locationsFor(req) {
@@ -204,9 +219,12 @@ function installErrorHandlers(app: FastifyInstance, opts: Required<ApiOptions>):
     const status = error.statusCode ?? 500;
     if (status === 429) return reply.code(429).send({ error: "rate_limited", message: error.message });
     if (status === 413) return reply.code(413).send({ error: "payload_too_large", message: `body: ${error.message}` });
-    if (status === 415) return reply.code(415).send({ error: "unsupported_media_type", message: `headers.content-type: ${error.message} (send application/json)` });
+    if (status === 415)
+      return reply.code(415).send({ error: "unsupported_media_type", message: `headers.content-type: ${error.message} (send application/json)` });
     if (status >= 400 && status < 500)
-      return reply.code(status).send({ error: "invalid_request", message: error.code?.startsWith("FST_ERR_CTP_") ? `body: ${error.message}` : error.message });
+      return reply
+        .code(status)
+        .send({ error: "invalid_request", message: error.code?.startsWith("FST_ERR_CTP_") ? `body: ${error.message}` : error.message });
     // A value Postgres cannot take (a date out of its range, a number too big: SQLSTATE class 22) came from the
     // request; the routes validate their fields first, so this is a safety net that still answers the client's 400.
     const sqlState = (error as { code?: unknown }).code;
@@ -275,7 +293,13 @@ function installRequestLog(app: FastifyInstance, metrics: ApiMetrics): void {
       { method: req.method, route: req.routeOptions.url ?? "unknown", status: String(reply.statusCode) },
       reply.elapsedTime / 1000,
     );
-    const line = { method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10, token: req.principal?.id };
+    const line = {
+      method: req.method,
+      url: req.url,
+      status: reply.statusCode,
+      ms: Math.round(reply.elapsedTime * 10) / 10,
+      token: req.principal?.id,
+    };
     if (reply.statusCode >= 500) req.log.error(line, "request failed");
     else req.log.debug(line, "request");
   });
@@ -290,7 +314,9 @@ async function registerPlugins(app: FastifyInstance, ctx: ApiContext, opts: Requ
     timeWindow: 60_000,
     keyGenerator: (req) => req.principal?.id ?? req.ip,
     errorResponseBuilder: (_req, context) => {
-      const e = new Error(`rate limit of ${context.max} write requests per ${context.after} exceeded for this token`) as Error & { statusCode: number };
+      const e = new Error(`rate limit of ${context.max} write requests per ${context.after} exceeded for this token`) as Error & {
+        statusCode: number;
+      };
       e.statusCode = 429;
       return e;
     },
@@ -315,7 +341,6 @@ async function registerPlugins(app: FastifyInstance, ctx: ApiContext, opts: Requ
   await app.register(dashboardRoutes, { ctx, hub });
 }
 
-
 /** How long a client is asked to wait before retrying a request refused by a draining instance. */
 const DRAIN_RETRY_AFTER_SECONDS = 1;
 const drains = new WeakMap<FastifyInstance, () => Promise<void>>();
@@ -331,13 +356,15 @@ function installDrain(app: FastifyInstance, streams: Set<() => void>): void {
   let idle: (() => void) | null = null;
   app.addHook("onRequest", async (_req, reply) => {
     if (draining)
-      return reply
-        .code(503)
-        .header("retry-after", String(DRAIN_RETRY_AFTER_SECONDS))
-        .header("connection", "close")
-        .type("application/json; charset=utf-8")
-        // Serialized here: the route's own 503 schema (e.g. readiness) would strip these fields.
-        .send(JSON.stringify({ error: "shutting_down", message: "this instance is shutting down; retry shortly (another instance will answer)" }));
+      return (
+        reply
+          .code(503)
+          .header("retry-after", String(DRAIN_RETRY_AFTER_SECONDS))
+          .header("connection", "close")
+          .type("application/json; charset=utf-8")
+          // Serialized here: the route's own 503 schema (e.g. readiness) would strip these fields.
+          .send(JSON.stringify({ error: "shutting_down", message: "this instance is shutting down; retry shortly (another instance will answer)" }))
+      );
     inFlight++;
     // 'close' comes once per response, finished or aborted.
     reply.raw.once("close", () => {
@@ -361,4 +388,3 @@ function installDrain(app: FastifyInstance, streams: Set<() => void>): void {
 export async function drainApp(app: FastifyInstance): Promise<void> {
   await drains.get(app)?.();
 }
-

@@ -114,7 +114,11 @@ export class PosIngest {
   async start(): Promise<void> {
     await this.#crosswalkNow();
     try {
-      const l = await this.deps.sql.listen(ITEMS_CHANNEL, (sku) => void this.#crosswalk?.refresh(this.deps.sql, [sku]).catch((err: unknown) => this.deps.log.warn({ err, sku }, "crosswalk reload failed")));
+      const l = await this.deps.sql.listen(
+        ITEMS_CHANNEL,
+        (sku) =>
+          void this.#crosswalk?.refresh(this.deps.sql, [sku]).catch((err: unknown) => this.deps.log.warn({ err, sku }, "crosswalk reload failed")),
+      );
       this.#unlisten = l.unlisten;
     } catch (err) {
       this.deps.log.warn({ err }, "crosswalk LISTEN failed: items are refreshed on a miss only");
@@ -169,7 +173,13 @@ export class PosIngest {
    * Sorts each decoded transaction: rejected, a resend of a recorded one, a copy of one earlier in the batch,
    * or fresh (mapped to commands). Already recorded (a resend): the stored result, or a conflict when the content differs.
    */
-  async #triage(work: IngestWork, decoded: ReadonlyArray<Decoded>, crosswalk: Crosswalk, ctx: IngestContext, pause: ReturnType<typeof pauser>): Promise<void> {
+  async #triage(
+    work: IngestWork,
+    decoded: ReadonlyArray<Decoded>,
+    crosswalk: Crosswalk,
+    ctx: IngestContext,
+    pause: ReturnType<typeof pauser>,
+  ): Promise<void> {
     const { results, fresh, duplicates, reject } = work;
     const keys = decoded.flatMap((d) => (Either.isRight(d.result) ? [d.result.right] : []));
     const stored = await this.#stored(keys);
@@ -177,16 +187,38 @@ export class PosIngest {
     for (const [index, d] of decoded.entries()) {
       await pause();
       if (Either.isLeft(d.result)) {
-        reject(index, d.raw, "invalid_transaction", d.result.left.map((i) => ({ path: prefix(index, i.path), message: i.message })));
+        reject(
+          index,
+          d.raw,
+          "invalid_transaction",
+          d.result.left.map((i) => ({ path: prefix(index, i.path), message: i.message })),
+        );
         continue;
       }
       const t = d.result.right;
       if (ctx.subjectStore !== undefined && t.store !== ctx.subjectStore) {
-        reject(index, d.raw, "invalid_transaction", [{ path: prefix(index, "store"), message: `expected ${ctx.subjectStore} (the store the subject names), got ${JSON.stringify(t.store)}` }], t);
+        reject(
+          index,
+          d.raw,
+          "invalid_transaction",
+          [{ path: prefix(index, "store"), message: `expected ${ctx.subjectStore} (the store the subject names), got ${JSON.stringify(t.store)}` }],
+          t,
+        );
         continue;
       }
       if (!this.deps.stores.has(t.store)) {
-        reject(index, d.raw, "unknown_store", [{ path: prefix(index, "store"), message: `unknown store ${JSON.stringify(t.store)} (not a location of any channel nor in the config's stores)` }], t);
+        reject(
+          index,
+          d.raw,
+          "unknown_store",
+          [
+            {
+              path: prefix(index, "store"),
+              message: `unknown store ${JSON.stringify(t.store)} (not a location of any channel nor in the config's stores)`,
+            },
+          ],
+          t,
+        );
         continue;
       }
       const key = transactionKey(t);
@@ -205,7 +237,14 @@ export class PosIngest {
       const first = firstInBatch.get(key);
       if (first !== undefined) {
         if (decoded[first]!.hash === d.hash) duplicates.push({ index, of: first });
-        else reject(index, d.raw, "idempotency_conflict", [{ path: prefix(index, "id"), message: `transaction ${key} appears earlier in this batch with different content` }], t);
+        else
+          reject(
+            index,
+            d.raw,
+            "idempotency_conflict",
+            [{ path: prefix(index, "id"), message: `transaction ${key} appears earlier in this batch with different content` }],
+            t,
+          );
         continue;
       }
       firstInBatch.set(key, index);
@@ -224,7 +263,8 @@ export class PosIngest {
       for (const f of fresh.filter((f) => lost.has(transactionKey(f.t)))) {
         const key = transactionKey(f.t);
         const winner = now.get(key);
-        if (winner && winner.hash !== f.hash) reject(f.index, f.raw, "idempotency_conflict", [{ path: prefix(f.index, "id"), message: conflictMessage(key) }], f.t);
+        if (winner && winner.hash !== f.hash)
+          reject(f.index, f.raw, "idempotency_conflict", [{ path: prefix(f.index, "id"), message: conflictMessage(key) }], f.t);
         else if (winner?.result) {
           results[f.index] = { ...winner.result, index: f.index };
           this.deps.onTransaction?.("duplicate", ctx.via);
@@ -249,10 +289,7 @@ export class PosIngest {
       const result: TransactionResult = { status: "accepted", store: f.t.store, terminal: f.t.terminal, id: f.t.id, lines: f.lines };
       results[f.index] = { ...result, index: f.index };
       this.deps.onTransaction?.("accepted", ctx.via);
-      this.deps.log.info(
-        { pos: transactionKey(f.t), commandIds: f.commands.map((c) => c.id), via: ctx.via },
-        "POS transaction accepted",
-      );
+      this.deps.log.info({ pos: transactionKey(f.t), commandIds: f.commands.map((c) => c.id), via: ctx.via }, "POS transaction accepted");
     }
     if (fresh.length > 0) await this.#record(fresh.map((f) => ({ t: f.t, hash: f.hash, result: stripIndex(results[f.index]!) })));
     for (const dup of duplicates) {
@@ -276,19 +313,26 @@ export class PosIngest {
     }
     const bad = result.results.flatMap((r) => (r.status === "rejected" ? r.errors.map((e) => `${e.path}: ${e.message}`) : []));
     if (bad.length > 0) return { ok: false, reason: bad.join("; ") };
-    return { ok: true, commands: result.results.reduce((n, r) => n + (r.status === "accepted" ? r.lines.reduce((m, l) => m + l.commands.length, 0) : 0), 0) };
+    return {
+      ok: true,
+      commands: result.results.reduce((n, r) => n + (r.status === "accepted" ? r.lines.reduce((m, l) => m + l.commands.length, 0) : 0), 0),
+    };
   }
 
   async #transactionsOf(payload: unknown, ctx: IngestContext): Promise<ReadonlyArray<unknown>> {
     let issue: Issue | null = null;
     let list: ReadonlyArray<unknown> | null = null;
     if (typeof payload !== "object" || payload === null || Array.isArray(payload))
-      issue = { path: "", message: `expected an object with a transactions array, got ${payload === null ? "null" : Array.isArray(payload) ? "an array" : typeof payload}` };
+      issue = {
+        path: "",
+        message: `expected an object with a transactions array, got ${payload === null ? "null" : Array.isArray(payload) ? "an array" : typeof payload}`,
+      };
     else if ("transactions" in payload) {
       const t = (payload as { transactions: unknown }).transactions;
       if (!Array.isArray(t)) issue = { path: "transactions", message: "expected an array of transactions" };
       else if (t.length === 0) issue = { path: "transactions", message: "expected at least one transaction" };
-      else if (t.length > MAX_TRANSACTIONS) issue = { path: "transactions", message: `expected at most ${MAX_TRANSACTIONS} transactions, got ${t.length}` };
+      else if (t.length > MAX_TRANSACTIONS)
+        issue = { path: "transactions", message: `expected at most ${MAX_TRANSACTIONS} transactions, got ${t.length}` };
       else if (linesIn(t) > MAX_BATCH_LINES)
         issue = { path: "transactions", message: `expected at most ${MAX_BATCH_LINES} lines in one batch, got ${linesIn(t)} (split the batch)` };
       else list = t;
@@ -296,7 +340,8 @@ export class PosIngest {
     else issue = { path: "transactions", message: "is missing" };
     if (list) return list;
     const issues = [issue!];
-    if (!isNoDlq(ctx)) await this.#deadLetter([{ index: -1, raw: payload, result: { status: "rejected", reason: "invalid_request", errors: issues } }], ctx);
+    if (!isNoDlq(ctx))
+      await this.#deadLetter([{ index: -1, raw: payload, result: { status: "rejected", reason: "invalid_request", errors: issues } }], ctx);
     this.deps.onTransaction?.("rejected", ctx.via);
     throw new InvalidBatch(issues);
   }
@@ -314,13 +359,16 @@ export class PosIngest {
     const out = new Map<string, { hash: string; result: TransactionResult | null }>();
     if (ts.length === 0) return out;
     const { sql } = this.deps;
-    const rows = await sql<Array<{ store: string; terminal: string; transaction_id: string; payload_hash: string; result: TransactionResult | null }>>`
+    const rows = await sql<
+      Array<{ store: string; terminal: string; transaction_id: string; payload_hash: string; result: TransactionResult | null }>
+    >`
       select p.store, p.terminal, p.transaction_id, p.payload_hash, p.result
         from pos_transactions p
         join unnest(${sql.array(ts.map((t) => t.store))}::text[], ${sql.array(ts.map((t) => t.terminal))}::text[], ${sql.array(ts.map((t) => t.id))}::text[])
              as k(store, terminal, transaction_id)
           on p.store = k.store and p.terminal = k.terminal and p.transaction_id = k.transaction_id`;
-    for (const r of rows) out.set(transactionKey({ store: r.store, terminal: r.terminal, id: r.transaction_id }), { hash: r.payload_hash, result: r.result });
+    for (const r of rows)
+      out.set(transactionKey({ store: r.store, terminal: r.terminal, id: r.transaction_id }), { hash: r.payload_hash, result: r.result });
     return out;
   }
 
@@ -459,7 +507,13 @@ interface IngestWork {
   readonly fresh: Array<Fresh>;
   readonly rejected: Array<Rejected>;
   readonly duplicates: Array<{ index: number; of: number }>;
-  readonly reject: (index: number, raw: unknown, reason: string, errors: ReadonlyArray<Issue>, t?: { store: string; terminal: string; id: string }) => void;
+  readonly reject: (
+    index: number,
+    raw: unknown,
+    reason: string,
+    errors: ReadonlyArray<Issue>,
+    t?: { store: string; terminal: string; id: string },
+  ) => void;
 }
 
 function newWork(size: number): IngestWork {
@@ -478,7 +532,14 @@ function refuseCopiesOfRefused(work: IngestWork, decoded: ReadonlyArray<Decoded>
   const { results, duplicates, reject } = work;
   for (const dup of duplicates.splice(0)) {
     const of = results[dup.of];
-    if (of?.status === "rejected") reject(dup.index, decoded[dup.index]!.raw, of.reason, of.errors.map((e) => ({ ...e, path: e.path.replace(`transactions[${dup.of}]`, `transactions[${dup.index}]`) })), of as { store: string; terminal: string; id: string });
+    if (of?.status === "rejected")
+      reject(
+        dup.index,
+        decoded[dup.index]!.raw,
+        of.reason,
+        of.errors.map((e) => ({ ...e, path: e.path.replace(`transactions[${dup.of}]`, `transactions[${dup.index}]`) })),
+        of as { store: string; terminal: string; id: string },
+      );
     else duplicates.push(dup);
   }
 }
@@ -491,7 +552,10 @@ function batchResult(work: IngestWork): BatchResult {
     return {
       ...out,
       error: rejected.every((r) => r.result.reason === "idempotency_conflict") ? "idempotency_conflict" : "invalid_transactions",
-      message: `every transaction was rejected: ${rejected.flatMap((r) => r.result.errors.map((e) => `${e.path}: ${e.message}`)).slice(0, 5).join("; ")}`,
+      message: `every transaction was rejected: ${rejected
+        .flatMap((r) => r.result.errors.map((e) => `${e.path}: ${e.message}`))
+        .slice(0, 5)
+        .join("; ")}`,
     };
   return out;
 }
@@ -500,7 +564,12 @@ const conflictMessage = (key: string): string => `transaction ${key} was already
 
 /** Lines over all transactions of a batch (before decoding: what is not an array counts nothing). */
 const linesIn = (ts: ReadonlyArray<unknown>): number =>
-  ts.reduce<number>((n, t) => n + (typeof t === "object" && t !== null && Array.isArray((t as { lines?: unknown }).lines) ? (t as { lines: Array<unknown> }).lines.length : 0), 0);
+  ts.reduce<number>(
+    (n, t) =>
+      n +
+      (typeof t === "object" && t !== null && Array.isArray((t as { lines?: unknown }).lines) ? (t as { lines: Array<unknown> }).lines.length : 0),
+    0,
+  );
 
 const isNoDlq = (ctx: IngestContext): boolean => ctx.deadLetter === false;
 

@@ -17,7 +17,15 @@ export class PosSubscriber {
   #running = new Set<Promise<void>>();
   #loop: Promise<void> | null = null;
 
-  constructor(readonly deps: { nc: NatsConnection; topology: Topology; ingest: PosIngest; log: Logger; /** How long a message may wait for its PubAcks (default none). */ requestTimeoutMs?: number }) {}
+  constructor(
+    readonly deps: {
+      nc: NatsConnection;
+      topology: Topology;
+      ingest: PosIngest;
+      log: Logger /** How long a message may wait for its PubAcks (default none). */;
+      requestTimeoutMs?: number;
+    },
+  ) {}
 
   start(): void {
     const sub = this.deps.nc.subscribe(this.deps.topology.posSubject(), { queue: this.deps.topology.posQueue });
@@ -60,7 +68,8 @@ export class PosSubscriber {
       }
       if (body === undefined) body = await this.deps.ingest.ingest(payload, ctx);
     } catch (error) {
-      if (error instanceof InvalidBatch) body = { accepted: 0, rejected: 1, results: [], error: "invalid_request", message: error.message, errors: error.issues };
+      if (error instanceof InvalidBatch)
+        body = { accepted: 0, rejected: 1, results: [], error: "invalid_request", message: error.message, errors: error.issues };
       else {
         this.deps.log.error({ err: error, subject: msg.subject }, "POS message failed; the terminal should resend it");
         body = { error: "unavailable", message: "a dependency failed; resend the transactions" };

@@ -5,7 +5,16 @@
  */
 import { createHash } from "node:crypto";
 import { Either, ParseResult, Schema } from "effect";
-import { EARLIEST_OCCURRED_AT, ID_CHARACTERS, ID_PATTERN, LATEST_OCCURRED_AT, POS_ID_CHARACTERS, POS_ID_PATTERN, isIsoDateTimeWithZone, isStorableDateTime } from "../contract/index.ts";
+import {
+  EARLIEST_OCCURRED_AT,
+  ID_CHARACTERS,
+  ID_PATTERN,
+  LATEST_OCCURRED_AT,
+  POS_ID_CHARACTERS,
+  POS_ID_PATTERN,
+  isIsoDateTimeWithZone,
+  isStorableDateTime,
+} from "../contract/index.ts";
 
 /** Most transactions in one batch, and lines in one transaction. */
 export const MAX_TRANSACTIONS = 1000;
@@ -22,7 +31,8 @@ export interface Issue {
 }
 
 const show = (value: unknown): string => {
-  if (typeof value === "string") return value.length > 40 ? `${JSON.stringify(value.slice(0, 30))}… (${value.length} characters)` : JSON.stringify(value);
+  if (typeof value === "string")
+    return value.length > 40 ? `${JSON.stringify(value.slice(0, 30))}… (${value.length} characters)` : JSON.stringify(value);
   if (value === null) return "null";
   if (Array.isArray(value)) return "an array";
   if (typeof value === "object") return "an object";
@@ -50,9 +60,10 @@ const Identifier = (what: string) => token(`a ${what} (1 to 64 printable charact
 const OccurredAt = Schema.String.pipe(
   Schema.filter(isStorableDateTime, {
     message: (issue) => {
-      const what = typeof issue.actual === "string" && isIsoDateTimeWithZone(issue.actual)
-        ? `a date-time from ${EARLIEST_OCCURRED_AT} to ${LATEST_OCCURRED_AT}`
-        : "an ISO-8601 date-time with a zone, like 2026-11-26T10:00:00Z";
+      const what =
+        typeof issue.actual === "string" && isIsoDateTimeWithZone(issue.actual)
+          ? `a date-time from ${EARLIEST_OCCURRED_AT} to ${LATEST_OCCURRED_AT}`
+          : "an ISO-8601 date-time with a zone, like 2026-11-26T10:00:00Z";
       return { message: `expected ${what}, got ${show(issue.actual)}`, override: true };
     },
   }),
@@ -61,14 +72,19 @@ const OccurredAt = Schema.String.pipe(
 const Count = Schema.Number.pipe(
   Schema.filter((n) => Number.isSafeInteger(n) && n >= 1 && n <= MAX_LINE_QTY, expected(`a whole count from 1 to ${MAX_LINE_QTY}`)),
 );
-const LineNo = Schema.Number.pipe(Schema.filter((n) => Number.isSafeInteger(n) && n >= 1 && n <= 100_000, expected("a line number from 1 to 100000")));
+const LineNo = Schema.Number.pipe(
+  Schema.filter((n) => Number.isSafeInteger(n) && n >= 1 && n <= 100_000, expected("a line number from 1 to 100000")),
+);
 const DECIMAL = /^\d{1,9}(\.\d{1,9})?$/;
 /** A weight: a positive exact decimal, as a string ("1.250") or a JSON number (1.25). */
 const WeightValue = Schema.Union(Schema.String, Schema.Number).pipe(
-  Schema.filter((v) => {
-    const text = typeof v === "number" ? (Number.isFinite(v) ? String(v) : "") : v;
-    return DECIMAL.test(text) && Number(text) > 0 && Number(text) <= MAX_LINE_QTY;
-  }, expected(`a positive decimal weight up to ${MAX_LINE_QTY} (like "1.25")`)),
+  Schema.filter(
+    (v) => {
+      const text = typeof v === "number" ? (Number.isFinite(v) ? String(v) : "") : v;
+      return DECIMAL.test(text) && Number(text) > 0 && Number(text) <= MAX_LINE_QTY;
+    },
+    expected(`a positive decimal weight up to ${MAX_LINE_QTY} (like "1.25")`),
+  ),
 );
 const Unit = token("a unit (like kg or g)", /^[A-Za-z0-9_]+$/, 16);
 const Bool = Schema.Boolean.annotations(expected("true or false"));
@@ -147,7 +163,9 @@ export function payloadHash(value: unknown): string {
 function stableJson(value: unknown): string {
   if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
   if (Array.isArray(value)) return `[${value.map(stableJson).join(",")}]`;
-  const keys = Object.keys(value as object).filter((k) => (value as Record<string, unknown>)[k] !== undefined).sort();
+  const keys = Object.keys(value as object)
+    .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
+    .sort();
   return `{${keys.map((k) => `${JSON.stringify(k)}:${stableJson((value as Record<string, unknown>)[k])}`).join(",")}}`;
 }
 
@@ -214,7 +232,10 @@ function scanVoid(scan: LineScan, raw: RawLine, index: number, ids: ReadonlyArra
     const already = scan.voided.get(raw.voids) ?? 0;
     const take = raw.qty ?? total - already;
     if (take <= 0 || already + take > total)
-      scan.issues.push({ path: at(raw.qty !== undefined ? "qty" : "voids"), message: `voids ${take} but line ${raw.voids} has only ${total - already} left` });
+      scan.issues.push({
+        path: at(raw.qty !== undefined ? "qty" : "voids"),
+        message: `voids ${take} but line ${raw.voids} has only ${total - already} left`,
+      });
     else scan.voided.set(raw.voids, already + take);
   }
   scan.voids.push({ line: raw.line ?? index + 1, voids: raw.voids });

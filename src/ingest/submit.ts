@@ -55,7 +55,10 @@ export async function submit(lines: AsyncIterable<string>, opts: SubmitOptions):
     let send = chunk;
     chunk = [];
     if (opts.sql) {
-      const known = await knownCommandIds(opts.sql, send.map((c) => c.id));
+      const known = await knownCommandIds(
+        opts.sql,
+        send.map((c) => c.id),
+      );
       duplicate += known.size;
       send = send.filter((c) => !known.has(c.id));
     }

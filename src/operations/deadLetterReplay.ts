@@ -32,7 +32,7 @@ export async function listDeadLetters(nats: NatsHandles, topology: Topology, ori
     let n = 0;
     for await (const m of batch) {
       n++;
-      out.push({ ...(m.json<DeadLetter>()), id: m.seq, subject: m.subject });
+      out.push({ ...m.json<DeadLetter>(), id: m.seq, subject: m.subject });
     }
     if (n === 0) break;
   }
@@ -43,7 +43,7 @@ export async function listDeadLetters(nats: NatsHandles, topology: Topology, ori
 export async function getDeadLetter(nats: NatsHandles, topology: Topology, id: number): Promise<StoredDeadLetter | null> {
   const m = await nats.jsm.streams.getMessage(topology.dlqStream, { seq: id }).catch(() => null); // no such letter (answered as null: not found)
   if (!m) return null;
-  return { ...(m.json<DeadLetter>()), id: m.seq, subject: m.subject };
+  return { ...m.json<DeadLetter>(), id: m.seq, subject: m.subject };
 }
 
 export type ReplayResult =

@@ -6,13 +6,9 @@ import type { SnapshotTable, TableMapping } from "../contract/index.ts";
 import { ID_CHARACTERS, ID_MAX_LENGTH, isId, NAME_CHARACTERS, NAME_PATTERN } from "../contract/index.ts";
 
 /** Channel and source names: the one name grammar (src/contract). */
-const Name = Schema.String.pipe(
-  Schema.pattern(NAME_PATTERN, { message: () => `expected ${NAME_CHARACTERS}` }),
-);
+const Name = Schema.String.pipe(Schema.pattern(NAME_PATTERN, { message: () => `expected ${NAME_CHARACTERS}` }));
 /** The one id grammar of locations, shared with commands and HTTP routes. */
-const Location = Schema.String.pipe(
-  Schema.filter(isId, { message: () => `expected a location id (1 to ${ID_MAX_LENGTH} ${ID_CHARACTERS})` }),
-);
+const Location = Schema.String.pipe(Schema.filter(isId, { message: () => `expected a location id (1 to ${ID_MAX_LENGTH} ${ID_CHARACTERS})` }));
 
 const positiveInt = (fallback: number) => Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => fallback });
 
@@ -23,13 +19,16 @@ const positiveInt = (fallback: number) => Schema.optionalWith(Schema.Int.pipe(Sc
  */
 export const WebhookConfig = Schema.Struct({
   url: Schema.String.pipe(
-    Schema.filter((u) => {
-      try {
-        return ["http:", "https:"].includes(new URL(u).protocol);
-      } catch {
-        return false; // parse fallback: not a URL at all, reported by the filter's message
-      }
-    }, { message: () => "expected an http:// or https:// URL" }),
+    Schema.filter(
+      (u) => {
+        try {
+          return ["http:", "https:"].includes(new URL(u).protocol);
+        } catch {
+          return false; // parse fallback: not a URL at all, reported by the filter's message
+        }
+      },
+      { message: () => "expected an http:// or https:// URL" },
+    ),
   ),
   secretEnv: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Z_][A-Z0-9_]*$/, { message: () => "expected an environment variable name" }))),
   /** Changes per POST, default 100 (the latest per SKU). */
@@ -59,9 +58,7 @@ export type ChannelConfig = typeof ChannelConfig.Type;
 const Fn = <F extends (...args: never[]) => unknown>(what: string) =>
   Schema.declare((u: unknown): u is F => typeof u === "function", { message: () => `expected ${what} (a function)` });
 
-const TableName = Schema.String.pipe(
-  Schema.pattern(/^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$/, { message: () => "expected schema.table (lowercase)" }),
-);
+const TableName = Schema.String.pipe(Schema.pattern(/^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$/, { message: () => "expected schema.table (lowercase)" }));
 
 /** How one captured table maps to commands. */
 export const TableConfig = Schema.Struct({
@@ -80,7 +77,9 @@ export const SourceConfig = Schema.Struct({
   tables: Schema.Record({ key: TableName, value: TableConfig }),
   /** Opening-balance tables read inside the slot's exported snapshot on first start. */
   snapshot: Schema.optionalWith(
-    Schema.Array(Schema.Struct({ table: TableName, key: Schema.NonEmptyArray(Schema.String), map: Fn<SnapshotTable["map"]>("a snapshot row mapping") })),
+    Schema.Array(
+      Schema.Struct({ table: TableName, key: Schema.NonEmptyArray(Schema.String), map: Fn<SnapshotTable["map"]>("a snapshot row mapping") }),
+    ),
     { default: () => [] },
   ),
   /** Seconds between heartbeats written to an idle source (pg_logical_emit_message), default 10. */
@@ -118,9 +117,7 @@ export class ConfigFileError extends Error {
 export function decodeTallyConfig(input: unknown, origin = "tally.config.ts"): TallyConfig {
   const result = Schema.decodeUnknownEither(TallyConfig, { errors: "all", onExcessProperty: "error" })(input);
   if (Either.isRight(result)) return result.right;
-  const issues = ParseResult.ArrayFormatter.formatErrorSync(result.left).map(
-    (i) => `${i.path.join(".") || "(root)"}: ${i.message}`,
-  );
+  const issues = ParseResult.ArrayFormatter.formatErrorSync(result.left).map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`);
   throw new ConfigFileError(`${origin}: ${issues.join("; ")}`);
 }
 

@@ -21,7 +21,9 @@ describe("classifying database failures", () => {
   });
 
   it("describes an error with its SQLSTATE", () => {
-    expect(describeError(Object.assign(new Error("date/time field value out of range"), { code: "22008" }))).toBe("date/time field value out of range (SQLSTATE 22008)");
+    expect(describeError(Object.assign(new Error("date/time field value out of range"), { code: "22008" }))).toBe(
+      "date/time field value out of range (SQLSTATE 22008)",
+    );
     expect(describeError(Object.assign(new Error("no responders"), { code: 503 }))).toBe("no responders");
   });
 });

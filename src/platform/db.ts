@@ -130,17 +130,28 @@ export function postgresTls(url: string): { url: string; ssl: boolean | "prefer"
       ssl = Object.keys(files).length > 0 && files.ca === undefined ? { ...files, rejectUnauthorized: false } : "prefer";
       break;
     case "require":
-      ssl = files.ca !== undefined ? { ...verifyChain, checkServerIdentity: () => undefined } : cert !== undefined ? { ...files, rejectUnauthorized: false } : "require";
+      ssl =
+        files.ca !== undefined
+          ? { ...verifyChain, checkServerIdentity: () => undefined }
+          : cert !== undefined
+            ? { ...files, rejectUnauthorized: false }
+            : "require";
       break;
     case "verify-ca":
       ssl = { ...verifyChain, checkServerIdentity: () => undefined };
       break;
     case "verify-full":
       // The URL's host name (or IP address) must be in the certificate's subjectAltName.
-      ssl = { ...verifyChain, ...(isIP(host) === 0 ? { servername: host } : {}), checkServerIdentity: (_: string, c) => checkServerIdentity(host, c) };
+      ssl = {
+        ...verifyChain,
+        ...(isIP(host) === 0 ? { servername: host } : {}),
+        checkServerIdentity: (_: string, c) => checkServerIdentity(host, c),
+      };
       break;
     default:
-      throw new DatabaseTlsError(`database URL sslmode: expected disable, allow, prefer, require, verify-ca or verify-full, not ${JSON.stringify(mode)}`);
+      throw new DatabaseTlsError(
+        `database URL sslmode: expected disable, allow, prefer, require, verify-ca or verify-full, not ${JSON.stringify(mode)}`,
+      );
   }
   return { url: parsed.toString(), ssl };
 }

@@ -141,9 +141,7 @@ const intIn = (name: string, min: number, max: number, fallback: number) =>
 const settingsConfig = Config.all({
   env: envName,
   databaseUrl: Config.option(url("TALLY_DATABASE_URL", ["postgres://", "postgresql://"])),
-  natsUrl: url("TALLY_NATS_URL", ["nats://", "tls://", "ws://", "wss://"]).pipe(
-    Config.withDefault(DEFAULTS.TALLY_NATS_URL),
-  ),
+  natsUrl: url("TALLY_NATS_URL", ["nats://", "tls://", "ws://", "wss://"]).pipe(Config.withDefault(DEFAULTS.TALLY_NATS_URL)),
   partitions: intIn("TALLY_PARTITIONS", 1, 1024, DEFAULTS.TALLY_PARTITIONS),
   duplicateWindowSeconds: intIn("TALLY_DUPLICATE_WINDOW_SECONDS", 1, 7 * 24 * 3600, DEFAULTS.TALLY_DUPLICATE_WINDOW_SECONDS),
   leaseTtlMs: intIn("TALLY_LEASE_TTL_MS", 1000, 600_000, DEFAULTS.TALLY_LEASE_TTL_MS),
@@ -174,9 +172,7 @@ const settingsConfig = Config.all({
 export function loadSettings(env: Record<string, string | undefined> = process.env): Settings {
   const map = new Map<string, string>();
   for (const [k, v] of Object.entries(env)) if (v !== undefined && v !== "") map.set(k, v);
-  const result = Effect.runSync(
-    Effect.either(settingsConfig).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(map))),
-  );
+  const result = Effect.runSync(Effect.either(settingsConfig).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(map))));
   if (Either.isLeft(result)) throw new SettingsError(formatConfigError(result.left));
   const s = result.right;
   return {
@@ -250,8 +246,7 @@ export function urlCredentials(urls: string): { user?: string; password?: string
 
 /** `TALLY_DATABASE_URL`, or a SettingsError saying it is needed. */
 export function requireDatabaseUrl(settings: Settings): string {
-  if (settings.databaseUrl === undefined)
-    throw new SettingsError("TALLY_DATABASE_URL: is not set (e.g. postgres://user@host:5432/tally)");
+  if (settings.databaseUrl === undefined) throw new SettingsError("TALLY_DATABASE_URL: is not set (e.g. postgres://user@host:5432/tally)");
   return settings.databaseUrl;
 }
 

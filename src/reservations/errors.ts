@@ -39,7 +39,10 @@ export class ReservationError extends Error {
   }
 
   static idempotencyConflict(id: string, idempotencyKey: string): ReservationError {
-    return new ReservationError({ code: "idempotency_conflict", id }, `Idempotency-Key ${JSON.stringify(idempotencyKey)} was used for a different request`);
+    return new ReservationError(
+      { code: "idempotency_conflict", id },
+      `Idempotency-Key ${JSON.stringify(idempotencyKey)} was used for a different request`,
+    );
   }
 
   static inProgress(id: string): ReservationError {
@@ -48,7 +51,8 @@ export class ReservationError extends Error {
 
   /** `action` refused for a reservation that is `status` (a `held` one refuses only because its hold lapsed). */
   static wrongStatus(id: string, status: ReservationStatus, action: LifecycleEventType): ReservationError {
-    if (status === "held") return new ReservationError({ code: "wrong_status", id, action, status: "expired" }, `reservation ${id} has expired (release pending)`);
+    if (status === "held")
+      return new ReservationError({ code: "wrong_status", id, action, status: "expired" }, `reservation ${id} has expired (release pending)`);
     if (status === "pending") return new ReservationError({ code: "wrong_status", id, action, status }, `reservation ${id} is still being decided`);
     return new ReservationError({ code: "wrong_status", id, action, status }, `cannot ${action} reservation ${id}: it is ${status}`);
   }

@@ -35,8 +35,11 @@ const REPEATS: ReadonlyArray<readonly [ReservationStatus, LifecycleEventType]> =
 
 const FINAL: ReadonlyArray<ReservationStatus> = ["fulfilled", "released", "expired", "rejected"];
 
-const listed = (list: ReadonlyArray<readonly [ReservationStatus, LifecycleEventType, ...Array<unknown>]>, s: ReservationStatus, e: LifecycleEventType) =>
-  list.some(([from, event]) => from === s && event === e);
+const listed = (
+  list: ReadonlyArray<readonly [ReservationStatus, LifecycleEventType, ...Array<unknown>]>,
+  s: ReservationStatus,
+  e: LifecycleEventType,
+) => list.some(([from, event]) => from === s && event === e);
 
 describe("lifecycleMachine", () => {
   it("starts pending", () => {
@@ -79,7 +82,16 @@ describe("nextStatus", () => {
     // 7 statuses × 6 events, less the 8 moves and 5 repeats.
     expect(refused).toHaveLength(7 * 6 - MOVES.length - REPEATS.length);
     expect(refused).toEqual(
-      expect.arrayContaining(["pending:commit", "pending:release", "pending:fulfill", "pending:expire", "committed:expire", "held:hold", "fulfilled:release", "released:fulfill"]),
+      expect.arrayContaining([
+        "pending:commit",
+        "pending:release",
+        "pending:fulfill",
+        "pending:expire",
+        "committed:expire",
+        "held:hold",
+        "fulfilled:release",
+        "released:fulfill",
+      ]),
     );
   });
 

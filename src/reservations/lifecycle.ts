@@ -16,7 +16,15 @@ import { initialTransition, setup, transition } from "xstate";
 export type ReservationStatus = "pending" | "held" | "committed" | "fulfilled" | "released" | "expired" | "rejected";
 
 /** Every status, in lifecycle order. */
-export const RESERVATION_STATUSES: ReadonlyArray<ReservationStatus> = ["pending", "held", "committed", "fulfilled", "released", "expired", "rejected"];
+export const RESERVATION_STATUSES: ReadonlyArray<ReservationStatus> = [
+  "pending",
+  "held",
+  "committed",
+  "fulfilled",
+  "released",
+  "expired",
+  "rejected",
+];
 
 /** What can happen to a reservation. */
 export type LifecycleEvent =

@@ -57,7 +57,16 @@ export interface CreateRequest {
 }
 
 /** What the service reports to its metrics, by outcome. */
-export type ReservationOutcome = "held" | "insufficient_stock" | "invalid" | "timeout" | "replayed" | "committed" | "released" | "fulfilled" | "expired";
+export type ReservationOutcome =
+  | "held"
+  | "insufficient_stock"
+  | "invalid"
+  | "timeout"
+  | "replayed"
+  | "committed"
+  | "released"
+  | "fulfilled"
+  | "expired";
 
 /** The metrics hooks the service needs (the API process implements them with its Prometheus registry). */
 export interface ReservationMetrics {
@@ -245,7 +254,11 @@ export class Reservations {
       lines.map((l) => (l.state === "pending" ? this.#driveLine(row!, l, deadline, created !== undefined) : { state: l.state, line: l })),
     );
     const states = decided.map((d) => d.state);
-    if (states.every((s) => s === "held")) return this.#hold(row!, decided.map((d) => d.line));
+    if (states.every((s) => s === "held"))
+      return this.#hold(
+        row!,
+        decided.map((d) => d.line),
+      );
     const heldLines = decided.filter((d) => d.state === "held").map((d) => d.line);
     if (heldLines.length > 0)
       await sql`
@@ -299,7 +312,9 @@ export class Reservations {
     const refused = final.filter((l) => l.state === "rejected");
     const body = {
       error: "insufficient_stock",
-      message: refused.map((l) => `cannot reserve ${l.qty} of ${l.sku}${l.location ? ` at ${l.location}` : ""}: only ${l.available ?? 0} available`).join("; "),
+      message: refused
+        .map((l) => `cannot reserve ${l.qty} of ${l.sku}${l.location ? ` at ${l.location}` : ""}: only ${l.available ?? 0} available`)
+        .join("; "),
       id,
       ...(refused.length === 1 ? { available: refused[0]!.available ?? 0 } : {}),
       lines: final.map((l) => ({ line: l.line, sku: l.sku, qty: l.qty, location: l.location, state: l.state, available: l.available })),
@@ -381,7 +396,9 @@ export class Reservations {
   async #pickLocation(row: Row, l: LineRow): Promise<{ location: string; enough: boolean }> {
     if (l.fixed_location !== null) return { location: l.fixed_location, enough: true };
     const channel = this.deps.channels[row.channel!]!;
-    const stock = await this.deps.sql<Array<{ location: string; on_hand: number | bigint; reserved: number | bigint; safety_stock: number | bigint }>>`
+    const stock = await this.deps.sql<
+      Array<{ location: string; on_hand: number | bigint; reserved: number | bigint; safety_stock: number | bigint }>
+    >`
       select loc as location,
              coalesce((select sum(qty) from balances b where b.sku = ${l.sku} and b.location = loc and b.bucket = 'on_hand'), 0)::int8 as on_hand,
              coalesce((select sum(qty) from balances b where b.sku = ${l.sku} and b.location = loc and b.bucket = 'reserved'), 0)::int8 as reserved,
@@ -390,7 +407,10 @@ export class Reservations {
        order by n`;
     // The one availability formula (src/contract), most available first; ties keep the channel's order.
     const rows = stock
-      .map((r) => ({ location: r.location, available: locationAvailable({ onHand: BigInt(r.on_hand), reserved: BigInt(r.reserved), safetyStock: BigInt(r.safety_stock) }) }))
+      .map((r) => ({
+        location: r.location,
+        available: locationAvailable({ onHand: BigInt(r.on_hand), reserved: BigInt(r.reserved), safetyStock: BigInt(r.safety_stock) }),
+      }))
       .sort((a, b) => (a.available === b.available ? 0 : a.available > b.available ? -1 : 1));
     const open = rows.filter((r) => !l.tried.includes(r.location));
     const best = open[0] ?? rows[0]!;
@@ -509,7 +529,13 @@ export class Reservations {
       const step = nextStatus(row!.status, type);
       if (step.kind === "move") {
         const lines = await this.#lines(tx as unknown as Sql, id);
-        await this.#settle(id, lines.filter((l) => l.state === "held"), type, lineState, tx as unknown as Sql);
+        await this.#settle(
+          id,
+          lines.filter((l) => l.state === "held"),
+          type,
+          lineState,
+          tx as unknown as Sql,
+        );
         await tx`update reservations set status = ${step.to}, updated_at = now() where id = ${id} and status = ${step.from}`;
       }
       return step;
@@ -551,7 +577,14 @@ export class Reservations {
         for (const { id, status } of due) {
           const { from, to } = move(status, "expire");
           const lines = await this.#lines(tx as unknown as Sql, id);
-          await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released", tx as unknown as Sql, true);
+          await this.#settle(
+            id,
+            lines.filter((l) => l.state === "held"),
+            "release",
+            "released",
+            tx as unknown as Sql,
+            true,
+          );
           await tx`update reservations set status = ${to}, updated_at = now() where id = ${id} and status = ${from}`;
           this.deps.metrics.count("expired");
         }
@@ -598,7 +631,12 @@ export class Reservations {
     const [[row], lines] = await Promise.all([sql<Array<Row>>`select * from reservations where id = ${id}`, this.#lines(sql, id)]);
     const letter = deadLetter(DLQ_ORIGIN, error.message, { reservation: row, lines }, { reservationId: id, line: error.line });
     await publishDeadLetter({ js: nats.js, nc: nats.nc, sql, topology }, letter);
-    await this.#settle(id, lines.filter((l) => l.state === "held"), "release", "released");
+    await this.#settle(
+      id,
+      lines.filter((l) => l.state === "held"),
+      "release",
+      "released",
+    );
     await sql`update reservation_lines set state = 'rejected' where reservation_id = ${id} and state = 'pending'`;
     const path = `lines[${error.line - 1}]`;
     const body = { error: "invalid_request", message: `${path}: ${error.problem}`, issues: [{ path, message: error.problem }], id };
@@ -637,7 +675,12 @@ function view(row: Row, lines: ReadonlyArray<LineRow>): Record<string, unknown> 
   };
 }
 
-const OUTCOME_OF: Record<Decision, ReservationOutcome> = { held: "held", insufficient: "insufficient_stock", invalid: "invalid", undecided: "timeout" };
+const OUTCOME_OF: Record<Decision, ReservationOutcome> = {
+  held: "held",
+  insufficient: "insufficient_stock",
+  invalid: "invalid",
+  undecided: "timeout",
+};
 const outcomeOf = (a: Answer): ReservationOutcome => OUTCOME_OF[a.decision];
 
 /** The status change `event` makes from `status`, per the lifecycle; callers ask only where the lifecycle allows one. */

@@ -11,7 +11,9 @@ describe("dead-letter message ids (pinned byte for byte)", () => {
 
   it("a stream message the worker could not apply: context, reason and payload", () => {
     const d = deadLetter("commands", "bad envelope", new TextEncoder().encode('{"v":2}'), { stream_seq: 7, subject: "tally.dev.cmd.0" });
-    expect(deadLetterMsgId(d.origin, { hashOf: [JSON.stringify(d.context), d.reason, JSON.stringify(d.payload) ?? ""] })).toBe("dlq:commands:1ec15ab66c7ca131d91cc5032ad35c30");
+    expect(deadLetterMsgId(d.origin, { hashOf: [JSON.stringify(d.context), d.reason, JSON.stringify(d.payload) ?? ""] })).toBe(
+      "dlq:commands:1ec15ab66c7ca131d91cc5032ad35c30",
+    );
   });
 
   it("a POS transaction: its text (or payload hash) and reason; a submit line: its text", () => {

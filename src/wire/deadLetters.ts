@@ -94,7 +94,11 @@ const HEADROOM_BYTES = 8 * 1024;
  * is then written to Postgres (`dead_letter_payloads`) and the letter carries `payload: null` and
  * `payloadStored` naming where it is; `withStoredPayload` puts it back when the letter is replayed.
  */
-export async function publishDeadLetter(sink: DeadLetterSink, letter: DeadLetter, identity: DeadLetterIdentity = foundWhereAndWhy(letter)): Promise<void> {
+export async function publishDeadLetter(
+  sink: DeadLetterSink,
+  letter: DeadLetter,
+  identity: DeadLetterIdentity = foundWhereAndWhy(letter),
+): Promise<void> {
   const msgID = deadLetterMsgId(letter.origin, identity);
   const body = JSON.stringify(letter);
   const limit = sink.nc?.info?.max_payload ?? 1024 * 1024;
@@ -103,7 +107,7 @@ export async function publishDeadLetter(sink: DeadLetterSink, letter: DeadLetter
     return;
   }
   const json = typeof letter.payload !== "string";
-  const bytes = Buffer.from(json ? JSON.stringify(letter.payload) ?? "null" : (letter.payload as string), "utf8");
+  const bytes = Buffer.from(json ? (JSON.stringify(letter.payload) ?? "null") : (letter.payload as string), "utf8");
   await sink.sql`
     insert into dead_letter_payloads (key, origin, payload) values (${msgID}, ${letter.origin}, ${bytes})
     on conflict (key) do nothing`;

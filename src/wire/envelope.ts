@@ -10,9 +10,7 @@ export interface Envelope {
   readonly commands: ReadonlyArray<unknown>;
 }
 
-export type DecodedEnvelope =
-  | { readonly ok: true; readonly commands: ReadonlyArray<unknown> }
-  | { readonly ok: false; readonly reason: string };
+export type DecodedEnvelope = { readonly ok: true; readonly commands: ReadonlyArray<unknown> } | { readonly ok: false; readonly reason: string };
 
 export function encodeEnvelope(commands: ReadonlyArray<unknown>): string {
   return JSON.stringify({ v: 1, commands } satisfies Envelope);

@@ -1,11 +1,5 @@
 import { readFileSync } from "node:fs";
-import {
-  connect,
-  credsAuthenticator,
-  nkeyAuthenticator,
-  type ConnectionOptions,
-  type NatsConnection,
-} from "@nats-io/transport-node";
+import { connect, credsAuthenticator, nkeyAuthenticator, type ConnectionOptions, type NatsConnection } from "@nats-io/transport-node";
 import {
   jetstream,
   jetstreamManager,
@@ -50,7 +44,11 @@ export function natsConnectOptions(url: string, access: NatsAccess): Partial<Con
     access.credsFile !== undefined
       ? { authenticator: credsAuthenticator(readSetting("TALLY_NATS_CREDS_FILE", access.credsFile)) }
       : access.nkeySeedFile !== undefined
-        ? { authenticator: nkeyAuthenticator(new TextEncoder().encode(readSetting("TALLY_NATS_NKEY_SEED_FILE", access.nkeySeedFile).toString("utf8").trim())) }
+        ? {
+            authenticator: nkeyAuthenticator(
+              new TextEncoder().encode(readSetting("TALLY_NATS_NKEY_SEED_FILE", access.nkeySeedFile).toString("utf8").trim()),
+            ),
+          }
         : user !== undefined
           ? { user, ...(pass !== undefined ? { pass } : {}) }
           : token !== undefined
@@ -155,9 +153,7 @@ async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig>
   try {
     const info = await jsm.streams.info(config.name);
     const current = info.config;
-    const changed = (Object.keys(config) as Array<keyof StreamConfig>).some(
-      (k) => JSON.stringify(current[k]) !== JSON.stringify(config[k]),
-    );
+    const changed = (Object.keys(config) as Array<keyof StreamConfig>).some((k) => JSON.stringify(current[k]) !== JSON.stringify(config[k]));
     if (changed) await jsm.streams.update(config.name, { ...current, ...config });
   } catch (error) {
     if (!isNotFound(error)) throw error;

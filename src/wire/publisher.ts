@@ -97,13 +97,7 @@ function* envelopes(list: ReadonlyArray<Command>, size: number): Generator<Reado
   if (chunk.length > 0) yield chunk;
 }
 
-async function publishWithRetry(
-  js: JetStreamClient,
-  subject: string,
-  chunk: ReadonlyArray<Command>,
-  attempts: number,
-  deadline: number,
-) {
+async function publishWithRetry(js: JetStreamClient, subject: string, chunk: ReadonlyArray<Command>, attempts: number, deadline: number) {
   const body = encodeEnvelope(chunk);
   const msgID = envelopeMsgId(chunk.map((c) => c.id));
   for (let attempt = 1; ; attempt++) {
@@ -117,7 +111,8 @@ async function publishWithRetry(
       if (error instanceof PublishDeadlineExceeded) throw error;
       if (isStoreFull(error)) publishHealth.lastRefusal = { at: Date.now(), message: (error as Error).message };
       if (attempt >= attempts) throw error;
-      if (deadline - Date.now() <= 0) throw new PublishDeadlineExceeded(`no PubAck for ${subject} before the deadline: ${(error as Error).message}`, { cause: error });
+      if (deadline - Date.now() <= 0)
+        throw new PublishDeadlineExceeded(`no PubAck for ${subject} before the deadline: ${(error as Error).message}`, { cause: error });
       await new Promise((r) => setTimeout(r, Math.min(backoffDelay(attempt, 200, 5_000), Math.max(0, deadline - Date.now()))));
     }
   }

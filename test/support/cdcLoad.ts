@@ -284,7 +284,9 @@ export class DemoLoad {
         });
       }
     }
-    const marker = receipts[0] ? { table: "goods_receipts", column: "receipt_id", id: receipts[0].receipt_id } : { table: "stock_adjustments", column: "adjustment_id", id: adjustments[0]!.adjustment_id };
+    const marker = receipts[0]
+      ? { table: "goods_receipts", column: "receipt_id", id: receipts[0].receipt_id }
+      : { table: "stock_adjustments", column: "adjustment_id", id: adjustments[0]!.adjustment_id };
     await this.#commit(
       this.#erp,
       async (tx) => {
@@ -306,7 +308,15 @@ export class DemoLoad {
     const orderId = `T${++this.#shopTx}`;
     if (this.#shopTx % 20 === 1) await this.#syncCredit();
     const updates: Array<{ orderId: string; lineNo: number; status: "cancelled" | "shipped" }> = [];
-    const returns: Array<{ return_id: number; order_id: string; line_no: number; shop_sku: string; location: string; qty: number; restockable: boolean }> = [];
+    const returns: Array<{
+      return_id: number;
+      order_id: string;
+      line_no: number;
+      shop_sku: string;
+      location: string;
+      qty: number;
+      restockable: boolean;
+    }> = [];
     const lines: Array<{ order_id: string; line_no: number; shop_sku: string; location: string; qty: number }> = [];
     const placed: Array<OpenLine> = [];
     for (let i = 0; i < n; i++) {

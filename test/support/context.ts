@@ -1,6 +1,6 @@
-import { randomBytes } from 'node:crypto';
-import postgres from 'postgres';
-import { inject } from 'vitest';
+import { randomBytes } from "node:crypto";
+import postgres from "postgres";
+import { inject } from "vitest";
 
 /** What one test file gets: its own database and env name on the run's shared servers. */
 export interface TestContext {
@@ -39,9 +39,9 @@ async function asAdmin(adminUrl: string, statement: string): Promise<void> {
  * streams. Call it once per file (e.g. in `beforeAll`).
  */
 export async function testContext(): Promise<TestContext> {
-  const adminUrl = inject('pgAdminUrl');
-  const natsUrl = inject('natsUrl');
-  const suffix = randomBytes(4).toString('hex');
+  const adminUrl = inject("pgAdminUrl");
+  const natsUrl = inject("natsUrl");
+  const suffix = randomBytes(4).toString("hex");
   const database = `t_${suffix}`;
   await asAdmin(adminUrl, `create database ${database}`);
   return { env: `t${suffix}`, databaseUrl: withDatabase(adminUrl, database), natsUrl, adminUrl };

@@ -61,7 +61,8 @@ export async function startDev(dir: string, ...args: Array<string>): Promise<Dev
   const natsUrl = /^ {2}nats {6}(nats:\/\/\S+)/m.exec(stdout)?.[1];
   const apiUrl = /^ {2}api {7}(http:\/\/\S+)/m.exec(stdout)?.[1];
   const token = /^ {2}token {5}(tly_\S+)/m.exec(stdout)?.[1];
-  if (databaseUrl === undefined || natsUrl === undefined || apiUrl === undefined || token === undefined) throw new Error(`no URLs in the banner:\n${stdout}`);
+  if (databaseUrl === undefined || natsUrl === undefined || apiUrl === undefined || token === undefined)
+    throw new Error(`no URLs in the banner:\n${stdout}`);
   return { child, databaseUrl, natsUrl, apiUrl, token, stdout: () => stdout, output: () => output };
 }
 
@@ -105,7 +106,6 @@ export async function scratchDir(): Promise<string> {
   await chmod(dir, 0o755);
   return dir;
 }
-
 
 /** SIGINTs every `tally dev` a test started that still runs (then SIGKILL): for afterEach. */
 export async function stopStartedDevs(): Promise<void> {

@@ -1,8 +1,8 @@
-import type { TestProject } from 'vitest/node';
-import { startNats } from './nats.ts';
-import { startPostgres } from './postgres.ts';
+import type { TestProject } from "vitest/node";
+import { startNats } from "./nats.ts";
+import { startPostgres } from "./postgres.ts";
 
-declare module 'vitest' {
+declare module "vitest" {
   export interface ProvidedContext {
     /** Superuser URL of the run's shared Postgres (database `postgres`). */
     pgAdminUrl: string;
@@ -20,20 +20,20 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const [pg, nats] = await Promise.allSettled([startPostgres(), startNats()]);
   const teardown = async (): Promise<void> => {
     await Promise.allSettled([
-      pg.status === 'fulfilled' ? pg.value.destroy() : undefined,
-      nats.status === 'fulfilled' ? nats.value.destroy() : undefined,
+      pg.status === "fulfilled" ? pg.value.destroy() : undefined,
+      nats.status === "fulfilled" ? nats.value.destroy() : undefined,
     ]);
   };
   // On failure, do not leave the server that did start running.
-  if (pg.status === 'rejected') {
+  if (pg.status === "rejected") {
     await teardown();
     throw pg.reason;
   }
-  if (nats.status === 'rejected') {
+  if (nats.status === "rejected") {
     await teardown();
     throw nats.reason;
   }
-  project.provide('pgAdminUrl', pg.value.url());
-  project.provide('natsUrl', nats.value.url);
+  project.provide("pgAdminUrl", pg.value.url());
+  project.provide("natsUrl", nats.value.url);
   return teardown;
 }

@@ -1,2 +1,2 @@
 // The server harness moved to src/app/devStack/ (`tally dev` starts these servers too).
-export { freePort } from '../../src/app/devStack/index.ts';
+export { freePort } from "../../src/app/devStack/index.ts";

@@ -29,10 +29,7 @@ export interface SecuredNats {
  * of {@link startNats}; `extra` is appended (a `tls {}` block, say). The readiness probe connects
  * as the admin user.
  */
-export async function startSecuredNats(
-  env: string,
-  opts: { extra?: string; probeTls?: { ca: string } } = {},
-): Promise<SecuredNats> {
+export async function startSecuredNats(env: string, opts: { extra?: string; probeTls?: { ca: string } } = {}): Promise<SecuredNats> {
   const dir = await mkdtemp(join(tmpdir(), "tally-secured-nats-"));
   const shipped = await readFile(join(ROOT, "deploy/nats/tally.conf"), "utf8");
   const filled = shipped
@@ -65,4 +62,3 @@ export async function startSecuredNats(
     },
   };
 }
-

@@ -1,11 +1,11 @@
-import { readFileSync } from 'node:fs';
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { connect } from '@nats-io/transport-node';
-import postgres from 'postgres';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { dropTestDatabase, testContext } from './context.ts';
-import { startNats, type NatsServer } from './nats.ts';
-import { startPostgres, type PostgresServer } from './postgres.ts';
+import { readFileSync } from "node:fs";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { dropTestDatabase, testContext } from "./context.ts";
+import { startNats, type NatsServer } from "./nats.ts";
+import { startPostgres, type PostgresServer } from "./postgres.ts";
 
 /** Runs `fn` with a short-lived postgres.js client. */
 async function withSql<T>(url: string, fn: (sql: postgres.Sql) => Promise<T>): Promise<T> {
@@ -20,28 +20,28 @@ async function withSql<T>(url: string, fn: (sql: postgres.Sql) => Promise<T>): P
 async function walLevel(url: string): Promise<string> {
   return withSql(url, async (sql) => {
     const [row] = await sql<{ wal_level: string }[]>`show wal_level`;
-    return row?.wal_level ?? '';
+    return row?.wal_level ?? "";
   });
 }
 
 /** True if the pid is running (zombies and missing pids count as not running). */
 function isRunning(pid: number): boolean {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
-    return state !== 'Z' && state !== 'X';
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const state = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0];
+    return state !== "Z" && state !== "X";
   } catch {
     return false;
   }
 }
 
-describe('shared servers from globalSetup', () => {
-  it('run Postgres with wal_level = logical', async () => {
-    expect(await walLevel(inject('pgAdminUrl'))).toBe('logical');
+describe("shared servers from globalSetup", () => {
+  it("run Postgres with wal_level = logical", async () => {
+    expect(await walLevel(inject("pgAdminUrl"))).toBe("logical");
   });
 
-  it('run nats-server with JetStream enabled', async () => {
-    const nc = await connect({ servers: inject('natsUrl') });
+  it("run nats-server with JetStream enabled", async () => {
+    const nc = await connect({ servers: inject("natsUrl") });
     try {
       const jsm = await jetstreamManager(nc);
       const info = await jsm.getAccountInfo();
@@ -52,7 +52,7 @@ describe('shared servers from globalSetup', () => {
   });
 });
 
-describe('a dedicated Postgres', () => {
+describe("a dedicated Postgres", () => {
   let pg: PostgresServer;
   beforeAll(async () => {
     pg = await startPostgres();
@@ -61,7 +61,7 @@ describe('a dedicated Postgres', () => {
     await pg?.destroy();
   });
 
-  it('keeps committed rows across kill() and start()', async () => {
+  it("keeps committed rows across kill() and start()", async () => {
     await withSql(pg.url(), async (sql) => {
       await sql`create table survivor (id int primary key, note text not null)`;
       await sql`insert into survivor values (1, 'before the crash')`;
@@ -69,10 +69,10 @@ describe('a dedicated Postgres', () => {
     await pg.kill();
     await pg.start();
     const rows = await withSql(pg.url(), (sql) => sql`select id, note from survivor`);
-    expect(rows).toEqual([{ id: 1, note: 'before the crash' }]);
+    expect(rows).toEqual([{ id: 1, note: "before the crash" }]);
   });
 
-  it('kills busy backends too, and restart() comes back on the same port', async () => {
+  it("kills busy backends too, and restart() comes back on the same port", async () => {
     const port = pg.port;
     const sql = postgres(pg.url(), { max: 1, onnotice: () => {} });
     const [row] = await sql<{ pid: number }[]>`select pg_backend_pid() as pid`;
@@ -91,26 +91,26 @@ describe('a dedicated Postgres', () => {
     expect(rows).toEqual([{ n: 1 }]);
   });
 
-  it('stops gracefully and starts again', async () => {
+  it("stops gracefully and starts again", async () => {
     await pg.stop();
     await expect(withSql(pg.url(), (sql) => sql`select 1`)).rejects.toThrow();
     await pg.start();
-    expect(await walLevel(pg.url())).toBe('logical');
+    expect(await walLevel(pg.url())).toBe("logical");
   });
 });
 
-describe('Postgres settings', () => {
-  it('override the defaults', async () => {
-    const pg = await startPostgres({ settings: { wal_level: 'replica' } });
+describe("Postgres settings", () => {
+  it("override the defaults", async () => {
+    const pg = await startPostgres({ settings: { wal_level: "replica" } });
     try {
-      expect(await walLevel(pg.url())).toBe('replica');
+      expect(await walLevel(pg.url())).toBe("replica");
     } finally {
       await pg.destroy();
     }
   });
 });
 
-describe('a dedicated nats-server', () => {
+describe("a dedicated nats-server", () => {
   let nats: NatsServer;
   beforeAll(async () => {
     nats = await startNats();
@@ -119,12 +119,12 @@ describe('a dedicated nats-server', () => {
     await nats?.destroy();
   });
 
-  it('keeps JetStream streams and messages across restart()', async () => {
+  it("keeps JetStream streams and messages across restart()", async () => {
     const before = await connect({ servers: nats.url });
     try {
       const jsm = await jetstreamManager(before);
-      await jsm.streams.add({ name: 'SURVIVOR', subjects: ['survivor.>'] });
-      const ack = await jetstream(before).publish('survivor.one', 'before the crash');
+      await jsm.streams.add({ name: "SURVIVOR", subjects: ["survivor.>"] });
+      const ack = await jetstream(before).publish("survivor.one", "before the crash");
       expect(ack.seq).toBe(1);
     } finally {
       await before.close();
@@ -135,19 +135,19 @@ describe('a dedicated nats-server', () => {
     const after = await connect({ servers: nats.url });
     try {
       const jsm = await jetstreamManager(after);
-      const info = await jsm.streams.info('SURVIVOR');
+      const info = await jsm.streams.info("SURVIVOR");
       expect(info.state.messages).toBe(1);
-      const message = await jsm.streams.getMessage('SURVIVOR', { seq: 1 });
-      expect(message?.subject).toBe('survivor.one');
-      expect(message?.string()).toBe('before the crash');
+      const message = await jsm.streams.getMessage("SURVIVOR", { seq: 1 });
+      expect(message?.subject).toBe("survivor.one");
+      expect(message?.string()).toBe("before the crash");
     } finally {
       await after.close();
     }
   });
 });
 
-describe('testContext()', () => {
-  it('gives each call its own database and env', async () => {
+describe("testContext()", () => {
+  it("gives each call its own database and env", async () => {
     const a = await testContext();
     const b = await testContext();
     try {
@@ -155,7 +155,7 @@ describe('testContext()', () => {
       expect(a.env).not.toBe(b.env);
       for (const ctx of [a, b]) {
         expect(ctx.env).toMatch(/^[a-z0-9_]+$/);
-        expect(ctx.natsUrl).toBe(inject('natsUrl'));
+        expect(ctx.natsUrl).toBe(inject("natsUrl"));
         const [row] = await withSql(ctx.databaseUrl, (sql) => sql<{ db: string }[]>`select current_database() as db`);
         expect(row?.db).toBe(`t_${ctx.env.slice(1)}`);
       }

@@ -183,7 +183,13 @@ export async function stealDeliveries(
       for await (const _ of await consumer.fetch({ max_messages: opts.batch, expires: 1000 })) stolen++;
     } catch (error) {
       // Only the end of that consumer ends the theft; anything else is the test's own fault.
-      if (await nats.jsm.consumers.info(stream, name).then(() => true, () => false)) throw error;
+      if (
+        await nats.jsm.consumers.info(stream, name).then(
+          () => true,
+          () => false,
+        )
+      )
+        throw error;
       break;
     }
   }

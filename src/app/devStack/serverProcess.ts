@@ -179,14 +179,7 @@ export class ServerProcess {
     }
   }
 
-  #spawn(
-    command: string,
-    args: readonly string[],
-    cwd: string,
-    logPath: string,
-    uid: number | undefined,
-    gid: number | undefined,
-  ): Running {
+  #spawn(command: string, args: readonly string[], cwd: string, logPath: string, uid: number | undefined, gid: number | undefined): Running {
     const logFd = openSync(logPath, "a");
     let child: ChildProcess;
     try {
@@ -297,10 +290,7 @@ async function withTimeout<T>(promise: Promise<T>, ms: number, message: string):
  * command line names `dir` or a path inside it: servers still using a data folder.
  * Empty where /proc is missing.
  */
-export function serversUsing(
-  dir: string,
-  commands: readonly string[] = ["postgres", "nats-server"],
-): Array<{ pid: number; command: string }> {
+export function serversUsing(dir: string, commands: readonly string[] = ["postgres", "nats-server"]): Array<{ pid: number; command: string }> {
   let entries: string[];
   try {
     entries = readdirSync("/proc");

@@ -84,7 +84,10 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
         summary: "What one channel may sell of a SKU",
         params: { type: "object", required: ["sku"], properties: { sku: { type: "string", pattern: SKU } } },
         querystring: { type: "object", properties: { channel: { type: "string", description: "default: the token's channel" } } },
-        response: { 200: { ...Availability, properties: { ...Availability.properties, updatedAt: { type: ["string", "null"] } } }, ...errors(400, 401, 403, 404) },
+        response: {
+          200: { ...Availability, properties: { ...Availability.properties, updatedAt: { type: ["string", "null"] } } },
+          ...errors(400, 401, 403, 404),
+        },
       },
     },
     async (req) => {
@@ -113,7 +116,10 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
             required: ["channel", "items", "unknown"],
             properties: {
               channel: { type: "string" },
-              items: { type: "array", items: { ...Availability, properties: { ...Availability.properties, updatedAt: { type: ["string", "null"] } } } },
+              items: {
+                type: "array",
+                items: { ...Availability, properties: { ...Availability.properties, updatedAt: { type: ["string", "null"] } } },
+              },
               unknown: { type: "array", items: { type: "string" }, description: "SKUs the ledger has never seen" },
             },
           },
@@ -204,16 +210,25 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
           },
         },
         headers: { type: "object", properties: { "last-event-id": { type: "string", pattern: "^[0-9]{1,15}$" } } },
-        response: { 200: { description: "server-sent events", content: { "text/event-stream": { schema: { type: "string" } } } }, ...errors(400, 401, 403, 404) },
+        response: {
+          200: { description: "server-sent events", content: { "text/event-stream": { schema: { type: "string" } } } },
+          ...errors(400, 401, 403, 404),
+        },
       },
     },
     async (req, reply) => streamAvailability(ctx, req, reply),
   );
 }
 
-
 function parseSkus(text: string): Array<string> {
-  const skus = [...new Set(text.split(",").map((s) => s.trim()).filter(Boolean))];
+  const skus = [
+    ...new Set(
+      text
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+    ),
+  ];
   if (skus.length === 0) throw new ApiError(400, "invalid_request", "querystring.skus: expected at least one SKU");
   if (skus.length > MAX_SKUS) throw new ApiError(400, "invalid_request", `querystring.skus: at most ${MAX_SKUS} SKUs, got ${skus.length}`);
   const bad = skus.find((s) => !new RegExp(SKU).test(s));

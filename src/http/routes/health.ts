@@ -26,7 +26,8 @@ export async function healthRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
     {
       schema: {
         tags: ["health"],
-        summary: "Dependencies answer (Postgres, NATS, JetStream's commands stream); per role: every partition held and none stuck (worker), sources streaming (cdc)",
+        summary:
+          "Dependencies answer (Postgres, NATS, JetStream's commands stream); per role: every partition held and none stuck (worker), sources streaming (cdc)",
         security: [],
         response: {
           200: { type: "object", properties: { ready: { type: "boolean" }, checks: { type: "object", additionalProperties: Check } } },
@@ -107,7 +108,9 @@ export async function readiness(ctx: ApiContext): Promise<{ ready: boolean; chec
                 // A worker may rightly hold none (more workers than partitions); what must hold is that someone holds each.
                 detail:
                   `${held.length} of ${topology.partitions} partitions held by this worker, ${Math.min(heldAnywhere, topology.partitions)} by some worker` +
-                  (stuckHere.length > 0 ? `; stuck here: ${stuckHere.map((s) => `${s.partition} (${s.attempts} attempts: ${s.lastError})`).join(", ")}` : ""),
+                  (stuckHere.length > 0
+                    ? `; stuck here: ${stuckHere.map((s) => `${s.partition} (${s.attempts} attempts: ${s.lastError})`).join(", ")}`
+                    : ""),
               };
             },
             (e: unknown) => (checks.leases = failed(e)),
@@ -147,6 +150,10 @@ async function jetstreamCheck(ctx: ApiContext): Promise<Check> {
     return { ok: false, detail: `the commands stream is full: ${info.state.bytes} of ${maxBytes} bytes`, messages: info.state.messages };
   const refusal = publishHealth.lastRefusal;
   if (refusal && refusal.at > publishHealth.lastSuccessAt && Date.now() - refusal.at < REFUSAL_MEMORY_MS)
-    return { ok: false, detail: `JetStream refused a command publish ${Math.round((Date.now() - refusal.at) / 1000)} s ago for want of room: ${refusal.message}`, messages: info.state.messages };
+    return {
+      ok: false,
+      detail: `JetStream refused a command publish ${Math.round((Date.now() - refusal.at) / 1000)} s ago for want of room: ${refusal.message}`,
+      messages: info.state.messages,
+    };
   return { ok: true, messages: info.state.messages, created: info.created };
 }

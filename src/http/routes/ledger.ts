@@ -2,7 +2,15 @@ import { Readable } from "node:stream";
 import type { FastifyInstance } from "fastify";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
-import { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, entryJson, openExport, type EntryRow, type ExportSummary } from "../../../ledger/index.ts";
+import {
+  EXPORT_CURSOR_HEADER,
+  EXPORT_CURSOR_PATTERN,
+  EXPORT_SUMMARY_TRAILER,
+  entryJson,
+  openExport,
+  type EntryRow,
+  type ExportSummary,
+} from "../../../ledger/index.ts";
 
 const Entry = {
   type: "object",
@@ -26,7 +34,19 @@ const Entry = {
   },
 } as const;
 
-const MOVEMENTS = ["receive", "sell", "return", "return_damaged", "reserve", "release", "fulfill", "adjust", "count_variance", "transfer_out", "transfer_in"];
+const MOVEMENTS = [
+  "receive",
+  "sell",
+  "return",
+  "return_damaged",
+  "reserve",
+  "release",
+  "fulfill",
+  "adjust",
+  "count_variance",
+  "transfer_out",
+  "transfer_in",
+];
 
 interface EntriesQuery {
   sku?: string;
@@ -43,9 +63,14 @@ const date = (name: string, v: string | undefined): Date | undefined => {
   const d = new Date(v);
   // Years 0001–9999 only: Postgres has no year 0, and a bound outside that range means nothing to a ledger.
   if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v) || d.getUTCFullYear() < 1 || d.getUTCFullYear() > 9999)
-    throw new ApiError(400, "invalid_request", `querystring.${name}: expected an ISO-8601 date or date-time in the years 0001 to 9999, got ${JSON.stringify(v.slice(0, 40))}`, {
-      issues: [{ path: `querystring.${name}`, message: "expected an ISO-8601 date or date-time in the years 0001 to 9999" }],
-    });
+    throw new ApiError(
+      400,
+      "invalid_request",
+      `querystring.${name}: expected an ISO-8601 date or date-time in the years 0001 to 9999, got ${JSON.stringify(v.slice(0, 40))}`,
+      {
+        issues: [{ path: `querystring.${name}`, message: "expected an ISO-8601 date or date-time in the years 0001 to 9999" }],
+      },
+    );
   return d;
 };
 
@@ -145,7 +170,10 @@ function exportRoute(app: FastifyInstance, ctx: ApiContext): void {
           },
         },
         response: {
-          200: { description: "the entries, then the summary", content: { "text/csv": { schema: { type: "string" } }, "application/x-ndjson": { schema: { type: "string" } } } },
+          200: {
+            description: "the entries, then the summary",
+            content: { "text/csv": { schema: { type: "string" } }, "application/x-ndjson": { schema: { type: "string" } } },
+          },
           ...errors(400, 401, 403),
         },
       },
@@ -176,4 +204,3 @@ function exportRoute(app: FastifyInstance, ctx: ApiContext): void {
     },
   );
 }
-

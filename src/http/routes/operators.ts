@@ -20,7 +20,13 @@ const Letter = {
     payloadStored: {
       type: "object",
       description: "set when the payload was too large for NATS: it is kept in Postgres (payload is then null; a replay reads it back)",
-      properties: { in: { type: "string" }, table: { type: "string" }, key: { type: "string" }, bytes: { type: "integer" }, json: { type: "boolean" } },
+      properties: {
+        in: { type: "string" },
+        table: { type: "string" },
+        key: { type: "string" },
+        bytes: { type: "integer" },
+        json: { type: "boolean" },
+      },
     },
   },
 } as const;
@@ -49,9 +55,15 @@ function deadLetterRoutes(app: FastifyInstance, ctx: ApiContext): void {
         summary: "Dead letters, oldest first",
         querystring: {
           type: "object",
-          properties: { origin: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" }, limit: { type: "integer", minimum: 1, maximum: 10_000, default: 1000 } },
+          properties: {
+            origin: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" },
+            limit: { type: "integer", minimum: 1, maximum: 10_000, default: 1000 },
+          },
         },
-        response: { 200: { type: "object", properties: { total: { type: "integer" }, letters: { type: "array", items: Letter } } }, ...errors(400, 401, 403) },
+        response: {
+          200: { type: "object", properties: { total: { type: "integer" }, letters: { type: "array", items: Letter } } },
+          ...errors(400, 401, 403),
+        },
       },
     },
     async (req) => {
@@ -154,7 +166,11 @@ function stuckPartitionRoutes(app: FastifyInstance, ctx: ApiContext): void {
       schema: {
         tags: ["operators"],
         summary: "Ask the worker holding a stuck partition to dead-letter the message it is stuck at (or `seq`) and move on",
-        params: { type: "object", required: ["partition"], properties: { partition: { type: "integer", minimum: 0, maximum: ctx.topology.partitions - 1 } } },
+        params: {
+          type: "object",
+          required: ["partition"],
+          properties: { partition: { type: "integer", minimum: 0, maximum: ctx.topology.partitions - 1 } },
+        },
         body: { type: "object", properties: { seq: { type: "integer", minimum: 1, maximum: Number.MAX_SAFE_INTEGER } }, additionalProperties: false },
         response: {
           202: { type: "object", properties: { partition: { type: "integer" }, seq: { type: "integer" }, requested: { type: "boolean" } } },
@@ -182,7 +198,10 @@ function sourceRoutes(app: FastifyInstance, ctx: ApiContext): void {
       schema: {
         tags: ["operators"],
         summary: "Per CDC source whose URL is set: slot, lag, last event, snapshot, counters",
-        response: { 200: { type: "object", properties: { sources: { type: "array", items: { type: "object", additionalProperties: true } } } }, ...errors(401, 403) },
+        response: {
+          200: { type: "object", properties: { sources: { type: "array", items: { type: "object", additionalProperties: true } } } },
+          ...errors(401, 403),
+        },
       },
     },
     async () => {
@@ -206,4 +225,3 @@ function sourceRoutes(app: FastifyInstance, ctx: ApiContext): void {
     },
   );
 }
-

@@ -21,7 +21,10 @@ const PosLineSchema = {
     weight: {
       type: "object",
       required: ["value", "unit"],
-      properties: { value: { anyOf: [{ type: "string" }, { type: "number" }], description: 'exact decimal, e.g. "1.25"' }, unit: { type: "string", description: "e.g. kg, g" } },
+      properties: {
+        value: { anyOf: [{ type: "string" }, { type: "number" }], description: 'exact decimal, e.g. "1.25"' },
+        unit: { type: "string", description: "e.g. kg, g" },
+      },
     },
     restockable: { type: "boolean", description: "returns only; false sends the goods to damaged (default true)" },
     voids: { type: "integer", minimum: 1, description: "void lines: the earlier line they cancel (whole, or qty of it)" },
@@ -134,14 +137,19 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
           ? list.map((t) => (t as { store?: unknown })?.store).filter((s): s is string => typeof s === "string" && !stores.has(s))
           : [];
         if (foreign.length > 0)
-          return reply.code(403).send({ error: "forbidden", message: `this token may only post for the stores of channel ${req.principal!.channel} (not ${[...new Set(foreign)].join(", ")})` });
+          return reply.code(403).send({
+            error: "forbidden",
+            message: `this token may only post for the stores of channel ${req.principal!.channel} (not ${[...new Set(foreign)].join(", ")})`,
+          });
       }
       try {
         const result = await ctx.pos.ingest(payload, { via: "http", by, stores, deadline: Date.now() + ctx.opts.requestTimeoutMs });
         return reply.code(result.accepted > 0 ? 200 : result.error === "idempotency_conflict" ? 409 : 400).send(result);
       } catch (error) {
         if (error instanceof InvalidBatch)
-          return reply.code(400).send({ accepted: 0, rejected: 1, results: [], error: "invalid_request", message: error.message, errors: error.issues });
+          return reply
+            .code(400)
+            .send({ accepted: 0, rejected: 1, results: [], error: "invalid_request", message: error.message, errors: error.issues });
         throw error;
       }
     },

@@ -44,7 +44,13 @@ const ReservationView = {
       type: "array",
       items: {
         type: "object",
-        properties: { line: { type: "integer" }, sku: { type: "string" }, qty: { type: "integer" }, location: { type: ["string", "null"] }, state: { type: "string" } },
+        properties: {
+          line: { type: "integer" },
+          sku: { type: "string" },
+          qty: { type: "integer" },
+          location: { type: ["string", "null"] },
+          state: { type: "string" },
+        },
       },
     },
   },
@@ -137,7 +143,9 @@ export async function reservationRoutes(app: FastifyInstance, { ctx }: { ctx: Ap
 /** A body gives either sku and qty, or lines: the 400 for one that does not. */
 function shapeProblem(b: CreateBodyT): ApiError | null {
   if ((b.lines === undefined) === (b.sku === undefined))
-    return new ApiError(400, "invalid_request", "body: expected either sku and qty, or lines", { issues: [{ path: "body", message: "expected either sku and qty, or lines" }] });
+    return new ApiError(400, "invalid_request", "body: expected either sku and qty, or lines", {
+      issues: [{ path: "body", message: "expected either sku and qty, or lines" }],
+    });
   if (b.sku !== undefined && b.qty === undefined)
     return new ApiError(400, "invalid_request", "body.qty: is missing", { issues: [{ path: "body.qty", message: "is missing" }] });
   if (b.lines !== undefined && b.qty !== undefined)
@@ -149,7 +157,8 @@ function shapeProblem(b: CreateBodyT): ApiError | null {
 function channelOf(ctx: ApiContext, b: CreateBodyT, principal: NonNullable<FastifyRequest["principal"]>): string | null {
   const channel = b.channel ?? principal.channel ?? null;
   if (channel !== null) {
-    if (principal.channel && principal.channel !== channel) throw new ApiError(403, "forbidden", `this token may only reserve in channel ${principal.channel}`);
+    if (principal.channel && principal.channel !== channel)
+      throw new ApiError(403, "forbidden", `this token may only reserve in channel ${principal.channel}`);
     if (!Object.hasOwn(ctx.config.channels, channel)) throw new ApiError(404, "unknown_channel", `no channel ${JSON.stringify(channel)}`);
   }
   return channel;
@@ -189,19 +198,32 @@ function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig):
         const location = l.location ?? b.location ?? null;
         const path = b.lines ? `body.lines[${i}]` : "body";
         if (location === null && channel === null)
-          throw new ApiError(400, "invalid_request", `${path}.location: is missing (give a location or a channel)`, { issues: [{ path: `${path}.location`, message: "is missing (give a location or a channel)" }] });
+          throw new ApiError(400, "invalid_request", `${path}.location: is missing (give a location or a channel)`, {
+            issues: [{ path: `${path}.location`, message: "is missing (give a location or a channel)" }],
+          });
         if (location !== null && channel !== null && !channels[channel]!.locations.includes(location)) {
           if (principal.channel) throw new ApiError(403, "forbidden", `${path}.location: ${location} does not feed channel ${channel}`);
-          throw new ApiError(400, "invalid_request", `${path}.location: ${location} does not feed channel ${channel}`, { issues: [{ path: `${path}.location`, message: `does not feed channel ${channel}` }] });
+          throw new ApiError(400, "invalid_request", `${path}.location: ${location} does not feed channel ${channel}`, {
+            issues: [{ path: `${path}.location`, message: `does not feed channel ${channel}` }],
+          });
         }
         // A bundle is held as its components (all together, like any cart).
         let parts: Array<{ sku: string; qty: number }> = [{ sku: l.sku, qty: l.qty }];
         try {
           const r = crosswalk.resolve(
-            { type: "reserve", item: { system: "sku", id: l.sku }, location: location ?? "ANY", qty: l.qty, fields: { reservationId: RESOLVE_PROBE_COMMAND_ID } },
+            {
+              type: "reserve",
+              item: { system: "sku", id: l.sku },
+              location: location ?? "ANY",
+              qty: l.qty,
+              fields: { reservationId: RESOLVE_PROBE_COMMAND_ID },
+            },
             { source: "api", id: RESOLVE_PROBE_COMMAND_ID, ref: "reservation", occurredAt: new Date().toISOString() },
           );
-          if (r.kind === "skipped") throw new ApiError(400, "invalid_request", `${path}.sku: ${l.sku} is not an inventory item`, { issues: [{ path: `${path}.sku`, message: "is not an inventory item" }] });
+          if (r.kind === "skipped")
+            throw new ApiError(400, "invalid_request", `${path}.sku: ${l.sku} is not an inventory item`, {
+              issues: [{ path: `${path}.sku`, message: "is not an inventory item" }],
+            });
           parts = r.commands.map((c) => ({ sku: c.sku, qty: (c as { qty: number }).qty }));
         } catch (error) {
           if (!(error instanceof MappingError)) throw error;
@@ -209,7 +231,8 @@ function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig):
         }
         for (const p of parts) lines.push({ sku: p.sku, qty: p.qty, location });
       }
-      if (lines.length > MAX_LINES) throw new ApiError(400, "invalid_request", `body.lines: at most ${MAX_LINES} lines (bundles expanded), got ${lines.length}`);
+      if (lines.length > MAX_LINES)
+        throw new ApiError(400, "invalid_request", `body.lines: at most ${MAX_LINES} lines (bundles expanded), got ${lines.length}`);
       const answer = await domain(() =>
         ctx.reservations.create({
           principal: principal.id,
@@ -232,7 +255,12 @@ function readRoute(app: FastifyInstance, ctx: ApiContext): void {
     "/v1/reservations/:id",
     {
       config: { scope: "reservations:write" },
-      schema: { tags: ["reservations"], summary: "A reservation and its lines", params: IdParams, response: { 200: ReservationView, ...errors(400, 401, 403, 404) } },
+      schema: {
+        tags: ["reservations"],
+        summary: "A reservation and its lines",
+        params: IdParams,
+        response: { 200: ReservationView, ...errors(400, 401, 403, 404) },
+      },
     },
     async (req) => {
       const found = await ctx.reservations.get(req.params.id);
@@ -245,18 +273,32 @@ function readRoute(app: FastifyInstance, ctx: ApiContext): void {
 
 /** Commit, fulfil and release: each answers the reservation's view (200), or the lifecycle's refusal. */
 function actionRoutes(app: FastifyInstance, ctx: ApiContext, write: WriteConfig): void {
-  const action = (path: string, summary: string, run: (id: string, may: ReturnType<typeof mayTouch>) => Promise<Record<string, unknown>>, method: "POST" | "DELETE" = "POST") =>
+  const action = (
+    path: string,
+    summary: string,
+    run: (id: string, may: ReturnType<typeof mayTouch>) => Promise<Record<string, unknown>>,
+    method: "POST" | "DELETE" = "POST",
+  ) =>
     app.route<{ Params: { id: string } }>({
       method,
       url: path,
       config: write,
-      schema: { tags: ["reservations"], summary, params: IdParams, response: { 200: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 429) } },
+      schema: {
+        tags: ["reservations"],
+        summary,
+        params: IdParams,
+        response: { 200: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 429) },
+      },
       handler: async (req, reply) => {
         const view = await domain(() => run(req.params.id, mayTouch(req)));
         return reply.code(200).send(view);
       },
     });
-  action("/v1/reservations/:id/commit", "Order placed: keep the hold (no expiry) until fulfilled or released", (id, may) => ctx.reservations.commit(id, may));
-  action("/v1/reservations/:id/fulfill", "Shipped: fulfill every line (reserved and on hand go down)", (id, may) => ctx.reservations.fulfill(id, may));
+  action("/v1/reservations/:id/commit", "Order placed: keep the hold (no expiry) until fulfilled or released", (id, may) =>
+    ctx.reservations.commit(id, may),
+  );
+  action("/v1/reservations/:id/fulfill", "Shipped: fulfill every line (reserved and on hand go down)", (id, may) =>
+    ctx.reservations.fulfill(id, may),
+  );
   action("/v1/reservations/:id", "Release the hold (cancel); idempotent", (id, may) => ctx.reservations.release(id, may), "DELETE");
 }
