@@ -12,7 +12,7 @@ import { loadSettings, requireDatabaseUrl, type Settings } from "../platform/ind
 import type { TallyConfig } from "../platform/index.ts";
 import { knownStores, loadTallyConfig } from "../platform/index.ts";
 import { stopWithParent, workerProcess } from "./workerProcess.ts";
-import { connectPostgres, type Sql } from "../platform/index.ts";
+import type { Sql } from "../platform/index.ts";
 import { devMain } from "./dev.ts";
 import { createLogger } from "../platform/index.ts";
 import { ensureTopology } from "../wire/index.ts";
@@ -146,8 +146,7 @@ async function cmdMigrate(args: ReadonlyArray<string>): Promise<number> {
     return 0;
   }
   const settings = loadSettings();
-  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-migrate" });
-  try {
+  return withPostgres(requireDatabaseUrl(settings), "tally-migrate", 1, async (sql) => {
     const result = await migrate(sql, settings.env);
     process.stdout.write(
       result.applied.length === 0
@@ -162,9 +161,7 @@ async function cmdMigrate(args: ReadonlyArray<string>): Promise<number> {
       process.stdout.write(`migrate: granted the runtime privileges to ${role}\n`);
     }
     return 0;
-  } finally {
-    await sql.end({ timeout: 5 });
-  }
+  });
 }
 
 async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
@@ -458,8 +455,7 @@ async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promi
   const { writeFile } = await import("node:fs/promises");
   const { pipeline } = await import("node:stream/promises");
   const { Readable } = await import("node:stream");
-  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-export" });
-  try {
+  return withPostgres(requireDatabaseUrl(settings), "tally-export", 2, async (sql) => {
     await assertEnvironment(sql, settings.env);
     // A progress bar on a terminal (stderr), never mixed into the export itself.
     const tty = process.stderr.isTTY === true;
@@ -496,9 +492,7 @@ async function cmdExport(settings: Settings, args: ReadonlyArray<string>): Promi
     if (values.out) await writeFile(`${values.out}.summary.json`, `${json}\n`);
     process.stderr.write(`${json}\n`);
     return 0;
-  } finally {
-    await sql.end({ timeout: 5 });
-  }
+  });
 }
 
 /** `tally token new`: prints a fresh token once (give it to the client) and the entry to configure (only its hash). */
@@ -534,7 +528,6 @@ async function cmdToken(args: ReadonlyArray<string>): Promise<number> {
  * must be able to tell "tampered" from "could not look".
  */
 async function cmdVerify(args: ReadonlyArray<string>): Promise<number> {
-  let sql: Sql | null = null;
   try {
     const { values } = (() => {
       try {
@@ -547,26 +540,25 @@ async function cmdVerify(args: ReadonlyArray<string>): Promise<number> {
       }
     })();
     const settings = loadSettings();
-    sql = connectPostgres(requireDatabaseUrl(settings), { max: 2, application: "tally-verify" });
-    await assertEnvironment(sql, settings.env);
-    const report = await verifyLedger(sql);
-    if (!report.ok) {
-      const p = report.problem!;
-      process.stdout.write(
-        `ledger verify: FAILED at SKU ${p.sku}${p.entryId !== null ? ` entry ${p.entryId} (command ${p.commandId})` : ""}: ${p.message}\n`,
-      );
-      return 1;
-    }
-    process.stdout.write(`ledger verify: ok — ${report.entries} entries, ${report.skus} SKUs, ${report.balances} balances\n`);
-    if (!values.anchors && values["anchors-file"] === undefined) return 0;
-    return await verifyAnchors(settings, sql, values.anchors!, values["anchors-file"] ?? []);
+    return await withPostgres(requireDatabaseUrl(settings), "tally-verify", 2, async (sql) => {
+      await assertEnvironment(sql, settings.env);
+      const report = await verifyLedger(sql);
+      if (!report.ok) {
+        const p = report.problem!;
+        process.stdout.write(
+          `ledger verify: FAILED at SKU ${p.sku}${p.entryId !== null ? ` entry ${p.entryId} (command ${p.commandId})` : ""}: ${p.message}\n`,
+        );
+        return 1;
+      }
+      process.stdout.write(`ledger verify: ok — ${report.entries} entries, ${report.skus} SKUs, ${report.balances} balances\n`);
+      if (!values.anchors && values["anchors-file"] === undefined) return 0;
+      return await verifyAnchors(settings, sql, values.anchors!, values["anchors-file"] ?? []);
+    });
   } catch (error) {
     const e = error as Error;
     const known = ["SettingsError", "EnvironmentMismatch", "UsageError"].includes(e?.name);
     process.stderr.write(`tally: ${known ? "" : "ledger verify could not check the ledger: "}${e?.message ?? String(error)}\n`);
     return 2;
-  } finally {
-    await sql?.end({ timeout: 5 });
   }
 }
 
@@ -597,8 +589,7 @@ async function verifyAnchors(settings: Settings, sql: Sql, fromNats: boolean, fi
 /** `tally ledger anchor [--file <f>]`: every SKU's chain head now, to the anchors stream or appended to a file. */
 async function cmdAnchor(settings: Settings, args: ReadonlyArray<string>): Promise<number> {
   const { values } = parseArgs({ args: [...args], options: { file: { type: "string" } } });
-  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-anchor" });
-  try {
+  return withPostgres(requireDatabaseUrl(settings), "tally-anchor", 1, async (sql) => {
     await assertEnvironment(sql, settings.env);
     const { heads } = await chainHeads(sql);
     if (values.file !== undefined) {
@@ -616,9 +607,18 @@ async function cmdAnchor(settings: Settings, args: ReadonlyArray<string>): Promi
     );
     process.stdout.write(`ledger anchor: ${heads.length} SKU heads published in ${messages} messages\n`);
     return 0;
-  } finally {
-    await sql.end({ timeout: 5 });
-  }
+  });
+}
+
+/**
+ * Runs `use` with a Postgres pool that lives in an Effect scope of its own and is ended however `use`
+ * ends: the CLI's one idiom for a resource (with `url` null, `use` gets null and nothing is opened).
+ */
+function withPostgres<A>(url: string, application: string, max: number, use: (sql: Sql) => Promise<A>): Promise<A>;
+function withPostgres<A>(url: string | null, application: string, max: number, use: (sql: Sql | null) => Promise<A>): Promise<A>;
+function withPostgres<A>(url: string | null, application: string, max: number, use: (sql: Sql) => Promise<A>): Promise<A> {
+  if (url === null) return (use as (sql: Sql | null) => Promise<A>)(null);
+  return runEffect(Effect.scoped(Effect.flatMap(postgresResource(url, application, max), (sql) => fromPromise(() => use(sql)))));
 }
 
 /** A NATS connection with the environment's topology, for the span of an Effect scope. */
@@ -726,25 +726,19 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
   const config = await loadTallyConfig(settings.configFile);
   if (sub === "enable" && values["print-sql"]) return printEnableSql(admin, config, settings, name!, values.role);
   const sources = name !== undefined ? [findSource(config, name, settings.env)] : configuredSources(config, settings.env);
-  const ledger =
-    settings.databaseUrl && sub !== "check" && sub !== "enable"
-      ? connectPostgres(settings.databaseUrl, { max: 1, application: "tally-source" })
-      : null;
-  try {
+  const ledgerUrl = settings.databaseUrl && sub !== "check" && sub !== "enable" ? settings.databaseUrl : null;
+  return withPostgres(ledgerUrl, "tally-source", 1, async (ledger) => {
     if (ledger) await assertEnvironment(ledger, settings.env);
     const statuses: Array<SourceStatus> = [];
     let failed = false;
     for (const source of sources) {
-      const sql = connectPostgres(source.url, { max: 1, application: `tally-source-${sub}` });
       try {
-        failed = (await sourceStep(admin, sub, sql, ledger, source, statuses)) || failed;
+        failed = (await withPostgres(source.url, `tally-source-${sub}`, 1, (sql) => sourceStep(admin, sub, sql, ledger, source, statuses))) || failed;
       } catch (error) {
         const e = error as Error & { code?: unknown };
         if (e.name === "SourceAdminError" || typeof e.code === "string")
           throw new UsageError(`source ${sub} ${source.name} (${source.urlSetting}): ${e.message}`);
         throw error;
-      } finally {
-        await sql.end({ timeout: 5 });
       }
     }
     if (sub === "status") {
@@ -754,9 +748,7 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
     }
     if (failed) process.stderr.write(`source check: failed — apply the fixes above and run it again\n`);
     return failed ? 1 : 0;
-  } finally {
-    await ledger?.end({ timeout: 5 });
-  }
+  });
 }
 
 /**
@@ -766,8 +758,7 @@ the source's database is TALLY_SOURCE_<NAME>_URL; status and drop also use TALLY
 async function sourceResnapshot(settings: Settings, name: string, wait: boolean, timeoutMs: number): Promise<number> {
   const config = await loadTallyConfig(settings.configFile);
   if (!config.sources[name]) throw new UsageError(`source ${JSON.stringify(name)} is not declared in ${settings.configFile}`);
-  const sql = connectPostgres(requireDatabaseUrl(settings), { max: 1, application: "tally-source" });
-  try {
+  return withPostgres(requireDatabaseUrl(settings), "tally-source", 1, async (sql) => {
     await assertEnvironment(sql, settings.env);
     const [row] = await sql<[{ requested: Date; haltedReason: string | null; detail: { message?: string } | null } | undefined]>`
       update cdc_sources set resnapshot_requested_at = now() where source = ${name}
@@ -794,9 +785,7 @@ async function sourceResnapshot(settings: Settings, name: string, wait: boolean,
     }
     process.stderr.write(`source ${name}: re-snapshot not done after ${timeoutMs / 1000}s (is the cdc role running?)\n`);
     return 1;
-  } finally {
-    await sql.end({ timeout: 5 });
-  }
+  });
 }
 
 /**
