@@ -10,7 +10,7 @@ import { bearerToken, may, TokenVerifier, type Principal, type Scope } from "./a
 import { ApiError, ErrorSchema, errorRef } from "./errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "../wire/index.ts";
-import { Reservations } from "../reservations/index.ts";
+import { Reservations, ReservationSweeper } from "../reservations/index.ts";
 import { availabilityRoutes } from "./routes/availability.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { ledgerRoutes } from "./routes/ledger.ts";
@@ -169,10 +169,10 @@ async function startContext(
     ? new PosSubscriber({ nc: deps.nats.nc, topology: deps.topology, ingest: pos, log, requestTimeoutMs: opts.requestTimeoutMs })
     : null;
   posSubscriber?.start();
-  if (opts.background) reservations.startSweeper(opts.sweepIntervalMs);
+  const sweeper = opts.background ? new ReservationSweeper({ reservations, intervalMs: opts.sweepIntervalMs, log }).start() : null;
   app.addHook("onClose", async () => {
     await posSubscriber?.stop();
-    await reservations.stop();
+    await sweeper?.stop();
     await outcomes.stop();
     metrics.stop();
     await pos.stop();

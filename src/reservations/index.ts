@@ -1,5 +1,6 @@
 /** The public surface of src/reservations/: other folders import only from here. */
 export { Reservations } from "./service.ts";
+export { ReservationSweeper } from "./sweeper.ts";
 export type { Answer, CreateRequest, Decision, LineRequest, ReservationMetrics, ReservationOutcome, ReservationRow } from "./service.ts";
 export { ReservationError } from "./errors.ts";
 export type { ReservationErrorCode, ReservationProblem } from "./errors.ts";

@@ -134,10 +134,6 @@ interface LineRow {
 const CLAIM_SLACK_MS = 5_000;
 
 export class Reservations {
-  #timer: NodeJS.Timeout | null = null;
-  #sweeping: Promise<void> = Promise.resolve();
-  #stopped = false;
-
   constructor(readonly deps: ReservationDeps) {}
 
   /** Creates (or, for a known Idempotency-Key, answers again) a reservation. */
@@ -546,27 +542,8 @@ export class Reservations {
     return now!.body;
   }
 
-  /** Releases holds whose time has passed, and finishes reservations a dead process left pending. */
-  startSweeper(intervalMs: number): void {
-    const loop = () => {
-      if (this.#stopped) return;
-      this.#sweeping = this.sweep()
-        .catch((err) => this.deps.log.warn({ err }, "reservation sweep failed; retrying"))
-        .then(() => {
-          if (!this.#stopped) this.#timer = setTimeout(loop, intervalMs);
-        });
-    };
-    this.#timer = setTimeout(loop, 0);
-  }
-
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    if (this.#timer) clearTimeout(this.#timer);
-    await this.#sweeping;
-  }
-
   /** One sweep: expire due holds (deterministic release ids, safe to run in several processes), re-drive stale pending ones. */
-  async sweep(): Promise<{ expired: number; redriven: number }> {
+  async sweep(signal?: AbortSignal): Promise<{ expired: number; redriven: number }> {
     const { sql } = this.deps;
     let expired = 0;
     for (;;) {
@@ -591,7 +568,7 @@ export class Reservations {
         return due.length;
       });
       expired += n;
-      if (n < 50 || this.#stopped) break;
+      if (n < 50 || signal?.aborted) break;
     }
     // Holds with an expiry of their own (from a CDC mapping) lapse here too.
     const holds = await expireDueHolds(sql, this.deps.nats.js, this.deps.topology);
@@ -601,7 +578,7 @@ export class Reservations {
       select id from reservations where status = ${INITIAL_STATUS} and (claimed_until is null or claimed_until < now())
        order by created_at limit 20`;
     for (const { id } of stale) {
-      if (this.#stopped) break;
+      if (signal?.aborted) break;
       if (!(await this.#claim(id, this.deps.decisionTimeoutMs + CLAIM_SLACK_MS))) continue;
       // One row must not hold up the others: a row no command can be made of is given up (dead-lettered,
       // answered 400); any other failure leaves it for the next sweep and moves on to the next row.
