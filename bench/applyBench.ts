@@ -14,12 +14,12 @@ import { decodeCommand, type Command } from "../src/contract/index.ts";
 import { migrate } from "../ledger/index.ts";
 import { startTally } from "../src/app/index.ts";
 import { loadSettings } from "../src/platform/index.ts";
-import { connectPostgres } from "../src/platform/index.ts";
+import { connectPostgres, type Sql } from "../src/platform/index.ts";
 import { startNats, startPostgres } from "../src/app/devStack/index.ts";
 import { createLogger } from "../src/platform/index.ts";
-import { connectNats, ensureTopology } from "../src/wire/index.ts";
+import { connectNats, ensureTopology, type NatsHandles } from "../src/wire/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
-import { topology } from "../src/wire/index.ts";
+import { topology, type Topology } from "../src/wire/index.ts";
 import { measureInsert, measureNats } from "./limits.ts";
 
 const { values } = parseArgs({
@@ -54,64 +54,46 @@ function makeCommands(n: number, prefix: string): Array<Command> {
 
 const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
 
-async function main(): Promise<void> {
-  process.stderr.write(`bench: starting Postgres and nats-server…\n`);
-  const [pg, nats] = await Promise.all([startPostgres(), startNats()]);
-  const results: Record<string, number> = {};
-  try {
-    const admin = postgres(pg.url(), { max: 1, onnotice: () => {} });
-    await admin.unsafe("create database bench");
-    await admin.end();
-    const url = pg.url("bench");
-    const sql = connectPostgres(url, { max: 4 });
-    await migrate(sql, "bench");
+type Results = Record<string, number>;
 
-    // The limits, measured as `npm run bench` measures them (bench/limits.ts).
-    results.rawInsertRowsPerSec = await measureInsert(sql);
-    const t2 = topology("bench", PARTITIONS);
-    const nc = await connectNats(nats.url, "bench");
-    const handles = await ensureTopology(nc, t2, { duplicateWindowMs: 120_000, leaseTtlMs: 10_000 });
-    results.rawPublishCommandsPerSec = (await measureNats(handles, N)).publish;
-
-    // Tally: publish N commands through the normal path and wait until every one has an outcome.
-    const settings = loadSettings({
-      TALLY_ENV: "bench",
-      TALLY_DATABASE_URL: url,
-      TALLY_NATS_URL: nats.url,
-      TALLY_PARTITIONS: String(PARTITIONS),
-      TALLY_LEASE_TTL_MS: "10000",
-    });
-    const tally = await startTally(
-      settings,
-      { channels: { web: { locations: ["DC1", "S01"], buffer: 0 } }, sources: {} },
-      ["worker", "relay"],
-      createLogger("bench", "warn"),
-    );
-    const commands = makeCommands(N, "cmd");
-    // Measure the apply path, not start-up: wait until the worker holds every partition.
-    while (tally.worker!.held().length < PARTITIONS) await new Promise((r) => setTimeout(r, 50));
-    const t = performance.now();
-    await publishCommands(handles.js, t2, commands);
-    const published = performance.now() - t;
-    for (;;) {
-      const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
-      if (n >= N) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const applied = performance.now() - t;
-    results.tallyPublishCommandsPerSec = rate(N, published);
-    results.tallyEndToEndCommandsPerSec = rate(N, applied);
-    const [{ entries }] = await sql<[{ entries: number }]>`select count(*)::int as entries from ledger_entries`;
-    results.tallyEntriesPerSec = rate(entries, applied);
-    results.batches = tally.worker!.metrics.batches;
-    results.meanBatch = Math.round(N / Math.max(1, tally.worker!.metrics.batches));
-    await tally.close();
-    await nc.close();
-    await sql.end();
-  } finally {
-    await Promise.allSettled([pg.destroy(), nats.destroy()]);
+/** Tally: publish N commands through the normal path and wait until every one has an outcome. */
+async function measureTally(sql: Sql, url: string, natsUrl: string, handles: NatsHandles, t2: Topology, results: Results): Promise<void> {
+  const settings = loadSettings({
+    TALLY_ENV: "bench",
+    TALLY_DATABASE_URL: url,
+    TALLY_NATS_URL: natsUrl,
+    TALLY_PARTITIONS: String(PARTITIONS),
+    TALLY_LEASE_TTL_MS: "10000",
+  });
+  const tally = await startTally(
+    settings,
+    { channels: { web: { locations: ["DC1", "S01"], buffer: 0 } }, sources: {} },
+    ["worker", "relay"],
+    createLogger("bench", "warn"),
+  );
+  const commands = makeCommands(N, "cmd");
+  // Measure the apply path, not start-up: wait until the worker holds every partition.
+  while (tally.worker!.held().length < PARTITIONS) await new Promise((r) => setTimeout(r, 50));
+  const t = performance.now();
+  await publishCommands(handles.js, t2, commands);
+  const published = performance.now() - t;
+  for (;;) {
+    const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
+    if (n >= N) break;
+    await new Promise((r) => setTimeout(r, 100));
   }
+  const applied = performance.now() - t;
+  results.tallyPublishCommandsPerSec = rate(N, published);
+  results.tallyEndToEndCommandsPerSec = rate(N, applied);
+  const [{ entries }] = await sql<[{ entries: number }]>`select count(*)::int as entries from ledger_entries`;
+  results.tallyEntriesPerSec = rate(entries, applied);
+  results.batches = tally.worker!.metrics.batches;
+  results.meanBatch = Math.round(N / Math.max(1, tally.worker!.metrics.batches));
+  await tally.close();
+}
 
+/** The results as a table on stdout, each Tally figure as a ratio to its limit. */
+function printResults(results: Results): void {
   const lines = [
     ["measure", "per second", "ratio"],
     ["raw ledger-shaped inserts (limit)", String(results.rawInsertRowsPerSec), "1.00"],
@@ -135,11 +117,44 @@ async function main(): Promise<void> {
   const width = lines[0]!.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
   for (const l of lines) process.stdout.write(`${l.map((cell, c) => cell.padEnd(width[c]!)).join("  ")}\n`);
   process.stdout.write(`(${N} commands over ${SKUS} SKUs, ${PARTITIONS} partitions, mean batch ${results.meanBatch})\n`);
+}
+
+/** bench/results/<timestamp>.json: the run's options and results. */
+async function writeResults(results: Results): Promise<void> {
   const dir = path.resolve("bench/results");
   await mkdir(dir, { recursive: true });
   const file = path.join(dir, `${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
   await writeFile(file, JSON.stringify({ at: new Date().toISOString(), commands: N, skus: SKUS, partitions: PARTITIONS, results }, null, 2));
   process.stdout.write(`wrote ${file}\n`);
+}
+
+async function main(): Promise<void> {
+  process.stderr.write(`bench: starting Postgres and nats-server…\n`);
+  const [pg, nats] = await Promise.all([startPostgres(), startNats()]);
+  const results: Results = {};
+  try {
+    const admin = postgres(pg.url(), { max: 1, onnotice: () => {} });
+    await admin.unsafe("create database bench");
+    await admin.end();
+    const url = pg.url("bench");
+    const sql = connectPostgres(url, { max: 4 });
+    await migrate(sql, "bench");
+
+    // The limits, measured as `npm run bench` measures them (bench/limits.ts).
+    results.rawInsertRowsPerSec = await measureInsert(sql);
+    const t2 = topology("bench", PARTITIONS);
+    const nc = await connectNats(nats.url, "bench");
+    const handles = await ensureTopology(nc, t2, { duplicateWindowMs: 120_000, leaseTtlMs: 10_000 });
+    results.rawPublishCommandsPerSec = (await measureNats(handles, N)).publish;
+
+    await measureTally(sql, url, nats.url, handles, t2, results);
+    await nc.close();
+    await sql.end();
+  } finally {
+    await Promise.allSettled([pg.destroy(), nats.destroy()]);
+  }
+  printResults(results);
+  await writeResults(results);
 }
 
 await main();

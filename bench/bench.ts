@@ -17,7 +17,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
@@ -31,16 +31,16 @@ import { findSource } from "../cdc/index.ts";
 import { migrate, verifyLedger } from "../ledger/index.ts";
 import { startTally } from "../src/app/index.ts";
 import { loadSettings } from "../src/platform/index.ts";
-import { decodeTallyConfig } from "../src/platform/index.ts";
+import { decodeTallyConfig, type Settings, type TallyConfig } from "../src/platform/index.ts";
 import { connectPostgres, type Sql } from "../src/platform/index.ts";
 import { freePort, startNats, startPostgres } from "../src/app/devStack/index.ts";
 import { newToken } from "../src/http/index.ts";
 import { outcomesSubject, type OutcomeBatch } from "../src/wire/index.ts";
 import { createLogger } from "../src/platform/index.ts";
-import { connectNats, ensureTopology } from "../src/wire/index.ts";
+import { connectNats, ensureTopology, type NatsHandles } from "../src/wire/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
 import { relaySubject, type RelayRound } from "../src/channels/index.ts";
-import { topology } from "../src/wire/index.ts";
+import { topology, type Topology } from "../src/wire/index.ts";
 import { measureDecoding, measureInsert, measureNats, type Limits } from "./limits.ts";
 import { renderReport } from "./report.ts";
 import { startProfile, type ProfileSummary } from "./profile.ts";
@@ -152,11 +152,142 @@ function progress(text: string, done: number, total: number): void {
   else if (Math.floor(done) % 5 === 0) process.stderr.write(`${bar} ${text}\n`);
 }
 
+type PgServer = Awaited<ReturnType<typeof startPostgres>>;
+type NatsConnection = Awaited<ReturnType<typeof connectNats>>;
+type Subscription = ReturnType<NatsConnection["subscribe"]>;
+type Tally = Awaited<ReturnType<typeof startTally>>;
+
+/** One run's shared state: the servers, the connections to them, the demo retailer's configuration and the report being filled in. */
+interface BenchRun {
+  readonly env: string;
+  readonly log: ReturnType<typeof createLogger>;
+  readonly pg: PgServer;
+  /** The demo sources' own server. */
+  readonly srcPg: PgServer;
+  readonly natsServer: Awaited<ReturnType<typeof startNats>>;
+  readonly urls: { TALLY_SOURCE_ERP_URL: string; TALLY_SOURCE_SHOP_URL: string };
+  readonly sql: Sql;
+  readonly erp: Sql;
+  readonly shop: Sql;
+  readonly nc: NatsConnection;
+  readonly t: Topology;
+  readonly stores: ReturnType<typeof storeIds>;
+  readonly config: TallyConfig;
+  readonly report: Record<string, unknown>;
+  /** What the end of the run closes, whatever happened: worker processes, Tally, the load's HTTP client. */
+  readonly workers: Array<ChildProcess>;
+  tally: Tally | null;
+  loadClient: Agent | null;
+}
+
+/** Tally as the load sees it: its API (and a token for it), its settings, and the JetStream handles. */
+interface Pipeline {
+  readonly nats: NatsHandles;
+  readonly settings: Settings;
+  readonly tally: Tally;
+  readonly api: string;
+  readonly token: string;
+  readonly http: Agent;
+}
+
+/** Live measurements, from what Tally publishes: outcomes per second, the worker's batches, end-to-end latency per source. */
+interface Live {
+  readonly appliedPerSecond: Map<number, number>;
+  readonly batches: { count: number; commands: number; applyMs: number };
+  readonly latencies: Map<string, Array<number>>;
+  applied: number;
+  /** Batches and latencies count from the start of the load to the end of the drain. */
+  measuring: boolean;
+  readonly subs: Array<Subscription>;
+}
+
+/** The load's state: what it offered (per source, per second), reservation round trips, web orders, requests in flight, samples. */
+interface Load {
+  readonly zipf: Zipf;
+  /** Makes this run's ids unique. */
+  readonly runId: string;
+  seq: number;
+  failures: number;
+  readonly expected: { erp: number; pos: number; shop: number; api: number; bench: number };
+  readonly offeredPerSecond: Map<number, number>;
+  readonly reservationRtt: Array<number>;
+  readonly reservationOutcomes: Record<string, number>;
+  readonly orders: Array<OrderEvent>;
+  /** Web orders placed, to ship or cancel when due. */
+  readonly pending: Array<{ orderId: string; lines: number; due: number }>;
+  readonly inflight: Set<Promise<unknown>>;
+  /** Events and reservations owed to the rates: the fractions carry over to the next tick. */
+  owed: number;
+  resOwed: number;
+  readonly rss: Array<{ t: number; node: number; pg: number; nats: number }>;
+  pgPss: number;
+  lastSample: number;
+  readonly natsProcess: number | undefined;
+  readonly pidStart: ProcessStats;
+  readonly stopProfile: (() => Promise<ProfileSummary>) | null;
+  readonly started: number;
+  readonly schedStart: ReturnType<typeof schedStat>;
+}
+
+/** The end of the load: its window, what it offered in it, and the CPU profile. */
+interface LoadEnd {
+  readonly loopEnded: number;
+  readonly loadWindowS: number;
+  readonly offeredInWindow: number;
+  readonly loadEnded: number;
+  readonly profile: ProfileSummary | null;
+}
+
+/** Everything the report's figures are computed from, once the pipeline has drained and correctness is checked. */
+interface Measured {
+  readonly limits: Limits;
+  readonly pipe: Pipeline;
+  readonly live: Live;
+  readonly load: Load;
+  readonly end: LoadEnd;
+  readonly finished: number;
+  /** Outcomes decided during the load and the drain. */
+  readonly appliedInRun: number;
+}
+
+/** One tick's events, owed to --rate. */
+interface TickEvents {
+  readonly receipts: Array<{ item: string; location: string; qty: number }>;
+  readonly pos: Array<Record<string, unknown>>;
+  readonly carts: Array<Array<{ shopSku: string; sku: string; qty: number }>>;
+  readonly direct: Array<Command>;
+}
+
 async function main(): Promise<void> {
   const log = createLogger("bench", process.env.TALLY_LOG_LEVEL ?? "error");
   process.stderr.write(
     `bench: ${scenario}, ${RATE} events/s for ${DURATION_S} s over ${SKUS.toLocaleString("en")} SKUs — starting Postgres and nats-server…\n`,
   );
+  const run = await setup(log);
+  try {
+    await migrate(run.sql, run.env);
+    const nats = await ensureTopology(run.nc, run.t, { duplicateWindowMs: 600_000, leaseTtlMs: 10_000 });
+    const limits = await measureLimits(run, nats);
+    const pipe = await startPipeline(run, nats);
+    const live = listen(run);
+    const { catalog, before } = await onboard(run);
+    const load = await startLoad(run, live, catalog);
+    await runLoad(run, pipe, live, load);
+    const end = await endLoad(load);
+    const { wanted, finished } = await drain(run, live, load, before);
+    measureResources(run, load, finished);
+    const outcomes = await checkCorrectness(run, nats, load, before, wanted);
+    await summarise(run, { limits, pipe, live, load, end, finished, appliedInRun: outcomes - before });
+    for (const s of live.subs) s.unsubscribe();
+  } finally {
+    await close(run);
+  }
+  printTable(run.report);
+  await writeReport(run.report);
+}
+
+/** Postgres for the ledger, Postgres for the demo sources, nats-server; their databases, the connections, the demo's configuration. */
+async function setup(log: ReturnType<typeof createLogger>): Promise<BenchRun> {
   // The demo ERP and shop live on a server of their own, as a retailer's do: on the ledger's server,
   // their walsenders would read (and throw away) every ledger write too — ~12% more Postgres CPU here.
   const pgSettings = { max_connections: "200", max_wal_senders: "20", max_replication_slots: "20" };
@@ -181,9 +312,6 @@ async function main(): Promise<void> {
     channels: { web: { locations: ["DC1"], buffer: 0 }, ...Object.fromEntries(stores.map((s) => [`store_${s.toLowerCase()}`, { locations: [s] }])) },
     sources: { erp: erpSource, shop: shopSource },
   });
-  let tally: Awaited<ReturnType<typeof startTally>> | null = null;
-  let loadClient: Agent | null = null;
-  const workers: Array<ChildProcess> = [];
   const report: Record<string, unknown> = {
     at: new Date().toISOString(),
     scenario,
@@ -193,520 +321,645 @@ async function main(): Promise<void> {
     stores: STORES,
     reservationRate: RES_RATE,
     partitions: PARTITIONS,
-    cores: (await import("node:os")).cpus().length,
+    cores: cpus().length,
   };
-  try {
-    await migrate(sql, env);
-    const nats = await ensureTopology(nc, t, { duplicateWindowMs: 600_000, leaseTtlMs: 10_000 });
+  return { env, log, pg, srcPg, natsServer, urls, sql, erp, shop, nc, t, stores, config, report, workers: [], tally: null, loadClient: null };
+}
 
-    // --- The machine's limits, first (nothing else running). ---
-    process.stderr.write("bench: measuring this machine's limits (inserts, JetStream publish/consume, logical decoding)…\n");
-    const insertRowsPerSec = await measureInsert(sql);
-    const { publish, consume } = await measureNats(nats);
-    const decodeChangesPerSec = await measureDecoding(erp, urls.TALLY_SOURCE_ERP_URL);
-    const limits: Limits = { insertRowsPerSec, publishCommandsPerSec: publish, consumeCommandsPerSec: consume, decodeChangesPerSec };
-    report.limits = limits;
+/** The machine's limits, first (nothing else running). */
+async function measureLimits(run: BenchRun, nats: NatsHandles): Promise<Limits> {
+  process.stderr.write("bench: measuring this machine's limits (inserts, JetStream publish/consume, logical decoding)…\n");
+  const insertRowsPerSec = await measureInsert(run.sql);
+  const { publish, consume } = await measureNats(nats);
+  const decodeChangesPerSec = await measureDecoding(run.erp, run.urls.TALLY_SOURCE_ERP_URL);
+  const limits: Limits = { insertRowsPerSec, publishCommandsPerSec: publish, consumeCommandsPerSec: consume, decodeChangesPerSec };
+  run.report.limits = limits;
+  return limits;
+}
 
-    // --- The demo retailer: schemas, catalog, CDC enabled; Tally with every role. ---
-    await applyDemoSchemas(erp, shop);
-    await seedDemo(erp, shop);
-    Object.assign(process.env, urls);
-    await enableSource(erp, findSource(config, "erp", env, urls));
-    await enableSource(shop, findSource(config, "shop", env, urls));
-    const { token, entry } = newToken("bench", ["admin"]);
-    const port = await freePort();
-    const settings = loadSettings({
-      TALLY_ENV: env,
-      TALLY_DATABASE_URL: pg.url("bench"),
-      TALLY_NATS_URL: natsServer.url,
-      TALLY_PARTITIONS: String(PARTITIONS),
-      TALLY_LEASE_TTL_MS: "10000",
-      TALLY_HTTP_HOST: "127.0.0.1",
-      TALLY_HTTP_PORT: String(port),
-      TALLY_API_TOKENS: JSON.stringify([entry]),
-      TALLY_API_RATE_LIMIT: "1000000",
-      TALLY_MAX_ACTORS: String(MAX_ACTORS),
-      ...(process.env.TALLY_APPLY_CONCURRENCY ? { TALLY_APPLY_CONCURRENCY: process.env.TALLY_APPLY_CONCURRENCY } : {}),
-    });
-    if (WORKER_PROCESSES > 0) {
-      // The same channels as this process, for the worker processes' availability projections.
-      const configFile = path.join(tmpdir(), `tally-bench-${process.pid}.config.json.ts`);
-      await writeFile(
-        configFile,
-        `export default ${JSON.stringify({ channels: Object.fromEntries(Object.entries(config.channels).map(([n, c]) => [n, { locations: c.locations, buffer: c.buffer }])) })};\n`,
-      );
-      for (let i = 0; i < WORKER_PROCESSES; i++)
-        workers.push(
-          spawn(process.execPath, [path.resolve("bin/tally.js"), "start", "--roles", "worker"], {
-            env: {
-              ...process.env,
-              TALLY_ENV: env,
-              TALLY_DATABASE_URL: pg.url("bench"),
-              TALLY_NATS_URL: natsServer.url,
-              TALLY_PARTITIONS: String(PARTITIONS),
-              TALLY_LEASE_TTL_MS: "10000",
-              TALLY_MAX_ACTORS: String(MAX_ACTORS),
-              TALLY_APPLY_CONCURRENCY: String(settings.applyConcurrency),
-              TALLY_CONFIG: configFile,
-              TALLY_LOG_LEVEL: "error",
-            },
-            stdio: ["ignore", "ignore", "inherit"],
-          }),
-        );
-    }
-    tally = await startTally(settings, config, WORKER_PROCESSES > 0 ? ["relay", "cdc", "api"] : ["worker", "relay", "cdc", "api"], log);
-    const api = `http://127.0.0.1:${port}`;
-    // A bounded set of keep-alive connections: opening one per request would overflow the listen
-    // queue and time the kernel's SYN retries (1, 3, 7, … s), not Tally.
-    const http = new Agent({ connections: CONNECTIONS, keepAliveTimeout: 30_000 });
-    loadClient = http;
+/** The demo retailer: schemas, catalog, CDC enabled; Tally with every role (the worker here, or in --worker-processes processes). */
+async function startPipeline(run: BenchRun, nats: NatsHandles): Promise<Pipeline> {
+  const { env, erp, shop, urls, config } = run;
+  await applyDemoSchemas(erp, shop);
+  await seedDemo(erp, shop);
+  Object.assign(process.env, urls);
+  await enableSource(erp, findSource(config, "erp", env, urls));
+  await enableSource(shop, findSource(config, "shop", env, urls));
+  const { token, entry } = newToken("bench", ["admin"]);
+  const port = await freePort();
+  const settings = loadSettings({
+    TALLY_ENV: env,
+    TALLY_DATABASE_URL: run.pg.url("bench"),
+    TALLY_NATS_URL: run.natsServer.url,
+    TALLY_PARTITIONS: String(PARTITIONS),
+    TALLY_LEASE_TTL_MS: "10000",
+    TALLY_HTTP_HOST: "127.0.0.1",
+    TALLY_HTTP_PORT: String(port),
+    TALLY_API_TOKENS: JSON.stringify([entry]),
+    TALLY_API_RATE_LIMIT: "1000000",
+    TALLY_MAX_ACTORS: String(MAX_ACTORS),
+    ...(process.env.TALLY_APPLY_CONCURRENCY ? { TALLY_APPLY_CONCURRENCY: process.env.TALLY_APPLY_CONCURRENCY } : {}),
+  });
+  if (WORKER_PROCESSES > 0) await spawnWorkers(run, settings);
+  const tally = await startTally(settings, config, WORKER_PROCESSES > 0 ? ["relay", "cdc", "api"] : ["worker", "relay", "cdc", "api"], run.log);
+  run.tally = tally;
+  // A bounded set of keep-alive connections: opening one per request would overflow the listen
+  // queue and time the kernel's SYN retries (1, 3, 7, … s), not Tally.
+  const http = new Agent({ connections: CONNECTIONS, keepAliveTimeout: 30_000 });
+  run.loadClient = http;
+  return { nats, settings, tally, api: `http://127.0.0.1:${port}`, token, http };
+}
 
-    // Live measurements: outcomes per second, end-to-end latency per source.
-    const appliedPerSecond = new Map<number, number>();
-    const batches = { count: 0, commands: 0, applyMs: 0 };
-    const latencies = new Map<string, Array<number>>();
-    let applied = 0;
-    const subs = [
-      nc.subscribe(outcomesSubject(env), {
-        callback: (_e, m) => {
-          const b = m.json<OutcomeBatch>();
-          if (measuring && b.part === 0) {
-            batches.count++;
-            batches.commands += b.size;
-            batches.applyMs += b.applyMs;
-          }
-          const sec = Math.floor(Date.now() / 1000);
-          appliedPerSecond.set(sec, (appliedPerSecond.get(sec) ?? 0) + b.outcomes.length);
-          applied += b.outcomes.length;
+/** --worker-processes `tally start --roles worker` processes, on the same servers as this one. */
+async function spawnWorkers(run: BenchRun, settings: Settings): Promise<void> {
+  // The same channels as this process, for the worker processes' availability projections.
+  const configFile = path.join(tmpdir(), `tally-bench-${process.pid}.config.json.ts`);
+  await writeFile(
+    configFile,
+    `export default ${JSON.stringify({ channels: Object.fromEntries(Object.entries(run.config.channels).map(([n, c]) => [n, { locations: c.locations, buffer: c.buffer }])) })};\n`,
+  );
+  for (let i = 0; i < WORKER_PROCESSES; i++)
+    run.workers.push(
+      spawn(process.execPath, [path.resolve("bin/tally.js"), "start", "--roles", "worker"], {
+        env: {
+          ...process.env,
+          TALLY_ENV: run.env,
+          TALLY_DATABASE_URL: run.pg.url("bench"),
+          TALLY_NATS_URL: run.natsServer.url,
+          TALLY_PARTITIONS: String(PARTITIONS),
+          TALLY_LEASE_TTL_MS: "10000",
+          TALLY_MAX_ACTORS: String(MAX_ACTORS),
+          TALLY_APPLY_CONCURRENCY: String(settings.applyConcurrency),
+          TALLY_CONFIG: configFile,
+          TALLY_LOG_LEVEL: "error",
         },
+        stdio: ["ignore", "ignore", "inherit"],
       }),
-      nc.subscribe(relaySubject(env), {
-        callback: (_e, m) => {
-          if (!measuring) return;
-          for (const [source, list] of Object.entries(m.json<RelayRound>().latencyMs)) {
-            const kept = latencies.get(source) ?? [];
-            kept.push(...list);
-            latencies.set(source, kept);
-          }
-        },
-      }),
-    ];
-    let measuring = false;
+    );
+}
 
-    // Catalog onboarding (through CDC) and, for flash-sale, little stock on a few hot SKUs.
-    const catalog = scenario === "catalog-1m" ? 0 : SKUS;
-    if (catalog > 0) {
-      process.stderr.write(`bench: onboarding ${catalog.toLocaleString("en")} items into the ERP (through CDC)…\n`);
-      await onboardCatalog(erp, catalog, STORES);
-    }
-    const outcomesSoFar = async () => {
-      const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
-      return n;
-    };
-    /** Until CDC has confirmed everything written so far in the ERP, the outbox is empty and no outcome arrives for 2 s. */
-    const quiet = async (what: string) => {
-      const [{ target }] = await erp<[{ target: string }]>`select pg_current_wal_lsn()::text as target`;
-      for (let last = -1, still = 0; still < 2; ) {
-        await sleep(1000);
-        const n = await outcomesSoFar();
-        const [{ caught }] = await erp<[{ caught: boolean }]>`
-          select coalesce(bool_and(confirmed_flush_lsn >= ${target}::pg_lsn), true) as caught from pg_replication_slots where slot_name = ${`tally_${env}_erp`}`;
-        const [{ outbox }] = await sql<[{ outbox: number }]>`select count(*)::int as outbox from outbox`;
-        still = caught && outbox === 0 && n === last ? still + 1 : 0;
-        last = n;
-        progress(`${what}: ${n.toLocaleString("en")} commands applied`, 0, 1);
-      }
-      if (process.stderr.isTTY) process.stderr.write("\n");
-    };
-    await quiet("onboarding");
-    if (scenario === "flash-sale") {
-      // The hot SKUs: stock at DC1 reset to 30 each by a count in the ERP.
-      await erp`insert into stock_counts (item_no, location, counted_qty) select i, 'DC1', 30 from unnest(${erp.array(Array.from({ length: HOT }, (_, i) => simItem(i).itemNo))}::text[]) as t(i)`;
-      await quiet("stock counts");
-    }
-    const before = await outcomesSoFar();
+/** Live measurements: outcomes per second, end-to-end latency per source. */
+function listen(run: BenchRun): Live {
+  const live: Live = {
+    appliedPerSecond: new Map(),
+    batches: { count: 0, commands: 0, applyMs: 0 },
+    latencies: new Map(),
+    applied: 0,
+    measuring: false,
+    subs: [],
+  };
+  live.subs.push(
+    run.nc.subscribe(outcomesSubject(run.env), {
+      callback: (_e, m) => {
+        const b = m.json<OutcomeBatch>();
+        if (live.measuring && b.part === 0) {
+          live.batches.count++;
+          live.batches.commands += b.size;
+          live.batches.applyMs += b.applyMs;
+        }
+        const sec = Math.floor(Date.now() / 1000);
+        live.appliedPerSecond.set(sec, (live.appliedPerSecond.get(sec) ?? 0) + b.outcomes.length);
+        live.applied += b.outcomes.length;
+      },
+    }),
+    run.nc.subscribe(relaySubject(run.env), {
+      callback: (_e, m) => {
+        if (!live.measuring) return;
+        for (const [source, list] of Object.entries(m.json<RelayRound>().latencyMs)) {
+          const kept = live.latencies.get(source) ?? [];
+          kept.push(...list);
+          live.latencies.set(source, kept);
+        }
+      },
+    }),
+  );
+  return live;
+}
 
-    // --- The load. ---
-    const zipf = new Zipf(scenario === "flash-sale" ? HOT : Math.max(1, catalog || SKUS));
-    const expected = { erp: 0, pos: 0, shop: 0, api: 0, bench: 0 };
-    const offeredPerSecond = new Map<number, number>();
-    const reservationRtt: Array<number> = [];
-    const reservationOutcomes: Record<string, number> = {};
-    const orders: Array<OrderEvent> = [];
-    const pending: Array<{ orderId: string; lines: number; due: number }> = [];
-    let seq = 0;
-    let failures = 0;
-    const run = Math.random().toString(36).slice(2, 8);
-    const natsProcess = natsPid(natsServer.storeDir);
-    // CPU (and RSS) of every process in the run, read at the start and the end of the load.
-    const processStats = () => ({
-      node: procStat(process.pid),
-      pg: pgPids(pg.dataDir).map(procStat),
-      srcPg: pgPids(srcPg.dataDir).map(procStat),
-      nats: natsProcess ? procStat(natsProcess) : null,
-      workers: workers.map((w) => procStat(w.pid!)),
-    });
-    const pidStart = processStats();
-    const rss: Array<{ t: number; node: number; pg: number; nats: number }> = [];
-    // Where this process's CPU goes during the load (the roles running here; worker processes aside).
-    const stopProfile = values["no-profile"] ? null : await startProfile();
-    const started = Date.now();
-    const schedStart = schedStat(process.pid);
-    measuring = true;
-    const until = started + DURATION_S * 1000;
-    let owed = 0;
-    const inflight = new Set<Promise<unknown>>();
-    const track = (p: Promise<unknown>) => {
-      const q = p.catch(() => void failures++).finally(() => inflight.delete(q));
-      inflight.add(q);
-    };
-    /** One checkout's hold over HTTP, timed. */
-    const reserve = (sku: string, key: string): Promise<void> => {
-      const t0 = performance.now();
-      return request(`${api}/v1/reservations`, {
-        dispatcher: http,
-        method: "POST",
-        headers: { "content-type": "application/json", authorization: `Bearer ${token}`, "idempotency-key": key },
-        body: JSON.stringify({ sku, qty: 1, location: "DC1", ttlSeconds: 3600 }),
-      }).then(async (res) => {
-        await res.body.dump();
-        reservationRtt.push(performance.now() - t0);
-        const status = res.statusCode;
-        const outcome = status === 201 ? "held" : status === 409 ? "insufficient_stock" : `http_${status}`;
-        // Its reserve command was published (and will be decided) unless the request failed before.
-        if (status === 201 || status === 409 || status === 503) expected.api++;
-        reservationOutcomes[outcome] = (reservationOutcomes[outcome] ?? 0) + 1;
+/** Catalog onboarding (through CDC) and, for flash-sale, little stock on a few hot SKUs; `before`: the outcomes decided so far. */
+async function onboard(run: BenchRun): Promise<{ catalog: number; before: number }> {
+  const catalog = scenario === "catalog-1m" ? 0 : SKUS;
+  if (catalog > 0) {
+    process.stderr.write(`bench: onboarding ${catalog.toLocaleString("en")} items into the ERP (through CDC)…\n`);
+    await onboardCatalog(run.erp, catalog, STORES);
+  }
+  await quiet(run, "onboarding");
+  if (scenario === "flash-sale") {
+    // The hot SKUs: stock at DC1 reset to 30 each by a count in the ERP.
+    await run.erp`insert into stock_counts (item_no, location, counted_qty) select i, 'DC1', 30 from unnest(${run.erp.array(Array.from({ length: HOT }, (_, i) => simItem(i).itemNo))}::text[]) as t(i)`;
+    await quiet(run, "stock counts");
+  }
+  return { catalog, before: await outcomesSoFar(run.sql) };
+}
+
+async function outcomesSoFar(sql: Sql): Promise<number> {
+  const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
+  return n;
+}
+
+/** Until CDC has confirmed everything written so far in the ERP, the outbox is empty and no outcome arrives for 2 s. */
+async function quiet(run: BenchRun, what: string): Promise<void> {
+  const { erp, sql } = run;
+  const [{ target }] = await erp<[{ target: string }]>`select pg_current_wal_lsn()::text as target`;
+  for (let last = -1, still = 0; still < 2; ) {
+    await sleep(1000);
+    const n = await outcomesSoFar(sql);
+    const [{ caught }] = await erp<[{ caught: boolean }]>`
+      select coalesce(bool_and(confirmed_flush_lsn >= ${target}::pg_lsn), true) as caught from pg_replication_slots where slot_name = ${`tally_${run.env}_erp`}`;
+    const [{ outbox }] = await sql<[{ outbox: number }]>`select count(*)::int as outbox from outbox`;
+    still = caught && outbox === 0 && n === last ? still + 1 : 0;
+    last = n;
+    progress(`${what}: ${n.toLocaleString("en")} commands applied`, 0, 1);
+  }
+  if (process.stderr.isTTY) process.stderr.write("\n");
+}
+
+/** CPU (and RSS) of every process in the run, read at the start and the end of the load. */
+function processStats(run: BenchRun, natsProcess: number | undefined) {
+  return {
+    node: procStat(process.pid),
+    pg: pgPids(run.pg.dataDir).map(procStat),
+    srcPg: pgPids(run.srcPg.dataDir).map(procStat),
+    nats: natsProcess ? procStat(natsProcess) : null,
+    workers: run.workers.map((w) => procStat(w.pid!)),
+  };
+}
+type ProcessStats = ReturnType<typeof processStats>;
+
+/** The load's state, the processes' CPU at its start, the profiler started; from here batches and latencies count. */
+async function startLoad(run: BenchRun, live: Live, catalog: number): Promise<Load> {
+  const zipf = new Zipf(scenario === "flash-sale" ? HOT : Math.max(1, catalog || SKUS));
+  const runId = Math.random().toString(36).slice(2, 8);
+  const natsProcess = natsPid(run.natsServer.storeDir);
+  const pidStart = processStats(run, natsProcess);
+  // Where this process's CPU goes during the load (the roles running here; worker processes aside).
+  const stopProfile = values["no-profile"] ? null : await startProfile();
+  const started = Date.now();
+  const schedStart = schedStat(process.pid);
+  live.measuring = true;
+  return {
+    zipf,
+    runId,
+    seq: 0,
+    failures: 0,
+    expected: { erp: 0, pos: 0, shop: 0, api: 0, bench: 0 },
+    offeredPerSecond: new Map(),
+    reservationRtt: [],
+    reservationOutcomes: {},
+    orders: [],
+    pending: [],
+    inflight: new Set(),
+    owed: 0,
+    resOwed: 0,
+    rss: [],
+    pgPss: 0,
+    lastSample: 0,
+    natsProcess,
+    pidStart,
+    stopProfile,
+    started,
+    schedStart,
+  };
+}
+
+/** The load: every 100 ms, the events owed to --rate and the reservations owed to --reservation-rate, for --duration seconds. */
+async function runLoad(run: BenchRun, pipe: Pipeline, live: Live, load: Load): Promise<void> {
+  const until = load.started + DURATION_S * 1000;
+  while (Date.now() < until) {
+    const tick = Date.now();
+    const sec = Math.floor(tick / 1000);
+    let offered = offerEvents(run, pipe, load, tickEvents(run, load));
+    offered += settleDueOrders(run, load, tick);
+    // Reservations over HTTP, each timed (a checkout's hold).
+    if (scenario !== "catalog-1m") offered += offerReservations(pipe, load);
+    load.offeredPerSecond.set(sec, (load.offeredPerSecond.get(sec) ?? 0) + offered);
+    if (tick - load.lastSample >= 1000) sample(run, live, load, tick);
+    await sleep(Math.max(0, 100 - (Date.now() - tick)));
+  }
+}
+
+/** The offered rate is over the load's own window: requests still queued after it count against Tally. */
+async function endLoad(load: Load): Promise<LoadEnd> {
+  const loopEnded = Date.now();
+  const loadWindowS = (loopEnded - load.started) / 1000;
+  const offeredInWindow = [...load.offeredPerSecond.values()].reduce((a, b) => a + b, 0);
+  await Promise.allSettled([...load.inflight]);
+  const loadEnded = Date.now();
+  const profile: ProfileSummary | null = load.stopProfile ? await load.stopProfile() : null;
+  if (process.stderr.isTTY) process.stderr.write("\n");
+  return { loopEnded, loadWindowS, offeredInWindow, loadEnded, profile };
+}
+
+/** A request of the load, counted as a failure if it fails, awaited at the end of the load. */
+function track(load: Load, p: Promise<unknown>): void {
+  const q = p.catch(() => void load.failures++).finally(() => load.inflight.delete(q));
+  load.inflight.add(q);
+}
+
+/** This tick's events, by scenario: receipts in the ERP, POS transactions, web orders in the shop (catalog-1m: receive commands). */
+function tickEvents(run: BenchRun, load: Load): TickEvents {
+  load.owed += RATE / 10;
+  const events = Math.floor(load.owed);
+  load.owed -= events;
+  const { receipts, pos, carts, direct }: TickEvents = { receipts: [], pos: [], carts: [], direct: [] };
+  const { stores } = run;
+  const { zipf } = load;
+  for (let e = 0; e < events; e++) {
+    if (scenario === "catalog-1m") {
+      const i = Math.floor(Math.random() * SKUS);
+      const d = decodeCommand({
+        id: `b:${load.runId}:${++load.seq}`,
+        type: "receive",
+        sku: `M-${i}`,
+        location: "DC1",
+        qty: 1,
+        source: { system: "bench", ref: String(load.seq) },
+        occurredAt: new Date().toISOString(),
       });
-    };
-    let resOwed = 0;
-    let pgPss = 0;
-    let lastSample = 0;
-    while (Date.now() < until) {
-      const tick = Date.now();
-      owed += RATE / 10;
-      const events = Math.floor(owed);
-      owed -= events;
-      const sec = Math.floor(tick / 1000);
-      const receipts: Array<{ item: string; location: string; qty: number }> = [];
-      const pos: Array<Record<string, unknown>> = [];
-      const carts: Array<Array<{ shopSku: string; sku: string; qty: number }>> = [];
-      const direct: Array<Command> = [];
-      for (let e = 0; e < events; e++) {
-        if (scenario === "catalog-1m") {
-          const i = Math.floor(Math.random() * SKUS);
-          const d = decodeCommand({
-            id: `b:${run}:${++seq}`,
-            type: "receive",
-            sku: `M-${i}`,
-            location: "DC1",
-            qty: 1,
-            source: { system: "bench", ref: String(seq) },
-            occurredAt: new Date().toISOString(),
-          });
-          if (d._tag === "Right") direct.push(d.right);
-          continue;
-        }
-        const r = Math.random();
-        if (scenario === "flash-sale" ? r < 0.9 : r < 0.3) {
-          const item = simItem(zipf.sample());
-          carts.push([{ shopSku: item.shopSku, sku: item.sku, qty: 1 }]);
-        } else if (scenario === "flash-sale" || r < 0.75) {
-          const store = stores[randInt(0, stores.length - 1)]!;
-          const lines = Array.from({ length: randInt(1, 3) }, () => ({ type: "sale", barcode: simItem(zipf.sample()).barcode, qty: 1 }));
-          pos.push({ store, terminal: `T${randInt(1, 8)}`, id: `b-${run}-${++seq}`, occurredAt: new Date().toISOString(), lines });
-        } else {
-          receipts.push({
-            item: simItem(zipf.sample()).itemNo,
-            location: Math.random() < 0.3 ? "DC1" : stores[randInt(0, stores.length - 1)]!,
-            qty: randInt(5, 40),
-          });
-        }
-      }
-      let offered = 0;
-      if (direct.length > 0) {
-        expected.bench += direct.length;
-        offered += direct.length;
-        track(publishCommands(nats.js, t, direct));
-      }
-      if (receipts.length > 0) {
-        expected.erp += receipts.length;
-        offered += receipts.length;
-        track(erp`insert into goods_receipts (item_no, location, qty, uom)
+      if (d._tag === "Right") direct.push(d.right);
+      continue;
+    }
+    const r = Math.random();
+    if (scenario === "flash-sale" ? r < 0.9 : r < 0.3) {
+      const item = simItem(zipf.sample());
+      carts.push([{ shopSku: item.shopSku, sku: item.sku, qty: 1 }]);
+    } else if (scenario === "flash-sale" || r < 0.75) {
+      const store = stores[randInt(0, stores.length - 1)]!;
+      const lines = Array.from({ length: randInt(1, 3) }, () => ({ type: "sale", barcode: simItem(zipf.sample()).barcode, qty: 1 }));
+      pos.push({ store, terminal: `T${randInt(1, 8)}`, id: `b-${load.runId}-${++load.seq}`, occurredAt: new Date().toISOString(), lines });
+    } else {
+      receipts.push({
+        item: simItem(zipf.sample()).itemNo,
+        location: Math.random() < 0.3 ? "DC1" : stores[randInt(0, stores.length - 1)]!,
+        qty: randInt(5, 40),
+      });
+    }
+  }
+  return { receipts, pos, carts, direct };
+}
+
+/** This tick's events offered to their sources; returns the commands they make. */
+function offerEvents(run: BenchRun, pipe: Pipeline, load: Load, { receipts, pos, carts, direct }: TickEvents): number {
+  const { erp } = run;
+  let offered = 0;
+  if (direct.length > 0) {
+    load.expected.bench += direct.length;
+    offered += direct.length;
+    track(load, publishCommands(pipe.nats.js, run.t, direct));
+  }
+  if (receipts.length > 0) {
+    load.expected.erp += receipts.length;
+    offered += receipts.length;
+    track(
+      load,
+      erp`insert into goods_receipts (item_no, location, qty, uom)
                   select i, l, q, 'EA' from unnest(${erp.array(receipts.map((x) => x.item))}::text[], ${erp.array(receipts.map((x) => x.location))}::text[],
-                                                   ${erp.array(receipts.map((x) => x.qty))}::int[]) as t(i, l, q)`);
-      }
-      if (pos.length > 0) {
-        const lines = pos.reduce((n, x) => n + (x.lines as Array<unknown>).length, 0);
-        offered += lines;
-        track(
-          request(`${api}/v1/pos/transactions`, {
-            dispatcher: http,
-            method: "POST",
-            headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-            body: JSON.stringify({ transactions: pos }),
-          }).then(async (res) => {
-            await res.body.dump();
-            if (res.statusCode >= 300) throw new Error(`POS ${res.statusCode}`);
-            expected.pos += lines; // accepted: its lines will be decided
-          }),
-        );
-      }
-      if (carts.length > 0) {
-        const placed = carts.map((cart) => ({ orderId: `B-${run}-${++seq}`, cart }));
-        const lines = carts.reduce((n, c) => n + c.length, 0);
-        expected.shop += lines;
-        offered += lines;
-        const now = Date.now();
-        for (const p of placed) {
-          for (const l of p.cart) orders.push({ at: now, sku: l.sku, qty: l.qty });
-          pending.push({ orderId: p.orderId, lines: p.cart.length, due: now + randInt(1000, 4000) });
-        }
-        track(
-          shop.begin(async (tx) => {
-            await tx`insert into orders (order_id, channel) select unnest(${tx.array(placed.map((p) => p.orderId))}::text[]), 'web'`;
-            const rows = placed.flatMap((p) => p.cart.map((l, i) => ({ o: p.orderId, n: i + 1, s: l.shopSku, q: l.qty })));
-            await tx`insert into order_lines (order_id, line_no, shop_sku, location, qty)
+                                                   ${erp.array(receipts.map((x) => x.qty))}::int[]) as t(i, l, q)`,
+    );
+  }
+  if (pos.length > 0) offered += offerPos(pipe, load, pos);
+  if (carts.length > 0) offered += placeOrders(run, load, carts);
+  return offered;
+}
+
+/** POS transactions over HTTP; their lines count as expected once accepted. */
+function offerPos(pipe: Pipeline, load: Load, pos: TickEvents["pos"]): number {
+  const lines = pos.reduce((n, x) => n + (x.lines as Array<unknown>).length, 0);
+  track(
+    load,
+    request(`${pipe.api}/v1/pos/transactions`, {
+      dispatcher: pipe.http,
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${pipe.token}` },
+      body: JSON.stringify({ transactions: pos }),
+    }).then(async (res) => {
+      await res.body.dump();
+      if (res.statusCode >= 300) throw new Error(`POS ${res.statusCode}`);
+      load.expected.pos += lines; // accepted: its lines will be decided
+    }),
+  );
+  return lines;
+}
+
+/** Web orders placed in the shop (captured by CDC), each due to ship or be cancelled in 1–4 s. */
+function placeOrders(run: BenchRun, load: Load, carts: TickEvents["carts"]): number {
+  const placed = carts.map((cart) => ({ orderId: `B-${load.runId}-${++load.seq}`, cart }));
+  const lines = carts.reduce((n, c) => n + c.length, 0);
+  load.expected.shop += lines;
+  const now = Date.now();
+  for (const p of placed) {
+    for (const l of p.cart) load.orders.push({ at: now, sku: l.sku, qty: l.qty });
+    load.pending.push({ orderId: p.orderId, lines: p.cart.length, due: now + randInt(1000, 4000) });
+  }
+  track(
+    load,
+    run.shop.begin(async (tx) => {
+      await tx`insert into orders (order_id, channel) select unnest(${tx.array(placed.map((p) => p.orderId))}::text[]), 'web'`;
+      const rows = placed.flatMap((p) => p.cart.map((l, i) => ({ o: p.orderId, n: i + 1, s: l.shopSku, q: l.qty })));
+      await tx`insert into order_lines (order_id, line_no, shop_sku, location, qty)
                      select o, n, s, 'DC1', q from unnest(${tx.array(rows.map((r) => r.o))}::text[], ${tx.array(rows.map((r) => r.n))}::int[],
                                                           ${tx.array(rows.map((r) => r.s))}::text[], ${tx.array(rows.map((r) => r.q))}::int[]) as t(o, n, s, q)`;
-          }),
-        );
-      }
-      // Orders placed a few seconds ago ship (80%) or are cancelled.
-      const due = pending.filter((p) => p.due <= tick);
-      if (due.length > 0) {
-        pending.splice(0, pending.length, ...pending.filter((p) => p.due > tick));
-        const ship = due.filter(() => Math.random() < 0.8);
-        const cancel = due.filter((p) => !ship.includes(p));
-        // Only a placed line whose reserve was applied moves stock; the mapping emits fulfill/release for every placed line either way.
-        expected.shop += due.reduce((n, p) => n + p.lines, 0);
-        offered += due.reduce((n, p) => n + p.lines, 0);
-        if (ship.length > 0)
-          track(
-            shop`update order_lines set status = 'shipped' where order_id = any(${shop.array(ship.map((p) => p.orderId))}::text[]) and status = 'placed'`,
-          );
-        if (cancel.length > 0)
-          track(
-            shop`update order_lines set status = 'cancelled' where order_id = any(${shop.array(cancel.map((p) => p.orderId))}::text[]) and status = 'placed'`,
-          );
-      }
-      // Reservations over HTTP, each timed (a checkout's hold).
-      if (scenario !== "catalog-1m") {
-        resOwed += RES_RATE / 10;
-        const n = Math.floor(resOwed);
-        resOwed -= n;
-        for (let k = 0; k < n; k++) {
-          const sku = simItem(zipf.sample()).sku;
-          const key = `bench-${run}-${++seq}`;
-          offered++;
-          // Checkouts arrive spread over the tick, not as one burst every 100 ms (which would time
-          // the queue the burst itself makes).
-          track(sleep((100 * k) / n).then(() => reserve(sku, key)));
-        }
-      }
-      offeredPerSecond.set(sec, (offeredPerSecond.get(sec) ?? 0) + offered);
-      if (tick - lastSample >= 1000) {
-        lastSample = tick;
-        // Postgres as a whole: proportional set size, so shared buffers count once, not once per
-        // backend. Read every 5 s: smaps walks page tables, ~4% of this process's CPU when read every second.
-        if (rss.length % 5 === 0) pgPss = pgPids(pg.dataDir).reduce((n, p) => n + (procPss(p) ?? procStat(p)?.rss ?? 0), 0);
-        rss.push({
-          t: Math.round((tick - started) / 1000),
-          node: procStat(process.pid)?.rss ?? 0,
-          pg: pgPss,
-          nats: natsProcess ? (procStat(natsProcess)?.rss ?? 0) : 0,
-        });
-        const total = Object.values(expected).reduce((a, b) => a + b, 0);
-        progress(
-          `${Math.round((tick - started) / 1000)}/${DURATION_S} s  offered ${total.toLocaleString("en")}  applied ${(applied - 0).toLocaleString("en")}  in flight ${inflight.size}`,
-          (tick - started) / 1000,
-          DURATION_S,
-        );
-      }
-      await sleep(Math.max(0, 100 - (Date.now() - tick)));
-    }
-    // The offered rate is over the load's own window: requests still queued after it count against Tally.
-    const loopEnded = Date.now();
-    const loadWindowS = (loopEnded - started) / 1000;
-    const offeredInWindow = [...offeredPerSecond.values()].reduce((a, b) => a + b, 0);
-    await Promise.allSettled([...inflight]);
-    const loadEnded = Date.now();
-    const profile: ProfileSummary | null = stopProfile ? await stopProfile() : null;
-    if (process.stderr.isTTY) process.stderr.write("\n");
-    process.stderr.write("bench: load done; waiting for the pipeline to drain…\n");
-    const wanted = Object.values(expected).reduce((a, b) => a + b, 0);
-    let drainedAt = Date.now();
-    for (let last = -1; ; ) {
-      const n = (await outcomesSoFar()) - before;
-      const [{ outbox }] = await sql<[{ outbox: number }]>`select count(*)::int as outbox from outbox`;
-      if (n >= wanted && outbox === 0) break;
-      if (n !== last) drainedAt = Date.now();
-      else if (Date.now() - drainedAt > 60_000) break;
-      last = n;
-      progress(`draining: ${n.toLocaleString("en")} / ${wanted.toLocaleString("en")} applied`, n, wanted);
-      await sleep(500);
-    }
-    measuring = false;
-    const finished = Date.now();
-    const schedEnd = schedStat(process.pid);
-    if (process.stderr.isTTY) process.stderr.write("\n");
-    const pidEnd = processStats();
-    const sumCpu = (xs: Array<{ cpu: number } | null>) => xs.reduce((n, x) => n + (x?.cpu ?? 0), 0);
-    const wall = (finished - started) / 1000;
-    // The main thread's time on a CPU vs waiting for one: with every process on two cores, a socket
-    // write wakes its peer (Postgres, nats-server), which can take the core from the writer.
-    if (schedStart && schedEnd) {
-      const wallNs = wall * 1e9;
-      report.mainThread = {
-        onCpu: round((schedEnd.runNs - schedStart.runNs) / wallNs, 3),
-        waitingForCpu: round((schedEnd.waitNs - schedStart.waitNs) / wallNs, 3),
-        timeslicesPerSec: Math.round((schedEnd.slices - schedStart.slices) / wall),
-      };
-    }
-    report.cpu = {
-      wallSeconds: round(wall),
-      node: round(((pidEnd.node?.cpu ?? 0) - (pidStart.node?.cpu ?? 0)) / wall, 2),
-      postgres: round((sumCpu(pidEnd.pg) - sumCpu(pidStart.pg)) / wall, 2),
-      sourcePostgres: round((sumCpu(pidEnd.srcPg) - sumCpu(pidStart.srcPg)) / wall, 2),
-      natsServer: round(((pidEnd.nats?.cpu ?? 0) - (pidStart.nats?.cpu ?? 0)) / wall, 2),
-      workerProcesses: round((sumCpu(pidEnd.workers) - sumCpu(pidStart.workers)) / wall, 2),
-      unit: "cores (CPU seconds per wall second)",
-    };
-    report.rss = rss;
-    // Flat memory: the node process's RSS over the second half of the run, relative to its middle.
-    const mid = rss[Math.floor(rss.length / 2)]?.node ?? 0;
-    const last = rss[rss.length - 1]?.node ?? 0;
-    report.memory = {
-      maxActors: MAX_ACTORS,
-      nodeRssMidMiB: Math.round(mid / 1048576),
-      nodeRssEndMiB: Math.round(last / 1048576),
-      secondHalfGrowth: mid > 0 ? round((last - mid) / mid, 3) : null,
-    };
+    }),
+  );
+  return lines;
+}
 
-    // --- Correctness. ---
-    const bySource = await sql<Array<{ source: string; status: string; n: number }>>`
-      select split_part(command_id, ':', 1) as source, status, count(*)::int as n from command_outcomes group by 1, 2 order by 1, 2`;
-    const [{ outcomes }] = await sql<[{ outcomes: number }]>`select count(*)::int as outcomes from command_outcomes`;
-    const [{ dup }] = await sql<
-      [{ dup: number }]
-    >`select count(*)::int as dup from (select command_id, leg from ledger_entries group by 1, 2 having count(*) > 1) d`;
-    const verify = await verifyLedger(sql);
-    const [{ dlq }] = [{ dlq: (await nats.jsm.streams.info(t.dlqStream)).state.messages }];
-    report.correctness = {
-      expectedCommands: expected,
-      expectedTotal: wanted,
-      appliedOrRejected: outcomes - before,
-      allAccountedFor: outcomes - before === wanted,
-      duplicateLegs: dup,
-      verify: verify.problem === null ? "ok" : verify.problem,
-      deadLetters: dlq,
-      bySource,
-      loadFailures: failures,
-    };
-
-    // --- Throughput, latency. ---
-    const firstSec = Math.floor(started / 1000);
-    const timeline = Array.from({ length: Math.ceil((finished - started) / 1000) + 1 }, (_, i) => ({
-      t: i,
-      offered: offeredPerSecond.get(firstSec + i) ?? 0,
-      applied: appliedPerSecond.get(firstSec + i) ?? 0,
-    }));
-    const appliedInRun = outcomes - before;
-    const sustained = Math.round(appliedInRun / ((finished - started) / 1000));
-    const offeredRate = Math.round(offeredInWindow / loadWindowS);
-    const latency = Object.fromEntries(
-      [...latencies].map(([source, xs]) => {
-        const s = sortNum(xs);
-        return [source, { samples: s.length, p50: percentile(s, 0.5), p95: percentile(s, 0.95), p99: percentile(s, 0.99) }];
-      }),
+/** Orders placed a few seconds ago ship (80%) or are cancelled; returns the commands that makes. */
+function settleDueOrders(run: BenchRun, load: Load, tick: number): number {
+  const { shop } = run;
+  const due = load.pending.filter((p) => p.due <= tick);
+  if (due.length === 0) return 0;
+  load.pending.splice(0, load.pending.length, ...load.pending.filter((p) => p.due > tick));
+  const ship = due.filter(() => Math.random() < 0.8);
+  const cancel = due.filter((p) => !ship.includes(p));
+  // Only a placed line whose reserve was applied moves stock; the mapping emits fulfill/release for every placed line either way.
+  const lines = due.reduce((n, p) => n + p.lines, 0);
+  load.expected.shop += lines;
+  if (ship.length > 0)
+    track(
+      load,
+      shop`update order_lines set status = 'shipped' where order_id = any(${shop.array(ship.map((p) => p.orderId))}::text[]) and status = 'placed'`,
     );
-    const rtt = sortNum(reservationRtt);
-    report.throughput = {
-      offeredCommandsPerSec: offeredRate,
-      sustainedCommandsPerSec: sustained,
-      drainSeconds: round((finished - loopEnded) / 1000),
-      timeline,
-    };
-    report.latencyMs = latency;
-    if (profile) report.profile = profile;
-    report.reservations = { count: rtt.length, p50: round(percentile(rtt, 0.5)), p99: round(percentile(rtt, 0.99)), outcomes: reservationOutcomes };
-    report.cdcLag = tally.readers.map((r) => ({ source: r.name, lagBytes: r.metrics.lagBytes, changes: r.metrics.changes }));
-    report.ratios = {
-      endToEndVsPublish: round(sustained / limits.publishCommandsPerSec, 3),
-      endToEndVsConsume: round(sustained / limits.consumeCommandsPerSec, 3),
-      endToEndVsInsert: round(sustained / limits.insertRowsPerSec, 3),
-      cdcVsDecoding: round((expected.erp + expected.shop) / ((loadEnded - started) / 1000) / limits.decodeChangesPerSec, 3),
-    };
-    const worstP99 = Math.max(...Object.values(latency).map((l) => l.p99 ?? 0));
-    report.targets = {
-      "sustained end to end ≥ 25,000 commands/s": { target: 25_000, measured: sustained, at: `offered ${offeredRate}/s`, met: sustained >= 25_000 },
-      "p99 source → availability ≤ 100 ms (at 5,000 commands/s)": {
-        target: 100,
-        measured: worstP99,
-        at: `${offeredRate} commands/s`,
-        met: worstP99 <= 100 && offeredRate >= 5000,
-      },
-      "reservation round trip p99 ≤ 15 ms (at 1,000/s)": {
-        target: 15,
-        measured: round(percentile(rtt, 0.99)),
-        at: `${RES_RATE} reservations/s`,
-        met: (percentile(rtt, 0.99) ?? Infinity) <= 15 && RES_RATE >= 1000,
-      },
-    };
-    if (scenario === "flash-sale" || scenario === "steady") {
-      const stock = await stockTimeline(sql, orders.length > 0 ? Math.min(...orders.map((o) => o.at)) : started);
-      const tallyP99 = latency.shop?.p99 ?? latency.erp?.p99 ?? 0;
-      report.pollingBaseline = pollingBaseline(orders, stock, [
-        { name: "Tally", lagMs: tallyP99 },
-        { name: "poll 60 s", periodMs: 60_000 },
-        { name: "poll 900 s", periodMs: 900_000 },
-      ]);
-    }
-    // Permits that can be in use: per process, its apply concurrency or the partitions it holds (a fair share), if fewer.
-    const permits = tally.worker
-      ? Math.min(PARTITIONS, tally.worker.gate.permits)
-      : Array.from({ length: WORKER_PROCESSES }, (_, i) =>
-          Math.min(settings.applyConcurrency, Math.floor(PARTITIONS / WORKER_PROCESSES) + (i < PARTITIONS % WORKER_PROCESSES ? 1 : 0)),
-        ).reduce((a, b) => a + b, 0);
-    report.worker = {
-      batches: batches.count,
-      meanBatch: round(batches.commands / Math.max(1, batches.count)),
-      meanApplyMs: round(batches.applyMs / Math.max(1, batches.count)),
-      busyFractionPerPartition: round(batches.applyMs / ((finished - started) * PARTITIONS), 3),
-      // Partitions apply behind a per-process gate (TALLY_APPLY_CONCURRENCY, default the CPU count):
-      // how busy those permits were says more than how busy each partition was.
-      applyPermits: permits,
-      busyFractionOfPermits: round(batches.applyMs / ((finished - started) * permits), 3),
-      ...(tally.worker
-        ? {
-            stageMsPerBatch: Object.fromEntries(
-              Object.entries(tally.worker.metrics.stageMs).map(([k, v]) => [k, round(v / Math.max(1, tally!.worker!.metrics.batches), 2)]),
-            ),
-          }
-        : {}),
-      processes: WORKER_PROCESSES,
-    };
-    report.bottleneck = await bottleneck(report);
-
-    for (const s of subs) s.unsubscribe();
-  } finally {
-    await loadClient?.close().catch(() => {});
-    await tally?.close().catch(() => {});
-    await Promise.all(
-      workers.map(
-        (w) =>
-          new Promise<void>((resolve) => {
-            if (w.exitCode !== null) return resolve();
-            w.once("exit", () => resolve());
-            w.kill("SIGTERM");
-          }),
-      ),
+  if (cancel.length > 0)
+    track(
+      load,
+      shop`update order_lines set status = 'cancelled' where order_id = any(${shop.array(cancel.map((p) => p.orderId))}::text[]) and status = 'placed'`,
     );
-    await nc.close().catch(() => {});
-    await Promise.allSettled([sql.end(), erp.end(), shop.end()]);
-    await Promise.allSettled([pg.destroy(), srcPg.destroy(), natsServer.destroy()]);
+  return lines;
+}
+
+/** This tick's reservations owed to --reservation-rate; returns how many. */
+function offerReservations(pipe: Pipeline, load: Load): number {
+  load.resOwed += RES_RATE / 10;
+  const n = Math.floor(load.resOwed);
+  load.resOwed -= n;
+  for (let k = 0; k < n; k++) {
+    const sku = simItem(load.zipf.sample()).sku;
+    const key = `bench-${load.runId}-${++load.seq}`;
+    // Checkouts arrive spread over the tick, not as one burst every 100 ms (which would time
+    // the queue the burst itself makes).
+    track(
+      load,
+      sleep((100 * k) / n).then(() => reserve(pipe, load, sku, key)),
+    );
   }
+  return n;
+}
 
-  printTable(report);
+/** One checkout's hold over HTTP, timed. */
+function reserve(pipe: Pipeline, load: Load, sku: string, key: string): Promise<void> {
+  const t0 = performance.now();
+  return request(`${pipe.api}/v1/reservations`, {
+    dispatcher: pipe.http,
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${pipe.token}`, "idempotency-key": key },
+    body: JSON.stringify({ sku, qty: 1, location: "DC1", ttlSeconds: 3600 }),
+  }).then(async (res) => {
+    await res.body.dump();
+    load.reservationRtt.push(performance.now() - t0);
+    const status = res.statusCode;
+    const outcome = status === 201 ? "held" : status === 409 ? "insufficient_stock" : `http_${status}`;
+    // Its reserve command was published (and will be decided) unless the request failed before.
+    if (status === 201 || status === 409 || status === 503) load.expected.api++;
+    load.reservationOutcomes[outcome] = (load.reservationOutcomes[outcome] ?? 0) + 1;
+  });
+}
+
+/** Once a second: the processes' memory, and the progress line. */
+function sample(run: BenchRun, live: Live, load: Load, tick: number): void {
+  const { rss, started } = load;
+  load.lastSample = tick;
+  // Postgres as a whole: proportional set size, so shared buffers count once, not once per
+  // backend. Read every 5 s: smaps walks page tables, ~4% of this process's CPU when read every second.
+  if (rss.length % 5 === 0) load.pgPss = pgPids(run.pg.dataDir).reduce((n, p) => n + (procPss(p) ?? procStat(p)?.rss ?? 0), 0);
+  rss.push({
+    t: Math.round((tick - started) / 1000),
+    node: procStat(process.pid)?.rss ?? 0,
+    pg: load.pgPss,
+    nats: load.natsProcess ? (procStat(load.natsProcess)?.rss ?? 0) : 0,
+  });
+  const total = Object.values(load.expected).reduce((a, b) => a + b, 0);
+  progress(
+    `${Math.round((tick - started) / 1000)}/${DURATION_S} s  offered ${total.toLocaleString("en")}  applied ${live.applied.toLocaleString("en")}  in flight ${load.inflight.size}`,
+    (tick - started) / 1000,
+    DURATION_S,
+  );
+}
+
+/** Until every command the load made has an outcome and the outbox is empty (or nothing moved for 60 s); from here nothing counts. */
+async function drain(run: BenchRun, live: Live, load: Load, before: number): Promise<{ wanted: number; finished: number }> {
+  process.stderr.write("bench: load done; waiting for the pipeline to drain…\n");
+  const wanted = Object.values(load.expected).reduce((a, b) => a + b, 0);
+  let drainedAt = Date.now();
+  for (let last = -1; ; ) {
+    const n = (await outcomesSoFar(run.sql)) - before;
+    const [{ outbox }] = await run.sql<[{ outbox: number }]>`select count(*)::int as outbox from outbox`;
+    if (n >= wanted && outbox === 0) break;
+    if (n !== last) drainedAt = Date.now();
+    else if (Date.now() - drainedAt > 60_000) break;
+    last = n;
+    progress(`draining: ${n.toLocaleString("en")} / ${wanted.toLocaleString("en")} applied`, n, wanted);
+    await sleep(500);
+  }
+  live.measuring = false;
+  return { wanted, finished: Date.now() };
+}
+
+/** CPU per process (and the main thread's share of a CPU) over the load and the drain; memory over the load. */
+function measureResources(run: BenchRun, load: Load, finished: number): void {
+  const { report } = run;
+  const { rss, started, schedStart, pidStart } = load;
+  const schedEnd = schedStat(process.pid);
+  if (process.stderr.isTTY) process.stderr.write("\n");
+  const pidEnd = processStats(run, load.natsProcess);
+  const sumCpu = (xs: Array<{ cpu: number } | null>) => xs.reduce((n, x) => n + (x?.cpu ?? 0), 0);
+  const wall = (finished - started) / 1000;
+  // The main thread's time on a CPU vs waiting for one: with every process on two cores, a socket
+  // write wakes its peer (Postgres, nats-server), which can take the core from the writer.
+  if (schedStart && schedEnd) {
+    const wallNs = wall * 1e9;
+    report.mainThread = {
+      onCpu: round((schedEnd.runNs - schedStart.runNs) / wallNs, 3),
+      waitingForCpu: round((schedEnd.waitNs - schedStart.waitNs) / wallNs, 3),
+      timeslicesPerSec: Math.round((schedEnd.slices - schedStart.slices) / wall),
+    };
+  }
+  report.cpu = {
+    wallSeconds: round(wall),
+    node: round(((pidEnd.node?.cpu ?? 0) - (pidStart.node?.cpu ?? 0)) / wall, 2),
+    postgres: round((sumCpu(pidEnd.pg) - sumCpu(pidStart.pg)) / wall, 2),
+    sourcePostgres: round((sumCpu(pidEnd.srcPg) - sumCpu(pidStart.srcPg)) / wall, 2),
+    natsServer: round(((pidEnd.nats?.cpu ?? 0) - (pidStart.nats?.cpu ?? 0)) / wall, 2),
+    workerProcesses: round((sumCpu(pidEnd.workers) - sumCpu(pidStart.workers)) / wall, 2),
+    unit: "cores (CPU seconds per wall second)",
+  };
+  report.rss = rss;
+  // Flat memory: the node process's RSS over the second half of the run, relative to its middle.
+  const mid = rss[Math.floor(rss.length / 2)]?.node ?? 0;
+  const last = rss[rss.length - 1]?.node ?? 0;
+  report.memory = {
+    maxActors: MAX_ACTORS,
+    nodeRssMidMiB: Math.round(mid / 1048576),
+    nodeRssEndMiB: Math.round(last / 1048576),
+    secondHalfGrowth: mid > 0 ? round((last - mid) / mid, 3) : null,
+  };
+}
+
+/** Every source event's commands decided exactly once, `ledger verify`, dead letters; returns the outcomes in the ledger. */
+async function checkCorrectness(run: BenchRun, nats: NatsHandles, load: Load, before: number, wanted: number): Promise<number> {
+  const { sql } = run;
+  const bySource = await sql<Array<{ source: string; status: string; n: number }>>`
+      select split_part(command_id, ':', 1) as source, status, count(*)::int as n from command_outcomes group by 1, 2 order by 1, 2`;
+  const [{ outcomes }] = await sql<[{ outcomes: number }]>`select count(*)::int as outcomes from command_outcomes`;
+  const [{ dup }] = await sql<
+    [{ dup: number }]
+  >`select count(*)::int as dup from (select command_id, leg from ledger_entries group by 1, 2 having count(*) > 1) d`;
+  const verify = await verifyLedger(sql);
+  const [{ dlq }] = [{ dlq: (await nats.jsm.streams.info(run.t.dlqStream)).state.messages }];
+  run.report.correctness = {
+    expectedCommands: load.expected,
+    expectedTotal: wanted,
+    appliedOrRejected: outcomes - before,
+    allAccountedFor: outcomes - before === wanted,
+    duplicateLegs: dup,
+    verify: verify.problem === null ? "ok" : verify.problem,
+    deadLetters: dlq,
+    bySource,
+    loadFailures: load.failures,
+  };
+  return outcomes;
+}
+
+/** The report's figures: throughput, latency, reservations, CDC lag, ratios, targets, the polling baseline, the worker, the bottleneck. */
+async function summarise(run: BenchRun, m: Measured): Promise<void> {
+  const { report } = run;
+  const { sustained, offeredRate, latency, rtt } = reportThroughput(run, m);
+  const worstP99 = Math.max(...Object.values(latency).map((l) => l.p99 ?? 0));
+  report.targets = {
+    "sustained end to end ≥ 25,000 commands/s": { target: 25_000, measured: sustained, at: `offered ${offeredRate}/s`, met: sustained >= 25_000 },
+    "p99 source → availability ≤ 100 ms (at 5,000 commands/s)": {
+      target: 100,
+      measured: worstP99,
+      at: `${offeredRate} commands/s`,
+      met: worstP99 <= 100 && offeredRate >= 5000,
+    },
+    "reservation round trip p99 ≤ 15 ms (at 1,000/s)": {
+      target: 15,
+      measured: round(percentile(rtt, 0.99)),
+      at: `${RES_RATE} reservations/s`,
+      met: (percentile(rtt, 0.99) ?? Infinity) <= 15 && RES_RATE >= 1000,
+    },
+  };
+  if (scenario === "flash-sale" || scenario === "steady") {
+    const { orders, started } = m.load;
+    const stock = await stockTimeline(run.sql, orders.length > 0 ? Math.min(...orders.map((o) => o.at)) : started);
+    const tallyP99 = latency.shop?.p99 ?? latency.erp?.p99 ?? 0;
+    report.pollingBaseline = pollingBaseline(orders, stock, [
+      { name: "Tally", lagMs: tallyP99 },
+      { name: "poll 60 s", periodMs: 60_000 },
+      { name: "poll 900 s", periodMs: 900_000 },
+    ]);
+  }
+  report.worker = workerFigures(m);
+  report.bottleneck = await bottleneck(report);
+}
+
+/** Throughput (offered, sustained, drain, per second), latency per source, reservations, CDC lag, the ratios to the limits. */
+function reportThroughput(run: BenchRun, m: Measured) {
+  const { report } = run;
+  const { load, end, live, finished, limits } = m;
+  const { started } = load;
+  const firstSec = Math.floor(started / 1000);
+  const timeline = Array.from({ length: Math.ceil((finished - started) / 1000) + 1 }, (_, i) => ({
+    t: i,
+    offered: load.offeredPerSecond.get(firstSec + i) ?? 0,
+    applied: live.appliedPerSecond.get(firstSec + i) ?? 0,
+  }));
+  const sustained = Math.round(m.appliedInRun / ((finished - started) / 1000));
+  const offeredRate = Math.round(end.offeredInWindow / end.loadWindowS);
+  const latency = Object.fromEntries(
+    [...live.latencies].map(([source, xs]) => {
+      const s = sortNum(xs);
+      return [source, { samples: s.length, p50: percentile(s, 0.5), p95: percentile(s, 0.95), p99: percentile(s, 0.99) }];
+    }),
+  );
+  const rtt = sortNum(load.reservationRtt);
+  report.throughput = {
+    offeredCommandsPerSec: offeredRate,
+    sustainedCommandsPerSec: sustained,
+    drainSeconds: round((finished - end.loopEnded) / 1000),
+    timeline,
+  };
+  report.latencyMs = latency;
+  if (end.profile) report.profile = end.profile;
+  report.reservations = {
+    count: rtt.length,
+    p50: round(percentile(rtt, 0.5)),
+    p99: round(percentile(rtt, 0.99)),
+    outcomes: load.reservationOutcomes,
+  };
+  report.cdcLag = m.pipe.tally.readers.map((r) => ({ source: r.name, lagBytes: r.metrics.lagBytes, changes: r.metrics.changes }));
+  report.ratios = {
+    endToEndVsPublish: round(sustained / limits.publishCommandsPerSec, 3),
+    endToEndVsConsume: round(sustained / limits.consumeCommandsPerSec, 3),
+    endToEndVsInsert: round(sustained / limits.insertRowsPerSec, 3),
+    cdcVsDecoding: round((load.expected.erp + load.expected.shop) / ((end.loadEnded - started) / 1000) / limits.decodeChangesPerSec, 3),
+  };
+  return { sustained, offeredRate, latency, rtt };
+}
+
+/** The worker's batches over the run, and how busy its apply permits were. */
+function workerFigures(m: Measured): Record<string, unknown> {
+  const { tally, settings } = m.pipe;
+  const { batches } = m.live;
+  const elapsed = m.finished - m.load.started;
+  // Permits that can be in use: per process, its apply concurrency or the partitions it holds (a fair share), if fewer.
+  const permits = tally.worker
+    ? Math.min(PARTITIONS, tally.worker.gate.permits)
+    : Array.from({ length: WORKER_PROCESSES }, (_, i) =>
+        Math.min(settings.applyConcurrency, Math.floor(PARTITIONS / WORKER_PROCESSES) + (i < PARTITIONS % WORKER_PROCESSES ? 1 : 0)),
+      ).reduce((a, b) => a + b, 0);
+  return {
+    batches: batches.count,
+    meanBatch: round(batches.commands / Math.max(1, batches.count)),
+    meanApplyMs: round(batches.applyMs / Math.max(1, batches.count)),
+    busyFractionPerPartition: round(batches.applyMs / (elapsed * PARTITIONS), 3),
+    // Partitions apply behind a per-process gate (TALLY_APPLY_CONCURRENCY, default the CPU count):
+    // how busy those permits were says more than how busy each partition was.
+    applyPermits: permits,
+    busyFractionOfPermits: round(batches.applyMs / (elapsed * permits), 3),
+    ...(tally.worker
+      ? {
+          stageMsPerBatch: Object.fromEntries(
+            Object.entries(tally.worker.metrics.stageMs).map(([k, v]) => [k, round(v / Math.max(1, tally.worker!.metrics.batches), 2)]),
+          ),
+        }
+      : {}),
+    processes: WORKER_PROCESSES,
+  };
+}
+
+/** The load's HTTP client, Tally, the worker processes, the connections, the servers: closed whatever happened. */
+async function close(run: BenchRun): Promise<void> {
+  await run.loadClient?.close().catch(() => {});
+  await run.tally?.close().catch(() => {});
+  await Promise.all(
+    run.workers.map(
+      (w) =>
+        new Promise<void>((resolve) => {
+          if (w.exitCode !== null) return resolve();
+          w.once("exit", () => resolve());
+          w.kill("SIGTERM");
+        }),
+    ),
+  );
+  await run.nc.close().catch(() => {});
+  await Promise.allSettled([run.sql.end(), run.erp.end(), run.shop.end()]);
+  await Promise.allSettled([run.pg.destroy(), run.srcPg.destroy(), run.natsServer.destroy()]);
+}
+
+/** `<out>/<timestamp>.json` and `.html`. */
+async function writeReport(report: Record<string, unknown>): Promise<void> {
   const dir = path.resolve(values.out!);
   await mkdir(dir, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, "-");

@@ -82,39 +82,58 @@ function table(rows: ReadonlyArray<ReadonlyArray<unknown>>): string {
 
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 
-export function renderReport(r: Json): string {
-  const limits = r.limits as Record<string, number>;
-  const tp = r.throughput as {
-    offeredCommandsPerSec: number;
-    sustainedCommandsPerSec: number;
-    drainSeconds: number;
-    timeline: Array<{ t: number; offered: number; applied: number }>;
-  };
-  const lat = r.latencyMs as Record<string, { samples: number; p50: number | null; p95: number | null; p99: number | null }>;
-  const res = r.reservations as { count: number; p50: number | null; p99: number | null; outcomes: Record<string, number> };
-  const cpu = r.cpu as Record<string, unknown>;
-  const rss = (r.rss as Array<{ t: number; node: number; pg: number; nats: number }>) ?? [];
-  const c = r.correctness as Record<string, unknown>;
-  const targets = r.targets as Record<string, { target: number; measured: number | null; at: string; met: boolean }>;
-  const baseline = r.pollingBaseline as
-    | Array<{ name: string; orders: number; accepted: number; oversoldUnits: number; oversoldPer10k: number }>
-    | undefined;
-  const pass = c.allAccountedFor === true && c.duplicateLegs === 0 && c.verify === "ok";
-  const mib = (b: number) => Math.round(b / 1048576);
-  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Tally bench — ${esc(r.scenario)} ${esc(r.at)}</title>
-<style>
+const STYLE = `<style>
 body{margin:0;padding:24px;background:#0f172a;color:#e2e8f0;font:14px/1.45 system-ui,sans-serif;max-width:1360px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:15px;color:#94a3b8;text-transform:uppercase;letter-spacing:1px;margin:28px 0 8px}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:16px}.card{background:#111c33;border:1px solid #1e2a44;border-radius:8px;padding:12px}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}th,td{padding:4px 8px;border-bottom:1px solid #1e2a44;text-align:left}th{color:#94a3b8;font-weight:500}
 svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-size:13px;fill:#e2e8f0;font-weight:600}
 .pass{color:#22c55e;font-weight:700}.fail{color:#ef4444;font-weight:700}.muted{color:#94a3b8}
-</style></head><body>
+</style>`;
+
+type Throughput = {
+  offeredCommandsPerSec: number;
+  sustainedCommandsPerSec: number;
+  drainSeconds: number;
+  timeline: Array<{ t: number; offered: number; applied: number }>;
+};
+type Latency = Record<string, { samples: number; p50: number | null; p95: number | null; p99: number | null }>;
+
+export function renderReport(r: Json): string {
+  const limits = r.limits as Record<string, number>;
+  const c = r.correctness as Record<string, unknown>;
+  const targets = r.targets as Record<string, { target: number; measured: number | null; at: string; met: boolean }>;
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Tally bench — ${esc(r.scenario)} ${esc(r.at)}</title>
+${STYLE}</head><body>
 <h1>Tally bench — ${esc(r.scenario)}</h1>
 <div class="muted">${esc(r.at)} · ${esc(r.rate)} events/s offered for ${esc(r.durationS)} s · ${Number(r.skus).toLocaleString("en")} SKUs · ${esc(r.stores)} stores · ${esc(r.partitions)} partitions · ${esc(r.cores)} cores, everything on the same machine</div>
 <h2>Headline</h2>
 <div class="grid">
-<div class="card">${table([
+<div class="card">${table(headlineRows(r))}</div>
+<div class="card">${table([["target (this 2-core machine)", "measured", "at", ""], ...Object.entries(targets).map(([k, v]) => [k, v.measured, v.at, v.met ? "met" : "not met (or not at the target load)"])])}
+<p class="muted">${esc(r.bottleneck)}</p></div>
+</div>
+<h2>Charts</h2>
+<div class="grid">
+${chartCards(r)}
+</div>
+${baselineSection(r.pollingBaseline as Baseline | undefined)}
+${profileSection(r.profile as ProfileSummary | undefined)}
+<h2>Limits measured in this run</h2><div class="card">${table([["limit", "per second"], ...Object.entries(limits).map(([k, v]) => [k, v.toLocaleString("en")])])}</div>
+<h2>Commands by source</h2><div class="card">${table([["source", "status", "commands"], ...((c.bySource as Array<{ source: string; status: string; n: number }>) ?? []).map((b) => [b.source, b.status, b.n])])}</div>
+</body></html>`;
+}
+
+/** The headline table: throughput, latency per source, reservations, main thread, CPU, memory, worker batches, correctness. */
+function headlineRows(r: Json): Array<Array<unknown>> {
+  const limits = r.limits as Record<string, number>;
+  const tp = r.throughput as Throughput;
+  const lat = r.latencyMs as Latency;
+  const res = r.reservations as { count: number; p50: number | null; p99: number | null; outcomes: Record<string, number> };
+  const cpu = r.cpu as Record<string, unknown>;
+  const c = r.correctness as Record<string, unknown>;
+  const pass = c.allAccountedFor === true && c.duplicateLegs === 0 && c.verify === "ok";
+  return [
     ["measure", "value", "ratio"],
     [
       "Tally sustained end to end",
@@ -160,13 +179,17 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
       `${c.appliedOrRejected}/${c.expectedTotal} commands decided · ${c.duplicateLegs} duplicate legs · verify ${c.verify} · ${c.deadLetters} dead letters`,
       pass ? "PASS" : "FAIL",
     ],
-  ])}</div>
-<div class="card">${table([["target (this 2-core machine)", "measured", "at", ""], ...Object.entries(targets).map(([k, v]) => [k, v.measured, v.at, v.met ? "met" : "not met (or not at the target load)"])])}
-<p class="muted">${esc(r.bottleneck)}</p></div>
-</div>
-<h2>Charts</h2>
-<div class="grid">
-<div class="card">${lineChart(
+  ];
+}
+
+/** The four charts (throughput over time, latency per source, Tally vs the limits, memory), one card each. */
+function chartCards(r: Json): string {
+  const limits = r.limits as Record<string, number>;
+  const tp = r.throughput as Throughput;
+  const lat = r.latencyMs as Latency;
+  const rss = (r.rss as Array<{ t: number; node: number; pg: number; nats: number }>) ?? [];
+  const mib = (b: number) => Math.round(b / 1048576);
+  const throughput = lineChart(
     "Throughput over time",
     tp.timeline.map((p) => p.t),
     [
@@ -174,8 +197,8 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
       { name: "applied", ys: tp.timeline.map((p) => p.applied) },
     ],
     "commands per second",
-  )}</div>
-<div class="card">${barChart(
+  );
+  const latency = barChart(
     "Source → availability published",
     Object.entries(lat).map(([s, l]) => ({
       label: s,
@@ -187,8 +210,8 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
     })),
     "ms",
     100,
-  )}</div>
-<div class="card">${barChart(
+  );
+  const versusLimits = barChart(
     "Tally vs this machine's limits",
     [
       {
@@ -204,8 +227,8 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
     ],
     "/s",
     25_000,
-  )}</div>
-<div class="card">${lineChart(
+  );
+  const memory = lineChart(
     "Resident memory (Postgres ledger server: PSS over its processes)",
     rss.map((p) => p.t),
     [
@@ -214,18 +237,17 @@ svg.chart{width:100%;height:auto;font-size:11px;fill:#cbd5e1}svg .title{font-siz
       { name: "nats-server", ys: rss.map((p) => mib(p.nats)) },
     ],
     "MiB",
-  )}</div>
-</div>
-${
-  baseline
-    ? `<h2>Polling-sync baseline</h2><div class="card">${table([["channel", "orders", "accepted", "oversold units", "oversold per 10,000 orders"], ...baseline.map((b) => [b.name, b.orders, b.accepted, b.oversoldUnits, b.oversoldPer10k])])}
-<p class="muted">The bench's web orders replayed against a channel that sees other channels' stock changes only as of its last poll (every 60 s, every 900 s) versus Tally's view (changes published a measured p99 after they happen; Tally's own reservations are decided by the SKU's actor, so the real pipeline cannot oversell them at all).</p></div>`
-    : ""
+  );
+  return [throughput, latency, versusLimits, memory].map((chart) => `<div class="card">${chart}</div>`).join("\n");
 }
-${profileSection(r.profile as ProfileSummary | undefined)}
-<h2>Limits measured in this run</h2><div class="card">${table([["limit", "per second"], ...Object.entries(limits).map(([k, v]) => [k, v.toLocaleString("en")])])}</div>
-<h2>Commands by source</h2><div class="card">${table([["source", "status", "commands"], ...((c.bySource as Array<{ source: string; status: string; n: number }>) ?? []).map((b) => [b.source, b.status, b.n])])}</div>
-</body></html>`;
+
+type Baseline = Array<{ name: string; orders: number; accepted: number; oversoldUnits: number; oversoldPer10k: number }>;
+
+/** The polling-sync baseline (flash-sale, steady): oversold units per channel, Tally's view against polling ones. */
+function baselineSection(baseline: Baseline | undefined): string {
+  if (!baseline) return "";
+  return `<h2>Polling-sync baseline</h2><div class="card">${table([["channel", "orders", "accepted", "oversold units", "oversold per 10,000 orders"], ...baseline.map((b) => [b.name, b.orders, b.accepted, b.oversoldUnits, b.oversoldPer10k])])}
+<p class="muted">The bench's web orders replayed against a channel that sees other channels' stock changes only as of its last poll (every 60 s, every 900 s) versus Tally's view (changes published a measured p99 after they happen; Tally's own reservations are decided by the SKU's actor, so the real pipeline cannot oversell them at all).</p></div>`;
 }
 
 /** Where the Node process's CPU went during the load, by stage and by function. */
