@@ -93,8 +93,10 @@ export class LeaseStore {
 
   /** How many live members announce themselves under `prefix`. */
   async countLive(prefix: string): Promise<number> {
-    let n = 0;
-    for await (const _ of await this.kv.keys(`${prefix}.>`)) n++;
-    return n;
+    // Distinct keys: the listing's ordered consumer restarts after a missed heartbeat (a busy process)
+    // and then delivers keys it already gave, so counting deliveries could count a lease twice.
+    const keys = new Set<string>();
+    for await (const key of await this.kv.keys(`${prefix}.>`)) keys.add(key);
+    return keys.size;
   }
 }
