@@ -360,13 +360,7 @@ async function startTemporary(opts: StartPostgresOptions): Promise<PostgresServe
       port,
       dataDir,
       url,
-      kill: () => server.kill(),
-      stop: () => server.stop(),
-      start: () => server.start(),
-      restart: async () => {
-        await server.kill();
-        await server.start();
-      },
+      ...server.controls(),
       destroy: async () => {
         await server.stop();
         releaseSharedMemory(dataDir);
@@ -397,13 +391,7 @@ async function startPersistent(dataDir: string, opts: StartPostgresOptions): Pro
     port,
     dataDir,
     url,
-    kill: () => server.kill(),
-    stop: () => server.stop(),
-    start: () => server.start(),
-    restart: async () => {
-      await server.kill();
-      await server.start();
-    },
+    ...server.controls(),
     destroy: () => server.stop(),
   };
 }
