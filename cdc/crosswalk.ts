@@ -43,6 +43,25 @@ export function scaleExact(qty: number | string, factor: number): number | null 
   return Number.isSafeInteger(value) ? value : null;
 }
 
+interface StoredRows {
+  readonly items: ReadonlyArray<{
+    sku: string;
+    kind: StoredItem["kind"];
+    base_unit: string;
+    units: Record<string, number>;
+    components: Array<{ sku: string; qty: number }>;
+  }>;
+  readonly ids: ReadonlyArray<{ system: string; identifier: string; sku: string; uom: string | null }>;
+}
+
+/** The items and their identifiers as stored: all of them, or only these SKUs'. */
+async function readItems(sql: Sql, skus?: ReadonlyArray<string>): Promise<StoredRows> {
+  const only = () => (skus === undefined ? sql`` : sql`where sku = any(${sql.array(skus as Array<string>)}::text[])`);
+  const items = await sql<Array<StoredRows["items"][number]>>`select sku, kind, base_unit, units, components from items ${only()}`;
+  const ids = await sql<Array<StoredRows["ids"][number]>>`select system, identifier, sku, uom from item_identifiers ${only()}`;
+  return { items, ids };
+}
+
 /**
  * The item crosswalk: every system's identifier → the canonical SKU, with units of measure,
  * bundles and non-inventory items. Held in memory, persisted in `items`/`item_identifiers`.
@@ -54,23 +73,7 @@ export class Crosswalk {
 
   static async load(sql: Sql): Promise<Crosswalk> {
     const cw = new Crosswalk();
-    const items = await sql<
-      Array<{
-        sku: string;
-        kind: StoredItem["kind"];
-        base_unit: string;
-        units: Record<string, number>;
-        components: Array<{ sku: string; qty: number }>;
-      }>
-    >`
-      select sku, kind, base_unit, units, components from items`;
-    for (const i of items) {
-      cw.#items.set(i.sku, { sku: i.sku, kind: i.kind, baseUnit: i.base_unit, units: i.units, components: i.components });
-      cw.#index(i.sku, "sku", i.sku, null);
-    }
-    const ids = await sql<Array<{ system: string; identifier: string; sku: string; uom: string | null }>>`
-      select system, identifier, sku, uom from item_identifiers`;
-    for (const r of ids) cw.#index(r.sku, r.system, r.identifier, r.uom);
+    cw.#add(await readItems(sql));
     return cw;
   }
 
@@ -135,23 +138,16 @@ export class Crosswalk {
   /** Reloads these SKUs from the database (another process or source changed them). */
   async refresh(sql: Sql, skus: ReadonlyArray<string>): Promise<void> {
     if (skus.length === 0) return;
-    const list = sql.array(skus as Array<string>);
-    const items = await sql<
-      Array<{
-        sku: string;
-        kind: StoredItem["kind"];
-        base_unit: string;
-        units: Record<string, number>;
-        components: Array<{ sku: string; qty: number }>;
-      }>
-    >`
-      select sku, kind, base_unit, units, components from items where sku = any(${list}::text[])`;
-    const ids = await sql<Array<{ system: string; identifier: string; sku: string; uom: string | null }>>`
-      select system, identifier, sku, uom from item_identifiers where sku = any(${list}::text[])`;
+    const read = await readItems(sql, skus);
     for (const sku of skus) {
       this.#forget(sku);
       this.#items.delete(sku);
     }
+    this.#add(read);
+  }
+
+  /** Holds these items and indexes them by SKU and by their identifiers. */
+  #add({ items, ids }: StoredRows): void {
     for (const i of items) {
       this.#items.set(i.sku, { sku: i.sku, kind: i.kind, baseUnit: i.base_unit, units: i.units, components: i.components });
       this.#index(i.sku, "sku", i.sku, null);

@@ -1,3 +1,5 @@
+import type { HashedEntry } from "./hash.ts";
+
 /** A `ledger_entries` row as the driver reads it (quantities past 2^53 come as bigints). */
 export interface EntryRow {
   entry_id: number;
@@ -18,9 +20,33 @@ export interface EntryRow {
   hash: string;
 }
 
-/** An entry as the API shows it: camelCase, times as ISO strings. */
-export const entryJson = (r: EntryRow) => ({
+/**
+ * An entry as the API and the NDJSON export show it: camelCase, times as ISO strings. `unit` (the
+ * export reads it with each row) stands after `balanceAfter`; where the row has none the key is
+ * undefined, which JSON leaves out.
+ */
+export const entryJson = (r: EntryRow & { readonly unit?: string }) => ({
   entryId: r.entry_id,
+  commandId: r.command_id,
+  leg: r.leg,
+  sku: r.sku,
+  location: r.location,
+  bucket: r.bucket,
+  delta: r.delta,
+  balanceAfter: r.balance_after,
+  unit: r.unit,
+  movement: r.movement,
+  sourceSystem: r.source_system,
+  sourceRef: r.source_ref,
+  occurredAt: r.occurred_at.toISOString(),
+  recordedAt: r.recorded_at.toISOString(),
+  skuSeq: r.sku_seq,
+  prevHash: r.prev_hash,
+  hash: r.hash,
+});
+
+/** The fields of a stored entry that its hash covers, as read back (times stay Dates). */
+export const hashedEntry = (r: EntryRow): HashedEntry => ({
   commandId: r.command_id,
   leg: r.leg,
   sku: r.sku,
@@ -31,9 +57,7 @@ export const entryJson = (r: EntryRow) => ({
   movement: r.movement,
   sourceSystem: r.source_system,
   sourceRef: r.source_ref,
-  occurredAt: r.occurred_at.toISOString(),
-  recordedAt: r.recorded_at.toISOString(),
+  occurredAt: r.occurred_at,
+  recordedAt: r.recorded_at,
   skuSeq: r.sku_seq,
-  prevHash: r.prev_hash,
-  hash: r.hash,
 });

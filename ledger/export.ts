@@ -1,6 +1,6 @@
 import type { ReservedSql, Sql } from "postgres";
 import { quantityJson } from "./store.ts";
-import type { EntryRow } from "./entryRow.ts";
+import { type EntryRow, entryJson } from "./entryRow.ts";
 
 /** The columns of an exported ledger entry, in order (the CSV header). */
 export const EXPORT_COLUMNS = [
@@ -71,29 +71,7 @@ const csvCell = (v: unknown): string => {
 };
 const CRLF = "\r\n";
 
-const jsonRow = (r: ExportRow) =>
-  JSON.stringify(
-    {
-      entryId: r.entry_id,
-      commandId: r.command_id,
-      leg: r.leg,
-      sku: r.sku,
-      location: r.location,
-      bucket: r.bucket,
-      delta: r.delta,
-      balanceAfter: r.balance_after,
-      unit: r.unit,
-      movement: r.movement,
-      sourceSystem: r.source_system,
-      sourceRef: r.source_ref,
-      occurredAt: r.occurred_at.toISOString(),
-      recordedAt: r.recorded_at.toISOString(),
-      skuSeq: r.sku_seq,
-      prevHash: r.prev_hash,
-      hash: r.hash,
-    },
-    quantityJson,
-  );
+const jsonRow = (r: ExportRow) => JSON.stringify(entryJson(r), quantityJson);
 
 /** An export opened on its snapshot: the cursor is known before the first row is sent. */
 export interface LedgerExport {

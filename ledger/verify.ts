@@ -1,8 +1,8 @@
 import type { Sql, TransactionSql } from "postgres";
 import { GENESIS_HASH, entryHash } from "./hash.ts";
 import { verifyHolds } from "./verifyHolds.ts";
-import type { VerifyProblem } from "./verifyProblem.ts";
-import type { EntryRow } from "./entryRow.ts";
+import { type VerifyProblem, skuProblem } from "./verifyProblem.ts";
+import { type EntryRow, hashedEntry } from "./entryRow.ts";
 
 export type { VerifyProblem };
 
@@ -101,21 +101,7 @@ function entryProblem(r: EntryRow, prevHash: string, expectedSeq: number, runnin
   if (r.sku_seq !== expectedSeq) return `sequence ${r.sku_seq} where ${expectedSeq} was expected (entry missing or reordered)`;
   if (r.prev_hash !== prevHash) return `prev_hash does not match the hash of sequence ${expectedSeq - 1}`;
   if (running !== BigInt(r.balance_after)) return `balance_after ${r.balance_after} but the entries sum to ${running} (${r.location}/${r.bucket})`;
-  const recomputed = entryHash(prevHash, {
-    commandId: r.command_id,
-    leg: r.leg,
-    sku: r.sku,
-    location: r.location,
-    bucket: r.bucket,
-    delta: r.delta,
-    balanceAfter: r.balance_after,
-    movement: r.movement,
-    sourceSystem: r.source_system,
-    sourceRef: r.source_ref,
-    occurredAt: r.occurred_at,
-    recordedAt: r.recorded_at,
-    skuSeq: r.sku_seq,
-  });
+  const recomputed = entryHash(prevHash, hashedEntry(r));
   return recomputed !== r.hash ? "hash does not match its contents (entry altered)" : null;
 }
 
@@ -133,7 +119,7 @@ async function checkBalances(sql: TransactionSql, allSums: Sums): Promise<{ rows
       const expected = allSums.get(b.sku)?.get(key) ?? 0n;
       if (expected !== BigInt(b.qty)) {
         const message = `balance ${b.location}/${b.bucket} is ${b.qty} but its entries sum to ${expected}`;
-        return { rows, seen, problem: { sku: b.sku, entryId: null, commandId: null, message } };
+        return { rows, seen, problem: skuProblem(b.sku, message) };
       }
     }
   }
@@ -146,7 +132,7 @@ function missingBalanceRow(allSums: Sums, seen: ReadonlySet<string>): VerifyProb
     for (const [key, total] of m) {
       if (total !== 0n && !seen.has(`${s}\u0000${key}`)) {
         const [location, bucket] = key.split("\u0000");
-        return { sku: s, entryId: null, commandId: null, message: `entries sum to ${total} for ${location}/${bucket} but there is no balance row` };
+        return skuProblem(s, `entries sum to ${total} for ${location}/${bucket} but there is no balance row`);
       }
     }
   }
@@ -160,18 +146,13 @@ async function checkHeads(sql: TransactionSql, heads: Heads): Promise<VerifyProb
   for (const h of storedHeads) {
     const computed = heads.get(h.sku);
     if (!computed || computed.seq !== h.seq || computed.hash !== h.last_hash) {
-      return {
-        sku: h.sku,
-        entryId: null,
-        commandId: null,
-        message: `head says sequence ${h.seq} but the chain ends at ${computed?.seq ?? 0} (entries missing or head altered)`,
-      };
+      return skuProblem(h.sku, `head says sequence ${h.seq} but the chain ends at ${computed?.seq ?? 0} (entries missing or head altered)`);
     }
   }
   if (storedHeads.length !== heads.size) {
     const stored = new Set(storedHeads.map((h) => h.sku));
     const missing = [...heads.keys()].find((s) => !stored.has(s));
-    if (missing) return { sku: missing, entryId: null, commandId: null, message: "entries exist but the SKU has no head" };
+    if (missing) return skuProblem(missing, "entries exist but the SKU has no head");
   }
   return null;
 }

@@ -1,5 +1,5 @@
 import type { Sql, TransactionSql } from "postgres";
-import type { VerifyProblem } from "./verifyProblem.ts";
+import { type VerifyProblem, skuProblem } from "./verifyProblem.ts";
 
 /**
  * Checks the holds against the balances: at every SKU and location, `reserved` is the sum of what
@@ -18,24 +18,12 @@ export async function verifyHolds(sql: Sql | TransactionSql): Promise<VerifyProb
      where coalesce(r.qty, 0) <> coalesce(h.qty, 0)
      order by sku, location
      limit 1`;
-  if (mismatch)
-    return {
-      sku: mismatch.sku,
-      entryId: null,
-      commandId: null,
-      message: `reserved ${mismatch.location} is ${mismatch.reserved} but its open holds hold ${mismatch.held}`,
-    };
+  if (mismatch) return skuProblem(mismatch.sku, `reserved ${mismatch.location} is ${mismatch.reserved} but its open holds hold ${mismatch.held}`);
   const [bad] = await sql<Array<{ sku: string; hold_id: string; status: string; open_qty: string }>>`
     select sku, hold_id, status, open_qty::text from holds
      where (status = 'open') <> (open_qty > 0)
      order by sku, hold_id
      limit 1`;
-  if (bad)
-    return {
-      sku: bad.sku,
-      entryId: null,
-      commandId: null,
-      message: `hold ${bad.hold_id} is ${bad.status} but holds ${bad.open_qty}`,
-    };
+  if (bad) return skuProblem(bad.sku, `hold ${bad.hold_id} is ${bad.status} but holds ${bad.open_qty}`);
   return null;
 }

@@ -5,3 +5,6 @@ export interface VerifyProblem {
   readonly commandId: string | null;
   readonly message: string;
 }
+
+/** A problem with a SKU as a whole (a balance, a head, a hold), not with one entry. */
+export const skuProblem = (sku: string, message: string): VerifyProblem => ({ sku, entryId: null, commandId: null, message });

@@ -308,8 +308,7 @@ async function cmdDlq(settings: Settings, args: ReadonlyArray<string>): Promise<
   return runEffect(
     Effect.scoped(
       Effect.gen(function* () {
-        const sql = yield* postgresResource(requireDatabaseUrl(settings), "tally-dlq");
-        yield* fromPromise(() => assertEnvironment(sql, settings.env));
+        const sql = yield* ledgerResource(settings, "tally-dlq");
         const nc = yield* natsResource(settings.natsUrl, "tally-dlq", settings.natsAccess);
         const nats = yield* fromPromise(() =>
           ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
@@ -372,8 +371,7 @@ async function cmdStuck(
   return runEffect(
     Effect.scoped(
       Effect.gen(function* () {
-        const sql = yield* postgresResource(requireDatabaseUrl(settings), "tally-dlq");
-        yield* fromPromise(() => assertEnvironment(sql, settings.env));
+        const sql = yield* ledgerResource(settings, "tally-dlq");
         const stuck = yield* fromPromise(() => listStuck(sql));
         if (sub === "skip") {
           const [p] = args;
@@ -609,6 +607,10 @@ async function cmdAnchor(settings: Settings, args: ReadonlyArray<string>): Promi
     return 0;
   });
 }
+
+/** The ledger database's pool, in the enclosing scope, once it is known to belong to the settings' environment. */
+const ledgerResource = (settings: Settings, application: string) =>
+  Effect.tap(postgresResource(requireDatabaseUrl(settings), application), (sql) => fromPromise(() => assertEnvironment(sql, settings.env)));
 
 /**
  * Runs `use` with a Postgres pool that lives in an Effect scope of its own and is ended however `use`

@@ -210,6 +210,12 @@ export const HoldId = Schema.String.pipe(
   }),
 );
 
+/** What a reserve, release or fulfill moves: `qty` of hold `reservationId` (in this order, after `common`). */
+const onHold = { qty: PositiveInt, reservationId: HoldId } as const;
+
+/** What a transfer's two legs move: `qty` of transfer `transferId`. */
+const ofTransfer = { qty: PositiveInt, transferId: ShortName } as const;
+
 /** Goods receipt: on_hand + qty. */
 export const ReceiveCommand = Schema.Struct({ type: Schema.Literal("receive"), ...common, qty: PositiveInt });
 export type ReceiveCommand = typeof ReceiveCommand.Type;
@@ -246,8 +252,7 @@ export type ReserveScope = typeof ReserveScope.Type;
 export const ReserveCommand = Schema.Struct({
   type: Schema.Literal("reserve"),
   ...common,
-  qty: PositiveInt,
-  reservationId: HoldId,
+  ...onHold,
   scope: Schema.optional(ReserveScope),
   expiresAt: Schema.optional(OccurredAt),
 });
@@ -260,8 +265,7 @@ export type ReserveCommand = typeof ReserveCommand.Type;
 export const ReleaseCommand = Schema.Struct({
   type: Schema.Literal("release"),
   ...common,
-  qty: PositiveInt,
-  reservationId: HoldId,
+  ...onHold,
   expired: Schema.optional(Bool),
 });
 export type ReleaseCommand = typeof ReleaseCommand.Type;
@@ -273,8 +277,7 @@ export type ReleaseCommand = typeof ReleaseCommand.Type;
 export const FulfillCommand = Schema.Struct({
   type: Schema.Literal("fulfill"),
   ...common,
-  qty: PositiveInt,
-  reservationId: HoldId,
+  ...onHold,
 });
 export type FulfillCommand = typeof FulfillCommand.Type;
 
@@ -295,8 +298,7 @@ export type CountCommand = typeof CountCommand.Type;
 export const TransferOutCommand = Schema.Struct({
   type: Schema.Literal("transfer_out"),
   ...common,
-  qty: PositiveInt,
-  transferId: ShortName,
+  ...ofTransfer,
   to: LocationId,
 }).pipe(
   Schema.filter((c) => (c.to === c.location ? { path: ["to"], message: `expected a location other than the origin, got ${show(c.to)}` } : undefined)),
@@ -307,8 +309,7 @@ export type TransferOutCommand = typeof TransferOutCommand.Type;
 export const TransferInCommand = Schema.Struct({
   type: Schema.Literal("transfer_in"),
   ...common,
-  qty: PositiveInt,
-  transferId: ShortName,
+  ...ofTransfer,
   from: LocationId,
 });
 export type TransferInCommand = typeof TransferInCommand.Type;

@@ -11,6 +11,7 @@ import type { FastifyInstance } from "fastify";
 import { ID_LIST_JSON_PATTERN, type AvailabilityJson as Availability } from "../contract/index.ts";
 import type { RelayRound } from "../channels/index.ts";
 import type { ApiContext } from "./context.ts";
+import { openEventStream } from "./eventStream.ts";
 import type { OutcomeBatch } from "../wire/index.ts";
 
 const BUSIEST = 15;
@@ -299,15 +300,7 @@ export async function dashboardRoutes(app: FastifyInstance, { ctx, hub }: { ctx:
     async (req, reply) => {
       const pinned = [...new Set((req.query.pin ?? "").split(",").filter((s) => s !== ""))].slice(0, MAX_PINNED);
       await hub.pin(pinned);
-      reply.hijack();
-      const res = reply.raw;
-      res.writeHead(200, {
-        "content-type": "text/event-stream; charset=utf-8",
-        "cache-control": "no-cache, no-transform",
-        connection: "keep-alive",
-        "x-accel-buffering": "no",
-      });
-      res.write("retry: 1000\n\n");
+      const res = openEventStream(reply);
       let shown = new Set<string>();
       let closed = false;
       const send = async () => {

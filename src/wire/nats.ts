@@ -99,50 +99,22 @@ export interface TopologyOptions {
 export async function ensureTopology(nc: NatsConnection, t: Topology, opts: TopologyOptions): Promise<NatsHandles> {
   const jsm = await jetstreamManager(nc);
   const js = jetstream(nc);
-  await ensureStream(jsm, {
-    name: t.commandsStream,
-    subjects: [t.commandSubjects],
+  // Every stream: file storage, limits retention, the configured de-duplication window; 0 = kept forever.
+  const stream = (name: string, subject: string, maxAgeMs: number, more: Partial<StreamConfig> = {}) => ({
+    name,
+    subjects: [subject],
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     duplicate_window: nanos(opts.duplicateWindowMs),
-    max_age: nanos(7 * DAY_MS),
-    discard: DiscardPolicy.Old,
+    max_age: nanos(maxAgeMs),
+    ...more,
   });
-  await ensureStream(jsm, {
-    name: t.dlqStream,
-    subjects: [t.dlqSubjects],
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    duplicate_window: nanos(opts.duplicateWindowMs),
-    max_age: 0,
-  });
-  await ensureStream(jsm, {
-    name: t.eventsStream,
-    subjects: [t.eventSubjects],
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    duplicate_window: nanos(opts.duplicateWindowMs),
-    max_age: nanos(30 * DAY_MS),
-  });
-  await ensureStream(jsm, {
-    name: t.availabilityStream,
-    subjects: [t.availabilitySubjects()],
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    duplicate_window: nanos(opts.duplicateWindowMs),
-    max_age: nanos(DAY_MS),
-  });
-  await ensureStream(jsm, {
-    name: t.anchorsStream,
-    subjects: [t.anchorsSubject],
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    duplicate_window: nanos(opts.duplicateWindowMs),
-    max_age: 0,
-    // The chain's external witness: no client may delete or purge it through the JetStream API.
-    deny_delete: true,
-    deny_purge: true,
-  });
+  await ensureStream(jsm, stream(t.commandsStream, t.commandSubjects, 7 * DAY_MS, { discard: DiscardPolicy.Old }));
+  await ensureStream(jsm, stream(t.dlqStream, t.dlqSubjects, 0));
+  await ensureStream(jsm, stream(t.eventsStream, t.eventSubjects, 30 * DAY_MS));
+  await ensureStream(jsm, stream(t.availabilityStream, t.availabilitySubjects(), DAY_MS));
+  // The chain's external witness: no client may delete or purge it through the JetStream API.
+  await ensureStream(jsm, stream(t.anchorsStream, t.anchorsSubject, 0, { deny_delete: true, deny_purge: true }));
   const kvm = new Kvm(js);
   const leases = await kvm.create(t.leasesBucket, { history: 1, ttl: opts.leaseTtlMs, storage: StorageType.File });
   const availability = await kvm.create(t.availabilityBucket, { history: 1, storage: StorageType.File });

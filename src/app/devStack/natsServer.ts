@@ -117,13 +117,7 @@ export async function startNats(opts: StartNatsOptions = {}): Promise<NatsServer
       port,
       storeDir,
       url,
-      kill: () => server.kill(),
-      stop: () => server.stop(),
-      start: () => server.start(),
-      restart: async () => {
-        await server.kill();
-        await server.start();
-      },
+      ...server.controls(),
       destroy: async () => {
         await server.stop();
         await removeRoot();

@@ -334,6 +334,24 @@ function serverFor(
   return { server, url };
 }
 
+/**
+ * Starts the postmaster on `dataDir` (on `opts.port`, else a free port; its log in `cwd` unless
+ * `opts.logPath`) and answers it with its handle, all but `destroy`, which differs by kind of folder.
+ */
+async function launch(
+  dataDir: string,
+  socketArgs: readonly string[],
+  cwd: string,
+  user: PostgresUser | undefined,
+  opts: StartPostgresOptions,
+): Promise<{ server: ServerProcess; handle: Omit<PostgresServer, "destroy"> }> {
+  const port = opts.port ?? (await freePort());
+  const logPath = opts.logPath ?? join(cwd, "postgres.log");
+  const { server, url } = serverFor(dataDir, port, socketArgs, cwd, logPath, user, opts.settings);
+  await server.start();
+  return { server, handle: { port, dataDir, url, ...server.controls() } };
+}
+
 async function startTemporary(opts: StartPostgresOptions): Promise<PostgresServer> {
   const root = await mkdtemp(join(tmpdir(), "tally-pg-"));
   const forget = cleanupOnExit(() => {
@@ -351,22 +369,9 @@ async function startTemporary(opts: StartPostgresOptions): Promise<PostgresServe
     }
     await initdb(dataDir, root, user);
 
-    const port = opts.port ?? (await freePort());
-    const logPath = opts.logPath ?? join(root, "postgres.log");
-    const { server, url } = serverFor(dataDir, port, ["-k", socketDir], root, logPath, user, opts.settings);
-    await server.start();
-
+    const { server, handle } = await launch(dataDir, ["-k", socketDir], root, user, opts);
     return {
-      port,
-      dataDir,
-      url,
-      kill: () => server.kill(),
-      stop: () => server.stop(),
-      start: () => server.start(),
-      restart: async () => {
-        await server.kill();
-        await server.start();
-      },
+      ...handle,
       destroy: async () => {
         await server.stop();
         releaseSharedMemory(dataDir);
@@ -386,24 +391,8 @@ async function startPersistent(dataDir: string, opts: StartPostgresOptions): Pro
   await prepareDataDir(dataDir, user);
   if (!existsSync(join(dataDir, "PG_VERSION"))) await initdb(dataDir, dataDir, user);
 
-  const port = opts.port ?? (await freePort());
-  const logPath = opts.logPath ?? join(dataDir, "postgres.log");
   // No Unix socket: its path (data folder + /.s.PGSQL.<port>) may pass the 107-byte limit, and
   // the compiled-in default is the system server's folder. Clients use TCP.
-  const { server, url } = serverFor(dataDir, port, ["-k", ""], dataDir, logPath, user, opts.settings);
-  await server.start();
-
-  return {
-    port,
-    dataDir,
-    url,
-    kill: () => server.kill(),
-    stop: () => server.stop(),
-    start: () => server.start(),
-    restart: async () => {
-      await server.kill();
-      await server.start();
-    },
-    destroy: () => server.stop(),
-  };
+  const { server, handle } = await launch(dataDir, ["-k", ""], dataDir, user, opts);
+  return { ...handle, destroy: () => server.stop() };
 }

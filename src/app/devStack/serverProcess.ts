@@ -73,6 +73,14 @@ export function cleanupOnExit(cleanup: () => void): () => void {
   return () => exitCleanups.delete(cleanup);
 }
 
+/** What a dev server's handle (Postgres, NATS) does to its process. */
+export interface ServerControls {
+  kill(): Promise<void>;
+  stop(): Promise<void>;
+  start(): Promise<void>;
+  restart(): Promise<void>;
+}
+
 /**
  * One long-running server binary (postgres, nats-server) that tests and `tally dev` can start,
  * SIGKILL, stop gracefully and start again.
@@ -150,6 +158,17 @@ export class ServerProcess {
     }
     const result = await Promise.race([running.exited, sleep(EXIT_TIMEOUT_MS, "timeout" as const, { ref: false })]);
     if (result === "timeout") await this.kill();
+  }
+
+  /** `kill()` then `start()`: a crash and a start on the same port and data. */
+  async restart(): Promise<void> {
+    await this.kill();
+    await this.start();
+  }
+
+  /** The kill/stop/start/restart of a dev server's handle, bound to this process. */
+  controls(): ServerControls {
+    return { kill: () => this.kill(), stop: () => this.stop(), start: () => this.start(), restart: () => this.restart() };
   }
 
   /**

@@ -4,6 +4,7 @@ import { DeliveryOrder } from "../../wire/index.ts";
 import { ID_JSON_PATTERN, locationAvailable } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
+import { openEventStream } from "../eventStream.ts";
 
 /** The one id grammar (see src/contract/command.ts). */
 const SKU = ID_JSON_PATTERN;
@@ -311,15 +312,7 @@ async function streamAvailability(
     ...start,
   });
   const consumer = await js.consumers.get(stream, ci.name);
-  reply.hijack();
-  const res = reply.raw;
-  res.writeHead(200, {
-    "content-type": "text/event-stream; charset=utf-8",
-    "cache-control": "no-cache, no-transform",
-    connection: "keep-alive",
-    "x-accel-buffering": "no",
-  });
-  res.write(`retry: 1000\n\n`);
+  const res = openEventStream(reply);
   if (after !== undefined && after + 1 < info.state.first_seq)
     res.write(`event: reset\ndata: ${JSON.stringify({ reason: "history_expired", firstSeq: info.state.first_seq })}\n\n`);
   const messages = await consumer.consume({ max_messages: 256 });

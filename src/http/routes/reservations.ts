@@ -31,6 +31,15 @@ const CreateBody = {
   },
 } as const;
 
+/** One line of a reservation as a response shows it. */
+const LineView = {
+  line: { type: "integer" },
+  sku: { type: "string" },
+  qty: { type: "integer" },
+  location: { type: ["string", "null"] },
+  state: { type: "string" },
+} as const;
+
 const ReservationView = {
   type: "object",
   required: ["id", "status"],
@@ -40,19 +49,7 @@ const ReservationView = {
     channel: { type: ["string", "null"] },
     expiresAt: { type: ["string", "null"], format: "date-time" },
     createdAt: { type: "string", format: "date-time" },
-    lines: {
-      type: "array",
-      items: {
-        type: "object",
-        properties: {
-          line: { type: "integer" },
-          sku: { type: "string" },
-          qty: { type: "integer" },
-          location: { type: ["string", "null"] },
-          state: { type: "string" },
-        },
-      },
-    },
+    lines: { type: "array", items: { type: "object", properties: LineView } },
   },
 } as const;
 
@@ -68,14 +65,7 @@ const Insufficient = {
       type: "array",
       items: {
         type: "object",
-        properties: {
-          line: { type: "integer" },
-          sku: { type: "string" },
-          qty: { type: "integer" },
-          location: { type: ["string", "null"] },
-          state: { type: "string" },
-          available: { type: ["integer", "null"] },
-        },
+        properties: { ...LineView, available: { type: ["integer", "null"] } },
       },
     },
   },

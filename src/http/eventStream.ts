@@ -1,0 +1,19 @@
+import type { ServerResponse } from "node:http";
+import type { FastifyReply } from "fastify";
+
+/**
+ * Takes the response over from Fastify and opens a server-sent event stream on it: 200, no caching or
+ * proxy buffering, and a client that reconnects after a second. The caller writes the events.
+ */
+export function openEventStream(reply: FastifyReply): ServerResponse {
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache, no-transform",
+    connection: "keep-alive",
+    "x-accel-buffering": "no",
+  });
+  res.write("retry: 1000\n\n");
+  return res;
+}
