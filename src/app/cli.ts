@@ -87,8 +87,40 @@ class UsageError extends Error {
   }
 }
 
+/** The usage lines of one command (its entries in USAGE), or null for an unknown command. */
+function commandUsage(command: string): string | null {
+  const blocks: Array<Array<string>> = [];
+  for (const line of USAGE.split("\n")) {
+    if (line.startsWith("  tally ")) blocks.push([line]);
+    else if (line.startsWith("      ") && blocks.length > 0 && line.trim() !== "") blocks.at(-1)!.push(line);
+    else if (!line.startsWith("      ")) blocks.push([]);
+  }
+  const mine = blocks.filter((b) => b[0]?.startsWith(`  tally ${command} `) || b[0] === `  tally ${command}`);
+  if (mine.length === 0) return null;
+  return `usage:\n${mine.map((b) => b.join("\n")).join("\n")}\n\nsettings (environment) and every command: tally help\n`;
+}
+
+/** `tally --version`: the package's version, read from its package.json. */
+async function version(): Promise<string> {
+  const { readFile } = await import("node:fs/promises");
+  const pkg = JSON.parse(await readFile(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+  return pkg.version;
+}
+
 async function main(argv: ReadonlyArray<string>): Promise<number> {
   const [command, ...rest] = argv;
+  if (command === "--version" || command === "-V" || command === "version") {
+    process.stdout.write(`tally ${await version()}\n`);
+    return 0;
+  }
+  // `--help` on a command prints its usage and does nothing else (never a migration, never a verify run).
+  if (command !== undefined && (rest.includes("--help") || rest.includes("-h"))) {
+    const sub = rest[0] !== undefined && !rest[0].startsWith("-") ? commandUsage(`${command} ${rest[0]}`) : null;
+    const usage = sub ?? commandUsage(command);
+    if (usage === null) throw new UsageError(`unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+    process.stdout.write(usage);
+    return 0;
+  }
   switch (command) {
     case "dev":
       return devMain(rest);
