@@ -17,6 +17,7 @@
  * both, so a decommissioned source cannot pile up WAL.
  */
 import type { Sql } from "postgres";
+import { sleep } from "../src/platform/index.ts";
 import type { ResolvedSource } from "./sources.ts";
 
 /** How one check came out: `fail` blocks CDC; `warn` works but is risky; `info` is state, not a verdict. */
@@ -769,8 +770,6 @@ export interface DropResult {
   readonly publicationDropped: boolean;
   readonly ledgerRowDeleted: boolean;
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Drops the slot (terminating a walsender still streaming it) and the publication, and with a

@@ -8,7 +8,7 @@ import { Cause, Effect, Exit, Fiber } from "effect";
 import { chainHeads, checkAnchors, migrate, runtimeGrants, verifyLedger, type Anchor } from "../../ledger/index.ts";
 import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "../channels/index.ts";
 import { ROLES, type Role, fromPromise, runEffect, startRoles, natsResource, postgresResource } from "./roles.ts";
-import { loadSettings, requireDatabaseUrl, type Settings } from "../platform/index.ts";
+import { loadSettings, requireDatabaseUrl, type Settings, sleep } from "../platform/index.ts";
 import type { TallyConfig } from "../platform/index.ts";
 import { knownStores, loadTallyConfig } from "../platform/index.ts";
 import { stopWithParent, workerProcess } from "./workerProcess.ts";
@@ -815,7 +815,7 @@ async function sourceResnapshot(settings: Settings, name: string, wait: boolean,
         process.stdout.write(`source ${name}: re-snapshot done at ${state.lsn} (${state.rows} rows)\n`);
         return 0;
       }
-      await new Promise((r) => setTimeout(r, 500));
+      await sleep(500);
     }
     process.stderr.write(`source ${name}: re-snapshot not done after ${timeoutMs / 1000}s (is the cdc role running?)\n`);
     return 1;

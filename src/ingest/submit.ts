@@ -6,6 +6,7 @@ import { knownCommandIds } from "../../ledger/index.ts";
 import { deadLetter, publishDeadLetter } from "../wire/index.ts";
 import { publishCommands } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
+import { sleep } from "../platform/index.ts";
 
 export interface SubmitOptions {
   readonly js: JetStreamClient;
@@ -147,7 +148,7 @@ export async function waitForOutcomes(
     }
     remaining = remaining.filter((id) => !found.has(id));
     if (remaining.length === 0 || Date.now() >= deadline) break;
-    await new Promise((r) => setTimeout(r, delay));
+    await sleep(delay);
     delay = Math.min(500, delay * 2);
   }
   return { applied, rejected, pending: remaining.length, byReason };

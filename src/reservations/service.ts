@@ -12,7 +12,7 @@ import { randomUUID } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { decodeCommand, locationAvailable, reserveCommandId, settleCommandId, type Command, type ReserveScope } from "../contract/index.ts";
-import type { ChannelConfig } from "../platform/index.ts";
+import { type ChannelConfig, sleep } from "../platform/index.ts";
 import { deadLetter, publishDeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import { expireDueHolds } from "./holdExpiry.ts";
@@ -666,5 +666,3 @@ function move(status: ReservationStatus, event: LifecycleEventType): { readonly 
   if (step.kind !== "move") throw new Error(`reservation lifecycle: a ${status} reservation cannot ${event}`);
   return step;
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -1,7 +1,7 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Command } from "../contract/index.ts";
 import { encodeEnvelope, envelopeMsgId } from "./envelope.ts";
-import { backoffDelay } from "../platform/index.ts";
+import { backoffDelay, sleep } from "../platform/index.ts";
 import type { Topology } from "./topology.ts";
 
 export interface PublishResult {
@@ -113,7 +113,7 @@ async function publishWithRetry(js: JetStreamClient, subject: string, chunk: Rea
       if (attempt >= attempts) throw error;
       if (deadline - Date.now() <= 0)
         throw new PublishDeadlineExceeded(`no PubAck for ${subject} before the deadline: ${(error as Error).message}`, { cause: error });
-      await new Promise((r) => setTimeout(r, Math.min(backoffDelay(attempt, 200, 5_000), Math.max(0, deadline - Date.now()))));
+      await sleep(Math.min(backoffDelay(attempt, 200, 5_000), Math.max(0, deadline - Date.now())));
     }
   }
 }
