@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { Either, ParseResult, Schema } from "effect";
 import type { Settings } from "../platform/index.ts";
@@ -121,4 +121,106 @@ export function bearerToken(header: string | undefined): string | null {
   if (!header) return null;
   const m = /^Bearer[ ]+([^\s]{1,512})\s*$/i.exec(header);
   return m ? m[1]! : null;
+}
+
+/** How long a stream token lives unless the mint request asks for less or more, and the most it may. */
+export const STREAM_TOKEN_TTL_SECONDS = { default: 300, min: 30, max: 900 } as const;
+const STREAM_TOKEN_PREFIX = "tlys_";
+
+/** What a stream token proves: who minted it, for which channel, until when (seconds since the epoch). */
+interface StreamClaims {
+  readonly v: 1;
+  readonly sub: string;
+  readonly ch: string;
+  readonly exp: number;
+}
+
+/**
+ * Short-lived, read-only, channel-bound tokens a shop's backend mints for its web pages, which cannot send an
+ * Authorization header from `EventSource`. A token is `tlys_<claims>.<HMAC-SHA256>`, both base64url, signed with a
+ * key derived from `TALLY_STREAM_TOKEN_SECRET`, so every API replica with the same secret accepts every other's
+ * tokens and nothing is stored. Only the availability snapshot and stream routes take one (as `?access_token=`).
+ */
+export class StreamTokens {
+  readonly #key: Buffer | null;
+
+  constructor(secret: string | undefined) {
+    this.#key = secret ? createHmac("sha256", secret).update("tally stream token v1").digest() : null;
+  }
+
+  get enabled(): boolean {
+    return this.#key !== null;
+  }
+
+  /** A token for `channel` minted by the token `issuer`, living `ttlSeconds`. */
+  mint(issuer: string, channel: string, ttlSeconds: number, now = Date.now()): { token: string; expiresAt: string } {
+    if (!this.#key) throw new Error("stream tokens need TALLY_STREAM_TOKEN_SECRET");
+    const exp = Math.floor(now / 1000) + ttlSeconds;
+    const claims: StreamClaims = { v: 1, sub: issuer, ch: channel, exp };
+    const body = Buffer.from(JSON.stringify(claims), "utf8").toString("base64url");
+    return { token: `${STREAM_TOKEN_PREFIX}${body}.${this.#sign(body)}`, expiresAt: new Date(exp * 1000).toISOString() };
+  }
+
+  /** The reader a token stands for; "invalid" when it is malformed or its signature is not ours, "expired" past its expiry. */
+  verify(token: string, now = Date.now()): Principal | "invalid" | "expired" {
+    if (!this.#key || !token.startsWith(STREAM_TOKEN_PREFIX) || token.length > 1024) return "invalid";
+    const [body, signature, ...rest] = token.slice(STREAM_TOKEN_PREFIX.length).split(".");
+    if (!body || !signature || rest.length > 0) return "invalid";
+    const expected = Buffer.from(this.#sign(body), "utf8");
+    const presented = Buffer.from(signature, "utf8");
+    if (presented.length !== expected.length || !timingSafeEqual(presented, expected)) return "invalid";
+    let claims: Partial<StreamClaims>;
+    try {
+      claims = JSON.parse(Buffer.from(body, "base64url").toString("utf8")) as Partial<StreamClaims>;
+    } catch {
+      return "invalid";
+    }
+    if (claims.v !== 1 || typeof claims.ch !== "string" || typeof claims.sub !== "string" || typeof claims.exp !== "number") return "invalid";
+    if (claims.exp * 1000 <= now) return "expired";
+    return { id: `stream:${claims.sub}`, scopes: new Set<Scope>(["availability:read"]), channel: claims.ch };
+  }
+
+  #sign(body: string): string {
+    return createHmac("sha256", this.#key!).update(body, "utf8").digest("base64url");
+  }
+}
+
+declare module "fastify" {
+  interface FastifyContextConfig {
+    /** The route also takes a stream token as `?access_token=` (the availability snapshot and stream only). */
+    streamToken?: boolean;
+  }
+}
+
+/** Who is asking, or why not: the status, the message and the WWW-Authenticate challenge of a refusal. */
+export type AuthOutcome = { readonly principal: Principal } | { readonly status: 401 | 403; readonly message: string; readonly challenge?: string };
+
+/**
+ * Authenticates a request to a route that needs `scope`: a bearer token in the Authorization header, or, on a
+ * route that allows it and without that header, a stream token in `?access_token=`. A stream token anywhere else
+ * (or in the header) is not a configured token, so it is refused as unknown.
+ */
+export function authenticate(
+  request: { readonly authorization: string | undefined; readonly accessToken: unknown; readonly streamTokenRoute: boolean },
+  scope: Scope,
+  verifier: TokenVerifier,
+  streamTokens: StreamTokens,
+): AuthOutcome {
+  const token = bearerToken(request.authorization);
+  if (token === null && typeof request.accessToken === "string" && request.streamTokenRoute) {
+    const verdict = streamTokens.verify(request.accessToken);
+    if (verdict === "invalid") return { status: 401, message: "invalid stream token", challenge: 'Bearer realm="tally", error="invalid_token"' };
+    if (verdict === "expired")
+      return { status: 401, message: "expired stream token: mint a new one", challenge: 'Bearer realm="tally", error="invalid_token"' };
+    return may(verdict, scope) ? { principal: verdict } : { status: 403, message: `a stream token lacks scope ${scope}` };
+  }
+  if (token === null) {
+    const hint =
+      request.accessToken !== undefined ? " (a stream token in ?access_token= is accepted only by the availability snapshot and stream)" : "";
+    return { status: 401, message: `missing bearer token (Authorization: Bearer <token>)${hint}`, challenge: 'Bearer realm="tally"' };
+  }
+  const principal = verifier.verify(token);
+  if (!principal) return { status: 401, message: "unknown or revoked token", challenge: 'Bearer realm="tally", error="invalid_token"' };
+  if (!may(principal, scope)) return { status: 403, message: `this token lacks scope ${scope}` };
+  return { principal };
 }

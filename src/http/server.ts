@@ -6,7 +6,8 @@ import { knownStores } from "../platform/index.ts";
 import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../platform/index.ts";
 import { PosIngest } from "../ingest/index.ts";
 import { PosSubscriber } from "../ingest/index.ts";
-import { bearerToken, may, TokenVerifier, type Principal, type Scope } from "./auth.ts";
+import { authenticate, StreamTokens, TokenVerifier, type Principal, type Scope } from "./auth.ts";
+import { allowOrigins } from "./cors.ts";
 import { ApiError, ErrorSchema, errorRef } from "./errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "../wire/index.ts";
@@ -43,6 +44,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   const app = createFastify(log, opts);
   documentErrorStatuses(app);
   limitJsonDepth(app, opts.maxJsonDepth);
+  await allowOrigins(app, deps.settings.corsOrigins);
   const streams = new Set<() => void>();
   installDrain(app, streams);
   const verifier = new TokenVerifier(deps.tokens);
@@ -55,7 +57,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   app.decorateRequest("principal", null);
   app.addSchema(ErrorSchema);
   installErrorHandlers(app, opts);
-  installAuth(app, verifier);
+  installAuth(app, verifier, new StreamTokens(deps.settings.streamTokenSecret));
   installRequestBudget(app, opts);
   installRequestLog(app, ctx.metrics);
   await registerPlugins(app, ctx, opts);
@@ -241,25 +243,26 @@ function installErrorHandlers(app: FastifyInstance, opts: Required<ApiOptions>):
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: "not_found", message: `no route ${req.method} ${req.url.split("?")[0]}` }));
 }
 
-/** Routes that declare a scope need a bearer token that has it; the caller becomes `req.principal`. */
-function installAuth(app: FastifyInstance, verifier: TokenVerifier): void {
+/**
+ * Routes that declare a scope need a bearer token that has it (or, where the route allows it, a stream token in
+ * `?access_token=`: see src/http/auth.ts); the caller becomes `req.principal`.
+ */
+function installAuth(app: FastifyInstance, verifier: TokenVerifier, streamTokens: StreamTokens): void {
   app.addHook("onRequest", async (req, reply) => {
     const scope = req.routeOptions.config?.scope;
     if (!scope) return;
-    const token = bearerToken(req.headers.authorization);
-    if (token === null)
-      return reply
-        .code(401)
-        .header("www-authenticate", 'Bearer realm="tally"')
-        .send({ error: "unauthorized", message: "missing bearer token (Authorization: Bearer <token>)" });
-    const principal = verifier.verify(token);
-    if (!principal)
-      return reply
-        .code(401)
-        .header("www-authenticate", 'Bearer realm="tally", error="invalid_token"')
-        .send({ error: "unauthorized", message: "unknown or revoked token" });
-    if (!may(principal, scope)) return reply.code(403).send({ error: "forbidden", message: `this token lacks scope ${scope}` });
-    req.principal = principal;
+    const request = {
+      authorization: req.headers.authorization,
+      accessToken: (req.query as { access_token?: unknown } | undefined)?.access_token,
+      streamTokenRoute: req.routeOptions.config?.streamToken === true,
+    };
+    const outcome = authenticate(request, scope, verifier, streamTokens);
+    if ("principal" in outcome) {
+      req.principal = outcome.principal;
+      return;
+    }
+    if (outcome.challenge) reply.header("www-authenticate", outcome.challenge);
+    return reply.code(outcome.status).send({ error: outcome.status === 401 ? "unauthorized" : "forbidden", message: outcome.message });
   });
 }
 

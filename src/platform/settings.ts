@@ -42,6 +42,10 @@ export interface Settings {
   readonly anchorIntervalMs: number;
   /** How this process proves who it is to NATS and checks the server (`TALLY_NATS_*`). */
   readonly natsAccess: NatsAccess;
+  /** `TALLY_CORS_ORIGINS`: the web origins (`https://shop.example`) whose pages may call the API; none = no CORS. */
+  readonly corsOrigins: ReadonlyArray<string>;
+  /** `TALLY_STREAM_TOKEN_SECRET`: signs the short-lived stream tokens browsers use (same on every API replica); unset = none are minted. */
+  readonly streamTokenSecret: string | undefined;
 }
 
 /**
@@ -111,7 +115,12 @@ export const WITHOUT_DEFAULT = [
   "TALLY_NATS_CA_FILE",
   "TALLY_NATS_CERT_FILE",
   "TALLY_NATS_KEY_FILE",
+  "TALLY_CORS_ORIGINS",
+  "TALLY_STREAM_TOKEN_SECRET",
 ] as const;
+
+/** A web origin as browsers send it: scheme, host, optional port, nothing else. */
+const ORIGIN = /^https?:\/\/[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?:\/\/\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$/;
 
 const envName = Config.string("TALLY_ENV").pipe(
   Config.withDefault(DEFAULTS.TALLY_ENV),
@@ -166,6 +175,23 @@ const settingsConfig = Config.all({
   natsCaFile: Config.option(Config.string("TALLY_NATS_CA_FILE")),
   natsCertFile: Config.option(Config.string("TALLY_NATS_CERT_FILE")),
   natsKeyFile: Config.option(Config.string("TALLY_NATS_KEY_FILE")),
+  corsOrigins: Config.option(
+    Config.string("TALLY_CORS_ORIGINS").pipe(
+      Config.validate({
+        message:
+          "TALLY_CORS_ORIGINS: expected comma-separated origins like https://shop.example or http://localhost:3000 (scheme, host, optional port; no path)",
+        validation: (s) => s.split(",").every((o) => ORIGIN.test(o.trim())),
+      }),
+    ),
+  ),
+  streamTokenSecret: Config.option(
+    Config.string("TALLY_STREAM_TOKEN_SECRET").pipe(
+      Config.validate({
+        message: "TALLY_STREAM_TOKEN_SECRET: expected at least 32 characters (e.g. openssl rand -hex 32)",
+        validation: (s) => s.length >= 32,
+      }),
+    ),
+  ),
 });
 
 /** Decodes the settings from `env` (default `process.env`); throws a SettingsError naming the bad setting. */
@@ -196,6 +222,11 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     workerProcess: s.workerProcess,
     anchorIntervalMs: s.anchorIntervalMs,
     natsAccess: natsAccess(s),
+    corsOrigins: Option.match(s.corsOrigins, {
+      onNone: () => [],
+      onSome: (text) => text.split(",").map((o) => o.trim().toLowerCase()),
+    }),
+    streamTokenSecret: Option.getOrUndefined(s.streamTokenSecret),
   };
 }
 

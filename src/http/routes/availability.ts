@@ -1,10 +1,12 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
 import { DeliveryOrder } from "../../wire/index.ts";
+import { sleep } from "../../platform/index.ts";
 import { ID_JSON_PATTERN, locationAvailable } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
 import { openEventStream } from "../eventStream.ts";
+import { STREAM_TOKEN_TTL_SECONDS, StreamTokens } from "../auth.ts";
 
 /** The one id grammar (see src/contract/command.ts). */
 const SKU = ID_JSON_PATTERN;
@@ -46,9 +48,17 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
   channelAvailabilityRoutes(app, ctx);
   stockRoute(app, ctx);
   streamRoute(app, ctx);
+  mintRoute(app, ctx);
 }
 
 const config = { scope: "availability:read" as const };
+/** The snapshot and the stream also take a stream token (`?access_token=`), for browsers. */
+const browserConfig = { scope: "availability:read" as const, streamToken: true };
+const accessToken = {
+  type: "string",
+  maxLength: 1024,
+  description: "a stream token from POST /v1/stream-tokens, for browsers (EventSource cannot send headers); instead of the Authorization header",
+} as const;
 
 /** The channel's availability of the SKUs from the KV bucket; a SKU the ledger knows but no projection has yet shows 0. */
 async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
@@ -63,15 +73,70 @@ async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<stri
       }
     }),
   );
-  // A SKU the ledger knows but that has never had stock in this channel's locations: nothing to sell.
-  const missing = skus.filter((s) => !out.has(s));
-  if (missing.length > 0) {
-    const known = await ctx.sql<Array<{ sku: string; seq: number; version: number }>>`
-      select sku, seq, version from sku_heads where sku = any(${ctx.sql.array(missing)}::text[])`;
-    for (const k of known)
-      out.set(k.sku, { channel, sku: k.sku, available: 0, onHand: 0, reserved: 0, status: "out", seq: k.seq, version: k.version, updatedAt: null });
-  }
+  await addKnownSkus(ctx, channel, skus, out);
   return out;
+}
+
+/** A SKU the ledger knows but that has never had stock in this channel's locations: nothing to sell. */
+async function addKnownSkus(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>, out: Map<string, AvailabilityView>): Promise<void> {
+  const missing = skus.filter((s) => !out.has(s));
+  if (missing.length === 0) return;
+  const known = await ctx.sql<Array<{ sku: string; seq: number; version: number }>>`
+    select sku, seq, version from sku_heads where sku = any(${ctx.sql.array(missing)}::text[])`;
+  for (const k of known)
+    out.set(k.sku, { channel, sku: k.sku, available: 0, onHand: 0, reserved: 0, status: "out", seq: k.seq, version: k.version, updatedAt: null });
+}
+
+/** How often a snapshot is read again when a SKU changed while it was read, and how recent a change counts as in flight. */
+const SNAPSHOT_ATTEMPTS = 6;
+const IN_FLIGHT_MS = 5000;
+
+/**
+ * The channel's availability of the SKUs as of one position of the availability stream (`lastEventId`, the id
+ * of the last event it includes): a stream opened after that id delivers every later change exactly once and
+ * nothing already in the snapshot. Each SKU's value is the last stream message on its subject; a SKU with none
+ * left in the stream (unchanged for longer than the stream keeps) comes from the KV bucket, or is known-but-never-
+ * stocked (0). When a SKU changed while the snapshot was read (its message is past the position, or a KV value
+ * has no stream message yet) the snapshot is read again; if it keeps changing, the newer value is kept and the
+ * stream may repeat it (same `seq`), which clients drop as they drop any projection not newer than theirs.
+ */
+async function snapshot(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>) {
+  for (let attempt = 1; ; attempt++) {
+    const lastEventId = (await ctx.nats.jsm.streams.info(ctx.topology.availabilityStream)).state.last_seq;
+    const { found, moved } = await readAsOf(ctx, channel, skus, lastEventId);
+    if (!moved || attempt >= SNAPSHOT_ATTEMPTS) {
+      await addKnownSkus(ctx, channel, skus, found);
+      return { lastEventId, found };
+    }
+    await sleep(20 * attempt);
+  }
+}
+
+/** Each SKU's last availability message at or before `position`; `moved` when one has a newer change (see `snapshot`). */
+async function readAsOf(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>, position: number) {
+  const found = new Map<string, AvailabilityView>();
+  let moved = false;
+  const { jsm, availability: kv } = ctx.nats;
+  const queue = [...new Set(skus)];
+  const one = async (sku: string) => {
+    const last_by_subj = ctx.topology.availabilitySubject(channel, sku);
+    const m = await jsm.streams.getMessage(ctx.topology.availabilityStream, { last_by_subj }); // null: none left in the stream
+    if (m) {
+      if (m.seq > position) moved = true;
+      found.set(sku, m.json<AvailabilityView>());
+      return;
+    }
+    const e = await kv.get(ctx.topology.availabilityKey(channel, sku));
+    if (e?.operation !== "PUT" || e.length === 0) return;
+    if (Date.now() - e.created.getTime() < IN_FLIGHT_MS) moved = true; // its stream message may land after the position
+    found.set(sku, e.json<AvailabilityView>());
+  };
+  await Promise.all(
+    Array.from({ length: Math.min(32, queue.length) }, async () => {
+      for (let sku = queue.pop(); sku !== undefined; sku = queue.pop()) await one(sku);
+    }),
+  );
+  return { found, moved };
 }
 
 /** GET /v1/availability/:sku and GET /v1/availability?skus=. */
@@ -102,21 +167,29 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
   app.get<{ Querystring: { channel?: string; skus: string } }>(
     "/v1/availability",
     {
-      config,
+      config: browserConfig,
       schema: {
         tags: ["availability"],
-        summary: `What one channel may sell of up to ${MAX_SKUS} SKUs`,
+        summary: `What one channel may sell of up to ${MAX_SKUS} SKUs: a snapshot to stream on from`,
+        description:
+          "`lastEventId` is the availability stream's position the snapshot is as of: open the stream with `?lastEventId=` set " +
+          "to it and every later change arrives exactly once, none already in the snapshot (see docs/browser.md).",
         querystring: {
           type: "object",
           required: ["skus"],
-          properties: { channel: { type: "string" }, skus: { type: "string", minLength: 1, description: `comma-separated, at most ${MAX_SKUS}` } },
+          properties: {
+            channel: { type: "string" },
+            skus: { type: "string", minLength: 1, description: `comma-separated, at most ${MAX_SKUS}` },
+            access_token: accessToken,
+          },
         },
         response: {
           200: {
             type: "object",
-            required: ["channel", "items", "unknown"],
+            required: ["channel", "items", "unknown", "lastEventId"],
             properties: {
               channel: { type: "string" },
+              lastEventId: { type: "integer", description: "the stream position of this snapshot: pass it to the stream as ?lastEventId=" },
               items: {
                 type: "array",
                 items: { ...Availability, properties: { ...Availability.properties, updatedAt: { type: ["string", "null"] } } },
@@ -131,8 +204,13 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
     async (req) => {
       const channel = ctx.channelFor(req, req.query.channel);
       const skus = parseSkus(req.query.skus);
-      const found = await lookup(ctx, channel, skus);
-      return { channel, items: skus.flatMap((s) => (found.has(s) ? [found.get(s)!] : [])), unknown: skus.filter((s) => !found.has(s)) };
+      const { lastEventId, found } = await snapshot(ctx, channel, skus);
+      return {
+        channel,
+        lastEventId,
+        items: skus.flatMap((s) => (found.has(s) ? [found.get(s)!] : [])),
+        unknown: skus.filter((s) => !found.has(s)),
+      };
     },
   );
 }
@@ -194,20 +272,27 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: { channel?: string; skus?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>(
     "/v1/availability/stream",
     {
-      config,
+      config: browserConfig,
       schema: {
         tags: ["availability"],
         summary: "Server-sent events of a channel's availability changes, resumable with Last-Event-ID",
         description:
           "Each event is `event: availability`, `id: <availability stream sequence>`, `data: <Availability JSON>`, in order. " +
           "Reconnect with the Last-Event-ID header (or ?lastEventId=) to resume after the last event seen; without it the stream starts " +
-          "with changes from now on. `event: reset` means the history needed to resume has expired: re-read the snapshot.",
+          "with changes from now on. `event: reset` means the history needed to resume has expired: re-read the snapshot. " +
+          "A browser opens it as `new EventSource(url + '?access_token=<stream token>&lastEventId=<snapshot lastEventId>')`.",
         querystring: {
           type: "object",
           properties: {
             channel: { type: "string" },
             skus: { type: "string", description: `comma-separated filter, at most ${MAX_SKUS}` },
-            lastEventId: { type: "integer", minimum: 0, maximum: 999_999_999_999_999, description: "as Last-Event-ID: the last event seen" },
+            lastEventId: {
+              type: "integer",
+              minimum: 0,
+              maximum: 999_999_999_999_999,
+              description: "as Last-Event-ID (which wins when both are sent): the last event seen, or a snapshot's lastEventId",
+            },
+            access_token: accessToken,
           },
         },
         headers: { type: "object", properties: { "last-event-id": { type: "string", pattern: "^[0-9]{1,15}$" } } },
@@ -218,6 +303,53 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
       },
     },
     async (req, reply) => streamAvailability(ctx, req, reply),
+  );
+}
+
+/** POST /v1/stream-tokens: a shop's backend mints a short-lived token its web page streams one channel's availability with. */
+function mintRoute(app: FastifyInstance, ctx: ApiContext): void {
+  const tokens = new StreamTokens(ctx.settings.streamTokenSecret);
+  const { min, max } = STREAM_TOKEN_TTL_SECONDS;
+  app.post<{ Body: { channel?: string; ttlSeconds?: number } }>(
+    "/v1/stream-tokens",
+    {
+      config,
+      schema: {
+        tags: ["availability"],
+        summary: "Mint a short-lived stream token for a web page (read-only, one channel)",
+        description:
+          "For a shop's backend, with its own token (scope availability:read; a channel token mints for its channel only). The token " +
+          "is accepted only as `?access_token=` by GET /v1/availability (the snapshot) and GET /v1/availability/stream, for that " +
+          "channel, until `expiresAt`; a stream already open then stays open. 503 when TALLY_STREAM_TOKEN_SECRET is not set.",
+        body: {
+          type: "object",
+          additionalProperties: false,
+          properties: {
+            channel: { type: "string", description: "default: the token's channel" },
+            ttlSeconds: { type: "integer", minimum: min, maximum: max, description: `default ${STREAM_TOKEN_TTL_SECONDS.default}` },
+          },
+        },
+        response: {
+          200: {
+            type: "object",
+            required: ["token", "channel", "expiresAt"],
+            properties: { token: { type: "string" }, channel: { type: "string" }, expiresAt: { type: "string", format: "date-time" } },
+          },
+          ...errors(400, 401, 403, 404, 503),
+        },
+      },
+    },
+    async (req) => {
+      const channel = ctx.channelFor(req, req.body?.channel);
+      if (!tokens.enabled)
+        throw new ApiError(
+          503,
+          "stream_tokens_disabled",
+          "stream tokens are not configured: set TALLY_STREAM_TOKEN_SECRET (the same on every API replica)",
+        );
+      const { token, expiresAt } = tokens.mint(req.principal!.id, channel, req.body?.ttlSeconds ?? STREAM_TOKEN_TTL_SECONDS.default);
+      return { token, channel, expiresAt };
+    },
   );
 }
 
