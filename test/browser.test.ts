@@ -70,12 +70,12 @@ afterAll(async () => {
 });
 
 let n = 0;
-const receive = (sku: string, qty: number): Command => {
+const receive = (sku: string, qty: number, location = "DC1"): Command => {
   const d = decodeCommand({
     id: `br:${++n}`,
     type: "receive",
     sku,
-    location: "DC1",
+    location,
     qty,
     source: { system: "erp", ref: `b${n}` },
     occurredAt: "2026-11-30T10:00:00Z",
@@ -276,6 +276,32 @@ describe("the snapshot → stream hand-off", () => {
     for (const e of events) expect(e.view.seq).toBeGreaterThan(seqOf.get(e.view.sku)!);
   });
 
+  it("on a reconnect, EventSource's Last-Event-ID header wins over the snapshot position left in the URL", async () => {
+    await apply([receive("RC-1", 1)]);
+    const snap = (await (await fetch(`${base}/v1/availability?channel=web&skus=RC-1`, { headers: auth("webReader") })).json()) as Snapshot;
+    await apply([receive("RC-1", 1)]);
+    await apply([receive("RC-1", 1)]);
+    const url = `${base}/v1/availability/stream?channel=web&skus=RC-1&lastEventId=${snap.lastEventId}`;
+    const first = await readUntil(await fetch(url, { headers: auth("webReader") }), (es) => es.length >= 2);
+    expect(first.map((e) => e.view.onHand)).toEqual([2, 3]);
+    const again = await fetch(url, { headers: { ...auth("webReader"), "last-event-id": String(first[0]!.id) } });
+    const rest = await readUntil(again, (es) => es.length >= 1, 3000);
+    expect(rest.map((e) => [e.id, e.view.onHand])).toEqual([[first[1]!.id, 3]]);
+  });
+
+  it("takes a SKU whose changes have left the stream from the KV bucket, and one never stocked in the channel as 0", async () => {
+    await apply([receive("OLD-1", 6), receive("NEVER-1", 1, "DC9")]);
+    // As if OLD-1's last change were older than the stream keeps.
+    await api.h.nats.jsm.streams.purge(api.h.topology.availabilityStream, { filter: api.h.topology.availabilitySubject("web", "OLD-1") });
+    const r = await fetch(`${base}/v1/availability?channel=web&skus=OLD-1,NEVER-1,NOPE-1`, { headers: auth("webReader") });
+    const body = (await r.json()) as Snapshot & { unknown: Array<string> };
+    expect(body.items.map((i) => [i.sku, i.onHand])).toEqual([
+      ["OLD-1", 6],
+      ["NEVER-1", 0],
+    ]);
+    expect(body.unknown).toEqual(["NOPE-1"]);
+  });
+
   it("holds while changes keep coming: the snapshot is the stream as of its position, and the stream after it is every later change once", async () => {
     const skus = ["HC-1", "HC-2", "HC-3"];
     await apply(skus.map((s) => receive(s, 1)));
@@ -423,5 +449,12 @@ describe("a web shop's page in Chromium", () => {
       { api: base, token },
     );
     expect(outcome).toBe("refused: TypeError");
+    // A refusal to an allowed page is readable: it can tell an expired token (mint a new one) from a network failure.
+    const expired = new StreamTokens(SECRET).mint("reader", "web", 60, Date.now() - 120_000).token;
+    const status = await shop.evaluate(
+      async ({ api, token }) => (await fetch(`${api}/v1/availability?channel=web&skus=WEB-1&access_token=${encodeURIComponent(token)}`)).status,
+      { api: base, token: expired },
+    );
+    expect(status).toBe(401);
   }, 60_000);
 });
