@@ -13,6 +13,7 @@ import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { StreamTokens } from "../src/http/auth.ts";
 import { buildApp } from "../src/http/server.ts";
 import { createLogger } from "../src/platform/log.ts";
+import { loadSettings } from "../src/platform/settings.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { auth, settle, startApi, TOKENS, type ApiFixture, type TokenName } from "./apiSupport.ts";
 import { testContext, type TestContext } from "./support/context.ts";
@@ -457,4 +458,16 @@ describe("a web shop's page in Chromium", () => {
     );
     expect(status).toBe(401);
   }, 60_000);
+});
+
+describe("the browser settings", () => {
+  it("reads TALLY_CORS_ORIGINS as exact origins and TALLY_STREAM_TOKEN_SECRET; refuses bad ones naming the setting", () => {
+    const s = loadSettings({ TALLY_CORS_ORIGINS: "https://Shop.example, http://localhost:3000", TALLY_STREAM_TOKEN_SECRET: SECRET });
+    expect(s.corsOrigins).toEqual(["https://shop.example", "http://localhost:3000"]);
+    expect(s.streamTokenSecret).toBe(SECRET);
+    expect(loadSettings({})).toMatchObject({ corsOrigins: [], streamTokenSecret: undefined });
+    for (const bad of ["https://shop.example/", "shop.example", "https://shop.example/path", "*"])
+      expect(() => loadSettings({ TALLY_CORS_ORIGINS: bad }), bad).toThrow(/TALLY_CORS_ORIGINS/);
+    expect(() => loadSettings({ TALLY_STREAM_TOKEN_SECRET: "short" })).toThrow(/TALLY_STREAM_TOKEN_SECRET: expected at least 32/);
+  });
 });
