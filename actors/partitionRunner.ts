@@ -16,7 +16,7 @@ import {
 } from "../ledger/index.ts";
 import { isNotFound } from "../src/wire/index.ts";
 import type { NatsHandles } from "../src/wire/index.ts";
-import type { Topology } from "../src/wire/index.ts";
+import type { OutcomeBatch, Topology } from "../src/wire/index.ts";
 import { describeError, isPermanentDataError, isTransientDbError } from "../src/platform/index.ts";
 import { LongRunningService, backoffDelay, sleep } from "../src/platform/index.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
@@ -636,7 +636,10 @@ export class PartitionRunner extends LongRunningService {
       try {
         this.deps.nats.nc.publish(
           subject,
-          JSON.stringify({ partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk }, quantityJson),
+          JSON.stringify(
+            { partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk } satisfies OutcomeBatch,
+            quantityJson,
+          ),
         );
       } catch (err) {
         // Disconnected: listeners read command_outcomes instead.

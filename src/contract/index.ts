@@ -37,19 +37,13 @@ export {
 export { locationAvailable } from "./availability.ts";
 export type { Availability, AvailabilityJson, StockAtLocation } from "./availability.ts";
 export {
-  ALERT_KINDS,
   AlertEvent,
   AvailabilityValue,
-  BackInStockEvent,
   CommandRejectedEvent,
   DateTime,
   EVENT_SCHEMAS,
   FulfillUnreservedEvent,
   HoldRefusedEvent,
-  LowStockEvent,
-  NegativeStockEvent,
-  OutOfStockEvent,
-  Quantity,
   quantityValue,
 } from "./natsPayloads.ts";
 export type { StatusEvent } from "./natsPayloads.ts";
