@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { instanceId } from "../ledger/index.ts";
 import { natsJsonSchemas } from "../schemas/registry.ts";
 import type { Command } from "../src/contract/command.ts";
+import { deadLetter, publishDeadLetter } from "../src/wire/deadLetters.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { ROOT, decodedCommands, eventually, harness, outcomeCounts, readStream, startInProcess, type Harness } from "./support/tally.ts";
@@ -120,6 +121,9 @@ async function produce(): Promise<void> {
     msgID: "schema-bad-command",
   });
   await eventually("both dead letters", async () => (await readStream(h, h.topology.dlqStream, h.topology.dlqSubjects)).length >= 2, 30_000);
+  // One too large for NATS: its payload is kept in Postgres and the letter says where (payloadStored).
+  const sink = { js: h.nats.js, nc: h.nats.nc, sql: h.sql, topology: h.topology };
+  await publishDeadLetter(sink, deadLetter("submit", "test: too large", "x".repeat(1_100_000), { line: 1 }));
   await tally.anchors!.round();
 }
 
@@ -161,12 +165,13 @@ describe("every message Tally puts on NATS matches its shipped schema", () => {
       "relay",
     ])
       expect(counts[schema] ?? 0, `messages checked against ${schema}.json`).toBeGreaterThan(0);
-    expect(counts["dead-letter"]).toBe(2);
+    expect(counts["dead-letter"]).toBe(3);
+    expect(dead.map((d) => (d.data as { origin: string; payloadStored?: unknown }).payloadStored !== undefined)).toEqual([false, false, true]);
 
     // Headers: projections carry `<instance>:<outbox id>`, dead letters `dlq:<origin>:…`.
     const instance = await instanceId(h.sql);
     for (const e of events) expect(e.msgId).toMatch(new RegExp(`^${instance}:\\d+$`));
-    for (const d of dead) expect(d.msgId).toMatch(/^dlq:commands:/);
+    expect(dead.map((d) => d.msgId?.split(":").slice(0, 2).join(":"))).toEqual(["dlq:commands", "dlq:commands", "dlq:submit"]);
   });
 
   it("an alert (commands_stream_replaced, after the commands stream is lost) matches event.alert.json", async () => {

@@ -1,5 +1,6 @@
 import { Schema } from "effect";
 import { describe, expect, it } from "vitest";
+import type { Availability, AvailabilityJson } from "./availability.ts";
 import { AvailabilityValue, quantityValue } from "./natsPayloads.ts";
 
 describe("the availability value as it travels", () => {
@@ -33,5 +34,15 @@ describe("the availability value as it travels", () => {
     expect(decode({ ...json, extra: 1 })._tag).toBe("Left");
     expect(decode({ ...json, reserved: 1.5 })._tag).toBe("Left");
     expect(decode({ ...json, updatedAt: "2026-11-26T09:00:00" })._tag).toBe("Left");
+  });
+
+  it("gives the code its types: bigint quantities in Availability, number or string in AvailabilityJson", () => {
+    const typed: Availability = view;
+    // @ts-expect-error a quantity in Availability is a bigint
+    const wrong: Availability = { ...view, available: 1 };
+    const json: AvailabilityJson = { ...view, available: 1, onHand: "-9007199254740992", reserved: 3 };
+    // @ts-expect-error an unknown status
+    const badStatus: AvailabilityJson = { ...json, status: "plenty" };
+    expect([typed, wrong, json, badStatus].length).toBe(4);
   });
 });

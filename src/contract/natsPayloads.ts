@@ -28,7 +28,7 @@ export const DateTime = Schema.String.pipe(
 );
 
 const Int = Schema.Int;
-const described = <S extends Schema.Schema.Any>(schema: S, description: string) => schema.annotations({ description });
+const described = <A, I>(schema: Schema.Schema<A, I>, description: string): Schema.Schema<A, I> => schema.annotations({ description });
 
 /** Where a command came from, as on the command. */
 const Source = Schema.Struct({
