@@ -1,6 +1,15 @@
 import type { BatchWrite, HoldRow, LedgerEntry, OutboxRow, OutcomeRow, StoredSku } from "../ledger/index.ts";
 import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
-import type { Availability, Command, LocationId, Sku } from "../src/contract/index.ts";
+import type {
+  Availability,
+  Command,
+  CommandRejectedEvent,
+  FulfillUnreservedEvent,
+  HoldRefusedEvent,
+  LocationId,
+  Sku,
+  StatusEvent,
+} from "../src/contract/index.ts";
 import { locationAvailable } from "../src/contract/index.ts";
 import { decide, evolve, type Decision } from "./decider.ts";
 import type { Bucket, HoldState, HoldStatus, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
@@ -64,14 +73,25 @@ const BUCKET_FIELD: Record<Bucket, "onHand" | "reserved" | "inTransit" | "damage
   damaged: "damaged",
 };
 
-const NOTIFICATIONS = new Set<SkuEvent["type"]>([
-  "low_stock",
-  "out_of_stock",
-  "back_in_stock",
-  "negative_stock",
-  "fulfill_unreserved",
-  "hold_refused",
-]);
+/**
+ * The published payload of a notification an applied command raised (a status crossing or an
+ * unreserved fulfilment), typed by the contract's event schemas; null for an event that is not published.
+ * (`hold_refused` comes only with a rejection: `recordRejected`.)
+ */
+function notificationPayload(event: SkuEvent, command: Command, seq: number): StatusEvent | FulfillUnreservedEvent | null {
+  const by = { commandId: command.id, occurredAt: command.occurredAt };
+  switch (event.type) {
+    case "fulfill_unreserved":
+      return { ...event, ...by, source: command.source, seq };
+    case "low_stock":
+    case "out_of_stock":
+    case "back_in_stock":
+    case "negative_stock":
+      return { ...event, ...by, seq };
+    default:
+      return null;
+  }
+}
 
 /** Rebuilds an actor from its stored rows (activation); its open holds are added with `withStoredHolds`. */
 export function actorFromStored(sku: string, stored: StoredSku | undefined): LiveSku {
@@ -247,7 +267,7 @@ function recordRejected(
       message: decision.rejection.message,
       source: command.source,
       occurredAt: command.occurredAt,
-    },
+    } satisfies CommandRejectedEvent,
   });
   // A refused reserve still records its hold (as refused) and tells the order line's system.
   if (decision.events !== undefined && decision.events.length > 0) {
@@ -261,7 +281,7 @@ function recordRejected(
           kind: "event",
           subject: input.names.eventSubject(event.type),
           kvKey: null,
-          payload: { ...event, commandId: command.id, source: command.source, occurredAt: command.occurredAt },
+          payload: { ...event, commandId: command.id, source: command.source, occurredAt: command.occurredAt } satisfies HoldRefusedEvent,
         });
       }
     }
@@ -307,16 +327,9 @@ function applyDecided(g: Gathered, input: PlanInput, command: Command, streamSeq
     } else if (event.type === "transfer_shipped" || event.type === "transfer_received") {
       markTouched(g.transfersTouched, command.sku, event.transferId);
       if (event.type === "transfer_shipped") markTouched(g.touched, command.sku, event.to);
-    } else if (NOTIFICATIONS.has(event.type)) {
-      g.outbox.push({
-        kind: "event",
-        subject: input.names.eventSubject(event.type),
-        kvKey: null,
-        payload:
-          event.type === "fulfill_unreserved"
-            ? { ...event, commandId: command.id, source: command.source, occurredAt: command.occurredAt, seq }
-            : { ...event, commandId: command.id, occurredAt: command.occurredAt, seq },
-      });
+    } else {
+      const payload = notificationPayload(event, command, seq);
+      if (payload !== null) g.outbox.push({ kind: "event", subject: input.names.eventSubject(event.type), kvKey: null, payload });
     }
   }
   g.outcomes.push({

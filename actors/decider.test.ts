@@ -73,7 +73,7 @@ const lowStock = (location: LocationId, available: number, reorderPoint: number)
   location,
   available: BigInt(available),
   reorderPoint,
-  replenishment_requested: { reorderPoint, shortfall: BigInt(Math.max(1, reorderPoint - available)) },
+  replenishmentRequested: { reorderPoint, shortfall: BigInt(Math.max(1, reorderPoint - available)) },
 });
 const outOfStock = (location: LocationId): SkuEvent => ({ type: "out_of_stock", sku: SKU, location });
 const backInStock = (location: LocationId, available: number): SkuEvent => ({

@@ -16,11 +16,11 @@ import {
 } from "../ledger/index.ts";
 import { isNotFound } from "../src/wire/index.ts";
 import type { NatsHandles } from "../src/wire/index.ts";
-import type { Topology } from "../src/wire/index.ts";
+import type { OutcomeBatch, Topology } from "../src/wire/index.ts";
 import { describeError, isPermanentDataError, isTransientDbError } from "../src/platform/index.ts";
 import { LongRunningService, backoffDelay, sleep } from "../src/platform/index.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
-import { decodeCommand, encodeCommand } from "../src/contract/index.ts";
+import { decodeCommand, encodeCommand, type AlertEvent } from "../src/contract/index.ts";
 import { decodeEnvelope } from "../src/wire/index.ts";
 import type { SkuStateCache } from "./skuStateCache.ts";
 import type { ApplyGate } from "./applyGate.ts";
@@ -315,7 +315,7 @@ export class PartitionRunner extends LongRunningService {
         detail:
           "the commands stream is not the one the checkpoints belong to (re-created, or its store was lost): the checkpoints were reset to the new stream; commands already applied are skipped by their ids; commands that were only in the old stream are lost from NATS",
         at: new Date().toISOString(),
-      };
+      } satisfies AlertEvent;
       log.error(payload, "commands stream replaced: partition checkpoints reset to the new stream");
       this.#publishAlert(payload);
     }
@@ -636,7 +636,10 @@ export class PartitionRunner extends LongRunningService {
       try {
         this.deps.nats.nc.publish(
           subject,
-          JSON.stringify({ partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk }, quantityJson),
+          JSON.stringify(
+            { partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk } satisfies OutcomeBatch,
+            quantityJson,
+          ),
         );
       } catch (err) {
         // Disconnected: listeners read command_outcomes instead.
@@ -654,13 +657,13 @@ export class PartitionRunner extends LongRunningService {
       attempt,
       error: describeError(error),
       at: new Date().toISOString(),
-    };
+    } satisfies AlertEvent;
     this.deps.log.error(payload, "partition is not advancing");
     this.#publishAlert(payload);
   }
 
   /** Core NATS, not JetStream: an alert must go out even when JetStream is what is failing. */
-  #publishAlert(payload: Readonly<Record<string, unknown>>): void {
+  #publishAlert(payload: AlertEvent): void {
     const { nats, topology } = this.deps;
     try {
       nats.nc.publish(topology.eventSubject("alert"), JSON.stringify(payload));

@@ -195,8 +195,8 @@ export interface FulfillUnreserved {
   readonly location: LocationId;
   readonly holdId: string;
   readonly qty: number;
-  /** Why the hold did not cover it: `unknown_hold`, `hold_closed`, `hold_elsewhere` or `exceeds_hold`. */
-  readonly reason: string;
+  /** Why the hold did not cover it. */
+  readonly reason: "unknown_hold" | "hold_closed" | "hold_elsewhere" | "exceeds_hold";
 }
 
 export interface StatusChanged {
@@ -214,7 +214,7 @@ export interface LowStock {
   readonly location: LocationId;
   readonly available: bigint;
   readonly reorderPoint: number;
-  readonly replenishment_requested: { readonly reorderPoint: number; readonly shortfall: bigint };
+  readonly replenishmentRequested: { readonly reorderPoint: number; readonly shortfall: bigint };
 }
 
 export interface OutOfStock {

@@ -78,7 +78,7 @@ describe("nextStatus", () => {
           type: "low_stock",
           available: 7n,
           reorderPoint: 10,
-          replenishment_requested: { reorderPoint: 10, shortfall: 3n },
+          replenishmentRequested: { reorderPoint: 10, shortfall: 3n },
         },
       ],
     });
@@ -86,7 +86,7 @@ describe("nextStatus", () => {
 
   it("asks for at least one unit when available sits exactly on the reorder point", () => {
     const [notification] = nextStatus("in_stock", plain(10)).notifications;
-    expect(notification).toMatchObject({ type: "low_stock", replenishment_requested: { shortfall: 1n } });
+    expect(notification).toMatchObject({ type: "low_stock", replenishmentRequested: { shortfall: 1n } });
   });
 
   it("in_stock or low → out raises out_of_stock", () => {

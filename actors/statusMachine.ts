@@ -33,7 +33,7 @@ export type StatusNotification =
       readonly type: "low_stock";
       readonly available: bigint;
       readonly reorderPoint: number;
-      readonly replenishment_requested: { readonly reorderPoint: number; readonly shortfall: bigint };
+      readonly replenishmentRequested: { readonly reorderPoint: number; readonly shortfall: bigint };
     }
   | { readonly type: "out_of_stock" }
   | { readonly type: "back_in_stock"; readonly available: bigint }
@@ -134,7 +134,7 @@ const notification = (kind: NotificationKind, levels: StockLevels): StatusNotifi
         type: "low_stock",
         available: levels.available,
         reorderPoint: levels.reorderPoint,
-        replenishment_requested: {
+        replenishmentRequested: {
           reorderPoint: levels.reorderPoint,
           shortfall: atLeastOne(BigInt(levels.reorderPoint) - levels.available),
         },

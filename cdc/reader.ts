@@ -3,7 +3,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { LogicalReplicationService, PgoutputPlugin, type Pgoutput } from "pg-logical-replication";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import type { Command } from "../src/contract/index.ts";
+import type { AlertEvent, Command } from "../src/contract/index.ts";
 import { connectPostgres } from "../src/platform/index.ts";
 import { LongRunningService, backoffDelay, sleep } from "../src/platform/index.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/index.ts";
@@ -880,9 +880,9 @@ export class SourceReader extends LongRunningService {
   }
 
   /** An alert: logged, and published on core NATS `tally.<env>.events.alert` (the events stream keeps it). */
-  #alert(kind: string, fields: Record<string, unknown>, message: string, level: "warn" | "error" = "error"): void {
+  #alert(kind: AlertEvent["kind"], fields: Record<string, unknown>, message: string, level: "warn" | "error" = "error"): void {
     const { source, nc, topology, log } = this.opts;
-    const alert = { type: "alert", kind, source: source.name, slot: source.slot, ...fields, message, at: new Date().toISOString() };
+    const alert: AlertEvent = { type: "alert", kind, source: source.name, slot: source.slot, ...fields, message, at: new Date().toISOString() };
     log[level](alert, message);
     try {
       // Core NATS, not JetStream: the alert must go out even when JetStream is what is failing.

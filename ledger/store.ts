@@ -1,5 +1,6 @@
 import type { Sql } from "postgres";
 import type { HashedEntry } from "./hash.ts";
+import { quantityValue } from "../src/contract/index.ts";
 
 /** A ledger row as written: one leg of one command. */
 export interface LedgerEntry extends HashedEntry {
@@ -85,17 +86,15 @@ export interface BatchWrite {
   readonly outbox: ReadonlyArray<OutboxRow>;
 }
 
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
-
 /**
  * A `JSON.stringify` replacer for quantities: a bigint within ±(2^53 − 1) is written as a number,
  * one beyond as a decimal string. JSON readers (JavaScript's among them) parse every number as a
  * double, so a larger number would arrive rounded; a string arrives exact, and a reader that sees a
- * string where it expects a number knows to parse it as a big integer.
+ * string where it expects a number knows to parse it as a big integer. (The contract's `Quantity`
+ * encodes the same way: it is what the published JSON Schemas say.)
  */
 export function quantityJson(_key: string, value: unknown): unknown {
-  if (typeof value !== "bigint") return value;
-  return value <= MAX_SAFE && value >= -MAX_SAFE ? Number(value) : value.toString();
+  return typeof value === "bigint" ? quantityValue(value) : value;
 }
 
 /** The partition's lease epoch moved on: another worker took it over, this one must stop writing. */

@@ -58,9 +58,9 @@ describe("the outbox relay", () => {
     const events = (await readStream(h, h.topology.eventsStream, h.topology.eventSubjects)).filter((e) => (e.data as { sku: string }).sku === sku);
     const types = events.map((e) => e.subject.split(".").pop());
     expect(types).toEqual(["low_stock", "out_of_stock", "negative_stock", "back_in_stock"]);
-    const low = events[0]!.data as { replenishment_requested: { reorderPoint: number; shortfall: number } };
-    expect(low.replenishment_requested.reorderPoint).toBe(5);
-    expect(low.replenishment_requested.shortfall).toBeGreaterThanOrEqual(0);
+    const low = events[0]!.data as { replenishmentRequested: { reorderPoint: number; shortfall: number } };
+    expect(low.replenishmentRequested.reorderPoint).toBe(5);
+    expect(low.replenishmentRequested.shortfall).toBeGreaterThanOrEqual(0);
     const instance = await instanceId(h.sql);
     for (const e of events) expect(e.msgId).toMatch(new RegExp(`^${instance}:\\d+$`));
     expect(new Set(events.map((e) => e.msgId)).size).toBe(events.length);

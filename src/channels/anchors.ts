@@ -1,11 +1,13 @@
 import { createHash } from "node:crypto";
 import { appendFile, readFile } from "node:fs/promises";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
+import { Schema } from "effect";
 import type { Logger } from "pino";
 import type { Sql } from "postgres";
 import { chainHeads, type Anchor } from "../../ledger/index.ts";
 import { LongRunningService, backoffDelay, retry, sleep } from "../platform/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
+import { DateTime } from "../contract/index.ts";
 import type { Topology } from "../wire/index.ts";
 
 /** How far before the previous round's read each round looks again for changed heads. */
@@ -15,10 +17,17 @@ const LOOK_BACK_MS = 60_000;
 const HEADS_PER_MESSAGE = 2000;
 
 /** One message on `tally.<env>.anchors`: heads read at one moment. */
-export interface AnchorMessage {
-  readonly at: string;
-  readonly heads: ReadonlyArray<{ readonly sku: string; readonly seq: number; readonly hash: string }>;
-}
+export const AnchorMessage = Schema.Struct({
+  at: DateTime,
+  heads: Schema.Array(
+    Schema.Struct({
+      sku: Schema.String,
+      seq: Schema.Int.annotations({ description: "the SKU's ledger sequence" }),
+      hash: Schema.String.annotations({ description: "the hash of the SKU's entry at that sequence (hex)" }),
+    }),
+  ).annotations({ description: "at most 2,000 a message" }),
+}).annotations({ title: "Anchor", description: "Hash-chain heads read at one moment, published outside the database" });
+export type AnchorMessage = typeof AnchorMessage.Type;
 
 /**
  * Publishes heads to the anchors stream, in messages of at most 2,000. Each message's Nats-Msg-Id is

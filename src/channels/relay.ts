@@ -1,3 +1,4 @@
+import { Schema } from "effect";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { OUTBOX_CHANNEL } from "../../ledger/index.ts";
@@ -35,11 +36,13 @@ interface OutboxRecord {
  * end-to-end latency of every availability change it published, from the source time of the oldest
  * command behind it to NATS having it, grouped by source system.
  */
-export interface RelayRound {
-  readonly published: number;
-  /** Milliseconds, per source system. */
-  readonly latencyMs: Readonly<Record<string, ReadonlyArray<number>>>;
-}
+export const RelayRound = Schema.Struct({
+  published: Schema.Int.annotations({ description: "outbox rows published this round" }),
+  latencyMs: Schema.Record({ key: Schema.String, value: Schema.Array(Schema.Number) }).annotations({
+    description: "milliseconds from source to NATS of each availability change, per source system",
+  }),
+}).annotations({ title: "Relay round", description: "The outbox relay's report after each round" });
+export type RelayRound = typeof RelayRound.Type;
 
 export { relaySubject } from "../wire/index.ts";
 import { RELAY_LEASE_KEY, relaySubject } from "../wire/index.ts";

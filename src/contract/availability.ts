@@ -3,6 +3,7 @@
  * "available = on hand − reserved − safety stock": the apply rules (actors/), the availability
  * route and anything else that shows or checks availability call `locationAvailable`.
  */
+import type { AvailabilityValue } from "./natsPayloads.ts";
 
 /** The quantities of one SKU at one location that availability is made of (base units). */
 export interface StockAtLocation {
@@ -17,24 +18,9 @@ export const locationAvailable = (l: StockAtLocation): bigint => l.onHand - l.re
 /**
  * What one channel may sell of a SKU: the sum over its locations, each clamped at 0, less the buffer.
  * Quantities are exact (bigint); as JSON they are numbers, or decimal strings past 2^53 (`AvailabilityJson`).
+ * Defined by the schema `AvailabilityValue` (natsPayloads.ts), which `schemas/nats/availability.json` is generated from.
  */
-export interface Availability {
-  readonly channel: string;
-  readonly sku: string;
-  readonly available: bigint;
-  readonly onHand: bigint;
-  readonly reserved: bigint;
-  readonly status: "in_stock" | "low" | "out";
-  /** The SKU's ledger sequence: a reader drops a projection older than one it has. */
-  readonly seq: number;
-  /** Bumped by every applied command of the SKU (policies change availability without a ledger leg). */
-  readonly version: number;
-  readonly updatedAt: string;
-}
+export type Availability = typeof AvailabilityValue.Type;
 
 /** An availability as it travels (KV, subjects, SSE, webhooks): each quantity a number, or a decimal string past 2^53. */
-export type AvailabilityJson = Omit<Availability, "available" | "onHand" | "reserved"> & {
-  readonly available: number | string;
-  readonly onHand: number | string;
-  readonly reserved: number | string;
-};
+export type AvailabilityJson = typeof AvailabilityValue.Encoded;

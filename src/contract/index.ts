@@ -1,5 +1,6 @@
 /** The public surface of src/contract/: other folders import only from here. */
 export {
+  Command,
   EARLIEST_OCCURRED_AT,
   ID_CHARACTERS,
   ID_JSON_PATTERN,
@@ -17,7 +18,7 @@ export {
   isIsoDateTimeWithZone,
   isStorableDateTime,
 } from "./command.ts";
-export type { Command, CommandType, LocationId, ReserveScope, Sku } from "./command.ts";
+export type { CommandType, LocationId, ReserveScope, Sku } from "./command.ts";
 export { MappingError, RowView, UnknownItem } from "./mapping.ts";
 export type { Change, ItemDefinition, ItemRef, MappedCommand, MappingResult, RawRow, SnapshotTable } from "./mapping.ts";
 export type { TableMapping } from "./mapping.ts";
@@ -35,3 +36,14 @@ export {
 } from "./commandIds.ts";
 export { locationAvailable } from "./availability.ts";
 export type { Availability, AvailabilityJson, StockAtLocation } from "./availability.ts";
+export {
+  AlertEvent,
+  AvailabilityValue,
+  CommandRejectedEvent,
+  DateTime,
+  EVENT_SCHEMAS,
+  FulfillUnreservedEvent,
+  HoldRefusedEvent,
+  quantityValue,
+} from "./natsPayloads.ts";
+export type { StatusEvent } from "./natsPayloads.ts";

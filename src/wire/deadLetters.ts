@@ -1,23 +1,40 @@
 import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
+import { Schema } from "effect";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Sql } from "postgres";
 import type { Topology } from "./topology.ts";
+import { DateTime } from "../contract/index.ts";
 
-/** A payload that could not be applied, with the reason, kept in the dead-letter stream. */
-export interface DeadLetter {
-  /** Where it came from: `commands`, `submit`, `pos`, a CDC source name… (the DLQ subject's last token). */
-  readonly origin: string;
-  /** What is wrong, naming the field. */
-  readonly reason: string;
-  /** The payload as received (parsed JSON when it was JSON, else the text). */
-  readonly payload: unknown;
-  /** Where it was found (stream sequence, line number, LSN…). */
-  readonly context: Readonly<Record<string, unknown>>;
-  readonly at: string;
-  /** Set when the payload was too large for NATS: where it is kept instead (`payload` is then null). */
-  readonly payloadStored?: StoredPayloadRef;
-}
+/** Where a dead letter's payload is kept when the letter itself would be too large for NATS. */
+export const StoredPayloadRef = Schema.Struct({
+  in: Schema.Literal("postgres"),
+  table: Schema.Literal("dead_letter_payloads"),
+  key: Schema.String,
+  bytes: Schema.Int,
+  json: Schema.Boolean.annotations({ description: "true when the payload was JSON (it is parsed again when read), false for text" }),
+}).annotations({ identifier: "StoredPayloadRef", description: "where the payload is kept instead" });
+export type StoredPayloadRef = typeof StoredPayloadRef.Type;
+
+/**
+ * A payload that could not be applied, with the reason, kept in the dead-letter stream
+ * (`tally.<env>.dlq.<origin>`; `schemas/nats/dead-letter.json` is generated from this).
+ */
+export const DeadLetter = Schema.Struct({
+  origin: Schema.String.annotations({
+    description: "where it came from: commands, submit, pos, a CDC source name… (the subject's last token, encoded)",
+  }),
+  reason: Schema.String.annotations({ description: "what is wrong, naming the field" }),
+  payload: Schema.Unknown.annotations({
+    description: "the payload as received (parsed JSON when it was JSON, else the text); null when kept in Postgres",
+  }),
+  context: Schema.Record({ key: Schema.String, value: Schema.Unknown }).annotations({
+    description: "where it was found (stream sequence, line number, LSN…)",
+  }),
+  at: DateTime,
+  payloadStored: Schema.optional(StoredPayloadRef),
+}).annotations({ title: "Dead letter", description: "A payload Tally could not apply, with the reason" });
+export type DeadLetter = typeof DeadLetter.Type;
 
 export function deadLetter(
   origin: string,
@@ -59,16 +76,6 @@ export function deadLetterMsgId(origin: string, identity: DeadLetterIdentity): s
 
 /** A letter's default identity: where it was found (its context) and why (its reason). */
 export const foundWhereAndWhy = (d: DeadLetter): DeadLetterIdentity => ({ hashOf: [JSON.stringify(d.context), d.reason] });
-
-/** Where a dead letter's payload is kept when the letter itself would be too large for NATS. */
-export interface StoredPayloadRef {
-  readonly in: "postgres";
-  readonly table: "dead_letter_payloads";
-  readonly key: string;
-  readonly bytes: number;
-  /** True when the payload was JSON (it is parsed again when read), false for text. */
-  readonly json: boolean;
-}
 
 /** What publishing a dead letter needs: JetStream, and Postgres for a payload too large for NATS. */
 export interface DeadLetterSink {
@@ -112,7 +119,7 @@ export async function publishDeadLetter(
     insert into dead_letter_payloads (key, origin, payload) values (${msgID}, ${letter.origin}, ${bytes})
     on conflict (key) do nothing`;
   const ref: StoredPayloadRef = { in: "postgres", table: "dead_letter_payloads", key: msgID, bytes: bytes.length, json };
-  const stored = {
+  const stored: DeadLetter = {
     ...letter,
     payload: null,
     payloadStored: ref,

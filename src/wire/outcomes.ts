@@ -1,23 +1,34 @@
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Sql } from "postgres";
+import { Schema } from "effect";
 
 /** A worker's decision on one command, as in `command_outcomes`. */
-export interface Outcome {
-  readonly id: string;
-  readonly status: "applied" | "rejected";
-  readonly reason: string | null;
-  readonly detail: unknown;
-}
+const Outcome = Schema.Struct({
+  id: Schema.String.annotations({ description: "the command id" }),
+  status: Schema.Literal("applied", "rejected"),
+  reason: Schema.NullOr(Schema.String),
+  detail: Schema.Unknown.annotations({ description: "applied: {legs} or null; rejected: the rejection ({reason, message, …})" }),
+});
+export type Outcome = typeof Outcome.Type;
 
 /** What a worker publishes on `tally.<env>.outcomes` after each committed batch (core NATS, best effort). */
-export interface OutcomeBatch {
-  readonly partition: number;
-  /** 0 for the first chunk of a batch: batch size and latency are observed once. */
-  readonly part: number;
-  readonly size: number;
-  readonly applyMs: number;
-  readonly outcomes: ReadonlyArray<Outcome & { readonly type: string; readonly sku: string; readonly source?: string }>;
-}
+export const OutcomeBatch = Schema.Struct({
+  partition: Schema.Int,
+  part: Schema.Int.annotations({
+    description: "0 for the first chunk of a batch (at most 1,000 outcomes a message): batch size and latency are observed once",
+  }),
+  size: Schema.Int,
+  applyMs: Schema.Number,
+  outcomes: Schema.Array(
+    Schema.Struct({
+      ...Outcome.fields,
+      type: Schema.String.annotations({ description: "the command type" }),
+      sku: Schema.String,
+      source: Schema.optional(Schema.String.annotations({ description: "the source system" })),
+    }),
+  ),
+}).annotations({ title: "Outcome batch", description: "A worker's decisions on one committed batch" });
+export type OutcomeBatch = typeof OutcomeBatch.Type;
 
 export { outcomesSubject } from "./topology.ts";
 import { outcomesSubject } from "./topology.ts";
