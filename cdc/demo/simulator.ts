@@ -363,11 +363,10 @@ export class DemoSimulator {
       location: l.location,
       qty: l.location === "DC1" ? randInt(60, 200) : randInt(10, 30),
     }));
+    // As one JSON value: the three array parameters once failed as `malformed array literal: "500001"` (one item sent as a plain value).
     await this.opts.erp`
       insert into goods_receipts (item_no, location, qty, uom)
-      select i, l, q, 'EA' from unnest(${this.opts.erp.array(items.map((i) => i.itemNo))}::text[],
-                                       ${this.opts.erp.array(items.map((i) => i.location))}::text[],
-                                       ${this.opts.erp.array(items.map((i) => i.qty))}::int[]) as t(i, l, q)
+      select "itemNo", location, qty, 'EA' from jsonb_to_recordset(${this.opts.erp.json(items)}::jsonb) as t("itemNo" text, location text, qty int)
       on conflict do nothing`;
     this.stats.receipts += items.length;
   }

@@ -85,7 +85,7 @@ export class DevTerminal {
 
   #draw(): void {
     if (!this.tty || this.#status === "") return;
-    const width = Math.max(20, (this.stdout.columns ?? 100) - 1);
+    const width = Math.max(20, (this.stdout.columns || 100) - 1); // a pty without a size reports 0
     this.stdout.write(this.#status.length > width ? `${this.#status.slice(0, width - 1)}…` : this.#status);
     this.#shown = true;
   }
