@@ -97,6 +97,7 @@ const randInt = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi 
  * The opening stock goes in as goods receipts (captured as they stream), or with `opening:
  * "stock_on_hand"` as opening balances, which only the source's initial snapshot reads: the fast
  * way, for a catalog written before the slot exists (one `count` per item and location, no receipts).
+ * `storePolicies: false` sets a policy (safety stock, reorder point) at the DC only.
  */
 export async function onboardCatalog(
   erp: Sql,
