@@ -117,21 +117,30 @@ export class Crosswalk {
   /** Writes item definitions and removals to the ledger database. */
   static async persist(sql: Sql, source: string, defs: ReadonlyArray<ItemDefinition>, removed: ReadonlyArray<string> = []): Promise<void> {
     if (defs.length === 0 && removed.length === 0) return;
+    // A few statements for the whole batch, not several per item: an initial snapshot persists thousands at once.
+    // Where an item (or an identifier) comes twice, the last one wins, as if they were stored one after the other.
+    const items = [...new Map(defs.map((d) => [d.sku, d])).values()];
+    const ids = [...new Map(items.flatMap((d) => d.identifiers.map((i) => [`${i.system}\u0000${i.id}`, { ...i, sku: d.sku }] as const))).values()];
     await sql.begin(async (tx) => {
-      for (const d of defs) {
+      if (items.length > 0) {
+        const rows = items.map((d) => ({ sku: d.sku, kind: d.kind, base_unit: d.baseUnit, units: d.units ?? {}, components: d.components ?? [] }));
         await tx`
           insert into items (sku, kind, base_unit, units, components, defined_by, updated_at)
-          values (${d.sku}, ${d.kind}, ${d.baseUnit}, ${tx.json(d.units ?? {})}, ${tx.json((d.components ?? []) as never)}, ${source}, now())
+          select sku, kind, base_unit, units, components, ${source}, now()
+            from jsonb_to_recordset(${tx.json(rows as never)}::jsonb) as t(sku text, kind text, base_unit text, units jsonb, components jsonb)
           on conflict (sku) do update set kind = excluded.kind, base_unit = excluded.base_unit, units = excluded.units,
             components = excluded.components, defined_by = excluded.defined_by, updated_at = now()`;
-        await tx`delete from item_identifiers where sku = ${d.sku}`;
-        for (const i of d.identifiers)
-          await tx`
-            insert into item_identifiers (system, identifier, sku, uom) values (${i.system}, ${i.id}, ${d.sku}, ${i.uom ?? null})
-            on conflict (system, identifier) do update set sku = excluded.sku, uom = excluded.uom`;
+        await tx`delete from item_identifiers where sku = any(${tx.array(items.map((d) => d.sku))}::text[])`;
       }
+      if (ids.length > 0)
+        await tx`
+          insert into item_identifiers (system, identifier, sku, uom)
+          select * from unnest(${tx.array(ids.map((i) => i.system))}::text[], ${tx.array(ids.map((i) => i.id))}::text[],
+                               ${tx.array(ids.map((i) => i.sku))}::text[], ${tx.array(ids.map((i) => i.uom ?? null) as Array<string>)}::text[])
+          on conflict (system, identifier) do update set sku = excluded.sku, uom = excluded.uom`;
       if (removed.length > 0) await tx`delete from items where sku = any(${tx.array(removed as Array<string>)}::text[])`;
-      for (const sku of [...defs.map((d) => d.sku), ...removed]) await tx`select pg_notify(${ITEMS_CHANNEL}, ${sku})`;
+      const notified = [...defs.map((d) => d.sku), ...removed];
+      await tx`select pg_notify(${ITEMS_CHANNEL}, sku) from unnest(${tx.array(notified)}::text[]) with ordinality as t(sku, n) order by n`;
     });
   }
 

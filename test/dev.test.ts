@@ -1,13 +1,18 @@
-import { existsSync, readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import path from "node:path";
+import { Writable } from "node:stream";
+import postgres from "postgres";
 import { Either } from "effect";
 import { afterEach, describe, expect, it } from "vitest";
 import { decodeCommand } from "../src/contract/command.ts";
 import { DEMO_STOCK } from "../cdc/demo/seed.ts";
 import { describeFailure } from "../src/app/dev.ts";
-import { ROOT, runTally } from "./support/tally.ts";
-import { demoReceipt, scratchDir, serversMentioning, startDev, stopDev, stopStartedDevs, type DevProcess } from "./support/dev.ts";
+import { DevTerminal, envFileText, openDevLogs } from "../src/app/devStack/index.ts";
+import { BIN, eventually, ROOT, runTally } from "./support/tally.ts";
+import { demoReceipt, scratchDir, serversMentioning, startDev, startDevWith, stopDev, stopStartedDevs, type DevProcess } from "./support/dev.ts";
 
 const EXAMPLES = path.join(ROOT, "examples/commands.ndjson");
 
@@ -124,6 +129,118 @@ describe("tally dev", () => {
     } finally {
       await rm(root, { recursive: true, force: true });
     }
+  });
+
+  it("keeps the terminal short: logs go to <dir>/logs, the banner and <dir>/env reach the stack (sources included) from another process, a line says when the demo is ready", async () => {
+    const root = await scratchDir();
+    const dir = path.join(root, ".tally");
+    try {
+      // At info, as a developer runs it: before, every log line (one per POS transaction) went to the terminal.
+      const dev = await startDevWith(dir, { TALLY_LOG_LEVEL: "info" }, "--fresh", "--skus", "200", "--rate", "40");
+      const banner = dev.stdout();
+      for (const name of ["TALLY_ENV=dev", "TALLY_DATABASE_URL=postgres://", "TALLY_NATS_URL=nats://", "TALLY_SOURCE_ERP_URL=postgres://"])
+        expect(banner).toContain(name);
+      expect(banner).toContain("TALLY_SOURCE_SHOP_URL=postgres://");
+      expect(banner).toContain(`TALLY_DEV_TOKEN=${dev.token}`);
+      expect(banner).toContain(`source ${dir}/env`);
+      expect(banner).toContain(`${dir}/logs/<role>.log`);
+      await eventually("the demo-ready line", async () => dev.stdout().includes("tally dev: demo ready — 200 SKUs applied"), 120_000);
+      expect(dev.stdout()).toMatch(/demo ready — 200 SKUs applied, CDC streaming from erp, shop, traffic running \(\d+\.\d s after start\)/);
+
+      // The simulated catalog is in the ledger: its opening stock at the DC and all 10 stores.
+      const ledger = postgres(dev.databaseUrl, { max: 1, onnotice: () => {} });
+      try {
+        const [{ n }] = await ledger<[{ n: number }]>`select count(*)::int as n from balances where bucket = 'on_hand' and sku like 'SKU-S%'`;
+        expect(n).toBe(200 * 11);
+        // Demo traffic runs for a while (POS over HTTP, orders through CDC)…
+        await eventually(
+          "200 POS transactions",
+          async () => (await ledger<[{ n: number }]>`select count(*)::int as n from pos_transactions`)[0].n >= 200,
+          90_000,
+        );
+      } finally {
+        await ledger.end();
+      }
+      // …and the terminal stays short: the banner (20 lines), the ready line and a status line at most every 30 s.
+      expect(dev.output().trimEnd().split("\n").length, dev.output()).toBeLessThan(30);
+      expect(dev.output()).not.toContain('"level"');
+      // The logs are in the files, one per role, JSON lines (the POS transactions are debug: not at info).
+      const files = readdirSync(path.join(dir, "logs")).sort();
+      for (const f of ["api.log", "cdc.log", "nats.log", "postgres.log", "relay.log", "worker.log"]) expect(files).toContain(f);
+      for (const role of ["api", "cdc", "relay", "worker"]) {
+        const lines = readFileSync(path.join(dir, "logs", `${role}.log`), "utf8")
+          .trim()
+          .split("\n");
+        for (const line of lines) expect(JSON.parse(line)).toMatchObject({ role });
+      }
+      expect(readFileSync(path.join(dir, "logs", "cdc.log"), "utf8")).toContain("replication streaming");
+      expect(readFileSync(path.join(dir, "logs", "api.log"), "utf8")).not.toContain("POS transaction accepted");
+
+      // Another process with only <dir>/env sourced (no TALLY_* of its own) finds the stack and both demo sources.
+      const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("TALLY_")));
+      const second = spawn("sh", ["-c", `. "$1" && exec "$2" "$3" source status`, "sh", path.join(dir, "env"), process.execPath, BIN], {
+        cwd: ROOT,
+        env,
+      });
+      let out = "";
+      second.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      second.stderr.on("data", (d: Buffer) => (out += d.toString()));
+      const code = await new Promise<number | null>((resolve) => second.once("exit", resolve));
+      expect(code, out).toBe(0);
+      expect(out).toMatch(/^erp\s+tally_dev_erp\s+active/m);
+      expect(out).toMatch(/^shop\s+tally_dev_shop\s+active/m);
+
+      expect(await stopDev(dev)).toBe(0);
+      // A stopped stack leaves no environment pointing at servers that are gone.
+      expect(existsSync(path.join(dir, "env"))).toBe(false);
+      expect(serversMentioning(root)).toEqual([]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it("writes every log line to its role's file and only warnings and errors to the terminal, one line each", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "tally-dev-logs-"));
+    let stdout = "";
+    let stderr = "";
+    const sink = (add: (s: string) => void) =>
+      new Writable({
+        write: (chunk, _enc, done) => {
+          add(chunk.toString());
+          done();
+        },
+      });
+    try {
+      const terminal = new DevTerminal(
+        sink((s) => (stdout += s)),
+        sink((s) => (stderr += s)),
+      );
+      const logs = openDevLogs(dir, "info", terminal);
+      logs.log.child({ role: "worker" }).info({ partition: 3 }, "partition acquired");
+      logs.log.child({ role: "api" }).debug("request");
+      logs.log.child({ role: "cdc", source: "erp" }).warn({ err: new Error("connection refused\n    at stack") }, "replication session ended");
+      logs.log.error("no role");
+      await logs.close();
+      expect(JSON.parse(readFileSync(path.join(dir, "worker.log"), "utf8"))).toMatchObject({
+        role: "worker",
+        partition: 3,
+        msg: "partition acquired",
+      });
+      expect(existsSync(path.join(dir, "api.log"))).toBe(false);
+      expect(JSON.parse(readFileSync(path.join(dir, "cdc.log"), "utf8"))).toMatchObject({ level: 40, source: "erp" });
+      expect(JSON.parse(readFileSync(path.join(dir, "tally.log"), "utf8"))).toMatchObject({ level: 50, msg: "no role" });
+      const lines = stderr.trimEnd().split("\n");
+      expect(lines).toHaveLength(2);
+      expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d WARN cdc: replication session ended — connection refused {2}source=erp$/);
+      expect(lines[1]).toMatch(/^\d\d:\d\d:\d\d ERROR no role$/);
+      expect(stdout).toBe("");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("quotes the environment file for a POSIX shell", () => {
+    expect(envFileText({ A: "postgres://u@h:1/db", B: "it's $HOME" })).toContain("export A=postgres://u@h:1/db\nexport B='it'\\''s $HOME'\n");
   });
 
   it("names the package to install when a server binary is missing", () => {

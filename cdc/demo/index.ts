@@ -3,3 +3,4 @@ export { erpSource, shopSource } from "./mappings.ts";
 export { applyDemoSchemas, seedDemo } from "./seed.ts";
 export { DemoSimulator, Zipf, onboardCatalog, simItem, storeIds } from "./simulator.ts";
 export { demoInit } from "./init.ts";
+export type { DemoCatalog } from "./init.ts";

@@ -3,7 +3,8 @@
  * shop databases (captured by CDC) and the POS endpoint (HTTP), at a configurable rate.
  *
  * - a catalog of `skus` items (default 2,000) over one DC and `stores` stores (default 10), onboarded
- *   into the ERP item master with policies and opening receipts the first time;
+ *   into the ERP item master with policies and opening stock by `demoInit` (`onboardCatalog`); the
+ *   traffic starts once CDC has brought that opening stock into the ledger (`ready`);
  * - skewed (Zipf-like) popularity: a few items sell most;
  * - online orders (reserve → ship, or cancel) placed only when the web shows stock, as a shop does;
  * - in-store sales and returns over POS, with loose bananas sold by weight and the picnic bundle;
@@ -91,14 +92,23 @@ export class Zipf {
 const randInt = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi - lo + 1));
 
 /**
- * Onboards the simulated catalog into the ERP (items, policies, opening receipts) where it is not
+ * Onboards the simulated catalog into the ERP (items, policies, opening stock) where it is not
  * there yet. Idempotent: items already present are left alone. Returns how many items were new.
+ * The opening stock goes in as goods receipts (captured as they stream), or with `opening:
+ * "stock_on_hand"` as opening balances, which only the source's initial snapshot reads: the fast
+ * way, for a catalog written before the slot exists (one `count` per item and location, no receipts).
+ * `storePolicies: false` sets a policy (safety stock, reorder point) at the DC only.
  */
-export async function onboardCatalog(erp: Sql, skus: number, stores: number): Promise<number> {
+export async function onboardCatalog(
+  erp: Sql,
+  skus: number,
+  stores: number,
+  opts: { readonly opening?: "goods_receipts" | "stock_on_hand"; readonly storePolicies?: boolean } = {},
+): Promise<number> {
   const locations = ["DC1", ...storeIds(stores)];
   let added = 0;
-  for (let from = 0; from < skus; from += 500) {
-    const items = Array.from({ length: Math.min(500, skus - from) }, (_, k) => simItem(from + k));
+  for (let from = 0; from < skus; from += 5000) {
+    const items = Array.from({ length: Math.min(5000, skus - from) }, (_, k) => simItem(from + k));
     await erp.begin(async (tx) => {
       const inserted = await tx<Array<{ item_no: string }>>`
         insert into items (item_no, sku, description, kind, base_uom, case_qty, barcode, shop_sku)
@@ -112,16 +122,24 @@ export async function onboardCatalog(erp: Sql, skus: number, stores: number): Pr
       added += inserted.length;
       const fresh = inserted.map((r) => r.item_no);
       const pairs = fresh.flatMap((item) => locations.map((location) => ({ item, location })));
+      const itemNos = tx.array(pairs.map((p) => p.item));
+      const where = tx.array(pairs.map((p) => p.location));
+      const qtys = tx.array(pairs.map((p) => (p.location === "DC1" ? randInt(60, 240) : randInt(8, 30))));
       await tx`
         insert into item_locations (item_no, location, safety_stock, reorder_point)
         select i, l, case when l = 'DC1' then 0 else 1 end, case when l = 'DC1' then 20 else 3 end
-          from unnest(${tx.array(pairs.map((p) => p.item))}::text[], ${tx.array(pairs.map((p) => p.location))}::text[]) as t(i, l)
+          from unnest(${itemNos}::text[], ${where}::text[]) as t(i, l)
+         where ${opts.storePolicies ?? true} or l = 'DC1'
         on conflict do nothing`;
-      await tx`
-        insert into goods_receipts (item_no, location, qty, uom)
-        select i, l, q, 'EA'
-          from unnest(${tx.array(pairs.map((p) => p.item))}::text[], ${tx.array(pairs.map((p) => p.location))}::text[],
-                      ${tx.array(pairs.map((p) => (p.location === "DC1" ? randInt(60, 240) : randInt(8, 30))))}::int[]) as t(i, l, q)`;
+      if (opts.opening === "stock_on_hand")
+        await tx`
+          insert into stock_on_hand (item_no, location, qty, uom)
+          select i, l, q, 'EA' from unnest(${itemNos}::text[], ${where}::text[], ${qtys}::int[]) as t(i, l, q)
+          on conflict do nothing`;
+      else
+        await tx`
+          insert into goods_receipts (item_no, location, qty, uom)
+          select i, l, q, 'EA' from unnest(${itemNos}::text[], ${where}::text[], ${qtys}::int[]) as t(i, l, q)`;
     });
   }
   return added;
@@ -147,7 +165,14 @@ export class DemoSimulator {
     errors: 0,
   };
   readonly done: Promise<void>;
+  /**
+   * Resolves once the catalog's opening stock is in the ledger and the traffic starts: true, or false
+   * when it was not there after 2 minutes (the traffic starts anyway) or the simulator was stopped.
+   */
+  readonly ready: Promise<boolean>;
+  #catalogReady: (applied: boolean) => void = () => {};
   #stopped = false;
+  #started = false;
   #wake: (() => void) | null = null;
   readonly #zipf: Zipf;
   readonly #stores: Array<string>;
@@ -161,25 +186,27 @@ export class DemoSimulator {
   constructor(readonly opts: SimulatorOptions) {
     this.#zipf = new Zipf(opts.skus ?? 2000);
     this.#stores = storeIds(opts.stores ?? 10);
+    this.ready = new Promise((resolve) => (this.#catalogReady = resolve));
     this.done = this.#loop();
+  }
+
+  /** Whether the traffic runs (`running`), or the simulator waits for the catalog or has stopped. */
+  get phase(): "waiting for the catalog" | "running" | "stopped" {
+    return this.#stopped ? "stopped" : this.#started ? "running" : "waiting for the catalog";
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    this.#catalogReady(false);
     this.#wake?.();
     await this.done;
   }
 
   async #loop(): Promise<void> {
     const { log } = this.opts;
-    try {
-      const added = await onboardCatalog(this.opts.erp, this.opts.skus ?? 2000, this.#stores.length);
-      if (added > 0) log.info({ items: added }, "demo simulator: catalog onboarded into the demo ERP");
-    } catch (error) {
-      this.stats.errors++;
-      log.warn({ err: error }, "demo simulator: onboarding the catalog failed");
-    }
-    await this.#catalogKnown();
+    const applied = await this.#catalogApplied();
+    this.#started = !this.#stopped;
+    this.#catalogReady(applied && !this.#stopped);
     const rate = this.opts.rate ?? 20;
     const tickMs = 100;
     let owed = 0;
@@ -198,15 +225,20 @@ export class DemoSimulator {
     }
   }
 
-  /** Waits (up to 2 minutes) until CDC has brought the onboarded catalog into Tally's crosswalk. */
-  async #catalogKnown(): Promise<void> {
-    const last = simItem((this.opts.skus ?? 2000) - 1).sku;
+  /**
+   * Waits (up to 2 minutes) until the catalog's opening stock is in the ledger: a balance for every
+   * item and location (onboarded into the ERP by `tally dev`, brought in by CDC). True when it is.
+   */
+  async #catalogApplied(): Promise<boolean> {
+    const expected = (this.opts.skus ?? 2000) * (this.#stores.length + 1);
     const until = Date.now() + 120_000;
     while (!this.#stopped && Date.now() < until) {
-      const [row] = await this.opts.ledger<Array<{ n: number }>>`select count(*)::int as n from items where sku = ${last}`.catch(() => [{ n: 0 }]); // not there yet: ask again
-      if ((row?.n ?? 0) > 0) return;
-      await this.#sleep(500);
+      const [row] = await this.opts.ledger<Array<{ n: number }>>`
+        select count(*)::int as n from balances where bucket = 'on_hand' and sku like 'SKU-S%'`.catch(() => [{ n: 0 }]); // not there yet: ask again
+      if ((row?.n ?? 0) >= expected) return true;
+      await this.#sleep(250);
     }
+    return false;
   }
 
   async #tick(events: number): Promise<void> {
@@ -332,11 +364,10 @@ export class DemoSimulator {
       location: l.location,
       qty: l.location === "DC1" ? randInt(60, 200) : randInt(10, 30),
     }));
+    // As one JSON value: the three array parameters once failed as `malformed array literal: "500001"` (one item sent as a plain value).
     await this.opts.erp`
       insert into goods_receipts (item_no, location, qty, uom)
-      select i, l, q, 'EA' from unnest(${this.opts.erp.array(items.map((i) => i.itemNo))}::text[],
-                                       ${this.opts.erp.array(items.map((i) => i.location))}::text[],
-                                       ${this.opts.erp.array(items.map((i) => i.qty))}::int[]) as t(i, l, q)
+      select "itemNo", location, qty, 'EA' from jsonb_to_recordset(${this.opts.erp.json(items)}::jsonb) as t("itemNo" text, location text, qty int)
       on conflict do nothing`;
     this.stats.receipts += items.length;
   }

@@ -1,14 +1,16 @@
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { migrate } from "../../ledger/index.ts";
-import { startTally, type Role } from "./roles.ts";
+import { startTally, type Role, type Running } from "./roles.ts";
 import { sourceUrlSetting } from "../../cdc/index.ts";
-import { demoInit } from "../../cdc/demo/index.ts";
+import { demoInit, type DemoCatalog } from "../../cdc/demo/index.ts";
 import { DemoSimulator } from "../../cdc/demo/index.ts";
 import { loadSettings, type Settings } from "../platform/index.ts";
 import { loadTallyConfig, type TallyConfig } from "../platform/index.ts";
 import { connectPostgres } from "../platform/index.ts";
+import { DevTerminal, devEnvironment, envFileText, openDevLogs, statusLine } from "./devStack/index.ts";
 import {
   findNatsServer,
   findPostgresBin,
@@ -20,7 +22,7 @@ import {
   type NatsServer,
   type PostgresServer,
 } from "./devStack/index.ts";
-import { createLogger, type Logger } from "../platform/index.ts";
+import type { Logger } from "../platform/index.ts";
 import { newToken, sha256Hex, type ApiToken } from "../http/index.ts";
 import { maskSecrets } from "../platform/index.ts";
 import { Lifetime } from "../platform/index.ts";
@@ -38,16 +40,17 @@ export const DEV_USAGE = "usage: tally dev [--fresh] [--dir .tally] [--no-demo] 
 
 /** Options for {@link runDev} and {@link startDevStack}. */
 export interface DevOptions {
-  /** Data folder: `<dir>/postgres` and `<dir>/nats` (kept between runs) and their logs. */
+  /** Data folder: `<dir>/postgres` and `<dir>/nats` (kept between runs), the logs in `<dir>/logs` and the `<dir>/env` file. */
   readonly dir: string;
   /** Delete `dir` before starting. */
   readonly fresh: boolean;
   /** Where settings and the `TALLY_DATABASE_URL` / `TALLY_NATS_URL` overrides come from (default `process.env`). */
   readonly env?: Record<string, string | undefined>;
-  /** Banner and `stopped` line (default stdout). */
+  /** Banner, status and `stopped` lines (default stdout). */
   readonly stdout?: NodeJS.WritableStream;
-  /** Error lines (default stderr). */
+  /** Warning and error lines (default stderr). */
   readonly stderr?: NodeJS.WritableStream;
+  /** The logger of the roles; default: JSON lines into `<dir>/logs/<role>.log`, warnings and errors also on stderr. */
   readonly log?: Logger;
   /** Stop when this aborts; default: on SIGINT, SIGTERM or SIGHUP (a second one exits at once). */
   readonly signal?: AbortSignal;
@@ -74,6 +77,14 @@ export interface DevStack {
   /** Set when `tally dev` started the server (undefined when a URL came from the environment). */
   readonly postgres: PostgresServer | undefined;
   readonly nats: NatsServer | undefined;
+  /** The roles running in this process (the status line reads their counters). */
+  readonly running: Running;
+  /** Where the banner, warnings and the status line go. */
+  readonly terminal: DevTerminal;
+  /** The folder of the log files (undefined when `opts.log` was given). */
+  readonly logDir: string | undefined;
+  /** The file with the environment to reach this stack from another shell (`source <dir>/env`). */
+  readonly envFile: string;
   /** Closes the Tally roles, then stops the servers it started; their data is kept. */
   stop(): Promise<void>;
 }
@@ -90,10 +101,12 @@ class DevStopped extends Error {
 
 /**
  * `tally dev`: starts (or reuses, via the URLs) Postgres and nats-server, migrates, runs the worker
- * and relay roles in this process, prints a banner, and on SIGINT/SIGTERM stops everything it started.
+ * and relay roles in this process, prints a banner, a line once the demo is ready and a live status
+ * line, and on SIGINT/SIGTERM stops everything it started. The roles log into `<dir>/logs`.
  * Returns the exit code; expected failures are printed as one `tally dev: …` line.
  */
 export async function runDev(opts: DevOptions): Promise<number> {
+  const started = Date.now();
   const stdout = opts.stdout ?? process.stdout;
   const stderr = opts.stderr ?? process.stderr;
   const signals = opts.signal === undefined ? stopOnSignals(stderr) : undefined;
@@ -112,17 +125,40 @@ export async function runDev(opts: DevOptions): Promise<number> {
       stderr.write(`tally dev: ${maskSecrets(line)}\n`);
       return 1;
     }
-    stdout.write(banner(stack, opts.dir));
+    const { terminal } = stack;
+    terminal.print(banner(stack, opts.dir));
+    void announceReady(stack, started, signal);
+    terminal.startStatus(() => statusLine(stack.running, stack.simulator));
     await new Promise<void>((resolve) => {
       if (signal.aborted) resolve();
       else signal.addEventListener("abort", () => resolve(), { once: true });
     });
+    terminal.stopStatus();
     await stack.stop();
-    stdout.write("tally dev: stopped\n");
+    terminal.print("tally dev: stopped\n");
     return 0;
   } finally {
     signals?.dispose();
   }
+}
+
+/**
+ * Prints `tally dev: demo ready …` once the simulated catalog's opening stock is in the ledger and
+ * every CDC source streams (or, without the simulator, once the sources stream).
+ */
+async function announceReady(stack: DevStack, started: number, signal: AbortSignal): Promise<void> {
+  const readers = stack.running.readers;
+  if (readers.length === 0) return;
+  const applied = stack.simulator ? await stack.simulator.ready : true;
+  while (!signal.aborted && !readers.every((r) => r.streaming)) await sleep(250);
+  if (signal.aborted) return;
+  const took = `${((Date.now() - started) / 1000).toFixed(1)} s after start`;
+  const sources = readers.map((r) => r.name).join(", ");
+  const sim = stack.simulator;
+  if (sim === null) stack.terminal.print(`tally dev: CDC streaming from ${sources} (${took})\n`);
+  else if (applied)
+    stack.terminal.print(`tally dev: demo ready — ${sim.opts.skus ?? 2000} SKUs applied, CDC streaming from ${sources}, traffic running (${took})\n`);
+  else stack.terminal.print(`tally dev: the demo catalog is not all in the ledger yet; traffic started anyway (see ${stack.logDir ?? "the log"})\n`);
 }
 
 /** `tally dev [--fresh] [--dir .tally]`. */
@@ -196,67 +232,92 @@ export async function startDevStack(opts: DevOptions, signal?: AbortSignal): Pro
 
   try {
     const { postgres, nats } = await startDevServers(opts, dir, { db: externalDb, nats: externalNats }, lifetime, checkpoint);
+    const terminal = new DevTerminal(opts.stdout ?? process.stdout, opts.stderr ?? process.stderr);
+    const logs = opts.log ? undefined : openDevLogs(path.join(dir, "logs"), env["TALLY_LOG_LEVEL"] ?? "info", terminal);
+    if (logs) lifetime.defer(() => logs.close());
+    const log = opts.log ?? logs!.log;
 
     const databaseUrl = externalDb ?? postgres!.url(DEV_DATABASE);
     const natsUrl = externalNats ?? nats!.url;
     // The API: on 127.0.0.1 (not every interface) and, unless tokens are configured, one admin token kept in the data folder.
     const tokensGiven = nonEmpty(env["TALLY_API_TOKENS"]) !== undefined || nonEmpty(env["TALLY_API_TOKENS_FILE"]) !== undefined;
     const devToken = tokensGiven ? null : await loadDevToken(dir);
-    const settingsOn = (httpPort: number | undefined) =>
-      loadSettings({
-        ...env,
-        TALLY_DATABASE_URL: databaseUrl,
-        TALLY_NATS_URL: natsUrl,
-        TALLY_HTTP_HOST: nonEmpty(env["TALLY_HTTP_HOST"]) ?? "127.0.0.1",
-        // The demo simulator posts POS batches ten times a second with the dev token.
-        TALLY_API_RATE_LIMIT: nonEmpty(env["TALLY_API_RATE_LIMIT"]) ?? "60000",
-        ...(httpPort !== undefined ? { TALLY_HTTP_PORT: String(httpPort) } : {}),
-        ...(devToken ? { TALLY_API_TOKENS: JSON.stringify([devToken.entry]) } : {}),
-      });
+    const settingsOn = devSettings(env, databaseUrl, natsUrl, devToken);
     const httpPortGiven = nonEmpty(env["TALLY_HTTP_PORT"]) !== undefined;
     let settings = settingsOn(httpPortGiven ? undefined : DEV_HTTP_PORT);
-    const sql = connectPostgres(databaseUrl, { max: 1, application: "tally-dev-migrate" });
-    try {
-      await migrate(sql, settings.env);
-    } finally {
-      await sql.end({ timeout: 5 });
-    }
+    await migrateDevDatabase(databaseUrl, settings.env);
     checkpoint();
 
-    const sourceUrls = await prepareDemoSources(env, config, settings.env, postgres);
+    // The simulator's catalog is written into the demo ERP now, before CDC starts: its initial snapshot reads it in bulk.
+    const catalog = (opts.demo ?? true) && devToken ? { skus: opts.skus ?? 2000, stores: DEMO_STORES } : undefined;
+    const sourceUrls = await prepareDemoSources(env, config, settings.env, postgres, catalog);
     checkpoint();
 
-    const log = opts.log ?? createLogger("tally", env["TALLY_LOG_LEVEL"] ?? "info");
     const running = httpPortGiven
       ? await startTally(settings, config, DEV_ROLES, log)
       : await onPreferredPort(DEV_HTTP_PORT, (port) => startTally((settings = settingsOn(port)), config, DEV_ROLES, log));
     lifetime.defer(() => running.close());
     checkpoint();
 
-    const address = running.api?.server.address();
-    const port = address && typeof address === "object" ? address.port : settings.httpPort;
-    const host = settings.httpHost === "0.0.0.0" || settings.httpHost === "::" ? "127.0.0.1" : settings.httpHost;
-    const apiUrl = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
-
+    const apiUrl = apiUrlOf(settings, running);
     const simulator = startSimulator(opts, config, sourceUrls, devToken, running, apiUrl, log, lifetime);
+    const envFile = path.join(dir, "env");
+    await writeFile(envFile, envFileText(devEnvironment({ settings, databaseUrl, natsUrl, apiUrl, devToken: devToken?.token ?? null, sourceUrls })), {
+      mode: 0o600,
+    });
+    // A stopped stack leaves no environment behind that points at servers no longer there.
+    lifetime.defer(() => rm(envFile, { force: true }));
 
     let stopping: Promise<void> | undefined;
     return {
-      settings,
-      apiUrl,
-      devToken: devToken?.token ?? null,
-      simulator,
-      databaseUrl,
-      natsUrl,
-      sourceUrls,
-      postgres,
-      nats,
+      ...{ settings, apiUrl, devToken: devToken?.token ?? null, simulator, databaseUrl, natsUrl, sourceUrls, postgres, nats, running },
+      ...{ terminal, logDir: logs?.dir, envFile },
       stop: () => (stopping ??= lifetime.close()),
     };
   } catch (error) {
     await lifetime.close();
     throw error;
   }
+}
+
+/** The stores of the simulated catalog (S01…S10, as in tally.config.ts). */
+const DEMO_STORES = 10;
+
+/** The settings of the dev stack's roles, on an API port (undefined: TALLY_HTTP_PORT as given). */
+function devSettings(
+  env: Readonly<Record<string, string | undefined>>,
+  databaseUrl: string,
+  natsUrl: string,
+  devToken: { entry: ApiToken } | null,
+): (httpPort: number | undefined) => Settings {
+  return (httpPort) =>
+    loadSettings({
+      ...env,
+      TALLY_DATABASE_URL: databaseUrl,
+      TALLY_NATS_URL: natsUrl,
+      TALLY_HTTP_HOST: nonEmpty(env["TALLY_HTTP_HOST"]) ?? "127.0.0.1",
+      // The demo simulator posts POS batches ten times a second with the dev token.
+      TALLY_API_RATE_LIMIT: nonEmpty(env["TALLY_API_RATE_LIMIT"]) ?? "60000",
+      ...(httpPort !== undefined ? { TALLY_HTTP_PORT: String(httpPort) } : {}),
+      ...(devToken ? { TALLY_API_TOKENS: JSON.stringify([devToken.entry]) } : {}),
+    });
+}
+
+async function migrateDevDatabase(databaseUrl: string, env: string): Promise<void> {
+  const sql = connectPostgres(databaseUrl, { max: 1, application: "tally-dev-migrate" });
+  try {
+    await migrate(sql, env);
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+/** Where the API of `running` listens, as a URL a browser on this machine can open. */
+function apiUrlOf(settings: Settings, running: Running): string {
+  const address = running.api?.server.address();
+  const port = address && typeof address === "object" ? address.port : settings.httpPort;
+  const host = settings.httpHost === "0.0.0.0" || settings.httpHost === "::" ? "127.0.0.1" : settings.httpHost;
+  return `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
 }
 
 /** The demo simulator (when both demo sources and the dev token are there), stopped by `lifetime`. */
@@ -289,6 +350,7 @@ function startSimulator(
       log: log.child({ role: "demo" }),
       rate: opts.rate ?? 20,
       skus: opts.skus ?? 2000,
+      stores: DEMO_STORES,
     });
     const sim = simulator;
     lifetime.defer(() => sim.stop());
@@ -317,7 +379,7 @@ async function startDevServers(
       );
     }
     if (opts.fresh) await rm(dir, { recursive: true, force: true });
-    await mkdir(dir, { recursive: true });
+    await mkdir(path.join(dir, "logs"), { recursive: true });
   }
 
   // Postgres first: it refuses a data folder another postmaster holds, so it guards the folder.
@@ -326,7 +388,7 @@ async function startDevServers(
       startPostgres({
         dataDir: path.join(dir, "postgres"),
         port,
-        logPath: path.join(dir, "postgres.log"),
+        logPath: path.join(dir, "logs", "postgres.log"),
         // The data is kept between runs, so unlike the test servers it must survive an OS crash.
         settings: { fsync: "on", full_page_writes: "on" },
       }),
@@ -341,7 +403,7 @@ async function startDevServers(
       startNats({
         dataDir: path.join(dir, "nats"),
         port,
-        logPath: path.join(dir, "nats.log"),
+        logPath: path.join(dir, "logs", "nats.log"),
       }),
     );
     lifetime.defer(nats.stop);
@@ -356,6 +418,7 @@ async function prepareDemoSources(
   config: TallyConfig,
   tallyEnv: string,
   postgres: PostgresServer | undefined,
+  catalog: DemoCatalog | undefined,
 ): Promise<Record<string, string>> {
   const sourceUrls: Record<string, string> = {};
   for (const name of ["erp", "shop"] as const) {
@@ -369,7 +432,7 @@ async function prepareDemoSources(
   }
   if (sourceUrls.TALLY_SOURCE_ERP_URL && sourceUrls.TALLY_SOURCE_SHOP_URL && config.sources.erp && config.sources.shop) {
     Object.assign(process.env, sourceUrls);
-    await demoInit(config, tallyEnv, sourceUrls.TALLY_SOURCE_ERP_URL, sourceUrls.TALLY_SOURCE_SHOP_URL);
+    await demoInit(config, tallyEnv, sourceUrls.TALLY_SOURCE_ERP_URL, sourceUrls.TALLY_SOURCE_SHOP_URL, catalog);
   }
   return sourceUrls;
 }
@@ -421,7 +484,6 @@ function nonEmpty(value: string | undefined): string | undefined {
   return value === undefined || value === "" ? undefined : value;
 }
 
-/** The lines printed once the stack is up. */
 /** What `tally dev` prints once running; passwords in URLs are masked (the dev token is shown: printing it is the point). */
 export function banner(
   stack: Pick<DevStack, "settings" | "simulator" | "postgres" | "nats" | "databaseUrl" | "natsUrl" | "apiUrl" | "devToken" | "sourceUrls">,
@@ -430,11 +492,11 @@ export function banner(
   const shown = dir.replace(/\/+$/, "");
   const taken = (server: { port: number }, preferred: number) => (server.port === preferred ? "" : `, port ${preferred} was taken`);
   const pgWhere = stack.postgres
-    ? `(data ${shown}/postgres, log ${shown}/postgres.log${taken(stack.postgres, DEV_POSTGRES_PORT)})`
+    ? `(data ${shown}/postgres, log ${shown}/logs/postgres.log${taken(stack.postgres, DEV_POSTGRES_PORT)})`
     : "(from TALLY_DATABASE_URL)";
   // The servers tally dev starts listen on loopback only and take no credentials (trust, no NATS users).
   const open = stack.postgres || stack.nats ? "no authentication, loopback only: for development, not production" : "";
-  const natsWhere = stack.nats ? `(store ${shown}/nats, log ${shown}/nats.log${taken(stack.nats, DEV_NATS_PORT)})` : "(from TALLY_NATS_URL)";
+  const natsWhere = stack.nats ? `(store ${shown}/nats, log ${shown}/logs/nats.log${taken(stack.nats, DEV_NATS_PORT)})` : "(from TALLY_NATS_URL)";
   const kept = stack.postgres || stack.nats ? `; the data stays in ${shown} (--fresh starts over)` : "";
   return [
     `tally dev: running — env ${stack.settings.env}, roles ${DEV_ROLES.join(" + ")}${stack.simulator ? `, demo traffic ${stack.simulator.opts.rate ?? 20}/s over ${stack.simulator.opts.skus ?? 2000} SKUs (--no-demo: none)` : ""}`,
@@ -445,15 +507,19 @@ export function banner(
     ...(stack.devToken
       ? [`  dashboard ${stack.apiUrl}/#token=${stack.devToken}`, `  token     ${stack.devToken}  (admin; kept in ${shown}/dev-token)`]
       : [`  dashboard ${stack.apiUrl}/  (sign in with one of your TALLY_API_TOKENS)`]),
-    `try, in another shell:`,
-    `  export TALLY_ENV=${stack.settings.env} TALLY_DATABASE_URL=${maskSecrets(stack.databaseUrl)} TALLY_NATS_URL=${maskSecrets(stack.natsUrl)}`,
-    `  npx tally submit examples/commands.ndjson --wait`,
     ...(stack.sourceUrls.TALLY_SOURCE_ERP_URL
       ? [
-          `demo ERP and shop (captured by CDC): psql ${maskSecrets(stack.sourceUrls.TALLY_SOURCE_ERP_URL)} / ${maskSecrets(stack.sourceUrls.TALLY_SOURCE_SHOP_URL ?? "")}`,
-          `  e.g. insert into goods_receipts (item_no, location, qty, uom) values ('100001', 'DC1', 2, 'CASE');`,
+          `  demo ERP and shop (captured by CDC): psql ${maskSecrets(stack.sourceUrls.TALLY_SOURCE_ERP_URL)} / ${maskSecrets(stack.sourceUrls.TALLY_SOURCE_SHOP_URL ?? "")}`,
+          `    e.g. insert into goods_receipts (item_no, location, qty, uom) values ('100001', 'DC1', 2, 'CASE');`,
         ]
       : []),
+    `  logs      ${shown}/logs/<role>.log  (JSON lines, e.g. jq . ${shown}/logs/worker.log; warnings and errors also show here)`,
+    `from another shell, in this repository (tally reads ./tally.config.ts), take this environment:`,
+    `  source ${shown}/env      (or paste:)`,
+    `  export ${Object.entries(devEnvironment(stack))
+      .map(([name, value]) => `${name}=${maskSecrets(value)}`)
+      .join(" ")}`,
+    `  npx tally source status; npx tally submit examples/commands.ndjson --wait; curl -H "authorization: Bearer $TALLY_DEV_TOKEN" $TALLY_DEV_API_URL/v1/stock/SKU-0001`,
     `Ctrl-C stops${kept}.`,
     "",
   ].join("\n");

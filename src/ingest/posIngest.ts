@@ -289,7 +289,7 @@ export class PosIngest {
       const result: TransactionResult = { status: "accepted", store: f.t.store, terminal: f.t.terminal, id: f.t.id, lines: f.lines };
       results[f.index] = { ...result, index: f.index };
       this.deps.onTransaction?.("accepted", ctx.via);
-      this.deps.log.info({ pos: transactionKey(f.t), commandIds: f.commands.map((c) => c.id), via: ctx.via }, "POS transaction accepted");
+      this.deps.log.debug({ pos: transactionKey(f.t), commandIds: f.commands.map((c) => c.id), via: ctx.via }, "POS transaction accepted");
     }
     if (fresh.length > 0) await this.#record(fresh.map((f) => ({ t: f.t, hash: f.hash, result: stripIndex(results[f.index]!) })));
     for (const dup of duplicates) {

@@ -28,9 +28,14 @@ const started: Array<ChildProcess> = [];
 
 /** Spawns `tally dev --dir <dir> …` and resolves once its banner is printed. */
 export async function startDev(dir: string, ...args: Array<string>): Promise<DevProcess> {
+  return startDevWith(dir, {}, ...args);
+}
+
+/** `startDev` with more environment variables (e.g. `TALLY_LOG_LEVEL`). */
+export async function startDevWith(dir: string, env: Record<string, string>, ...args: Array<string>): Promise<DevProcess> {
   const child = spawn(process.execPath, [BIN, "dev", "--dir", dir, ...args], {
     cwd: ROOT,
-    env: devEnv(),
+    env: { ...devEnv(), ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   started.push(child);
