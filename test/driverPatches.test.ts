@@ -9,7 +9,8 @@ import { DriverPatchError, assertDriverPatches, driverPatchProblems, parsePatch 
 import { ROOT, runTally } from "./support/tally.ts";
 
 const PATCHES = path.join(ROOT, "patches");
-const patched = readdirSync(PATCHES).flatMap((name) => parsePatch(name, readFileSync(path.join(PATCHES, name), "utf8")));
+const PATCH_FILES = readdirSync(PATCHES).filter((f) => f.endsWith(".patch"));
+const patched = PATCH_FILES.flatMap((name) => parsePatch(name, readFileSync(path.join(PATCHES, name), "utf8")));
 
 describe("driver patch check", () => {
   let root: string;
@@ -37,7 +38,7 @@ describe("driver patch check", () => {
     expect(() => assertDriverPatches(root)).not.toThrow();
   });
 
-  it.each(readdirSync(PATCHES))("refuses when %s is not applied, naming each file and the fix", (name) => {
+  it.each(PATCH_FILES)("refuses when %s is not applied, naming each file and the fix", (name) => {
     // Undo the patch the way it was applied (patch-package diffs are relative to the package root).
     execFileSync("patch", ["-R", "-p1", "-s", "-d", root, "-i", path.join(PATCHES, name)]);
     const undone = patched.filter((p) => p.patch === name);
@@ -54,7 +55,7 @@ describe("driver patch check", () => {
       throw new Error("assertDriverPatches did not throw");
     })();
     expect(error).toBeInstanceOf(DriverPatchError);
-    expect(error.message).toContain(`npx patch-package\` in ${root}`);
+    expect(error.message).toContain(`npm run postinstall\` in ${root}`);
     expect(error.message).toContain("--ignore-scripts");
   });
 

@@ -4,7 +4,7 @@ import { fileURLToPath } from "node:url";
 
 /**
  * Tally runs two of its drivers (postgres, @nats-io/nats-core) with fixes from patches/*.patch, applied
- * by patch-package in the package's postinstall script. An install that skips scripts (`--ignore-scripts`,
+ * by patch-package in the package's postinstall script (patches/apply.mjs). An install that skips scripts (`--ignore-scripts`,
  * pnpm's default) leaves them out without a word, so Tally checks at start-up that every line a patch
  * adds is in the file it patches, and refuses to run otherwise.
  */
@@ -75,7 +75,7 @@ export function assertDriverPatches(root = PACKAGE_ROOT): void {
   if (problems.length === 0) return;
   throw new DriverPatchError(
     `the driver patches are not in effect, so Tally will not run:\n  ${problems.join("\n  ")}\n` +
-      `fix: run \`npx patch-package\` in ${root} (its postinstall script applies them; an install with ` +
+      `fix: run \`npm run postinstall\` in ${root} (it applies them with patch-package; an install with ` +
       "--ignore-scripts, pnpm's default, skips it: install without it, or allow tally's scripts)",
   );
 }
