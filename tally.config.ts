@@ -1,4 +1,4 @@
-import { defineConfig } from "./src/platform/configFile.ts";
+import { defineConfig } from "tally/config";
 import { erpSource, shopSource } from "./cdc/demo/mappings.ts";
 
 // The demo retailer: one distribution centre and ten stores (S01 and S02 are seeded with the demo

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SettingsError, loadSettings } from "../src/platform/settings.ts";
-import { ConfigFileError, decodeTallyConfig, loadTallyConfig } from "../src/platform/configFile.ts";
+import { ConfigFileError, decodeTallyConfig, loadTallyConfig, resolveConfigPath } from "../src/platform/configFile.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { ROOT, runTally, spawnTally, tallyEnv } from "./support/tally.ts";
 
@@ -194,10 +194,28 @@ describe("loadTallyConfig", () => {
     );
   });
 
-  it("names a file that cannot be loaded", async () => {
+  it("names a missing file by its absolute path", async () => {
     const missing = path.join(tmpdir(), "tally-no-such-config.ts");
     await expect(loadTallyConfig(missing)).rejects.toThrow(ConfigFileError);
-    await expect(loadTallyConfig(missing)).rejects.toThrow(`${missing}: cannot be loaded`);
+    await expect(loadTallyConfig(missing)).rejects.toThrow(`config file ${missing} not found`);
+  });
+
+  it("resolves a relative path against the working directory, not the package", () => {
+    const dir = path.join(ROOT, "test");
+    expect(resolveConfigPath("config.test.ts", dir)).toBe(path.join(dir, "config.test.ts"));
+    expect(() => resolveConfigPath("tally.config.ts", dir)).toThrow(`config file ${path.join(dir, "tally.config.ts")} not found`);
+    expect(() => resolveConfigPath("tally.config.ts", dir)).toThrow("working directory");
+  });
+
+  it("names a file that exists but cannot be loaded", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "tally-config-"));
+    const broken = path.join(dir, "broken.config.ts");
+    await writeFile(broken, 'import { nothing } from "./absent.ts";\nexport default nothing;\n');
+    try {
+      await expect(loadTallyConfig(broken)).rejects.toThrow(`${broken}: cannot be loaded`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

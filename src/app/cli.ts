@@ -10,7 +10,7 @@ import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } fro
 import { ROLES, type Role, fromPromise, runEffect, startRoles, natsResource, postgresResource } from "./roles.ts";
 import { loadSettings, requireDatabaseUrl, type Settings, sleep } from "../platform/index.ts";
 import type { TallyConfig } from "../platform/index.ts";
-import { knownStores, loadTallyConfig } from "../platform/index.ts";
+import { assertDriverPatches, knownStores, loadTallyConfig } from "../platform/index.ts";
 import { stopWithParent, workerProcess } from "./workerProcess.ts";
 import type { Sql } from "../platform/index.ts";
 import { devMain } from "./dev.ts";
@@ -121,6 +121,8 @@ async function main(argv: ReadonlyArray<string>): Promise<number> {
     process.stdout.write(usage);
     return 0;
   }
+  // Refuses to run with a driver whose fix (patches/) was not applied, e.g. after `npm i --ignore-scripts`.
+  assertDriverPatches();
   switch (command) {
     case "dev":
       return devMain(rest);
@@ -848,7 +850,16 @@ main(process.argv.slice(2)).then(
   },
   (error: unknown) => {
     const e = error as Error;
-    const known = ["SettingsError", "ConfigFileError", "EnvironmentMismatch", "MigrationError", "UsageError", "TokenConfigError", "DatabaseTlsError"];
+    const known = [
+      "SettingsError",
+      "ConfigFileError",
+      "EnvironmentMismatch",
+      "MigrationError",
+      "UsageError",
+      "TokenConfigError",
+      "DatabaseTlsError",
+      "DriverPatchError",
+    ];
     if (known.includes(e?.name)) process.stderr.write(`tally: ${maskSecrets(e.message)}\n`);
     else process.stderr.write(`tally: ${maskSecrets(e?.stack ?? String(error))}\n`);
     process.exitCode = e instanceof UsageError ? e.code : 1;

@@ -1,5 +1,7 @@
-import { pathToFileURL } from "node:url";
+import { existsSync } from "node:fs";
+import module from "node:module";
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 import { Either, ParseResult, Schema } from "effect";
 import { tsImport } from "tsx/esm/api";
 import type { SnapshotTable, TableMapping } from "../contract/index.ts";
@@ -121,16 +123,56 @@ export function decodeTallyConfig(input: unknown, origin = "tally.config.ts"): T
   throw new ConfigFileError(`${origin}: ${issues.join("; ")}`);
 }
 
+/** The package's public entry point for config files (package.json `exports["./config"]`). */
+const OWN_CONFIG_ENTRY = new URL("../config.ts", import.meta.url).href;
+let ownEntryFallback = false;
+
+/**
+ * A config file imports `tally/config`. In a project that has tally as a dependency, or in this
+ * repository (a package may import itself by name), Node resolves it; a `tally` installed globally
+ * is in no node_modules above the config, so that import falls back to the running Tally's own entry point.
+ * `module.registerHooks` (Node ≥ 22.15) covers both `import` and the `require` a CommonJS-compiled config makes.
+ */
+function resolveTallyConfigToSelf(): void {
+  if (ownEntryFallback || typeof module.registerHooks !== "function") return;
+  ownEntryFallback = true;
+  module.registerHooks({
+    resolve(specifier, context, nextResolve) {
+      try {
+        return nextResolve(specifier, context);
+      } catch (error) {
+        const code = (error as { code?: unknown }).code;
+        if (specifier !== "tally/config" || (code !== "ERR_MODULE_NOT_FOUND" && code !== "MODULE_NOT_FOUND")) throw error;
+        return { url: OWN_CONFIG_ENTRY, format: "module", shortCircuit: true };
+      }
+    },
+  });
+}
+
+/**
+ * The config file a setting names, resolved against the working directory (`tally.config.ts` there by
+ * default, or `TALLY_CONFIG` / `--config`); a ConfigFileError naming the absolute path when it is missing.
+ */
+export function resolveConfigPath(file: string, cwd = process.cwd()): string {
+  const abs = path.resolve(cwd, file);
+  if (!existsSync(abs))
+    throw new ConfigFileError(
+      `config file ${abs} not found (TALLY_CONFIG or --config is ${JSON.stringify(file)}, resolved against the working directory ${cwd})`,
+    );
+  return abs;
+}
+
 /** Imports and validates the config file (TypeScript is loaded through the tsx loader). */
 export async function loadTallyConfig(file: string): Promise<TallyConfig> {
-  const abs = path.resolve(file);
+  const abs = resolveConfigPath(file);
+  resolveTallyConfigToSelf();
   let mod: { default?: unknown };
   try {
     // tsImport loads the file as an ES module wherever it lives (a plain import of a .ts file outside a
     // "type": "module" package would go through require(esm) and fail).
     mod = (await tsImport(pathToFileURL(abs).href, import.meta.url)) as { default?: unknown };
   } catch (cause) {
-    throw new ConfigFileError(`${file}: cannot be loaded: ${(cause as Error).message}`, { cause });
+    throw new ConfigFileError(`${abs}: cannot be loaded: ${(cause as Error).message}`, { cause });
   }
   // Outside a "type": "module" package the file is compiled as CommonJS: its default export is wrapped once more.
   let value = mod.default;
