@@ -7,7 +7,6 @@
  */
 import { createServer, type Server } from "node:http";
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import type { Subscription } from "@nats-io/transport-node";
 import type { Worker } from "../../actors/index.ts";
 import type { SourceReader } from "../../cdc/index.ts";
 import type { OutboxRelay, RelayRound, WebhookDispatcher } from "../channels/index.ts";
@@ -65,8 +64,8 @@ export function standardMetrics(registry: Registry): void {
 export class ProcessMetrics {
   readonly registry: Registry = new MergingRegistry();
   readonly #registers: Registers = [this.registry];
-  readonly #stops: Array<() => void> = [];
   #endToEnd: Histogram<"source"> | null = null;
+  #outcomes: ((batch: OutcomeBatch) => void) | null = null;
 
   constructor(readonly parts: MetricsParts) {
     standardMetrics(this.registry);
@@ -75,7 +74,7 @@ export class ProcessMetrics {
 
   /** Registers the metrics of the parts given (each at most once per process). */
   add(parts: Omit<MetricsParts, "nats" | "topology" | "sql">): void {
-    if (parts.worker) this.#stops.push(registerWorker(parts.worker, this.parts, this.#registers));
+    if (parts.worker) this.#outcomes = registerWorker(parts.worker, this.parts, this.#registers);
     if (parts.relay) this.#endToEnd = registerRelay(parts.relay, this.parts, this.#registers);
     if (parts.webhooks && parts.webhooks.length > 0) registerWebhooks(parts.webhooks, this.#registers);
     if (parts.readers) registerCdc(parts.readers, this.#registers);
@@ -91,8 +90,9 @@ export class ProcessMetrics {
     for (const [source, list] of Object.entries(round.latencyMs)) for (const ms of list) this.#endToEnd?.observe({ source }, ms / 1000);
   }
 
-  stop(): void {
-    for (const s of this.#stops.splice(0)) s();
+  /** An outcome message of this process's worker: commands applied and rejected, batch size and latency. */
+  observeBatch(batch: OutcomeBatch): void {
+    this.#outcomes?.(batch);
   }
 }
 
@@ -139,8 +139,8 @@ const readGauge = (registers: Registers, name: string, help: string, read: () =>
     },
   });
 
-/** The worker's running totals, its partitions, and the outcomes of the batches it commits; returns its stop. */
-function registerWorker(worker: Worker, parts: MetricsParts, registers: Registers): () => void {
+/** The worker's running totals and its partitions; returns the observer of the outcomes of the batches it commits. */
+function registerWorker(worker: Worker, parts: MetricsParts, registers: Registers): (batch: OutcomeBatch) => void {
   const m = worker.metrics;
   const total = (name: string, help: string, read: () => number) => totalCounter(registers, name, help, read);
   total("tally_worker_batches_total", "Batches this process's worker committed", () => m.batches);
@@ -171,11 +171,11 @@ function registerWorker(worker: Worker, parts: MetricsParts, registers: Register
     "Partitions held by this process's worker that are stuck (5 or more failed attempts in a row)",
     () => worker.statuses().filter((s) => s.stuck).length,
   );
-  return observeOutcomes(worker, parts, registers);
+  return outcomeObserver(registers);
 }
 
-/** Counts the outcomes of the batches this process's worker commits (its held partitions), from its outcome messages. */
-function observeOutcomes(worker: Worker, parts: MetricsParts, registers: Registers): () => void {
+/** Counts the outcomes of the batches this process's worker commits (it calls the observer as it publishes them). */
+function outcomeObserver(registers: Registers): (batch: OutcomeBatch) => void {
   const applied = new Counter({
     name: "tally_commands_applied_total",
     help: "Commands this process's worker applied, by type and source",
@@ -200,29 +200,17 @@ function observeOutcomes(worker: Worker, parts: MetricsParts, registers: Registe
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers,
   });
-  const sub: Subscription = parts.nats.nc.subscribe(parts.topology.outcomesSubject, {
-    callback: (err, msg) => {
-      if (err) return;
-      let batch: OutcomeBatch;
-      try {
-        batch = msg.json<OutcomeBatch>();
-      } catch {
-        return; // not an outcome batch: nothing to count
-      }
-      // Every worker publishes on the same subject: count only the partitions this one holds.
-      if (!worker.held().includes(batch.partition)) return;
-      if (batch.part === 0) {
-        size.observe(batch.size);
-        seconds.observe(batch.applyMs / 1000);
-      }
-      for (const o of batch.outcomes) {
-        const source = o.source ?? "unknown";
-        if (o.status === "applied") applied.inc({ type: o.type, source });
-        else rejected.inc({ type: o.type, source, reason: o.reason ?? "unknown" });
-      }
-    },
-  });
-  return () => sub.unsubscribe();
+  return (batch) => {
+    if (batch.part === 0) {
+      size.observe(batch.size);
+      seconds.observe(batch.applyMs / 1000);
+    }
+    for (const o of batch.outcomes) {
+      const source = o.source ?? "unknown";
+      if (o.status === "applied") applied.inc({ type: o.type, source });
+      else rejected.inc({ type: o.type, source, reason: o.reason ?? "unknown" });
+    }
+  };
 }
 
 /** The relay's publishing and latency; the cluster-wide state only its leader exports. */

@@ -109,6 +109,7 @@ const startWorker = (ctx: RoleContext, workerSql: Sql) =>
       restoreTopology: async () => {
         await ensureTopologyOf(ctx)();
       },
+      onOutcomes: (batch) => ctx.metrics.observeBatch(batch),
     });
   }).pipe(Scope.extend(ctx.rolesScope));
 
@@ -215,13 +216,6 @@ const startApi = (
     ({ app, drainApp }) => Effect.promise(() => drainApp(app).then(() => app.close())),
   );
 
-/** This process's metrics, released (subscriptions ended) when the scope closes. */
-const metricsResource = (nats: NatsHandles, t: Topology, sql: Sql) =>
-  Effect.acquireRelease(
-    Effect.sync(() => new ProcessMetrics({ nats, topology: t, sql })),
-    (m) => Effect.sync(() => m.stop()),
-  );
-
 /**
  * Where a process without the api role exposes its metrics: the worker child answers its parent over IPC
  * (the parent's API serves them, labelled process="worker"); any other process listens on
@@ -265,7 +259,7 @@ export const startRoles = (
     // connections close): one waiting on a dependency that is down does not hold up the others'
     // flush, and the whole stop fits the shutdown bound more easily.
     const rolesScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.parallel);
-    const metrics = yield* metricsResource(nats, t, sql);
+    const metrics = new ProcessMetrics({ nats, topology: t, sql });
     if (opts.workerMetrics) metrics.addSource(opts.workerMetrics);
     const ctx: RoleContext = { settings, config, log, topology: t, sql, nc, nats, metrics, rolesScope };
     const worker = roles.includes("worker") ? yield* startWorker(ctx, workerSql) : null;
