@@ -213,6 +213,27 @@ describe("/metrics of every role, from real processes", () => {
     expect(await total("tally_relay_leader")).toBe(1);
   });
 
+  it("negative stock is exported once, by the relay leader: a sale of a SKU never received makes one location negative", async () => {
+    const sell = decodeCommand({
+      id: "metrics:negative",
+      type: "sell",
+      sku: "METRICS-NEGATIVE",
+      location: "S01",
+      qty: 1,
+      source: { system: "metrics-test", ref: "negative" },
+      occurredAt: new Date().toISOString(),
+    });
+    if (sell._tag === "Left") throw sell.left;
+    const negative = async (url: string) => sampleSum(await (await fetch(url)).text(), "tally_negative_stock_locations") ?? 0;
+    const relayUrl = `http://127.0.0.1:${cdcPort}/metrics`;
+    const apiUrl = `http://127.0.0.1:${apiPort}/metrics`;
+    const before = await negative(relayUrl);
+    await publishCommands(h.nats.js, h.topology, [sell.right]);
+    await eventually("the relay leader to count the negative location", async () => (await negative(relayUrl)) === before + 1);
+    // The api+worker process runs no relay: it exports no cluster-wide gauge at all.
+    expect(await (await fetch(apiUrl)).text()).not.toContain("tally_negative_stock_locations");
+  });
+
   it("every metric the shipped alerts and dashboard use is one Tally exports", async () => {
     const exported = new Set([...scraped.values()].flatMap((t) => [...metricNames(t)]));
     const used = (text: string) => new Set([...text.matchAll(/\b((?:tally|process|nodejs)_[a-z0-9_]+)\b/g)].map((m) => m[1]!));
