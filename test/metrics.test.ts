@@ -135,6 +135,13 @@ describe("/metrics of every role, from real processes", () => {
     expect(check.status).toBe(0);
   });
 
+  it("a second process on the same TALLY_METRICS_PORT exits with an error naming the setting", async () => {
+    const child = start("worker", { TALLY_METRICS_PORT: String(workerPort) });
+    const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
+    expect(code).not.toBe(0);
+    expect(child.output()).toMatch(/TALLY_METRICS_HOST\/TALLY_METRICS_PORT: cannot serve \/metrics on 127\.0\.0\.1:\d+ \(EADDRINUSE\)/);
+  });
+
   it("a relay+cdc process serves its relay, webhook and CDC metrics on TALLY_METRICS_PORT, promtool-clean", async () => {
     cdcPort = await freePort();
     const child = start("relay,cdc", { TALLY_METRICS_PORT: String(cdcPort) });

@@ -351,7 +351,11 @@ export async function serveMetrics(registry: Registry, host: string, port: numbe
     );
   });
   await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
+    server.once("error", (err: NodeJS.ErrnoException) =>
+      reject(
+        new Error(`TALLY_METRICS_HOST/TALLY_METRICS_PORT: cannot serve /metrics on ${host}:${port} (${err.code ?? err.message}); set a free port`),
+      ),
+    );
     server.listen(port, host, () => resolve());
   });
   return server;

@@ -229,7 +229,15 @@ const exposeMetrics = (settings: Settings, metrics: ProcessMetrics) =>
       ).pipe(Effect.as(null))
     : Effect.acquireRelease(
         fromPromise(() => serveMetrics(metrics.registry, settings.metricsHost, settings.metricsPort)),
-        (server) => Effect.promise(() => new Promise<void>((resolve) => server.close(() => resolve()))),
+        // A scraper's kept-alive connection must not hold the stop up.
+        (server) =>
+          Effect.promise(
+            () =>
+              new Promise<void>((resolve) => {
+                server.close(() => resolve());
+                server.closeAllConnections();
+              }),
+          ),
       );
 
 /**
@@ -262,6 +270,8 @@ export const startRoles = (
     const metrics = new ProcessMetrics({ nats, topology: t, sql });
     if (opts.workerMetrics) metrics.addSource(opts.workerMetrics);
     const ctx: RoleContext = { settings, config, log, topology: t, sql, nc, nats, metrics, rolesScope };
+    // Listening before the roles start: a port already in use fails the start before any lease is taken.
+    const metricsServer = roles.includes("api") ? null : yield* exposeMetrics(settings, metrics);
     const worker = roles.includes("worker") ? yield* startWorker(ctx, workerSql) : null;
     const relay = roles.includes("relay") ? yield* startRelay(ctx) : null;
     const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
@@ -269,7 +279,6 @@ export const startRoles = (
     const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
     metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers } : {}) });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
-    const metricsServer = api ? null : yield* exposeMetrics(settings, metrics);
     return {
       settings,
       topology: t,
