@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type HistogramConfiguration } from "prom-client";
 import type { ReservationMetrics } from "../reservations/index.ts";
 
 export interface ApiMetricsDeps {
@@ -22,32 +22,32 @@ export class ApiMetrics {
   constructor(deps: ApiMetricsDeps) {
     this.registry = deps.registry ?? ownRegistry();
     const registers = [this.registry];
-    this.commandsIn = new Counter({
+    this.commandsIn = counter({
       name: "tally_commands_in_total",
       help: "Commands this API process published (POS, reservations), by type and source",
       labelNames: ["type", "source"],
       registers,
     });
-    this.reservations = new Counter({
+    this.reservations = counter({
       name: "tally_reservations_total",
       help: "Reservation requests and transitions this API process handled, by outcome",
       labelNames: ["outcome"],
       registers,
     });
-    this.reservationLatency = new Histogram({
+    this.reservationLatency = histogram({
       name: "tally_reservation_decision_seconds",
       help: "Time from a reservation request to the actors' decision, in this API process",
       labelNames: ["outcome"],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     });
-    this.posTransactions = new Counter({
+    this.posTransactions = counter({
       name: "tally_pos_transactions_total",
       help: "POS transactions this API process received, by outcome and transport",
       labelNames: ["outcome", "via"],
       registers,
     });
-    this.httpDuration = new Histogram({
+    this.httpDuration = histogram({
       name: "tally_http_request_duration_seconds",
       help: "HTTP request duration by method, route and status",
       labelNames: ["method", "route", "status"],
@@ -65,6 +65,17 @@ export class ApiMetrics {
     };
   }
 }
+
+/**
+ * The registry's counter of that name, or a new one: an app built again on the same registry (a restart
+ * in the same process) keeps counting in the same metrics.
+ */
+const counter = <L extends string>(config: CounterConfiguration<L> & { registers: Array<Registry> }): Counter<L> =>
+  (config.registers[0]!.getSingleMetric(config.name) as Counter<L> | undefined) ?? new Counter<L>(config);
+
+/** The registry's histogram of that name, or a new one (as `counter`). */
+const histogram = <L extends string>(config: HistogramConfiguration<L> & { registers: Array<Registry> }): Histogram<L> =>
+  (config.registers[0]!.getSingleMetric(config.name) as Histogram<L> | undefined) ?? new Histogram<L>(config);
 
 /** A registry with the standard process metrics (as src/app/processMetrics.ts registers them: no `_total` gauges). */
 function ownRegistry(): Registry {
