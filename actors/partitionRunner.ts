@@ -59,6 +59,8 @@ export interface RunnerDeps {
   readonly onLeaseLost: (partition: number) => void;
   /** Re-creates the streams and buckets when the commands stream is missing (a wiped or lost NATS store). */
   readonly restoreTopology?: () => Promise<void>;
+  /** Called with each outcome message this partition publishes (the worker process's own metrics). */
+  readonly onOutcomes?: (batch: OutcomeBatch) => void;
 }
 
 /** How a partition is doing, for readiness and operators. */
@@ -633,14 +635,10 @@ export class PartitionRunner extends LongRunningService {
         sku: o.sku,
         source: source.get(o.commandId),
       }));
+      const batch = { partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk } satisfies OutcomeBatch;
+      this.deps.onOutcomes?.(batch);
       try {
-        this.deps.nats.nc.publish(
-          subject,
-          JSON.stringify(
-            { partition: this.partition, part: i / 1000, size: outcomes.length, applyMs, outcomes: chunk } satisfies OutcomeBatch,
-            quantityJson,
-          ),
-        );
+        this.deps.nats.nc.publish(subject, JSON.stringify(batch, quantityJson));
       } catch (err) {
         // Disconnected: listeners read command_outcomes instead.
         this.deps.log.debug({ err }, "outcomes not published (core NATS)");

@@ -8,7 +8,7 @@ import { isNotFound, type NatsHandles } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import type { ChannelView } from "./batch.ts";
 import { LeaseStore, type HeldLease } from "../src/wire/index.ts";
-import { PartitionRunner, newWorkerMetrics, type PartitionStatus, type WorkerMetrics } from "./partitionRunner.ts";
+import { PartitionRunner, newWorkerMetrics, type PartitionStatus, type RunnerDeps, type WorkerMetrics } from "./partitionRunner.ts";
 import { SkuStateCache } from "./skuStateCache.ts";
 import { ApplyGate } from "./applyGate.ts";
 
@@ -29,6 +29,8 @@ export interface WorkerOptions {
   readonly workerId?: string;
   /** Re-creates the NATS streams and buckets (after the store was lost); without it a missing stream is an error. */
   readonly restoreTopology?: () => Promise<void>;
+  /** Called with each outcome message the worker's partitions publish (its process's metrics). */
+  readonly onOutcomes?: RunnerDeps["onOutcomes"];
 }
 
 interface Held {
@@ -211,6 +213,7 @@ export class Worker extends LongRunningService {
         gate: this.gate,
         metrics: this.metrics,
         ...(this.opts.restoreTopology ? { restoreTopology: this.opts.restoreTopology } : {}),
+        ...(this.opts.onOutcomes ? { onOutcomes: this.opts.onOutcomes } : {}),
         onLeaseLost: (p) => {
           const h = this.#held.get(p);
           if (h?.runner !== runner) return;

@@ -64,6 +64,8 @@ async function measureTally(sql: Sql, url: string, natsUrl: string, handles: Nat
     TALLY_NATS_URL: natsUrl,
     TALLY_PARTITIONS: String(PARTITIONS),
     TALLY_LEASE_TTL_MS: "10000",
+    TALLY_METRICS_PORT: "0",
+    TALLY_METRICS_HOST: "127.0.0.1",
   });
   const tally = await startTally(
     settings,

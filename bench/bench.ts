@@ -392,6 +392,7 @@ async function spawnWorkers(run: BenchRun, settings: Settings): Promise<void> {
           TALLY_APPLY_CONCURRENCY: String(settings.applyConcurrency),
           TALLY_CONFIG: configFile,
           TALLY_LOG_LEVEL: "error",
+          TALLY_METRICS_PORT: "0",
         },
         stdio: ["ignore", "ignore", "inherit"],
       }),

@@ -109,11 +109,12 @@ describe("health, readiness, metrics, docs", () => {
       "tally_apply_batch_seconds",
       "tally_reservations_total",
       "tally_dlq_messages",
-      "tally_leases_held",
-      "tally_cdc_slot_lag_bytes",
+      "tally_worker_partitions_held",
       "tally_worker_stuck_partitions",
-      "tally_worker_unstorable",
-      "tally_worker_stream_resets",
+      "tally_worker_unstorable_total",
+      "tally_worker_stream_resets_total",
+      "process_cpu_seconds_total",
+      "nodejs_eventloop_lag_seconds",
     ])
       expect(r.body).toContain(name);
   });

@@ -66,6 +66,8 @@ export async function startApi(
       log,
       tokens: TOKENS,
       worker: tally?.worker ?? null,
+      // The in-process roles' metrics, served on this app's /metrics as `tally start` does.
+      ...(tally ? { registry: tally.metrics.registry } : {}),
       options: o,
     });
   const fixture: ApiFixture = {

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import postgres from "postgres";
 import { MappingError, type Change, type ItemDefinition, type RowView } from "../src/contract/mapping.ts";
 import { decodeTallyConfig, type TallyConfig } from "../src/platform/configFile.ts";
-import { ApiMetrics } from "../src/http/metrics.ts";
+import { ProcessMetrics } from "../src/app/processMetrics.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, readStream, startInProcess, type Harness } from "./support/tally.ts";
 
@@ -189,11 +189,11 @@ describe("the CDC reader", () => {
     } finally {
       sub.unsubscribe();
     }
-    const metrics = new ApiMetrics({ nats: h.nats, topology: h.topology, readers: tally.readers });
+    const metrics = new ProcessMetrics({ nats: h.nats, topology: h.topology, readers: tally.readers });
     const text = await metrics.registry.metrics();
-    expect(text).toMatch(/tally_cdc_changes\{source="src",table="public\.receipts"\} [1-9]\d*/);
-    expect(text).toMatch(/tally_cdc_dead_letters\{source="src",reason="unknown_item"\} [1-9]/);
-    expect(text).toMatch(/tally_cdc_skipped_non_inventory\{source="src"\} [1-9]/);
+    expect(text).toMatch(/tally_cdc_changes_total\{source="src",table="public\.receipts"\} [1-9]\d*/);
+    expect(text).toMatch(/tally_cdc_dead_letters_total\{source="src",reason="unknown_item"\} [1-9]/);
+    expect(text).toMatch(/tally_cdc_skipped_non_inventory_total\{source="src"\} [1-9]/);
     expect(text).toMatch(/tally_cdc_slot_lag_bytes\{source="src"\} \d+/);
   });
 });

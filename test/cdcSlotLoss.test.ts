@@ -7,7 +7,7 @@ import type { Change, ItemDefinition, RowView } from "../src/contract/mapping.ts
 import { verifyLedger } from "../ledger/index.ts";
 import { startTally } from "../src/app/roles.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";
-import { ApiMetrics } from "../src/http/metrics.ts";
+import { ProcessMetrics } from "../src/app/processMetrics.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually, harness, readStream, runTally, tallyEnv, testSettings, type Harness } from "./support/tally.ts";
 
@@ -200,7 +200,7 @@ describe("a replication slot lost behind Tally's back", () => {
     expect(typeof alert.lastConfirmedAt).toBe("string");
     expect(String(alert.message)).toContain(`changes committed after ${last}`);
     expect(reader().metrics.halted).toBe("slot_lost");
-    const metrics = new ApiMetrics({ nats: h.nats, topology: h.topology, readers: tally!.readers });
+    const metrics = new ProcessMetrics({ nats: h.nats, topology: h.topology, readers: tally!.readers });
     expect(await metrics.registry.metrics()).toContain('tally_cdc_source_halted{source="erp"} 1');
 
     // Halted, not re-created: no slot, nothing streams, the gap's receipt is not in the ledger.
@@ -280,7 +280,7 @@ describe("a captured table dropped and created again", () => {
     const alert = (await alerts()).slice(before).find((a) => a.kind === "cdc_publication_incomplete")!;
     expect(alert).toMatchObject({ source: "erp", tables: ["public.receipts"], action: "tally source enable erp" });
     expect(reader().metrics.publicationMissing).toEqual(["public.receipts"]);
-    const metrics = new ApiMetrics({ nats: h.nats, topology: h.topology, readers: tally!.readers });
+    const metrics = new ProcessMetrics({ nats: h.nats, topology: h.topology, readers: tally!.readers });
     expect(await metrics.registry.metrics()).toContain('tally_cdc_publication_missing_tables{source="erp"} 1');
     const s = await status();
     expect(s.publication.missing).toEqual(["public.receipts"]);

@@ -69,6 +69,8 @@ describe("README.md's settings table is the settings module's", () => {
       requestTimeoutMs: DEFAULTS.TALLY_REQUEST_TIMEOUT_MS,
       workerProcess: DEFAULTS.TALLY_WORKER_PROCESS,
       anchorIntervalMs: DEFAULTS.TALLY_ANCHOR_INTERVAL_MS,
+      metricsPort: DEFAULTS.TALLY_METRICS_PORT,
+      metricsHost: DEFAULTS.TALLY_METRICS_HOST,
     });
     expect(s.databaseUrl).toBeUndefined();
   });

@@ -215,7 +215,7 @@ async function cmdStart(settings: Settings, args: ReadonlyArray<string>): Promis
   const program = Effect.scoped(
     Effect.gen(function* () {
       const child = separate ? yield* workerProcess(log) : null;
-      yield* startRoles(settings, config, here as Array<Role>, log);
+      yield* startRoles(settings, config, here as Array<Role>, log, child ? { workerMetrics: child.metrics } : {});
       log.info({ env: settings.env, roles, ...(child ? { workerPid: child.pid } : {}) }, "tally started");
       yield* child ? child.exited : Effect.never;
     }),

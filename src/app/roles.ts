@@ -15,6 +15,9 @@ import { OutboxRelay } from "../channels/index.ts";
 import { AnchorPublisher } from "../channels/index.ts";
 import { WebhookDispatcher, webhookTargets } from "../channels/index.ts";
 import { topology, type Topology } from "../wire/index.ts";
+import type { Server } from "node:http";
+import { ProcessMetrics, serveMetrics, type MetricsSource } from "./processMetrics.ts";
+import { WORKER_CHILD_ENV, answerMetricsRequests } from "./workerProcess.ts";
 
 export type Role = "worker" | "relay" | "cdc" | "api";
 export const ROLES: ReadonlyArray<Role> = ["worker", "relay", "cdc", "api"];
@@ -36,6 +39,10 @@ export interface Running {
   readonly readers: ReadonlyArray<SourceReader>;
   /** The HTTP API (role `api`), listening on TALLY_HTTP_HOST:TALLY_HTTP_PORT. */
   readonly api: FastifyInstance | null;
+  /** This process's Prometheus metrics: on the API's /metrics, else on TALLY_METRICS_HOST:TALLY_METRICS_PORT. */
+  readonly metrics: ProcessMetrics;
+  /** The /metrics server of a process without the api role (null with the api role, and in the worker child). */
+  readonly metricsServer: Server | null;
 }
 
 export const channelViews = (config: TallyConfig): ReadonlyArray<ChannelView> =>
@@ -78,6 +85,7 @@ interface RoleContext {
   readonly sql: Sql;
   readonly nc: NatsConnection;
   readonly nats: NatsHandles;
+  readonly metrics: ProcessMetrics;
   /** The roles stop side by side when it closes. */
   readonly rolesScope: Scope.CloseableScope;
 }
@@ -101,12 +109,13 @@ const startWorker = (ctx: RoleContext, workerSql: Sql) =>
       restoreTopology: async () => {
         await ensureTopologyOf(ctx)();
       },
+      onOutcomes: (batch) => ctx.metrics.observeBatch(batch),
     });
   }).pipe(Scope.extend(ctx.rolesScope));
 
 const startRelay = (ctx: RoleContext) =>
   Effect.gen(function* () {
-    const { settings, sql, nats, log } = ctx;
+    const { settings, sql, nats, log, metrics } = ctx;
     const id = yield* fromPromise(() => instanceId(sql));
     return yield* serviceResource(
       () =>
@@ -118,6 +127,7 @@ const startRelay = (ctx: RoleContext) =>
           env: settings.env,
           leaseTtlMs: settings.leaseTtlMs,
           owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+          onRound: (round) => metrics.observeRelay(round),
         }),
     ).pipe(Scope.extend(ctx.rolesScope));
   });
@@ -172,7 +182,7 @@ const startReaders = (ctx: RoleContext) =>
 
 /** The HTTP API, listening; drained, then closed, when the scope closes. */
 const startApi = (
-  { settings, config, topology: t, nats, log }: RoleContext,
+  { settings, config, topology: t, nats, log, metrics }: RoleContext,
   apiSql: Sql,
   parts: { worker: Worker | null; readers: ReadonlyArray<SourceReader>; webhooks: ReadonlyArray<WebhookDispatcher> },
 ) =>
@@ -192,6 +202,7 @@ const startApi = (
         worker: parts.worker,
         readers: parts.readers,
         webhooks: parts.webhooks,
+        registry: metrics.registry,
       });
       try {
         await app.listen({ port: settings.httpPort, host: settings.httpHost });
@@ -206,10 +217,40 @@ const startApi = (
   );
 
 /**
+ * Where a process without the api role exposes its metrics: the worker child answers its parent over IPC
+ * (the parent's API serves them, labelled process="worker"); any other process listens on
+ * TALLY_METRICS_HOST:TALLY_METRICS_PORT. Released when the scope closes.
+ */
+const exposeMetrics = (settings: Settings, metrics: ProcessMetrics) =>
+  process.env[WORKER_CHILD_ENV] === "1" && process.send
+    ? Effect.acquireRelease(
+        Effect.sync(() => answerMetricsRequests(metrics.registry)),
+        (stop) => Effect.sync(stop),
+      ).pipe(Effect.as(null))
+    : Effect.acquireRelease(
+        fromPromise(() => serveMetrics(metrics.registry, settings.metricsHost, settings.metricsPort)),
+        // A scraper's kept-alive connection must not hold the stop up.
+        (server) =>
+          Effect.promise(
+            () =>
+              new Promise<void>((resolve) => {
+                server.close(() => resolve());
+                server.closeAllConnections();
+              }),
+          ),
+      );
+
+/**
  * Acquires the connections and starts the requested roles inside the current scope: closing the
  * scope stops the roles (finishing batches in flight, releasing leases) and then the connections.
  */
-export const startRoles = (settings: Settings, config: TallyConfig, roles: ReadonlyArray<Role>, log: Logger) =>
+export const startRoles = (
+  settings: Settings,
+  config: TallyConfig,
+  roles: ReadonlyArray<Role>,
+  log: Logger,
+  opts: { readonly workerMetrics?: MetricsSource } = {},
+) =>
   Effect.gen(function* () {
     const url = requireDatabaseUrl(settings);
     const t = topology(settings.env, settings.partitions);
@@ -226,14 +267,33 @@ export const startRoles = (settings: Settings, config: TallyConfig, roles: Reado
     // connections close): one waiting on a dependency that is down does not hold up the others'
     // flush, and the whole stop fits the shutdown bound more easily.
     const rolesScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.parallel);
-    const ctx: RoleContext = { settings, config, log, topology: t, sql, nc, nats, rolesScope };
+    const metrics = new ProcessMetrics({ nats, topology: t, sql });
+    if (opts.workerMetrics) metrics.addSource(opts.workerMetrics);
+    const ctx: RoleContext = { settings, config, log, topology: t, sql, nc, nats, metrics, rolesScope };
+    // Listening before the roles start: a port already in use fails the start before any lease is taken.
+    const metricsServer = roles.includes("api") ? null : yield* exposeMetrics(settings, metrics);
     const worker = roles.includes("worker") ? yield* startWorker(ctx, workerSql) : null;
     const relay = roles.includes("relay") ? yield* startRelay(ctx) : null;
     const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
     const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];
     const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
+    metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers } : {}) });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
-    return { settings, topology: t, sql, nats, log, worker, relay, anchors, webhooks, readers, api: api?.app ?? null } satisfies Running;
+    return {
+      settings,
+      topology: t,
+      sql,
+      nats,
+      log,
+      worker,
+      relay,
+      anchors,
+      webhooks,
+      readers,
+      api: api?.app ?? null,
+      metrics,
+      metricsServer,
+    } satisfies Running;
   });
 
 /** Runs a (scoped) program; rejects with its original error (`Cause.squash`: the first failure, else the first defect). */

@@ -10,11 +10,18 @@ import { spawn, type ChildProcess } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Effect } from "effect";
+import type { Registry } from "prom-client";
 import type { Logger } from "../platform/index.ts";
+import type { MetricsSource } from "./processMetrics.ts";
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../bin/tally.js");
 /** How long a stopping worker may take to finish its batches before it is killed. */
 const STOP_GRACE_MS = 30_000;
+
+/** Set in the worker child's environment: its metrics go to the parent over IPC (it opens no port of its own). */
+export const WORKER_CHILD_ENV = "TALLY_WORKER_CHILD";
+/** How long a scrape of the parent waits for the child's metrics. */
+const METRICS_WAIT_MS = 2000;
 
 /** The worker child died while the parent was not stopping it. */
 export class WorkerProcessExited extends Error {
@@ -28,7 +35,10 @@ export const workerProcess = (log: Logger) =>
     const { child, exit } = yield* Effect.acquireRelease(
       Effect.sync(() => {
         // An IPC channel only so the child sees its parent go (even killed -9): see stopWithParent.
-        const c = spawn(process.execPath, [BIN, "start", "--roles", "worker"], { env: process.env, stdio: ["ignore", "inherit", "inherit", "ipc"] });
+        const c = spawn(process.execPath, [BIN, "start", "--roles", "worker"], {
+          env: { ...process.env, [WORKER_CHILD_ENV]: "1" },
+          stdio: ["ignore", "inherit", "inherit", "ipc"],
+        });
         // Listened for at once: the child may die before the parent's own roles have started.
         const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
           c.once("exit", (code, signal) => resolve({ code, signal })),
@@ -50,8 +60,47 @@ export const workerProcess = (log: Logger) =>
         return Effect.fail(new WorkerProcessExited(`the worker process exited (code ${code}, signal ${signal})`));
       }),
     );
-    return { pid: child.pid!, exited };
+    return { pid: child.pid!, exited, metrics: childMetrics(child) };
   });
+
+type MetricsReply = { type: "tally:metrics"; id: number; metrics: Awaited<ReturnType<Registry["getMetricsAsJSON"]>> };
+
+/** Asks the worker child for its metrics over the IPC channel (the parent serves them on its API's /metrics). */
+function childMetrics(c: ChildProcess): MetricsSource {
+  let next = 0;
+  return () =>
+    new Promise((resolve) => {
+      const id = ++next;
+      const done = (value: MetricsReply["metrics"] | null) => {
+        clearTimeout(timer);
+        c.off("message", onMessage);
+        resolve(value);
+      };
+      const onMessage = (m: unknown) => {
+        const reply = m as Partial<MetricsReply> | null;
+        if (reply?.type === "tally:metrics" && reply.id === id && Array.isArray(reply.metrics)) done(reply.metrics);
+      };
+      // No answer in time (the child is busy or gone): the scrape carries the parent's metrics only.
+      const timer = setTimeout(() => done(null), METRICS_WAIT_MS);
+      c.on("message", onMessage);
+      if (!c.connected || !c.send({ type: "tally:metrics", id })) done(null);
+    });
+}
+
+/** In the worker child: answers the parent's metrics requests with this process's registry. */
+export function answerMetricsRequests(registry: Registry): () => void {
+  const onMessage = (m: unknown) => {
+    const request = m as { type?: string; id?: number } | null;
+    if (request?.type !== "tally:metrics" || typeof request.id !== "number") return;
+    const id = request.id;
+    void registry.getMetricsAsJSON().then(
+      (metrics) => process.connected && process.send?.({ type: "tally:metrics", id, metrics }),
+      () => process.connected && process.send?.({ type: "tally:metrics", id, metrics: [] }),
+    );
+  };
+  process.on("message", onMessage);
+  return () => process.off("message", onMessage);
+}
 
 async function stopChild(c: ChildProcess): Promise<void> {
   if (c.exitCode !== null || c.signalCode !== null) return;

@@ -18,6 +18,8 @@ export interface RelayOptions {
   readonly batch?: number;
   /** Environment name: latency reports go to `tally.<env>.relay`. */
   readonly env?: string;
+  /** Called with each round this relay published (its own process's metrics). */
+  readonly onRound?: (round: RelayRound) => void;
 }
 
 interface OutboxRecord {
@@ -61,6 +63,11 @@ export class OutboxRelay extends LongRunningService {
   #leases: LeaseStore;
   #lastRenew = 0;
   #unlisten: (() => Promise<void>) | null = null;
+
+  /** True while this relay holds the relay lease (it is the one publishing). */
+  get leader(): boolean {
+    return this.#lease !== null;
+  }
 
   constructor(readonly opts: RelayOptions) {
     super();
@@ -165,8 +172,9 @@ export class OutboxRelay extends LongRunningService {
       (latencyMs[r.source ?? "unknown"] ??= []).push(ms);
       this.lastLatencyMs = ms;
     }
-    if (this.opts.env === undefined) return;
     const round: RelayRound = { published: rows.length, latencyMs };
+    this.opts.onRound?.(round);
+    if (this.opts.env === undefined) return;
     try {
       this.opts.nats.nc.publish(relaySubject(this.opts.env), JSON.stringify(round));
     } catch (err) {

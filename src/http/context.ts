@@ -1,3 +1,4 @@
+import type { Registry } from "prom-client";
 import type { FastifyRequest } from "fastify";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
@@ -44,6 +45,8 @@ export interface ApiDeps {
   readonly readers?: ReadonlyArray<SourceReader>;
   /** This process's webhook senders, if it runs the relay role (metrics). */
   readonly webhooks?: ReadonlyArray<WebhookDispatcher>;
+  /** The process's metrics registry, served at /metrics (a fresh one when absent). */
+  readonly registry?: Registry;
   readonly options?: ApiOptions;
 }
 

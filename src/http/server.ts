@@ -140,8 +140,7 @@ async function startContext(
   streams: Set<() => void>,
 ): Promise<ApiContext> {
   const metrics = new ApiMetrics(deps);
-  metrics.start();
-  const outcomes = new OutcomeWaiter(deps.sql, deps.nats.nc, deps.topology.env, (b) => metrics.observeBatch(b));
+  const outcomes = new OutcomeWaiter(deps.sql, deps.nats.nc, deps.topology.env);
   outcomes.start();
   const pos = new PosIngest({
     stores: knownStores(deps.config),
@@ -176,7 +175,6 @@ async function startContext(
     await posSubscriber?.stop();
     await sweeper?.stop();
     await outcomes.stop();
-    metrics.stop();
     await pos.stop();
   });
   return {

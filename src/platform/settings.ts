@@ -20,6 +20,9 @@ export interface Settings {
   readonly applyConcurrency: number;
   /** `TALLY_HTTP_HOST`: the address the api role listens on (default 0.0.0.0). */
   readonly httpHost: string;
+  /** `TALLY_METRICS_PORT` / `TALLY_METRICS_HOST`: where a process without the api role serves `/metrics` (0: any free port). */
+  readonly metricsPort: number;
+  readonly metricsHost: string;
   /** `TALLY_API_TOKENS`: inline JSON list of hashed API tokens (see src/http/auth.ts). */
   readonly apiTokens: string | undefined;
   /** `TALLY_API_TOKENS_FILE`: a JSON file with the same list. */
@@ -95,6 +98,8 @@ export const DEFAULTS = {
   TALLY_REQUEST_TIMEOUT_MS: 2000,
   TALLY_WORKER_PROCESS: "separate",
   TALLY_ANCHOR_INTERVAL_MS: 60_000,
+  TALLY_METRICS_PORT: 9464,
+  TALLY_METRICS_HOST: "0.0.0.0",
 } as const;
 
 /** Defaults computed at start, as the usage text and the README name them. */
@@ -160,6 +165,8 @@ const settingsConfig = Config.all({
   batchMax: intIn("TALLY_BATCH_MAX", 1, 100_000, DEFAULTS.TALLY_BATCH_MAX),
   applyConcurrency: intIn("TALLY_APPLY_CONCURRENCY", 1, 1024, availableParallelism()),
   httpHost: Config.string("TALLY_HTTP_HOST").pipe(Config.withDefault(DEFAULTS.TALLY_HTTP_HOST)),
+  metricsPort: intIn("TALLY_METRICS_PORT", 0, 65535, DEFAULTS.TALLY_METRICS_PORT),
+  metricsHost: Config.string("TALLY_METRICS_HOST").pipe(Config.withDefault(DEFAULTS.TALLY_METRICS_HOST)),
   apiTokens: Config.option(Config.string("TALLY_API_TOKENS")),
   apiTokensFile: Config.option(Config.string("TALLY_API_TOKENS_FILE")),
   apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, DEFAULTS.TALLY_API_RATE_LIMIT),
@@ -214,6 +221,8 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     batchMax: s.batchMax,
     applyConcurrency: s.applyConcurrency,
     httpHost: s.httpHost,
+    metricsPort: s.metricsPort,
+    metricsHost: s.metricsHost,
     apiTokens: Option.getOrUndefined(s.apiTokens),
     apiTokensFile: Option.getOrUndefined(s.apiTokensFile),
     apiRateLimit: s.apiRateLimit,

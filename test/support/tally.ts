@@ -43,6 +43,9 @@ export function tallyEnv(ctx: TestContext, opts: TestEnvOptions = {}): Record<st
     ...(opts.maxActors !== undefined ? { TALLY_MAX_ACTORS: String(opts.maxActors) } : {}),
     ...(opts.applyConcurrency !== undefined ? { TALLY_APPLY_CONCURRENCY: String(opts.applyConcurrency) } : {}),
     TALLY_LOG_LEVEL: process.env.TALLY_LOG_LEVEL ?? "warn",
+    // A process without the api role serves /metrics: on any free port, so tests running side by side never collide.
+    TALLY_METRICS_PORT: "0",
+    TALLY_METRICS_HOST: "127.0.0.1",
   };
 }
 
