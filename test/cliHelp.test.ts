@@ -176,7 +176,7 @@ describe("tally --version, --config, --format json", () => {
     }
   });
 
-  it("prints JSON for scripts: ledger verify, dlq list (--json too), source status", async () => {
+  it("prints JSON for scripts (ledger verify, dlq list, source status, source check); a failed source check exits 3", async () => {
     const ctx = await testContext();
     const env = { TALLY_DATABASE_URL: ctx.databaseUrl, TALLY_NATS_URL: ctx.natsUrl, TALLY_ENV: ctx.env, TALLY_LOG_LEVEL: "warn" };
     expect((await runTally(["migrate"], env)).code).toBe(0);
@@ -191,5 +191,17 @@ describe("tally --version, --config, --format json", () => {
     const status = await runTally(["source", "status", "--json"], env);
     expect(status.code, status.output).toBe(0);
     expect(JSON.parse(status.stdout)).toEqual([]);
+
+    // A source database without the ERP's tables: the check runs and fails (exit 3), in either format.
+    const erp = { ...env, TALLY_SOURCE_ERP_URL: ctx.databaseUrl };
+    const json = await runTally(["source", "check", "erp", "--format", "json"], erp);
+    expect(json.code, json.output).toBe(3);
+    const [report] = JSON.parse(json.stdout) as Array<{ source: string; checks: Array<{ ok: boolean; check: string }> }>;
+    expect(report!.source).toBe("erp");
+    expect(report!.checks.filter((c) => !c.ok).length).toBeGreaterThan(0);
+    const table = await runTally(["source", "check", "erp"], erp);
+    expect(table.code).toBe(3);
+    expect(table.stdout).toContain("FAIL");
+    expect(table.output).toContain("source check: failed");
   });
 });
