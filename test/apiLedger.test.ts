@@ -185,7 +185,7 @@ describe("GET /v1/ledger/export", () => {
     const resumed = await runTally(["ledger", "export", "--cursor", stderrSummary.nextCursor], tallyEnv(ctx));
     expect(resumed.stdout).toBe(`${EXPORT_COLUMNS.join(",")}\r\n`);
     const bad = await runTally(["ledger", "export", "--format", "xml"], tallyEnv(ctx));
-    expect(bad.code).toBe(1);
+    expect(bad.code).toBe(2);
     expect(bad.output).toContain("--format: expected csv or ndjson");
   });
 });
@@ -198,6 +198,6 @@ describe("tally token new", () => {
     expect(entry).toMatchObject({ id: "checkout", scopes: ["reservations:write"], channel: "web" });
     expect(entry.sha256).toMatch(/^[0-9a-f]{64}$/);
     const bad = await runTally(["token", "new", "x", "--scopes", "root"], tallyEnv(ctx));
-    expect(bad.code).toBe(1);
+    expect(bad.code).toBe(2);
   });
 });

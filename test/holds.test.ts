@@ -180,7 +180,7 @@ describe("a hold belongs to one order line", () => {
       expect(report.ok).toBe(false);
       expect(report.problem).toMatchObject({ sku, message: "reserved DC1 is 4 but its open holds hold 3" });
       const cli = await runTally(["ledger", "verify"], tallyEnv(ctx));
-      expect(cli.code).toBe(1);
+      expect(cli.code).toBe(3);
     } finally {
       await h.sql`update holds set open_qty = 4 where sku = ${sku} and hold_id = 'o:1'`;
     }

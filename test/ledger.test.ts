@@ -184,7 +184,7 @@ describe("a process of another environment", () => {
   it("an un-migrated database is refused with a hint to run `tally migrate`", async () => {
     const fresh = await freshContext();
     const verify = await runTally(["ledger", "verify"], tallyEnv(fresh));
-    expect(verify.code).toBe(2); // could not check (1 means: checked, and found a mismatch)
+    expect(verify.code).toBe(1); // could not check (3 means: checked, and found a mismatch)
     expect(verify.output).toContain("run `tally migrate`");
 
     const child = spawnTally(["start"], tallyEnv(fresh));
@@ -300,7 +300,7 @@ describe("the ledger", () => {
         // The trigger is back on.
         await expect(h.sql`update ledger_entries set source_ref = 'x' where entry_id = ${entry.entry_id}`).rejects.toThrow(/append-only/);
         const r = await verify();
-        expect(r.code).toBe(1);
+        expect(r.code).toBe(3);
         expect(r.stdout).toContain(`ledger verify: FAILED at SKU SKU-A entry ${entry.entry_id} (command ${entry.command_id})`);
         expect(r.stdout).toMatch(why);
       } finally {
@@ -316,7 +316,7 @@ describe("the ledger", () => {
       await tamper((tx) => tx`delete from ledger_entries where entry_id = ${entry.entry_id}`);
       try {
         const r = await verify();
-        expect(r.code).toBe(1);
+        expect(r.code).toBe(3);
         expect(r.stdout).toContain(`FAILED at SKU SKU-A entry ${next.entry_id}`);
         expect(r.stdout).toContain("sequence 3 where 2 was expected (entry missing or reordered)");
       } finally {
@@ -331,12 +331,12 @@ describe("the ledger", () => {
       await tamper((tx) => tx`delete from ledger_entries where entry_id = ${last.entry_id}`);
       try {
         const r = await verify();
-        expect(r.code).toBe(1);
+        expect(r.code).toBe(3);
         expect(r.stdout).toContain("FAILED at SKU SKU-B: balance S01/on_hand is 6 but its entries sum to 7");
 
         await h.sql`update balances set qty = 7 where sku = 'SKU-B' and location = 'S01' and bucket = 'on_hand'`;
         const again = await verify();
-        expect(again.code).toBe(1);
+        expect(again.code).toBe(3);
         expect(again.stdout).toContain("FAILED at SKU SKU-B: head says sequence 2 but the chain ends at 1");
       } finally {
         await h.sql`update balances set qty = 6 where sku = 'SKU-B' and location = 'S01' and bucket = 'on_hand'`;
@@ -349,7 +349,7 @@ describe("the ledger", () => {
       await h.sql`update balances set qty = qty + 50 where sku = 'SKU-B' and location = 'S01' and bucket = 'on_hand'`;
       try {
         const r = await verify();
-        expect(r.code).toBe(1);
+        expect(r.code).toBe(3);
         expect(r.stdout).toContain("ledger verify: FAILED at SKU SKU-B: balance S01/on_hand is 56 but its entries sum to 6");
       } finally {
         await h.sql`update balances set qty = qty - 50 where sku = 'SKU-B' and location = 'S01' and bucket = 'on_hand'`;

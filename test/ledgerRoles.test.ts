@@ -152,11 +152,11 @@ describe("tally ledger verify --anchors", () => {
     expect(plain.output).toMatch(/ledger verify: ok/);
     expect(plain.code).toBe(0);
     const fromNats = await runTally(["ledger", "verify", "--anchors"], env);
-    expect(fromNats.code).toBe(1);
+    expect(fromNats.code).toBe(3);
     expect(fromNats.stdout).toMatch(/FAILED at SKU ANCHOR-1: sequence \d+ was anchored .* \(the chain was rewritten\)/);
     expect(fromNats.stdout).not.toMatch(/ANCHOR-2/);
     const fromFile = await runTally(["ledger", "verify", "--anchors-file", join(dir, "anchors.ndjson")], env);
-    expect(fromFile.code).toBe(1);
+    expect(fromFile.code).toBe(3);
     expect(fromFile.stdout).toMatch(/FAILED at SKU ANCHOR-1/);
   }, 120_000);
 });

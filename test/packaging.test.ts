@@ -78,7 +78,7 @@ describe("the packed tarball, installed globally and as a dependency", () => {
     for (const f of [
       "bin/tally.js",
       "src/config.ts",
-      "src/app/cli.ts",
+      "src/app/cli/index.js",
       "ledger/index.ts",
       "actors/index.ts",
       "cdc/index.ts",

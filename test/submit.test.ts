@@ -114,13 +114,13 @@ describe("tally submit - --wait", () => {
     expect(await streamMessages(h.topology.commandsStream)).toBe(commandsBefore);
   });
 
-  it("dead-letters a line with a fractional qty, names it, exits 2, and applies the rest", async () => {
+  it("dead-letters a line with a fractional qty, names it, exits 4, and applies the rest", async () => {
     const bad = command("s:bad", "receive", "S-4", "DC1", 1.5);
     const lettersBefore = (await submitDeadLetters()).length;
     const r = await submit(["-", "--wait"], ndjson([command("s:r3", "receive", "S-3", "DC1", 5), bad, command("s:s3", "sell", "S-3", "DC1", 2)]));
     expect(r.output).toContain("line 2: qty: expected a positive integer, got 1.5");
     expect(r.stdout).toBe("accepted 2  rejected 0  published 2  duplicate 0  invalid 1\n");
-    expect(r.code).toBe(2);
+    expect(r.code).toBe(4);
 
     const letters = await submitDeadLetters();
     expect(letters).toHaveLength(lettersBefore + 1);
@@ -152,7 +152,7 @@ describe("tally submit - --wait", () => {
     const r = await submit(["-", "--wait"], ndjson([command("s:r4", "receive", "S-3", "S01", 1), "{not json"]));
     expect(r.output).toContain("line 2: not valid JSON");
     expect(r.stdout).toBe("accepted 1  rejected 0  published 1  duplicate 0  invalid 1\n");
-    expect(r.code).toBe(2);
+    expect(r.code).toBe(4);
     const letter = (await submitDeadLetters()).at(-1)!.letter;
     expect(letter).toMatchObject({ origin: "submit", reason: "not valid JSON", payload: "{not json", context: { line: 2 } });
   });
