@@ -170,7 +170,7 @@ describe("tally --version, --config, --format json", () => {
       expect(plain.code).toBe(1);
       const missing = await runTally(["--config", path.join(dir, "nosuch.ts"), "source", "enable", "erp", "--print-sql"], UNREACHABLE);
       expect(missing.code).toBe(1);
-      expect(missing.output).toContain("nosuch.ts: cannot be loaded");
+      expect(missing.output).toContain(`${path.join(dir, "nosuch.ts")} not found`);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -31,6 +31,8 @@ const D = {
   TALLY_WORKER_PROCESS: "separate",
   TALLY_ANCHOR_INTERVAL_MS: 60000,
   TALLY_APPLY_CONCURRENCY: "CPU count",
+  TALLY_METRICS_PORT: 9464,
+  TALLY_METRICS_HOST: "0.0.0.0",
 };
 
 const EXIT_CODES = `exit codes:
@@ -51,6 +53,9 @@ const SETTINGS = `settings (environment): TALLY_ENV (default ${D.TALLY_ENV}), TA
   TALLY_REQUEST_TIMEOUT_MS (default ${D.TALLY_REQUEST_TIMEOUT_MS}), TALLY_WORKER_PROCESS (default ${D.TALLY_WORKER_PROCESS}),
   TALLY_SHUTDOWN_TIMEOUT_MS (longest stop after SIGTERM/SIGINT, default ${D.TALLY_SHUTDOWN_TIMEOUT_MS}),
   TALLY_ANCHOR_INTERVAL_MS (chain heads published by the relay, default ${D.TALLY_ANCHOR_INTERVAL_MS}),
+  TALLY_METRICS_HOST (default ${D.TALLY_METRICS_HOST}) + TALLY_METRICS_PORT (/metrics of a process without the api
+  role, default ${D.TALLY_METRICS_PORT}), TALLY_CORS_ORIGINS (web origins allowed to call the API),
+  TALLY_STREAM_TOKEN_SECRET (signs browsers' short-lived stream tokens),
   NATS credentials: TALLY_NATS_USER + TALLY_NATS_PASSWORD (or nats://user:pass@host), TALLY_NATS_TOKEN,
   TALLY_NATS_NKEY_SEED_FILE or TALLY_NATS_CREDS_FILE; NATS TLS: TALLY_NATS_CA_FILE, TALLY_NATS_CERT_FILE +
   TALLY_NATS_KEY_FILE; database TLS in the URL (?sslmode=verify-full&sslrootcert=<ca file>)`;
