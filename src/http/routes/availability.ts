@@ -3,7 +3,7 @@ import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstrea
 import { DeliveryOrder } from "../../wire/index.ts";
 import { ID_JSON_PATTERN, locationAvailable } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
-import { ApiError, errors } from "../errors.ts";
+import { ApiError, errors, invalidField } from "../errors.ts";
 import { openEventStream } from "../eventStream.ts";
 
 /** The one id grammar (see src/contract/command.ts). */
@@ -25,9 +25,46 @@ const Availability = {
     status: { type: "string", enum: ["in_stock", "low", "out"] },
     seq: { type: "integer", description: "the SKU's ledger sequence: drop a projection older than one you have" },
     version: { type: "integer" },
-    updatedAt: { type: "string", format: "date-time" },
+    updatedAt: { type: ["string", "null"], format: "date-time", description: "null for a SKU no projection has reached yet" },
   },
 } as const;
+
+/** The named component schemas of these routes (registered with addSchema, referenced as `<$id>#`). */
+export const availabilitySchemas = [
+  { $id: "Availability", description: "What one channel may sell of one SKU", ...Availability },
+  {
+    $id: "AvailabilityList",
+    type: "object",
+    required: ["channel", "items", "unknown"],
+    properties: {
+      channel: { type: "string" },
+      items: { type: "array", items: { $ref: "Availability#" } },
+      unknown: { type: "array", items: { type: "string" }, description: "SKUs the ledger has never seen" },
+    },
+  },
+  {
+    $id: "LocationStock",
+    type: "object",
+    properties: {
+      location: { type: "string" },
+      onHand: { type: ["integer", "string"], description: "past 2^53, a decimal string (as every quantity)" },
+      reserved: { type: ["integer", "string"] },
+      inTransit: { type: ["integer", "string"] },
+      damaged: { type: ["integer", "string"] },
+      available: { type: ["integer", "string"], description: "on hand − reserved − safety stock (may be negative)" },
+      safetyStock: { type: "integer" },
+      reorderPoint: { type: "integer" },
+      status: { type: "string" },
+      updatedAt: { type: ["string", "null"], format: "date-time" },
+    },
+  },
+  {
+    $id: "Stock",
+    type: "object",
+    required: ["sku", "seq", "locations"],
+    properties: { sku: { type: "string" }, seq: { type: "integer" }, locations: { type: "array", items: { $ref: "LocationStock#" } } },
+  },
+] as const;
 
 interface AvailabilityView {
   channel: string;
@@ -81,14 +118,12 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
     {
       config,
       schema: {
+        operationId: "getAvailability",
         tags: ["availability"],
         summary: "What one channel may sell of a SKU",
         params: { type: "object", required: ["sku"], properties: { sku: { type: "string", pattern: SKU } } },
         querystring: { type: "object", properties: { channel: { type: "string", description: "default: the token's channel" } } },
-        response: {
-          200: { ...Availability, properties: { ...Availability.properties, updatedAt: { type: ["string", "null"] } } },
-          ...errors(400, 401, 403, 404),
-        },
+        response: { 200: { $ref: "Availability#" }, ...errors(400, 401, 403, 404) },
       },
     },
     async (req) => {
@@ -104,6 +139,7 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
     {
       config,
       schema: {
+        operationId: "listAvailability",
         tags: ["availability"],
         summary: `What one channel may sell of up to ${MAX_SKUS} SKUs`,
         querystring: {
@@ -111,21 +147,7 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
           required: ["skus"],
           properties: { channel: { type: "string" }, skus: { type: "string", minLength: 1, description: `comma-separated, at most ${MAX_SKUS}` } },
         },
-        response: {
-          200: {
-            type: "object",
-            required: ["channel", "items", "unknown"],
-            properties: {
-              channel: { type: "string" },
-              items: {
-                type: "array",
-                items: { ...Availability, properties: { ...Availability.properties, updatedAt: { type: ["string", "null"] } } },
-              },
-              unknown: { type: "array", items: { type: "string" }, description: "SKUs the ledger has never seen" },
-            },
-          },
-          ...errors(400, 401, 403, 404),
-        },
+        response: { 200: { $ref: "AvailabilityList#" }, ...errors(400, 401, 403, 404) },
       },
     },
     async (req) => {
@@ -144,36 +166,12 @@ function stockRoute(app: FastifyInstance, ctx: ApiContext): void {
     {
       config,
       schema: {
+        operationId: "getStock",
         tags: ["availability"],
         summary: "Every location and bucket of a SKU (a channel token sees its channel's locations only)",
         params: { type: "object", required: ["sku"], properties: { sku: { type: "string", pattern: SKU } } },
         response: {
-          200: {
-            type: "object",
-            required: ["sku", "seq", "locations"],
-            properties: {
-              sku: { type: "string" },
-              seq: { type: "integer" },
-              locations: {
-                type: "array",
-                items: {
-                  type: "object",
-                  properties: {
-                    location: { type: "string" },
-                    onHand: { type: ["integer", "string"], description: "past 2^53, a decimal string (as every quantity)" },
-                    reserved: { type: ["integer", "string"] },
-                    inTransit: { type: ["integer", "string"] },
-                    damaged: { type: ["integer", "string"] },
-                    available: { type: ["integer", "string"], description: "on hand − reserved − safety stock (may be negative)" },
-                    safetyStock: { type: "integer" },
-                    reorderPoint: { type: "integer" },
-                    status: { type: "string" },
-                    updatedAt: { type: ["string", "null"], format: "date-time" },
-                  },
-                },
-              },
-            },
-          },
+          200: { $ref: "Stock#" },
           ...errors(400, 401, 403, 404),
         },
       },
@@ -196,6 +194,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
     {
       config,
       schema: {
+        operationId: "streamAvailability",
         tags: ["availability"],
         summary: "Server-sent events of a channel's availability changes, resumable with Last-Event-ID",
         description:
@@ -230,10 +229,10 @@ function parseSkus(text: string): Array<string> {
         .filter(Boolean),
     ),
   ];
-  if (skus.length === 0) throw new ApiError(400, "invalid_request", "querystring.skus: expected at least one SKU");
-  if (skus.length > MAX_SKUS) throw new ApiError(400, "invalid_request", `querystring.skus: at most ${MAX_SKUS} SKUs, got ${skus.length}`);
+  if (skus.length === 0) throw invalidField("querystring.skus", "expected at least one SKU");
+  if (skus.length > MAX_SKUS) throw invalidField("querystring.skus", `at most ${MAX_SKUS} SKUs, got ${skus.length}`);
   const bad = skus.find((s) => !new RegExp(SKU).test(s));
-  if (bad !== undefined) throw new ApiError(400, "invalid_request", `querystring.skus: ${JSON.stringify(bad.slice(0, 60))} is not a SKU`);
+  if (bad !== undefined) throw invalidField("querystring.skus", `${JSON.stringify(bad.slice(0, 60))} is not a SKU`);
   return skus;
 }
 
