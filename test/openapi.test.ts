@@ -25,13 +25,15 @@ const root = resolve(import.meta.dirname, "..");
 const bin = (name: string) => join(root, "node_modules", ".bin", name);
 const TYPES = join(root, "test", "openapi", "tallyApi.ts");
 
+type Content = Record<string, { schema?: object }>;
+
 interface Operation {
   operationId?: string;
   tags?: Array<string>;
   security?: Array<unknown>;
   parameters?: Array<unknown>;
   requestBody?: unknown;
-  responses: Record<string, { content?: Record<string, { schema?: object }> }>;
+  responses: Record<string, { content?: Content }>;
 }
 type Doc = { paths: Record<string, Record<string, Operation>>; components: { schemas: Record<string, object> } } & Record<string, unknown>;
 
@@ -86,6 +88,12 @@ describe("the OpenAPI document", () => {
       if (op.security === undefined || op.parameters !== undefined || op.requestBody !== undefined)
         expect(Object.keys(op.responses), where).toEqual(expect.arrayContaining(op.security === undefined ? ["400", "401", "403"] : ["400"]));
     }
+    // Every JSON body, asked or answered, is a named component schema (generated clients name their types after them).
+    for (const [method, path, op] of operations())
+      for (const content of [...Object.values(op.responses).map((r) => r.content), (op.requestBody as { content?: Content } | undefined)?.content])
+        for (const [type, { schema }] of Object.entries(content ?? {}))
+          if (type === "application/json" || type.endsWith("+json"))
+            expect(schema, `${method} ${path} ${type}`).toMatchObject({ $ref: expect.stringMatching(/^#\/components\/schemas\/[A-Z]\w+$/) });
     const media = (path: string, method = "get") => Object.keys(doc.paths[path]![method]!.responses["200"]!.content ?? {});
     expect(media("/v1/availability/stream")).toEqual(["text/event-stream"]);
     expect(media("/v1/dashboard/stream")).toEqual(["text/event-stream"]);

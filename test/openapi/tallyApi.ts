@@ -400,6 +400,9 @@ export interface components {
     } & {
       [key: string]: unknown;
     };
+    Health: {
+      ok: boolean;
+    };
     ReadinessCheck: {
       ok: boolean;
       detail?: string;
@@ -684,6 +687,10 @@ export interface components {
     StuckPartitionList: {
       stuck?: components["schemas"]["StuckPartition"][];
     };
+    SkipRequest: {
+      /** @description default: the message it is stuck at */
+      seq?: number;
+    };
     SkipRequested: {
       partition?: number;
       seq?: number;
@@ -717,9 +724,7 @@ export interface operations {
           [name: string]: unknown;
         };
         content: {
-          "application/json": {
-            ok: boolean;
-          };
+          "application/json": components["schemas"]["Health"];
         };
       };
     };
@@ -2107,9 +2112,7 @@ export interface operations {
     };
     requestBody: {
       content: {
-        "application/json": {
-          seq?: number;
-        };
+        "application/json": components["schemas"]["SkipRequest"];
       };
     };
     responses: {

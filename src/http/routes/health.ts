@@ -14,6 +14,7 @@ const Check = {
 
 /** The named component schemas of these routes. */
 export const healthSchemas = [
+  { $id: "Health", type: "object", required: ["ok"], properties: { ok: { type: "boolean" } } },
   Check,
   {
     $id: "Readiness",
@@ -36,7 +37,7 @@ export async function healthRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
         tags: ["health"],
         summary: "The process is up",
         security: [],
-        response: { 200: { type: "object", properties: { ok: { type: "boolean" } }, required: ["ok"] } },
+        response: { 200: { $ref: "Health#" } },
       },
     },
     async () => ({ ok: true }),

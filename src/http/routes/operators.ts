@@ -63,6 +63,12 @@ export const operatorSchemas = [
   { $id: "DeadLetterDiscarded", type: "object", properties: { id: { type: "integer" }, discarded: { type: "boolean" } } },
   { $id: "StuckPartitionList", type: "object", properties: { stuck: { type: "array", items: { $ref: "StuckPartition#" } } } },
   {
+    $id: "SkipRequest",
+    type: "object",
+    properties: { seq: { type: "integer", minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: "default: the message it is stuck at" } },
+    additionalProperties: false,
+  },
+  {
     $id: "SkipRequested",
     type: "object",
     properties: { partition: { type: "integer" }, seq: { type: "integer" }, requested: { type: "boolean" } },
@@ -206,7 +212,7 @@ function stuckPartitionRoutes(app: FastifyInstance, ctx: ApiContext): void {
           required: ["partition"],
           properties: { partition: { type: "integer", minimum: 0, maximum: ctx.topology.partitions - 1 } },
         },
-        body: { type: "object", properties: { seq: { type: "integer", minimum: 1, maximum: Number.MAX_SAFE_INTEGER } }, additionalProperties: false },
+        body: { $ref: "SkipRequest#" },
         response: {
           202: { $ref: "SkipRequested#" },
           ...errors(400, 401, 403, 409, 429),
