@@ -1742,8 +1742,6 @@ export interface operations {
       /** @description the entries (format=csv: text/csv; format=ndjson: application/x-ndjson), then the summary trailer */
       200: {
         headers: {
-          /** @description the cursor to pass to the next export */
-          "Tally-Export-Cursor"?: string;
           [name: string]: unknown;
         };
         content: {

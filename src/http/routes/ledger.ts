@@ -179,7 +179,6 @@ function exportRoute(app: FastifyInstance, ctx: ApiContext): void {
         response: {
           200: {
             description: "the entries (format=csv: text/csv; format=ndjson: application/x-ndjson), then the summary trailer",
-            headers: { "Tally-Export-Cursor": { type: "string", description: "the cursor to pass to the next export" } },
             content: {
               "text/csv": { schema: { type: "string", description: "RFC 4180 CSV: a header row, then one row per entry" } },
               "application/x-ndjson": { schema: { type: "string", description: "one LedgerEntry JSON object per line" } },
