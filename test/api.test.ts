@@ -26,7 +26,8 @@ describe("auth", () => {
     const missing = await api.call({ method: "GET", url: "/v1/availability/X?channel=web" });
     expect(missing.statusCode).toBe(401);
     expect(missing.headers["www-authenticate"]).toMatch(/^Bearer/);
-    expect(missing.json()).toMatchObject({ error: "unauthorized" });
+    expect(missing.headers["content-type"]).toMatch(/^application\/problem\+json/);
+    expect(missing.json()).toMatchObject({ type: "/problems/unauthorized", status: 401, code: "unauthorized", instance: "/v1/availability/X" });
     const basic = await api.call({ method: "GET", url: "/v1/availability/X?channel=web", headers: { authorization: "Basic Zm9vOmJhcg==" } });
     expect(basic.statusCode).toBe(401);
     const bad = await api.call({ method: "GET", url: "/v1/availability/X?channel=web", headers: { authorization: "Bearer secret-nobody" } });
@@ -37,7 +38,7 @@ describe("auth", () => {
   it("answers 403 for a token without the route's scope", async () => {
     const r = await api.call({ method: "GET", url: "/v1/availability/X?channel=web", as: "pos" });
     expect(r.statusCode).toBe(403);
-    expect(r.json()).toMatchObject({ error: "forbidden", message: expect.stringContaining("availability:read") });
+    expect(r.json()).toMatchObject({ code: "forbidden", detail: expect.stringContaining("availability:read") });
     expect((await api.call({ method: "GET", url: "/v1/dlq", as: "reader" })).statusCode).toBe(403);
     expect((await api.call({ method: "GET", url: "/v1/ledger/entries", as: "pos" })).statusCode).toBe(403);
   });
@@ -184,7 +185,8 @@ describe("health, readiness, metrics, docs", () => {
   it("answers 404 in the error format for an unknown route", async () => {
     const r = await api.call({ method: "GET", url: "/v1/nothing", as: "admin" });
     expect(r.statusCode).toBe(404);
-    expect(r.json()).toMatchObject({ error: "not_found" });
+    expect(r.headers["content-type"]).toMatch(/^application\/problem\+json/);
+    expect(r.json()).toMatchObject({ code: "not_found", status: 404, instance: "/v1/nothing" });
   });
 });
 
@@ -205,7 +207,7 @@ describe("operators: dead letters and sources", () => {
     expect((await api.call({ method: "GET", url: "/v1/dlq", as: "pos" })).statusCode).toBe(403);
     const replay = await api.call({ method: "POST", url: `/v1/dlq/${letter.id}/replay`, as: "admin" });
     expect(replay.statusCode).toBe(409);
-    expect(replay.json()).toMatchObject({ error: "replay_failed", message: expect.stringContaining("terminal") });
+    expect(replay.json()).toMatchObject({ code: "replay_failed", detail: expect.stringContaining("terminal") });
     const gone = await api.call({ method: "DELETE", url: `/v1/dlq/${letter.id}`, as: "admin" });
     expect(gone.statusCode).toBe(200);
     expect(gone.json()).toEqual({ id: letter.id, discarded: true });

@@ -70,18 +70,18 @@ describe("GET /v1/availability", () => {
     expect(none.json()).toMatchObject({ available: 0, status: "out", updatedAt: null });
     const unknown = await api.call({ method: "GET", url: "/v1/availability/NOPE?channel=web", as: "reader" });
     expect(unknown.statusCode).toBe(404);
-    expect(unknown.json()).toMatchObject({ error: "unknown_sku" });
+    expect(unknown.json()).toMatchObject({ code: "unknown_sku" });
   });
 
   it("answers 400 without a channel, 404 for an unknown channel, 403 for another channel's token, 400 for a bad SKU", async () => {
     expect((await api.call({ method: "GET", url: "/v1/availability/AV-1", as: "reader" })).statusCode).toBe(400);
     const unknown = await api.call({ method: "GET", url: "/v1/availability/AV-1?channel=moon", as: "reader" });
     expect(unknown.statusCode).toBe(404);
-    expect(unknown.json()).toMatchObject({ error: "unknown_channel" });
+    expect(unknown.json()).toMatchObject({ code: "unknown_channel" });
     expect((await api.call({ method: "GET", url: "/v1/availability/AV-1?channel=web", as: "storeReader" })).statusCode).toBe(403);
     const bad = await api.call({ method: "GET", url: "/v1/availability/a%20b?channel=web", as: "reader" });
     expect(bad.statusCode).toBe(400);
-    expect(bad.json().issues[0].path).toBe("params.sku");
+    expect(bad.json().errors[0].path).toBe("params.sku");
   });
 
   it("answers many SKUs at once (up to 1000), listing the unknown ones", async () => {

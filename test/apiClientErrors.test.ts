@@ -21,8 +21,10 @@ const deepObject = (n: number) => `${'{"a":'.repeat(n)}1${"}".repeat(n)}`;
 function expectClientError(r: { statusCode: number; headers: Record<string, unknown>; body: string }, status: number, field: RegExp): void {
   expect(r.statusCode, r.body.slice(0, 300)).toBe(status);
   expect(r.headers["retry-after"]).toBeUndefined();
-  const body = JSON.parse(r.body) as { message: string };
-  expect(body.message).toMatch(field);
+  expect(r.headers["content-type"]).toMatch(/^application\/problem\+json/);
+  const body = JSON.parse(r.body) as { detail: string; status: number };
+  expect(body.status).toBe(status);
+  expect(body.detail).toMatch(field);
 }
 
 describe("client errors are 4xx naming the field", () => {

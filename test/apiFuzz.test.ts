@@ -405,7 +405,7 @@ describe("fuzzing every operation of the live OpenAPI document (/docs/json)", ()
     const media = content[res.contentType];
     if (!media)
       return `media type ${res.contentType || "(none)"} is not documented for ${res.status} (documented: ${Object.keys(content).join(", ")})`;
-    if (res.contentType !== "application/json" || !media.schema) return null;
+    if ((res.contentType !== "application/json" && res.contentType !== "application/problem+json") || !media.schema) return null;
     let json: unknown;
     try {
       json = JSON.parse(res.text);

@@ -109,7 +109,7 @@ describe("GET /v1/ledger/entries", () => {
     for (const q of ["cursor=abc", "limit=0", "limit=5000", "type=steal", "from=yesterday"]) {
       const r = await api.call({ method: "GET", url: `/v1/ledger/entries?${q}`, as: "ledger" });
       expect(r.statusCode, q).toBe(400);
-      expect(r.json().error).toBe("invalid_request");
+      expect(r.json().code).toBe("invalid_request");
     }
   });
 });

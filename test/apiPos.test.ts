@@ -140,7 +140,7 @@ describe("POST /v1/pos/transactions", () => {
     await post({ transactions: [txn("3001", [{ type: "sale", barcode: "4000000000017", qty: 1 }])] });
     const r = await post({ transactions: [txn("3001", [{ type: "sale", barcode: "4000000000017", qty: 7 }])] });
     expect(r.statusCode).toBe(409);
-    expect(r.json().error).toBe("idempotency_conflict");
+    expect(r.json().code).toBe("idempotency_conflict");
     expect(r.json().results[0]).toMatchObject({ status: "rejected", reason: "idempotency_conflict", errors: [{ path: "transactions[0].id" }] });
     const letters = await deadLetters(api.h, "pos");
     expect(letters.some((l) => l.context.reason === "idempotency_conflict" && (l.payload as { id: string }).id === "3001")).toBe(true);
@@ -187,14 +187,14 @@ describe("POST /v1/pos/transactions", () => {
   it("answers 400 when every transaction is invalid, and for bodies that are not batches or not JSON (all dead-lettered)", async () => {
     const all = await post({ transactions: [txn("5001", [{ type: "sale", qty: 1 }])] });
     expect(all.statusCode).toBe(400);
-    expect(all.json()).toMatchObject({ error: "invalid_transactions", accepted: 0, rejected: 1 });
+    expect(all.json()).toMatchObject({ code: "invalid_transactions", accepted: 0, rejected: 1 });
     expect(all.json().results[0].errors[0]).toMatchObject({ path: "transactions[0].lines[0]", message: "expected exactly one of barcode, plu, sku" });
     const notJson = await post("{not json");
     expect(notJson.statusCode).toBe(400);
-    expect(notJson.json()).toMatchObject({ error: "invalid_request" });
+    expect(notJson.json()).toMatchObject({ code: "invalid_request" });
     const notBatch = await post({ transactions: "all of them" });
     expect(notBatch.statusCode).toBe(400);
-    expect(notBatch.json().errors).toEqual([{ path: "transactions", message: "expected an array of transactions" }]);
+    expect(notBatch.json().errors).toEqual([{ path: "body.transactions", detail: "expected an array of transactions" }]);
     const letters = await deadLetters(api.h, "pos");
     expect(letters.some((l) => l.payload === "{not json")).toBe(true);
     expect(letters.some((l) => (l.payload as { transactions?: unknown }).transactions === "all of them")).toBe(true);
@@ -220,7 +220,7 @@ describe("POST /v1/pos/transactions", () => {
     const letter = (await deadLetters(api.h, "pos")).find((l) => (l.payload as { id?: string }).id === "6001")!;
     const early = await api.call({ method: "POST", url: `/v1/dlq/${letter.seq}/replay`, as: "admin" });
     expect(early.statusCode).toBe(409);
-    expect(early.json()).toMatchObject({ error: "replay_failed" });
+    expect(early.json()).toMatchObject({ code: "replay_failed" });
     await defineItems(api.sql, [{ sku: "SKU-N", kind: "stock", baseUnit: "EA", identifiers: [{ system: "barcode", id: "4000000000099" }] }]);
     const replay = await api.call({ method: "POST", url: `/v1/dlq/${letter.seq}/replay`, as: "admin" });
     expect(replay.statusCode).toBe(200);

@@ -79,7 +79,7 @@ describe("POST /v1/reservations", () => {
     expect(await balance(api.sql, "R-2", "DC1", "reserved")).toBe(2);
     const other = await reserve({ sku: "R-2", qty: 5, location: "DC1" }, "reserver", "same-key");
     expect(other.statusCode).toBe(422);
-    expect(other.json()).toMatchObject({ error: "idempotency_conflict" });
+    expect(other.json()).toMatchObject({ code: "idempotency_conflict" });
     // The key is per token: another token may use it.
     const otherToken = await reserve({ sku: "R-2", qty: 1, location: "DC1", channel: "web" }, "webReserver", "same-key");
     expect(otherToken.statusCode).toBe(201);
@@ -90,7 +90,7 @@ describe("POST /v1/reservations", () => {
     const r = await reserve({ sku: "R-3", qty: 5, location: "DC1" });
     expect(r.statusCode).toBe(409);
     expect(r.json()).toMatchObject({
-      error: "insufficient_stock",
+      code: "insufficient_stock",
       available: 4,
       lines: [{ sku: "R-3", qty: 5, location: "DC1", state: "rejected", available: 4 }],
     });
@@ -175,7 +175,7 @@ describe("POST /v1/reservations", () => {
     );
     const tooMany = await reserve({ sku: "CH-2", qty: 2, channel: "web" });
     expect(tooMany.statusCode).toBe(409);
-    expect(tooMany.json()).toMatchObject({ error: "insufficient_stock", available: 1 });
+    expect(tooMany.json()).toMatchObject({ code: "insufficient_stock", available: 1 });
     expect(await balance(api.sql, "CH-2", "DC1", "reserved")).toBe(0);
     const one = await reserve({ sku: "CH-2", qty: 1, channel: "web" });
     expect(one.statusCode).toBe(201);
@@ -189,15 +189,15 @@ describe("POST /v1/reservations", () => {
   it("answers 400 for a missing Idempotency-Key, a bad body, or neither location nor channel", async () => {
     const noKey = await reserve({ sku: "R-1", qty: 1, location: "DC1" }, "reserver", null);
     expect(noKey.statusCode).toBe(400);
-    expect(noKey.json().issues[0].path).toBe("headers.idempotency-key");
+    expect(noKey.json().errors[0].path).toBe("headers.idempotency-key");
     const zero = await reserve({ sku: "R-1", qty: 0, location: "DC1" });
     expect(zero.statusCode).toBe(400);
-    expect(zero.json().issues.map((i: { path: string }) => i.path)).toContain("body.qty");
+    expect(zero.json().errors.map((i: { path: string }) => i.path)).toContain("body.qty");
     const both = await reserve({ sku: "R-1", qty: 1, lines: [{ sku: "R-1", qty: 1 }], location: "DC1" });
     expect(both.statusCode).toBe(400);
     const nowhere = await reserve({ sku: "R-1", qty: 1 });
     expect(nowhere.statusCode).toBe(400);
-    expect(nowhere.json().message).toMatch(/location: is missing/);
+    expect(nowhere.json().detail).toMatch(/location: is missing/);
     const outside = await reserve({ sku: "R-1", qty: 1, location: "S02", channel: "web" });
     expect(outside.statusCode).toBe(400);
     const unknownChannel = await reserve({ sku: "R-1", qty: 1, channel: "moon" });
@@ -208,10 +208,10 @@ describe("POST /v1/reservations", () => {
     const before = await commandCount();
     const sku = await reserve({ sku: "R:1", qty: 1, location: "DC1" });
     expect(sku.statusCode).toBe(400);
-    expect(sku.json().issues.map((i: { path: string }) => i.path)).toContain("body.sku");
+    expect(sku.json().errors.map((i: { path: string }) => i.path)).toContain("body.sku");
     const location = await reserve({ lines: [{ sku: "R-1", qty: 1, location: "DC:1" }] });
     expect(location.statusCode).toBe(400);
-    expect(location.json().issues.map((i: { path: string }) => i.path)).toContain("body.lines[0].location");
+    expect(location.json().errors.map((i: { path: string }) => i.path)).toContain("body.lines[0].location");
     expect(await commandCount()).toBe(before);
     const [{ pending }] = await api.sql<[{ pending: number }]>`select count(*)::int as pending from reservations where status = 'pending'`;
     expect(pending).toBe(0);
@@ -248,7 +248,7 @@ describe("commit, fulfill, release", () => {
     expect((await api.call({ method: "DELETE", url: `/v1/reservations/${id}`, as: "reserver" })).statusCode).toBe(200);
     const late = await api.call({ method: "POST", url: `/v1/reservations/${id}/commit`, as: "reserver" });
     expect(late.statusCode).toBe(409);
-    expect(late.json()).toMatchObject({ error: "reservation_released" });
+    expect(late.json()).toMatchObject({ code: "reservation_released" });
     expect((await api.call({ method: "POST", url: `/v1/reservations/r_${"0".repeat(32)}/commit`, as: "reserver" })).statusCode).toBe(404);
     expect((await api.call({ method: "DELETE", url: `/v1/reservations/nope`, as: "reserver" })).statusCode).toBe(400);
   });
@@ -264,7 +264,7 @@ describe("commit, fulfill, release", () => {
     expect(await balance(api.sql, "LC-2", "DC1", "on_hand")).toBe(7);
     const release = await api.call({ method: "DELETE", url: `/v1/reservations/${id}`, as: "reserver" });
     expect(release.statusCode).toBe(409);
-    expect(release.json()).toMatchObject({ error: "reservation_fulfilled" });
+    expect(release.json()).toMatchObject({ code: "reservation_fulfilled" });
   });
 
   it("expires an uncommitted hold after its TTL: released with a deterministic command id", async () => {
@@ -288,7 +288,7 @@ describe("commit, fulfill, release", () => {
       select hold_id, status, open_qty from holds where sku = 'EXP-1'`;
     expect(holds.map((x) => ({ ...x, open_qty: Number(x.open_qty) }))).toEqual([{ hold_id: `res:${id}:1:1`, status: "expired", open_qty: 0 }]);
     const commit = await api.call({ method: "POST", url: `/v1/reservations/${id}/commit`, as: "reserver" });
-    expect(commit.json()).toMatchObject({ error: "reservation_expired" });
+    expect(commit.json()).toMatchObject({ code: "reservation_expired" });
   });
   it("shows a hold past its TTL as expired before the sweeper has released it, and refuses to commit it", async () => {
     await receive("EXP-3", "DC1", 5);
@@ -311,7 +311,7 @@ describe("commit, fulfill, release", () => {
       expect(await balance(api.sql, "EXP-3", "DC1", "reserved")).toBe(2);
       const commit = await api.call({ method: "POST", url: `/v1/reservations/${id}/commit`, as: "reserver" });
       expect(commit.statusCode).toBe(409);
-      expect(commit.json()).toMatchObject({ error: "reservation_expired" });
+      expect(commit.json()).toMatchObject({ code: "reservation_expired" });
     } finally {
       unlock();
       await tx;
@@ -328,7 +328,7 @@ describe("races and restarts", () => {
     expect(codes.filter((c) => c === 201)).toHaveLength(10);
     expect(codes.filter((c) => c === 409)).toHaveLength(40);
     expect(await balance(api.sql, "RACE-1", "DC1", "reserved")).toBe(10);
-    for (const r of replies.filter((r) => r.statusCode === 409)) expect(r.json()).toMatchObject({ error: "insufficient_stock", available: 0 });
+    for (const r of replies.filter((r) => r.statusCode === 409)) expect(r.json()).toMatchObject({ code: "insufficient_stock", available: 0 });
   });
 
   it("expires a hold even when every process restarted in between", async () => {
@@ -382,7 +382,15 @@ describe("races and restarts", () => {
     ] as const) {
       const r = await api.call({ method, url, as: "reserver" });
       expect(r.statusCode, `${method} ${url}`).toBe(409);
-      expect(r.json()).toEqual({ error: "reservation_pending", message: `reservation ${id} is still being decided` });
+      expect(r.headers["content-type"]).toMatch(/^application\/problem\+json/);
+      expect(r.json()).toEqual({
+        type: "/problems/reservation-pending",
+        title: "The reservation is pending",
+        status: 409,
+        detail: `reservation ${id} is still being decided`,
+        instance: url,
+        code: "reservation_pending",
+      });
     }
     const [row] = await api.sql<Array<{ status: string }>>`select status from reservations where id = ${id}`;
     expect(row?.status).toBe("pending");

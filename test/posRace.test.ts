@@ -66,7 +66,7 @@ describe("two racing posts of one POS transaction", () => {
       const loser = one.status === 409 ? one : two;
       expect(loser.json).toMatchObject({
         accepted: 0,
-        error: "idempotency_conflict",
+        code: "idempotency_conflict",
         results: [{ reason: "idempotency_conflict", errors: [{ path: "transactions[0].id" }] }],
       });
       const winnerQty = one.status === 200 ? 1 : 2;

@@ -222,7 +222,7 @@ describe("tally start --roles api on SIGTERM", () => {
       expect(during.status).toBe(503);
       expect(during.headers["retry-after"]).toBe("1");
       expect(during.headers.connection).toBe("close");
-      expect(JSON.parse(during.body)).toMatchObject({ error: "shutting_down" });
+      expect(JSON.parse(during.body)).toMatchObject({ code: "shutting_down" });
       const answered = await inFlight; // rejects on a reset
       expect([201, 503]).toContain(answered.status);
       expect(answered.body).toMatch(/^\{/);

@@ -288,6 +288,7 @@ export async function dashboardRoutes(app: FastifyInstance, { ctx, hub }: { ctx:
     {
       config: { scope: "admin" },
       schema: {
+        operationId: "streamDashboard",
         tags: ["operators"],
         summary: "The dashboard's live feed (server-sent events): `summary` every second, `cells` as availability changes",
         querystring: {

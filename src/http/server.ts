@@ -8,17 +8,27 @@ import { PosIngest } from "../ingest/index.ts";
 import { PosSubscriber } from "../ingest/index.ts";
 import { authenticate, StreamTokens, TokenVerifier, type Principal, type Scope } from "./auth.ts";
 import { allowOrigins } from "./cors.ts";
-import { ApiError, ErrorSchema, errorRef } from "./errors.ts";
+import {
+  ApiError,
+  FieldErrorSchema,
+  instanceOf,
+  invalidField,
+  PROBLEM_MEDIA_TYPE,
+  problem,
+  problemResponse,
+  ProblemSchema,
+  sendProblem,
+} from "./errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "../wire/index.ts";
 import { Reservations, ReservationSweeper } from "../reservations/index.ts";
-import { availabilityRoutes } from "./routes/availability.ts";
-import { healthRoutes } from "./routes/health.ts";
-import { ledgerRoutes } from "./routes/ledger.ts";
-import { operatorRoutes } from "./routes/operators.ts";
+import { availabilityRoutes, availabilitySchemas } from "./routes/availability.ts";
+import { healthRoutes, healthSchemas } from "./routes/health.ts";
+import { ledgerRoutes, ledgerSchemas } from "./routes/ledger.ts";
+import { operatorRoutes, operatorSchemas } from "./routes/operators.ts";
 import { DashboardHub, dashboardRoutes } from "./dashboard.ts";
-import { posRoutes } from "./routes/pos.ts";
-import { reservationRoutes } from "./routes/reservations.ts";
+import { posRoutes, posSchemas } from "./routes/pos.ts";
+import { reservationRoutes, reservationSchemas } from "./routes/reservations.ts";
 import type { ApiContext, ApiDeps, ApiOptions } from "./context.ts";
 
 export type { ApiDeps, ApiOptions };
@@ -55,7 +65,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     for (const close of ctx.streams) close();
   });
   app.decorateRequest("principal", null);
-  app.addSchema(ErrorSchema);
+  for (const schema of [FieldErrorSchema, ProblemSchema, ...componentSchemas]) app.addSchema(schema);
   installErrorHandlers(app, opts);
   installAuth(app, verifier, new StreamTokens(deps.settings.streamTokenSecret));
   installRequestBudget(app, opts);
@@ -64,6 +74,9 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   await app.ready();
   return app;
 }
+
+/** The shared schemas of the routes: each a named component of the OpenAPI document (its `$id`). */
+const componentSchemas = [...healthSchemas, ...posSchemas, ...availabilitySchemas, ...reservationSchemas, ...ledgerSchemas, ...operatorSchemas];
 
 /** The options with their defaults filled in. */
 function resolveOptions(deps: ApiDeps): Required<ApiOptions> {
@@ -89,10 +102,10 @@ function createFastify(log: ApiDeps["log"], opts: Required<ApiOptions>): Fastify
     // One line per request at debug (errors at warn/error), not two at info: a busy POS feed would drown the log.
     logController: new LogController({ disableRequestLogging: true }),
     // The router's own refusals (a path parameter over maxParamLength, a malformed URL) in the error format, as 400s.
-    frameworkErrors: (error, _req, reply) =>
-      (reply as unknown as FastifyReply)
-        .code(400)
-        .send({ error: "invalid_request", message: `params: ${error.message}`, issues: [{ path: "params", message: error.message }] }),
+    frameworkErrors: (error, req, reply) =>
+      sendProblem(req, reply as unknown as FastifyReply, 400, "invalid_request", `params: ${error.message}`, {
+        errors: [{ path: "params", detail: error.message }],
+      }),
   }) as unknown as FastifyInstance;
 }
 
@@ -105,7 +118,7 @@ function documentErrorStatuses(app: FastifyInstance): void {
     const schema = route.schema as ({ hide?: boolean; response?: Record<string, unknown> } & Record<string, unknown>) | undefined;
     if (!schema || schema.hide) return;
     const response = (schema.response ??= {});
-    const add = (status: number) => (response[status] ??= errorRef);
+    const add = (status: number) => (response[status] ??= problemResponse(status));
     const scoped = route.config?.scope !== undefined;
     const withBody = ["POST", "PUT", "PATCH", "DELETE"].includes(String(route.method));
     if (scoped || withBody || schema.params || schema.querystring || schema.headers) add(400);
@@ -124,8 +137,7 @@ function limitJsonDepth(app: FastifyInstance, maxJsonDepth: number): void {
   app.removeContentTypeParser("application/json");
   app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
     if (jsonDepthExceeds(body as string, maxJsonDepth)) {
-      const message = `JSON nested deeper than ${maxJsonDepth} levels`;
-      return done(new ApiError(400, "invalid_request", `body: ${message}`, { issues: [{ path: "body", message }] }), undefined);
+      return done(invalidField("body", `JSON nested deeper than ${maxJsonDepth} levels`), undefined);
     }
     parseJson(req, body as string, done);
   });
@@ -188,7 +200,7 @@ async function startContext(
     channelFor(req, asked) {
       const p = req.principal;
       const channel = asked ?? p?.channel ?? undefined;
-      if (channel === undefined) throw new ApiError(400, "invalid_request", "querystring.channel: is missing (name a channel)");
+      if (channel === undefined) throw invalidField("querystring.channel", "is missing (name a channel)");
       if (p?.channel && p.channel !== channel) throw new ApiError(403, "forbidden", `this token may only see channel ${p.channel}`);
       if (!Object.hasOwn(channels, channel))
         throw new ApiError(404, "unknown_channel", `no channel ${JSON.stringify(channel)} (configured: ${Object.keys(channels).join(", ")})`);
@@ -202,43 +214,50 @@ async function startContext(
   };
 }
 
-/** Every failure answered in the error format: ours, validation, body parsing, rate limits, Postgres range errors, then 503. */
+/** Retry-After for a dependency's failure: the request budget, in whole seconds. */
+const retryAfter = (opts: Required<ApiOptions>): string => String(Math.max(1, Math.ceil(opts.requestTimeoutMs / 1000)));
+
+/** A schema validation failure as its fields: `querystring.skus`, `body.lines[0].qty`, each with what is wrong. */
+function validationErrors(error: FastifyError): Array<{ path: string; detail: string }> {
+  return (error.validation ?? []).map((v) => {
+    const missing = (v.params as { missingProperty?: string }).missingProperty;
+    const path = [error.validationContext, ...v.instancePath.split("/").filter(Boolean), ...(missing ? [missing] : [])]
+      .join(".")
+      .replace(/\.(\d+)(?=\.|$)/g, "[$1]");
+    return { path, detail: missing ? "is missing" : (v.message ?? "is invalid") };
+  });
+}
+
+/**
+ * Every failure answered as a problem document (application/problem+json): ours, validation, body parsing, rate
+ * limits, Postgres range errors, then 503; and the 404 of a path no route serves.
+ */
 function installErrorHandlers(app: FastifyInstance, opts: Required<ApiOptions>): void {
   app.setErrorHandler((error: FastifyError, req, reply) => {
-    if (error instanceof ApiError) return reply.code(error.status).send({ error: error.code, message: error.message, ...error.extra });
+    if (error instanceof ApiError) return sendProblem(req, reply, error.status, error.code, error.message, error.extra);
     if (error.validation) {
-      const issues = error.validation.map((v) => {
-        const missing = (v.params as { missingProperty?: string }).missingProperty;
-        const path = [error.validationContext, ...v.instancePath.split("/").filter(Boolean), ...(missing ? [missing] : [])]
-          .join(".")
-          .replace(/\.(\d+)(?=\.|$)/g, "[$1]");
-        return { path, message: missing ? "is missing" : (v.message ?? "is invalid") };
-      });
-      return reply.code(400).send({ error: "invalid_request", message: issues.map((i) => `${i.path}: ${i.message}`).join("; "), issues });
+      const errors = validationErrors(error);
+      return sendProblem(req, reply, 400, "invalid_request", errors.map((e) => `${e.path}: ${e.detail}`).join("; "), { errors });
     }
     const status = error.statusCode ?? 500;
-    if (status === 429) return reply.code(429).send({ error: "rate_limited", message: error.message });
-    if (status === 413) return reply.code(413).send({ error: "payload_too_large", message: `body: ${error.message}` });
+    if (status === 429) return sendProblem(req, reply, 429, "rate_limited", error.message);
+    if (status === 413) return sendProblem(req, reply, 413, "payload_too_large", `body: ${error.message}`);
     if (status === 415)
-      return reply.code(415).send({ error: "unsupported_media_type", message: `headers.content-type: ${error.message} (send application/json)` });
+      return sendProblem(req, reply, 415, "unsupported_media_type", `headers.content-type: ${error.message} (send application/json)`);
     if (status >= 400 && status < 500)
-      return reply
-        .code(status)
-        .send({ error: "invalid_request", message: error.code?.startsWith("FST_ERR_CTP_") ? `body: ${error.message}` : error.message });
+      return sendProblem(req, reply, status, "invalid_request", error.code?.startsWith("FST_ERR_CTP_") ? `body: ${error.message}` : error.message);
     // A value Postgres cannot take (a date out of its range, a number too big: SQLSTATE class 22) came from the
     // request; the routes validate their fields first, so this is a safety net that still answers the client's 400.
     const sqlState = (error as { code?: unknown }).code;
     if (typeof sqlState === "string" && /^22[0-9A-Z]{3}$/.test(sqlState) && (error as { severity?: unknown }).severity !== undefined) {
       req.log.warn({ err: error, url: req.url }, "request carried a value Postgres refused");
-      return reply.code(400).send({ error: "invalid_request", message: `a value in the request is out of range: ${error.message}` });
+      return sendProblem(req, reply, 400, "invalid_request", `a value in the request is out of range: ${error.message}`);
     }
     req.log.error({ err: error, url: req.url }, "request failed");
-    return reply
-      .code(503)
-      .header("retry-after", String(Math.max(1, Math.ceil(opts.requestTimeoutMs / 1000))))
-      .send({ error: "unavailable", message: "a dependency failed; retry shortly" });
+    reply.header("retry-after", retryAfter(opts));
+    return sendProblem(req, reply, 503, "unavailable", "a dependency failed; retry shortly");
   });
-  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: "not_found", message: `no route ${req.method} ${req.url.split("?")[0]}` }));
+  app.setNotFoundHandler((req, reply) => sendProblem(req, reply, 404, "not_found", `no route ${req.method} ${req.url.split("?")[0]}`));
 }
 
 /**
@@ -260,7 +279,7 @@ function installAuth(app: FastifyInstance, verifier: TokenVerifier, streamTokens
       return;
     }
     if (outcome.challenge) reply.header("www-authenticate", outcome.challenge);
-    return reply.code(outcome.status).send({ error: outcome.status === 401 ? "unauthorized" : "forbidden", message: outcome.message });
+    return sendProblem(req, reply, outcome.status, outcome.status === 401 ? "unauthorized" : "forbidden", outcome.message);
   });
 }
 
@@ -276,10 +295,8 @@ function installRequestBudget(app: FastifyInstance, opts: Required<ApiOptions>):
     const timer = setTimeout(() => {
       if (reply.sent || reply.raw.headersSent) return;
       req.log.warn({ url: req.url, ms: budget }, "request timed out waiting on a dependency");
-      void reply
-        .code(503)
-        .header("retry-after", String(Math.max(1, Math.ceil(opts.requestTimeoutMs / 1000))))
-        .send({ error: "unavailable", message: `no answer from a dependency within ${budget} ms; retry shortly` });
+      reply.header("retry-after", retryAfter(opts));
+      void sendProblem(req, reply, 503, "unavailable", `no answer from a dependency within ${budget} ms; retry shortly`);
     }, budget);
     timer.unref();
     reply.raw.once("close", () => clearTimeout(timer));
@@ -306,6 +323,37 @@ function installRequestLog(app: FastifyInstance, metrics: ApiMetrics): void {
   });
 }
 
+/**
+ * The OpenAPI document's frame: every shared schema (addSchema, `$id`) becomes a component of that name, and
+ * every error reply is a Problem (application/problem+json).
+ */
+const OPENAPI = {
+  openapi: {
+    openapi: "3.0.3",
+    info: {
+      title: "Tally",
+      description:
+        "Real-time inventory ledger: POS in, availability and reservations out. Every error is an RFC 9457 problem document " +
+        "(application/problem+json) with a machine-readable `code` and, when fields are at fault, `errors`.",
+      version: "0.1.0",
+      license: { name: "Apache-2.0", url: "https://www.apache.org/licenses/LICENSE-2.0" },
+    },
+    // Relative: the instance that serves this document (each deployment has its own host; a local `tally start` listens on :8080).
+    servers: [{ url: "/", description: "the Tally instance serving this document" }],
+    tags: [
+      { name: "health", description: "Liveness, readiness and Prometheus metrics (no token)" },
+      { name: "pos", description: "Point-of-sale transactions in" },
+      { name: "availability", description: "What each channel may sell, and stock per location" },
+      { name: "reservations", description: "Checkout holds: create, read, commit, fulfill, release" },
+      { name: "ledger", description: "Ledger entries for finance: paged, and the incremental export" },
+      { name: "operators", description: "Dead letters, stuck partitions, CDC sources and the dashboard feed (admin)" },
+    ],
+    components: { securitySchemes: { bearer: { type: "http" as const, scheme: "bearer" } } },
+    security: [{ bearer: [] }],
+  },
+  refResolver: { buildLocalReference: (json: { $id?: unknown }, _base: unknown, _fragment: string, i: number) => String(json.$id ?? `def-${i}`) },
+};
+
 /** Rate limiting, the OpenAPI document and its UI, the routes and the dashboard. */
 async function registerPlugins(app: FastifyInstance, ctx: ApiContext, opts: Required<ApiOptions>): Promise<void> {
   await app.register(rateLimit, {
@@ -322,14 +370,7 @@ async function registerPlugins(app: FastifyInstance, ctx: ApiContext, opts: Requ
       return e;
     },
   });
-  await app.register(swagger, {
-    openapi: {
-      openapi: "3.0.3",
-      info: { title: "Tally", description: "Real-time inventory ledger: POS in, availability and reservations out", version: "0.1.0" },
-      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
-      security: [{ bearer: [] }],
-    },
-  });
+  await app.register(swagger, OPENAPI);
   await app.register(swaggerUi, { routePrefix: "/docs" });
   await app.register(healthRoutes, { ctx });
   await app.register(posRoutes, { ctx });
@@ -355,16 +396,20 @@ function installDrain(app: FastifyInstance, streams: Set<() => void>): void {
   let draining = false;
   let inFlight = 0;
   let idle: (() => void) | null = null;
-  app.addHook("onRequest", async (_req, reply) => {
+  app.addHook("onRequest", async (req, reply) => {
     if (draining)
       return (
         reply
           .code(503)
           .header("retry-after", String(DRAIN_RETRY_AFTER_SECONDS))
           .header("connection", "close")
-          .type("application/json; charset=utf-8")
+          .type(PROBLEM_MEDIA_TYPE)
           // Serialized here: the route's own 503 schema (e.g. readiness) would strip these fields.
-          .send(JSON.stringify({ error: "shutting_down", message: "this instance is shutting down; retry shortly (another instance will answer)" }))
+          .send(
+            JSON.stringify(
+              problem(503, "shutting_down", "this instance is shutting down; retry shortly (another instance will answer)", instanceOf(req)),
+            ),
+          )
       );
     inFlight++;
     // 'close' comes once per response, finished or aborted.

@@ -4,7 +4,7 @@ import { DeliveryOrder } from "../../wire/index.ts";
 import { sleep } from "../../platform/index.ts";
 import { ID_JSON_PATTERN, locationAvailable } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
-import { ApiError, errors } from "../errors.ts";
+import { ApiError, errors, invalidField } from "../errors.ts";
 import { openEventStream } from "../eventStream.ts";
 import { STREAM_TOKEN_TTL_SECONDS, StreamTokens } from "../auth.ts";
 
@@ -27,9 +27,71 @@ const Availability = {
     status: { type: "string", enum: ["in_stock", "low", "out"] },
     seq: { type: "integer", description: "the SKU's ledger sequence: drop a projection older than one you have" },
     version: { type: "integer" },
-    updatedAt: { type: "string", format: "date-time" },
+    updatedAt: { type: ["string", "null"], format: "date-time", description: "null for a SKU no projection has reached yet" },
   },
 } as const;
+
+/** The named component schemas of these routes (registered with addSchema, referenced as `<$id>#`). */
+export const availabilitySchemas = [
+  { $id: "Availability", description: "What one channel may sell of one SKU", ...Availability },
+  {
+    $id: "AvailabilityList",
+    type: "object",
+    required: ["channel", "items", "unknown", "lastEventId"],
+    properties: {
+      channel: { type: "string" },
+      lastEventId: { type: "integer", description: "the stream position of this snapshot: pass it to the stream as ?lastEventId=" },
+      items: { type: "array", items: { $ref: "Availability#" } },
+      unknown: { type: "array", items: { type: "string" }, description: "SKUs the ledger has never seen" },
+    },
+  },
+  {
+    $id: "StreamTokenRequest",
+    type: "object",
+    additionalProperties: false,
+    properties: {
+      channel: { type: "string", description: "default: the token's channel" },
+      ttlSeconds: {
+        type: "integer",
+        minimum: STREAM_TOKEN_TTL_SECONDS.min,
+        maximum: STREAM_TOKEN_TTL_SECONDS.max,
+        description: `default ${STREAM_TOKEN_TTL_SECONDS.default}`,
+      },
+    },
+  },
+  {
+    $id: "StreamToken",
+    type: "object",
+    required: ["token", "channel", "expiresAt"],
+    properties: {
+      token: { type: "string", description: "for ?access_token= on the snapshot and the stream of this channel" },
+      channel: { type: "string" },
+      expiresAt: { type: "string", format: "date-time" },
+    },
+  },
+  {
+    $id: "LocationStock",
+    type: "object",
+    properties: {
+      location: { type: "string" },
+      onHand: { type: ["integer", "string"], description: "past 2^53, a decimal string (as every quantity)" },
+      reserved: { type: ["integer", "string"] },
+      inTransit: { type: ["integer", "string"] },
+      damaged: { type: ["integer", "string"] },
+      available: { type: ["integer", "string"], description: "on hand − reserved − safety stock (may be negative)" },
+      safetyStock: { type: "integer" },
+      reorderPoint: { type: "integer" },
+      status: { type: "string" },
+      updatedAt: { type: ["string", "null"], format: "date-time" },
+    },
+  },
+  {
+    $id: "Stock",
+    type: "object",
+    required: ["sku", "seq", "locations"],
+    properties: { sku: { type: "string" }, seq: { type: "integer" }, locations: { type: "array", items: { $ref: "LocationStock#" } } },
+  },
+] as const;
 
 interface AvailabilityView {
   channel: string;
@@ -146,14 +208,12 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
     {
       config,
       schema: {
+        operationId: "getAvailability",
         tags: ["availability"],
         summary: "What one channel may sell of a SKU",
         params: { type: "object", required: ["sku"], properties: { sku: { type: "string", pattern: SKU } } },
         querystring: { type: "object", properties: { channel: { type: "string", description: "default: the token's channel" } } },
-        response: {
-          200: { ...Availability, properties: { ...Availability.properties, updatedAt: { type: ["string", "null"] } } },
-          ...errors(400, 401, 403, 404),
-        },
+        response: { 200: { $ref: "Availability#" }, ...errors(400, 401, 403, 404) },
       },
     },
     async (req) => {
@@ -169,6 +229,7 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
     {
       config: browserConfig,
       schema: {
+        operationId: "listAvailability",
         tags: ["availability"],
         summary: `What one channel may sell of up to ${MAX_SKUS} SKUs: a snapshot to stream on from`,
         description:
@@ -183,22 +244,7 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
             access_token: accessToken,
           },
         },
-        response: {
-          200: {
-            type: "object",
-            required: ["channel", "items", "unknown", "lastEventId"],
-            properties: {
-              channel: { type: "string" },
-              lastEventId: { type: "integer", description: "the stream position of this snapshot: pass it to the stream as ?lastEventId=" },
-              items: {
-                type: "array",
-                items: { ...Availability, properties: { ...Availability.properties, updatedAt: { type: ["string", "null"] } } },
-              },
-              unknown: { type: "array", items: { type: "string" }, description: "SKUs the ledger has never seen" },
-            },
-          },
-          ...errors(400, 401, 403, 404),
-        },
+        response: { 200: { $ref: "AvailabilityList#" }, ...errors(400, 401, 403, 404) },
       },
     },
     async (req) => {
@@ -222,36 +268,12 @@ function stockRoute(app: FastifyInstance, ctx: ApiContext): void {
     {
       config,
       schema: {
+        operationId: "getStock",
         tags: ["availability"],
         summary: "Every location and bucket of a SKU (a channel token sees its channel's locations only)",
         params: { type: "object", required: ["sku"], properties: { sku: { type: "string", pattern: SKU } } },
         response: {
-          200: {
-            type: "object",
-            required: ["sku", "seq", "locations"],
-            properties: {
-              sku: { type: "string" },
-              seq: { type: "integer" },
-              locations: {
-                type: "array",
-                items: {
-                  type: "object",
-                  properties: {
-                    location: { type: "string" },
-                    onHand: { type: ["integer", "string"], description: "past 2^53, a decimal string (as every quantity)" },
-                    reserved: { type: ["integer", "string"] },
-                    inTransit: { type: ["integer", "string"] },
-                    damaged: { type: ["integer", "string"] },
-                    available: { type: ["integer", "string"], description: "on hand − reserved − safety stock (may be negative)" },
-                    safetyStock: { type: "integer" },
-                    reorderPoint: { type: "integer" },
-                    status: { type: "string" },
-                    updatedAt: { type: ["string", "null"], format: "date-time" },
-                  },
-                },
-              },
-            },
-          },
+          200: { $ref: "Stock#" },
           ...errors(400, 401, 403, 404),
         },
       },
@@ -274,6 +296,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
     {
       config: browserConfig,
       schema: {
+        operationId: "streamAvailability",
         tags: ["availability"],
         summary: "Server-sent events of a channel's availability changes, resumable with Last-Event-ID",
         description:
@@ -309,34 +332,20 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
 /** POST /v1/stream-tokens: a shop's backend mints a short-lived token its web page streams one channel's availability with. */
 function mintRoute(app: FastifyInstance, ctx: ApiContext): void {
   const tokens = new StreamTokens(ctx.settings.streamTokenSecret);
-  const { min, max } = STREAM_TOKEN_TTL_SECONDS;
   app.post<{ Body: { channel?: string; ttlSeconds?: number } }>(
     "/v1/stream-tokens",
     {
       config,
       schema: {
+        operationId: "createStreamToken",
         tags: ["availability"],
         summary: "Mint a short-lived stream token for a web page (read-only, one channel)",
         description:
           "For a shop's backend, with its own token (scope availability:read; a channel token mints for its channel only). The token " +
           "is accepted only as `?access_token=` by GET /v1/availability (the snapshot) and GET /v1/availability/stream, for that " +
           "channel, until `expiresAt`; a stream already open then stays open. 503 when TALLY_STREAM_TOKEN_SECRET is not set.",
-        body: {
-          type: "object",
-          additionalProperties: false,
-          properties: {
-            channel: { type: "string", description: "default: the token's channel" },
-            ttlSeconds: { type: "integer", minimum: min, maximum: max, description: `default ${STREAM_TOKEN_TTL_SECONDS.default}` },
-          },
-        },
-        response: {
-          200: {
-            type: "object",
-            required: ["token", "channel", "expiresAt"],
-            properties: { token: { type: "string" }, channel: { type: "string" }, expiresAt: { type: "string", format: "date-time" } },
-          },
-          ...errors(400, 401, 403, 404, 503),
-        },
+        body: { $ref: "StreamTokenRequest#" },
+        response: { 200: { $ref: "StreamToken#" }, ...errors(400, 401, 403, 404, 503) },
       },
     },
     async (req) => {
@@ -362,10 +371,10 @@ function parseSkus(text: string): Array<string> {
         .filter(Boolean),
     ),
   ];
-  if (skus.length === 0) throw new ApiError(400, "invalid_request", "querystring.skus: expected at least one SKU");
-  if (skus.length > MAX_SKUS) throw new ApiError(400, "invalid_request", `querystring.skus: at most ${MAX_SKUS} SKUs, got ${skus.length}`);
+  if (skus.length === 0) throw invalidField("querystring.skus", "expected at least one SKU");
+  if (skus.length > MAX_SKUS) throw invalidField("querystring.skus", `at most ${MAX_SKUS} SKUs, got ${skus.length}`);
   const bad = skus.find((s) => !new RegExp(SKU).test(s));
-  if (bad !== undefined) throw new ApiError(400, "invalid_request", `querystring.skus: ${JSON.stringify(bad.slice(0, 60))} is not a SKU`);
+  if (bad !== undefined) throw invalidField("querystring.skus", `${JSON.stringify(bad.slice(0, 60))} is not a SKU`);
   return skus;
 }
 

@@ -4,7 +4,28 @@ import { isNotFound } from "../../wire/index.ts";
 import { publishHealth } from "../../wire/index.ts";
 import type { ApiContext } from "../context.ts";
 
-const Check = { type: "object", properties: { ok: { type: "boolean" }, detail: { type: "string" } }, additionalProperties: true } as const;
+const Check = {
+  $id: "ReadinessCheck",
+  type: "object",
+  required: ["ok"],
+  properties: { ok: { type: "boolean" }, detail: { type: "string" } },
+  additionalProperties: true,
+} as const;
+
+/** The named component schemas of these routes. */
+export const healthSchemas = [
+  { $id: "Health", type: "object", required: ["ok"], properties: { ok: { type: "boolean" } } },
+  Check,
+  {
+    $id: "Readiness",
+    type: "object",
+    required: ["ready", "checks"],
+    properties: {
+      ready: { type: "boolean" },
+      checks: { type: "object", additionalProperties: { $ref: "ReadinessCheck#" }, description: "postgres, nats, jetstream, stuck, leases, cdc" },
+    },
+  },
+] as const;
 
 /** `/healthz` (the process is up), `/readyz` (dependencies and the roles this process runs), `/metrics` (Prometheus). No auth. */
 export async function healthRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
@@ -12,10 +33,11 @@ export async function healthRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
     "/healthz",
     {
       schema: {
+        operationId: "getHealth",
         tags: ["health"],
         summary: "The process is up",
         security: [],
-        response: { 200: { type: "object", properties: { ok: { type: "boolean" } }, required: ["ok"] } },
+        response: { 200: { $ref: "Health#" } },
       },
     },
     async () => ({ ok: true }),
@@ -25,13 +47,14 @@ export async function healthRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
     "/readyz",
     {
       schema: {
+        operationId: "getReadiness",
         tags: ["health"],
         summary:
           "Dependencies answer (Postgres, NATS, JetStream's commands stream); per role: every partition held and none stuck (worker), sources streaming (cdc)",
         security: [],
         response: {
-          200: { type: "object", properties: { ready: { type: "boolean" }, checks: { type: "object", additionalProperties: Check } } },
-          503: { type: "object", properties: { ready: { type: "boolean" }, checks: { type: "object", additionalProperties: Check } } },
+          200: { description: "ready", $ref: "Readiness#" },
+          503: { description: "not ready: the checks say why", $ref: "Readiness#" },
         },
       },
     },
@@ -43,7 +66,20 @@ export async function healthRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCont
 
   app.get(
     "/metrics",
-    { schema: { tags: ["health"], summary: "Prometheus metrics", security: [], produces: ["text/plain"], response: { 200: { type: "string" } } } },
+    {
+      schema: {
+        operationId: "getMetrics",
+        tags: ["health"],
+        summary: "Prometheus metrics",
+        security: [],
+        response: {
+          200: {
+            description: "the Prometheus text exposition format (version 0.0.4)",
+            content: { "text/plain": { schema: { type: "string" } } },
+          },
+        },
+      },
+    },
     async (_req, reply) => {
       reply.type(ctx.metrics.registry.contentType);
       return ctx.metrics.registry.metrics();

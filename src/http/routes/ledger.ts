@@ -1,7 +1,7 @@
 import { Readable } from "node:stream";
 import type { FastifyInstance } from "fastify";
 import type { ApiContext } from "../context.ts";
-import { ApiError, errors } from "../errors.ts";
+import { ApiError, errors, invalidField } from "../errors.ts";
 import {
   EXPORT_CURSOR_HEADER,
   EXPORT_CURSOR_PATTERN,
@@ -13,7 +13,9 @@ import {
 } from "../../../ledger/index.ts";
 
 const Entry = {
+  $id: "LedgerEntry",
   type: "object",
+  description: "One leg of a committed command: a bucket's delta and its balance after, hash-chained per SKU",
   properties: {
     entryId: { type: "integer" },
     commandId: { type: "string" },
@@ -33,6 +35,20 @@ const Entry = {
     hash: { type: "string" },
   },
 } as const;
+
+/** The named component schemas of these routes. */
+export const ledgerSchemas = [
+  Entry,
+  {
+    $id: "LedgerPage",
+    type: "object",
+    required: ["entries", "nextCursor"],
+    properties: {
+      entries: { type: "array", items: { $ref: "LedgerEntry#" } },
+      nextCursor: { type: ["string", "null"], description: "pass as cursor for the next page; null on the last page" },
+    },
+  },
+] as const;
 
 const MOVEMENTS = [
   "receive",
@@ -63,13 +79,9 @@ const date = (name: string, v: string | undefined): Date | undefined => {
   const d = new Date(v);
   // Years 0001–9999 only: Postgres has no year 0, and a bound outside that range means nothing to a ledger.
   if (Number.isNaN(d.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(v) || d.getUTCFullYear() < 1 || d.getUTCFullYear() > 9999)
-    throw new ApiError(
-      400,
-      "invalid_request",
-      `querystring.${name}: expected an ISO-8601 date or date-time in the years 0001 to 9999, got ${JSON.stringify(v.slice(0, 40))}`,
-      {
-        issues: [{ path: `querystring.${name}`, message: "expected an ISO-8601 date or date-time in the years 0001 to 9999" }],
-      },
+    throw invalidField(
+      `querystring.${name}`,
+      `expected an ISO-8601 date or date-time in the years 0001 to 9999, got ${JSON.stringify(v.slice(0, 40))}`,
     );
   return d;
 };
@@ -89,6 +101,7 @@ function entriesRoute(app: FastifyInstance, ctx: ApiContext): void {
     {
       config,
       schema: {
+        operationId: "listLedgerEntries",
         tags: ["ledger"],
         summary: "Ledger entries in entry order, paged: pass nextCursor as cursor for the next page",
         querystring: {
@@ -103,14 +116,7 @@ function entriesRoute(app: FastifyInstance, ctx: ApiContext): void {
             limit: { type: "integer", minimum: 1, maximum: 1000, default: 100 },
           },
         },
-        response: {
-          200: {
-            type: "object",
-            required: ["entries", "nextCursor"],
-            properties: { entries: { type: "array", items: Entry }, nextCursor: { type: ["string", "null"] } },
-          },
-          ...errors(400, 401, 403),
-        },
+        response: { 200: { $ref: "LedgerPage#" }, ...errors(400, 401, 403) },
       },
     },
     async (req) => {
@@ -151,6 +157,7 @@ function exportRoute(app: FastifyInstance, ctx: ApiContext): void {
     {
       config,
       schema: {
+        operationId: "exportLedger",
         tags: ["ledger"],
         summary: "Every committed entry after `cursor` (all, without one), streamed; the next cursor in a header, the summary in a trailer",
         description:
@@ -171,8 +178,11 @@ function exportRoute(app: FastifyInstance, ctx: ApiContext): void {
         },
         response: {
           200: {
-            description: "the entries, then the summary",
-            content: { "text/csv": { schema: { type: "string" } }, "application/x-ndjson": { schema: { type: "string" } } },
+            description: "the entries (format=csv: text/csv; format=ndjson: application/x-ndjson), then the summary trailer",
+            content: {
+              "text/csv": { schema: { type: "string", description: "RFC 4180 CSV: a header row, then one row per entry" } },
+              "application/x-ndjson": { schema: { type: "string", description: "one LedgerEntry JSON object per line" } },
+            },
           },
           ...errors(400, 401, 403),
         },

@@ -9,7 +9,9 @@ import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
 
 const Letter = {
+  $id: "DeadLetter",
   type: "object",
+  description: "A message that could not be applied or mapped, kept with its reason for an operator",
   properties: {
     id: { type: "integer", description: "its sequence in the dead-letter stream" },
     origin: { type: "string", description: "pos, commands, submit, or a CDC source" },
@@ -31,6 +33,58 @@ const Letter = {
   },
 } as const;
 
+const StuckPartition = {
+  $id: "StuckPartition",
+  type: "object",
+  properties: {
+    partition: { type: "integer" },
+    streamSeq: { type: "integer" },
+    attempts: { type: "integer" },
+    error: { type: "string", description: "the last failure's message" },
+    since: { type: "string", format: "date-time" },
+    updatedAt: { type: "string", format: "date-time" },
+  },
+} as const;
+
+/** The named component schemas of these routes. */
+export const operatorSchemas = [
+  Letter,
+  StuckPartition,
+  {
+    $id: "DeadLetterList",
+    type: "object",
+    properties: { total: { type: "integer" }, letters: { type: "array", items: { $ref: "DeadLetter#" } } },
+  },
+  {
+    $id: "DeadLetterReplayed",
+    type: "object",
+    properties: { id: { type: "integer" }, ok: { type: "boolean" }, commands: { type: "integer" } },
+  },
+  { $id: "DeadLetterDiscarded", type: "object", properties: { id: { type: "integer" }, discarded: { type: "boolean" } } },
+  { $id: "StuckPartitionList", type: "object", properties: { stuck: { type: "array", items: { $ref: "StuckPartition#" } } } },
+  {
+    $id: "SkipRequest",
+    type: "object",
+    properties: { seq: { type: "integer", minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: "default: the message it is stuck at" } },
+    additionalProperties: false,
+  },
+  {
+    $id: "SkipRequested",
+    type: "object",
+    properties: { partition: { type: "integer" }, seq: { type: "integer" }, requested: { type: "boolean" } },
+  },
+  {
+    $id: "SourceList",
+    type: "object",
+    properties: {
+      sources: {
+        type: "array",
+        items: { type: "object", additionalProperties: true, description: "a source's slot, lag, last event, snapshot, counters (or its error)" },
+      },
+    },
+  },
+] as const;
+
 const IdParams = { type: "object", required: ["id"], properties: { id: { type: "integer", minimum: 1 } } } as const;
 
 /** Dead letters (list, replay, discard), stuck partitions (list, skip) and CDC sources; the `admin` scope. */
@@ -51,6 +105,7 @@ function deadLetterRoutes(app: FastifyInstance, ctx: ApiContext): void {
     {
       config: read,
       schema: {
+        operationId: "listDeadLetters",
         tags: ["operators"],
         summary: "Dead letters, oldest first",
         querystring: {
@@ -61,7 +116,7 @@ function deadLetterRoutes(app: FastifyInstance, ctx: ApiContext): void {
           },
         },
         response: {
-          200: { type: "object", properties: { total: { type: "integer" }, letters: { type: "array", items: Letter } } },
+          200: { $ref: "DeadLetterList#" },
           ...errors(400, 401, 403),
         },
       },
@@ -77,11 +132,12 @@ function deadLetterRoutes(app: FastifyInstance, ctx: ApiContext): void {
     {
       config: write,
       schema: {
+        operationId: "replayDeadLetter",
         tags: ["operators"],
         summary: "Map or decode a dead letter again and publish it; removes it on success",
         params: IdParams,
         response: {
-          200: { type: "object", properties: { id: { type: "integer" }, ok: { type: "boolean" }, commands: { type: "integer" } } },
+          200: { $ref: "DeadLetterReplayed#" },
           ...errors(401, 403, 404, 409, 429),
         },
       },
@@ -106,10 +162,11 @@ function deadLetterRoutes(app: FastifyInstance, ctx: ApiContext): void {
     {
       config: write,
       schema: {
+        operationId: "discardDeadLetter",
         tags: ["operators"],
         summary: "Discard a dead letter for good",
         params: IdParams,
-        response: { 200: { type: "object", properties: { id: { type: "integer" }, discarded: { type: "boolean" } } }, ...errors(401, 403, 404, 429) },
+        response: { 200: { $ref: "DeadLetterDiscarded#" }, ...errors(401, 403, 404, 429) },
       },
     },
     async (req) => {
@@ -130,28 +187,11 @@ function stuckPartitionRoutes(app: FastifyInstance, ctx: ApiContext): void {
     {
       config: read,
       schema: {
+        operationId: "listStuckPartitions",
         tags: ["operators"],
         summary: "Partitions not advancing: the stream message each is stuck at, the failed attempts in a row and the last error",
         response: {
-          200: {
-            type: "object",
-            properties: {
-              stuck: {
-                type: "array",
-                items: {
-                  type: "object",
-                  properties: {
-                    partition: { type: "integer" },
-                    streamSeq: { type: "integer" },
-                    attempts: { type: "integer" },
-                    error: { type: "string" },
-                    since: { type: "string", format: "date-time" },
-                    updatedAt: { type: "string", format: "date-time" },
-                  },
-                },
-              },
-            },
-          },
+          200: { $ref: "StuckPartitionList#" },
           ...errors(401, 403),
         },
       },
@@ -164,6 +204,7 @@ function stuckPartitionRoutes(app: FastifyInstance, ctx: ApiContext): void {
     {
       config: write,
       schema: {
+        operationId: "skipStuckMessage",
         tags: ["operators"],
         summary: "Ask the worker holding a stuck partition to dead-letter the message it is stuck at (or `seq`) and move on",
         params: {
@@ -171,9 +212,9 @@ function stuckPartitionRoutes(app: FastifyInstance, ctx: ApiContext): void {
           required: ["partition"],
           properties: { partition: { type: "integer", minimum: 0, maximum: ctx.topology.partitions - 1 } },
         },
-        body: { type: "object", properties: { seq: { type: "integer", minimum: 1, maximum: Number.MAX_SAFE_INTEGER } }, additionalProperties: false },
+        body: { $ref: "SkipRequest#" },
         response: {
-          202: { type: "object", properties: { partition: { type: "integer" }, seq: { type: "integer" }, requested: { type: "boolean" } } },
+          202: { $ref: "SkipRequested#" },
           ...errors(400, 401, 403, 409, 429),
         },
       },
@@ -196,10 +237,11 @@ function sourceRoutes(app: FastifyInstance, ctx: ApiContext): void {
     {
       config: read,
       schema: {
+        operationId: "listSources",
         tags: ["operators"],
         summary: "Per CDC source whose URL is set: slot, lag, last event, snapshot, counters",
         response: {
-          200: { type: "object", properties: { sources: { type: "array", items: { type: "object", additionalProperties: true } } } },
+          200: { $ref: "SourceList#" },
           ...errors(401, 403),
         },
       },

@@ -1,14 +1,21 @@
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { InvalidBatch } from "../../ingest/index.ts";
 import { JsonTextError, parseJsonText } from "../../platform/index.ts";
 import { MAX_BATCH_LINES, MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/index.ts";
 import type { ApiContext } from "../context.ts";
-import { errors } from "../errors.ts";
+import { ApiError, errors, problemResponse, problemWith, sendProblem } from "../errors.ts";
 
-const Issue = { type: "object", required: ["path", "message"], properties: { path: { type: "string" }, message: { type: "string" } } } as const;
+const Issue = {
+  $id: "PosIssue",
+  type: "object",
+  description: "a bad field of one transaction (path from the body: transactions[0].lines[1].qty)",
+  required: ["path", "message"],
+  properties: { path: { type: "string" }, message: { type: "string" } },
+} as const;
 
 /** The POS transaction format (documentation: the route decodes bodies itself, to name every bad field and dead-letter it). */
 const PosLineSchema = {
+  $id: "PosLine",
   type: "object",
   required: ["type"],
   properties: {
@@ -32,6 +39,7 @@ const PosLineSchema = {
 } as const;
 
 const PosBatchSchema = {
+  $id: "PosBatch",
   type: "object",
   required: ["transactions"],
   properties: {
@@ -47,7 +55,7 @@ const PosBatchSchema = {
           terminal: { type: "string" },
           id: { type: "string", description: "the POS transaction id: idempotent per store + terminal + id" },
           occurredAt: { type: "string", format: "date-time" },
-          lines: { type: "array", minItems: 1, maxItems: MAX_LINES, items: PosLineSchema },
+          lines: { type: "array", minItems: 1, maxItems: MAX_LINES, items: { $ref: "PosLine#" } },
         },
       },
     },
@@ -55,6 +63,7 @@ const PosBatchSchema = {
 } as const;
 
 const TransactionResult = {
+  $id: "PosTransactionResult",
   type: "object",
   required: ["index", "status"],
   properties: {
@@ -76,22 +85,44 @@ const TransactionResult = {
       },
     },
     reason: { type: "string", description: "invalid_transaction, unknown_item, unknown_store, idempotency_conflict" },
-    errors: { type: "array", items: Issue },
+    errors: { type: "array", items: { $ref: "PosIssue#" } },
   },
 } as const;
 
-const BatchResult = {
-  type: "object",
-  required: ["accepted", "rejected", "results"],
-  properties: {
-    accepted: { type: "integer" },
-    rejected: { type: "integer" },
-    results: { type: "array", items: TransactionResult },
-    error: { type: "string" },
-    message: { type: "string" },
-    errors: { type: "array", items: Issue },
-  },
+const batchProperties = {
+  accepted: { type: "integer" },
+  rejected: { type: "integer" },
+  results: { type: "array", items: { $ref: "PosTransactionResult#" } },
 } as const;
+
+/** The named component schemas of this route. */
+export const posSchemas = [
+  Issue,
+  PosLineSchema,
+  PosBatchSchema,
+  TransactionResult,
+  { $id: "PosBatchResult", type: "object", required: ["accepted", "rejected", "results"], properties: batchProperties },
+  problemWith("PosBatchProblem", "A batch of which no transaction was accepted: the problem, and each transaction's result", batchProperties),
+] as const;
+
+interface Batch {
+  readonly accepted: number;
+  readonly rejected: number;
+  readonly results: ReadonlyArray<unknown>;
+  readonly error?: string;
+  readonly message?: string;
+  readonly errors?: ReadonlyArray<{ readonly path: string; readonly message: string }>;
+}
+
+/** The reply to a batch: 200 when any transaction was accepted, else a problem (409 when every id was taken by other content). */
+function sendBatch(req: FastifyRequest, reply: FastifyReply, result: Batch) {
+  const { error, message, errors, ...batch } = result;
+  if (batch.accepted > 0) return reply.code(200).send(batch);
+  const rejected = batch.results.flatMap((r) => (r as { errors?: ReadonlyArray<{ path: string; message: string }> }).errors ?? []);
+  const fields = [...(errors ?? []), ...rejected].map((i) => ({ path: i.path ? `body.${i.path}` : "body", detail: i.message }));
+  const status = error === "idempotency_conflict" ? 409 : 400;
+  return sendProblem(req, reply, status, error ?? "invalid_transactions", message ?? "no transaction was accepted", { ...batch, errors: fields });
+}
 
 /** `POST /v1/pos/transactions`: a batch of POS transactions. */
 export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
@@ -108,6 +139,7 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
       // The schema documents the format; validation is the ingest's own (see above).
       validatorCompiler: () => (value) => ({ value }),
       schema: {
+        operationId: "postPosTransactions",
         tags: ["pos"],
         summary: "Ingest a batch of POS transactions (idempotent per store + terminal + transaction id)",
         description:
@@ -115,8 +147,13 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
           "one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 409 when " +
           "every one was refused because its id was already taken by other content, 400 otherwise. A body may be at most 1 MiB " +
           `(413 beyond), nest at most 32 deep, and hold at most ${MAX_BATCH_LINES} lines over all its transactions.`,
-        body: PosBatchSchema,
-        response: { 200: BatchResult, 400: BatchResult, 409: BatchResult, ...errors(401, 403, 413, 415, 429, 503) },
+        body: { $ref: "PosBatch#" },
+        response: {
+          200: { $ref: "PosBatchResult#" },
+          400: problemResponse(400, "PosBatchProblem"),
+          409: problemResponse(409, "PosBatchProblem"),
+          ...errors(401, 403, 413, 415, 429, 503),
+        },
       },
     },
     async (req, reply) => {
@@ -128,7 +165,7 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
       } catch (e) {
         if (!(e instanceof JsonTextError)) throw e;
         const err = await ctx.pos.rejectUnparsable(text, e.problem, { via: "http", by });
-        return reply.code(400).send({ accepted: 0, rejected: 1, results: [], error: "invalid_request", message: err.message, errors: err.issues });
+        return sendBatch(req, reply, { accepted: 0, rejected: 1, results: [], error: "invalid_request", message: err.message, errors: err.issues });
       }
       const stores = ctx.locationsFor(req);
       if (stores) {
@@ -137,19 +174,25 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
           ? list.map((t) => (t as { store?: unknown })?.store).filter((s): s is string => typeof s === "string" && !stores.has(s))
           : [];
         if (foreign.length > 0)
-          return reply.code(403).send({
-            error: "forbidden",
-            message: `this token may only post for the stores of channel ${req.principal!.channel} (not ${[...new Set(foreign)].join(", ")})`,
-          });
+          throw new ApiError(
+            403,
+            "forbidden",
+            `this token may only post for the stores of channel ${req.principal!.channel} (not ${[...new Set(foreign)].join(", ")})`,
+          );
       }
       try {
         const result = await ctx.pos.ingest(payload, { via: "http", by, stores, deadline: Date.now() + ctx.opts.requestTimeoutMs });
-        return reply.code(result.accepted > 0 ? 200 : result.error === "idempotency_conflict" ? 409 : 400).send(result);
+        return sendBatch(req, reply, result);
       } catch (error) {
         if (error instanceof InvalidBatch)
-          return reply
-            .code(400)
-            .send({ accepted: 0, rejected: 1, results: [], error: "invalid_request", message: error.message, errors: error.issues });
+          return sendBatch(req, reply, {
+            accepted: 0,
+            rejected: 1,
+            results: [],
+            error: "invalid_request",
+            message: error.message,
+            errors: error.issues,
+          });
         throw error;
       }
     },

@@ -1,8 +1,8 @@
-import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { MappingError } from "../../contract/index.ts";
 import { ID_JSON_PATTERN, RESOLVE_PROBE_COMMAND_ID } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
-import { ApiError, errors } from "../errors.ts";
+import { ApiError, errors, invalidField, problemResponse, problemWith, sendProblem } from "../errors.ts";
 import { RESERVATION_STATUSES, ReservationError, type Decision, type LineRequest } from "../../reservations/index.ts";
 
 /** The one id grammar of SKUs and locations (see src/contract/command.ts): a colon never reaches a command. */
@@ -12,6 +12,7 @@ const MAX_LINES = 100;
 const Qty = { type: "integer", minimum: 1, maximum: 1_000_000_000 } as const;
 
 const Line = {
+  $id: "ReservationLineRequest",
   type: "object",
   required: ["sku", "qty"],
   additionalProperties: false,
@@ -19,12 +20,19 @@ const Line = {
 } as const;
 
 const CreateBody = {
+  $id: "ReservationRequest",
   type: "object",
   additionalProperties: false,
   properties: {
     sku: { type: "string", pattern: SKU, description: "a one-line reservation (or give lines)" },
     qty: Qty,
-    lines: { type: "array", minItems: 1, maxItems: MAX_LINES, items: Line, description: "a cart: held all together or not at all" },
+    lines: {
+      type: "array",
+      minItems: 1,
+      maxItems: MAX_LINES,
+      items: { $ref: "ReservationLineRequest#" },
+      description: "a cart: held all together or not at all",
+    },
     location: { type: "string", pattern: LOCATION, description: "hold at this location (default for every line)" },
     channel: { type: "string", description: "or: pick, per line, the channel's location that can hold it (default: the token's channel)" },
     ttlSeconds: { type: "integer", minimum: 1, maximum: 7 * 24 * 3600, default: 900 },
@@ -41,6 +49,7 @@ const LineView = {
 } as const;
 
 const ReservationView = {
+  $id: "Reservation",
   type: "object",
   required: ["id", "status"],
   properties: {
@@ -49,27 +58,29 @@ const ReservationView = {
     channel: { type: ["string", "null"] },
     expiresAt: { type: ["string", "null"], format: "date-time" },
     createdAt: { type: "string", format: "date-time" },
-    lines: { type: "array", items: { type: "object", properties: LineView } },
+    lines: { type: "array", items: { $ref: "ReservationLine#" } },
   },
 } as const;
 
-const Insufficient = {
-  type: "object",
-  required: ["error", "message"],
-  properties: {
-    error: { type: "string", description: "insufficient_stock, or reservation_<status> for a state that forbids the action" },
-    message: { type: "string" },
-    id: { type: "string" },
+const Insufficient = problemWith(
+  "ReservationProblem",
+  "A reservation refused: insufficient_stock (with what each line could have held), or reservation_<status> for a state that forbids the action",
+  {
+    id: { type: "string", description: "the reservation" },
     available: { type: "integer", description: "one-line reservations: what could have been held" },
-    lines: {
-      type: "array",
-      items: {
-        type: "object",
-        properties: { ...LineView, available: { type: ["integer", "null"] } },
-      },
-    },
+    lines: { type: "array", items: { $ref: "ReservationLineRefused#" } },
   },
-} as const;
+);
+
+/** The named component schemas of these routes. */
+export const reservationSchemas = [
+  Line,
+  CreateBody,
+  { $id: "ReservationLine", type: "object", properties: LineView },
+  { $id: "ReservationLineRefused", type: "object", properties: { ...LineView, available: { type: ["integer", "null"] } } },
+  ReservationView,
+  Insufficient,
+] as const;
 
 const IdParams = { type: "object", required: ["id"], properties: { id: { type: "string", pattern: "^r_[0-9a-f]{32}$" } } } as const;
 
@@ -104,6 +115,17 @@ export function reservationHttpError(error: ReservationError): ApiError {
   }
 }
 
+/**
+ * The reply to a reservation request: the reservation when held (201), else the stored refusal as a problem
+ * (stored bodies carry `error`, `message` and `issues`; replays of an Idempotency-Key answer the same).
+ */
+function sendDecision(req: FastifyRequest, reply: FastifyReply, decision: Decision, body: Record<string, unknown>) {
+  if (decision === "held") return reply.code(201).send(body);
+  const { error, message, issues, ...rest } = body as { error?: string; message?: string; issues?: Array<{ path: string; message: string }> };
+  const fields = issues ? { errors: issues.map((i) => ({ path: i.path, detail: i.message })) } : {};
+  return sendProblem(req, reply, DECISION_STATUS[decision], error ?? "invalid_request", message ?? decision, { ...rest, ...fields });
+}
+
 /** Runs a call of the reservation service, its domain errors turned into HTTP ones. */
 async function domain<T>(run: () => Promise<T>): Promise<T> {
   try {
@@ -132,14 +154,9 @@ export async function reservationRoutes(app: FastifyInstance, { ctx }: { ctx: Ap
 
 /** A body gives either sku and qty, or lines: the 400 for one that does not. */
 function shapeProblem(b: CreateBodyT): ApiError | null {
-  if ((b.lines === undefined) === (b.sku === undefined))
-    return new ApiError(400, "invalid_request", "body: expected either sku and qty, or lines", {
-      issues: [{ path: "body", message: "expected either sku and qty, or lines" }],
-    });
-  if (b.sku !== undefined && b.qty === undefined)
-    return new ApiError(400, "invalid_request", "body.qty: is missing", { issues: [{ path: "body.qty", message: "is missing" }] });
-  if (b.lines !== undefined && b.qty !== undefined)
-    return new ApiError(400, "invalid_request", "body.qty: give qty per line", { issues: [{ path: "body.qty", message: "give qty per line" }] });
+  if ((b.lines === undefined) === (b.sku === undefined)) return invalidField("body", "expected either sku and qty, or lines");
+  if (b.sku !== undefined && b.qty === undefined) return invalidField("body.qty", "is missing");
+  if (b.lines !== undefined && b.qty !== undefined) return invalidField("body.qty", "give qty per line");
   return null;
 }
 
@@ -155,6 +172,7 @@ function channelOf(ctx: ApiContext, b: CreateBodyT, principal: NonNullable<Fasti
 }
 
 const CreateSchema = {
+  operationId: "createReservation",
   tags: ["reservations"],
   summary: "Hold stock for a checkout (all lines or none), decided by each SKU's actor",
   headers: {
@@ -162,8 +180,12 @@ const CreateSchema = {
     required: ["idempotency-key"],
     properties: { "idempotency-key": { type: "string", minLength: 1, maxLength: 200, pattern: "^[\\x21-\\x7E]+$" } },
   },
-  body: CreateBody,
-  response: { 201: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 413, 422, 429, 503) },
+  body: { $ref: "ReservationRequest#" },
+  response: {
+    201: { description: "held", $ref: "Reservation#" },
+    409: problemResponse(409, "ReservationProblem"),
+    ...errors(400, 401, 403, 404, 413, 422, 429, 503),
+  },
 };
 
 /** POST /v1/reservations: the body checked and its lines resolved (bundles expanded), then decided by the service. */
@@ -187,15 +209,10 @@ function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig):
       for (const [i, l] of asked.entries()) {
         const location = l.location ?? b.location ?? null;
         const path = b.lines ? `body.lines[${i}]` : "body";
-        if (location === null && channel === null)
-          throw new ApiError(400, "invalid_request", `${path}.location: is missing (give a location or a channel)`, {
-            issues: [{ path: `${path}.location`, message: "is missing (give a location or a channel)" }],
-          });
+        if (location === null && channel === null) throw invalidField(`${path}.location`, "is missing (give a location or a channel)");
         if (location !== null && channel !== null && !channels[channel]!.locations.includes(location)) {
           if (principal.channel) throw new ApiError(403, "forbidden", `${path}.location: ${location} does not feed channel ${channel}`);
-          throw new ApiError(400, "invalid_request", `${path}.location: ${location} does not feed channel ${channel}`, {
-            issues: [{ path: `${path}.location`, message: `does not feed channel ${channel}` }],
-          });
+          throw invalidField(`${path}.location`, `${location} does not feed channel ${channel}`);
         }
         // A bundle is held as its components (all together, like any cart).
         let parts: Array<{ sku: string; qty: number }> = [{ sku: l.sku, qty: l.qty }];
@@ -210,10 +227,7 @@ function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig):
             },
             { source: "api", id: RESOLVE_PROBE_COMMAND_ID, ref: "reservation", occurredAt: new Date().toISOString() },
           );
-          if (r.kind === "skipped")
-            throw new ApiError(400, "invalid_request", `${path}.sku: ${l.sku} is not an inventory item`, {
-              issues: [{ path: `${path}.sku`, message: "is not an inventory item" }],
-            });
+          if (r.kind === "skipped") throw invalidField(`${path}.sku`, `${l.sku} is not an inventory item`);
           parts = r.commands.map((c) => ({ sku: c.sku, qty: (c as { qty: number }).qty }));
         } catch (error) {
           if (!(error instanceof MappingError)) throw error;
@@ -221,8 +235,7 @@ function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig):
         }
         for (const p of parts) lines.push({ sku: p.sku, qty: p.qty, location });
       }
-      if (lines.length > MAX_LINES)
-        throw new ApiError(400, "invalid_request", `body.lines: at most ${MAX_LINES} lines (bundles expanded), got ${lines.length}`);
+      if (lines.length > MAX_LINES) throw invalidField("body.lines", `at most ${MAX_LINES} lines (bundles expanded), got ${lines.length}`);
       const answer = await domain(() =>
         ctx.reservations.create({
           principal: principal.id,
@@ -235,7 +248,7 @@ function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig):
       );
       if (answer.replayed) reply.header("idempotent-replayed", "true");
       if (answer.decision === "undecided") reply.header("retry-after", "1");
-      return reply.code(DECISION_STATUS[answer.decision]).send(answer.body);
+      return sendDecision(req, reply, answer.decision, answer.body);
     },
   );
 }
@@ -246,10 +259,11 @@ function readRoute(app: FastifyInstance, ctx: ApiContext): void {
     {
       config: { scope: "reservations:write" },
       schema: {
+        operationId: "getReservation",
         tags: ["reservations"],
         summary: "A reservation and its lines",
         params: IdParams,
-        response: { 200: ReservationView, ...errors(400, 401, 403, 404) },
+        response: { 200: { $ref: "Reservation#" }, ...errors(400, 401, 403, 404) },
       },
     },
     async (req) => {
@@ -264,6 +278,7 @@ function readRoute(app: FastifyInstance, ctx: ApiContext): void {
 /** Commit, fulfil and release: each answers the reservation's view (200), or the lifecycle's refusal. */
 function actionRoutes(app: FastifyInstance, ctx: ApiContext, write: WriteConfig): void {
   const action = (
+    operationId: string,
     path: string,
     summary: string,
     run: (id: string, may: ReturnType<typeof mayTouch>) => Promise<Record<string, unknown>>,
@@ -274,21 +289,28 @@ function actionRoutes(app: FastifyInstance, ctx: ApiContext, write: WriteConfig)
       url: path,
       config: write,
       schema: {
+        operationId,
         tags: ["reservations"],
         summary,
         params: IdParams,
-        response: { 200: ReservationView, 409: Insufficient, ...errors(400, 401, 403, 404, 429) },
+        response: { 200: { $ref: "Reservation#" }, 409: problemResponse(409, "ReservationProblem"), ...errors(400, 401, 403, 404, 429) },
       },
       handler: async (req, reply) => {
         const view = await domain(() => run(req.params.id, mayTouch(req)));
         return reply.code(200).send(view);
       },
     });
-  action("/v1/reservations/:id/commit", "Order placed: keep the hold (no expiry) until fulfilled or released", (id, may) =>
+  action("commitReservation", "/v1/reservations/:id/commit", "Order placed: keep the hold (no expiry) until fulfilled or released", (id, may) =>
     ctx.reservations.commit(id, may),
   );
-  action("/v1/reservations/:id/fulfill", "Shipped: fulfill every line (reserved and on hand go down)", (id, may) =>
+  action("fulfillReservation", "/v1/reservations/:id/fulfill", "Shipped: fulfill every line (reserved and on hand go down)", (id, may) =>
     ctx.reservations.fulfill(id, may),
   );
-  action("/v1/reservations/:id", "Release the hold (cancel); idempotent", (id, may) => ctx.reservations.release(id, may), "DELETE");
+  action(
+    "releaseReservation",
+    "/v1/reservations/:id",
+    "Release the hold (cancel); idempotent",
+    (id, may) => ctx.reservations.release(id, may),
+    "DELETE",
+  );
 }
