@@ -160,14 +160,15 @@ describe("POST /v1/stream-tokens", () => {
     expect((await mint("ledger", { channel: "web" })).status).toBe(403); // lacks availability:read
     const tooLong = await mint("reader", { channel: "web", ttlSeconds: 3600 });
     expect(tooLong.status).toBe(400);
-    expect(((await tooLong.json()) as { message: string }).message).toContain("ttlSeconds");
+    expect(JSON.stringify(await tooLong.json())).toContain("ttlSeconds");
   });
 
   it("answers 503 naming the setting when no secret is configured (replicas must share it, so none is made up)", async () => {
     const r = await api.call({ method: "POST", url: "/v1/stream-tokens", as: "webReader", payload: {} });
     expect(r.statusCode).toBe(503);
-    expect(r.json()).toMatchObject({ error: "stream_tokens_disabled" });
-    expect(r.json().message).toContain("TALLY_STREAM_TOKEN_SECRET");
+    expect(r.json()).toMatchObject({ code: "stream_tokens_disabled", status: 503 });
+    expect(r.headers["content-type"]).toContain("application/problem+json");
+    expect(r.json().detail).toContain("TALLY_STREAM_TOKEN_SECRET");
   });
 });
 
@@ -196,7 +197,7 @@ describe("a stream token", () => {
       body: "{}",
     });
     expect(write.status).toBe(401);
-    expect(((await write.json()) as { message: string }).message).toContain("accepted only by the availability snapshot and stream");
+    expect(((await write.json()) as { detail: string }).detail).toContain("accepted only by the availability snapshot and stream");
   });
 
   it("is refused when expired, forged, signed with another secret or tampered with (401)", async () => {
@@ -205,7 +206,7 @@ describe("a stream token", () => {
     const expired = ours.mint("reader", "web", 60, Date.now() - 120_000).token;
     const r = await fetch(url(expired));
     expect(r.status).toBe(401);
-    expect(((await r.json()) as { message: string }).message).toContain("expired");
+    expect(((await r.json()) as { detail: string }).detail).toContain("expired");
     expect((await fetch(url(new StreamTokens(`${SECRET}-other`).mint("reader", "web", 60).token))).status).toBe(401);
     // Claims rewritten to another channel (the signature no longer matches), or to a later expiry.
     const [body, sig] = (await streamToken("store_s01")).slice("tlys_".length).split(".");

@@ -18,6 +18,7 @@ export const OPERATIONS = {
   listAvailability: ["get", "/v1/availability"],
   getStock: ["get", "/v1/stock/{sku}"],
   streamAvailability: ["get", "/v1/availability/stream"],
+  createStreamToken: ["post", "/v1/stream-tokens"],
   createReservation: ["post", "/v1/reservations"],
   getReservation: ["get", "/v1/reservations/{id}"],
   releaseReservation: ["delete", "/v1/reservations/{id}"],

@@ -99,7 +99,10 @@ export interface paths {
       path?: never;
       cookie?: never;
     };
-    /** What one channel may sell of up to 1000 SKUs */
+    /**
+     * What one channel may sell of up to 1000 SKUs: a snapshot to stream on from
+     * @description `lastEventId` is the availability stream's position the snapshot is as of: open the stream with `?lastEventId=` set to it and every later change arrives exactly once, none already in the snapshot (see docs/browser.md).
+     */
     get: operations["listAvailability"];
     put?: never;
     post?: never;
@@ -135,11 +138,31 @@ export interface paths {
     };
     /**
      * Server-sent events of a channel's availability changes, resumable with Last-Event-ID
-     * @description Each event is `event: availability`, `id: <availability stream sequence>`, `data: <Availability JSON>`, in order. Reconnect with the Last-Event-ID header (or ?lastEventId=) to resume after the last event seen; without it the stream starts with changes from now on. `event: reset` means the history needed to resume has expired: re-read the snapshot.
+     * @description Each event is `event: availability`, `id: <availability stream sequence>`, `data: <Availability JSON>`, in order. Reconnect with the Last-Event-ID header (or ?lastEventId=) to resume after the last event seen; without it the stream starts with changes from now on. `event: reset` means the history needed to resume has expired: re-read the snapshot. A browser opens it as `new EventSource(url + '?access_token=<stream token>&lastEventId=<snapshot lastEventId>')`.
      */
     get: operations["streamAvailability"];
     put?: never;
     post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  "/v1/stream-tokens": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    get?: never;
+    put?: never;
+    /**
+     * Mint a short-lived stream token for a web page (read-only, one channel)
+     * @description For a shop's backend, with its own token (scope availability:read; a channel token mints for its channel only). The token is accepted only as `?access_token=` by GET /v1/availability (the snapshot) and GET /v1/availability/stream, for that channel, until `expiresAt`; a stream already open then stays open. 503 when TALLY_STREAM_TOKEN_SECRET is not set.
+     */
+    post: operations["createStreamToken"];
     delete?: never;
     options?: never;
     head?: never;
@@ -520,9 +543,24 @@ export interface components {
     };
     AvailabilityList: {
       channel: string;
+      /** @description the stream position of this snapshot: pass it to the stream as ?lastEventId= */
+      lastEventId: number;
       items: components["schemas"]["Availability"][];
       /** @description SKUs the ledger has never seen */
       unknown: string[];
+    };
+    StreamTokenRequest: {
+      /** @description default: the token's channel */
+      channel?: string;
+      /** @description default 300 */
+      ttlSeconds?: number;
+    };
+    StreamToken: {
+      /** @description for ?access_token= on the snapshot and the stream of this channel */
+      token: string;
+      channel: string;
+      /** Format: date-time */
+      expiresAt: string;
     };
     LocationStock: {
       location?: string;
@@ -950,6 +988,8 @@ export interface operations {
         channel?: string;
         /** @description comma-separated, at most 1000 */
         skus: string;
+        /** @description a stream token from POST /v1/stream-tokens, for browsers (EventSource cannot send headers); instead of the Authorization header */
+        access_token?: string;
       };
       header?: never;
       path?: never;
@@ -1086,8 +1126,10 @@ export interface operations {
         channel?: string;
         /** @description comma-separated filter, at most 1000 */
         skus?: string;
-        /** @description as Last-Event-ID: the last event seen */
+        /** @description as Last-Event-ID (which wins when both are sent): the last event seen, or a snapshot's lastEventId */
         lastEventId?: number;
+        /** @description a stream token from POST /v1/stream-tokens, for browsers (EventSource cannot send headers); instead of the Authorization header */
+        access_token?: string;
       };
       header?: {
         "last-event-id"?: string;
@@ -1135,6 +1177,93 @@ export interface operations {
       };
       /** @description Not Found */
       404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Service Unavailable */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  createStreamToken: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody: {
+      content: {
+        "application/json": components["schemas"]["StreamTokenRequest"];
+      };
+    };
+    responses: {
+      /** @description Default Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/json": components["schemas"]["StreamToken"];
+        };
+      };
+      /** @description Bad Request */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unauthorized */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Forbidden */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Not Found */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Payload Too Large */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unsupported Media Type */
+      415: {
         headers: {
           [name: string]: unknown;
         };
