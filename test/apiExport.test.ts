@@ -19,7 +19,9 @@ let api: ApiFixture;
 beforeAll(async () => {
   ctx = await testContext();
   // No worker: the ledger is written directly, with valid hash chains, so verify can vouch for it.
-  api = await startApi(ctx, { background: false }, []);
+  // A 10 s request budget: this test is about streaming 1M entries in flat memory; on a loaded CI machine the
+  // first row can take longer than the default 2 s budget (which then answers 503 with Retry-After, as designed).
+  api = await startApi(ctx, { background: false, requestTimeoutMs: 10_000 }, []);
   const t0 = Date.UTC(2026, 0, 1);
   // Each SKU's chain, with balance_after the running sum per location, hashed as the worker would.
   const withBalances = async function* () {

@@ -22,7 +22,10 @@ let api: ApiFixture;
 
 beforeAll(async () => {
   ctx = await testContext();
-  api = await startApi(ctx, { rateLimitPerMinute: 1_000_000, background: false });
+  // With a stream token secret, so POST /v1/stream-tokens is exercised as configured (unset, it answers 503 by design).
+  api = await startApi(ctx, { rateLimitPerMinute: 1_000_000, background: false }, undefined, {
+    streamTokenSecret: "fuzz-stream-token-secret-of-32-characters!",
+  });
   await defineItems(api.sql, [
     {
       sku: "FZ-A",

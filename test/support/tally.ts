@@ -30,6 +30,8 @@ export interface TestEnvOptions {
   readonly leaseTtlMs?: number;
   readonly maxActors?: number;
   readonly applyConcurrency?: number;
+  /** TALLY_STREAM_TOKEN_SECRET: unset, the API mints no stream tokens (503). */
+  readonly streamTokenSecret?: string;
 }
 
 /** The environment variables a Tally process of this test file runs with. */
@@ -42,6 +44,7 @@ export function tallyEnv(ctx: TestContext, opts: TestEnvOptions = {}): Record<st
     TALLY_LEASE_TTL_MS: String(opts.leaseTtlMs ?? 5000),
     ...(opts.maxActors !== undefined ? { TALLY_MAX_ACTORS: String(opts.maxActors) } : {}),
     ...(opts.applyConcurrency !== undefined ? { TALLY_APPLY_CONCURRENCY: String(opts.applyConcurrency) } : {}),
+    ...(opts.streamTokenSecret !== undefined ? { TALLY_STREAM_TOKEN_SECRET: opts.streamTokenSecret } : {}),
     TALLY_LOG_LEVEL: process.env.TALLY_LOG_LEVEL ?? "warn",
     // A process without the api role serves /metrics: on any free port, so tests running side by side never collide.
     TALLY_METRICS_PORT: "0",
