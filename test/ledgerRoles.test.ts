@@ -185,6 +185,9 @@ async function rewriteSale(sql: Sql, commandId: string, delta: number): Promise<
         occurred_at: Date;
         recorded_at: Date;
         sku_seq: number;
+        value: string | null;
+        unit_cost: string | null;
+        valuation_flag: string | null;
       }>
     >`select * from ledger_entries where sku = ${target!.sku} order by sku_seq`;
     let prev = GENESIS_HASH;
@@ -208,6 +211,10 @@ async function rewriteSale(sql: Sql, commandId: string, delta: number): Promise<
         occurredAt: r.occurred_at,
         recordedAt: r.recorded_at,
         skuSeq: r.sku_seq,
+        // The hash covers an entry's valuation too: the attacker keeps it as stored.
+        value: r.value === null ? null : BigInt(r.value),
+        unitCost: r.unit_cost === null ? null : BigInt(r.unit_cost),
+        valuationFlag: r.valuation_flag,
       });
       await tx`update ledger_entries set delta = ${d}, balance_after = ${balanceAfter}, prev_hash = ${prev}, hash = ${hash} where entry_id = ${r.entry_id}`;
       prev = hash;
