@@ -14,7 +14,7 @@ import { locationAvailable } from "../src/contract/index.ts";
 import { decide, evolve, type Decision } from "./decider.ts";
 import type { Bucket, HoldState, HoldStatus, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
 import { atLeastZero, emptyLocation, initialSkuState } from "./state.ts";
-import { noValue, valueLeg, type LocationValue } from "./valuation.ts";
+import { noValue, valueLeg, type LocationValue } from "../ledger/index.ts";
 
 /** A live SKU actor's memory: its rules state and the head of its ledger chain. */
 export interface LiveSku {

@@ -3,6 +3,7 @@ import { GENESIS_HASH, entryHash } from "./hash.ts";
 import { verifyHolds } from "./verifyHolds.ts";
 import { type VerifyProblem, skuProblem } from "./verifyProblem.ts";
 import { type EntryRow, hashedEntry } from "./entryRow.ts";
+import { type LocationValue, noValue, valueLeg } from "./valuation.ts";
 
 export type { VerifyProblem };
 
@@ -58,6 +59,7 @@ async function checkChains(
   let prevHash = GENESIS_HASH;
   let expectedSeq = 1;
   let sums = new Map<string, bigint>();
+  let values = new Map<string, LocationValue>();
   const heads: Heads = new Map();
   const allSums: Sums = new Map();
   const finishSku = () => {
@@ -81,6 +83,7 @@ async function checkChains(
         prevHash = GENESIS_HASH;
         expectedSeq = 1;
         sums = new Map();
+        values = new Map();
       }
       const key = `${r.location}\u0000${r.bucket}`;
       // Exact: a balance may pass 2^53 (the driver returns such values as bigints).
@@ -91,7 +94,7 @@ async function checkChains(
         const valueKey = `${r.location}\u0000${VALUE}`;
         sums.set(valueKey, (sums.get(valueKey) ?? 0n) + BigInt(r.value));
       }
-      const message = entryProblem(r, prevHash, expectedSeq, running);
+      const message = entryProblem(r, prevHash, expectedSeq, running) ?? valuationProblem(r, values);
       if (message !== null) {
         return { entries, skus, problem: { sku: r.sku, entryId: r.entry_id, commandId: r.command_id, message }, sums: allSums, heads };
       }
@@ -111,6 +114,23 @@ function entryProblem(r: EntryRow, prevHash: string, expectedSeq: number, runnin
   if (running !== BigInt(r.balance_after)) return `balance_after ${r.balance_after} but the entries sum to ${running} (${r.location}/${r.bucket})`;
   const recomputed = entryHash(prevHash, hashedEntry(r));
   return recomputed !== r.hash ? "hash does not match its contents (entry altered)" : null;
+}
+
+/**
+ * Replays the moving average over one on_hand entry: its value, unit cost and flag must be what the
+ * rules give from the location's entries before it (entries from before valuation have none and
+ * leave the location's value as it is). Updates `values`; null when the entry agrees.
+ */
+function valuationProblem(r: EntryRow, values: Map<string, LocationValue>): string | null {
+  if (r.bucket !== "on_hand" || r.value === null || r.value === undefined) return null;
+  const delta = BigInt(r.delta);
+  const receipt = r.movement === "receive";
+  const cost = receipt && r.valuation_flag !== "no_cost" && r.unit_cost !== null && r.unit_cost !== undefined ? BigInt(r.unit_cost) : null;
+  const v = valueLeg(BigInt(r.balance_after) - delta, values.get(r.location) ?? noValue, delta, cost, receipt);
+  values.set(r.location, v.after);
+  const stored = `${r.value} at ${r.unit_cost} (${r.valuation_flag ?? "no flag"})`;
+  const replayed = `${v.value} at ${v.unitCost} (${v.flag ?? "no flag"})`;
+  return stored === replayed ? null : `value ${stored} but the moving average gives ${replayed} (${r.location})`;
 }
 
 /** Every balance row against its entries' sum; also which rows exist (`sku\0location\0bucket`). */

@@ -6,6 +6,8 @@
  */
 import type { TransactionSql } from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { hashedEntry, type EntryRow } from "../ledger/entryRow.ts";
+import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
 import { dropTestDatabase, testContext, type TestContext } from "./support/context.ts";
 import { harness, runTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
 
@@ -115,5 +117,26 @@ describe("moving weighted average valuation", () => {
     expect(badEntry.output).toContain("hash does not match its contents (entry altered)");
     await tamper((tx) => tx`update ledger_entries set value = value - 1 where command_id = 'v11'`);
     expect((await verify()).code).toBe(0);
+  });
+
+  it("verify replays the moving average: a value rewritten with its hashes, balance and head recomputed is still found", async () => {
+    // What the owner could do: make the S01 receipt worth 150 instead of 140 and re-chain everything after it.
+    await h.sql.begin(async (tx) => {
+      await tx`alter table ledger_entries disable trigger ledger_entries_append_only`;
+      const rows = await tx<Array<EntryRow>>`select * from ledger_entries where sku = 'VAL-1' order by sku_seq`;
+      let prev = GENESIS_HASH;
+      for (const r of rows) {
+        const row = r.command_id === "v11" ? { ...r, value: "150" } : r;
+        const hash = entryHash(prev, hashedEntry({ ...row, prev_hash: prev }));
+        await tx`update ledger_entries set value = ${row.value ?? null}::numeric, prev_hash = ${prev}, hash = ${hash} where entry_id = ${r.entry_id}`;
+        prev = hash;
+      }
+      await tx`update balances set value = 150 where sku = 'VAL-1' and location = 'S01' and bucket = 'on_hand'`;
+      await tx`update sku_heads set last_hash = ${prev} where sku = 'VAL-1'`;
+      await tx`alter table ledger_entries enable trigger ledger_entries_append_only`;
+    });
+    const r = await verify();
+    expect(r.code).toBe(3);
+    expect(r.output).toContain("value 150 at 70 (no flag) but the moving average gives 140 at 70 (no flag) (S01)");
   });
 });

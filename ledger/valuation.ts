@@ -9,6 +9,7 @@
  * last unit out takes exactly what is left. Units beyond what is on hand (a sale out of empty or
  * negative stock) go at the last known unit cost, flagged. Whenever on_hand comes to exactly 0 the
  * leg takes (or gives back) whatever value is left, so value is 0 at zero stock.
+ * (It lives with the ledger so that `tally ledger verify` replays the same rules.)
  */
 
 /** The valuation of one (SKU, location)'s on-hand stock. */
