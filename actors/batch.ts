@@ -14,6 +14,7 @@ import { locationAvailable } from "../src/contract/index.ts";
 import { decide, evolve, type Decision } from "./decider.ts";
 import type { Bucket, HoldState, HoldStatus, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
 import { atLeastZero, emptyLocation, initialSkuState } from "./state.ts";
+import { noValue, valueLeg, type LocationValue } from "../ledger/index.ts";
 
 /** A live SKU actor's memory: its rules state and the head of its ledger chain. */
 export interface LiveSku {
@@ -23,6 +24,8 @@ export interface LiveSku {
   readonly lastHash: string;
   /** Bumped by every applied command, including those without legs (set_policy). */
   readonly version: number;
+  /** The valuation of on_hand per location (absent: nothing valued yet, value 0). */
+  readonly values?: Readonly<Record<string, LocationValue>>;
 }
 
 /** One command taken from the stream, with the stream sequence of the message that carried it. */
@@ -106,9 +109,11 @@ export function actorFromStored(sku: string, stored: StoredSku | undefined): Liv
       reorderPoint: l.reorderPoint,
       status: l.status as StockStatus,
     };
+  const values: Record<string, LocationValue> = {};
   for (const b of stored.balances) {
     const field = BUCKET_FIELD[b.bucket as Bucket];
     if (field) locations[b.location] = { ...at(b.location), [field]: BigInt(b.qty) };
+    if (b.bucket === "on_hand") values[b.location] = { value: b.value ?? 0n, lastUnitCost: b.lastUnitCost ?? null };
   }
   const transfers: Record<string, TransferState> = {};
   for (const t of stored.transfers)
@@ -123,6 +128,7 @@ export function actorFromStored(sku: string, stored: StoredSku | undefined): Liv
     seq: stored.head?.seq ?? 0,
     lastHash: stored.head?.lastHash ?? GENESIS_HASH,
     version: stored.head?.version ?? 0,
+    values,
   };
 }
 
@@ -297,13 +303,22 @@ function applyDecided(g: Gathered, input: PlanInput, command: Command, streamSeq
   const occurredAt = new Date(command.occurredAt);
   const origin = g.origins.get(command.sku);
   if (!origin || occurredAt.getTime() < origin.at) g.origins.set(command.sku, { at: occurredAt.getTime(), source: command.source.system });
+  let values = actor.values ?? {};
   for (const event of events) {
+    const onHandBefore = (state.locations[event.location] ?? emptyLocation).onHand;
     state = evolve(state, event);
     markTouched(g.touched, command.sku, event.location);
     if (event.type === "stock_moved") {
       leg++;
       seq++;
       const loc = state.locations[event.location] ?? emptyLocation;
+      let valuation = {};
+      if (event.bucket === "on_hand") {
+        const cost = command.type === "receive" && command.unitCost !== undefined ? BigInt(command.unitCost) : null;
+        const v = valueLeg(onHandBefore, values[event.location] ?? noValue, event.delta, cost, command.type === "receive");
+        values = { ...values, [event.location]: v.after };
+        valuation = { value: v.value, unitCost: v.unitCost, valuationFlag: v.flag };
+      }
       const body = {
         commandId: command.id,
         leg,
@@ -318,6 +333,7 @@ function applyDecided(g: Gathered, input: PlanInput, command: Command, streamSeq
         occurredAt,
         recordedAt: input.recordedAt,
         skuSeq: seq,
+        ...valuation,
       };
       const hash = entryHash(lastHash, body);
       g.entries.push({ ...body, prevHash: lastHash, hash });
@@ -341,7 +357,7 @@ function applyDecided(g: Gathered, input: PlanInput, command: Command, streamSeq
     reason: null,
     detail: leg > 0 ? { legs: leg } : null,
   });
-  g.actors.set(command.sku, { state, seq, lastHash, version: actor.version + 1 });
+  g.actors.set(command.sku, { state, seq, lastHash, version: actor.version + 1, values });
 }
 
 /** Balances, SKU locations and heads of the touched SKUs, and each affected channel's availability (outbox). */
@@ -354,7 +370,11 @@ function stateRows(g: Gathered, input: PlanInput): Pick<BatchWrite, "balances" |
     heads.push({ sku, seq: actor.seq, lastHash: actor.lastHash, version: actor.version });
     for (const location of locations) {
       const l = actor.state.locations[location] ?? emptyLocation;
-      for (const bucket of Object.keys(BUCKET_FIELD) as Array<Bucket>) balances.push({ sku, location, bucket, qty: l[BUCKET_FIELD[bucket]] });
+      const v = actor.values?.[location] ?? noValue;
+      for (const bucket of Object.keys(BUCKET_FIELD) as Array<Bucket>) {
+        const valued = bucket === "on_hand" ? { value: v.value, lastUnitCost: v.lastUnitCost } : {};
+        balances.push({ sku, location, bucket, qty: l[BUCKET_FIELD[bucket]], ...valued });
+      }
       skuLocations.push({ sku, location, safetyStock: l.safetyStock, reorderPoint: l.reorderPoint, status: l.status });
     }
     for (const channel of input.channels) {

@@ -16,6 +16,10 @@ export interface EntryRow {
   occurred_at: Date;
   recorded_at: Date;
   sku_seq: number;
+  /** numeric(38,0): read as a decimal string, or null (not an on_hand leg, or from before valuation). */
+  value?: string | null;
+  unit_cost?: string | null;
+  valuation_flag?: string | null;
   prev_hash: string;
   hash: string;
 }
@@ -60,4 +64,7 @@ export const hashedEntry = (r: EntryRow): HashedEntry => ({
   occurredAt: r.occurred_at,
   recordedAt: r.recorded_at,
   skuSeq: r.sku_seq,
+  value: r.value === null || r.value === undefined ? null : BigInt(r.value),
+  unitCost: r.unit_cost === null || r.unit_cost === undefined ? null : BigInt(r.unit_cost),
+  valuationFlag: r.valuation_flag ?? null,
 });

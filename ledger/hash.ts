@@ -19,6 +19,13 @@ export interface HashedEntry {
   readonly occurredAt: Date;
   readonly recordedAt: Date;
   readonly skuSeq: number;
+  /**
+   * The leg's value and the unit cost it was valued at (integer minor units) and why it is flagged,
+   * for an `on_hand` leg since valuation; absent (null) on other legs and on entries from before it.
+   */
+  readonly value?: bigint | null;
+  readonly unitCost?: bigint | null;
+  readonly valuationFlag?: string | null;
 }
 
 /**
@@ -32,8 +39,17 @@ export function canonicalEntry(e: HashedEntry): string {
   return (
     `[${text(e.commandId)},${integer(e.leg)},${text(e.sku)},${text(e.location)},${text(e.bucket)},` +
     `${integer(e.delta)},${integer(e.balanceAfter)},${text(e.movement)},${text(e.sourceSystem)},${text(e.sourceRef)},` +
-    `${text(e.occurredAt.toISOString())},${text(e.recordedAt.toISOString())},${integer(e.skuSeq)}]`
+    `${text(e.occurredAt.toISOString())},${text(e.recordedAt.toISOString())},${integer(e.skuSeq)}${valued(e)}]`
   );
+}
+
+/**
+ * A valued entry's value, unit cost and flag, as three more elements; nothing for an entry without
+ * a value, so every chain hashed before valuation still verifies.
+ */
+function valued(e: HashedEntry): string {
+  if (e.value === null || e.value === undefined) return "";
+  return `,${integer(e.value)},${e.unitCost === null || e.unitCost === undefined ? "null" : integer(e.unitCost)},${JSON.stringify(e.valuationFlag ?? null)}`;
 }
 
 /** An integer's digits, as JSON writes a number (and, unlike a double, exact past 2^53). */

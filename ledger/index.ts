@@ -45,3 +45,4 @@ export { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, op
 export type { ExportSummary } from "./export.ts";
 export { entryJson } from "./entryRow.ts";
 export type { EntryRow } from "./entryRow.ts";
+export { noValue, valueLeg, type LocationValue } from "./valuation.ts";

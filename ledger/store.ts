@@ -14,6 +14,9 @@ export interface BalanceRow {
   readonly location: string;
   readonly bucket: string;
   readonly qty: bigint | number;
+  /** On the on_hand row: the exact value of on_hand and the last known unit cost (minor units); null elsewhere. */
+  readonly value?: bigint | null;
+  readonly lastUnitCost?: bigint | null;
 }
 export interface SkuHeadRow {
   readonly sku: string;
@@ -97,6 +100,9 @@ export function quantityJson(_key: string, value: unknown): unknown {
   return typeof value === "bigint" ? quantityValue(value) : value;
 }
 
+/** A nullable integer as the decimal text Postgres reads exactly into numeric. */
+const nullableText = (n: bigint | null | undefined): string | null => (n === null || n === undefined ? null : String(n));
+
 /** The partition's lease epoch moved on: another worker took it over, this one must stop writing. */
 export class LeaseLost extends Error {
   override readonly name = "LeaseLost";
@@ -138,7 +144,8 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
       returning 1
     ), entries as (
       insert into ledger_entries (command_id, leg, sku, location, bucket, delta, balance_after, movement,
-                                  source_system, source_ref, occurred_at, recorded_at, sku_seq, prev_hash, hash)
+                                  source_system, source_ref, occurred_at, recorded_at, sku_seq, prev_hash, hash,
+                                  value, unit_cost, valuation_flag)
       select u.* from unnest(
         ${col(e, (r) => r.commandId)}::text[],
         ${col(e, (r) => r.leg)}::smallint[],
@@ -154,17 +161,23 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
         ${col(e, (r) => r.recordedAt.toISOString())}::timestamptz[],
         ${col(e, (r) => r.skuSeq)}::bigint[],
         ${col(e, (r) => r.prevHash)}::text[],
-        ${col(e, (r) => r.hash)}::text[]
+        ${col(e, (r) => r.hash)}::text[],
+        ${col(e, (r) => nullableText(r.value))}::numeric[],
+        ${col(e, (r) => nullableText(r.unitCost))}::numeric[],
+        ${col(e, (r) => r.valuationFlag ?? null)}::text[]
       ) as u where exists (select from fence)
     ), balances_ as (
-      insert into balances (sku, location, bucket, qty, updated_at)
-      select s, l, bu, q, ${b.recordedAt} from unnest(
+      insert into balances (sku, location, bucket, qty, value, last_unit_cost, updated_at)
+      select s, l, bu, q, v, lc, ${b.recordedAt} from unnest(
         ${col(bal, (r) => r.sku)}::text[],
         ${col(bal, (r) => r.location)}::text[],
         ${col(bal, (r) => r.bucket)}::text[],
-        ${col(bal, (r) => String(r.qty))}::bigint[]
-      ) as t(s, l, bu, q) where exists (select from fence)
-      on conflict (sku, location, bucket) do update set qty = excluded.qty, updated_at = excluded.updated_at
+        ${col(bal, (r) => String(r.qty))}::bigint[],
+        ${col(bal, (r) => nullableText(r.value))}::numeric[],
+        ${col(bal, (r) => nullableText(r.lastUnitCost))}::numeric[]
+      ) as t(s, l, bu, q, v, lc) where exists (select from fence)
+      on conflict (sku, location, bucket) do update
+        set qty = excluded.qty, value = excluded.value, last_unit_cost = excluded.last_unit_cost, updated_at = excluded.updated_at
     ), heads as (
       insert into sku_heads (sku, seq, last_hash, version, updated_at)
       select s, q, lh, v, ${b.recordedAt} from unnest(
@@ -334,14 +347,23 @@ export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<M
   const [heads, balances, locations, transfers] = await Promise.all([
     sql<Array<{ sku: string; seq: number; last_hash: string; version: number }>>`
       select sku, seq, last_hash, version from sku_heads where sku = any(${list}::text[])`,
-    sql<Array<BalanceRow>>`select sku, location, bucket, qty from balances where sku = any(${list}::text[])`,
+    sql<Array<BalanceRow & { last_unit_cost: string | null; value: string | null }>>`
+      select sku, location, bucket, qty, value, last_unit_cost from balances where sku = any(${list}::text[])`,
     sql<Array<{ sku: string; location: string; safety_stock: number; reorder_point: number; status: string }>>`
       select sku, location, safety_stock, reorder_point, status from sku_locations where sku = any(${list}::text[])`,
     sql<Array<{ sku: string; transfer_id: string; from_location: string; to_location: string; shipped: number; received: number }>>`
       select sku, transfer_id, from_location, to_location, shipped, received from transfers where sku = any(${list}::text[])`,
   ]);
   for (const h of heads) out.get(h.sku)!.head = { sku: h.sku, seq: h.seq, lastHash: h.last_hash, version: h.version };
-  for (const b of balances) out.get(b.sku)!.balances.push({ sku: b.sku, location: b.location, bucket: b.bucket, qty: b.qty });
+  for (const b of balances)
+    out.get(b.sku)!.balances.push({
+      sku: b.sku,
+      location: b.location,
+      bucket: b.bucket,
+      qty: b.qty,
+      value: b.value === null ? null : BigInt(b.value),
+      lastUnitCost: b.last_unit_cost === null ? null : BigInt(b.last_unit_cost),
+    });
   for (const l of locations)
     out.get(l.sku)!.locations.push({
       sku: l.sku,

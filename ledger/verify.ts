@@ -3,6 +3,7 @@ import { GENESIS_HASH, entryHash } from "./hash.ts";
 import { verifyHolds } from "./verifyHolds.ts";
 import { type VerifyProblem, skuProblem } from "./verifyProblem.ts";
 import { type EntryRow, hashedEntry } from "./entryRow.ts";
+import { type LocationValue, noValue, valueLeg } from "./valuation.ts";
 
 export type { VerifyProblem };
 
@@ -40,7 +41,10 @@ async function verifySnapshot(sql: TransactionSql, opts: { onProgress?: (entries
   return { ok: problem === null, entries, skus, balances: balances.rows, problem };
 }
 
-/** Per SKU, per `location\0bucket`: what its entries sum to. */
+/** The key (`location\0$value`) under which a SKU's sums keep a location's total value. */
+const VALUE = "$value";
+
+/** Per SKU, per `location\0bucket` (and `location\0$value`): what its entries sum to. */
 type Sums = Map<string, Map<string, bigint>>;
 type Heads = Map<string, { seq: number; hash: string }>;
 
@@ -55,6 +59,7 @@ async function checkChains(
   let prevHash = GENESIS_HASH;
   let expectedSeq = 1;
   let sums = new Map<string, bigint>();
+  let values = new Map<string, LocationValue>();
   const heads: Heads = new Map();
   const allSums: Sums = new Map();
   const finishSku = () => {
@@ -66,7 +71,7 @@ async function checkChains(
 
   const cursor = sql<Array<EntryRow>>`
     select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system,
-           source_ref, occurred_at, recorded_at, sku_seq, prev_hash, hash
+           source_ref, occurred_at, recorded_at, sku_seq, value, unit_cost, valuation_flag, prev_hash, hash
       from ledger_entries order by sku, sku_seq`.cursor(2000);
   for await (const rows of cursor) {
     for (const r of rows) {
@@ -78,12 +83,18 @@ async function checkChains(
         prevHash = GENESIS_HASH;
         expectedSeq = 1;
         sums = new Map();
+        values = new Map();
       }
       const key = `${r.location}\u0000${r.bucket}`;
       // Exact: a balance may pass 2^53 (the driver returns such values as bigints).
       const running = (sums.get(key) ?? 0n) + BigInt(r.delta);
       sums.set(key, running);
-      const message = entryProblem(r, prevHash, expectedSeq, running);
+      // Each on_hand entry's value adds to its location's value (kept under a key no bucket has).
+      if (r.value !== null && r.value !== undefined) {
+        const valueKey = `${r.location}\u0000${VALUE}`;
+        sums.set(valueKey, (sums.get(valueKey) ?? 0n) + BigInt(r.value));
+      }
+      const message = entryProblem(r, prevHash, expectedSeq, running) ?? valuationProblem(r, values);
       if (message !== null) {
         return { entries, skus, problem: { sku: r.sku, entryId: r.entry_id, commandId: r.command_id, message }, sums: allSums, heads };
       }
@@ -105,32 +116,56 @@ function entryProblem(r: EntryRow, prevHash: string, expectedSeq: number, runnin
   return recomputed !== r.hash ? "hash does not match its contents (entry altered)" : null;
 }
 
+/**
+ * Replays the moving average over one on_hand entry: its value, unit cost and flag must be what the
+ * rules give from the location's entries before it (entries from before valuation have none and
+ * leave the location's value as it is). Updates `values`; null when the entry agrees.
+ */
+function valuationProblem(r: EntryRow, values: Map<string, LocationValue>): string | null {
+  if (r.bucket !== "on_hand" || r.value === null || r.value === undefined) return null;
+  const delta = BigInt(r.delta);
+  const receipt = r.movement === "receive";
+  const cost = receipt && r.valuation_flag !== "no_cost" && r.unit_cost !== null && r.unit_cost !== undefined ? BigInt(r.unit_cost) : null;
+  const v = valueLeg(BigInt(r.balance_after) - delta, values.get(r.location) ?? noValue, delta, cost, receipt);
+  values.set(r.location, v.after);
+  const stored = `${r.value} at ${r.unit_cost} (${r.valuation_flag ?? "no flag"})`;
+  const replayed = `${v.value} at ${v.unitCost} (${v.flag ?? "no flag"})`;
+  return stored === replayed ? null : `value ${stored} but the moving average gives ${replayed} (${r.location})`;
+}
+
 /** Every balance row against its entries' sum; also which rows exist (`sku\0location\0bucket`). */
 async function checkBalances(sql: TransactionSql, allSums: Sums): Promise<{ rows: number; seen: Set<string>; problem: VerifyProblem | null }> {
   let rows = 0;
   const seen = new Set<string>();
-  const balanceCursor = sql<Array<{ sku: string; location: string; bucket: string; qty: number | bigint }>>`
-    select sku, location, bucket, qty from balances order by sku, location, bucket`.cursor(5000);
+  const balanceCursor = sql<Array<{ sku: string; location: string; bucket: string; qty: number | bigint; value: string | null }>>`
+    select sku, location, bucket, qty, value from balances order by sku, location, bucket`.cursor(5000);
   for await (const batch of balanceCursor) {
     for (const b of batch) {
       rows++;
       const key = `${b.location}\u0000${b.bucket}`;
       seen.add(`${b.sku}\u0000${key}`);
       const expected = allSums.get(b.sku)?.get(key) ?? 0n;
-      if (expected !== BigInt(b.qty)) {
-        const message = `balance ${b.location}/${b.bucket} is ${b.qty} but its entries sum to ${expected}`;
-        return { rows, seen, problem: skuProblem(b.sku, message) };
-      }
+      const message =
+        expected !== BigInt(b.qty) ? `balance ${b.location}/${b.bucket} is ${b.qty} but its entries sum to ${expected}` : valueProblem(b, allSums);
+      if (message !== null) return { rows, seen, problem: skuProblem(b.sku, message) };
     }
   }
   return { rows, seen, problem: null };
+}
+
+/** An on_hand row's value against the sum of its location's entry values (a null value, from before valuation, is 0). */
+function valueProblem(b: { sku: string; location: string; bucket: string; value: string | null }, allSums: Sums): string | null {
+  if (b.bucket !== "on_hand") return null;
+  const expected = allSums.get(b.sku)?.get(`${b.location}\u0000${VALUE}`) ?? 0n;
+  const stored = b.value === null ? 0n : BigInt(b.value);
+  return stored === expected ? null : `value of ${b.location} is ${stored} but its entries' values sum to ${expected}`;
 }
 
 /** A non-zero sum of entries with no balance row. */
 function missingBalanceRow(allSums: Sums, seen: ReadonlySet<string>): VerifyProblem | null {
   for (const [s, m] of allSums) {
     for (const [key, total] of m) {
-      if (total !== 0n && !seen.has(`${s}\u0000${key}`)) {
+      if (total !== 0n && !key.endsWith(`\u0000${VALUE}`) && !seen.has(`${s}\u0000${key}`)) {
         const [location, bucket] = key.split("\u0000");
         return skuProblem(s, `entries sum to ${total} for ${location}/${bucket} but there is no balance row`);
       }

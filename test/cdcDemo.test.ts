@@ -73,6 +73,18 @@ describe("CDC from the demo ERP and shop, end to end", () => {
     );
   });
 
+  it("passes a receipt's unit cost on: numeric(12,4) EUR becomes integer cents on the ledger entry", async () => {
+    const [{ receipt_id }] = await demo.erp<[{ receipt_id: string }]>`
+      insert into goods_receipts (item_no, location, qty, uom, unit_cost, currency)
+      values ('100003', 'S02', 4, 'EA', 2.5050, 'EUR') returning receipt_id::text`;
+    const ref = `goods_receipts:${receipt_id}`;
+    await eventually("the costed receipt", async () => (await h.sql`select 1 from ledger_entries where source_ref = ${ref}`).length === 1);
+    const [entry] = await h.sql<[{ value: string; unit_cost: string; valuation_flag: string | null }]>`
+      select value::text, unit_cost::text, valuation_flag from ledger_entries where source_ref = ${ref}`;
+    // 2.5050 EUR = 250.50 cents → 251 (half away from zero); 4 × 251.
+    expect(entry).toEqual({ value: "1004", unit_cost: "251", valuation_flag: null });
+  });
+
   it("maps shop orders: a placed line reserves, shipping fulfils, cancelling releases; a bundle reserves its components; a gift card is skipped", async () => {
     const reader = tally.readers.find((r) => r.name === "shop")!;
     const skippedBefore = reader.metrics.skipped;

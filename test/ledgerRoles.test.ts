@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../src/contract/command.ts";
-import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
+import { entryHash, GENESIS_HASH, noValue, valueLeg, type LocationValue } from "../ledger/index.ts";
 import { readNatsAnchors } from "../src/channels/anchors.ts";
 import { startTally } from "../src/app/roles.ts";
 import { loadSettings } from "../src/platform/settings.ts";
@@ -185,15 +185,31 @@ async function rewriteSale(sql: Sql, commandId: string, delta: number): Promise<
         occurred_at: Date;
         recorded_at: Date;
         sku_seq: number;
+        value: string | null;
+        unit_cost: string | null;
+        valuation_flag: string | null;
       }>
     >`select * from ledger_entries where sku = ${target!.sku} order by sku_seq`;
     let prev = GENESIS_HASH;
     const sums = new Map<string, number>();
+    const values = new Map<string, LocationValue>();
     for (const r of rows) {
       const d = r.command_id === commandId ? delta : r.delta;
       const key = `${r.location}/${r.bucket}`;
       const balanceAfter = (sums.get(key) ?? 0) + d;
       sums.set(key, balanceAfter);
+      // The valuation is hashed and replayed by verify: the attacker re-values the on_hand legs too.
+      let valued = {
+        value: r.value === null ? null : BigInt(r.value),
+        unitCost: r.unit_cost === null ? null : BigInt(r.unit_cost),
+        valuationFlag: r.valuation_flag,
+      };
+      if (r.bucket === "on_hand" && r.value !== null) {
+        const cost = r.movement === "receive" && r.valuation_flag !== "no_cost" && r.unit_cost !== null ? BigInt(r.unit_cost) : null;
+        const v = valueLeg(BigInt(balanceAfter - d), values.get(r.location) ?? noValue, BigInt(d), cost, r.movement === "receive");
+        values.set(r.location, v.after);
+        valued = { value: v.value, unitCost: v.unitCost, valuationFlag: v.flag };
+      }
       const hash = entryHash(prev, {
         commandId: r.command_id,
         leg: r.leg,
@@ -208,14 +224,21 @@ async function rewriteSale(sql: Sql, commandId: string, delta: number): Promise<
         occurredAt: r.occurred_at,
         recordedAt: r.recorded_at,
         skuSeq: r.sku_seq,
+        ...valued,
       });
-      await tx`update ledger_entries set delta = ${d}, balance_after = ${balanceAfter}, prev_hash = ${prev}, hash = ${hash} where entry_id = ${r.entry_id}`;
+      await tx`update ledger_entries set delta = ${d}, balance_after = ${balanceAfter}, prev_hash = ${prev}, hash = ${hash},
+                 value = ${valued.value === null ? null : String(valued.value)}::numeric,
+                 unit_cost = ${valued.unitCost === null ? null : String(valued.unitCost)}::numeric,
+                 valuation_flag = ${valued.valuationFlag} where entry_id = ${r.entry_id}`;
       prev = hash;
     }
     for (const [key, qty] of sums) {
       const [location, bucket] = key.split("/");
       await tx`update balances set qty = ${qty} where sku = ${target!.sku} and location = ${location!} and bucket = ${bucket!}`;
     }
+    for (const [location, v] of values)
+      await tx`update balances set value = ${String(v.value)}::numeric, last_unit_cost = ${v.lastUnitCost === null ? null : String(v.lastUnitCost)}::numeric
+                where sku = ${target!.sku} and location = ${location} and bucket = 'on_hand'`;
     await tx`update sku_heads set last_hash = ${prev} where sku = ${target!.sku}`;
     await tx`alter table ledger_entries enable trigger ledger_entries_append_only`;
   });

@@ -53,6 +53,11 @@ create table if not exists goods_receipts (
   uom         text           not null default 'EA' check (uom in ('EA', 'CASE', 'KG')),
   received_at timestamptz    not null default now()
 );
+-- What one stock unit of the item cost (each, or gram for a variable-weight item), in units of
+-- `currency` (an ISO 4217 code); both optional (a receipt without a cost is valued at the average).
+alter table goods_receipts
+  add column if not exists unit_cost numeric(12, 4) check (unit_cost >= 0),
+  add column if not exists currency  text check (currency ~ '^[A-Z]{3}$');
 
 -- Manual stock corrections: qty is signed (negative = shrink, damage; positive = found).
 create table if not exists stock_adjustments (

@@ -286,6 +286,19 @@ describe("ERP goods receipts", () => {
     expect(commandsOf(erpGoodsReceipts(erp("goods_receipts", "insert", { new: { ...row, uom: "EA" } })))[0]?.uom).toBe("EA");
   });
 
+  it("passes the unit cost on in integer minor units of its currency (exact, rounded half away from zero)", () => {
+    const costed = (unit_cost: string | null, currency: string | null) =>
+      commandsOf(erpGoodsReceipts(erp("goods_receipts", "insert", { new: { ...row, unit_cost, currency } })))[0]?.fields;
+    expect(costed("12.3450", "EUR")).toEqual({ unitCost: 1235, currency: "EUR" });
+    expect(costed("12.3449", "EUR")).toEqual({ unitCost: 1234, currency: "EUR" });
+    expect(costed("99999999.9999", "EUR")).toEqual({ unitCost: 10_000_000_000, currency: "EUR" });
+    expect(costed("150.0000", "JPY")).toEqual({ unitCost: 150, currency: "JPY" });
+    expect(costed("1.2345", "KWD")).toEqual({ unitCost: 1235, currency: "KWD" });
+    expect(costed(null, null)).toBeUndefined();
+    expect(mappingError(() => costed("1.0000", null))).toMatchObject({ field: "new.currency" });
+    expect(mappingError(() => costed("1,5", "EUR"))).toMatchObject({ field: "new.unit_cost" });
+  });
+
   it("names the bad field", () => {
     expect(mappingError(() => erpGoodsReceipts(erp("goods_receipts", "insert", { new: { ...row, qty: "abc" } })))).toMatchObject({
       field: "new.qty",

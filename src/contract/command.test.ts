@@ -285,3 +285,20 @@ describe("isIsoDateTimeWithZone", () => {
     expect(isIsoDateTimeWithZone("2024-04-30T10:00:00+25:00")).toBe(false);
   });
 });
+
+describe("a receive's unit cost", () => {
+  const receive = { ...base, type: "receive", qty: 3 };
+  it("is optional, and an integer number of minor units with an ISO 4217 currency", () => {
+    expect(decoded(receive)).not.toHaveProperty("unitCost");
+    expect(decoded({ ...receive, unitCost: 1299, currency: "EUR" })).toMatchObject({ unitCost: 1299, currency: "EUR" });
+    expect(decoded({ ...receive, unitCost: 0, currency: "JPY" })).toMatchObject({ unitCost: 0 });
+  });
+  it("refuses a fraction, a negative cost, a string or a bad currency, naming the field", () => {
+    expect(messageOf({ ...receive, unitCost: 12.5 })).toBe("unitCost: expected a non-negative integer, got 12.5");
+    expect(messageOf({ ...receive, unitCost: -1 })).toContain("unitCost: expected a non-negative integer");
+    expect(messageOf({ ...receive, unitCost: "12.50" })).toContain("unitCost:");
+    expect(messageOf({ ...receive, unitCost: 1, currency: "eur" })).toBe(
+      'currency: expected an ISO 4217 currency code (3 uppercase letters, like EUR), got "eur"',
+    );
+  });
+});

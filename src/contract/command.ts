@@ -216,8 +216,23 @@ const onHold = { qty: PositiveInt, reservationId: HoldId } as const;
 /** What a transfer's two legs move: `qty` of transfer `transferId`. */
 const ofTransfer = { qty: PositiveInt, transferId: ShortName } as const;
 
-/** Goods receipt: on_hand + qty. */
-export const ReceiveCommand = Schema.Struct({ type: Schema.Literal("receive"), ...common, qty: PositiveInt });
+/** An ISO 4217 currency code: three uppercase letters. */
+const Currency = Schema.String.pipe(
+  Schema.filter((s) => /^[A-Z]{3}$/.test(s), { ...expected("an ISO 4217 currency code (3 uppercase letters, like EUR)") }),
+);
+
+/**
+ * Goods receipt: on_hand + qty. `unitCost` is what one unit cost, in integer minor units of
+ * `currency` (cents for EUR): money is never a float. Without it the receipt is valued at the
+ * location's current average cost (and the entry is flagged).
+ */
+export const ReceiveCommand = Schema.Struct({
+  type: Schema.Literal("receive"),
+  ...common,
+  qty: PositiveInt,
+  unitCost: Schema.optional(NonNegativeInt),
+  currency: Schema.optional(Currency),
+});
 export type ReceiveCommand = typeof ReceiveCommand.Type;
 
 /** POS sale: on_hand − qty, never rejected. */
