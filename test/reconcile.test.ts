@@ -1,11 +1,14 @@
 import { execFileSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEMO_STOCK } from "../cdc/demo/seed.ts";
 import { decodeCommand } from "../src/contract/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
 import { demoSources, type DemoSources } from "./support/cdc.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { eventually, harness, runTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
+import { eventually, harness, ROOT, runTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
 
 let ctx: TestContext;
 let h: Harness;
@@ -104,6 +107,23 @@ describe("tally reconcile", () => {
     expect(await entryCount()).toBe(entries);
     expect(await countOutcomes()).toBe(0);
   }, 120_000);
+
+  it("--apply where Tally is the system of record only reports (exit 3) and writes nothing", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "tally-reconcile-"));
+    const file = path.join(dir, "tally.config.ts");
+    writeFileSync(
+      file,
+      `import config from ${JSON.stringify(path.join(ROOT, "tally.config.ts"))};\n` +
+        "export default { ...config, sources: { ...config.sources, erp: { ...config.sources.erp, systemOfRecord: 'tally' } } };\n",
+    );
+    const entries = await entryCount();
+    const r = await runTally(["--config", file, "reconcile", "erp", "--format", "json", "--apply"], env);
+    expect(r.code, r.output).toBe(3);
+    expect(JSON.parse(r.stdout).drift).toHaveLength(3);
+    expect(r.output).toContain("Tally is the system of record for erp");
+    expect(await entryCount()).toBe(entries);
+    expect(await countOutcomes()).toBe(0);
+  }, 60_000);
 
   it("--apply records one count per drifted pair, then finds none; a second --apply changes nothing", async () => {
     const before = await entryCount();
