@@ -88,7 +88,6 @@ export async function readSourceOnHand(sourceSql: Sql, source: ResolvedSource, c
     for (const raw of rows) {
       try {
         mapOnHandRow(source, crosswalk, raw, onHand);
-        if (typeof raw.location === "string") locations.add(raw.location);
       } catch (error) {
         if (!(error instanceof MappingError)) throw error;
         unmapped.push({ row: JSON.stringify(raw), error: error.message });
