@@ -149,6 +149,22 @@ describe("tally reconcile", () => {
     expect(await countOutcomes()).toBe(3);
   }, 120_000);
 
+  it("compares at one point: a receipt the ERP books together with its on-hand, reconciled at once, is no drift", async () => {
+    const d = stock("SKU-0004", "S01");
+    const before = await onHand("SKU-0004", "S01");
+    expect(before).toBe(d.baseQty);
+    // One ERP transaction: the streamed receipt and the on-hand it changes; reconcile runs straight after,
+    // so it must wait for CDC to publish and the worker to apply the receipt before it compares.
+    await demo.erp.begin(async (tx) => {
+      await tx`insert into goods_receipts (item_no, location, qty, uom) values (${d.itemNo}, 'S01', 5, 'EA')`;
+      await tx`update stock_on_hand set qty = qty + 5 where item_no = ${d.itemNo} and location = 'S01'`;
+    });
+    const r = await runTally(["reconcile", "erp", "--format", "json"], env);
+    expect(r.code, r.output).toBe(0);
+    expect(JSON.parse(r.stdout).drift).toEqual([]);
+    expect(await onHand("SKU-0004", "S01")).toBe(before + 5);
+  }, 60_000);
+
   it("usage errors exit 2; a source without an onHand declaration fails with a clear message (exit 1)", async () => {
     const bad = await runTally(["reconcile", "erp", "--format", "xml"], env);
     expect(bad.code).toBe(2);
