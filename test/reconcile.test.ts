@@ -8,7 +8,7 @@ import { decodeCommand } from "../src/contract/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
 import { demoSources, type DemoSources } from "./support/cdc.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { eventually, harness, ROOT, runTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
+import { eventually, harness, ROOT, runTally, spawnTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
 
 let ctx: TestContext;
 let h: Harness;
@@ -153,15 +153,32 @@ describe("tally reconcile", () => {
     const d = stock("SKU-0004", "S01");
     const before = await onHand("SKU-0004", "S01");
     expect(before).toBe(d.baseQty);
-    // One ERP transaction: the streamed receipt and the on-hand it changes; reconcile runs straight after,
-    // so it must wait for CDC to publish and the worker to apply the receipt before it compares.
+    // The worker cannot apply to this balance while the test holds its row: the ledger lags the ERP.
+    const lock = await h.sql.reserve();
+    await lock`begin`;
+    await lock`select qty from balances where sku = 'SKU-0004' and location = 'S01' and bucket = 'on_hand' for update`;
+    // One ERP transaction: the streamed receipt and the on-hand it changes.
     await demo.erp.begin(async (tx) => {
       await tx`insert into goods_receipts (item_no, location, qty, uom) values (${d.itemNo}, 'S01', 5, 'EA')`;
       await tx`update stock_on_hand set qty = qty + 5 where item_no = ${d.itemNo} and location = 'S01'`;
     });
-    const r = await runTally(["reconcile", "erp", "--format", "json"], env);
-    expect(r.code, r.output).toBe(0);
-    expect(JSON.parse(r.stdout).drift).toEqual([]);
+    const child = spawnTally(["reconcile", "erp", "--format", "json"], env);
+    let stdout = "";
+    child.stdout!.on("data", (b: Buffer) => (stdout += b.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
+    // Once reconcile is connected, long enough for it to read the ERP and compare, were it not waiting for the worker.
+    await eventually("reconcile connected", async () => {
+      const [{ n }] = await h.sql<[{ n: number }]>`
+        select count(*)::int as n from pg_stat_activity where application_name = 'tally-reconcile' and datname = current_database()`;
+      return n > 0;
+    });
+    await new Promise((r) => setTimeout(r, 6_000));
+    expect(await onHand("SKU-0004", "S01")).toBe(before);
+    await lock`commit`;
+    lock.release();
+    const code = await exited;
+    expect(code, child.output()).toBe(0);
+    expect(JSON.parse(stdout).drift).toEqual([]);
     expect(await onHand("SKU-0004", "S01")).toBe(before + 5);
   }, 60_000);
 
