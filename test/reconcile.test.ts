@@ -182,6 +182,23 @@ describe("tally reconcile", () => {
     expect(await onHand("SKU-0004", "S01")).toBe(before + 5);
   }, 60_000);
 
+  it("a ledger that does not catch up within --timeout is a failure naming what is behind (exit 1), not a report", async () => {
+    const d = stock("SKU-0005", "S02");
+    const lock = await h.sql.reserve();
+    await lock`begin`;
+    await lock`select qty from balances where sku = 'SKU-0005' and location = 'S02' and bucket = 'on_hand' for update`;
+    try {
+      await demo.erp`insert into goods_receipts (item_no, location, qty, uom) values (${d.itemNo}, 'S02', 1, 'EA')`;
+      const r = await runTally(["reconcile", "erp", "--timeout", "3"], env);
+      expect(r.code, r.output).toBe(1);
+      expect(r.output).toMatch(/the workers have not applied the commands up to [0-9A-F]+\/[0-9A-F]+ after 3s/);
+      expect(r.stdout).toBe("");
+    } finally {
+      await lock`commit`;
+      lock.release();
+    }
+  }, 60_000);
+
   it("usage errors exit 2; a source without an onHand declaration fails with a clear message (exit 1)", async () => {
     const bad = await runTally(["reconcile", "erp", "--format", "xml"], env);
     expect(bad.code).toBe(2);
