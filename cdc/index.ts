@@ -22,3 +22,5 @@ export {
   replicationRoleSql,
   sourceStatus,
 } from "./admin.ts";
+export { ReconcileError, readSourceOnHand, reconcileReport, reconciliationCommands, waitForLedger } from "./reconcile.ts";
+export type { Drift, ReconcileReport } from "./reconcile.ts";

@@ -1,4 +1,4 @@
-import type { SnapshotTable } from "../src/contract/index.ts";
+import type { OnHandDeclaration, SnapshotTable } from "../src/contract/index.ts";
 import type { SourceConfig, TableConfig, TallyConfig } from "../src/platform/index.ts";
 import { SettingsError } from "../src/platform/index.ts";
 
@@ -12,6 +12,10 @@ export interface ResolvedSource {
   readonly slot: string;
   readonly tables: Readonly<Record<string, TableConfig>>;
   readonly snapshot: ReadonlyArray<SnapshotTable>;
+  /** Where the source keeps its stock on hand (`tally reconcile`), if declared. */
+  readonly onHand: OnHandDeclaration | undefined;
+  /** Who wins when reconciliation finds drift. */
+  readonly systemOfRecord: "erp" | "tally";
   readonly heartbeatMs: number;
   readonly statusMs: number;
   readonly lagAlertBytes: number;
@@ -38,6 +42,8 @@ export function resolveSource(
     slot: config.slot ?? fallback,
     tables: config.tables,
     snapshot: config.snapshot,
+    onHand: config.onHand,
+    systemOfRecord: config.systemOfRecord,
     heartbeatMs: config.heartbeatSeconds * 1000,
     statusMs: config.statusSeconds * 1000,
     lagAlertBytes: config.lagAlertBytes,

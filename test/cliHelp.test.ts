@@ -33,6 +33,7 @@ const COMMANDS = [
   ["source", "status"],
   ["source", "drop"],
   ["source", "resnapshot"],
+  ["reconcile"],
   ["token"],
   ["token", "new"],
   ["demo"],

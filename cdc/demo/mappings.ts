@@ -20,6 +20,7 @@ import {
   type ItemRef,
   type MappedCommand,
   type MappingResult,
+  type OnHandRow,
   type TableMapping,
 } from "../../src/contract/index.ts";
 
@@ -360,6 +361,14 @@ export const erpStockOnHand = (row: RowView): ReadonlyArray<MappedCommand> => [
   },
 ];
 
+/** The ERP's stock on hand per item and location, in the row's unit (`tally reconcile erp`). */
+const erpOnHand = (row: RowView): OnHandRow => ({
+  item: erpItem(row),
+  location: nonEmpty(row, "location"),
+  qty: row.decimal("qty"),
+  uom: erpUom(row),
+});
+
 /** The demo ERP (`TALLY_SOURCE_ERP_URL`). */
 export const erpSource = {
   tables: {
@@ -377,6 +386,9 @@ export const erpSource = {
     { table: "public.item_locations", key: ["item_no", "location"], map: erpItemLocationsSnapshot },
     { table: "public.stock_on_hand", key: ["item_no", "location"], map: erpStockOnHand },
   ],
+  // What `tally reconcile erp` compares with the ledger (the ERP is the system of record).
+  onHand: { table: "public.stock_on_hand", map: erpOnHand },
+  systemOfRecord: "erp",
 } satisfies SourceInput;
 
 // ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ export {
 export type { CommandType, LocationId, ReserveScope, Sku } from "./command.ts";
 export { MappingError, RowView, UnknownItem } from "./mapping.ts";
 export type { Change, ItemDefinition, ItemRef, MappedCommand, MappingResult, RawRow, SnapshotTable } from "./mapping.ts";
-export type { TableMapping } from "./mapping.ts";
+export type { OnHandDeclaration, OnHandRow, TableMapping } from "./mapping.ts";
 export {
   RESOLVE_PROBE_COMMAND_ID,
   bundleComponentCommandId,

@@ -184,3 +184,23 @@ export interface SnapshotTable {
   /** Row → commands and/or item definitions. */
   readonly map: (row: RowView) => MappingResult | ReadonlyArray<MappedCommand>;
 }
+
+/** One row of a source's on-hand, as its mapping reads it: an item in the source's namespace, in any unit. */
+export interface OnHandRow {
+  readonly item: ItemRef;
+  readonly location: string;
+  /** In `uom` (default: the unit the identifier implies, else the item's base unit). Decimal strings are exact. */
+  readonly qty: number | string;
+  readonly uom?: string;
+}
+
+/**
+ * Where a source keeps its stock on hand, for `tally reconcile`: a table read whole in one
+ * REPEATABLE READ snapshot, each row mapped to an item, a location and a quantity (the crosswalk
+ * turns it into a SKU and base units).
+ */
+export interface OnHandDeclaration {
+  /** `schema.table` */
+  readonly table: string;
+  readonly map: (row: RowView) => OnHandRow;
+}

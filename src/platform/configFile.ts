@@ -4,7 +4,7 @@ import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { Either, ParseResult, Schema } from "effect";
 import { tsImport } from "tsx/esm/api";
-import type { SnapshotTable, TableMapping } from "../contract/index.ts";
+import type { OnHandDeclaration, SnapshotTable, TableMapping } from "../contract/index.ts";
 import { ID_CHARACTERS, ID_MAX_LENGTH, isId, NAME_CHARACTERS, NAME_PATTERN } from "../contract/index.ts";
 
 /** Channel and source names: the one name grammar (src/contract). */
@@ -84,6 +84,10 @@ export const SourceConfig = Schema.Struct({
     ),
     { default: () => [] },
   ),
+  /** Where the source keeps its stock on hand, for `tally reconcile` (none: the source cannot be reconciled). */
+  onHand: Schema.optional(Schema.Struct({ table: TableName, map: Fn<OnHandDeclaration["map"]>("an on-hand row mapping") })),
+  /** Who wins when `tally reconcile --apply` finds drift: `erp` (the source; default) or `tally` (only reported). */
+  systemOfRecord: Schema.optionalWith(Schema.Literal("erp", "tally"), { default: () => "erp" as const }),
   /** Seconds between heartbeats written to an idle source (pg_logical_emit_message), default 10. */
   heartbeatSeconds: Schema.optionalWith(Schema.Number.pipe(Schema.positive()), { default: () => 10 }),
   /** Seconds between standby status updates; each asks the server for a keepalive so an idle slot advances. Default 10. */

@@ -34,6 +34,7 @@ const ONE_LINE = [
   "DatabaseTlsError",
   "RoleNameError",
   "SourceAdminError",
+  "ReconcileError",
   "DriverPatchError",
 ];
 

@@ -39,7 +39,8 @@ const EXIT_CODES = `exit codes:
   0  ok
   1  the command failed (no connection, a bad setting or config file, a step that did not succeed)
   2  usage error: unknown command or option, missing argument, bad value
-  3  a check ran and found a problem: ledger verify (a mismatch), source check (a failed check)
+  3  a check ran and found a problem: ledger verify (a mismatch), source check (a failed check),
+     reconcile (drift above the tolerance)
   4  submit: invalid lines were dead-lettered (the others were published)`;
 
 const SETTINGS = `settings (environment): TALLY_ENV (default ${D.TALLY_ENV}), TALLY_DATABASE_URL,
@@ -249,6 +250,33 @@ function addSourceCommands(program) {
     .action((name, opts) => run(async () => (await import("./source.ts")).resnapshot(name, opts)));
 }
 
+/** @param {string} text @returns {number} */
+const nonNegativeInt = (text) => {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n))
+    throw new InvalidArgumentError(`expected a whole number (0 or more), got ${JSON.stringify(text)}`);
+  return n;
+};
+
+/** @param {Command} program */
+function addReconcileCommand(program) {
+  program
+    .command("reconcile")
+    .description(
+      "compare a source's stock on hand (its mapping's onHand) with the ledger's at one WAL position, once CDC and the workers caught up to it (exit 3 on drift)",
+    )
+    .argument("<source>", "the source")
+    .addOption(
+      new Option("--format <format>", "table (for people), csv (RFC 4180) or json")
+        .argParser(oneOf("--format", ["table", "csv", "json"]))
+        .default("table"),
+    )
+    .addOption(new Option("--tolerance <n>", "ignore pairs whose |difference| is at most n base units").argParser(nonNegativeInt).default(0))
+    .option("--apply", "where the source is the system of record: record a count (reason reconciliation) per drifted pair, then check again")
+    .addOption(new Option("--timeout <seconds>", "longest wait for CDC and the workers").argParser(positive("seconds")).default(60))
+    .action((name, opts) => run(async () => (await import("./reconcile.ts")).reconcile(name, opts)));
+}
+
 /**
  * `tally dev`'s options, given back to its own parser (src/app/dev.ts) as arguments.
  * @param {{ fresh?: boolean, dir: string, demo: boolean, rate?: number, skus?: number }} o */
@@ -320,6 +348,7 @@ function buildProgram() {
   addLedgerCommands(program);
   addDlqCommands(program);
   addSourceCommands(program);
+  addReconcileCommand(program);
   addOtherCommands(program);
   return program;
 }
