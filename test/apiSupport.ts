@@ -7,7 +7,7 @@ import { buildApp, type ApiOptions } from "../src/http/server.ts";
 import { sha256Hex, type ApiToken, type Scope } from "../src/http/auth.ts";
 import { createLogger } from "../src/platform/log.ts";
 import type { TestContext } from "./support/context.ts";
-import { TEST_CHANNELS, eventually, harness, outcomeCounts, startInProcess, type Harness, type TestEnvOptions } from "./support/tally.ts";
+import { TEST_CHANNELS, harness, startInProcess, type Harness, type TestEnvOptions } from "./support/tally.ts";
 
 /** Test tokens: name → [scopes, channel?]. The token text is `secret-<name>`. */
 const TOKEN_SPECS: Record<string, [ReadonlyArray<Scope>, string?]> = {
@@ -96,14 +96,7 @@ export async function defineItems(sql: Sql, defs: ReadonlyArray<ItemDefinition>)
   await Crosswalk.persist(sql, "erp", defs);
 }
 
-/** Publishes canonical commands through the normal path and waits until they are applied and relayed. */
-export async function settle(h: Harness, ids: ReadonlyArray<string>): Promise<void> {
-  await eventually("the commands to be applied and relayed", async () => {
-    const { n: done } = await outcomeCounts(h.sql, ids);
-    const [{ pending }] = await h.sql<[{ pending: number }]>`select count(*)::int as pending from outbox`;
-    return done === ids.length && pending === 0;
-  });
-}
+export { settle } from "./support/tally.ts";
 
 /** The quantity in one bucket. */
 export async function balance(sql: Sql, sku: string, location: string, bucket = "on_hand"): Promise<number> {

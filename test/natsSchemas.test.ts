@@ -8,9 +8,8 @@ import { instanceId } from "../ledger/index.ts";
 import { natsJsonSchemas } from "../schemas/registry.ts";
 import type { Command } from "../src/contract/command.ts";
 import { deadLetter, publishDeadLetter } from "../src/wire/deadLetters.ts";
-import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { ROOT, decodedCommands, eventually, harness, outcomeCounts, readStream, startInProcess, type Harness } from "./support/tally.ts";
+import { ROOT, commandMaker, eventually, harness, publishAndSettle, readStream, startInProcess, type Harness } from "./support/tally.ts";
 
 const DIR = path.join(ROOT, "schemas/nats");
 
@@ -60,29 +59,8 @@ afterAll(async () => {
   await h?.close();
 });
 
-let n = 0;
-const cmd = (type: string, sku: string, fields: Record<string, unknown>): Command =>
-  decodedCommands([
-    {
-      id: `ns:${++n}`,
-      type,
-      sku,
-      location: "S01",
-      source: { system: "test", ref: `ref-${n}` },
-      occurredAt: new Date(Date.UTC(2026, 10, 26, 9, 0, n)).toISOString(),
-      ...fields,
-    },
-  ])[0]!;
-
-async function applyAll(commands: ReadonlyArray<Command>): Promise<void> {
-  await publishCommands(h.nats.js, h.topology, commands);
-  const ids = commands.map((c) => c.id);
-  await eventually("the commands to be applied and relayed", async () => {
-    const { n: done } = await outcomeCounts(h.sql, ids);
-    const [{ pending }] = await h.sql<[{ pending: number }]>`select count(*)::int as pending from outbox`;
-    return done === ids.length && pending === 0;
-  });
-}
+const cmd = commandMaker("ns");
+const applyAll = (commands: ReadonlyArray<Command>) => publishAndSettle(h, commands);
 
 /** Checks each message against its schema; returns the failures (where, which schema, ajv's errors) and counts per schema. */
 function check(messages: ReadonlyArray<{ where: string; schema: string; data: unknown }>) {

@@ -4,9 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { instanceId } from "../ledger/index.ts";
 import type { Command } from "../src/contract/command.ts";
 import { encodeToken } from "../src/wire/topology.ts";
-import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { ROOT, decodedCommands, eventually, harness, outcomeCounts, startInProcess, type Harness } from "./support/tally.ts";
+import { ROOT, commandMaker, eventually, harness, publishAndSettle, startInProcess, type Harness } from "./support/tally.ts";
 
 // The integrators' example (docs/integrators.md) in Python with nats-py: skipped only where nats-py is not installed.
 const hasNatsPy = spawnSync("python3", ["-c", "import nats"]).status === 0;
@@ -26,29 +25,8 @@ afterAll(async () => {
   await h?.close();
 });
 
-let n = 0;
-const cmd = (type: string, sku: string, fields: Record<string, unknown>): Command =>
-  decodedCommands([
-    {
-      id: `py:${++n}`,
-      type,
-      sku,
-      location: "S01",
-      source: { system: "test", ref: `ref-${n}` },
-      occurredAt: new Date(Date.UTC(2026, 10, 26, 9, 0, n)).toISOString(),
-      ...fields,
-    },
-  ])[0]!;
-
-async function applyAll(commands: ReadonlyArray<Command>): Promise<void> {
-  await publishCommands(h.nats.js, h.topology, commands);
-  const ids = commands.map((c) => c.id);
-  await eventually("the commands to be applied and relayed", async () => {
-    const { n: done } = await outcomeCounts(h.sql, ids);
-    const [{ pending }] = await h.sql<[{ pending: number }]>`select count(*)::int as pending from outbox`;
-    return done === ids.length && pending === 0;
-  });
-}
+const cmd = commandMaker("py");
+const applyAll = (commands: ReadonlyArray<Command>) => publishAndSettle(h, commands);
 
 describe.skipIf(!hasNatsPy)("examples/python/availability.py (nats-py)", () => {
   it("reads a SKU's availability from the KV bucket (encoded key) and prints the low_stock event raised while it watches", async () => {

@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decodeCommand, type Command } from "../src/contract/command.ts";
+import type { Command } from "../src/contract/command.ts";
 import { instanceId } from "../ledger/index.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { eventually, harness, outcomeCounts, readStream, startInProcess, type Harness } from "./support/tally.ts";
+import { commandMaker, eventually, harness, outcomeCounts, readStream, startInProcess, type Harness } from "./support/tally.ts";
 
 let ctx: TestContext;
 let h: Harness;
@@ -19,20 +19,7 @@ afterAll(async () => {
   await h?.close();
 });
 
-let n = 0;
-const cmd = (type: string, sku: string, fields: Record<string, unknown>): Command => {
-  const d = decodeCommand({
-    id: `r:${++n}`,
-    type,
-    sku,
-    location: "S01",
-    source: { system: "test", ref: `ref-${n}` },
-    occurredAt: new Date(Date.UTC(2026, 10, 26, 9, 0, n)).toISOString(),
-    ...fields,
-  });
-  if (d._tag === "Left") throw d.left;
-  return d.right;
-};
+const cmd = commandMaker("r");
 
 async function applyAll(commands: ReadonlyArray<Command>): Promise<void> {
   await publishCommands(h.nats.js, h.topology, commands);

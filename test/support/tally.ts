@@ -9,6 +9,7 @@ import { migrate } from "../../ledger/index.ts";
 import { decodeCommand, type Command } from "../../src/contract/command.ts";
 import { topology, type Topology } from "../../src/wire/topology.ts";
 import { startTally, type Role } from "../../src/app/roles.ts";
+import { publishCommands } from "../../src/wire/publisher.ts";
 import { createLogger } from "../../src/platform/log.ts";
 import type { TallyConfig } from "../../src/platform/configFile.ts";
 import type { TestContext } from "./context.ts";
@@ -200,4 +201,41 @@ export async function stealDeliveries(
     }
   }
   return stolen;
+}
+
+/** A maker of test commands at S01 with ids `<prefix>:<n>` and times a second apart; `fields` adds to or overrides them. */
+export function commandMaker(prefix: string): (type: string, sku: string, fields: Record<string, unknown>) => Command {
+  let n = 0;
+  return (type, sku, fields) => {
+    n++;
+    return decodedCommands([
+      {
+        id: `${prefix}:${n}`,
+        type,
+        sku,
+        location: "S01",
+        source: { system: "test", ref: `ref-${n}` },
+        occurredAt: new Date(Date.UTC(2026, 10, 26, 9, 0, n)).toISOString(),
+        ...fields,
+      },
+    ])[0]!;
+  };
+}
+
+/** Waits until the commands are applied (an outcome each) and the outbox is relayed. */
+export async function settle(h: Harness, ids: ReadonlyArray<string>): Promise<void> {
+  await eventually("the commands to be applied and relayed", async () => {
+    const { n: done } = await outcomeCounts(h.sql, ids);
+    const [{ pending }] = await h.sql<[{ pending: number }]>`select count(*)::int as pending from outbox`;
+    return done === ids.length && pending === 0;
+  });
+}
+
+/** Publishes canonical commands through the normal path and waits until they are applied and relayed. */
+export async function publishAndSettle(h: Harness, commands: ReadonlyArray<Command>): Promise<void> {
+  await publishCommands(h.nats.js, h.topology, commands);
+  await settle(
+    h,
+    commands.map((c) => c.id),
+  );
 }
