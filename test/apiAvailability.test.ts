@@ -1,10 +1,9 @@
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../src/contract/command.ts";
-import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { auth, settle, startApi, type ApiFixture } from "./apiSupport.ts";
-import { stealDeliveries } from "./support/tally.ts";
+import { auth, startApi, type ApiFixture } from "./apiSupport.ts";
+import { publishAndSettle, stealDeliveries } from "./support/tally.ts";
 
 let ctx: TestContext;
 let api: ApiFixture;
@@ -34,13 +33,7 @@ const cmd = (type: string, sku: string, location: string, fields: Record<string,
   if (d._tag === "Left") throw d.left;
   return d.right;
 };
-async function apply(commands: ReadonlyArray<Command>): Promise<void> {
-  await publishCommands(api.h.nats.js, api.h.topology, commands);
-  await settle(
-    api.h,
-    commands.map((c) => c.id),
-  );
-}
+const apply = (commands: ReadonlyArray<Command>) => publishAndSettle(api.h, commands);
 
 describe("GET /v1/availability", () => {
   beforeAll(async () => {

@@ -17,7 +17,7 @@ import { loadSettings } from "../src/platform/settings.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { auth, settle, startApi, TOKENS, type ApiFixture, type TokenName } from "./apiSupport.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { TEST_CHANNELS } from "./support/tally.ts";
+import { publishAndSettle, TEST_CHANNELS } from "./support/tally.ts";
 
 const SECRET = "browser-test-secret-0123456789abcdef0123456789";
 
@@ -84,13 +84,7 @@ const receive = (sku: string, qty: number, location = "DC1"): Command => {
   if (d._tag === "Left") throw d.left;
   return d.right;
 };
-async function apply(commands: ReadonlyArray<Command>): Promise<void> {
-  await publishCommands(api.h.nats.js, api.h.topology, commands);
-  await settle(
-    api.h,
-    commands.map((c) => c.id),
-  );
-}
+const apply = (commands: ReadonlyArray<Command>) => publishAndSettle(api.h, commands);
 
 async function mint(as: TokenName, body: Record<string, unknown> = {}): Promise<Response> {
   return fetch(`${base}/v1/stream-tokens`, {
