@@ -197,6 +197,7 @@ export function reconciliationCommands(report: ReconcileReport, occurredAt: stri
       sku: d.sku,
       location: d.location,
       qty: d.source,
+      reason: "reconciliation",
       source: { system: report.source, ref: `reconciliation:${report.at}`, lsn: report.at },
       occurredAt,
     });

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEMO_STOCK } from "../cdc/demo/seed.ts";
+import { reconciliationCommands } from "../cdc/reconcile.ts";
 import { decodeCommand } from "../src/contract/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
 import { demoSources, type DemoSources } from "./support/cdc.ts";
@@ -206,4 +207,17 @@ describe("tally reconcile", () => {
     expect(shop.code).toBe(1);
     expect(shop.output).toContain("declares no onHand table");
   }, 60_000);
+});
+
+describe("reconciliationCommands", () => {
+  it("are counts with reason reconciliation, under the same deterministic id as before the reason existed", () => {
+    const report = { source: "erp", at: "0/16B3748", drift: [{ sku: "SKU-0001", location: "S01", ledger: 35, source: 42, diff: 7 }] };
+    const commands = reconciliationCommands(report, "2026-11-30T12:00:00Z");
+    expect(commands).toHaveLength(1);
+    const command = commands[0]!;
+    expect(command).toMatchObject({ type: "count", sku: "SKU-0001", location: "S01", qty: 42, reason: "reconciliation" });
+    // sha256("erp\0SKU-0001\0S01\00/16B3748\042"), first 32 hex digits: what earlier releases published.
+    expect(command.id).toBe("reconcile:erp:83d451337260277507f2e8cd441d0056");
+    expect(reconciliationCommands(report, "2026-12-01T00:00:00Z")[0]!.id).toBe(command.id);
+  });
 });

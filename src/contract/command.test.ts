@@ -167,6 +167,20 @@ describe("decodeCommand rejects, naming the field", () => {
     ]);
   });
 
+  it("a count with a reason outside the closed set", () => {
+    expect(messageOf({ ...base, type: "count", qty: 3, reason: "shrink" })).toBe(
+      'reason: expected one of cycle_count, physical_inventory, reconciliation, got "shrink"',
+    );
+    expect(messageOf({ ...base, type: "count", qty: 3, reason: 7 })).toBe(
+      "reason: expected one of cycle_count, physical_inventory, reconciliation, got 7",
+    );
+  });
+
+  it("a count keeps its reason, and may have none", () => {
+    expect(decoded({ ...base, type: "count", qty: 3, reason: "reconciliation" })).toMatchObject({ type: "count", reason: "reconciliation" });
+    expect(decoded({ ...base, type: "count", qty: 3 })).not.toHaveProperty("reason");
+  });
+
   it("a negative count", () => {
     expect(messageOf({ ...base, type: "count", qty: -1 })).toBe("qty: expected a non-negative integer, got -1");
   });

@@ -305,8 +305,20 @@ export const AdjustCommand = Schema.Struct({
 });
 export type AdjustCommand = typeof AdjustCommand.Type;
 
+/**
+ * Why a count was taken: `cycle_count` (a routine count of some locations), `physical_inventory` (a
+ * full stocktake), `reconciliation` (the source's system of record, by `tally reconcile --apply`).
+ */
+const COUNT_REASONS = ["cycle_count", "physical_inventory", "reconciliation"] as const;
+const CountReason = Schema.Literal(...COUNT_REASONS).annotations(expected(`one of ${COUNT_REASONS.join(", ")}`));
+
 /** Stock count: qty is the counted on_hand; the ledger records the difference. */
-export const CountCommand = Schema.Struct({ type: Schema.Literal("count"), ...common, qty: NonNegativeInt });
+export const CountCommand = Schema.Struct({
+  type: Schema.Literal("count"),
+  ...common,
+  qty: NonNegativeInt,
+  reason: Schema.optional(CountReason),
+});
 export type CountCommand = typeof CountCommand.Type;
 
 /** Ship `qty` from `location` to `to`: origin on_hand − qty, destination in_transit + qty. */
