@@ -24,10 +24,18 @@ export interface EntryRow {
   hash: string;
 }
 
+/** A numeric(38,0) money amount as JSON carries it: a number, a decimal string past 2^53, or null. */
+const moneyJson = (s: string | null | undefined): number | string | null => {
+  if (s === null || s === undefined) return null;
+  const n = Number(s);
+  return Number.isSafeInteger(n) ? n : s;
+};
+
 /**
  * An entry as the API and the NDJSON export show it: camelCase, times as ISO strings. `unit` (the
  * export reads it with each row) stands after `balanceAfter`; where the row has none the key is
- * undefined, which JSON leaves out.
+ * undefined, which JSON leaves out. `value` and `unitCost` (signed minor units) are numbers, decimal
+ * strings past 2^53, or null with `valuationFlag` where the entry has none.
  */
 export const entryJson = (r: EntryRow & { readonly unit?: string }) => ({
   entryId: r.entry_id,
@@ -45,6 +53,9 @@ export const entryJson = (r: EntryRow & { readonly unit?: string }) => ({
   occurredAt: r.occurred_at.toISOString(),
   recordedAt: r.recorded_at.toISOString(),
   skuSeq: r.sku_seq,
+  value: moneyJson(r.value),
+  unitCost: moneyJson(r.unit_cost),
+  valuationFlag: r.valuation_flag ?? null,
   prevHash: r.prev_hash,
   hash: r.hash,
 });

@@ -13,6 +13,9 @@ export const EXPORT_COLUMNS = [
   "delta",
   "balance_after",
   "unit",
+  "value",
+  "unit_cost",
+  "valuation_flag",
   "movement",
   "source_system",
   "source_ref",
@@ -64,8 +67,12 @@ interface ExportRow extends EntryRow {
   unit: string;
 }
 
-/** RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled; records end in CRLF. */
+/**
+ * RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled; records end in CRLF.
+ * Null (an entry without a value) is an empty cell.
+ */
 const csvCell = (v: unknown): string => {
+  if (v === null || v === undefined) return "";
   const s = v instanceof Date ? v.toISOString() : String(v);
   return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
 };
@@ -164,7 +171,7 @@ async function* exportRows(
     if (format === "csv") yield `${EXPORT_COLUMNS.join(",")}${CRLF}`;
     const cursor = conn<Array<ExportRow>>`
       select e.entry_id, e.command_id, e.leg, e.sku, e.location, e.bucket, e.delta, e.balance_after,
-             coalesce(i.base_unit, '') as unit, e.movement, e.source_system, e.source_ref,
+             coalesce(i.base_unit, '') as unit, e.value, e.unit_cost, e.valuation_flag, e.movement, e.source_system, e.source_ref,
              e.occurred_at, e.recorded_at, e.sku_seq, e.prev_hash, e.hash
         from ledger_entries e
         left join items i on i.sku = e.sku

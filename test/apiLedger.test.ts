@@ -56,7 +56,18 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-type Entry = { entryId: number; commandId: string; sku: string; location: string; movement: string; recordedAt: string; delta: number };
+type Entry = {
+  entryId: number;
+  commandId: string;
+  sku: string;
+  location: string;
+  movement: string;
+  recordedAt: string;
+  delta: number;
+  value: number | string | null;
+  unitCost: number | string | null;
+  valuationFlag: string | null;
+};
 
 async function allPages(query: string, limit: number, as: "ledger" | "storeLedger" = "ledger"): Promise<{ entries: Array<Entry>; pages: number }> {
   const entries: Array<Entry> = [];
@@ -103,6 +114,27 @@ describe("GET /v1/ledger/entries", () => {
     expect(store.entries).toHaveLength(20);
     expect(store.entries.every((e) => e.location === "S01")).toBe(true);
     expect((await api.call({ method: "GET", url: "/v1/ledger/entries?location=DC1", as: "storeLedger" })).statusCode).toBe(403);
+  });
+
+  it("carries each entry's value, unit cost and valuation flag as stored (numbers; null where absent)", async () => {
+    const { entries } = await allPages("", 1000);
+    const stored = await api.sql<Array<{ entry_id: number; value: string | null; unit_cost: string | null; valuation_flag: string | null }>>`
+      select entry_id, value, unit_cost, valuation_flag from ledger_entries order by entry_id`;
+    const num = (v: string | null) => (v === null ? null : Number(v));
+    expect(entries.map((e) => [e.entryId, e.value, e.unitCost, e.valuationFlag])).toEqual(
+      stored.map((r) => [r.entry_id, num(r.value), num(r.unit_cost), r.valuation_flag]),
+    );
+    // The worker valued every on_hand leg: the check above compared values, not only nulls.
+    expect(entries.every((e) => typeof e.value === "number")).toBe(true);
+    expect(entries.some((e) => e.valuationFlag !== null)).toBe(true);
+    // The CSV export carries the same, in plain integer digits (empty where null).
+    const csv = (await api.call({ method: "GET", url: "/v1/ledger/export?format=csv", as: "ledger" })).body.slice(0, -2).split("\r\n");
+    const col = (name: string) => EXPORT_COLUMNS.indexOf(name as (typeof EXPORT_COLUMNS)[number]);
+    // No cell here is quoted before the value columns (source_ref, the one with commas, comes after).
+    const cells = csv.slice(1).map((l) => l.split(","));
+    expect(cells.map((c) => [c[col("value")], c[col("unit_cost")], c[col("valuation_flag")]])).toEqual(
+      stored.map((r) => [r.value ?? "", r.unit_cost ?? "", r.valuation_flag ?? ""]),
+    );
   });
 
   it("answers 400 for a bad cursor, limit, type or date", async () => {

@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -47,14 +47,25 @@ afterAll(async () => {
 /** Inserts `rows` entries of one SKU in the caller's transaction (no hash chain: export does not check it). */
 async function insertEntries(
   tx: Sql,
-  rows: ReadonlyArray<{ commandId: string; sku: string; seq: number; delta: number; ref?: string; location?: string }>,
+  rows: ReadonlyArray<{
+    commandId: string;
+    sku: string;
+    seq: number;
+    delta: number;
+    ref?: string;
+    location?: string;
+    /** Valuation (decimal text, numeric(38,0)); absent: null, as entries from before valuation. */
+    value?: string;
+    unitCost?: string;
+    flag?: "no_cost" | "negative_stock";
+  }>,
 ): Promise<void> {
   for (const r of rows)
     await tx`
       insert into ledger_entries (command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system, source_ref,
-                                  occurred_at, recorded_at, sku_seq, prev_hash, hash)
+                                  occurred_at, recorded_at, sku_seq, value, unit_cost, valuation_flag, prev_hash, hash)
       values (${r.commandId}, 1, ${r.sku}, ${r.location ?? "DC1"}, 'on_hand', ${r.delta}, 0, 'receive', 'erp', ${r.ref ?? "ref"},
-              now(), clock_timestamp(), ${r.seq}, 'p', 'h')`;
+              now(), clock_timestamp(), ${r.seq}, ${r.value ?? null}::numeric, ${r.unitCost ?? null}::numeric, ${r.flag ?? null}, 'p', 'h')`;
 }
 
 /** GET /v1/ledger/export, with the next cursor (header) and the summary (trailer). */
@@ -122,18 +133,51 @@ describe("incremental export with concurrent writers", () => {
 });
 
 describe("the export files load in real readers with default settings", () => {
-  it("Python's csv module and pandas read CSV and NDJSON: right row count, integer columns, units per row", async () => {
+  it("the README documents the CSV header exactly", async () => {
+    const readme = await readFile(new URL("../README.md", import.meta.url), "utf8");
+    expect(readme).toContain(`\`${EXPORT_COLUMNS.join(",")}\``);
+  });
+
+  it("Python's csv module and pandas read CSV and NDJSON: right row count, integer columns, units and values per row", async () => {
+    // Only the entries below (the test above left entries without values: those are empty cells).
+    const before = (await pull("ndjson")).summary.nextCursor;
     await api.sql`insert into items (sku, kind, base_unit, defined_by) values ('BANANA', 'stock', 'g', 'erp'), ('TIN', 'stock', 'EA', 'erp')`;
     // A bundle's command id with '#', refs with a comma, quotes, a line break and a leading '#'.
     await api.sql.begin(async (tx) => {
       await insertEntries(tx as unknown as Sql, [
-        { commandId: "pos:S01:1:7#BANANA", sku: "BANANA", seq: 1, delta: 1250, ref: '#1, the "big" one' },
-        { commandId: "pos:S01:1:7#TIN", sku: "TIN", seq: 1, delta: 3, ref: "two\nlines" },
-        { commandId: "erp:gr:9", sku: "BANANA", seq: 2, delta: -250, ref: "# not a comment", location: "S01" },
+        { commandId: "pos:S01:1:7#BANANA", sku: "BANANA", seq: 1, delta: 1250, ref: '#1, the "big" one', value: "3750", unitCost: "3" },
+        { commandId: "pos:S01:1:7#TIN", sku: "TIN", seq: 1, delta: 3, ref: "two\nlines", value: String(3n * 2n ** 59n), unitCost: String(2n ** 59n) },
+        {
+          commandId: "erp:gr:9",
+          sku: "BANANA",
+          seq: 2,
+          delta: -250,
+          ref: "# not a comment",
+          location: "S01",
+          value: "-750",
+          unitCost: "3",
+          flag: "negative_stock",
+        },
       ]);
     });
-    const csv = await pull("csv");
-    const nd = await pull("ndjson");
+    const csv = await pull("csv", before);
+    const nd = await pull("ndjson", before);
+    expect(csv.summary.count).toBe(3);
+    // NDJSON: a number within 2^53, a decimal string past it (3 × 2^59), null where absent.
+    const ndRows = nd.body
+      .slice(0, -1)
+      .split("\n")
+      .map((l) => JSON.parse(l) as { value: unknown; unitCost: unknown; valuationFlag: unknown });
+    expect(ndRows.map((r) => [r.value, r.unitCost, r.valuationFlag])).toEqual([
+      [3750, 3, null],
+      [String(3n * 2n ** 59n), String(2n ** 59n), null],
+      [-750, 3, "negative_stock"],
+    ]);
+    // An entry from before valuation: empty cells, and the file stays rectangular.
+    const all = await pull("csv");
+    const firstRow = all.body.split("\r\n")[1]!.split(",");
+    expect(firstRow).toHaveLength(EXPORT_COLUMNS.length);
+    for (const c of ["value", "unit_cost", "valuation_flag"] as const) expect(firstRow[EXPORT_COLUMNS.indexOf(c)]).toBe("");
     const rows = csv.summary.count;
     expect(rows).toBe(nd.summary.count);
     expect(csv.summary.sums.g!.on_hand).toBe(1000);
@@ -158,7 +202,10 @@ print(json.dumps({
     "csvRows": len(body),
     "widths": sorted(set(len(r) for r in records)),
     "pandasRows": len(df),
-    "dtypes": {c: str(df[c].dtype) for c in ["entry_id", "leg", "delta", "balance_after", "sku_seq"]},
+    "dtypes": {c: str(df[c].dtype) for c in ["entry_id", "leg", "delta", "balance_after", "sku_seq", "value", "unit_cost"]},
+    "valueSum": str(int(df["value"].sum())),
+    "valueCells": [r[header.index("value")] for r in body],
+    "flags": df["valuation_flag"].fillna("").tolist(),
     "units": df["unit"].fillna("").tolist()[-3:],
     "commandIds": df["command_id"].tolist()[-3:],
     "refs": df["source_ref"].tolist()[-3:],
@@ -174,7 +221,11 @@ print(json.dumps({
       csvRows: rows,
       widths: [EXPORT_COLUMNS.length],
       pandasRows: rows,
-      dtypes: { entry_id: "int64", leg: "int64", delta: "int64", balance_after: "int64", sku_seq: "int64" },
+      dtypes: { entry_id: "int64", leg: "int64", delta: "int64", balance_after: "int64", sku_seq: "int64", value: "int64", unit_cost: "int64" },
+      // Exact: 3750 + 3 × 2^59 − 750, summed in int64 (a float would have rounded it).
+      valueSum: String(3750n + 3n * 2n ** 59n - 750n),
+      valueCells: ["3750", String(3n * 2n ** 59n), "-750"],
+      flags: ["", "", "negative_stock"],
       units: ["g", "EA", "g"],
       commandIds: ["pos:S01:1:7#BANANA", "pos:S01:1:7#TIN", "erp:gr:9"],
       refs: ['#1, the "big" one', "two\nlines", "# not a comment"],

@@ -668,6 +668,15 @@ export interface components {
       /** Format: date-time */
       recordedAt?: string;
       skuSeq?: number;
+      /** @description signed value in minor units (past 2^53, a decimal string); null: not an on_hand leg, or recorded before valuation */
+      value?: number | string | (never | null);
+      /** @description the unit cost it was valued at, minor units; null where value is */
+      unitCost?: number | string | (never | null);
+      /**
+       * @description why the value is uncertain, or null
+       * @enum {string|null}
+       */
+      valuationFlag?: "no_cost" | "negative_stock" | null;
       prevHash?: string;
       hash?: string;
     };

@@ -31,6 +31,12 @@ const Entry = {
     occurredAt: { type: "string", format: "date-time" },
     recordedAt: { type: "string", format: "date-time" },
     skuSeq: { type: "integer" },
+    value: {
+      type: ["integer", "string", "null"],
+      description: "signed value in minor units (past 2^53, a decimal string); null: not an on_hand leg, or recorded before valuation",
+    },
+    unitCost: { type: ["integer", "string", "null"], description: "the unit cost it was valued at, minor units; null where value is" },
+    valuationFlag: { type: ["string", "null"], enum: ["no_cost", "negative_stock", null], description: "why the value is uncertain, or null" },
     prevHash: { type: "string" },
     hash: { type: "string" },
   },
@@ -130,7 +136,7 @@ function entriesRoute(app: FastifyInstance, ctx: ApiContext): void {
       const after = q.cursor !== undefined ? Number(q.cursor) : 0;
       const rows = await sql<Array<EntryRow>>`
         select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system, source_ref,
-               occurred_at, recorded_at, sku_seq, prev_hash, hash
+               occurred_at, recorded_at, sku_seq, value, unit_cost, valuation_flag, prev_hash, hash
           from ledger_entries
          where entry_id > ${after}
            ${q.sku !== undefined ? sql`and sku = ${q.sku}` : sql``}
