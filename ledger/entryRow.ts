@@ -31,6 +31,9 @@ const moneyJson = (s: string | null | undefined): number | string | null => {
   return Number.isSafeInteger(n) ? n : s;
 };
 
+/** A numeric(38,0) money amount as the hash covers it: a bigint, or null. */
+const moneyBigInt = (s: string | null | undefined): bigint | null => (s === null || s === undefined ? null : BigInt(s));
+
 /**
  * An entry as the API and the NDJSON export show it: camelCase, times as ISO strings. `unit` (the
  * export reads it with each row) stands after `balanceAfter`; where the row has none the key is
@@ -75,7 +78,7 @@ export const hashedEntry = (r: EntryRow): HashedEntry => ({
   occurredAt: r.occurred_at,
   recordedAt: r.recorded_at,
   skuSeq: r.sku_seq,
-  value: r.value === null || r.value === undefined ? null : BigInt(r.value),
-  unitCost: r.unit_cost === null || r.unit_cost === undefined ? null : BigInt(r.unit_cost),
+  value: moneyBigInt(r.value),
+  unitCost: moneyBigInt(r.unit_cost),
   valuationFlag: r.valuation_flag ?? null,
 });

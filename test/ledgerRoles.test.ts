@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { entryHash, GENESIS_HASH, noValue, valueLeg, type LocationValue } from "../ledger/index.ts";
+import { type EntryRow, hashedEntry } from "../ledger/entryRow.ts";
 import { readNatsAnchors } from "../src/channels/anchors.ts";
 import { startTally } from "../src/app/roles.ts";
 import { loadSettings } from "../src/platform/settings.ts";
@@ -170,26 +171,7 @@ async function rewriteSale(sql: Sql, commandId: string, delta: number): Promise<
   await sql.begin(async (tx) => {
     await tx`alter table ledger_entries disable trigger ledger_entries_append_only`;
     const [target] = await tx<Array<{ sku: string }>>`select sku from ledger_entries where command_id = ${commandId}`;
-    const rows = await tx<
-      Array<{
-        entry_id: number;
-        command_id: string;
-        leg: number;
-        sku: string;
-        location: string;
-        bucket: string;
-        delta: number;
-        movement: string;
-        source_system: string;
-        source_ref: string;
-        occurred_at: Date;
-        recorded_at: Date;
-        sku_seq: number;
-        value: string | null;
-        unit_cost: string | null;
-        valuation_flag: string | null;
-      }>
-    >`select * from ledger_entries where sku = ${target!.sku} order by sku_seq`;
+    const rows = await tx<Array<EntryRow & { delta: number }>>`select * from ledger_entries where sku = ${target!.sku} order by sku_seq`;
     let prev = GENESIS_HASH;
     const sums = new Map<string, number>();
     const values = new Map<string, LocationValue>();
@@ -199,33 +181,15 @@ async function rewriteSale(sql: Sql, commandId: string, delta: number): Promise<
       const balanceAfter = (sums.get(key) ?? 0) + d;
       sums.set(key, balanceAfter);
       // The valuation is hashed and replayed by verify: the attacker re-values the on_hand legs too.
-      let valued = {
-        value: r.value === null ? null : BigInt(r.value),
-        unitCost: r.unit_cost === null ? null : BigInt(r.unit_cost),
-        valuationFlag: r.valuation_flag,
-      };
-      if (r.bucket === "on_hand" && r.value !== null) {
-        const cost = r.movement === "receive" && r.valuation_flag !== "no_cost" && r.unit_cost !== null ? BigInt(r.unit_cost) : null;
+      const stored = hashedEntry(r);
+      let valued = { value: stored.value ?? null, unitCost: stored.unitCost ?? null, valuationFlag: stored.valuationFlag ?? null };
+      if (r.bucket === "on_hand" && valued.value !== null) {
+        const cost = r.movement === "receive" && valued.valuationFlag !== "no_cost" ? valued.unitCost : null;
         const v = valueLeg(BigInt(balanceAfter - d), values.get(r.location) ?? noValue, BigInt(d), cost, r.movement === "receive");
         values.set(r.location, v.after);
         valued = { value: v.value, unitCost: v.unitCost, valuationFlag: v.flag };
       }
-      const hash = entryHash(prev, {
-        commandId: r.command_id,
-        leg: r.leg,
-        sku: r.sku,
-        location: r.location,
-        bucket: r.bucket,
-        delta: d,
-        balanceAfter,
-        movement: r.movement,
-        sourceSystem: r.source_system,
-        sourceRef: r.source_ref,
-        occurredAt: r.occurred_at,
-        recordedAt: r.recorded_at,
-        skuSeq: r.sku_seq,
-        ...valued,
-      });
+      const hash = entryHash(prev, { ...stored, delta: d, balanceAfter, ...valued });
       await tx`update ledger_entries set delta = ${d}, balance_after = ${balanceAfter}, prev_hash = ${prev}, hash = ${hash},
                  value = ${valued.value === null ? null : String(valued.value)}::numeric,
                  unit_cost = ${valued.unitCost === null ? null : String(valued.unitCost)}::numeric,
