@@ -16,7 +16,7 @@ import { startTally } from "../src/app/index.ts";
 import { loadSettings } from "../src/platform/index.ts";
 import { connectPostgres, type Sql } from "../src/platform/index.ts";
 import { startNats, startPostgres } from "../src/app/devStack/index.ts";
-import { createLogger } from "../src/platform/index.ts";
+import { createLogger, decodeTallyConfig } from "../src/platform/index.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "../src/wire/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
 import { topology, type Topology } from "../src/wire/index.ts";
@@ -69,7 +69,7 @@ async function measureTally(sql: Sql, url: string, natsUrl: string, handles: Nat
   });
   const tally = await startTally(
     settings,
-    { channels: { web: { locations: ["DC1", "S01"], buffer: 0 } }, sources: {} },
+    decodeTallyConfig({ channels: { web: { locations: ["DC1", "S01"], buffer: 0 } } }),
     ["worker", "relay"],
     createLogger("bench", "warn"),
   );

@@ -6,7 +6,7 @@
  */
 
 /** Tables the runtime role may only read and append to. */
-export const APPEND_ONLY_TABLES: ReadonlyArray<string> = ["ledger_entries"];
+export const APPEND_ONLY_TABLES: ReadonlyArray<string> = ["ledger_entries", "gl_journals", "gl_lines"];
 /** Tables the runtime role may only read (written by `tally migrate`). */
 export const READ_ONLY_TABLES: ReadonlyArray<string> = ["tally_meta", "tally_migrations"];
 

@@ -22,6 +22,7 @@ import {
   type MappingResult,
   type OnHandRow,
   type TableMapping,
+  toMinorUnits,
 } from "../../src/contract/index.ts";
 
 /** What `tally.config.ts` accepts for one source (defaults not yet applied). */
@@ -213,37 +214,6 @@ function setPolicy(row: RowView, values?: { safetyStock: number; reorderPoint: n
 export const erpItemLocations: TableMapping = (c) =>
   c.op === "delete" ? [setPolicy(oldRow(c), { safetyStock: 0, reorderPoint: 0 })] : [setPolicy(newRow(c))];
 
-/** Minor-unit digits of the ISO 4217 currencies that do not have 2. */
-const MINOR_DIGITS: Readonly<Record<string, number>> = {
-  JPY: 0,
-  KRW: 0,
-  ISK: 0,
-  CLP: 0,
-  VND: 0,
-  BHD: 3,
-  KWD: 3,
-  OMR: 3,
-  JOD: 3,
-  TND: 3,
-  IQD: 3,
-  LYD: 3,
-};
-
-/**
- * A decimal amount of `currency` (`12.3450`) in integer minor units (1235 for EUR), by integer
- * arithmetic on its digits: sub-minor digits are rounded half away from zero.
- */
-function minorUnits(amount: string, currency: string): number {
-  const m = /^(-?)(\d+)(?:\.(\d+))?$/.exec(amount);
-  if (!m) throw new RangeError(`not a decimal: ${JSON.stringify(amount)}`);
-  const digits = MINOR_DIGITS[currency] ?? 2;
-  const frac = m[3] ?? "";
-  const kept = BigInt(m[2]! + frac.slice(0, digits).padEnd(digits, "0"));
-  const rest = frac.slice(digits);
-  const rounded = rest !== "" && rest[0]! >= "5" ? kept + 1n : kept;
-  return Number(m[1] ? -rounded : rounded);
-}
-
 /** A receipt's optional unit cost (in minor units) and currency; a cost needs its currency. */
 function receiptCost(row: RowView): Record<string, unknown> {
   // An ERP from before these columns sends neither.
@@ -251,7 +221,7 @@ function receiptCost(row: RowView): Record<string, unknown> {
   const currency = row.has("currency") ? row.optionalText("currency") : null;
   if (cost === null) return currency === null ? {} : { currency };
   if (currency === null) throw new MappingError(`${row.which}.currency`, "is null but unit_cost is set: a cost needs its currency", "bad_value");
-  return { unitCost: minorUnits(row.decimal("unit_cost"), currency), currency };
+  return { unitCost: Number(toMinorUnits(row.decimal("unit_cost"), currency)), currency };
 }
 
 export const erpGoodsReceipts: TableMapping = insertOnly("goods receipts", "post an adjustment", (row) => {

@@ -34,6 +34,7 @@ export {
   snapshotCommandId,
   snapshotKeyText,
 } from "./commandIds.ts";
+export { CURRENCY_PATTERN, fromMinorUnits, minorDigits, toMinorUnits } from "./money.ts";
 export { locationAvailable } from "./availability.ts";
 export type { Availability, AvailabilityJson, StockAtLocation } from "./availability.ts";
 export {

@@ -5,7 +5,7 @@ import { pathToFileURL } from "node:url";
 import { Either, ParseResult, Schema } from "effect";
 import { tsImport } from "tsx/esm/api";
 import type { OnHandDeclaration, SnapshotTable, TableMapping } from "../contract/index.ts";
-import { ID_CHARACTERS, ID_MAX_LENGTH, isId, NAME_CHARACTERS, NAME_PATTERN } from "../contract/index.ts";
+import { CURRENCY_PATTERN, ID_CHARACTERS, ID_MAX_LENGTH, isId, NAME_CHARACTERS, NAME_PATTERN } from "../contract/index.ts";
 
 /** Channel and source names: the one name grammar (src/contract). */
 const Name = Schema.String.pipe(Schema.pattern(NAME_PATTERN, { message: () => `expected ${NAME_CHARACTERS}` }));
@@ -97,12 +97,73 @@ export const SourceConfig = Schema.Struct({
 });
 export type SourceConfig = typeof SourceConfig.Type;
 
+/** A GL account number or code, as the ERP's chart of accounts writes it. */
+const Account = Schema.String.pipe(
+  Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$/, { message: () => "expected a GL account (1 to 40 letters, digits, . _ -)" }),
+);
+const account = (fallback: string) => Schema.optionalWith(Account, { default: () => fallback });
+
+/** The GL accounts movements post to; each has a default (the README lists them). */
+export const FinanceAccounts = Schema.Struct({
+  inventory: account("1400"),
+  goodsReceivedNotInvoiced: account("2100"),
+  costOfGoodsSold: account("5000"),
+  shrinkage: account("5100"),
+  damaged: account("1450"),
+  inTransit: account("1410"),
+  salesRevenue: account("4000"),
+  salesTaxPayable: account("2300"),
+  /** Cash and card clearing: where POS tenders post until the bank settles them. */
+  tenderClearing: account("1010"),
+  giftCardLiability: account("2400"),
+});
+export type FinanceAccounts = typeof FinanceAccounts.Type;
+
+/**
+ * The company's books: one currency, one valuation method, the posting accounts, and the cost
+ * center of each location (default: the location id itself).
+ */
+export const FinanceConfig = Schema.Struct({
+  /** ISO 4217: every value and journal is in this currency, default EUR. */
+  currency: Schema.optionalWith(
+    Schema.String.pipe(Schema.pattern(CURRENCY_PATTERN, { message: () => "expected an ISO 4217 currency code (3 uppercase letters, like EUR)" })),
+    {
+      default: () => "EUR",
+    },
+  ),
+  /** `moving_average` (moving weighted average cost per SKU and location; default) or `fifo` (by receipt layer). */
+  method: Schema.optionalWith(Schema.Literal("moving_average", "fifo"), { default: () => "moving_average" as const }),
+  /** IANA time zone whose calendar gives a movement's business date (and so its GL period), default UTC. */
+  timeZone: Schema.optionalWith(
+    Schema.String.pipe(
+      Schema.filter(
+        (z) => {
+          try {
+            new Intl.DateTimeFormat("en", { timeZone: z });
+            return true;
+          } catch {
+            return false; // an unknown zone: reported by the filter's message
+          }
+        },
+        { message: () => "expected an IANA time zone (like Europe/Berlin or UTC)" },
+      ),
+    ),
+    { default: () => "UTC" },
+  ),
+  accounts: Schema.optionalWith(FinanceAccounts, { default: () => Schema.decodeSync(FinanceAccounts)({}) }),
+  /** Cost center per location; a location not listed is its own cost center. */
+  costCenters: Schema.optionalWith(Schema.Record({ key: Location, value: Account }), { default: () => ({}) }),
+});
+export type FinanceConfig = typeof FinanceConfig.Type;
+
 /** The typed contents of `tally.config.ts`. */
 export const TallyConfig = Schema.Struct({
   channels: Schema.Record({ key: Name, value: ChannelConfig }),
   /** Store locations no channel sells from; every channel's locations are known stores too. POS posts for any other store are refused. */
   stores: Schema.optional(Schema.Array(Location)),
   sources: Schema.optionalWith(Schema.Record({ key: Name, value: SourceConfig }), { default: () => ({}) }),
+  /** Valuation and the GL: currency, method, accounts, cost centers (every part has a default). */
+  finance: Schema.optionalWith(FinanceConfig, { default: () => Schema.decodeSync(FinanceConfig)({}) }),
 });
 export type TallyConfig = typeof TallyConfig.Type;
 export type TallyConfigInput = typeof TallyConfig.Encoded;

@@ -11,20 +11,20 @@ import { topology, type Topology } from "../../src/wire/topology.ts";
 import { startTally, type Role } from "../../src/app/roles.ts";
 import { publishCommands } from "../../src/wire/publisher.ts";
 import { createLogger } from "../../src/platform/log.ts";
-import type { TallyConfig } from "../../src/platform/configFile.ts";
+import { decodeTallyConfig, type TallyConfig } from "../../src/platform/configFile.ts";
 import type { TestContext } from "./context.ts";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const BIN = path.join(ROOT, "bin/tally.js");
 
 /** The channels the integration tests use. */
-export const TEST_CHANNELS: TallyConfig = {
+export const TEST_CHANNELS: TallyConfig = decodeTallyConfig({
   channels: {
     web: { locations: ["DC1", "S01"], buffer: 2 },
     store_s01: { locations: ["S01"], buffer: 0 },
   },
   sources: {},
-};
+});
 
 export interface TestEnvOptions {
   readonly partitions?: number;
