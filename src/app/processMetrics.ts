@@ -8,6 +8,7 @@
 import { createServer, type Server } from "node:http";
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Worker } from "../../actors/index.ts";
+import type { JournalPoster } from "../../ledger/index.ts";
 import type { SourceReader } from "../../cdc/index.ts";
 import type { OutboxRelay, RelayRound, WebhookDispatcher } from "../channels/index.ts";
 import type { Sql } from "../platform/index.ts";
@@ -23,6 +24,8 @@ export interface MetricsParts {
   readonly relay?: OutboxRelay | null;
   readonly readers?: ReadonlyArray<SourceReader>;
   readonly webhooks?: ReadonlyArray<WebhookDispatcher>;
+  /** The GL poster (role `worker`). */
+  readonly poster?: JournalPoster | null;
 }
 
 type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
@@ -78,6 +81,7 @@ export class ProcessMetrics {
     if (parts.relay) this.#endToEnd = registerRelay(parts.relay, this.parts, this.#registers);
     if (parts.webhooks && parts.webhooks.length > 0) registerWebhooks(parts.webhooks, this.#registers);
     if (parts.readers) registerCdc(parts.readers, this.#registers);
+    if (parts.poster) registerPoster(parts.poster, this.#registers);
   }
 
   /** Merges another process's metrics into this registry's text at every scrape. */
@@ -211,6 +215,17 @@ function outcomeObserver(registers: Registers): (batch: OutcomeBatch) => void {
       else rejected.inc({ type: o.type, source, reason: o.reason ?? "unknown" });
     }
   };
+}
+
+/** The GL poster: how far behind the ledger it is, and the journals it wrote. */
+function registerPoster(poster: JournalPoster, registers: Registers): void {
+  readGauge(
+    registers,
+    "tally_gl_lag_seconds",
+    "Age of the oldest ledger entry the GL poster has not posted yet, as of its last round (0 when none waits; the same on every worker: use max())",
+    () => poster.lagSeconds(),
+  );
+  totalCounter(registers, "tally_gl_journals_posted_total", "GL journals this process's poster wrote", () => poster.journals);
 }
 
 /** The relay's publishing and latency; the cluster-wide state only its leader exports. */

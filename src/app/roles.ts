@@ -3,6 +3,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
 import { assertEnvironment, instanceId } from "../../ledger/index.ts";
+import { JournalPoster } from "../../ledger/index.ts";
 import { SourceReader, configuredSources } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
@@ -30,6 +31,8 @@ export interface Running {
   readonly nats: NatsHandles;
   readonly log: Logger;
   readonly worker: Worker | null;
+  /** Posts the ledger's movements to the GL journal (role `worker`; one at a time across processes). */
+  readonly poster: JournalPoster | null;
   readonly relay: OutboxRelay | null;
   /** Publishes hash-chain heads to the anchors stream (role `relay`). */
   readonly anchors: AnchorPublisher | null;
@@ -112,6 +115,12 @@ const startWorker = (ctx: RoleContext, workerSql: Sql) =>
       onOutcomes: (batch) => ctx.metrics.observeBatch(batch),
     });
   }).pipe(Scope.extend(ctx.rolesScope));
+
+/** The GL poster: follows the ledger and writes each command's inventory journal exactly once. */
+const startPoster = ({ sql, config, log, rolesScope }: RoleContext) =>
+  serviceResource(() => new JournalPoster({ sql, finance: config.finance, log: log.child({ role: "worker", part: "gl" }) })).pipe(
+    Scope.extend(rolesScope),
+  );
 
 const startRelay = (ctx: RoleContext) =>
   Effect.gen(function* () {
@@ -273,11 +282,13 @@ export const startRoles = (
     // Listening before the roles start: a port already in use fails the start before any lease is taken.
     const metricsServer = roles.includes("api") ? null : yield* exposeMetrics(settings, metrics);
     const worker = roles.includes("worker") ? yield* startWorker(ctx, workerSql) : null;
+    const poster = roles.includes("worker") ? yield* startPoster(ctx) : null;
     const relay = roles.includes("relay") ? yield* startRelay(ctx) : null;
     const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
     const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];
     const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
     metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers } : {}) });
+    metrics.add({ poster });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
     return {
       settings,
@@ -286,6 +297,7 @@ export const startRoles = (
       nats,
       log,
       worker,
+      poster,
       relay,
       anchors,
       webhooks,

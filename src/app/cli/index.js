@@ -277,6 +277,35 @@ function addReconcileCommand(program) {
     .action((name, opts) => run(async () => (await import("./reconcile.ts")).reconcile(name, opts)));
 }
 
+// ---- gl: the GL journal. The group is found or made by glGroup, so each block below adds its own subcommands. ----
+
+/** The `gl` command group, made on first use. @param {Command} program @returns {Command} */
+function glGroup(program) {
+  return program.commands.find((c) => c.name() === "gl") ?? program.command("gl").description("the GL journal: periods, export, trial balance");
+}
+
+/** @param {string} text @returns {string} */
+const period = (text) => {
+  if (!/^[0-9]{4}-(0[1-9]|1[0-2])$/.test(text))
+    throw new InvalidArgumentError(`expected a month as YYYY-MM (like 2026-11), got ${JSON.stringify(text)}`);
+  return text;
+};
+
+/** `tally gl close` and `tally gl periods`. @param {Command} program */
+function addGlPeriodCommands(program) {
+  const gl = glGroup(program);
+  gl.command("close")
+    .description(
+      "close a month: movements dated in it that are not posted yet post on the first day of the next open month (keeping their business date)",
+    )
+    .argument("<period>", "the month, YYYY-MM", period)
+    .option("--by <name>", "who closes it (default: the operating-system user)")
+    .action((p, opts) => run(async () => (await import("./gl.ts")).close(p, opts)));
+  const periods = gl.command("periods").description("list the closed periods");
+  for (const o of formatOptions()) periods.addOption(o);
+  periods.action((opts) => run(async () => (await import("./gl.ts")).periods(opts)));
+}
+
 /**
  * `tally dev`'s options, given back to its own parser (src/app/dev.ts) as arguments.
  * @param {{ fresh?: boolean, dir: string, demo: boolean, rate?: number, skus?: number }} o */
@@ -349,6 +378,7 @@ function buildProgram() {
   addDlqCommands(program);
   addSourceCommands(program);
   addReconcileCommand(program);
+  addGlPeriodCommands(program);
   addOtherCommands(program);
   return program;
 }

@@ -1,0 +1,211 @@
+/**
+ * The GL poster: follows ledger_entries with the txid-horizon technique of export.ts and writes each
+ * command's inventory journal (journal.ts's rules) exactly once.
+ *
+ * A round is one READ COMMITTED transaction: lock the cursor row (`for update skip locked`: another
+ * poster mid-round makes this one skip the round, so one posts at a time across processes), take the
+ * horizon (xmin of the current snapshot: every transaction below it has ended, so every entry with a
+ * txid below it is visible and no more can appear), read the entries between the cursor and the
+ * horizon, and insert their journals and lines and move the cursor in one statement. A crash
+ * anywhere rolls the whole round back; `journal_id = command_id` with `on conflict do nothing` makes
+ * a journal written twice impossible even so. READ COMMITTED, not REPEATABLE READ: the posting date
+ * function (tally_gl_posting_date) takes the periods lock and must then see a period closed just
+ * before, which a snapshot taken at the start of the round would not.
+ *
+ * A worker's batch is one transaction, so all the legs of a command arrive in the same round.
+ */
+import type { Sql, TransactionSql } from "postgres";
+import { LongRunningService, backoffDelay, retry, sleep, type FinanceConfig, type Logger } from "../src/platform/index.ts";
+import { journalsOf, type Journal, type JournalLeg } from "./journal.ts";
+
+/** What one round did. */
+export interface PostRound {
+  /** Another poster held the cursor: this round did nothing. */
+  readonly busy: boolean;
+  /** Ledger entries read (holds excluded). */
+  readonly entries: number;
+  /** Journals written (a journal already there is not written again). */
+  readonly journals: number;
+  /** The round stopped at `maxEntries`: more are waiting. */
+  readonly full: boolean;
+  /** The cursor after the round (null: nothing posted yet). */
+  readonly horizon: string | null;
+}
+
+interface EntryRow {
+  command_id: string;
+  leg: number;
+  sku: string;
+  location: string;
+  bucket: string;
+  delta: string;
+  value: string | null;
+  unit: string;
+  movement: string;
+  source_system: string;
+  source_ref: string;
+  occurred_at: Date;
+}
+
+const legOf = (r: EntryRow): JournalLeg => ({
+  commandId: r.command_id,
+  leg: r.leg,
+  sku: r.sku,
+  location: r.location,
+  bucket: r.bucket,
+  delta: BigInt(r.delta),
+  movement: r.movement,
+  value: r.value === null ? null : BigInt(r.value),
+  unit: r.unit,
+  sourceSystem: r.source_system,
+  sourceRef: r.source_ref,
+  occurredAt: r.occurred_at,
+});
+
+const after = (from: string | null, tx: TransactionSql) => (from === null ? tx`` : tx`and e.txid >= ${from}::xid8`);
+
+/**
+ * Where this round stops: the horizon, or earlier when more than `maxEntries` entries wait, at a
+ * transaction boundary (one transaction larger than that is taken whole).
+ */
+async function roundEnd(tx: TransactionSql, from: string | null, horizon: string, maxEntries: number): Promise<{ upTo: string; full: boolean }> {
+  const [cap] = await tx<Array<{ txid: string; first: string }>>`
+    select e.txid::text as txid,
+           (select min(f.txid) from ledger_entries f where f.txid < ${horizon}::xid8 ${from === null ? tx`` : tx`and f.txid >= ${from}::xid8`})::text as first
+      from ledger_entries e
+     where e.txid < ${horizon}::xid8 ${after(from, tx)}
+     order by e.txid limit 1 offset ${maxEntries}`;
+  if (cap === undefined) return { upTo: horizon, full: false };
+  return { upTo: cap.txid === cap.first ? String(BigInt(cap.txid) + 1n) : cap.txid, full: true };
+}
+
+/** Inserts the journals, their lines and the new cursor in one statement (the balance trigger checks each journal once). */
+async function writeJournals(tx: TransactionSql, journals: ReadonlyArray<Journal>, horizon: string): Promise<number> {
+  const col = <T, V>(rows: ReadonlyArray<T>, f: (r: T) => V) => tx.array(rows.map(f) as never);
+  const j = journals;
+  const lines = journals.flatMap((journal) => journal.lines.map((line) => ({ id: journal.journalId, ...line })));
+  const [{ written }] = await tx<[{ written: number }]>`
+    with j as (
+      select * from unnest(
+        ${col(j, (r) => r.journalId)}::text[],
+        ${col(j, (r) => r.kind)}::text[],
+        ${col(j, (r) => r.businessDate)}::date[],
+        ${col(j, (r) => r.currency)}::text[],
+        ${col(j, (r) => r.commandId)}::text[],
+        ${col(j, (r) => r.movement)}::text[],
+        ${col(j, (r) => r.sourceSystem)}::text[],
+        ${col(j, (r) => r.sourceRef)}::text[]
+      ) as t(journal_id, kind, business_date, currency, command_id, movement, source_system, source_ref)
+    ), dated as materialized (
+      select j.*, tally_gl_posting_date(j.business_date) as posted_on from j
+    ), journals as (
+      insert into gl_journals (journal_id, kind, business_date, posted_on, period, currency, command_id, movement, source_system, source_ref)
+      select journal_id, kind, business_date, posted_on, to_char(posted_on, 'YYYY-MM'), currency, command_id, movement, source_system, source_ref
+        from dated
+      on conflict (journal_id) do nothing
+      returning journal_id
+    ), lines as (
+      insert into gl_lines (journal_id, line, account, cost_center, debit, credit, sku, qty, unit, leg, memo)
+      select l.* from unnest(
+        ${col(lines, (r) => r.id)}::text[],
+        ${col(lines, (r) => r.line)}::smallint[],
+        ${col(lines, (r) => r.account)}::text[],
+        ${col(lines, (r) => r.costCenter)}::text[],
+        ${col(lines, (r) => String(r.debit))}::numeric[],
+        ${col(lines, (r) => String(r.credit))}::numeric[],
+        ${col(lines, (r) => r.sku)}::text[],
+        ${col(lines, (r) => String(r.qty))}::bigint[],
+        ${col(lines, (r) => r.unit)}::text[],
+        ${col(lines, (r) => r.leg)}::smallint[],
+        ${col(lines, (r) => r.memo)}::text[]
+      ) as l(journal_id, line, account, cost_center, debit, credit, sku, qty, unit, leg, memo)
+       where l.journal_id in (select journal_id from journals)
+    ), cursor_ as (
+      update gl_cursor set horizon = ${horizon}::xid8, updated_at = now() where id = 1
+    )
+    select count(*)::int as written from journals`;
+  return written;
+}
+
+/**
+ * One round: posts the journals of the entries committed since the cursor, at most about
+ * `maxEntries` entries (never part of a transaction's), and moves the cursor, in one transaction.
+ */
+export async function postRound(sql: Sql, finance: FinanceConfig, maxEntries = 5000): Promise<PostRound> {
+  return sql.begin(async (tx) => {
+    const [cursor] = await tx<Array<{ horizon: string | null }>>`select horizon::text as horizon from gl_cursor where id = 1 for update skip locked`;
+    if (cursor === undefined) return { busy: true, entries: 0, journals: 0, full: false, horizon: null };
+    const from = cursor.horizon;
+    const [{ horizon }] = await tx<[{ horizon: string }]>`select pg_snapshot_xmin(pg_current_snapshot())::text as horizon`;
+    if (from === horizon) return { busy: false, entries: 0, journals: 0, full: false, horizon };
+    const { upTo, full } = await roundEnd(tx, from, horizon, maxEntries);
+    const rows = await tx<Array<EntryRow>>`
+      select e.command_id, e.leg, e.sku, e.location, e.bucket, e.delta::text as delta, e.value::text as value,
+             coalesce(i.base_unit, 'each') as unit, e.movement, e.source_system, e.source_ref, e.occurred_at
+        from ledger_entries e
+        left join items i on i.sku = e.sku
+       where e.txid < ${upTo}::xid8 ${after(from, tx)} and e.bucket <> 'reserved'
+       order by e.entry_id`;
+    const journals = await writeJournals(tx, journalsOf(rows.map(legOf), finance), upTo);
+    return { busy: false, entries: rows.length, journals, full, horizon: upTo };
+  });
+}
+
+/** When the oldest ledger entry the poster has not passed yet was recorded (null: none waits). */
+export async function oldestUnposted(sql: Sql): Promise<Date | null> {
+  const [row] = await sql<Array<{ at: Date | null }>>`
+    select min(e.recorded_at) as at from ledger_entries e, gl_cursor c
+     where c.id = 1 and e.txid >= coalesce(c.horizon, '0'::xid8)`;
+  return row?.at ?? null;
+}
+
+export interface JournalPosterOptions {
+  readonly sql: Sql;
+  readonly finance: FinanceConfig;
+  readonly log: Logger;
+  /** The wait after a round that found less than a full batch, default 1000 ms. */
+  readonly intervalMs?: number;
+  /** The most ledger entries one round reads, default 5000. */
+  readonly maxEntries?: number;
+}
+
+/** Runs rounds until stopped (in the worker role): a full round is followed by the next at once. */
+export class JournalPoster extends LongRunningService {
+  #oldest: Date | null = null;
+  #journals = 0;
+
+  constructor(readonly opts: JournalPosterOptions) {
+    super(); // nothing starts here
+  }
+
+  /** Journals this poster wrote since it started. */
+  get journals(): number {
+    return this.#journals;
+  }
+
+  /** How long the oldest entry not yet posted has waited, in seconds (0 when none did at the last round). */
+  lagSeconds(now: number = Date.now()): number {
+    return this.#oldest === null ? 0 : Math.max(0, (now - this.#oldest.getTime()) / 1000);
+  }
+
+  protected async run(signal: AbortSignal): Promise<void> {
+    const { sql, finance, log, intervalMs = 1000, maxEntries = 5000 } = this.opts;
+    while (!signal.aborted) {
+      const round = await retry(
+        async () => {
+          const r = await postRound(sql, finance, maxEntries);
+          this.#oldest = await oldestUnposted(sql);
+          return r;
+        },
+        {
+          signal,
+          backoff: (attempt) => backoffDelay(attempt, 500, 30_000),
+          onError: (err, attempt, delayMs) => log.warn({ err, attempt, delayMs }, "GL posting round failed; retrying"),
+        },
+      );
+      this.#journals += round?.journals ?? 0;
+      if (round?.full) continue;
+      await sleep(intervalMs, signal); // a stop ends the sleep at once
+    }
+  }
+}
