@@ -153,15 +153,13 @@ function externalSides(legs: ReadonlyArray<JournalLeg>, finance: FinanceConfig):
  * first leg's cost center as a valuation difference.
  */
 function internalSides(legs: ReadonlyArray<JournalLeg>, finance: FinanceConfig): Array<Side> {
-  const sides: Array<Side> = legs
-    .filter(valued)
-    .map((l) => ({
-      account: finance.accounts[BUCKET_ACCOUNT[l.bucket]!],
-      costCenter: costCenterOf(finance, l.location),
-      amount: l.value!,
-      of: l,
-      memo: null,
-    }));
+  const sides: Array<Side> = legs.filter(valued).map((l) => ({
+    account: finance.accounts[BUCKET_ACCOUNT[l.bucket]!],
+    costCenter: costCenterOf(finance, l.location),
+    amount: l.value!,
+    of: l,
+    memo: null,
+  }));
   const residual = sides.reduce((sum, s) => sum + s.amount, 0n);
   if (sides.length === 0 || residual === 0n) return sides;
   const open = legs.find((l) => !valued(l));
