@@ -2,21 +2,26 @@
  * The GL poster: follows ledger_entries with the txid-horizon technique of export.ts and writes each
  * command's inventory journal (journal.ts's rules) exactly once.
  *
- * A round is one READ COMMITTED transaction: lock the cursor row (`for update skip locked`: another
- * poster mid-round makes this one skip the round, so one posts at a time across processes), take the
- * horizon (xmin of the current snapshot: every transaction below it has ended, so every entry with a
- * txid below it is visible and no more can appear), read the entries between the cursor and the
- * horizon, and insert their journals and lines and move the cursor in one statement. A crash
- * anywhere rolls the whole round back; `journal_id = command_id` with `on conflict do nothing` makes
- * a journal written twice impossible even so. READ COMMITTED, not REPEATABLE READ: the posting date
- * function (tally_gl_posting_date) takes the periods lock and must then see a period closed just
- * before, which a snapshot taken at the start of the round would not.
+ * A round is one READ COMMITTED transaction: take the poster lock (a transaction-level advisory lock,
+ * tried: while another poster is mid-round this one skips the round, so one posts at a time across
+ * processes), read the cursor and the horizon (xmin of the current snapshot: every transaction below
+ * it has ended, so every entry with a txid below it is visible and no more can appear), read the
+ * entries between them, and insert their journals and lines and move the cursor in one statement. A
+ * crash anywhere rolls the whole round back; `journal_id = command_id` with `on conflict do nothing`
+ * makes a journal written twice impossible even so. READ COMMITTED, not REPEATABLE READ: the posting
+ * date function (tally_gl_posting_date) takes the periods lock and must then see a period closed
+ * just before, which a snapshot taken at the start of the round would not. The round writes only in
+ * its last statement (an advisory lock, unlike `select … for update`, takes no transaction id), so
+ * it holds back the horizon of other followers (the GL export) no longer than a worker's batch does.
  *
  * A worker's batch is one transaction, so all the legs of a command arrive in the same round.
  */
 import type { Sql, TransactionSql } from "postgres";
 import { LongRunningService, backoffDelay, retry, sleep, type FinanceConfig, type Logger } from "../src/platform/index.ts";
 import { journalsOf, type Journal, type JournalLeg } from "./journal.ts";
+
+/** The advisory lock a poster holds for the span of a round (one poster at a time). */
+const POSTER_LOCK = 7_402_117_073;
 
 /** What one round did. */
 export interface PostRound {
@@ -133,10 +138,10 @@ async function writeJournals(tx: TransactionSql, journals: ReadonlyArray<Journal
  */
 export async function postRound(sql: Sql, finance: FinanceConfig, maxEntries = 5000): Promise<PostRound> {
   return sql.begin(async (tx) => {
-    const [cursor] = await tx<Array<{ horizon: string | null }>>`select horizon::text as horizon from gl_cursor where id = 1 for update skip locked`;
-    if (cursor === undefined) return { busy: true, entries: 0, journals: 0, full: false, horizon: null };
-    const from = cursor.horizon;
-    const [{ horizon }] = await tx<[{ horizon: string }]>`select pg_snapshot_xmin(pg_current_snapshot())::text as horizon`;
+    const [{ got }] = await tx<[{ got: boolean }]>`select pg_try_advisory_xact_lock(${POSTER_LOCK}) as got`;
+    if (!got) return { busy: true, entries: 0, journals: 0, full: false, horizon: null };
+    const [{ from, horizon }] = await tx<[{ from: string | null; horizon: string }]>`
+      select horizon::text as from, pg_snapshot_xmin(pg_current_snapshot())::text as horizon from gl_cursor where id = 1`;
     if (from === horizon) return { busy: false, entries: 0, journals: 0, full: false, horizon };
     const { upTo, full } = await roundEnd(tx, from, horizon, maxEntries);
     const rows = await tx<Array<EntryRow>>`

@@ -8,7 +8,7 @@
  * side, and a worker process killed with SIGKILL while posting — every journal exactly once.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { JournalPoster, postRound } from "../ledger/index.ts";
+import { JournalPoster, oldestUnposted, postRound } from "../ledger/index.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";
 import { createLogger } from "../src/platform/log.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
@@ -294,6 +294,14 @@ describe("GL poster: exactly once", () => {
     expect(await journalCounts(ids)).toEqual({ n: ids.length, distinct: ids.length });
   });
 
+  it("a round while another poster holds the poster lock does nothing", async () => {
+    await h.sql.begin(async (tx) => {
+      await tx`select pg_advisory_xact_lock(7402117073)`;
+      expect(await postRound(h.sql, finance)).toMatchObject({ busy: true, journals: 0 });
+    });
+    expect(await postRound(h.sql, finance)).toMatchObject({ busy: false });
+  });
+
   it("posters side by side, small rounds, one stopped half way: every journal once, none missing", async () => {
     const commands = receipts("glc", 150);
     const tally = await startInProcess(ctx, ["worker", "relay"], {}, CONFIG);
@@ -304,11 +312,15 @@ describe("GL poster: exactly once", () => {
       await tally.close();
     }
     const ids = commands.map((x) => x.id);
+    const waiting = await oldestUnposted(h.sql);
+    expect(waiting).not.toBeNull(); // what tally_gl_lag_seconds measures from
     const posters = [0, 1].map(() => new JournalPoster({ sql: h.sql, finance, log, intervalMs: 20, maxEntries: 1 }).start());
     await eventually("a few journals", async () => (await journalCounts(ids)).n >= 6, 30_000);
     await posters[0]!.stop();
     expect((await journalCounts(ids)).n).toBeLessThan(ids.length);
     await waitPosted(ids, 30_000);
+    await eventually("the running poster to see no lag", async () => posters[1]!.lagSeconds() === 0, 10_000);
+    expect(await oldestUnposted(h.sql)).toBeNull();
     await posters[1]!.stop();
     expect(await journalCounts(ids)).toEqual({ n: ids.length, distinct: ids.length });
     expect(posters[0]!.journals + posters[1]!.journals).toBe(ids.length);
