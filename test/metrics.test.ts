@@ -125,7 +125,14 @@ describe("/metrics of every role, from real processes", () => {
       return sampleSum(text, "tally_worker_partitions_held") === PARTITIONS;
     });
     const text = scraped.get("worker")!;
-    for (const name of ["process_cpu_seconds_total", "process_resident_memory_bytes", "nodejs_eventloop_lag_seconds", "tally_worker_batches_total"])
+    for (const name of [
+      "process_cpu_seconds_total",
+      "process_resident_memory_bytes",
+      "nodejs_eventloop_lag_seconds",
+      "tally_worker_batches_total",
+      "tally_gl_lag_seconds",
+      "tally_gl_journals_posted_total",
+    ])
       expect(text).toMatch(new RegExp(`^${name} \\d`, "m"));
     expect(text).not.toContain("tally_process_");
     expect(text).toMatch(/^# TYPE tally_worker_retries_total counter$/m);
