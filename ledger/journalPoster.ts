@@ -67,7 +67,8 @@ const legOf = (r: EntryRow): JournalLeg => ({
   occurredAt: r.occurred_at,
 });
 
-const after = (from: string | null, tx: TransactionSql) => (from === null ? tx`` : tx`and e.txid >= ${from}::xid8`);
+/** `and txid >= from` (unqualified: every query below reads one table with a txid), or nothing from the first entry. */
+const after = (from: string | null, tx: TransactionSql) => (from === null ? tx`` : tx`and txid >= ${from}::xid8`);
 
 /**
  * Where this round stops: the horizon, or earlier when more than `maxEntries` entries wait, at a
@@ -76,7 +77,7 @@ const after = (from: string | null, tx: TransactionSql) => (from === null ? tx``
 async function roundEnd(tx: TransactionSql, from: string | null, horizon: string, maxEntries: number): Promise<{ upTo: string; full: boolean }> {
   const [cap] = await tx<Array<{ txid: string; first: string }>>`
     select e.txid::text as txid,
-           (select min(f.txid) from ledger_entries f where f.txid < ${horizon}::xid8 ${from === null ? tx`` : tx`and f.txid >= ${from}::xid8`})::text as first
+           (select min(f.txid) from ledger_entries f where f.txid < ${horizon}::xid8 ${after(from, tx)})::text as first
       from ledger_entries e
      where e.txid < ${horizon}::xid8 ${after(from, tx)}
      order by e.txid limit 1 offset ${maxEntries}`;
