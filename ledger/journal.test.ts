@@ -174,3 +174,33 @@ describe("posting rules", () => {
     );
   });
 });
+
+describe("the README's posting rules table", () => {
+  /** Each row of the table, as the legs that movement writes. */
+  const ROWS: Record<string, ReadonlyArray<JournalLeg>> = {
+    "`receive`": [leg("m", 1, "on_hand", 1, "receive", 100)],
+    "`sell`, `fulfill`, `fulfill_unreserved` (sale, shipment)": [leg("m", 1, "on_hand", -1, "sell", -100)],
+    "`return` (to stock)": [leg("m", 1, "on_hand", 1, "return", 100)],
+    "`return_damaged`": [leg("m", 1, "damaged", 1, "return_damaged", 100)],
+    "`count_variance`, `adjust`: a loss": [leg("m", 1, "on_hand", -1, "count_variance", -100)],
+    "`count_variance`, `adjust`: a gain": [leg("m", 1, "on_hand", 1, "adjust", 100)],
+    "stock marked damaged (on_hand → damaged)": [leg("m", 1, "on_hand", -1, "adjust", -100), leg("m", 2, "damaged", 1, "adjust", 100)],
+    "a write-off out of damaged": [leg("m", 1, "damaged", -1, "adjust", -100)],
+    "`transfer_out`": [leg("m", 1, "on_hand", -1, "transfer_out", -100, "DC1"), leg("m", 2, "in_transit", 1, "transfer_out", null)],
+    "`transfer_in`": [leg("m", 1, "in_transit", -1, "transfer_in", null), leg("m", 2, "on_hand", 1, "transfer_in", 100)],
+  };
+
+  it("says what the rules do, row by row", async () => {
+    const { readFile } = await import("node:fs/promises");
+    const readme = await readFile(new URL("../README.md", import.meta.url), "utf8");
+    const section = readme.split("### The GL journal: the inventory side and periods")[1]!.split("\n### ")[0]!;
+    const rows = [...section.matchAll(/^\| (.+?) \| (\w+)(?: \(.*?\))? \| (\w+)(?: \(.*?\))? \|$/gm)].filter((m) => m[1] !== "movement");
+    const nameOf = (account: string) => Object.entries(finance.accounts).find(([, n]) => n === account)![0];
+    expect(rows.map((m) => m[1])).toEqual(Object.keys(ROWS));
+    for (const [, movement, debit, credit] of rows) {
+      const lines = journalOf(ROWS[movement!]!, finance)!.lines;
+      expect([movement, lines.map((l) => (l.debit > 0n ? nameOf(l.account) : null)).filter(Boolean)], movement).toEqual([movement, [debit]]);
+      expect([movement, lines.map((l) => (l.credit > 0n ? nameOf(l.account) : null)).filter(Boolean)], movement).toEqual([movement, [credit]]);
+    }
+  });
+});
