@@ -43,6 +43,41 @@ const steps: ReadonlyArray<readonly [ReturnType<typeof command>, number, number,
   [command("v12", "sell", "DC1", 4), -200, 50, null, 0, 0],
 ];
 
+/**
+ * A transfer and a damaged return at moving average (SKU VAL-2), [command, [bucket, location, value,
+ * unit cost] per valued leg], by hand: DC1 holds 6 worth 603 (average 100.5 → 101) when 2 leave.
+ */
+const avg = (id: string, type: string, location: string, qty: number, extra: object = {}) => ({
+  ...command(id, type, location, qty, extra),
+  sku: "VAL-2",
+});
+const transferSteps: ReadonlyArray<readonly [ReturnType<typeof command>, ReadonlyArray<readonly [string, string, number, number]>]> = [
+  [avg("m1", "receive", "DC1", 3, cost(100)), [["on_hand", "DC1", 300, 100]]],
+  [avg("m2", "receive", "DC1", 3, cost(101)), [["on_hand", "DC1", 303, 101]]],
+  [
+    avg("m3", "transfer_out", "DC1", 2, { to: "S01", transferId: "T9" }),
+    [
+      ["on_hand", "DC1", -201, 101], // round(2 × 603 / 6)
+      ["in_transit", "S01", 201, 101],
+    ],
+  ],
+  [
+    avg("m4", "transfer_in", "S01", 1, { from: "DC1", transferId: "T9" }),
+    [
+      ["in_transit", "S01", -101, 101], // round(201 / 2)
+      ["on_hand", "S01", 101, 101],
+    ],
+  ],
+  [
+    avg("m5", "transfer_in", "S01", 1, { from: "DC1", transferId: "T9" }),
+    [
+      ["in_transit", "S01", -100, 100], // the rest
+      ["on_hand", "S01", 100, 100],
+    ],
+  ],
+  [avg("m6", "return", "S01", 1, { restockable: false }), [["damaged", "S01", 101, 101]]], // S01's average, 201 / 2
+];
+
 interface ValuedEntry {
   command_id: string;
   value: string | null;
@@ -54,7 +89,7 @@ beforeAll(async () => {
   ctx = await testContext();
   h = await harness(ctx);
   // Two runs of the worker: the second rebuilds the actor from the stored balances (value, last unit cost).
-  for (const part of [steps.slice(0, 6), steps.slice(6)]) {
+  for (const part of [[...steps.slice(0, 6), ...transferSteps], steps.slice(6)]) {
     const tally = await startInProcess(ctx, ["worker", "relay"]);
     try {
       const r = await runTally(["submit", "-", "--wait"], tallyEnv(ctx), ndjson(part.map((s) => s[0])));
@@ -81,6 +116,25 @@ async function tamper(change: (tx: TransactionSql) => Promise<unknown>, on: Harn
 const verify = () => runTally(["ledger", "verify"], tallyEnv(ctx));
 
 describe("moving weighted average valuation", () => {
+  it("carries a transfer's origin cost through in_transit, receipt by receipt, and values a damaged return at the location's average", async () => {
+    const rows = await h.sql<Array<ValuedEntry & { bucket: string; location: string }>>`
+      select command_id, bucket, location, value::text, unit_cost::text, valuation_flag
+        from ledger_entries where sku = 'VAL-2' order by sku_seq`;
+    expect(rows.map((r) => [r.command_id, r.bucket, r.location, Number(r.value), Number(r.unit_cost), r.valuation_flag])).toEqual(
+      transferSteps.flatMap(([c, legs]) => legs.map((l) => [c.id, ...l, null])),
+    );
+    const balances = await h.sql`
+      select location, bucket, qty, value::text from balances where sku = 'VAL-2' and bucket <> 'reserved' and qty <> 0 or sku = 'VAL-2' and bucket = 'in_transit'
+       order by location, bucket`;
+    expect(balances).toEqual([
+      { location: "DC1", bucket: "in_transit", qty: 0, value: "0" },
+      { location: "DC1", bucket: "on_hand", qty: 4, value: "402" },
+      { location: "S01", bucket: "damaged", qty: 1, value: "101" },
+      { location: "S01", bucket: "in_transit", qty: 0, value: "0" },
+      { location: "S01", bucket: "on_hand", qty: 2, value: "201" },
+    ]);
+  });
+
   it("values every on_hand entry as computed by hand, and flags the receipt without cost and the sales beyond stock", async () => {
     const rows = await h.sql<Array<ValuedEntry & { balance_after: number }>>`
       select command_id, value::text, unit_cost::text, valuation_flag, balance_after
