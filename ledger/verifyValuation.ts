@@ -78,13 +78,13 @@ export class ValuationReplay {
     return [v, mismatch ? "currency_mismatch" : v.flag];
   }
 
-  #damaged(_r: EntryRow, before: bigint, at: LocationValue, delta: bigint, given: Carried | null, onHand: bigint): [LegValue, string | null] {
+  #damaged(r: EntryRow, before: bigint, at: LocationValue, delta: bigint, given: Carried | null, onHand: bigint): [LegValue, string | null] {
     if (delta < 0n) {
       const v = valueLeg(before, at, delta, null, false);
       return [v, v.flag];
     }
     if (given) return [valueLeg(before, at, delta, null, false, { amount: -given.value }), given.flag];
-    const cost = currentCost(onHand, this.states.get(bucketKey(_r.location, "on_hand")) ?? noValue);
+    const cost = currentCost(onHand, this.states.get(bucketKey(r.location, "on_hand")) ?? noValue);
     return [valueLeg(before, at, delta, null, false, { amount: delta * (cost ?? 0n) }), cost === null ? "no_cost" : null];
   }
 }
