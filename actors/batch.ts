@@ -1,6 +1,7 @@
 import type { BatchWrite, HoldRow, LedgerEntry, OutboxRow, OutcomeRow, StoredSku } from "../ledger/index.ts";
 import { entryHash, GENESIS_HASH } from "../ledger/index.ts";
 import type {
+  AlertEvent,
   Availability,
   Command,
   CommandRejectedEvent,
@@ -14,7 +15,8 @@ import { locationAvailable } from "../src/contract/index.ts";
 import { decide, evolve, type Decision } from "./decider.ts";
 import type { Bucket, HoldState, HoldStatus, LocationState, SkuEvent, SkuState, StockStatus, TransferState } from "./state.ts";
 import { atLeastZero, emptyLocation, initialSkuState } from "./state.ts";
-import { noValue, valueLeg, type LocationValue } from "../ledger/index.ts";
+import { noValue, type LocationValue } from "../ledger/index.ts";
+import { CommandValuation, DEFAULT_VALUATION, poolKey, type TransferValue, type ValuationSettings } from "./valuation.ts";
 
 /** A live SKU actor's memory: its rules state and the head of its ledger chain. */
 export interface LiveSku {
@@ -26,6 +28,10 @@ export interface LiveSku {
   readonly version: number;
   /** The valuation of on_hand per location (absent: nothing valued yet, value 0). */
   readonly values?: Readonly<Record<string, LocationValue>>;
+  /** The valuation of damaged and in_transit per `poolKey(location, bucket)`. */
+  readonly pools?: Readonly<Record<string, LocationValue>>;
+  /** What each open transfer carried and what its receipts took (absent: shipped before transfers were valued). */
+  readonly transferValues?: Readonly<Record<string, TransferValue>>;
 }
 
 /** One command taken from the stream, with the stream sequence of the message that carried it. */
@@ -57,6 +63,8 @@ export interface PlanInput {
   readonly actors: ReadonlyMap<string, LiveSku>;
   readonly channels: ReadonlyArray<ChannelView>;
   readonly names: OutboxNames;
+  /** The company's valuation method and currency (default: moving average, EUR). */
+  readonly valuation?: ValuationSettings;
 }
 
 export interface Plan {
@@ -110,25 +118,34 @@ export function actorFromStored(sku: string, stored: StoredSku | undefined): Liv
       status: l.status as StockStatus,
     };
   const values: Record<string, LocationValue> = {};
+  const pools: Record<string, LocationValue> = {};
   for (const b of stored.balances) {
     const field = BUCKET_FIELD[b.bucket as Bucket];
     if (field) locations[b.location] = { ...at(b.location), [field]: BigInt(b.qty) };
-    if (b.bucket === "on_hand") values[b.location] = { value: b.value ?? 0n, lastUnitCost: b.lastUnitCost ?? null };
+    const valued = { value: b.value ?? 0n, lastUnitCost: b.lastUnitCost ?? null };
+    if (b.bucket === "on_hand") values[b.location] = b.layers ? { ...valued, layers: b.layers } : valued;
+    else if (b.bucket === "damaged" || b.bucket === "in_transit") pools[poolKey(b.location, b.bucket)] = valued;
   }
   const transfers: Record<string, TransferState> = {};
-  for (const t of stored.transfers)
+  const transferValues: Record<string, TransferValue> = {};
+  for (const t of stored.transfers) {
     transfers[t.transferId] = {
       from: t.from as LocationId,
       to: t.to as LocationId,
       shipped: t.shipped,
       received: t.received,
     };
+    if (t.shippedValue !== null && t.shippedValue !== undefined)
+      transferValues[t.transferId] = { shipped: t.shippedValue, received: t.receivedValue ?? 0n };
+  }
   return {
     state: { ...base, locations, transfers },
     seq: stored.head?.seq ?? 0,
     lastHash: stored.head?.lastHash ?? GENESIS_HASH,
     version: stored.head?.version ?? 0,
     values,
+    pools,
+    transferValues,
   };
 }
 
@@ -303,22 +320,20 @@ function applyDecided(g: Gathered, input: PlanInput, command: Command, streamSeq
   const occurredAt = new Date(command.occurredAt);
   const origin = g.origins.get(command.sku);
   if (!origin || occurredAt.getTime() < origin.at) g.origins.set(command.sku, { at: occurredAt.getTime(), source: command.source.system });
-  let values = actor.values ?? {};
+  const valuation = new CommandValuation(
+    { values: actor.values ?? {}, pools: actor.pools ?? {}, transfers: actor.transferValues ?? {} },
+    command,
+    input.valuation ?? DEFAULT_VALUATION,
+  );
   for (const event of events) {
-    const onHandBefore = (state.locations[event.location] ?? emptyLocation).onHand;
+    const before = state;
     state = evolve(state, event);
     markTouched(g.touched, command.sku, event.location);
     if (event.type === "stock_moved") {
       leg++;
       seq++;
       const loc = state.locations[event.location] ?? emptyLocation;
-      let valuation = {};
-      if (event.bucket === "on_hand") {
-        const cost = command.type === "receive" && command.unitCost !== undefined ? BigInt(command.unitCost) : null;
-        const v = valueLeg(onHandBefore, values[event.location] ?? noValue, event.delta, cost, command.type === "receive");
-        values = { ...values, [event.location]: v.after };
-        valuation = { value: v.value, unitCost: v.unitCost, valuationFlag: v.flag };
-      }
+      const valued = valuation.leg(before, event) ?? {};
       const body = {
         commandId: command.id,
         leg,
@@ -333,7 +348,7 @@ function applyDecided(g: Gathered, input: PlanInput, command: Command, streamSeq
         occurredAt,
         recordedAt: input.recordedAt,
         skuSeq: seq,
-        ...valuation,
+        ...valued,
       };
       const hash = entryHash(lastHash, body);
       g.entries.push({ ...body, prevHash: lastHash, hash });
@@ -341,6 +356,7 @@ function applyDecided(g: Gathered, input: PlanInput, command: Command, streamSeq
     } else if (event.type === "hold_opened" || event.type === "hold_reduced") {
       markTouched(g.holdsTouched, command.sku, event.holdId);
     } else if (event.type === "transfer_shipped" || event.type === "transfer_received") {
+      valuation.transfer(event, state);
       markTouched(g.transfersTouched, command.sku, event.transferId);
       if (event.type === "transfer_shipped") markTouched(g.touched, command.sku, event.to);
     } else {
@@ -357,7 +373,35 @@ function applyDecided(g: Gathered, input: PlanInput, command: Command, streamSeq
     reason: null,
     detail: leg > 0 ? { legs: leg } : null,
   });
-  g.actors.set(command.sku, { state, seq, lastHash, version: actor.version + 1, values });
+  if (valuation.currencyMismatch) alertCurrencyMismatch(g, input, command);
+  const { values, pools, transfers } = valuation.result();
+  g.actors.set(command.sku, { state, seq, lastHash, version: actor.version + 1, values, pools, transferValues: transfers });
+}
+
+/**
+ * A receipt in another currency than the company's is a fact: applied, valued as a receipt
+ * without cost and flagged `currency_mismatch`; an operator is told by an alert event, written with
+ * the batch (the relay publishes it, exactly once).
+ */
+function alertCurrencyMismatch(g: Gathered, input: PlanInput, command: Command): void {
+  if (command.type !== "receive") return;
+  const currency = (input.valuation ?? DEFAULT_VALUATION).currency;
+  g.outbox.push({
+    kind: "event",
+    subject: input.names.eventSubject("alert"),
+    kvKey: null,
+    payload: {
+      type: "alert",
+      kind: "valuation_currency_mismatch",
+      commandId: command.id,
+      sku: command.sku,
+      location: command.location,
+      currency: command.currency,
+      expected: currency,
+      message: `receipt ${command.id} of ${command.sku} at ${command.location} is in ${command.currency}, not the company's ${currency}: applied, but valued as a receipt without cost (flag currency_mismatch); correct its value in the ERP`,
+      at: input.recordedAt.toISOString(),
+    } satisfies AlertEvent,
+  });
 }
 
 /** Balances, SKU locations and heads of the touched SKUs, and each affected channel's availability (outbox). */
@@ -370,11 +414,8 @@ function stateRows(g: Gathered, input: PlanInput): Pick<BatchWrite, "balances" |
     heads.push({ sku, seq: actor.seq, lastHash: actor.lastHash, version: actor.version });
     for (const location of locations) {
       const l = actor.state.locations[location] ?? emptyLocation;
-      const v = actor.values?.[location] ?? noValue;
-      for (const bucket of Object.keys(BUCKET_FIELD) as Array<Bucket>) {
-        const valued = bucket === "on_hand" ? { value: v.value, lastUnitCost: v.lastUnitCost } : {};
-        balances.push({ sku, location, bucket, qty: l[BUCKET_FIELD[bucket]], ...valued });
-      }
+      for (const bucket of Object.keys(BUCKET_FIELD) as Array<Bucket>)
+        balances.push({ sku, location, bucket, qty: l[BUCKET_FIELD[bucket]], ...balanceValue(actor, location, bucket, input) });
       skuLocations.push({ sku, location, safetyStock: l.safetyStock, reorderPoint: l.reorderPoint, status: l.status });
     }
     for (const channel of input.channels) {
@@ -393,15 +434,29 @@ function stateRows(g: Gathered, input: PlanInput): Pick<BatchWrite, "balances" |
   return { balances, skuLocations, heads };
 }
 
+/** The valuation columns of a balance row: value, last unit cost and (FIFO on_hand) layers; none on reserved. */
+function balanceValue(actor: LiveSku, location: string, bucket: Bucket, input: PlanInput): Partial<BatchWrite["balances"][number]> {
+  if (bucket === "reserved") return {};
+  if (bucket !== "on_hand") {
+    const p = actor.pools?.[poolKey(location, bucket)] ?? noValue;
+    return { value: p.value, lastUnitCost: bucket === "damaged" ? p.lastUnitCost : null };
+  }
+  const v = actor.values?.[location] ?? noValue;
+  const fifo = (input.valuation ?? DEFAULT_VALUATION).method === "fifo";
+  return { value: v.value, lastUnitCost: v.lastUnitCost, layers: fifo ? (v.layers ?? []) : null };
+}
+
 /** Open transfers touched by the batch, and those it settled. */
 function transferRows(g: Gathered): Pick<BatchWrite, "transfers" | "settledTransfers"> {
   const transfers: Array<BatchWrite["transfers"][number]> = [];
   const settledTransfers: Array<BatchWrite["settledTransfers"][number]> = [];
   for (const [sku, ids] of g.transfersTouched) {
-    const state = g.actors.get(sku)!.state;
+    const { state, transferValues } = g.actors.get(sku)!;
     for (const transferId of ids) {
       const t = state.transfers[transferId];
-      if (t) transfers.push({ sku, transferId, from: t.from, to: t.to, shipped: t.shipped, received: t.received });
+      const tv = transferValues?.[transferId];
+      const valued = { shippedValue: tv?.shipped ?? null, receivedValue: tv?.received ?? null };
+      if (t) transfers.push({ sku, transferId, from: t.from, to: t.to, shipped: t.shipped, received: t.received, ...valued });
       else settledTransfers.push({ sku, transferId });
     }
   }

@@ -20,6 +20,7 @@ import type { OutcomeBatch, Topology } from "../src/wire/index.ts";
 import { describeError, isPermanentDataError, isTransientDbError } from "../src/platform/index.ts";
 import { LongRunningService, backoffDelay, sleep } from "../src/platform/index.ts";
 import { planBatch, type ChannelView, type IncomingCommand } from "./batch.ts";
+import type { ValuationSettings } from "./valuation.ts";
 import { decodeCommand, encodeCommand, type AlertEvent } from "../src/contract/index.ts";
 import { decodeEnvelope } from "../src/wire/index.ts";
 import type { SkuStateCache } from "./skuStateCache.ts";
@@ -61,6 +62,8 @@ export interface RunnerDeps {
   readonly restoreTopology?: () => Promise<void>;
   /** Called with each outcome message this partition publishes (the worker process's own metrics). */
   readonly onOutcomes?: (batch: OutcomeBatch) => void;
+  /** The company's valuation method and currency (default: moving average, EUR). */
+  readonly valuation?: ValuationSettings;
 }
 
 /** How a partition is doing, for readiness and operators. */
@@ -558,6 +561,7 @@ export class PartitionRunner extends LongRunningService {
       actors,
       channels: this.deps.channels,
       names: topology,
+      ...(this.deps.valuation ? { valuation: this.deps.valuation } : {}),
     });
     const outcomes = [...plan.write.outcomes, ...extra];
     await commitBatch(sql, { ...plan.write, lastSeq: Math.max(plan.write.lastSeq, lastSeq), outcomes });
@@ -600,6 +604,7 @@ export class PartitionRunner extends LongRunningService {
       actors,
       channels: this.deps.channels,
       names: topology,
+      ...(this.deps.valuation ? { valuation: this.deps.valuation } : {}),
     });
     const lastSeq = fresh[fresh.length - 1]!.seq;
     const plannedAt = performance.now();

@@ -31,6 +31,8 @@ export interface WorkerOptions {
   readonly restoreTopology?: () => Promise<void>;
   /** Called with each outcome message the worker's partitions publish (its process's metrics). */
   readonly onOutcomes?: RunnerDeps["onOutcomes"];
+  /** The company's valuation method and currency (default: moving average, EUR). */
+  readonly valuation?: RunnerDeps["valuation"];
 }
 
 interface Held {
@@ -214,6 +216,7 @@ export class Worker extends LongRunningService {
         metrics: this.metrics,
         ...(this.opts.restoreTopology ? { restoreTopology: this.opts.restoreTopology } : {}),
         ...(this.opts.onOutcomes ? { onOutcomes: this.opts.onOutcomes } : {}),
+        ...(this.opts.valuation ? { valuation: this.opts.valuation } : {}),
         onLeaseLost: (p) => {
           const h = this.#held.get(p);
           if (h?.runner !== runner) return;

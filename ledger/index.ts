@@ -45,7 +45,17 @@ export { EXPORT_CURSOR_HEADER, EXPORT_CURSOR_PATTERN, EXPORT_SUMMARY_TRAILER, op
 export type { ExportSummary } from "./export.ts";
 export { entryJson } from "./entryRow.ts";
 export type { EntryRow } from "./entryRow.ts";
-export { noValue, valueLeg, type LocationValue } from "./valuation.ts";
+export {
+  currentCost,
+  noValue,
+  roundDiv,
+  valueLeg,
+  type CostLayer,
+  type LocationValue,
+  type ValuationFlag,
+  type ValuationMethod,
+} from "./valuation.ts";
+export { ValuationMethodMismatch, recordValuationMethod } from "./valuationMethod.ts";
 export { businessDate, costCenterOf, journalOf, journalsOf } from "./journal.ts";
 export type { Journal, JournalLeg, JournalLine } from "./journal.ts";
 export { JournalPoster, oldestUnposted, postRound } from "./journalPoster.ts";

@@ -1,6 +1,7 @@
 import type { Sql } from "postgres";
 import type { HashedEntry } from "./hash.ts";
 import { quantityValue } from "../src/contract/index.ts";
+import type { CostLayer } from "./valuation.ts";
 
 /** A ledger row as written: one leg of one command. */
 export interface LedgerEntry extends HashedEntry {
@@ -14,9 +15,14 @@ export interface BalanceRow {
   readonly location: string;
   readonly bucket: string;
   readonly qty: bigint | number;
-  /** On the on_hand row: the exact value of on_hand and the last known unit cost (minor units); null elsewhere. */
+  /**
+   * On the on_hand, damaged and in_transit rows: the bucket's exact value and (on_hand, damaged) the
+   * last known unit cost (minor units); null on reserved.
+   */
   readonly value?: bigint | null;
   readonly lastUnitCost?: bigint | null;
+  /** FIFO on_hand: the cost layers, oldest first; null otherwise. */
+  readonly layers?: ReadonlyArray<CostLayer> | null;
 }
 export interface SkuHeadRow {
   readonly sku: string;
@@ -38,6 +44,9 @@ export interface TransferRow {
   readonly to: string;
   readonly shipped: number;
   readonly received: number;
+  /** What the transfer carried out of its origin, and what its receipts took of it; null: shipped before transfers were valued. */
+  readonly shippedValue?: bigint | null;
+  readonly receivedValue?: bigint | null;
 }
 /** One hold (order line or checkout line) as stored: its status and what it still holds. */
 export interface HoldRow {
@@ -103,6 +112,13 @@ export function quantityJson(_key: string, value: unknown): unknown {
 /** A nullable integer as the decimal text Postgres reads exactly into numeric. */
 const nullableText = (n: bigint | null | undefined): string | null => (n === null || n === undefined ? null : String(n));
 
+/** Cost layers as stored: `[[qty, value], ...]` in decimal strings (exact past 2^53). */
+const layersJson = (layers: ReadonlyArray<CostLayer> | null | undefined): string | null =>
+  layers === null || layers === undefined ? null : JSON.stringify(layers.map((l) => [String(l.qty), String(l.value)]));
+
+const layersOfJson = (json: unknown): Array<CostLayer> | null =>
+  Array.isArray(json) ? json.map(([qty, value]: [string, string]) => ({ qty: BigInt(qty), value: BigInt(value) })) : null;
+
 /** The partition's lease epoch moved on: another worker took it over, this one must stop writing. */
 export class LeaseLost extends Error {
   override readonly name = "LeaseLost";
@@ -167,17 +183,19 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
         ${col(e, (r) => r.valuationFlag ?? null)}::text[]
       ) as u where exists (select from fence)
     ), balances_ as (
-      insert into balances (sku, location, bucket, qty, value, last_unit_cost, updated_at)
-      select s, l, bu, q, v, lc, ${b.recordedAt} from unnest(
+      insert into balances (sku, location, bucket, qty, value, last_unit_cost, cost_layers, updated_at)
+      select s, l, bu, q, v, lc, cl, ${b.recordedAt} from unnest(
         ${col(bal, (r) => r.sku)}::text[],
         ${col(bal, (r) => r.location)}::text[],
         ${col(bal, (r) => r.bucket)}::text[],
         ${col(bal, (r) => String(r.qty))}::bigint[],
         ${col(bal, (r) => nullableText(r.value))}::numeric[],
-        ${col(bal, (r) => nullableText(r.lastUnitCost))}::numeric[]
-      ) as t(s, l, bu, q, v, lc) where exists (select from fence)
+        ${col(bal, (r) => nullableText(r.lastUnitCost))}::numeric[],
+        ${col(bal, (r) => layersJson(r.layers))}::jsonb[]
+      ) as t(s, l, bu, q, v, lc, cl) where exists (select from fence)
       on conflict (sku, location, bucket) do update
-        set qty = excluded.qty, value = excluded.value, last_unit_cost = excluded.last_unit_cost, updated_at = excluded.updated_at
+        set qty = excluded.qty, value = excluded.value, last_unit_cost = excluded.last_unit_cost, cost_layers = excluded.cost_layers,
+            updated_at = excluded.updated_at
     ), heads as (
       insert into sku_heads (sku, seq, last_hash, version, updated_at)
       select s, q, lh, v, ${b.recordedAt} from unnest(
@@ -200,16 +218,20 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
       on conflict (sku, location) do update
         set safety_stock = excluded.safety_stock, reorder_point = excluded.reorder_point, status = excluded.status
     ), transfers_ as (
-      insert into transfers (sku, transfer_id, from_location, to_location, shipped, received)
+      insert into transfers (sku, transfer_id, from_location, to_location, shipped, received, shipped_value, received_value)
       select u.* from unnest(
         ${col(tr, (r) => r.sku)}::text[],
         ${col(tr, (r) => r.transferId)}::text[],
         ${col(tr, (r) => r.from)}::text[],
         ${col(tr, (r) => r.to)}::text[],
         ${col(tr, (r) => r.shipped)}::bigint[],
-        ${col(tr, (r) => r.received)}::bigint[]
+        ${col(tr, (r) => r.received)}::bigint[],
+        ${col(tr, (r) => nullableText(r.shippedValue))}::numeric[],
+        ${col(tr, (r) => nullableText(r.receivedValue))}::numeric[]
       ) as u where exists (select from fence)
-      on conflict (sku, transfer_id) do update set shipped = excluded.shipped, received = excluded.received
+      on conflict (sku, transfer_id) do update
+        set shipped = excluded.shipped, received = excluded.received,
+            shipped_value = excluded.shipped_value, received_value = excluded.received_value
     ), settled as (
       delete from transfers t
        using unnest(${col(st, (r) => r.sku)}::text[], ${col(st, (r) => r.transferId)}::text[]) as d(s, i)
@@ -347,12 +369,24 @@ export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<M
   const [heads, balances, locations, transfers] = await Promise.all([
     sql<Array<{ sku: string; seq: number; last_hash: string; version: number }>>`
       select sku, seq, last_hash, version from sku_heads where sku = any(${list}::text[])`,
-    sql<Array<BalanceRow & { last_unit_cost: string | null; value: string | null }>>`
-      select sku, location, bucket, qty, value, last_unit_cost from balances where sku = any(${list}::text[])`,
+    sql<Array<BalanceRow & { last_unit_cost: string | null; value: string | null; cost_layers: unknown }>>`
+      select sku, location, bucket, qty, value, last_unit_cost, cost_layers from balances where sku = any(${list}::text[])`,
     sql<Array<{ sku: string; location: string; safety_stock: number; reorder_point: number; status: string }>>`
       select sku, location, safety_stock, reorder_point, status from sku_locations where sku = any(${list}::text[])`,
-    sql<Array<{ sku: string; transfer_id: string; from_location: string; to_location: string; shipped: number; received: number }>>`
-      select sku, transfer_id, from_location, to_location, shipped, received from transfers where sku = any(${list}::text[])`,
+    sql<
+      Array<{
+        sku: string;
+        transfer_id: string;
+        from_location: string;
+        to_location: string;
+        shipped: number;
+        received: number;
+        shipped_value: string | null;
+        received_value: string | null;
+      }>
+    >`
+      select sku, transfer_id, from_location, to_location, shipped, received, shipped_value, received_value
+        from transfers where sku = any(${list}::text[])`,
   ]);
   for (const h of heads) out.get(h.sku)!.head = { sku: h.sku, seq: h.seq, lastHash: h.last_hash, version: h.version };
   for (const b of balances)
@@ -363,6 +397,7 @@ export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<M
       qty: b.qty,
       value: b.value === null ? null : BigInt(b.value),
       lastUnitCost: b.last_unit_cost === null ? null : BigInt(b.last_unit_cost),
+      layers: layersOfJson(b.cost_layers),
     });
   for (const l of locations)
     out.get(l.sku)!.locations.push({
@@ -380,6 +415,8 @@ export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<M
       to: t.to_location,
       shipped: t.shipped,
       received: t.received,
+      shippedValue: t.shipped_value === null ? null : BigInt(t.shipped_value),
+      receivedValue: t.received_value === null ? null : BigInt(t.received_value),
     });
   return out;
 }

@@ -3,7 +3,8 @@ import { GENESIS_HASH, entryHash } from "./hash.ts";
 import { verifyHolds } from "./verifyHolds.ts";
 import { type VerifyProblem, skuProblem } from "./verifyProblem.ts";
 import { type EntryRow, hashedEntry } from "./entryRow.ts";
-import { type LocationValue, noValue, valueLeg } from "./valuation.ts";
+import type { CostLayer, LocationValue, ValuationMethod } from "./valuation.ts";
+import { ValuationReplay, VALUED_BUCKETS, bucketKey } from "./verifyValuation.ts";
 
 export type { VerifyProblem };
 
@@ -32,42 +33,60 @@ export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: numb
 
 /** The checks themselves, on a connection whose transaction holds one snapshot. */
 async function verifySnapshot(sql: TransactionSql, opts: { onProgress?: (entries: number) => void }): Promise<VerifyReport> {
-  const chains = await checkChains(sql, opts);
+  const method = await recordedValuationMethod(sql);
+  const chains = await checkChains(sql, method, opts);
   const { entries, skus } = chains;
   if (chains.problem) return { ok: false, entries, skus, balances: 0, problem: chains.problem };
-  const balances = await checkBalances(sql, chains.sums);
+  const balances = await checkBalances(sql, chains.sums, chains.valuations);
   const problem =
-    balances.problem ?? missingBalanceRow(chains.sums, balances.seen) ?? (await checkHeads(sql, chains.heads)) ?? (await verifyHolds(sql));
+    balances.problem ??
+    missingBalanceRow(chains.sums, balances.seen) ??
+    (await checkTransitValues(sql)) ??
+    (await checkHeads(sql, chains.heads)) ??
+    (await verifyHolds(sql));
   return { ok: problem === null, entries, skus, balances: balances.rows, problem };
 }
 
-/** The key (`location\0$value`) under which a SKU's sums keep a location's total value. */
-const VALUE = "$value";
+/** The ledger's recorded valuation method (moving average when none is: nothing was valued by another). */
+async function recordedValuationMethod(sql: TransactionSql): Promise<ValuationMethod> {
+  const [row] = await sql<Array<{ value: string }>>`select value from tally_meta where key = 'valuation_method'`;
+  return row?.value === "fifo" ? "fifo" : "moving_average";
+}
 
-/** Per SKU, per `location\0bucket` (and `location\0$value`): what its entries sum to. */
+/** The last part of the key (`location\u0000bucket\u0000$value`) under which a SKU's sums keep a bucket's total value. */
+const VALUE = "$value";
+const valueKey = (location: string, bucket: string): string => `${location}\u0000${bucket}\u0000${VALUE}`;
+
+/** Per SKU, per `location\u0000bucket` (and `location\u0000bucket\u0000$value`): what its entries sum to. */
 type Sums = Map<string, Map<string, bigint>>;
+/** Per SKU, per `location\u0000bucket`: the valuation its entries replay to. */
+type Valuations = Map<string, ReadonlyMap<string, LocationValue>>;
 type Heads = Map<string, { seq: number; hash: string }>;
 
 /** Walks every SKU's chain in order: sequence, prev_hash, running balance and hash of each entry. */
 async function checkChains(
   sql: TransactionSql,
+  method: ValuationMethod,
   opts: { onProgress?: (entries: number) => void },
-): Promise<{ entries: number; skus: number; problem: VerifyProblem | null; sums: Sums; heads: Heads }> {
+): Promise<{ entries: number; skus: number; problem: VerifyProblem | null; sums: Sums; heads: Heads; valuations: Valuations }> {
   let entries = 0;
   let skus = 0;
   let sku: string | null = null;
   let prevHash = GENESIS_HASH;
   let expectedSeq = 1;
   let sums = new Map<string, bigint>();
-  let values = new Map<string, LocationValue>();
+  let replay = new ValuationReplay(method);
   const heads: Heads = new Map();
   const allSums: Sums = new Map();
+  const valuations: Valuations = new Map();
   const finishSku = () => {
     if (sku !== null) {
       heads.set(sku, { seq: expectedSeq - 1, hash: prevHash });
       allSums.set(sku, sums);
+      valuations.set(sku, replay.states);
     }
   };
+  const onHandOf = (location: string) => sums.get(bucketKey(location, "on_hand")) ?? 0n;
 
   const cursor = sql<Array<EntryRow>>`
     select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system,
@@ -83,20 +102,23 @@ async function checkChains(
         prevHash = GENESIS_HASH;
         expectedSeq = 1;
         sums = new Map();
-        values = new Map();
+        replay = new ValuationReplay(method);
       }
       const key = `${r.location}\u0000${r.bucket}`;
       // Exact: a balance may pass 2^53 (the driver returns such values as bigints).
       const running = (sums.get(key) ?? 0n) + BigInt(r.delta);
       sums.set(key, running);
-      // Each on_hand entry's value adds to its location's value (kept under a key no bucket has).
+      // Each valued entry's value adds to its bucket's value (kept under a key no bucket has).
       if (r.value !== null && r.value !== undefined) {
-        const valueKey = `${r.location}\u0000${VALUE}`;
-        sums.set(valueKey, (sums.get(valueKey) ?? 0n) + BigInt(r.value));
+        const vk = valueKey(r.location, r.bucket);
+        sums.set(vk, (sums.get(vk) ?? 0n) + BigInt(r.value));
       }
-      const message = entryProblem(r, prevHash, expectedSeq, running) ?? valuationProblem(r, values);
+      // on_hand before this entry (a damaged return is valued at the location's current cost).
+      const onHandBefore = (location: string) => onHandOf(location) - (r.bucket === "on_hand" ? BigInt(r.delta) : 0n);
+      const message = entryProblem(r, prevHash, expectedSeq, running) ?? replay.check(r, onHandBefore);
       if (message !== null) {
-        return { entries, skus, problem: { sku: r.sku, entryId: r.entry_id, commandId: r.command_id, message }, sums: allSums, heads };
+        const problem = { sku: r.sku, entryId: r.entry_id, commandId: r.command_id, message };
+        return { entries, skus, problem, sums: allSums, heads, valuations };
       }
       prevHash = r.hash;
       expectedSeq++;
@@ -104,7 +126,7 @@ async function checkChains(
     }
   }
   finishSku();
-  return { entries, skus, problem: null, sums: allSums, heads };
+  return { entries, skus, problem: null, sums: allSums, heads, valuations };
 }
 
 /** What is wrong with one entry, given the chain before it; null when nothing is. */
@@ -116,29 +138,16 @@ function entryProblem(r: EntryRow, prevHash: string, expectedSeq: number, runnin
   return recomputed !== r.hash ? "hash does not match its contents (entry altered)" : null;
 }
 
-/**
- * Replays the moving average over one on_hand entry: its value, unit cost and flag must be what the
- * rules give from the location's entries before it (entries from before valuation have none and
- * leave the location's value as it is). Updates `values`; null when the entry agrees.
- */
-function valuationProblem(r: EntryRow, values: Map<string, LocationValue>): string | null {
-  if (r.bucket !== "on_hand" || r.value === null || r.value === undefined) return null;
-  const delta = BigInt(r.delta);
-  const receipt = r.movement === "receive";
-  const cost = receipt && r.valuation_flag !== "no_cost" && r.unit_cost !== null && r.unit_cost !== undefined ? BigInt(r.unit_cost) : null;
-  const v = valueLeg(BigInt(r.balance_after) - delta, values.get(r.location) ?? noValue, delta, cost, receipt);
-  values.set(r.location, v.after);
-  const stored = `${r.value} at ${r.unit_cost} (${r.valuation_flag ?? "no flag"})`;
-  const replayed = `${v.value} at ${v.unitCost} (${v.flag ?? "no flag"})`;
-  return stored === replayed ? null : `value ${stored} but the moving average gives ${replayed} (${r.location})`;
-}
-
 /** Every balance row against its entries' sum; also which rows exist (`sku\0location\0bucket`). */
-async function checkBalances(sql: TransactionSql, allSums: Sums): Promise<{ rows: number; seen: Set<string>; problem: VerifyProblem | null }> {
+async function checkBalances(
+  sql: TransactionSql,
+  allSums: Sums,
+  valuations: Valuations,
+): Promise<{ rows: number; seen: Set<string>; problem: VerifyProblem | null }> {
   let rows = 0;
   const seen = new Set<string>();
-  const balanceCursor = sql<Array<{ sku: string; location: string; bucket: string; qty: number | bigint; value: string | null }>>`
-    select sku, location, bucket, qty, value from balances order by sku, location, bucket`.cursor(5000);
+  const balanceCursor = sql<Array<BalanceValueRow & { qty: number | bigint }>>`
+    select sku, location, bucket, qty, value, last_unit_cost, cost_layers from balances order by sku, location, bucket`.cursor(5000);
   for await (const batch of balanceCursor) {
     for (const b of batch) {
       rows++;
@@ -146,19 +155,60 @@ async function checkBalances(sql: TransactionSql, allSums: Sums): Promise<{ rows
       seen.add(`${b.sku}\u0000${key}`);
       const expected = allSums.get(b.sku)?.get(key) ?? 0n;
       const message =
-        expected !== BigInt(b.qty) ? `balance ${b.location}/${b.bucket} is ${b.qty} but its entries sum to ${expected}` : valueProblem(b, allSums);
+        expected !== BigInt(b.qty)
+          ? `balance ${b.location}/${b.bucket} is ${b.qty} but its entries sum to ${expected}`
+          : (valueProblem(b, allSums) ?? costProblem(b, valuations.get(b.sku)?.get(key)));
       if (message !== null) return { rows, seen, problem: skuProblem(b.sku, message) };
     }
   }
   return { rows, seen, problem: null };
 }
 
-/** An on_hand row's value against the sum of its location's entry values (a null value, from before valuation, is 0). */
-function valueProblem(b: { sku: string; location: string; bucket: string; value: string | null }, allSums: Sums): string | null {
-  if (b.bucket !== "on_hand") return null;
-  const expected = allSums.get(b.sku)?.get(`${b.location}\u0000${VALUE}`) ?? 0n;
+interface BalanceValueRow {
+  sku: string;
+  location: string;
+  bucket: string;
+  value: string | null;
+  last_unit_cost: string | null;
+  cost_layers: ReadonlyArray<[string, string]> | null;
+}
+
+/** A valued row's value against the sum of its entries' values (a null value, from before valuation, is 0). */
+function valueProblem(b: BalanceValueRow, allSums: Sums): string | null {
+  if (!VALUED_BUCKETS.has(b.bucket)) return null;
+  const expected = allSums.get(b.sku)?.get(valueKey(b.location, b.bucket)) ?? 0n;
   const stored = b.value === null ? 0n : BigInt(b.value);
-  return stored === expected ? null : `value of ${b.location} is ${stored} but its entries' values sum to ${expected}`;
+  const where = b.bucket === "on_hand" ? b.location : `${b.location}/${b.bucket}`;
+  return stored === expected ? null : `value of ${where} is ${stored} but its entries' values sum to ${expected}`;
+}
+
+const layersText = (layers: ReadonlyArray<CostLayer> | undefined): string => (layers ?? []).map((l) => `${l.qty}@${l.value}`).join(" ");
+
+/**
+ * What the next entries will be valued from, against the replay: the last unit cost (on_hand,
+ * damaged) and the FIFO layers (on_hand), where valued entries touched the row.
+ */
+function costProblem(b: BalanceValueRow, replayed: LocationValue | undefined): string | null {
+  if (replayed === undefined || (b.bucket !== "on_hand" && b.bucket !== "damaged")) return null;
+  const where = b.bucket === "on_hand" ? b.location : `${b.location}/${b.bucket}`;
+  const last = b.last_unit_cost === null ? null : BigInt(b.last_unit_cost);
+  if (last !== replayed.lastUnitCost) return `last unit cost of ${where} is ${last} but its entries give ${replayed.lastUnitCost}`;
+  if (b.bucket !== "on_hand" || (b.cost_layers === null && replayed.layers === undefined)) return null;
+  const stored = layersText((b.cost_layers ?? []).map(([qty, value]) => ({ qty: BigInt(qty), value: BigInt(value) })));
+  const expected = layersText(replayed.layers);
+  return stored === expected ? null : `FIFO layers of ${where} are [${stored}] but its entries give [${expected}]`;
+}
+
+/** What is in transit to each location is worth what its open transfers still carry (shipped − received value). */
+async function checkTransitValues(sql: TransactionSql): Promise<VerifyProblem | null> {
+  const [row] = await sql<Array<{ sku: string; location: string; value: string; carried: string }>>`
+    select b.sku, b.location, coalesce(b.value, 0)::text as value, coalesce(t.carried, 0)::text as carried
+      from balances b
+      left join (select sku, to_location, sum(coalesce(shipped_value, 0) - coalesce(received_value, 0)) as carried
+                   from transfers group by sku, to_location) t on t.sku = b.sku and t.to_location = b.location
+     where b.bucket = 'in_transit' and coalesce(b.value, 0) <> coalesce(t.carried, 0)
+     order by b.sku, b.location limit 1`;
+  return row ? skuProblem(row.sku, `value in transit to ${row.location} is ${row.value} but its open transfers carry ${row.carried}`) : null;
 }
 
 /** A non-zero sum of entries with no balance row. */

@@ -2,8 +2,7 @@ import { Cause, Effect, ExecutionStrategy, Exit, Scope } from "effect";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
-import { assertEnvironment, instanceId } from "../../ledger/index.ts";
-import { JournalPoster } from "../../ledger/index.ts";
+import { assertEnvironment, instanceId, JournalPoster, recordValuationMethod } from "../../ledger/index.ts";
 import { SourceReader, configuredSources } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
@@ -97,6 +96,13 @@ const ensureTopologyOf = (ctx: RoleContext) => () =>
   ensureTopology(ctx.nc, ctx.topology, { duplicateWindowMs: ctx.settings.duplicateWindowMs, leaseTtlMs: ctx.settings.leaseTtlMs });
 
 const startWorker = (ctx: RoleContext, workerSql: Sql) =>
+  Effect.gen(function* () {
+    // Refused before any lease is taken: the ledger's values were computed by the recorded method.
+    yield* fromPromise(() => recordValuationMethod(workerSql, ctx.config.finance.method));
+    return yield* startWorkerService(ctx, workerSql);
+  });
+
+const startWorkerService = (ctx: RoleContext, workerSql: Sql) =>
   serviceResource(() => {
     const { settings, nats, topology: t, config, log } = ctx;
     return new Worker({
@@ -113,6 +119,7 @@ const startWorker = (ctx: RoleContext, workerSql: Sql) =>
         await ensureTopologyOf(ctx)();
       },
       onOutcomes: (batch) => ctx.metrics.observeBatch(batch),
+      valuation: { method: config.finance.method, currency: config.finance.currency },
     });
   }).pipe(Scope.extend(ctx.rolesScope));
 

@@ -141,6 +141,7 @@ export const ALERT_KINDS = [
   "cdc_slot_invalidated",
   "cdc_publication_incomplete",
   "cdc_table_recreated",
+  "valuation_currency_mismatch",
 ] as const;
 
 /** An alert (core NATS on `tally.<env>.events.alert`): its kind, when, and fields of that kind. */
