@@ -46,3 +46,17 @@ export type { ExportSummary } from "./export.ts";
 export { entryJson } from "./entryRow.ts";
 export type { EntryRow } from "./entryRow.ts";
 export { noValue, valueLeg, type LocationValue } from "./valuation.ts";
+export {
+  GL_EXPORT_COLUMNS,
+  GL_EXPORT_CURSOR_PATTERN,
+  decodeJournalCursor,
+  encodeJournalCursor,
+  glDate,
+  glLineJson,
+  openGlExport,
+  readJournalPage,
+  todayIn,
+} from "./glExport.ts";
+export type { GlExportSummary, GlLineRow, JournalCursor, JournalPage } from "./glExport.ts";
+export { stockValueByLocation, trialBalance } from "./financeReports.ts";
+export type { LocationStockValue, TrialBalance } from "./financeReports.ts";
