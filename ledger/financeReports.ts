@@ -29,7 +29,7 @@ export async function trialBalance(sql: Sql, at: string): Promise<TrialBalance> 
     select l.account, sum(l.debit)::text as debit, sum(l.credit)::text as credit
       from gl_lines l
       join gl_journals j on j.journal_id = l.journal_id
-     where j.posted_on <= ${at}::date
+     where j.posted_on <= ${at}::text::date
      group by l.account
      order by l.account collate "C"`;
   let debit = 0n;

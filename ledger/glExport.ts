@@ -192,8 +192,8 @@ async function* glRows(
         join gl_lines l on l.journal_id = j.journal_id
        where j.txid < ${horizon}::xid8
          ${range.cursor !== undefined ? conn`and j.txid >= ${range.cursor}::xid8` : conn``}
-         ${range.from !== undefined ? conn`and j.posted_on >= ${range.from}::date` : conn``}
-         ${range.to !== undefined ? conn`and j.posted_on <= ${range.to}::date` : conn``}
+         ${range.from !== undefined ? conn`and j.posted_on >= ${range.from}::text::date` : conn``}
+         ${range.to !== undefined ? conn`and j.posted_on <= ${range.to}::text::date` : conn``}
        order by j.posted_on, l.journal_id, l.line`.cursor(2000);
     for await (const rows of cursor) {
       let chunk = "";
@@ -201,10 +201,7 @@ async function* glRows(
         count++;
         debit += BigInt(r.debit);
         credit += BigInt(r.credit);
-        chunk +=
-          format === "csv"
-            ? `${GL_EXPORT_COLUMNS.map((c) => csvCell(r[c])).join(",")}${CRLF}`
-            : `${JSON.stringify(glLineJson(r))}\n`;
+        chunk += format === "csv" ? `${GL_EXPORT_COLUMNS.map((c) => csvCell(r[c])).join(",")}${CRLF}` : `${JSON.stringify(glLineJson(r))}\n`;
       }
       yield chunk;
     }
@@ -291,9 +288,9 @@ export async function readJournalPage(
       join gl_lines l on l.journal_id = j.journal_id
      where j.txid < ${hi}::xid8
        ${lo !== null ? sql`and j.txid >= ${lo}::xid8` : sql``}
-       ${range.from !== undefined ? sql`and j.posted_on >= ${range.from}::date` : sql``}
-       ${range.to !== undefined ? sql`and j.posted_on <= ${range.to}::date` : sql``}
-       ${after !== null ? sql`and (j.posted_on, l.journal_id, l.line) > (${after[0]}::date, ${after[1]}, ${after[2]}::smallint)` : sql``}
+       ${range.from !== undefined ? sql`and j.posted_on >= ${range.from}::text::date` : sql``}
+       ${range.to !== undefined ? sql`and j.posted_on <= ${range.to}::text::date` : sql``}
+       ${after !== null ? sql`and (j.posted_on, l.journal_id, l.line) > (${after[0]}::text::date, ${after[1]}, ${after[2]}::smallint)` : sql``}
      order by j.posted_on, l.journal_id, l.line
      limit ${limit + 1}`;
   const lines = rows.slice(0, limit);

@@ -34,6 +34,10 @@ const COMMANDS = [
   ["source", "drop"],
   ["source", "resnapshot"],
   ["reconcile"],
+  // The GL journal's readers (the posting side's gl commands are listed with them).
+  ["gl"],
+  ["gl", "export"],
+  ["gl", "trial-balance"],
   ["token"],
   ["token", "new"],
   ["demo"],

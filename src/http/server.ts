@@ -66,7 +66,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     for (const close of ctx.streams) close();
   });
   app.decorateRequest("principal", null);
-  for (const schema of [FieldErrorSchema, ProblemSchema, ...componentSchemas]) app.addSchema(schema);
+  for (const schema of [FieldErrorSchema, ProblemSchema, ...componentSchemas, ...glSchemas]) app.addSchema(schema);
   installErrorHandlers(app, opts);
   installAuth(app, verifier, new StreamTokens(deps.settings.streamTokenSecret));
   installRequestBudget(app, opts);
@@ -77,7 +77,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
 }
 
 /** The shared schemas of the routes: each a named component of the OpenAPI document (its `$id`). */
-const componentSchemas = [...healthSchemas, ...posSchemas, ...availabilitySchemas, ...reservationSchemas, ...ledgerSchemas, ...operatorSchemas, ...glSchemas];
+const componentSchemas = [...healthSchemas, ...posSchemas, ...availabilitySchemas, ...reservationSchemas, ...ledgerSchemas, ...operatorSchemas];
 
 /** The options with their defaults filled in. */
 function resolveOptions(deps: ApiDeps): Required<ApiOptions> {

@@ -43,7 +43,7 @@ export async function insertJournal(sql: Sql, j: FixtureJournal): Promise<string
   );
   const [{ posted_on }] = await sql<[{ posted_on: string }]>`
     with d as (
-      select ${j.businessDate}::date as business_date, tally_gl_posting_date(${j.businessDate}::date) as posted_on
+      select ${j.businessDate}::text::date as business_date, tally_gl_posting_date(${j.businessDate}::text::date) as posted_on
     ), journal as (
       insert into gl_journals (journal_id, kind, business_date, posted_on, period, currency, command_id, movement, source_system, source_ref)
       select ${j.journalId}, ${j.kind ?? "inventory"}, d.business_date, d.posted_on, to_char(d.posted_on, 'YYYY-MM'), ${j.currency ?? "EUR"},
@@ -55,7 +55,7 @@ export async function insertJournal(sql: Sql, j: FixtureJournal): Promise<string
       insert into gl_lines (journal_id, line, account, cost_center, debit, credit, sku, qty, unit, memo)
       select journal.journal_id, t.line, t.account, t.cost_center, t.debit, t.credit, t.sku, t.qty, t.unit, t.memo
         from journal,
-             jsonb_to_recordset(${lines}::jsonb) as t(line smallint, account text, cost_center text, debit numeric, credit numeric,
+             jsonb_to_recordset(${lines}::text::jsonb) as t(line smallint, account text, cost_center text, debit numeric, credit numeric,
                                                        sku text, qty bigint, unit text, memo text)
     )
     select to_char(posted_on, 'YYYY-MM-DD') as posted_on from journal`;

@@ -188,10 +188,11 @@ function addLedgerCommands(program) {
  * @param {Command} program
  */
 function addGlReadCommands(program) {
-  const gl =
-    program.commands.find((c) => c.name() === "gl") ?? program.command("gl").description("the GL journal: export, trial balance, periods");
+  const gl = program.commands.find((c) => c.name() === "gl") ?? program.command("gl").description("the GL journal: export, trial balance, periods");
   gl.command("export")
-    .description("journal lines posted between two dates (inclusive), one row per line; the summary (with the next cursor) as one JSON line on stderr")
+    .description(
+      "journal lines posted between two dates (inclusive), one row per line; the summary (with the next cursor) as one JSON line on stderr",
+    )
     .requiredOption("--from <date>", "first posting date, YYYY-MM-DD")
     .requiredOption("--to <date>", "last posting date, YYYY-MM-DD")
     .addOption(new Option("--format <format>", "csv (RFC 4180) or ndjson").argParser(oneOf("--format", ["csv", "ndjson"])).default("csv"))

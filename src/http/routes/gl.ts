@@ -1,15 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
-import {
-  decodeJournalCursor,
-  encodeJournalCursor,
-  glDate,
-  glLineJson,
-  readJournalPage,
-  todayIn,
-  trialBalance,
-} from "../../../ledger/index.ts";
+import { decodeJournalCursor, encodeJournalCursor, glDate, glLineJson, readJournalPage, todayIn, trialBalance } from "../../../ledger/index.ts";
 
 const amount = (description: string) => ({ type: ["integer", "string"], description: `${description}, minor units (past 2^53, a decimal string)` });
 const optionalText = { type: ["string", "null"] };
@@ -83,7 +75,8 @@ const DATE = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$";
 /** A query date: YYYY-MM-DD, a day that exists. */
 function day(name: string, v: string | undefined): string | undefined {
   if (v === undefined) return undefined;
-  if (glDate(v) === null) throw invalidField(`querystring.${name}`, `expected a date YYYY-MM-DD (years 0001 to 9999), got ${JSON.stringify(v.slice(0, 40))}`);
+  if (glDate(v) === null)
+    throw invalidField(`querystring.${name}`, `expected a date YYYY-MM-DD (years 0001 to 9999), got ${JSON.stringify(v.slice(0, 40))}`);
   return v;
 }
 
