@@ -1,5 +1,6 @@
 import type { ReservedSql, Sql } from "postgres";
 import { moneyJson } from "./entryRow.ts";
+import { CRLF, csvCell } from "./export.ts";
 import { quantityJson } from "./store.ts";
 
 /** The columns of an exported journal line, in order (the CSV header; the README lists them). */
@@ -112,22 +113,11 @@ export interface GlExportSummary {
   readonly nextCursor: string;
 }
 
-/** The select list and join every journal reader uses (one definition of a row). */
+/** The select list every journal reader uses (one definition of a row; qty 0 on money lines, so the column is whole numbers). */
 const lineColumns = (sql: Sql | ReservedSql) => sql`
   l.journal_id, l.line, to_char(j.posted_on, 'YYYY-MM-DD') as posted_on, to_char(j.business_date, 'YYYY-MM-DD') as business_date,
   j.period, l.account, l.cost_center, l.debit::text as debit, l.credit::text as credit, j.currency, l.sku, coalesce(l.qty, 0) as qty, l.unit,
   j.command_id, j.movement, j.source_system, j.source_ref, l.memo`;
-
-/**
- * RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled; records end in CRLF.
- * Null is an empty cell.
- */
-const csvCell = (v: unknown): string => {
-  if (v === null || v === undefined) return "";
-  const s = String(v);
-  return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
-};
-const CRLF = "\r\n";
 
 /** An export opened on its snapshot: the cursor is known before the first row is sent. */
 export interface GlExport {
