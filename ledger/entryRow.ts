@@ -25,7 +25,7 @@ export interface EntryRow {
 }
 
 /** A numeric(38,0) money amount as JSON carries it: a number, a decimal string past 2^53, or null. */
-const moneyJson = (s: string | null | undefined): number | string | null => {
+export const moneyJson = (s: string | null | undefined): number | string | null => {
   if (s === null || s === undefined) return null;
   const n = Number(s);
   return Number.isSafeInteger(n) ? n : s;

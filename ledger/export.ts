@@ -71,12 +71,12 @@ interface ExportRow extends EntryRow {
  * RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled; records end in CRLF.
  * Null (an entry without a value) is an empty cell.
  */
-const csvCell = (v: unknown): string => {
+export const csvCell = (v: unknown): string => {
   if (v === null || v === undefined) return "";
   const s = v instanceof Date ? v.toISOString() : String(v);
   return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
 };
-const CRLF = "\r\n";
+export const CRLF = "\r\n";
 
 const jsonRow = (r: ExportRow) => JSON.stringify(entryJson(r), quantityJson);
 

@@ -62,3 +62,17 @@ export { JournalPoster, oldestUnposted, postRound } from "./journalPoster.ts";
 export type { PostRound } from "./journalPoster.ts";
 export { PERIOD_PATTERN, closePeriod, closedPeriods } from "./journalPeriods.ts";
 export type { ClosedPeriod } from "./journalPeriods.ts";
+export {
+  GL_EXPORT_COLUMNS,
+  GL_EXPORT_CURSOR_PATTERN,
+  decodeJournalCursor,
+  encodeJournalCursor,
+  glDate,
+  glLineJson,
+  openGlExport,
+  readJournalPage,
+  todayIn,
+} from "./glExport.ts";
+export type { GlExportSummary, GlLineRow, JournalCursor, JournalPage } from "./glExport.ts";
+export { stockValueByLocation, trialBalance } from "./financeReports.ts";
+export type { LocationStockValue, TrialBalance } from "./financeReports.ts";

@@ -37,6 +37,8 @@ const COMMANDS = [
   ["gl"],
   ["gl", "close"],
   ["gl", "periods"],
+  ["gl", "export"],
+  ["gl", "trial-balance"],
   ["token"],
   ["token", "new"],
   ["demo"],

@@ -19,6 +19,7 @@ import openapiTS, { astToString, type OpenAPI3 } from "openapi-typescript";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testContext } from "./support/context.ts";
 import { startApi, type ApiFixture } from "./apiSupport.ts";
+import { insertJournal } from "./support/glJournal.ts";
 import { OPERATIONS, TallyClient, type Conformance, type Send } from "./openapi/client.ts";
 
 const root = resolve(import.meta.dirname, "..");
@@ -221,6 +222,31 @@ describe("a client typed by the generated types, against the live app", () => {
     expect(csv.status === 200 && csv.mediaType).toBe("text/csv");
     const ndjson = await client("secret-ledger").call("exportLedger", { query: { format: "ndjson" } });
     expect(ndjson.status === 200 && ndjson.mediaType).toBe("application/x-ndjson");
+  });
+
+  it("pages the GL journal and answers the trial balance as documented", async () => {
+    await insertJournal(api.sql, {
+      journalId: "openapi:gr:1",
+      businessDate: "2026-01-05",
+      lines: [
+        { account: "1400", debit: 500, sku: "X-1", qty: 5, unit: "EA" },
+        { account: "2100", credit: 500, sku: "X-1", qty: 5, unit: "EA", memo: "a, b" },
+      ],
+    });
+    const first = await client("secret-ledger").call("listGlJournalLines", { query: { from: "2026-01-01", to: "2026-01-31", limit: 1 } });
+    if (first.status !== 200) throw new Error(`expected 200, got ${first.status}`);
+    expect(first.body.lines.map((l) => [l.account, l.debit, l.credit])).toEqual([["1400", 500, 0]]);
+    const second = await client("secret-ledger").call("listGlJournalLines", { query: { cursor: first.body.nextCursor ?? "", limit: 1 } });
+    expect(second.status === 200 && second.body.lines.map((l) => l.memo)).toEqual(["a, b"]);
+    const tb = await client("secret-ledger").call("getGlTrialBalance", { query: { at: "2026-01-31" } });
+    expect(tb.status === 200 && tb.body).toEqual({
+      accounts: [
+        { account: "1400", debit: 500, credit: 0, balance: 500 },
+        { account: "2100", debit: 0, credit: 500, balance: -500 },
+      ],
+      debit: 500,
+      credit: 500,
+    });
   });
 
   it("answers a path no route serves, and a body of another media type, as problems too", async () => {

@@ -504,6 +504,7 @@ export function banner(
     `  nats      ${maskSecrets(stack.natsUrl)}  ${natsWhere}`,
     ...(open ? [`  (${stack.postgres && stack.nats ? "both" : stack.postgres ? "postgres" : "nats"}: ${open})`] : []),
     `  api       ${stack.apiUrl}  (OpenAPI at ${stack.apiUrl}/docs)`,
+    `  journal   npx tally gl export --from YYYY-MM-DD --to YYYY-MM-DD  or  ${stack.apiUrl}/v1/gl/journal?from=YYYY-MM-DD&to=YYYY-MM-DD  (the GL journal's lines)`,
     ...(stack.devToken
       ? [`  dashboard ${stack.apiUrl}/#token=${stack.devToken}`, `  token     ${stack.devToken}  (admin; kept in ${shown}/dev-token)`]
       : [`  dashboard ${stack.apiUrl}/  (sign in with one of your TALLY_API_TOKENS)`]),

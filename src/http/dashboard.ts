@@ -8,7 +8,8 @@
 import { readFile } from "node:fs/promises";
 import type { Subscription } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
-import { ID_LIST_JSON_PATTERN, type AvailabilityJson as Availability } from "../contract/index.ts";
+import { ID_LIST_JSON_PATTERN, fromMinorUnits, type AvailabilityJson as Availability } from "../contract/index.ts";
+import { stockValueByLocation } from "../../ledger/index.ts";
 import type { RelayRound } from "../channels/index.ts";
 import type { ApiContext } from "./context.ts";
 import { openEventStream } from "./eventStream.ts";
@@ -50,7 +51,18 @@ export interface DashboardSummary {
   readonly cdc: ReadonlyArray<{ source: string; streaming: boolean; lagBytes: number | null; changes: number }>;
   readonly deadLetters: number | null;
   readonly alerts: ReadonlyArray<DashboardAlert>;
+  /** Stock value per location (Σ of its on-hand value), decimals of the company currency; null when the ledger did not answer. */
+  readonly stockValue: StockValue | null;
 }
+
+export interface StockValue {
+  readonly currency: string;
+  readonly locations: ReadonlyArray<{ location: string; value: string }>;
+  readonly total: string;
+}
+
+/** How often the stock value is summed again (a scan of the on-hand balances: not once a second). */
+const STOCK_VALUE_EVERY_MS = 5000;
 
 const quantile = (sorted: ReadonlyArray<number>, q: number): number | null =>
   sorted.length === 0 ? null : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
@@ -66,6 +78,7 @@ export class DashboardHub {
   #changed = new Set<string>();
   #flushTimer: NodeJS.Timeout | null = null;
   #deadLetters: { n: number | null; at: number } = { n: null, at: 0 };
+  #stockValue: { v: StockValue | null; at: number } = { v: null, at: 0 };
 
   constructor(readonly ctx: ApiContext) {}
 
@@ -195,6 +208,23 @@ export class DashboardHub {
     return this.#deadLetters.n;
   }
 
+  async #stockValueNow(): Promise<StockValue | null> {
+    if (Date.now() - this.#stockValue.at > STOCK_VALUE_EVERY_MS) {
+      const { currency } = this.ctx.config.finance;
+      const rows = await stockValueByLocation(this.ctx.sql).catch(() => null); // Postgres down: shown as unknown
+      const v = rows && {
+        currency,
+        locations: rows.map((r) => ({ location: r.location, value: fromMinorUnits(r.value, currency) })),
+        total: fromMinorUnits(
+          rows.reduce((n, r) => n + r.value, 0n),
+          currency,
+        ),
+      };
+      this.#stockValue = { v, at: Date.now() };
+    }
+    return this.#stockValue.v;
+  }
+
   /** Current availability of pinned SKUs not tracked yet, from the KV bucket. */
   async pin(skus: ReadonlyArray<string>): Promise<void> {
     const channels = Object.keys(this.ctx.config.channels);
@@ -259,6 +289,7 @@ export class DashboardHub {
       cdc,
       deadLetters: await this.#deadLetterCount(),
       alerts: this.#alerts.slice(0, 15),
+      stockValue: await this.#stockValueNow(),
     };
   }
 

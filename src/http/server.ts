@@ -25,6 +25,7 @@ import { Reservations, ReservationSweeper } from "../reservations/index.ts";
 import { availabilityRoutes, availabilitySchemas } from "./routes/availability.ts";
 import { healthRoutes, healthSchemas } from "./routes/health.ts";
 import { ledgerRoutes, ledgerSchemas } from "./routes/ledger.ts";
+import { glRoutes, glSchemas } from "./routes/gl.ts";
 import { operatorRoutes, operatorSchemas } from "./routes/operators.ts";
 import { DashboardHub, dashboardRoutes } from "./dashboard.ts";
 import { posRoutes, posSchemas } from "./routes/pos.ts";
@@ -65,7 +66,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     for (const close of ctx.streams) close();
   });
   app.decorateRequest("principal", null);
-  for (const schema of [FieldErrorSchema, ProblemSchema, ...componentSchemas]) app.addSchema(schema);
+  for (const schema of [FieldErrorSchema, ProblemSchema, ...componentSchemas, ...glSchemas]) app.addSchema(schema);
   installErrorHandlers(app, opts);
   installAuth(app, verifier, new StreamTokens(deps.settings.streamTokenSecret));
   installRequestBudget(app, opts);
@@ -377,6 +378,7 @@ async function registerPlugins(app: FastifyInstance, ctx: ApiContext, opts: Requ
   await app.register(availabilityRoutes, { ctx });
   await app.register(reservationRoutes, { ctx });
   await app.register(ledgerRoutes, { ctx });
+  await app.register(glRoutes, { ctx });
   await app.register(operatorRoutes, { ctx });
   const hub = new DashboardHub(ctx);
   app.addHook("onClose", async () => hub.stop());

@@ -33,6 +33,8 @@ export const OPERATIONS = {
   skipStuckMessage: ["post", "/v1/partitions/{partition}/skip"],
   listSources: ["get", "/v1/sources"],
   streamDashboard: ["get", "/v1/dashboard/stream"],
+  listGlJournalLines: ["get", "/v1/gl/journal"],
+  getGlTrialBalance: ["get", "/v1/gl/trial-balance"],
 } as const satisfies { [Op in keyof operations]: OperationAt<Op> };
 
 /** The [method, path] pairs at which the document serves the operation Op. */

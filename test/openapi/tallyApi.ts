@@ -275,6 +275,43 @@ export interface paths {
     patch?: never;
     trace?: never;
   };
+  "/v1/gl/journal": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * GL journal lines posted between two dates, in (postedOn, journalId, line) order, paged: pass nextCursor as cursor
+     * @description Pages resumed one after the other (nextCursor, then resumeCursor once nextCursor is null) hold every journal line exactly once, including the lines of journals committed while you page. The same rows as `tally gl export`.
+     */
+    get: operations["listGlJournalLines"];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  "/v1/gl/trial-balance": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /** Debit, credit and balance (debit − credit) of each account over the journal lines posted on or before `at` */
+    get: operations["getGlTrialBalance"];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
   "/v1/dlq": {
     parameters: {
       query?: never;
@@ -747,6 +784,62 @@ export interface components {
       sources?: {
         [key: string]: unknown;
       }[];
+    };
+    /** @description One line of a balanced GL journal, with its journal's dates, currency and source */
+    GlJournalLine: {
+      /** @description the command id (inventory journals) or 'money:' + the POS transaction's key */
+      journalId: string;
+      line: number;
+      /**
+       * Format: date
+       * @description the date it posts on: the business date, or the first day of the next open period
+       */
+      postedOn: string;
+      /** Format: date */
+      businessDate: string;
+      /** @description YYYY-MM of postedOn */
+      period: string;
+      account: string;
+      costCenter: string;
+      /** @description the debit (0 on a credit line), minor units (past 2^53, a decimal string) */
+      debit: number | string;
+      /** @description the credit (0 on a debit line), minor units (past 2^53, a decimal string) */
+      credit: number | string;
+      currency: string;
+      sku?: string | null;
+      /** @description base units the line moves (past 2^53, a decimal string); 0 on money lines */
+      qty: number | string;
+      unit?: string | null;
+      /** @description the command behind the journal (null for a POS transaction's money) */
+      commandId?: string | null;
+      movement?: string;
+      sourceSystem?: string;
+      sourceRef?: string;
+      memo?: string | null;
+    };
+    GlJournalPage: {
+      lines: components["schemas"]["GlJournalLine"][];
+      /** @description pass as cursor for the next page; null on the last page */
+      nextCursor: string | null;
+      /** @description pass as cursor later to continue where this page ends: the next page, or the journals committed since */
+      resumeCursor: string;
+    };
+    TrialBalanceAccount: {
+      account: string;
+      /** @description Σ debits, minor units (past 2^53, a decimal string) */
+      debit: number | string;
+      /** @description Σ credits, minor units (past 2^53, a decimal string) */
+      credit: number | string;
+      /** @description debit − credit, minor units (past 2^53, a decimal string) */
+      balance: number | string;
+    };
+    TrialBalance: {
+      /** @description sorted by account */
+      accounts: components["schemas"]["TrialBalanceAccount"][];
+      /** @description Σ debits of every account, minor units (past 2^53, a decimal string) */
+      debit: number | string;
+      /** @description Σ credits of every account (equal to debit), minor units (past 2^53, a decimal string) */
+      credit: number | string;
     };
   };
   responses: never;
@@ -1885,6 +1978,129 @@ export interface operations {
         content: {
           "text/csv": string;
           "application/x-ndjson": string;
+        };
+      };
+      /** @description Bad Request */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unauthorized */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Forbidden */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Service Unavailable */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  listGlJournalLines: {
+    parameters: {
+      query?: {
+        /** @description posted on or after (YYYY-MM-DD) */
+        from?: string;
+        /** @description posted on or before (YYYY-MM-DD) */
+        to?: string;
+        /** @description opaque: the nextCursor or resumeCursor of a previous page */
+        cursor?: string;
+        limit?: number;
+      };
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Default Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/json": components["schemas"]["GlJournalPage"];
+        };
+      };
+      /** @description Bad Request */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unauthorized */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Forbidden */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Service Unavailable */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  getGlTrialBalance: {
+    parameters: {
+      query?: {
+        /** @description YYYY-MM-DD; default today in the finance time zone */
+        at?: string;
+      };
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Default Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/json": components["schemas"]["TrialBalance"];
         };
       };
       /** @description Bad Request */

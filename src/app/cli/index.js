@@ -180,6 +180,32 @@ function addLedgerCommands(program) {
     .action((opts) => run(async () => (await import("./ledger.ts")).exportLedger(opts)));
 }
 
+// ---- gl: the journal's readers (export, trial balance); the posting side adds its own gl commands ----
+
+/**
+ * `tally gl export` and `tally gl trial-balance`, in the `gl` group.
+ * @param {Command} program
+ */
+function addGlReadCommands(program) {
+  const gl = glGroup(program);
+  gl.command("export")
+    .description(
+      "journal lines posted between two dates (inclusive), one row per line; the summary (with the next cursor) as one JSON line on stderr",
+    )
+    .requiredOption("--from <date>", "first posting date, YYYY-MM-DD")
+    .requiredOption("--to <date>", "last posting date, YYYY-MM-DD")
+    .addOption(new Option("--format <format>", "csv (RFC 4180) or ndjson").argParser(oneOf("--format", ["csv", "ndjson"])).default("csv"))
+    .option("--output <file>", "write to <file> instead of stdout")
+    .option("--cursor <cursor>", "only journals committed after the export whose nextCursor this is")
+    .action((opts) => run(async () => (await import("./glExport.ts")).exportJournal(opts)));
+  const tb = gl
+    .command("trial-balance")
+    .description("debit, credit and balance (debit - credit) of each account over the lines posted on or before --at")
+    .option("--at <date>", "YYYY-MM-DD (default: today in the finance time zone)");
+  for (const o of formatOptions()) tb.addOption(o);
+  tb.action((opts) => run(async () => (await import("./glExport.ts")).printTrialBalance(opts)));
+}
+
 /** @param {Command} program */
 function addDlqCommands(program) {
   const dlq = program.command("dlq").description("dead letters (CDC sources, submit, commands, POS) and stuck partitions");
@@ -379,6 +405,7 @@ function buildProgram() {
   addSourceCommands(program);
   addReconcileCommand(program);
   addGlPeriodCommands(program);
+  addGlReadCommands(program);
   addOtherCommands(program);
   return program;
 }
