@@ -16,7 +16,7 @@ export interface EntryRow {
   occurred_at: Date;
   recorded_at: Date;
   sku_seq: number;
-  /** numeric(38,0): read as a decimal string, or null (not an on_hand leg, or from before valuation). */
+  /** numeric(38,0): read as a decimal string, or null (a reserved leg, or an entry from before valuation). */
   value?: string | null;
   unit_cost?: string | null;
   valuation_flag?: string | null;
