@@ -46,3 +46,5 @@ export type { ExportSummary } from "./export.ts";
 export { entryJson } from "./entryRow.ts";
 export type { EntryRow } from "./entryRow.ts";
 export { noValue, valueLeg, type LocationValue } from "./valuation.ts";
+export { MONEY_JOURNAL_PREFIX, postMoneyJournals } from "./posMoneyJournal.ts";
+export type { MoneyJournal, MoneyJournalLine } from "./posMoneyJournal.ts";
