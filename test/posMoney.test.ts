@@ -4,13 +4,17 @@
  * reverses it; bad amounts are refused naming the field and post nothing; a transaction without prices
  * posts no money journal.
  */
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { Ajv } from "ajv";
+import addFormats from "ajv-formats";
 import type { FastifyInstance, LightMyRequestResponse } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildApp } from "../src/http/server.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";
 import { createLogger } from "../src/platform/log.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { harness, type Harness } from "./support/tally.ts";
+import { ROOT, harness, type Harness } from "./support/tally.ts";
 import { TOKENS, auth, defineItems } from "./apiSupport.ts";
 
 let ctx: TestContext;
@@ -251,5 +255,19 @@ describe("bad money is refused naming the field, and posts nothing", () => {
     expect(r.statusCode).toBe(400);
     const [row] = await h.sql<Array<{ n: number }>>`select count(*)::int as n from gl_journals where journal_id like 'money:S99:%'`;
     expect(row!.n).toBe(0);
+  });
+});
+
+describe("schemas/nats/pos.json", () => {
+  it("describes a priced transaction, alone or in a batch, and refuses a fractional price", async () => {
+    const ajv = new Ajv({ allErrors: true, strict: true });
+    addFormats.default(ajv);
+    const validate = ajv.compile(JSON.parse(await readFile(path.join(ROOT, "schemas/nats/pos.json"), "utf8")));
+    const one = txn("s1", SALE);
+    expect(validate(one), JSON.stringify(validate.errors)).toBe(true);
+    expect(
+      validate({ transactions: [one, txn("s2", { lines: [], giftCards: [{ id: "GC-9", amount: 100 }], tenders: [{ type: "card", amount: 100 }] })] }),
+    ).toBe(true);
+    expect(validate(txn("s3", { ...SALE, lines: [{ type: "sale", sku: "M-B", qty: 1, unitPrice: 2.5 }] }))).toBe(false);
   });
 });

@@ -92,19 +92,21 @@ export const MAX_AMOUNT = 1_000_000_000_000;
 /** An amount in integer minor units: a JSON integer, never a fraction (12.99 EUR is 1299). */
 const Amount = (min: number) =>
   Schema.Number.pipe(
-    Schema.filter(
-      (n) => Number.isSafeInteger(n) && n >= min && n <= MAX_AMOUNT,
-      expected(`a whole number of minor units from ${min} to ${MAX_AMOUNT} (an integer: 12.99 EUR is 1299)`),
-    ),
+    Schema.filter((n) => Number.isSafeInteger(n) && n >= min && n <= MAX_AMOUNT, {
+      ...expected(`a whole number of minor units from ${min} to ${MAX_AMOUNT} (an integer: 12.99 EUR is 1299)`),
+      jsonSchema: { type: "integer", minimum: min, maximum: MAX_AMOUNT },
+    }),
   );
 /** A tender's amount: positive when the customer pays, negative when money goes back to them (a refund). */
 const TenderAmount = Schema.Number.pipe(
-  Schema.filter(
-    (n) => Number.isSafeInteger(n) && n !== 0 && Math.abs(n) <= MAX_AMOUNT,
-    expected(`a non-zero whole number of minor units up to ±${MAX_AMOUNT} (negative: a refund)`),
-  ),
+  Schema.filter((n) => Number.isSafeInteger(n) && n !== 0 && Math.abs(n) <= MAX_AMOUNT, {
+    ...expected(`a non-zero whole number of minor units up to ±${MAX_AMOUNT} (negative: a refund)`),
+    jsonSchema: { type: "integer", minimum: -MAX_AMOUNT, maximum: MAX_AMOUNT, not: { const: 0 } },
+  }),
 );
-const Currency = Schema.String.pipe(Schema.filter((s) => /^[A-Z]{3}$/.test(s), expected("an ISO 4217 currency code (like EUR)")));
+const Currency = Schema.String.pipe(
+  Schema.filter((s) => /^[A-Z]{3}$/.test(s), { ...expected("an ISO 4217 currency code (like EUR)"), jsonSchema: { pattern: "^[A-Z]{3}$" } }),
+);
 const Bool = Schema.Boolean.annotations(expected("true or false"));
 
 const PosLineSchema = Schema.Struct({
@@ -126,15 +128,18 @@ const PosLineSchema = Schema.Struct({
   discount: Schema.optional(Amount(0)),
   /** The line's total sales tax, in minor units (added to its net amount). */
   tax: Schema.optional(Amount(0)),
-});
+}).annotations({ identifier: "PosLine", description: "a sale, return or void line" });
 
 const TenderSchema = Schema.Struct({
   type: Schema.Literal("cash", "card", "gift_card").annotations(expected('"cash", "card" or "gift_card"')),
   amount: TenderAmount,
   giftCardId: Schema.optional(Identifier("gift card id")),
-});
+}).annotations({ identifier: "PosTender", description: "a payment (positive) or refund (negative), net of change" });
 
-const GiftCardSaleSchema = Schema.Struct({ id: Identifier("gift card id"), amount: Amount(1) });
+const GiftCardSaleSchema = Schema.Struct({ id: Identifier("gift card id"), amount: Amount(1) }).annotations({
+  identifier: "PosGiftCardSale",
+  description: "a gift card sold (loaded) in the transaction: a liability, not stock",
+});
 
 const PosTransactionSchema = Schema.Struct({
   store: StoreId,
@@ -147,9 +152,21 @@ const PosTransactionSchema = Schema.Struct({
   tenders: Schema.optional(Schema.Array(TenderSchema)),
   /** Gift cards sold (loaded) in this transaction: not stock, a liability. */
   giftCards: Schema.optional(Schema.Array(GiftCardSaleSchema)),
-});
+}).annotations({ identifier: "PosTransaction", description: "one POS transaction: its lines, and optionally its money" });
 
 type RawLine = typeof PosLineSchema.Type;
+
+/**
+ * What a POS terminal publishes on `tally.<env>.pos.<store>`: a batch, or one transaction (its JSON Schema is
+ * shipped as schemas/nats/pos.json; the ingest decodes with the same schemas, then checks what spans fields).
+ */
+export const PosPayload = Schema.Union(
+  Schema.Struct({ transactions: Schema.Array(PosTransactionSchema) }).annotations({ title: "POS batch" }),
+  PosTransactionSchema,
+).annotations({
+  title: "POS",
+  description: "POS transactions (a batch, or one): stock lines, and optionally their money in integer minor units of the currency",
+});
 
 /** An item as a POS names it, in the crosswalk's namespaces. */
 export interface PosItem {

@@ -464,6 +464,27 @@ export interface components {
       restockable?: boolean;
       /** @description void lines: the earlier line they cancel (whole, or qty of it) */
       voids?: number;
+      /** @description price of one unit as rung, in integer minor units of the transaction's currency (a case barcode: a case; a weighed line: one weight unit, the line's amount rounded half up to a minor unit). Required on every sale and return line of a transaction with amounts; never on a void */
+      unitPrice?: number;
+      /** @description the line's total discount, minor units (default 0) */
+      discount?: number;
+      /** @description the line's total sales tax, minor units (default 0) */
+      tax?: number;
+    };
+    /** @description how the customer paid, or was paid back */
+    PosTender: {
+      /** @enum {string} */
+      type: "cash" | "card" | "gift_card";
+      /** @description minor units, net of change: positive when the customer pays, negative for a refund */
+      amount: number;
+      /** @description gift_card tenders only (required there): the card redeemed or refunded onto */
+      giftCardId?: string;
+    };
+    /** @description a gift card sold (loaded) in the transaction: not stock and not revenue, a liability */
+    PosGiftCardSale: {
+      id: string;
+      /** @description minor units loaded onto the card */
+      amount: number;
     };
     PosBatch: {
       transactions: {
@@ -474,7 +495,13 @@ export interface components {
         id: string;
         /** Format: date-time */
         occurredAt: string;
+        /** @description at least one line, unless the transaction only sells gift cards */
         lines: components["schemas"]["PosLine"][];
+        /** @description ISO 4217; required when the transaction carries amounts, and must be the company's (finance.currency) */
+        currency?: string;
+        /** @description they must add up to Σ(qty × unitPrice − discount + tax) over sale lines, less that over return lines, plus gift cards sold */
+        tenders?: components["schemas"]["PosTender"][];
+        giftCards?: components["schemas"]["PosGiftCardSale"][];
       }[];
     };
     PosTransactionResult: {
