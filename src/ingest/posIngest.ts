@@ -227,11 +227,6 @@ export class PosIngest {
         );
         continue;
       }
-      if (t.currency !== null && t.currency !== this.deps.finance.currency) {
-        const message = `expected ${this.deps.finance.currency} (the company's currency, finance.currency of the config), got ${JSON.stringify(t.currency)}`;
-        reject(index, d.raw, "invalid_transaction", [{ path: prefix(index, "currency"), message }], t);
-        continue;
-      }
       const key = transactionKey(t);
       const prior = stored.get(key);
       if (prior && prior.hash !== d.hash) {
@@ -241,6 +236,12 @@ export class PosIngest {
       if (prior?.result) {
         results[index] = { ...prior.result, index };
         this.deps.onTransaction?.("duplicate", ctx.via);
+        continue;
+      }
+      // Checked after the resend case: a recorded transaction keeps its answer even if the config changed since.
+      if (t.currency !== null && t.currency !== this.deps.finance.currency) {
+        const message = `expected ${this.deps.finance.currency} (the company's currency, finance.currency of the config), got ${JSON.stringify(t.currency)}`;
+        reject(index, d.raw, "invalid_transaction", [{ path: prefix(index, "currency"), message }], t);
         continue;
       }
       // A prior claim with this content and no result yet (in flight elsewhere, or failed before its PubAcks) is
