@@ -35,6 +35,17 @@ beforeAll(async () => {
     { sku: "M-A", kind: "stock", baseUnit: "EA", units: { CASE: 6 }, identifiers: [{ system: "barcode", id: "4100000000011" }] },
     { sku: "M-B", kind: "stock", baseUnit: "EA", identifiers: [{ system: "barcode", id: "4100000000028" }] },
     { sku: "M-CHEESE", kind: "stock", baseUnit: "g", units: { kg: 1000 }, identifiers: [{ system: "plu", id: "2201" }] },
+    { sku: "M-SVC", kind: "non_inventory", baseUnit: "EA", identifiers: [{ system: "barcode", id: "4100000000035" }] },
+    {
+      sku: "M-KIT",
+      kind: "bundle",
+      baseUnit: "EA",
+      components: [
+        { sku: "M-A", qty: 2 },
+        { sku: "M-B", qty: 1 },
+      ],
+      identifiers: [{ system: "barcode", id: "4100000000042" }],
+    },
   ]);
   app = await buildApp({
     settings: h.settings,
@@ -199,6 +210,50 @@ describe("a POS transaction with money", () => {
     expect(brief((await journal("g2")).lines)).toEqual(["2400 Dr 3000", "4000 Cr 3000 M-B 1"]);
     expect((await journal("g2")).lines[0]!.memo).toBe("gift card GC-1 redeemed");
     expect(await liability()).toBe(2000);
+  });
+
+  it("an exchange: a bundle and a service sold, an item taken back, one journal with a revenue line each", async () => {
+    const r = await post(
+      txn("x1", {
+        lines: [
+          { type: "sale", barcode: "4100000000042", qty: 1, unitPrice: 1500 },
+          { type: "return", sku: "M-B", qty: 1, unitPrice: 500 },
+          { type: "sale", barcode: "4100000000035", qty: 1, unitPrice: 300 },
+        ],
+        tenders: [{ type: "card", amount: 1300 }],
+      }),
+    );
+    expect(r.statusCode, r.body).toBe(200);
+    const { journals, lines } = await journal("x1");
+    expect(journals[0]!.movement).toBe("pos_exchange");
+    expect(brief(lines)).toEqual(["1010 Dr 1300", "4000 Cr 1500 M-KIT 1", "4000 Dr 500 M-B 1", "4000 Cr 300 M-SVC 1"]);
+  });
+
+  it("dated in a closed month: posts on the first day of the next open one, keeping its business date", async () => {
+    await h.sql`select tally_gl_close_period('2026-10', 'test')`;
+    const r = await post({ ...txn("c1", SALE), occurredAt: "2026-10-15T09:00:00Z" });
+    expect(r.statusCode, r.body).toBe(200);
+    expect((await journal("c1")).journals[0]).toMatchObject({ business_date: "2026-10-15", posted_on: "2026-11-01", period: "2026-11" });
+  });
+
+  it("the journal is written with the claim: when it cannot be written, the transaction is not claimed, and a resend posts it once", async () => {
+    await h.sql.unsafe(`
+      create function test_refuse_money() returns trigger language plpgsql as $$
+      begin raise exception 'refused by the test'; end $$;
+      create trigger test_refuse_money before insert on gl_journals for each row
+        when (new.journal_id = 'money:S01:T1:a1') execute function test_refuse_money();`);
+    try {
+      const failed = await post(txn("a1", SALE));
+      expect(failed.statusCode).toBeGreaterThanOrEqual(500);
+      const [claims] = await h.sql<Array<{ n: number }>>`select count(*)::int as n from pos_transactions where transaction_id = 'a1'`;
+      expect(claims!.n).toBe(0);
+    } finally {
+      await h.sql.unsafe("drop trigger test_refuse_money on gl_journals; drop function test_refuse_money()");
+    }
+    const resent = await post(txn("a1", SALE));
+    expect(resent.statusCode, resent.body).toBe(200);
+    expect(await moneyJournals("a1")).toBe(1);
+    expect((await journal("a1")).lines).toHaveLength(6);
   });
 
   it("without prices only the stock moves: no money journal", async () => {
