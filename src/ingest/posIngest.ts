@@ -395,6 +395,8 @@ export class PosIngest {
         ${sql.array(fs.map((f) => f.t.terminal))}::text[],
         ${sql.array(fs.map((f) => f.t.id))}::text[],
         ${sql.array(fs.map((f) => f.hash))}::text[]) as k(store, terminal, transaction_id, payload_hash)
+      -- In key order: two posts claiming overlapping batches wait for each other instead of deadlocking.
+      order by store, terminal, transaction_id
       on conflict do nothing
       returning store, terminal, transaction_id`;
       const mine = new Set(won.map((r) => transactionKey({ store: r.store, terminal: r.terminal, id: r.transaction_id })));
