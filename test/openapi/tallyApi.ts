@@ -66,7 +66,7 @@ export interface paths {
     put?: never;
     /**
      * Ingest a batch of POS transactions (idempotent per store + terminal + transaction id)
-     * @description Replies after JetStream has acknowledged every command. Each transaction is accepted or rejected whole; a rejected one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 409 when every one was refused because its id was already taken by other content, 400 otherwise. A body may be at most 1 MiB (413 beyond), nest at most 32 deep, and hold at most 10000 lines over all its transactions.
+     * @description Replies after JetStream has acknowledged every command. Each transaction is accepted or rejected whole; a rejected one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 409 when every one was refused because its id was already taken by other content, 400 otherwise. A body may be at most 1 MiB (413 beyond), nest at most 32 deep, and hold at most 10000 lines over all its transactions. A transaction may carry its money (currency, unitPrice / discount / tax per line, tenders, gift cards sold; integers in minor units, tenders adding up to the lines and gift cards): its GL money journal is then posted once, with its claim.
      */
     post: operations["postPosTransactions"];
     delete?: never;

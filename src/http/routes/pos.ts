@@ -204,7 +204,9 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
           "Replies after JetStream has acknowledged every command. Each transaction is accepted or rejected whole; a rejected " +
           "one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 409 when " +
           "every one was refused because its id was already taken by other content, 400 otherwise. A body may be at most 1 MiB " +
-          `(413 beyond), nest at most 32 deep, and hold at most ${MAX_BATCH_LINES} lines over all its transactions.`,
+          `(413 beyond), nest at most 32 deep, and hold at most ${MAX_BATCH_LINES} lines over all its transactions. A transaction ` +
+          "may carry its money (currency, unitPrice / discount / tax per line, tenders, gift cards sold; integers in minor units, " +
+          "tenders adding up to the lines and gift cards): its GL money journal is then posted once, with its claim.",
         body: { $ref: "PosBatch#" },
         response: {
           200: { $ref: "PosBatchResult#" },
