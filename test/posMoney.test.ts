@@ -313,6 +313,43 @@ describe("bad money is refused naming the field, and posts nothing", () => {
   });
 });
 
+describe("odd money", () => {
+  const ODD: ReadonlyArray<unknown> = [null, -1, 0, 1.5, 2 ** 53, -(2 ** 53), 1e15, "100", "", [], {}, true, "EUR", "eur", 1e-7];
+  const FIELDS = ["unitPrice", "discount", "tax"] as const;
+  /** Deterministic choices (a linear congruential sequence). */
+  let x = 20261130;
+  const next = () => (x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  const pick = <T>(xs: ReadonlyArray<T>): T => xs[Math.floor(next() * xs.length)]!;
+
+  /** The sale with one money field made odd: on a line, a tender, a gift card, or the currency. */
+  function oddSale(id: string): Record<string, unknown> {
+    const t = structuredClone(txn(id, SALE)) as unknown as { lines: Array<Record<string, unknown>>; tenders: unknown } & Record<string, unknown>;
+    const tenders = t.tenders as Array<Record<string, unknown>>;
+    const roll = next();
+    if (roll < 0.4) t.lines[Math.floor(next() * 3)]![pick(FIELDS)] = pick(ODD);
+    else if (roll < 0.6) tenders[Math.floor(next() * 2)]![pick(["amount", "type", "giftCardId"])] = pick(ODD);
+    else if (roll < 0.75) t.giftCards = [{ id: pick(["GC-X", ...ODD]), amount: pick(ODD) }];
+    else if (roll < 0.85) t.currency = pick(ODD);
+    else t.tenders = pick<unknown>([[], null, [{ type: "gift_card", amount: 4040, giftCardId: "GC-2" }], [{ type: "cash", amount: -4040 }]]);
+    return t;
+  }
+
+  it("never answers 5xx, and a journal exists exactly for the accepted transactions", async () => {
+    const outcome = new Map<string, boolean>();
+    for (let i = 0; i < 150; i++) {
+      const id = `z${i}`;
+      const r = await post(oddSale(id));
+      expect([200, 400], r.body).toContain(r.statusCode);
+      outcome.set(id, r.statusCode === 200);
+    }
+    expect([...outcome.values()].filter(Boolean).length).toBeGreaterThan(5);
+    expect([...outcome.values()].filter((ok) => !ok).length).toBeGreaterThan(75);
+    const rows = await h.sql<Array<{ journal_id: string }>>`select journal_id from gl_journals where journal_id like 'money:S01:T1:z%'`;
+    const posted = new Set(rows.map((r) => r.journal_id.slice("money:S01:T1:".length)));
+    for (const [id, ok] of outcome) expect(posted.has(id), `${id} accepted: ${ok}`).toBe(ok);
+  });
+});
+
 describe("schemas/nats/pos.json", () => {
   it("describes a priced transaction, alone or in a batch, and refuses a fractional price", async () => {
     const ajv = new Ajv({ allErrors: true, strict: true });
