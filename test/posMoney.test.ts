@@ -129,6 +129,7 @@ describe("a POS transaction with money", () => {
   it("posts one balanced journal with exactly the expected lines, dated in the company's time zone, at the store's cost center", async () => {
     const r = await post(txn("m1", SALE));
     expect(r.statusCode, r.body).toBe(200);
+    expect(r.json()).toMatchObject({ accepted: 1, results: [{ status: "accepted", journal: "money:S01:T1:m1" }] });
     const { journals, lines } = await journal("m1");
     expect(journals).toEqual([
       {
@@ -156,6 +157,7 @@ describe("a POS transaction with money", () => {
   it("posts it once when the same transaction is posted again, and when several posts race", async () => {
     const again = await post(txn("m1", SALE));
     expect(again.statusCode).toBe(200);
+    expect(again.json()).toMatchObject({ results: [{ journal: "money:S01:T1:m1" }] });
     const racing = await Promise.all(Array.from({ length: 6 }, () => post(txn("m2", SALE))));
     expect(racing.map((r) => r.statusCode)).toEqual([200, 200, 200, 200, 200, 200]);
     for (const id of ["m1", "m2"]) {
@@ -259,6 +261,7 @@ describe("a POS transaction with money", () => {
   it("without prices only the stock moves: no money journal", async () => {
     const r = await post({ store: "S01", terminal: "T1", id: "p1", occurredAt: LATE, lines: [{ type: "sale", sku: "M-B", qty: 1 }] });
     expect(r.statusCode, r.body).toBe(200);
+    expect(r.json<{ results: Array<Record<string, unknown>> }>().results[0]).not.toHaveProperty("journal");
     expect(await moneyJournals("p1")).toBe(0);
   });
 });

@@ -48,6 +48,8 @@ export type TransactionResult =
       readonly terminal: string;
       readonly id: string;
       readonly lines: ReadonlyArray<LineResult>;
+      /** The GL money journal it posted (`money:<store>:<terminal>:<id>`), when it carries amounts. */
+      readonly journal?: string;
     }
   | {
       readonly status: "rejected";
@@ -298,7 +300,14 @@ export class PosIngest {
     }
     for (const f of fresh) {
       await pause();
-      const result: TransactionResult = { status: "accepted", store: f.t.store, terminal: f.t.terminal, id: f.t.id, lines: f.lines };
+      const result: TransactionResult = {
+        status: "accepted",
+        store: f.t.store,
+        terminal: f.t.terminal,
+        id: f.t.id,
+        lines: f.lines,
+        ...(f.journal ? { journal: f.journal.journalId } : {}),
+      };
       results[f.index] = { ...result, index: f.index };
       this.deps.onTransaction?.("accepted", ctx.via);
       this.deps.log.debug({ pos: transactionKey(f.t), commandIds: f.commands.map((c) => c.id), via: ctx.via }, "POS transaction accepted");

@@ -518,6 +518,8 @@ export interface components {
         /** @enum {string} */
         skipped?: "non_inventory" | "voided";
       }[];
+      /** @description accepted with amounts: the GL money journal it posted (money:<store>:<terminal>:<id>) */
+      journal?: string;
       /** @description invalid_transaction, unknown_item, unknown_store, idempotency_conflict */
       reason?: string;
       errors?: components["schemas"]["PosIssue"][];

@@ -140,6 +140,7 @@ const TransactionResult = {
         },
       },
     },
+    journal: { type: "string", description: "accepted with amounts: the GL money journal it posted (money:<store>:<terminal>:<id>)" },
     reason: { type: "string", description: "invalid_transaction, unknown_item, unknown_store, idempotency_conflict" },
     errors: { type: "array", items: { $ref: "PosIssue#" } },
   },
