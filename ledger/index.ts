@@ -76,3 +76,5 @@ export {
 export type { GlExportSummary, GlLineRow, JournalCursor, JournalPage } from "./glExport.ts";
 export { stockValueByLocation, trialBalance } from "./financeReports.ts";
 export type { LocationStockValue, TrialBalance } from "./financeReports.ts";
+export { MONEY_JOURNAL_PREFIX, postMoneyJournals } from "./posMoneyJournal.ts";
+export type { MoneyJournal, MoneyJournalLine } from "./posMoneyJournal.ts";

@@ -6,6 +6,7 @@
 import { JSONSchema, Schema } from "effect";
 import { AnchorMessage, RelayRound } from "../src/channels/index.ts";
 import { AvailabilityValue, Command, EVENT_SCHEMAS } from "../src/contract/index.ts";
+import { PosPayload } from "../src/ingest/index.ts";
 import { DeadLetter, OutcomeBatch } from "../src/wire/index.ts";
 
 /** The body of a message on the commands subjects (`tally.<env>.cmd.<partition>`): one partition's commands, in order. */
@@ -22,6 +23,7 @@ const PAYLOADS: Readonly<Record<string, Schema.Schema.Any>> = {
   outcomes: OutcomeBatch,
   relay: RelayRound,
   commands: CommandEnvelope,
+  pos: PosPayload,
 };
 
 /** File name (without `.json`) → its JSON Schema text, as committed. */

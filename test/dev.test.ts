@@ -158,6 +158,10 @@ describe("tally dev", () => {
           async () => (await ledger<[{ n: number }]>`select count(*)::int as n from pos_transactions`)[0].n >= 200,
           90_000,
         );
+        // …priced: their money journals (revenue, tax, tenders) are in the GL, card and cash both.
+        const money = await ledger<Array<{ account: string }>>`
+          select distinct l.account from gl_lines l join gl_journals j using (journal_id) where j.kind = 'pos_money' order by 1`;
+        expect(money.map((r) => r.account)).toEqual(expect.arrayContaining(["1010", "2300", "4000"]));
       } finally {
         await ledger.end();
       }

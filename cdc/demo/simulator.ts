@@ -7,7 +7,8 @@
  *   traffic starts once CDC has brought that opening stock into the ledger (`ready`);
  * - skewed (Zipf-like) popularity: a few items sell most;
  * - online orders (reserve → ship, or cancel) placed only when the web shows stock, as a shop does;
- * - in-store sales and returns over POS, with loose bananas sold by weight and the picnic bundle;
+ * - in-store sales and returns over POS, with loose bananas sold by weight and the picnic bundle, priced
+ *   with tax and paid by card, cash or gift card (`DemoTill`), so the GL journal gets their money;
  * - goods receipts: the ERP replenishes what Tally reports low or out of stock.
  */
 import { createHash } from "node:crypto";
@@ -15,6 +16,7 @@ import type { Logger } from "pino";
 import type { KV } from "@nats-io/kv";
 import type { Sql } from "../../src/platform/index.ts";
 import { availabilityKey } from "../../src/wire/index.ts";
+import { DemoTill, lineTotal } from "./till.ts";
 
 export interface SimulatorOptions {
   readonly erp: Sql;
@@ -33,6 +35,8 @@ export interface SimulatorOptions {
   readonly stores?: number;
   /** The web channel's name (default `web`), whose availability the shop checks. */
   readonly webChannel?: string;
+  /** The company's currency (`finance.currency`), which POS amounts are in (default EUR). */
+  readonly currency?: string;
 }
 
 export interface SimulatorStats {
@@ -179,8 +183,9 @@ export class DemoSimulator {
   readonly #run = createHash("sha256").update(`${process.pid}:${Date.now()}:${Math.random()}`).digest("hex").slice(0, 8);
   #seq = 0;
   #pending: Array<PendingOrder> = [];
-  /** Recent sales to return: store, barcode. */
-  #sold: Array<{ store: string; barcode: string }> = [];
+  /** Recent sales to return: store, barcode, the item's index (its price). */
+  #sold: Array<{ store: string; barcode: string; index: number }> = [];
+  readonly #till = new DemoTill(this.#run);
   #lastReplenish = 0;
 
   constructor(readonly opts: SimulatorOptions) {
@@ -268,31 +273,52 @@ export class DemoSimulator {
     return Array.from({ length: randInt(1, 3) }, () => ({ shopSku: this.#item().shopSku, qty: Math.random() < 0.8 ? 1 : 2 }));
   }
 
-  #txn(store: string, lines: Array<Record<string, unknown>>): Record<string, unknown> {
-    return { store, terminal: `T${randInt(1, 4)}`, id: `sim-${this.#run}-${++this.#seq}`, occurredAt: new Date().toISOString(), lines };
+  #txn(store: string, lines: Array<Record<string, unknown>>, money: object): Record<string, unknown> {
+    return {
+      store,
+      terminal: `T${randInt(1, 4)}`,
+      id: `sim-${this.#run}-${++this.#seq}`,
+      occurredAt: new Date().toISOString(),
+      lines,
+      currency: this.opts.currency ?? "EUR",
+      ...money,
+    };
   }
 
   #sale(): Record<string, unknown> {
     // The demo stores S01 and S02 sell loose bananas by weight too.
     const store = this.#stores[Math.min(this.#stores.length - 1, Math.floor(this.#zipf.sample() % this.#stores.length))]!;
+    let total = 0;
     const lines: Array<Record<string, unknown>> = Array.from({ length: randInt(1, 4) }, () => {
-      const item = this.#item();
-      this.#sold.push({ store, barcode: item.barcode });
-      return { type: "sale", barcode: item.barcode, qty: Math.random() < 0.85 ? 1 : 2 };
+      const index = this.#zipf.sample();
+      const item = simItem(index);
+      const qty = Math.random() < 0.85 ? 1 : 2;
+      const money = this.#till.itemLine(index, qty);
+      total += lineTotal(money, qty);
+      this.#sold.push({ store, barcode: item.barcode, index });
+      return { type: "sale", barcode: item.barcode, qty, ...money };
     });
     if ((store === "S01" || store === "S02") && Math.random() < 0.15) {
       this.stats.weightSales++;
-      lines.push({ type: "sale", plu: "4011", weight: { value: (randInt(300, 2500) / 1000).toFixed(3), unit: "kg" } });
+      const grams = randInt(300, 2500);
+      const money = this.#till.bananaLine(grams);
+      total += lineTotal(money, 0, grams);
+      lines.push({ type: "sale", plu: "4011", weight: { value: (grams / 1000).toFixed(3), unit: "kg" }, ...money });
     }
     if (this.#sold.length > 500) this.#sold.splice(0, this.#sold.length - 500);
-    return this.#txn(store, lines);
+    return this.#txn(store, lines, this.#till.pay(total));
   }
 
   #return(): Record<string, unknown> | null {
     const sold = this.#sold.splice(randInt(0, Math.max(0, this.#sold.length - 1)), 1)[0];
     if (!sold) return null;
     this.stats.posReturns++;
-    return this.#txn(sold.store, [{ type: "return", barcode: sold.barcode, qty: 1, restockable: Math.random() < 0.9 }]);
+    const money = this.#till.returnLine(sold.index, 1);
+    return this.#txn(
+      sold.store,
+      [{ type: "return", barcode: sold.barcode, qty: 1, restockable: Math.random() < 0.9, ...money }],
+      this.#till.refund(lineTotal(money, 1)),
+    );
   }
 
   async #postPos(transactions: Array<Record<string, unknown>>): Promise<void> {

@@ -351,6 +351,7 @@ function startSimulator(
       rate: opts.rate ?? 20,
       skus: opts.skus ?? 2000,
       stores: DEMO_STORES,
+      currency: config.finance.currency,
     });
     const sim = simulator;
     lifetime.defer(() => sim.stop());

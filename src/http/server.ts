@@ -157,6 +157,7 @@ async function startContext(
   outcomes.start();
   const pos = new PosIngest({
     stores: knownStores(deps.config),
+    finance: deps.config.finance,
     sql: deps.sql,
     nats: deps.nats,
     topology: deps.topology,

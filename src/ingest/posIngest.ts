@@ -3,7 +3,9 @@
  * canonical commands with ids `pos:<store>:<terminal>:<txn>:<line>`, claimed in `pos_transactions`
  * before anything is published (so of two racing posts with other content only the first publishes, all
  * its lines or none), published (PubAck) and its result recorded, so a resend gets the same result. A transaction with
- * any bad field is rejected whole, names each bad field, and is dead-lettered with its payload.
+ * any bad field is rejected whole, names each bad field, and is dead-lettered with its payload. A transaction with
+ * amounts posts its money journal (revenue, tax, tenders, gift cards) in the same Postgres transaction as its claim:
+ * once, whoever wins the claim.
  */
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
@@ -14,7 +16,9 @@ import { MappingError, posLineCommandId } from "../contract/index.ts";
 import { ITEMS_CHANNEL } from "../../cdc/index.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
-import { pauser } from "../platform/index.ts";
+import { pauser, type FinanceConfig } from "../platform/index.ts";
+import { postMoneyJournals, type MoneyJournal } from "../../ledger/index.ts";
+import { moneyJournal, type RevenueItem } from "./posMoney.ts";
 import { publishCommands } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
 import {
@@ -44,6 +48,8 @@ export type TransactionResult =
       readonly terminal: string;
       readonly id: string;
       readonly lines: ReadonlyArray<LineResult>;
+      /** The GL money journal it posted (`money:<store>:<terminal>:<id>`), when it carries amounts. */
+      readonly journal?: string;
     }
   | {
       readonly status: "rejected";
@@ -88,6 +94,8 @@ export interface PosIngestDeps {
   readonly log: Logger;
   /** The stores of the config (`knownStores`): a transaction for any other store is refused, naming `store`. */
   readonly stores: ReadonlySet<string>;
+  /** The company's books (`finance` of the config): the currency amounts must be in, accounts, cost centers, time zone. */
+  readonly finance: FinanceConfig;
   readonly onCommands?: (commands: ReadonlyArray<Command>) => void;
   readonly onTransaction?: (outcome: "accepted" | "duplicate" | "rejected", via: string) => void;
 }
@@ -232,6 +240,12 @@ export class PosIngest {
         this.deps.onTransaction?.("duplicate", ctx.via);
         continue;
       }
+      // Checked after the resend case: a recorded transaction keeps its answer even if the config changed since.
+      if (t.currency !== null && t.currency !== this.deps.finance.currency) {
+        const message = `expected ${this.deps.finance.currency} (the company's currency, finance.currency of the config), got ${JSON.stringify(t.currency)}`;
+        reject(index, d.raw, "invalid_transaction", [{ path: prefix(index, "currency"), message }], t);
+        continue;
+      }
       // A prior claim with this content and no result yet (in flight elsewhere, or failed before its PubAcks) is
       // finished here: the same content makes the same commands with the same ids, which the stream drops as repeats.
       const first = firstInBatch.get(key);
@@ -286,7 +300,14 @@ export class PosIngest {
     }
     for (const f of fresh) {
       await pause();
-      const result: TransactionResult = { status: "accepted", store: f.t.store, terminal: f.t.terminal, id: f.t.id, lines: f.lines };
+      const result: TransactionResult = {
+        status: "accepted",
+        store: f.t.store,
+        terminal: f.t.terminal,
+        id: f.t.id,
+        lines: f.lines,
+        ...(f.journal ? { journal: f.journal.journalId } : {}),
+      };
       results[f.index] = { ...result, index: f.index };
       this.deps.onTransaction?.("accepted", ctx.via);
       this.deps.log.debug({ pos: transactionKey(f.t), commandIds: f.commands.map((c) => c.id), via: ctx.via }, "POS transaction accepted");
@@ -375,18 +396,26 @@ export class PosIngest {
   /** Claims transactions not yet recorded (result still null); returns the keys another post claimed first. */
   async #claim(fs: ReadonlyArray<Fresh>): Promise<Set<string>> {
     if (fs.length === 0) return new Set();
-    const { sql } = this.deps;
-    const won = await sql<Array<{ store: string; terminal: string; transaction_id: string }>>`
+    return this.deps.sql.begin(async (sql) => {
+      const won = await sql<Array<{ store: string; terminal: string; transaction_id: string }>>`
       insert into pos_transactions (store, terminal, transaction_id, payload_hash, result)
       select store, terminal, transaction_id, payload_hash, null from unnest(
         ${sql.array(fs.map((f) => f.t.store))}::text[],
         ${sql.array(fs.map((f) => f.t.terminal))}::text[],
         ${sql.array(fs.map((f) => f.t.id))}::text[],
         ${sql.array(fs.map((f) => f.hash))}::text[]) as k(store, terminal, transaction_id, payload_hash)
+      -- In key order: two posts claiming overlapping batches wait for each other instead of deadlocking.
+      order by store, terminal, transaction_id
       on conflict do nothing
       returning store, terminal, transaction_id`;
-    const mine = new Set(won.map((r) => transactionKey({ store: r.store, terminal: r.terminal, id: r.transaction_id })));
-    return new Set(fs.map((f) => transactionKey(f.t)).filter((k) => !mine.has(k)));
+      const mine = new Set(won.map((r) => transactionKey({ store: r.store, terminal: r.terminal, id: r.transaction_id })));
+      // The money of the transactions this post claimed, with their claims: a journal exists exactly when its claim does.
+      await postMoneyJournals(
+        sql,
+        fs.flatMap((f) => (f.journal && mine.has(transactionKey(f.t)) ? [f.journal] : [])),
+      );
+      return new Set(fs.map((f) => transactionKey(f.t)).filter((k) => !mine.has(k)));
+    });
   }
 
   /** Stores the result of claimed transactions once every command was acknowledged. */
@@ -409,9 +438,10 @@ export class PosIngest {
     crosswalk: Crosswalk,
     t: PosTransaction,
     index: number,
-  ): Promise<{ commands: Array<Command>; lines: Array<LineResult> } | { reason: string; errors: Array<Issue> }> {
+  ): Promise<{ commands: Array<Command>; lines: Array<LineResult>; journal: MoneyJournal | null } | { reason: string; errors: Array<Issue> }> {
     const commands: Array<Command> = [];
     const lines: Array<LineResult> = [];
+    const items = new Map<number, RevenueItem>();
     const errors: Array<Issue> = [];
     let reason = "invalid_transaction";
     for (const l of t.lines) {
@@ -428,14 +458,24 @@ export class PosIngest {
         errors.push({ path: prefix(index, fieldOf(l, e.field)), message: e.problem });
         continue;
       }
+      const counted = typeof l.qty === "number" ? l.qty : null;
       if (resolved.kind === "skipped") {
+        items.set(l.line, { sku: resolved.sku, qty: counted });
         lines.push({ line: l.line, commands: [], skipped: "non_inventory", ...(l.voided ? { voided: l.voided } : {}) });
         continue;
       }
+      // One stock SKU: its quantity in base units, as its ledger entry has it; a bundle: its own SKU and count.
+      const [only, ...more] = resolved.commands;
+      items.set(
+        l.line,
+        more.length === 0 && only && "qty" in only
+          ? { sku: only.sku, qty: only.qty }
+          : { sku: crosswalk.lookup(l.item.system, l.item.id)?.sku ?? null, qty: counted },
+      );
       commands.push(...resolved.commands);
       lines.push({ line: l.line, commands: resolved.commands.map((c) => c.id), ...(l.voided ? { voided: l.voided } : {}) });
     }
-    return errors.length > 0 ? { reason, errors } : { commands, lines };
+    return errors.length > 0 ? { reason, errors } : { commands, lines, journal: moneyJournal(t, items, this.deps.finance) };
   }
 
   #resolve(crosswalk: Crosswalk, t: PosTransaction, l: PosLine) {
@@ -496,6 +536,8 @@ interface Fresh {
   readonly claimed: boolean;
   readonly commands: Array<Command>;
   readonly lines: Array<LineResult>;
+  /** Its money journal, posted with its claim (null: no amounts). */
+  readonly journal: MoneyJournal | null;
 }
 
 type Decoded = { raw: unknown; hash: string; result: ReturnType<typeof decodePosTransaction> };

@@ -87,6 +87,26 @@ const WeightValue = Schema.Union(Schema.String, Schema.Number).pipe(
   ),
 );
 const Unit = token("a unit (like kg or g)", /^[A-Za-z0-9_]+$/, 16);
+/** Largest amount (minor units) a POS money field may carry: far above any till, and exact in a JSON number. */
+export const MAX_AMOUNT = 1_000_000_000_000;
+/** An amount in integer minor units: a JSON integer, never a fraction (12.99 EUR is 1299). */
+const Amount = (min: number) =>
+  Schema.Number.pipe(
+    Schema.filter((n) => Number.isSafeInteger(n) && n >= min && n <= MAX_AMOUNT, {
+      ...expected(`a whole number of minor units from ${min} to ${MAX_AMOUNT} (an integer: 12.99 EUR is 1299)`),
+      jsonSchema: { type: "integer", minimum: min, maximum: MAX_AMOUNT },
+    }),
+  );
+/** A tender's amount: positive when the customer pays, negative when money goes back to them (a refund). */
+const TenderAmount = Schema.Number.pipe(
+  Schema.filter((n) => Number.isSafeInteger(n) && n !== 0 && Math.abs(n) <= MAX_AMOUNT, {
+    ...expected(`a non-zero whole number of minor units up to ±${MAX_AMOUNT} (negative: a refund)`),
+    jsonSchema: { type: "integer", minimum: -MAX_AMOUNT, maximum: MAX_AMOUNT, not: { const: 0 } },
+  }),
+);
+const Currency = Schema.String.pipe(
+  Schema.filter((s) => /^[A-Z]{3}$/.test(s), { ...expected("an ISO 4217 currency code (like EUR)"), jsonSchema: { pattern: "^[A-Z]{3}$" } }),
+);
 const Bool = Schema.Boolean.annotations(expected("true or false"));
 
 const PosLineSchema = Schema.Struct({
@@ -102,6 +122,23 @@ const PosLineSchema = Schema.Struct({
   restockable: Schema.optional(Bool),
   /** Voids only: the line number this void cancels (all of it, or `qty` of it). */
   voids: Schema.optional(LineNo),
+  /** Price of one unit as rung (a case barcode: a case; a weighed line: one `weight.unit`), in minor units. */
+  unitPrice: Schema.optional(Amount(0)),
+  /** The line's total discount, in minor units. */
+  discount: Schema.optional(Amount(0)),
+  /** The line's total sales tax, in minor units (added to its net amount). */
+  tax: Schema.optional(Amount(0)),
+}).annotations({ identifier: "PosLine", description: "a sale, return or void line" });
+
+const TenderSchema = Schema.Struct({
+  type: Schema.Literal("cash", "card", "gift_card").annotations(expected('"cash", "card" or "gift_card"')),
+  amount: TenderAmount,
+  giftCardId: Schema.optional(Identifier("gift card id")),
+}).annotations({ identifier: "PosTender", description: "a payment (positive) or refund (negative), net of change" });
+
+const GiftCardSaleSchema = Schema.Struct({ id: Identifier("gift card id"), amount: Amount(1) }).annotations({
+  identifier: "PosGiftCardSale",
+  description: "a gift card sold (loaded) in the transaction: a liability, not stock",
 });
 
 const PosTransactionSchema = Schema.Struct({
@@ -110,9 +147,26 @@ const PosTransactionSchema = Schema.Struct({
   id: PosId("transaction id"),
   occurredAt: OccurredAt,
   lines: Schema.Array(PosLineSchema),
-});
+  /** ISO 4217: the currency of every amount; required when the transaction carries any. */
+  currency: Schema.optional(Currency),
+  tenders: Schema.optional(Schema.Array(TenderSchema)),
+  /** Gift cards sold (loaded) in this transaction: not stock, a liability. */
+  giftCards: Schema.optional(Schema.Array(GiftCardSaleSchema)),
+}).annotations({ identifier: "PosTransaction", description: "one POS transaction: its lines, and optionally its money" });
 
 type RawLine = typeof PosLineSchema.Type;
+
+/**
+ * What a POS terminal publishes on `tally.<env>.pos.<store>`: a batch, or one transaction (its JSON Schema is
+ * shipped as schemas/nats/pos.json; the ingest decodes with the same schemas, then checks what spans fields).
+ */
+export const PosPayload = Schema.Union(
+  Schema.Struct({ transactions: Schema.Array(PosTransactionSchema) }).annotations({ title: "POS batch" }),
+  PosTransactionSchema,
+).annotations({
+  title: "POS",
+  description: "POS transactions (a batch, or one): stock lines, and optionally their money in integer minor units of the currency",
+});
 
 /** An item as a POS names it, in the crosswalk's namespaces. */
 export interface PosItem {
@@ -137,6 +191,25 @@ export interface PosLine {
   readonly index: number;
 }
 
+/** A sale or return line's money, after its voids: what it sells (or refunds) net of discount, and its tax. */
+export interface PosMoneyLine {
+  readonly line: number;
+  readonly type: "sale" | "return";
+  /** Quantity × unit price − discount, in minor units (≥ 0; a return's is refunded). */
+  readonly net: bigint;
+  readonly tax: bigint;
+}
+
+/** A transaction's money, all in integer minor units of `currency`; present only when the transaction carries amounts. */
+export interface PosMoney {
+  readonly currency: string;
+  /** One per sale or return line (a line voided whole has net and tax 0). */
+  readonly lines: ReadonlyArray<PosMoneyLine>;
+  /** Positive: paid by the customer; negative: paid back to them. */
+  readonly tenders: ReadonlyArray<{ readonly type: "cash" | "card" | "gift_card"; readonly amount: bigint; readonly giftCardId: string | null }>;
+  readonly giftCards: ReadonlyArray<{ readonly id: string; readonly amount: bigint }>;
+}
+
 /** A decoded, consistent POS transaction. */
 export interface PosTransaction {
   readonly store: string;
@@ -147,6 +220,10 @@ export interface PosTransaction {
   readonly lines: ReadonlyArray<PosLine>;
   /** Void lines by line number → the line they void. */
   readonly voids: ReadonlyArray<{ readonly line: number; readonly voids: number }>;
+  /** The `currency` field as sent (checked against the company's by the ingest), or null. */
+  readonly currency: string | null;
+  /** Its money, or null when it carries no amounts (then only its stock moves). */
+  readonly money: PosMoney | null;
 }
 
 const pathOf = (path: ReadonlyArray<PropertyKey>): string =>
@@ -290,7 +367,9 @@ export function decodePosTransaction(input: unknown): Either.Either<PosTransacti
   if (Either.isLeft(structural)) return Either.left(structuralIssues(structural.left));
   const t = structural.right;
   const scan: LineScan = { byNumber: new Map(), issues: [], items: [], voided: new Map(), wholeVoid: new Set(), voids: [] };
-  if (t.lines.length === 0) scan.issues.push({ path: "lines", message: "expected at least one line" });
+  // A transaction that only sells gift cards has no stock lines.
+  if (t.lines.length === 0 && (t.giftCards ?? []).length === 0)
+    scan.issues.push({ path: "lines", message: "expected at least one line (or gift cards sold)" });
   if (t.lines.length > MAX_LINES) scan.issues.push({ path: "lines", message: `expected at most ${MAX_LINES} lines, got ${t.lines.length}` });
   if (scan.issues.length > 0) return Either.left(scan.issues);
 
@@ -305,5 +384,99 @@ export function decodePosTransaction(input: unknown): Either.Either<PosTransacti
     else scanItem(scan, raw as RawLine & { type: "sale" | "return" }, index, ids);
   });
   if (scan.issues.length > 0) return Either.left(scan.issues);
-  return Either.right({ store: t.store, terminal: t.terminal, id: t.id, occurredAt: t.occurredAt, lines: nettedLines(scan), voids: scan.voids });
+  const lines = nettedLines(scan);
+  const money = moneyOf(t, lines);
+  if (Either.isLeft(money)) return Either.left(money.left);
+  return Either.right({
+    store: t.store,
+    terminal: t.terminal,
+    id: t.id,
+    occurredAt: t.occurredAt,
+    lines,
+    voids: scan.voids,
+    currency: t.currency ?? null,
+    money: money.right,
+  });
+}
+
+type RawTransaction = typeof PosTransactionSchema.Type;
+
+/** Whether a transaction carries any amount (then it must carry them all). */
+const hasMoney = (t: RawTransaction): boolean =>
+  t.tenders !== undefined ||
+  t.giftCards !== undefined ||
+  t.lines.some((l) => l.unitPrice !== undefined || l.discount !== undefined || l.tax !== undefined);
+
+/** The fields that make a transaction's money whole: a currency, a price on every sale and return line, a card on each gift card tender. */
+function moneyFieldIssues(t: RawTransaction): Array<Issue> {
+  const issues: Array<Issue> = [];
+  if (t.currency === undefined) issues.push({ path: "currency", message: "is missing (required when the transaction carries amounts)" });
+  t.lines.forEach((raw, index) => {
+    if (raw.type === "void") {
+      for (const k of ["unitPrice", "discount", "tax"] as const)
+        if (raw[k] !== undefined) issues.push({ path: `lines[${index}].${k}`, message: "a void line carries no amount (it cancels its line's)" });
+    } else if (raw.unitPrice === undefined)
+      issues.push({ path: `lines[${index}].unitPrice`, message: "is missing (every sale and return line of a transaction with amounts needs one)" });
+  });
+  (t.tenders ?? []).forEach((tender, i) => {
+    if (tender.type === "gift_card" && tender.giftCardId === undefined)
+      issues.push({ path: `tenders[${i}].giftCardId`, message: "is missing (a gift_card tender names the card it redeems)" });
+    if (tender.type !== "gift_card" && tender.giftCardId !== undefined)
+      issues.push({ path: `tenders[${i}].giftCardId`, message: "only a gift_card tender names a gift card" });
+  });
+  const seen = new Set<string>();
+  (t.giftCards ?? []).forEach((g, i) => {
+    if (seen.has(g.id)) issues.push({ path: `giftCards[${i}].id`, message: `gift card ${JSON.stringify(g.id)} is sold twice in this transaction` });
+    seen.add(g.id);
+  });
+  return issues;
+}
+
+/**
+ * A line's amount before discount: count × unit price, or weight × price per weight unit rounded half up
+ * to a whole minor unit (a scale's label rounds alike). A line voided whole has none.
+ */
+export function grossAmount(line: Pick<PosLine, "qty" | "fullyVoided">, unitPrice: number): bigint {
+  if (line.fullyVoided) return 0n;
+  if (typeof line.qty === "number") return BigInt(line.qty) * BigInt(unitPrice);
+  const [whole, frac = ""] = line.qty.split(".");
+  const scale = 10n ** BigInt(frac.length);
+  return (BigInt(`${whole}${frac}`) * BigInt(unitPrice) * 2n + scale) / (2n * scale);
+}
+
+/** The money of a transaction whose lines decoded: null without amounts, else checked whole (tenders cover the total). */
+function moneyOf(t: RawTransaction, lines: ReadonlyArray<PosLine>): Either.Either<PosMoney | null, Array<Issue>> {
+  if (!hasMoney(t)) return Either.right(null);
+  const issues = moneyFieldIssues(t);
+  if (issues.length > 0) return Either.left(issues);
+  const out: Array<PosMoneyLine> = [];
+  const sums = { sale: 0n, return: 0n };
+  for (const l of lines) {
+    const raw = t.lines[l.index]!;
+    const gross = grossAmount(l, raw.unitPrice!);
+    const discount = BigInt(raw.discount ?? 0);
+    const tax = BigInt(raw.tax ?? 0);
+    if (discount > gross)
+      issues.push({ path: `lines[${l.index}].discount`, message: `${discount} exceeds the line's amount ${gross} (qty × unitPrice, after voids)` });
+    if (l.fullyVoided && tax > 0n) issues.push({ path: `lines[${l.index}].tax`, message: "the line is voided whole: it carries no tax" });
+    out.push({ line: l.line, type: l.type, net: gross - discount, tax });
+    sums[l.type] += gross - discount + tax;
+  }
+  const cards = (t.giftCards ?? []).reduce((n, g) => n + BigInt(g.amount), 0n);
+  const tendered = (t.tenders ?? []).reduce((n, x) => n + BigInt(x.amount), 0n);
+  const total = sums.sale - sums.return + cards;
+  if (issues.length === 0 && tendered !== total)
+    issues.push({
+      path: "tenders",
+      message:
+        `the tenders come to ${tendered} but the transaction to ${total} (Σ qty × unitPrice − discount + tax: sales ${sums.sale}, ` +
+        `returns −${sums.return}; gift cards sold ${cards}); a refund is a negative tender`,
+    });
+  if (issues.length > 0) return Either.left(issues);
+  return Either.right({
+    currency: t.currency!,
+    lines: out,
+    tenders: (t.tenders ?? []).map((x) => ({ type: x.type, amount: BigInt(x.amount), giftCardId: x.giftCardId ?? null })),
+    giftCards: (t.giftCards ?? []).map((g) => ({ id: g.id, amount: BigInt(g.amount) })),
+  });
 }

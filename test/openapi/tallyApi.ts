@@ -66,7 +66,7 @@ export interface paths {
     put?: never;
     /**
      * Ingest a batch of POS transactions (idempotent per store + terminal + transaction id)
-     * @description Replies after JetStream has acknowledged every command. Each transaction is accepted or rejected whole; a rejected one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 409 when every one was refused because its id was already taken by other content, 400 otherwise. A body may be at most 1 MiB (413 beyond), nest at most 32 deep, and hold at most 10000 lines over all its transactions.
+     * @description Replies after JetStream has acknowledged every command. Each transaction is accepted or rejected whole; a rejected one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 409 when every one was refused because its id was already taken by other content, 400 otherwise. A body may be at most 1 MiB (413 beyond), nest at most 32 deep, and hold at most 10000 lines over all its transactions. A transaction may carry its money (currency, unitPrice / discount / tax per line, tenders, gift cards sold; integers in minor units, tenders adding up to the lines and gift cards): its GL money journal is then posted once, with its claim.
      */
     post: operations["postPosTransactions"];
     delete?: never;
@@ -501,6 +501,27 @@ export interface components {
       restockable?: boolean;
       /** @description void lines: the earlier line they cancel (whole, or qty of it) */
       voids?: number;
+      /** @description price of one unit as rung, in integer minor units of the transaction's currency (a case barcode: a case; a weighed line: one weight unit, the line's amount rounded half up to a minor unit). Required on every sale and return line of a transaction with amounts; never on a void */
+      unitPrice?: number;
+      /** @description the line's total discount, minor units (default 0) */
+      discount?: number;
+      /** @description the line's total sales tax, minor units (default 0) */
+      tax?: number;
+    };
+    /** @description how the customer paid, or was paid back */
+    PosTender: {
+      /** @enum {string} */
+      type: "cash" | "card" | "gift_card";
+      /** @description minor units, net of change: positive when the customer pays, negative for a refund */
+      amount: number;
+      /** @description gift_card tenders only (required there): the card redeemed or refunded onto */
+      giftCardId?: string;
+    };
+    /** @description a gift card sold (loaded) in the transaction: not stock and not revenue, a liability */
+    PosGiftCardSale: {
+      id: string;
+      /** @description minor units loaded onto the card */
+      amount: number;
     };
     PosBatch: {
       transactions: {
@@ -511,7 +532,13 @@ export interface components {
         id: string;
         /** Format: date-time */
         occurredAt: string;
+        /** @description at least one line, unless the transaction only sells gift cards */
         lines: components["schemas"]["PosLine"][];
+        /** @description ISO 4217; required when the transaction carries amounts, and must be the company's (finance.currency) */
+        currency?: string;
+        /** @description they must add up to Σ(qty × unitPrice − discount + tax) over sale lines, less that over return lines, plus gift cards sold */
+        tenders?: components["schemas"]["PosTender"][];
+        giftCards?: components["schemas"]["PosGiftCardSale"][];
       }[];
     };
     PosTransactionResult: {
@@ -528,6 +555,8 @@ export interface components {
         /** @enum {string} */
         skipped?: "non_inventory" | "voided";
       }[];
+      /** @description accepted with amounts: the GL money journal it posted (money:<store>:<terminal>:<id>) */
+      journal?: string;
       /** @description invalid_transaction, unknown_item, unknown_store, idempotency_conflict */
       reason?: string;
       errors?: components["schemas"]["PosIssue"][];

@@ -53,7 +53,14 @@ export async function replay(ids: ReadonlyArray<string>, opts: { readonly all?: 
     const config = await loadTallyConfig(settings.configFile);
     const t = nats.topology;
     const sources = new Map(configuredSources(config, settings.env).map((s) => [s.name, s] as const));
-    const pos = new PosIngest({ sql, nats, topology: t, stores: knownStores(config), log: createLogger("tally-dlq", "warn") });
+    const pos = new PosIngest({
+      sql,
+      nats,
+      topology: t,
+      stores: knownStores(config),
+      finance: config.finance,
+      log: createLogger("tally-dlq", "warn"),
+    });
     for (const l of wanted) {
       const r = await dlq.replayDeadLetter({ sql, nats, topology: t, sources, pos, webhooks: usableWebhookTargets(config) }, l);
       if (r.ok) process.stdout.write(`${l.id}\treplayed\t${r.commands} commands\n`);

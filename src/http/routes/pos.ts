@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { InvalidBatch } from "../../ingest/index.ts";
 import { JsonTextError, parseJsonText } from "../../platform/index.ts";
-import { MAX_BATCH_LINES, MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/index.ts";
+import { MAX_AMOUNT, MAX_BATCH_LINES, MAX_LINES, MAX_TRANSACTIONS } from "../../ingest/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, problemResponse, problemWith, sendProblem } from "../errors.ts";
 
@@ -35,6 +35,46 @@ const PosLineSchema = {
     },
     restockable: { type: "boolean", description: "returns only; false sends the goods to damaged (default true)" },
     voids: { type: "integer", minimum: 1, description: "void lines: the earlier line they cancel (whole, or qty of it)" },
+    unitPrice: {
+      type: "integer",
+      minimum: 0,
+      maximum: MAX_AMOUNT,
+      description:
+        "price of one unit as rung, in integer minor units of the transaction's currency (a case barcode: a case; a weighed line: " +
+        "one weight unit, the line's amount rounded half up to a minor unit). Required on every sale and return line of a " +
+        "transaction with amounts; never on a void",
+    },
+    discount: { type: "integer", minimum: 0, maximum: MAX_AMOUNT, description: "the line's total discount, minor units (default 0)" },
+    tax: { type: "integer", minimum: 0, maximum: MAX_AMOUNT, description: "the line's total sales tax, minor units (default 0)" },
+  },
+} as const;
+
+const PosTenderSchema = {
+  $id: "PosTender",
+  type: "object",
+  required: ["type", "amount"],
+  description: "how the customer paid, or was paid back",
+  properties: {
+    type: { type: "string", enum: ["cash", "card", "gift_card"] },
+    amount: {
+      type: "integer",
+      minimum: -MAX_AMOUNT,
+      maximum: MAX_AMOUNT,
+      not: { const: 0 },
+      description: "minor units, net of change: positive when the customer pays, negative for a refund",
+    },
+    giftCardId: { type: "string", description: "gift_card tenders only (required there): the card redeemed or refunded onto" },
+  },
+} as const;
+
+const PosGiftCardSaleSchema = {
+  $id: "PosGiftCardSale",
+  type: "object",
+  required: ["id", "amount"],
+  description: "a gift card sold (loaded) in the transaction: not stock and not revenue, a liability",
+  properties: {
+    id: { type: "string" },
+    amount: { type: "integer", minimum: 1, maximum: MAX_AMOUNT, description: "minor units loaded onto the card" },
   },
 } as const;
 
@@ -55,7 +95,23 @@ const PosBatchSchema = {
           terminal: { type: "string" },
           id: { type: "string", description: "the POS transaction id: idempotent per store + terminal + id" },
           occurredAt: { type: "string", format: "date-time" },
-          lines: { type: "array", minItems: 1, maxItems: MAX_LINES, items: { $ref: "PosLine#" } },
+          lines: {
+            type: "array",
+            maxItems: MAX_LINES,
+            items: { $ref: "PosLine#" },
+            description: "at least one line, unless the transaction only sells gift cards",
+          },
+          currency: {
+            type: "string",
+            pattern: "^[A-Z]{3}$",
+            description: "ISO 4217; required when the transaction carries amounts, and must be the company's (finance.currency)",
+          },
+          tenders: {
+            type: "array",
+            items: { $ref: "PosTender#" },
+            description: "they must add up to Σ(qty × unitPrice − discount + tax) over sale lines, less that over return lines, plus gift cards sold",
+          },
+          giftCards: { type: "array", items: { $ref: "PosGiftCardSale#" } },
         },
       },
     },
@@ -84,6 +140,7 @@ const TransactionResult = {
         },
       },
     },
+    journal: { type: "string", description: "accepted with amounts: the GL money journal it posted (money:<store>:<terminal>:<id>)" },
     reason: { type: "string", description: "invalid_transaction, unknown_item, unknown_store, idempotency_conflict" },
     errors: { type: "array", items: { $ref: "PosIssue#" } },
   },
@@ -99,6 +156,8 @@ const batchProperties = {
 export const posSchemas = [
   Issue,
   PosLineSchema,
+  PosTenderSchema,
+  PosGiftCardSaleSchema,
   PosBatchSchema,
   TransactionResult,
   { $id: "PosBatchResult", type: "object", required: ["accepted", "rejected", "results"], properties: batchProperties },
@@ -146,7 +205,9 @@ export async function posRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext
           "Replies after JetStream has acknowledged every command. Each transaction is accepted or rejected whole; a rejected " +
           "one names each bad field and is dead-lettered with its payload. 200 when any was accepted (or re-sent), 409 when " +
           "every one was refused because its id was already taken by other content, 400 otherwise. A body may be at most 1 MiB " +
-          `(413 beyond), nest at most 32 deep, and hold at most ${MAX_BATCH_LINES} lines over all its transactions.`,
+          `(413 beyond), nest at most 32 deep, and hold at most ${MAX_BATCH_LINES} lines over all its transactions. A transaction ` +
+          "may carry its money (currency, unitPrice / discount / tax per line, tenders, gift cards sold; integers in minor units, " +
+          "tenders adding up to the lines and gift cards): its GL money journal is then posted once, with its claim.",
         body: { $ref: "PosBatch#" },
         response: {
           200: { $ref: "PosBatchResult#" },
