@@ -38,7 +38,7 @@ export async function demoInit(
       const opening = (slot?.n ?? 0) > 0 ? "goods_receipts" : "stock_on_hand";
       // Policies at the DC only (the web's reorder point): a store's item is replenished when it runs out.
       // One command per item and store fewer (2,000 × 10 of 44,000 for the default catalog) before the demo is ready.
-      added = await onboardCatalog(erp, catalog.skus, catalog.stores, { opening, storePolicies: false });
+      added = await onboardCatalog(erp, catalog.skus, catalog.stores, { opening, storePolicies: false, currency: config.finance.currency });
     }
     await enableSource(erp, erpSource);
     await enableSource(shop, findSource(config, "shop", env, urls));

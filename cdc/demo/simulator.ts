@@ -16,7 +16,8 @@ import type { Logger } from "pino";
 import type { KV } from "@nats-io/kv";
 import type { Sql } from "../../src/platform/index.ts";
 import { availabilityKey } from "../../src/wire/index.ts";
-import { DemoTill, lineTotal } from "./till.ts";
+import { fromMinorUnits } from "../../src/contract/index.ts";
+import { DemoTill, lineTotal, simCost } from "./till.ts";
 
 export interface SimulatorOptions {
   readonly erp: Sql;
@@ -107,8 +108,9 @@ export async function onboardCatalog(
   erp: Sql,
   skus: number,
   stores: number,
-  opts: { readonly opening?: "goods_receipts" | "stock_on_hand"; readonly storePolicies?: boolean } = {},
+  opts: { readonly opening?: "goods_receipts" | "stock_on_hand"; readonly storePolicies?: boolean; readonly currency?: string } = {},
 ): Promise<number> {
+  const currency = opts.currency ?? "EUR";
   const locations = ["DC1", ...storeIds(stores)];
   let added = 0;
   for (let from = 0; from < skus; from += 5000) {
@@ -140,10 +142,13 @@ export async function onboardCatalog(
           insert into stock_on_hand (item_no, location, qty, uom)
           select i, l, q, 'EA' from unnest(${itemNos}::text[], ${where}::text[], ${qtys}::int[]) as t(i, l, q)
           on conflict do nothing`;
-      else
+      else {
+        const costs = tx.array(pairs.map((p) => fromMinorUnits(simCost(Number(p.item) - 500001), currency)));
         await tx`
-          insert into goods_receipts (item_no, location, qty, uom)
-          select i, l, q, 'EA' from unnest(${itemNos}::text[], ${where}::text[], ${qtys}::int[]) as t(i, l, q)`;
+          insert into goods_receipts (item_no, location, qty, uom, unit_cost, currency)
+          select i, l, q, 'EA', c, ${currency}
+            from unnest(${itemNos}::text[], ${where}::text[], ${qtys}::int[], ${costs}::numeric[]) as t(i, l, q, c)`;
+      }
     });
   }
   return added;
@@ -385,15 +390,19 @@ export class DemoSimulator {
     const low = await this.opts.ledger<Array<{ sku: string; location: string }>>`
       select sku, location from sku_locations where status in ('low', 'out') and sku like 'SKU-S%' order by random() limit 50`;
     if (low.length === 0) return;
+    const currency = this.opts.currency ?? "EUR";
     const items = low.map((l) => ({
       itemNo: String(500000 + Number(l.sku.slice(5))),
       location: l.location,
       qty: l.location === "DC1" ? randInt(60, 200) : randInt(10, 30),
+      // Each replenishment at a slightly different cost: the moving average moves.
+      unitCost: fromMinorUnits(simCost(Number(l.sku.slice(5)) - 1, randInt(-8, 8)), currency),
     }));
     // As one JSON value: the three array parameters once failed as `malformed array literal: "500001"` (one item sent as a plain value).
     await this.opts.erp`
-      insert into goods_receipts (item_no, location, qty, uom)
-      select "itemNo", location, qty, 'EA' from jsonb_to_recordset(${this.opts.erp.json(items)}::jsonb) as t("itemNo" text, location text, qty int)
+      insert into goods_receipts (item_no, location, qty, uom, unit_cost, currency)
+      select "itemNo", location, qty, 'EA', "unitCost", ${currency}
+        from jsonb_to_recordset(${this.opts.erp.json(items)}::jsonb) as t("itemNo" text, location text, qty int, "unitCost" numeric)
       on conflict do nothing`;
     this.stats.receipts += items.length;
   }

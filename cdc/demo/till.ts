@@ -15,6 +15,11 @@ const GIFT_CARD_VALUES = [2500, 5000] as const;
 
 /** The net unit price of simulated item `i` (0-based, as `simItem`). */
 export const simPrice = (i: number): number => PRICE_TABLE[(i * 7) % PRICE_TABLE.length]!;
+/**
+ * What the ERP paid per unit of simulated item `i` on a goods receipt: about 55% of its net price,
+ * `swing` percentage points up or down (receipts at different costs move the average), never below 1.
+ */
+export const simCost = (i: number, swing = 0): number => Math.max(1, Math.floor((simPrice(i) * (55 + swing) + 50) / 100));
 /** Its sales tax rate in percent: every third item is food (7%), the rest 19%. */
 const taxRate = (i: number): number => (i % 3 === 0 ? 7 : 19);
 /** `net` × `percent`/100, rounded half up to a whole minor unit. */
