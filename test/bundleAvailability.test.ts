@@ -1,0 +1,279 @@
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Command } from "../src/contract/command.ts";
+import { publishCommands } from "../src/wire/publisher.ts";
+import { testContext, type TestContext } from "./support/context.ts";
+import { commandMaker, eventually, publishAndSettle, readStream, settle } from "./support/tally.ts";
+import { readEvents } from "./support/sse.ts";
+import { auth, balance, defineItems, startApi, type ApiFixture } from "./apiSupport.ts";
+
+let ctx: TestContext;
+let api: ApiFixture;
+let base: string;
+
+beforeAll(async () => {
+  ctx = await testContext();
+  api = await startApi(ctx);
+  await api.app.listen({ port: 0, host: "127.0.0.1" });
+  base = `http://127.0.0.1:${(api.app.server.address() as AddressInfo).port}`;
+});
+afterAll(async () => {
+  await api?.close();
+});
+
+const cmd = commandMaker("b");
+const at = (location: string) => ({ location });
+const apply = (commands: ReadonlyArray<Command>) => publishAndSettle(api.h, commands);
+
+interface View {
+  sku: string;
+  channel: string;
+  available: number;
+  onHand: number;
+  reserved: number;
+  status: string;
+  seq: number;
+  components?: Array<{ sku: string; qty: number; available?: number }>;
+}
+
+/** A bundle defined in the crosswalk, as the ERP's item master does. */
+const defineBundle = (sku: string, components: Array<{ sku: string; qty: number }>) =>
+  defineItems(api.sql, [{ sku, kind: "bundle", baseUnit: "EA", components, identifiers: [] }]);
+
+const kvValue = async (channel: string, sku: string): Promise<View | null> => {
+  const e = await api.h.nats.availability.get(api.h.topology.availabilityKey(channel, sku));
+  return e && e.operation === "PUT" && e.length > 0 ? e.json<View>() : null;
+};
+const published = async (channel: string, sku: string): Promise<Array<View>> =>
+  (await readStream(api.h, api.h.topology.availabilityStream, api.h.topology.availabilitySubject(channel, sku))).map((m) => m.data as View);
+const getAvailability = async (sku: string, channel = "web"): Promise<View> => {
+  const r = await api.call({ method: "GET", url: `/v1/availability/${sku}?channel=${channel}`, as: "reader" });
+  expect(r.statusCode).toBe(200);
+  return r.json<View>();
+};
+
+describe("a bundle's availability", () => {
+  it("follows each component's changes in the API, the KV bucket and the SSE stream, with its components listed", async () => {
+    await defineBundle("B-KIT", [
+      { sku: "B-P1", qty: 2 },
+      { sku: "B-P2", qty: 1 },
+    ]);
+    // The definition alone publishes the bundle in every channel: nothing of it can be sold yet.
+    await eventually(
+      "the bundle's first figure",
+      async () => (await kvValue("store_s01", "B-KIT")) !== null && (await kvValue("web", "B-KIT")) !== null,
+    );
+    expect(await kvValue("web", "B-KIT")).toMatchObject({ sku: "B-KIT", available: 0, status: "out", seq: 1 });
+    expect(await getAvailability("B-KIT")).toMatchObject({
+      available: 0,
+      components: [
+        { sku: "B-P1", qty: 2, available: 0 },
+        { sku: "B-P2", qty: 1, available: 0 },
+      ],
+    });
+
+    const res = await fetch(`${base}/v1/availability/stream?channel=web&skus=B-KIT`, { headers: auth("webReader") });
+    const events = readEvents(res, 3);
+    await new Promise((r) => setTimeout(r, 200)); // the stream starts at "now"
+    // web = DC1 + S01 less a buffer of 2 on each component. P1 alone: the bundle still has no P2, so nothing changes.
+    await apply([cmd("receive", "B-P1", { qty: 10, ...at("DC1") })]);
+    await apply([cmd("receive", "B-P2", { qty: 5, ...at("DC1") })]); // ⌊8 / 2⌋ = 4, ⌊3 / 1⌋ = 3 → 3
+    await apply([cmd("sell", "B-P2", { qty: 1, ...at("DC1") })]); // P2: 2 → 2
+    await apply([cmd("sell", "B-P1", { qty: 6, ...at("DC1") })]); // P1: 4 − 2 = 2, ⌊2 / 2⌋ = 1 → 1
+    const seen = (await events).map((e) => JSON.parse(e.data) as View);
+    expect(seen.map((v) => [v.sku, v.available])).toEqual([
+      ["B-KIT", 3],
+      ["B-KIT", 2],
+      ["B-KIT", 1],
+    ]);
+    expect(seen.map((v) => v.seq)).toEqual([2, 3, 4]);
+
+    expect(await kvValue("web", "B-KIT")).toMatchObject({
+      available: 1,
+      onHand: 2,
+      reserved: 0,
+      status: "in_stock",
+      seq: 4,
+      components: [
+        { sku: "B-P1", qty: 2 },
+        { sku: "B-P2", qty: 1 },
+      ],
+    });
+    expect(await getAvailability("B-KIT")).toMatchObject({
+      channel: "web",
+      sku: "B-KIT",
+      available: 1,
+      status: "in_stock",
+      components: [
+        { sku: "B-P1", qty: 2, available: 2 },
+        { sku: "B-P2", qty: 1, available: 2 },
+      ],
+    });
+    // The store's channel has none of the components at S01: still nothing, never republished.
+    expect(await published("store_s01", "B-KIT")).toEqual([expect.objectContaining({ available: 0, seq: 1 })]);
+
+    // The list route and the per-location stock answer it too.
+    const list = await api.call({ method: "GET", url: "/v1/availability?channel=web&skus=B-KIT,B-P1", as: "reader" });
+    expect(list.json().items).toEqual([
+      expect.objectContaining({
+        sku: "B-KIT",
+        available: 1,
+        components: [expect.objectContaining({ available: 2 }), expect.objectContaining({ available: 2 })],
+      }),
+      expect.objectContaining({ sku: "B-P1", available: 2 }),
+    ]);
+    const stock = await api.call({ method: "GET", url: "/v1/stock/B-KIT", as: "reader" });
+    expect(stock.statusCode).toBe(200);
+    // At DC1 (no buffer): P1 4 → ⌊4 / 2⌋ = 2, P2 4 → 4.
+    expect(stock.json()).toMatchObject({
+      sku: "B-KIT",
+      seq: 0,
+      locations: [
+        {
+          location: "DC1",
+          available: 2,
+          onHand: 2,
+          components: [
+            { sku: "B-P1", qty: 2, available: 4 },
+            { sku: "B-P2", qty: 1, available: 4 },
+          ],
+        },
+      ],
+    });
+  });
+
+  it("is 0 when one component is out", async () => {
+    await apply([cmd("sell", "B-P2", { qty: 4, ...at("DC1") })]);
+    expect(await getAvailability("B-KIT")).toMatchObject({
+      available: 0,
+      status: "out",
+      components: [
+        { sku: "B-P1", available: 2 },
+        { sku: "B-P2", available: 0 },
+      ],
+    });
+    expect(await kvValue("web", "B-KIT")).toMatchObject({ available: 0, onHand: 0, status: "out", seq: 5 });
+  });
+
+  it("publishes nothing for a change of an unrelated SKU, nor for a component change that leaves its figure as it was", async () => {
+    const before = await published("web", "B-KIT");
+    await apply([cmd("receive", "B-UNRELATED", { qty: 7, ...at("DC1") })]);
+    // P2 is out: more of P1 changes P1, not the bundle.
+    await apply([cmd("receive", "B-P1", { qty: 3, ...at("DC1") })]);
+    expect((await kvValue("web", "B-P1"))?.available).toBe(5);
+    expect(await published("web", "B-KIT")).toEqual(before);
+    const [row] = await api.sql<Array<{ seq: number }>>`select seq::int as seq from bundle_availability where bundle = 'B-KIT' and channel = 'web'`;
+    expect(row?.seq).toBe(5);
+  });
+
+  it("is published again when its definition changes in the item master", async () => {
+    await apply([cmd("receive", "B-P2", { qty: 10, ...at("DC1") })]); // P1 5, P2 8 → min(⌊5 / 2⌋, 8) = 2
+    await eventually("the bundle back in stock", async () => (await kvValue("web", "B-KIT"))?.available === 2);
+    await defineBundle("B-KIT", [
+      { sku: "B-P1", qty: 1 },
+      { sku: "B-P2", qty: 4 },
+    ]); // min(5, ⌊8 / 4⌋) = 2: same available, but the components changed
+    await eventually("the new definition", async () => (await kvValue("web", "B-KIT"))?.components?.[1]?.qty === 4);
+    expect(await getAvailability("B-KIT")).toMatchObject({
+      available: 2,
+      components: [
+        { sku: "B-P1", qty: 1, available: 5 },
+        { sku: "B-P2", qty: 4, available: 8 },
+      ],
+    });
+  });
+
+  it("is derived for a bundle written straight into the item master too; a SKU that is no bundle and has no ledger stays 404", async () => {
+    await api.sql`insert into items (sku, kind, base_unit, components, defined_by) values ('B-NEW', 'bundle', 'EA', '[{"sku":"B-P1","qty":1}]', 'test')`;
+    await eventually("B-NEW derived", async () => (await kvValue("web", "B-NEW"))?.available === 5);
+    expect((await api.call({ method: "GET", url: "/v1/availability/B-NONE?channel=web", as: "reader" })).statusCode).toBe(404);
+  });
+
+  it("converges to the rule over the latest component values when its components change concurrently", async () => {
+    // Two components on different partitions: their workers commit side by side.
+    const pick = (prefix: string, other?: number) => {
+      for (let i = 0; ; i++) if (api.h.topology.partitionOf(`${prefix}${i}`) !== other) return `${prefix}${i}`;
+    };
+    const p1 = pick("CV-A");
+    const p2 = pick("CV-B", api.h.topology.partitionOf(p1));
+    await defineBundle("CV-KIT", [
+      { sku: p1, qty: 1 },
+      { sku: p2, qty: 3 },
+    ]);
+    await eventually("the bundle's first figure", async () => (await kvValue("web", "CV-KIT")) !== null);
+    // Each component changes step by step on its own, the two side by side: the relay derives the bundle
+    // many times over, from whichever component's change it sees, while the other keeps changing.
+    const steps = (sku: string, receive: number, sellEvery: number, sell: number) =>
+      Array.from({ length: 30 }, (_, i) => [
+        cmd("receive", sku, { qty: receive, ...at("DC1") }),
+        ...(i % sellEvery === sellEvery - 1 ? [cmd("sell", sku, { qty: sell, ...at("DC1") })] : []),
+      ]).flat();
+    const a = steps(p1, 1, 3, 2); // 30 − 10 × 2 = 10 on hand
+    const b = steps(p2, 3, 4, 5); // 90 − 7 × 5 = 55 on hand
+    const drip = async (commands: ReadonlyArray<Command>) => {
+      for (const c of commands) {
+        await publishCommands(api.h.nats.js, api.h.topology, [c]);
+        await new Promise((r) => setTimeout(r, Math.random() * 15));
+      }
+    };
+    await Promise.all([drip(a), drip(b)]);
+    await settle(
+      api.h,
+      [...a, ...b].map((c) => c.id),
+    );
+    // web less its buffer of 2: P1 10 − 2 = 8, P2 55 − 2 = 53 → min(⌊8 / 1⌋, ⌊53 / 3⌋) = 8.
+    expect([(await kvValue("web", p1))!.available, (await kvValue("web", p2))!.available]).toEqual([8, 53]);
+    expect(await kvValue("web", "CV-KIT")).toMatchObject({ available: 8 });
+    const history = await published("web", "CV-KIT");
+    expect(history.at(-1)).toMatchObject({ available: 8 });
+    expect(history.length, "derived many times over, not once at the end").toBeGreaterThan(2);
+    const seqs = history.map((v) => v.seq);
+    expect(seqs).toEqual(seqs.map((_, i) => i + 1)); // every publication in order, none repeated
+    expect(await getAvailability("CV-KIT")).toMatchObject({ available: 8 });
+  });
+});
+
+describe("a bundle reserve", () => {
+  let keys = 0;
+  const reserve = (body: Record<string, unknown>) =>
+    api.call({
+      method: "POST",
+      url: "/v1/reservations",
+      as: "reserver",
+      headers: { "content-type": "application/json", "idempotency-key": `bk${++keys}` },
+      payload: JSON.stringify(body),
+    });
+
+  it("holds all components together or none: one component short refuses the whole and holds nothing", async () => {
+    await defineBundle("R-KIT", [
+      { sku: "R-P1", qty: 2 },
+      { sku: "R-P2", qty: 1 },
+    ]);
+    await apply([cmd("receive", "R-P1", { qty: 10, ...at("DC1") }), cmd("receive", "R-P2", { qty: 1, ...at("DC1") })]);
+    await eventually("the bundle's availability", async () => (await kvValue("store_s01", "R-KIT")) !== null);
+    for (const [i, body] of [
+      { sku: "R-KIT", qty: 2, location: "DC1" }, // P1 4 of 10 would do; P2 2 of 1 is short
+      { sku: "R-KIT", qty: 2, channel: "web" },
+    ].entries()) {
+      const r = await reserve(body);
+      expect(r.statusCode, `attempt ${i}`).toBe(409);
+      expect(r.json()).toMatchObject({ code: "insufficient_stock" });
+      const view = await api.call({ method: "GET", url: `/v1/reservations/${r.json().id}`, as: "reserver" });
+      expect(view.json().status).toBe("rejected");
+      expect(view.json().lines.map((l: { state: string }) => l.state)).not.toContain("held");
+      await eventually("every component hold released", async () => {
+        const [p1, p2] = await Promise.all([balance(api.sql, "R-P1", "DC1", "reserved"), balance(api.sql, "R-P2", "DC1", "reserved")]);
+        const [{ open }] = await api.sql<
+          [{ open: number }]
+        >`select count(*)::int as open from holds where sku in ('R-P1', 'R-P2') and status = 'open'`;
+        return p1 === 0 && p2 === 0 && open === 0;
+      });
+    }
+    // What holds is one whole bundle: both components together.
+    const ok = await reserve({ sku: "R-KIT", qty: 1, location: "DC1" });
+    expect(ok.statusCode).toBe(201);
+    expect(await balance(api.sql, "R-P1", "DC1", "reserved")).toBe(2);
+    expect(await balance(api.sql, "R-P2", "DC1", "reserved")).toBe(1);
+    await eventually("the bundle's availability after the hold", async () => (await kvValue("web", "R-KIT"))?.available === 0);
+  });
+});
