@@ -183,10 +183,15 @@ describe("a bundle's availability", () => {
     });
   });
 
-  it("is derived for a bundle written straight into the item master too; a SKU that is no bundle and has no ledger stays 404", async () => {
+  it("is derived for a bundle written straight into the item master too, and withdrawn when it is deleted there; a SKU that is no bundle and has no ledger is 404", async () => {
     await api.sql`insert into items (sku, kind, base_unit, components, defined_by) values ('B-NEW', 'bundle', 'EA', '[{"sku":"B-P1","qty":1}]', 'test')`;
     await eventually("B-NEW derived", async () => (await kvValue("web", "B-NEW"))?.available === 5);
     expect((await api.call({ method: "GET", url: "/v1/availability/B-NONE?channel=web", as: "reader" })).statusCode).toBe(404);
+    // No longer a bundle: its figures go, and the API no longer knows it.
+    await api.sql`delete from items where sku = 'B-NEW'`;
+    await eventually("B-NEW gone", async () => (await kvValue("web", "B-NEW")) === null && (await kvValue("store_s01", "B-NEW")) === null);
+    expect((await api.call({ method: "GET", url: "/v1/availability/B-NEW?channel=web", as: "reader" })).statusCode).toBe(404);
+    expect(await api.sql`select from bundle_availability where bundle = 'B-NEW'`).toHaveLength(0);
   });
 
   it("converges to the rule over the latest component values when its components change concurrently", async () => {

@@ -51,10 +51,16 @@ export function componentFigure(payload: string): { channel: string; sku: string
   }
 }
 
-/** True when a bundle definition waits to be derived (an idle relay round checks this before opening a transaction). */
-export async function bundleChangesPending(sql: Sql): Promise<boolean> {
-  const [row] = await sql<Array<{ pending: boolean }>>`select exists (select from bundle_changes) as pending`;
-  return row?.pending ?? false;
+/**
+ * True when a round has bundles to derive: a definition change waits, or a SKU it published is a component.
+ * Checked before the round's delete, so a relay without bundles keeps its one-statement delete.
+ */
+export async function bundlesAffected(sql: Sql, published: PublishedFigures): Promise<boolean> {
+  const skus = [...new Set([...published.values()].flatMap((m) => [...m.keys()]))];
+  const [row] = await sql<Array<{ affected: boolean }>>`
+    select exists (select from bundle_changes)
+        or exists (select from bundle_components where component = any(${sql.array(skus)}::text[])) as affected`;
+  return row?.affected ?? false;
 }
 
 /** Queues every bundle that has no published figure in one of these channels (a channel added to the config). */

@@ -52,7 +52,7 @@ export type RelayRound = typeof RelayRound.Type;
 
 export { relaySubject } from "../wire/index.ts";
 import { RELAY_LEASE_KEY, relaySubject } from "../wire/index.ts";
-import { bundleChangesPending, componentFigure, deriveBundles, queueUnpublishedBundles, type PublishedFigures } from "./bundles.ts";
+import { bundlesAffected, componentFigure, deriveBundles, queueUnpublishedBundles, type Derived, type PublishedFigures } from "./bundles.ts";
 
 /**
  * Publishes committed outbox rows to NATS and deletes them once NATS has them. One relay is active
@@ -161,19 +161,25 @@ export class OutboxRelay extends LongRunningService {
     }
     const rows = await sql<Array<OutboxRecord>>`
       select id, kind, subject, kv_key, payload::text as payload, source_at, source from outbox order by id limit ${this.opts.batch ?? 1000}`;
-    if (rows.length === 0 && !(await bundleChangesPending(sql))) return 0;
     // The last projection per key wins; earlier ones of the same page are superseded.
     const latestKv = new Map<string, OutboxRecord>();
     for (const r of rows) if (r.kind === "availability" && r.kv_key) latestKv.set(r.kv_key, r);
+    const figures = figuresOf(latestKv.values());
+    const bundles = await bundlesAffected(sql, figures);
+    if (rows.length === 0 && !bundles) return 0;
     await Promise.all([
       ...rows.map((r) => nats.js.publish(r.subject, r.payload, { msgID: `${instanceId}:${r.id}` })),
       ...[...latestKv.values()].map((r) => nats.availability.put(r.kv_key!, r.payload)),
     ]);
     const publishedAt = Date.now();
-    const derived = await sql.begin(async (tx) => {
-      if (rows.length > 0) await tx`delete from outbox where id = any(${tx.array(rows.map((r) => r.id))}::bigint[])`;
-      return deriveBundles({ tx, nats, topology: this.opts.topology, channels: this.opts.channels }, figuresOf(latestKv.values()));
-    });
+    const ids = rows.map((r) => r.id);
+    let derived: Derived = { rows: 0, removedKeys: [] };
+    if (bundles)
+      derived = await sql.begin(async (tx) => {
+        if (ids.length > 0) await tx`delete from outbox where id = any(${tx.array(ids)}::bigint[])`;
+        return deriveBundles({ tx, nats, topology: this.opts.topology, channels: this.opts.channels }, figures);
+      });
+    else await sql`delete from outbox where id = any(${sql.array(ids)}::bigint[])`;
     // A bundle that is no longer one: its last figure goes (best effort; it is no longer derived either way).
     for (const key of derived.removedKeys)
       await nats.availability
