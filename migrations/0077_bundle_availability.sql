@@ -25,7 +25,7 @@ create table bundle_availability (
   bundle     text        not null,
   channel    text        not null,
   seq        bigint      not null,  -- bumped by every publication of this bundle in this channel
-  figure     jsonb       not null,  -- {available, onHand, status, components} as published
+  figure     jsonb       not null,  -- {available, onHand, status, components} as published; {"withdrawn": true} once no longer a bundle
   updated_at timestamptz not null default now(),
   primary key (bundle, channel)
 );

@@ -144,8 +144,8 @@ async function write(
 ): Promise<Derived> {
   const { tx, topology } = ctx;
   const bundles = [...todo.keys()];
-  const stored = new Map<string, { seq: number; figure: BundleFigure }>();
-  for (const r of await tx<Array<{ bundle: string; channel: string; seq: string; figure: BundleFigure }>>`
+  const stored = new Map<string, { seq: number; figure: BundleFigure | typeof WITHDRAWN }>();
+  for (const r of await tx<Array<{ bundle: string; channel: string; seq: string; figure: BundleFigure | typeof WITHDRAWN }>>`
     select bundle, channel, seq::text as seq, figure from bundle_availability where bundle = any(${tx.array(bundles)}::text[])`)
     stored.set(`${r.channel}\u0000${r.bundle}`, { seq: Number(r.seq), figure: r.figure });
   const read = componentReader(ctx, published);
@@ -188,12 +188,16 @@ async function write(
       select 'availability', subject, kv_key, payload
         from jsonb_to_recordset(${tx.json(outbox as never)}::jsonb) as t(subject text, kv_key text, payload jsonb)`;
   }
+  // No longer a bundle: withdrawn, its sequence kept, so a bundle defined again under the SKU goes on counting from it
+  // (a reader keeps the highest version) and publishes its first figure whatever it is.
   const gone = bundles.filter((b) => !defs.has(b));
   const removed =
     gone.length === 0
       ? []
       : await tx<Array<{ bundle: string; channel: string }>>`
-          delete from bundle_availability where bundle = any(${tx.array(gone)}::text[]) returning bundle, channel`;
+          update bundle_availability set figure = ${tx.json(WITHDRAWN as never)}, updated_at = now()
+           where bundle = any(${tx.array(gone)}::text[]) and not figure ? 'withdrawn'
+          returning bundle, channel`;
   return { rows: outbox.length, removedKeys: removed.map((r) => topology.availabilityKey(r.channel, r.bundle)) };
 }
 
@@ -228,7 +232,11 @@ function bundleFigure(def: Definition, values: ReadonlyArray<ComponentFigure | n
   return { available: quantityValue(available), onHand: quantityValue(onHand), status, components: def.components };
 }
 
-function sameFigure(a: BundleFigure, b: BundleFigure): boolean {
+/** The stored figure of a bundle that is no longer one. */
+const WITHDRAWN = { withdrawn: true } as const;
+
+function sameFigure(a: BundleFigure | typeof WITHDRAWN, b: BundleFigure): boolean {
+  if ("withdrawn" in a) return false;
   return (
     String(a.available) === String(b.available) &&
     String(a.onHand) === String(b.onHand) &&
