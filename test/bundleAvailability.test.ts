@@ -1,9 +1,11 @@
+import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Command } from "../src/contract/command.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { commandMaker, eventually, publishAndSettle, readStream, settle } from "./support/tally.ts";
+import { commandMaker, eventually, harness, publishAndSettle, readStream, settle, startInProcess } from "./support/tally.ts";
+import { decodeTallyConfig } from "../src/platform/configFile.ts";
 import { readEvents } from "./support/sse.ts";
 import { auth, balance, defineItems, startApi, type ApiFixture } from "./apiSupport.ts";
 
@@ -198,6 +200,14 @@ describe("a bundle's availability", () => {
     expect(await kvValue("web", "B-NEW")).toMatchObject({ available: 5 });
   });
 
+  it("is low when a component is low in the channel", async () => {
+    await defineBundle("L-KIT", [{ sku: "L-P1", qty: 1 }]);
+    // web: 10 − 2 = 8 available, at or below the reorder point 9: low.
+    await apply([cmd("set_policy", "L-P1", { safetyStock: 0, reorderPoint: 9, ...at("DC1") }), cmd("receive", "L-P1", { qty: 10, ...at("DC1") })]);
+    expect(await kvValue("web", "L-P1")).toMatchObject({ available: 8, status: "low" });
+    expect(await kvValue("web", "L-KIT")).toMatchObject({ available: 8, status: "low" });
+  });
+
   it("converges to the rule over the latest component values when its components change concurrently", async () => {
     // Two components on different partitions: their workers commit side by side.
     const pick = (prefix: string, other?: number) => {
@@ -284,5 +294,34 @@ describe("a bundle reserve", () => {
     expect(await balance(api.sql, "R-P1", "DC1", "reserved")).toBe(2);
     expect(await balance(api.sql, "R-P2", "DC1", "reserved")).toBe(1);
     await eventually("the bundle's availability after the hold", async () => (await kvValue("web", "R-KIT"))?.available === 0);
+  });
+});
+
+describe("a bundle on a channel webhook", () => {
+  it("is POSTed like any SKU when its figure changes", async () => {
+    const got: Array<{ sku: string; available: number; components?: unknown }> = [];
+    const server = createServer(async (req, res) => {
+      let raw = "";
+      for await (const chunk of req) raw += chunk;
+      got.push(...(JSON.parse(raw) as { items: typeof got }).items);
+      res.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+    process.env.TALLY_WEBHOOK_HOOKED_SECRET = "bundle-webhook-secret-0123";
+    const ctx2 = await testContext();
+    const h = await harness(ctx2);
+    const config = decodeTallyConfig({ channels: { hooked: { locations: ["DC1"], webhook: { url, lingerMs: 50 } } } });
+    const tally = await startInProcess(ctx2, ["worker", "relay"], {}, config);
+    try {
+      await defineItems(h.sql, [{ sku: "W-KIT", kind: "bundle", baseUnit: "EA", components: [{ sku: "W-P1", qty: 2 }], identifiers: [] }]);
+      await publishAndSettle(h, [cmd("receive", "W-P1", { qty: 7, ...at("DC1") })]);
+      await eventually("the bundle's figure at the webhook", async () => got.some((i) => i.sku === "W-KIT" && i.available === 3));
+      expect(got.find((i) => i.sku === "W-KIT" && i.available === 3)).toMatchObject({ channel: "hooked", components: [{ sku: "W-P1", qty: 2 }] });
+    } finally {
+      await tally.close();
+      await h.close();
+      server.close();
+    }
   });
 });
