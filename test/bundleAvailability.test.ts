@@ -7,7 +7,10 @@ import { testContext, type TestContext } from "./support/context.ts";
 import { commandMaker, eventually, harness, publishAndSettle, readStream, settle, startInProcess } from "./support/tally.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";
 import { readEvents } from "./support/sse.ts";
-import { auth, balance, defineItems, startApi, type ApiFixture } from "./apiSupport.ts";
+import { TOKENS, auth, balance, defineItems, startApi, type ApiFixture } from "./apiSupport.ts";
+import { demoSources } from "./support/cdc.ts";
+import { buildApp } from "../src/http/server.ts";
+import { createLogger } from "../src/platform/log.ts";
 
 let ctx: TestContext;
 let api: ApiFixture;
@@ -322,6 +325,63 @@ describe("a bundle on a channel webhook", () => {
       await tally.close();
       await h.close();
       server.close();
+    }
+  });
+});
+
+describe("the demo ERP's SKU-PICNIC (2 × SKU-0001, 1 × SKU-0003)", () => {
+  it("has availability from the item master by CDC, follows the ERP's movements, and is 0 once SKU-0003 is counted out", async () => {
+    const ctx3 = await testContext();
+    const h = await harness(ctx3);
+    const demo = await demoSources(ctx3);
+    const tally = await startInProcess(ctx3, ["worker", "relay", "cdc"], {}, demo.config);
+    const log = createLogger("test-api", process.env.TALLY_LOG_LEVEL ?? "warn");
+    const app = await buildApp({
+      settings: h.settings,
+      config: demo.config,
+      topology: h.topology,
+      sql: h.sql,
+      nats: h.nats,
+      log,
+      tokens: TOKENS,
+      worker: null,
+    });
+    const value = async (sku: string) => {
+      const e = await h.nats.availability.get(h.topology.availabilityKey("web", sku));
+      return e && e.operation === "PUT" && e.length > 0 ? e.json<View>() : null;
+    };
+    /** The bundle as published, and the rule over its components as published: equal once derived. */
+    const derived = async () => {
+      const [kit, water, juice] = await Promise.all([value("SKU-PICNIC"), value("SKU-0001"), value("SKU-0003")]);
+      if (!kit || !water || !juice) return null;
+      const rule = Math.min(Math.floor(Math.max(0, water.available) / 2), Math.max(0, juice.available));
+      return kit.available === rule ? rule : null;
+    };
+    try {
+      await eventually("the picnic kit derived from its components", async () => ((await derived()) ?? 0) > 0);
+      const r = await app.inject({ method: "GET", url: "/v1/availability/SKU-PICNIC?channel=web", headers: auth("reader") });
+      expect(r.statusCode).toBe(200);
+      expect(r.json()).toMatchObject({
+        sku: "SKU-PICNIC",
+        available: await derived(),
+        components: [
+          { sku: "SKU-0001", qty: 2 },
+          { sku: "SKU-0003", qty: 1 },
+        ],
+      });
+      // The web sells from DC1 and S01: counting SKU-0003 out at both leaves no picnic kit to sell.
+      await demo.erp`insert into stock_counts (item_no, location, counted_qty) values ('100003', 'DC1', 0), ('100003', 'S01', 0)`;
+      await eventually("the picnic kit out", async () => (await value("SKU-PICNIC"))?.available === 0);
+      const out = await app.inject({ method: "GET", url: "/v1/availability/SKU-PICNIC?channel=web", headers: auth("reader") });
+      expect(out.json()).toMatchObject({ available: 0, status: "out", components: [{ sku: "SKU-0001" }, { sku: "SKU-0003", available: 0 }] });
+      // A receipt of it brings the kit back, by the rule: DC1 20 − its safety stock 10, less the web's buffer 2 = 8.
+      await demo.erp`insert into goods_receipts (item_no, location, qty, uom) values ('100003', 'DC1', 20, 'EA')`;
+      await eventually("the picnic kit back", async () => (await derived()) === 8);
+    } finally {
+      await app.close();
+      await tally.close();
+      await demo.close();
+      await h.close();
     }
   });
 });
