@@ -4,6 +4,7 @@ import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { auth, startApi, type ApiFixture } from "./apiSupport.ts";
 import { publishAndSettle, stealDeliveries } from "./support/tally.ts";
+import { readEvents } from "./support/sse.ts";
 
 let ctx: TestContext;
 let api: ApiFixture;
@@ -110,39 +111,6 @@ describe("GET /v1/stock/:sku", () => {
     expect((await api.call({ method: "GET", url: "/v1/stock/NOPE", as: "reader" })).statusCode).toBe(404);
   });
 });
-
-/** Reads server-sent events from a live response until `count` arrived. */
-async function readEvents(res: Response, count: number, timeoutMs = 20_000): Promise<Array<{ id: string | null; event: string; data: string }>> {
-  const reader = res.body!.getReader();
-  const decoder = new TextDecoder();
-  const events: Array<{ id: string | null; event: string; data: string }> = [];
-  let buffer = "";
-  const deadline = Date.now() + timeoutMs;
-  while (events.length < count) {
-    const chunk = await Promise.race([
-      reader.read(),
-      new Promise<never>((_, rej) =>
-        setTimeout(() => rej(new Error(`only ${events.length} of ${count} events`)), Math.max(1, deadline - Date.now())),
-      ),
-    ]);
-    if (chunk.done) break;
-    buffer += decoder.decode(chunk.value, { stream: true });
-    let sep: number;
-    while ((sep = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, sep);
-      buffer = buffer.slice(sep + 2);
-      const fields = Object.fromEntries(
-        block
-          .split("\n")
-          .filter((l) => l && !l.startsWith(":"))
-          .map((l) => [l.slice(0, l.indexOf(":")), l.slice(l.indexOf(":") + 1).trimStart()]),
-      );
-      if (fields.data !== undefined) events.push({ id: fields.id ?? null, event: fields.event ?? "message", data: fields.data });
-    }
-  }
-  await reader.cancel().catch(() => {});
-  return events;
-}
 
 describe("GET /v1/availability/stream (SSE)", () => {
   it("delivers every change of the channel in order and resumes after a reconnect without gaps", async () => {

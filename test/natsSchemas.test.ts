@@ -81,6 +81,8 @@ function check(messages: ReadonlyArray<{ where: string; schema: string; data: un
 /** Produces every availability change and event kind the ledger raises, and dead letters. */
 async function produce(): Promise<void> {
   const sku = "SCH-1";
+  // A bundle of it: the relay derives its availability and publishes it as a SKU's, with its components.
+  await h.sql`insert into items (sku, kind, base_unit, components, defined_by) values ('SCH-KIT', 'bundle', 'EA', '[{"sku":"SCH-1","qty":2}]', 'test')`;
   await applyAll([
     cmd("set_policy", sku, { safetyStock: 0, reorderPoint: 5 }),
     cmd("receive", sku, { qty: 10 }),
@@ -93,6 +95,10 @@ async function produce(): Promise<void> {
     cmd("fulfill", sku, { qty: 2, reservationId: "SCH-1:order:9" }), // fulfill_unreserved
     cmd("release", sku, { qty: 1, reservationId: "SCH-1:order:1" }),
   ]);
+  await eventually(
+    "the bundle's availability",
+    async () => ((await h.nats.availability.get("web.SCH-KIT"))?.json<{ available: number }>().available ?? 0) > 0,
+  );
   // Dead letters: an envelope of another version, and a command missing its fields.
   await h.nats.js.publish(h.topology.commandSubject(0), JSON.stringify({ v: 2, commands: [] }), { msgID: "schema-bad-envelope" });
   await h.nats.js.publish(h.topology.commandSubject(0), JSON.stringify({ v: 1, commands: [{ type: "sell", sku: "SCH-2" }] }), {

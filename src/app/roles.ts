@@ -140,6 +140,8 @@ const startRelay = (ctx: RoleContext) =>
           nats,
           log: log.child({ role: "relay" }),
           instanceId: id,
+          topology: ctx.topology,
+          channels: Object.keys(ctx.config.channels),
           env: settings.env,
           leaseTtlMs: settings.leaseTtlMs,
           owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,

@@ -3,7 +3,7 @@ import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { OUTBOX_CHANNEL } from "../../ledger/index.ts";
 import { LeaseStore, type HeldLease } from "../wire/index.ts";
-import type { NatsHandles } from "../wire/index.ts";
+import type { NatsHandles, Topology } from "../wire/index.ts";
 import { LongRunningService, Wakeup, backoffDelay, retry } from "../platform/index.ts";
 
 export interface RelayOptions {
@@ -16,6 +16,10 @@ export interface RelayOptions {
   readonly owner: string;
   /** Rows per round (default 1000). */
   readonly batch?: number;
+  /** Names the subjects and KV keys of the bundles it derives. */
+  readonly topology: Topology;
+  /** Every configured channel: a bundle whose definition changed is derived in each. */
+  readonly channels: ReadonlyArray<string>;
   /** Environment name: latency reports go to `tally.<env>.relay`. */
   readonly env?: string;
   /** Called with each round this relay published (its own process's metrics). */
@@ -48,11 +52,14 @@ export type RelayRound = typeof RelayRound.Type;
 
 export { relaySubject } from "../wire/index.ts";
 import { RELAY_LEASE_KEY, relaySubject } from "../wire/index.ts";
+import { bundlesAffected, componentFigure, deriveBundles, queueUnpublishedBundles, type Derived, type PublishedFigures } from "./bundles.ts";
 
 /**
  * Publishes committed outbox rows to NATS and deletes them once NATS has them. One relay is active
  * per environment (a lease), so projections leave in commit order. Each publish carries
  * `Nats-Msg-Id: <instance>:<outbox id>`, so a crash between publish and delete never duplicates.
+ * Deleting a round's rows, it derives the availability of the bundles whose components they changed
+ * (src/channels/bundles.ts) in the same transaction: those go out in the next round, as rows of their own.
  */
 export class OutboxRelay extends LongRunningService {
   published = 0;
@@ -63,6 +70,8 @@ export class OutboxRelay extends LongRunningService {
   #leases: LeaseStore;
   #lastRenew = 0;
   #unlisten: (() => Promise<void>) | null = null;
+  /** Set once this relay queued the bundles not yet published in some channel (after it first holds the lease). */
+  #bundlesChecked = false;
 
   /** True while this relay holds the relay lease (it is the one publishing). */
   get leader(): boolean {
@@ -143,24 +152,42 @@ export class OutboxRelay extends LongRunningService {
     }
   }
 
-  /** Publishes one page of the outbox; returns how many rows it handled. */
+  /** Publishes one page of the outbox, then derives the bundles it affects; returns how many rows it handled and wrote. */
   async #round(): Promise<number> {
     const { sql, nats, instanceId } = this.opts;
+    if (!this.#bundlesChecked) {
+      await queueUnpublishedBundles(sql, this.opts.channels);
+      this.#bundlesChecked = true;
+    }
     const rows = await sql<Array<OutboxRecord>>`
       select id, kind, subject, kv_key, payload::text as payload, source_at, source from outbox order by id limit ${this.opts.batch ?? 1000}`;
-    if (rows.length === 0) return 0;
     // The last projection per key wins; earlier ones of the same page are superseded.
     const latestKv = new Map<string, OutboxRecord>();
     for (const r of rows) if (r.kind === "availability" && r.kv_key) latestKv.set(r.kv_key, r);
+    const figures = figuresOf(latestKv.values());
+    const bundles = await bundlesAffected(sql, figures);
+    if (rows.length === 0 && !bundles) return 0;
     await Promise.all([
       ...rows.map((r) => nats.js.publish(r.subject, r.payload, { msgID: `${instanceId}:${r.id}` })),
       ...[...latestKv.values()].map((r) => nats.availability.put(r.kv_key!, r.payload)),
     ]);
     const publishedAt = Date.now();
-    await sql`delete from outbox where id = any(${sql.array(rows.map((r) => r.id))}::bigint[])`;
+    const ids = rows.map((r) => r.id);
+    let derived: Derived = { rows: 0, removedKeys: [] };
+    if (bundles)
+      derived = await sql.begin(async (tx) => {
+        if (ids.length > 0) await tx`delete from outbox where id = any(${tx.array(ids)}::bigint[])`;
+        return deriveBundles({ tx, nats, topology: this.opts.topology, channels: this.opts.channels }, figures);
+      });
+    else await sql`delete from outbox where id = any(${sql.array(ids)}::bigint[])`;
+    // A bundle that is no longer one: its last figure goes (best effort; it is no longer derived either way).
+    for (const key of derived.removedKeys)
+      await nats.availability
+        .delete(key)
+        .catch((err: unknown) => this.opts.log.warn({ err, key }, "could not delete a former bundle's availability"));
     this.published += rows.length;
-    this.#report(rows, publishedAt);
-    return rows.length;
+    if (rows.length > 0) this.#report(rows, publishedAt);
+    return rows.length + derived.rows + derived.removedKeys.length;
   }
 
   /** Source time → published, per availability change, for the metrics of every API process. */
@@ -182,4 +209,17 @@ export class OutboxRelay extends LongRunningService {
       this.opts.log.debug({ err }, "relay latency report not published");
     }
   }
+}
+
+/** The availability figures a round published, by channel and SKU (what the bundles containing them are derived from). */
+function figuresOf(rows: Iterable<OutboxRecord>): PublishedFigures {
+  const out: PublishedFigures = new Map();
+  for (const r of rows) {
+    const f = componentFigure(r.payload);
+    if (!f) continue;
+    let channel = out.get(f.channel);
+    if (!channel) out.set(f.channel, (channel = new Map()));
+    channel.set(f.sku, f.figure);
+  }
+  return out;
 }

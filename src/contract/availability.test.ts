@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { locationAvailable } from "./availability.ts";
+import { bundleAvailable, locationAvailable } from "./availability.ts";
 
 describe("available = on hand − reserved − safety stock (the one definition)", () => {
   it("subtracts what is held and what is kept back; may be negative", () => {
@@ -9,5 +9,52 @@ describe("available = on hand − reserved − safety stock (the one definition)
   });
   it("is exact past 2^53", () => {
     expect(locationAvailable({ onHand: 2n ** 60n, reserved: 1n, safetyStock: 1 })).toBe(2n ** 60n - 2n);
+  });
+});
+
+describe("a bundle's available = min over components of ⌊component available / qty per bundle⌋", () => {
+  it("is limited by the scarcest component, rounding down", () => {
+    expect(
+      bundleAvailable([
+        { qty: 2, available: 9n },
+        { qty: 1, available: 7n },
+      ]),
+    ).toBe(4n);
+    expect(
+      bundleAvailable([
+        { qty: 2, available: 9n },
+        { qty: 3, available: 7n },
+      ]),
+    ).toBe(2n);
+    expect(bundleAvailable([{ qty: 5, available: 4n }])).toBe(0n);
+  });
+  it("is 0 when any component is out, oversold or unknown, and never negative", () => {
+    expect(
+      bundleAvailable([
+        { qty: 1, available: 10n },
+        { qty: 1, available: 0n },
+      ]),
+    ).toBe(0n);
+    expect(
+      bundleAvailable([
+        { qty: 1, available: 10n },
+        { qty: 1, available: -3n },
+      ]),
+    ).toBe(0n);
+    expect(
+      bundleAvailable([
+        { qty: 1, available: 10n },
+        { qty: 2, available: null },
+      ]),
+    ).toBe(0n);
+  });
+  it("is 0 without components or with a quantity that is not a positive whole number", () => {
+    expect(bundleAvailable([])).toBe(0n);
+    expect(bundleAvailable([{ qty: 0, available: 5n }])).toBe(0n);
+    expect(bundleAvailable([{ qty: -1, available: 5n }])).toBe(0n);
+    expect(bundleAvailable([{ qty: 1.5, available: 5n }])).toBe(0n);
+  });
+  it("is exact past 2^53", () => {
+    expect(bundleAvailable([{ qty: 3n, available: 2n ** 60n }])).toBe(2n ** 60n / 3n);
   });
 });

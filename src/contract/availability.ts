@@ -24,3 +24,28 @@ export type Availability = typeof AvailabilityValue.Type;
 
 /** An availability as it travels (KV, subjects, SSE, webhooks): each quantity a number, or a decimal string past 2^53. */
 export type AvailabilityJson = typeof AvailabilityValue.Encoded;
+
+/** One component of a bundle as the bundle rule sees it: how many go into one bundle, and what is available of it (null: unknown). */
+export interface BundlePart {
+  readonly qty: number | bigint;
+  readonly available: bigint | null;
+}
+
+/**
+ * What may be promised of a bundle: min over its components of ⌊component available / quantity per bundle⌋.
+ * 0 when any component is out, oversold or unknown, when a quantity is not a positive whole number, or when
+ * there are no components; never negative. `available` is whatever scope the caller asks about: a
+ * channel's available of each component gives the bundle's for the channel, a location's gives the location's.
+ */
+export function bundleAvailable(parts: ReadonlyArray<BundlePart>): bigint {
+  let least: bigint | null = null;
+  for (const p of parts) {
+    if (p.available === null || p.available <= 0n) return 0n;
+    if (typeof p.qty === "number" && !Number.isSafeInteger(p.qty)) return 0n;
+    const per = BigInt(p.qty);
+    if (per <= 0n) return 0n;
+    const whole = p.available / per; // both positive: truncation is the floor
+    if (least === null || whole < least) least = whole;
+  }
+  return least ?? 0n;
+}

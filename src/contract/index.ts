@@ -35,8 +35,8 @@ export {
   snapshotKeyText,
 } from "./commandIds.ts";
 export { CURRENCY_PATTERN, fromMinorUnits, minorDigits, toMinorUnits } from "./money.ts";
-export { locationAvailable } from "./availability.ts";
-export type { Availability, AvailabilityJson, StockAtLocation } from "./availability.ts";
+export { bundleAvailable, locationAvailable } from "./availability.ts";
+export type { Availability, AvailabilityJson, BundlePart, StockAtLocation } from "./availability.ts";
 export {
   AlertEvent,
   AvailabilityValue,

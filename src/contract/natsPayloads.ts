@@ -51,7 +51,20 @@ export const AvailabilityValue = Schema.Struct({
   seq: described(Int, "the SKU's ledger sequence: a reader drops a value older than one it has"),
   version: described(Int, "bumped by every applied command of the SKU (policies change availability without a ledger leg)"),
   updatedAt: DateTime,
-}).annotations({ title: "Availability", description: "What one channel may sell of one SKU" });
+  components: Schema.optional(
+    described(
+      Schema.Array(
+        Schema.Struct({
+          sku: Schema.String,
+          qty: described(Int, "base units of the component in one bundle"),
+        }).annotations({ identifier: "BundleComponent", description: "One component of a bundle" }),
+      ),
+      "only on a bundle: its components. Its available is min over them of ⌊component available / qty⌋ (0 when one is out); " +
+        "onHand likewise over their on hand; reserved is 0 (a bundle is held as its components); seq and version count " +
+        "the bundle's own publications",
+    ),
+  ),
+}).annotations({ title: "Availability", description: "What one channel may sell of one SKU (or bundle)" });
 
 /** What every event caused by a command carries after its own fields. */
 const byCommand = {

@@ -588,7 +588,14 @@ export interface components {
     } & {
       [key: string]: unknown;
     };
-    /** @description What one channel may sell of one SKU */
+    BundleComponentAvailability: {
+      sku: string;
+      /** @description base units of the component in one bundle */
+      qty: number;
+      /** @description what the channel (or, in a stock answer, the location) may sell of the component: 0 when it has never had stock there */
+      available: number | string;
+    };
+    /** @description What one channel may sell of one SKU (or bundle) */
     Availability: {
       channel: string;
       sku: string;
@@ -606,6 +613,8 @@ export interface components {
        * @description null for a SKU no projection has reached yet
        */
       updatedAt: string | null;
+      /** @description only for a bundle: its components, each with what the channel may sell of it now. The bundle's available is min over them of ⌊component available / qty⌋ (0 when one is out); its onHand likewise; its reserved is 0 (a bundle is held as its components); its seq and version count the bundle's own publications */
+      components?: components["schemas"]["BundleComponentAvailability"][];
     };
     AvailabilityList: {
       channel: string;
@@ -642,9 +651,12 @@ export interface components {
       status?: string;
       /** Format: date-time */
       updatedAt?: string | null;
+      /** @description only for a bundle: what the location has available of each component (its available and onHand follow the bundle rule) */
+      components?: components["schemas"]["BundleComponentAvailability"][];
     };
     Stock: {
       sku: string;
+      /** @description the SKU's ledger sequence (0 for a bundle: it has no ledger of its own) */
       seq: number;
       locations: components["schemas"]["LocationStock"][];
     };
@@ -1057,7 +1069,7 @@ export interface operations {
     };
     requestBody?: never;
     responses: {
-      /** @description What one channel may sell of one SKU */
+      /** @description What one channel may sell of one SKU (or bundle) */
       200: {
         headers: {
           [name: string]: unknown;

@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
 import { DeliveryOrder } from "../../wire/index.ts";
 import { sleep } from "../../platform/index.ts";
-import { ID_JSON_PATTERN, locationAvailable } from "../../contract/index.ts";
+import { ID_JSON_PATTERN, bundleAvailable, locationAvailable, quantityValue } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
 import { openEventStream } from "../eventStream.ts";
@@ -28,12 +28,33 @@ const Availability = {
     seq: { type: "integer", description: "the SKU's ledger sequence: drop a projection older than one you have" },
     version: { type: "integer" },
     updatedAt: { type: ["string", "null"], format: "date-time", description: "null for a SKU no projection has reached yet" },
+    components: {
+      type: "array",
+      items: { $ref: "BundleComponentAvailability#" },
+      description:
+        "only for a bundle: its components, each with what the channel may sell of it now. The bundle's available is min over " +
+        "them of ⌊component available / qty⌋ (0 when one is out); its onHand likewise; its reserved is 0 (a bundle is held as its " +
+        "components); its seq and version count the bundle's own publications",
+    },
   },
 } as const;
 
 /** The named component schemas of these routes (registered with addSchema, referenced as `<$id>#`). */
 export const availabilitySchemas = [
-  { $id: "Availability", description: "What one channel may sell of one SKU", ...Availability },
+  {
+    $id: "BundleComponentAvailability",
+    type: "object",
+    required: ["sku", "qty", "available"],
+    properties: {
+      sku: { type: "string" },
+      qty: { type: "integer", description: "base units of the component in one bundle" },
+      available: {
+        type: ["integer", "string"],
+        description: "what the channel (or, in a stock answer, the location) may sell of the component: 0 when it has never had stock there",
+      },
+    },
+  },
+  { $id: "Availability", description: "What one channel may sell of one SKU (or bundle)", ...Availability },
   {
     $id: "AvailabilityList",
     type: "object",
@@ -83,13 +104,22 @@ export const availabilitySchemas = [
       reorderPoint: { type: "integer" },
       status: { type: "string" },
       updatedAt: { type: ["string", "null"], format: "date-time" },
+      components: {
+        type: "array",
+        items: { $ref: "BundleComponentAvailability#" },
+        description: "only for a bundle: what the location has available of each component (its available and onHand follow the bundle rule)",
+      },
     },
   },
   {
     $id: "Stock",
     type: "object",
     required: ["sku", "seq", "locations"],
-    properties: { sku: { type: "string" }, seq: { type: "integer" }, locations: { type: "array", items: { $ref: "LocationStock#" } } },
+    properties: {
+      sku: { type: "string" },
+      seq: { type: "integer", description: "the SKU's ledger sequence (0 for a bundle: it has no ledger of its own)" },
+      locations: { type: "array", items: { $ref: "LocationStock#" } },
+    },
   },
 ] as const;
 
@@ -103,6 +133,8 @@ interface AvailabilityView {
   seq: number;
   version: number;
   updatedAt: string | null;
+  /** A bundle's components: as published (sku, qty), then with what the channel may sell of each now. */
+  components?: Array<{ sku: string; qty: number; available?: number | string }>;
 }
 
 /** Availability per channel (one SKU, many, a live SSE stream) and stock per location. */
@@ -124,6 +156,14 @@ const accessToken = {
 
 /** The channel's availability of the SKUs from the KV bucket; a SKU the ledger knows but no projection has yet shows 0. */
 async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
+  const out = await kvValues(ctx, channel, skus);
+  await addKnownSkus(ctx, channel, skus, out);
+  await withComponents(ctx, channel, out);
+  return out;
+}
+
+/** The channel's availability of the SKUs as the KV bucket has it (a SKU without a value is left out). */
+async function kvValues(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
   const out = new Map<string, AvailabilityView>();
   const kv = ctx.nats.availability;
   const queue = [...new Set(skus)];
@@ -135,11 +175,10 @@ async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<stri
       }
     }),
   );
-  await addKnownSkus(ctx, channel, skus, out);
   return out;
 }
 
-/** A SKU the ledger knows but that has never had stock in this channel's locations: nothing to sell. */
+/** A SKU the ledger knows but that has never had stock in this channel's locations: nothing to sell. So is a bundle not yet derived. */
 async function addKnownSkus(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>, out: Map<string, AvailabilityView>): Promise<void> {
   const missing = skus.filter((s) => !out.has(s));
   if (missing.length === 0) return;
@@ -147,6 +186,39 @@ async function addKnownSkus(ctx: ApiContext, channel: string, skus: ReadonlyArra
     select sku, seq, version from sku_heads where sku = any(${ctx.sql.array(missing)}::text[])`;
   for (const k of known)
     out.set(k.sku, { channel, sku: k.sku, available: 0, onHand: 0, reserved: 0, status: "out", seq: k.seq, version: k.version, updatedAt: null });
+  const bundles = await bundleDefinitions(
+    ctx,
+    missing.filter((s) => !out.has(s)),
+  );
+  for (const [sku, components] of bundles)
+    out.set(sku, { channel, sku, available: 0, onHand: 0, reserved: 0, status: "out", seq: 0, version: 0, updatedAt: null, components });
+}
+
+/** The bundles among the SKUs, with their well-formed components in the item master's order (repeats summed). */
+async function bundleDefinitions(ctx: ApiContext, skus: ReadonlyArray<string>): Promise<Map<string, Array<{ sku: string; qty: number }>>> {
+  const out = new Map<string, Array<{ sku: string; qty: number }>>();
+  if (skus.length === 0) return out;
+  const rows = await ctx.sql<Array<{ sku: string; components: unknown }>>`
+    select sku, components from items where kind = 'bundle' and sku = any(${ctx.sql.array([...skus])}::text[])`;
+  for (const r of rows) {
+    const summed = new Map<string, number>();
+    for (const c of Array.isArray(r.components) ? (r.components as Array<{ sku?: unknown; qty?: unknown }>) : [])
+      if (typeof c?.sku === "string" && typeof c.qty === "number" && Number.isSafeInteger(c.qty) && c.qty > 0)
+        summed.set(c.sku, (summed.get(c.sku) ?? 0) + c.qty);
+    out.set(
+      r.sku,
+      [...summed].map(([sku, qty]) => ({ sku, qty })),
+    );
+  }
+  return out;
+}
+
+/** Each bundle's components with what the channel may sell of each now (the KV bucket; 0 where never published). */
+async function withComponents(ctx: ApiContext, channel: string, views: Map<string, AvailabilityView>): Promise<void> {
+  const bundles = [...views.values()].filter((v) => v.components !== undefined);
+  if (bundles.length === 0) return;
+  const parts = await kvValues(ctx, channel, [...new Set(bundles.flatMap((b) => b.components!.map((c) => c.sku)))]);
+  for (const b of bundles) b.components = b.components!.map((c) => ({ sku: c.sku, qty: c.qty, available: parts.get(c.sku)?.available ?? 0 }));
 }
 
 /** How often a snapshot is read again when a SKU changed while it was read, and how recent a change counts as in flight. */
@@ -168,6 +240,7 @@ async function snapshot(ctx: ApiContext, channel: string, skus: ReadonlyArray<st
     const { found, moved } = await readAsOf(ctx, channel, skus, lastEventId);
     if (!moved || attempt >= SNAPSHOT_ATTEMPTS) {
       await addKnownSkus(ctx, channel, skus, found);
+      await withComponents(ctx, channel, found);
       return { lastEventId, found };
     }
     await sleep(20 * attempt);
@@ -282,7 +355,11 @@ function stockRoute(app: FastifyInstance, ctx: ApiContext): void {
       const { sku } = req.params;
       const only = ctx.locationsFor(req);
       const rows = await stockRows(ctx, sku);
-      if (rows.length === 0) throw new ApiError(404, "unknown_sku", `no stock has ever been recorded for SKU ${sku}`);
+      if (rows.length === 0) {
+        const bundle = (await bundleDefinitions(ctx, [sku])).get(sku);
+        if (bundle) return { sku, seq: 0, locations: (await bundleStock(ctx, bundle)).filter((r) => !only || only.has(r.location)) };
+        throw new ApiError(404, "unknown_sku", `no stock has ever been recorded for SKU ${sku}`);
+      }
       const [head] = await ctx.sql<Array<{ seq: number }>>`select seq from sku_heads where sku = ${sku}`;
       return { sku, seq: head?.seq ?? 0, locations: rows.filter((r) => !only || only.has(r.location)) };
     },
@@ -423,6 +500,28 @@ async function stockRows(ctx: ApiContext, sku: string) {
     status: r.status ?? "out",
     updatedAt: r.updated_at ? r.updated_at.toISOString() : null,
   }));
+}
+
+/**
+ * A bundle per location: the bundle rule over each component's available there (on hand − reserved − safety
+ * stock), and over their on hand; a location where a component has never been stocked has none of the bundle.
+ */
+async function bundleStock(ctx: ApiContext, components: ReadonlyArray<{ sku: string; qty: number }>) {
+  const byComponent = await Promise.all(components.map(async (c) => new Map((await stockRows(ctx, c.sku)).map((r) => [r.location, r] as const))));
+  const locations = [...new Set(byComponent.flatMap((m) => [...m.keys()]))].sort();
+  return locations.map((location) => {
+    const at = byComponent.map((m) => m.get(location));
+    const rule = (pick: (r: NonNullable<(typeof at)[number]>) => number | string) =>
+      bundleAvailable(components.map((c, i) => ({ qty: c.qty, available: at[i] ? BigInt(pick(at[i])) : null })));
+    const available = rule((r) => r.available);
+    return {
+      location,
+      available: quantityValue(available),
+      onHand: quantityValue(rule((r) => r.onHand)),
+      status: available > 0n ? "in_stock" : "out",
+      components: components.map((c, i) => ({ sku: c.sku, qty: c.qty, available: at[i]?.available ?? 0 })),
+    };
+  });
 }
 
 const HEARTBEAT_MS = 15_000;
