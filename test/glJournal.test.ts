@@ -56,6 +56,22 @@ async function journalCounts(ids: ReadonlyArray<string>): Promise<{ n: number; d
 const waitPosted = (ids: ReadonlyArray<string>, timeoutMs = 60_000) =>
   eventually(`${ids.length} journals to be posted`, async () => (await journalCounts(ids)).n === ids.length, timeoutMs);
 
+/**
+ * Posts rounds until `ids` are all posted: a round only passes entries below the horizon (the
+ * oldest transaction still running anywhere in the cluster), which a loaded machine can hold back.
+ */
+const postUntil = (ids: ReadonlyArray<string>) =>
+  eventually(
+    `${ids.length} journals to be posted by postRound`,
+    async () => {
+      while ((await postRound(h.sql, finance)).full) {
+        // another round: the last one stopped at maxEntries
+      }
+      return (await journalCounts(ids)).n === ids.length;
+    },
+    60_000,
+  );
+
 /** The trial balance: per account, debit − credit over every line. */
 async function trialBalance(): Promise<Record<string, number>> {
   const rows = await h.sql<Array<{ account: string; balance: string }>>`
@@ -245,9 +261,7 @@ describe("GL periods", () => {
       const periods = await runTally(["gl", "periods", "--format", "json"], tallyEnv(ctx));
       expect(JSON.parse(periods.stdout).closed).toMatchObject([{ period: "2026-10", closedBy: "controller" }]);
 
-      while ((await postRound(h.sql, finance)).full) {
-        // another round: the last one stopped at maxEntries
-      }
+      await postUntil([october.id, november.id]);
       const rows = await h.sql<Array<{ journal_id: string; business_date: string; posted_on: string; period: string }>>`
         select journal_id, business_date::text, posted_on::text, period from gl_journals
          where journal_id in (${october.id}, ${november.id}) order by journal_id`;
@@ -288,9 +302,7 @@ describe("GL poster: exactly once", () => {
     }
     expect(await journalCounts(ids)).toEqual({ n: 0, distinct: 0 });
     expect((await h.sql<[{ horizon: string | null }]>`select horizon::text from gl_cursor`)[0]).toEqual(before);
-    while ((await postRound(h.sql, finance)).full) {
-      // another round: the last one stopped at maxEntries
-    }
+    await postUntil(ids);
     expect(await journalCounts(ids)).toEqual({ n: ids.length, distinct: ids.length });
   });
 
