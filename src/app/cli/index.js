@@ -242,7 +242,7 @@ function addSourceCommands(program) {
   source
     .command("resnapshot")
     .description(
-      "snapshot again while streaming on (the running cdc role does it); for a source halted because its slot was lost: a new slot and a full snapshot",
+      "snapshot again while streaming on (the running cdc role does it); for a source halted because its slot was lost: a new slot and a full snapshot. With an onHand declaration, on-hand is then reconciled (per systemOfRecord) and its drift report printed",
     )
     .argument("<name>", "the source")
     .option("--no-wait", "return once requested")
