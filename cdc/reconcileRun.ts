@@ -84,7 +84,7 @@ const sameDrift = (a: Drift, b: Drift): boolean =>
   a.sku === b.sku && a.location === b.location && a.source === b.source && a.ledger === b.ledger && a.inFlight === b.inFlight;
 
 /** Waits for every command's outcome in the ledger; a rejection or a missing outcome fails the run. */
-async function awaitOutcomes(sql: Sql, ids: ReadonlyArray<string>, timeoutMs: number): Promise<void> {
+async function awaitOutcomes(sql: Sql, ids: ReadonlyArray<string>, timeoutMs: number, signal?: AbortSignal): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const rows = await sql<Array<{ id: string; status: string; reason: string | null }>>`
@@ -97,7 +97,8 @@ async function awaitOutcomes(sql: Sql, ids: ReadonlyArray<string>, timeoutMs: nu
       throw new ReconcileError(
         `reconcile --apply: ${ids.length - rows.length} counts had no outcome after ${timeoutMs / 1000}s (is a worker running?)`,
       );
-    await sleep(100);
+    if (signal?.aborted) throw new ReconcileError("reconciliation stopped while waiting for its counts' outcomes");
+    await sleep(100, signal);
   }
 }
 
@@ -121,6 +122,7 @@ export async function runReconciliation(opts: ReconcileRunOptions): Promise<Reco
       opts.ledger,
       commands.map((c) => c.id),
       opts.timeoutMs,
+      opts.signal,
     );
   }
   const corrected: Array<Drift> = [];

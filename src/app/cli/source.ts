@@ -116,22 +116,29 @@ export async function drop(name: string): Promise<number> {
   return EXIT.ok;
 }
 
-/** Polls until the running cdc role has taken the requested snapshot (and reconciled on-hand) (0), or the timeout passes (1). */
-async function awaitResnapshot(sql: Sql, name: string, afterRunId: string, reconciled: boolean, timeoutMs: number): Promise<number> {
+/**
+ * Polls until the running cdc role has taken the requested snapshot and, when its config declares the
+ * source's onHand, reconciled on-hand after it (0), or the timeout passes (1).
+ */
+async function awaitResnapshot(sql: Sql, name: string, afterRunId: string, timeoutMs: number): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   let done = false;
   while (Date.now() < deadline) {
-    const [state] = await sql<[{ pending: boolean; rows: number; lsn: string | null }]>`
-      select resnapshot_requested_at is not null as pending, snapshot_rows as rows, snapshot_lsn as lsn from cdc_sources where source = ${name}`;
+    // The cdc role records its run before it clears the request: read the request first, then look for the run.
+    const [state] = await sql<[{ pending: boolean; rows: number; lsn: string | null; reconciling: boolean }]>`
+      select resnapshot_requested_at is not null as pending, snapshot_rows as rows, snapshot_lsn as lsn,
+             reconcile_requested_at is not null as reconciling
+        from cdc_sources where source = ${name}`;
     if (state && !state.pending && !done) {
       done = true;
       process.stdout.write(`source ${name}: re-snapshot done at ${state.lsn} (${state.rows} rows)\n`);
-      if (!reconciled) return EXIT.ok;
     }
     if (done) {
       const cdc = await import("../../../cdc/index.ts");
       const run = await cdc.runSince(sql, name, "resnapshot", afterRunId);
       if (run) return printResnapshotRun(run);
+      // No reconciliation requested and none recorded: the running cdc role's config declares no onHand for it.
+      if (!state?.reconciling) return EXIT.ok;
     }
     await sleep(500);
   }
@@ -191,6 +198,6 @@ export async function resnapshot(name: string, opts: { readonly wait: boolean; r
               `and what moved in the gap is not replayed movement by movement\n`),
       );
     process.stdout.write(`source ${name}: re-snapshot requested\n`);
-    return opts.wait ? awaitResnapshot(sql, name, row.lastRun, reconciled, opts.timeout * 1000) : EXIT.ok;
+    return opts.wait ? awaitResnapshot(sql, name, row.lastRun, opts.timeout * 1000) : EXIT.ok;
   });
 }
