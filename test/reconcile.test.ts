@@ -375,6 +375,58 @@ describe("reconciliation in the cdc role, per system of record", () => {
   }, 240_000);
 });
 
+describe("write-back in flight and the run history", () => {
+  it("units the inFlight hook reports (read inside the source's snapshot) are no drift, and --apply leaves them alone", async () => {
+    const e = fresh("S01", 2);
+    const align = await runTally(["reconcile", "erp", "--format", "json", "--apply"], env);
+    expect(align.code, align.output).toBe(0);
+    await posSale("test-inflight-sale", e.sku, "S01", 2);
+    const source = findSource(demo.config, "erp", ctx.env, { ...process.env, ...demo.env });
+    const isolation: Array<string> = [];
+    const run = async (withHook: boolean) =>
+      runReconciliation({
+        ledger: h.sql,
+        sourceSql: demo.erp,
+        js: h.nats.js,
+        jsm: h.nats.jsm,
+        topology: h.topology,
+        source,
+        crosswalk: await Crosswalk.load(h.sql),
+        tolerance: 0,
+        timeoutMs: 60_000,
+        apply: true,
+        ...(withHook
+          ? {
+              inFlight: async (tx) => {
+                isolation.push((await tx<[{ level: string }]>`select current_setting('transaction_isolation') as level`)[0].level);
+                return [{ sku: e.sku, location: "S01", qty: -2 }];
+              },
+            }
+          : {}),
+      });
+    const entries = await entryCount();
+    const held = await run(true);
+    expect(held.report.drift).toEqual([]);
+    expect(held.applied).toEqual([]);
+    expect(isolation).toEqual(["repeatable read"]);
+    expect(await entryCount()).toBe(entries);
+    // Without the hook the sale is drift, and the ERP (system of record at S01) wins it back.
+    const undone = await run(false);
+    expect(undone.report.drift).toEqual([{ sku: e.sku, location: "S01", ledger: e.baseQty - 2, source: e.baseQty, diff: 2 }]);
+    expect(await onHand(e.sku, "S01")).toBe(e.baseQty);
+  }, 120_000);
+
+  it("keeps the last 1000 runs per source", async () => {
+    const { recordRun } = await import("../cdc/reconcileRun.ts");
+    for (let i = 0; i < 1003; i++)
+      await recordRun(h.sql, { source: "history-test", trigger: "schedule", startedAt: new Date(), tolerance: 0, error: `run ${i}` });
+    const rows = await h.sql<Array<{ error: string }>>`select error from reconcile_runs where source = 'history-test' order by run_id`;
+    expect(rows).toHaveLength(1000);
+    expect(rows[0]!.error).toBe("run 3");
+    expect((await lastRuns(h.sql, "history-test"))[0]).toMatchObject({ error: "run 1002", pairs: 0, units: 0 });
+  }, 120_000);
+});
+
 describe("config and comparison", () => {
   it("systemOfRecord per location and reconcileEvery decode; a bad duration names its field", () => {
     const base = { channels: { web: { locations: ["S01"] } } };
