@@ -375,6 +375,41 @@ describe("reconciliation in the cdc role, per system of record", () => {
   }, 240_000);
 });
 
+describe("a halted source's re-snapshot", () => {
+  it("a new slot and a full snapshot also leave on-hand to reconciliation: POS sales kept where Tally wins, the ERP's quantity where it wins", async () => {
+    const f = fresh("S01", 3);
+    const g = fresh("S02", 3);
+    const align = await runTally(["reconcile", "erp", "--format", "json", "--apply"], env);
+    expect(align.code, align.output).toBe(0);
+    await posSale("test-halt-sale-s01", f.sku, "S01", 2);
+    await posSale("test-halt-sale-s02", g.sku, "S02", 2);
+    // The slot is dropped behind Tally's back (a failover, a DBA): the source halts until an operator re-snapshots.
+    const slot = findSource(demo.config, "erp", ctx.env, { ...process.env, ...demo.env }).slot;
+    const reader = tally.readers.find((r) => r.name === "erp")!;
+    await eventually("the slot dropped", async () => {
+      await demo.erp`select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = ${slot} and active_pid is not null`;
+      return demo.erp`select pg_drop_replication_slot(${slot})`.then(
+        () => true,
+        () => false, // still active: the reader reconnected in between, terminate it again
+      );
+    });
+    await eventually("the source halted", async () => reader.metrics.halted === "slot_lost", 60_000);
+    const r = await runTally(["source", "resnapshot", "erp", "--timeout", "150"], env);
+    expect(r.code, r.output).toBe(0);
+    expect(r.stdout).toContain("source erp is halted (slot_lost)");
+    expect(r.stdout).toContain("re-snapshot done");
+    expect(r.stdout).toContain("2 (SKU, location) pairs differ");
+    expect(r.stdout).toContain("1 counts recorded (reason reconciliation) where the source wins; 1 pairs where Tally wins left unchanged");
+    expect(await onHand(f.sku, "S01")).toBe(f.baseQty);
+    expect(await onHand(g.sku, "S02")).toBe(g.baseQty - 2);
+    const [{ lsn }] = await h.sql<[{ lsn: string }]>`select snapshot_lsn as lsn from cdc_sources where source = 'erp'`;
+    const [{ n }] = await h.sql<[{ n: number }]>`
+      select count(*)::int as n from command_outcomes where command_id like ${`erp:snapshot:${lsn}:public.stock_on_hand:%`}`;
+    expect(n).toBe(0);
+    await eventually("streaming again", async () => reader.streaming);
+  }, 240_000);
+});
+
 describe("write-back in flight and the run history", () => {
   it("units the inFlight hook reports (read inside the source's snapshot) are no drift, and --apply leaves them alone", async () => {
     const e = fresh("S01", 2);
