@@ -24,3 +24,10 @@ export {
 } from "./admin.ts";
 export { ReconcileError, readSourceOnHand, reconcileReport, reconciliationCommands, waitForLedger } from "./reconcile.ts";
 export type { Drift, ReconcileReport } from "./reconcile.ts";
+export type { InFlight } from "./reconcile.ts";
+export { lastRuns, runReconciliation, runSince } from "./reconcileRun.ts";
+export type { CorrectSource, ReconcileOutcome, RecordedRun } from "./reconcileRun.ts";
+export { Reconciler } from "./reconciler.ts";
+export type { ReconcilerOptions } from "./reconciler.ts";
+export { ownerAt } from "./sources.ts";
+export type { Owner, SystemOfRecord } from "./sources.ts";

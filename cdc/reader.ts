@@ -259,7 +259,11 @@ export class SourceReader extends LongRunningService {
       return true;
     }
     if (verdict.kind === "halt" && !(await this.#waitWhileHalted(verdict.reason, verdict.gap))) return false;
-    const result = await runSnapshot(this.#snapshotOptions());
+    // After a halt the ledger already holds Tally's own movements: on-hand goes through reconciliation.
+    const again = verdict.kind === "halt" && this.opts.source.onHand !== undefined;
+    // Requested first (served once streaming starts): a crash after the snapshot still reconciles.
+    if (again) await this.opts.sql`update cdc_sources set reconcile_requested_at = now() where source = ${this.opts.source.name}`;
+    const result = await runSnapshot({ ...this.#snapshotOptions(), onHandByReconciliation: again });
     this.metrics.snapshots++;
     this.metrics.snapshotRows += result.rows;
     this.metrics.halted = null;
@@ -743,7 +747,7 @@ export class SourceReader extends LongRunningService {
     log.info({ consistentPoint: exported.consistentPoint }, "re-snapshot: reading tables");
     const commands: Array<Command> = [];
     const ready = readSnapshot(
-      { ...this.#snapshotOptions(), sink: async (c) => void commands.push(...c) },
+      { ...this.#snapshotOptions(), sink: async (c) => void commands.push(...c), onHandByReconciliation: true },
       exported.snapshotName,
       exported.consistentPoint,
     )
@@ -763,7 +767,8 @@ export class SourceReader extends LongRunningService {
             await sql`
               update cdc_sources
                  set snapshot_lsn = ${exported.consistentPoint}, snapshot_done_at = now(), snapshot_rows = ${result.rows},
-                     resnapshot_requested_at = null, updated_at = now()
+                     resnapshot_requested_at = null, updated_at = now(),
+                     reconcile_requested_at = case when ${source.onHand !== undefined} then now() else reconcile_requested_at end
                where source = ${source.name}`;
             log.info({ consistentPoint: exported.consistentPoint }, "re-snapshot: done");
           },

@@ -5,7 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import type { JetStreamManager } from "@nats-io/jetstream";
-import type { Sql } from "postgres";
+import type { Sql, TransactionSql } from "postgres";
 import { type Command, decodeCommand, MappingError, RowView } from "../src/contract/index.ts";
 import { sleep } from "../src/platform/index.ts";
 import type { Topology } from "../src/wire/index.ts";
@@ -31,15 +31,29 @@ export interface SourceOnHand {
   readonly locations: ReadonlySet<string>;
   /** Rows the mapping or the crosswalk could not turn into a SKU and base units (not compared). */
   readonly unmapped: ReadonlyArray<{ readonly row: string; readonly error: string }>;
+  /** What the `inFlight` hook said the ledger holds that the source had not received at the snapshot. */
+  readonly inFlight: OnHand;
 }
+
+/**
+ * Units per (SKU, location) the ledger holds that the source has not received yet (write-back still
+ * in flight: a POS sale of 3 not yet in the ERP is −3), read inside the source's snapshot (`sourceTx`)
+ * so that it matches the on-hand read there. Reconciliation subtracts them from the ledger's side.
+ */
+export type InFlight = (
+  sourceTx: TransactionSql,
+  source: ResolvedSource,
+) => Promise<ReadonlyArray<{ readonly sku: string; readonly location: string; readonly qty: number }>>;
 
 export interface Drift {
   readonly sku: string;
   readonly location: string;
   readonly ledger: number;
   readonly source: number;
-  /** source − ledger */
+  /** source − (ledger − inFlight) */
   readonly diff: number;
+  /** Present when not 0: units of the ledger still on their way to the source (see InFlight). */
+  readonly inFlight?: number;
 }
 
 export interface ReconcileReport {
@@ -71,12 +85,13 @@ function mapOnHandRow(source: ResolvedSource, crosswalk: Crosswalk, raw: Record<
 }
 
 /** Reads the source's declared on-hand table in one REPEATABLE READ snapshot, with the snapshot's WAL position. */
-export async function readSourceOnHand(sourceSql: Sql, source: ResolvedSource, crosswalk: Crosswalk): Promise<SourceOnHand> {
+export async function readSourceOnHand(sourceSql: Sql, source: ResolvedSource, crosswalk: Crosswalk, inFlight?: InFlight): Promise<SourceOnHand> {
   const declared = source.onHand;
   if (!declared) throw new ReconcileError(`source ${source.name}: its mapping declares no onHand table, so it cannot be reconciled`);
   const onHand: OnHand = new Map();
   const locations = new Set<string>();
   const unmapped: Array<{ row: string; error: string }> = [];
+  const pending: OnHand = new Map();
   const [schema, table] = declared.table.split(".") as [string, string];
   const lsn = await sourceSql.begin("isolation level repeatable read read only", async (tx) => {
     const [{ lsn }] = await tx<[{ lsn: string }]>`select pg_current_wal_lsn()::text as lsn`;
@@ -93,10 +108,11 @@ export async function readSourceOnHand(sourceSql: Sql, source: ResolvedSource, c
         unmapped.push({ row: JSON.stringify(raw), error: error.message });
       }
     }
+    for (const p of inFlight ? await inFlight(tx, source) : []) add(pending, p.sku, p.location, p.qty);
     return lsn;
   });
   for (const v of onHand.values()) locations.add(v.location);
-  return { lsn, onHand, locations, unmapped };
+  return { lsn, onHand, locations, unmapped, inFlight: pending };
 }
 
 /** The ledger's on_hand at the source's locations. */
@@ -109,16 +125,21 @@ async function readLedgerOnHand(ledger: Sql, locations: ReadonlySet<string>): Pr
   return onHand;
 }
 
-/** Every (SKU, location) whose on-hand differs by more than `tolerance` (missing on one side = 0), sorted. */
-export function compareOnHand(source: OnHand, ledger: OnHand, tolerance: number): Array<Drift> {
+/**
+ * Every (SKU, location) whose on-hand differs by more than `tolerance` (missing on one side = 0), sorted;
+ * units in flight to the source (`inFlight`) are taken off the ledger's side first.
+ */
+export function compareOnHand(source: OnHand, ledger: OnHand, tolerance: number, inFlight: OnHand = new Map()): Array<Drift> {
   const keys = new Set([...source.keys(), ...ledger.keys()]);
   const drift: Array<Drift> = [];
   for (const k of keys) {
     const s = source.get(k);
     const l = ledger.get(k);
     const { sku, location } = (s ?? l)!;
-    const diff = (s?.qty ?? 0) - (l?.qty ?? 0);
-    if (Math.abs(diff) > tolerance) drift.push({ sku, location, ledger: l?.qty ?? 0, source: s?.qty ?? 0, diff });
+    const pending = inFlight.get(k)?.qty ?? 0;
+    const diff = (s?.qty ?? 0) - ((l?.qty ?? 0) - pending);
+    if (Math.abs(diff) > tolerance)
+      drift.push({ sku, location, ledger: l?.qty ?? 0, source: s?.qty ?? 0, diff, ...(pending !== 0 ? { inFlight: pending } : {}) });
   }
   return drift.sort((a, b) => (a.sku === b.sku ? (a.location < b.location ? -1 : 1) : a.sku < b.sku ? -1 : 1));
 }
@@ -126,7 +147,7 @@ export function compareOnHand(source: OnHand, ledger: OnHand, tolerance: number)
 /** Compares a source read with the ledger as it is now (call `waitForLedger` first). */
 export async function reconcileReport(ledger: Sql, read: SourceOnHand, source: string, tolerance: number): Promise<ReconcileReport> {
   const ledgerOnHand = await readLedgerOnHand(ledger, read.locations);
-  return { source, at: read.lsn, drift: compareOnHand(read.onHand, ledgerOnHand, tolerance) };
+  return { source, at: read.lsn, drift: compareOnHand(read.onHand, ledgerOnHand, tolerance, read.inFlight) };
 }
 
 export interface WaitOptions {
@@ -136,12 +157,15 @@ export interface WaitOptions {
   readonly source: string;
   readonly lsn: string;
   readonly timeoutMs: number;
+  /** Ends the wait early (a stopping cdc role): it then fails with a ReconcileError. */
+  readonly signal?: AbortSignal;
 }
 
-async function until(what: () => string, deadline: number, check: () => Promise<boolean>): Promise<void> {
+async function until(what: () => string, deadline: number, check: () => Promise<boolean>, signal?: AbortSignal): Promise<void> {
   while (!(await check())) {
+    if (signal?.aborted) throw new ReconcileError("reconciliation stopped while waiting for the ledger");
     if (Date.now() > deadline) throw new ReconcileError(what());
-    await sleep(100);
+    await sleep(100, signal);
   }
 }
 
@@ -151,7 +175,7 @@ async function until(what: () => string, deadline: number, check: () => Promise<
  * (each partition's checkpoint reached that partition's last message).
  */
 export async function waitForLedger(opts: WaitOptions): Promise<void> {
-  const { ledger, jsm, topology, source, lsn, timeoutMs } = opts;
+  const { ledger, jsm, topology, source, lsn, timeoutMs, signal } = opts;
   const deadline = Date.now() + timeoutMs;
   const target = parseLsn(lsn);
   const seconds = timeoutMs / 1000;
@@ -166,6 +190,7 @@ export async function waitForLedger(opts: WaitOptions): Promise<void> {
       confirmed = row?.confirmed ?? null;
       return confirmed !== null && parseLsn(confirmed) >= target;
     },
+    signal,
   );
   const wanted = new Map<number, number>();
   for (let p = 0; p < topology.partitions; p++) {
@@ -180,23 +205,25 @@ export async function waitForLedger(opts: WaitOptions): Promise<void> {
       const applied = new Map(rows.map((r) => [r.partition, Number(r.seq)]));
       return [...wanted].every(([p, seq]) => (applied.get(p) ?? 0) >= seq);
     },
+    signal,
   );
 }
 
 /**
- * The `count` commands that set the ledger to the source's on-hand, one per drifted pair. Ids derive
- * from the source, SKU, location, the source's WAL position and quantity: running again on the same
- * read publishes the same ids (JetStream and the workers drop the duplicates).
+ * The `count` commands that set the ledger to the source's on-hand (plus what is still in flight to
+ * it), one per drifted pair. Ids derive from the source, SKU, location, the source's WAL position and
+ * quantity: running again on the same read publishes the same ids (JetStream and the workers drop the duplicates).
  */
 export function reconciliationCommands(report: ReconcileReport, occurredAt: string): Array<Command> {
   return report.drift.map((d) => {
-    const digest = createHash("sha256").update(`${report.source}\u0000${d.sku}\u0000${d.location}\u0000${report.at}\u0000${d.source}`).digest("hex");
+    const qty = d.source + (d.inFlight ?? 0);
+    const digest = createHash("sha256").update(`${report.source}\u0000${d.sku}\u0000${d.location}\u0000${report.at}\u0000${qty}`).digest("hex");
     const decoded = decodeCommand({
       id: `reconcile:${report.source}:${digest.slice(0, 32)}`,
       type: "count",
       sku: d.sku,
       location: d.location,
-      qty: d.source,
+      qty,
       reason: "reconciliation",
       source: { system: report.source, ref: `reconciliation:${report.at}`, lsn: report.at },
       occurredAt,

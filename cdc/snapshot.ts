@@ -29,6 +29,12 @@ export interface SnapshotOptions {
   readonly sink?: (commands: ReadonlyArray<Command>) => Promise<void>;
   /** A plain connection to the source, to say which transactions a slot's creation waits for. */
   readonly sourceSql?: Sql;
+  /**
+   * A re-snapshot: the snapshot table that is also the source's `onHand` table is not read, so its
+   * counts do not overwrite on-hand that Tally moved since (POS sales the source has not seen);
+   * reconciliation sets on-hand instead, as the system of record says.
+   */
+  readonly onHandByReconciliation?: boolean;
 }
 
 /** A transaction running on the source server, which a new slot waits for before it is consistent. */
@@ -189,6 +195,14 @@ export async function runSnapshot(opts: SnapshotOptions): Promise<SnapshotResult
   }
 }
 
+/** The tables a snapshot reads: all, but a re-snapshot leaves the on-hand table to reconciliation. */
+function snapshotTables({ source, onHandByReconciliation, log }: SnapshotOptions): SnapshotOptions["source"]["snapshot"] {
+  if (!onHandByReconciliation || source.onHand === undefined) return source.snapshot;
+  const left = source.snapshot.filter((t) => t.table === source.onHand!.table);
+  if (left.length > 0) log.info({ table: source.onHand.table }, "re-snapshot: the on-hand table is left to reconciliation");
+  return source.snapshot.filter((t) => t.table !== source.onHand!.table);
+}
+
 /** Reads every snapshot table inside `snapshotName` and publishes what the rows map to. */
 export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, consistentPoint: string): Promise<SnapshotResult> {
   const { source, ledger, js, topology, crosswalk, log } = opts;
@@ -207,7 +221,7 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
   try {
     await sql.begin("isolation level repeatable read read only", async (tx) => {
       await tx.unsafe(`set transaction snapshot '${snapshotName.replace(/'/g, "''")}'`);
-      for (const table of source.snapshot) {
+      for (const table of snapshotTables(opts)) {
         const [schema, name] = table.table.split(".");
         const columns = await tx<Array<{ column_name: string }>>`
           select column_name from information_schema.columns

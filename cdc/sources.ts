@@ -1,6 +1,18 @@
 import type { OnHandDeclaration, SnapshotTable } from "../src/contract/index.ts";
 import type { SourceConfig, TableConfig, TallyConfig } from "../src/platform/index.ts";
-import { SettingsError } from "../src/platform/index.ts";
+import { durationMs, SettingsError } from "../src/platform/index.ts";
+
+/** Who wins a (SKU, location) when reconciliation finds drift. */
+export type Owner = "erp" | "tally";
+
+/** The system of record of a source: one owner for every location, but those listed. */
+export interface SystemOfRecord {
+  readonly default: Owner;
+  readonly locations: Readonly<Record<string, Owner>>;
+}
+
+/** Who wins at `location`. */
+export const ownerAt = (sor: SystemOfRecord, location: string): Owner => sor.locations[location] ?? sor.default;
 
 /** A source from `tally.config.ts` with its connection and defaults resolved. */
 export interface ResolvedSource {
@@ -14,8 +26,13 @@ export interface ResolvedSource {
   readonly snapshot: ReadonlyArray<SnapshotTable>;
   /** Where the source keeps its stock on hand (`tally reconcile`), if declared. */
   readonly onHand: OnHandDeclaration | undefined;
-  /** Who wins when reconciliation finds drift. */
-  readonly systemOfRecord: "erp" | "tally";
+  /** Who wins when reconciliation finds drift, per location. */
+  readonly systemOfRecord: SystemOfRecord;
+  /** Between scheduled reconciliations in the cdc role; null: none scheduled. */
+  readonly reconcileEveryMs: number | null;
+  readonly reconcileTolerance: number;
+  /** Whether scheduled runs apply what they find (as `tally reconcile --apply`). */
+  readonly reconcileApply: boolean;
   readonly heartbeatMs: number;
   readonly statusMs: number;
   readonly lagAlertBytes: number;
@@ -43,7 +60,10 @@ export function resolveSource(
     tables: config.tables,
     snapshot: config.snapshot,
     onHand: config.onHand,
-    systemOfRecord: config.systemOfRecord,
+    systemOfRecord: typeof config.systemOfRecord === "string" ? { default: config.systemOfRecord, locations: {} } : config.systemOfRecord,
+    reconcileEveryMs: config.reconcileEvery === undefined ? null : durationMs(config.reconcileEvery),
+    reconcileTolerance: config.reconcileTolerance,
+    reconcileApply: config.reconcileApply,
     heartbeatMs: config.heartbeatSeconds * 1000,
     statusMs: config.statusSeconds * 1000,
     lagAlertBytes: config.lagAlertBytes,

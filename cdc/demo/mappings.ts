@@ -359,6 +359,8 @@ export const erpSource = {
   // What `tally reconcile erp` compares with the ledger (the ERP is the system of record).
   onHand: { table: "public.stock_on_hand", map: erpOnHand },
   systemOfRecord: "erp",
+  // The cdc role compares them every 5 minutes (report only): the dashboard's reconciliation block.
+  reconcileEvery: "5m",
 } satisfies SourceInput;
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import { createServer, type Server } from "node:http";
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Worker } from "../../actors/index.ts";
 import type { JournalPoster } from "../../ledger/index.ts";
-import type { SourceReader } from "../../cdc/index.ts";
+import type { Reconciler, SourceReader } from "../../cdc/index.ts";
 import type { OutboxRelay, RelayRound, WebhookDispatcher } from "../channels/index.ts";
 import type { Sql } from "../platform/index.ts";
 import type { NatsHandles, OutcomeBatch, Topology } from "../wire/index.ts";
@@ -23,6 +23,7 @@ export interface MetricsParts {
   readonly worker?: Worker | null;
   readonly relay?: OutboxRelay | null;
   readonly readers?: ReadonlyArray<SourceReader>;
+  readonly reconcilers?: ReadonlyArray<Reconciler>;
   readonly webhooks?: ReadonlyArray<WebhookDispatcher>;
   /** The GL poster (role `worker`). */
   readonly poster?: JournalPoster | null;
@@ -82,6 +83,7 @@ export class ProcessMetrics {
     if (parts.webhooks && parts.webhooks.length > 0) registerWebhooks(parts.webhooks, this.#registers);
     if (parts.readers) registerCdc(parts.readers, this.#registers);
     if (parts.poster) registerPoster(parts.poster, this.#registers);
+    if (parts.reconcilers && parts.reconcilers.length > 0) registerReconcile(parts.reconcilers, this.#registers);
   }
 
   /** Merges another process's metrics into this registry's text at every scrape. */
@@ -350,6 +352,32 @@ function registerCdc(readers: ReadonlyArray<SourceReader>, registers: Registers)
   );
   followingCounter(registers, "tally_cdc_skipped_non_inventory_total", "Non-inventory lines this process skipped, per CDC source", ["source"], () =>
     readers.map((r) => [{ source: r.name }, r.metrics.skipped] as const),
+  );
+}
+
+/** The last reconciliation of each source this process reconciles (while its reader streams it: one process per source). */
+function registerReconcile(reconcilers: ReadonlyArray<Reconciler>, registers: Registers): void {
+  const perSource = (name: string, help: string, read: (last: NonNullable<Reconciler["last"]>) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ["source"],
+      registers,
+      collect() {
+        this.reset();
+        for (const r of reconcilers) if (r.last && r.opts.active()) this.set({ source: r.name }, read(r.last));
+      },
+    });
+  perSource(
+    "tally_reconcile_drift_units",
+    "Σ|source − ledger| over the (SKU, location) pairs above reconcileTolerance in the source's last reconciliation, in base units",
+    (l) => l.units,
+  );
+  perSource("tally_reconcile_drift_pairs", "(SKU, location) pairs above reconcileTolerance in the source's last reconciliation", (l) => l.pairs);
+  perSource(
+    "tally_reconcile_last_run_timestamp_seconds",
+    "When the source's last reconciliation finished (Unix seconds)",
+    (l) => l.finishedAt.getTime() / 1000,
   );
 }
 

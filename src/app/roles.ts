@@ -3,7 +3,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
 import { assertEnvironment, instanceId, JournalPoster, recordValuationMethod } from "../../ledger/index.ts";
-import { SourceReader, configuredSources } from "../../cdc/index.ts";
+import { Reconciler, SourceReader, configuredSources } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
 import type { TallyConfig } from "../platform/index.ts";
@@ -39,6 +39,8 @@ export interface Running {
   readonly webhooks: ReadonlyArray<WebhookDispatcher>;
   /** One CDC reader per configured source whose URL is set. */
   readonly readers: ReadonlyArray<SourceReader>;
+  /** One reconciler per reader whose source declares `onHand` (role `cdc`). */
+  readonly reconcilers: ReadonlyArray<Reconciler>;
   /** The HTTP API (role `api`), listening on TALLY_HTTP_HOST:TALLY_HTTP_PORT. */
   readonly api: FastifyInstance | null;
   /** This process's Prometheus metrics: on the API's /metrics, else on TALLY_METRICS_HOST:TALLY_METRICS_PORT. */
@@ -198,6 +200,34 @@ const startReaders = (ctx: RoleContext) =>
     return readers;
   });
 
+/**
+ * A reconciler per source with an `onHand` declaration, running while this process's reader streams it.
+ * Where Tally is the system of record, its corrections go to the source through `correctSource`, and
+ * write-back still in flight is allowed for through `inFlight` (ReconcilerOptions): both are left
+ * unset until the source's write-back provides them, so such pairs are reported "to write back".
+ */
+const startReconcilers = (ctx: RoleContext, readers: ReadonlyArray<SourceReader>) =>
+  Effect.gen(function* () {
+    const { sql, nats, topology: t, log } = ctx;
+    const reconcilers: Array<Reconciler> = [];
+    for (const reader of readers.filter((r) => r.opts.source.onHand !== undefined))
+      reconcilers.push(
+        yield* serviceResource(
+          () =>
+            new Reconciler({
+              source: reader.opts.source,
+              ledger: sql,
+              js: nats.js,
+              jsm: nats.jsm,
+              topology: t,
+              log: log.child({ role: "cdc", source: reader.name, part: "reconcile" }),
+              active: () => reader.streaming,
+            }),
+        ).pipe(Scope.extend(ctx.rolesScope)),
+      );
+    return reconcilers;
+  });
+
 /** The HTTP API, listening; drained, then closed, when the scope closes. */
 const startApi = (
   { settings, config, topology: t, nats, log, metrics }: RoleContext,
@@ -296,7 +326,8 @@ export const startRoles = (
     const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
     const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];
     const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
-    metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers } : {}) });
+    const reconcilers = roles.includes("cdc") ? yield* startReconcilers(ctx, readers) : [];
+    metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers, reconcilers } : {}) });
     metrics.add({ poster });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
     return {
@@ -311,6 +342,7 @@ export const startRoles = (
       anchors,
       webhooks,
       readers,
+      reconcilers,
       api: api?.app ?? null,
       metrics,
       metricsServer,

@@ -11,6 +11,7 @@ import type { FastifyInstance } from "fastify";
 import { ID_LIST_JSON_PATTERN, fromMinorUnits, type AvailabilityJson as Availability } from "../contract/index.ts";
 import { stockValueByLocation } from "../../ledger/index.ts";
 import type { RelayRound } from "../channels/index.ts";
+import { lastRuns } from "../../cdc/index.ts";
 import type { ApiContext } from "./context.ts";
 import { openEventStream } from "./eventStream.ts";
 import type { OutcomeBatch } from "../wire/index.ts";
@@ -53,6 +54,43 @@ export interface DashboardSummary {
   readonly alerts: ReadonlyArray<DashboardAlert>;
   /** Stock value per location (Σ of its on-hand value), decimals of the company currency; null when the ledger did not answer. */
   readonly stockValue: StockValue | null;
+  /** The last reconciliation per source (null: unknown, the ledger did not answer). */
+  readonly reconciliation: ReadonlyArray<ReconciliationSummary> | null;
+}
+
+/** A source's last reconciliation: when, how many pairs and units drifted, and the largest few. */
+export interface ReconciliationSummary {
+  readonly source: string;
+  readonly finishedAt: string;
+  readonly trigger: string;
+  /** The source's WAL position it compared at (null when the run failed). */
+  readonly at: string | null;
+  readonly pairs: number;
+  readonly units: number;
+  readonly applied: number;
+  readonly toWriteBack: number;
+  readonly error: string | null;
+  readonly top: ReadonlyArray<{ sku: string; location: string; ledger: number; source: number; diff: number }>;
+}
+
+const TOP_DRIFT = 5;
+
+async function reconciliationSummary(sql: ApiContext["sql"]): Promise<Array<ReconciliationSummary>> {
+  return (await lastRuns(sql)).map((r) => ({
+    source: r.source,
+    finishedAt: r.finishedAt,
+    trigger: r.trigger,
+    at: r.at,
+    pairs: r.pairs,
+    units: r.units,
+    applied: r.applied,
+    toWriteBack: r.toWriteBack.length,
+    error: r.error,
+    top: [...r.drift]
+      .sort((a, b) => Math.abs(b.diff) - Math.abs(a.diff))
+      .slice(0, TOP_DRIFT)
+      .map(({ sku, location, ledger, source, diff }) => ({ sku, location, ledger, source, diff })),
+  }));
 }
 
 export interface StockValue {
@@ -79,6 +117,7 @@ export class DashboardHub {
   #flushTimer: NodeJS.Timeout | null = null;
   #deadLetters: { n: number | null; at: number } = { n: null, at: 0 };
   #stockValue: { v: StockValue | null; at: number } = { v: null, at: 0 };
+  #reconciliation: { runs: Array<ReconciliationSummary> | null; at: number } = { runs: null, at: 0 };
 
   constructor(readonly ctx: ApiContext) {}
 
@@ -225,6 +264,15 @@ export class DashboardHub {
     return this.#stockValue.v;
   }
 
+  /** The last reconciliation per source, read from the ledger at most every 5 s. */
+  async #reconciliationRuns(): Promise<Array<ReconciliationSummary> | null> {
+    if (Date.now() - this.#reconciliation.at > 5000) {
+      const runs = await reconciliationSummary(this.ctx.sql).catch(() => null); // the ledger down: shown as unknown
+      this.#reconciliation = { runs, at: Date.now() };
+    }
+    return this.#reconciliation.runs;
+  }
+
   /** Current availability of pinned SKUs not tracked yet, from the KV bucket. */
   async pin(skus: ReadonlyArray<string>): Promise<void> {
     const channels = Object.keys(this.ctx.config.channels);
@@ -290,6 +338,7 @@ export class DashboardHub {
       deadLetters: await this.#deadLetterCount(),
       alerts: this.#alerts.slice(0, 15),
       stockValue: await this.#stockValueNow(),
+      reconciliation: await this.#reconciliationRuns(),
     };
   }
 

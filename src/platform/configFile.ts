@@ -70,6 +70,18 @@ export const TableConfig = Schema.Struct({
 });
 export type TableConfig = typeof TableConfig.Type;
 
+/** Who wins a (SKU, location) when reconciliation finds drift. */
+const Owner = Schema.Literal("erp", "tally");
+
+/** A duration in a config file: a whole number and a unit, `s`, `m`, `h` or `d` (`15m`). */
+const DURATION_PATTERN = /^[1-9][0-9]{0,8}(s|m|h|d)$/;
+
+/** The milliseconds of a duration that matched DURATION_PATTERN. */
+export function durationMs(text: string): number {
+  const unit = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[text.slice(-1) as "s" | "m" | "h" | "d"];
+  return Number(text.slice(0, -1)) * unit;
+}
+
 /** A Postgres database Tally captures by logical replication. Its URL is `TALLY_SOURCE_<NAME>_URL`. */
 export const SourceConfig = Schema.Struct({
   /** Default `tally_<env>_<source>`. */
@@ -86,8 +98,24 @@ export const SourceConfig = Schema.Struct({
   ),
   /** Where the source keeps its stock on hand, for `tally reconcile` (none: the source cannot be reconciled). */
   onHand: Schema.optional(Schema.Struct({ table: TableName, map: Fn<OnHandDeclaration["map"]>("an on-hand row mapping") })),
-  /** Who wins when `tally reconcile --apply` finds drift: `erp` (the source; default) or `tally` (only reported). */
-  systemOfRecord: Schema.optionalWith(Schema.Literal("erp", "tally"), { default: () => "erp" as const }),
+  /**
+   * Who wins when reconciliation finds drift: `erp` (the source; default) or `tally`, for the whole
+   * source, or `{ default, locations: { S01: "tally" } }` per location.
+   */
+  systemOfRecord: Schema.optionalWith(
+    Schema.Union(Owner, Schema.Struct({ default: Owner, locations: Schema.Record({ key: Location, value: Owner }) })),
+    {
+      default: () => "erp" as const,
+    },
+  ),
+  /** How often the cdc role reconciles the source (`onHand` required): a duration like `90s`, `15m`, `6h`, `1d`. Default: never (only on demand). */
+  reconcileEvery: Schema.optional(
+    Schema.String.pipe(Schema.pattern(DURATION_PATTERN, { message: () => "expected a duration: a whole number and s, m, h or d (like 15m)" })),
+  ),
+  /** Pairs whose |difference| is at most this many base units are not drift (scheduled runs and the alert), default 0. */
+  reconcileTolerance: Schema.optionalWith(Schema.Int.pipe(Schema.nonNegative()), { default: () => 0 }),
+  /** Whether a scheduled run also applies what it finds, as `tally reconcile --apply` does (per systemOfRecord), default false (report only). */
+  reconcileApply: Schema.optionalWith(Schema.Boolean, { default: () => false }),
   /** Seconds between heartbeats written to an idle source (pg_logical_emit_message), default 10. */
   heartbeatSeconds: Schema.optionalWith(Schema.Number.pipe(Schema.positive()), { default: () => 10 }),
   /** Seconds between standby status updates; each asks the server for a keepalive so an idle slot advances. Default 10. */

@@ -10,6 +10,6 @@ export { maskSecrets } from "./redact.ts";
 export { JsonTextError, MAX_JSON_DEPTH, jsonDepthExceeds, parseJsonText } from "./jsonText.ts";
 export { pauser } from "./cooperative.ts";
 export { DriverPatchError, assertDriverPatches } from "./driverPatches.ts";
-export { ConfigFileError, decodeTallyConfig, defineConfig, knownStores, loadTallyConfig } from "./configFile.ts";
+export { ConfigFileError, decodeTallyConfig, defineConfig, durationMs, knownStores, loadTallyConfig } from "./configFile.ts";
 export type { ChannelConfig, FinanceAccounts, FinanceConfig, SourceConfig, TableConfig, TallyConfig, TallyConfigInput } from "./configFile.ts";
 export { LongRunningService, Lifetime, Wakeup, retry, sleep } from "./service.ts";

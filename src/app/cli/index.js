@@ -268,7 +268,7 @@ function addSourceCommands(program) {
   source
     .command("resnapshot")
     .description(
-      "snapshot again while streaming on (the running cdc role does it); for a source halted because its slot was lost: a new slot and a full snapshot",
+      "snapshot again while streaming on (the running cdc role does it); for a source halted because its slot was lost: a new slot and a full snapshot. With an onHand declaration, on-hand is then reconciled (per systemOfRecord) and its drift report printed",
     )
     .argument("<name>", "the source")
     .option("--no-wait", "return once requested")
@@ -298,7 +298,10 @@ function addReconcileCommand(program) {
         .default("table"),
     )
     .addOption(new Option("--tolerance <n>", "ignore pairs whose |difference| is at most n base units").argParser(nonNegativeInt).default(0))
-    .option("--apply", "where the source is the system of record: record a count (reason reconciliation) per drifted pair, then check again")
+    .option(
+      "--apply",
+      "act per (SKU, location) as systemOfRecord says: where the source wins record a count (reason reconciliation), where Tally wins list it to write back; then check again",
+    )
     .addOption(new Option("--timeout <seconds>", "longest wait for CDC and the workers").argParser(positive("seconds")).default(60))
     .action((name, opts) => run(async () => (await import("./reconcile.ts")).reconcile(name, opts)));
 }

@@ -116,20 +116,57 @@ export async function drop(name: string): Promise<number> {
   return EXIT.ok;
 }
 
-/** Polls until the running cdc role has taken the requested snapshot (0), or the timeout passes (1). */
-async function awaitResnapshot(sql: Sql, name: string, timeoutMs: number): Promise<number> {
+/**
+ * Polls until the running cdc role has taken the requested snapshot and, when its config declares the
+ * source's onHand, reconciled on-hand after it (0), or the timeout passes (1).
+ */
+async function awaitResnapshot(sql: Sql, name: string, afterRunId: string, timeoutMs: number): Promise<number> {
   const deadline = Date.now() + timeoutMs;
+  let done = false;
   while (Date.now() < deadline) {
-    const [state] = await sql<[{ pending: boolean; rows: number; lsn: string | null }]>`
-      select resnapshot_requested_at is not null as pending, snapshot_rows as rows, snapshot_lsn as lsn from cdc_sources where source = ${name}`;
-    if (state && !state.pending) {
+    // The cdc role records its run before it clears the request: read the request first, then look for the run.
+    const [state] = await sql<[{ pending: boolean; rows: number; lsn: string | null; reconciling: boolean }]>`
+      select resnapshot_requested_at is not null as pending, snapshot_rows as rows, snapshot_lsn as lsn,
+             reconcile_requested_at is not null as reconciling
+        from cdc_sources where source = ${name}`;
+    if (state && !state.pending && !done) {
+      done = true;
       process.stdout.write(`source ${name}: re-snapshot done at ${state.lsn} (${state.rows} rows)\n`);
-      return EXIT.ok;
+    }
+    if (done) {
+      const cdc = await import("../../../cdc/index.ts");
+      const run = await cdc.runSince(sql, name, "resnapshot", afterRunId);
+      if (run) return printResnapshotRun(run);
+      // No reconciliation requested and none recorded: the running cdc role's config declares no onHand for it.
+      if (!state?.reconciling) return EXIT.ok;
     }
     await sleep(500);
   }
   process.stderr.write(`source ${name}: re-snapshot not done after ${timeoutMs / 1000}s (is the cdc role running?)\n`);
   return EXIT.failure;
+}
+
+type Run = NonNullable<Awaited<ReturnType<SourceAdmin["runSince"]>>>;
+
+/** The re-snapshot's reconciliation: its drift report (before anything was applied), then what it changed. */
+async function printResnapshotRun(run: Run): Promise<number> {
+  const { driftTable } = await import("./reconcile.ts");
+  if (run.error !== null || run.at === null) {
+    process.stderr.write(
+      `source ${run.source}: on-hand not reconciled after the re-snapshot: ${run.error} (run tally reconcile ${run.source} --apply)\n`,
+    );
+    return EXIT.failure;
+  }
+  process.stdout.write(driftTable({ source: run.source, at: run.at, drift: run.drift }, run.tolerance));
+  const wb = run.toWriteBack.length + run.corrected.length;
+  process.stdout.write(
+    `on-hand by the system of record: ${run.applied} counts recorded (reason reconciliation) where the source wins` +
+      (wb > 0
+        ? `; ${wb} pairs where Tally wins left unchanged in the ledger (${run.corrected.length} written back, ${run.toWriteBack.length} to write back)`
+        : "") +
+      "\n",
+  );
+  return EXIT.ok;
 }
 
 /**
@@ -141,20 +178,26 @@ export async function resnapshot(name: string, opts: { readonly wait: boolean; r
   const settings: Settings = loadSettings();
   const config = await loadTallyConfig(settings.configFile);
   if (!config.sources[name]) throw new CommandError(`source ${JSON.stringify(name)} is not declared in ${settings.configFile}`);
+  // With an onHand declaration the cdc role leaves on-hand to reconciliation (per systemOfRecord) after the snapshot.
+  const reconciled = config.sources[name].onHand !== undefined;
   return withPostgres(requireDatabaseUrl(settings), "tally-source", 1, async (sql) => {
     await assertEnvironment(sql, settings.env);
-    const [row] = await sql<[{ requested: Date; haltedReason: string | null; detail: { message?: string } | null } | undefined]>`
+    const [row] = await sql<[{ lastRun: string; haltedReason: string | null; detail: { message?: string } | null } | undefined]>`
       update cdc_sources set resnapshot_requested_at = now() where source = ${name}
-      returning resnapshot_requested_at as requested, halted_reason as "haltedReason", halted_detail as detail`;
+      returning (select coalesce(max(run_id), 0)::text from reconcile_runs where source = ${name}) as "lastRun",
+                halted_reason as "haltedReason", halted_detail as detail`;
     if (!row) throw new CommandError(`source ${name} has never been started by the cdc role: its first start takes the snapshot`);
     if (row.haltedReason)
       // The operator's choice for a source whose slot was lost: say what it does and does not do.
       process.stdout.write(
         `source ${name} is halted (${row.haltedReason}): ${row.detail?.message ?? ""}\n` +
-          `re-snapshot: the cdc role creates a new slot and reads the source's tables; their counts set on-hand as the source has it now, ` +
-          `and what moved in the gap is not replayed movement by movement\n`,
+          (reconciled
+            ? `re-snapshot: the cdc role creates a new slot and reads the source's tables; then reconciliation sets on-hand as the source has it now ` +
+              `where the source is the system of record, and what moved in the gap is not replayed movement by movement\n`
+            : `re-snapshot: the cdc role creates a new slot and reads the source's tables; their counts set on-hand as the source has it now, ` +
+              `and what moved in the gap is not replayed movement by movement\n`),
       );
     process.stdout.write(`source ${name}: re-snapshot requested\n`);
-    return opts.wait ? awaitResnapshot(sql, name, opts.timeout * 1000) : EXIT.ok;
+    return opts.wait ? awaitResnapshot(sql, name, row.lastRun, opts.timeout * 1000) : EXIT.ok;
   });
 }
