@@ -3,7 +3,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
 import { assertEnvironment, instanceId } from "../../ledger/index.ts";
-import { SourceReader, configuredSources } from "../../cdc/index.ts";
+import { CatalogPublisher, SourceReader, configuredSources } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
 import type { TallyConfig } from "../platform/index.ts";
@@ -37,6 +37,8 @@ export interface Running {
   readonly webhooks: ReadonlyArray<WebhookDispatcher>;
   /** One CDC reader per configured source whose URL is set. */
   readonly readers: ReadonlyArray<SourceReader>;
+  /** Publishes catalog versions to the catalog KV bucket and subjects, and runs the durable price scheduler (role `cdc`). */
+  readonly catalog: CatalogPublisher | null;
   /** The HTTP API (role `api`), listening on TALLY_HTTP_HOST:TALLY_HTTP_PORT. */
   readonly api: FastifyInstance | null;
   /** This process's Prometheus metrics: on the API's /metrics, else on TALLY_METRICS_HOST:TALLY_METRICS_PORT. */
@@ -180,6 +182,11 @@ const startReaders = (ctx: RoleContext) =>
     return readers;
   });
 
+const startCatalog = ({ sql, nats, topology: t, log, rolesScope }: RoleContext) =>
+  serviceResource(
+    () => new CatalogPublisher({ sql, js: nats.js, jsm: nats.jsm, topology: t, log: log.child({ role: "cdc", part: "catalog" }) }),
+  ).pipe(Scope.extend(rolesScope));
+
 /** The HTTP API, listening; drained, then closed, when the scope closes. */
 const startApi = (
   { settings, config, topology: t, nats, log, metrics }: RoleContext,
@@ -277,6 +284,7 @@ export const startRoles = (
     const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
     const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];
     const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
+    const catalog = roles.includes("cdc") ? yield* startCatalog(ctx) : null;
     metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers } : {}) });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
     return {
@@ -290,6 +298,7 @@ export const startRoles = (
       anchors,
       webhooks,
       readers,
+      catalog,
       api: api?.app ?? null,
       metrics,
       metricsServer,

@@ -33,6 +33,8 @@ export const OPERATIONS = {
   skipStuckMessage: ["post", "/v1/partitions/{partition}/skip"],
   listSources: ["get", "/v1/sources"],
   streamDashboard: ["get", "/v1/dashboard/stream"],
+  getCatalogItem: ["get", "/v1/catalog/{sku}"],
+  listCatalogChanges: ["get", "/v1/catalog"],
 } as const satisfies { [Op in keyof operations]: OperationAt<Op> };
 
 /** The [method, path] pairs at which the document serves the operation Op. */

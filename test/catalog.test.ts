@@ -1,0 +1,203 @@
+import type { FastifyInstance } from "fastify";
+import { Kvm, type KV } from "@nats-io/kv";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildApp } from "../src/http/server.ts";
+import { connectPostgres, type Sql } from "../src/platform/db.ts";
+import { createLogger } from "../src/platform/log.ts";
+import { TOKENS, auth } from "./apiSupport.ts";
+import { testContext, type TestContext } from "./support/context.ts";
+import { demoSources, type DemoSources } from "./support/cdc.ts";
+import { eventually, harness, readStream, startInProcess, type Harness } from "./support/tally.ts";
+
+let ctx: TestContext;
+let h: Harness;
+let demo: DemoSources;
+let tally: Awaited<ReturnType<typeof startInProcess>> | null = null;
+let app: FastifyInstance;
+let apiSql: Sql;
+
+interface CatalogItem {
+  channel: string;
+  sku: string;
+  name: string;
+  status: string;
+  unit: string;
+  price: { amount: number; currency: string; priceList: string } | null;
+  validUntil: string | null;
+  catalogVersion: number;
+}
+
+const startCdc = async () => {
+  tally = await startInProcess(ctx, ["cdc"], {}, demo.config);
+  await eventually("the ERP streaming", async () => tally!.readers.find((r) => r.name === "erp")?.streaming === true);
+};
+
+beforeAll(async () => {
+  ctx = await testContext();
+  h = await harness(ctx);
+  demo = await demoSources(ctx);
+  await startCdc();
+  apiSql = connectPostgres(ctx.databaseUrl, { max: 4, application: "test-catalog-api" });
+  app = await buildApp({
+    settings: h.settings,
+    config: demo.config,
+    topology: h.topology,
+    sql: apiSql,
+    nats: h.nats,
+    log: createLogger("test-api", process.env.TALLY_LOG_LEVEL ?? "warn"),
+    tokens: TOKENS,
+    options: { background: false },
+  });
+});
+afterAll(async () => {
+  await app?.close();
+  await tally?.close();
+  await apiSql?.end({ timeout: 5 });
+  await demo?.close();
+  await h?.close();
+});
+
+const get = async (sku: string, channel: string): Promise<{ status: number; body: CatalogItem & Record<string, unknown> }> => {
+  const res = await app.inject({ method: "GET", url: `/v1/catalog/${sku}?channel=${channel}`, headers: auth("reader") });
+  return { status: res.statusCode, body: res.json() };
+};
+const item = async (sku: string, channel: string): Promise<CatalogItem> => {
+  const res = await get(sku, channel);
+  expect(res.status, JSON.stringify(res.body)).toBe(200);
+  return res.body;
+};
+const head = async () => Number((await h.sql<[{ v: string }]>`select version::text as v from catalog_head`)[0].v);
+let kv: KV | null = null;
+const kvValue = async (channel: string, sku: string): Promise<CatalogItem | null> => {
+  kv ??= await new Kvm(h.nats.js).open(h.topology.catalogBucket);
+  const e = await kv.get(h.topology.catalogKey(channel, sku)).catch(() => null);
+  return e && e.operation === "PUT" && e.length > 0 ? e.json<CatalogItem>() : null;
+};
+
+describe("the catalog from the ERP, by CDC, out to every channel", () => {
+  it("opens with the item master and the seeded prices (the snapshot), in integer minor units", async () => {
+    await eventually("the snapshot's catalog", async () => (await get("SKU-BANANAS", "web")).status === 200);
+    const water = await item("SKU-0001", "web");
+    expect(water).toMatchObject({
+      sku: "SKU-0001",
+      name: "Sparkling water 0.5 l",
+      status: "active",
+      unit: "EA",
+      price: { amount: 99, currency: "EUR", priceList: "WEB" },
+      validUntil: null,
+    });
+    expect(water.catalogVersion).toBeGreaterThanOrEqual(1);
+    // Loose bananas are counted in grams but priced per kg.
+    expect(await item("SKU-BANANAS", "store_s01")).toMatchObject({ unit: "kg", price: { amount: 199, currency: "EUR", priceList: "S01" } });
+    // A channel without a price list has no catalog; an unknown SKU is a 404 naming the field.
+    const missing = await get("SKU-NOPE", "web");
+    expect(missing.status).toBe(404);
+    expect(missing.body).toMatchObject({ code: "not_in_catalog", detail: expect.stringContaining("params.sku") });
+  });
+
+  it("a price change in the ERP reaches the API, the KV bucket and the subject with a new catalog version", async () => {
+    const before = await item("SKU-0001", "web");
+    await demo.erp`update item_prices set amount = 1.49 where item_no = '100001' and price_list = 'WEB'`;
+    await eventually("the new price in the API", async () => (await item("SKU-0001", "web")).price?.amount === 149);
+    const after = await item("SKU-0001", "web");
+    expect(after.catalogVersion).toBeGreaterThan(before.catalogVersion);
+    // The store keeps its own list's price, unchanged.
+    expect((await item("SKU-0001", "store_s01")).price?.amount).toBe(99);
+    await eventually("the KV value", async () => (await kvValue("web", "SKU-0001"))?.catalogVersion === after.catalogVersion);
+    expect((await kvValue("web", "SKU-0001"))?.price).toEqual({ amount: 149, currency: "EUR", priceList: "WEB" });
+    const messages = await readStream(h, h.topology.catalogStream, h.topology.catalogSubject("web", "SKU-0001"));
+    expect(messages.map((m) => (m.data as CatalogItem).catalogVersion)).toContain(after.catalogVersion);
+  });
+
+  it("one ERP transaction changing several prices is one catalog version, and every channel ends on it", async () => {
+    const start = await head();
+    await demo.erp.begin(async (tx) => {
+      await tx`update item_prices set amount = amount + 0.10 where item_no in ('100002', '100003')`;
+    });
+    const skus = ["SKU-0002", "SKU-0003"];
+    const channels = ["web", "store_s01", "store_s02"];
+    await eventually("every channel's new prices", async () => {
+      for (const sku of skus) for (const channel of channels) if ((await item(sku, channel)).catalogVersion <= start) return false;
+      return true;
+    });
+    const versions = new Set<number>();
+    for (const sku of skus) for (const channel of channels) versions.add((await item(sku, channel)).catalogVersion);
+    expect([...versions]).toEqual([start + 1]);
+    expect(await head()).toBe(start + 1);
+    expect((await item("SKU-0002", "store_s02")).price?.amount).toBe(159);
+    await eventually("the KV of every channel on the same version", async () => {
+      for (const channel of channels) if ((await kvValue(channel, "SKU-0003"))?.catalogVersion !== start + 1) return false;
+      return true;
+    });
+  });
+
+  it("a discontinued item shows as discontinued in every channel", async () => {
+    await demo.erp`update items set status = 'discontinued' where item_no = '100004'`;
+    await eventually("the status", async () => (await item("SKU-0004", "web")).status === "discontinued");
+    expect((await item("SKU-0004", "store_s01")).status).toBe("discontinued");
+    await eventually("the KV status", async () => (await kvValue("store_s01", "SKU-0004"))?.status === "discontinued");
+  });
+
+  it("a price scheduled for later appears at its time and not before, across a restart, in every channel at one version", async () => {
+    const [{ from }] = await demo.erp<[{ from: Date }]>`select now() + interval '6 seconds' as from`;
+    await demo.erp`
+      insert into item_prices (item_no, price_list, amount, valid_from, valid_to)
+      values ('100005', 'WEB', 0.50, ${from}, ${from}::timestamptz + interval '1 hour'),
+             ('100005', 'S01', 0.50, ${from}, ${from}::timestamptz + interval '1 hour')`;
+    await eventually(
+      "the promotion scheduled",
+      // Its start and its end, in each of the two lists.
+      async () => (await h.sql`select 1 from catalog_due where sku = 'SKU-0005' and done_version is null`).length === 4,
+    );
+    const regular = await item("SKU-0005", "web");
+    expect(regular.price?.amount).toBe(299);
+    // The regular price is valid until the promotion takes over.
+    expect(Date.parse(regular.validUntil!)).toBe(from.getTime());
+    // The scheduler's role stops before the promotion is due, and starts again after.
+    await tally!.close();
+    tally = null;
+    await new Promise((r) => setTimeout(r, Math.max(0, from.getTime() - Date.now()) + 500));
+    expect((await item("SKU-0005", "web")).price?.amount).toBe(299);
+    await startCdc();
+    await eventually("the promotion", async () => (await item("SKU-0005", "web")).price?.amount === 50);
+    const web = await item("SKU-0005", "web");
+    const store = await item("SKU-0005", "store_s01");
+    expect(store.price?.amount).toBe(50);
+    expect(store.catalogVersion).toBe(web.catalogVersion);
+    expect(Date.parse(web.validUntil!)).toBe(from.getTime() + 3600_000);
+    const [v] = await h.sql<[{ source: string; created_at: Date }]>`
+      select source, created_at from catalog_versions where version = ${web.catalogVersion}`;
+    expect(v.source).toBe("schedule");
+    expect(v.created_at.getTime()).toBeGreaterThanOrEqual(from.getTime());
+    await eventually("the KV promotion", async () => (await kvValue("web", "SKU-0005"))?.price?.amount === 50);
+    // A store without the promotion keeps the regular price.
+    expect((await item("SKU-0005", "store_s02")).price?.amount).toBe(299);
+  });
+
+  it("serves a channel's changes after a version as a paged delta feed", async () => {
+    const since = (await item("SKU-0001", "web")).catalogVersion - 1;
+    const seen: Array<CatalogItem> = [];
+    let cursor: string | null = null;
+    let version = 0;
+    do {
+      const q: string = `/v1/catalog?channel=web&sinceVersion=${since}&limit=2${cursor ? `&cursor=${cursor}` : ""}`;
+      const res = await app.inject({ method: "GET", url: q, headers: auth("webReader") });
+      expect(res.statusCode).toBe(200);
+      const page = res.json<{ items: Array<CatalogItem>; nextCursor: string | null; catalogVersion: number }>();
+      expect(page.items.length).toBeLessThanOrEqual(2);
+      seen.push(...page.items);
+      cursor = page.nextCursor;
+      version = page.catalogVersion;
+    } while (cursor);
+    expect(seen.map((s) => s.sku)).toEqual(expect.arrayContaining(["SKU-0001", "SKU-0002", "SKU-0003", "SKU-0004", "SKU-0005"]));
+    expect(seen.every((s) => s.catalogVersion > since && s.channel === "web")).toBe(true);
+    const versions = seen.map((s) => s.catalogVersion);
+    expect(versions).toEqual([...versions].sort((a, b) => a - b));
+    expect(version).toBe(await head());
+    const bad = await app.inject({ method: "GET", url: "/v1/catalog?channel=web&cursor=bm9wZQ", headers: auth("webReader") });
+    expect(bad.statusCode).toBe(400);
+    expect(bad.json()).toMatchObject({ errors: [{ path: "querystring.cursor" }] });
+    const other = await app.inject({ method: "GET", url: "/v1/catalog?channel=store_s01", headers: auth("webReader") });
+    expect(other.statusCode).toBe(403);
+  });
+});
