@@ -1,6 +1,10 @@
 import type { FastifyInstance } from "fastify";
 import { Kvm, type KV } from "@nats-io/kv";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Crosswalk } from "../cdc/index.ts";
+import { recordCatalogVersion, resolveCatalogFacts } from "../cdc/catalog.ts";
+import { erpCatalogItem, erpItemPrices } from "../cdc/demo/mappings.ts";
+import { RowView, UnknownItem, type Change, type MappingResult } from "../src/contract/mapping.ts";
 import { buildApp } from "../src/http/server.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { createLogger } from "../src/platform/log.ts";
@@ -199,5 +203,63 @@ describe("the catalog from the ERP, by CDC, out to every channel", () => {
     expect(bad.json()).toMatchObject({ errors: [{ path: "querystring.cursor" }] });
     const other = await app.inject({ method: "GET", url: "/v1/catalog?channel=store_s01", headers: auth("webReader") });
     expect(other.statusCode).toBe(403);
+  });
+});
+
+describe("catalog facts and versions", () => {
+  const change = (table: string, op: Change["op"], rows: { new?: Record<string, string | null>; old?: Record<string, string | null> }): Change => ({
+    source: "erp",
+    op,
+    table: `public.${table}`,
+    new: rows.new ? new RowView(`public.${table}`, "new", rows.new) : null,
+    old: rows.old ? new RowView(`public.${table}`, "old", rows.old) : null,
+    commitLsn: "0/1",
+    index: 0,
+    commitTime: "2026-11-30T10:00:00.000Z",
+  });
+  const price = { item_no: "100001", price_list: "WEB", amount: "1.25", valid_from: "2026-12-01 00:00:00+01", valid_to: null };
+
+  it("maps a price whose start moved to the old one's removal and the new price; refuses a bad status naming the field", () => {
+    const moved = erpItemPrices(
+      change("item_prices", "update", { old: price, new: { ...price, valid_from: "2026-12-02 00:00:00+01" } }),
+    ) as MappingResult;
+    expect(moved.catalog).toEqual([
+      { kind: "price_removed", item: { system: "erp_item", id: "100001" }, priceList: "WEB", validFrom: "2026-12-01T00:00:00+01:00" },
+      {
+        kind: "price",
+        item: { system: "erp_item", id: "100001" },
+        priceList: "WEB",
+        validFrom: "2026-12-02T00:00:00+01:00",
+        validTo: null,
+        amount: "1.25",
+      },
+    ]);
+    const row = { item_no: "1", sku: "SKU-X", description: "X", kind: "stock", base_uom: "EA", status: "retired" };
+    expect(() => erpCatalogItem(new RowView("public.items", "new", row))).toThrow(/new\.status: expected active, discontinued, blocked/);
+  });
+
+  it("resolves a price's item through the crosswalk (an unknown one is an UnknownItem) and checks its window", async () => {
+    const cw = await Crosswalk.load(h.sql);
+    const fact = {
+      kind: "price",
+      item: { system: "erp_item", id: "100001" },
+      priceList: "WEB",
+      validFrom: "2026-12-01T00:00:00Z",
+      validTo: null,
+      amount: "1",
+    } as const;
+    expect(resolveCatalogFacts(cw, [fact])).toMatchObject([{ kind: "price", sku: "SKU-0001" }]);
+    expect(() => resolveCatalogFacts(cw, [{ ...fact, item: { system: "erp_item", id: "nope" } }])).toThrow(UnknownItem);
+    expect(() => resolveCatalogFacts(cw, [{ ...fact, validTo: "2026-11-01T00:00:00Z" }])).toThrow(/catalog\.validTo/);
+    expect(() => resolveCatalogFacts(cw, [{ ...fact, amount: "1e3" }])).toThrow(/catalog\.amount/);
+  });
+
+  it("records a source transaction sent again (after a restart) as no new version", async () => {
+    const facts = [{ kind: "item", sku: "SKU-0006", name: "Still water", status: "active" } as const];
+    const first = await recordCatalogVersion(h.sql, { source: "erp", ref: "0/FFFFFF0", sourceAt: null, facts });
+    expect(first).toBe(await head());
+    expect(await recordCatalogVersion(h.sql, { source: "erp", ref: "0/FFFFFF0", sourceAt: null, facts })).toBeNull();
+    expect(await head()).toBe(first);
+    expect((await item("SKU-0006", "web")).name).toBe("Still water");
   });
 });
