@@ -1,10 +1,14 @@
 import type { FastifyInstance } from "fastify";
 import { Kvm, type KV } from "@nats-io/kv";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Crosswalk } from "../cdc/index.ts";
+import { Crosswalk, findSource } from "../cdc/index.ts";
+import { listDeadLetters, replayDeadLetter } from "../src/operations/index.ts";
+import { deadLetter, publishDeadLetter } from "../src/wire/index.ts";
 import { recordCatalogVersion, resolveCatalogFacts } from "../cdc/catalog.ts";
 import { erpCatalogItem, erpItemPrices } from "../cdc/demo/mappings.ts";
 import { RowView, UnknownItem, type Change, type MappingResult } from "../src/contract/mapping.ts";
+import { Schema } from "effect";
+import { CatalogValue } from "../src/contract/natsPayloads.ts";
 import { buildApp } from "../src/http/server.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { createLogger } from "../src/platform/log.ts";
@@ -111,6 +115,10 @@ describe("the catalog from the ERP, by CDC, out to every channel", () => {
     expect((await kvValue("web", "SKU-0001"))?.price).toEqual({ amount: 149, currency: "EUR", priceList: "WEB" });
     const messages = await readStream(h, h.topology.catalogStream, h.topology.catalogSubject("web", "SKU-0001"));
     expect(messages.map((m) => (m.data as CatalogItem).catalogVersion)).toContain(after.catalogVersion);
+    // What travels on NATS is what schemas/nats/catalog.json (CatalogValue) says, no field more.
+    const decode = Schema.decodeUnknownSync(CatalogValue, { onExcessProperty: "error" });
+    for (const m of messages) expect(() => decode(m.data)).not.toThrow();
+    expect(() => decode(JSON.parse(JSON.stringify(after)))).not.toThrow();
   });
 
   it("one ERP transaction changing several prices is one catalog version, and every channel ends on it", async () => {
@@ -261,5 +269,31 @@ describe("catalog facts and versions", () => {
     expect(await recordCatalogVersion(h.sql, { source: "erp", ref: "0/FFFFFF0", sourceAt: null, facts })).toBeNull();
     expect(await head()).toBe(first);
     expect((await item("SKU-0006", "web")).name).toBe("Still water");
+  });
+});
+
+describe("a dead-lettered catalog change", () => {
+  it("is a catalog version of its own when `tally dlq replay` maps it again", async () => {
+    const row = { item_no: "100010", price_list: "WEB", amount: "7.77", valid_from: "2026-06-01 00:00:00+00", valid_to: null };
+    const change = {
+      table: "public.item_prices",
+      op: "insert",
+      new: row,
+      old: null,
+      commitLsn: "0/3",
+      index: 0,
+      commitTime: new Date().toISOString(),
+    };
+    await publishDeadLetter(
+      { js: h.nats.js, topology: h.topology },
+      deadLetter("erp", "item.erp_item: unknown item", change, { source: "erp", lsn: "0/3", index: 0, table: "public.item_prices" }),
+    );
+    const [letter] = (await listDeadLetters(h.nats, h.topology, "erp")).filter((l) => l.context.lsn === "0/3");
+    const before = await head();
+    const deps = { sql: h.sql, nats: h.nats, topology: h.topology, sources: new Map([["erp", findSource(demo.config, "erp", ctx.env)]]) };
+    expect(await replayDeadLetter(deps, letter!)).toMatchObject({ ok: true });
+    expect(await head()).toBe(before + 1);
+    const replayed = await item("SKU-0010", "web");
+    expect(replayed).toMatchObject({ price: { amount: 777, currency: "EUR" }, catalogVersion: before + 1 });
   });
 });
