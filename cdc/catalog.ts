@@ -142,6 +142,12 @@ async function applyFacts(tx: TransactionSql, source: string, facts: ReadonlyArr
         from jsonb_to_recordset(${tx.json(rows as never)}::jsonb) as t(sku text, name text, description text, status text, price_unit text, attributes jsonb)
        where i.sku = t.sku`;
   }
+  // A renamed SKU takes its prices along before the old SKU leaves the catalog.
+  for (const f of named)
+    if (f.renamedFrom !== undefined && f.renamedFrom !== f.sku) {
+      await tx`update catalog_prices set sku = ${f.sku} where sku = ${f.renamedFrom}`;
+      touched.add(f.renamedFrom);
+    }
   const removed = items.filter((f) => f.kind === "item_removed").map((f) => f.sku);
   if (removed.length > 0) await tx`delete from catalog_prices where sku = any(${tx.array(removed)}::text[])`;
   for (const f of items) touched.add(f.sku);

@@ -85,7 +85,9 @@ export class CatalogPublisher extends LongRunningService {
     const sent = await this.#publishOutbox();
     if (sent > 0 || version !== null) return 0;
     const due = await nextDue(sql);
-    return due === null ? pollMs : Math.max(0, Math.min(pollMs, due.getTime() - Date.now()));
+    // At least a moment: a change already due that another process is publishing (or a clock a little
+    // ahead of the database's) must not spin this loop.
+    return due === null ? pollMs : Math.max(20, Math.min(pollMs, due.getTime() - Date.now()));
   }
 
   /** The catalog stream and KV bucket (created here, by the one role that writes them). */

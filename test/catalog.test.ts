@@ -150,6 +150,20 @@ describe("the catalog from the ERP, by CDC, out to every channel", () => {
     await eventually("the KV status", async () => (await kvValue("store_s01", "SKU-0004"))?.status === "discontinued");
   });
 
+  it("a renamed SKU keeps its prices; the old SKU leaves the catalog (a tombstone in the feed, its KV key deleted)", async () => {
+    const before = await item("SKU-0007", "web");
+    await eventually("the old KV value", async () => (await kvValue("web", "SKU-0007")) !== null);
+    await demo.erp`update items set sku = 'SKU-0007B' where item_no = '100007'`;
+    await eventually("the new SKU", async () => (await get("SKU-0007B", "web")).status === 200);
+    expect(await item("SKU-0007B", "web")).toMatchObject({ name: before.name, price: before.price });
+    expect((await get("SKU-0007", "web")).status).toBe(404);
+    const feed = await app.inject({ method: "GET", url: `/v1/catalog?channel=web&sinceVersion=${before.catalogVersion}`, headers: auth("reader") });
+    expect(feed.json<{ items: Array<CatalogItem & { removed?: boolean }> }>().items).toContainEqual(
+      expect.objectContaining({ sku: "SKU-0007", removed: true }),
+    );
+    await eventually("the old KV key deleted", async () => (await kvValue("web", "SKU-0007")) === null);
+  });
+
   it("a price scheduled for later appears at its time and not before, across a restart, in every channel at one version", async () => {
     const [{ from }] = await demo.erp<[{ from: Date }]>`select now() + interval '6 seconds' as from`;
     await demo.erp`

@@ -374,8 +374,10 @@ export function erpCatalogItem(row: RowView): CatalogFact {
 export const erpCatalogItems: TableMapping = (c): MappingResult => {
   const result = erpItems(c) as MappingResult;
   const removed = (result.removeItems ?? []).map((sku): CatalogFact => ({ kind: "item_removed", sku }));
-  const named = c.op === "delete" ? [] : [erpCatalogItem(completeNewRow(c))];
-  return { ...result, catalog: [...removed, ...named] };
+  const item = c.op === "delete" ? null : erpCatalogItem(completeNewRow(c));
+  const renamedFrom = result.removeItems?.[0];
+  const named = item === null ? [] : [renamedFrom !== undefined && item.kind === "item" ? { ...item, renamedFrom } : item];
+  return { ...result, catalog: [...named, ...removed] };
 };
 
 const priceList = (row: RowView): CatalogFact & { kind: "price_list" } => ({

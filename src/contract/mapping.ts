@@ -178,6 +178,8 @@ export type CatalogFact =
       /** The unit a price is for, when it is not the base unit (`kg` for loose bananas counted in g). */
       readonly unit?: string;
       readonly attributes?: Readonly<Record<string, unknown>>;
+      /** The SKU the item had before (a renamed SKU keeps its prices). */
+      readonly renamedFrom?: string;
     }
   | { readonly kind: "item_removed"; readonly sku: string }
   | { readonly kind: "price_list"; readonly priceList: string; readonly channel: string; readonly currency: string }
