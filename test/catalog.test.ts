@@ -3,7 +3,7 @@ import { Kvm, type KV } from "@nats-io/kv";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Crosswalk, findSource } from "../cdc/index.ts";
 import { listDeadLetters, replayDeadLetter } from "../src/operations/index.ts";
-import { deadLetter, publishDeadLetter } from "../src/wire/index.ts";
+import { deadLetter, publishDeadLetter, topology } from "../src/wire/index.ts";
 import { recordCatalogVersion, resolveCatalogFacts } from "../cdc/catalog.ts";
 import { erpCatalogItem, erpItemPrices } from "../cdc/demo/mappings.ts";
 import { RowView, UnknownItem, type Change, type MappingResult } from "../src/contract/mapping.ts";
@@ -229,6 +229,16 @@ describe("the catalog from the ERP, by CDC, out to every channel", () => {
 });
 
 describe("catalog facts and versions", () => {
+  it("names the catalog's bucket, keys and subjects as integrators read them (pinned)", () => {
+    const t = topology("prod", 8);
+    expect(t.catalogBucket).toBe("tally_prod_catalog");
+    expect(t.catalogStream).toBe("TALLY_PROD_CATALOG");
+    expect(t.catalogKey("web", "A.B")).toBe("web.A=2EB");
+    expect(t.catalogSubject("store_s01", "SKU-1")).toBe("tally.prod.catalog.store_s01.SKU-1");
+    expect(t.catalogSubjects()).toBe("tally.prod.catalog.>");
+    expect(t.catalogSubjects("web")).toBe("tally.prod.catalog.web.*");
+  });
+
   const change = (table: string, op: Change["op"], rows: { new?: Record<string, string | null>; old?: Record<string, string | null> }): Change => ({
     source: "erp",
     op,
