@@ -4,6 +4,8 @@ export type { Resolution, ResolveContext } from "./crosswalk.ts";
 export { changeFrom, mapChange, mapWith } from "./mapper.ts";
 export type { ChangePayload, MapOutcome } from "./mapper.ts";
 export { SourceReader, HEARTBEAT_PREFIX } from "./reader.ts";
+export { CatalogPublisher } from "./catalogPublisher.ts";
+export { recordCatalogVersion } from "./catalog.ts";
 export type { ReaderMetrics, ReaderOptions } from "./reader.ts";
 export { runSnapshot } from "./snapshot.ts";
 export { judgeSlot } from "./slotIdentity.ts";

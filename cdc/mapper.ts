@@ -1,6 +1,7 @@
 import type { Command } from "../src/contract/index.ts";
 import { cdcChangeCommandId, mappedCommandId } from "../src/contract/index.ts";
 import type { Crosswalk } from "./crosswalk.ts";
+import { resolveCatalogFacts, type ResolvedCatalogFact } from "./catalog.ts";
 import {
   MappingError,
   RowView,
@@ -27,6 +28,8 @@ export interface MapOutcome {
   readonly commands: ReadonlyArray<Command>;
   readonly items: ReadonlyArray<ItemDefinition>;
   readonly removedItems: ReadonlyArray<string>;
+  /** Catalog facts, their items resolved to SKUs (the caller records them as one version per transaction). */
+  readonly catalog: ReadonlyArray<ResolvedCatalogFact>;
   /** Non-inventory lines skipped (gift cards, services). */
   readonly skipped: number;
   /** Set when the change cannot be mapped: it goes to the dead-letter stream. */
@@ -68,6 +71,7 @@ export function mapWith(
     const items = result.items ?? [];
     const removedItems = result.removeItems ?? [];
     if (items.length > 0 || removedItems.length > 0) crosswalk.apply(items, removedItems);
+    const catalog = resolveCatalogFacts(crosswalk, result.catalog ?? []);
     const mapped = result.commands ?? [];
     const commands: Array<Command> = [];
     let skipped = 0;
@@ -77,11 +81,11 @@ export function mapWith(
       if (r.kind === "skipped") skipped++;
       else commands.push(...r.commands);
     });
-    return { commands, items, removedItems, skipped, error: null };
+    return { commands, items, removedItems, catalog, skipped, error: null };
   } catch (error) {
     const e =
       error instanceof MappingError ? error : new MappingError("mapping", `failed: ${(error as Error)?.message ?? String(error)}`, "mapping_failed");
-    return { commands: [], items: [], removedItems: [], skipped: 0, error: e };
+    return { commands: [], items: [], removedItems: [], catalog: [], skipped: 0, error: e };
   }
 }
 

@@ -10,6 +10,7 @@ import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/inde
 import { publishCommands } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import { Crosswalk, ITEMS_CHANNEL } from "./crosswalk.ts";
+import { recordCatalogVersion, type ResolvedCatalogFact } from "./catalog.ts";
 import { parseLsn, formatLsn } from "./lsn.ts";
 import { changeFrom, mapChange, type ChangePayload } from "./mapper.ts";
 import { MappingError, UnknownItem, type RawRow } from "../src/contract/index.ts";
@@ -94,6 +95,8 @@ interface OpenTransaction {
   /** Changes received so far: the next change's index (command ids are `<source>:<commit lsn>:<index>`). */
   count: number;
   heartbeat: string | null;
+  /** The transaction's catalog facts so far: recorded as one catalog version at its commit. */
+  catalog: Array<ResolvedCatalogFact>;
 }
 
 /** Counters published but not yet written to `cdc_sources`. */
@@ -415,7 +418,7 @@ export class SourceReader extends LongRunningService {
       case "begin":
         if (msg.commitLsn && parseLsn(msg.commitLsn) > this.#lastBegun) this.#lastBegun = parseLsn(msg.commitLsn);
         if (this.#resnapshot && msg.commitLsn && parseLsn(msg.commitLsn) >= parseLsn(this.#resnapshot.lsn)) await this.#placeResnapshot();
-        this.#open = { commitLsn: msg.commitLsn ?? "0/0", commitTime: pgTime(msg.commitTime), changes: [], count: 0, heartbeat: null };
+        this.#open = { commitLsn: msg.commitLsn ?? "0/0", commitTime: pgTime(msg.commitTime), changes: [], count: 0, heartbeat: null, catalog: [] };
         return;
       case "insert":
       case "update":
@@ -485,9 +488,9 @@ export class SourceReader extends LongRunningService {
       this.metrics.changesByTable[change.table] = (this.metrics.changesByTable[change.table] ?? 0) + 1;
       const map = () =>
         change.new === null && change.old === null
-          ? { commands: [], items: [], removedItems: [], skipped: 0, error: truncateError(change.table) }
+          ? { commands: [], items: [], removedItems: [], catalog: [], skipped: 0, error: truncateError(change.table) }
           : change.op !== "insert" && change.old === null && source.tables[change.table]?.oldRow === "full"
-            ? { commands: [], items: [], removedItems: [], skipped: 0, error: oldRowMissing(change.table, change.op) }
+            ? { commands: [], items: [], removedItems: [], catalog: [], skipped: 0, error: oldRowMissing(change.table, change.op) }
             : mapChange(source.name, source.tables, crosswalk, changeFrom(source.name, change));
       let outcome = map();
       // An item another source (the ERP) defined a moment ago may not have reached this reader yet.
@@ -507,8 +510,12 @@ export class SourceReader extends LongRunningService {
       // The crosswalk must be durable before this transaction's LSN can be confirmed.
       if (outcome.items.length > 0 || outcome.removedItems.length > 0) await Crosswalk.persist(sql, source.name, outcome.items, outcome.removedItems);
       commands.push(...outcome.commands);
+      tx.catalog.push(...outcome.catalog);
       skipped += outcome.skipped;
     }
+    // One catalog version per source transaction, durable before its LSN can be confirmed.
+    if (endLsn !== null && tx.catalog.length > 0)
+      await recordCatalogVersion(sql, { source: source.name, ref: tx.commitLsn, sourceAt: tx.commitTime, facts: tx.catalog });
     this.#ready.push({
       endLsn,
       commands,

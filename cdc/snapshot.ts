@@ -10,7 +10,8 @@ import { publishCommands } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import { Crosswalk } from "./crosswalk.ts";
 import { mapWith } from "./mapper.ts";
-import { RowView, snapshotCommandId, snapshotKeyText } from "../src/contract/index.ts";
+import { recordCatalogVersion, type ResolvedCatalogFact } from "./catalog.ts";
+import { RowView, snapshotCommandId, snapshotKeyText, type MappingError } from "../src/contract/index.ts";
 import type { ResolvedSource } from "./sources.ts";
 
 export interface SnapshotOptions {
@@ -203,7 +204,10 @@ function snapshotTables({ source, onHandByReconciliation, log }: SnapshotOptions
   return source.snapshot.filter((t) => t.table !== source.onHand!.table);
 }
 
-/** Reads every snapshot table inside `snapshotName` and publishes what the rows map to. */
+/**
+ * Reads every snapshot table inside `snapshotName` and publishes what the rows map to; its catalog
+ * facts become one catalog version (again after a re-snapshot: a new consistent point).
+ */
 export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, consistentPoint: string): Promise<SnapshotResult> {
   const { source, ledger, js, topology, crosswalk, log } = opts;
   const sql = postgres(source.url, { max: 1, onnotice: () => {}, connection: { application_name: `tally-snapshot-${source.name}` } });
@@ -211,6 +215,7 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
   let commandsOut = 0;
   let deadOut = 0;
   let pending: Array<Command> = [];
+  const catalog: Array<ResolvedCatalogFact> = [];
   const sink = opts.sink ?? (async (commands: ReadonlyArray<Command>) => void (await publishCommands(js, topology, commands)));
   const flush = async () => {
     if (pending.length === 0) return;
@@ -250,28 +255,14 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
               () => table.map(new RowView(table.table, "new", raw)),
             );
             if (outcome.error) {
-              const d = deadLetter(
-                source.name,
-                outcome.error.message,
-                { table: table.table, op: "snapshot", new: raw },
-                {
-                  source: source.name,
-                  lsn: consistentPoint,
-                  table: table.table,
-                  key: keyText,
-                  code: outcome.error.reason,
-                },
-              );
-              await publishDeadLetter({ js, nc: opts.nc, sql: opts.ledger, topology }, d, {
-                key: `snapshot:${consistentPoint}:${table.table}:${keyText}`,
-              });
-              opts.onDeadLetter?.(d);
+              await deadLetterRow(opts, { table: table.table, raw, keyText, consistentPoint, error: outcome.error });
               deadOut++;
               continue;
             }
             items.push(...outcome.items);
             removed.push(...outcome.removedItems);
             pending.push(...outcome.commands);
+            catalog.push(...outcome.catalog);
           }
           await Crosswalk.persist(ledger, source.name, items, removed);
           if (pending.length >= 2000) await flush();
@@ -283,8 +274,21 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
       }
     });
     await flush();
+    await recordCatalogVersion(ledger, { source: source.name, ref: `snapshot:${consistentPoint}`, sourceAt: null, facts: catalog });
   } finally {
     await sql.end({ timeout: 5 });
   }
   return { consistentPoint, rows, commands: commandsOut, deadLetters: deadOut };
+}
+
+/** A snapshot row its mapping refused: to the dead-letter stream, keyed by the snapshot and the row. */
+async function deadLetterRow(
+  opts: SnapshotOptions,
+  row: { table: string; raw: Record<string, string | null>; keyText: string; consistentPoint: string; error: MappingError },
+): Promise<void> {
+  const { source, js, topology } = opts;
+  const context = { source: source.name, lsn: row.consistentPoint, table: row.table, key: row.keyText, code: row.error.reason };
+  const d = deadLetter(source.name, row.error.message, { table: row.table, op: "snapshot", new: row.raw }, context);
+  await publishDeadLetter({ js, nc: opts.nc, sql: opts.ledger, topology }, d, { key: `snapshot:${row.consistentPoint}:${row.table}:${row.keyText}` });
+  opts.onDeadLetter?.(d);
 }

@@ -5,7 +5,7 @@
  */
 import { JSONSchema, Schema } from "effect";
 import { AnchorMessage, RelayRound } from "../src/channels/index.ts";
-import { AvailabilityValue, Command, EVENT_SCHEMAS } from "../src/contract/index.ts";
+import { AvailabilityValue, CatalogValue, Command, EVENT_SCHEMAS } from "../src/contract/index.ts";
 import { PosPayload } from "../src/ingest/index.ts";
 import { DeadLetter, OutcomeBatch } from "../src/wire/index.ts";
 
@@ -17,6 +17,7 @@ const CommandEnvelope = Schema.Struct({ v: Schema.Literal(1), commands: Schema.A
 
 const PAYLOADS: Readonly<Record<string, Schema.Schema.Any>> = {
   availability: AvailabilityValue,
+  catalog: CatalogValue,
   ...Object.fromEntries(Object.entries(EVENT_SCHEMAS).map(([type, schema]) => [`event.${type}`, schema])),
   "dead-letter": DeadLetter,
   anchors: AnchorMessage,

@@ -115,3 +115,30 @@ create table if not exists stock_on_hand (
   uom      text           not null default 'EA' check (uom in ('EA', 'CASE', 'KG')),
   primary key (item_no, location)
 );
+
+-- The catalog: each item's status (channels sell active items only) and free-form attributes.
+alter table items
+  add column if not exists status     text  not null default 'active' check (status in ('active', 'discontinued', 'blocked')),
+  add column if not exists attributes jsonb not null default '{}' check (jsonb_typeof(attributes) = 'object');
+
+-- Price lists: each prices one Tally channel (`web`, `store_s01` …) in one currency.
+create table if not exists price_lists (
+  price_list text primary key,
+  channel    text not null,
+  currency   text not null check (currency ~ '^[A-Z]{3}$')
+);
+
+-- Prices per item and list, from `valid_from` (a price starting later is published when it starts)
+-- until `valid_to` (null: open-ended). A promotion is a price with a window over the regular one:
+-- of the prices in effect, the one that started last wins.
+create table if not exists item_prices (
+  item_no    text           not null references items (item_no) on delete cascade,
+  price_list text           not null references price_lists (price_list),
+  amount     numeric(12, 2) not null check (amount >= 0),
+  valid_from timestamptz    not null default now(),
+  valid_to   timestamptz,
+  primary key (item_no, price_list, valid_from),
+  constraint item_prices_window check (valid_to is null or valid_to > valid_from)
+);
+-- A delete or a moved window must carry the whole old row.
+alter table item_prices replica identity full;

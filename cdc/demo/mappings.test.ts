@@ -720,6 +720,8 @@ describe("the demo sources in tally.config.ts", () => {
       ["public.items", ["item_no"]],
       ["public.item_locations", ["item_no", "location"]],
       ["public.stock_on_hand", ["item_no", "location"]],
+      ["public.price_lists", ["price_list"]],
+      ["public.item_prices", ["item_no", "price_list", "valid_from"]],
     ]);
     expect(decoded.sources.erp?.tables["public.items"]?.map).toBe(erpSource.tables["public.items"].map);
     expect(Object.keys(decoded.sources.shop?.tables ?? {})).toEqual(Object.keys(shopSource.tables));
@@ -784,6 +786,8 @@ describe("demo schemas and seed (real Postgres)", () => {
       stock_counts: { ident: "d", pk: true },
       transfers: { ident: "f", pk: true },
       stock_on_hand: { ident: "d", pk: true },
+      price_lists: { ident: "d", pk: true },
+      item_prices: { ident: "f", pk: true },
     });
     expect(await identity(shopSql)).toEqual({
       orders: { ident: "d", pk: true },

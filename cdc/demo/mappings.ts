@@ -15,6 +15,7 @@ import type { SourceConfig } from "../../src/platform/index.ts";
 import {
   MappingError,
   RowView,
+  type CatalogFact,
   type Change,
   type ItemDefinition,
   type ItemRef,
@@ -331,6 +332,101 @@ export const erpStockOnHand = (row: RowView): ReadonlyArray<MappedCommand> => [
   },
 ];
 
+// ---------------------------------------------------------------------------------------------
+// ERP catalog: item names and statuses, price lists, prices
+// ---------------------------------------------------------------------------------------------
+
+const CATALOG_STATUSES = ["active", "discontinued", "blocked"] as const;
+
+/** An item's free-form attributes (a JSON object); an ERP from before the column sends none. */
+function itemAttributes(row: RowView): Record<string, unknown> {
+  const text = row.has("attributes") ? row.optionalText("attributes") : null;
+  if (text === null) return {};
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new MappingError(`${row.which}.attributes`, `expected JSON, got ${JSON.stringify(text.slice(0, 60))}`);
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed))
+    throw new MappingError(`${row.which}.attributes`, "expected a JSON object");
+  return parsed as Record<string, unknown>;
+}
+
+/** An ERP item row's catalog fact: its description is the name channels show; loose items are priced per kg. */
+export function erpCatalogItem(row: RowView): CatalogFact {
+  const status = row.has("status") ? row.text("status") : "active";
+  if (!(CATALOG_STATUSES as ReadonlyArray<string>).includes(status))
+    throw new MappingError(`${row.which}.status`, `expected ${CATALOG_STATUSES.join(", ")}, got ${JSON.stringify(status)}`);
+  const sku = nonEmpty(row, "sku");
+  const description = row.optionalText("description");
+  return {
+    kind: "item",
+    sku,
+    name: description === null || description.trim() === "" ? sku : description,
+    status: status as (typeof CATALOG_STATUSES)[number],
+    ...(row.text("base_uom") === "KG" ? { unit: "kg" } : {}),
+    attributes: itemAttributes(row),
+  };
+}
+
+/** The item master with its catalog facts: the crosswalk as `erpItems` keeps it, and each item's name and status. */
+export const erpCatalogItems: TableMapping = (c): MappingResult => {
+  const result = erpItems(c) as MappingResult;
+  const removed = (result.removeItems ?? []).map((sku): CatalogFact => ({ kind: "item_removed", sku }));
+  const item = c.op === "delete" ? null : erpCatalogItem(completeNewRow(c));
+  const renamedFrom = result.removeItems?.[0];
+  const named = item === null ? [] : [renamedFrom !== undefined && item.kind === "item" ? { ...item, renamedFrom } : item];
+  return { ...result, catalog: [...named, ...removed] };
+};
+
+const priceList = (row: RowView): CatalogFact & { kind: "price_list" } => ({
+  kind: "price_list",
+  priceList: nonEmpty(row, "price_list"),
+  channel: nonEmpty(row, "channel"),
+  currency: row.text("currency"),
+});
+
+/** Price lists: which channel each prices, in which currency. */
+export const erpPriceLists: TableMapping = (c): MappingResult => {
+  if (c.op === "delete") return { catalog: [{ kind: "price_list_removed", priceList: nonEmpty(oldRow(c), "price_list") }] };
+  const list = priceList(newRow(c));
+  const previous = c.op === "update" && c.old?.has("price_list") ? c.old.text("price_list") : null;
+  return { catalog: previous !== null && previous !== list.priceList ? [{ kind: "price_list_removed", priceList: previous }, list] : [list] };
+};
+
+/** The key of an item price: a price is replaced by the one with the same item, list and start. */
+const priceRemoved = (row: RowView): CatalogFact => ({
+  kind: "price_removed",
+  item: erpItem(row),
+  priceList: nonEmpty(row, "price_list"),
+  validFrom: row.timestamp("valid_from"),
+});
+
+function itemPrice(row: RowView): CatalogFact {
+  return {
+    kind: "price",
+    item: erpItem(row),
+    priceList: nonEmpty(row, "price_list"),
+    validFrom: row.timestamp("valid_from"),
+    validTo: optionalTimestamp(row, "valid_to") ?? null,
+    amount: row.decimal("amount"),
+  };
+}
+
+/** Item prices: a price (regular or a promotion's window) per item, list and start; a moved start replaces the old one. */
+export const erpItemPrices: TableMapping = (c): MappingResult => {
+  if (c.op === "delete") return { catalog: [priceRemoved(oldRow(c))] };
+  const price = itemPrice(newRow(c));
+  if (c.op === "insert") return { catalog: [price] };
+  const old = oldRow(c);
+  const moved = ["item_no", "price_list", "valid_from"].some((k) => old.optionalText(k) !== newRow(c).optionalText(k));
+  return { catalog: moved ? [priceRemoved(old), price] : [price] };
+};
+
+/** Snapshot of the item master with its catalog facts. */
+export const erpCatalogItemsSnapshot = (row: RowView): MappingResult => ({ items: [erpItemDefinition(row)], catalog: [erpCatalogItem(row)] });
+
 /** The ERP's stock on hand per item and location, in the row's unit (`tally reconcile erp`). */
 const erpOnHand = (row: RowView): OnHandRow => ({
   item: erpItem(row),
@@ -342,19 +438,24 @@ const erpOnHand = (row: RowView): OnHandRow => ({
 /** The demo ERP (`TALLY_SOURCE_ERP_URL`). */
 export const erpSource = {
   tables: {
-    "public.items": { map: erpItems, oldRow: "full" },
+    "public.items": { map: erpCatalogItems, oldRow: "full" },
     "public.item_locations": { map: erpItemLocations },
     "public.goods_receipts": { map: erpGoodsReceipts },
     "public.stock_adjustments": { map: erpStockAdjustments },
     "public.stock_counts": { map: erpStockCounts },
     "public.transfers": { map: erpTransfers, oldRow: "full" },
+    "public.price_lists": { map: erpPriceLists },
+    "public.item_prices": { map: erpItemPrices, oldRow: "full" },
   },
   // Read in order inside the slot's exported snapshot: the item master first (so the crosswalk
   // knows every item), then the policies and the opening balances.
   snapshot: [
-    { table: "public.items", key: ["item_no"], map: erpItemsSnapshot },
+    { table: "public.items", key: ["item_no"], map: erpCatalogItemsSnapshot },
     { table: "public.item_locations", key: ["item_no", "location"], map: erpItemLocationsSnapshot },
     { table: "public.stock_on_hand", key: ["item_no", "location"], map: erpStockOnHand },
+    // The catalog's price lists, then their prices (each names a list).
+    { table: "public.price_lists", key: ["price_list"], map: (row) => ({ catalog: [priceList(row)] }) },
+    { table: "public.item_prices", key: ["item_no", "price_list", "valid_from"], map: (row) => ({ catalog: [itemPrice(row)] }) },
   ],
   // What `tally reconcile erp` compares with the ledger (the ERP is the system of record).
   onHand: { table: "public.stock_on_hand", map: erpOnHand },

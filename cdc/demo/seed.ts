@@ -158,6 +158,27 @@ export const DEMO_STOCK: ReadonlyArray<DemoStock> = stocked.flatMap((item, i) =>
   }),
 );
 
+/** Price lists: the web shop's and the two seeded stores' (channels of tally.config.ts), all in EUR. */
+export const DEMO_PRICE_LISTS: ReadonlyArray<{ readonly priceList: string; readonly channel: string; readonly currency: string }> = [
+  { priceList: "WEB", channel: "web", currency: "EUR" },
+  { priceList: "S01", channel: "store_s01", currency: "EUR" },
+  { priceList: "S02", channel: "store_s02", currency: "EUR" },
+];
+
+/** Each item's regular price (EUR, per EA; bananas per kg), the same in every list, valid since the seed. */
+export const DEMO_PRICES: ReadonlyArray<{ readonly itemNo: string; readonly sku: string; readonly amount: string }> = DEMO_ITEMS.map((item, i) => ({
+  itemNo: item.itemNo,
+  sku: item.sku,
+  amount:
+    item.kind === "non_inventory"
+      ? "25.00"
+      : item.kind === "variable_weight"
+        ? "1.99"
+        : item.kind === "bundle"
+          ? "4.49"
+          : (0.99 + 0.5 * i).toFixed(2),
+}));
+
 const schemaFile = (name: string) => new URL(`./${name}`, import.meta.url);
 
 /** Runs one schema file in a transaction, serialised with any concurrent run on the same database. */
@@ -232,6 +253,15 @@ export async function seedDemo(erpSql: Sql, shopSql: Sql, opts: SeedOptions = {}
         on conflict do nothing`;
       policies += r.count;
     }
+    // The catalog's prices (left as they are when already there).
+    for (const l of DEMO_PRICE_LISTS)
+      await tx`insert into price_lists (price_list, channel, currency) values (${l.priceList}, ${l.channel}, ${l.currency}) on conflict do nothing`;
+    await tx`
+      insert into item_prices (item_no, price_list, amount, valid_from)
+      select p."itemNo", l.price_list, p.amount::numeric, '2026-01-01T00:00:00Z'
+        from jsonb_to_recordset(${tx.json(DEMO_PRICES as never)}::jsonb) as p("itemNo" text, amount text), price_lists l
+       where l.price_list = any(${tx.array(DEMO_PRICE_LISTS.map((l) => l.priceList))}::text[])
+      on conflict do nothing`;
     if (opts.stock ?? true)
       for (const s of DEMO_STOCK) {
         const r = await tx`

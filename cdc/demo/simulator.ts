@@ -9,7 +9,9 @@
  * - online orders (reserve → ship, or cancel) placed only when the web shows stock, as a shop does;
  * - in-store sales and returns over POS, with loose bananas sold by weight and the picnic bundle, priced
  *   with tax and paid by card, cash or gift card (`DemoTill`), so the GL journal gets their money;
- * - goods receipts: the ERP replenishes what Tally reports low or out of stock.
+ * - goods receipts: the ERP replenishes what Tally reports low or out of stock, at a cost;
+ * - pricing: the ERP changes a few regular prices now and then (one transaction: one catalog
+ *   version), and runs a short promotion that starts a few seconds later (published when it starts).
  */
 import { createHash } from "node:crypto";
 import type { Logger } from "pino";
@@ -50,6 +52,9 @@ export interface SimulatorStats {
   weightSales: number;
   bundles: number;
   receipts: number;
+  /** ERP pricing: transactions that changed regular prices, and promotions scheduled. */
+  priceChanges: number;
+  promotions: number;
   errors: number;
 }
 
@@ -171,6 +176,8 @@ export class DemoSimulator {
     weightSales: 0,
     bundles: 0,
     receipts: 0,
+    priceChanges: 0,
+    promotions: 0,
     errors: 0,
   };
   readonly done: Promise<void>;
@@ -252,6 +259,7 @@ export class DemoSimulator {
   }
 
   async #tick(events: number): Promise<void> {
+    await this.#pricing();
     const pos: Array<Record<string, unknown>> = [];
     const orders: Array<Array<{ shopSku: string; qty: number }>> = [];
     for (let e = 0; e < events; e++) {
@@ -405,6 +413,39 @@ export class DemoSimulator {
         from jsonb_to_recordset(${this.opts.erp.json(items)}::jsonb) as t("itemNo" text, location text, qty int, "unitCost" numeric)
       on conflict do nothing`;
     this.stats.receipts += items.length;
+  }
+
+  // --- ERP pricing (the catalog flow) ---------------------------------------------------------
+
+  #lastPriceChange = 0;
+  #lastPromotion = 0;
+
+  /**
+   * Every 15 s the ERP moves the regular price of a few seeded items by up to ±10 % in every list, in
+   * one transaction (one catalog version, the same in every channel); every 60 s it schedules a
+   * promotion (20 % off, in every list) that starts 10 s later and lasts 30 s, which Tally publishes
+   * when it starts and withdraws when it ends. Without the seeded price lists nothing changes.
+   */
+  async #pricing(): Promise<void> {
+    const now = Date.now();
+    if (now - this.#lastPriceChange >= 15_000) {
+      this.#lastPriceChange = now;
+      const items = Array.from({ length: randInt(1, 3) }, () => String(100001 + randInt(0, 19)));
+      const changed = await this.opts.erp`
+        update item_prices set amount = greatest(0.10, round(amount * (0.9 + random() * 0.2), 2))
+         where item_no = any(${this.opts.erp.array(items)}::text[]) and valid_to is null`;
+      if (changed.count > 0) this.stats.priceChanges++;
+    }
+    if (now - this.#lastPromotion >= 60_000) {
+      this.#lastPromotion = now;
+      const promoted = await this.opts.erp`
+        insert into item_prices (item_no, price_list, amount, valid_from, valid_to)
+        select p.item_no, p.price_list, round(p.amount * 0.8, 2), now() + interval '10 seconds', now() + interval '40 seconds'
+          from item_prices p
+         where p.item_no = ${String(100001 + randInt(0, 19))} and p.valid_to is null
+        on conflict do nothing`;
+      if (promoted.count > 0) this.stats.promotions++;
+    }
   }
 
   #sleep(ms: number): Promise<void> {

@@ -3,7 +3,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
 import { assertEnvironment, instanceId, JournalPoster, recordValuationMethod } from "../../ledger/index.ts";
-import { Reconciler, SourceReader, configuredSources } from "../../cdc/index.ts";
+import { CatalogPublisher, Reconciler, SourceReader, configuredSources } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
 import type { TallyConfig } from "../platform/index.ts";
@@ -41,6 +41,8 @@ export interface Running {
   readonly readers: ReadonlyArray<SourceReader>;
   /** One reconciler per reader whose source declares `onHand` (role `cdc`). */
   readonly reconcilers: ReadonlyArray<Reconciler>;
+  /** Publishes catalog versions to the catalog KV bucket and subjects, and runs the durable price scheduler (role `cdc`). */
+  readonly catalog: CatalogPublisher | null;
   /** The HTTP API (role `api`), listening on TALLY_HTTP_HOST:TALLY_HTTP_PORT. */
   readonly api: FastifyInstance | null;
   /** This process's Prometheus metrics: on the API's /metrics, else on TALLY_METRICS_HOST:TALLY_METRICS_PORT. */
@@ -227,6 +229,10 @@ const startReconcilers = (ctx: RoleContext, readers: ReadonlyArray<SourceReader>
       );
     return reconcilers;
   });
+const startCatalog = ({ sql, nats, topology: t, log, rolesScope }: RoleContext) =>
+  serviceResource(
+    () => new CatalogPublisher({ sql, js: nats.js, jsm: nats.jsm, topology: t, log: log.child({ role: "cdc", part: "catalog" }) }),
+  ).pipe(Scope.extend(rolesScope));
 
 /** The HTTP API, listening; drained, then closed, when the scope closes. */
 const startApi = (
@@ -327,6 +333,7 @@ export const startRoles = (
     const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];
     const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
     const reconcilers = roles.includes("cdc") ? yield* startReconcilers(ctx, readers) : [];
+    const catalog = roles.includes("cdc") ? yield* startCatalog(ctx) : null;
     metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers, reconcilers } : {}) });
     metrics.add({ poster });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
@@ -343,6 +350,7 @@ export const startRoles = (
       webhooks,
       readers,
       reconcilers,
+      catalog,
       api: api?.app ?? null,
       metrics,
       metricsServer,

@@ -20,7 +20,7 @@ export {
 } from "./command.ts";
 export type { CommandType, LocationId, ReserveScope, Sku } from "./command.ts";
 export { MappingError, RowView, UnknownItem } from "./mapping.ts";
-export type { Change, ItemDefinition, ItemRef, MappedCommand, MappingResult, RawRow, SnapshotTable } from "./mapping.ts";
+export type { CatalogFact, CatalogStatus, Change, ItemDefinition, ItemRef, MappedCommand, MappingResult, RawRow, SnapshotTable } from "./mapping.ts";
 export type { OnHandDeclaration, OnHandRow, TableMapping } from "./mapping.ts";
 export {
   RESOLVE_PROBE_COMMAND_ID,
@@ -40,6 +40,7 @@ export type { Availability, AvailabilityJson, BundlePart, StockAtLocation } from
 export {
   AlertEvent,
   AvailabilityValue,
+  CatalogValue,
   CommandRejectedEvent,
   DateTime,
   EVENT_SCHEMAS,

@@ -160,6 +160,42 @@ export interface ItemDefinition {
   readonly identifiers: ReadonlyArray<ItemRef & { readonly uom?: string }>;
 }
 
+/** An item's status in the catalog: channels sell `active` items only. */
+export type CatalogStatus = "active" | "discontinued" | "blocked";
+
+/**
+ * A fact about the catalog channels show: an item's name and status (from the item master, by SKU),
+ * a price list (which channel it prices, in which currency), or a price of an item known by one of
+ * its identifiers. Every fact of one source transaction becomes one catalog version.
+ */
+export type CatalogFact =
+  | {
+      readonly kind: "item";
+      readonly sku: string;
+      readonly name: string;
+      readonly description?: string;
+      readonly status: CatalogStatus;
+      /** The unit a price is for, when it is not the base unit (`kg` for loose bananas counted in g). */
+      readonly unit?: string;
+      readonly attributes?: Readonly<Record<string, unknown>>;
+      /** The SKU the item had before (a renamed SKU keeps its prices). */
+      readonly renamedFrom?: string;
+    }
+  | { readonly kind: "item_removed"; readonly sku: string }
+  | { readonly kind: "price_list"; readonly priceList: string; readonly channel: string; readonly currency: string }
+  | { readonly kind: "price_list_removed"; readonly priceList: string }
+  | {
+      readonly kind: "price";
+      readonly item: ItemRef;
+      readonly priceList: string;
+      /** ISO-8601 with a zone; a price starting later is published when it starts. */
+      readonly validFrom: string;
+      readonly validTo: string | null;
+      /** The exact decimal in the list's currency (`12.99`); projections carry it in minor units. */
+      readonly amount: string;
+    }
+  | { readonly kind: "price_removed"; readonly item: ItemRef; readonly priceList: string; readonly validFrom: string };
+
 /** What a table handler makes of a change. */
 export interface MappingResult {
   readonly commands?: ReadonlyArray<MappedCommand>;
@@ -167,6 +203,8 @@ export interface MappingResult {
   readonly items?: ReadonlyArray<ItemDefinition>;
   /** Items removed from the item master (by SKU). */
   readonly removeItems?: ReadonlyArray<string>;
+  /** Catalog facts (names, statuses, price lists, prices): one catalog version per source transaction. */
+  readonly catalog?: ReadonlyArray<CatalogFact>;
 }
 
 /** A table's handler: pure, from a change to commands and/or crosswalk updates. Throw MappingError for bad rows. */

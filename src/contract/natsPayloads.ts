@@ -189,3 +189,36 @@ export const EVENT_SCHEMAS = {
   command_rejected: CommandRejectedEvent,
   alert: AlertEvent,
 } as const;
+
+/** An amount of money in integer minor units of its currency (cents for EUR): an integer, or a decimal string past 2^53 − 1. */
+export const MinorUnits = Schema.transform(Schema.Union(Schema.Int, Schema.String.pipe(Schema.pattern(/^-?[0-9]+$/))), Schema.BigIntFromSelf, {
+  strict: true,
+  decode: (q) => BigInt(q),
+  encode: quantityValue,
+}).annotations({ identifier: "MinorUnits", description: "An amount in integer minor units of its currency (cents for EUR, yen for JPY)" });
+
+/**
+ * What one channel shows of an item: the KV value under `<channel>.<sku>` in `tally_<env>_catalog` and the
+ * message on `tally.<env>.catalog.<channel>.<sku>`. A deleted key (and a message with `removed: true`) means the
+ * item left the catalog.
+ */
+export const CatalogValue = Schema.Struct({
+  channel: Schema.String,
+  sku: described(Schema.String, "the SKU as it is (not encoded)"),
+  name: described(Schema.String, "the item's name (its SKU until the item master names it)"),
+  description: Schema.NullOr(Schema.String),
+  status: described(Schema.Literal("active", "discontinued", "blocked"), "a channel sells active items only"),
+  unit: described(Schema.String, "the unit the price is for (EA, kg …)"),
+  price: Schema.NullOr(
+    Schema.Struct({
+      amount: described(MinorUnits, "integer minor units of the currency"),
+      currency: described(Schema.String, "ISO 4217"),
+      priceList: described(Schema.String, "the price list it comes from"),
+    }),
+  ).annotations({ description: "null: the channel has no price for the item now" }),
+  validUntil: Schema.NullOr(DateTime).annotations({ description: "when this price ends or another takes over (null: open-ended)" }),
+  attributes: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  catalogVersion: described(Int, "the catalog version this projection changed at: every channel's projection of one change carries the same"),
+  removed: Schema.optional(described(Schema.Boolean, "true on the subject when the item left the catalog (the KV key is deleted)")),
+}).annotations({ title: "Catalog", description: "What one channel shows of one item: name, status, unit, price and catalog version" });
+export type CatalogValue = typeof CatalogValue.Type;

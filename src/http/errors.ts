@@ -35,6 +35,7 @@ const TITLES: Readonly<Record<string, string>> = {
   not_found: "No such resource",
   unknown_channel: "No such channel",
   unknown_sku: "The ledger has never seen this SKU",
+  not_in_catalog: "The item is not in this channel's catalog",
   insufficient_stock: "Not enough stock to hold",
   idempotency_conflict: "The idempotency key was used for other content",
   request_in_progress: "The same request is still being decided",

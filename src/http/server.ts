@@ -23,6 +23,7 @@ import { ApiMetrics } from "./metrics.ts";
 import { OutcomeWaiter } from "../wire/index.ts";
 import { Reservations, ReservationSweeper } from "../reservations/index.ts";
 import { availabilityRoutes, availabilitySchemas } from "./routes/availability.ts";
+import { catalogRoutes, catalogSchemas } from "./routes/catalog.ts";
 import { healthRoutes, healthSchemas } from "./routes/health.ts";
 import { ledgerRoutes, ledgerSchemas } from "./routes/ledger.ts";
 import { glRoutes, glSchemas } from "./routes/gl.ts";
@@ -77,7 +78,15 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
 }
 
 /** The shared schemas of the routes: each a named component of the OpenAPI document (its `$id`). */
-const componentSchemas = [...healthSchemas, ...posSchemas, ...availabilitySchemas, ...reservationSchemas, ...ledgerSchemas, ...operatorSchemas];
+const componentSchemas = [
+  ...healthSchemas,
+  ...posSchemas,
+  ...availabilitySchemas,
+  ...reservationSchemas,
+  ...ledgerSchemas,
+  ...operatorSchemas,
+  ...catalogSchemas,
+];
 
 /** The options with their defaults filled in. */
 function resolveOptions(deps: ApiDeps): Required<ApiOptions> {
@@ -346,6 +355,7 @@ const OPENAPI = {
       { name: "health", description: "Liveness, readiness and Prometheus metrics (no token)" },
       { name: "pos", description: "Point-of-sale transactions in" },
       { name: "availability", description: "What each channel may sell, and stock per location" },
+      { name: "catalog", description: "Item names, statuses and prices per channel, by catalog version" },
       { name: "reservations", description: "Checkout holds: create, read, commit, fulfill, release" },
       { name: "ledger", description: "Ledger entries for finance: paged, and the incremental export" },
       { name: "operators", description: "Dead letters, stuck partitions, CDC sources and the dashboard feed (admin)" },
@@ -378,6 +388,7 @@ async function registerPlugins(app: FastifyInstance, ctx: ApiContext, opts: Requ
   await app.register(posRoutes, { ctx });
   await app.register(availabilityRoutes, { ctx });
   await app.register(reservationRoutes, { ctx });
+  await app.register(catalogRoutes, { ctx });
   await app.register(ledgerRoutes, { ctx });
   await app.register(glRoutes, { ctx });
   await app.register(operatorRoutes, { ctx });

@@ -1,7 +1,7 @@
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import { decodeCommand, type Command } from "../contract/index.ts";
-import { Crosswalk, changeFrom, mapChange, mapWith, type ChangePayload, type ResolvedSource } from "../../cdc/index.ts";
+import { Crosswalk, changeFrom, mapChange, mapWith, recordCatalogVersion, type ChangePayload, type ResolvedSource } from "../../cdc/index.ts";
 import { RowView, snapshotCommandId } from "../contract/index.ts";
 import { withStoredPayload, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
@@ -126,6 +126,9 @@ async function commandsOf(
     if (outcome.error) return { reason: outcome.error.message };
     if (outcome.items.length > 0 || outcome.removedItems.length > 0)
       await Crosswalk.persist(deps.sql, source.name, outcome.items, outcome.removedItems);
+    // A catalog change mapped again: its facts become a catalog version of their own (once per letter).
+    if (outcome.catalog.length > 0)
+      await recordCatalogVersion(deps.sql, { source: source.name, ref: `dlq:${letter.id}`, sourceAt: letter.at, facts: outcome.catalog });
     return { list: outcome.commands };
   }
   // A whole stream message (an envelope skipped by an operator): every command in it, or none.

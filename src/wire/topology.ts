@@ -47,6 +47,13 @@ export interface Topology {
   readonly outcomesSubject: string;
   readonly relaySubject: string;
   partitionOf(sku: string): number;
+  /** The catalog: a KV bucket of each channel's projection of each item (key `<channel>.<sku>`), and a subject per change. */
+  readonly catalogBucket: string;
+  readonly catalogStream: string;
+  catalogKey(channel: string, sku: string): string;
+  catalogSubject(channel: string, sku: string): string;
+  /** Every catalog subject: of all channels, or of one channel. */
+  catalogSubjects(channel?: string): string;
 }
 
 /**
@@ -139,6 +146,11 @@ export function topology(env: string, partitions: number): Topology {
     outcomesSubject: outcomesSubject(env),
     relaySubject: relaySubject(env),
     partitionOf: (sku) => partitionOf(sku, partitions),
+    catalogBucket: `tally_${env}_catalog`,
+    catalogStream: `TALLY_${upper}_CATALOG`,
+    catalogKey: availabilityKey,
+    catalogSubject: (channel, sku) => `tally.${env}.catalog.${t(channel)}.${t(sku)}`,
+    catalogSubjects: (channel) => (channel === undefined ? `tally.${env}.catalog.>` : `tally.${env}.catalog.${t(channel)}.*`),
   };
 }
 

@@ -238,6 +238,43 @@ export interface paths {
     patch?: never;
     trace?: never;
   };
+  "/v1/catalog/{sku}": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /** What one channel shows of an item: name, status, unit, its price now and the catalog version */
+    get: operations["getCatalogItem"];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  "/v1/catalog": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * A channel's catalog changes after a catalog version, paged
+     * @description Every projection of the channel that changed after `sinceVersion` (0 or absent: the whole catalog), in version order. Follow `nextCursor` until it is null, then keep `catalogVersion` and ask again with it as `sinceVersion`.
+     */
+    get: operations["listCatalogChanges"];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
   "/v1/ledger/entries": {
     parameters: {
       query?: never;
@@ -825,6 +862,51 @@ export interface components {
       sources?: {
         [key: string]: unknown;
       }[];
+    };
+    /** @description What one channel shows of one item: the KV value under <channel>.<sku> in tally_<env>_catalog */
+    CatalogItem: {
+      channel: string;
+      sku: string;
+      /** @description the item's name (its SKU until the item master names it) */
+      name: string;
+      description?: string | null;
+      /**
+       * @description a channel sells active items only
+       * @enum {string}
+       */
+      status: "active" | "discontinued" | "blocked";
+      /** @description the unit the price is for (EA, kg …) */
+      unit: string;
+      /** @description null: the channel has no price for the item now */
+      price: {
+        /** @description integer minor units of the currency (cents for EUR); past 2^53, a decimal string */
+        amount: number | string;
+        /** @description ISO 4217 */
+        currency: string;
+        /** @description the price list it comes from */
+        priceList?: string;
+      } | null;
+      /**
+       * Format: date-time
+       * @description when this price ends or another takes over (null: open-ended)
+       */
+      validUntil: string | null;
+      attributes?: {
+        [key: string]: unknown;
+      };
+      /** @description the catalog version this projection changed at; every channel's projection of one change carries the same */
+      catalogVersion: number;
+      /** @description in the delta feed: the item left the catalog */
+      removed?: boolean;
+    };
+    CatalogDelta: {
+      channel: string;
+      /** @description the environment's catalog version this page was read at: once nextCursor is null, pass it as sinceVersion next time */
+      catalogVersion: number;
+      /** @description projections changed after sinceVersion, in version order (an item changed again appears once, at its last version) */
+      items: components["schemas"]["CatalogItem"][];
+      /** @description pass as cursor (with the same sinceVersion) for the next page; null on the last page */
+      nextCursor: string | null;
     };
     /** @description One line of a balanced GL journal, with its journal's dates, currency and source */
     GlJournalLine: {
@@ -1899,6 +1981,150 @@ export interface operations {
       };
       /** @description Too Many Requests */
       429: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Service Unavailable */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  getCatalogItem: {
+    parameters: {
+      query?: {
+        /** @description default: the token's channel */
+        channel?: string;
+      };
+      header?: never;
+      path: {
+        sku: string;
+      };
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description What one channel shows of one item: the KV value under <channel>.<sku> in tally_<env>_catalog */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/json": components["schemas"]["CatalogItem"];
+        };
+      };
+      /** @description Bad Request */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unauthorized */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Forbidden */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Not Found */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Service Unavailable */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  listCatalogChanges: {
+    parameters: {
+      query?: {
+        /** @description default: the token's channel */
+        channel?: string;
+        /** @description default 0 */
+        sinceVersion?: number;
+        /** @description from the previous page's nextCursor */
+        cursor?: string;
+        /** @description items per page, default 500 */
+        limit?: number;
+      };
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Default Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/json": components["schemas"]["CatalogDelta"];
+        };
+      };
+      /** @description Bad Request */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unauthorized */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Forbidden */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Not Found */
+      404: {
         headers: {
           [name: string]: unknown;
         };
