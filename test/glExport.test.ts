@@ -184,6 +184,34 @@ print(json.dumps({
   });
 });
 
+describe("GET /v1/gl/export", () => {
+  it("streams the same file as tally gl export, with the resume cursor in a header and the summary in a trailer", async () => {
+    await insertJournal(api.sql, receipt("erp:gr:aug-1", "2026-08-03", 40));
+    await insertJournal(api.sql, receipt("erp:gr:aug-2", "2026-08-04", BIG));
+    const range = { from: "2026-08-01", to: "2026-08-31" };
+    const res = await api.call({ method: "GET", url: "/v1/gl/export?from=2026-08-01&to=2026-08-31&format=csv", as: "ledger" });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.headers["content-type"]).toMatch(/^text\/csv/);
+    const cli = await exportAll("csv", range);
+    expect(res.body).toBe(cli.body);
+    expect(res.body.split("\r\n")[0]).toBe(GL_EXPORT_COLUMNS.join(","));
+    const cursor = String(res.headers["tally-export-cursor"]);
+    expect(cursor).toMatch(/^[0-9]+$/);
+    expect(JSON.parse(String(res.trailers["tally-export-summary"]))).toMatchObject({ count: 4, debit: String(BIG + 40n), credit: String(BIG + 40n) });
+    // Resumed from its cursor: only what was committed since.
+    await insertJournal(api.sql, receipt("erp:gr:aug-3", "2026-08-01", 7));
+    const next = await api.call({ method: "GET", url: `/v1/gl/export?from=2026-08-01&to=2026-08-31&format=ndjson&cursor=${cursor}`, as: "ledger" });
+    expect(ndLines(next.body).map((r) => [r.journalId, r.debit])).toEqual([
+      ["erp:gr:aug-3", 7],
+      ["erp:gr:aug-3", 0],
+    ]);
+    const bad = await api.call({ method: "GET", url: "/v1/gl/export?from=2026-08-31&to=2026-08-01", as: "ledger" });
+    expect(bad.statusCode).toBe(400);
+    expect(bad.json()).toMatchObject({ errors: [{ path: "querystring.to" }] });
+    expect((await api.call({ method: "GET", url: "/v1/gl/export", as: "storeLedger" })).statusCode).toBe(403);
+  });
+});
+
 describe("GET /v1/gl/journal", () => {
   const page = async (query: string, as: "ledger" | "storeLedger" | "nobody" = "ledger") =>
     api.call({ method: "GET", url: `/v1/gl/journal?${query}`, ...(as !== "nobody" ? { as } : {}) });

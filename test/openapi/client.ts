@@ -35,6 +35,7 @@ export const OPERATIONS = {
   streamDashboard: ["get", "/v1/dashboard/stream"],
   listGlJournalLines: ["get", "/v1/gl/journal"],
   getGlTrialBalance: ["get", "/v1/gl/trial-balance"],
+  exportGlJournal: ["get", "/v1/gl/export"],
   getCatalogItem: ["get", "/v1/catalog/{sku}"],
   listCatalogChanges: ["get", "/v1/catalog"],
 } as const satisfies { [Op in keyof operations]: OperationAt<Op> };

@@ -332,6 +332,26 @@ export interface paths {
     patch?: never;
     trace?: never;
   };
+  "/v1/gl/export": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * GL journal lines posted between two dates, streamed as CSV or NDJSON; the next cursor in a header, the summary in a trailer
+     * @description The same rows and columns as `tally gl export` (CSV: RFC 4180, one header row, CRLF; NDJSON: one GlJournalLine per line), read in one snapshot and streamed as they are read. The `Tally-Export-Cursor` response header is the cursor to pass next time: exports pulled one after the other hold the lines of every journal committed exactly once. The summary (count, debit and credit totals, cursors) comes as the HTTP trailer `Tally-Export-Summary` (JSON) after the last row.
+     */
+    get: operations["exportGlJournal"];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
   "/v1/gl/trial-balance": {
     parameters: {
       query?: never;
@@ -2309,6 +2329,71 @@ export interface operations {
         };
         content: {
           "application/json": components["schemas"]["GlJournalPage"];
+        };
+      };
+      /** @description Bad Request */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unauthorized */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Forbidden */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Service Unavailable */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  exportGlJournal: {
+    parameters: {
+      query?: {
+        /** @description posted on or after (YYYY-MM-DD) */
+        from?: string;
+        /** @description posted on or before (YYYY-MM-DD) */
+        to?: string;
+        /** @description the Tally-Export-Cursor of the previous export */
+        cursor?: string;
+        format?: "csv" | "ndjson";
+      };
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description the lines (format=csv: text/csv; format=ndjson: application/x-ndjson), then the summary trailer */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "text/csv": string;
+          "application/x-ndjson": string;
         };
       };
       /** @description Bad Request */

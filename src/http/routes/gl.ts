@@ -1,7 +1,21 @@
+import { Readable } from "node:stream";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
-import { decodeJournalCursor, encodeJournalCursor, glDate, glLineJson, readJournalPage, todayIn, trialBalance } from "../../../ledger/index.ts";
+import {
+  EXPORT_CURSOR_HEADER,
+  EXPORT_SUMMARY_TRAILER,
+  GL_EXPORT_CURSOR_PATTERN,
+  decodeJournalCursor,
+  encodeJournalCursor,
+  glDate,
+  glLineJson,
+  openGlExport,
+  readJournalPage,
+  todayIn,
+  trialBalance,
+  type GlExportSummary,
+} from "../../../ledger/index.ts";
 
 const amount = (description: string) => ({ type: ["integer", "string"], description: `${description}, minor units (past 2^53, a decimal string)` });
 const optionalText = { type: ["string", "null"] };
@@ -85,6 +99,7 @@ const config = { scope: "ledger:read" as const };
 /** The GL journal for finance: paged lines and the trial balance. */
 export async function glRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
   journalRoute(app, ctx);
+  exportRoute(app, ctx);
   trialBalanceRoute(app, ctx);
 }
 
@@ -121,9 +136,7 @@ function journalRoute(app: FastifyInstance, ctx: ApiContext): void {
     async (req) => {
       refuseChannelToken(req);
       const q = req.query;
-      const from = day("from", q.from);
-      const to = day("to", q.to);
-      if (from !== undefined && to !== undefined && to < from) throw invalidField("querystring.to", `${to} is before from (${from})`);
+      const { from, to } = range(q);
       const cursor = q.cursor === undefined ? null : decodeJournalCursor(q.cursor);
       if (cursor === null && q.cursor !== undefined)
         throw invalidField("querystring.cursor", "expected the nextCursor or resumeCursor of a previous page");
@@ -133,6 +146,75 @@ function journalRoute(app: FastifyInstance, ctx: ApiContext): void {
         nextCursor: page.nextCursor && encodeJournalCursor(page.nextCursor),
         resumeCursor: encodeJournalCursor(page.resumeCursor),
       };
+    },
+  );
+}
+
+/** The from/to range of a query: days that exist, in order. */
+function range(q: { from?: string; to?: string }): { from?: string; to?: string } {
+  const from = day("from", q.from);
+  const to = day("to", q.to);
+  if (from !== undefined && to !== undefined && to < from) throw invalidField("querystring.to", `${to} is before from (${from})`);
+  return { from, to };
+}
+
+/** GET /v1/gl/export: the journal lines streamed as one file (what `tally gl export` writes), resumable by cursor. */
+function exportRoute(app: FastifyInstance, ctx: ApiContext): void {
+  app.get<{ Querystring: { from?: string; to?: string; cursor?: string; format: "csv" | "ndjson" } }>(
+    "/v1/gl/export",
+    {
+      config,
+      schema: {
+        operationId: "exportGlJournal",
+        tags: ["ledger"],
+        summary: "GL journal lines posted between two dates, streamed as CSV or NDJSON; the next cursor in a header, the summary in a trailer",
+        description:
+          "The same rows and columns as `tally gl export` (CSV: RFC 4180, one header row, CRLF; NDJSON: one GlJournalLine per line), " +
+          "read in one snapshot and streamed as they are read. The `Tally-Export-Cursor` response header is the cursor to pass next " +
+          "time: exports pulled one after the other hold the lines of every journal committed exactly once. The summary (count, " +
+          "debit and credit totals, cursors) comes as the HTTP trailer `Tally-Export-Summary` (JSON) after the last row.",
+        querystring: {
+          type: "object",
+          properties: {
+            from: { type: "string", pattern: DATE, description: "posted on or after (YYYY-MM-DD)" },
+            to: { type: "string", pattern: DATE, description: "posted on or before (YYYY-MM-DD)" },
+            cursor: { type: "string", pattern: GL_EXPORT_CURSOR_PATTERN.source, description: "the Tally-Export-Cursor of the previous export" },
+            format: { type: "string", enum: ["csv", "ndjson"], default: "csv" },
+          },
+        },
+        response: {
+          200: {
+            description: "the lines (format=csv: text/csv; format=ndjson: application/x-ndjson), then the summary trailer",
+            content: {
+              "text/csv": { schema: { type: "string", description: "RFC 4180 CSV: a header row, then one row per journal line" } },
+              "application/x-ndjson": { schema: { type: "string", description: "one GlJournalLine JSON object per line" } },
+            },
+          },
+          ...errors(400, 401, 403),
+        },
+      },
+    },
+    async (req, reply) => {
+      refuseChannelToken(req);
+      const { format, cursor } = req.query;
+      const exp = await openGlExport(ctx.sql, format, { ...range(req.query), cursor });
+      let summary: GlExportSummary | null = null;
+      const stream = Readable.from(
+        (async function* () {
+          summary = yield* exp.chunks;
+        })(),
+        { objectMode: false, highWaterMark: 1 },
+      );
+      // The client went away (or the response ended): stop reading and end the snapshot.
+      reply.raw.on("close", () => {
+        stream.destroy();
+        void exp.close();
+      });
+      reply.header("content-type", format === "csv" ? "text/csv; charset=utf-8" : "application/x-ndjson");
+      reply.header("content-disposition", `attachment; filename="gl-journal-${cursor ?? "0"}-${exp.nextCursor}.${format}"`);
+      reply.header(EXPORT_CURSOR_HEADER, exp.nextCursor);
+      reply.trailer(EXPORT_SUMMARY_TRAILER, async () => JSON.stringify(summary));
+      return reply.send(stream);
     },
   );
 }
