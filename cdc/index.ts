@@ -24,3 +24,7 @@ export {
 } from "./admin.ts";
 export { ReconcileError, readSourceOnHand, reconcileReport, reconciliationCommands, waitForLedger } from "./reconcile.ts";
 export type { Drift, ReconcileReport } from "./reconcile.ts";
+export { WriteBack, WRITE_BACK_DEAD_LETTER_ORIGIN } from "./writeBack.ts";
+export type { WriteBackMetrics, WriteBackOptions } from "./writeBack.ts";
+export { writeBackCorrection, writeBackInFlight, writeBackMark } from "./writeBackReconcile.ts";
+export type { Correction, InFlight, WriteBackMark } from "./writeBackReconcile.ts";

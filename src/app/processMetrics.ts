@@ -8,7 +8,7 @@
 import { createServer, type Server } from "node:http";
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Worker } from "../../actors/index.ts";
-import type { SourceReader } from "../../cdc/index.ts";
+import type { SourceReader, WriteBack } from "../../cdc/index.ts";
 import type { OutboxRelay, RelayRound, WebhookDispatcher } from "../channels/index.ts";
 import type { Sql } from "../platform/index.ts";
 import type { NatsHandles, OutcomeBatch, Topology } from "../wire/index.ts";
@@ -23,6 +23,7 @@ export interface MetricsParts {
   readonly relay?: OutboxRelay | null;
   readonly readers?: ReadonlyArray<SourceReader>;
   readonly webhooks?: ReadonlyArray<WebhookDispatcher>;
+  readonly writeBacks?: ReadonlyArray<WriteBack>;
 }
 
 type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
@@ -78,6 +79,7 @@ export class ProcessMetrics {
     if (parts.relay) this.#endToEnd = registerRelay(parts.relay, this.parts, this.#registers);
     if (parts.webhooks && parts.webhooks.length > 0) registerWebhooks(parts.webhooks, this.#registers);
     if (parts.readers) registerCdc(parts.readers, this.#registers);
+    if (parts.writeBacks && parts.writeBacks.length > 0) registerWriteBacks(parts.writeBacks, this.#registers);
   }
 
   /** Merges another process's metrics into this registry's text at every scrape. */
@@ -335,6 +337,34 @@ function registerCdc(readers: ReadonlyArray<SourceReader>, registers: Registers)
   );
   followingCounter(registers, "tally_cdc_skipped_non_inventory_total", "Non-inventory lines this process skipped, per CDC source", ["source"], () =>
     readers.map((r) => [{ source: r.name }, r.metrics.skipped] as const),
+  );
+}
+
+/** The write-back to each source's ERP: lag, rows sent, failed attempts, dead letters. */
+function registerWriteBacks(writeBacks: ReadonlyArray<WriteBack>, registers: Registers): void {
+  new Gauge({
+    name: "tally_writeback_lag_seconds",
+    help: "Seconds since the oldest movement not yet written back to the source's ERP was recorded (0: nothing waiting)",
+    labelNames: ["source"],
+    registers,
+    collect() {
+      this.reset();
+      for (const w of writeBacks) this.set({ source: w.name }, w.metrics.lagSeconds);
+    },
+  });
+  const perSource = (name: string, help: string, read: (w: WriteBack) => number) =>
+    followingCounter(registers, name, help, ["source"], () => writeBacks.map((w) => [{ source: w.name }, read(w)] as const));
+  perSource("tally_writeback_movements_total", "Movements this process wrote back to the source's ERP", (w) => w.metrics.movements);
+  perSource("tally_writeback_journal_lines_total", "GL journal lines this process wrote back to the source's ERP", (w) => w.metrics.journalLines);
+  perSource(
+    "tally_writeback_failed_attempts_total",
+    "Write-back attempts to the source's ERP that failed (each is retried)",
+    (w) => w.metrics.failedAttempts,
+  );
+  perSource(
+    "tally_writeback_dead_lettered_total",
+    "Write-back rows or batches dead-lettered (no ERP item, or the retries ran out)",
+    (w) => w.metrics.deadLettered,
   );
 }
 

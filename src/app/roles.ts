@@ -3,7 +3,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
 import { assertEnvironment, instanceId } from "../../ledger/index.ts";
-import { SourceReader, configuredSources } from "../../cdc/index.ts";
+import { SourceReader, WriteBack, configuredSources } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
 import type { TallyConfig } from "../platform/index.ts";
@@ -37,6 +37,8 @@ export interface Running {
   readonly webhooks: ReadonlyArray<WebhookDispatcher>;
   /** One CDC reader per configured source whose URL is set. */
   readonly readers: ReadonlyArray<SourceReader>;
+  /** One write-back per configured source with `writeBack` (role `cdc`). */
+  readonly writeBacks: ReadonlyArray<WriteBack>;
   /** The HTTP API (role `api`), listening on TALLY_HTTP_HOST:TALLY_HTTP_PORT. */
   readonly api: FastifyInstance | null;
   /** This process's Prometheus metrics: on the API's /metrics, else on TALLY_METRICS_HOST:TALLY_METRICS_PORT. */
@@ -180,6 +182,29 @@ const startReaders = (ctx: RoleContext) =>
     return readers;
   });
 
+/** Write-back to each configured source that declares `writeBack` (role `cdc`). */
+const startWriteBacks = (ctx: RoleContext) =>
+  Effect.gen(function* () {
+    const { settings, config, sql, nats, topology: t, log } = ctx;
+    const writeBacks: Array<WriteBack> = [];
+    for (const source of configuredSources(config, settings.env).filter((s) => s.writeBack))
+      writeBacks.push(
+        yield* serviceResource(
+          () =>
+            new WriteBack({
+              source,
+              sql,
+              currency: config.finance.currency,
+              js: nats.js,
+              nc: nats.nc,
+              topology: t,
+              log: log.child({ role: "cdc", source: source.name, part: "writeback" }),
+            }),
+        ).pipe(Scope.extend(ctx.rolesScope)),
+      );
+    return writeBacks;
+  });
+
 /** The HTTP API, listening; drained, then closed, when the scope closes. */
 const startApi = (
   { settings, config, topology: t, nats, log, metrics }: RoleContext,
@@ -277,7 +302,8 @@ export const startRoles = (
     const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
     const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];
     const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
-    metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers } : {}) });
+    const writeBacks = roles.includes("cdc") ? yield* startWriteBacks(ctx) : [];
+    metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers, writeBacks } : {}) });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
     return {
       settings,
@@ -290,6 +316,7 @@ export const startRoles = (
       anchors,
       webhooks,
       readers,
+      writeBacks,
       api: api?.app ?? null,
       metrics,
       metricsServer,
