@@ -27,4 +27,5 @@ export type { Drift, ReconcileReport } from "./reconcile.ts";
 export { WriteBack, WRITE_BACK_DEAD_LETTER_ORIGIN } from "./writeBack.ts";
 export type { WriteBackMetrics, WriteBackOptions } from "./writeBack.ts";
 export { writeBackCorrection, writeBackInFlight, writeBackMark } from "./writeBackReconcile.ts";
+export { writeBackSecret } from "./writeBackSinks.ts";
 export type { Correction, InFlight, WriteBackMark } from "./writeBackReconcile.ts";

@@ -7,7 +7,7 @@
 import type { ReservedSql } from "postgres";
 import type { Logger } from "pino";
 import type { Sql } from "../src/platform/index.ts";
-import { connectPostgres, signPayload, type WriteBackConfig } from "../src/platform/index.ts";
+import { ConfigFileError, connectPostgres, signPayload, type WriteBackConfig } from "../src/platform/index.ts";
 import { quoteIdent } from "./admin.ts";
 import { identifiersOf } from "./crosswalk.ts";
 import { WRITE_BACK_ORIGIN_PREFIX } from "./reader.ts";
@@ -82,15 +82,20 @@ export function openSink(
   env: Readonly<Record<string, string | undefined>> = process.env,
 ): Sink {
   const w = source.writeBack;
-  if (!w) throw new Error(`sources.${source.name}.writeBack: not configured`);
-  if (w.http) {
-    const variable = w.http.secretEnv ?? writeBackSecretVar(source.name);
-    const secret = env[variable];
-    if (!secret || secret.length < 16)
-      throw new Error(`sources.${source.name}.writeBack.http: ${variable} must hold the signing secret (at least 16 characters)`);
-    return new HttpSink(source.name, w.http.url, secret, w.http.timeoutMs);
-  }
+  if (!w) throw new ConfigFileError(`sources.${source.name}.writeBack: not configured`);
+  if (w.http) return new HttpSink(source.name, w.http.url, writeBackSecret(source, env)!, w.http.timeoutMs);
   return new PostgresSink(source, w, log, writeBackOrigin(source.name, purpose));
+}
+
+/** An HTTP write-back's signing secret (undefined for inbound tables); throws naming the variable when it is missing or short. */
+export function writeBackSecret(source: ResolvedSource, env: Readonly<Record<string, string | undefined>> = process.env): string | undefined {
+  const http = source.writeBack?.http;
+  if (!http) return undefined;
+  const variable = http.secretEnv ?? writeBackSecretVar(source.name);
+  const secret = env[variable];
+  if (!secret || secret.length < 16)
+    throw new ConfigFileError(`sources.${source.name}.writeBack.http: ${variable} must hold the signing secret (at least 16 characters)`);
+  return secret;
 }
 
 /** Inbound tables in the source database, written on one session tagged with the write-back's replication origin. */

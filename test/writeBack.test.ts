@@ -5,10 +5,10 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEMO_STOCK } from "../cdc/demo/seed.ts";
-import { WriteBack, findSource, writeBackCorrection, writeBackInFlight, writeBackMark, type ResolvedSource } from "../cdc/index.ts";
+import { WriteBack, findSource, writeBackCorrection, writeBackInFlight, writeBackMark, writeBackSecret, type ResolvedSource } from "../cdc/index.ts";
 import { writeBackOrigin } from "../cdc/writeBackSinks.ts";
 import type { Command } from "../src/contract/index.ts";
-import { createLogger, verifyPayload, type WriteBackConfig } from "../src/platform/index.ts";
+import { createLogger, decodeTallyConfig, verifyPayload, type WriteBackConfig } from "../src/platform/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
 import { demoSources, type DemoSources } from "./support/cdc.ts";
 import { testContext, type TestContext } from "./support/context.ts";
@@ -288,6 +288,25 @@ describe("write-back to the ERP", () => {
     await readerCaughtUp();
     expect(await erpEntries()).toBe(echo);
   }, 90_000);
+});
+
+describe("write-back config", () => {
+  it("refuses a writeBack with both or neither of movements and http, naming the field", () => {
+    const base = { tables: {} };
+    const decode = (writeBack: unknown) => () => decodeTallyConfig({ channels: {}, sources: { erp: { ...base, writeBack } } });
+    expect(decode({ movements: "public.inbound_movements", http: { url: "https://erp.example/in" } })).toThrow(
+      /sources\.erp\.writeBack: expected either movements \(inbound tables\) or http, not both/,
+    );
+    expect(decode({})).toThrow(/sources\.erp\.writeBack: expected either movements/);
+    expect(decode({ movements: "inbound" })).toThrow(/sources\.erp\.writeBack\.movements: expected schema\.table/);
+    expect(decode({ http: { url: "ftp://x" } })).toThrow(/sources\.erp\.writeBack\.http\.url: expected an http:\/\/ or https:\/\/ URL/);
+    const http = {
+      ...findSource(demo.config, "erp", ctx.env, env),
+      writeBack: decodeTallyConfig({ channels: {}, sources: { erp: { ...base, writeBack: { http: { url: "https://erp.example/in" } } } } }).sources
+        .erp!.writeBack,
+    };
+    expect(() => writeBackSecret(http, {})).toThrow(/TALLY_WRITEBACK_ERP_SECRET must hold the signing secret/);
+  });
 });
 
 describe("write-back over HTTP", () => {

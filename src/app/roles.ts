@@ -3,7 +3,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
 import { assertEnvironment, instanceId } from "../../ledger/index.ts";
-import { SourceReader, WriteBack, configuredSources } from "../../cdc/index.ts";
+import { SourceReader, WriteBack, configuredSources, writeBackSecret } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
 import type { TallyConfig } from "../platform/index.ts";
@@ -187,7 +187,15 @@ const startWriteBacks = (ctx: RoleContext) =>
   Effect.gen(function* () {
     const { settings, config, sql, nats, topology: t, log } = ctx;
     const writeBacks: Array<WriteBack> = [];
-    for (const source of configuredSources(config, settings.env).filter((s) => s.writeBack))
+    const sources = configuredSources(config, settings.env).filter((s) => s.writeBack);
+    // A missing signing secret fails the start, naming the variable (not a writer retrying forever).
+    yield* Effect.try({
+      try: () => {
+        for (const s of sources) writeBackSecret(s);
+      },
+      catch: (error) => error,
+    });
+    for (const source of sources)
       writeBacks.push(
         yield* serviceResource(
           () =>
