@@ -108,6 +108,8 @@ export class WriteBack extends LongRunningService {
       this.#sink = this.opts.openSink?.() ?? openSink(source, this.opts.log);
       await sql`insert into writeback_positions (source) values (${source.name}) on conflict do nothing`;
       while (!signal.aborted) {
+        // The lock lives as long as its connection: a lost connection ends the session (and the lock is taken again).
+        await lock`select 1`;
         await this.#refreshLag();
         const moved = await this.#movements(signal);
         const posted = source.writeBack!.journal !== undefined || source.writeBack!.http !== undefined ? await this.#journal(signal) : false;

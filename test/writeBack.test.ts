@@ -6,7 +6,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEMO_STOCK } from "../cdc/demo/seed.ts";
 import { WriteBack, findSource, writeBackCorrection, writeBackInFlight, writeBackMark, writeBackSecret, type ResolvedSource } from "../cdc/index.ts";
-import { writeBackOrigin } from "../cdc/writeBackSinks.ts";
+import { openSink, type Sink, writeBackOrigin } from "../cdc/writeBackSinks.ts";
 import type { Command } from "../src/contract/index.ts";
 import { createLogger, decodeTallyConfig, verifyPayload, type WriteBackConfig } from "../src/platform/index.ts";
 import { publishCommands } from "../src/wire/index.ts";
@@ -262,6 +262,42 @@ describe("write-back to the ERP", () => {
         sku: "SKU-0001",
       },
     ]);
+  }, 60_000);
+
+  it("a batch the ERP committed but the writer did not record (a crash in between) is sent again and inserted once", async () => {
+    await killCdc();
+    const source = findSource(demo.config, "erp", ctx.env, env);
+    const item = stock("SKU-0006", "S01");
+    const before = await erpOnHand(item.itemNo, "S01");
+    const sales = [sale("SKU-0006", "S01", 1), sale("SKU-0006", "S01", 2)];
+    await publishCommands(h.nats.js, h.topology, sales);
+    await eventually("the sales applied", async () => (await onHand("SKU-0006", "S01")) === item.baseQty - 3);
+    // The real sink into the ERP, failing once right after the ERP committed: the position is not written.
+    const real = openSink(source, log);
+    let commits = 0;
+    const sink: Sink = {
+      send: async (batch) => {
+        await real.send(batch);
+        if (batch.kind === "movements" && commits++ === 0) throw new Error("crashed after the ERP's commit");
+      },
+      close: () => real.close(),
+    };
+    const writer = new WriteBack({ source, sql: h.sql, currency: "EUR", js: h.nats.js, topology: h.topology, log, openSink: () => sink }).start();
+    try {
+      await eventually("both sales written back", async () => {
+        const [{ n }] = await demo.erp<
+          [{ n: number }]
+        >`select count(*)::int as n from inbound_movements where command_id = any(${sales.map((s) => s.id)})`;
+        return n === 2 && commits >= 2;
+      });
+    } finally {
+      await writer.stop();
+    }
+    const [{ imported }] = await demo.erp<[{ imported: number }]>`
+      select count(*)::int as imported from stock_adjustments where origin = 'tally' and reason like any(${sales.map((s) => `% ${s.id}`)})`;
+    expect(imported).toBe(2);
+    expect(await erpOnHand(item.itemNo, "S01")).toBe(before - 3);
+    startCdc();
   }, 60_000);
 
   it("for reconciliation: legs in flight per (SKU, location) in the ERP's snapshot; a correction is written once", async () => {
