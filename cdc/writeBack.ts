@@ -9,13 +9,14 @@
  * entry sent in it, after the ERP has committed the batch. A crash between the two re-sends the
  * batch, which the ERP's (command_id, leg) key turns into nothing: exactly once.
  */
-import type { JetStreamClient } from "@nats-io/jetstream";
+import type { Consumer, JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import type { ReservedSql } from "postgres";
 import { LongRunningService, backoffDelay, retry, sleep, type Sql } from "../src/platform/index.ts";
 import { deadLetter, publishDeadLetter, type Topology } from "../src/wire/index.ts";
 import type { ResolvedSource } from "./sources.ts";
+import { requisitionConsumer, requisitionRows } from "./writeBackRequisitions.ts";
 import { type Batch, type JournalRow, type MovementRow, type Sink, erpItems, openSink, scaleDown } from "./writeBackSinks.ts";
 
 /** The dead-letter origin of what the write-back could not send. */
@@ -28,6 +29,8 @@ export interface WriteBackOptions {
   /** The company's currency (finance.currency): the currency of entry values. */
   readonly currency: string;
   readonly js: JetStreamClient;
+  /** Reads replenishment requests (low_stock events) when the source's writeBack declares `requisitions`. */
+  readonly jsm?: JetStreamManager;
   readonly nc?: NatsConnection;
   readonly topology: Topology;
   readonly log: Logger;
@@ -37,6 +40,7 @@ export interface WriteBackOptions {
 
 export interface WriteBackMetrics {
   movements: number;
+  requisitions: number;
   journalLines: number;
   failedAttempts: number;
   deadLettered: number;
@@ -71,7 +75,15 @@ interface EntryRow {
 
 /** Sends one source's movements and journal lines to its ERP, one writer per source (an advisory lock). */
 export class WriteBack extends LongRunningService {
-  readonly metrics: WriteBackMetrics = { movements: 0, journalLines: 0, failedAttempts: 0, deadLettered: 0, lagSeconds: 0, lastError: null };
+  readonly metrics: WriteBackMetrics = {
+    movements: 0,
+    requisitions: 0,
+    journalLines: 0,
+    failedAttempts: 0,
+    deadLettered: 0,
+    lagSeconds: 0,
+    lastError: null,
+  };
   #sink: Sink | null = null;
 
   constructor(readonly opts: WriteBackOptions) {
@@ -107,13 +119,17 @@ export class WriteBack extends LongRunningService {
       }
       this.#sink = this.opts.openSink?.() ?? openSink(source, this.opts.log);
       await sql`insert into writeback_positions (source) values (${source.name}) on conflict do nothing`;
+      const { jsm, js, topology } = this.opts;
+      const requests = source.writeBack!.requisitions && jsm ? await requisitionConsumer(jsm, js, topology, source.name) : null;
       while (!signal.aborted) {
         // The lock lives as long as its connection: a lost connection ends the session (and the lock is taken again).
         await lock`select 1`;
         await this.#refreshLag();
         const moved = await this.#movements(signal);
         const posted = source.writeBack!.journal !== undefined || source.writeBack!.http !== undefined ? await this.#journal(signal) : false;
-        if (!moved && !posted) await sleep(source.writeBack!.intervalMs, signal);
+        // Waiting for replenishment requests is the idle pause when they are read.
+        const requested = requests ? await this.#requisitions(requests, signal) : false;
+        if (!moved && !posted && !requested && !requests) await sleep(source.writeBack!.intervalMs, signal);
       }
     } finally {
       await this.#sink?.close().catch((err: unknown) => this.opts.log.debug({ err }, "write-back: sink did not close cleanly"));
@@ -248,6 +264,23 @@ export class WriteBack extends LongRunningService {
       const item = r.sku === null ? undefined : items.get(r.sku);
       return { ...r, item_no: item && "itemNo" in item ? item.itemNo : null };
     });
+  }
+
+  /** Replenishment requests waiting (up to a second), sent as requisitions, then acknowledged; true when some were. */
+  async #requisitions(consumer: Consumer, signal: AbortSignal): Promise<boolean> {
+    const { sql, source } = this.opts;
+    const msgs: Array<JsMsg> = [];
+    for await (const m of await consumer.fetch({
+      max_messages: source.writeBack!.batchSize,
+      expires: source.writeBack!.intervalMs < 1000 ? 1000 : source.writeBack!.intervalMs,
+    }))
+      msgs.push(m);
+    if (msgs.length === 0) return false;
+    const { rows, dead } = await requisitionRows(sql, source, msgs);
+    if (rows.length > 0 && (await this.#deliver({ kind: "requisitions", rows }, signal))) this.metrics.requisitions += rows.length;
+    for (const d of dead) await this.#deadLetter(d.reason, d.payload, { kind: "requisitions" });
+    for (const m of msgs) m.ack();
+    return true;
   }
 
   /**

@@ -51,9 +51,23 @@ export interface JournalRow {
   readonly movement: string;
 }
 
+/** A replenishment request as a purchase-requisition suggestion (quantities in the ERP's stock unit). */
+export interface RequisitionRow {
+  readonly requisition_id: string;
+  readonly item_no: string;
+  readonly location: string;
+  readonly qty: string;
+  readonly uom: string;
+  readonly available: string;
+  readonly reorder_point: string;
+  readonly command_id: string;
+  readonly requested_at: string;
+}
+
 export type Batch =
   | { readonly kind: "movements"; readonly rows: ReadonlyArray<MovementRow> }
-  | { readonly kind: "journal"; readonly rows: ReadonlyArray<JournalRow> };
+  | { readonly kind: "journal"; readonly rows: ReadonlyArray<JournalRow> }
+  | { readonly kind: "requisitions"; readonly rows: ReadonlyArray<RequisitionRow> };
 
 export interface Sink {
   /** Sends the rows (all or none); throws on failure. Rows already there are left as they are. */
@@ -140,13 +154,13 @@ export class PostgresSink implements Sink {
   }
 
   async send(batch: Batch): Promise<void> {
-    const table = batch.kind === "movements" ? this.config.movements : this.config.journal;
+    const table = this.config[batch.kind];
     if (!table || batch.rows.length === 0) return;
     const conn = await this.#session();
     const rows = batch.rows.map((r, ord) => ({ ...r, ord }));
     try {
       await conn`begin`;
-      await conn.unsafe(batch.kind === "movements" ? movementsInsert(table) : journalInsert(table), [JSON.stringify(rows)]);
+      await conn.unsafe(INSERTS[batch.kind](table), [JSON.stringify(rows)]);
       await conn`commit`;
     } catch (error) {
       // The session may be gone: take a new one next time (a rollback on a broken connection is pointless).
@@ -180,7 +194,21 @@ const journalInsert = (table: string) => `
    order by ord
   on conflict (journal_id, line) do nothing`;
 
-export const quoteQualified = (table: string) =>
+const requisitionsInsert = (table: string) => `
+  insert into ${quoteQualified(table)} (requisition_id, item_no, location, qty, uom, available, reorder_point, command_id, requested_at)
+  select requisition_id, item_no, location, qty, uom, available, reorder_point, command_id, requested_at
+    from jsonb_to_recordset($1::text::jsonb) as t(ord int, requisition_id text, item_no text, location text, qty numeric, uom text,
+         available numeric, reorder_point numeric, command_id text, requested_at timestamptz)
+   order by ord
+  on conflict (requisition_id) do nothing`;
+
+const INSERTS: Readonly<Record<Batch["kind"], (table: string) => string>> = {
+  movements: (t) => movementsInsert(t),
+  journal: (t) => journalInsert(t),
+  requisitions: (t) => requisitionsInsert(t),
+};
+
+const quoteQualified = (table: string) =>
   table
     .split(".")
     .map((p) => quoteIdent(p))
@@ -199,7 +227,8 @@ export class HttpSink implements Sink {
     if (batch.rows.length === 0) return;
     const first = batch.rows[0]!;
     const last = batch.rows[batch.rows.length - 1]!;
-    const key = (r: MovementRow | JournalRow) => ("leg" in r ? `${r.command_id}#${r.leg}` : `${r.journal_id}#${r.line}`);
+    const key = (r: MovementRow | JournalRow | RequisitionRow) =>
+      "leg" in r ? `${r.command_id}#${r.leg}` : "line" in r ? `${r.journal_id}#${r.line}` : r.requisition_id;
     const deliveryId = `${this.source}:${batch.kind}:${key(first)}..${key(last)}`;
     const text = JSON.stringify({ source: this.source, kind: batch.kind, deliveryId, rows: batch.rows });
     let res: Response;

@@ -264,6 +264,20 @@ describe("write-back to the ERP", () => {
     ]);
   }, 60_000);
 
+  it("a replenishment request (low stock at a store) becomes a purchase-requisition suggestion, once", async () => {
+    const item = stock("SKU-0008", "S01");
+    const big = sale("SKU-0008", "S01", item.baseQty - 5);
+    await publishCommands(h.nats.js, h.topology, [big]);
+    await eventually("the requisition in the ERP", async () => {
+      const [{ n }] = await demo.erp<[{ n: number }]>`select count(*)::int as n from inbound_requisitions where command_id = ${big.id}`;
+      return n === 1;
+    });
+    const [row] = await demo.erp<Array<{ requisition_id: string; item_no: string; location: string; qty: string; uom: string; status: string }>>`
+      select requisition_id, item_no, location, qty::text, uom, status from inbound_requisitions where command_id = ${big.id}`;
+    expect(row).toMatchObject({ requisition_id: `${big.id}:SKU-0008:S01`, item_no: item.itemNo, location: "S01", uom: "EA", status: "suggested" });
+    expect(Number(row!.qty)).toBeGreaterThan(0);
+  }, 60_000);
+
   it("a batch the ERP committed but the writer did not record (a crash in between) is sent again and inserted once", async () => {
     await killCdc();
     const source = findSource(demo.config, "erp", ctx.env, env);

@@ -242,3 +242,20 @@ create table if not exists inbound_journal (
   received_at   timestamptz    not null default now(),
   primary key (journal_id, line)
 );
+
+-- Replenishment requests from Tally (a location's available fell to its reorder point or below):
+-- purchase-requisition suggestions for a buyer to approve. `qty` is the shortfall in the item's
+-- stock unit. Keyed by the request (the command that caused it, the SKU and the location).
+create table if not exists inbound_requisitions (
+  requisition_id text           primary key,
+  item_no        text           not null,
+  location       text           not null,
+  qty            numeric(14, 3) not null check (qty > 0),
+  uom            text           not null check (uom in ('EA', 'KG')),
+  available      numeric(14, 3) not null,
+  reorder_point  numeric(14, 3) not null,
+  command_id     text           not null,
+  requested_at   timestamptz    not null,
+  status         text           not null default 'suggested' check (status in ('suggested', 'approved', 'rejected')),
+  received_at    timestamptz    not null default now()
+);

@@ -792,6 +792,7 @@ describe("demo schemas and seed (real Postgres)", () => {
       stock_on_hand: { ident: "d", pk: true },
       inbound_movements: { ident: "d", pk: true },
       inbound_journal: { ident: "d", pk: true },
+      inbound_requisitions: { ident: "d", pk: true },
     });
     expect(await identity(shopSql)).toEqual({
       orders: { ident: "d", pk: true },

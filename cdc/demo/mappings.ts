@@ -372,6 +372,7 @@ export const erpSource = {
   writeBack: {
     movements: "public.inbound_movements",
     journal: "public.inbound_journal",
+    requisitions: "public.inbound_requisitions",
     units: { g: { unit: "KG", factor: 1000 } },
   },
 } satisfies SourceInput;

@@ -204,6 +204,7 @@ const startWriteBacks = (ctx: RoleContext) =>
               sql,
               currency: config.finance.currency,
               js: nats.js,
+              jsm: nats.jsm,
               nc: nats.nc,
               topology: t,
               log: log.child({ role: "cdc", source: source.name, part: "writeback" }),

@@ -82,6 +82,8 @@ export type TableConfig = typeof TableConfig.Type;
 export const WriteBackConfig = Schema.Struct({
   movements: Schema.optional(TableName),
   journal: Schema.optional(TableName),
+  /** Replenishment requests (low_stock events) as purchase-requisition suggestions (inbound tables only). */
+  requisitions: Schema.optional(TableName),
   http: Schema.optional(Schema.Struct({ url: HttpUrl, secretEnv: Schema.optional(EnvName), timeoutMs: positiveInt(5000) })),
   /** The crosswalk system of the source's item numbers (a SKU without one is dead-lettered), default `erp_item`. */
   itemSystem: Schema.optionalWith(Schema.String.pipe(Schema.minLength(1)), { default: () => "erp_item" }),
@@ -106,6 +108,7 @@ export const WriteBackConfig = Schema.Struct({
   Schema.filter(
     (w) => w.journal === undefined || w.movements !== undefined || "journal: needs movements (inbound tables); over http the journal is POSTed too",
   ),
+  Schema.filter((w) => w.requisitions === undefined || w.movements !== undefined || "requisitions: needs movements (inbound tables)"),
 );
 export type WriteBackConfig = typeof WriteBackConfig.Type;
 
