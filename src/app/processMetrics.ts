@@ -355,6 +355,11 @@ function registerWriteBacks(writeBacks: ReadonlyArray<WriteBack>, registers: Reg
   const perSource = (name: string, help: string, read: (w: WriteBack) => number) =>
     followingCounter(registers, name, help, ["source"], () => writeBacks.map((w) => [{ source: w.name }, read(w)] as const));
   perSource("tally_writeback_movements_total", "Movements this process wrote back to the source's ERP", (w) => w.metrics.movements);
+  perSource(
+    "tally_writeback_requisitions_total",
+    "Purchase-requisition suggestions this process wrote to the source's ERP",
+    (w) => w.metrics.requisitions,
+  );
   perSource("tally_writeback_journal_lines_total", "GL journal lines this process wrote back to the source's ERP", (w) => w.metrics.journalLines);
   perSource(
     "tally_writeback_failed_attempts_total",

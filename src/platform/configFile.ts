@@ -19,23 +19,20 @@ const positiveInt = (fallback: number) => Schema.optionalWith(Schema.Int.pipe(Sc
  * when the retries run out). The signing secret comes from the environment: `TALLY_WEBHOOK_<CHANNEL>_SECRET`
  * unless `secretEnv` names another variable.
  */
-const HttpUrl = Schema.String.pipe(
-  Schema.filter(
-    (u) => {
-      try {
-        return ["http:", "https:"].includes(new URL(u).protocol);
-      } catch {
-        return false; // parse fallback: not a URL at all, reported by the filter's message
-      }
-    },
-    { message: () => "expected an http:// or https:// URL" },
-  ),
-);
-const EnvName = Schema.String.pipe(Schema.pattern(/^[A-Z_][A-Z0-9_]*$/, { message: () => "expected an environment variable name" }));
-
 export const WebhookConfig = Schema.Struct({
-  url: HttpUrl,
-  secretEnv: Schema.optional(EnvName),
+  url: Schema.String.pipe(
+    Schema.filter(
+      (u) => {
+        try {
+          return ["http:", "https:"].includes(new URL(u).protocol);
+        } catch {
+          return false; // parse fallback: not a URL at all, reported by the filter's message
+        }
+      },
+      { message: () => "expected an http:// or https:// URL" },
+    ),
+  ),
+  secretEnv: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Z_][A-Z0-9_]*$/, { message: () => "expected an environment variable name" }))),
   /** Changes per POST, default 100 (the latest per SKU). */
   batchSize: positiveInt(100),
   /** How long the first change of a batch waits for others, default 200 ms. */
@@ -72,6 +69,21 @@ export const TableConfig = Schema.Struct({
   oldRow: Schema.optionalWith(Schema.Literal("key", "full"), { default: () => "key" as const }),
 });
 export type TableConfig = typeof TableConfig.Type;
+
+/** An http:// or https:// URL (a write-back's ERP endpoint). */
+const HttpUrl = Schema.String.pipe(
+  Schema.filter(
+    (u) => {
+      try {
+        return ["http:", "https:"].includes(new URL(u).protocol);
+      } catch {
+        return false; // parse fallback: not a URL at all, reported by the filter's message
+      }
+    },
+    { message: () => "expected an http:// or https:// URL" },
+  ),
+);
+const EnvName = Schema.String.pipe(Schema.pattern(/^[A-Z_][A-Z0-9_]*$/, { message: () => "expected an environment variable name" }));
 
 /**
  * Write-back: the movements that did not come from the source (and the GL journal) sent into its
