@@ -119,8 +119,7 @@ export class WriteBack extends LongRunningService {
       }
       this.#sink = this.opts.openSink?.() ?? openSink(source, this.opts.log);
       await sql`insert into writeback_positions (source) values (${source.name}) on conflict do nothing`;
-      const { jsm, js, topology } = this.opts;
-      const requests = source.writeBack!.requisitions && jsm ? await requisitionConsumer(jsm, js, topology, source.name) : null;
+      const requests = await this.#requisitionConsumer();
       while (!signal.aborted) {
         // The lock lives as long as its connection: a lost connection ends the session (and the lock is taken again).
         await lock`select 1`;
@@ -264,6 +263,19 @@ export class WriteBack extends LongRunningService {
       const item = r.sku === null ? undefined : items.get(r.sku);
       return { ...r, item_no: item && "itemNo" in item ? item.itemNo : null };
     });
+  }
+
+  /** The durable consumer of replenishment requests, when declared; null (logged) when NATS refuses it: movements still flow. */
+  async #requisitionConsumer(): Promise<Consumer | null> {
+    const { jsm, js, topology, source, log } = this.opts;
+    if (!source.writeBack!.requisitions || !jsm) return null;
+    try {
+      return await requisitionConsumer(jsm, js, topology, source.name);
+    } catch (err) {
+      // Not fatal: the movements and the journal go on; requests wait in the events stream for the next session.
+      log.warn({ err }, "write-back: cannot read replenishment requests from the events stream (NATS permissions?)");
+      return null;
+    }
   }
 
   /** Replenishment requests waiting (up to a second), sent as requisitions, then acknowledged; true when some were. */
