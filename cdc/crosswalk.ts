@@ -238,4 +238,25 @@ export class Crosswalk {
   }
 }
 
+/** A SKU's identifier in another system (the reverse of `Crosswalk.lookup`), with the SKU's base unit. */
+export interface ForeignItem {
+  readonly sku: string;
+  readonly id: string;
+  readonly baseUnit: string;
+}
+
+/**
+ * The reverse lookup: each of these SKUs' identifier in `system` (the smallest, should a SKU have
+ * several), read from the database; a SKU without one is absent from the map.
+ */
+export async function identifiersOf(sql: Sql, system: string, skus: ReadonlyArray<string>): Promise<Map<string, ForeignItem>> {
+  if (skus.length === 0) return new Map();
+  const rows = await sql<Array<{ sku: string; id: string; base_unit: string }>>`
+    select i.sku, min(x.identifier) as id, i.base_unit
+      from items i join item_identifiers x on x.sku = i.sku and x.system = ${system}
+     where i.sku = any(${sql.array([...new Set(skus)])}::text[])
+     group by i.sku, i.base_unit`;
+  return new Map(rows.map((r) => [r.sku, { sku: r.sku, id: r.id, baseUnit: r.base_unit }]));
+}
+
 const key = (system: string, id: string) => `${system}\u0000${id}`;

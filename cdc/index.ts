@@ -33,3 +33,8 @@ export { Reconciler } from "./reconciler.ts";
 export type { ReconcilerOptions } from "./reconciler.ts";
 export { ownerAt } from "./sources.ts";
 export type { Owner, SystemOfRecord } from "./sources.ts";
+export { WriteBack, WRITE_BACK_DEAD_LETTER_ORIGIN } from "./writeBack.ts";
+export type { WriteBackMetrics, WriteBackOptions } from "./writeBack.ts";
+export { writeBackCorrection, writeBackInFlight, writeBackMark } from "./writeBackReconcile.ts";
+export { writeBackSecret } from "./writeBackSinks.ts";
+export type { Correction, InFlight as WriteBackInFlight, WriteBackMark } from "./writeBackReconcile.ts";

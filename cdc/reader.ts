@@ -20,6 +20,8 @@ import { createExportedSlot, readSnapshot, reportSlotWait, runSnapshot, type Sna
 import type { ResolvedSource } from "./sources.ts";
 
 export const HEARTBEAT_PREFIX = "tally_heartbeat";
+/** The replication origin of the write-back's sessions is `<prefix>_<source>`; the reader skips their transactions. */
+export const WRITE_BACK_ORIGIN_PREFIX = "tally_writeback";
 
 /**
  * Changes of one source transaction mapped and queued for JetStream at a time: a transaction of a
@@ -97,6 +99,8 @@ interface OpenTransaction {
   heartbeat: string | null;
   /** The transaction's catalog facts so far: recorded as one catalog version at its commit. */
   catalog: Array<ResolvedCatalogFact>;
+  /** Written by Tally's own write-back (its replication origin): not captured, so nothing echoes back. */
+  writtenBack?: boolean;
 }
 
 /** Counters published but not yet written to `cdc_sources`. */
@@ -425,6 +429,7 @@ export class SourceReader extends LongRunningService {
       case "delete": {
         const tx = this.#open;
         if (!tx) throw new Error(`${msg.tag} outside a transaction`);
+        if (tx.writtenBack) return;
         const table = `${msg.relation.schema}.${msg.relation.name}`;
         const newRow = msg.tag === "delete" ? null : textRow(msg.new);
         const oldRow = msg.tag === "insert" ? null : textRow(msg.old ?? msg.key);
@@ -434,7 +439,7 @@ export class SourceReader extends LongRunningService {
       }
       case "truncate": {
         const tx = this.#open;
-        if (!tx) return;
+        if (!tx || tx.writtenBack) return;
         for (const rel of msg.relations)
           tx.changes.push({
             table: `${rel.schema}.${rel.name}`,
@@ -461,8 +466,11 @@ export class SourceReader extends LongRunningService {
       case "relation":
         await this.#onRelation(msg);
         return;
-      case "type":
       case "origin":
+        // pgoutput names the origin right after BEGIN: the write-back's sessions carry WRITE_BACK_ORIGIN_PREFIX.
+        if (this.#open && msg.originName.startsWith(WRITE_BACK_ORIGIN_PREFIX)) this.#open.writtenBack = true;
+        return;
+      case "type":
         return;
       default: {
         const never: never = msg;

@@ -1,5 +1,5 @@
 import type { OnHandDeclaration, SnapshotTable } from "../src/contract/index.ts";
-import type { SourceConfig, TableConfig, TallyConfig } from "../src/platform/index.ts";
+import type { SourceConfig, TableConfig, TallyConfig, WriteBackConfig } from "../src/platform/index.ts";
 import { durationMs, SettingsError } from "../src/platform/index.ts";
 
 /** Who wins a (SKU, location) when reconciliation finds drift. */
@@ -36,6 +36,8 @@ export interface ResolvedSource {
   readonly heartbeatMs: number;
   readonly statusMs: number;
   readonly lagAlertBytes: number;
+  /** Where Tally's own movements are written back to (none: capture only). */
+  readonly writeBack: WriteBackConfig | undefined;
 }
 
 export const sourceUrlSetting = (name: string) => `TALLY_SOURCE_${name.toUpperCase().replace(/-/g, "_")}_URL`;
@@ -67,6 +69,7 @@ export function resolveSource(
     heartbeatMs: config.heartbeatSeconds * 1000,
     statusMs: config.statusSeconds * 1000,
     lagAlertBytes: config.lagAlertBytes,
+    writeBack: config.writeBack,
   };
 }
 

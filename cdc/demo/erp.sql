@@ -142,3 +142,147 @@ create table if not exists item_prices (
 );
 -- A delete or a moved window must carry the whole old row.
 alter table item_prices replica identity full;
+-- A real ERP allows negative stock (a sale booked before its receipt); the on-hand below is kept
+-- current by the triggers that follow, so it may dip below zero for a moment.
+alter table stock_on_hand drop constraint if exists stock_on_hand_qty_check;
+
+-- Where an adjustment came from: null = entered in the ERP; 'tally' = imported from Tally's
+-- write-back (inbound_movements below). The demo mapping skips 'tally' rows, so what Tally wrote
+-- never comes back to it as a new movement.
+alter table stock_adjustments add column if not exists origin text;
+
+-- ---------------------------------------------------------------------------------------------
+-- On hand, kept current from the movements, as a real ERP's is: every receipt, adjustment, count
+-- and transfer books its effect on stock_on_hand in the same transaction. Quantities are kept in
+-- the item's stock unit (base_uom: EA, or KG for variable-weight items).
+-- ---------------------------------------------------------------------------------------------
+
+-- A quantity in `uom` → the item's stock unit (a CASE is case_qty stock units).
+create or replace function erp_stock_qty(p_item text, p_qty numeric, p_uom text) returns numeric language sql stable as $$
+  select case when p_uom = 'CASE' then p_qty * coalesce(i.case_qty, 1) else p_qty end from items i where i.item_no = p_item
+$$;
+
+-- Adds `delta` (stock units) to the on-hand of an item at a location (or, with `absolute`, sets it).
+create or replace function erp_book_stock(p_item text, p_location text, p_qty numeric, absolute boolean default false)
+returns void language plpgsql as $$
+declare
+  unit text := (select base_uom from items where item_no = p_item);
+begin
+  insert into stock_on_hand as s (item_no, location, qty, uom) values (p_item, p_location, p_qty, unit)
+  on conflict (item_no, location) do update
+    set qty = case when absolute then excluded.qty else erp_stock_qty(s.item_no, s.qty, s.uom) + excluded.qty end,
+        uom = excluded.uom;
+end $$;
+
+create or replace function erp_book_receipt() returns trigger language plpgsql as $$
+begin
+  perform erp_book_stock(new.item_no, new.location, erp_stock_qty(new.item_no, new.qty, new.uom));
+  return null;
+end $$;
+create or replace trigger goods_receipts_book after insert on goods_receipts
+  for each row execute function erp_book_receipt();
+create or replace trigger stock_adjustments_book after insert on stock_adjustments
+  for each row execute function erp_book_receipt();
+
+create or replace function erp_book_count() returns trigger language plpgsql as $$
+begin
+  perform erp_book_stock(new.item_no, new.location, erp_stock_qty(new.item_no, new.counted_qty, new.uom), true);
+  return null;
+end $$;
+create or replace trigger stock_counts_book after insert on stock_counts
+  for each row execute function erp_book_count();
+
+-- Transfers count base units (EA; g for a variable-weight item, whose stock unit is KG): out of the
+-- origin when shipped, into the destination when received.
+create or replace function erp_book_transfer() returns trigger language plpgsql as $$
+declare
+  stock_qty numeric := new.qty / (case when (select base_uom from items where item_no = new.item_no) = 'KG' then 1000 else 1 end);
+begin
+  if tg_op = 'INSERT' then
+    perform erp_book_stock(new.item_no, new.from_location, -stock_qty);
+  end if;
+  if new.status = 'received' and (tg_op = 'INSERT' or old.status <> 'received') then
+    perform erp_book_stock(new.item_no, new.to_location, stock_qty);
+  end if;
+  return null;
+end $$;
+create or replace trigger transfers_book after insert or update on transfers
+  for each row execute function erp_book_transfer();
+
+-- ---------------------------------------------------------------------------------------------
+-- The inbound interface: what Tally's write-back inserts (see the README, "Write-back to the ERP").
+-- Keyed by Tally's (command_id, leg) / (journal_id, line), so a re-sent row is inserted only once.
+-- Not captured by CDC.
+-- ---------------------------------------------------------------------------------------------
+
+-- Movements that did not come from this ERP (POS sales and returns, shop shipments, counts,
+-- adjustments, transfers): the signed change to on-hand in the item's stock unit.
+create table if not exists inbound_movements (
+  command_id    text           not null,
+  leg           smallint       not null,
+  item_no       text           not null,
+  location      text           not null,
+  qty           numeric(14, 3) not null check (qty <> 0),
+  uom           text           not null check (uom in ('EA', 'KG')),
+  movement      text           not null,
+  -- Integer minor units of `currency` (null when Tally had no value for the movement).
+  unit_cost     numeric(38, 0),
+  value         numeric(38, 0),
+  currency      text           check (currency ~ '^[A-Z]{3}$'),
+  occurred_at   timestamptz    not null,
+  -- Where the movement came from in Tally (pos, shop, api…) and its reference there.
+  source_system text           not null,
+  source_ref    text           not null,
+  received_at   timestamptz    not null default now(),
+  primary key (command_id, leg)
+);
+
+-- The import job: an inbound movement is booked as an adjustment marked origin 'tally' (which the
+-- on-hand trigger above applies, and the demo mapping does not capture).
+create or replace function erp_import_movement() returns trigger language plpgsql as $$
+begin
+  insert into stock_adjustments (item_no, location, qty, uom, reason, origin, adjusted_at)
+  values (new.item_no, new.location, new.qty, new.uom, 'tally ' || new.movement || ' ' || new.command_id, 'tally', new.occurred_at);
+  return null;
+end $$;
+create or replace trigger inbound_movements_import after insert on inbound_movements
+  for each row execute function erp_import_movement();
+
+-- GL journal lines from Tally. Amounts are integer minor units of `currency` (numeric(38,0), exact
+-- for every currency's number of decimals); exactly one of debit and credit is positive.
+create table if not exists inbound_journal (
+  journal_id    text           not null,
+  line          smallint       not null,
+  account       text           not null,
+  cost_center   text           not null,
+  debit         numeric(38, 0) not null default 0 check (debit >= 0),
+  credit        numeric(38, 0) not null default 0 check (credit >= 0),
+  currency      text           not null check (currency ~ '^[A-Z]{3}$'),
+  posted_on     date           not null,
+  business_date date           not null,
+  sku           text,
+  item_no       text,
+  qty           bigint,
+  unit          text,
+  command_id    text,
+  movement      text           not null,
+  received_at   timestamptz    not null default now(),
+  primary key (journal_id, line)
+);
+
+-- Replenishment requests from Tally (a location's available fell to its reorder point or below):
+-- purchase-requisition suggestions for a buyer to approve. `qty` is the shortfall in the item's
+-- stock unit. Keyed by the request (the command that caused it, the SKU and the location).
+create table if not exists inbound_requisitions (
+  requisition_id text           primary key,
+  item_no        text           not null,
+  location       text           not null,
+  qty            numeric(14, 3) not null check (qty > 0),
+  uom            text           not null check (uom in ('EA', 'KG')),
+  available      numeric(14, 3) not null,
+  reorder_point  numeric(14, 3) not null,
+  command_id     text           not null,
+  requested_at   timestamptz    not null,
+  status         text           not null default 'suggested' check (status in ('suggested', 'approved', 'rejected')),
+  received_at    timestamptz    not null default now()
+);

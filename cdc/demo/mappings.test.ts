@@ -349,6 +349,12 @@ describe("ERP adjustments and counts", () => {
     );
   });
 
+  it("skips an adjustment the ERP imported from Tally's write-back (origin 'tally'): no echo", () => {
+    const row = { adjustment_id: "8", item_no: "100003", location: "S01", qty: "-1.000", uom: "EA", reason: "tally adjust x", adjusted_at: T1 };
+    expect(erpStockAdjustments(erp("stock_adjustments", "insert", { new: { ...row, origin: "tally" } }))).toEqual([]);
+    expect(erpStockAdjustments(erp("stock_adjustments", "insert", { new: { ...row, origin: null } }))).toHaveLength(1);
+  });
+
   it("maps a count to count", () => {
     const row = { count_id: "9", item_no: "200001", location: "S02", counted_qty: "12.250", uom: "KG", counted_at: T1 };
     expect(erpStockCounts(erp("stock_counts", "insert", { new: row }))).toEqual([
@@ -788,6 +794,9 @@ describe("demo schemas and seed (real Postgres)", () => {
       stock_on_hand: { ident: "d", pk: true },
       price_lists: { ident: "d", pk: true },
       item_prices: { ident: "f", pk: true },
+      inbound_movements: { ident: "d", pk: true },
+      inbound_journal: { ident: "d", pk: true },
+      inbound_requisitions: { ident: "d", pk: true },
     });
     expect(await identity(shopSql)).toEqual({
       orders: { ident: "d", pk: true },

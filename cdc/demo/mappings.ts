@@ -241,7 +241,7 @@ export const erpGoodsReceipts: TableMapping = insertOnly("goods receipts", "post
   ];
 });
 
-export const erpStockAdjustments: TableMapping = insertOnly("stock adjustments", "post another adjustment", (row) => [
+const adjustment = (row: RowView): ReadonlyArray<MappedCommand> => [
   {
     type: "adjust",
     item: erpItem(row),
@@ -252,7 +252,14 @@ export const erpStockAdjustments: TableMapping = insertOnly("stock adjustments",
     occurredAt: row.timestamp("adjusted_at"),
     fields: { reason: nonEmpty(row, "reason") },
   },
-]);
+];
+
+/** The `origin` of an adjustment the ERP imported from Tally's write-back: not captured again (no echo). */
+const WRITE_BACK_ORIGIN = "tally";
+
+export const erpStockAdjustments: TableMapping = insertOnly("stock adjustments", "post another adjustment", (row) =>
+  row.has("origin") && row.optionalText("origin") === WRITE_BACK_ORIGIN ? [] : adjustment(row),
+);
 
 export const erpStockCounts: TableMapping = insertOnly("stock counts", "post a new count", (row) => [
   {
@@ -462,6 +469,15 @@ export const erpSource = {
   systemOfRecord: "erp",
   // The cdc role compares them every 5 minutes (report only): the dashboard's reconciliation block.
   reconcileEvery: "5m",
+  // Tally's own movements (POS, shop, API) and journal lines go back into the ERP's inbound tables
+  // (cdc/demo/erp.sql), whose import job books them on stock_on_hand. Variable-weight items are
+  // counted in g by Tally and in KG by the ERP.
+  writeBack: {
+    movements: "public.inbound_movements",
+    journal: "public.inbound_journal",
+    requisitions: "public.inbound_requisitions",
+    units: { g: { unit: "KG", factor: 1000 } },
+  },
 } satisfies SourceInput;
 
 // ---------------------------------------------------------------------------------------------

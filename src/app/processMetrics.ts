@@ -9,7 +9,7 @@ import { createServer, type Server } from "node:http";
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Worker } from "../../actors/index.ts";
 import type { JournalPoster } from "../../ledger/index.ts";
-import type { Reconciler, SourceReader } from "../../cdc/index.ts";
+import type { Reconciler, SourceReader, WriteBack } from "../../cdc/index.ts";
 import type { OutboxRelay, RelayRound, WebhookDispatcher } from "../channels/index.ts";
 import type { Sql } from "../platform/index.ts";
 import type { NatsHandles, OutcomeBatch, Topology } from "../wire/index.ts";
@@ -27,6 +27,7 @@ export interface MetricsParts {
   readonly webhooks?: ReadonlyArray<WebhookDispatcher>;
   /** The GL poster (role `worker`). */
   readonly poster?: JournalPoster | null;
+  readonly writeBacks?: ReadonlyArray<WriteBack>;
 }
 
 type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
@@ -84,6 +85,7 @@ export class ProcessMetrics {
     if (parts.readers) registerCdc(parts.readers, this.#registers);
     if (parts.poster) registerPoster(parts.poster, this.#registers);
     if (parts.reconcilers && parts.reconcilers.length > 0) registerReconcile(parts.reconcilers, this.#registers);
+    if (parts.writeBacks && parts.writeBacks.length > 0) registerWriteBacks(parts.writeBacks, this.#registers);
   }
 
   /** Merges another process's metrics into this registry's text at every scrape. */
@@ -378,6 +380,39 @@ function registerReconcile(reconcilers: ReadonlyArray<Reconciler>, registers: Re
     "tally_reconcile_last_run_timestamp_seconds",
     "When the source's last reconciliation finished (Unix seconds)",
     (l) => l.finishedAt.getTime() / 1000,
+  );
+}
+
+/** The write-back to each source's ERP: lag, rows sent, failed attempts, dead letters. */
+function registerWriteBacks(writeBacks: ReadonlyArray<WriteBack>, registers: Registers): void {
+  new Gauge({
+    name: "tally_writeback_lag_seconds",
+    help: "Seconds since the oldest movement not yet written back to the source's ERP was recorded (0: nothing waiting)",
+    labelNames: ["source"],
+    registers,
+    collect() {
+      this.reset();
+      for (const w of writeBacks) this.set({ source: w.name }, w.metrics.lagSeconds);
+    },
+  });
+  const perSource = (name: string, help: string, read: (w: WriteBack) => number) =>
+    followingCounter(registers, name, help, ["source"], () => writeBacks.map((w) => [{ source: w.name }, read(w)] as const));
+  perSource("tally_writeback_movements_total", "Movements this process wrote back to the source's ERP", (w) => w.metrics.movements);
+  perSource(
+    "tally_writeback_requisitions_total",
+    "Purchase-requisition suggestions this process wrote to the source's ERP",
+    (w) => w.metrics.requisitions,
+  );
+  perSource("tally_writeback_journal_lines_total", "GL journal lines this process wrote back to the source's ERP", (w) => w.metrics.journalLines);
+  perSource(
+    "tally_writeback_failed_attempts_total",
+    "Write-back attempts to the source's ERP that failed (each is retried)",
+    (w) => w.metrics.failedAttempts,
+  );
+  perSource(
+    "tally_writeback_dead_lettered_total",
+    "Write-back rows or batches dead-lettered (no ERP item, or the retries ran out)",
+    (w) => w.metrics.deadLettered,
   );
 }
 

@@ -3,7 +3,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
 import { assertEnvironment, instanceId, JournalPoster, recordValuationMethod } from "../../ledger/index.ts";
-import { CatalogPublisher, Reconciler, SourceReader, configuredSources } from "../../cdc/index.ts";
+import { CatalogPublisher, Reconciler, SourceReader, WriteBack, configuredSources, writeBackSecret } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
 import type { TallyConfig } from "../platform/index.ts";
@@ -43,6 +43,8 @@ export interface Running {
   readonly reconcilers: ReadonlyArray<Reconciler>;
   /** Publishes catalog versions to the catalog KV bucket and subjects, and runs the durable price scheduler (role `cdc`). */
   readonly catalog: CatalogPublisher | null;
+  /** One write-back per configured source with `writeBack` (role `cdc`). */
+  readonly writeBacks: ReadonlyArray<WriteBack>;
   /** The HTTP API (role `api`), listening on TALLY_HTTP_HOST:TALLY_HTTP_PORT. */
   readonly api: FastifyInstance | null;
   /** This process's Prometheus metrics: on the API's /metrics, else on TALLY_METRICS_HOST:TALLY_METRICS_PORT. */
@@ -233,6 +235,37 @@ const startCatalog = ({ sql, nats, topology: t, log, rolesScope }: RoleContext) 
   serviceResource(
     () => new CatalogPublisher({ sql, js: nats.js, jsm: nats.jsm, topology: t, log: log.child({ role: "cdc", part: "catalog" }) }),
   ).pipe(Scope.extend(rolesScope));
+/** Write-back to each configured source that declares `writeBack` (role `cdc`). */
+const startWriteBacks = (ctx: RoleContext) =>
+  Effect.gen(function* () {
+    const { settings, config, sql, nats, topology: t, log } = ctx;
+    const writeBacks: Array<WriteBack> = [];
+    const sources = configuredSources(config, settings.env).filter((s) => s.writeBack);
+    // A missing signing secret fails the start, naming the variable (not a writer retrying forever).
+    yield* Effect.try({
+      try: () => {
+        for (const s of sources) writeBackSecret(s);
+      },
+      catch: (error) => error,
+    });
+    for (const source of sources)
+      writeBacks.push(
+        yield* serviceResource(
+          () =>
+            new WriteBack({
+              source,
+              sql,
+              currency: config.finance.currency,
+              js: nats.js,
+              jsm: nats.jsm,
+              nc: nats.nc,
+              topology: t,
+              log: log.child({ role: "cdc", source: source.name, part: "writeback" }),
+            }),
+        ).pipe(Scope.extend(ctx.rolesScope)),
+      );
+    return writeBacks;
+  });
 
 /** The HTTP API, listening; drained, then closed, when the scope closes. */
 const startApi = (
@@ -334,7 +367,8 @@ export const startRoles = (
     const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
     const reconcilers = roles.includes("cdc") ? yield* startReconcilers(ctx, readers) : [];
     const catalog = roles.includes("cdc") ? yield* startCatalog(ctx) : null;
-    metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers, reconcilers } : {}) });
+    const writeBacks = roles.includes("cdc") ? yield* startWriteBacks(ctx) : [];
+    metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers, reconcilers, writeBacks } : {}) });
     metrics.add({ poster });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
     return {
@@ -351,6 +385,7 @@ export const startRoles = (
       readers,
       reconcilers,
       catalog,
+      writeBacks,
       api: api?.app ?? null,
       metrics,
       metricsServer,

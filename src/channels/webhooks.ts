@@ -5,7 +5,6 @@
  * its own lease (one sender per channel, so batches leave in order) and its own loop: a channel
  * whose endpoint is down never holds up another.
  */
-import { createHmac, timingSafeEqual } from "node:crypto";
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "pino";
@@ -16,7 +15,7 @@ import { ConfigFileError, type TallyConfig } from "../platform/index.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
-import { LongRunningService, Wakeup, backoffDelay, retry } from "../platform/index.ts";
+import { LongRunningService, Wakeup, backoffDelay, retry, signPayload, verifyPayload } from "../platform/index.ts";
 import { DeliveryOrder, type DeliveryGap } from "../wire/index.ts";
 
 /** The dead-letter origin of undeliverable webhook batches. */
@@ -69,22 +68,11 @@ export function usableWebhookTargets(config: TallyConfig, env: Readonly<Record<s
   });
 }
 
-/** `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`. */
-export function signWebhook(secret: string, body: string, at: Date = new Date()): string {
-  const t = Math.floor(at.getTime() / 1000);
-  return `t=${t},v1=${createHmac("sha256", secret).update(`${t}.${body}`).digest("hex")}`;
-}
+/** `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (the one signing rule, in src/platform). */
+export const signWebhook = signPayload;
 
 /** What a receiver does: checks the signature (constant time) and that it is recent. */
-export function verifyWebhook(secret: string, header: string | undefined, body: string, toleranceSeconds = 300, now: Date = new Date()): boolean {
-  if (!header) return false;
-  const parts = Object.fromEntries(header.split(",").map((p) => p.split("=", 2) as [string, string]));
-  const t = Number(parts.t);
-  if (!Number.isInteger(t) || Math.abs(now.getTime() / 1000 - t) > toleranceSeconds || typeof parts.v1 !== "string") return false;
-  const expected = Buffer.from(createHmac("sha256", secret).update(`${t}.${body}`).digest("hex"));
-  const got = Buffer.from(parts.v1);
-  return got.length === expected.length && timingSafeEqual(got, expected);
-}
+export const verifyWebhook = verifyPayload;
 
 /** The JSON body of one delivery. */
 export interface WebhookBody {

@@ -81,6 +81,59 @@ export function durationMs(text: string): number {
   const unit = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[text.slice(-1) as "s" | "m" | "h" | "d"];
   return Number(text.slice(0, -1)) * unit;
 }
+/** An http:// or https:// URL (a write-back's ERP endpoint). */
+const HttpUrl = Schema.String.pipe(
+  Schema.filter(
+    (u) => {
+      try {
+        return ["http:", "https:"].includes(new URL(u).protocol);
+      } catch {
+        return false; // parse fallback: not a URL at all, reported by the filter's message
+      }
+    },
+    { message: () => "expected an http:// or https:// URL" },
+  ),
+);
+const EnvName = Schema.String.pipe(Schema.pattern(/^[A-Z_][A-Z0-9_]*$/, { message: () => "expected an environment variable name" }));
+
+/**
+ * Write-back: the movements that did not come from the source (and the GL journal) sent into its
+ * inbound interface, exactly once per (command, leg). Either inbound tables in the source database
+ * (`movements`, optional `journal`) or signed POSTs to `http.url` (secret in `TALLY_WRITEBACK_<SOURCE>_SECRET`
+ * unless `http.secretEnv` names another variable).
+ */
+export const WriteBackConfig = Schema.Struct({
+  movements: Schema.optional(TableName),
+  journal: Schema.optional(TableName),
+  /** Replenishment requests (low_stock events) as purchase-requisition suggestions (inbound tables only). */
+  requisitions: Schema.optional(TableName),
+  http: Schema.optional(Schema.Struct({ url: HttpUrl, secretEnv: Schema.optional(EnvName), timeoutMs: positiveInt(5000) })),
+  /** The crosswalk system of the source's item numbers (a SKU without one is dead-lettered), default `erp_item`. */
+  itemSystem: Schema.optionalWith(Schema.String.pipe(Schema.minLength(1)), { default: () => "erp_item" }),
+  /** Tally base unit → the source's stock unit and how many base units make one (default: same name, 1). */
+  units: Schema.optionalWith(
+    Schema.Record({ key: Schema.String, value: Schema.Struct({ unit: Schema.String, factor: Schema.Int.pipe(Schema.positive()) }) }),
+    {
+      default: () => ({}),
+    },
+  ),
+  /** Rows per insert or POST, default 500. */
+  batchSize: positiveInt(500),
+  /** Attempts per batch before it is dead-lettered, default 20. */
+  maxAttempts: positiveInt(20),
+  /** First retry delay, doubled per attempt with jitter, default 500 ms, capped at maxBackoffMs (default 60 s). */
+  backoffMs: positiveInt(500),
+  maxBackoffMs: positiveInt(60_000),
+  /** How often an idle writer looks for new movements, default 1000 ms. */
+  intervalMs: positiveInt(1000),
+}).pipe(
+  Schema.filter((w) => (w.movements !== undefined) !== (w.http !== undefined) || "expected either movements (inbound tables) or http, not both"),
+  Schema.filter(
+    (w) => w.journal === undefined || w.movements !== undefined || "journal: needs movements (inbound tables); over http the journal is POSTed too",
+  ),
+  Schema.filter((w) => w.requisitions === undefined || w.movements !== undefined || "requisitions: needs movements (inbound tables)"),
+);
+export type WriteBackConfig = typeof WriteBackConfig.Type;
 
 /** A Postgres database Tally captures by logical replication. Its URL is `TALLY_SOURCE_<NAME>_URL`. */
 export const SourceConfig = Schema.Struct({
@@ -122,6 +175,8 @@ export const SourceConfig = Schema.Struct({
   statusSeconds: Schema.optionalWith(Schema.Number.pipe(Schema.positive()), { default: () => 10 }),
   /** Replication lag (bytes) above which an alert event is raised, default 64 MiB. */
   lagAlertBytes: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => 64 * 1024 * 1024 }),
+  /** Send Tally's movements (and journal) back into this source (none: capture only). */
+  writeBack: Schema.optional(WriteBackConfig),
 });
 export type SourceConfig = typeof SourceConfig.Type;
 
