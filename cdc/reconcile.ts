@@ -37,13 +37,14 @@ export interface SourceOnHand {
 
 /**
  * Units per (SKU, location) the ledger holds that the source has not received yet (write-back still
- * in flight: a POS sale of 3 not yet in the ERP is −3), read inside the source's snapshot (`sourceTx`)
- * so that it matches the on-hand read there. Reconciliation subtracts them from the ledger's side.
+ * in flight: a POS sale of 3 not yet in the ERP is −3). Called before the source's snapshot is taken
+ * (to read what must be read before it, like the write-back's position), it returns the reader that
+ * runs inside that snapshot (`sourceTx`), so that it matches the on-hand read there. Reconciliation
+ * subtracts them from the ledger's side.
  */
 export type InFlight = (
-  sourceTx: TransactionSql,
   source: ResolvedSource,
-) => Promise<ReadonlyArray<{ readonly sku: string; readonly location: string; readonly qty: number }>>;
+) => Promise<(sourceTx: TransactionSql) => Promise<ReadonlyArray<{ readonly sku: string; readonly location: string; readonly qty: number }>>>;
 
 export interface Drift {
   readonly sku: string;
@@ -93,6 +94,7 @@ export async function readSourceOnHand(sourceSql: Sql, source: ResolvedSource, c
   const unmapped: Array<{ row: string; error: string }> = [];
   const pending: OnHand = new Map();
   const [schema, table] = declared.table.split(".") as [string, string];
+  const pendingIn = inFlight ? await inFlight(source) : null; // before the snapshot
   const lsn = await sourceSql.begin("isolation level repeatable read read only", async (tx) => {
     const [{ lsn }] = await tx<[{ lsn: string }]>`select pg_current_wal_lsn()::text as lsn`;
     const columns = await tx<Array<{ column_name: string }>>`
@@ -108,7 +110,7 @@ export async function readSourceOnHand(sourceSql: Sql, source: ResolvedSource, c
         unmapped.push({ row: JSON.stringify(raw), error: error.message });
       }
     }
-    for (const p of inFlight ? await inFlight(tx, source) : []) add(pending, p.sku, p.location, p.qty);
+    for (const p of pendingIn ? await pendingIn(tx) : []) add(pending, p.sku, p.location, p.qty);
     return lsn;
   });
   for (const v of onHand.values()) locations.add(v.location);

@@ -3,12 +3,14 @@
  * consistent comparison, and with `apply`, per (SKU, location) what the source's system of record
  * says — where the ERP wins, `count` commands (reason `reconciliation`, deterministic ids); where
  * Tally wins, a correction to the source through `correctSource` (reported as "to write back" while
- * no write-back is wired).
+ * no write-back is wired). A source with a `writeBack` gets both hooks from it unless the caller
+ * gives its own: what is still on its way to the ERP is no drift, and Tally's corrections go to the
+ * ERP's inbound interface like every other movement Tally writes back.
  */
 import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import type { Command } from "../src/contract/index.ts";
-import { sleep } from "../src/platform/index.ts";
+import { createLogger, type Logger, sleep } from "../src/platform/index.ts";
 import { publishCommands, type Topology } from "../src/wire/index.ts";
 import type { Crosswalk } from "./crosswalk.ts";
 import {
@@ -22,6 +24,7 @@ import {
   waitForLedger,
 } from "./reconcile.ts";
 import { ownerAt, type ResolvedSource } from "./sources.ts";
+import { writeBackCorrection, writeBackInFlight, writeBackMark } from "./writeBackReconcile.ts";
 
 /**
  * Writes a correction to the source where Tally is the system of record: the source's on-hand of
@@ -49,6 +52,30 @@ export interface ReconcileRunOptions {
   readonly signal?: AbortSignal;
   /** Rows of the on-hand table that could not be compared (unmapped), for the caller to say so. */
   readonly onUnmapped?: (count: number, firstError: string) => void;
+  readonly log?: Logger;
+}
+
+/** The write-back's legs not in the ERP yet: its position read before the ERP snapshot, the inbound rows inside it. */
+const writeBackPending =
+  (ledger: Sql): InFlight =>
+  async (source) => {
+    const mark = await writeBackMark(ledger, source.name);
+    return (tx) => writeBackInFlight(ledger, source, tx, mark);
+  };
+
+/** The hooks of a run: the caller's, or the source's write-back's when it has one. */
+function hooks(opts: ReconcileRunOptions): { inFlight?: InFlight; correctSource?: (key: string) => CorrectSource } {
+  const { source, ledger } = opts;
+  const log = opts.log ?? createLogger("reconcile", "warn");
+  const inFlight = opts.inFlight ?? (source.writeBack ? writeBackPending(ledger) : undefined);
+  const given = opts.correctSource;
+  const correctSource = given
+    ? () => given
+    : source.writeBack
+      ? (key: string) => async (sku: string, location: string, diff: number) =>
+          writeBackCorrection(ledger, source, { sku, location, qty: -diff, key }, log)
+      : undefined;
+  return { ...(inFlight ? { inFlight } : {}), ...(correctSource ? { correctSource } : {}) };
 }
 
 export interface ReconcileOutcome {
@@ -66,7 +93,7 @@ export interface ReconcileOutcome {
 
 async function measure(opts: ReconcileRunOptions) {
   const { ledger, source, crosswalk, timeoutMs } = opts;
-  const read = await readSourceOnHand(opts.sourceSql, source, crosswalk, opts.inFlight);
+  const read = await readSourceOnHand(opts.sourceSql, source, crosswalk, hooks(opts).inFlight);
   if (read.unmapped.length > 0) opts.onUnmapped?.(read.unmapped.length, read.unmapped[0]!.error);
   await waitForLedger({
     ledger,
@@ -126,9 +153,11 @@ export async function runReconciliation(opts: ReconcileRunOptions): Promise<Reco
     );
   }
   const corrected: Array<Drift> = [];
-  if (opts.correctSource) for (const d of tallyWins) await opts.correctSource(d.sku, d.location, d.diff).then(() => corrected.push(d));
+  // Keyed by the position compared at: a run that finds the same drift there again writes nothing twice.
+  const correct = hooks(opts).correctSource?.(second.read.lsn);
+  if (correct) for (const d of tallyWins) await correct(d.sku, d.location, d.diff).then(() => corrected.push(d));
   const after = await reconcileReport(opts.ledger, second.read, source.name, opts.tolerance);
-  return { report: first.report, applied: commands, corrected, toWriteBack: opts.correctSource ? [] : tallyWins, after };
+  return { report: first.report, applied: commands, corrected, toWriteBack: correct ? [] : tallyWins, after };
 }
 
 /** Σ|diff| over a report's pairs: the `tally_reconcile_drift_units` of a run. */

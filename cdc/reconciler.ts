@@ -118,6 +118,7 @@ export class Reconciler extends LongRunningService {
         ...(this.opts.inFlight ? { inFlight: this.opts.inFlight } : {}),
         ...(this.opts.correctSource ? { correctSource: this.opts.correctSource } : {}),
         onUnmapped: (count, error) => log.warn({ count, error }, "reconciliation: on-hand rows not compared (unmapped)"),
+        log,
       });
     } catch (err) {
       if (signal.aborted) return; // stopping: nothing to record, the next start runs again

@@ -45,7 +45,15 @@ beforeAll(async () => {
     writeBack: undefined,
   };
   tally = await startInProcess(ctx, ["worker", "relay", "cdc"], {}, { ...demo.config, sources: { ...demo.config.sources, erp } });
-  env = { ...tallyEnv(ctx), ...demo.env };
+  // The CLI runs with the demo config without write-back too (with one, units not yet written back are no drift).
+  const dir = mkdtempSync(path.join(tmpdir(), "tally-reconcile-"));
+  const noWriteBack = path.join(dir, "tally.config.ts");
+  writeFileSync(
+    noWriteBack,
+    `import config from ${JSON.stringify(path.join(ROOT, "tally.config.ts"))};\n` +
+      "export default { ...config, sources: { ...config.sources, erp: { ...config.sources.erp, writeBack: undefined } } };\n",
+  );
+  env = { ...tallyEnv(ctx), ...demo.env, TALLY_CONFIG: noWriteBack };
   await eventually("opening balances", async () => {
     for (const s of DEMO_STOCK) if ((await onHand(s.sku, s.location)) !== s.baseQty) return false;
     return true;
@@ -126,7 +134,7 @@ describe("tally reconcile", () => {
     writeFileSync(
       file,
       `import config from ${JSON.stringify(path.join(ROOT, "tally.config.ts"))};\n` +
-        "export default { ...config, sources: { ...config.sources, erp: { ...config.sources.erp, systemOfRecord: 'tally' } } };\n",
+        "export default { ...config, sources: { ...config.sources, erp: { ...config.sources.erp, systemOfRecord: 'tally', writeBack: undefined } } };\n",
     );
     const entries = await entryCount();
     const r = await runTally(["--config", file, "reconcile", "erp", "--format", "json", "--apply"], env);
@@ -306,7 +314,7 @@ describe("reconciliation in the cdc role, per system of record", () => {
   it("--apply per location: where the ERP wins a count, where Tally wins no ledger change and the correction hook gets the diff", async () => {
     const config = decodeTallyConfig({
       ...demo.config,
-      sources: { erp: { ...demo.config.sources.erp!, systemOfRecord: { default: "erp", locations: { S02: "tally" } } } },
+      sources: { erp: { ...demo.config.sources.erp!, systemOfRecord: { default: "erp", locations: { S02: "tally" } }, writeBack: undefined } },
     });
     const source = findSource(config, "erp", ctx.env, { ...process.env, ...demo.env });
     const corrections: Array<[string, string, number]> = [];
@@ -418,7 +426,9 @@ describe("write-back in flight and the run history", () => {
     const align = await runTally(["reconcile", "erp", "--format", "json", "--apply"], env);
     expect(align.code, align.output).toBe(0);
     await posSale("test-inflight-sale", e.sku, "S01", 2);
-    const source = findSource(demo.config, "erp", ctx.env, { ...process.env, ...demo.env });
+    // Without write-back: the hook below is the only one (a source with one gets the write-back's).
+    const noWriteBack = { ...demo.config, sources: { erp: { ...demo.config.sources.erp!, writeBack: undefined } } };
+    const source = findSource(noWriteBack, "erp", ctx.env, { ...process.env, ...demo.env });
     const isolation: Array<string> = [];
     const run = async (withHook: boolean) =>
       runReconciliation({
@@ -434,7 +444,7 @@ describe("write-back in flight and the run history", () => {
         apply: true,
         ...(withHook
           ? {
-              inFlight: async (tx) => {
+              inFlight: async () => async (tx) => {
                 isolation.push((await tx<[{ level: string }]>`select current_setting('transaction_isolation') as level`)[0].level);
                 return [{ sku: e.sku, location: "S01", qty: -2 }];
               },

@@ -12,7 +12,18 @@ import { createLogger, decodeTallyConfig, verifyPayload, type WriteBackConfig } 
 import { publishCommands } from "../src/wire/index.ts";
 import { demoSources, type DemoSources } from "./support/cdc.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { decodedCommands, eventually, harness, readStream, ROOT, spawnTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
+import {
+  decodedCommands,
+  eventually,
+  harness,
+  readStream,
+  ROOT,
+  runTally,
+  spawnTally,
+  startInProcess,
+  tallyEnv,
+  type Harness,
+} from "./support/tally.ts";
 
 let ctx: TestContext;
 let h: Harness;
@@ -338,6 +349,63 @@ describe("write-back to the ERP", () => {
     await readerCaughtUp();
     expect(await erpEntries()).toBe(echo);
   }, 90_000);
+});
+
+describe("tally reconcile with the write-back", () => {
+  it("a sale still on its way to the ERP is no drift; where Tally wins, --apply writes the correction into the ERP once", async () => {
+    // Tally is the system of record at S02: its tills are the truth there.
+    const sorFile = path.join(path.dirname(configFile), "tally.sor.config.ts");
+    writeFileSync(
+      sorFile,
+      `import base from ${JSON.stringify(configFile)};\n` +
+        'export default { ...base, sources: { ...base.sources, erp: { ...base.sources.erp, systemOfRecord: { default: "erp", locations: { S02: "tally" } } } } };\n',
+    );
+    const reconcile = async (...args: ReadonlyArray<string>) => {
+      const r = await runTally(["--config", sorFile, "reconcile", "erp", "--format", "json", ...args], env);
+      return {
+        code: r.code,
+        out: r.output,
+        json: JSON.parse(r.stdout) as { drift: Array<{ sku: string; location: string; diff: number }>; corrected?: Array<unknown> },
+      };
+    };
+    const pair = (d: { sku: string; location: string }) => `${d.sku}@${d.location}`;
+
+    // The writer is held up (an ERP session locks the inbound table against inserts; reads go on): a POS sale is in the ledger, not in the ERP.
+    const held = await demo.erp.reserve();
+    await held`begin`;
+    await held`lock table inbound_movements in exclusive mode`;
+    const item = stock("SKU-0003", "S01");
+    const erpBefore = await erpOnHand(item.itemNo, "S01");
+    let inFlight: Awaited<ReturnType<typeof reconcile>>;
+    try {
+      const pending = sale("SKU-0003", "S01", 2);
+      await publishCommands(h.nats.js, h.topology, [pending]);
+      await eventually("the sale applied", async () => (await h.sql`select 1 from ledger_entries where command_id = ${pending.id}`).length === 1);
+      inFlight = await reconcile();
+      expect(await erpOnHand(item.itemNo, "S01")).toBe(erpBefore);
+    } finally {
+      await held`rollback`;
+      held.release();
+    }
+    expect(inFlight.json.drift.map(pair), inFlight.out).not.toContain("SKU-0003@S01");
+    await eventually("the sale written back", async () => (await erpOnHand(item.itemNo, "S01")) === erpBefore - 2);
+
+    // Drift injected into the ERP at S02, where Tally wins: reported, and corrected in the ERP, not in the ledger.
+    const s02 = stock("SKU-0006", "S02");
+    const ledgerS02 = await onHand("SKU-0006", "S02");
+    await demo.erp`update stock_on_hand set qty = qty + 7 where item_no = ${s02.itemNo} and location = 'S02'`;
+    const report = await reconcile();
+    const drift = report.json.drift.find((d) => pair(d) === "SKU-0006@S02");
+    expect(drift, report.out).toMatchObject({ diff: (await erpOnHand(s02.itemNo, "S02")) - ledgerS02 });
+    const applied = await reconcile("--apply");
+    expect(applied.json.corrected, applied.out).toContainEqual(expect.objectContaining({ sku: "SKU-0006", location: "S02" }));
+    expect(await erpOnHand(s02.itemNo, "S02")).toBe(ledgerS02);
+    expect(await onHand("SKU-0006", "S02")).toBe(ledgerS02);
+    const again = await reconcile("--apply");
+    expect(again.json.drift.map(pair), again.out).not.toContain("SKU-0006@S02");
+    const corrections = await demo.erp`select command_id from inbound_movements where movement = 'reconciliation' and item_no = ${s02.itemNo}`;
+    expect(corrections).toHaveLength(1);
+  }, 120_000);
 });
 
 describe("write-back config", () => {

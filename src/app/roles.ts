@@ -206,9 +206,9 @@ const startReaders = (ctx: RoleContext) =>
 
 /**
  * A reconciler per source with an `onHand` declaration, running while this process's reader streams it.
- * Where Tally is the system of record, its corrections go to the source through `correctSource`, and
- * write-back still in flight is allowed for through `inFlight` (ReconcilerOptions): both are left
- * unset until the source's write-back provides them, so such pairs are reported "to write back".
+ * A source with `writeBack` has its corrections (where Tally is the system of record) written into
+ * the ERP's inbound interface, and write-back still in flight is no drift (runReconciliation's
+ * hooks); without one, Tally-wins pairs are reported "to write back".
  */
 const startReconcilers = (ctx: RoleContext, readers: ReadonlyArray<SourceReader>) =>
   Effect.gen(function* () {

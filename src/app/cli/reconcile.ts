@@ -40,6 +40,8 @@ interface Outcome {
   readonly report: ReconcileReport;
   readonly applied?: ReadonlyArray<Command>;
   readonly toWriteBack?: ReadonlyArray<Drift>;
+  /** Tally-wins pairs whose correction was written to the source through its write-back. */
+  readonly corrected?: ReadonlyArray<Drift>;
   readonly after?: ReconcileReport;
 }
 
@@ -66,11 +68,11 @@ async function reconcileWith(cdc: Cdc, settings: Settings, name: string, opts: R
     const locations = [...new Set(o.toWriteBack.map((d) => d.location))].sort().join(", ");
     process.stderr.write(
       `reconcile: Tally is the system of record for ${name} at ${locations}: ${o.toWriteBack.length} pairs to write back to the source ` +
-        `(reported, not changed in the ledger; the write-back of corrections is not wired)\n`,
+        `(reported, not changed in the ledger; the source has no writeBack to send corrections through)\n`,
     );
   }
   if (!o.after) return { report: o.report };
-  return { report: o.report, applied: o.applied, toWriteBack: o.toWriteBack, after: o.after };
+  return { report: o.report, applied: o.applied, toWriteBack: o.toWriteBack, corrected: o.corrected, after: o.after };
 }
 
 function print(outcome: Outcome, opts: ReconcileOptions): void {
@@ -80,6 +82,7 @@ function print(outcome: Outcome, opts: ReconcileOptions): void {
       ? {
           applied: applied.map((c) => ({ id: c.id, sku: c.sku, location: c.location, qty: (c as { qty: number }).qty })),
           toWriteBack: outcome.toWriteBack ?? [],
+          corrected: outcome.corrected ?? [],
           after: after!.drift,
         }
       : {};
@@ -89,7 +92,8 @@ function print(outcome: Outcome, opts: ReconcileOptions): void {
     process.stdout.write(driftTable(report, opts.tolerance));
     if (applied)
       process.stdout.write(
-        `applied ${applied.length} counts (reason reconciliation)${outcome.toWriteBack?.length ? `, ${outcome.toWriteBack.length} pairs to write back (Tally wins)` : ""}; ` +
+        `applied ${applied.length} counts (reason reconciliation)${outcome.corrected?.length ? `, ${outcome.corrected.length} corrections written back to the source (Tally wins)` : ""}` +
+          `${outcome.toWriteBack?.length ? `, ${outcome.toWriteBack.length} pairs to write back (Tally wins)` : ""}; ` +
           `after: ${driftTable(after!, opts.tolerance)}`,
       );
   }
