@@ -174,15 +174,26 @@ begin
         uom = excluded.uom;
 end $$;
 
-create or replace function erp_book_receipt() returns trigger language plpgsql as $$
+-- Receipts and adjustments are booked once per statement, summed per (item, location), as an ERP's
+-- posting run does: a bulk load of a million receipt lines is one update per item and location,
+-- not a million updates of the same few rows.
+create or replace function erp_book_receipts() returns trigger language plpgsql as $$
 begin
-  perform erp_book_stock(new.item_no, new.location, erp_stock_qty(new.item_no, new.qty, new.uom));
+  insert into stock_on_hand as s (item_no, location, qty, uom)
+  select n.item_no, n.location, sum(erp_stock_qty(n.item_no, n.qty, n.uom)), min(i.base_uom)
+    from new_rows n join items i on i.item_no = n.item_no
+   group by n.item_no, n.location
+  on conflict (item_no, location) do update
+    set qty = erp_stock_qty(s.item_no, s.qty, s.uom) + excluded.qty,
+        uom = excluded.uom;
   return null;
 end $$;
-create or replace trigger goods_receipts_book after insert on goods_receipts
-  for each row execute function erp_book_receipt();
-create or replace trigger stock_adjustments_book after insert on stock_adjustments
-  for each row execute function erp_book_receipt();
+drop trigger if exists goods_receipts_book on goods_receipts;
+create trigger goods_receipts_book after insert on goods_receipts
+  referencing new table as new_rows for each statement execute function erp_book_receipts();
+drop trigger if exists stock_adjustments_book on stock_adjustments;
+create trigger stock_adjustments_book after insert on stock_adjustments
+  referencing new table as new_rows for each statement execute function erp_book_receipts();
 
 create or replace function erp_book_count() returns trigger language plpgsql as $$
 begin
