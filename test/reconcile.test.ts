@@ -422,6 +422,11 @@ describe("a halted source's re-snapshot", () => {
 
 describe("write-back in flight and the run history", () => {
   it("units the inFlight hook reports (read inside the source's snapshot) are no drift, and --apply leaves them alone", async () => {
+    // A reconciliation the re-snapshot tests above asked the cdc role for (it applies) must be over first.
+    await eventually("no reconciliation requested of the cdc role", async () => {
+      const [row] = await h.sql<[{ idle: boolean }]>`select reconcile_requested_at is null as idle from cdc_sources where source = 'erp'`;
+      return row.idle;
+    });
     const e = fresh("S01", 2);
     const align = await runTally(["reconcile", "erp", "--format", "json", "--apply"], env);
     expect(align.code, align.output).toBe(0);

@@ -17,7 +17,9 @@ declare module "vitest" {
  * stream names through `testContext()`). The returned teardown destroys both.
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  const [pg, nats] = await Promise.allSettled([startPostgres(), startNats()]);
+  // Every test file that runs CDC makes its own slots (a source per demo database, a slot per source)
+  // in this one shared server, several files at a time: more than `tally dev`'s 20.
+  const [pg, nats] = await Promise.allSettled([startPostgres({ settings: { max_replication_slots: "64", max_wal_senders: "64" } }), startNats()]);
   const teardown = async (): Promise<void> => {
     await Promise.allSettled([
       pg.status === "fulfilled" ? pg.value.destroy() : undefined,
