@@ -112,6 +112,21 @@ export async function openExport(
   range: ExportRange = {},
   onProgress?: (summary: ExportSummary) => void,
 ): Promise<LedgerExport> {
+  const { conn, horizon: nextCursor, close } = await openSnapshot(sql);
+  return { nextCursor, chunks: exportRows(conn, format, range, nextCursor, close, onProgress), close };
+}
+
+/** A REPEATABLE READ snapshot on a reserved connection, with its xmin horizon (every export's start). */
+export interface ExportSnapshot {
+  readonly conn: ReservedSql;
+  /** The snapshot's xmin: every transaction below it has ended, so its rows are all visible and final. */
+  readonly horizon: string;
+  /** Ends the snapshot and frees its connection (idempotent). */
+  close(): Promise<void>;
+}
+
+/** Opens the snapshot an export reads in; the connection is freed if opening fails. */
+export async function openSnapshot(sql: Sql): Promise<ExportSnapshot> {
   const conn = await sql.reserve();
   let open = true;
   const close = async () => {
@@ -125,16 +140,14 @@ export async function openExport(
       conn.release();
     }
   };
-  let nextCursor: string;
   try {
     await conn`begin isolation level repeatable read read only`;
     const [{ horizon }] = await conn<[{ horizon: string }]>`select pg_snapshot_xmin(pg_current_snapshot())::text as horizon`;
-    nextCursor = horizon;
+    return { conn, horizon, close };
   } catch (error) {
     await close();
     throw error;
   }
-  return { nextCursor, chunks: exportRows(conn, format, range, nextCursor, close, onProgress), close };
 }
 
 async function* exportRows(

@@ -1,6 +1,6 @@
 import type { ReservedSql, Sql } from "postgres";
 import { moneyJson } from "./entryRow.ts";
-import { CRLF, csvCell } from "./export.ts";
+import { CRLF, csvCell, openSnapshot } from "./export.ts";
 import { quantityJson } from "./store.ts";
 
 /** The columns of an exported journal line, in order (the CSV header; the README lists them). */
@@ -139,28 +139,7 @@ export interface GlExport {
  * server-side cursor, a batch at a time, read only as the consumer takes them: memory stays flat.
  */
 export async function openGlExport(sql: Sql, format: "csv" | "ndjson", range: GlRange = {}): Promise<GlExport> {
-  const conn = await sql.reserve();
-  let open = true;
-  const close = async () => {
-    if (!open) return;
-    open = false;
-    try {
-      await conn`rollback`;
-    } catch {
-      // The connection is gone; releasing it below is all there is left to do.
-    } finally {
-      conn.release();
-    }
-  };
-  let nextCursor: string;
-  try {
-    await conn`begin isolation level repeatable read read only`;
-    const [{ horizon }] = await conn<[{ horizon: string }]>`select pg_snapshot_xmin(pg_current_snapshot())::text as horizon`;
-    nextCursor = horizon;
-  } catch (error) {
-    await close();
-    throw error;
-  }
+  const { conn, horizon: nextCursor, close } = await openSnapshot(sql);
   return { nextCursor, chunks: glRows(conn, format, range, nextCursor, close), close };
 }
 

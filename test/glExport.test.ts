@@ -1,10 +1,8 @@
-import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { existsSync } from "node:fs";
 import type { AddressInfo } from "node:net";
-import { promisify } from "node:util";
 import { chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GL_EXPORT_COLUMNS, openGlExport, type GlExportSummary } from "../ledger/glExport.ts";
@@ -15,21 +13,7 @@ import { testContext, type TestContext } from "./support/context.ts";
 import { insertJournal, type FixtureJournal } from "./support/glJournal.ts";
 import { runTally, tallyEnv } from "./support/tally.ts";
 import { startApi, type ApiFixture } from "./apiSupport.ts";
-
-const run = promisify(execFile);
-
-/** The Python that finance would use (as test/ledgerExport.test.ts): python3 on PATH or Debian's, whichever has pandas. */
-async function pythonWithPandas(): Promise<string> {
-  for (const candidate of ["python3", "/usr/bin/python3"]) {
-    try {
-      await run(candidate, ["-c", "import pandas"]);
-      return candidate;
-    } catch {
-      // Not this one: try the next.
-    }
-  }
-  throw new Error("no python3 with pandas (install Debian's python3-pandas, as .ci/run does)");
-}
+import { pythonWithPandas, run } from "./support/python.ts";
 
 let ctx: TestContext;
 let api: ApiFixture;

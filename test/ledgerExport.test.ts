@@ -1,33 +1,13 @@
-import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Sql } from "../src/platform/db.ts";
 import { EXPORT_COLUMNS, EXPORT_CURSOR_HEADER, EXPORT_SUMMARY_TRAILER, type ExportSummary } from "../ledger/export.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { eventually } from "./support/tally.ts";
 import { startApi, type ApiFixture } from "./apiSupport.ts";
-
-const run = promisify(execFile);
-
-/**
- * The Python that finance would use: the first of `python3` on PATH and Debian's own interpreter
- * that has pandas (a pyenv `python3` first on PATH does not see Debian's python3-pandas, which
- * `.ci/run` installs when neither has it).
- */
-async function pythonWithPandas(): Promise<string> {
-  for (const candidate of ["python3", "/usr/bin/python3"]) {
-    try {
-      await run(candidate, ["-c", "import pandas"]);
-      return candidate;
-    } catch {
-      // Not this one: try the next.
-    }
-  }
-  throw new Error("no python3 with pandas (install Debian's python3-pandas, as .ci/run does)");
-}
+import { pythonWithPandas, run } from "./support/python.ts";
 
 let ctx: TestContext;
 let api: ApiFixture;

@@ -14,25 +14,31 @@ const Location = Schema.String.pipe(Schema.filter(isId, { message: () => `expect
 
 const positiveInt = (fallback: number) => Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => fallback });
 
+/** An environment variable's name (where a secret is read from). */
+const EnvName = Schema.String.pipe(Schema.pattern(/^[A-Z_][A-Z0-9_]*$/, { message: () => "expected an environment variable name" }));
+
+/** An http:// or https:// URL (a channel's webhook, a write-back's ERP endpoint). */
+const HttpUrl = Schema.String.pipe(
+  Schema.filter(
+    (u) => {
+      try {
+        return ["http:", "https:"].includes(new URL(u).protocol);
+      } catch {
+        return false; // parse fallback: not a URL at all, reported by the filter's message
+      }
+    },
+    { message: () => "expected an http:// or https:// URL" },
+  ),
+);
+
 /**
  * Where a channel's availability changes are POSTed (batched, HMAC-signed, retried, dead-lettered
  * when the retries run out). The signing secret comes from the environment: `TALLY_WEBHOOK_<CHANNEL>_SECRET`
  * unless `secretEnv` names another variable.
  */
 export const WebhookConfig = Schema.Struct({
-  url: Schema.String.pipe(
-    Schema.filter(
-      (u) => {
-        try {
-          return ["http:", "https:"].includes(new URL(u).protocol);
-        } catch {
-          return false; // parse fallback: not a URL at all, reported by the filter's message
-        }
-      },
-      { message: () => "expected an http:// or https:// URL" },
-    ),
-  ),
-  secretEnv: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Z_][A-Z0-9_]*$/, { message: () => "expected an environment variable name" }))),
+  url: HttpUrl,
+  secretEnv: Schema.optional(EnvName),
   /** Changes per POST, default 100 (the latest per SKU). */
   batchSize: positiveInt(100),
   /** How long the first change of a batch waits for others, default 200 ms. */
@@ -81,20 +87,6 @@ export function durationMs(text: string): number {
   const unit = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[text.slice(-1) as "s" | "m" | "h" | "d"];
   return Number(text.slice(0, -1)) * unit;
 }
-/** An http:// or https:// URL (a write-back's ERP endpoint). */
-const HttpUrl = Schema.String.pipe(
-  Schema.filter(
-    (u) => {
-      try {
-        return ["http:", "https:"].includes(new URL(u).protocol);
-      } catch {
-        return false; // parse fallback: not a URL at all, reported by the filter's message
-      }
-    },
-    { message: () => "expected an http:// or https:// URL" },
-  ),
-);
-const EnvName = Schema.String.pipe(Schema.pattern(/^[A-Z_][A-Z0-9_]*$/, { message: () => "expected an environment variable name" }));
 
 /**
  * Write-back: the movements that did not come from the source (and the GL journal) sent into its

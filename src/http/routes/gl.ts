@@ -1,10 +1,7 @@
-import { Readable } from "node:stream";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
 import {
-  EXPORT_CURSOR_HEADER,
-  EXPORT_SUMMARY_TRAILER,
   GL_EXPORT_CURSOR_PATTERN,
   decodeJournalCursor,
   encodeJournalCursor,
@@ -14,8 +11,8 @@ import {
   readJournalPage,
   todayIn,
   trialBalance,
-  type GlExportSummary,
 } from "../../../ledger/index.ts";
+import { sendExport } from "../exportStream.ts";
 
 const amount = (description: string) => ({ type: ["integer", "string"], description: `${description}, minor units (past 2^53, a decimal string)` });
 const optionalText = { type: ["string", "null"] };
@@ -198,23 +195,7 @@ function exportRoute(app: FastifyInstance, ctx: ApiContext): void {
       refuseChannelToken(req);
       const { format, cursor } = req.query;
       const exp = await openGlExport(ctx.sql, format, { ...range(req.query), cursor });
-      let summary: GlExportSummary | null = null;
-      const stream = Readable.from(
-        (async function* () {
-          summary = yield* exp.chunks;
-        })(),
-        { objectMode: false, highWaterMark: 1 },
-      );
-      // The client went away (or the response ended): stop reading and end the snapshot.
-      reply.raw.on("close", () => {
-        stream.destroy();
-        void exp.close();
-      });
-      reply.header("content-type", format === "csv" ? "text/csv; charset=utf-8" : "application/x-ndjson");
-      reply.header("content-disposition", `attachment; filename="gl-journal-${cursor ?? "0"}-${exp.nextCursor}.${format}"`);
-      reply.header(EXPORT_CURSOR_HEADER, exp.nextCursor);
-      reply.trailer(EXPORT_SUMMARY_TRAILER, async () => JSON.stringify(summary));
-      return reply.send(stream);
+      return sendExport(reply, exp, format, `gl-journal-${cursor ?? "0"}-${exp.nextCursor}`);
     },
   );
 }

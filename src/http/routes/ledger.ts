@@ -1,16 +1,8 @@
-import { Readable } from "node:stream";
 import type { FastifyInstance } from "fastify";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
-import {
-  EXPORT_CURSOR_HEADER,
-  EXPORT_CURSOR_PATTERN,
-  EXPORT_SUMMARY_TRAILER,
-  entryJson,
-  openExport,
-  type EntryRow,
-  type ExportSummary,
-} from "../../../ledger/index.ts";
+import { sendExport } from "../exportStream.ts";
+import { EXPORT_CURSOR_PATTERN, entryJson, openExport, type EntryRow } from "../../../ledger/index.ts";
 
 const Entry = {
   $id: "LedgerEntry",
@@ -200,23 +192,7 @@ function exportRoute(app: FastifyInstance, ctx: ApiContext): void {
       const to = date("to", req.query.to);
       const { format, cursor } = req.query;
       const exp = await openExport(ctx.sql, format, { cursor, from, to });
-      let summary: ExportSummary | null = null;
-      const stream = Readable.from(
-        (async function* () {
-          summary = yield* exp.chunks;
-        })(),
-        { objectMode: false, highWaterMark: 1 },
-      );
-      // The client went away (or the response ended): stop reading and end the snapshot.
-      reply.raw.on("close", () => {
-        stream.destroy();
-        void exp.close();
-      });
-      reply.header("content-type", format === "csv" ? "text/csv; charset=utf-8" : "application/x-ndjson");
-      reply.header("content-disposition", `attachment; filename="ledger-${cursor ?? "0"}-${exp.nextCursor}.${format === "csv" ? "csv" : "ndjson"}"`);
-      reply.header(EXPORT_CURSOR_HEADER, exp.nextCursor);
-      reply.trailer(EXPORT_SUMMARY_TRAILER, async () => JSON.stringify(summary));
-      return reply.send(stream);
+      return sendExport(reply, exp, format, `ledger-${cursor ?? "0"}-${exp.nextCursor}`);
     },
   );
 }
