@@ -72,12 +72,16 @@ export class Reconciler extends LongRunningService {
     const { ledger, source } = this.opts;
     if (this.#lastScheduled === null) await this.#loadHistory();
     if (!this.opts.active()) return;
-    const [row] = await ledger<[{ requested: Date | null } | undefined]>`
-      select reconcile_requested_at as requested from cdc_sources where source = ${source.name}`;
+    // Compared as text: a timestamptz has microseconds, and a JS Date (which postgres.js makes of a timestamptz
+    // parameter, even one given as a string) only milliseconds, so the request would never be cleared.
+    const [row] = await ledger<[{ requested: string | null } | undefined]>`
+      select reconcile_requested_at::text as requested from cdc_sources where source = ${source.name}`;
     if (row?.requested) {
       await this.#runOnce(sourceSql, "resnapshot", true, signal);
       // A request made while this run went on stays (the next tick serves it).
-      await ledger`update cdc_sources set reconcile_requested_at = null where source = ${source.name} and reconcile_requested_at = ${row.requested}`;
+      await ledger`
+        update cdc_sources set reconcile_requested_at = null
+         where source = ${source.name} and reconcile_requested_at::text = ${row.requested}`;
       return;
     }
     if (source.reconcileEveryMs !== null && Date.now() - this.#lastScheduled! >= source.reconcileEveryMs) {

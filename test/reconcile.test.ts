@@ -422,7 +422,8 @@ describe("a halted source's re-snapshot", () => {
 
 describe("write-back in flight and the run history", () => {
   it("units the inFlight hook reports (read inside the source's snapshot) are no drift, and --apply leaves them alone", async () => {
-    // A reconciliation the re-snapshot tests above asked the cdc role for (it applies) must be over first.
+    // A reconciliation the re-snapshot tests above asked the cdc role for (it applies) must be over first: and
+    // over it is, once (a request that was never cleared made the role reconcile with --apply every second).
     await eventually("no reconciliation requested of the cdc role", async () => {
       const [row] = await h.sql<[{ idle: boolean }]>`select reconcile_requested_at is null as idle from cdc_sources where source = 'erp'`;
       return row.idle;
