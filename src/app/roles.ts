@@ -77,11 +77,22 @@ export const natsResource = (url: string, name: string, access: NatsAccess = {})
     (nc: NatsConnection) => Effect.promise(() => nc.drain().catch(() => nc.close())),
   );
 
-/** A long-running service started now and stopped (awaited) when the current scope closes. */
+/** How long closing a scope waits for one service's loop to end. */
+const SERVICE_STOP_BOUND_MS = 15_000;
+
+/**
+ * A long-running service started now and stopped when the current scope closes. A loop that has not
+ * ended within SERVICE_STOP_BOUND_MS (stuck on something its signal does not reach) is named in a
+ * warning and left to end in the background, so one stuck loop cannot hold a shutdown forever.
+ */
 const serviceResource = <S extends LongRunningService>(make: () => S) =>
   Effect.acquireRelease(
     Effect.sync(() => make().start()),
-    (service) => Effect.promise(() => service.stop()),
+    (service) =>
+      Effect.promise(async () => {
+        if (!(await service.stop(SERVICE_STOP_BOUND_MS)))
+          process.emitWarning(`${service.constructor.name} did not stop within ${SERVICE_STOP_BOUND_MS} ms; left to end in the background`);
+      }),
   );
 
 /** What every role is started with. */
