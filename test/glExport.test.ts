@@ -10,8 +10,8 @@ import { banner } from "../src/app/dev.ts";
 import { loadSettings } from "../src/platform/settings.ts";
 import type { Sql } from "../src/platform/db.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { insertJournal, type FixtureJournal } from "./support/glJournal.ts";
-import { eventually, runTally, tallyEnv } from "./support/tally.ts";
+import { horizonPast, insertJournal, type FixtureJournal } from "./support/glJournal.ts";
+import { runTally, tallyEnv } from "./support/tally.ts";
 import { startApi, type ApiFixture } from "./apiSupport.ts";
 import { pythonWithPandas, run } from "./support/python.ts";
 
@@ -43,21 +43,8 @@ const receipt = (journalId: string, businessDate: string, value: bigint | number
   ...extra,
 });
 
-/**
- * Waits until every journal committed so far is below the cluster's snapshot horizon: an export only
- * passes journals whose transaction is older than the oldest one still running anywhere on this server,
- * and other test files share it (a long transaction there holds the horizon back a moment).
- */
-async function horizonPast(): Promise<void> {
-  await eventually("the snapshot horizon to pass the journals committed so far", async () => {
-    const [{ past }] = await api.sql<[{ past: boolean }]>`
-      select coalesce(pg_snapshot_xmin(pg_current_snapshot()) > (select max(txid) from gl_journals), true) as past`;
-    return past;
-  });
-}
-
 async function exportAll(format: "csv" | "ndjson", range: { from?: string; to?: string; cursor?: string }) {
-  await horizonPast();
+  await horizonPast(api.sql);
   const exp = await openGlExport(api.sql, format, range);
   let body = "";
   let summary: GlExportSummary | undefined;
@@ -187,7 +174,7 @@ describe("GET /v1/gl/export", () => {
     await insertJournal(api.sql, receipt("erp:gr:aug-1", "2026-08-03", 40));
     await insertJournal(api.sql, receipt("erp:gr:aug-2", "2026-08-04", BIG));
     const range = { from: "2026-08-01", to: "2026-08-31" };
-    await horizonPast();
+    await horizonPast(api.sql);
     const res = await api.call({ method: "GET", url: "/v1/gl/export?from=2026-08-01&to=2026-08-31&format=csv", as: "ledger" });
     expect(res.statusCode, res.body).toBe(200);
     expect(res.headers["content-type"]).toMatch(/^text\/csv/);
@@ -199,7 +186,7 @@ describe("GET /v1/gl/export", () => {
     expect(JSON.parse(String(res.trailers["tally-export-summary"]))).toMatchObject({ count: 4, debit: String(BIG + 40n), credit: String(BIG + 40n) });
     // Resumed from its cursor: only what was committed since.
     await insertJournal(api.sql, receipt("erp:gr:aug-3", "2026-08-01", 7));
-    await horizonPast();
+    await horizonPast(api.sql);
     const next = await api.call({ method: "GET", url: `/v1/gl/export?from=2026-08-01&to=2026-08-31&format=ndjson&cursor=${cursor}`, as: "ledger" });
     expect(ndLines(next.body).map((r) => [r.journalId, r.debit])).toEqual([
       ["erp:gr:aug-3", 7],
@@ -311,7 +298,7 @@ describe("trial balance", () => {
 describe("tally gl export on the command line", () => {
   it("writes the file to --output and the summary to stderr; bad options exit 2 with one line naming the option", async () => {
     const out = path.join(dir, "cli.csv");
-    await horizonPast();
+    await horizonPast(api.sql);
     const ok = await runTally(["gl", "export", "--from", "2026-03-01", "--to", "2026-03-31", "--output", out], tallyEnv(ctx));
     expect(ok.code, ok.output).toBe(0);
     const file = await readFile(out, "utf8");

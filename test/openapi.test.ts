@@ -19,7 +19,7 @@ import openapiTS, { astToString, type OpenAPI3 } from "openapi-typescript";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testContext } from "./support/context.ts";
 import { startApi, type ApiFixture } from "./apiSupport.ts";
-import { insertJournal } from "./support/glJournal.ts";
+import { horizonPast, insertJournal } from "./support/glJournal.ts";
 import { OPERATIONS, TallyClient, type Conformance, type Send } from "./openapi/client.ts";
 
 const root = resolve(import.meta.dirname, "..");
@@ -233,6 +233,7 @@ describe("a client typed by the generated types, against the live app", () => {
         { account: "2100", credit: 500, sku: "X-1", qty: 5, unit: "EA", memo: "a, b" },
       ],
     });
+    await horizonPast(api.sql);
     const first = await client("secret-ledger").call("listGlJournalLines", { query: { from: "2026-01-01", to: "2026-01-31", limit: 1 } });
     if (first.status !== 200) throw new Error(`expected 200, got ${first.status}`);
     expect(first.body.lines.map((l) => [l.account, l.debit, l.credit])).toEqual([["1400", 500, 0]]);

@@ -1,5 +1,6 @@
 /** A GL journal inserted directly, as a poster would: the journal and all its lines in one statement. */
 import type { Sql } from "../../src/platform/db.ts";
+import { eventually } from "./tally.ts";
 
 export interface FixtureLine {
   readonly account: string;
@@ -60,4 +61,18 @@ export async function insertJournal(sql: Sql, j: FixtureJournal): Promise<string
     )
     select to_char(posted_on, 'YYYY-MM-DD') as posted_on from journal`;
   return posted_on;
+}
+
+/**
+ * Waits until every journal committed so far is below the cluster's snapshot horizon: a reader of
+ * the journal (export, pages) only passes journals whose transaction is older than the oldest one
+ * still running anywhere on the server, and other test files share it (a long transaction there
+ * holds the horizon back a moment).
+ */
+export async function horizonPast(sql: Sql): Promise<void> {
+  await eventually("the snapshot horizon to pass the journals committed so far", async () => {
+    const [{ past }] = await sql<[{ past: boolean }]>`
+      select coalesce(pg_snapshot_xmin(pg_current_snapshot()) > (select max(txid) from gl_journals), true) as past`;
+    return past;
+  });
 }
