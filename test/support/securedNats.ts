@@ -23,6 +23,22 @@ export interface SecuredNats {
   close(): Promise<void>;
 }
 
+/** The shipped `deploy/nats/tally.conf` with its environment (`prod`) replaced by `env`. */
+export async function shippedNatsConfig(env: string): Promise<string> {
+  const shipped = await readFile(join(ROOT, "deploy/nats/tally.conf"), "utf8");
+  return shipped
+    .replaceAll("tally.prod.", `tally.${env}.`)
+    .replaceAll("tally_prod_", `tally_${env}_`)
+    .replaceAll("TALLY_PROD_", `TALLY_${env.toUpperCase()}_`);
+}
+
+/** A random password per user of the shipped configuration, and the server environment that passes them (`$TALLY_NATS_<USER>_PASSWORD`). */
+export function natsPasswords(): { passwords: Record<NatsUser, string>; serverEnv: Record<string, string> } {
+  const passwords = Object.fromEntries(NATS_USERS.map((u) => [u, `p${randomBytes(12).toString("hex")}`])) as Record<NatsUser, string>;
+  const serverEnv = Object.fromEntries(NATS_USERS.map((u) => [`TALLY_NATS_${u.toUpperCase()}_PASSWORD`, passwords[u]]));
+  return { passwords, serverEnv };
+}
+
 /**
  * The shipped `deploy/nats/tally.conf`, copied to a temp folder with its environment (`prod`)
  * replaced by `env`, random passwords in the server's environment, and the port and store folder
@@ -31,17 +47,11 @@ export interface SecuredNats {
  */
 export async function startSecuredNats(env: string, opts: { extra?: string; probeTls?: { ca: string } } = {}): Promise<SecuredNats> {
   const dir = await mkdtemp(join(tmpdir(), "tally-secured-nats-"));
-  const shipped = await readFile(join(ROOT, "deploy/nats/tally.conf"), "utf8");
-  const filled = shipped
-    .replaceAll("tally.prod.", `tally.${env}.`)
-    .replaceAll("tally_prod_", `tally_${env}_`)
-    .replaceAll("TALLY_PROD_", `TALLY_${env.toUpperCase()}_`)
-    // startNats gives the store folder on the command line (`-sd`), which may not be given twice.
-    .replace(/\n\s*store_dir: .*/, "");
+  // startNats gives the store folder on the command line (`-sd`), which may not be given twice.
+  const filled = (await shippedNatsConfig(env)).replace(/\n\s*store_dir: .*/, "");
   const configFile = join(dir, "tally.conf");
   await writeFile(configFile, `${filled}\n${opts.extra ?? ""}\n`);
-  const passwords = Object.fromEntries(NATS_USERS.map((u) => [u, `p${randomBytes(12).toString("hex")}`])) as Record<NatsUser, string>;
-  const serverEnv = Object.fromEntries(NATS_USERS.map((u) => [`TALLY_NATS_${u.toUpperCase()}_PASSWORD`, passwords[u]]));
+  const { passwords, serverEnv } = natsPasswords();
   const logPath = join(dir, "nats-server.log");
   const server = await startNats({
     configFile,
