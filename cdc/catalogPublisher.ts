@@ -1,10 +1,10 @@
 import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
-import { Kvm, type KV } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { instanceId } from "../ledger/index.ts";
 import { LongRunningService, Wakeup, backoffDelay, retry } from "../src/platform/index.ts";
-import type { Topology } from "../src/wire/index.ts";
+import { ensureBucket, ensureStream, type ReplicaCheck, type Topology } from "../src/wire/index.ts";
 import { CATALOG_CHANNEL, nextDue, publishDue } from "./catalog.ts";
 
 export interface CatalogPublisherOptions {
@@ -17,6 +17,8 @@ export interface CatalogPublisherOptions {
   readonly pollMs?: number;
   /** Outbox rows per round (default 500). */
   readonly batch?: number;
+  /** TALLY_NATS_REPLICAS for the catalog stream and bucket, checked as the other streams' are (default: 1). */
+  readonly replicas?: ReplicaCheck;
 }
 
 const DAY_MS = 24 * 3600 * 1000;
@@ -102,13 +104,9 @@ export class CatalogPublisher extends LongRunningService {
       discard: DiscardPolicy.Old,
       max_age: 7 * DAY_MS * 1_000_000,
     };
-    try {
-      await jsm.streams.info(t.catalogStream);
-    } catch {
-      // Not there yet (the usual first start): create it; a real failure fails the add.
-      await jsm.streams.add(config);
-    }
-    this.#kv = await new Kvm(js).create(t.catalogBucket, { history: 1, storage: StorageType.File });
+    const check = this.opts.replicas ?? { replicas: 1, warn: (message: string) => this.opts.log.warn(message) };
+    await ensureStream(jsm, config, check);
+    this.#kv = await ensureBucket(js, jsm, t.catalogBucket, { history: 1, storage: StorageType.File }, check);
   }
 
   /** Sends one page of the catalog outbox; returns how many rows it sent (0 when another process is sending). */

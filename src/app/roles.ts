@@ -10,7 +10,7 @@ import type { TallyConfig } from "../platform/index.ts";
 import { connectPostgres, type Sql } from "../platform/index.ts";
 import { createLogger, type Logger } from "../platform/index.ts";
 import type { LongRunningService } from "../platform/index.ts";
-import { connectNats, ensureTopology, type NatsHandles } from "../wire/index.ts";
+import { connectNats, ensureTopology, topologyOptions, type NatsHandles, type UnderReplicated } from "../wire/index.ts";
 import { OutboxRelay } from "../channels/index.ts";
 import { AnchorPublisher } from "../channels/index.ts";
 import { WebhookDispatcher, webhookTargets } from "../channels/index.ts";
@@ -109,8 +109,11 @@ interface RoleContext {
   readonly rolesScope: Scope.CloseableScope;
 }
 
-const ensureTopologyOf = (ctx: RoleContext) => () =>
-  ensureTopology(ctx.nc, ctx.topology, { duplicateWindowMs: ctx.settings.duplicateWindowMs, leaseTtlMs: ctx.settings.leaseTtlMs });
+/** A stream found with fewer replicas than TALLY_NATS_REPLICAS, in the process's log: an error when it could not be raised. */
+const replicaWarning = (log: Logger) => (message: string, detail: UnderReplicated) =>
+  detail.raised ? log.warn({ nats: detail }, message) : log.error({ nats: detail }, message);
+
+const ensureTopologyOf = (ctx: RoleContext) => () => ensureTopology(ctx.nc, ctx.topology, topologyOptions(ctx.settings, replicaWarning(ctx.log)));
 
 const startWorker = (ctx: RoleContext, workerSql: Sql) =>
   Effect.gen(function* () {
@@ -242,9 +245,17 @@ const startReconcilers = (ctx: RoleContext, readers: ReadonlyArray<SourceReader>
       );
     return reconcilers;
   });
-const startCatalog = ({ sql, nats, topology: t, log, rolesScope }: RoleContext) =>
+const startCatalog = ({ sql, nats, topology: t, log, rolesScope, settings }: RoleContext) =>
   serviceResource(
-    () => new CatalogPublisher({ sql, js: nats.js, jsm: nats.jsm, topology: t, log: log.child({ role: "cdc", part: "catalog" }) }),
+    () =>
+      new CatalogPublisher({
+        sql,
+        js: nats.js,
+        jsm: nats.jsm,
+        topology: t,
+        log: log.child({ role: "cdc", part: "catalog" }),
+        replicas: { replicas: settings.natsReplicas, warn: replicaWarning(log) },
+      }),
   ).pipe(Scope.extend(rolesScope));
 /** Write-back to each configured source that declares `writeBack` (role `cdc`). */
 const startWriteBacks = (ctx: RoleContext) =>
@@ -355,7 +366,7 @@ export const startRoles = (
     const sql = yield* postgresResource(url, `tally-${roles.join("+")}`);
     yield* fromPromise(() => assertEnvironment(sql, settings.env));
     const nc = yield* natsResource(settings.natsUrl, `tally-${settings.env}-${roles.join("+")}`, settings.natsAccess);
-    const nats = yield* fromPromise(() => ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }));
+    const nats = yield* fromPromise(() => ensureTopology(nc, t, topologyOptions(settings, replicaWarning(log))));
     // The worker (the ledger's single writer) and the API (as many requests at once as clients send)
     // each get a pool of their own: a burst of requests queued on a shared pool would hold back the
     // very commits every one of them is waiting for.

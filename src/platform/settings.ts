@@ -6,7 +6,10 @@ export interface Settings {
   /** `TALLY_ENV`: names every stream, subject, bucket, slot and publication. */
   readonly env: string;
   readonly databaseUrl: string | undefined;
+  /** `TALLY_NATS_URL`: one server, or a comma-separated list of a cluster's servers. */
   readonly natsUrl: string;
+  /** `TALLY_NATS_REPLICAS`: replicas of every stream and KV bucket Tally creates (1 on one server; 3 in a cluster). */
+  readonly natsReplicas: number;
   readonly partitions: number;
   readonly duplicateWindowMs: number;
   readonly leaseTtlMs: number;
@@ -85,6 +88,7 @@ export class SettingsError extends Error {
 export const DEFAULTS = {
   TALLY_ENV: "dev",
   TALLY_NATS_URL: "nats://127.0.0.1:4222",
+  TALLY_NATS_REPLICAS: 1,
   TALLY_PARTITIONS: 16,
   TALLY_DUPLICATE_WINDOW_SECONDS: 2 * 3600,
   TALLY_LEASE_TTL_MS: 10_000,
@@ -143,6 +147,15 @@ const url = (name: string, schemes: ReadonlyArray<string>) =>
     }),
   );
 
+/** One URL or a comma-separated list of them (a cluster's servers), each with one of `schemes`. */
+const urlList = (name: string, schemes: ReadonlyArray<string>) =>
+  Config.string(name).pipe(
+    Config.validate({
+      message: `${name}: expected a URL starting with ${schemes.join(" or ")}, or a comma-separated list of them (one per server of a cluster)`,
+      validation: (s) => s.split(",").every((u) => schemes.some((p) => u.trim().startsWith(p))),
+    }),
+  );
+
 const intIn = (name: string, min: number, max: number, fallback: number) =>
   Config.integer(name).pipe(
     Config.withDefault(fallback),
@@ -155,7 +168,8 @@ const intIn = (name: string, min: number, max: number, fallback: number) =>
 const settingsConfig = Config.all({
   env: envName,
   databaseUrl: Config.option(url("TALLY_DATABASE_URL", ["postgres://", "postgresql://"])),
-  natsUrl: url("TALLY_NATS_URL", ["nats://", "tls://", "ws://", "wss://"]).pipe(Config.withDefault(DEFAULTS.TALLY_NATS_URL)),
+  natsUrl: urlList("TALLY_NATS_URL", ["nats://", "tls://", "ws://", "wss://"]).pipe(Config.withDefault(DEFAULTS.TALLY_NATS_URL)),
+  natsReplicas: intIn("TALLY_NATS_REPLICAS", 1, 5, DEFAULTS.TALLY_NATS_REPLICAS),
   partitions: intIn("TALLY_PARTITIONS", 1, 1024, DEFAULTS.TALLY_PARTITIONS),
   duplicateWindowSeconds: intIn("TALLY_DUPLICATE_WINDOW_SECONDS", 1, 7 * 24 * 3600, DEFAULTS.TALLY_DUPLICATE_WINDOW_SECONDS),
   leaseTtlMs: intIn("TALLY_LEASE_TTL_MS", 1000, 600_000, DEFAULTS.TALLY_LEASE_TTL_MS),
@@ -212,6 +226,7 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     env: s.env,
     databaseUrl: Option.getOrUndefined(s.databaseUrl),
     natsUrl: s.natsUrl,
+    natsReplicas: s.natsReplicas,
     partitions: s.partitions,
     duplicateWindowMs: s.duplicateWindowSeconds * 1000,
     leaseTtlMs: s.leaseTtlMs,

@@ -10,7 +10,7 @@ import {
   StorageType,
   DiscardPolicy,
 } from "@nats-io/jetstream";
-import { Kvm, type KV } from "@nats-io/kv";
+import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
 import { SettingsError, urlCredentials, type NatsAccess } from "../platform/index.ts";
 import type { Topology } from "./topology.ts";
 
@@ -93,6 +93,39 @@ export interface NatsHandles {
 export interface TopologyOptions {
   readonly duplicateWindowMs: number;
   readonly leaseTtlMs: number;
+  /** `TALLY_NATS_REPLICAS`: replicas of every stream and bucket (default 1). */
+  readonly replicas?: number;
+  /** Where a stream left with fewer replicas than configured is reported (default: a process warning on stderr). */
+  readonly warn?: (message: string, detail: UnderReplicated) => void;
+}
+
+/** The topology options of a process's settings. */
+export const topologyOptions = (
+  settings: { readonly duplicateWindowMs: number; readonly leaseTtlMs: number; readonly natsReplicas: number },
+  warn?: TopologyOptions["warn"],
+): TopologyOptions => ({
+  duplicateWindowMs: settings.duplicateWindowMs,
+  leaseTtlMs: settings.leaseTtlMs,
+  replicas: settings.natsReplicas,
+  ...(warn !== undefined ? { warn } : {}),
+});
+
+/** A stream (or a KV bucket's stream) found at start with fewer replicas than configured. */
+export interface UnderReplicated {
+  readonly stream: string;
+  /** Its replicas as found. */
+  readonly replicas: number;
+  readonly configured: number;
+  /** True: raised to `configured` in place. False: raising failed (`error`), it runs with `replicas` until `fix` is done. */
+  readonly raised: boolean;
+  readonly error?: string;
+  /** The operator's fix, a nats CLI command. */
+  readonly fix?: string;
+}
+
+/** A stream or bucket could not be created with the configured replicas (more than the servers, or one server that is not clustered). */
+export class ReplicasError extends Error {
+  override readonly name = "ReplicasError";
 }
 
 /** Creates (or updates) the streams and KV buckets of one environment; idempotent. */
@@ -100,6 +133,8 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
   const jsm = await jetstreamManager(nc);
   const js = jetstream(nc);
   // Every stream: file storage, limits retention, the configured de-duplication window; 0 = kept forever.
+  const replicas = opts.replicas ?? 1;
+  const check = { replicas, warn: opts.warn ?? defaultWarn };
   const stream = (name: string, subject: string, maxAgeMs: number, more: Partial<StreamConfig> = {}) => ({
     name,
     subjects: [subject],
@@ -109,28 +144,101 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
     max_age: nanos(maxAgeMs),
     ...more,
   });
-  await ensureStream(jsm, stream(t.commandsStream, t.commandSubjects, 7 * DAY_MS, { discard: DiscardPolicy.Old }));
-  await ensureStream(jsm, stream(t.dlqStream, t.dlqSubjects, 0));
-  await ensureStream(jsm, stream(t.eventsStream, t.eventSubjects, 30 * DAY_MS));
-  await ensureStream(jsm, stream(t.availabilityStream, t.availabilitySubjects(), DAY_MS));
+  await ensureStream(jsm, stream(t.commandsStream, t.commandSubjects, 7 * DAY_MS, { discard: DiscardPolicy.Old }), check);
+  await ensureStream(jsm, stream(t.dlqStream, t.dlqSubjects, 0), check);
+  await ensureStream(jsm, stream(t.eventsStream, t.eventSubjects, 30 * DAY_MS), check);
+  await ensureStream(jsm, stream(t.availabilityStream, t.availabilitySubjects(), DAY_MS), check);
   // The chain's external witness: no client may delete or purge it through the JetStream API.
-  await ensureStream(jsm, stream(t.anchorsStream, t.anchorsSubject, 0, { deny_delete: true, deny_purge: true }));
-  const kvm = new Kvm(js);
-  const leases = await kvm.create(t.leasesBucket, { history: 1, ttl: opts.leaseTtlMs, storage: StorageType.File });
-  const availability = await kvm.create(t.availabilityBucket, { history: 1, storage: StorageType.File });
+  await ensureStream(jsm, stream(t.anchorsStream, t.anchorsSubject, 0, { deny_delete: true, deny_purge: true }), check);
+  const leases = await ensureBucket(js, jsm, t.leasesBucket, { history: 1, ttl: opts.leaseTtlMs, storage: StorageType.File }, check);
+  const availability = await ensureBucket(js, jsm, t.availabilityBucket, { history: 1, storage: StorageType.File }, check);
   return { nc, js, jsm, leases, availability };
 }
 
-async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }): Promise<void> {
+/** How a stream's replicas are checked at start: the configured number, and where one left below it is reported. */
+export interface ReplicaCheck {
+  readonly replicas: number;
+  readonly warn: (message: string, detail: UnderReplicated) => void;
+}
+
+const defaultWarn = (message: string): void => process.emitWarning(message, "TallyUnderReplicated");
+
+/**
+ * Creates a stream with the configured replicas, or brings an existing one to `config` (keeping its
+ * replicas, raised when fewer than configured: JetStream scales a clustered stream up in place; it
+ * never lowers them, which would drop copies). A create that cannot have the replicas fails with a
+ * ReplicasError naming TALLY_NATS_REPLICAS; a raise that fails is reported to `check.warn` with the fix.
+ */
+export async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }, check: ReplicaCheck): Promise<void> {
+  let current: StreamConfig;
   try {
-    const info = await jsm.streams.info(config.name);
-    const current = info.config;
-    const changed = (Object.keys(config) as Array<keyof StreamConfig>).some((k) => JSON.stringify(current[k]) !== JSON.stringify(config[k]));
-    if (changed) await jsm.streams.update(config.name, { ...current, ...config });
+    current = (await jsm.streams.info(config.name)).config;
   } catch (error) {
     if (!isNotFound(error)) throw error;
-    await jsm.streams.add(config);
+    try {
+      await jsm.streams.add({ ...config, num_replicas: check.replicas });
+    } catch (addError) {
+      throw replicasError(config.name, check.replicas, addError);
+    }
+    return;
   }
+  const changed = (Object.keys(config) as Array<keyof StreamConfig>).some((k) => JSON.stringify(current[k]) !== JSON.stringify(config[k]));
+  if (changed) await jsm.streams.update(config.name, { ...current, ...config });
+  await raiseReplicas(jsm, config.name, check, current.num_replicas ?? 1);
+}
+
+/**
+ * Opens (creating with the configured replicas) a KV bucket and checks its stream's replicas like
+ * ensureStream's (opening an existing bucket changes nothing of it).
+ */
+export async function ensureBucket(
+  js: JetStreamClient,
+  jsm: JetStreamManager,
+  bucket: string,
+  opts: Partial<KvOptions>,
+  check: ReplicaCheck,
+): Promise<KV> {
+  let kv: KV;
+  try {
+    kv = await new Kvm(js).create(bucket, { ...opts, replicas: check.replicas });
+  } catch (error) {
+    throw replicasError(`KV_${bucket}`, check.replicas, error);
+  }
+  const status = await kv.status();
+  await raiseReplicas(jsm, `KV_${bucket}`, check, status.replicas);
+  return kv;
+}
+
+async function raiseReplicas(jsm: JetStreamManager, name: string, check: ReplicaCheck, replicas: number): Promise<void> {
+  if (replicas >= check.replicas) return;
+  try {
+    const { config } = await jsm.streams.info(name);
+    await jsm.streams.update(name, { ...config, num_replicas: check.replicas });
+    check.warn(
+      `NATS stream ${name} had ${replicas} replica(s), fewer than TALLY_NATS_REPLICAS=${check.replicas}: raised to ${check.replicas} in place`,
+      {
+        stream: name,
+        replicas,
+        configured: check.replicas,
+        raised: true,
+      },
+    );
+  } catch (error) {
+    const fix = `nats stream edit ${name} --replicas ${check.replicas} (as the NATS admin user; with a server per replica in the cluster)`;
+    const message = (error as Error).message;
+    check.warn(
+      `NATS stream ${name} has ${replicas} replica(s), fewer than TALLY_NATS_REPLICAS=${check.replicas}, and raising it failed (${message}): it runs with ${replicas}; fix: ${fix}`,
+      { stream: name, replicas, configured: check.replicas, raised: false, error: message, fix },
+    );
+  }
+}
+
+function replicasError(name: string, replicas: number, error: unknown): unknown {
+  if (replicas <= 1 || !/replica|cluster|insufficient resources|no suitable peers/i.test((error as Error)?.message ?? "")) return error;
+  return new ReplicasError(
+    `TALLY_NATS_REPLICAS=${replicas}: cannot create NATS stream ${name} with ${replicas} replicas (${(error as Error).message}); use a JetStream cluster of at least ${replicas} servers, or TALLY_NATS_REPLICAS=1 on one server`,
+    { cause: error },
+  );
 }
 
 export function isNotFound(error: unknown): boolean {

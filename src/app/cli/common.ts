@@ -1,7 +1,7 @@
 import { Effect } from "effect";
 import { assertEnvironment } from "../../../ledger/index.ts";
 import { maskSecrets, requireDatabaseUrl, type Settings, type Sql } from "../../platform/index.ts";
-import { ensureTopology, topology } from "../../wire/index.ts";
+import { ensureTopology, topology, topologyOptions } from "../../wire/index.ts";
 import { fromPromise, natsResource, postgresResource, runEffect } from "../roles.ts";
 
 /**
@@ -74,6 +74,6 @@ export const natsTopology = (settings: Settings, name: string) =>
   Effect.gen(function* () {
     const t = topology(settings.env, settings.partitions);
     const nc = yield* natsResource(settings.natsUrl, name, settings.natsAccess);
-    const nats = yield* fromPromise(() => ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }));
+    const nats = yield* fromPromise(() => ensureTopology(nc, t, topologyOptions(settings)));
     return { ...nats, topology: t };
   });

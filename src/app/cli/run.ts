@@ -7,7 +7,7 @@ import { Cause, Effect, Exit, Fiber } from "effect";
 import { assertEnvironment, migrate as applyMigrations, runtimeGrants } from "../../../ledger/index.ts";
 import { submit as submitLines } from "../../ingest/index.ts";
 import { createLogger, loadSettings, loadTallyConfig, requireDatabaseUrl, type Logger } from "../../platform/index.ts";
-import { ensureTopology, topology } from "../../wire/index.ts";
+import { ensureTopology, topology, topologyOptions } from "../../wire/index.ts";
 import { fromPromise, natsResource, postgresResource, ROLES, type Role, runEffect, startRoles } from "../roles.ts";
 import { stopWithParent, workerProcess } from "../workerProcess.ts";
 import { CommandError, EXIT, UsageError, withPostgres } from "./common.ts";
@@ -126,9 +126,7 @@ export async function submit(file: string, opts: { readonly wait?: boolean; read
         if (sql) yield* fromPromise(() => assertEnvironment(sql, settings.env));
         if (wait && !sql) throw new CommandError("submit --wait needs TALLY_DATABASE_URL to read outcomes");
         const nc = yield* natsResource(settings.natsUrl, "tally-submit", settings.natsAccess);
-        const nats = yield* fromPromise(() =>
-          ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
-        );
+        const nats = yield* fromPromise(() => ensureTopology(nc, t, topologyOptions(settings)));
         const lines = createInterface({ input: file === "-" ? process.stdin : createReadStream(file), crlfDelay: Infinity });
         return yield* fromPromise(() =>
           submitLines(lines, {
