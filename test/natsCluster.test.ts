@@ -9,7 +9,7 @@ import { migrate, verifyLedger } from "../ledger/index.ts";
 import { decodeCommand, type Command } from "../src/contract/command.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { loadSettings } from "../src/platform/settings.ts";
-import { connectNats, ensureTopology, topologyOptions, type NatsHandles, type UnderReplicated } from "../src/wire/nats.ts";
+import { connectNats, ensureTopology, ReplicasError, topologyOptions, type NatsHandles, type UnderReplicated } from "../src/wire/nats.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { topology, type Topology } from "../src/wire/topology.ts";
 import { TOKENS, auth, defineItems } from "./apiSupport.ts";
@@ -93,6 +93,32 @@ describe("Tally on a 3-node NATS cluster", () => {
     expect(again).toEqual([]);
     for (const s of streamsOf(t)) expect((await jsm.streams.info(s)).config.num_replicas, s).toBe(3);
   }, 60_000);
+
+  it("on one server (not clustered), TALLY_NATS_REPLICAS=3 refuses to create a stream, naming the setting; a stream it finds with one replica is reported with the fix", async () => {
+    const nc = await connectNats(ctx.natsUrl, "test-single");
+    clients.push(nc);
+    const settings = { ...loadSettings(tallyEnv(ctx, OPTS)), natsReplicas: 3 };
+    const fresh = topology(`${ctx.env}s`, OPTS.partitions);
+    await expect(ensureTopology(nc, fresh, topologyOptions(settings))).rejects.toThrow(
+      new RegExp(`TALLY_NATS_REPLICAS=3: cannot create NATS stream ${fresh.commandsStream} with 3 replicas`),
+    );
+    await expect(ensureTopology(nc, fresh, topologyOptions(settings))).rejects.toBeInstanceOf(ReplicasError);
+    // Set up with one replica, then started with 3: each stream is reported, and keeps working.
+    const t = topology(`${ctx.env}o`, OPTS.partitions);
+    await ensureTopology(nc, t, topologyOptions({ ...settings, natsReplicas: 1 }));
+    const warnings: Array<{ message: string; detail: UnderReplicated }> = [];
+    const nats = await ensureTopology(
+      nc,
+      t,
+      topologyOptions(settings, (message, detail) => warnings.push({ message, detail })),
+    );
+    expect(warnings.map((w) => w.detail.stream).sort()).toEqual(streamsOf(t).sort());
+    const commands = warnings.find((w) => w.detail.stream === t.commandsStream)!;
+    expect(commands.detail).toMatchObject({ replicas: 1, configured: 3, raised: false });
+    expect(commands.message).toContain(`NATS stream ${t.commandsStream} has 1 replica(s), fewer than TALLY_NATS_REPLICAS=3`);
+    expect(commands.message).toContain(`nats stream edit ${t.commandsStream} --replicas 3`);
+    expect((await nats.jsm.streams.info(t.commandsStream)).config.num_replicas).toBe(1);
+  });
 
   it("two workers, the relay and the API as processes with the shipped users: NATS nodes, the commands stream's leader and a worker killed -9 mid-stream; the ledger is exact, no duplicate legs, availability equals the balances, no acknowledged POS sale lost", async () => {
     const admin = await topologyAs("admin", ctx.env, 3);

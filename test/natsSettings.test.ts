@@ -33,6 +33,16 @@ describe("NATS credential settings", () => {
     expect(() => natsConnectOptions("nats://h:4222", { caFile: "/nonexistent/ca.crt" })).toThrow(/TALLY_NATS_CA_FILE/);
   });
 
+  it("take a cluster's servers as a comma-separated list, each checked; TALLY_NATS_REPLICAS from 1 to 5, default 1", () => {
+    const s = loadSettings({ TALLY_NATS_URL: "nats://n1:4222, nats://n2:4222,tls://n3:4222", TALLY_NATS_REPLICAS: "3" });
+    expect(s.natsUrl).toBe("nats://n1:4222, nats://n2:4222,tls://n3:4222");
+    expect(s.natsReplicas).toBe(3);
+    expect(loadSettings({}).natsReplicas).toBe(1);
+    expect(() => loadSettings({ TALLY_NATS_URL: "nats://n1:4222,n2:4222" })).toThrow(/TALLY_NATS_URL: expected a URL starting with nats:\/\//);
+    expect(() => loadSettings({ TALLY_NATS_REPLICAS: "0" })).toThrow(/TALLY_NATS_REPLICAS: expected an integer from 1 to 5/);
+    expect(() => loadSettings({ TALLY_NATS_REPLICAS: "6" })).toThrow(/TALLY_NATS_REPLICAS/);
+  });
+
   it("require TLS for tls:// URLs even without a CA file", () => {
     expect(natsConnectOptions("tls://nats:4222", {})).toEqual({ tls: {} });
     expect(natsConnectOptions("nats://nats:4222", {})).toEqual({});

@@ -10,7 +10,7 @@ import type { TallyConfig } from "../platform/index.ts";
 import { connectPostgres, type Sql } from "../platform/index.ts";
 import { createLogger, type Logger } from "../platform/index.ts";
 import type { LongRunningService } from "../platform/index.ts";
-import { connectNats, ensureTopology, topologyOptions, type NatsHandles, type UnderReplicated } from "../wire/index.ts";
+import { connectNats, ensureTopology, isClustered, topologyOptions, type NatsHandles, type UnderReplicated } from "../wire/index.ts";
 import { OutboxRelay } from "../channels/index.ts";
 import { AnchorPublisher } from "../channels/index.ts";
 import { WebhookDispatcher, webhookTargets } from "../channels/index.ts";
@@ -254,7 +254,7 @@ const startCatalog = ({ sql, nats, topology: t, log, rolesScope, settings }: Rol
         jsm: nats.jsm,
         topology: t,
         log: log.child({ role: "cdc", part: "catalog" }),
-        replicas: { replicas: settings.natsReplicas, warn: replicaWarning(log) },
+        replicas: { replicas: settings.natsReplicas, clustered: isClustered(nats.nc), warn: replicaWarning(log) },
       }),
   ).pipe(Scope.extend(rolesScope));
 /** Write-back to each configured source that declares `writeBack` (role `cdc`). */

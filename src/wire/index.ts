@@ -1,5 +1,5 @@
 /** The public surface of src/wire/: other folders import only from here. */
-export { connectNats, ensureBucket, ensureStream, ensureTopology, isNotFound, ReplicasError, topologyOptions } from "./nats.ts";
+export { connectNats, ensureBucket, ensureStream, ensureTopology, isClustered, isNotFound, ReplicasError, topologyOptions } from "./nats.ts";
 export type { ReplicaCheck, UnderReplicated } from "./nats.ts";
 export type { NatsHandles } from "./nats.ts";
 export { RELAY_LEASE_KEY, availabilityKey, outcomesSubject, relaySubject, topology } from "./topology.ts";

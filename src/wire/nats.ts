@@ -134,7 +134,7 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
   const js = jetstream(nc);
   // Every stream: file storage, limits retention, the configured de-duplication window; 0 = kept forever.
   const replicas = opts.replicas ?? 1;
-  const check = { replicas, warn: opts.warn ?? defaultWarn };
+  const check = { replicas, clustered: isClustered(nc), warn: opts.warn ?? defaultWarn };
   const stream = (name: string, subject: string, maxAgeMs: number, more: Partial<StreamConfig> = {}) => ({
     name,
     subjects: [subject],
@@ -158,6 +158,8 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
 /** How a stream's replicas are checked at start: the configured number, and where one left below it is reported. */
 export interface ReplicaCheck {
   readonly replicas: number;
+  /** False: the server Tally is connected to is not clustered (its INFO names no cluster), so it keeps one copy of everything. */
+  readonly clustered?: boolean;
   readonly warn: (message: string, detail: UnderReplicated) => void;
 }
 
@@ -184,8 +186,14 @@ export async function ensureStream(jsm: JetStreamManager, config: Partial<Stream
   }
   const changed = (Object.keys(config) as Array<keyof StreamConfig>).some((k) => JSON.stringify(current[k]) !== JSON.stringify(config[k]));
   if (changed) await jsm.streams.update(config.name, { ...current, ...config });
-  await raiseReplicas(jsm, config.name, check, current.num_replicas ?? 1);
+  await raiseReplicas(jsm, config.name, check, copies(check, current.num_replicas));
 }
+
+/** Whether the server `nc` is connected to is part of a cluster (its INFO names one). */
+export const isClustered = (nc: NatsConnection): boolean => nc.info?.cluster !== undefined && nc.info.cluster !== "";
+
+/** How many copies a stream has: what its config says, or one on a server that is not clustered (which records any number). */
+const copies = (check: ReplicaCheck, replicas: number | undefined): number => (check.clustered === false ? 1 : (replicas ?? 1));
 
 /**
  * Opens (creating with the configured replicas) a KV bucket and checks its stream's replicas like
@@ -205,7 +213,7 @@ export async function ensureBucket(
     throw replicasError(`KV_${bucket}`, check.replicas, error);
   }
   const status = await kv.status();
-  await raiseReplicas(jsm, `KV_${bucket}`, check, status.replicas);
+  await raiseReplicas(jsm, `KV_${bucket}`, check, copies(check, status.replicas));
   return kv;
 }
 
@@ -213,6 +221,8 @@ async function raiseReplicas(jsm: JetStreamManager, name: string, check: Replica
   if (replicas >= check.replicas) return;
   try {
     const { config } = await jsm.streams.info(name);
+    // A server that is not clustered would accept the update, record the number and keep one copy.
+    if (check.clustered === false) throw new Error("the NATS server is not part of a cluster");
     await jsm.streams.update(name, { ...config, num_replicas: check.replicas });
     check.warn(
       `NATS stream ${name} had ${replicas} replica(s), fewer than TALLY_NATS_REPLICAS=${check.replicas}: raised to ${check.replicas} in place`,
