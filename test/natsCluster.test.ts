@@ -130,10 +130,12 @@ describe("Tally on a 3-node NATS cluster", () => {
       POS_SKUS.map((sku, i) => ({ sku, kind: "stock", baseUnit: "EA", identifiers: [{ system: "barcode", id: `90000000001${i}` }] })),
     );
     const envOf = (user: "worker" | "relay" | "api") => ({ ...tallyEnv(ctx, OPTS), ...cluster.env(user), TALLY_LOG_LEVEL: "error" });
+    const workerEnv = { ...envOf("worker"), TALLY_LOG_LEVEL: "warn" };
     // The workers are processes (one is killed -9); the relay and the API run in this process, each
     // connected as its own user of the shipped configuration.
-    const spawnWorker = () => spawnTally(["start", "--roles", "worker"], envOf("worker"));
+    const spawnWorker = () => spawnTally(["start", "--roles", "worker"], workerEnv);
     const workers = [spawnWorker(), spawnWorker()];
+    const killedWorkers: Array<ReturnType<typeof spawnWorker>> = [];
     const log = createLogger("test-cluster", process.env.TALLY_LOG_LEVEL ?? "warn");
     const relay = await startTally(loadSettings(envOf("relay")), TEST_CHANNELS, ["relay"], log);
     const api = await startTally(
@@ -146,12 +148,15 @@ describe("Tally on a 3-node NATS cluster", () => {
     const base = `http://127.0.0.1:${typeof address === "object" && address !== null ? address.port : 0}`;
 
     // The apply path's progress, sampled: outcomes in the ledger over time.
-    const samples: Array<{ at: number; n: number }> = [];
+    const samples: Array<{ at: number; n: number; offered: number }> = [];
+    // Commands published and POS sales acknowledged so far: a stretch without progress while fewer
+    // outcomes than these exist is a stall (not a pause in the load).
+    let offered = 0;
     let sampling = true;
     const sampler = (async () => {
       while (sampling) {
         const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from command_outcomes`;
-        samples.push({ at: Date.now(), n });
+        samples.push({ at: Date.now(), n, offered });
         await sleep(50);
       }
     })();
@@ -169,8 +174,10 @@ describe("Tally on a 3-node NATS cluster", () => {
       for (let i = 0; i < commands.length; i += 15) {
         const started = Date.now();
         await publishCommands(cdc.js, t, commands.slice(i, i + 15), { envelopeSize: 5 });
+        offered += commands.slice(i, i + 15).length;
         if (Date.now() - started > 500) publishGaps.push({ at: started, ms: Date.now() - started });
-        if (paced) await sleep(60);
+        // About 50 commands a second: the load lasts through all the kills.
+        if (paced) await sleep(250);
       }
     })();
 
@@ -199,6 +206,7 @@ describe("Tally on a 3-node NATS cluster", () => {
           }).catch(() => null);
           if (res?.status === 200 && ((await res.json()) as { accepted: number }).accepted === 1) {
             acked.push(sale);
+            offered++;
             break;
           }
           await res?.arrayBuffer().catch(() => {});
@@ -240,6 +248,7 @@ describe("Tally on a 3-node NATS cluster", () => {
 
       // 3. A worker; its partitions move to the other after the lease TTL; then it is started again.
       kills.push({ what: "a worker process", at: Date.now() });
+      killedWorkers.push(workers[0]!);
       workers[0]!.kill("SIGKILL");
       await new Promise((r) => workers[0]!.once("exit", r));
       await sleep(3000);
@@ -326,21 +335,35 @@ describe("Tally on a 3-node NATS cluster", () => {
       await api.close().catch(() => {});
       await relay.close().catch(() => {});
       await Promise.allSettled([publisher, seller]);
-      // How long the apply path stalled at each kill: the longest stretch without a new outcome that
-      // began within 15 s after it (load was steady throughout).
-      const report = kills.map(({ what, at }) => {
+      // How long the apply path stalled at each kill: the longest stretch without a new outcome, while
+      // commands were waiting, that began after it (within 15 s, before the next kill).
+      const report = kills.map(({ what, at }, i) => {
+        // Up to 15 s after the kill, or to the next kill.
+        const until = Math.min(at + 15_000, kills[i + 1]?.at ?? Infinity);
         let longest = { ms: 0, from: 0 };
         let last = samples.find((s) => s.at >= at - 1000) ?? samples[0];
         for (const s of samples.filter((x) => x.at >= at - 1000 && x.at <= at + 30_000)) {
           if (last && s.n > last.n) {
-            if (last.at <= at + 15_000 && s.at - last.at > longest.ms) longest = { ms: s.at - last.at, from: last.at - at };
+            if (last.at < until && last.offered > last.n && s.at - last.at > longest.ms) longest = { ms: s.at - last.at, from: last.at - at };
             last = s;
           }
         }
-        const publishes = publishGaps.filter((g) => g.at >= at - 1000 && g.at <= at + 15_000).map((g) => g.ms);
+        const publishes = publishGaps.filter((g) => g.at >= at - 1000 && g.at < until).map((g) => g.ms);
         return `${what}: apply path stalled ${longest.ms} ms (from ${(longest.from / 1000).toFixed(1)} s after the kill; the node or worker was back after 3 s); slowest command publish ${Math.max(0, ...publishes)} ms`;
       });
-      console.log(`NATS cluster fault test:\n  ${report.join("\n  ")}\n  POS sales acknowledged: ${acked.length}`);
+      // What the workers logged meanwhile (warnings and errors), by message.
+      const said = new Map<string, number>();
+      for (const w of [...workers, ...killedWorkers])
+        for (const line of w.output().split("\n"))
+          try {
+            const msg = (JSON.parse(line) as { msg?: string }).msg;
+            if (msg) said.set(msg, (said.get(msg) ?? 0) + 1);
+          } catch {
+            // Not a log line.
+          }
+      console.log(
+        `NATS cluster fault test:\n  ${report.join("\n  ")}\n  POS sales acknowledged: ${acked.length}\n  worker log: ${JSON.stringify(Object.fromEntries(said))}`,
+      );
     }
   }, 400_000);
 });
