@@ -1,6 +1,17 @@
 import type { Sql, TransactionSql } from "postgres";
 import type { CostLayer, LocationValue } from "./valuation.ts";
-import type { ChainState } from "./verify.ts";
+
+/**
+ * One SKU's chain state after some entries: where its chain ends, what its entries sum to (per
+ * `location\u0000bucket`, and `…\u0000$value`) and the valuation they replay to. An archive's cut
+ * (ledger/archive.ts) records one per SKU, and verify resumes each chain from it.
+ */
+export interface ChainState {
+  readonly seq: number;
+  readonly hash: string;
+  readonly sums: ReadonlyMap<string, bigint>;
+  readonly valuations: ReadonlyMap<string, LocationValue>;
+}
 
 /**
  * A chain state as JSON (the archive manifest and `ledger_archive_heads.state`): every integer a
@@ -9,20 +20,22 @@ import type { ChainState } from "./verify.ts";
 export interface ChainStateJson {
   readonly seq: number;
   readonly hash: string;
-  /** [`location\u0000bucket` (or `…\u0000$value`), sum]. */
-  readonly sums: ReadonlyArray<readonly [string, string]>;
-  /** [`location\u0000bucket`, value, last unit cost, FIFO layers as [qty, value] or null]. */
-  readonly valuations: ReadonlyArray<readonly [string, string, string | null, ReadonlyArray<readonly [string, string]> | null]>;
+  /** [[location, bucket] (or [location, bucket, "$value"]), sum]: jsonb holds no NUL, so the key goes as its parts. */
+  readonly sums: ReadonlyArray<readonly [ReadonlyArray<string>, string]>;
+  /** [[location, bucket], value, last unit cost, FIFO layers as [qty, value] or null]. */
+  readonly valuations: ReadonlyArray<readonly [ReadonlyArray<string>, string, string | null, ReadonlyArray<readonly [string, string]> | null]>;
 }
+
+const NUL = "\u0000";
 
 export const stateJson = (s: ChainState): ChainStateJson => ({
   seq: s.seq,
   hash: s.hash,
-  sums: [...s.sums].map(([k, v]) => [k, String(v)] as const),
+  sums: [...s.sums].map(([k, v]) => [k.split(NUL), String(v)] as const),
   valuations: [...s.valuations].map(
     ([k, v]) =>
       [
-        k,
+        k.split(NUL),
         String(v.value),
         v.lastUnitCost === null ? null : String(v.lastUnitCost),
         v.layers === undefined ? null : v.layers.map((l) => [String(l.qty), String(l.value)] as const),
@@ -33,7 +46,7 @@ export const stateJson = (s: ChainState): ChainStateJson => ({
 export const stateOfJson = (j: ChainStateJson): ChainState => ({
   seq: Number(j.seq),
   hash: j.hash,
-  sums: new Map(j.sums.map(([k, v]) => [k, BigInt(v)])),
+  sums: new Map(j.sums.map(([k, v]) => [k.join(NUL), BigInt(v)])),
   valuations: new Map(
     j.valuations.map(([k, value, last, layers]) => {
       const v: LocationValue = {
@@ -41,7 +54,7 @@ export const stateOfJson = (j: ChainStateJson): ChainState => ({
         lastUnitCost: last === null ? null : BigInt(last),
         ...(layers === null ? {} : { layers: layers.map(([qty, val]): CostLayer => ({ qty: BigInt(qty), value: BigInt(val) })) }),
       };
-      return [k, v];
+      return [k.join(NUL), v];
     }),
   ),
 });

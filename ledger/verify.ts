@@ -3,7 +3,9 @@ import { GENESIS_HASH, entryHash } from "./hash.ts";
 import { verifyHolds } from "./verifyHolds.ts";
 import { type VerifyProblem, skuProblem } from "./verifyProblem.ts";
 import { type EntryRow, hashedEntry } from "./entryRow.ts";
-import { readCut } from "./archiveCut.ts";
+import { type ChainState, readCut } from "./archiveCut.ts";
+
+export type { ChainState };
 import type { CostLayer, LocationValue, ValuationMethod } from "./valuation.ts";
 import { ValuationReplay, VALUED_BUCKETS, bucketKey } from "./verifyValuation.ts";
 
@@ -30,18 +32,6 @@ export const VERIFY_ISOLATION = "isolation level repeatable read read only";
  */
 export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: number) => void } = {}): Promise<VerifyReport> {
   return sql.begin(VERIFY_ISOLATION, (tx) => verifySnapshot(tx, opts));
-}
-
-/**
- * One SKU's chain state after some entries: where its chain ends, what its entries sum to (per
- * `location\u0000bucket`, and `…\u0000$value`) and the valuation they replay to. An archive's cut
- * (ledger/archive.ts) records one per SKU, and verify resumes each chain from it.
- */
-export interface ChainState {
-  readonly seq: number;
-  readonly hash: string;
-  readonly sums: ReadonlyMap<string, bigint>;
-  readonly valuations: ReadonlyMap<string, LocationValue>;
 }
 
 /** The checks themselves, on a connection whose transaction holds one snapshot. */
