@@ -102,6 +102,13 @@ async function refusal(sql: Sql, month: string, now: Date): Promise<string | nul
     if (n > 0)
       return `${month} holds ${n} entries the GL poster has not journaled yet (its cursor is at ${gl.horizon ?? "the start"}): let the worker's poster catch up, then archive again`;
   }
+  // A write-back to a source (cdc/writeBack.ts) follows the ledger by the same txid horizon.
+  const behind = await sql<Array<{ source: string; n: number }>>`
+    select w.source, (select count(*)::int from ${part} e
+                       where e.txid is not null and (w.horizon is null or e.txid >= w.horizon)) as n
+      from writeback_positions w order by w.source`;
+  const late = behind.find((w) => w.n > 0);
+  if (late) return `${month} holds ${late.n} entries the write-back to ${late.source} has not passed yet: let it catch up, then archive again`;
   return null;
 }
 
