@@ -146,6 +146,15 @@ describe("tally ledger archive", () => {
     } finally {
       await h.sql`update gl_cursor set horizon = null where id = 1`;
     }
+    // A write-back to a source that has not passed the month yet.
+    await h.sql`insert into writeback_positions (source) values ('erp-archive-test')`;
+    try {
+      const writeBack = await runTally(["ledger", "archive", "--before", NEW, "--out", dir], env());
+      expect(writeBack.code, writeBack.output).toBe(1);
+      expect(writeBack.output).toMatch(new RegExp(`${OLD} holds 4 entries the write-back to erp-archive-test has not passed yet`));
+    } finally {
+      await h.sql`delete from writeback_positions where source = 'erp-archive-test'`;
+    }
     expect(await readdir(dir)).toEqual([]);
     expect(await partitions()).toContain(`ledger_entries_${OLD.replace("-", "_")}`);
   });
