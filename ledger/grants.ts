@@ -6,9 +6,9 @@
  */
 
 /** Tables the runtime role may only read and append to. */
-export const APPEND_ONLY_TABLES: ReadonlyArray<string> = ["ledger_entries", "gl_journals", "gl_lines"];
+export const APPEND_ONLY_TABLES: ReadonlyArray<string> = ["ledger_entries", "ledger_entry_keys", "gl_journals", "gl_lines"];
 /** Tables the runtime role may only read (written by `tally migrate`). */
-export const READ_ONLY_TABLES: ReadonlyArray<string> = ["tally_meta", "tally_migrations"];
+export const READ_ONLY_TABLES: ReadonlyArray<string> = ["tally_meta", "tally_migrations", "ledger_archive_months", "ledger_archive_heads"];
 
 /** A role name that is unsafe to put in SQL. */
 export class RoleNameError extends Error {
@@ -32,5 +32,8 @@ export function runtimeGrants(role: string, schema = "public"): ReadonlyArray<st
     `GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ${schema} TO ${r};`,
     ...APPEND_ONLY_TABLES.map((t) => `REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON ${schema}.${t} FROM ${r};`),
     ...READ_ONLY_TABLES.map((t) => `REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON ${schema}.${t} FROM ${r};`),
+    // The ledger's monthly partitions: reached only through ledger_entries (whose privileges are
+    // the ones checked), so the runtime role needs none on a partition itself.
+    `DO $$ DECLARE p regclass; BEGIN FOR p IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = '${schema}.ledger_entries'::regclass LOOP EXECUTE format('REVOKE ALL ON %s FROM ${r}', p); END LOOP; END $$;`,
   ];
 }

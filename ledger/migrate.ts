@@ -92,6 +92,9 @@ export async function migrate(sql: Sql, env: string, dir = MIGRATIONS_DIR): Prom
         }
         applied.push(m.name);
       }
+      // The ledger's partitions of this month and the next two (migration 0086), at every migrate.
+      const [parts] = await conn<Array<{ ok: boolean }>>`select to_regproc('tally_ledger_partitions') is not null as ok`;
+      if (parts?.ok) await conn`select tally_ledger_partitions(2)`;
       await conn`
         insert into tally_meta (key, value) values ('environment', ${env}), ('instance_id', ${randomUUID()})
         on conflict (key) do nothing`;

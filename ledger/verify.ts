@@ -3,6 +3,9 @@ import { GENESIS_HASH, entryHash } from "./hash.ts";
 import { verifyHolds } from "./verifyHolds.ts";
 import { type VerifyProblem, skuProblem } from "./verifyProblem.ts";
 import { type EntryRow, hashedEntry } from "./entryRow.ts";
+import { type ChainState, readCut } from "./archiveCut.ts";
+
+export type { ChainState };
 import type { CostLayer, LocationValue, ValuationMethod } from "./valuation.ts";
 import { ValuationReplay, VALUED_BUCKETS, bucketKey } from "./verifyValuation.ts";
 
@@ -34,7 +37,11 @@ export async function verifyLedger(sql: Sql, opts: { onProgress?: (entries: numb
 /** The checks themselves, on a connection whose transaction holds one snapshot. */
 async function verifySnapshot(sql: TransactionSql, opts: { onProgress?: (entries: number) => void }): Promise<VerifyReport> {
   const method = await recordedValuationMethod(sql);
-  const chains = await checkChains(sql, method, opts);
+  const cursor = sql<Array<EntryRow>>`
+    select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system,
+           source_ref, occurred_at, recorded_at, sku_seq, value, unit_cost, valuation_flag, prev_hash, hash
+      from ledger_entries order by sku, sku_seq`.cursor(2000);
+  const chains = await walkChains(cursor, method, await readCut(sql), opts);
   const { entries, skus } = chains;
   if (chains.problem) return { ok: false, entries, skus, balances: 0, problem: chains.problem };
   const balances = await checkBalances(sql, chains.sums, chains.valuations);
@@ -63,12 +70,27 @@ type Sums = Map<string, Map<string, bigint>>;
 type Valuations = Map<string, ReadonlyMap<string, LocationValue>>;
 type Heads = Map<string, { seq: number; hash: string }>;
 
-/** Walks every SKU's chain in order: sequence, prev_hash, running balance and hash of each entry. */
-async function checkChains(
-  sql: TransactionSql,
+/** What a walk over chains found: the first problem, and each SKU's state at the end. */
+export interface ChainWalk {
+  readonly entries: number;
+  readonly skus: number;
+  readonly problem: VerifyProblem | null;
+  readonly sums: Sums;
+  readonly heads: Heads;
+  readonly valuations: Valuations;
+}
+
+/**
+ * Walks every SKU's chain in order (rows in (sku, sku_seq) order): sequence, prev_hash, running
+ * balance, valuation and hash of each entry. A SKU in `start` resumes from that state (the archive's
+ * cut) instead of the genesis hash; one with no entries in `rows` ends where it started.
+ */
+export async function walkChains(
+  rows: AsyncIterable<ReadonlyArray<EntryRow>>,
   method: ValuationMethod,
-  opts: { onProgress?: (entries: number) => void },
-): Promise<{ entries: number; skus: number; problem: VerifyProblem | null; sums: Sums; heads: Heads; valuations: Valuations }> {
+  start: ReadonlyMap<string, ChainState>,
+  opts: { onProgress?: (entries: number) => void } = {},
+): Promise<ChainWalk> {
   let entries = 0;
   let skus = 0;
   let sku: string | null = null;
@@ -87,22 +109,29 @@ async function checkChains(
     }
   };
   const onHandOf = (location: string) => sums.get(bucketKey(location, "on_hand")) ?? 0n;
+  const endOfRows = () => {
+    finishSku();
+    for (const [s, state] of start) {
+      if (heads.has(s)) continue;
+      heads.set(s, { seq: state.seq, hash: state.hash });
+      allSums.set(s, new Map(state.sums));
+      valuations.set(s, state.valuations);
+    }
+  };
 
-  const cursor = sql<Array<EntryRow>>`
-    select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system,
-           source_ref, occurred_at, recorded_at, sku_seq, value, unit_cost, valuation_flag, prev_hash, hash
-      from ledger_entries order by sku, sku_seq`.cursor(2000);
-  for await (const rows of cursor) {
-    for (const r of rows) {
+  for await (const batch of rows) {
+    for (const r of batch) {
       entries++;
       if (r.sku !== sku) {
         finishSku();
         sku = r.sku;
         skus++;
-        prevHash = GENESIS_HASH;
-        expectedSeq = 1;
-        sums = new Map();
+        const from = start.get(r.sku);
+        prevHash = from?.hash ?? GENESIS_HASH;
+        expectedSeq = (from?.seq ?? 0) + 1;
+        sums = new Map(from?.sums ?? []);
         replay = new ValuationReplay(method);
+        for (const [k, v] of from?.valuations ?? []) replay.states.set(k, v);
       }
       const key = `${r.location}\u0000${r.bucket}`;
       // Exact: a balance may pass 2^53 (the driver returns such values as bigints).
@@ -125,7 +154,7 @@ async function checkChains(
       if (entries % 100_000 === 0) opts.onProgress?.(entries);
     }
   }
-  finishSku();
+  endOfRows();
   return { entries, skus, problem: null, sums: allSums, heads, valuations };
 }
 

@@ -2,7 +2,7 @@ import { Cause, Effect, ExecutionStrategy, Exit, Scope } from "effect";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
-import { assertEnvironment, instanceId, JournalPoster, recordValuationMethod } from "../../ledger/index.ts";
+import { assertEnvironment, ensureLedgerPartitions, instanceId, JournalPoster, recordValuationMethod } from "../../ledger/index.ts";
 import { CatalogPublisher, Reconciler, SourceReader, WriteBack, configuredSources, writeBackSecret } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
@@ -119,6 +119,8 @@ const startWorker = (ctx: RoleContext, workerSql: Sql) =>
   Effect.gen(function* () {
     // Refused before any lease is taken: the ledger's values were computed by the recorded method.
     yield* fromPromise(() => recordValuationMethod(workerSql, ctx.config.finance.method));
+    // This month's ledger partition and the next two exist (an entry never waits for one).
+    yield* fromPromise(() => ensureLedgerPartitions(workerSql));
     return yield* startWorkerService(ctx, workerSql);
   });
 

@@ -92,6 +92,12 @@ const oneOf = (name, values) => (text) => {
   return /** @type {T} */ (text);
 };
 
+/** @param {string} text @returns {string} */
+const month = (text) => {
+  if (!/^[0-9]{4}-(0[1-9]|1[0-2])$/.test(text)) throw new InvalidArgumentError(`expected a month as YYYY-MM, got ${JSON.stringify(text)}`);
+  return text;
+};
+
 /** @param {string} value @param {Array<string> | undefined} previous */
 const collect = (value, previous) => [...(previous ?? []), value];
 
@@ -156,12 +162,13 @@ function addRunCommands(program) {
 
 /** @param {Command} program */
 function addLedgerCommands(program) {
-  const ledger = program.command("ledger").description("verify, anchor and export the ledger");
+  const ledger = program.command("ledger").description("verify, anchor, export and archive the ledger");
   const verify = ledger
     .command("verify")
     .description("recompute every hash chain and balance in one snapshot (exit 3 on a mismatch, 1 when it could not check)")
     .option("--anchors", "also compare the chain heads with the anchors published to NATS")
-    .option("--anchors-file <file>", "also compare them with the anchors kept in <file> (repeatable)", collect);
+    .option("--anchors-file <file>", "also compare them with the anchors kept in <file> (repeatable)", collect)
+    .option("--archive <dir>", "also check the archived months' files in <dir> (`ledger archive`) and that the live chains continue from them");
   for (const o of formatOptions()) verify.addOption(o);
   verify.action((opts) => run(async () => (await import("./ledger.ts")).verify(opts)));
   ledger
@@ -178,6 +185,15 @@ function addLedgerCommands(program) {
     .addOption(new Option("--format <format>", "csv (RFC 4180) or ndjson").argParser(oneOf("--format", ["csv", "ndjson"])).default("csv"))
     .option("--out <file>", "write to <file> (and the summary to <file>.summary.json) instead of stdout")
     .action((opts) => run(async () => (await import("./ledger.ts")).exportLedger(opts)));
+  ledger
+    .command("archive")
+    .description(
+      "export every whole month before --before to <dir>/ledger-YYYY-MM.ndjson with a manifest (sha256, rows, chain heads at the cut), then detach its partition; run as the database owner",
+    )
+    .requiredOption("--before <month>", "archive the months before this one, YYYY-MM (only closed, fully journaled months)", month)
+    .option("--out <dir>", "where the files go", ".")
+    .option("--drop", "drop each detached partition instead of keeping it as ledger_archived_YYYY_MM")
+    .action((opts) => run(async () => (await import("./ledger.ts")).archive(opts)));
 }
 
 // ---- gl: the journal's readers (export, trial balance); the posting side adds its own gl commands ----

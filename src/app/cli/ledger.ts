@@ -1,5 +1,15 @@
 import { Effect } from "effect";
-import { type Anchor, assertEnvironment, chainHeads, checkAnchors, verifyLedger } from "../../../ledger/index.ts";
+import {
+  type Anchor,
+  type ArchiveReport,
+  archiveLedger,
+  archivedMonths,
+  assertEnvironment,
+  chainHeads,
+  checkAnchors,
+  verifyArchive,
+  verifyLedger,
+} from "../../../ledger/index.ts";
 import { appendAnchorFile, publishAnchors, readAnchorFile, readNatsAnchors } from "../../channels/index.ts";
 import { loadSettings, requireDatabaseUrl, type Settings, type Sql } from "../../platform/index.ts";
 import { fromPromise, runEffect } from "../roles.ts";
@@ -8,6 +18,7 @@ import { CommandError, EXIT, natsTopology, type OutputFormat, UsageError, withPo
 export interface VerifyOptions {
   readonly anchors?: boolean;
   readonly anchorsFile?: ReadonlyArray<string>;
+  readonly archive?: string;
   readonly format: OutputFormat;
 }
 
@@ -19,6 +30,9 @@ interface VerifyResult {
   balances: number;
   problem: unknown;
   anchors?: { ok: boolean; anchors: number; skus: number; problems: ReadonlyArray<unknown> };
+  /** The archived months the chains start after (their cut), and with --archive, the files' check. */
+  archivedMonths?: ReadonlyArray<string>;
+  archive?: { ok: boolean; months: number; entries: number; problems: ArchiveReport["problems"] };
 }
 
 /**
@@ -31,13 +45,35 @@ export async function verify(opts: VerifyOptions): Promise<number> {
     const settings = loadSettings();
     return await withPostgres(requireDatabaseUrl(settings), "tally-verify", 2, async (sql) => {
       await assertEnvironment(sql, settings.env);
-      const report = await verifyLedger(sql);
-      const result: VerifyResult = { ok: report.ok, entries: report.entries, skus: report.skus, balances: report.balances, problem: report.problem };
+      let archive: ArchiveReport | null = null;
+      if (opts.archive !== undefined) archive = await verifyArchive(sql, opts.archive);
+      // With --archive the live ledger was verified from the checked cut; without, from the recorded one.
+      const report = archive?.live ?? (archive === null ? await verifyLedger(sql) : null);
+      const result: VerifyResult = {
+        ok: report?.ok ?? false,
+        entries: report?.entries ?? 0,
+        skus: report?.skus ?? 0,
+        balances: report?.balances ?? 0,
+        problem: report?.problem ?? null,
+      };
+      const months = await archivedMonths(sql);
+      if (months.length > 0) result.archivedMonths = months;
+      if (archive !== null)
+        result.archive = { ok: archive.problems.length === 0, months: archive.months, entries: archive.entries, problems: archive.problems };
+      if (report === null) {
+        result.ok = false;
+        if (opts.format === "json") writeJson(result);
+        else printArchive(result);
+        return EXIT.mismatch;
+      }
       if (report.ok && (opts.anchors || opts.anchorsFile !== undefined))
         result.anchors = await verifyAnchors(settings, sql, opts.anchors === true, opts.anchorsFile ?? []);
       result.ok = report.ok && (result.anchors?.ok ?? true);
       if (opts.format === "json") writeJson(result);
-      else printVerify(result, report.problem);
+      else {
+        printArchive(result);
+        printVerify(result, report.problem);
+      }
       return result.ok ? EXIT.ok : EXIT.mismatch;
     });
   } catch (error) {
@@ -45,6 +81,25 @@ export async function verify(opts: VerifyOptions): Promise<number> {
     if (["SettingsError", "EnvironmentMismatch", "MigrationError", "UsageError", "ConfigFileError"].includes(e?.name)) throw error;
     throw new CommandError(`ledger verify could not check the ledger: ${e?.message ?? String(error)}`);
   }
+}
+
+/** The archive's part of a verify run: where the chains start, and with --archive, the files' check. */
+function printArchive(result: VerifyResult): void {
+  const months = result.archivedMonths ?? [];
+  const a = result.archive;
+  if (a === undefined) {
+    if (months.length > 0)
+      process.stdout.write(
+        `ledger verify: chains start at the cut after the archived months ${months[0]}…${months.at(-1)} (check them with --archive <dir>)\n`,
+      );
+    return;
+  }
+  if (a.ok)
+    process.stdout.write(
+      `ledger verify --archive: ok — ${a.months} archived months, ${a.entries} entries; the live chains continue from their cut\n`,
+    );
+  for (const p of a.problems)
+    process.stdout.write(`ledger verify --archive: FAILED in ${p.file}${p.line !== null ? ` row ${p.line}` : ""}: ${p.message}\n`);
 }
 
 function printVerify(result: VerifyResult, p: { sku: string; entryId: unknown; commandId: unknown; message: string } | null): void {
@@ -181,5 +236,34 @@ export async function exportLedger(opts: ExportOptions): Promise<number> {
     if (opts.out) await writeFile(`${opts.out}.summary.json`, `${json}\n`);
     process.stderr.write(`${json}\n`);
     return EXIT.ok;
+  });
+}
+
+export interface ArchiveOptions {
+  readonly before: string;
+  readonly out: string;
+  readonly drop?: boolean;
+}
+
+/**
+ * `tally ledger archive --before <month>`: whole past months to files and detached. Exit 0 (also when
+ * there was nothing to archive), 1 when a month was refused (the message says why) or it failed.
+ */
+export async function archive(opts: ArchiveOptions): Promise<number> {
+  const settings = loadSettings();
+  return withPostgres(requireDatabaseUrl(settings), "tally-archive", 2, async (sql) => {
+    await assertEnvironment(sql, settings.env);
+    try {
+      const done = await archiveLedger(sql, opts);
+      if (done.length === 0) process.stdout.write(`ledger archive: no month before ${opts.before} is left to archive\n`);
+      for (const m of done)
+        process.stdout.write(
+          `ledger archive: ${m.month} — ${m.entries} entries to ${m.file} (sha256 ${m.sha256}), manifest ${m.manifest}; partition ${m.detachedAs === null ? "dropped" : `detached as ${m.detachedAs}`}\n`,
+        );
+      return EXIT.ok;
+    } catch (error) {
+      if ((error as Error)?.name === "ArchiveRefused") throw new CommandError(`ledger archive refused: ${(error as Error).message}`);
+      throw error;
+    }
   });
 }
