@@ -35,6 +35,7 @@ export {
 } from "./partitionHealth.ts";
 export type { StreamIdentityCheck, StuckPartition } from "./partitionHealth.ts";
 export { verifyLedger } from "./verify.ts";
+export { archiveOutcomes, outcomesHorizon, pruneClosedHolds, pruneOutcomesArchive, prunePosClaims, pruneReservations } from "./retention.ts";
 export { chainHeads, checkAnchors } from "./anchors.ts";
 export { APPEND_ONLY_TABLES, READ_ONLY_TABLES, RoleNameError, runtimeGrants } from "./grants.ts";
 export type { Anchor, AnchorProblem, AnchorReport } from "./anchors.ts";

@@ -110,7 +110,11 @@ interface RoleContext {
 }
 
 const ensureTopologyOf = (ctx: RoleContext) => () =>
-  ensureTopology(ctx.nc, ctx.topology, { duplicateWindowMs: ctx.settings.duplicateWindowMs, leaseTtlMs: ctx.settings.leaseTtlMs });
+  ensureTopology(ctx.nc, ctx.topology, {
+    duplicateWindowMs: ctx.settings.duplicateWindowMs,
+    leaseTtlMs: ctx.settings.leaseTtlMs,
+    retention: ctx.settings.retention,
+  });
 
 const startWorker = (ctx: RoleContext, workerSql: Sql) =>
   Effect.gen(function* () {
@@ -355,7 +359,9 @@ export const startRoles = (
     const sql = yield* postgresResource(url, `tally-${roles.join("+")}`);
     yield* fromPromise(() => assertEnvironment(sql, settings.env));
     const nc = yield* natsResource(settings.natsUrl, `tally-${settings.env}-${roles.join("+")}`, settings.natsAccess);
-    const nats = yield* fromPromise(() => ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }));
+    const nats = yield* fromPromise(() =>
+      ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs, retention: settings.retention }),
+    );
     // The worker (the ledger's single writer) and the API (as many requests at once as clients send)
     // each get a pool of their own: a burst of requests queued on a shared pool would hold back the
     // very commits every one of them is waiting for.

@@ -74,6 +74,8 @@ export const natsTopology = (settings: Settings, name: string) =>
   Effect.gen(function* () {
     const t = topology(settings.env, settings.partitions);
     const nc = yield* natsResource(settings.natsUrl, name, settings.natsAccess);
-    const nats = yield* fromPromise(() => ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }));
+    const nats = yield* fromPromise(() =>
+      ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs, retention: settings.retention }),
+    );
     return { ...nats, topology: t };
   });

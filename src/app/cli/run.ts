@@ -127,7 +127,7 @@ export async function submit(file: string, opts: { readonly wait?: boolean; read
         if (wait && !sql) throw new CommandError("submit --wait needs TALLY_DATABASE_URL to read outcomes");
         const nc = yield* natsResource(settings.natsUrl, "tally-submit", settings.natsAccess);
         const nats = yield* fromPromise(() =>
-          ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs }),
+          ensureTopology(nc, t, { duplicateWindowMs: settings.duplicateWindowMs, leaseTtlMs: settings.leaseTtlMs, retention: settings.retention }),
         );
         const lines = createInterface({ input: file === "-" ? process.stdin : createReadStream(file), crlfDelay: Infinity });
         return yield* fromPromise(() =>
