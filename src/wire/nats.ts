@@ -119,14 +119,16 @@ export function streamLimits(opts: TopologyOptions): {
   readonly dlq: Partial<StreamConfig>;
 } {
   const r = opts.retention ?? DEFAULT_RETENTION;
+  // JetStream refuses a de-duplication window longer than the stream's max age: a shorter stream de-duplicates over its age.
+  const dedupeWithin = (maxAgeMs: number) => (maxAgeMs < opts.duplicateWindowMs ? { duplicate_window: nanos(maxAgeMs) } : {});
   if (r.commandsMaxAgeMs < opts.duplicateWindowMs)
     throw new SettingsError(
       `TALLY_COMMANDS_MAX_AGE_SECONDS: ${r.commandsMaxAgeMs / 1000} is shorter than TALLY_DUPLICATE_WINDOW_SECONDS (${opts.duplicateWindowMs / 1000}); the commands stream must keep a command at least as long as it de-duplicates it`,
     );
   return {
     commands: { max_age: nanos(r.commandsMaxAgeMs), discard: DiscardPolicy.Old },
-    events: { max_age: nanos(r.eventsMaxAgeMs) },
-    availability: { max_age: nanos(r.availabilityMaxAgeMs) },
+    events: { max_age: nanos(r.eventsMaxAgeMs), ...dedupeWithin(r.eventsMaxAgeMs) },
+    availability: { max_age: nanos(r.availabilityMaxAgeMs), ...dedupeWithin(r.availabilityMaxAgeMs) },
     dlq: { max_age: 0, max_bytes: Math.ceil(r.dlqMaxBytes * 1.25), discard: DiscardPolicy.New },
   };
 }
