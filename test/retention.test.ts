@@ -6,6 +6,7 @@
  * unique command id finds it, and no second entry is written.
  */
 import { Writable } from "node:stream";
+import { DiscardPolicy, RetentionPolicy, StorageType, jetstreamManager } from "@nats-io/jetstream";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ProcessMetrics } from "../src/app/processMetrics.ts";
@@ -142,6 +143,16 @@ describe("stream limits", () => {
       let r = retention();
       const ensureTopologyFor = () => ensureTopology(nc, t, { duplicateWindowMs: DUPLICATE_WINDOW, leaseTtlMs: 5000, retention: r });
       const ns = (ms: number) => ms * 1_000_000;
+      // The DLQ as an earlier release created it (kept forever, no byte limit, discard old): updated at start.
+      await (await jetstreamManager(nc)).streams.add({
+        name: t.dlqStream,
+        subjects: [t.dlqSubjects],
+        storage: StorageType.File,
+        retention: RetentionPolicy.Limits,
+        duplicate_window: ns(DUPLICATE_WINDOW),
+        max_age: 0,
+        discard: DiscardPolicy.Old,
+      });
       expect((await info(t.commandsStream)).max_age).toBe(ns(DEFAULTS.TALLY_COMMANDS_MAX_AGE_SECONDS * 1000));
       expect((await info(t.eventsStream)).max_age).toBe(ns(DEFAULTS.TALLY_EVENTS_MAX_AGE_SECONDS * 1000));
       expect((await info(t.availabilityStream)).max_age).toBe(ns(DEFAULTS.TALLY_AVAILABILITY_MAX_AGE_SECONDS * 1000));
