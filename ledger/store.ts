@@ -279,11 +279,22 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
   if (fenced !== 1) throw new LeaseLost(b.partition, b.epoch);
 }
 
-/** Which of these command ids already have an outcome (applied or rejected). */
+/**
+ * Which of these command ids were decided before (applied or rejected): an outcome, an archived outcome
+ * (moved there by the pruner past the idempotency horizon), or a ledger entry of the command (archived
+ * outcomes are pruned in their turn; an entry's key in ledger_entry_keys never is, even when its month
+ * is archived). Without the last two, a duplicate older
+ * than the horizon would trip the ledger's unique (command_id, leg) key on every attempt.
+ */
 export async function knownCommandIds(sql: Sql, ids: ReadonlyArray<string>): Promise<Set<string>> {
   if (ids.length === 0) return new Set();
   const rows = await sql<Array<{ command_id: string }>>`
-    select command_id from command_outcomes where command_id = any(${sql.array(ids as Array<string>)}::text[])`;
+    with ids as (select unnest(${sql.array(ids as Array<string>)}::text[]) as id)
+    select command_id from command_outcomes where command_id in (select id from ids)
+    union
+    select command_id from command_outcomes_archive where command_id in (select id from ids)
+    union
+    select command_id from ledger_entry_keys where command_id in (select id from ids)`;
   return new Set(rows.map((r) => r.command_id));
 }
 

@@ -132,8 +132,11 @@ describe("/metrics of every role, from real processes", () => {
       "tally_worker_batches_total",
       "tally_gl_lag_seconds",
       "tally_gl_journals_posted_total",
+      "tally_retention_last_run_timestamp_seconds",
+      "tally_retention_failed_rounds_total",
     ])
       expect(text).toMatch(new RegExp(`^${name} \\d`, "m"));
+    expect(text).toMatch(/^tally_retention_rows_pruned_total\{table="command_outcomes"\} \d/m);
     expect(text).not.toContain("tally_process_");
     expect(text).toMatch(/^# TYPE tally_worker_retries_total counter$/m);
     expect(sampleSum(text, "tally_worker_partitions")).toBe(PARTITIONS);

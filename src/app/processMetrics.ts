@@ -12,6 +12,7 @@ import type { JournalPoster } from "../../ledger/index.ts";
 import type { Reconciler, SourceReader, WriteBack } from "../../cdc/index.ts";
 import type { OutboxRelay, RelayRound, WebhookDispatcher } from "../channels/index.ts";
 import type { Sql } from "../platform/index.ts";
+import { PRUNED_TABLES, type Pruner } from "./pruner.ts";
 import type { NatsHandles, OutcomeBatch, Topology } from "../wire/index.ts";
 
 /** What a process runs; each part present adds its metrics. */
@@ -28,6 +29,8 @@ export interface MetricsParts {
   /** The GL poster (role `worker`). */
   readonly poster?: JournalPoster | null;
   readonly writeBacks?: ReadonlyArray<WriteBack>;
+  /** The pruning job (role `worker`). */
+  readonly pruner?: Pruner | null;
 }
 
 type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
@@ -86,6 +89,7 @@ export class ProcessMetrics {
     if (parts.poster) registerPoster(parts.poster, this.#registers);
     if (parts.reconcilers && parts.reconcilers.length > 0) registerReconcile(parts.reconcilers, this.#registers);
     if (parts.writeBacks && parts.writeBacks.length > 0) registerWriteBacks(parts.writeBacks, this.#registers);
+    if (parts.pruner) registerPruner(parts.pruner, this.#registers);
   }
 
   /** Merges another process's metrics into this registry's text at every scrape. */
@@ -437,4 +441,43 @@ export async function serveMetrics(registry: Registry, host: string, port: numbe
     server.listen(port, host, () => resolve());
   });
   return server;
+}
+
+/** The pruning job: rows removed per table, dead letters expired (by cause), the last round and the outcomes horizon. */
+function registerPruner(pruner: Pruner, registers: Registers): void {
+  const m = pruner.metrics;
+  followingCounter(
+    registers,
+    "tally_retention_rows_pruned_total",
+    "Rows this process's pruner removed past their retention horizon, per table (command_outcomes: moved to the archive)",
+    ["table"],
+    () => PRUNED_TABLES.map((table) => [{ table }, m.rows[table]] as const),
+  );
+  followingCounter(
+    registers,
+    "tally_retention_dead_letters_expired_total",
+    "Dead letters this process's pruner expired, each logged first, by cause (age: past TALLY_DLQ_MAX_AGE_SECONDS; size: over TALLY_DLQ_MAX_BYTES)",
+    ["cause"],
+    () => [
+      [{ cause: "age" }, m.deadLettersExpired.age],
+      [{ cause: "size" }, m.deadLettersExpired.size],
+    ],
+  );
+  totalCounter(registers, "tally_retention_failed_rounds_total", "Pruning rounds that failed (the next round tries again)", () => m.failures);
+  new Gauge({
+    name: "tally_retention_last_run_timestamp_seconds",
+    help: "When this process's pruner last finished a round (0: not yet)",
+    registers,
+    collect() {
+      this.set(m.lastRunAt === null ? 0 : m.lastRunAt / 1000);
+    },
+  });
+  new Gauge({
+    name: "tally_retention_outcomes_horizon_seconds",
+    help: "How far back the command outcomes' idempotency horizon reached in the last round (the duplicate window, or the oldest CDC slot position's age)",
+    registers,
+    collect() {
+      if (m.outcomesHorizonSeconds !== null) this.set(m.outcomesHorizonSeconds);
+    },
+  });
 }

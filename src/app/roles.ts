@@ -17,6 +17,7 @@ import { WebhookDispatcher, webhookTargets } from "../channels/index.ts";
 import { topology, type Topology } from "../wire/index.ts";
 import type { Server } from "node:http";
 import { ProcessMetrics, serveMetrics, type MetricsSource } from "./processMetrics.ts";
+import { Pruner } from "./pruner.ts";
 import { WORKER_CHILD_ENV, answerMetricsRequests } from "./workerProcess.ts";
 
 export type Role = "worker" | "relay" | "cdc" | "api";
@@ -30,6 +31,8 @@ export interface Running {
   readonly nats: NatsHandles;
   readonly log: Logger;
   readonly worker: Worker | null;
+  /** Applies the retention horizons in bounded batches (role `worker`; one at a time across processes). */
+  readonly pruner: Pruner | null;
   /** Posts the ledger's movements to the GL journal (role `worker`; one at a time across processes). */
   readonly poster: JournalPoster | null;
   readonly relay: OutboxRelay | null;
@@ -150,6 +153,20 @@ const startPoster = ({ sql, config, log, rolesScope }: RoleContext) =>
   serviceResource(() => new JournalPoster({ sql, finance: config.finance, log: log.child({ role: "worker", part: "gl" }) })).pipe(
     Scope.extend(rolesScope),
   );
+
+/** The pruning job: every TALLY_PRUNE_INTERVAL_MS, each retention horizon (src/app/pruner.ts). */
+const startPruner = ({ settings, sql, nats, topology: t, log, rolesScope }: RoleContext) =>
+  serviceResource(
+    () =>
+      new Pruner({
+        sql,
+        nats,
+        topology: t,
+        duplicateWindowMs: settings.duplicateWindowMs,
+        retention: settings.retention,
+        log: log.child({ role: "worker", part: "prune" }),
+      }),
+  ).pipe(Scope.extend(rolesScope));
 
 const startRelay = (ctx: RoleContext) =>
   Effect.gen(function* () {
@@ -385,6 +402,7 @@ export const startRoles = (
     const metricsServer = roles.includes("api") ? null : yield* exposeMetrics(settings, metrics);
     const worker = roles.includes("worker") ? yield* startWorker(ctx, workerSql) : null;
     const poster = roles.includes("worker") ? yield* startPoster(ctx) : null;
+    const pruner = roles.includes("worker") ? yield* startPruner(ctx) : null;
     const relay = roles.includes("relay") ? yield* startRelay(ctx) : null;
     const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
     const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];
@@ -393,7 +411,7 @@ export const startRoles = (
     const catalog = roles.includes("cdc") ? yield* startCatalog(ctx) : null;
     const writeBacks = roles.includes("cdc") ? yield* startWriteBacks(ctx) : [];
     metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers, reconcilers, writeBacks } : {}) });
-    metrics.add({ poster });
+    metrics.add({ poster, pruner });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
     return {
       settings,
@@ -403,6 +421,7 @@ export const startRoles = (
       log,
       worker,
       poster,
+      pruner,
       relay,
       anchors,
       webhooks,

@@ -3,7 +3,7 @@ export { connectPostgres, describeError, isPermanentDataError, isTransientDbErro
 export type { Sql } from "./db.ts";
 export { backoffDelay } from "./backoff.ts";
 export { COMPUTED_DEFAULTS, DEFAULTS, SettingsError, WITHOUT_DEFAULT, loadSettings, requireDatabaseUrl, urlCredentials } from "./settings.ts";
-export type { NatsAccess, Settings } from "./settings.ts";
+export type { NatsAccess, RetentionSettings, Settings } from "./settings.ts";
 export { createLogger } from "./log.ts";
 export type { Logger } from "./log.ts";
 export { maskSecrets } from "./redact.ts";

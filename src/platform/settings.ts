@@ -52,6 +52,35 @@ export interface Settings {
   readonly corsOrigins: ReadonlyArray<string>;
   /** `TALLY_STREAM_TOKEN_SECRET`: signs the short-lived stream tokens browsers use (same on every API replica); unset = none are minted. */
   readonly streamTokenSecret: string | undefined;
+  /** How long each growing stream, bucket and table keeps what it holds (`TALLY_*_MAX_AGE_*`, `*_RETENTION_*`, `TALLY_PRUNE_*`). */
+  readonly retention: RetentionSettings;
+}
+
+/**
+ * Retention: the JetStream limits of the growing streams (set at start, existing streams updated), and the
+ * horizons of the pruning job of the worker role (src/app/pruner.ts). Milliseconds and bytes.
+ */
+export interface RetentionSettings {
+  /** `TALLY_COMMANDS_MAX_AGE_SECONDS`: the commands stream's max age; never shorter than the duplicate window. */
+  readonly commandsMaxAgeMs: number;
+  /** `TALLY_EVENTS_MAX_AGE_SECONDS`: the events stream's max age. */
+  readonly eventsMaxAgeMs: number;
+  /** `TALLY_AVAILABILITY_MAX_AGE_SECONDS`: the availability change stream's max age (the KV bucket keeps each key's latest value). */
+  readonly availabilityMaxAgeMs: number;
+  /** `TALLY_DLQ_MAX_AGE_SECONDS`: dead letters older than this are expired by the pruner (each logged and counted). */
+  readonly dlqMaxAgeMs: number;
+  /** `TALLY_DLQ_MAX_BYTES`: above this the pruner expires the oldest dead letters (each logged and counted). */
+  readonly dlqMaxBytes: number;
+  /** `TALLY_POS_CLAIM_RETENTION_SECONDS`: how long a POS transaction's claim (its resend idempotency record) is kept. */
+  readonly posClaimRetentionMs: number;
+  /** `TALLY_RESERVATION_RETENTION_SECONDS`: how long a finished reservation (and its Idempotency-Key) is kept. */
+  readonly reservationRetentionMs: number;
+  /** `TALLY_OUTCOMES_ARCHIVE_RETENTION_SECONDS`: how long archived command outcomes are kept (0: forever). */
+  readonly outcomesArchiveRetentionMs: number;
+  /** `TALLY_PRUNE_INTERVAL_MS`: how often the worker role's pruner runs. */
+  readonly pruneIntervalMs: number;
+  /** `TALLY_PRUNE_BATCH`: most rows one pruning statement touches (each batch is its own short transaction). */
+  readonly pruneBatch: number;
 }
 
 /**
@@ -104,6 +133,16 @@ export const DEFAULTS = {
   TALLY_ANCHOR_INTERVAL_MS: 60_000,
   TALLY_METRICS_PORT: 9464,
   TALLY_METRICS_HOST: "0.0.0.0",
+  TALLY_COMMANDS_MAX_AGE_SECONDS: 7 * 24 * 3600,
+  TALLY_EVENTS_MAX_AGE_SECONDS: 30 * 24 * 3600,
+  TALLY_AVAILABILITY_MAX_AGE_SECONDS: 24 * 3600,
+  TALLY_DLQ_MAX_AGE_SECONDS: 30 * 24 * 3600,
+  TALLY_DLQ_MAX_BYTES: 1024 * 1024 * 1024,
+  TALLY_POS_CLAIM_RETENTION_SECONDS: 30 * 24 * 3600,
+  TALLY_RESERVATION_RETENTION_SECONDS: 7 * 24 * 3600,
+  TALLY_OUTCOMES_ARCHIVE_RETENTION_SECONDS: 90 * 24 * 3600,
+  TALLY_PRUNE_INTERVAL_MS: 5 * 60_000,
+  TALLY_PRUNE_BATCH: 1000,
 } as const;
 
 /** Defaults computed at start, as the usage text and the README name them. */
@@ -165,6 +204,26 @@ const intIn = (name: string, min: number, max: number, fallback: number) =>
     }),
   );
 
+const YEAR_SECONDS = 366 * 24 * 3600;
+
+const retentionConfig = Config.all({
+  commandsMaxAgeSeconds: intIn("TALLY_COMMANDS_MAX_AGE_SECONDS", 1, YEAR_SECONDS, DEFAULTS.TALLY_COMMANDS_MAX_AGE_SECONDS),
+  eventsMaxAgeSeconds: intIn("TALLY_EVENTS_MAX_AGE_SECONDS", 60, 10 * YEAR_SECONDS, DEFAULTS.TALLY_EVENTS_MAX_AGE_SECONDS),
+  availabilityMaxAgeSeconds: intIn("TALLY_AVAILABILITY_MAX_AGE_SECONDS", 60, YEAR_SECONDS, DEFAULTS.TALLY_AVAILABILITY_MAX_AGE_SECONDS),
+  dlqMaxAgeSeconds: intIn("TALLY_DLQ_MAX_AGE_SECONDS", 60, 10 * YEAR_SECONDS, DEFAULTS.TALLY_DLQ_MAX_AGE_SECONDS),
+  dlqMaxBytes: intIn("TALLY_DLQ_MAX_BYTES", 1024 * 1024, Number.MAX_SAFE_INTEGER, DEFAULTS.TALLY_DLQ_MAX_BYTES),
+  posClaimRetentionSeconds: intIn("TALLY_POS_CLAIM_RETENTION_SECONDS", 60, 10 * YEAR_SECONDS, DEFAULTS.TALLY_POS_CLAIM_RETENTION_SECONDS),
+  reservationRetentionSeconds: intIn("TALLY_RESERVATION_RETENTION_SECONDS", 60, 10 * YEAR_SECONDS, DEFAULTS.TALLY_RESERVATION_RETENTION_SECONDS),
+  outcomesArchiveRetentionSeconds: intIn(
+    "TALLY_OUTCOMES_ARCHIVE_RETENTION_SECONDS",
+    0,
+    100 * YEAR_SECONDS,
+    DEFAULTS.TALLY_OUTCOMES_ARCHIVE_RETENTION_SECONDS,
+  ),
+  pruneIntervalMs: intIn("TALLY_PRUNE_INTERVAL_MS", 100, 24 * 3600 * 1000, DEFAULTS.TALLY_PRUNE_INTERVAL_MS),
+  pruneBatch: intIn("TALLY_PRUNE_BATCH", 1, 100_000, DEFAULTS.TALLY_PRUNE_BATCH),
+});
+
 const settingsConfig = Config.all({
   env: envName,
   databaseUrl: Config.option(url("TALLY_DATABASE_URL", ["postgres://", "postgresql://"])),
@@ -205,6 +264,7 @@ const settingsConfig = Config.all({
       }),
     ),
   ),
+  retention: retentionConfig,
   streamTokenSecret: Config.option(
     Config.string("TALLY_STREAM_TOKEN_SECRET").pipe(
       Config.validate({
@@ -251,6 +311,28 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
       onSome: (text) => text.split(",").map((o) => o.trim().toLowerCase()),
     }),
     streamTokenSecret: Option.getOrUndefined(s.streamTokenSecret),
+    retention: retention(s),
+  };
+}
+
+/** The retention settings in milliseconds, refusing a commands stream that would forget a command before its duplicate window ends. */
+function retention(s: Decoded): RetentionSettings {
+  const r = s.retention;
+  if (r.commandsMaxAgeSeconds < s.duplicateWindowSeconds)
+    throw new SettingsError(
+      `invalid settings: TALLY_COMMANDS_MAX_AGE_SECONDS: ${r.commandsMaxAgeSeconds} is shorter than TALLY_DUPLICATE_WINDOW_SECONDS (${s.duplicateWindowSeconds}); the commands stream must keep a command at least as long as it de-duplicates it`,
+    );
+  return {
+    commandsMaxAgeMs: r.commandsMaxAgeSeconds * 1000,
+    eventsMaxAgeMs: r.eventsMaxAgeSeconds * 1000,
+    availabilityMaxAgeMs: r.availabilityMaxAgeSeconds * 1000,
+    dlqMaxAgeMs: r.dlqMaxAgeSeconds * 1000,
+    dlqMaxBytes: r.dlqMaxBytes,
+    posClaimRetentionMs: r.posClaimRetentionSeconds * 1000,
+    reservationRetentionMs: r.reservationRetentionSeconds * 1000,
+    outcomesArchiveRetentionMs: r.outcomesArchiveRetentionSeconds * 1000,
+    pruneIntervalMs: r.pruneIntervalMs,
+    pruneBatch: r.pruneBatch,
   };
 }
 

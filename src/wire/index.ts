@@ -6,6 +6,8 @@ export { RELAY_LEASE_KEY, availabilityKey, outcomesSubject, relaySubject, topolo
 export type { Topology } from "./topology.ts";
 export { decodeEnvelope, encodeEnvelope, envelopeMsgId } from "./envelope.ts";
 export { DeadLetter, deadLetter, deadLetterMsgId, publishDeadLetter, withStoredPayload } from "./deadLetters.ts";
+export { expireDeadLetters } from "./deadLetterExpiry.ts";
+export type { ExpiredDeadLetter } from "./deadLetterExpiry.ts";
 export type { DeadLetterIdentity } from "./deadLetters.ts";
 export { DeliveryGap, DeliveryOrder } from "./deliveryOrder.ts";
 export { LeaseStore } from "./leases.ts";

@@ -11,11 +11,10 @@ import {
   DiscardPolicy,
 } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
-import { SettingsError, urlCredentials, type NatsAccess } from "../platform/index.ts";
+import { DEFAULTS, SettingsError, urlCredentials, type NatsAccess, type RetentionSettings } from "../platform/index.ts";
 import type { Topology } from "./topology.ts";
 
 const nanos = (ms: number): number => ms * 1_000_000;
-const DAY_MS = 24 * 3600 * 1000;
 
 /**
  * Connects to NATS with reconnects forever (callers see outages as failed publishes, not a dead
@@ -97,16 +96,24 @@ export interface TopologyOptions {
   readonly replicas?: number;
   /** Where a stream left with fewer replicas than configured is reported (default: a process warning on stderr). */
   readonly warn?: (message: string, detail: UnderReplicated) => void;
+  /** The growing streams' limits (`Settings.retention`); default: the settings' defaults. */
+  readonly retention?: StreamRetention;
 }
 
 /** The topology options of a process's settings. */
 export const topologyOptions = (
-  settings: { readonly duplicateWindowMs: number; readonly leaseTtlMs: number; readonly natsReplicas: number },
+  settings: {
+    readonly duplicateWindowMs: number;
+    readonly leaseTtlMs: number;
+    readonly natsReplicas: number;
+    readonly retention?: StreamRetention;
+  },
   warn?: TopologyOptions["warn"],
 ): TopologyOptions => ({
   duplicateWindowMs: settings.duplicateWindowMs,
   leaseTtlMs: settings.leaseTtlMs,
   replicas: settings.natsReplicas,
+  ...(settings.retention !== undefined ? { retention: settings.retention } : {}),
   ...(warn !== undefined ? { warn } : {}),
 });
 
@@ -121,6 +128,43 @@ export interface UnderReplicated {
   readonly error?: string;
   /** The operator's fix, a nats CLI command. */
   readonly fix?: string;
+}
+
+/** The JetStream limits of the streams that grow (see `streamLimits`). */
+export type StreamRetention = Pick<RetentionSettings, "commandsMaxAgeMs" | "eventsMaxAgeMs" | "availabilityMaxAgeMs" | "dlqMaxBytes">;
+
+const DEFAULT_RETENTION: StreamRetention = {
+  commandsMaxAgeMs: DEFAULTS.TALLY_COMMANDS_MAX_AGE_SECONDS * 1000,
+  eventsMaxAgeMs: DEFAULTS.TALLY_EVENTS_MAX_AGE_SECONDS * 1000,
+  availabilityMaxAgeMs: DEFAULTS.TALLY_AVAILABILITY_MAX_AGE_SECONDS * 1000,
+  dlqMaxBytes: DEFAULTS.TALLY_DLQ_MAX_BYTES,
+};
+
+/**
+ * The limits each growing stream is created (or updated) with. The dead-letter stream has no max age:
+ * JetStream drops by age silently, so the worker role's pruner expires dead letters itself (logging and
+ * counting each); its byte limit is a hard cap a quarter above TALLY_DLQ_MAX_BYTES (which the pruner keeps
+ * it under), with discard `new`, so that a full DLQ refuses a new letter loudly rather than dropping an old one.
+ */
+export function streamLimits(opts: TopologyOptions): {
+  readonly commands: Partial<StreamConfig>;
+  readonly events: Partial<StreamConfig>;
+  readonly availability: Partial<StreamConfig>;
+  readonly dlq: Partial<StreamConfig>;
+} {
+  const r = opts.retention ?? DEFAULT_RETENTION;
+  // JetStream refuses a de-duplication window longer than the stream's max age: a shorter stream de-duplicates over its age.
+  const dedupeWithin = (maxAgeMs: number) => (maxAgeMs < opts.duplicateWindowMs ? { duplicate_window: nanos(maxAgeMs) } : {});
+  if (r.commandsMaxAgeMs < opts.duplicateWindowMs)
+    throw new SettingsError(
+      `TALLY_COMMANDS_MAX_AGE_SECONDS: ${r.commandsMaxAgeMs / 1000} is shorter than TALLY_DUPLICATE_WINDOW_SECONDS (${opts.duplicateWindowMs / 1000}); the commands stream must keep a command at least as long as it de-duplicates it`,
+    );
+  return {
+    commands: { max_age: nanos(r.commandsMaxAgeMs), discard: DiscardPolicy.Old },
+    events: { max_age: nanos(r.eventsMaxAgeMs), ...dedupeWithin(r.eventsMaxAgeMs) },
+    availability: { max_age: nanos(r.availabilityMaxAgeMs), ...dedupeWithin(r.availabilityMaxAgeMs) },
+    dlq: { max_age: 0, max_bytes: Math.ceil(r.dlqMaxBytes * 1.25), discard: DiscardPolicy.New },
+  };
 }
 
 /** A stream or bucket could not be created with the configured replicas (more than the servers, or one server that is not clustered). */
@@ -144,10 +188,11 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
     max_age: nanos(maxAgeMs),
     ...more,
   });
-  await ensureStream(jsm, stream(t.commandsStream, t.commandSubjects, 7 * DAY_MS, { discard: DiscardPolicy.Old }), check);
-  await ensureStream(jsm, stream(t.dlqStream, t.dlqSubjects, 0), check);
-  await ensureStream(jsm, stream(t.eventsStream, t.eventSubjects, 30 * DAY_MS), check);
-  await ensureStream(jsm, stream(t.availabilityStream, t.availabilitySubjects(), DAY_MS), check);
+  const limits = streamLimits(opts);
+  await ensureStream(jsm, stream(t.commandsStream, t.commandSubjects, 0, limits.commands), check);
+  await ensureStream(jsm, stream(t.dlqStream, t.dlqSubjects, 0, limits.dlq), check);
+  await ensureStream(jsm, stream(t.eventsStream, t.eventSubjects, 0, limits.events), check);
+  await ensureStream(jsm, stream(t.availabilityStream, t.availabilitySubjects(), 0, limits.availability), check);
   // The chain's external witness: no client may delete or purge it through the JetStream API.
   await ensureStream(jsm, stream(t.anchorsStream, t.anchorsSubject, 0, { deny_delete: true, deny_purge: true }), check);
   const leases = await ensureBucket(js, jsm, t.leasesBucket, { history: 1, ttl: opts.leaseTtlMs, storage: StorageType.File }, check);
