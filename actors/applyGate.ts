@@ -1,5 +1,6 @@
 /**
- * How many of a worker's partitions decide and commit at the same time. A process holding many
+ * How many of a worker's partitions decide at the same time (a permit is given back when the batch
+ * is handed to the worker's group commit, so the next batches are planned while Postgres commits). A process holding many
  * partitions on a small machine otherwise commits many small batches at once: each one is a
  * Postgres statement and a context switch, and they all queue for the same cores. Behind the gate
  * a partition's messages keep arriving, so its next batch is larger and the ledger sees fewer,

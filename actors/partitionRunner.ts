@@ -25,6 +25,7 @@ import { decodeCommand, encodeCommand, type AlertEvent } from "../src/contract/i
 import { decodeEnvelope } from "../src/wire/index.ts";
 import type { SkuStateCache } from "./skuStateCache.ts";
 import type { ApplyGate } from "./applyGate.ts";
+import type { GroupCommitter } from "./groupCommit.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/index.ts";
 import { DeliveryGap, DeliveryOrder } from "../src/wire/index.ts";
 
@@ -53,8 +54,10 @@ export interface RunnerDeps {
   readonly skus: SkuStateCache;
   readonly log: Logger;
   readonly batchMax: number;
-  /** Shared by the worker's partitions: how many decide and commit at once. */
+  /** Shared by the worker's partitions: how many decide at once (the commit itself is outside it). */
   readonly gate: ApplyGate;
+  /** Shared by the worker's partitions: batches planned meanwhile commit together, each fenced by its own epoch. */
+  readonly committer: GroupCommitter;
   readonly metrics: WorkerMetrics;
   /** Called when the partition's lease turned out to be lost at commit time. */
   readonly onLeaseLost: (partition: number) => void;
@@ -291,6 +294,8 @@ export class PartitionRunner extends LongRunningService {
   }
 
   #failure: unknown = null;
+  /** The apply permit held while deciding; given back before the commit, so other partitions plan the next group meanwhile. */
+  #permit: (() => void) | null = null;
 
   /**
    * Compares the commands stream with the one the checkpoints belong to (its creation time, kept in
@@ -353,6 +358,7 @@ export class PartitionRunner extends LongRunningService {
       const waitFrom = performance.now();
       const release = await this.deps.gate.acquire(this.signal);
       if (!release) continue;
+      this.#permit = release;
       const waited = performance.now() - waitFrom;
       try {
         if (this.#failure || this.#stopped) continue; // the loop's checks come first
@@ -363,6 +369,7 @@ export class PartitionRunner extends LongRunningService {
         // Counted per committed batch, as the other stages are.
         if (await this.#apply(batch)) this.deps.metrics.stageMs.gate += waited;
       } finally {
+        this.#permit = null;
         release();
       }
     }
@@ -609,7 +616,8 @@ export class PartitionRunner extends LongRunningService {
     const lastSeq = fresh[fresh.length - 1]!.seq;
     const plannedAt = performance.now();
     metrics.stageMs.plan += plannedAt - activatedAt;
-    await commitBatch(sql, { ...plan.write, lastSeq: Math.max(plan.write.lastSeq, lastSeq) });
+    this.#permit?.();
+    await this.deps.committer.commit({ ...plan.write, lastSeq: Math.max(plan.write.lastSeq, lastSeq) });
     metrics.stageMs.commit += performance.now() - plannedAt;
     this.#lastSeq = lastSeq;
     this.deps.skus.commit(plan.actors);

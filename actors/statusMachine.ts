@@ -166,6 +166,15 @@ const snapshotOf = (status: StockStatus): StatusSnapshot => {
 };
 
 /**
+ * What `transition()` decided for one status and one reading of the guards: the target and the
+ * notification kinds. The machine looks at an event only through its four guards, so the decision
+ * is a function of (status, guards): it is asked of xstate once per combination (at most 5 × 16)
+ * and remembered, instead of building an actor scope for every command. Only the notifications'
+ * figures come from the levels themselves.
+ */
+const decisions = new Map<string, { readonly status: StockStatus; readonly kinds: ReadonlyArray<NotificationKind> }>();
+
+/**
  * The status after `levels`, starting from `current`, and the notifications the
  * crossing raises (none when the status stays). Pure.
  */
@@ -173,10 +182,19 @@ export const nextStatus = (
   current: StockStatus,
   levels: StockLevels,
 ): { readonly status: StockStatus; readonly notifications: ReadonlyArray<StatusNotification> } => {
-  const [next, actions] = transition(statusMachine, snapshotOf(current), { type: "levels", ...levels });
-  const notifications: Array<StatusNotification> = [];
-  for (const action of actions) {
-    if (action.type === "notify") notifications.push(notification(action.params.kind, levels));
+  const key =
+    current +
+    (levels.onHand < 0n ? "N" : "-") +
+    (levels.available <= 0n ? "O" : "-") +
+    (levels.available <= levels.reorderPoint ? "L" : "-") +
+    (levels.available < levels.reorderPoint + hysteresisBand(levels.reorderPoint) ? "B" : "-");
+  let decision = decisions.get(key);
+  if (decision === undefined) {
+    const [next, actions] = transition(statusMachine, snapshotOf(current), { type: "levels", ...levels });
+    const kinds: Array<NotificationKind> = [];
+    for (const action of actions) if (action.type === "notify") kinds.push(action.params.kind);
+    decision = { status: next.value, kinds };
+    decisions.set(key, decision);
   }
-  return { status: next.value, notifications };
+  return { status: decision.status, notifications: decision.kinds.length === 0 ? [] : decision.kinds.map((kind) => notification(kind, levels)) };
 };

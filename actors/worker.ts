@@ -11,6 +11,7 @@ import { LeaseStore, type HeldLease } from "../src/wire/index.ts";
 import { PartitionRunner, newWorkerMetrics, type PartitionStatus, type RunnerDeps, type WorkerMetrics } from "./partitionRunner.ts";
 import { SkuStateCache } from "./skuStateCache.ts";
 import { ApplyGate } from "./applyGate.ts";
+import { GroupCommitter } from "./groupCommit.ts";
 
 export interface WorkerOptions {
   readonly sql: Sql;
@@ -23,7 +24,7 @@ export interface WorkerOptions {
   readonly batchMax?: number;
   /** Most live SKU actors kept in memory (default: TALLY_MAX_ACTORS's). */
   readonly maxActors?: number;
-  /** How many held partitions decide and commit at once (default: the machine's CPU count). */
+  /** How many held partitions decide at once (their batches then commit together) (default: the machine's CPU count). */
   readonly applyConcurrency?: number;
   /** Unique per process; defaults to host-pid-random. */
   readonly workerId?: string;
@@ -49,8 +50,10 @@ export class Worker extends LongRunningService {
   readonly metrics: WorkerMetrics = newWorkerMetrics();
   readonly skus: SkuStateCache;
   readonly #leases: LeaseStore;
-  /** Shared by the held partitions: how many decide and commit at once. */
+  /** Shared by the held partitions: how many decide at once. */
   readonly gate: ApplyGate;
+  /** Shared by the held partitions: batches planned while a commit is in flight go to Postgres together. */
+  readonly committer: GroupCommitter;
   readonly #held = new Map<number, Held>();
 
   constructor(readonly opts: WorkerOptions) {
@@ -59,6 +62,7 @@ export class Worker extends LongRunningService {
     this.skus = new SkuStateCache(opts.maxActors ?? DEFAULTS.TALLY_MAX_ACTORS);
     this.#leases = new LeaseStore(opts.nats.leases, this.id);
     this.gate = new ApplyGate(opts.applyConcurrency ?? availableParallelism());
+    this.committer = new GroupCommitter(opts.sql);
   }
 
   /** Partitions this worker holds now. */
@@ -213,6 +217,7 @@ export class Worker extends LongRunningService {
         log: log.child({ partition }),
         batchMax: this.opts.batchMax ?? DEFAULTS.TALLY_BATCH_MAX,
         gate: this.gate,
+        committer: this.committer,
         metrics: this.metrics,
         ...(this.opts.restoreTopology ? { restoreTopology: this.opts.restoreTopology } : {}),
         ...(this.opts.onOutcomes ? { onOutcomes: this.opts.onOutcomes } : {}),

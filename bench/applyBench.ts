@@ -91,6 +91,13 @@ async function measureTally(sql: Sql, url: string, natsUrl: string, handles: Nat
   results.tallyEntriesPerSec = rate(entries, applied);
   results.batches = tally.worker!.metrics.batches;
   results.meanBatch = Math.round(N / Math.max(1, tally.worker!.metrics.batches));
+  // Rows of every table the apply path writes (the insert limit is in rows too).
+  const [rows] = await sql<[{ outcomes: number; holds: number }]>`
+    select (select count(*)::int from command_outcomes) as outcomes, (select count(*)::int from holds) as holds`;
+  results.tallyRowsPerSec = rate(entries + rows!.outcomes + rows!.holds, applied);
+  results.tallyCommandsPerInsertLimit = Number((results.tallyEndToEndCommandsPerSec / results.rawInsertRowsPerSec!).toFixed(3));
+  // Where the worker's time went (ms summed over batches), for the report.
+  for (const [stage, ms] of Object.entries(tally.worker!.metrics.stageMs)) results[`stageMs_${stage}`] = Math.round(ms);
   await tally.close();
 }
 
@@ -115,10 +122,17 @@ function printResults(results: Results): void {
       String(results.tallyEntriesPerSec),
       `${(results.tallyEntriesPerSec! / results.rawInsertRowsPerSec!).toFixed(2)} of insert limit`,
     ],
+    [
+      "Tally commands applied / insert limit",
+      String(results.tallyEndToEndCommandsPerSec),
+      `${(results.tallyEndToEndCommandsPerSec! / results.rawInsertRowsPerSec!).toFixed(3)} of insert limit`,
+    ],
   ];
   const width = lines[0]!.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
   for (const l of lines) process.stdout.write(`${l.map((cell, c) => cell.padEnd(width[c]!)).join("  ")}\n`);
   process.stdout.write(`(${N} commands over ${SKUS} SKUs, ${PARTITIONS} partitions, mean batch ${results.meanBatch})\n`);
+  const stages = Object.entries(results).filter(([k]) => k.startsWith("stageMs_"));
+  process.stdout.write(`worker stages (ms summed over batches): ${stages.map(([k, v]) => `${k.slice(8)} ${v}`).join(", ")}\n`);
 }
 
 /** bench/results/<timestamp>.json: the run's options and results. */

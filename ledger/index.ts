@@ -6,6 +6,7 @@ export {
   OUTBOX_CHANNEL,
   claimPartition,
   commitBatch,
+  commitGroup,
   knownCommandIds,
   loadHolds,
   loadSkus,

@@ -142,6 +142,35 @@ export const OUTBOX_CHANNEL = "tally_outbox";
  * where a transaction of ten statements cost the worker a socket write and a parse each.
  */
 export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
+  if (!(await batchStatement(sql, b))) throw new LeaseLost(b.partition, b.epoch);
+}
+
+/**
+ * Commits the batches of several partitions in one transaction (one commit, one WAL flush): each
+ * batch is its own statement, fenced by its own partition's checkpoint row exactly as `commitBatch`
+ * fences it, so a batch whose lease epoch is no longer current writes nothing while the others
+ * commit. Returns, per batch in the order given, whether its fence held (false: LeaseLost for that
+ * partition, nothing of it written). A statement that fails (a duplicate command id, a data error)
+ * rolls the whole transaction back and the error is thrown: the caller commits the batches one by
+ * one to find whose it was.
+ */
+export async function commitGroup(sql: Sql, batches: ReadonlyArray<BatchWrite>): Promise<Array<boolean>> {
+  if (batches.length === 0) return [];
+  // Partition order: two transactions that meet on checkpoint rows (a takeover) lock them in one order.
+  const order = batches.map((_, i) => i).sort((x, y) => batches[x]!.partition - batches[y]!.partition);
+  const fenced = new Array<boolean>(batches.length).fill(false);
+  await sql.begin(async (tx) => {
+    // Issued together: postgres.js pipelines them on the transaction's connection.
+    const results = await Promise.all(order.map((i) => batchStatement(tx as unknown as Sql, batches[i]!)));
+    order.forEach((i, k) => {
+      fenced[i] = results[k]!;
+    });
+  });
+  return fenced;
+}
+
+/** One batch's statement: true if its fence held (everything written), false if it wrote nothing (epoch moved on). */
+async function batchStatement(sql: Sql, b: BatchWrite): Promise<boolean> {
   const col = <T, V>(rows: ReadonlyArray<T>, f: (r: T) => V) => sql.array(rows.map(f) as never);
   const e = b.entries;
   const bal = b.balances;
@@ -276,7 +305,7 @@ export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
       select pg_notify(${OUTBOX_CHANNEL}, '') where exists (select from outbox_)
     )
     select (select count(*) from fence)::int as fenced, (select count(*) from notify)::int as notified`;
-  if (fenced !== 1) throw new LeaseLost(b.partition, b.epoch);
+  return fenced === 1;
 }
 
 /**

@@ -55,7 +55,8 @@ import { RELAY_LEASE_KEY, relaySubject } from "../wire/index.ts";
 import { bundlesAffected, componentFigure, deriveBundles, queueUnpublishedBundles, type Derived, type PublishedFigures } from "./bundles.ts";
 
 /**
- * Publishes committed outbox rows to NATS and deletes them once NATS has them. One relay is active
+ * Publishes committed outbox rows to NATS and deletes them (in one statement per round) once NATS
+ * has them; of several availability rows of one channel and SKU in a round, only the latest is published. One relay is active
  * per environment (a lease), so projections leave in commit order. Each publish carries
  * `Nats-Msg-Id: <instance>:<outbox id>`, so a crash between publish and delete never duplicates.
  * Deleting a round's rows, it derives the availability of the bundles whose components they changed
@@ -167,8 +168,12 @@ export class OutboxRelay extends LongRunningService {
     const figures = figuresOf(latestKv.values());
     const bundles = await bundlesAffected(sql, figures);
     if (rows.length === 0 && !bundles) return 0;
+    // Events all go out; an availability change goes out only as the page's latest of its key (on its
+    // subject and in KV alike): a later row of the same page supersedes it, and readers keep the
+    // highest version anyway. A relay that lags thus publishes less, not more.
+    const superseded = (r: OutboxRecord) => r.kind === "availability" && r.kv_key !== null && latestKv.get(r.kv_key) !== r;
     await Promise.all([
-      ...rows.map((r) => nats.js.publish(r.subject, r.payload, { msgID: `${instanceId}:${r.id}` })),
+      ...rows.filter((r) => !superseded(r)).map((r) => nats.js.publish(r.subject, r.payload, { msgID: `${instanceId}:${r.id}` })),
       ...[...latestKv.values()].map((r) => nats.availability.put(r.kv_key!, r.payload)),
     ]);
     const publishedAt = Date.now();

@@ -19,7 +19,7 @@ export interface Settings {
   readonly maxActors: number;
   /** Most commands applied in one ledger transaction. */
   readonly batchMax: number;
-  /** `TALLY_APPLY_CONCURRENCY`: how many of a worker's partitions decide and commit at once (default: CPU count). */
+  /** `TALLY_APPLY_CONCURRENCY`: how many of a worker's partitions decide at once (their batches then commit together) (default: CPU count). */
   readonly applyConcurrency: number;
   /** `TALLY_HTTP_HOST`: the address the api role listens on (default 0.0.0.0). */
   readonly httpHost: string;
