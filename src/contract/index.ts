@@ -35,8 +35,8 @@ export {
   snapshotKeyText,
 } from "./commandIds.ts";
 export { CURRENCY_PATTERN, fromMinorUnits, minorDigits, toMinorUnits } from "./money.ts";
-export { bundleAvailable, locationAvailable } from "./availability.ts";
-export type { Availability, AvailabilityJson, BundlePart, StockAtLocation } from "./availability.ts";
+export { applyWithheld, bundleAvailable, locationAvailable, withheldBy } from "./availability.ts";
+export type { Availability, AvailabilityJson, BundlePart, ItemStatus, StatusPolicy, StockAtLocation, Withheld } from "./availability.ts";
 export {
   AlertEvent,
   AvailabilityValue,
