@@ -73,6 +73,11 @@ const lastMessage = async (channel: string, sku: string): Promise<View> => {
   const all = await readStream(h, h.topology.availabilityStream, h.topology.availabilitySubject(channel, sku));
   return all[all.length - 1]!.data as View;
 };
+const product = async (sku: string, channel: string) => {
+  const r = await app.inject({ method: "GET", url: `/v1/products/${sku}?channel=${channel}`, headers: auth("reader") });
+  expect(r.statusCode, r.body).toBe(200);
+  return r.json<Record<string, unknown> & { availability: View; catalogVersion: number }>();
+};
 const setStatus = (itemNo: string, status: string) => demo.erp`update items set status = ${status} where item_no = ${itemNo}`;
 
 describe("a discontinued or blocked item", () => {
@@ -102,6 +107,13 @@ describe("a discontinued or blocked item", () => {
     });
     expect(await lastMessage("web", "SKU-0003")).toMatchObject({ available: 0, reason: "discontinued" });
     expect(await api("SKU-0003", "web")).toMatchObject({ available: 0, status: "out", reason: "discontinued" });
+    // One call answers both, and they agree.
+    expect(await product("SKU-0003", "web")).toMatchObject({
+      sku: "SKU-0003",
+      status: "discontinued",
+      availability: { available: 0, reason: "discontinued", stock: { available: webBefore.available } },
+    });
+    expect(await product("SKU-0003", "store_s01")).toMatchObject({ status: "discontinued", availability: { available: storeBefore.available } });
     // The bundle with it goes to 0 on the web.
     await eventually("the web's picnic kit at 0", async () => (await kv("web", "SKU-PICNIC"))?.available === 0);
     expect(await api("SKU-PICNIC", "web")).toMatchObject({ available: 0, components: [{ sku: "SKU-0001" }, { sku: "SKU-0003", available: 0 }] });
@@ -135,5 +147,44 @@ describe("a discontinued or blocked item", () => {
     expect(await lastMessage("web", "SKU-0003")).toMatchObject({ available: webBefore.available + 5 });
     await eventually("the web's picnic kit back", async () => ((await kv("web", "SKU-PICNIC"))?.available ?? 0) > 0);
     expect((await api("SKU-0003", "web")).reason).toBeUndefined();
+  });
+});
+
+describe("GET /v1/products/:sku", () => {
+  it("answers an item's catalog and availability in one call, a bundle with its components; 404 for an unknown SKU", async () => {
+    await eventually("SKU-0001 in the web's catalog with a price", async () => {
+      const [row] = await h.sql<[{ payload: { price: unknown } }?]>`
+        select payload from catalog_projections where channel = 'web' and sku = 'SKU-0001'`;
+      return row?.payload.price != null && (await kv("web", "SKU-0001")) !== null;
+    });
+    const [catalog] = await h.sql<
+      [{ payload: Record<string, unknown> }]
+    >`select payload from catalog_projections where channel = 'web' and sku = 'SKU-0001'`;
+    const p = await product("SKU-0001", "web");
+    expect(p).toMatchObject({
+      channel: "web",
+      sku: "SKU-0001",
+      name: catalog.payload.name,
+      status: "active",
+      unit: catalog.payload.unit,
+      price: catalog.payload.price,
+      catalogVersion: catalog.payload.catalogVersion,
+    });
+    expect(p.catalogVersion).toBeGreaterThan(0);
+    expect(p.availability).toEqual(await api("SKU-0001", "web"));
+
+    await eventually("the picnic kit derived", async () => (await kv("web", "SKU-PICNIC")) !== null);
+    const kit = await product("SKU-PICNIC", "web");
+    expect(kit.availability).toMatchObject({
+      sku: "SKU-PICNIC",
+      components: [
+        { sku: "SKU-0001", qty: 2 },
+        { sku: "SKU-0003", qty: 1 },
+      ],
+    });
+
+    const missing = await app.inject({ method: "GET", url: "/v1/products/NO-SUCH-SKU?channel=web", headers: auth("reader") });
+    expect(missing.statusCode).toBe(404);
+    expect(missing.json()).toMatchObject({ detail: expect.stringContaining("params.sku") });
   });
 });

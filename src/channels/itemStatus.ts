@@ -101,7 +101,7 @@ export async function restateQueued(
       for (const channel of channels) {
         const key = topology.availabilityKey(channel, sku);
         const e = await nats.availability.get(key);
-        if (!e || e.operation !== "PUT" || e.length === 0) continue; // never published there: shown as 0 already
+        if (e?.operation !== "PUT" || e.length === 0) continue; // never published there: shown as 0 already
         rows.push({ subject: topology.availabilitySubject(channel, sku), kv_key: key, payload: { ...e.json<AvailabilityJson>(), updatedAt: at } });
       }
     if (rows.length > 0)

@@ -137,7 +137,7 @@ export const availabilitySchemas = [
   },
 ] as const;
 
-interface AvailabilityView {
+export interface AvailabilityView {
   channel: string;
   sku: string;
   available: number;
@@ -169,7 +169,7 @@ const accessToken = {
 } as const;
 
 /** The channel's availability of the SKUs from the KV bucket; a SKU the ledger knows but no projection has yet shows 0. */
-async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
+export async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
   const out = await kvValues(ctx, channel, skus);
   await addKnownSkus(ctx, channel, skus, out);
   await withComponents(ctx, channel, out);
