@@ -27,6 +27,7 @@ export {
   bundleComponentCommandId,
   cdcChangeCommandId,
   holdExpiryCommandId,
+  bundleHoldReleaseCommandId,
   mappedCommandId,
   posLineCommandId,
   reserveCommandId,
