@@ -63,7 +63,7 @@ export const ChannelConfig = Schema.Struct({
    * True: the channel keeps selling a discontinued item's remaining stock. Default false: a discontinued
    * item shows availability 0. A blocked item shows 0 in every channel whatever this says.
    */
-  sellsDiscontinued: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  sellsDiscontinued: Schema.optional(Schema.Boolean),
   webhook: Schema.optional(WebhookConfig),
 });
 export type ChannelConfig = typeof ChannelConfig.Type;
