@@ -25,6 +25,7 @@ import { Agent, request } from "undici";
 import { decodeCommand, type Command } from "../src/contract/index.ts";
 import { erpSource, shopSource } from "../cdc/demo/index.ts";
 import { applyDemoSchemas, seedDemo } from "../cdc/demo/index.ts";
+import { startCatalogProbe, type CatalogLatency } from "./catalogLatency.ts";
 import { onboardCatalog, simItem, storeIds, Zipf } from "../cdc/demo/index.ts";
 import { enableSource } from "../cdc/index.ts";
 import { findSource } from "../cdc/index.ts";
@@ -272,9 +273,12 @@ async function main(): Promise<void> {
     const live = listen(run);
     const { catalog, before } = await onboard(run);
     const load = await startLoad(run, live, catalog);
+    const catalogProbe = startCatalogProbe(run.nc, run.t, run.erp);
     await runLoad(run, pipe, live, load);
     const end = await endLoad(load);
+    await catalogProbe.halt();
     const { wanted, finished } = await drain(run, live, load, before);
+    run.report.catalogLatencyMs = await catalogProbe.stop(30_000);
     measureResources(run, load, finished);
     const outcomes = await checkCorrectness(run, nats, load, before, wanted);
     await summarise(run, { limits, pipe, live, load, end, finished, appliedInRun: outcomes - before });
@@ -1092,6 +1096,11 @@ function printTable(report: Record<string, unknown>): void {
       `source → availability published, ${s} (ms)`,
       `p50 ${l.p50} p95 ${l.p95} p99 ${l.p99}`,
       `${l.samples} samples`,
+    ]),
+    ...Object.entries((report.catalogLatencyMs ?? {}) as CatalogLatency).map(([c, l]): [string, string, string] => [
+      `ERP price change → catalog published, ${c} (ms)`,
+      `p50 ${l.p50} p99 ${l.p99}`,
+      `${l.samples} samples, ${l.unseen} unseen`,
     ]),
     ["reservation round trip (ms)", `p50 ${res.p50} p99 ${res.p99}`, `${res.count} requests`],
     ...(mt

@@ -1,4 +1,5 @@
 /** The bench's HTML report: tables and inline SVG charts, one self-contained file (no network). */
+import type { CatalogLatency } from "./catalogLatency.ts";
 import type { ProfileSummary } from "./profile.ts";
 
 type Json = Record<string, unknown>;
@@ -147,6 +148,11 @@ function headlineRows(r: Json): Array<Array<unknown>> {
       `p50 ${l.p50} · p95 ${l.p95} · p99 ${l.p99} ms`,
       `${l.samples} samples`,
     ]),
+    ...Object.entries((r.catalogLatencyMs ?? {}) as CatalogLatency).map(([c, l]) => [
+      `ERP price change → catalog published (${c})`,
+      `p50 ${l.p50} · p99 ${l.p99} ms`,
+      `${l.samples} samples${l.unseen > 0 ? `, ${l.unseen} unseen` : ""}`,
+    ]),
     ["reservation round trip", `p50 ${res.p50} · p99 ${res.p99} ms`, `${res.count} requests ${JSON.stringify(res.outcomes)}`],
     ...(r.mainThread
       ? [
@@ -211,6 +217,18 @@ function chartCards(r: Json): string {
     "ms",
     100,
   );
+  const catalog = barChart(
+    "ERP price change → catalog published, per channel",
+    Object.entries((r.catalogLatencyMs ?? {}) as CatalogLatency).map(([c, l]) => ({
+      label: c,
+      bars: [
+        { name: "p50", value: l.p50 ?? 0 },
+        { name: "p99", value: l.p99 ?? 0 },
+      ],
+    })),
+    "ms",
+    100,
+  );
   const versusLimits = barChart(
     "Tally vs this machine's limits",
     [
@@ -238,7 +256,9 @@ function chartCards(r: Json): string {
     ],
     "MiB",
   );
-  return [throughput, latency, versusLimits, memory].map((chart) => `<div class="card">${chart}</div>`).join("\n");
+  return [throughput, latency, ...(r.catalogLatencyMs ? [catalog] : []), versusLimits, memory]
+    .map((chart) => `<div class="card">${chart}</div>`)
+    .join("\n");
 }
 
 type Baseline = Array<{ name: string; orders: number; accepted: number; oversoldUnits: number; oversoldPer10k: number }>;

@@ -181,6 +181,7 @@ const startRelay = (ctx: RoleContext) =>
           instanceId: id,
           topology: ctx.topology,
           channels: Object.keys(ctx.config.channels),
+          sellsDiscontinued: Object.entries(ctx.config.channels).flatMap(([name, c]) => (c.sellsDiscontinued ? [name] : [])),
           env: settings.env,
           leaseTtlMs: settings.leaseTtlMs,
           owner: `relay-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,

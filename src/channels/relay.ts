@@ -20,6 +20,8 @@ export interface RelayOptions {
   readonly topology: Topology;
   /** Every configured channel: a bundle whose definition changed is derived in each. */
   readonly channels: ReadonlyArray<string>;
+  /** The channels that keep selling a discontinued item's remaining stock (src/channels/itemStatus.ts). */
+  readonly sellsDiscontinued?: ReadonlyArray<string>;
   /** Environment name: latency reports go to `tally.<env>.relay`. */
   readonly env?: string;
   /** Called with each round this relay published (its own process's metrics). */
@@ -52,6 +54,7 @@ export type RelayRound = typeof RelayRound.Type;
 
 export { relaySubject } from "../wire/index.ts";
 import { RELAY_LEASE_KEY, relaySubject } from "../wire/index.ts";
+import { applyItemStatus, restatePending, restateQueued } from "./itemStatus.ts";
 import { bundlesAffected, componentFigure, deriveBundles, queueUnpublishedBundles, type Derived, type PublishedFigures } from "./bundles.ts";
 
 /**
@@ -73,6 +76,7 @@ export class OutboxRelay extends LongRunningService {
   #unlisten: (() => Promise<void>) | null = null;
   /** Set once this relay queued the bundles not yet published in some channel (after it first holds the lease). */
   #bundlesChecked = false;
+  readonly #sellsDiscontinued: ReadonlySet<string>;
 
   /** True while this relay holds the relay lease (it is the one publishing). */
   get leader(): boolean {
@@ -82,6 +86,7 @@ export class OutboxRelay extends LongRunningService {
   constructor(readonly opts: RelayOptions) {
     super();
     this.#leases = new LeaseStore(opts.nats.leases, opts.owner);
+    this.#sellsDiscontinued = new Set(opts.sellsDiscontinued ?? []);
   }
 
   override async stop(): Promise<boolean> {
@@ -160,14 +165,17 @@ export class OutboxRelay extends LongRunningService {
       await queueUnpublishedBundles(sql, this.opts.channels);
       this.#bundlesChecked = true;
     }
-    const rows = await sql<Array<OutboxRecord>>`
+    // An item whose status changed: its last availability goes out again, under the status rule.
+    if (await restatePending(sql)) await restateQueued(sql, { nats, topology: this.opts.topology, channels: this.opts.channels });
+    const page = await sql<Array<OutboxRecord>>`
       select id, kind, subject, kv_key, payload::text as payload, source_at, source from outbox order by id limit ${this.opts.batch ?? 1000}`;
+    const rows = await applyItemStatus(sql, page, this.#sellsDiscontinued);
     // The last projection per key wins; earlier ones of the same page are superseded.
     const latestKv = new Map<string, OutboxRecord>();
     for (const r of rows) if (r.kind === "availability" && r.kv_key) latestKv.set(r.kv_key, r);
     const figures = figuresOf(latestKv.values());
     const bundles = await bundlesAffected(sql, figures);
-    if (rows.length === 0 && !bundles) return 0;
+    if (page.length === 0 && !bundles) return 0;
     // Events all go out; an availability change goes out only as the page's latest of its key (on its
     // subject and in KV alike): a later row of the same page supersedes it, and readers keep the
     // highest version anyway. A relay that lags thus publishes less, not more.
@@ -177,7 +185,7 @@ export class OutboxRelay extends LongRunningService {
       ...[...latestKv.values()].map((r) => nats.availability.put(r.kv_key!, r.payload)),
     ]);
     const publishedAt = Date.now();
-    const ids = rows.map((r) => r.id);
+    const ids = page.map((r) => r.id);
     let derived: Derived = { rows: 0, removedKeys: [] };
     if (bundles)
       derived = await sql.begin(async (tx) => {
@@ -192,7 +200,7 @@ export class OutboxRelay extends LongRunningService {
         .catch((err: unknown) => this.opts.log.warn({ err, key }, "could not delete a former bundle's availability"));
     this.published += rows.length;
     if (rows.length > 0) this.#report(rows, publishedAt);
-    return rows.length + derived.rows + derived.removedKeys.length;
+    return page.length + derived.rows + derived.removedKeys.length;
   }
 
   /** Source time → published, per availability change, for the metrics of every API process. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { bundleAvailable, locationAvailable } from "./availability.ts";
+import { applyWithheld, bundleAvailable, locationAvailable, withheldBy } from "./availability.ts";
 
 describe("available = on hand − reserved − safety stock (the one definition)", () => {
   it("subtracts what is held and what is kept back; may be negative", () => {
@@ -56,5 +56,23 @@ describe("a bundle's available = min over components of ⌊component available /
   });
   it("is exact past 2^53", () => {
     expect(bundleAvailable([{ qty: 3n, available: 2n ** 60n }])).toBe(2n ** 60n / 3n);
+  });
+});
+
+describe("the status rule", () => {
+  it("withholds a blocked item everywhere and a discontinued one unless the channel sells remaining stock", () => {
+    expect(withheldBy("active", { sellsDiscontinued: false })).toBeNull();
+    expect(withheldBy("blocked", { sellsDiscontinued: true })).toBe("blocked");
+    expect(withheldBy("discontinued", { sellsDiscontinued: false })).toBe("discontinued");
+    expect(withheldBy("discontinued", { sellsDiscontinued: true })).toBeNull();
+  });
+
+  it("shows 0 with the reason and the stock's figure, idempotently, and the stock's figure again once not withheld", () => {
+    const figure = { sku: "A", available: 7, status: "low", seq: 3 };
+    const withheld = applyWithheld(figure, "blocked");
+    expect(withheld).toEqual({ sku: "A", available: 0, status: "out", reason: "blocked", stock: { available: 7, status: "low" }, seq: 3 });
+    expect(applyWithheld(withheld, "discontinued")).toEqual({ ...withheld, reason: "discontinued" });
+    expect(applyWithheld(withheld, null)).toEqual(figure);
+    expect(applyWithheld(figure, null)).toEqual(figure);
   });
 });

@@ -49,3 +49,46 @@ export function bundleAvailable(parts: ReadonlyArray<BundlePart>): bigint {
   }
   return least ?? 0n;
 }
+
+/** An item's status in the item master (the catalog's `status`). */
+export type ItemStatus = "active" | "discontinued" | "blocked";
+
+/** Why a channel shows 0 of an item whatever its stock: the item's status. */
+export type Withheld = "discontinued" | "blocked";
+
+/** What a channel does with items that are not active (`channels.<name>.discontinued` in the config file). */
+export interface StatusPolicy {
+  /** True: the channel keeps selling a discontinued item's remaining stock. A blocked item is never sold. */
+  readonly sellsDiscontinued: boolean;
+}
+
+/**
+ * The one rule of availability and item status: a blocked item is withheld from every channel, a
+ * discontinued one from every channel that does not sell remaining stock, an active one from none.
+ * Null: the channel may sell what the stock allows.
+ */
+export function withheldBy(status: string, policy: StatusPolicy): Withheld | null {
+  if (status === "blocked") return "blocked";
+  if (status === "discontinued" && !policy.sellsDiscontinued) return "discontinued";
+  return null;
+}
+
+/** The fields of an availability payload the status rule reads and writes (any other field is kept as it is). */
+interface StatusFields {
+  available: number | string;
+  status: string;
+  reason?: string;
+  stock?: { available: number | string; status: string };
+}
+
+/**
+ * An availability payload under the status rule (`withheldBy`): withheld, it shows available 0 and
+ * status `out`, says why (`reason`) and keeps what the stock alone allows (`stock`); not withheld, it
+ * shows the stock's figure again. Idempotent, so the relay may apply it to any payload, again.
+ */
+export function applyWithheld<T extends StatusFields>(payload: T, reason: Withheld | null): T {
+  const { reason: _reason, stock, ...rest } = payload;
+  const base = { ...rest, ...(stock ? { available: stock.available, status: stock.status } : {}) } as T;
+  if (reason === null) return base;
+  return { ...base, available: 0, status: "out", reason, stock: { available: base.available, status: base.status } };
+}

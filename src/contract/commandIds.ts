@@ -42,5 +42,9 @@ export const settleCommandId = (reservationId: string, line: number, type: "rele
 export const holdExpiryCommandId = (sku: string, holdId: string): string =>
   `hold-expiry:${createHash("sha256").update(sku).update("\u0000").update(holdId).digest("hex").slice(0, 40)}`;
 
+/** The release of a bundle component's hold whose sibling component was refused (all or none): a hash, as above. */
+export const bundleHoldReleaseCommandId = (sku: string, holdId: string): string =>
+  `bundle-release:${createHash("sha256").update(sku).update("\u0000").update(holdId).digest("hex").slice(0, 40)}`;
+
 /** The id the reservation route resolves a SKU through the crosswalk with (never published). */
 export const RESOLVE_PROBE_COMMAND_ID = "res:resolve";

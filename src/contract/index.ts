@@ -27,6 +27,7 @@ export {
   bundleComponentCommandId,
   cdcChangeCommandId,
   holdExpiryCommandId,
+  bundleHoldReleaseCommandId,
   mappedCommandId,
   posLineCommandId,
   reserveCommandId,
@@ -35,8 +36,8 @@ export {
   snapshotKeyText,
 } from "./commandIds.ts";
 export { CURRENCY_PATTERN, fromMinorUnits, minorDigits, toMinorUnits } from "./money.ts";
-export { bundleAvailable, locationAvailable } from "./availability.ts";
-export type { Availability, AvailabilityJson, BundlePart, StockAtLocation } from "./availability.ts";
+export { applyWithheld, bundleAvailable, locationAvailable, withheldBy } from "./availability.ts";
+export type { Availability, AvailabilityJson, BundlePart, ItemStatus, StatusPolicy, StockAtLocation, Withheld } from "./availability.ts";
 export {
   AlertEvent,
   AvailabilityValue,

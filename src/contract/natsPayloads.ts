@@ -51,6 +51,19 @@ export const AvailabilityValue = Schema.Struct({
   seq: described(Int, "the SKU's ledger sequence: a reader drops a value older than one it has"),
   version: described(Int, "bumped by every applied command of the SKU (policies change availability without a ledger leg)"),
   updatedAt: DateTime,
+  reason: Schema.optional(
+    described(
+      Schema.Literal("discontinued", "blocked"),
+      "present when the item's status withholds it from this channel: available is 0 and status `out` whatever the stock " +
+        "(blocked: every channel; discontinued: channels that do not sell remaining stock)",
+    ),
+  ),
+  stock: Schema.optional(
+    described(
+      Schema.Struct({ available: Quantity, status: Schema.Literal("in_stock", "low", "out") }),
+      "with `reason`: what the stock alone would allow (shown again once the item is active)",
+    ),
+  ),
   components: Schema.optional(
     described(
       Schema.Array(

@@ -24,6 +24,7 @@ import { OutcomeWaiter } from "../wire/index.ts";
 import { Reservations, ReservationSweeper } from "../reservations/index.ts";
 import { availabilityRoutes, availabilitySchemas } from "./routes/availability.ts";
 import { catalogRoutes, catalogSchemas } from "./routes/catalog.ts";
+import { productRoutes, productSchemas } from "./routes/products.ts";
 import { healthRoutes, healthSchemas } from "./routes/health.ts";
 import { ledgerRoutes, ledgerSchemas } from "./routes/ledger.ts";
 import { glRoutes, glSchemas } from "./routes/gl.ts";
@@ -86,6 +87,7 @@ const componentSchemas = [
   ...ledgerSchemas,
   ...operatorSchemas,
   ...catalogSchemas,
+  ...productSchemas,
 ];
 
 /** The options with their defaults filled in. */
@@ -389,6 +391,7 @@ async function registerPlugins(app: FastifyInstance, ctx: ApiContext, opts: Requ
   await app.register(availabilityRoutes, { ctx });
   await app.register(reservationRoutes, { ctx });
   await app.register(catalogRoutes, { ctx });
+  await app.register(productRoutes, { ctx });
   await app.register(ledgerRoutes, { ctx });
   await app.register(glRoutes, { ctx });
   await app.register(operatorRoutes, { ctx });

@@ -59,6 +59,11 @@ export const ChannelConfig = Schema.Struct({
   locations: Schema.NonEmptyArray(Location),
   /** Units held back from this channel's availability (a safety buffer), default 0. */
   buffer: Schema.optionalWith(Schema.Int.pipe(Schema.nonNegative()), { default: () => 0 }),
+  /**
+   * True: the channel keeps selling a discontinued item's remaining stock. Default false: a discontinued
+   * item shows availability 0. A blocked item shows 0 in every channel whatever this says.
+   */
+  sellsDiscontinued: Schema.optional(Schema.Boolean),
   webhook: Schema.optional(WebhookConfig),
 });
 export type ChannelConfig = typeof ChannelConfig.Type;

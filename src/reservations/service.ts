@@ -15,6 +15,7 @@ import { decodeCommand, locationAvailable, reserveCommandId, settleCommandId, ty
 import { type ChannelConfig, sleep } from "../platform/index.ts";
 import { deadLetter, publishDeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
+import { releaseBrokenBundleHolds } from "./bundleHolds.ts";
 import { expireDueHolds } from "./holdExpiry.ts";
 import { publishCommands } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
@@ -573,6 +574,10 @@ export class Reservations {
     // Holds with an expiry of their own (from a CDC mapping) lapse here too.
     const holds = await expireDueHolds(sql, this.deps.nats.js, this.deps.topology);
     for (const f of holds.failed) this.deps.log.warn({ sku: f.sku, holdId: f.holdId, reason: f.message }, "cannot expire hold: it stays open");
+    // A CDC bundle line whose component was refused: its other components' holds go too (all or none).
+    const bundles = await releaseBrokenBundleHolds(sql, this.deps.nats.js, this.deps.topology);
+    for (const f of bundles.failed)
+      this.deps.log.warn({ sku: f.sku, holdId: f.holdId, reason: f.message }, "cannot release a bundle component's hold");
     let redriven = 0;
     const stale = await sql<Array<{ id: string }>>`
       select id from reservations where status = ${INITIAL_STATUS} and (claimed_until is null or claimed_until < now())

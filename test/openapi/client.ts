@@ -38,6 +38,7 @@ export const OPERATIONS = {
   exportGlJournal: ["get", "/v1/gl/export"],
   getCatalogItem: ["get", "/v1/catalog/{sku}"],
   listCatalogChanges: ["get", "/v1/catalog"],
+  getProduct: ["get", "/v1/products/{sku}"],
 } as const satisfies { [Op in keyof operations]: OperationAt<Op> };
 
 /** The [method, path] pairs at which the document serves the operation Op. */

@@ -275,6 +275,26 @@ export interface paths {
     patch?: never;
     trace?: never;
   };
+  "/v1/products/{sku}": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * An item's catalog and availability in one channel, in one call
+     * @description The channel's catalog projection of the item (as `GET /v1/catalog/:sku`) and its availability (as `GET /v1/availability/:sku`, components listed for a bundle). The two are read one after the other, catalog first; each carries its own version (`catalogVersion`; `availability.seq` and `version`). What one answer guarantees: its availability follows its status. A blocked item shows 0, and so does a discontinued one unless the channel sells remaining stock, with `availability.reason`; an active item shows what its stock allows, even if the status change has not reached the availability bucket yet. 404 when the item is neither in the item master nor in the ledger.
+     */
+    get: operations["getProduct"];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
   "/v1/ledger/entries": {
     parameters: {
       query?: never;
@@ -670,6 +690,17 @@ export interface components {
        * @description null for a SKU no projection has reached yet
        */
       updatedAt: string | null;
+      /**
+       * @description present when the item's status withholds it from this channel: available is 0 and status out whatever the stock (blocked: every channel; discontinued: channels that do not sell remaining stock). Republished when the status changes, with the same seq and version (no stock moved)
+       * @enum {string}
+       */
+      reason?: "discontinued" | "blocked";
+      /** @description with reason: what the stock alone would allow (shown again once the item is active) */
+      stock?: {
+        available: number | string;
+        /** @enum {string} */
+        status: "in_stock" | "low" | "out";
+      };
       /** @description only for a bundle: its components, each with what the channel may sell of it now. The bundle's available is min over them of ⌊component available / qty⌋ (0 when one is out); its onHand likewise; its reserved is 0 (a bundle is held as its components); its seq and version count the bundle's own publications */
       components?: components["schemas"]["BundleComponentAvailability"][];
     };
@@ -927,6 +958,33 @@ export interface components {
       items: components["schemas"]["CatalogItem"][];
       /** @description pass as cursor (with the same sinceVersion) for the next page; null on the last page */
       nextCursor: string | null;
+    };
+    /** @description One item as one channel shows it: its catalog (name, status, unit, price, catalogVersion) and what the channel may sell of it. The availability follows the status this answer shows (a blocked item, or a discontinued one on a channel that does not sell remaining stock, is 0 here even while the change is still on its way to the availability bucket) */
+    Product: {
+      channel: string;
+      sku: string;
+      /** @description the item's name (its SKU until the item master names it) */
+      name: string;
+      /** @enum {string} */
+      status: "active" | "discontinued" | "blocked";
+      /** @description the unit the price is for (EA, kg …) */
+      unit: string;
+      /** @description null: the channel has no price for the item now */
+      price: {
+        /** @description integer minor units of the currency; past 2^53, a decimal string */
+        amount: number | string;
+        /** @description ISO 4217 */
+        currency: string;
+        priceList?: string;
+      } | null;
+      /**
+       * Format: date-time
+       * @description when this price ends or another takes over (null: open-ended)
+       */
+      validUntil: string | null;
+      /** @description the catalog version the item's projection changed at in this channel (0: no catalog fact has reached the item yet) */
+      catalogVersion: number;
+      availability: components["schemas"]["Availability"];
     };
     /** @description One line of a balanced GL journal, with its journal's dates, currency and source */
     GlJournalLine: {
@@ -2114,6 +2172,76 @@ export interface operations {
         };
         content: {
           "application/json": components["schemas"]["CatalogDelta"];
+        };
+      };
+      /** @description Bad Request */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unauthorized */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Forbidden */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Not Found */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Service Unavailable */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  getProduct: {
+    parameters: {
+      query?: {
+        /** @description default: the token's channel */
+        channel?: string;
+      };
+      header?: never;
+      path: {
+        sku: string;
+      };
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description One item as one channel shows it: its catalog (name, status, unit, price, catalogVersion) and what the channel may sell of it. The availability follows the status this answer shows (a blocked item, or a discontinued one on a channel that does not sell remaining stock, is 0 here even while the change is still on its way to the availability bucket) */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/json": components["schemas"]["Product"];
         };
       };
       /** @description Bad Request */

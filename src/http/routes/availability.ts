@@ -28,6 +28,20 @@ const Availability = {
     seq: { type: "integer", description: "the SKU's ledger sequence: drop a projection older than one you have" },
     version: { type: "integer" },
     updatedAt: { type: ["string", "null"], format: "date-time", description: "null for a SKU no projection has reached yet" },
+    reason: {
+      type: "string",
+      enum: ["discontinued", "blocked"],
+      description:
+        "present when the item's status withholds it from this channel: available is 0 and status out whatever the stock " +
+        "(blocked: every channel; discontinued: channels that do not sell remaining stock). Republished when the status changes, " +
+        "with the same seq and version (no stock moved)",
+    },
+    stock: {
+      type: "object",
+      required: ["available", "status"],
+      description: "with reason: what the stock alone would allow (shown again once the item is active)",
+      properties: { available: { type: ["integer", "string"] }, status: { type: "string", enum: ["in_stock", "low", "out"] } },
+    },
     components: {
       type: "array",
       items: { $ref: "BundleComponentAvailability#" },
@@ -123,7 +137,7 @@ export const availabilitySchemas = [
   },
 ] as const;
 
-interface AvailabilityView {
+export interface AvailabilityView {
   channel: string;
   sku: string;
   available: number;
@@ -155,7 +169,7 @@ const accessToken = {
 } as const;
 
 /** The channel's availability of the SKUs from the KV bucket; a SKU the ledger knows but no projection has yet shows 0. */
-async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
+export async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
   const out = await kvValues(ctx, channel, skus);
   await addKnownSkus(ctx, channel, skus, out);
   await withComponents(ctx, channel, out);
@@ -232,7 +246,7 @@ const IN_FLIGHT_MS = 5000;
  * left in the stream (unchanged for longer than the stream keeps) comes from the KV bucket, or is known-but-never-
  * stocked (0). When a SKU changed while the snapshot was read (its message is past the position, or a KV value
  * has no stream message yet) the snapshot is read again; if it keeps changing, the newer value is kept and the
- * stream may repeat it (same `seq`), which clients drop as they drop any projection not newer than theirs.
+ * stream may repeat it (same `seq`), which clients take as they take any projection not older than theirs.
  */
 async function snapshot(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>) {
   for (let attempt = 1; ; attempt++) {
