@@ -1,8 +1,8 @@
 /** The public surface of src/wire/: other folders import only from here. */
-export { connectNats, ensureTopology, isNotFound } from "./nats.ts";
+export { connectNats, ensureTopology, isNotFound, loadLayout } from "./nats.ts";
 export type { NatsHandles } from "./nats.ts";
 export { RELAY_LEASE_KEY, availabilityKey, outcomesSubject, relaySubject, topology } from "./topology.ts";
-export type { Topology } from "./topology.ts";
+export type { PartitionLayout, Topology } from "./topology.ts";
 export { decodeEnvelope, encodeEnvelope, envelopeMsgId } from "./envelope.ts";
 export { DeadLetter, deadLetter, deadLetterMsgId, publishDeadLetter, withStoredPayload } from "./deadLetters.ts";
 export type { DeadLetterIdentity } from "./deadLetters.ts";

@@ -12,7 +12,7 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { SettingsError, urlCredentials, type NatsAccess } from "../platform/index.ts";
-import type { Topology } from "./topology.ts";
+import type { PartitionLayout, Topology } from "./topology.ts";
 
 const nanos = (ms: number): number => ms * 1_000_000;
 const DAY_MS = 24 * 3600 * 1000;
@@ -109,7 +109,12 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
     max_age: nanos(maxAgeMs),
     ...more,
   });
-  await ensureStream(jsm, stream(t.commandsStream, t.commandSubjects, 7 * DAY_MS, { discard: DiscardPolicy.Old }));
+  // A resized layout (`tally partitions resize`) lives in the commands stream's subjects: kept as they are.
+  const layout = await loadLayout(jsm, t);
+  await ensureStream(jsm, {
+    ...stream(t.commandsStream, t.commandSubjects, 7 * DAY_MS, { discard: DiscardPolicy.Old }),
+    subjects: t.commandStreamSubjects(layout ?? t.layout),
+  });
   await ensureStream(jsm, stream(t.dlqStream, t.dlqSubjects, 0));
   await ensureStream(jsm, stream(t.eventsStream, t.eventSubjects, 30 * DAY_MS));
   await ensureStream(jsm, stream(t.availabilityStream, t.availabilitySubjects(), DAY_MS));
@@ -119,6 +124,20 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
   const leases = await kvm.create(t.leasesBucket, { history: 1, ttl: opts.leaseTtlMs, storage: StorageType.File });
   const availability = await kvm.create(t.availabilityBucket, { history: 1, storage: StorageType.File });
   return { nc, js, jsm, leases, availability };
+}
+
+/**
+ * Sets `t`'s layout to the one the commands stream's subjects stand for (the stream only takes
+ * commands published under its current layout); null when the stream does not exist yet.
+ */
+export async function loadLayout(jsm: JetStreamManager, t: Topology): Promise<PartitionLayout | null> {
+  const info = await jsm.streams.info(t.commandsStream).catch((error: unknown) => {
+    if (isNotFound(error)) return null;
+    throw error;
+  });
+  const layout = info ? t.layoutOfStreamSubjects(info.config.subjects ?? []) : null;
+  if (layout) t.setLayout(layout);
+  return layout;
 }
 
 async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }): Promise<void> {
