@@ -6,7 +6,7 @@ import { commandMaker, eventually, harness, outcomeCounts, spawnTally, tallyEnv,
 
 let ctx: TestContext;
 let h: Harness;
-const OPTS = { partitions: 6, leaseTtlMs: 2000 };
+const OPTS = { partitions: 6, leaseTtlMs: 5000 };
 type Child = ReturnType<typeof spawnTally>;
 
 beforeAll(async () => {
@@ -29,10 +29,13 @@ async function owners(): Promise<Map<string, Array<number>>> {
   return out;
 }
 
+let lastSeen = "";
+
 /** Every partition held, by exactly `workers` owners, each holding its fair share (ceil(P/W) at most). */
 async function evenlySpread(workers: number): Promise<boolean> {
   const o = await owners();
   const held = [...o.values()].reduce((n, ps) => n + ps.length, 0);
+  lastSeen = JSON.stringify([...o]);
   return held === OPTS.partitions && o.size === workers && [...o.values()].every((ps) => ps.length <= Math.ceil(OPTS.partitions / workers));
 }
 
@@ -58,7 +61,9 @@ describe("three worker processes", () => {
     })();
     try {
       workers.push(spawnTally(["start", "--roles", "worker"], env), spawnTally(["start", "--roles", "worker"], env));
-      await eventually("two workers with 3 partitions each", () => evenlySpread(2), 60_000);
+      await eventually("two workers with 3 partitions each", () => evenlySpread(2), 120_000).catch((e: Error) => {
+        throw new Error(`${e.message}; leases: ${lastSeen}; outputs: ${workers.map((w) => w.output().slice(-2000)).join(" | ")}`);
+      });
       // A third joins: the others hand over what is beyond their fair share, and it takes 2.
       workers.push(spawnTally(["start", "--roles", "worker"], env));
       await eventually("three workers with 2 partitions each", () => evenlySpread(3), 60_000);
