@@ -249,9 +249,9 @@ export class PartitionRunner extends LongRunningService {
           .delete(stream, info.name)
           .catch((err: unknown) => this.deps.log.debug({ err, consumer: info.name }, "could not delete an old consumer"));
     }
-    await nats.jsm.consumers.add(stream, {
+    const subject = topology.commandSubject(this.partition);
+    const consumerConfig = {
       durable_name: name,
-      filter_subject: topology.commandSubject(this.partition),
       ack_policy: AckPolicy.All,
       ...(this.#lastSeq > 0
         ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.#lastSeq + 1 }
@@ -259,6 +259,16 @@ export class PartitionRunner extends LongRunningService {
       ack_wait: nanos(120_000),
       max_ack_pending: 4000,
       inactive_threshold: nanos(600_000),
+    };
+    // While a resize drains this partition's layout, its subject is no longer one of the stream's and
+    // JetStream refuses it as a filter: the consumer then reads the whole stream from the checkpoint
+    // and this runner keeps only its subject's messages (acknowledging the others, which are not its).
+    let onlySubject: string | null = null;
+    await nats.jsm.consumers.add(stream, { ...consumerConfig, filter_subject: subject }).catch(async (error: unknown) => {
+      if (!/not a valid subset of the interest subjects/i.test((error as Error).message ?? "")) throw error;
+      onlySubject = subject;
+      this.deps.log.warn({ subject }, "the partition's subject left the commands stream (a resize drains it); reading the stream unfiltered");
+      await nats.jsm.consumers.add(stream, consumerConfig);
     });
     // The stream replaced between the check and the consumer: start over rather than read it from an old checkpoint.
     if ((await nats.jsm.streams.info(stream)).created !== identity) throw new Error(`${stream} was re-created while subscribing`);
@@ -278,6 +288,11 @@ export class PartitionRunner extends LongRunningService {
         if (gap) {
           this.#failure = gap;
           this.#wake?.();
+          return;
+        }
+        if (onlySubject !== null && m.subject !== onlySubject) {
+          // Safe under AckPolicy.All: a runner reads again from its checkpoint after any failure, never from an ack.
+          m.ack();
           return;
         }
         this.#queue.push(m);

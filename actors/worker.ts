@@ -2,10 +2,10 @@ import { availableParallelism, hostname } from "node:os";
 import { randomBytes } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import { claimPartition } from "../ledger/index.ts";
+import { activeLayout, claimPartition } from "../ledger/index.ts";
 import { DEFAULTS, LongRunningService, sleep } from "../src/platform/index.ts";
 import { isNotFound, type NatsHandles } from "../src/wire/index.ts";
-import type { Topology } from "../src/wire/index.ts";
+import type { PartitionLayout, Topology } from "../src/wire/index.ts";
 import type { ChannelView } from "./batch.ts";
 import { LeaseStore, type HeldLease } from "../src/wire/index.ts";
 import { PartitionRunner, newWorkerMetrics, type PartitionStatus, type RunnerDeps, type WorkerMetrics } from "./partitionRunner.ts";
@@ -55,6 +55,8 @@ export class Worker extends LongRunningService {
   /** Shared by the held partitions: batches planned while a commit is in flight go to Postgres together. */
   readonly committer: GroupCommitter;
   readonly #held = new Map<number, Held>();
+  /** The partition layout this worker applies (the ledger's active one; see `tally partitions resize`). */
+  #layout: PartitionLayout | null = null;
 
   constructor(readonly opts: WorkerOptions) {
     super();
@@ -178,9 +180,42 @@ export class Worker extends LongRunningService {
     return this.opts.topology.workerMemberKey(this.id);
   }
 
+  /** The layout applied now: null until the first heartbeat has read it. */
+  layout(): PartitionLayout | null {
+    return this.#layout;
+  }
+
+  /**
+   * Follows the ledger's active layout. A resize switches only after every old partition was drained,
+   * and its switch raised every lease epoch (so the old runners are fenced already): the runners stop,
+   * their leases go, and the partitions of the new layout are taken from here on.
+   */
+  async #followLayout(): Promise<Topology> {
+    const row = await activeLayout(this.opts.sql);
+    const now: PartitionLayout = row
+      ? { generation: row.generation, partitions: row.partitions }
+      : { generation: 0, partitions: this.opts.topology.basePartitions };
+    if (this.#layout && this.#layout.generation !== now.generation) {
+      this.opts.log.warn({ from: this.#layout, to: now }, "the partition layout changed; handing over the old layout's partitions");
+      const held = [...this.#held.values()];
+      this.#held.clear();
+      await Promise.all(
+        held.map(async (h) => {
+          await h.runner.stop();
+          await this.#leases.release(h.lease);
+        }),
+      );
+      this.skus.evict(() => true);
+    }
+    this.#layout = now;
+    return this.opts.topology.withLayout(now);
+  }
+
   async #heartbeat(): Promise<void> {
-    const { topology, log } = this.opts;
+    const { log } = this.opts;
     await this.#leases.heartbeat(this.#memberKey());
+    if (this.stopping) return;
+    const topology = await this.#followLayout();
     if (this.stopping) return;
     const members = Math.max(1, await this.#leases.countLive(topology.workerMembers));
     const share = Math.ceil(topology.partitions / members);
@@ -189,7 +224,7 @@ export class Worker extends LongRunningService {
     for (let i = 0; i < topology.partitions && this.#held.size < share && !this.stopping; i++) {
       const partition = (offset + i) % topology.partitions;
       if (this.#held.has(partition)) continue;
-      await this.#tryTake(partition);
+      await this.#tryTake(partition, topology);
     }
     // Above a fair share (another worker joined): hand the surplus back.
     while (this.#held.size > share && !this.stopping) {
@@ -201,9 +236,9 @@ export class Worker extends LongRunningService {
     }
   }
 
-  async #tryTake(partition: number): Promise<void> {
+  async #tryTake(partition: number, topology: Topology): Promise<void> {
     const { sql, log } = this.opts;
-    const lease = await this.#leases.tryAcquire(this.opts.topology.partitionLeaseKey(partition));
+    const lease = await this.#leases.tryAcquire(topology.partitionLeaseKey(partition));
     if (!lease) return;
     try {
       const { epoch } = await claimPartition(sql, partition);
@@ -211,7 +246,7 @@ export class Worker extends LongRunningService {
       const runner: PartitionRunner = new PartitionRunner(partition, epoch, {
         sql,
         nats: this.opts.nats,
-        topology: this.opts.topology,
+        topology,
         channels: this.opts.channels,
         skus: this.skus,
         log: log.child({ partition }),

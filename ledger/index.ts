@@ -82,3 +82,5 @@ export { stockValueByLocation, trialBalance } from "./financeReports.ts";
 export type { LocationStockValue, TrialBalance } from "./financeReports.ts";
 export { MONEY_JOURNAL_PREFIX, postMoneyJournals } from "./posMoneyJournal.ts";
 export type { MoneyJournal, MoneyJournalLine } from "./posMoneyJournal.ts";
+export { activeLayout, beginResize, checkpointsOf, drainingLayout, switchLayout } from "./partitionLayouts.ts";
+export type { LayoutRow } from "./partitionLayouts.ts";

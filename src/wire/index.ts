@@ -1,9 +1,9 @@
 /** The public surface of src/wire/: other folders import only from here. */
-export { connectNats, ensureBucket, ensureStream, ensureTopology, isClustered, isNotFound, ReplicasError, topologyOptions } from "./nats.ts";
+export { connectNats, ensureBucket, ensureStream, ensureTopology, isClustered, isNotFound, loadLayout, ReplicasError, topologyOptions } from "./nats.ts";
 export type { ReplicaCheck, UnderReplicated } from "./nats.ts";
 export type { NatsHandles } from "./nats.ts";
 export { RELAY_LEASE_KEY, availabilityKey, outcomesSubject, relaySubject, topology } from "./topology.ts";
-export type { Topology } from "./topology.ts";
+export type { PartitionLayout, Topology } from "./topology.ts";
 export { decodeEnvelope, encodeEnvelope, envelopeMsgId } from "./envelope.ts";
 export { DeadLetter, deadLetter, deadLetterMsgId, publishDeadLetter, withStoredPayload } from "./deadLetters.ts";
 export { expireDeadLetters } from "./deadLetterExpiry.ts";

@@ -12,7 +12,7 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
 import { DEFAULTS, SettingsError, urlCredentials, type NatsAccess, type RetentionSettings } from "../platform/index.ts";
-import type { Topology } from "./topology.ts";
+import type { PartitionLayout, Topology } from "./topology.ts";
 
 const nanos = (ms: number): number => ms * 1_000_000;
 
@@ -189,7 +189,9 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
     ...more,
   });
   const limits = streamLimits(opts);
-  await ensureStream(jsm, stream(t.commandsStream, t.commandSubjects, 0, limits.commands), check);
+  // A resized layout (`tally partitions resize`) lives in the commands stream's subjects: kept as they are.
+  const layout = await loadLayout(jsm, t);
+  await ensureStream(jsm, { ...stream(t.commandsStream, t.commandSubjects, 0, limits.commands), subjects: t.commandStreamSubjects(layout ?? t.layout) }, check);
   await ensureStream(jsm, stream(t.dlqStream, t.dlqSubjects, 0, limits.dlq), check);
   await ensureStream(jsm, stream(t.eventsStream, t.eventSubjects, 0, limits.events), check);
   await ensureStream(jsm, stream(t.availabilityStream, t.availabilitySubjects(), 0, limits.availability), check);
@@ -198,6 +200,20 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
   const leases = await ensureBucket(js, jsm, t.leasesBucket, { history: 1, ttl: opts.leaseTtlMs, storage: StorageType.File }, check);
   const availability = await ensureBucket(js, jsm, t.availabilityBucket, { history: 1, storage: StorageType.File }, check);
   return { nc, js, jsm, leases, availability };
+}
+
+/**
+ * Sets `t`'s layout to the one the commands stream's subjects stand for (the stream only takes
+ * commands published under its current layout); null when the stream does not exist yet.
+ */
+export async function loadLayout(jsm: JetStreamManager, t: Topology): Promise<PartitionLayout | null> {
+  const info = await jsm.streams.info(t.commandsStream).catch((error: unknown) => {
+    if (isNotFound(error)) return null;
+    throw error;
+  });
+  const layout = info ? t.layoutOfStreamSubjects(info.config.subjects ?? []) : null;
+  if (layout) t.setLayout(layout);
+  return layout;
 }
 
 /** How a stream's replicas are checked at start: the configured number, and where one left below it is reported. */

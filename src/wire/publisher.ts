@@ -1,4 +1,5 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
+import { loadLayout } from "./nats.ts";
 import type { Command } from "../contract/index.ts";
 import { encodeEnvelope, envelopeMsgId } from "./envelope.ts";
 import { backoffDelay, sleep } from "../platform/index.ts";
@@ -59,26 +60,70 @@ export async function publishCommands(
   commands: ReadonlyArray<Command>,
   opts: PublishOptions = {},
 ): Promise<PublishResult> {
+  let total: PublishResult = { messages: 0, duplicates: 0 };
+  let left = commands;
+  // A resize (`tally partitions resize`) takes the old layout's subjects off the commands stream: a
+  // publish under it finds no stream. The layout is then read again and what was not acknowledged goes
+  // out under the new one, still in order per partition (so per SKU).
+  let failFast = true;
+  for (let round = 0; ; round++) {
+    const { result, unsent } = await publishUnder(js, topology.withLayout(topology.layout), left, opts, failFast);
+    total = { messages: total.messages + result.messages, duplicates: total.duplicates + result.duplicates };
+    if (unsent.commands.length === 0) return total;
+    if (round >= 4) throw unsent.error;
+    const before = topology.layout;
+    const now = await loadLayout(await js.jetstreamManager(), topology).catch(() => null);
+    // Same layout: JetStream itself was unavailable; retry with backoff as any publish does.
+    failFast = now !== null && now.generation !== before.generation;
+    left = unsent.commands;
+  }
+}
+
+/** No stream takes the subject (JetStream reports it as "no responders" / "not enabled"). */
+function isNoStream(error: unknown): boolean {
+  const e = error as { name?: string; code?: string | number } | null;
+  return e?.name === "JetStreamNotEnabled" || e?.name === "NoRespondersError" || e?.code === "503" || e?.code === 503;
+}
+
+async function publishUnder(
+  js: JetStreamClient,
+  t: Topology,
+  commands: ReadonlyArray<Command>,
+  opts: PublishOptions,
+  failFast: boolean,
+): Promise<{ result: PublishResult; unsent: { commands: Array<Command>; error: unknown } }> {
   const size = opts.envelopeSize ?? 500;
   const byPartition = new Map<number, Array<Command>>();
   for (const c of commands) {
-    const p = topology.partitionOf(c.sku);
+    const p = t.partitionOf(c.sku);
     let list = byPartition.get(p);
     if (!list) byPartition.set(p, (list = []));
     list.push(c);
   }
   let messages = 0;
   let duplicates = 0;
+  const unsent: Array<Command> = [];
+  let unsentError: unknown = null;
   await Promise.all(
     [...byPartition].map(async ([partition, list]) => {
-      for (const chunk of envelopes(list, size)) {
-        const ack = await publishWithRetry(js, topology.commandSubject(partition), chunk, opts.attempts ?? 8, opts.deadline ?? Infinity);
+      const chunks = [...envelopes(list, size)];
+      for (let i = 0; i < chunks.length; i++) {
+        const chunk = chunks[i]!;
+        let ack: Awaited<ReturnType<typeof publishWithRetry>>;
+        try {
+          ack = await publishWithRetry(js, t.commandSubject(partition), chunk, opts.attempts ?? 8, opts.deadline ?? Infinity, failFast);
+        } catch (error) {
+          if (!isNoStream(error)) throw error;
+          for (const rest of chunks.slice(i)) unsent.push(...rest);
+          unsentError = error;
+          return;
+        }
         messages++;
         if (ack.duplicate) duplicates += chunk.length;
       }
     }),
   );
-  return { messages, duplicates };
+  return { result: { messages, duplicates }, unsent: { commands: unsent, error: unsentError } };
 }
 
 function* envelopes(list: ReadonlyArray<Command>, size: number): Generator<ReadonlyArray<Command>> {
@@ -97,7 +142,14 @@ function* envelopes(list: ReadonlyArray<Command>, size: number): Generator<Reado
   if (chunk.length > 0) yield chunk;
 }
 
-async function publishWithRetry(js: JetStreamClient, subject: string, chunk: ReadonlyArray<Command>, attempts: number, deadline: number) {
+async function publishWithRetry(
+  js: JetStreamClient,
+  subject: string,
+  chunk: ReadonlyArray<Command>,
+  attempts: number,
+  deadline: number,
+  noStreamFailsFast: boolean,
+) {
   const body = encodeEnvelope(chunk);
   const msgID = envelopeMsgId(chunk.map((c) => c.id));
   for (let attempt = 1; ; attempt++) {
@@ -109,6 +161,8 @@ async function publishWithRetry(js: JetStreamClient, subject: string, chunk: Rea
       return ack;
     } catch (error) {
       if (error instanceof PublishDeadlineExceeded) throw error;
+      // Retried by the caller under the layout read again (a resize), or after it when the layout is the same.
+      if (noStreamFailsFast && isNoStream(error) && attempt === 1) throw error;
       if (isStoreFull(error)) publishHealth.lastRefusal = { at: Date.now(), message: (error as Error).message };
       if (attempt >= attempts) throw error;
       if (deadline - Date.now() <= 0)

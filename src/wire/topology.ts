@@ -1,7 +1,30 @@
 /** Every NATS name Tally uses, derived from the environment so environments never collide. */
+/**
+ * How SKUs are split into partitions: generation 0 is the environment's initial `TALLY_PARTITIONS`;
+ * each `tally partitions resize` makes the next generation. A generation's command subjects name it,
+ * so a message published under one layout can never be read as another's.
+ */
+export interface PartitionLayout {
+  readonly generation: number;
+  readonly partitions: number;
+}
+
 export interface Topology {
   readonly env: string;
+  /** The partition count of the current layout (`layout.partitions`). */
   readonly partitions: number;
+  /** The layout commands are published under (kept current by `loadLayout`, src/wire/nats.ts). */
+  readonly layout: PartitionLayout;
+  /** The count the environment started with (`TALLY_PARTITIONS`): generation 0's. */
+  readonly basePartitions: number;
+  /** Switches the layout this topology publishes under (the commands stream's subjects say which is current). */
+  setLayout(layout: PartitionLayout): void;
+  /** A topology fixed at `layout` (a partition runner applies one layout only). */
+  withLayout(layout: PartitionLayout): Topology;
+  /** The commands stream's subjects for `layout`: the wildcard for generation 0, one subject per partition after. */
+  commandStreamSubjects(layout: PartitionLayout): Array<string>;
+  /** The layout the commands stream's subjects stand for (null: not this environment's command subjects). */
+  layoutOfStreamSubjects(subjects: ReadonlyArray<string>): PartitionLayout | null;
   readonly commandsStream: string;
   readonly dlqStream: string;
   readonly eventsStream: string;
@@ -103,14 +126,35 @@ export const RELAY_LEASE_KEY = "relay";
 /** Core NATS: the relay's latency report after each round (also `Topology.relaySubject`). */
 export const relaySubject = (env: string): string => `tally.${env}.relay`;
 
-export function topology(env: string, partitions: number): Topology {
+export function topology(env: string, partitions: number, fixed?: PartitionLayout): Topology {
+  let layout: PartitionLayout = fixed ?? { generation: 0, partitions };
+  const subjectOf = (l: PartitionLayout, p: number) =>
+    l.generation === 0 ? `tally.${env}.cmd.${p}` : `tally.${env}.cmd.g${l.generation}n${l.partitions}p${p}`;
+  const layoutSubject = new RegExp(`^tally\\.${env.replace(/[^A-Za-z0-9]/g, "\\$&")}\\.cmd\\.g(\\d+)n(\\d+)p\\d+$`);
   const upper = env.toUpperCase();
   const t = encodeToken;
   const availabilityPrefix = (channel: string) => `tally.${env}.availability.${t(channel)}.`;
   const posPrefix = `tally.${env}.pos.`;
   return {
     env,
-    partitions,
+    get partitions() {
+      return layout.partitions;
+    },
+    get layout() {
+      return layout;
+    },
+    basePartitions: partitions,
+    setLayout: (l) => {
+      if (fixed) throw new Error("a topology fixed at one layout cannot switch");
+      layout = l;
+    },
+    withLayout: (l) => topology(env, partitions, l),
+    commandStreamSubjects: (l) => (l.generation === 0 ? [`tally.${env}.cmd.*`] : Array.from({ length: l.partitions }, (_, p) => subjectOf(l, p))),
+    layoutOfStreamSubjects: (subjects) => {
+      if (subjects.length === 1 && subjects[0] === `tally.${env}.cmd.*`) return { generation: 0, partitions };
+      const m = subjects.length > 0 ? layoutSubject.exec(subjects[0]!) : null;
+      return m ? { generation: Number(m[1]), partitions: Number(m[2]) } : null;
+    },
     commandsStream: `TALLY_${upper}_COMMANDS`,
     dlqStream: `TALLY_${upper}_DLQ`,
     eventsStream: `TALLY_${upper}_EVENTS`,
@@ -127,7 +171,7 @@ export function topology(env: string, partitions: number): Topology {
     webhookLeaseKey: (channel) => `webhook.${channel}`,
     partitionConsumerPrefix: (p) => `p${p}_`,
     webhookConsumerPrefix: (channel) => `webhook_${channel.replace(/[^A-Za-z0-9_-]/g, "_")}_`,
-    commandSubject: (p) => `tally.${env}.cmd.${p}`,
+    commandSubject: (p) => subjectOf(layout, p),
     commandSubjects: `tally.${env}.cmd.*`,
     dlqSubject: (origin) => `tally.${env}.dlq.${t(origin)}`,
     dlqSubjects: `tally.${env}.dlq.>`,
@@ -145,7 +189,7 @@ export function topology(env: string, partitions: number): Topology {
     posQueue: `tally_${env}_pos`,
     outcomesSubject: outcomesSubject(env),
     relaySubject: relaySubject(env),
-    partitionOf: (sku) => partitionOf(sku, partitions),
+    partitionOf: (sku) => partitionOf(sku, layout.partitions),
     catalogBucket: `tally_${env}_catalog`,
     catalogStream: `TALLY_${upper}_CATALOG`,
     catalogKey: availabilityKey,

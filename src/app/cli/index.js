@@ -270,6 +270,24 @@ function addDlqCommands(program) {
 }
 
 /** @param {Command} program */
+function addPartitionCommands(program) {
+  const partitions = program.command("partitions").description("the partition layout: status, and changing the partition count");
+  const status = partitions.command("status").description("the layout workers apply and publishers publish under, and each partition's checkpoint");
+  for (const o of formatOptions()) status.addOption(o);
+  status.action((opts) => run(async () => (await import("./partitions.ts")).status(opts)));
+  const resize = partitions
+    .command("resize")
+    .description("change the partition count: cut the stream over to the new layout, drain the old one, then switch (docs/scaling.md)")
+    .argument("<n>", "the new partition count (1 to 1024)")
+    .option("--dry-run", "show the layouts and each partition's progress; change nothing")
+    .addOption(
+      new Option("--timeout <seconds>", "longest wait for the old layout to drain (run again to resume)").argParser(positive("seconds")).default(120),
+    );
+  for (const o of formatOptions()) resize.addOption(o);
+  resize.action((n, opts) => run(async () => (await import("./partitions.ts")).resize(n, opts)));
+}
+
+/** @param {Command} program */
 function addSourceCommands(program) {
   const source = program
     .command("source")
@@ -438,6 +456,7 @@ function buildProgram() {
   addRunCommands(program);
   addLedgerCommands(program);
   addDlqCommands(program);
+  addPartitionCommands(program);
   addSourceCommands(program);
   addReconcileCommand(program);
   addGlPeriodCommands(program);
