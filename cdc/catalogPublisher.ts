@@ -22,6 +22,26 @@ export interface CatalogPublisherOptions {
 const DAY_MS = 24 * 3600 * 1000;
 
 /**
+ * The catalog stream (every catalog subject, a week of history): created by the publisher, and by the
+ * readers that follow it (the catalog SSE stream, catalog webhooks) when they start before it.
+ */
+export async function ensureCatalogStream(jsm: JetStreamManager, t: Topology): Promise<void> {
+  try {
+    await jsm.streams.info(t.catalogStream);
+  } catch {
+    // Not there yet (the usual first start): create it; a real failure fails the add.
+    await jsm.streams.add({
+      name: t.catalogStream,
+      subjects: [t.catalogSubjects()],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      discard: DiscardPolicy.Old,
+      max_age: 7 * DAY_MS * 1_000_000,
+    });
+  }
+}
+
+/**
  * Publishes the catalog. Each round it first runs the durable scheduler — every price change that
  * `catalog_due` holds as due by now becomes one catalog version (so a restart only delays what was
  * due, never loses it) — then sends the new projections from `catalog_outbox` to the catalog KV
@@ -94,20 +114,7 @@ export class CatalogPublisher extends LongRunningService {
   async #ensureTopology(): Promise<void> {
     const { js, jsm, topology: t, sql } = this.opts;
     this.#instance = await instanceId(sql);
-    const config = {
-      name: t.catalogStream,
-      subjects: [t.catalogSubjects()],
-      storage: StorageType.File,
-      retention: RetentionPolicy.Limits,
-      discard: DiscardPolicy.Old,
-      max_age: 7 * DAY_MS * 1_000_000,
-    };
-    try {
-      await jsm.streams.info(t.catalogStream);
-    } catch {
-      // Not there yet (the usual first start): create it; a real failure fails the add.
-      await jsm.streams.add(config);
-    }
+    await ensureCatalogStream(jsm, t);
     this.#kv = await new Kvm(js).create(t.catalogBucket, { history: 1, storage: StorageType.File });
   }
 

@@ -9,7 +9,7 @@ import { createServer, type Server } from "node:http";
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Worker } from "../../actors/index.ts";
 import type { JournalPoster } from "../../ledger/index.ts";
-import type { Reconciler, SourceReader, WriteBack } from "../../cdc/index.ts";
+import { catalogVersions, type CatalogPublisher, type CatalogVersions, type Reconciler, type SourceReader, type WriteBack } from "../../cdc/index.ts";
 import type { OutboxRelay, RelayRound, WebhookDispatcher } from "../channels/index.ts";
 import type { Sql } from "../platform/index.ts";
 import type { NatsHandles, OutcomeBatch, Topology } from "../wire/index.ts";
@@ -28,6 +28,8 @@ export interface MetricsParts {
   /** The GL poster (role `worker`). */
   readonly poster?: JournalPoster | null;
   readonly writeBacks?: ReadonlyArray<WriteBack>;
+  /** The catalog publisher (role `cdc`) and each channel's catalog lag tolerance: which version each channel runs. */
+  readonly catalog?: { readonly publisher: CatalogPublisher; readonly tolerances: Readonly<Record<string, number>> } | null;
 }
 
 type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
@@ -86,6 +88,7 @@ export class ProcessMetrics {
     if (parts.poster) registerPoster(parts.poster, this.#registers);
     if (parts.reconcilers && parts.reconcilers.length > 0) registerReconcile(parts.reconcilers, this.#registers);
     if (parts.writeBacks && parts.writeBacks.length > 0) registerWriteBacks(parts.writeBacks, this.#registers);
+    if (parts.catalog && this.parts.sql) registerCatalog(parts.catalog, this.parts.sql, this.#registers);
   }
 
   /** Merges another process's metrics into this registry's text at every scrape. */
@@ -413,6 +416,62 @@ function registerWriteBacks(writeBacks: ReadonlyArray<WriteBack>, registers: Reg
     "tally_writeback_dead_lettered_total",
     "Write-back rows or batches dead-lettered (no ERP item, or the retries ran out)",
     (w) => w.metrics.deadLettered,
+  );
+}
+
+/**
+ * Which catalog version each channel runs (exported by every process running the catalog publisher:
+ * the same cluster-wide figures, so alert on `max by (channel)`), read once per scrape.
+ */
+function registerCatalog(catalog: NonNullable<MetricsParts["catalog"]>, sql: Sql, registers: Registers): void {
+  let reading: { at: number; result: Promise<CatalogVersions | null> } | null = null;
+  const read = () => {
+    if (!reading || Date.now() - reading.at > 1000) reading = { at: Date.now(), result: catalogVersions(sql, catalog.tolerances).catch(() => null) }; // Postgres down: the gauges keep their last values
+    return reading.result;
+  };
+  const perChannel = (name: string, help: string, pick: (c: CatalogVersions["channels"][number]) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ["channel"],
+      registers,
+      async collect() {
+        const v = await read();
+        if (!v) return;
+        this.reset();
+        for (const c of v.channels) this.set({ channel: c.channel }, pick(c));
+      },
+    });
+  perChannel(
+    "tally_catalog_version_lag",
+    "Seconds the channel has run an older catalog version than its latest change (since the oldest catalog version it has not acknowledged was recorded; 0: current)",
+    (c) => c.lagSeconds,
+  );
+  perChannel(
+    "tally_catalog_versions_behind",
+    "Catalog versions that changed the channel's catalog above the version it acknowledged",
+    (c) => c.behindBy,
+  );
+  perChannel("tally_catalog_acked_version", "The highest catalog version the channel acknowledged having applied (0: none)", (c) => c.ackedVersion);
+  perChannel(
+    "tally_catalog_version_lag_tolerance_seconds",
+    "The channel's catalogLagToleranceSeconds: TallyCatalogChannelBehind fires when tally_catalog_version_lag exceeds it",
+    (c) => c.toleranceSeconds,
+  );
+  new Gauge({
+    name: "tally_catalog_head_version",
+    help: "The environment's current catalog version",
+    registers,
+    async collect() {
+      const v = await read();
+      if (v) this.set(v.headVersion);
+    },
+  });
+  totalCounter(
+    registers,
+    "tally_catalog_published_total",
+    "Catalog projections this process's catalog publisher sent to NATS",
+    () => catalog.publisher.published,
   );
 }
 

@@ -381,6 +381,8 @@ export const startRoles = (
     const writeBacks = roles.includes("cdc") ? yield* startWriteBacks(ctx) : [];
     metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers, reconcilers, writeBacks } : {}) });
     metrics.add({ poster });
+    const tolerances = Object.fromEntries(Object.entries(config.channels).map(([name, c]) => [name, c.catalogLagToleranceSeconds]));
+    if (catalog) metrics.add({ catalog: { publisher: catalog, tolerances } });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
     return {
       settings,

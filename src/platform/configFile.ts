@@ -60,6 +60,11 @@ export const ChannelConfig = Schema.Struct({
   /** Units held back from this channel's availability (a safety buffer), default 0. */
   buffer: Schema.optionalWith(Schema.Int.pipe(Schema.nonNegative()), { default: () => 0 }),
   webhook: Schema.optional(WebhookConfig),
+  /**
+   * How long the channel may run an older catalog version than its latest change (not having
+   * acknowledged it) before `TallyCatalogChannelBehind` fires, default 300 s.
+   */
+  catalogLagToleranceSeconds: positiveInt(300),
 });
 export type ChannelConfig = typeof ChannelConfig.Type;
 
