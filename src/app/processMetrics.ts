@@ -25,6 +25,8 @@ export interface MetricsParts {
   readonly readers?: ReadonlyArray<SourceReader>;
   readonly reconcilers?: ReadonlyArray<Reconciler>;
   readonly webhooks?: ReadonlyArray<WebhookDispatcher>;
+  /** The channels' catalog webhook senders (role `relay`). */
+  readonly catalogWebhooks?: ReadonlyArray<WebhookDispatcher>;
   /** The GL poster (role `worker`). */
   readonly poster?: JournalPoster | null;
   readonly writeBacks?: ReadonlyArray<WriteBack>;
@@ -84,6 +86,7 @@ export class ProcessMetrics {
     if (parts.worker) this.#outcomes = registerWorker(parts.worker, this.parts, this.#registers);
     if (parts.relay) this.#endToEnd = registerRelay(parts.relay, this.parts, this.#registers);
     if (parts.webhooks && parts.webhooks.length > 0) registerWebhooks(parts.webhooks, this.#registers);
+    if (parts.catalogWebhooks && parts.catalogWebhooks.length > 0) registerCatalogWebhooks(parts.catalogWebhooks, this.#registers);
     if (parts.readers) registerCdc(parts.readers, this.#registers);
     if (parts.poster) registerPoster(parts.poster, this.#registers);
     if (parts.reconcilers && parts.reconcilers.length > 0) registerReconcile(parts.reconcilers, this.#registers);
@@ -290,6 +293,23 @@ function registerWebhooks(webhooks: ReadonlyArray<WebhookDispatcher>, registers:
   perChannel(
     "tally_webhook_dead_lettered_total",
     "Webhook batches dead-lettered after their retries ran out, per channel",
+    (w) => w.metrics.deadLettered,
+  );
+}
+
+/** This process's catalog webhook senders' running totals, per channel. */
+function registerCatalogWebhooks(webhooks: ReadonlyArray<WebhookDispatcher>, registers: Registers): void {
+  const perChannel = (name: string, help: string, read: (w: WebhookDispatcher) => number) =>
+    followingCounter(registers, name, help, ["channel"], () => webhooks.map((w) => [{ channel: w.channel }, read(w)] as const));
+  perChannel(
+    "tally_catalog_webhook_deliveries_total",
+    "Catalog webhook batches this process delivered (2xx), per channel",
+    (w) => w.metrics.deliveries,
+  );
+  perChannel("tally_catalog_webhook_items_total", "Catalog changes this process delivered by webhook, per channel", (w) => w.metrics.items);
+  perChannel(
+    "tally_catalog_webhook_dead_lettered_total",
+    "Catalog webhook batches dead-lettered after their retries ran out, per channel",
     (w) => w.metrics.deadLettered,
   );
 }
