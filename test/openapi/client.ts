@@ -38,6 +38,9 @@ export const OPERATIONS = {
   exportGlJournal: ["get", "/v1/gl/export"],
   getCatalogItem: ["get", "/v1/catalog/{sku}"],
   listCatalogChanges: ["get", "/v1/catalog"],
+  getCatalogVersions: ["get", "/v1/catalog/versions"],
+  streamCatalog: ["get", "/v1/catalog/stream"],
+  ackCatalogVersion: ["post", "/v1/channels/{channel}/catalog-ack"],
 } as const satisfies { [Op in keyof operations]: OperationAt<Op> };
 
 /** The [method, path] pairs at which the document serves the operation Op. */
