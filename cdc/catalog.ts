@@ -235,6 +235,8 @@ interface ItemRow {
   status: CatalogValue["status"];
   price_unit: string | null;
   attributes: Record<string, unknown>;
+  components: Array<{ sku: string; qty: number }>;
+  identifiers: Array<{ system: string; id: string; uom?: string }>;
 }
 
 interface PriceRow {
@@ -258,7 +260,13 @@ async function project(tx: TransactionSql, version: number, skus: Set<string> | 
   if (only?.length === 0) return;
   const where = (column: string) => (only === null ? tx`` : tx`where ${tx(column)} = any(${tx.array(only)}::text[])`);
   const channels = (await tx<Array<{ channel: string }>>`select distinct channel from catalog_price_lists order by 1`).map((r) => r.channel);
-  const items = await tx<Array<ItemRow>>`select sku, base_unit, name, description, status, price_unit, attributes from items ${where("sku")}`;
+  const items = await tx<Array<ItemRow>>`
+    select i.sku, i.base_unit, i.name, i.description, i.status, i.price_unit, i.attributes,
+           case when i.kind = 'bundle' then i.components else '[]'::jsonb end as components,
+           coalesce((select jsonb_agg(jsonb_strip_nulls(jsonb_build_object('system', x.system, 'id', x.identifier, 'uom', x.uom))
+                                      order by x.system, x.identifier)
+                       from item_identifiers x where x.sku = i.sku), '[]'::jsonb) as identifiers
+      from items i ${where("i.sku")}`;
   const prices = await tx<Array<PriceRow>>`
     select p.sku, p.price_list, l.channel, l.currency, p.valid_from, p.valid_to, p.amount::text as amount,
            p.valid_from <= now() and (p.valid_to is null or p.valid_to > now()) as effective
@@ -292,6 +300,10 @@ async function project(tx: TransactionSql, version: number, skus: Set<string> | 
     select ${version}, channel, sku, payload
       from rows from (jsonb_to_recordset(${tx.json(rows as never)}::jsonb) as (channel text, sku text, payload jsonb)) with ordinality as t(channel, sku, payload, n)
      order by n`;
+  await tx`
+    insert into catalog_channel_versions (channel, version)
+    select distinct channel, ${version}::bigint from jsonb_to_recordset(${tx.json(rows as never)}::jsonb) as t(channel text)
+    on conflict do nothing`;
 }
 
 /** Equal but for the version they were recorded at. */
@@ -331,5 +343,7 @@ function projection(channel: string, item: ItemRow, prices: ReadonlyArray<PriceR
       : null,
     validUntil: limits.length > 0 ? new Date(Math.min(...limits)).toISOString() : null,
     attributes: item.attributes,
+    identifiers: item.identifiers,
+    components: item.components,
   };
 }

@@ -4,7 +4,7 @@ import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { instanceId } from "../ledger/index.ts";
 import { LongRunningService, Wakeup, backoffDelay, retry } from "../src/platform/index.ts";
-import { ensureBucket, ensureStream, type ReplicaCheck, type Topology } from "../src/wire/index.ts";
+import { ensureBucket, ensureStream, isNotFound, type ReplicaCheck, type Topology } from "../src/wire/index.ts";
 import { CATALOG_CHANNEL, nextDue, publishDue } from "./catalog.ts";
 
 export interface CatalogPublisherOptions {
@@ -22,6 +22,29 @@ export interface CatalogPublisherOptions {
 }
 
 const DAY_MS = 24 * 3600 * 1000;
+
+/**
+ * The catalog stream (every catalog subject, a week of history): created by the publisher, which
+ * checks its replicas (`check`), and by the readers that follow it (the catalog SSE stream, catalog
+ * webhooks) when they start before it; a reader leaves an existing stream as it is.
+ */
+export async function ensureCatalogStream(jsm: JetStreamManager, t: Topology, check?: ReplicaCheck): Promise<void> {
+  const config = {
+    name: t.catalogStream,
+    subjects: [t.catalogSubjects()],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    discard: DiscardPolicy.Old,
+    max_age: 7 * DAY_MS * 1_000_000,
+  };
+  if (check) return ensureStream(jsm, config, check);
+  try {
+    await jsm.streams.info(t.catalogStream);
+  } catch (error) {
+    if (!isNotFound(error)) throw error;
+    await jsm.streams.add(config);
+  }
+}
 
 /**
  * Publishes the catalog. Each round it first runs the durable scheduler — every price change that
@@ -96,16 +119,8 @@ export class CatalogPublisher extends LongRunningService {
   async #ensureTopology(): Promise<void> {
     const { js, jsm, topology: t, sql } = this.opts;
     this.#instance = await instanceId(sql);
-    const config = {
-      name: t.catalogStream,
-      subjects: [t.catalogSubjects()],
-      storage: StorageType.File,
-      retention: RetentionPolicy.Limits,
-      discard: DiscardPolicy.Old,
-      max_age: 7 * DAY_MS * 1_000_000,
-    };
     const check = this.opts.replicas ?? { replicas: 1, warn: (message: string) => this.opts.log.warn(message) };
-    await ensureStream(jsm, config, check);
+    await ensureCatalogStream(jsm, t, check);
     this.#kv = await ensureBucket(js, jsm, t.catalogBucket, { history: 1, storage: StorageType.File }, check);
   }
 

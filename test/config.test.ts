@@ -141,9 +141,17 @@ describe("decodeTallyConfig", () => {
     return error.message;
   };
 
-  it("accepts channels and defaults the buffer to 0", () => {
-    const config = decodeTallyConfig({ channels: { web: { locations: ["DC1", "S01"], buffer: 2 }, "store-1": { locations: ["S01"] } } });
-    expect(config.channels).toEqual({ web: { locations: ["DC1", "S01"], buffer: 2 }, "store-1": { locations: ["S01"], buffer: 0 } });
+  it("accepts channels and defaults the buffer to 0 and the catalog lag tolerance to 300 s", () => {
+    const config = decodeTallyConfig({
+      channels: { web: { locations: ["DC1", "S01"], buffer: 2, catalogLagToleranceSeconds: 60 }, "store-1": { locations: ["S01"] } },
+    });
+    expect(config.channels).toEqual({
+      web: { locations: ["DC1", "S01"], buffer: 2, catalogLagToleranceSeconds: 60 },
+      "store-1": { locations: ["S01"], buffer: 0, catalogLagToleranceSeconds: 300 },
+    });
+    expect(() => decodeTallyConfig({ channels: { web: { locations: ["DC1"], catalogLagToleranceSeconds: 0 } } })).toThrow(
+      /channels\.web\.catalogLagToleranceSeconds/,
+    );
   });
 
   it("rejects a location id outside the one id grammar (':' is not allowed in commands, so not here either)", () => {
@@ -186,8 +194,8 @@ describe("decodeTallyConfig", () => {
 describe("loadTallyConfig", () => {
   it("loads the repository's tally.config.ts", async () => {
     const config = await loadTallyConfig(path.join(ROOT, "tally.config.ts"));
-    expect(config.channels.web).toEqual({ locations: ["DC1", "S01"], buffer: 2 });
-    expect(config.channels.store_s01).toEqual({ locations: ["S01"], buffer: 0 });
+    expect(config.channels.web).toEqual({ locations: ["DC1", "S01"], buffer: 2, catalogLagToleranceSeconds: 300 });
+    expect(config.channels.store_s01).toEqual({ locations: ["S01"], buffer: 0, catalogLagToleranceSeconds: 300 });
     // The web and one channel per store of the demo retailer (S01 … S10).
     expect(Object.keys(config.channels).sort()).toEqual(
       ["web", ...Array.from({ length: 10 }, (_, i) => `store_s${String(i + 1).padStart(2, "0")}`)].sort(),

@@ -47,6 +47,9 @@ describe("the live dashboard", () => {
       await expect.poll(async () => page.locator("#availability tbody tr").count(), { timeout: 30_000 }).toBeGreaterThan(5);
       expect(await page.locator("#dlq").textContent()).toMatch(/^\d[\d,]*$/);
       await expect.poll(async () => page.locator("#cdc tbody tr").count()).toBe(2);
+      // The catalog version each channel runs: nothing acknowledged in the demo, so the web shop shows behind.
+      const webCatalog = page.locator("#catalog-versions tbody tr[data-channel='web'] td[data-field='behind']");
+      await expect.poll(async () => Number((await webCatalog.textContent())?.replace(/,/g, "")), { timeout: 60_000 }).toBeGreaterThan(0);
 
       // A goods receipt in the demo ERP: 7 more of SKU-0005 at DC1 show up in the web column.
       const before = Number((await cell.textContent())!.replace(/,/g, ""));

@@ -9,7 +9,7 @@ import { createServer, type Server } from "node:http";
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Worker } from "../../actors/index.ts";
 import type { JournalPoster } from "../../ledger/index.ts";
-import type { Reconciler, SourceReader, WriteBack } from "../../cdc/index.ts";
+import { catalogVersions, type CatalogPublisher, type CatalogVersions, type Reconciler, type SourceReader, type WriteBack } from "../../cdc/index.ts";
 import type { OutboxRelay, RelayRound, WebhookDispatcher } from "../channels/index.ts";
 import type { Sql } from "../platform/index.ts";
 import { PRUNED_TABLES, type Pruner } from "./pruner.ts";
@@ -26,11 +26,15 @@ export interface MetricsParts {
   readonly readers?: ReadonlyArray<SourceReader>;
   readonly reconcilers?: ReadonlyArray<Reconciler>;
   readonly webhooks?: ReadonlyArray<WebhookDispatcher>;
+  /** The channels' catalog webhook senders (role `relay`). */
+  readonly catalogWebhooks?: ReadonlyArray<WebhookDispatcher>;
   /** The GL poster (role `worker`). */
   readonly poster?: JournalPoster | null;
   readonly writeBacks?: ReadonlyArray<WriteBack>;
   /** The pruning job (role `worker`). */
   readonly pruner?: Pruner | null;
+  /** The catalog publisher (role `cdc`) and each channel's catalog lag tolerance: which version each channel runs. */
+  readonly catalog?: { readonly publisher: CatalogPublisher; readonly tolerances: Readonly<Record<string, number>> } | null;
 }
 
 type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
@@ -85,11 +89,13 @@ export class ProcessMetrics {
     if (parts.worker) this.#outcomes = registerWorker(parts.worker, this.parts, this.#registers);
     if (parts.relay) this.#endToEnd = registerRelay(parts.relay, this.parts, this.#registers);
     if (parts.webhooks && parts.webhooks.length > 0) registerWebhooks(parts.webhooks, this.#registers);
+    if (parts.catalogWebhooks && parts.catalogWebhooks.length > 0) registerCatalogWebhooks(parts.catalogWebhooks, this.#registers);
     if (parts.readers) registerCdc(parts.readers, this.#registers);
     if (parts.poster) registerPoster(parts.poster, this.#registers);
     if (parts.reconcilers && parts.reconcilers.length > 0) registerReconcile(parts.reconcilers, this.#registers);
     if (parts.writeBacks && parts.writeBacks.length > 0) registerWriteBacks(parts.writeBacks, this.#registers);
     if (parts.pruner) registerPruner(parts.pruner, this.#registers);
+    if (parts.catalog && this.parts.sql) registerCatalog(parts.catalog, this.parts.sql, this.#registers);
   }
 
   /** Merges another process's metrics into this registry's text at every scrape. */
@@ -295,6 +301,23 @@ function registerWebhooks(webhooks: ReadonlyArray<WebhookDispatcher>, registers:
   );
 }
 
+/** This process's catalog webhook senders' running totals, per channel. */
+function registerCatalogWebhooks(webhooks: ReadonlyArray<WebhookDispatcher>, registers: Registers): void {
+  const perChannel = (name: string, help: string, read: (w: WebhookDispatcher) => number) =>
+    followingCounter(registers, name, help, ["channel"], () => webhooks.map((w) => [{ channel: w.channel }, read(w)] as const));
+  perChannel(
+    "tally_catalog_webhook_deliveries_total",
+    "Catalog webhook batches this process delivered (2xx), per channel",
+    (w) => w.metrics.deliveries,
+  );
+  perChannel("tally_catalog_webhook_items_total", "Catalog changes this process delivered by webhook, per channel", (w) => w.metrics.items);
+  perChannel(
+    "tally_catalog_webhook_dead_lettered_total",
+    "Catalog webhook batches dead-lettered after their retries ran out, per channel",
+    (w) => w.metrics.deadLettered,
+  );
+}
+
 /** The CDC sources this process reads: slot lag (while streaming), changes, dead letters, skips, halts, publication gaps. */
 function registerCdc(readers: ReadonlyArray<SourceReader>, registers: Registers): void {
   /** A gauge per source, from the readers `which` selects (a stale reading of a reader that is not streaming is dropped). */
@@ -417,6 +440,62 @@ function registerWriteBacks(writeBacks: ReadonlyArray<WriteBack>, registers: Reg
     "tally_writeback_dead_lettered_total",
     "Write-back rows or batches dead-lettered (no ERP item, or the retries ran out)",
     (w) => w.metrics.deadLettered,
+  );
+}
+
+/**
+ * Which catalog version each channel runs (exported by every process running the catalog publisher:
+ * the same cluster-wide figures, so alert on `max by (channel)`), read once per scrape.
+ */
+function registerCatalog(catalog: NonNullable<MetricsParts["catalog"]>, sql: Sql, registers: Registers): void {
+  let reading: { at: number; result: Promise<CatalogVersions | null> } | null = null;
+  const read = () => {
+    if (!reading || Date.now() - reading.at > 1000) reading = { at: Date.now(), result: catalogVersions(sql, catalog.tolerances).catch(() => null) }; // Postgres down: the gauges keep their last values
+    return reading.result;
+  };
+  const perChannel = (name: string, help: string, pick: (c: CatalogVersions["channels"][number]) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ["channel"],
+      registers,
+      async collect() {
+        const v = await read();
+        if (!v) return;
+        this.reset();
+        for (const c of v.channels) this.set({ channel: c.channel }, pick(c));
+      },
+    });
+  perChannel(
+    "tally_catalog_version_lag",
+    "Seconds the channel has run an older catalog version than its latest change (since the oldest catalog version it has not acknowledged was recorded; 0: current)",
+    (c) => c.lagSeconds,
+  );
+  perChannel(
+    "tally_catalog_versions_behind",
+    "Catalog versions that changed the channel's catalog above the version it acknowledged",
+    (c) => c.behindBy,
+  );
+  perChannel("tally_catalog_acked_version", "The highest catalog version the channel acknowledged having applied (0: none)", (c) => c.ackedVersion);
+  perChannel(
+    "tally_catalog_version_lag_tolerance_seconds",
+    "The channel's catalogLagToleranceSeconds: TallyCatalogChannelBehind fires when tally_catalog_version_lag exceeds it",
+    (c) => c.toleranceSeconds,
+  );
+  new Gauge({
+    name: "tally_catalog_head_version",
+    help: "The environment's current catalog version",
+    registers,
+    async collect() {
+      const v = await read();
+      if (v) this.set(v.headVersion);
+    },
+  });
+  totalCounter(
+    registers,
+    "tally_catalog_published_total",
+    "Catalog projections this process's catalog publisher sent to NATS",
+    () => catalog.publisher.published,
   );
 }
 

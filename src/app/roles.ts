@@ -13,7 +13,7 @@ import type { LongRunningService } from "../platform/index.ts";
 import { connectNats, ensureTopology, isClustered, topologyOptions, type NatsHandles, type UnderReplicated } from "../wire/index.ts";
 import { OutboxRelay } from "../channels/index.ts";
 import { AnchorPublisher } from "../channels/index.ts";
-import { WebhookDispatcher, webhookTargets } from "../channels/index.ts";
+import { WebhookDispatcher, webhookTargets, type WebhookFeed } from "../channels/index.ts";
 import { topology, type Topology } from "../wire/index.ts";
 import type { Server } from "node:http";
 import { ProcessMetrics, serveMetrics, type MetricsSource } from "./processMetrics.ts";
@@ -40,6 +40,8 @@ export interface Running {
   readonly anchors: AnchorPublisher | null;
   /** One sender per channel with a webhook (role `relay`). */
   readonly webhooks: ReadonlyArray<WebhookDispatcher>;
+  /** The channels' catalog webhook senders (role `relay`; a webhook with `catalog: false` has none). */
+  readonly catalogWebhooks: ReadonlyArray<WebhookDispatcher>;
   /** One CDC reader per configured source whose URL is set. */
   readonly readers: ReadonlyArray<SourceReader>;
   /** One reconciler per reader whose source declares `onHand` (role `cdc`). */
@@ -193,25 +195,27 @@ const startRelay = (ctx: RoleContext) =>
 const startAnchors = ({ settings, sql, nats, topology: t, log }: RoleContext) =>
   serviceResource(() => new AnchorPublisher({ sql, nats, topology: t, log: log.child({ role: "relay" }), intervalMs: settings.anchorIntervalMs }));
 
-const startWebhooks = (ctx: RoleContext) =>
+const startWebhooks = (ctx: RoleContext, feed: WebhookFeed = "availability") =>
   Effect.gen(function* () {
     const { settings, config, nats, topology: t, log } = ctx;
     const webhooks: Array<WebhookDispatcher> = [];
     for (const target of yield* Effect.try({ try: () => webhookTargets(config), catch: (error) => error }))
-      webhooks.push(
-        yield* serviceResource(
-          () =>
-            new WebhookDispatcher({
-              target,
-              nats,
-              sql: ctx.sql,
-              topology: t,
-              log: log.child({ role: "relay", channel: target.channel }),
-              owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
-              leaseTtlMs: settings.leaseTtlMs,
-            }),
-        ).pipe(Scope.extend(ctx.rolesScope)),
-      );
+      if (feed === "availability" || target.catalog)
+        webhooks.push(
+          yield* serviceResource(
+            () =>
+              new WebhookDispatcher({
+                target,
+                nats,
+                sql: ctx.sql,
+                topology: t,
+                log: log.child({ role: "relay", channel: target.channel, feed }),
+                owner: `webhook-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+                leaseTtlMs: settings.leaseTtlMs,
+                feed,
+              }),
+          ).pipe(Scope.extend(ctx.rolesScope)),
+        );
     return webhooks;
   });
 
@@ -407,12 +411,16 @@ export const startRoles = (
     const relay = roles.includes("relay") ? yield* startRelay(ctx) : null;
     const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
     const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];
+    const catalogWebhooks = roles.includes("relay") ? yield* startWebhooks(ctx, "catalog") : [];
     const readers = roles.includes("cdc") ? yield* startReaders(ctx) : [];
     const reconcilers = roles.includes("cdc") ? yield* startReconcilers(ctx, readers) : [];
     const catalog = roles.includes("cdc") ? yield* startCatalog(ctx) : null;
     const writeBacks = roles.includes("cdc") ? yield* startWriteBacks(ctx) : [];
     metrics.add({ worker, relay, webhooks, ...(roles.includes("cdc") ? { readers, reconcilers, writeBacks } : {}) });
     metrics.add({ poster, pruner });
+    const tolerances = Object.fromEntries(Object.entries(config.channels).map(([name, c]) => [name, c.catalogLagToleranceSeconds]));
+    if (catalog) metrics.add({ catalog: { publisher: catalog, tolerances } });
+    if (catalogWebhooks.length > 0) metrics.add({ catalogWebhooks });
     const api = roles.includes("api") ? yield* startApi(ctx, apiSql, { worker, readers, webhooks }) : null;
     return {
       settings,
@@ -426,6 +434,7 @@ export const startRoles = (
       relay,
       anchors,
       webhooks,
+      catalogWebhooks,
       readers,
       reconcilers,
       catalog,

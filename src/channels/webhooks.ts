@@ -6,11 +6,13 @@
  * whose endpoint is down never holds up another.
  */
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
 import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import type { Sql } from "postgres";
 import { LeaseStore, type HeldLease } from "../wire/index.ts";
-import type { AvailabilityJson as Availability } from "../contract/index.ts";
+import type { AvailabilityJson as Availability, CatalogValue } from "../contract/index.ts";
+import { ensureCatalogStream } from "../../cdc/index.ts";
 import { ConfigFileError, type TallyConfig } from "../platform/index.ts";
 import { deadLetter, publishDeadLetter, type DeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
@@ -22,6 +24,11 @@ import { DeliveryOrder, type DeliveryGap } from "../wire/index.ts";
 export const WEBHOOK_ORIGIN = "webhook";
 export const SIGNATURE_HEADER = "tally-signature";
 export const DELIVERY_HEADER = "tally-delivery";
+/** `availability` or `catalog`: what a delivery carries (also the body's `type`). */
+export const FEED_HEADER = "tally-feed";
+
+/** What a webhook sender follows: availability changes, or catalog changes (with their catalog version). */
+export type WebhookFeed = "availability" | "catalog";
 
 /** A channel's webhook, resolved: its secret read from the environment. */
 export interface WebhookTarget {
@@ -35,6 +42,8 @@ export interface WebhookTarget {
   readonly maxAttempts: number;
   readonly backoffMs: number;
   readonly maxBackoffMs: number;
+  /** Also send the channel's catalog changes (a second sender, feed `catalog`). */
+  readonly catalog: boolean;
 }
 
 /** The environment variable holding a channel's webhook secret, unless the config names another. */
@@ -82,8 +91,20 @@ export interface WebhookBody {
   readonly items: ReadonlyArray<Availability>;
 }
 
+/**
+ * The JSON body of one catalog delivery: the latest projection of each item that changed (each with
+ * its `catalogVersion`; a receiver drops one older than what it holds), and the highest version in it.
+ */
+export interface CatalogWebhookBody {
+  readonly type: "catalog";
+  readonly channel: string;
+  readonly deliveryId: string;
+  readonly catalogVersion: number;
+  readonly items: ReadonlyArray<CatalogValue>;
+}
+
 /** One POST; resolves with an error text when it did not get a 2xx in time. */
-export async function postWebhook(target: WebhookTarget, body: WebhookBody): Promise<string | null> {
+export async function postWebhook(target: WebhookTarget, body: WebhookBody | CatalogWebhookBody): Promise<string | null> {
   const text = JSON.stringify(body);
   try {
     const res = await fetch(target.url, {
@@ -93,6 +114,7 @@ export async function postWebhook(target: WebhookTarget, body: WebhookBody): Pro
         "user-agent": "tally-webhooks",
         [SIGNATURE_HEADER]: signWebhook(target.secret, text),
         [DELIVERY_HEADER]: body.deliveryId,
+        [FEED_HEADER]: "type" in body ? body.type : "availability",
       },
       body: text,
       signal: AbortSignal.timeout(target.timeoutMs),
@@ -115,6 +137,8 @@ export interface DispatcherOptions {
   readonly log: Logger;
   readonly owner: string;
   readonly leaseTtlMs: number;
+  /** Default `availability`. */
+  readonly feed?: WebhookFeed;
 }
 
 export interface WebhookMetrics {
@@ -125,7 +149,7 @@ export interface WebhookMetrics {
   lastError: string | null;
 }
 
-/** Sends one channel's availability changes to its webhook. */
+/** Sends one channel's availability changes (or, with feed `catalog`, its catalog changes) to its webhook. */
 export class WebhookDispatcher extends LongRunningService {
   readonly metrics: WebhookMetrics = { deliveries: 0, items: 0, failedAttempts: 0, deadLettered: 0, lastError: null };
   readonly #wakeup = new Wakeup();
@@ -150,6 +174,16 @@ export class WebhookDispatcher extends LongRunningService {
 
   get channel(): string {
     return this.opts.target.channel;
+  }
+
+  get feed(): WebhookFeed {
+    return this.opts.feed ?? "availability";
+  }
+
+  /** One sender per channel and feed. */
+  get #leaseKey(): string {
+    const key = this.opts.topology.webhookLeaseKey(this.channel);
+    return this.feed === "catalog" ? `${key}.catalog` : key;
   }
 
   override async stop(): Promise<boolean> {
@@ -184,7 +218,7 @@ export class WebhookDispatcher extends LongRunningService {
   async #step(signal: AbortSignal): Promise<void> {
     const { log, leaseTtlMs } = this.opts;
     while (!this.#lease) {
-      this.#lease = await this.#leases.tryAcquire(this.opts.topology.webhookLeaseKey(this.channel));
+      this.#lease = await this.#leases.tryAcquire(this.#leaseKey);
       if (!this.#lease) {
         await this.#wakeup.wait(leaseTtlMs / 3, signal);
         if (signal.aborted) return;
@@ -213,7 +247,10 @@ export class WebhookDispatcher extends LongRunningService {
    */
   async #subscribe(): Promise<void> {
     const { nats, topology } = this.opts;
-    const stream = topology.availabilityStream;
+    const catalog = this.feed === "catalog";
+    // The catalog stream may not exist yet when the relay starts before the catalog publisher.
+    if (catalog) await ensureCatalogStream(nats.jsm, topology);
+    const stream = catalog ? topology.catalogStream : topology.availabilityStream;
     const prefix = topology.webhookConsumerPrefix(this.channel);
     let floor = 0;
     let generation = 0;
@@ -231,7 +268,7 @@ export class WebhookDispatcher extends LongRunningService {
     const name = `${prefix}${generation + 1}`;
     await nats.jsm.consumers.add(stream, {
       durable_name: name,
-      filter_subject: topology.availabilitySubjects(this.channel),
+      filter_subject: catalog ? topology.catalogSubjects(this.channel) : topology.availabilitySubjects(this.channel),
       ack_policy: AckPolicy.All,
       ...(floor > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: floor + 1 } : { deliver_policy: DeliverPolicy.LastPerSubject }),
       ack_wait: nanos(300_000),
@@ -283,17 +320,17 @@ export class WebhookDispatcher extends LongRunningService {
   /** POSTs one batch until it is accepted or the attempts run out (then dead-letters it); acknowledges it either way. */
   async #deliver(batch: ReadonlyArray<JsMsg>): Promise<void> {
     const { target, log } = this.opts;
-    const latest = new Map<string, { item: Availability; seq: number }>();
+    const latest = new Map<string, { item: Availability | CatalogValue; seq: number }>();
     const undecodable: Array<DeadLetter> = [];
     for (const m of batch) {
       try {
-        const item = m.json<Availability>();
+        const item = m.json<Availability | CatalogValue>();
         latest.delete(item.sku); // re-inserted: the map keeps the order of each SKU's latest change
         latest.set(item.sku, { item, seq: m.seq });
       } catch (error) {
         // Not JSON: dead-lettered below with the reason, the rest of the batch is delivered.
         undecodable.push(
-          deadLetter(WEBHOOK_ORIGIN, `availability message is not JSON: ${(error as Error).message}`, m.data, {
+          deadLetter(WEBHOOK_ORIGIN, `${this.feed} message is not JSON: ${(error as Error).message}`, m.data, {
             channel: target.channel,
             stream_seq: m.seq,
           }),
@@ -302,11 +339,17 @@ export class WebhookDispatcher extends LongRunningService {
     }
     const first = batch[0]!.seq;
     const last = batch[batch.length - 1]!.seq;
-    const body: WebhookBody = {
-      channel: target.channel,
-      deliveryId: `${target.channel}-${first}-${last}`,
-      items: [...latest.values()].map((v) => v.item),
-    };
+    const items = [...latest.values()].map((v) => v.item);
+    const body: WebhookBody | CatalogWebhookBody =
+      this.feed === "catalog"
+        ? {
+            type: "catalog",
+            channel: target.channel,
+            deliveryId: `${target.channel}-catalog-${first}-${last}`,
+            catalogVersion: Math.max(...(items as Array<CatalogValue>).map((i) => i.catalogVersion)),
+            items: items as Array<CatalogValue>,
+          }
+        : { channel: target.channel, deliveryId: `${target.channel}-${first}-${last}`, items: items as Array<Availability> };
     let error: string | null = null;
     for (let attempt = 1; body.items.length > 0; attempt++) {
       error = await postWebhook(target, body);
@@ -332,6 +375,7 @@ export class WebhookDispatcher extends LongRunningService {
       letters.push(
         deadLetter(WEBHOOK_ORIGIN, `webhook ${target.channel}: POST ${target.url} failed ${target.maxAttempts} times, last: ${error}`, body, {
           channel: target.channel,
+          feed: this.feed,
           deliveryId: body.deliveryId,
           first_seq: first,
           last_seq: last,
@@ -377,6 +421,7 @@ export async function resendCurrent(
   const target = targets.find((t) => t.channel === channel);
   if (!target) return { reason: `channel ${String(channel)} has no webhook here (is its ${webhookSecretVar(String(channel))} set?)` };
   const skus = ((letter.payload as Partial<WebhookBody> | null)?.items ?? []).map((i) => i?.sku).filter((s): s is string => typeof s === "string");
+  if ((letter.context as { feed?: unknown }).feed === "catalog") return resendCurrentCatalog(target, nats, topology, letter.id, skus);
   const items: Array<Availability> = [];
   for (const sku of new Set(skus)) {
     const e = await nats.availability.get(topology.availabilityKey(target.channel, sku));
@@ -384,5 +429,31 @@ export async function resendCurrent(
   }
   if (items.length === 0) return { items: 0 };
   const error = await postWebhook(target, { channel: target.channel, deliveryId: `${target.channel}-replay-${letter.id}`, items });
+  return error === null ? { items: items.length } : { reason: `POST ${target.url}: ${error}` };
+}
+
+/** A dead-lettered catalog batch, replayed: the channel's current projections of its items, once. */
+async function resendCurrentCatalog(
+  target: WebhookTarget,
+  nats: NatsHandles,
+  topology: Topology,
+  letterId: number,
+  skus: ReadonlyArray<string>,
+): Promise<{ items: number } | { reason: string }> {
+  const kv = await new Kvm(nats.js).open(topology.catalogBucket);
+  const items: Array<CatalogValue> = [];
+  for (const sku of new Set(skus)) {
+    const e = await kv.get(topology.catalogKey(target.channel, sku));
+    if (e && e.operation === "PUT" && e.length > 0) items.push(e.json<CatalogValue>());
+  }
+  if (items.length === 0) return { items: 0 };
+  const catalogVersion = Math.max(...items.map((i) => i.catalogVersion));
+  const error = await postWebhook(target, {
+    type: "catalog",
+    channel: target.channel,
+    deliveryId: `${target.channel}-catalog-replay-${letterId}`,
+    catalogVersion,
+    items,
+  });
   return error === null ? { items: items.length } : { reason: `POST ${target.url}: ${error}` };
 }

@@ -231,6 +231,18 @@ export const CatalogValue = Schema.Struct({
   ).annotations({ description: "null: the channel has no price for the item now" }),
   validUntil: Schema.NullOr(DateTime).annotations({ description: "when this price ends or another takes over (null: open-ended)" }),
   attributes: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  identifiers: Schema.optional(
+    Schema.Array(
+      Schema.Struct({
+        system: described(Schema.String, "where the identifier is used: barcode (GTIN/EAN), plu, erp_item, shop_sku …"),
+        id: Schema.String,
+        uom: Schema.optional(described(Schema.String, "the unit the identifier implies (a case barcode)")),
+      }),
+    ),
+  ).annotations({ description: "every identifier of the item in other systems, from the item master" }),
+  components: Schema.optional(
+    Schema.Array(Schema.Struct({ sku: Schema.String, qty: described(Int, "base units of the component per bundle") })),
+  ).annotations({ description: "a bundle's (kit's) components and quantities; empty for any other item" }),
   catalogVersion: described(Int, "the catalog version this projection changed at: every channel's projection of one change carries the same"),
   removed: Schema.optional(described(Schema.Boolean, "true on the subject when the item left the catalog (the KV key is deleted)")),
 }).annotations({ title: "Catalog", description: "What one channel shows of one item: name, status, unit, price and catalog version" });

@@ -11,7 +11,7 @@ import type { FastifyInstance } from "fastify";
 import { ID_LIST_JSON_PATTERN, fromMinorUnits, type AvailabilityJson as Availability } from "../contract/index.ts";
 import { stockValueByLocation } from "../../ledger/index.ts";
 import type { RelayRound } from "../channels/index.ts";
-import { lastRuns } from "../../cdc/index.ts";
+import { catalogVersions, lastRuns, type CatalogVersions } from "../../cdc/index.ts";
 import type { ApiContext } from "./context.ts";
 import { openEventStream } from "./eventStream.ts";
 import type { OutcomeBatch } from "../wire/index.ts";
@@ -56,6 +56,8 @@ export interface DashboardSummary {
   readonly stockValue: StockValue | null;
   /** The last reconciliation per source (null: unknown, the ledger did not answer). */
   readonly reconciliation: ReadonlyArray<ReconciliationSummary> | null;
+  /** The catalog version each channel runs and how far behind it is (null: unknown, the ledger did not answer). */
+  readonly catalog: CatalogVersions | null;
 }
 
 /** A source's last reconciliation: when, how many pairs and units drifted, and the largest few. */
@@ -118,6 +120,7 @@ export class DashboardHub {
   #deadLetters: { n: number | null; at: number } = { n: null, at: 0 };
   #stockValue: { v: StockValue | null; at: number } = { v: null, at: 0 };
   #reconciliation: { runs: Array<ReconciliationSummary> | null; at: number } = { runs: null, at: 0 };
+  #catalog: { v: CatalogVersions | null; at: number } = { v: null, at: 0 };
 
   constructor(readonly ctx: ApiContext) {}
 
@@ -273,6 +276,16 @@ export class DashboardHub {
     return this.#reconciliation.runs;
   }
 
+  /** Which catalog version each channel runs, read from the ledger at most every 2 s. */
+  async #catalogVersions(): Promise<CatalogVersions | null> {
+    if (Date.now() - this.#catalog.at > 2000) {
+      const tolerances = Object.fromEntries(Object.entries(this.ctx.config.channels).map(([name, c]) => [name, c.catalogLagToleranceSeconds]));
+      const v = await catalogVersions(this.ctx.sql, tolerances).catch(() => null); // the ledger down: shown as unknown
+      this.#catalog = { v, at: Date.now() };
+    }
+    return this.#catalog.v;
+  }
+
   /** Current availability of pinned SKUs not tracked yet, from the KV bucket. */
   async pin(skus: ReadonlyArray<string>): Promise<void> {
     const channels = Object.keys(this.ctx.config.channels);
@@ -339,6 +352,7 @@ export class DashboardHub {
       alerts: this.#alerts.slice(0, 15),
       stockValue: await this.#stockValueNow(),
       reconciliation: await this.#reconciliationRuns(),
+      catalog: await this.#catalogVersions(),
     };
   }
 

@@ -6,6 +6,7 @@ import { knownStores } from "../platform/index.ts";
 import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../platform/index.ts";
 import { PosIngest } from "../ingest/index.ts";
 import { PosSubscriber } from "../ingest/index.ts";
+import { CatalogAckSubscriber } from "../../cdc/index.ts";
 import { authenticate, StreamTokens, TokenVerifier, type Principal, type Scope } from "./auth.ts";
 import { allowOrigins } from "./cors.ts";
 import {
@@ -195,9 +196,14 @@ async function startContext(
     ? new PosSubscriber({ nc: deps.nats.nc, topology: deps.topology, ingest: pos, log, requestTimeoutMs: opts.requestTimeoutMs })
     : null;
   posSubscriber?.start();
+  const catalogAcks = opts.background
+    ? new CatalogAckSubscriber({ nc: deps.nats.nc, sql: deps.sql, topology: deps.topology, channels: new Set(Object.keys(channels)), log })
+    : null;
+  catalogAcks?.start();
   const sweeper = opts.background ? new ReservationSweeper({ reservations, intervalMs: opts.sweepIntervalMs, log }).start() : null;
   app.addHook("onClose", async () => {
     await posSubscriber?.stop();
+    await catalogAcks?.stop();
     await sweeper?.stop();
     await outcomes.stop();
     await pos.stop();

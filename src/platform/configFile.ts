@@ -50,6 +50,8 @@ export const WebhookConfig = Schema.Struct({
   /** First retry delay, doubled per attempt with jitter, default 500 ms, capped at maxBackoffMs (default 60 s). */
   backoffMs: positiveInt(500),
   maxBackoffMs: positiveInt(60_000),
+  /** Also POST the channel's catalog changes (batches with `"type": "catalog"`), default true. */
+  catalog: Schema.optionalWith(Schema.Boolean, { default: () => true }),
 });
 export type WebhookConfig = typeof WebhookConfig.Type;
 
@@ -65,6 +67,11 @@ export const ChannelConfig = Schema.Struct({
    */
   sellsDiscontinued: Schema.optional(Schema.Boolean),
   webhook: Schema.optional(WebhookConfig),
+  /**
+   * How long the channel may run an older catalog version than its latest change (not having
+   * acknowledged it) before `TallyCatalogChannelBehind` fires, default 300 s.
+   */
+  catalogLagToleranceSeconds: positiveInt(300),
 });
 export type ChannelConfig = typeof ChannelConfig.Type;
 

@@ -77,6 +77,12 @@ export interface Topology {
   catalogSubject(channel: string, sku: string): string;
   /** Every catalog subject: of all channels, or of one channel. */
   catalogSubjects(channel?: string): string;
+  /** Where a channel acknowledges the catalog version it applied (core NATS request, `{version}`), and the API's queue group on them. */
+  catalogAckSubject(channel?: string): string;
+  channelOfCatalogAckSubject(subject: string): string | null;
+  readonly catalogAckQueue: string;
+  /** The channel's SKU a catalog subject names (null: not one of that channel's). */
+  skuOfCatalogSubject(channel: string, subject: string): string | null;
 }
 
 /**
@@ -135,6 +141,8 @@ export function topology(env: string, partitions: number, fixed?: PartitionLayou
   const t = encodeToken;
   const availabilityPrefix = (channel: string) => `tally.${env}.availability.${t(channel)}.`;
   const posPrefix = `tally.${env}.pos.`;
+  // Not under `tally.<env>.catalog.`: the catalog stream keeps every subject there.
+  const catalogAckPrefix = `tally.${env}.catalog-ack.`;
   return {
     env,
     get partitions() {
@@ -195,6 +203,13 @@ export function topology(env: string, partitions: number, fixed?: PartitionLayou
     catalogKey: availabilityKey,
     catalogSubject: (channel, sku) => `tally.${env}.catalog.${t(channel)}.${t(sku)}`,
     catalogSubjects: (channel) => (channel === undefined ? `tally.${env}.catalog.>` : `tally.${env}.catalog.${t(channel)}.*`),
+    catalogAckSubject: (channel) => `${catalogAckPrefix}${channel === undefined ? "*" : t(channel)}`,
+    channelOfCatalogAckSubject: (subject) => (subject.startsWith(catalogAckPrefix) ? decodeToken(subject.slice(catalogAckPrefix.length)) : null),
+    catalogAckQueue: `tally_${env}_catalog_ack`,
+    skuOfCatalogSubject: (channel, subject) => {
+      const prefix = `tally.${env}.catalog.${t(channel)}.`;
+      return subject.startsWith(prefix) ? decodeToken(subject.slice(prefix.length)) : null;
+    },
   };
 }
 

@@ -39,6 +39,9 @@ export const OPERATIONS = {
   getCatalogItem: ["get", "/v1/catalog/{sku}"],
   listCatalogChanges: ["get", "/v1/catalog"],
   getProduct: ["get", "/v1/products/{sku}"],
+  getCatalogVersions: ["get", "/v1/catalog/versions"],
+  streamCatalog: ["get", "/v1/catalog/stream"],
+  ackCatalogVersion: ["post", "/v1/channels/{channel}/catalog-ack"],
 } as const satisfies { [Op in keyof operations]: OperationAt<Op> };
 
 /** The [method, path] pairs at which the document serves the operation Op. */

@@ -238,6 +238,66 @@ export interface paths {
     patch?: never;
     trace?: never;
   };
+  "/v1/channels/{channel}/catalog-ack": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    get?: never;
+    put?: never;
+    /**
+     * A channel acknowledges the catalog version it has applied
+     * @description Send the highest `catalogVersion` the channel has applied (from its projections, or the delta feed's `catalogVersion` once its last page is applied). Acknowledgements never go back: a lower one than the channel's current changes nothing. A version above the current catalog version is a 400 naming `body.version`. A channel token acknowledges for its own channel only. The same over NATS: a request on `tally.<env>.catalog-ack.<channel>` with the same body.
+     */
+    post: operations["ackCatalogVersion"];
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  "/v1/catalog/versions": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * The current catalog version and, per channel, the version it runs and how far behind it is
+     * @description A channel is behind while a catalog version that changed its catalog lies above the version it acknowledged; `lagSeconds` counts from when the oldest such version was recorded. A channel token sees its own channel only.
+     */
+    get: operations["getCatalogVersions"];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  "/v1/catalog/stream": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * Server-sent events of a channel's catalog changes, resumable with Last-Event-ID
+     * @description Each event is `event: catalog`, `id: <catalog stream sequence>`, `data: <CatalogItem JSON>` (with its `catalogVersion`; `removed: true` when the item left the catalog), in version order. A separate stream from the availability one: its ids are the catalog stream's. Reconnect with Last-Event-ID (or ?lastEventId=) to resume; without it the stream starts with changes from now on (read GET /v1/catalog first). `event: reset` means the history needed to resume has expired: re-read the delta feed.
+     */
+    get: operations["streamCatalog"];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
   "/v1/catalog/{sku}": {
     parameters: {
       query?: never;
@@ -945,10 +1005,67 @@ export interface components {
       attributes?: {
         [key: string]: unknown;
       };
+      /** @description every identifier of the item in other systems, from the item master (barcode = GTIN/EAN, plu, erp_item, shop_sku …) */
+      identifiers?: {
+        system: string;
+        id: string;
+        /** @description the unit it implies (a case barcode) */
+        uom?: string;
+      }[];
+      /** @description a bundle's (kit's) components and quantities per bundle; empty for any other item */
+      components?: {
+        sku: string;
+        qty: number;
+      }[];
       /** @description the catalog version this projection changed at; every channel's projection of one change carries the same */
       catalogVersion: number;
       /** @description in the delta feed: the item left the catalog */
       removed?: boolean;
+    };
+    CatalogVersions: {
+      /** @description the environment's current catalog version */
+      headVersion: number;
+      /**
+       * Format: date-time
+       * @description when these figures were read
+       */
+      at: string;
+      channels: {
+        channel: string;
+        /** @description the highest catalog version the channel acknowledged having applied (0: none yet) */
+        ackedVersion: number;
+        /**
+         * Format: date-time
+         * @description when it acknowledged that version
+         */
+        ackedAt: string | null;
+        /** @description the last catalog version that changed this channel's catalog (0: none) */
+        latestVersion: number;
+        /** @description catalog versions that changed this channel's catalog above its acknowledged one */
+        behindBy: number;
+        /**
+         * Format: date-time
+         * @description when the oldest of those versions was recorded (null: the channel runs its latest version)
+         */
+        behindSince: string | null;
+        /** @description seconds since behindSince (0: not behind); what tally_catalog_version_lag exports */
+        lagSeconds: number;
+        /** @description the channel's catalogLagToleranceSeconds: the alert fires when lagSeconds exceeds it */
+        toleranceSeconds: number;
+      }[];
+    };
+    CatalogAckRequest: {
+      /** @description the catalog version the channel has applied (a catalogVersion it received, or the delta feed's); at most the current one */
+      version: number;
+    };
+    CatalogAck: {
+      channel: string;
+      /** @description the channel's acknowledged version now: never lower than before (a late ack changes nothing) */
+      ackedVersion: number;
+      /** Format: date-time */
+      ackedAt: string;
+      /** @description the environment's current catalog version */
+      headVersion: number;
     };
     CatalogDelta: {
       channel: string;
@@ -2059,6 +2176,223 @@ export interface operations {
       };
       /** @description Too Many Requests */
       429: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Service Unavailable */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  ackCatalogVersion: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path: {
+        channel: string;
+      };
+      cookie?: never;
+    };
+    requestBody: {
+      content: {
+        "application/json": components["schemas"]["CatalogAckRequest"];
+      };
+    };
+    responses: {
+      /** @description Default Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/json": components["schemas"]["CatalogAck"];
+        };
+      };
+      /** @description Bad Request */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unauthorized */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Forbidden */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Not Found */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Payload Too Large */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unsupported Media Type */
+      415: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Service Unavailable */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  getCatalogVersions: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Default Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/json": components["schemas"]["CatalogVersions"];
+        };
+      };
+      /** @description Bad Request */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unauthorized */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Forbidden */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Service Unavailable */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  streamCatalog: {
+    parameters: {
+      query?: {
+        /** @description default: the token's channel */
+        channel?: string;
+        /** @description as Last-Event-ID (which wins when both are sent) */
+        lastEventId?: number;
+      };
+      header?: {
+        "last-event-id"?: string;
+      };
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description server-sent events */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "text/event-stream": string;
+        };
+      };
+      /** @description Bad Request */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Unauthorized */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Forbidden */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Not Found */
+      404: {
         headers: {
           [name: string]: unknown;
         };

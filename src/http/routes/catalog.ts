@@ -1,7 +1,11 @@
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
+import { InvalidCatalogAck, catalogVersions, ensureCatalogStream, recordCatalogAck } from "../../../cdc/index.ts";
 import { ID_JSON_PATTERN } from "../../contract/index.ts";
+import { DeliveryOrder } from "../../wire/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
+import { openEventStream } from "../eventStream.ts";
 
 const MAX_PAGE = 1000;
 const DEFAULT_PAGE = 500;
@@ -30,6 +34,24 @@ const CatalogItem = {
     },
     validUntil: { type: ["string", "null"], format: "date-time", description: "when this price ends or another takes over (null: open-ended)" },
     attributes: { type: "object", additionalProperties: true },
+    identifiers: {
+      type: "array",
+      description: "every identifier of the item in other systems, from the item master (barcode = GTIN/EAN, plu, erp_item, shop_sku …)",
+      items: {
+        type: "object",
+        required: ["system", "id"],
+        properties: {
+          system: { type: "string" },
+          id: { type: "string" },
+          uom: { type: "string", description: "the unit it implies (a case barcode)" },
+        },
+      },
+    },
+    components: {
+      type: "array",
+      description: "a bundle's (kit's) components and quantities per bundle; empty for any other item",
+      items: { type: "object", required: ["sku", "qty"], properties: { sku: { type: "string" }, qty: { type: "integer" } } },
+    },
     catalogVersion: {
       type: "integer",
       description: "the catalog version this projection changed at; every channel's projection of one change carries the same",
@@ -38,9 +60,63 @@ const CatalogItem = {
   },
 } as const;
 
+const ChannelCatalogVersion = {
+  type: "object",
+  required: ["channel", "ackedVersion", "ackedAt", "latestVersion", "behindBy", "behindSince", "lagSeconds", "toleranceSeconds"],
+  properties: {
+    channel: { type: "string" },
+    ackedVersion: { type: "integer", description: "the highest catalog version the channel acknowledged having applied (0: none yet)" },
+    ackedAt: { type: ["string", "null"], format: "date-time", description: "when it acknowledged that version" },
+    latestVersion: { type: "integer", description: "the last catalog version that changed this channel's catalog (0: none)" },
+    behindBy: { type: "integer", description: "catalog versions that changed this channel's catalog above its acknowledged one" },
+    behindSince: {
+      type: ["string", "null"],
+      format: "date-time",
+      description: "when the oldest of those versions was recorded (null: the channel runs its latest version)",
+    },
+    lagSeconds: { type: "number", description: "seconds since behindSince (0: not behind); what tally_catalog_version_lag exports" },
+    toleranceSeconds: { type: "integer", description: "the channel's catalogLagToleranceSeconds: the alert fires when lagSeconds exceeds it" },
+  },
+} as const;
+
 /** The named component schemas of these routes. */
 export const catalogSchemas = [
   CatalogItem,
+  {
+    $id: "CatalogVersions",
+    type: "object",
+    required: ["headVersion", "at", "channels"],
+    properties: {
+      headVersion: { type: "integer", description: "the environment's current catalog version" },
+      at: { type: "string", format: "date-time", description: "when these figures were read" },
+      channels: { type: "array", items: ChannelCatalogVersion },
+    },
+  },
+  {
+    $id: "CatalogAckRequest",
+    type: "object",
+    required: ["version"],
+    additionalProperties: false,
+    properties: {
+      version: {
+        type: "integer",
+        minimum: 0,
+        maximum: 999_999_999_999_999,
+        description: "the catalog version the channel has applied (a catalogVersion it received, or the delta feed's); at most the current one",
+      },
+    },
+  },
+  {
+    $id: "CatalogAck",
+    type: "object",
+    required: ["channel", "ackedVersion", "ackedAt", "headVersion"],
+    properties: {
+      channel: { type: "string" },
+      ackedVersion: { type: "integer", description: "the channel's acknowledged version now: never lower than before (a late ack changes nothing)" },
+      ackedAt: { type: "string", format: "date-time" },
+      headVersion: { type: "integer", description: "the environment's current catalog version" },
+    },
+  },
   {
     $id: "CatalogDelta",
     type: "object",
@@ -73,8 +149,14 @@ function decodeCursor(text: string): { version: string; sku: string } {
   return { version: m[1]!, sku: m[2]! };
 }
 
-/** The catalog per channel: one item (`GET /v1/catalog/:sku`) and the delta feed (`GET /v1/catalog`). */
+/**
+ * The catalog per channel: one item (`GET /v1/catalog/:sku`), the delta feed (`GET /v1/catalog`), its
+ * server-sent events (`GET /v1/catalog/stream`), and which version each channel runs (its
+ * acknowledgements, `GET /v1/catalog/versions`).
+ */
 export async function catalogRoutes(app: FastifyInstance, { ctx }: { ctx: ApiContext }): Promise<void> {
+  versionRoutes(app, ctx);
+  streamRoute(app, ctx);
   app.get<{ Params: { sku: string }; Querystring: { channel?: string } }>(
     "/v1/catalog/:sku",
     {
@@ -145,4 +227,164 @@ export async function catalogRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCon
       });
     },
   );
+}
+
+/** POST /v1/channels/:channel/catalog-ack and GET /v1/catalog/versions. */
+function versionRoutes(app: FastifyInstance, ctx: ApiContext): void {
+  app.post<{ Params: { channel: string }; Body: { version: number } }>(
+    "/v1/channels/:channel/catalog-ack",
+    {
+      config,
+      schema: {
+        operationId: "ackCatalogVersion",
+        tags: ["catalog"],
+        summary: "A channel acknowledges the catalog version it has applied",
+        description:
+          "Send the highest `catalogVersion` the channel has applied (from its projections, or the delta feed's `catalogVersion` once " +
+          "its last page is applied). Acknowledgements never go back: a lower one than the channel's current changes nothing. " +
+          "A version above the current catalog version is a 400 naming `body.version`. A channel token acknowledges for its own channel only. " +
+          "The same over NATS: a request on `tally.<env>.catalog-ack.<channel>` with the same body.",
+        params: { type: "object", required: ["channel"], properties: { channel: { type: "string" } } },
+        body: { $ref: "CatalogAckRequest#" },
+        response: { 200: { $ref: "CatalogAck#" }, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (req) => {
+      const channel = ctx.channelFor(req, req.params.channel);
+      try {
+        return await recordCatalogAck(ctx.sql, { channel, version: req.body.version, by: `http:${req.principal?.id ?? "anonymous"}` });
+      } catch (error) {
+        if (error instanceof InvalidCatalogAck) throw invalidField(`body.${error.field}`, error.detail);
+        throw error;
+      }
+    },
+  );
+
+  app.get(
+    "/v1/catalog/versions",
+    {
+      config,
+      schema: {
+        operationId: "getCatalogVersions",
+        tags: ["catalog"],
+        summary: "The current catalog version and, per channel, the version it runs and how far behind it is",
+        description:
+          "A channel is behind while a catalog version that changed its catalog lies above the version it acknowledged; `lagSeconds` " +
+          "counts from when the oldest such version was recorded. A channel token sees its own channel only.",
+        response: { 200: { $ref: "CatalogVersions#" }, ...errors(401, 403) },
+      },
+    },
+    async (req) => {
+      const tolerances = Object.fromEntries(Object.entries(ctx.config.channels).map(([name, c]) => [name, c.catalogLagToleranceSeconds]));
+      const all = await catalogVersions(ctx.sql, tolerances);
+      const own = req.principal?.channel;
+      return own ? { ...all, channels: all.channels.filter((c) => c.channel === own) } : all;
+    },
+  );
+}
+
+const HEARTBEAT_MS = 15_000;
+
+/** GET /v1/catalog/stream. */
+function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
+  app.get<{ Querystring: { channel?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>(
+    "/v1/catalog/stream",
+    {
+      config,
+      schema: {
+        operationId: "streamCatalog",
+        tags: ["catalog"],
+        summary: "Server-sent events of a channel's catalog changes, resumable with Last-Event-ID",
+        description:
+          "Each event is `event: catalog`, `id: <catalog stream sequence>`, `data: <CatalogItem JSON>` (with its `catalogVersion`; " +
+          "`removed: true` when the item left the catalog), in version order. A separate stream from the availability one: its ids " +
+          "are the catalog stream's. Reconnect with Last-Event-ID (or ?lastEventId=) to resume; without it the stream starts with " +
+          "changes from now on (read GET /v1/catalog first). `event: reset` means the history needed to resume has expired: " +
+          "re-read the delta feed.",
+        querystring: {
+          type: "object",
+          properties: {
+            channel: { type: "string", description: "default: the token's channel" },
+            lastEventId: {
+              type: "integer",
+              minimum: 0,
+              maximum: 999_999_999_999_999,
+              description: "as Last-Event-ID (which wins when both are sent)",
+            },
+          },
+        },
+        headers: { type: "object", properties: { "last-event-id": { type: "string", pattern: "^[0-9]{1,15}$" } } },
+        response: {
+          200: { description: "server-sent events", content: { "text/event-stream": { schema: { type: "string" } } } },
+          ...errors(400, 401, 403, 404),
+        },
+      },
+    },
+    async (req, reply) => streamCatalog(ctx, req, reply),
+  );
+}
+
+async function streamCatalog(
+  ctx: ApiContext,
+  req: FastifyRequest<{ Querystring: { channel?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>,
+  reply: FastifyReply,
+): Promise<void> {
+  const channel = ctx.channelFor(req, req.query.channel);
+  const header = req.headers["last-event-id"];
+  const after = header !== undefined ? Number(header) : req.query.lastEventId;
+  const { jsm, js } = ctx.nats;
+  const stream = ctx.topology.catalogStream;
+  await ensureCatalogStream(jsm, ctx.topology);
+  const info = await jsm.streams.info(stream);
+  const expired = after !== undefined && after + 1 < info.state.first_seq;
+  const start: Partial<ConsumerConfig> =
+    after === undefined
+      ? { deliver_policy: DeliverPolicy.New }
+      : expired
+        ? { deliver_policy: DeliverPolicy.All }
+        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 };
+  const ci = await jsm.consumers.add(stream, {
+    filter_subject: ctx.topology.catalogSubjects(channel),
+    ack_policy: AckPolicy.None,
+    inactive_threshold: 60_000_000_000,
+    ...start,
+  });
+  const consumer = await js.consumers.get(stream, ci.name);
+  const res = openEventStream(reply);
+  if (expired) res.write(`event: reset\ndata: ${JSON.stringify({ reason: "history_expired", firstSeq: info.state.first_seq })}\n\n`);
+  const messages = await consumer.consume({ max_messages: 256 });
+  const heartbeat = setInterval(() => res.write(": keepalive\n\n"), HEARTBEAT_MS);
+  let closed = false;
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    clearInterval(heartbeat);
+    messages.stop();
+    void jsm.consumers.delete(stream, ci.name).catch(() => {}); // best effort: the ephemeral consumer expires by itself
+    if (!res.writableEnded) res.end();
+    ctx.streams.delete(close);
+  };
+  ctx.streams.add(close);
+  req.raw.on("close", close);
+  res.on("error", close);
+  void (async () => {
+    try {
+      const order = new DeliveryOrder();
+      for await (const m of messages) {
+        if (closed) break;
+        const gap = order.next(m);
+        if (gap) {
+          // Deliveries lost in transit: end the stream; the client resumes with Last-Event-ID.
+          req.log.warn({ err: gap }, "catalog stream skipped deliveries; closing it so the client resumes");
+          break;
+        }
+        const ok = res.write(`id: ${m.seq}\nevent: catalog\ndata: ${new TextDecoder().decode(m.data)}\n\n`);
+        if (!ok) await new Promise<void>((r) => res.once("drain", r));
+      }
+    } catch (err) {
+      req.log.warn({ err }, "catalog stream ended");
+    } finally {
+      close();
+    }
+  })();
 }
