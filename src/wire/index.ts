@@ -1,5 +1,15 @@
 /** The public surface of src/wire/: other folders import only from here. */
-export { connectNats, ensureBucket, ensureStream, ensureTopology, isClustered, isNotFound, loadLayout, ReplicasError, topologyOptions } from "./nats.ts";
+export {
+  connectNats,
+  ensureBucket,
+  ensureStream,
+  ensureTopology,
+  isClustered,
+  isNotFound,
+  loadLayout,
+  ReplicasError,
+  topologyOptions,
+} from "./nats.ts";
 export type { ReplicaCheck, UnderReplicated } from "./nats.ts";
 export type { NatsHandles } from "./nats.ts";
 export { RELAY_LEASE_KEY, availabilityKey, outcomesSubject, relaySubject, topology } from "./topology.ts";

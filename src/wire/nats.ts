@@ -191,7 +191,11 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
   const limits = streamLimits(opts);
   // A resized layout (`tally partitions resize`) lives in the commands stream's subjects: kept as they are.
   const layout = await loadLayout(jsm, t);
-  await ensureStream(jsm, { ...stream(t.commandsStream, t.commandSubjects, 0, limits.commands), subjects: t.commandStreamSubjects(layout ?? t.layout) }, check);
+  await ensureStream(
+    jsm,
+    { ...stream(t.commandsStream, t.commandSubjects, 0, limits.commands), subjects: t.commandStreamSubjects(layout ?? t.layout) },
+    check,
+  );
   await ensureStream(jsm, stream(t.dlqStream, t.dlqSubjects, 0, limits.dlq), check);
   await ensureStream(jsm, stream(t.eventsStream, t.eventSubjects, 0, limits.events), check);
   await ensureStream(jsm, stream(t.availabilityStream, t.availabilitySubjects(), 0, limits.availability), check);
