@@ -126,7 +126,13 @@ describe("stopping the write-back", () => {
     let sends = 0;
     const counted = () => {
       const real = openSink(source, log);
-      return { send: (batch: Parameters<typeof real.send>[0]) => (sends++, real.send(batch)), close: () => real.close() };
+      return {
+        send: (batch: Parameters<typeof real.send>[0]) => {
+          sends++;
+          return real.send(batch);
+        },
+        close: () => real.close(),
+      };
     };
     const writer = new WriteBack({
       source,
