@@ -321,8 +321,9 @@ export class WriteBack extends LongRunningService {
     const w = source.writeBack!;
     for (let attempt = 1; ; attempt++) {
       try {
-        // Abandoned when stopped (the session's `finally` closes the sink, ending the send): the batch stays unsent, for the next writer.
-        await untilAborted(this.#sink!.send(batch), signal);
+        // A batch in flight when stopped may finish (its position is then recorded: nothing is sent twice);
+        // one the ERP does not answer within the grace is abandoned (the session's `finally` closes the sink, ending it).
+        await withGrace(this.#sink!.send(batch), signal, STOP_GRACE_MS);
         return true;
       } catch (error) {
         const message = (error as Error).message;
@@ -372,6 +373,23 @@ export class WriteBack extends LongRunningService {
 }
 
 const UNLOCK_TIMEOUT_MS = 5000;
+/** How long a batch in flight when the writer is stopped may still take. */
+const STOP_GRACE_MS = 5000;
+
+/** `work`, given up `graceMs` after `signal` aborts (rejecting with its reason). */
+async function withGrace<T>(work: Promise<T>, signal: AbortSignal, graceMs: number): Promise<T> {
+  const late = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => (timer = setTimeout(() => late.abort(signal.reason), graceMs));
+  signal.addEventListener("abort", arm, { once: true });
+  if (signal.aborted) arm();
+  try {
+    return await untilAborted(work, late.signal);
+  } finally {
+    signal.removeEventListener("abort", arm);
+    clearTimeout(timer);
+  }
+}
 
 async function unlock(lock: ReservedSql, source: string): Promise<void> {
   try {
