@@ -91,9 +91,9 @@ export interface ReconcileOutcome {
   readonly after: ReconcileReport | null;
 }
 
-async function measure(opts: ReconcileRunOptions) {
+async function measure(opts: ReconcileRunOptions, inFlight: InFlight | undefined) {
   const { ledger, source, crosswalk, timeoutMs } = opts;
-  const read = await readSourceOnHand(opts.sourceSql, source, crosswalk, hooks(opts).inFlight);
+  const read = await readSourceOnHand(opts.sourceSql, source, crosswalk, inFlight);
   if (read.unmapped.length > 0) opts.onUnmapped?.(read.unmapped.length, read.unmapped[0]!.error);
   await waitForLedger({
     ledger,
@@ -132,13 +132,14 @@ async function awaitOutcomes(sql: Sql, ids: ReadonlyArray<string>, timeoutMs: nu
 /** Reads, compares, and with `apply` acts on the drift that a second consistent read confirms, pair by pair. */
 export async function runReconciliation(opts: ReconcileRunOptions): Promise<ReconcileOutcome> {
   const { source } = opts;
-  const first = await measure(opts);
+  const { inFlight, correctSource } = hooks(opts);
+  const first = await measure(opts, inFlight);
   const none = { applied: [], corrected: [], toWriteBack: [], after: null };
   if (!opts.apply || first.report.drift.length === 0) return { report: first.report, ...none };
   // A source transaction that commits while the read takes its snapshot, before its WAL position is read, is applied
   // to the ledger but missing from the read: for a moment it looks like drift. Only drift that a second consistent
   // read finds unchanged is acted on, so apply never undoes a movement that was merely in flight.
-  const second = await measure(opts);
+  const second = await measure(opts, inFlight);
   const confirmed = second.report.drift.filter((d) => first.report.drift.some((f) => sameDrift(d, f)));
   const erpWins = confirmed.filter((d) => ownerAt(source.systemOfRecord, d.location) === "erp");
   const tallyWins = confirmed.filter((d) => ownerAt(source.systemOfRecord, d.location) === "tally");
@@ -154,7 +155,7 @@ export async function runReconciliation(opts: ReconcileRunOptions): Promise<Reco
   }
   const corrected: Array<Drift> = [];
   // Keyed by the position compared at: a run that finds the same drift there again writes nothing twice.
-  const correct = hooks(opts).correctSource?.(second.read.lsn);
+  const correct = correctSource?.(second.read.lsn);
   if (correct) for (const d of tallyWins) await correct(d.sku, d.location, d.diff).then(() => corrected.push(d));
   const after = await reconcileReport(opts.ledger, second.read, source.name, opts.tolerance);
   return { report: first.report, applied: commands, corrected, toWriteBack: correct ? [] : tallyWins, after };

@@ -102,6 +102,8 @@ export async function createExportedSlot(
   opts: { temporary?: boolean } = {},
 ): Promise<{ consistentPoint: string; snapshotName: string; close: () => Promise<void> }> {
   const repl = new pg.Client({ connectionString: url, replication: "database" } as pg.ClientConfig);
+  // A server that goes away while the slot is held must not crash the process: what uses the snapshot fails instead.
+  repl.on("error", () => {});
   await repl.connect();
   try {
     const created = await repl.query(
@@ -142,6 +144,8 @@ const quoteTable = (t: string) => t.split(".").map(quoteIdent).join(".");
 export async function runSnapshot(opts: SnapshotOptions): Promise<SnapshotResult> {
   const { source, ledger, log } = opts;
   const repl = new pg.Client({ connectionString: source.url, replication: "database" } as pg.ClientConfig);
+  // A server that goes away mid-snapshot must not crash the process (an unhandled 'error'): the snapshot's queries fail instead.
+  repl.on("error", (err: Error) => log.warn({ err }, "snapshot: the replication connection failed"));
   await repl.connect();
   try {
     const existing = await repl.query(`SELECT active_pid FROM pg_replication_slots WHERE slot_name = '${source.slot}'`);

@@ -13,7 +13,7 @@ import type { Consumer, JetStreamClient, JetStreamManager, JsMsg } from "@nats-i
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import type { ReservedSql } from "postgres";
-import { LongRunningService, backoffDelay, retry, sleep, type Sql } from "../src/platform/index.ts";
+import { LongRunningService, backoffDelay, retry, sleep, untilAborted, type Sql } from "../src/platform/index.ts";
 import { deadLetter, publishDeadLetter, type Topology } from "../src/wire/index.ts";
 import type { ResolvedSource } from "./sources.ts";
 import { requisitionConsumer, requisitionRows } from "./writeBackRequisitions.ts";
@@ -107,12 +107,19 @@ export class WriteBack extends LongRunningService {
       });
   }
 
-  /** Holds the source's write-back lock and sends until stopped. */
+  /**
+   * Holds the source's write-back lock and sends until stopped. Every wait on something outside this
+   * process that may never answer (the ERP, the lock's connection, NATS) ends when the signal aborts;
+   * the `finally` then closes what the abandoned wait used.
+   */
   async #session(signal: AbortSignal): Promise<void> {
     const { sql, source } = this.opts;
-    const lock = await sql.reserve();
+    const lock = await untilAborted(sql.reserve(), signal);
     try {
-      const [{ got }] = await lock<[{ got: boolean }]>`select pg_try_advisory_lock(hashtext('tally_writeback'), hashtext(${source.name})) as got`;
+      const [{ got }] = await untilAborted(
+        lock<[{ got: boolean }]>`select pg_try_advisory_lock(hashtext('tally_writeback'), hashtext(${source.name})) as got`,
+        signal,
+      );
       if (!got) {
         await sleep(source.writeBack!.intervalMs * 5, signal); // another process writes this source back
         return;
@@ -122,7 +129,7 @@ export class WriteBack extends LongRunningService {
       const requests = await this.#requisitionConsumer();
       while (!signal.aborted) {
         // The lock lives as long as its connection: a lost connection ends the session (and the lock is taken again).
-        await lock`select 1`;
+        await untilAborted(lock`select 1`, signal);
         await this.#refreshLag();
         const moved = await this.#movements(signal);
         const posted = source.writeBack!.journal !== undefined || source.writeBack!.http !== undefined ? await this.#journal(signal) : false;
@@ -133,7 +140,10 @@ export class WriteBack extends LongRunningService {
     } finally {
       await this.#sink?.close().catch((err: unknown) => this.opts.log.debug({ err }, "write-back: sink did not close cleanly"));
       this.#sink = null;
-      await unlock(lock, source.name).catch((err: unknown) => this.opts.log.debug({ err }, "write-back: unlock failed (the session ends anyway)"));
+      // Bounded: a query on a connection whose server went away is never answered (the lock then ends with the connection).
+      await untilAborted(unlock(lock, source.name), AbortSignal.timeout(UNLOCK_TIMEOUT_MS)).catch((err: unknown) =>
+        this.opts.log.debug({ err }, "write-back: unlock failed (the session ends anyway)"),
+      );
     }
   }
 
@@ -282,11 +292,18 @@ export class WriteBack extends LongRunningService {
   async #requisitions(consumer: Consumer, signal: AbortSignal): Promise<boolean> {
     const { sql, source } = this.opts;
     const msgs: Array<JsMsg> = [];
-    for await (const m of await consumer.fetch({
-      max_messages: source.writeBack!.batchSize,
-      expires: Math.max(source.writeBack!.intervalMs, 1000),
-    }))
-      msgs.push(m);
+    const fetched = await untilAborted(
+      consumer.fetch({ max_messages: source.writeBack!.batchSize, expires: Math.max(source.writeBack!.intervalMs, 1000) }),
+      signal,
+    );
+    const stopFetch = () => fetched.stop();
+    signal.addEventListener("abort", stopFetch, { once: true });
+    try {
+      for await (const m of fetched) msgs.push(m);
+    } finally {
+      signal.removeEventListener("abort", stopFetch);
+    }
+    if (signal.aborted) return false; // not acknowledged: redelivered to the next writer
     if (msgs.length === 0) return false;
     const { rows, dead } = await requisitionRows(sql, source, msgs);
     if (rows.length > 0 && (await this.#deliver({ kind: "requisitions", rows }, signal))) this.metrics.requisitions += rows.length;
@@ -304,7 +321,9 @@ export class WriteBack extends LongRunningService {
     const w = source.writeBack!;
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.#sink!.send(batch);
+        // A batch in flight when stopped may finish (its position is then recorded: nothing is sent twice);
+        // one the ERP does not answer within the grace is abandoned (the session's `finally` closes the sink, ending it).
+        await withGrace(this.#sink!.send(batch), signal, STOP_GRACE_MS);
         return true;
       } catch (error) {
         const message = (error as Error).message;
@@ -350,6 +369,25 @@ export class WriteBack extends LongRunningService {
          and (${p.horizon}::xid8 is null or txid >= ${p.horizon}::xid8)
          and not (${p.upper}::xid8 is not null and txid < ${p.upper}::xid8 and entry_id <= ${p.after_entry}::bigint)`;
     this.metrics.lagSeconds = Math.max(0, lag ?? 0);
+  }
+}
+
+const UNLOCK_TIMEOUT_MS = 5000;
+/** How long a batch in flight when the writer is stopped may still take. */
+const STOP_GRACE_MS = 5000;
+
+/** `work`, given up `graceMs` after `signal` aborts (rejecting with its reason). */
+async function withGrace<T>(work: Promise<T>, signal: AbortSignal, graceMs: number): Promise<T> {
+  const late = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => (timer = setTimeout(() => late.abort(signal.reason), graceMs));
+  signal.addEventListener("abort", arm, { once: true });
+  if (signal.aborted) arm();
+  try {
+    return await untilAborted(work, late.signal);
+  } finally {
+    signal.removeEventListener("abort", arm);
+    clearTimeout(timer);
   }
 }
 

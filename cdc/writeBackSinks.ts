@@ -112,10 +112,14 @@ export function writeBackSecret(source: ResolvedSource, env: Readonly<Record<str
   return secret;
 }
 
-/** Inbound tables in the source database, written on one session tagged with the write-back's replication origin. */
+/**
+ * Inbound tables in the source database, written on a session tagged with the write-back's replication
+ * origin. Each batch reserves the pool's one connection and releases it; after any failure the pool is
+ * thrown away (its sockets destroyed) and the next batch connects afresh. A reserved connection whose
+ * server went away must never be used again: postgres.js leaves a query on it unanswered for ever.
+ */
 export class PostgresSink implements Sink {
-  readonly #pool: Sql;
-  #conn: ReservedSql | null = null;
+  #pool: Sql | null = null;
   #warned = false;
 
   constructor(
@@ -123,24 +127,18 @@ export class PostgresSink implements Sink {
     readonly config: WriteBackConfig,
     readonly log: Logger,
     readonly origin: string,
-  ) {
-    this.#pool = connectPostgres(source.url, { max: 1, application: `tally-writeback-${source.name}` });
-  }
+  ) {}
 
-  /** The tagged session (set up again after a connection was lost). */
-  async #session(): Promise<ReservedSql> {
-    if (this.#conn) return this.#conn;
-    const conn = await this.#pool.reserve();
+  /** Tags the session with the origin, unless it already is (or the privilege is missing: logged once). */
+  async #tag(conn: ReservedSql): Promise<void> {
     const origin = this.origin;
     try {
-      await conn`select pg_replication_origin_create(${origin}) where not exists (select 1 from pg_replication_origin where roname = ${origin})`;
       const [{ on }] = await conn<[{ on: boolean }]>`select pg_replication_origin_session_is_setup() as on`;
-      if (!on) await conn`select pg_replication_origin_session_setup(${origin})`;
+      if (on) return;
+      await conn`select pg_replication_origin_create(${origin}) where not exists (select 1 from pg_replication_origin where roname = ${origin})`;
+      await conn`select pg_replication_origin_session_setup(${origin})`;
     } catch (error) {
-      if ((error as { code?: string }).code !== "42501") {
-        conn.release();
-        throw error;
-      }
+      if ((error as { code?: string }).code !== "42501") throw error;
       // Without the privilege the session stays untagged: the inbound tables' import must mark what it books (the demo ERP's `origin` column).
       if (!this.#warned)
         this.log.warn(
@@ -149,32 +147,39 @@ export class PostgresSink implements Sink {
         );
       this.#warned = true;
     }
-    this.#conn = conn;
-    return conn;
   }
 
   async send(batch: Batch): Promise<void> {
     const table = this.config[batch.kind];
     if (!table || batch.rows.length === 0) return;
-    const conn = await this.#session();
+    const pool = (this.#pool ??= connectPostgres(this.source.url, { max: 1, application: `tally-writeback-${this.source.name}` }));
     const rows = batch.rows.map((r, ord) => ({ ...r, ord }));
     try {
+      const conn = await pool.reserve();
+      await this.#tag(conn);
       await conn`begin`;
       await conn.unsafe(INSERTS[batch.kind](table), [JSON.stringify(rows)]);
       await conn`commit`;
-    } catch (error) {
-      // The session may be gone: take a new one next time (a rollback on a broken connection is pointless).
-      this.#conn = null;
-      await conn`rollback`.catch((err: unknown) => this.log.debug({ err }, "write-back: rollback failed"));
       conn.release();
+    } catch (error) {
+      // The connection may be gone (a rollback on it could wait for ever): the server rolls back what the dropped session began.
+      this.#discard();
       throw error;
     }
   }
 
+  /** Destroys the pool's connections (ending whatever waits on them) without waiting. */
+  #discard(): void {
+    const pool = this.#pool;
+    this.#pool = null;
+    pool?.end({ timeout: 0 }).catch((err: unknown) => this.log.debug({ err }, "write-back: closing the ERP connection failed"));
+  }
+
+  /** Ends the connection at once: a batch still in flight (the writer was stopped) is rolled back by the server and sent again by the next writer. */
   async close(): Promise<void> {
-    this.#conn?.release();
-    this.#conn = null;
-    await this.#pool.end({ timeout: 5 });
+    const pool = this.#pool;
+    this.#pool = null;
+    await pool?.end({ timeout: 0 });
   }
 }
 

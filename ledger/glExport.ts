@@ -85,11 +85,6 @@ export function glDate(text: string): string | null {
   return text;
 }
 
-/** Today's date in `timeZone` (the finance time zone), YYYY-MM-DD. */
-export function todayIn(timeZone: string, now = new Date()): string {
-  return new Intl.DateTimeFormat("en-CA", { timeZone, year: "numeric", month: "2-digit", day: "2-digit" }).format(now);
-}
-
 /** Journal lines posted between two dates, both inclusive (absent: unbounded). */
 export interface GlRange {
   readonly from?: string | undefined;

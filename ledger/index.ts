@@ -62,6 +62,8 @@ export {
 export { ValuationMethodMismatch, recordValuationMethod } from "./valuationMethod.ts";
 export { businessDate, costCenterOf, journalOf, journalsOf } from "./journal.ts";
 export type { Journal, JournalLeg, JournalLine } from "./journal.ts";
+export { insertJournals } from "./journalInsert.ts";
+export type { JournalInsert, JournalInsertLine } from "./journalInsert.ts";
 export { JournalPoster, oldestUnposted, postRound } from "./journalPoster.ts";
 export type { PostRound } from "./journalPoster.ts";
 export { PERIOD_PATTERN, closePeriod, closedPeriods } from "./journalPeriods.ts";
@@ -75,7 +77,6 @@ export {
   glLineJson,
   openGlExport,
   readJournalPage,
-  todayIn,
 } from "./glExport.ts";
 export type { GlExportSummary, GlLineRow, JournalCursor, JournalPage } from "./glExport.ts";
 export { stockValueByLocation, trialBalance } from "./financeReports.ts";

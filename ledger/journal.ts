@@ -102,7 +102,11 @@ export const INTERNAL_MOVEMENTS: ReadonlySet<string> = new Set(["transfer_out", 
 /** The cost center of a location: the configured one, else the location id. */
 export const costCenterOf = (finance: Pick<FinanceConfig, "costCenters">, location: string): string => finance.costCenters[location] ?? location;
 
-/** The calendar date (YYYY-MM-DD) of `at` in `timeZone` (IANA). */
+/**
+ * The calendar date (YYYY-MM-DD) of `at` in `timeZone` (IANA): the one business-date function (journals,
+ * POS money journals, "today" of the GL export). It must agree with Postgres' `(at at time zone tz)::date`,
+ * which SQL over the journals may use; test/glJournal.test.ts compares the two around midnight and DST changes.
+ */
 export function businessDate(at: Date, timeZone: string): string {
   const parts = new Intl.DateTimeFormat("en-US", { timeZone, year: "numeric", month: "2-digit", day: "2-digit" }).formatToParts(at);
   const part = (type: string) => parts.find((p) => p.type === type)!.value;

@@ -6,12 +6,12 @@
  * tried: while another poster is mid-round this one skips the round, so one posts at a time across
  * processes), read the cursor and the horizon (xmin of the current snapshot: every transaction below
  * it has ended, so every entry with a txid below it is visible and no more can appear), read the
- * entries between them, and insert their journals and lines and move the cursor in one statement. A
+ * entries between them, insert their journals and lines (journalInsert.ts) and move the cursor. A
  * crash anywhere rolls the whole round back; `journal_id = command_id` with `on conflict do nothing`
  * makes a journal written twice impossible even so. READ COMMITTED, not REPEATABLE READ: the posting
  * date function (tally_gl_posting_date) takes the periods lock and must then see a period closed
  * just before, which a snapshot taken at the start of the round would not. The round writes only in
- * its last statement (an advisory lock, unlike `select … for update`, takes no transaction id), so
+ * its last two statements (an advisory lock, unlike `select … for update`, takes no transaction id), so
  * it holds back the horizon of other followers (the GL export) no longer than a worker's batch does.
  *
  * A worker's batch is one transaction, so all the legs of a command arrive in the same round.
@@ -19,6 +19,7 @@
 import type { Sql, TransactionSql } from "postgres";
 import { LongRunningService, backoffDelay, retry, sleep, type FinanceConfig, type Logger } from "../src/platform/index.ts";
 import { journalsOf, type Journal, type JournalLeg } from "./journal.ts";
+import { insertJournals } from "./journalInsert.ts";
 
 /** The advisory lock a poster holds for the span of a round (one poster at a time). */
 const POSTER_LOCK = 7_402_117_073;
@@ -85,52 +86,11 @@ async function roundEnd(tx: TransactionSql, from: string | null, horizon: string
   return { upTo: cap.txid === cap.first ? String(BigInt(cap.txid) + 1n) : cap.txid, full: true };
 }
 
-/** Inserts the journals, their lines and the new cursor in one statement (the balance trigger checks each journal once). */
+/** Inserts the journals and their lines, then moves the cursor: the round's last two statements. */
 async function writeJournals(tx: TransactionSql, journals: ReadonlyArray<Journal>, horizon: string): Promise<number> {
-  const col = <T, V>(rows: ReadonlyArray<T>, f: (r: T) => V) => tx.array(rows.map(f) as never);
-  const j = journals;
-  const lines = journals.flatMap((journal) => journal.lines.map((line) => ({ id: journal.journalId, ...line })));
-  const [{ written }] = await tx<[{ written: number }]>`
-    with j as (
-      select * from unnest(
-        ${col(j, (r) => r.journalId)}::text[],
-        ${col(j, (r) => r.kind)}::text[],
-        ${col(j, (r) => r.businessDate)}::date[],
-        ${col(j, (r) => r.currency)}::text[],
-        ${col(j, (r) => r.commandId)}::text[],
-        ${col(j, (r) => r.movement)}::text[],
-        ${col(j, (r) => r.sourceSystem)}::text[],
-        ${col(j, (r) => r.sourceRef)}::text[]
-      ) as t(journal_id, kind, business_date, currency, command_id, movement, source_system, source_ref)
-    ), dated as materialized (
-      select j.*, tally_gl_posting_date(j.business_date) as posted_on from j
-    ), journals as (
-      insert into gl_journals (journal_id, kind, business_date, posted_on, period, currency, command_id, movement, source_system, source_ref)
-      select journal_id, kind, business_date, posted_on, to_char(posted_on, 'YYYY-MM'), currency, command_id, movement, source_system, source_ref
-        from dated
-      on conflict (journal_id) do nothing
-      returning journal_id
-    ), lines as (
-      insert into gl_lines (journal_id, line, account, cost_center, debit, credit, sku, qty, unit, leg, memo)
-      select l.* from unnest(
-        ${col(lines, (r) => r.id)}::text[],
-        ${col(lines, (r) => r.line)}::smallint[],
-        ${col(lines, (r) => r.account)}::text[],
-        ${col(lines, (r) => r.costCenter)}::text[],
-        ${col(lines, (r) => String(r.debit))}::numeric[],
-        ${col(lines, (r) => String(r.credit))}::numeric[],
-        ${col(lines, (r) => r.sku)}::text[],
-        ${col(lines, (r) => String(r.qty))}::bigint[],
-        ${col(lines, (r) => r.unit)}::text[],
-        ${col(lines, (r) => r.leg)}::smallint[],
-        ${col(lines, (r) => r.memo)}::text[]
-      ) as l(journal_id, line, account, cost_center, debit, credit, sku, qty, unit, leg, memo)
-       where l.journal_id in (select journal_id from journals)
-    ), cursor_ as (
-      update gl_cursor set horizon = ${horizon}::xid8, updated_at = now() where id = 1
-    )
-    select count(*)::int as written from journals`;
-  return written;
+  const written = await insertJournals(tx, journals);
+  await tx`update gl_cursor set horizon = ${horizon}::xid8, updated_at = now() where id = 1`;
+  return written.length;
 }
 
 /**

@@ -5,6 +5,7 @@ import { Crosswalk } from "../cdc/index.ts";
 import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { buildApp, type ApiOptions } from "../src/http/server.ts";
 import { sha256Hex, type ApiToken, type Scope } from "../src/http/auth.ts";
+import type { TallyConfig } from "../src/platform/configFile.ts";
 import { createLogger } from "../src/platform/log.ts";
 import type { TestContext } from "./support/context.ts";
 import { TEST_CHANNELS, harness, startInProcess, type Harness, type TestEnvOptions } from "./support/tally.ts";
@@ -51,15 +52,16 @@ export async function startApi(
   options: ApiOptions = {},
   roles: ReadonlyArray<"worker" | "relay"> = ["worker", "relay"],
   env: TestEnvOptions = {},
+  config: TallyConfig = TEST_CHANNELS,
 ): Promise<ApiFixture> {
   const h = await harness(ctx, env);
-  const tally = roles.length > 0 ? await startInProcess(ctx, roles, env) : null;
+  const tally = roles.length > 0 ? await startInProcess(ctx, roles, env, config) : null;
   const sql = connectPostgres(ctx.databaseUrl, { max: 10, application: "test-api" });
   const log = createLogger("test-api", process.env.TALLY_LOG_LEVEL ?? "warn");
   const make = (o: ApiOptions) =>
     buildApp({
       settings: h.settings,
-      config: TEST_CHANNELS,
+      config,
       topology: h.topology,
       sql,
       nats: h.nats,

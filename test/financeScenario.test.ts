@@ -8,17 +8,15 @@
  */
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildApp } from "../src/http/server.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";
-import { createLogger } from "../src/platform/log.ts";
-import { TOKENS, auth, defineItems } from "./apiSupport.ts";
+import { auth, defineItems, startApi, type ApiFixture } from "./apiSupport.ts";
 import { dropTestDatabase, testContext, type TestContext } from "./support/context.ts";
-import { commandMaker, eventually, harness, publishAndSettle, runTally, startInProcess, tallyEnv, type Harness } from "./support/tally.ts";
+import { commandMaker, eventually, publishAndSettle, runTally, tallyEnv, type Harness } from "./support/tally.ts";
 
 let ctx: TestContext;
 let h: Harness;
 let app: FastifyInstance;
-let tally: Awaited<ReturnType<typeof startInProcess>>;
+let api: ApiFixture;
 
 const CONFIG = decodeTallyConfig({
   channels: { web: { locations: ["DC1", "S01"], buffer: 0 }, store_s01: { locations: ["S01"], buffer: 0 } },
@@ -27,25 +25,13 @@ const CONFIG = decodeTallyConfig({
 
 beforeAll(async () => {
   ctx = await testContext();
-  h = await harness(ctx);
+  api = await startApi(ctx, {}, ["worker", "relay"], {}, CONFIG);
+  ({ h, app } = api);
   await defineItems(h.sql, [{ sku: "F-A", kind: "stock", baseUnit: "EA", identifiers: [{ system: "barcode", id: "4100000000998" }] }]);
-  tally = await startInProcess(ctx, ["worker", "relay"], {}, CONFIG);
-  app = await buildApp({
-    settings: h.settings,
-    config: CONFIG,
-    topology: h.topology,
-    sql: h.sql,
-    nats: h.nats,
-    log: createLogger("test-finance", process.env.TALLY_LOG_LEVEL ?? "warn"),
-    tokens: TOKENS,
-    worker: null,
-  });
 }, 60_000);
 
 afterAll(async () => {
-  await app?.close();
-  await tally?.close();
-  await h?.close();
+  await api?.close();
   if (ctx) await dropTestDatabase(ctx);
 });
 

@@ -8,7 +8,7 @@
  * side, and a worker process killed with SIGKILL while posting — every journal exactly once.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { JournalPoster, oldestUnposted, postRound } from "../ledger/index.ts";
+import { JournalPoster, businessDate, oldestUnposted, postRound } from "../ledger/index.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";
 import { createLogger } from "../src/platform/log.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
@@ -361,5 +361,37 @@ describe("GL poster: exactly once", () => {
       }
       await relay.close();
     }
+  });
+});
+
+describe("the business date", () => {
+  it("agrees with Postgres' `at time zone` around midnight and the DST changes (Europe/Berlin, America/New_York, Pacific/Auckland)", async () => {
+    // 2026: Berlin leaves DST on 25 Oct 01:00 UTC and enters it on 29 Mar 01:00 UTC; New York on 1 Nov and 8 Mar.
+    const instants = [
+      "2026-03-28T22:59:59Z",
+      "2026-03-28T23:00:00Z",
+      "2026-03-29T00:59:59Z",
+      "2026-03-29T01:00:00Z",
+      "2026-03-29T21:59:59Z",
+      "2026-03-29T22:00:00Z",
+      "2026-10-24T21:59:59Z",
+      "2026-10-24T22:00:00Z",
+      "2026-10-25T00:30:00Z",
+      "2026-10-25T01:30:00Z",
+      "2026-10-25T22:59:59Z",
+      "2026-10-25T23:00:00Z",
+      "2026-11-01T03:59:59Z",
+      "2026-11-01T04:00:00Z",
+      "2026-11-01T05:30:00Z",
+      "2026-03-08T04:59:59Z",
+      "2026-03-08T05:00:00Z",
+      "2026-12-31T23:00:00Z",
+    ];
+    const zones = ["Europe/Berlin", "America/New_York", "Pacific/Auckland", "UTC"];
+    const rows = await h.sql<Array<{ at: string; tz: string; day: string }>>`
+      select at, tz, to_char((at::timestamptz at time zone tz)::date, 'YYYY-MM-DD') as day
+        from unnest(${h.sql.array(instants)}::text[]) as at, unnest(${h.sql.array(zones)}::text[]) as tz`;
+    expect(rows).toHaveLength(instants.length * zones.length);
+    for (const r of rows) expect(businessDate(new Date(r.at), r.tz), `${r.at} in ${r.tz}`).toBe(r.day);
   });
 });

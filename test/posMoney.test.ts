@@ -10,16 +10,15 @@ import { Ajv } from "ajv";
 import addFormats from "ajv-formats";
 import type { FastifyInstance, LightMyRequestResponse } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildApp } from "../src/http/server.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";
-import { createLogger } from "../src/platform/log.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { ROOT, harness, type Harness } from "./support/tally.ts";
-import { TOKENS, auth, defineItems } from "./apiSupport.ts";
+import { ROOT, type Harness } from "./support/tally.ts";
+import { auth, defineItems, startApi, type ApiFixture } from "./apiSupport.ts";
 
 let ctx: TestContext;
 let h: Harness;
 let app: FastifyInstance;
+let api: ApiFixture;
 
 /** The books of this test: Berlin business dates, store S01 in cost center CC-S01, default accounts. */
 const CONFIG = decodeTallyConfig({
@@ -30,7 +29,8 @@ const CONFIG = decodeTallyConfig({
 
 beforeAll(async () => {
   ctx = await testContext();
-  h = await harness(ctx);
+  api = await startApi(ctx, {}, [], {}, CONFIG);
+  ({ h, app } = api);
   await defineItems(h.sql, [
     { sku: "M-A", kind: "stock", baseUnit: "EA", units: { CASE: 6 }, identifiers: [{ system: "barcode", id: "4100000000011" }] },
     { sku: "M-B", kind: "stock", baseUnit: "EA", identifiers: [{ system: "barcode", id: "4100000000028" }] },
@@ -47,20 +47,9 @@ beforeAll(async () => {
       identifiers: [{ system: "barcode", id: "4100000000042" }],
     },
   ]);
-  app = await buildApp({
-    settings: h.settings,
-    config: CONFIG,
-    topology: h.topology,
-    sql: h.sql,
-    nats: h.nats,
-    log: createLogger("test-pos-money", process.env.TALLY_LOG_LEVEL ?? "warn"),
-    tokens: TOKENS,
-    worker: null,
-  });
 }, 60_000);
 afterAll(async () => {
-  await app?.close();
-  await h?.close();
+  await api?.close();
 });
 
 /** Half an hour before midnight UTC on 30 November: already 1 December in Berlin. */

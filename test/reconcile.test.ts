@@ -5,7 +5,8 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEMO_STOCK } from "../cdc/demo/seed.ts";
 import { compareOnHand, reconciliationCommands } from "../cdc/reconcile.ts";
-import { Crosswalk, findSource, lastRuns, runReconciliation } from "../cdc/index.ts";
+import { Crosswalk, findSource, lastRuns, runReconciliation, type ResolvedSource } from "../cdc/index.ts";
+import type { ReconcileRunOptions } from "../cdc/reconcileRun.ts";
 import { decodeCommand } from "../src/contract/index.ts";
 import { DashboardHub } from "../src/http/dashboard.ts";
 import { decodeTallyConfig } from "../src/platform/configFile.ts";
@@ -64,6 +65,22 @@ afterAll(async () => {
   await demo?.close();
   await h?.close();
 });
+
+/** `runReconciliation` of `source` against the demo ERP with `--apply`, tolerance 0, and the given hooks. */
+const applyReconciliation = async (source: ResolvedSource, hooks: Partial<Pick<ReconcileRunOptions, "inFlight" | "correctSource">>) =>
+  runReconciliation({
+    ledger: h.sql,
+    sourceSql: demo.erp,
+    js: h.nats.js,
+    jsm: h.nats.jsm,
+    topology: h.topology,
+    source,
+    crosswalk: await Crosswalk.load(h.sql),
+    tolerance: 0,
+    timeoutMs: 60_000,
+    apply: true,
+    ...hooks,
+  });
 
 describe("tally reconcile", () => {
   it("finds no drift right after the snapshot (exit 0)", async () => {
@@ -319,17 +336,7 @@ describe("reconciliation in the cdc role, per system of record", () => {
     const source = findSource(config, "erp", ctx.env, { ...process.env, ...demo.env });
     const corrections: Array<[string, string, number]> = [];
     const run = async (correct: boolean) =>
-      runReconciliation({
-        ledger: h.sql,
-        sourceSql: demo.erp,
-        js: h.nats.js,
-        jsm: h.nats.jsm,
-        topology: h.topology,
-        source,
-        crosswalk: await Crosswalk.load(h.sql),
-        tolerance: 0,
-        timeoutMs: 60_000,
-        apply: true,
+      applyReconciliation(source, {
         ...(correct ? { correctSource: async (sku: string, location: string, diff: number) => void corrections.push([sku, location, diff]) } : {}),
       });
     const first = await run(true);
@@ -437,17 +444,7 @@ describe("write-back in flight and the run history", () => {
     const source = findSource(noWriteBack, "erp", ctx.env, { ...process.env, ...demo.env });
     const isolation: Array<string> = [];
     const run = async (withHook: boolean) =>
-      runReconciliation({
-        ledger: h.sql,
-        sourceSql: demo.erp,
-        js: h.nats.js,
-        jsm: h.nats.jsm,
-        topology: h.topology,
-        source,
-        crosswalk: await Crosswalk.load(h.sql),
-        tolerance: 0,
-        timeoutMs: 60_000,
-        apply: true,
+      applyReconciliation(source, {
         ...(withHook
           ? {
               inFlight: async () => async (tx) => {

@@ -13,5 +13,5 @@ export { DriverPatchError, assertDriverPatches } from "./driverPatches.ts";
 export { ConfigFileError, decodeTallyConfig, defineConfig, durationMs, knownStores, loadTallyConfig } from "./configFile.ts";
 export type { ChannelConfig, FinanceAccounts, FinanceConfig, SourceConfig, TableConfig, TallyConfig, TallyConfigInput } from "./configFile.ts";
 export type { WriteBackConfig } from "./configFile.ts";
-export { LongRunningService, Lifetime, Wakeup, retry, sleep } from "./service.ts";
+export { LongRunningService, Lifetime, Wakeup, retry, sleep, untilAborted } from "./service.ts";
 export { signPayload, verifyPayload } from "./signing.ts";

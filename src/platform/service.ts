@@ -24,6 +24,36 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /**
+ * `work`, unless `signal` aborts first: then rejects with the signal's reason at once. For an await on
+ * something the signal cannot reach (a query on a server that stopped answering, a driver's reconnect):
+ * the work itself goes on in the background, so the caller must then release what it uses (close the
+ * pool, stop the iterator) for it to end.
+ */
+export function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    work.catch(() => {}); // settles unobserved: its failure after the abort is of no interest
+    return Promise.reject(signal.reason as Error);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const abort = () => {
+      work.catch(() => {});
+      reject(signal.reason as Error);
+    };
+    signal.addEventListener("abort", abort, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener("abort", abort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener("abort", abort);
+        reject(error as Error);
+      },
+    );
+  });
+}
+
+/**
  * A sleep that something else can cut short (new data arrived, a notification): `wait` resolves on
  * the first of its timeout, `wake()` or the signal aborting. A `wake()` with nobody waiting is lost,
  * as a notification during a round is: the round reads everything anyway.

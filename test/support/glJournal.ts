@@ -1,4 +1,5 @@
-/** A GL journal inserted directly, as a poster would: the journal and all its lines in one statement. */
+/** A GL journal inserted directly, as a poster would (ledger/journalInsert.ts). */
+import { insertJournals } from "../../ledger/index.ts";
 import type { Sql } from "../../src/platform/db.ts";
 import { eventually } from "./tally.ts";
 
@@ -27,40 +28,34 @@ export interface FixtureJournal {
   readonly lines: ReadonlyArray<FixtureLine>;
 }
 
-/** Inserts the journal and its lines (numbered from 1) in one statement; returns the date it posted on. */
+/** Inserts the journal and its lines (numbered from 1) as a poster would; returns the date it posted on. Throws when the id is taken. */
 export async function insertJournal(sql: Sql, j: FixtureJournal): Promise<string> {
-  const lines = JSON.stringify(
-    j.lines.map((l, i) => ({
-      line: i + 1,
-      account: l.account,
-      cost_center: l.costCenter ?? "DC1",
-      debit: String(l.debit ?? 0),
-      credit: String(l.credit ?? 0),
-      sku: l.sku ?? null,
-      qty: l.qty === undefined ? null : String(l.qty),
-      unit: l.unit ?? null,
-      memo: l.memo ?? null,
-    })),
-  );
-  const [{ posted_on }] = await sql<[{ posted_on: string }]>`
-    with d as (
-      select ${j.businessDate}::text::date as business_date, tally_gl_posting_date(${j.businessDate}::text::date) as posted_on
-    ), journal as (
-      insert into gl_journals (journal_id, kind, business_date, posted_on, period, currency, command_id, movement, source_system, source_ref)
-      select ${j.journalId}, ${j.kind ?? "inventory"}, d.business_date, d.posted_on, to_char(d.posted_on, 'YYYY-MM'), ${j.currency ?? "EUR"},
-             ${j.commandId === undefined ? j.journalId : j.commandId}, ${j.movement ?? "receive"}, ${j.sourceSystem ?? "test"},
-             ${j.sourceRef ?? j.journalId}
-        from d
-      returning journal_id, posted_on
-    ), lines as (
-      insert into gl_lines (journal_id, line, account, cost_center, debit, credit, sku, qty, unit, memo)
-      select journal.journal_id, t.line, t.account, t.cost_center, t.debit, t.credit, t.sku, t.qty, t.unit, t.memo
-        from journal,
-             jsonb_to_recordset(${lines}::text::jsonb) as t(line smallint, account text, cost_center text, debit numeric, credit numeric,
-                                                       sku text, qty bigint, unit text, memo text)
-    )
-    select to_char(posted_on, 'YYYY-MM-DD') as posted_on from journal`;
-  return posted_on;
+  const [posted] = await insertJournals(sql, [
+    {
+      journalId: j.journalId,
+      kind: j.kind ?? "inventory",
+      businessDate: j.businessDate,
+      currency: j.currency ?? "EUR",
+      commandId: j.commandId === undefined ? j.journalId : j.commandId,
+      movement: j.movement ?? "receive",
+      sourceSystem: j.sourceSystem ?? "test",
+      sourceRef: j.sourceRef ?? j.journalId,
+      lines: j.lines.map((l, i) => ({
+        line: i + 1,
+        account: l.account,
+        costCenter: l.costCenter ?? "DC1",
+        debit: l.debit ?? 0,
+        credit: l.credit ?? 0,
+        sku: l.sku ?? null,
+        qty: l.qty ?? null,
+        unit: l.unit ?? null,
+        leg: null,
+        memo: l.memo ?? null,
+      })),
+    },
+  ]);
+  if (!posted) throw new Error(`journal ${j.journalId} is already there`);
+  return posted.postedOn;
 }
 
 /**

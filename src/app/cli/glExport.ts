@@ -6,7 +6,7 @@ import {
   assertEnvironment,
   glDate,
   openGlExport,
-  todayIn,
+  businessDate,
   trialBalance,
   type GlExportSummary,
   type TrialBalance,
@@ -73,7 +73,7 @@ export async function printTrialBalance(opts: TrialBalanceOptions): Promise<numb
   const { finance } = await loadTallyConfig(settings.configFile);
   return withPostgres(requireDatabaseUrl(settings), "tally-gl-trial-balance", 1, async (sql) => {
     await assertEnvironment(sql, settings.env);
-    const day = at ?? todayIn(finance.timeZone);
+    const day = at ?? businessDate(new Date(), finance.timeZone);
     const tb = await trialBalance(sql, day);
     if (opts.format === "json") writeJson(tb);
     else process.stdout.write(trialBalanceTable(tb, day, finance.currency));

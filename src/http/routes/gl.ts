@@ -9,7 +9,7 @@ import {
   glLineJson,
   openGlExport,
   readJournalPage,
-  todayIn,
+  businessDate,
   trialBalance,
 } from "../../../ledger/index.ts";
 import { sendExport } from "../exportStream.ts";
@@ -219,7 +219,7 @@ function trialBalanceRoute(app: FastifyInstance, ctx: ApiContext): void {
     },
     async (req) => {
       refuseChannelToken(req);
-      const at = day("at", req.query.at) ?? todayIn(ctx.config.finance.timeZone);
+      const at = day("at", req.query.at) ?? businessDate(new Date(), ctx.config.finance.timeZone);
       return trialBalance(ctx.sql, at);
     },
   );
