@@ -109,6 +109,8 @@ describe("three worker processes on a 3-node NATS cluster", () => {
       const balances = await h.sql`select sku, bucket, qty from balances where sku like 'SP-%' and qty <> 0`;
       expect(balances).toHaveLength(0);
       expect((await verifyLedger(h.sql)).problem).toBeNull();
+      // The shipped worker user's permissions refused the workers nothing.
+      expect(await cluster.logLines(/violation/i)).toEqual([]);
     } finally {
       publishing = false;
       await load.catch(() => {});
