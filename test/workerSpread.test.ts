@@ -1,20 +1,45 @@
+// Three worker processes on a 3-node NATS cluster (every stream and bucket at three replicas), each
+// connected to the list of servers as the shipped worker user: the partitions spread evenly, a new
+// worker takes its share within one lease TTL, a stopped one hands its share over, the ledger stays exact.
+import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { verifyLedger } from "../ledger/index.ts";
+import { migrate, verifyLedger } from "../ledger/index.ts";
+import { connectPostgres, type Sql } from "../src/platform/db.ts";
+import { loadSettings } from "../src/platform/settings.ts";
+import { connectNats, ensureTopology, topologyOptions, type NatsHandles } from "../src/wire/nats.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
+import { topology, type Topology } from "../src/wire/topology.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { commandMaker, eventually, harness, outcomeCounts, spawnTally, tallyEnv, type Harness } from "./support/tally.ts";
+import { startNatsCluster, type NatsCluster } from "./support/natsCluster.ts";
+import { commandMaker, eventually, outcomeCounts, spawnTally, tallyEnv } from "./support/tally.ts";
 
 let ctx: TestContext;
-let h: Harness;
+let cluster: NatsCluster;
 const OPTS = { partitions: 6, leaseTtlMs: 5000 };
 type Child = ReturnType<typeof spawnTally>;
+/** The environment on the cluster: its topology, created at three replicas by the admin user (leases read as admin, commands published as the CDC user). */
+let h: { sql: Sql; topology: Topology; nats: NatsHandles; cdc: NatsHandles };
+const clients: Array<NatsConnection> = [];
 
 beforeAll(async () => {
   ctx = await testContext();
-  h = await harness(ctx, OPTS);
-});
+  cluster = await startNatsCluster(ctx.env);
+  const sql = connectPostgres(ctx.databaseUrl, { max: 4, application: "test-worker-spread" });
+  await migrate(sql, ctx.env);
+  const t = topology(ctx.env, OPTS.partitions);
+  const as = async (user: "admin" | "cdc") => {
+    const { user: u, password } = cluster.credentials(user);
+    const nc = await connectNats(cluster.url, `test-${user}`, { user: u, password });
+    clients.push(nc);
+    return ensureTopology(nc, t, topologyOptions(loadSettings({ ...tallyEnv(ctx, OPTS), ...cluster.env(user) })));
+  };
+  const nats = await as("admin");
+  h = { sql, topology: t, nats, cdc: await as("cdc") };
+}, 60_000);
 afterAll(async () => {
-  await h?.close();
+  for (const nc of clients) await nc.close().catch(() => {});
+  await h?.sql.end({ timeout: 5 });
+  await cluster?.close();
 });
 
 /** Who holds each partition's lease now (owner → partitions). */
@@ -39,9 +64,12 @@ async function evenlySpread(workers: number): Promise<boolean> {
   return held === OPTS.partitions && o.size === workers && [...o.values()].every((ps) => ps.length <= Math.ceil(OPTS.partitions / workers));
 }
 
-describe("three worker processes", () => {
+describe("three worker processes on a 3-node NATS cluster", () => {
   it("spread the partitions evenly, a new one takes its share, a stopped one hands its share over, and the ledger stays exact", async () => {
-    const env = { ...tallyEnv(ctx, OPTS), TALLY_LOG_LEVEL: "error" };
+    // The commands and the leases are replicated on all three nodes.
+    for (const stream of [h.topology.commandsStream, h.topology.leasesBucketStream])
+      expect((await h.nats.jsm.streams.info(stream)).config.num_replicas, stream).toBe(3);
+    const env = { ...tallyEnv(ctx, OPTS), ...cluster.env("worker"), TALLY_LOG_LEVEL: "error" };
     const workers: Array<Child> = [];
     const make = commandMaker("spread");
     const ids: Array<string> = [];
@@ -55,7 +83,7 @@ describe("three worker processes", () => {
           make("fulfill", sku, { qty: 3, reservationId: `${sku}-h${r}` }),
         ]);
         ids.push(...commands.map((c) => c.id));
-        await publishCommands(h.nats.js, h.topology, commands, { envelopeSize: 5 });
+        await publishCommands(h.cdc.js, h.topology, commands, { envelopeSize: 5 });
         await new Promise((resolve) => setTimeout(resolve, 100));
       }
     })();
@@ -81,6 +109,8 @@ describe("three worker processes", () => {
       const balances = await h.sql`select sku, bucket, qty from balances where sku like 'SP-%' and qty <> 0`;
       expect(balances).toHaveLength(0);
       expect((await verifyLedger(h.sql)).problem).toBeNull();
+      // The shipped worker user's permissions refused the workers nothing.
+      expect(await cluster.logLines(/violation/i)).toEqual([]);
     } finally {
       publishing = false;
       await load.catch(() => {});
