@@ -143,7 +143,7 @@ describe("stream limits", () => {
       let r = retention();
       const ensureTopologyFor = () => ensureTopology(nc, t, { duplicateWindowMs: DUPLICATE_WINDOW, leaseTtlMs: 5000, retention: r });
       const ns = (ms: number) => ms * 1_000_000;
-      // The DLQ as an earlier release created it (kept forever, no byte limit, discard old): updated at start.
+      // The DLQ as an earlier release created it (kept forever, no byte limit, discard old): left so.
       await (await jetstreamManager(nc)).streams.add({
         name: t.dlqStream,
         subjects: [t.dlqSubjects],
@@ -157,15 +157,14 @@ describe("stream limits", () => {
       expect((await info(t.eventsStream)).max_age).toBe(ns(DEFAULTS.TALLY_EVENTS_MAX_AGE_SECONDS * 1000));
       expect((await info(t.availabilityStream)).max_age).toBe(ns(DEFAULTS.TALLY_AVAILABILITY_MAX_AGE_SECONDS * 1000));
       const dlq = await info(t.dlqStream);
-      // JetStream never drops a dead letter by age (silently): the pruner does, logging each; the byte cap refuses new ones when full.
+      // JetStream never drops a dead letter by age or size (silently): the pruner does, logging each.
       expect(dlq.max_age).toBe(0);
-      expect(dlq.max_bytes).toBe(Math.ceil(DEFAULTS.TALLY_DLQ_MAX_BYTES * 1.25));
-      expect(dlq.discard).toBe("new");
+      expect(dlq.max_bytes).toBe(-1);
       r = retention({ commandsMaxAgeMs: 3 * DAY, eventsMaxAgeMs: 2 * DAY, availabilityMaxAgeMs: HOUR, dlqMaxBytes: 4 * 1024 * 1024 });
       expect((await info(t.commandsStream)).max_age).toBe(ns(3 * DAY));
       expect((await info(t.eventsStream)).max_age).toBe(ns(2 * DAY));
       expect((await info(t.availabilityStream)).max_age).toBe(ns(HOUR));
-      expect((await info(t.dlqStream)).max_bytes).toBe(5 * 1024 * 1024);
+      expect((await info(t.dlqStream)).max_bytes).toBe(-1);
     } finally {
       await nc.close();
     }

@@ -141,10 +141,11 @@ const DEFAULT_RETENTION: StreamRetention = {
 };
 
 /**
- * The limits each growing stream is created (or updated) with. The dead-letter stream has no max age:
- * JetStream drops by age silently, so the worker role's pruner expires dead letters itself (logging and
- * counting each); its byte limit is a hard cap a quarter above TALLY_DLQ_MAX_BYTES (which the pruner keeps
- * it under), with discard `new`, so that a full DLQ refuses a new letter loudly rather than dropping an old one.
+ * The limits each growing stream is created (or updated) with. The dead-letter stream has no max age
+ * and no byte limit: JetStream drops by age or size silently, so the worker role's pruner expires dead
+ * letters itself (logging and counting each) past TALLY_DLQ_MAX_AGE_SECONDS or while the stream holds
+ * more than TALLY_DLQ_MAX_BYTES. (A JetStream byte cap would also reserve that much of the server's
+ * store up front for every environment, used or not.)
  */
 export function streamLimits(opts: TopologyOptions): {
   readonly commands: Partial<StreamConfig>;
@@ -163,7 +164,7 @@ export function streamLimits(opts: TopologyOptions): {
     commands: { max_age: nanos(r.commandsMaxAgeMs), discard: DiscardPolicy.Old },
     events: { max_age: nanos(r.eventsMaxAgeMs), ...dedupeWithin(r.eventsMaxAgeMs) },
     availability: { max_age: nanos(r.availabilityMaxAgeMs), ...dedupeWithin(r.availabilityMaxAgeMs) },
-    dlq: { max_age: 0, max_bytes: Math.ceil(r.dlqMaxBytes * 1.25), discard: DiscardPolicy.New },
+    dlq: { max_age: 0, max_bytes: -1, discard: DiscardPolicy.Old },
   };
 }
 

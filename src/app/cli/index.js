@@ -17,6 +17,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from "commander
 const D = {
   TALLY_ENV: "dev",
   TALLY_NATS_URL: "nats://127.0.0.1:4222",
+  TALLY_NATS_REPLICAS: 1,
   TALLY_PARTITIONS: 16,
   TALLY_DUPLICATE_WINDOW_SECONDS: 7200,
   TALLY_LEASE_TTL_MS: 10000,
@@ -54,7 +55,8 @@ const EXIT_CODES = `exit codes:
   4  submit: invalid lines were dead-lettered (the others were published)`;
 
 const SETTINGS = `settings (environment): TALLY_ENV (default ${D.TALLY_ENV}), TALLY_DATABASE_URL,
-  TALLY_NATS_URL (default ${D.TALLY_NATS_URL}), TALLY_PARTITIONS (default ${D.TALLY_PARTITIONS}),
+  TALLY_NATS_URL (a server or a comma-separated list, default ${D.TALLY_NATS_URL}),
+  TALLY_NATS_REPLICAS (replicas of every stream and KV bucket, default ${D.TALLY_NATS_REPLICAS}), TALLY_PARTITIONS (default ${D.TALLY_PARTITIONS}),
   TALLY_DUPLICATE_WINDOW_SECONDS (default ${D.TALLY_DUPLICATE_WINDOW_SECONDS}), TALLY_LEASE_TTL_MS (default ${D.TALLY_LEASE_TTL_MS}),
   TALLY_MAX_ACTORS (default ${D.TALLY_MAX_ACTORS}), TALLY_BATCH_MAX (default ${D.TALLY_BATCH_MAX}),
   TALLY_APPLY_CONCURRENCY (partitions applying at once per worker, default ${D.TALLY_APPLY_CONCURRENCY}),
