@@ -209,6 +209,8 @@ interface Load {
   readonly runId: string;
   seq: number;
   failures: number;
+  /** The first few failures' messages, in the report: a failed offer is no command, and says why. */
+  readonly failureMessages: Array<string>;
   readonly expected: { erp: number; pos: number; shop: number; api: number; bench: number };
   readonly offeredPerSecond: Map<number, number>;
   readonly reservationRtt: Array<number>;
@@ -507,6 +509,7 @@ async function startLoad(run: BenchRun, live: Live, catalog: number): Promise<Lo
     runId,
     seq: 0,
     failures: 0,
+    failureMessages: [],
     expected: { erp: 0, pos: 0, shop: 0, api: 0, bench: 0 },
     offeredPerSecond: new Map(),
     reservationRtt: [],
@@ -557,7 +560,12 @@ async function endLoad(load: Load): Promise<LoadEnd> {
 
 /** A request of the load, counted as a failure if it fails, awaited at the end of the load. */
 function track(load: Load, p: Promise<unknown>): void {
-  const q = p.catch(() => void load.failures++).finally(() => load.inflight.delete(q));
+  const q = p
+    .catch((err: unknown) => {
+      load.failures++;
+      if (load.failureMessages.length < 5) load.failureMessages.push(err instanceof Error ? err.message : String(err));
+    })
+    .finally(() => load.inflight.delete(q));
   load.inflight.add(q);
 }
 
@@ -613,13 +621,16 @@ function offerEvents(run: BenchRun, pipe: Pipeline, load: Load, { receipts, pos,
     track(load, publishCommands(pipe.nats.js, run.t, direct));
   }
   if (receipts.length > 0) {
-    load.expected.erp += receipts.length;
     offered += receipts.length;
+    // Expected once the ERP committed them: a failed insert (a deadlock with the price probe's
+    // transactions, say) is no receipt, and no command to wait for.
     track(
       load,
       erp`insert into goods_receipts (item_no, location, qty, uom)
                   select i, l, q, 'EA' from unnest(${erp.array(receipts.map((x) => x.item))}::text[], ${erp.array(receipts.map((x) => x.location))}::text[],
-                                                   ${erp.array(receipts.map((x) => x.qty))}::int[]) as t(i, l, q)`,
+                                                   ${erp.array(receipts.map((x) => x.qty))}::int[]) as t(i, l, q)`.then(() => {
+        load.expected.erp += receipts.length;
+      }),
     );
   }
   if (pos.length > 0) offered += offerPos(pipe, load, pos);
@@ -831,6 +842,7 @@ async function checkCorrectness(run: BenchRun, nats: NatsHandles, load: Load, be
     deadLetters: dlq,
     bySource,
     loadFailures: load.failures,
+    loadFailureMessages: load.failureMessages,
   };
   return outcomes;
 }
