@@ -131,8 +131,16 @@ export class Pruner extends LongRunningService {
   async #round(now: Date, signal?: AbortSignal): Promise<PruneRound> {
     const { sql, retention: r } = this.opts;
     const before = (ms: number) => new Date(now.getTime() - ms);
-    // First: the month after this one must have its partition before it starts, restart or not.
-    const ledgerPartitions = await ensureLedgerPartitions(sql, LEDGER_MONTHS_AHEAD, now);
+    // First: the month after this one must have its partition before it starts, restart or not. A
+    // failure here is loud but does not stop the pruning (an entry still has the default partition).
+    const ledgerPartitions = await ensureLedgerPartitions(sql, LEDGER_MONTHS_AHEAD, now).catch((err: unknown) => {
+      this.metrics.failures++;
+      this.opts.log.error(
+        { err },
+        "could not create the ledger partitions of the months ahead; a month without one is written to the default partition and cannot be archived",
+      );
+      return null;
+    });
     const horizon = await outcomesHorizon(sql, this.opts.duplicateWindowMs, now);
     const rows = zero();
     // Reservations first: an outcome a pruned reservation's line named is archived in the same round.
