@@ -3,7 +3,7 @@ import type { KV } from "@nats-io/kv";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
 import { instanceId } from "../ledger/index.ts";
-import { LongRunningService, Wakeup, backoffDelay, retry } from "../src/platform/index.ts";
+import { DEFAULTS, LongRunningService, Wakeup, backoffDelay, retry } from "../src/platform/index.ts";
 import { ensureBucket, ensureStream, isNotFound, type ReplicaCheck, type Topology } from "../src/wire/index.ts";
 import { CATALOG_CHANNEL, nextDue, publishDue } from "./catalog.ts";
 
@@ -19,23 +19,29 @@ export interface CatalogPublisherOptions {
   readonly batch?: number;
   /** TALLY_NATS_REPLICAS for the catalog stream and bucket, checked as the other streams' are (default: 1). */
   readonly replicas?: ReplicaCheck;
+  /** TALLY_CATALOG_MAX_AGE_SECONDS in ms: the catalog stream's max age, set at start on an existing stream too (default: the setting's default). */
+  readonly maxAgeMs?: number;
 }
 
-const DAY_MS = 24 * 3600 * 1000;
-
 /**
- * The catalog stream (every catalog subject, a week of history): created by the publisher, which
- * checks its replicas (`check`), and by the readers that follow it (the catalog SSE stream, catalog
- * webhooks) when they start before it; a reader leaves an existing stream as it is.
+ * The catalog stream (every catalog subject, TALLY_CATALOG_MAX_AGE_SECONDS of history, a week by
+ * default): created by the publisher, which checks its replicas (`check`) and brings an existing
+ * stream to `maxAgeMs`, and by the readers that follow it (the catalog SSE stream, catalog webhooks)
+ * when they start before it; a reader leaves an existing stream as it is.
  */
-export async function ensureCatalogStream(jsm: JetStreamManager, t: Topology, check?: ReplicaCheck): Promise<void> {
+export async function ensureCatalogStream(
+  jsm: JetStreamManager,
+  t: Topology,
+  check?: ReplicaCheck,
+  maxAgeMs: number = DEFAULTS.TALLY_CATALOG_MAX_AGE_SECONDS * 1000,
+): Promise<void> {
   const config = {
     name: t.catalogStream,
     subjects: [t.catalogSubjects()],
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     discard: DiscardPolicy.Old,
-    max_age: 7 * DAY_MS * 1_000_000,
+    max_age: maxAgeMs * 1_000_000,
   };
   if (check) return ensureStream(jsm, config, check);
   try {
@@ -120,7 +126,7 @@ export class CatalogPublisher extends LongRunningService {
     const { js, jsm, topology: t, sql } = this.opts;
     this.#instance = await instanceId(sql);
     const check = this.opts.replicas ?? { replicas: 1, warn: (message: string) => this.opts.log.warn(message) };
-    await ensureCatalogStream(jsm, t, check);
+    await ensureCatalogStream(jsm, t, check, this.opts.maxAgeMs);
     this.#kv = await ensureBucket(js, jsm, t.catalogBucket, { history: 1, storage: StorageType.File }, check);
   }
 

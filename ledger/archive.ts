@@ -367,8 +367,21 @@ export async function archivedMonths(sql: Sql): Promise<Array<string>> {
   return (await sql<Array<{ month: string }>>`select month from ledger_archive_months order by month`).map((r) => r.month);
 }
 
-/** This month's ledger partition and the next two (migration 0086's function); how many exist. */
-export async function ensureLedgerPartitions(sql: Sql, monthsAhead = 2): Promise<number> {
-  const [row] = await sql<[{ n: number }]>`select tally_ledger_partitions(${monthsAhead})::int as n`;
-  return row.n;
+/**
+ * The ledger partition of `now`'s UTC month and of the next `monthsAhead` (migration 0086's
+ * `tally_ledger_month_partition`, which leaves an archived month, or one whose entries went into the
+ * default partition, as it is); how many of them exist afterwards. The worker role calls it at start
+ * and its pruner every round, so a month's partition exists before the month begins.
+ */
+export async function ensureLedgerPartitions(sql: Sql, monthsAhead = 2, now: Date = new Date()): Promise<number> {
+  const months = Array.from({ length: monthsAhead + 1 }, (_, i) =>
+    new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + i, 1)).toISOString().slice(0, 10),
+  );
+  return sql.begin(async (tx) => {
+    // One process at a time (a worker starting while another's pruner runs): the second finds them made.
+    await tx`select pg_advisory_xact_lock(hashtext('tally_ledger_partitions'))`;
+    const [row] = await tx<[{ n: number }]>`
+      select count(*) filter (where tally_ledger_month_partition(m::date))::int as n from unnest(${tx.array(months)}::text[]) as m`;
+    return row.n;
+  });
 }

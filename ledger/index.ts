@@ -38,7 +38,19 @@ export type { StreamIdentityCheck, StuckPartition } from "./partitionHealth.ts";
 export { verifyLedger } from "./verify.ts";
 export { ArchiveRefused, archiveLedger, archivedMonths, ensureLedgerPartitions, parseMonth, verifyArchive } from "./archive.ts";
 export type { ArchivedMonth, ArchiveProblem, ArchiveReport } from "./archive.ts";
-export { archiveOutcomes, outcomesHorizon, pruneClosedHolds, pruneOutcomesArchive, prunePosClaims, pruneReservations } from "./retention.ts";
+export {
+  archiveOutcomes,
+  outcomesHorizon,
+  pruneCatalogChannelVersions,
+  pruneCatalogDue,
+  pruneCatalogVersions,
+  pruneClosedHolds,
+  pruneDeadLetterPayloads,
+  pruneEndedPrices,
+  pruneOutcomesArchive,
+  prunePosClaims,
+  pruneReservations,
+} from "./retention.ts";
 export { chainHeads, checkAnchors } from "./anchors.ts";
 export { APPEND_ONLY_TABLES, READ_ONLY_TABLES, RoleNameError, runtimeGrants } from "./grants.ts";
 export type { Anchor, AnchorProblem, AnchorReport } from "./anchors.ts";

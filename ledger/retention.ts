@@ -102,3 +102,71 @@ export async function pruneClosedHolds(sql: Sql, cutoff: Date, limit: number): P
        order by updated_at limit ${limit} for update skip locked)`;
   return rows.count;
 }
+
+/**
+ * Deletes the version rows of a channel (`catalog_channel_versions`) that the channel acknowledged
+ * (`catalog_acks`), recorded before `cutoff`, except the channel's latest: what the lag view reads —
+ * the versions above the acknowledged one, and the latest — stays. A channel that never acknowledged
+ * keeps every row.
+ */
+export async function pruneCatalogChannelVersions(sql: Sql, cutoff: Date, limit: number): Promise<number> {
+  const rows = await sql`
+    delete from catalog_channel_versions where (channel, version) in (
+      select v.channel, v.version
+        from catalog_channel_versions v
+        join catalog_acks a on a.channel = v.channel and v.version <= a.acked_version
+        join catalog_versions cv on cv.version = v.version and cv.created_at < ${cutoff}
+       where v.version < (select max(l.version) from catalog_channel_versions l where l.channel = v.channel)
+       order by v.version limit ${limit} for update of v skip locked)`;
+  return rows.count;
+}
+
+/**
+ * Deletes catalog versions recorded before `cutoff` that no channel's version row names any more. The
+ * caller passes a cutoff no later than the outcomes horizon: a source transaction a CDC reader may
+ * still re-read must find its version (`unique (source, source_ref)`), or it would become a new one.
+ */
+export async function pruneCatalogVersions(sql: Sql, cutoff: Date, limit: number): Promise<number> {
+  const rows = await sql`
+    delete from catalog_versions where version in (
+      select cv.version from catalog_versions cv
+       where cv.created_at < ${cutoff}
+         and not exists (select from catalog_channel_versions v where v.version = cv.version)
+       order by cv.created_at limit ${limit} for update skip locked)`;
+  return rows.count;
+}
+
+/** Deletes scheduled price changes already published (done) that were due before `cutoff`; pending ones stay. */
+export async function pruneCatalogDue(sql: Sql, cutoff: Date, limit: number): Promise<number> {
+  const rows = await sql`
+    delete from catalog_due where id in (
+      select id from catalog_due where done_version is not null and due_at < ${cutoff}
+       order by due_at limit ${limit} for update skip locked)`;
+  return rows.count;
+}
+
+/**
+ * Deletes prices that ended before `cutoff`: a projection is computed from the prices in effect now
+ * and those starting later, so one that ended is never read again.
+ */
+export async function pruneEndedPrices(sql: Sql, cutoff: Date, limit: number): Promise<number> {
+  const rows = await sql`
+    delete from catalog_prices where (sku, price_list, valid_from) in (
+      select sku, price_list, valid_from from catalog_prices where valid_to < ${cutoff}
+       order by valid_to limit ${limit} for update skip locked)`;
+  return rows.count;
+}
+
+/**
+ * Deletes dead-letter payloads (`dead_letter_payloads`) last published before `cutoff`, the DLQ's age
+ * horizon and a margin before it: every letter naming one was stored before the horizon and has been
+ * expired (logged and counted) by then, so what is left is an orphan — the payload of a letter
+ * replayed or discarded, or one whose publish failed.
+ */
+export async function pruneDeadLetterPayloads(sql: Sql, cutoff: Date, limit: number): Promise<number> {
+  const rows = await sql`
+    delete from dead_letter_payloads where key in (
+      select key from dead_letter_payloads where created_at < ${cutoff}
+       order by created_at limit ${limit} for update skip locked)`;
+  return rows.count;
+}

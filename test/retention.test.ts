@@ -9,6 +9,7 @@ import { Writable } from "node:stream";
 import { DiscardPolicy, RetentionPolicy, StorageType, jetstreamManager } from "@nats-io/jetstream";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { catalogVersions, ensureCatalogStream } from "../cdc/index.ts";
 import { ProcessMetrics } from "../src/app/processMetrics.ts";
 import { Pruner, type PruneRound } from "../src/app/pruner.ts";
 import { encodeCommand } from "../src/contract/command.ts";
@@ -117,6 +118,8 @@ describe("stream limits", () => {
       TALLY_POS_CLAIM_RETENTION_SECONDS: "900",
       TALLY_RESERVATION_RETENTION_SECONDS: "1000",
       TALLY_OUTCOMES_ARCHIVE_RETENTION_SECONDS: "0",
+      TALLY_CATALOG_MAX_AGE_SECONDS: "1100",
+      TALLY_CATALOG_HISTORY_RETENTION_SECONDS: "1200",
       TALLY_PRUNE_INTERVAL_MS: "1234",
       TALLY_PRUNE_BATCH: "10",
     }).retention;
@@ -129,6 +132,8 @@ describe("stream limits", () => {
       posClaimRetentionMs: 900_000,
       reservationRetentionMs: 1000_000,
       outcomesArchiveRetentionMs: 0,
+      catalogMaxAgeMs: 1100_000,
+      catalogHistoryRetentionMs: 1200_000,
       pruneIntervalMs: 1234,
       pruneBatch: 10,
     });
@@ -165,6 +170,27 @@ describe("stream limits", () => {
       expect((await info(t.eventsStream)).max_age).toBe(ns(2 * DAY));
       expect((await info(t.availabilityStream)).max_age).toBe(ns(HOUR));
       expect((await info(t.dlqStream)).max_bytes).toBe(-1);
+    } finally {
+      await nc.close();
+    }
+  });
+
+  it("the catalog stream is created with TALLY_CATALOG_MAX_AGE_SECONDS, and the publisher brings an existing one to a new value", async () => {
+    const t = topology(`${ctx.env}_catlimits`, 2);
+    const nc = await connectNats(ctx.natsUrl, "retention-test");
+    try {
+      const jsm = await jetstreamManager(nc);
+      const maxAge = async () => (await jsm.streams.info(t.catalogStream)).config.max_age;
+      const check = { replicas: 1, warn: () => {} };
+      // A reader (SSE, webhooks) starting first creates it with the default, and leaves an existing one as it is.
+      await ensureCatalogStream(jsm, t);
+      expect(await maxAge()).toBe(DEFAULTS.TALLY_CATALOG_MAX_AGE_SECONDS * 1e9);
+      await ensureCatalogStream(jsm, t, undefined, HOUR);
+      expect(await maxAge()).toBe(DEFAULTS.TALLY_CATALOG_MAX_AGE_SECONDS * 1e9);
+      // The publisher (with its replica check) sets the configured one.
+      await ensureCatalogStream(jsm, t, check, 2 * DAY);
+      expect(await maxAge()).toBe(2 * DAY * 1e6);
+      expect(loadSettings({ TALLY_CATALOG_MAX_AGE_SECONDS: "172800" }).retention.catalogMaxAgeMs).toBe(2 * DAY);
     } finally {
       await nc.close();
     }
@@ -407,5 +433,170 @@ describe("dead letters: expired by the pruner, each logged and counted", () => {
     expect(after.messages).toBe(before.messages - 1);
     expect(after.first_seq).toBeGreaterThan(before.first_seq);
     expect(lines.filter((l) => l.cause === "size")).toHaveLength(1);
+  });
+});
+
+describe("catalog history", () => {
+  /** Catalog versions far above any the test's catalog reaches, recorded `days` ago. */
+  const V = 900_000_000;
+  const version = (n: number, days: number, source = "ret_test") =>
+    h.sql`insert into catalog_versions (version, source, source_ref, source_at, facts, created_at)
+          values (${V + n}, ${source}, ${`v${n}`}, null, 1, now() - ${days} * interval '1 day')`;
+  const channelVersions = (channel: string, ns: ReadonlyArray<number>) =>
+    h.sql`insert into catalog_channel_versions (channel, version) select ${channel}, ${V} + n from unnest(${h.sql.array([...ns])}::int[]) as n`;
+  const versionsOf = async (channel: string) =>
+    (await h.sql<Array<{ n: number }>>`select (version - ${V})::int as n from catalog_channel_versions where channel = ${channel} order by 1`).map(
+      (r) => r.n,
+    );
+  const versionsLeft = async (source = "ret_test") =>
+    (await h.sql<Array<{ n: number }>>`select (version - ${V})::int as n from catalog_versions where source = ${source} order by 1`).map((r) => r.n);
+  /** What GET /v1/catalog/versions reads of the two test channels (the lag view). */
+  const lagView = async () =>
+    (await catalogVersions(h.sql, { ret_web: 300, ret_pos: 300 })).channels
+      .filter((c) => c.channel.startsWith("ret_"))
+      .map(({ lagSeconds: _, ...c }) => c);
+
+  it("catalog history past TALLY_CATALOG_HISTORY_RETENTION_SECONDS goes; what a channel has not acknowledged, its latest version and younger rows stay", async () => {
+    // ret_web acknowledged 6; ret_pos never acknowledged.
+    for (const [n, days] of [
+      [1, 40],
+      [2, 40],
+      [3, 40],
+      [4, 40],
+      [5, 40],
+      [6, 10],
+      [7, 40],
+      [8, 1],
+      [9, 40],
+    ] as const)
+      await version(n, days);
+    await channelVersions("ret_web", [1, 3, 5, 6, 7, 9]);
+    await channelVersions("ret_pos", [2, 3]);
+    await h.sql`insert into catalog_acks (channel, acked_version, acked_by) values ('ret_web', ${V + 6}, 'test')`;
+    await h.sql`
+      insert into catalog_due (due_at, sku, scheduled_by, done_version) values
+        (now() - interval '40 days', 'RET-P', ${V + 1}, ${V + 2}),
+        (now() - interval '10 days', 'RET-P', ${V + 1}, ${V + 6}),
+        (now() + interval '5 days', 'RET-P', ${V + 8}, null),
+        (now() - interval '41 days', 'RET-P', ${V + 1}, null)`;
+    await h.sql`
+      insert into catalog_prices (sku, price_list, valid_from, valid_to, amount) values
+        ('RET-P', 'ret_list', now() - interval '100 days', now() - interval '40 days', 10),
+        ('RET-P', 'ret_list', now() - interval '40 days', now() - interval '10 days', 11),
+        ('RET-P', 'ret_list', now() - interval '10 days', null, 12),
+        ('RET-P', 'ret_list', now() + interval '5 days', now() + interval '9 days', 9)`;
+    const lagBefore = await lagView();
+    const { p } = pruner({ catalogHistoryRetentionMs: 30 * DAY });
+    await round(p);
+    // Acknowledged and older than 30 days: 1, 3, 5. Kept: 6 (younger), 7 (not acknowledged), 9 (not acknowledged, the latest).
+    expect(await versionsOf("ret_web")).toEqual([6, 7, 9]);
+    expect(await versionsOf("ret_pos")).toEqual([2, 3]);
+    // Versions no channel row names and older than 30 days: 1, 4, 5. Version 8 is younger.
+    expect(await versionsLeft()).toEqual([2, 3, 6, 7, 8, 9]);
+    // The lag view reads the same figures (latest, behind by, behind since) before and after.
+    expect(await lagView()).toEqual(lagBefore);
+    const due = await h.sql<Array<{ done: boolean; future: boolean }>>`
+      select done_version is not null as done, due_at > now() as future from catalog_due where sku = 'RET-P' order by due_at`;
+    // Done and due over 30 days ago: gone. A change not yet published stays, however old.
+    expect(due).toEqual([
+      { done: false, future: false },
+      { done: true, future: false },
+      { done: false, future: true },
+    ]);
+    const prices = await h.sql<Array<{ amount: string }>>`select amount::text from catalog_prices where sku = 'RET-P' order by valid_from`;
+    expect(prices.map((r) => r.amount)).toEqual(["11", "12", "9"]);
+    // Counted per table (the worker's own pruner may have taken some of them first).
+    const metrics = new ProcessMetrics({ nats: h.nats, topology: h.topology });
+    metrics.add({ pruner: p });
+    const text = await metrics.registry.metrics();
+    for (const table of ["catalog_channel_versions", "catalog_versions", "catalog_due", "catalog_prices", "dead_letter_payloads"])
+      expect(text).toMatch(new RegExp(`^tally_retention_rows_pruned_total\\{table="${table}"\\} \\d+$`, "m"));
+
+    // Acknowledging everything: all but the latest may go (6 is still inside the horizon).
+    await h.sql`update catalog_acks set acked_version = ${V + 9} where channel = 'ret_web'`;
+    await round(p);
+    expect(await versionsOf("ret_web")).toEqual([6, 9]);
+    await h.sql`update catalog_versions set created_at = now() - interval '31 days' where version = ${V + 6}`;
+    await round(p);
+    expect(await versionsOf("ret_web")).toEqual([9]);
+    expect(await versionsLeft()).toEqual([2, 3, 8, 9]);
+    expect((await lagView()).find((c) => c.channel === "ret_web")).toMatchObject({ latestVersion: V + 9, behindBy: 0, behindSince: null });
+  });
+
+  it("catalog versions a CDC source may still re-read stay: the outcomes horizon holds them back", async () => {
+    await version(1, 40, "ret_erp_cat");
+    await h.sql`
+      insert into cdc_sources (source, slot, publication, slot_bound_at, halted_at)
+      values ('ret_erp_cat', 'ret_slot_cat', 'ret_pub_cat', now() - interval '50 days', null)`;
+    try {
+      await round(pruner({ catalogHistoryRetentionMs: 30 * DAY }).p);
+      expect(await versionsLeft("ret_erp_cat")).toEqual([1]);
+      await h.sql`update cdc_sources set slot_bound_at = now() - interval '1 hour' where source = 'ret_erp_cat'`;
+      await round(pruner({ catalogHistoryRetentionMs: 30 * DAY }).p);
+      expect(await versionsLeft("ret_erp_cat")).toEqual([]);
+    } finally {
+      await h.sql`delete from cdc_sources where source = 'ret_erp_cat'`;
+    }
+  });
+});
+
+describe("dead-letter payloads", () => {
+  it("a dead-letter payload no letter names goes once last published longer ago than TALLY_DLQ_MAX_AGE_SECONDS and a day; a younger one stays", async () => {
+    await h.sql`
+      insert into dead_letter_payloads (key, origin, payload, created_at) values
+        ('ret:orphan-old', 'retention_test', '\\x00', now() - interval '31 days 1 hour'),
+        ('ret:orphan-young', 'retention_test', '\\x00', now() - interval '30 days 23 hours')`;
+    const { p } = pruner({ dlqMaxAgeMs: 30 * DAY });
+    await round(p);
+    const left = await h.sql<Array<{ key: string }>>`select key from dead_letter_payloads where key like 'ret:orphan-%' order by 1`;
+    expect(left.map((l) => l.key)).toEqual(["ret:orphan-young"]);
+  });
+
+  it("an expired letter takes its payload, unless a later letter of the same key named it since", async () => {
+    const letter = (key: string) =>
+      JSON.stringify({
+        ...deadLetter("retention_test", `stored payload ${key}`, null, { key }),
+        payloadStored: { in: "postgres", table: "dead_letter_payloads", key, bytes: 1, json: true },
+      });
+    await h.sql`
+      insert into dead_letter_payloads (key, origin, payload) values
+        ('ret:payload-gone', 'retention_test', '\\x31'),
+        ('ret:payload-again', 'retention_test', '\\x31')`;
+    for (const key of ["ret:payload-gone", "ret:payload-again"])
+      await h.nats.js.publish(h.topology.dlqSubject("retention_test"), letter(key), { msgID: `${key}:${Date.now()}` });
+    // The second key was published again later (its row written again).
+    await h.sql`update dead_letter_payloads set created_at = now() + interval '3 hours' where key = 'ret:payload-again'`;
+    const last = (await h.nats.jsm.streams.info(h.topology.dlqStream)).state.last_seq;
+    const storedAt = (await h.nats.jsm.streams.getMessage(h.topology.dlqStream, { seq: last }))!.time.getTime();
+    const { p, lines } = pruner({ dlqMaxAgeMs: 30 * DAY }, () => new Date(storedAt + 30 * DAY + 1000));
+    const r = await round(p);
+    expect(r.deadLettersExpired.age).toBeGreaterThanOrEqual(2);
+    expect((await h.nats.jsm.streams.info(h.topology.dlqStream)).state.messages).toBe(0);
+    expect(lines.filter((l) => String(l.msg).startsWith("dead letter expired"))).toHaveLength(r.deadLettersExpired.age);
+    const left = await h.sql<Array<{ key: string }>>`select key from dead_letter_payloads where key like 'ret:payload-%' order by 1`;
+    expect(left.map((l) => l.key)).toEqual(["ret:payload-again"]);
+  });
+});
+
+describe("ledger partitions", () => {
+  const exists = async (name: string) => {
+    const [{ found }] = await h.sql<[{ found: boolean }]>`select to_regclass(${name}) is not null as found`;
+    return found;
+  };
+  const partitionOf = (d: Date) => `ledger_entries_${d.getUTCFullYear()}_${String(d.getUTCMonth() + 1).padStart(2, "0")}`;
+
+  it("a prune round creates the partitions of the months ahead, without a restart; the worker's own start made only this month's and the next two", async () => {
+    const now = new Date();
+    // Five months from now: beyond what the worker made at start (this month and the next two).
+    const later = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 5, 15));
+    const months = [0, 1, 2].map((i) => partitionOf(new Date(Date.UTC(later.getUTCFullYear(), later.getUTCMonth() + i, 1))));
+    for (const m of months) expect(await exists(m), m).toBe(false);
+    const r = await round(pruner({}, () => later).p);
+    expect(r.ledgerPartitions).toBe(3);
+    for (const m of months) expect(await exists(m), m).toBe(true);
+    // Its bounds are that UTC month's.
+    const [{ bound }] = await h.sql<[{ bound: string }]>`
+      select pg_get_expr(c.relpartbound, c.oid) as bound from pg_class c where c.relname = ${months[0]!}`;
+    expect(bound).toContain(`${later.getUTCFullYear()}-${String(later.getUTCMonth() + 1).padStart(2, "0")}-01`);
   });
 });

@@ -1,17 +1,44 @@
 /**
  * The pruning job of the worker role: every TALLY_PRUNE_INTERVAL_MS it applies each retention horizon
  * (README "Retention") in bounded batches — command outcomes past the idempotency horizon to the archive,
- * archived outcomes, answered POS claims, finished reservations and closed holds past theirs, and dead
- * letters past their age or over the DLQ's size (each logged and counted). One process prunes at a time
- * (a Postgres advisory lock); the others find it taken and wait for their next round.
+ * archived outcomes, answered POS claims, finished reservations and closed holds past theirs, catalog
+ * history past TALLY_CATALOG_HISTORY_RETENTION_SECONDS, and dead letters past their age or over the DLQ's
+ * size (each logged and counted) with the payloads no letter names any more. Each round first makes sure
+ * the ledger's partitions of this month and the next two exist, so a worker running across a month end
+ * never writes into the default partition. One process prunes at a time (a Postgres advisory lock); the
+ * others find it taken and wait for their next round.
  */
 import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
-import { archiveOutcomes, outcomesHorizon, pruneClosedHolds, pruneOutcomesArchive, prunePosClaims, pruneReservations } from "../../ledger/index.ts";
+import {
+  archiveOutcomes,
+  ensureLedgerPartitions,
+  outcomesHorizon,
+  pruneCatalogChannelVersions,
+  pruneCatalogDue,
+  pruneCatalogVersions,
+  pruneClosedHolds,
+  pruneDeadLetterPayloads,
+  pruneEndedPrices,
+  pruneOutcomesArchive,
+  prunePosClaims,
+  pruneReservations,
+} from "../../ledger/index.ts";
 import { LongRunningService, sleep, type Logger, type RetentionSettings, type Sql } from "../platform/index.ts";
 import { expireDeadLetters, type Topology } from "../wire/index.ts";
 
 /** The tables the pruner removes rows from (`command_outcomes`: moved to `command_outcomes_archive`). */
-export const PRUNED_TABLES = ["command_outcomes", "command_outcomes_archive", "pos_transactions", "reservations", "holds"] as const;
+export const PRUNED_TABLES = [
+  "command_outcomes",
+  "command_outcomes_archive",
+  "pos_transactions",
+  "reservations",
+  "holds",
+  "catalog_channel_versions",
+  "catalog_versions",
+  "catalog_due",
+  "catalog_prices",
+  "dead_letter_payloads",
+] as const;
 export type PrunedTable = (typeof PRUNED_TABLES)[number];
 
 /** What one round removed. */
@@ -23,7 +50,15 @@ export interface PruneRound {
   /** Outcomes recorded before this were archived; `heldBy` names the CDC source whose slot position set it. */
   readonly outcomesCutoff: Date | null;
   readonly heldBy: string | null;
+  /** The ledger's monthly partitions of this month and the next `LEDGER_MONTHS_AHEAD` that exist after the round (null: not run). */
+  readonly ledgerPartitions: number | null;
 }
+
+/** How many months past the current one the pruner keeps a ledger partition ready for. */
+export const LEDGER_MONTHS_AHEAD = 2;
+
+/** A payload outlives the DLQ's age horizon by this much before it counts as an orphan (publish retries, clocks). */
+const PAYLOAD_MARGIN_MS = 24 * 3600 * 1000;
 
 export interface PrunerOptions {
   readonly sql: Sql;
@@ -73,7 +108,8 @@ export class Pruner extends LongRunningService {
     const lock = await sql.reserve();
     try {
       const [{ got }] = await lock<[{ got: boolean }]>`select pg_try_advisory_lock(hashtext('tally_prune')) as got`;
-      if (!got) return { ran: false, rows: zero(), deadLettersExpired: { age: 0, size: 0 }, outcomesCutoff: null, heldBy: null };
+      if (!got)
+        return { ran: false, rows: zero(), deadLettersExpired: { age: 0, size: 0 }, outcomesCutoff: null, heldBy: null, ledgerPartitions: null };
       try {
         const round = await this.#round(now, signal);
         this.#record(round, now);
@@ -95,6 +131,16 @@ export class Pruner extends LongRunningService {
   async #round(now: Date, signal?: AbortSignal): Promise<PruneRound> {
     const { sql, retention: r } = this.opts;
     const before = (ms: number) => new Date(now.getTime() - ms);
+    // First: the month after this one must have its partition before it starts, restart or not. A
+    // failure here is loud but does not stop the pruning (an entry still has the default partition).
+    const ledgerPartitions = await ensureLedgerPartitions(sql, LEDGER_MONTHS_AHEAD, now).catch((err: unknown) => {
+      this.metrics.failures++;
+      this.opts.log.error(
+        { err },
+        "could not create the ledger partitions of the months ahead; a month without one is written to the default partition and cannot be archived",
+      );
+      return null;
+    });
     const horizon = await outcomesHorizon(sql, this.opts.duplicateWindowMs, now);
     const rows = zero();
     // Reservations first: an outcome a pruned reservation's line named is archived in the same round.
@@ -104,8 +150,19 @@ export class Pruner extends LongRunningService {
     if (r.outcomesArchiveRetentionMs > 0)
       rows.command_outcomes_archive = await this.#batches((n) => pruneOutcomesArchive(sql, before(r.outcomesArchiveRetentionMs), n), signal);
     rows.pos_transactions = await this.#batches((n) => prunePosClaims(sql, before(r.posClaimRetentionMs), n), signal);
+    // Catalog history: acknowledged channel versions first, then the versions no channel names; never
+    // a version a CDC reader may still re-read (its source transaction must stay a duplicate).
+    const catalogCutoff = before(r.catalogHistoryRetentionMs);
+    const catalogVersionsCutoff = new Date(Math.min(catalogCutoff.getTime(), horizon.cutoff.getTime()));
+    rows.catalog_channel_versions = await this.#batches((n) => pruneCatalogChannelVersions(sql, catalogCutoff, n), signal);
+    rows.catalog_versions = await this.#batches((n) => pruneCatalogVersions(sql, catalogVersionsCutoff, n), signal);
+    rows.catalog_due = await this.#batches((n) => pruneCatalogDue(sql, catalogCutoff, n), signal);
+    rows.catalog_prices = await this.#batches((n) => pruneEndedPrices(sql, catalogCutoff, n), signal);
     const deadLettersExpired = await this.#expireDeadLetters(now, signal);
-    return { ran: true, rows, deadLettersExpired, outcomesCutoff: horizon.cutoff, heldBy: horizon.heldBy };
+    // Only after the letters past the age horizon are gone: a payload older than it (and the margin) is nobody's.
+    if (!signal?.aborted)
+      rows.dead_letter_payloads = await this.#batches((n) => pruneDeadLetterPayloads(sql, before(r.dlqMaxAgeMs + PAYLOAD_MARGIN_MS), n), signal);
+    return { ran: true, rows, deadLettersExpired, outcomesCutoff: horizon.cutoff, heldBy: horizon.heldBy, ledgerPartitions };
   }
 
   /** Runs `batch` until one comes back short (or the service stops); the rows removed. */

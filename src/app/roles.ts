@@ -279,6 +279,7 @@ const startCatalog = ({ sql, nats, topology: t, log, rolesScope, settings }: Rol
         topology: t,
         log: log.child({ role: "cdc", part: "catalog" }),
         replicas: { replicas: settings.natsReplicas, clustered: isClustered(nats.nc), warn: replicaWarning(log) },
+        maxAgeMs: settings.retention.catalogMaxAgeMs,
       }),
   ).pipe(Scope.extend(rolesScope));
 /** Write-back to each configured source that declares `writeBack` (role `cdc`). */

@@ -77,6 +77,14 @@ export interface RetentionSettings {
   readonly reservationRetentionMs: number;
   /** `TALLY_OUTCOMES_ARCHIVE_RETENTION_SECONDS`: how long archived command outcomes are kept (0: forever). */
   readonly outcomesArchiveRetentionMs: number;
+  /** `TALLY_CATALOG_MAX_AGE_SECONDS`: the catalog stream's max age (the catalog KV bucket keeps each key's latest projection). */
+  readonly catalogMaxAgeMs: number;
+  /**
+   * `TALLY_CATALOG_HISTORY_RETENTION_SECONDS`: how long catalog history is kept — catalog versions and a
+   * channel's acknowledged versions (never one a channel has not acknowledged, nor its latest), done
+   * scheduled price changes, prices that ended.
+   */
+  readonly catalogHistoryRetentionMs: number;
   /** `TALLY_PRUNE_INTERVAL_MS`: how often the worker role's pruner runs. */
   readonly pruneIntervalMs: number;
   /** `TALLY_PRUNE_BATCH`: most rows one pruning statement touches (each batch is its own short transaction). */
@@ -141,6 +149,8 @@ export const DEFAULTS = {
   TALLY_POS_CLAIM_RETENTION_SECONDS: 30 * 24 * 3600,
   TALLY_RESERVATION_RETENTION_SECONDS: 7 * 24 * 3600,
   TALLY_OUTCOMES_ARCHIVE_RETENTION_SECONDS: 90 * 24 * 3600,
+  TALLY_CATALOG_MAX_AGE_SECONDS: 7 * 24 * 3600,
+  TALLY_CATALOG_HISTORY_RETENTION_SECONDS: 30 * 24 * 3600,
   TALLY_PRUNE_INTERVAL_MS: 5 * 60_000,
   TALLY_PRUNE_BATCH: 1000,
 } as const;
@@ -219,6 +229,13 @@ const retentionConfig = Config.all({
     0,
     100 * YEAR_SECONDS,
     DEFAULTS.TALLY_OUTCOMES_ARCHIVE_RETENTION_SECONDS,
+  ),
+  catalogMaxAgeSeconds: intIn("TALLY_CATALOG_MAX_AGE_SECONDS", 60, 10 * YEAR_SECONDS, DEFAULTS.TALLY_CATALOG_MAX_AGE_SECONDS),
+  catalogHistoryRetentionSeconds: intIn(
+    "TALLY_CATALOG_HISTORY_RETENTION_SECONDS",
+    60,
+    100 * YEAR_SECONDS,
+    DEFAULTS.TALLY_CATALOG_HISTORY_RETENTION_SECONDS,
   ),
   pruneIntervalMs: intIn("TALLY_PRUNE_INTERVAL_MS", 100, 24 * 3600 * 1000, DEFAULTS.TALLY_PRUNE_INTERVAL_MS),
   pruneBatch: intIn("TALLY_PRUNE_BATCH", 1, 100_000, DEFAULTS.TALLY_PRUNE_BATCH),
@@ -331,6 +348,8 @@ function retention(s: Decoded): RetentionSettings {
     posClaimRetentionMs: r.posClaimRetentionSeconds * 1000,
     reservationRetentionMs: r.reservationRetentionSeconds * 1000,
     outcomesArchiveRetentionMs: r.outcomesArchiveRetentionSeconds * 1000,
+    catalogMaxAgeMs: r.catalogMaxAgeSeconds * 1000,
+    catalogHistoryRetentionMs: r.catalogHistoryRetentionSeconds * 1000,
     pruneIntervalMs: r.pruneIntervalMs,
     pruneBatch: r.pruneBatch,
   };

@@ -96,8 +96,14 @@ export async function expireDeadLetters(o: DeadLetterExpiry): Promise<ReadonlyAr
   if (!last) return [];
   // Logged first, purged after: a purge that fails leaves them to be logged (and counted) again, never dropped unlogged.
   await o.jsm.streams.purge(stream, { seq: last.seq + 1 });
-  const keys = expired.flatMap((e) => (e.storedKey === null ? [] : [e.storedKey]));
-  if (keys.length > 0) await o.sql`delete from dead_letter_payloads where key = any(${o.sql.array(keys)}::text[])`;
+  // A payload goes with its letter, unless a later letter of the same key (published again past the
+  // de-duplication window) named it since: its row was written again after this letter was stored.
+  const named = expired.filter((e) => e.storedKey !== null);
+  if (named.length > 0)
+    await o.sql`
+      delete from dead_letter_payloads d
+       using unnest(${o.sql.array(named.map((e) => e.storedKey!))}::text[], ${o.sql.array(named.map((e) => e.storedAt))}::timestamptz[]) as e(key, stored_at)
+       where d.key = e.key and d.created_at <= e.stored_at + interval '1 minute'`;
   return expired.map(({ storedKey: _, ...e }) => e);
 }
 

@@ -100,6 +100,7 @@ const HEADROOM_BYTES = 8 * 1024;
  * A letter larger than the server's max_payload would be refused, and its payload lost: its payload
  * is then written to Postgres (`dead_letter_payloads`) and the letter carries `payload: null` and
  * `payloadStored` naming where it is; `withStoredPayload` puts it back when the letter is replayed.
+ * The row's `created_at` is when a letter naming it was last published (the pruner's orphan horizon).
  */
 export async function publishDeadLetter(
   sink: DeadLetterSink,
@@ -117,7 +118,7 @@ export async function publishDeadLetter(
   const bytes = Buffer.from(json ? (JSON.stringify(letter.payload) ?? "null") : (letter.payload as string), "utf8");
   await sink.sql`
     insert into dead_letter_payloads (key, origin, payload) values (${msgID}, ${letter.origin}, ${bytes})
-    on conflict (key) do nothing`;
+    on conflict (key) do update set created_at = now()`;
   const ref: StoredPayloadRef = { in: "postgres", table: "dead_letter_payloads", key: msgID, bytes: bytes.length, json };
   const stored: DeadLetter = {
     ...letter,

@@ -334,7 +334,7 @@ async function streamCatalog(
   const after = header !== undefined ? Number(header) : req.query.lastEventId;
   const { jsm, js } = ctx.nats;
   const stream = ctx.topology.catalogStream;
-  await ensureCatalogStream(jsm, ctx.topology);
+  await ensureCatalogStream(jsm, ctx.topology, undefined, ctx.settings.retention.catalogMaxAgeMs);
   const info = await jsm.streams.info(stream);
   const expired = after !== undefined && after + 1 < info.state.first_seq;
   const start: Partial<ConsumerConfig> =
