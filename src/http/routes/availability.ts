@@ -1,11 +1,9 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
-import { DeliveryOrder } from "../../wire/index.ts";
 import { sleep } from "../../platform/index.ts";
 import { ID_JSON_PATTERN, bundleAvailable, locationAvailable, quantityValue } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
-import { openEventStream } from "../eventStream.ts";
+import { lastEventId, streamFeed } from "../eventStream.ts";
 import { STREAM_TOKEN_TTL_SECONDS, StreamTokens } from "../auth.ts";
 
 /** The one id grammar (see src/contract/command.ts). */
@@ -538,8 +536,7 @@ async function bundleStock(ctx: ApiContext, components: ReadonlyArray<{ sku: str
   });
 }
 
-const HEARTBEAT_MS = 15_000;
-
+/** The channel's availability changes as server-sent events, only those of `?skus=` when given. */
 async function streamAvailability(
   ctx: ApiContext,
   req: FastifyRequest<{ Querystring: { channel?: string; skus?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>,
@@ -547,64 +544,17 @@ async function streamAvailability(
 ): Promise<void> {
   const channel = ctx.channelFor(req, req.query.channel);
   const only = req.query.skus !== undefined ? new Set(parseSkus(req.query.skus)) : null;
-  const header = req.headers["last-event-id"];
-  const after = header !== undefined ? Number(header) : req.query.lastEventId;
-  const { jsm, js } = ctx.nats;
-  const stream = ctx.topology.availabilityStream;
-  const info = await jsm.streams.info(stream);
-  const start: Partial<ConsumerConfig> =
-    after === undefined
-      ? { deliver_policy: DeliverPolicy.New }
-      : after + 1 < info.state.first_seq
-        ? { deliver_policy: DeliverPolicy.All }
-        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 };
-  // A plain ephemeral consumer (no ack): nats-server 2.9 has no multi-filter ordered consumers.
-  const ci = await jsm.consumers.add(stream, {
-    filter_subject: ctx.topology.availabilitySubjects(channel),
-    ack_policy: AckPolicy.None,
-    inactive_threshold: 60_000_000_000,
-    ...start,
-  });
-  const consumer = await js.consumers.get(stream, ci.name);
-  const res = openEventStream(reply);
-  if (after !== undefined && after + 1 < info.state.first_seq)
-    res.write(`event: reset\ndata: ${JSON.stringify({ reason: "history_expired", firstSeq: info.state.first_seq })}\n\n`);
-  const messages = await consumer.consume({ max_messages: 256 });
-  const heartbeat = setInterval(() => res.write(`: keepalive\n\n`), HEARTBEAT_MS);
-  let closed = false;
-  const close = () => {
-    if (closed) return;
-    closed = true;
-    clearInterval(heartbeat);
-    messages.stop();
-    void jsm.consumers.delete(stream, ci.name).catch(() => {}); // best effort: the ephemeral consumer expires by itself
-    if (!res.writableEnded) res.end();
-    ctx.streams.delete(close);
-  };
-  ctx.streams.add(close);
-  req.raw.on("close", close);
-  res.on("error", close);
-  void (async () => {
-    try {
-      const order = new DeliveryOrder();
-      for await (const m of messages) {
-        if (closed) break;
-        const gap = order.next(m);
-        if (gap) {
-          // Deliveries lost in transit: end the stream; the client reconnects with Last-Event-ID
-          // (the last event it got) and the missing changes come again.
-          req.log.warn({ err: gap }, "availability stream skipped deliveries; closing it so the client resumes");
-          break;
-        }
-        const sku = ctx.topology.skuOfAvailabilitySubject(channel, m.subject);
-        if (only && (sku === null || !only.has(sku))) continue;
-        const ok = res.write(`id: ${m.seq}\nevent: availability\ndata: ${new TextDecoder().decode(m.data)}\n\n`);
-        if (!ok) await new Promise<void>((r) => res.once("drain", r));
+  const accept = only
+    ? (subject: string) => {
+        const sku = ctx.topology.skuOfAvailabilitySubject(channel, subject);
+        return sku !== null && only.has(sku);
       }
-    } catch (err) {
-      req.log.warn({ err }, "availability stream ended");
-    } finally {
-      close();
-    }
-  })();
+    : undefined;
+  await streamFeed(ctx, req, reply, {
+    stream: ctx.topology.availabilityStream,
+    filterSubject: ctx.topology.availabilitySubjects(channel),
+    event: "availability",
+    after: lastEventId(req),
+    accept,
+  });
 }

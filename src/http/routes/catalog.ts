@@ -1,11 +1,9 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
 import { InvalidCatalogAck, catalogVersions, ensureCatalogStream, recordCatalogAck } from "../../../cdc/index.ts";
 import { ID_JSON_PATTERN } from "../../contract/index.ts";
-import { DeliveryOrder } from "../../wire/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
-import { openEventStream } from "../eventStream.ts";
+import { lastEventId, streamFeed } from "../eventStream.ts";
 
 const MAX_PAGE = 1000;
 const DEFAULT_PAGE = 500;
@@ -283,8 +281,6 @@ function versionRoutes(app: FastifyInstance, ctx: ApiContext): void {
   );
 }
 
-const HEARTBEAT_MS = 15_000;
-
 /** GET /v1/catalog/stream. */
 function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: { channel?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>(
@@ -324,67 +320,18 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
   );
 }
 
+/** The channel's catalog changes as server-sent events (the catalog stream is made on first use). */
 async function streamCatalog(
   ctx: ApiContext,
   req: FastifyRequest<{ Querystring: { channel?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>,
   reply: FastifyReply,
 ): Promise<void> {
   const channel = ctx.channelFor(req, req.query.channel);
-  const header = req.headers["last-event-id"];
-  const after = header !== undefined ? Number(header) : req.query.lastEventId;
-  const { jsm, js } = ctx.nats;
-  const stream = ctx.topology.catalogStream;
-  await ensureCatalogStream(jsm, ctx.topology);
-  const info = await jsm.streams.info(stream);
-  const expired = after !== undefined && after + 1 < info.state.first_seq;
-  const start: Partial<ConsumerConfig> =
-    after === undefined
-      ? { deliver_policy: DeliverPolicy.New }
-      : expired
-        ? { deliver_policy: DeliverPolicy.All }
-        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 };
-  const ci = await jsm.consumers.add(stream, {
-    filter_subject: ctx.topology.catalogSubjects(channel),
-    ack_policy: AckPolicy.None,
-    inactive_threshold: 60_000_000_000,
-    ...start,
+  await ensureCatalogStream(ctx.nats.jsm, ctx.topology);
+  await streamFeed(ctx, req, reply, {
+    stream: ctx.topology.catalogStream,
+    filterSubject: ctx.topology.catalogSubjects(channel),
+    event: "catalog",
+    after: lastEventId(req),
   });
-  const consumer = await js.consumers.get(stream, ci.name);
-  const res = openEventStream(reply);
-  if (expired) res.write(`event: reset\ndata: ${JSON.stringify({ reason: "history_expired", firstSeq: info.state.first_seq })}\n\n`);
-  const messages = await consumer.consume({ max_messages: 256 });
-  const heartbeat = setInterval(() => res.write(": keepalive\n\n"), HEARTBEAT_MS);
-  let closed = false;
-  const close = () => {
-    if (closed) return;
-    closed = true;
-    clearInterval(heartbeat);
-    messages.stop();
-    void jsm.consumers.delete(stream, ci.name).catch(() => {}); // best effort: the ephemeral consumer expires by itself
-    if (!res.writableEnded) res.end();
-    ctx.streams.delete(close);
-  };
-  ctx.streams.add(close);
-  req.raw.on("close", close);
-  res.on("error", close);
-  void (async () => {
-    try {
-      const order = new DeliveryOrder();
-      for await (const m of messages) {
-        if (closed) break;
-        const gap = order.next(m);
-        if (gap) {
-          // Deliveries lost in transit: end the stream; the client resumes with Last-Event-ID.
-          req.log.warn({ err: gap }, "catalog stream skipped deliveries; closing it so the client resumes");
-          break;
-        }
-        const ok = res.write(`id: ${m.seq}\nevent: catalog\ndata: ${new TextDecoder().decode(m.data)}\n\n`);
-        if (!ok) await new Promise<void>((r) => res.once("drain", r));
-      }
-    } catch (err) {
-      req.log.warn({ err }, "catalog stream ended");
-    } finally {
-      close();
-    }
-  })();
 }
