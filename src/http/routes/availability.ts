@@ -4,7 +4,7 @@ import { ID_JSON_PATTERN, bundleAvailable, locationAvailable, quantityValue } fr
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
 import { lastEventId, streamFeed } from "../eventStream.ts";
-import { STREAM_TOKEN_TTL_SECONDS, StreamTokens } from "../auth.ts";
+import { ACCESS_TOKEN_PARAM, STREAM_TOKEN_ROUTE, STREAM_TOKEN_TTL_SECONDS, StreamTokens } from "../auth.ts";
 
 /** The one id grammar (see src/contract/command.ts). */
 const SKU = ID_JSON_PATTERN;
@@ -97,7 +97,7 @@ export const availabilitySchemas = [
     type: "object",
     required: ["token", "channel", "expiresAt"],
     properties: {
-      token: { type: "string", description: "for ?access_token= on the snapshot and the stream of this channel" },
+      token: { type: "string", description: "for ?access_token= on the availability and catalog snapshots and streams of this channel" },
       channel: { type: "string" },
       expiresAt: { type: "string", format: "date-time" },
     },
@@ -158,13 +158,6 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
 }
 
 const config = { scope: "availability:read" as const };
-/** The snapshot and the stream also take a stream token (`?access_token=`), for browsers. */
-const browserConfig = { scope: "availability:read" as const, streamToken: true };
-const accessToken = {
-  type: "string",
-  maxLength: 1024,
-  description: "a stream token from POST /v1/stream-tokens, for browsers (EventSource cannot send headers); instead of the Authorization header",
-} as const;
 
 /** The channel's availability of the SKUs from the KV bucket; a SKU the ledger knows but no projection has yet shows 0. */
 export async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
@@ -312,7 +305,7 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
   app.get<{ Querystring: { channel?: string; skus: string } }>(
     "/v1/availability",
     {
-      config: browserConfig,
+      config: STREAM_TOKEN_ROUTE, // also a stream token (`?access_token=`), for browsers
       schema: {
         operationId: "listAvailability",
         tags: ["availability"],
@@ -326,7 +319,7 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
           properties: {
             channel: { type: "string" },
             skus: { type: "string", minLength: 1, description: `comma-separated, at most ${MAX_SKUS}` },
-            access_token: accessToken,
+            access_token: ACCESS_TOKEN_PARAM,
           },
         },
         response: { 200: { $ref: "AvailabilityList#" }, ...errors(400, 401, 403, 404) },
@@ -383,7 +376,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: { channel?: string; skus?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>(
     "/v1/availability/stream",
     {
-      config: browserConfig,
+      config: STREAM_TOKEN_ROUTE, // also a stream token (`?access_token=`), for browsers
       schema: {
         operationId: "streamAvailability",
         tags: ["availability"],
@@ -404,7 +397,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
               maximum: 999_999_999_999_999,
               description: "as Last-Event-ID (which wins when both are sent): the last event seen, or a snapshot's lastEventId",
             },
-            access_token: accessToken,
+            access_token: ACCESS_TOKEN_PARAM,
           },
         },
         headers: { type: "object", properties: { "last-event-id": { type: "string", pattern: "^[0-9]{1,15}$" } } },
@@ -431,8 +424,9 @@ function mintRoute(app: FastifyInstance, ctx: ApiContext): void {
         summary: "Mint a short-lived stream token for a web page (read-only, one channel)",
         description:
           "For a shop's backend, with its own token (scope availability:read; a channel token mints for its channel only). The token " +
-          "is accepted only as `?access_token=` by GET /v1/availability (the snapshot) and GET /v1/availability/stream, for that " +
-          "channel, until `expiresAt`; a stream already open then stays open. 503 when TALLY_STREAM_TOKEN_SECRET is not set.",
+          "is accepted only as `?access_token=` by GET /v1/availability (the snapshot) and GET /v1/availability/stream, and by " +
+          "GET /v1/catalog (the delta feed) and GET /v1/catalog/stream, for that channel, until `expiresAt`; a stream already open " +
+          "then stays open. 503 when TALLY_STREAM_TOKEN_SECRET is not set.",
         body: { $ref: "StreamTokenRequest#" },
         response: { 200: { $ref: "StreamToken#" }, ...errors(400, 401, 403, 404, 503) },
       },

@@ -4,6 +4,7 @@ import { ID_JSON_PATTERN } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
 import { lastEventId, streamFeed } from "../eventStream.ts";
+import { ACCESS_TOKEN_PARAM, STREAM_TOKEN_ROUTE } from "../auth.ts";
 
 const MAX_PAGE = 1000;
 const DEFAULT_PAGE = 500;
@@ -181,14 +182,15 @@ export async function catalogRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCon
   app.get<{ Querystring: { channel?: string; sinceVersion?: number; cursor?: string; limit?: number } }>(
     "/v1/catalog",
     {
-      config,
+      config: STREAM_TOKEN_ROUTE, // also a stream token (`?access_token=`), for browsers
       schema: {
         operationId: "listCatalogChanges",
         tags: ["catalog"],
         summary: "A channel's catalog changes after a catalog version, paged",
         description:
           "Every projection of the channel that changed after `sinceVersion` (0 or absent: the whole catalog), in version order. " +
-          "Follow `nextCursor` until it is null, then keep `catalogVersion` and ask again with it as `sinceVersion`.",
+          "Follow `nextCursor` until it is null, then keep `catalogVersion` and ask again with it as `sinceVersion`. " +
+          "A browser passes a stream token as `?access_token=` (for the token's channel only).",
         querystring: {
           type: "object",
           properties: {
@@ -196,6 +198,7 @@ export async function catalogRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCon
             sinceVersion: { type: "integer", minimum: 0, maximum: 999_999_999_999_999, description: "default 0" },
             cursor: { type: "string", maxLength: 1024, description: "from the previous page's nextCursor" },
             limit: { type: "integer", minimum: 1, maximum: MAX_PAGE, description: `items per page, default ${DEFAULT_PAGE}` },
+            access_token: ACCESS_TOKEN_PARAM,
           },
         },
         response: { 200: { $ref: "CatalogDelta#" }, ...errors(400, 401, 403, 404) },
@@ -286,7 +289,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: { channel?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>(
     "/v1/catalog/stream",
     {
-      config,
+      config: STREAM_TOKEN_ROUTE, // also a stream token (`?access_token=`), for browsers
       schema: {
         operationId: "streamCatalog",
         tags: ["catalog"],
@@ -296,7 +299,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
           "`removed: true` when the item left the catalog), in version order. A separate stream from the availability one: its ids " +
           "are the catalog stream's. Reconnect with Last-Event-ID (or ?lastEventId=) to resume; without it the stream starts with " +
           "changes from now on (read GET /v1/catalog first). `event: reset` means the history needed to resume has expired: " +
-          "re-read the delta feed.",
+          "re-read the delta feed. A browser opens it as `new EventSource(url + '?access_token=<stream token>&lastEventId=<last id>')`.",
         querystring: {
           type: "object",
           properties: {
@@ -307,6 +310,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
               maximum: 999_999_999_999_999,
               description: "as Last-Event-ID (which wins when both are sent)",
             },
+            access_token: ACCESS_TOKEN_PARAM,
           },
         },
         headers: { type: "object", properties: { "last-event-id": { type: "string", pattern: "^[0-9]{1,15}$" } } },
