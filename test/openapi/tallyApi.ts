@@ -1082,16 +1082,20 @@ export interface components {
       sku: string;
       /** @description the item's name (its SKU until the item master names it) */
       name: string;
-      /** @enum {string} */
+      /**
+       * @description a channel sells active items only
+       * @enum {string}
+       */
       status: "active" | "discontinued" | "blocked";
       /** @description the unit the price is for (EA, kg …) */
       unit: string;
       /** @description null: the channel has no price for the item now */
       price: {
-        /** @description integer minor units of the currency; past 2^53, a decimal string */
+        /** @description integer minor units of the currency (cents for EUR); past 2^53, a decimal string */
         amount: number | string;
         /** @description ISO 4217 */
         currency: string;
+        /** @description the price list it comes from */
         priceList?: string;
       } | null;
       /**

@@ -9,6 +9,24 @@ import { ACCESS_TOKEN_PARAM, STREAM_TOKEN_ROUTE } from "../auth.ts";
 const MAX_PAGE = 1000;
 const DEFAULT_PAGE = 500;
 
+/** What a channel shows of an item's catalog: the fields of CatalogItem that GET /v1/products/:sku answers too. */
+export const catalogShown = {
+  name: { type: "string", description: "the item's name (its SKU until the item master names it)" },
+  status: { type: "string", enum: ["active", "discontinued", "blocked"], description: "a channel sells active items only" },
+  unit: { type: "string", description: "the unit the price is for (EA, kg …)" },
+  price: {
+    type: ["object", "null"],
+    description: "null: the channel has no price for the item now",
+    required: ["amount", "currency"],
+    properties: {
+      amount: { type: ["integer", "string"], description: "integer minor units of the currency (cents for EUR); past 2^53, a decimal string" },
+      currency: { type: "string", description: "ISO 4217" },
+      priceList: { type: "string", description: "the price list it comes from" },
+    },
+  },
+  validUntil: { type: ["string", "null"], format: "date-time", description: "when this price ends or another takes over (null: open-ended)" },
+} as const;
+
 const CatalogItem = {
   $id: "CatalogItem",
   type: "object",
@@ -17,21 +35,12 @@ const CatalogItem = {
   properties: {
     channel: { type: "string" },
     sku: { type: "string" },
-    name: { type: "string", description: "the item's name (its SKU until the item master names it)" },
+    name: catalogShown.name,
     description: { type: ["string", "null"] },
-    status: { type: "string", enum: ["active", "discontinued", "blocked"], description: "a channel sells active items only" },
-    unit: { type: "string", description: "the unit the price is for (EA, kg …)" },
-    price: {
-      type: ["object", "null"],
-      description: "null: the channel has no price for the item now",
-      required: ["amount", "currency"],
-      properties: {
-        amount: { type: ["integer", "string"], description: "integer minor units of the currency (cents for EUR); past 2^53, a decimal string" },
-        currency: { type: "string", description: "ISO 4217" },
-        priceList: { type: "string", description: "the price list it comes from" },
-      },
-    },
-    validUntil: { type: ["string", "null"], format: "date-time", description: "when this price ends or another takes over (null: open-ended)" },
+    status: catalogShown.status,
+    unit: catalogShown.unit,
+    price: catalogShown.price,
+    validUntil: catalogShown.validUntil,
     attributes: { type: "object", additionalProperties: true },
     identifiers: {
       type: "array",
