@@ -3,8 +3,11 @@ import { readFile } from "node:fs/promises";
 import { Either, ParseResult, Schema } from "effect";
 import type { Settings } from "../platform/index.ts";
 
-/** What a token may do. `admin` implies every other scope. */
-export const SCOPES = ["pos:write", "availability:read", "reservations:write", "ledger:read", "admin"] as const;
+/**
+ * What a token may do. `admin` implies every other scope. `catalog:ack` lets a token without a channel acknowledge
+ * the catalog version of any channel (a channel's own token does so for its channel with `availability:read`).
+ */
+export const SCOPES = ["pos:write", "availability:read", "reservations:write", "ledger:read", "catalog:ack", "admin"] as const;
 export type Scope = (typeof SCOPES)[number];
 
 /**

@@ -249,7 +249,7 @@ export interface paths {
     put?: never;
     /**
      * A channel acknowledges the catalog version it has applied
-     * @description Send the highest `catalogVersion` the channel has applied (from its projections, or the delta feed's `catalogVersion` once its last page is applied). Acknowledgements never go back: a lower one than the channel's current changes nothing. A version above the current catalog version is a 400 naming `body.version`. A channel token acknowledges for its own channel only. The same over NATS: a request on `tally.<env>.catalog-ack.<channel>` with the same body.
+     * @description Send the highest `catalogVersion` the channel has applied (from its projections, or the delta feed's `catalogVersion` once its last page is applied). Acknowledgements never go back: a lower one than the channel's current changes nothing. A version above the current catalog version is a 400 naming `body.version`. A channel token acknowledges for its own channel only; a token without a channel needs scope catalog:ack as well (or admin), since it would acknowledge for any channel. The same over NATS: a request on `tally.<env>.catalog-ack.<channel>` with the same body.
      */
     post: operations["ackCatalogVersion"];
     delete?: never;

@@ -4,7 +4,7 @@ import { ID_JSON_PATTERN } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
 import { lastEventId, streamFeed } from "../eventStream.ts";
-import { ACCESS_TOKEN_PARAM, STREAM_TOKEN_ROUTE } from "../auth.ts";
+import { ACCESS_TOKEN_PARAM, STREAM_TOKEN_ROUTE, may } from "../auth.ts";
 
 const MAX_PAGE = 1000;
 const DEFAULT_PAGE = 500;
@@ -252,7 +252,8 @@ function versionRoutes(app: FastifyInstance, ctx: ApiContext): void {
         description:
           "Send the highest `catalogVersion` the channel has applied (from its projections, or the delta feed's `catalogVersion` once " +
           "its last page is applied). Acknowledgements never go back: a lower one than the channel's current changes nothing. " +
-          "A version above the current catalog version is a 400 naming `body.version`. A channel token acknowledges for its own channel only. " +
+          "A version above the current catalog version is a 400 naming `body.version`. A channel token acknowledges for its own channel only; " +
+          "a token without a channel needs scope catalog:ack as well (or admin), since it would acknowledge for any channel. " +
           "The same over NATS: a request on `tally.<env>.catalog-ack.<channel>` with the same body.",
         params: { type: "object", required: ["channel"], properties: { channel: { type: "string" } } },
         body: { $ref: "CatalogAckRequest#" },
@@ -260,6 +261,13 @@ function versionRoutes(app: FastifyInstance, ctx: ApiContext): void {
       },
     },
     async (req) => {
+      const p = req.principal;
+      if (p && p.channel === null && !may(p, "catalog:ack"))
+        throw new ApiError(
+          403,
+          "forbidden",
+          "this token has no channel: acknowledging for any channel needs scope catalog:ack (a channel's own token acknowledges for its channel)",
+        );
       const channel = ctx.channelFor(req, req.params.channel);
       try {
         return await recordCatalogAck(ctx.sql, { channel, version: req.body.version, by: `http:${req.principal?.id ?? "anonymous"}` });
