@@ -18,6 +18,7 @@ const TOKEN_SPECS: Record<string, [ReadonlyArray<Scope>, string?]> = {
   reader: [["availability:read"]],
   webReader: [["availability:read"], "web"],
   storeReader: [["availability:read"], "store_s01"],
+  catalogAcker: [["availability:read", "catalog:ack"]],
   reserver: [["reservations:write"]],
   webReserver: [["reservations:write"], "web"],
   storeReserver: [["reservations:write"], "store_s01"],

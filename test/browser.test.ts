@@ -191,7 +191,36 @@ describe("a stream token", () => {
       body: "{}",
     });
     expect(write.status).toBe(401);
-    expect(((await write.json()) as { detail: string }).detail).toContain("accepted only by the availability snapshot and stream");
+    expect(((await write.json()) as { detail: string }).detail).toContain("accepted only by the availability and catalog snapshots and streams");
+  });
+
+  it("reads its channel's catalog delta feed and catalog stream as ?access_token=, and no other channel's", async () => {
+    const token = await streamToken("web");
+    const feed = await fetch(`${base}/v1/catalog?channel=web&access_token=${token}`);
+    expect(feed.status).toBe(200);
+    expect(await feed.json()).toMatchObject({ channel: "web", nextCursor: null });
+    const stream = await fetch(`${base}/v1/catalog/stream?access_token=${token}`); // the channel defaults to the token's
+    expect(stream.status).toBe(200);
+    expect(stream.headers.get("content-type")).toMatch(/text\/event-stream/);
+    const reading = readUntil(stream, (es) => es.length >= 1);
+    // As the relay publishes catalog projections: another channel's first, which the token's stream must not carry.
+    await publishCatalog("store_s01", "CAT-1", 111);
+    await publishCatalog("web", "CAT-1", 222);
+    const events = await reading;
+    expect(events.map((e) => [e.event, e.view as unknown])).toEqual([["catalog", expect.objectContaining({ channel: "web", sku: "CAT-1" })]]);
+    // A token for web cannot read store_s01's catalog, nor a store_s01 token web's.
+    expect((await fetch(`${base}/v1/catalog?channel=store_s01&access_token=${token}`)).status).toBe(403);
+    expect((await fetch(`${base}/v1/catalog/stream?channel=store_s01&access_token=${token}`)).status).toBe(403);
+    expect((await fetch(`${base}/v1/catalog/stream?channel=web&access_token=${await streamToken("store_s01")}`)).status).toBe(403);
+    // The catalog's other routes are not a page's: the item, the versions, an acknowledgement.
+    expect((await fetch(`${base}/v1/catalog/CAT-1?channel=web&access_token=${token}`)).status).toBe(401);
+    expect((await fetch(`${base}/v1/catalog/versions?access_token=${token}`)).status).toBe(401);
+    const ack = await fetch(`${base}/v1/channels/web/catalog-ack?access_token=${token}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ version: 0 }),
+    });
+    expect(ack.status).toBe(401);
   });
 
   it("is refused when expired, forged, signed with another secret or tampered with (401)", async () => {
@@ -224,6 +253,21 @@ describe("a stream token", () => {
     expect(logged).not.toContain(token.slice(5, 40));
   });
 });
+
+/** A catalog projection on the catalog stream, as the relay publishes it (the catalog stream exists once a catalog stream was opened). */
+async function publishCatalog(channel: string, sku: string, amount: number): Promise<void> {
+  const item = {
+    channel,
+    sku,
+    name: sku,
+    status: "active",
+    unit: "EA",
+    price: { amount, currency: "EUR" },
+    validUntil: null,
+    catalogVersion: amount,
+  };
+  await api.h.nats.js.publish(api.h.topology.catalogSubject(channel, sku), JSON.stringify(item));
+}
 
 /** Every availability message of the stream, oldest first: the ground truth the hand-off is checked against. */
 async function streamMessages(): Promise<Array<{ seq: number; subject: string; view: View }>> {
@@ -395,13 +439,15 @@ describe("a web shop's page in Chromium", () => {
   afterAll(async () => {
     await browser?.close();
   });
+  const launch = async (): Promise<Browser> =>
+    (browser ??= await chromium.launch({
+      executablePath: chromiumPath(),
+      args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+    }));
 
   it("takes a snapshot with a stream token, streams from its position with EventSource, and sees a later change; another origin is refused", async () => {
     await apply([receive("WEB-1", 2)]);
-    browser = await chromium.launch({
-      executablePath: chromiumPath(),
-      args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-    });
+    browser = await launch();
     const shop = await browser.newPage();
     await shop.goto(`${allowed}/`);
     const token = await streamToken("web"); // minted by the shop's backend
@@ -452,6 +498,31 @@ describe("a web shop's page in Chromium", () => {
       { api: base, token: expired },
     );
     expect(status).toBe(401);
+  }, 60_000);
+
+  it("follows its channel's catalog with EventSource and a stream token", async () => {
+    const shop = await (await launch()).newPage();
+    await shop.goto(`${allowed}/`);
+    const token = await streamToken("web");
+    await shop.evaluate(
+      ({ api, token }) => {
+        const w = window as unknown as { catalog: Array<unknown>; opened: boolean };
+        w.catalog = [];
+        const source = new EventSource(`${api}/v1/catalog/stream?access_token=${encodeURIComponent(token)}`);
+        source.addEventListener("catalog", (e) => w.catalog.push(JSON.parse((e as MessageEvent).data)));
+        source.onopen = () => (w.opened = true);
+      },
+      { api: base, token },
+    );
+    await shop.waitForFunction(() => (window as unknown as { opened?: boolean }).opened === true);
+    await publishCatalog("store_s01", "CAT-2", 300);
+    await publishCatalog("web", "CAT-2", 310);
+    await shop.waitForFunction(() => (window as unknown as { catalog: Array<unknown> }).catalog.length > 0, undefined, { timeout: 20_000 });
+    await new Promise((r) => setTimeout(r, 200)); // anything else would have come by now
+    const items = await shop.evaluate(
+      () => (window as unknown as { catalog: Array<{ channel: string; sku: string; price: { amount: number } }> }).catalog,
+    );
+    expect(items.map((i) => [i.channel, i.sku, i.price.amount])).toEqual([["web", "CAT-2", 310]]);
   }, 60_000);
 });
 

@@ -120,7 +120,7 @@ const versions = async (as: "reader" | "webReader" = "reader"): Promise<Versions
   expect(res.statusCode, res.body).toBe(200);
   return res.json();
 };
-const ack = (channel: string, body: unknown, as: "reader" | "webReader" | "storeReader" = "reader") =>
+const ack = (channel: string, body: unknown, as: "reader" | "catalogAcker" | "webReader" | "storeReader" = "catalogAcker") =>
   app.inject({ method: "POST", url: `/v1/channels/${channel}/catalog-ack`, headers: auth(as), payload: body as object });
 let kv: KV | null = null;
 const kvValue = async (channel: string, sku: string): Promise<CatalogItem | null> => {
@@ -192,7 +192,7 @@ describe("catalog delivery to the channels", () => {
     expect((await versions("webReader")).channels.map((c) => c.channel)).toEqual(["web"]);
   });
 
-  it("refuses a bad acknowledgement with a 400 naming the field, and a channel token acking for another channel", async () => {
+  it("refuses a bad acknowledgement with a 400 naming the field, a channel token acking for another channel, and a reader without catalog:ack", async () => {
     const { headVersion } = await versions();
     const above = await ack("web", { version: headVersion + 1 });
     expect(above.statusCode).toBe(400);
@@ -203,6 +203,11 @@ describe("catalog delivery to the channels", () => {
       expect(r.json().detail, JSON.stringify(body)).toContain("body.version");
     }
     expect((await ack("store_s01", { version: 1 }, "webReader")).statusCode).toBe(403);
+    // A reader without a channel reads every channel's catalog, but acknowledging for any channel needs catalog:ack.
+    const reader = await ack("store_s02", { version: headVersion }, "reader");
+    expect(reader.statusCode).toBe(403);
+    expect(reader.json()).toMatchObject({ code: "forbidden", detail: expect.stringContaining("catalog:ack") });
+    expect((await versions()).channels.find((c) => c.channel === "store_s02")?.ackedVersion).toBe(0);
     expect((await ack("moon", { version: 1 })).statusCode).toBe(404);
     const bad = await h.nats.nc.request(h.topology.catalogAckSubject("web"), JSON.stringify({ version: headVersion + 1 }), { timeout: 10_000 });
     expect(bad.json()).toMatchObject({ error: "invalid_request", field: "version" });

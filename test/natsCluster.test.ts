@@ -3,6 +3,9 @@
 // processes (two workers, the relay, the API), each with its own NATS user and the list of servers.
 // NATS nodes and a worker are killed with SIGKILL while commands and POS sales flow; the ledger must
 // come out exact. How long the apply path stalls at each kill is measured and printed, not asserted.
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { migrate, verifyLedger } from "../ledger/index.ts";
@@ -15,9 +18,8 @@ import { topology, type Topology } from "../src/wire/topology.ts";
 import { TOKENS, auth, defineItems } from "./apiSupport.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { startNatsCluster, type NatsCluster, type NatsClusterNode } from "./support/natsCluster.ts";
-import { TEST_CHANNELS, eventually, spawnTally, tallyEnv } from "./support/tally.ts";
-import { startTally } from "../src/app/roles.ts";
-import { createLogger } from "../src/platform/log.ts";
+import { freePort } from "./support/ports.ts";
+import { eventually, spawnTally, tallyEnv } from "./support/tally.ts";
 import { expectationOf, expectedAvailable, generateCommands, type RawCommand } from "./support/workload.ts";
 
 let ctx: TestContext;
@@ -131,21 +133,37 @@ describe("Tally on a 3-node NATS cluster", () => {
     );
     const envOf = (user: "worker" | "relay" | "api") => ({ ...tallyEnv(ctx, OPTS), ...cluster.env(user), TALLY_LOG_LEVEL: "error" });
     const workerEnv = { ...envOf("worker"), TALLY_LOG_LEVEL: "warn" };
-    // The workers are processes (one is killed -9); the relay and the API run in this process, each
-    // connected as its own user of the shipped configuration.
+    // Every role is a process, each connected as its own user of the shipped configuration: the workers
+    // (one is killed -9), the relay and the API. The relay and the API project the test's two channels.
     const spawnWorker = () => spawnTally(["start", "--roles", "worker"], workerEnv);
     const workers = [spawnWorker(), spawnWorker()];
     const killedWorkers: Array<ReturnType<typeof spawnWorker>> = [];
-    const log = createLogger("test-cluster", process.env.TALLY_LOG_LEVEL ?? "warn");
-    const relay = await startTally(loadSettings(envOf("relay")), TEST_CHANNELS, ["relay"], log);
-    const api = await startTally(
-      loadSettings({ ...envOf("api"), TALLY_HTTP_PORT: "0", TALLY_HTTP_HOST: "127.0.0.1", TALLY_API_TOKENS: JSON.stringify(TOKENS) }),
-      TEST_CHANNELS,
-      ["api"],
-      log,
+    const configDir = await mkdtemp(path.join(tmpdir(), "tally-cluster-"));
+    await writeFile(path.join(configDir, "package.json"), '{ "type": "module" }\n'); // so that tsx imports the .ts config
+    await writeFile(
+      path.join(configDir, "test.config.ts"),
+      `export default ${JSON.stringify({ channels: { web: { locations: ["DC1", "S01"], buffer: 2 }, store_s01: { locations: ["S01"] } } })};\n`,
     );
-    const address = api.api!.server.address();
-    const base = `http://127.0.0.1:${typeof address === "object" && address !== null ? address.port : 0}`;
+    const TALLY_CONFIG = path.join(configDir, "test.config.ts");
+    const relay = spawnTally(["start", "--roles", "relay"], { ...envOf("relay"), TALLY_CONFIG });
+    const port = await freePort();
+    const api = spawnTally(["start", "--roles", "api"], {
+      ...envOf("api"),
+      TALLY_CONFIG,
+      TALLY_HTTP_PORT: String(port),
+      TALLY_HTTP_HOST: "127.0.0.1",
+      TALLY_API_TOKENS: JSON.stringify(TOKENS),
+    });
+    const base = `http://127.0.0.1:${port}`;
+    /** SIGTERM, then SIGKILL if it has not exited within its shutdown bound and some slack. */
+    const stop = async (p: ReturnType<typeof spawnTally>) => {
+      if (p.exitCode !== null || p.signalCode !== null) return;
+      const exited = new Promise((r) => p.once("exit", r));
+      p.kill("SIGTERM");
+      const late = setTimeout(() => p.kill("SIGKILL"), 20_000);
+      await exited;
+      clearTimeout(late);
+    };
 
     // The apply path's progress, sampled: outcomes in the ledger over time.
     const samples: Array<{ at: number; n: number; offered: number }> = [];
@@ -242,6 +260,14 @@ describe("Tally on a 3-node NATS cluster", () => {
       step(`streams current; outcomes ${await outcomes()}`);
     };
     try {
+      await eventually(
+        "the API to answer",
+        async () => {
+          if (api.exitCode !== null) throw new Error(`the API exited: ${api.output().slice(-3000)}`);
+          return (await fetch(`${base}/healthz`).catch(() => null))?.ok === true;
+        },
+        180_000,
+      );
       step("api up");
       // Starting a tally process takes tens of seconds on a busy machine.
       await eventually("the workers to apply", async () => (await outcomes()) > 200, 180_000);
@@ -337,6 +363,8 @@ describe("Tally on a 3-node NATS cluster", () => {
       expect(await cluster.logLines(/violation/i)).toEqual([]);
     } catch (error) {
       for (const [i, p] of workers.entries()) step(`worker ${i} output:\n${p.output().slice(-3000)}`);
+      step(`relay output:\n${relay.output().slice(-3000)}`);
+      step(`api output:\n${api.output().slice(-3000)}`);
       throw error;
     } finally {
       sampling = false;
@@ -344,8 +372,8 @@ describe("Tally on a 3-node NATS cluster", () => {
       paced = false;
       await sampler;
       for (const p of workers) if (p.exitCode === null) p.kill("SIGKILL");
-      await api.close().catch(() => {});
-      await relay.close().catch(() => {});
+      await Promise.all([stop(api), stop(relay)]);
+      await rm(configDir, { recursive: true, force: true });
       await Promise.allSettled([publisher, seller]);
       // How long the apply path stalled at each kill: the longest stretch without a new outcome, while
       // commands were waiting, that began after it (within 15 s, before the next kill).

@@ -3,8 +3,11 @@ import { readFile } from "node:fs/promises";
 import { Either, ParseResult, Schema } from "effect";
 import type { Settings } from "../platform/index.ts";
 
-/** What a token may do. `admin` implies every other scope. */
-export const SCOPES = ["pos:write", "availability:read", "reservations:write", "ledger:read", "admin"] as const;
+/**
+ * What a token may do. `admin` implies every other scope. `catalog:ack` lets a token without a channel acknowledge
+ * the catalog version of any channel (a channel's own token does so for its channel with `availability:read`).
+ */
+export const SCOPES = ["pos:write", "availability:read", "reservations:write", "ledger:read", "catalog:ack", "admin"] as const;
 export type Scope = (typeof SCOPES)[number];
 
 /**
@@ -139,7 +142,8 @@ interface StreamClaims {
  * Short-lived, read-only, channel-bound tokens a shop's backend mints for its web pages, which cannot send an
  * Authorization header from `EventSource`. A token is `tlys_<claims>.<HMAC-SHA256>`, both base64url, signed with a
  * key derived from `TALLY_STREAM_TOKEN_SECRET`, so every API replica with the same secret accepts every other's
- * tokens and nothing is stored. Only the availability snapshot and stream routes take one (as `?access_token=`).
+ * tokens and nothing is stored. Only the read routes a page needs take one (as `?access_token=`): the availability
+ * snapshot and stream, the catalog delta feed and stream (`STREAM_TOKEN_ROUTE`).
  */
 export class StreamTokens {
   readonly #key: Buffer | null;
@@ -187,10 +191,20 @@ export class StreamTokens {
 
 declare module "fastify" {
   interface FastifyContextConfig {
-    /** The route also takes a stream token as `?access_token=` (the availability snapshot and stream only). */
+    /** The route also takes a stream token as `?access_token=` (the availability and catalog snapshots and streams only). */
     streamToken?: boolean;
   }
 }
+
+/** The config of a route a page reads with a stream token: availability:read, or a stream token for the channel it asks. */
+export const STREAM_TOKEN_ROUTE = { scope: "availability:read" as const, streamToken: true };
+
+/** The `access_token` query parameter of those routes. */
+export const ACCESS_TOKEN_PARAM = {
+  type: "string",
+  maxLength: 1024,
+  description: "a stream token from POST /v1/stream-tokens, for browsers (EventSource cannot send headers); instead of the Authorization header",
+} as const;
 
 /** Who is asking, or why not: the status, the message and the WWW-Authenticate challenge of a refusal. */
 export type AuthOutcome = { readonly principal: Principal } | { readonly status: 401 | 403; readonly message: string; readonly challenge?: string };
@@ -216,7 +230,9 @@ export function authenticate(
   }
   if (token === null) {
     const hint =
-      request.accessToken !== undefined ? " (a stream token in ?access_token= is accepted only by the availability snapshot and stream)" : "";
+      request.accessToken !== undefined
+        ? " (a stream token in ?access_token= is accepted only by the availability and catalog snapshots and streams)"
+        : "";
     return { status: 401, message: `missing bearer token (Authorization: Bearer <token>)${hint}`, challenge: 'Bearer realm="tally"' };
   }
   const principal = verifier.verify(token);

@@ -160,7 +160,7 @@ export interface paths {
     put?: never;
     /**
      * Mint a short-lived stream token for a web page (read-only, one channel)
-     * @description For a shop's backend, with its own token (scope availability:read; a channel token mints for its channel only). The token is accepted only as `?access_token=` by GET /v1/availability (the snapshot) and GET /v1/availability/stream, for that channel, until `expiresAt`; a stream already open then stays open. 503 when TALLY_STREAM_TOKEN_SECRET is not set.
+     * @description For a shop's backend, with its own token (scope availability:read; a channel token mints for its channel only). The token is accepted only as `?access_token=` by GET /v1/availability (the snapshot) and GET /v1/availability/stream, and by GET /v1/catalog (the delta feed) and GET /v1/catalog/stream, for that channel, until `expiresAt`; a stream already open then stays open. 503 when TALLY_STREAM_TOKEN_SECRET is not set.
      */
     post: operations["createStreamToken"];
     delete?: never;
@@ -249,7 +249,7 @@ export interface paths {
     put?: never;
     /**
      * A channel acknowledges the catalog version it has applied
-     * @description Send the highest `catalogVersion` the channel has applied (from its projections, or the delta feed's `catalogVersion` once its last page is applied). Acknowledgements never go back: a lower one than the channel's current changes nothing. A version above the current catalog version is a 400 naming `body.version`. A channel token acknowledges for its own channel only. The same over NATS: a request on `tally.<env>.catalog-ack.<channel>` with the same body.
+     * @description Send the highest `catalogVersion` the channel has applied (from its projections, or the delta feed's `catalogVersion` once its last page is applied). Acknowledgements never go back: a lower one than the channel's current changes nothing. A version above the current catalog version is a 400 naming `body.version`. A channel token acknowledges for its own channel only; a token without a channel needs scope catalog:ack as well (or admin), since it would acknowledge for any channel. The same over NATS: a request on `tally.<env>.catalog-ack.<channel>` with the same body.
      */
     post: operations["ackCatalogVersion"];
     delete?: never;
@@ -287,7 +287,7 @@ export interface paths {
     };
     /**
      * Server-sent events of a channel's catalog changes, resumable with Last-Event-ID
-     * @description Each event is `event: catalog`, `id: <catalog stream sequence>`, `data: <CatalogItem JSON>` (with its `catalogVersion`; `removed: true` when the item left the catalog), in version order. A separate stream from the availability one: its ids are the catalog stream's. Reconnect with Last-Event-ID (or ?lastEventId=) to resume; without it the stream starts with changes from now on (read GET /v1/catalog first). `event: reset` means the history needed to resume has expired: re-read the delta feed.
+     * @description Each event is `event: catalog`, `id: <catalog stream sequence>`, `data: <CatalogItem JSON>` (with its `catalogVersion`; `removed: true` when the item left the catalog), in version order. A separate stream from the availability one: its ids are the catalog stream's. Reconnect with Last-Event-ID (or ?lastEventId=) to resume; without it the stream starts with changes from now on (read GET /v1/catalog first). `event: reset` means the history needed to resume has expired: re-read the delta feed. A browser opens it as `new EventSource(url + '?access_token=<stream token>&lastEventId=<last id>')`.
      */
     get: operations["streamCatalog"];
     put?: never;
@@ -324,7 +324,7 @@ export interface paths {
     };
     /**
      * A channel's catalog changes after a catalog version, paged
-     * @description Every projection of the channel that changed after `sinceVersion` (0 or absent: the whole catalog), in version order. Follow `nextCursor` until it is null, then keep `catalogVersion` and ask again with it as `sinceVersion`.
+     * @description Every projection of the channel that changed after `sinceVersion` (0 or absent: the whole catalog), in version order. Follow `nextCursor` until it is null, then keep `catalogVersion` and ask again with it as `sinceVersion`. A browser passes a stream token as `?access_token=` (for the token's channel only).
      */
     get: operations["listCatalogChanges"];
     put?: never;
@@ -779,7 +779,7 @@ export interface components {
       ttlSeconds?: number;
     };
     StreamToken: {
-      /** @description for ?access_token= on the snapshot and the stream of this channel */
+      /** @description for ?access_token= on the availability and catalog snapshots and streams of this channel */
       token: string;
       channel: string;
       /** Format: date-time */
@@ -1082,16 +1082,20 @@ export interface components {
       sku: string;
       /** @description the item's name (its SKU until the item master names it) */
       name: string;
-      /** @enum {string} */
+      /**
+       * @description a channel sells active items only
+       * @enum {string}
+       */
       status: "active" | "discontinued" | "blocked";
       /** @description the unit the price is for (EA, kg …) */
       unit: string;
       /** @description null: the channel has no price for the item now */
       price: {
-        /** @description integer minor units of the currency; past 2^53, a decimal string */
+        /** @description integer minor units of the currency (cents for EUR); past 2^53, a decimal string */
         amount: number | string;
         /** @description ISO 4217 */
         currency: string;
+        /** @description the price list it comes from */
         priceList?: string;
       } | null;
       /**
@@ -2346,6 +2350,8 @@ export interface operations {
         channel?: string;
         /** @description as Last-Event-ID (which wins when both are sent) */
         lastEventId?: number;
+        /** @description a stream token from POST /v1/stream-tokens, for browsers (EventSource cannot send headers); instead of the Authorization header */
+        access_token?: string;
       };
       header?: {
         "last-event-id"?: string;
@@ -2492,6 +2498,8 @@ export interface operations {
         cursor?: string;
         /** @description items per page, default 500 */
         limit?: number;
+        /** @description a stream token from POST /v1/stream-tokens, for browsers (EventSource cannot send headers); instead of the Authorization header */
+        access_token?: string;
       };
       header?: never;
       path?: never;

@@ -1,12 +1,10 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
-import { DeliveryOrder } from "../../wire/index.ts";
 import { sleep } from "../../platform/index.ts";
 import { ID_JSON_PATTERN, bundleAvailable, locationAvailable, quantityValue } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
-import { openEventStream } from "../eventStream.ts";
-import { STREAM_TOKEN_TTL_SECONDS, StreamTokens } from "../auth.ts";
+import { lastEventId, streamFeed } from "../eventStream.ts";
+import { ACCESS_TOKEN_PARAM, STREAM_TOKEN_ROUTE, STREAM_TOKEN_TTL_SECONDS, StreamTokens } from "../auth.ts";
 
 /** The one id grammar (see src/contract/command.ts). */
 const SKU = ID_JSON_PATTERN;
@@ -99,7 +97,7 @@ export const availabilitySchemas = [
     type: "object",
     required: ["token", "channel", "expiresAt"],
     properties: {
-      token: { type: "string", description: "for ?access_token= on the snapshot and the stream of this channel" },
+      token: { type: "string", description: "for ?access_token= on the availability and catalog snapshots and streams of this channel" },
       channel: { type: "string" },
       expiresAt: { type: "string", format: "date-time" },
     },
@@ -160,13 +158,6 @@ export async function availabilityRoutes(app: FastifyInstance, { ctx }: { ctx: A
 }
 
 const config = { scope: "availability:read" as const };
-/** The snapshot and the stream also take a stream token (`?access_token=`), for browsers. */
-const browserConfig = { scope: "availability:read" as const, streamToken: true };
-const accessToken = {
-  type: "string",
-  maxLength: 1024,
-  description: "a stream token from POST /v1/stream-tokens, for browsers (EventSource cannot send headers); instead of the Authorization header",
-} as const;
 
 /** The channel's availability of the SKUs from the KV bucket; a SKU the ledger knows but no projection has yet shows 0. */
 export async function lookup(ctx: ApiContext, channel: string, skus: ReadonlyArray<string>): Promise<Map<string, AvailabilityView>> {
@@ -314,7 +305,7 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
   app.get<{ Querystring: { channel?: string; skus: string } }>(
     "/v1/availability",
     {
-      config: browserConfig,
+      config: STREAM_TOKEN_ROUTE, // also a stream token (`?access_token=`), for browsers
       schema: {
         operationId: "listAvailability",
         tags: ["availability"],
@@ -328,7 +319,7 @@ function channelAvailabilityRoutes(app: FastifyInstance, ctx: ApiContext): void 
           properties: {
             channel: { type: "string" },
             skus: { type: "string", minLength: 1, description: `comma-separated, at most ${MAX_SKUS}` },
-            access_token: accessToken,
+            access_token: ACCESS_TOKEN_PARAM,
           },
         },
         response: { 200: { $ref: "AvailabilityList#" }, ...errors(400, 401, 403, 404) },
@@ -385,7 +376,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: { channel?: string; skus?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>(
     "/v1/availability/stream",
     {
-      config: browserConfig,
+      config: STREAM_TOKEN_ROUTE, // also a stream token (`?access_token=`), for browsers
       schema: {
         operationId: "streamAvailability",
         tags: ["availability"],
@@ -406,7 +397,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
               maximum: 999_999_999_999_999,
               description: "as Last-Event-ID (which wins when both are sent): the last event seen, or a snapshot's lastEventId",
             },
-            access_token: accessToken,
+            access_token: ACCESS_TOKEN_PARAM,
           },
         },
         headers: { type: "object", properties: { "last-event-id": { type: "string", pattern: "^[0-9]{1,15}$" } } },
@@ -433,8 +424,9 @@ function mintRoute(app: FastifyInstance, ctx: ApiContext): void {
         summary: "Mint a short-lived stream token for a web page (read-only, one channel)",
         description:
           "For a shop's backend, with its own token (scope availability:read; a channel token mints for its channel only). The token " +
-          "is accepted only as `?access_token=` by GET /v1/availability (the snapshot) and GET /v1/availability/stream, for that " +
-          "channel, until `expiresAt`; a stream already open then stays open. 503 when TALLY_STREAM_TOKEN_SECRET is not set.",
+          "is accepted only as `?access_token=` by GET /v1/availability (the snapshot) and GET /v1/availability/stream, and by " +
+          "GET /v1/catalog (the delta feed) and GET /v1/catalog/stream, for that channel, until `expiresAt`; a stream already open " +
+          "then stays open. 503 when TALLY_STREAM_TOKEN_SECRET is not set.",
         body: { $ref: "StreamTokenRequest#" },
         response: { 200: { $ref: "StreamToken#" }, ...errors(400, 401, 403, 404, 503) },
       },
@@ -538,8 +530,7 @@ async function bundleStock(ctx: ApiContext, components: ReadonlyArray<{ sku: str
   });
 }
 
-const HEARTBEAT_MS = 15_000;
-
+/** The channel's availability changes as server-sent events, only those of `?skus=` when given. */
 async function streamAvailability(
   ctx: ApiContext,
   req: FastifyRequest<{ Querystring: { channel?: string; skus?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>,
@@ -547,64 +538,17 @@ async function streamAvailability(
 ): Promise<void> {
   const channel = ctx.channelFor(req, req.query.channel);
   const only = req.query.skus !== undefined ? new Set(parseSkus(req.query.skus)) : null;
-  const header = req.headers["last-event-id"];
-  const after = header !== undefined ? Number(header) : req.query.lastEventId;
-  const { jsm, js } = ctx.nats;
-  const stream = ctx.topology.availabilityStream;
-  const info = await jsm.streams.info(stream);
-  const start: Partial<ConsumerConfig> =
-    after === undefined
-      ? { deliver_policy: DeliverPolicy.New }
-      : after + 1 < info.state.first_seq
-        ? { deliver_policy: DeliverPolicy.All }
-        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 };
-  // A plain ephemeral consumer (no ack): nats-server 2.9 has no multi-filter ordered consumers.
-  const ci = await jsm.consumers.add(stream, {
-    filter_subject: ctx.topology.availabilitySubjects(channel),
-    ack_policy: AckPolicy.None,
-    inactive_threshold: 60_000_000_000,
-    ...start,
-  });
-  const consumer = await js.consumers.get(stream, ci.name);
-  const res = openEventStream(reply);
-  if (after !== undefined && after + 1 < info.state.first_seq)
-    res.write(`event: reset\ndata: ${JSON.stringify({ reason: "history_expired", firstSeq: info.state.first_seq })}\n\n`);
-  const messages = await consumer.consume({ max_messages: 256 });
-  const heartbeat = setInterval(() => res.write(`: keepalive\n\n`), HEARTBEAT_MS);
-  let closed = false;
-  const close = () => {
-    if (closed) return;
-    closed = true;
-    clearInterval(heartbeat);
-    messages.stop();
-    void jsm.consumers.delete(stream, ci.name).catch(() => {}); // best effort: the ephemeral consumer expires by itself
-    if (!res.writableEnded) res.end();
-    ctx.streams.delete(close);
-  };
-  ctx.streams.add(close);
-  req.raw.on("close", close);
-  res.on("error", close);
-  void (async () => {
-    try {
-      const order = new DeliveryOrder();
-      for await (const m of messages) {
-        if (closed) break;
-        const gap = order.next(m);
-        if (gap) {
-          // Deliveries lost in transit: end the stream; the client reconnects with Last-Event-ID
-          // (the last event it got) and the missing changes come again.
-          req.log.warn({ err: gap }, "availability stream skipped deliveries; closing it so the client resumes");
-          break;
-        }
-        const sku = ctx.topology.skuOfAvailabilitySubject(channel, m.subject);
-        if (only && (sku === null || !only.has(sku))) continue;
-        const ok = res.write(`id: ${m.seq}\nevent: availability\ndata: ${new TextDecoder().decode(m.data)}\n\n`);
-        if (!ok) await new Promise<void>((r) => res.once("drain", r));
+  const accept = only
+    ? (subject: string) => {
+        const sku = ctx.topology.skuOfAvailabilitySubject(channel, subject);
+        return sku !== null && only.has(sku);
       }
-    } catch (err) {
-      req.log.warn({ err }, "availability stream ended");
-    } finally {
-      close();
-    }
-  })();
+    : undefined;
+  await streamFeed(ctx, req, reply, {
+    stream: ctx.topology.availabilityStream,
+    filterSubject: ctx.topology.availabilitySubjects(channel),
+    event: "availability",
+    after: lastEventId(req),
+    accept,
+  });
 }

@@ -1,14 +1,31 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { AckPolicy, DeliverPolicy, type ConsumerConfig } from "@nats-io/jetstream";
 import { InvalidCatalogAck, catalogVersions, ensureCatalogStream, recordCatalogAck } from "../../../cdc/index.ts";
 import { ID_JSON_PATTERN } from "../../contract/index.ts";
-import { DeliveryOrder } from "../../wire/index.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors, invalidField } from "../errors.ts";
-import { openEventStream } from "../eventStream.ts";
+import { lastEventId, streamFeed } from "../eventStream.ts";
+import { ACCESS_TOKEN_PARAM, STREAM_TOKEN_ROUTE, may } from "../auth.ts";
 
 const MAX_PAGE = 1000;
 const DEFAULT_PAGE = 500;
+
+/** What a channel shows of an item's catalog: the fields of CatalogItem that GET /v1/products/:sku answers too. */
+export const catalogShown = {
+  name: { type: "string", description: "the item's name (its SKU until the item master names it)" },
+  status: { type: "string", enum: ["active", "discontinued", "blocked"], description: "a channel sells active items only" },
+  unit: { type: "string", description: "the unit the price is for (EA, kg …)" },
+  price: {
+    type: ["object", "null"],
+    description: "null: the channel has no price for the item now",
+    required: ["amount", "currency"],
+    properties: {
+      amount: { type: ["integer", "string"], description: "integer minor units of the currency (cents for EUR); past 2^53, a decimal string" },
+      currency: { type: "string", description: "ISO 4217" },
+      priceList: { type: "string", description: "the price list it comes from" },
+    },
+  },
+  validUntil: { type: ["string", "null"], format: "date-time", description: "when this price ends or another takes over (null: open-ended)" },
+} as const;
 
 const CatalogItem = {
   $id: "CatalogItem",
@@ -18,21 +35,12 @@ const CatalogItem = {
   properties: {
     channel: { type: "string" },
     sku: { type: "string" },
-    name: { type: "string", description: "the item's name (its SKU until the item master names it)" },
+    name: catalogShown.name,
     description: { type: ["string", "null"] },
-    status: { type: "string", enum: ["active", "discontinued", "blocked"], description: "a channel sells active items only" },
-    unit: { type: "string", description: "the unit the price is for (EA, kg …)" },
-    price: {
-      type: ["object", "null"],
-      description: "null: the channel has no price for the item now",
-      required: ["amount", "currency"],
-      properties: {
-        amount: { type: ["integer", "string"], description: "integer minor units of the currency (cents for EUR); past 2^53, a decimal string" },
-        currency: { type: "string", description: "ISO 4217" },
-        priceList: { type: "string", description: "the price list it comes from" },
-      },
-    },
-    validUntil: { type: ["string", "null"], format: "date-time", description: "when this price ends or another takes over (null: open-ended)" },
+    status: catalogShown.status,
+    unit: catalogShown.unit,
+    price: catalogShown.price,
+    validUntil: catalogShown.validUntil,
     attributes: { type: "object", additionalProperties: true },
     identifiers: {
       type: "array",
@@ -183,14 +191,15 @@ export async function catalogRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCon
   app.get<{ Querystring: { channel?: string; sinceVersion?: number; cursor?: string; limit?: number } }>(
     "/v1/catalog",
     {
-      config,
+      config: STREAM_TOKEN_ROUTE, // also a stream token (`?access_token=`), for browsers
       schema: {
         operationId: "listCatalogChanges",
         tags: ["catalog"],
         summary: "A channel's catalog changes after a catalog version, paged",
         description:
           "Every projection of the channel that changed after `sinceVersion` (0 or absent: the whole catalog), in version order. " +
-          "Follow `nextCursor` until it is null, then keep `catalogVersion` and ask again with it as `sinceVersion`.",
+          "Follow `nextCursor` until it is null, then keep `catalogVersion` and ask again with it as `sinceVersion`. " +
+          "A browser passes a stream token as `?access_token=` (for the token's channel only).",
         querystring: {
           type: "object",
           properties: {
@@ -198,6 +207,7 @@ export async function catalogRoutes(app: FastifyInstance, { ctx }: { ctx: ApiCon
             sinceVersion: { type: "integer", minimum: 0, maximum: 999_999_999_999_999, description: "default 0" },
             cursor: { type: "string", maxLength: 1024, description: "from the previous page's nextCursor" },
             limit: { type: "integer", minimum: 1, maximum: MAX_PAGE, description: `items per page, default ${DEFAULT_PAGE}` },
+            access_token: ACCESS_TOKEN_PARAM,
           },
         },
         response: { 200: { $ref: "CatalogDelta#" }, ...errors(400, 401, 403, 404) },
@@ -242,7 +252,8 @@ function versionRoutes(app: FastifyInstance, ctx: ApiContext): void {
         description:
           "Send the highest `catalogVersion` the channel has applied (from its projections, or the delta feed's `catalogVersion` once " +
           "its last page is applied). Acknowledgements never go back: a lower one than the channel's current changes nothing. " +
-          "A version above the current catalog version is a 400 naming `body.version`. A channel token acknowledges for its own channel only. " +
+          "A version above the current catalog version is a 400 naming `body.version`. A channel token acknowledges for its own channel only; " +
+          "a token without a channel needs scope catalog:ack as well (or admin), since it would acknowledge for any channel. " +
           "The same over NATS: a request on `tally.<env>.catalog-ack.<channel>` with the same body.",
         params: { type: "object", required: ["channel"], properties: { channel: { type: "string" } } },
         body: { $ref: "CatalogAckRequest#" },
@@ -250,6 +261,13 @@ function versionRoutes(app: FastifyInstance, ctx: ApiContext): void {
       },
     },
     async (req) => {
+      const p = req.principal;
+      if (p && p.channel === null && !may(p, "catalog:ack"))
+        throw new ApiError(
+          403,
+          "forbidden",
+          "this token has no channel: acknowledging for any channel needs scope catalog:ack (a channel's own token acknowledges for its channel)",
+        );
       const channel = ctx.channelFor(req, req.params.channel);
       try {
         return await recordCatalogAck(ctx.sql, { channel, version: req.body.version, by: `http:${req.principal?.id ?? "anonymous"}` });
@@ -283,14 +301,12 @@ function versionRoutes(app: FastifyInstance, ctx: ApiContext): void {
   );
 }
 
-const HEARTBEAT_MS = 15_000;
-
 /** GET /v1/catalog/stream. */
 function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: { channel?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>(
     "/v1/catalog/stream",
     {
-      config,
+      config: STREAM_TOKEN_ROUTE, // also a stream token (`?access_token=`), for browsers
       schema: {
         operationId: "streamCatalog",
         tags: ["catalog"],
@@ -300,7 +316,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
           "`removed: true` when the item left the catalog), in version order. A separate stream from the availability one: its ids " +
           "are the catalog stream's. Reconnect with Last-Event-ID (or ?lastEventId=) to resume; without it the stream starts with " +
           "changes from now on (read GET /v1/catalog first). `event: reset` means the history needed to resume has expired: " +
-          "re-read the delta feed.",
+          "re-read the delta feed. A browser opens it as `new EventSource(url + '?access_token=<stream token>&lastEventId=<last id>')`.",
         querystring: {
           type: "object",
           properties: {
@@ -311,6 +327,7 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
               maximum: 999_999_999_999_999,
               description: "as Last-Event-ID (which wins when both are sent)",
             },
+            access_token: ACCESS_TOKEN_PARAM,
           },
         },
         headers: { type: "object", properties: { "last-event-id": { type: "string", pattern: "^[0-9]{1,15}$" } } },
@@ -324,67 +341,18 @@ function streamRoute(app: FastifyInstance, ctx: ApiContext): void {
   );
 }
 
+/** The channel's catalog changes as server-sent events (the catalog stream is made on first use). */
 async function streamCatalog(
   ctx: ApiContext,
   req: FastifyRequest<{ Querystring: { channel?: string; lastEventId?: number }; Headers: { "last-event-id"?: string } }>,
   reply: FastifyReply,
 ): Promise<void> {
   const channel = ctx.channelFor(req, req.query.channel);
-  const header = req.headers["last-event-id"];
-  const after = header !== undefined ? Number(header) : req.query.lastEventId;
-  const { jsm, js } = ctx.nats;
-  const stream = ctx.topology.catalogStream;
-  await ensureCatalogStream(jsm, ctx.topology, undefined, ctx.settings.retention.catalogMaxAgeMs);
-  const info = await jsm.streams.info(stream);
-  const expired = after !== undefined && after + 1 < info.state.first_seq;
-  const start: Partial<ConsumerConfig> =
-    after === undefined
-      ? { deliver_policy: DeliverPolicy.New }
-      : expired
-        ? { deliver_policy: DeliverPolicy.All }
-        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 };
-  const ci = await jsm.consumers.add(stream, {
-    filter_subject: ctx.topology.catalogSubjects(channel),
-    ack_policy: AckPolicy.None,
-    inactive_threshold: 60_000_000_000,
-    ...start,
+  await ensureCatalogStream(ctx.nats.jsm, ctx.topology, undefined, ctx.settings.retention.catalogMaxAgeMs);
+  await streamFeed(ctx, req, reply, {
+    stream: ctx.topology.catalogStream,
+    filterSubject: ctx.topology.catalogSubjects(channel),
+    event: "catalog",
+    after: lastEventId(req),
   });
-  const consumer = await js.consumers.get(stream, ci.name);
-  const res = openEventStream(reply);
-  if (expired) res.write(`event: reset\ndata: ${JSON.stringify({ reason: "history_expired", firstSeq: info.state.first_seq })}\n\n`);
-  const messages = await consumer.consume({ max_messages: 256 });
-  const heartbeat = setInterval(() => res.write(": keepalive\n\n"), HEARTBEAT_MS);
-  let closed = false;
-  const close = () => {
-    if (closed) return;
-    closed = true;
-    clearInterval(heartbeat);
-    messages.stop();
-    void jsm.consumers.delete(stream, ci.name).catch(() => {}); // best effort: the ephemeral consumer expires by itself
-    if (!res.writableEnded) res.end();
-    ctx.streams.delete(close);
-  };
-  ctx.streams.add(close);
-  req.raw.on("close", close);
-  res.on("error", close);
-  void (async () => {
-    try {
-      const order = new DeliveryOrder();
-      for await (const m of messages) {
-        if (closed) break;
-        const gap = order.next(m);
-        if (gap) {
-          // Deliveries lost in transit: end the stream; the client resumes with Last-Event-ID.
-          req.log.warn({ err: gap }, "catalog stream skipped deliveries; closing it so the client resumes");
-          break;
-        }
-        const ok = res.write(`id: ${m.seq}\nevent: catalog\ndata: ${new TextDecoder().decode(m.data)}\n\n`);
-        if (!ok) await new Promise<void>((r) => res.once("drain", r));
-      }
-    } catch (err) {
-      req.log.warn({ err }, "catalog stream ended");
-    } finally {
-      close();
-    }
-  })();
 }

@@ -3,6 +3,7 @@ import { ID_JSON_PATTERN, applyWithheld, withheldBy } from "../../contract/index
 import type { ApiContext } from "../context.ts";
 import { ApiError, errors } from "../errors.ts";
 import { lookup } from "./availability.ts";
+import { catalogShown } from "./catalog.ts";
 
 /** The named component schemas of these routes. */
 export const productSchemas = [
@@ -17,20 +18,7 @@ export const productSchemas = [
     properties: {
       channel: { type: "string" },
       sku: { type: "string" },
-      name: { type: "string", description: "the item's name (its SKU until the item master names it)" },
-      status: { type: "string", enum: ["active", "discontinued", "blocked"] },
-      unit: { type: "string", description: "the unit the price is for (EA, kg …)" },
-      price: {
-        type: ["object", "null"],
-        description: "null: the channel has no price for the item now",
-        required: ["amount", "currency"],
-        properties: {
-          amount: { type: ["integer", "string"], description: "integer minor units of the currency; past 2^53, a decimal string" },
-          currency: { type: "string", description: "ISO 4217" },
-          priceList: { type: "string" },
-        },
-      },
-      validUntil: { type: ["string", "null"], format: "date-time", description: "when this price ends or another takes over (null: open-ended)" },
+      ...catalogShown,
       catalogVersion: {
         type: "integer",
         description: "the catalog version the item's projection changed at in this channel (0: no catalog fact has reached the item yet)",
