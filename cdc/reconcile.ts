@@ -194,9 +194,20 @@ export async function waitForLedger(opts: WaitOptions): Promise<void> {
     },
     signal,
   );
+  // A partition resize under way: its old layout's messages are applied before its switch; wait for it.
+  await until(
+    () => `source ${source}: a partition resize is still under way after ${seconds}s (tally partitions status)`,
+    deadline,
+    async () => (await ledger`select 1 from partition_layouts where state = 'draining'`).length === 0,
+    signal,
+  );
+  // The layout the stream takes commands under now, not the one this process last published under:
+  // after a resize the old subjects' last messages may lie past the new checkpoints, which read other subjects.
+  const subjects = (await jsm.streams.info(topology.commandsStream)).config.subjects ?? [];
+  const t = topology.withLayout(topology.layoutOfStreamSubjects(subjects) ?? topology.layout);
   const wanted = new Map<number, number>();
-  for (let p = 0; p < topology.partitions; p++) {
-    const m = await jsm.streams.getMessage(topology.commandsStream, { last_by_subj: topology.commandSubject(p) });
+  for (let p = 0; p < t.partitions; p++) {
+    const m = await jsm.streams.getMessage(t.commandsStream, { last_by_subj: t.commandSubject(p) });
     if (m) wanted.set(p, m.seq);
   }
   await until(

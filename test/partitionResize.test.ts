@@ -3,7 +3,7 @@ import type { Command } from "../src/contract/command.ts";
 import { verifyLedger } from "../ledger/index.ts";
 import { resizePartitions } from "../src/operations/index.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
-import { topology } from "../src/wire/index.ts";
+import { ensureStream, ensureTopology, topology } from "../src/wire/index.ts";
 import { testContext, type TestContext } from "./support/context.ts";
 import { commandMaker, eventually, harness, outcomeCounts, startInProcess, type Harness } from "./support/tally.ts";
 
@@ -116,9 +116,32 @@ describe("partitions resize", () => {
     }
   });
 
-  it("refuses a resize to the same count and a bad count, naming the field", async () => {
+  it("a process starting never writes the commands stream's subjects back: a resize's cut may land between its read and its update", async () => {
+    const before = (await h.nats.jsm.streams.info(h.topology.commandsStream)).config;
+    expect(h.topology.layoutOfStreamSubjects(before.subjects)).toEqual({ generation: 2, partitions: 3 });
+    // What a process that read the stream just before a cut holds (generation 0's subjects), with a
+    // setting of its own that differs, so the stream is updated.
+    const stale = { ...before, subjects: topology(h.settings.env, OPTS.partitions).commandStreamSubjects({ generation: 0, partitions: 4 }) };
+    await ensureStream(h.nats.jsm, { ...stale, max_age: before.max_age + 1_000_000_000 }, { replicas: 1, warn: () => {} }, ["subjects"]);
+    const after = (await h.nats.jsm.streams.info(h.topology.commandsStream)).config;
+    expect(after.max_age).toBe(before.max_age + 1_000_000_000);
+    expect(after.subjects).toEqual(before.subjects);
+    // And a whole start: the layout is read from the stream, not written to it.
+    const t = topology(h.settings.env, OPTS.partitions);
+    await ensureTopology(h.nats.nc, t, { duplicateWindowMs: h.settings.duplicateWindowMs, leaseTtlMs: h.settings.leaseTtlMs });
+    expect(t.layout).toEqual({ generation: 2, partitions: 3 });
+    expect((await h.nats.jsm.streams.info(h.topology.commandsStream)).config.subjects).toEqual(before.subjects);
+  });
+
+  it("does nothing on a resize to the count it has (run again after it finished), refuses a bad count naming the field", async () => {
     const resizer = { sql: h.sql, jsm: h.nats.jsm, topology: topology(h.settings.env, OPTS.partitions) };
-    await expect(resizePartitions(resizer, 3, { timeoutMs: 1000 })).rejects.toThrow(/partitions: the layout already has 3/);
+    const steps: Array<string> = [];
+    await expect(resizePartitions(resizer, 3, { timeoutMs: 1000, onStep: (s) => steps.push(s) })).resolves.toMatchObject({
+      generation: 2,
+      partitions: 3,
+      state: "active",
+    });
+    expect(steps).toEqual(["the layout already has 3 partitions (generation 2); nothing to do"]);
     await expect(resizePartitions(resizer, 0, { timeoutMs: 1000 })).rejects.toThrow(/partitions: expected an integer/);
   });
 });

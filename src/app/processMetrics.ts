@@ -180,8 +180,8 @@ function registerWorker(worker: Worker, parts: MetricsParts, registers: Register
   readGauge(
     registers,
     "tally_worker_partitions",
-    "Partitions of the commands stream (TALLY_PARTITIONS; the same on every worker)",
-    () => parts.topology.partitions,
+    "Partitions of the layout this process's worker applies (TALLY_PARTITIONS until a `tally partitions resize`)",
+    () => worker.layout()?.partitions ?? parts.topology.partitions,
   );
   readGauge(
     registers,

@@ -2,7 +2,7 @@ import { Cause, Effect, ExecutionStrategy, Exit, Scope } from "effect";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyInstance } from "fastify";
 import { Worker, type ChannelView } from "../../actors/index.ts";
-import { assertEnvironment, ensureLedgerPartitions, instanceId, JournalPoster, recordValuationMethod } from "../../ledger/index.ts";
+import { activeLayout, assertEnvironment, ensureLedgerPartitions, instanceId, JournalPoster, recordValuationMethod } from "../../ledger/index.ts";
 import { CatalogPublisher, Reconciler, SourceReader, WriteBack, configuredSources, writeBackSecret } from "../../cdc/index.ts";
 import type { NatsAccess, Settings } from "../platform/index.ts";
 import { requireDatabaseUrl } from "../platform/index.ts";
@@ -395,7 +395,9 @@ export const startRoles = (
     // The worker (the ledger's single writer) and the API (as many requests at once as clients send)
     // each get a pool of their own: a burst of requests queued on a shared pool would hold back the
     // very commits every one of them is waiting for.
-    const workerSql = roles.includes("worker") ? yield* postgresResource(url, "tally-worker", Math.min(settings.partitions, 16) + 2) : sql;
+    // Sized by the layout workers apply now (after a `tally partitions resize`, not TALLY_PARTITIONS').
+    const applied = roles.includes("worker") ? ((yield* fromPromise(() => activeLayout(sql)))?.partitions ?? settings.partitions) : 0;
+    const workerSql = roles.includes("worker") ? yield* postgresResource(url, "tally-worker", Math.min(applied, 16) + 2) : sql;
     const apiSql = roles.includes("api") ? yield* postgresResource(url, "tally-api") : sql;
     // The roles stop side by side when the scope closes (after the API has drained, before the
     // connections close): one waiting on a dependency that is down does not hold up the others'

@@ -78,7 +78,8 @@ export interface ResizeOptions {
  * 4. workers see the active layout at their next heartbeat and take the new layout's partitions.
  * A SKU's messages under the old layout are all applied before any under the new one, and no message
  * is read twice or skipped: the old subjects end below the switch, the new ones start after the cut.
- * Run again after a timeout or a crash, it resumes the resize under way.
+ * Run again after a timeout or a crash, it resumes the resize under way; run again after it finished,
+ * it does nothing (the layout already has `partitions`).
  */
 export async function resizePartitions(deps: ResizeDeps, partitions: number, opts: ResizeOptions): Promise<LayoutRow> {
   const { sql, jsm, topology } = deps;
@@ -93,7 +94,11 @@ export async function resizePartitions(deps: ResizeDeps, partitions: number, opt
   const status = await layoutStatus(deps);
   const old = status.applied;
   if (!draining) {
-    if (old.partitions === partitions) throw new ResizeError(`partitions: the layout already has ${partitions} partitions`);
+    // Run again after it finished (the command killed after the switch, or a retry that cannot tell): nothing to do.
+    if (old.partitions === partitions) {
+      say(`the layout already has ${partitions} partitions (generation ${old.generation}); nothing to do`);
+      return (await activeLayout(sql)) ?? { generation: 0, partitions, previousPartitions: partitions, state: "active", cutSeq: 0 };
+    }
     const info = await jsm.streams.info(topology.commandsStream);
     await beginResize(sql, old.generation + 1, partitions, old.partitions, info.state.last_seq);
     draining = (await drainingLayout(sql))!;
@@ -111,6 +116,14 @@ export async function resizePartitions(deps: ResizeDeps, partitions: number, opt
   const deadline = Date.now() + opts.timeoutMs;
   let reported = "";
   for (;;) {
+    // Another process's start may have written the stream's config back as it read it just before the
+    // cut (ensureTopology keeps the subjects it finds, but it is not atomic with this update): cut again.
+    // What was published under the old layout meanwhile is drained below like the rest.
+    const current = await jsm.streams.info(topology.commandsStream);
+    if (JSON.stringify(current.config.subjects) !== JSON.stringify(subjects)) {
+      await jsm.streams.update(topology.commandsStream, { ...current.config, subjects });
+      say(`the commands stream's subjects had been set back; generation ${next.generation}'s again`);
+    }
     const drain = await progress(deps, old);
     const behind = await switchLayout(sql, draining, new Map(drain.map((d) => [d.partition, d.lastSeq])));
     if (behind.length === 0) break;

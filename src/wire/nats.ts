@@ -190,13 +190,16 @@ export async function ensureTopology(nc: NatsConnection, t: Topology, opts: Topo
     ...more,
   });
   const limits = streamLimits(opts);
-  // A resized layout (`tally partitions resize`) lives in the commands stream's subjects: kept as they are.
-  const layout = await loadLayout(jsm, t);
+  // A resized layout (`tally partitions resize`) lives in the commands stream's subjects: an existing
+  // stream's are kept as they are (never written back from an earlier read: a resize's cut may come
+  // between), a new stream takes the first layout's.
   await ensureStream(
     jsm,
-    { ...stream(t.commandsStream, t.commandSubjects, 0, limits.commands), subjects: t.commandStreamSubjects(layout ?? t.layout) },
+    { ...stream(t.commandsStream, t.commandSubjects, 0, limits.commands), subjects: t.commandStreamSubjects(t.layout) },
     check,
+    ["subjects"],
   );
+  await loadLayout(jsm, t);
   await ensureStream(jsm, stream(t.dlqStream, t.dlqSubjects, 0, limits.dlq), check);
   await ensureStream(jsm, stream(t.eventsStream, t.eventSubjects, 0, limits.events), check);
   await ensureStream(jsm, stream(t.availabilityStream, t.availabilitySubjects(), 0, limits.availability), check);
@@ -237,7 +240,13 @@ const defaultWarn = (message: string): void => process.emitWarning(message, "Tal
  * never lowers them, which would drop copies). A create that cannot have the replicas fails with a
  * ReplicasError naming TALLY_NATS_REPLICAS; a raise that fails is reported to `check.warn` with the fix.
  */
-export async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }, check: ReplicaCheck): Promise<void> {
+export async function ensureStream(
+  jsm: JetStreamManager,
+  config: Partial<StreamConfig> & { name: string },
+  check: ReplicaCheck,
+  /** Settings of an existing stream that are kept as found (`config`'s are for creating it). */
+  keep: ReadonlyArray<keyof StreamConfig> = [],
+): Promise<void> {
   let current: StreamConfig;
   try {
     current = (await jsm.streams.info(config.name)).config;
@@ -250,8 +259,9 @@ export async function ensureStream(jsm: JetStreamManager, config: Partial<Stream
     }
     return;
   }
-  const changed = (Object.keys(config) as Array<keyof StreamConfig>).some((k) => JSON.stringify(current[k]) !== JSON.stringify(config[k]));
-  if (changed) await jsm.streams.update(config.name, { ...current, ...config });
+  const wanted = Object.fromEntries(Object.entries(config).filter(([k]) => !keep.includes(k as keyof StreamConfig))) as Partial<StreamConfig>;
+  const changed = (Object.keys(wanted) as Array<keyof StreamConfig>).some((k) => JSON.stringify(current[k]) !== JSON.stringify(wanted[k]));
+  if (changed) await jsm.streams.update(config.name, { ...current, ...wanted });
   await raiseReplicas(jsm, config.name, check, copies(check, current.num_replicas));
 }
 

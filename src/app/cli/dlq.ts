@@ -2,7 +2,6 @@ import { Effect } from "effect";
 import { configuredSources } from "../../../cdc/index.ts";
 import { usableWebhookTargets } from "../../channels/index.ts";
 import { createLogger, knownStores, loadSettings, loadTallyConfig, type Settings } from "../../platform/index.ts";
-import { topology } from "../../wire/index.ts";
 import { fromPromise, runEffect } from "../roles.ts";
 import { CommandError, EXIT, ledgerResource, natsTopology, type OutputFormat, UsageError, writeJson } from "./common.ts";
 
@@ -99,15 +98,17 @@ async function withLetters(
  */
 export async function skip(p: string, opts: { readonly seq?: number }): Promise<number> {
   const settings = loadSettings();
-  const { listStuck, requestSkip } = await import("../../../ledger/index.ts");
-  const t = topology(settings.env, settings.partitions);
+  const { activeLayout, listStuck, requestSkip } = await import("../../../ledger/index.ts");
+  if (!/^\d+$/.test(p)) throw new UsageError(`dlq skip: expected a partition number, got ${JSON.stringify(p)}`);
   const partition = Number(p);
-  if (!/^\d+$/.test(p) || partition >= t.partitions)
-    throw new UsageError(`dlq skip: expected a partition from 0 to ${t.partitions - 1}, got ${JSON.stringify(p)}`);
   return runEffect(
     Effect.scoped(
       Effect.gen(function* () {
         const sql = yield* ledgerResource(settings, "tally-dlq");
+        // The partitions workers apply: the ledger's active layout (after a resize), else TALLY_PARTITIONS.
+        const partitions = (yield* fromPromise(() => activeLayout(sql)))?.partitions ?? settings.partitions;
+        if (partition >= partitions)
+          throw new UsageError(`dlq skip: expected a partition from 0 to ${partitions - 1} (the layout workers apply), got ${JSON.stringify(p)}`);
         const stuck = yield* fromPromise(() => listStuck(sql));
         const seq = opts.seq ?? stuck.find((s) => s.partition === partition)?.streamSeq;
         if (seq === undefined) throw new CommandError(`dlq skip: partition ${partition} is not stuck; give --seq <n> to skip a message anyway`);

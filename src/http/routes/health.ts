@@ -135,15 +135,17 @@ export async function readiness(ctx: ApiContext): Promise<{ ready: boolean; chec
           within(worker.partitionsHeld()).then(
             (heldAnywhere) => {
               const held = worker.held();
+              // The layout this worker applies (after a resize, not TALLY_PARTITIONS; while one drains, the old one).
+              const partitions = worker.layout()?.partitions ?? topology.partitions;
               const stuckHere = worker.statuses().filter((s) => s.stuck);
               checks.leases = {
-                ok: heldAnywhere >= topology.partitions && stuckHere.length === 0,
+                ok: heldAnywhere >= partitions && stuckHere.length === 0,
                 held: held.length,
                 heldByAnyWorker: heldAnywhere,
                 partitions: held.join(","),
                 // A worker may rightly hold none (more workers than partitions); what must hold is that someone holds each.
                 detail:
-                  `${held.length} of ${topology.partitions} partitions held by this worker, ${Math.min(heldAnywhere, topology.partitions)} by some worker` +
+                  `${held.length} of ${partitions} partitions held by this worker, ${Math.min(heldAnywhere, partitions)} by some worker` +
                   (stuckHere.length > 0
                     ? `; stuck here: ${stuckHere.map((s) => `${s.partition} (${s.attempts} attempts: ${s.lastError})`).join(", ")}`
                     : ""),

@@ -3,10 +3,10 @@ import type { FastifyInstance } from "fastify";
 import { Crosswalk, configuredSources, type ResolvedSource } from "../../../cdc/index.ts";
 import { sourceStatus } from "../../../cdc/index.ts";
 import { connectPostgres } from "../../platform/index.ts";
-import { listStuck, requestSkip } from "../../../ledger/index.ts";
+import { activeLayout, listStuck, requestSkip } from "../../../ledger/index.ts";
 import { discardDeadLetter, getDeadLetter, listDeadLetters, replayDeadLetter } from "../../operations/index.ts";
 import type { ApiContext } from "../context.ts";
-import { ApiError, errors } from "../errors.ts";
+import { ApiError, errors, invalidField } from "../errors.ts";
 
 const Letter = {
   $id: "DeadLetter",
@@ -210,7 +210,8 @@ function stuckPartitionRoutes(app: FastifyInstance, ctx: ApiContext): void {
         params: {
           type: "object",
           required: ["partition"],
-          properties: { partition: { type: "integer", minimum: 0, maximum: ctx.topology.partitions - 1 } },
+          // No maximum here: the partition count can change while the API runs (`tally partitions resize`).
+          properties: { partition: { type: "integer", minimum: 0 } },
         },
         body: { $ref: "SkipRequest#" },
         response: {
@@ -221,6 +222,9 @@ function stuckPartitionRoutes(app: FastifyInstance, ctx: ApiContext): void {
     },
     async (req, reply) => {
       const { partition } = req.params;
+      const partitions = (await activeLayout(ctx.sql))?.partitions ?? ctx.topology.basePartitions;
+      if (partition >= partitions)
+        throw invalidField("partition", `expected a partition from 0 to ${partitions - 1} (the layout workers apply), got ${partition}`);
       const seq = req.body?.seq ?? (await listStuck(ctx.sql)).find((s) => s.partition === partition)?.streamSeq;
       if (seq === undefined) throw new ApiError(409, "not_stuck", `partition ${partition} is not stuck; give seq to skip a message anyway`);
       const requested = await requestSkip(ctx.sql, partition, seq, `${req.principal?.id ?? "admin"}@api`);
