@@ -27,6 +27,8 @@ const { values } = parseArgs({
     commands: { type: "string", default: "100000" },
     skus: { type: "string", default: "10000" },
     partitions: { type: "string", default: "8" },
+    /** The worker's TALLY_BATCH_MAX (messages per partition batch; default: the setting's default). */
+    "batch-max": { type: "string" },
   },
 });
 const N = Number(values.commands);
@@ -91,6 +93,7 @@ async function measureTally(sql: Sql, url: string, natsUrl: string, handles: Nat
     TALLY_LEASE_TTL_MS: "10000",
     TALLY_METRICS_PORT: "0",
     TALLY_METRICS_HOST: "127.0.0.1",
+    ...(values["batch-max"] !== undefined ? { TALLY_BATCH_MAX: values["batch-max"] } : {}),
   });
   const tally = await startTally(
     settings,
