@@ -19,7 +19,7 @@ export interface GroupCommitStats {
 
 /**
  * Group commit for one worker process: every partition it holds hands its planned batch here, and
- * whatever has queued while the previous commit was in flight goes to Postgres as one transaction
+ * whatever has queued while the previous commits were in flight goes to Postgres as one transaction
  * (`commitGroup`). Under load the groups grow and commits per second fall to the rate Postgres
  * completes them; idle, a batch commits at once (a group of one, no timer).
  *
@@ -31,25 +31,41 @@ export interface GroupCommitStats {
  */
 export class GroupCommitter {
   readonly #queue: Array<Pending> = [];
-  #running = false;
+  #running = 0;
   readonly stats: GroupCommitStats = { commits: 0, batches: 0, splits: 0 };
+  /** Milliseconds commits were in flight, summed over lanes (up to `lanes` × the wall time; for the bench). */
+  busyMs = 0;
 
-  constructor(readonly sql: Sql) {}
+  /**
+   * `lanes`: groups in flight at once, each on its own connection. A worker runs two: while one group
+   * is in Postgres and the worker's thread is busy planning (a large batch blocks it for a while),
+   * the other can be, so Postgres is not left waiting for Node to pick the next group up. Groups
+   * in flight together never share a partition (each partition has one batch in flight at most),
+   * so they touch disjoint rows, as two worker processes do.
+   */
+  constructor(
+    readonly sql: Sql,
+    readonly lanes = 1,
+  ) {}
 
   /** Resolves once `write` is committed; rejects with LeaseLost if its fence did not hold (nothing of it written). */
   commit(write: BatchWrite): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.#queue.push({ write, resolve, reject });
-      if (!this.#running) void this.#loop();
+      if (this.#running < this.lanes) void this.#loop();
     });
   }
 
   async #loop(): Promise<void> {
-    this.#running = true;
+    this.#running++;
     try {
-      while (this.#queue.length > 0) await this.#commit(this.#queue.splice(0));
+      while (this.#queue.length > 0) {
+        const from = performance.now();
+        await this.#commit(this.#queue.splice(0));
+        this.busyMs += performance.now() - from;
+      }
     } finally {
-      this.#running = false;
+      this.#running--;
     }
   }
 

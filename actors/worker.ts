@@ -64,7 +64,7 @@ export class Worker extends LongRunningService {
     this.skus = new SkuStateCache(opts.maxActors ?? DEFAULTS.TALLY_MAX_ACTORS);
     this.#leases = new LeaseStore(opts.nats.leases, this.id);
     this.gate = new ApplyGate(opts.applyConcurrency ?? availableParallelism());
-    this.committer = new GroupCommitter(opts.sql);
+    this.committer = new GroupCommitter(opts.sql, 2);
   }
 
   /** Partitions this worker holds now. */

@@ -6,7 +6,7 @@
  *
  *   npm run bench -- [--commands 100000] [--skus 10000] [--partitions 8]
  */
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
@@ -27,6 +27,8 @@ const { values } = parseArgs({
     commands: { type: "string", default: "100000" },
     skus: { type: "string", default: "10000" },
     partitions: { type: "string", default: "8" },
+    /** The worker's TALLY_BATCH_MAX (messages per partition batch; default: the setting's default). */
+    "batch-max": { type: "string" },
   },
 });
 const N = Number(values.commands);
@@ -56,6 +58,31 @@ const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
 
 type Results = Record<string, number>;
 
+/**
+ * CPU seconds (user + system) used so far by the Postgres server `sql` talks to: its postmaster's
+ * live children and those it reaped (Linux /proc; null elsewhere). Read before and after a run, it
+ * says what the run cost Postgres whatever else the machine was doing.
+ */
+async function postgresCpuMs(sql: Sql): Promise<number | null> {
+  const ticks = 100; // USER_HZ
+  const stat = async (pid: string) => (await readFile(`/proc/${pid}/stat`, "utf8")).replace(/^.*\) /, "").split(" ");
+  try {
+    const [{ pid }] = await sql<[{ pid: number }]>`select pg_backend_pid() as pid`;
+    const postmaster = (await stat(String(pid)))[1]!;
+    const own = await stat(postmaster);
+    let total = Number(own[11]) + Number(own[12]) + Number(own[13]) + Number(own[14]);
+    for (const entry of await readdir("/proc")) {
+      if (!/^\d+$/.test(entry)) continue;
+      const f = await stat(entry).catch(() => null);
+      if (f && f[1] === postmaster) total += Number(f[11]) + Number(f[12]);
+    }
+    return (total / ticks) * 1000;
+  } catch {
+    // Not Linux, or /proc unreadable: the figure is left out.
+    return null;
+  }
+}
+
 /** Tally: publish N commands through the normal path and wait until every one has an outcome. */
 async function measureTally(sql: Sql, url: string, natsUrl: string, handles: NatsHandles, t2: Topology, results: Results): Promise<void> {
   const settings = loadSettings({
@@ -66,6 +93,7 @@ async function measureTally(sql: Sql, url: string, natsUrl: string, handles: Nat
     TALLY_LEASE_TTL_MS: "10000",
     TALLY_METRICS_PORT: "0",
     TALLY_METRICS_HOST: "127.0.0.1",
+    ...(values["batch-max"] !== undefined ? { TALLY_BATCH_MAX: values["batch-max"] } : {}),
   });
   const tally = await startTally(
     settings,
@@ -76,6 +104,8 @@ async function measureTally(sql: Sql, url: string, natsUrl: string, handles: Nat
   const commands = makeCommands(N, "cmd");
   // Measure the apply path, not start-up: wait until the worker holds every partition.
   while (tally.worker!.held().length < PARTITIONS) await new Promise((r) => setTimeout(r, 50));
+  const pgCpuFrom = await postgresCpuMs(sql);
+  const nodeCpuFrom = process.cpuUsage();
   const t = performance.now();
   await publishCommands(handles.js, t2, commands);
   const published = performance.now() - t;
@@ -85,6 +115,11 @@ async function measureTally(sql: Sql, url: string, natsUrl: string, handles: Nat
     await new Promise((r) => setTimeout(r, 100));
   }
   const applied = performance.now() - t;
+  // CPU per command while publishing and applying (this process: publisher, worker and relay alike).
+  const nodeCpu = process.cpuUsage(nodeCpuFrom);
+  results.nodeCpuUsPerCommand = Math.round((nodeCpu.user + nodeCpu.system) / N);
+  const pgCpuTo = await postgresCpuMs(sql);
+  if (pgCpuFrom !== null && pgCpuTo !== null) results.postgresCpuUsPerCommand = Math.round(((pgCpuTo - pgCpuFrom) * 1000) / N);
   results.tallyPublishCommandsPerSec = rate(N, published);
   results.tallyEndToEndCommandsPerSec = rate(N, applied);
   const [{ entries }] = await sql<[{ entries: number }]>`select count(*)::int as entries from ledger_entries`;
@@ -96,6 +131,10 @@ async function measureTally(sql: Sql, url: string, natsUrl: string, handles: Nat
     select (select count(*)::int from command_outcomes) as outcomes, (select count(*)::int from holds) as holds`;
   results.tallyRowsPerSec = rate(entries + rows!.outcomes + rows!.holds, applied);
   results.tallyCommandsPerInsertLimit = Number((results.tallyEndToEndCommandsPerSec / results.rawInsertRowsPerSec!).toFixed(3));
+  const committer = tally.worker!.committer;
+  results.groupCommits = committer.stats.commits;
+  results.commitBusyMs = Math.round(committer.busyMs);
+  results.applyWallMs = Math.round(applied);
   // Where the worker's time went (ms summed over batches), for the report.
   for (const [stage, ms] of Object.entries(tally.worker!.metrics.stageMs)) results[`stageMs_${stage}`] = Math.round(ms);
   await tally.close();
@@ -133,6 +172,12 @@ function printResults(results: Results): void {
   process.stdout.write(`(${N} commands over ${SKUS} SKUs, ${PARTITIONS} partitions, mean batch ${results.meanBatch})\n`);
   const stages = Object.entries(results).filter(([k]) => k.startsWith("stageMs_"));
   process.stdout.write(`worker stages (ms summed over batches): ${stages.map(([k, v]) => `${k.slice(8)} ${v}`).join(", ")}\n`);
+  process.stdout.write(
+    `CPU per command: Node (publisher, worker, relay) ${results.nodeCpuUsPerCommand} µs, Postgres ${results.postgresCpuUsPerCommand ?? "?"} µs\n`,
+  );
+  process.stdout.write(
+    `group commits: ${results.groupCommits}, in flight ${results.commitBusyMs} ms of ${results.applyWallMs} ms (${results.batches} partition batches)\n`,
+  );
 }
 
 /** bench/results/<timestamp>.json: the run's options and results. */

@@ -2,6 +2,7 @@ import type { Sql } from "postgres";
 import type { HashedEntry } from "./hash.ts";
 import { quantityValue } from "../src/contract/index.ts";
 import type { CostLayer } from "./valuation.ts";
+import { arrayParam } from "./pgArray.ts";
 
 /** A ledger row as written: one leg of one command. */
 export interface LedgerEntry extends HashedEntry {
@@ -171,7 +172,7 @@ export async function commitGroup(sql: Sql, batches: ReadonlyArray<BatchWrite>):
 
 /** One batch's statement: true if its fence held (everything written), false if it wrote nothing (epoch moved on). */
 async function batchStatement(sql: Sql, b: BatchWrite): Promise<boolean> {
-  const col = <T, V>(rows: ReadonlyArray<T>, f: (r: T) => V) => sql.array(rows.map(f) as never);
+  const col = <T>(rows: ReadonlyArray<T>, f: (r: T) => string | number | null) => arrayParam(rows.map(f));
   const e = b.entries;
   const bal = b.balances;
   const h = b.heads;

@@ -143,6 +143,25 @@ describe("group commit across partitions", () => {
     expect(await rowsOf("lost2")).toEqual({ balances: 0, heads: 0, outcomes: 0, outbox: 0 });
   });
 
+  it("two lanes (as a worker runs them): groups in flight at once are each fenced; a lease lost in one rejects only its partition", async () => {
+    const p0 = await claimPartition(h.sql, 0);
+    const p1 = await claimPartition(h.sql, 1);
+    await claimPartition(h.sql, 1);
+    const committer = new GroupCommitter(h.sql, 2);
+    // The first two go out at once, one per lane; the third waits for a lane.
+    const first = committer.commit(write(0, p0.epoch, "lane0", 450_000));
+    const lost = committer.commit(write(1, p1.epoch, "lane1lost", 530_000));
+    const kept = committer.commit(write(0, p0.epoch, "lane0next", 460_000));
+    const results = await Promise.allSettled([first, lost, kept]);
+    expect(results.map((r) => r.status)).toEqual(["fulfilled", "rejected", "fulfilled"]);
+    expect((results[1] as PromiseRejectedResult).reason).toBeInstanceOf(LeaseLost);
+    expect(committer.stats).toEqual({ commits: 3, batches: 3, splits: 0 });
+    expect(await rowsOf("lane0")).toEqual({ balances: 1, heads: 1, outcomes: 1, outbox: 1 });
+    expect(await rowsOf("lane0next")).toEqual({ balances: 1, heads: 1, outcomes: 1, outbox: 1 });
+    expect(await rowsOf("lane1lost")).toEqual({ balances: 0, heads: 0, outcomes: 0, outbox: 0 });
+    expect(await checkpoint(0)).toBe(460_000);
+  });
+
   it("a group one batch of which fails is committed batch by batch: the failure reaches only its partition", async () => {
     const p0 = await claimPartition(h.sql, 0);
     const p1 = await claimPartition(h.sql, 1);
