@@ -47,15 +47,25 @@ export async function checkpointsOf(sql: Sql, count: number): Promise<Map<number
  * checkpoint must cover `lastSeqs` (the last stream sequence on its old subject). Then every
  * partition's checkpoint starts at the cut (the new subjects hold nothing at or below it) and its
  * lease epoch goes up, fencing every runner of the old layout; the layout becomes active.
- * Returns the old partitions still behind (empty: switched).
+ * Returns the old partitions still behind, and whether this call switched (false with nothing behind:
+ * another process switched it first — the layout's row is locked, so only one switch ever runs).
  */
-export async function switchLayout(sql: Sql, layout: LayoutRow, lastSeqs: ReadonlyMap<number, number>): Promise<Array<number>> {
+export async function switchLayout(
+  sql: Sql,
+  layout: LayoutRow,
+  lastSeqs: ReadonlyMap<number, number>,
+): Promise<{ behind: Array<number>; switched: boolean }> {
   return sql.begin(async (tx) => {
+    const [state] = await tx<Array<{ state: string }>>`
+      select state from partition_layouts where generation = ${layout.generation} for update`;
+    // Switched already (by the resize command, or another worker): resetting the checkpoints again would
+    // send the new layout's partitions back to the cut.
+    if (state?.state !== "draining") return { behind: [], switched: false };
     const rows = await tx<Array<{ partition: number; last_seq: number }>>`
       select partition, last_seq::float8 as last_seq from partition_checkpoints order by partition for update`;
     const checkpoint = new Map(rows.map((r) => [r.partition, r.last_seq]));
     const behind = [...lastSeqs].filter(([p, last]) => (checkpoint.get(p) ?? 0) < last).map(([p]) => p);
-    if (behind.length > 0) return behind;
+    if (behind.length > 0) return { behind, switched: false };
     const upTo = Math.max(layout.partitions, layout.previousPartitions, ...rows.map((r) => r.partition + 1));
     await tx`
       insert into partition_checkpoints (partition, last_seq, lease_epoch)
@@ -66,6 +76,6 @@ export async function switchLayout(sql: Sql, layout: LayoutRow, lastSeqs: Readon
     // record, at sequences at or below the cut that no new partition reads.
     await tx`delete from stuck_partitions`;
     await tx`update partition_layouts set state = 'active', switched_at = now() where generation = ${layout.generation}`;
-    return [];
+    return { behind: [], switched: true };
   });
 }

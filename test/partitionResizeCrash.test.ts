@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Command } from "../src/contract/command.ts";
-import { verifyLedger } from "../ledger/index.ts";
+import { activeLayout, verifyLedger } from "../ledger/index.ts";
 import { resizePartitions } from "../src/operations/index.ts";
 import { publishCommands } from "../src/wire/publisher.ts";
 import { LeaseStore, topology } from "../src/wire/index.ts";
@@ -40,7 +40,7 @@ function round(make: ReturnType<typeof commandMaker>, skus: ReadonlyArray<string
 }
 
 describe("partitions resize with crashes", () => {
-  it("workers killed -9 at the cut, while draining and while switching layouts, and the resize command killed -9 and run again: the ledger stays exact", async () => {
+  it("workers killed -9 at the cut, while draining and while switching layouts, and the resize command killed -9 and never run again (the workers finish it): the ledger stays exact", async () => {
     const env = { ...tallyEnv(ctx, OPTS), TALLY_LOG_LEVEL: "error" };
     const workers: Array<Child> = [spawnTally(["start", "--roles", "worker"], env), spawnTally(["start", "--roles", "worker"], env)];
     const restart = async (i: number, afterMs: number) => {
@@ -99,21 +99,25 @@ describe("partitions resize with crashes", () => {
       await eventually("more rounds published", async () => rounds >= afterGrow + 4);
 
       // Shrink 6 → 3 with the CLI, killed -9 as soon as it has recorded the new layout (the cut made or
-      // not), with no worker running (so the old layout cannot have drained); the workers come back and
-      // the same command run again finishes the resize.
+      // not), with no worker running (so the old layout cannot have drained). Nobody runs it again: the
+      // workers, back, make the cut if it was not made and switch once the old layout has drained.
       await Promise.all(workers.map(killed));
       const cli = spawnTally(["partitions", "resize", "3", "--timeout", "90"], env);
       cli.stdout!.on("data", (d: Buffer) => d.toString().includes("recorded generation 2") && cli.kill("SIGKILL"));
       await new Promise((r) => cli.once("exit", r));
       expect(cli.output()).toContain("recorded generation 2");
       expect(cli.output()).not.toContain("is active");
-      await Promise.all([restart(0, 0), restart(1, 0)]);
       const status = await runTally(["partitions", "status"], env);
       expect(status.output).toContain("resize under way: generation 2, 6 → 3 partitions");
-      const again = await runTally(["partitions", "resize", "3", "--timeout", "90"], env);
-      expect(again.code, again.output).toBe(0);
-      expect(again.output).toMatch(/resuming generation 2[\s\S]*generation 2 is active/);
-      // Once more: it is done, so nothing to do (and no error, so a retry loop can just run it again).
+      // Run again while no worker drains the old layout: it resumes (the cut made if it was not), then
+      // gives up after its timeout, saying that nothing is lost and the workers will finish it.
+      const resumed = await runTally(["partitions", "resize", "3", "--timeout", "2"], env);
+      expect(resumed.code, resumed.output).not.toBe(0);
+      expect(resumed.output).toMatch(/resuming generation 2[\s\S]*did not drain within 2000 ms[\s\S]*the workers finish the resize/);
+      await Promise.all([restart(0, 0), restart(1, 0)]);
+      await eventually("the workers to finish the resize", async () => (await activeLayout(h.sql))?.generation === 2, 90_000);
+      expect(await activeLayout(h.sql)).toMatchObject({ generation: 2, partitions: 3, previousPartitions: 6, state: "active" });
+      // Run again afterwards, the command finds it done: nothing to do, and no error (a retry loop can just run it again).
       const [thrice, outside] = await Promise.all([runTally(["partitions", "resize", "3"], env), runTally(["dlq", "skip", "3", "--seq", "1"], env)]);
       expect(outside.code, outside.output).toBe(2);
       expect(outside.output).toContain("dlq skip: expected a partition from 0 to 2 (the layout workers apply)");

@@ -14,6 +14,7 @@ import { connectNats, ensureTopology, isClustered, topologyOptions, type NatsHan
 import { OutboxRelay } from "../channels/index.ts";
 import { AnchorPublisher } from "../channels/index.ts";
 import { WebhookDispatcher, webhookTargets, type WebhookFeed } from "../channels/index.ts";
+import { ResizeFinisher } from "../operations/index.ts";
 import { topology, type Topology } from "../wire/index.ts";
 import type { Server } from "node:http";
 import { ProcessMetrics, serveMetrics, type MetricsSource } from "./processMetrics.ts";
@@ -149,6 +150,13 @@ const startWorkerService = (ctx: RoleContext, workerSql: Sql) =>
       valuation: { method: config.finance.method, currency: config.finance.currency },
     });
   }).pipe(Scope.extend(ctx.rolesScope));
+
+/** Finishes a partition resize whose command stopped, once the old layout has drained (within a lease TTL). */
+const startResizeFinisher = ({ settings, sql, nats, topology: t, log, rolesScope }: RoleContext) =>
+  serviceResource(
+    () =>
+      new ResizeFinisher({ sql, jsm: nats.jsm, topology: t, intervalMs: settings.leaseTtlMs, log: log.child({ role: "worker", part: "resize" }) }),
+  ).pipe(Scope.extend(rolesScope));
 
 /** The GL poster: follows the ledger and writes each command's inventory journal exactly once. */
 const startPoster = ({ sql, config, log, rolesScope }: RoleContext) =>
@@ -411,6 +419,7 @@ export const startRoles = (
     const worker = roles.includes("worker") ? yield* startWorker(ctx, workerSql) : null;
     const poster = roles.includes("worker") ? yield* startPoster(ctx) : null;
     const pruner = roles.includes("worker") ? yield* startPruner(ctx) : null;
+    if (roles.includes("worker")) yield* startResizeFinisher(ctx);
     const relay = roles.includes("relay") ? yield* startRelay(ctx) : null;
     const anchors = roles.includes("relay") ? yield* startAnchors(ctx) : null;
     const webhooks = roles.includes("relay") ? yield* startWebhooks(ctx) : [];

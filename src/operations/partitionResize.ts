@@ -1,7 +1,8 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { Sql } from "postgres";
 import { activeLayout, beginResize, checkpointsOf, drainingLayout, switchLayout, type LayoutRow } from "../../ledger/index.ts";
-import { sleep } from "../platform/index.ts";
+import type { Logger } from "pino";
+import { LongRunningService, sleep } from "../platform/index.ts";
 import { isNotFound, loadLayout, type PartitionLayout, type Topology } from "../wire/index.ts";
 
 export interface ResizeDeps {
@@ -105,36 +106,94 @@ export async function resizePartitions(deps: ResizeDeps, partitions: number, opt
     say(`recorded generation ${draining.generation} (${old.partitions} → ${partitions} partitions), cut at stream sequence ${draining.cutSeq}`);
   } else say(`resuming generation ${draining.generation} (${draining.previousPartitions} → ${partitions} partitions), cut at ${draining.cutSeq}`);
   const next: PartitionLayout = { generation: draining.generation, partitions };
-  // The cut: from this update on the stream takes commands only under the new layout.
-  const info = await jsm.streams.info(topology.commandsStream);
-  const subjects = topology.commandStreamSubjects(next);
-  if (JSON.stringify(info.config.subjects) !== JSON.stringify(subjects)) {
-    await jsm.streams.update(topology.commandsStream, { ...info.config, subjects });
-    say(`the commands stream now takes commands under generation ${next.generation} only`);
-  }
   topology.setLayout(next);
   const deadline = Date.now() + opts.timeoutMs;
   let reported = "";
   for (;;) {
-    // Another process's start may have written the stream's config back as it read it just before the
-    // cut (ensureTopology keeps the subjects it finds, but it is not atomic with this update): cut again.
-    // What was published under the old layout meanwhile is drained below like the rest.
-    const current = await jsm.streams.info(topology.commandsStream);
-    if (JSON.stringify(current.config.subjects) !== JSON.stringify(subjects)) {
-      await jsm.streams.update(topology.commandsStream, { ...current.config, subjects });
-      say(`the commands stream's subjects had been set back; generation ${next.generation}'s again`);
-    }
-    const drain = await progress(deps, old);
-    const behind = await switchLayout(sql, draining, new Map(drain.map((d) => [d.partition, d.lastSeq])));
+    const { behind } = await resizeStep(deps, draining, old, say);
     if (behind.length === 0) break;
     const line = `draining ${behind.length} of ${old.partitions} old partitions: ${behind.join(",")}`;
     if (line !== reported) say((reported = line));
     if (Date.now() > deadline)
       throw new ResizeError(
-        `the old layout did not drain within ${opts.timeoutMs} ms (partitions ${behind.join(",")} behind: are their workers running?); nothing was lost: the new layout's commands wait in the stream; run the resize again to resume`,
+        `the old layout did not drain within ${opts.timeoutMs} ms (partitions ${behind.join(",")} behind: are their workers running?); nothing was lost: the new layout's commands wait in the stream; the workers finish the resize once it has drained (or run it again to watch)`,
       );
     await sleep(250);
   }
   say(`generation ${next.generation} is active: workers apply ${partitions} partitions from stream sequence ${draining.cutSeq + 1}`);
   return { ...draining, state: "active" };
+}
+
+/**
+ * One step of the resize under way (`draining`, from the layout `old`): the cut, if the commands
+ * stream does not take the new layout's subjects (the resize recorded but the cut not made, or another
+ * process's start that wrote the stream's config back as it read it just before the cut: what was
+ * published under the old layout meanwhile drains like the rest), then the switch, if every old
+ * partition has drained. Returns the old partitions still behind (empty: the layout is active) and
+ * whether this call switched it. Safe to run from several processes at once: the switch is one transaction that
+ * locks the layout's row.
+ */
+async function resizeStep(
+  deps: ResizeDeps,
+  draining: LayoutRow,
+  old: PartitionLayout,
+  say: (step: string) => void,
+): Promise<{ behind: Array<number>; switched: boolean }> {
+  const { sql, jsm, topology } = deps;
+  const next: PartitionLayout = { generation: draining.generation, partitions: draining.partitions };
+  const subjects = topology.commandStreamSubjects(next);
+  const current = await jsm.streams.info(topology.commandsStream);
+  if (JSON.stringify(current.config.subjects) !== JSON.stringify(subjects)) {
+    await jsm.streams.update(topology.commandsStream, { ...current.config, subjects });
+    say(`the commands stream now takes commands under generation ${next.generation} only`);
+  }
+  const drain = await progress(deps, old);
+  return switchLayout(sql, draining, new Map(drain.map((d) => [d.partition, d.lastSeq])));
+}
+
+export interface ResizeFinisherOptions extends ResizeDeps {
+  /** How often to look for a resize under way (the lease TTL: a drained resize switches within one). */
+  readonly intervalMs: number;
+  readonly log: Logger;
+}
+
+/**
+ * Finishes a resize whose command is no longer running (killed, its terminal closed, timed out): in
+ * the worker role, every `intervalMs`, a resize under way gets its cut (if it was not made) and is
+ * switched once the old layout has drained. Without it the new layout's commands would wait in the
+ * stream until someone ran the resize again.
+ */
+export class ResizeFinisher extends LongRunningService {
+  /** Resizes this process switched, for the metrics and tests. */
+  switched = 0;
+
+  constructor(readonly opts: ResizeFinisherOptions) {
+    super(); // nothing starts here
+  }
+
+  protected async run(signal: AbortSignal): Promise<void> {
+    const { log } = this.opts;
+    while (!signal.aborted) {
+      await sleep(this.opts.intervalMs, signal);
+      if (signal.aborted) break;
+      await this.step().catch((err: unknown) => log.warn({ err }, "could not advance the partition resize under way; trying again"));
+    }
+  }
+
+  /** One look: nothing to do without a resize under way. True when this call switched the layout. */
+  async step(): Promise<boolean> {
+    const { sql, topology, log } = this.opts;
+    const draining = await drainingLayout(sql);
+    if (!draining) return false;
+    const old: PartitionLayout = { generation: draining.generation - 1, partitions: draining.previousPartitions };
+    const { switched } = await resizeStep(this.opts, draining, old, (step) => log.info({ generation: draining.generation }, step));
+    if (!switched) return false;
+    this.switched++;
+    log.warn(
+      { generation: draining.generation, partitions: draining.partitions, previous: draining.previousPartitions },
+      "finished the partition resize under way (its command was not running): the new layout is active",
+    );
+    topology.setLayout({ generation: draining.generation, partitions: draining.partitions });
+    return true;
+  }
 }
