@@ -969,11 +969,24 @@ async function bottleneck(report: Record<string, unknown>): Promise<string> {
     : `${generatorLimit}Tally fell behind the offered load (${tp.sustainedCommandsPerSec} of ${tp.offeredCommandsPerSec} commands/s): ${stage}.${contended}${profiled}`;
 }
 
-/** The table's rows on CPU per command per process, and on whether the load generator kept its rate. */
-function generatorRows(report: Record<string, unknown>): Array<[string, string, string]> {
+/** The table's rows on CPU per process and per command, and on whether the load generator kept its rate. */
+function resourceRows(report: Record<string, unknown>): Array<[string, string, string]> {
+  const cpu = report.cpu as {
+    node: number;
+    postgres: number;
+    sourcePostgres: number;
+    natsServer: number;
+    workerProcesses: number;
+    generator: number;
+  };
   const perCmd = report.cpuPerCommandMs as Record<string, number | null>;
   const gen = report.generator as { askedEventsPerSec: number; offeredEventsPerSec: number; limited: boolean; why: string | null };
   return [
+    [
+      "CPU (cores): node / postgres ledger, sources / nats",
+      `${cpu.node} / ${cpu.postgres}, ${cpu.sourcePostgres} / ${cpu.natsServer}`,
+      `${cpu.workerProcesses > 0 ? `+ worker processes ${cpu.workerProcesses}, ` : ""}+ load generator ${cpu.generator}`,
+    ],
     [
       "CPU per command (ms): node / postgres ledger, sources / nats",
       `${perCmd.node} / ${perCmd.postgres}, ${perCmd.sourcePostgres} / ${perCmd.natsServer}`,
@@ -992,14 +1005,6 @@ function printTable(report: Record<string, unknown>): void {
   const tp = report.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number; drainSeconds: number };
   const lat = report.latencyMs as Record<string, { p50: number | null; p95: number | null; p99: number | null; samples: number }>;
   const res = report.reservations as { count: number; p50: number | null; p99: number | null };
-  const cpu = report.cpu as {
-    node: number;
-    postgres: number;
-    sourcePostgres: number;
-    natsServer: number;
-    workerProcesses: number;
-    generator: number;
-  };
   const c = report.correctness as {
     allAccountedFor: boolean;
     duplicateLegs: number;
@@ -1041,12 +1046,7 @@ function printTable(report: Record<string, unknown>): void {
           ] as [string, string, string],
         ]
       : []),
-    [
-      "CPU (cores): node / postgres ledger, sources / nats",
-      `${cpu.node} / ${cpu.postgres}, ${cpu.sourcePostgres} / ${cpu.natsServer}`,
-      `${cpu.workerProcesses > 0 ? `+ worker processes ${cpu.workerProcesses}, ` : ""}+ load generator ${cpu.generator}`,
-    ],
-    ...generatorRows(report),
+    ...resourceRows(report),
     [
       "node RSS, middle → end of the run (MiB)",
       `${(report.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(report.memory as { nodeRssEndMiB: number }).nodeRssEndMiB}`,
