@@ -81,8 +81,6 @@ interface ReadyTransaction {
   readonly heartbeat: string | null;
   /** Runs once this entry is published (a re-snapshot records itself done). */
   readonly onFlushed?: () => Promise<void>;
-  /** A complete transaction's catalog facts: recorded as one catalog version before its LSN can be confirmed. */
-  readonly catalog?: { readonly ref: string; readonly sourceAt: string; readonly facts: ReadonlyArray<ResolvedCatalogFact> };
 }
 
 /** A re-snapshot in progress: transactions committed at or after `lsn` wait until its commands are ready. */
@@ -523,13 +521,10 @@ export class SourceReader extends LongRunningService {
       tx.catalog.push(...outcome.catalog);
       skipped += outcome.skipped;
     }
-    // One catalog version per source transaction, durable before its LSN can be confirmed: recorded
-    // by the flush, in commit order, not here. Awaited here, its ledger transaction (the catalog head
-    // locked, projections recomputed) held up every change behind it in the stream — the stock
-    // movements' capture waited on each price change's recording.
-    const catalog = endLsn !== null && tx.catalog.length > 0 ? { ref: tx.commitLsn, sourceAt: tx.commitTime, facts: tx.catalog } : null;
+    // One catalog version per source transaction, durable before its LSN can be confirmed.
+    if (endLsn !== null && tx.catalog.length > 0)
+      await recordCatalogVersion(sql, { source: source.name, ref: tx.commitLsn, sourceAt: tx.commitTime, facts: tx.catalog });
     this.#ready.push({
-      ...(catalog ? { catalog } : {}),
       endLsn,
       commands,
       deadLetters: dead,
@@ -563,7 +558,6 @@ export class SourceReader extends LongRunningService {
       const commands = batch.flatMap((t) => t.commands);
       const dead = batch.flatMap((t) => t.deadLetters);
       try {
-        for (const t of batch) if (t.catalog) await recordCatalogVersion(sql, { source: this.opts.source.name, ...t.catalog });
         if (dead.length > 0)
           await Promise.all(
             // A letter too large for NATS (a huge source row) keeps its payload in Postgres.
