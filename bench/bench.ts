@@ -2,10 +2,13 @@
  * `npm run bench -- --scenario steady --duration 30`: drives the real pipeline — the demo ERP and
  * shop databases captured by CDC, POS transactions and reservations over HTTP, NATS, the workers,
  * the ledger and the relay, all in this process on this machine — and measures, in the same run,
- * the machine's physical limits so Tally's figures read as ratios.
+ * the machine's physical limits so Tally's figures read as ratios. The load itself is offered by a
+ * generator in a process of its own (bench/loadGenerator.ts), so its CPU is counted apart from
+ * Tally's, and a run where the generator could not offer the asked rate is flagged as such.
  *
  * Reports sustained commands/s end to end, source time → availability published p50/p95/p99 per
- * source, reservation round trip p50/p99, CDC lag, CPU and RSS per process, and correctness at the
+ * source, reservation round trip p50/p99, CDC lag, CPU and RSS per process (and CPU per command per
+ * process), whether the generator kept its rate, and correctness at the
  * end (every source event's commands applied exactly once, `ledger verify`); writes
  * `bench/results/<timestamp>.json` and `.html` (charts, no network needed to view).
  *
@@ -21,12 +24,10 @@ import { cpus, tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
-import { Agent, request } from "undici";
-import { decodeCommand, type Command } from "../src/contract/index.ts";
 import { erpSource, shopSource } from "../cdc/demo/index.ts";
 import { applyDemoSchemas, seedDemo } from "../cdc/demo/index.ts";
 import { startCatalogProbe, type CatalogLatency } from "./catalogLatency.ts";
-import { onboardCatalog, simItem, storeIds, Zipf } from "../cdc/demo/index.ts";
+import { onboardCatalog, simItem, storeIds } from "../cdc/demo/index.ts";
 import { enableSource } from "../cdc/index.ts";
 import { findSource } from "../cdc/index.ts";
 import { migrate, verifyLedger } from "../ledger/index.ts";
@@ -39,13 +40,13 @@ import { newToken } from "../src/http/index.ts";
 import { outcomesSubject, type OutcomeBatch } from "../src/wire/index.ts";
 import { createLogger } from "../src/platform/index.ts";
 import { connectNats, ensureTopology, type NatsHandles } from "../src/wire/index.ts";
-import { publishCommands } from "../src/wire/index.ts";
 import { relaySubject, type RelayRound } from "../src/channels/index.ts";
 import { topology, type Topology } from "../src/wire/index.ts";
 import { measureDecoding, measureInsert, measureNats, type Limits } from "./limits.ts";
 import { renderReport } from "./report.ts";
 import { startProfile, type ProfileSummary } from "./profile.ts";
 import { pollingBaseline, type OrderEvent, type StockEvent } from "./polling.ts";
+import { forkGenerator, type GeneratorProcess, type GeneratorResult } from "./loadGenerator.ts";
 
 type Scenario = "steady" | "flash-sale" | "catalog-1m";
 /** A bad option: one line, no stack, exit 1 (run directly or by `tally bench`). */
@@ -97,7 +98,6 @@ const MAX_ACTORS = Math.floor(num("max-actors", values["max-actors"], scenario =
 const percentile = (sorted: ReadonlyArray<number>, q: number): number | null =>
   sorted.length === 0 ? null : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 const sortNum = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b);
-const randInt = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi - lo + 1));
 const round = (n: number | null, d = 1) => (n === null ? null : Math.round(n * 10 ** d) / 10 ** d);
 
 /** A process's proportional set size in bytes (its share of pages it shares with others), from /proc. */
@@ -175,10 +175,10 @@ interface BenchRun {
   readonly stores: ReturnType<typeof storeIds>;
   readonly config: TallyConfig;
   readonly report: Record<string, unknown>;
-  /** What the end of the run closes, whatever happened: worker processes, Tally, the load's HTTP client. */
+  /** What the end of the run closes, whatever happened: worker processes, Tally, the load generator. */
   readonly workers: Array<ChildProcess>;
   tally: Tally | null;
-  loadClient: Agent | null;
+  generator: GeneratorProcess | null;
 }
 
 /** Tally as the load sees it: its API (and a token for it), its settings, and the JetStream handles. */
@@ -188,7 +188,6 @@ interface Pipeline {
   readonly tally: Tally;
   readonly api: string;
   readonly token: string;
-  readonly http: Agent;
 }
 
 /** Live measurements, from what Tally publishes: outcomes per second, the worker's batches, end-to-end latency per source. */
@@ -202,12 +201,10 @@ interface Live {
   readonly subs: Array<Subscription>;
 }
 
-/** The load's state: what it offered (per source, per second), reservation round trips, web orders, requests in flight, samples. */
+/** The load's state: the generator process, and (once it is done) what it offered and measured; the processes' CPU at the start. */
 interface Load {
-  readonly zipf: Zipf;
-  /** Makes this run's ids unique. */
-  readonly runId: string;
-  seq: number;
+  readonly gen: GeneratorProcess;
+  /** Filled in from the generator's result when the load ends. */
   failures: number;
   /** The first few failures' messages, in the report: a failed offer is no command, and says why. */
   readonly failureMessages: Array<string>;
@@ -216,12 +213,7 @@ interface Load {
   readonly reservationRtt: Array<number>;
   readonly reservationOutcomes: Record<string, number>;
   readonly orders: Array<OrderEvent>;
-  /** Web orders placed, to ship or cancel when due. */
-  readonly pending: Array<{ orderId: string; lines: number; due: number }>;
-  readonly inflight: Set<Promise<unknown>>;
-  /** Events and reservations owed to the rates: the fractions carry over to the next tick. */
-  owed: number;
-  resOwed: number;
+  result: GeneratorResult | null;
   readonly rss: Array<{ t: number; node: number; pg: number; nats: number }>;
   pgPss: number;
   lastSample: number;
@@ -253,14 +245,6 @@ interface Measured {
   readonly appliedInRun: number;
 }
 
-/** One tick's events, owed to --rate. */
-interface TickEvents {
-  readonly receipts: Array<{ item: string; location: string; qty: number }>;
-  readonly pos: Array<Record<string, unknown>>;
-  readonly carts: Array<Array<{ shopSku: string; sku: string; qty: number }>>;
-  readonly direct: Array<Command>;
-}
-
 async function main(): Promise<void> {
   const log = createLogger("bench", process.env.TALLY_LOG_LEVEL ?? "error");
   process.stderr.write(
@@ -274,9 +258,9 @@ async function main(): Promise<void> {
     const pipe = await startPipeline(run, nats);
     const live = listen(run);
     const { catalog, before } = await onboard(run);
-    const load = await startLoad(run, live, catalog);
+    const load = await startLoad(run, pipe, live, catalog);
     const catalogProbe = startCatalogProbe(run.nc, run.t, run.erp);
-    await runLoad(run, pipe, live, load);
+    await runLoad(run, live, load);
     const end = await endLoad(load);
     await catalogProbe.halt();
     const { wanted, finished } = await drain(run, live, load, before);
@@ -329,7 +313,7 @@ async function setup(log: ReturnType<typeof createLogger>): Promise<BenchRun> {
     partitions: PARTITIONS,
     cores: cpus().length,
   };
-  return { env, log, pg, srcPg, natsServer, urls, sql, erp, shop, nc, t, stores, config, report, workers: [], tally: null, loadClient: null };
+  return { env, log, pg, srcPg, natsServer, urls, sql, erp, shop, nc, t, stores, config, report, workers: [], tally: null, generator: null };
 }
 
 /** The machine's limits, first (nothing else running). */
@@ -369,11 +353,7 @@ async function startPipeline(run: BenchRun, nats: NatsHandles): Promise<Pipeline
   if (WORKER_PROCESSES > 0) await spawnWorkers(run, settings);
   const tally = await startTally(settings, config, WORKER_PROCESSES > 0 ? ["relay", "cdc", "api"] : ["worker", "relay", "cdc", "api"], run.log);
   run.tally = tally;
-  // A bounded set of keep-alive connections: opening one per request would overflow the listen
-  // queue and time the kernel's SYN retries (1, 3, 7, … s), not Tally.
-  const http = new Agent({ connections: CONNECTIONS, keepAliveTimeout: 30_000 });
-  run.loadClient = http;
-  return { nats, settings, tally, api: `http://127.0.0.1:${port}`, token, http };
+  return { nats, settings, tally, api: `http://127.0.0.1:${port}`, token };
 }
 
 /** --worker-processes `tally start --roles worker` processes, on the same servers as this one. */
@@ -489,25 +469,43 @@ function processStats(run: BenchRun, natsProcess: number | undefined) {
     srcPg: pgPids(run.srcPg.dataDir).map(procStat),
     nats: natsProcess ? procStat(natsProcess) : null,
     workers: run.workers.map((w) => procStat(w.pid!)),
+    generator: run.generator ? procStat(run.generator.pid) : null,
   };
 }
 type ProcessStats = ReturnType<typeof processStats>;
 
-/** The load's state, the processes' CPU at its start, the profiler started; from here batches and latencies count. */
-async function startLoad(run: BenchRun, live: Live, catalog: number): Promise<Load> {
-  const zipf = new Zipf(scenario === "flash-sale" ? HOT : Math.max(1, catalog || SKUS));
-  const runId = Math.random().toString(36).slice(2, 8);
+/** The load generator forked and connected, the processes' CPU at its start, the profiler started; from here batches and latencies count. */
+async function startLoad(run: BenchRun, pipe: Pipeline, live: Live, catalog: number): Promise<Load> {
+  const gen = forkGenerator({
+    scenario,
+    rate: RATE,
+    reservationRate: RES_RATE,
+    durationS: DURATION_S,
+    skus: SKUS,
+    catalog,
+    stores: STORES,
+    hot: HOT,
+    env: run.env,
+    partitions: PARTITIONS,
+    api: pipe.api,
+    token: pipe.token,
+    connections: CONNECTIONS,
+    erpUrl: run.urls.TALLY_SOURCE_ERP_URL,
+    shopUrl: run.urls.TALLY_SOURCE_SHOP_URL,
+    natsUrl: run.natsServer.url,
+  });
+  run.generator = gen;
+  await gen.ready;
   const natsProcess = natsPid(run.natsServer.storeDir);
   const pidStart = processStats(run, natsProcess);
-  // Where this process's CPU goes during the load (the roles running here; worker processes aside).
+  // Where this process's CPU goes during the load (the roles running here; worker processes and the generator aside).
   const stopProfile = values["no-profile"] ? null : await startProfile();
   const started = Date.now();
   const schedStart = schedStat(process.pid);
   live.measuring = true;
+  gen.go(started);
   return {
-    zipf,
-    runId,
-    seq: 0,
+    gen,
     failures: 0,
     failureMessages: [],
     expected: { erp: 0, pos: 0, shop: 0, api: 0, bench: 0 },
@@ -515,10 +513,7 @@ async function startLoad(run: BenchRun, live: Live, catalog: number): Promise<Lo
     reservationRtt: [],
     reservationOutcomes: {},
     orders: [],
-    pending: [],
-    inflight: new Set(),
-    owed: 0,
-    resOwed: 0,
+    result: null,
     rss: [],
     pgPss: 0,
     lastSample: 0,
@@ -530,215 +525,37 @@ async function startLoad(run: BenchRun, live: Live, catalog: number): Promise<Lo
   };
 }
 
-/** The load: every 100 ms, the events owed to --rate and the reservations owed to --reservation-rate, for --duration seconds. */
-async function runLoad(run: BenchRun, pipe: Pipeline, live: Live, load: Load): Promise<void> {
-  const until = load.started + DURATION_S * 1000;
-  while (Date.now() < until) {
+/** The load runs in the generator (every 100 ms, the events owed to --rate and the reservations owed to --reservation-rate, for --duration seconds); here, samples once a second until it is done. */
+async function runLoad(run: BenchRun, live: Live, load: Load): Promise<void> {
+  let finished = false;
+  const done = load.gen.done.finally(() => {
+    finished = true;
+  });
+  while (!finished) {
     const tick = Date.now();
-    const sec = Math.floor(tick / 1000);
-    let offered = offerEvents(run, pipe, load, tickEvents(run, load));
-    offered += settleDueOrders(run, load, tick);
-    // Reservations over HTTP, each timed (a checkout's hold).
-    if (scenario !== "catalog-1m") offered += offerReservations(pipe, load);
-    load.offeredPerSecond.set(sec, (load.offeredPerSecond.get(sec) ?? 0) + offered);
     if (tick - load.lastSample >= 1000) sample(run, live, load, tick);
-    await sleep(Math.max(0, 100 - (Date.now() - tick)));
+    await Promise.race([done, sleep(250)]);
   }
+  const r = await done;
+  load.result = r;
+  load.failures = r.failures;
+  load.failureMessages.push(...r.failureMessages);
+  Object.assign(load.expected, r.expected);
+  for (const [sec, n] of r.offeredPerSecond) load.offeredPerSecond.set(sec, n);
+  load.reservationRtt.push(...r.reservationRtt);
+  Object.assign(load.reservationOutcomes, r.reservationOutcomes);
+  load.orders.push(...r.orders);
 }
 
 /** The offered rate is over the load's own window: requests still queued after it count against Tally. */
 async function endLoad(load: Load): Promise<LoadEnd> {
-  const loopEnded = Date.now();
+  const r = load.result!;
+  const loopEnded = r.loopEnded;
   const loadWindowS = (loopEnded - load.started) / 1000;
   const offeredInWindow = [...load.offeredPerSecond.values()].reduce((a, b) => a + b, 0);
-  await Promise.allSettled([...load.inflight]);
-  const loadEnded = Date.now();
   const profile: ProfileSummary | null = load.stopProfile ? await load.stopProfile() : null;
   if (process.stderr.isTTY) process.stderr.write("\n");
-  return { loopEnded, loadWindowS, offeredInWindow, loadEnded, profile };
-}
-
-/** A request of the load, counted as a failure if it fails, awaited at the end of the load. */
-function track(load: Load, p: Promise<unknown>): void {
-  const q = p
-    .catch((err: unknown) => {
-      load.failures++;
-      if (load.failureMessages.length < 5) load.failureMessages.push(err instanceof Error ? err.message : String(err));
-    })
-    .finally(() => load.inflight.delete(q));
-  load.inflight.add(q);
-}
-
-/** This tick's events, by scenario: receipts in the ERP, POS transactions, web orders in the shop (catalog-1m: receive commands). */
-function tickEvents(run: BenchRun, load: Load): TickEvents {
-  load.owed += RATE / 10;
-  const events = Math.floor(load.owed);
-  load.owed -= events;
-  const { receipts, pos, carts, direct }: TickEvents = { receipts: [], pos: [], carts: [], direct: [] };
-  const { stores } = run;
-  const { zipf } = load;
-  for (let e = 0; e < events; e++) {
-    if (scenario === "catalog-1m") {
-      const i = Math.floor(Math.random() * SKUS);
-      const d = decodeCommand({
-        id: `b:${load.runId}:${++load.seq}`,
-        type: "receive",
-        sku: `M-${i}`,
-        location: "DC1",
-        qty: 1,
-        source: { system: "bench", ref: String(load.seq) },
-        occurredAt: new Date().toISOString(),
-      });
-      if (d._tag === "Right") direct.push(d.right);
-      continue;
-    }
-    const r = Math.random();
-    if (scenario === "flash-sale" ? r < 0.9 : r < 0.3) {
-      const item = simItem(zipf.sample());
-      carts.push([{ shopSku: item.shopSku, sku: item.sku, qty: 1 }]);
-    } else if (scenario === "flash-sale" || r < 0.75) {
-      const store = stores[randInt(0, stores.length - 1)]!;
-      const lines = Array.from({ length: randInt(1, 3) }, () => ({ type: "sale", barcode: simItem(zipf.sample()).barcode, qty: 1 }));
-      pos.push({ store, terminal: `T${randInt(1, 8)}`, id: `b-${load.runId}-${++load.seq}`, occurredAt: new Date().toISOString(), lines });
-    } else {
-      receipts.push({
-        item: simItem(zipf.sample()).itemNo,
-        location: Math.random() < 0.3 ? "DC1" : stores[randInt(0, stores.length - 1)]!,
-        qty: randInt(5, 40),
-      });
-    }
-  }
-  return { receipts, pos, carts, direct };
-}
-
-/** This tick's events offered to their sources; returns the commands they make. */
-function offerEvents(run: BenchRun, pipe: Pipeline, load: Load, { receipts, pos, carts, direct }: TickEvents): number {
-  const { erp } = run;
-  let offered = 0;
-  if (direct.length > 0) {
-    load.expected.bench += direct.length;
-    offered += direct.length;
-    track(load, publishCommands(pipe.nats.js, run.t, direct));
-  }
-  if (receipts.length > 0) {
-    offered += receipts.length;
-    // Expected once the ERP committed them: a failed insert (a deadlock with the price probe's
-    // transactions, say) is no receipt, and no command to wait for.
-    track(
-      load,
-      erp`insert into goods_receipts (item_no, location, qty, uom)
-                  select i, l, q, 'EA' from unnest(${erp.array(receipts.map((x) => x.item))}::text[], ${erp.array(receipts.map((x) => x.location))}::text[],
-                                                   ${erp.array(receipts.map((x) => x.qty))}::int[]) as t(i, l, q)`.then(() => {
-        load.expected.erp += receipts.length;
-      }),
-    );
-  }
-  if (pos.length > 0) offered += offerPos(pipe, load, pos);
-  if (carts.length > 0) offered += placeOrders(run, load, carts);
-  return offered;
-}
-
-/** POS transactions over HTTP; their lines count as expected once accepted. */
-function offerPos(pipe: Pipeline, load: Load, pos: TickEvents["pos"]): number {
-  const lines = pos.reduce((n, x) => n + (x.lines as Array<unknown>).length, 0);
-  track(
-    load,
-    request(`${pipe.api}/v1/pos/transactions`, {
-      dispatcher: pipe.http,
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${pipe.token}` },
-      body: JSON.stringify({ transactions: pos }),
-    }).then(async (res) => {
-      await res.body.dump();
-      if (res.statusCode >= 300) throw new Error(`POS ${res.statusCode}`);
-      load.expected.pos += lines; // accepted: its lines will be decided
-    }),
-  );
-  return lines;
-}
-
-/** Web orders placed in the shop (captured by CDC), each due to ship or be cancelled in 1–4 s. */
-function placeOrders(run: BenchRun, load: Load, carts: TickEvents["carts"]): number {
-  const placed = carts.map((cart) => ({ orderId: `B-${load.runId}-${++load.seq}`, cart }));
-  const lines = carts.reduce((n, c) => n + c.length, 0);
-  load.expected.shop += lines;
-  const now = Date.now();
-  for (const p of placed) {
-    for (const l of p.cart) load.orders.push({ at: now, sku: l.sku, qty: l.qty });
-    load.pending.push({ orderId: p.orderId, lines: p.cart.length, due: now + randInt(1000, 4000) });
-  }
-  track(
-    load,
-    run.shop.begin(async (tx) => {
-      await tx`insert into orders (order_id, channel) select unnest(${tx.array(placed.map((p) => p.orderId))}::text[]), 'web'`;
-      const rows = placed.flatMap((p) => p.cart.map((l, i) => ({ o: p.orderId, n: i + 1, s: l.shopSku, q: l.qty })));
-      await tx`insert into order_lines (order_id, line_no, shop_sku, location, qty)
-                     select o, n, s, 'DC1', q from unnest(${tx.array(rows.map((r) => r.o))}::text[], ${tx.array(rows.map((r) => r.n))}::int[],
-                                                          ${tx.array(rows.map((r) => r.s))}::text[], ${tx.array(rows.map((r) => r.q))}::int[]) as t(o, n, s, q)`;
-    }),
-  );
-  return lines;
-}
-
-/** Orders placed a few seconds ago ship (80%) or are cancelled; returns the commands that makes. */
-function settleDueOrders(run: BenchRun, load: Load, tick: number): number {
-  const { shop } = run;
-  const due = load.pending.filter((p) => p.due <= tick);
-  if (due.length === 0) return 0;
-  load.pending.splice(0, load.pending.length, ...load.pending.filter((p) => p.due > tick));
-  const ship = due.filter(() => Math.random() < 0.8);
-  const cancel = due.filter((p) => !ship.includes(p));
-  // Only a placed line whose reserve was applied moves stock; the mapping emits fulfill/release for every placed line either way.
-  const lines = due.reduce((n, p) => n + p.lines, 0);
-  load.expected.shop += lines;
-  if (ship.length > 0)
-    track(
-      load,
-      shop`update order_lines set status = 'shipped' where order_id = any(${shop.array(ship.map((p) => p.orderId))}::text[]) and status = 'placed'`,
-    );
-  if (cancel.length > 0)
-    track(
-      load,
-      shop`update order_lines set status = 'cancelled' where order_id = any(${shop.array(cancel.map((p) => p.orderId))}::text[]) and status = 'placed'`,
-    );
-  return lines;
-}
-
-/** This tick's reservations owed to --reservation-rate; returns how many. */
-function offerReservations(pipe: Pipeline, load: Load): number {
-  load.resOwed += RES_RATE / 10;
-  const n = Math.floor(load.resOwed);
-  load.resOwed -= n;
-  for (let k = 0; k < n; k++) {
-    const sku = simItem(load.zipf.sample()).sku;
-    const key = `bench-${load.runId}-${++load.seq}`;
-    // Checkouts arrive spread over the tick, not as one burst every 100 ms (which would time
-    // the queue the burst itself makes).
-    track(
-      load,
-      sleep((100 * k) / n).then(() => reserve(pipe, load, sku, key)),
-    );
-  }
-  return n;
-}
-
-/** One checkout's hold over HTTP, timed. */
-function reserve(pipe: Pipeline, load: Load, sku: string, key: string): Promise<void> {
-  const t0 = performance.now();
-  return request(`${pipe.api}/v1/reservations`, {
-    dispatcher: pipe.http,
-    method: "POST",
-    headers: { "content-type": "application/json", authorization: `Bearer ${pipe.token}`, "idempotency-key": key },
-    body: JSON.stringify({ sku, qty: 1, location: "DC1", ttlSeconds: 3600 }),
-  }).then(async (res) => {
-    await res.body.dump();
-    load.reservationRtt.push(performance.now() - t0);
-    const status = res.statusCode;
-    const outcome = status === 201 ? "held" : status === 409 ? "insufficient_stock" : `http_${status}`;
-    // Its reserve command was published (and will be decided) unless the request failed before.
-    if (status === 201 || status === 409 || status === 503) load.expected.api++;
-    load.reservationOutcomes[outcome] = (load.reservationOutcomes[outcome] ?? 0) + 1;
-  });
+  return { loopEnded, loadWindowS, offeredInWindow, loadEnded: r.loadEnded, profile };
 }
 
 /** Once a second: the processes' memory, and the progress line. */
@@ -754,9 +571,9 @@ function sample(run: BenchRun, live: Live, load: Load, tick: number): void {
     pg: load.pgPss,
     nats: load.natsProcess ? (procStat(load.natsProcess)?.rss ?? 0) : 0,
   });
-  const total = Object.values(load.expected).reduce((a, b) => a + b, 0);
+  const { offered: total, inflight } = load.gen.progress;
   progress(
-    `${Math.round((tick - started) / 1000)}/${DURATION_S} s  offered ${total.toLocaleString("en")}  applied ${live.applied.toLocaleString("en")}  in flight ${load.inflight.size}`,
+    `${Math.round((tick - started) / 1000)}/${DURATION_S} s  offered ${total.toLocaleString("en")}  applied ${live.applied.toLocaleString("en")}  in flight ${inflight}`,
     (tick - started) / 1000,
     DURATION_S,
   );
@@ -807,6 +624,7 @@ function measureResources(run: BenchRun, load: Load, finished: number): void {
     sourcePostgres: round((sumCpu(pidEnd.srcPg) - sumCpu(pidStart.srcPg)) / wall, 2),
     natsServer: round(((pidEnd.nats?.cpu ?? 0) - (pidStart.nats?.cpu ?? 0)) / wall, 2),
     workerProcesses: round((sumCpu(pidEnd.workers) - sumCpu(pidStart.workers)) / wall, 2),
+    generator: round(((pidEnd.generator?.cpu ?? 0) - (pidStart.generator?.cpu ?? 0)) / wall, 2),
     unit: "cores (CPU seconds per wall second)",
   };
   report.rss = rss;
@@ -851,6 +669,8 @@ async function checkCorrectness(run: BenchRun, nats: NatsHandles, load: Load, be
 async function summarise(run: BenchRun, m: Measured): Promise<void> {
   const { report } = run;
   const { sustained, offeredRate, latency, rtt } = reportThroughput(run, m);
+  report.cpuPerCommandMs = cpuPerCommand(report, m.appliedInRun);
+  report.generator = generatorFigures(report, m.load);
   const worstP99 = Math.max(...Object.values(latency).map((l) => l.p99 ?? 0));
   report.targets = {
     "sustained end to end ≥ 25,000 commands/s": { target: 25_000, measured: sustained, at: `offered ${offeredRate}/s`, met: sustained >= 25_000 },
@@ -925,6 +745,67 @@ function reportThroughput(run: BenchRun, m: Measured) {
   return { sustained, offeredRate, latency, rtt };
 }
 
+/**
+ * CPU milliseconds per command decided, per process (over the load and the drain): what each part
+ * of the system costs a command, the generator apart (`tally`: everything but the generator).
+ */
+function cpuPerCommand(report: Record<string, unknown>, commands: number): Record<string, number | null> {
+  const cpu = report.cpu as {
+    wallSeconds: number;
+    node: number;
+    postgres: number;
+    sourcePostgres: number;
+    natsServer: number;
+    workerProcesses: number;
+    generator: number;
+  };
+  const per = (cores: number) => (commands > 0 ? round((cores * cpu.wallSeconds * 1000) / commands, 3) : null);
+  const parts = {
+    node: cpu.node,
+    postgres: cpu.postgres,
+    sourcePostgres: cpu.sourcePostgres,
+    natsServer: cpu.natsServer,
+    workerProcesses: cpu.workerProcesses,
+  };
+  return {
+    ...Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, per(v)])),
+    generator: per(cpu.generator),
+    tally: per(Object.values(parts).reduce((a, b) => a + b, 0)),
+    commands,
+  };
+}
+
+/**
+ * Whether the load generator kept the asked rate: the events it offered against --rate over its
+ * window, its ticks that started late, and its CPU. A generator short of its rate (or of CPU) was
+ * the limit of the run, not Tally; `limited` says so, and the bottleneck sentence leads with it.
+ */
+function generatorFigures(report: Record<string, unknown>, load: Load): Record<string, unknown> {
+  const r = load.result!;
+  const windowS = (r.loopEnded - load.started) / 1000;
+  const cores = (report.cpu as { generator: number }).generator;
+  const shortOfRate = r.offeredEvents < r.askedEvents * 0.95;
+  const lateTicks = r.ticks > 0 && r.lateTicks / r.ticks > 0.05;
+  const busy = cores >= 0.9;
+  const reasons = [
+    ...(shortOfRate ? [`offered ${r.offeredEvents} of the ${r.askedEvents} events asked`] : []),
+    ...(lateTicks ? [`${r.lateTicks} of ${r.ticks} ticks started over ${100} ms late (worst ${r.maxTickLagMs} ms)`] : []),
+    ...(busy ? [`its process used ${cores} cores`] : []),
+  ];
+  return {
+    pid: load.gen.pid,
+    askedEventsPerSec: round(r.askedEvents / windowS),
+    offeredEventsPerSec: round(r.offeredEvents / windowS),
+    ticks: r.ticks,
+    lateTicks: r.lateTicks,
+    maxTickLagMs: r.maxTickLagMs,
+    sourceWriteMs: r.sourceWriteMs,
+    cpuCores: cores,
+    limited: reasons.length > 0,
+    why: reasons.length > 0 ? reasons.join("; ") : null,
+  };
+}
+
 /** The worker's batches over the run, and how busy its apply permits were. */
 function workerFigures(m: Measured): Record<string, unknown> {
   const { tally, settings } = m.pipe;
@@ -958,7 +839,7 @@ function workerFigures(m: Measured): Record<string, unknown> {
 
 /** The load's HTTP client, Tally, the worker processes, the connections, the servers: closed whatever happened. */
 async function close(run: BenchRun): Promise<void> {
-  await run.loadClient?.close().catch(() => {});
+  await run.generator?.exit().catch(() => {});
   await run.tally?.close().catch(() => {});
   await Promise.all(
     run.workers.map(
@@ -1027,14 +908,21 @@ async function stockTimeline(sql: Sql, from: number): Promise<Array<StockEvent>>
 
 /** Where the time goes, in a sentence for the report. */
 async function bottleneck(report: Record<string, unknown>): Promise<string> {
-  const cpu = report.cpu as { node: number; postgres: number; sourcePostgres: number; natsServer: number; workerProcesses: number };
+  const cpu = report.cpu as {
+    node: number;
+    postgres: number;
+    sourcePostgres: number;
+    natsServer: number;
+    workerProcesses: number;
+    generator: number;
+  };
   const busiest = Object.entries({
-    "Node (Tally + load generator)": cpu.node,
+    "Node (Tally's roles)": cpu.node,
     "Postgres (ledger)": cpu.postgres,
     "Postgres (sources)": cpu.sourcePostgres,
     "nats-server": cpu.natsServer,
   }).sort((a, b) => b[1] - a[1])[0]!;
-  const used = Math.round((cpu.node + cpu.postgres + cpu.sourcePostgres + cpu.natsServer + cpu.workerProcesses) * 100) / 100;
+  const used = Math.round((cpu.node + cpu.postgres + cpu.sourcePostgres + cpu.natsServer + cpu.workerProcesses + cpu.generator) * 100) / 100;
   const cores = (report.cores as number) ?? 2;
   const tp = report.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number };
   const w = report.worker as {
@@ -1052,7 +940,7 @@ async function bottleneck(report: Record<string, unknown>): Promise<string> {
   const cpuBound = used >= cores * 0.85;
   const stage =
     cpu.node >= 0.9
-      ? `the Node process is at ${cpu.node} cores — one thread, its event loop saturated (Tally's roles and the load generator share it; ${used} of ${cores} cores in all), so every stage waits for the loop (worker: mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms). Run the roles in separate processes (tally start --roles worker, …) and trim the per-command work (schema decode, hashing, allocation: GC)`
+      ? `the Node process is at ${cpu.node} cores — one thread, its event loop saturated (Tally's roles share it; the load generator runs apart at ${cpu.generator} cores; ${used} of ${cores} cores in all), so every stage waits for the loop (worker: mean batch ${w.meanBatch} commands in ${w.meanApplyMs} ms). Run the roles in separate processes (tally start --roles worker, …) and trim the per-command work (schema decode, hashing, allocation: GC)`
       : cpuBound
         ? `the machine is CPU-bound (${used} of ${cores} cores; ${busiest[0]} ${busiest[1]})`
         : w.busyFractionOfPermits > 0.5
@@ -1072,9 +960,44 @@ async function bottleneck(report: Record<string, unknown>): Promise<string> {
           ", ",
         )}; hottest function ${profile.hottest[0]?.fn ?? "–"} (${Math.round((profile.hottest[0]?.share ?? 0) * 100)}%). V8's sampler counts wall time: a thread waiting for a CPU is counted in the function it was in.`
     : "";
+  const gen = report.generator as { limited: boolean; why: string | null } | undefined;
+  const generatorLimit = gen?.limited
+    ? `The load generator, not Tally, was the limit of this run (${gen.why}): the offered rate is what it could offer, not what was asked. `
+    : "";
   return keptUp
-    ? `Tally kept up with the offered load (${tp.offeredCommandsPerSec} commands/s); ${stage}. Raise --rate to find the ceiling.${contended}${profiled}`
-    : `Tally fell behind the offered load (${tp.sustainedCommandsPerSec} of ${tp.offeredCommandsPerSec} commands/s): ${stage}.${contended}${profiled}`;
+    ? `${generatorLimit}Tally kept up with the offered load (${tp.offeredCommandsPerSec} commands/s); ${stage}. Raise --rate to find the ceiling.${contended}${profiled}`
+    : `${generatorLimit}Tally fell behind the offered load (${tp.sustainedCommandsPerSec} of ${tp.offeredCommandsPerSec} commands/s): ${stage}.${contended}${profiled}`;
+}
+
+/** The table's rows on CPU per process and per command, and on whether the load generator kept its rate. */
+function resourceRows(report: Record<string, unknown>): Array<[string, string, string]> {
+  const cpu = report.cpu as {
+    node: number;
+    postgres: number;
+    sourcePostgres: number;
+    natsServer: number;
+    workerProcesses: number;
+    generator: number;
+  };
+  const perCmd = report.cpuPerCommandMs as Record<string, number | null>;
+  const gen = report.generator as { askedEventsPerSec: number; offeredEventsPerSec: number; limited: boolean; why: string | null };
+  return [
+    [
+      "CPU (cores): node / postgres ledger, sources / nats",
+      `${cpu.node} / ${cpu.postgres}, ${cpu.sourcePostgres} / ${cpu.natsServer}`,
+      `${cpu.workerProcesses > 0 ? `+ worker processes ${cpu.workerProcesses}, ` : ""}+ load generator ${cpu.generator}`,
+    ],
+    [
+      "CPU per command (ms): node / postgres ledger, sources / nats",
+      `${perCmd.node} / ${perCmd.postgres}, ${perCmd.sourcePostgres} / ${perCmd.natsServer}`,
+      `Tally ${perCmd.tally} in all${perCmd.workerProcesses ? ` (worker processes ${perCmd.workerProcesses})` : ""}; generator ${perCmd.generator}`,
+    ],
+    [
+      "load generator: events/s asked / offered",
+      `${gen.askedEventsPerSec} / ${gen.offeredEventsPerSec}`,
+      gen.limited ? `LIMITED: ${gen.why}` : "kept the rate",
+    ],
+  ];
 }
 
 function printTable(report: Record<string, unknown>): void {
@@ -1082,7 +1005,6 @@ function printTable(report: Record<string, unknown>): void {
   const tp = report.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number; drainSeconds: number };
   const lat = report.latencyMs as Record<string, { p50: number | null; p95: number | null; p99: number | null; samples: number }>;
   const res = report.reservations as { count: number; p50: number | null; p99: number | null };
-  const cpu = report.cpu as { node: number; postgres: number; sourcePostgres: number; natsServer: number; workerProcesses: number };
   const c = report.correctness as {
     allAccountedFor: boolean;
     duplicateLegs: number;
@@ -1124,11 +1046,7 @@ function printTable(report: Record<string, unknown>): void {
           ] as [string, string, string],
         ]
       : []),
-    [
-      "CPU (cores): node / postgres ledger, sources / nats",
-      `${cpu.node} / ${cpu.postgres}, ${cpu.sourcePostgres} / ${cpu.natsServer}`,
-      cpu.workerProcesses > 0 ? `+ worker processes ${cpu.workerProcesses}` : "",
-    ],
+    ...resourceRows(report),
     [
       "node RSS, middle → end of the run (MiB)",
       `${(report.memory as { nodeRssMidMiB: number }).nodeRssMidMiB} → ${(report.memory as { nodeRssEndMiB: number }).nodeRssEndMiB}`,

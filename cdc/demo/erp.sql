@@ -176,13 +176,16 @@ end $$;
 
 -- Receipts and adjustments are booked once per statement, summed per (item, location), as an ERP's
 -- posting run does: a bulk load of a million receipt lines is one update per item and location,
--- not a million updates of the same few rows.
+-- not a million updates of the same few rows. The rows are locked in (item, location) order: two
+-- postings of the same hot items in different orders would deadlock, and each deadlock costs
+-- deadlock_timeout (1 s) before one of them fails.
 create or replace function erp_book_receipts() returns trigger language plpgsql as $$
 begin
   insert into stock_on_hand as s (item_no, location, qty, uom)
   select n.item_no, n.location, sum(erp_stock_qty(n.item_no, n.qty, n.uom)), min(i.base_uom)
     from new_rows n join items i on i.item_no = n.item_no
    group by n.item_no, n.location
+   order by n.item_no, n.location
   on conflict (item_no, location) do update
     set qty = erp_stock_qty(s.item_no, s.qty, s.uom) + excluded.qty,
         uom = excluded.uom;
@@ -249,15 +252,19 @@ create table if not exists inbound_movements (
 );
 
 -- The import job: an inbound movement is booked as an adjustment marked origin 'tally' (which the
--- on-hand trigger above applies, and the demo mapping does not capture).
+-- on-hand trigger above applies, and the demo mapping does not capture). Once per statement, in the
+-- order the rows came (the ledger's, per SKU): the adjustments are then booked by one statement,
+-- locking the on-hand rows in (item, location) order as every receipt does. Booked row by row, a
+-- write-back batch locked them in its own order, and receipts posted meanwhile deadlocked with it.
 create or replace function erp_import_movement() returns trigger language plpgsql as $$
 begin
   insert into stock_adjustments (item_no, location, qty, uom, reason, origin, adjusted_at)
-  values (new.item_no, new.location, new.qty, new.uom, 'tally ' || new.movement || ' ' || new.command_id, 'tally', new.occurred_at);
+  select n.item_no, n.location, n.qty, n.uom, 'tally ' || n.movement || ' ' || n.command_id, 'tally', n.occurred_at from new_rows n;
   return null;
 end $$;
-create or replace trigger inbound_movements_import after insert on inbound_movements
-  for each row execute function erp_import_movement();
+drop trigger if exists inbound_movements_import on inbound_movements;
+create trigger inbound_movements_import after insert on inbound_movements
+  referencing new table as new_rows for each statement execute function erp_import_movement();
 
 -- GL journal lines from Tally. Amounts are integer minor units of `currency` (numeric(38,0), exact
 -- for every currency's number of decimals); exactly one of debit and credit is positive.
