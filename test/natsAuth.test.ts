@@ -15,7 +15,7 @@ import { publishCommands } from "../src/wire/publisher.ts";
 import { topology } from "../src/wire/topology.ts";
 import { demoSources, type DemoSources } from "./support/cdc.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { startSecuredNats, type NatsUser, type SecuredNats } from "./support/securedNats.ts";
+import { channelUserTemplate, shippedNatsConfig, startSecuredNats, type NatsUser, type SecuredNats } from "./support/securedNats.ts";
 import { eventually, tallyEnv } from "./support/tally.ts";
 
 let ctx: TestContext;
@@ -44,9 +44,9 @@ async function startAs(user: NatsUser, roles: ReadonlyArray<Role>, urlCredential
   return t;
 }
 
-async function connectAs(user: NatsUser): Promise<NatsConnection> {
-  const { user: u, password } = nats.credentials(user);
-  const nc = await connectNats(nats.server.url, `test-${user}`, { user: u, password });
+async function connectAs(user: NatsUser | { channel: string }): Promise<NatsConnection> {
+  const { user: u, password } = typeof user === "string" ? nats.credentials(user) : nats.channelCredentials(user.channel);
+  const nc = await connectNats(nats.server.url, `test-${u}`, { user: u, password });
   clients.push(nc);
   return nc;
 }
@@ -79,7 +79,8 @@ beforeAll(async () => {
   sql = connectPostgres(ctx.databaseUrl, { max: 2, application: "test-nats-auth" });
   await migrate(sql, ctx.env);
   demo = await demoSources(ctx);
-  nats = await startSecuredNats(ctx.env);
+  // Channel web's user, added from the shipped template as an operator would.
+  nats = await startSecuredNats(ctx.env, { channels: ["web"] });
   // Each role as its own user, in the order a deployment brings them up.
   await startAs("worker", ["worker"]);
   await startAs("relay", ["relay"]);
@@ -194,11 +195,81 @@ describe("NATS with the shipped per-role configuration (deploy/nats/tally.conf)"
     expect((await kv.get("web.SKU-0004"))!.json<{ available: number }>().available).not.toBe(424242);
   });
 
+  it("a channel's own user acknowledges its catalog version over NATS and reads like tally_reader; it cannot ack another channel, and tally_reader cannot ack at all", async () => {
+    const acks = async () =>
+      new Map(
+        (
+          await sql<Array<{ channel: string; acked_version: string; acked_by: string }>>`
+        select channel, acked_version::text, acked_by from catalog_acks`
+        ).map((r) => [r.channel, r]),
+      );
+    await eventually("a catalog version from the ERP", async () => {
+      const [{ version }] = await sql<[{ version: string }]>`select version::text from catalog_head`;
+      return Number(version) > 0;
+    });
+    const [{ version: head }] = await sql<[{ version: string }]>`select version::text from catalog_head`;
+    const headVersion = Number(head);
+    expect(await acks()).toEqual(new Map());
+
+    const web = await connectAs({ channel: "web" });
+    // The reads of a channel reader: both buckets' keys, and their subjects.
+    await eventually("web's availability of SKU-0003", async () => (await availabilityKv(web).then((kv) => kv.get("web.SKU-0003"))) !== null);
+    const catalog = await new Kvm(jetstream(web)).open(`tally_${ctx.env}_catalog`);
+    await eventually("web's catalog of SKU-0003", async () => (await catalog.get("web.SKU-0003")) !== null);
+    const reply = await web.request(`tally.${ctx.env}.catalog-ack.web`, JSON.stringify({ version: headVersion }), { timeout: 15_000 });
+    expect(reply.json()).toMatchObject({ channel: "web", ackedVersion: headVersion });
+    expect((await acks()).get("web")).toMatchObject({ acked_version: String(headVersion), acked_by: `nats:tally.${ctx.env}.catalog-ack.web` });
+
+    // Web's user acking for store_s01, and the generic reader acking for anyone: refused by the server.
+    await expect(web.request(`tally.${ctx.env}.catalog-ack.store_s01`, JSON.stringify({ version: headVersion }), { timeout: 5_000 })).rejects.toThrow(
+      /permission/i,
+    );
+    const reader = await connectAs("reader");
+    for (const channel of ["store_s01", "web"])
+      await expect(
+        reader.request(`tally.${ctx.env}.catalog-ack.${channel}`, JSON.stringify({ version: headVersion }), { timeout: 5_000 }),
+      ).rejects.toThrow(/permission/i);
+    // A fire-and-forget publish is dropped by the server too (no reply to wait for): once web's next
+    // ack (a round trip through the same API queue group) is answered, nothing else was recorded.
+    web.publish(`tally.${ctx.env}.catalog-ack.store_s01`, JSON.stringify({ version: headVersion }));
+    reader.publish(`tally.${ctx.env}.catalog-ack.store_s02`, JSON.stringify({ version: headVersion }));
+    await web.request(`tally.${ctx.env}.catalog-ack.web`, JSON.stringify({ version: headVersion }), { timeout: 15_000 });
+    expect([...(await acks()).keys()]).toEqual(["web"]);
+
+    const log = await readFile(nats.logPath, "utf8");
+    const violations = log.split("\n").filter((l) => /violation/i.test(l) && l.includes("catalog-ack"));
+    expect(violations.some((l) => l.includes("tally_channel_web") && l.includes("catalog-ack.store_s01"))).toBe(true);
+    expect(violations.some((l) => l.includes("tally_reader"))).toBe(true);
+  });
+
+  it("the shipped channel user template reads exactly what tally_reader reads, and publishes only its own ack subject besides", async () => {
+    const config = await shippedNatsConfig("prod");
+    const subjects = (block: string) => {
+      const perms = (key: string) => {
+        const m = new RegExp(`${key}: \\[([^\\]]*)\\]`).exec(block);
+        if (!m) throw new Error(`no ${key} list`);
+        return m[1]!
+          .split("\n")
+          .filter((l) => !l.trim().startsWith("#"))
+          .flatMap((l) => [...l.matchAll(/"([^"]+)"/g)].map((x) => x[1]!))
+          .sort();
+      };
+      return { publish: perms("publish"), subscribe: perms("subscribe") };
+    };
+    const readerStart = config.indexOf("user: tally_reader,");
+    const reader = subjects(config.slice(readerStart, config.indexOf("\n    }\n", readerStart)));
+    const channel = subjects(channelUserTemplate(config));
+    expect(reader.publish.filter((s) => s.includes("catalog-ack"))).toEqual([]);
+    expect(channel.publish.filter((s) => s.includes("catalog-ack"))).toEqual(["tally.prod.catalog-ack.<channel>"]);
+    expect(channel.publish.filter((s) => !s.includes("catalog-ack"))).toEqual(reader.publish);
+    expect(channel.subscribe).toEqual(reader.subscribe);
+  });
+
   it("no Tally role was refused anything it needed (the server logs every permission violation with its user)", async () => {
     const log = await readFile(nats.logPath, "utf8");
     const violations = log.split("\n").filter((l) => /violation/i.test(l));
     // The reader's refusals above are there: the server does log them.
     expect(violations.some((l) => l.includes("tally_reader"))).toBe(true);
-    expect(violations.filter((l) => !/tally_reader|tally_pos/.test(l))).toEqual([]);
+    expect(violations.filter((l) => !/tally_reader|tally_pos|tally_channel_/.test(l))).toEqual([]);
   });
 });
