@@ -37,6 +37,7 @@ const TITLES: Readonly<Record<string, string>> = {
   unknown_sku: "The ledger has never seen this SKU",
   not_in_catalog: "The item is not in this channel's catalog",
   insufficient_stock: "Not enough stock to hold",
+  item_withheld: "The item may not be held in this channel",
   idempotency_conflict: "The idempotency key was used for other content",
   request_in_progress: "The same request is still being decided",
   decision_pending: "The stock actors have not decided yet",
@@ -101,7 +102,7 @@ export const problemProperties = {
   code: {
     type: "string",
     description:
-      "machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, " +
+      "machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, " +
       "reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, " +
       "unsupported_media_type, unavailable, shutting_down …",
   },

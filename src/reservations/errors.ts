@@ -2,7 +2,17 @@
  * What the reservation service refuses, in its own terms: a tagged error the HTTP routes (or any
  * other caller) translate. The message is the sentence a client is shown.
  */
+import type { Withheld } from "../contract/index.ts";
 import type { LifecycleEventType, ReservationStatus } from "./lifecycle.ts";
+
+/** A line of a reservation request whose item the reservation's channel may not sell (the status rule, `withheldBy`). */
+export interface WithheldLine {
+  /** The line's position in the request's lines (0-based, bundles expanded). */
+  readonly index: number;
+  /** The item withheld: the line's SKU, or the bundle it is a component of. */
+  readonly sku: string;
+  readonly reason: Withheld;
+}
 
 export type ReservationProblem =
   /** No reservation with this id. */
@@ -15,7 +25,12 @@ export type ReservationProblem =
    * The lifecycle refuses `action` from the reservation's status; `status` is what a client sees
    * (a held reservation past its expiry, not yet swept, is `expired`).
    */
-  | { readonly code: "wrong_status"; readonly id: string; readonly action: LifecycleEventType; readonly status: ReservationStatus };
+  | { readonly code: "wrong_status"; readonly id: string; readonly action: LifecycleEventType; readonly status: ReservationStatus }
+  /**
+   * A line names an item the channel may not sell (blocked, or discontinued where the channel does not
+   * sell remaining stock): the whole request refused before anything was written or published.
+   */
+  | { readonly code: "item_withheld"; readonly channel: string | null; readonly lines: ReadonlyArray<WithheldLine> };
 
 export type ReservationErrorCode = ReservationProblem["code"];
 
@@ -47,6 +62,14 @@ export class ReservationError extends Error {
 
   static inProgress(id: string): ReservationError {
     return new ReservationError({ code: "in_progress", id }, "a request with this Idempotency-Key is still being decided; retry shortly");
+  }
+
+  static withheld(channel: string | null, lines: ReadonlyArray<WithheldLine>): ReservationError {
+    const what = lines.map((l) => `lines[${l.index}]: ${l.sku} is ${l.reason}`).join("; ");
+    return new ReservationError(
+      { code: "item_withheld", channel, lines },
+      `${what}: ${channel === null ? "it may not be held" : `channel ${channel} may not hold it`}`,
+    );
   }
 
   /** `action` refused for a reservation that is `status` (a `held` one refuses only because its hold lapsed). */

@@ -11,7 +11,15 @@
 import { randomUUID } from "node:crypto";
 import type { Sql } from "postgres";
 import type { Logger } from "pino";
-import { decodeCommand, locationAvailable, reserveCommandId, settleCommandId, type Command, type ReserveScope } from "../contract/index.ts";
+import {
+  decodeCommand,
+  locationAvailable,
+  reserveCommandId,
+  settleCommandId,
+  withheldBy,
+  type Command,
+  type ReserveScope,
+} from "../contract/index.ts";
 import { type ChannelConfig, sleep } from "../platform/index.ts";
 import { deadLetter, publishDeadLetter } from "../wire/index.ts";
 import type { NatsHandles } from "../wire/index.ts";
@@ -21,7 +29,7 @@ import { publishCommands } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
 import { payloadHash } from "../ingest/index.ts";
 import type { OutcomeWaiter } from "../wire/index.ts";
-import { ReservationError } from "./errors.ts";
+import { ReservationError, type WithheldLine } from "./errors.ts";
 import { INITIAL_STATUS, movesFrom, nextStatus, type LifecycleEventType, type ReservationStatus } from "./lifecycle.ts";
 
 export type { ReservationStatus } from "./lifecycle.ts";
@@ -45,6 +53,8 @@ export interface LineRequest {
   readonly sku: string;
   readonly qty: number;
   readonly location: string | null;
+  /** The bundle this line is a component of, as asked (its own status counts too). */
+  readonly bundle?: string | null;
 }
 
 export interface CreateRequest {
@@ -61,6 +71,7 @@ export interface CreateRequest {
 export type ReservationOutcome =
   | "held"
   | "insufficient_stock"
+  | "withheld"
   | "invalid"
   | "timeout"
   | "replayed"
@@ -143,12 +154,43 @@ export class Reservations {
     const id = `r_${randomUUID().replaceAll("-", "")}`;
     const claimMs = this.deps.decisionTimeoutMs + CLAIM_SLACK_MS;
     const started = performance.now();
+    await this.#refuseWithheld(req);
     const created = await this.#insert(id, req, hash, claimMs);
     if (created === null) return this.#replay(req, hash, claimMs);
     const answer = await this.#driveOrGiveUp(id, this.deps.decisionTimeoutMs, created);
     this.deps.metrics.observeDecision(outcomeOf(answer), (performance.now() - started) / 1000);
     this.deps.metrics.count(outcomeOf(answer));
     return { ...answer, replayed: false };
+  }
+
+  /**
+   * Refuses (throws `item_withheld`) a new request a line of which names an item its channel may not
+   * sell, by the status rule availability follows (`withheldBy`): nothing is written or published. A
+   * known Idempotency-Key is not checked: its stored answer stands (a hold placed before the item was
+   * blocked stays, as any hold does when its item's status changes). A reservation without a channel
+   * follows the default policy (no remaining stock of a discontinued item is sold).
+   */
+  async #refuseWithheld(req: CreateRequest): Promise<void> {
+    const skus = [...new Set(req.lines.flatMap((l) => (l.bundle ? [l.sku, l.bundle] : [l.sku])))];
+    const [found] = await this.deps.sql<[{ known: boolean; statuses: Array<{ sku: string; status: string }> }]>`
+      select exists (select from reservations where principal = ${req.principal} and idempotency_key = ${req.idempotencyKey}) as known,
+             coalesce((select json_agg(json_build_object('sku', sku, 'status', status)) from items
+                        where status <> 'active' and sku = any(${this.deps.sql.array(skus)}::text[])), '[]'::json) as statuses`;
+    if (!found || found.known || found.statuses.length === 0) return;
+    const status = new Map(found.statuses.map((r) => [r.sku, r.status]));
+    const policy = { sellsDiscontinued: (req.channel !== null && this.deps.channels[req.channel]?.sellsDiscontinued) || false };
+    const withheld: Array<WithheldLine> = [];
+    for (const [index, l] of req.lines.entries())
+      for (const sku of l.bundle ? [l.bundle, l.sku] : [l.sku]) {
+        const reason = withheldBy(status.get(sku) ?? "active", policy);
+        if (reason !== null) {
+          withheld.push({ index, sku, reason });
+          break;
+        }
+      }
+    if (withheld.length === 0) return;
+    this.deps.metrics.count("withheld");
+    throw ReservationError.withheld(req.channel, withheld);
   }
 
   /** The new reservation and its lines, or null when the principal already used the idempotency key. */

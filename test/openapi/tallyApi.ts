@@ -590,7 +590,7 @@ export interface components {
       detail: string;
       /** @description the request path */
       instance: string;
-      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
+      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
       code: string;
       /** @description the fields the request got wrong, when it is at fault */
       errors?: components["schemas"]["FieldError"][];
@@ -715,7 +715,7 @@ export interface components {
       detail: string;
       /** @description the request path */
       instance: string;
-      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
+      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
       code: string;
       /** @description the fields the request got wrong, when it is at fault */
       errors?: components["schemas"]["FieldError"][];
@@ -852,7 +852,7 @@ export interface components {
       createdAt?: string;
       lines?: components["schemas"]["ReservationLine"][];
     };
-    /** @description A reservation refused: insufficient_stock (with what each line could have held), or reservation_<status> for a state that forbids the action */
+    /** @description A reservation refused: insufficient_stock (with what each line could have held), item_withheld (a line's item, or a component of its bundle, is blocked, or discontinued and the channel does not sell remaining stock: nothing held, nothing recorded), or reservation_<status> for a state that forbids the action */
     ReservationProblem: {
       /** @description a URI reference naming the kind of problem: /problems/<code with dashes> */
       type: string;
@@ -864,7 +864,7 @@ export interface components {
       detail: string;
       /** @description the request path */
       instance: string;
-      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
+      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
       code: string;
       /** @description the fields the request got wrong, when it is at fault */
       errors?: components["schemas"]["FieldError"][];
@@ -873,6 +873,20 @@ export interface components {
       /** @description one-line reservations: what could have been held */
       available?: number;
       lines?: components["schemas"]["ReservationLineRefused"][];
+      /** @description item_withheld: the channel whose status policy refused (null: none given, the default policy) */
+      channel?: string | null;
+      /**
+       * @description item_withheld: why (blocked when any line is blocked); the same word availability's `reason` shows
+       * @enum {string}
+       */
+      reason?: "blocked" | "discontinued";
+      /** @description item_withheld: each refused field, the item withheld (the line's SKU or its bundle's component) and why */
+      withheld?: {
+        path: string;
+        sku: string;
+        /** @enum {string} */
+        reason: "blocked" | "discontinued";
+      }[];
     } & {
       [key: string]: unknown;
     };

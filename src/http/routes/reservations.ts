@@ -64,11 +64,31 @@ const ReservationView = {
 
 const Insufficient = problemWith(
   "ReservationProblem",
-  "A reservation refused: insufficient_stock (with what each line could have held), or reservation_<status> for a state that forbids the action",
+  "A reservation refused: insufficient_stock (with what each line could have held), item_withheld (a line's item, or a component of its " +
+    "bundle, is blocked, or discontinued and the channel does not sell remaining stock: nothing held, nothing recorded), or " +
+    "reservation_<status> for a state that forbids the action",
   {
     id: { type: "string", description: "the reservation" },
     available: { type: "integer", description: "one-line reservations: what could have been held" },
     lines: { type: "array", items: { $ref: "ReservationLineRefused#" } },
+    channel: {
+      type: ["string", "null"],
+      description: "item_withheld: the channel whose status policy refused (null: none given, the default policy)",
+    },
+    reason: {
+      type: "string",
+      enum: ["blocked", "discontinued"],
+      description: "item_withheld: why (blocked when any line is blocked); the same word availability's `reason` shows",
+    },
+    withheld: {
+      type: "array",
+      description: "item_withheld: each refused field, the item withheld (the line's SKU or its bundle's component) and why",
+      items: {
+        type: "object",
+        required: ["path", "sku", "reason"],
+        properties: { path: { type: "string" }, sku: { type: "string" }, reason: { type: "string", enum: ["blocked", "discontinued"] } },
+      },
+    },
   },
 );
 
@@ -96,8 +116,11 @@ interface CreateBodyT {
 /** The HTTP status of each decision of a reservation request. */
 const DECISION_STATUS: Readonly<Record<Decision, number>> = { held: 201, insufficient: 409, invalid: 400, undecided: 503 };
 
-/** The HTTP form of what the reservation service refuses. */
-export function reservationHttpError(error: ReservationError): ApiError {
+/**
+ * The HTTP form of what the reservation service refuses; `fieldOf` names the request field a line
+ * (by its position, bundles expanded) came from.
+ */
+export function reservationHttpError(error: ReservationError, fieldOf: (index: number) => string = (i) => `body.lines[${i}]`): ApiError {
   const problem = error.problem;
   switch (problem.code) {
     case "not_found":
@@ -108,6 +131,22 @@ export function reservationHttpError(error: ReservationError): ApiError {
       return new ApiError(409, "request_in_progress", error.message, { id: problem.id });
     case "wrong_status":
       return new ApiError(409, `reservation_${problem.status}`, error.message);
+    case "item_withheld": {
+      const refusals = problem.lines.map((l) => {
+        const path = `${fieldOf(l.index)}.sku`;
+        const rule = l.reason === "blocked" ? "no channel may hold it" : `channel ${problem.channel ?? "(none)"} does not sell remaining stock`;
+        return { path, sku: l.sku, reason: l.reason, detail: `${l.sku} is ${l.reason}: ${rule}` };
+      });
+      // One field per asked line (a bundle's components name the bundle's field once).
+      const seen = new Set<string>();
+      const fields = refusals.filter((r) => !seen.has(r.path) && seen.add(r.path));
+      return new ApiError(409, "item_withheld", fields.map((f) => `${f.path}: ${f.detail}`).join("; "), {
+        channel: problem.channel,
+        reason: refusals.some((r) => r.reason === "blocked") ? "blocked" : "discontinued",
+        errors: fields.map(({ path, detail }) => ({ path, detail })),
+        withheld: fields.map(({ path, sku, reason }) => ({ path, sku, reason })),
+      });
+    }
     default: {
       const unreachable: never = problem;
       throw new Error(`unknown reservation problem ${JSON.stringify(unreachable)}`);
@@ -127,11 +166,11 @@ function sendDecision(req: FastifyRequest, reply: FastifyReply, decision: Decisi
 }
 
 /** Runs a call of the reservation service, its domain errors turned into HTTP ones. */
-async function domain<T>(run: () => Promise<T>): Promise<T> {
+async function domain<T>(run: () => Promise<T>, fieldOf?: (index: number) => string): Promise<T> {
   try {
     return await run();
   } catch (error) {
-    if (error instanceof ReservationError) throw reservationHttpError(error);
+    if (error instanceof ReservationError) throw reservationHttpError(error, fieldOf);
     throw error;
   }
 }
@@ -205,6 +244,8 @@ function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig):
       const channel = channelOf(ctx, b, principal);
       const asked = b.lines ?? [{ sku: b.sku!, qty: b.qty!, ...(b.location ? { location: b.location } : {}) }];
       const lines: Array<LineRequest> = [];
+      /** The request field each line came from (a bundle's components share theirs). */
+      const fields: Array<string> = [];
       const crosswalk = await ctx.pos.crosswalk();
       for (const [i, l] of asked.entries()) {
         const location = l.location ?? b.location ?? null;
@@ -233,18 +274,24 @@ function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig):
           if (!(error instanceof MappingError)) throw error;
           // Not in the crosswalk: the SKU as given.
         }
-        for (const p of parts) lines.push({ sku: p.sku, qty: p.qty, location });
+        const bundle = parts.length !== 1 || parts[0]!.sku !== l.sku ? l.sku : null;
+        for (const p of parts) {
+          lines.push({ sku: p.sku, qty: p.qty, location, bundle });
+          fields.push(path);
+        }
       }
       if (lines.length > MAX_LINES) throw invalidField("body.lines", `at most ${MAX_LINES} lines (bundles expanded), got ${lines.length}`);
-      const answer = await domain(() =>
-        ctx.reservations.create({
-          principal: principal.id,
-          idempotencyKey: req.headers["idempotency-key"],
-          body: { ...b, channel },
-          channel,
-          lines,
-          ttlSeconds: b.ttlSeconds,
-        }),
+      const answer = await domain(
+        () =>
+          ctx.reservations.create({
+            principal: principal.id,
+            idempotencyKey: req.headers["idempotency-key"],
+            body: { ...b, channel },
+            channel,
+            lines,
+            ttlSeconds: b.ttlSeconds,
+          }),
+        (i) => fields[i] ?? "body",
       );
       if (answer.replayed) reply.header("idempotent-replayed", "true");
       if (answer.decision === "undecided") reply.header("retry-after", "1");
