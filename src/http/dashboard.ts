@@ -286,20 +286,25 @@ export class DashboardHub {
     return this.#catalog.v;
   }
 
-  /** Current availability of pinned SKUs not tracked yet, from the KV bucket. */
+  /**
+   * Current availability of pinned SKUs, from the KV bucket, for each channel not known yet. Called
+   * while listening (see the route): a change published after the read arrives as a message, one
+   * published before is in the bucket; of the two, the higher version wins.
+   */
   async pin(skus: ReadonlyArray<string>): Promise<void> {
     const channels = Object.keys(this.ctx.config.channels);
     for (const sku of skus) {
-      if (this.#tracked.has(sku)) continue;
-      const t: Tracked = { score: 0, at: Date.now(), cells: new Map() };
+      const t: Tracked = this.#tracked.get(sku) ?? { score: 0, at: Date.now(), cells: new Map() };
+      this.#tracked.set(sku, t);
       for (const channel of channels) {
+        if (t.cells.has(channel)) continue;
         const e = await this.ctx.nats.availability.get(this.ctx.topology.availabilityKey(channel, sku)).catch(() => null); // NATS down: the cell stays empty
         if (e && e.operation === "PUT" && e.length > 0) {
           const a = e.json<Availability>();
-          t.cells.set(channel, { available: Number(a.available), status: a.status, version: a.version });
+          const known = t.cells.get(channel);
+          if (!known || known.version < a.version) t.cells.set(channel, { available: Number(a.available), status: a.status, version: a.version });
         }
       }
-      this.#tracked.set(sku, t);
     }
   }
 
@@ -394,22 +399,35 @@ export async function dashboardRoutes(app: FastifyInstance, { ctx, hub }: { ctx:
     },
     async (req, reply) => {
       const pinned = [...new Set((req.query.pin ?? "").split(",").filter((s) => s !== ""))].slice(0, MAX_PINNED);
-      await hub.pin(pinned);
-      const res = openEventStream(reply);
       let shown = new Set<string>();
       let closed = false;
+      let res: ReturnType<typeof openEventStream> | null = null;
+      // Listening before the pinned SKUs are read from the bucket: a change the relay publishes in
+      // between is not lost (the cell would stay empty until the SKU next changed).
+      const unlisten = hub.listen((changed) => {
+        const mine = [...changed].filter((sku) => shown.has(sku));
+        if (mine.length > 0 && !closed && res) res.write(`event: cells\ndata: ${JSON.stringify(hub.cells(mine))}\n\n`);
+      });
+      try {
+        await hub.pin(pinned);
+      } catch (error) {
+        unlisten();
+        throw error;
+      }
+      res = openEventStream(reply);
       const send = async () => {
         if (closed) return;
         const s = await hub.summary(pinned);
         shown = new Set(s.rows.map((r) => r.sku));
-        if (!closed) res.write(`event: summary\ndata: ${JSON.stringify(s)}\n\n`);
+        if (!closed) res?.write(`event: summary\ndata: ${JSON.stringify(s)}\n\n`);
       };
-      await send();
+      try {
+        await send();
+      } catch (error) {
+        unlisten();
+        throw error;
+      }
       const timer = setInterval(() => void send().catch(() => {}), 1000); // a lost frame: the next second sends the state again
-      const unlisten = hub.listen((changed) => {
-        const mine = [...changed].filter((sku) => shown.has(sku));
-        if (mine.length > 0 && !closed) res.write(`event: cells\ndata: ${JSON.stringify(hub.cells(mine))}\n\n`);
-      });
       const close = () => {
         if (closed) return;
         closed = true;
