@@ -745,20 +745,23 @@ function reportThroughput(run: BenchRun, m: Measured) {
   return { sustained, offeredRate, latency, rtt };
 }
 
+/** The report's `cpu`: cores each process used over the load, and the load's wall time. */
+interface CpuCores {
+  wallSeconds: number;
+  node: number;
+  postgres: number;
+  sourcePostgres: number;
+  natsServer: number;
+  workerProcesses: number;
+  generator: number;
+}
+
 /**
  * CPU milliseconds per command decided, per process (over the load and the drain): what each part
  * of the system costs a command, the generator apart (`tally`: everything but the generator).
  */
 function cpuPerCommand(report: Record<string, unknown>, commands: number): Record<string, number | null> {
-  const cpu = report.cpu as {
-    wallSeconds: number;
-    node: number;
-    postgres: number;
-    sourcePostgres: number;
-    natsServer: number;
-    workerProcesses: number;
-    generator: number;
-  };
+  const cpu = report.cpu as CpuCores;
   const per = (cores: number) => (commands > 0 ? round((cores * cpu.wallSeconds * 1000) / commands, 3) : null);
   const parts = {
     node: cpu.node,
@@ -908,14 +911,7 @@ async function stockTimeline(sql: Sql, from: number): Promise<Array<StockEvent>>
 
 /** Where the time goes, in a sentence for the report. */
 async function bottleneck(report: Record<string, unknown>): Promise<string> {
-  const cpu = report.cpu as {
-    node: number;
-    postgres: number;
-    sourcePostgres: number;
-    natsServer: number;
-    workerProcesses: number;
-    generator: number;
-  };
+  const cpu = report.cpu as CpuCores;
   const busiest = Object.entries({
     "Node (Tally's roles)": cpu.node,
     "Postgres (ledger)": cpu.postgres,
@@ -971,14 +967,7 @@ async function bottleneck(report: Record<string, unknown>): Promise<string> {
 
 /** The table's rows on CPU per process and per command, and on whether the load generator kept its rate. */
 function resourceRows(report: Record<string, unknown>): Array<[string, string, string]> {
-  const cpu = report.cpu as {
-    node: number;
-    postgres: number;
-    sourcePostgres: number;
-    natsServer: number;
-    workerProcesses: number;
-    generator: number;
-  };
+  const cpu = report.cpu as CpuCores;
   const perCmd = report.cpuPerCommandMs as Record<string, number | null>;
   const gen = report.generator as { askedEventsPerSec: number; offeredEventsPerSec: number; limited: boolean; why: string | null };
   return [
