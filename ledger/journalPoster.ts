@@ -117,11 +117,17 @@ export async function postRound(sql: Sql, finance: FinanceConfig, maxEntries = 5
   });
 }
 
-/** When the oldest ledger entry the poster has not passed yet was recorded (null: none waits). */
+/**
+ * When the oldest ledger entry the poster has not passed yet was recorded (null: none waits): the
+ * first entry past the cursor in txid order, which is the order the poster takes them in. One index
+ * probe (ledger_entries_txid); the minimum over every entry past the cursor read the whole backlog
+ * after each round, the more so the further the poster was behind.
+ */
 export async function oldestUnposted(sql: Sql): Promise<Date | null> {
-  const [row] = await sql<Array<{ at: Date | null }>>`
-    select min(e.recorded_at) as at from ledger_entries e, gl_cursor c
-     where c.id = 1 and e.txid >= coalesce(c.horizon, '0'::xid8)`;
+  const [row] = await sql<Array<{ at: Date }>>`
+    select recorded_at as at from ledger_entries
+     where txid >= (select coalesce(c.horizon, '0'::xid8) from gl_cursor c where c.id = 1)
+     order by txid limit 1`;
   return row?.at ?? null;
 }
 

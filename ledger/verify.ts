@@ -96,6 +96,8 @@ export async function walkChains(
   let sku: string | null = null;
   let prevHash = GENESIS_HASH;
   let expectedSeq = 1;
+  /** The entry id of the SKU's previous entry in this walk: chain order and entry order agree. */
+  let prevEntryId = 0;
   let sums = new Map<string, bigint>();
   let replay = new ValuationReplay(method);
   const heads: Heads = new Map();
@@ -129,6 +131,7 @@ export async function walkChains(
         const from = start.get(r.sku);
         prevHash = from?.hash ?? GENESIS_HASH;
         expectedSeq = (from?.seq ?? 0) + 1;
+        prevEntryId = 0;
         sums = new Map(from?.sums ?? []);
         replay = new ValuationReplay(method);
         for (const [k, v] of from?.valuations ?? []) replay.states.set(k, v);
@@ -144,12 +147,13 @@ export async function walkChains(
       }
       // on_hand before this entry (a damaged return is valued at the location's current cost).
       const onHandBefore = (location: string) => onHandOf(location) - (r.bucket === "on_hand" ? BigInt(r.delta) : 0n);
-      const message = entryProblem(r, prevHash, expectedSeq, running) ?? replay.check(r, onHandBefore);
+      const message = entryProblem(r, prevHash, expectedSeq, prevEntryId, running) ?? replay.check(r, onHandBefore);
       if (message !== null) {
         const problem = { sku: r.sku, entryId: r.entry_id, commandId: r.command_id, message };
         return { entries, skus, problem, sums: allSums, heads, valuations };
       }
       prevHash = r.hash;
+      prevEntryId = Number(r.entry_id);
       expectedSeq++;
       if (entries % 100_000 === 0) opts.onProgress?.(entries);
     }
@@ -159,8 +163,11 @@ export async function walkChains(
 }
 
 /** What is wrong with one entry, given the chain before it; null when nothing is. */
-function entryProblem(r: EntryRow, prevHash: string, expectedSeq: number, running: bigint): string | null {
+function entryProblem(r: EntryRow, prevHash: string, expectedSeq: number, prevEntryId: number, running: bigint): string | null {
   if (r.sku_seq !== expectedSeq) return `sequence ${r.sku_seq} where ${expectedSeq} was expected (entry missing or reordered)`;
+  // The entries API pages one SKU in sku_seq order as entry order (migration 0104): they must agree.
+  if (Number(r.entry_id) <= prevEntryId)
+    return `entry ${r.entry_id} at sequence ${r.sku_seq} is numbered before entry ${prevEntryId} at the sequence before it (entry re-inserted, or written out of order)`;
   if (r.prev_hash !== prevHash) return `prev_hash does not match the hash of sequence ${expectedSeq - 1}`;
   if (running !== BigInt(r.balance_after)) return `balance_after ${r.balance_after} but the entries sum to ${running} (${r.location}/${r.bucket})`;
   const recomputed = entryHash(prevHash, hashedEntry(r));

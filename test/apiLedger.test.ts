@@ -100,6 +100,17 @@ describe("GET /v1/ledger/entries", () => {
     const sku = await allPages("&sku=L-1", 4);
     expect(sku.entries.length).toBeGreaterThan(0);
     expect(sku.entries.every((e) => e.sku === "L-1")).toBe(true);
+    // One SKU pages through its chain index from the cursor's entry: every entry once, in entry order.
+    const stored = (await api.sql<Array<{ entry_id: number }>>`select entry_id from ledger_entries where sku = 'L-1' order by entry_id`).map(
+      (r) => r.entry_id,
+    );
+    expect(stored.length).toBeGreaterThan(1);
+    expect((await allPages("&sku=L-1", 1)).entries.map((e) => e.entryId)).toEqual(stored);
+    // A cursor that is another SKU's entry: the SKU's entries after it, in entry order.
+    const [other] = await api.sql<Array<{ entry_id: number }>>`
+      select entry_id from ledger_entries where sku <> 'L-1' and entry_id > ${stored[0]!} and entry_id < ${stored.at(-1)!} order by entry_id limit 1`;
+    const after = await api.call({ method: "GET", url: `/v1/ledger/entries?sku=L-1&limit=1000&cursor=${other!.entry_id}`, as: "ledger" });
+    expect((after.json() as { entries: Array<Entry> }).entries.map((e) => e.entryId)).toEqual(stored.filter((id) => id > other!.entry_id));
     const loc = await allPages("&location=S01&type=sell", 100);
     expect(loc.entries.every((e) => e.location === "S01" && e.movement === "sell")).toBe(true);
     expect(loc.entries).toHaveLength(10);

@@ -333,6 +333,27 @@ describe("the ledger", () => {
       await expectVerifyOk();
     });
 
+    it("finds an entry re-inserted under a later entry id (chain order and entry order disagree)", async () => {
+      const entry = middle();
+      const next = chain.get("SKU-A")![2]!;
+      const [saved] = await h.sql<Array<Record<string, unknown>>>`select * from ledger_entries where entry_id = ${entry.entry_id}`;
+      const { entry_id: _, ...rest } = saved!;
+      await tamper((tx) => tx`delete from ledger_entries where entry_id = ${entry.entry_id}`);
+      await reinsert(rest);
+      const [moved] = await h.sql<Array<{ entry_id: number }>>`select entry_id from ledger_entries where command_id = ${entry.command_id}`;
+      try {
+        expect(moved!.entry_id).toBeGreaterThan(next.entry_id);
+        const r = await verify();
+        expect(r.code).toBe(3);
+        expect(r.stdout).toContain(`FAILED at SKU SKU-A entry ${next.entry_id}`);
+        expect(r.stdout).toContain(`entry ${next.entry_id} at sequence 3 is numbered before entry ${moved!.entry_id}`);
+      } finally {
+        await tamper((tx) => tx`delete from ledger_entries where entry_id = ${moved!.entry_id}`);
+        await reinsert(saved!);
+      }
+      await expectVerifyOk();
+    });
+
     it("finds the last entry of a chain deleted, even with the balance made to match (the head no longer does)", async () => {
       const last = chain.get("SKU-B")!.at(-1)!; // the adjustment of -1: S01 on_hand 7 → 6
       const [saved] = await h.sql<Array<Record<string, unknown>>>`select * from ledger_entries where entry_id = ${last.entry_id}`;

@@ -126,18 +126,30 @@ function entriesRoute(app: FastifyInstance, ctx: ApiContext): void {
         throw new ApiError(403, "forbidden", `this token may only read the locations of channel ${req.principal!.channel}`);
       const { sql } = ctx;
       const after = q.cursor !== undefined ? Number(q.cursor) : 0;
+      // One SKU is read through its chain index (sku, sku_seq), in chain order, which is its entry order
+      // (`tally ledger verify` checks that they agree): the next page starts after the cursor's sequence.
+      // A cursor that is not an entry of the SKU (or no longer in the ledger) is a filter on entry ids.
+      const [cursorSeq] =
+        q.sku !== undefined && after > 0
+          ? await sql<Array<{ sku_seq: number }>>`select sku_seq from ledger_entries where entry_id = ${after} and sku = ${q.sku}`
+          : [];
       const rows = await sql<Array<EntryRow>>`
         select entry_id, command_id, leg, sku, location, bucket, delta, balance_after, movement, source_system, source_ref,
                occurred_at, recorded_at, sku_seq, value, unit_cost, valuation_flag, prev_hash, hash
           from ledger_entries
-         where entry_id > ${after}
-           ${q.sku !== undefined ? sql`and sku = ${q.sku}` : sql``}
+         where ${
+           q.sku === undefined
+             ? sql`entry_id > ${after}`
+             : cursorSeq !== undefined
+               ? sql`sku = ${q.sku} and sku_seq > ${cursorSeq.sku_seq}`
+               : sql`sku = ${q.sku} and entry_id > ${after}`
+         }
            ${q.location !== undefined ? sql`and location = ${q.location}` : sql``}
            ${only ? sql`and location = any(${sql.array([...only])}::text[])` : sql``}
            ${q.type !== undefined ? sql`and movement = ${q.type}` : sql``}
            ${from ? sql`and recorded_at >= ${from}` : sql``}
            ${to ? sql`and recorded_at < ${to}` : sql``}
-         order by entry_id
+         order by ${q.sku !== undefined ? sql`sku_seq` : sql`entry_id`}
          limit ${q.limit + 1}`;
       const page = rows.slice(0, q.limit);
       return {
