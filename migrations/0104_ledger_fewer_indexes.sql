@@ -4,6 +4,8 @@
 --   * ledger_entries_command_idx (command_id, leg): no read looks an entry up by its command. The
 --     duplicate check (`knownCommandIds`) reads ledger_entry_keys, whose primary key
 --     ledger_entries_command_leg is the same (command_id, leg), unique, and kept for archived months too.
+--     A command's entries are found through it: ledger_entry_keys gives their (sku, sku_seq), which
+--     ledger_entries_sku_seq_idx serves (`join ledger_entries e using (sku, sku_seq)`).
 --   * ledger_entries_sku_entry (sku, entry_id): within one SKU, entry order and chain order agree (a
 --     SKU's entries are written by the one partition that owns it, each batch after the one before
 --     it commits, so a later sku_seq always gets a later entry_id; `tally ledger verify` checks it).
