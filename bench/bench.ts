@@ -261,7 +261,7 @@ async function main(): Promise<void> {
     const limits = await measureLimits(run, nats);
     const pipe = await startPipeline(run, nats);
     const live = listen(run);
-    const { catalog, before } = await onboard(run);
+    const { catalog, before } = await onboard(run, nats);
     const load = await startLoad(run, pipe, live, catalog);
     const catalogProbe = startCatalogProbe(run.nc, run.t, run.erp);
     await runLoad(run, live, load);
@@ -436,17 +436,17 @@ function listen(run: BenchRun): Live {
 }
 
 /** Catalog onboarding (through CDC) and, for flash-sale, little stock on a few hot SKUs; `before`: the outcomes decided so far. */
-async function onboard(run: BenchRun): Promise<{ catalog: number; before: number }> {
+async function onboard(run: BenchRun, nats: NatsHandles): Promise<{ catalog: number; before: number }> {
   const catalog = scenario === "catalog-1m" ? 0 : SKUS;
   if (catalog > 0) {
     process.stderr.write(`bench: onboarding ${catalog.toLocaleString("en")} items into the ERP (through CDC)…\n`);
     await onboardCatalog(run.erp, catalog, STORES);
   }
-  await quiet(run, "onboarding");
+  await quiet(run, nats, "onboarding");
   if (scenario === "flash-sale") {
     // The hot SKUs: stock at DC1 reset to 30 each by a count in the ERP.
     await run.erp`insert into stock_counts (item_no, location, counted_qty) select i, 'DC1', 30 from unnest(${run.erp.array(Array.from({ length: HOT }, (_, i) => simItem(i).itemNo))}::text[]) as t(i)`;
-    await quiet(run, "stock counts");
+    await quiet(run, nats, "stock counts");
   }
   return { catalog, before: await outcomesSoFar(run.sql) };
 }
@@ -457,20 +457,34 @@ async function outcomesSoFar(sql: Sql): Promise<number> {
 }
 
 /** Until CDC has confirmed everything written so far in the ERP, the outbox is empty and no outcome arrives for 2 s. */
-async function quiet(run: BenchRun, what: string): Promise<void> {
+async function quiet(run: BenchRun, nats: NatsHandles, what: string): Promise<void> {
   const { erp, sql } = run;
   const [{ target }] = await erp<[{ target: string }]>`select pg_current_wal_lsn()::text as target`;
+  let lastQueued = -1;
+  let queuedSince = Date.now();
   for (let last = -1, still = 0; still < 2; ) {
     await sleep(1000);
     const n = await outcomesSoFar(sql);
     const [{ caught }] = await erp<[{ caught: boolean }]>`
       select coalesce(bool_and(confirmed_flush_lsn >= ${target}::pg_lsn), true) as caught from pg_replication_slots where slot_name = ${`tally_${run.env}_erp`}`;
     const [{ outbox }] = await sql<[{ outbox: number }]>`select count(*)::int as outbox from outbox`;
-    still = caught && outbox === 0 && n === last ? still + 1 : 0;
+    // Commands CDC published that no worker has decided yet (a large batch can take seconds on a
+    // loaded machine, with no new outcome meanwhile): not quiet, or they would count in the run.
+    // (A consumer that does not move for 30 s is not waited for.)
+    const queued = caught && outbox === 0 && n === last ? await commandsQueued(nats, run.t) : -1;
+    if (queued !== lastQueued) [lastQueued, queuedSince] = [queued, Date.now()];
+    still = queued === 0 || (queued > 0 && Date.now() - queuedSince > 30_000) ? still + 1 : 0;
     last = n;
     progress(`${what}: ${n.toLocaleString("en")} commands applied`, 0, 1);
   }
   if (process.stderr.isTTY) process.stderr.write("\n");
+}
+
+/** Messages of the commands stream its consumers have not yet acknowledged (pending and in flight). */
+async function commandsQueued(nats: NatsHandles, t: Topology): Promise<number> {
+  let n = 0;
+  for (const c of await nats.jsm.consumers.list(t.commandsStream).next()) n += c.num_pending + c.num_ack_pending;
+  return n;
 }
 
 /** CPU (and RSS) of every process in the run, read at the start and the end of the load. */
