@@ -195,6 +195,10 @@ interface Live {
   readonly appliedPerSecond: Map<number, number>;
   readonly batches: { count: number; commands: number; applyMs: number };
   readonly latencies: Map<string, Array<number>>;
+  /** Of the same changes, in the same order: source → the start of the ledger transaction that wrote them. */
+  readonly toApply: Map<string, Array<number>>;
+  /** The relay's rounds: where each one's time went. */
+  readonly rounds: Array<NonNullable<RelayRound["roundMs"]>>;
   applied: number;
   /** Batches and latencies count from the start of the load to the end of the drain. */
   measuring: boolean;
@@ -257,7 +261,7 @@ async function main(): Promise<void> {
     const limits = await measureLimits(run, nats);
     const pipe = await startPipeline(run, nats);
     const live = listen(run);
-    const { catalog, before } = await onboard(run);
+    const { catalog, before } = await onboard(run, nats);
     const load = await startLoad(run, pipe, live, catalog);
     const catalogProbe = startCatalogProbe(run.nc, run.t, run.erp);
     await runLoad(run, live, load);
@@ -391,6 +395,8 @@ function listen(run: BenchRun): Live {
     appliedPerSecond: new Map(),
     batches: { count: 0, commands: 0, applyMs: 0 },
     latencies: new Map(),
+    toApply: new Map(),
+    rounds: [],
     applied: 0,
     measuring: false,
     subs: [],
@@ -412,11 +418,17 @@ function listen(run: BenchRun): Live {
     run.nc.subscribe(relaySubject(run.env), {
       callback: (_e, m) => {
         if (!live.measuring) return;
-        for (const [source, list] of Object.entries(m.json<RelayRound>().latencyMs)) {
+        const round = m.json<RelayRound>();
+        for (const [source, list] of Object.entries(round.latencyMs)) {
           const kept = live.latencies.get(source) ?? [];
           kept.push(...list);
           live.latencies.set(source, kept);
+          const toApply = live.toApply.get(source) ?? [];
+          // A relay that does not report the split: NaN keeps the two lists aligned.
+          toApply.push(...(round.toApplyMs?.[source] ?? list.map(() => Number.NaN)));
+          live.toApply.set(source, toApply);
         }
+        if (round.roundMs) live.rounds.push(round.roundMs);
       },
     }),
   );
@@ -424,17 +436,17 @@ function listen(run: BenchRun): Live {
 }
 
 /** Catalog onboarding (through CDC) and, for flash-sale, little stock on a few hot SKUs; `before`: the outcomes decided so far. */
-async function onboard(run: BenchRun): Promise<{ catalog: number; before: number }> {
+async function onboard(run: BenchRun, nats: NatsHandles): Promise<{ catalog: number; before: number }> {
   const catalog = scenario === "catalog-1m" ? 0 : SKUS;
   if (catalog > 0) {
     process.stderr.write(`bench: onboarding ${catalog.toLocaleString("en")} items into the ERP (through CDC)…\n`);
     await onboardCatalog(run.erp, catalog, STORES);
   }
-  await quiet(run, "onboarding");
+  await quiet(run, nats, "onboarding");
   if (scenario === "flash-sale") {
     // The hot SKUs: stock at DC1 reset to 30 each by a count in the ERP.
     await run.erp`insert into stock_counts (item_no, location, counted_qty) select i, 'DC1', 30 from unnest(${run.erp.array(Array.from({ length: HOT }, (_, i) => simItem(i).itemNo))}::text[]) as t(i)`;
-    await quiet(run, "stock counts");
+    await quiet(run, nats, "stock counts");
   }
   return { catalog, before: await outcomesSoFar(run.sql) };
 }
@@ -445,20 +457,34 @@ async function outcomesSoFar(sql: Sql): Promise<number> {
 }
 
 /** Until CDC has confirmed everything written so far in the ERP, the outbox is empty and no outcome arrives for 2 s. */
-async function quiet(run: BenchRun, what: string): Promise<void> {
+async function quiet(run: BenchRun, nats: NatsHandles, what: string): Promise<void> {
   const { erp, sql } = run;
   const [{ target }] = await erp<[{ target: string }]>`select pg_current_wal_lsn()::text as target`;
+  let lastQueued = -1;
+  let queuedSince = Date.now();
   for (let last = -1, still = 0; still < 2; ) {
     await sleep(1000);
     const n = await outcomesSoFar(sql);
     const [{ caught }] = await erp<[{ caught: boolean }]>`
       select coalesce(bool_and(confirmed_flush_lsn >= ${target}::pg_lsn), true) as caught from pg_replication_slots where slot_name = ${`tally_${run.env}_erp`}`;
     const [{ outbox }] = await sql<[{ outbox: number }]>`select count(*)::int as outbox from outbox`;
-    still = caught && outbox === 0 && n === last ? still + 1 : 0;
+    // Commands CDC published that no worker has decided yet (a large batch can take seconds on a
+    // loaded machine, with no new outcome meanwhile): not quiet, or they would count in the run.
+    // (A consumer that does not move for 30 s is not waited for.)
+    const queued = caught && outbox === 0 && n === last ? await commandsQueued(nats, run.t) : -1;
+    if (queued !== lastQueued) [lastQueued, queuedSince] = [queued, Date.now()];
+    still = queued === 0 || (queued > 0 && Date.now() - queuedSince > 30_000) ? still + 1 : 0;
     last = n;
     progress(`${what}: ${n.toLocaleString("en")} commands applied`, 0, 1);
   }
   if (process.stderr.isTTY) process.stderr.write("\n");
+}
+
+/** Messages of the commands stream its consumers have not yet acknowledged (pending and in flight). */
+async function commandsQueued(nats: NatsHandles, t: Topology): Promise<number> {
+  let n = 0;
+  for (const c of await nats.jsm.consumers.list(t.commandsStream).next()) n += c.num_pending + c.num_ack_pending;
+  return n;
 }
 
 /** CPU (and RSS) of every process in the run, read at the start and the end of the load. */
@@ -503,6 +529,10 @@ async function startLoad(run: BenchRun, pipe: Pipeline, live: Live, catalog: num
   const started = Date.now();
   const schedStart = schedStat(process.pid);
   live.measuring = true;
+  for (const r of pipe.tally.readers) {
+    r.timings.received.length = 0;
+    r.timings.published.length = 0;
+  }
   gen.go(started);
   return {
     gen,
@@ -728,6 +758,8 @@ function reportThroughput(run: BenchRun, m: Measured) {
     timeline,
   };
   report.latencyMs = latency;
+  report.latencyStagesMs = latencyStages(live);
+  report.relayRoundMs = relayRounds(live);
   if (end.profile) report.profile = end.profile;
   report.reservations = {
     count: rtt.length,
@@ -736,6 +768,16 @@ function reportThroughput(run: BenchRun, m: Measured) {
     outcomes: load.reservationOutcomes,
   };
   report.cdcLag = m.pipe.tally.readers.map((r) => ({ source: r.name, lagBytes: r.metrics.lagBytes, changes: r.metrics.changes }));
+  // CDC's stages, from each source transaction's commit: taken in by the reader, acknowledged by JetStream.
+  report.cdcStagesMs = Object.fromEntries(
+    m.pipe.tally.readers.map((r) => {
+      const pct = (xs: Array<number>) => {
+        const s = sortNum(xs);
+        return { samples: s.length, p50: percentile(s, 0.5), p99: percentile(s, 0.99) };
+      };
+      return [r.name, { commitToReceived: pct(r.timings.received), commitToPublished: pct(r.timings.published) }];
+    }),
+  );
   report.ratios = {
     endToEndVsPublish: round(sustained / limits.publishCommandsPerSec, 3),
     endToEndVsConsume: round(sustained / limits.consumeCommandsPerSec, 3),
@@ -743,6 +785,52 @@ function reportThroughput(run: BenchRun, m: Measured) {
     cdcVsDecoding: round((load.expected.erp + load.expected.shop) / ((end.loadEnded - started) / 1000) / limits.decodeChangesPerSec, 3),
   };
   return { sustained, offeredRate, latency, rtt };
+}
+
+/**
+ * Source → availability split at the ledger transaction that wrote the change (its start, the outbox
+ * row's created_at): before it, the source's own commit, CDC or the API, JetStream and the worker's
+ * queue; after it, the apply, its commit and the relay. Percentiles of each part, and the mean of
+ * each part over the changes at or above the end-to-end p99 (what the tail is made of).
+ */
+function latencyStages(live: Live): Record<string, unknown> {
+  return Object.fromEntries(
+    [...live.latencies].flatMap(([source, xs]) => {
+      const before = live.toApply.get(source) ?? [];
+      const pairs = xs.map((total, i) => ({ total, before: before[i]! })).filter((p) => Number.isFinite(p.before));
+      if (pairs.length === 0) return [];
+      const pcts = (v: Array<number>) => {
+        const s = sortNum(v);
+        return { p50: percentile(s, 0.5), p99: percentile(s, 0.99) };
+      };
+      const cut = percentile(sortNum(pairs.map((p) => p.total)), 0.99)!;
+      const tail = pairs.filter((p) => p.total >= cut);
+      const mean = (v: Array<number>) => round(v.reduce((a, b) => a + b, 0) / Math.max(1, v.length));
+      return [
+        [
+          source,
+          {
+            toApplyStart: pcts(pairs.map((p) => p.before)),
+            applyToPublished: pcts(pairs.map((p) => p.total - p.before)),
+            tail: {
+              samples: tail.length,
+              toApplyStart: mean(tail.map((p) => p.before)),
+              applyToPublished: mean(tail.map((p) => p.total - p.before)),
+            },
+          },
+        ],
+      ];
+    }),
+  );
+}
+
+/** The relay's rounds: how long committed rows waited for a round, and its read, publish and delete, p50 / p99. */
+function relayRounds(live: Live): Record<string, unknown> {
+  const part = (k: keyof NonNullable<RelayRound["roundMs"]>) => {
+    const s = sortNum(live.rounds.map((r) => r[k]));
+    return { p50: percentile(s, 0.5), p99: percentile(s, 0.99) };
+  };
+  return { rounds: live.rounds.length, pickup: part("pickup"), read: part("read"), publish: part("publish"), delete: part("delete") };
 }
 
 /** The report's `cpu`: cores each process used over the load, and the load's wall time. */
@@ -989,6 +1077,48 @@ function resourceRows(report: Record<string, unknown>): Array<[string, string, s
   ];
 }
 
+interface Pct {
+  p50: number | null;
+  p99: number | null;
+}
+interface StageFigures {
+  toApplyStart: Pct;
+  applyToPublished: Pct;
+  tail: { samples: number; toApplyStart: number; applyToPublished: number };
+}
+
+/** The table's rows on where source → availability goes: before and after the apply, the relay's rounds, CDC. */
+function stageRows(report: Record<string, unknown>): Array<[string, string, string]> {
+  return [
+    ...Object.entries((report.latencyStagesMs ?? {}) as Record<string, StageFigures>).map(([s, l]): [string, string, string] => [
+      `  ${s}: source → apply start / apply → published (ms)`,
+      `p50 ${l.toApplyStart.p50} / ${l.applyToPublished.p50}, p99 ${l.toApplyStart.p99} / ${l.applyToPublished.p99}`,
+      `p99 tail (${l.tail.samples}): ${l.tail.toApplyStart} / ${l.tail.applyToPublished} mean`,
+    ]),
+    ...relayRoundRow(report),
+    ...Object.entries((report.cdcStagesMs ?? {}) as Record<string, { commitToReceived: Pct; commitToPublished: Pct }>).map(
+      ([s, c]): [string, string, string] => [
+        `  ${s} CDC: commit → taken in / → JetStream acked (ms)`,
+        `p50 ${c.commitToReceived.p50} / ${c.commitToPublished.p50}, p99 ${c.commitToReceived.p99} / ${c.commitToPublished.p99}`,
+        "",
+      ],
+    ),
+  ];
+}
+
+function relayRoundRow(report: Record<string, unknown>): Array<[string, string, string]> {
+  const r = report.relayRoundMs as { rounds: number; pickup: Pct; read: Pct; publish: Pct; delete: Pct } | undefined;
+  if (!r || r.rounds === 0) return [];
+  const f = (p: Pct) => `${p.p50}/${p.p99}`;
+  return [
+    [
+      "relay round p50/p99 (ms): pickup, read, publish, delete",
+      `${f(r.pickup)}, ${f(r.read)}, ${f(r.publish)}, ${f(r.delete)}`,
+      `${r.rounds} rounds`,
+    ],
+  ];
+}
+
 function printTable(report: Record<string, unknown>): void {
   const limits = report.limits as Limits;
   const tp = report.throughput as { offeredCommandsPerSec: number; sustainedCommandsPerSec: number; drainSeconds: number };
@@ -1020,6 +1150,7 @@ function printTable(report: Record<string, unknown>): void {
       `p50 ${l.p50} p95 ${l.p95} p99 ${l.p99}`,
       `${l.samples} samples`,
     ]),
+    ...stageRows(report),
     ...Object.entries((report.catalogLatencyMs ?? {}) as CatalogLatency).map(([c, l]): [string, string, string] => [
       `ERP price change → catalog published, ${c} (ms)`,
       `p50 ${l.p50} p99 ${l.p99}`,

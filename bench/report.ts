@@ -125,6 +125,40 @@ ${profileSection(r.profile as ProfileSummary | undefined)}
 </body></html>`;
 }
 
+type Pct = { p50: number | null; p99: number | null };
+
+/** Where source → availability goes: before / after the ledger transaction that wrote the change, the relay's rounds, CDC's stages. */
+function stageRows(r: Json): Array<Array<unknown>> {
+  const stages = (r.latencyStagesMs ?? {}) as Record<
+    string,
+    { toApplyStart: Pct; applyToPublished: Pct; tail: { samples: number; toApplyStart: number; applyToPublished: number } }
+  >;
+  const relay = r.relayRoundMs as { rounds: number; pickup: Pct; read: Pct; publish: Pct; delete: Pct } | undefined;
+  const cdc = (r.cdcStagesMs ?? {}) as Record<string, { commitToReceived: Pct; commitToPublished: Pct }>;
+  const f = (p: Pct) => `${p.p50} / ${p.p99}`;
+  return [
+    ...Object.entries(stages).map(([s, l]) => [
+      `  ${s}: source → apply start · apply → published`,
+      `p50 ${l.toApplyStart.p50} · ${l.applyToPublished.p50}, p99 ${l.toApplyStart.p99} · ${l.applyToPublished.p99} ms`,
+      `the p99 tail (${l.tail.samples}): ${l.tail.toApplyStart} · ${l.tail.applyToPublished} ms mean`,
+    ]),
+    ...(relay && relay.rounds > 0
+      ? [
+          [
+            "relay rounds p50 / p99",
+            `pickup ${f(relay.pickup)} · read ${f(relay.read)} · publish ${f(relay.publish)} · delete ${f(relay.delete)} ms`,
+            `${relay.rounds} rounds`,
+          ],
+        ]
+      : []),
+    ...Object.entries(cdc).map(([s, c]) => [
+      `  ${s} CDC: source commit → taken in · → JetStream acked`,
+      `p50 ${c.commitToReceived.p50} · ${c.commitToPublished.p50}, p99 ${c.commitToReceived.p99} · ${c.commitToPublished.p99} ms`,
+      "",
+    ]),
+  ];
+}
+
 /** The headline table: throughput, latency per source, reservations, main thread, CPU, memory, worker batches, correctness. */
 function headlineRows(r: Json): Array<Array<unknown>> {
   const limits = r.limits as Record<string, number>;
@@ -148,6 +182,7 @@ function headlineRows(r: Json): Array<Array<unknown>> {
       `p50 ${l.p50} · p95 ${l.p95} · p99 ${l.p99} ms`,
       `${l.samples} samples`,
     ]),
+    ...stageRows(r),
     ...Object.entries((r.catalogLatencyMs ?? {}) as CatalogLatency).map(([c, l]) => [
       `ERP price change → catalog published (${c})`,
       `p50 ${l.p50} · p99 ${l.p99} ms`,

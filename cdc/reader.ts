@@ -83,6 +83,12 @@ interface ReadyTransaction {
   readonly onFlushed?: () => Promise<void>;
 }
 
+/** Price facts only touch catalog projections, never stock nor item status: their version may be recorded behind the stream. */
+const priceOnly = (f: ResolvedCatalogFact): boolean =>
+  f.kind === "price" || f.kind === "price_removed" || f.kind === "price_list" || f.kind === "price_list_removed";
+/** Catalog versions being recorded behind the stream at most; the stream waits beyond. */
+const MAX_CATALOG_BEHIND = 64;
+
 /** A re-snapshot in progress: transactions committed at or after `lsn` wait until its commands are ready. */
 interface Resnapshot {
   readonly lsn: string;
@@ -151,6 +157,12 @@ export class SourceReader extends LongRunningService {
     halted: null,
     publicationMissing: [],
   };
+  /**
+   * The recent transactions' timings, in ms from their commit on the source (its clock): when this
+   * reader took in their BEGIN, and when JetStream had acknowledged their commands (the last
+   * 10,000 of each). The bench reads them to split CDC latency into stages.
+   */
+  readonly timings: { readonly received: Array<number>; readonly published: Array<number> } = { received: [], published: [] };
   #service: ReplicationService | null = null;
   #sourceSql: Sql | null = null;
   #crosswalk: Crosswalk | null = null;
@@ -158,6 +170,17 @@ export class SourceReader extends LongRunningService {
   #ready: Array<ReadyTransaction> = [];
   #pendingCommands = 0;
   #flushing: Promise<void> | null = null;
+  /**
+   * The catalog lane: price-only catalog versions, recorded one after the other in commit order
+   * while the stream goes on (its tail never rejects: a failure ends the session through #fail).
+   */
+  #catalogLane: Promise<void> = Promise.resolve();
+  #catalogBehind = 0;
+  /** The confirmation lane: end LSNs recorded and confirmed in order, behind the publishing (never rejects). */
+  #confirming: Promise<void> = Promise.resolve();
+  #confirmsPending = 0;
+  /** The position the queued confirmation will record, once every catalog version queued before it (`recorded`) is. */
+  #confirmNext: { lsn: string; commitTime: string; heartbeat: string | null; recorded: Promise<void> } | null = null;
   #failure: unknown = null;
   #timers: Array<NodeJS.Timeout> = [];
   #wake: (() => void) | null = null;
@@ -410,6 +433,8 @@ export class SourceReader extends LongRunningService {
       this.#wake = null;
       // Let a publish in flight settle before a new session can re-send the same transactions.
       await this.#flushing?.catch(() => {}); // its failure was already recorded (#failure) and ended the session
+      await this.#catalogLane;
+      await this.#confirming;
       await service.destroy().catch((err: unknown) => log.debug({ err }, "replication connection did not close cleanly")); // being replaced anyway
       this.#service = null;
     }
@@ -423,6 +448,7 @@ export class SourceReader extends LongRunningService {
         if (msg.commitLsn && parseLsn(msg.commitLsn) > this.#lastBegun) this.#lastBegun = parseLsn(msg.commitLsn);
         if (this.#resnapshot && msg.commitLsn && parseLsn(msg.commitLsn) >= parseLsn(this.#resnapshot.lsn)) await this.#placeResnapshot();
         this.#open = { commitLsn: msg.commitLsn ?? "0/0", commitTime: pgTime(msg.commitTime), changes: [], count: 0, heartbeat: null, catalog: [] };
+        sampleTiming(this.timings.received, Date.now() - Date.parse(this.#open.commitTime));
         return;
       case "insert":
       case "update":
@@ -521,9 +547,20 @@ export class SourceReader extends LongRunningService {
       tx.catalog.push(...outcome.catalog);
       skipped += outcome.skipped;
     }
-    // One catalog version per source transaction, durable before its LSN can be confirmed.
-    if (endLsn !== null && tx.catalog.length > 0)
-      await recordCatalogVersion(sql, { source: source.name, ref: tx.commitLsn, sourceAt: tx.commitTime, facts: tx.catalog });
+    // One catalog version per source transaction, durable before its LSN can be confirmed. Prices
+    // alone are recorded behind the stream (the catalog lane, in order), so the transactions after
+    // a price change are not held while its version is written; the confirmation waits for it. An
+    // item's facts (its status rules its availability) are recorded before its commands and the
+    // transactions after it are published, after every version before it.
+    if (endLsn !== null && tx.catalog.length > 0) {
+      const change = { source: source.name, ref: tx.commitLsn, sourceAt: tx.commitTime, facts: tx.catalog };
+      if (tx.catalog.every(priceOnly) && this.#catalogBehind < MAX_CATALOG_BEHIND) this.#recordBehind(change);
+      else {
+        await this.#catalogLane;
+        if (this.#failure) throw this.#failure;
+        await recordCatalogVersion(sql, change);
+      }
+    }
     this.#ready.push({
       endLsn,
       commands,
@@ -537,6 +574,41 @@ export class SourceReader extends LongRunningService {
     this.#kickFlush();
     if (this.#pendingCommands >= (this.opts.maxPending ?? 5000)) await this.#flushing;
     if (this.#failure) throw this.#failure;
+  }
+
+  /** Records a price-only catalog version on the catalog lane, after every one queued before it. */
+  #recordBehind(change: Parameters<typeof recordCatalogVersion>[1]): void {
+    this.#catalogBehind++;
+    this.#catalogLane = this.#catalogLane
+      .then(async () => {
+        if (this.#failure) return; // the session is ending: the slot re-sends this transaction
+        await recordCatalogVersion(this.opts.sql, change);
+      })
+      .catch((err: unknown) => this.#fail(err))
+      .finally(() => this.#catalogBehind--);
+  }
+
+  /**
+   * Records and confirms `lsn` on the confirmation lane, once every catalog version queued so far
+   * (those of the transactions up to it) is recorded: the publishing goes on meanwhile. Nothing is
+   * confirmed once the session failed.
+   */
+  #confirmBehind(lsn: string, commitTime: string, heartbeat: string | null): void {
+    // A confirmation not yet started takes the later position instead (one statement, not one per flush).
+    const queued = this.#confirmNext;
+    this.#confirmNext = { lsn, commitTime, heartbeat: heartbeat ?? queued?.heartbeat ?? null, recorded: this.#catalogLane };
+    if (queued) return;
+    this.#confirmsPending++;
+    this.#confirming = this.#confirming
+      .then(async () => {
+        const next = this.#confirmNext!;
+        this.#confirmNext = null;
+        await next.recorded;
+        if (this.#failure) return;
+        await this.#recordAndConfirm(next.lsn, next.commitTime, next.heartbeat);
+      })
+      .catch((err: unknown) => this.opts.log.warn({ err }, "could not confirm a source position; the next one will"))
+      .finally(() => this.#confirmsPending--);
   }
 
   #kickFlush(): void {
@@ -571,6 +643,9 @@ export class SourceReader extends LongRunningService {
         return;
       }
       this.#pendingCommands -= commands.length + dead.length;
+      const publishedAt = Date.now();
+      for (const t of batch)
+        if (t.endLsn !== null && t.commands.length > 0) sampleTiming(this.timings.published, publishedAt - Date.parse(t.commitTime));
       for (const t of batch) await t.onFlushed?.().catch((err) => this.opts.log.warn({ err }, "post-publish step failed"));
       const complete = batch.filter((t) => t.endLsn !== null);
       const changes = batch.reduce((n, t) => n + t.changes, 0);
@@ -591,7 +666,7 @@ export class SourceReader extends LongRunningService {
           .pop() ?? null;
       if (heartbeat) this.metrics.lastHeartbeatAt = heartbeat;
       const last = complete[complete.length - 1];
-      if (last) await this.#recordAndConfirm(last.endLsn!, last.commitTime, heartbeat);
+      if (last) this.#confirmBehind(last.endLsn!, last.commitTime, heartbeat);
     }
   }
 
@@ -668,7 +743,14 @@ export class SourceReader extends LongRunningService {
    */
   #onKeepalive(lsn: string, shouldRespond: boolean): void {
     // A failed publish took its batch out of #ready: until the session ends nothing may be confirmed.
-    const idle = this.#failure === null && this.#open === null && this.#ready.length === 0 && this.#flushing === null && !libraryBusy(this.#service);
+    const idle =
+      this.#failure === null &&
+      this.#open === null &&
+      this.#ready.length === 0 &&
+      this.#flushing === null &&
+      this.#catalogBehind === 0 &&
+      this.#confirmsPending === 0 &&
+      !libraryBusy(this.#service);
     if (idle && this.#resnapshot && parseLsn(lsn) >= parseLsn(this.#resnapshot.lsn)) {
       // The stream has passed the re-snapshot's position with nothing in between: place it now.
       void this.#placeResnapshot().catch((err) => this.#fail(err));
@@ -915,6 +997,12 @@ export class SourceReader extends LongRunningService {
   #sleep(ms: number): Promise<void> {
     return sleep(ms, this.signal);
   }
+}
+
+/** Keeps the last 10,000 samples. */
+function sampleTiming(list: Array<number>, ms: number): void {
+  if (list.length >= 20_000) list.splice(0, 10_000);
+  list.push(ms);
 }
 
 function textRow(row: Record<string, unknown> | null | undefined): RawRow | null {

@@ -5,6 +5,7 @@ import { Crosswalk, findSource } from "../cdc/index.ts";
 import { listDeadLetters, replayDeadLetter } from "../src/operations/index.ts";
 import { deadLetter, publishDeadLetter, topology } from "../src/wire/index.ts";
 import { recordCatalogVersion, resolveCatalogFacts } from "../cdc/catalog.ts";
+import { parseLsn } from "../cdc/lsn.ts";
 import { erpCatalogItem, erpItemPrices } from "../cdc/demo/mappings.ts";
 import { RowView, UnknownItem, type Change, type MappingResult } from "../src/contract/mapping.ts";
 import { Schema } from "effect";
@@ -141,6 +142,44 @@ describe("the catalog from the ERP, by CDC, out to every channel", () => {
       for (const channel of channels) if ((await kvValue(channel, "SKU-0003"))?.catalogVersion !== start + 1) return false;
       return true;
     });
+  });
+
+  it("a price change whose catalog version cannot be recorded yet holds back neither the ERP transactions after it nor is confirmed past", async () => {
+    const erp = () => tally!.readers.find((r) => r.name === "erp")!;
+    const start = await head();
+    // The catalog head locked in the ledger: the price change's version waits for it.
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let locked!: () => void;
+    const isLocked = new Promise<void>((r) => (locked = r));
+    const locker = connectPostgres(ctx.databaseUrl, { max: 1, application: "test-catalog-lock" });
+    const holding = locker.begin(async (tx) => {
+      await tx`select version from catalog_head for update`;
+      locked();
+      await released;
+    });
+    try {
+      await isLocked;
+      await demo.erp`update item_prices set amount = amount + 0.01 where item_no = '100012' and price_list = 'WEB'`;
+      const [{ afterPrice }] = await demo.erp<[{ afterPrice: string }]>`select pg_current_wal_lsn()::text as "afterPrice"`;
+      const published = erp().metrics.commands;
+      await demo.erp`insert into goods_receipts (item_no, location, qty, uom) values ('100012', 'DC1', 1, 'EA')`;
+      const [{ afterReceipt }] = await demo.erp<[{ afterReceipt: string }]>`select pg_current_wal_lsn()::text as "afterReceipt"`;
+      // The receipt after it is captured and published while the version waits …
+      await eventually("the receipt published behind the waiting price change", async () => erp().metrics.commands > published);
+      // … but the slot is not confirmed past the price change: a crash now re-sends it.
+      expect(parseLsn(erp().metrics.confirmedLsn)).toBeLessThan(parseLsn(afterPrice));
+      expect(await head()).toBe(start);
+      release();
+      await holding;
+      await eventually("the version recorded and the slot confirmed past the receipt", async () => {
+        return (await head()) === start + 1 && parseLsn(erp().metrics.confirmedLsn) >= parseLsn(afterReceipt);
+      });
+    } finally {
+      release();
+      await holding.catch(() => {});
+      await locker.end({ timeout: 5 });
+    }
   });
 
   it("a discontinued item shows as discontinued in every channel", async () => {

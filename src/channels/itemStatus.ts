@@ -39,6 +39,8 @@ export async function applyItemStatus<R extends PageRow>(
   sql: Sql,
   page: ReadonlyArray<R>,
   sellsDiscontinued: ReadonlySet<string>,
+  /** The status of the page's SKUs that are not active, when the caller read them with the page (else one query here). */
+  known?: ReadonlyMap<string, string>,
 ): Promise<Array<R>> {
   const parsed = new Map<R, AvailabilityJson>();
   const fresh = new Set<string>();
@@ -53,12 +55,14 @@ export async function applyItemStatus<R extends PageRow>(
   }
   if (parsed.size === 0) return [...page];
   const skus = [...new Set([...parsed.values()].map((v) => v.sku))];
-  const statuses = new Map(
-    (
-      await sql<Array<{ sku: string; status: string }>>`
+  const statuses =
+    known ??
+    new Map(
+      (
+        await sql<Array<{ sku: string; status: string }>>`
         select sku, status from items where status <> 'active' and sku = any(${sql.array(skus)}::text[])`
-    ).map((r) => [r.sku, r.status]),
-  );
+      ).map((r) => [r.sku, r.status]),
+    );
   const out: Array<R> = [];
   for (const r of page) {
     const v = parsed.get(r);

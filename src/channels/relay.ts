@@ -37,6 +37,8 @@ interface OutboxRecord {
   payload: string;
   source_at: Date | null;
   source: string | null;
+  /** When the ledger transaction that wrote it started (the worker's apply). */
+  created_at: Date;
 }
 
 /**
@@ -49,6 +51,22 @@ export const RelayRound = Schema.Struct({
   latencyMs: Schema.Record({ key: Schema.String, value: Schema.Array(Schema.Number) }).annotations({
     description: "milliseconds from source to NATS of each availability change, per source system",
   }),
+  toApplyMs: Schema.optional(
+    Schema.Record({ key: Schema.String, value: Schema.Array(Schema.Number) }).annotations({
+      description:
+        "of the same changes, in the same order: milliseconds from source to the start of the ledger transaction that wrote them (the rest is apply, commit and this relay)",
+    }),
+  ),
+  roundMs: Schema.optional(
+    Schema.Struct({
+      pickup: Schema.Number.annotations({
+        description: "from the first outbox NOTIFY it had not served (or the last round's end) to this round's start",
+      }),
+      read: Schema.Number.annotations({ description: "reading the page and what it depends on (item status, bundles)" }),
+      publish: Schema.Number.annotations({ description: "publishing the page to NATS (subjects and KV) until every ack" }),
+      delete: Schema.Number.annotations({ description: "deleting the published rows (and deriving bundles)" }),
+    }).annotations({ description: "where this round's time went (ms)" }),
+  ),
 }).annotations({ title: "Relay round", description: "The outbox relay's report after each round" });
 export type RelayRound = typeof RelayRound.Type;
 
@@ -74,6 +92,8 @@ export class OutboxRelay extends LongRunningService {
   #leases: LeaseStore;
   #lastRenew = 0;
   #unlisten: (() => Promise<void>) | null = null;
+  /** When an outbox NOTIFY arrived that no round has started on since (null: none). */
+  #notifiedAt: number | null = null;
   /** Set once this relay queued the bundles not yet published in some channel (after it first holds the lease). */
   #bundlesChecked = false;
   readonly #sellsDiscontinued: ReadonlySet<string>;
@@ -104,7 +124,12 @@ export class OutboxRelay extends LongRunningService {
   protected async run(signal: AbortSignal): Promise<void> {
     const { sql, log, leaseTtlMs } = this.opts;
     try {
-      const listener = await sql.listen(OUTBOX_CHANNEL, () => this.#wakeup.wake());
+      const listener = await sql.listen(OUTBOX_CHANNEL, () => {
+        // Kept until a round starts: a NOTIFY that arrives during a round (which may then find the
+        // page empty) must not be lost, or the rows it announces wait for the next commit or the poll.
+        this.#notifiedAt ??= Date.now();
+        this.#wakeup.wake();
+      });
       this.#unlisten = listener.unlisten;
     } catch (err) {
       // NOTIFY only shortens the wait: without it the relay polls.
@@ -120,7 +145,7 @@ export class OutboxRelay extends LongRunningService {
           await this.#checkLease();
         },
       });
-      if (n === 0) await this.#wakeup.wait(Math.min(1000, leaseTtlMs / 3), signal);
+      if (n === 0 && this.#notifiedAt === null) await this.#wakeup.wait(Math.min(1000, leaseTtlMs / 3), signal);
     }
   }
 
@@ -161,25 +186,32 @@ export class OutboxRelay extends LongRunningService {
   /** Publishes one page of the outbox, then derives the bundles it affects; returns how many rows it handled and wrote. */
   async #round(): Promise<number> {
     const { sql, nats, instanceId } = this.opts;
+    const started = Date.now();
+    const pickup = this.#notifiedAt === null ? 0 : started - this.#notifiedAt;
+    this.#notifiedAt = null;
     if (!this.#bundlesChecked) {
       await queueUnpublishedBundles(sql, this.opts.channels);
       this.#bundlesChecked = true;
     }
+    let read = await this.#readPage();
     // An item whose status changed: its last availability goes out again, under the status rule.
-    if (await restatePending(sql)) await restateQueued(sql, { nats, topology: this.opts.topology, channels: this.opts.channels });
-    const page = await sql<Array<OutboxRecord>>`
-      select id, kind, subject, kv_key, payload::text as payload, source_at, source from outbox order by id limit ${this.opts.batch ?? 1000}`;
-    const rows = await applyItemStatus(sql, page, this.#sellsDiscontinued);
+    if (read.restate || (read.page.length === 0 && (await restatePending(sql)))) {
+      await restateQueued(sql, { nats, topology: this.opts.topology, channels: this.opts.channels });
+      read = await this.#readPage();
+    }
+    const { page } = read;
+    const rows = await applyItemStatus(sql, page, this.#sellsDiscontinued, read.statuses);
     // The last projection per key wins; earlier ones of the same page are superseded.
     const latestKv = new Map<string, OutboxRecord>();
     for (const r of rows) if (r.kind === "availability" && r.kv_key) latestKv.set(r.kv_key, r);
     const figures = figuresOf(latestKv.values());
-    const bundles = await bundlesAffected(sql, figures);
+    const bundles = page.length > 0 ? read.bundles : await bundlesAffected(sql, figures);
     if (page.length === 0 && !bundles) return 0;
     // Events all go out; an availability change goes out only as the page's latest of its key (on its
     // subject and in KV alike): a later row of the same page supersedes it, and readers keep the
     // highest version anyway. A relay that lags thus publishes less, not more.
     const superseded = (r: OutboxRecord) => r.kind === "availability" && r.kv_key !== null && latestKv.get(r.kv_key) !== r;
+    const readAt = Date.now();
     await Promise.all([
       ...rows.filter((r) => !superseded(r)).map((r) => nats.js.publish(r.subject, r.payload, { msgID: `${instanceId}:${r.id}` })),
       ...[...latestKv.values()].map((r) => nats.availability.put(r.kv_key!, r.payload)),
@@ -199,20 +231,57 @@ export class OutboxRelay extends LongRunningService {
         .delete(key)
         .catch((err: unknown) => this.opts.log.warn({ err, key }, "could not delete a former bundle's availability"));
     this.published += rows.length;
-    if (rows.length > 0) this.#report(rows, publishedAt);
+    const roundMs = { pickup, read: readAt - started, publish: publishedAt - readAt, delete: Date.now() - publishedAt };
+    if (rows.length > 0) this.#report(rows, publishedAt, roundMs);
     return page.length + derived.rows + derived.removedKeys.length;
   }
 
+  /**
+   * One page of the outbox in one statement, with what the round needs to know of it: the status of
+   * its SKUs that are not active (the status rule), whether a status change waits to be restated, and
+   * whether bundles are to be derived (a definition changed, or one of its SKUs is a component). An
+   * empty page says nothing of the last two: the caller asks apart.
+   */
+  async #readPage(): Promise<{ page: Array<OutboxRecord>; statuses: Map<string, string>; restate: boolean; bundles: boolean }> {
+    const { sql } = this.opts;
+    const rows = await sql<Array<OutboxRecord & { status_sku: string | null; item_status: string | null; restate: boolean; bundles: boolean }>>`
+      with page as (
+        select id, kind, subject, kv_key, payload, source_at, source, created_at from outbox order by id limit ${this.opts.batch ?? 1000}
+      ), flags as (
+        select exists (select from availability_restate) as restate,
+               exists (select from bundle_changes)
+                 or exists (select from bundle_components
+                             where component in (select payload ->> 'sku' from page where kind = 'availability')) as bundles
+      )
+      select p.id, p.kind, p.subject, p.kv_key, p.payload::text as payload, p.source_at, p.source, p.created_at,
+             i.sku as status_sku, i.status as item_status, f.restate, f.bundles
+        from page p
+        cross join flags f
+        left join items i on p.kind = 'availability' and i.sku = p.payload ->> 'sku' and i.status <> 'active'
+       order by p.id`;
+    const statuses = new Map<string, string>();
+    const page: Array<OutboxRecord> = [];
+    for (const { status_sku, item_status, restate: _r, bundles: _b, ...r } of rows) {
+      if (status_sku !== null && item_status !== null) statuses.set(status_sku, item_status);
+      page.push(r);
+    }
+    return { page, statuses, restate: rows[0]?.restate ?? false, bundles: rows[0]?.bundles ?? false };
+  }
+
   /** Source time → published, per availability change, for the metrics of every API process. */
-  #report(rows: ReadonlyArray<OutboxRecord>, publishedAt: number): void {
+  #report(rows: ReadonlyArray<OutboxRecord>, publishedAt: number, roundMs: NonNullable<RelayRound["roundMs"]>): void {
     const latencyMs: Record<string, Array<number>> = {};
+    const toApplyMs: Record<string, Array<number>> = {};
     for (const r of rows) {
       if (r.kind !== "availability" || r.source_at === null) continue;
-      const ms = Math.max(0, publishedAt - r.source_at.getTime());
-      (latencyMs[r.source ?? "unknown"] ??= []).push(ms);
+      const at = r.source_at.getTime();
+      const ms = Math.max(0, publishedAt - at);
+      const source = r.source ?? "unknown";
+      (latencyMs[source] ??= []).push(ms);
+      (toApplyMs[source] ??= []).push(Math.max(0, Math.min(ms, r.created_at.getTime() - at)));
       this.lastLatencyMs = ms;
     }
-    const round: RelayRound = { published: rows.length, latencyMs };
+    const round: RelayRound = { published: rows.length, latencyMs, toApplyMs, roundMs };
     this.opts.onRound?.(round);
     if (this.opts.env === undefined) return;
     try {

@@ -7,7 +7,7 @@
  * amounts posts its money journal (revenue, tax, tenders, gift cards) in the same Postgres transaction as its claim:
  * once, whoever wins the claim.
  */
-import type { Sql } from "postgres";
+import type { Sql, TransactionSql } from "postgres";
 import type { Logger } from "pino";
 import { Either } from "effect";
 import type { Command } from "../contract/index.ts";
@@ -396,26 +396,33 @@ export class PosIngest {
   /** Claims transactions not yet recorded (result still null); returns the keys another post claimed first. */
   async #claim(fs: ReadonlyArray<Fresh>): Promise<Set<string>> {
     if (fs.length === 0) return new Set();
-    return this.deps.sql.begin(async (sql) => {
-      const won = await sql<Array<{ store: string; terminal: string; transaction_id: string }>>`
-      insert into pos_transactions (store, terminal, transaction_id, payload_hash, result)
-      select store, terminal, transaction_id, payload_hash, null from unnest(
-        ${sql.array(fs.map((f) => f.t.store))}::text[],
-        ${sql.array(fs.map((f) => f.t.terminal))}::text[],
-        ${sql.array(fs.map((f) => f.t.id))}::text[],
-        ${sql.array(fs.map((f) => f.hash))}::text[]) as k(store, terminal, transaction_id, payload_hash)
-      -- In key order: two posts claiming overlapping batches wait for each other instead of deadlocking.
-      order by store, terminal, transaction_id
-      on conflict do nothing
-      returning store, terminal, transaction_id`;
-      const mine = new Set(won.map((r) => transactionKey({ store: r.store, terminal: r.terminal, id: r.transaction_id })));
-      // The money of the transactions this post claimed, with their claims: a journal exists exactly when its claim does.
+    // Without money to post, the claim is one statement: no transaction around it (one round trip, not three,
+    // before the commands can be published).
+    const money = fs.some((f) => f.journal !== null && f.journal.lines.length > 0);
+    if (!money) return this.#claimRows(this.deps.sql, fs);
+    return this.deps.sql.begin((sql) => this.#claimRows(sql, fs, true));
+  }
+
+  async #claimRows(sql: Sql | TransactionSql, fs: ReadonlyArray<Fresh>, money = false): Promise<Set<string>> {
+    const won = await (sql as Sql)<Array<{ store: string; terminal: string; transaction_id: string }>>`
+    insert into pos_transactions (store, terminal, transaction_id, payload_hash, result)
+    select store, terminal, transaction_id, payload_hash, null from unnest(
+      ${sql.array(fs.map((f) => f.t.store))}::text[],
+      ${sql.array(fs.map((f) => f.t.terminal))}::text[],
+      ${sql.array(fs.map((f) => f.t.id))}::text[],
+      ${sql.array(fs.map((f) => f.hash))}::text[]) as k(store, terminal, transaction_id, payload_hash)
+    -- In key order: two posts claiming overlapping batches wait for each other instead of deadlocking.
+    order by store, terminal, transaction_id
+    on conflict do nothing
+    returning store, terminal, transaction_id`;
+    const mine = new Set(won.map((r) => transactionKey({ store: r.store, terminal: r.terminal, id: r.transaction_id })));
+    // The money of the transactions this post claimed, with their claims: a journal exists exactly when its claim does.
+    if (money)
       await postMoneyJournals(
         sql,
         fs.flatMap((f) => (f.journal && mine.has(transactionKey(f.t)) ? [f.journal] : [])),
       );
-      return new Set(fs.map((f) => transactionKey(f.t)).filter((k) => !mine.has(k)));
-    });
+    return new Set(fs.map((f) => transactionKey(f.t)).filter((k) => !mine.has(k)));
   }
 
   /** Stores the result of claimed transactions once every command was acknowledged. */
