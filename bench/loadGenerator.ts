@@ -49,6 +49,7 @@ export interface GeneratorResult {
   readonly expected: { erp: number; pos: number; shop: number; api: number; bench: number };
   /** Commands offered per epoch second. */
   readonly offeredPerSecond: Array<[number, number]>;
+  /** Round trips of the holds that reached the actors (shed ones are only counted, as `shed` in the outcomes). */
   readonly reservationRtt: Array<number>;
   readonly reservationOutcomes: Record<string, number>;
   readonly orders: Array<OrderEvent>;
@@ -354,12 +355,17 @@ class Generator {
       headers: { "content-type": "application/json", authorization: `Bearer ${this.c.token}`, "idempotency-key": key },
       body: JSON.stringify({ sku, qty: 1, location: "DC1", ttlSeconds: 3600 }),
     }).then(async (res) => {
-      await res.body.dump();
-      this.reservationRtt.push(performance.now() - t0);
       const status = res.statusCode;
-      const outcome = status === 201 ? "held" : status === 409 ? "insufficient_stock" : `http_${status}`;
-      // Its reserve command was published (and will be decided) unless the request failed before.
-      if (status === 201 || status === 409 || status === 503) this.expected.api++;
+      // A 503's problem code tells a hold shed under overload (nothing published) from one left undecided.
+      let code: string | undefined;
+      if (status === 503) code = ((await res.body.json().catch(() => null)) as { code?: string } | null)?.code;
+      else await res.body.dump();
+      const shed = code === "overloaded";
+      // Shed holds are counted apart (`shed`), not as errors, and kept out of the round trip: they never reached the actors.
+      if (!shed) this.reservationRtt.push(performance.now() - t0);
+      const outcome = status === 201 ? "held" : status === 409 ? "insufficient_stock" : shed ? "shed" : `http_${status}`;
+      // Its reserve command was published (and will be decided) unless the request failed or was shed before.
+      if (status === 201 || status === 409 || (status === 503 && !shed)) this.expected.api++;
       this.reservationOutcomes[outcome] = (this.reservationOutcomes[outcome] ?? 0) + 1;
     });
   }

@@ -29,6 +29,8 @@ export interface ApiOptions {
   readonly maxJsonDepth?: number;
   /** How long a request may wait on Postgres or NATS before it is answered 503 + Retry-After (default settings.requestTimeoutMs). */
   readonly requestTimeoutMs?: number;
+  /** Hold lag above which new reservations are shed, 503 `overloaded` (default settings.reservationShedLagMs; 0: never). */
+  readonly reservationShedLagMs?: number;
 }
 
 /** Everything the API needs; `buildApp` acquires nothing else but its own subscriptions and timers. */

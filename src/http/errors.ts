@@ -41,6 +41,7 @@ const TITLES: Readonly<Record<string, string>> = {
   idempotency_conflict: "The idempotency key was used for other content",
   request_in_progress: "The same request is still being decided",
   decision_pending: "The stock actors have not decided yet",
+  overloaded: "Holds are being shed: the ledger is behind",
   replay_failed: "The dead letter could not be replayed",
   not_stuck: "The partition is not stuck",
   invalid_transactions: "Every transaction was rejected",
@@ -61,6 +62,12 @@ const titleOf = (code: string, status: number): string => {
 export function problem(status: number, code: string, detail: string, instance: string, extra: Readonly<Record<string, unknown>> = {}) {
   return { type: `${PROBLEM_TYPE_BASE}${code.replaceAll("_", "-")}`, title: titleOf(code, status), status, detail, instance, code, ...extra };
 }
+
+/**
+ * Replies whose 5xx is a deliberate answer, not a failure (a hold shed under overload): logged at debug,
+ * not as an error (shedding thousands a second must not flood the log when the process is busiest).
+ */
+export const deliberate5xx = new WeakSet<FastifyReply>();
 
 /** The path a problem happened at (`instance`): the request's URL without its query. */
 export const instanceOf = (req: FastifyRequest): string => req.url.split("?")[0]!;
@@ -103,7 +110,7 @@ export const problemProperties = {
     type: "string",
     description:
       "machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, " +
-      "reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, " +
+      "reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, overloaded, rate_limited, payload_too_large, " +
       "unsupported_media_type, unavailable, shutting_down …",
   },
   errors: { type: "array", items: { $ref: "FieldError#" }, description: "the fields the request got wrong, when it is at fault" },

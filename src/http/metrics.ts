@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type HistogramConfiguration } from "prom-client";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type HistogramConfiguration } from "prom-client";
 import type { ReservationMetrics } from "../reservations/index.ts";
 
 export interface ApiMetricsDeps {
@@ -18,6 +18,7 @@ export class ApiMetrics {
   readonly reservationLatency: Histogram<"outcome">;
   readonly posTransactions: Counter<"outcome" | "via">;
   readonly httpDuration: Histogram<"method" | "route" | "status">;
+  readonly holdLag: Gauge;
 
   constructor(deps: ApiMetricsDeps) {
     this.registry = deps.registry ?? ownRegistry();
@@ -30,7 +31,7 @@ export class ApiMetrics {
     });
     this.reservations = counter({
       name: "tally_reservations_total",
-      help: "Reservation requests and transitions this API process handled, by outcome",
+      help: "Reservation requests and transitions this API process handled, by outcome (shed: refused at once, the apply path behind)",
       labelNames: ["outcome"],
       registers,
     });
@@ -47,6 +48,18 @@ export class ApiMetrics {
       labelNames: ["outcome", "via"],
       registers,
     });
+    // The gauge reads the latest app's reservation service (an app rebuilt on the same registry replaces it).
+    const lag = holdLagSource(this.registry);
+    this.holdLag =
+      (this.registry.getSingleMetric("tally_reservation_hold_lag_seconds") as Gauge | undefined) ??
+      new Gauge({
+        name: "tally_reservation_hold_lag_seconds",
+        help: "The largest partition's hold lag in this API process (how long its holds take to be decided); above TALLY_RESERVATION_SHED_LAG_MS new holds there are shed",
+        registers,
+        collect() {
+          this.set(lag.read());
+        },
+      });
     this.httpDuration = histogram({
       name: "tally_http_request_duration_seconds",
       help: "HTTP request duration by method, route and status",
@@ -62,8 +75,19 @@ export class ApiMetrics {
       observeDecision: (outcome, seconds) => this.reservationLatency.observe({ outcome }, seconds),
       count: (outcome) => this.reservations.inc({ outcome }),
       commandPublished: (type, source) => this.commandsIn.inc({ type, source }),
+      holdLag: (source) => {
+        holdLagSource(this.registry).read = source;
+      },
     };
   }
+}
+
+const holdLagSources = new WeakMap<Registry, { read: () => number }>();
+/** Where a registry's hold-lag gauge reads from: one holder per registry, set by the latest reservation service. */
+function holdLagSource(registry: Registry): { read: () => number } {
+  let source = holdLagSources.get(registry);
+  if (!source) holdLagSources.set(registry, (source = { read: () => 0 }));
+  return source;
 }
 
 /**

@@ -11,6 +11,7 @@ import { authenticate, StreamTokens, TokenVerifier, type Principal, type Scope }
 import { allowOrigins } from "./cors.ts";
 import {
   ApiError,
+  deliberate5xx,
   FieldErrorSchema,
   instanceOf,
   invalidField,
@@ -102,6 +103,7 @@ function resolveOptions(deps: ApiDeps): Required<ApiOptions> {
     posBodyLimit: deps.options?.posBodyLimit ?? 1024 * 1024,
     maxJsonDepth: deps.options?.maxJsonDepth ?? MAX_JSON_DEPTH,
     requestTimeoutMs: deps.options?.requestTimeoutMs ?? deps.settings.requestTimeoutMs,
+    reservationShedLagMs: deps.options?.reservationShedLagMs ?? deps.settings.reservationShedLagMs,
   };
 }
 
@@ -191,6 +193,7 @@ async function startContext(
     channels,
     decisionTimeoutMs: opts.decisionTimeoutMs,
     requestTimeoutMs: opts.requestTimeoutMs,
+    shedLagMs: opts.reservationShedLagMs,
   });
   const posSubscriber = opts.background
     ? new PosSubscriber({ nc: deps.nats.nc, topology: deps.topology, ingest: pos, log, requestTimeoutMs: opts.requestTimeoutMs })
@@ -337,7 +340,7 @@ function installRequestLog(app: FastifyInstance, metrics: ApiMetrics): void {
       ms: Math.round(reply.elapsedTime * 10) / 10,
       token: req.principal?.id,
     };
-    if (reply.statusCode >= 500) req.log.error(line, "request failed");
+    if (reply.statusCode >= 500 && !deliberate5xx.has(reply)) req.log.error(line, "request failed");
     else req.log.debug(line, "request");
   });
 }

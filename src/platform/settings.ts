@@ -40,6 +40,12 @@ export interface Settings {
    */
   readonly requestTimeoutMs: number;
   /**
+   * `TALLY_RESERVATION_SHED_LAG_MS`: when a partition's holds take longer than this to be decided (or one has
+   * waited this long), new reservations there are answered 503 `overloaded` with Retry-After at once, nothing
+   * written or published (default 3000; 0: never shed).
+   */
+  readonly reservationShedLagMs: number;
+  /**
    * `TALLY_WORKER_PROCESS`: `separate` (default) runs the worker role of `tally start --roles …,api,worker` in a
    * child process, so request bodies never hold the loop that renews its leases; `inline` keeps one process.
    */
@@ -137,6 +143,7 @@ export const DEFAULTS = {
   TALLY_API_RATE_LIMIT: 600,
   TALLY_SHUTDOWN_TIMEOUT_MS: 10_000,
   TALLY_REQUEST_TIMEOUT_MS: 2000,
+  TALLY_RESERVATION_SHED_LAG_MS: 3000,
   TALLY_WORKER_PROCESS: "separate",
   TALLY_ANCHOR_INTERVAL_MS: 60_000,
   TALLY_METRICS_PORT: 9464,
@@ -262,6 +269,7 @@ const settingsConfig = Config.all({
   apiRateLimit: intIn("TALLY_API_RATE_LIMIT", 1, 1_000_000, DEFAULTS.TALLY_API_RATE_LIMIT),
   shutdownTimeoutMs: intIn("TALLY_SHUTDOWN_TIMEOUT_MS", 100, 600_000, DEFAULTS.TALLY_SHUTDOWN_TIMEOUT_MS),
   requestTimeoutMs: intIn("TALLY_REQUEST_TIMEOUT_MS", 100, 600_000, DEFAULTS.TALLY_REQUEST_TIMEOUT_MS),
+  reservationShedLagMs: intIn("TALLY_RESERVATION_SHED_LAG_MS", 0, 600_000, DEFAULTS.TALLY_RESERVATION_SHED_LAG_MS),
   workerProcess: Config.literal("separate", "inline")("TALLY_WORKER_PROCESS").pipe(Config.withDefault(DEFAULTS.TALLY_WORKER_PROCESS)),
   anchorIntervalMs: intIn("TALLY_ANCHOR_INTERVAL_MS", 100, 24 * 3600 * 1000, DEFAULTS.TALLY_ANCHOR_INTERVAL_MS),
   natsUser: Config.option(Config.string("TALLY_NATS_USER")),
@@ -320,6 +328,7 @@ export function loadSettings(env: Record<string, string | undefined> = process.e
     apiRateLimit: s.apiRateLimit,
     shutdownTimeoutMs: s.shutdownTimeoutMs,
     requestTimeoutMs: s.requestTimeoutMs,
+    reservationShedLagMs: s.reservationShedLagMs,
     workerProcess: s.workerProcess,
     anchorIntervalMs: s.anchorIntervalMs,
     natsAccess: natsAccess(s),

@@ -30,7 +30,13 @@ export type ReservationProblem =
    * A line names an item the channel may not sell (blocked, or discontinued where the channel does not
    * sell remaining stock): the whole request refused before anything was written or published.
    */
-  | { readonly code: "item_withheld"; readonly channel: string | null; readonly lines: ReadonlyArray<WithheldLine> };
+  | { readonly code: "item_withheld"; readonly channel: string | null; readonly lines: ReadonlyArray<WithheldLine> }
+  /**
+   * The apply path is behind (a partition's holds take longer than the limit to be decided): the request
+   * was shed before anything was written or published; retry after `retryAfterSeconds`, with the same
+   * Idempotency-Key or a new one.
+   */
+  | { readonly code: "overloaded"; readonly lagMs: number; readonly limitMs: number; readonly retryAfterSeconds: number };
 
 export type ReservationErrorCode = ReservationProblem["code"];
 
@@ -69,6 +75,13 @@ export class ReservationError extends Error {
     return new ReservationError(
       { code: "item_withheld", channel, lines },
       `${what}: ${channel === null ? "it may not be held" : `channel ${channel} may not hold it`}`,
+    );
+  }
+
+  static overloaded(shed: { readonly lagMs: number; readonly limitMs: number; readonly retryAfterSeconds: number }): ReservationError {
+    return new ReservationError(
+      { code: "overloaded", lagMs: shed.lagMs, limitMs: shed.limitMs, retryAfterSeconds: shed.retryAfterSeconds },
+      `holds are taking ${shed.lagMs} ms to be decided (limit ${shed.limitMs} ms): nothing was held; retry after ${shed.retryAfterSeconds} s`,
     );
   }
 

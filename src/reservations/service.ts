@@ -29,6 +29,7 @@ import { publishCommands } from "../wire/index.ts";
 import type { Topology } from "../wire/index.ts";
 import { payloadHash } from "../ingest/index.ts";
 import type { OutcomeWaiter } from "../wire/index.ts";
+import { HoldAdmission, isShed, type Shed, type Ticket } from "./admission.ts";
 import { ReservationError, type WithheldLine } from "./errors.ts";
 import { INITIAL_STATUS, movesFrom, nextStatus, type LifecycleEventType, type ReservationStatus } from "./lifecycle.ts";
 
@@ -46,6 +47,11 @@ export interface ReservationDeps {
   readonly decisionTimeoutMs: number;
   /** How long one publish may wait for its PubAck before the request fails (NATS down, JetStream full). */
   readonly requestTimeoutMs: number;
+  /**
+   * `TALLY_RESERVATION_SHED_LAG_MS`: when a partition's holds take longer than this to be decided, new holds
+   * there are shed (`overloaded`) before anything is written or published (see admission.ts); 0 or absent sheds none.
+   */
+  readonly shedLagMs?: number;
 }
 
 /** A line as asked for (bundles already expanded into their components). */
@@ -78,7 +84,9 @@ export type ReservationOutcome =
   | "committed"
   | "released"
   | "fulfilled"
-  | "expired";
+  | "expired"
+  /** Refused at once, the apply path being behind (admission control): nothing written or published. */
+  | "shed";
 
 /** The metrics hooks the service needs (the API process implements them with its Prometheus registry). */
 export interface ReservationMetrics {
@@ -88,6 +96,8 @@ export interface ReservationMetrics {
   count(outcome: ReservationOutcome): void;
   /** A command this process published. */
   commandPublished(type: Command["type"], source: string): void;
+  /** Registers the source of the largest partition's hold lag, in seconds (a gauge reads it when scraped). */
+  holdLag?(read: () => number): void;
 }
 
 /**
@@ -144,23 +154,83 @@ interface LineRow {
 }
 
 const CLAIM_SLACK_MS = 5_000;
+/**
+ * How long a hold left undecided at its request's timeout is still watched for its outcome (admission
+ * control's measurement); past it, it counts as decided this late.
+ */
+const WATCH_UNDECIDED_MS = 60_000;
 
 export class Reservations {
-  constructor(readonly deps: ReservationDeps) {}
+  readonly #admission: HoldAdmission;
 
-  /** Creates (or, for a known Idempotency-Key, answers again) a reservation. */
+  constructor(readonly deps: ReservationDeps) {
+    this.#admission = new HoldAdmission(deps.shedLagMs ?? 0);
+    deps.metrics.holdLag?.(() => this.#admission.maxLagMs() / 1000);
+  }
+
+  /**
+   * Creates (or, for a known Idempotency-Key, answers again) a reservation. When a partition of its
+   * lines is behind (admission control), a new one is refused (`overloaded`) before anything is written.
+   */
   async create(req: CreateRequest): Promise<Answer & { replayed: boolean }> {
     const hash = payloadHash(req.body);
     const id = `r_${randomUUID().replaceAll("-", "")}`;
     const claimMs = this.deps.decisionTimeoutMs + CLAIM_SLACK_MS;
     const started = performance.now();
-    await this.#refuseWithheld(req);
-    const created = await this.#insert(id, req, hash, claimMs);
-    if (created === null) return this.#replay(req, hash, claimMs);
-    const answer = await this.#driveOrGiveUp(id, this.deps.decisionTimeoutMs, created);
-    this.deps.metrics.observeDecision(outcomeOf(answer), (performance.now() - started) / 1000);
-    this.deps.metrics.count(outcomeOf(answer));
-    return { ...answer, replayed: false };
+    const admitted = this.#admission.admit(req.lines.map((l) => this.deps.topology.partitionOf(l.sku)));
+    if (isShed(admitted)) return this.#shed(req, hash, admitted);
+    let watched = false;
+    try {
+      await this.#refuseWithheld(req);
+      const created = await this.#insert(id, req, hash, claimMs);
+      if (created === null) return await this.#replay(req, hash, claimMs);
+      const answer = await this.#driveOrGiveUp(id, this.deps.decisionTimeoutMs, created);
+      if (answer.decision === "held" || answer.decision === "insufficient") this.#admission.decided(admitted);
+      else if (answer.decision === "undecided") watched = this.#watch(id, admitted);
+      this.deps.metrics.observeDecision(outcomeOf(answer), (performance.now() - started) / 1000);
+      this.deps.metrics.count(outcomeOf(answer));
+      return { ...answer, replayed: false };
+    } finally {
+      if (!watched) this.#admission.drop(admitted);
+    }
+  }
+
+  /**
+   * A hold the actors did not decide before its request's timeout stays in its partitions' lag until
+   * its outcome is known (or WATCH_UNDECIDED_MS passes): a stopped or stalled worker keeps the
+   * partition shed though nothing comes back from it.
+   */
+  #watch(id: string, ticket: Ticket): boolean {
+    const { sql, outcomes } = this.deps;
+    void (async () => {
+      const rows = await sql<Array<{ command_id: string }>>`
+        select command_id from reservation_lines where reservation_id = ${id} and state = 'pending' and command_id is not null`;
+      if (rows.length === 0) return this.#admission.drop(ticket);
+      await outcomes.wait(
+        rows.map((r) => r.command_id),
+        WATCH_UNDECIDED_MS,
+      ).done;
+      this.#admission.decided(ticket);
+    })().catch(() => this.#admission.drop(ticket));
+    return true;
+  }
+
+  /**
+   * A request shed by admission control: a known Idempotency-Key still gets its stored answer (or, still
+   * pending, `undecided` at once: the sweeper drives it); a new one is refused, nothing written or published.
+   */
+  async #shed(req: CreateRequest, hash: string, shed: Shed): Promise<Answer & { replayed: boolean }> {
+    const [row] = await this.deps.sql<Array<Row>>`
+      select * from reservations where principal = ${req.principal} and idempotency_key = ${req.idempotencyKey}`;
+    if (!row) {
+      this.deps.metrics.count("shed");
+      throw ReservationError.overloaded(shed);
+    }
+    if (row.request_hash !== hash) throw ReservationError.idempotencyConflict(row.id, req.idempotencyKey);
+    this.deps.metrics.count("replayed");
+    if (row.status !== INITIAL_STATUS && row.response_status !== null)
+      return { ...storedAnswer(row.response_status, row.response_body!), replayed: true };
+    return { ...undecided(row.id), replayed: true };
   }
 
   /**
@@ -306,10 +376,7 @@ export class Reservations {
     // A line still undecided may yet be applied: nothing is final (nor released) until every line is decided.
     if (states.some((s) => s === "rejected") && !states.includes("undecided")) return this.#refuse(row!, heldLines);
     await sql`update reservations set claimed_until = null where id = ${id} and status = ${INITIAL_STATUS}`;
-    return {
-      decision: "undecided",
-      body: { error: "decision_pending", message: "the stock actors have not decided yet; retry with the same Idempotency-Key", id },
-    };
+    return undecided(id);
   }
 
   /** Every line held: the lines and the reservation (`hold`) in one statement, the answer stored with it. */
@@ -671,6 +738,12 @@ export class Reservations {
 }
 
 const DLQ_ORIGIN = "reservations";
+
+/** The answer for a reservation still pending: retry with the same key. */
+const undecided = (id: string): Answer => ({
+  decision: "undecided",
+  body: { error: "decision_pending", message: "the stock actors have not decided yet; retry with the same Idempotency-Key", id },
+});
 
 /** A reservation line no valid command can be made of (a row written before its fields were checked as strictly). */
 class UndrivableLine extends Error {

@@ -590,7 +590,7 @@ export interface components {
       detail: string;
       /** @description the request path */
       instance: string;
-      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
+      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, overloaded, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
       code: string;
       /** @description the fields the request got wrong, when it is at fault */
       errors?: components["schemas"]["FieldError"][];
@@ -715,7 +715,7 @@ export interface components {
       detail: string;
       /** @description the request path */
       instance: string;
-      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
+      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, overloaded, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
       code: string;
       /** @description the fields the request got wrong, when it is at fault */
       errors?: components["schemas"]["FieldError"][];
@@ -864,7 +864,7 @@ export interface components {
       detail: string;
       /** @description the request path */
       instance: string;
-      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
+      /** @description machine-readable kind: invalid_request, unauthorized, forbidden, not_found, unknown_channel, unknown_sku, insufficient_stock, item_withheld, reservation_<status>, idempotency_conflict, request_in_progress, decision_pending, overloaded, rate_limited, payload_too_large, unsupported_media_type, unavailable, shutting_down … */
       code: string;
       /** @description the fields the request got wrong, when it is at fault */
       errors?: components["schemas"]["FieldError"][];
@@ -1825,9 +1825,11 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Service Unavailable */
+      /** @description Not decided, with Retry-After: `overloaded` when the apply path is behind (this partition's holds take longer than TALLY_RESERVATION_SHED_LAG_MS to be decided): answered at once, nothing held, written or published, so a retry (same Idempotency-Key or a new one) is a new request; `decision_pending` when the actors did not decide in time (retry with the same Idempotency-Key); `unavailable` when a dependency did not answer */
       503: {
         headers: {
+          /** @description seconds to wait before retrying */
+          "Retry-After"?: number;
           [name: string]: unknown;
         };
         content: {

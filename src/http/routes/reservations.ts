@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { MappingError } from "../../contract/index.ts";
 import { ID_JSON_PATTERN, RESOLVE_PROBE_COMMAND_ID } from "../../contract/index.ts";
 import type { ApiContext } from "../context.ts";
-import { ApiError, errors, invalidField, problemResponse, problemWith, sendProblem } from "../errors.ts";
+import { ApiError, deliberate5xx, errors, invalidField, problemResponse, problemWith, sendProblem } from "../errors.ts";
 import { RESERVATION_STATUSES, ReservationError, type Decision, type LineRequest } from "../../reservations/index.ts";
 
 /** The one id grammar of SKUs and locations (see src/contract/command.ts): a colon never reaches a command. */
@@ -131,6 +131,8 @@ export function reservationHttpError(error: ReservationError, fieldOf: (index: n
       return new ApiError(409, "request_in_progress", error.message, { id: problem.id });
     case "wrong_status":
       return new ApiError(409, `reservation_${problem.status}`, error.message);
+    case "overloaded":
+      return new ApiError(503, "overloaded", error.message, { lagMs: problem.lagMs, limitMs: problem.limitMs });
     case "item_withheld": {
       const refusals = problem.lines.map((l) => {
         const path = `${fieldOf(l.index)}.sku`;
@@ -223,7 +225,16 @@ const CreateSchema = {
   response: {
     201: { description: "held", $ref: "Reservation#" },
     409: problemResponse(409, "ReservationProblem"),
-    ...errors(400, 401, 403, 404, 413, 422, 429, 503),
+    ...errors(400, 401, 403, 404, 413, 422, 429),
+    503: {
+      ...problemResponse(503),
+      description:
+        "Not decided, with Retry-After: `overloaded` when the apply path is behind (this partition's holds take longer than " +
+        "TALLY_RESERVATION_SHED_LAG_MS to be decided): answered at once, nothing held, written or published, so a retry (same " +
+        "Idempotency-Key or a new one) is a new request; `decision_pending` when the actors did not decide in time (retry with the " +
+        "same Idempotency-Key); `unavailable` when a dependency did not answer",
+      headers: { "Retry-After": { type: "integer", minimum: 1, description: "seconds to wait before retrying" } },
+    },
   },
 };
 
@@ -283,14 +294,23 @@ function createRoute(app: FastifyInstance, ctx: ApiContext, write: WriteConfig):
       if (lines.length > MAX_LINES) throw invalidField("body.lines", `at most ${MAX_LINES} lines (bundles expanded), got ${lines.length}`);
       const answer = await domain(
         () =>
-          ctx.reservations.create({
-            principal: principal.id,
-            idempotencyKey: req.headers["idempotency-key"],
-            body: { ...b, channel },
-            channel,
-            lines,
-            ttlSeconds: b.ttlSeconds,
-          }),
+          ctx.reservations
+            .create({
+              principal: principal.id,
+              idempotencyKey: req.headers["idempotency-key"],
+              body: { ...b, channel },
+              channel,
+              lines,
+              ttlSeconds: b.ttlSeconds,
+            })
+            .catch((error: unknown) => {
+              // Shed (the apply path is behind): answered at once, with when to come back.
+              if (error instanceof ReservationError && error.problem.code === "overloaded") {
+                reply.header("retry-after", String(error.problem.retryAfterSeconds));
+                deliberate5xx.add(reply);
+              }
+              throw error;
+            }),
         (i) => fields[i] ?? "body",
       );
       if (answer.replayed) reply.header("idempotent-replayed", "true");
