@@ -382,7 +382,12 @@ export class SourceReader extends LongRunningService {
     const plugin = new PgoutputPlugin({ protoVersion: 1, publicationNames: [source.publication], messages: true });
     let live = true;
     const ended = new Promise<void>((resolve, reject) => {
-      service.on("error", (err: Error) => reject(err));
+      service.on("error", (err: Error) => {
+        // The library goes on with its queue after an error (a failed message included): recorded as the
+        // session's failure, the messages after it throw at once, and nothing past it is published or confirmed.
+        this.#fail(err);
+        reject(err);
+      });
       // Streaming from the server's START_REPLICATION answer on — or from the first message, which
       // proves it too, should that event ever be missed.
       const streaming = () => {
