@@ -62,6 +62,22 @@ describe("HoldAdmission", () => {
     expect(a.lagMs(0)).toBe(4000);
   });
 
+  it("stops waiting for a hold undecided past expireMs (a call that never settled): it counts as that late, and the next hold goes as a probe", () => {
+    let now = 0;
+    const a = new HoldAdmission(1000, () => now, 60_000);
+    a.admit([0]); // never decided nor dropped
+    now += 30_000;
+    expect(isShed(a.admit([0]))).toBe(true);
+    now += 30_000;
+    const probe = a.admit([0]);
+    expect(isShed(probe)).toBe(false);
+    expect(a.lagMs(0)).toBe(60_000);
+    expect(isShed(a.admit([0]))).toBe(true); // the probe is in flight
+    now += 20;
+    a.decided(probe as Ticket);
+    expect(isShed(a.admit([0]))).toBe(false);
+  });
+
   it("never sheds with the limit at 0", () => {
     const { a, admit, tick } = setup(0);
     admit(0);

@@ -48,10 +48,15 @@ export interface Shed {
 export class HoldAdmission {
   readonly #parts = new Map<number, PartitionLag>();
 
-  /** `limitMs`: lag above which holds are shed; 0 admits every hold (shedding off). */
+  /**
+   * `limitMs`: lag above which holds are shed; 0 admits every hold (shedding off). `expireMs`: a hold
+   * undecided this long is no longer waited for (a call that never settled must not shed its
+   * partition until a restart): it counts as decided this late, so the next hold goes as a probe.
+   */
   constructor(
     readonly limitMs: number,
     readonly now: () => number = () => performance.now(),
+    readonly expireMs = 300_000,
   ) {}
 
   #part(p: number): PartitionLag {
@@ -64,8 +69,14 @@ export class HoldAdmission {
   lagMs(partition: number): number {
     const s = this.#parts.get(partition);
     if (!s) return 0;
+    const now = this.now();
+    for (const [ticket, at] of s.undecided) {
+      if (now - at < this.expireMs) break; // oldest first
+      s.undecided.delete(ticket);
+      s.lastMs = Math.max(s.lastMs, now - at);
+    }
     const oldest = s.undecided.values().next();
-    return Math.max(s.lastMs, oldest.done ? 0 : this.now() - oldest.value);
+    return Math.max(s.lastMs, oldest.done ? 0 : now - oldest.value);
   }
 
   /** The largest lag of any partition (ms): the gauge operators watch. */

@@ -164,7 +164,7 @@ export class Reservations {
   readonly #admission: HoldAdmission;
 
   constructor(readonly deps: ReservationDeps) {
-    this.#admission = new HoldAdmission(deps.shedLagMs ?? 0);
+    this.#admission = new HoldAdmission(deps.shedLagMs ?? 0, undefined, deps.decisionTimeoutMs + CLAIM_SLACK_MS + WATCH_UNDECIDED_MS * 2);
     deps.metrics.holdLag?.(() => this.#admission.maxLagMs() / 1000);
   }
 
