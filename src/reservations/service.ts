@@ -220,17 +220,29 @@ export class Reservations {
    * pending, `undecided` at once: the sweeper drives it); a new one is refused, nothing written or published.
    */
   async #shed(req: CreateRequest, hash: string, shed: Shed): Promise<Answer & { replayed: boolean }> {
-    const [row] = await this.deps.sql<Array<Row>>`
-      select * from reservations where principal = ${req.principal} and idempotency_key = ${req.idempotencyKey}`;
-    if (!row) {
+    const known = await this.#ofKey(req, hash);
+    if (!known) {
       this.deps.metrics.count("shed");
       throw ReservationError.overloaded(shed);
     }
-    if (row.request_hash !== hash) throw ReservationError.idempotencyConflict(row.id, req.idempotencyKey);
     this.deps.metrics.count("replayed");
+    if ("answer" in known) return known.answer;
+    return { ...undecided(known.row.id), replayed: true };
+  }
+
+  /**
+   * The reservation stored under this request's Idempotency-Key (null when none): its stored answer once
+   * decided, else the row (with whether its claim lapsed). A different request under the key is a conflict.
+   */
+  async #ofKey(req: CreateRequest, hash: string): Promise<{ answer: Answer & { replayed: true } } | { row: Row & { claimable: boolean } } | null> {
+    const [row] = await this.deps.sql<Array<Row & { claimable: boolean }>>`
+      select *, (claimed_until is null or claimed_until < now()) as claimable
+        from reservations where principal = ${req.principal} and idempotency_key = ${req.idempotencyKey}`;
+    if (!row) return null;
+    if (row.request_hash !== hash) throw ReservationError.idempotencyConflict(row.id, req.idempotencyKey);
     if (row.status !== INITIAL_STATUS && row.response_status !== null)
-      return { ...storedAnswer(row.response_status, row.response_body!), replayed: true };
-    return { ...undecided(row.id), replayed: true };
+      return { answer: { ...storedAnswer(row.response_status, row.response_body!), replayed: true } };
+    return { row };
   }
 
   /**
@@ -309,15 +321,13 @@ export class Reservations {
   async #replay(req: CreateRequest, hash: string, claimMs: number): Promise<Answer & { replayed: boolean }> {
     const deadline = Date.now() + this.deps.decisionTimeoutMs;
     for (;;) {
-      const [row] = await this.deps.sql<Array<Row & { claimable: boolean }>>`
-        select *, (claimed_until is null or claimed_until < now()) as claimable
-          from reservations where principal = ${req.principal} and idempotency_key = ${req.idempotencyKey}`;
-      if (!row) throw new Error("reservation vanished");
-      if (row.request_hash !== hash) throw ReservationError.idempotencyConflict(row.id, req.idempotencyKey);
-      if (row.status !== INITIAL_STATUS && row.response_status !== null) {
+      const known = await this.#ofKey(req, hash);
+      if (!known) throw new Error("reservation vanished");
+      if ("answer" in known) {
         this.deps.metrics.count("replayed");
-        return { ...storedAnswer(row.response_status, row.response_body!), replayed: true };
+        return known.answer;
       }
+      const { row } = known;
       if (row.claimable && (await this.#claim(row.id, claimMs))) {
         const answer = await this.#driveOrGiveUp(row.id, Math.max(1000, deadline - Date.now()));
         return { ...answer, replayed: true };
