@@ -3,7 +3,7 @@
  * are not reported as drift), and a correction written into the ERP where Tally is the system of record.
  */
 import type { Logger } from "pino";
-import type { TransactionSql } from "postgres";
+import type { ISql } from "postgres";
 import type { Sql } from "../src/platform/index.ts";
 import type { ResolvedSource } from "./sources.ts";
 import { erpItems, openSink, scaleDown } from "./writeBackSinks.ts";
@@ -40,12 +40,7 @@ export interface InFlight {
  * `mark` must be read (`writeBackMark`) before the ERP snapshot is taken: a leg sent after it is
  * then still checked against the snapshot. `erp` is a connection inside that REPEATABLE READ snapshot.
  */
-export async function writeBackInFlight(
-  tally: Sql,
-  source: ResolvedSource,
-  erp: Sql | TransactionSql,
-  mark: WriteBackMark,
-): Promise<Array<InFlight>> {
+export async function writeBackInFlight(tally: Sql, source: ResolvedSource, erp: ISql, mark: WriteBackMark): Promise<Array<InFlight>> {
   const w = source.writeBack;
   if (!w) return [];
   const legs = await tally<Array<{ command_id: string; leg: number; sku: string; location: string; delta: string; sent: boolean }>>`

@@ -1,4 +1,4 @@
-import type { Sql, TransactionSql } from "postgres";
+import type { ISql } from "postgres";
 import type { CostLayer, LocationValue } from "./valuation.ts";
 
 /**
@@ -60,7 +60,7 @@ export const stateOfJson = (j: ChainStateJson): ChainState => ({
 });
 
 /** Every SKU's chain state at the cut of the archived months (empty when nothing is archived). */
-export async function readCut(sql: Sql | TransactionSql): Promise<Map<string, ChainState>> {
+export async function readCut(sql: ISql): Promise<Map<string, ChainState>> {
   const rows = await sql<Array<{ sku: string; state: ChainStateJson }>>`select sku, state from ledger_archive_heads order by sku`;
   return new Map(rows.map((r) => [r.sku, stateOfJson(r.state)]));
 }

@@ -6,7 +6,7 @@
  * left alone, lines and all. All journals and all their lines go in one statement, so the balance
  * trigger sees every journal whole.
  */
-import type { Sql, TransactionSql } from "postgres";
+import type { ISql } from "postgres";
 
 /** One line: exactly one of debit and credit is positive (integer minor units). */
 export interface JournalInsertLine {
@@ -38,15 +38,12 @@ export interface JournalInsert {
 }
 
 /** Inserts the journals not there yet; returns those inserted, with the date each posted on (YYYY-MM-DD). */
-export async function insertJournals(
-  sql: Sql | TransactionSql,
-  journals: ReadonlyArray<JournalInsert>,
-): Promise<Array<{ journalId: string; postedOn: string }>> {
+export async function insertJournals(sql: ISql, journals: ReadonlyArray<JournalInsert>): Promise<Array<{ journalId: string; postedOn: string }>> {
   if (journals.length === 0) return [];
   const col = <T, V>(rows: ReadonlyArray<T>, f: (r: T) => V) => sql.array(rows.map(f) as never);
   const j = journals;
   const lines = journals.flatMap((journal) => journal.lines.map((line) => ({ id: journal.journalId, ...line })));
-  const rows = await (sql as Sql)<Array<{ journal_id: string; posted_on: string }>>`
+  const rows = await sql<Array<{ journal_id: string; posted_on: string }>>`
     with j as (
       select * from unnest(
         ${col(j, (r) => r.journalId)}::text[],

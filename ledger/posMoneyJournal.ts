@@ -5,7 +5,7 @@
  * same Postgres transaction as its claim in `pos_transactions`, so a journal exists exactly when the
  * transaction was claimed, and a retry (which finds the claim) posts nothing again.
  */
-import type { Sql, TransactionSql } from "postgres";
+import type { ISql } from "postgres";
 import { businessDate } from "./journal.ts";
 import { insertJournals } from "./journalInsert.ts";
 
@@ -40,7 +40,7 @@ export interface MoneyJournal {
 export const MONEY_JOURNAL_PREFIX = "money:";
 
 /** Posts money journals, each at most once (journalInsert.ts); returns the ids it posted. */
-export async function postMoneyJournals(sql: Sql | TransactionSql, journals: ReadonlyArray<MoneyJournal>): Promise<ReadonlyArray<string>> {
+export async function postMoneyJournals(sql: ISql, journals: ReadonlyArray<MoneyJournal>): Promise<ReadonlyArray<string>> {
   const posted = await insertJournals(
     sql,
     journals

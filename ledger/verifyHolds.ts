@@ -1,4 +1,4 @@
-import type { Sql, TransactionSql } from "postgres";
+import type { ISql } from "postgres";
 import { type VerifyProblem, skuProblem } from "./verifyProblem.ts";
 
 /**
@@ -6,7 +6,7 @@ import { type VerifyProblem, skuProblem } from "./verifyProblem.ts";
  * the open holds still hold, an open hold holds something and a closed one nothing. Null when all
  * agree, else the first disagreement (in SKU, location order).
  */
-export async function verifyHolds(sql: Sql | TransactionSql): Promise<VerifyProblem | null> {
+export async function verifyHolds(sql: ISql): Promise<VerifyProblem | null> {
   const [mismatch] = await sql<Array<{ sku: string; location: string; reserved: string; held: string }>>`
     with reserved as (
       select sku, location, qty from balances where bucket = 'reserved'

@@ -7,7 +7,7 @@
  * amounts posts its money journal (revenue, tax, tenders, gift cards) in the same Postgres transaction as its claim:
  * once, whoever wins the claim.
  */
-import type { Sql, TransactionSql } from "postgres";
+import type { ISql, Sql } from "postgres";
 import type { Logger } from "pino";
 import { Either } from "effect";
 import type { Command } from "../contract/index.ts";
@@ -403,8 +403,8 @@ export class PosIngest {
     return this.deps.sql.begin((sql) => this.#claimRows(sql, fs, true));
   }
 
-  async #claimRows(sql: Sql | TransactionSql, fs: ReadonlyArray<Fresh>, money = false): Promise<Set<string>> {
-    const won = await (sql as Sql)<Array<{ store: string; terminal: string; transaction_id: string }>>`
+  async #claimRows(sql: ISql, fs: ReadonlyArray<Fresh>, money = false): Promise<Set<string>> {
+    const won = await sql<Array<{ store: string; terminal: string; transaction_id: string }>>`
     insert into pos_transactions (store, terminal, transaction_id, payload_hash, result)
     select store, terminal, transaction_id, payload_hash, null from unnest(
       ${sql.array(fs.map((f) => f.t.store))}::text[],
