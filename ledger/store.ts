@@ -394,7 +394,9 @@ export async function loadHolds(
     union
     select h.sku, h.hold_id, h.location, h.channel, h.qty, h.open_qty, h.status, h.expires_at
       from unnest(${sql.array(named.map((n) => n.sku))}::text[], ${sql.array(named.map((n) => n.holdId))}::text[]) as t(s, i)
-      join holds h on h.sku = t.s and h.hold_id = t.i`;
+      -- Lateral: one primary-key probe per named hold. A plain join let the cached generic plan hash the
+      -- few names and scan every hold ever placed (seen in the steady bench: 2,000 rows read per batch).
+      cross join lateral (select * from holds where sku = t.s and hold_id = t.i) h`;
   return rows.map(holdOf);
 }
 
