@@ -257,7 +257,9 @@ export class OutboxRelay extends LongRunningService {
              i.sku as status_sku, i.status as item_status, f.restate, f.bundles
         from page p
         cross join flags f
-        left join items i on p.kind = 'availability' and i.sku = p.payload ->> 'sku' and i.status <> 'active'
+        -- Lateral: one probe of the not-active items' index per row. A join left the planner free to hash
+        -- the whole items table, which it did in the steady bench while items' statistics lagged a bulk load.
+        left join lateral (select sku, status from items where sku = p.payload ->> 'sku' and status <> 'active') i on p.kind = 'availability'
        order by p.id`;
     const statuses = new Map<string, string>();
     const page: Array<OutboxRecord> = [];
