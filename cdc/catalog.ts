@@ -207,7 +207,7 @@ export async function publishDue(sql: Sql): Promise<number | null> {
     const [lock] = await tx<[{ got: boolean }]>`select pg_try_advisory_xact_lock(hashtext('tally catalog schedule')) as got`;
     if (!lock.got) return null;
     const due = await tx<Array<{ id: string; sku: string }>>`
-      select id::text, sku from catalog_due where done_version is null and due_at <= now() order by id`;
+      select id::text, sku from catalog_due where done_version is null and due_at <= now() order by catalog_due.id`;
     if (due.length === 0) return null;
     await tx`select version from catalog_head for update`;
     const version = await nextVersion(tx);

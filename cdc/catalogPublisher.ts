@@ -137,9 +137,11 @@ export class CatalogPublisher extends LongRunningService {
     return sql.begin(async (tx) => {
       const [lock] = await tx<[{ got: boolean }]>`select pg_try_advisory_xact_lock(hashtext('tally catalog outbox')) as got`;
       if (!lock.got) return 0;
+      // Ordered by the column, qualified: a bare `order by id` names the output column `id::text`, whose
+      // order is the text's (10 before 9), which sent an older projection of a key after a newer one.
       const rows = await tx<Array<{ id: string; channel: string; sku: string; payload: string; removed: boolean }>>`
         select id::text, channel, sku, payload::text as payload, coalesce((payload ->> 'removed')::boolean, false) as removed
-          from catalog_outbox order by id limit ${this.opts.batch ?? 500}`;
+          from catalog_outbox order by catalog_outbox.id limit ${this.opts.batch ?? 500}`;
       if (rows.length === 0) return 0;
       // The last projection per key wins; earlier ones of the same page are superseded in the bucket.
       const latest = new Map(rows.map((r) => [t.catalogKey(r.channel, r.sku), r]));
