@@ -90,29 +90,60 @@ async function nextVersion(tx: TransactionSql): Promise<number> {
 }
 
 /**
+ * How long recording a catalog version waits for a lock (the catalog head's above all) before it
+ * fails. The head is held only while one version is written; a holder for longer is stuck (an
+ * admin's open transaction, a hung process), and waiting for it without a bound would hang the
+ * CDC reader, its stop included, with nothing saying why. The caller's failure path retries.
+ */
+export const CATALOG_LOCK_TIMEOUT_MS = 5_000;
+
+/** Recording a catalog version waited longer than {@link CATALOG_LOCK_TIMEOUT_MS} for a lock another session holds. */
+export class CatalogLockTimeout extends Error {
+  override readonly name = "CatalogLockTimeout";
+}
+
+/**
  * Records one source transaction's catalog facts as one catalog version: applies them, schedules
  * what starts or ends later, and recomputes the projections they touch. Idempotent per source and
- * ref (a transaction sent again after a restart): returns null when it was recorded before.
+ * ref (a transaction sent again after a restart): returns null when it was recorded before. Throws
+ * {@link CatalogLockTimeout} when a lock it needs stays held by another session too long.
  */
 export async function recordCatalogVersion(
   sql: Sql,
   change: { readonly source: string; readonly ref: string; readonly sourceAt: string | null; readonly facts: ReadonlyArray<ResolvedCatalogFact> },
 ): Promise<number | null> {
   if (change.facts.length === 0) return null;
-  return sql.begin(async (tx) => {
-    await tx`select version from catalog_head for update`;
-    const [seen] = await tx`select 1 from catalog_versions where source = ${change.source} and source_ref = ${change.ref}`;
-    if (seen) return null;
-    const version = await nextVersion(tx);
-    await tx`
+  let waitingFor = "the catalog head (catalog_head)";
+  return sql
+    .begin(async (tx) => {
+      await tx`select set_config('lock_timeout', ${`${CATALOG_LOCK_TIMEOUT_MS}ms`}, true)`;
+      await tx`select version from catalog_head for update`;
+      waitingFor = "a catalog row (items, catalog_prices, catalog_price_lists or catalog_projections)";
+      return recordLocked(tx, change);
+    })
+    .catch((err: unknown) => {
+      // 55P03 lock_not_available: what lock_timeout raises.
+      if ((err as { code?: string }).code !== "55P03") throw err;
+      throw new CatalogLockTimeout(
+        `catalog version of ${change.source} ${change.ref} not recorded: another session held a lock on ${waitingFor} for more than ` +
+          `${CATALOG_LOCK_TIMEOUT_MS / 1000} s (pg_locks and pg_stat_activity in the ledger database show the holder)`,
+        { cause: err },
+      );
+    });
+}
+
+async function recordLocked(tx: TransactionSql, change: Parameters<typeof recordCatalogVersion>[1]): Promise<number | null> {
+  const [seen] = await tx`select 1 from catalog_versions where source = ${change.source} and source_ref = ${change.ref}`;
+  if (seen) return null;
+  const version = await nextVersion(tx);
+  await tx`
       insert into catalog_versions (version, source, source_ref, source_at, facts)
       values (${version}, ${change.source}, ${change.ref}, ${change.sourceAt}::timestamptz, ${change.facts.length})`;
-    const touched = await applyFacts(tx, change.source, change.facts);
-    await scheduleDue(tx, version, change.facts);
-    await project(tx, version, touched);
-    await tx`select pg_notify(${CATALOG_CHANNEL}, ${String(version)})`;
-    return version;
-  });
+  const touched = await applyFacts(tx, change.source, change.facts);
+  await scheduleDue(tx, version, change.facts);
+  await project(tx, version, touched);
+  await tx`select pg_notify(${CATALOG_CHANNEL}, ${String(version)})`;
+  return version;
 }
 
 /** The last fact per key wins, as if they were applied one after the other. */

@@ -10,7 +10,7 @@ import { deadLetter, publishDeadLetter, type DeadLetter } from "../src/wire/inde
 import { publishCommands } from "../src/wire/index.ts";
 import type { Topology } from "../src/wire/index.ts";
 import { Crosswalk, ITEMS_CHANNEL } from "./crosswalk.ts";
-import { recordCatalogVersion, type ResolvedCatalogFact } from "./catalog.ts";
+import { CatalogLockTimeout, recordCatalogVersion, type ResolvedCatalogFact } from "./catalog.ts";
 import { parseLsn, formatLsn } from "./lsn.ts";
 import { changeFrom, mapChange, type ChangePayload } from "./mapper.ts";
 import { MappingError, UnknownItem, type RawRow } from "../src/contract/index.ts";
@@ -237,7 +237,10 @@ export class SourceReader extends LongRunningService {
           attempt = this.#started ? 1 : attempt + 1;
           this.metrics.reconnects++;
           const delay = backoffDelay(attempt, 400, 15_000);
-          log.warn({ err: error, attempt, delayMs: Math.round(delay) }, "replication session ended; reconnecting after a backoff");
+          // A catalog head locked by a stuck session would otherwise only show as the reader not moving.
+          if (error instanceof CatalogLockTimeout)
+            log.error({ err: error, attempt, delayMs: Math.round(delay) }, `${error.message}; the replication session restarts after a backoff`);
+          else log.warn({ err: error, attempt, delayMs: Math.round(delay) }, "replication session ended; reconnecting after a backoff");
           await this.#sleep(delay);
         }
       }
@@ -430,6 +433,9 @@ export class SourceReader extends LongRunningService {
       // Start at 0/0: the server resumes from the slot's confirmed position.
       const streaming = service.subscribe(plugin, source.slot);
       await Promise.race([streaming.then(() => Promise.reject(new Error("replication stream ended"))), ended]);
+      // A failure (#fail: a message, the catalog lane, a re-snapshot; a publish) resolved `ended`: the
+      // session ends as a failure, logged and after the backoff, not as a quiet immediate restart.
+      if (this.#failure !== null && !this.stopping) throw this.#failure;
     } finally {
       live = false;
       this.#connected = false;
