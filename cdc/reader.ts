@@ -93,6 +93,10 @@ const MAX_CATALOG_BEHIND = 64;
 interface Resnapshot {
   readonly lsn: string;
   readonly ready: Promise<ReadyTransaction>;
+  /** Its catalog facts, recorded as a catalog version when it is placed (set once its read ends). */
+  catalog: ReadonlyArray<ResolvedCatalogFact>;
+  /** Being placed: a transaction at or after `lsn` waits for this, whoever started it. */
+  placed?: Promise<void>;
 }
 
 /** The transaction being received: its changes since the last chunk was queued. */
@@ -855,7 +859,12 @@ export class SourceReader extends LongRunningService {
     log.info({ consistentPoint: exported.consistentPoint }, "re-snapshot: reading tables");
     const commands: Array<Command> = [];
     const ready = readSnapshot(
-      { ...this.#snapshotOptions(), sink: async (c) => void commands.push(...c), onHandByReconciliation: true },
+      {
+        ...this.#snapshotOptions(),
+        sink: async (c) => void commands.push(...c),
+        onHandByReconciliation: true,
+        catalogSink: (facts) => (resnapshot.catalog = facts),
+      },
       exported.snapshotName,
       exported.consistentPoint,
     )
@@ -887,14 +896,31 @@ export class SourceReader extends LongRunningService {
       log.error({ err }, "re-snapshot failed");
       this.#fail(err);
     });
-    this.#resnapshot = { lsn: exported.consistentPoint, ready };
+    const resnapshot: Resnapshot = { lsn: exported.consistentPoint, ready, catalog: [] };
+    this.#resnapshot = resnapshot;
   }
 
-  /** Queues the re-snapshot's commands (waiting for its read to finish) before anything committed after its position. */
-  async #placeResnapshot(): Promise<void> {
+  /**
+   * Queues the re-snapshot's commands (waiting for its read to finish) before anything committed
+   * after its position. Called from a BEGIN at or after it and from an idle keepalive: both wait
+   * for the one placement.
+   */
+  #placeResnapshot(): Promise<void> {
     const r = this.#resnapshot;
-    if (!r) return;
+    if (!r) return Promise.resolve();
+    r.placed ??= this.#place(r);
+    return r.placed;
+  }
+
+  async #place(r: Resnapshot): Promise<void> {
     const entry = await r.ready;
+    // Its catalog version in source order, as an item's (it holds the item master): after every
+    // version of a transaction before its consistent point, price-only ones still on the catalog
+    // lane included, and before any after it (their BEGIN waits for this). Recorded before its
+    // commands are queued, so its position is never confirmed without it.
+    await this.#catalogLane;
+    if (this.#failure) throw this.#failure;
+    await recordCatalogVersion(this.opts.sql, { source: this.opts.source.name, ref: `snapshot:${r.lsn}`, sourceAt: null, facts: r.catalog });
     if (this.#resnapshot !== r) return;
     this.#resnapshot = null;
     this.#ready.push(entry);

@@ -36,6 +36,12 @@ export interface SnapshotOptions {
    * reconciliation sets on-hand instead, as the system of record says.
    */
   readonly onHandByReconciliation?: boolean;
+  /**
+   * Takes the snapshot's catalog facts instead of recording them as a catalog version when the read
+   * ends: a re-snapshot records its version at its place in the stream, after the versions of the
+   * transactions before its consistent point (some may still be queued) and before any after it.
+   */
+  readonly catalogSink?: (facts: ReadonlyArray<ResolvedCatalogFact>) => void;
 }
 
 /** A transaction running on the source server, which a new slot waits for before it is consistent. */
@@ -210,7 +216,8 @@ function snapshotTables({ source, onHandByReconciliation, log }: SnapshotOptions
 
 /**
  * Reads every snapshot table inside `snapshotName` and publishes what the rows map to; its catalog
- * facts become one catalog version (again after a re-snapshot: a new consistent point).
+ * facts become one catalog version (again after a re-snapshot: a new consistent point; see
+ * `catalogSink`).
  */
 export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, consistentPoint: string): Promise<SnapshotResult> {
   const { source, ledger, js, topology, crosswalk, log } = opts;
@@ -278,7 +285,8 @@ export async function readSnapshot(opts: SnapshotOptions, snapshotName: string, 
       }
     });
     await flush();
-    await recordCatalogVersion(ledger, { source: source.name, ref: `snapshot:${consistentPoint}`, sourceAt: null, facts: catalog });
+    if (opts.catalogSink) opts.catalogSink(catalog);
+    else await recordCatalogVersion(ledger, { source: source.name, ref: `snapshot:${consistentPoint}`, sourceAt: null, facts: catalog });
   } finally {
     await sql.end({ timeout: 5 });
   }
