@@ -210,6 +210,8 @@ interface Load {
   readonly gen: GeneratorProcess;
   /** Filled in from the generator's result when the load ends. */
   failures: number;
+  /** POS posts the generator sent again after a 5xx (the report's correctness counts them). */
+  posResends: number;
   /** The first few failures' messages, in the report: a failed offer is no command, and says why. */
   readonly failureMessages: Array<string>;
   readonly expected: { erp: number; pos: number; shop: number; api: number; bench: number };
@@ -537,6 +539,7 @@ async function startLoad(run: BenchRun, pipe: Pipeline, live: Live, catalog: num
   return {
     gen,
     failures: 0,
+    posResends: 0,
     failureMessages: [],
     expected: { erp: 0, pos: 0, shop: 0, api: 0, bench: 0 },
     offeredPerSecond: new Map(),
@@ -569,6 +572,7 @@ async function runLoad(run: BenchRun, live: Live, load: Load): Promise<void> {
   const r = await done;
   load.result = r;
   load.failures = r.failures;
+  load.posResends = r.posResends;
   load.failureMessages.push(...r.failureMessages);
   Object.assign(load.expected, r.expected);
   for (const [sec, n] of r.offeredPerSecond) load.offeredPerSecond.set(sec, n);
@@ -690,6 +694,7 @@ async function checkCorrectness(run: BenchRun, nats: NatsHandles, load: Load, be
     deadLetters: dlq,
     bySource,
     loadFailures: load.failures,
+    posResends: load.posResends,
     loadFailureMessages: load.failureMessages,
   };
   return outcomes;

@@ -54,6 +54,8 @@ export interface GeneratorResult {
   readonly reservationOutcomes: Record<string, number>;
   readonly orders: Array<OrderEvent>;
   readonly failures: number;
+  /** POS posts sent again after a 5xx answer (each resent as it was; idempotent by transaction id). */
+  readonly posResends: number;
   readonly failureMessages: Array<string>;
   /** When the offering loop ended, and when the last of its requests settled (epoch ms). */
   readonly loopEnded: number;
@@ -83,6 +85,8 @@ export type FromGenerator =
   | { kind: "error"; message: string };
 
 const TICK_MS = 100;
+/** Times a POS post is sent in all before its failure counts (a 5xx answer is resent as it was). */
+const POS_ATTEMPTS = 5;
 const randInt = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi - lo + 1));
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -102,6 +106,8 @@ class Generator {
   readonly http: Agent;
   seq = 0;
   failures = 0;
+  /** POS posts sent again after a 5xx. */
+  posResends = 0;
   readonly failureMessages: Array<string> = [];
   readonly expected = { erp: 0, pos: 0, shop: 0, api: 0, bench: 0 };
   readonly offeredPerSecond = new Map<number, number>();
@@ -263,24 +269,36 @@ class Generator {
     return offered;
   }
 
-  /** POS transactions over HTTP; their lines count as expected once accepted. */
+  /**
+   * POS transactions over HTTP; their lines count as expected once accepted. A sale already happened:
+   * a post answered 5xx (overloaded, or its publish not confirmed in time, which may still have gone
+   * through) is sent again as it was, as a terminal resends its queue, and the transactions' ids make
+   * the resend idempotent. Counted as an expected load only once accepted.
+   */
   offerPos(pos: TickEvents["pos"]): number {
     const lines = pos.reduce((n, x) => n + (x.lines as Array<unknown>).length, 0);
-    this.track(
-      this.timed(
+    const body = JSON.stringify({ transactions: pos });
+    const post = async (attempt: number): Promise<void> => {
+      const res = await this.timed(
         "pos",
         request(`${this.c.api}/v1/pos/transactions`, {
           dispatcher: this.http,
           method: "POST",
           headers: { "content-type": "application/json", authorization: `Bearer ${this.c.token}` },
-          body: JSON.stringify({ transactions: pos }),
+          body,
         }),
-      ).then(async (res) => {
-        await res.body.dump();
-        if (res.statusCode >= 300) throw new Error(`POS ${res.statusCode}`);
-        this.expected.pos += lines; // accepted: its lines will be decided
-      }),
-    );
+      );
+      await res.body.dump();
+      if (res.statusCode >= 500 && attempt < POS_ATTEMPTS) {
+        this.posResends++;
+        const after = Number(res.headers["retry-after"]);
+        await sleep(Number.isFinite(after) && after > 0 ? after * 1000 : 500);
+        return post(attempt + 1);
+      }
+      if (res.statusCode >= 300) throw new Error(`POS ${res.statusCode}`);
+      this.expected.pos += lines; // accepted: its lines will be decided
+    };
+    this.track(post(1));
     return lines;
   }
 
@@ -407,6 +425,7 @@ async function child(): Promise<void> {
     reservationOutcomes: g.reservationOutcomes,
     orders: g.orders,
     failures: g.failures,
+    posResends: g.posResends,
     failureMessages: g.failureMessages,
     loopEnded: loop.loopEnded,
     loadEnded: Date.now(),
