@@ -14,7 +14,7 @@
  * bumped under that lock, so however two components' changes interleave, the last figure published is
  * the rule over their latest values, and a reader that drops older sequences never goes back.
  */
-import type { Sql, TransactionSql } from "postgres";
+import type { Fragment, Sql, TransactionSql } from "postgres";
 import { bundleAvailable, quantityValue, type AvailabilityJson, type BundlePart } from "../contract/index.ts";
 import type { NatsHandles, Topology } from "../wire/index.ts";
 
@@ -58,10 +58,16 @@ export function componentFigure(payload: string): { channel: string; sku: string
 export async function bundlesAffected(sql: Sql, published: PublishedFigures): Promise<boolean> {
   const skus = [...new Set([...published.values()].flatMap((m) => [...m.keys()]))];
   const [row] = await sql<Array<{ affected: boolean }>>`
-    select exists (select from bundle_changes)
-        or exists (select from bundle_components where component = any(${sql.array(skus)}::text[])) as affected`;
+    select ${bundlesAffectedSql(sql, sql`select unnest(${sql.array(skus)}::text[])`)} as affected`;
   return row?.affected ?? false;
 }
+
+/**
+ * The condition of `bundlesAffected`, for a query of the caller's: `components` is a subquery of the
+ * SKUs published (the relay reads it with its page, from the page itself).
+ */
+export const bundlesAffectedSql = (sql: Sql, components: Fragment) =>
+  sql`(exists (select from bundle_changes) or exists (select from bundle_components where component in (${components})))`;
 
 /** Queues every bundle that has no published figure in one of these channels (a channel added to the config). */
 export async function queueUnpublishedBundles(sql: Sql, channels: ReadonlyArray<string>): Promise<void> {

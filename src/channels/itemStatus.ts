@@ -78,9 +78,12 @@ export async function applyItemStatus<R extends PageRow>(
   return out;
 }
 
+/** The condition "a status change waits to be restated", for a query of the caller's (the relay reads it with its page). */
+export const restatePendingSql = (sql: Sql) => sql`exists (select from availability_restate)`;
+
 /** True when a status change waits to be restated. */
 export async function restatePending(sql: Sql): Promise<boolean> {
-  const [row] = await sql<Array<{ pending: boolean }>>`select exists (select from availability_restate) as pending`;
+  const [row] = await sql<Array<{ pending: boolean }>>`select ${restatePendingSql(sql)} as pending`;
   return row?.pending ?? false;
 }
 

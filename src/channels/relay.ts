@@ -72,8 +72,16 @@ export type RelayRound = typeof RelayRound.Type;
 
 export { relaySubject } from "../wire/index.ts";
 import { RELAY_LEASE_KEY, relaySubject } from "../wire/index.ts";
-import { applyItemStatus, restatePending, restateQueued } from "./itemStatus.ts";
-import { bundlesAffected, componentFigure, deriveBundles, queueUnpublishedBundles, type Derived, type PublishedFigures } from "./bundles.ts";
+import { applyItemStatus, restatePending, restatePendingSql, restateQueued } from "./itemStatus.ts";
+import {
+  bundlesAffected,
+  bundlesAffectedSql,
+  componentFigure,
+  deriveBundles,
+  queueUnpublishedBundles,
+  type Derived,
+  type PublishedFigures,
+} from "./bundles.ts";
 
 /**
  * Publishes committed outbox rows to NATS and deletes them (in one statement per round) once NATS
@@ -248,10 +256,8 @@ export class OutboxRelay extends LongRunningService {
       with page as (
         select id, kind, subject, kv_key, payload, source_at, source, created_at from outbox order by id limit ${this.opts.batch ?? 1000}
       ), flags as (
-        select exists (select from availability_restate) as restate,
-               exists (select from bundle_changes)
-                 or exists (select from bundle_components
-                             where component in (select payload ->> 'sku' from page where kind = 'availability')) as bundles
+        select ${restatePendingSql(sql)} as restate,
+               ${bundlesAffectedSql(sql, sql`select payload ->> 'sku' from page where kind = 'availability'`)} as bundles
       )
       select p.id, p.kind, p.subject, p.kv_key, p.payload::text as payload, p.source_at, p.source, p.created_at,
              i.sku as status_sku, i.status as item_status, f.restate, f.bundles
