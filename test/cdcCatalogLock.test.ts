@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CATALOG_LOCK_TIMEOUT_MS } from "../cdc/catalog.ts";
 import { parseLsn } from "../cdc/lsn.ts";
-import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import { testContext, type TestContext } from "./support/context.ts";
+import { holdLock } from "./support/postgres.ts";
 import { demoSources, type DemoSources } from "./support/cdc.ts";
 import { eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
 
@@ -29,26 +29,7 @@ const startCdc = async () => {
 };
 
 /** A session of its own holding the catalog head row locked, as a stuck admin transaction would. */
-async function lockHead(): Promise<{ release: () => Promise<void> }> {
-  const locker: Sql = connectPostgres(ctx.databaseUrl, { max: 1, application: "test-catalog-head-lock" });
-  let release!: () => void;
-  const released = new Promise<void>((r) => (release = r));
-  let locked!: () => void;
-  const isLocked = new Promise<void>((r) => (locked = r));
-  const holding = locker.begin(async (tx) => {
-    await tx`select version from catalog_head for update`;
-    locked();
-    await released;
-  });
-  await Promise.race([isLocked, holding]);
-  return {
-    release: async () => {
-      release();
-      await holding.catch(() => {});
-      await locker.end({ timeout: 5 });
-    },
-  };
-}
+const lockHead = () => holdLock(ctx.databaseUrl, "select version from catalog_head for update");
 
 beforeAll(async () => {
   ctx = await testContext();

@@ -3,9 +3,9 @@ import { CATALOG_LOCK_TIMEOUT_MS } from "../cdc/catalog.ts";
 import { findSource } from "../cdc/index.ts";
 import { DEMO_PRICES } from "../cdc/demo/seed.ts";
 import { parseLsn } from "../cdc/lsn.ts";
-import { connectPostgres, type Sql } from "../src/platform/db.ts";
 import type { TallyConfig } from "../src/platform/configFile.ts";
 import { testContext, type TestContext } from "./support/context.ts";
+import { holdLock } from "./support/postgres.ts";
 import { demoSources, type DemoSources } from "./support/cdc.ts";
 import { eventually, harness, startInProcess, type Harness } from "./support/tally.ts";
 
@@ -56,18 +56,8 @@ describe("a re-snapshot's catalog version", () => {
      * every transaction on the server, and the head may be held only within the recording's bound.
      */
     const lockedWhileReading = async (): Promise<boolean> => {
-      const locker: Sql = connectPostgres(ctx.databaseUrl, { max: 1, application: "test-catalog-head-lock" });
-      let release!: () => void;
-      const released = new Promise<void>((r) => (release = r));
-      let locked!: () => void;
-      const isLocked = new Promise<void>((r) => (locked = r));
-      const holding = locker.begin(async (tx) => {
-        await tx`lock table catalog_head in exclusive mode`;
-        locked();
-        await released;
-      });
+      const lock = await holdLock(ctx.databaseUrl, "lock table catalog_head in exclusive mode");
       try {
-        await Promise.race([isLocked, holding]);
         // Price-only transactions: their versions queue on the catalog lane behind the locked head.
         for (const itemNo of CHANGED) await demo.erp`update item_prices set amount = amount + 0.07 where item_no = ${itemNo} and price_list = 'WEB'`;
         await h.sql`update cdc_sources set resnapshot_requested_at = now() where source = 'erp'`;
@@ -87,9 +77,7 @@ describe("a re-snapshot's catalog version", () => {
         await new Promise((r) => setTimeout(r, 200));
         return true;
       } finally {
-        release();
-        await holding.catch(() => {});
-        await locker.end({ timeout: 5 });
+        await lock.release();
         await eventually("the re-snapshot done", async () => {
           const [row] = await h.sql<
             [{ pending: boolean }]
