@@ -129,14 +129,15 @@ export class PostgresSink implements Sink {
     readonly origin: string,
   ) {}
 
-  /** Tags the session with the origin, unless it already is (or the privilege is missing: logged once). */
-  async #tag(conn: ReservedSql): Promise<void> {
+  /** Tags the session with the origin, unless it already is (or the privilege is missing: logged once); true when tagged. */
+  async #tag(conn: ReservedSql): Promise<boolean> {
     const origin = this.origin;
     try {
       const [{ on }] = await conn<[{ on: boolean }]>`select pg_replication_origin_session_is_setup() as on`;
-      if (on) return;
+      if (on) return true;
       await conn`select pg_replication_origin_create(${origin}) where not exists (select 1 from pg_replication_origin where roname = ${origin})`;
       await conn`select pg_replication_origin_session_setup(${origin})`;
+      return true;
     } catch (error) {
       if ((error as { code?: string }).code !== "42501") throw error;
       // Without the privilege the session stays untagged: the inbound tables' import must mark what it books (the demo ERP's `origin` column).
@@ -146,6 +147,7 @@ export class PostgresSink implements Sink {
           "write-back: cannot tag the session with a replication origin (grant EXECUTE on pg_replication_origin_* or use a superuser)",
         );
       this.#warned = true;
+      return false;
     }
   }
 
@@ -156,9 +158,14 @@ export class PostgresSink implements Sink {
     const rows = batch.rows.map((r, ord) => ({ ...r, ord }));
     try {
       const conn = await pool.reserve();
-      await this.#tag(conn);
+      const tagged = await this.#tag(conn);
       await conn`begin`;
       await conn.unsafe(INSERTS[batch.kind](table), [JSON.stringify(rows)]);
+      // A transaction of an origin carries the origin's timestamp as its commit time (what logical
+      // decoding reports, and track_commit_timestamp keeps), not the server's clock. Left unset, the
+      // session's first commit fixes it and every later transaction of the session repeats it: the
+      // ERP's WAL would date each write-back at the writer's first batch. Stamped now, just before the commit.
+      if (tagged) await conn`select pg_replication_origin_xact_setup('0/0', clock_timestamp())`;
       await conn`commit`;
       conn.release();
     } catch (error) {
