@@ -69,6 +69,7 @@ const { values } = parseArgs({
     "worker-processes": { type: "string", default: "0" },
     connections: { type: "string", default: "64" },
     "no-profile": { type: "boolean", default: false },
+    "pg-statements": { type: "boolean", default: false },
     out: { type: "string", default: "bench/results" },
   },
 });
@@ -94,6 +95,12 @@ if (!Number.isInteger(WORKER_PROCESSES) || WORKER_PROCESSES < 0)
 /** Keep-alive connections the load's HTTP clients (checkouts, POS) share, as a shop's backend would. */
 const CONNECTIONS = Math.floor(num("connections", values.connections, 64));
 const MAX_ACTORS = Math.floor(num("max-actors", values["max-actors"], scenario === "catalog-1m" ? 20_000 : 100_000));
+
+const oneLine = (text: string, max: number) => {
+  const line = text.replace(/\s+/g, " ").trim();
+  return line.length > max ? `${line.slice(0, max)}…` : line;
+};
+type PgStatement = { query: string; topLevel: boolean; calls: number; totalMs: number; share: number; meanMs: number; rowsPerCall: number };
 
 const percentile = (sorted: ReadonlyArray<number>, q: number): number | null =>
   sorted.length === 0 ? null : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
@@ -272,6 +279,7 @@ async function main(): Promise<void> {
     const { wanted, finished } = await drain(run, live, load, before);
     run.report.catalogLatencyMs = await catalogProbe.stop(30_000);
     measureResources(run, load, finished);
+    if (values["pg-statements"]) run.report.pgStatements = await pgStatements(run.sql);
     const outcomes = await checkCorrectness(run, nats, load, before, wanted);
     await summarise(run, { limits, pipe, live, load, end, finished, appliedInRun: outcomes - before });
     for (const s of live.subs) s.unsubscribe();
@@ -287,13 +295,27 @@ async function setup(log: ReturnType<typeof createLogger>): Promise<BenchRun> {
   // The demo ERP and shop live on a server of their own, as a retailer's do: on the ledger's server,
   // their walsenders would read (and throw away) every ledger write too — ~12% more Postgres CPU here.
   const pgSettings = { max_connections: "200", max_wal_senders: "20", max_replication_slots: "20" };
-  const [pg, srcPg, natsServer] = await Promise.all([startPostgres({ settings: pgSettings }), startPostgres({ settings: pgSettings }), startNats()]);
+  // --pg-statements: the ledger's server counts its statements (pg_stat_statements, nested ones too: the
+  // triggers' inserts), so the report can say which of Tally's statements its Postgres time goes to.
+  const ledgerSettings = values["pg-statements"]
+    ? { ...pgSettings, shared_preload_libraries: "pg_stat_statements", "pg_stat_statements.track": "all" }
+    : pgSettings;
+  const [pg, srcPg, natsServer] = await Promise.all([
+    startPostgres({ settings: ledgerSettings }),
+    startPostgres({ settings: pgSettings }),
+    startNats(),
+  ]);
   for (const [server, dbs] of [
     [pg, ["bench"]],
     [srcPg, ["bench_erp", "bench_shop"]],
   ] as const) {
     const admin = postgres(server.url(), { max: 1, onnotice: () => {} });
     for (const db of dbs) await admin.unsafe(`create database ${db}`);
+    await admin.end();
+  }
+  if (values["pg-statements"]) {
+    const admin = postgres(pg.url("bench"), { max: 1, onnotice: () => {} });
+    await admin`create extension pg_stat_statements`;
     await admin.end();
   }
   const env = "bench";
@@ -531,6 +553,7 @@ async function startLoad(run: BenchRun, pipe: Pipeline, live: Live, catalog: num
   const started = Date.now();
   const schedStart = schedStat(process.pid);
   live.measuring = true;
+  if (values["pg-statements"]) await run.sql`select pg_stat_statements_reset()`;
   for (const r of pipe.tally.readers) {
     r.timings.received.length = 0;
     r.timings.published.length = 0;
@@ -670,6 +693,31 @@ function measureResources(run: BenchRun, load: Load, finished: number): void {
     nodeRssMidMiB: Math.round(mid / 1048576),
     nodeRssEndMiB: Math.round(last / 1048576),
     secondHalfGrowth: mid > 0 ? round((last - mid) / mid, 3) : null,
+  };
+}
+
+/**
+ * The ledger Postgres's statements over the load and its drain (--pg-statements), by total execution
+ * time: where its CPU goes. Nested statements (a trigger's insert) count both on their own and inside
+ * the statement that fired them. The bench's own reads (progress, latency samples) are among them.
+ */
+async function pgStatements(sql: Sql): Promise<Record<string, unknown>> {
+  const rows = await sql<Array<{ query: string; calls: number; total_ms: number; rows: number; top: boolean }>>`
+    select query, calls::int, total_exec_time::float8 as total_ms, rows::int, toplevel as top
+    from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
+    order by total_exec_time desc`;
+  const topLevelMs = rows.filter((r) => r.top).reduce((n, r) => n + r.total_ms, 0);
+  return {
+    topLevelExecMs: Math.round(topLevelMs),
+    statements: rows.slice(0, 20).map((r) => ({
+      query: oneLine(r.query, 240),
+      topLevel: r.top,
+      calls: r.calls,
+      totalMs: Math.round(r.total_ms),
+      share: round(r.total_ms / Math.max(topLevelMs, 1), 3),
+      meanMs: round(r.total_ms / Math.max(r.calls, 1), 3),
+      rowsPerCall: round(r.rows / Math.max(r.calls, 1), 1),
+    })),
   };
 }
 
@@ -1188,6 +1236,14 @@ function printTable(report: Record<string, unknown>): void {
   const w = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length)));
   for (const r of rows) process.stdout.write(`${r.map((x, i) => x.padEnd(w[i]!)).join("  ")}\n`);
   process.stdout.write(`${report.bottleneck as string}\n`);
+  const ps = report.pgStatements as { topLevelExecMs: number; statements: Array<PgStatement> } | undefined;
+  if (ps) {
+    process.stdout.write(`ledger Postgres statements by execution time (${ps.topLevelExecMs} ms top level; share, calls, mean ms, rows per call):\n`);
+    for (const st of ps.statements.slice(0, 12))
+      process.stdout.write(
+        `  ${(st.share * 100).toFixed(1).padStart(5)}%  ${String(st.calls).padStart(7)}  ${st.meanMs.toFixed(3).padStart(8)}  ${String(st.rowsPerCall).padStart(6)}  ${st.topLevel ? "" : "(nested) "}${st.query.slice(0, 110)}\n`,
+      );
+  }
 }
 
 await main();
