@@ -73,6 +73,21 @@ export class LeaseStore {
   }
 
   /**
+   * After a renewal failed: whether the key still holds this lease (this owner, this epoch) under a
+   * revision the owner did not hear of — a renewal that took effect but whose answer was lost (the
+   * request timed out on a slow server or a busy process). The lease is then renewed from that
+   * revision and stays held; false when the key is gone or someone else's.
+   */
+  async reclaim(lease: HeldLease): Promise<boolean> {
+    const e = await this.kv.get(lease.key);
+    if (e?.operation !== "PUT" || e.length === 0) return false;
+    const v = e.json<LeaseValue>();
+    if (v.owner !== this.owner || v.epoch !== lease.epoch) return false;
+    lease.revision = await this.kv.update(lease.key, encode({ owner: this.owner, epoch: lease.epoch }), e.revision);
+    return true;
+  }
+
+  /**
    * Gives the lease up at once so another worker can take it without waiting for the TTL. Waits at
    * most RELEASE_WAIT_MS: with nats-server unreachable the delete would wait for its request timeout,
    * holding up a shutdown for nothing (the TTL frees the key anyway).
