@@ -39,6 +39,16 @@ const ALERT_AFTER_ATTEMPTS = 5;
 const IDLE_RESET_MS = 30_000;
 /** After a duplicate, this many batches look already-decided command ids up before deciding. */
 const LOOKUP_RUN = 50;
+/**
+ * The consumer's pull requests: each lasts PULL_EXPIRES_MS, and while one waits the server sends an
+ * idle heartbeat every PULL_HEARTBEAT_MS. A pull that goes quiet (its request or the server's answer
+ * to it lost, or a 409 the client waits out) is re-issued by nats.js only after two missed
+ * heartbeats: with its defaults (30 s pulls, 15 s heartbeats) the partition sat idle for ~30 s with
+ * its messages waiting in the stream. Heartbeats cost the server one small message per interval per
+ * idle partition.
+ */
+export const PULL_EXPIRES_MS = 10_000;
+export const PULL_HEARTBEAT_MS = 2_000;
 
 /** The commit failed on a command id that already has an outcome (or ledger legs): a duplicate. */
 function isDuplicateOutcome(error: unknown): boolean {
@@ -105,6 +115,8 @@ export interface WorkerMetrics {
   duplicateRetries: number;
   /** Times a consumer skipped deliveries (lost in transit) and the partition read again from its checkpoint. */
   deliveryGaps: number;
+  /** Times a partition's pull went quiet (two idle heartbeats missed) and was issued again. */
+  pullsStalled: number;
   /** Milliseconds spent per stage of the apply path, summed over batches (where the time goes). */
   /** Milliseconds per stage, summed over batches; `gate` is the wait for an apply permit. */
   stageMs: { gate: number; decode: number; dedupe: number; activate: number; plan: number; commit: number };
@@ -125,6 +137,7 @@ export const newWorkerMetrics = (): WorkerMetrics => ({
   retries: 0,
   duplicateRetries: 0,
   deliveryGaps: 0,
+  pullsStalled: 0,
   stageMs: { gate: 0, decode: 0, dedupe: 0, activate: 0, plan: 0, commit: 0 },
 });
 
@@ -278,6 +291,8 @@ export class PartitionRunner extends LongRunningService {
     const order = new DeliveryOrder();
     this.#messages = await consumer.consume({
       max_messages: 1000,
+      expires: PULL_EXPIRES_MS,
+      idle_heartbeat: PULL_HEARTBEAT_MS,
       // A consumer or stream that vanished (a wiped NATS store) ends the subscription, so the runner
       // re-subscribes and checks the stream, instead of waiting for the old consumer to come back.
       abort_on_missing_resource: true,
@@ -299,6 +314,7 @@ export class PartitionRunner extends LongRunningService {
         this.#wake?.();
       },
     });
+    this.#watchPulls(this.#messages, generation);
     void this.#messages.closed().then((err) => {
       if (err && generation === this.#generation && !this.#stopped) {
         this.deps.log.warn({ err }, "consumer closed with an error");
@@ -306,6 +322,25 @@ export class PartitionRunner extends LongRunningService {
         this.#wake?.();
       }
     });
+  }
+
+  /**
+   * Says when the consumer's pulls run into trouble the client handles by itself (so it would otherwise
+   * go unseen): a pull gone quiet, re-issued after two missed heartbeats (counted, as the time the
+   * partition waited with messages in the stream), a request limit exceeded, a server that did not answer.
+   */
+  #watchPulls(messages: ConsumerMessages, generation: number): void {
+    const { log, metrics } = this.deps;
+    void (async () => {
+      for await (const s of messages.status()) {
+        if (generation !== this.#generation || this.#stopped) return;
+        if (s.type === "heartbeats_missed") {
+          metrics.pullsStalled++;
+          log.warn({ missed: s.count, heartbeatMs: PULL_HEARTBEAT_MS }, "the partition's pull went quiet (idle heartbeats missed); pulling again");
+        } else if (s.type === "exceeded_limits" || s.type === "no_responders" || (s.type === "debug" && s.code !== 408))
+          log.warn({ status: s }, "the partition's pull was refused or not answered");
+      }
+    })().catch((err: unknown) => log.debug({ err }, "consumer status stream ended"));
   }
 
   #failure: unknown = null;

@@ -175,6 +175,11 @@ function registerWorker(worker: Worker, parts: MetricsParts, registers: Register
   total("tally_worker_stream_resets_total", "Times the commands stream was a new one and the checkpoints were reset to it", () => m.streamResets);
   total("tally_worker_duplicate_retries_total", "Batches decided again after their optimistic commit met a duplicate", () => m.duplicateRetries);
   total("tally_worker_delivery_gaps_total", "Times a partition's consumer skipped deliveries and re-read from its checkpoint", () => m.deliveryGaps);
+  total(
+    "tally_worker_pulls_stalled_total",
+    "Times a partition's pull went quiet (two idle heartbeats missed) and was issued again",
+    () => m.pullsStalled,
+  );
   total("tally_worker_leases_lost_total", "Partition leases this process's worker lost to another worker", () => m.leaseLost);
   readGauge(registers, "tally_worker_partitions_held", "Partitions whose lease this process's worker holds", () => worker.held().length);
   readGauge(
