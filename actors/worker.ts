@@ -119,18 +119,15 @@ export class Worker extends LongRunningService {
           return;
         }
         try {
-          await this.#leases.renew(h.lease);
+          // "reclaimed": a renewal's answer was lost (its request timed out on a busy server); the lease
+          // is still this worker's. Stopping there left the partition idle until the key's TTL freed
+          // it for this same worker to take again (~TTL + a heartbeat).
+          if ((await this.#leases.renew(h.lease)) === "reclaimed")
+            log.warn({ partition }, "a lease renewal's answer was lost; the lease is still this worker's, renewed again");
         } catch (err) {
           // Stopping: the runners stop and the leases go anyway; taking one back would only wait on
           // NATS again (it may be down: that is often why the renewal failed).
           if (this.stopping) return;
-          // Still ours under a revision this process did not hear of (a renewal whose answer was lost:
-          // its request timed out on a busy server): keep it. Stopping here left the partition idle
-          // until the key's TTL freed it for this same worker to take again (~TTL + a heartbeat).
-          if (await this.#leases.reclaim(h.lease).catch(() => false)) {
-            log.warn({ partition }, "a lease renewal's answer was lost; the lease is still this worker's, renewed again");
-            return;
-          }
           // Expired but free: take it back. The epoch in Postgres is unchanged unless someone took
           // the partition over meanwhile, and then this runner's next commit is fenced anyway.
           // Not free (or NATS is down): handled as taken over just below, where `err` is logged.

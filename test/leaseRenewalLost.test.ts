@@ -77,4 +77,31 @@ describe("a lease renewal whose answer was lost", () => {
       await tally.close();
     }
   }, 60_000);
+
+  it("leaves the outbox relay leading (the same compare-and-set; it used to stop publishing until the TTL)", async () => {
+    const tally = await startInProcess(ctx, ["relay"], OPTS);
+    try {
+      await eventually("the relay to lead", async () => tally.relay!.leader);
+      const key = h.topology.relayLeaseKey;
+      const entry = (await h.nats.leases.get(key))!;
+      const bumped = await h.nats.leases.update(key, entry.value, entry.revision);
+      // The relay renews before a round once TTL / 3 has passed: a round is due at least every few seconds.
+      let dropped = false;
+      const watching = setInterval(() => {
+        if (!tally.relay!.leader) dropped = true;
+      }, 50);
+      try {
+        await eventually(
+          "the relay lease renewed past the unheard revision",
+          async () => ((await h.nats.leases.get(key))?.revision ?? 0) > bumped,
+          20_000,
+        );
+      } finally {
+        clearInterval(watching);
+      }
+      expect(dropped, "the relay gave up leading").toBe(false);
+    } finally {
+      await tally.close();
+    }
+  }, 60_000);
 });

@@ -67,20 +67,26 @@ export class LeaseStore {
     return { key: lease.key, epoch, revision };
   }
 
-  /** Renews the TTL; throws when the lease is no longer ours (expired and taken, or deleted). */
-  async renew(lease: HeldLease): Promise<void> {
-    lease.revision = await this.kv.update(lease.key, encode({ owner: this.owner, epoch: lease.epoch }), lease.revision);
+  /**
+   * Renews the TTL; throws when the lease is no longer ours (expired and taken, or deleted).
+   * "reclaimed": the key still held this lease (this owner, this epoch) under a revision the owner
+   * did not hear of — an earlier renewal took effect but its answer was lost (its request timed out
+   * on a slow server or a busy process) — and it was renewed from that revision. Taking that for a
+   * takeover left the lease's work idle until the key's TTL freed it for the same owner.
+   */
+  async renew(lease: HeldLease): Promise<"renewed" | "reclaimed"> {
+    try {
+      lease.revision = await this.kv.update(lease.key, encode({ owner: this.owner, epoch: lease.epoch }), lease.revision);
+      return "renewed";
+    } catch (error) {
+      if (await this.#reclaim(lease).catch(() => false)) return "reclaimed";
+      throw error;
+    }
   }
 
-  /**
-   * After a renewal failed: whether the key still holds this lease (this owner, this epoch) under a
-   * revision the owner did not hear of — a renewal that took effect but whose answer was lost (the
-   * request timed out on a slow server or a busy process). The lease is then renewed from that
-   * revision and stays held; false when the key is gone or someone else's.
-   */
-  async reclaim(lease: HeldLease): Promise<boolean> {
+  async #reclaim(lease: HeldLease): Promise<boolean> {
     const e = await this.kv.get(lease.key);
-    if (e?.operation !== "PUT" || e.length === 0) return false;
+    if (e?.operation !== "PUT" || e.length === 0 || e.revision === lease.revision) return false;
     const v = e.json<LeaseValue>();
     if (v.owner !== this.owner || v.epoch !== lease.epoch) return false;
     lease.revision = await this.kv.update(lease.key, encode({ owner: this.owner, epoch: lease.epoch }), e.revision);
