@@ -79,7 +79,9 @@ export class LeaseStore {
       lease.revision = await this.kv.update(lease.key, encode({ owner: this.owner, epoch: lease.epoch }), lease.revision);
       return "renewed";
     } catch (error) {
-      if (await this.#reclaim(lease).catch(() => false)) return "reclaimed";
+      // Only when the key moved on (the compare-and-set refused): a timeout (NATS down) is thrown at
+      // once, not followed by a read that would wait as long again.
+      if (/wrong last sequence/i.test((error as Error).message ?? "") && (await this.#reclaim(lease).catch(() => false))) return "reclaimed";
       throw error;
     }
   }
