@@ -17,7 +17,7 @@
  * channel that refreshes every 60 s / 900 s), `catalog-1m` (receipts spread over a million SKUs,
  * RSS sampled: memory must stay flat).
  */
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus, tmpdir } from "node:os";
@@ -546,7 +546,7 @@ async function startLoad(run: BenchRun, pipe: Pipeline, live: Live, catalog: num
   });
   run.generator = gen;
   await gen.ready;
-  const natsProcess = natsPid(run.natsServer.storeDir);
+  const natsProcess = run.natsServer.pid;
   const pidStart = processStats(run, natsProcess);
   // Where this process's CPU goes during the load (the roles running here; worker processes and the generator aside).
   const stopProfile = values["no-profile"] ? null : await startProfile();
@@ -1024,20 +1024,6 @@ function pgPids(dataDir: string): Array<number> {
   } catch {
     return [];
   }
-}
-
-/** The nats-server whose command line names this store folder. */
-function natsPid(storeDir: string): number | undefined {
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const argv = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0");
-      if (path.basename(argv[0] ?? "") === "nats-server" && argv.includes(storeDir)) return Number(entry);
-    } catch {
-      // gone
-    }
-  }
-  return undefined;
 }
 
 /** Available-to-promise at DC1 over time for the ordered SKUs, from the ledger (on hand − reserved). */

@@ -1,12 +1,8 @@
-import { readdirSync, readFileSync } from "node:fs";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PULL_HEARTBEAT_MS } from "../actors/partitionRunner.ts";
-import { publishCommands } from "../src/wire/publisher.ts";
-import type { TestContext } from "./support/context.ts";
-import { testContext } from "./support/context.ts";
+import { testContext, type TestContext } from "./support/context.ts";
 import { startNats, type NatsServer } from "./support/nats.ts";
-import { decodedCommands, eventually, harness, outcomeCounts, startInProcess, type Harness } from "./support/tally.ts";
+import { decodedCommands, eventually, harness, publishAndDecide, startInProcess, type Harness } from "./support/tally.ts";
 import { generateCommands } from "./support/workload.ts";
 
 // A partition's pull that goes quiet — nats-server not answering, or a pull request or its answer
@@ -19,19 +15,6 @@ let ctx: TestContext;
 let h: Harness;
 // A long TTL: renewals every 15 s, so the freeze does not stand between a renewal and its answer.
 const OPTS = { partitions: 1, leaseTtlMs: 60_000 };
-
-function natsPid(storeDir: string): number {
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const argv = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0");
-      if (path.basename(argv[0] ?? "") === "nats-server" && argv.includes(storeDir)) return Number(entry);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  throw new Error(`no nats-server process for ${storeDir}`);
-}
 
 beforeAll(async () => {
   nats = await startNats();
@@ -48,22 +31,11 @@ describe("a partition's pull that goes quiet", () => {
     const tally = await startInProcess(ctx, ["worker"], OPTS);
     try {
       await eventually("the worker to hold the partition", async () => tally.worker!.held().length === 1);
-      const warm = decodedCommands(generateCommands(20, 5, 41, "pull-warm"));
-      await publishCommands(h.nats.js, h.topology, warm);
-      await eventually(
-        "the warm-up applied",
-        async () =>
-          (
-            await outcomeCounts(
-              h.sql,
-              warm.map((c) => c.id),
-            )
-          ).n === warm.length,
-      );
+      await publishAndDecide(h, decodedCommands(generateCommands(20, 5, 41, "pull-warm")), "the warm-up applied");
       expect(tally.worker!.metrics.pullsStalled).toBe(0);
 
       // Frozen for three heartbeats and a half: the pull's heartbeats stop coming.
-      const pid = natsPid(nats.storeDir);
+      const pid = nats.pid!;
       process.kill(pid, "SIGSTOP");
       try {
         await new Promise((r) => setTimeout(r, PULL_HEARTBEAT_MS * 3.5));
@@ -73,19 +45,7 @@ describe("a partition's pull that goes quiet", () => {
       await eventually("the quiet pull counted", async () => tally.worker!.metrics.pullsStalled >= 1, 5_000);
       expect(tally.worker!.held()).toEqual([0]);
 
-      const after = decodedCommands(generateCommands(20, 5, 42, "pull-after"));
-      await publishCommands(h.nats.js, h.topology, after);
-      await eventually(
-        "the commands after it applied",
-        async () =>
-          (
-            await outcomeCounts(
-              h.sql,
-              after.map((c) => c.id),
-            )
-          ).n === after.length,
-        10_000,
-      );
+      await publishAndDecide(h, decodedCommands(generateCommands(20, 5, 42, "pull-after")), "the commands after it applied", 10_000);
     } finally {
       await tally.close();
     }

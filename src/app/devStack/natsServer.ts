@@ -14,6 +14,8 @@ export interface NatsServer {
   readonly storeDir: string;
   /** `nats://127.0.0.1:<port>` */
   readonly url: string;
+  /** The nats-server process's pid while it runs (to signal it: a test freezing it with SIGSTOP, the bench's CPU figures). */
+  readonly pid: number | undefined;
   /** SIGKILLs the server and waits until it has exited. */
   kill(): Promise<void>;
   /** Graceful shutdown (SIGINT), waits until exited. */
@@ -117,6 +119,9 @@ export async function startNats(opts: StartNatsOptions = {}): Promise<NatsServer
       port,
       storeDir,
       url,
+      get pid() {
+        return server.pid;
+      },
       ...server.controls(),
       destroy: async () => {
         await server.stop();
