@@ -1,7 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { publishCommands } from "../src/wire/publisher.ts";
 import { testContext, type TestContext } from "./support/context.ts";
-import { decodedCommands, eventually, harness, outcomeCounts, startInProcess, type Harness } from "./support/tally.ts";
+import { decodedCommands, eventually, harness, publishAndDecide, startInProcess, type Harness } from "./support/tally.ts";
 import { generateCommands } from "./support/workload.ts";
 
 // A lease renewal is a compare-and-set on the key's revision. When its request times out (a busy
@@ -28,18 +27,7 @@ describe("a lease renewal whose answer was lost", () => {
     try {
       await eventually("the worker to hold the partition", async () => tally.worker!.held().length === 1);
       const key = h.topology.partitionLeaseKey(0);
-      const warm = decodedCommands(generateCommands(20, 5, 31, "renew-warm"));
-      await publishCommands(h.nats.js, h.topology, warm);
-      await eventually(
-        "the warm-up applied",
-        async () =>
-          (
-            await outcomeCounts(
-              h.sql,
-              warm.map((c) => c.id),
-            )
-          ).n === warm.length,
-      );
+      await publishAndDecide(h, decodedCommands(generateCommands(20, 5, 31, "renew-warm")), "the warm-up applied");
 
       // The renewal that took effect unheard: the same value written again, as the worker would have.
       const entry = (await h.nats.leases.get(key))!;
@@ -60,19 +48,7 @@ describe("a lease renewal whose answer was lost", () => {
       expect((await h.nats.leases.get(key))!.json<{ owner: string }>().owner).toBe(tally.worker!.id);
 
       // Still applying at once, not after the TTL.
-      const after = decodedCommands(generateCommands(20, 5, 32, "renew-after"));
-      await publishCommands(h.nats.js, h.topology, after);
-      await eventually(
-        "the commands after it applied",
-        async () =>
-          (
-            await outcomeCounts(
-              h.sql,
-              after.map((c) => c.id),
-            )
-          ).n === after.length,
-        5_000,
-      );
+      await publishAndDecide(h, decodedCommands(generateCommands(20, 5, 32, "renew-after")), "the commands after it applied", 5_000);
     } finally {
       await tally.close();
     }

@@ -231,6 +231,13 @@ export async function settle(h: Harness, ids: ReadonlyArray<string>): Promise<vo
   });
 }
 
+/** Publishes canonical commands and waits until each is decided (an outcome each; the outbox aside: no relay needed). */
+export async function publishAndDecide(h: Harness, commands: ReadonlyArray<Command>, what: string, timeoutMs?: number): Promise<void> {
+  await publishCommands(h.nats.js, h.topology, commands);
+  const ids = commands.map((c) => c.id);
+  await eventually(what, async () => (await outcomeCounts(h.sql, ids)).n === ids.length, timeoutMs);
+}
+
 /** Publishes canonical commands through the normal path and waits until they are applied and relayed. */
 export async function publishAndSettle(h: Harness, commands: ReadonlyArray<Command>): Promise<void> {
   await publishCommands(h.nats.js, h.topology, commands);
