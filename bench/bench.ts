@@ -100,7 +100,17 @@ const oneLine = (text: string, max: number) => {
   const line = text.replace(/\s+/g, " ").trim();
   return line.length > max ? `${line.slice(0, max)}…` : line;
 };
-type PgStatement = { query: string; topLevel: boolean; calls: number; totalMs: number; share: number; meanMs: number; rowsPerCall: number };
+type PgStatement = {
+  query: string;
+  topLevel: boolean;
+  calls: number;
+  totalMs: number;
+  planMs: number;
+  plans: number;
+  share: number;
+  meanMs: number;
+  rowsPerCall: number;
+};
 
 const percentile = (sorted: ReadonlyArray<number>, q: number): number | null =>
   sorted.length === 0 ? null : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
@@ -298,7 +308,7 @@ async function setup(log: ReturnType<typeof createLogger>): Promise<BenchRun> {
   // --pg-statements: the ledger's server counts its statements (pg_stat_statements, nested ones too: the
   // triggers' inserts), so the report can say which of Tally's statements its Postgres time goes to.
   const ledgerSettings = values["pg-statements"]
-    ? { ...pgSettings, shared_preload_libraries: "pg_stat_statements", "pg_stat_statements.track": "all" }
+    ? { ...pgSettings, shared_preload_libraries: "pg_stat_statements", "pg_stat_statements.track": "all", "pg_stat_statements.track_planning": "on" }
     : pgSettings;
   const [pg, srcPg, natsServer] = await Promise.all([
     startPostgres({ settings: ledgerSettings }),
@@ -702,18 +712,22 @@ function measureResources(run: BenchRun, load: Load, finished: number): void {
  * the statement that fired them. The bench's own reads (progress, latency samples) are among them.
  */
 async function pgStatements(sql: Sql): Promise<Record<string, unknown>> {
-  const rows = await sql<Array<{ query: string; calls: number; total_ms: number; rows: number; top: boolean }>>`
-    select query, calls::int, total_exec_time::float8 as total_ms, rows::int, toplevel as top
+  const rows = await sql<Array<{ query: string; calls: number; total_ms: number; plan_ms: number; plans: number; rows: number; top: boolean }>>`
+    select query, calls::int, total_exec_time::float8 as total_ms, total_plan_time::float8 as plan_ms, plans::int, rows::int, toplevel as top
     from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
     order by total_exec_time desc`;
   const topLevelMs = rows.filter((r) => r.top).reduce((n, r) => n + r.total_ms, 0);
   return {
     topLevelExecMs: Math.round(topLevelMs),
+    // Planning is counted apart from execution (track_planning): a statement planned on every call costs this on top.
+    topLevelPlanMs: Math.round(rows.filter((r) => r.top).reduce((n, r) => n + r.plan_ms, 0)),
     statements: rows.slice(0, 20).map((r) => ({
       query: oneLine(r.query, 240),
       topLevel: r.top,
       calls: r.calls,
       totalMs: Math.round(r.total_ms),
+      planMs: Math.round(r.plan_ms),
+      plans: r.plans,
       share: round(r.total_ms / Math.max(topLevelMs, 1), 3),
       meanMs: round(r.total_ms / Math.max(r.calls, 1), 3),
       rowsPerCall: round(r.rows / Math.max(r.calls, 1), 1),
@@ -1222,12 +1236,14 @@ function printTable(report: Record<string, unknown>): void {
   const w = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length)));
   for (const r of rows) process.stdout.write(`${r.map((x, i) => x.padEnd(w[i]!)).join("  ")}\n`);
   process.stdout.write(`${report.bottleneck as string}\n`);
-  const ps = report.pgStatements as { topLevelExecMs: number; statements: Array<PgStatement> } | undefined;
+  const ps = report.pgStatements as { topLevelExecMs: number; topLevelPlanMs: number; statements: Array<PgStatement> } | undefined;
   if (ps) {
-    process.stdout.write(`ledger Postgres statements by execution time (${ps.topLevelExecMs} ms top level; share, calls, mean ms, rows per call):\n`);
+    process.stdout.write(
+      `ledger Postgres statements by execution time (${ps.topLevelExecMs} ms executing, ${ps.topLevelPlanMs} ms planning, top level; share, calls, mean ms, plans, planning ms, rows per call):\n`,
+    );
     for (const st of ps.statements.slice(0, 12))
       process.stdout.write(
-        `  ${(st.share * 100).toFixed(1).padStart(5)}%  ${String(st.calls).padStart(7)}  ${st.meanMs.toFixed(3).padStart(8)}  ${String(st.rowsPerCall).padStart(6)}  ${st.topLevel ? "" : "(nested) "}${st.query.slice(0, 110)}\n`,
+        `  ${(st.share * 100).toFixed(1).padStart(5)}%  ${String(st.calls).padStart(7)}  ${st.meanMs.toFixed(3).padStart(8)}  ${String(st.plans).padStart(7)}  ${String(st.planMs).padStart(6)}  ${String(st.rowsPerCall).padStart(6)}  ${st.topLevel ? "" : "(nested) "}${st.query.slice(0, 100)}\n`,
       );
   }
 }
