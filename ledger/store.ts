@@ -143,56 +143,73 @@ export const OUTBOX_CHANNEL = "tally_outbox";
  * where a transaction of ten statements cost the worker a socket write and a parse each.
  */
 export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
-  if (!(await batchStatement(sql, b))) throw new LeaseLost(b.partition, b.epoch);
+  if (!(await groupStatement(sql, [b])).has(b.partition)) throw new LeaseLost(b.partition, b.epoch);
 }
 
 /**
- * Commits the batches of several partitions in one transaction (one commit, one WAL flush): each
- * batch is its own statement, fenced by its own partition's checkpoint row exactly as `commitBatch`
- * fences it, so a batch whose lease epoch is no longer current writes nothing while the others
- * commit. Returns, per batch in the order given, whether its fence held (false: LeaseLost for that
- * partition, nothing of it written). A statement that fails (a duplicate command id, a data error)
- * rolls the whole transaction back and the error is thrown: the caller commits the batches one by
- * one to find whose it was.
+ * Commits the batches of several partitions in one statement (one message, one commit, one WAL
+ * flush): every row carries its batch's partition, and each partition's rows are written only if
+ * its own checkpoint row still carries its lease epoch, exactly as `commitBatch` fences one batch,
+ * so a batch whose lease was lost writes nothing while the others commit. Returns, per batch in
+ * the order given, whether its fence held (false: LeaseLost for that partition, nothing of it
+ * written). A statement that fails (a duplicate command id, a data error) writes nothing of any
+ * batch and the error is thrown: the caller commits the batches one by one to find whose it was.
+ * At most one batch per partition (a partition has one batch in flight).
  */
 export async function commitGroup(sql: Sql, batches: ReadonlyArray<BatchWrite>): Promise<Array<boolean>> {
   if (batches.length === 0) return [];
-  // Partition order: two transactions that meet on checkpoint rows (a takeover) lock them in one order.
-  const order = batches.map((_, i) => i).sort((x, y) => batches[x]!.partition - batches[y]!.partition);
-  const fenced = new Array<boolean>(batches.length).fill(false);
-  await sql.begin(async (tx) => {
-    // Issued together: postgres.js pipelines them on the transaction's connection.
-    const results = await Promise.all(order.map((i) => batchStatement(tx as unknown as Sql, batches[i]!)));
-    order.forEach((i, k) => {
-      fenced[i] = results[k]!;
-    });
-  });
-  return fenced;
+  if (new Set(batches.map((b) => b.partition)).size !== batches.length)
+    throw new Error("commitGroup: two batches of one partition in a group (a partition has one batch in flight)");
+  const fenced = await groupStatement(sql, batches);
+  return batches.map((b) => fenced.has(b.partition));
 }
 
-/** One batch's statement: true if its fence held (everything written), false if it wrote nothing (epoch moved on). */
-async function batchStatement(sql: Sql, b: BatchWrite): Promise<boolean> {
-  const col = <T>(rows: ReadonlyArray<T>, f: (r: T) => string | number | null) => arrayParam(rows.map(f));
-  const e = b.entries;
-  const bal = b.balances;
-  const h = b.heads;
-  const sl = b.skuLocations;
-  const tr = b.transfers;
-  const st = b.settledTransfers;
-  const ho = b.holds;
-  const o = b.outcomes;
-  const ob = b.outbox;
-  const [{ fenced }] = await sql<[{ fenced: number; notified: number }]>`
-    with fence as (
-      update partition_checkpoints
-         set last_seq = greatest(last_seq, ${b.lastSeq}), updated_at = ${b.recordedAt}
-       where partition = ${b.partition} and lease_epoch = ${b.epoch}
-      returning 1
+/**
+ * The batches' rows of one kind, each with the batch it belongs to (its partition fences it; its
+ * time stamps the row's updated_at or recorded_at).
+ */
+function rowsOf<T>(batches: ReadonlyArray<BatchWrite>, pick: (b: BatchWrite) => ReadonlyArray<T>): Array<{ readonly r: T; readonly b: BatchWrite }> {
+  const out: Array<{ r: T; b: BatchWrite }> = [];
+  for (const b of batches) for (const r of pick(b)) out.push({ r, b });
+  return out;
+}
+
+/** The statement of `commitBatch` and `commitGroup`: the partitions whose fence held (everything of theirs written). */
+async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Promise<Set<number>> {
+  type Row<T> = { readonly r: T; readonly b: BatchWrite };
+  const col = <T>(rows: ReadonlyArray<Row<T>>, f: (r: T) => string | number | null) => arrayParam(rows.map((x) => f(x.r)));
+  const partitionOf = <T>(rows: ReadonlyArray<Row<T>>) => arrayParam(rows.map((x) => x.b.partition));
+  const timeOf = <T>(rows: ReadonlyArray<Row<T>>) => arrayParam(rows.map((x) => x.b.recordedAt.toISOString()));
+  const e = rowsOf(batches, (b) => b.entries);
+  const bal = rowsOf(batches, (b) => b.balances);
+  const h = rowsOf(batches, (b) => b.heads);
+  const sl = rowsOf(batches, (b) => b.skuLocations);
+  const tr = rowsOf(batches, (b) => b.transfers);
+  const st = rowsOf(batches, (b) => b.settledTransfers);
+  const ho = rowsOf(batches, (b) => b.holds);
+  const o = rowsOf(batches, (b) => b.outcomes);
+  const ob = rowsOf(batches, (b) => b.outbox);
+  const fences = batches.map((b) => ({ r: b, b }));
+  const rows = await sql<Array<{ partition: number | null; notified: number }>>`
+    with locked as (
+      -- The checkpoint rows in partition order, before any is updated: two transactions that meet on
+      -- several of them (a resize's switch locks them all) take them in one order, so neither deadlocks.
+      select partition from partition_checkpoints
+       where partition = any(${partitionOf(fences)}::int[])
+       order by partition
+         for no key update
+    ), fence as (
+      update partition_checkpoints c
+         set last_seq = greatest(c.last_seq, f.s), updated_at = f.at
+        from unnest(${partitionOf(fences)}::int[], ${col(fences, (b) => b.epoch)}::bigint[],
+                    ${col(fences, (b) => b.lastSeq)}::bigint[], ${timeOf(fences)}::timestamptz[]) as f(p, ep, s, at)
+       where c.partition = f.p and c.lease_epoch = f.ep and c.partition in (select partition from locked)
+      returning c.partition
     ), entries as (
       insert into ledger_entries (command_id, leg, sku, location, bucket, delta, balance_after, movement,
                                   source_system, source_ref, occurred_at, recorded_at, sku_seq, prev_hash, hash,
                                   value, unit_cost, valuation_flag)
-      select u.* from unnest(
+      select c, lg, s, l, bu, d, ba, mv, ss, sr, oa, ra, sq, ph, hs, v, uc, vf from unnest(
         ${col(e, (r) => r.commandId)}::text[],
         ${col(e, (r) => r.leg)}::smallint[],
         ${col(e, (r) => r.sku)}::text[],
@@ -210,46 +227,52 @@ async function batchStatement(sql: Sql, b: BatchWrite): Promise<boolean> {
         ${col(e, (r) => r.hash)}::text[],
         ${col(e, (r) => nullableText(r.value))}::numeric[],
         ${col(e, (r) => nullableText(r.unitCost))}::numeric[],
-        ${col(e, (r) => r.valuationFlag ?? null)}::text[]
-      ) as u where exists (select from fence)
+        ${col(e, (r) => r.valuationFlag ?? null)}::text[],
+        ${partitionOf(e)}::int[]
+      ) as u(c, lg, s, l, bu, d, ba, mv, ss, sr, oa, ra, sq, ph, hs, v, uc, vf, p) where u.p in (select partition from fence)
     ), balances_ as (
       insert into balances (sku, location, bucket, qty, value, last_unit_cost, cost_layers, updated_at)
-      select s, l, bu, q, v, lc, cl, ${b.recordedAt} from unnest(
+      select s, l, bu, q, v, lc, cl, at from unnest(
         ${col(bal, (r) => r.sku)}::text[],
         ${col(bal, (r) => r.location)}::text[],
         ${col(bal, (r) => r.bucket)}::text[],
         ${col(bal, (r) => String(r.qty))}::bigint[],
         ${col(bal, (r) => nullableText(r.value))}::numeric[],
         ${col(bal, (r) => nullableText(r.lastUnitCost))}::numeric[],
-        ${col(bal, (r) => layersJson(r.layers))}::jsonb[]
-      ) as t(s, l, bu, q, v, lc, cl) where exists (select from fence)
+        ${col(bal, (r) => layersJson(r.layers))}::jsonb[],
+        ${timeOf(bal)}::timestamptz[],
+        ${partitionOf(bal)}::int[]
+      ) as t(s, l, bu, q, v, lc, cl, at, p) where t.p in (select partition from fence)
       on conflict (sku, location, bucket) do update
         set qty = excluded.qty, value = excluded.value, last_unit_cost = excluded.last_unit_cost, cost_layers = excluded.cost_layers,
             updated_at = excluded.updated_at
     ), heads as (
       insert into sku_heads (sku, seq, last_hash, version, updated_at)
-      select s, q, lh, v, ${b.recordedAt} from unnest(
+      select s, q, lh, v, at from unnest(
         ${col(h, (r) => r.sku)}::text[],
         ${col(h, (r) => r.seq)}::bigint[],
         ${col(h, (r) => r.lastHash)}::text[],
-        ${col(h, (r) => r.version)}::bigint[]
-      ) as t(s, q, lh, v) where exists (select from fence)
+        ${col(h, (r) => r.version)}::bigint[],
+        ${timeOf(h)}::timestamptz[],
+        ${partitionOf(h)}::int[]
+      ) as t(s, q, lh, v, at, p) where t.p in (select partition from fence)
       on conflict (sku) do update
         set seq = excluded.seq, last_hash = excluded.last_hash, version = excluded.version, updated_at = excluded.updated_at
     ), policies as (
       insert into sku_locations (sku, location, safety_stock, reorder_point, status)
-      select u.* from unnest(
+      select s, l, ss, rp, stt from unnest(
         ${col(sl, (r) => r.sku)}::text[],
         ${col(sl, (r) => r.location)}::text[],
         ${col(sl, (r) => r.safetyStock)}::bigint[],
         ${col(sl, (r) => r.reorderPoint)}::bigint[],
-        ${col(sl, (r) => r.status)}::text[]
-      ) as u where exists (select from fence)
+        ${col(sl, (r) => r.status)}::text[],
+        ${partitionOf(sl)}::int[]
+      ) as u(s, l, ss, rp, stt, p) where u.p in (select partition from fence)
       on conflict (sku, location) do update
         set safety_stock = excluded.safety_stock, reorder_point = excluded.reorder_point, status = excluded.status
     ), transfers_ as (
       insert into transfers (sku, transfer_id, from_location, to_location, shipped, received, shipped_value, received_value)
-      select u.* from unnest(
+      select s, i, fl, tl, sh, rc, sv, rv from unnest(
         ${col(tr, (r) => r.sku)}::text[],
         ${col(tr, (r) => r.transferId)}::text[],
         ${col(tr, (r) => r.from)}::text[],
@@ -257,18 +280,19 @@ async function batchStatement(sql: Sql, b: BatchWrite): Promise<boolean> {
         ${col(tr, (r) => r.shipped)}::bigint[],
         ${col(tr, (r) => r.received)}::bigint[],
         ${col(tr, (r) => nullableText(r.shippedValue))}::numeric[],
-        ${col(tr, (r) => nullableText(r.receivedValue))}::numeric[]
-      ) as u where exists (select from fence)
+        ${col(tr, (r) => nullableText(r.receivedValue))}::numeric[],
+        ${partitionOf(tr)}::int[]
+      ) as u(s, i, fl, tl, sh, rc, sv, rv, p) where u.p in (select partition from fence)
       on conflict (sku, transfer_id) do update
         set shipped = excluded.shipped, received = excluded.received,
             shipped_value = excluded.shipped_value, received_value = excluded.received_value
     ), settled as (
       delete from transfers t
-       using unnest(${col(st, (r) => r.sku)}::text[], ${col(st, (r) => r.transferId)}::text[]) as d(s, i)
-       where t.sku = d.s and t.transfer_id = d.i and exists (select from fence)
+       using unnest(${col(st, (r) => r.sku)}::text[], ${col(st, (r) => r.transferId)}::text[], ${partitionOf(st)}::int[]) as d(s, i, p)
+       where t.sku = d.s and t.transfer_id = d.i and d.p in (select partition from fence)
     ), holds_ as (
       insert into holds (sku, hold_id, location, channel, qty, open_qty, status, expires_at, updated_at)
-      select s, i, l, c, q, oq, stt, ea, ${b.recordedAt} from unnest(
+      select s, i, l, c, q, oq, stt, ea, at from unnest(
         ${col(ho, (r) => r.sku)}::text[],
         ${col(ho, (r) => r.holdId)}::text[],
         ${col(ho, (r) => r.location)}::text[],
@@ -276,37 +300,45 @@ async function batchStatement(sql: Sql, b: BatchWrite): Promise<boolean> {
         ${col(ho, (r) => r.qty)}::bigint[],
         ${col(ho, (r) => r.open)}::bigint[],
         ${col(ho, (r) => r.status)}::text[],
-        ${col(ho, (r) => r.expiresAt)}::timestamptz[]
-      ) as t(s, i, l, c, q, oq, stt, ea) where exists (select from fence)
+        ${col(ho, (r) => r.expiresAt)}::timestamptz[],
+        ${timeOf(ho)}::timestamptz[],
+        ${partitionOf(ho)}::int[]
+      ) as t(s, i, l, c, q, oq, stt, ea, at, p) where t.p in (select partition from fence)
       on conflict (sku, hold_id) do update
         set open_qty = excluded.open_qty, status = excluded.status, updated_at = excluded.updated_at
     ), outcomes as (
       insert into command_outcomes (command_id, partition, stream_seq, sku, type, status, reason, detail, recorded_at)
-      select c, ${b.partition}, q, s, ty, stt, r, d, ${b.recordedAt} from unnest(
+      select c, p, q, s, ty, stt, r, d, at from unnest(
         ${col(o, (r) => r.commandId)}::text[],
+        ${partitionOf(o)}::int[],
         ${col(o, (r) => r.streamSeq)}::bigint[],
         ${col(o, (r) => r.sku)}::text[],
         ${col(o, (r) => r.type)}::text[],
         ${col(o, (r) => r.status)}::text[],
         ${col(o, (r) => r.reason)}::text[],
-        ${col(o, (r) => (r.detail === null || r.detail === undefined ? null : JSON.stringify(r.detail, quantityJson)))}::jsonb[]
-      ) as t(c, q, s, ty, stt, r, d) where exists (select from fence)
+        ${col(o, (r) => (r.detail === null || r.detail === undefined ? null : JSON.stringify(r.detail, quantityJson)))}::jsonb[],
+        ${timeOf(o)}::timestamptz[]
+      ) as t(c, p, q, s, ty, stt, r, d, at) where t.p in (select partition from fence)
     ), outbox_ as (
       insert into outbox (kind, subject, kv_key, payload, source_at, source)
-      select u.* from unnest(
+      select k, sj, kk, pl, sa, sr from unnest(
         ${col(ob, (r) => r.kind)}::text[],
         ${col(ob, (r) => r.subject)}::text[],
         ${col(ob, (r) => r.kvKey)}::text[],
         ${col(ob, (r) => JSON.stringify(r.payload, quantityJson))}::jsonb[],
         ${col(ob, (r) => r.sourceAt?.toISOString() ?? null)}::timestamptz[],
-        ${col(ob, (r) => r.source ?? null)}::text[]
-      ) as u where exists (select from fence)
+        ${col(ob, (r) => r.source ?? null)}::text[],
+        ${partitionOf(ob)}::int[]
+      ) as u(k, sj, kk, pl, sa, sr, p) where u.p in (select partition from fence)
       returning 1
     ), notify as (
       select pg_notify(${OUTBOX_CHANNEL}, '') where exists (select from outbox_)
     )
-    select (select count(*) from fence)::int as fenced, (select count(*) from notify)::int as notified`;
-  return fenced === 1;
+    -- Every fenced partition, and the notify count on a row of its own (a group none of whose fences held has only that row).
+    select partition, 0 as notified from fence
+    union all
+    select null, (select count(*) from notify)::int`;
+  return new Set(rows.flatMap((r) => (r.partition === null ? [] : [r.partition])));
 }
 
 /**
