@@ -143,25 +143,37 @@ export const OUTBOX_CHANNEL = "tally_outbox";
  * where a transaction of ten statements cost the worker a socket write and a parse each.
  */
 export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
-  if (!(await groupStatement(sql, [b])).has(b.partition)) throw new LeaseLost(b.partition, b.epoch);
+  if (!(await groupStatement(sql, [b])).ok) throw new LeaseLost(b.partition, b.epoch);
 }
 
 /**
  * Commits the batches of several partitions in one statement (one message, one commit, one WAL
- * flush): every row carries its batch's partition, and each partition's rows are written only if
- * its own checkpoint row still carries its lease epoch, exactly as `commitBatch` fences one batch,
- * so a batch whose lease was lost writes nothing while the others commit. Returns, per batch in
- * the order given, whether its fence held (false: LeaseLost for that partition, nothing of it
- * written). A statement that fails (a duplicate command id, a data error) writes nothing of any
- * batch and the error is thrown: the caller commits the batches one by one to find whose it was.
- * At most one batch per partition (a partition has one batch in flight).
+ * flush). The statement first locks the batches' checkpoint rows and checks every lease epoch; it
+ * writes only if all of them are current (a check made once, not per row). A group with a lease
+ * lost writes nothing and is committed again without the batches whose fence failed, so those write
+ * nothing while the others commit, as if each had been fenced alone. Returns, per batch in the order
+ * given, whether its fence held (false: LeaseLost for that partition, nothing of it written). A
+ * statement that fails (a duplicate command id, a data error) writes nothing of any batch and the
+ * error is thrown: the caller commits the batches one by one to find whose it was. At most one
+ * batch per partition (a partition has one batch in flight).
  */
 export async function commitGroup(sql: Sql, batches: ReadonlyArray<BatchWrite>): Promise<Array<boolean>> {
   if (batches.length === 0) return [];
   if (new Set(batches.map((b) => b.partition)).size !== batches.length)
     throw new Error("commitGroup: two batches of one partition in a group (a partition has one batch in flight)");
-  const fenced = await groupStatement(sql, batches);
-  return batches.map((b) => fenced.has(b.partition));
+  // Nothing is written unless every fence held: a group with a lost lease is committed again without
+  // the batches whose fence failed (each round drops at least one, so this ends).
+  let pending = batches;
+  let committed = new Set<number>();
+  while (pending.length > 0) {
+    const { ok, held } = await groupStatement(sql, pending);
+    if (ok) {
+      committed = new Set(pending.map((b) => b.partition));
+      break;
+    }
+    pending = pending.filter((b) => held.has(b.partition));
+  }
+  return batches.map((b) => committed.has(b.partition));
 }
 
 /**
@@ -174,8 +186,11 @@ function rowsOf<T>(batches: ReadonlyArray<BatchWrite>, pick: (b: BatchWrite) => 
   return out;
 }
 
-/** The statement of `commitBatch` and `commitGroup`: the partitions whose fence held (everything of theirs written). */
-async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Promise<Set<number>> {
+/**
+ * The statement of `commitBatch` and `commitGroup`: everything written if every batch's fence held
+ * (`ok`), else nothing; `held` names the partitions whose fence held.
+ */
+async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Promise<{ ok: boolean; held: Set<number> }> {
   type Row<T> = { readonly r: T; readonly b: BatchWrite };
   const col = <T>(rows: ReadonlyArray<Row<T>>, f: (r: T) => string | number | null) => arrayParam(rows.map((x) => f(x.r)));
   const partitionOf = <T>(rows: ReadonlyArray<Row<T>>) => arrayParam(rows.map((x) => x.b.partition));
@@ -190,21 +205,27 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
   const o = rowsOf(batches, (b) => b.outcomes);
   const ob = rowsOf(batches, (b) => b.outbox);
   const fences = batches.map((b) => ({ r: b, b }));
-  const rows = await sql<Array<{ partition: number | null; notified: number }>>`
+  const [{ ok, held }] = await sql<[{ ok: boolean; held: Array<number> }]>`
     with locked as (
-      -- The checkpoint rows in partition order, before any is updated: two transactions that meet on
+      -- The checkpoint rows in partition order, before any is written: two transactions that meet on
       -- several of them (a resize's switch locks them all) take them in one order, so neither deadlocks.
-      select partition from partition_checkpoints
+      -- A locked row is its latest version: a takeover that committed meanwhile shows its new epoch.
+      select partition, lease_epoch from partition_checkpoints
        where partition = any(${partitionOf(fences)}::int[])
        order by partition
          for no key update
+    ), held as (
+      select l.partition from locked l
+        join unnest(${partitionOf(fences)}::int[], ${col(fences, (b) => b.epoch)}::bigint[]) as f(p, ep) on l.partition = f.p and l.lease_epoch = f.ep
+    ), ok as (
+      -- Every batch's fence held: only then is anything written (checked once, not per row). A group with a
+      -- lease lost writes nothing, and the caller commits the batches whose fences held again without it.
+      select count(*) = ${batches.length} as ok from held
     ), fence as (
       update partition_checkpoints c
          set last_seq = greatest(c.last_seq, f.s), updated_at = f.at
-        from unnest(${partitionOf(fences)}::int[], ${col(fences, (b) => b.epoch)}::bigint[],
-                    ${col(fences, (b) => b.lastSeq)}::bigint[], ${timeOf(fences)}::timestamptz[]) as f(p, ep, s, at)
-       where c.partition = f.p and c.lease_epoch = f.ep and c.partition in (select partition from locked)
-      returning c.partition
+        from unnest(${partitionOf(fences)}::int[], ${col(fences, (b) => b.lastSeq)}::bigint[], ${timeOf(fences)}::timestamptz[]) as f(p, s, at)
+       where c.partition = f.p and (select ok from ok)
     ), entries as (
       insert into ledger_entries (command_id, leg, sku, location, bucket, delta, balance_after, movement,
                                   source_system, source_ref, occurred_at, recorded_at, sku_seq, prev_hash, hash,
@@ -227,9 +248,8 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
         ${col(e, (r) => r.hash)}::text[],
         ${col(e, (r) => nullableText(r.value))}::numeric[],
         ${col(e, (r) => nullableText(r.unitCost))}::numeric[],
-        ${col(e, (r) => r.valuationFlag ?? null)}::text[],
-        ${partitionOf(e)}::int[]
-      ) as u(c, lg, s, l, bu, d, ba, mv, ss, sr, oa, ra, sq, ph, hs, v, uc, vf, p) where u.p in (select partition from fence)
+        ${col(e, (r) => r.valuationFlag ?? null)}::text[]
+      ) as u(c, lg, s, l, bu, d, ba, mv, ss, sr, oa, ra, sq, ph, hs, v, uc, vf) where (select ok from ok)
     ), balances_ as (
       insert into balances (sku, location, bucket, qty, value, last_unit_cost, cost_layers, updated_at)
       select s, l, bu, q, v, lc, cl, at from unnest(
@@ -240,9 +260,8 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
         ${col(bal, (r) => nullableText(r.value))}::numeric[],
         ${col(bal, (r) => nullableText(r.lastUnitCost))}::numeric[],
         ${col(bal, (r) => layersJson(r.layers))}::jsonb[],
-        ${timeOf(bal)}::timestamptz[],
-        ${partitionOf(bal)}::int[]
-      ) as t(s, l, bu, q, v, lc, cl, at, p) where t.p in (select partition from fence)
+        ${timeOf(bal)}::timestamptz[]
+      ) as t(s, l, bu, q, v, lc, cl, at) where (select ok from ok)
       on conflict (sku, location, bucket) do update
         set qty = excluded.qty, value = excluded.value, last_unit_cost = excluded.last_unit_cost, cost_layers = excluded.cost_layers,
             updated_at = excluded.updated_at
@@ -253,9 +272,8 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
         ${col(h, (r) => r.seq)}::bigint[],
         ${col(h, (r) => r.lastHash)}::text[],
         ${col(h, (r) => r.version)}::bigint[],
-        ${timeOf(h)}::timestamptz[],
-        ${partitionOf(h)}::int[]
-      ) as t(s, q, lh, v, at, p) where t.p in (select partition from fence)
+        ${timeOf(h)}::timestamptz[]
+      ) as t(s, q, lh, v, at) where (select ok from ok)
       on conflict (sku) do update
         set seq = excluded.seq, last_hash = excluded.last_hash, version = excluded.version, updated_at = excluded.updated_at
     ), policies as (
@@ -265,9 +283,8 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
         ${col(sl, (r) => r.location)}::text[],
         ${col(sl, (r) => r.safetyStock)}::bigint[],
         ${col(sl, (r) => r.reorderPoint)}::bigint[],
-        ${col(sl, (r) => r.status)}::text[],
-        ${partitionOf(sl)}::int[]
-      ) as u(s, l, ss, rp, stt, p) where u.p in (select partition from fence)
+        ${col(sl, (r) => r.status)}::text[]
+      ) as u(s, l, ss, rp, stt) where (select ok from ok)
       on conflict (sku, location) do update
         set safety_stock = excluded.safety_stock, reorder_point = excluded.reorder_point, status = excluded.status
     ), transfers_ as (
@@ -280,16 +297,15 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
         ${col(tr, (r) => r.shipped)}::bigint[],
         ${col(tr, (r) => r.received)}::bigint[],
         ${col(tr, (r) => nullableText(r.shippedValue))}::numeric[],
-        ${col(tr, (r) => nullableText(r.receivedValue))}::numeric[],
-        ${partitionOf(tr)}::int[]
-      ) as u(s, i, fl, tl, sh, rc, sv, rv, p) where u.p in (select partition from fence)
+        ${col(tr, (r) => nullableText(r.receivedValue))}::numeric[]
+      ) as u(s, i, fl, tl, sh, rc, sv, rv) where (select ok from ok)
       on conflict (sku, transfer_id) do update
         set shipped = excluded.shipped, received = excluded.received,
             shipped_value = excluded.shipped_value, received_value = excluded.received_value
     ), settled as (
       delete from transfers t
-       using unnest(${col(st, (r) => r.sku)}::text[], ${col(st, (r) => r.transferId)}::text[], ${partitionOf(st)}::int[]) as d(s, i, p)
-       where t.sku = d.s and t.transfer_id = d.i and d.p in (select partition from fence)
+       using unnest(${col(st, (r) => r.sku)}::text[], ${col(st, (r) => r.transferId)}::text[]) as d(s, i)
+       where t.sku = d.s and t.transfer_id = d.i and (select ok from ok)
     ), holds_ as (
       insert into holds (sku, hold_id, location, channel, qty, open_qty, status, expires_at, updated_at)
       select s, i, l, c, q, oq, stt, ea, at from unnest(
@@ -301,9 +317,8 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
         ${col(ho, (r) => r.open)}::bigint[],
         ${col(ho, (r) => r.status)}::text[],
         ${col(ho, (r) => r.expiresAt)}::timestamptz[],
-        ${timeOf(ho)}::timestamptz[],
-        ${partitionOf(ho)}::int[]
-      ) as t(s, i, l, c, q, oq, stt, ea, at, p) where t.p in (select partition from fence)
+        ${timeOf(ho)}::timestamptz[]
+      ) as t(s, i, l, c, q, oq, stt, ea, at) where (select ok from ok)
       on conflict (sku, hold_id) do update
         set open_qty = excluded.open_qty, status = excluded.status, updated_at = excluded.updated_at
     ), outcomes as (
@@ -318,7 +333,7 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
         ${col(o, (r) => r.reason)}::text[],
         ${col(o, (r) => (r.detail === null || r.detail === undefined ? null : JSON.stringify(r.detail, quantityJson)))}::jsonb[],
         ${timeOf(o)}::timestamptz[]
-      ) as t(c, p, q, s, ty, stt, r, d, at) where t.p in (select partition from fence)
+      ) as t(c, p, q, s, ty, stt, r, d, at) where (select ok from ok)
     ), outbox_ as (
       insert into outbox (kind, subject, kv_key, payload, source_at, source)
       select k, sj, kk, pl, sa, sr from unnest(
@@ -327,18 +342,15 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
         ${col(ob, (r) => r.kvKey)}::text[],
         ${col(ob, (r) => JSON.stringify(r.payload, quantityJson))}::jsonb[],
         ${col(ob, (r) => r.sourceAt?.toISOString() ?? null)}::timestamptz[],
-        ${col(ob, (r) => r.source ?? null)}::text[],
-        ${partitionOf(ob)}::int[]
-      ) as u(k, sj, kk, pl, sa, sr, p) where u.p in (select partition from fence)
+        ${col(ob, (r) => r.source ?? null)}::text[]
+      ) as u(k, sj, kk, pl, sa, sr) where (select ok from ok)
       returning 1
     ), notify as (
       select pg_notify(${OUTBOX_CHANNEL}, '') where exists (select from outbox_)
     )
-    -- Every fenced partition, and the notify count on a row of its own (a group none of whose fences held has only that row).
-    select partition, 0 as notified from fence
-    union all
-    select null, (select count(*) from notify)::int`;
-  return new Set(rows.flatMap((r) => (r.partition === null ? [] : [r.partition])));
+    select (select ok from ok) as ok, array(select partition from held order by partition) as held,
+           (select count(*) from notify)::int as notified`;
+  return { ok, held: new Set(held) };
 }
 
 /**
