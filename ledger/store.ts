@@ -227,78 +227,80 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
         from unnest(${partitionOf(fences)}::int[], ${col(fences, (b) => b.lastSeq)}::bigint[], ${timeOf(fences)}::timestamptz[]) as f(p, s, at)
        where c.partition = f.p and (select ok from ok)
     ), entries as (
+      -- Each CTE's arrays are unnested in its select list, read in step; unnest(a, b, …) in a FROM
+      -- clause copies every array into a tuplestore first, which spills past work_mem at large batches.
       insert into ledger_entries (command_id, leg, sku, location, bucket, delta, balance_after, movement,
                                   source_system, source_ref, occurred_at, recorded_at, sku_seq, prev_hash, hash,
                                   value, unit_cost, valuation_flag)
-      select c, lg, s, l, bu, d, ba, mv, ss, sr, oa, ra, sq, ph, hs, v, uc, vf from unnest(
-        ${col(e, (r) => r.commandId)}::text[],
-        ${col(e, (r) => r.leg)}::smallint[],
-        ${col(e, (r) => r.sku)}::text[],
-        ${col(e, (r) => r.location)}::text[],
-        ${col(e, (r) => r.bucket)}::text[],
-        ${col(e, (r) => String(r.delta))}::bigint[],
-        ${col(e, (r) => String(r.balanceAfter))}::bigint[],
-        ${col(e, (r) => r.movement)}::text[],
-        ${col(e, (r) => r.sourceSystem)}::text[],
-        ${col(e, (r) => r.sourceRef)}::text[],
-        ${col(e, (r) => r.occurredAt.toISOString())}::timestamptz[],
-        ${col(e, (r) => r.recordedAt.toISOString())}::timestamptz[],
-        ${col(e, (r) => r.skuSeq)}::bigint[],
-        ${col(e, (r) => r.prevHash)}::text[],
-        ${col(e, (r) => r.hash)}::text[],
-        ${col(e, (r) => nullableText(r.value))}::numeric[],
-        ${col(e, (r) => nullableText(r.unitCost))}::numeric[],
-        ${col(e, (r) => r.valuationFlag ?? null)}::text[]
-      ) as u(c, lg, s, l, bu, d, ba, mv, ss, sr, oa, ra, sq, ph, hs, v, uc, vf) where (select ok from ok)
+      select
+        unnest(${col(e, (r) => r.commandId)}::text[]),
+        unnest(${col(e, (r) => r.leg)}::smallint[]),
+        unnest(${col(e, (r) => r.sku)}::text[]),
+        unnest(${col(e, (r) => r.location)}::text[]),
+        unnest(${col(e, (r) => r.bucket)}::text[]),
+        unnest(${col(e, (r) => String(r.delta))}::bigint[]),
+        unnest(${col(e, (r) => String(r.balanceAfter))}::bigint[]),
+        unnest(${col(e, (r) => r.movement)}::text[]),
+        unnest(${col(e, (r) => r.sourceSystem)}::text[]),
+        unnest(${col(e, (r) => r.sourceRef)}::text[]),
+        unnest(${col(e, (r) => r.occurredAt.toISOString())}::timestamptz[]),
+        unnest(${col(e, (r) => r.recordedAt.toISOString())}::timestamptz[]),
+        unnest(${col(e, (r) => r.skuSeq)}::bigint[]),
+        unnest(${col(e, (r) => r.prevHash)}::text[]),
+        unnest(${col(e, (r) => r.hash)}::text[]),
+        unnest(${col(e, (r) => nullableText(r.value))}::numeric[]),
+        unnest(${col(e, (r) => nullableText(r.unitCost))}::numeric[]),
+        unnest(${col(e, (r) => r.valuationFlag ?? null)}::text[])
+       where (select ok from ok)
     ), balances_ as (
       insert into balances (sku, location, bucket, qty, value, last_unit_cost, cost_layers, updated_at)
-      select s, l, bu, q, v, lc, cl, at from unnest(
-        ${col(bal, (r) => r.sku)}::text[],
-        ${col(bal, (r) => r.location)}::text[],
-        ${col(bal, (r) => r.bucket)}::text[],
-        ${col(bal, (r) => String(r.qty))}::bigint[],
-        ${col(bal, (r) => nullableText(r.value))}::numeric[],
-        ${col(bal, (r) => nullableText(r.lastUnitCost))}::numeric[],
-        ${col(bal, (r) => layersJson(r.layers))}::jsonb[],
-        ${timeOf(bal)}::timestamptz[]
-      ) as t(s, l, bu, q, v, lc, cl, at) where (select ok from ok)
+      select
+        unnest(${col(bal, (r) => r.sku)}::text[]),
+        unnest(${col(bal, (r) => r.location)}::text[]),
+        unnest(${col(bal, (r) => r.bucket)}::text[]),
+        unnest(${col(bal, (r) => String(r.qty))}::bigint[]),
+        unnest(${col(bal, (r) => nullableText(r.value))}::numeric[]),
+        unnest(${col(bal, (r) => nullableText(r.lastUnitCost))}::numeric[]),
+        unnest(${col(bal, (r) => layersJson(r.layers))}::jsonb[]),
+        unnest(${timeOf(bal)}::timestamptz[])
+       where (select ok from ok)
       on conflict (sku, location, bucket) do update
         set qty = excluded.qty, value = excluded.value, last_unit_cost = excluded.last_unit_cost, cost_layers = excluded.cost_layers,
             updated_at = excluded.updated_at
     ), heads as (
       insert into sku_heads (sku, seq, last_hash, version, updated_at)
-      select s, q, lh, v, at from unnest(
-        ${col(h, (r) => r.sku)}::text[],
-        ${col(h, (r) => r.seq)}::bigint[],
-        ${col(h, (r) => r.lastHash)}::text[],
-        ${col(h, (r) => r.version)}::bigint[],
-        ${timeOf(h)}::timestamptz[]
-      ) as t(s, q, lh, v, at) where (select ok from ok)
+      select
+        unnest(${col(h, (r) => r.sku)}::text[]),
+        unnest(${col(h, (r) => r.seq)}::bigint[]),
+        unnest(${col(h, (r) => r.lastHash)}::text[]),
+        unnest(${col(h, (r) => r.version)}::bigint[]),
+        unnest(${timeOf(h)}::timestamptz[])
+       where (select ok from ok)
       on conflict (sku) do update
         set seq = excluded.seq, last_hash = excluded.last_hash, version = excluded.version, updated_at = excluded.updated_at
     ), policies as (
       insert into sku_locations (sku, location, safety_stock, reorder_point, status)
-      select s, l, ss, rp, stt from unnest(
-        ${col(sl, (r) => r.sku)}::text[],
-        ${col(sl, (r) => r.location)}::text[],
-        ${col(sl, (r) => r.safetyStock)}::bigint[],
-        ${col(sl, (r) => r.reorderPoint)}::bigint[],
-        ${col(sl, (r) => r.status)}::text[]
-      ) as u(s, l, ss, rp, stt) where (select ok from ok)
+      select
+        unnest(${col(sl, (r) => r.sku)}::text[]),
+        unnest(${col(sl, (r) => r.location)}::text[]),
+        unnest(${col(sl, (r) => r.safetyStock)}::bigint[]),
+        unnest(${col(sl, (r) => r.reorderPoint)}::bigint[]),
+        unnest(${col(sl, (r) => r.status)}::text[])
+       where (select ok from ok)
       on conflict (sku, location) do update
         set safety_stock = excluded.safety_stock, reorder_point = excluded.reorder_point, status = excluded.status
     ), transfers_ as (
       insert into transfers (sku, transfer_id, from_location, to_location, shipped, received, shipped_value, received_value)
-      select s, i, fl, tl, sh, rc, sv, rv from unnest(
-        ${col(tr, (r) => r.sku)}::text[],
-        ${col(tr, (r) => r.transferId)}::text[],
-        ${col(tr, (r) => r.from)}::text[],
-        ${col(tr, (r) => r.to)}::text[],
-        ${col(tr, (r) => r.shipped)}::bigint[],
-        ${col(tr, (r) => r.received)}::bigint[],
-        ${col(tr, (r) => nullableText(r.shippedValue))}::numeric[],
-        ${col(tr, (r) => nullableText(r.receivedValue))}::numeric[]
-      ) as u(s, i, fl, tl, sh, rc, sv, rv) where (select ok from ok)
+      select
+        unnest(${col(tr, (r) => r.sku)}::text[]),
+        unnest(${col(tr, (r) => r.transferId)}::text[]),
+        unnest(${col(tr, (r) => r.from)}::text[]),
+        unnest(${col(tr, (r) => r.to)}::text[]),
+        unnest(${col(tr, (r) => r.shipped)}::bigint[]),
+        unnest(${col(tr, (r) => r.received)}::bigint[]),
+        unnest(${col(tr, (r) => nullableText(r.shippedValue))}::numeric[]),
+        unnest(${col(tr, (r) => nullableText(r.receivedValue))}::numeric[])
+       where (select ok from ok)
       on conflict (sku, transfer_id) do update
         set shipped = excluded.shipped, received = excluded.received,
             shipped_value = excluded.shipped_value, received_value = excluded.received_value
@@ -308,42 +310,42 @@ async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Pro
        where t.sku = d.s and t.transfer_id = d.i and (select ok from ok)
     ), holds_ as (
       insert into holds (sku, hold_id, location, channel, qty, open_qty, status, expires_at, updated_at)
-      select s, i, l, c, q, oq, stt, ea, at from unnest(
-        ${col(ho, (r) => r.sku)}::text[],
-        ${col(ho, (r) => r.holdId)}::text[],
-        ${col(ho, (r) => r.location)}::text[],
-        ${col(ho, (r) => r.channel)}::text[],
-        ${col(ho, (r) => r.qty)}::bigint[],
-        ${col(ho, (r) => r.open)}::bigint[],
-        ${col(ho, (r) => r.status)}::text[],
-        ${col(ho, (r) => r.expiresAt)}::timestamptz[],
-        ${timeOf(ho)}::timestamptz[]
-      ) as t(s, i, l, c, q, oq, stt, ea, at) where (select ok from ok)
+      select
+        unnest(${col(ho, (r) => r.sku)}::text[]),
+        unnest(${col(ho, (r) => r.holdId)}::text[]),
+        unnest(${col(ho, (r) => r.location)}::text[]),
+        unnest(${col(ho, (r) => r.channel)}::text[]),
+        unnest(${col(ho, (r) => r.qty)}::bigint[]),
+        unnest(${col(ho, (r) => r.open)}::bigint[]),
+        unnest(${col(ho, (r) => r.status)}::text[]),
+        unnest(${col(ho, (r) => r.expiresAt)}::timestamptz[]),
+        unnest(${timeOf(ho)}::timestamptz[])
+       where (select ok from ok)
       on conflict (sku, hold_id) do update
         set open_qty = excluded.open_qty, status = excluded.status, updated_at = excluded.updated_at
     ), outcomes as (
       insert into command_outcomes (command_id, partition, stream_seq, sku, type, status, reason, detail, recorded_at)
-      select c, p, q, s, ty, stt, r, d, at from unnest(
-        ${col(o, (r) => r.commandId)}::text[],
-        ${partitionOf(o)}::int[],
-        ${col(o, (r) => r.streamSeq)}::bigint[],
-        ${col(o, (r) => r.sku)}::text[],
-        ${col(o, (r) => r.type)}::text[],
-        ${col(o, (r) => r.status)}::text[],
-        ${col(o, (r) => r.reason)}::text[],
-        ${col(o, (r) => (r.detail === null || r.detail === undefined ? null : JSON.stringify(r.detail, quantityJson)))}::jsonb[],
-        ${timeOf(o)}::timestamptz[]
-      ) as t(c, p, q, s, ty, stt, r, d, at) where (select ok from ok)
+      select
+        unnest(${col(o, (r) => r.commandId)}::text[]),
+        unnest(${partitionOf(o)}::int[]),
+        unnest(${col(o, (r) => r.streamSeq)}::bigint[]),
+        unnest(${col(o, (r) => r.sku)}::text[]),
+        unnest(${col(o, (r) => r.type)}::text[]),
+        unnest(${col(o, (r) => r.status)}::text[]),
+        unnest(${col(o, (r) => r.reason)}::text[]),
+        unnest(${col(o, (r) => (r.detail === null || r.detail === undefined ? null : JSON.stringify(r.detail, quantityJson)))}::jsonb[]),
+        unnest(${timeOf(o)}::timestamptz[])
+       where (select ok from ok)
     ), outbox_ as (
       insert into outbox (kind, subject, kv_key, payload, source_at, source)
-      select k, sj, kk, pl, sa, sr from unnest(
-        ${col(ob, (r) => r.kind)}::text[],
-        ${col(ob, (r) => r.subject)}::text[],
-        ${col(ob, (r) => r.kvKey)}::text[],
-        ${col(ob, (r) => JSON.stringify(r.payload, quantityJson))}::jsonb[],
-        ${col(ob, (r) => r.sourceAt?.toISOString() ?? null)}::timestamptz[],
-        ${col(ob, (r) => r.source ?? null)}::text[]
-      ) as u(k, sj, kk, pl, sa, sr) where (select ok from ok)
+      select
+        unnest(${col(ob, (r) => r.kind)}::text[]),
+        unnest(${col(ob, (r) => r.subject)}::text[]),
+        unnest(${col(ob, (r) => r.kvKey)}::text[]),
+        unnest(${col(ob, (r) => JSON.stringify(r.payload, quantityJson))}::jsonb[]),
+        unnest(${col(ob, (r) => r.sourceAt?.toISOString() ?? null)}::timestamptz[]),
+        unnest(${col(ob, (r) => r.source ?? null)}::text[])
+       where (select ok from ok)
       returning 1
     ), notify as (
       select pg_notify(${OUTBOX_CHANNEL}, '') where exists (select from outbox_)
