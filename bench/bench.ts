@@ -1236,6 +1236,11 @@ function printTable(report: Record<string, unknown>): void {
   const w = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length)));
   for (const r of rows) process.stdout.write(`${r.map((x, i) => x.padEnd(w[i]!)).join("  ")}\n`);
   process.stdout.write(`${report.bottleneck as string}\n`);
+  printPgStatements(report);
+}
+
+/** The ledger Postgres's top statements (--pg-statements). */
+function printPgStatements(report: Record<string, unknown>): void {
   const ps = report.pgStatements as { topLevelExecMs: number; topLevelPlanMs: number; statements: Array<PgStatement> } | undefined;
   if (ps) {
     process.stdout.write(
