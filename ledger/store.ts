@@ -143,216 +143,170 @@ export const OUTBOX_CHANNEL = "tally_outbox";
  * where a transaction of ten statements cost the worker a socket write and a parse each.
  */
 export async function commitBatch(sql: Sql, b: BatchWrite): Promise<void> {
-  if (!(await groupStatement(sql, [b])).ok) throw new LeaseLost(b.partition, b.epoch);
+  if (!(await batchStatement(sql, b))) throw new LeaseLost(b.partition, b.epoch);
 }
 
 /**
- * Commits the batches of several partitions in one statement (one message, one commit, one WAL
- * flush). The statement first locks the batches' checkpoint rows and checks every lease epoch; it
- * writes only if all of them are current (a check made once, not per row). A group with a lease
- * lost writes nothing and is committed again without the batches whose fence failed, so those write
- * nothing while the others commit, as if each had been fenced alone. Returns, per batch in the order
- * given, whether its fence held (false: LeaseLost for that partition, nothing of it written). A
- * statement that fails (a duplicate command id, a data error) writes nothing of any batch and the
- * error is thrown: the caller commits the batches one by one to find whose it was. At most one
- * batch per partition (a partition has one batch in flight).
+ * Commits the batches of several partitions in one transaction (one commit, one WAL flush): each
+ * batch is its own statement, fenced by its own partition's checkpoint row exactly as `commitBatch`
+ * fences it, so a batch whose lease epoch is no longer current writes nothing while the others
+ * commit. Returns, per batch in the order given, whether its fence held (false: LeaseLost for that
+ * partition, nothing of it written). A statement that fails (a duplicate command id, a data error)
+ * rolls the whole transaction back and the error is thrown: the caller commits the batches one by
+ * one to find whose it was.
  */
 export async function commitGroup(sql: Sql, batches: ReadonlyArray<BatchWrite>): Promise<Array<boolean>> {
   if (batches.length === 0) return [];
-  if (new Set(batches.map((b) => b.partition)).size !== batches.length)
-    throw new Error("commitGroup: two batches of one partition in a group (a partition has one batch in flight)");
-  // Nothing is written unless every fence held: a group with a lost lease is committed again without
-  // the batches whose fence failed (each round drops at least one, so this ends).
-  let pending = batches;
-  let committed = new Set<number>();
-  while (pending.length > 0) {
-    const { ok, held } = await groupStatement(sql, pending);
-    if (ok) {
-      committed = new Set(pending.map((b) => b.partition));
-      break;
-    }
-    pending = pending.filter((b) => held.has(b.partition));
-  }
-  return batches.map((b) => committed.has(b.partition));
+  // Partition order: two transactions that meet on checkpoint rows (a takeover) lock them in one order.
+  const order = batches.map((_, i) => i).sort((x, y) => batches[x]!.partition - batches[y]!.partition);
+  const fenced = new Array<boolean>(batches.length).fill(false);
+  await sql.begin(async (tx) => {
+    // Issued together: postgres.js pipelines them on the transaction's connection.
+    const results = await Promise.all(order.map((i) => batchStatement(tx as unknown as Sql, batches[i]!)));
+    order.forEach((i, k) => {
+      fenced[i] = results[k]!;
+    });
+  });
+  return fenced;
 }
 
-/**
- * The batches' rows of one kind, each with the batch it belongs to (its partition fences it; its
- * time stamps the row's updated_at or recorded_at).
- */
-function rowsOf<T>(batches: ReadonlyArray<BatchWrite>, pick: (b: BatchWrite) => ReadonlyArray<T>): Array<{ readonly r: T; readonly b: BatchWrite }> {
-  const out: Array<{ r: T; b: BatchWrite }> = [];
-  for (const b of batches) for (const r of pick(b)) out.push({ r, b });
-  return out;
-}
-
-/**
- * The statement of `commitBatch` and `commitGroup`: everything written if every batch's fence held
- * (`ok`), else nothing; `held` names the partitions whose fence held.
- */
-async function groupStatement(sql: Sql, batches: ReadonlyArray<BatchWrite>): Promise<{ ok: boolean; held: Set<number> }> {
-  type Row<T> = { readonly r: T; readonly b: BatchWrite };
-  const col = <T>(rows: ReadonlyArray<Row<T>>, f: (r: T) => string | number | null) => arrayParam(rows.map((x) => f(x.r)));
-  const partitionOf = <T>(rows: ReadonlyArray<Row<T>>) => arrayParam(rows.map((x) => x.b.partition));
-  const timeOf = <T>(rows: ReadonlyArray<Row<T>>) => arrayParam(rows.map((x) => x.b.recordedAt.toISOString()));
-  const e = rowsOf(batches, (b) => b.entries);
-  const bal = rowsOf(batches, (b) => b.balances);
-  const h = rowsOf(batches, (b) => b.heads);
-  const sl = rowsOf(batches, (b) => b.skuLocations);
-  const tr = rowsOf(batches, (b) => b.transfers);
-  const st = rowsOf(batches, (b) => b.settledTransfers);
-  const ho = rowsOf(batches, (b) => b.holds);
-  const o = rowsOf(batches, (b) => b.outcomes);
-  const ob = rowsOf(batches, (b) => b.outbox);
-  const fences = batches.map((b) => ({ r: b, b }));
-  const [{ ok, held }] = await sql<[{ ok: boolean; held: Array<number> }]>`
-    with locked as (
-      -- The checkpoint rows in partition order, before any is written: two transactions that meet on
-      -- several of them (a resize's switch locks them all) take them in one order, so neither deadlocks.
-      -- A locked row is its latest version: a takeover that committed meanwhile shows its new epoch.
-      select partition, lease_epoch from partition_checkpoints
-       where partition = any(${partitionOf(fences)}::int[])
-       order by partition
-         for no key update
-    ), held as (
-      select l.partition from locked l
-        join unnest(${partitionOf(fences)}::int[], ${col(fences, (b) => b.epoch)}::bigint[]) as f(p, ep) on l.partition = f.p and l.lease_epoch = f.ep
-    ), ok as (
-      -- Every batch's fence held: only then is anything written (checked once, not per row). A group with a
-      -- lease lost writes nothing, and the caller commits the batches whose fences held again without it.
-      select count(*) = ${batches.length} as ok from held
-    ), fence as (
-      update partition_checkpoints c
-         set last_seq = greatest(c.last_seq, f.s), updated_at = f.at
-        from unnest(${partitionOf(fences)}::int[], ${col(fences, (b) => b.lastSeq)}::bigint[], ${timeOf(fences)}::timestamptz[]) as f(p, s, at)
-       where c.partition = f.p and (select ok from ok)
+/** One batch's statement: true if its fence held (everything written), false if it wrote nothing (epoch moved on). */
+async function batchStatement(sql: Sql, b: BatchWrite): Promise<boolean> {
+  const col = <T>(rows: ReadonlyArray<T>, f: (r: T) => string | number | null) => arrayParam(rows.map(f));
+  const e = b.entries;
+  const bal = b.balances;
+  const h = b.heads;
+  const sl = b.skuLocations;
+  const tr = b.transfers;
+  const st = b.settledTransfers;
+  const ho = b.holds;
+  const o = b.outcomes;
+  const ob = b.outbox;
+  const [{ fenced }] = await sql<[{ fenced: number; notified: number }]>`
+    with fence as (
+      update partition_checkpoints
+         set last_seq = greatest(last_seq, ${b.lastSeq}), updated_at = ${b.recordedAt}
+       where partition = ${b.partition} and lease_epoch = ${b.epoch}
+      returning 1
     ), entries as (
-      -- Each CTE's arrays are unnested in its select list, read in step; unnest(a, b, …) in a FROM
-      -- clause copies every array into a tuplestore first, which spills past work_mem at large batches.
       insert into ledger_entries (command_id, leg, sku, location, bucket, delta, balance_after, movement,
                                   source_system, source_ref, occurred_at, recorded_at, sku_seq, prev_hash, hash,
                                   value, unit_cost, valuation_flag)
-      select
-        unnest(${col(e, (r) => r.commandId)}::text[]),
-        unnest(${col(e, (r) => r.leg)}::smallint[]),
-        unnest(${col(e, (r) => r.sku)}::text[]),
-        unnest(${col(e, (r) => r.location)}::text[]),
-        unnest(${col(e, (r) => r.bucket)}::text[]),
-        unnest(${col(e, (r) => String(r.delta))}::bigint[]),
-        unnest(${col(e, (r) => String(r.balanceAfter))}::bigint[]),
-        unnest(${col(e, (r) => r.movement)}::text[]),
-        unnest(${col(e, (r) => r.sourceSystem)}::text[]),
-        unnest(${col(e, (r) => r.sourceRef)}::text[]),
-        unnest(${col(e, (r) => r.occurredAt.toISOString())}::timestamptz[]),
-        unnest(${col(e, (r) => r.recordedAt.toISOString())}::timestamptz[]),
-        unnest(${col(e, (r) => r.skuSeq)}::bigint[]),
-        unnest(${col(e, (r) => r.prevHash)}::text[]),
-        unnest(${col(e, (r) => r.hash)}::text[]),
-        unnest(${col(e, (r) => nullableText(r.value))}::numeric[]),
-        unnest(${col(e, (r) => nullableText(r.unitCost))}::numeric[]),
-        unnest(${col(e, (r) => r.valuationFlag ?? null)}::text[])
-       where (select ok from ok)
+      select u.* from unnest(
+        ${col(e, (r) => r.commandId)}::text[],
+        ${col(e, (r) => r.leg)}::smallint[],
+        ${col(e, (r) => r.sku)}::text[],
+        ${col(e, (r) => r.location)}::text[],
+        ${col(e, (r) => r.bucket)}::text[],
+        ${col(e, (r) => String(r.delta))}::bigint[],
+        ${col(e, (r) => String(r.balanceAfter))}::bigint[],
+        ${col(e, (r) => r.movement)}::text[],
+        ${col(e, (r) => r.sourceSystem)}::text[],
+        ${col(e, (r) => r.sourceRef)}::text[],
+        ${col(e, (r) => r.occurredAt.toISOString())}::timestamptz[],
+        ${col(e, (r) => r.recordedAt.toISOString())}::timestamptz[],
+        ${col(e, (r) => r.skuSeq)}::bigint[],
+        ${col(e, (r) => r.prevHash)}::text[],
+        ${col(e, (r) => r.hash)}::text[],
+        ${col(e, (r) => nullableText(r.value))}::numeric[],
+        ${col(e, (r) => nullableText(r.unitCost))}::numeric[],
+        ${col(e, (r) => r.valuationFlag ?? null)}::text[]
+      ) as u where exists (select from fence)
     ), balances_ as (
       insert into balances (sku, location, bucket, qty, value, last_unit_cost, cost_layers, updated_at)
-      select
-        unnest(${col(bal, (r) => r.sku)}::text[]),
-        unnest(${col(bal, (r) => r.location)}::text[]),
-        unnest(${col(bal, (r) => r.bucket)}::text[]),
-        unnest(${col(bal, (r) => String(r.qty))}::bigint[]),
-        unnest(${col(bal, (r) => nullableText(r.value))}::numeric[]),
-        unnest(${col(bal, (r) => nullableText(r.lastUnitCost))}::numeric[]),
-        unnest(${col(bal, (r) => layersJson(r.layers))}::jsonb[]),
-        unnest(${timeOf(bal)}::timestamptz[])
-       where (select ok from ok)
+      select s, l, bu, q, v, lc, cl, ${b.recordedAt} from unnest(
+        ${col(bal, (r) => r.sku)}::text[],
+        ${col(bal, (r) => r.location)}::text[],
+        ${col(bal, (r) => r.bucket)}::text[],
+        ${col(bal, (r) => String(r.qty))}::bigint[],
+        ${col(bal, (r) => nullableText(r.value))}::numeric[],
+        ${col(bal, (r) => nullableText(r.lastUnitCost))}::numeric[],
+        ${col(bal, (r) => layersJson(r.layers))}::jsonb[]
+      ) as t(s, l, bu, q, v, lc, cl) where exists (select from fence)
       on conflict (sku, location, bucket) do update
         set qty = excluded.qty, value = excluded.value, last_unit_cost = excluded.last_unit_cost, cost_layers = excluded.cost_layers,
             updated_at = excluded.updated_at
     ), heads as (
       insert into sku_heads (sku, seq, last_hash, version, updated_at)
-      select
-        unnest(${col(h, (r) => r.sku)}::text[]),
-        unnest(${col(h, (r) => r.seq)}::bigint[]),
-        unnest(${col(h, (r) => r.lastHash)}::text[]),
-        unnest(${col(h, (r) => r.version)}::bigint[]),
-        unnest(${timeOf(h)}::timestamptz[])
-       where (select ok from ok)
+      select s, q, lh, v, ${b.recordedAt} from unnest(
+        ${col(h, (r) => r.sku)}::text[],
+        ${col(h, (r) => r.seq)}::bigint[],
+        ${col(h, (r) => r.lastHash)}::text[],
+        ${col(h, (r) => r.version)}::bigint[]
+      ) as t(s, q, lh, v) where exists (select from fence)
       on conflict (sku) do update
         set seq = excluded.seq, last_hash = excluded.last_hash, version = excluded.version, updated_at = excluded.updated_at
     ), policies as (
       insert into sku_locations (sku, location, safety_stock, reorder_point, status)
-      select
-        unnest(${col(sl, (r) => r.sku)}::text[]),
-        unnest(${col(sl, (r) => r.location)}::text[]),
-        unnest(${col(sl, (r) => r.safetyStock)}::bigint[]),
-        unnest(${col(sl, (r) => r.reorderPoint)}::bigint[]),
-        unnest(${col(sl, (r) => r.status)}::text[])
-       where (select ok from ok)
+      select u.* from unnest(
+        ${col(sl, (r) => r.sku)}::text[],
+        ${col(sl, (r) => r.location)}::text[],
+        ${col(sl, (r) => r.safetyStock)}::bigint[],
+        ${col(sl, (r) => r.reorderPoint)}::bigint[],
+        ${col(sl, (r) => r.status)}::text[]
+      ) as u where exists (select from fence)
       on conflict (sku, location) do update
         set safety_stock = excluded.safety_stock, reorder_point = excluded.reorder_point, status = excluded.status
     ), transfers_ as (
       insert into transfers (sku, transfer_id, from_location, to_location, shipped, received, shipped_value, received_value)
-      select
-        unnest(${col(tr, (r) => r.sku)}::text[]),
-        unnest(${col(tr, (r) => r.transferId)}::text[]),
-        unnest(${col(tr, (r) => r.from)}::text[]),
-        unnest(${col(tr, (r) => r.to)}::text[]),
-        unnest(${col(tr, (r) => r.shipped)}::bigint[]),
-        unnest(${col(tr, (r) => r.received)}::bigint[]),
-        unnest(${col(tr, (r) => nullableText(r.shippedValue))}::numeric[]),
-        unnest(${col(tr, (r) => nullableText(r.receivedValue))}::numeric[])
-       where (select ok from ok)
+      select u.* from unnest(
+        ${col(tr, (r) => r.sku)}::text[],
+        ${col(tr, (r) => r.transferId)}::text[],
+        ${col(tr, (r) => r.from)}::text[],
+        ${col(tr, (r) => r.to)}::text[],
+        ${col(tr, (r) => r.shipped)}::bigint[],
+        ${col(tr, (r) => r.received)}::bigint[],
+        ${col(tr, (r) => nullableText(r.shippedValue))}::numeric[],
+        ${col(tr, (r) => nullableText(r.receivedValue))}::numeric[]
+      ) as u where exists (select from fence)
       on conflict (sku, transfer_id) do update
         set shipped = excluded.shipped, received = excluded.received,
             shipped_value = excluded.shipped_value, received_value = excluded.received_value
     ), settled as (
       delete from transfers t
        using unnest(${col(st, (r) => r.sku)}::text[], ${col(st, (r) => r.transferId)}::text[]) as d(s, i)
-       where t.sku = d.s and t.transfer_id = d.i and (select ok from ok)
+       where t.sku = d.s and t.transfer_id = d.i and exists (select from fence)
     ), holds_ as (
       insert into holds (sku, hold_id, location, channel, qty, open_qty, status, expires_at, updated_at)
-      select
-        unnest(${col(ho, (r) => r.sku)}::text[]),
-        unnest(${col(ho, (r) => r.holdId)}::text[]),
-        unnest(${col(ho, (r) => r.location)}::text[]),
-        unnest(${col(ho, (r) => r.channel)}::text[]),
-        unnest(${col(ho, (r) => r.qty)}::bigint[]),
-        unnest(${col(ho, (r) => r.open)}::bigint[]),
-        unnest(${col(ho, (r) => r.status)}::text[]),
-        unnest(${col(ho, (r) => r.expiresAt)}::timestamptz[]),
-        unnest(${timeOf(ho)}::timestamptz[])
-       where (select ok from ok)
+      select s, i, l, c, q, oq, stt, ea, ${b.recordedAt} from unnest(
+        ${col(ho, (r) => r.sku)}::text[],
+        ${col(ho, (r) => r.holdId)}::text[],
+        ${col(ho, (r) => r.location)}::text[],
+        ${col(ho, (r) => r.channel)}::text[],
+        ${col(ho, (r) => r.qty)}::bigint[],
+        ${col(ho, (r) => r.open)}::bigint[],
+        ${col(ho, (r) => r.status)}::text[],
+        ${col(ho, (r) => r.expiresAt)}::timestamptz[]
+      ) as t(s, i, l, c, q, oq, stt, ea) where exists (select from fence)
       on conflict (sku, hold_id) do update
         set open_qty = excluded.open_qty, status = excluded.status, updated_at = excluded.updated_at
     ), outcomes as (
       insert into command_outcomes (command_id, partition, stream_seq, sku, type, status, reason, detail, recorded_at)
-      select
-        unnest(${col(o, (r) => r.commandId)}::text[]),
-        unnest(${partitionOf(o)}::int[]),
-        unnest(${col(o, (r) => r.streamSeq)}::bigint[]),
-        unnest(${col(o, (r) => r.sku)}::text[]),
-        unnest(${col(o, (r) => r.type)}::text[]),
-        unnest(${col(o, (r) => r.status)}::text[]),
-        unnest(${col(o, (r) => r.reason)}::text[]),
-        unnest(${col(o, (r) => (r.detail === null || r.detail === undefined ? null : JSON.stringify(r.detail, quantityJson)))}::jsonb[]),
-        unnest(${timeOf(o)}::timestamptz[])
-       where (select ok from ok)
+      select c, ${b.partition}, q, s, ty, stt, r, d, ${b.recordedAt} from unnest(
+        ${col(o, (r) => r.commandId)}::text[],
+        ${col(o, (r) => r.streamSeq)}::bigint[],
+        ${col(o, (r) => r.sku)}::text[],
+        ${col(o, (r) => r.type)}::text[],
+        ${col(o, (r) => r.status)}::text[],
+        ${col(o, (r) => r.reason)}::text[],
+        ${col(o, (r) => (r.detail === null || r.detail === undefined ? null : JSON.stringify(r.detail, quantityJson)))}::jsonb[]
+      ) as t(c, q, s, ty, stt, r, d) where exists (select from fence)
     ), outbox_ as (
       insert into outbox (kind, subject, kv_key, payload, source_at, source)
-      select
-        unnest(${col(ob, (r) => r.kind)}::text[]),
-        unnest(${col(ob, (r) => r.subject)}::text[]),
-        unnest(${col(ob, (r) => r.kvKey)}::text[]),
-        unnest(${col(ob, (r) => JSON.stringify(r.payload, quantityJson))}::jsonb[]),
-        unnest(${col(ob, (r) => r.sourceAt?.toISOString() ?? null)}::timestamptz[]),
-        unnest(${col(ob, (r) => r.source ?? null)}::text[])
-       where (select ok from ok)
+      select u.* from unnest(
+        ${col(ob, (r) => r.kind)}::text[],
+        ${col(ob, (r) => r.subject)}::text[],
+        ${col(ob, (r) => r.kvKey)}::text[],
+        ${col(ob, (r) => JSON.stringify(r.payload, quantityJson))}::jsonb[],
+        ${col(ob, (r) => r.sourceAt?.toISOString() ?? null)}::timestamptz[],
+        ${col(ob, (r) => r.source ?? null)}::text[]
+      ) as u where exists (select from fence)
       returning 1
     ), notify as (
       select pg_notify(${OUTBOX_CHANNEL}, '') where exists (select from outbox_)
     )
-    select (select ok from ok) as ok, array(select partition from held order by partition) as held,
-           (select count(*) from notify)::int as notified`;
-  return { ok, held: new Set(held) };
+    select (select count(*) from fence)::int as fenced, (select count(*) from notify)::int as notified`;
+  return fenced === 1;
 }
 
 /**

@@ -178,7 +178,7 @@ describe("group commit across partitions", () => {
     expect(await rowsOf("fine")).toEqual({ balances: 1, heads: 1, outcomes: 1, outbox: 1 });
     expect(await rowsOf("dup")).toMatchObject({ balances: 0, heads: 0, outbox: 0 });
   });
-  it("one statement: a takeover committed while the group waits on its checkpoint row fences only that partition", async () => {
+  it("a takeover committed while the group waits on a checkpoint row fences only that partition", async () => {
     const p0 = await claimPartition(h.sql, 0);
     const p1 = await claimPartition(h.sql, 1);
     const before1 = await checkpoint(1);
@@ -194,7 +194,7 @@ describe("group commit across partitions", () => {
     });
     await locked;
     const group = commitGroup(h.sql, [write(0, p0.epoch, "waited0", 600_000), write(1, p1.epoch, "waited1", 700_000)]);
-    // The group's statement waits for the row lock (it locked partition 0 first, in partition order).
+    // The group's transaction waits for the row lock (it wrote partition 0 first, in partition order).
     await eventually("the group to wait on the checkpoint row", async () => {
       const [{ n }] = await h.sql<[{ n: number }]>`
         select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%partition_checkpoints%'`;
@@ -207,13 +207,5 @@ describe("group commit across partitions", () => {
     expect(await rowsOf("waited1")).toEqual({ balances: 0, heads: 0, outcomes: 0, outbox: 0 });
     expect(await checkpoint(0)).toBe(600_000);
     expect(await checkpoint(1)).toBe(before1);
-  });
-
-  it("refuses two batches of one partition in a group, writing nothing", async () => {
-    const p0 = await claimPartition(h.sql, 0);
-    await expect(commitGroup(h.sql, [write(0, p0.epoch, "twice-a", 800_000), write(0, p0.epoch, "twice-b", 800_001)])).rejects.toThrow(
-      /two batches of one partition/,
-    );
-    expect(await rowsOf("twice-a")).toEqual({ balances: 0, heads: 0, outcomes: 0, outbox: 0 });
   });
 });
