@@ -716,11 +716,12 @@ async function pgStatements(sql: Sql): Promise<Record<string, unknown>> {
     select query, calls::int, total_exec_time::float8 as total_ms, total_plan_time::float8 as plan_ms, plans::int, rows::int, toplevel as top
     from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
     order by total_exec_time desc`;
-  const topLevelMs = rows.filter((r) => r.top).reduce((n, r) => n + r.total_ms, 0);
+  const topLevel = rows.filter((r) => r.top);
+  const topLevelMs = topLevel.reduce((n, r) => n + r.total_ms, 0);
   return {
     topLevelExecMs: Math.round(topLevelMs),
     // Planning is counted apart from execution (track_planning): a statement planned on every call costs this on top.
-    topLevelPlanMs: Math.round(rows.filter((r) => r.top).reduce((n, r) => n + r.plan_ms, 0)),
+    topLevelPlanMs: Math.round(topLevel.reduce((n, r) => n + r.plan_ms, 0)),
     statements: rows.slice(0, 20).map((r) => ({
       query: oneLine(r.query, 240),
       topLevel: r.top,
