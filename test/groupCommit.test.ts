@@ -178,6 +178,27 @@ describe("group commit across partitions", () => {
     expect(await rowsOf("fine")).toEqual({ balances: 1, heads: 1, outcomes: 1, outbox: 1 });
     expect(await rowsOf("dup")).toMatchObject({ balances: 0, heads: 0, outbox: 0 });
   });
+  it("a group one statement of which fails writes nothing, throws that statement's error and leaves its connection clean", async () => {
+    const p0 = await claimPartition(h.sql, 0);
+    const p1 = await claimPartition(h.sql, 1);
+    await commitGroup(h.sql, [write(0, p0.epoch, "before-failed-group", 470_000)]);
+    // In partition order: partition 0's statement succeeds, partition 1's first repeats an outcome's command id, and the
+    // one after it (a second batch of partition 1, which the committer never sends but Postgres takes) finds the transaction aborted.
+    const dup = { ...write(1, p1.epoch, "failed-dup", 540_000), outcomes: write(0, p0.epoch, "before-failed-group", 0).outcomes };
+    const failed = commitGroup(h.sql, [dup, write(1, p1.epoch, "aborted-after", 550_000), write(0, p0.epoch, "rolled-back", 480_000)]);
+    // The cause, not the "transaction is aborted" (25P02) that any statement after it would get.
+    await expect(failed).rejects.toMatchObject({ code: "23505" });
+    expect(await rowsOf("rolled-back")).toEqual({ balances: 0, heads: 0, outcomes: 0, outbox: 0 });
+    expect(await rowsOf("failed-dup")).toMatchObject({ balances: 0, heads: 0, outbox: 0 });
+    expect(await rowsOf("aborted-after")).toEqual({ balances: 0, heads: 0, outcomes: 0, outbox: 0 });
+    expect(await checkpoint(0)).toBe(470_000);
+    // The connection went back to the pool out of the aborted transaction: the next groups (on every connection) commit.
+    const [{ n }] = await h.sql<[{ n: number }]>`select count(*)::int as n from pg_stat_activity where state like 'idle in transaction%'`;
+    expect(n).toBe(0);
+    const again = await Promise.all([0, 1, 2].map((k) => commitGroup(h.sql, [write(0, p0.epoch, `after-failed-${k}`, 490_000 + k)])));
+    expect(again).toEqual([[true], [true], [true]]);
+    expect(await rowsOf("after-failed-2")).toEqual({ balances: 1, heads: 1, outcomes: 1, outbox: 1 });
+  });
   it("a takeover committed while the group waits on a checkpoint row fences only that partition", async () => {
     const p0 = await claimPartition(h.sql, 0);
     const p1 = await claimPartition(h.sql, 1);
