@@ -388,19 +388,37 @@ export async function loadHolds(
   named: ReadonlyArray<{ readonly sku: string; readonly holdId: string }>,
 ): Promise<Array<HoldRow>> {
   if (openOf.length === 0 && named.length === 0) return [];
-  const rows = await sql<Array<HoldDbRow>>`
-    select sku, hold_id, location, channel, qty, open_qty, status, expires_at
-      from holds where sku = any(${sql.array(openOf as Array<string>)}::text[]) and status = 'open'
-    union
-    select h.sku, h.hold_id, h.location, h.channel, h.qty, h.open_qty, h.status, h.expires_at
-      from unnest(${sql.array(named.map((n) => n.sku))}::text[], ${sql.array(named.map((n) => n.holdId))}::text[]) as t(s, i)
-      -- Lateral: one primary-key probe per named hold. A plain join let the cached generic plan hash the
-      -- few names and scan every hold ever placed (seen in the steady bench: 2,000 rows read per batch).
-      cross join lateral (select * from holds where sku = t.s and hold_id = t.i) h`;
+  const rows = await freshPlan<HoldDbRow>(
+    sql,
+    `select sku, hold_id, location, channel, qty, open_qty, status, expires_at
+       from holds where sku = any($1::text[]) and status = 'open'
+     union
+     select h.sku, h.hold_id, h.location, h.channel, h.qty, h.open_qty, h.status, h.expires_at
+       from unnest($2::text[], $3::text[]) as t(s, i)
+       -- Lateral: one primary-key probe per named hold. A plain join let the cached generic plan hash the
+       -- few names and scan every hold ever placed (seen in the steady bench: 2,000 rows read per batch).
+       cross join lateral (select * from holds where sku = t.s and hold_id = t.i) h`,
+    [arrayParam(openOf), arrayParam(named.map((n) => n.sku)), arrayParam(named.map((n) => n.holdId))],
+  );
   return rows.map(holdOf);
 }
 
-/** Loads the stored state of many SKUs in four queries (their holds: `loadHolds`). */
+/**
+ * A lookup of the SKUs being activated, planned for the arguments it is given on every call (an
+ * unnamed statement), not from a plan cached on the connection. A cached generic plan is made once
+ * and kept until the table is analyzed again: made while a table is nearly empty (a new ledger, a
+ * catalog onboarded through CDC, new SKUs arriving by the thousand), it scans the whole table on
+ * every activation as the table grows, until autovacuum gets to it (seen in the 1,000,000-SKU bench:
+ * a sequential scan of 28,000 balances a call, the lookups 88% of the ledger's Postgres time). A
+ * fresh plan costs a parse and a plan per call, a fraction of a millisecond for these.
+ */
+function freshPlan<T>(sql: Sql, text: string, parameters: Array<string>): Promise<Array<T>> {
+  // Arrays as literals (arrayParam): the driver serialises an array parameter of an unnamed statement
+  // as its element type when it is a connection's first query (its array types not fetched yet).
+  return sql.unsafe(text, parameters, { prepare: false }) as unknown as Promise<Array<T>>;
+}
+
+/** Loads the stored state of many SKUs in four queries (their holds: `loadHolds`); each planned afresh (`freshPlan`). */
 export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<Map<string, StoredSku>> {
   const out = new Map<
     string,
@@ -408,28 +426,38 @@ export async function loadSkus(sql: Sql, skus: ReadonlyArray<string>): Promise<M
   >();
   for (const sku of skus) out.set(sku, { head: undefined, balances: [], locations: [], transfers: [] });
   if (skus.length === 0) return out;
-  const list = sql.array(skus as Array<string>);
+  const list = arrayParam(skus);
   const [heads, balances, locations, transfers] = await Promise.all([
-    sql<Array<{ sku: string; seq: number; last_hash: string; version: number }>>`
-      select sku, seq, last_hash, version from sku_heads where sku = any(${list}::text[])`,
-    sql<Array<BalanceRow & { last_unit_cost: string | null; value: string | null; cost_layers: unknown }>>`
-      select sku, location, bucket, qty, value, last_unit_cost, cost_layers from balances where sku = any(${list}::text[])`,
-    sql<Array<{ sku: string; location: string; safety_stock: number; reorder_point: number; status: string }>>`
-      select sku, location, safety_stock, reorder_point, status from sku_locations where sku = any(${list}::text[])`,
-    sql<
-      Array<{
-        sku: string;
-        transfer_id: string;
-        from_location: string;
-        to_location: string;
-        shipped: number;
-        received: number;
-        shipped_value: string | null;
-        received_value: string | null;
-      }>
-    >`
-      select sku, transfer_id, from_location, to_location, shipped, received, shipped_value, received_value
-        from transfers where sku = any(${list}::text[])`,
+    freshPlan<{ sku: string; seq: number; last_hash: string; version: number }>(
+      sql,
+      "select sku, seq, last_hash, version from sku_heads where sku = any($1::text[])",
+      [list],
+    ),
+    freshPlan<BalanceRow & { last_unit_cost: string | null; value: string | null; cost_layers: unknown }>(
+      sql,
+      "select sku, location, bucket, qty, value, last_unit_cost, cost_layers from balances where sku = any($1::text[])",
+      [list],
+    ),
+    freshPlan<{ sku: string; location: string; safety_stock: number; reorder_point: number; status: string }>(
+      sql,
+      "select sku, location, safety_stock, reorder_point, status from sku_locations where sku = any($1::text[])",
+      [list],
+    ),
+    freshPlan<{
+      sku: string;
+      transfer_id: string;
+      from_location: string;
+      to_location: string;
+      shipped: number;
+      received: number;
+      shipped_value: string | null;
+      received_value: string | null;
+    }>(
+      sql,
+      `select sku, transfer_id, from_location, to_location, shipped, received, shipped_value, received_value
+         from transfers where sku = any($1::text[])`,
+      [list],
+    ),
   ]);
   for (const h of heads) out.get(h.sku)!.head = { sku: h.sku, seq: h.seq, lastHash: h.last_hash, version: h.version };
   for (const b of balances)
