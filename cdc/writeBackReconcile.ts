@@ -43,13 +43,12 @@ export interface InFlight {
 export async function writeBackInFlight(tally: Sql, source: ResolvedSource, erp: ISql, mark: WriteBackMark): Promise<Array<InFlight>> {
   const w = source.writeBack;
   if (!w) return [];
-  // The horizon written out, as in writeBack.ts: a generic plan of `$h is null or …` reads every entry ever recorded.
   const legs = await tally<Array<{ command_id: string; leg: number; sku: string; location: string; delta: string; sent: boolean }>>`
     select e.command_id, e.leg, e.sku, e.location, e.delta::text as delta,
            (${mark.upper}::xid8 is not null and e.txid < ${mark.upper}::xid8 and e.entry_id <= ${mark.afterEntry}::bigint) as sent
       from ledger_entries e
      where e.bucket = 'on_hand' and e.source_system <> ${source.name}
-       ${mark.horizon === null ? tally`` : tally`and e.txid >= ${mark.horizon}::xid8`}
+       and (${mark.horizon}::xid8 is null or e.txid >= ${mark.horizon}::xid8)
      order by e.entry_id`;
   const items = await erpItems(
     tally,
