@@ -164,14 +164,13 @@ export class WriteBack extends LongRunningService {
       await sql`update writeback_positions set upper = ${upper}::xid8, after_entry = 0, updated_at = now() where source = ${source.name}`;
       p.upper = upper;
     }
-    // The window's bounds are written out here, not as `$x is null or …` in SQL: a generic plan of that
-    // may walk the entries in id order from the first one ever recorded (100 ms at 100,000 entries).
     const rows = await sql<Array<EntryRow>>`
       select e.entry_id::text as entry_id, e.command_id, e.leg, e.sku, e.location, e.delta::text as delta, e.movement,
              e.unit_cost::text as unit_cost, e.value::text as value, e.occurred_at, e.source_system, e.source_ref
         from ledger_entries e
        where e.bucket = 'on_hand' and e.source_system <> ${source.name}
-         and ${p.horizon === null ? sql`(e.txid < ${p.upper}::xid8 or e.txid is null)` : sql`e.txid >= ${p.horizon}::xid8 and e.txid < ${p.upper}::xid8`}
+         and (e.txid < ${p.upper}::xid8 or (e.txid is null and ${p.horizon === null}))
+         and (${p.horizon}::xid8 is null or e.txid >= ${p.horizon}::xid8)
          and e.entry_id > ${p.after_entry}::bigint
        order by e.entry_id -- the number, not the text of the output column
        limit ${source.writeBack!.batchSize}`;
@@ -241,7 +240,7 @@ export class WriteBack extends LongRunningService {
     const journals = await sql<Array<{ journal_id: string }>>`
       select journal_id from gl_journals
        where source_system <> ${source.name} and txid < ${p.journal_upper}::xid8
-         ${p.journal_horizon === null ? sql`` : sql`and txid >= ${p.journal_horizon}::xid8`}
+         and (${p.journal_horizon}::xid8 is null or txid >= ${p.journal_horizon}::xid8)
          and journal_id > ${p.journal_after}
        order by journal_id
        limit ${source.writeBack!.batchSize}`;
@@ -259,13 +258,11 @@ export class WriteBack extends LongRunningService {
 
   async #journalLines(ids: ReadonlyArray<string>): Promise<Array<JournalRow>> {
     const { sql, source } = this.opts;
-    // The ids bound both tables: bound through the join alone, the planner hashes the journals and reads
-    // every line ever posted (52 ms a call at 120,000 lines in the steady bench, growing with them).
     const rows = await sql<Array<Omit<JournalRow, "item_no">>>`
       select j.journal_id, l.line, l.account, l.cost_center, l.debit::text, l.credit::text, j.currency, j.posted_on::text,
              j.business_date::text, l.sku, l.qty::text, l.unit, j.command_id, j.movement
         from gl_journals j join gl_lines l on l.journal_id = j.journal_id
-       where j.journal_id = any(${sql.array(ids as Array<string>)}::text[]) and l.journal_id = any(${sql.array(ids as Array<string>)}::text[])
+       where j.journal_id = any(${sql.array(ids as Array<string>)}::text[])
        order by j.journal_id, l.line`;
     const items = await erpItems(
       sql,
@@ -360,24 +357,17 @@ export class WriteBack extends LongRunningService {
     this.metrics.deadLettered++;
   }
 
-  /**
-   * The age of the oldest movement not yet sent: the minimum over the rows from the horizon on, read
-   * through the txid index (materialized: asked for `min(recorded_at)` of the table, the planner walks
-   * the recorded_at index from the first entry ever recorded, every month already sent included: 75 ms
-   * a call at 100,000 entries, and growing with them).
-   */
+  /** The age of the oldest movement not yet sent. */
   async #refreshLag(): Promise<void> {
     const { sql, source } = this.opts;
     const p = await this.#position();
     if (!p) return;
     const [{ lag }] = await sql<[{ lag: number | null }]>`
-      with pending as materialized (
-        select recorded_at, txid, entry_id from ledger_entries
-         where bucket = 'on_hand' and source_system <> ${source.name}
-           ${p.horizon === null ? sql`` : sql`and txid >= ${p.horizon}::xid8`}
-      )
-      select extract(epoch from now() - min(recorded_at))::float8 as lag from pending
-      ${p.upper === null ? sql`` : sql`where not (txid < ${p.upper}::xid8 and entry_id <= ${p.after_entry}::bigint)`}`;
+      select extract(epoch from now() - min(recorded_at))::float8 as lag
+        from ledger_entries
+       where bucket = 'on_hand' and source_system <> ${source.name}
+         and (${p.horizon}::xid8 is null or txid >= ${p.horizon}::xid8)
+         and not (${p.upper}::xid8 is not null and txid < ${p.upper}::xid8 and entry_id <= ${p.after_entry}::bigint)`;
     this.metrics.lagSeconds = Math.max(0, lag ?? 0);
   }
 }
