@@ -395,8 +395,8 @@ export async function loadHolds(
      union
      select h.sku, h.hold_id, h.location, h.channel, h.qty, h.open_qty, h.status, h.expires_at
        from unnest($2::text[], $3::text[]) as t(s, i)
-       -- Lateral: one primary-key probe per named hold. A plain join let the cached generic plan hash the
-       -- few names and scan every hold ever placed (seen in the steady bench: 2,000 rows read per batch).
+       -- Lateral: one primary-key probe per named hold. A plain join let the planner hash the few names
+       -- and scan every hold ever placed (seen in the steady bench: 2,000 rows read per batch).
        cross join lateral (select * from holds where sku = t.s and hold_id = t.i) h`,
     [arrayParam(openOf), arrayParam(named.map((n) => n.sku)), arrayParam(named.map((n) => n.holdId))],
   );
@@ -413,8 +413,8 @@ export async function loadHolds(
  * fresh plan costs a parse and a plan per call, a fraction of a millisecond for these.
  */
 function freshPlan<T>(sql: Sql, text: string, parameters: Array<string>): Promise<Array<T>> {
-  // Arrays as literals (arrayParam): the driver serialises an array parameter of an unnamed statement
-  // as its element type when it is a connection's first query (its array types not fetched yet).
+  // Arrays as literals (arrayParam): before a pool has fetched its array types (its first query), the
+  // driver serialises a one-element array parameter of an unnamed statement as its element type.
   return sql.unsafe(text, parameters, { prepare: false }) as unknown as Promise<Array<T>>;
 }
 

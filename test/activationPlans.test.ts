@@ -1,8 +1,7 @@
-import type { Sql } from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadHolds, loadSkus, migrate } from "../ledger/index.ts";
-import { connectPostgres } from "../src/platform/db.ts";
-import { testContext, type TestContext } from "./support/context.ts";
+import { connectPostgres, type Sql } from "../src/platform/db.ts";
+import { dropTestDatabase, testContext, type TestContext } from "./support/context.ts";
 import { eventually } from "./support/tally.ts";
 
 let ctx: TestContext;
@@ -21,6 +20,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await worker?.end({ timeout: 5 });
   await sql?.end({ timeout: 5 });
+  if (ctx) await dropTestDatabase(ctx);
 });
 
 /** Sequential and index scans of a table so far, once the worker connection's pending counts are flushed. */
